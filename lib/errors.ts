@@ -1,0 +1,67 @@
+// Typed errors: every failure deltad reports names what was wrong and where,
+// so the CLI and the daemon can print one clear line and pick an exit code.
+
+export class DeltadError extends Error {
+  /** Stable machine-readable code, e.g. "EINDEX", "ECHUNK". */
+  readonly code: string;
+  constructor(code: string, message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.code = code;
+    this.name = new.target.name;
+  }
+}
+
+/** A malformed .caibx/.caidx: names the field and its byte offset. */
+export class IndexFormatError extends DeltadError {
+  readonly field: string;
+  readonly offset: number;
+  constructor(field: string, offset: number, detail: string, source?: string) {
+    super('EINDEX', `${source ? source + ': ' : ''}invalid index: ${field} at byte ${offset}: ${detail}`);
+    this.field = field;
+    this.offset = offset;
+  }
+}
+
+/** Chunk content that does not hash to its ID (or has the wrong size). */
+export class ChunkVerifyError extends DeltadError {
+  readonly chunkId: string;
+  constructor(chunkId: string, detail: string, source?: string) {
+    super('ECHUNK', `chunk ${chunkId} ${detail}${source ? ` (from ${source})` : ''}`);
+    this.chunkId = chunkId;
+  }
+}
+
+/** A chunk that a store does not have (HTTP 404, missing file). */
+export class ChunkMissingError extends DeltadError {
+  readonly chunkId: string;
+  constructor(chunkId: string, store: string) {
+    super('EMISSING', `chunk ${chunkId} not found in store ${store}`);
+    this.chunkId = chunkId;
+  }
+}
+
+/** Bad command-line or configuration input. */
+export class UsageError extends DeltadError {
+  constructor(message: string) {
+    super('EUSAGE', message);
+  }
+}
+
+/** A network/origin problem: status, protocol violation, truncated body. */
+export class OriginError extends DeltadError {
+  readonly status?: number;
+  /** true when retrying may help (reset, timeout, 5xx). */
+  readonly transient: boolean;
+  constructor(message: string, opts: { status?: number; transient?: boolean; cause?: unknown } = {}) {
+    super('EORIGIN', message, { cause: opts.cause });
+    this.status = opts.status;
+    this.transient = opts.transient ?? false;
+  }
+}
+
+/** The whole assembled file does not match its expected SHA-256. */
+export class ChecksumMismatchError extends DeltadError {
+  constructor(expected: string, actual: string, what: string) {
+    super('ESHA256', `${what}: SHA-256 mismatch: expected ${expected}, got ${actual}`);
+  }
+}

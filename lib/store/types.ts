@@ -1,0 +1,27 @@
+// The chunk-store contract shared by local directories, HTTP stores, the fleet
+// proxy's cache and the assembler. Everything returned is verified data.
+
+export interface ChunkRequest {
+  /** 32-byte chunk ID (digest of the uncompressed bytes). */
+  id: Uint8Array;
+  /** Expected uncompressed size, from the index; checked when given. */
+  size?: number;
+}
+
+export interface ChunkStore {
+  /** Human-readable location (directory or URL), for messages. */
+  readonly location: string;
+  /**
+   * Returns the chunk's uncompressed bytes, verified against its ID (and size),
+   * or null when the store does not have it. Throws ChunkVerifyError for
+   * corrupt content and other errors for I/O or network failures.
+   */
+  get(req: ChunkRequest, signal?: AbortSignal): Promise<Buffer | null>;
+  has(id: Uint8Array, signal?: AbortSignal): Promise<boolean>;
+  close?(): Promise<void>;
+}
+
+export interface WritableChunkStore extends ChunkStore {
+  /** Stores uncompressed data under id (atomically; a no-op when present). Returns true when written. */
+  put(id: Uint8Array, data: Uint8Array): Promise<boolean>;
+}
