@@ -1,0 +1,90 @@
+#!/usr/bin/env node
+// `deltad` entry point: dispatches to daemon/commands/*, prints one clear line
+// per error, and maps errors to exit codes (2 usage, 1 failure).
+import { parseArgs } from 'node:util';
+import { commands } from './commands/index.js';
+import { DeltadError, UsageError } from '../lib/errors.js';
+import type { Command } from './command.js';
+
+const VERSION = '0.1.0';
+
+function mainHelp(): string {
+  const w = Math.max(...commands.map((c) => c.name.length));
+  return [
+    'deltad: delta downloads for image-based Linux systems (casync-compatible)',
+    '',
+    'Usage: deltad <command> [options] [arguments]',
+    '',
+    'Commands:',
+    ...commands.map((c) => `  ${c.name.padEnd(w)}  ${c.summary}`),
+    '',
+    "Run 'deltad <command> --help' for a command's options.",
+  ].join('\n');
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const [name, ...rest] = argv;
+  if (!name || name === '--help' || name === '-h' || name === 'help') {
+    const target = name === 'help' ? commands.find((c) => c.name === rest[0]) : undefined;
+    process.stdout.write((target ? target.usage : mainHelp()) + '\n');
+    return 0;
+  }
+  if (name === '--version' || name === '-V') {
+    process.stdout.write(`deltad ${VERSION}\n`);
+    return 0;
+  }
+  const cmd: Command | undefined = commands.find((c) => c.name === name);
+  if (!cmd) {
+    process.stderr.write(`deltad: unknown command "${name}"\n\n${mainHelp()}\n`);
+    return 2;
+  }
+  if (rest.includes('--help') || rest.includes('-h')) {
+    process.stdout.write(cmd.usage + '\n');
+    return 0;
+  }
+  try {
+    let parsed;
+    try {
+      parsed = parseArgs({ args: rest, options: cmd.options, allowPositionals: true, strict: true });
+    } catch (err) {
+      throw new UsageError((err as Error).message);
+    }
+    return await cmd.run({
+      values: parsed.values as Record<string, string | boolean | string[] | undefined>,
+      positionals: parsed.positionals,
+      interactive: Boolean(process.stderr.isTTY) && !process.env.CI,
+      stdout: process.stdout,
+      stderr: process.stderr,
+    });
+  } catch (err) {
+    return reportError(cmd.name, err);
+  }
+}
+
+export function reportError(cmdName: string, err: unknown): number {
+  if (err instanceof UsageError) {
+    process.stderr.write(`deltad ${cmdName}: ${err.message}\nRun 'deltad ${cmdName} --help' for usage.\n`);
+    return 2;
+  }
+  const e = err as NodeJS.ErrnoException;
+  if (err instanceof DeltadError) {
+    process.stderr.write(`deltad ${cmdName}: ${err.message}\n`);
+  } else if (e?.code && e.path) {
+    // fs errors: "ENOENT: no such file or directory, open 'x'" → clearer wording
+    process.stderr.write(`deltad ${cmdName}: ${e.path}: ${e.code === 'ENOENT' ? 'no such file or directory' : e.message}\n`);
+  } else {
+    process.stderr.write(`deltad ${cmdName}: ${e?.message ?? String(err)}\n`);
+    if (process.env.DELTAD_DEBUG) process.stderr.write(`${e?.stack}\n`);
+  }
+  return 1;
+}
+
+main(process.argv.slice(2)).then(
+  (code) => {
+    process.exitCode = code;
+  },
+  (err) => {
+    process.stderr.write(`deltad: ${err?.stack ?? err}\n`);
+    process.exitCode = 1;
+  },
+);
