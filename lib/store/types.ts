@@ -18,6 +18,12 @@ export interface ChunkStore {
    */
   get(req: ChunkRequest, signal?: AbortSignal): Promise<Buffer | null>;
   has(id: Uint8Array, signal?: AbortSignal): Promise<boolean>;
+  /**
+   * Optional batch fetch (a deltad proxy's batch endpoint): yields verified
+   * chunks as they arrive, in any order, by position in `reqs`; chunks the
+   * store lacks are simply not yielded.
+   */
+  getMany?(reqs: ChunkRequest[], signal?: AbortSignal): AsyncIterable<{ index: number; data: Buffer }>;
   close?(): Promise<void>;
 }
 
