@@ -1,4 +1,5 @@
 // Every `deltad` command, in the order `deltad --help` lists them.
 import type { Command } from '../command.js';
+import { command as info } from './info.js';
 
-export const commands: Command[] = [];
+export const commands: Command[] = [info];
