@@ -1,0 +1,28 @@
+// Journal-friendly logging: one line per event, no colours. When stderr goes to
+// the journal (systemd sets JOURNAL_STREAM), each line carries a syslog level
+// prefix (<3> error, <4> warning, <6> info) so journalctl can filter by priority.
+
+export type LogLevel = 'error' | 'warn' | 'info';
+
+export interface Logger {
+  error(msg: string): void;
+  warn(msg: string): void;
+  info(msg: string): void;
+}
+
+const PRIORITY: Record<LogLevel, number> = { error: 3, warn: 4, info: 6 };
+
+export function createLogger(stream: NodeJS.WritableStream = process.stderr, env: NodeJS.ProcessEnv = process.env): Logger {
+  const journal = Boolean(env.JOURNAL_STREAM);
+  const write = (level: LogLevel, msg: string) => {
+    const line = msg.replace(/[\r\n]+/g, ' ');
+    stream.write(journal ? `<${PRIORITY[level]}>${line}\n` : `${level === 'info' ? '' : level + ': '}${line}\n`);
+  };
+  return {
+    error: (m) => write('error', m),
+    warn: (m) => write('warn', m),
+    info: (m) => write('info', m),
+  };
+}
+
+export const silentLogger: Logger = { error() {}, warn() {}, info() {} };
