@@ -1,0 +1,157 @@
+// A casync chunk store in a local directory (SPEC §4.1): `<dir>/<4hex>/<id>.cacnk`
+// (zstd, casync's default) or extension-less raw files (desync's `uncompressed`).
+// Reading accepts both names, as casync does; writing uses the configured one,
+// through a temp file in the prefix directory renamed into place.
+import { mkdir, open, readdir, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
+import { join } from 'node:path';
+import { ChunkVerifyError, DeltadError } from '../errors.js';
+import { isChunkIdHex, toHex } from '../digest.js';
+import { compressChunk, DEFAULT_ZSTD_LEVEL, maxEncodedSize } from '../compression.js';
+import type { ChunkRequest, WritableChunkStore } from './types.js';
+import { chunkRelativePath, COMPRESSED_SUFFIX, decodeChunk, resolveFormat, sizeLimit, type StoreFormat } from './chunk-file.js';
+
+export interface LocalStoreOptions extends StoreFormat {
+  /** Write extension-less uncompressed chunks instead of `.cacnk` (default false). */
+  uncompressed?: boolean;
+  /** zstd level for written chunks (default 3, casync's). */
+  level?: number;
+}
+
+/** Temp names start like desync's, so `desync prune` also cleans up after a crash. */
+const TEMP_PREFIX = '.tmp-cacnk-';
+const PREFIX_DIR = /^[0-9a-f]{4}$/;
+
+export class LocalStore implements WritableChunkStore {
+  readonly location: string;
+  readonly uncompressed: boolean;
+  private readonly format: ReturnType<typeof resolveFormat>;
+  private readonly level: number;
+  /** Names to try, preferred first: the configured variant, then the other one. */
+  private readonly readOrder: boolean[];
+
+  constructor(readonly dir: string, opts: LocalStoreOptions = {}) {
+    this.location = dir;
+    this.uncompressed = opts.uncompressed ?? false;
+    this.format = resolveFormat(opts);
+    this.level = opts.level ?? DEFAULT_ZSTD_LEVEL;
+    this.readOrder = this.uncompressed ? [false, true] : [true, false];
+  }
+
+  /** Path of a chunk file in this store (compressed name unless told otherwise). */
+  chunkPath(id: Uint8Array | string, compressed = !this.uncompressed): string {
+    const hex = typeof id === 'string' ? id : toHex(id);
+    return join(this.dir, chunkRelativePath(hex, compressed));
+  }
+
+  async get(req: ChunkRequest): Promise<Buffer | null> {
+    for (const compressed of this.readOrder) {
+      const path = this.chunkPath(req.id, compressed);
+      const stored = await this.readStored(path, compressed, req);
+      if (stored) return decodeChunk(stored, compressed, req, this.format, path);
+    }
+    return null;
+  }
+
+  async has(id: Uint8Array): Promise<boolean> {
+    for (const compressed of this.readOrder) {
+      if (await isFile(this.chunkPath(id, compressed))) return true;
+    }
+    return false;
+  }
+
+  /**
+   * Stores a chunk the caller has already verified against `id`. No-op (false)
+   * when either name is present. A failed write removes its temp file and never
+   * leaves a partial chunk under the final name.
+   */
+  async put(id: Uint8Array, data: Uint8Array): Promise<boolean> {
+    if (await this.has(id)) return false;
+    const bytes = this.uncompressed ? data : compressChunk(data, this.level);
+    await this.writeAtomic(this.chunkPath(id), bytes);
+    return true;
+  }
+
+  /** Every chunk ID present (either name), in directory order; other files are skipped. */
+  async *ids(): AsyncGenerator<string> {
+    const prefixes = await readdirOrEmpty(this.dir);
+    for (const prefix of prefixes.sort()) {
+      if (!PREFIX_DIR.test(prefix)) continue;
+      const seen = new Set<string>();
+      for (const name of await readdirOrEmpty(join(this.dir, prefix))) {
+        const hex = name.endsWith(COMPRESSED_SUFFIX) ? name.slice(0, -COMPRESSED_SUFFIX.length) : name;
+        if (isChunkIdHex(hex) && hex.startsWith(prefix) && !seen.has(hex)) {
+          seen.add(hex);
+          yield hex;
+        }
+      }
+    }
+  }
+
+  /** Reads a chunk file, refusing one larger than any valid chunk could be. Missing → null. */
+  private async readStored(path: string, compressed: boolean, req: ChunkRequest): Promise<Buffer | null> {
+    let fh;
+    try {
+      fh = await open(path, 'r');
+    } catch (err) {
+      if (isMissing(err)) return null;
+      throw err;
+    }
+    try {
+      const st = await fh.stat();
+      if (!st.isFile()) return null;
+      const limit = sizeLimit(req.size, this.format);
+      const maxStored = compressed ? maxEncodedSize(limit) : limit;
+      if (st.size > maxStored) {
+        throw new ChunkVerifyError(toHex(req.id), `file is ${st.size} bytes, more than a chunk of at most ${limit} bytes can take`, path);
+      }
+      return await fh.readFile();
+    } finally {
+      await fh.close();
+    }
+  }
+
+  private async writeAtomic(path: string, bytes: Uint8Array): Promise<void> {
+    const dir = join(path, '..');
+    const tmp = join(dir, TEMP_PREFIX + randomBytes(8).toString('hex'));
+    try {
+      await mkdir(dir, { recursive: true });
+      await writeFile(tmp, bytes, { flag: 'wx', mode: 0o644 });
+      await rename(tmp, path);
+    } catch (err) {
+      await rm(tmp, { force: true });
+      throw storeWriteError(err, path);
+    }
+  }
+}
+
+function storeWriteError(err: unknown, path: string): Error {
+  const code = (err as { code?: string }).code;
+  if (code === 'ENOSPC' || code === 'EDQUOT') {
+    return new DeltadError('ENOSPC', `no space left on device writing chunk ${path}`, { cause: err });
+  }
+  return new DeltadError('ESTORE', `cannot write chunk ${path}: ${(err as Error).message}`, { cause: err });
+}
+
+function isMissing(err: unknown): boolean {
+  const code = (err as { code?: string }).code;
+  return code === 'ENOENT' || code === 'ENOTDIR';
+}
+
+async function isFile(path: string): Promise<boolean> {
+  try {
+    return (await stat(path)).isFile();
+  } catch (err) {
+    if (isMissing(err)) return false;
+    throw err;
+  }
+}
+
+async function readdirOrEmpty(dir: string): Promise<string[]> {
+  try {
+    return await readdir(dir);
+  } catch (err) {
+    if (isMissing(err)) return [];
+    throw err;
+  }
+}
