@@ -1,0 +1,257 @@
+// Chunk stores: casync's own chunk files, both local layouts, corrupt, truncated
+// and oversized chunk files, atomic writes (a real full tmpfs), and the HTTP store
+// against a real server on 127.0.0.1 with faults.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { mkdtemp, mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { execFileSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { LocalStore } from '../lib/store/local-store.js';
+import { HttpStore, normalizeStoreUrl } from '../lib/store/http-store.js';
+import { openStore, openWritableStore } from '../lib/store/open-store.js';
+import { compressChunk, decompressChunk } from '../lib/compression.js';
+import { chunkId, toHex } from '../lib/digest.js';
+import { ChunkVerifyError, DeltadError, OriginError, UsageError } from '../lib/errors.js';
+import { HttpClient } from '../lib/http-client.js';
+import { CASYNC_FORMAT_DIR, loadVectors } from './helpers/shared.js';
+
+async function tempDir(t: { after: (fn: () => Promise<void>) => void }): Promise<string> {
+  const dir = await mkdtemp(join(tmpdir(), 'deltad-store-'));
+  t.after(() => rm(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+/** A chunk of `n` bytes that compresses (so zstd frames have real blocks). */
+function sampleChunk(n: number, seed = 1): Buffer {
+  const out = Buffer.alloc(n);
+  const words = ['store', 'chunk', 'casync', 'index', String(seed), 'deltad'];
+  for (let o = 0, k = seed; o < n; k++) o += out.write(words[(k * 7 + (k >> 3)) % words.length] + ' ', o);
+  return out;
+}
+
+const ZSTD_MAGIC = '28b52ffd';
+
+test("casync's kept chunk files decode to their size and ID (zstd, both digests)", async () => {
+  const vectors = loadVectors().filter((v) => v.kept_chunk_files.length > 0 && !/gzip|xz/.test(v.vector));
+  assert.ok(vectors.length >= 4, 'kept chunk files present');
+  let n = 0;
+  for (const v of vectors) {
+    const store = new LocalStore(join(CASYNC_FORMAT_DIR, 'store', `${v.vector}.castr`), { digest: v.digest, maxChunkSize: v.chunk_size_max });
+    for (const k of v.kept_chunk_files) {
+      const stored = await readFile(store.chunkPath(k.id));
+      assert.equal(stored.length, k.file_size);
+      assert.equal(stored.subarray(0, 4).toString('hex'), ZSTD_MAGIC);
+      const data = await store.get({ id: Buffer.from(k.id, 'hex'), size: k.size });
+      assert.ok(data, `${v.vector} chunk ${k.index} present`);
+      assert.equal(data.length, k.size);
+      assert.equal(toHex(chunkId(v.digest, data)), k.id);
+      // Without a size from the index, the store's max bounds the output.
+      assert.equal((await store.get({ id: Buffer.from(k.id, 'hex') }))?.length, k.size);
+      n++;
+    }
+  }
+  assert.ok(n >= 8);
+});
+
+test('old casync stores: gzip chunks read, xz chunks give a clear error', async () => {
+  const [gz] = loadVectors().filter((v) => v.vector === 'tiny-gzip');
+  const [xz] = loadVectors().filter((v) => v.vector === 'tiny-xz');
+  const gzStore = new LocalStore(join(CASYNC_FORMAT_DIR, 'store', 'tiny-gzip.castr'));
+  const k = gz.kept_chunk_files[0];
+  assert.equal((await readFile(gzStore.chunkPath(k.id))).subarray(0, 2).toString('hex'), '1f8b');
+  const data = await gzStore.get({ id: Buffer.from(k.id, 'hex'), size: k.size });
+  assert.equal(data?.length, 1000);
+
+  const xzStore = new LocalStore(join(CASYNC_FORMAT_DIR, 'store', 'tiny-xz.castr'));
+  const kx = xz.kept_chunk_files[0];
+  await assert.rejects(xzStore.get({ id: Buffer.from(kx.id, 'hex'), size: kx.size }), (err: unknown) => {
+    assert.ok(err instanceof ChunkVerifyError);
+    assert.match(err.message, /xz-compressed chunk not supported/);
+    assert.ok(err.message.includes(kx.id));
+    return true;
+  });
+});
+
+for (const uncompressed of [false, true]) {
+  test(`local store round trip (${uncompressed ? 'uncompressed raw files' : 'zstd .cacnk'})`, async (t) => {
+    const dir = await tempDir(t);
+    const store = new LocalStore(join(dir, 'x.castr'), { uncompressed });
+    const chunks = [sampleChunk(70_000, 1), sampleChunk(1, 2), randomBytes(50_000), sampleChunk(262_144, 3)];
+    for (const data of chunks) {
+      const id = chunkId('sha512-256', data);
+      assert.equal(await store.has(id), false);
+      assert.equal(await store.get({ id, size: data.length }), null);
+      assert.equal(await store.put(id, data), true);
+      assert.equal(await store.put(id, data), false, 'second put is a no-op');
+      assert.equal(await store.has(id), true);
+      const hex = toHex(id);
+      const name = join(dir, 'x.castr', hex.slice(0, 4), uncompressed ? hex : `${hex}.cacnk`);
+      const stored = await readFile(name);
+      if (uncompressed) assert.ok(stored.equals(data));
+      else assert.equal(stored.subarray(0, 4).toString('hex'), ZSTD_MAGIC);
+      assert.ok((await store.get({ id, size: data.length }))?.equals(data));
+    }
+    // Junk beside the chunks is not listed; temp files are gone.
+    const prefix = toHex(chunkId('sha512-256', chunks[0])).slice(0, 4);
+    await writeFile(join(dir, 'x.castr', prefix, 'README'), 'not a chunk');
+    await writeFile(join(dir, 'x.castr', prefix, `${'f'.repeat(64)}.cacnk`), 'wrong prefix');
+    await mkdir(join(dir, 'x.castr', 'zzzz'));
+    const listed: string[] = [];
+    for await (const hex of store.ids()) listed.push(hex);
+    const expected = chunks.map((c) => toHex(chunkId('sha512-256', c))).sort();
+    assert.deepEqual(listed.sort(), expected);
+    for (const p of await readdir(join(dir, 'x.castr'))) {
+      if (p === 'zzzz') continue;
+      for (const name of await readdir(join(dir, 'x.castr', p))) assert.ok(!name.startsWith('.tmp'), `leftover ${name}`);
+    }
+    // The other variant reads the same directory: casync accepts both names.
+    const other = new LocalStore(join(dir, 'x.castr'), { uncompressed: !uncompressed });
+    assert.ok((await other.get({ id: chunkId('sha512-256', chunks[2]), size: 50_000 }))?.equals(chunks[2]));
+  });
+}
+
+test('sha256 stores verify with the configured digest', async (t) => {
+  const dir = await tempDir(t);
+  const data = sampleChunk(10_000);
+  const id = chunkId('sha256', data);
+  const store = new LocalStore(dir, { digest: 'sha256' });
+  await store.put(id, data);
+  assert.ok((await store.get({ id, size: data.length }))?.equals(data));
+  // The same file read as a sha512-256 store does not verify.
+  await assert.rejects(new LocalStore(dir).get({ id, size: data.length }), ChunkVerifyError);
+});
+
+/** Stores `data`'s chunk, then replaces its file with `bytes`; returns what get() throws. */
+async function getAfterReplacing(dir: string, data: Buffer, bytes: (stored: Buffer) => Buffer, size = data.length): Promise<ChunkVerifyError> {
+  const store = new LocalStore(dir);
+  const id = chunkId('sha512-256', data);
+  await store.put(id, data);
+  const path = store.chunkPath(id);
+  await writeFile(path, bytes(await readFile(path)));
+  try {
+    await store.get({ id, size });
+  } catch (err) {
+    assert.ok(err instanceof ChunkVerifyError, `expected ChunkVerifyError, got ${err}`);
+    assert.ok(err.message.includes(toHex(id)), 'names the ID');
+    assert.ok(err.message.includes(path), 'names the file');
+    assert.equal(err.chunkId, toHex(id));
+    return err;
+  }
+  assert.fail('get() accepted a bad chunk file');
+}
+
+test('corrupt chunk files are rejected naming the ID and the file', async (t) => {
+  const dir = await tempDir(t);
+  const data = sampleChunk(100_000);
+  // A valid frame of other content: decodes fine, wrong digest.
+  let err = await getAfterReplacing(join(dir, 'a'), data, () => compressChunk(Buffer.concat([data.subarray(1), Buffer.from('!')])));
+  assert.match(err.message, /does not match its ID/);
+  // Flipped bits inside the compressed payload.
+  err = await getAfterReplacing(join(dir, 'b'), randomBytes(20_000), (s) => {
+    const c = Buffer.from(s);
+    c[c.length - 100] ^= 0xff;
+    return c;
+  });
+  assert.match(err.message, /does not match its ID|corrupt zstd/);
+  // Truncated .cacnk.
+  err = await getAfterReplacing(join(dir, 'c'), data, (s) => s.subarray(0, s.length - 5));
+  assert.match(err.message, /truncated zstd frame/);
+  // Data after the frame, as casync rejects.
+  err = await getAfterReplacing(join(dir, 'd'), data, (s) => Buffer.concat([s, compressChunk(Buffer.from('more'))]));
+  assert.match(err.message, /trailing data after the zstd frame/);
+  // Not a compressed file at all.
+  err = await getAfterReplacing(join(dir, 'e'), data, () => Buffer.from('hello world, not zstd'));
+  assert.match(err.message, /unknown format/);
+  // Empty file.
+  err = await getAfterReplacing(join(dir, 'f'), data, () => Buffer.alloc(0));
+  assert.match(err.message, /unknown format/);
+  // The index says another size.
+  err = await getAfterReplacing(join(dir, 'g'), data, (s) => s, data.length + 1);
+  assert.match(err.message, /has 100000 bytes, the index says 100001/);
+});
+
+test('decompression is bounded: a small file that inflates hugely is refused', async (t) => {
+  const dir = await tempDir(t);
+  const bomb = compressChunk(Buffer.alloc(64 * 1024 * 1024));
+  assert.ok(bomb.length < 10_000);
+  assert.throws(() => decompressChunk(bomb, 262_144), /decompresses to more than 262144 bytes/);
+  // Through a store: no size from the index, the store's max chunk size applies.
+  const data = sampleChunk(1000);
+  const store = new LocalStore(join(dir, 'h'), { maxChunkSize: 262_144 });
+  const id = chunkId('sha512-256', data);
+  await store.put(id, data);
+  await writeFile(store.chunkPath(id), bomb);
+  await assert.rejects(store.get({ id }), /decompresses to more than 262144 bytes/);
+  // A stored file bigger than any chunk of the limit could compress to is not even read.
+  await writeFile(store.chunkPath(id), Buffer.concat([bomb, Buffer.alloc(400_000)]));
+  await assert.rejects(store.get({ id }), /more than a chunk of at most 262144 bytes can take/);
+});
+
+test('a failed write leaves neither a partial chunk nor a temp file', async (t) => {
+  const dir = await tempDir(t);
+  const store = new LocalStore(dir);
+  const data = sampleChunk(5000);
+  const id = chunkId('sha512-256', data);
+  // A directory squatting on the final name makes the rename fail.
+  await mkdir(store.chunkPath(id), { recursive: true });
+  await assert.rejects(store.put(id, data), (err: unknown) => {
+    assert.ok(err instanceof DeltadError);
+    assert.ok(err.message.includes(store.chunkPath(id)));
+    return true;
+  });
+  const names = await readdir(join(dir, toHex(id).slice(0, 4)));
+  assert.deepEqual(names, [`${toHex(id)}.cacnk`], 'only the squatting directory, no temp file');
+});
+
+test('disk full (real tmpfs): clear ENOSPC error, no partial chunk, no temp file', async (t) => {
+  const mnt = await tempDir(t);
+  try {
+    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=64k', 'tmpfs', mnt], { stdio: 'pipe' });
+  } catch (err) {
+    if (process.env.CI) throw new Error(`cannot mount a tmpfs for the disk-full test: ${(err as Error).message}`);
+    t.skip('mounting a tmpfs needs root');
+    return;
+  }
+  try {
+    const store = new LocalStore(mnt, { uncompressed: true });
+    let failure: unknown;
+    for (let i = 0; i < 40 && !failure; i++) {
+      const data = randomBytes(16 * 1024);
+      await store.put(chunkId('sha512-256', data), data).catch((err) => (failure = err));
+    }
+    assert.ok(failure instanceof DeltadError, 'the tmpfs filled up');
+    assert.equal(failure.code, 'ENOSPC');
+    assert.match(failure.message, /no space left on device writing chunk/);
+    // Every chunk that is listed is whole and verifies; no temp files are left.
+    let whole = 0;
+    for await (const hex of store.ids()) {
+      const data = await store.get({ id: Buffer.from(hex, 'hex'), size: 16 * 1024 });
+      assert.ok(data);
+      whole++;
+    }
+    assert.ok(whole > 0);
+    for (const p of await readdir(mnt)) {
+      for (const name of await readdir(join(mnt, p))) assert.ok(!name.startsWith('.tmp'), `leftover ${name}`);
+    }
+  } finally {
+    execFileSync('umount', [mnt]);
+  }
+});
+
+test('openStore picks the store by scheme', async () => {
+  assert.ok(openStore('http://127.0.0.1:1/store') instanceof HttpStore);
+  assert.ok(openStore('https://example.invalid/s.castr/') instanceof HttpStore);
+  const local = openStore('some/dir.castr');
+  assert.ok(local instanceof LocalStore);
+  assert.ok(local.location.endsWith('/some/dir.castr') && local.location.startsWith('/'));
+  assert.equal(openStore('file:///var/lib/x.castr').location, '/var/lib/x.castr');
+  assert.throws(() => openStore('s3://bucket/store'), UsageError);
+  assert.throws(() => openStore(''), UsageError);
+  assert.throws(() => openWritableStore('http://127.0.0.1:1/store'), /read-only/);
+  assert.equal(normalizeStoreUrl('http://h/a/store.castr//?token=1;x'), 'http://h/a/store.castr');
+  const s = new HttpStore('http://h/a/s.castr/');
+  assert.equal(s.chunkUrl('ab'.repeat(32)), `http://h/a/s.castr/abab/${'ab'.repeat(32)}.cacnk`);
+  await s.close();
+});
