@@ -14,10 +14,9 @@
 import { mkdir, readdir, readFile, rename, stat, unlink, writeFile } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
-import { CHUNK_SIZE_LIMIT_MAX } from './caibx.js';
-import { chunkId, isChunkIdHex, toHex, type DigestName } from './digest.js';
-import { ChunkVerifyError } from './errors.js';
-import { compressChunk, decompressChunk } from './compression.js';
+import { isChunkIdHex, toHex, type DigestName } from './digest.js';
+import { compressChunk } from './compression.js';
+import { decodeChunk, resolveFormat } from './store/chunk-file.js';
 import type { ChunkRequest, WritableChunkStore } from './store/types.js';
 
 export interface ChunkCacheOptions {
@@ -58,6 +57,7 @@ const TEMP_PREFIX = '.tmp-';
 export class ChunkCache implements WritableChunkStore {
   readonly location: string;
   readonly digest: DigestName;
+  private readonly format: ReturnType<typeof resolveFormat>;
   readonly maxBytes: number;
   /** Compressed size per chunk ID, oldest use first (Map keeps insertion order). */
   private readonly entries = new Map<string, number>();
@@ -75,6 +75,7 @@ export class ChunkCache implements WritableChunkStore {
     this.location = dir;
     this.maxBytes = opts.maxBytes;
     this.digest = opts.digest ?? 'sha512-256';
+    this.format = resolveFormat({ digest: this.digest });
     this.writeBackoffMs = opts.writeBackoffMs ?? 10_000;
     this.writeFn = opts.writeFile ?? ((p, d) => writeFile(p, d, { flag: 'wx', mode: 0o644 }));
   }
@@ -149,8 +150,7 @@ export class ChunkCache implements WritableChunkStore {
       return null;
     }
     try {
-      const data = decompressChunk(compressed, req.size ?? CHUNK_SIZE_LIMIT_MAX);
-      this.verify(req, data, this.pathOf(hex));
+      const data = decodeChunk(compressed, true, req, this.format, this.pathOf(hex));
       this.counters.hits++;
       return data;
     } catch {
@@ -222,7 +222,7 @@ export class ChunkCache implements WritableChunkStore {
       this.counters.fetches++;
       const got = await fetch();
       if (!got) return null;
-      this.verify(req, got.data, source);
+      decodeChunk(got.data, false, req, this.format, source);
       await this.put(req.id, got.data, got.compressed);
       return got.data;
     })().finally(() => this.inflight.delete(hex));
@@ -230,15 +230,102 @@ export class ChunkCache implements WritableChunkStore {
     return run;
   }
 
-  /** True while a fetch of this chunk is under way. */
-  isFetching(hex: string): boolean {
-    return this.inflight.has(hex);
+  /**
+   * Batched single-flight read-through: yields `{ index, data }` for every
+   * request the cache or the source can satisfy, in completion order. Hits come
+   * from disk, chunks already being fetched are awaited, and the rest are
+   * fetched together with one `fetchMany` call (e.g. one coalesced byte range or
+   * one batch request), verified and cached. Chunks the source lacks are not
+   * yielded; a fetch failure is thrown after the other chunks were yielded.
+   */
+  async *getOrFetchMany(
+    reqs: ChunkRequest[],
+    fetchMany: (reqs: ChunkRequest[]) => AsyncIterable<{ index: number; data: Buffer }>,
+    source = 'upstream',
+  ): AsyncGenerator<{ index: number; data: Buffer }> {
+    const waits: { index: number; promise: Promise<Buffer | null> }[] = [];
+    const mine: { index: number; req: ChunkRequest; settle: (d: Buffer | null, err?: unknown) => void }[] = [];
+    const claimed = new Map<string, Promise<Buffer | null>>();
+    for (let index = 0; index < reqs.length; index++) {
+      const req = reqs[index];
+      const hex = toHex(req.id);
+      const shared = this.inflight.get(hex) ?? claimed.get(hex);
+      if (shared) {
+        if (!claimed.has(hex)) this.counters.joined++;
+        waits.push({ index, promise: shared });
+        continue;
+      }
+      const hit = this.entries.has(hex) ? await this.get(req) : (this.counters.misses++, null);
+      if (hit) {
+        yield { index, data: hit };
+        continue;
+      }
+      const raced = this.inflight.get(hex);
+      if (raced) {
+        this.counters.joined++;
+        waits.push({ index, promise: raced });
+        continue;
+      }
+      let settle!: (d: Buffer | null, err?: unknown) => void;
+      const promise = new Promise<Buffer | null>((resolve, reject) => {
+        settle = (d, err) => (err === undefined ? resolve(d) : reject(err));
+      });
+      promise.catch(() => {}); // observed by the waiters; never an unhandled rejection
+      this.inflight.set(hex, promise);
+      claimed.set(hex, promise);
+      mine.push({ index, req, settle: (d, err) => (this.inflight.delete(hex), settle(d, err)) });
+      waits.push({ index, promise });
+    }
+    if (mine.length) {
+      this.counters.fetches += mine.length;
+      void this.runFetch(mine, fetchMany, source);
+    }
+    // Yield the awaited chunks as they settle.
+    const queue: { index: number; data: Buffer | null; err?: unknown }[] = [];
+    let wake: (() => void) | undefined;
+    for (const w of waits) {
+      w.promise.then(
+        (data) => (queue.push({ index: w.index, data }), wake?.()),
+        (err) => (queue.push({ index: w.index, data: null, err }), wake?.()),
+      );
+    }
+    let firstError: unknown;
+    for (let left = waits.length; left > 0; ) {
+      if (queue.length === 0) await new Promise<void>((r) => (wake = r));
+      for (const item of queue.splice(0)) {
+        left--;
+        if (item.err !== undefined) firstError ??= item.err;
+        else if (item.data) yield { index: item.index, data: item.data };
+      }
+    }
+    if (firstError !== undefined) throw firstError;
   }
 
-  private verify(req: ChunkRequest, data: Uint8Array, source: string): void {
-    const hex = toHex(req.id);
-    if (req.size !== undefined && data.length !== req.size) throw new ChunkVerifyError(hex, `has ${data.length} bytes, the index says ${req.size}`, source);
-    if (!chunkId(this.digest, data).equals(req.id)) throw new ChunkVerifyError(hex, `content does not match its ${this.digest} ID`, source);
+  /** Runs one batched fetch for claimed chunks: verify, cache, settle each; missing ones settle as null. */
+  private async runFetch(
+    mine: { index: number; req: ChunkRequest; settle: (d: Buffer | null, err?: unknown) => void }[],
+    fetchMany: (reqs: ChunkRequest[]) => AsyncIterable<{ index: number; data: Buffer }>,
+    source: string,
+  ): Promise<void> {
+    const open = new Set(mine.keys());
+    try {
+      for await (const { index, data } of fetchMany(mine.map((m) => m.req))) {
+        const m = mine[index];
+        if (!m || !open.has(index)) continue;
+        open.delete(index);
+        try {
+          decodeChunk(data, false, m.req, this.format, source);
+        } catch (err) {
+          m.settle(null, err);
+          continue;
+        }
+        await this.put(m.req.id, data);
+        m.settle(data);
+      }
+      for (const i of open) mine[i].settle(null);
+    } catch (err) {
+      for (const i of open) mine[i].settle(null, err);
+    }
   }
 
   private touch(hex: string): void {
