@@ -1,0 +1,52 @@
+// Worker thread of the parallel indexer: chunks and hashes one segment of a file
+// (as if a chunk started at the segment start) and posts back its chunk table.
+import { open } from 'node:fs/promises';
+import { parentPort, workerData } from 'node:worker_threads';
+import { ChunkIndexBuilder } from './caibx.js';
+import { indexRange, type ChunkingSetup } from './indexer-range.js';
+
+export interface SegmentJob extends ChunkingSetup {
+  path: string;
+  start: number;
+  end: number;
+  final: boolean;
+}
+
+export type SegmentMessage =
+  | { type: 'progress'; bytes: number }
+  | { type: 'done'; ends: Float64Array; ids: Uint8Array };
+
+const PROGRESS_EVERY = 16 * 1024 * 1024;
+
+async function run(job: SegmentJob): Promise<void> {
+  const port = parentPort!;
+  const fh = await open(job.path, 'r');
+  try {
+    const table = ChunkIndexBuilder.forDigest(job.digest, job.params);
+    let unreported = 0;
+    await indexRange(
+      fh,
+      job.start,
+      job.end,
+      {
+        ...job,
+        source: job.path,
+        onBytes: (bytes) => {
+          unreported += bytes;
+          if (unreported >= PROGRESS_EVERY) {
+            port.postMessage({ type: 'progress', bytes: unreported } satisfies SegmentMessage);
+            unreported = 0;
+          }
+        },
+      },
+      (end, id) => table.add(end, id),
+    );
+    if (unreported > 0) port.postMessage({ type: 'progress', bytes: unreported } satisfies SegmentMessage);
+    const { ends, ids } = table.finish();
+    port.postMessage({ type: 'done', ends, ids } satisfies SegmentMessage, [ends.buffer as ArrayBuffer, ids.buffer as ArrayBuffer]);
+  } finally {
+    await fh.close();
+  }
+}
+
+await run(workerData as SegmentJob);
