@@ -1,0 +1,177 @@
+// One in-flight assembly per image, shared by every client that asks for it.
+// The assembly writes its ordered, verified bytes to a spool file in the cache
+// directory; each client reads the spool at its own pace and waits at its end.
+// So a client that joins late still gets the whole image, a slow client does
+// not hold buffers in memory, and the assembly runs as long as anyone wants it:
+// when the last client goes away before the end, its fetches are aborted.
+import { EventEmitter } from 'node:events';
+import { open, rm, mkdir, type FileHandle } from 'node:fs/promises';
+import { join } from 'node:path';
+import { createHash } from 'node:crypto';
+import { Readable } from 'node:stream';
+import type { ExtractResult, ExtractStream } from '../lib/extract.js';
+
+const READ_SIZE = 256 * 1024;
+
+export type StartAssembly = (signal: AbortSignal) => Promise<ExtractStream>;
+
+export class SharedAssembly {
+  /** Verified bytes in the spool so far. */
+  written = 0;
+  finished = false;
+  error: Error | undefined;
+  /** Resolves with the engine's summary once the whole image is verified. */
+  readonly result: Promise<ExtractResult>;
+  private readonly events = new EventEmitter();
+  private readonly abort = new AbortController();
+  private readers = 0;
+  private fh: FileHandle | undefined;
+  private stream: ExtractStream | undefined;
+
+  constructor(
+    readonly key: string,
+    readonly size: number,
+    private readonly spoolPath: string,
+    start: StartAssembly,
+    private readonly onDone: (a: SharedAssembly) => void,
+  ) {
+    this.events.setMaxListeners(0);
+    this.result = this.run(start);
+    this.result.catch(() => {}); // observed through `error` and the readers
+  }
+
+  /** Engine counters so far (undefined before the engine has started). */
+  get progress() {
+    return this.stream?.progress;
+  }
+
+  private async run(start: StartAssembly): Promise<ExtractResult> {
+    try {
+      this.fh = await open(this.spoolPath, 'wx', 0o600);
+      this.stream = await start(this.abort.signal);
+      for await (const chunk of this.stream) {
+        const buf = chunk as Buffer;
+        let off = 0;
+        while (off < buf.length) {
+          const { bytesWritten } = await this.fh.write(buf, off, buf.length - off, this.written);
+          off += bytesWritten;
+          this.written += bytesWritten;
+        }
+        this.events.emit('data');
+      }
+      const result = await this.stream.result;
+      if (this.written !== this.size) throw new Error(`assembly of ${this.key} produced ${this.written} of ${this.size} bytes`);
+      this.finished = true;
+      return result;
+    } catch (err) {
+      this.error = err instanceof Error ? err : new Error(String(err));
+      this.stream?.destroy();
+      throw this.error;
+    } finally {
+      this.events.emit('data');
+      if (this.readers === 0) await this.dispose();
+    }
+  }
+
+  /** Resolves when the first verified byte is available; rejects if the assembly fails first. */
+  firstByte(): Promise<void> {
+    return new Promise((resolve, reject) => {
+      const check = () => {
+        if (this.written > 0) resolve();
+        else if (this.error) reject(this.error);
+        else if (this.finished) resolve(); // an empty image
+        else return;
+        this.events.off('data', check);
+      };
+      this.events.on('data', check);
+      check();
+    });
+  }
+
+  /** A reader of the whole image from byte 0. Destroying it releases its share of the assembly. */
+  subscribe(): Readable {
+    this.readers++;
+    let pos = 0;
+    let released = false;
+    const release = () => {
+      if (released) return;
+      released = true;
+      this.readers--;
+      if (this.readers === 0) {
+        if (!this.finished && !this.error) this.abort.abort(new Error('every client disconnected'));
+        else void this.dispose();
+      }
+    };
+    let reading = false;
+    const readable: Readable = new Readable({
+      highWaterMark: READ_SIZE,
+      read: () => {
+        if (reading) return;
+        reading = true;
+        void pump().finally(() => (reading = false));
+      },
+      destroy: (err, cb) => {
+        release();
+        cb(err);
+      },
+    });
+    const pump = async (): Promise<void> => {
+      for (;;) {
+        if (readable.destroyed) return;
+        if (pos < this.written && this.fh) {
+          const buf = Buffer.allocUnsafe(Math.min(READ_SIZE, this.written - pos));
+          const { bytesRead } = await this.fh.read(buf, 0, buf.length, pos);
+          pos += bytesRead;
+          if (!readable.push(buf.subarray(0, bytesRead))) return;
+          continue;
+        }
+        if (this.error) return void readable.destroy(this.error);
+        if (this.finished) {
+          readable.push(null);
+          return release();
+        }
+        await new Promise<void>((r) => this.events.once('data', r));
+      }
+    };
+    return readable;
+  }
+
+  private disposed = false;
+  private async dispose(): Promise<void> {
+    if (this.disposed) return;
+    this.disposed = true;
+    this.onDone(this);
+    await this.fh?.close().catch(() => {});
+    await rm(this.spoolPath, { force: true });
+  }
+}
+
+/** The in-flight assemblies, by origin URL of the image. */
+export class AssemblyRegistry {
+  private readonly live = new Map<string, SharedAssembly>();
+  private seq = 0;
+
+  constructor(private readonly spoolDir: string) {}
+
+  /** Removes spool files left by a previous process (never shared across processes). */
+  async init(): Promise<void> {
+    await rm(this.spoolDir, { recursive: true, force: true });
+    await mkdir(this.spoolDir, { recursive: true, mode: 0o700 });
+  }
+
+  get active(): SharedAssembly[] {
+    return [...this.live.values()];
+  }
+
+  /** The running, not failed assembly of `key`, or a new one started with `start`. */
+  acquire(key: string, size: number, start: StartAssembly): { assembly: SharedAssembly; created: boolean } {
+    const existing = this.live.get(key);
+    if (existing && !existing.error && existing.size === size) return { assembly: existing, created: false };
+    const name = `${createHash('sha256').update(key).digest('hex').slice(0, 16)}-${process.pid}-${++this.seq}.spool`;
+    const assembly = new SharedAssembly(key, size, join(this.spoolDir, name), start, (a) => {
+      if (this.live.get(a.key) === a) this.live.delete(a.key);
+    });
+    this.live.set(key, assembly);
+    return { assembly, created: true };
+  }
+}

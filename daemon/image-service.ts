@@ -1,0 +1,259 @@
+// Serving one image request as a delta, with the "never a wrong image" rules:
+// - no index on the origin, or any failure before the response headers: a full
+//   pass-through (307 to the origin, or proxied);
+// - headers are sent once the first verified byte is ready, or after
+//   HEADER_MS at the latest (sysupdate wants an answer within seconds); a
+//   failure after that but before the first body byte streams the origin's
+//   full file under the same headers, checked for size and SHA-256;
+// - after the first body byte the engine retries internally; if the image
+//   still cannot be completed correctly, the socket is destroyed, so the
+//   client sees a truncated download. The engine holds back the final bytes
+//   until the whole-file SHA-256 matches the origin's SHA256SUMS entry.
+import type { ServerResponse } from 'node:http';
+import { pipeline } from 'node:stream/promises';
+import { MAX_INDEX_BYTES, parseIndex, type ChunkIndex } from '../lib/caibx.js';
+import { OriginError } from '../lib/errors.js';
+import { openExtractStream, planUpdate, type ExtractProgress, type PlanReport, type SourceOptions } from '../lib/extract.js';
+import type { HttpClient } from '../lib/http-client.js';
+import type { AssemblyRegistry, SharedAssembly } from './assemblies.js';
+import type { DaemonConfig } from './config.js';
+import type { Logger } from './log.js';
+import type { DaemonCounters } from './metrics.js';
+import type { Notifier } from './notify.js';
+import { siblingUrl, type OriginTarget } from './origin-path.js';
+import { passThrough, type PassThroughContext } from './passthrough.js';
+import type { SeedCatalog } from './seeds.js';
+import { findSha256 } from './sha256sums.js';
+import { verifiedBody } from './verified-body.js';
+import { formatBytes } from './progress.js';
+
+/** Deadline for fetching the index and SHA256SUMS; past it, the image is passed through. */
+export const PREPARE_MS = 2_000;
+/** Response headers go out by then even if the first verified byte is not ready. */
+export const HEADER_MS = 1_500;
+/** Longest wait for the first body byte after the headers (curl's low-speed abort is 60 s). */
+export const FIRST_BYTE_MS = 40_000;
+const MANIFEST_MAX = 1024 * 1024;
+const STATUS_EVERY_MS = 1_000;
+
+export interface PreparedImage {
+  index: ChunkIndex;
+  /** SHA-256 from the origin's SHA256SUMS, when it lists the image. */
+  sha256?: string;
+}
+
+export interface ImageServiceDeps {
+  config: DaemonConfig;
+  http: HttpClient;
+  counters: DaemonCounters;
+  log: Logger;
+  notifier: Notifier;
+  seeds: SeedCatalog;
+  assemblies: AssemblyRegistry;
+  passThrough: PassThroughContext;
+}
+
+export class ImageService {
+  private lastStatus = 0;
+  constructor(private readonly d: ImageServiceDeps) {}
+
+  /** The image's index and expected SHA-256; undefined when the origin has no index for it. */
+  async prepare(target: OriginTarget, signal?: AbortSignal): Promise<PreparedImage | undefined> {
+    const indexUrl = target.url + this.d.config.indexSuffix;
+    const res = await this.fetchSmall(indexUrl, MAX_INDEX_BYTES, signal);
+    if (res.status === 404 || res.status === 410) return undefined;
+    const index = parseIndex(res.body, { source: indexUrl, allowArchive: false });
+    const sums = await this.fetchSmall(siblingUrl(target.url, 'SHA256SUMS'), MANIFEST_MAX, signal);
+    const sha256 = sums.status === 200 ? findSha256(sums.body.toString('utf8'), target.name) : undefined;
+    return { index, sha256 };
+  }
+
+  /** Where missing bytes of `target` come from (shared by assembly and the plan endpoint). */
+  async sources(target: OriginTarget, signal?: AbortSignal): Promise<SourceOptions> {
+    const c = this.d.config;
+    return {
+      seeds: await this.d.seeds.seedsFor(target.name),
+      rangeUrl: target.url,
+      stores: c.store ? [c.store] : undefined,
+      mode: 'auto',
+      cacheDir: c.cacheDir,
+      http: this.d.http,
+      signal,
+      onWarning: (m) => this.d.log.warn(`${target.relPath}: ${m}`),
+    };
+  }
+
+  /** The update-size query: what would come from seeds and from the network. */
+  async plan(target: OriginTarget, signal?: AbortSignal): Promise<(PlanReport & { sha256?: string }) | undefined> {
+    const prepared = await this.prepare(target, signal);
+    if (!prepared) return undefined;
+    await this.d.seeds.ready;
+    const report = await planUpdate(prepared.index, await this.sources(target, signal));
+    return { ...report, sha256: prepared.sha256 };
+  }
+
+  async serve(method: 'GET' | 'HEAD', target: OriginTarget, res: ServerResponse): Promise<void> {
+    const { counters, log } = this.d;
+    const ac = new AbortController();
+    res.once('close', () => ac.abort());
+    let prepared: PreparedImage | undefined;
+    try {
+      prepared = await withDeadline(this.prepare(target, ac.signal), PREPARE_MS, `index of ${target.relPath} not fetched within ${PREPARE_MS} ms`);
+    } catch (err) {
+      return this.fallBack(method, target, res, ac.signal, (err as Error).message);
+    }
+    if (!prepared) return this.fallBack(method, target, res, ac.signal, `no ${this.d.config.indexSuffix} index on the origin`);
+    const size = prepared.index.size;
+    const headers = { 'content-type': 'application/octet-stream', 'content-length': String(size), 'cache-control': 'no-store' };
+    if (method === 'HEAD') {
+      res.writeHead(200, headers);
+      res.end();
+      return;
+    }
+
+    const { assembly, created } = this.d.assemblies.acquire(target.url, size, (signal) => this.startEngine(target, prepared, signal));
+    const body = assembly.subscribe();
+    if (created) this.watch(target, prepared, assembly);
+    else log.info(`${target.relPath}: joining the assembly already in progress`);
+
+    let state = await firstByteWithin(assembly, HEADER_MS);
+    if (state === 'failed') {
+      body.destroy();
+      return this.fallBack(method, target, res, ac.signal, `assembly failed before the first byte: ${assembly.error?.message}`);
+    }
+    res.writeHead(200, headers);
+    if (state === 'timeout') state = await firstByteWithin(assembly, FIRST_BYTE_MS);
+    if (state !== 'ready') {
+      body.destroy();
+      counters.fallbacks++;
+      log.warn(`${target.relPath}: ${state === 'failed' ? `assembly failed before the first byte: ${assembly.error?.message}` : 'no byte assembled in time'}; streaming the full image from the origin`);
+      return this.proxyWhole(target, prepared, res, ac.signal);
+    }
+    body.on('data', (b: Buffer) => {
+      counters.bytesServed += b.length;
+    });
+    try {
+      await pipeline(body, res);
+    } catch (err) {
+      if (!res.writableFinished) {
+        // Never let a client complete a wrong or partial image: cut the connection.
+        res.destroy();
+        if (!ac.signal.aborted) log.error(`${target.relPath}: download aborted after ${formatBytes(assembly.written)}: ${(err as Error).message}`);
+      }
+    }
+  }
+
+  private async fallBack(method: 'GET' | 'HEAD', target: OriginTarget, res: ServerResponse, signal: AbortSignal, why: string): Promise<void> {
+    this.d.counters.fallbacks++;
+    this.d.log.warn(`${target.relPath}: ${why}; passing the full image through (${this.d.passThrough.mode})`);
+    await passThrough(this.d.passThrough, method, target.url, res, signal);
+  }
+
+  /** Full image from the origin under already-sent headers: exact size and SHA-256, or a cut connection. */
+  private async proxyWhole(target: OriginTarget, prepared: PreparedImage, res: ServerResponse, signal: AbortSignal): Promise<void> {
+    const { http, counters, log } = this.d;
+    const size = prepared.index.size;
+    try {
+      counters.originRequests++;
+      const up = await http.withRetry(async () => {
+        const r = await http.request(target.url, { signal });
+        if (r.statusCode !== 200) {
+          await r.body.dump();
+          throw new OriginError(`GET ${target.url}: HTTP ${r.statusCode}`, { status: r.statusCode, transient: r.statusCode >= 500 });
+        }
+        return r;
+      }, signal);
+      const declared = Number(up.headers['content-length']);
+      if (declared !== size) {
+        up.body.destroy();
+        throw new OriginError(`GET ${target.url}: ${declared} bytes, but its index describes ${size}`);
+      }
+      up.body.on('data', (b: Buffer) => {
+        counters.originBytes += b.length;
+      });
+      await pipeline(up.body, verifiedBody(size, prepared.sha256, target.url), res);
+    } catch (err) {
+      res.destroy();
+      if (!signal.aborted) log.error(`${target.relPath}: full-image fallback failed, download aborted: ${(err as Error).message}`);
+    }
+  }
+
+  private async startEngine(target: OriginTarget, prepared: PreparedImage, signal: AbortSignal) {
+    // Seeds being indexed in the background would otherwise be chunked twice.
+    await this.d.seeds.ready;
+    const sources = await this.sources(target, signal);
+    let last: ExtractProgress | undefined;
+    return openExtractStream(prepared.index, {
+      ...sources,
+      concurrency: this.d.config.concurrency,
+      sha256: prepared.sha256,
+      onProgress: (p) => {
+        this.account(last, p);
+        last = { ...p };
+        this.reportStatus(target, p);
+      },
+    });
+  }
+
+  /** Adds the engine's counter increments to the daemon's metrics. */
+  private account(prev: ExtractProgress | undefined, p: ExtractProgress): void {
+    const c = this.d.counters;
+    const reused = (x?: ExtractProgress) => (x ? x.fromSeeds + x.fromSelf + x.fromZero : 0);
+    c.bytesReused += reused(p) - reused(prev);
+    c.originBytes += p.networkBytes - (prev?.networkBytes ?? 0);
+    c.originRequests += p.networkRequests - (prev?.networkRequests ?? 0);
+  }
+
+  private reportStatus(target: OriginTarget, p: ExtractProgress): void {
+    const now = Date.now();
+    if (now - this.lastStatus < STATUS_EVERY_MS && p.done < p.total) return;
+    this.lastStatus = now;
+    const pct = p.total ? Math.floor((100 * p.done) / p.total) : 100;
+    this.d.notifier.status(`${target.name}: ${pct}% of ${formatBytes(p.total)}, reused ${formatBytes(p.fromSeeds + p.fromSelf + p.fromZero)}, downloaded ${formatBytes(p.networkBytes)}`);
+  }
+
+  private watch(target: OriginTarget, prepared: PreparedImage, assembly: SharedAssembly): void {
+    const { counters, log, notifier, seeds } = this.d;
+    counters.assembliesStarted++;
+    const started = Date.now();
+    assembly.result.then(
+      async (r) => {
+        counters.assembliesCompleted++;
+        const msg = `${target.name}: ${formatBytes(r.total)} assembled in ${Date.now() - started} ms (${r.mode}): reused ${formatBytes(r.fromSeeds + r.fromSelf + r.fromZero)}, downloaded ${formatBytes(r.networkBytes)} in ${r.networkRequests} requests${prepared.sha256 ? ', SHA-256 verified' : ''}`;
+        log.info(msg);
+        notifier.status(`idle; last: ${msg}`);
+        await seeds.remember(target.name, prepared.index).catch((err) => log.warn(`cannot keep the index of ${target.name}: ${(err as Error).message}`));
+      },
+      (err: Error) => {
+        if (assembly.written === 0 && /every client disconnected/.test(String(err.message))) return;
+        counters.assemblyFailures++;
+        log.error(`${target.name}: assembly failed after ${formatBytes(assembly.written)}: ${err.message}`);
+      },
+    );
+  }
+
+  private async fetchSmall(url: string, maxBytes: number, signal?: AbortSignal) {
+    this.d.counters.originRequests++;
+    const r = await this.d.http.getBuffer(url, { maxBytes, signal });
+    this.d.counters.originBytes += r.body.length;
+    return r;
+  }
+}
+
+/** Races `p` against a timer; the timer never outlives the race. */
+async function withDeadline<T>(p: Promise<T>, ms: number, message: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new Error(message)), ms);
+  });
+  try {
+    return await Promise.race([p, timeout]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+async function firstByteWithin(assembly: SharedAssembly, ms: number): Promise<'ready' | 'failed' | 'timeout'> {
+  const first = assembly.firstByte().then(() => 'ready' as const, () => 'failed' as const);
+  return withDeadline(first, ms, 'timeout').catch(() => 'timeout' as const);
+}

@@ -1,0 +1,61 @@
+// Pass-through of everything deltad does not assemble (manifests, signatures,
+// other files) and of images it falls back on: a 307 to the origin URL, or the
+// origin's answer streamed through unchanged (status kept: a 404 stays a 404,
+// which sysupdate's signature-name probing relies on).
+import type { ServerResponse } from 'node:http';
+import { pipeline } from 'node:stream/promises';
+import type { HttpClient } from '../lib/http-client.js';
+import type { PassthroughMode } from './config.js';
+import type { DaemonCounters } from './metrics.js';
+
+/** Origin response headers worth keeping; hop-by-hop and encoding headers are not. */
+const KEEP_HEADERS = ['content-type', 'content-length', 'last-modified', 'etag', 'location', 'cache-control', 'expires', 'accept-ranges'];
+
+export interface PassThroughContext {
+  http: HttpClient;
+  counters: DaemonCounters;
+  mode: PassthroughMode;
+}
+
+/** Answers `res` with the origin's `url`. `signal` aborts the origin request (client gone). */
+export async function passThrough(ctx: PassThroughContext, method: 'GET' | 'HEAD', url: string, res: ServerResponse, signal?: AbortSignal): Promise<void> {
+  if (ctx.mode === 'redirect') {
+    res.writeHead(307, { location: url, 'content-length': '0', 'cache-control': 'no-store' });
+    res.end();
+    return;
+  }
+  await proxy(ctx, method, url, res, signal);
+}
+
+/** Streams the origin's answer to `url` through. Headers not yet sent: a failure becomes 502. */
+export async function proxy(ctx: PassThroughContext, method: 'GET' | 'HEAD', url: string, res: ServerResponse, signal?: AbortSignal): Promise<void> {
+  ctx.counters.originRequests++;
+  let upstream;
+  try {
+    upstream = await ctx.http.withRetry(() => ctx.http.request(url, { method, signal }), signal);
+  } catch (err) {
+    if (!res.headersSent) {
+      const text = `deltad: origin request failed: ${(err as Error).message}\n`;
+      res.writeHead(502, { 'content-type': 'text/plain; charset=utf-8', 'content-length': Buffer.byteLength(text) });
+      res.end(text);
+      return;
+    }
+    throw err;
+  }
+  const headers: Record<string, string> = {};
+  for (const name of KEEP_HEADERS) {
+    const v = upstream.headers[name];
+    if (typeof v === 'string') headers[name] = v;
+  }
+  res.writeHead(upstream.statusCode, headers);
+  if (method === 'HEAD') {
+    await upstream.body.dump();
+    res.end();
+    return;
+  }
+  upstream.body.on('data', (b: Buffer) => {
+    ctx.counters.originBytes += b.length;
+  });
+  // A broken upstream body destroys the response: the client sees a truncated transfer.
+  await pipeline(upstream.body, res);
+}
