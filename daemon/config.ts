@@ -5,6 +5,7 @@
 import { readFileSync } from 'node:fs';
 import { UsageError } from '../lib/errors.js';
 import type { OptionSpec } from './command.js';
+import { AllowList, DEFAULT_ALLOW } from './access.js';
 
 export type PassthroughMode = 'redirect' | 'proxy';
 
@@ -28,6 +29,16 @@ export interface DaemonConfig {
   passthrough: PassthroughMode;
   /** host:port to listen on when systemd passes no socket. */
   listen: string;
+  /** Fleet proxy (`deltad proxy`, docs/FLEET.md): upstream base URL, '/'-terminated; empty when unset. */
+  upstream: string;
+  /** Fleet proxy: the upstream's casync chunk store; empty = byte ranges of the upstream images. */
+  upstreamStore: string;
+  /** Fleet proxy: chunk and metadata cache directory, and its size limit in bytes. */
+  proxyCache: string;
+  proxyCacheSize: number;
+  /** Fleet proxy: client networks allowed (CIDR) and concurrent requests per client. */
+  allow: string[];
+  clientConcurrency: number;
 }
 
 export const DEFAULT_CONFIG_FILE = '/etc/deltad/deltad.conf';
@@ -49,6 +60,12 @@ const KEYS: Record<string, KeySpec> = {
   concurrency: { field: 'concurrency', parse: (v) => parseNumber(v, 1, 256, true) },
   passthrough: { field: 'passthrough', parse: parsePassthrough },
   listen: { field: 'listen', parse: parseListen },
+  upstream: { field: 'upstream', parse: parseOrigin },
+  'upstream-store': { field: 'upstreamStore', parse: (v) => (v === '' ? '' : parseHttpUrl(v)) },
+  'proxy-cache': { field: 'proxyCache', parse: parseAbsolutePath },
+  'proxy-cache-size': { field: 'proxyCacheSize', parse: parseByteSize },
+  allow: { field: 'allow', list: true, parse: parseNetwork },
+  'client-concurrency': { field: 'clientConcurrency', parse: (v) => parseNumber(v, 1, 10_000, true) },
 };
 
 export function defaultConfig(env: NodeJS.ProcessEnv = process.env): DaemonConfig {
@@ -64,6 +81,12 @@ export function defaultConfig(env: NodeJS.ProcessEnv = process.env): DaemonConfi
     concurrency: 8,
     passthrough: 'redirect',
     listen: '127.0.0.1:3129',
+    upstream: '',
+    upstreamStore: '',
+    proxyCache: '/var/cache/deltad-proxy',
+    proxyCacheSize: 10 * 1024 ** 3,
+    allow: [...DEFAULT_ALLOW],
+    clientConcurrency: 64,
   };
 }
 
@@ -84,7 +107,14 @@ export const configUsage = `Configuration (file ${DEFAULT_CONFIG_FILE}, env DELT
   --idle-timeout SECONDS   exit after this long without requests; 0 = never (default 300)
   --concurrency N          parallel origin requests per assembly (default 8)
   --passthrough MODE       redirect (307 to the origin) or proxy (stream through) (default redirect)
-  --listen HOST:PORT       address when not socket-activated (default 127.0.0.1:3129)`;
+  --listen HOST:PORT       address when not socket-activated (default 127.0.0.1:3129)
+Fleet proxy (deltad proxy):
+  --upstream URL           upstream base URL every request path is served from
+  --upstream-store URL     the upstream's casync chunk store (default: byte ranges of its images)
+  --proxy-cache DIR        chunk and metadata cache (default /var/cache/deltad-proxy)
+  --proxy-cache-size SIZE  chunk cache limit, e.g. 500M, 20G (default 10G)
+  --allow CIDR             client networks allowed (repeatable; default loopback and private ranges)
+  --client-concurrency N   concurrent requests per client address (default 64)`;
 
 export interface LoadConfigInput {
   values?: Record<string, string | boolean | string[] | undefined>;
@@ -212,6 +242,20 @@ function parsePassthrough(v: string): PassthroughMode {
 }
 
 /** host:port, [v6]:port; port 0 picks a free port (tests). */
+/** A byte count with an optional K/M/G/T suffix (powers of 1024). */
+function parseByteSize(v: string): number {
+  const m = /^(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?$/i.exec(v.trim());
+  if (!m) throw new Error(`"${v}" is not a size (e.g. 500M, 20G)`);
+  const n = Math.floor(Number(m[1]) * 1024 ** ' KMGT'.indexOf((m[2] || ' ').toUpperCase()));
+  if (n < 1024 * 1024) throw new Error(`size "${v}" is below the 1M minimum`);
+  return n;
+}
+
+function parseNetwork(v: string): string {
+  new AllowList([v]); // throws with the reason
+  return v;
+}
+
 function parseListen(v: string): string {
   const m = /^(\[[0-9a-fA-F:.]+\]|[^:[\]]+):(\d{1,5})$/.exec(v);
   if (!m || Number(m[2]) > 65535) throw new Error(`listen address "${v}" must be HOST:PORT (e.g. 127.0.0.1:3129)`);
