@@ -18,8 +18,10 @@ export interface HttpClientOptions {
 }
 
 export interface RequestOptions {
-  method?: 'GET' | 'HEAD';
+  method?: 'GET' | 'HEAD' | 'POST';
   headers?: Record<string, string>;
+  /** Request body (POST: the fleet proxy's batch endpoint). */
+  body?: Buffer;
   signal?: AbortSignal;
 }
 
@@ -56,6 +58,7 @@ export class HttpClient {
       const res = await request(url, {
         method: opts.method ?? 'GET',
         headers: { 'user-agent': this.userAgent, 'accept-encoding': 'identity', ...opts.headers },
+        body: opts.body,
         signal: opts.signal,
         dispatcher: this.dispatcher,
       });
