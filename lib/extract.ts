@@ -4,8 +4,20 @@
 // repeated chunks, an optional chunk cache, and a remote source (HTTP byte
 // ranges against the image, or casync chunk stores).
 import type { Readable } from 'node:stream';
-import type { ChunkIndex } from './caibx.js';
-import type { HttpClient } from './http-client.js';
+import { MAX_INDEX_BYTES, parseIndex, readIndexFile, type ChunkIndex } from './caibx.js';
+import { OriginError, UsageError } from './errors.js';
+import { HttpClient } from './http-client.js';
+import { IndexCache, type IndexBuilder } from './index-cache.js';
+import { indexFile } from './indexer.js';
+import type { ChunkerVariant } from './chunker.js';
+import { planChunks, type Plan } from './planner.js';
+import { RangeFetcher, planRangeRequests, type RangeSupport } from './range-fetcher.js';
+import { RangeSource, StoreSource, type RemoteSource, type Run } from './remote-source.js';
+import { Assembler } from './assembler.js';
+import { OrderedStream } from './ordered-stream.js';
+import { PartialFile } from './partial-file.js';
+import { closeSeeds, openSeed, type Seed } from './seed.js';
+import { openStore } from './store/open-store.js';
 import type { ChunkStore, WritableChunkStore } from './store/types.js';
 
 /** How missing chunks are fetched: byte ranges of the image, a chunk store, or chosen per update. */
@@ -87,8 +99,8 @@ export interface ExtractProgress {
 
 export interface ExtractResult extends ExtractProgress {
   mode: 'range' | 'store' | 'none';
-  /** SHA-256 (hex) of the assembled bytes. */
-  sha256: string;
+  /** SHA-256 (hex) of the assembled bytes: always for streams, for files when `sha256` was given. */
+  sha256?: string;
   wallMs: number;
   /** Chunks taken from the partial file of an interrupted run. */
   resumedBytes: number;
@@ -132,18 +144,202 @@ export interface ExtractStream extends Readable {
   readonly result: Promise<ExtractResult>;
 }
 
+/** What one network request is worth in bytes when comparing fetch modes (latency, headers). */
+const REQUEST_COST_BYTES = 16 * 1024;
+/** Framing bytes per part of a multipart/byteranges answer (boundary, part headers). */
+const PART_OVERHEAD_BYTES = 100;
+const DEFAULT_CONCURRENCY = 8;
+const DEFAULT_WINDOW_BYTES = 32 * 1024 * 1024;
+const PROGRESS_INTERVAL_MS = 200;
+
+const isUrl = (s: string): boolean => /^https?:\/\//i.test(s);
+
 /** Loads a target index from a local path or an http(s) URL (verified strictly). */
 export async function loadIndex(spec: string, opts: { http?: HttpClient; signal?: AbortSignal } = {}): Promise<ChunkIndex> {
-  void spec;
-  void opts;
-  throw new Error('not implemented');
+  if (!isUrl(spec)) return readIndexFile(spec, { allowArchive: false });
+  const http = opts.http ?? new HttpClient();
+  try {
+    const res = await http.getBuffer(spec, { signal: opts.signal, maxBytes: MAX_INDEX_BYTES });
+    if (res.status === 404 || res.status === 410) throw new OriginError(`GET ${spec}: HTTP ${res.status} (no such index)`, { status: res.status });
+    return parseIndex(res.body, { source: spec, allowArchive: false });
+  } finally {
+    if (!opts.http) await http.close();
+  }
+}
+
+/** The indexer, for seeds without an index. */
+const buildIndex: IndexBuilder = (path, key, signal) =>
+  indexFile(path, { params: key.params, digest: key.digest, variant: key.variant as ChunkerVariant | undefined, signal });
+
+/** Everything an operation opened for its sources; close() releases what it owns. */
+interface Context {
+  http: HttpClient;
+  seeds: Seed[];
+  stores: ChunkStore[];
+  close(): Promise<void>;
+}
+
+async function openContext(target: ChunkIndex, opts: AssembleOptions): Promise<Context> {
+  const ownsHttp = !opts.http;
+  const http = opts.http ?? new HttpClient({ connections: opts.concurrency ?? DEFAULT_CONCURRENCY, attempts: opts.attempts });
+  const owned: ChunkStore[] = [];
+  const seeds: Seed[] = [];
+  const ctx: Context = {
+    http,
+    seeds,
+    stores: (opts.stores ?? []).map((s) => {
+      if (typeof s !== 'string') return s;
+      const store = openStore(s, { client: http });
+      owned.push(store);
+      return store;
+    }),
+    async close() {
+      await closeSeeds(seeds);
+      await Promise.all(owned.map((s) => s.close?.().catch(() => {})));
+      if (ownsHttp) await http.close();
+    },
+  };
+  try {
+    const cache = new IndexCache(opts.cacheDir);
+    for (const spec of opts.seeds ?? []) {
+      seeds.push(await openSeed(spec.path, spec.index, { target, cache, build: buildIndex, onWarning: opts.onWarning, signal: opts.signal }));
+    }
+  } catch (err) {
+    await ctx.close();
+    throw err;
+  }
+  return ctx;
+}
+
+const remoteRuns = (plan: Plan): Run[] => plan.segments.filter((s) => s.kind === 'remote').map((s) => ({ first: s.first, count: s.count }));
+
+function rangeCost(plan: Plan, multi: boolean): ModeCost {
+  const reqs = planRangeRequests(plan.target, remoteRuns(plan), { multi });
+  let bytes = 0;
+  for (const r of reqs) bytes += r.bytes + (r.ranges.length > 1 ? PART_OVERHEAD_BYTES * r.ranges.length : 0);
+  return { mode: multi ? 'range' : 'range-single', bytes, requests: reqs.length };
+}
+
+function storeCost(plan: Plan, stores: readonly ChunkStore[]): ModeCost {
+  const batch = stores.some((s) => s.getMany) ? 32 : 1;
+  return { mode: 'store', bytes: plan.totals.missingBytes, requests: Math.ceil(plan.totals.missingChunks / batch) };
+}
+
+const weigh = (c: ModeCost): number => c.bytes + c.requests * REQUEST_COST_BYTES;
+
+interface RemoteChoice {
+  remote?: RemoteSource;
+  chosen: 'range' | 'store' | 'none';
+  modes: ModeCost[];
+  rangeSupport?: { ranges: boolean; multi: boolean };
+  /** Requests and bytes spent probing the range URL. */
+  probe: { requests: number; bytes: number };
+}
+
+/**
+ * Picks how missing chunks are fetched. Auto probes the range URL when it has
+ * to choose (or when asked, for a plan report) and weighs bytes against
+ * requests; a range source in auto mode hands over to the stores if the
+ * server turns out to ignore ranges.
+ */
+async function chooseRemote(plan: Plan, ctx: Context, opts: AssembleOptions, probeAlways = false): Promise<RemoteChoice> {
+  const mode = opts.mode ?? 'auto';
+  if (mode !== 'auto' && mode !== 'range' && mode !== 'store') throw new UsageError(`unknown mode "${mode}" (expected auto, range or store)`);
+  if (mode === 'range' && !opts.rangeUrl) throw new UsageError('range mode needs the image URL (--range-url)');
+  if (mode === 'store' && ctx.stores.length === 0) throw new UsageError('store mode needs a chunk store (--store)');
+  const missing = plan.totals.missingChunks > 0;
+  const retry = { attempts: ctx.http.attempts, retryBaseMs: ctx.http.retryBaseMs };
+  const useRange = mode !== 'store' && opts.rangeUrl !== undefined;
+  const useStore = mode !== 'range' && ctx.stores.length > 0;
+  let support: RangeSupport | undefined;
+  const probe = { requests: 0, bytes: 0 };
+  if (useRange && (probeAlways || (missing && useStore))) {
+    const f = new RangeFetcher(ctx.http, opts.rangeUrl!, plan.target.size);
+    support = await f.probe(opts.signal);
+    probe.requests = f.stats.requests;
+    probe.bytes = f.stats.bytes;
+  }
+  const modes: ModeCost[] = [];
+  if (useRange && support?.ranges !== false) {
+    if (support?.multi !== false) modes.push(rangeCost(plan, true));
+    modes.push(rangeCost(plan, false));
+  }
+  if (useStore) modes.push(storeCost(plan, ctx.stores));
+  const rangeSupport = support && { ranges: support.ranges, multi: support.multi };
+  if (!missing) return { chosen: 'none', modes, rangeSupport, probe };
+  if (mode === 'range' && support?.ranges === false) throw new OriginError(`${opts.rangeUrl}: the server does not serve byte ranges`);
+  if (modes.length === 0) {
+    const why = useRange ? `${opts.rangeUrl} does not serve byte ranges and no chunk store was given` : 'give --range-url or --store';
+    throw new UsageError(`${plan.totals.missingChunks} chunks (${plan.totals.missingBytes} bytes) are in no seed and there is no remote source: ${why}`);
+  }
+  const best = modes.reduce((a, b) => (weigh(b) < weigh(a) ? b : a));
+  const stores = useStore ? new StoreSource(plan.target, ctx.stores, ctx.http) : undefined;
+  if (best.mode === 'store') return { remote: stores, chosen: 'store', modes, rangeSupport, probe };
+  const remote = new RangeSource(plan.target, ctx.http, opts.rangeUrl!, retry, { multi: best.mode === 'range' }, opts.onWarning, stores);
+  return { remote, chosen: 'range', modes, rangeSupport, probe };
 }
 
 /** Plans a target against the sources without fetching any chunk: the update-size query. */
 export async function planUpdate(target: string | ChunkIndex, opts: SourceOptions = {}): Promise<PlanReport> {
-  void target;
-  void opts;
-  throw new Error('not implemented');
+  const index = typeof target === 'string' ? await loadIndex(target, opts) : target;
+  const ctx = await openContext(index, opts);
+  try {
+    const plan = planChunks(index, ctx.seeds, { selfSeed: opts.selfSeed, nullSeed: opts.nullSeed });
+    const choice = await chooseRemote(plan, ctx, opts, true);
+    const t = plan.totals;
+    return {
+      targetSize: index.size,
+      chunks: index.count,
+      fromSeeds: t.fromSeeds,
+      fromSelf: t.fromSelf,
+      fromZero: t.fromZero,
+      missingBytes: t.missingBytes,
+      missingChunks: t.missingChunks,
+      missingRuns: t.missingRuns,
+      modes: choice.modes,
+      chosen: choice.chosen,
+      rangeSupport: choice.rangeSupport,
+    };
+  } finally {
+    await ctx.close();
+  }
+}
+
+function newProgress(total: number): ExtractProgress {
+  return { total, done: 0, fromSeeds: 0, fromSelf: 0, fromZero: 0, fromCache: 0, fromNetwork: 0, networkBytes: 0, networkRequests: 0 };
+}
+
+/** Runs the assembler with periodic progress callbacks; network counters include the probe. */
+async function runAssembly(assembler: Assembler, progress: ExtractProgress, choice: RemoteChoice, onProgress?: (p: ExtractProgress) => void): Promise<void> {
+  const report = (): void => {
+    if (choice.remote) {
+      progress.networkBytes = choice.remote.stats.bytes + choice.probe.bytes;
+      progress.networkRequests = choice.remote.stats.requests + choice.probe.requests;
+    } else {
+      progress.networkBytes = choice.probe.bytes;
+      progress.networkRequests = choice.probe.requests;
+    }
+    onProgress?.({ ...progress });
+  };
+  const timer = setInterval(report, PROGRESS_INTERVAL_MS);
+  timer.unref();
+  try {
+    await assembler.run();
+  } finally {
+    clearInterval(timer);
+    report();
+  }
+}
+
+function summary(progress: ExtractProgress, choice: RemoteChoice, assembler: Assembler, started: number, sha256?: string): ExtractResult {
+  return {
+    ...progress,
+    mode: choice.remote ? choice.remote.kind : 'none',
+    sha256,
+    wallMs: Date.now() - started,
+    resumedBytes: assembler.resumedBytes,
+    seedMismatches: assembler.seedMismatches,
+  };
 }
 
 /**
@@ -152,10 +348,32 @@ export async function planUpdate(target: string | ChunkIndex, opts: SourceOption
  * failure `out` is untouched and the partial file is kept for resuming.
  */
 export async function extractToFile(target: string | ChunkIndex, out: string, opts: ExtractToFileOptions = {}): Promise<ExtractResult> {
-  void target;
-  void out;
-  void opts;
-  throw new Error('not implemented');
+  const started = Date.now();
+  if (opts.sha256 !== undefined && !/^[0-9a-fA-F]{64}$/.test(opts.sha256)) throw new UsageError(`invalid SHA-256 "${opts.sha256}": expected 64 hex digits`);
+  const index = typeof target === 'string' ? await loadIndex(target, opts) : target;
+  const ctx = await openContext(index, opts);
+  try {
+    const { file, resumeSeed } = await PartialFile.open(out, index, opts.resume !== false);
+    let assembler: Assembler | undefined;
+    try {
+      const seeds = resumeSeed ? [resumeSeed, ...ctx.seeds] : ctx.seeds;
+      const plan = planChunks(index, seeds, { selfSeed: opts.selfSeed, nullSeed: opts.nullSeed });
+      const choice = await chooseRemote(plan, ctx, opts);
+      const progress = newProgress(index.size);
+      assembler = new Assembler({
+        plan, sink: file, remote: choice.remote, chunkCache: opts.chunkCache,
+        concurrency: opts.concurrency ?? DEFAULT_CONCURRENCY, progress, onWarning: opts.onWarning, signal: opts.signal,
+      });
+      await runAssembly(assembler, progress, choice, opts.onProgress);
+      const sha256 = await file.commit(opts.fileMode ?? 0o644, opts.sha256);
+      return summary(progress, choice, assembler, started, sha256);
+    } catch (err) {
+      await file.keep();
+      throw err;
+    }
+  } finally {
+    await ctx.close();
+  }
 }
 
 /**
@@ -165,9 +383,39 @@ export async function extractToFile(target: string | ChunkIndex, out: string, op
  * Aborting `signal` or destroying the stream cancels all fetches.
  */
 export function openExtractStream(target: ChunkIndex, opts: ExtractStreamOptions = {}): ExtractStream {
-  void target;
-  void opts;
-  throw new Error('not implemented');
+  const started = Date.now();
+  const start = opts.start ?? 0;
+  const end = opts.end ?? target.size;
+  if (!(Number.isSafeInteger(start) && Number.isSafeInteger(end) && start >= 0 && start <= end && end <= target.size)) {
+    throw new UsageError(`invalid byte range [${start}, ${end}) of a ${target.size}-byte target`);
+  }
+  const windowBytes = opts.windowBytes ?? DEFAULT_WINDOW_BYTES;
+  const cancel = new AbortController();
+  opts.signal?.addEventListener('abort', () => cancel.abort(opts.signal!.reason), { once: true });
+  const stream = new OrderedStream({ target, start, end, windowBytes, sha256: opts.sha256, onCancel: (reason) => cancel.abort(reason) });
+  const progress = newProgress(end - start);
+  const result = (async (): Promise<ExtractResult> => {
+    const ctx = await openContext(target, { ...opts, signal: cancel.signal });
+    try {
+      const firstChunk = start < end ? target.chunkAt(start) : 0;
+      const endChunk = start < end ? target.chunkAt(end - 1) + 1 : 0;
+      const plan = planChunks(target, ctx.seeds, { firstChunk, endChunk, selfSeed: opts.selfSeed, nullSeed: opts.nullSeed });
+      const choice = await chooseRemote(plan, ctx, opts);
+      const assembler = new Assembler({
+        plan, sink: stream, remote: choice.remote, chunkCache: opts.chunkCache, maxSpan: windowBytes / 2,
+        concurrency: opts.concurrency ?? DEFAULT_CONCURRENCY, progress, onWarning: opts.onWarning, signal: cancel.signal,
+      });
+      await runAssembly(assembler, progress, choice, opts.onProgress);
+      await stream.complete;
+      return summary(progress, choice, assembler, started, stream.sha256);
+    } finally {
+      await ctx.close();
+    }
+  })();
+  result.catch((err) => {
+    if (!stream.destroyed) stream.destroy(err as Error);
+  });
+  return Object.assign(stream, { progress, result });
 }
 
 export { defaultCacheDir, IndexCache } from './index-cache.js';

@@ -75,8 +75,10 @@ export class RangeSource implements RemoteSource {
     this.multi = planOpts.multi ?? true;
   }
 
+  /** This source's traffic, including a store it handed over to. */
   get stats(): FetchStats {
-    return this.fetcher.stats;
+    const f = this.fallback?.stats;
+    return f ? { requests: this.fetcher.stats.requests + f.requests, bytes: this.fetcher.stats.bytes + f.bytes } : this.fetcher.stats;
   }
 
   private handedOver = false;
@@ -131,7 +133,9 @@ export class RangeSource implements RemoteSource {
 
 export class StoreSource implements RemoteSource {
   readonly kind = 'store';
-  private readonly httpBase: FetchStats;
+  /** Bytes received by the client when this source was made (stores count into the client's stats). */
+  private readonly httpBytesBase: number;
+  private requests = 0;
 
   constructor(
     private readonly index: ChunkIndex,
@@ -140,14 +144,16 @@ export class StoreSource implements RemoteSource {
     private readonly http: HttpClient,
     private readonly batchSize = 32,
   ) {
-    this.httpBase = { ...http.stats };
+    this.httpBytesBase = http.stats.bytes;
   }
 
+  /** Requests are counted here (one per get/getMany to an HTTP store); bytes come from the client, so a client shared with concurrent work over-counts. */
   get stats(): FetchStats {
-    return {
-      requests: this.http.stats.requests - this.httpBase.requests,
-      bytes: this.http.stats.bytes - this.httpBase.bytes,
-    };
+    return { requests: this.requests, bytes: this.http.stats.bytes - this.httpBytesBase };
+  }
+
+  private count(store: ChunkStore): void {
+    if (/^https?:/i.test(store.location)) this.requests++;
   }
 
   batches(runs: readonly Run[]): Run[][] {
@@ -172,6 +178,7 @@ export class StoreSource implements RemoteSource {
     const reqs = chunks.map((i) => ({ id: this.index.id(i), size: this.index.chunkSize(i) }));
     const found = new Set<number>();
     if (store.getMany && chunks.length > 1) {
+      this.count(store);
       for await (const { index, data } of store.getMany(reqs, signal)) {
         if (found.has(index) || !verifyChunk(this.index, chunks[index], data)) continue;
         found.add(index);
@@ -193,9 +200,11 @@ export class StoreSource implements RemoteSource {
   private async getVerifiedOnce(store: ChunkStore, i: number, signal: AbortSignal): Promise<Buffer | null> {
     const req = { id: this.index.id(i), size: this.index.chunkSize(i) };
     try {
+      this.count(store);
       return await store.get(req, signal);
     } catch (err) {
       if (!(err instanceof ChunkVerifyError)) throw err;
+      this.count(store);
       return store.get(req, signal);
     }
   }

@@ -1,0 +1,341 @@
+// The assembly engine: runs a plan. Local work (seed runs, zero chunks,
+// repeats) and remote batches go through two in-order queues with bounded
+// concurrency; every chunk is verified against its ID before it is handed to
+// the sink (a file being written, or an ordered stream). A seed chunk that
+// does not match is reported and fetched remotely instead.
+import type { ChunkIndex } from './caibx.js';
+import { chunkId } from './digest.js';
+import { ChunkVerifyError } from './errors.js';
+import type { Plan, Segment } from './planner.js';
+import type { RemoteSource, Run } from './remote-source.js';
+import { readSeedRange } from './seed.js';
+import type { WritableChunkStore } from './store/types.js';
+import type { ExtractProgress } from './extract.js';
+
+/** Where verified chunks go. */
+export interface AssemblySink {
+  /** Takes verified target chunks [first, first+count) whose bytes are `data`. */
+  put(first: number, count: number, data: Buffer): Promise<void> | void;
+  /** Bytes of an already verified chunk again (for repeats), or null when they are gone. */
+  readBack(i: number): Promise<Buffer | null>;
+  /** True when unwritten target bytes already read as zero (a fresh sparse file). */
+  readonly zeroFilled: boolean;
+  /** Keep repeated chunks in memory for their later copies (no readBack). */
+  readonly retainRepeats: boolean;
+  /** Resolves when a task spanning target bytes [start, end) from chunk `first` may start (the stream's window). */
+  admit?(start: number, end: number, first: number): Promise<void> | void;
+}
+
+export interface AssemblerOptions {
+  plan: Plan;
+  sink: AssemblySink;
+  remote?: RemoteSource;
+  chunkCache?: WritableChunkStore;
+  /** Concurrent remote batches. */
+  concurrency: number;
+  /** Concurrent seed reads. */
+  localConcurrency?: number;
+  /** Largest target span of one task (the stream's window); default unlimited. */
+  maxSpan?: number;
+  /** Counters, updated as chunks are verified; network counters mirror the remote source's stats. */
+  progress: ExtractProgress;
+  onWarning?: (message: string) => void;
+  signal?: AbortSignal;
+}
+
+type Task =
+  | { kind: 'seed'; first: number; count: number; seed: number; seedFirst: number }
+  | { kind: 'zero'; first: number; count: number }
+  | { kind: 'self'; first: number; count: number; source: number }
+  | { kind: 'remote'; runs: Run[] };
+
+/** Bytes read from a seed per task: large enough for sequential I/O, small enough to bound memory. */
+const SEED_TASK_BYTES = 4 * 1024 * 1024;
+/** Written-but-not-yet-completed bytes before network reading pauses. */
+const MAX_PENDING_WRITE_BYTES = 32 * 1024 * 1024;
+/** Repeated chunks kept in memory for their copies (stream sinks). */
+const MAX_RETAINED_BYTES = 64 * 1024 * 1024;
+
+export class Assembler {
+  private readonly index: ChunkIndex;
+  private readonly ctl = new AbortController();
+  private error: unknown;
+  /** Chunks that later repeats copy from → their completion. */
+  private readonly sources = new Map<number, { promise: Promise<void>; resolve: () => void; refs: number }>();
+  private readonly retained = new Map<number, Buffer>();
+  private retainedBytes = 0;
+  private pendingWrites = 0;
+  private drainWaiters: (() => void)[] = [];
+  private zeros: Buffer = Buffer.alloc(0);
+  seedMismatches = 0;
+  /** Bytes verified in place in a resumed partial file. */
+  resumedBytes = 0;
+
+  constructor(private readonly opts: AssemblerOptions) {
+    this.index = opts.plan.target;
+    opts.signal?.addEventListener('abort', () => this.ctl.abort(opts.signal!.reason), { once: true });
+    if (opts.signal?.aborted) this.ctl.abort(opts.signal.reason);
+  }
+
+  get signal(): AbortSignal {
+    return this.ctl.signal;
+  }
+
+  /** Stops all work (a consumer went away); run() rejects with the reason. */
+  abort(reason: unknown): void {
+    this.ctl.abort(reason);
+  }
+
+  async run(): Promise<void> {
+    const { local, remote } = this.tasks();
+    await Promise.all([this.runQueue(local, this.opts.localConcurrency ?? 2), this.runQueue(remote, this.opts.concurrency)]);
+    if (this.error !== undefined) throw this.error;
+    this.ctl.signal.throwIfAborted();
+  }
+
+  private tasks(): { local: Task[]; remote: Task[] } {
+    const { plan } = this.opts;
+    const local: Task[] = [];
+    const runs: Run[] = [];
+    for (const seg of plan.segments) {
+      if (seg.kind === 'remote') runs.push({ first: seg.first, count: seg.count });
+      else if (seg.kind === 'seed') local.push(...this.splitSeed(seg));
+      else if (seg.kind === 'self') {
+        for (let k = 0; k < seg.count; k++) this.reference(seg.source + k);
+        local.push(seg);
+      } else local.push(seg);
+    }
+    let remote: Task[] = [];
+    if (runs.length > 0) {
+      if (!this.opts.remote && !this.opts.chunkCache) throw new ChunkVerifyError(this.index.idHex(runs[0].first), `at target offset ${this.index.start(runs[0].first)} is in no seed and there is no remote source (give --range-url or --store)`);
+      remote = this.opts.remote
+        ? this.opts.remote.batches(runs, this.opts.maxSpan ?? Infinity).map((b) => ({ kind: 'remote', runs: b }))
+        : runs.map((r) => ({ kind: 'remote', runs: [r] }));
+    }
+    return { local, remote };
+  }
+
+  private splitSeed(seg: Extract<Segment, { kind: 'seed' }>): Task[] {
+    const out: Task[] = [];
+    const idx = this.index;
+    let k = 0;
+    while (k < seg.count) {
+      let n = 1;
+      let bytes = idx.chunkSize(seg.first + k);
+      while (k + n < seg.count && bytes + idx.chunkSize(seg.first + k + n) <= SEED_TASK_BYTES) bytes += idx.chunkSize(seg.first + k + n++);
+      out.push({ kind: 'seed', first: seg.first + k, count: n, seed: seg.seed, seedFirst: seg.seedFirst + k });
+      k += n;
+    }
+    return out;
+  }
+
+  private reference(j: number): void {
+    const s = this.sources.get(j);
+    if (s) return void s.refs++;
+    let resolve!: () => void;
+    const promise = new Promise<void>((r) => (resolve = r));
+    this.sources.set(j, { promise, resolve, refs: 1 });
+  }
+
+  private span(t: Task): { start: number; end: number; first: number } {
+    const idx = this.index;
+    if (t.kind === 'remote') {
+      const last = t.runs[t.runs.length - 1];
+      return { start: idx.start(t.runs[0].first), end: idx.end(last.first + last.count - 1), first: t.runs[0].first };
+    }
+    return { start: idx.start(t.first), end: idx.end(t.first + t.count - 1), first: t.first };
+  }
+
+  private async runQueue(tasks: Task[], slots: number): Promise<void> {
+    const running = new Set<Promise<void>>();
+    const detached: Promise<void>[] = [];
+    for (const t of tasks) {
+      if (this.ctl.signal.aborted) break;
+      const s = this.span(t);
+      await this.opts.sink.admit?.(s.start, s.end, s.first);
+      // Repeats only wait for earlier chunks; they hold no slot, so they never block the queue.
+      if (t.kind === 'self') {
+        detached.push(this.guard(t));
+        continue;
+      }
+      while (running.size >= slots) await Promise.race(running);
+      const p: Promise<void> = this.guard(t).finally(() => running.delete(p));
+      running.add(p);
+    }
+    await Promise.all([...running, ...detached]);
+  }
+
+  /** Runs a task; the first failure stops everything. */
+  private async guard(t: Task): Promise<void> {
+    try {
+      this.ctl.signal.throwIfAborted();
+      if (t.kind === 'seed') await this.seedTask(t);
+      else if (t.kind === 'zero') await this.zeroTask(t);
+      else if (t.kind === 'self') await this.selfTask(t);
+      else await this.fetchRemote(t.runs);
+    } catch (err) {
+      if (this.error === undefined) this.error = this.ctl.signal.aborted ? this.ctl.signal.reason : err;
+      this.ctl.abort(err);
+    }
+  }
+
+  /** Hands verified chunks to the sink and wakes repeats waiting for them. */
+  private async put(first: number, count: number, data: Buffer): Promise<void> {
+    this.pendingWrites += data.length;
+    try {
+      await this.opts.sink.put(first, count, data);
+    } finally {
+      this.pendingWrites -= data.length;
+      if (this.pendingWrites < MAX_PENDING_WRITE_BYTES) for (const w of this.drainWaiters.splice(0)) w();
+    }
+    this.opts.progress.done += data.length;
+    if (this.sources.size === 0) return;
+    const idx = this.index;
+    const base = idx.start(first);
+    for (let i = first; i < first + count; i++) {
+      const s = this.sources.get(i);
+      if (!s) continue;
+      if (this.opts.sink.retainRepeats && this.retainedBytes + idx.chunkSize(i) <= MAX_RETAINED_BYTES) {
+        const copy = Buffer.from(data.subarray(idx.start(i) - base, idx.end(i) - base));
+        this.retained.set(i, copy);
+        this.retainedBytes += copy.length;
+      }
+      s.resolve();
+    }
+  }
+
+  private drain = (): Promise<void> | undefined => {
+    if (this.pendingWrites < MAX_PENDING_WRITE_BYTES) return undefined;
+    return new Promise((r) => this.drainWaiters.push(r));
+  };
+
+  private verify(i: number, data: Buffer): boolean {
+    return data.length === this.index.chunkSize(i) && chunkId(this.index.digest, data).equals(this.index.id(i));
+  }
+
+  private async seedTask(t: Extract<Task, { kind: 'seed' }>): Promise<void> {
+    const seed = this.opts.plan.seeds[t.seed];
+    const sIdx = seed.index;
+    const base = sIdx.start(t.seedFirst);
+    const data = await readSeedRange(seed, base, sIdx.end(t.seedFirst + t.count - 1));
+    this.ctl.signal.throwIfAborted();
+    const inPlace = seed.inPlace && t.seedFirst === t.first;
+    const bad: Run[] = [];
+    // Verified chunks are handed on in contiguous runs, one write per run.
+    let runStart = -1;
+    const flush = async (end: number): Promise<void> => {
+      if (runStart < 0) return;
+      const from = sIdx.start(t.seedFirst + runStart) - base;
+      const to = sIdx.end(t.seedFirst + end - 1) - base;
+      const bytes = to - from;
+      if (inPlace) {
+        this.resumedBytes += bytes;
+        this.opts.progress.done += bytes;
+        for (let i = t.first + runStart; i < t.first + end; i++) this.sources.get(i)?.resolve();
+      } else await this.put(t.first + runStart, end - runStart, data.subarray(from, to));
+      this.opts.progress.fromSeeds += bytes;
+      runStart = -1;
+    };
+    for (let k = 0; k < t.count; k++) {
+      const chunk = data.subarray(sIdx.start(t.seedFirst + k) - base, sIdx.end(t.seedFirst + k) - base);
+      if (this.verify(t.first + k, chunk)) {
+        if (runStart < 0) runStart = k;
+        continue;
+      }
+      await flush(k);
+      this.seedMismatches++;
+      if (!inPlace) {
+        this.opts.onWarning?.(`seed ${seed.path}: chunk ${this.index.idHex(t.first + k)} at offset ${sIdx.start(t.seedFirst + k)} does not match its ID; fetching it remotely`);
+      }
+      const last = bad[bad.length - 1];
+      if (last && last.first + last.count === t.first + k) last.count++;
+      else bad.push({ first: t.first + k, count: 1 });
+    }
+    await flush(t.count);
+    if (bad.length > 0) await this.fetchRemote(bad);
+  }
+
+  private async zeroTask(t: Extract<Task, { kind: 'zero' }>): Promise<void> {
+    const idx = this.index;
+    for (let i = t.first; i < t.first + t.count; i++) {
+      const size = idx.chunkSize(i);
+      this.opts.progress.fromZero += size;
+      if (this.opts.sink.zeroFilled && !this.sources.has(i)) {
+        this.opts.progress.done += size;
+        continue;
+      }
+      if (this.zeros.length < size) this.zeros = Buffer.alloc(size);
+      await this.put(i, 1, this.zeros.subarray(0, size));
+    }
+  }
+
+  private async selfTask(t: Extract<Task, { kind: 'self' }>): Promise<void> {
+    for (let k = 0; k < t.count; k++) {
+      const i = t.first + k;
+      const j = t.source + k;
+      const src = this.sources.get(j)!;
+      await Promise.race([src.promise, abortPromise(this.ctl.signal)]);
+      let data = this.retained.get(j) ?? null;
+      if (!data) {
+        const back = await this.opts.sink.readBack(j);
+        data = back && this.verify(i, back) ? back : null;
+      }
+      if (--src.refs === 0 && this.retained.has(j)) {
+        this.retainedBytes -= this.retained.get(j)!.length;
+        this.retained.delete(j);
+      }
+      if (!data) {
+        await this.fetchRemote([{ first: i, count: 1 }]);
+        continue;
+      }
+      this.opts.progress.fromSelf += data.length;
+      await this.put(i, 1, data);
+    }
+  }
+
+  /** Chunk cache first, then the remote source; every fetched chunk fills the cache. */
+  private async fetchRemote(runs: Run[]): Promise<void> {
+    const idx = this.index;
+    const { chunkCache, remote, progress } = this.opts;
+    let todo = runs;
+    const writes: Promise<unknown>[] = [];
+    if (chunkCache) {
+      const left: Run[] = [];
+      for (const r of runs) {
+        for (let i = r.first; i < r.first + r.count; i++) {
+          const data = await chunkCache.get({ id: idx.id(i), size: idx.chunkSize(i) }, this.ctl.signal).catch(() => null);
+          if (data && this.verify(i, data)) {
+            progress.fromCache += data.length;
+            writes.push(this.put(i, 1, data));
+            continue;
+          }
+          const last = left[left.length - 1];
+          if (last && last.first + last.count === i) last.count++;
+          else left.push({ first: i, count: 1 });
+        }
+      }
+      todo = left;
+    }
+    if (todo.length > 0) {
+      if (!remote) throw new ChunkVerifyError(idx.idHex(todo[0].first), `at target offset ${idx.start(todo[0].first)} is not available locally and there is no remote source`);
+      const syncNet = (): void => {
+        progress.networkBytes = remote.stats.bytes;
+        progress.networkRequests = remote.stats.requests;
+      };
+      await remote.fetch(todo, (i, data) => {
+        progress.fromNetwork += data.length;
+        syncNet();
+        writes.push(this.put(i, 1, data));
+        if (chunkCache) writes.push(chunkCache.put(idx.id(i), data).catch((err) => this.opts.onWarning?.(`chunk cache ${chunkCache.location}: ${(err as Error).message}`)));
+      }, this.ctl.signal, this.drain).finally(syncNet);
+    }
+    await Promise.all(writes);
+  }
+}
+
+function abortPromise(signal: AbortSignal): Promise<never> {
+  return new Promise((_, reject) => {
+    if (signal.aborted) reject(signal.reason);
+    else signal.addEventListener('abort', () => reject(signal.reason), { once: true });
+  });
+}
