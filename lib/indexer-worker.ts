@@ -16,7 +16,7 @@ export type SegmentMessage =
   | { type: 'progress'; bytes: number }
   | { type: 'done'; ends: Float64Array; ids: Uint8Array };
 
-const PROGRESS_EVERY = 16 * 1024 * 1024;
+const PROGRESS_EVERY = 4 * 1024 * 1024;
 
 async function run(job: SegmentJob): Promise<void> {
   const port = parentPort!;

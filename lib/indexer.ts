@@ -74,6 +74,7 @@ export async function indexFile(path: string, opts: IndexOptions): Promise<Chunk
       const onBytes = (n: number): void => opts.onProgress?.((done += n), size);
       await indexRange(fh, 0, size, { ...range, onBytes }, (end, id) => table.add(end, id));
     } else {
+      opts.signal?.throwIfAborted();
       const results = await runSegments(path, segments, opts, size);
       await mergeSegments(fh, results, size, range, table);
     }
@@ -143,12 +144,13 @@ function runSegments(path: string, segments: Segment[], opts: IndexOptions, size
       const worker = new Worker(new URL('./indexer-worker.js', import.meta.url), { workerData: job });
       workers.push(worker);
       worker.on('message', (msg: SegmentMessage) => {
+        if (settled) return;
         if (msg.type === 'progress') {
           opts.onProgress?.((done += msg.bytes), size);
           return;
         }
         results[i] = { ...seg, ends: msg.ends, ids: msg.ids };
-        if (--remaining === 0 && !settled) {
+        if (--remaining === 0) {
           settled = true;
           opts.signal?.removeEventListener('abort', onAbort);
           resolve(results);
