@@ -3,6 +3,16 @@
 import type { FileHandle } from 'node:fs/promises';
 import type { ChunkIndex } from './caibx.js';
 
+/** Consecutive whole chunks [first, end) read in one call. */
+export interface ChunkBatch {
+  first: number;
+  end: number;
+  /** File offset of chunk `first`. */
+  offset: number;
+  /** The file's bytes; shorter than the chunks' total when the file ends early. */
+  data: Buffer;
+}
+
 export interface FileChunk {
   /** Chunk number in the index. */
   chunk: number;
@@ -11,20 +21,19 @@ export interface FileChunk {
   data: Buffer;
 }
 
-const BATCH_BYTES = 4 * 1024 * 1024;
+export const BATCH_BYTES = 4 * 1024 * 1024;
 
 /**
- * Yields every chunk of `index` from the open file, in order. A file shorter
- * than the index yields short (possibly empty) chunks from its end on, so
- * callers can report each one. Stops with the signal's reason when aborted.
+ * Yields the chunks of `index` from the open file in batches of about
+ * BATCH_BYTES (at least one chunk each), in order. Stops with the signal's
+ * reason when aborted.
  */
-export async function* readFileChunks(fh: FileHandle, index: ChunkIndex, signal?: AbortSignal): AsyncGenerator<FileChunk> {
+export async function* readChunkBatches(fh: FileHandle, index: ChunkIndex, signal?: AbortSignal): AsyncGenerator<ChunkBatch> {
   let i = 0;
   while (i < index.count) {
     signal?.throwIfAborted();
     const first = i;
     const start = index.start(first);
-    // At least one chunk per batch, then whole chunks up to the batch size.
     let end = index.end(i++);
     while (i < index.count && index.end(i) - start <= BATCH_BYTES) end = index.end(i++);
     const buf = Buffer.allocUnsafe(end - start);
@@ -34,10 +43,22 @@ export async function* readFileChunks(fh: FileHandle, index: ChunkIndex, signal?
       if (bytesRead === 0) break;
       got += bytesRead;
     }
-    for (let c = first; c < i; c++) {
-      const from = index.start(c) - start;
-      const to = Math.min(index.end(c) - start, got);
-      yield { chunk: c, offset: index.start(c), data: buf.subarray(from, Math.max(from, to)) };
+    yield { first, end: i, offset: start, data: buf.subarray(0, got) };
+  }
+}
+
+/** The bytes of chunk `c` within its batch (short or empty past the end of the file). */
+export function chunkOfBatch(index: ChunkIndex, batch: ChunkBatch, c: number): Buffer {
+  const from = Math.min(index.start(c) - batch.offset, batch.data.length);
+  const to = Math.min(index.end(c) - batch.offset, batch.data.length);
+  return batch.data.subarray(from, to);
+}
+
+/** Every chunk of `index` from the open file, in order (see readChunkBatches). */
+export async function* readFileChunks(fh: FileHandle, index: ChunkIndex, signal?: AbortSignal): AsyncGenerator<FileChunk> {
+  for await (const batch of readChunkBatches(fh, index, signal)) {
+    for (let c = batch.first; c < batch.end; c++) {
+      yield { chunk: c, offset: index.start(c), data: chunkOfBatch(index, batch, c) };
     }
   }
 }

@@ -26,7 +26,7 @@ export class LocalStore implements WritableChunkStore {
   readonly location: string;
   readonly uncompressed: boolean;
   private readonly format: ReturnType<typeof resolveFormat>;
-  private readonly level: number;
+  readonly level: number;
   /** Names to try, preferred first: the configured variant, then the other one. */
   private readonly readOrder: boolean[];
 
@@ -67,8 +67,17 @@ export class LocalStore implements WritableChunkStore {
    */
   async put(id: Uint8Array, data: Uint8Array): Promise<boolean> {
     if (await this.has(id)) return false;
-    const bytes = this.uncompressed ? data : compressChunk(data, this.level);
-    await this.writeAtomic(this.chunkPath(id), bytes);
+    await this.writeAtomic(this.chunkPath(id), this.uncompressed ? data : compressChunk(data, this.level));
+    return true;
+  }
+
+  /**
+   * Like put(), for bytes already in this store's format (a zstd frame, or raw
+   * for an uncompressed store): lets `chop` compress on other threads.
+   */
+  async putStored(id: Uint8Array, stored: Uint8Array): Promise<boolean> {
+    if (await this.has(id)) return false;
+    await this.writeAtomic(this.chunkPath(id), stored);
     return true;
   }
 

@@ -1,0 +1,107 @@
+// Hashing and compressing batches of chunks, the CPU-heavy half of `chop`:
+// inline on the calling thread, or spread over worker threads (zstd-napi is
+// synchronous, so threads are the only way to use more than one core).
+import { Worker } from 'node:worker_threads';
+import { chunkId, type DigestName } from './digest.js';
+import { compressChunk } from './compression.js';
+import { DeltadError } from './errors.js';
+
+export interface EncodeJob {
+  /** Consecutive chunks' bytes. */
+  data: Uint8Array;
+  /** End of each chunk within `data`. */
+  ends: number[];
+  /** Which chunks to compress (the others are only hashed). */
+  compress: boolean[];
+  digest: DigestName;
+  level: number;
+}
+
+export interface EncodeResult {
+  /** 32 bytes per chunk: the digest of its bytes. */
+  ids: Uint8Array;
+  /** Compressed bytes for the chunks asked for, else null. */
+  stored: (Uint8Array | null)[];
+}
+
+export function encodeBatch(job: EncodeJob): EncodeResult {
+  const ids = new Uint8Array(job.ends.length * 32);
+  const stored: (Uint8Array | null)[] = [];
+  let start = 0;
+  for (let k = 0; k < job.ends.length; k++) {
+    const bytes = job.data.subarray(start, job.ends[k]);
+    ids.set(chunkId(job.digest, bytes), k * 32);
+    stored.push(job.compress[k] ? compressChunk(bytes, job.level) : null);
+    start = job.ends[k];
+  }
+  return { ids, stored };
+}
+
+interface Pending {
+  job: EncodeJob;
+  resolve: (r: EncodeResult) => void;
+  reject: (err: unknown) => void;
+}
+
+/**
+ * Runs encode jobs on `threads` workers (0 = inline), first come first served.
+ * Messages are copied, not transferred: small Buffers live in Node's shared
+ * pool, which must never be detached.
+ */
+export class EncoderPool {
+  private readonly idle: Worker[] = [];
+  private readonly all: Worker[] = [];
+  private readonly queue: Pending[] = [];
+  private readonly busy = new Map<Worker, Pending>();
+  private failure: Error | undefined;
+
+  constructor(threads: number) {
+    for (let i = 0; i < threads; i++) {
+      const w = new Worker(new URL('./chunk-encoder-worker.js', import.meta.url));
+      w.on('message', (r: EncodeResult) => this.done(w, r));
+      w.on('error', (err) => this.fail(new DeltadError('EENCODER', `chunk encoder thread failed: ${err.message}`, { cause: err })));
+      w.on('exit', (code) => {
+        if (this.all.includes(w)) this.fail(new DeltadError('EENCODER', `chunk encoder thread exited with code ${code}`));
+      });
+      this.all.push(w);
+      this.idle.push(w);
+    }
+  }
+
+  run(job: EncodeJob): Promise<EncodeResult> {
+    if (this.all.length === 0) return Promise.resolve().then(() => encodeBatch(job));
+    if (this.failure) return Promise.reject(this.failure);
+    return new Promise((resolve, reject) => {
+      this.queue.push({ job, resolve, reject });
+      this.dispatch();
+    });
+  }
+
+  async close(): Promise<void> {
+    const workers = this.all.splice(0);
+    await Promise.all(workers.map((w) => w.terminate()));
+  }
+
+  private dispatch(): void {
+    while (this.idle.length > 0 && this.queue.length > 0) {
+      const w = this.idle.pop()!;
+      const p = this.queue.shift()!;
+      this.busy.set(w, p);
+      w.postMessage(p.job);
+    }
+  }
+
+  private done(w: Worker, r: EncodeResult): void {
+    const p = this.busy.get(w);
+    this.busy.delete(w);
+    this.idle.push(w);
+    p?.resolve(r);
+    this.dispatch();
+  }
+
+  private fail(err: Error): void {
+    this.failure ??= err;
+    for (const p of [...this.busy.values(), ...this.queue.splice(0)]) p.reject(this.failure);
+    this.busy.clear();
+  }
+}
