@@ -2,14 +2,15 @@
 // (where sysupdate installs them), minus sysupdate's temporary files. Seed
 // indexes live in lib/index-cache.ts, so no version is chunked twice:
 // - at start-up, seeds without a cached index are chunked in the background
-//   with the chunking of the last target deltad served;
+//   with the chunking of the last target deltad served (assemblies wait for it);
 // - after a verified delta, the target's index is kept as "pending adoption"
 //   and recorded for the installed file as soon as it shows up under a seed glob.
 import { mkdir, readdir, readFile, rename, stat, unlink, writeFile } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { parseIndex, serializeIndex, type ChunkIndex } from '../lib/caibx.js';
 import { IndexCache } from '../lib/index-cache.js';
-import { planUpdate, type SeedSpec } from '../lib/extract.js';
+import type { SeedSpec } from '../lib/extract.js';
+import { indexFile } from '../lib/indexer.js';
 import { globToRegExp } from './glob.js';
 import type { Logger } from './log.js';
 
@@ -85,9 +86,14 @@ export class SeedCatalog {
     await this.applyAdoptions(paths);
     if (!last || paths.length === 0) return;
     const started = Date.now();
-    // Planning the last target against every seed chunks (and caches) each seed
-    // that has no index yet for this chunking; cached ones are only looked up.
-    await planUpdate(last, { seeds: paths.map((path) => ({ path })), cacheDir: this.cacheDir, signal, onWarning: (m) => this.log.warn(m) });
+    const key = { params: last.params, digest: last.digest };
+    // One at a time, in the background: the machine is busy with other things.
+    for (const path of paths) {
+      await this.cache.getOrBuild(path, key, (p, k, sig) => indexFile(p, { params: k.params, digest: k.digest, threads: 1, signal: sig }), signal).catch((err) => {
+        if (!signal?.aborted) this.log.warn(`seed ${path}: cannot index it: ${(err as Error).message}`);
+      });
+      if (signal?.aborted) return;
+    }
     this.log.info(`seed indexes ready for ${paths.length} seed(s) in ${Date.now() - started} ms`);
   }
 
