@@ -1,0 +1,225 @@
+// A real HTTP origin for tests: node:http on 127.0.0.1 (ephemeral port)
+// serving the files of a directory, with switchable Range behaviour, an access
+// log, and fault injection.
+//
+//   const origin = await startOrigin({ root: dir });   // ranges: 'multi' by default
+//   origin.url                       // "http://127.0.0.1:PORT"
+//   origin.ranges = 'single';        // change behaviour at any time (see RangeMode)
+//   origin.fault({ path: '/v2.img', kind: 'status', status: 500 });    // next matching request only
+//   origin.fault({ kind: 'cut', skip: 2, times: 3 });                  // requests 3..5 (any path)
+//   origin.log                       // [{ method, path, range, status, bytes }] in arrival order
+//   origin.stats('/v2.img')          // { requests, bytes } for paths starting with the prefix
+//   await origin.close();
+//
+// Faults apply to the matching requests in order: `skip` lets that many through
+// first, then `times` (default 1; Infinity for all) get the fault:
+//   cut         send headers and `afterBytes` body bytes (default half), then destroy the socket
+//   status      answer `status` (default 500) with a short body
+//   wrong-bytes flip one byte in every part of the body (same length, wrong content)
+//   full-200    ignore Range, answer 200 with the whole file
+//   stall       send headers, then nothing for `stallMs` (default 60 s), then destroy the socket
+// `bytes` in the log counts body bytes actually written (framing included).
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { readFile, stat } from 'node:fs/promises';
+import { join, normalize, sep } from 'node:path';
+import type { AddressInfo, Socket } from 'node:net';
+
+/**
+ * multi: multi-range requests get multipart/byteranges; single: ranges work but a
+ * multi-range request gets one 206 of the whole span; reject-multi: multi-range
+ * requests get 416; none: Range is ignored (200 with the whole file).
+ */
+export type RangeMode = 'multi' | 'single' | 'reject-multi' | 'none';
+
+export type FaultKind = 'cut' | 'status' | 'wrong-bytes' | 'full-200' | 'stall';
+
+export interface Fault {
+  kind: FaultKind;
+  /** Only requests for this exact path (default: any). */
+  path?: string;
+  /** Only requests that carry a Range header (default: any). */
+  rangedOnly?: boolean;
+  skip?: number;
+  times?: number;
+  status?: number;
+  afterBytes?: number;
+  stallMs?: number;
+}
+
+export interface AccessEntry {
+  method: string;
+  path: string;
+  range?: string;
+  status: number;
+  bytes: number;
+  fault?: FaultKind;
+}
+
+export interface OriginOptions {
+  root: string;
+  ranges?: RangeMode;
+}
+
+export interface Origin {
+  readonly url: string;
+  ranges: RangeMode;
+  readonly log: AccessEntry[];
+  fault(f: Fault): void;
+  clearFaults(): void;
+  stats(pathPrefix?: string): { requests: number; bytes: number };
+  close(): Promise<void>;
+}
+
+const BOUNDARY = 'deltad-test-origin-boundary';
+
+/** Parses "bytes=a-b,c-,-n" against a size; null when malformed, [] when unsatisfiable. */
+function parseRanges(header: string, size: number): { start: number; end: number }[] | null {
+  const m = /^bytes=(.+)$/.exec(header.trim());
+  if (!m) return null;
+  const out: { start: number; end: number }[] = [];
+  for (const spec of m[1].split(',')) {
+    const r = /^\s*(\d*)-(\d*)\s*$/.exec(spec);
+    if (!r || (r[1] === '' && r[2] === '')) return null;
+    let start: number;
+    let end: number;
+    if (r[1] === '') {
+      start = Math.max(0, size - Number(r[2]));
+      end = size;
+    } else {
+      start = Number(r[1]);
+      end = r[2] === '' ? size : Math.min(size, Number(r[2]) + 1);
+    }
+    if (start < end) out.push({ start, end });
+  }
+  return out;
+}
+
+export async function startOrigin(opts: OriginOptions): Promise<Origin> {
+  const faults: (Fault & { seen: number; used: number })[] = [];
+  const log: AccessEntry[] = [];
+  const sockets = new Set<Socket>();
+  const timers = new Set<NodeJS.Timeout>();
+  const state = { ranges: opts.ranges ?? 'multi' as RangeMode };
+
+  const takeFault = (req: IncomingMessage, path: string): Fault | undefined => {
+    for (const f of faults) {
+      if (f.path !== undefined && f.path !== path) continue;
+      if (f.rangedOnly && !req.headers.range) continue;
+      f.seen++;
+      if (f.seen <= (f.skip ?? 0) || f.used >= (f.times ?? 1)) continue;
+      f.used++;
+      return f;
+    }
+    return undefined;
+  };
+
+  const handle = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
+    const path = decodeURIComponent((req.url ?? '/').split('?')[0]);
+    const entry: AccessEntry = { method: req.method ?? 'GET', path, range: req.headers.range, status: 0, bytes: 0 };
+    log.push(entry);
+    const send = (status: number, headers: Record<string, string | number>, body: Buffer): void => {
+      entry.status = status;
+      res.writeHead(status, { ...headers, 'content-length': body.length });
+      if (req.method === 'HEAD') return void res.end();
+      entry.bytes += body.length;
+      res.end(body);
+    };
+    const rel = normalize(path).replace(/^[/\\]+/, '');
+    if (rel.startsWith('..') || rel.includes(`${sep}..`)) return send(403, {}, Buffer.from('forbidden\n'));
+    const file = join(opts.root, rel);
+    const st = await stat(file).catch(() => null);
+    if (!st?.isFile()) return send(404, {}, Buffer.from('not found\n'));
+    const data = await readFile(file);
+    const fault = takeFault(req, path);
+    if (fault) entry.fault = fault.kind;
+    if (fault?.kind === 'status') return send(fault.status ?? 500, {}, Buffer.from('injected failure\n'));
+
+    // Decide what to answer: [status, headers, body parts].
+    let status = 200;
+    let headers: Record<string, string> = { 'accept-ranges': 'bytes', 'content-type': 'application/octet-stream' };
+    let parts: Buffer[] = [data];
+    const ranges = req.headers.range && state.ranges !== 'none' && fault?.kind !== 'full-200' ? parseRanges(req.headers.range, data.length) : null;
+    if (ranges && ranges.length === 0) {
+      return send(416, { 'content-range': `bytes */${data.length}` }, Buffer.alloc(0));
+    } else if (ranges && ranges.length > 1 && state.ranges === 'reject-multi') {
+      return send(416, { 'content-range': `bytes */${data.length}` }, Buffer.alloc(0));
+    } else if (ranges) {
+      status = 206;
+      if (ranges.length === 1 || state.ranges === 'single') {
+        const start = ranges[0].start;
+        const end = ranges[ranges.length - 1].end;
+        headers['content-range'] = `bytes ${start}-${end - 1}/${data.length}`;
+        parts = [data.subarray(start, end)];
+      } else {
+        headers = { 'content-type': `multipart/byteranges; boundary=${BOUNDARY}` };
+        parts = [];
+        for (const r of ranges) {
+          parts.push(Buffer.from(`\r\n--${BOUNDARY}\r\nContent-Type: application/octet-stream\r\nContent-Range: bytes ${r.start}-${r.end - 1}/${data.length}\r\n\r\n`));
+          parts.push(data.subarray(r.start, r.end));
+        }
+        parts.push(Buffer.from(`\r\n--${BOUNDARY}--\r\n`));
+      }
+    }
+    if (fault?.kind === 'wrong-bytes') {
+      parts = parts.map((p) => {
+        if (p.length === 0 || p.subarray(0, 4).toString() === `\r\n--`) return p;
+        const copy = Buffer.from(p);
+        copy[copy.length >> 1] ^= 0xff;
+        return copy;
+      });
+    }
+    const body = Buffer.concat(parts);
+    if (fault?.kind === 'cut' || fault?.kind === 'stall') {
+      entry.status = status;
+      res.writeHead(status, { ...headers, 'content-length': body.length });
+      const n = fault.kind === 'cut' ? Math.min(body.length - 1, fault.afterBytes ?? body.length >> 1) : 0;
+      if (n > 0) res.write(body.subarray(0, n));
+      entry.bytes += n;
+      const t = setTimeout(() => {
+        timers.delete(t);
+        res.socket?.destroy();
+      }, fault.kind === 'stall' ? fault.stallMs ?? 60_000 : 10);
+      timers.add(t);
+      return;
+    }
+    send(status, headers, body);
+  };
+
+  const server: Server = createServer((req, res) => {
+    handle(req, res).catch((err) => {
+      res.destroy(err as Error);
+    });
+  });
+  server.on('connection', (s) => {
+    sockets.add(s);
+    s.on('close', () => sockets.delete(s));
+  });
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const port = (server.address() as AddressInfo).port;
+
+  return {
+    url: `http://127.0.0.1:${port}`,
+    get ranges() {
+      return state.ranges;
+    },
+    set ranges(m: RangeMode) {
+      state.ranges = m;
+    },
+    log,
+    fault(f) {
+      faults.push({ ...f, seen: 0, used: 0 });
+    },
+    clearFaults() {
+      faults.length = 0;
+    },
+    stats(prefix = '/') {
+      const hits = log.filter((e) => e.path.startsWith(prefix));
+      return { requests: hits.length, bytes: hits.reduce((n, e) => n + e.bytes, 0) };
+    },
+    async close() {
+      for (const t of timers) clearTimeout(t);
+      for (const s of sockets) s.destroy();
+      await new Promise<void>((resolve) => server.close(() => resolve()));
+    },
+  };
+}
