@@ -278,6 +278,8 @@ export async function createProxy(opts: ProxyOptions): Promise<ProxyServer> {
         log.warn(`${target.url}: ${(err as Error).message}`);
         return reply.code(502).type('text/plain').send(`deltad proxy: upstream unreachable and no cached copy: ${(err as Error).message}\n`);
       }
+      // An index passing through tells where its image's chunks are (store and batch requests by ID).
+      if (entry.status === 200 && target.name.endsWith(opts.indexSuffix)) registerIndex(target.url, entry.body);
       if (entry.stale) {
         extra.staleServed++;
         reply.header('x-deltad-stale', '1').header('warning', '110 deltad "Response is Stale"');
@@ -300,10 +302,21 @@ export async function createProxy(opts: ProxyOptions): Promise<ProxyServer> {
       return null;
     }
     if (entry.status !== 200) return null;
-    const digest = createHash('sha256').update(entry.body).digest('hex');
+    return registerIndex(indexUrl, entry.body);
+  }
+
+  /** Parses an index (once per content) and records its chunk locations in the image beside it. */
+  function registerIndex(indexUrl: string, body: Buffer): ChunkIndex | null {
+    const digest = createHash('sha256').update(body).digest('hex');
     const known = indexes.get(indexUrl);
     if (known?.digest === digest) return known.index;
-    const index = parseIndex(entry.body, { source: indexUrl, allowArchive: false });
+    let index: ChunkIndex;
+    try {
+      index = parseIndex(body, { source: indexUrl, allowArchive: false });
+    } catch (err) {
+      log.warn((err as Error).message);
+      return null;
+    }
     indexes.set(indexUrl, { digest, index });
     ranges.addImage(indexUrl.slice(0, -opts.indexSuffix.length), index);
     return index;
