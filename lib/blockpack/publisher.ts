@@ -1,0 +1,268 @@
+// The publisher side (`deltad pack`): from a release image, write the three
+// artifacts a release hosts next to it: IMAGE.bpk (the block pack), IMAGE.bpdict
+// (the zstd dictionary) and IMAGE.bpidx (the block index, written last: it is
+// what ties the other two to the image). Each goes to a temp file beside its
+// target and is renamed only when complete.
+import { createHash, type Hash } from 'node:crypto';
+import { open, rename, unlink, type FileHandle } from 'node:fs/promises';
+import { basename, join } from 'node:path';
+import { UsageError } from '../errors.js';
+import { trainCoverDictionary, trainZstdCliDictionary } from './dictionary.js';
+import { FrameCompressor } from './frame-codec.js';
+import {
+  HASH_BYTES, MAX_BLOCK_SIZE, blockHash, MAX_FRAME_BLOCKS, MIN_BLOCK_SIZE, PACK_HEADER_SIZE, ZERO_BLOCK,
+  serializeBlockIndex, serializePackHeader,
+} from './format.js';
+
+export type Trainer = 'cover' | 'zstd' | 'none';
+
+export interface PackOptions {
+  outDir: string;
+  blockSize?: number;
+  /** zstd level for the frames (default 19). */
+  level?: number;
+  /** Dictionary size in bytes (default 256 KiB). */
+  dictSize?: number;
+  /** Dictionary trainer (default 'cover', the built-in one). */
+  trainer?: Trainer;
+  /**
+   * Earlier release images. Runs of consecutive blocks that none of them has
+   * (new files) are compressed together in frames of up to `groupBlocks`
+   * blocks: a client updating from those releases needs them all anyway.
+   */
+  previous?: string[];
+  /** Largest multi-block frame (default 16). */
+  groupBlocks?: number;
+  onProgress?: (phase: 'scan' | 'compress', done: number, total: number) => void;
+}
+
+export interface PackResult {
+  indexPath: string;
+  packPath: string;
+  dictPath: string;
+  imageSize: number;
+  imageSha256: string;
+  blocks: number;
+  zeroBlocks: number;
+  distinctBlocks: number;
+  frames: number;
+  indexSize: number;
+  packSize: number;
+  dictSize: number;
+  wallMs: number;
+}
+
+/** Names of the artifacts for an image file name. */
+export function artifactNames(imageName: string): { index: string; pack: string; dict: string } {
+  return { index: `${imageName}.bpidx`, pack: `${imageName}.bpk`, dict: `${imageName}.bpdict` };
+}
+
+const READ_BYTES = 4 * 1024 * 1024;
+/** Samples for dictionary training, as a multiple of the dictionary size (zstd suggests ~100x). */
+const SAMPLE_FACTOR = 100;
+
+/** Reads a file block by block, in order, with large reads. */
+async function forEachBlock(fh: FileHandle, size: number, blockSize: number, fn: (b: number, data: Buffer) => void, progress?: (done: number) => void): Promise<void> {
+  const buf = Buffer.allocUnsafe(READ_BYTES - (READ_BYTES % blockSize) || blockSize);
+  let pos = 0;
+  let b = 0;
+  while (pos < size) {
+    const want = Math.min(buf.length, size - pos);
+    let got = 0;
+    while (got < want) {
+      const { bytesRead } = await fh.read(buf, got, want - got, pos + got);
+      if (bytesRead === 0) throw new Error(`file shrank while reading (at byte ${pos + got} of ${size})`);
+      got += bytesRead;
+    }
+    for (let off = 0; off < got; off += blockSize, b++) fn(b, buf.subarray(off, Math.min(got, off + blockSize)));
+    pos += got;
+    progress?.(pos);
+  }
+}
+
+/** Full-hash keys of every block of the given images (to tell new blocks from old). */
+async function blockKeys(paths: readonly string[], blockSize: number): Promise<Set<string>> {
+  const keys = new Set<string>();
+  for (const p of paths) {
+    const fh = await open(p, 'r');
+    try {
+      const size = (await fh.stat()).size;
+      await forEachBlock(fh, size, blockSize, (_b, data) => {
+        keys.add(createHash('sha256').update(data).digest().toString('latin1', 0, 16));
+      });
+    } finally {
+      await fh.close();
+    }
+  }
+  return keys;
+}
+
+/** Writes sequentially to a temp file, hashing what it writes. */
+class HashingWriter {
+  private parts: Buffer[] = [];
+  private pending = 0;
+  private pos = 0;
+  readonly hash: Hash = createHash('sha256');
+  constructor(private readonly fh: FileHandle) {}
+  get length(): number {
+    return this.pos + this.pending;
+  }
+  async write(b: Uint8Array): Promise<void> {
+    this.hash.update(b);
+    this.parts.push(Buffer.from(b));
+    this.pending += b.length;
+    if (this.pending >= READ_BYTES) await this.flush();
+  }
+  async flush(): Promise<void> {
+    if (this.pending === 0) return;
+    const data = Buffer.concat(this.parts, this.pending);
+    await this.fh.write(data, 0, data.length, this.pos);
+    this.pos += data.length;
+    this.parts = [];
+    this.pending = 0;
+  }
+}
+
+async function writeFileAtomic(path: string, write: (fh: FileHandle) => Promise<void>): Promise<void> {
+  const tmp = `${path}.${process.pid}.tmp`;
+  const fh = await open(tmp, 'w', 0o644);
+  try {
+    await write(fh);
+    await fh.sync();
+    await fh.close();
+  } catch (err) {
+    await fh.close().catch(() => {});
+    await unlink(tmp).catch(() => {});
+    throw err;
+  }
+  await rename(tmp, path);
+}
+
+export async function packImage(imagePath: string, opts: PackOptions): Promise<PackResult> {
+  const started = Date.now();
+  const bs = opts.blockSize ?? 4096;
+  if (!Number.isInteger(bs) || bs < MIN_BLOCK_SIZE || bs > MAX_BLOCK_SIZE || (bs & (bs - 1)) !== 0) {
+    throw new UsageError(`--block-size ${bs}: must be a power of two from ${MIN_BLOCK_SIZE} to ${MAX_BLOCK_SIZE}`);
+  }
+  const level = opts.level ?? 19;
+  if (!Number.isInteger(level) || level < 1 || level > 22) throw new UsageError(`--level ${level}: must be 1..22`);
+  const dictSize = opts.dictSize ?? 256 * 1024;
+  const groupBlocks = Math.min(MAX_FRAME_BLOCKS, opts.groupBlocks ?? 16);
+  const names = artifactNames(basename(imagePath));
+  const paths = { index: join(opts.outDir, names.index), pack: join(opts.outDir, names.pack), dict: join(opts.outDir, names.dict) };
+
+  const fh = await open(imagePath, 'r');
+  try {
+    const st = await fh.stat();
+    if (!st.isFile()) throw new UsageError(`${imagePath}: not a regular file`);
+    const size = st.size;
+    const blockCount = Math.ceil(size / bs);
+
+    // Pass 1: hash every block, number the distinct ones, pick training samples.
+    const imageHash = createHash('sha256');
+    const distinctOf = new Int32Array(blockCount);
+    const byKey = new Map<string, number>();
+    const firstBlock: number[] = [];
+    const keys: string[] = [];
+    const hashes: Buffer[] = [];
+    const zero = Buffer.alloc(bs);
+    const sampleBlocks = Math.max(1, Math.ceil((dictSize * SAMPLE_FACTOR) / bs));
+    const sampleStride = Math.max(1, Math.floor(blockCount / sampleBlocks));
+    const samples: Buffer[] = [];
+    let zeroBlocks = 0;
+    await forEachBlock(fh, size, bs, (b, data) => {
+      imageHash.update(data);
+      if (zero.equals(data) || (data.length < bs && zero.subarray(0, data.length).equals(data))) {
+        distinctOf[b] = ZERO_BLOCK;
+        zeroBlocks++;
+        return;
+      }
+      const digest = createHash('sha256').update(data).digest();
+      const key = digest.toString('latin1', 0, 16) + (data.length < bs ? `/${data.length}` : '');
+      const seen = byKey.get(key);
+      if (seen !== undefined) {
+        distinctOf[b] = seen;
+        return;
+      }
+      const d = firstBlock.length;
+      byKey.set(key, d);
+      distinctOf[b] = d;
+      firstBlock.push(b);
+      keys.push(key);
+      hashes.push(digest.subarray(0, HASH_BYTES));
+      if (d % sampleStride === 0 && samples.length < sampleBlocks && data.length === bs) samples.push(Buffer.from(data));
+    }, (done) => opts.onProgress?.('scan', done, size));
+    const imageSha256 = imageHash.digest();
+    const distinctCount = firstBlock.length;
+
+    // Frames: one block each, or runs of consecutive blocks new since the previous releases.
+    const oldKeys = opts.previous?.length ? await blockKeys(opts.previous, bs) : null;
+    const frameBlocks: number[] = [];
+    for (let d = 0; d < distinctCount;) {
+      let n = 1;
+      if (oldKeys && !oldKeys.has(keys[d])) {
+        while (n < groupBlocks && d + n < distinctCount && firstBlock[d + n] === firstBlock[d] + n && !oldKeys.has(keys[d + n])) n++;
+      }
+      frameBlocks.push(n);
+      d += n;
+    }
+    byKey.clear();
+
+    // Dictionary.
+    const sampleBuf = Buffer.concat(samples);
+    const trainer = opts.trainer ?? 'cover';
+    const dictionary = trainer === 'none' || sampleBuf.length === 0
+      ? Buffer.alloc(0)
+      : trainer === 'zstd'
+        ? await trainZstdCliDictionary(sampleBuf, bs, { size: dictSize })
+        : trainCoverDictionary(sampleBuf, { size: dictSize });
+
+    // Pass 2: compress the frames in order into the pack.
+    const frameLengths: number[] = [];
+    let packSha256 = Buffer.alloc(0);
+    let packSize = 0;
+    await writeFileAtomic(paths.pack, async (out) => {
+      const w = new HashingWriter(out);
+      await w.write(serializePackHeader({ blockSize: bs, frameCount: frameBlocks.length, imageSize: size, imageSha256 }));
+      const compressor = new FrameCompressor(dictionary, level);
+      let f = 0;
+      let d = 0;
+      let frameParts: Buffer[] = [];
+      let writes: Promise<void> = Promise.resolve();
+      await forEachBlock(fh, size, bs, (b, data) => {
+        if (d >= distinctCount || firstBlock[d] !== b) return;
+        if (!blockHash(data).equals(hashes[d])) throw new Error(`${imagePath}: block ${b} changed while packing`);
+        frameParts.push(Buffer.from(data));
+        d++;
+        if (frameParts.length < frameBlocks[f]) return;
+        const stored = Buffer.from(compressor.compress(frameParts.length === 1 ? frameParts[0] : Buffer.concat(frameParts)));
+        frameLengths.push(stored.length);
+        writes = writes.then(() => w.write(stored));
+        frameParts = [];
+        f++;
+      }, (done) => opts.onProgress?.('compress', done, size));
+      await writes;
+      await w.flush();
+      if (f !== frameBlocks.length) throw new Error(`${imagePath}: changed while packing (wrote ${f} of ${frameBlocks.length} frames)`);
+      packSha256 = w.hash.digest();
+      packSize = w.length;
+    });
+    if (packSize !== PACK_HEADER_SIZE + frameLengths.reduce((a, b) => a + b, 0)) throw new Error('internal: pack size does not add up');
+
+    await writeFileAtomic(paths.dict, (out) => out.writeFile(dictionary));
+    const index = serializeBlockIndex({
+      blockSize: bs, imageSize: size, imageSha256, packSize, packSha256,
+      dictSize: dictionary.length, dictSha256: createHash('sha256').update(dictionary).digest(),
+      distinctOf, distinctCount, hashes: Buffer.concat(hashes), frameBlocks, frameLengths,
+    });
+    await writeFileAtomic(paths.index, (out) => out.writeFile(index));
+    return {
+      indexPath: paths.index, packPath: paths.pack, dictPath: paths.dict,
+      imageSize: size, imageSha256: imageSha256.toString('hex'), blocks: blockCount, zeroBlocks,
+      distinctBlocks: distinctCount, frames: frameBlocks.length,
+      indexSize: index.length, packSize, dictSize: dictionary.length, wallMs: Date.now() - started,
+    };
+  } finally {
+    await fh.close();
+  }
+}
