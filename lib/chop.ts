@@ -3,12 +3,11 @@
 // Reading and writing stay on this thread; hashing and compression run on
 // worker threads, batch by batch, so both cores work.
 import { open } from 'node:fs/promises';
-import { availableParallelism } from 'node:os';
 import type { ChunkIndex } from './caibx.js';
 import { ChunkVerifyError, DeltadError } from './errors.js';
 import { toHex } from './digest.js';
 import { chunkOfBatch, readChunkBatches, type ChunkBatch } from './chunk-reader.js';
-import { EncoderPool, type EncodeResult } from './chunk-encoder.js';
+import { defaultThreads, EncoderPool, type EncodeResult } from './chunk-encoder.js';
 import { DEFAULT_ZSTD_LEVEL } from './compression.js';
 import { LocalStore } from './store/local-store.js';
 import type { WritableChunkStore } from './store/types.js';
@@ -44,7 +43,7 @@ export interface ChopResult {
  * chunk number, offset and ID), and when the file size differs from the index.
  */
 export async function chopFile(index: ChunkIndex, path: string, store: WritableChunkStore, opts: ChopOptions = {}): Promise<ChopResult> {
-  const threads = Math.max(0, opts.threads ?? Math.min(4, availableParallelism()));
+  const threads = Math.max(0, opts.threads ?? defaultThreads());
   const window = Math.max(1, opts.concurrency ?? Math.max(2, 2 * threads));
   // A local zstd/raw store takes bytes in its own format, so they can be prepared off-thread.
   const local = store instanceof LocalStore ? store : undefined;

@@ -2,6 +2,7 @@
 // inline on the calling thread, or spread over worker threads (zstd-napi is
 // synchronous, so threads are the only way to use more than one core).
 import { Worker } from 'node:worker_threads';
+import { availableParallelism } from 'node:os';
 import { chunkId, type DigestName } from './digest.js';
 import { compressChunk } from './compression.js';
 import { DeltadError } from './errors.js';
@@ -22,6 +23,11 @@ export interface EncodeResult {
   ids: Uint8Array;
   /** Compressed bytes for the chunks asked for, else null. */
   stored: (Uint8Array | null)[];
+}
+
+/** Worker threads for hashing/compressing when the caller does not say: the cores, at most 4. */
+export function defaultThreads(): number {
+  return Math.min(4, availableParallelism());
 }
 
 export function encodeBatch(job: EncodeJob): EncodeResult {

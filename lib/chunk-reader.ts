@@ -13,14 +13,6 @@ export interface ChunkBatch {
   data: Buffer;
 }
 
-export interface FileChunk {
-  /** Chunk number in the index. */
-  chunk: number;
-  offset: number;
-  /** The file's bytes for this chunk; shorter than the index size when the file ends early. */
-  data: Buffer;
-}
-
 export const BATCH_BYTES = 4 * 1024 * 1024;
 
 /**
@@ -52,13 +44,4 @@ export function chunkOfBatch(index: ChunkIndex, batch: ChunkBatch, c: number): B
   const from = Math.min(index.start(c) - batch.offset, batch.data.length);
   const to = Math.min(index.end(c) - batch.offset, batch.data.length);
   return batch.data.subarray(from, to);
-}
-
-/** Every chunk of `index` from the open file, in order (see readChunkBatches). */
-export async function* readFileChunks(fh: FileHandle, index: ChunkIndex, signal?: AbortSignal): AsyncGenerator<FileChunk> {
-  for await (const batch of readChunkBatches(fh, index, signal)) {
-    for (let c = batch.first; c < batch.end; c++) {
-      yield { chunk: c, offset: index.start(c), data: chunkOfBatch(index, batch, c) };
-    }
-  }
 }

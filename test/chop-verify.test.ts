@@ -8,7 +8,8 @@ import { createHash } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ChunkIndexBuilder, readIndexFile, serializeIndex, type ChunkIndex } from '../lib/caibx.js';
-import { chunkId, type DigestName } from '../lib/digest.js';
+import { chunkId, toHex, type DigestName } from '../lib/digest.js';
+import type { ChunkRequest, WritableChunkStore } from '../lib/store/types.js';
 import { ChunkVerifyError, DeltadError } from '../lib/errors.js';
 import { LocalStore } from '../lib/store/local-store.js';
 import { HttpStore } from '../lib/store/http-store.js';
@@ -92,6 +93,51 @@ test('chop fills a store; a second chop finds everything; verifyStore accepts it
   assert.deepEqual(v, { ok: true, checked: unique, missing: [], corrupt: [] });
 });
 
+/** A WritableChunkStore that is not a LocalStore: chop must go through put(). */
+class MemoryStore implements WritableChunkStore {
+  readonly location = 'memory';
+  readonly chunks = new Map<string, Buffer>();
+  async get(req: ChunkRequest): Promise<Buffer | null> {
+    return this.chunks.get(toHex(req.id)) ?? null;
+  }
+  async has(id: Uint8Array): Promise<boolean> {
+    return this.chunks.has(toHex(id));
+  }
+  async put(id: Uint8Array, data: Uint8Array): Promise<boolean> {
+    if (this.chunks.has(toHex(id))) return false;
+    this.chunks.set(toHex(id), Buffer.from(data));
+    return true;
+  }
+}
+
+test('chop: inline, on worker threads, and into a generic store, the same chunks', async (t) => {
+  const dir = await tempDir(t);
+  const img = makeImage(9 * 1024 * 1024 + 99, 'th');
+  await writeFile(join(dir, 'img'), img);
+  const index = fixedIndex(img);
+  const listing = async (s: LocalStore) => {
+    const ids: string[] = [];
+    for await (const hex of s.ids()) ids.push(hex);
+    return ids.sort();
+  };
+  const inline = new LocalStore(join(dir, 'a'));
+  const threaded = new LocalStore(join(dir, 'b'));
+  const r0 = await chopFile(index, join(dir, 'img'), inline, { threads: 0 });
+  const r2 = await chopFile(index, join(dir, 'img'), threaded, { threads: 2, concurrency: 3 });
+  assert.deepEqual(r2, r0);
+  assert.ok(r0.bytesStored < r0.bytesIn, 'stored bytes are the compressed sizes');
+  assert.deepEqual(await listing(threaded), await listing(inline));
+  assert.equal((await verifyStore(index, threaded)).ok, true);
+
+  const mem = new MemoryStore();
+  const rMem = await chopFile(index, join(dir, 'img'), mem, { threads: 1 });
+  assert.equal(rMem.written, r0.written);
+  assert.equal(rMem.bytesStored, [...mem.chunks.values()].reduce((n, b) => n + b.length, 0));
+  for (let i = 0; i < index.count; i++) {
+    assert.ok(mem.chunks.get(index.idHex(i))?.equals(img.subarray(index.start(i), index.end(i))), `chunk ${i}`);
+  }
+});
+
 test('verifyStore reports missing and corrupt chunks by chunk number and ID', async (t) => {
   const dir = await tempDir(t);
   const img = makeImage(1024 * 1024, 'vs');
@@ -125,10 +171,11 @@ test('verifyFile: a good file, a changed byte, a truncated and an extended file'
   const r = await verifyFile(index, path);
   assert.equal(r.ok, false);
   assert.deepEqual(r.bad.map((b) => [b.chunk, b.offset, b.id]), [[5, 5 * 65_536, index.idHex(5)]]);
+  assert.deepEqual(await verifyFile(index, path, { threads: 0 }), r);
 
   await writeFile(path, img);
   await truncate(path, 10 * 65_536 + 5);
-  const short = await verifyFile(index, path);
+  const short = await verifyFile(index, path, { threads: 2, concurrency: 1 });
   assert.equal(short.ok, false);
   assert.equal(short.fileSize, 10 * 65_536 + 5);
   assert.equal(short.bad[0].chunk, 10);
