@@ -58,7 +58,7 @@ export class MultiRangeUnsupportedError extends DeltadError {
  * of a separate range, or when there are more ranges than targetRequests full
  * requests can carry (smallest gaps first).
  */
-export function planRangeRequests(index: ChunkIndex, runs: readonly { first: number; count: number }[], opts: RangePlanOptions): RangeRequest[] {
+export function planRangeRequests(index: Pick<ChunkIndex, 'start' | 'end'>, runs: readonly { first: number; count: number }[], opts: RangePlanOptions): RangeRequest[] {
   if (runs.length === 0) return [];
   const perReq = opts.multi ? Math.max(1, opts.maxRangesPerRequest ?? 200) : 1;
   const maxHeader = opts.maxHeaderBytes ?? 8000;
@@ -246,7 +246,7 @@ export class ChunkCollector {
   private readonly pending = new Map<number, { buf: Buffer; filled: number }>();
   private readonly wanted: number[];
   constructor(
-    private readonly index: ChunkIndex,
+    private readonly index: Pick<ChunkIndex, 'start' | 'end' | 'chunkAt'>,
     chunks: readonly number[],
     private readonly onChunk: (i: number, data: Buffer) => void,
   ) {
