@@ -124,6 +124,11 @@ export interface FetchStats {
 /** Requests byte ranges of one URL and hands the bytes over by absolute offset. */
 export class RangeFetcher {
   readonly stats: FetchStats = { requests: 0, bytes: 0 };
+  /** Set once a response proved that ranges work; until then requests go one at a time. */
+  private confirmed = false;
+  private firstAnswer?: Promise<void>;
+  /** Set when the server answered a range request with the whole file: later calls fail without a request. */
+  private unsupported?: RangeUnsupportedError;
 
   constructor(
     private readonly http: HttpClient,
@@ -159,11 +164,32 @@ export class RangeFetcher {
    * (transient for 5xx, resets and truncation).
    */
   async fetch(ranges: readonly ByteRange[], onData: (offset: number, data: Buffer) => void, signal?: AbortSignal, drain?: () => Promise<void> | undefined): Promise<void> {
+    // A server that ignores ranges would send the whole file to every parallel request: ask once first.
+    while (!this.confirmed && this.firstAnswer) await this.firstAnswer;
+    if (this.unsupported) throw this.unsupported;
+    let answered = (): void => {};
+    if (!this.confirmed) this.firstAnswer = new Promise((r) => (answered = r));
+    try {
+      await this.fetchOnce(ranges, onData, signal, drain, () => {
+        this.confirmed = true;
+        answered();
+      });
+    } catch (err) {
+      if (err instanceof RangeUnsupportedError) this.unsupported = err;
+      throw err;
+    } finally {
+      if (!this.confirmed) this.firstAnswer = undefined;
+      answered();
+    }
+  }
+
+  private async fetchOnce(ranges: readonly ByteRange[], onData: (offset: number, data: Buffer) => void, signal: AbortSignal | undefined, drain: (() => Promise<void> | undefined) | undefined, onRangesWork: () => void): Promise<void> {
     this.stats.requests++;
     const res = await this.http.request(this.url, { headers: { range: rangeHeader(ranges) }, signal });
     const what = `GET ${this.url} (${ranges.length} range${ranges.length === 1 ? '' : 's'})`;
     try {
       if (res.statusCode === 200) throw new RangeUnsupportedError(this.url, 'HTTP 200 with the whole file instead of 206');
+      if (res.statusCode === 206) onRangesWork();
       if (res.statusCode === 416 && ranges.length > 1) throw new MultiRangeUnsupportedError(this.url, 'HTTP 416');
       if (res.statusCode !== 206) {
         throw new OriginError(`${what}: HTTP ${res.statusCode}`, { status: res.statusCode, transient: res.statusCode >= 500 || res.statusCode === 429 });
@@ -197,6 +223,8 @@ export class RangeFetcher {
       }, what);
       if (pos !== cr.end) throw new OriginError(`${what}: truncated body (${pos - cr.start} of ${cr.end - cr.start} bytes)`, { transient: true });
     } catch (err) {
+      // Stop reading at once (a 200 may be the whole image); the abort error this raises is expected.
+      res.body.on('error', () => {});
       res.body.destroy();
       throw err;
     }

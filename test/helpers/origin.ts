@@ -17,7 +17,8 @@
 //   status      answer `status` (default 500) with a short body
 //   wrong-bytes flip one byte in every part of the body (same length, wrong content)
 //   full-200    ignore Range, answer 200 with the whole file
-//   stall       send headers, then nothing for `stallMs` (default 60 s), then destroy the socket
+//   stall       send headers and `afterBytes` body bytes (default 0), then nothing for `stallMs`
+//               (default 60 s), then destroy the socket
 // `bytes` in the log counts body bytes actually written (framing included).
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { readFile, stat } from 'node:fs/promises';
@@ -172,7 +173,7 @@ export async function startOrigin(opts: OriginOptions): Promise<Origin> {
     if (fault?.kind === 'cut' || fault?.kind === 'stall') {
       entry.status = status;
       res.writeHead(status, { ...headers, 'content-length': body.length });
-      const n = fault.kind === 'cut' ? Math.min(body.length - 1, fault.afterBytes ?? body.length >> 1) : 0;
+      const n = Math.min(body.length - 1, fault.afterBytes ?? (fault.kind === 'cut' ? body.length >> 1 : 0));
       if (n > 0) res.write(body.subarray(0, n));
       entry.bytes += n;
       const t = setTimeout(() => {

@@ -1,0 +1,321 @@
+// End-to-end delta extraction against a real HTTP origin on 127.0.0.1:
+// byte ranges (multi and single), casync chunk stores (HTTP and directory),
+// every injected fault, lying seeds, resume after an interruption, the ordered
+// stream (ranges, chunk cache, cancellation), and never a wrong file in place.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { mkdtemp, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { tmpdir } from 'node:os';
+import { extractToFile, openExtractStream, planUpdate, type AssembleOptions } from '../lib/extract.js';
+import { HttpClient } from '../lib/http-client.js';
+import { serializeIndex } from '../lib/caibx.js';
+import { indexBuffer } from '../lib/indexer.js';
+import { LocalStore } from '../lib/store/local-store.js';
+import { startOrigin, type Origin } from './helpers/origin.js';
+import { makeDeltaFixture, requireCasync, TEST_PARAMS, type DeltaFixture } from './helpers/delta-images.js';
+
+let fx: DeltaFixture;
+let origin: Origin;
+let work: string;
+let casync = true;
+
+before(async (t) => {
+  casync = requireCasync(t as unknown as { skip: (m: string) => void });
+  if (!casync) return;
+  fx = await makeDeltaFixture();
+  origin = await startOrigin({ root: fx.www });
+  work = await mkdtemp(join(tmpdir(), 'deltad-extract-out-'));
+});
+after(async () => {
+  await origin?.close();
+  await fx?.cleanup();
+  if (work) await rm(work, { recursive: true, force: true });
+});
+
+let n = 0;
+/** A fresh origin state, output path and fast-retrying client per test. */
+function setup(): { out: string; http: HttpClient; opts: AssembleOptions & { http: HttpClient }; warnings: string[] } {
+  origin.ranges = 'multi';
+  origin.clearFaults();
+  origin.log.length = 0;
+  const http = new HttpClient({ retryBaseMs: 5, timeoutMs: 1500, attempts: 4 });
+  const warnings: string[] = [];
+  const out = join(work, `out${++n}.img`);
+  return {
+    out,
+    http,
+    warnings,
+    opts: {
+      http,
+      seeds: [{ path: fx.v1Path }],
+      cacheDir: join(work, 'cache'),
+      rangeUrl: `${origin.url}/v2.img`,
+      onWarning: (m) => warnings.push(m),
+    },
+  };
+}
+
+const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
+
+test('range mode with multi-range: identical output, network bytes as planned, few requests', async (t) => {
+  if (!casync) return t.skip('casync not installed');
+  const { out, http, opts } = setup();
+  try {
+    const plan = await planUpdate(fx.indexPath, { ...opts, mode: 'range' });
+    assert.ok(plan.fromSeeds > 0 && plan.fromZero > 0 && plan.fromSelf > 0, `plan uses every kind of local source: ${JSON.stringify(plan)}`);
+    assert.ok(plan.missingBytes > 100 * 1024 && plan.missingBytes < fx.v2.length / 2);
+    assert.deepEqual(plan.rangeSupport, { ranges: true, multi: true });
+    origin.log.length = 0;
+    const r = await extractToFile(fx.indexPath, out, { ...opts, mode: 'range', sha256: sha(fx.v2) });
+    assert.ok((await readFile(out)).equals(fx.v2));
+    assert.equal(r.mode, 'range');
+    assert.equal(r.fromNetwork, plan.missingBytes);
+    assert.equal(r.fromSeeds, plan.fromSeeds);
+    assert.equal(r.fromZero + r.fromSelf + r.fromSeeds + r.fromNetwork, fx.v2.length);
+    const served = origin.stats('/v2.img');
+    assert.equal(r.networkBytes, served.bytes, 'bytes counted = bytes the origin sent');
+    assert.equal(r.networkRequests, served.requests);
+    const rangeCost = plan.modes.find((m) => m.mode === 'range')!;
+    assert.ok(Math.abs(r.networkBytes - rangeCost.bytes) <= rangeCost.bytes * 0.01, `within 1% of the plan (${r.networkBytes} vs ${rangeCost.bytes})`);
+    assert.ok(origin.log.some((e) => e.range?.includes(',')), 'used multi-range requests');
+    assert.equal(r.sha256, sha(fx.v2));
+    assert.ok(!existsSync(join(work, `.out${n}.img.deltad-partial`)), 'partial file renamed away');
+    // The seed index was built once and cached: the cache holds an entry now.
+    assert.equal((await readdir(join(work, 'cache', 'indexes'))).length, 1);
+  } finally {
+    await http.close();
+  }
+});
+
+test('store mode over HTTP and from a directory: casync store chunks, bytes as planned', async (t) => {
+  if (!casync) return t.skip('casync not installed');
+  const { out, http, opts } = setup();
+  try {
+    const plan = await planUpdate(fx.index, { ...opts, stores: [`${origin.url}/v2.castr`], mode: 'store' });
+    origin.log.length = 0;
+    const r = await extractToFile(fx.index, out, { ...opts, stores: [`${origin.url}/v2.castr`], mode: 'store' });
+    assert.ok((await readFile(out)).equals(fx.v2));
+    assert.equal(r.mode, 'store');
+    assert.equal(r.fromNetwork, plan.missingBytes);
+    assert.equal(origin.stats('/v2.castr/').requests, plan.missingChunks, 'one GET per missing chunk');
+    assert.equal(origin.stats('/v2.img').requests, 0);
+    assert.equal(r.networkBytes, origin.stats('/v2.castr/').bytes);
+
+    const out2 = `${out}.dir`;
+    const r2 = await extractToFile(fx.index, out2, { ...opts, stores: [fx.storeDir], mode: 'store' });
+    assert.ok((await readFile(out2)).equals(fx.v2));
+    assert.equal(r2.fromNetwork, plan.missingBytes);
+  } finally {
+    await http.close();
+  }
+});
+
+test('multi-range refused (416) or answered with one 206 span: falls back to single ranges', async (t) => {
+  if (!casync) return t.skip('casync not installed');
+  for (const mode of ['reject-multi', 'single'] as const) {
+    const { out, http, opts, warnings } = setup();
+    origin.ranges = mode;
+    try {
+      const r = await extractToFile(fx.index, out, { ...opts, mode: 'range' });
+      assert.ok((await readFile(out)).equals(fx.v2), mode);
+      const multi = origin.log.filter((e) => e.range?.includes(','));
+      assert.equal(multi.length, 1, `${mode}: one multi-range attempt, then single ranges`);
+      assert.ok(origin.log.length > 2);
+      assert.ok(warnings.some((w) => /single-range/.test(w)), mode);
+      assert.equal(r.networkRequests, origin.log.length);
+    } finally {
+      await http.close();
+    }
+  }
+});
+
+test('a server that ignores Range: range mode fails at once, auto mode switches to the store', async (t) => {
+  if (!casync) return t.skip('casync not installed');
+  const { out, http, opts } = setup();
+  try {
+    await writeFile(out, 'previous content');
+    origin.ranges = 'none';
+    await assert.rejects(extractToFile(fx.index, out, { ...opts, mode: 'range' }), (err: Error & { code?: string }) => err.code === 'ENORANGE' || /byte ranges/.test(err.message));
+    assert.equal(origin.log.length, 1, 'the whole file was not requested again');
+    assert.equal(await readFile(out, 'utf8'), 'previous content');
+
+    origin.log.length = 0;
+    const r = await extractToFile(fx.index, out, { ...opts, mode: 'auto', stores: [`${origin.url}/v2.castr`] });
+    assert.ok((await readFile(out)).equals(fx.v2));
+    assert.equal(r.mode, 'store');
+    assert.ok(origin.stats('/v2.img').requests <= 2, 'only the probe touched the image');
+  } finally {
+    await http.close();
+  }
+});
+
+test('transient faults (500, cut mid-body, stall) are retried; output correct', async (t) => {
+  if (!casync) return t.skip('casync not installed');
+  for (const fault of [
+    { kind: 'status', status: 503 },
+    { kind: 'cut' },
+    { kind: 'stall', stallMs: 5000 },
+  ] as const) {
+    const { out, http, opts } = setup();
+    origin.fault({ ...fault, path: '/v2.img', times: 1 });
+    try {
+      const r = await extractToFile(fx.index, out, { ...opts, mode: 'range' });
+      assert.ok((await readFile(out)).equals(fx.v2), fault.kind);
+      assert.ok(origin.log.some((e) => e.fault === fault.kind), `${fault.kind} was injected`);
+      assert.ok(r.networkRequests >= 2);
+    } finally {
+      await http.close();
+    }
+  }
+});
+
+test('wrong bytes: retried once, then the chunk fails by ID; the old output stays in place', async (t) => {
+  if (!casync) return t.skip('casync not installed');
+  {
+    const { out, http, opts } = setup();
+    origin.fault({ kind: 'wrong-bytes', path: '/v2.img', times: 1 });
+    try {
+      await extractToFile(fx.index, out, { ...opts, mode: 'range' });
+      assert.ok((await readFile(out)).equals(fx.v2));
+    } finally {
+      await http.close();
+    }
+  }
+  {
+    const { out, http, opts } = setup();
+    await writeFile(out, 'previous content');
+    origin.fault({ kind: 'wrong-bytes', path: '/v2.img', times: Infinity });
+    try {
+      await assert.rejects(extractToFile(fx.index, out, { ...opts, mode: 'range' }), /chunk [0-9a-f]{64} .*wrong content twice/);
+      assert.equal(await readFile(out, 'utf8'), 'previous content');
+    } finally {
+      await http.close();
+    }
+  }
+});
+
+test('a seed that lies (changed after indexing) is reported and its chunk fetched', async (t) => {
+  if (!casync) return t.skip('casync not installed');
+  const { out, http, opts, warnings } = setup();
+  const seed = join(work, 'lying-seed.img');
+  const seedIndex = join(work, 'lying-seed.caibx');
+  const bytes = Buffer.from(fx.v1);
+  await writeFile(seedIndex, serializeIndex(indexBuffer(bytes, { params: TEST_PARAMS, digest: fx.index.digest })));
+  const at = 5 * 65536 + 123; // inside the unchanged head that v2 takes from the seed
+  bytes[at] ^= 0x55;
+  await writeFile(seed, bytes);
+  try {
+    const r = await extractToFile(fx.index, out, { ...opts, seeds: [{ path: seed, index: seedIndex }], mode: 'range' });
+    assert.ok((await readFile(out)).equals(fx.v2));
+    assert.equal(r.seedMismatches, 1);
+    assert.ok(warnings.some((w) => w.includes(seed) && /offset \d+ does not match/.test(w)), warnings.join('\n'));
+    const clean = await planUpdate(fx.index, { ...opts, seeds: [{ path: seed, index: seedIndex }], mode: 'range' });
+    assert.ok(r.fromNetwork > clean.missingBytes, 'the lying chunk came from the network');
+    assert.ok((await readFile(seed)).equals(bytes), 'seed untouched');
+  } finally {
+    await http.close();
+  }
+});
+
+test('interrupted extract resumes from its partial file with less network', async (t) => {
+  if (!casync) return t.skip('casync not installed');
+  const { out, http, opts } = setup();
+  try {
+    // Without seeds most of the file comes from the network; the origin stalls after a quarter of it.
+    const ctl = new AbortController();
+    origin.fault({ kind: 'stall', path: '/v2.img', times: Infinity, afterBytes: fx.v2.length >> 2, stallMs: 10_000 });
+    const first = extractToFile(fx.index, out, {
+      ...opts, seeds: [], mode: 'range', concurrency: 1, signal: ctl.signal,
+      onProgress: (p) => {
+        if (p.fromNetwork > 0) setTimeout(() => ctl.abort(new Error('interrupted')), 300);
+      },
+    });
+    await assert.rejects(first, /interrupted/);
+    assert.ok(!existsSync(out), 'no output after the interruption');
+    const partial = join(work, `.out${n}.img.deltad-partial`);
+    assert.ok(existsSync(partial) && existsSync(`${partial}.journal`));
+    origin.clearFaults();
+    origin.log.length = 0;
+    const full = await planUpdate(fx.index, { ...opts, seeds: [], mode: 'range' });
+    const r = await extractToFile(fx.index, out, { ...opts, seeds: [], mode: 'range' });
+    assert.ok((await readFile(out)).equals(fx.v2));
+    assert.ok(r.resumedBytes > 0, 'chunks verified in place');
+    assert.ok(r.fromNetwork < full.missingBytes, `less network the second time (${r.fromNetwork} < ${full.missingBytes})`);
+    assert.ok(!existsSync(partial) && !existsSync(`${partial}.journal`));
+  } finally {
+    await http.close();
+  }
+});
+
+test('SHA-256 mismatch: nothing is renamed into place', async (t) => {
+  if (!casync) return t.skip('casync not installed');
+  const { out, http, opts } = setup();
+  try {
+    await assert.rejects(extractToFile(fx.index, out, { ...opts, mode: 'range', sha256: '0'.repeat(64) }), /SHA-256 mismatch/);
+    assert.ok(!existsSync(out));
+    await assert.rejects(extractToFile(fx.index, out, { ...opts, mode: 'range', sha256: 'xyz' }), /invalid SHA-256/);
+  } finally {
+    await http.close();
+  }
+});
+
+test('ordered stream: whole file with digest, byte ranges, chunk cache, cancellation', async (t) => {
+  if (!casync) return t.skip('casync not installed');
+  const { http, opts } = setup();
+  const cache = new LocalStore(join(work, 'chunk-cache'));
+  try {
+    const s = openExtractStream(fx.index, { ...opts, mode: 'range', sha256: sha(fx.v2), windowBytes: 256 * 1024, chunkCache: cache });
+    const parts: Buffer[] = [];
+    for await (const b of s) parts.push(b as Buffer);
+    assert.ok(Buffer.concat(parts).equals(fx.v2));
+    const r = await s.result;
+    assert.equal(r.sha256, sha(fx.v2));
+    assert.ok(r.fromNetwork > 0);
+
+    // The cache now holds every fetched chunk: a second stream needs no network.
+    origin.log.length = 0;
+    const s2 = openExtractStream(fx.index, { ...opts, mode: 'range', chunkCache: cache, start: 1000, end: fx.v2.length - 777 });
+    const parts2: Buffer[] = [];
+    for await (const b of s2) parts2.push(b as Buffer);
+    assert.ok(Buffer.concat(parts2).equals(fx.v2.subarray(1000, fx.v2.length - 777)));
+    const r2 = await s2.result;
+    assert.equal(r2.fromNetwork, 0);
+    assert.equal(r2.fromCache, r.fromNetwork);
+    assert.equal(origin.log.length, 0);
+
+    // Mismatching digest: the stream errors before its last bytes.
+    const s3 = openExtractStream(fx.index, { ...opts, mode: 'range', sha256: 'f'.repeat(64) });
+    let got = 0;
+    await assert.rejects((async () => {
+      for await (const b of s3) got += (b as Buffer).length;
+    })(), /SHA-256 mismatch/);
+    assert.ok(got < fx.v2.length);
+
+    // A consumer that goes away cancels the fetches.
+    origin.log.length = 0;
+    origin.fault({ kind: 'stall', path: '/v2.img', skip: 1, times: Infinity, stallMs: 10_000 });
+    const s4 = openExtractStream(fx.index, { ...opts, seeds: [], mode: 'range', concurrency: 2, windowBytes: 128 * 1024 });
+    s4.once('data', () => s4.destroy());
+    await assert.rejects(s4.result);
+    const count = origin.log.length;
+    await new Promise((r) => setTimeout(r, 200));
+    assert.equal(origin.log.length, count, 'no requests after cancellation');
+  } finally {
+    await http.close();
+  }
+});
+
+test('out path problems are clear errors', async (t) => {
+  if (!casync) return t.skip('casync not installed');
+  const { http, opts } = setup();
+  try {
+    await assert.rejects(extractToFile(fx.index, work, { ...opts, mode: 'range' }), /not a regular file/);
+    await assert.rejects(extractToFile(fx.index, join(work, 'no-such-dir', 'x.img'), { ...opts, mode: 'range' }), /ENOENT/);
+    assert.ok((await stat(work)).isDirectory());
+  } finally {
+    await http.close();
+  }
+});

@@ -1,0 +1,71 @@
+// Generated image pairs for delta tests: v1 (random) and a "v2" with edits,
+// an insertion, a zero run and a repeated block, in a temp directory. v2's
+// index and chunk store are made by the real `casync make`; www/ holds what an
+// origin serves (v2.img, v2.caibx, v2.castr/), v1.img sits outside as a seed.
+import { spawnSync } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { mkdtemp, mkdir, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { readIndexFile, type ChunkIndex, type ChunkParams } from '../../lib/caibx.js';
+
+export const TEST_PARAMS: ChunkParams = { min: 4096, avg: 16384, max: 65536 };
+
+export interface DeltaFixture {
+  dir: string;
+  www: string;
+  v1Path: string;
+  v2Path: string;
+  v1: Buffer;
+  v2: Buffer;
+  indexPath: string;
+  index: ChunkIndex;
+  storeDir: string;
+  cleanup(): Promise<void>;
+}
+
+/** Fails (in CI) or reports false (elsewhere) when casync is not installed. */
+export function requireCasync(t: { skip: (msg: string) => void }): boolean {
+  const r = spawnSync('casync', ['--version'], { stdio: 'pipe' });
+  if (r.status === 0) return true;
+  if (process.env.CI) throw new Error('casync is required in CI (scripts/test-deps.sh installs it)');
+  t.skip('casync not installed');
+  return false;
+}
+
+/** v2 from v1: kept ranges with small edits, new data, a zero run, a repeated new block. */
+export function makeV2(v1: Buffer): Buffer {
+  const q = v1.length >> 3;
+  const edited = Buffer.from(v1.subarray(q, 3 * q));
+  for (const at of [q >> 2, q, (3 * q) >> 1]) randomBytes(200).copy(edited, at);
+  const block = randomBytes(96 * 1024);
+  return Buffer.concat([
+    v1.subarray(0, q),
+    randomBytes(100 * 1024), // insertion
+    edited,
+    Buffer.alloc(320 * 1024), // zero run
+    v1.subarray(3 * q, 6 * q),
+    block,
+    v1.subarray(6 * q, 7 * q),
+    block, // repeat of new data
+    v1.subarray(7 * q),
+  ]);
+}
+
+export async function makeDeltaFixture(size = 3 * 1024 * 1024): Promise<DeltaFixture> {
+  const dir = await mkdtemp(join(tmpdir(), 'deltad-extract-'));
+  const www = join(dir, 'www');
+  await mkdir(www);
+  const v1 = randomBytes(size);
+  const v2 = makeV2(v1);
+  const v1Path = join(dir, 'v1.img');
+  const v2Path = join(www, 'v2.img');
+  await writeFile(v1Path, v1);
+  await writeFile(v2Path, v2);
+  const indexPath = join(www, 'v2.caibx');
+  const storeDir = join(www, 'v2.castr');
+  const { min, avg, max } = TEST_PARAMS;
+  const r = spawnSync('casync', [`--chunk-size=${min}:${avg}:${max}`, `--store=${storeDir}`, 'make', indexPath, v2Path], { stdio: 'pipe' });
+  if (r.status !== 0) throw new Error(`casync make failed: ${r.stderr}`);
+  return { dir, www, v1Path, v2Path, v1, v2, indexPath, index: await readIndexFile(indexPath), storeDir, cleanup: () => rm(dir, { recursive: true, force: true }) };
+}
