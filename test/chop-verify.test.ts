@@ -17,6 +17,7 @@ import { HttpClient } from '../lib/http-client.js';
 import { chopFile } from '../lib/chop.js';
 import { verifyFile, verifyStore } from '../lib/verify.js';
 import { startStaticServer } from './helpers/static-server.js';
+import { REPO_ROOT } from './helpers/shared.js';
 
 async function tempDir(t: { after: (fn: () => Promise<void>) => void }): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), 'deltad-chop-'));
@@ -284,4 +285,27 @@ test('verifyStore and chop accept the index and store made by casync make', { ti
   assert.equal(r.written, 0);
   assert.equal(r.existing, v.checked);
   assert.equal((await verifyFile(index, join(dir, 'img'))).ok, true);
+});
+
+test('deltad chop and deltad verify (CLI): exit codes and JSON results', { timeout: 30_000 }, async (t) => {
+  const dir = await tempDir(t);
+  const img = makeImage(2 * 1024 * 1024, 'cli');
+  await writeFile(join(dir, 'img'), img);
+  const index = fixedIndex(img);
+  await writeFile(join(dir, 'img.caibx'), serializeIndex(index));
+  const cli = (...args: string[]) => spawnSync(process.execPath, [join(REPO_ROOT, 'dist', 'daemon', 'cli.js'), ...args], { encoding: 'utf8', timeout: 20_000 });
+  const chop = cli('chop', '--json', '--store', join(dir, 's.castr'), join(dir, 'img.caibx'), join(dir, 'img'));
+  assert.equal(chop.status, 0, chop.stderr);
+  assert.equal(JSON.parse(chop.stdout).written, distinctIds(index));
+
+  const good = cli('verify', '--json', '--store', join(dir, 's.castr'), join(dir, 'img.caibx'), join(dir, 'img'));
+  assert.equal(good.status, 0, good.stderr);
+  assert.equal(JSON.parse(good.stdout).ok, true);
+
+  await unlink(new LocalStore(join(dir, 's.castr')).chunkPath(index.id(1)));
+  const bad = cli('verify', '--store', join(dir, 's.castr'), join(dir, 'img.caibx'));
+  assert.equal(bad.status, 1);
+  assert.match(bad.stdout, new RegExp(`missing chunk #1 \\(${index.idHex(1)}\\)`));
+
+  assert.equal(cli('chop', join(dir, 'img.caibx'), join(dir, 'img')).status, 2, 'no --store is a usage error');
 });
