@@ -38,6 +38,27 @@ export function checkChunkParams(params: ChunkParams, variant: ChunkerVariant = 
   }
 }
 
+/**
+ * Parses casync's --chunk-size: "MIN:AVG:MAX" or "AVG" (then min = AVG/4, max = AVG*4,
+ * clamped to 1..128 MiB). Suffixes K, M, G are powers of 1024. The result is checked.
+ */
+export function parseChunkSize(text: string, variant: ChunkerVariant = 'casync'): ChunkParams {
+  const sizes = text.split(':').map((part) => {
+    const m = /^(\d+)([KMG]?)$/i.exec(part.trim());
+    if (!m) throw new UsageError(`invalid chunk size "${part}" in "${text}" (expected a number with optional K, M or G)`);
+    return Number(m[1]) * 1024 ** ' KMG'.indexOf((m[2] || ' ').toUpperCase());
+  });
+  let params: ChunkParams;
+  if (sizes.length === 3) params = { min: sizes[0], avg: sizes[1], max: sizes[2] };
+  else if (sizes.length === 1) {
+    const avg = sizes[0];
+    const clamp = (v: number): number => Math.min(Math.max(v, 1), CHUNK_SIZE_LIMIT_MAX);
+    params = { min: clamp(Math.floor(avg / 4)), avg, max: clamp(avg * 4) };
+  } else throw new UsageError(`invalid chunk size "${text}" (expected MIN:AVG:MAX or AVG)`);
+  checkChunkParams(params, variant);
+  return params;
+}
+
 /** The cut discriminator d (SPEC §3.2): a cut where h mod d == d-1. casync clamps it to [min, max]. */
 export function discriminator(params: ChunkParams, variant: ChunkerVariant = 'casync'): number {
   const d = Math.trunc(params.avg / (-1.42888852e-7 * params.avg + 1.33237515));
