@@ -28,12 +28,6 @@ export interface OpenSeedOptions {
   signal?: AbortSignal;
 }
 
-/** Splits a CLI seed argument FILE[:INDEX] (the last ':' followed by a path ending in .caibx). */
-export function parseSeedArg(arg: string): { path: string; index?: string } {
-  const m = /^(.*):([^:]+\.caibx)$/.exec(arg);
-  return m && m[1] ? { path: m[1], index: m[2] } : { path: arg };
-}
-
 /**
  * Opens a seed read-only and finds its index: the given one when it matches
  * the file and the target's digest, else the cache, else the indexer.
