@@ -1,0 +1,42 @@
+# deltad fleet proxy (`deltad proxy`, docs/FLEET.md) as a container.
+#   build:  docker build -t deltad .          (or: podman build -t deltad .)
+#   run:    see the README's "Fleet mode" section
+# Stage 1 compiles TypeScript with the dev dependencies and builds zstd-napi's
+# native addon from source (its prebuilt download is not relied on); stage 2
+# keeps only production dependencies, runs as the unprivileged `node` user, and
+# stores the chunk cache in a volume.
+FROM node:20-bookworm-slim AS build
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends python3 make g++ \
+ && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+# Build the addon against the headers shipped in this image (no header download).
+ENV npm_config_nodedir=/usr/local
+COPY package.json package-lock.json ./
+RUN npm ci --no-audit --no-fund
+COPY tsconfig.json ./
+COPY scripts ./scripts
+COPY lib ./lib
+COPY daemon ./daemon
+COPY bench ./bench
+COPY test ./test
+RUN npm run build \
+ && npm prune --omit=dev --no-audit --no-fund
+
+FROM node:20-bookworm-slim
+ENV NODE_ENV=production
+WORKDIR /opt/deltad
+COPY --from=build /src/package.json ./
+COPY --from=build /src/node_modules ./node_modules
+COPY --from=build /src/dist/lib ./dist/lib
+COPY --from=build /src/dist/daemon ./dist/daemon
+RUN mkdir -p /var/cache/deltad-proxy && chown node:node /var/cache/deltad-proxy
+USER node
+VOLUME ["/var/cache/deltad-proxy"]
+EXPOSE 3130
+# The status page answers once the cache is open and the port listens (loopback is always allowed).
+HEALTHCHECK --interval=30s --timeout=5s --start-period=15s --retries=3 \
+  CMD ["node", "-e", "fetch('http://127.0.0.1:3130/.deltad/status').then(r => process.exit(r.ok ? 0 : 1), () => process.exit(1))"]
+ENTRYPOINT ["node", "/opt/deltad/dist/daemon/cli.js", "proxy", "--listen", "0.0.0.0:3130", "--proxy-cache", "/var/cache/deltad-proxy"]
+# Give at least --upstream URL; other options (--allow, --proxy-cache-size, ...) may follow.
+CMD ["--help"]
