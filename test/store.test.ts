@@ -254,6 +254,11 @@ test('openStore picks the store by scheme', async () => {
   assert.equal(normalizeStoreUrl('http://h/a/store.castr//?token=1;x'), 'http://h/a/store.castr');
   const s = new HttpStore('http://h/a/s.castr/');
   assert.equal(s.chunkUrl('ab'.repeat(32)), `http://h/a/s.castr/abab/${'ab'.repeat(32)}.cacnk`);
+  // IDs never become paths of their own.
+  assert.throws(() => s.chunkUrl('../../etc/passwd'), /invalid chunk id/);
+  assert.throws(() => (local as LocalStore).chunkPath('../../etc/passwd'), /invalid chunk id/);
+  assert.throws(() => (local as LocalStore).chunkPath('AB'.repeat(32)), /invalid chunk id/);
+  await assert.rejects(local.get({ id: new Uint8Array(31) }), /invalid chunk id/);
   await s.close();
 });
 

@@ -4,7 +4,6 @@
 // every body is bounded, decoded and verified before it is returned.
 import { HttpClient } from '../http-client.js';
 import { OriginError } from '../errors.js';
-import { toHex } from '../digest.js';
 import { maxEncodedSize } from '../compression.js';
 import type { ChunkRequest, ChunkStore } from './types.js';
 import { chunkRelativePath, decodeChunk, resolveFormat, sizeLimit, type StoreFormat } from './chunk-file.js';
@@ -42,8 +41,7 @@ export class HttpStore implements ChunkStore {
   }
 
   chunkUrl(id: Uint8Array | string): string {
-    const hex = typeof id === 'string' ? id : toHex(id);
-    return `${this.location}/${chunkRelativePath(hex, !this.uncompressed)}`;
+    return `${this.location}/${chunkRelativePath(id, !this.uncompressed)}`;
   }
 
   async get(req: ChunkRequest, signal?: AbortSignal): Promise<Buffer | null> {

@@ -40,8 +40,7 @@ export class LocalStore implements WritableChunkStore {
 
   /** Path of a chunk file in this store (compressed name unless told otherwise). */
   chunkPath(id: Uint8Array | string, compressed = !this.uncompressed): string {
-    const hex = typeof id === 'string' ? id : toHex(id);
-    return join(this.dir, chunkRelativePath(hex, compressed));
+    return join(this.dir, chunkRelativePath(id, compressed));
   }
 
   async get(req: ChunkRequest): Promise<Buffer | null> {
