@@ -68,6 +68,8 @@ export class Assembler {
   private drainWaiters: (() => void)[] = [];
   private zeros: Buffer = Buffer.alloc(0);
   seedMismatches = 0;
+  /** True once any chunk reached the sink. */
+  wroteAny = false;
   /** Bytes verified in place in a resumed partial file. */
   resumedBytes = 0;
 
@@ -182,6 +184,7 @@ export class Assembler {
   /** Hands verified chunks to the sink and wakes repeats waiting for them. */
   private async put(first: number, count: number, data: Buffer): Promise<void> {
     this.pendingWrites += data.length;
+    this.wroteAny = true;
     try {
       await this.opts.sink.put(first, count, data);
     } finally {

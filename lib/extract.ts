@@ -368,7 +368,9 @@ export async function extractToFile(target: string | ChunkIndex, out: string, op
       const sha256 = await file.commit(opts.fileMode ?? 0o644, opts.sha256);
       return summary(progress, choice, assembler, started, sha256);
     } catch (err) {
-      await file.keep();
+      // Keep what an interrupted run wrote; a run that failed before writing leaves nothing behind.
+      if (resumeSeed || (assembler && assembler.wroteAny)) await file.keep();
+      else await file.discard();
       throw err;
     }
   } finally {
