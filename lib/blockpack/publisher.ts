@@ -7,6 +7,7 @@ import { createHash, type Hash } from 'node:crypto';
 import { open, rename, unlink, type FileHandle } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { UsageError } from '../errors.js';
+import { forEachBlock } from './block-reader.js';
 import { trainCoverDictionary, trainZstdCliDictionary } from './dictionary.js';
 import { FrameCompressor } from './frame-codec.js';
 import {
@@ -57,28 +58,10 @@ export function artifactNames(imageName: string): { index: string; pack: string;
   return { index: `${imageName}.bpidx`, pack: `${imageName}.bpk`, dict: `${imageName}.bpdict` };
 }
 
-const READ_BYTES = 4 * 1024 * 1024;
+/** Pending pack bytes written at once. */
+const WRITE_BYTES = 4 * 1024 * 1024;
 /** Samples for dictionary training, as a multiple of the dictionary size (zstd suggests ~100x). */
 const SAMPLE_FACTOR = 100;
-
-/** Reads a file block by block, in order, with large reads. */
-async function forEachBlock(fh: FileHandle, size: number, blockSize: number, fn: (b: number, data: Buffer) => void, progress?: (done: number) => void): Promise<void> {
-  const buf = Buffer.allocUnsafe(READ_BYTES - (READ_BYTES % blockSize) || blockSize);
-  let pos = 0;
-  let b = 0;
-  while (pos < size) {
-    const want = Math.min(buf.length, size - pos);
-    let got = 0;
-    while (got < want) {
-      const { bytesRead } = await fh.read(buf, got, want - got, pos + got);
-      if (bytesRead === 0) throw new Error(`file shrank while reading (at byte ${pos + got} of ${size})`);
-      got += bytesRead;
-    }
-    for (let off = 0; off < got; off += blockSize, b++) fn(b, buf.subarray(off, Math.min(got, off + blockSize)));
-    pos += got;
-    progress?.(pos);
-  }
-}
 
 /** Full-hash keys of every block of the given images (to tell new blocks from old). */
 async function blockKeys(paths: readonly string[], blockSize: number): Promise<Set<string>> {
@@ -111,7 +94,7 @@ class HashingWriter {
     this.hash.update(b);
     this.parts.push(Buffer.from(b));
     this.pending += b.length;
-    if (this.pending >= READ_BYTES) await this.flush();
+    if (this.pending >= WRITE_BYTES) await this.flush();
   }
   async flush(): Promise<void> {
     if (this.pending === 0) return;

@@ -1,0 +1,30 @@
+// Sequential block-by-block reading of an image or seed with large reads:
+// the publisher and seed indexing both walk whole files this way.
+import type { FileHandle } from 'node:fs/promises';
+
+const READ_BYTES = 4 * 1024 * 1024;
+
+/** Calls fn(b, data) for every block in order (the last one may be short); data is only valid during the call. */
+export async function forEachBlock(
+  fh: FileHandle, size: number, blockSize: number,
+  fn: (b: number, data: Buffer) => void,
+  progress?: (done: number) => void,
+  signal?: AbortSignal,
+): Promise<void> {
+  const buf = Buffer.allocUnsafe(Math.max(blockSize, READ_BYTES - (READ_BYTES % blockSize)));
+  let pos = 0;
+  let b = 0;
+  while (pos < size) {
+    signal?.throwIfAborted();
+    const want = Math.min(buf.length, size - pos);
+    let got = 0;
+    while (got < want) {
+      const { bytesRead } = await fh.read(buf, got, want - got, pos + got);
+      if (bytesRead === 0) throw new Error(`file shrank while reading (at byte ${pos + got} of ${size})`);
+      got += bytesRead;
+    }
+    for (let off = 0; off < got; off += blockSize, b++) fn(b, buf.subarray(off, Math.min(got, off + blockSize)));
+    pos += got;
+    progress?.(pos);
+  }
+}
