@@ -34,7 +34,7 @@ export interface RangePlanOptions {
   maxSpan?: number;
   /** Merge gaps up to this many bytes (default: 128 with multi-range, 8 KiB without). */
   maxGap?: number;
-  /** Aim for at most this many requests by merging the smallest gaps (default 100). */
+  /** With multi-range, aim for at most this many requests by merging the smallest gaps (default 100). */
   targetRequests?: number;
 }
 
@@ -60,6 +60,7 @@ export class MultiRangeUnsupportedError extends DeltadError {
  */
 export function planRangeRequests(index: Pick<ChunkIndex, 'start' | 'end'>, runs: readonly { first: number; count: number }[], opts: RangePlanOptions): RangeRequest[] {
   if (runs.length === 0) return [];
+  runs = splitRuns(index, runs, Math.min(opts.maxRequestBytes ?? 16 * 1024 * 1024, opts.maxSpan ?? Infinity));
   const perReq = opts.multi ? Math.max(1, opts.maxRangesPerRequest ?? 200) : 1;
   const maxHeader = opts.maxHeaderBytes ?? 8000;
   const maxBytes = opts.maxRequestBytes ?? 16 * 1024 * 1024;
@@ -68,8 +69,9 @@ export function planRangeRequests(index: Pick<ChunkIndex, 'start' | 'end'>, runs
   const target = opts.targetRequests ?? 100;
   const gaps: number[] = [];
   for (let k = 1; k < runs.length; k++) gaps.push(index.start(runs[k].first) - index.end(runs[k - 1].first + runs[k - 1].count - 1));
+  // Only with multi-range: a merged gap then costs bytes but saves a part, not a round trip per range.
   const rangesAllowed = target * perReq;
-  if (gaps.length + 1 > rangesAllowed) {
+  if (opts.multi && gaps.length + 1 > rangesAllowed) {
     const sorted = [...gaps].sort((a, b) => a - b);
     maxGap = Math.max(maxGap, sorted[gaps.length + 1 - rangesAllowed - 1]);
   }
@@ -102,6 +104,24 @@ export function planRangeRequests(index: Pick<ChunkIndex, 'start' | 'end'>, runs
     header += spec;
   }
   return requests;
+}
+
+/** Cuts runs longer than `limit` bytes at chunk boundaries (a piece has at least one chunk). */
+function splitRuns(index: Pick<ChunkIndex, 'start' | 'end'>, runs: readonly { first: number; count: number }[], limit: number): { first: number; count: number }[] {
+  const size = (i: number): number => index.end(i) - index.start(i);
+  const out: { first: number; count: number }[] = [];
+  for (const run of runs) {
+    let first = run.first;
+    const end = run.first + run.count;
+    while (first < end) {
+      let last = first + 1;
+      let bytes = size(first);
+      while (last < end && bytes + size(last) <= limit) bytes += size(last++);
+      out.push({ first, count: last - first });
+      first = last;
+    }
+  }
+  return out;
 }
 
 export function rangeHeader(ranges: readonly ByteRange[]): string {
