@@ -1,0 +1,143 @@
+// multipart/byteranges parsing (quirks, lies, truncation, any split of the
+// body) and RangeFetcher against a real origin in every Range mode.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { MultipartParser, multipartBoundary, parseContentRange, type ContentRange } from '../lib/multipart.js';
+import { MultiRangeUnsupportedError, RangeFetcher, RangeUnsupportedError } from '../lib/range-fetcher.js';
+import { HttpClient } from '../lib/http-client.js';
+import { startOrigin, type Origin } from './helpers/origin.js';
+
+function parseAll(body: Buffer, splits: number[], boundary = 'XyZ'): { parts: ContentRange[]; data: Map<number, Buffer> } {
+  const parts: ContentRange[] = [];
+  const data = new Map<number, Buffer>();
+  const p = new MultipartParser(boundary, {
+    onPart: (r) => parts.push(r),
+    onData: (off, b) => {
+      const r = parts[parts.length - 1];
+      const prev = data.get(r.start) ?? Buffer.alloc(0);
+      assert.equal(off, r.start + prev.length, 'data arrives in order at its offset');
+      data.set(r.start, Buffer.concat([prev, b]));
+    },
+  }, 'test');
+  let pos = 0;
+  for (const s of [...splits, body.length]) {
+    p.write(body.subarray(pos, s));
+    pos = s;
+  }
+  p.end();
+  return { parts, data };
+}
+
+const d1 = Buffer.from('--XyZ\r\n--XyZ--\r\nbinary with the boundary inside');
+const d2 = randomBytes(300);
+
+function body(eol: string, leadingEol: boolean): Buffer {
+  return Buffer.concat([
+    Buffer.from(`${leadingEol ? eol : ''}--XyZ${eol}Content-Type: application/octet-stream${eol}Content-Range: bytes 10-${10 + d1.length - 1}/1000${eol}${eol}`),
+    d1,
+    Buffer.from(`${eol}--XyZ  ${eol}content-range:bytes 500-799/1000${eol}${eol}`),
+    d2,
+    Buffer.from(`${eol}--XyZ--${eol}epilogue`),
+  ]);
+}
+
+test('multipart: CRLF or LF, with or without leading CRLF, padding, boundary bytes in data, any split', () => {
+  for (const [eol, lead] of [['\r\n', true], ['\n', false], ['\r\n', false]] as const) {
+    const b = Buffer.concat([Buffer.from('preamble line\r\n'), body(eol, lead)]);
+    for (const splits of [[], [1, 2, 3, 50, 51, 120], Array.from({ length: b.length - 1 }, (_, i) => i + 1)]) {
+      const { parts, data } = parseAll(b, splits);
+      assert.deepEqual(parts.map((p) => [p.start, p.end, p.total]), [[10, 10 + d1.length, 1000], [500, 800, 1000]]);
+      assert.ok(data.get(10)!.equals(d1));
+      assert.ok(data.get(500)!.equals(d2));
+    }
+  }
+});
+
+test('multipart: truncation, missing Content-Range, garbage between parts', () => {
+  const b = body('\r\n', true);
+  assert.throws(() => parseAll(b.subarray(0, 150), []), /truncated|missing final boundary/);
+  assert.throws(() => parseAll(Buffer.from('--XyZ\r\nContent-Type: x\r\n\r\nabc'), []), /part without Content-Range/);
+  assert.throws(() => parseAll(Buffer.from('--XyZ\r\nContent-Range: bytes 5-1/9\r\n\r\n'), []), /invalid part header/);
+  const garbage = Buffer.concat([Buffer.from('--XyZ\r\nContent-Range: bytes 0-2/9\r\n\r\nabcJUNK\r\n--XyZ--\r\n')]);
+  assert.throws(() => parseAll(garbage, []), /expected boundary after part 0-2/);
+});
+
+test('Content-Range and Content-Type parsing', () => {
+  assert.deepEqual(parseContentRange('bytes 0-9/100'), { start: 0, end: 10, total: 100 });
+  assert.deepEqual(parseContentRange('bytes 5-5/*'), { start: 5, end: 6, total: undefined });
+  assert.equal(parseContentRange('bytes 9-5/100'), null);
+  assert.equal(parseContentRange('bytes 0-100/100'), null);
+  assert.equal(parseContentRange(undefined), null);
+  assert.equal(multipartBoundary('multipart/byteranges; boundary="a b"'), 'a b');
+  assert.equal(multipartBoundary('multipart/byteranges;boundary=3d6b6a416f9b5'), '3d6b6a416f9b5');
+  assert.equal(multipartBoundary('application/octet-stream'), null);
+});
+
+let dir: string;
+let origin: Origin;
+let http: HttpClient;
+const file = randomBytes(200_000);
+
+before(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'deltad-ranges-'));
+  await writeFile(join(dir, 'f.img'), file);
+  origin = await startOrigin({ root: dir });
+  http = new HttpClient({ retryBaseMs: 5, timeoutMs: 2000 });
+});
+after(async () => {
+  await http?.close();
+  await origin?.close();
+  if (dir) await rm(dir, { recursive: true, force: true });
+});
+
+async function collect(f: RangeFetcher, ranges: { start: number; end: number }[]): Promise<Buffer> {
+  const out = Buffer.alloc(file.length);
+  let n = 0;
+  await f.fetch(ranges, (off, b) => {
+    b.copy(out, off);
+    n += b.length;
+  });
+  assert.equal(n, ranges.reduce((s, r) => s + r.end - r.start, 0), 'exactly the asked bytes are passed on');
+  return out;
+}
+
+test('fetcher: multi-range, probe per origin mode, 200 and 416 detection', async () => {
+  const f = () => new RangeFetcher(http, `${origin.url}/f.img`, file.length);
+  const ranges = [{ start: 5, end: 1000 }, { start: 50_000, end: 50_001 }, { start: 199_000, end: 200_000 }];
+  origin.ranges = 'multi';
+  const got = await collect(f(), ranges);
+  for (const r of ranges) assert.ok(got.subarray(r.start, r.end).equals(file.subarray(r.start, r.end)));
+  assert.deepEqual(await f().probe(), { ranges: true, multi: true, size: file.length });
+
+  origin.ranges = 'single';
+  await assert.rejects(f().fetch(ranges, () => {}), MultiRangeUnsupportedError);
+  assert.deepEqual(await f().probe(), { ranges: true, multi: false, size: file.length });
+  origin.ranges = 'reject-multi';
+  await assert.rejects(f().fetch(ranges, () => {}), MultiRangeUnsupportedError);
+  assert.deepEqual(await f().probe(), { ranges: true, multi: false, size: file.length });
+
+  origin.ranges = 'none';
+  const fetcher = f();
+  origin.log.length = 0;
+  await assert.rejects(fetcher.fetch([ranges[0]], () => {}), RangeUnsupportedError);
+  // Parallel calls after the 200: none of them asks again.
+  await Promise.all([1, 2, 3].map(() => assert.rejects(fetcher.fetch([ranges[0]], () => {}), RangeUnsupportedError)));
+  assert.equal(origin.log.length, 1);
+  assert.deepEqual(await f().probe(), { ranges: false, multi: false });
+  origin.ranges = 'multi';
+});
+
+test('fetcher: a server that lies about the size, or is cut mid-body', async () => {
+  const wrongSize = new RangeFetcher(http, `${origin.url}/f.img`, file.length + 1);
+  await assert.rejects(wrongSize.fetch([{ start: 0, end: 10 }], () => {}), /file has 200000 bytes, the index 200001/);
+  origin.fault({ kind: 'cut', path: '/f.img' });
+  const f = new RangeFetcher(http, `${origin.url}/f.img`, file.length);
+  await assert.rejects(f.fetch([{ start: 0, end: 100_000 }], () => {}), (err: Error & { transient?: boolean }) => err.transient === true);
+  origin.fault({ kind: 'cut', path: '/f.img' });
+  await assert.rejects(f.fetch([{ start: 0, end: 100 }, { start: 1000, end: 100_000 }], () => {}), (err: Error & { transient?: boolean }) => err.transient === true);
+  assert.ok((await collect(f, [{ start: 0, end: 10 }])).subarray(0, 10).equals(file.subarray(0, 10)), 'works again after the faults');
+});
