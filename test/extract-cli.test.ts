@@ -1,0 +1,102 @@
+// `deltad extract` and `deltad plan` end to end: the real CLI in a child
+// process against the test origin, with exit codes and JSON output.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { readFile, writeFile } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import { startOrigin, type Origin } from './helpers/origin.js';
+import { makeDeltaFixture, requireCasync, type DeltaFixture } from './helpers/delta-images.js';
+import { REPO_ROOT } from './helpers/shared.js';
+
+const CLI = join(REPO_ROOT, 'dist', 'daemon', 'cli.js');
+
+function deltad(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+  return new Promise((resolve, reject) => {
+    const child = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, XDG_CACHE_HOME: join(fx.dir, 'xdg') } });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (d) => (stdout += d));
+    child.stderr.on('data', (d) => (stderr += d));
+    const timer = setTimeout(() => child.kill('SIGKILL'), 30_000);
+    child.on('error', reject);
+    child.on('close', (code) => {
+      clearTimeout(timer);
+      resolve({ code: code ?? -1, stdout, stderr });
+    });
+  });
+}
+
+let fx: DeltaFixture;
+let origin: Origin;
+let casync = true;
+
+before(async (t) => {
+  casync = requireCasync(t as unknown as { skip: (m: string) => void });
+  if (!casync) return;
+  fx = await makeDeltaFixture(2 * 1024 * 1024);
+  origin = await startOrigin({ root: fx.www });
+});
+after(async () => {
+  await origin?.close();
+  await fx?.cleanup();
+});
+
+test('deltad plan: text and JSON, index by URL', async (t) => {
+  if (!casync) return t.skip('casync not installed');
+  const json = await deltad(['plan', '--json', '--seed', fx.v1Path, '--range-url', `${origin.url}/v2.img`, '--store', `${origin.url}/v2.castr`, `${origin.url}/v2.caibx`]);
+  assert.equal(json.code, 0, json.stderr);
+  const report = JSON.parse(json.stdout);
+  assert.equal(report.targetSize, fx.v2.length);
+  assert.equal(report.fromSeeds + report.fromZero + report.fromSelf + report.missingBytes, fx.v2.length);
+  assert.deepEqual(report.modes.map((m: { mode: string }) => m.mode), ['range', 'range-single', 'store']);
+  assert.equal(report.chosen, 'range');
+  assert.ok(existsSync(join(fx.dir, 'xdg', 'deltad', 'indexes')), 'seed index cached under $XDG_CACHE_HOME/deltad');
+
+  const text = await deltad(['plan', '--seed', fx.v1Path, '--range-url', `${origin.url}/v2.img`, fx.indexPath]);
+  assert.equal(text.code, 0, text.stderr);
+  assert.match(text.stdout, /From seeds: +\d+ bytes/);
+  assert.match(text.stdout, new RegExp(`Missing: +${report.missingBytes} bytes`));
+  assert.match(text.stdout, /Auto picks: +range/);
+});
+
+test('deltad extract: JSON summary, output identical, exit codes', async (t) => {
+  if (!casync) return t.skip('casync not installed');
+  const out = join(fx.dir, 'out.img');
+  const sha = createHash('sha256').update(fx.v2).digest('hex');
+  const ok = await deltad(['extract', '--json', '--seed', fx.v1Path, '--range-url', `${origin.url}/v2.img`, '--sha256', sha, `${origin.url}/v2.caibx`, out]);
+  assert.equal(ok.code, 0, ok.stderr);
+  assert.ok((await readFile(out)).equals(fx.v2));
+  const summary = JSON.parse(ok.stdout);
+  assert.equal(summary.sha256, sha);
+  assert.equal(summary.mode, 'range');
+  assert.equal(summary.fromSeeds + summary.fromZero + summary.fromSelf + summary.fromNetwork, fx.v2.length);
+  assert.ok(summary.networkBytes > 0 && summary.networkRequests > 0 && summary.wallMs >= 0);
+
+  // Store mode from the casync store, text summary.
+  const out2 = join(fx.dir, 'out2.img');
+  const store = await deltad(['extract', '--seed', fx.v1Path, '--store', `${origin.url}/v2.castr`, '--mode', 'store', fx.indexPath, out2]);
+  assert.equal(store.code, 0, store.stderr);
+  assert.match(store.stdout, /over the network in \d+ requests \(store mode\)/);
+  assert.ok((await readFile(out2)).equals(fx.v2));
+
+  // Failures keep the old file: a wrong checksum (1), bad arguments (2), a missing index (1).
+  await writeFile(out, 'old');
+  const bad = await deltad(['extract', '--seed', fx.v1Path, '--range-url', `${origin.url}/v2.img`, '--sha256', 'a'.repeat(64), fx.indexPath, out]);
+  assert.equal(bad.code, 1);
+  assert.match(bad.stderr, /SHA-256 mismatch/);
+  assert.equal(await readFile(out, 'utf8'), 'old');
+  const usage = await deltad(['extract', '--mode', 'fast', fx.indexPath, out]);
+  assert.equal(usage.code, 2);
+  assert.match(usage.stderr, /--mode/);
+  assert.equal((await deltad(['extract', fx.indexPath])).code, 2);
+  const missing = await deltad(['extract', '--range-url', `${origin.url}/v2.img`, `${origin.url}/nope.caibx`, out]);
+  assert.equal(missing.code, 1);
+  assert.match(missing.stderr, /nope\.caibx: HTTP 404/);
+  const noSource = await deltad(['extract', fx.indexPath, out]);
+  assert.equal(noSource.code, 2);
+  assert.match(noSource.stderr, /no remote source/);
+  assert.equal(await readFile(out, 'utf8'), 'old');
+});
