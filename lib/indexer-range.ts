@@ -3,7 +3,6 @@
 // File reads go straight into the chunker's two input areas, the next block
 // being read while the current one is chunked and hashed.
 import { createHash, type Hash } from 'node:crypto';
-import type { FileHandle } from 'node:fs/promises';
 import type { ChunkParams } from './caibx.js';
 import { Chunker, type ChunkerKernel, type ChunkerVariant } from './chunker.js';
 import type { DigestName } from './digest.js';
@@ -17,6 +16,9 @@ export interface ChunkingSetup {
   /** Read size in bytes (default 1 MiB). */
   blockSize?: number;
 }
+
+/** Positional read (pread): bytes read into buf[offset..], 0 at end of file. */
+export type ReadAt = (buf: Uint8Array, offset: number, length: number, position: number) => Promise<number>;
 
 /** Receives each chunk's absolute end offset and ID; return false to stop. */
 export type ChunkSink = (end: number, id: Buffer) => boolean | void;
@@ -58,7 +60,7 @@ export interface RangeOptions extends ChunkingSetup {
  * Chunks bytes [start, end) of an open file as if a chunk started at `start`,
  * and hands each complete chunk to `sink`. Resolves when done or stopped.
  */
-export async function indexRange(fh: FileHandle, start: number, end: number, opts: RangeOptions, sink: ChunkSink): Promise<void> {
+export async function indexRange(readAt: ReadAt, start: number, end: number, opts: RangeOptions, sink: ChunkSink): Promise<void> {
   const chunker = new Chunker(opts.params, { variant: opts.variant, kernel: opts.kernel, blockSize: opts.blockSize });
   const hasher = new ChunkHasher(opts.digest);
   const blockSize = chunker.blockSize;
@@ -68,7 +70,7 @@ export async function indexRange(fh: FileHandle, start: number, end: number, opt
     const buf = chunker.block(area);
     let got = 0;
     while (got < want) {
-      const { bytesRead } = await fh.read(buf, got, want - got, pos + got);
+      const bytesRead = await readAt(buf, got, want - got, pos + got);
       if (bytesRead === 0) {
         throw new DeltadError('EIO', `${opts.source}: file ended at byte ${pos + got} while reading up to byte ${end} (did it shrink?)`);
       }

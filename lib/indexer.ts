@@ -15,7 +15,7 @@ import { ChunkIndexBuilder, ID_SIZE, type ChunkIndex, type ChunkParams } from '.
 import { Chunker, checkChunkParams, type ChunkerKernel, type ChunkerVariant } from './chunker.js';
 import type { DigestName } from './digest.js';
 import { DeltadError } from './errors.js';
-import { ChunkHasher, indexRange, type RangeOptions } from './indexer-range.js';
+import { ChunkHasher, indexRange, type RangeOptions, type ReadAt } from './indexer-range.js';
 import type { SegmentJob, SegmentMessage } from './indexer-worker.js';
 
 export interface IndexOptions {
@@ -72,10 +72,10 @@ export async function indexFile(path: string, opts: IndexOptions): Promise<Chunk
     if (segments.length === 1) {
       let done = 0;
       const onBytes = (n: number): void => opts.onProgress?.((done += n), size);
-      await indexRange(fh, 0, size, { ...range, onBytes }, (end, id) => table.add(end, id));
+      await indexRange(readAt(fh), 0, size, { ...range, onBytes }, (end, id) => table.add(end, id));
     } else {
       opts.signal?.throwIfAborted();
-      const results = await runSegments(path, segments, opts, size);
+      const results = await runSegments(path, fh.fd, segments, opts, size);
       await mergeSegments(fh, results, size, range, table);
     }
     opts.onProgress?.(size, size);
@@ -109,12 +109,16 @@ function splitSegments(size: number, threads: number): Segment[] {
   return segments;
 }
 
+function readAt(fh: FileHandle): ReadAt {
+  return async (buf, offset, length, position) => (await fh.read(buf, offset, length, position)).bytesRead;
+}
+
 function estimateChunks(size: number, params: ChunkParams): number {
   return Math.min(Math.ceil(size / params.avg) + 16, 1 << 20);
 }
 
 /** Runs one worker per segment; all reject together on the first failure or abort. */
-function runSegments(path: string, segments: Segment[], opts: IndexOptions, size: number): Promise<SegmentResult[]> {
+function runSegments(path: string, fd: number, segments: Segment[], opts: IndexOptions, size: number): Promise<SegmentResult[]> {
   return new Promise((resolve, reject) => {
     const workers: Worker[] = [];
     const results: SegmentResult[] = new Array(segments.length);
@@ -125,14 +129,15 @@ function runSegments(path: string, segments: Segment[], opts: IndexOptions, size
       if (settled) return;
       settled = true;
       opts.signal?.removeEventListener('abort', onAbort);
-      for (const w of workers) void w.terminate();
-      reject(err);
+      // The workers read through our descriptor: let them stop before the caller closes it.
+      void Promise.allSettled(workers.map((w) => w.terminate())).then(() => reject(err));
     };
     const onAbort = (): void => fail(opts.signal!.reason);
     opts.signal?.addEventListener('abort', onAbort, { once: true });
     segments.forEach((seg, i) => {
       const job: SegmentJob = {
         path,
+        fd,
         start: seg.start,
         end: seg.end,
         final: seg.end === size,
@@ -182,7 +187,7 @@ async function mergeSegments(fh: FileHandle, segs: SegmentResult[], size: number
     if (seg.ends.length > from) pos = seg.ends[seg.ends.length - 1];
     if (pos === size) return;
     let adopt: { k: number; from: number } | undefined;
-    await indexRange(fh, pos, size, range, (end, id) => {
+    await indexRange(readAt(fh), pos, size, range, (end, id) => {
       table.add(end, id);
       const j = segmentOf(segs, end);
       if (j > k) {
