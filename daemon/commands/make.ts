@@ -1,0 +1,99 @@
+// `deltad make INDEX FILE`: chunk a file into a casync index (optionally filling
+// a chunk store), byte-identical to `casync make` with the same parameters.
+import { writeFile, rename, unlink } from 'node:fs/promises';
+import { dirname, basename, join } from 'node:path';
+import { indexFile } from '../../lib/indexer.js';
+import { serializeIndex } from '../../lib/caibx.js';
+import { DEFAULT_CHUNK_PARAMS, parseChunkSize } from '../../lib/chunker.js';
+import { chopFile } from '../../lib/chop.js';
+import { defaultThreads } from '../../lib/chunk-encoder.js';
+import { openWritableStore } from '../../lib/store/open-store.js';
+import type { Command } from '../command.js';
+import { flag, parseCount, parseDigest, positionals, str } from '../cli-args.js';
+import { createProgress, formatBytes } from '../progress.js';
+
+/** Writes through a temp file beside the target so a failed run never leaves half an index. */
+async function writeAtomic(path: string, data: Uint8Array): Promise<void> {
+  const tmp = join(dirname(path), `.${basename(path)}.${process.pid}.tmp`);
+  try {
+    await writeFile(tmp, data);
+    await rename(tmp, path);
+  } catch (err) {
+    await unlink(tmp).catch(() => {});
+    throw err;
+  }
+}
+
+export const command: Command = {
+  name: 'make',
+  summary: 'chunk a file into a casync index (.caibx), optionally filling a store',
+  usage: `Usage: deltad make [options] INDEX FILE
+
+Chunks FILE with casync's content-defined chunker and writes the index INDEX
+(.caibx), byte-identical to 'casync make' with the same chunk sizes and digest.
+With --store, also writes every chunk to the store (like 'casync make --store').
+
+Options:
+  --chunk-size MIN:AVG:MAX  chunk sizes, or AVG alone (min = AVG/4, max = AVG*4);
+                            suffixes K, M, G; default 16K:64K:256K
+  --digest NAME             sha512-256 (default) or sha256
+  --desync                  desync's boundary rule (first cut test at min+1, no clamp)
+  --store DIR               also write the chunks to this casync store (zstd .cacnk)
+  --threads N               worker threads (default: by file size and cores)
+  --json                    print a JSON summary
+
+Examples:
+  deltad make os_2.caibx os_2.raw
+  deltad make --chunk-size 1M:2M:4M --store default.castr os_2.caibx os_2.raw`,
+  options: {
+    'chunk-size': { type: 'string' },
+    digest: { type: 'string' },
+    desync: { type: 'boolean' },
+    store: { type: 'string' },
+    threads: { type: 'string' },
+    json: { type: 'boolean' },
+  },
+  async run(ctx) {
+    const [indexPath, file] = positionals(ctx, ['INDEX', 'FILE']);
+    const variant = flag(ctx, 'desync') ? 'desync' : 'casync';
+    const sizeText = str(ctx, 'chunk-size');
+    const params = sizeText ? parseChunkSize(sizeText, variant) : DEFAULT_CHUNK_PARAMS;
+    const digest = parseDigest(str(ctx, 'digest'));
+    const threadsText = str(ctx, 'threads');
+    const threads = threadsText === undefined ? undefined : parseCount(threadsText, '--threads', 1, 1, 64);
+    const started = Date.now();
+
+    const progress = createProgress({ label: 'index', interactive: ctx.interactive, stream: ctx.stderr });
+    const index = await indexFile(file, {
+      params,
+      digest,
+      variant,
+      threads,
+      onProgress: (done, total) => {
+        progress.setTotal(total);
+        progress.update(done);
+      },
+    });
+    progress.finish();
+    await writeAtomic(indexPath, serializeIndex(index));
+    const indexSeconds = (Date.now() - started) / 1000;
+
+    let chop;
+    const storeDir = str(ctx, 'store');
+    if (storeDir) {
+      const store = openWritableStore(storeDir, { digest, maxChunkSize: params.max });
+      const bar = createProgress({ label: 'store', total: index.size, interactive: ctx.interactive, stream: ctx.stderr });
+      chop = await chopFile(index, file, store, { threads: defaultThreads(), onProgress: (done) => bar.update(done) });
+      bar.finish();
+    }
+    const seconds = (Date.now() - started) / 1000;
+    if (flag(ctx, 'json')) {
+      ctx.stdout.write(JSON.stringify({ index: indexPath, size: index.size, chunks: index.count, params, digest, variant, indexSeconds, seconds, store: chop }, null, 2) + '\n');
+    } else {
+      const rate = indexSeconds > 0 ? ` (${formatBytes(index.size / indexSeconds)}/s)` : '';
+      ctx.stdout.write(`${indexPath}: ${index.count} chunks, ${formatBytes(index.size)} indexed in ${indexSeconds.toFixed(2)} s${rate}\n`);
+      if (chop) ctx.stdout.write(`${storeDir}: ${chop.written} chunks written (${formatBytes(chop.bytesStored)}), ${chop.existing} already present\n`);
+    }
+    return 0;
+  },
+};
