@@ -11,6 +11,7 @@ import type { RemoteSource, Run } from './remote-source.js';
 import { readSeedRange } from './seed.js';
 import type { WritableChunkStore } from './store/types.js';
 import type { ExtractProgress } from './extract.js';
+import { encodeBatch, type EncoderPool } from './chunk-encoder.js';
 
 /** Where verified chunks go. */
 export interface AssemblySink {
@@ -33,7 +34,7 @@ export interface AssemblerOptions {
   chunkCache?: WritableChunkStore;
   /** Concurrent remote batches. */
   concurrency: number;
-  /** Concurrent seed reads. */
+  /** Concurrent seed reads (default 4, so reads overlap hashing). */
   localConcurrency?: number;
   /** Largest target span of one task (the stream's window); default unlimited. */
   maxSpan?: number;
@@ -41,6 +42,8 @@ export interface AssemblerOptions {
   progress: ExtractProgress;
   onWarning?: (message: string) => void;
   signal?: AbortSignal;
+  /** Worker threads that hash seed data (hashing is the bottleneck of seed reuse); inline when absent. */
+  hashPool?: EncoderPool;
 }
 
 type Task =
@@ -90,7 +93,7 @@ export class Assembler {
 
   async run(): Promise<void> {
     const { local, remote } = this.tasks();
-    await Promise.all([this.runQueue(local, this.opts.localConcurrency ?? 2), this.runQueue(remote, this.opts.concurrency)]);
+    await Promise.all([this.runQueue(local, this.opts.localConcurrency ?? 4), this.runQueue(remote, this.opts.concurrency)]);
     if (this.error !== undefined) throw this.error;
     this.ctl.signal.throwIfAborted();
   }
@@ -223,6 +226,18 @@ export class Assembler {
     const data = await readSeedRange(seed, base, sIdx.end(t.seedFirst + t.count - 1));
     this.ctl.signal.throwIfAborted();
     const inPlace = seed.inPlace && t.seedFirst === t.first;
+    const ends: number[] = [];
+    for (let k = 0; k < t.count; k++) ends.push(sIdx.end(t.seedFirst + k) - base);
+    const job = { data, ends, compress: ends.map(() => false), digest: this.index.digest, level: 0 };
+    const { ids } = this.opts.hashPool ? await this.opts.hashPool.run(job) : encodeBatch(job);
+    this.ctl.signal.throwIfAborted();
+    const tIds = this.index.ids;
+    const matches = (k: number): boolean => {
+      const i = t.first + k;
+      if (sIdx.chunkSize(t.seedFirst + k) !== this.index.chunkSize(i)) return false;
+      for (let b = 0; b < 32; b++) if (ids[k * 32 + b] !== tIds[i * 32 + b]) return false;
+      return true;
+    };
     const bad: Run[] = [];
     // Verified chunks are handed on in contiguous runs, one write per run.
     let runStart = -1;
@@ -240,8 +255,7 @@ export class Assembler {
       runStart = -1;
     };
     for (let k = 0; k < t.count; k++) {
-      const chunk = data.subarray(sIdx.start(t.seedFirst + k) - base, sIdx.end(t.seedFirst + k) - base);
-      if (this.verify(t.first + k, chunk)) {
+      if (matches(k)) {
         if (runStart < 0) runStart = k;
         continue;
       }

@@ -16,6 +16,7 @@ import { RangeSource, StoreSource, type RemoteSource, type Run } from './remote-
 import { Assembler } from './assembler.js';
 import { OrderedStream } from './ordered-stream.js';
 import { PartialFile } from './partial-file.js';
+import { EncoderPool, defaultThreads } from './chunk-encoder.js';
 import { closeSeeds, openSeed, type Seed } from './seed.js';
 import { openStore } from './store/open-store.js';
 import type { ChunkStore, WritableChunkStore } from './store/types.js';
@@ -151,6 +152,13 @@ const PART_OVERHEAD_BYTES = 100;
 const DEFAULT_CONCURRENCY = 8;
 const DEFAULT_WINDOW_BYTES = 32 * 1024 * 1024;
 const PROGRESS_INTERVAL_MS = 200;
+/** Seed bytes from which hashing on worker threads pays for starting them. */
+const HASH_THREADS_FROM_BYTES = 64 * 1024 * 1024;
+
+/** Hashing threads for a plan that reads many seed bytes, else none (inline). */
+function hashPoolFor(plan: Plan): EncoderPool | undefined {
+  return plan.totals.fromSeeds >= HASH_THREADS_FROM_BYTES ? new EncoderPool(Math.min(2, defaultThreads())) : undefined;
+}
 
 const isUrl = (s: string): boolean => /^https?:\/\//i.test(s);
 
@@ -360,11 +368,16 @@ export async function extractToFile(target: string | ChunkIndex, out: string, op
       const plan = planChunks(index, seeds, { selfSeed: opts.selfSeed, nullSeed: opts.nullSeed });
       const choice = await chooseRemote(plan, ctx, opts);
       const progress = newProgress(index.size);
+      const hashPool = hashPoolFor(plan);
       assembler = new Assembler({
-        plan, sink: file, remote: choice.remote, chunkCache: opts.chunkCache,
+        plan, sink: file, remote: choice.remote, chunkCache: opts.chunkCache, hashPool,
         concurrency: opts.concurrency ?? DEFAULT_CONCURRENCY, progress, onWarning: opts.onWarning, signal: opts.signal,
       });
-      await runAssembly(assembler, progress, choice, opts.onProgress);
+      try {
+        await runAssembly(assembler, progress, choice, opts.onProgress);
+      } finally {
+        await hashPool?.close();
+      }
       const sha256 = await file.commit(opts.fileMode ?? 0o644, opts.sha256);
       return summary(progress, choice, assembler, started, sha256);
     } catch (err) {
@@ -403,11 +416,16 @@ export function openExtractStream(target: ChunkIndex, opts: ExtractStreamOptions
       const endChunk = start < end ? target.chunkAt(end - 1) + 1 : 0;
       const plan = planChunks(target, ctx.seeds, { firstChunk, endChunk, selfSeed: opts.selfSeed, nullSeed: opts.nullSeed });
       const choice = await chooseRemote(plan, ctx, opts);
+      const hashPool = hashPoolFor(plan);
       const assembler = new Assembler({
-        plan, sink: stream, remote: choice.remote, chunkCache: opts.chunkCache, maxSpan: windowBytes / 2,
+        plan, sink: stream, remote: choice.remote, chunkCache: opts.chunkCache, maxSpan: windowBytes / 2, hashPool,
         concurrency: opts.concurrency ?? DEFAULT_CONCURRENCY, progress, onWarning: opts.onWarning, signal: cancel.signal,
       });
-      await runAssembly(assembler, progress, choice, opts.onProgress);
+      try {
+        await runAssembly(assembler, progress, choice, opts.onProgress);
+      } finally {
+        await hashPool?.close();
+      }
       await stream.complete;
       return summary(progress, choice, assembler, started, stream.sha256);
     } finally {

@@ -1,0 +1,167 @@
+// Delta extract benchmark: deltad (range and store modes, cold and warm seed
+// index cache, seeds alone) against `casync extract --seed` and `zsync -i` on
+// the same image pair and chunk parameters, through nginx on 127.0.0.1.
+// Bytes and requests come from nginx's access log, wall time and peak RSS
+// from GNU time. Every output is compared with the new image.
+//
+//   npm run build && node dist/bench/extract.js [PAIR...]
+//   PAIR: v1-v2.repro (default), v2-v3.repro, synth
+//   BENCH=/var/tmp/deltad-bench (corpus in $BENCH/img, work files in $BENCH/deltad-extract)
+//   CHUNK=16384:65536:262144 (casync's default), PORT=8089
+import { spawnSync } from 'node:child_process';
+import { existsSync, linkSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { loadavg } from 'node:os';
+
+const BENCH = resolve(process.env.BENCH ?? '/var/tmp/deltad-bench');
+const CHUNK = process.env.CHUNK ?? '16384:65536:262144';
+const PORT = Number(process.env.PORT ?? 8089);
+const ORIGIN = `http://127.0.0.1:${PORT}`;
+const CLI = resolve(new URL('../daemon/cli.js', import.meta.url).pathname);
+const PAIRS: Record<string, [string, string]> = {
+  'v1-v2.repro': ['v1.repro.erofs', 'v2.repro.erofs'],
+  'v2-v3.repro': ['v2.repro.erofs', 'v3.repro.erofs'],
+  synth: ['synth.v1.bin', 'synth.v2.bin'],
+};
+
+interface Row {
+  pair: string;
+  tool: string;
+  ok: boolean;
+  wallS: number;
+  rssMiB: number;
+  requests: number;
+  bodyBytes: number;
+  wireBytes: number;
+  note?: string;
+}
+
+function sh(cmd: string, args: string[], opts: { cwd?: string } = {}): string {
+  const r = spawnSync(cmd, args, { encoding: 'utf8', maxBuffer: 64 * 1024 * 1024, ...opts });
+  if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} failed (${r.status}): ${r.stderr}`);
+  return r.stdout;
+}
+
+function startNginx(root: string, dir: string): { log: string; stop(): void } {
+  mkdirSync(join(dir, 'logs'), { recursive: true });
+  mkdirSync(join(dir, 'tmp'), { recursive: true });
+  const log = join(dir, 'logs', 'access.log');
+  const conf = join(dir, 'nginx.conf');
+  writeFileSync(conf, `worker_processes 1;
+pid ${dir}/nginx.pid;
+error_log ${dir}/logs/error.log;
+events { worker_connections 256; }
+http {
+  default_type application/octet-stream;
+  sendfile on;
+  keepalive_requests 1000000;
+  client_body_temp_path ${dir}/tmp;
+  proxy_temp_path ${dir}/tmp;
+  fastcgi_temp_path ${dir}/tmp;
+  uwsgi_temp_path ${dir}/tmp;
+  scgi_temp_path ${dir}/tmp;
+  log_format bench '$msec $request_method $uri $status $body_bytes_sent $bytes_sent "$http_range"';
+  access_log ${log} bench;
+  server { listen 127.0.0.1:${PORT}; root ${root}; max_ranges 10000; }
+}
+`);
+  sh('nginx', ['-c', conf, '-p', dir]);
+  return {
+    log,
+    stop: () => {
+      const pid = Number(readFileSync(join(dir, 'nginx.pid'), 'utf8'));
+      process.kill(pid, 'SIGQUIT');
+    },
+  };
+}
+
+function logLines(log: string): string[] {
+  return existsSync(log) ? readFileSync(log, 'utf8').split('\n').filter(Boolean) : [];
+}
+
+/** Runs one client under GNU time and sums the access-log lines it caused. */
+function measure(pair: string, tool: string, cmd: string[], log: string, out: string | null, expected: string, note?: string): Row {
+  const before = logLines(log).length;
+  const timeFile = join(BENCH, 'deltad-extract', 'time.txt');
+  if (out) rmSync(out, { force: true });
+  const r = spawnSync('/usr/bin/time', ['-f', '%e %M', '-o', timeFile, ...cmd], { encoding: 'utf8', maxBuffer: 64 * 1024 * 1024 });
+  spawnSync('sleep', ['0.3']);
+  const lines = logLines(log).slice(before);
+  const [wall, rss] = readFileSync(timeFile, 'utf8').trim().split('\n').pop()!.split(' ').map(Number);
+  const ok = r.status === 0 && (out === null || spawnSync('cmp', ['-s', out, expected]).status === 0);
+  if (!ok) process.stderr.write(`${tool}: exit ${r.status}\n${r.stderr.slice(-2000)}\n`);
+  const row: Row = {
+    pair, tool, ok, wallS: wall, rssMiB: Math.round(rss / 1024), requests: lines.length,
+    bodyBytes: lines.reduce((n, l) => n + Number(l.split(' ')[4]), 0),
+    wireBytes: lines.reduce((n, l) => n + Number(l.split(' ')[5]), 0),
+    note,
+  };
+  process.stderr.write(`[${new Date().toISOString().slice(11, 19)} load ${loadavg()[0].toFixed(1)}] ${JSON.stringify(row)}\n`);
+  if (out) rmSync(out, { force: true });
+  return row;
+}
+
+function runPair(pair: string): { rows: Row[]; plan: Record<string, unknown> } {
+  const [oldName, newName] = PAIRS[pair];
+  const OLD = join(BENCH, 'img', oldName);
+  const NEW = join(BENCH, 'img', newName);
+  const work = join(BENCH, 'deltad-extract', pair);
+  const www = join(work, 'www');
+  mkdirSync(www, { recursive: true });
+  const newImg = join(www, 'new.img');
+  if (!existsSync(newImg) || statSync(newImg).ino !== statSync(NEW).ino) {
+    rmSync(newImg, { force: true });
+    linkSync(NEW, newImg);
+  }
+  // Server-side artifacts, made once per pair and chunk size.
+  const tag = CHUNK.replace(/:/g, '-');
+  const index = join(www, `new.${tag}.caibx`);
+  const store = join(www, `new.${tag}.castr`);
+  const oldIndex = join(work, `old.${tag}.caibx`);
+  if (!existsSync(index)) sh('casync', [`--chunk-size=${CHUNK}`, `--store=${store}`, 'make', index, newImg]);
+  if (!existsSync(oldIndex)) sh('casync', [`--chunk-size=${CHUNK}`, `--store=${join(work, 'scratch.castr')}`, 'make', oldIndex, OLD]);
+  rmSync(join(work, 'scratch.castr'), { recursive: true, force: true });
+  const zsyncFile = join(www, 'new.img.zsync');
+  if (!existsSync(zsyncFile)) sh('zsyncmake', ['-u', 'new.img', '-o', zsyncFile, newImg]);
+
+  const nginx = startNginx(www, join(work, 'nginx'));
+  const out = join(work, 'out.img');
+  const cache = join(work, 'index-cache');
+  const rows: Row[] = [];
+  try {
+    const plan = JSON.parse(sh(process.execPath, [CLI, 'plan', '--json', '--seed', `${OLD}:${oldIndex}`, '--range-url', `${ORIGIN}/new.img`, '--store', `${ORIGIN}/new.${tag}.castr`, `${ORIGIN}/new.${tag}.caibx`]));
+    const deltad = (mode: string, extra: string[] = []): string[] => [
+      process.execPath, CLI, 'extract', '--mode', mode, '--range-url', `${ORIGIN}/new.img`, '--store', `${ORIGIN}/new.${tag}.castr`,
+      '--cache-dir', cache, ...extra, `${ORIGIN}/new.${tag}.caibx`, out,
+    ];
+    rmSync(cache, { recursive: true, force: true });
+    rows.push(measure(pair, 'deltad range (cold: chunks the seed)', deltad('range', ['--seed', OLD]), nginx.log, out, NEW));
+    rows.push(measure(pair, 'deltad range (warm index cache)', deltad('range', ['--seed', OLD]), nginx.log, out, NEW));
+    rows.push(measure(pair, 'deltad store (warm index cache)', deltad('store', ['--seed', OLD]), nginx.log, out, NEW));
+    rows.push(measure(pair, 'deltad seeds only (new image as seed)', deltad('range', ['--seed', `${NEW}:${index}`]), nginx.log, out, NEW));
+    rows.push(measure(pair, 'casync extract --seed', ['casync', `--store=${ORIGIN}/new.${tag}.castr`, `--seed=${OLD}`, 'extract', `${ORIGIN}/new.${tag}.caibx`, out], nginx.log, out, NEW));
+    rows.push(measure(pair, 'zsync -i (4 KiB blocks)', ['zsync', '-q', '-i', OLD, '-o', out, `${ORIGIN}/new.img.zsync`], nginx.log, out, NEW));
+    rmSync(`${out}.zs-old`, { force: true });
+    return { rows, plan };
+  } finally {
+    nginx.stop();
+  }
+}
+
+const pairs = process.argv.slice(2).length ? process.argv.slice(2) : ['v1-v2.repro'];
+const results: { pair: string; chunk: string; load: number[]; plan: Record<string, unknown>; rows: Row[] }[] = [];
+for (const pair of pairs) {
+  if (!PAIRS[pair]) throw new Error(`unknown pair ${pair} (${Object.keys(PAIRS).join(', ')})`);
+  const load = loadavg();
+  const { rows, plan } = runPair(pair);
+  results.push({ pair, chunk: CHUNK, load, plan, rows });
+}
+writeFileSync(join(BENCH, 'deltad-extract', 'results.json'), JSON.stringify(results, null, 2));
+for (const r of results) {
+  console.log(`\n### ${r.pair}, chunks ${r.chunk} (load ${r.load.map((l) => l.toFixed(1)).join(' ')})\n`);
+  console.log(`plan: missing ${r.plan.missingBytes} bytes in ${r.plan.missingChunks} chunks (${r.plan.missingRuns} runs); ` +
+    `modes ${JSON.stringify(r.plan.modes)}\n`);
+  console.log('| client | ok | body bytes | wire bytes | requests | wall s | peak RSS MiB |');
+  console.log('|---|---|---:|---:|---:|---:|---:|');
+  for (const x of r.rows) console.log(`| ${x.tool} | ${x.ok ? 'yes' : 'NO'} | ${x.bodyBytes.toLocaleString('en')} | ${x.wireBytes.toLocaleString('en')} | ${x.requests} | ${x.wallS} | ${x.rssMiB} |`);
+}
