@@ -1,0 +1,264 @@
+// Block pack: `deltad pack` artifacts, planning against seeds, and verified
+// assembly through a real HTTP origin on 127.0.0.1, including a corrupted
+// frame, a corrupted dictionary, lying block indexes, a server without
+// multi-range, a stale seed and a release without a pack.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { mkdir, mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { HttpClient } from '../lib/http-client.js';
+import { ChecksumMismatchError, IndexFormatError } from '../lib/errors.js';
+import {
+  PackError, assembleBlocks, costOf, packImage, parseBlockIndex, planBlockUpdate, probeBlockPack,
+  type BlockIndex,
+} from '../lib/blockpack/index.js';
+import { HASH_BYTES, ZERO_BLOCK, serializeBlockIndex } from '../lib/blockpack/format.js';
+import { startOrigin, type Origin } from './helpers/origin.js';
+
+const BS = 4096;
+
+async function tempDir(t: { after: (fn: () => Promise<void>) => void }): Promise<string> {
+  const dir = await mkdtemp(join(tmpdir(), 'deltad-blockpack-'));
+  t.after(() => rm(dir, { recursive: true, force: true }));
+  return dir;
+}
+
+/** Deterministic compressible block content: words from a small vocabulary. */
+function textBlock(seed: number, len = BS): Buffer {
+  const words = ['inode', 'block', 'erofs', 'systemd', 'kernel', 'module', 'python3', 'libssl', 'usr/lib/', '\n', '0x', 'version'];
+  let x = seed * 2654435761 + 12345;
+  const parts: string[] = [];
+  let n = 0;
+  while (n < len) {
+    x = (Math.imul(x, 1103515245) + 12345) >>> 0;
+    const w = words[x % words.length] + ((x >>> 8) % 1000).toString(16) + ' ';
+    parts.push(w);
+    n += w.length;
+  }
+  return Buffer.from(parts.join('')).subarray(0, len);
+}
+
+/** v1: 700 text blocks with zero runs and repeats; v2: scattered edits, an inserted run, a short tail. */
+function makeImages(): { v1: Buffer; v2: Buffer } {
+  const v1Blocks: Buffer[] = [];
+  for (let i = 0; i < 700; i++) {
+    if (i % 97 === 5) v1Blocks.push(Buffer.alloc(BS));
+    else if (i % 50 === 7) v1Blocks.push(textBlock(3)); // a block repeated across the image
+    else v1Blocks.push(textBlock(1000 + i));
+  }
+  const v2Blocks = v1Blocks.slice();
+  for (let i = 20; i < 700; i += 37) v2Blocks[i] = textBlock(50_000 + i); // isolated changed blocks (moved inodes)
+  v2Blocks.splice(300, 0, ...Array.from({ length: 40 }, (_, k) => textBlock(90_000 + k))); // a new file
+  const v2 = Buffer.concat([...v2Blocks, textBlock(77, 1000)]); // short last block
+  return { v1: Buffer.concat(v1Blocks), v2 };
+}
+
+interface Fixture {
+  dir: string;
+  www: string;
+  v1Path: string;
+  v2: Buffer;
+  origin: Origin;
+  http: HttpClient;
+  imageUrl: string;
+  sha256: string;
+}
+
+async function fixture(t: { after: (fn: () => Promise<void>) => void }, trainer: 'cover' | 'none' = 'cover'): Promise<Fixture> {
+  const dir = await tempDir(t);
+  const www = join(dir, 'www');
+  const { v1, v2 } = makeImages();
+  const v1Path = join(dir, 'v1.img');
+  await writeFile(v1Path, v1);
+  await rm(www, { recursive: true, force: true });
+  await mkdir(www);
+  await writeFile(join(www, 'os_2.img'), v2);
+  await packImage(join(www, 'os_2.img'), { outDir: www, level: 9, dictSize: 32 * 1024, trainer });
+  const origin = await startOrigin({ root: www });
+  const http = new HttpClient({ attempts: 2, retryBaseMs: 10, timeoutMs: 5000 });
+  t.after(async () => {
+    await http.close();
+    await origin.close();
+  });
+  return { dir, www, v1Path, v2, origin, http, imageUrl: `${origin.url}/os_2.img`, sha256: createHash('sha256').update(v2).digest('hex') };
+}
+
+async function extract(f: Fixture, out: string, opts: { sha256?: string; seeds?: string[] } = {}) {
+  const probe = await probeBlockPack(f.http, f.imageUrl);
+  assert.ok(probe, 'the release has a block pack');
+  const plan = await planBlockUpdate(probe, opts.seeds ?? [f.v1Path], { cacheDir: join(f.dir, 'cache') });
+  const result = await assembleBlocks(plan, out, { http: f.http, packUrl: probe.packUrl, dictUrl: probe.dictUrl, sha256: opts.sha256, retryBaseMs: 10 });
+  return { probe, plan, result };
+}
+
+/** Files left in a directory besides the expected ones (temp files must not survive). */
+async function leftovers(dir: string, expected: string[]): Promise<string[]> {
+  return (await readdir(dir)).filter((n) => !expected.includes(n));
+}
+
+/** Rebuilds the fields serializeBlockIndex needs from a parsed index (to write lying variants). */
+function contentOf(idx: BlockIndex) {
+  const frameBlocks: number[] = [];
+  const frameLengths: number[] = [];
+  for (let f = 0; f < idx.frameCount; f++) {
+    frameBlocks.push(idx.frameFirst[f + 1] - idx.frameFirst[f]);
+    frameLengths.push(idx.frameStart[f + 1] - idx.frameStart[f]);
+  }
+  return { ...idx, frameBlocks, frameLengths };
+}
+
+test('pack: zero blocks are not stored, repeated blocks once, and the index round-trips', async (t) => {
+  const f = await fixture(t);
+  const buf = await readFile(join(f.www, 'os_2.img.bpidx'));
+  const idx = parseBlockIndex(buf, 'os_2.img.bpidx');
+  assert.equal(idx.imageSize, f.v2.length);
+  assert.equal(idx.blockCount, Math.ceil(f.v2.length / BS));
+  assert.equal(idx.imageSha256.toString('hex'), f.sha256);
+  // Count what the image really holds and compare.
+  const seen = new Set<string>();
+  let zeros = 0;
+  for (let b = 0; b < idx.blockCount; b++) {
+    const block = f.v2.subarray(b * BS, (b + 1) * BS);
+    if (block.every((x) => x === 0)) zeros++;
+    else seen.add(block.toString('latin1'));
+  }
+  assert.equal(idx.distinctCount, seen.size);
+  assert.equal([...idx.distinctOf].filter((d) => d === ZERO_BLOCK).length, zeros);
+  const pack = await readFile(join(f.www, 'os_2.img.bpk'));
+  assert.equal(pack.length, idx.packSize);
+  assert.ok(pack.length < f.v2.length / 2, `pack ${pack.length} bytes should be well under the image's ${f.v2.length}`);
+  // Re-serializing the parsed content gives the same bytes: the format is fully described by the index.
+  assert.deepEqual(serializeBlockIndex(contentOf(idx)), buf);
+});
+
+test('pack: a dictionary makes the pack smaller than no dictionary', async (t) => {
+  const dir = await tempDir(t);
+  const img = join(dir, 'a.img');
+  await writeFile(img, makeImages().v2);
+  const withDict = await packImage(img, { outDir: dir, level: 9, dictSize: 32 * 1024, trainer: 'cover' });
+  const withoutDir = join(dir, 'nodict');
+  await mkdir(withoutDir);
+  const without = await packImage(img, { outDir: withoutDir, level: 9, trainer: 'none' });
+  assert.equal(without.dictSize, 0);
+  assert.ok(withDict.packSize < without.packSize, `with dictionary ${withDict.packSize}, without ${without.packSize}`);
+});
+
+test('extract: rebuilds the image byte for byte, fetching only the frames no seed has', async (t) => {
+  const f = await fixture(t);
+  const out = join(f.dir, 'out.img');
+  const { plan, result, probe } = await extract(f, out, { sha256: f.sha256 });
+  assert.deepEqual(await readFile(out), f.v2);
+  assert.equal(result.sha256, f.sha256);
+  assert.ok(result.fromSeeds > f.v2.length * 0.7, `from seeds ${result.fromSeeds}`);
+  // 19 changed blocks + 40 new ones + the tail: about 60 frames.
+  assert.ok(plan.totals.frames >= 55 && plan.totals.frames <= 70, `frames ${plan.totals.frames}`);
+  const served = f.origin.stats('/os_2.img.bpk');
+  assert.ok(served.requests <= 2, `pack requests ${served.requests}`);
+  const total = f.origin.stats('/');
+  assert.ok(total.bytes < f.v2.length / 4, `downloaded ${total.bytes} of a ${f.v2.length}-byte image`);
+  // The planner's estimate is what the client then downloads (within framing noise).
+  const cost = costOf(plan, { multi: true });
+  assert.ok(Math.abs(cost.bytes - (probe.indexBytes + result.networkBytes)) < 2000, `estimate ${cost.bytes}, actual ${probe.indexBytes + result.networkBytes}`);
+  assert.deepEqual(await leftovers(f.dir, ['v1.img', 'www', 'cache', 'out.img']), []);
+});
+
+for (const mode of ['single', 'reject-multi'] as const) {
+  test(`extract: a server without multi-range (${mode}) gets single ranges`, async (t) => {
+    const f = await fixture(t);
+    f.origin.ranges = mode;
+    const out = join(f.dir, 'out.img');
+    await extract(f, out);
+    assert.deepEqual(await readFile(out), f.v2);
+    const packLog = f.origin.log.filter((e) => e.path === '/os_2.img.bpk');
+    assert.ok(packLog.length >= 2, 'a refused multi-range request, then single ranges');
+    assert.ok(packLog.slice(1).every((e) => e.range && !e.range.includes(',')), 'single ranges after the fallback');
+    assert.ok(packLog.length < 70, `requests stay bounded: ${packLog.length}`);
+  });
+}
+
+test('extract: a corrupted pack frame is detected and nothing is written', async (t) => {
+  const f = await fixture(t);
+  const idx = parseBlockIndex(await readFile(join(f.www, 'os_2.img.bpidx')));
+  const packPath = join(f.www, 'os_2.img.bpk');
+  const pack = await readFile(packPath);
+  // The frame of the first block of the inserted run (no seed has it).
+  const d = idx.distinctOf[310];
+  const fr = [...idx.frameFirst].findIndex((first, k) => first <= d && idx.frameFirst[k + 1] > d);
+  pack[idx.frameStart[fr] + Math.floor((idx.frameStart[fr + 1] - idx.frameStart[fr]) / 2)] ^= 0x55;
+  await writeFile(packPath, pack);
+  const out = join(f.dir, 'out.img');
+  await assert.rejects(extract(f, out), (err: Error) => err instanceof PackError && /frame \d+ at byte/.test(err.message));
+  assert.deepEqual(await leftovers(f.dir, ['v1.img', 'www', 'cache']), [], 'no output and no temp file');
+});
+
+test('extract: a corrupted dictionary is refused before any frame is fetched', async (t) => {
+  const f = await fixture(t);
+  const dictPath = join(f.www, 'os_2.img.bpdict');
+  const dict = await readFile(dictPath);
+  dict[100] ^= 1;
+  await writeFile(dictPath, dict);
+  await assert.rejects(extract(f, join(f.dir, 'out.img')), (err: Error) => err instanceof PackError && /dictionary/.test(err.message));
+  assert.equal(f.origin.stats('/os_2.img.bpk').requests, 0);
+  assert.deepEqual(await leftovers(f.dir, ['v1.img', 'www', 'cache']), []);
+});
+
+test('extract: lying block indexes are caught (wrong frame hash, swapped seed hashes, another image, truncation)', async (t) => {
+  const f = await fixture(t);
+  const indexPath = join(f.www, 'os_2.img.bpidx');
+  const original = await readFile(indexPath);
+  const idx = parseBlockIndex(original);
+  const out = join(f.dir, 'out.img');
+
+  // 1. A pack block's hash is wrong: the frame does not verify.
+  const d = idx.distinctOf[310];
+  const lie1 = contentOf(idx);
+  lie1.hashes = Uint8Array.from(idx.hashes);
+  lie1.hashes[d * HASH_BYTES] ^= 1;
+  await writeFile(indexPath, serializeBlockIndex(lie1));
+  await assert.rejects(extract(f, out), (err: Error) => err instanceof PackError && /does not match its hash/.test(err.message));
+
+  // 2. Two seed blocks' hashes swapped: each block verifies, the whole file does not.
+  const a = idx.distinctOf[1];
+  const b = idx.distinctOf[2];
+  const lie2 = contentOf(idx);
+  lie2.hashes = Uint8Array.from(idx.hashes);
+  lie2.hashes.set(idx.hashes.subarray(b * HASH_BYTES, (b + 1) * HASH_BYTES), a * HASH_BYTES);
+  lie2.hashes.set(idx.hashes.subarray(a * HASH_BYTES, (a + 1) * HASH_BYTES), b * HASH_BYTES);
+  await writeFile(indexPath, serializeBlockIndex(lie2));
+  await assert.rejects(extract(f, out), ChecksumMismatchError);
+
+  // 3. An index made for another image than the release: refused before fetching anything.
+  await writeFile(indexPath, original);
+  const before = f.origin.log.length;
+  await assert.rejects(extract(f, out, { sha256: 'ab'.repeat(32) }), (err: Error) => err instanceof PackError && /stale or swapped index/.test(err.message));
+  assert.ok(f.origin.log.slice(before).every((e) => e.path === '/os_2.img.bpidx'));
+
+  // 4. A truncated index fails to parse, naming the field.
+  await writeFile(indexPath, original.subarray(0, original.length - 10));
+  await assert.rejects(probeBlockPack(f.http, f.imageUrl), (err: Error) => err instanceof IndexFormatError && /body_length/.test(err.message));
+
+  assert.deepEqual(await leftovers(f.dir, ['v1.img', 'www', 'cache']), []);
+});
+
+test('extract: a seed that changed after it was indexed costs a fetch, not a wrong byte', async (t) => {
+  const f = await fixture(t);
+  const probe = await probeBlockPack(f.http, f.imageUrl);
+  assert.ok(probe);
+  const plan = await planBlockUpdate(probe, [f.v1Path], { cacheDir: join(f.dir, 'cache') });
+  // Overwrite a seed block in place after planning (same size: the plan still points at it).
+  const v1 = await readFile(f.v1Path);
+  textBlock(424242).copy(v1, 100 * BS);
+  await writeFile(f.v1Path, v1);
+  const out = join(f.dir, 'out.img');
+  const result = await assembleBlocks(plan, out, { http: f.http, packUrl: probe.packUrl, dictUrl: probe.dictUrl });
+  assert.ok(result.seedMismatches >= 1);
+  assert.deepEqual(await readFile(out), f.v2);
+});
+
+test('probe: a release without a block pack answers null (the chunk path is used)', async (t) => {
+  const f = await fixture(t);
+  await rm(join(f.www, 'os_2.img.bpidx'));
+  assert.equal(await probeBlockPack(f.http, f.imageUrl), null);
+});
