@@ -6,7 +6,7 @@ import { open } from 'node:fs/promises';
 import type { ChunkIndex } from './caibx.js';
 import { ChunkVerifyError, DeltadError } from './errors.js';
 import { toHex } from './digest.js';
-import { chunkOfBatch, readChunkBatches, type ChunkBatch } from './chunk-reader.js';
+import { BatchBuffers, chunkOfBatch, readChunkBatches, type ChunkBatch } from './chunk-reader.js';
 import { defaultThreads, EncoderPool, type EncodeResult } from './chunk-encoder.js';
 import { DEFAULT_ZSTD_LEVEL } from './compression.js';
 import { LocalStore } from './store/local-store.js';
@@ -52,6 +52,7 @@ export async function chopFile(index: ChunkIndex, path: string, store: WritableC
 
   const fh = await open(path, 'r');
   const pool = new EncoderPool(threads);
+  const buffers = new BatchBuffers(window + threads);
   const inFlight: Promise<void>[] = [];
   try {
     const size = (await fh.stat()).size;
@@ -76,7 +77,9 @@ export async function chopFile(index: ChunkIndex, path: string, store: WritableC
       return Promise.all(checks);
     };
 
-    const finish = async (batch: ChunkBatch, wanted: boolean[], encoded: EncodeResult): Promise<void> => {
+    const finish = async (read: ChunkBatch, wanted: boolean[], encoded: EncodeResult): Promise<void> => {
+      // The bytes went to a worker and came back in encoded.data.
+      const batch = { ...read, data: Buffer.from(encoded.data.buffer, encoded.data.byteOffset, encoded.data.byteLength) };
       for (let c = batch.first; c < batch.end; c++) {
         const actual = encoded.ids.subarray((c - batch.first) * 32, (c - batch.first + 1) * 32);
         if (!Buffer.from(actual).equals(index.id(c))) {
@@ -92,7 +95,8 @@ export async function chopFile(index: ChunkIndex, path: string, store: WritableC
         const k = c - batch.first;
         if (!wanted[k]) continue;
         const stored = encoded.stored[k] ?? chunkOfBatch(index, batch, c);
-        const write = local ? local.putStored(index.id(c), stored) : store.put(index.id(c), stored);
+        // Other stores get a copy: the batch buffer is reused, and they may keep what they are given.
+        const write = local ? local.putStored(index.id(c), stored) : store.put(index.id(c), Buffer.from(stored));
         writes.push(
           write.then((written) => {
             if (written) {
@@ -103,11 +107,12 @@ export async function chopFile(index: ChunkIndex, path: string, store: WritableC
         );
       }
       await Promise.all(writes);
+      buffers.give(batch.data);
       result.bytesIn += batch.data.length;
       opts.onProgress?.(result.bytesIn, index.size);
     };
 
-    for await (const batch of readChunkBatches(fh, index, opts.signal)) {
+    for await (const batch of readChunkBatches(fh, index, buffers, opts.signal)) {
       const wanted = await toStore(batch);
       const ends: number[] = [];
       for (let c = batch.first; c < batch.end; c++) ends.push(index.end(c) - batch.offset);

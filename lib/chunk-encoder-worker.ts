@@ -1,7 +1,8 @@
 // Worker thread of EncoderPool: encodes one batch per message, answers in order.
 import { parentPort } from 'node:worker_threads';
-import { encodeBatch, type EncodeJob } from './chunk-encoder.js';
+import { encodeBatch, resultTransfers, type EncodeJob } from './chunk-encoder.js';
 
 parentPort!.on('message', (job: EncodeJob) => {
-  parentPort!.postMessage(encodeBatch(job));
+  const result = encodeBatch(job);
+  parentPort!.postMessage(result, resultTransfers(result));
 });

@@ -8,7 +8,11 @@ import { compressChunk } from './compression.js';
 import { DeltadError } from './errors.js';
 
 export interface EncodeJob {
-  /** Consecutive chunks' bytes. */
+  /**
+   * Consecutive chunks' bytes. Its ArrayBuffer is moved to the worker (and
+   * back in the result), so it must not be shared: never a Buffer from Node's
+   * pool (use BatchBuffers or Buffer.allocUnsafeSlow).
+   */
   data: Uint8Array;
   /** End of each chunk within `data`. */
   ends: number[];
@@ -19,9 +23,11 @@ export interface EncodeJob {
 }
 
 export interface EncodeResult {
+  /** The job's bytes, handed back so the caller can use and recycle them. */
+  data: Uint8Array;
   /** 32 bytes per chunk: the digest of its bytes. */
   ids: Uint8Array;
-  /** Compressed bytes for the chunks asked for, else null. */
+  /** Compressed bytes for the chunks asked for (views of one buffer), else null. */
   stored: (Uint8Array | null)[];
 }
 
@@ -32,15 +38,34 @@ export function defaultThreads(): number {
 
 export function encodeBatch(job: EncodeJob): EncodeResult {
   const ids = new Uint8Array(job.ends.length * 32);
-  const stored: (Uint8Array | null)[] = [];
+  const frames: (Buffer | null)[] = [];
   let start = 0;
+  let total = 0;
   for (let k = 0; k < job.ends.length; k++) {
     const bytes = job.data.subarray(start, job.ends[k]);
     ids.set(chunkId(job.digest, bytes), k * 32);
-    stored.push(job.compress[k] ? compressChunk(bytes, job.level) : null);
+    const frame = job.compress[k] ? compressChunk(bytes, job.level) : null;
+    total += frame?.length ?? 0;
+    frames.push(frame);
     start = job.ends[k];
   }
-  return { ids, stored };
+  // One buffer of its own for all frames, so it can be moved between threads.
+  const packed = new Uint8Array(total);
+  let at = 0;
+  const stored = frames.map((f) => {
+    if (!f) return null;
+    packed.set(f, at);
+    at += f.length;
+    return packed.subarray(at - f.length, at);
+  });
+  return { data: job.data, ids, stored };
+}
+
+/** The buffers an EncodeResult owns, for postMessage's transfer list. */
+export function resultTransfers(r: EncodeResult): ArrayBuffer[] {
+  const buffers = new Set<ArrayBuffer>([r.data.buffer as ArrayBuffer, r.ids.buffer as ArrayBuffer]);
+  for (const s of r.stored) if (s) buffers.add(s.buffer as ArrayBuffer);
+  return [...buffers];
 }
 
 interface Pending {
@@ -51,8 +76,8 @@ interface Pending {
 
 /**
  * Runs encode jobs on `threads` workers (0 = inline), first come first served.
- * Messages are copied, not transferred: small Buffers live in Node's shared
- * pool, which must never be detached.
+ * Buffers are moved to the worker and back, not copied: copies pile up as
+ * garbage in every thread (hundreds of MB of RSS on a large file).
  */
 export class EncoderPool {
   private readonly idle: Worker[] = [];
@@ -93,7 +118,7 @@ export class EncoderPool {
       const w = this.idle.pop()!;
       const p = this.queue.shift()!;
       this.busy.set(w, p);
-      w.postMessage(p.job);
+      w.postMessage(p.job, [p.job.data.buffer as ArrayBuffer]);
     }
   }
 

@@ -1,5 +1,5 @@
-// Reads a file chunk by chunk as an index describes it, in large batched reads
-// (several MiB per read call: small reads cost more CPU than the hashing).
+// Reads a file chunk by chunk as an index describes it, in batched reads of
+// about 1 MiB (small reads cost more CPU than the hashing).
 import type { FileHandle } from 'node:fs/promises';
 import type { ChunkIndex } from './caibx.js';
 
@@ -13,14 +13,36 @@ export interface ChunkBatch {
   data: Buffer;
 }
 
-export const BATCH_BYTES = 4 * 1024 * 1024;
+export const BATCH_BYTES = 1024 * 1024;
+
+/**
+ * Batch buffers handed back for reuse once their batch is done: a fresh
+ * buffer per batch is garbage that V8 collects late, in every thread it
+ * visits. Every buffer owns its whole ArrayBuffer, so it may be transferred
+ * to a worker (a Buffer from Node's shared pool must never be).
+ */
+export class BatchBuffers {
+  private readonly free: ArrayBuffer[] = [];
+  constructor(private readonly keep = 8) {}
+
+  take(size: number): Buffer {
+    const i = this.free.findIndex((b) => b.byteLength >= size);
+    const ab = i >= 0 ? this.free.splice(i, 1)[0] : new ArrayBuffer(Math.max(size, BATCH_BYTES));
+    return Buffer.from(ab, 0, size);
+  }
+
+  give(data: Uint8Array): void {
+    const ab = data.buffer as ArrayBuffer;
+    if (ab.byteLength > 0 && this.free.length < this.keep) this.free.push(ab);
+  }
+}
 
 /**
  * Yields the chunks of `index` from the open file in batches of about
- * BATCH_BYTES (at least one chunk each), in order. Stops with the signal's
- * reason when aborted.
+ * BATCH_BYTES (at least one chunk each), in order, in buffers from `buffers`
+ * (give them back when done). Stops with the signal's reason when aborted.
  */
-export async function* readChunkBatches(fh: FileHandle, index: ChunkIndex, signal?: AbortSignal): AsyncGenerator<ChunkBatch> {
+export async function* readChunkBatches(fh: FileHandle, index: ChunkIndex, buffers: BatchBuffers, signal?: AbortSignal): AsyncGenerator<ChunkBatch> {
   let i = 0;
   while (i < index.count) {
     signal?.throwIfAborted();
@@ -28,7 +50,7 @@ export async function* readChunkBatches(fh: FileHandle, index: ChunkIndex, signa
     const start = index.start(first);
     let end = index.end(i++);
     while (i < index.count && index.end(i) - start <= BATCH_BYTES) end = index.end(i++);
-    const buf = Buffer.allocUnsafe(end - start);
+    const buf = buffers.take(end - start);
     let got = 0;
     while (got < buf.length) {
       const { bytesRead } = await fh.read(buf, got, buf.length - got, start + got);

@@ -27,16 +27,18 @@ const MAX_WINDOW_LOG = 27;
 const INITIAL_OUTPUT = 128 * 1024;
 
 let cctx: zstd.CCtx | undefined;
+let scratch = Buffer.alloc(0);
 let dctx: zstd.DCtx | undefined;
 let dctxWindowLog = 0;
 
 /** Compresses one chunk into a single zstd frame (with its content size, which casync ignores). */
 export function compressChunk(data: Uint8Array, level = DEFAULT_ZSTD_LEVEL): Buffer {
   cctx ??= new zstd.CCtx();
-  const dst = Buffer.allocUnsafe(zstd.compressBound(data.length));
-  const n = cctx.compress(dst, data, level);
-  // Copy out: compressBound over-allocates, and chunks may be held in memory.
-  return Buffer.from(dst.subarray(0, n));
+  const bound = zstd.compressBound(data.length);
+  // One reused scratch buffer per thread: compressBound-sized garbage per chunk inflates RSS.
+  if (scratch.length < bound) scratch = Buffer.allocUnsafeSlow(bound);
+  const n = cctx.compress(scratch, data, level);
+  return Buffer.from(scratch.subarray(0, n));
 }
 
 /** Largest stored (compressed) size a chunk of up to `maxSize` bytes can have. */

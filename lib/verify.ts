@@ -4,7 +4,7 @@ import { open } from 'node:fs/promises';
 import type { ChunkIndex } from './caibx.js';
 import { ChunkVerifyError } from './errors.js';
 import { toHex } from './digest.js';
-import { readChunkBatches, type ChunkBatch } from './chunk-reader.js';
+import { BatchBuffers, readChunkBatches, type ChunkBatch } from './chunk-reader.js';
 import { defaultThreads, EncoderPool, type EncodeResult } from './chunk-encoder.js';
 import type { ChunkStore } from './store/types.js';
 
@@ -40,6 +40,7 @@ export async function verifyFile(index: ChunkIndex, path: string, opts: VerifyOp
   const window = Math.max(1, opts.concurrency ?? Math.max(2, 2 * threads));
   const fh = await open(path, 'r');
   const pool = new EncoderPool(threads);
+  const buffers = new BatchBuffers(window + threads);
   const inFlight: Promise<void>[] = [];
   try {
     const fileSize = (await fh.stat()).size;
@@ -57,10 +58,11 @@ export async function verifyFile(index: ChunkIndex, path: string, opts: VerifyOp
         const actual = Buffer.from(encoded.ids.subarray(k * 32, (k + 1) * 32));
         if (!actual.equals(index.id(c))) bad(`content hashes to ${toHex(actual)}`);
       }
+      buffers.give(encoded.data);
       done += index.end(batch.end - 1) - batch.offset;
       opts.onProgress?.(done, index.size);
     };
-    for await (const batch of readChunkBatches(fh, index, opts.signal)) {
+    for await (const batch of readChunkBatches(fh, index, buffers, opts.signal)) {
       // Hash only the chunks the file holds whole; the rest are reported short.
       const ends: number[] = [];
       for (let c = batch.first; c < batch.end && index.end(c) - batch.offset <= batch.data.length; c++) ends.push(index.end(c) - batch.offset);
