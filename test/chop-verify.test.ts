@@ -16,7 +16,7 @@ import { HttpStore } from '../lib/store/http-store.js';
 import { HttpClient } from '../lib/http-client.js';
 import { chopFile } from '../lib/chop.js';
 import { verifyFile, verifyStore } from '../lib/verify.js';
-import { startStaticServer } from './helpers/static-server.js';
+import { startOrigin } from './helpers/origin.js';
 import { REPO_ROOT } from './helpers/shared.js';
 
 async function tempDir(t: { after: (fn: () => Promise<void>) => void }): Promise<string> {
@@ -239,16 +239,16 @@ test('verifyStore over HTTP: a served store verifies, a 404 is missing', { timeo
   const local = new LocalStore(join(dir, 'pub', 's.castr'), { digest: 'sha256' });
   await chopFile(index, join(dir, 'img'), local);
   await unlink(local.chunkPath(index.id(0)));
-  const srv = await startStaticServer(join(dir, 'pub'));
-  t.after(() => srv.close());
+  const origin = await startOrigin({ root: join(dir, 'pub') });
+  t.after(() => origin.close());
   const client = new HttpClient({ attempts: 2, retryBaseMs: 10, timeoutMs: 5000 });
   t.after(() => client.close());
-  const v = await verifyStore(index, new HttpStore(`${srv.url}/s.castr`, { client, digest: 'sha256' }), { concurrency: 4 });
+  const v = await verifyStore(index, new HttpStore(`${origin.url}/s.castr`, { client, digest: 'sha256' }), { concurrency: 4 });
   assert.equal(v.ok, false);
   assert.deepEqual(v.missing.map((m) => m.chunk), [0]);
   assert.equal(v.corrupt.length, 0);
   assert.equal(v.checked, distinctIds(index));
-  assert.equal(srv.log.filter((l) => l.method === 'GET').length, distinctIds(index));
+  assert.equal(origin.log.filter((l) => l.method === 'GET').length, distinctIds(index));
 });
 
 for (const uncompressed of [false, true]) {

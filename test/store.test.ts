@@ -16,7 +16,7 @@ import { chunkId, toHex } from '../lib/digest.js';
 import { ChunkVerifyError, DeltadError, OriginError, UsageError } from '../lib/errors.js';
 import { HttpClient } from '../lib/http-client.js';
 import { CASYNC_FORMAT_DIR, loadVectors } from './helpers/shared.js';
-import { startStaticServer, type StaticServerOptions } from './helpers/static-server.js';
+import { startOrigin } from './helpers/origin.js';
 
 async function tempDir(t: { after: (fn: () => Promise<void>) => void }): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), 'deltad-store-'));
@@ -262,28 +262,30 @@ test('openStore picks the store by scheme', async () => {
   await s.close();
 });
 
-// ---- HTTP store against a real server on 127.0.0.1 ----
+// ---- HTTP store against a real origin on 127.0.0.1 (test/helpers/origin.ts) ----
 
 const FAST_RETRY = { attempts: 3, retryBaseMs: 10, timeoutMs: 5000 };
 
 /** A local store with a few chunks, served over HTTP; returns chunks and their IDs. */
-async function servedStore(t: { after: (fn: () => Promise<void>) => void }, opts: StaticServerOptions = {}, uncompressed = false) {
+async function servedStore(t: { after: (fn: () => Promise<void>) => void }, uncompressed = false) {
   const dir = await tempDir(t);
   const local = new LocalStore(join(dir, 'pub', 'img.castr'), { uncompressed });
   const chunks = [sampleChunk(64 * 1024, 5), randomBytes(30_000), sampleChunk(3, 6)];
   const ids = chunks.map((c) => chunkId('sha512-256', c));
   for (let i = 0; i < chunks.length; i++) await local.put(ids[i], chunks[i]);
-  const srv = await startStaticServer(join(dir, 'pub'), opts);
-  t.after(() => srv.close());
+  const origin = await startOrigin({ root: join(dir, 'pub') });
+  t.after(() => origin.close());
   const client = new HttpClient(FAST_RETRY);
   t.after(() => client.close());
-  return { srv, client, chunks, ids };
+  const store = new HttpStore(`${origin.url}/img.castr/?x=1`, { client, uncompressed });
+  /** The URL path of chunk i, as the origin logs it. */
+  const pathOf = (i: number) => new URL(store.chunkUrl(ids[i])).pathname;
+  return { origin, store, local, chunks, ids, pathOf };
 }
 
 test('HTTP store: GET verified chunks, HEAD for has(), 404 → null', { timeout: 20_000 }, async (t) => {
   for (const uncompressed of [false, true]) {
-    const { srv, client, chunks, ids } = await servedStore(t, {}, uncompressed);
-    const store = new HttpStore(`${srv.url}/img.castr/?x=1`, { client, uncompressed });
+    const { origin, store, chunks, ids, pathOf } = await servedStore(t, uncompressed);
     for (let i = 0; i < chunks.length; i++) {
       assert.ok((await store.get({ id: ids[i], size: chunks[i].length }))?.equals(chunks[i]));
       assert.equal(await store.has(ids[i]), true);
@@ -292,34 +294,29 @@ test('HTTP store: GET verified chunks, HEAD for has(), 404 → null', { timeout:
     assert.equal(await store.get({ id: absent, size: 6 }), null);
     assert.equal(await store.has(absent), false);
     const hex = toHex(ids[0]);
-    const gets = srv.log.filter((l) => l.method === 'GET');
-    assert.equal(gets[0].path, `/img.castr/${hex.slice(0, 4)}/${hex}${uncompressed ? '' : '.cacnk'}`);
-    assert.deepEqual(srv.log.filter((l) => l.status === 404).map((l) => l.method), ['GET', 'HEAD']);
+    assert.equal(pathOf(0), `/img.castr/${hex.slice(0, 4)}/${hex}${uncompressed ? '' : '.cacnk'}`);
+    assert.equal(origin.log.filter((l) => l.method === 'GET')[0].path, pathOf(0));
+    assert.deepEqual(origin.log.filter((l) => l.status === 404).map((l) => l.method), ['GET', 'HEAD']);
   }
 });
 
 test('HTTP store: a 500 is retried, persistent 5xx and 4xx fail naming URL and status', { timeout: 20_000 }, async (t) => {
-  const { srv, client, chunks, ids } = await servedStore(t, {
-    intercept: (req, res, n) => {
-      if (req.url?.includes(toHex(ids[0])) && n === 1) return res.writeHead(500).end(), true;
-      if (req.url?.includes(toHex(ids[1]))) return res.writeHead(503).end(), true;
-      if (req.url?.includes(toHex(ids[2]))) return res.writeHead(403).end(), true;
-      return false;
-    },
-  });
-  const store = new HttpStore(`${srv.url}/img.castr`, { client });
-  assert.ok((await store.get({ id: ids[0], size: chunks[0].length }))?.equals(chunks[0]));
-  const path0 = srv.log.filter((l) => l.path.includes(toHex(ids[0])));
-  assert.deepEqual(path0.map((l) => l.status), [500, 200]);
+  const { origin, store, chunks, ids, pathOf } = await servedStore(t);
+  origin.fault({ path: pathOf(0), kind: 'status', status: 500 });
+  origin.fault({ path: pathOf(1), kind: 'status', status: 503, times: Infinity });
+  origin.fault({ path: pathOf(2), kind: 'status', status: 403, times: Infinity });
+  const requests = (i: number, method = 'GET') => origin.log.filter((l) => l.path === pathOf(i) && l.method === method);
 
-  const url1 = store.chunkUrl(ids[1]);
+  assert.ok((await store.get({ id: ids[0], size: chunks[0].length }))?.equals(chunks[0]));
+  assert.deepEqual(requests(0).map((l) => l.status), [500, 200]);
+
   await assert.rejects(store.get({ id: ids[1], size: chunks[1].length }), (err: unknown) => {
     assert.ok(err instanceof OriginError);
     assert.equal(err.status, 503);
-    assert.ok(err.message.includes(url1));
+    assert.ok(err.message.includes(store.chunkUrl(ids[1])));
     return true;
   });
-  assert.equal(srv.log.filter((l) => l.path.includes(toHex(ids[1]))).length, FAST_RETRY.attempts, 'retried up to the limit');
+  assert.equal(requests(1).length, FAST_RETRY.attempts, 'retried up to the limit');
   await assert.rejects(store.has(ids[1]), /HEAD .* HTTP 503/);
 
   await assert.rejects(store.get({ id: ids[2], size: chunks[2].length }), (err: unknown) => {
@@ -328,30 +325,23 @@ test('HTTP store: a 500 is retried, persistent 5xx and 4xx fail naming URL and s
     assert.ok(err.message.includes(store.chunkUrl(ids[2])));
     return true;
   });
-  assert.equal(srv.log.filter((l) => l.path.includes(toHex(ids[2])) && l.method === 'GET').length, 1, '4xx is not retried');
+  assert.equal(requests(2).length, 1, '4xx is not retried');
 });
 
-test('HTTP store: a lying server (wrong content, oversized body) is rejected', { timeout: 20_000 }, async (t) => {
-  let ids: Buffer[] = [];
-  const wrong = compressChunk(sampleChunk(64 * 1024, 99));
-  const { srv, client, chunks, ids: served } = await servedStore(t, {
-    intercept: (req, res) => {
-      if (req.url?.includes(toHex(ids[0]))) return res.writeHead(200, { 'content-length': wrong.length }).end(wrong), true;
-      if (req.url?.includes(toHex(ids[2]))) return res.writeHead(200).end(randomBytes(200_000)), true;
-      return false;
-    },
-  });
-  ids = served;
-  const store = new HttpStore(`${srv.url}/img.castr`, { client });
+test('HTTP store: a lying server (wrong bytes, oversized body, cut body) is rejected', { timeout: 20_000 }, async (t) => {
+  const { origin, store, local, chunks, ids, pathOf } = await servedStore(t);
+  origin.fault({ path: pathOf(0), kind: 'wrong-bytes' });
   await assert.rejects(store.get({ id: ids[0], size: chunks[0].length }), (err: unknown) => {
     assert.ok(err instanceof ChunkVerifyError);
     assert.equal(err.chunkId, toHex(ids[0]));
     assert.ok(err.message.includes(store.chunkUrl(ids[0])));
-    assert.match(err.message, /does not match its ID/);
     return true;
   });
-  // A 3-byte chunk cannot come in a 200 kB body: refused while reading.
+  // A 3-byte chunk cannot come in a 200 kB body: refused before reading it.
+  await writeFile(local.chunkPath(ids[2]), randomBytes(200_000));
   await assert.rejects(store.get({ id: ids[2], size: 3 }), /exceeds the \d+-byte limit/);
-  // The honest chunk in between still works.
+  // A body cut short is a transient error: retried, then the chunk arrives whole.
+  origin.fault({ path: pathOf(1), kind: 'cut' });
   assert.ok((await store.get({ id: ids[1], size: chunks[1].length }))?.equals(chunks[1]));
+  assert.deepEqual(origin.log.filter((l) => l.path === pathOf(1)).map((l) => l.fault ?? 'ok'), ['cut', 'ok']);
 });
