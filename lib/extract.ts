@@ -197,7 +197,7 @@ async function openContext(target: ChunkIndex, opts: AssembleOptions): Promise<C
     seeds,
     stores: (opts.stores ?? []).map((s) => {
       if (typeof s !== 'string') return s;
-      const store = openStore(s, { client: http });
+      const store = openStore(s, { client: http, digest: target.digest, maxChunkSize: target.params.max });
       owned.push(store);
       return store;
     }),
