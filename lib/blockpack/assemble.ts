@@ -73,7 +73,7 @@ async function writeAt(fh: FileHandle, data: Uint8Array, pos: number): Promise<v
 
 async function fileSha256(fh: FileHandle, size: number, blockSize: number): Promise<Buffer> {
   const h = createHash('sha256');
-  await forEachBlock(fh, size, blockSize, (_b, data) => h.update(data));
+  await forEachBlock(fh, size, blockSize, (_b, data) => void h.update(data));
   return h.digest();
 }
 

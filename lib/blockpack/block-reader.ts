@@ -4,10 +4,14 @@ import type { FileHandle } from 'node:fs/promises';
 
 const READ_BYTES = 4 * 1024 * 1024;
 
-/** Calls fn(b, data) for every block in order (the last one may be short); data is only valid during the call. */
+/**
+ * Calls fn(b, data) for every block in order (the last one may be short);
+ * data is only valid until fn returns (or its promise settles: a returned
+ * promise pauses reading, for backpressure).
+ */
 export async function forEachBlock(
   fh: FileHandle, size: number, blockSize: number,
-  fn: (b: number, data: Buffer) => void,
+  fn: (b: number, data: Buffer) => void | Promise<void>,
   progress?: (done: number) => void,
   signal?: AbortSignal,
 ): Promise<void> {
@@ -23,7 +27,10 @@ export async function forEachBlock(
       if (bytesRead === 0) throw new Error(`file shrank while reading (at byte ${pos + got} of ${size})`);
       got += bytesRead;
     }
-    for (let off = 0; off < got; off += blockSize, b++) fn(b, buf.subarray(off, Math.min(got, off + blockSize)));
+    for (let off = 0; off < got; off += blockSize, b++) {
+      const wait = fn(b, buf.subarray(off, Math.min(got, off + blockSize)));
+      if (wait) await wait;
+    }
     pos += got;
     progress?.(pos);
   }

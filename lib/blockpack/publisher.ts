@@ -4,12 +4,13 @@
 // what ties the other two to the image). Each goes to a temp file beside its
 // target and is renamed only when complete.
 import { createHash, type Hash } from 'node:crypto';
+import { availableParallelism } from 'node:os';
 import { open, rename, unlink, type FileHandle } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { UsageError } from '../errors.js';
 import { forEachBlock } from './block-reader.js';
 import { trainCoverDictionary, trainZstdCliDictionary } from './dictionary.js';
-import { FrameCompressor } from './frame-codec.js';
+import { FramePool, type StoredBatch } from './frame-batch.js';
 import {
   HASH_BYTES, MAX_BLOCK_SIZE, blockHash, MAX_FRAME_BLOCKS, MIN_BLOCK_SIZE, PACK_HEADER_SIZE, ZERO_BLOCK,
   serializeBlockIndex, serializePackHeader,
@@ -34,6 +35,8 @@ export interface PackOptions {
   previous?: string[];
   /** Largest multi-block frame (default 16). */
   groupBlocks?: number;
+  /** Compression threads (default: the number of cores, at most 4; 0 compresses inline). */
+  threads?: number;
   onProgress?: (phase: 'scan' | 'compress', done: number, total: number) => void;
 }
 
@@ -58,6 +61,8 @@ export function artifactNames(imageName: string): { index: string; pack: string;
   return { index: `${imageName}.bpidx`, pack: `${imageName}.bpk`, dict: `${imageName}.bpdict` };
 }
 
+/** Uncompressed bytes per compression batch (one worker message). */
+const BATCH_BYTES = 1024 * 1024;
 /** Pending pack bytes written at once. */
 const WRITE_BYTES = 4 * 1024 * 1024;
 /** Samples for dictionary training, as a multiple of the dictionary size (zstd suggests ~100x). */
@@ -207,26 +212,60 @@ export async function packImage(imagePath: string, opts: PackOptions): Promise<P
     await writeFileAtomic(paths.pack, async (out) => {
       const w = new HashingWriter(out);
       await w.write(serializePackHeader({ blockSize: bs, frameCount: frameBlocks.length, imageSize: size, imageSha256 }));
-      const compressor = new FrameCompressor(dictionary, level);
-      let f = 0;
-      let d = 0;
-      let frameParts: Buffer[] = [];
-      let writes: Promise<void> = Promise.resolve();
-      await forEachBlock(fh, size, bs, (b, data) => {
-        if (d >= distinctCount || firstBlock[d] !== b) return;
-        if (!blockHash(data).equals(hashes[d])) throw new Error(`${imagePath}: block ${b} changed while packing`);
-        frameParts.push(Buffer.from(data));
-        d++;
-        if (frameParts.length < frameBlocks[f]) return;
-        const stored = Buffer.from(compressor.compress(frameParts.length === 1 ? frameParts[0] : Buffer.concat(frameParts)));
-        frameLengths.push(stored.length);
-        writes = writes.then(() => w.write(stored));
-        frameParts = [];
-        f++;
-      }, (done) => opts.onProgress?.('compress', done, size));
-      await writes;
+      const threads = opts.threads ?? Math.min(4, availableParallelism());
+      const pool = new FramePool(dictionary, level, threads);
+      try {
+        const inFlight: Promise<StoredBatch>[] = [];
+        const drain = async (keep: number): Promise<void> => {
+          while (inFlight.length > keep) {
+            const r = await inFlight.shift()!;
+            frameLengths.push(...r.lengths);
+            await w.write(r.data);
+          }
+        };
+        let f = 0;
+        let d = 0;
+        let batch: Buffer[] = [];
+        let lengths: number[] = [];
+        let frameBytes = 0;
+        let inFrame = 0;
+        let batchBytes = 0;
+        const submit = (): void => {
+          const data = new Uint8Array(batchBytes);
+          let off = 0;
+          for (const part of batch) {
+            data.set(part, off);
+            off += part.length;
+          }
+          inFlight.push(pool.run({ data, lengths }));
+          batch = [];
+          lengths = [];
+          batchBytes = 0;
+        };
+        await forEachBlock(fh, size, bs, (b, data) => {
+          if (d >= distinctCount || firstBlock[d] !== b) return;
+          if (!blockHash(data).equals(hashes[d])) throw new Error(`${imagePath}: block ${b} changed while packing`);
+          batch.push(Buffer.from(data));
+          batchBytes += data.length;
+          frameBytes += data.length;
+          d++;
+          if (++inFrame < frameBlocks[f]) return;
+          lengths.push(frameBytes);
+          frameBytes = 0;
+          inFrame = 0;
+          f++;
+          if (batchBytes < BATCH_BYTES) return;
+          submit();
+          // Bounded memory: at most two batches per thread in flight.
+          if (inFlight.length > 2 * threads + 1) return drain(threads);
+        }, (done) => opts.onProgress?.('compress', done, size));
+        if (batchBytes > 0) submit();
+        await drain(0);
+        if (f !== frameBlocks.length) throw new Error(`${imagePath}: changed while packing (wrote ${f} of ${frameBlocks.length} frames)`);
+      } finally {
+        await pool.close();
+      }
       await w.flush();
-      if (f !== frameBlocks.length) throw new Error(`${imagePath}: changed while packing (wrote ${f} of ${frameBlocks.length} frames)`);
       packSha256 = w.hash.digest();
       packSize = w.length;
     });
