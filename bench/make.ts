@@ -44,9 +44,17 @@ function machineBusySeconds(): number {
   return (user + nice + system + irq + softirq + steal) / 100;
 }
 
+interface Plan {
+  name: string;
+  /** Which casync row it compares with: index only, or index plus a new store. */
+  mode: 'index' | 'store';
+  argv: string[];
+  index: string;
+  before?: () => void;
+}
+
 interface Measurement {
   name: string;
-  command: string;
   wall: number;
   rssKiB: number;
   cpu: number;
@@ -61,9 +69,8 @@ function measure(name: string, argv: string[], index: string | undefined, cwd: s
   const busy0 = machineBusySeconds();
   const r = spawnSync('/usr/bin/time', ['-f', '%e %M %U %S', '-o', timeFile, ...argv], { cwd, encoding: 'utf8', maxBuffer: 1 << 26 });
   const busy1 = machineBusySeconds();
-  const command = argv.map((a) => (a.includes(' ') ? `'${a}'` : a)).join(' ');
   const [wall, rssKiB, user, sys] = readFileSync(timeFile, 'utf8').trim().split('\n').pop()!.split(' ').map(Number);
-  const m: Measurement = { name, command, wall, rssKiB, cpu: user + sys, otherCores: Math.max(0, (busy1 - busy0 - user - sys) / wall), index };
+  const m: Measurement = { name, wall, rssKiB, cpu: user + sys, otherCores: Math.max(0, (busy1 - busy0 - user - sys) / wall), index };
   if (r.status !== 0) m.error = `exit ${r.status}: ${(r.stderr || r.stdout).trim().split('\n').slice(-2).join(' / ')}`;
   return m;
 }
@@ -96,74 +103,98 @@ async function main(): Promise<void> {
   mkdirSync(dir, { recursive: true });
   const input = join(dir, `random-${values.size}.bin`);
   const t0 = performance.now();
-  generate(input, size);
+  generate(input, size); // always rewritten: same bytes every time
   console.error(`generated ${input} (${size} bytes) in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
   spawnSync('cat', [input], { stdio: ['ignore', 'ignore', 'inherit'] }); // page cache warm for everyone
 
   const store = join(dir, 'casync.castr');
+  const deltadStore = join(dir, 'deltad.castr');
   const cliHasMake = existsSync(CLI) && / make\s/.test(spawnSync(process.execPath, [CLI, '--help'], { encoding: 'utf8' }).stdout);
-  const plans: { name: string; argv: () => string[]; index: string; before?: () => void }[] = [
+  const plans: Plan[] = [
     {
       name: 'casync make, new store (chunk + SHA-512/256 + zstd + write chunks)',
+      mode: 'store',
       before: () => rmSync(store, { recursive: true, force: true }),
-      argv: () => ['casync', `--chunk-size=${CHUNK_SIZE_ARG}`, `--store=${store}`, 'make', 'casync-new.caibx', input],
+      argv: ['casync', `--chunk-size=${CHUNK_SIZE_ARG}`, `--store=${store}`, 'make', 'casync-new.caibx', input],
       index: 'casync-new.caibx',
     },
     {
       name: 'casync make, store already full (index only: chunk + SHA-512/256 + one access() per chunk)',
-      argv: () => ['casync', `--chunk-size=${CHUNK_SIZE_ARG}`, `--store=${store}`, 'make', 'casync-index.caibx', input],
+      mode: 'index',
+      argv: ['casync', `--chunk-size=${CHUNK_SIZE_ARG}`, `--store=${store}`, 'make', 'casync-index.caibx', input],
       index: 'casync-index.caibx',
     },
     {
       name: 'deltad indexFile, 1 thread',
-      argv: () => [process.execPath, SELF, '--index-child', input, '--out', 'deltad-1.caibx', '--threads', '1'],
+      mode: 'index',
+      argv: [process.execPath, SELF, '--index-child', input, '--out', 'deltad-1.caibx', '--threads', '1'],
       index: 'deltad-1.caibx',
     },
     {
       name: `deltad indexFile, default threads (${Math.min(cpus().length, 4)})`,
-      argv: () => [process.execPath, SELF, '--index-child', input, '--out', 'deltad-n.caibx'],
+      mode: 'index',
+      argv: [process.execPath, SELF, '--index-child', input, '--out', 'deltad-n.caibx'],
       index: 'deltad-n.caibx',
     },
   ];
   if (cliHasMake) {
-    plans.push({
-      name: 'deltad make (CLI)',
-      argv: () => [process.execPath, CLI, 'make', `--chunk-size=${CHUNK_SIZE_ARG}`, 'cli.caibx', input],
-      index: 'cli.caibx',
-    });
+    plans.push(
+      {
+        name: 'deltad make (CLI, index only)',
+        mode: 'index',
+        argv: [process.execPath, CLI, 'make', `--chunk-size=${CHUNK_SIZE_ARG}`, 'cli.caibx', input],
+        index: 'cli.caibx',
+      },
+      {
+        name: 'deltad make --store (CLI, new store)',
+        mode: 'store',
+        before: () => rmSync(deltadStore, { recursive: true, force: true }),
+        argv: [process.execPath, CLI, 'make', `--chunk-size=${CHUNK_SIZE_ARG}`, '--store', deltadStore, 'cli-store.caibx', input],
+        index: 'cli-store.caibx',
+      },
+    );
   } else {
     console.error('note: `deltad make` is not in `deltad --help` yet; skipped');
   }
 
+  // Rounds interleave the tools, so a burst of load from others hits all of them alike.
+  const loadBefore = loadavg();
   const results: Measurement[][] = plans.map(() => []);
   for (let run = 0; run < runs; run++) {
     plans.forEach((p, i) => {
       p.before?.();
-      const m = measure(p.name, p.argv(), join(dir, p.index), dir);
-      console.error(`${p.name}: ${m.wall} s, ${(m.rssKiB / 1024).toFixed(0)} MiB${m.error ? ` FAILED ${m.error}` : ''}`);
+      const m = measure(p.name, p.argv, join(dir, p.index), dir);
+      console.error(`${p.name}: ${m.wall} s, ${(m.rssKiB / 1024).toFixed(0)} MiB, others ${m.otherCores.toFixed(2)} cores${m.error ? ` FAILED ${m.error}` : ''}`);
       results[i].push(m);
     });
   }
 
-  // Byte-identical indexes?
   const reference = readFileSync(join(dir, 'casync-index.caibx'));
-  const mib = size / (1024 * 1024);
-  const casyncIndexMBs = size / 1e6 / median(results[1].map((m) => m.wall));
-  console.log(`Input: ${mib} MiB AES-256-CTR keystream, chunk sizes ${CHUNK_SIZE_ARG}, SHA-512/256; ${cpus().length} CPUs (${cpus()[0].model}); Node ${process.version}; ${runs} run(s), median shown; load average before: ${loadavg().map((l) => l.toFixed(2)).join(' ')}\n`);
-  console.log('| what | wall s | MB/s | vs casync index-only | peak RSS MiB | CPU s | other load (cores) | index = casync |');
-  console.log('|---|---|---|---|---|---|---|---|');
+  const best = results.map((ms) => ms.reduce((a, b) => (b.wall < a.wall ? b : a)));
+  const baseline = { index: best[1].wall, store: best[0].wall };
+  console.log(
+    `Input: ${size / (1024 * 1024)} MiB AES-256-CTR keystream, chunk sizes ${CHUNK_SIZE_ARG}, SHA-512/256; ` +
+      `${cpus().length} CPUs (${cpus()[0].model}); Node ${process.version}; ${runs} round(s); load average (1/5/15 min) before: ${fmtLoad(loadBefore)}, after: ${fmtLoad(loadavg())}\n`,
+  );
+  console.log('| what | best wall s | median wall s | MB/s (best) | vs casync, same mode | peak RSS MiB (max) | CPU s (best run) | others\' load in best run (cores) | index = casync |');
+  console.log('|---|---|---|---|---|---|---|---|---|');
   results.forEach((ms, i) => {
-    const wall = median(ms.map((m) => m.wall));
-    const m = ms.find((x) => x.wall === wall)!;
-    const same = !m.error && existsSync(m.index!) && readFileSync(m.index!).equals(reference);
-    const mbs = size / 1e6 / wall;
+    const m = best[i];
+    const failed = ms.find((x) => x.error)?.error;
+    const same = !failed && ms.every((x) => readFileSync(x.index!).equals(reference));
     console.log(
-      `| ${plans[i].name} | ${wall.toFixed(2)} | ${m.error ? 'failed' : mbs.toFixed(0)} | ${(mbs / casyncIndexMBs).toFixed(2)}× | ${(m.rssKiB / 1024).toFixed(0)} | ${m.cpu.toFixed(2)} | ${m.otherCores.toFixed(2)} | ${m.error ? m.error : same ? 'yes' : 'NO'} |`,
+      `| ${plans[i].name} | ${m.wall.toFixed(2)} | ${median(ms.map((x) => x.wall)).toFixed(2)} | ${(size / 1e6 / m.wall).toFixed(0)} | ` +
+        `${(baseline[plans[i].mode] / m.wall).toFixed(2)}× | ${(Math.max(...ms.map((x) => x.rssKiB)) / 1024).toFixed(0)} | ${m.cpu.toFixed(2)} | ` +
+        `${m.otherCores.toFixed(2)} | ${failed ?? (same ? 'yes' : 'NO')} |`,
     );
   });
-  console.log('\nCommands:');
-  for (const ms of results) console.log(`    ${ms[0].command}`);
+  console.log('\nCommands (run in the benchmark directory):');
+  for (const p of plans) console.log(`    ${p.argv.join(' ')}`);
   if (!values.keep) rmSync(dir, { recursive: true, force: true });
+}
+
+function fmtLoad(l: number[]): string {
+  return l.map((x) => x.toFixed(2)).join(' ');
 }
 
 function median(xs: number[]): number {
