@@ -16,7 +16,7 @@ import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { HttpClient } from '../lib/http-client.js';
 import { ChunkCache } from '../lib/chunk-cache.js';
-import { MetadataCache } from '../lib/metadata-cache.js';
+import { MetadataCache, MetadataTooLargeError } from '../lib/metadata-cache.js';
 import { CachingStore } from '../lib/store/caching-store.js';
 import { ImageRangeStore } from '../lib/store/image-range-store.js';
 import { HttpStore } from '../lib/store/http-store.js';
@@ -271,7 +271,7 @@ export async function createProxy(opts: ProxyOptions): Promise<ProxyServer> {
       try {
         entry = await meta.fetch(target.url, ac.signal);
       } catch (err) {
-        if (/more than the .*-byte limit/.test((err as Error).message)) {
+        if (err instanceof MetadataTooLargeError) {
           reply.hijack();
           return streamThrough({ http, counters, mode: 'proxy' }, req.method as 'GET' | 'HEAD', target.url, reply.raw, ac.signal);
         }

@@ -19,6 +19,9 @@ export interface MetadataEntry {
   stale: boolean;
 }
 
+/** The upstream file is larger than the metadata cache keeps: stream it through instead. */
+export class MetadataTooLargeError extends OriginError {}
+
 interface StoredHeader {
   url: string;
   contentType?: string;
@@ -57,9 +60,11 @@ export class MetadataCache {
           const declared = Number(res.headers['content-length'] ?? NaN);
           if (declared > this.maxBytes) {
             res.body.destroy();
-            throw new OriginError(`GET ${url}: ${declared} bytes is more than the ${this.maxBytes}-byte limit for pass-through files`);
+            throw new MetadataTooLargeError(`GET ${url}: ${declared} bytes is more than the ${this.maxBytes}-byte limit for cached files`);
           }
-          const body = await this.client.readBody(res.body, this.maxBytes, url);
+          const body = await this.client.readBody(res.body, this.maxBytes, url).catch((err: Error) => {
+            throw /exceeds the/.test(err.message) ? new MetadataTooLargeError(err.message) : err;
+          });
           if (!Number.isNaN(declared) && body.length !== declared) throw new OriginError(`GET ${url}: truncated body (${body.length} of ${declared} bytes)`, { transient: true });
           const entry: MetadataEntry = {
             status,
@@ -80,7 +85,7 @@ export class MetadataCache {
         throw new OriginError(`GET ${url}: HTTP ${status}`, { status, transient: status >= 500 || status === 429 });
       }, signal);
     } catch (err) {
-      if (signal?.aborted) throw err;
+      if (signal?.aborted || err instanceof MetadataTooLargeError) throw err;
       const status = (err as OriginError).status;
       // A definite client error (401, 403...) is the upstream's answer, not an outage.
       if (status !== undefined && status >= 400 && status < 500 && status !== 429) return { status, body: Buffer.alloc(0), stale: false };

@@ -23,9 +23,15 @@ export class CachingStore implements ChunkStore {
     this.concurrency = opts.concurrency ?? 8;
   }
 
-  async get(req: ChunkRequest, signal?: AbortSignal): Promise<Buffer | null> {
-    for await (const { data } of this.getMany([req], signal)) return data;
-    return null;
+  get(req: ChunkRequest, signal?: AbortSignal): Promise<Buffer | null> {
+    return this.cache.getOrFetch(req, async () => {
+      for await (const { data } of this.fetchUpstream([req], signal)) return { data };
+      return null;
+    }, this.upstreamNames);
+  }
+
+  private get upstreamNames(): string {
+    return this.upstream.map((s) => s.location).join(', ');
   }
 
   async has(id: Uint8Array, signal?: AbortSignal): Promise<boolean> {
@@ -35,7 +41,7 @@ export class CachingStore implements ChunkStore {
   }
 
   getMany(reqs: ChunkRequest[], signal?: AbortSignal): AsyncIterable<{ index: number; data: Buffer }> {
-    return this.cache.getOrFetchMany(reqs, (missing) => this.fetchUpstream(missing, signal), this.upstream.map((s) => s.location).join(', '));
+    return this.cache.getOrFetchMany(reqs, (missing) => this.fetchUpstream(missing, signal), this.upstreamNames);
   }
 
   /** Asks each upstream source in turn for what the previous ones did not have. */
