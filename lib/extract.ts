@@ -20,6 +20,7 @@ import { EncoderPool, defaultThreads } from './chunk-encoder.js';
 import { closeSeeds, openSeed, type Seed } from './seed.js';
 import { openStore } from './store/open-store.js';
 import type { ChunkStore, WritableChunkStore } from './store/types.js';
+import { costBlockPath, extractViaBlocks, type BlockPathChoice } from './blockpack/index.js';
 
 /** How missing chunks are fetched: byte ranges of the image, a chunk store, or chosen per update. */
 export type FetchMode = 'auto' | 'range' | 'store';
@@ -48,6 +49,8 @@ export interface SourceOptions {
   selfSeed?: boolean;
   /** Use all-zero chunks without fetching them (default true). */
   nullSeed?: boolean;
+  /** Use the release's block pack (IMAGE.bpidx next to rangeUrl, docs/BLOCKPACK.md) when it is the cheapest path (default true). */
+  blockPack?: boolean;
   /** Called with one-line warnings (a seed that lies, a fallback from multi-range). */
   onWarning?: (message: string) => void;
   signal?: AbortSignal;
@@ -99,7 +102,7 @@ export interface ExtractProgress {
 }
 
 export interface ExtractResult extends ExtractProgress {
-  mode: 'range' | 'store' | 'none';
+  mode: 'range' | 'store' | 'none' | 'blocks';
   /** SHA-256 (hex) of the assembled bytes: always for streams, for files when `sha256` was given. */
   sha256?: string;
   wallMs: number;
@@ -111,7 +114,7 @@ export interface ExtractResult extends ExtractProgress {
 
 /** What one way of fetching the missing chunks would cost. */
 export interface ModeCost {
-  mode: 'range' | 'range-single' | 'store';
+  mode: 'range' | 'range-single' | 'store' | 'blocks' | 'blocks-single';
   /** Estimated bytes over the network (store: uncompressed chunk bytes, an upper bound). */
   bytes: number;
   requests: number;
@@ -132,7 +135,7 @@ export interface PlanReport {
   /** Modes available for this origin (probed), with their costs. */
   modes: ModeCost[];
   /** What auto mode would pick ('none' when nothing is missing). */
-  chosen: 'range' | 'store' | 'none';
+  chosen: 'range' | 'store' | 'none' | 'blocks';
   /** Whether the range URL answered byte ranges / multi-range (undefined: no range URL). */
   rangeSupport?: { ranges: boolean; multi: boolean };
 }
@@ -287,6 +290,28 @@ async function chooseRemote(plan: Plan, ctx: Context, opts: AssembleOptions, pro
   return { remote, chosen: 'range', modes, rangeSupport, probe };
 }
 
+/**
+ * The block path (lib/blockpack), when the release hosts a block pack next to
+ * the range URL: its costs, and whether it beats the chunk path and a full
+ * download. A pack that cannot be read is warned about and ignored.
+ */
+async function blockPathFor(index: ChunkIndex, ctx: Context, opts: SourceOptions, choice: RemoteChoice): Promise<{ path: BlockPathChoice; cheaper: boolean } | null> {
+  if (!opts.rangeUrl || opts.blockPack === false || choice.rangeSupport?.ranges === false) return null;
+  try {
+    const path = await costBlockPath({
+      http: ctx.http, imageUrl: opts.rangeUrl, seeds: ctx.seeds.map((s) => s.path), cacheDir: opts.cacheDir,
+      multi: choice.rangeSupport?.multi, requestCost: REQUEST_COST_BYTES, signal: opts.signal,
+    });
+    if (!path) return null;
+    const chunkPath = Math.min(...choice.modes.map(weigh));
+    return { path, cheaper: choice.chosen !== 'none' && path.weight < Math.min(chunkPath, index.size + REQUEST_COST_BYTES) };
+  } catch (err) {
+    if (opts.signal?.aborted) throw err;
+    opts.onWarning?.(`block pack for ${opts.rangeUrl}: ${(err as Error).message}; using the chunk path`);
+    return null;
+  }
+}
+
 /** Plans a target against the sources without fetching any chunk: the update-size query. */
 export async function planUpdate(target: string | ChunkIndex, opts: SourceOptions = {}): Promise<PlanReport> {
   const index = typeof target === 'string' ? await loadIndex(target, opts) : target;
@@ -294,6 +319,7 @@ export async function planUpdate(target: string | ChunkIndex, opts: SourceOption
   try {
     const plan = planChunks(index, ctx.seeds, { selfSeed: opts.selfSeed, nullSeed: opts.nullSeed });
     const choice = await chooseRemote(plan, ctx, opts, true);
+    const blocks = await blockPathFor(index, ctx, opts, choice);
     const t = plan.totals;
     return {
       targetSize: index.size,
@@ -304,8 +330,8 @@ export async function planUpdate(target: string | ChunkIndex, opts: SourceOption
       missingBytes: t.missingBytes,
       missingChunks: t.missingChunks,
       missingRuns: t.missingRuns,
-      modes: choice.modes,
-      chosen: choice.chosen,
+      modes: [...choice.modes, ...(blocks?.path.costs ?? [])],
+      chosen: blocks?.cheaper ? 'blocks' : choice.chosen,
       rangeSupport: choice.rangeSupport,
     };
   } finally {
@@ -367,6 +393,14 @@ export async function extractToFile(target: string | ChunkIndex, out: string, op
       const seeds = resumeSeed ? [resumeSeed, ...ctx.seeds] : ctx.seeds;
       const plan = planChunks(index, seeds, { selfSeed: opts.selfSeed, nullSeed: opts.nullSeed });
       const choice = await chooseRemote(plan, ctx, opts);
+      const blocks = await blockPathFor(index, ctx, opts, choice);
+      if (blocks?.cheaper) {
+        const viaBlocks = await extractViaBlocks(blocks.path, out, { http: ctx.http, sha256: opts.sha256, onWarning: opts.onWarning, onProgress: opts.onProgress, signal: opts.signal });
+        if (viaBlocks) {
+          await file.discard();
+          return viaBlocks;
+        }
+      }
       const progress = newProgress(index.size);
       const hashPool = hashPoolFor(plan);
       assembler = new Assembler({

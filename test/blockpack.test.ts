@@ -16,6 +16,9 @@ import {
 } from '../lib/blockpack/index.js';
 import { HASH_BYTES, ZERO_BLOCK, serializeBlockIndex } from '../lib/blockpack/format.js';
 import { startOrigin, type Origin } from './helpers/origin.js';
+import { serializeIndex } from '../lib/caibx.js';
+import { indexBuffer } from '../lib/indexer.js';
+import { extractToFile, planUpdate } from '../lib/extract.js';
 
 const BS = 4096;
 
@@ -261,4 +264,34 @@ test('probe: a release without a block pack answers null (the chunk path is used
   const f = await fixture(t);
   await rm(join(f.www, 'os_2.img.bpidx'));
   assert.equal(await probeBlockPack(f.http, f.imageUrl), null);
+});
+
+test('engine: extractToFile and planUpdate take the block path when the release has a pack, and fall back to chunks when it is corrupt', async (t) => {
+  const f = await fixture(t);
+  await writeFile(join(f.www, 'os_2.img.caibx'), serializeIndex(indexBuffer(f.v2, { params: { min: 4096, avg: 16384, max: 65536 }, digest: 'sha512-256' })));
+  const source = { rangeUrl: f.imageUrl, seeds: [{ path: f.v1Path }], cacheDir: join(f.dir, 'cache'), http: f.http };
+  const report = await planUpdate(`${f.imageUrl}.caibx`, source);
+  const blocks = report.modes.find((m) => m.mode === 'blocks');
+  const range = report.modes.find((m) => m.mode === 'range');
+  assert.ok(blocks && range, `modes ${report.modes.map((m) => m.mode).join(', ')}`);
+  assert.ok(blocks.bytes < range.bytes, `block path ${blocks.bytes} bytes, chunk ranges ${range.bytes}`);
+  assert.equal(report.chosen, 'blocks');
+
+  const out = join(f.dir, 'out.img');
+  const r = await extractToFile(`${f.imageUrl}.caibx`, out, { ...source, sha256: f.sha256, onWarning: (m) => assert.fail(m) });
+  assert.equal(r.mode, 'blocks');
+  assert.deepEqual(await readFile(out), f.v2);
+
+  // A corrupt pack: warned about, and the chunk path still delivers the image.
+  const packPath = join(f.www, 'os_2.img.bpk');
+  const pack = await readFile(packPath);
+  for (let i = 100; i < pack.length; i += 997) pack[i] ^= 0xff;
+  await writeFile(packPath, pack);
+  const warnings: string[] = [];
+  const out2 = join(f.dir, 'out2.img');
+  const r2 = await extractToFile(`${f.imageUrl}.caibx`, out2, { ...source, sha256: f.sha256, onWarning: (m) => warnings.push(m) });
+  assert.equal(r2.mode, 'range');
+  assert.deepEqual(await readFile(out2), f.v2);
+  assert.ok(warnings.some((w) => /falling back to the chunk path/.test(w)), warnings.join('\n'));
+  assert.deepEqual(await leftovers(f.dir, ['v1.img', 'www', 'cache', 'out.img', 'out2.img']), []);
 });

@@ -7,7 +7,10 @@ import { sourceOptionSpec, sourceOptionUsage, sourceOptions } from '../delta-arg
 import { formatBytes } from '../progress.js';
 
 const pct = (n: number, of: number): string => (of > 0 ? `${((100 * n) / of).toFixed(1)}%` : '-');
-const MODE_NAMES = { range: 'range (multi-range)', 'range-single': 'range (single ranges)', store: 'store' } as const;
+const MODE_NAMES = {
+  range: 'range (multi-range)', 'range-single': 'range (single ranges)', store: 'store',
+  blocks: 'block pack (multi-range)', 'blocks-single': 'block pack (single ranges)',
+} as const;
 
 export function planText(index: string, r: PlanReport): string {
   const line = (label: string, n: number): string => `${label.padEnd(16)}${String(n).padStart(14)} bytes  ${formatBytes(n).padStart(10)}  ${pct(n, r.targetSize).padStart(6)}`;

@@ -1,9 +1,13 @@
 // The block path's entry points (docs/BLOCKPACK.md), for lib/extract.ts, the
 // CLI and the daemon: probe a release for a block pack, plan against local
 // seeds, cost the plan, assemble; and, on the publisher side, pack an image.
+import { ChecksumMismatchError, IndexFormatError, OriginError } from '../errors.js';
+import type { ExtractProgress, ExtractResult } from '../extract.js';
 import type { HttpClient } from '../http-client.js';
-import { parseBlockIndex, type BlockIndex } from './format.js';
-import { planBlocks, type BlockPlan } from './plan.js';
+import { RangeUnsupportedError } from '../range-fetcher.js';
+import { assembleBlocks } from './assemble.js';
+import { PackError, parseBlockIndex, type BlockIndex } from './format.js';
+import { costOf, planBlocks, type BlockCost, type BlockPlan } from './plan.js';
 import { artifactNames } from './publisher.js';
 import { indexSeedBlocks } from './seed-blocks.js';
 
@@ -47,4 +51,86 @@ export async function planBlockUpdate(probe: BlockPackProbe, seedPaths: readonly
   const seeds = [];
   for (const p of seedPaths) seeds.push(await indexSeedBlocks(p, probe.index.blockSize, opts));
   return planBlocks(probe.index, seeds, probe.indexBytes);
+}
+
+/** The block path for one update, when the release has a pack: its plan and what each fetch mode costs. */
+export interface BlockPathChoice {
+  probe: BlockPackProbe;
+  plan: BlockPlan;
+  costs: BlockCost[];
+  /** The cheapest block mode, by bytes + requests x requestCost. */
+  best: BlockCost;
+  /** bytes + requests x requestCost of `best`. */
+  weight: number;
+}
+
+export interface BlockPathOptions {
+  http: HttpClient;
+  /** The release image's URL: the pack artifacts are looked for next to it. */
+  imageUrl: string;
+  seeds: readonly string[];
+  cacheDir?: string;
+  /** Whether the origin does multi-range (undefined: not probed, assume yes). */
+  multi?: boolean;
+  /** Bytes one request is worth when weighing paths. */
+  requestCost: number;
+  signal?: AbortSignal;
+}
+
+/**
+ * Probes for a pack and costs the block path (null when the release has none).
+ * Callers compare `weight` with their other paths and with a full download.
+ */
+export async function costBlockPath(opts: BlockPathOptions): Promise<BlockPathChoice | null> {
+  const probe = await probeBlockPack(opts.http, opts.imageUrl, opts.signal);
+  if (!probe) return null;
+  const plan = await planBlockUpdate(probe, opts.seeds, { cacheDir: opts.cacheDir, signal: opts.signal });
+  const costs = opts.multi === false ? [] : [costOf(plan, { multi: true, requestCost: opts.requestCost })];
+  costs.push(costOf(plan, { multi: false, requestCost: opts.requestCost }));
+  const weigh = (c: BlockCost): number => c.bytes + c.requests * opts.requestCost;
+  const best = costs.reduce((a, b) => (weigh(b) < weigh(a) ? b : a));
+  return { probe, plan, costs, best, weight: weigh(best) };
+}
+
+export interface ExtractViaBlocksOptions {
+  http: HttpClient;
+  sha256?: string;
+  onWarning?: (message: string) => void;
+  onProgress?: (p: ExtractProgress) => void;
+  signal?: AbortSignal;
+}
+
+/**
+ * Runs the block path for lib/extract.ts. Returns null (after a warning) when
+ * the pack turns out unusable: bad frames, a dictionary or index that does not
+ * match, a whole-file SHA-256 mismatch, a server without byte ranges; the
+ * caller then takes the chunk path. Aborts and local I/O errors are thrown.
+ */
+export async function extractViaBlocks(choice: BlockPathChoice, out: string, opts: ExtractViaBlocksOptions): Promise<ExtractResult | null> {
+  const { plan, probe } = choice;
+  const total = plan.index.imageSize;
+  const progress = (done: number, stats: { fromSeeds?: number; fromPack?: number; networkBytes?: number; networkRequests?: number } = {}): ExtractProgress => ({
+    total, done, fromSeeds: stats.fromSeeds ?? 0, fromSelf: 0, fromZero: plan.totals.zeroBytes, fromCache: 0, fromNetwork: stats.fromPack ?? 0,
+    networkBytes: probe.indexBytes + (stats.networkBytes ?? 0), networkRequests: 1 + (stats.networkRequests ?? 0),
+  });
+  try {
+    const r = await assembleBlocks(plan, out, {
+      http: opts.http, packUrl: probe.packUrl, dictUrl: probe.dictUrl, multi: choice.best.mode === 'blocks',
+      sha256: opts.sha256, signal: opts.signal, onWarning: opts.onWarning,
+      onProgress: (done) => opts.onProgress?.(progress(done)),
+    });
+    const p = progress(total, r);
+    opts.onProgress?.(p);
+    return { ...p, mode: 'blocks', sha256: r.sha256, wallMs: r.wallMs, resumedBytes: 0, seedMismatches: r.seedMismatches };
+  } catch (err) {
+    if (opts.signal?.aborted || !isRecoverable(err)) throw err;
+    opts.onWarning?.(`block pack ${probe.packUrl}: ${(err as Error).message}; falling back to the chunk path`);
+    return null;
+  }
+}
+
+/** Failures of the pack or its server (not of this machine): the chunk path may still work. */
+function isRecoverable(err: unknown): boolean {
+  return err instanceof PackError || err instanceof ChecksumMismatchError || err instanceof IndexFormatError ||
+    err instanceof OriginError || err instanceof RangeUnsupportedError;
 }

@@ -18,6 +18,7 @@ export const REQUEST_OVERHEAD = 300;
 export interface BlockPlanTotals {
   blocks: number;
   zeroBlocks: number;
+  zeroBytes: number;
   /** Target bytes from seed blocks. */
   fromSeeds: number;
   /** Target bytes from pack frames. */
@@ -136,12 +137,15 @@ export function planBlocks(index: BlockIndex, seeds: readonly SeedBlocks[], inde
     localBlock[d] = table.blockAt(slot);
   }
 
-  const totals: BlockPlanTotals = { blocks: index.blockCount, zeroBlocks: 0, fromSeeds: 0, fromPack: 0, frames: 0, frameBytes: 0 };
+  const totals: BlockPlanTotals = { blocks: index.blockCount, zeroBlocks: 0, zeroBytes: 0, fromSeeds: 0, fromPack: 0, frames: 0, frameBytes: 0 };
   const need = new Uint8Array(index.frameCount);
   for (let b = 0; b < index.blockCount; b++) {
     const d = index.distinctOf[b];
     const len = blockLength(index, b);
-    if (d === ZERO_BLOCK) totals.zeroBlocks++;
+    if (d === ZERO_BLOCK) {
+      totals.zeroBlocks++;
+      totals.zeroBytes += len;
+    }
     else if (localSeed[d] >= 0) totals.fromSeeds += len;
     else {
       totals.fromPack += len;
