@@ -10,7 +10,7 @@
 //   CHUNK=16384:65536:262144 (casync's default), PORT=8089
 import { spawnSync } from 'node:child_process';
 import { existsSync, linkSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { join, resolve } from 'node:path';
+import { basename, dirname, join, resolve } from 'node:path';
 import { loadavg } from 'node:os';
 
 const BENCH = resolve(process.env.BENCH ?? '/var/tmp/deltad-bench');
@@ -79,11 +79,14 @@ function logLines(log: string): string[] {
   return existsSync(log) ? readFileSync(log, 'utf8').split('\n').filter(Boolean) : [];
 }
 
+/** deltad's resume file for an output (removed so every run starts cold). */
+const partialOf = (out: string): string => join(dirname(out), `.${basename(out)}.deltad-partial`);
+
 /** Runs one client under GNU time and sums the access-log lines it caused. */
 function measure(pair: string, tool: string, cmd: string[], log: string, out: string | null, expected: string, note?: string): Row {
   const before = logLines(log).length;
   const timeFile = join(BENCH, 'deltad-extract', 'time.txt');
-  if (out) rmSync(out, { force: true });
+  if (out) for (const f of [out, partialOf(out), `${partialOf(out)}.journal`]) rmSync(f, { force: true });
   const r = spawnSync('/usr/bin/time', ['-f', '%e %M', '-o', timeFile, ...cmd], { encoding: 'utf8', maxBuffer: 64 * 1024 * 1024 });
   spawnSync('sleep', ['0.3']);
   const lines = logLines(log).slice(before);

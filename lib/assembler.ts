@@ -3,6 +3,7 @@
 // concurrency; every chunk is verified against its ID before it is handed to
 // the sink (a file being written, or an ordered stream). A seed chunk that
 // does not match is reported and fetched remotely instead.
+import { setMaxListeners } from 'node:events';
 import type { ChunkIndex } from './caibx.js';
 import { chunkId } from './digest.js';
 import { ChunkVerifyError } from './errors.js';
@@ -12,6 +13,8 @@ import { readSeedRange } from './seed.js';
 import type { WritableChunkStore } from './store/types.js';
 import type { ExtractProgress } from './extract.js';
 import { encodeBatch, type EncoderPool } from './chunk-encoder.js';
+import { BatchBuffers } from './chunk-reader.js';
+import type { BufferPool } from './buffer-pool.js';
 
 /** Where verified chunks go. */
 export interface AssemblySink {
@@ -23,6 +26,8 @@ export interface AssemblySink {
   readonly zeroFilled: boolean;
   /** Keep repeated chunks in memory for their later copies (no readBack). */
   readonly retainRepeats: boolean;
+  /** put() keeps references to the bytes it was given (else they may be reused once it resolves). */
+  readonly holdsData: boolean;
   /** Resolves when a task spanning target bytes [start, end) from chunk `first` may start (the stream's window). */
   admit?(start: number, end: number, first: number): Promise<void> | void;
 }
@@ -44,6 +49,8 @@ export interface AssemblerOptions {
   signal?: AbortSignal;
   /** Worker threads that hash seed data (hashing is the bottleneck of seed reuse); inline when absent. */
   hashPool?: EncoderPool;
+  /** The pool the remote source takes chunk buffers from: they are handed back once written. */
+  chunkBuffers?: BufferPool;
 }
 
 type Task =
@@ -53,9 +60,9 @@ type Task =
   | { kind: 'remote'; runs: Run[] };
 
 /** Bytes read from a seed per task: large enough for sequential I/O, small enough to bound memory. */
-const SEED_TASK_BYTES = 4 * 1024 * 1024;
+const SEED_TASK_BYTES = 2 * 1024 * 1024;
 /** Written-but-not-yet-completed bytes before network reading pauses. */
-const MAX_PENDING_WRITE_BYTES = 32 * 1024 * 1024;
+const MAX_PENDING_WRITE_BYTES = 4 * 1024 * 1024;
 /** Repeated chunks kept in memory for their copies (stream sinks). */
 const MAX_RETAINED_BYTES = 64 * 1024 * 1024;
 
@@ -70,6 +77,8 @@ export class Assembler {
   private pendingWrites = 0;
   private drainWaiters: (() => void)[] = [];
   private zeros: Buffer = Buffer.alloc(0);
+  /** Seed read buffers, reused when the sink does not hold on to them (fewer large garbage buffers, lower RSS). */
+  private readonly seedBuffers = new BatchBuffers(4);
   seedMismatches = 0;
   /** True once any chunk reached the sink. */
   wroteAny = false;
@@ -78,6 +87,8 @@ export class Assembler {
 
   constructor(private readonly opts: AssemblerOptions) {
     this.index = opts.plan.target;
+    // Every request in flight listens on this signal.
+    setMaxListeners(0, this.ctl.signal);
     opts.signal?.addEventListener('abort', () => this.ctl.abort(opts.signal!.reason), { once: true });
     if (opts.signal?.aborted) this.ctl.abort(opts.signal.reason);
   }
@@ -223,13 +234,17 @@ export class Assembler {
     const seed = this.opts.plan.seeds[t.seed];
     const sIdx = seed.index;
     const base = sIdx.start(t.seedFirst);
-    const data = await readSeedRange(seed, base, sIdx.end(t.seedFirst + t.count - 1));
+    const size = sIdx.end(t.seedFirst + t.count - 1) - base;
+    const read = await readSeedRange(seed, base, base + size, this.opts.sink.holdsData ? undefined : this.seedBuffers.take(size));
     this.ctl.signal.throwIfAborted();
     const inPlace = seed.inPlace && t.seedFirst === t.first;
     const ends: number[] = [];
     for (let k = 0; k < t.count; k++) ends.push(sIdx.end(t.seedFirst + k) - base);
-    const job = { data, ends, compress: ends.map(() => false), digest: this.index.digest, level: 0 };
-    const { ids } = this.opts.hashPool ? await this.opts.hashPool.run(job) : encodeBatch(job);
+    const job = { data: read, ends, compress: ends.map(() => false), digest: this.index.digest, level: 0 };
+    // The pool moves the bytes to a worker and hands them back in the result.
+    const hashed = this.opts.hashPool ? await this.opts.hashPool.run(job) : encodeBatch(job);
+    const { ids } = hashed;
+    const data = Buffer.from(hashed.data.buffer, hashed.data.byteOffset, hashed.data.byteLength);
     this.ctl.signal.throwIfAborted();
     const tIds = this.index.ids;
     const matches = (k: number): boolean => {
@@ -269,6 +284,7 @@ export class Assembler {
       else bad.push({ first: t.first + k, count: 1 });
     }
     await flush(t.count);
+    if (!this.opts.sink.holdsData) this.seedBuffers.give(data);
     if (bad.length > 0) await this.fetchRemote(bad);
   }
 
@@ -291,7 +307,7 @@ export class Assembler {
       const i = t.first + k;
       const j = t.source + k;
       const src = this.sources.get(j)!;
-      await Promise.race([src.promise, abortPromise(this.ctl.signal)]);
+      await unlessAborted(src.promise, this.ctl.signal);
       let data = this.retained.get(j) ?? null;
       if (!data) {
         const back = await this.opts.sink.readBack(j);
@@ -339,20 +355,30 @@ export class Assembler {
         progress.networkBytes = remote.stats.bytes;
         progress.networkRequests = remote.stats.requests;
       };
+      const recycle = this.opts.sink.holdsData ? undefined : this.opts.chunkBuffers;
       await remote.fetch(todo, (i, data) => {
         progress.fromNetwork += data.length;
         syncNet();
-        writes.push(this.put(i, 1, data));
-        if (chunkCache) writes.push(chunkCache.put(idx.id(i), data).catch((err) => this.opts.onWarning?.(`chunk cache ${chunkCache.location}: ${(err as Error).message}`)));
+        const done = [this.put(i, 1, data)];
+        if (chunkCache) done.push(chunkCache.put(idx.id(i), data).then(() => {}, (err) => this.opts.onWarning?.(`chunk cache ${chunkCache.location}: ${(err as Error).message}`)));
+        writes.push(Promise.all(done).then(() => recycle?.give(data)));
       }, this.ctl.signal, this.drain).finally(syncNet);
     }
     await Promise.all(writes);
   }
 }
 
-function abortPromise(signal: AbortSignal): Promise<never> {
-  return new Promise((_, reject) => {
-    if (signal.aborted) reject(signal.reason);
-    else signal.addEventListener('abort', () => reject(signal.reason), { once: true });
+/** Resolves with `p`, or rejects when the signal aborts first (without leaving a listener behind). */
+async function unlessAborted(p: Promise<void>, signal: AbortSignal): Promise<void> {
+  signal.throwIfAborted();
+  let onAbort!: () => void;
+  const aborted = new Promise<never>((_, reject) => {
+    onAbort = () => reject(signal.reason);
+    signal.addEventListener('abort', onAbort, { once: true });
   });
+  try {
+    await Promise.race([p, aborted]);
+  } finally {
+    signal.removeEventListener('abort', onAbort);
+  }
 }

@@ -17,6 +17,7 @@ import { Assembler } from './assembler.js';
 import { OrderedStream } from './ordered-stream.js';
 import { PartialFile } from './partial-file.js';
 import { EncoderPool, defaultThreads } from './chunk-encoder.js';
+import { BufferPool } from './buffer-pool.js';
 import { closeSeeds, openSeed, type Seed } from './seed.js';
 import { openStore } from './store/open-store.js';
 import type { ChunkStore, WritableChunkStore } from './store/types.js';
@@ -240,6 +241,8 @@ const weigh = (c: ModeCost): number => c.bytes + c.requests * REQUEST_COST_BYTES
 
 interface RemoteChoice {
   remote?: RemoteSource;
+  /** Chunk buffers of a range source, for the assembler to hand back. */
+  buffers?: BufferPool;
   chosen: 'range' | 'store' | 'none';
   modes: ModeCost[];
   rangeSupport?: { ranges: boolean; multi: boolean };
@@ -286,8 +289,9 @@ async function chooseRemote(plan: Plan, ctx: Context, opts: AssembleOptions, pro
   const best = modes.reduce((a, b) => (weigh(b) < weigh(a) ? b : a));
   const stores = useStore ? new StoreSource(plan.target, ctx.stores, ctx.http) : undefined;
   if (best.mode === 'store') return { remote: stores, chosen: 'store', modes, rangeSupport, probe };
-  const remote = new RangeSource(plan.target, ctx.http, opts.rangeUrl!, retry, { multi: best.mode === 'range' }, opts.onWarning, stores);
-  return { remote, chosen: 'range', modes, rangeSupport, probe };
+  const buffers = new BufferPool();
+  const remote = new RangeSource(plan.target, ctx.http, opts.rangeUrl!, retry, { multi: best.mode === 'range' }, opts.onWarning, stores, buffers);
+  return { remote, buffers, chosen: 'range', modes, rangeSupport, probe };
 }
 
 /**
@@ -404,7 +408,7 @@ export async function extractToFile(target: string | ChunkIndex, out: string, op
       const progress = newProgress(index.size);
       const hashPool = hashPoolFor(plan);
       assembler = new Assembler({
-        plan, sink: file, remote: choice.remote, chunkCache: opts.chunkCache, hashPool,
+        plan, sink: file, remote: choice.remote, chunkBuffers: choice.buffers, chunkCache: opts.chunkCache, hashPool,
         concurrency: opts.concurrency ?? DEFAULT_CONCURRENCY, progress, onWarning: opts.onWarning, signal: opts.signal,
       });
       try {

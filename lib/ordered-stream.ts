@@ -25,6 +25,7 @@ export interface OrderedStreamOptions {
 export class OrderedStream extends Readable implements AssemblySink {
   readonly zeroFilled = false;
   readonly retainRepeats = true;
+  readonly holdsData = true;
   private readonly target: ChunkIndex;
   private readonly pending = new Map<number, Buffer>();
   private next: number;

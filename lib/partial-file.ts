@@ -32,6 +32,7 @@ export function partialPaths(out: string): { out: string; partial: string; journ
 
 export class PartialFile implements AssemblySink {
   readonly retainRepeats = false;
+  readonly holdsData = false;
   private dirty = false;
   private timer?: NodeJS.Timeout;
   private closed = false;

@@ -297,6 +297,8 @@ export class ChunkCollector {
     private readonly index: Pick<ChunkIndex, 'start' | 'end' | 'chunkAt'>,
     chunks: readonly number[],
     private readonly onChunk: (i: number, data: Buffer) => void,
+    /** Where chunk buffers come from (default: new ones). */
+    private readonly alloc: (size: number) => Buffer = Buffer.allocUnsafe,
   ) {
     this.wanted = [...chunks].sort((a, b) => a - b);
     for (const i of this.wanted) this.pending.set(i, { buf: Buffer.alloc(0), filled: 0 });
@@ -318,7 +320,7 @@ export class ChunkCollector {
       const n = Math.min(ce, end) - pos;
       const p = this.pending.get(i);
       if (p) {
-        if (p.buf.length === 0) p.buf = Buffer.allocUnsafe(ce - cs);
+        if (p.buf.length === 0) p.buf = this.alloc(ce - cs);
         data.copy(p.buf, pos - cs, pos - offset, pos - offset + n);
         p.filled += n;
         if (p.filled >= p.buf.length) {

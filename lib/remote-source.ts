@@ -13,6 +13,7 @@ import {
   type FetchStats, type RangePlanOptions,
 } from './range-fetcher.js';
 import type { ChunkStore } from './store/types.js';
+import type { BufferPool } from './buffer-pool.js';
 
 export interface Run {
   first: number;
@@ -70,6 +71,8 @@ export class RangeSource implements RemoteSource {
     private readonly onWarning?: (m: string) => void,
     /** Takes over when the server ignores ranges (auto mode with a store). */
     private readonly fallback?: RemoteSource,
+    /** Chunk buffers (the assembler hands them back once written). */
+    private readonly buffers?: BufferPool,
   ) {
     this.fetcher = new RangeFetcher(http, url, index.size);
     this.multi = planOpts.multi ?? true;
@@ -100,7 +103,7 @@ export class RangeSource implements RemoteSource {
         if (wrongOnce.has(i)) throw new ChunkVerifyError(this.index.idHex(i), `at target offset ${this.index.start(i)} has the wrong content twice`, this.url);
         wrongOnce.add(i);
         wrong.push(i);
-      });
+      }, this.buffers && ((n) => this.buffers!.take(n)));
       let error: unknown;
       try {
         for (const req of planRangeRequests(this.index, runsOf(todo), { ...this.planOpts, multi: this.multi })) {

@@ -62,9 +62,14 @@ export async function closeSeeds(seeds: readonly Seed[]): Promise<void> {
   await Promise.all(seeds.map((s) => s.fh.close().catch(() => {})));
 }
 
-/** Reads seed bytes [start, end) fully (a short read means the file shrank: the rest is zero-filled and fails verification). */
-export async function readSeedRange(seed: Seed, start: number, end: number): Promise<Buffer> {
-  const buf = Buffer.allocUnsafe(end - start);
+/**
+ * Reads seed bytes [start, end) fully (a short read means the file shrank: the
+ * rest is zero-filled and fails verification), into `into` (at least that
+ * long) or a new buffer; both own their memory so they can be moved to a
+ * hashing thread.
+ */
+export async function readSeedRange(seed: Seed, start: number, end: number, into?: Buffer): Promise<Buffer> {
+  const buf = into ? into.subarray(0, end - start) : Buffer.allocUnsafeSlow(end - start);
   let got = 0;
   while (got < buf.length) {
     const { bytesRead } = await seed.fh.read(buf, got, buf.length - got, start + got);
