@@ -3,11 +3,12 @@
 // it (to a file, or as an ordered verified byte stream) from seeds, zero and
 // repeated chunks, an optional chunk cache, and a remote source (HTTP byte
 // ranges against the image, or casync chunk stores).
+import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { MAX_INDEX_BYTES, parseIndex, readIndexFile, type ChunkIndex } from './caibx.js';
 import { OriginError, UsageError } from './errors.js';
 import { HttpClient } from './http-client.js';
-import { IndexCache, type IndexBuilder } from './index-cache.js';
+import { IndexCache, defaultCacheDir, type IndexBuilder } from './index-cache.js';
 import { indexFile } from './indexer.js';
 import type { ChunkerVariant } from './chunker.js';
 import { planChunks, type Plan } from './planner.js';
@@ -21,7 +22,7 @@ import { BufferPool } from './buffer-pool.js';
 import { closeSeeds, openSeed, type Seed } from './seed.js';
 import { openStore } from './store/open-store.js';
 import type { ChunkStore, WritableChunkStore } from './store/types.js';
-import { costBlockPath, extractViaBlocks, type BlockPathChoice } from './blockpack/index.js';
+import { costBlockPath, extractViaBlocks, streamViaBlocks, type BlockPathChoice } from './blockpack/index.js';
 
 /** How missing chunks are fetched: byte ranges of the image, a chunk store, or chosen per update. */
 export type FetchMode = 'auto' | 'range' | 'store';
@@ -454,6 +455,16 @@ export function openExtractStream(target: ChunkIndex, opts: ExtractStreamOptions
       const endChunk = start < end ? target.chunkAt(end - 1) + 1 : 0;
       const plan = planChunks(target, ctx.seeds, { firstChunk, endChunk, selfSeed: opts.selfSeed, nullSeed: opts.nullSeed });
       const choice = await chooseRemote(plan, ctx, opts);
+      // The block path assembles whole images only (into the cache directory, then streamed in order).
+      const blocks = start === 0 && end === target.size ? await blockPathFor(target, ctx, opts, choice) : null;
+      if (blocks?.cheaper) {
+        const dir = join(opts.cacheDir ?? defaultCacheDir(), 'block-assembly');
+        const viaBlocks = await streamViaBlocks(blocks.path, stream, target, dir, { http: ctx.http, sha256: opts.sha256, onWarning: opts.onWarning, onProgress: opts.onProgress, signal: cancel.signal });
+        if (viaBlocks) {
+          await stream.complete;
+          return viaBlocks;
+        }
+      }
       const hashPool = hashPoolFor(plan);
       const assembler = new Assembler({
         plan, sink: stream, remote: choice.remote, chunkCache: opts.chunkCache, maxSpan: windowBytes / 2, hashPool,

@@ -18,7 +18,7 @@ import { HASH_BYTES, ZERO_BLOCK, serializeBlockIndex } from '../lib/blockpack/fo
 import { startOrigin, type Origin } from './helpers/origin.js';
 import { serializeIndex } from '../lib/caibx.js';
 import { indexBuffer } from '../lib/indexer.js';
-import { extractToFile, planUpdate } from '../lib/extract.js';
+import { extractToFile, loadIndex, openExtractStream, planUpdate } from '../lib/extract.js';
 
 const BS = 4096;
 
@@ -281,6 +281,13 @@ test('engine: extractToFile and planUpdate take the block path when the release 
   const r = await extractToFile(`${f.imageUrl}.caibx`, out, { ...source, sha256: f.sha256, onWarning: (m) => assert.fail(m) });
   assert.equal(r.mode, 'blocks');
   assert.deepEqual(await readFile(out), f.v2);
+
+  // The daemon's ordered stream takes the same path.
+  const stream = openExtractStream(await loadIndex(`${f.imageUrl}.caibx`, { http: f.http }), { ...source, sha256: f.sha256 });
+  const parts: Buffer[] = [];
+  for await (const part of stream) parts.push(part as Buffer);
+  assert.equal((await stream.result).mode, 'blocks');
+  assert.deepEqual(Buffer.concat(parts), f.v2);
 
   // A corrupt pack: warned about, and the chunk path still delivers the image.
   const packPath = join(f.www, 'os_2.img.bpk');

@@ -1,6 +1,9 @@
 // The block path's entry points (docs/BLOCKPACK.md), for lib/extract.ts, the
 // CLI and the daemon: probe a release for a block pack, plan against local
 // seeds, cost the plan, assemble; and, on the publisher side, pack an image.
+import { mkdir, open, unlink } from 'node:fs/promises';
+import { join } from 'node:path';
+import type { ChunkIndex } from '../caibx.js';
 import { ChecksumMismatchError, IndexFormatError, OriginError } from '../errors.js';
 import type { ExtractProgress, ExtractResult } from '../extract.js';
 import type { HttpClient } from '../http-client.js';
@@ -133,4 +136,41 @@ export async function extractViaBlocks(choice: BlockPathChoice, out: string, opt
 function isRecoverable(err: unknown): boolean {
   return err instanceof PackError || err instanceof ChecksumMismatchError || err instanceof IndexFormatError ||
     err instanceof OriginError || err instanceof RangeUnsupportedError;
+}
+
+/** What streamViaBlocks feeds: the engine's ordered stream (admit for backpressure, put in target chunk order). */
+export interface ChunkSink {
+  admit(start: number, end: number, first: number): Promise<void> | void;
+  put(first: number, count: number, data: Buffer): void;
+}
+
+/**
+ * The block path for an ordered stream (the daemon): assembles the whole image
+ * into a temp file in `dir` (verified against its SHA-256), then feeds it to
+ * `sink` chunk by chunk of `target`. Null when the pack is unusable (the
+ * caller streams from the chunk path instead).
+ */
+export async function streamViaBlocks(choice: BlockPathChoice, sink: ChunkSink, target: ChunkIndex, dir: string, opts: ExtractViaBlocksOptions): Promise<ExtractResult | null> {
+  await mkdir(dir, { recursive: true });
+  const tmp = join(dir, `stream-${process.pid}-${Date.now()}-${Math.random().toString(36).slice(2)}.img`);
+  try {
+    const r = await extractViaBlocks(choice, tmp, opts);
+    if (!r) return null;
+    const fh = await open(tmp, 'r');
+    try {
+      for (let i = 0; i < target.count; i++) {
+        opts.signal?.throwIfAborted();
+        await sink.admit(target.start(i), target.end(i), i);
+        const data = Buffer.allocUnsafe(target.chunkSize(i));
+        const { bytesRead } = await fh.read(data, 0, data.length, target.start(i));
+        if (bytesRead !== data.length) throw new Error(`${tmp}: short read at byte ${target.start(i)}`);
+        sink.put(i, 1, data);
+      }
+    } finally {
+      await fh.close();
+    }
+    return r;
+  } finally {
+    await unlink(tmp).catch(() => {});
+  }
 }
