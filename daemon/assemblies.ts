@@ -20,6 +20,8 @@ export class SharedAssembly {
   written = 0;
   finished = false;
   error: Error | undefined;
+  /** True when it was stopped because every client went away (not a failure). */
+  cancelled = false;
   /** Resolves with the engine's summary once the whole image is verified. */
   readonly result: Promise<ExtractResult>;
   private readonly events = new EventEmitter();
@@ -47,7 +49,7 @@ export class SharedAssembly {
 
   private async run(start: StartAssembly): Promise<ExtractResult> {
     try {
-      this.fh = await open(this.spoolPath, 'wx', 0o600);
+      this.fh = await open(this.spoolPath, 'wx+', 0o600);
       this.stream = await start(this.abort.signal);
       for await (const chunk of this.stream) {
         const buf = chunk as Buffer;
@@ -98,7 +100,10 @@ export class SharedAssembly {
       released = true;
       this.readers--;
       if (this.readers === 0) {
-        if (!this.finished && !this.error) this.abort.abort(new Error('every client disconnected'));
+        if (!this.finished && !this.error) {
+          this.cancelled = true;
+          this.abort.abort(new Error('every client disconnected'));
+        }
         else void this.dispose();
       }
     };
@@ -108,7 +113,9 @@ export class SharedAssembly {
       read: () => {
         if (reading) return;
         reading = true;
-        void pump().finally(() => (reading = false));
+        pump()
+          .catch((err: Error) => readable.destroy(err))
+          .finally(() => (reading = false));
       },
       destroy: (err, cb) => {
         release();
@@ -121,6 +128,7 @@ export class SharedAssembly {
         if (pos < this.written && this.fh) {
           const buf = Buffer.allocUnsafe(Math.min(READ_SIZE, this.written - pos));
           const { bytesRead } = await this.fh.read(buf, 0, buf.length, pos);
+          if (readable.destroyed) return;
           pos += bytesRead;
           if (!readable.push(buf.subarray(0, bytesRead))) return;
           continue;

@@ -63,6 +63,7 @@ export class ImageService {
     const res = await this.fetchSmall(indexUrl, MAX_INDEX_BYTES, signal);
     if (res.status === 404 || res.status === 410) return undefined;
     const index = parseIndex(res.body, { source: indexUrl, allowArchive: false });
+    if (!this.d.config.store) await this.checkRanges(target.url, signal);
     const sums = await this.fetchSmall(siblingUrl(target.url, 'SHA256SUMS'), MANIFEST_MAX, signal);
     const sha256 = sums.status === 200 ? findSha256(sums.body.toString('utf8'), target.name) : undefined;
     return { index, sha256 };
@@ -225,11 +226,24 @@ export class ImageService {
         await seeds.remember(target.name, prepared.index).catch((err) => log.warn(`cannot keep the index of ${target.name}: ${(err as Error).message}`));
       },
       (err: Error) => {
-        if (assembly.written === 0 && /every client disconnected/.test(String(err.message))) return;
+        if (assembly.cancelled) return void log.info(`${target.name}: assembly cancelled after ${formatBytes(assembly.written)}: every client disconnected`);
         counters.assemblyFailures++;
         log.error(`${target.name}: assembly failed after ${formatBytes(assembly.written)}: ${err.message}`);
       },
     );
+  }
+
+  /**
+   * Without a chunk store every missing byte comes as a range of the image, so
+   * an origin that ignores Range is found out here, before any byte is sent,
+   * and the image is passed through whole instead.
+   */
+  private async checkRanges(url: string, signal?: AbortSignal): Promise<void> {
+    this.d.counters.originRequests++;
+    const r = await this.d.http.request(url, { headers: { range: 'bytes=0-0' }, signal });
+    if (r.statusCode === 206) return void (await r.body.dump());
+    r.body.destroy();
+    throw new OriginError(`${url}: the origin does not serve byte ranges (HTTP ${r.statusCode} to a Range request)`, { status: r.statusCode });
   }
 
   private async fetchSmall(url: string, maxBytes: number, signal?: AbortSignal) {

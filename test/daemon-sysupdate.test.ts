@@ -1,0 +1,319 @@
+// The sysupdate sidecar end to end: a real origin on 127.0.0.1 publishing v1,
+// v2 (+ .caibx, SHA256SUMS), the daemon seeded with v1, and real clients
+// (systemd-pull as systemd-sysupdate runs it, curl). Also the fallbacks (no
+// index, no ranges, corrupt seed, origin dying, wrong checksum), sharing of one
+// assembly, cancellation, pass-through, and hostile request targets.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { connect } from 'node:net';
+import { copyFile, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { request as httpRequest } from 'node:http';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { buildServer } from '../daemon/server.js';
+import { defaultConfig, type DaemonConfig } from '../daemon/config.js';
+import { createLogger } from '../daemon/log.js';
+import { createNotifier } from '../daemon/notify.js';
+import { startOrigin, type Origin } from './helpers/origin.js';
+import { makeReleases, type Release } from './helpers/fleet.js';
+import { requireTool, run, SYSTEMD_PULL, systemdPull } from './helpers/sysupdate-client.js';
+
+const SIZE = 4 * 1024 * 1024;
+const sha256 = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
+
+interface Fixture {
+  dir: string;
+  originDir: string;
+  seedDir: string;
+  outDir: string;
+  releases: Release[];
+  origin: Origin;
+}
+
+/** One origin with three releases (os_1..3.img), seeds dir holding v1. Shared by the tests of this file. */
+let shared: Promise<Fixture> | undefined;
+function fixture(): Promise<Fixture> {
+  shared ??= (async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'deltad-sysupdate-'));
+    const originDir = join(dir, 'origin');
+    const seedDir = join(dir, 'system');
+    const outDir = join(dir, 'out');
+    await Promise.all([mkdir(originDir), mkdir(seedDir), mkdir(outDir)]);
+    const releases = await makeReleases(originDir, SIZE, 3);
+    await copyFile(join(originDir, 'os_1.img'), join(seedDir, 'os_1.img'));
+    // sysupdate's temporary files must never be used as seeds.
+    await writeFile(join(seedDir, '.sysupdate.partial.os_2.img'), releases[0].data.subarray(0, 1000));
+    const origin = await startOrigin({ root: originDir });
+    return { dir, originDir, seedDir, outDir, releases, origin };
+  })();
+  return shared;
+}
+
+test.after(async () => {
+  if (!shared) return;
+  const f = await shared;
+  await f.origin.close();
+  await rm(f.dir, { recursive: true, force: true });
+});
+
+interface Daemon {
+  url: string;
+  ctx: Awaited<ReturnType<typeof buildServer>>['ctx'];
+  logs: string[];
+  close(): Promise<void>;
+}
+
+async function startDaemon(t: { after(fn: () => Promise<void>): void }, f: Fixture, over: Partial<DaemonConfig> = {}, originUrl = f.origin.url): Promise<Daemon> {
+  const cacheDir = await mkdtemp(join(f.dir, 'cache-'));
+  const config: DaemonConfig = {
+    ...defaultConfig({}),
+    origin: `${originUrl}/`,
+    seedGlobs: [join(f.seedDir, '*.img')],
+    cacheDir,
+    idleTimeout: 0,
+    ...over,
+  };
+  const logs: string[] = [];
+  const log = createLogger({ write: (s: string) => logs.push(s) } as unknown as NodeJS.WritableStream, {});
+  const { app, ctx } = await buildServer(config, { log, notifier: createNotifier({ env: {} }) });
+  await app.listen({ host: '127.0.0.1', port: 0 });
+  const addr = app.server.address() as { port: number };
+  const close = async () => {
+    await app.close();
+  };
+  t.after(close);
+  return { url: `http://127.0.0.1:${addr.port}`, ctx, logs, close };
+}
+
+async function curl(args: string[], timeoutMs = 30_000) {
+  return run('curl', ['-sS', '--max-time', String(timeoutMs / 1000), ...args], timeoutMs + 5_000);
+}
+
+const hasCurl = (await run('curl', ['--version'], 5_000)).code === 0;
+
+test('systemd-pull through the daemon: v2 assembled from the v1 seed, byte-identical, far fewer origin bytes', { timeout: 60_000 }, async (t) => {
+  if (!requireTool(t, Boolean(SYSTEMD_PULL), 'systemd-pull')) return;
+  const f = await fixture();
+  const d = await startDaemon(t, f);
+  const v2 = f.releases[1];
+  const before = f.origin.stats('/os_2.img');
+  const out = join(f.outDir, 'pull-hash.img');
+  // Literal hash: what systemd-sysupdate passes for an image listed in SHA256SUMS.
+  const r = await systemdPull(`${d.url}/os_2.img`, out, sha256(v2.data));
+  assert.equal(r.code, 0, r.stderr);
+  assert.ok((await readFile(out)).equals(v2.data), 'byte-identical to v2');
+  const imageBytes = f.origin.stats('/os_2.img').bytes - before.bytes;
+  assert.ok(imageBytes > 0 && imageBytes < SIZE * 0.4, `origin served ${imageBytes} image bytes for a ${SIZE}-byte image`);
+  assert.equal(d.ctx.counters.assembliesCompleted, 1);
+  assert.ok(d.ctx.counters.bytesReused > SIZE * 0.5, `reused ${d.ctx.counters.bytesReused}`);
+  assert.ok(!f.origin.log.some((e) => e.path === '/os_2.img' && !e.range && e.method === 'GET'), 'the full image was never fetched');
+
+  // The manifest, fetched the way sysupdate does (--verify=no): passed through by a 307.
+  const sumsOut = join(f.outDir, 'SHA256SUMS');
+  const r2 = await systemdPull(`${d.url}/SHA256SUMS`, sumsOut, 'no');
+  assert.equal(r2.code, 0, r2.stderr);
+  assert.ok((await readFile(sumsOut)).equals(await readFile(join(f.originDir, 'SHA256SUMS'))));
+  assert.equal(d.ctx.counters.passthroughs, 1);
+
+  // The plan endpoint agrees with what happened: most bytes from seeds.
+  const plan = (await (await fetch(`${d.url}/.deltad/plan/os_2.img`)).json()) as Record<string, number>;
+  assert.equal(plan.targetSize, SIZE);
+  assert.ok(plan.bytesFromSeeds > SIZE * 0.5 && plan.bytesFromNetwork < SIZE * 0.4, JSON.stringify(plan));
+  const metrics = await (await fetch(`${d.url}/metrics`)).text();
+  assert.match(metrics, /^deltad_assemblies_completed_total 1$/m);
+  assert.match(metrics, /^deltad_fallbacks_total 0$/m);
+});
+
+test('curl GET and HEAD; the installed image is adopted as a seed without chunking', { timeout: 60_000 }, async (t) => {
+  if (!requireTool(t, hasCurl, 'curl')) return;
+  const f = await fixture();
+  const d = await startDaemon(t, f);
+  const v2 = f.releases[1];
+  const head = await curl(['-I', `${d.url}/os_2.img`]);
+  assert.equal(head.code, 0, head.stderr);
+  assert.match(head.stdout, /^HTTP\/1\.1 200/);
+  assert.match(head.stdout, new RegExp(`^content-length: ${SIZE}\\r?$`, 'mi'));
+  assert.equal(d.ctx.counters.assembliesStarted, 0, 'HEAD assembles nothing');
+
+  const out = join(f.outDir, 'curl.img');
+  const get = await curl(['-f', '-o', out, '-w', '%{http_code} %{size_download}', `${d.url}/os_2.img`]);
+  assert.equal(get.code, 0, get.stderr);
+  assert.equal(get.stdout, `200 ${SIZE}`);
+  assert.ok((await readFile(out)).equals(v2.data));
+  const adoptDir = join(d.ctx.config.cacheDir, 'adopt');
+  assert.deepEqual(await readdir(adoptDir), ['os_2.img.caibx'], 'index kept for the image being installed');
+
+  // "sysupdate installs it": the file appears under the seed glob; the next request adopts its index.
+  const installed = join(f.seedDir, 'os_2.img');
+  await copyFile(out, installed);
+  t.after(() => rm(installed, { force: true }));
+  const out3 = join(f.outDir, 'curl3.img');
+  const get3 = await curl(['-f', '-o', out3, `${d.url}/os_3.img`]);
+  assert.equal(get3.code, 0, get3.stderr);
+  assert.ok((await readFile(out3)).equals(f.releases[2].data));
+  assert.ok(d.logs.some((l) => l.includes(`seed ${installed}: adopted the index`)), d.logs.join(''));
+  assert.deepEqual(await readdir(adoptDir), ['os_3.img.caibx']);
+});
+
+test('two clients share one assembly; a client that disconnects cancels it', { timeout: 60_000 }, async (t) => {
+  const f = await fixture();
+  const d = await startDaemon(t, f);
+  const v2 = f.releases[1];
+  const [a, b] = await Promise.all([fetch(`${d.url}/os_2.img`), fetch(`${d.url}/os_2.img`)]);
+  const [ba, bb] = await Promise.all([a.arrayBuffer(), b.arrayBuffer()]);
+  assert.ok(Buffer.from(ba).equals(v2.data) && Buffer.from(bb).equals(v2.data));
+  assert.equal(d.ctx.counters.assembliesStarted, 1, 'one assembly for both');
+
+  // Stall every range request so the assembly cannot finish; the client leaves after a few bytes.
+  f.origin.fault({ kind: 'stall', path: '/os_3.img', rangedOnly: true, skip: 1, times: Infinity, stallMs: 20_000 });
+  t.after(() => f.origin.clearFaults());
+  await new Promise<void>((resolve, reject) => {
+    const req = httpRequest(`${d.url}/os_3.img`, (res) => {
+      res.once('data', () => {
+        req.destroy();
+        resolve();
+      });
+    });
+    req.on('error', (err) => (req.destroyed ? resolve() : reject(err)));
+    req.end();
+  });
+  const deadline = Date.now() + 5_000;
+  while (d.ctx.assemblies.active.length > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+  assert.equal(d.ctx.assemblies.active.length, 0, 'assembly cancelled');
+  assert.deepEqual(await readdir(join(d.ctx.config.cacheDir, 'spool')), [], 'spool removed');
+  assert.equal(d.ctx.counters.assemblyFailures, 0, 'a cancellation is not a failure');
+});
+
+test('fallbacks: no index, no range support, corrupt seed: the client still gets the right image', { timeout: 60_000 }, async (t) => {
+  if (!requireTool(t, Boolean(SYSTEMD_PULL), 'systemd-pull')) return;
+  const f = await fixture();
+  const v2 = f.releases[1];
+  // No index: a 307 to the origin (systemd-pull follows it) or, in proxy mode, the full file.
+  for (const passthrough of ['redirect', 'proxy'] as const) {
+    const d = await startDaemon(t, f, { indexSuffix: '.missing', passthrough });
+    const out = join(f.outDir, `noindex-${passthrough}.img`);
+    const r = await systemdPull(`${d.url}/os_2.img`, out, sha256(v2.data));
+    assert.equal(r.code, 0, r.stderr);
+    assert.ok((await readFile(out)).equals(v2.data));
+    assert.equal(d.ctx.counters.fallbacks, 1);
+    assert.equal(d.ctx.counters.assembliesStarted, 0);
+  }
+
+  // An origin that ignores Range: found out before the first byte, passed through whole.
+  f.origin.ranges = 'none';
+  try {
+    const d = await startDaemon(t, f);
+    const out = join(f.outDir, 'noranges.img');
+    const r = await systemdPull(`${d.url}/os_2.img`, out, sha256(v2.data));
+    assert.equal(r.code, 0, r.stderr);
+    assert.ok((await readFile(out)).equals(v2.data));
+    assert.equal(d.ctx.counters.fallbacks, 1);
+    assert.ok(d.logs.some((l) => /does not serve byte ranges/.test(l)));
+  } finally {
+    f.origin.ranges = 'multi';
+  }
+
+  // A corrupt seed (v1 with flipped bytes): its bad chunks are fetched instead.
+  const corruptDir = join(f.dir, 'corrupt-seed');
+  await mkdir(corruptDir, { recursive: true });
+  const bad = Buffer.from(f.releases[0].data);
+  for (let o = 100_000; o < bad.length; o += 700_000) bad[o] ^= 0x55;
+  await writeFile(join(corruptDir, 'os_1.img'), bad);
+  // Its index claims the true v1 chunks (a lying seed index, as after silent disk corruption).
+  const d = await startDaemon(t, f, { seedGlobs: [join(corruptDir, '*.img')] });
+  await d.ctx.seeds.remember('os_1.img', f.releases[0].index);
+  const out = join(f.outDir, 'corrupt-seed.img');
+  const r = await systemdPull(`${d.url}/os_2.img`, out, sha256(v2.data));
+  assert.equal(r.code, 0, r.stderr);
+  assert.ok((await readFile(out)).equals(v2.data));
+});
+
+test('never a wrong image: origin dying mid-assembly, lying origin, wrong SHA256SUMS', { timeout: 90_000 }, async (t) => {
+  if (!requireTool(t, Boolean(SYSTEMD_PULL), 'systemd-pull') || !requireTool(t, hasCurl, 'curl')) return;
+  const f = await fixture();
+  const v2 = f.releases[1];
+  t.after(() => f.origin.clearFaults());
+
+  // The origin cuts every range request after the probe: the engine retries, then gives up.
+  f.origin.fault({ kind: 'cut', path: '/os_2.img', rangedOnly: true, skip: 1, times: Infinity, afterBytes: 1000 });
+  const d = await startDaemon(t, f);
+  const out = join(f.outDir, 'dying.img');
+  const r = await curl(['-o', out, '-w', '%{http_code} %{size_download}', `${d.url}/os_2.img`], 60_000);
+  const got = await readFile(out).catch(() => Buffer.alloc(0));
+  assert.notEqual(r.code, 0, 'curl reports a failed transfer');
+  assert.ok(got.length < SIZE, `truncated (${got.length} bytes), never complete`);
+  assert.ok(v2.data.subarray(0, got.length).equals(got), 'what arrived is a prefix of v2');
+  assert.equal(d.ctx.counters.assemblyFailures, 1);
+  f.origin.clearFaults();
+
+  // A lying origin (wrong bytes in a range): every chunk is verified and refetched; the result is right.
+  f.origin.fault({ kind: 'wrong-bytes', path: '/os_2.img', rangedOnly: true, skip: 1, times: 1 });
+  const out2 = join(f.outDir, 'lying.img');
+  const r2 = await systemdPull(`${d.url}/os_2.img`, out2, sha256(v2.data));
+  assert.equal(r2.code, 0, r2.stderr);
+  assert.ok((await readFile(out2)).equals(v2.data));
+  f.origin.clearFaults();
+
+  // SHA256SUMS lists another hash than the image has: the final bytes are held back.
+  const sumsDir = join(f.dir, 'origin-badsums');
+  await mkdir(sumsDir, { recursive: true });
+  await copyFile(join(f.originDir, 'os_2.img'), join(sumsDir, 'os_2.img'));
+  await copyFile(join(f.originDir, 'os_2.img.caibx'), join(sumsDir, 'os_2.img.caibx'));
+  await writeFile(join(sumsDir, 'SHA256SUMS'), `${'0'.repeat(64)}  os_2.img\n`);
+  const badOrigin = await startOrigin({ root: sumsDir });
+  t.after(() => badOrigin.close());
+  const d2 = await startDaemon(t, f, {}, badOrigin.url);
+  const out3 = join(f.outDir, 'badsums.img');
+  const r3 = await curl(['-o', out3, `${d2.url}/os_2.img`], 60_000);
+  assert.notEqual(r3.code, 0);
+  const got3 = await readFile(out3).catch(() => Buffer.alloc(0));
+  assert.ok(got3.length < SIZE, `held back: ${got3.length} of ${SIZE} bytes`);
+});
+
+test('pass-through keeps origin statuses; hostile targets and Host headers never leave the origin', { timeout: 30_000 }, async (t) => {
+  if (!requireTool(t, hasCurl, 'curl')) return;
+  const f = await fixture();
+  const redirect = await startDaemon(t, f);
+  const proxy = await startDaemon(t, f, { passthrough: 'proxy' });
+  const sums = await readFile(join(f.originDir, 'SHA256SUMS'));
+
+  const r = await fetch(`${redirect.url}/SHA256SUMS`, { redirect: 'manual' });
+  assert.equal(r.status, 307);
+  assert.equal(r.headers.get('location'), `${f.origin.url}/SHA256SUMS`);
+  const p = await fetch(`${proxy.url}/SHA256SUMS`);
+  assert.equal(p.status, 200);
+  assert.ok(Buffer.from(await p.arrayBuffer()).equals(sums));
+  // sysupdate probes signature names and moves on only on a 404.
+  assert.equal((await fetch(`${proxy.url}/SHA256SUMS.sha256.asc`)).status, 404);
+  assert.equal((await fetch(`${redirect.url}/SHA256SUMS.gpg`)).status, 404, 'followed redirect ends in the origin 404');
+  const headSums = await fetch(`${proxy.url}/SHA256SUMS`, { method: 'HEAD' });
+  assert.equal(headSums.headers.get('content-length'), String(sums.length));
+
+  for (const path of ['/../../etc/passwd', '/%2e%2e/%2e%2e/etc/passwd', '/x%2f..%2f..%2fetc%2fpasswd', '/a/..%5c..%5cetc/passwd']) {
+    const c = await curl(['--path-as-is', '-o', '/dev/null', '-w', '%{http_code}', `${redirect.url}${path}`]);
+    assert.equal(c.stdout, '400', path);
+  }
+  // Raw requests: an absolute-form target and a foreign Host header.
+  const raw = (port: number, text: string) =>
+    new Promise<string>((resolve, reject) => {
+      const s = connect(port, '127.0.0.1', () => s.end(text));
+      let buf = '';
+      s.on('data', (d) => (buf += d));
+      s.on('end', () => resolve(buf));
+      s.on('error', reject);
+      s.setTimeout(5_000, () => s.destroy(new Error('timeout')));
+    });
+  const port = Number(new URL(redirect.url).port);
+  const abs = await raw(port, 'GET http://evil.example/SHA256SUMS HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n');
+  assert.match(abs, /^HTTP\/1\.1 400/);
+  const host = await raw(port, 'GET /SHA256SUMS HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n');
+  assert.match(host, /^HTTP\/1\.1 307/);
+  assert.match(host, new RegExp(`^location: ${f.origin.url}/SHA256SUMS\\r$`, 'mi'), 'resolved against the configured origin only');
+  const proxyPort = Number(new URL(proxy.url).port);
+  const before = f.origin.log.length;
+  const absProxy = await raw(proxyPort, 'GET http://evil.example/SHA256SUMS HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n');
+  assert.match(absProxy, /^HTTP\/1\.1 400/);
+  assert.equal(f.origin.log.length, before, 'nothing was fetched for the refused request');
+  assert.ok(redirect.ctx.counters.rejected >= 5);
+});
