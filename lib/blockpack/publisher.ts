@@ -5,7 +5,7 @@
 // target and is renamed only when complete.
 import { createHash, type Hash } from 'node:crypto';
 import { availableParallelism } from 'node:os';
-import { open, rename, unlink, type FileHandle } from 'node:fs/promises';
+import { mkdir, open, rename, unlink, type FileHandle } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { UsageError } from '../errors.js';
 import { forEachBlock } from './block-reader.js';
@@ -141,6 +141,7 @@ export async function packImage(imagePath: string, opts: PackOptions): Promise<P
 
   const fh = await open(imagePath, 'r');
   try {
+    await mkdir(opts.outDir, { recursive: true });
     const st = await fh.stat();
     if (!st.isFile()) throw new UsageError(`${imagePath}: not a regular file`);
     const size = st.size;
