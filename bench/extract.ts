@@ -33,7 +33,8 @@ interface Row {
   requests: number;
   bodyBytes: number;
   wireBytes: number;
-  note?: string;
+  /** deltad's own wall time (from its --json summary): assembly without process start-up. */
+  engineS?: number;
 }
 
 function sh(cmd: string, args: string[], opts: { cwd?: string } = {}): string {
@@ -83,7 +84,7 @@ function logLines(log: string): string[] {
 const partialOf = (out: string): string => join(dirname(out), `.${basename(out)}.deltad-partial`);
 
 /** Runs one client under GNU time and sums the access-log lines it caused. */
-function measure(pair: string, tool: string, cmd: string[], log: string, out: string | null, expected: string, note?: string): Row {
+function measure(pair: string, tool: string, cmd: string[], log: string, out: string | null, expected: string): Row {
   const before = logLines(log).length;
   const timeFile = join(BENCH, 'deltad-extract', 'time.txt');
   if (out) for (const f of [out, partialOf(out), `${partialOf(out)}.journal`]) rmSync(f, { force: true });
@@ -97,8 +98,9 @@ function measure(pair: string, tool: string, cmd: string[], log: string, out: st
     pair, tool, ok, wallS: wall, rssMiB: Math.round(rss / 1024), requests: lines.length,
     bodyBytes: lines.reduce((n, l) => n + Number(l.split(' ')[4]), 0),
     wireBytes: lines.reduce((n, l) => n + Number(l.split(' ')[5]), 0),
-    note,
   };
+  const summary = /^\{[\s\S]*\}\s*$/.test(r.stdout) ? JSON.parse(r.stdout) : null;
+  if (summary?.wallMs !== undefined) row.engineS = summary.wallMs / 1000;
   process.stderr.write(`[${new Date().toISOString().slice(11, 19)} load ${loadavg()[0].toFixed(1)}] ${JSON.stringify(row)}\n`);
   if (out) rmSync(out, { force: true });
   return row;
@@ -133,9 +135,10 @@ function runPair(pair: string): { rows: Row[]; plan: Record<string, unknown> } {
   const rows: Row[] = [];
   try {
     const plan = JSON.parse(sh(process.execPath, [CLI, 'plan', '--json', '--seed', `${OLD}:${oldIndex}`, '--range-url', `${ORIGIN}/new.img`, '--store', `${ORIGIN}/new.${tag}.castr`, `${ORIGIN}/new.${tag}.caibx`]));
+    // Each mode gets only its own source, so no other probe touches the server.
+    const source = (mode: string): string[] => (mode === 'store' ? ['--store', `${ORIGIN}/new.${tag}.castr`] : ['--range-url', `${ORIGIN}/new.img`]);
     const deltad = (mode: string, extra: string[] = []): string[] => [
-      process.execPath, CLI, 'extract', '--mode', mode, '--range-url', `${ORIGIN}/new.img`, '--store', `${ORIGIN}/new.${tag}.castr`,
-      '--cache-dir', cache, ...extra, `${ORIGIN}/new.${tag}.caibx`, out,
+      process.execPath, CLI, 'extract', '--json', '--mode', mode, ...source(mode), '--cache-dir', cache, ...extra, `${ORIGIN}/new.${tag}.caibx`, out,
     ];
     rmSync(cache, { recursive: true, force: true });
     rows.push(measure(pair, 'deltad range (cold: chunks the seed)', deltad('range', ['--seed', OLD]), nginx.log, out, NEW));
@@ -164,7 +167,9 @@ for (const r of results) {
   console.log(`\n### ${r.pair}, chunks ${r.chunk} (load ${r.load.map((l) => l.toFixed(1)).join(' ')})\n`);
   console.log(`plan: missing ${r.plan.missingBytes} bytes in ${r.plan.missingChunks} chunks (${r.plan.missingRuns} runs); ` +
     `modes ${JSON.stringify(r.plan.modes)}\n`);
-  console.log('| client | ok | body bytes | wire bytes | requests | wall s | peak RSS MiB |');
-  console.log('|---|---|---:|---:|---:|---:|---:|');
-  for (const x of r.rows) console.log(`| ${x.tool} | ${x.ok ? 'yes' : 'NO'} | ${x.bodyBytes.toLocaleString('en')} | ${x.wireBytes.toLocaleString('en')} | ${x.requests} | ${x.wallS} | ${x.rssMiB} |`);
+  console.log('| client | ok | body bytes | wire bytes | requests | wall s | engine s | peak RSS MiB |');
+  console.log('|---|---|---:|---:|---:|---:|---:|---:|');
+  for (const x of r.rows) {
+    console.log(`| ${x.tool} | ${x.ok ? 'yes' : 'NO'} | ${x.bodyBytes.toLocaleString('en')} | ${x.wireBytes.toLocaleString('en')} | ${x.requests} | ${x.wallS} | ${x.engineS ?? '-'} | ${x.rssMiB} |`);
+  }
 }
