@@ -4,7 +4,7 @@
 // metrics text, and `deltad redirect` drop-ins against a temporary root.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -19,6 +19,7 @@ import { newCounters, renderMetrics } from '../daemon/metrics.js';
 import { IdleTimer } from '../daemon/idle.js';
 import { createLogger } from '../daemon/log.js';
 import { REPO_ROOT } from './helpers/shared.js';
+import { startNotifyListener } from './helpers/notify-listener.js';
 import { parseArgs } from 'node:util';
 import { command as redirect } from '../daemon/commands/redirect.js';
 
@@ -124,25 +125,9 @@ test('sd_notify reaches a real AF_UNIX datagram socket (READY, STATUS, STOPPING)
     return;
   }
   const dir = await tempDir(t);
-  const sock = join(dir, 'notify.sock');
-  // A datagram listener (Node's dgram cannot bind AF_UNIX): prints each message as JSON.
-  const listener = spawn('python3', ['-c', `
-import socket, sys, json
-s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-s.bind(sys.argv[1])
-print("bound", flush=True)
-s.settimeout(10)
-while True:
-    try:
-        d = s.recv(65536)
-    except socket.timeout:
-        break
-    print(json.dumps(d.decode()), flush=True)
-`, sock]);
-  t.after(() => void listener.kill());
-  let out = '';
-  listener.stdout.on('data', (d) => (out += d));
-  while (!out.includes('bound')) await new Promise((r) => setTimeout(r, 20));
+  const listener = await startNotifyListener(join(dir, 'notify.sock'));
+  t.after(() => listener.close());
+  const sock = listener.path;
   const lines: string[] = [];
   const log = createLogger({ write: (s: string) => lines.push(s) } as unknown as NodeJS.WritableStream, {});
   const n = createNotifier({ env: { NOTIFY_SOCKET: sock }, log });
@@ -150,7 +135,8 @@ while True:
   for (let i = 0; i <= 10; i++) n.status(`image.erofs: ${i * 10}%\nsecond line`);
   n.stopping();
   await n.flush();
-  const msgs = out.split('\n').slice(1).filter(Boolean).map((l) => JSON.parse(l) as string).filter((m) => m !== 'BARRIER=1');
+  for (const end = Date.now() + 5_000; !listener.messages().includes('STOPPING=1') && Date.now() < end; ) await new Promise((r) => setTimeout(r, 20));
+  const msgs = listener.messages();
   assert.equal(msgs[0], 'READY=1\nSTATUS=serving http://origin/');
   assert.ok(msgs.includes('STOPPING=1'));
   const statuses = msgs.filter((m) => m.startsWith('STATUS='));
