@@ -6,7 +6,7 @@
 import { setMaxListeners } from 'node:events';
 import type { ChunkIndex } from './caibx.js';
 import { chunkId } from './digest.js';
-import { ChunkVerifyError } from './errors.js';
+import { ChunkMissingError } from './errors.js';
 import type { Plan, Segment } from './planner.js';
 import type { RemoteSource, Run } from './remote-source.js';
 import { readSeedRange } from './seed.js';
@@ -93,15 +93,6 @@ export class Assembler {
     if (opts.signal?.aborted) this.ctl.abort(opts.signal.reason);
   }
 
-  get signal(): AbortSignal {
-    return this.ctl.signal;
-  }
-
-  /** Stops all work (a consumer went away); run() rejects with the reason. */
-  abort(reason: unknown): void {
-    this.ctl.abort(reason);
-  }
-
   async run(): Promise<void> {
     const { local, remote } = this.tasks();
     await Promise.all([this.runQueue(local, this.opts.localConcurrency ?? 4), this.runQueue(remote, this.opts.concurrency)]);
@@ -123,7 +114,7 @@ export class Assembler {
     }
     let remote: Task[] = [];
     if (runs.length > 0) {
-      if (!this.opts.remote && !this.opts.chunkCache) throw new ChunkVerifyError(this.index.idHex(runs[0].first), `at target offset ${this.index.start(runs[0].first)} is in no seed and there is no remote source (give --range-url or --store)`);
+      if (!this.opts.remote && !this.opts.chunkCache) throw new ChunkMissingError(this.index.idHex(runs[0].first), 'any source: it is in no seed and there is no remote source (give --range-url or --store)');
       remote = this.opts.remote
         ? this.opts.remote.batches(runs, this.opts.maxSpan ?? Infinity).map((b) => ({ kind: 'remote', runs: b }))
         : runs.map((r) => ({ kind: 'remote', runs: [r] }));
@@ -350,7 +341,7 @@ export class Assembler {
       todo = left;
     }
     if (todo.length > 0) {
-      if (!remote) throw new ChunkVerifyError(idx.idHex(todo[0].first), `at target offset ${idx.start(todo[0].first)} is not available locally and there is no remote source`);
+      if (!remote) throw new ChunkMissingError(idx.idHex(todo[0].first), `any source: offset ${idx.start(todo[0].first)} is not available locally and there is no remote source`);
       const syncNet = (): void => {
         progress.networkBytes = remote.stats.bytes;
         progress.networkRequests = remote.stats.requests;

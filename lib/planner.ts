@@ -162,9 +162,3 @@ export function planChunks(target: ChunkIndex, seeds: readonly Seed[], opts: Pla
   totals.missingRuns = segments.reduce((n, s) => n + (s.kind === 'remote' ? 1 : 0), 0);
   return { target, seeds, firstChunk: first, endChunk: end, segments, totals };
 }
-
-/** The remote segments as target byte ranges [start, end), in order. */
-export function remoteByteRanges(plan: Plan): { start: number; end: number }[] {
-  const t = plan.target;
-  return plan.segments.filter((s) => s.kind === 'remote').map((s) => ({ start: t.start(s.first), end: t.end(s.first + s.count - 1) }));
-}
