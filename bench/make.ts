@@ -6,12 +6,13 @@
 // how much CPU other processes used meanwhile (the machine is shared).
 import { spawnSync } from 'node:child_process';
 import { createCipheriv, createHash } from 'node:crypto';
-import { closeSync, existsSync, mkdirSync, openSync, readFileSync, rmSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, openSync, readFileSync, readSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs';
 import { cpus, loadavg, tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { serializeIndex } from '../lib/caibx.js';
+import { chunkEnds } from '../lib/chunker.js';
 import { indexFile } from '../lib/indexer.js';
 
 const PARAMS = { min: 16384, avg: 65536, max: 262144 };
@@ -188,9 +189,31 @@ async function main(): Promise<void> {
         `${m.otherCores.toFixed(2)} | ${failed ?? (same ? 'yes' : 'NO')} |`,
     );
   });
+  console.log(`\n${componentSpeeds(input)}`);
   console.log('\nCommands (run in the benchmark directory):');
   for (const p of plans) console.log(`    ${p.argv.join(' ')}`);
   if (!values.keep) rmSync(dir, { recursive: true, force: true });
+}
+
+/** Single-thread speed of the two stages on the first 256 MiB (in memory): what bounds one core. */
+function componentSpeeds(input: string): string {
+  const fd = openSync(input, 'r');
+  const data = Buffer.alloc(Math.min(256 * 1024 * 1024, statSync(input).size));
+  readSync(fd, data, 0, data.length, 0);
+  closeSync(fd);
+  const mbs = (f: () => void): string => {
+    const t = performance.now();
+    f();
+    return (data.length / 1e3 / (performance.now() - t)).toFixed(0);
+  };
+  const chunk = mbs(() => chunkEnds(data, PARAMS));
+  const sha512 = mbs(() => {
+    for (let off = 0; off < data.length; off += PARAMS.avg) createHash('sha512-256').update(data.subarray(off, off + PARAMS.avg)).digest();
+  });
+  const sha256 = mbs(() => {
+    for (let off = 0; off < data.length; off += PARAMS.avg) createHash('sha256').update(data.subarray(off, off + PARAMS.avg)).digest();
+  });
+  return `One core, in memory, ${data.length >> 20} MiB (same load): chunker (WASM) ${chunk} MB/s, SHA-512/256 ${sha512} MB/s, SHA-256 ${sha256} MB/s (64 KiB pieces, node:crypto).`;
 }
 
 function fmtLoad(l: number[]): string {
