@@ -1,7 +1,7 @@
 // Block pack benchmark on the corpus (bench/RESULTS.md, "## Block pack").
 //
 //   node dist/bench/blockpack.js [--bench DIR] [--port 8091] [--trainer zstd|cover|none]
-//        [--level 19] [--dict-size 262144] [--previous] [--repack] [--no-anchor] [PAIR...]
+//        [--level 19] [--dict-size 262144] [--previous] [--group-blocks 64] [--repack] [--no-anchor] [PAIR...]
 //
 // PAIR is OLD-NEW.FLAVOUR (default: v1-v2.repro v2-v3.repro v1-v2.repro-lz4hc).
 // For each pair: `deltad pack` of the new image (kept in $BENCH/blockpack/ and
@@ -28,6 +28,7 @@ const { values, positionals } = parseArgs({
     level: { type: 'string', default: '19' },
     'dict-size': { type: 'string', default: String(256 * 1024) },
     previous: { type: 'boolean', default: false },
+    'group-blocks': { type: 'string', default: '64' },
     repack: { type: 'boolean', default: false },
     'no-anchor': { type: 'boolean', default: false },
   },
@@ -37,7 +38,7 @@ const PORT = Number(values.port);
 const pairs = positionals.length ? positionals : ['v1-v2.repro', 'v2-v3.repro', 'v1-v2.repro-lz4hc'];
 const root = join(BENCH, 'blockpack');
 const www = join(root, 'www');
-const packDir = join(root, `packs-${values.trainer}-l${values.level}-d${values['dict-size']}${values.previous ? '-prev' : ''}`);
+const packDir = join(root, `packs-${values.trainer}-l${values.level}-d${values['dict-size']}${values.previous ? `-prev-g${values['group-blocks']}` : ''}`);
 mkdirSync(www, { recursive: true });
 mkdirSync(packDir, { recursive: true });
 
@@ -143,7 +144,7 @@ for (const pair of pairs) {
     console.error(`${pair}: packing ${newName} (load ${loadavg()[0].toFixed(2)})`);
     const r = await packImage(newImg, {
       outDir: dir, trainer: values.trainer as Trainer, level: Number(values.level), dictSize: Number(values['dict-size']),
-      previous: values.previous ? [oldImg] : undefined,
+      previous: values.previous ? [oldImg] : undefined, groupBlocks: Number(values['group-blocks']),
     });
     pack = { ...r, mbPerS: r.imageSize / 1e6 / (r.wallMs / 1000) };
     writeFileSync(meta, JSON.stringify(pack, null, 2));
@@ -179,6 +180,7 @@ for (const pair of pairs) {
 
 // --- anchor: casync 16K on the first pair, same nginx, same run ------------------------
 let anchor: { pair: string; bytes: number; requests: number; ms: number; ok: boolean } | undefined;
+let viaCli: { pair: string; mode: string; bytes: number; requests: number; ok: boolean } | undefined;
 if (!values['no-anchor']) {
   const pair = pairs[0];
   const [, oldV, newV, flavour] = /^(v\d)-(v\d)\.(.+)$/.exec(pair)!;
@@ -203,6 +205,20 @@ if (!values['no-anchor']) {
   rmSync(out, { force: true });
   anchor = { pair, bytes: log.bytes, requests: log.requests, ms: r.ms, ok };
   console.error(`anchor casync 16K ${pair}: ${log.bytes} bytes in ${log.requests} requests (${ok ? 'OK' : 'FAILED'})`);
+
+  // The same pair through `deltad extract` (the engine picks its path: the block pack when it is cheapest).
+  const newName = `${newV}.${flavour}.erofs`;
+  await settle();
+  const cliBefore = logSince(0).end;
+  const cli = spawnSync(process.execPath, [join(import.meta.dirname, '..', 'daemon', 'cli.js'), 'extract', '--json', '--seed', oldImg,
+    '--range-url', `${base}/${newName}`, '--sha256', sums.get(newName)!, '--cache-dir', join(root, 'cache'), `${base}/casync16.caibx`, out], { encoding: 'utf8' });
+  await settle();
+  const cliLog = logSince(cliBefore);
+  const cliOk = cli.status === 0 && spawnSync('cmp', ['-s', out, newImg]).status === 0;
+  rmSync(out, { force: true });
+  const mode = cli.status === 0 ? (JSON.parse(cli.stdout) as { mode: string }).mode : `failed: ${cli.stderr.trim()}`;
+  viaCli = { pair, mode, bytes: cliLog.bytes, requests: cliLog.requests, ok: cliOk };
+  console.error(`deltad extract ${pair}: mode ${mode}, ${cliLog.bytes} bytes in ${cliLog.requests} requests (${cliOk ? 'OK' : 'FAILED'})`);
 }
 await http.close();
 
@@ -214,5 +230,6 @@ const lines = [
   ...rows.map((r) => `| ${r.pair} | ${mb(r.newSize)} MB | **${fmt(r.bytes)}** (${mb(r.bytes)} MB) | ${r.requests} | ${fmt(r.indexBytes)} + ${fmt(r.dictBytes)} (${((100 * (r.indexBytes + r.dictBytes)) / r.bytes).toFixed(1)}%) | ${fmt(r.frames)} | ${mb(r.fromSeeds)} MB | ${(r.wallMs / 1000).toFixed(1)} s${r.ok ? '' : ' **SHA-256 MISMATCH**'} | ${mb(r.pack.packSize)} MB | ${(r.pack.wallMs / 1000).toFixed(0)} s (${r.pack.mbPerS.toFixed(1)} MB/s) |`),
 ];
 if (anchor) lines.push('', `Anchor, same run and nginx: casync 16K (4K:16K:64K) ${anchor.pair}: ${fmt(anchor.bytes)} bytes (${mb(anchor.bytes)} MB) in ${anchor.requests} requests, ${(anchor.ms / 1000).toFixed(1)} s${anchor.ok ? '' : ' (FAILED)'}.`);
+if (viaCli) lines.push('', `\`deltad extract --seed OLD --range-url NEW casync16.caibx\` on ${viaCli.pair}: mode ${viaCli.mode}, ${fmt(viaCli.bytes)} bytes in ${viaCli.requests} requests${viaCli.ok ? ', identical to the image' : ' (FAILED)'}.`);
 console.log(lines.join('\n'));
-writeFileSync(join(root, 'results.json'), JSON.stringify({ date: new Date().toISOString(), machine, options: values, rows, anchor }, null, 2));
+writeFileSync(join(root, 'results.json'), JSON.stringify({ date: new Date().toISOString(), machine, options: values, rows, anchor, viaCli }, null, 2));

@@ -13,7 +13,8 @@ export const command: Command = {
   name: 'pack',
   summary: 'write the block pack, dictionary and block index of a release image',
   usage: `Usage: deltad pack [-o DIR] [--block-size N] [--level N] [--dict-size N]
-                   [--trainer cover|zstd|none] [--previous OLD_IMAGE]... [--json] IMAGE
+                   [--trainer cover|zstd|none] [--previous OLD_IMAGE]... [--group-blocks N]
+                   [--threads N] [--json] IMAGE
 
 Writes IMAGE.bpk (every distinct non-zero block as an independent zstd frame),
 IMAGE.bpdict (the zstd dictionary the frames use, trained on IMAGE) and
@@ -30,6 +31,8 @@ Options:
                         smaller packs when installed) or none (no dictionary)
   --previous OLD_IMAGE  an earlier release: runs of blocks it does not have are
                         compressed together (smaller downloads from that release)
+  --group-blocks N      largest such run in one frame, 1..256 (default 64)
+  --threads N           compression threads (default: cores, at most 4)
   --json                print the result as JSON
 
 Example:
@@ -41,6 +44,8 @@ Example:
     'dict-size': { type: 'string' },
     trainer: { type: 'string' },
     previous: { type: 'string', multiple: true },
+    'group-blocks': { type: 'string' },
+    threads: { type: 'string' },
     json: { type: 'boolean' },
   },
   async run(ctx) {
@@ -58,6 +63,8 @@ Example:
         dictSize: ds === undefined ? undefined : parseSize(ds, '--dict-size'),
         trainer,
         previous: list(ctx, 'previous'),
+        groupBlocks: parseCount(str(ctx, 'group-blocks'), '--group-blocks', 64, 1, 256),
+        threads: str(ctx, 'threads') === undefined ? undefined : parseCount(str(ctx, 'threads'), '--threads', 1, 0, 64),
         onProgress: (phase, done, total) => {
           bar.setTotal(total);
           bar.update(done, phase);

@@ -33,7 +33,7 @@ export interface PackOptions {
    * blocks: a client updating from those releases needs them all anyway.
    */
   previous?: string[];
-  /** Largest multi-block frame (default 16). */
+  /** Largest multi-block frame (default 64 blocks: 256 KiB at 4 KiB blocks). */
   groupBlocks?: number;
   /** Compression threads (default: the number of cores, at most 4; 0 compresses inline). */
   threads?: number;
@@ -135,7 +135,7 @@ export async function packImage(imagePath: string, opts: PackOptions): Promise<P
   const level = opts.level ?? 19;
   if (!Number.isInteger(level) || level < 1 || level > 22) throw new UsageError(`--level ${level}: must be 1..22`);
   const dictSize = opts.dictSize ?? 256 * 1024;
-  const groupBlocks = Math.min(MAX_FRAME_BLOCKS, opts.groupBlocks ?? 16);
+  const groupBlocks = Math.min(MAX_FRAME_BLOCKS, Math.max(1, opts.groupBlocks ?? 64));
   const names = artifactNames(basename(imagePath));
   const paths = { index: join(opts.outDir, names.index), pack: join(opts.outDir, names.pack), dict: join(opts.outDir, names.dict) };
 
