@@ -2,10 +2,10 @@
 // assembly through a real HTTP origin on 127.0.0.1, including a corrupted
 // frame, a corrupted dictionary, lying block indexes, a server without
 // multi-range, a stale seed and a release without a pack.
-import { test } from 'node:test';
+import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { mkdir, mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
+import { cp, mkdir, mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { HttpClient } from '../lib/http-client.js';
@@ -69,16 +69,30 @@ interface Fixture {
   sha256: string;
 }
 
-async function fixture(t: { after: (fn: () => Promise<void>) => void }, trainer: 'cover' | 'none' = 'cover'): Promise<Fixture> {
+/** v2 packed once per test file (packing dominates a fixture's cost); each test gets its own copy. */
+let packed: Promise<{ dir: string; v1: Buffer; v2: Buffer }> | undefined;
+function packedTemplate(): Promise<{ dir: string; v1: Buffer; v2: Buffer }> {
+  packed ??= (async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'deltad-blockpack-template-'));
+    const { v1, v2 } = makeImages();
+    await writeFile(join(dir, 'os_2.img'), v2);
+    await packImage(join(dir, 'os_2.img'), { outDir: dir, level: 9, dictSize: 32 * 1024, trainer: 'cover' });
+    return { dir, v1, v2 };
+  })();
+  return packed;
+}
+after(async () => {
+  if (packed) await rm((await packed).dir, { recursive: true, force: true });
+});
+
+async function fixture(t: { after: (fn: () => Promise<void>) => void }): Promise<Fixture> {
   const dir = await tempDir(t);
   const www = join(dir, 'www');
-  const { v1, v2 } = makeImages();
+  const template = await packedTemplate();
+  const { v1, v2 } = template;
   const v1Path = join(dir, 'v1.img');
   await writeFile(v1Path, v1);
-  await rm(www, { recursive: true, force: true });
-  await mkdir(www);
-  await writeFile(join(www, 'os_2.img'), v2);
-  await packImage(join(www, 'os_2.img'), { outDir: www, level: 9, dictSize: 32 * 1024, trainer });
+  await cp(template.dir, www, { recursive: true });
   const origin = await startOrigin({ root: www });
   const http = new HttpClient({ attempts: 2, retryBaseMs: 10, timeoutMs: 5000 });
   t.after(async () => {
@@ -301,4 +315,35 @@ test('engine: extractToFile and planUpdate take the block path when the release 
   assert.deepEqual(await readFile(out2), f.v2);
   assert.ok(warnings.some((w) => /falling back to the chunk path/.test(w)), warnings.join('\n'));
   assert.deepEqual(await leftovers(f.dir, ['v1.img', 'www', 'cache', 'out.img', 'out2.img']), []);
+});
+
+test('pack --previous: runs of new blocks share frames; seeded and seedless clients both get the exact image', async (t) => {
+  const dir = await tempDir(t);
+  const www = join(dir, 'www');
+  await mkdir(www);
+  const { v1, v2 } = makeImages();
+  const v1Path = join(dir, 'v1.img');
+  await writeFile(v1Path, v1);
+  await writeFile(join(www, 'os_2.img'), v2);
+  const inline = await packImage(join(www, 'os_2.img'), { outDir: www, level: 9, dictSize: 32 * 1024, previous: [v1Path], groupBlocks: 8, threads: 0 });
+  assert.ok(inline.frames < inline.distinctBlocks - 20, `${inline.frames} frames for ${inline.distinctBlocks} distinct blocks`);
+  // Worker threads write the same bytes as inline compression.
+  const again = join(dir, 'again');
+  await packImage(join(www, 'os_2.img'), { outDir: again, level: 9, dictSize: 32 * 1024, previous: [v1Path], groupBlocks: 8, threads: 2 });
+  for (const ext of ['bpidx', 'bpk', 'bpdict']) assert.deepEqual(await readFile(join(again, `os_2.img.${ext}`)), await readFile(join(www, `os_2.img.${ext}`)), ext);
+
+  const origin = await startOrigin({ root: www });
+  const http = new HttpClient({ attempts: 2, retryBaseMs: 10, timeoutMs: 5000 });
+  t.after(async () => {
+    await http.close();
+    await origin.close();
+  });
+  const probe = await probeBlockPack(http, `${origin.url}/os_2.img`);
+  assert.ok(probe);
+  for (const seeds of [[v1Path], []]) {
+    const plan = await planBlockUpdate(probe, seeds, { cacheDir: join(dir, 'cache') });
+    const out = join(dir, `out-${seeds.length}.img`);
+    await assembleBlocks(plan, out, { http, packUrl: probe.packUrl, dictUrl: probe.dictUrl });
+    assert.deepEqual(await readFile(out), v2, `with ${seeds.length} seed(s)`);
+  }
 });
