@@ -12,6 +12,11 @@ import { Readable } from 'node:stream';
 import type { ExtractResult, ExtractStream } from '../lib/extract.js';
 
 const READ_SIZE = 256 * 1024;
+/**
+ * An assembly that has produced bytes but then none for this long is aborted:
+ * its clients fail cleanly instead of hitting curl's 60 s low-speed abort.
+ */
+export const STALL_MS = 45_000;
 
 export type StartAssembly = (signal: AbortSignal) => Promise<ExtractStream>;
 
@@ -51,6 +56,9 @@ export class SharedAssembly {
     try {
       this.fh = await open(this.spoolPath, 'wx+', 0o600);
       this.stream = await start(this.abort.signal);
+      if (this.abort.signal.aborted) throw this.abort.signal.reason;
+      this.watchdog = setInterval(() => this.checkStall(), STALL_MS / 3);
+      this.watchdog.unref();
       for await (const chunk of this.stream) {
         const buf = chunk as Buffer;
         let off = 0;
@@ -59,6 +67,7 @@ export class SharedAssembly {
           off += bytesWritten;
           this.written += bytesWritten;
         }
+        this.lastByteAt = Date.now();
         this.events.emit('data');
       }
       const result = await this.stream.result;
@@ -70,8 +79,23 @@ export class SharedAssembly {
       this.stream?.destroy();
       throw this.error;
     } finally {
+      clearInterval(this.watchdog);
       this.events.emit('data');
       if (this.readers === 0) await this.dispose();
+    }
+  }
+
+  /** Stops the engine: aborts its fetches and ends the stream even if the engine does not react. */
+  private cancel(reason: Error): void {
+    this.abort.abort(reason);
+    this.stream?.destroy(reason);
+  }
+
+  private lastByteAt = 0;
+  private watchdog: NodeJS.Timeout | undefined;
+  private checkStall(): void {
+    if (this.lastByteAt > 0 && Date.now() - this.lastByteAt > STALL_MS) {
+      this.cancel(new Error(`assembly of ${this.key} stalled: no verified byte for ${STALL_MS / 1000} s`));
     }
   }
 
@@ -102,7 +126,7 @@ export class SharedAssembly {
       if (this.readers === 0) {
         if (!this.finished && !this.error) {
           this.cancelled = true;
-          this.abort.abort(new Error('every client disconnected'));
+          this.cancel(new Error('every client disconnected'));
         }
         else void this.dispose();
       }

@@ -123,6 +123,8 @@ export class ImageService {
       return this.fallBack(method, target, res, ac.signal, `assembly failed before the first byte: ${assembly.error?.message}`);
     }
     res.writeHead(200, headers);
+    // Node holds headers back until the first body byte; sysupdate should see them now.
+    res.flushHeaders();
     if (state === 'timeout') state = await firstByteWithin(assembly, FIRST_BYTE_MS);
     if (state !== 'ready') {
       body.destroy();

@@ -2,6 +2,7 @@
 import type { Command } from '../command.js';
 import { command as chop } from './chop.js';
 import { command as extract } from './extract.js';
+import { command as demo } from './demo.js';
 import { command as info } from './info.js';
 import { command as make } from './make.js';
 import { command as pack } from './pack.js';
@@ -11,4 +12,4 @@ import { command as redirect } from './redirect.js';
 import { command as serve } from './serve.js';
 import { command as verify } from './verify.js';
 
-export const commands: Command[] = [make, info, serve, redirect, proxy, chop, verify, extract, plan, pack];
+export const commands: Command[] = [demo, make, info, serve, redirect, proxy, chop, verify, extract, plan, pack];
