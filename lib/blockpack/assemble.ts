@@ -201,6 +201,7 @@ async function fetchFrames(plan: BlockPlan, frames: number[], seedFailed: Readon
     try {
       for (const req of planPackRequests(index, todo, { multi, requestCost: opts.requestCost })) {
         await fetcher.fetch(req.ranges, (off, data) => collector.write(off, data), opts.signal);
+        await Promise.all(writes.splice(0)); // bounds the decompressed frames held in memory to one request's worth
       }
     } catch (err) {
       error = err;
