@@ -241,7 +241,6 @@ function parsePassthrough(v: string): PassthroughMode {
   return v;
 }
 
-/** host:port, [v6]:port; port 0 picks a free port (tests). */
 /** A byte count with an optional K/M/G/T suffix (powers of 1024). */
 function parseByteSize(v: string): number {
   const m = /^(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?$/i.exec(v.trim());
@@ -256,6 +255,7 @@ function parseNetwork(v: string): string {
   return v;
 }
 
+/** host:port, [v6]:port; port 0 picks a free port (tests). */
 function parseListen(v: string): string {
   const m = /^(\[[0-9a-fA-F:.]+\]|[^:[\]]+):(\d{1,5})$/.exec(v);
   if (!m || Number(m[2]) > 65535) throw new Error(`listen address "${v}" must be HOST:PORT (e.g. 127.0.0.1:3129)`);
