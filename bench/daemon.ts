@@ -1,0 +1,178 @@
+// Sysupdate sidecar benchmark: the corpus's new image downloaded the way
+// systemd-sysupdate does it (systemd-pull raw --direct --verify=<sha256>)
+// through `deltad serve` seeded with the old image, against a plain full
+// download, from nginx on 127.0.0.1, unshaped and shaped to 100 Mbit/s
+// (limit_rate 12500k). Origin bytes and requests come from nginx's access
+// log; client wall time and the daemon's peak RSS from GNU time (the daemon
+// exits on its idle timeout after each run); time to first byte from curl.
+//
+//   npm run build && node dist/bench/daemon.js [PAIR]
+//   PAIR: v1-v2.repro (default), v2-v3.repro, synth
+//   BENCH=/var/tmp/deltad-bench (corpus in $BENCH/img, work files in $BENCH/deltad-daemon)
+import { spawn, spawnSync } from 'node:child_process';
+import { createHash } from 'node:crypto';
+import { createReadStream, existsSync, linkSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { join, resolve } from 'node:path';
+import { loadavg } from 'node:os';
+
+const BENCH = resolve(process.env.BENCH ?? '/var/tmp/deltad-bench');
+const CLI = resolve(new URL('../daemon/cli.js', import.meta.url).pathname);
+const PULL = ['/usr/lib/systemd/systemd-pull', '/lib/systemd/systemd-pull'].find((p) => existsSync(p));
+const PAIRS: Record<string, [string, string]> = {
+  'v1-v2.repro': ['v1.repro.erofs', 'v2.repro.erofs'],
+  'v2-v3.repro': ['v2.repro.erofs', 'v3.repro.erofs'],
+  synth: ['synth.v1.bin', 'synth.v2.bin'],
+};
+const PORT_FULL = 8091;
+const PORT_SHAPED = 8092;
+const DAEMON_PORT = 8093;
+
+interface Row {
+  run: string;
+  ok: boolean;
+  wallS: number;
+  originBytes: number;
+  originRequests: number;
+  daemonRssMiB?: number;
+  ttfbS?: number;
+}
+
+function sh(cmd: string, args: string[]): string {
+  const r = spawnSync(cmd, args, { encoding: 'utf8', maxBuffer: 64 * 1024 * 1024 });
+  if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} failed (${r.status}): ${r.stderr}`);
+  return r.stdout;
+}
+
+function link(from: string, to: string): void {
+  if (existsSync(to) && statSync(to).ino === statSync(from).ino) return;
+  rmSync(to, { force: true });
+  linkSync(from, to);
+}
+
+async function sha256File(path: string): Promise<string> {
+  const h = createHash('sha256');
+  for await (const b of createReadStream(path)) h.update(b as Buffer);
+  return h.digest('hex');
+}
+
+/** nginx serving `root` twice: as is, and shaped to 100 Mbit/s per connection. */
+function startNginx(root: string, dir: string): { log: string; stop(): void } {
+  mkdirSync(join(dir, 'logs'), { recursive: true });
+  mkdirSync(join(dir, 'tmp'), { recursive: true });
+  const log = join(dir, 'logs', 'access.log');
+  const conf = join(dir, 'nginx.conf');
+  const temp = ['client_body', 'proxy', 'fastcgi', 'uwsgi', 'scgi'].map((t) => `  ${t}_temp_path ${dir}/tmp;`).join('\n');
+  writeFileSync(conf, `worker_processes 1;
+pid ${dir}/nginx.pid;
+error_log ${dir}/logs/error.log;
+events { worker_connections 256; }
+http {
+  default_type application/octet-stream;
+  sendfile on;
+  keepalive_requests 1000000;
+${temp}
+  log_format bench '$msec $server_port $request_method $uri $status $body_bytes_sent $bytes_sent "$http_range"';
+  access_log ${log} bench;
+  server { listen 127.0.0.1:${PORT_FULL}; root ${root}; max_ranges 10000; }
+  server { listen 127.0.0.1:${PORT_SHAPED}; root ${root}; max_ranges 10000; limit_rate 12500k; }
+}
+`);
+  sh('nginx', ['-c', conf, '-p', dir]);
+  return { log, stop: () => process.kill(Number(readFileSync(join(dir, 'nginx.pid'), 'utf8')), 'SIGQUIT') };
+}
+
+const logLines = (log: string): string[] => (existsSync(log) ? readFileSync(log, 'utf8').split('\n').filter(Boolean) : []);
+
+/** The daemon under GNU time; it exits by itself (idle timeout) after the client is done. */
+function startDaemon(work: string, origin: string, cacheDir: string) {
+  const timeFile = join(work, 'daemon-time.txt');
+  rmSync(timeFile, { force: true });
+  const child = spawn('/usr/bin/time', ['-f', '%M', '-o', timeFile, process.execPath, CLI, 'serve',
+    '--listen', `127.0.0.1:${DAEMON_PORT}`, '--origin', origin, '--seed-glob', join(work, 'system', '*.erofs'),
+    '--image-pattern', '*.erofs', '--cache-dir', cacheDir, '--idle-timeout', '1'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let err = '';
+  child.stderr.on('data', (d) => (err += d));
+  const ready = new Promise<void>((resolveReady, reject) => {
+    child.stdout.on('data', (d) => String(d).includes('listening') && resolveReady());
+    child.once('exit', (code) => reject(new Error(`daemon exited early (${code}): ${err}`)));
+  });
+  const exited = new Promise<number>((res) => child.once('exit', () => res(Math.round(Number(readFileSync(timeFile, 'utf8').trim().split('\n').pop()) / 1024))));
+  return { ready, exited, log: () => err };
+}
+
+async function measure(run: string, client: string[], log: string, port: number, out: string | null, expected: string, daemon?: ReturnType<typeof startDaemon>): Promise<Row> {
+  const before = logLines(log).length;
+  if (out) rmSync(out, { force: true });
+  const started = process.hrtime.bigint();
+  const r = spawnSync(client[0], client.slice(1), { encoding: 'utf8', maxBuffer: 64 * 1024 * 1024 });
+  const wallS = Number(process.hrtime.bigint() - started) / 1e9;
+  const rss = daemon ? await daemon.exited : undefined;
+  spawnSync('sleep', ['0.3']);
+  const lines = logLines(log).slice(before).filter((l) => l.split(' ')[1] === String(port));
+  const ok = r.status === 0 && (out === null || (await sha256File(out)) === expected);
+  if (!ok) process.stderr.write(`${run}: exit ${r.status}\n${r.stderr.slice(-2000)}\n${daemon?.log().slice(-2000) ?? ''}\n`);
+  const row: Row = {
+    run, ok, wallS: Number(wallS.toFixed(2)),
+    originBytes: lines.reduce((n, l) => n + Number(l.split(' ')[5]), 0),
+    originRequests: lines.length,
+    daemonRssMiB: rss,
+  };
+  if (out === null) row.ttfbS = Number(Number(r.stdout.trim()).toFixed(3));
+  process.stderr.write(`[${new Date().toISOString().slice(11, 19)} load ${loadavg()[0].toFixed(1)}] ${JSON.stringify(row)}\n`);
+  if (out) rmSync(out, { force: true });
+  return row;
+}
+
+async function main(): Promise<void> {
+  if (!PULL) throw new Error('systemd-pull is required (Debian: systemd-container)');
+  const pair = process.argv[2] ?? 'v1-v2.repro';
+  if (!PAIRS[pair]) throw new Error(`unknown pair ${pair} (${Object.keys(PAIRS).join(', ')})`);
+  const [oldName, newName] = PAIRS[pair];
+  const work = join(BENCH, 'deltad-daemon', pair);
+  const www = join(work, 'www');
+  mkdirSync(www, { recursive: true });
+  mkdirSync(join(work, 'system'), { recursive: true });
+  // Published: os_2.erofs, its index and SHA256SUMS; installed: os_1.erofs.
+  link(join(BENCH, 'img', newName), join(www, 'os_2.erofs'));
+  link(join(BENCH, 'img', oldName), join(work, 'system', 'os_1.erofs'));
+  const index = join(www, 'os_2.erofs.caibx');
+  if (!existsSync(index)) sh(process.execPath, [CLI, 'make', index, join(www, 'os_2.erofs')]);
+  const expected = await sha256File(join(www, 'os_2.erofs'));
+  writeFileSync(join(www, 'SHA256SUMS'), `${expected}  os_2.erofs\n`);
+  const size = statSync(join(www, 'os_2.erofs')).size;
+
+  const nginx = startNginx(www, join(work, 'nginx'));
+  const out = join(work, 'out.erofs');
+  const cacheDir = join(work, 'cache');
+  const rows: Row[] = [];
+  const load = loadavg();
+  try {
+    const pull = (url: string) => [PULL, 'raw', '--direct', `--verify=${expected}`, '--sync=no', url, out];
+    const ttfb = (url: string) => ['curl', '-sS', '-o', '/dev/null', '-w', '%{time_starttransfer}', url];
+    const viaDaemon = async (run: string, port: number, client: (url: string) => string[], target: string | null) => {
+      const d = startDaemon(work, `http://127.0.0.1:${port}/`, cacheDir);
+      await d.ready;
+      return measure(run, client(`http://127.0.0.1:${DAEMON_PORT}/os_2.erofs`), nginx.log, port, target, expected, d);
+    };
+    rows.push(await measure('full download (systemd-pull from nginx)', pull(`http://127.0.0.1:${PORT_FULL}/os_2.erofs`), nginx.log, PORT_FULL, out, expected));
+    rmSync(cacheDir, { recursive: true, force: true });
+    rows.push(await viaDaemon('deltad, cold (first request chunks the seed)', PORT_FULL, pull, out));
+    // The cold run adopted nothing (os_2 is not installed), but the seed index is cached now.
+    rows.push(await viaDaemon('deltad, warm seed index', PORT_FULL, pull, out));
+    rows.push(await viaDaemon('deltad, warm: time to first byte (curl)', PORT_FULL, ttfb, null));
+    rows.push(await measure('full download, 100 Mbit/s', pull(`http://127.0.0.1:${PORT_SHAPED}/os_2.erofs`), nginx.log, PORT_SHAPED, out, expected));
+    rows.push(await viaDaemon('deltad, warm, 100 Mbit/s', PORT_SHAPED, pull, out));
+    rows.push(await viaDaemon('deltad, warm, 100 Mbit/s: time to first byte (curl)', PORT_SHAPED, ttfb, null));
+  } finally {
+    nginx.stop();
+  }
+  writeFileSync(join(work, 'results.json'), JSON.stringify({ pair, size, load, rows }, null, 2));
+  console.log(`\n### ${pair}: ${newName} (${size.toLocaleString('en')} bytes), seed ${oldName} (load before ${load.map((l) => l.toFixed(1)).join(' ')}, after ${loadavg().map((l) => l.toFixed(1)).join(' ')})\n`);
+  console.log('| run | ok | origin bytes | origin requests | client wall s | daemon peak RSS MiB | time to first byte s |');
+  console.log('|---|---|---:|---:|---:|---:|---:|');
+  for (const r of rows) {
+    console.log(`| ${r.run} | ${r.ok ? 'yes' : 'NO'} | ${r.originBytes.toLocaleString('en')} | ${r.originRequests} | ${r.ttfbS === undefined ? r.wallS : '-'} | ${r.daemonRssMiB ?? '-'} | ${r.ttfbS ?? '-'} |`);
+  }
+}
+
+await main();
