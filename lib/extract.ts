@@ -21,6 +21,8 @@ import { EncoderPool, defaultThreads } from './chunk-encoder.js';
 import { BufferPool } from './buffer-pool.js';
 import { closeSeeds, openSeed, type Seed } from './seed.js';
 import { openStore } from './store/open-store.js';
+import { HttpStore } from './store/http-store.js';
+import { LocalStore } from './store/local-store.js';
 import type { ChunkStore, WritableChunkStore } from './store/types.js';
 import { costBlockPath, extractViaBlocks, streamViaBlocks, type BlockPathChoice } from './blockpack/index.js';
 
@@ -117,7 +119,7 @@ export interface ExtractResult extends ExtractProgress {
 /** What one way of fetching the missing chunks would cost. */
 export interface ModeCost {
   mode: 'range' | 'range-single' | 'store' | 'blocks' | 'blocks-single';
-  /** Estimated bytes over the network (store: uncompressed chunk bytes, an upper bound). */
+  /** Estimated bytes over the network (store: missing bytes times a sampled compression ratio; 0 for local directories). */
   bytes: number;
   requests: number;
 }
@@ -233,9 +235,44 @@ function rangeCost(plan: Plan, multi: boolean): ModeCost {
   return { mode: multi ? 'range' : 'range-single', bytes, requests: reqs.length };
 }
 
-function storeCost(plan: Plan, stores: readonly ChunkStore[]): ModeCost {
+/** Missing chunks whose compressed size is asked (HEAD) to estimate an HTTP store's bytes. */
+const STORE_SAMPLE_CHUNKS = 8;
+
+/**
+ * Compressed/uncompressed size of a few missing chunks, evenly spread, from
+ * the Content-Length of HEAD requests to the store (1 when none answers).
+ */
+async function sampleCompression(plan: Plan, store: HttpStore, http: HttpClient, probe: { requests: number }, signal?: AbortSignal): Promise<number> {
+  const missing = remoteRuns(plan).flatMap((r) => Array.from({ length: r.count }, (_, k) => r.first + k));
+  const step = Math.max(1, Math.floor(missing.length / STORE_SAMPLE_CHUNKS));
+  let raw = 0;
+  let stored = 0;
+  for (let k = 0; k < missing.length && k / step < STORE_SAMPLE_CHUNKS; k += step) {
+    const i = missing[k];
+    probe.requests++;
+    const res = await http.request(store.chunkUrl(plan.target.id(i)), { method: 'HEAD', signal }).catch(() => null);
+    if (!res) continue;
+    await res.body.dump();
+    const len = Number(res.headers['content-length']);
+    if (res.statusCode !== 200 || !Number.isFinite(len)) continue;
+    raw += plan.target.chunkSize(i);
+    stored += len;
+  }
+  return raw > 0 ? stored / raw : 1;
+}
+
+/**
+ * Store-mode cost: local directories cost no network; an HTTP store's bytes
+ * are the missing bytes scaled by a sampled compression ratio when `sample`,
+ * else the uncompressed bytes (an upper bound for compressible data).
+ */
+async function storeCost(plan: Plan, ctx: Context, sample: boolean, probe: { requests: number }, signal?: AbortSignal): Promise<ModeCost> {
+  const stores = ctx.stores;
+  if (stores.every((s) => s instanceof LocalStore)) return { mode: 'store', bytes: 0, requests: 0 };
   const batch = stores.some((s) => s.getMany) ? 32 : 1;
-  return { mode: 'store', bytes: plan.totals.missingBytes, requests: Math.ceil(plan.totals.missingChunks / batch) };
+  const first = stores[0];
+  const ratio = sample && first instanceof HttpStore ? await sampleCompression(plan, first, ctx.http, probe, signal) : 1;
+  return { mode: 'store', bytes: Math.round(plan.totals.missingBytes * ratio), requests: Math.ceil(plan.totals.missingChunks / batch) };
 }
 
 const weigh = (c: ModeCost): number => c.bytes + c.requests * REQUEST_COST_BYTES;
@@ -247,15 +284,15 @@ interface RemoteChoice {
   chosen: 'range' | 'store' | 'none';
   modes: ModeCost[];
   rangeSupport?: { ranges: boolean; multi: boolean };
-  /** Requests and bytes spent probing the range URL. */
+  /** Requests and bytes spent probing the range URL and sampling the store. */
   probe: { requests: number; bytes: number };
 }
 
 /**
- * Picks how missing chunks are fetched. Auto probes the range URL when it has
- * to choose (or when asked, for a plan report) and weighs bytes against
- * requests; a range source in auto mode hands over to the stores if the
- * server turns out to ignore ranges.
+ * Picks how missing chunks are fetched. Auto probes the range URL and samples
+ * the store's compressed chunk sizes when it has to choose (or when asked, for
+ * a plan report) and weighs bytes against requests; a range source in auto
+ * mode hands over to the stores if the server turns out to ignore ranges.
  */
 async function chooseRemote(plan: Plan, ctx: Context, opts: AssembleOptions, probeAlways = false): Promise<RemoteChoice> {
   const mode = opts.mode ?? 'auto';
@@ -279,7 +316,7 @@ async function chooseRemote(plan: Plan, ctx: Context, opts: AssembleOptions, pro
     if (support?.multi !== false) modes.push(rangeCost(plan, true));
     modes.push(rangeCost(plan, false));
   }
-  if (useStore) modes.push(storeCost(plan, ctx.stores));
+  if (useStore) modes.push(await storeCost(plan, ctx, missing && (probeAlways || useRange), probe, opts.signal));
   const rangeSupport = support && { ranges: support.ranges, multi: support.multi };
   if (!missing) return { chosen: 'none', modes, rangeSupport, probe };
   if (mode === 'range' && support?.ranges === false) throw new OriginError(`${opts.rangeUrl}: the server does not serve byte ranges`);

@@ -109,6 +109,18 @@ test('store mode over HTTP and from a directory: casync store chunks, bytes as p
     assert.equal(served('/v2.img').requests, 0);
     assert.equal(r.networkBytes, origin.stats('/v2.castr/').bytes);
 
+    // Auto mode weighs the options: an HTTP store is costed from sampled compressed sizes (HEAD),
+    // a local directory costs no network at all.
+    origin.log.length = 0;
+    const auto = await planUpdate(fx.index, { ...opts, stores: [`${origin.url}/v2.castr`] });
+    const storeCost = auto.modes.find((m) => m.mode === 'store')!;
+    const heads = origin.log.filter((e) => e.method === 'HEAD' && e.path.startsWith('/v2.castr/'));
+    assert.ok(heads.length > 0 && heads.length <= 8, `sampled ${heads.length} chunks`);
+    assert.ok(Math.abs(storeCost.bytes - plan.missingBytes) < plan.missingBytes * 0.05, 'random data does not compress');
+    const local = await planUpdate(fx.index, { ...opts, stores: [fx.storeDir] });
+    assert.equal(local.chosen, 'store');
+    assert.deepEqual(local.modes.find((m) => m.mode === 'store'), { mode: 'store', bytes: 0, requests: 0 });
+
     const out2 = `${out}.dir`;
     const r2 = await extractToFile(fx.index, out2, { ...opts, stores: [fx.storeDir], mode: 'store' });
     assert.ok((await readFile(out2)).equals(fx.v2));

@@ -23,7 +23,7 @@ export function planText(index: string, r: PlanReport): string {
   ];
   if (r.rangeSupport) lines.push(`Range URL:      byte ranges ${r.rangeSupport.ranges ? 'yes' : 'no'}, multi-range ${r.rangeSupport.multi ? 'yes' : 'no'}`);
   for (const m of r.modes) {
-    const note = m.mode === 'store' ? '  (uncompressed; compressed chunks are smaller)' : '';
+    const note = m.mode === 'store' ? '  (estimated from sampled chunk sizes)' : '';
     lines.push(`${`Network ${MODE_NAMES[m.mode]}:`.padEnd(31)}${String(m.bytes).padStart(14)} bytes  ${formatBytes(m.bytes).padStart(10)}  ${m.requests} requests${note}`);
   }
   lines.push(`Auto picks:     ${r.chosen}`);
