@@ -12,11 +12,6 @@ import { Readable } from 'node:stream';
 import type { ExtractResult, ExtractStream } from '../lib/extract.js';
 
 const READ_SIZE = 256 * 1024;
-/**
- * An assembly that has produced bytes but then none for this long is aborted:
- * its clients fail cleanly instead of hitting curl's 60 s low-speed abort.
- */
-export const STALL_MS = 45_000;
 
 export type StartAssembly = (signal: AbortSignal) => Promise<ExtractStream>;
 
@@ -41,6 +36,11 @@ export class SharedAssembly {
     private readonly spoolPath: string,
     start: StartAssembly,
     private readonly onDone: (a: SharedAssembly) => void,
+    /**
+     * An assembly that has produced bytes but then none for this long is ended:
+     * its clients fail cleanly instead of hitting curl's 60 s low-speed abort.
+     */
+    private readonly stallMs: number,
   ) {
     this.events.setMaxListeners(0);
     this.result = this.run(start);
@@ -57,7 +57,7 @@ export class SharedAssembly {
       this.fh = await open(this.spoolPath, 'wx+', 0o600);
       this.stream = await start(this.abort.signal);
       if (this.abort.signal.aborted) throw this.abort.signal.reason;
-      this.watchdog = setInterval(() => this.checkStall(), STALL_MS / 3);
+      this.watchdog = setInterval(() => this.checkStall(), this.stallMs / 3);
       this.watchdog.unref();
       for await (const chunk of this.stream) {
         const buf = chunk as Buffer;
@@ -94,8 +94,8 @@ export class SharedAssembly {
   private lastByteAt = 0;
   private watchdog: NodeJS.Timeout | undefined;
   private checkStall(): void {
-    if (this.lastByteAt > 0 && Date.now() - this.lastByteAt > STALL_MS) {
-      this.cancel(new Error(`assembly of ${this.key} stalled: no verified byte for ${STALL_MS / 1000} s`));
+    if (this.lastByteAt > 0 && Date.now() - this.lastByteAt > this.stallMs) {
+      this.cancel(new Error(`assembly of ${this.key} stalled: no verified byte for ${this.stallMs / 1000} s`));
     }
   }
 
@@ -183,7 +183,10 @@ export class AssemblyRegistry {
   private readonly live = new Map<string, SharedAssembly>();
   private seq = 0;
 
-  constructor(private readonly spoolDir: string) {}
+  constructor(
+    private readonly spoolDir: string,
+    private readonly stallMs: number,
+  ) {}
 
   /** Removes spool files left by a previous process (never shared across processes). */
   async init(): Promise<void> {
@@ -202,7 +205,7 @@ export class AssemblyRegistry {
     const name = `${createHash('sha256').update(key).digest('hex').slice(0, 16)}-${process.pid}-${++this.seq}.spool`;
     const assembly = new SharedAssembly(key, size, join(this.spoolDir, name), start, (a) => {
       if (this.live.get(a.key) === a) this.live.delete(a.key);
-    });
+    }, this.stallMs);
     this.live.set(key, assembly);
     return { assembly, created: true };
   }

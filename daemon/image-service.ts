@@ -2,7 +2,7 @@
 // - no index on the origin, or any failure before the response headers: a full
 //   pass-through (307 to the origin, or proxied);
 // - headers are sent once the first verified byte is ready, or after
-//   HEADER_MS at the latest (sysupdate wants an answer within seconds); a
+//   headerMs (1.9 s) after the request at the latest (sysupdate wants an answer within seconds); a
 //   failure after that but before the first body byte streams the origin's
 //   full file under the same headers, checked for size and SHA-256;
 // - after the first body byte the engine retries internally; if the image
@@ -27,12 +27,19 @@ import { findSha256 } from './sha256sums.js';
 import { verifiedBody } from './verified-body.js';
 import { formatBytes } from './progress.js';
 
-/** Deadline for fetching the index and SHA256SUMS; past it, the image is passed through. */
-export const PREPARE_MS = 2_000;
-/** Response headers go out by then even if the first verified byte is not ready. */
-export const HEADER_MS = 1_500;
-/** Longest wait for the first body byte after the headers (curl's low-speed abort is 60 s). */
-export const FIRST_BYTE_MS = 40_000;
+/** The deadlines of serving an image (tests shorten them). */
+export interface ImageTimeouts {
+  /** Fetching the index and SHA256SUMS (and checking ranges); past it, the image is passed through. */
+  prepareMs: number;
+  /** Response headers go out this long after the request at the latest, even before the first verified byte. */
+  headerMs: number;
+  /** Longest wait for the first body byte after the headers (curl's low-speed abort is 60 s). */
+  firstByteMs: number;
+  /** An assembly with no new verified byte for this long is ended (see assemblies.ts). */
+  stallMs: number;
+}
+
+export const DEFAULT_TIMEOUTS: ImageTimeouts = { prepareMs: 1_500, headerMs: 1_900, firstByteMs: 40_000, stallMs: 45_000 };
 const MANIFEST_MAX = 1024 * 1024;
 const STATUS_EVERY_MS = 1_000;
 
@@ -51,6 +58,7 @@ export interface ImageServiceDeps {
   seeds: SeedCatalog;
   assemblies: AssemblyRegistry;
   passThrough: PassThroughContext;
+  timeouts: ImageTimeouts;
 }
 
 export class ImageService {
@@ -63,7 +71,6 @@ export class ImageService {
     const res = await this.fetchSmall(indexUrl, MAX_INDEX_BYTES, signal);
     if (res.status === 404 || res.status === 410) return undefined;
     const index = parseIndex(res.body, { source: indexUrl, allowArchive: false });
-    if (!this.d.config.store) await this.checkRanges(target.url, signal);
     const sums = await this.fetchSmall(siblingUrl(target.url, 'SHA256SUMS'), MANIFEST_MAX, signal);
     const sha256 = sums.status === 200 ? findSha256(sums.body.toString('utf8'), target.name) : undefined;
     return { index, sha256 };
@@ -95,11 +102,17 @@ export class ImageService {
 
   async serve(method: 'GET' | 'HEAD', target: OriginTarget, res: ServerResponse): Promise<void> {
     const { counters, log } = this.d;
+    const started = Date.now();
     const ac = new AbortController();
     res.once('close', () => ac.abort());
     let prepared: PreparedImage | undefined;
     try {
-      prepared = await withDeadline(this.prepare(target, ac.signal), PREPARE_MS, `index of ${target.relPath} not fetched within ${PREPARE_MS} ms`);
+      const ready = this.prepare(target, ac.signal).then(async (p) => {
+        if (p && method === 'GET' && !this.d.config.store) await this.checkRanges(target.url, ac.signal);
+        return p;
+      });
+      const ms = this.d.timeouts.prepareMs;
+      prepared = await withDeadline(ready, ms, `index of ${target.relPath} not fetched within ${ms} ms`);
     } catch (err) {
       return this.fallBack(method, target, res, ac.signal, (err as Error).message);
     }
@@ -117,7 +130,7 @@ export class ImageService {
     if (created) this.watch(target, prepared, assembly);
     else log.info(`${target.relPath}: joining the assembly already in progress`);
 
-    let state = await firstByteWithin(assembly, HEADER_MS);
+    let state = await firstByteWithin(assembly, Math.max(0, this.d.timeouts.headerMs - (Date.now() - started)));
     if (state === 'failed') {
       body.destroy();
       return this.fallBack(method, target, res, ac.signal, `assembly failed before the first byte: ${assembly.error?.message}`);
@@ -125,7 +138,7 @@ export class ImageService {
     res.writeHead(200, headers);
     // Node holds headers back until the first body byte; sysupdate should see them now.
     res.flushHeaders();
-    if (state === 'timeout') state = await firstByteWithin(assembly, FIRST_BYTE_MS);
+    if (state === 'timeout') state = await firstByteWithin(assembly, this.d.timeouts.firstByteMs);
     if (state !== 'ready') {
       body.destroy();
       counters.fallbacks++;

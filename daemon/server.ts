@@ -10,7 +10,7 @@ import { HttpClient } from '../lib/http-client.js';
 import { AssemblyRegistry } from './assemblies.js';
 import { requireOrigin, type DaemonConfig } from './config.js';
 import { globToRegExp } from './glob.js';
-import { ImageService } from './image-service.js';
+import { DEFAULT_TIMEOUTS, ImageService, type ImageTimeouts } from './image-service.js';
 import { silentLogger, type Logger } from './log.js';
 import { newCounters, renderMetrics, type DaemonCounters } from './metrics.js';
 import { createNotifier, type Notifier } from './notify.js';
@@ -42,6 +42,8 @@ export interface ServerOptions {
   http?: HttpClient;
   /** Registers more routes (before the catch-all origin route; specific routes win). */
   extraRoutes?: (app: FastifyInstance, ctx: DaemonContext) => void | Promise<void>;
+  /** Deadlines of image serving (default DEFAULT_TIMEOUTS; tests shorten them). */
+  timeouts?: Partial<ImageTimeouts>;
 }
 
 export async function createDaemonContext(config: DaemonConfig, opts: ServerOptions = {}): Promise<DaemonContext> {
@@ -51,10 +53,11 @@ export async function createDaemonContext(config: DaemonConfig, opts: ServerOpti
   const counters = newCounters();
   const notifier = opts.notifier ?? createNotifier({ log });
   const seeds = new SeedCatalog(config.seedGlobs, config.cacheDir, log);
-  const assemblies = new AssemblyRegistry(join(config.cacheDir, 'spool'));
+  const timeouts = { ...DEFAULT_TIMEOUTS, ...opts.timeouts };
+  const assemblies = new AssemblyRegistry(join(config.cacheDir, 'spool'), timeouts.stallMs);
   await assemblies.init();
   const passThroughCtx: PassThroughContext = { http, counters, mode: config.passthrough };
-  const images = new ImageService({ config, http, counters, log, notifier, seeds, assemblies, passThrough: passThroughCtx });
+  const images = new ImageService({ config, http, counters, log, notifier, seeds, assemblies, passThrough: passThroughCtx, timeouts });
   const patterns = config.imagePatterns.map(globToRegExp);
   return {
     config, origin, http, counters, log, notifier, seeds, assemblies, images,

@@ -15,6 +15,7 @@ import { buildServer } from '../daemon/server.js';
 import { defaultConfig, type DaemonConfig } from '../daemon/config.js';
 import { createLogger } from '../daemon/log.js';
 import { createNotifier } from '../daemon/notify.js';
+import type { ImageTimeouts } from '../daemon/image-service.js';
 import { startOrigin, type Origin } from './helpers/origin.js';
 import { makeReleases, type Release } from './helpers/fleet.js';
 import { requireTool, run, SYSTEMD_PULL, systemdPull } from './helpers/sysupdate-client.js';
@@ -64,7 +65,7 @@ interface Daemon {
   close(): Promise<void>;
 }
 
-async function startDaemon(t: { after(fn: () => Promise<void>): void }, f: Fixture, over: Partial<DaemonConfig> = {}, originUrl = f.origin.url): Promise<Daemon> {
+async function startDaemon(t: { after(fn: () => Promise<void>): void }, f: Fixture, over: Partial<DaemonConfig> = {}, originUrl = f.origin.url, timeouts?: Partial<ImageTimeouts>): Promise<Daemon> {
   const cacheDir = await mkdtemp(join(f.dir, 'cache-'));
   const config: DaemonConfig = {
     ...defaultConfig({}),
@@ -76,7 +77,7 @@ async function startDaemon(t: { after(fn: () => Promise<void>): void }, f: Fixtu
   };
   const logs: string[] = [];
   const log = createLogger({ write: (s: string) => logs.push(s) } as unknown as NodeJS.WritableStream, {});
-  const { app, ctx } = await buildServer(config, { log, notifier: createNotifier({ env: {} }) });
+  const { app, ctx } = await buildServer(config, { log, notifier: createNotifier({ env: {} }), timeouts });
   await app.listen({ host: '127.0.0.1', port: 0 });
   const addr = app.server.address() as { port: number };
   const close = async () => {
@@ -269,6 +270,37 @@ test('never a wrong image: origin dying mid-assembly, lying origin, wrong SHA256
   assert.notEqual(r3.code, 0);
   const got3 = await readFile(out3).catch(() => Buffer.alloc(0));
   assert.ok(got3.length < SIZE, `held back: ${got3.length} of ${SIZE} bytes`);
+});
+
+test('slow first byte: headers within 2 s, then after the deadline the full image streamed under them; a stall after bytes cuts the download', { timeout: 60_000 }, async (t) => {
+  if (!requireTool(t, hasCurl, 'curl')) return;
+  const f = await fixture();
+  t.after(() => f.origin.clearFaults());
+  const v3 = f.releases[2];
+  // No seeds: the first byte needs the network, and every range request stalls.
+  f.origin.fault({ kind: 'stall', path: '/os_3.img', rangedOnly: true, skip: 1, times: Infinity, stallMs: 20_000 });
+  const d = await startDaemon(t, f, { seedGlobs: [join(f.dir, 'no-seeds', '*.img')] }, f.origin.url, { firstByteMs: 2_500 });
+  const out = join(f.outDir, 'slow-first.img');
+  const r = await curl(['-f', '-o', out, '-w', '%{time_starttransfer} %{time_total} %{size_download}', `${d.url}/os_3.img`]);
+  assert.equal(r.code, 0, r.stderr);
+  const [headers, total, n] = r.stdout.split(' ').map(Number);
+  assert.equal(n, SIZE);
+  assert.ok((await readFile(out)).equals(v3.data), 'the origin file, verified, under the same headers');
+  assert.ok(headers < 2.5, `headers after ${headers} s`);
+  assert.ok(total >= 4, `body only after the first-byte deadline (${total} s)`);
+  assert.equal(d.ctx.counters.fallbacks, 1);
+  f.origin.clearFaults();
+
+  // With the v1 seed the first bytes flow, then the network stalls: the watchdog ends it.
+  f.origin.fault({ kind: 'stall', path: '/os_2.img', rangedOnly: true, skip: 1, times: Infinity, stallMs: 20_000 });
+  const d2 = await startDaemon(t, f, {}, f.origin.url, { stallMs: 1_500 });
+  const out2 = join(f.outDir, 'stalled.img');
+  const r2 = await curl(['-o', out2, `${d2.url}/os_2.img`]);
+  assert.notEqual(r2.code, 0, 'the client sees a failed transfer');
+  const got = await readFile(out2);
+  assert.ok(got.length > 0 && got.length < SIZE, `${got.length} bytes, truncated`);
+  assert.ok(f.releases[1].data.subarray(0, got.length).equals(got));
+  assert.ok(d2.logs.some((l) => /stalled: no verified byte/.test(l)), d2.logs.join(''));
 });
 
 test('pass-through keeps origin statuses; hostile targets and Host headers never leave the origin', { timeout: 30_000 }, async (t) => {
