@@ -35,6 +35,7 @@ ${configUsage}`,
     const notifier = createNotifier({ log });
     const sockets = takeInheritedSockets();
     const { app, ctx: daemon } = await buildServer(config, { log, notifier });
+    const warmAbort = new AbortController();
 
     let closing: Promise<void> | undefined;
     const shutdown = (why: string) => {
@@ -71,7 +72,6 @@ ${configUsage}`,
     ctx.stdout.write(`listening ${where}\n`);
     notifier.ready(`serving ${daemon.origin}`);
 
-    const warmAbort = new AbortController();
     void daemon.seeds.warm(warmAbort.signal);
 
     const stopped = new Promise<void>((resolve) => {
