@@ -127,6 +127,8 @@ export class ImageService {
 
     const { assembly, created } = this.d.assemblies.acquire(target.url, size, (signal) => this.startEngine(target, prepared, signal));
     const body = assembly.subscribe();
+    // A client that leaves while we wait for the first byte releases its share at once.
+    res.once('close', () => body.destroy());
     if (created) this.watch(target, prepared, assembly);
     else log.info(`${target.relPath}: joining the assembly already in progress`);
 
