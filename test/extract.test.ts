@@ -116,7 +116,8 @@ test('store mode over HTTP and from a directory: casync store chunks, bytes as p
     const storeCost = auto.modes.find((m) => m.mode === 'store')!;
     const heads = origin.log.filter((e) => e.method === 'HEAD' && e.path.startsWith('/v2.castr/'));
     assert.ok(heads.length > 0 && heads.length <= 8, `sampled ${heads.length} chunks`);
-    assert.ok(Math.abs(storeCost.bytes - plan.missingBytes) < plan.missingBytes * 0.05, 'random data does not compress');
+    // Mostly random data: the estimate stays near the uncompressed size (chunks at the zero run's edges do compress).
+    assert.ok(storeCost.bytes > plan.missingBytes * 0.5 && storeCost.bytes < plan.missingBytes * 1.1, `estimate ${storeCost.bytes} for ${plan.missingBytes}`);
     const local = await planUpdate(fx.index, { ...opts, stores: [fx.storeDir] });
     assert.equal(local.chosen, 'store');
     assert.deepEqual(local.modes.find((m) => m.mode === 'store'), { mode: 'store', bytes: 0, requests: 0 });
