@@ -4,7 +4,7 @@
 // The per-byte loop runs in a WASM kernel (lib/wasm/chunker.wat); a pure-JS kernel
 // with the same contract is the reference. Both avoid `%`: V8 turns `h % d` on
 // unsigned values into float math, ~6x slower (research/node-deps.md §2.3).
-import { BUZHASH_TABLE, WINDOW_SIZE, rol32 } from './buzhash.js';
+import { BUZHASH_TABLE, WINDOW_SIZE, rol32, windowHash } from './buzhash.js';
 import { CHUNK_SIZE_LIMIT_MAX, type ChunkParams } from './caibx.js';
 import { UsageError } from './errors.js';
 import { CHUNKER_WASM_BASE64 } from './wasm/chunker-wasm.js';
@@ -105,7 +105,7 @@ let wasmModule: WebAssembly.Module | undefined;
 
 interface ChunkerWasmExports {
   memory: WebAssembly.Memory;
-  configure(inverse: number, shift: number, limit: number, allOnesCuts: number): void;
+  configure(inverse: number, shift: number, limit: number, allOnesCuts: number, zeroHash: number): void;
   scan(from: number, to: number): number;
 }
 
@@ -119,7 +119,7 @@ function wasmKernel(test: CutTest, dataSize: number): ScanKernel {
     tables[b] = BUZHASH_TABLE[b];
     tables[256 + b] = rol32(BUZHASH_TABLE[b], 16);
   }
-  ex.configure(test.inverse | 0, test.shift, test.limit | 0, test.allOnesCuts ? 1 : 0);
+  ex.configure(test.inverse | 0, test.shift, test.limit | 0, test.allOnesCuts ? 1 : 0, windowHash(new Uint8Array(WINDOW_SIZE)) | 0);
   const scan = ex.scan;
   return {
     bytes: new Uint8Array(ex.memory.buffer, TABLES_SIZE, dataSize),
@@ -133,6 +133,7 @@ function wasmKernel(test: CutTest, dataSize: number): ScanKernel {
 const T = Int32Array.from(BUZHASH_TABLE);
 const T16 = Int32Array.from(BUZHASH_TABLE, (v) => rol32(v, 16));
 
+/** The reference: rolls through every byte, no shortcuts. */
 function jsKernel(test: CutTest, dataSize: number): ScanKernel {
   const bytes = new Uint8Array(dataSize);
   const inverse = test.inverse | 0;

@@ -23,10 +23,21 @@ export type ReadAt = (buf: Uint8Array, offset: number, length: number, position:
 /** Receives each chunk's absolute end offset and ID; return false to stop. */
 export type ChunkSink = (end: number, id: Buffer) => boolean | void;
 
+/** Zero runs in images are cut into max-size chunks of zeros: hash that chunk once (up to this size). */
+const ZERO_CHUNK_LIMIT = 4 * 1024 * 1024;
+
 /** Hashes chunks whose bytes arrive block by block, given the cut offsets in each block. */
 export class ChunkHasher {
   private partial: Hash | null = null;
-  constructor(private readonly digest: DigestName) {}
+  private readonly zeroChunk?: Buffer;
+  private zeroChunkId?: Buffer;
+
+  constructor(
+    private readonly digest: DigestName,
+    maxChunk: number,
+  ) {
+    if (maxChunk <= ZERO_CHUNK_LIMIT) this.zeroChunk = Buffer.alloc(maxChunk);
+  }
 
   /**
    * `bytes` are the stream bytes starting at absolute offset `offset`; `cuts` are
@@ -36,8 +47,15 @@ export class ChunkHasher {
     let pos = 0;
     for (const cut of cuts) {
       const piece = bytes.subarray(pos, cut - offset);
-      const id = (this.partial ?? createHash(this.digest)).update(piece).digest();
-      this.partial = null;
+      let id: Buffer;
+      if (this.partial) {
+        id = this.partial.update(piece).digest();
+        this.partial = null;
+      } else if (this.zeroChunk?.length === piece.length && this.zeroChunk.equals(piece)) {
+        id = this.zeroChunkId ??= createHash(this.digest).update(this.zeroChunk).digest();
+      } else {
+        id = createHash(this.digest).update(piece).digest();
+      }
       pos = cut - offset;
       if (sink(cut, id) === false) return false;
     }
@@ -62,7 +80,7 @@ export interface RangeOptions extends ChunkingSetup {
  */
 export async function indexRange(readAt: ReadAt, start: number, end: number, opts: RangeOptions, sink: ChunkSink): Promise<void> {
   const chunker = new Chunker(opts.params, { variant: opts.variant, kernel: opts.kernel, blockSize: opts.blockSize });
-  const hasher = new ChunkHasher(opts.digest);
+  const hasher = new ChunkHasher(opts.digest, opts.params.max);
   const blockSize = chunker.blockSize;
   // Reads block `area` at `pos`, filling it completely unless the range ends first.
   const readBlock = async (area: 0 | 1, pos: number): Promise<number> => {

@@ -41,7 +41,7 @@ export function indexBuffer(buf: Uint8Array, opts: IndexOptions): ChunkIndex {
   checkChunkParams(opts.params, opts.variant);
   opts.signal?.throwIfAborted();
   const chunker = new Chunker(opts.params, { variant: opts.variant, kernel: opts.kernel });
-  const hasher = new ChunkHasher(opts.digest);
+  const hasher = new ChunkHasher(opts.digest, opts.params.max);
   const table = ChunkIndexBuilder.forDigest(opts.digest, opts.params, estimateChunks(buf.length, opts.params));
   const sink = (end: number, id: Buffer): void => table.add(end, id);
   for (let pos = 0; pos < buf.length; pos += chunker.blockSize) {

@@ -182,6 +182,25 @@ test('desync variant reproduces desync\'s chunker and agrees with casync elsewhe
   }
 });
 
+test('zero runs: the WASM kernel\'s skip equals rolling through every byte', () => {
+  // Long zero runs with single non-zero bytes at awkward places, then random data.
+  const data = Buffer.concat([Buffer.alloc(300_000), keystream(50_000, 9), Buffer.alloc(1_000_001), keystream(10, 3), Buffer.alloc(70_000)]);
+  for (const at of [300_000 - 1, 300_000 - 47, 400_000, 400_048, 700_001]) data[at] = 1;
+  const paramSets: ChunkParams[] = [
+    { min: 16384, avg: 65536, max: 262144 },
+    { min: 48, avg: 256, max: 1000 },
+    { min: 3943, avg: 3943, max: 15772 }, // d = 3943: a window of 48 zeros is a cut
+    { min: 64, avg: 64, max: 64 },
+  ];
+  for (const params of paramSets) {
+    const js = chunkEnds(data, params, { kernel: 'js' });
+    assert.deepEqual(chunkEnds(data, params, { kernel: 'wasm' }), js, `${params.min}:${params.avg}:${params.max}`);
+    assert.deepEqual(streamedEnds(data, params, 4097, 'wasm'), js, `${params.min}:${params.avg}:${params.max} streamed`);
+  }
+  assert.equal(discriminator({ min: 3943, avg: 3943, max: 15772 }), 3943);
+  assert.equal(windowHash(new Uint8Array(48)) % 3943, 3942);
+});
+
 test('WASM kernel equals JS kernel on random data and parameters', () => {
   let seed = 12345;
   const rand = (n: number): number => {

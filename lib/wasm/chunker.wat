@@ -4,18 +4,41 @@
 ;; for d = d_odd * 2^shift, (h+1) is divisible by d exactly when
 ;; rotr((h+1) * inverse(d_odd), shift) <= floor((2^32-1)/d)  (Granlund-Montgomery),
 ;; except that h = 0xffffffff wraps h+1 to 0: that h cuts only when d divides 2^32.
+;; Runs of zero bytes (common in disk images) are skipped rather than rolled
+;; through: every position whose window lies inside the run has the same hash, so
+;; once that hash has failed the cut test, all of them fail it.
 (module
   (memory (export "memory") 1)
   (global $inverse (mut i32) (i32.const 1))
   (global $shift (mut i32) (i32.const 0))
   (global $limit (mut i32) (i32.const -1))
   (global $allOnesCuts (mut i32) (i32.const 1))
+  ;; hash of 48 zero bytes
+  (global $zeroHash (mut i32) (i32.const 0))
 
   (func (export "configure") (param $inverse i32) (param $shift i32) (param $limit i32) (param $allOnesCuts i32)
+        (param $zeroHash i32)
     (global.set $inverse (local.get $inverse))
     (global.set $shift (local.get $shift))
     (global.set $limit (local.get $limit))
-    (global.set $allOnesCuts (local.get $allOnesCuts)))
+    (global.set $allOnesCuts (local.get $allOnesCuts))
+    (global.set $zeroHash (local.get $zeroHash)))
+
+  ;; The first address in [p, to) holding a non-zero byte, or `to`.
+  (func $firstNonZero (param $p i32) (param $to i32) (result i32)
+    (block $bytes
+      (loop $words
+        (br_if $bytes (i32.gt_u (i32.add (local.get $p) (i32.const 8)) (local.get $to)))
+        (br_if $bytes (i64.ne (i64.load (local.get $p)) (i64.const 0)))
+        (local.set $p (i32.add (local.get $p) (i32.const 8)))
+        (br $words)))
+    (block $done
+      (loop $byte
+        (br_if $done (i32.ge_u (local.get $p) (local.get $to)))
+        (br_if $done (i32.load8_u (local.get $p)))
+        (local.set $p (i32.add (local.get $p) (i32.const 1)))
+        (br $byte)))
+    (local.get $p))
 
   ;; Returns the first q in [from, to] (memory addresses, from >= 2048 + 48) such
   ;; that the window of the 48 bytes before q satisfies the cut test, or -1.
@@ -44,6 +67,16 @@
             (then (return (local.get $q))))))
       (if (i32.ge_u (local.get $q) (local.get $to))
         (then (return (i32.const -1))))
+      ;; The test failed. In a zero run, jump to the last position whose window is
+      ;; still all zeros (same hash, same result). A hash equal to zeroHash by
+      ;; chance finds a non-zero byte inside the window and skips nothing.
+      (if (i32.eq (local.get $h) (global.get $zeroHash))
+        (then
+          (local.set $p (call $firstNonZero (i32.sub (local.get $q) (i32.const 48)) (local.get $to)))
+          (if (i32.gt_u (local.get $p) (local.get $q))
+            (then
+              (local.set $q (local.get $p))
+              (br $scan)))))
       ;; roll: byte q-48 leaves, byte q enters
       (local.set $h
         (i32.xor
