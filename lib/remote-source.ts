@@ -113,6 +113,8 @@ export class RangeSource implements RemoteSource {
         error = err;
       }
       const left = [...collector.missing(), ...wrong].sort((a, b) => a - b);
+      // Attempts count failures in a row: a connection that breaks after delivering chunks made progress.
+      if (left.length < todo.length) failures = 0;
       if (error instanceof MultiRangeUnsupportedError) {
         this.multi = false;
         this.onWarning?.(`${error.message}; falling back to single-range requests`);
