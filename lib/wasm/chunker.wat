@@ -6,7 +6,7 @@
 ;; except that h = 0xffffffff wraps h+1 to 0: that h cuts only when d divides 2^32.
 ;; Runs of zero bytes (common in disk images) are skipped rather than rolled
 ;; through: every position whose window lies inside the run has the same hash, so
-;; once that hash has failed the cut test, all of them fail it.
+;; if that hash is no cut, none of them is.
 (module
   (memory (export "memory") 1)
   (global $inverse (mut i32) (i32.const 1))
@@ -40,6 +40,14 @@
         (br $byte)))
     (local.get $p))
 
+  ;; Whether hash h is a cut (the division-free test described above).
+  (func $isCut (param $h i32) (result i32)
+    (i32.and
+      (i32.le_u
+        (i32.rotr (i32.mul (i32.add (local.get $h) (i32.const 1)) (global.get $inverse)) (global.get $shift))
+        (global.get $limit))
+      (i32.or (i32.ne (local.get $h) (i32.const -1)) (global.get $allOnesCuts))))
+
   ;; Returns the first q in [from, to] (memory addresses, from >= 2048 + 48) such
   ;; that the window of the 48 bytes before q satisfies the cut test, or -1.
   (func (export "scan") (param $from i32) (param $to i32) (result i32)
@@ -58,6 +66,16 @@
       (local.set $p (i32.add (local.get $p) (i32.const 1)))
       (br_if $prime (i32.lt_u (local.get $p) (local.get $from))))
     (local.set $q (local.get $from))
+    ;; A window of zeros that is no cut: skip to the last position whose window is
+    ;; still all zeros. (Checked once per call, which is once per chunk, to keep
+    ;; the loop below lean: a zero run starting mid-chunk is rolled through up to
+    ;; the next chunk.) A hash equal to zeroHash by chance finds a non-zero byte
+    ;; inside the window and skips nothing.
+    (if (i32.and (i32.eq (local.get $h) (global.get $zeroHash)) (i32.eqz (call $isCut (local.get $h))))
+      (then
+        (local.set $p (call $firstNonZero (i32.sub (local.get $q) (i32.const 48)) (local.get $to)))
+        (if (i32.gt_u (local.get $p) (local.get $q))
+          (then (local.set $q (local.get $p))))))
     (loop $scan
       (if (i32.le_u
             (i32.rotr (i32.mul (i32.add (local.get $h) (i32.const 1)) (local.get $inverse)) (local.get $shift))
@@ -67,16 +85,6 @@
             (then (return (local.get $q))))))
       (if (i32.ge_u (local.get $q) (local.get $to))
         (then (return (i32.const -1))))
-      ;; The test failed. In a zero run, jump to the last position whose window is
-      ;; still all zeros (same hash, same result). A hash equal to zeroHash by
-      ;; chance finds a non-zero byte inside the window and skips nothing.
-      (if (i32.eq (local.get $h) (global.get $zeroHash))
-        (then
-          (local.set $p (call $firstNonZero (i32.sub (local.get $q) (i32.const 48)) (local.get $to)))
-          (if (i32.gt_u (local.get $p) (local.get $q))
-            (then
-              (local.set $q (local.get $p))
-              (br $scan)))))
       ;; roll: byte q-48 leaves, byte q enters
       (local.set $h
         (i32.xor
