@@ -7,6 +7,7 @@ import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { serializeIndex, type ChunkParams } from '../lib/caibx.js';
+import { chunkId, toHex } from '../lib/digest.js';
 import { UsageError } from '../lib/errors.js';
 import { indexBuffer, indexFile, type IndexOptions } from '../lib/indexer.js';
 import { caibxPath, loadVectors, vectorInputs } from './helpers/shared.js';
@@ -54,6 +55,10 @@ test('parallel = serial: long zero runs (whole segments inside a run of max-size
   await assertParallelEqualsSerial('zeros.bin', data, { params: SMALL, digest: 'sha512-256' }, [2, 3, 4]);
   // all zeros: segments can never agree with the true chunking, the merge chunks the rest itself
   await assertParallelEqualsSerial('all-zero.bin', Buffer.alloc(1_000_003), { params: SMALL, digest: 'sha256' }, [3]);
+  // the IDs of zero chunks (hashed once and reused) are right
+  const zeros = await indexFile(join(dir, 'all-zero.bin'), { params: SMALL, digest: 'sha256', threads: 2 });
+  assert.equal(zeros.count, Math.ceil(1_000_003 / SMALL.max));
+  for (let i = 0; i < zeros.count; i++) assert.equal(zeros.idHex(i), toHex(chunkId('sha256', new Uint8Array(zeros.chunkSize(i)))));
 });
 
 test('parallel = serial: repeated data', async () => {
