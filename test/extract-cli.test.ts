@@ -2,7 +2,7 @@
 // process against the test origin, with exit codes and JSON output.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { readFile, writeFile } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
@@ -13,9 +13,11 @@ import { REPO_ROOT } from './helpers/shared.js';
 
 const CLI = join(REPO_ROOT, 'dist', 'daemon', 'cli.js');
 
-function deltad(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
+/** Runs the CLI (killed after 30 s); `onSpawn` gets the child, e.g. to signal it. */
+function deltad(args: string[], onSpawn?: (child: ChildProcess) => void): Promise<{ code: number; stdout: string; stderr: string }> {
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, XDG_CACHE_HOME: join(fx.dir, 'xdg') } });
+    onSpawn?.(child);
     let stdout = '';
     let stderr = '';
     child.stdout.on('data', (d) => (stdout += d));
@@ -99,4 +101,31 @@ test('deltad extract: JSON summary, output identical, exit codes', async (t) => 
   assert.equal(noSource.code, 2);
   assert.match(noSource.stderr, /no remote source/);
   assert.equal(await readFile(out, 'utf8'), 'old');
+});
+
+test('deltad extract: SIGINT keeps the partial file, the same command resumes', async (t) => {
+  if (!casync) return t.skip('casync not installed');
+  const out = join(fx.dir, 'sigint.img');
+  const args = ['extract', '--json', '--range-url', `${origin.url}/v2.img`, '--concurrency', '1', fx.indexPath, out];
+  origin.log.length = 0;
+  // No seeds: everything comes from the network; the origin sends a quarter, then stalls.
+  origin.fault({ kind: 'stall', path: '/v2.img', times: Infinity, afterBytes: fx.v2.length >> 2, stallMs: 20_000 });
+  let child: ChildProcess | undefined;
+  const first = deltad(args, (c) => (child = c));
+  for (let waited = 0; !origin.log.some((e) => e.fault === 'stall'); waited += 50) {
+    assert.ok(waited < 20_000, 'the extract reached the origin');
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  await new Promise((r) => setTimeout(r, 300)); // the first quarter arrives, then the origin stalls
+  child!.kill('SIGINT');
+  const r1 = await first;
+  assert.equal(r1.code, 1, r1.stderr);
+  assert.match(r1.stderr, /interrupted.*run the same command again to resume/s);
+  assert.ok(!existsSync(out));
+  assert.ok(existsSync(join(fx.dir, '.sigint.img.deltad-partial')));
+  origin.clearFaults();
+  const r2 = await deltad(args);
+  assert.equal(r2.code, 0, r2.stderr);
+  assert.ok(JSON.parse(r2.stdout).resumedBytes > 0);
+  assert.ok((await readFile(out)).equals(fx.v2));
 });
