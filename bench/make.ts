@@ -6,9 +6,9 @@
 // how much CPU other processes used meanwhile (the machine is shared).
 import { spawnSync } from 'node:child_process';
 import { createCipheriv, createHash } from 'node:crypto';
-import { closeSync, existsSync, mkdirSync, openSync, readFileSync, readSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs';
+import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, readSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs';
 import { cpus, loadavg, tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
+import { basename, dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { serializeIndex } from '../lib/caibx.js';
@@ -85,6 +85,7 @@ async function main(): Promise<void> {
   const { values } = parseArgs({
     options: {
       size: { type: 'string', default: '1G' },
+      input: { type: 'string' },
       runs: { type: 'string', default: '1' },
       keep: { type: 'boolean', default: false },
       dir: { type: 'string' },
@@ -98,14 +99,24 @@ async function main(): Promise<void> {
     await childIndex(values['index-child'], values.out!, values.threads ? Number(values.threads) : undefined);
     return;
   }
-  const size = parseSize(values.size!);
   const runs = Number(values.runs);
-  const dir = values.dir ?? join(tmpdir(), 'deltad-bench-make');
-  mkdirSync(dir, { recursive: true });
-  const input = join(dir, `random-${values.size}.bin`);
-  const t0 = performance.now();
-  generate(input, size); // always rewritten: same bytes every time
-  console.error(`generated ${input} (${size} bytes) in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+  // A fresh directory of our own: the only thing removed at the end.
+  const dir = mkdtempSync(join(values.dir ?? tmpdir(), 'deltad-bench-make-'));
+  let input: string;
+  let size: number;
+  let what: string;
+  if (values.input) {
+    input = resolve(values.input);
+    size = statSync(input).size;
+    what = `${basename(input)} (${(size / (1024 * 1024)).toFixed(0)} MiB, given with --input)`;
+  } else {
+    size = parseSize(values.size!);
+    input = join(dir, `random-${values.size}.bin`);
+    const t0 = performance.now();
+    generate(input, size); // always rewritten: same bytes every time
+    console.error(`generated ${input} (${size} bytes) in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+    what = `${size / (1024 * 1024)} MiB AES-256-CTR keystream`;
+  }
   spawnSync('cat', [input], { stdio: ['ignore', 'ignore', 'inherit'] }); // page cache warm for everyone
 
   const store = join(dir, 'casync.castr');
@@ -174,7 +185,7 @@ async function main(): Promise<void> {
   const best = results.map((ms) => ms.reduce((a, b) => (b.wall < a.wall ? b : a)));
   const baseline = { index: best[1].wall, store: best[0].wall };
   console.log(
-    `Input: ${size / (1024 * 1024)} MiB AES-256-CTR keystream, chunk sizes ${CHUNK_SIZE_ARG}, SHA-512/256; ` +
+    `Input: ${what}, chunk sizes ${CHUNK_SIZE_ARG}, SHA-512/256; ` +
       `${cpus().length} CPUs (${cpus()[0].model}); Node ${process.version}; ${runs} round(s); load average (1/5/15 min) before: ${fmtLoad(loadBefore)}, after: ${fmtLoad(loadavg())}\n`,
   );
   console.log('| what | best wall s | median wall s | MB/s (best) | vs casync, same mode | peak RSS MiB (max) | CPU s (best run) | others\' load in best run (cores) | index = casync |');
@@ -192,7 +203,8 @@ async function main(): Promise<void> {
   console.log(`\n${componentSpeeds(input)}`);
   console.log('\nCommands (run in the benchmark directory):');
   for (const p of plans) console.log(`    ${p.argv.join(' ')}`);
-  if (!values.keep) rmSync(dir, { recursive: true, force: true });
+  if (values.keep) console.error(`kept ${dir}`);
+  else rmSync(dir, { recursive: true, force: true });
 }
 
 /** Single-thread speed of the two stages on the first 256 MiB (in memory): what bounds one core. */
