@@ -70,12 +70,23 @@ function seedLookup(index: ChunkIndex): Map<string, number[]> {
   return m;
 }
 
-/** Chunk IDs of all-zero blocks, computed once per distinct size when first asked. */
+/** Chunks up to this size are always checked; it is far above the chunker's 48-byte window. */
+const SMALL_CHUNK = 4096;
+
+/**
+ * Chunk IDs of all-zero blocks, computed once per distinct size when first
+ * asked. Only sizes an all-zero chunk can have are hashed: a content-defined
+ * cut inside zeros sees a window of zeros, which the cut test either always or
+ * never accepts, so such a chunk is min or max bytes long, or the last chunk,
+ * or small (hashing every size would cost a second per update).
+ */
 export class ZeroIds {
   private readonly bySize = new Map<number, Buffer>();
   constructor(private readonly digest: ChunkIndex['digest']) {}
   matches(index: ChunkIndex, i: number): boolean {
     const size = index.chunkSize(i);
+    const possible = size <= SMALL_CHUNK || size === index.params.min || size === index.params.max || i === index.count - 1;
+    if (!possible) return false;
     let id = this.bySize.get(size);
     if (!id) {
       id = chunkId(this.digest, Buffer.alloc(size));

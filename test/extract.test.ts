@@ -176,9 +176,9 @@ test('transient faults (500, cut mid-body, stall, repeated cuts) are retried; ou
     { kind: 'status', status: 503 },
     { kind: 'cut' },
     { kind: 'stall', stallMs: 5000 },
-    // More cuts than attempts: each cut response still delivers chunks, so retrying goes on
-    // (one request at a time, so that the cuts hit one batch in turn).
-    { kind: 'cut', times: 6, concurrency: 1 },
+    // More cuts than attempts: each cut response still delivers a whole chunk or more (70,000 bytes
+    // is more than the largest chunk), so retrying goes on (one request at a time).
+    { kind: 'cut', times: 6, afterBytes: 70_000, concurrency: 1 },
   ] as const) {
     const { out, http, opts } = setup();
     const { concurrency, ...f } = { concurrency: 8, ...fault };
