@@ -100,7 +100,7 @@ export interface ExtractProgress {
   fromCache: number;
   /** Chunk bytes obtained from the network. */
   fromNetwork: number;
-  /** Bytes received over HTTP (bodies, multipart framing, gap bytes, compressed store chunks). */
+  /** Bytes received over HTTP (the index, probes, bodies, multipart framing, merged gaps, compressed store chunks). */
   networkBytes: number;
   networkRequests: number;
 }
@@ -177,6 +177,19 @@ export async function loadIndex(spec: string, opts: { http?: HttpClient; signal?
     const res = await http.getBuffer(spec, { signal: opts.signal, maxBytes: MAX_INDEX_BYTES });
     if (res.status === 404 || res.status === 410) throw new OriginError(`GET ${spec}: HTTP ${res.status} (no such index)`, { status: res.status });
     return parseIndex(res.body, { source: spec, allowArchive: false });
+  } finally {
+    if (!opts.http) await http.close();
+  }
+}
+
+/** The target index and what downloading it cost (nothing for a local path or a parsed index). */
+async function loadTarget(target: string | ChunkIndex, opts: SourceOptions): Promise<{ index: ChunkIndex; requests: number; bytes: number }> {
+  if (typeof target !== 'string') return { index: target, requests: 0, bytes: 0 };
+  const http = opts.http ?? new HttpClient();
+  const before = { ...http.stats };
+  try {
+    const index = await loadIndex(target, { http, signal: opts.signal });
+    return { index, requests: http.stats.requests - before.requests, bytes: http.stats.bytes - before.bytes };
   } finally {
     if (!opts.http) await http.close();
   }
@@ -284,7 +297,7 @@ interface RemoteChoice {
   chosen: 'range' | 'store' | 'none';
   modes: ModeCost[];
   rangeSupport?: { ranges: boolean; multi: boolean };
-  /** Requests and bytes spent probing the range URL and sampling the store. */
+  /** Requests and bytes spent on the index download, probing the range URL and sampling the store. */
   probe: { requests: number; bytes: number };
 }
 
@@ -426,7 +439,7 @@ function summary(progress: ExtractProgress, choice: RemoteChoice, assembler: Ass
 export async function extractToFile(target: string | ChunkIndex, out: string, opts: ExtractToFileOptions = {}): Promise<ExtractResult> {
   const started = Date.now();
   if (opts.sha256 !== undefined && !/^[0-9a-fA-F]{64}$/.test(opts.sha256)) throw new UsageError(`invalid SHA-256 "${opts.sha256}": expected 64 hex digits`);
-  const index = typeof target === 'string' ? await loadIndex(target, opts) : target;
+  const { index, ...indexCost } = await loadTarget(target, opts);
   const ctx = await openContext(index, opts);
   try {
     const { file, resumeSeed } = await PartialFile.open(out, index, opts.resume !== false);
@@ -435,6 +448,8 @@ export async function extractToFile(target: string | ChunkIndex, out: string, op
       const seeds = resumeSeed ? [resumeSeed, ...ctx.seeds] : ctx.seeds;
       const plan = planChunks(index, seeds, { selfSeed: opts.selfSeed, nullSeed: opts.nullSeed });
       const choice = await chooseRemote(plan, ctx, opts);
+      choice.probe.requests += indexCost.requests;
+      choice.probe.bytes += indexCost.bytes;
       const blocks = await blockPathFor(index, ctx, opts, choice);
       if (blocks?.cheaper) {
         const viaBlocks = await extractViaBlocks(blocks.path, out, { http: ctx.http, sha256: opts.sha256, onWarning: opts.onWarning, onProgress: opts.onProgress, signal: opts.signal });
