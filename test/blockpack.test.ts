@@ -347,3 +347,15 @@ test('pack --previous: runs of new blocks share frames; seeded and seedless clie
     assert.deepEqual(await readFile(out), v2, `with ${seeds.length} seed(s)`);
   }
 });
+
+test('extract: a seed that is already the target leaves only the short tail block to fetch', async (t) => {
+  const f = await fixture(t);
+  const same = join(f.dir, 'same.img');
+  await writeFile(same, f.v2);
+  const out = join(f.dir, 'out.img');
+  const { plan, result } = await extract(f, out, { seeds: [same], sha256: f.sha256 });
+  assert.equal(plan.totals.frames, 1, 'only the short last block (never matched against whole seed blocks)');
+  assert.deepEqual(await readFile(out), f.v2);
+  assert.equal(result.seedMismatches, 0);
+  assert.equal(f.origin.stats('/os_2.img.bpk').requests, 1);
+});

@@ -137,7 +137,7 @@ async function copyFromSeeds(plan: BlockPlan, out: FileHandle, progress: (n: num
 async function fetchFrames(plan: BlockPlan, frames: number[], seedFailed: ReadonlySet<number>, out: FileHandle, opts: AssembleBlocksOptions, progress: (n: number) => void): Promise<{ bytes: number; requests: number; fromPack: number }> {
   const { index } = plan;
   const bs = index.blockSize;
-  const dict = await opts.http.getBuffer(opts.dictUrl, { maxBytes: index.dictSize, signal: opts.signal });
+  const dict = index.dictSize === 0 ? { status: 200, body: Buffer.alloc(0) } : await opts.http.getBuffer(opts.dictUrl, { maxBytes: index.dictSize, signal: opts.signal });
   if (dict.status !== 200) throw new OriginError(`GET ${opts.dictUrl}: HTTP ${dict.status} (the block index names a dictionary the server does not have)`);
   if (dict.body.length !== index.dictSize || !sha256(dict.body).equals(index.dictSha256)) {
     throw new PackError(`${opts.dictUrl}: dictionary does not match the block index (${dict.body.length} bytes; corrupt, stale or swapped)`);
@@ -219,7 +219,10 @@ async function fetchFrames(plan: BlockPlan, frames: number[], seedFailed: Readon
     }
     todo = left;
   }
-  return { bytes: dict.body.length + fetcher.stats.bytes, requests: 1 + fetcher.stats.requests, fromPack };
+  // Every request asks for the header first; a server that never sent it is not serving this pack.
+  if (!headerChecked) throw new OriginError(`${opts.packUrl}: the server did not send the pack header`);
+  const dictRequests = index.dictSize === 0 ? 0 : 1;
+  return { bytes: dict.body.length + fetcher.stats.bytes, requests: dictRequests + fetcher.stats.requests, fromPack };
 }
 
 /** Assembles plan.index's image into `out` from the plan's seeds and the pack. */

@@ -208,10 +208,10 @@ export function planPackRequests(index: BlockIndex, frames: readonly number[], o
 
 /** What the block path costs for this plan: everything the client downloads and the requests for it. */
 export function costOf(plan: BlockPlan, opts: RequestPlanOptions): BlockCost {
+  const mode = opts.multi ? 'blocks' : 'blocks-single';
+  // Nothing to fetch: the index was all it took.
+  if (plan.frames.length === 0) return { mode, bytes: plan.indexBytes, requests: 1 };
   const reqs = planPackRequests(plan.index, plan.frames, opts);
-  return {
-    mode: opts.multi ? 'blocks' : 'blocks-single',
-    bytes: plan.indexBytes + plan.index.dictSize + wireBytes(reqs),
-    requests: 2 + reqs.length,
-  };
+  const dictRequests = plan.index.dictSize > 0 ? 1 : 0;
+  return { mode, bytes: plan.indexBytes + plan.index.dictSize + wireBytes(reqs), requests: 1 + dictRequests + reqs.length };
 }
