@@ -314,7 +314,23 @@ test('engine: extractToFile and planUpdate take the block path when the release 
   assert.equal(r2.mode, 'range');
   assert.deepEqual(await readFile(out2), f.v2);
   assert.ok(warnings.some((w) => /falling back to the chunk path/.test(w)), warnings.join('\n'));
-  assert.deepEqual(await leftovers(f.dir, ['v1.img', 'www', 'cache', 'out.img', 'out2.img']), []);
+
+  // A lying index whose blocks each verify but whose image does not: the whole-file SHA-256 sends it to the chunk path too.
+  await writeFile(packPath, (await readFile(join((await packedTemplate()).dir, 'os_2.img.bpk'))));
+  const idx = parseBlockIndex(await readFile(join(f.www, 'os_2.img.bpidx')));
+  const lie = contentOf(idx);
+  lie.hashes = Uint8Array.from(idx.hashes);
+  const [a, b] = [idx.distinctOf[1], idx.distinctOf[2]];
+  lie.hashes.set(idx.hashes.subarray(b * HASH_BYTES, (b + 1) * HASH_BYTES), a * HASH_BYTES);
+  lie.hashes.set(idx.hashes.subarray(a * HASH_BYTES, (a + 1) * HASH_BYTES), b * HASH_BYTES);
+  await writeFile(join(f.www, 'os_2.img.bpidx'), serializeBlockIndex(lie));
+  warnings.length = 0;
+  const out3 = join(f.dir, 'out3.img');
+  const r3 = await extractToFile(`${f.imageUrl}.caibx`, out3, { ...source, onWarning: (m) => warnings.push(m) });
+  assert.equal(r3.mode, 'range');
+  assert.deepEqual(await readFile(out3), f.v2);
+  assert.ok(warnings.some((w) => /SHA-256 mismatch.*falling back to the chunk path/.test(w)), warnings.join('\n'));
+  assert.deepEqual(await leftovers(f.dir, ['v1.img', 'www', 'cache', 'out.img', 'out2.img', 'out3.img']), []);
 });
 
 test('pack --previous: runs of new blocks share frames; seeded and seedless clients both get the exact image', async (t) => {
