@@ -25,6 +25,8 @@ export interface AssembleBlocksOptions {
   requestCost?: number;
   /** The release's SHA-256 (hex), when known: must match the block index before anything is fetched. */
   sha256?: string;
+  /** Pack requests in flight (default 4). */
+  concurrency?: number;
   /** Total attempts per transient failure (default 4). */
   attempts?: number;
   retryBaseMs?: number;
@@ -149,6 +151,7 @@ async function fetchFrames(plan: BlockPlan, frames: number[], seedFailed: Readon
   const layout = new PackLayout(index.frameStart);
   const fetcher = new RangeFetcher(opts.http, opts.packUrl, index.packSize);
   const attempts = opts.attempts ?? 4;
+  const concurrency = Math.max(1, opts.concurrency ?? 4);
   let multi = opts.multi ?? true;
   let headerChecked = false;
   let fromPack = 0;
@@ -197,15 +200,26 @@ async function fetchFrames(plan: BlockPlan, frames: number[], seedFailed: Readon
         wrong.push(f);
       }
     });
-    let error: unknown;
-    try {
-      for (const req of planPackRequests(index, todo, { multi, requestCost: opts.requestCost })) {
-        await fetcher.fetch(req.ranges, (off, data) => collector.write(off, data), opts.signal);
-        await Promise.all(writes.splice(0)); // bounds the decompressed frames held in memory to one request's worth
+    // A few requests in flight (latency on a real link); the first failure stops new ones.
+    const requests = planPackRequests(index, todo, { multi, requestCost: opts.requestCost });
+    let next = 0;
+    let stop = false;
+    const worker = async (limit = Infinity): Promise<void> => {
+      for (let n = 0; n < limit && !stop && next < requests.length; n++) {
+        const req = requests[next++];
+        try {
+          await fetcher.fetch(req.ranges, (off, data) => collector.write(off, data), opts.signal);
+          await Promise.all(writes.splice(0)); // bounds the decompressed frames held in memory
+        } catch (err) {
+          stop = true;
+          throw err;
+        }
       }
-    } catch (err) {
-      error = err;
-    }
+    };
+    // The first request goes alone: it shows whether the server does multi-range at all.
+    const first = await Promise.allSettled([worker(1)]);
+    const settled = stop ? first : await Promise.allSettled(Array.from({ length: Math.min(concurrency, requests.length) }, () => worker()));
+    const error = [...first, ...settled].find((r): r is PromiseRejectedResult => r.status === 'rejected')?.reason as unknown;
     await Promise.all(writes);
     const left = [...new Set([...collector.missing().filter((i) => i > 0).map((i) => i - 1), ...wrong])].sort((a, b) => a - b);
     if (error instanceof MultiRangeUnsupportedError && multi) {
