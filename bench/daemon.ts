@@ -8,7 +8,7 @@
 //
 //   npm run build && node dist/bench/daemon.js [PAIR]
 //   PAIR: v1-v2.repro (default), v2-v3.repro, synth
-//   BENCH=/var/tmp/deltad-bench (corpus in $BENCH/img, work files in $BENCH/deltad-daemon)
+//   BENCH=/var/tmp/deltad-bench (corpus in $BENCH/img, work files in $BENCH/deltad-daemon), PORT=8121 (uses 3)
 import { spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { createReadStream, existsSync, linkSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
@@ -23,9 +23,10 @@ const PAIRS: Record<string, [string, string]> = {
   'v2-v3.repro': ['v2.repro.erofs', 'v3.repro.erofs'],
   synth: ['synth.v1.bin', 'synth.v2.bin'],
 };
-const PORT_FULL = 8091;
-const PORT_SHAPED = 8092;
-const DAEMON_PORT = 8093;
+// Three ports from PORT (default 8121): nginx as is, nginx shaped, the daemon.
+const PORT_FULL = Number(process.env.PORT ?? 8121);
+const PORT_SHAPED = PORT_FULL + 1;
+const DAEMON_PORT = PORT_FULL + 2;
 
 interface Row {
   run: string;
