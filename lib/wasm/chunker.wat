@@ -76,6 +76,64 @@
         (local.set $p (call $firstNonZero (i32.sub (local.get $q) (i32.const 48)) (local.get $to)))
         (if (i32.gt_u (local.get $p) (local.get $q))
           (then (local.set $q (local.get $p))))))
+    ;; Four positions per iteration while at least four remain: one bounds check
+    ;; instead of four. Each step: test the window ending at q, then roll in byte q.
+    (block $rest
+      (loop $four
+        (br_if $rest (i32.gt_u (i32.add (local.get $q) (i32.const 4)) (local.get $to)))
+        (if (i32.le_u
+              (i32.rotr (i32.mul (i32.add (local.get $h) (i32.const 1)) (local.get $inverse)) (local.get $shift))
+              (local.get $limit))
+          (then
+            (if (i32.or (i32.ne (local.get $h) (i32.const -1)) (global.get $allOnesCuts))
+              (then (return (local.get $q))))))
+        (local.set $h
+          (i32.xor
+            (i32.xor
+              (i32.rotl (local.get $h) (i32.const 1))
+              (i32.load offset=1024 (i32.shl (i32.load8_u (i32.sub (local.get $q) (i32.const 48))) (i32.const 2))))
+            (i32.load (i32.shl (i32.load8_u (local.get $q)) (i32.const 2)))))
+        (local.set $q (i32.add (local.get $q) (i32.const 1)))
+        (if (i32.le_u
+              (i32.rotr (i32.mul (i32.add (local.get $h) (i32.const 1)) (local.get $inverse)) (local.get $shift))
+              (local.get $limit))
+          (then
+            (if (i32.or (i32.ne (local.get $h) (i32.const -1)) (global.get $allOnesCuts))
+              (then (return (local.get $q))))))
+        (local.set $h
+          (i32.xor
+            (i32.xor
+              (i32.rotl (local.get $h) (i32.const 1))
+              (i32.load offset=1024 (i32.shl (i32.load8_u (i32.sub (local.get $q) (i32.const 48))) (i32.const 2))))
+            (i32.load (i32.shl (i32.load8_u (local.get $q)) (i32.const 2)))))
+        (local.set $q (i32.add (local.get $q) (i32.const 1)))
+        (if (i32.le_u
+              (i32.rotr (i32.mul (i32.add (local.get $h) (i32.const 1)) (local.get $inverse)) (local.get $shift))
+              (local.get $limit))
+          (then
+            (if (i32.or (i32.ne (local.get $h) (i32.const -1)) (global.get $allOnesCuts))
+              (then (return (local.get $q))))))
+        (local.set $h
+          (i32.xor
+            (i32.xor
+              (i32.rotl (local.get $h) (i32.const 1))
+              (i32.load offset=1024 (i32.shl (i32.load8_u (i32.sub (local.get $q) (i32.const 48))) (i32.const 2))))
+            (i32.load (i32.shl (i32.load8_u (local.get $q)) (i32.const 2)))))
+        (local.set $q (i32.add (local.get $q) (i32.const 1)))
+        (if (i32.le_u
+              (i32.rotr (i32.mul (i32.add (local.get $h) (i32.const 1)) (local.get $inverse)) (local.get $shift))
+              (local.get $limit))
+          (then
+            (if (i32.or (i32.ne (local.get $h) (i32.const -1)) (global.get $allOnesCuts))
+              (then (return (local.get $q))))))
+        (local.set $h
+          (i32.xor
+            (i32.xor
+              (i32.rotl (local.get $h) (i32.const 1))
+              (i32.load offset=1024 (i32.shl (i32.load8_u (i32.sub (local.get $q) (i32.const 48))) (i32.const 2))))
+            (i32.load (i32.shl (i32.load8_u (local.get $q)) (i32.const 2)))))
+        (local.set $q (i32.add (local.get $q) (i32.const 1)))
+        (br $four)))
     (loop $scan
       (if (i32.le_u
             (i32.rotr (i32.mul (i32.add (local.get $h) (i32.const 1)) (local.get $inverse)) (local.get $shift))
