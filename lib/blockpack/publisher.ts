@@ -126,6 +126,149 @@ async function writeFileAtomic(path: string, write: (fh: FileHandle) => Promise<
   await rename(tmp, path);
 }
 
+/** What the first pass over the image learns. */
+interface ImageScan {
+  size: number;
+  imageSha256: Buffer;
+  /** Per block: ZERO_BLOCK or its distinct block number. */
+  distinctOf: Int32Array;
+  /** Per distinct block: the block where it first occurs, its full-hash key, its truncated hash. */
+  firstBlock: number[];
+  keys: string[];
+  hashes: Buffer[];
+  zeroBlocks: number;
+  /** Distinct blocks spread evenly over the image, for dictionary training. */
+  samples: Buffer[];
+}
+
+/** Pass 1: hash every block, number the distinct ones (in order of first occurrence), pick training samples. */
+async function scanImage(fh: FileHandle, size: number, bs: number, sampleBlocks: number, onProgress?: PackOptions['onProgress']): Promise<ImageScan> {
+  const blockCount = Math.ceil(size / bs);
+  const imageHash = createHash('sha256');
+  const scan: ImageScan = { size, imageSha256: Buffer.alloc(0), distinctOf: new Int32Array(blockCount), firstBlock: [], keys: [], hashes: [], zeroBlocks: 0, samples: [] };
+  const byKey = new Map<string, number>();
+  const zero = Buffer.alloc(bs);
+  const sampleStride = Math.max(1, Math.floor(blockCount / sampleBlocks));
+  await forEachBlock(fh, size, bs, (b, data) => {
+    imageHash.update(data);
+    if (zero.subarray(0, data.length).equals(data)) {
+      scan.distinctOf[b] = ZERO_BLOCK;
+      scan.zeroBlocks++;
+      return;
+    }
+    const digest = createHash('sha256').update(data).digest();
+    const key = digest.toString('latin1', 0, 16) + (data.length < bs ? `/${data.length}` : '');
+    const seen = byKey.get(key);
+    if (seen !== undefined) {
+      scan.distinctOf[b] = seen;
+      return;
+    }
+    const d = scan.firstBlock.length;
+    byKey.set(key, d);
+    scan.distinctOf[b] = d;
+    scan.firstBlock.push(b);
+    scan.keys.push(key);
+    scan.hashes.push(digest.subarray(0, HASH_BYTES));
+    if (d % sampleStride === 0 && scan.samples.length < sampleBlocks && data.length === bs) scan.samples.push(Buffer.from(data));
+  }, (done) => onProgress?.('scan', done, size));
+  scan.imageSha256 = imageHash.digest();
+  return scan;
+}
+
+/** Frame sizes in distinct blocks: one each, or runs of consecutive blocks none of the previous releases has. */
+function planFrames(scan: ImageScan, oldKeys: Set<string> | null, groupBlocks: number): number[] {
+  const { firstBlock, keys } = scan;
+  const frameBlocks: number[] = [];
+  for (let d = 0; d < firstBlock.length;) {
+    let n = 1;
+    if (oldKeys && !oldKeys.has(keys[d])) {
+      while (n < groupBlocks && d + n < firstBlock.length && firstBlock[d + n] === firstBlock[d] + n && !oldKeys.has(keys[d + n])) n++;
+    }
+    frameBlocks.push(n);
+    d += n;
+  }
+  return frameBlocks;
+}
+
+async function trainDictionary(samples: Buffer[], bs: number, trainer: Trainer, size: number): Promise<Buffer> {
+  const sampleBuf = Buffer.concat(samples);
+  if (trainer === 'none' || sampleBuf.length === 0) return Buffer.alloc(0);
+  return trainer === 'zstd' ? trainZstdCliDictionary(sampleBuf, bs, { size }) : trainCoverDictionary(sampleBuf, { size });
+}
+
+/**
+ * Pass 2: reads the image again and writes the pack: the header, then every
+ * frame in order, compressed in batches on `threads` workers with at most two
+ * batches per thread in flight. Returns the stored frame lengths and the
+ * pack's SHA-256 and size.
+ */
+async function writePack(path: string, fh: FileHandle, scan: ImageScan, frameBlocks: number[], dictionary: Buffer, opts: { bs: number; level: number; threads: number; what: string; onProgress?: PackOptions['onProgress'] }): Promise<{ frameLengths: number[]; sha256: Buffer; size: number }> {
+  const { bs, threads } = opts;
+  const { size, firstBlock, hashes } = scan;
+  const frameLengths: number[] = [];
+  let sha256 = Buffer.alloc(0);
+  let packSize = 0;
+  await writeFileAtomic(path, async (out) => {
+    const w = new HashingWriter(out);
+    await w.write(serializePackHeader({ blockSize: bs, frameCount: frameBlocks.length, imageSize: size, imageSha256: scan.imageSha256 }));
+    const pool = new FramePool(dictionary, opts.level, threads);
+    try {
+      const inFlight: Promise<StoredBatch>[] = [];
+      const drain = async (keep: number): Promise<void> => {
+        while (inFlight.length > keep) {
+          const r = await inFlight.shift()!;
+          frameLengths.push(...r.lengths);
+          await w.write(r.data);
+        }
+      };
+      let batch: Buffer[] = [];
+      let lengths: number[] = [];
+      let batchBytes = 0;
+      const submit = (): void => {
+        const data = new Uint8Array(batchBytes);
+        let off = 0;
+        for (const part of batch) {
+          data.set(part, off);
+          off += part.length;
+        }
+        inFlight.push(pool.run({ data, lengths }));
+        batch = [];
+        lengths = [];
+        batchBytes = 0;
+      };
+      let f = 0;
+      let d = 0;
+      let inFrame = 0;
+      let frameBytes = 0;
+      await forEachBlock(fh, size, bs, (b, data) => {
+        if (d >= firstBlock.length || firstBlock[d] !== b) return;
+        if (!blockHash(data).equals(hashes[d])) throw new Error(`${opts.what}: block ${b} changed while packing`);
+        batch.push(Buffer.from(data));
+        batchBytes += data.length;
+        frameBytes += data.length;
+        d++;
+        if (++inFrame < frameBlocks[f]) return;
+        lengths.push(frameBytes);
+        frameBytes = 0;
+        inFrame = 0;
+        f++;
+        if (batchBytes < BATCH_BYTES) return;
+        submit();
+        if (inFlight.length > 2 * threads + 1) return drain(threads);
+      }, (done) => opts.onProgress?.('compress', done, size));
+      if (batchBytes > 0) submit();
+      await drain(0);
+      if (f !== frameBlocks.length) throw new Error(`${opts.what}: changed while packing (wrote ${f} of ${frameBlocks.length} frames)`);
+    } finally {
+      await pool.close();
+    }
+    await w.flush();
+    sha256 = w.hash.digest();
+    packSize = w.length;
+  });
+  return { frameLengths, sha256, size: packSize };
+}
+
 export async function packImage(imagePath: string, opts: PackOptions): Promise<PackResult> {
   const started = Date.now();
   const bs = opts.blockSize ?? 4096;
@@ -144,146 +287,28 @@ export async function packImage(imagePath: string, opts: PackOptions): Promise<P
     await mkdir(opts.outDir, { recursive: true });
     const st = await fh.stat();
     if (!st.isFile()) throw new UsageError(`${imagePath}: not a regular file`);
-    const size = st.size;
-    const blockCount = Math.ceil(size / bs);
-
-    // Pass 1: hash every block, number the distinct ones, pick training samples.
-    const imageHash = createHash('sha256');
-    const distinctOf = new Int32Array(blockCount);
-    const byKey = new Map<string, number>();
-    const firstBlock: number[] = [];
-    const keys: string[] = [];
-    const hashes: Buffer[] = [];
-    const zero = Buffer.alloc(bs);
-    const sampleBlocks = Math.max(1, Math.ceil((dictSize * SAMPLE_FACTOR) / bs));
-    const sampleStride = Math.max(1, Math.floor(blockCount / sampleBlocks));
-    const samples: Buffer[] = [];
-    let zeroBlocks = 0;
-    await forEachBlock(fh, size, bs, (b, data) => {
-      imageHash.update(data);
-      if (zero.equals(data) || (data.length < bs && zero.subarray(0, data.length).equals(data))) {
-        distinctOf[b] = ZERO_BLOCK;
-        zeroBlocks++;
-        return;
-      }
-      const digest = createHash('sha256').update(data).digest();
-      const key = digest.toString('latin1', 0, 16) + (data.length < bs ? `/${data.length}` : '');
-      const seen = byKey.get(key);
-      if (seen !== undefined) {
-        distinctOf[b] = seen;
-        return;
-      }
-      const d = firstBlock.length;
-      byKey.set(key, d);
-      distinctOf[b] = d;
-      firstBlock.push(b);
-      keys.push(key);
-      hashes.push(digest.subarray(0, HASH_BYTES));
-      if (d % sampleStride === 0 && samples.length < sampleBlocks && data.length === bs) samples.push(Buffer.from(data));
-    }, (done) => opts.onProgress?.('scan', done, size));
-    const imageSha256 = imageHash.digest();
-    const distinctCount = firstBlock.length;
-
-    // Frames: one block each, or runs of consecutive blocks new since the previous releases.
-    const oldKeys = opts.previous?.length ? await blockKeys(opts.previous, bs) : null;
-    const frameBlocks: number[] = [];
-    for (let d = 0; d < distinctCount;) {
-      let n = 1;
-      if (oldKeys && !oldKeys.has(keys[d])) {
-        while (n < groupBlocks && d + n < distinctCount && firstBlock[d + n] === firstBlock[d] + n && !oldKeys.has(keys[d + n])) n++;
-      }
-      frameBlocks.push(n);
-      d += n;
-    }
-    byKey.clear();
-
-    // Dictionary.
-    const sampleBuf = Buffer.concat(samples);
-    const trainer = opts.trainer ?? 'cover';
-    const dictionary = trainer === 'none' || sampleBuf.length === 0
-      ? Buffer.alloc(0)
-      : trainer === 'zstd'
-        ? await trainZstdCliDictionary(sampleBuf, bs, { size: dictSize })
-        : trainCoverDictionary(sampleBuf, { size: dictSize });
-
-    // Pass 2: compress the frames in order into the pack.
-    const frameLengths: number[] = [];
-    let packSha256 = Buffer.alloc(0);
-    let packSize = 0;
-    await writeFileAtomic(paths.pack, async (out) => {
-      const w = new HashingWriter(out);
-      await w.write(serializePackHeader({ blockSize: bs, frameCount: frameBlocks.length, imageSize: size, imageSha256 }));
-      const threads = opts.threads ?? Math.min(4, availableParallelism());
-      const pool = new FramePool(dictionary, level, threads);
-      try {
-        const inFlight: Promise<StoredBatch>[] = [];
-        const drain = async (keep: number): Promise<void> => {
-          while (inFlight.length > keep) {
-            const r = await inFlight.shift()!;
-            frameLengths.push(...r.lengths);
-            await w.write(r.data);
-          }
-        };
-        let f = 0;
-        let d = 0;
-        let batch: Buffer[] = [];
-        let lengths: number[] = [];
-        let frameBytes = 0;
-        let inFrame = 0;
-        let batchBytes = 0;
-        const submit = (): void => {
-          const data = new Uint8Array(batchBytes);
-          let off = 0;
-          for (const part of batch) {
-            data.set(part, off);
-            off += part.length;
-          }
-          inFlight.push(pool.run({ data, lengths }));
-          batch = [];
-          lengths = [];
-          batchBytes = 0;
-        };
-        await forEachBlock(fh, size, bs, (b, data) => {
-          if (d >= distinctCount || firstBlock[d] !== b) return;
-          if (!blockHash(data).equals(hashes[d])) throw new Error(`${imagePath}: block ${b} changed while packing`);
-          batch.push(Buffer.from(data));
-          batchBytes += data.length;
-          frameBytes += data.length;
-          d++;
-          if (++inFrame < frameBlocks[f]) return;
-          lengths.push(frameBytes);
-          frameBytes = 0;
-          inFrame = 0;
-          f++;
-          if (batchBytes < BATCH_BYTES) return;
-          submit();
-          // Bounded memory: at most two batches per thread in flight.
-          if (inFlight.length > 2 * threads + 1) return drain(threads);
-        }, (done) => opts.onProgress?.('compress', done, size));
-        if (batchBytes > 0) submit();
-        await drain(0);
-        if (f !== frameBlocks.length) throw new Error(`${imagePath}: changed while packing (wrote ${f} of ${frameBlocks.length} frames)`);
-      } finally {
-        await pool.close();
-      }
-      await w.flush();
-      packSha256 = w.hash.digest();
-      packSize = w.length;
+    const scan = await scanImage(fh, st.size, bs, Math.max(1, Math.ceil((dictSize * SAMPLE_FACTOR) / bs)), opts.onProgress);
+    const frameBlocks = planFrames(scan, opts.previous?.length ? await blockKeys(opts.previous, bs) : null, groupBlocks);
+    const dictionary = await trainDictionary(scan.samples, bs, opts.trainer ?? 'cover', dictSize);
+    const pack = await writePack(paths.pack, fh, scan, frameBlocks, dictionary, {
+      bs, level, threads: opts.threads ?? Math.min(4, availableParallelism()), what: imagePath, onProgress: opts.onProgress,
     });
-    if (packSize !== PACK_HEADER_SIZE + frameLengths.reduce((a, b) => a + b, 0)) throw new Error('internal: pack size does not add up');
+    if (pack.size !== PACK_HEADER_SIZE + pack.frameLengths.reduce((a, b) => a + b, 0)) throw new Error('internal: pack size does not add up');
 
     await writeFileAtomic(paths.dict, (out) => out.writeFile(dictionary));
+    // The index goes last: it is what ties the image, the pack and the dictionary together.
     const index = serializeBlockIndex({
-      blockSize: bs, imageSize: size, imageSha256, packSize, packSha256,
+      blockSize: bs, imageSize: scan.size, imageSha256: scan.imageSha256, packSize: pack.size, packSha256: pack.sha256,
       dictSize: dictionary.length, dictSha256: createHash('sha256').update(dictionary).digest(),
-      distinctOf, distinctCount, hashes: Buffer.concat(hashes), frameBlocks, frameLengths,
+      distinctOf: scan.distinctOf, distinctCount: scan.firstBlock.length, hashes: Buffer.concat(scan.hashes),
+      frameBlocks, frameLengths: pack.frameLengths,
     });
     await writeFileAtomic(paths.index, (out) => out.writeFile(index));
     return {
       indexPath: paths.index, packPath: paths.pack, dictPath: paths.dict,
-      imageSize: size, imageSha256: imageSha256.toString('hex'), blocks: blockCount, zeroBlocks,
-      distinctBlocks: distinctCount, frames: frameBlocks.length,
-      indexSize: index.length, packSize, dictSize: dictionary.length, wallMs: Date.now() - started,
+      imageSize: scan.size, imageSha256: scan.imageSha256.toString('hex'), blocks: scan.distinctOf.length, zeroBlocks: scan.zeroBlocks,
+      distinctBlocks: scan.firstBlock.length, frames: frameBlocks.length,
+      indexSize: index.length, packSize: pack.size, dictSize: dictionary.length, wallMs: Date.now() - started,
     };
   } finally {
     await fh.close();
