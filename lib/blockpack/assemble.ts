@@ -135,6 +135,24 @@ async function copyFromSeeds(plan: BlockPlan, out: FileHandle, progress: (n: num
   return { failed, bytes };
 }
 
+/** Decompresses frame f and checks each of its blocks against the index; returns the blocks in order. */
+function unpackFrame(index: BlockIndex, decoder: FrameDecompressor, f: number, stored: Buffer, lengthOf: (d: number) => number, packUrl: string): Buffer[] {
+  const first = index.frameFirst[f];
+  const last = index.frameFirst[f + 1];
+  let length = 0;
+  for (let d = first; d < last; d++) length += lengthOf(d);
+  const where = `${packUrl}: frame ${f} at byte ${index.frameStart[f]}`;
+  const content = decoder.decompress(stored, length, where);
+  const blocks: Buffer[] = [];
+  for (let d = first, off = 0; d < last; d++) {
+    const block = content.subarray(off, off + lengthOf(d));
+    off += block.length;
+    if (!hashMatches(index, d, block)) throw new PackError(`${where}: block ${d - first} does not match its hash in the block index`);
+    blocks.push(block);
+  }
+  return blocks;
+}
+
 /** Fetches and writes the given frames; throws PackError for content that fails its checks twice. */
 async function fetchFrames(plan: BlockPlan, frames: number[], seedFailed: ReadonlySet<number>, out: FileHandle, opts: AssembleBlocksOptions, progress: (n: number) => void): Promise<{ bytes: number; requests: number; fromPack: number }> {
   const { index } = plan;
@@ -170,24 +188,11 @@ async function fetchFrames(plan: BlockPlan, frames: number[], seedFailed: Readon
         return;
       }
       const f = i - 1;
-      const first = index.frameFirst[f];
-      const last = index.frameFirst[f + 1];
-      let length = 0;
-      for (let d = first; d < last; d++) length += lengthOf(d);
-      const where = `${opts.packUrl}: frame ${f} at byte ${index.frameStart[f]}`;
       try {
-        const content = decoder.decompress(data, length, where);
-        let off = 0;
-        for (let d = first; d < last; d++) {
-          const block = content.subarray(off, off + lengthOf(d));
-          off += block.length;
-          if (!hashMatches(index, d, block)) throw new PackError(`${where}: block ${d - first} does not match its hash in the block index`);
-        }
-        off = 0;
-        for (let d = first; d < last; d++) {
-          const block = content.subarray(off, off + lengthOf(d));
-          off += block.length;
-          if (plan.localSeed[d] >= 0 && !seedFailed.has(d)) continue;
+        const blocks = unpackFrame(index, decoder, f, data, lengthOf, opts.packUrl);
+        for (let d = index.frameFirst[f]; d < index.frameFirst[f + 1]; d++) {
+          if (plan.localSeed[d] >= 0 && !seedFailed.has(d)) continue; // a multi-block frame may hold blocks we have
+          const block = blocks[d - index.frameFirst[f]];
           for (let p = positions.start[d]; p < positions.start[d + 1]; p++) {
             writes.push(writeAt(out, block, positions.blocks[p] * bs));
             fromPack += block.length;
