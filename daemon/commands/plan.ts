@@ -9,7 +9,7 @@ import { formatBytes } from '../progress.js';
 const pct = (n: number, of: number): string => (of > 0 ? `${((100 * n) / of).toFixed(1)}%` : '-');
 const MODE_NAMES = {
   range: 'range (multi-range)', 'range-single': 'range (single ranges)', store: 'store',
-  blocks: 'block pack (multi-range)', 'blocks-single': 'block pack (single ranges)',
+  blocks: 'blocks (multi-range)', 'blocks-single': 'blocks (single ranges)',
 } as const;
 
 export function planText(index: string, r: PlanReport): string {
