@@ -19,8 +19,8 @@ export const MIN_BLOCK_SIZE = 512;
 export const MAX_BLOCK_SIZE = 1024 * 1024;
 /** Largest frame (in blocks) a reader accepts: bounds the memory one frame can demand. */
 export const MAX_FRAME_BLOCKS = 256;
-/** Largest index body accepted (uncompressed): enough for a ~1 TiB image at 4 KiB blocks. */
-export const MAX_INDEX_BODY = 1024 * 1024 * 1024;
+/** Most blocks an index may describe (256 GiB at 4 KiB blocks): bounds what a lying header can make a reader allocate. */
+export const MAX_BLOCKS = 64 * 1024 * 1024;
 /** zstd frame magic; stored frames omit it (saves 4 bytes per frame) and readers put it back. */
 export const ZSTD_MAGIC = Buffer.from([0x28, 0xb5, 0x2f, 0xfd]);
 
@@ -221,6 +221,7 @@ export function parseBlockIndex(buf: Buffer, source?: string): BlockIndex {
   const imageSize = u64(24, 'image_size');
   const blockCount = u64(32, 'block_count');
   if (blockCount !== Math.ceil(imageSize / blockSize)) fail('block_count', 32, `${blockCount} blocks cannot cover ${imageSize} bytes of ${blockSize}-byte blocks`);
+  if (blockCount > MAX_BLOCKS) fail('block_count', 32, `${blockCount} blocks exceeds the limit of ${MAX_BLOCKS}`);
   const distinctCount = u64(40, 'distinct_count', blockCount);
   const frameCount = u64(48, 'frame_count', distinctCount);
   if ((distinctCount === 0) !== (frameCount === 0)) fail('frame_count', 48, `${frameCount} frames for ${distinctCount} distinct blocks`);
@@ -228,7 +229,7 @@ export function parseBlockIndex(buf: Buffer, source?: string): BlockIndex {
   const dictSize = u64(64, 'dict_size', 64 * 1024 * 1024);
   const bodyLength = u64(72, 'body_length');
   // Bounded by what the counts can need, so a lying header cannot make us allocate more.
-  const rawLength = u64(80, 'body_raw_length', Math.min(MAX_INDEX_BODY, blockCount * 7 + frameCount * 14 + distinctCount * HASH_BYTES));
+  const rawLength = u64(80, 'body_raw_length', blockCount * 4 + frameCount * 7 + distinctCount * HASH_BYTES);
   if (INDEX_HEADER_SIZE + bodyLength !== buf.length) fail('body_length', 72, `header says ${bodyLength} body bytes, file has ${buf.length - INDEX_HEADER_SIZE}`);
   const body = buf.subarray(INDEX_HEADER_SIZE);
   if (!sha256(body).equals(buf.subarray(184, 216))) fail('body_sha256', 184, 'the index body does not match its SHA-256 (corrupt or truncated)');

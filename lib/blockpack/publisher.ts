@@ -12,7 +12,7 @@ import { forEachBlock } from './block-reader.js';
 import { trainCoverDictionary, trainZstdCliDictionary } from './dictionary.js';
 import { FramePool, type StoredBatch } from './frame-batch.js';
 import {
-  HASH_BYTES, MAX_BLOCK_SIZE, blockHash, MAX_FRAME_BLOCKS, MIN_BLOCK_SIZE, PACK_HEADER_SIZE, ZERO_BLOCK,
+  HASH_BYTES, MAX_BLOCKS, MAX_BLOCK_SIZE, blockHash, MAX_FRAME_BLOCKS, MIN_BLOCK_SIZE, PACK_HEADER_SIZE, ZERO_BLOCK,
   serializeBlockIndex, serializePackHeader,
 } from './format.js';
 
@@ -287,6 +287,7 @@ export async function packImage(imagePath: string, opts: PackOptions): Promise<P
     await mkdir(opts.outDir, { recursive: true });
     const st = await fh.stat();
     if (!st.isFile()) throw new UsageError(`${imagePath}: not a regular file`);
+    if (Math.ceil(st.size / bs) > MAX_BLOCKS) throw new UsageError(`${imagePath}: ${st.size} bytes is more than ${MAX_BLOCKS} blocks of ${bs}; use a larger --block-size`);
     const scan = await scanImage(fh, st.size, bs, Math.max(1, Math.ceil((dictSize * SAMPLE_FACTOR) / bs)), opts.onProgress);
     const frameBlocks = planFrames(scan, opts.previous?.length ? await blockKeys(opts.previous, bs) : null, groupBlocks);
     const dictionary = await trainDictionary(scan.samples, bs, opts.trainer ?? 'cover', dictSize);
