@@ -1,5 +1,6 @@
-// Worker thread of the parallel indexer: chunks and hashes one segment of a file
-// (as if a chunk started at the segment start) and posts back its chunk table.
+// Worker thread of the parallel indexer: for each segment the main thread posts,
+// chunks and hashes it (as if a chunk started at the segment start) and posts
+// back its chunk table.
 // It reads through the main thread's file descriptor (positional reads), so every
 // segment sees the file that the main thread opened and measured.
 import { read } from 'node:fs';
@@ -7,12 +8,17 @@ import { parentPort, workerData } from 'node:worker_threads';
 import { ChunkIndexBuilder } from './caibx.js';
 import { indexRange, type ChunkingSetup } from './indexer-range.js';
 
-export interface SegmentJob extends ChunkingSetup {
+/** Fixed for the worker's life (workerData). */
+export interface WorkerSetup extends ChunkingSetup {
   path: string;
   fd: number;
+  size: number;
+}
+
+/** One segment to index, posted by the main thread; the worker answers with progress and done. */
+export interface SegmentJob {
   start: number;
   end: number;
-  final: boolean;
 }
 
 export type SegmentMessage =
@@ -21,11 +27,13 @@ export type SegmentMessage =
 
 const PROGRESS_EVERY = 4 * 1024 * 1024;
 
-async function run(job: SegmentJob): Promise<void> {
-  const port = parentPort!;
-  const readAt = (buf: Uint8Array, offset: number, length: number, position: number): Promise<number> =>
-    new Promise((resolve, reject) => read(job.fd, buf, offset, length, position, (err, n) => (err ? reject(err) : resolve(n))));
-  const table = ChunkIndexBuilder.forDigest(job.digest, job.params);
+const setup = workerData as WorkerSetup;
+const port = parentPort!;
+const readAt = (buf: Uint8Array, offset: number, length: number, position: number): Promise<number> =>
+  new Promise((resolve, reject) => read(setup.fd, buf, offset, length, position, (err, n) => (err ? reject(err) : resolve(n))));
+
+async function indexSegment(job: SegmentJob): Promise<void> {
+  const table = ChunkIndexBuilder.forDigest(setup.digest, setup.params);
   let unreported = 0;
   const onBytes = (bytes: number): void => {
     unreported += bytes;
@@ -34,10 +42,12 @@ async function run(job: SegmentJob): Promise<void> {
       unreported = 0;
     }
   };
-  await indexRange(readAt, job.start, job.end, { ...job, source: job.path, onBytes }, (end, id) => table.add(end, id));
+  const final = job.end === setup.size;
+  await indexRange(readAt, job.start, job.end, { ...setup, final, source: setup.path, onBytes }, (end, id) => table.add(end, id));
   if (unreported > 0) port.postMessage({ type: 'progress', bytes: unreported } satisfies SegmentMessage);
   const { ends, ids } = table.finish();
   port.postMessage({ type: 'done', ends, ids } satisfies SegmentMessage, [ends.buffer as ArrayBuffer, ids.buffer as ArrayBuffer]);
 }
 
-await run(workerData as SegmentJob);
+// A failure is an unhandled rejection: it ends the worker with an 'error' event in the main thread.
+port.on('message', (job: SegmentJob) => void indexSegment(job));

@@ -16,7 +16,7 @@ import { Chunker, checkChunkParams, type ChunkerKernel, type ChunkerVariant } fr
 import type { DigestName } from './digest.js';
 import { DeltadError } from './errors.js';
 import { ChunkHasher, indexRange, type RangeOptions, type ReadAt } from './indexer-range.js';
-import type { SegmentJob, SegmentMessage } from './indexer-worker.js';
+import type { SegmentJob, SegmentMessage, WorkerSetup } from './indexer-worker.js';
 
 export interface IndexOptions {
   params: ChunkParams;
@@ -35,6 +35,8 @@ export interface IndexOptions {
 
 const MIN_PARALLEL_SIZE = 64 * 1024 * 1024;
 const DEFAULT_MAX_THREADS = 4;
+const SEGMENTS_PER_THREAD = 8;
+const MIN_SEGMENT_SIZE = 1024 * 1024;
 
 /** Indexes an in-memory blob, synchronously on the calling thread. */
 export function indexBuffer(buf: Uint8Array, opts: IndexOptions): ChunkIndex {
@@ -66,7 +68,8 @@ export async function indexFile(path: string, opts: IndexOptions): Promise<Chunk
     const st = await fh.stat();
     if (!st.isFile()) throw new DeltadError('EINPUT', `${path}: not a regular file`);
     const size = st.size;
-    const segments = splitSegments(size, opts.threads ?? defaultThreads(size));
+    const threads = opts.threads ?? defaultThreads(size);
+    const segments = splitSegments(size, threads);
     const range: RangeOptions = { ...opts, final: true, source: path };
     const table = ChunkIndexBuilder.forDigest(opts.digest, opts.params, estimateChunks(size, opts.params));
     if (segments.length === 1) {
@@ -75,7 +78,7 @@ export async function indexFile(path: string, opts: IndexOptions): Promise<Chunk
       await indexRange(readAt(fh), 0, size, { ...range, onBytes }, (end, id) => table.add(end, id));
     } else {
       opts.signal?.throwIfAborted();
-      const results = await runSegments(path, fh.fd, segments, opts, size);
+      const results = await runSegments(path, fh.fd, segments, opts, threads, size);
       await mergeSegments(fh, results, size, range, table);
     }
     opts.onProgress?.(size, size);
@@ -99,9 +102,16 @@ function defaultThreads(size: number): number {
   return size < MIN_PARALLEL_SIZE ? 1 : Math.min(availableParallelism(), DEFAULT_MAX_THREADS);
 }
 
+/**
+ * Cuts the file into segments. With several threads there are more segments than
+ * threads (SEGMENTS_PER_THREAD, each at least MIN_SEGMENT_SIZE) and idle workers
+ * take the next one, so content that chunks faster in one place (zero runs) or a
+ * busy core does not leave the others waiting.
+ */
 function splitSegments(size: number, threads: number): Segment[] {
   if (!Number.isInteger(threads) || threads < 1) throw new RangeError(`threads must be a positive integer (got ${threads})`);
-  const count = Math.max(1, Math.min(threads, size));
+  const wanted = threads === 1 ? 1 : Math.min(threads * SEGMENTS_PER_THREAD, Math.max(threads, Math.floor(size / MIN_SEGMENT_SIZE)));
+  const count = Math.max(1, Math.min(wanted, size));
   const segments: Segment[] = [];
   for (let i = 0; i < count; i++) {
     segments.push({ start: Math.floor((size * i) / count), end: Math.floor((size * (i + 1)) / count) });
@@ -117,55 +127,56 @@ function estimateChunks(size: number, params: ChunkParams): number {
   return Math.min(Math.ceil(size / params.avg) + 16, 1 << 20);
 }
 
-/** Runs one worker per segment; all reject together on the first failure or abort. */
-function runSegments(path: string, fd: number, segments: Segment[], opts: IndexOptions, size: number): Promise<SegmentResult[]> {
+/**
+ * Indexes the segments on a pool of `threads` workers, each taking the next
+ * segment when done. Rejects (after stopping every worker) on the first failure
+ * or on abort.
+ */
+function runSegments(path: string, fd: number, segments: Segment[], opts: IndexOptions, threads: number, size: number): Promise<SegmentResult[]> {
   return new Promise((resolve, reject) => {
     const workers: Worker[] = [];
     const results: SegmentResult[] = new Array(segments.length);
+    let next = 0;
     let remaining = segments.length;
     let done = 0;
     let settled = false;
-    const fail = (err: unknown): void => {
+    // The workers read through our descriptor: they must have stopped before the caller closes it.
+    const stopAll = (): Promise<unknown> => Promise.allSettled(workers.map((w) => w.terminate()));
+    const finish = (err?: unknown): void => {
       if (settled) return;
       settled = true;
       opts.signal?.removeEventListener('abort', onAbort);
-      // The workers read through our descriptor: let them stop before the caller closes it.
-      void Promise.allSettled(workers.map((w) => w.terminate())).then(() => reject(err));
+      void stopAll().then(() => (err === undefined ? resolve(results) : reject(err)));
     };
-    const onAbort = (): void => fail(opts.signal!.reason);
+    const onAbort = (): void => finish(opts.signal!.reason);
     opts.signal?.addEventListener('abort', onAbort, { once: true });
-    segments.forEach((seg, i) => {
-      const job: SegmentJob = {
-        path,
-        fd,
-        start: seg.start,
-        end: seg.end,
-        final: seg.end === size,
-        params: opts.params,
-        digest: opts.digest,
-        variant: opts.variant,
-        kernel: opts.kernel,
-      };
-      const worker = new Worker(new URL('./indexer-worker.js', import.meta.url), { workerData: job });
+    const setup: WorkerSetup = { path, fd, size, params: opts.params, digest: opts.digest, variant: opts.variant, kernel: opts.kernel };
+    for (let w = 0; w < Math.min(threads, segments.length); w++) {
+      const worker = new Worker(new URL('./indexer-worker.js', import.meta.url), { workerData: setup });
       workers.push(worker);
+      let current = -1;
+      const assign = (): void => {
+        if (next === segments.length) return;
+        current = next++;
+        worker.postMessage({ start: segments[current].start, end: segments[current].end } satisfies SegmentJob);
+      };
       worker.on('message', (msg: SegmentMessage) => {
         if (settled) return;
         if (msg.type === 'progress') {
           opts.onProgress?.((done += msg.bytes), size);
           return;
         }
-        results[i] = { ...seg, ends: msg.ends, ids: msg.ids };
-        if (--remaining === 0) {
-          settled = true;
-          opts.signal?.removeEventListener('abort', onAbort);
-          resolve(results);
-        }
+        results[current] = { ...segments[current], ends: msg.ends, ids: msg.ids };
+        if (--remaining === 0) finish();
+        else assign();
       });
-      worker.on('error', (err) => fail(new DeltadError('EINDEXER', `indexing ${path} bytes ${seg.start}..${seg.end}: ${err.message}`, { cause: err })));
+      const where = (): string => (current < 0 ? path : `${path} bytes ${segments[current].start}..${segments[current].end}`);
+      worker.on('error', (err) => finish(new DeltadError('EINDEXER', `indexing ${where()}: ${err.message}`, { cause: err })));
       worker.on('exit', (code) => {
-        if (results[i] === undefined) fail(new DeltadError('EINDEXER', `indexing worker for ${path} bytes ${seg.start}..${seg.end} exited with code ${code}`));
+        if (!settled) finish(new DeltadError('EINDEXER', `indexing worker for ${where()} exited with code ${code}`));
       });
-    });
+      assign();
+    }
   });
 }
 

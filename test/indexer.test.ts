@@ -3,7 +3,7 @@
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createCipheriv, createHash } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { serializeIndex, type ChunkParams } from '../lib/caibx.js';
@@ -124,6 +124,24 @@ test('abort stops the work promptly, serial and with workers', async () => {
   ac.abort();
   await assert.rejects(indexFile(path, { params: DEFAULT, digest: 'sha512-256', signal: ac.signal }), { name: 'AbortError' });
   assert.throws(() => indexBuffer(new Uint8Array(10), { params: DEFAULT, digest: 'sha256', signal: ac.signal }), { name: 'AbortError' });
+});
+
+test('a file that shrinks while being indexed gives a clear error, serial and with workers', async () => {
+  for (const threads of [1, 2]) {
+    const path = writeInput(`shrink${threads}.bin`, prng('shrink', 24 * 1024 * 1024));
+    let truncated = false;
+    await assert.rejects(
+      indexFile(path, { params: DEFAULT, digest: 'sha512-256', threads, onProgress: () => {
+        if (!truncated) truncateSync(path, 1024 * 1024);
+        truncated = true;
+      } }),
+      (err: Error) => {
+        assert.match(err.message, /shrink\d\.bin.*ended at byte \d+ while reading up to byte \d+/);
+        return true;
+      },
+    );
+    assert.ok(truncated);
+  }
 });
 
 test('bad input: missing file, directory, bad parameters', async () => {
