@@ -191,6 +191,14 @@ export class Chunker {
     this.nextTest = this.firstTest;
   }
 
+  /** Starts a new stream (offset 0), keeping the kernel and its memory. */
+  reset(): void {
+    this.tail.fill(0);
+    this.streamPos = 0;
+    this.chunkStart = 0;
+    this.nextTest = this.firstTest;
+  }
+
   /** Absolute offset of the next byte to be scanned (= bytes scanned so far). */
   get position(): number {
     return this.streamPos;

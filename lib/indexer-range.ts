@@ -72,6 +72,8 @@ export interface RangeOptions extends ChunkingSetup {
   signal?: AbortSignal;
   /** Called after each block with the number of bytes it held. */
   onBytes?: (n: number) => void;
+  /** A chunker with these parameters to reuse (reset first); by default a new one. */
+  chunker?: Chunker;
 }
 
 /**
@@ -79,7 +81,8 @@ export interface RangeOptions extends ChunkingSetup {
  * and hands each complete chunk to `sink`. Resolves when done or stopped.
  */
 export async function indexRange(readAt: ReadAt, start: number, end: number, opts: RangeOptions, sink: ChunkSink): Promise<void> {
-  const chunker = new Chunker(opts.params, { variant: opts.variant, kernel: opts.kernel, blockSize: opts.blockSize });
+  const chunker = opts.chunker ?? new Chunker(opts.params, { variant: opts.variant, kernel: opts.kernel, blockSize: opts.blockSize });
+  chunker.reset();
   const hasher = new ChunkHasher(opts.digest, opts.params.max);
   const blockSize = chunker.blockSize;
   // Reads block `area` at `pos`, filling it completely unless the range ends first.

@@ -6,6 +6,7 @@
 import { read } from 'node:fs';
 import { parentPort, workerData } from 'node:worker_threads';
 import { ChunkIndexBuilder } from './caibx.js';
+import { Chunker } from './chunker.js';
 import { indexRange, type ChunkingSetup } from './indexer-range.js';
 
 /** Fixed for the worker's life (workerData). */
@@ -29,6 +30,8 @@ const PROGRESS_EVERY = 4 * 1024 * 1024;
 
 const setup = workerData as WorkerSetup;
 const port = parentPort!;
+// One chunker (and its WASM memory) for all the segments this worker indexes.
+const chunker = new Chunker(setup.params, { variant: setup.variant, kernel: setup.kernel, blockSize: setup.blockSize });
 const readAt = (buf: Uint8Array, offset: number, length: number, position: number): Promise<number> =>
   new Promise((resolve, reject) => read(setup.fd, buf, offset, length, position, (err, n) => (err ? reject(err) : resolve(n))));
 
@@ -43,7 +46,7 @@ async function indexSegment(job: SegmentJob): Promise<void> {
     }
   };
   const final = job.end === setup.size;
-  await indexRange(readAt, job.start, job.end, { ...setup, final, source: setup.path, onBytes }, (end, id) => table.add(end, id));
+  await indexRange(readAt, job.start, job.end, { ...setup, final, source: setup.path, onBytes, chunker }, (end, id) => table.add(end, id));
   if (unreported > 0) port.postMessage({ type: 'progress', bytes: unreported } satisfies SegmentMessage);
   const { ends, ids } = table.finish();
   port.postMessage({ type: 'done', ends, ids } satisfies SegmentMessage, [ends.buffer as ArrayBuffer, ids.buffer as ArrayBuffer]);

@@ -159,6 +159,16 @@ test('streaming in odd pieces (1, 4095, 65537 bytes) gives the same chunks, both
   }
 });
 
+test('reset() starts a new stream on the same chunker', () => {
+  const v = vectors.find((x) => x.vector === 'mincut-default')!;
+  const chunker = new Chunker(paramsOf(v), { blockSize: 65536 });
+  chunker.push(input('rand-1m.bin').subarray(0, 300_001)); // leaves a partial chunk and a non-zero tail behind
+  chunker.reset();
+  assert.equal(chunker.position, 0);
+  const ends = [...chunker.push(input(v.input)), ...chunker.finish()];
+  assert.deepEqual(ends, expectedEnds(v));
+});
+
 test('desync variant reproduces desync\'s chunker and agrees with casync elsewhere', async () => {
   const dir = join(CASYNC_FORMAT_DIR, 'vectors', 'desync-chunker');
   const desyncVectors = ['mincut-default', 'mincut-64-256-1024', 'mixed-8m-clamp-64k-64k-256k'].map(
