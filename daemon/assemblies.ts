@@ -4,6 +4,8 @@
 // So a client that joins late still gets the whole image, a slow client does
 // not hold buffers in memory, and the assembly runs as long as anyone wants it:
 // when the last client goes away before the end, its fetches are aborted.
+// A finished, verified spool is kept for KEEP_MS, so a request that arrives
+// just after (a retry, a second reader) is served from it without the network.
 import { EventEmitter } from 'node:events';
 import { open, rm, mkdir, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -12,6 +14,7 @@ import { Readable } from 'node:stream';
 import type { ExtractResult, ExtractStream } from '../lib/extract.js';
 
 const READ_SIZE = 256 * 1024;
+export const KEEP_MS = 60_000;
 
 export type StartAssembly = (signal: AbortSignal) => Promise<ExtractStream>;
 
@@ -81,7 +84,7 @@ export class SharedAssembly {
     } finally {
       clearInterval(this.watchdog);
       this.events.emit('data');
-      if (this.readers === 0) await this.dispose();
+      if (this.readers === 0) this.idle();
     }
   }
 
@@ -117,6 +120,7 @@ export class SharedAssembly {
   /** A reader of the whole image from byte 0. Destroying it releases its share of the assembly. */
   subscribe(): Readable {
     this.readers++;
+    clearTimeout(this.keepTimer);
     let pos = 0;
     let released = false;
     const release = () => {
@@ -128,7 +132,7 @@ export class SharedAssembly {
           this.cancelled = true;
           this.cancel(new Error('every client disconnected'));
         }
-        else void this.dispose();
+        else this.idle();
       }
     };
     let reading = false;
@@ -168,8 +172,18 @@ export class SharedAssembly {
     return readable;
   }
 
-  private disposed = false;
-  private async dispose(): Promise<void> {
+  private keepTimer: NodeJS.Timeout | undefined;
+  /** No readers left: a verified spool stays shareable for a while, anything else goes now. */
+  private idle(): void {
+    if (!this.finished) return void this.dispose();
+    this.keepTimer = setTimeout(() => void this.dispose(), KEEP_MS);
+    this.keepTimer.unref();
+  }
+
+  /** True once the spool is gone; a disposed assembly is never shared. */
+  disposed = false;
+  async dispose(): Promise<void> {
+    clearTimeout(this.keepTimer);
     if (this.disposed) return;
     this.disposed = true;
     this.onDone(this);
@@ -178,7 +192,7 @@ export class SharedAssembly {
   }
 }
 
-/** The in-flight assemblies, by origin URL of the image. */
+/** The in-flight (and recently finished) assemblies, by image version (URL and index digest). */
 export class AssemblyRegistry {
   private readonly live = new Map<string, SharedAssembly>();
   private seq = 0;
@@ -194,14 +208,20 @@ export class AssemblyRegistry {
     await mkdir(this.spoolDir, { recursive: true, mode: 0o700 });
   }
 
+  /** Assemblies still running (finished ones kept for sharing are not counted). */
   get active(): SharedAssembly[] {
-    return [...this.live.values()];
+    return [...this.live.values()].filter((a) => !a.finished);
+  }
+
+  /** Drops every kept spool (on shutdown). */
+  async close(): Promise<void> {
+    await Promise.all([...this.live.values()].filter((a) => a.finished).map((a) => a.dispose()));
   }
 
   /** The running, not failed assembly of `key`, or a new one started with `start`. */
   acquire(key: string, size: number, start: StartAssembly): { assembly: SharedAssembly; created: boolean } {
     const existing = this.live.get(key);
-    if (existing && !existing.error && existing.size === size) return { assembly: existing, created: false };
+    if (existing && !existing.error && !existing.disposed && existing.size === size) return { assembly: existing, created: false };
     const name = `${createHash('sha256').update(key).digest('hex').slice(0, 16)}-${process.pid}-${++this.seq}.spool`;
     const assembly = new SharedAssembly(key, size, join(this.spoolDir, name), start, (a) => {
       if (this.live.get(a.key) === a) this.live.delete(a.key);

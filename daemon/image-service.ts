@@ -9,6 +9,7 @@
 //   still cannot be completed correctly, the socket is destroyed, so the
 //   client sees a truncated download. The engine holds back the final bytes
 //   until the whole-file SHA-256 matches the origin's SHA256SUMS entry.
+import { createHash } from 'node:crypto';
 import type { ServerResponse } from 'node:http';
 import { pipeline } from 'node:stream/promises';
 import { MAX_INDEX_BYTES, parseIndex, type ChunkIndex } from '../lib/caibx.js';
@@ -47,6 +48,8 @@ export interface PreparedImage {
   index: ChunkIndex;
   /** SHA-256 from the origin's SHA256SUMS, when it lists the image. */
   sha256?: string;
+  /** Identifies this version of the image: its URL and the digest of its index. */
+  key: string;
 }
 
 export interface ImageServiceDeps {
@@ -73,7 +76,7 @@ export class ImageService {
     const index = parseIndex(res.body, { source: indexUrl, allowArchive: false });
     const sums = await this.fetchSmall(siblingUrl(target.url, 'SHA256SUMS'), MANIFEST_MAX, signal);
     const sha256 = sums.status === 200 ? findSha256(sums.body.toString('utf8'), target.name) : undefined;
-    return { index, sha256 };
+    return { index, sha256, key: `${target.url}#${createHash('sha256').update(res.body).digest('hex')}` };
   }
 
   /** Where missing bytes of `target` come from (shared by assembly and the plan endpoint). */
@@ -125,12 +128,12 @@ export class ImageService {
       return;
     }
 
-    const { assembly, created } = this.d.assemblies.acquire(target.url, size, (signal) => this.startEngine(target, prepared, signal));
+    const { assembly, created } = this.d.assemblies.acquire(prepared.key, size, (signal) => this.startEngine(target, prepared, signal));
     const body = assembly.subscribe();
     // A client that leaves while we wait for the first byte releases its share at once.
     res.once('close', () => body.destroy());
     if (created) this.watch(target, prepared, assembly);
-    else log.info(`${target.relPath}: joining the assembly already in progress`);
+    else log.info(`${target.relPath}: sharing the assembly of an earlier request (${assembly.finished ? 'finished and verified' : 'in progress'})`);
 
     let state = await firstByteWithin(assembly, Math.max(0, this.d.timeouts.headerMs - (Date.now() - started)));
     if (state === 'failed') {

@@ -75,7 +75,10 @@ export async function buildServer(config: DaemonConfig, opts: ServerOptions = {}
     // In-flight downloads finish on close; idle keep-alive connections are closed.
     forceCloseConnections: 'idle',
   });
-  if (!opts.http) app.addHook('onClose', async () => ctx.http.close());
+  app.addHook('onClose', async () => {
+    await ctx.assemblies.close();
+    if (!opts.http) await ctx.http.close();
+  });
   await opts.extraRoutes?.(app, ctx);
   registerOriginRoutes(app, ctx);
   return { app, ctx };

@@ -161,10 +161,21 @@ test('two clients share one assembly; a client that disconnects cancels it', { t
   const f = await fixture();
   const d = await startDaemon(t, f);
   const v2 = f.releases[1];
-  const [a, b] = await Promise.all([fetch(`${d.url}/os_2.img`), fetch(`${d.url}/os_2.img`)]);
-  const [ba, bb] = await Promise.all([a.arrayBuffer(), b.arrayBuffer()]);
-  assert.ok(Buffer.from(ba).equals(v2.data) && Buffer.from(bb).equals(v2.data));
+  // Client A holds its download open (paused after the first bytes) while client B asks for the same image.
+  const a = await fetch(`${d.url}/os_2.img`);
+  const readerA = a.body!.getReader();
+  const first = await readerA.read();
+  const b = Buffer.from(await (await fetch(`${d.url}/os_2.img`)).arrayBuffer());
+  const partsA: Uint8Array[] = [first.value!];
+  for (let r = await readerA.read(); !r.done; r = await readerA.read()) partsA.push(r.value);
+  assert.ok(Buffer.concat(partsA).equals(v2.data) && b.equals(v2.data));
   assert.equal(d.ctx.counters.assembliesStarted, 1, 'one assembly for both');
+  assert.ok(d.logs.some((l) => l.includes('sharing the assembly of an earlier request')));
+
+  // The verified spool is kept a while for later requests.
+  const spoolDir = join(d.ctx.config.cacheDir, 'spool');
+  const kept = await readdir(spoolDir);
+  assert.equal(kept.length, 1);
 
   // Stall every range request so the assembly cannot finish; the client leaves after a few bytes.
   f.origin.fault({ kind: 'stall', path: '/os_3.img', rangedOnly: true, skip: 1, times: Infinity, stallMs: 20_000 });
@@ -182,7 +193,7 @@ test('two clients share one assembly; a client that disconnects cancels it', { t
   const deadline = Date.now() + 5_000;
   while (d.ctx.assemblies.active.length > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
   assert.equal(d.ctx.assemblies.active.length, 0, 'assembly cancelled');
-  assert.deepEqual(await readdir(join(d.ctx.config.cacheDir, 'spool')), [], 'spool removed');
+  assert.deepEqual(await readdir(spoolDir), kept, "the cancelled assembly's spool is removed");
   assert.equal(d.ctx.counters.assemblyFailures, 0, 'a cancellation is not a failure');
 });
 
