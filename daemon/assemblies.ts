@@ -50,11 +50,6 @@ export class SharedAssembly {
     this.result.catch(() => {}); // observed through `error` and the readers
   }
 
-  /** Engine counters so far (undefined before the engine has started). */
-  get progress() {
-    return this.stream?.progress;
-  }
-
   private async run(start: StartAssembly): Promise<ExtractResult> {
     try {
       this.fh = await open(this.spoolPath, 'wx+', 0o600);
@@ -131,8 +126,7 @@ export class SharedAssembly {
         if (!this.finished && !this.error) {
           this.cancelled = true;
           this.cancel(new Error('every client disconnected'));
-        }
-        else this.idle();
+        } else this.idle();
       }
     };
     let reading = false;
