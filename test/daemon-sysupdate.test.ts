@@ -16,6 +16,8 @@ import { defaultConfig, type DaemonConfig } from '../daemon/config.js';
 import { createLogger } from '../daemon/log.js';
 import { createNotifier } from '../daemon/notify.js';
 import type { ImageTimeouts } from '../daemon/image-service.js';
+import { IndexCache } from '../lib/index-cache.js';
+import { serializeIndex } from '../lib/caibx.js';
 import { startOrigin, type Origin } from './helpers/origin.js';
 import { makeReleases, type Release } from './helpers/fleet.js';
 import { requireTool, run, SYSTEMD_PULL, systemdPull } from './helpers/sysupdate-client.js';
@@ -155,6 +157,23 @@ test('curl GET and HEAD; the installed image is adopted as a seed without chunki
   assert.ok((await readFile(out3)).equals(f.releases[2].data));
   assert.ok(d.logs.some((l) => l.includes(`seed ${installed}: adopted the index`)), d.logs.join(''));
   assert.deepEqual(await readdir(adoptDir), ['os_3.img.caibx']);
+});
+
+test('start-up indexing: seeds are chunked in the background with the last target chunking, once', { timeout: 30_000 }, async (t) => {
+  const f = await fixture();
+  const d = await startDaemon(t, f);
+  const v2 = f.releases[1].index;
+  await d.ctx.seeds.remember('os_2.img', v2); // as after a delta served by an earlier daemon
+  await d.ctx.seeds.warm();
+  const cache = new IndexCache(d.ctx.config.cacheDir);
+  const key = { params: v2.params, digest: v2.digest };
+  const cached = await cache.get(join(f.seedDir, 'os_1.img'), key);
+  assert.ok(cached && serializeIndex(cached).equals(serializeIndex(f.releases[0].index)), 'the seed index is cached and right');
+  assert.ok(d.logs.some((l) => /seed indexes ready for 1 seed/.test(l)), d.logs.join(''));
+  assert.equal(await cache.get(join(f.seedDir, '.sysupdate.partial.os_2.img'), key), null, "sysupdate's temporary file is not a seed");
+  // A second warm-up finds everything cached: no chunking, the same index.
+  await d.ctx.seeds.warm();
+  assert.ok(serializeIndex((await cache.get(join(f.seedDir, 'os_1.img'), key))!).equals(serializeIndex(cached)));
 });
 
 test('two clients share one assembly; a client that disconnects cancels it', { timeout: 60_000 }, async (t) => {
