@@ -1,8 +1,8 @@
 // Indexing a blob: chunk it (casync semantics unless told otherwise), hash every
 // chunk, and return the ChunkIndex that `casync make` would write.
 //
-// Large files are cut into one segment per thread. Each worker chunks its segment
-// as if a chunk started there. A chunk boundary depends only on where its chunk
+// Large files are cut into segments (several per thread) that a pool of worker
+// threads takes from a queue. Each worker chunks its segment as if a chunk started there. A chunk boundary depends only on where its chunk
 // starts and on the bytes, so once the true chunking (coming from the previous
 // segment) reaches a boundary that a segment also found, the rest of that
 // segment's chunks are exactly the serial result and are adopted. The main thread
@@ -23,8 +23,8 @@ export interface IndexOptions {
   digest: DigestName;
   variant?: ChunkerVariant;
   /**
-   * Segments indexed in parallel worker threads by indexFile; 1 = no workers.
-   * Default: none below 64 MiB, else the CPU count (at most 4).
+   * Worker threads used by indexFile; 1 = none, all on the calling thread.
+   * Default: 1 below 64 MiB, else the CPU count (at most 4).
    */
   threads?: number;
   onProgress?: (bytesDone: number, total: number) => void;
