@@ -25,19 +25,20 @@ function mainHelp(): string {
 export async function main(argv: string[]): Promise<number> {
   const [name, ...rest] = argv;
   if (!name || name === '--help' || name === '-h' || name === 'help') {
-    const target = name === 'help' ? commands.find((c) => c.name === rest[0]) : undefined;
-    process.stdout.write((target ? target.usage : mainHelp()) + '\n');
+    const entry = name === 'help' ? commands.find((c) => c.name === rest[0]) : undefined;
+    process.stdout.write((entry ? (await entry.load()).usage : mainHelp()) + '\n');
     return 0;
   }
   if (name === '--version' || name === '-V') {
     process.stdout.write(`deltad ${VERSION}\n`);
     return 0;
   }
-  const cmd: Command | undefined = commands.find((c) => c.name === name);
-  if (!cmd) {
+  const entry = commands.find((c) => c.name === name);
+  if (!entry) {
     process.stderr.write(`deltad: unknown command "${name}"\n\n${mainHelp()}\n`);
     return 2;
   }
+  const cmd: Command = await entry.load();
   if (rest.includes('--help') || rest.includes('-h')) {
     process.stdout.write(cmd.usage + '\n');
     return 0;

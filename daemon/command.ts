@@ -17,8 +17,6 @@ export interface CommandContext {
 
 export interface Command {
   name: string;
-  /** One line for `deltad --help`. */
-  summary: string;
   /** Usage text for `deltad <name> --help` (synopsis, options, examples). */
   usage: string;
   options: OptionSpec;

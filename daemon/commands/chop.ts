@@ -11,7 +11,6 @@ import { createProgress, formatBytes } from '../progress.js';
 
 export const command: Command = {
   name: 'chop',
-  summary: 'store the chunks of a file in a casync chunk store',
   usage: `Usage: deltad chop --store DIR [options] INDEX FILE
 
 Reads FILE as INDEX (.caibx path or URL) describes it, checks every chunk

@@ -34,7 +34,6 @@ const sha256 = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
 
 export const command: Command = {
   name: 'demo',
-  summary: 'show a delta update end to end on this machine (nothing to configure)',
   usage: `Usage: deltad demo [--size MIB] [--client auto|systemd-pull|http] [--keep]
 
 Generates v1 and v2 of a small image, publishes them from a local origin on

@@ -19,7 +19,6 @@ const detail = (p: ExtractProgress): string => `local ${formatBytes(p.fromSeeds 
 
 export const command: Command = {
   name: 'extract',
-  summary: 'assemble an image from seeds and the network (delta download)',
   usage: `Usage: deltad extract [--seed FILE[:INDEX]]... [--store URL|DIR]... [--range-url URL]
                       [--mode auto|range|store] [--sha256 HEX] [--cache-dir DIR]
                       [--concurrency N] [--json] INDEX OUT

@@ -1,15 +1,24 @@
-// Every `deltad` command, in the order `deltad --help` lists them.
+// Every `deltad` command, in the order `deltad --help` lists them. Modules load
+// only when their command runs: `deltad extract` never pays for fastify.
 import type { Command } from '../command.js';
-import { command as chop } from './chop.js';
-import { command as extract } from './extract.js';
-import { command as demo } from './demo.js';
-import { command as info } from './info.js';
-import { command as make } from './make.js';
-import { command as pack } from './pack.js';
-import { command as plan } from './plan.js';
-import { command as proxy } from './proxy.js';
-import { command as redirect } from './redirect.js';
-import { command as serve } from './serve.js';
-import { command as verify } from './verify.js';
 
-export const commands: Command[] = [demo, make, info, serve, redirect, proxy, chop, verify, extract, plan, pack];
+export interface CommandEntry {
+  name: string;
+  /** One line for `deltad --help`. */
+  summary: string;
+  load(): Promise<Command>;
+}
+
+export const commands: CommandEntry[] = [
+  { name: 'make', summary: 'chunk a file into a casync index (.caibx), optionally filling a store', load: async () => (await import('./make.js')).command },
+  { name: 'chop', summary: 'store the chunks of a file in a casync chunk store', load: async () => (await import('./chop.js')).command },
+  { name: 'info', summary: 'show what an index (.caibx/.caidx) holds', load: async () => (await import('./info.js')).command },
+  { name: 'verify', summary: 'check a file or a chunk store against an index', load: async () => (await import('./verify.js')).command },
+  { name: 'plan', summary: 'show how much of an update comes from seeds and the network', load: async () => (await import('./plan.js')).command },
+  { name: 'extract', summary: 'assemble an image from seeds and the network (delta download)', load: async () => (await import('./extract.js')).command },
+  { name: 'pack', summary: 'write the block pack, dictionary and block index of a release image', load: async () => (await import('./pack.js')).command },
+  { name: 'serve', summary: 'run the sysupdate sidecar daemon (socket-activated or --listen)', load: async () => (await import('./serve.js')).command },
+  { name: 'redirect', summary: 'route systemd-sysupdate transfers through the daemon (drop-in in /run/sysupdate.d)', load: async () => (await import('./redirect.js')).command },
+  { name: 'proxy', summary: 'run the fleet caching proxy (one upstream, a shared chunk cache, casync store and batch endpoint)', load: async () => (await import('./proxy.js')).command },
+  { name: 'demo', summary: 'show a delta update end to end on this machine (nothing to configure)', load: async () => (await import('./demo.js')).command },
+];

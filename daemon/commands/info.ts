@@ -39,7 +39,6 @@ export function indexSummary(idx: ChunkIndex) {
 
 export const command: Command = {
   name: 'info',
-  summary: 'show what an index (.caibx/.caidx) holds',
   usage: `Usage: deltad info [--json] INDEX
 
 Prints the index's feature flags, digest, chunker parameters, blob size and

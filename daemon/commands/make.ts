@@ -26,7 +26,6 @@ async function writeAtomic(path: string, data: Uint8Array): Promise<void> {
 
 export const command: Command = {
   name: 'make',
-  summary: 'chunk a file into a casync index (.caibx), optionally filling a store',
   usage: `Usage: deltad make [options] INDEX FILE
 
 Chunks FILE with casync's content-defined chunker and writes the index INDEX

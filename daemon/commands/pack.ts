@@ -11,7 +11,6 @@ const TRAINERS: Trainer[] = ['cover', 'zstd', 'none'];
 
 export const command: Command = {
   name: 'pack',
-  summary: 'write the block pack, dictionary and block index of a release image',
   usage: `Usage: deltad pack [-o DIR] [--block-size N] [--level N] [--dict-size N]
                    [--trainer cover|zstd|none] [--previous OLD_IMAGE]... [--group-blocks N]
                    [--threads N] [--json] IMAGE

@@ -32,7 +32,6 @@ export function planText(index: string, r: PlanReport): string {
 
 export const command: Command = {
   name: 'plan',
-  summary: 'show how much of an update comes from seeds and the network',
   usage: `Usage: deltad plan [--seed FILE[:INDEX]]... [--range-url URL] [--store URL|DIR]...
                    [--mode auto|range|store] [--json] INDEX
 

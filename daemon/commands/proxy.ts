@@ -8,7 +8,6 @@ import { UsageError } from '../../lib/errors.js';
 
 export const command: Command = {
   name: 'proxy',
-  summary: 'Run the fleet caching proxy (one upstream, a shared chunk cache, casync store and batch endpoint)',
   usage: `Usage: deltad proxy --upstream URL --cache DIR [--listen ADDR:PORT] [config options]
 
 Serves every path from the upstream. Images with an index upstream (--image-pattern,

@@ -10,7 +10,6 @@ import { readTransfers, redirectedPath, redirectedTransfers, removeDropin, trans
 
 export const command: Command = {
   name: 'redirect',
-  summary: 'route systemd-sysupdate transfers through the daemon (drop-in in /run/sysupdate.d)',
   usage: `Usage: deltad redirect [--transfer NAME]... [--remove] [--root DIR] [config options]
 
 Writes /run/sysupdate.d/<NAME>.transfer.d/50-deltad.conf overriding [Source] Path=

@@ -12,7 +12,6 @@ import { pickHttpSocket, takeInheritedSockets } from '../socket-activation.js';
 
 export const command: Command = {
   name: 'serve',
-  summary: 'run the sysupdate sidecar daemon (socket-activated or --listen)',
   usage: `Usage: deltad serve [config options]
 
 Serves GET/HEAD /<path> from the origin: images (--image-pattern) with an index

@@ -14,7 +14,6 @@ const SHOW = 20;
 
 export const command: Command = {
   name: 'verify',
-  summary: 'check a file or a chunk store against an index',
   usage: `Usage: deltad verify [options] INDEX [FILE]
 
 With FILE: hashes every chunk of FILE as INDEX (.caibx path or URL) lays it
