@@ -5,6 +5,11 @@
 //   headerMs (1.9 s) after the request at the latest (sysupdate wants an answer within seconds); a
 //   failure after that but before the first body byte streams the origin's
 //   full file under the same headers, checked for size and SHA-256;
+// - an index slower than prepareMs does not force a full download: a HEAD of
+//   the image, sent alongside the index fetch, gives the length for the
+//   headers, and the delta goes on once the index arrives (its size must match);
+// - when the origin is a deltad proxy (docs/FLEET.md), missing chunks come from
+//   its batch endpoint: a handful of requests instead of one per chunk;
 // - after the first body byte the engine retries internally; if the image
 //   still cannot be completed correctly, the socket is destroyed, so the
 //   client sees a truncated download. The engine holds back the final bytes
@@ -16,6 +21,8 @@ import { MAX_INDEX_BYTES, parseIndex, type ChunkIndex } from '../lib/caibx.js';
 import { OriginError } from '../lib/errors.js';
 import { openExtractStream, planUpdate, type ExtractProgress, type PlanReport, type SourceOptions } from '../lib/extract.js';
 import type { HttpClient } from '../lib/http-client.js';
+import { openProxyStore } from '../lib/store/batch-store.js';
+import type { ChunkStore } from '../lib/store/types.js';
 import type { AssemblyRegistry, SharedAssembly } from './assemblies.js';
 import type { DaemonConfig } from './config.js';
 import type { Logger } from './log.js';
@@ -43,6 +50,8 @@ export interface ImageTimeouts {
 export const DEFAULT_TIMEOUTS: ImageTimeouts = { prepareMs: 1_500, headerMs: 1_900, firstByteMs: 40_000, stallMs: 45_000 };
 const MANIFEST_MAX = 1024 * 1024;
 const STATUS_EVERY_MS = 1_000;
+/** An origin found not to be a deltad proxy (or unreachable) is asked again at most this often. */
+const PROXY_PROBE_EVERY_MS = 60_000;
 
 export interface PreparedImage {
   index: ChunkIndex;
@@ -66,27 +75,59 @@ export interface ImageServiceDeps {
 
 export class ImageService {
   private lastStatus = 0;
+  private proxyProbe?: { at: number; store: Promise<ChunkStore | null> };
   constructor(private readonly d: ImageServiceDeps) {}
 
-  /** The image's index and expected SHA-256; undefined when the origin has no index for it. */
-  async prepare(target: OriginTarget, signal?: AbortSignal): Promise<PreparedImage | undefined> {
+  /**
+   * The image's index and expected SHA-256; undefined when the origin has no index for it.
+   * `sha256` is the SHA256SUMS lookup, fetched alongside the index (serve() keeps it for fallbacks).
+   */
+  async prepare(target: OriginTarget, signal?: AbortSignal, sha256 = this.expectedSha256(target, signal)): Promise<PreparedImage | undefined> {
     const indexUrl = target.url + this.d.config.indexSuffix;
-    const res = await this.fetchSmall(indexUrl, MAX_INDEX_BYTES, signal);
+    const [res, expected] = await Promise.all([this.fetchSmall(indexUrl, MAX_INDEX_BYTES, signal), sha256]);
     if (res.status === 404 || res.status === 410) return undefined;
     const index = parseIndex(res.body, { source: indexUrl, allowArchive: false });
+    return { index, sha256: expected, key: `${target.url}#${createHash('sha256').update(res.body).digest('hex')}` };
+  }
+
+  /** The image's entry in the SHA256SUMS beside it, if any. */
+  private async expectedSha256(target: OriginTarget, signal?: AbortSignal): Promise<string | undefined> {
     const sums = await this.fetchSmall(siblingUrl(target.url, 'SHA256SUMS'), MANIFEST_MAX, signal);
-    const sha256 = sums.status === 200 ? findSha256(sums.body.toString('utf8'), target.name) : undefined;
-    return { index, sha256, key: `${target.url}#${createHash('sha256').update(res.body).digest('hex')}` };
+    return sums.status === 200 ? findSha256(sums.body.toString('utf8'), target.name) : undefined;
+  }
+
+  /**
+   * The batch store of the origin when it is a deltad proxy, else null. Probed
+   * once and kept for the daemon's life; a negative answer (or a failed probe)
+   * is asked again at most once a minute. A configured chunk store wins.
+   */
+  private proxyStore(): Promise<ChunkStore | null> {
+    if (this.d.config.store) return Promise.resolve(null);
+    const last = this.proxyProbe;
+    if (last && Date.now() - last.at < PROXY_PROBE_EVERY_MS) return last.store;
+    this.d.counters.originRequests++;
+    const store = openProxyStore(this.d.config.origin, { client: this.d.http }).catch(() => null);
+    const probe = { at: Date.now(), store };
+    this.proxyProbe = probe;
+    void store.then((s) => {
+      // Found: never probe again (a proxy does not stop being one).
+      if (s) probe.at = Infinity;
+      this.d.log.info(s ? `origin is a deltad proxy: missing chunks come from its batch endpoint ${s.location}` : 'origin is not a deltad proxy: missing chunks come as byte ranges');
+    });
+    return store;
   }
 
   /** Where missing bytes of `target` come from (shared by assembly and the plan endpoint). */
   async sources(target: OriginTarget, signal?: AbortSignal): Promise<SourceOptions> {
     const c = this.d.config;
+    const proxy = await this.proxyStore();
     return {
       seeds: await this.d.seeds.seedsFor(target.name),
       rangeUrl: target.url,
-      stores: c.store ? [c.store] : undefined,
-      mode: 'auto',
+      stores: c.store ? [c.store] : proxy ? [proxy] : undefined,
+      // The proxy's batches come from its shared cache; ranges or a block pack would bypass it.
+      mode: proxy ? 'store' : 'auto',
+      blockPack: !proxy,
       cacheDir: c.cacheDir,
       http: this.d.http,
       signal,
@@ -104,51 +145,96 @@ export class ImageService {
   }
 
   async serve(method: 'GET' | 'HEAD', target: OriginTarget, res: ServerResponse): Promise<void> {
-    const { counters, log } = this.d;
+    const { timeouts } = this.d;
     const started = Date.now();
     const ac = new AbortController();
     res.once('close', () => ac.abort());
+    // Index, SHA256SUMS and the proxy probe go out together.
+    const sha256 = this.expectedSha256(target, ac.signal);
+    const rangeCheck = method === 'GET' ? this.needsRangeCheck() : Promise.resolve(false);
+    const ready = this.prepare(target, ac.signal, sha256).then(async (p) => {
+      if (p && (await rangeCheck)) await this.checkRanges(target.url, ac.signal);
+      return p;
+    });
+    // Sent with the index fetch: when the index is slow, the image's length lets the headers go out anyway.
+    let announced: number | undefined;
+    if (method === 'GET') void this.headLength(target.url, ac.signal).then((n) => (announced = n));
     let prepared: PreparedImage | undefined;
     try {
-      const ready = this.prepare(target, ac.signal).then(async (p) => {
-        if (p && method === 'GET' && !this.d.config.store) await this.checkRanges(target.url, ac.signal);
-        return p;
-      });
-      const ms = this.d.timeouts.prepareMs;
-      prepared = await withDeadline(ready, ms, `index of ${target.relPath} not fetched within ${ms} ms`);
+      prepared = await withDeadline(ready, timeouts.prepareMs, `index of ${target.relPath} not fetched within ${timeouts.prepareMs} ms`);
     } catch (err) {
+      if (err instanceof DeadlineError && announced !== undefined) return this.serveAnnounced(target, announced, ready, sha256, res, ac.signal);
       return this.fallBack(method, target, res, ac.signal, (err as Error).message);
     }
     if (!prepared) return this.fallBack(method, target, res, ac.signal, `no ${this.d.config.indexSuffix} index on the origin`);
-    const size = prepared.index.size;
-    const headers = { 'content-type': 'application/octet-stream', 'content-length': String(size), 'cache-control': 'no-store' };
     if (method === 'HEAD') {
-      res.writeHead(200, headers);
+      res.writeHead(200, imageHeaders(prepared.index.size));
       res.end();
       return;
     }
+    return this.deliver(target, prepared, res, ac.signal, started + timeouts.headerMs);
+  }
 
-    const { assembly, created } = this.d.assemblies.acquire(prepared.key, size, (signal) => this.startEngine(target, prepared, signal));
+  /**
+   * The index was late but a HEAD gave the image's length: headers go out now
+   * with it, and the delta follows once the index arrives and matches. Anything
+   * else streams the origin's full image under those headers.
+   */
+  private async serveAnnounced(
+    target: OriginTarget, size: number, ready: Promise<PreparedImage | undefined>, sha256: Promise<string | undefined>,
+    res: ServerResponse, signal: AbortSignal,
+  ): Promise<void> {
+    const { counters, log, timeouts } = this.d;
+    sendHeaders(res, size);
+    const firstByteBy = Date.now() + timeouts.firstByteMs;
+    log.info(`${target.relPath}: index not fetched within ${timeouts.prepareMs} ms; headers sent with the origin's length (${size} bytes), still preparing`);
+    let prepared: PreparedImage | undefined;
+    let why: string | undefined;
+    try {
+      prepared = await withDeadline(ready, timeouts.firstByteMs, `index of ${target.relPath} not fetched within ${timeouts.prepareMs + timeouts.firstByteMs} ms`);
+      if (!prepared) why = `no ${this.d.config.indexSuffix} index on the origin`;
+      else if (prepared.index.size !== size) why = `its index describes ${prepared.index.size} bytes, the origin's HEAD said ${size}`;
+    } catch (err) {
+      why = (err as Error).message;
+    }
+    if (prepared && !why) return this.deliver(target, prepared, res, signal, firstByteBy, firstByteBy);
+    counters.fallbacks++;
+    log.warn(`${target.relPath}: ${why}; streaming the full image from the origin`);
+    const expected = prepared ? prepared.sha256 : await withDeadline(sha256, Math.max(0, firstByteBy - Date.now()), 'SHA256SUMS late').catch(() => undefined);
+    return this.proxyWhole(target, size, expected, res, signal);
+  }
+
+  /**
+   * Streams the shared assembly of `prepared`. Headers go out with the first
+   * verified byte or at `headersBy`, unless already sent (`firstByteBy` given);
+   * no first byte by the first-byte deadline: the origin's full image instead.
+   */
+  private async deliver(target: OriginTarget, prepared: PreparedImage, res: ServerResponse, signal: AbortSignal, headersBy: number, firstByteBy?: number): Promise<void> {
+    const { counters, log } = this.d;
+    const size = prepared.index.size;
+    const { assembly, created } = this.d.assemblies.acquire(prepared.key, size, (s) => this.startEngine(target, prepared, s));
     const body = assembly.subscribe();
     // A client that leaves while we wait for the first byte releases its share at once.
     res.once('close', () => body.destroy());
     if (created) this.watch(target, prepared, assembly);
     else log.info(`${target.relPath}: sharing the assembly of an earlier request (${assembly.finished ? 'finished and verified' : 'in progress'})`);
 
-    let state = await firstByteWithin(assembly, Math.max(0, this.d.timeouts.headerMs - (Date.now() - started)));
-    if (state === 'failed') {
-      body.destroy();
-      return this.fallBack(method, target, res, ac.signal, `assembly failed before the first byte: ${assembly.error?.message}`);
+    let state: FirstByte = 'timeout';
+    if (firstByteBy === undefined) {
+      state = await firstByteWithin(assembly, headersBy - Date.now());
+      if (state === 'failed') {
+        body.destroy();
+        return this.fallBack('GET', target, res, signal, `assembly failed before the first byte: ${assembly.error?.message}`);
+      }
+      sendHeaders(res, size);
+      firstByteBy = Date.now() + this.d.timeouts.firstByteMs;
     }
-    res.writeHead(200, headers);
-    // Node holds headers back until the first body byte; sysupdate should see them now.
-    res.flushHeaders();
-    if (state === 'timeout') state = await firstByteWithin(assembly, this.d.timeouts.firstByteMs);
+    if (state === 'timeout') state = await firstByteWithin(assembly, firstByteBy - Date.now());
     if (state !== 'ready') {
       body.destroy();
       counters.fallbacks++;
       log.warn(`${target.relPath}: ${state === 'failed' ? `assembly failed before the first byte: ${assembly.error?.message}` : 'no byte assembled in time'}; streaming the full image from the origin`);
-      return this.proxyWhole(target, prepared, res, ac.signal);
+      return this.proxyWhole(target, size, prepared.sha256, res, signal);
     }
     body.on('data', (b: Buffer) => {
       counters.bytesServed += b.length;
@@ -159,7 +245,7 @@ export class ImageService {
       if (!res.writableFinished) {
         // Never let a client complete a wrong or partial image: cut the connection.
         res.destroy();
-        if (!ac.signal.aborted) log.error(`${target.relPath}: download aborted after ${formatBytes(assembly.written)}: ${(err as Error).message}`);
+        if (!signal.aborted) log.error(`${target.relPath}: download aborted after ${formatBytes(assembly.written)}: ${(err as Error).message}`);
       }
     }
   }
@@ -171,9 +257,8 @@ export class ImageService {
   }
 
   /** Full image from the origin under already-sent headers: exact size and SHA-256, or a cut connection. */
-  private async proxyWhole(target: OriginTarget, prepared: PreparedImage, res: ServerResponse, signal: AbortSignal): Promise<void> {
+  private async proxyWhole(target: OriginTarget, size: number, sha256: string | undefined, res: ServerResponse, signal: AbortSignal): Promise<void> {
     const { http, counters, log } = this.d;
-    const size = prepared.index.size;
     try {
       counters.originRequests++;
       const up = await http.withRetry(async () => {
@@ -187,12 +272,12 @@ export class ImageService {
       const declared = Number(up.headers['content-length']);
       if (declared !== size) {
         up.body.destroy();
-        throw new OriginError(`GET ${target.url}: ${declared} bytes, but its index describes ${size}`);
+        throw new OriginError(`GET ${target.url}: ${declared} bytes, but ${size} were announced`);
       }
       up.body.on('data', (b: Buffer) => {
         counters.originBytes += b.length;
       });
-      await pipeline(up.body, verifiedBody(size, prepared.sha256, target.url), res);
+      await pipeline(up.body, verifiedBody(size, sha256, target.url), res);
     } catch (err) {
       res.destroy();
       if (!signal.aborted) log.error(`${target.relPath}: full-image fallback failed, download aborted: ${(err as Error).message}`);
@@ -253,6 +338,24 @@ export class ImageService {
     );
   }
 
+  /** Byte ranges of the image are the only remote source unless a chunk store is configured or the origin is a deltad proxy. */
+  private async needsRangeCheck(): Promise<boolean> {
+    return !this.d.config.store && !(await this.proxyStore());
+  }
+
+  /** The image's length from a HEAD: a 200 with a Content-Length, else undefined (any failure too). */
+  private async headLength(url: string, signal: AbortSignal): Promise<number | undefined> {
+    this.d.counters.originRequests++;
+    try {
+      const r = await this.d.http.request(url, { method: 'HEAD', signal });
+      await r.body.dump();
+      const n = Number(r.headers['content-length']);
+      return r.statusCode === 200 && Number.isSafeInteger(n) && n >= 0 ? n : undefined;
+    } catch {
+      return undefined;
+    }
+  }
+
   /**
    * Without a chunk store every missing byte comes as a range of the image, so
    * an origin that ignores Range is found out here, before any byte is sent,
@@ -274,11 +377,23 @@ export class ImageService {
   }
 }
 
-/** Races `p` against a timer; the timer never outlives the race. */
+function imageHeaders(size: number) {
+  return { 'content-type': 'application/octet-stream', 'content-length': String(size), 'cache-control': 'no-store' };
+}
+
+function sendHeaders(res: ServerResponse, size: number): void {
+  res.writeHead(200, imageHeaders(size));
+  // Node holds headers back until the first body byte; sysupdate should see them now.
+  res.flushHeaders();
+}
+
+class DeadlineError extends Error {}
+
+/** Races `p` against a timer (rejecting with a DeadlineError); the timer never outlives the race. */
 async function withDeadline<T>(p: Promise<T>, ms: number, message: string): Promise<T> {
   let timer: NodeJS.Timeout | undefined;
   const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new Error(message)), ms);
+    timer = setTimeout(() => reject(new DeadlineError(message)), Math.max(0, ms));
   });
   try {
     return await Promise.race([p, timeout]);
@@ -287,7 +402,9 @@ async function withDeadline<T>(p: Promise<T>, ms: number, message: string): Prom
   }
 }
 
-async function firstByteWithin(assembly: SharedAssembly, ms: number): Promise<'ready' | 'failed' | 'timeout'> {
+type FirstByte = 'ready' | 'failed' | 'timeout';
+
+async function firstByteWithin(assembly: SharedAssembly, ms: number): Promise<FirstByte> {
   const first = assembly.firstByte().then(() => 'ready' as const, () => 'failed' as const);
   return withDeadline(first, ms, 'timeout').catch(() => 'timeout' as const);
 }
