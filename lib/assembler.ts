@@ -159,7 +159,10 @@ export class Assembler {
     for (const t of tasks) {
       if (this.ctl.signal.aborted) break;
       const s = this.span(t);
-      await this.opts.sink.admit?.(s.start, s.end, s.first);
+      // The stream's window only moves when earlier chunks arrive: after a failure they never will.
+      const admitted = this.opts.sink.admit?.(s.start, s.end, s.first);
+      if (admitted) await unlessAborted(admitted, this.ctl.signal).catch(() => {});
+      if (this.ctl.signal.aborted) break;
       // Repeats only wait for earlier chunks; they hold no slot, so they never block the queue.
       if (t.kind === 'self') {
         detached.push(this.guard(t));
@@ -319,43 +322,75 @@ export class Assembler {
 
   /** Chunk cache first, then the remote source; every fetched chunk fills the cache. */
   private async fetchRemote(runs: Run[]): Promise<void> {
-    const idx = this.index;
-    const { chunkCache, remote, progress } = this.opts;
-    let todo = runs;
     const writes: Promise<unknown>[] = [];
-    if (chunkCache) {
-      const left: Run[] = [];
-      for (const r of runs) {
-        for (let i = r.first; i < r.first + r.count; i++) {
-          const data = await chunkCache.get({ id: idx.id(i), size: idx.chunkSize(i) }, this.ctl.signal).catch(() => null);
-          if (data && this.verify(i, data)) {
-            progress.fromCache += data.length;
-            writes.push(this.put(i, 1, data));
-            continue;
-          }
-          const last = left[left.length - 1];
-          if (last && last.first + last.count === i) last.count++;
-          else left.push({ first: i, count: 1 });
-        }
-      }
-      todo = left;
-    }
-    if (todo.length > 0) {
-      if (!remote) throw new ChunkMissingError(idx.idHex(todo[0].first), `any source: offset ${idx.start(todo[0].first)} is not available locally and there is no remote source`);
-      const syncNet = (): void => {
-        progress.networkBytes = remote.stats.bytes;
-        progress.networkRequests = remote.stats.requests;
-      };
-      const recycle = this.opts.sink.holdsData ? undefined : this.opts.chunkBuffers;
-      await remote.fetch(todo, (i, data) => {
-        progress.fromNetwork += data.length;
-        syncNet();
-        const done = [this.put(i, 1, data)];
-        if (chunkCache) done.push(chunkCache.put(idx.id(i), data).then(() => {}, (err) => this.opts.onWarning?.(`chunk cache ${chunkCache.location}: ${(err as Error).message}`)));
-        writes.push(Promise.all(done).then(() => recycle?.give(data)));
-      }, this.ctl.signal, this.drain).finally(syncNet);
+    // A write that fails while chunks are still being read is reported below, not as an unhandled rejection.
+    const track = (p: Promise<unknown>): void => {
+      p.catch(() => {});
+      writes.push(p);
+    };
+    try {
+      const todo = this.opts.chunkCache ? await this.fromCache(this.opts.chunkCache, runs, track) : runs;
+      if (todo.length > 0) await this.fromRemote(todo, track);
+    } finally {
+      await Promise.allSettled(writes);
     }
     await Promise.all(writes);
+  }
+
+  /** Puts the chunks the cache has (verified); returns the runs it lacks. A failing cache read is a miss. */
+  private async fromCache(cache: WritableChunkStore, runs: Run[], track: (write: Promise<unknown>) => void): Promise<Run[]> {
+    const idx = this.index;
+    const left: Run[] = [];
+    for (const r of runs) {
+      for (let i = r.first; i < r.first + r.count; i++) {
+        const data = await this.cacheGet(cache, i);
+        if (data && this.verify(i, data)) {
+          this.opts.progress.fromCache += data.length;
+          track(this.put(i, 1, data));
+          continue;
+        }
+        const last = left[left.length - 1];
+        if (last && last.first + last.count === i) last.count++;
+        else left.push({ first: i, count: 1 });
+      }
+    }
+    return left;
+  }
+
+  private async fromRemote(todo: Run[], track: (write: Promise<unknown>) => void): Promise<void> {
+    const idx = this.index;
+    const { chunkCache, remote, progress } = this.opts;
+    if (!remote) throw new ChunkMissingError(idx.idHex(todo[0].first), `any source: offset ${idx.start(todo[0].first)} is not available locally and there is no remote source`);
+    const syncNet = (): void => {
+      progress.networkBytes = remote.stats.bytes;
+      progress.networkRequests = remote.stats.requests;
+    };
+    const recycle = this.opts.sink.holdsData ? undefined : this.opts.chunkBuffers;
+    await remote.fetch(todo, (i, data) => {
+      progress.fromNetwork += data.length;
+      syncNet();
+      const done = [this.put(i, 1, data)];
+      if (chunkCache) done.push(this.cachePut(chunkCache, i, data));
+      track(Promise.all(done).then(() => recycle?.give(data)));
+    }, this.ctl.signal, this.drain).finally(syncNet);
+  }
+
+  /** A cache read that fails (even synchronously) counts as a miss: the chunk is fetched instead. */
+  private async cacheGet(cache: WritableChunkStore, i: number): Promise<Buffer | null> {
+    try {
+      return await cache.get({ id: this.index.id(i), size: this.index.chunkSize(i) }, this.ctl.signal);
+    } catch {
+      return null;
+    }
+  }
+
+  /** Fills the chunk cache; its failures (a full disk, even a synchronous throw) are warnings, never assembly errors. */
+  private async cachePut(cache: WritableChunkStore, i: number, data: Buffer): Promise<void> {
+    try {
+      await cache.put(this.index.id(i), data);
+    } catch (err) {
+      this.opts.onWarning?.(`chunk cache ${cache.location}: ${(err as Error).message}`);
+    }
   }
 }
 

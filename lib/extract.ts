@@ -496,22 +496,25 @@ export function openExtractStream(target: ChunkIndex, opts: ExtractStreamOptions
     throw new UsageError(`invalid byte range [${start}, ${end}) of a ${target.size}-byte target`);
   }
   const windowBytes = opts.windowBytes ?? DEFAULT_WINDOW_BYTES;
+  // Everything below stops on the caller's signal (even one aborted already) or when the consumer destroys the stream.
   const cancel = new AbortController();
-  opts.signal?.addEventListener('abort', () => cancel.abort(opts.signal!.reason), { once: true });
+  const signal = opts.signal ? AbortSignal.any([opts.signal, cancel.signal]) : cancel.signal;
   const stream = new OrderedStream({ target, start, end, windowBytes, sha256: opts.sha256, onCancel: (reason) => cancel.abort(reason) });
   const progress = newProgress(end - start);
   const result = (async (): Promise<ExtractResult> => {
-    const ctx = await openContext(target, { ...opts, signal: cancel.signal });
+    signal.throwIfAborted();
+    const sourceOpts = { ...opts, signal };
+    const ctx = await openContext(target, sourceOpts);
     try {
       const firstChunk = start < end ? target.chunkAt(start) : 0;
       const endChunk = start < end ? target.chunkAt(end - 1) + 1 : 0;
       const plan = planChunks(target, ctx.seeds, { firstChunk, endChunk, selfSeed: opts.selfSeed, nullSeed: opts.nullSeed });
-      const choice = await chooseRemote(plan, ctx, opts);
+      const choice = await chooseRemote(plan, ctx, sourceOpts);
       // The block path assembles whole images only (into the cache directory, then streamed in order).
-      const blocks = start === 0 && end === target.size ? await blockPathFor(target, ctx, opts, choice) : null;
+      const blocks = start === 0 && end === target.size ? await blockPathFor(target, ctx, sourceOpts, choice) : null;
       if (blocks?.cheaper) {
         const dir = join(opts.cacheDir ?? defaultCacheDir(), 'block-assembly');
-        const viaBlocks = await streamViaBlocks(blocks.path, stream, target, dir, { http: ctx.http, sha256: opts.sha256, onWarning: opts.onWarning, onProgress: opts.onProgress, signal: cancel.signal });
+        const viaBlocks = await streamViaBlocks(blocks.path, stream, target, dir, { http: ctx.http, sha256: opts.sha256, onWarning: opts.onWarning, onProgress: opts.onProgress, signal });
         if (viaBlocks) {
           await stream.complete;
           return viaBlocks;
@@ -520,7 +523,7 @@ export function openExtractStream(target: ChunkIndex, opts: ExtractStreamOptions
       const hashPool = hashPoolFor(plan);
       const assembler = new Assembler({
         plan, sink: stream, remote: choice.remote, chunkCache: opts.chunkCache, maxSpan: windowBytes / 2, hashPool,
-        concurrency: opts.concurrency ?? DEFAULT_CONCURRENCY, progress, onWarning: opts.onWarning, signal: cancel.signal,
+        concurrency: opts.concurrency ?? DEFAULT_CONCURRENCY, progress, onWarning: opts.onWarning, signal,
       });
       try {
         await runAssembly(assembler, progress, choice, opts.onProgress);

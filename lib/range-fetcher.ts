@@ -147,8 +147,10 @@ export class RangeFetcher {
   /** Set once a response proved that ranges work; until then requests go one at a time. */
   private confirmed = false;
   private firstAnswer?: Promise<void>;
-  /** Set when the server answered a range request with the whole file: later calls fail without a request. */
+  /** Set when the server answered a single range with the whole file: later calls fail without a request. */
   private unsupported?: RangeUnsupportedError;
+  /** Set when the server refused multi-range: later multi-range calls fail without a request. */
+  private noMulti?: MultiRangeUnsupportedError;
 
   constructor(
     private readonly http: HttpClient,
@@ -179,14 +181,16 @@ export class RangeFetcher {
   /**
    * One request for `ranges` (ascending, non-overlapping). Calls onData with
    * body bytes at their absolute offsets; bytes outside the asked ranges are
-   * never passed on. Throws RangeUnsupportedError (200 without ranges) at once
-   * without reading the body, MultiRangeUnsupportedError, or OriginError
+   * never passed on. Throws RangeUnsupportedError (200 to a single range) at once
+   * without reading the body, MultiRangeUnsupportedError (416, 200 or one span
+   * for several ranges; single ranges may still work), or OriginError
    * (transient for 5xx, resets and truncation).
    */
   async fetch(ranges: readonly ByteRange[], onData: (offset: number, data: Buffer) => void, signal?: AbortSignal, drain?: () => Promise<void> | undefined): Promise<void> {
     // A server that ignores ranges would send the whole file to every parallel request: ask once first.
     while (!this.confirmed && this.firstAnswer) await this.firstAnswer;
     if (this.unsupported) throw this.unsupported;
+    if (this.noMulti && ranges.length > 1) throw this.noMulti;
     let answered = (): void => {};
     if (!this.confirmed) this.firstAnswer = new Promise((r) => (answered = r));
     try {
@@ -196,6 +200,7 @@ export class RangeFetcher {
       });
     } catch (err) {
       if (err instanceof RangeUnsupportedError) this.unsupported = err;
+      if (err instanceof MultiRangeUnsupportedError) this.noMulti = err;
       throw err;
     } finally {
       if (!this.confirmed) this.firstAnswer = undefined;
@@ -208,6 +213,8 @@ export class RangeFetcher {
     const res = await this.http.request(this.url, { headers: { range: rangeHeader(ranges) }, signal });
     const what = `GET ${this.url} (${ranges.length} range${ranges.length === 1 ? '' : 's'})`;
     try {
+      // A 200 to several ranges may only mean "not several": single ranges are still worth one request.
+      if (res.statusCode === 200 && ranges.length > 1) throw new MultiRangeUnsupportedError(this.url, 'HTTP 200 with the whole file instead of 206');
       if (res.statusCode === 200) throw new RangeUnsupportedError(this.url, 'HTTP 200 with the whole file instead of 206');
       if (res.statusCode === 206) onRangesWork();
       if (res.statusCode === 416 && ranges.length > 1) throw new MultiRangeUnsupportedError(this.url, 'HTTP 416');

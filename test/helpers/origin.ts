@@ -4,7 +4,8 @@
 //
 //   const origin = await startOrigin({ root: dir });   // ranges: 'multi' by default
 //   origin.url                       // "http://127.0.0.1:PORT"
-//   origin.ranges = 'single';        // change behaviour at any time (see RangeMode)
+//   origin.ranges = 'single';        // change behaviour at any time (see RangeMode:
+//                                    // multi, single, reject-multi, ignore-multi, none)
 //   origin.fault({ path: '/v2.img', kind: 'status', status: 500 });    // next matching request only
 //   origin.fault({ kind: 'cut', skip: 2, times: 3 });                  // requests 3..5 (any path)
 //   origin.log                       // [{ method, path, range, status, bytes }] in arrival order
@@ -28,9 +29,10 @@ import type { AddressInfo, Socket } from 'node:net';
 /**
  * multi: multi-range requests get multipart/byteranges; single: ranges work but a
  * multi-range request gets one 206 of the whole span; reject-multi: multi-range
- * requests get 416; none: Range is ignored (200 with the whole file).
+ * requests get 416; ignore-multi: single ranges work but a multi-range request
+ * gets 200 with the whole file; none: Range is ignored (200 with the whole file).
  */
-export type RangeMode = 'multi' | 'single' | 'reject-multi' | 'none';
+export type RangeMode = 'multi' | 'single' | 'reject-multi' | 'ignore-multi' | 'none';
 
 export type FaultKind = 'cut' | 'status' | 'wrong-bytes' | 'full-200' | 'stall';
 
@@ -139,7 +141,8 @@ export async function startOrigin(opts: OriginOptions): Promise<Origin> {
     let status = 200;
     let headers: Record<string, string> = { 'accept-ranges': 'bytes', 'content-type': 'application/octet-stream' };
     let parts: Buffer[] = [data];
-    const ranges = req.headers.range && state.ranges !== 'none' && fault?.kind !== 'full-200' ? parseRanges(req.headers.range, data.length) : null;
+    let ranges = req.headers.range && state.ranges !== 'none' && fault?.kind !== 'full-200' ? parseRanges(req.headers.range, data.length) : null;
+    if (ranges && ranges.length > 1 && state.ranges === 'ignore-multi') ranges = null;
     if (ranges && ranges.length === 0) {
       return send(416, { 'content-range': `bytes */${data.length}` }, Buffer.alloc(0));
     } else if (ranges && ranges.length > 1 && state.ranges === 'reject-multi') {
