@@ -500,6 +500,8 @@ export function openExtractStream(target: ChunkIndex, opts: ExtractStreamOptions
   const cancel = new AbortController();
   const signal = opts.signal ? AbortSignal.any([opts.signal, cancel.signal]) : cancel.signal;
   const stream = new OrderedStream({ target, start, end, windowBytes, sha256: opts.sha256, onCancel: (reason) => cancel.abort(reason) });
+  // At once, not when the assembly unwinds: whatever waits for the consumer (the window) is released too.
+  signal.addEventListener('abort', () => stream.destroy(signal.reason), { once: true });
   const progress = newProgress(end - start);
   const result = (async (): Promise<ExtractResult> => {
     signal.throwIfAborted();

@@ -120,6 +120,16 @@ test('fetcher: multi-range, probe per origin mode, 200 and 416 detection', async
   await assert.rejects(f().fetch(ranges, () => {}), MultiRangeUnsupportedError);
   assert.deepEqual(await f().probe(), { ranges: true, multi: false, size: file.length });
 
+  // 200 to several ranges, 206 to one: multi-range is refused (once per fetcher), single ranges work.
+  origin.ranges = 'ignore-multi';
+  const noMulti = f();
+  origin.log.length = 0;
+  await assert.rejects(noMulti.fetch(ranges, () => {}), MultiRangeUnsupportedError);
+  await assert.rejects(noMulti.fetch(ranges, () => {}), MultiRangeUnsupportedError);
+  assert.equal(origin.log.length, 1, 'the second multi-range call made no request');
+  assert.ok((await collect(noMulti, [ranges[0]])).subarray(5, 1000).equals(file.subarray(5, 1000)));
+  assert.deepEqual(await f().probe(), { ranges: true, multi: false, size: file.length });
+
   origin.ranges = 'none';
   const fetcher = f();
   origin.log.length = 0;
