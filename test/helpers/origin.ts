@@ -20,6 +20,7 @@
 //   full-200    ignore Range, answer 200 with the whole file
 //   stall       send headers and `afterBytes` body bytes (default 0), then nothing for `stallMs`
 //               (default 60 s), then destroy the socket
+//   delay       wait `delayMs` (default 3 s) before answering, then answer normally (a slow link)
 // `bytes` in the log counts body bytes actually written (framing included).
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { readFile, stat } from 'node:fs/promises';
@@ -34,7 +35,7 @@ import type { AddressInfo, Socket } from 'node:net';
  */
 export type RangeMode = 'multi' | 'single' | 'reject-multi' | 'ignore-multi' | 'none';
 
-export type FaultKind = 'cut' | 'status' | 'wrong-bytes' | 'full-200' | 'stall';
+export type FaultKind = 'cut' | 'status' | 'wrong-bytes' | 'full-200' | 'stall' | 'delay';
 
 export interface Fault {
   kind: FaultKind;
@@ -47,6 +48,7 @@ export interface Fault {
   status?: number;
   afterBytes?: number;
   stallMs?: number;
+  delayMs?: number;
 }
 
 export interface AccessEntry {
@@ -136,6 +138,15 @@ export async function startOrigin(opts: OriginOptions): Promise<Origin> {
     const fault = takeFault(req, path);
     if (fault) entry.fault = fault.kind;
     if (fault?.kind === 'status') return send(fault.status ?? 500, {}, Buffer.from('injected failure\n'));
+    if (fault?.kind === 'delay') {
+      await new Promise<void>((resolve) => {
+        const t = setTimeout(() => {
+          timers.delete(t);
+          resolve();
+        }, fault.delayMs ?? 3_000);
+        timers.add(t);
+      });
+    }
 
     // Decide what to answer: [status, headers, body parts].
     let status = 200;
