@@ -2,6 +2,7 @@
 // from its casync store path, many chunks per request from its batch endpoint
 // (lib/batch-wire.ts), so a sidecar fetching thousands of chunks makes a
 // handful of requests. Everything yielded is decoded and verified here.
+import { concurrentEmit } from '../async-pool.js';
 import { HttpClient } from '../http-client.js';
 import { OriginError } from '../errors.js';
 import { toHex } from '../digest.js';
@@ -87,34 +88,9 @@ export class BatchStore implements ChunkStore {
   async *getMany(reqs: ChunkRequest[], signal?: AbortSignal): AsyncGenerator<{ index: number; data: Buffer }> {
     const batches: number[][] = [];
     for (let i = 0; i < reqs.length; i += this.batchSize) batches.push(Array.from({ length: Math.min(this.batchSize, reqs.length - i) }, (_, k) => i + k));
-    const ready: { index: number; data: Buffer }[] = [];
-    let next = 0;
-    let running = 0;
-    let failure: unknown;
-    let wake: (() => void) | undefined;
-    const worker = async () => {
-      running++;
-      while (next < batches.length && failure === undefined) {
-        const batch = batches[next++];
-        try {
-          await this.fetchBatch(reqs, batch, (index, data) => {
-            ready.push({ index, data });
-            wake?.();
-          }, signal);
-        } catch (err) {
-          failure ??= err;
-        }
-      }
-      running--;
-      wake?.();
-    };
-    const workers = Array.from({ length: Math.min(this.parallel, batches.length) }, worker);
-    while (running > 0 || ready.length) {
-      if (ready.length === 0) await new Promise<void>((r) => (wake = r));
-      yield* ready.splice(0);
-    }
-    await Promise.all(workers);
-    if (failure !== undefined) throw failure;
+    yield* concurrentEmit<number[], { index: number; data: Buffer }>(batches, this.parallel, (batch, emit) =>
+      this.fetchBatch(reqs, batch, (index, data) => emit({ index, data }), signal),
+    );
   }
 
   /**

@@ -2,6 +2,7 @@
 // order, with single-flight (concurrent readers of one chunk share one upstream
 // fetch) and batching (the misses of one getMany go upstream together, so a
 // byte-range source can coalesce them). Everything it returns was verified.
+import { concurrentEmit } from '../async-pool.js';
 import type { ChunkCache } from '../chunk-cache.js';
 import type { ChunkRequest, ChunkStore } from './types.js';
 
@@ -61,32 +62,10 @@ export class CachingStore implements ChunkStore {
 
   /** getMany for stores that only have get(): bounded parallel single fetches. */
   private async *getEach(store: ChunkStore, reqs: ChunkRequest[], signal?: AbortSignal): AsyncGenerator<{ index: number; data: Buffer }> {
-    const ready: { index: number; data: Buffer }[] = [];
-    let next = 0;
-    let running = 0;
-    let failure: unknown;
-    let wake: (() => void) | undefined;
-    const worker = async () => {
-      running++;
-      while (next < reqs.length && failure === undefined) {
-        const index = next++;
-        try {
-          const data = await store.get(reqs[index], signal);
-          if (data) ready.push({ index, data });
-        } catch (err) {
-          failure ??= err;
-        }
-        wake?.();
-      }
-      running--;
-      wake?.();
-    };
-    const workers = Array.from({ length: Math.min(this.concurrency, reqs.length) }, worker);
-    while (running > 0 || ready.length) {
-      if (ready.length === 0) await new Promise<void>((r) => (wake = r));
-      yield* ready.splice(0);
-    }
-    await Promise.all(workers);
-    if (failure !== undefined) throw failure;
+    const positions = reqs.map((_, i) => i);
+    yield* concurrentEmit<number, { index: number; data: Buffer }>(positions, this.concurrency, async (index, emit) => {
+      const data = await store.get(reqs[index], signal);
+      if (data) emit({ index, data });
+    });
   }
 }
