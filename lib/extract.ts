@@ -486,7 +486,9 @@ export async function extractToFile(target: string | ChunkIndex, out: string, op
  * Assembles the target (or a byte range of it) as an ordered stream of
  * verified bytes with bounded memory. With `sha256`, the final bytes are held
  * back until the whole-file digest matches (the stream errors otherwise).
- * Aborting `signal` or destroying the stream cancels all fetches.
+ * Aborting `signal` or destroying the stream cancels all fetches. Every
+ * failure (origin, seed, sink) destroys the stream with that error, and
+ * `result` rejects with it; it never waits for a consumer that is not reading.
  */
 export function openExtractStream(target: ChunkIndex, opts: ExtractStreamOptions = {}): ExtractStream {
   const started = Date.now();
