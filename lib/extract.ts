@@ -488,7 +488,7 @@ export async function extractToFile(target: string | ChunkIndex, out: string, op
  * back until the whole-file digest matches (the stream errors otherwise).
  * Aborting `signal` or destroying the stream cancels all fetches. Every
  * failure (origin, seed, sink) destroys the stream with that error, and
- * `result` rejects with it; it never waits for a consumer that is not reading.
+ * `result` rejects with it, without waiting for the consumer to read on.
  */
 export function openExtractStream(target: ChunkIndex, opts: ExtractStreamOptions = {}): ExtractStream {
   const started = Date.now();
