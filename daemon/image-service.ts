@@ -149,7 +149,7 @@ export class ImageService {
     const started = Date.now();
     const ac = new AbortController();
     res.once('close', () => ac.abort());
-    // Index, SHA256SUMS and the proxy probe go out together.
+    // Index, SHA256SUMS, the proxy probe and the HEAD below go out together.
     const sha256 = this.expectedSha256(target, ac.signal);
     const rangeCheck = method === 'GET' ? this.needsRangeCheck() : Promise.resolve(false);
     const ready = this.prepare(target, ac.signal, sha256).then(async (p) => {
@@ -172,7 +172,7 @@ export class ImageService {
       res.end();
       return;
     }
-    return this.deliver(target, prepared, res, ac.signal, started + timeouts.headerMs);
+    return this.deliver(target, prepared, res, ac.signal, { headersBy: started + timeouts.headerMs });
   }
 
   /**
@@ -197,7 +197,7 @@ export class ImageService {
     } catch (err) {
       why = (err as Error).message;
     }
-    if (prepared && !why) return this.deliver(target, prepared, res, signal, firstByteBy, firstByteBy);
+    if (prepared && !why) return this.deliver(target, prepared, res, signal, { firstByteBy });
     counters.fallbacks++;
     log.warn(`${target.relPath}: ${why}; streaming the full image from the origin`);
     const expected = prepared ? prepared.sha256 : await withDeadline(sha256, Math.max(0, firstByteBy - Date.now()), 'SHA256SUMS late').catch(() => undefined);
@@ -206,10 +206,13 @@ export class ImageService {
 
   /**
    * Streams the shared assembly of `prepared`. Headers go out with the first
-   * verified byte or at `headersBy`, unless already sent (`firstByteBy` given);
-   * no first byte by the first-byte deadline: the origin's full image instead.
+   * verified byte or at `headersBy`, unless already sent (then `firstByteBy`
+   * is given); no first byte by the first-byte deadline: the origin's full image instead.
    */
-  private async deliver(target: OriginTarget, prepared: PreparedImage, res: ServerResponse, signal: AbortSignal, headersBy: number, firstByteBy?: number): Promise<void> {
+  private async deliver(
+    target: OriginTarget, prepared: PreparedImage, res: ServerResponse, signal: AbortSignal,
+    deadline: { headersBy: number } | { firstByteBy: number },
+  ): Promise<void> {
     const { counters, log } = this.d;
     const size = prepared.index.size;
     const { assembly, created } = this.d.assemblies.acquire(prepared.key, size, (s) => this.startEngine(target, prepared, s));
@@ -220,8 +223,10 @@ export class ImageService {
     else log.info(`${target.relPath}: sharing the assembly of an earlier request (${assembly.finished ? 'finished and verified' : 'in progress'})`);
 
     let state: FirstByte = 'timeout';
-    if (firstByteBy === undefined) {
-      state = await firstByteWithin(assembly, headersBy - Date.now());
+    let firstByteBy: number;
+    if ('firstByteBy' in deadline) firstByteBy = deadline.firstByteBy;
+    else {
+      state = await firstByteWithin(assembly, deadline.headersBy - Date.now());
       if (state === 'failed') {
         body.destroy();
         return this.fallBack('GET', target, res, signal, `assembly failed before the first byte: ${assembly.error?.message}`);
