@@ -13,7 +13,7 @@ import { LocalStore } from './store/local-store.js';
 import type { WritableChunkStore } from './store/types.js';
 
 export interface ChopOptions {
-  /** Batches (about 4 MiB each) being hashed, compressed or written at once (default 2 × threads, at least 2). */
+  /** Batches (about 4 MiB each) being hashed, compressed or written at once (default 2 × threads, at least 4: writes overlap hashing). */
   concurrency?: number;
   /** Hashing/compression threads; 0 = on this thread (default: available cores, at most 4). */
   threads?: number;
@@ -44,7 +44,7 @@ export interface ChopResult {
  */
 export async function chopFile(index: ChunkIndex, path: string, store: WritableChunkStore, opts: ChopOptions = {}): Promise<ChopResult> {
   const threads = Math.max(0, opts.threads ?? defaultThreads());
-  const window = Math.max(1, opts.concurrency ?? Math.max(2, 2 * threads));
+  const window = Math.max(1, opts.concurrency ?? Math.max(4, 2 * threads));
   // A local zstd/raw store takes bytes in its own format, so they can be prepared off-thread.
   const local = store instanceof LocalStore ? store : undefined;
   const compressOffThread = local !== undefined && !local.uncompressed;

@@ -29,6 +29,8 @@ export class LocalStore implements WritableChunkStore {
   readonly level: number;
   /** Names to try, preferred first: the configured variant, then the other one. */
   private readonly readOrder: boolean[];
+  /** Prefix directories known to exist: one mkdir per directory, not per chunk. */
+  private readonly madeDirs = new Set<string>();
 
   constructor(readonly dir: string, opts: LocalStoreOptions = {}) {
     this.location = dir;
@@ -123,7 +125,10 @@ export class LocalStore implements WritableChunkStore {
     const dir = join(path, '..');
     const tmp = join(dir, TEMP_PREFIX + randomBytes(8).toString('hex'));
     try {
-      await mkdir(dir, { recursive: true });
+      if (!this.madeDirs.has(dir)) {
+        await mkdir(dir, { recursive: true });
+        this.madeDirs.add(dir);
+      }
       await writeFile(tmp, bytes, { flag: 'wx', mode: 0o644 });
       await rename(tmp, path);
     } catch (err) {
