@@ -11,6 +11,7 @@
 // bodies, headers and multipart framing). With the anchor (default), casync
 // 16K make+extract runs on the first pair through the same nginx, so the
 // peers' numbers (PEERS.md) can be compared in one run.
+import { startNginx } from './nginx.js';
 import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, linkSync, mkdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { cpus, loadavg } from 'node:os';
@@ -48,42 +49,13 @@ const sums = new Map(readFileSync(join(BENCH, 'img', 'SHA256SUMS'), 'utf8').trim
 }));
 
 // --- nginx on 127.0.0.1 -------------------------------------------------------------
-const ngx = join(root, 'nginx');
-mkdirSync(join(ngx, 'logs'), { recursive: true });
-mkdirSync(join(ngx, 'tmp'), { recursive: true });
-const accessLog = join(ngx, 'logs', 'access.log');
-writeFileSync(join(ngx, 'nginx.conf'), `worker_processes 1;
-pid ${ngx}/nginx.pid;
-error_log ${ngx}/logs/error.log;
-events { worker_connections 256; }
-http {
-  default_type application/octet-stream;
-  sendfile on;
-  keepalive_requests 1000000;
-  client_body_temp_path ${ngx}/tmp;
-  log_format bench '$request_method $uri $status $body_bytes_sent $bytes_sent';
-  access_log ${accessLog} bench;
-  server { listen 127.0.0.1:${PORT}; root ${www}; max_ranges 10000; }
-}
-`);
-rmSync(accessLog, { force: true });
-const started = spawnSync('nginx', ['-c', join(ngx, 'nginx.conf'), '-p', ngx], { encoding: 'utf8' });
-if (started.status !== 0) throw new Error(`nginx failed: ${started.stderr}`);
-const stopNginx = (): void => void spawnSync('nginx', ['-c', join(ngx, 'nginx.conf'), '-p', ngx, '-s', 'stop']);
-process.on('exit', stopNginx);
+const nginx = startNginx(join(root, 'nginx'), [{ port: PORT, root: www }]);
 
-/** Sums the access-log lines written since `from` (byte offset): requests and $bytes_sent. */
+/** Sums the access-log entries after the first `from`: requests and wire bytes ($bytes_sent). */
 function logSince(from: number): { requests: number; bytes: number; end: number } {
-  const text = existsSync(accessLog) ? readFileSync(accessLog) : Buffer.alloc(0);
-  let requests = 0;
-  let bytes = 0;
-  for (const line of text.subarray(from).toString().split('\n')) {
-    const f = line.trim().split(' ');
-    if (f.length < 5) continue;
-    requests++;
-    bytes += Number(f[4]);
-  }
-  return { requests, bytes, end: text.length };
+  const entries = nginx.entries();
+  const mine = entries.slice(from);
+  return { requests: mine.length, bytes: mine.reduce((n, e) => n + e.wireBytes, 0), end: entries.length };
 }
 // nginx buffers its log lines only until the request ends; give it a moment.
 const settle = (): Promise<void> => new Promise((r) => setTimeout(r, 300));

@@ -9,6 +9,7 @@
 //   npm run build && node dist/bench/daemon.js [PAIR]
 //   PAIR: v1-v2.repro (default), v2-v3.repro, synth
 //   BENCH=/var/tmp/deltad-bench (corpus in $BENCH/img, work files in $BENCH/deltad-daemon), PORT=8121 (uses 3)
+import { startNginx, type Nginx } from './nginx.js';
 import { spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { createReadStream, existsSync, linkSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
@@ -56,34 +57,6 @@ async function sha256File(path: string): Promise<string> {
   return h.digest('hex');
 }
 
-/** nginx serving `root` twice: as is, and shaped to 100 Mbit/s per connection. */
-function startNginx(root: string, dir: string): { log: string; stop(): void } {
-  mkdirSync(join(dir, 'logs'), { recursive: true });
-  mkdirSync(join(dir, 'tmp'), { recursive: true });
-  const log = join(dir, 'logs', 'access.log');
-  const conf = join(dir, 'nginx.conf');
-  const temp = ['client_body', 'proxy', 'fastcgi', 'uwsgi', 'scgi'].map((t) => `  ${t}_temp_path ${dir}/tmp;`).join('\n');
-  writeFileSync(conf, `worker_processes 1;
-pid ${dir}/nginx.pid;
-error_log ${dir}/logs/error.log;
-events { worker_connections 256; }
-http {
-  default_type application/octet-stream;
-  sendfile on;
-  keepalive_requests 1000000;
-${temp}
-  log_format bench '$msec $server_port $request_method $uri $status $body_bytes_sent $bytes_sent "$http_range"';
-  access_log ${log} bench;
-  server { listen 127.0.0.1:${PORT_FULL}; root ${root}; max_ranges 10000; }
-  server { listen 127.0.0.1:${PORT_SHAPED}; root ${root}; max_ranges 10000; limit_rate 12500k; }
-}
-`);
-  sh('nginx', ['-c', conf, '-p', dir]);
-  return { log, stop: () => process.kill(Number(readFileSync(join(dir, 'nginx.pid'), 'utf8')), 'SIGQUIT') };
-}
-
-const logLines = (log: string): string[] => (existsSync(log) ? readFileSync(log, 'utf8').split('\n').filter(Boolean) : []);
-
 /** The daemon under GNU time; it exits by itself (idle timeout) after the client is done. */
 function startDaemon(work: string, origin: string, cacheDir: string) {
   const timeFile = join(work, 'daemon-time.txt');
@@ -101,20 +74,20 @@ function startDaemon(work: string, origin: string, cacheDir: string) {
   return { ready, exited, log: () => err };
 }
 
-async function measure(run: string, client: string[], log: string, port: number, out: string | null, expected: string, daemon?: ReturnType<typeof startDaemon>): Promise<Row> {
-  const before = logLines(log).length;
+async function measure(run: string, client: string[], nginx: Nginx, port: number, out: string | null, expected: string, daemon?: ReturnType<typeof startDaemon>): Promise<Row> {
+  const before = nginx.entries().length;
   if (out) rmSync(out, { force: true });
   const started = process.hrtime.bigint();
   const r = spawnSync(client[0], client.slice(1), { encoding: 'utf8', maxBuffer: 64 * 1024 * 1024 });
   const wallS = Number(process.hrtime.bigint() - started) / 1e9;
   const rss = daemon ? await daemon.exited : undefined;
   spawnSync('sleep', ['0.3']);
-  const lines = logLines(log).slice(before).filter((l) => l.split(' ')[1] === String(port));
+  const lines = nginx.entries().slice(before).filter((e) => e.port === port);
   const ok = r.status === 0 && (out === null || (await sha256File(out)) === expected);
   if (!ok) process.stderr.write(`${run}: exit ${r.status}\n${r.stderr.slice(-2000)}\n${daemon?.log().slice(-2000) ?? ''}\n`);
   const row: Row = {
     run, ok, wallS: Number(wallS.toFixed(2)),
-    originBytes: lines.reduce((n, l) => n + Number(l.split(' ')[5]), 0),
+    originBytes: lines.reduce((n, e) => n + e.bodyBytes, 0),
     originRequests: lines.length,
     daemonRssMiB: rss,
   };
@@ -142,7 +115,10 @@ async function main(): Promise<void> {
   writeFileSync(join(www, 'SHA256SUMS'), `${expected}  os_2.erofs\n`);
   const size = statSync(join(www, 'os_2.erofs')).size;
 
-  const nginx = startNginx(www, join(work, 'nginx'));
+  const nginx = startNginx(join(work, 'nginx'), [
+    { port: PORT_FULL, root: www },
+    { port: PORT_SHAPED, root: www, limitRate: '12500k' },
+  ]);
   const out = join(work, 'out.erofs');
   const cacheDir = join(work, 'cache');
   const rows: Row[] = [];
@@ -153,15 +129,15 @@ async function main(): Promise<void> {
     const viaDaemon = async (run: string, port: number, client: (url: string) => string[], target: string | null) => {
       const d = startDaemon(work, `http://127.0.0.1:${port}/`, cacheDir);
       await d.ready;
-      return measure(run, client(`http://127.0.0.1:${DAEMON_PORT}/os_2.erofs`), nginx.log, port, target, expected, d);
+      return measure(run, client(`http://127.0.0.1:${DAEMON_PORT}/os_2.erofs`), nginx, port, target, expected, d);
     };
-    rows.push(await measure('full download (systemd-pull from nginx)', pull(`http://127.0.0.1:${PORT_FULL}/os_2.erofs`), nginx.log, PORT_FULL, out, expected));
+    rows.push(await measure('full download (systemd-pull from nginx)', pull(`http://127.0.0.1:${PORT_FULL}/os_2.erofs`), nginx, PORT_FULL, out, expected));
     rmSync(cacheDir, { recursive: true, force: true });
     rows.push(await viaDaemon('deltad, cold (first request chunks the seed)', PORT_FULL, pull, out));
     // The cold run adopted nothing (os_2 is not installed), but the seed index is cached now.
     rows.push(await viaDaemon('deltad, warm seed index', PORT_FULL, pull, out));
     rows.push(await viaDaemon('deltad, warm: time to first byte (curl)', PORT_FULL, ttfb, null));
-    rows.push(await measure('full download, 100 Mbit/s', pull(`http://127.0.0.1:${PORT_SHAPED}/os_2.erofs`), nginx.log, PORT_SHAPED, out, expected));
+    rows.push(await measure('full download, 100 Mbit/s', pull(`http://127.0.0.1:${PORT_SHAPED}/os_2.erofs`), nginx, PORT_SHAPED, out, expected));
     rows.push(await viaDaemon('deltad, warm, 100 Mbit/s', PORT_SHAPED, pull, out));
     rows.push(await viaDaemon('deltad, warm, 100 Mbit/s: time to first byte (curl)', PORT_SHAPED, ttfb, null));
   } finally {

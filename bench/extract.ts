@@ -8,6 +8,7 @@
 //   PAIR: v1-v2.repro (default), v2-v3.repro, synth
 //   BENCH=/var/tmp/deltad-bench (corpus in $BENCH/img, work files in $BENCH/deltad-extract)
 //   CHUNK=16384:65536:262144 (casync's default), PORT=8089
+import { startNginx, type Nginx } from './nginx.js';
 import { spawnSync } from 'node:child_process';
 import { existsSync, linkSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { basename, dirname, join, resolve } from 'node:path';
@@ -43,61 +44,24 @@ function sh(cmd: string, args: string[], opts: { cwd?: string } = {}): string {
   return r.stdout;
 }
 
-function startNginx(root: string, dir: string): { log: string; stop(): void } {
-  mkdirSync(join(dir, 'logs'), { recursive: true });
-  mkdirSync(join(dir, 'tmp'), { recursive: true });
-  const log = join(dir, 'logs', 'access.log');
-  const conf = join(dir, 'nginx.conf');
-  writeFileSync(conf, `worker_processes 1;
-pid ${dir}/nginx.pid;
-error_log ${dir}/logs/error.log;
-events { worker_connections 256; }
-http {
-  default_type application/octet-stream;
-  sendfile on;
-  keepalive_requests 1000000;
-  client_body_temp_path ${dir}/tmp;
-  proxy_temp_path ${dir}/tmp;
-  fastcgi_temp_path ${dir}/tmp;
-  uwsgi_temp_path ${dir}/tmp;
-  scgi_temp_path ${dir}/tmp;
-  log_format bench '$msec $request_method $uri $status $body_bytes_sent $bytes_sent "$http_range"';
-  access_log ${log} bench;
-  server { listen 127.0.0.1:${PORT}; root ${root}; max_ranges 10000; }
-}
-`);
-  sh('nginx', ['-c', conf, '-p', dir]);
-  return {
-    log,
-    stop: () => {
-      const pid = Number(readFileSync(join(dir, 'nginx.pid'), 'utf8'));
-      process.kill(pid, 'SIGQUIT');
-    },
-  };
-}
-
-function logLines(log: string): string[] {
-  return existsSync(log) ? readFileSync(log, 'utf8').split('\n').filter(Boolean) : [];
-}
-
 /** deltad's resume file for an output (removed so every run starts cold). */
 const partialOf = (out: string): string => join(dirname(out), `.${basename(out)}.deltad-partial`);
 
 /** Runs one client under GNU time and sums the access-log lines it caused. */
-function measure(pair: string, tool: string, cmd: string[], log: string, out: string | null, expected: string): Row {
-  const before = logLines(log).length;
+function measure(pair: string, tool: string, cmd: string[], nginx: Nginx, out: string | null, expected: string): Row {
+  const before = nginx.entries().length;
   const timeFile = join(BENCH, 'deltad-extract', 'time.txt');
   if (out) for (const f of [out, partialOf(out), `${partialOf(out)}.journal`]) rmSync(f, { force: true });
   const r = spawnSync('/usr/bin/time', ['-f', '%e %M', '-o', timeFile, ...cmd], { encoding: 'utf8', maxBuffer: 64 * 1024 * 1024 });
   spawnSync('sleep', ['0.3']);
-  const lines = logLines(log).slice(before);
+  const lines = nginx.entries().slice(before);
   const [wall, rss] = readFileSync(timeFile, 'utf8').trim().split('\n').pop()!.split(' ').map(Number);
   const ok = r.status === 0 && (out === null || spawnSync('cmp', ['-s', out, expected]).status === 0);
   if (!ok) process.stderr.write(`${tool}: exit ${r.status}\n${r.stderr.slice(-2000)}\n`);
   const row: Row = {
     pair, tool, ok, wallS: wall, rssMiB: Math.round(rss / 1024), requests: lines.length,
-    bodyBytes: lines.reduce((n, l) => n + Number(l.split(' ')[4]), 0),
-    wireBytes: lines.reduce((n, l) => n + Number(l.split(' ')[5]), 0),
+    bodyBytes: lines.reduce((n, e) => n + e.bodyBytes, 0),
+    wireBytes: lines.reduce((n, e) => n + e.wireBytes, 0),
   };
   const summary = /^\{[\s\S]*\}\s*$/.test(r.stdout) ? JSON.parse(r.stdout) : null;
   if (summary?.wallMs !== undefined) row.engineS = summary.wallMs / 1000;
@@ -129,7 +93,7 @@ function runPair(pair: string): { rows: Row[]; plan: Record<string, unknown> } {
   const zsyncFile = join(www, 'new.img.zsync');
   if (!existsSync(zsyncFile)) sh('zsyncmake', ['-u', 'new.img', '-o', zsyncFile, newImg]);
 
-  const nginx = startNginx(www, join(work, 'nginx'));
+  const nginx = startNginx(join(work, 'nginx'), [{ port: PORT, root: www }]);
   const out = join(work, 'out.img');
   const cache = join(work, 'index-cache');
   const rows: Row[] = [];
@@ -141,12 +105,12 @@ function runPair(pair: string): { rows: Row[]; plan: Record<string, unknown> } {
       process.execPath, CLI, 'extract', '--json', '--mode', mode, ...source(mode), '--cache-dir', cache, ...extra, `${ORIGIN}/new.${tag}.caibx`, out,
     ];
     rmSync(cache, { recursive: true, force: true });
-    rows.push(measure(pair, 'deltad range (cold: chunks the seed)', deltad('range', ['--seed', OLD]), nginx.log, out, NEW));
-    rows.push(measure(pair, 'deltad range (warm index cache)', deltad('range', ['--seed', OLD]), nginx.log, out, NEW));
-    rows.push(measure(pair, 'deltad store (warm index cache)', deltad('store', ['--seed', OLD]), nginx.log, out, NEW));
-    rows.push(measure(pair, 'deltad seeds only (new image as seed)', deltad('range', ['--seed', `${NEW}:${index}`]), nginx.log, out, NEW));
-    rows.push(measure(pair, 'casync extract --seed', ['casync', `--store=${ORIGIN}/new.${tag}.castr`, `--seed=${OLD}`, 'extract', `${ORIGIN}/new.${tag}.caibx`, out], nginx.log, out, NEW));
-    rows.push(measure(pair, 'zsync -i (4 KiB blocks)', ['zsync', '-q', '-i', OLD, '-o', out, `${ORIGIN}/new.img.zsync`], nginx.log, out, NEW));
+    rows.push(measure(pair, 'deltad range (cold: chunks the seed)', deltad('range', ['--seed', OLD]), nginx, out, NEW));
+    rows.push(measure(pair, 'deltad range (warm index cache)', deltad('range', ['--seed', OLD]), nginx, out, NEW));
+    rows.push(measure(pair, 'deltad store (warm index cache)', deltad('store', ['--seed', OLD]), nginx, out, NEW));
+    rows.push(measure(pair, 'deltad seeds only (new image as seed)', deltad('range', ['--seed', `${NEW}:${index}`]), nginx, out, NEW));
+    rows.push(measure(pair, 'casync extract --seed', ['casync', `--store=${ORIGIN}/new.${tag}.castr`, `--seed=${OLD}`, 'extract', `${ORIGIN}/new.${tag}.caibx`, out], nginx, out, NEW));
+    rows.push(measure(pair, 'zsync -i (4 KiB blocks)', ['zsync', '-q', '-i', OLD, '-o', out, `${ORIGIN}/new.img.zsync`], nginx, out, NEW));
     rmSync(`${out}.zs-old`, { force: true });
     return { rows, plan };
   } finally {

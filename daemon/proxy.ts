@@ -20,7 +20,6 @@ import { MetadataCache, MetadataTooLargeError } from '../lib/metadata-cache.js';
 import { CachingStore } from '../lib/store/caching-store.js';
 import { ImageRangeStore } from '../lib/store/image-range-store.js';
 import { HttpStore } from '../lib/store/http-store.js';
-import { chunkRelativePath } from '../lib/store/chunk-file.js';
 import { compressChunk } from '../lib/compression.js';
 import { parseIndex, type ChunkIndex } from '../lib/caibx.js';
 import { fromHex, isChunkIdHex, toHex } from '../lib/digest.js';

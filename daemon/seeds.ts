@@ -27,7 +27,7 @@ export class SeedCatalog {
 
   constructor(
     private readonly globs: string[],
-    private readonly cacheDir: string,
+    cacheDir: string,
     private readonly log: Logger,
   ) {
     this.cache = new IndexCache(cacheDir);

@@ -339,7 +339,6 @@ export class Assembler {
 
   /** Puts the chunks the cache has (verified); returns the runs it lacks. A failing cache read is a miss. */
   private async fromCache(cache: WritableChunkStore, runs: Run[], track: (write: Promise<unknown>) => void): Promise<Run[]> {
-    const idx = this.index;
     const left: Run[] = [];
     for (const r of runs) {
       for (let i = r.first; i < r.first + r.count; i++) {
