@@ -452,7 +452,7 @@ export async function extractToFile(target: string | ChunkIndex, out: string, op
       choice.probe.bytes += indexCost.bytes;
       const blocks = await blockPathFor(index, ctx, opts, choice);
       if (blocks?.cheaper) {
-        const viaBlocks = await extractViaBlocks(blocks.path, out, { http: ctx.http, sha256: opts.sha256, onWarning: opts.onWarning, onProgress: opts.onProgress, signal: opts.signal });
+        const viaBlocks = await extractViaBlocks(blocks.path, out, { http: ctx.http, target: index, sha256: opts.sha256, onWarning: opts.onWarning, onProgress: opts.onProgress, signal: opts.signal });
         if (viaBlocks) {
           await file.discard();
           return viaBlocks;

@@ -375,3 +375,28 @@ test('extract: a seed that is already the target leaves only the short tail bloc
   assert.equal(result.seedMismatches, 0);
   assert.equal(f.origin.stats('/os_2.img.bpk').requests, 1);
 });
+
+test('engine: a stale block pack (built for another image than the target index) never becomes the output', async (t) => {
+  const f = await fixture(t);
+  // A new release at the same URL whose pack artifacts were not rebuilt: they still describe v2.
+  const v3 = Buffer.from(f.v2);
+  for (let i = 100_000; i < 100_000 + 4 * BS; i++) v3[i] ^= 0x5a;
+  await writeFile(join(f.www, 'os_2.img'), v3);
+  const v3Index = indexBuffer(v3, { params: { min: 4096, avg: 16384, max: 65536 }, digest: 'sha512-256' });
+  await writeFile(join(f.www, 'os_2.img.caibx'), serializeIndex(v3Index));
+  const source = { rangeUrl: f.imageUrl, seeds: [{ path: f.v1Path }], cacheDir: join(f.dir, 'cache'), http: f.http };
+  assert.equal((await planUpdate(`${f.imageUrl}.caibx`, source)).chosen, 'blocks', 'the stale pack looks cheapest');
+
+  const warnings: string[] = [];
+  const out = join(f.dir, 'out.img');
+  const r = await extractToFile(`${f.imageUrl}.caibx`, out, { ...source, onWarning: (m) => warnings.push(m) });
+  assert.ok((await readFile(out)).equals(v3), `the output is the target index's image (mode ${r.mode})`);
+  assert.ok(warnings.some((w) => /falling back to the chunk path/.test(w)), warnings.join('\n'));
+
+  const stream = openExtractStream(v3Index, { ...source, onWarning: () => {} });
+  const parts: Buffer[] = [];
+  for await (const part of stream) parts.push(part as Buffer);
+  await stream.result;
+  assert.ok(Buffer.concat(parts).equals(v3), 'the stream delivers the target index\'s image');
+  assert.deepEqual(await leftovers(f.dir, ['v1.img', 'www', 'cache', 'out.img']), []);
+});

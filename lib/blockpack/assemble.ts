@@ -8,9 +8,11 @@ import { createHash } from 'node:crypto';
 import { open, rename, unlink, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
+import type { ChunkIndex } from '../caibx.js';
 import { ChecksumMismatchError, OriginError } from '../errors.js';
 import { isTransient, type HttpClient } from '../http-client.js';
 import { ChunkCollector, MultiRangeUnsupportedError, RangeFetcher } from '../range-fetcher.js';
+import { verifyFile } from '../verify.js';
 import { forEachBlock } from './block-reader.js';
 import { FrameDecompressor } from './frame-codec.js';
 import { HASH_BYTES, PackError, ZERO_BLOCK, blockHash, blockLength, checkPackHeader, frameOf, sha256, type BlockIndex } from './format.js';
@@ -25,6 +27,8 @@ export interface AssembleBlocksOptions {
   requestCost?: number;
   /** The release's SHA-256 (hex), when known: must match the block index before anything is fetched. */
   sha256?: string;
+  /** The chunk index the caller asked for: the image must match it too (a stale pack describes another image). */
+  target?: ChunkIndex;
   /** Pack requests in flight (default 4). */
   concurrency?: number;
   /** Total attempts per transient failure (default 4). */
@@ -244,6 +248,14 @@ async function fetchFrames(plan: BlockPlan, frames: number[], seedFailed: Readon
   return { bytes: dict.body.length + fetcher.stats.bytes, requests: dictRequests + fetcher.stats.requests, fromPack };
 }
 
+/** The pack's image is only the target when every chunk of the target index hashes to its ID in it. */
+async function checkTarget(target: ChunkIndex, path: string, signal?: AbortSignal): Promise<void> {
+  const v = await verifyFile(target, path, { signal });
+  if (v.ok) return;
+  const where = v.bad[0] ? `chunk ${v.bad[0].id} at byte ${v.bad[0].offset}: ${v.bad[0].reason}` : `${v.fileSize} bytes, the index describes ${v.indexSize}`;
+  throw new PackError(`the block pack's image is not the target index's image (${where}); stale or swapped pack`);
+}
+
 /** Assembles plan.index's image into `out` from the plan's seeds and the pack. */
 export async function assembleBlocks(plan: BlockPlan, out: string, opts: AssembleBlocksOptions): Promise<AssembleBlocksResult> {
   const started = Date.now();
@@ -268,6 +280,7 @@ export async function assembleBlocks(plan: BlockPlan, out: string, opts: Assembl
     const net = frames.length > 0 ? await fetchFrames(plan, frames, seeds.failed, fh, opts, progress) : { bytes: 0, requests: 0, fromPack: 0 };
     const actual = (await fileSha256(fh, index.imageSize, index.blockSize)).toString('hex');
     if (actual !== expected) throw new ChecksumMismatchError(expected, actual, `${out} (assembled from the block pack)`);
+    if (opts.target) await checkTarget(opts.target, tmp, opts.signal);
     await fh.sync();
     await fh.close();
     await rename(tmp, out);

@@ -97,6 +97,8 @@ export async function costBlockPath(opts: BlockPathOptions): Promise<BlockPathCh
 
 export interface ExtractViaBlocksOptions {
   http: HttpClient;
+  /** The chunk index asked for: the assembled image must match it, not only the pack's own index. */
+  target: ChunkIndex;
   sha256?: string;
   onWarning?: (message: string) => void;
   onProgress?: (p: ExtractProgress) => void;
@@ -119,7 +121,7 @@ export async function extractViaBlocks(choice: BlockPathChoice, out: string, opt
   try {
     const r = await assembleBlocks(plan, out, {
       http: opts.http, packUrl: probe.packUrl, dictUrl: probe.dictUrl, multi: choice.best.mode === 'blocks',
-      sha256: opts.sha256, signal: opts.signal, onWarning: opts.onWarning,
+      sha256: opts.sha256, target: opts.target, signal: opts.signal, onWarning: opts.onWarning,
       onProgress: (done) => opts.onProgress?.(progress(done)),
     });
     const p = progress(total, r);
@@ -150,11 +152,11 @@ export interface ChunkSink {
  * `sink` chunk by chunk of `target`. Null when the pack is unusable (the
  * caller streams from the chunk path instead).
  */
-export async function streamViaBlocks(choice: BlockPathChoice, sink: ChunkSink, target: ChunkIndex, dir: string, opts: ExtractViaBlocksOptions): Promise<ExtractResult | null> {
+export async function streamViaBlocks(choice: BlockPathChoice, sink: ChunkSink, target: ChunkIndex, dir: string, opts: Omit<ExtractViaBlocksOptions, 'target'>): Promise<ExtractResult | null> {
   await mkdir(dir, { recursive: true });
   const tmp = join(dir, `stream-${process.pid}-${Date.now()}-${Math.random().toString(36).slice(2)}.img`);
   try {
-    const r = await extractViaBlocks(choice, tmp, opts);
+    const r = await extractViaBlocks(choice, tmp, { ...opts, target });
     if (!r) return null;
     const fh = await open(tmp, 'r');
     try {
