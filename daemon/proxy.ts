@@ -187,11 +187,9 @@ export async function createProxy(opts: ProxyOptions): Promise<ProxyServer> {
     },
   });
 
-  /** The .cacnk bytes of a chunk: from the cache file, else fetched (and cached) then read back or compressed. */
+  /** The .cacnk bytes of a chunk, verified first (a damaged cache file is dropped and fetched again), then read back or compressed. */
   async function compressedChunk(req: ChunkRequest): Promise<Buffer | null> {
     const hex = toHex(req.id);
-    const cached = await cache.getCompressed(hex);
-    if (cached) return cached;
     const data = await chunks.get(req);
     if (!data) return null;
     return (await cache.getCompressed(hex)) ?? compressChunk(data);

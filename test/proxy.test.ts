@@ -17,6 +17,7 @@ import { HttpClient } from '../lib/http-client.js';
 import { openProxyStore } from '../lib/store/batch-store.js';
 import { OriginError } from '../lib/errors.js';
 import { chunkRelativePath } from '../lib/store/chunk-file.js';
+import { compressChunk, decompressChunk } from '../lib/compression.js';
 import { makeReleases, rangeFetchesOf, startUpstream, type Release, type Upstream } from './helpers/fleet.js';
 
 const run = promisify(execFile);
@@ -273,4 +274,21 @@ test('access: other hosts, odd Host headers and traversal are refused; per-clien
   slow.destroy();
   assert.equal(capped.status, 429);
   assert.equal(capped.headers['retry-after'], '1');
+});
+
+test('store endpoint: a cache file damaged on disk is never served; the chunk is fetched again and the cache heals', { timeout: 30_000 }, async (t) => {
+  const f = await setup(t);
+  const [v1] = f.releases;
+  await get(`${f.url}/${v1.name}.caibx`);
+  const hex = v1.index.idHex(0);
+  const path = `${f.url}/.deltad/store/${chunkRelativePath(hex, true)}`;
+  const first = await get(path);
+  assert.equal(first.status, 200);
+  // Bit rot in the cached .cacnk file (a valid zstd frame whose content is not the chunk).
+  const file = join(f.dir, 'cache', 'chunks', chunkRelativePath(hex, true));
+  await writeFile(file, compressChunk(Buffer.from('not the chunk')));
+  const again = await get(path);
+  assert.equal(again.status, 200);
+  assert.ok(decompressChunk(again.body, v1.index.chunkSize(0)).equals(v1.data.subarray(0, v1.index.chunkSize(0))), 'the served .cacnk holds the chunk');
+  assert.ok(decompressChunk(await readFile(file), v1.index.chunkSize(0)).equals(v1.data.subarray(0, v1.index.chunkSize(0))), 'the cache file was replaced');
 });
