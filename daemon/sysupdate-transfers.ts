@@ -107,6 +107,10 @@ export function redirectedPath(t: Transfer, origin: string, listen: string): str
 }
 
 export function dropinDir(root: string, transferName: string): string {
+  // A name from the command line must not lead outside run/sysupdate.d (e.g. "../../usr/lib/sysupdate.d/50-root").
+  if (!transferName || transferName === '.' || transferName === '..' || /[/\0]/.test(transferName)) {
+    throw new UsageError(`invalid transfer name "${transferName}": expected a .transfer file name without the suffix`);
+  }
   return join(root, 'run/sysupdate.d', `${transferName}.transfer.d`);
 }
 

@@ -252,3 +252,20 @@ test('deltad redirect writes and removes the sysupdate drop-in, keeping specifie
   assert.equal(removed.status, 0, removed.stderr);
   await assert.rejects(stat(join(root, 'run/sysupdate.d/50-root.transfer.d')), 'drop-in directory removed');
 });
+
+test('deltad redirect --remove: a transfer name with a path in it is refused, nothing outside run/sysupdate.d is removed', async (t) => {
+  const root = await tempDir(t);
+  const vendor = join(root, 'usr/lib/sysupdate.d/50-root.transfer.d/50-deltad.conf');
+  await mkdir(join(root, 'usr/lib/sysupdate.d/50-root.transfer.d'), { recursive: true });
+  await writeFile(vendor, '[Source]\nPath=https://updates.example.org/os/\n');
+  const stream = { write: () => true } as unknown as NodeJS.WritableStream;
+  for (const name of ['../../usr/lib/sysupdate.d/50-root', '..', '.', 'a/b', '']) {
+    const parsed = parseArgs({ args: ['--root', root, '--remove', '--transfer', name], options: redirect.options, allowPositionals: true });
+    await assert.rejects(
+      Promise.resolve().then(() => redirect.run({ values: parsed.values as Record<string, string | boolean | string[] | undefined>, positionals: [], interactive: false, stdout: stream, stderr: stream })),
+      (err: Error) => err instanceof UsageError && /transfer name/.test(err.message),
+      JSON.stringify(name),
+    );
+  }
+  assert.match(await readFile(vendor, 'utf8'), /Path=https:\/\/updates\.example\.org\/os\//, 'the drop-in outside run/sysupdate.d is still there');
+});
