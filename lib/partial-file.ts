@@ -111,7 +111,9 @@ export class PartialFile implements AssemblySink {
       if (!this.dirty || this.closed) return;
       this.dirty = false;
       const tmp = `${this.paths.journal}.tmp`;
-      await writeFile(tmp, Buffer.concat([JOURNAL_MAGIC, this.digest, this.done]), { mode: 0o600 });
+      // A fresh file (never through a symlink or into another file planted at this name).
+      await unlink(tmp).catch(() => {});
+      await writeFile(tmp, Buffer.concat([JOURNAL_MAGIC, this.digest, this.done]), { mode: 0o600, flag: 'wx' });
       await rename(tmp, this.paths.journal);
     });
     return this.flushing;
