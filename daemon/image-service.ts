@@ -57,7 +57,7 @@ export interface PreparedImage {
   index: ChunkIndex;
   /** SHA-256 from the origin's SHA256SUMS, when it lists the image. */
   sha256?: string;
-  /** Identifies this version of the image: its URL and the digest of its index. */
+  /** Identifies this version of the image: its URL, the digest of its index and the expected SHA-256 (what its bytes were verified against). */
   key: string;
 }
 
@@ -87,7 +87,7 @@ export class ImageService {
     const [res, expected] = await Promise.all([this.fetchSmall(indexUrl, MAX_INDEX_BYTES, signal), sha256]);
     if (res.status === 404 || res.status === 410) return undefined;
     const index = parseIndex(res.body, { source: indexUrl, allowArchive: false });
-    return { index, sha256: expected, key: `${target.url}#${createHash('sha256').update(res.body).digest('hex')}` };
+    return { index, sha256: expected, key: `${target.url}#${createHash('sha256').update(res.body).digest('hex')}#${expected ?? ''}` };
   }
 
   /** The image's entry in the SHA256SUMS beside it, if any. */

@@ -380,3 +380,39 @@ test('pass-through keeps origin statuses; hostile targets and Host headers never
   assert.equal(f.origin.log.length, before, 'nothing was fetched for the refused request');
   assert.ok(redirect.ctx.counters.rejected >= 5);
 });
+
+test('a kept verified spool is not served once SHA256SUMS names another hash for the same index', { timeout: 60_000 }, async (t) => {
+  const f = await fixture();
+  const v2 = f.releases[1];
+  const dir = join(f.dir, 'origin-newsums');
+  await mkdir(dir, { recursive: true });
+  await copyFile(join(f.originDir, 'os_2.img'), join(dir, 'os_2.img'));
+  await copyFile(join(f.originDir, 'os_2.img.caibx'), join(dir, 'os_2.img.caibx'));
+  await writeFile(join(dir, 'SHA256SUMS'), `${sha256(v2.data)}  os_2.img\n`);
+  const origin = await startOrigin({ root: dir });
+  t.after(() => origin.close());
+  const d = await startDaemon(t, f, {}, origin.url);
+  /** The body as received, and whether the transfer ended cleanly. */
+  const download = async () => {
+    const ac = new AbortController();
+    const timer = setTimeout(() => ac.abort(), 30_000);
+    try {
+      const res = await fetch(`${d.url}/os_2.img`, { signal: ac.signal });
+      const parts: Buffer[] = [];
+      try {
+        for await (const b of res.body!) parts.push(Buffer.from(b));
+        return { body: Buffer.concat(parts), complete: true };
+      } catch {
+        return { body: Buffer.concat(parts), complete: false };
+      }
+    } finally {
+      clearTimeout(timer);
+    }
+  };
+  const first = await download();
+  assert.ok(first.complete && first.body.equals(v2.data), 'the first download is v2, verified');
+  // The release's checksum changes (the image was replaced but its index was not): the spool verified against the old one must not be handed out.
+  await writeFile(join(dir, 'SHA256SUMS'), `${'0'.repeat(64)}  os_2.img\n`);
+  const second = await download();
+  assert.ok(!second.complete && second.body.length < v2.data.length, `held back: ${second.body.length} of ${v2.data.length} bytes`);
+});
