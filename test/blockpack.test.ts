@@ -5,7 +5,7 @@
 import { after, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { cp, mkdir, mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
+import { cp, mkdir, mkdtemp, readFile, readdir, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { HttpClient } from '../lib/http-client.js';
@@ -399,4 +399,16 @@ test('engine: a stale block pack (built for another image than the target index)
   await stream.result;
   assert.ok(Buffer.concat(parts).equals(v3), 'the stream delivers the target index\'s image');
   assert.deepEqual(await leftovers(f.dir, ['v1.img', 'www', 'cache', 'out.img']), []);
+});
+
+test('extract: a symlink planted at the temp file name is replaced, the file it points to is untouched', async (t) => {
+  const f = await fixture(t);
+  const out = join(f.dir, 'out.img');
+  const victim = join(f.dir, 'victim.img');
+  const victimBytes = Buffer.from('a seed or the previous image\n');
+  await writeFile(victim, victimBytes);
+  await symlink(victim, join(f.dir, `.out.img.deltad-blocks.${process.pid}.tmp`));
+  await extract(f, out, { sha256: f.sha256 });
+  assert.ok((await readFile(victim)).equals(victimBytes), 'the file behind the symlink is unchanged');
+  assert.ok((await readFile(out)).equals(f.v2));
 });

@@ -265,8 +265,9 @@ export async function assembleBlocks(plan: BlockPlan, out: string, opts: Assembl
     throw new PackError(`block index is for an image with SHA-256 ${expected}, the release has ${opts.sha256} (stale or swapped index)`);
   }
   const tmp = join(dirname(out), `.${basename(out)}.deltad-blocks.${process.pid}.tmp`);
-  // w+: the whole file is read back for its SHA-256 before the rename.
-  const fh = await open(tmp, 'w+', 0o644);
+  // w+: the whole file is read back for its SHA-256 before the rename. A fresh file (x): never through a symlink planted at this name.
+  await unlink(tmp).catch(() => {});
+  const fh = await open(tmp, 'wx+', 0o644);
   let done = 0;
   const progress = (n: number): void => {
     done += n;
