@@ -69,8 +69,17 @@ export class PartialFile implements AssemblySink {
         done = new Uint8Array(j.subarray(40));
       }
     }
-    const flags = constants.O_RDWR | constants.O_CREAT | constants.O_NOFOLLOW | (done ? 0 : constants.O_TRUNC);
-    const fh = await open(paths.partial, flags, 0o600);
+    // Never written through a link: a resumed file must be ours alone, a fresh one is created anew (not truncated in place).
+    let fh = done ? await open(paths.partial, constants.O_RDWR | constants.O_NOFOLLOW) : undefined;
+    if (fh && (await fh.stat()).nlink !== 1) {
+      await fh.close();
+      fh = undefined;
+      done = null;
+    }
+    if (!fh) {
+      await unlink(paths.partial).catch(() => {});
+      fh = await open(paths.partial, constants.O_RDWR | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
+    }
     try {
       if (!done) await fh.truncate(target.size);
       const file = new PartialFile(paths, fh, target, digest, done ?? new Uint8Array(bitmapBytes), !done);

@@ -2,17 +2,29 @@
 // beside the output must never reach another file through a planted symlink.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { lstat, mkdtemp, readFile, rm, symlink, writeFile } from 'node:fs/promises';
+import { link, lstat, mkdtemp, readFile, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { indexBuffer } from '../lib/indexer.js';
 import { PartialFile, partialPaths } from '../lib/partial-file.js';
 
+/** Deterministic bytes that chunk into several chunks (xorshift). */
+function pseudoRandom(size: number): Buffer {
+  const data = Buffer.alloc(size);
+  let x = 0x9e3779b9;
+  for (let i = 0; i < size; i++) {
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    data[i] = x & 0xff;
+  }
+  return data;
+}
+
 test('partial file: a symlink at the journal\'s temp path is replaced, the file it points to (a seed) is untouched', async (t) => {
   const dir = await mkdtemp(join(tmpdir(), 'deltad-partial-'));
   t.after(() => rm(dir, { recursive: true, force: true }));
-  const data = Buffer.alloc(256 * 1024);
-  for (let i = 0; i < data.length; i++) data[i] = (i * 7919) >>> 5;
+  const data = pseudoRandom(256 * 1024);
   const index = indexBuffer(data, { params: { min: 16 * 1024, avg: 64 * 1024, max: 256 * 1024 }, digest: 'sha512-256' });
   const seed = join(dir, 'seed.img');
   const seedBytes = Buffer.from('the previous image, which must survive\n');
@@ -26,4 +38,31 @@ test('partial file: a symlink at the journal\'s temp path is replaced, the file 
   await file.keep();
   assert.ok((await readFile(seed)).equals(seedBytes), 'the seed behind the symlink is unchanged');
   assert.ok((await lstat(journal)).isFile(), 'the journal was still written, as a file of its own');
+});
+
+test('partial file: a hard link to another file (a seed) at the partial path is never written through, fresh or resumed', async (t) => {
+  const dir = await mkdtemp(join(tmpdir(), 'deltad-partial-'));
+  t.after(() => rm(dir, { recursive: true, force: true }));
+  const data = pseudoRandom(256 * 1024);
+  const index = indexBuffer(data, { params: { min: 16 * 1024, avg: 64 * 1024, max: 256 * 1024 }, digest: 'sha512-256' });
+  assert.ok(index.count > 1);
+  const out = join(dir, 'out.img');
+  const { partial } = partialPaths(out);
+  // A journal for this target, as an interrupted run leaves it.
+  const first = await PartialFile.open(out, index, true);
+  await first.file.put(0, 1, data.subarray(0, index.chunkSize(0)));
+  await first.file.keep();
+  // The partial path now names a seed of the same size (hard link).
+  const seed = join(dir, 'seed.img');
+  const seedBytes = Buffer.alloc(data.length, 0x5a);
+  await writeFile(seed, seedBytes);
+  await rm(partial);
+  await link(seed, partial);
+  for (const resume of [true, false]) {
+    const { file } = await PartialFile.open(out, index, resume);
+    await file.put(1, 1, data.subarray(index.start(1), index.end(1)));
+    await file.discard();
+    assert.ok((await readFile(seed)).equals(seedBytes), `the seed is unchanged (resume ${resume})`);
+    await link(seed, partial).catch(() => {});
+  }
 });
