@@ -11,7 +11,7 @@ import { HttpClient } from './http-client.js';
 import { IndexCache, defaultCacheDir, type IndexBuilder } from './index-cache.js';
 import { indexFile } from './indexer.js';
 import type { ChunkerVariant } from './chunker.js';
-import { planChunks, type Plan } from './planner.js';
+import { planChunks, type Plan, type PlanTotals } from './planner.js';
 import { RangeFetcher, planRangeRequests, type RangeSupport } from './range-fetcher.js';
 import { RangeSource, StoreSource, type RemoteSource, type Run } from './remote-source.js';
 import { Assembler } from './assembler.js';
@@ -124,18 +124,9 @@ export interface ModeCost {
   requests: number;
 }
 
-/** The update-size answer: what comes from where, per fetch mode. */
-export interface PlanReport {
+/** The update-size answer: the plan's totals (missingBytes: unique chunk bytes from the network), per fetch mode. */
+export interface PlanReport extends Omit<PlanTotals, 'bytes'> {
   targetSize: number;
-  chunks: number;
-  fromSeeds: number;
-  fromSelf: number;
-  fromZero: number;
-  /** Unique chunk bytes that must come from the network. */
-  missingBytes: number;
-  missingChunks: number;
-  /** Runs of adjacent missing chunks (before gap merging). */
-  missingRuns: number;
   /** Modes available for this origin (probed), with their costs. */
   modes: ModeCost[];
   /** What auto mode would pick ('none' when nothing is missing). */
