@@ -4,7 +4,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtemp, mkdir, readdir, rm, writeFile, readFile, utimes } from 'node:fs/promises';
-import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -12,6 +11,7 @@ import { ChunkCache } from '../lib/chunk-cache.js';
 import { chunkId, toHex } from '../lib/digest.js';
 import { ChunkVerifyError } from '../lib/errors.js';
 import { decompressChunk } from '../lib/compression.js';
+import { mountTinyTmpfs } from './helpers/tmpfs.js';
 
 async function withDir(fn: (dir: string) => Promise<void>): Promise<void> {
   const dir = await mkdtemp(join(tmpdir(), 'deltad-cache-'));
@@ -138,37 +138,23 @@ test('disk full (injected ENOSPC): put fails softly, leaves no file, getOrFetch 
   }));
 
 test('disk full (real tmpfs of 64 KiB): serving continues, every cached chunk is whole', async (t) => {
-  const mnt = await mkdtemp(join(tmpdir(), 'deltad-tmpfs-'));
-  try {
-    try {
-      execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=64k', 'tmpfs', mnt], { stdio: 'pipe' });
-    } catch (err) {
-      if (process.env.CI) throw new Error(`cannot mount a tmpfs for the disk-full test: ${(err as Error).message}`);
-      t.skip('mounting a tmpfs needs root');
-      return;
-    }
-    try {
-      const cache = await ChunkCache.open(mnt, { maxBytes: 10 << 20, writeBackoffMs: 0 });
-      const chunks = Array.from({ length: 12 }, () => makeChunk(16_000));
-      for (const c of chunks) {
-        const got = await cache.getOrFetch({ id: c.id, size: c.data.length }, async () => ({ data: c.data }));
-        assert.ok(got!.equals(c.data));
-      }
-      assert.ok(cache.stats.writeErrors > 0, 'the tmpfs filled up');
-      assert.ok(cache.stats.entries > 0, 'some chunks were cached');
-      // Whatever is in the cache reads back whole and verified.
-      for (const c of chunks) {
-        if (!cache.contains(c.hex)) continue;
-        assert.ok((await cache.get({ id: c.id, size: c.data.length }))!.equals(c.data));
-      }
-      assert.equal(cache.stats.discarded, 0);
-      assert.ok(!(await listFiles(mnt)).some((f) => f.includes('.tmp-')), 'no temp files left');
-    } finally {
-      execFileSync('umount', [mnt]);
-    }
-  } finally {
-    await rm(mnt, { recursive: true, force: true });
+  const mnt = await mountTinyTmpfs(t);
+  if (!mnt) return;
+  const cache = await ChunkCache.open(mnt, { maxBytes: 10 << 20, writeBackoffMs: 0 });
+  const chunks = Array.from({ length: 12 }, () => makeChunk(16_000));
+  for (const c of chunks) {
+    const got = await cache.getOrFetch({ id: c.id, size: c.data.length }, async () => ({ data: c.data }));
+    assert.ok(got!.equals(c.data));
   }
+  assert.ok(cache.stats.writeErrors > 0, 'the tmpfs filled up');
+  assert.ok(cache.stats.entries > 0, 'some chunks were cached');
+  // Whatever is in the cache reads back whole and verified.
+  for (const c of chunks) {
+    if (!cache.contains(c.hex)) continue;
+    assert.ok((await cache.get({ id: c.id, size: c.data.length }))!.equals(c.data));
+  }
+  assert.equal(cache.stats.discarded, 0);
+  assert.ok(!(await listFiles(mnt)).some((f) => f.includes('.tmp-')), 'no temp files left');
 });
 
 test('single-flight: concurrent misses of one chunk run one fetch', () =>

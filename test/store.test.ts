@@ -4,7 +4,6 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdtemp, mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
-import { execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -17,6 +16,7 @@ import { ChunkVerifyError, DeltadError, OriginError, UsageError } from '../lib/e
 import { HttpClient } from '../lib/http-client.js';
 import { CASYNC_FORMAT_DIR, loadVectors } from './helpers/shared.js';
 import { startOrigin } from './helpers/origin.js';
+import { mountTinyTmpfs } from './helpers/tmpfs.js';
 
 async function tempDir(t: { after: (fn: () => Promise<void>) => void }): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), 'deltad-store-'));
@@ -207,37 +207,27 @@ test('a failed write leaves neither a partial chunk nor a temp file', async (t) 
 });
 
 test('disk full (real tmpfs): clear ENOSPC error, no partial chunk, no temp file', async (t) => {
-  const mnt = await tempDir(t);
-  try {
-    execFileSync('mount', ['-t', 'tmpfs', '-o', 'size=64k', 'tmpfs', mnt], { stdio: 'pipe' });
-  } catch (err) {
-    if (process.env.CI) throw new Error(`cannot mount a tmpfs for the disk-full test: ${(err as Error).message}`);
-    t.skip('mounting a tmpfs needs root');
-    return;
+  const mnt = await mountTinyTmpfs(t);
+  if (!mnt) return;
+  const store = new LocalStore(mnt, { uncompressed: true });
+  let failure: unknown;
+  for (let i = 0; i < 40 && !failure; i++) {
+    const data = randomBytes(16 * 1024);
+    await store.put(chunkId('sha512-256', data), data).catch((err) => (failure = err));
   }
-  try {
-    const store = new LocalStore(mnt, { uncompressed: true });
-    let failure: unknown;
-    for (let i = 0; i < 40 && !failure; i++) {
-      const data = randomBytes(16 * 1024);
-      await store.put(chunkId('sha512-256', data), data).catch((err) => (failure = err));
-    }
-    assert.ok(failure instanceof DeltadError, 'the tmpfs filled up');
-    assert.equal(failure.code, 'ENOSPC');
-    assert.match(failure.message, /no space left on device writing chunk/);
-    // Every chunk that is listed is whole and verifies; no temp files are left.
-    let whole = 0;
-    for await (const hex of store.ids()) {
-      const data = await store.get({ id: Buffer.from(hex, 'hex'), size: 16 * 1024 });
-      assert.ok(data);
-      whole++;
-    }
-    assert.ok(whole > 0);
-    for (const p of await readdir(mnt)) {
-      for (const name of await readdir(join(mnt, p))) assert.ok(!name.startsWith('.tmp'), `leftover ${name}`);
-    }
-  } finally {
-    execFileSync('umount', [mnt]);
+  assert.ok(failure instanceof DeltadError, 'the tmpfs filled up');
+  assert.equal(failure.code, 'ENOSPC');
+  assert.match(failure.message, /no space left on device writing chunk/);
+  // Every chunk that is listed is whole and verifies; no temp files are left.
+  let whole = 0;
+  for await (const hex of store.ids()) {
+    const data = await store.get({ id: Buffer.from(hex, 'hex'), size: 16 * 1024 });
+    assert.ok(data);
+    whole++;
+  }
+  assert.ok(whole > 0);
+  for (const p of await readdir(mnt)) {
+    for (const name of await readdir(join(mnt, p))) assert.ok(!name.startsWith('.tmp'), `leftover ${name}`);
   }
 });
 
