@@ -13,10 +13,9 @@ import { buildServer } from '../daemon/server.js';
 import { defaultConfig } from '../daemon/config.js';
 import { createLogger } from '../daemon/log.js';
 import { createNotifier } from '../daemon/notify.js';
-import { createProxy, BATCH_PATH, INFO_PATH } from '../daemon/proxy.js';
-import { DEFAULT_ALLOW } from '../daemon/access.js';
+import { BATCH_PATH, INFO_PATH } from '../daemon/proxy.js';
 import { startOrigin } from './helpers/origin.js';
-import { makeReleases } from './helpers/fleet.js';
+import { makeReleases, startTestProxy } from './helpers/fleet.js';
 import { requireTool, run } from './helpers/sysupdate-client.js';
 
 const SIZE = 4 * 1024 * 1024;
@@ -34,20 +33,10 @@ test('a sidecar whose origin is a deltad proxy fetches missing chunks in a few b
   const upstream = await startOrigin({ root });
   t.after(() => upstream.close());
 
-  const proxy = await createProxy({
-    upstream: `${upstream.url}/`,
-    cacheDir: join(dir, 'proxy-cache'),
-    cacheMaxBytes: 1 << 30,
-    allow: DEFAULT_ALLOW,
-    maxPerClient: 64,
-    imagePatterns: ['*.img'],
-    indexSuffix: '.caibx',
-  });
   const proxyLog: { method: string; url: string }[] = [];
-  proxy.app.addHook('onRequest', async (req) => void proxyLog.push({ method: req.method, url: req.url }));
-  await proxy.app.listen({ host: '127.0.0.1', port: 0 });
-  t.after(() => proxy.close());
-  const proxyUrl = `http://127.0.0.1:${(proxy.app.server.address() as { port: number }).port}/`;
+  const { url: proxyUrl } = await startTestProxy(t, upstream.url, join(dir, 'proxy-cache'), {}, (proxy) =>
+    proxy.app.addHook('onRequest', async (req) => void proxyLog.push({ method: req.method, url: req.url })),
+  );
 
   const startSidecar = async (origin: string) => {
     const cacheDir = await mkdtemp(join(dir, 'cache-'));

@@ -10,13 +10,11 @@ import { createHash, randomBytes } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { request } from 'undici';
-import { createProxy } from '../daemon/proxy.js';
-import { DEFAULT_ALLOW } from '../daemon/access.js';
 import { HttpClient } from '../lib/http-client.js';
 import { extractToFile, loadIndex } from '../lib/extract.js';
 import { openProxyStore } from '../lib/store/batch-store.js';
 import { startOrigin } from './helpers/origin.js';
-import { makeReleases } from './helpers/fleet.js';
+import { makeReleases, startTestProxy } from './helpers/fleet.js';
 
 test('six sidecars update concurrently through one proxy: identical images, each chunk fetched upstream once', { timeout: 90_000 }, async (t) => {
   const dir = await mkdtemp(join(tmpdir(), 'deltad-fleet-'));
@@ -26,18 +24,7 @@ test('six sidecars update concurrently through one proxy: identical images, each
   const [v1, v2] = await makeReleases(root, 4 * 1024 * 1024, 2, 8);
   const origin = await startOrigin({ root });
   t.after(() => origin.close());
-  const proxy = await createProxy({
-    upstream: origin.url.endsWith('/') ? origin.url : origin.url + '/',
-    cacheDir: join(dir, 'proxy-cache'),
-    cacheMaxBytes: 1 << 30,
-    allow: DEFAULT_ALLOW,
-    maxPerClient: 64,
-    imagePatterns: ['*.img'],
-    indexSuffix: '.caibx',
-  });
-  await proxy.app.listen({ host: '127.0.0.1', port: 0 });
-  t.after(() => proxy.close());
-  const proxyUrl = `http://127.0.0.1:${(proxy.app.server.address() as { port: number }).port}/`;
+  const { url: proxyUrl } = await startTestProxy(t, origin.url, join(dir, 'proxy-cache'));
   const sha256 = createHash('sha256').update(v2.data).digest('hex');
 
   const sidecars = await Promise.all(

@@ -11,14 +11,13 @@ import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { request } from 'undici';
-import { createProxy, type ProxyOptions, type ProxyServer } from '../daemon/proxy.js';
-import { DEFAULT_ALLOW } from '../daemon/access.js';
+import type { ProxyOptions, ProxyServer } from '../daemon/proxy.js';
 import { HttpClient } from '../lib/http-client.js';
 import { openProxyStore } from '../lib/store/batch-store.js';
 import { OriginError } from '../lib/errors.js';
 import { chunkRelativePath } from '../lib/store/chunk-file.js';
 import { compressChunk, decompressChunk } from '../lib/compression.js';
-import { makeReleases, rangeFetchesOf, startUpstream, type Release, type Upstream } from './helpers/fleet.js';
+import { makeReleases, rangeFetchesOf, startTestProxy, startUpstream, type Release, type Upstream } from './helpers/fleet.js';
 
 const run = promisify(execFile);
 
@@ -36,24 +35,12 @@ async function setup(t: TestContext, over: Partial<ProxyOptions> = {}, size = 2 
   await mkdir(origin);
   const releases = await makeReleases(origin, size, 2);
   const upstream = await startUpstream(origin);
-  const proxy = await createProxy({
-    upstream: upstream.url,
-    cacheDir: join(dir, 'cache'),
-    cacheMaxBytes: 256 * 1024 * 1024,
-    allow: DEFAULT_ALLOW,
-    maxPerClient: 64,
-    imagePatterns: ['*.img'],
-    indexSuffix: '.caibx',
-    ...over,
-  });
-  await proxy.app.listen({ host: '127.0.0.1', port: 0 });
-  const { port } = proxy.app.server.address() as { port: number };
   t.after(async () => {
-    await proxy.close();
     await upstream.close();
     await rm(dir, { recursive: true, force: true });
   });
-  return { dir, upstream, releases, proxy, url: `http://127.0.0.1:${port}` };
+  const { proxy, url } = await startTestProxy(t, upstream.url, join(dir, 'cache'), over);
+  return { dir, upstream, releases, proxy, url: url.slice(0, -1) };
 }
 
 async function get(url: string, headers: Record<string, string> = {}) {

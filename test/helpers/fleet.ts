@@ -9,14 +9,12 @@ import { join, normalize, sep } from 'node:path';
 import type { AddressInfo, Socket } from 'node:net';
 import { indexBuffer } from '../../lib/indexer.js';
 import { serializeIndex, type ChunkIndex } from '../../lib/caibx.js';
+import type { TestContext } from 'node:test';
+import { createProxy, type ProxyOptions, type ProxyServer } from '../../daemon/proxy.js';
+import { DEFAULT_ALLOW } from '../../daemon/access.js';
+import type { AccessEntry } from './origin.js';
 
-export interface AccessEntry {
-  method: string;
-  path: string;
-  range?: string;
-  status: number;
-  bytes: number;
-}
+export type { AccessEntry };
 
 export interface Upstream {
   url: string;
@@ -133,4 +131,31 @@ export function rangeFetchesOf(log: AccessEntry[], path: string, start: number, 
     if (m && Number(m[1]) <= start && Number(m[2]) + 1 >= end) n++;
   }
   return n;
+}
+
+/**
+ * A `deltad proxy` on 127.0.0.1 in front of `upstream`, closed after the test.
+ * `beforeListen` may add fastify hooks. `url` ends with '/'.
+ */
+export async function startTestProxy(
+  t: TestContext,
+  upstream: string,
+  cacheDir: string,
+  over: Partial<ProxyOptions> = {},
+  beforeListen?: (proxy: ProxyServer) => void,
+): Promise<{ proxy: ProxyServer; url: string }> {
+  const proxy = await createProxy({
+    upstream: upstream.endsWith('/') ? upstream : upstream + '/',
+    cacheDir,
+    cacheMaxBytes: 256 * 1024 * 1024,
+    allow: DEFAULT_ALLOW,
+    maxPerClient: 64,
+    imagePatterns: ['*.img'],
+    indexSuffix: '.caibx',
+    ...over,
+  });
+  t.after(() => proxy.close());
+  beforeListen?.(proxy);
+  await proxy.app.listen({ host: '127.0.0.1', port: 0 });
+  return { proxy, url: `http://127.0.0.1:${(proxy.app.server.address() as AddressInfo).port}/` };
 }
