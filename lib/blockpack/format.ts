@@ -34,11 +34,10 @@ export class PackError extends DeltadError {
 /** Block kinds in `BlockIndex.distinctOf`. */
 export const ZERO_BLOCK = -1;
 
-/** Everything a client knows about a release's pack, from its block index. */
-export interface BlockIndex {
+/** What a block index records about a release: the image, its pack and dictionary, and every block. */
+export interface BlockTable {
   blockSize: number;
   imageSize: number;
-  blockCount: number;
   /** SHA-256 of the whole image: the final check of every assembly. */
   imageSha256: Buffer;
   packSize: number;
@@ -50,6 +49,11 @@ export interface BlockIndex {
   distinctCount: number;
   /** HASH_BYTES per distinct block: the first bytes of SHA-256 of its content. */
   hashes: Uint8Array;
+}
+
+/** Everything a client knows about a release's pack, from its block index. */
+export interface BlockIndex extends BlockTable {
+  blockCount: number;
   frameCount: number;
   /** frameFirst[f] = first distinct block of frame f; frameFirst[frameCount] = distinctCount. */
   frameFirst: Uint32Array;
@@ -140,18 +144,8 @@ class ByteReader {
 
 // --- block index -------------------------------------------------------------
 
-export interface IndexContent {
-  blockSize: number;
-  imageSize: number;
-  imageSha256: Buffer;
-  packSize: number;
-  packSha256: Buffer;
-  dictSize: number;
-  dictSha256: Buffer;
-  distinctOf: Int32Array;
-  distinctCount: number;
-  hashes: Uint8Array;
-  /** Per frame: how many distinct blocks it holds and its stored length in the pack. */
+/** What the publisher writes: the block table plus each frame's block count and stored length. */
+export interface IndexContent extends BlockTable {
   frameBlocks: number[];
   frameLengths: number[];
 }
