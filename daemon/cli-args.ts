@@ -1,17 +1,8 @@
 // Shared parsing of CLI option values: chunk sizes, digests, counts, sizes.
 import { UsageError } from '../lib/errors.js';
+export { parseSize } from '../lib/size.js';
 import { parseDigestName, type DigestName } from '../lib/digest.js';
 import type { CommandContext } from './command.js';
-
-/** "65536", "64K", "1M" (powers of 1024, like casync). */
-export function parseSize(s: string, what: string): number {
-  const m = /^(\d+)\s*([kmgt]?)(i?b)?$/i.exec(s.trim());
-  if (!m) throw new UsageError(`${what}: "${s}" is not a size (examples: 65536, 64K, 1M)`);
-  const mult = { '': 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3, t: 1024 ** 4 }[m[2].toLowerCase() as '' | 'k' | 'm' | 'g' | 't'];
-  const v = Number(m[1]) * mult;
-  if (!Number.isSafeInteger(v)) throw new UsageError(`${what}: "${s}" is too large`);
-  return v;
-}
 
 export function parseDigest(s: string | undefined): DigestName {
   if (s === undefined) return 'sha512-256';

@@ -7,6 +7,7 @@
 import { BUZHASH_TABLE, WINDOW_SIZE, rol32, windowHash } from './buzhash.js';
 import { CHUNK_SIZE_LIMIT_MAX, type ChunkParams } from './caibx.js';
 import { UsageError } from './errors.js';
+import { parseSize } from './size.js';
 import { CHUNKER_WASM_BASE64 } from './wasm/chunker-wasm.js';
 
 export type ChunkerVariant = 'casync' | 'desync';
@@ -43,11 +44,7 @@ export function checkChunkParams(params: ChunkParams, variant: ChunkerVariant = 
  * clamped to 1..128 MiB). Suffixes K, M, G are powers of 1024. The result is checked.
  */
 export function parseChunkSize(text: string, variant: ChunkerVariant = 'casync'): ChunkParams {
-  const sizes = text.split(':').map((part) => {
-    const m = /^(\d+)([KMG]?)$/i.exec(part.trim());
-    if (!m) throw new UsageError(`invalid chunk size "${part}" in "${text}" (expected a number with optional K, M or G)`);
-    return Number(m[1]) * 1024 ** ' KMG'.indexOf((m[2] || ' ').toUpperCase());
-  });
+  const sizes = text.split(':').map((part) => parseSize(part, `invalid chunk size in "${text}"`));
   let params: ChunkParams;
   if (sizes.length === 3) params = { min: sizes[0], avg: sizes[1], max: sizes[2] };
   else if (sizes.length === 1) {
