@@ -17,7 +17,7 @@ import { existsSync, linkSync, mkdirSync, readFileSync, rmSync, writeFileSync } 
 import { cpus, loadavg } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
-import { HttpClient } from '../lib/http-client.js';
+import { HttpClient } from '../lib/fetch/http-client.js';
 import { assembleBlocks, costOf, packImage, planBlockUpdate, probeBlockPack, type PackResult, type Trainer } from '../lib/blockpack/index.js';
 
 const { values, positionals } = parseArgs({

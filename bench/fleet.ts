@@ -11,9 +11,9 @@ import { loadavg, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { createProxy } from '../daemon/proxy.js';
 import { DEFAULT_ALLOW } from '../daemon/access.js';
-import { HttpClient } from '../lib/http-client.js';
-import { extractToFile } from '../lib/extract.js';
-import { openProxyStore } from '../lib/store/batch-store.js';
+import { HttpClient } from '../lib/fetch/http-client.js';
+import { extractToFile } from '../lib/delta/extract.js';
+import { openProxyStore } from '../lib/fleet/batch-store.js';
 import { startOrigin } from '../test/helpers/origin.js';
 import { makeReleases, type Release } from '../test/helpers/fleet.js';
 

@@ -11,9 +11,9 @@ import { cpus, loadavg, tmpdir } from 'node:os';
 import { basename, dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
-import { serializeIndex } from '../lib/caibx.js';
-import { chunkEnds } from '../lib/chunker.js';
-import { indexFile } from '../lib/indexer.js';
+import { serializeIndex } from '../lib/format/caibx.js';
+import { chunkEnds } from '../lib/chunking/chunker.js';
+import { indexFile } from '../lib/chunking/indexer.js';
 
 const PARAMS = { min: 16384, avg: 65536, max: 262144 };
 const CHUNK_SIZE_ARG = `${PARAMS.min}:${PARAMS.avg}:${PARAMS.max}`;

@@ -11,7 +11,7 @@ import { open, rm, mkdir, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { createHash } from 'node:crypto';
 import { Readable } from 'node:stream';
-import type { ExtractResult, ExtractStream } from '../lib/extract.js';
+import type { ExtractResult, ExtractStream } from '../lib/delta/extract.js';
 
 const READ_SIZE = 256 * 1024;
 export const KEEP_MS = 60_000;

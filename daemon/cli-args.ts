@@ -1,7 +1,7 @@
 // Shared parsing of CLI option values: chunk sizes, digests, counts, sizes.
 import { UsageError } from '../lib/errors.js';
-export { parseSize } from '../lib/size.js';
-import { parseDigestName, type DigestName } from '../lib/digest.js';
+export { parseSize } from '../lib/util/size.js';
+import { parseDigestName, type DigestName } from '../lib/format/digest.js';
 import type { CommandContext } from './command.js';
 
 export function parseDigest(s: string | undefined): DigestName {

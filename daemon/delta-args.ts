@@ -2,7 +2,7 @@
 // bytes may come from (seeds, stores, the image URL, the fetch mode).
 import { existsSync } from 'node:fs';
 import { UsageError } from '../lib/errors.js';
-import type { FetchMode, SeedSpec, SourceOptions } from '../lib/extract.js';
+import type { FetchMode, SeedSpec, SourceOptions } from '../lib/delta/extract.js';
 import type { CommandContext, OptionSpec } from './command.js';
 import { list, str } from './cli-args.js';
 

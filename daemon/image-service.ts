@@ -17,11 +17,11 @@
 import { createHash } from 'node:crypto';
 import type { ServerResponse } from 'node:http';
 import { pipeline } from 'node:stream/promises';
-import { MAX_INDEX_BYTES, parseIndex, type ChunkIndex } from '../lib/caibx.js';
+import { MAX_INDEX_BYTES, parseIndex, type ChunkIndex } from '../lib/format/caibx.js';
 import { OriginError } from '../lib/errors.js';
-import { openExtractStream, planUpdate, type ExtractProgress, type PlanReport, type SourceOptions } from '../lib/extract.js';
-import type { HttpClient } from '../lib/http-client.js';
-import { openProxyStore } from '../lib/store/batch-store.js';
+import { openExtractStream, planUpdate, type ExtractProgress, type PlanReport, type SourceOptions } from '../lib/delta/extract.js';
+import type { HttpClient } from '../lib/fetch/http-client.js';
+import { openProxyStore } from '../lib/fleet/batch-store.js';
 import type { ChunkStore } from '../lib/store/types.js';
 import type { AssemblyRegistry, SharedAssembly } from './assemblies.js';
 import type { DaemonConfig } from './config.js';

@@ -4,7 +4,7 @@
 // which sysupdate's signature-name probing relies on).
 import type { ServerResponse } from 'node:http';
 import { pipeline } from 'node:stream/promises';
-import type { HttpClient } from '../lib/http-client.js';
+import type { HttpClient } from '../lib/fetch/http-client.js';
 import type { PassthroughMode } from './config.js';
 import type { DaemonCounters } from './metrics.js';
 

@@ -7,10 +7,10 @@
 //   and recorded for the installed file as soon as it shows up under a seed glob.
 import { mkdir, readdir, readFile, rename, stat, unlink, writeFile } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
-import { parseIndex, serializeIndex, type ChunkIndex } from '../lib/caibx.js';
-import { IndexCache } from '../lib/index-cache.js';
-import type { SeedSpec } from '../lib/extract.js';
-import { indexFile } from '../lib/indexer.js';
+import { parseIndex, serializeIndex, type ChunkIndex } from '../lib/format/caibx.js';
+import { IndexCache } from '../lib/seed/index-cache.js';
+import type { SeedSpec } from '../lib/delta/extract.js';
+import { indexFile } from '../lib/chunking/indexer.js';
 import { globToRegExp } from './glob.js';
 import type { Logger } from './log.js';
 

@@ -6,7 +6,7 @@
 // call `createDaemonContext` + `registerOriginRoutes` on their own app.
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
 import { join } from 'node:path';
-import { HttpClient } from '../lib/http-client.js';
+import { HttpClient } from '../lib/fetch/http-client.js';
 import { AssemblyRegistry } from './assemblies.js';
 import { requireOrigin, type DaemonConfig } from './config.js';
 import { globToRegExp } from './glob.js';

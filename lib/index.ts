@@ -3,39 +3,39 @@
 
 // Basics: errors, chunk IDs, the index format, HTTP.
 export * from './errors.js';
-export * from './digest.js';
-export * from './caibx.js';
-export * from './http-client.js';
+export * from './format/digest.js';
+export * from './format/caibx.js';
+export * from './fetch/http-client.js';
 
 // Chunking and indexing.
-export * from './chunker.js';
-export * from './indexer.js';
-export * from './index-cache.js';
+export * from './chunking/chunker.js';
+export * from './chunking/indexer.js';
+export * from './seed/index-cache.js';
 
 // Chunk stores and their contents.
 export type * from './store/types.js';
-export * from './compression.js';
+export * from './store/compression.js';
 export * from './store/local-store.js';
 export * from './store/http-store.js';
 export * from './store/open-store.js';
-export * from './store/caching-store.js';
-export * from './store/image-range-store.js';
-export * from './store/batch-store.js';
-export * from './chunk-cache.js';
-export * from './batch-wire.js';
-export * from './chop.js';
-export * from './verify.js';
+export * from './fleet/caching-store.js';
+export * from './fleet/image-range-store.js';
+export * from './fleet/batch-store.js';
+export * from './fleet/chunk-cache.js';
+export * from './fleet/batch-wire.js';
+export * from './tools/chop.js';
+export * from './tools/verify.js';
 
 // Delta assembly: seeds, plans, remote sources, the assembler, the high-level API.
-export * from './seed.js';
-export * from './planner.js';
-export * from './multipart.js';
-export * from './range-fetcher.js';
-export * from './remote-source.js';
-export * from './assembler.js';
-export * from './partial-file.js';
-export * from './ordered-stream.js';
-export * from './extract.js';
+export * from './seed/seed.js';
+export * from './plan/planner.js';
+export * from './fetch/multipart.js';
+export * from './fetch/range-fetcher.js';
+export * from './assemble/remote-source.js';
+export * from './assemble/assembler.js';
+export * from './assemble/partial-file.js';
+export * from './assemble/ordered-stream.js';
+export * from './delta/extract.js';
 
 // The block-pack path (docs/BLOCKPACK.md).
 export * as blockpack from './blockpack/index.js';

@@ -8,7 +8,7 @@ import { createHash } from 'node:crypto';
 import { cp, mkdir, mkdtemp, readFile, readdir, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { HttpClient } from '../lib/http-client.js';
+import { HttpClient } from '../lib/fetch/http-client.js';
 import { ChecksumMismatchError, IndexFormatError } from '../lib/errors.js';
 import {
   PackError, assembleBlocks, costOf, packImage, parseBlockIndex, planBlockUpdate, probeBlockPack,
@@ -16,9 +16,9 @@ import {
 } from '../lib/blockpack/index.js';
 import { HASH_BYTES, ZERO_BLOCK, serializeBlockIndex } from '../lib/blockpack/format.js';
 import { startOrigin, type Origin } from './helpers/origin.js';
-import { serializeIndex } from '../lib/caibx.js';
-import { indexBuffer } from '../lib/indexer.js';
-import { extractToFile, loadIndex, openExtractStream, planUpdate } from '../lib/extract.js';
+import { serializeIndex } from '../lib/format/caibx.js';
+import { indexBuffer } from '../lib/chunking/indexer.js';
+import { extractToFile, loadIndex, openExtractStream, planUpdate } from '../lib/delta/extract.js';
 
 const BS = 4096;
 

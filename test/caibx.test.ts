@@ -3,7 +3,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
-import { parseIndex, serializeIndex, ChunkIndexBuilder, indexFileSize, CHUNK_SIZE_LIMIT_MAX } from '../lib/caibx.js';
+import { parseIndex, serializeIndex, ChunkIndexBuilder, indexFileSize, CHUNK_SIZE_LIMIT_MAX } from '../lib/format/caibx.js';
 import { IndexFormatError } from '../lib/errors.js';
 import { caibxPath, loadVectors } from './helpers/shared.js';
 

@@ -7,10 +7,10 @@ import { mkdtemp, mkdir, readdir, rm, writeFile, readFile, utimes } from 'node:f
 import { randomBytes } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { ChunkCache } from '../lib/chunk-cache.js';
-import { chunkId, toHex } from '../lib/digest.js';
+import { ChunkCache } from '../lib/fleet/chunk-cache.js';
+import { chunkId, toHex } from '../lib/format/digest.js';
 import { ChunkVerifyError } from '../lib/errors.js';
-import { decompressChunk } from '../lib/compression.js';
+import { decompressChunk } from '../lib/store/compression.js';
 import { mountTinyTmpfs } from './helpers/tmpfs.js';
 
 async function withDir(fn: (dir: string) => Promise<void>): Promise<void> {

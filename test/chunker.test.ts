@@ -6,12 +6,12 @@ import assert from 'node:assert/strict';
 import { createCipheriv, createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { BUZHASH_TABLE, rollHash, windowHash } from '../lib/buzhash.js';
-import { serializeIndex, type ChunkParams } from '../lib/caibx.js';
-import { Chunker, chunkEnds, cutTest, discriminator, parseChunkSize, type ChunkerKernel, type ChunkerVariant } from '../lib/chunker.js';
-import { chunkId, toHex, type DigestName } from '../lib/digest.js';
+import { BUZHASH_TABLE, rollHash, windowHash } from '../lib/chunking/buzhash.js';
+import { serializeIndex, type ChunkParams } from '../lib/format/caibx.js';
+import { Chunker, chunkEnds, cutTest, discriminator, parseChunkSize, type ChunkerKernel, type ChunkerVariant } from '../lib/chunking/chunker.js';
+import { chunkId, toHex, type DigestName } from '../lib/format/digest.js';
 import { UsageError } from '../lib/errors.js';
-import { indexBuffer } from '../lib/indexer.js';
+import { indexBuffer } from '../lib/chunking/indexer.js';
 import { CASYNC_FORMAT_DIR, caibxPath, loadVectors, vectorInputs, type Vector } from './helpers/shared.js';
 
 const KERNELS: ChunkerKernel[] = ['wasm', 'js'];

@@ -6,9 +6,9 @@ import { randomBytes } from 'node:crypto';
 import { mkdtemp, readFile, readdir, rm, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { IndexCache, type ChunkingKey } from '../lib/index-cache.js';
-import { indexBuffer } from '../lib/indexer.js';
-import { serializeIndex } from '../lib/caibx.js';
+import { IndexCache, type ChunkingKey } from '../lib/seed/index-cache.js';
+import { indexBuffer } from '../lib/chunking/indexer.js';
+import { serializeIndex } from '../lib/format/caibx.js';
 
 const KEY: ChunkingKey = { params: { min: 4096, avg: 16384, max: 65536 }, digest: 'sha512-256' };
 

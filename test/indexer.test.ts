@@ -6,10 +6,10 @@ import { createCipheriv, createHash } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { serializeIndex, type ChunkParams } from '../lib/caibx.js';
-import { chunkId, toHex } from '../lib/digest.js';
+import { serializeIndex, type ChunkParams } from '../lib/format/caibx.js';
+import { chunkId, toHex } from '../lib/format/digest.js';
 import { UsageError } from '../lib/errors.js';
-import { indexBuffer, indexFile, type IndexOptions } from '../lib/indexer.js';
+import { indexBuffer, indexFile, type IndexOptions } from '../lib/chunking/indexer.js';
 import { caibxPath, loadVectors, vectorInputs } from './helpers/shared.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'deltad-indexer-'));

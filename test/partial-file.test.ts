@@ -5,8 +5,8 @@ import assert from 'node:assert/strict';
 import { link, lstat, mkdtemp, readFile, rm, symlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { indexBuffer } from '../lib/indexer.js';
-import { PartialFile, partialPaths } from '../lib/partial-file.js';
+import { indexBuffer } from '../lib/chunking/indexer.js';
+import { PartialFile, partialPaths } from '../lib/assemble/partial-file.js';
 
 /** Deterministic bytes that chunk into several chunks (xorshift). */
 function pseudoRandom(size: number): Buffer {

@@ -3,11 +3,11 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { ChunkIndexBuilder, type ChunkIndex } from '../lib/caibx.js';
-import { chunkId } from '../lib/digest.js';
-import { planChunks } from '../lib/planner.js';
-import { planRangeRequests, rangeHeader } from '../lib/range-fetcher.js';
-import type { Seed } from '../lib/seed.js';
+import { ChunkIndexBuilder, type ChunkIndex } from '../lib/format/caibx.js';
+import { chunkId } from '../lib/format/digest.js';
+import { planChunks } from '../lib/plan/planner.js';
+import { planRangeRequests, rangeHeader } from '../lib/fetch/range-fetcher.js';
+import type { Seed } from '../lib/seed/seed.js';
 
 const PARAMS = { min: 1, avg: 1000, max: 100000 };
 

@@ -10,9 +10,9 @@ import { createHash, randomBytes } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { request } from 'undici';
-import { HttpClient } from '../lib/http-client.js';
-import { extractToFile, loadIndex } from '../lib/extract.js';
-import { openProxyStore } from '../lib/store/batch-store.js';
+import { HttpClient } from '../lib/fetch/http-client.js';
+import { extractToFile, loadIndex } from '../lib/delta/extract.js';
+import { openProxyStore } from '../lib/fleet/batch-store.js';
 import { startOrigin } from './helpers/origin.js';
 import { makeReleases, startTestProxy } from './helpers/fleet.js';
 

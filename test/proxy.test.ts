@@ -12,11 +12,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { request } from 'undici';
 import type { ProxyOptions, ProxyServer } from '../daemon/proxy.js';
-import { HttpClient } from '../lib/http-client.js';
-import { openProxyStore } from '../lib/store/batch-store.js';
+import { HttpClient } from '../lib/fetch/http-client.js';
+import { openProxyStore } from '../lib/fleet/batch-store.js';
 import { OriginError } from '../lib/errors.js';
 import { chunkRelativePath } from '../lib/store/chunk-file.js';
-import { compressChunk, decompressChunk } from '../lib/compression.js';
+import { compressChunk, decompressChunk } from '../lib/store/compression.js';
 import { makeReleases, rangeFetchesOf, startTestProxy, startUpstream, type Release, type Upstream } from './helpers/fleet.js';
 
 const run = promisify(execFile);

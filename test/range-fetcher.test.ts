@@ -6,9 +6,9 @@ import { randomBytes } from 'node:crypto';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { MultipartParser, multipartBoundary, parseContentRange, type ContentRange } from '../lib/multipart.js';
-import { MultiRangeUnsupportedError, RangeFetcher, RangeUnsupportedError } from '../lib/range-fetcher.js';
-import { HttpClient } from '../lib/http-client.js';
+import { MultipartParser, multipartBoundary, parseContentRange, type ContentRange } from '../lib/fetch/multipart.js';
+import { MultiRangeUnsupportedError, RangeFetcher, RangeUnsupportedError } from '../lib/fetch/range-fetcher.js';
+import { HttpClient } from '../lib/fetch/http-client.js';
 import { startOrigin, type Origin } from './helpers/origin.js';
 
 function parseAll(body: Buffer, splits: number[], boundary = 'XyZ'): { parts: ContentRange[]; data: Map<number, Buffer> } {

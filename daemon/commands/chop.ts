@@ -1,8 +1,8 @@
 // `deltad chop --store DIR INDEX FILE`: fill a casync chunk store from a file
 // and its index, so casync, desync and deltad clients can fetch its chunks.
-import { loadIndex } from '../../lib/extract.js';
-import { chopFile } from '../../lib/chop.js';
-import { defaultThreads } from '../../lib/chunk-encoder.js';
+import { loadIndex } from '../../lib/delta/extract.js';
+import { chopFile } from '../../lib/tools/chop.js';
+import { defaultThreads } from '../../lib/store/chunk-encoder.js';
 import { openWritableStore } from '../../lib/store/open-store.js';
 import { UsageError } from '../../lib/errors.js';
 import type { Command } from '../command.js';

@@ -1,6 +1,6 @@
 // `deltad extract`: assemble a target image from seeds and the network,
 // verified chunk by chunk, into OUT (renamed into place only when complete).
-import { extractToFile, type ExtractProgress, type ExtractResult } from '../../lib/extract.js';
+import { extractToFile, type ExtractProgress, type ExtractResult } from '../../lib/delta/extract.js';
 import { UsageError } from '../../lib/errors.js';
 import type { Command } from '../command.js';
 import { flag, parseCount, positionals, str } from '../cli-args.js';

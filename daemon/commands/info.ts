@@ -1,6 +1,6 @@
 // `deltad info INDEX`: what an index holds (flags, chunker, chunk statistics).
-import { readIndexFile, type ChunkIndex } from '../../lib/caibx.js';
-import { toHex } from '../../lib/digest.js';
+import { readIndexFile, type ChunkIndex } from '../../lib/format/caibx.js';
+import { toHex } from '../../lib/format/digest.js';
 import type { Command } from '../command.js';
 import { flag, positionals } from '../cli-args.js';
 import { formatBytes } from '../progress.js';

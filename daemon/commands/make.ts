@@ -2,11 +2,11 @@
 // a chunk store), byte-identical to `casync make` with the same parameters.
 import { writeFile, rename, unlink } from 'node:fs/promises';
 import { dirname, basename, join } from 'node:path';
-import { indexFile } from '../../lib/indexer.js';
-import { serializeIndex } from '../../lib/caibx.js';
-import { DEFAULT_CHUNK_PARAMS, parseChunkSize } from '../../lib/chunker.js';
-import { chopFile } from '../../lib/chop.js';
-import { defaultThreads } from '../../lib/chunk-encoder.js';
+import { indexFile } from '../../lib/chunking/indexer.js';
+import { serializeIndex } from '../../lib/format/caibx.js';
+import { DEFAULT_CHUNK_PARAMS, parseChunkSize } from '../../lib/chunking/chunker.js';
+import { chopFile } from '../../lib/tools/chop.js';
+import { defaultThreads } from '../../lib/store/chunk-encoder.js';
 import { openWritableStore } from '../../lib/store/open-store.js';
 import type { Command } from '../command.js';
 import { flag, parseCount, parseDigest, positionals, str } from '../cli-args.js';

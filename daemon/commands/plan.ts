@@ -1,6 +1,6 @@
 // `deltad plan`: how big an update is before downloading it — bytes from
 // seeds, and bytes and requests from the network per fetch mode.
-import { planUpdate, type PlanReport } from '../../lib/extract.js';
+import { planUpdate, type PlanReport } from '../../lib/delta/extract.js';
 import type { Command } from '../command.js';
 import { flag, positionals } from '../cli-args.js';
 import { sourceOptionSpec, sourceOptionUsage, sourceOptions } from '../delta-args.js';

@@ -1,9 +1,9 @@
 // `deltad verify INDEX [FILE] [--store S]`: check a file and/or a chunk store
 // against an index. Exit 0 when everything matches, 1 otherwise.
-import { loadIndex } from '../../lib/extract.js';
-import { verifyFile, verifyStore } from '../../lib/verify.js';
+import { loadIndex } from '../../lib/delta/extract.js';
+import { verifyFile, verifyStore } from '../../lib/tools/verify.js';
 import { openStore } from '../../lib/store/open-store.js';
-import { defaultThreads } from '../../lib/chunk-encoder.js';
+import { defaultThreads } from '../../lib/store/chunk-encoder.js';
 import { UsageError } from '../../lib/errors.js';
 import type { Command } from '../command.js';
 import { flag, parseCount, str } from '../cli-args.js';

@@ -3,11 +3,11 @@
 // seeds, cost the plan, assemble; and, on the publisher side, pack an image.
 import { mkdir, open, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { ChunkIndex } from '../caibx.js';
+import type { ChunkIndex } from '../format/caibx.js';
 import { ChecksumMismatchError, IndexFormatError, OriginError } from '../errors.js';
-import type { ExtractProgress, ExtractResult } from '../extract.js';
-import type { HttpClient } from '../http-client.js';
-import { RangeUnsupportedError } from '../range-fetcher.js';
+import type { ExtractProgress, ExtractResult } from '../assemble/progress.js';
+import type { HttpClient } from '../fetch/http-client.js';
+import { RangeUnsupportedError } from '../fetch/range-fetcher.js';
 import { assembleBlocks } from './assemble.js';
 import { PackError, parseBlockIndex, type BlockIndex } from './format.js';
 import { costOf, planBlocks, type BlockCost, type BlockPlan } from './plan.js';

@@ -4,8 +4,8 @@
 // gaps, and ranges are grouped into multi-range requests (or, when the server
 // cannot do multi-range, into single ranges whose gaps are merged as far as a
 // cost model of bytes and requests says it pays).
-import type { ChunkIndex } from '../caibx.js';
-import { planRangeRequests, type RangeRequest } from '../range-fetcher.js';
+import type { ChunkIndex } from '../format/caibx.js';
+import { planRangeRequests, type RangeRequest } from '../fetch/range-fetcher.js';
 import { HASH_BYTES, ZERO_BLOCK, blockLength, frameOf, type BlockIndex } from './format.js';
 import type { SeedBlocks } from './seed-blocks.js';
 

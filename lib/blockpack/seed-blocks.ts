@@ -6,7 +6,7 @@
 import { createHash } from 'node:crypto';
 import { mkdir, open, readFile, rename, stat, unlink, writeFile } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
-import { defaultCacheDir } from '../index-cache.js';
+import { defaultCacheDir } from '../seed/index-cache.js';
 import { forEachBlock } from './block-reader.js';
 import { HASH_BYTES, blockHash } from './format.js';
 

@@ -1,9 +1,9 @@
 // What local and HTTP stores share about one stored chunk (SPEC §4.1–4.2): its
 // name in the casync layout, and turning its stored bytes into verified data.
 import { ChunkVerifyError } from '../errors.js';
-import { chunkId, fromHex, toHex, type DigestName } from '../digest.js';
-import { ChunkEncodingError, decompressChunk } from '../compression.js';
-import { CHUNK_SIZE_LIMIT_MAX } from '../caibx.js';
+import { chunkId, fromHex, toHex, type DigestName } from '../format/digest.js';
+import { ChunkEncodingError, decompressChunk } from './compression.js';
+import { CHUNK_SIZE_LIMIT_MAX } from '../format/caibx.js';
 
 export const COMPRESSED_SUFFIX = '.cacnk';
 

@@ -2,9 +2,9 @@
 // `<base>/<4hex>/<id>.cacnk` (or the raw name for an uncompressed store), HEAD
 // for has(). Retries, timeouts and counters come from the shared HttpClient;
 // every body is bounded, decoded and verified before it is returned.
-import { HttpClient } from '../http-client.js';
+import { HttpClient } from '../fetch/http-client.js';
 import { OriginError } from '../errors.js';
-import { maxEncodedSize } from '../compression.js';
+import { maxEncodedSize } from './compression.js';
 import type { ChunkRequest, ChunkStore } from './types.js';
 import { chunkRelativePath, decodeChunk, resolveFormat, sizeLimit, type StoreFormat } from './chunk-file.js';
 

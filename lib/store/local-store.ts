@@ -6,8 +6,8 @@ import { mkdir, open, readdir, rename, rm, stat, writeFile } from 'node:fs/promi
 import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { ChunkVerifyError, DeltadError } from '../errors.js';
-import { isChunkIdHex, toHex } from '../digest.js';
-import { compressChunk, DEFAULT_ZSTD_LEVEL, maxEncodedSize } from '../compression.js';
+import { isChunkIdHex, toHex } from '../format/digest.js';
+import { compressChunk, DEFAULT_ZSTD_LEVEL, maxEncodedSize } from './compression.js';
 import type { ChunkRequest, WritableChunkStore } from './types.js';
 import { chunkRelativePath, COMPRESSED_SUFFIX, decodeChunk, resolveFormat, sizeLimit, type StoreFormat } from './chunk-file.js';
 

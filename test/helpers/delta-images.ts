@@ -7,7 +7,7 @@ import { randomBytes } from 'node:crypto';
 import { mkdtemp, mkdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { readIndexFile, type ChunkIndex, type ChunkParams } from '../../lib/caibx.js';
+import { readIndexFile, type ChunkIndex, type ChunkParams } from '../../lib/format/caibx.js';
 
 export const TEST_PARAMS: ChunkParams = { min: 4096, avg: 16384, max: 65536 };
 

@@ -1,0 +1,396 @@
+// The assembly engine: runs a plan. Local work (seed runs, zero chunks,
+// repeats) and remote batches go through two in-order queues with bounded
+// concurrency; every chunk is verified against its ID before it is handed to
+// the sink (a file being written, or an ordered stream). A seed chunk that
+// does not match is reported and fetched remotely instead.
+import { setMaxListeners } from 'node:events';
+import type { ChunkIndex } from '../format/caibx.js';
+import { chunkId } from '../format/digest.js';
+import { ChunkMissingError } from '../errors.js';
+import type { Plan, Segment } from '../plan/planner.js';
+import type { RemoteSource, Run } from './remote-source.js';
+import { readSeedRange } from '../seed/seed.js';
+import type { WritableChunkStore } from '../store/types.js';
+import type { ExtractProgress } from './progress.js';
+import type { AssemblySink } from './sink.js';
+
+export type { AssemblySink } from './sink.js';
+import { encodeBatch, type EncoderPool } from '../store/chunk-encoder.js';
+import { BatchBuffers } from '../store/chunk-reader.js';
+import type { BufferPool } from '../util/buffer-pool.js';
+
+export interface AssemblerOptions {
+  plan: Plan;
+  sink: AssemblySink;
+  remote?: RemoteSource;
+  chunkCache?: WritableChunkStore;
+  /** Concurrent remote batches. */
+  concurrency: number;
+  /** Concurrent seed reads (default 4, so reads overlap hashing). */
+  localConcurrency?: number;
+  /** Largest target span of one task (the stream's window); default unlimited. */
+  maxSpan?: number;
+  /** Counters, updated as chunks are verified; network counters mirror the remote source's stats. */
+  progress: ExtractProgress;
+  onWarning?: (message: string) => void;
+  signal?: AbortSignal;
+  /** Worker threads that hash seed data (hashing is the bottleneck of seed reuse); inline when absent. */
+  hashPool?: EncoderPool;
+  /** The pool the remote source takes chunk buffers from: they are handed back once written. */
+  chunkBuffers?: BufferPool;
+}
+
+type Task =
+  | { kind: 'seed'; first: number; count: number; seed: number; seedFirst: number }
+  | { kind: 'zero'; first: number; count: number }
+  | { kind: 'self'; first: number; count: number; source: number }
+  | { kind: 'remote'; runs: Run[] };
+
+/** Bytes read from a seed per task: large enough for sequential I/O, small enough to bound memory. */
+const SEED_TASK_BYTES = 2 * 1024 * 1024;
+/** Written-but-not-yet-completed bytes before network reading pauses. */
+const MAX_PENDING_WRITE_BYTES = 4 * 1024 * 1024;
+/** Repeated chunks kept in memory for their copies (stream sinks). */
+const MAX_RETAINED_BYTES = 64 * 1024 * 1024;
+
+export class Assembler {
+  private readonly index: ChunkIndex;
+  private readonly ctl = new AbortController();
+  private error: unknown;
+  /** Chunks that later repeats copy from → their completion. */
+  private readonly sources = new Map<number, { promise: Promise<void>; resolve: () => void; refs: number }>();
+  private readonly retained = new Map<number, Buffer>();
+  private retainedBytes = 0;
+  private pendingWrites = 0;
+  private drainWaiters: (() => void)[] = [];
+  private zeros: Buffer = Buffer.alloc(0);
+  /** Seed read buffers, reused when the sink does not hold on to them (fewer large garbage buffers, lower RSS). */
+  private readonly seedBuffers = new BatchBuffers(4);
+  seedMismatches = 0;
+  /** True once any chunk reached the sink. */
+  wroteAny = false;
+  /** Bytes verified in place in a resumed partial file. */
+  resumedBytes = 0;
+
+  constructor(private readonly opts: AssemblerOptions) {
+    this.index = opts.plan.target;
+    // Every request in flight listens on this signal.
+    setMaxListeners(0, this.ctl.signal);
+    opts.signal?.addEventListener('abort', () => this.ctl.abort(opts.signal!.reason), { once: true });
+    if (opts.signal?.aborted) this.ctl.abort(opts.signal.reason);
+  }
+
+  async run(): Promise<void> {
+    const { local, remote } = this.tasks();
+    await Promise.all([this.runQueue(local, this.opts.localConcurrency ?? 4), this.runQueue(remote, this.opts.concurrency)]);
+    if (this.error !== undefined) throw this.error;
+    this.ctl.signal.throwIfAborted();
+  }
+
+  private tasks(): { local: Task[]; remote: Task[] } {
+    const { plan } = this.opts;
+    const local: Task[] = [];
+    const runs: Run[] = [];
+    for (const seg of plan.segments) {
+      if (seg.kind === 'remote') runs.push({ first: seg.first, count: seg.count });
+      else if (seg.kind === 'seed') local.push(...this.splitSeed(seg));
+      else if (seg.kind === 'self') {
+        for (let k = 0; k < seg.count; k++) this.reference(seg.source + k);
+        local.push(seg);
+      } else local.push(seg);
+    }
+    let remote: Task[] = [];
+    if (runs.length > 0) {
+      if (!this.opts.remote && !this.opts.chunkCache) throw new ChunkMissingError(this.index.idHex(runs[0].first), 'any source: it is in no seed and there is no remote source (give --range-url or --store)');
+      remote = this.opts.remote
+        ? this.opts.remote.batches(runs, this.opts.maxSpan ?? Infinity).map((b) => ({ kind: 'remote', runs: b }))
+        : runs.map((r) => ({ kind: 'remote', runs: [r] }));
+    }
+    return { local, remote };
+  }
+
+  private splitSeed(seg: Extract<Segment, { kind: 'seed' }>): Task[] {
+    const out: Task[] = [];
+    const idx = this.index;
+    let k = 0;
+    while (k < seg.count) {
+      let n = 1;
+      let bytes = idx.chunkSize(seg.first + k);
+      while (k + n < seg.count && bytes + idx.chunkSize(seg.first + k + n) <= SEED_TASK_BYTES) bytes += idx.chunkSize(seg.first + k + n++);
+      out.push({ kind: 'seed', first: seg.first + k, count: n, seed: seg.seed, seedFirst: seg.seedFirst + k });
+      k += n;
+    }
+    return out;
+  }
+
+  private reference(j: number): void {
+    const s = this.sources.get(j);
+    if (s) return void s.refs++;
+    let resolve!: () => void;
+    const promise = new Promise<void>((r) => (resolve = r));
+    this.sources.set(j, { promise, resolve, refs: 1 });
+  }
+
+  private span(t: Task): { start: number; end: number; first: number } {
+    const idx = this.index;
+    if (t.kind === 'remote') {
+      const last = t.runs[t.runs.length - 1];
+      return { start: idx.start(t.runs[0].first), end: idx.end(last.first + last.count - 1), first: t.runs[0].first };
+    }
+    return { start: idx.start(t.first), end: idx.end(t.first + t.count - 1), first: t.first };
+  }
+
+  private async runQueue(tasks: Task[], slots: number): Promise<void> {
+    const running = new Set<Promise<void>>();
+    const detached: Promise<void>[] = [];
+    for (const t of tasks) {
+      if (this.ctl.signal.aborted) break;
+      const s = this.span(t);
+      // The stream's window only moves when earlier chunks arrive: after a failure they never will.
+      const admitted = this.opts.sink.admit?.(s.start, s.end, s.first);
+      if (admitted) await unlessAborted(admitted, this.ctl.signal).catch(() => {});
+      if (this.ctl.signal.aborted) break;
+      // Repeats only wait for earlier chunks; they hold no slot, so they never block the queue.
+      if (t.kind === 'self') {
+        detached.push(this.guard(t));
+        continue;
+      }
+      while (running.size >= slots) await Promise.race(running);
+      const p: Promise<void> = this.guard(t).finally(() => running.delete(p));
+      running.add(p);
+    }
+    await Promise.all([...running, ...detached]);
+  }
+
+  /** Runs a task; the first failure stops everything. */
+  private async guard(t: Task): Promise<void> {
+    try {
+      this.ctl.signal.throwIfAborted();
+      if (t.kind === 'seed') await this.seedTask(t);
+      else if (t.kind === 'zero') await this.zeroTask(t);
+      else if (t.kind === 'self') await this.selfTask(t);
+      else await this.fetchRemote(t.runs);
+    } catch (err) {
+      if (this.error === undefined) this.error = this.ctl.signal.aborted ? this.ctl.signal.reason : err;
+      this.ctl.abort(err);
+    }
+  }
+
+  /** Hands verified chunks to the sink and wakes repeats waiting for them. */
+  private async put(first: number, count: number, data: Buffer): Promise<void> {
+    this.pendingWrites += data.length;
+    this.wroteAny = true;
+    try {
+      await this.opts.sink.put(first, count, data);
+    } finally {
+      this.pendingWrites -= data.length;
+      if (this.pendingWrites < MAX_PENDING_WRITE_BYTES) for (const w of this.drainWaiters.splice(0)) w();
+    }
+    this.opts.progress.done += data.length;
+    if (this.sources.size === 0) return;
+    const idx = this.index;
+    const base = idx.start(first);
+    for (let i = first; i < first + count; i++) {
+      const s = this.sources.get(i);
+      if (!s) continue;
+      if (this.opts.sink.retainRepeats && this.retainedBytes + idx.chunkSize(i) <= MAX_RETAINED_BYTES) {
+        const copy = Buffer.from(data.subarray(idx.start(i) - base, idx.end(i) - base));
+        this.retained.set(i, copy);
+        this.retainedBytes += copy.length;
+      }
+      s.resolve();
+    }
+  }
+
+  private drain = (): Promise<void> | undefined => {
+    if (this.pendingWrites < MAX_PENDING_WRITE_BYTES) return undefined;
+    return new Promise((r) => this.drainWaiters.push(r));
+  };
+
+  private verify(i: number, data: Buffer): boolean {
+    return data.length === this.index.chunkSize(i) && chunkId(this.index.digest, data).equals(this.index.id(i));
+  }
+
+  private async seedTask(t: Extract<Task, { kind: 'seed' }>): Promise<void> {
+    const seed = this.opts.plan.seeds[t.seed];
+    const sIdx = seed.index;
+    const base = sIdx.start(t.seedFirst);
+    const size = sIdx.end(t.seedFirst + t.count - 1) - base;
+    const read = await readSeedRange(seed, base, base + size, this.opts.sink.holdsData ? undefined : this.seedBuffers.take(size));
+    this.ctl.signal.throwIfAborted();
+    const inPlace = seed.inPlace && t.seedFirst === t.first;
+    const ends: number[] = [];
+    for (let k = 0; k < t.count; k++) ends.push(sIdx.end(t.seedFirst + k) - base);
+    const job = { data: read, ends, compress: ends.map(() => false), digest: this.index.digest, level: 0 };
+    // The pool moves the bytes to a worker and hands them back in the result.
+    const hashed = this.opts.hashPool ? await this.opts.hashPool.run(job) : encodeBatch(job);
+    const { ids } = hashed;
+    const data = Buffer.from(hashed.data.buffer, hashed.data.byteOffset, hashed.data.byteLength);
+    this.ctl.signal.throwIfAborted();
+    const tIds = this.index.ids;
+    const matches = (k: number): boolean => {
+      const i = t.first + k;
+      if (sIdx.chunkSize(t.seedFirst + k) !== this.index.chunkSize(i)) return false;
+      for (let b = 0; b < 32; b++) if (ids[k * 32 + b] !== tIds[i * 32 + b]) return false;
+      return true;
+    };
+    const bad: Run[] = [];
+    // Verified chunks are handed on in contiguous runs, one write per run.
+    let runStart = -1;
+    const flush = async (end: number): Promise<void> => {
+      if (runStart < 0) return;
+      const from = sIdx.start(t.seedFirst + runStart) - base;
+      const to = sIdx.end(t.seedFirst + end - 1) - base;
+      const bytes = to - from;
+      if (inPlace) {
+        this.resumedBytes += bytes;
+        this.opts.progress.done += bytes;
+        for (let i = t.first + runStart; i < t.first + end; i++) this.sources.get(i)?.resolve();
+      } else await this.put(t.first + runStart, end - runStart, data.subarray(from, to));
+      this.opts.progress.fromSeeds += bytes;
+      runStart = -1;
+    };
+    for (let k = 0; k < t.count; k++) {
+      if (matches(k)) {
+        if (runStart < 0) runStart = k;
+        continue;
+      }
+      await flush(k);
+      this.seedMismatches++;
+      if (!inPlace) {
+        this.opts.onWarning?.(`seed ${seed.path}: chunk ${this.index.idHex(t.first + k)} at offset ${sIdx.start(t.seedFirst + k)} does not match its ID; fetching it remotely`);
+      }
+      const last = bad[bad.length - 1];
+      if (last && last.first + last.count === t.first + k) last.count++;
+      else bad.push({ first: t.first + k, count: 1 });
+    }
+    await flush(t.count);
+    if (!this.opts.sink.holdsData) this.seedBuffers.give(data);
+    if (bad.length > 0) await this.fetchRemote(bad);
+  }
+
+  private async zeroTask(t: Extract<Task, { kind: 'zero' }>): Promise<void> {
+    const idx = this.index;
+    for (let i = t.first; i < t.first + t.count; i++) {
+      const size = idx.chunkSize(i);
+      this.opts.progress.fromZero += size;
+      if (this.opts.sink.zeroFilled && !this.sources.has(i)) {
+        this.opts.progress.done += size;
+        continue;
+      }
+      if (this.zeros.length < size) this.zeros = Buffer.alloc(size);
+      await this.put(i, 1, this.zeros.subarray(0, size));
+    }
+  }
+
+  private async selfTask(t: Extract<Task, { kind: 'self' }>): Promise<void> {
+    for (let k = 0; k < t.count; k++) {
+      const i = t.first + k;
+      const j = t.source + k;
+      const src = this.sources.get(j)!;
+      await unlessAborted(src.promise, this.ctl.signal);
+      let data = this.retained.get(j) ?? null;
+      if (!data) {
+        const back = await this.opts.sink.readBack(j);
+        data = back && this.verify(i, back) ? back : null;
+      }
+      if (--src.refs === 0 && this.retained.has(j)) {
+        this.retainedBytes -= this.retained.get(j)!.length;
+        this.retained.delete(j);
+      }
+      if (!data) {
+        await this.fetchRemote([{ first: i, count: 1 }]);
+        continue;
+      }
+      this.opts.progress.fromSelf += data.length;
+      await this.put(i, 1, data);
+    }
+  }
+
+  /** Chunk cache first, then the remote source; every fetched chunk fills the cache. */
+  private async fetchRemote(runs: Run[]): Promise<void> {
+    const writes: Promise<unknown>[] = [];
+    // A write that fails while chunks are still being read is reported below, not as an unhandled rejection.
+    const track = (p: Promise<unknown>): void => {
+      p.catch(() => {});
+      writes.push(p);
+    };
+    try {
+      const todo = this.opts.chunkCache ? await this.fromCache(this.opts.chunkCache, runs, track) : runs;
+      if (todo.length > 0) await this.fromRemote(todo, track);
+    } finally {
+      await Promise.allSettled(writes);
+    }
+    await Promise.all(writes);
+  }
+
+  /** Puts the chunks the cache has (verified); returns the runs it lacks. A failing cache read is a miss. */
+  private async fromCache(cache: WritableChunkStore, runs: Run[], track: (write: Promise<unknown>) => void): Promise<Run[]> {
+    const left: Run[] = [];
+    for (const r of runs) {
+      for (let i = r.first; i < r.first + r.count; i++) {
+        const data = await this.cacheGet(cache, i);
+        if (data && this.verify(i, data)) {
+          this.opts.progress.fromCache += data.length;
+          track(this.put(i, 1, data));
+          continue;
+        }
+        const last = left[left.length - 1];
+        if (last && last.first + last.count === i) last.count++;
+        else left.push({ first: i, count: 1 });
+      }
+    }
+    return left;
+  }
+
+  private async fromRemote(todo: Run[], track: (write: Promise<unknown>) => void): Promise<void> {
+    const idx = this.index;
+    const { chunkCache, remote, progress } = this.opts;
+    if (!remote) throw new ChunkMissingError(idx.idHex(todo[0].first), `any source: offset ${idx.start(todo[0].first)} is not available locally and there is no remote source`);
+    const syncNet = (): void => {
+      progress.networkBytes = remote.stats.bytes;
+      progress.networkRequests = remote.stats.requests;
+    };
+    const recycle = this.opts.sink.holdsData ? undefined : this.opts.chunkBuffers;
+    await remote.fetch(todo, (i, data) => {
+      progress.fromNetwork += data.length;
+      syncNet();
+      const done = [this.put(i, 1, data)];
+      if (chunkCache) done.push(this.cachePut(chunkCache, i, data));
+      track(Promise.all(done).then(() => recycle?.give(data)));
+    }, this.ctl.signal, this.drain).finally(syncNet);
+  }
+
+  /** A cache read that fails (even synchronously) counts as a miss: the chunk is fetched instead. */
+  private async cacheGet(cache: WritableChunkStore, i: number): Promise<Buffer | null> {
+    try {
+      return await cache.get({ id: this.index.id(i), size: this.index.chunkSize(i) }, this.ctl.signal);
+    } catch {
+      return null;
+    }
+  }
+
+  /** Fills the chunk cache; its failures (a full disk, even a synchronous throw) are warnings, never assembly errors. */
+  private async cachePut(cache: WritableChunkStore, i: number, data: Buffer): Promise<void> {
+    try {
+      await cache.put(this.index.id(i), data);
+    } catch (err) {
+      this.opts.onWarning?.(`chunk cache ${cache.location}: ${(err as Error).message}`);
+    }
+  }
+}
+
+/** Resolves with `p`, or rejects when the signal aborts first (without leaving a listener behind). */
+async function unlessAborted(p: Promise<void>, signal: AbortSignal): Promise<void> {
+  signal.throwIfAborted();
+  let onAbort!: () => void;
+  const aborted = new Promise<never>((_, reject) => {
+    onAbort = () => reject(signal.reason);
+    signal.addEventListener('abort', onAbort, { once: true });
+  });
+  try {
+    await Promise.race([p, aborted]);
+  } finally {
+    signal.removeEventListener('abort', onAbort);
+  }
+}

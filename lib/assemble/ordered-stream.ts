@@ -1,0 +1,139 @@
+// The assembled target as a readable byte stream: verified chunks arrive in
+// any order, the stream emits the contiguous prefix as it grows. Memory is
+// bounded by a reorder window: work on bytes beyond (emitted + window) is not
+// admitted until the consumer has read enough (backpressure). The SHA-256 of
+// the emitted bytes is computed on the fly; with an expected digest, the final
+// chunk is held back until the whole-file digest matches.
+import { createHash, type Hash } from 'node:crypto';
+import { Readable } from 'node:stream';
+import type { ChunkIndex } from '../format/caibx.js';
+import { ChecksumMismatchError } from '../errors.js';
+import type { AssemblySink } from './sink.js';
+
+export interface OrderedStreamOptions {
+  target: ChunkIndex;
+  /** Target bytes [start, end) to emit. */
+  start: number;
+  end: number;
+  windowBytes: number;
+  /** Expected SHA-256 of the whole target (only checked when the stream covers all of it). */
+  sha256?: string;
+  /** Called when the consumer destroys the stream early. */
+  onCancel: (reason: Error) => void;
+}
+
+export class OrderedStream extends Readable implements AssemblySink {
+  readonly zeroFilled = false;
+  readonly retainRepeats = true;
+  readonly holdsData = true;
+  private readonly target: ChunkIndex;
+  private readonly pending = new Map<number, Buffer>();
+  private next: number;
+  private readonly endChunk: number;
+  private readonly hash: Hash = createHash('sha256');
+  private digestHex?: string;
+  private wantMore = true;
+  private waiters: { end: number; first: number; resolve: () => void }[] = [];
+  private settle!: { resolve: () => void; reject: (err: Error) => void };
+  /** Resolves when the last byte has been emitted; rejects when the stream is destroyed first. */
+  readonly complete = new Promise<void>((resolve, reject) => (this.settle = { resolve, reject }));
+
+  constructor(private readonly opts: OrderedStreamOptions) {
+    super({ highWaterMark: 1024 * 1024 });
+    this.complete.catch(() => {});
+    this.target = opts.target;
+    this.next = opts.end > opts.start ? opts.target.chunkAt(opts.start) : 0;
+    this.endChunk = opts.end > opts.start ? opts.target.chunkAt(opts.end - 1) + 1 : 0;
+    if (this.endChunk === 0) queueMicrotask(() => this.finishStream());
+  }
+
+  /** Hex SHA-256 of all bytes emitted, once the stream has ended. */
+  get sha256(): string | undefined {
+    return this.digestHex;
+  }
+
+  /** Offset of the first byte not yet emitted. */
+  private get emitted(): number {
+    return this.next < this.endChunk ? this.target.start(this.next) : this.opts.end;
+  }
+
+  admit(_start: number, end: number, first: number): Promise<void> | void {
+    if (first <= this.next || end - this.emitted <= this.opts.windowBytes) return;
+    return new Promise((resolve) => this.waiters.push({ end, first, resolve }));
+  }
+
+  put(first: number, count: number, data: Buffer): void {
+    if (this.destroyed) return;
+    const base = this.target.start(first);
+    for (let i = first; i < first + count; i++) {
+      if (i < this.next || i >= this.endChunk) continue;
+      this.pending.set(i, count === 1 ? data : data.subarray(this.target.start(i) - base, this.target.end(i) - base));
+    }
+    this.pump();
+  }
+
+  async readBack(): Promise<Buffer | null> {
+    return null;
+  }
+
+  override _read(): void {
+    this.wantMore = true;
+    this.pump();
+  }
+
+  override _destroy(err: Error | null, cb: (error?: Error | null) => void): void {
+    if (this.next < this.endChunk || err) {
+      const reason = err ?? new Error('stream closed before the end');
+      this.opts.onCancel(reason);
+      this.settle.reject(reason);
+    }
+    this.pending.clear();
+    for (const w of this.waiters.splice(0)) w.resolve();
+    cb(err);
+  }
+
+  private pump(): void {
+    while (this.wantMore && !this.destroyed && this.pending.has(this.next)) {
+      const i = this.next;
+      let data = this.pending.get(i)!;
+      this.pending.delete(i);
+      const cs = this.target.start(i);
+      if (cs < this.opts.start || this.target.end(i) > this.opts.end) {
+        data = data.subarray(Math.max(0, this.opts.start - cs), Math.min(data.length, this.opts.end - cs));
+      }
+      this.hash.update(data);
+      this.next++;
+      if (this.next === this.endChunk && !this.checkDigest()) return;
+      this.wantMore = this.push(data);
+      if (this.next === this.endChunk) this.finishStream();
+    }
+    this.wake();
+  }
+
+  /** With an expected digest over the whole target: false (and the stream destroyed) on mismatch. */
+  private checkDigest(): boolean {
+    this.digestHex = this.hash.digest('hex');
+    const want = this.opts.sha256?.toLowerCase();
+    if (!want || this.opts.start !== 0 || this.opts.end !== this.target.size || want === this.digestHex) return true;
+    this.destroy(new ChecksumMismatchError(want, this.digestHex, 'assembled stream'));
+    return false;
+  }
+
+  private finishStream(): void {
+    if (this.digestHex === undefined) this.digestHex = this.hash.digest('hex');
+    this.push(null);
+    this.settle.resolve();
+  }
+
+  private wake(): void {
+    if (this.waiters.length === 0) return;
+    const emitted = this.emitted;
+    this.waiters = this.waiters.filter((w) => {
+      if (w.first <= this.next || w.end - emitted <= this.opts.windowBytes) {
+        w.resolve();
+        return false;
+      }
+      return true;
+    });
+  }
+}

@@ -1,0 +1,187 @@
+// The file an extract writes: `.<out>.deltad-partial` beside the output,
+// preallocated to the target size, written with positioned writes, renamed
+// over the output only when complete and verified. A small journal (a bitmap
+// of written chunks, tied to the target index) survives an interruption, so
+// the next run takes the verified chunks from the partial file as a seed.
+import { createHash } from 'node:crypto';
+import { constants } from 'node:fs';
+import { lstat, open, readFile, rename, unlink, writeFile, type FileHandle } from 'node:fs/promises';
+import { basename, dirname, join, resolve } from 'node:path';
+import { ChunkIndex, ID_SIZE } from '../format/caibx.js';
+import { ChecksumMismatchError, UsageError } from '../errors.js';
+import type { AssemblySink } from './sink.js';
+import type { Seed } from '../seed/seed.js';
+
+const JOURNAL_MAGIC = Buffer.from('DELTADJ1');
+const JOURNAL_FLUSH_MS = 1000;
+
+/** Identity of a target index: a journal only applies to the index it was written for. */
+function indexDigest(index: ChunkIndex): Buffer {
+  const h = createHash('sha256');
+  h.update(`${index.featureFlags}:${index.params.min}:${index.params.max}:${index.params.avg}:`);
+  h.update(new Uint8Array(index.ends.buffer, index.ends.byteOffset, index.ends.byteLength));
+  h.update(index.ids);
+  return h.digest();
+}
+
+export function partialPaths(out: string): { out: string; partial: string; journal: string } {
+  const abs = resolve(out);
+  const partial = join(dirname(abs), `.${basename(abs)}.deltad-partial`);
+  return { out: abs, partial, journal: `${partial}.journal` };
+}
+
+export class PartialFile implements AssemblySink {
+  readonly retainRepeats = false;
+  readonly holdsData = false;
+  private dirty = false;
+  private timer?: NodeJS.Timeout;
+  private closed = false;
+  private flushing: Promise<void> = Promise.resolve();
+
+  private constructor(
+    readonly paths: ReturnType<typeof partialPaths>,
+    private readonly fh: FileHandle,
+    private readonly target: ChunkIndex,
+    private readonly digest: Buffer,
+    private readonly done: Uint8Array,
+    readonly zeroFilled: boolean,
+  ) {
+    this.timer = setInterval(() => void this.flushJournal().catch(() => {}), JOURNAL_FLUSH_MS);
+    this.timer.unref();
+  }
+
+  /**
+   * Opens the partial file for `out`. With resume, a partial file and journal
+   * from an earlier run for the same target are kept, and returned as a seed
+   * holding the chunks the journal lists (they are verified before use).
+   */
+  static async open(out: string, target: ChunkIndex, resume: boolean): Promise<{ file: PartialFile; resumeSeed?: Seed }> {
+    const paths = partialPaths(out);
+    const outSt = await lstat(paths.out).catch(() => null);
+    if (outSt && !outSt.isFile()) throw new UsageError(`${paths.out}: exists and is not a regular file`);
+    const digest = indexDigest(target);
+    const bitmapBytes = Math.ceil(target.count / 8);
+    let done: Uint8Array | null = null;
+    if (resume) {
+      const j = await readFile(paths.journal).catch(() => null);
+      const st = await lstat(paths.partial).catch(() => null);
+      if (j && st?.isFile() && st.size === target.size && j.length === 8 + 32 + bitmapBytes && j.subarray(0, 8).equals(JOURNAL_MAGIC) && j.subarray(8, 40).equals(digest)) {
+        done = new Uint8Array(j.subarray(40));
+      }
+    }
+    // Never written through a link: a resumed file must be ours alone, a fresh one is created anew (not truncated in place).
+    let fh = done ? await open(paths.partial, constants.O_RDWR | constants.O_NOFOLLOW) : undefined;
+    if (fh && (await fh.stat()).nlink !== 1) {
+      await fh.close();
+      fh = undefined;
+      done = null;
+    }
+    if (!fh) {
+      await unlink(paths.partial).catch(() => {});
+      fh = await open(paths.partial, constants.O_RDWR | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
+    }
+    try {
+      if (!done) await fh.truncate(target.size);
+      const file = new PartialFile(paths, fh, target, digest, done ?? new Uint8Array(bitmapBytes), !done);
+      if (!done || !done.some((b) => b !== 0)) return { file };
+      // A seed whose chunk i is the target's chunk i where the journal says written; the rest get an ID nothing hashes to.
+      const ids = new Uint8Array(target.ids);
+      for (let i = 0; i < target.count; i++) if (!(done[i >> 3] & (1 << (i & 7)))) ids.fill(0, i * ID_SIZE, (i + 1) * ID_SIZE);
+      const index = new ChunkIndex(target.featureFlags, target.params, target.ends, ids);
+      return { file, resumeSeed: { path: paths.partial, index, fh, inPlace: true } };
+    } catch (err) {
+      await fh.close();
+      throw err;
+    }
+  }
+
+  async put(first: number, count: number, data: Buffer): Promise<void> {
+    let off = 0;
+    const pos = this.target.start(first);
+    while (off < data.length) {
+      const { bytesWritten } = await this.fh.write(data, off, data.length - off, pos + off);
+      off += bytesWritten;
+    }
+    for (let i = first; i < first + count; i++) this.done[i >> 3] |= 1 << (i & 7);
+    this.dirty = true;
+  }
+
+  async readBack(i: number): Promise<Buffer | null> {
+    const size = this.target.chunkSize(i);
+    const buf = Buffer.allocUnsafe(size);
+    const { bytesRead } = await this.fh.read(buf, 0, size, this.target.start(i));
+    return bytesRead === size ? buf : null;
+  }
+
+  /** Writes the journal atomically when chunks were written since the last flush. */
+  flushJournal(): Promise<void> {
+    // Serialized: the timer and a final flush must not interleave their temp files.
+    this.flushing = this.flushing.catch(() => {}).then(async () => {
+      if (!this.dirty || this.closed) return;
+      this.dirty = false;
+      const tmp = `${this.paths.journal}.tmp`;
+      // A fresh file (never through a symlink or into another file planted at this name).
+      await unlink(tmp).catch(() => {});
+      await writeFile(tmp, Buffer.concat([JOURNAL_MAGIC, this.digest, this.done]), { mode: 0o600, flag: 'wx' });
+      await rename(tmp, this.paths.journal);
+    });
+    return this.flushing;
+  }
+
+  /** SHA-256 of the whole partial file (read sequentially). */
+  async sha256(): Promise<string> {
+    const h = createHash('sha256');
+    const buf = Buffer.allocUnsafe(4 * 1024 * 1024);
+    for (let pos = 0; pos < this.target.size;) {
+      const { bytesRead } = await this.fh.read(buf, 0, Math.min(buf.length, this.target.size - pos), pos);
+      if (bytesRead === 0) break;
+      h.update(buf.subarray(0, bytesRead));
+      pos += bytesRead;
+    }
+    return h.digest('hex');
+  }
+
+  /**
+   * Every chunk is verified: checks the whole-file SHA-256 when expected,
+   * syncs, and renames over the output. Returns the SHA-256 when computed.
+   */
+  async commit(fileMode: number, expectSha256?: string): Promise<string | undefined> {
+    let sum: string | undefined;
+    if (expectSha256) {
+      sum = await this.sha256();
+      if (sum !== expectSha256.toLowerCase()) {
+        // The chunks matched the index, so the index itself disagrees with the checksum: nothing here is reusable.
+        await this.discard();
+        throw new ChecksumMismatchError(expectSha256, sum, this.paths.out);
+      }
+    }
+    await this.fh.chmod(fileMode);
+    await this.fh.sync();
+    await this.close();
+    await rename(this.paths.partial, this.paths.out);
+    await unlink(this.paths.journal).catch(() => {});
+    const dir = await open(dirname(this.paths.out), 'r');
+    await dir.sync().catch(() => {});
+    await dir.close();
+    return sum;
+  }
+
+  /** After a failure: keeps the partial file and its journal for the next run. */
+  async keep(): Promise<void> {
+    await this.flushJournal().catch(() => {});
+    await this.close();
+  }
+
+  async discard(): Promise<void> {
+    await this.close();
+    await unlink(this.paths.partial).catch(() => {});
+    await unlink(this.paths.journal).catch(() => {});
+  }
+
+  private async close(): Promise<void> {
+    if (this.closed) return;
+    clearInterval(this.timer);
+    this.closed = true;
+    await this.fh.close();
+  }
+}

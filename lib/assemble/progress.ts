@@ -1,0 +1,28 @@
+// What an assembly reports while it runs and when it ends, whichever route produced the target.
+
+export interface ExtractProgress {
+  /** Target bytes to assemble (the range, for a ranged stream). */
+  total: number;
+  /** Target bytes verified so far (all sources). */
+  done: number;
+  fromSeeds: number;
+  fromSelf: number;
+  fromZero: number;
+  fromCache: number;
+  /** Chunk bytes obtained from the network. */
+  fromNetwork: number;
+  /** Bytes received over HTTP (the index, probes, bodies, multipart framing, merged gaps, compressed store chunks). */
+  networkBytes: number;
+  networkRequests: number;
+}
+
+export interface ExtractResult extends ExtractProgress {
+  mode: 'range' | 'store' | 'none' | 'blocks';
+  /** SHA-256 (hex) of the assembled bytes: always for streams, for files when `sha256` was given. */
+  sha256?: string;
+  wallMs: number;
+  /** Chunks taken from the partial file of an interrupted run. */
+  resumedBytes: number;
+  /** Seed chunks that did not match their ID (fetched remotely instead). */
+  seedMismatches: number;
+}

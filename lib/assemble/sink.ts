@@ -1,0 +1,18 @@
+// The contract between the assembler and where its verified chunks go: a partial file
+// (lib/assemble/partial-file.ts) or an ordered stream (lib/assemble/ordered-stream.ts).
+
+/** Where verified chunks go. */
+export interface AssemblySink {
+  /** Takes verified target chunks [first, first+count) whose bytes are `data`. */
+  put(first: number, count: number, data: Buffer): Promise<void> | void;
+  /** Bytes of an already verified chunk again (for repeats), or null when they are gone. */
+  readBack(i: number): Promise<Buffer | null>;
+  /** True when unwritten target bytes already read as zero (a fresh sparse file). */
+  readonly zeroFilled: boolean;
+  /** Keep repeated chunks in memory for their later copies (no readBack). */
+  readonly retainRepeats: boolean;
+  /** put() keeps references to the bytes it was given (else they may be reused once it resolves). */
+  readonly holdsData: boolean;
+  /** Resolves when a task spanning target bytes [start, end) from chunk `first` may start (the stream's window). */
+  admit?(start: number, end: number, first: number): Promise<void> | void;
+}

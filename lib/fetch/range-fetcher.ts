@@ -1,0 +1,341 @@
+// Missing chunks as HTTP byte ranges of the target image: which ranges to ask
+// for (adjacent chunks coalesce; small gaps merge when that saves requests),
+// how to group them into requests (several ranges per request when the server
+// does multi-range), and the requests themselves, validated part by part.
+import type { Dispatcher } from 'undici';
+import type { ChunkIndex } from '../format/caibx.js';
+import { DeltadError, OriginError } from '../errors.js';
+import type { HttpClient } from './http-client.js';
+import { MultipartParser, multipartBoundary, parseContentRange } from './multipart.js';
+
+export interface ByteRange {
+  start: number;
+  /** Exclusive. */
+  end: number;
+}
+
+/** One HTTP request: its ranges and the target chunks [first, first+count) it carries. */
+export interface RangeRequest {
+  ranges: ByteRange[];
+  chunks: { first: number; count: number }[];
+  /** Bytes asked for (chunk bytes plus merged gaps). */
+  bytes: number;
+}
+
+export interface RangePlanOptions {
+  multi: boolean;
+  /** Ranges per request (default 200: Apache's default MaxRanges). */
+  maxRangesPerRequest?: number;
+  /** Range header length limit (default 8000 bytes). */
+  maxHeaderBytes?: number;
+  /** Bytes per request, so that several requests run in parallel (default 16 MiB). */
+  maxRequestBytes?: number;
+  /** Largest target span one request may cover (the stream's reorder window); default unlimited. */
+  maxSpan?: number;
+  /** Merge gaps up to this many bytes (default: 128 with multi-range, 8 KiB without). */
+  maxGap?: number;
+  /** With multi-range, aim for at most this many requests by merging the smallest gaps (default 100). */
+  targetRequests?: number;
+}
+
+/** The server answered a range request with the whole file (200): ranges do not work here. */
+export class RangeUnsupportedError extends DeltadError {
+  constructor(url: string, detail: string) {
+    super('ENORANGE', `${url}: the server does not serve byte ranges (${detail})`);
+  }
+}
+
+/** The server cannot do several ranges in one request (416, or one 206 for the whole span). */
+export class MultiRangeUnsupportedError extends DeltadError {
+  constructor(url: string, detail: string) {
+    super('ENOMULTIRANGE', `${url}: multi-range request refused (${detail})`);
+  }
+}
+
+/**
+ * Groups runs of missing target chunks (in target order) into range requests.
+ * Gaps between runs are merged when a gap costs fewer bytes than the framing
+ * of a separate range, or when there are more ranges than targetRequests full
+ * requests can carry (smallest gaps first).
+ */
+export function planRangeRequests(index: Pick<ChunkIndex, 'start' | 'end'>, runs: readonly { first: number; count: number }[], opts: RangePlanOptions): RangeRequest[] {
+  if (runs.length === 0) return [];
+  runs = splitRuns(index, runs, Math.min(opts.maxRequestBytes ?? 16 * 1024 * 1024, opts.maxSpan ?? Infinity));
+  const perReq = opts.multi ? Math.max(1, opts.maxRangesPerRequest ?? 200) : 1;
+  const maxHeader = opts.maxHeaderBytes ?? 8000;
+  const maxBytes = opts.maxRequestBytes ?? 16 * 1024 * 1024;
+  const maxSpan = opts.maxSpan ?? Infinity;
+  let maxGap = opts.maxGap ?? (opts.multi ? 128 : 8192);
+  const target = opts.targetRequests ?? 100;
+  const gaps: number[] = [];
+  for (let k = 1; k < runs.length; k++) gaps.push(index.start(runs[k].first) - index.end(runs[k - 1].first + runs[k - 1].count - 1));
+  // Only with multi-range: a merged gap then costs bytes but saves a part, not a round trip per range.
+  const rangesAllowed = target * perReq;
+  if (opts.multi && gaps.length + 1 > rangesAllowed) {
+    const sorted = [...gaps].sort((a, b) => a - b);
+    maxGap = Math.max(maxGap, sorted[gaps.length + 1 - rangesAllowed - 1]);
+  }
+
+  const requests: RangeRequest[] = [];
+  let cur: RangeRequest | null = null;
+  let header = 0;
+  let spanStart = 0;
+  for (let k = 0; k < runs.length; k++) {
+    const run = runs[k];
+    const start = index.start(run.first);
+    const end = index.end(run.first + run.count - 1);
+    const last = cur?.ranges[cur.ranges.length - 1];
+    if (cur && last && start - last.end <= maxGap && end - spanStart <= maxSpan && cur.bytes + (end - last.end) <= maxBytes) {
+      cur.bytes += end - last.end;
+      last.end = end;
+      cur.chunks.push({ first: run.first, count: run.count });
+      continue;
+    }
+    const spec = `${start}-${end - 1},`.length;
+    if (!cur || cur.ranges.length >= perReq || header + spec > maxHeader || cur.bytes + (end - start) > maxBytes || end - spanStart > maxSpan) {
+      cur = { ranges: [], chunks: [], bytes: 0 };
+      requests.push(cur);
+      header = 'bytes='.length;
+      spanStart = start;
+    }
+    cur.ranges.push({ start, end });
+    cur.chunks.push({ first: run.first, count: run.count });
+    cur.bytes += end - start;
+    header += spec;
+  }
+  return requests;
+}
+
+/** Cuts runs longer than `limit` bytes at chunk boundaries (a piece has at least one chunk). */
+function splitRuns(index: Pick<ChunkIndex, 'start' | 'end'>, runs: readonly { first: number; count: number }[], limit: number): { first: number; count: number }[] {
+  const size = (i: number): number => index.end(i) - index.start(i);
+  const out: { first: number; count: number }[] = [];
+  for (const run of runs) {
+    let first = run.first;
+    const end = run.first + run.count;
+    while (first < end) {
+      let last = first + 1;
+      let bytes = size(first);
+      while (last < end && bytes + size(last) <= limit) bytes += size(last++);
+      out.push({ first, count: last - first });
+      first = last;
+    }
+  }
+  return out;
+}
+
+export function rangeHeader(ranges: readonly ByteRange[]): string {
+  return 'bytes=' + ranges.map((r) => `${r.start}-${r.end - 1}`).join(',');
+}
+
+export interface RangeSupport {
+  ranges: boolean;
+  multi: boolean;
+  /** Size of the resource, when the server said. */
+  size?: number;
+}
+
+/** Counters of one fetcher: requests made and bytes received (bodies, framing included). */
+export interface FetchStats {
+  requests: number;
+  bytes: number;
+}
+
+/** Requests byte ranges of one URL and hands the bytes over by absolute offset. */
+export class RangeFetcher {
+  readonly stats: FetchStats = { requests: 0, bytes: 0 };
+  /** Set once a response proved that ranges work; until then requests go one at a time. */
+  private confirmed = false;
+  private firstAnswer?: Promise<void>;
+  /** Set when the server answered a single range with the whole file: later calls fail without a request. */
+  private unsupported?: RangeUnsupportedError;
+  /** Set when the server refused multi-range: later multi-range calls fail without a request. */
+  private noMulti?: MultiRangeUnsupportedError;
+
+  constructor(
+    private readonly http: HttpClient,
+    readonly url: string,
+    /** Expected size of the resource; every Content-Range must agree. */
+    private readonly size: number,
+  ) {}
+
+  /** Asks for the first and last byte in one request to learn whether ranges and multi-range work. */
+  async probe(signal?: AbortSignal): Promise<RangeSupport> {
+    if (this.size < 2) return { ranges: false, multi: false };
+    try {
+      await this.fetch([{ start: 0, end: 1 }, { start: this.size - 1, end: this.size }], () => {}, signal);
+      return { ranges: true, multi: true, size: this.size };
+    } catch (err) {
+      if (err instanceof RangeUnsupportedError) return { ranges: false, multi: false };
+      if (!(err instanceof MultiRangeUnsupportedError)) throw err;
+    }
+    try {
+      await this.fetch([{ start: 0, end: 1 }], () => {}, signal);
+      return { ranges: true, multi: false, size: this.size };
+    } catch (err) {
+      if (err instanceof RangeUnsupportedError) return { ranges: false, multi: false };
+      throw err;
+    }
+  }
+
+  /**
+   * One request for `ranges` (ascending, non-overlapping). Calls onData with
+   * body bytes at their absolute offsets; bytes outside the asked ranges are
+   * never passed on. Throws RangeUnsupportedError (200 to a single range) at once
+   * without reading the body, MultiRangeUnsupportedError (416, 200 or one span
+   * for several ranges; single ranges may still work), or OriginError
+   * (transient for 5xx, resets and truncation).
+   */
+  async fetch(ranges: readonly ByteRange[], onData: (offset: number, data: Buffer) => void, signal?: AbortSignal, drain?: () => Promise<void> | undefined): Promise<void> {
+    // A server that ignores ranges would send the whole file to every parallel request: ask once first.
+    while (!this.confirmed && this.firstAnswer) await this.firstAnswer;
+    if (this.unsupported) throw this.unsupported;
+    if (this.noMulti && ranges.length > 1) throw this.noMulti;
+    let answered = (): void => {};
+    if (!this.confirmed) this.firstAnswer = new Promise((r) => (answered = r));
+    try {
+      await this.fetchOnce(ranges, onData, signal, drain, () => {
+        this.confirmed = true;
+        answered();
+      });
+    } catch (err) {
+      if (err instanceof RangeUnsupportedError) this.unsupported = err;
+      if (err instanceof MultiRangeUnsupportedError) this.noMulti = err;
+      throw err;
+    } finally {
+      if (!this.confirmed) this.firstAnswer = undefined;
+      answered();
+    }
+  }
+
+  private async fetchOnce(ranges: readonly ByteRange[], onData: (offset: number, data: Buffer) => void, signal: AbortSignal | undefined, drain: (() => Promise<void> | undefined) | undefined, onRangesWork: () => void): Promise<void> {
+    this.stats.requests++;
+    const res = await this.http.request(this.url, { headers: { range: rangeHeader(ranges) }, signal });
+    const what = `GET ${this.url} (${ranges.length} range${ranges.length === 1 ? '' : 's'})`;
+    try {
+      // A 200 to several ranges may only mean "not several": single ranges are still worth one request.
+      if (res.statusCode === 200 && ranges.length > 1) throw new MultiRangeUnsupportedError(this.url, 'HTTP 200 with the whole file instead of 206');
+      if (res.statusCode === 200) throw new RangeUnsupportedError(this.url, 'HTTP 200 with the whole file instead of 206');
+      if (res.statusCode === 206) onRangesWork();
+      if (res.statusCode === 416 && ranges.length > 1) throw new MultiRangeUnsupportedError(this.url, 'HTTP 416');
+      if (res.statusCode !== 206) {
+        throw new OriginError(`${what}: HTTP ${res.statusCode}`, { status: res.statusCode, transient: res.statusCode >= 500 || res.statusCode === 429 });
+      }
+      const boundary = multipartBoundary(res.headers['content-type'] as string | undefined);
+      const filter = rangeFilter(ranges, onData);
+      if (boundary) {
+        if (ranges.length === 1) throw new OriginError(`${what}: multipart answer to a single range`);
+        const parser = new MultipartParser(boundary, {
+          onPart: (r) => this.checkPart(r, ranges, what),
+          onData: filter,
+        }, what);
+        await this.consume(res, (b) => {
+          parser.write(b);
+          return drain?.();
+        }, what);
+        parser.end();
+        return;
+      }
+      const cr = parseContentRange(res.headers['content-range'] as string | undefined);
+      if (!cr) throw new RangeUnsupportedError(this.url, 'HTTP 206 without a valid Content-Range');
+      if (ranges.length > 1) throw new MultiRangeUnsupportedError(this.url, `one 206 part ${cr.start}-${cr.end - 1} for ${ranges.length} ranges`);
+      this.checkPart(cr, ranges, what);
+      if (cr.start !== ranges[0].start || cr.end !== ranges[0].end) throw new OriginError(`${what}: asked ${ranges[0].start}-${ranges[0].end - 1}, got Content-Range ${cr.start}-${cr.end - 1}`);
+      let pos = cr.start;
+      await this.consume(res, (b) => {
+        if (pos + b.length > cr.end) throw new OriginError(`${what}: body longer than its Content-Range`);
+        filter(pos, b);
+        pos += b.length;
+        return drain?.();
+      }, what);
+      if (pos !== cr.end) throw new OriginError(`${what}: truncated body (${pos - cr.start} of ${cr.end - cr.start} bytes)`, { transient: true });
+    } catch (err) {
+      // Stop reading at once (a 200 may be the whole image); the abort error this raises is expected.
+      res.body.on('error', () => {});
+      res.body.destroy();
+      throw err;
+    }
+  }
+
+  private checkPart(r: { start: number; end: number; total?: number }, ranges: readonly ByteRange[], what: string): void {
+    if (r.total !== undefined && r.total !== this.size) throw new OriginError(`${what}: Content-Range says the file has ${r.total} bytes, the index ${this.size}`);
+    if (r.start < ranges[0].start || r.end > ranges[ranges.length - 1].end) throw new OriginError(`${what}: part ${r.start}-${r.end - 1} outside the ranges asked for`);
+  }
+
+  /** Reads the body into sink; a promise from sink pauses reading until it settles (backpressure). */
+  private async consume(res: Dispatcher.ResponseData, sink: (b: Buffer) => Promise<void> | undefined, what: string): Promise<void> {
+    try {
+      for await (const b of res.body) {
+        this.stats.bytes += (b as Buffer).length;
+        const wait = sink(b as Buffer);
+        if (wait) await wait;
+      }
+    } catch (err) {
+      if (err instanceof DeltadError) throw err;
+      const e = err as { name?: string; code?: string; message?: string };
+      if (e?.name === 'AbortError') throw err;
+      throw new OriginError(`${what}: ${e?.code ?? ''} ${e?.message ?? String(err)}`.trim(), { transient: true, cause: err });
+    }
+  }
+}
+
+/** Passes on only the bytes that fall inside the asked ranges (a server may coalesce ranges). */
+function rangeFilter(ranges: readonly ByteRange[], onData: (offset: number, data: Buffer) => void): (offset: number, data: Buffer) => void {
+  return (offset, data) => {
+    const end = offset + data.length;
+    for (const r of ranges) {
+      if (r.end <= offset) continue;
+      if (r.start >= end) break;
+      const s = Math.max(r.start, offset);
+      const e = Math.min(r.end, end);
+      onData(s, data.subarray(s - offset, e - offset));
+    }
+  };
+}
+
+/**
+ * Cuts a byte stream (possibly several parts, any order) into the target
+ * chunks it was asked for; calls onChunk once per completed chunk.
+ */
+export class ChunkCollector {
+  private readonly pending = new Map<number, { buf: Buffer; filled: number }>();
+  private readonly wanted: number[];
+  constructor(
+    private readonly index: Pick<ChunkIndex, 'start' | 'end' | 'chunkAt'>,
+    chunks: readonly number[],
+    private readonly onChunk: (i: number, data: Buffer) => void,
+    /** Where chunk buffers come from (default: new ones). */
+    private readonly alloc: (size: number) => Buffer = Buffer.allocUnsafe,
+  ) {
+    this.wanted = [...chunks].sort((a, b) => a - b);
+    for (const i of this.wanted) this.pending.set(i, { buf: Buffer.alloc(0), filled: 0 });
+  }
+
+  /** Chunks not completed yet. */
+  missing(): number[] {
+    return this.wanted.filter((i) => this.pending.has(i));
+  }
+
+  write(offset: number, data: Buffer): void {
+    const idx = this.index;
+    let pos = offset;
+    const end = offset + data.length;
+    while (pos < end) {
+      const i = idx.chunkAt(pos);
+      const cs = idx.start(i);
+      const ce = idx.end(i);
+      const n = Math.min(ce, end) - pos;
+      const p = this.pending.get(i);
+      if (p) {
+        if (p.buf.length === 0) p.buf = this.alloc(ce - cs);
+        data.copy(p.buf, pos - cs, pos - offset, pos - offset + n);
+        p.filled += n;
+        if (p.filled >= p.buf.length) {
+          this.pending.delete(i);
+          this.onChunk(i, p.buf);
+        }
+      }
+      pos += n;
+    }
+  }
+}

@@ -1,0 +1,81 @@
+// Seeds: local files that may already hold chunks of the target, each with an
+// index (given, cached, or built with the *target's* chunking so IDs can
+// match). Seeds are opened read-only and only ever read; every chunk read from
+// one is hashed by the assembler before use.
+import { open, type FileHandle } from 'node:fs/promises';
+import { readIndexFile, type ChunkIndex } from '../format/caibx.js';
+import { IndexFormatError } from '../errors.js';
+import type { IndexCache, IndexBuilder } from './index-cache.js';
+
+export interface Seed {
+  /** Path, for messages. */
+  readonly path: string;
+  readonly index: ChunkIndex;
+  readonly fh: FileHandle;
+  /**
+   * True for the partial file of an interrupted run: its chunk i sits at the
+   * target's chunk i, so an aligned run needs verifying but no copying.
+   */
+  readonly inPlace: boolean;
+}
+
+export interface OpenSeedOptions {
+  target: ChunkIndex;
+  cache: IndexCache;
+  /** Chunks a seed that has no usable index (the indexer). */
+  build?: IndexBuilder;
+  onWarning?: (message: string) => void;
+  signal?: AbortSignal;
+}
+
+/**
+ * Opens a seed read-only and finds its index: the given one when it matches
+ * the file and the target's digest, else the cache, else the indexer.
+ */
+export async function openSeed(path: string, given: string | ChunkIndex | undefined, opts: OpenSeedOptions): Promise<Seed> {
+  const fh = await open(path, 'r');
+  try {
+    const st = await fh.stat();
+    if (!st.isFile() && !st.isBlockDevice()) throw new IndexFormatError('seed', 0, 'not a regular file or block device', path);
+    let index: ChunkIndex | undefined = typeof given === 'string' ? await readIndexFile(given, { allowArchive: false }) : given;
+    const size = st.isFile() ? st.size : undefined;
+    if (index && size !== undefined && index.size !== size) {
+      opts.onWarning?.(`seed ${path}: its index describes ${index.size} bytes but the file has ${size}; re-chunking it`);
+      index = undefined;
+    } else if (index && index.digest !== opts.target.digest) {
+      opts.onWarning?.(`seed ${path}: its index uses ${index.digest}, the target ${opts.target.digest}; re-chunking it`);
+      index = undefined;
+    }
+    if (!index) {
+      const key = { params: opts.target.params, digest: opts.target.digest };
+      if (!opts.build) throw new IndexFormatError('seed', 0, 'no index given and no indexer available to chunk it', path);
+      index = await opts.cache.getOrBuild(path, key, opts.build, opts.signal);
+    }
+    return { path, index, fh, inPlace: false };
+  } catch (err) {
+    await fh.close();
+    throw err;
+  }
+}
+
+export async function closeSeeds(seeds: readonly Seed[]): Promise<void> {
+  await Promise.all(seeds.map((s) => s.fh.close().catch(() => {})));
+}
+
+/**
+ * Reads seed bytes [start, end) fully (a short read means the file shrank: the
+ * rest is zero-filled and fails verification), into `into` (at least that
+ * long) or a new buffer; both own their memory so they can be moved to a
+ * hashing thread.
+ */
+export async function readSeedRange(seed: Seed, start: number, end: number, into?: Buffer): Promise<Buffer> {
+  const buf = into ? into.subarray(0, end - start) : Buffer.allocUnsafeSlow(end - start);
+  let got = 0;
+  while (got < buf.length) {
+    const { bytesRead } = await seed.fh.read(buf, got, buf.length - got, start + got);
+    if (bytesRead === 0) break;
+    got += bytesRead;
+  }
+  buf.fill(0, got);
+  return buf;
+}

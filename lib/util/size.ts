@@ -1,0 +1,12 @@
+// Sizes as people type them: "65536", "64K", "1M", "2GiB" (powers of 1024, like casync).
+import { UsageError } from '../errors.js';
+
+/** "65536", "64K", "1M" (powers of 1024, like casync). */
+export function parseSize(s: string, what: string): number {
+  const m = /^(\d+)\s*([kmgt]?)(i?b)?$/i.exec(s.trim());
+  if (!m) throw new UsageError(`${what}: "${s}" is not a size (examples: 65536, 64K, 1M)`);
+  const mult = { '': 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3, t: 1024 ** 4 }[m[2].toLowerCase() as '' | 'k' | 'm' | 'g' | 't'];
+  const v = Number(m[1]) * mult;
+  if (!Number.isSafeInteger(v)) throw new UsageError(`${what}: "${s}" is too large`);
+  return v;
+}
