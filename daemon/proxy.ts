@@ -16,7 +16,7 @@ import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { HttpClient } from '../lib/fetch/http-client.js';
 import { ChunkCache } from '../lib/fleet/chunk-cache.js';
-import { MetadataCache, MetadataTooLargeError } from '../lib/fleet/metadata-cache.js';
+import { MetadataCache } from '../lib/fleet/metadata-cache.js';
 import { CachingStore } from '../lib/fleet/caching-store.js';
 import { ImageRangeStore } from '../lib/fleet/image-range-store.js';
 import { HttpStore } from '../lib/store/http-store.js';
@@ -33,6 +33,7 @@ import { newCounters, renderMetrics } from './metrics.js';
 import { proxy as streamThrough } from './passthrough.js';
 import { resolveOriginTarget, UnsafePathError } from './origin-path.js';
 import { silentLogger, type Logger } from './log.js';
+import { MetadataTooLargeError } from '../lib/errors.js';
 
 export const PROXY_VERSION = '0.1.0';
 /** Where the chunk store is served; desync/casync are pointed at `http://host:port/.deltad/store`. */

@@ -163,7 +163,7 @@ test('a server that ignores Range: range mode fails at once, auto mode switches 
   try {
     await writeFile(out, 'previous content');
     origin.ranges = 'none';
-    await assert.rejects(extractToFile(fx.index, out, { ...opts, mode: 'range' }), (err: Error & { code?: string }) => err.code === 'ENORANGE' || /byte ranges/.test(err.message));
+    await assert.rejects(extractToFile(fx.index, out, { ...opts, mode: 'range' }), (err: Error & { code?: string }) => err.code === 'ERR_DELTAD_NO_RANGES' || /byte ranges/.test(err.message));
     // A 200 to several ranges might only mean "not several": one single range is tried, then nothing more.
     assert.deepEqual(origin.log.filter((e) => e.path === '/v2.img').map((e) => [e.status, e.range?.includes(',')]), [[200, true], [200, false]]);
     assert.equal(await readFile(out, 'utf8'), 'previous content');
@@ -420,7 +420,7 @@ test('ordered stream: a server that ignores Range errors at once in range mode, 
       // A 1 MiB window: the first requests carry several ranges.
       const s = openExtractStream(fx.index, { ...opts, mode: 'range', windowBytes: 1024 * 1024 });
       const { error, resultError } = await readWithin(s, 5000);
-      assert.equal((error as Error & { code?: string })?.code, 'ENORANGE', String(error));
+      assert.equal((error as Error & { code?: string })?.code, 'ERR_DELTAD_NO_RANGES', String(error));
       assert.equal(resultError, error, 'the result rejects with the error that ended the stream');
       assert.deepEqual(origin.log.filter((e) => e.path === '/v2.img').map((e) => e.range?.includes(',')), [true, false], 'a multi-range then a single-range request, nothing after the 200s');
       assert.ok(s.progress.networkBytes < fx.v2.length / 2, `the 200 bodies were not read (${s.progress.networkBytes} bytes)`);

@@ -216,7 +216,7 @@ test('disk full (real tmpfs): clear ENOSPC error, no partial chunk, no temp file
     await store.put(chunkId('sha512-256', data), data).catch((err) => (failure = err));
   }
   assert.ok(failure instanceof DeltadError, 'the tmpfs filled up');
-  assert.equal(failure.code, 'ENOSPC');
+  assert.equal(failure.code, 'ERR_DELTAD_NO_SPACE');
   assert.match(failure.message, /no space left on device writing chunk/);
   // Every chunk that is listed is whole and verifies; no temp files are left.
   let whole = 0;

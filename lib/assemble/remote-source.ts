@@ -6,12 +6,9 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { ChunkIndex } from '../format/caibx.js';
 import { chunkId } from '../format/digest.js';
-import { ChunkMissingError, ChunkVerifyError, OriginError } from '../errors.js';
+import { ChunkMissingError, ChunkVerifyError, OriginError, MultiRangeUnsupportedError, RangeUnsupportedError } from '../errors.js';
 import { isTransient, type HttpClient } from '../fetch/http-client.js';
-import {
-  ChunkCollector, MultiRangeUnsupportedError, RangeFetcher, RangeUnsupportedError, planRangeRequests,
-  type FetchStats, type RangePlanOptions,
-} from '../fetch/range-fetcher.js';
+import { ChunkCollector, RangeFetcher, planRangeRequests, type FetchStats, type RangePlanOptions } from '../fetch/range-fetcher.js';
 import type { ChunkStore } from '../store/types.js';
 import type { BufferPool } from '../util/buffer-pool.js';
 

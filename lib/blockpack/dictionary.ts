@@ -9,6 +9,7 @@ import { spawn } from 'node:child_process';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { DeltadError } from '../errors.js';
 
 const DMER = 8;
 const TABLE_BITS = 22;
@@ -98,7 +99,7 @@ export async function trainZstdCliDictionary(samples: Buffer, blockSize: number,
       p.on('error', reject);
       p.on('close', (c) => resolve(c ?? 1));
     });
-    if (code !== 0) throw new Error(`zstd --train failed (exit ${code}): ${Buffer.concat(stderr).toString().trim().slice(0, 300)}`);
+    if (code !== 0) throw new DeltadError('ERR_DELTAD_WORKER', `zstd --train failed (exit ${code}): ${Buffer.concat(stderr).toString().trim().slice(0, 300)}`);
     return await readFile(output);
   } finally {
     await rm(dir, { recursive: true, force: true });

@@ -6,7 +6,7 @@
 import { createHash } from 'node:crypto';
 import { compress } from 'zstd-napi';
 import zstd from 'zstd-napi/binding.js';
-import { DeltadError, IndexFormatError } from '../errors.js';
+import { IndexFormatError } from '../errors.js';
 
 export const INDEX_MAGIC = Buffer.from('DBLKIDX\0', 'latin1');
 export const PACK_MAGIC = Buffer.from('DBLKPCK\0', 'latin1');
@@ -23,13 +23,6 @@ export const MAX_FRAME_BLOCKS = 256;
 export const MAX_BLOCKS = 64 * 1024 * 1024;
 /** zstd frame magic; stored frames omit it (saves 4 bytes per frame) and readers put it back. */
 export const ZSTD_MAGIC = Buffer.from([0x28, 0xb5, 0x2f, 0xfd]);
-
-/** Pack content that fails its checks (bad frame, wrong hash, wrong header): names what and where. */
-export class PackError extends DeltadError {
-  constructor(message: string) {
-    super('EPACK', message);
-  }
-}
 
 /** Block kinds in `BlockIndex.distinctOf`. */
 export const ZERO_BLOCK = -1;

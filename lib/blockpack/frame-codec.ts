@@ -3,7 +3,8 @@
 // 4-byte zstd magic; or stored raw when compression would not make it smaller
 // (a stored length equal to the uncompressed length means raw).
 import zstd from 'zstd-napi/binding.js';
-import { PackError, ZSTD_MAGIC } from './format.js';
+import { ZSTD_MAGIC } from './format.js';
+import { PackError } from '../errors.js';
 
 export class FrameCompressor {
   private readonly cctx = new zstd.CCtx();

@@ -5,16 +5,9 @@
 // so a hostile chunk file cannot inflate without end.
 import { gunzipSync } from 'node:zlib';
 import zstd from 'zstd-napi/binding.js';
-import { DeltadError } from '../errors.js';
+import { ChunkEncodingError } from '../errors.js';
 
 export const DEFAULT_ZSTD_LEVEL = 3;
-
-/** A chunk file that cannot be decoded: bad magic, corrupt, truncated, too large, trailing data. */
-export class ChunkEncodingError extends DeltadError {
-  constructor(message: string) {
-    super('EENCODING', message);
-  }
-}
 
 /**
  * casync frames declare a 2 MiB window; windows above the output limit are still

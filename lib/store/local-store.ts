@@ -141,9 +141,9 @@ export class LocalStore implements WritableChunkStore {
 function storeWriteError(err: unknown, path: string): Error {
   const code = (err as { code?: string }).code;
   if (code === 'ENOSPC' || code === 'EDQUOT') {
-    return new DeltadError('ENOSPC', `no space left on device writing chunk ${path}`, { cause: err });
+    return new DeltadError('ERR_DELTAD_NO_SPACE', `no space left on device writing chunk ${path}`, { cause: err });
   }
-  return new DeltadError('ESTORE', `cannot write chunk ${path}: ${(err as Error).message}`, { cause: err });
+  return new DeltadError('ERR_DELTAD_STORE', `cannot write chunk ${path}: ${(err as Error).message}`, { cause: err });
 }
 
 function isMissing(err: unknown): boolean {
