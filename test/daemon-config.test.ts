@@ -14,7 +14,7 @@ import { resolveOriginTarget, UnsafePathError } from '../daemon/origin-path.js';
 import { globToRegExp } from '../daemon/glob.js';
 import { takeInheritedSockets } from '../daemon/socket-activation.js';
 import { createNotifier } from '../daemon/notify.js';
-import { findSha256 } from '../daemon/sha256sums.js';
+import { findSha256 } from '../lib/format/sha256sums.js';
 import { newCounters, renderMetrics } from '../daemon/metrics.js';
 import { IdleTimer } from '../daemon/idle.js';
 import { createLogger } from '../daemon/log.js';
