@@ -17,7 +17,7 @@ import { HttpClient } from '../lib/http-client.js';
 import { chopFile } from '../lib/chop.js';
 import { verifyFile, verifyStore } from '../lib/verify.js';
 import { startOrigin } from './helpers/origin.js';
-import { REPO_ROOT } from './helpers/shared.js';
+import { REPO_ROOT } from './helpers/repo.js';
 
 async function tempDir(t: { after: (fn: () => Promise<void>) => void }): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), 'deltad-chop-'));
