@@ -41,3 +41,17 @@ export function positionals(ctx: CommandContext, names: string[]): string[] {
   }
   return ctx.positionals;
 }
+
+/** Writes bytes to a stream (stdout) and waits until they are handed to the OS. */
+export function writeAll(stream: NodeJS.WritableStream, data: Uint8Array): Promise<void> {
+  return new Promise((resolve, reject) => {
+    stream.write(data, (err) => (err ? reject(err) : resolve()));
+  });
+}
+
+/** Reads all of stdin (an index given as '-'). */
+export async function readStdin(): Promise<Buffer> {
+  const parts: Buffer[] = [];
+  for await (const part of process.stdin) parts.push(part as Buffer);
+  return Buffer.concat(parts);
+}

@@ -43,8 +43,24 @@ export function checkChunkParams(params: ChunkParams, variant: ChunkerVariant = 
  * Parses casync's --chunk-size: "MIN:AVG:MAX" or "AVG" (then min = AVG/4, max = AVG*4,
  * clamped to 1..128 MiB). Suffixes K, M, G are powers of 1024. The result is checked.
  */
+/** Numbers without a unit below this are refused: casync reads "16:64:256" as bytes, desync's -m as KiB. */
+const UNITLESS_MIN = 1024;
+
+/**
+ * casync's --chunk-size: MIN:AVG:MAX or AVG, in bytes or with a unit (16K:64K:256K).
+ * A unitless size below 1 KiB is refused with a hint, because desync's `-m 16:64:256`
+ * means KiB and would silently give 94-byte chunks here; write 64B to mean bytes.
+ */
 export function parseChunkSize(text: string, variant: ChunkerVariant = 'casync'): ChunkParams {
-  const sizes = text.split(':').map((part) => parseSize(part, `invalid chunk size in "${text}"`));
+  const parts = text.split(':');
+  if (parts.some((p) => /^\s*\d+\s*$/.test(p) && Number(p) < UNITLESS_MIN)) {
+    const kib = parts.map((p) => (/^\s*\d+\s*$/.test(p) ? `${p.trim()}K` : p.trim())).join(':');
+    throw new UsageError(
+      `chunk size "${text}": a size below ${UNITLESS_MIN} needs a unit (desync's -m counts KiB, casync bytes): ` +
+        `write ${kib} for KiB, or ${parts.map((p) => (/^\s*\d+\s*$/.test(p) ? `${p.trim()}B` : p.trim())).join(':')} for bytes`,
+    );
+  }
+  const sizes = parts.map((part) => parseSize(part, `invalid chunk size in "${text}"`));
   let params: ChunkParams;
   if (sizes.length === 3) params = { min: sizes[0], avg: sizes[1], max: sizes[2] };
   else if (sizes.length === 1) {

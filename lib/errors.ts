@@ -1,5 +1,6 @@
 // Typed errors: every failure deltad reports names what was wrong and where,
 // so the CLI and the daemon can print one clear line and pick an exit code.
+import { dirname } from 'node:path';
 
 export class DeltadError extends Error {
   /** Stable machine-readable code, e.g. "EINDEX", "ECHUNK". */
@@ -64,4 +65,49 @@ export class ChecksumMismatchError extends DeltadError {
   constructor(expected: string, actual: string, what: string) {
     super('ESHA256', `${what}: SHA-256 mismatch: expected ${expected}, got ${actual}`);
   }
+}
+
+/** What a file-system error code means, in words. */
+const FS_WORDS: Record<string, string> = {
+  EROFS: 'read-only file system',
+  EACCES: 'permission denied',
+  EPERM: 'operation not permitted',
+  ENOSPC: 'no space left on device',
+  EDQUOT: 'disk quota exceeded',
+  EISDIR: 'is a directory',
+  ENOTDIR: 'a component of the path is not a directory',
+  EEXIST: 'already exists',
+  ENAMETOOLONG: 'file name too long',
+  EMFILE: 'too many open files',
+  EIO: 'input/output error',
+  ELOOP: 'too many symbolic links',
+};
+
+/** A file-system failure about a path the user gave (not the temp file deltad was using for it). */
+export class FileError extends DeltadError {
+  readonly path: string;
+  /** The errno code (ENOENT, EROFS, ...). */
+  readonly errno?: string;
+  constructor(path: string, detail: string, errno?: string, cause?: unknown) {
+    super(errno === 'ENOSPC' || errno === 'EDQUOT' ? 'ENOSPC' : 'EFILE', `${path}: ${detail}`, { cause });
+    this.path = path;
+    this.errno = errno;
+  }
+}
+
+/**
+ * Rewrites a Node fs error (which names whatever file failed, often a hidden
+ * temp file) as a FileError about `path`, saying in words what is wrong; `doing`
+ * leads the words ("cannot write"). When writing, a missing file means its
+ * directory is missing. Errors without an errno code pass through.
+ */
+export function fileError(err: unknown, path: string, writing: boolean, doing = writing ? 'cannot write' : 'cannot read'): unknown {
+  if (err instanceof DeltadError) return err;
+  const code = (err as NodeJS.ErrnoException)?.code;
+  if (typeof code !== 'string' || !/^E[A-Z]+$/.test(code)) return err;
+  if (code === 'ENOENT') {
+    const detail = writing ? `${doing}: directory ${dirname(path)} does not exist` : 'no such file or directory';
+    return new FileError(path, detail, code, err);
+  }
+  return new FileError(path, `${doing}: ${FS_WORDS[code] ?? (err as Error).message}`, code, err);
 }

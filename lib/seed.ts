@@ -3,7 +3,8 @@
 // match). Seeds are opened read-only and only ever read; every chunk read from
 // one is hashed by the assembler before use.
 import { open, type FileHandle } from 'node:fs/promises';
-import { readIndexFile, type ChunkIndex } from './caibx.js';
+import { existsSync } from 'node:fs';
+import { readIndexFile, startsLikeIndex, type ChunkIndex } from './caibx.js';
 import { IndexFormatError } from './errors.js';
 import type { IndexCache, IndexBuilder } from './index-cache.js';
 
@@ -37,6 +38,9 @@ export async function openSeed(path: string, given: string | ChunkIndex | undefi
   try {
     const st = await fh.stat();
     if (!st.isFile() && !st.isBlockDevice()) throw new IndexFormatError('seed', 0, 'not a regular file or block device', path);
+    const head = Buffer.alloc(16);
+    await fh.read(head, 0, 16, 0);
+    if (startsLikeIndex(head)) opts.onWarning?.(indexAsSeedWarning(path));
     let index: ChunkIndex | undefined = typeof given === 'string' ? await readIndexFile(given, { allowArchive: false }) : given;
     const size = st.isFile() ? st.size : undefined;
     if (index && size !== undefined && index.size !== size) {
@@ -56,6 +60,14 @@ export async function openSeed(path: string, given: string | ChunkIndex | undefi
     await fh.close();
     throw err;
   }
+}
+
+/** desync's --seed takes an index (the image beside it); deltad's takes the image. */
+function indexAsSeedWarning(path: string): string {
+  const image = path.replace(/\.cai[bd]x$/, '');
+  const hint = image !== path && existsSync(image) ? ` (here: ${image}:${path})` : '';
+  return `seed ${path} is a casync index, not an image: no chunk of the target can come from it; ` +
+    `give the image itself, with its index as IMAGE:INDEX${hint}`;
 }
 
 export async function closeSeeds(seeds: readonly Seed[]): Promise<void> {

@@ -118,8 +118,12 @@ test('--chunk-size parsing follows casync', () => {
   assert.deepEqual(parseChunkSize('16K:64K:256K'), { min: 16384, avg: 65536, max: 262144 });
   assert.deepEqual(parseChunkSize('32768'), { min: 8192, avg: 32768, max: 131072 });
   assert.deepEqual(parseChunkSize('64M'), { min: 16 << 20, avg: 64 << 20, max: 128 << 20 });
-  for (const bad of ['', '1:2', '64Q', '-5', '300:200:400', '16:32:40']) assert.throws(() => parseChunkSize(bad), UsageError, bad);
-  assert.throws(() => parseChunkSize('32:64:256', 'desync'), UsageError);
+  for (const bad of ['', '1K:2K', '64Q', '-5', '300B:200B:400B', '16B:32B:40B']) assert.throws(() => parseChunkSize(bad), UsageError, bad);
+  assert.throws(() => parseChunkSize('32B:64B:256B', 'desync'), UsageError);
+  // Unitless sizes below 1 KiB: desync's KiB habit is refused with both spellings suggested.
+  assert.throws(() => parseChunkSize('16:64:256'), /write 16K:64K:256K for KiB, or 16B:64B:256B for bytes/);
+  assert.throws(() => parseChunkSize('512'), /write 512K/);
+  assert.deepEqual(parseChunkSize('64B:256B:1024'), { min: 64, avg: 256, max: 1024 });
 });
 
 for (const v of vectors) {

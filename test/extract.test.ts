@@ -566,7 +566,7 @@ test('assembler into an ordered stream: a seed read error ends the stream instea
   const cancel = new AbortController();
   const sink = new OrderedStream({ target: fx.index, start: 0, end: fx.index.size, windowBytes: 128 * 1024, onCancel: (r) => cancel.abort(r) });
   sink.on('error', () => {});
-  const progress = { total: fx.index.size, done: 0, fromSeeds: 0, fromSelf: 0, fromZero: 0, fromCache: 0, fromNetwork: 0, networkBytes: 0, networkRequests: 0 };
+  const progress = { total: fx.index.size, done: 0, fromSeeds: 0, fromSelf: 0, fromZero: 0, fromCache: 0, fromNetwork: 0, fromLocalStore: 0, networkBytes: 0, networkRequests: 0 };
   const assembler = new Assembler({ plan, sink, remote, concurrency: 2, progress, signal: cancel.signal });
   const limit = deadline(5000, 'the assembly');
   try {

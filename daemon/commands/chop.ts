@@ -1,11 +1,11 @@
 // `deltad chop --store DIR INDEX FILE`: fill a casync chunk store from a file
 // and its index, so casync, desync and deltad clients can fetch its chunks.
-import { loadIndex } from '../../lib/extract.js';
 import { chopFile } from '../../lib/chop.js';
 import { defaultThreads } from '../../lib/chunk-encoder.js';
 import { openWritableStore } from '../../lib/store/open-store.js';
 import { UsageError } from '../../lib/errors.js';
 import type { Command } from '../command.js';
+import { readIndexArg } from '../delta-args.js';
 import { flag, parseCount, positionals, str } from '../cli-args.js';
 import { createProgress, formatBytes } from '../progress.js';
 
@@ -38,7 +38,7 @@ Example:
     const [indexSpec, file] = positionals(ctx, ['INDEX', 'FILE']);
     const storeDir = str(ctx, 'store');
     if (!storeDir) throw new UsageError('--store DIR is required');
-    const index = await loadIndex(indexSpec);
+    const index = await readIndexArg(indexSpec);
     const store = openWritableStore(storeDir, {
       digest: index.digest,
       maxChunkSize: index.params.max,

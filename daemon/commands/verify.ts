@@ -1,11 +1,11 @@
 // `deltad verify INDEX [FILE] [--store S]`: check a file and/or a chunk store
 // against an index. Exit 0 when everything matches, 1 otherwise.
-import { loadIndex } from '../../lib/extract.js';
 import { verifyFile, verifyStore } from '../../lib/verify.js';
 import { openStore } from '../../lib/store/open-store.js';
 import { defaultThreads } from '../../lib/chunk-encoder.js';
 import { UsageError } from '../../lib/errors.js';
 import type { Command } from '../command.js';
+import { readIndexArg } from '../delta-args.js';
 import { flag, parseCount, str } from '../cli-args.js';
 import { createProgress } from '../progress.js';
 
@@ -42,7 +42,7 @@ Examples:
     const storeSpec = str(ctx, 'store');
     if (!indexSpec || extra.length > 0) throw new UsageError('expected INDEX [FILE]');
     if (!file && !storeSpec) throw new UsageError('nothing to verify: give FILE and/or --store');
-    const index = await loadIndex(indexSpec);
+    const index = await readIndexArg(indexSpec);
     const json = flag(ctx, 'json');
     const lines: string[] = [];
     const out: Record<string, unknown> = {};
