@@ -13,7 +13,7 @@ export const command: Command = {
   name: 'chop',
   usage: `Usage: deltad chop --store DIR [options] INDEX FILE
 
-Reads FILE as INDEX (.caibx path or URL) describes it, checks every chunk
+Reads FILE as INDEX (.caibx path, URL or - for stdin) describes it, checks every chunk
 against its ID, and writes the chunks the store lacks as
 DIR/<4 hex>/<id>.cacnk (zstd, as casync make does). Fails, naming the chunk,
 if FILE does not match INDEX.
@@ -26,7 +26,7 @@ Options:
   --json            print the result as JSON
 
 Example:
-  deltad chop --store /srv/os/default.castr os_2.caibx os_2.raw`,
+  deltad chop --store /srv/os/default.castr os_2.raw.caibx os_2.raw`,
   options: {
     store: { type: 'string' },
     uncompressed: { type: 'boolean' },

@@ -35,9 +35,10 @@ export const command: Command = {
   usage: `Usage: deltad plan [--seed FILE[:INDEX]]... [--range-url URL] [--store URL|DIR]...
                    [--mode auto|range|store] [--json] INDEX
 
-Plans the target INDEX (a path, an http(s) URL, or '-' for stdin) against the seeds without
-downloading any chunk, and prints the bytes that come from seeds, zero
-chunks and repeats, and the bytes and requests each fetch mode would need.
+Plans the target INDEX (a path, an http(s) URL, or '-' for stdin) against
+the seeds without downloading any chunk, and prints the bytes that come from
+seeds, zero chunks and repeats, and the bytes and requests each fetch mode
+would need.
 
 Options:
 ${sourceOptionUsage}

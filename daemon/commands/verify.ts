@@ -16,7 +16,7 @@ export const command: Command = {
   name: 'verify',
   usage: `Usage: deltad verify [options] INDEX [FILE]
 
-With FILE: hashes every chunk of FILE as INDEX (.caibx path or URL) lays it
+With FILE: hashes every chunk of FILE as INDEX (.caibx path, URL or - for stdin) lays it
 out and reports chunks that differ and a size mismatch.
 With --store: fetches every distinct chunk of INDEX from the store (directory
 or http(s) URL), decodes and verifies it, and reports missing and corrupt ones.
@@ -29,8 +29,8 @@ Options:
   --json              print the results as JSON
 
 Examples:
-  deltad verify os_2.caibx os_2.raw
-  deltad verify --store https://example.org/os/default.castr os_2.caibx`,
+  deltad verify os_2.raw.caibx os_2.raw
+  deltad verify --store https://example.org/os/default.castr os_2.raw.caibx`,
   options: {
     store: { type: 'string' },
     concurrency: { type: 'string' },

@@ -153,7 +153,9 @@ async function storeWriteError(err: unknown, path: string, store: string): Promi
     cause = (await access(dir, constants.W_OK).then(() => null, (e: unknown) => e)) ?? err;
   }
   const failure = fileError(cause, store, true, 'cannot write chunks');
-  return failure === cause ? new DeltadError('ESTORE', `cannot write chunk ${path}: ${(err as Error).message}`, { cause: err }) : failure;
+  if (failure === cause) return new DeltadError('ESTORE', `cannot write chunk ${path}: ${(err as Error).message}`, { cause: err });
+  (failure as Error).message += ` (chunk file ${path})`;
+  return failure;
 }
 
 function isMissing(err: unknown): boolean {
