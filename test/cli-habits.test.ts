@@ -34,6 +34,7 @@ function deltad(args: string[], opts: { stdin?: Buffer; env?: Record<string, str
     let stderr = '';
     child.stdout.on('data', (d: Buffer) => out.push(d));
     child.stderr.on('data', (d) => (stderr += d));
+    child.stdin.on('error', () => {}); // a child that refuses its arguments exits without reading stdin
     child.stdin.end(opts.stdin ?? Buffer.alloc(0));
     const timer = setTimeout(() => child.kill('SIGKILL'), 30_000);
     child.on('error', reject);
@@ -105,6 +106,10 @@ test("'-' is stdin and stdout: make to stdout, info and extract from stdin, extr
   assert.match(image.stderr, /^stdout: .* assembled/m);
   assert.equal(existsSync(join(fx.dir, '-')), false);
 
+  const fromStdin0 = await deltad(['make', join(fx.dir, 'stdin.caibx'), '-'], { stdin: fx.v2 });
+  assert.equal(fromStdin0.code, 2, 'FILE is read at random offsets: stdin is refused, not opened as a file named -');
+  assert.match(fromStdin0.stderr, /FILE must be a file: '-' \(stdin\) cannot be read at random offsets/);
+
   const out = join(fx.dir, 'from-stdin.img');
   const fromStdin = await deltad(['extract', '--seed', fx.v1Path, '--store', fx.storeDir, '-', out], { stdin: made.stdout });
   assert.equal(fromStdin.code, 0, fromStdin.stderr);
@@ -113,12 +118,15 @@ test("'-' is stdin and stdout: make to stdout, info and extract from stdin, extr
 
 test('--timeout: a server that accepts but never answers is named, in words, after one retry', async (t) => {
   if (!casync) return t.skip('casync not installed');
-  origin.fault({ kind: 'delay', path: '/v2.caibx', delayMs: 4000, times: 2 });
+  origin.fault({ kind: 'delay', path: '/v2.caibx', delayMs: 4000, times: 3 });
+  const before = origin.log.length;
   const r = await deltad(['info', '--timeout', '0.4', `${origin.url}/v2.caibx`]);
   origin.clearFaults();
   assert.equal(r.code, 1, r.stderr);
   assert.match(r.stderr, new RegExp(`${origin.url}/v2.caibx: the server accepted the connection but sent no response within 0.4 s`));
-  assert.ok(r.ms < 3500, `gave up after ${r.ms} ms (two 0.4 s attempts)`);
+  const attempts = origin.log.slice(before).filter((e) => e.path === '/v2.caibx').length;
+  assert.equal(attempts, 2, 'one retry after a timeout, not four attempts');
+  assert.ok(r.ms < 20_000, `gave up after ${r.ms} ms, well before one default 30 s timeout`);
   const bad = await deltad(['extract', '--timeout', 'soon', fx.indexPath, join(fx.dir, 'x.img')]);
   assert.equal(bad.code, 2);
   assert.match(bad.stderr, /--timeout: "soon"/);

@@ -6,7 +6,7 @@ import { openWritableStore } from '../../lib/store/open-store.js';
 import { UsageError } from '../../lib/errors.js';
 import type { Command } from '../command.js';
 import { readIndexArg } from '../delta-args.js';
-import { flag, parseCount, positionals, str } from '../cli-args.js';
+import { flag, parseCount, positionals, str, seekableFile } from '../cli-args.js';
 import { createProgress, formatBytes } from '../progress.js';
 
 export const command: Command = {
@@ -35,7 +35,8 @@ Example:
     json: { type: 'boolean' },
   },
   async run(ctx) {
-    const [indexSpec, file] = positionals(ctx, ['INDEX', 'FILE']);
+    const [indexSpec, fileArg] = positionals(ctx, ['INDEX', 'FILE']);
+    const file = seekableFile('FILE', fileArg);
     const storeDir = str(ctx, 'store');
     if (!storeDir) throw new UsageError('--store DIR is required');
     const index = await readIndexArg(indexSpec);

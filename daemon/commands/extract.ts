@@ -69,16 +69,14 @@ Example:
           bar.update(p.done, detail(p));
         },
       };
-      // A URL index given to extractToFile is downloaded there, so its bytes are counted.
-      const target = indexSpec === '-' || toStdout ? await readIndexArg(indexSpec, { timeoutMs: sources.timeoutMs }) : indexSpec;
       let result: ExtractResult;
       if (toStdout) {
-        if (typeof target === 'string') throw new Error('unreachable: the index is loaded for stdout');
-        const stream = openExtractStream(target, opts);
+        const stream = openExtractStream(await readIndexArg(indexSpec, { timeoutMs: sources.timeoutMs }), opts);
         await pipeline(stream, ctx.stdout, { end: false });
         result = await stream.result;
       } else {
-        result = await extractToFile(target, out, opts);
+        // An index URL is downloaded by extractToFile, which counts its bytes.
+        result = await extractToFile(indexSpec === '-' ? await readIndexArg('-') : indexSpec, out, opts);
       }
       bar.finish();
       const name = toStdout ? 'stdout' : out;

@@ -10,7 +10,7 @@ import { defaultThreads } from '../../lib/chunk-encoder.js';
 import { openWritableStore } from '../../lib/store/open-store.js';
 import { fileError } from '../../lib/errors.js';
 import type { Command } from '../command.js';
-import { flag, parseCount, parseDigest, positionals, str, writeAll } from '../cli-args.js';
+import { flag, parseCount, parseDigest, positionals, str, writeAll, seekableFile } from '../cli-args.js';
 import { createProgress, formatBytes } from '../progress.js';
 
 /** Writes through a temp file beside the target so a failed run never leaves half an index. */
@@ -60,7 +60,8 @@ Examples:
     json: { type: 'boolean' },
   },
   async run(ctx) {
-    const [indexPath, file] = positionals(ctx, ['INDEX', 'FILE']);
+    const [indexPath, fileArg] = positionals(ctx, ['INDEX', 'FILE']);
+    const file = seekableFile('FILE', fileArg);
     const variant = flag(ctx, 'desync') ? 'desync' : 'casync';
     const sizeText = str(ctx, 'chunk-size');
     const params = sizeText ? parseChunkSize(sizeText, variant) : DEFAULT_CHUNK_PARAMS;

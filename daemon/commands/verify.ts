@@ -6,7 +6,7 @@ import { defaultThreads } from '../../lib/chunk-encoder.js';
 import { UsageError } from '../../lib/errors.js';
 import type { Command } from '../command.js';
 import { readIndexArg } from '../delta-args.js';
-import { flag, parseCount, str } from '../cli-args.js';
+import { flag, parseCount, str, seekableFile } from '../cli-args.js';
 import { createProgress } from '../progress.js';
 
 /** Problems listed in text output before "... and N more". */
@@ -42,6 +42,7 @@ Examples:
     const storeSpec = str(ctx, 'store');
     if (!indexSpec || extra.length > 0) throw new UsageError('expected INDEX [FILE]');
     if (!file && !storeSpec) throw new UsageError('nothing to verify: give FILE and/or --store');
+    if (file) seekableFile('FILE', file);
     const index = await readIndexArg(indexSpec);
     const json = flag(ctx, 'json');
     const lines: string[] = [];
