@@ -164,6 +164,11 @@ test('file-system errors name the path given and say what is wrong', async (t) =
   assert.equal(r.code, 1);
   assert.match(r.stderr, new RegExp(`${out}: cannot write: directory ${join(fx.dir, 'no-such-dir')} does not exist`));
   assert.doesNotMatch(r.stderr, /deltad-partial|ENOENT/);
+  const index = join(fx.dir, 'no-such-dir', 'v1.img.caibx');
+  const made = await deltad(['make', index, fx.v1Path]);
+  assert.equal(made.code, 1);
+  assert.match(made.stderr, new RegExp(`${index}: cannot write: directory ${join(fx.dir, 'no-such-dir')} does not exist`));
+  assert.doesNotMatch(made.stderr, /\.tmp|ENOENT/, 'not the temp file beside the index');
 });
 
 test('a read-only file system: extract says so, make writes no index when its store failed', async (t) => {
