@@ -13,7 +13,8 @@ WORKDIR /src
 # Build the addon against the headers shipped in this image (no header download).
 ENV npm_config_nodedir=/usr/local
 COPY package.json package-lock.json ./
-RUN npm ci --no-audit --no-fund
+# --ignore-scripts: the package's own `prepare` (the build) needs the sources copied below.
+RUN npm ci --no-audit --no-fund --ignore-scripts && npm rebuild zstd-napi
 COPY tsconfig.json ./
 COPY scripts ./scripts
 COPY lib ./lib

@@ -53,7 +53,8 @@ export async function main(argv: string[]): Promise<number> {
     return await cmd.run({
       values: parsed.values as Record<string, string | boolean | string[] | undefined>,
       positionals: parsed.positionals,
-      interactive: Boolean(process.stderr.isTTY) && !process.env.CI,
+      // DELTAD_PROGRESS=1 draws progress bars even when stderr is not a terminal (0: never).
+      interactive: process.env.DELTAD_PROGRESS ? process.env.DELTAD_PROGRESS === '1' : Boolean(process.stderr.isTTY) && !process.env.CI,
       stdout: process.stdout,
       stderr: process.stderr,
     });

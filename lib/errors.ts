@@ -2,6 +2,7 @@
 // (file, field, byte offset, chunk ID, URL), so the CLI and the daemon can print
 // one clear line and pick an exit code. Codes carry the ERR_DELTAD_ prefix so
 // they never collide with errno codes (ENOSPC, EIO) that Node puts on `code`.
+import { dirname } from 'node:path';
 
 /** Stable machine-readable codes of deltad's own errors. */
 export type DeltadErrorCode =
@@ -20,7 +21,8 @@ export type DeltadErrorCode =
   | 'ERR_DELTAD_SIZE_MISMATCH'
   | 'ERR_DELTAD_INPUT'
   | 'ERR_DELTAD_READ'
-  | 'ERR_DELTAD_WORKER';
+  | 'ERR_DELTAD_WORKER'
+  | 'ERR_DELTAD_FILE';
 
 export class DeltadError extends Error {
   readonly code: DeltadErrorCode;
@@ -115,4 +117,49 @@ export class ChunkEncodingError extends DeltadError {
   constructor(message: string) {
     super('ERR_DELTAD_ENCODING', message);
   }
+}
+
+/** What a file-system error code means, in words. */
+const FS_WORDS: Record<string, string> = {
+  EROFS: 'read-only file system',
+  EACCES: 'permission denied',
+  EPERM: 'operation not permitted',
+  ENOSPC: 'no space left on device',
+  EDQUOT: 'disk quota exceeded',
+  EISDIR: 'is a directory',
+  ENOTDIR: 'a component of the path is not a directory',
+  EEXIST: 'already exists',
+  ENAMETOOLONG: 'file name too long',
+  EMFILE: 'too many open files',
+  EIO: 'input/output error',
+  ELOOP: 'too many symbolic links',
+};
+
+/** A file-system failure about a path the user gave (not the temp file deltad was using for it). */
+export class FileError extends DeltadError {
+  readonly path: string;
+  /** The errno code (ENOENT, EROFS, ...). */
+  readonly errno?: string;
+  constructor(path: string, detail: string, errno?: string, cause?: unknown) {
+    super(errno === 'ENOSPC' || errno === 'EDQUOT' ? 'ERR_DELTAD_NO_SPACE' : 'ERR_DELTAD_FILE', `${path}: ${detail}`, { cause });
+    this.path = path;
+    this.errno = errno;
+  }
+}
+
+/**
+ * Rewrites a Node fs error (which names whatever file failed, often a hidden
+ * temp file) as a FileError about `path`, saying in words what is wrong; `doing`
+ * leads the words ("cannot write"). When writing, a missing file means its
+ * directory is missing. Errors without an errno code pass through.
+ */
+export function fileError(err: unknown, path: string, writing: boolean, doing = writing ? 'cannot write' : 'cannot read'): unknown {
+  if (err instanceof DeltadError) return err;
+  const code = (err as NodeJS.ErrnoException)?.code;
+  if (typeof code !== 'string' || !/^E[A-Z]+$/.test(code)) return err;
+  if (code === 'ENOENT') {
+    const detail = writing ? `${doing}: directory ${dirname(path)} does not exist` : 'no such file or directory';
+    return new FileError(path, detail, code, err);
+  }
+  return new FileError(path, `${doing}: ${FS_WORDS[code] ?? (err as Error).message}`, code, err);
 }

@@ -18,7 +18,7 @@ import { findSha256 } from '../lib/format/sha256sums.js';
 import { newCounters, renderMetrics } from '../daemon/metrics.js';
 import { IdleTimer } from '../daemon/idle.js';
 import { createLogger } from '../daemon/log.js';
-import { REPO_ROOT } from './helpers/shared.js';
+import { REPO_ROOT } from './helpers/repo.js';
 import { startNotifyListener } from './helpers/notify-listener.js';
 import { parseArgs } from 'node:util';
 import { command as redirect } from '../daemon/commands/redirect.js';

@@ -21,6 +21,7 @@ import { HttpClient } from '../lib/fetch/http-client.js';
 import { serializeIndex } from '../lib/format/caibx.js';
 import { indexBuffer } from '../lib/chunking/indexer.js';
 import { LocalStore } from '../lib/store/local-store.js';
+import { FileError } from '../lib/errors.js';
 import { startOrigin, type Origin } from './helpers/origin.js';
 import { makeDeltaFixture, requireCasync, TEST_PARAMS, type DeltaFixture } from './helpers/delta-images.js';
 
@@ -343,7 +344,14 @@ test('out path problems are clear errors', async (t) => {
   const { http, opts } = setup();
   try {
     await assert.rejects(extractToFile(fx.index, work, { ...opts, mode: 'range' }), /not a regular file/);
-    await assert.rejects(extractToFile(fx.index, join(work, 'no-such-dir', 'x.img'), { ...opts, mode: 'range' }), /ENOENT/);
+    const out = join(work, 'no-such-dir', 'x.img');
+    await assert.rejects(extractToFile(fx.index, out, { ...opts, mode: 'range' }), (err: unknown) => {
+      assert.ok(err instanceof FileError, String(err));
+      assert.equal(err.path, out, 'names the output, not the partial file');
+      assert.equal(err.errno, 'ENOENT');
+      assert.match(err.message, /cannot write: directory .*no-such-dir does not exist/);
+      return true;
+    });
     assert.ok((await stat(work)).isDirectory());
   } finally {
     await http.close();
@@ -566,7 +574,7 @@ test('assembler into an ordered stream: a seed read error ends the stream instea
   const cancel = new AbortController();
   const sink = new OrderedStream({ target: fx.index, start: 0, end: fx.index.size, windowBytes: 128 * 1024, onCancel: (r) => cancel.abort(r) });
   sink.on('error', () => {});
-  const progress = { total: fx.index.size, done: 0, fromSeeds: 0, fromSelf: 0, fromZero: 0, fromCache: 0, fromNetwork: 0, networkBytes: 0, networkRequests: 0 };
+  const progress = { total: fx.index.size, done: 0, fromSeeds: 0, fromSelf: 0, fromZero: 0, fromCache: 0, fromNetwork: 0, fromLocalStore: 0, networkBytes: 0, networkRequests: 0 };
   const assembler = new Assembler({ plan, sink, remote, concurrency: 2, progress, signal: cancel.signal });
   const limit = deadline(5000, 'the assembly');
   try {

@@ -115,7 +115,7 @@ export async function extractViaBlocks(choice: BlockPathChoice, out: string, opt
   const { plan, probe } = choice;
   const total = plan.index.imageSize;
   const progress = (done: number, stats: { fromSeeds?: number; fromPack?: number; networkBytes?: number; networkRequests?: number } = {}): ExtractProgress => ({
-    total, done, fromSeeds: stats.fromSeeds ?? 0, fromSelf: 0, fromZero: plan.totals.zeroBytes, fromCache: 0, fromNetwork: stats.fromPack ?? 0,
+    total, done, fromSeeds: stats.fromSeeds ?? 0, fromSelf: 0, fromZero: plan.totals.zeroBytes, fromCache: 0, fromNetwork: stats.fromPack ?? 0, fromLocalStore: 0,
     networkBytes: probe.indexBytes + (stats.networkBytes ?? 0), networkRequests: 1 + (stats.networkRequests ?? 0),
   });
   try {

@@ -35,11 +35,13 @@ export class HttpClient {
   readonly dispatcher: Agent;
   readonly attempts: number;
   readonly retryBaseMs: number;
+  readonly timeoutMs: number;
   readonly stats: HttpStats = { requests: 0, bytes: 0 };
   private readonly userAgent: string;
 
   constructor(opts: HttpClientOptions = {}) {
     const timeout = opts.timeoutMs ?? 30_000;
+    this.timeoutMs = timeout;
     this.dispatcher = new Agent({
       connections: opts.connections ?? 8,
       headersTimeout: timeout,
@@ -64,7 +66,7 @@ export class HttpClient {
       });
       return res;
     } catch (err) {
-      throw toOriginError(err, url);
+      throw toOriginError(err, url, this.timeoutMs);
     }
   }
 
@@ -75,6 +77,8 @@ export class HttpClient {
         return await fn(attempt);
       } catch (err) {
         if (signal?.aborted || attempt >= this.attempts || !isTransient(err)) throw err;
+        // A server that let one whole timeout pass is not answering: one retry, not minutes of silence.
+        if (attempt >= 2 && isTimeout(err)) throw err;
         await sleep(this.retryBaseMs * attempt, undefined, { signal });
       }
     }
@@ -125,7 +129,7 @@ export class HttpClient {
         parts.push(b);
       }
     } catch (err) {
-      throw toOriginError(err, url);
+      throw toOriginError(err, url, this.timeoutMs);
     }
     return Buffer.concat(parts, n);
   }
@@ -146,10 +150,28 @@ export function isTransient(err: unknown): boolean {
   return typeof code === 'string' && TRANSIENT_CODES.has(code);
 }
 
-export function toOriginError(err: unknown, url: string): Error {
+const TIMEOUT_CODES = new Set(['UND_ERR_HEADERS_TIMEOUT', 'UND_ERR_BODY_TIMEOUT', 'UND_ERR_CONNECT_TIMEOUT']);
+
+function isTimeout(err: unknown): boolean {
+  const code = ((err as { cause?: { code?: string } })?.cause ?? (err as { code?: string }))?.code;
+  return typeof code === 'string' && TIMEOUT_CODES.has(code);
+}
+
+/** What a timeout means, in words (undici's codes name none of it). */
+function timeoutWords(code: string, timeoutMs: number): string {
+  const s = `${timeoutMs / 1000} s`;
+  if (code === 'UND_ERR_HEADERS_TIMEOUT') return `the server accepted the connection but sent no response within ${s} (timeout)`;
+  if (code === 'UND_ERR_BODY_TIMEOUT') return `the server stopped sending the response for ${s} (timeout)`;
+  return `could not connect within ${s} (timeout)`;
+}
+
+export function toOriginError(err: unknown, url: string, timeoutMs?: number): Error {
   if (err instanceof OriginError) return err;
   const e = err as { code?: string; name?: string; message?: string };
   if (e?.name === 'AbortError') return err as Error;
   const transient = isTransient(err);
+  if (timeoutMs !== undefined && e?.code && TIMEOUT_CODES.has(e.code)) {
+    return new OriginError(`${url}: ${timeoutWords(e.code, timeoutMs)}`, { transient, cause: err });
+  }
   return new OriginError(`${url}: ${e?.code ? e.code + ' ' : ''}${e?.message ?? String(err)}`, { transient, cause: err });
 }

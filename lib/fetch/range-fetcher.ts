@@ -125,6 +125,8 @@ export interface RangeSupport {
 export interface FetchStats {
   requests: number;
   bytes: number;
+  /** Chunk bytes read from local store directories (no network; a store source only). */
+  localBytes?: number;
 }
 
 /** Requests byte ranges of one URL and hands the bytes over by absolute offset. */
