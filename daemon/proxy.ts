@@ -33,8 +33,9 @@ import { newCounters, renderMetrics } from './metrics.js';
 import { proxy as streamThrough } from './passthrough.js';
 import { resolveOriginTarget, UnsafePathError } from './origin-path.js';
 import { silentLogger, type Logger } from './log.js';
+import { VERSION } from '../lib/version.js';
 
-export const PROXY_VERSION = '0.1.0';
+export const PROXY_VERSION = VERSION;
 /** Where the chunk store is served; desync/casync are pointed at `http://host:port/.deltad/store`. */
 export const STORE_PREFIX = '/.deltad/store';
 export const BATCH_PATH = '/.deltad/batch';

@@ -1,6 +1,8 @@
-// Runs every compiled test file (dist/test/**/*.test.js) with node's test runner.
+// Runs every compiled test file (dist/test/**/*.test.js) with node's test runner,
+// on the Node runtime package.json pins (node_modules/.bin/node) when installed,
+// whichever node started this script.
 // Optional filter: DELTAD_TEST=substring (or arguments) selects test files by name.
-import { readdirSync, statSync } from 'node:fs';
+import { existsSync, readdirSync, statSync } from 'node:fs';
 import { join } from 'node:path';
 import { spawnSync } from 'node:child_process';
 
@@ -20,5 +22,6 @@ if (files.length === 0) {
   console.error('run-tests: no test files matched');
   process.exit(1);
 }
-const r = spawnSync(process.execPath, ['--test', '--test-reporter=spec', ...files], { stdio: 'inherit' });
+const pinned = join('node_modules', '.bin', 'node');
+const r = spawnSync(existsSync(pinned) ? pinned : process.execPath, ['--test', '--test-reporter=spec', ...files], { stdio: 'inherit' });
 process.exit(r.status ?? 1);
