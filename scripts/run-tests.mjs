@@ -3,7 +3,7 @@
 // whichever node started this script.
 // Optional filter: DELTAD_TEST=substring (or arguments) selects test files by name.
 import { existsSync, readdirSync, statSync } from 'node:fs';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
 import { spawnSync } from 'node:child_process';
 
 function walk(dir) {
@@ -22,6 +22,10 @@ if (files.length === 0) {
   console.error('run-tests: no test files matched');
   process.exit(1);
 }
-const pinned = join('node_modules', '.bin', 'node');
-const r = spawnSync(existsSync(pinned) ? pinned : process.execPath, ['--test', '--test-reporter=spec', ...files], { stdio: 'inherit' });
+const bin = resolve('node_modules', '.bin');
+const pinned = existsSync(join(bin, 'node'));
+// Child processes that run `node` get the same runtime (npm scripts do this too).
+const env = pinned ? { ...process.env, PATH: `${bin}:${process.env.PATH ?? ''}` } : process.env;
+const args = ['--test', '--test-reporter=spec', ...files];
+const r = spawnSync(pinned ? join(bin, 'node') : process.execPath, args, { stdio: 'inherit', env });
 process.exit(r.status ?? 1);
