@@ -4,9 +4,8 @@
 import { parseArgs } from 'node:util';
 import { commands } from './commands/index.js';
 import { DeltadError, UsageError } from '../lib/errors.js';
+import { VERSION } from '../lib/util/version.js';
 import type { Command } from './command.js';
-
-const VERSION = '0.1.0';
 
 function mainHelp(): string {
   const w = Math.max(...commands.map((c) => c.name.length));

@@ -34,8 +34,9 @@ import { proxy as streamThrough } from './passthrough.js';
 import { resolveOriginTarget, UnsafePathError } from './origin-path.js';
 import { silentLogger, type Logger } from './log.js';
 import { MetadataTooLargeError } from '../lib/errors.js';
+import { VERSION } from '../lib/util/version.js';
 
-export const PROXY_VERSION = '0.1.0';
+export const PROXY_VERSION = VERSION;
 /** Where the chunk store is served; desync/casync are pointed at `http://host:port/.deltad/store`. */
 export const STORE_PREFIX = '/.deltad/store';
 export const BATCH_PATH = '/.deltad/batch';

@@ -19,6 +19,7 @@ import { createNotifier, type Notifier } from './notify.js';
 import { resolveOriginTarget, UnsafePathError, type OriginTarget } from './origin-path.js';
 import { passThrough, type PassThroughContext } from './passthrough.js';
 import { SeedCatalog } from './seeds.js';
+import { VERSION } from '../lib/util/version.js';
 
 export const PLAN_PREFIX = '/.deltad/plan/';
 
@@ -55,7 +56,7 @@ export interface ServerOptions {
 export async function createDaemonContext(config: DaemonConfig, opts: ServerOptions = {}): Promise<DaemonContext> {
   const origin = requireOrigin(config);
   const log = opts.log ?? silentLogger;
-  const http = opts.http ?? new HttpClient({ connections: Math.max(8, config.concurrency), userAgent: 'deltad/0.1 (sysupdate sidecar)' });
+  const http = opts.http ?? new HttpClient({ connections: Math.max(8, config.concurrency), userAgent: `deltad/${VERSION} (sysupdate sidecar)` });
   const counters = newCounters();
   const notifier = opts.notifier ?? createNotifier({ log });
   const seeds = new SeedCatalog(config.seedGlobs, config.cacheDir, log);

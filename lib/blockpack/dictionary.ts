@@ -1,4 +1,4 @@
-// Dictionary training for the block pack. zstd-napi has no trainer, so this is
+// Dictionary training for the block pack. node:zlib has no zstd trainer, so this is
 // a small COVER-style one: count how often each 8-byte string (d-mer) occurs
 // across sample blocks, then, epoch by epoch over the samples, keep the
 // segment whose not-yet-covered d-mers are most frequent. zstd accepts the

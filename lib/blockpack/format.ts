@@ -4,8 +4,7 @@
 // and the pack header (.bpk). Everything read is bounds-checked: a malformed
 // or lying file fails with the field and byte offset, never with a crash.
 import { createHash } from 'node:crypto';
-import { compress } from 'zstd-napi';
-import zstd from 'zstd-napi/binding.js';
+import { constants, zstdCompressSync, zstdDecompressSync } from 'node:zlib';
 import { IndexFormatError } from '../errors.js';
 
 export const INDEX_MAGIC = Buffer.from('DBLKIDX\0', 'latin1');
@@ -165,7 +164,7 @@ export function serializeBlockIndex(c: IndexContent): Buffer {
   }
   w.bytes(c.hashes);
   const raw = w.result();
-  const body = compress(raw, { compressionLevel: 19 });
+  const body = zstdCompressSync(raw, { params: { [constants.ZSTD_c_compressionLevel]: 19 }, pledgedSrcSize: raw.length });
   const h = Buffer.alloc(INDEX_HEADER_SIZE);
   INDEX_MAGIC.copy(h, 0);
   h.writeUInt32LE(FORMAT_VERSION, 8);
@@ -220,14 +219,14 @@ export function parseBlockIndex(buf: Buffer, source?: string): BlockIndex {
   if (INDEX_HEADER_SIZE + bodyLength !== buf.length) fail('body_length', 72, `header says ${bodyLength} body bytes, file has ${buf.length - INDEX_HEADER_SIZE}`);
   const body = buf.subarray(INDEX_HEADER_SIZE);
   if (!sha256(body).equals(buf.subarray(184, 216))) fail('body_sha256', 184, 'the index body does not match its SHA-256 (corrupt or truncated)');
-  const raw = Buffer.alloc(rawLength);
-  let got = 0;
+  let raw = Buffer.alloc(0);
   try {
-    got = new zstd.DCtx().decompress(raw, body);
+    const limit = Math.max(1, rawLength);
+    raw = zstdDecompressSync(body, { maxOutputLength: limit, chunkSize: Math.max(64, limit), rejectGarbageAfterEnd: true });
   } catch (err) {
     fail('body', INDEX_HEADER_SIZE, `zstd: ${(err as Error).message} (or larger than the ${rawLength} bytes the header says)`);
   }
-  if (got !== rawLength) fail('body_raw_length', 80, `body decompresses to ${got} bytes, header says ${rawLength}`);
+  if (raw.length !== rawLength) fail('body_raw_length', 80, `body decompresses to ${raw.length} bytes, header says ${rawLength}`);
 
   const r = new ByteReader(raw, fail);
   const distinctOf = new Int32Array(blockCount);

@@ -4,6 +4,7 @@
 import { Agent, request, type Dispatcher } from 'undici';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { OriginError } from '../errors.js';
+import { VERSION } from '../util/version.js';
 
 export interface HttpClientOptions {
   /** Max connections per origin (default 8). */
@@ -50,7 +51,7 @@ export class HttpClient {
     });
     this.attempts = Math.max(1, opts.attempts ?? 4);
     this.retryBaseMs = opts.retryBaseMs ?? 250;
-    this.userAgent = opts.userAgent ?? 'deltad/0.1';
+    this.userAgent = opts.userAgent ?? `deltad/${VERSION}`;
   }
 
   /** One attempt. The caller must consume or dump the body. */

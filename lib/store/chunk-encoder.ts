@@ -1,5 +1,5 @@
 // Hashing and compressing batches of chunks, the CPU-heavy half of `chop`:
-// inline on the calling thread, or spread over worker threads (zstd-napi is
+// inline on the calling thread, or spread over worker threads (zstd compression is
 // synchronous, so threads are the only way to use more than one core).
 import { Worker } from 'node:worker_threads';
 import { availableParallelism } from 'node:os';
