@@ -4,18 +4,26 @@
 #
 # Idempotent and cached: each version lives in $DELTAD_E2E_CACHE/systemd-<major>/
 # (default /var/cache/deltad-e2e); when its binaries are there, this costs nothing.
-# A fresh machine needs ~1 GB of build dependencies and ~15 minutes on 2 cores.
+# A fresh machine needs ~1 GB of build dependencies (apt-get build-dep systemd/bookworm,
+# which serves both versions) and a few minutes per version on 2 cores (nice'd).
 # Binaries run from the build tree; sysupdate finds systemd-pull via SYSTEMD_PULL_PATH.
+# Needs root (or sudo) for apt and, by default, for writing /var/cache.
 #
 # Usage: scripts/build-sysupdate.sh [252|257]...   (default: both)
-# Prints nothing on a cache hit unless -v; the build logs go to <cache>/systemd-<major>/build.log.
+# Prints nothing on a cache hit; build logs go to <cache>/systemd-<major>/build.log.
 set -euo pipefail
 
 CACHE=${DELTAD_E2E_CACHE:-/var/cache/deltad-e2e}
 SUDO=; [ "$(id -u)" -eq 0 ] || SUDO=sudo
 export DEBIAN_FRONTEND=noninteractive
 
-suite_of() { case $1 in 252) echo bookworm ;; 257) echo trixie ;; *) echo "unknown systemd major $1" >&2; exit 2 ;; esac; }
+suite_of() {
+  case $1 in
+    252) echo bookworm ;;
+    257) echo trixie ;;
+    *) echo "build-sysupdate: unknown systemd version $1 (252 or 257)" >&2; exit 2 ;;
+  esac
+}
 built() { [ -x "$CACHE/systemd-$1/build/systemd-sysupdate" ] && [ -x "$CACHE/systemd-$1/build/systemd-pull" ]; }
 log() { echo "build-sysupdate: $*" >&2; }
 
@@ -38,7 +46,7 @@ if [ ! -f "$src_list" ]; then
 fi
 apt-cache showsrc systemd/trixie >/dev/null 2>&1 || $SUDO apt-get update -qq
 
-# Bookworm's build dependencies serve both versions (plus what 257's meson wants from the host).
+# Bookworm's build dependencies serve both versions.
 mkdir -p "$CACHE"
 if [ ! -f "$CACHE/build-deps.done" ]; then
   log "installing systemd's build dependencies (~1 GB on a fresh machine)"

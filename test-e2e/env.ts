@@ -43,7 +43,11 @@ export async function freePort(): Promise<number> {
   return port;
 }
 
-export async function waitFor<T>(what: string, fn: () => Promise<T | undefined> | T | undefined, ms = 15_000): Promise<T> {
+export async function waitFor<T>(
+  what: string,
+  fn: () => Promise<T | undefined> | T | undefined,
+  ms = 15_000,
+): Promise<T> {
   const end = Date.now() + ms;
   for (;;) {
     const v = await fn();
@@ -55,7 +59,9 @@ export async function waitFor<T>(what: string, fn: () => Promise<T | undefined> 
 
 function must(cmd: string, args: string[], env?: NodeJS.ProcessEnv): string {
   const r = spawnSync(cmd, args, { encoding: 'utf8', env: env ?? process.env });
-  if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} failed (${r.status ?? r.signal}): ${r.stderr || r.error?.message}`);
+  if (r.status !== 0) {
+    throw new Error(`${cmd} ${args.join(' ')} failed (${r.status ?? r.signal}): ${r.stderr || r.error?.message}`);
+  }
   return r.stdout;
 }
 
@@ -73,7 +79,8 @@ export async function makeSigningKey(dir: string): Promise<SigningKey> {
   await mkdir(home, { recursive: true });
   await chmod(home, 0o700);
   const env = { ...process.env, GNUPGHOME: home };
-  must('gpg', ['--batch', '--passphrase', '', '--quick-gen-key', 'deltad e2e <e2e@127.0.0.1>', 'ed25519', 'sign', 'never'], env);
+  const uid = 'deltad e2e <e2e@127.0.0.1>';
+  must('gpg', ['--batch', '--passphrase', '', '--quick-gen-key', uid, 'ed25519', 'sign', 'never'], env);
   const etcSystemd = join(dir, 'etc-systemd');
   await mkdir(etcSystemd, { recursive: true });
   if (existsSync('/etc/systemd')) must('cp', ['-a', '/etc/systemd/.', etcSystemd]);
@@ -96,9 +103,16 @@ export interface SysupdateRun {
 }
 
 /** Runs systemd-sysupdate --root=ROOT in a private mount namespace that sees the test key. */
-export function sysupdate(sd: Systemd, key: SigningKey, root: string, args: string[], opts: SysupdateRun = {}): Promise<RunResult> {
-  const defs = opts.definitions === undefined ? [] : [`--definitions=${sd.major === 252 ? join(root, opts.definitions) : opts.definitions}`];
-  const env: NodeJS.ProcessEnv = { ...process.env, SYSTEMD_PULL_PATH: sd.pull, SYSTEMD_COLORS: '0', SYSTEMD_PAGER: 'cat', SYSTEMD_LOG_COLOR: '0' };
+export function sysupdate(
+  sd: Systemd,
+  key: SigningKey,
+  root: string,
+  args: string[],
+  opts: SysupdateRun = {},
+): Promise<RunResult> {
+  const d = opts.definitions;
+  const defs = d === undefined ? [] : [`--definitions=${sd.major === 252 ? join(root, d) : d}`];
+  const env: NodeJS.ProcessEnv = { ...process.env, SYSTEMD_PULL_PATH: sd.pull, SYSTEMD_COLORS: '0' };
   delete env.NOTIFY_SOCKET;
   const script = 'mount --bind "$0" /etc/systemd && exec "$@"';
   return run('unshare', ['--mount', '--propagation', 'private', 'sh', '-c', script, key.etcSystemd,
@@ -154,10 +168,19 @@ export interface DeltadProcess {
   stop(): Promise<void>;
 }
 
+/** The environment for a daemon the suite starts: nothing of the caller's deltad or systemd settings. */
+export function daemonEnv(): NodeJS.ProcessEnv {
+  const keep = ([k]: [string, unknown]) =>
+    !k.startsWith('DELTAD_') && !k.startsWith('LISTEN_') && k !== 'NOTIFY_SOCKET';
+  return Object.fromEntries(Object.entries(process.env).filter(keep));
+}
+
 /** `deltad serve` as a real process on 127.0.0.1 (port 0), configured only by flags. */
 export async function startDeltad(args: string[]): Promise<DeltadProcess> {
-  const env = Object.fromEntries(Object.entries(process.env).filter(([k]) => !k.startsWith('DELTAD_') && k !== 'NOTIFY_SOCKET' && !k.startsWith('LISTEN_')));
-  const child = spawn(process.execPath, [CLI, 'serve', '--config', '/dev/null', '--listen', '127.0.0.1:0', ...args], { env, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [CLI, 'serve', '--config', '/dev/null', '--listen', '127.0.0.1:0', ...args], {
+    env: daemonEnv(),
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
   let stdout = '';
   let stderr = '';
   child.stdout!.on('data', (d) => (stdout += d));
@@ -267,7 +290,11 @@ export async function makeErofs(tree: Map<string, Buffer>, workDir: string, out:
 }
 
 /** SHA256SUMS over the files in `dir` (all but the manifest, or those `listed`), then its detached signature. */
-export async function writeSignedSums(dir: string, key: SigningKey, listed: (name: string) => boolean = () => true): Promise<void> {
+export async function writeSignedSums(
+  dir: string,
+  key: SigningKey,
+  listed: (name: string) => boolean = () => true,
+): Promise<void> {
   const lines: string[] = [];
   for (const name of (await readdir(dir)).sort()) {
     if (name === 'SHA256SUMS' || name === 'SHA256SUMS.gpg' || !listed(name)) continue;
@@ -279,7 +306,10 @@ export async function writeSignedSums(dir: string, key: SigningKey, listed: (nam
 }
 
 /** Every regular file under `dir` (relative path → SHA-256), for before/after comparisons. */
-export async function snapshot(dir: string, skip: (rel: string) => boolean = () => false): Promise<Map<string, string>> {
+export async function snapshot(
+  dir: string,
+  skip: (rel: string) => boolean = () => false,
+): Promise<Map<string, string>> {
   const out = new Map<string, string>();
   const walk = async (rel: string): Promise<void> => {
     for (const e of await readdir(join(dir, rel), { withFileTypes: true })) {
