@@ -490,12 +490,15 @@ const IDLE_TEST = '60 requests around the idle timeout under socket activation: 
 test(IDLE_TEST, { timeout: 240_000 }, async (t) => {
   const dir = await mkdtemp(join(tmpdir(), 'deltad-e2e-idle-'));
   await chmod(dir, 0o755);
-  t.after(() => rm(dir, { recursive: true, force: true }));
   const www = join(dir, 'www');
   await mkdir(www);
   await writeFile(join(www, 'SHA256SUMS'), `${'a'.repeat(64)}  x.raw\n`);
   const origin = await startOriginServer(join(dir, 'nginx'), www);
-  t.after(async () => origin.stop());
+  // nginx is stopped through its config file, so before the directory goes.
+  t.after(async () => {
+    origin.stop();
+    await rm(dir, { recursive: true, force: true });
+  });
   const idleSeconds = 0.5;
   const serve = [CLI, 'serve', '--config', '/dev/null', '--origin', `${origin.url}/`, '--cache-dir', join(dir, 'cache'),
     '--seed-glob', join(dir, 'none/*.raw'), '--idle-timeout', String(idleSeconds)];
