@@ -25,4 +25,13 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 $SUDO bash scripts/build-sysupdate.sh
 npm run build >/dev/null
-exec node --test --test-reporter=spec "$@" dist/test-e2e/*.test.js
+# The spec reporter lists failures after its summary; repeat the summary so the run ends with it.
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+status=0
+node --test --test-reporter=spec "$@" dist/test-e2e/*.test.js 2>&1 | tee "$log" || status=${PIPESTATUS[0]}
+if grep -q '^✖ failing tests:' "$log"; then
+  echo
+  grep -E '^ℹ (tests|suites|pass|fail|cancelled|skipped|todo|duration_ms) ' "$log" | tail -n 8
+fi
+exit "$status"
