@@ -140,10 +140,15 @@ test.after(async () => {
   else await rm(s.dir, { recursive: true, force: true });
 });
 
-// The option through which `deltad serve` learns the transfers it maps versions with (updatesize).
+// How `deltad serve` learns the transfers it maps versions with (/v1/updatesize): the first option
+// in its --help whose name has "root" or "definitions" and whose line mentions sysupdate or transfers.
+// A root option gets the scratch root, a definitions option its usr/lib/sysupdate.d.
 const serveHelp = (await deltad(['serve', '--help'])).stdout;
-const TRANSFER_ROOT_FLAG = ['--sysupdate-root', '--transfers-root', '--root']
-  .find((f) => new RegExp(`^\\s+${f}\\b`, 'm').test(serveHelp));
+const TRANSFER_OPTION = /^\s+(--[a-z-]*(?:root|definitions)[a-z-]*)\b.*(?:sysupdate|transfer)/im.exec(serveHelp)?.[1];
+function transferOption(root: string): string[] {
+  if (!TRANSFER_OPTION) return [];
+  return [TRANSFER_OPTION, TRANSFER_OPTION.includes('root') ? root : join(root, 'usr/lib/sysupdate.d')];
+}
 
 // --- one scratch machine -------------------------------------------------------------
 
@@ -193,7 +198,7 @@ async function machine(t: { after(fn: () => Promise<void>): void }, sd: Systemd,
   const daemon = await startDeltad([
     '--origin', `${origin.url}/`, '--cache-dir', join(dir, 'cache'), '--idle-timeout', '0',
     '--seed-glob', join(root, 'system/*.erofs'), '--seed-glob', join(root, 'system/*.raw'),
-    ...(TRANSFER_ROOT_FLAG ? [TRANSFER_ROOT_FLAG, root] : []),
+    ...transferOption(root),
   ]);
   // The machine's transfers point at the origin; the direct definitions at the daemon.
   for (const tr of layout.transfers) {
@@ -279,7 +284,7 @@ for (const major of VERSIONS) {
       await t.test('GET /v1/updatesize?version=2 answers a decimal byte count', async () => {
         const res = await fetch(`${m.daemon.url}/v1/updatesize?version=2`);
         const body = await res.text();
-        const why = TRANSFER_ROOT_FLAG ? '' : ' (deltad serve has no option naming the sysupdate root)';
+        const why = TRANSFER_OPTION ? ` (told ${TRANSFER_OPTION})` : ' (serve --help names no sysupdate root option)';
         assert.equal(res.status, 200, `status ${res.status}: ${body}${why}`);
         assert.match(body.trim(), /^\d+$/);
         predicted = Number(body.trim());
