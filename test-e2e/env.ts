@@ -12,7 +12,7 @@ import { chmod, mkdir, readdir, readFile, rm, stat, writeFile } from 'node:fs/pr
 import { createServer, type AddressInfo } from 'node:net';
 import { join } from 'node:path';
 import { startNginx, type AccessEntry, type Nginx } from '../bench/nginx.js';
-import { REPO_ROOT } from '../test/helpers/shared.js';
+import { REPO_ROOT } from '../test/helpers/repo.js';
 import { run, type RunResult } from '../test/helpers/sysupdate-client.js';
 
 export const E2E_CACHE = process.env.DELTAD_E2E_CACHE ?? '/var/cache/deltad-e2e';
