@@ -8,6 +8,7 @@ import { basename, dirname, join } from 'node:path';
 import { readIndexFile, startsLikeIndex, type ChunkIndex } from '../format/caibx.js';
 import { IndexFormatError } from '../errors.js';
 import type { IndexCache, IndexBuilder } from './index-cache.js';
+import { readFully } from '../util/fs-io.js';
 
 export interface Seed {
   /** Path, for messages. */
@@ -96,12 +97,7 @@ export async function closeSeeds(seeds: readonly Seed[]): Promise<void> {
  */
 export async function readSeedRange(seed: Seed, start: number, end: number, into?: Buffer): Promise<Buffer> {
   const buf = into ? into.subarray(0, end - start) : Buffer.allocUnsafeSlow(end - start);
-  let got = 0;
-  while (got < buf.length) {
-    const { bytesRead } = await seed.fh.read(buf, got, buf.length - got, start + got);
-    if (bytesRead === 0) break;
-    got += bytesRead;
-  }
+  const got = await readFully(seed.fh, buf, start);
   buf.fill(0, got);
   return buf;
 }
