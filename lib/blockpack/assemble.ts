@@ -48,8 +48,8 @@ export interface BlockRouteOptions {
 
 /** Target bytes per task: enough for sequential seed reads, small enough to bound memory. */
 const TASK_BYTES = 2 * 1024 * 1024;
-/** Frame bytes one request delivers ahead of the tasks that first use them before it waits. */
-const AHEAD_BYTES = 8 * 1024 * 1024;
+/** Frame bytes delivered ahead of the tasks that first use them before the requests wait. */
+const AHEAD_BYTES = 4 * 1024 * 1024;
 
 interface Task {
   first: number;
@@ -63,8 +63,6 @@ interface Task {
 interface PackRequest {
   frames: number[];
   started?: Promise<void>;
-  /** Delivered frame bytes not yet used by their first task. */
-  ahead: number;
 }
 
 /** One run of the block route into a sink. */
@@ -92,9 +90,8 @@ export class BlockAssembly {
   private readonly uses: Int32Array;
   /** Whether a distinct block's first use is still to come (its bytes count as delivered ahead). */
   private readonly unused: Uint8Array;
-  /** Decompressed pack blocks still to be used, and the request that delivered each. */
+  /** Decompressed pack blocks still to be used. */
   private readonly blocks = new Map<number, Buffer>();
-  private readonly deliveredBy = new Map<number, PackRequest>();
   /** Per frame: its planned request, and the promise of its delivery. */
   private readonly requestOf = new Map<number, PackRequest>();
   private readonly arrival = new Map<number, { promise: Promise<void>; resolve: () => void }>();
@@ -102,7 +99,10 @@ export class BlockAssembly {
   /** Seed blocks that did not verify: taken from the pack from then on. */
   private readonly seedFailed = new Set<number>();
   private readonly seedHandles = new Map<number, Promise<FileHandle>>();
-  private readonly buffers = new BufferPool(16 * 1024 * 1024);
+  /** Task buffers, reused when the sink does not keep them. */
+  private readonly buffers: BufferPool;
+  /** Delivered frame bytes not yet used by their first task. */
+  private ahead = 0;
   private waiters: (() => void)[] = [];
   private oldestWaits = false;
   private error: unknown;
@@ -124,6 +124,7 @@ export class BlockAssembly {
     this.retry = opts.retry ?? { attempts: opts.http.attempts, retryBaseMs: opts.http.retryBaseMs };
     this.uses = new Int32Array(plan.index.distinctCount);
     this.unused = new Uint8Array(plan.index.distinctCount);
+    this.buffers = new BufferPool((opts.concurrency ?? 4) * TASK_BYTES);
     opts.signal?.addEventListener('abort', () => this.ctl.abort(opts.signal!.reason), { once: true });
     if (opts.signal?.aborted) this.ctl.abort(opts.signal.reason);
   }
@@ -197,7 +198,7 @@ export class BlockAssembly {
     for (const t of tasks) for (const d of t.fromPack) frames.add(frameOf(this.index, d));
     const sorted = [...frames].sort((a, b) => a - b);
     const reqs = planPackRequests(this.index, sorted, { multi: this.state.multi, cost: this.cost, parallelism: this.opts.concurrency ?? 4 });
-    this.requests = reqs.map((r) => ({ frames: framesOf(r), ahead: 0 }));
+    this.requests = reqs.map((r) => ({ frames: framesOf(r) }));
     for (const r of this.requests) for (const f of r.frames) this.requestOf.set(f, r);
   }
 
@@ -240,49 +241,47 @@ export class BlockAssembly {
     // Pack blocks first (their requests run while the seeds are read).
     const packReady = t.fromPack.length > 0 ? this.awaitBlocks(t.fromPack, isOldest) : Promise.resolve();
     packReady.catch(() => {});
-    const seedData = await this.readSeeds(t);
-    await packReady;
-    this.ctl.signal.throwIfAborted();
-    // Seed blocks that failed their hash (here or in an earlier task) come from the pack too.
-    const rescue = [...new Set([...seedData.values()].filter((r) => !r.ok).map((r) => r.d))];
-    const rescued = rescue.length > 0 ? await this.fetchBlocksNow(rescue) : new Map<number, Buffer>();
     const size = t.end - t.start;
     const data = this.sink.holdsData ? Buffer.allocUnsafeSlow(size) : this.buffers.take(size);
-    let fromSeeds = 0;
-    let fromZero = 0;
-    let fromPack = 0;
-    for (let b = Math.floor(t.start / bs); b * bs < t.end; b++) {
-      const bStart = b * bs;
-      const from = Math.max(t.start, bStart);
-      const to = Math.min(t.end, bStart + blockLength(index, b));
-      const d = index.distinctOf[b];
-      const at = from - t.start;
-      if (d === ZERO_BLOCK) {
-        data.fill(0, at, at + to - from);
-        fromZero += to - from;
-        continue;
+    try {
+      const seedBad = await this.readSeeds(t, data);
+      await packReady;
+      this.ctl.signal.throwIfAborted();
+      // Seed blocks that failed their hash (here or in an earlier task) come from the pack too.
+      const rescued = seedBad.size > 0 ? await this.fetchBlocksNow([...new Set(seedBad.values())]) : new Map<number, Buffer>();
+      let fromSeeds = 0;
+      let fromZero = 0;
+      let fromPack = 0;
+      for (let b = Math.floor(t.start / bs); b * bs < t.end; b++) {
+        const bStart = b * bs;
+        const from = Math.max(t.start, bStart);
+        const to = Math.min(t.end, bStart + blockLength(index, b));
+        const d = index.distinctOf[b];
+        if (d === ZERO_BLOCK) {
+          data.fill(0, from - t.start, to - t.start);
+          fromZero += to - from;
+        } else if (this.plan.localSeed[d] >= 0 && !seedBad.has(b)) {
+          fromSeeds += to - from; // read in place by readSeeds
+        } else {
+          const block = this.blocks.get(d) ?? rescued.get(d);
+          if (!block) throw new Error(`block route: distinct block ${d} of target block ${b} is not at hand`);
+          block.copy(data, from - t.start, from - bStart, to - bStart);
+          fromPack += to - from;
+        }
       }
-      const read = seedData.get(b);
-      let block = read?.ok ? read.data : undefined;
-      if (block) fromSeeds += to - from;
-      else {
-        block = this.blocks.get(d) ?? rescued.get(d);
-        if (!block) throw new Error(`block route: distinct block ${d} of target block ${b} is not at hand`);
-        fromPack += to - from;
-      }
-      block.copy(data, at, from - bStart, to - bStart);
+      for (const d of t.fromPack) this.used(d);
+      if (this.verifyChunks) this.verify(t, data);
+      this.ctl.signal.throwIfAborted();
+      this.wroteAny = true;
+      await this.sink.put(t.first, t.count, data);
+      const p = this.progress;
+      p.fromSeeds += fromSeeds;
+      p.fromZero += fromZero;
+      p.fromNetwork += fromPack;
+      p.done += size;
+    } finally {
+      if (!this.sink.holdsData) this.buffers.give(data);
     }
-    for (const d of t.fromPack) this.used(d);
-    if (this.verifyChunks) this.verify(t, data);
-    this.ctl.signal.throwIfAborted();
-    this.wroteAny = true;
-    await this.sink.put(t.first, t.count, data);
-    if (!this.sink.holdsData) this.buffers.give(data);
-    const p = this.progress;
-    p.fromSeeds += fromSeeds;
-    p.fromZero += fromZero;
-    p.fromNetwork += fromPack;
-    p.done += size;
   }
 
   /** Every chunk of the task must be the target's: a pack for another image fails here, before its chunk is handed on. */
@@ -296,11 +295,17 @@ export class BlockAssembly {
     }
   }
 
-  /** Reads the task's seed blocks (runs of consecutive blocks of one seed in one read), each checked against its hash. */
-  private async readSeeds(t: Task): Promise<Map<number, { data: Buffer; d: number; ok: boolean }>> {
+  /**
+   * Reads the task's seed blocks into place in `data` (runs of consecutive blocks of one seed in
+   * one read; a block cut by the task's edge through a one-block scratch buffer), each checked
+   * against its hash. Returns target block → distinct block for the blocks that did not verify.
+   */
+  private async readSeeds(t: Task, data: Buffer): Promise<Map<number, number>> {
     const { index, plan, bs } = this;
-    const out = new Map<number, { data: Buffer; d: number; ok: boolean }>();
+    const bad = new Map<number, number>();
+    const inside = (b: number): boolean => b * bs >= t.start && b * bs + blockLength(index, b) <= t.end;
     const lastBlock = Math.ceil(t.end / bs);
+    let scratch: Buffer | undefined;
     for (let b = Math.floor(t.start / bs); b < lastBlock;) {
       const d = index.distinctOf[b];
       if (d === ZERO_BLOCK || plan.localSeed[d] < 0) {
@@ -309,13 +314,16 @@ export class BlockAssembly {
       }
       const seed = plan.localSeed[d];
       let n = 1;
-      while (b + n < lastBlock) {
-        const e = index.distinctOf[b + n];
-        if (e === ZERO_BLOCK || plan.localSeed[e] !== seed || plan.localBlock[e] !== plan.localBlock[d] + n) break;
-        n++;
+      if (inside(b)) {
+        while (b + n < lastBlock && inside(b + n)) {
+          const e = index.distinctOf[b + n];
+          if (e === ZERO_BLOCK || plan.localSeed[e] !== seed || plan.localBlock[e] !== plan.localBlock[d] + n) break;
+          n++;
+        }
       }
       const fh = await this.seedHandle(seed);
-      const buf = Buffer.allocUnsafe(n * bs);
+      const direct = inside(b);
+      const buf = direct ? data.subarray(b * bs - t.start, (b + n) * bs - t.start) : (scratch ??= Buffer.allocUnsafe(bs));
       let got = 0;
       while (got < buf.length) {
         const { bytesRead } = await fh.read(buf, got, buf.length - got, plan.localBlock[d] * bs + got);
@@ -333,11 +341,16 @@ export class BlockAssembly {
           this.seedMismatches++;
           this.opts.onWarning?.(`seed ${plan.seeds[seed].path}: block ${plan.localBlock[e]} at byte ${plan.localBlock[e] * bs} does not match its hash; fetching it from the pack`);
         }
-        out.set(b + k, { data: block, d: e, ok });
+        if (!ok) bad.set(b + k, e);
+        else if (!direct) {
+          const from = Math.max(t.start, b * bs);
+          const to = Math.min(t.end, b * bs + blockLength(index, b));
+          buf.copy(data, from - t.start, from - b * bs, to - b * bs);
+        }
       }
       b += n;
     }
-    return out;
+    return bad;
   }
 
   private seedHandle(seed: number): Promise<FileHandle> {
@@ -452,10 +465,7 @@ export class BlockAssembly {
           if (keep) keep.set(d, block);
           else if (this.uses[d] > 0 && !this.blocks.has(d)) {
             this.blocks.set(d, block);
-            if (req && this.unused[d]) {
-              req.ahead += block.length;
-              this.deliveredBy.set(d, req);
-            }
+            if (req && this.unused[d]) this.ahead += block.length;
           }
         }
         this.arrival.get(f)?.resolve();
@@ -466,7 +476,7 @@ export class BlockAssembly {
     const units = [...(this.headerChecked ? [] : [0]), ...frames.map((f) => f + 1)];
     await fetchUnits(this.fetcher, spec, units, {
       retry: this.retry, state: this.state, signal: this.ctl.signal, onWarning: opts.onWarning,
-      drain: req && (() => this.drain(req)),
+      drain: req && (() => this.drain()),
     });
     // Every first request asks for the header; a server that never sent it is not serving this pack.
     if (!this.headerChecked) throw new OriginError(`${opts.packUrl}: the server did not send the pack header`);
@@ -495,26 +505,22 @@ export class BlockAssembly {
   private used(d: number): void {
     if (this.unused[d]) {
       this.unused[d] = 0;
-      const req = this.deliveredBy.get(d);
-      if (req) {
-        req.ahead -= this.blocks.get(d)?.length ?? 0;
-        this.deliveredBy.delete(d);
-      }
+      this.ahead -= this.blocks.get(d)?.length ?? 0;
     }
     if (--this.uses[d] === 0) this.blocks.delete(d);
     this.wake();
   }
 
   /**
-   * Backpressure for one request: it waits while it has delivered more than AHEAD_BYTES that no
-   * task used yet, unless the oldest task waits for a frame (then only reading on can help).
+   * Backpressure for the pack requests: they wait while more than AHEAD_BYTES were delivered that
+   * no task used yet, unless the oldest task waits for a frame (then only reading on can help).
    */
-  private drain(req: PackRequest): Promise<void> | undefined {
-    const limit = Math.max(AHEAD_BYTES, 4 * MAX_FRAME_BLOCKS * this.bs);
-    if (req.ahead <= limit || this.oldestWaits || this.ctl.signal.aborted) return undefined;
+  private drain(): Promise<void> | undefined {
+    const limit = Math.max(AHEAD_BYTES, 2 * MAX_FRAME_BLOCKS * this.bs);
+    if (this.ahead <= limit || this.oldestWaits || this.ctl.signal.aborted) return undefined;
     return new Promise((resolve) => {
       const check = (): void => {
-        if (req.ahead <= limit || this.oldestWaits || this.ctl.signal.aborted) resolve();
+        if (this.ahead <= limit || this.oldestWaits || this.ctl.signal.aborted) resolve();
         else this.waiters.push(check);
       };
       this.waiters.push(check);
