@@ -376,18 +376,15 @@ interface Routes {
   list: Route[];
   /** Requests and bytes spent before any route ran (index, probes, samples). */
   probe: { requests: number; bytes: number };
-  hashPool?: EncoderPool;
 }
 
 async function chooseRoutes(target: ChunkIndex, ctx: Context, opts: AssembleOptions, plan: Plan, sink: { maxSpan?: number; whole: boolean }): Promise<Routes> {
   const choice = await chooseRemote(plan, ctx, opts);
   const blocks = sink.whole ? await blockPathFor(target, ctx, opts, choice) : null;
-  const local = blocks?.cheaper ? blocks.path.plan.totals.fromSeeds : plan.totals.fromSeeds;
-  const hashPool = hashPoolFor(local);
   const chunks = new ChunkRoute({
     target, seeds: ctx.seeds, firstChunk: plan.firstChunk, endChunk: plan.endChunk, selfSeed: opts.selfSeed, nullSeed: opts.nullSeed,
     remote: choice.remote, fetches: choice.chosen !== 'none', buffers: choice.buffers, concurrency: opts.concurrency ?? DEFAULT_CONCURRENCY,
-    maxSpan: sink.maxSpan, hashPool, onWarning: opts.onWarning,
+    maxSpan: sink.maxSpan, hashPoolFor, onWarning: opts.onWarning,
   });
   const list: Route[] = [chunks];
   if (blocks?.cheaper) {
@@ -395,7 +392,7 @@ async function chooseRoutes(target: ChunkIndex, ctx: Context, opts: AssembleOpti
       choice: blocks.path, target, http: ctx.http, cost: ctx.cost, sha256: opts.sha256, maxSpan: sink.maxSpan, onWarning: opts.onWarning,
     }));
   }
-  return { list, probe: choice.probe, hashPool };
+  return { list, probe: choice.probe };
 }
 
 /** Runs the routes with periodic progress callbacks; network counters include the probes and every route tried. */
@@ -455,12 +452,7 @@ export async function extractToFile(target: string | ChunkIndex, out: string, op
       routes = await chooseRoutes(index, ctx, opts, plan, { whole: true });
       routes.probe.requests += indexCost.requests;
       routes.probe.bytes += indexCost.bytes;
-      let last: Route;
-      try {
-        last = await runWithProgress(routes, file, progress, { ...opts, signal });
-      } finally {
-        await routes.hashPool?.close();
-      }
+      const last = await runWithProgress(routes, file, progress, { ...opts, signal });
       const sha256 = await file.commit(opts.fileMode ?? 0o644, opts.sha256);
       return summary(progress, routes, last, started, resumedBytes, sha256);
     } catch (err) {
@@ -509,12 +501,7 @@ export function openExtractStream(target: ChunkIndex, opts: ExtractStreamOptions
       const plan = planChunks(target, ctx.seeds, { firstChunk, endChunk, selfSeed: opts.selfSeed, nullSeed: opts.nullSeed });
       // The block route is priced for whole images only.
       const routes = await chooseRoutes(target, ctx, sourceOpts, plan, { maxSpan: windowBytes / 2, whole: start === 0 && end === target.size });
-      let last: Route;
-      try {
-        last = await runWithProgress(routes, stream, progress, sourceOpts);
-      } finally {
-        await routes.hashPool?.close();
-      }
+      const last = await runWithProgress(routes, stream, progress, sourceOpts);
       await stream.complete;
       return summary(progress, routes, last, started, 0, stream.sha256);
     } finally {

@@ -49,7 +49,8 @@ export interface ChunkRouteOptions {
   buffers?: BufferPool;
   concurrency: number;
   maxSpan?: number;
-  hashPool?: EncoderPool;
+  /** Starts hashing threads for a plan that reads this many seed bytes (started only when the route runs). */
+  hashPoolFor?: (seedBytes: number) => EncoderPool | undefined;
   onWarning?: (message: string) => void;
 }
 
@@ -80,11 +81,16 @@ export class ChunkRoute implements Route {
     const plan = planChunks(o.target, o.seeds, {
       firstChunk: o.firstChunk, endChunk: o.endChunk, selfSeed: o.selfSeed, nullSeed: o.nullSeed, skip: (i) => sink.has(i),
     });
+    const hashPool = o.hashPoolFor?.(plan.totals.fromSeeds);
     this.assembler = new Assembler({
-      plan, sink, remote: o.remote, chunkBuffers: o.buffers, maxSpan: o.maxSpan, hashPool: o.hashPool,
+      plan, sink, remote: o.remote, chunkBuffers: o.buffers, maxSpan: o.maxSpan, hashPool,
       concurrency: o.concurrency, progress, onWarning: o.onWarning, signal,
     });
-    await this.assembler.run();
+    try {
+      await this.assembler.run();
+    } finally {
+      await hashPool?.close();
+    }
   }
 
   recoverable(): boolean {
