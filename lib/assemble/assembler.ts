@@ -33,7 +33,7 @@ export interface AssemblerOptions {
   progress: ExtractProgress;
   onWarning?: (message: string) => void;
   signal?: AbortSignal;
-  /** Worker threads that hash seed data (hashing is the bottleneck of seed reuse); inline when absent. */
+  /** Worker threads that hash seed data alongside this thread (hashing is the bottleneck of seed reuse); inline when absent. */
   hashPool?: EncoderPool;
   /** The pool the remote source takes chunk buffers from: they are handed back once written. */
   chunkBuffers?: BufferPool;
@@ -65,6 +65,7 @@ export class Assembler {
   private zeros: Buffer = Buffer.alloc(0);
   /** Seed read buffers, reused when the sink does not hold on to them (fewer large garbage buffers, lower RSS). */
   private readonly seedBuffers = new BatchBuffers(4);
+  private inlineTurn = false;
   seedMismatches = 0;
   /** True once any chunk reached the sink. */
   wroteAny = false;
@@ -216,8 +217,10 @@ export class Assembler {
     const ends: number[] = [];
     for (let k = 0; k < t.count; k++) ends.push(sIdx.end(t.seedFirst + k) - base);
     const job = { data: read, ends, compress: ends.map(() => false), digest: this.index.digest, level: 0 };
-    // The pool moves the bytes to a worker and hands them back in the result.
-    const hashed = this.opts.hashPool ? await this.opts.hashPool.run(job) : encodeBatch(job);
+    // The pool moves the bytes to a worker and hands them back in the result. Every other batch is hashed
+    // here: the main thread is one more hashing lane, and each worker costs ~9 MiB of RSS.
+    const pool = this.opts.hashPool && (this.inlineTurn = !this.inlineTurn) ? this.opts.hashPool : undefined;
+    const hashed = pool ? await pool.run(job) : encodeBatch(job);
     const { ids } = hashed;
     const data = Buffer.from(hashed.data.buffer, hashed.data.byteOffset, hashed.data.byteLength);
     this.ctl.signal.throwIfAborted();

@@ -25,7 +25,7 @@ import { openStore } from '../store/open-store.js';
 import { HttpStore } from '../store/http-store.js';
 import { LocalStore } from '../store/local-store.js';
 import type { ChunkStore } from '../store/types.js';
-import { costBlockPath, type BlockPathChoice } from '../blockpack/index.js';
+import { BLOCK_PARALLELISM, costBlockPath, type BlockPathChoice } from '../blockpack/index.js';
 import { BlockRoute, ChunkRoute, runRoutes, type Route } from './routes.js';
 
 /** How missing chunks are fetched: byte ranges of the image, a chunk store, or chosen per update. */
@@ -126,9 +126,9 @@ const PROGRESS_INTERVAL_MS = 200;
 /** Seed bytes from which hashing on worker threads pays for starting them. */
 const HASH_THREADS_FROM_BYTES = 64 * 1024 * 1024;
 
-/** Hashing threads when many local bytes are hashed, else none (inline). */
+/** A hashing thread (the assembler hashes on this thread too) when many local bytes are hashed, else none. */
 function hashPoolFor(localBytes: number): EncoderPool | undefined {
-  return localBytes >= HASH_THREADS_FROM_BYTES ? new EncoderPool(Math.min(2, defaultThreads())) : undefined;
+  return localBytes >= HASH_THREADS_FROM_BYTES && defaultThreads() > 1 ? new EncoderPool(1) : undefined;
 }
 
 const isUrl = (s: string): boolean => /^https?:\/\//i.test(s);
@@ -316,28 +316,43 @@ async function chooseRemote(plan: Plan, ctx: Context, opts: AssembleOptions, pro
   return { remote: rangeSource(best.mode === 'range', buffers), buffers, chosen: 'range', modes, rangeSupport, probe };
 }
 
+/** The block path's probe and plan, started alongside the chunk path's probes (so the first byte comes sooner). */
+type PendingBlockPath = Promise<{ path: BlockPathChoice | null } | { error: unknown }>;
+
+function startBlockPath(ctx: Context, opts: AssembleOptions): PendingBlockPath | null {
+  if (!opts.rangeUrl || opts.blockPack === false) return null;
+  const pending: PendingBlockPath = costBlockPath({
+    http: ctx.http, imageUrl: opts.rangeUrl, seeds: ctx.seeds.map((s) => s.path), cacheDir: opts.cacheDir, cost: ctx.cost, signal: opts.signal,
+  }).then((path) => ({ path }), (error: unknown) => ({ error }));
+  return pending;
+}
+
 /**
  * The block path (lib/blockpack), when the release hosts a block pack next to
  * the range URL: its costs, and whether it beats the chunk path and a full
  * download. A pack that cannot be read is warned about and ignored.
  */
-async function blockPathFor(index: ChunkIndex, ctx: Context, opts: AssembleOptions, choice: RemoteChoice): Promise<{ path: BlockPathChoice; cheaper: boolean } | null> {
-  if (!opts.rangeUrl || opts.blockPack === false || choice.rangeSupport?.ranges === false) return null;
-  try {
-    const path = await costBlockPath({
-      http: ctx.http, imageUrl: opts.rangeUrl, seeds: ctx.seeds.map((s) => s.path), cacheDir: opts.cacheDir,
-      multi: choice.rangeSupport?.multi, cost: ctx.cost, signal: opts.signal,
-    });
-    if (!path) return null;
-    const parallelism = opts.concurrency ?? DEFAULT_CONCURRENCY;
-    const chunkPath = Math.min(...choice.modes.map((m) => ctx.cost.weigh(m, parallelism)));
-    const full = ctx.cost.weigh({ bytes: index.size, requests: 1 }, 1);
-    return { path, cheaper: choice.chosen !== 'none' && path.weight < Math.min(chunkPath, full) };
-  } catch (err) {
-    if (opts.signal?.aborted) throw err;
-    opts.onWarning?.(`block pack for ${opts.rangeUrl}: ${(err as Error).message}; using the chunk path`);
+async function blockPathFor(index: ChunkIndex, ctx: Context, opts: AssembleOptions, choice: RemoteChoice, pending: PendingBlockPath | null): Promise<{ path: BlockPathChoice; cheaper: boolean } | null> {
+  if (!pending) return null;
+  const got = await pending;
+  if ('error' in got) {
+    if (opts.signal?.aborted) throw got.error;
+    opts.onWarning?.(`block pack for ${opts.rangeUrl}: ${(got.error as Error).message}; using the chunk path`);
     return null;
   }
+  if (!got.path || choice.rangeSupport?.ranges === false) return null;
+  const path = withoutMulti(got.path, ctx.cost, choice.rangeSupport?.multi === false);
+  const parallelism = opts.concurrency ?? DEFAULT_CONCURRENCY;
+  const chunkPath = Math.min(...choice.modes.map((m) => ctx.cost.weigh(m, parallelism)));
+  const full = ctx.cost.weigh({ bytes: index.size, requests: 1 }, 1);
+  return { path, cheaper: choice.chosen !== 'none' && path.weight < Math.min(chunkPath, full) };
+}
+
+/** The block path's choice for an origin without multi-range: its single-range mode only. */
+function withoutMulti(path: BlockPathChoice, cost: CostModel, noMulti: boolean): BlockPathChoice {
+  if (!noMulti) return path;
+  const costs = path.costs.filter((c) => c.mode === 'blocks-single');
+  return { ...path, costs, best: costs[0], weight: cost.weigh(costs[0], BLOCK_PARALLELISM) };
 }
 
 /** Plans a target against the sources without fetching any chunk: the update-size query. */
@@ -346,8 +361,9 @@ export async function planUpdate(target: string | ChunkIndex, opts: SourceOption
   const ctx = await openContext(index, opts);
   try {
     const plan = planChunks(index, ctx.seeds, { selfSeed: opts.selfSeed, nullSeed: opts.nullSeed });
+    const pending = startBlockPath(ctx, opts);
     const choice = await chooseRemote(plan, ctx, opts, true);
-    const blocks = await blockPathFor(index, ctx, opts, choice);
+    const blocks = await blockPathFor(index, ctx, opts, choice, pending);
     const t = plan.totals;
     return {
       targetSize: index.size,
@@ -379,8 +395,12 @@ interface Routes {
 }
 
 async function chooseRoutes(target: ChunkIndex, ctx: Context, opts: AssembleOptions, plan: Plan, sink: { maxSpan?: number; whole: boolean }): Promise<Routes> {
-  const choice = await chooseRemote(plan, ctx, opts);
-  const blocks = sink.whole ? await blockPathFor(target, ctx, opts, choice) : null;
+  const pending = sink.whole ? startBlockPath(ctx, opts) : null;
+  const choice = await chooseRemote(plan, ctx, opts).catch(async (err: unknown) => {
+    await pending;
+    throw err;
+  });
+  const blocks = await blockPathFor(target, ctx, opts, choice, pending);
   const chunks = new ChunkRoute({
     target, seeds: ctx.seeds, firstChunk: plan.firstChunk, endChunk: plan.endChunk, selfSeed: opts.selfSeed, nullSeed: opts.nullSeed,
     remote: choice.remote, fetches: choice.chosen !== 'none', buffers: choice.buffers, concurrency: opts.concurrency ?? DEFAULT_CONCURRENCY,
