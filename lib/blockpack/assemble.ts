@@ -273,7 +273,7 @@ export class BlockAssembly {
       if (this.verifyChunks) this.verify(t, data);
       this.ctl.signal.throwIfAborted();
       this.wroteAny = true;
-      await this.sink.put(t.first, t.count, data);
+      await this.put(t, data);
       const p = this.progress;
       p.fromSeeds += fromSeeds;
       p.fromZero += fromZero;
@@ -282,6 +282,28 @@ export class BlockAssembly {
     } finally {
       if (!this.sink.holdsData) this.buffers.give(data);
     }
+  }
+
+  /** Hands the task's chunks to the sink; into a fresh sparse file, chunks of zero blocks only are left as holes. */
+  private async put(t: Task, data: Buffer): Promise<void> {
+    if (!this.sink.zeroFilled) return this.sink.put(t.first, t.count, data);
+    const { target } = this;
+    let run = -1;
+    for (let i = t.first; i <= t.first + t.count; i++) {
+      const hole = i < t.first + t.count && this.allZero(target.start(i), target.end(i));
+      const end = i === t.first + t.count;
+      if (run >= 0 && (hole || end)) {
+        await this.sink.put(run, i - run, data.subarray(target.start(run) - t.start, target.start(i) - t.start));
+        run = -1;
+      }
+      if (!hole && !end && run < 0) run = i;
+    }
+  }
+
+  private allZero(start: number, end: number): boolean {
+    const { index, bs } = this;
+    for (let b = Math.floor(start / bs); b * bs < end; b++) if (index.distinctOf[b] !== ZERO_BLOCK) return false;
+    return true;
   }
 
   /** Every chunk of the task must be the target's: a pack for another image fails here, before its chunk is handed on. */
