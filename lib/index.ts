@@ -29,13 +29,16 @@ export * from './tools/verify.js';
 // Delta assembly: seeds, plans, remote sources, the assembler, the high-level API.
 export * from './seed/seed.js';
 export * from './plan/planner.js';
+export * from './plan/cost.js';
 export * from './fetch/multipart.js';
 export * from './fetch/range-fetcher.js';
 export * from './assemble/remote-source.js';
+export * from './assemble/unit-fetch.js';
 export * from './assemble/assembler.js';
 export * from './assemble/partial-file.js';
 export * from './assemble/ordered-stream.js';
 export * from './delta/extract.js';
+export * from './delta/routes.js';
 
 // The block-pack path (docs/BLOCKPACK.md).
 export * as blockpack from './blockpack/index.js';

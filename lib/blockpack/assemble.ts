@@ -8,6 +8,7 @@
 // the target chunk index, so a stale pack is an error before its first wrong
 // chunk is handed on. Memory: a few tasks of ~2 MiB in flight, and the frames
 // delivered ahead of the task that first uses them (bounded per request).
+import { open, type FileHandle } from 'node:fs/promises';
 import { ChunkIndex } from '../format/caibx.js';
 import { chunkId, flagsForDigest } from '../format/digest.js';
 import { OriginError } from '../errors.js';
@@ -19,7 +20,6 @@ import { PartialFile } from '../assemble/partial-file.js';
 import type { AssemblySink } from '../assemble/sink.js';
 import type { ExtractProgress } from '../assemble/progress.js';
 import { BufferPool } from '../util/buffer-pool.js';
-import { open, type FileHandle } from 'node:fs/promises';
 import { FrameDecompressor } from './frame-codec.js';
 import {
   HASH_BYTES, MAX_FRAME_BLOCKS, PackError, ZERO_BLOCK, blockHash, blockLength, checkPackHeader, frameOf, sha256,
@@ -104,7 +104,9 @@ export class BlockAssembly {
   /** Delivered frame bytes not yet used by their first task. */
   private ahead = 0;
   private waiters: (() => void)[] = [];
-  private oldestWaits = false;
+  /** Tasks (by number) waiting for frames, and the oldest task not done. */
+  private readonly waiting = new Set<number>();
+  private oldest = 0;
   private error: unknown;
 
   constructor(
@@ -206,7 +208,6 @@ export class BlockAssembly {
     const slots = Math.max(1, this.opts.concurrency ?? 4);
     const running = new Set<Promise<void>>();
     const done = new Uint8Array(tasks.length);
-    let oldest = 0;
     for (let k = 0; k < tasks.length; k++) {
       if (this.ctl.signal.aborted) break;
       const t = tasks[k];
@@ -214,10 +215,10 @@ export class BlockAssembly {
       if (admitted) await unlessAborted(admitted, this.ctl.signal).catch(() => {});
       if (this.ctl.signal.aborted) break;
       while (running.size >= slots) await Promise.race(running);
-      const p: Promise<void> = this.guard(t, () => k === oldest).finally(() => {
+      const p: Promise<void> = this.guard(t, k).finally(() => {
         running.delete(p);
         done[k] = 1;
-        while (oldest < tasks.length && done[oldest]) oldest++;
+        while (this.oldest < tasks.length && done[this.oldest]) this.oldest++;
         this.wake();
       });
       running.add(p);
@@ -225,10 +226,10 @@ export class BlockAssembly {
     await Promise.all(running);
   }
 
-  private async guard(t: Task, isOldest: () => boolean): Promise<void> {
+  private async guard(t: Task, k: number): Promise<void> {
     try {
       this.ctl.signal.throwIfAborted();
-      await this.runTask(t, isOldest);
+      await this.runTask(t, k);
     } catch (err) {
       if (this.error === undefined) this.error = this.ctl.signal.aborted ? this.ctl.signal.reason : err;
       this.ctl.abort(err);
@@ -236,10 +237,10 @@ export class BlockAssembly {
     }
   }
 
-  private async runTask(t: Task, isOldest: () => boolean): Promise<void> {
+  private async runTask(t: Task, k: number): Promise<void> {
     const { index, bs } = this;
     // Pack blocks first (their requests run while the seeds are read).
-    const packReady = t.fromPack.length > 0 ? this.awaitBlocks(t.fromPack, isOldest) : Promise.resolve();
+    const packReady = t.fromPack.length > 0 ? this.awaitBlocks(t.fromPack, k) : Promise.resolve();
     packReady.catch(() => {});
     const size = t.end - t.start;
     const data = this.sink.holdsData ? Buffer.allocUnsafeSlow(size) : this.buffers.take(size);
@@ -385,7 +386,7 @@ export class BlockAssembly {
   }
 
   /** Waits until the given distinct blocks have arrived, starting the requests that carry them. */
-  private async awaitBlocks(ds: readonly number[], isOldest: () => boolean): Promise<void> {
+  private async awaitBlocks(ds: readonly number[], k: number): Promise<void> {
     const frames = [...new Set(ds.map((d) => frameOf(this.index, d)))];
     const waits: Promise<void>[] = [];
     for (const f of frames) {
@@ -395,19 +396,12 @@ export class BlockAssembly {
       req.started ??= this.startRequest(req);
     }
     if (waits.length === 0) return;
-    const watch = (): void => {
-      if (isOldest()) {
-        this.oldestWaits = true;
-        this.wake();
-      }
-    };
-    watch();
-    const timer = setInterval(watch, 50);
+    this.waiting.add(k);
+    this.wake();
     try {
       await unlessAborted(Promise.all(waits).then(() => {}), this.ctl.signal);
     } finally {
-      clearInterval(timer);
-      if (isOldest()) this.oldestWaits = false;
+      this.waiting.delete(k);
     }
   }
 
@@ -539,10 +533,11 @@ export class BlockAssembly {
    */
   private drain(): Promise<void> | undefined {
     const limit = Math.max(AHEAD_BYTES, 2 * MAX_FRAME_BLOCKS * this.bs);
-    if (this.ahead <= limit || this.oldestWaits || this.ctl.signal.aborted) return undefined;
+    const go = (): boolean => this.ahead <= limit || this.waiting.has(this.oldest) || this.ctl.signal.aborted;
+    if (go()) return undefined;
     return new Promise((resolve) => {
       const check = (): void => {
-        if (this.ahead <= limit || this.oldestWaits || this.ctl.signal.aborted) resolve();
+        if (go()) resolve();
         else this.waiters.push(check);
       };
       this.waiters.push(check);
