@@ -15,11 +15,6 @@ export interface Seed {
   readonly path: string;
   readonly index: ChunkIndex;
   readonly fh: FileHandle;
-  /**
-   * True for the partial file of an interrupted run: its chunk i sits at the
-   * target's chunk i, so an aligned run needs verifying but no copying.
-   */
-  readonly inPlace: boolean;
 }
 
 export interface OpenSeedOptions {
@@ -57,7 +52,7 @@ export async function openSeed(path: string, given: string | ChunkIndex | undefi
       if (!opts.build) throw new IndexFormatError('seed', 0, 'no index given and no indexer available to chunk it', path);
       index = await opts.cache.getOrBuild(path, key, opts.build, opts.signal);
     }
-    return { path, index, fh, inPlace: false };
+    return { path, index, fh };
   } catch (err) {
     await fh.close();
     throw err;
