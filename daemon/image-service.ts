@@ -21,6 +21,7 @@ import { MAX_INDEX_BYTES, parseIndex, type ChunkIndex } from '../lib/format/caib
 import { OriginError } from '../lib/errors.js';
 import { openExtractStream, planUpdate, type ExtractProgress, type PlanReport, type SourceOptions } from '../lib/delta/extract.js';
 import type { HttpClient } from '../lib/fetch/http-client.js';
+import { deltaDisabledBy } from '../lib/fetch/release-policy.js';
 import { openProxyStore } from '../lib/fleet/batch-store.js';
 import type { ChunkStore } from '../lib/store/types.js';
 import type { AssemblyRegistry, SharedAssembly } from './assemblies.js';
@@ -156,9 +157,11 @@ export class ImageService {
       if (p && (await rangeCheck)) await this.checkRanges(target.url, ac.signal);
       return p;
     });
-    // Sent with the index fetch: when the index is slow, the image's length lets the headers go out anyway.
+    // Sent with the index fetch: when the index is slow, the image's length lets the headers go out anyway;
+    // it also carries the release's kill switch (X-KDE-Delta: false).
     let announced: number | undefined;
-    if (method === 'GET') void this.headLength(target.url, ac.signal).then((n) => (announced = n));
+    const head = this.headImage(target.url, ac.signal);
+    if (method === 'GET') void head.then((h) => (announced = h.length));
     let prepared: PreparedImage | undefined;
     try {
       prepared = await withDeadline(ready, timeouts.prepareMs, `index of ${target.relPath} not fetched within ${timeouts.prepareMs} ms`);
@@ -167,6 +170,11 @@ export class ImageService {
       return this.fallBack(method, target, res, ac.signal, (err as Error).message);
     }
     if (!prepared) return this.fallBack(method, target, res, ac.signal, `no ${this.d.config.indexSuffix} index on the origin`);
+    const off = (await withDeadline(head, timeouts.prepareMs, 'HEAD late').catch(() => undefined))?.deltaOff;
+    if (off) {
+      this.d.log.notice(`${target.relPath}: the origin switches deltas off (${off}); passing the full image through`);
+      return passThrough(this.d.passThrough, method, target.url, res, ac.signal);
+    }
     if (method === 'HEAD') {
       res.writeHead(200, imageHeaders(prepared.index.size));
       res.end();
@@ -348,16 +356,16 @@ export class ImageService {
     return !this.d.config.store && !(await this.proxyStore());
   }
 
-  /** The image's length from a HEAD: a 200 with a Content-Length, else undefined (any failure too). */
-  private async headLength(url: string, signal: AbortSignal): Promise<number | undefined> {
+  /** The image's length from a HEAD (a 200 with a Content-Length, else undefined) and its kill switch header. */
+  private async headImage(url: string, signal: AbortSignal): Promise<{ length?: number; deltaOff?: string }> {
     this.d.counters.originRequests++;
     try {
       const r = await this.d.http.request(url, { method: 'HEAD', signal });
       await r.body.dump();
       const n = Number(r.headers['content-length']);
-      return r.statusCode === 200 && Number.isSafeInteger(n) && n >= 0 ? n : undefined;
+      return { length: r.statusCode === 200 && Number.isSafeInteger(n) && n >= 0 ? n : undefined, deltaOff: deltaDisabledBy(r.headers) };
     } catch {
-      return undefined;
+      return {};
     }
   }
 

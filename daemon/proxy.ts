@@ -14,7 +14,7 @@ import type { ServerResponse } from 'node:http';
 import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
-import { HttpClient } from '../lib/fetch/http-client.js';
+import { HttpClient, type HttpClientOptions } from '../lib/fetch/http-client.js';
 import { ChunkCache } from '../lib/fleet/chunk-cache.js';
 import { MetadataCache, MetadataTooLargeError } from '../lib/fleet/metadata-cache.js';
 import { CachingStore } from '../lib/fleet/caching-store.js';
@@ -47,6 +47,8 @@ export interface ProxyOptions {
   upstream: string;
   /** The upstream's casync chunk store, if it has one; else chunks come as byte ranges of the images. */
   upstreamStore?: string;
+  /** TLS trust and transfer limits of upstream requests (ca-file, low-speed limit). */
+  httpOptions?: HttpClientOptions;
   cacheDir: string;
   /** Chunk cache size limit in bytes. */
   cacheMaxBytes: number;
@@ -86,7 +88,7 @@ export interface ProxyStatus {
 
 export async function createProxy(opts: ProxyOptions): Promise<ProxyServer> {
   const log = opts.logger ?? silentLogger;
-  const http = new HttpClient({ connections: Math.max(8, opts.concurrency ?? 8) });
+  const http = new HttpClient({ ...opts.httpOptions, connections: Math.max(8, opts.concurrency ?? 8) });
   const cache = await ChunkCache.open(join(opts.cacheDir, 'chunks'), { maxBytes: opts.cacheMaxBytes, writeFile: opts.cacheWriteFile });
   const meta = new MetadataCache(join(opts.cacheDir, 'meta'), http);
   const ranges = new ImageRangeStore({ client: http, concurrency: opts.concurrency });

@@ -8,14 +8,14 @@ import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest }
 import { join } from 'node:path';
 import { HttpClient } from '../lib/fetch/http-client.js';
 import { AssemblyRegistry } from './assemblies.js';
-import { requireOrigin, type DaemonConfig } from './config.js';
+import { httpOptionsOf, requireOrigin, type DaemonConfig } from './config.js';
 import { globToRegExp } from './glob.js';
 import { DEFAULT_TIMEOUTS, ImageService, type ImageTimeouts } from './image-service.js';
 import { silentLogger, type Logger } from './log.js';
 import { newCounters, renderMetrics, type DaemonCounters } from './metrics.js';
 import { createNotifier, type Notifier } from './notify.js';
 import { resolveOriginTarget, UnsafePathError, type OriginTarget } from './origin-path.js';
-import { passThrough, type PassThroughContext } from './passthrough.js';
+import { passThrough, withQuery, type PassThroughContext } from './passthrough.js';
 import { SeedCatalog } from './seeds.js';
 
 export const PLAN_PREFIX = '/.deltad/plan/';
@@ -49,7 +49,9 @@ export interface ServerOptions {
 export async function createDaemonContext(config: DaemonConfig, opts: ServerOptions = {}): Promise<DaemonContext> {
   const origin = requireOrigin(config);
   const log = opts.log ?? silentLogger;
-  const http = opts.http ?? new HttpClient({ connections: Math.max(8, config.concurrency), userAgent: 'deltad/0.1 (sysupdate sidecar)' });
+  const http = opts.http ?? new HttpClient({
+    connections: Math.max(8, config.concurrency), userAgent: 'deltad/0.1 (sysupdate sidecar)', ...httpOptionsOf(config),
+  });
   const counters = newCounters();
   const notifier = opts.notifier ?? createNotifier({ log });
   const seeds = new SeedCatalog(config.seedGlobs, config.cacheDir, log);
@@ -135,7 +137,7 @@ export function registerOriginRoutes(app: FastifyInstance, ctx: DaemonContext): 
         if (ctx.isImage(target.name)) await ctx.images.serve(method, target, reply.raw);
         else {
           ctx.counters.passthroughs++;
-          await passThrough(ctx.passThrough, method, target.url, reply.raw);
+          await passThrough(ctx.passThrough, method, withQuery(target.url, req.url), reply.raw);
         }
       } catch (err) {
         ctx.log.error(`${method} ${target.relPath}: ${(err as Error).message}`);

@@ -7,8 +7,8 @@ import type { ExtractProgress, ExtractResult } from '../assemble/progress.js';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { MAX_INDEX_BYTES, parseIndex, readIndexFile, type ChunkIndex } from '../format/caibx.js';
-import { OriginError, UsageError } from '../errors.js';
-import { HttpClient } from '../fetch/http-client.js';
+import { OriginError, StallError, UsageError } from '../errors.js';
+import { HttpClient, type HttpClientOptions } from '../fetch/http-client.js';
 import { IndexCache, defaultCacheDir, type IndexBuilder } from '../seed/index-cache.js';
 import { indexFile } from '../chunking/indexer.js';
 import type { ChunkerVariant } from '../chunking/chunker.js';
@@ -50,6 +50,10 @@ export interface SourceOptions {
   cacheDir?: string;
   /** HTTP client to use (shared keep-alive pools); one is created and closed when omitted. */
   http?: HttpClient;
+  /** Settings of the client created when `http` is omitted (CA file, transfer limits). */
+  httpOptions?: HttpClientOptions;
+  /** Fail with StallError when no byte is verified for this long (default 5 minutes; 0 = never). */
+  stallMs?: number;
   /** Use chunks that repeat inside the target (default true). */
   selfSeed?: boolean;
   /** Use all-zero chunks without fetching them (default true). */
@@ -137,9 +141,9 @@ function hashPoolFor(plan: Plan): EncoderPool | undefined {
 const isUrl = (s: string): boolean => /^https?:\/\//i.test(s);
 
 /** Loads a target index from a local path or an http(s) URL (verified strictly). */
-export async function loadIndex(spec: string, opts: { http?: HttpClient; signal?: AbortSignal } = {}): Promise<ChunkIndex> {
+export async function loadIndex(spec: string, opts: { http?: HttpClient; httpOptions?: HttpClientOptions; signal?: AbortSignal } = {}): Promise<ChunkIndex> {
   if (!isUrl(spec)) return readIndexFile(spec, { allowArchive: false });
-  const http = opts.http ?? new HttpClient();
+  const http = opts.http ?? new HttpClient(opts.httpOptions);
   try {
     const res = await http.getBuffer(spec, { signal: opts.signal, maxBytes: MAX_INDEX_BYTES });
     if (res.status === 404 || res.status === 410) throw new OriginError(`GET ${spec}: HTTP ${res.status} (no such index)`, { status: res.status });
@@ -152,7 +156,7 @@ export async function loadIndex(spec: string, opts: { http?: HttpClient; signal?
 /** The target index and what downloading it cost (nothing for a local path or a parsed index). */
 async function loadTarget(target: string | ChunkIndex, opts: SourceOptions): Promise<{ index: ChunkIndex; requests: number; bytes: number }> {
   if (typeof target !== 'string') return { index: target, requests: 0, bytes: 0 };
-  const http = opts.http ?? new HttpClient();
+  const http = opts.http ?? new HttpClient(opts.httpOptions);
   const before = { ...http.stats };
   try {
     const index = await loadIndex(target, { http, signal: opts.signal });
@@ -176,7 +180,7 @@ interface Context {
 
 async function openContext(target: ChunkIndex, opts: AssembleOptions): Promise<Context> {
   const ownsHttp = !opts.http;
-  const http = opts.http ?? new HttpClient({ connections: opts.concurrency ?? DEFAULT_CONCURRENCY, attempts: opts.attempts });
+  const http = opts.http ?? new HttpClient({ ...opts.httpOptions, connections: opts.concurrency ?? DEFAULT_CONCURRENCY, attempts: opts.attempts });
   const owned: ChunkStore[] = [];
   const seeds: Seed[] = [];
   const ctx: Context = {
@@ -366,7 +370,8 @@ function newProgress(total: number): ExtractProgress {
 }
 
 /** Runs the assembler with periodic progress callbacks; network counters include the probe. */
-async function runAssembly(assembler: Assembler, progress: ExtractProgress, choice: RemoteChoice, onProgress?: (p: ExtractProgress) => void): Promise<void> {
+async function runAssembly(assembler: Assembler, progress: ExtractProgress, choice: RemoteChoice, onProgress?: (p: ExtractProgress) => void, stall?: StallWatch): Promise<void> {
+  let moved = { at: Date.now(), done: -1, bytes: -1 };
   const report = (): void => {
     if (choice.remote) {
       progress.networkBytes = choice.remote.stats.bytes + choice.probe.bytes;
@@ -376,6 +381,10 @@ async function runAssembly(assembler: Assembler, progress: ExtractProgress, choi
       progress.networkRequests = choice.probe.requests;
     }
     onProgress?.({ ...progress });
+    if (progress.done !== moved.done || progress.networkBytes !== moved.bytes) moved = { at: Date.now(), done: progress.done, bytes: progress.networkBytes };
+    else if (stall && stall.ms > 0 && Date.now() - moved.at >= stall.ms) {
+      stall.ctl.abort(new StallError(stall.what, stall.ms, `${progress.done} of ${progress.total} bytes done, ${progress.networkBytes} bytes from the network`));
+    }
   };
   const timer = setInterval(report, PROGRESS_INTERVAL_MS);
   timer.unref();
@@ -385,6 +394,21 @@ async function runAssembly(assembler: Assembler, progress: ExtractProgress, choi
     clearInterval(timer);
     report();
   }
+}
+
+/** Extract's stall watchdog: aborts `ctl` when neither verified nor network bytes move for `ms`. */
+interface StallWatch {
+  ms: number;
+  ctl: AbortController;
+  what: string;
+}
+
+const DEFAULT_STALL_MS = 5 * 60_000;
+
+function stallWatch(opts: AssembleOptions, what: string): StallWatch & { signal: AbortSignal } {
+  const ctl = new AbortController();
+  const signal = opts.signal ? AbortSignal.any([opts.signal, ctl.signal]) : ctl.signal;
+  return { ms: opts.stallMs ?? DEFAULT_STALL_MS, ctl, what, signal };
 }
 
 function summary(progress: ExtractProgress, choice: RemoteChoice, assembler: Assembler, started: number, sha256?: string): ExtractResult {
@@ -427,12 +451,13 @@ export async function extractToFile(target: string | ChunkIndex, out: string, op
       }
       const progress = newProgress(index.size);
       const hashPool = hashPoolFor(plan);
+      const stall = stallWatch(opts, typeof target === 'string' ? target : out);
       assembler = new Assembler({
         plan, sink: file, remote: choice.remote, chunkBuffers: choice.buffers, chunkCache: opts.chunkCache, hashPool,
-        concurrency: opts.concurrency ?? DEFAULT_CONCURRENCY, progress, onWarning: opts.onWarning, signal: opts.signal,
+        concurrency: opts.concurrency ?? DEFAULT_CONCURRENCY, progress, onWarning: opts.onWarning, signal: stall.signal,
       });
       try {
-        await runAssembly(assembler, progress, choice, opts.onProgress);
+        await runAssembly(assembler, progress, choice, opts.onProgress, stall);
       } finally {
         await hashPool?.close();
       }
