@@ -68,6 +68,10 @@ export class HttpClient {
   readonly redirects: RedirectCache;
   readonly monitor: LinkMonitor;
   private readonly agent: Agent;
+  private readonly h2Agent: Agent;
+  private readonly h2Dispatcher: Dispatcher;
+  /** https origins that negotiated HTTP/2 ("https://host:port"). */
+  private readonly h2Origins = new Set<string>();
   private readonly userAgent: string;
 
   constructor(opts: HttpClientOptions = {}) {
@@ -85,18 +89,19 @@ export class HttpClient {
         if (!secureContext) contexts.set(key, (secureContext = trustContext(opts.caFile)));
         secure = buildConnector({ allowH2, timeout: 10_000, secureContext } as buildConnector.BuildOptions);
       }
-      return secure(o, cb);
+      return secure(o, (err, socket) => {
+        const alpn = (socket as { alpnProtocol?: string | false } | null)?.alpnProtocol;
+        if (!err && alpn === 'h2') this.h2Origins.add(`https://${o.hostname}:${o.port || 443}`);
+        (cb as (e: Error | null, s: typeof socket) => void)(err, socket);
+      });
     };
-    this.agent = new Agent({
-      connections: opts.connections ?? 8,
-      headersTimeout: timeout,
-      bodyTimeout: timeout,
-      keepAliveTimeout: 10_000,
-      allowH2,
-      connect,
-    });
+    const agentOptions = { headersTimeout: timeout, bodyTimeout: timeout, keepAliveTimeout: 10_000, allowH2, connect };
+    this.agent = new Agent({ ...agentOptions, connections: opts.connections ?? 8 });
+    // Once an origin spoke HTTP/2, its requests share one multiplexed connection (a burst would open a pool's worth).
+    this.h2Agent = new Agent({ ...agentOptions, connections: 1 });
     this.monitor = new LinkMonitor({ ...DEFAULT_LIMITS, ...opts.limits });
     this.dispatcher = this.agent.compose(this.monitor.interceptor());
+    this.h2Dispatcher = this.h2Agent.compose(this.monitor.interceptor());
     this.redirects = new RedirectCache({ maxRedirects: opts.maxRedirects, cacheMs: opts.redirectCacheMs });
     this.attempts = Math.max(1, opts.attempts ?? 4);
     this.retryBaseMs = opts.retryBaseMs ?? 250;
@@ -163,7 +168,9 @@ export class HttpClient {
   private async once(url: string, method: string, headers: Record<string, string>, body: Buffer | undefined, signal?: AbortSignal): Promise<Dispatcher.ResponseData> {
     this.stats.requests++;
     try {
-      return await request(url, { method: method as Dispatcher.HttpMethod, headers, body, signal, dispatcher: this.dispatcher });
+      const h2 = this.h2Origins.size > 0 && this.h2Origins.has(originOf(url));
+      const dispatcher = h2 ? this.h2Dispatcher : this.dispatcher;
+      return await request(url, { method: method as Dispatcher.HttpMethod, headers, body, signal, dispatcher });
     } catch (err) {
       throw toOriginError(err, url);
     }
@@ -233,8 +240,14 @@ export class HttpClient {
   }
 
   async close(): Promise<void> {
-    await this.agent.close();
+    await Promise.all([this.agent.close(), this.h2Agent.close()]);
   }
+}
+
+/** "https://host:port" as the connector names it (the port always spelt out). */
+function originOf(url: string): string {
+  const u = new URL(url);
+  return `${u.protocol}//${u.hostname}:${u.port || (u.protocol === 'https:' ? '443' : '80')}`;
 }
 
 /**
