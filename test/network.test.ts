@@ -353,3 +353,29 @@ test('link estimate: round-trip time and throughput measured; requests in flight
     await http.close();
   }
 });
+
+test('low-speed limit: a reader that holds the body back (backpressure) is not the server being slow', { timeout: 20_000 }, async () => {
+  const { createServer } = await import('node:http');
+  const body = Buffer.alloc(4 * 1024 * 1024, 7);
+  const server = createServer((_req, res) => {
+    res.writeHead(200, { 'content-length': body.length });
+    res.end(body);
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  const http = new HttpClient({ attempts: 1, limits: { lowSpeedLimit: 1024, lowSpeedTimeMs: 1000 } });
+  try {
+    const res = await http.request(`http://127.0.0.1:${(server.address() as { port: number }).port}/`);
+    let got = 0;
+    let first = true;
+    for await (const b of res.body) {
+      got += (b as Buffer).length;
+      // Stop reading for 5 s: the body pauses, nothing arrives, yet the transfer is not too slow.
+      if (first) await new Promise((r) => setTimeout(r, 5000));
+      first = false;
+    }
+    assert.equal(got, body.length);
+  } finally {
+    await http.close();
+    server.close();
+  }
+});

@@ -8,6 +8,7 @@ import type { ChunkIndex } from '../format/caibx.js';
 import { chunkId } from '../format/digest.js';
 import { ChunkMissingError, ChunkVerifyError, OriginError } from '../errors.js';
 import { isTransient, type HttpClient } from '../fetch/http-client.js';
+import { inFlightFor } from '../fetch/link-monitor.js';
 import {
   ChunkCollector, MultiRangeUnsupportedError, RangeFetcher, RangeUnsupportedError, planRangeRequests,
   type FetchStats, type RangePlanOptions,
@@ -32,6 +33,17 @@ export interface RemoteSource {
    * drain, when given, is awaited between network reads (write backpressure).
    */
   fetch(runs: readonly Run[], deliver: Deliver, signal: AbortSignal, drain?: () => Promise<void> | undefined): Promise<void>;
+  /** Requests worth keeping in flight now (at least `base`): the link's bandwidth-delay product over the request size. */
+  inFlight?(base: number): number;
+}
+
+/** Most requests in flight for one source however long and fat the link (HTTP/2 streams; HTTP/1.1 queues at its pool). */
+const MAX_IN_FLIGHT = 64;
+
+/** Slots for a source from its client's link estimate and its own mean request size so far. */
+function inFlightOf(http: HttpClient, stats: FetchStats, base: number): number {
+  if (stats.requests < 4) return base;
+  return inFlightFor(http.linkEstimate(), stats.bytes / stats.requests, { min: base, max: Math.max(base, MAX_IN_FLIGHT) });
 }
 
 export interface RetryPolicy {
@@ -64,7 +76,7 @@ export class RangeSource implements RemoteSource {
 
   constructor(
     private readonly index: ChunkIndex,
-    http: HttpClient,
+    private readonly http: HttpClient,
     readonly url: string,
     private readonly retry: RetryPolicy,
     private readonly planOpts: Omit<RangePlanOptions, 'multi' | 'maxSpan'> & { multi?: boolean } = {},
@@ -85,6 +97,10 @@ export class RangeSource implements RemoteSource {
   }
 
   private handedOver = false;
+
+  inFlight(base: number): number {
+    return this.handedOver && this.fallback?.inFlight ? this.fallback.inFlight(base) : inFlightOf(this.http, this.fetcher.stats, base);
+  }
 
   batches(runs: readonly Run[], maxSpan: number): Run[][] {
     return planRangeRequests(this.index, runs, { ...this.planOpts, multi: this.multi, maxSpan }).map((r) => r.chunks);
@@ -155,6 +171,10 @@ export class StoreSource implements RemoteSource {
   /** Requests are counted here (one per get/getMany to an HTTP store); bytes come from the client, so a client shared with concurrent work over-counts. */
   get stats(): FetchStats {
     return { requests: this.requests, bytes: this.http.stats.bytes - this.httpBytesBase };
+  }
+
+  inFlight(base: number): number {
+    return inFlightOf(this.http, this.stats, base);
   }
 
   private count(store: ChunkStore): void {

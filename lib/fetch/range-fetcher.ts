@@ -129,6 +129,9 @@ export function rangeHeader(ranges: readonly ByteRange[]): string {
   return 'bytes=' + ranges.map((r) => `${r.start}-${r.end - 1}`).join(',');
 }
 
+/** A one-part answer to several ranges is read when it is at most this much bigger than the ranges. */
+const SPAN_SLACK = 1.1;
+
 export interface RangeSupport {
   ranges: boolean;
   multi: boolean;
@@ -259,9 +262,12 @@ export class RangeFetcher {
       const cr = parseContentRange(res.headers['content-range'] as string | undefined);
       if (!cr) throw new RangeUnsupportedError(this.url, 'HTTP 206 without a valid Content-Range');
       this.checkPart(cr, ranges, what);
-      // Several ranges answered by one part: only the first range, or the whole span. Its bytes are used.
+      // Several ranges answered by one part: only the first range, or the whole span when its gaps are small
+      // (a span of far-apart ranges could be most of the image). Its bytes are used, then single ranges follow.
       const first = ranges[0];
-      const partial = ranges.length > 1 && cr.start === first.start && (cr.end === first.end || cr.end === ranges[ranges.length - 1].end);
+      const asked = ranges.reduce((n, r) => n + r.end - r.start, 0);
+      const wholeSpan = cr.end === ranges[ranges.length - 1].end && cr.end - cr.start <= asked * SPAN_SLACK;
+      const partial = ranges.length > 1 && cr.start === first.start && (cr.end === first.end || wholeSpan);
       if (ranges.length > 1 && !partial) throw new MultiRangeUnsupportedError(this.url, `one 206 part ${cr.start}-${cr.end - 1} for ${ranges.length} ranges`);
       if (ranges.length === 1 && (cr.start !== first.start || cr.end !== first.end)) throw new OriginError(`${what}: asked ${first.start}-${first.end - 1}, got Content-Range ${cr.start}-${cr.end - 1}`);
       let pos = cr.start;
