@@ -1,7 +1,9 @@
 // `deltad extract`: assemble a target image from seeds and the network,
 // verified chunk by chunk, into OUT (renamed into place only when complete).
 import { extractToFile, type ExtractProgress, type ExtractResult } from '../../lib/delta/extract.js';
-import { UsageError } from '../../lib/errors.js';
+import { DeltaDisabledError, UsageError } from '../../lib/errors.js';
+import { HttpClient } from '../../lib/fetch/http-client.js';
+import { downloadToFile } from '../../lib/fetch/download.js';
 import type { Command } from '../command.js';
 import { flag, parseCount, positionals, str } from '../cli-args.js';
 import { abortOnSignals, sourceOptionSpec, sourceOptionUsage, sourceOptions } from '../delta-args.js';
@@ -47,9 +49,10 @@ Example:
     const ctl = new AbortController();
     const release = abortOnSignals(ctl);
     const bar = createProgress({ label: 'extract', interactive: ctx.interactive, stream: ctx.stderr });
+    const sources = sourceOptions(ctx);
     try {
       const result = await extractToFile(index, out, {
-        ...sourceOptions(ctx),
+        ...sources,
         sha256,
         concurrency: parseCount(str(ctx, 'concurrency'), '--concurrency', 8, 1, 256),
         signal: ctl.signal,
@@ -63,6 +66,19 @@ Example:
       return 0;
     } catch (err) {
       bar.finish();
+      // The release switched deltas off (X-KDE-Delta: false): the full image, as its clients would fetch it.
+      if (err instanceof DeltaDisabledError && sources.rangeUrl && !ctl.signal.aborted) {
+        ctx.stderr.write(`deltad: notice: ${err.message.replace(/; download the full image$/, '')}; downloading the full image\n`);
+        const http = new HttpClient(sources.httpOptions);
+        try {
+          const r = await downloadToFile(http, sources.rangeUrl, out, { sha256, signal: ctl.signal });
+          const text = `${out}: ${formatBytes(r.bytes)} downloaded whole from ${r.url}${sha256 ? ', SHA-256 verified' : ''}`;
+          ctx.stdout.write(flag(ctx, 'json') ? JSON.stringify({ out, mode: 'full', ...r }, null, 2) + '\n' : text + '\n');
+          return 0;
+        } finally {
+          await http.close();
+        }
+      }
       if (ctl.signal.aborted) ctx.stderr.write(`deltad extract: interrupted; run the same command again to resume\n`);
       throw err;
     } finally {
