@@ -263,7 +263,10 @@ export function parseRate(v: string): number {
 }
 
 /** The HTTP client settings of a configuration (TLS trust and transfer limits). */
-export function httpOptionsOf(config: DaemonConfig): { caFile?: string; limits: { lowSpeedLimit: number; lowSpeedTimeMs: number } } {
+export function httpOptionsOf(config: DaemonConfig): {
+  caFile?: string;
+  limits: { lowSpeedLimit: number; lowSpeedTimeMs: number };
+} {
   return {
     caFile: config.caFile || undefined,
     limits: { lowSpeedLimit: config.lowSpeedLimit, lowSpeedTimeMs: config.lowSpeedTime * 1000 },

@@ -47,7 +47,9 @@ export function parseMode(s: string | undefined): FetchMode {
 }
 
 /** --name as a number in [min, max], or undefined. */
-function numberArg(ctx: CommandContext, name: string, min: number, max: number, parse: (v: string) => number = Number): number | undefined {
+function numberArg(
+  ctx: CommandContext, name: string, min: number, max: number, parse: (v: string) => number = Number,
+): number | undefined {
   const v = str(ctx, name);
   if (v === undefined) return undefined;
   let n: number;
@@ -56,7 +58,9 @@ function numberArg(ctx: CommandContext, name: string, min: number, max: number, 
   } catch (err) {
     throw new UsageError(`--${name}: ${(err as Error).message}`);
   }
-  if (!Number.isFinite(n) || n < min || n > max) throw new UsageError(`--${name}: "${v}" must be between ${min} and ${max}`);
+  if (!Number.isFinite(n) || n < min || n > max) {
+    throw new UsageError(`--${name}: "${v}" must be between ${min} and ${max}`);
+  }
   return n;
 }
 

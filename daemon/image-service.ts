@@ -363,7 +363,8 @@ export class ImageService {
       const r = await this.d.http.request(url, { method: 'HEAD', signal });
       await r.body.dump();
       const n = Number(r.headers['content-length']);
-      return { length: r.statusCode === 200 && Number.isSafeInteger(n) && n >= 0 ? n : undefined, deltaOff: deltaDisabledBy(r.headers) };
+      const length = r.statusCode === 200 && Number.isSafeInteger(n) && n >= 0 ? n : undefined;
+      return { length, deltaOff: deltaDisabledBy(r.headers) };
     } catch {
       return {};
     }

@@ -111,10 +111,12 @@ export class ImageChangedError extends OriginError {
 /** The release asks clients to skip the delta (e.g. `X-KDE-Delta: false`). */
 export class DeltaDisabledError extends DeltadError {
   constructor(url: string, header: string) {
-    super('ERR_DELTAD_DELTA_DISABLED', `${url}: the server disables delta updates (${header}); download the full image`);
+    const message = `${url}: the server disables delta updates (${header}); download the full image`;
+    super('ERR_DELTAD_DELTA_DISABLED', message);
   }
 }
 
 function formatRate(bytesPerSec: number): string {
-  return bytesPerSec >= 10 * 1024 ? `${Math.round(bytesPerSec / 1024)} KiB/s` : `${Math.round(bytesPerSec * 10) / 10} B/s`;
+  if (bytesPerSec >= 10 * 1024) return `${Math.round(bytesPerSec / 1024)} KiB/s`;
+  return `${Math.round(bytesPerSec * 10) / 10} B/s`;
 }

@@ -44,10 +44,12 @@ function openssl(args: string[]): void {
 function makeCertificates(): { ca: string; cert: string; key: string } {
   const p = (f: string): string => join(dir, f);
   const ec = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes'];
-  openssl(['req', '-x509', ...ec, '-keyout', p('ca.key'), '-out', p('ca.pem'), '-days', '2', '-subj', '/CN=deltad test CA']);
+  openssl(['req', '-x509', ...ec, '-keyout', p('ca.key'), '-out', p('ca.pem'), '-days', '2',
+    '-subj', '/CN=deltad test CA']);
   openssl(['req', ...ec, '-keyout', p('srv.key'), '-out', p('srv.csr'), '-subj', '/CN=127.0.0.1']);
   spawnSync('sh', ['-c', `printf 'subjectAltName=IP:127.0.0.1\\nbasicConstraints=CA:FALSE\\n' > ${p('srv.ext')}`]);
-  openssl(['x509', '-req', '-in', p('srv.csr'), '-CA', p('ca.pem'), '-CAkey', p('ca.key'), '-CAcreateserial', '-out', p('srv.pem'), '-days', '2', '-extfile', p('srv.ext')]);
+  openssl(['x509', '-req', '-in', p('srv.csr'), '-CA', p('ca.pem'), '-CAkey', p('ca.key'), '-CAcreateserial',
+    '-out', p('srv.pem'), '-days', '2', '-extfile', p('srv.ext')]);
   return { ca: p('ca.pem'), cert: p('srv.pem'), key: p('srv.key') };
 }
 
@@ -64,7 +66,8 @@ async function accessLog(): Promise<LogLine[]> {
   const text = await readFile(join(dir, 'access.log'), 'utf8').catch(() => '');
   return text.split('\n').filter(Boolean).map((l) => {
     const [port, uri, status, bytes, protocol, connection] = l.split(' ');
-    return { port: Number(port), uri, status: Number(status), bytes: Number(bytes), protocol, connection: Number(connection) };
+    const num = Number;
+    return { port: num(port), uri, status: num(status), bytes: num(bytes), protocol, connection: num(connection) };
   });
 }
 
@@ -79,7 +82,8 @@ before(async (t) => {
   caFile = ca;
   for (const k of Object.keys(ports) as (keyof typeof ports)[]) ports[k] = await freePort();
   const mirror = `http://127.0.0.1:${ports.mirror}`;
-  const temp = ['client_body', 'proxy', 'fastcgi', 'uwsgi', 'scgi'].map((x) => `${x}_temp_path ${dir}/tmp-${x};`).join(' ');
+  const temps = ['client_body', 'proxy', 'fastcgi', 'uwsgi', 'scgi'];
+  const temp = temps.map((x) => `${x}_temp_path ${dir}/tmp-${x};`).join(' ');
   await writeFile(join(dir, 'nginx.conf'), `daemon off;
 worker_processes 1;
 pid ${dir}/nginx.pid;
@@ -125,13 +129,15 @@ after(async () => {
 const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
 let n = 0;
 
-async function run(port: number, mode: 'range' | 'store', client: HttpClientOptions = {}, scheme = 'http'): Promise<ExtractResult> {
+async function run(
+  port: number, mode: 'range' | 'store', client: HttpClientOptions = {}, scheme = 'http',
+): Promise<ExtractResult> {
   const base = `${scheme}://127.0.0.1:${port}`;
   const http = new HttpClient({ retryBaseMs: 5, attempts: 2, ...client });
   const out = join(dir, `out${++n}.img`);
   const opts: AssembleOptions = {
-    http, seeds: [{ path: fx.v1Path }], cacheDir: join(dir, 'cache'), rangeUrl: `${base}/v2.img`, stores: [`${base}/v2.castr`],
-    mode, blockPack: false, sha256: sha(fx.v2),
+    http, seeds: [{ path: fx.v1Path }], cacheDir: join(dir, 'cache'),
+    rangeUrl: `${base}/v2.img`, stores: [`${base}/v2.castr`], mode, blockPack: false, sha256: sha(fx.v2),
   };
   try {
     const r = await extractToFile(`${base}/v2.caibx`, out, opts);
@@ -151,8 +157,9 @@ const skip = (t: { skip(m: string): void }): boolean => {
   return true;
 };
 
+const WHAT = { all: 'everything', index: 'only indexes', big: 'only the big files' };
 for (const which of ['all', 'index', 'big'] as const) {
-  test(`nginx redirecting ${which === 'all' ? 'everything' : which === 'index' ? 'only indexes' : 'only the big files'}: range and store mode`, async (t) => {
+  test(`nginx redirecting ${WHAT[which]}: range and store mode`, async (t) => {
     if (skip(t)) return;
     for (const mode of ['range', 'store'] as const) {
       const r = await run(ports[which], mode);
@@ -169,10 +176,12 @@ test('TLS with a private CA and HTTP/2: trusted through ca-file only; many reque
   const before = (await accessLog()).length;
   for (const mode of ['range', 'store'] as const) {
     const r = await run(ports.tls, mode, { caFile }, 'https');
-    assert.ok(r.networkBytes <= direct[mode].networkBytes * 1.01, `https ${mode}: ${r.networkBytes} vs ${direct[mode].networkBytes}`);
+    const base = direct[mode].networkBytes;
+    assert.ok(r.networkBytes <= base * 1.01, `https ${mode}: ${r.networkBytes} vs ${base}`);
   }
   const tls = (await accessLog()).slice(before).filter((l) => l.port === ports.tls);
-  assert.ok(tls.length > 10 && tls.every((l) => l.protocol === 'HTTP/2.0'), `HTTP/2 for all: ${[...new Set(tls.map((l) => l.protocol))]}`);
+  const protocols = [...new Set(tls.map((l) => l.protocol))];
+  assert.ok(tls.length > 10 && tls.every((l) => l.protocol === 'HTTP/2.0'), `HTTP/2 for all: ${protocols}`);
   const chunks = tls.filter((l) => l.uri.endsWith('.cacnk'));
   const connections = new Set(chunks.map((l) => l.connection));
   assert.ok(connections.size <= 2, `${chunks.length} chunk requests on ${connections.size} connections`);
@@ -183,5 +192,6 @@ test('TLS with a private CA and HTTP/2: trusted through ca-file only; many reque
   // Without the CA file the certificate is not trusted: a clear error, nothing written.
   await assert.rejects(run(ports.tls, 'range', {}, 'https'), /certificate/i);
   // A CA file that is not one fails at start.
-  await assert.rejects(async () => run(ports.tls, 'range', { caFile: join(dir, 'nginx.conf') }, 'https'), /no PEM certificate/);
+  const notCa = { caFile: join(dir, 'nginx.conf') };
+  await assert.rejects(async () => run(ports.tls, 'range', notCa, 'https'), /no PEM certificate/);
 });

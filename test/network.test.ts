@@ -50,7 +50,14 @@ after(async () => {
 });
 
 let n = 0;
-function setup(client: HttpClientOptions = {}): { out: string; http: HttpClient; opts: AssembleOptions & { http: HttpClient }; warnings: string[] } {
+interface Setup {
+  out: string;
+  http: HttpClient;
+  opts: AssembleOptions & { http: HttpClient };
+  warnings: string[];
+}
+
+function setup(client: HttpClientOptions = {}): Setup {
   for (const o of [origin, mirror]) {
     o.ranges = 'multi';
     o.redirect = undefined;
@@ -110,14 +117,15 @@ for (const [name, match] of [
           // Later range requests of the update go straight to the mirror.
           const f = new RangeFetcher(http, `${origin.url}/v2.img`, fx.v2.length);
           for (let k = 0; k < 3; k++) await f.fetch([{ start: k * 1000, end: k * 1000 + 10 }], () => {});
-          assert.equal(origin.log.filter((e) => e.path === '/v2.img').length, 1, 'one trip to the redirector for all ranges');
+          const trips = origin.log.filter((e) => e.path === '/v2.img').length;
+          assert.equal(trips, 1, 'one trip to the redirector for all ranges');
           assert.equal(mirror.log.filter((e) => e.path === '/v2.img' && e.status === 206).length, 4);
         }
         if (mode === 'store' && match?.('/x.cacnk') !== false) {
           const chunks = origin.log.filter((e) => e.path.endsWith('.cacnk')).length;
           const missing = r.networkRequests;
-          // Only the first wave (one per request in flight) asks the redirector; a prefix rule sends the rest on.
-          assert.ok(chunks <= 9 && chunks < missing / 2, `${chunks} chunk requests reached the redirector, of ${missing}`);
+          // The first chunk asks the redirector (the others of its shape wait); its prefix rule sends the rest on.
+          assert.ok(chunks <= 1, `${chunks} chunk requests at the redirector, of ${missing}`);
         }
       } finally {
         await http.close();
@@ -125,6 +133,20 @@ for (const [name, match] of [
     }
   });
 }
+
+test('a mirror that refuses ranges is an origin without ranges: auto mode takes the store', async (t) => {
+  if (!casync) return t.skip('casync not installed');
+  const { out, http, opts } = setup();
+  origin.redirect = { to: mirror.url, match: (p) => p.endsWith('.img') };
+  mirror.ranges = 'none';
+  try {
+    const r = await extractToFile(`${origin.url}/v2.caibx`, out, { ...opts, mode: 'auto' });
+    await assertDelta(r, out, 'store', 'mirror without ranges');
+    assert.ok(mirror.log.some((e) => e.path === '/v2.img' && e.status === 200), 'the mirror answered the probe: 200');
+  } finally {
+    await http.close();
+  }
+});
 
 test('redirect policy: hop limit, https to http, other schemes, relative locations, credentials', async () => {
   assert.equal(redirectTarget('http://a/x/y', '../z?q=1#f', 0, 10), 'http://a/z?q=1');
@@ -134,7 +156,8 @@ test('redirect policy: hop limit, https to http, other schemes, relative locatio
   assert.throws(() => redirectTarget('http://a/x', 'http://b/', 10, 10), /more than 10 redirects/);
   const cache = new RedirectCache({ cacheMs: 1000 });
   cache.learn('http://a/store/ab/1.cacnk', 'http://m/pub/store/ab/1.cacnk', 0);
-  assert.deepEqual(cache.lookup('http://a/store/cd/2.cacnk', 1), { url: 'http://m/pub/store/cd/2.cacnk', guessed: true });
+  const guess = cache.lookup('http://a/store/cd/2.cacnk', 1);
+  assert.deepEqual(guess, { url: 'http://m/pub/store/cd/2.cacnk', guessed: true });
   assert.equal(cache.lookup('http://a/SHA256SUMS', 1), undefined, 'a rule applies only to names like the one learned');
   assert.equal(cache.lookup('http://a/store/cd/2.cacnk', 2000), undefined, 'entries expire');
   if (!casync) return;
@@ -142,7 +165,8 @@ test('redirect policy: hop limit, https to http, other schemes, relative locatio
   const { out, http, opts } = setup({ attempts: 1 });
   origin.redirect = { to: origin.url };
   try {
-    await assert.rejects(extractToFile(`${origin.url}/v2.caibx`, out, { ...opts, mode: 'range' }), (err: Error & { code?: string }) => {
+    const loop = extractToFile(`${origin.url}/v2.caibx`, out, { ...opts, mode: 'range' });
+    await assert.rejects(loop, (err: Error & { code?: string }) => {
       assert.equal(err.code, 'ERR_DELTAD_REDIRECT');
       assert.match(err.message, /more than 10 redirects/);
       return true;
@@ -187,17 +211,19 @@ for (const ranges of ['single', 'first-only', 'reject-multi', 'ignore-multi'] as
       const r = await extractToFile(fx.index, out, { ...opts, mode: 'range' });
       assert.ok((await readFile(out)).equals(fx.v2));
       assert.ok(r.fromSeeds > fx.v2.length / 2);
-      assert.ok(warnings.some((w) => /single-range/.test(w)) || plan.rangeSupport?.multi === false, warnings.join('\n'));
+      const fellBack = warnings.some((w) => /single-range/.test(w)) || plan.rangeSupport?.multi === false;
+      assert.ok(fellBack, warnings.join('\n'));
       // The refused multi-range attempt costs at most its first request's bytes.
       const firstMulti = origin.log.find((e) => e.range?.includes(','))?.bytes ?? 0;
-      assert.ok(r.networkBytes <= single.bytes * 1.01 + firstMulti, `${r.networkBytes} bytes, single-range plan ${single.bytes}`);
+      const limit = single.bytes * 1.01 + firstMulti;
+      assert.ok(r.networkBytes <= limit, `${r.networkBytes} bytes, single-range plan ${single.bytes}`);
     } finally {
       await http.close();
     }
   });
 }
 
-test('coded range bodies are never taken for image bytes: range mode fails clearly, auto mode uses the store', async (t) => {
+test('coded range bodies are never image bytes: range mode fails clearly, auto mode uses the store', async (t) => {
   if (!casync) return t.skip('casync not installed');
   const { out, http, opts } = setup();
   origin.codedRanges = true;
@@ -227,7 +253,7 @@ test('Accept-Ranges: none: named in range mode, auto mode takes the store', asyn
   }
 });
 
-test('validators: If-Range with a strong ETag or Last-Modified (weak ETag); an image that changes fails cleanly', async (t) => {
+test('validators: If-Range with a strong ETag or Last-Modified; an image that changes fails cleanly', async (t) => {
   if (!casync) return t.skip('casync not installed');
   for (const validators of ['strong', 'weak', 'none'] as const) {
     const { out, http, opts } = setup();
@@ -237,7 +263,9 @@ test('validators: If-Range with a strong ETag or Last-Modified (weak ETag); an i
       await assertDelta(r, out, 'range', `${validators} validators`);
       // Later requests carry If-Range with the validator of the first answer, and get their ranges.
       const f = new RangeFetcher(http, `${origin.url}/v2.img`, fx.v2.length);
-      for (let k = 0; k < 3; k++) await f.fetch([{ start: k * 1000, end: k * 1000 + 10 }, { start: 50_000, end: 50_010 }], () => {});
+      for (let k = 0; k < 3; k++) {
+        await f.fetch([{ start: k * 1000, end: k * 1000 + 10 }, { start: 50_000, end: 50_010 }], () => {});
+      }
       const last = origin.log.slice(-3);
       assert.ok(last.every((e) => e.status === 206), `${validators}: every range answered: ${JSON.stringify(last)}`);
     } finally {
@@ -258,7 +286,8 @@ test('validators: If-Range with a strong ETag or Last-Modified (weak ETag); an i
       await writeFile(join(dir, 'x.img'), Buffer.alloc(data.length, validators === 'strong' ? 2 : 3));
       await utimes(join(dir, 'x.img'), new Date(), new Date(Date.now() + 5000 * (validators === 'strong' ? 1 : 2)));
       let got = 0;
-      await assert.rejects(f.fetch([{ start: 100, end: 200 }], (_, b) => (got += b.length)), (err: Error & { code?: string }) => {
+      const second = f.fetch([{ start: 100, end: 200 }], (_, b) => (got += b.length));
+      await assert.rejects(second, (err: Error & { code?: string }) => {
         assert.equal(err.code, 'ERR_DELTAD_IMAGE_CHANGED');
         assert.match(err.message, /changed on the server during the update \(If-Range/);
         return true;
@@ -272,7 +301,9 @@ test('validators: If-Range with a strong ETag or Last-Modified (weak ETag); an i
   }
 });
 
-test('a trickle (1 byte every 2 s) is cut by the low-speed limit and retried; an endless one fails naming URL and rate', { timeout: 30_000 }, async (t) => {
+test('a trickle is cut by the low-speed limit and retried; an endless one fails naming URL and rate', {
+  timeout: 30_000,
+}, async (t) => {
   if (!casync) return t.skip('casync not installed');
   const limits = { lowSpeedLimit: 1024, lowSpeedTimeMs: 1500 };
   {
@@ -292,7 +323,8 @@ test('a trickle (1 byte every 2 s) is cut by the low-speed limit and retried; an
     origin.fault({ kind: 'trickle', path: '/v2.img', rangedOnly: true, intervalMs: 2000, times: Infinity });
     try {
       const started = Date.now();
-      await assert.rejects(extractToFile(fx.index, out, { ...opts, mode: 'range' }), (err: Error & { code?: string }) => {
+      const slow = extractToFile(fx.index, out, { ...opts, mode: 'range' });
+      await assert.rejects(slow, (err: Error & { code?: string }) => {
         assert.equal(err.code, 'ERR_DELTAD_LOW_SPEED');
         assert.ok(err.message.includes(`${origin.url}/v2.img`), err.message);
         assert.match(err.message, /transfer too slow: [\d.]+ B\/s for 2 s \(limit 1024 B\/s\)/);
@@ -308,7 +340,8 @@ test('a trickle (1 byte every 2 s) is cut by the low-speed limit and retried; an
     const { out, http, opts } = setup({ limits: { lowSpeedLimit: 0 } });
     origin.fault({ kind: 'trickle', path: '/v2.img', rangedOnly: true, intervalMs: 60_000, times: Infinity });
     try {
-      await assert.rejects(extractToFile(fx.index, out, { ...opts, mode: 'range', stallMs: 1500 }), (err: Error & { code?: string }) => {
+      const stalled = extractToFile(fx.index, out, { ...opts, mode: 'range', stallMs: 1500 });
+      await assert.rejects(stalled, (err: Error & { code?: string }) => {
         assert.equal(err.code, 'ERR_DELTAD_STALLED', err.message);
         assert.match(err.message, /no progress for 2 s/);
         return true;
@@ -337,7 +370,7 @@ test('kill switch: X-KDE-Delta: false on the image stops the delta with a clear 
   }
 });
 
-test('link estimate: round-trip time and throughput measured; requests in flight follow the bandwidth-delay product', async (t) => {
+test('link estimate: RTT and throughput measured; requests in flight follow the bandwidth-delay product', async (t) => {
   assert.equal(inFlightFor(undefined, 65536, { min: 4, max: 64 }), 4);
   assert.equal(inFlightFor({ rttMs: 100, bytesPerSec: 10 * 1024 * 1024 }, 64 * 1024, { min: 4, max: 64 }), 17);
   assert.equal(inFlightFor({ rttMs: 300, bytesPerSec: 100 * 1024 * 1024 }, 64 * 1024, { min: 4, max: 64 }), 64);
@@ -354,7 +387,7 @@ test('link estimate: round-trip time and throughput measured; requests in flight
   }
 });
 
-test('low-speed limit: a reader that holds the body back (backpressure) is not the server being slow', { timeout: 20_000 }, async () => {
+test('low-speed limit: a reader holding the body back is not a slow server', { timeout: 20_000 }, async () => {
   const { createServer } = await import('node:http');
   const body = Buffer.alloc(4 * 1024 * 1024, 7);
   const server = createServer((_req, res) => {

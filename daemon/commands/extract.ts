@@ -68,12 +68,14 @@ Example:
       bar.finish();
       // The release switched deltas off (X-KDE-Delta: false): the full image, as its clients would fetch it.
       if (err instanceof DeltaDisabledError && sources.rangeUrl && !ctl.signal.aborted) {
-        ctx.stderr.write(`deltad: notice: ${err.message.replace(/; download the full image$/, '')}; downloading the full image\n`);
+        const why = err.message.replace(/; download the full image$/, '');
+        ctx.stderr.write(`deltad: notice: ${why}; downloading the full image\n`);
         const http = new HttpClient(sources.httpOptions);
         try {
           const r = await downloadToFile(http, sources.rangeUrl, out, { sha256, signal: ctl.signal });
-          const text = `${out}: ${formatBytes(r.bytes)} downloaded whole from ${r.url}${sha256 ? ', SHA-256 verified' : ''}`;
-          ctx.stdout.write(flag(ctx, 'json') ? JSON.stringify({ out, mode: 'full', ...r }, null, 2) + '\n' : text + '\n');
+          const verified = sha256 ? ', SHA-256 verified' : '';
+          const text = `${out}: ${formatBytes(r.bytes)} downloaded whole from ${r.url}${verified}`;
+          ctx.stdout.write((flag(ctx, 'json') ? JSON.stringify({ out, mode: 'full', ...r }, null, 2) : text) + '\n');
           return 0;
         } finally {
           await http.close();

@@ -33,17 +33,18 @@ export interface RemoteSource {
    * drain, when given, is awaited between network reads (write backpressure).
    */
   fetch(runs: readonly Run[], deliver: Deliver, signal: AbortSignal, drain?: () => Promise<void> | undefined): Promise<void>;
-  /** Requests worth keeping in flight now (at least `base`): the link's bandwidth-delay product over the request size. */
+  /** Requests worth keeping in flight now (at least `base`): bandwidth-delay product over the request size. */
   inFlight?(base: number): number;
 }
 
-/** Most requests in flight for one source however long and fat the link (HTTP/2 streams; HTTP/1.1 queues at its pool). */
+/** Most requests in flight for one source on any link (HTTP/2 streams; HTTP/1.1 queues at its pool). */
 const MAX_IN_FLIGHT = 64;
 
 /** Slots for a source from its client's link estimate and its own mean request size so far. */
 function inFlightOf(http: HttpClient, stats: FetchStats, base: number): number {
   if (stats.requests < 4) return base;
-  return inFlightFor(http.linkEstimate(), stats.bytes / stats.requests, { min: base, max: Math.max(base, MAX_IN_FLIGHT) });
+  const bounds = { min: base, max: Math.max(base, MAX_IN_FLIGHT) };
+  return inFlightFor(http.linkEstimate(), stats.bytes / stats.requests, bounds);
 }
 
 export interface RetryPolicy {
@@ -99,7 +100,8 @@ export class RangeSource implements RemoteSource {
   private handedOver = false;
 
   inFlight(base: number): number {
-    return this.handedOver && this.fallback?.inFlight ? this.fallback.inFlight(base) : inFlightOf(this.http, this.fetcher.stats, base);
+    if (this.handedOver && this.fallback?.inFlight) return this.fallback.inFlight(base);
+    return inFlightOf(this.http, this.fetcher.stats, base);
   }
 
   batches(runs: readonly Run[], maxSpan: number): Run[][] {

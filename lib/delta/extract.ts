@@ -141,7 +141,9 @@ function hashPoolFor(plan: Plan): EncoderPool | undefined {
 const isUrl = (s: string): boolean => /^https?:\/\//i.test(s);
 
 /** Loads a target index from a local path or an http(s) URL (verified strictly). */
-export async function loadIndex(spec: string, opts: { http?: HttpClient; httpOptions?: HttpClientOptions; signal?: AbortSignal } = {}): Promise<ChunkIndex> {
+export async function loadIndex(
+  spec: string, opts: { http?: HttpClient; httpOptions?: HttpClientOptions; signal?: AbortSignal } = {},
+): Promise<ChunkIndex> {
   if (!isUrl(spec)) return readIndexFile(spec, { allowArchive: false });
   const http = opts.http ?? new HttpClient(opts.httpOptions);
   try {
@@ -180,7 +182,9 @@ interface Context {
 
 async function openContext(target: ChunkIndex, opts: AssembleOptions): Promise<Context> {
   const ownsHttp = !opts.http;
-  const http = opts.http ?? new HttpClient({ ...opts.httpOptions, connections: opts.concurrency ?? DEFAULT_CONCURRENCY, attempts: opts.attempts });
+  const http = opts.http ?? new HttpClient({
+    ...opts.httpOptions, connections: opts.concurrency ?? DEFAULT_CONCURRENCY, attempts: opts.attempts,
+  });
   const owned: ChunkStore[] = [];
   const seeds: Seed[] = [];
   const ctx: Context = {
@@ -370,7 +374,10 @@ function newProgress(total: number): ExtractProgress {
 }
 
 /** Runs the assembler with periodic progress callbacks; network counters include the probe. */
-async function runAssembly(assembler: Assembler, progress: ExtractProgress, choice: RemoteChoice, onProgress?: (p: ExtractProgress) => void, stall?: StallWatch): Promise<void> {
+async function runAssembly(
+  assembler: Assembler, progress: ExtractProgress, choice: RemoteChoice, onProgress?: (p: ExtractProgress) => void,
+  stall?: StallWatch,
+): Promise<void> {
   let moved = { at: Date.now(), done: -1, bytes: -1 };
   const report = (): void => {
     if (choice.remote) {
@@ -381,9 +388,11 @@ async function runAssembly(assembler: Assembler, progress: ExtractProgress, choi
       progress.networkRequests = choice.probe.requests;
     }
     onProgress?.({ ...progress });
-    if (progress.done !== moved.done || progress.networkBytes !== moved.bytes) moved = { at: Date.now(), done: progress.done, bytes: progress.networkBytes };
-    else if (stall && stall.ms > 0 && Date.now() - moved.at >= stall.ms) {
-      stall.ctl.abort(new StallError(stall.what, stall.ms, `${progress.done} of ${progress.total} bytes done, ${progress.networkBytes} bytes from the network`));
+    if (progress.done !== moved.done || progress.networkBytes !== moved.bytes) {
+      moved = { at: Date.now(), done: progress.done, bytes: progress.networkBytes };
+    } else if (stall && stall.ms > 0 && Date.now() - moved.at >= stall.ms) {
+      const seen = `${progress.done} of ${progress.total} bytes done, ${progress.networkBytes} bytes from the network`;
+      stall.ctl.abort(new StallError(stall.what, stall.ms, seen));
     }
   };
   const timer = setInterval(report, PROGRESS_INTERVAL_MS);

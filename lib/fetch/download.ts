@@ -24,13 +24,16 @@ export interface DownloadResult {
   url: string;
 }
 
-export async function downloadToFile(http: HttpClient, url: string, out: string, opts: DownloadOptions = {}): Promise<DownloadResult> {
+export async function downloadToFile(
+  http: HttpClient, url: string, out: string, opts: DownloadOptions = {},
+): Promise<DownloadResult> {
   const tmp = join(dirname(out), `.${basename(out)}.deltad-download`);
   const res = await http.withRetry(async () => {
     const r = await http.request(url, { signal: opts.signal });
     if (r.statusCode !== 200) {
       await r.body.dump();
-      throw new OriginError(`GET ${url}: HTTP ${r.statusCode}`, { status: r.statusCode, transient: r.statusCode >= 500 || r.statusCode === 429 });
+      const transient = r.statusCode >= 500 || r.statusCode === 429;
+      throw new OriginError(`GET ${url}: HTTP ${r.statusCode}`, { status: r.statusCode, transient });
     }
     return r;
   }, opts.signal);
@@ -54,9 +57,12 @@ export async function downloadToFile(http: HttpClient, url: string, out: string,
       if ((err as Error).name === 'AbortError' || err instanceof OriginError) throw err;
       throw new OriginError(`GET ${url}: ${(err as Error).message}`, { transient: true, cause: err });
     }
-    if (total !== undefined && bytes !== total) throw new OriginError(`GET ${url}: truncated body (${bytes} of ${total} bytes)`);
+    if (total !== undefined && bytes !== total) {
+      throw new OriginError(`GET ${url}: truncated body (${bytes} of ${total} bytes)`);
+    }
     const sha256 = hash.digest('hex');
-    if (opts.sha256 && sha256 !== opts.sha256.toLowerCase()) throw new ChecksumMismatchError(opts.sha256.toLowerCase(), sha256, url);
+    const expected = opts.sha256?.toLowerCase();
+    if (expected && sha256 !== expected) throw new ChecksumMismatchError(expected, sha256, url);
     await file.sync();
     await file.close();
     await rename(tmp, out);

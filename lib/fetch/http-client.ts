@@ -132,6 +132,17 @@ export class HttpClient {
       await res?.body.dump().catch(() => {});
       this.forget(url, cached);
     }
+    const release = await this.redirects.gate(url, opts.signal);
+    if (release) {
+      try {
+        return await this.follow(url, url, opts);
+      } finally {
+        release();
+      }
+    }
+    // Another URL of this shape was resolved meanwhile: its rule may cover this one.
+    const learned = this.redirects.lookup(url);
+    if (learned) return this.request(url, opts);
     return this.follow(url, url, opts);
   }
 
@@ -144,11 +155,14 @@ export class HttpClient {
     let current = start;
     let method = opts.method ?? 'GET';
     let body = opts.body;
-    let headers: Record<string, string> = { 'user-agent': this.userAgent, 'accept-encoding': 'identity', ...opts.headers };
+    let headers: Record<string, string> = {
+      'user-agent': this.userAgent, 'accept-encoding': 'identity', ...opts.headers,
+    };
     for (let hops = 0; ; hops++) {
       const res = await this.once(current, method, headers, body, opts.signal);
       if (!REDIRECT_STATUSES.has(res.statusCode)) {
         if (current !== url && res.statusCode < 400) this.redirects.learn(url, current);
+        if (hops === 0 && start === url) this.redirects.answeredDirectly(url);
         return Object.assign(res, { url: current });
       }
       await res.body.dump().catch(() => {});
@@ -159,13 +173,16 @@ export class HttpClient {
         body = undefined;
       }
       if (!sameOrigin(current, next)) {
-        headers = Object.fromEntries(Object.entries(headers).filter(([k]) => !CREDENTIAL_HEADERS.includes(k.toLowerCase())));
+        const kept = Object.entries(headers).filter(([k]) => !CREDENTIAL_HEADERS.includes(k.toLowerCase()));
+        headers = Object.fromEntries(kept);
       }
       current = next;
     }
   }
 
-  private async once(url: string, method: string, headers: Record<string, string>, body: Buffer | undefined, signal?: AbortSignal): Promise<Dispatcher.ResponseData> {
+  private async once(
+    url: string, method: string, headers: Record<string, string>, body: Buffer | undefined, signal?: AbortSignal,
+  ): Promise<Dispatcher.ResponseData> {
     this.stats.requests++;
     try {
       const h2 = this.h2Origins.size > 0 && this.h2Origins.has(originOf(url));
@@ -192,7 +209,9 @@ export class HttpClient {
    * GET a whole (small) resource into memory, with retries. Returns the status
    * for 2xx and 404; other statuses throw. Bodies over maxBytes are refused.
    */
-  async getBuffer(url: string, opts: RequestOptions & { maxBytes?: number } = {}): Promise<{ status: number; headers: Dispatcher.ResponseData['headers']; body: Buffer; url: string }> {
+  async getBuffer(
+    url: string, opts: RequestOptions & { maxBytes?: number } = {},
+  ): Promise<{ status: number; headers: Dispatcher.ResponseData['headers']; body: Buffer; url: string }> {
     const maxBytes = opts.maxBytes ?? 64 * 1024 * 1024;
     return this.withRetry(async () => {
       const res = await this.request(url, opts);

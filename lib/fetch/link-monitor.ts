@@ -3,7 +3,9 @@
 // of body bytes while requests are in flight) and enforces curl-like transfer
 // limits: a low-speed limit and a per-request deadline scaled to the bytes the
 // answer carries. Time the consumer holds the body paused (backpressure) counts
-// against neither.
+// against neither. Times are performance.now() milliseconds (loopback answers take less than one).
+import type { Duplex } from 'node:stream';
+import { performance } from 'node:perf_hooks';
 import type { Dispatcher } from 'undici';
 import { LowSpeedError, RequestDeadlineError } from '../errors.js';
 
@@ -41,9 +43,12 @@ const RTT_SAMPLES = 16;
 const TICK_MS = 250;
 const SPEED_WINDOW_TICKS = 8;
 
+type Controller = Dispatcher.DispatchController;
+type Headers = Record<string, string | string[] | undefined>;
+
 interface Transfer {
   url: string;
-  controller?: Dispatcher.DispatchController;
+  controller?: Controller;
   started: number;
   headersAt?: number;
   expected?: number;
@@ -81,7 +86,7 @@ export class LinkMonitor {
   /** The link as measured so far; undefined before the first answer. */
   estimate(): LinkEstimate | undefined {
     if (this.rtts.length === 0) return undefined;
-    const busy = this.busyMs + (this.busySince !== undefined ? Date.now() - this.busySince : 0);
+    const busy = this.busyMs + (this.busySince !== undefined ? performance.now() - this.busySince : 0);
     return {
       rttMs: Math.max(0.1, Math.min(...this.rtts)),
       bytesPerSec: busy > 0 && this.bytes > 0 ? (this.bytes * 1000) / busy : 0,
@@ -120,7 +125,7 @@ export class LinkMonitor {
   end(t: Transfer): void {
     if (!this.active.delete(t)) return;
     if (t.headersAt !== undefined && --this.receiving === 0 && this.busySince !== undefined) {
-      this.busyMs += Date.now() - this.busySince;
+      this.busyMs += performance.now() - this.busySince;
       this.busySince = undefined;
     }
     if (this.active.size === 0 && this.ticker) {
@@ -130,7 +135,7 @@ export class LinkMonitor {
   }
 
   private tick(): void {
-    const now = Date.now();
+    const now = performance.now();
     const { lowSpeedLimit, lowSpeedTimeMs } = this.limits;
     for (const t of this.active) {
       if (t.headersAt === undefined || !t.controller) continue;
@@ -160,7 +165,8 @@ export class LinkMonitor {
       t.slowSince ??= now - TICK_MS;
       if (now - t.slowSince >= lowSpeedTimeMs) {
         const seen = (t.bytes * 1000) / Math.max(1, now - t.headersAt - t.pausedMs);
-        t.controller.abort(new LowSpeedError(t.url, Math.min(rate, seen), lowSpeedLimit, Math.round(lowSpeedTimeMs / 1000)));
+        const seconds = Math.round(lowSpeedTimeMs / 1000);
+        t.controller.abort(new LowSpeedError(t.url, Math.min(rate, seen), lowSpeedLimit, seconds));
       }
     }
   }
@@ -177,43 +183,44 @@ class MonitoredHandler implements Dispatcher.DispatchHandler {
     private readonly monitor: LinkMonitor, url: string, private readonly head: boolean,
     private readonly inner: Dispatcher.DispatchHandler,
   ) {
-    this.transfer = { url, started: Date.now(), bytes: 0, window: [], lastBytes: 0, pausedMs: 0 };
+    this.transfer = { url, started: performance.now(), bytes: 0, window: [], lastBytes: 0, pausedMs: 0 };
   }
 
-  onRequestUpgrade(controller: Dispatcher.DispatchController, statusCode: number, headers: Record<string, string | string[] | undefined>, socket: import('node:stream').Duplex): void {
+  onRequestUpgrade(controller: Controller, statusCode: number, headers: Headers, socket: Duplex): void {
     this.monitor.end(this.transfer);
     return this.inner.onRequestUpgrade?.(controller, statusCode, headers, socket);
   }
 
-  onRequestStart(controller: Dispatcher.DispatchController, context: unknown): void {
+  onRequestStart(controller: Controller, context: unknown): void {
     // Restarted (a retried pipelined request): time from now.
     this.transfer.controller = controller;
-    this.transfer.started = Date.now();
+    this.transfer.started = performance.now();
     this.monitor.begin(this.transfer);
     return this.inner.onRequestStart?.(controller, context);
   }
 
-  onResponseStart(controller: Dispatcher.DispatchController, statusCode: number, headers: Record<string, string | string[] | undefined>, statusMessage?: string): void {
+  onResponseStart(controller: Controller, statusCode: number, headers: Headers, statusMessage?: string): void {
     if (statusCode >= 200) {
       const len = Number(headers['content-length']);
       const expected = Number.isSafeInteger(len) ? len : undefined;
       this.transfer.expected = expected;
-      this.monitor.headers(this.transfer, Date.now(), this.head || (expected !== undefined && expected <= SMALL_ANSWER_BYTES));
+      const small = this.head || (expected !== undefined && expected <= SMALL_ANSWER_BYTES);
+      this.monitor.headers(this.transfer, performance.now(), small);
     }
     return this.inner.onResponseStart?.(controller, statusCode, headers, statusMessage);
   }
 
-  onResponseData(controller: Dispatcher.DispatchController, chunk: Buffer): void {
+  onResponseData(controller: Controller, chunk: Buffer): void {
     this.monitor.data(this.transfer, chunk.length);
     return this.inner.onResponseData?.(controller, chunk);
   }
 
-  onResponseEnd(controller: Dispatcher.DispatchController, trailers: Record<string, string | string[] | undefined>): void {
+  onResponseEnd(controller: Controller, trailers: Headers): void {
     this.monitor.end(this.transfer);
     return this.inner.onResponseEnd?.(controller, trailers);
   }
 
-  onResponseError(controller: Dispatcher.DispatchController, err: Error): void {
+  onResponseError(controller: Controller, err: Error): void {
     this.monitor.end(this.transfer);
     return this.inner.onResponseError?.(controller, err);
   }
@@ -223,7 +230,9 @@ class MonitoredHandler implements Dispatcher.DispatchHandler {
  * Requests to keep in flight so that `requestBytes`-sized answers fill the
  * link: its bandwidth-delay product over the request size, plus one, bounded.
  */
-export function inFlightFor(link: LinkEstimate | undefined, requestBytes: number, bounds: { min: number; max: number }): number {
+export function inFlightFor(
+  link: LinkEstimate | undefined, requestBytes: number, bounds: { min: number; max: number },
+): number {
   if (!link || link.bytesPerSec <= 0 || requestBytes <= 0) return bounds.min;
   const bdp = (link.bytesPerSec * link.rttMs) / 1000;
   return Math.max(bounds.min, Math.min(bounds.max, Math.ceil(bdp / requestBytes) + 1));

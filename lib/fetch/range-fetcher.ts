@@ -220,15 +220,19 @@ export class RangeFetcher {
     const headers: Record<string, string> = { range: rangeHeader(ranges), 'accept-encoding': 'identity' };
     if (ifRange) headers['if-range'] = ifRange;
     const res = await this.http.request(this.url, { headers, signal });
-    const what = `GET ${res.url === this.url ? this.url : `${this.url} (at ${res.url})`} (${ranges.length} range${ranges.length === 1 ? '' : 's'})`;
+    const where = res.url === this.url ? this.url : `${this.url} (at ${res.url})`;
+    const what = `GET ${where} (${ranges.length} range${ranges.length === 1 ? '' : 's'})`;
     try {
       const off = deltaDisabledBy(res.headers);
       if (off) throw new DeltaDisabledError(this.url, off);
       if (res.statusCode === 200) {
         const now = validatorOf(res.headers);
         // With If-Range, a 200 under another validator means the image is not the one the index describes.
-        if (ifRange && now !== ifRange) throw new ImageChangedError(this.url, `If-Range ${ifRange}, now ${now ?? 'no validator'}`);
-        const whole = res.headers['accept-ranges'] === 'none' ? 'Accept-Ranges: none' : 'HTTP 200 with the whole file instead of 206';
+        if (ifRange && now !== ifRange) {
+          throw new ImageChangedError(this.url, `If-Range ${ifRange}, now ${now ?? 'no validator'}`);
+        }
+        const none = res.headers['accept-ranges'] === 'none';
+        const whole = none ? 'Accept-Ranges: none' : 'HTTP 200 with the whole file instead of 206';
         // A 200 to several ranges may only mean "not several": single ranges are still worth one request.
         if (ranges.length > 1) throw new MultiRangeUnsupportedError(this.url, whole);
         throw new RangeUnsupportedError(this.url, whole);
@@ -240,7 +244,8 @@ export class RangeFetcher {
       // Content-Range counts bytes of the coded representation: coded ranges are not image bytes.
       const coding = res.headers['content-encoding'];
       if (coding !== undefined && String(coding).trim().toLowerCase() !== 'identity') {
-        throw new RangeUnsupportedError(this.url, `206 with Content-Encoding ${String(coding)} although identity was asked`);
+        const detail = `206 with Content-Encoding ${String(coding)} although identity was asked`;
+        throw new RangeUnsupportedError(this.url, detail);
       }
       this.validator ??= validatorOf(res.headers);
       onRangesWork();
@@ -268,8 +273,12 @@ export class RangeFetcher {
       const asked = ranges.reduce((n, r) => n + r.end - r.start, 0);
       const wholeSpan = cr.end === ranges[ranges.length - 1].end && cr.end - cr.start <= asked * SPAN_SLACK;
       const partial = ranges.length > 1 && cr.start === first.start && (cr.end === first.end || wholeSpan);
-      if (ranges.length > 1 && !partial) throw new MultiRangeUnsupportedError(this.url, `one 206 part ${cr.start}-${cr.end - 1} for ${ranges.length} ranges`);
-      if (ranges.length === 1 && (cr.start !== first.start || cr.end !== first.end)) throw new OriginError(`${what}: asked ${first.start}-${first.end - 1}, got Content-Range ${cr.start}-${cr.end - 1}`);
+      const onePart = `one 206 part ${cr.start}-${cr.end - 1} for ${ranges.length} ranges`;
+      if (ranges.length > 1 && !partial) throw new MultiRangeUnsupportedError(this.url, onePart);
+      if (ranges.length === 1 && (cr.start !== first.start || cr.end !== first.end)) {
+        const got = `got Content-Range ${cr.start}-${cr.end - 1}`;
+        throw new OriginError(`${what}: asked ${first.start}-${first.end - 1}, ${got}`);
+      }
       let pos = cr.start;
       await this.consume(res, (b) => {
         if (pos + b.length > cr.end) throw new OriginError(`${what}: body longer than its Content-Range`);
@@ -278,7 +287,7 @@ export class RangeFetcher {
         return drain?.();
       }, what);
       if (pos !== cr.end) throw new OriginError(`${what}: truncated body (${pos - cr.start} of ${cr.end - cr.start} bytes)`, { transient: true });
-      if (partial) throw new MultiRangeUnsupportedError(this.url, `one 206 part ${cr.start}-${cr.end - 1} for ${ranges.length} ranges`);
+      if (partial) throw new MultiRangeUnsupportedError(this.url, onePart);
     } catch (err) {
       // Stop reading at once (a 200 may be the whole image); the abort error this raises is expected.
       res.body.on('error', () => {});
@@ -288,7 +297,10 @@ export class RangeFetcher {
   }
 
   private checkPart(r: { start: number; end: number; total?: number }, ranges: readonly ByteRange[], what: string): void {
-    if (r.total !== undefined && r.total !== this.size) throw new ImageChangedError(this.url, `${what}: Content-Range says the file has ${r.total} bytes, the index ${this.size}`);
+    if (r.total !== undefined && r.total !== this.size) {
+      const detail = `${what}: Content-Range says the file has ${r.total} bytes, the index ${this.size}`;
+      throw new ImageChangedError(this.url, detail);
+    }
     if (r.start < ranges[0].start || r.end > ranges[ranges.length - 1].end) throw new OriginError(`${what}: part ${r.start}-${r.end - 1} outside the ranges asked for`);
   }
 

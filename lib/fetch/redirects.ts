@@ -39,8 +39,12 @@ export interface CachedTarget {
 }
 
 /** Where `location` (from a response to `from`) points; throws RedirectError when it may not be followed. */
-export function redirectTarget(from: string, location: string | string[] | undefined, hops: number, max: number): string {
-  if (typeof location !== 'string' || location === '') throw new RedirectError(from, 'redirect without a Location header');
+export function redirectTarget(
+  from: string, location: string | string[] | undefined, hops: number, max: number,
+): string {
+  if (typeof location !== 'string' || location === '') {
+    throw new RedirectError(from, 'redirect without a Location header');
+  }
   if (hops >= max) throw new RedirectError(from, `more than ${max} redirects`);
   let next: URL;
   try {
@@ -48,8 +52,12 @@ export function redirectTarget(from: string, location: string | string[] | undef
   } catch {
     throw new RedirectError(from, `invalid Location "${location.slice(0, 200)}"`);
   }
-  if (next.protocol !== 'http:' && next.protocol !== 'https:') throw new RedirectError(from, `to a ${next.protocol} URL`);
-  if (from.startsWith('https:') && next.protocol === 'http:') throw new RedirectError(from, `from https down to http (${next.href})`);
+  if (next.protocol !== 'http:' && next.protocol !== 'https:') {
+    throw new RedirectError(from, `to a ${next.protocol} URL`);
+  }
+  if (from.startsWith('https:') && next.protocol === 'http:') {
+    throw new RedirectError(from, `from https down to http (${next.href})`);
+  }
   next.hash = '';
   return next.href;
 }
@@ -63,7 +71,21 @@ const extOf = (name: string): string => {
   return dot <= 0 ? '' : name.slice(dot);
 };
 
+/**
+ * URLs of one shape (origin, path depth, file-name extension) share a gate
+ * while the first of them is on its way: a burst of store-chunk requests then
+ * sends one to the redirector, not one per request in flight, and the rest use
+ * the rule it teaches. Shapes answered without a redirect are never gated again.
+ */
+export function shapeOf(url: string): string {
+  const u = new URL(url);
+  const parts = u.pathname.split('/');
+  return `${u.origin}|${parts.length}|${extOf(parts[parts.length - 1])}`;
+}
+
 export class RedirectCache {
+  private readonly gates = new Map<string, Promise<void>>();
+  private readonly direct = new Set<string>();
   private readonly exact = new Map<string, { url: string; expires: number }>();
   private readonly rules: Rule[] = [];
   readonly maxRedirects: number;
@@ -85,9 +107,36 @@ export class RedirectCache {
       if (r.expires <= now || !url.startsWith(r.from)) continue;
       const rest = url.slice(r.from.length);
       const parts = rest.split('/');
-      if (parts.length === r.depth && extOf(parts[parts.length - 1]) === r.ext) return { url: r.to + rest, guessed: true };
+      const alike = parts.length === r.depth && extOf(parts[parts.length - 1]) === r.ext;
+      if (alike) return { url: r.to + rest, guessed: true };
     }
     return undefined;
+  }
+
+  /**
+   * Waits while another URL of the same shape is being resolved for the first
+   * time; returns a release function when this request is that first one.
+   */
+  async gate(url: string, signal?: AbortSignal): Promise<(() => void) | undefined> {
+    if (url.includes('?')) return undefined;
+    const shape = shapeOf(url);
+    if (this.direct.has(shape)) return undefined;
+    const pending = this.gates.get(shape);
+    if (pending) {
+      await (signal ? Promise.race([pending, abortPromise(signal)]) : pending);
+      return undefined;
+    }
+    let open!: () => void;
+    this.gates.set(shape, new Promise<void>((r) => (open = r)));
+    return () => {
+      this.gates.delete(shape);
+      open();
+    };
+  }
+
+  /** A URL of this shape was answered without a redirect: its shape needs no gate. */
+  answeredDirectly(url: string): void {
+    if (!url.includes('?')) this.direct.add(shapeOf(url));
   }
 
   /** Remembers that `from` ended at `to` (after at least one redirect). */
@@ -131,4 +180,8 @@ export class RedirectCache {
     if (this.rules.length >= MAX_RULES) this.rules.shift();
     this.rules.push(rule);
   }
+}
+
+function abortPromise(signal: AbortSignal): Promise<void> {
+  return new Promise((resolve) => signal.addEventListener('abort', () => resolve(), { once: true }));
 }

@@ -8,7 +8,9 @@ import type { IncomingHttpHeaders } from 'node:http';
 const KILL_SWITCH_HEADERS = ['x-kde-delta', 'x-deltad-delta'];
 
 /** The header that disables deltas ("X-KDE-Delta: false"), or undefined when deltas are allowed. */
-export function deltaDisabledBy(headers: IncomingHttpHeaders | Record<string, string | string[] | undefined>): string | undefined {
+export function deltaDisabledBy(
+  headers: IncomingHttpHeaders | Record<string, string | string[] | undefined>,
+): string | undefined {
   for (const name of KILL_SWITCH_HEADERS) {
     const v = headers[name];
     const value = Array.isArray(v) ? v[v.length - 1] : v;

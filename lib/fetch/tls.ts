@@ -40,7 +40,8 @@ export function readCaFile(file: string): string[] {
   try {
     text = readFileSync(file, 'utf8');
   } catch (err) {
-    throw new UsageError(`ca-file ${file}: cannot read: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`);
+    const why = (err as NodeJS.ErrnoException).code ?? (err as Error).message;
+    throw new UsageError(`ca-file ${file}: cannot read: ${why}`);
   }
   const certs = text.match(PEM_CERT);
   if (!certs) throw new UsageError(`ca-file ${file}: no PEM certificate ("-----BEGIN CERTIFICATE-----") in it`);

@@ -194,12 +194,16 @@ export async function startOrigin(opts: OriginOptions): Promise<Origin> {
     if (state.validators === 'weak') validators.etag = `W/${tag}`;
     // If-Range: the range only when the validator still matches (strong comparison; a weak tag never does).
     const ifRange = req.headers['if-range'] as string | undefined;
-    const stillSame = ifRange === undefined || (ifRange.startsWith('"') ? ifRange === validators.etag : ifRange === validators['last-modified']);
+    const matches = ifRange?.startsWith('"') ? ifRange === validators.etag : ifRange === validators['last-modified'];
+    const stillSame = ifRange === undefined || matches;
     let headers: Record<string, string> = {
-      'accept-ranges': state.ranges === 'none' ? 'none' : 'bytes', 'content-type': 'application/octet-stream', ...validators,
+      'accept-ranges': state.ranges === 'none' ? 'none' : 'bytes',
+      'content-type': 'application/octet-stream',
+      ...validators,
     };
     let parts: Buffer[] = [data];
-    let ranges = req.headers.range && state.ranges !== 'none' && fault?.kind !== 'full-200' && stillSame ? parseRanges(req.headers.range, data.length) : null;
+    const honoured = req.headers.range && state.ranges !== 'none' && fault?.kind !== 'full-200' && stillSame;
+    let ranges = honoured ? parseRanges(req.headers.range!, data.length) : null;
     if (ranges && ranges.length > 1 && state.ranges === 'ignore-multi') ranges = null;
     if (ranges && ranges.length === 0) {
       return send(416, { 'content-range': `bytes */${data.length}` }, Buffer.alloc(0));
