@@ -10,7 +10,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { gunzipSync, inflateSync, brotliDecompressSync } from 'node:zlib';
 import { OriginError } from '../errors.js';
 import { DEFAULT_LIMITS, LinkMonitor, type LinkEstimate, type TransferLimits } from './link-monitor.js';
-import { REDIRECT_STATUSES, RedirectCache, redirectTarget, sameOrigin, type CachedTarget } from './redirects.js';
+import { REDIRECT_STATUSES, RedirectCache, redirectTarget, sameOrigin } from './redirects.js';
 import { readCaFile, trustContext } from './tls.js';
 
 export interface HttpClientOptions {
@@ -118,20 +118,8 @@ export class HttpClient {
    * final one, with its URL. The caller must consume or dump the body.
    */
   async request(url: string, opts: RequestOptions = {}): Promise<HttpResponse> {
-    const cached = this.redirects.lookup(url);
-    if (cached) {
-      this.redirects.hits++;
-      let res: HttpResponse | undefined;
-      try {
-        res = await this.follow(url, cached.url, opts);
-      } catch (err) {
-        if (opts.signal?.aborted) throw err;
-      }
-      if (res && res.statusCode < 400) return res;
-      // A stale mirror, an expired signed URL or a wrong guess: ask the original URL again.
-      await res?.body.dump().catch(() => {});
-      this.forget(url, cached);
-    }
+    const first = await this.viaCache(url, opts);
+    if (first) return first;
     const release = await this.redirects.gate(url, opts.signal);
     if (release) {
       try {
@@ -140,14 +128,29 @@ export class HttpClient {
         release();
       }
     }
-    // Another URL of this shape was resolved meanwhile: its rule may cover this one.
-    const learned = this.redirects.lookup(url);
-    if (learned) return this.request(url, opts);
-    return this.follow(url, url, opts);
+    // Another URL of this shape was resolved meanwhile: the rule it taught may cover this one.
+    return (await this.viaCache(url, opts)) ?? this.follow(url, url, opts);
   }
 
-  private forget(url: string, cached: CachedTarget): void {
+  /**
+   * The answer from where `url` is known (or guessed) to end, or undefined when
+   * nothing is cached or the cached target failed: a stale mirror, an expired
+   * signed URL or a wrong guess is forgotten, and the original URL asked again.
+   */
+  private async viaCache(url: string, opts: RequestOptions): Promise<HttpResponse | undefined> {
+    const cached = this.redirects.lookup(url);
+    if (!cached) return undefined;
+    this.redirects.hits++;
+    let res: HttpResponse | undefined;
+    try {
+      res = await this.follow(url, cached.url, opts);
+    } catch (err) {
+      if (opts.signal?.aborted) throw err;
+    }
+    if (res && res.statusCode < 400) return res;
+    await res?.body.dump().catch(() => {});
     this.redirects.forget(url, cached);
+    return undefined;
   }
 
   /** Requests `start` (on behalf of `url`), following redirects; learns where `url` ended. */
