@@ -14,16 +14,14 @@
 //   still cannot be completed correctly, the socket is destroyed, so the
 //   client sees a truncated download. The engine holds back the final bytes
 //   until the whole-file SHA-256 matches the origin's SHA256SUMS entry.
-import { createHash } from 'node:crypto';
 import type { ServerResponse } from 'node:http';
 import { pipeline } from 'node:stream/promises';
-import { MAX_INDEX_BYTES, parseIndex, type ChunkIndex } from '../lib/format/caibx.js';
 import { OriginError } from '../lib/errors.js';
 import { openExtractStream, planUpdate, type ExtractProgress, type PlanReport, type SourceOptions } from '../lib/delta/extract.js';
 import type { HttpClient } from '../lib/fetch/http-client.js';
-import { deltaDisabledBy } from '../lib/fetch/release-policy.js';
 import { openProxyStore } from '../lib/fleet/batch-store.js';
 import type { ChunkStore } from '../lib/store/types.js';
+import type { PreparedImage, ReleaseTarget, Releases } from '../lib/delta/release.js';
 import type { AssemblyRegistry, SharedAssembly } from './assemblies.js';
 import type { DaemonConfig } from './config.js';
 import type { Logger } from './log.js';
@@ -32,7 +30,6 @@ import type { Notifier } from './notify.js';
 import { siblingUrl, type OriginTarget } from './origin-path.js';
 import { passThrough, type PassThroughContext } from './passthrough.js';
 import type { SeedCatalog } from './seeds.js';
-import { findSha256 } from './sha256sums.js';
 import { verifiedBody } from './verified-body.js';
 import { formatBytes } from './progress.js';
 
@@ -49,18 +46,9 @@ export interface ImageTimeouts {
 }
 
 export const DEFAULT_TIMEOUTS: ImageTimeouts = { prepareMs: 1_500, headerMs: 1_900, firstByteMs: 40_000, stallMs: 45_000 };
-const MANIFEST_MAX = 1024 * 1024;
 const STATUS_EVERY_MS = 1_000;
 /** An origin found not to be a deltad proxy (or unreachable) is asked again at most this often. */
 const PROXY_PROBE_EVERY_MS = 60_000;
-
-export interface PreparedImage {
-  index: ChunkIndex;
-  /** SHA-256 from the origin's SHA256SUMS, when it lists the image. */
-  sha256?: string;
-  /** Identifies this version of the image: its URL, the digest of its index and the expected SHA-256 (what its bytes were verified against). */
-  key: string;
-}
 
 export interface ImageServiceDeps {
   config: DaemonConfig;
@@ -70,6 +58,7 @@ export interface ImageServiceDeps {
   notifier: Notifier;
   seeds: SeedCatalog;
   assemblies: AssemblyRegistry;
+  releases: Releases;
   passThrough: PassThroughContext;
   timeouts: ImageTimeouts;
 }
@@ -79,22 +68,27 @@ export class ImageService {
   private proxyProbe?: { at: number; store: Promise<ChunkStore | null> };
   constructor(private readonly d: ImageServiceDeps) {}
 
+  /** Where the image, its index and its SHA256SUMS live on the origin. */
+  private release(target: OriginTarget): ReleaseTarget {
+    return {
+      url: target.url,
+      name: target.name,
+      indexUrls: [target.url + this.d.config.indexSuffix],
+      sumsUrl: siblingUrl(target.url, 'SHA256SUMS'),
+    };
+  }
+
   /**
-   * The image's index and expected SHA-256; undefined when the origin has no index for it.
-   * `sha256` is the SHA256SUMS lookup, fetched alongside the index (serve() keeps it for fallbacks).
+   * The image's index and expected SHA-256 (shared by concurrent requests, see lib/delta/release.ts); undefined when
+   * the origin has no index for it. `sha256` is the SHA256SUMS lookup (serve() keeps it for fallbacks).
    */
-  async prepare(target: OriginTarget, signal?: AbortSignal, sha256 = this.expectedSha256(target, signal)): Promise<PreparedImage | undefined> {
-    const indexUrl = target.url + this.d.config.indexSuffix;
-    const [res, expected] = await Promise.all([this.fetchSmall(indexUrl, MAX_INDEX_BYTES, signal), sha256]);
-    if (res.status === 404 || res.status === 410) return undefined;
-    const index = parseIndex(res.body, { source: indexUrl, allowArchive: false });
-    return { index, sha256: expected, key: `${target.url}#${createHash('sha256').update(res.body).digest('hex')}#${expected ?? ''}` };
+  prepare(target: OriginTarget, sha256 = this.expectedSha256(target)): Promise<PreparedImage | undefined> {
+    return this.d.releases.prepare(this.release(target), sha256);
   }
 
   /** The image's entry in the SHA256SUMS beside it, if any. */
-  private async expectedSha256(target: OriginTarget, signal?: AbortSignal): Promise<string | undefined> {
-    const sums = await this.fetchSmall(siblingUrl(target.url, 'SHA256SUMS'), MANIFEST_MAX, signal);
-    return sums.status === 200 ? findSha256(sums.body.toString('utf8'), target.name) : undefined;
+  private expectedSha256(target: OriginTarget): Promise<string | undefined> {
+    return this.d.releases.sha256(this.release(target));
   }
 
   /**
@@ -106,7 +100,6 @@ export class ImageService {
     if (this.d.config.store) return Promise.resolve(null);
     const last = this.proxyProbe;
     if (last && Date.now() - last.at < PROXY_PROBE_EVERY_MS) return last.store;
-    this.d.counters.originRequests++;
     const store = openProxyStore(this.d.config.origin, { client: this.d.http }).catch(() => null);
     const probe = { at: Date.now(), store };
     this.proxyProbe = probe;
@@ -138,7 +131,7 @@ export class ImageService {
 
   /** The update-size query: what would come from seeds and from the network. */
   async plan(target: OriginTarget, signal?: AbortSignal): Promise<(PlanReport & { sha256?: string }) | undefined> {
-    const prepared = await this.prepare(target, signal);
+    const prepared = await this.prepare(target);
     if (!prepared) return undefined;
     await this.d.seeds.ready;
     const report = await planUpdate(prepared.index, await this.sources(target, signal));
@@ -151,16 +144,18 @@ export class ImageService {
     const ac = new AbortController();
     res.once('close', () => ac.abort());
     // Index, SHA256SUMS, the proxy probe and the HEAD below go out together.
-    const sha256 = this.expectedSha256(target, ac.signal);
+    const sha256 = this.expectedSha256(target);
     const rangeCheck = method === 'GET' ? this.needsRangeCheck() : Promise.resolve(false);
-    const ready = this.prepare(target, ac.signal, sha256).then(async (p) => {
-      if (p && (await rangeCheck)) await this.checkRanges(target.url, ac.signal);
+    const ready = this.prepare(target, sha256).then(async (p) => {
+      if (p && (await rangeCheck)) await this.d.releases.checkRanges(target.url);
       return p;
     });
+    // A failure surfaces through the deadline race below; never as an unhandled rejection.
+    sha256.catch(() => {});
     // Sent with the index fetch: when the index is slow, the image's length lets the headers go out anyway;
     // it also carries the release's kill switch (X-KDE-Delta: false).
     let announced: number | undefined;
-    const head = this.headImage(target.url, ac.signal);
+    const head = this.d.releases.head(target.url);
     if (method === 'GET') void head.then((h) => (announced = h.length));
     let prepared: PreparedImage | undefined;
     try {
@@ -271,9 +266,8 @@ export class ImageService {
 
   /** Full image from the origin under already-sent headers: exact size and SHA-256, or a cut connection. */
   private async proxyWhole(target: OriginTarget, size: number, sha256: string | undefined, res: ServerResponse, signal: AbortSignal): Promise<void> {
-    const { http, counters, log } = this.d;
+    const { http, log } = this.d;
     try {
-      counters.originRequests++;
       const up = await http.withRetry(async () => {
         const r = await http.request(target.url, { signal });
         if (r.statusCode !== 200) {
@@ -287,9 +281,6 @@ export class ImageService {
         up.body.destroy();
         throw new OriginError(`GET ${target.url}: ${declared} bytes, but ${size} were announced`);
       }
-      up.body.on('data', (b: Buffer) => {
-        counters.originBytes += b.length;
-      });
       await pipeline(up.body, verifiedBody(size, sha256, target.url), res);
     } catch (err) {
       res.destroy();
@@ -319,8 +310,6 @@ export class ImageService {
     const c = this.d.counters;
     const reused = (x?: ExtractProgress) => (x ? x.fromSeeds + x.fromSelf + x.fromZero : 0);
     c.bytesReused += reused(p) - reused(prev);
-    c.originBytes += p.networkBytes - (prev?.networkBytes ?? 0);
-    c.originRequests += p.networkRequests - (prev?.networkRequests ?? 0);
   }
 
   private reportStatus(target: OriginTarget, p: ExtractProgress): void {
@@ -354,40 +343,6 @@ export class ImageService {
   /** Byte ranges of the image are the only remote source unless a chunk store is configured or the origin is a deltad proxy. */
   private async needsRangeCheck(): Promise<boolean> {
     return !this.d.config.store && !(await this.proxyStore());
-  }
-
-  /** The image's length from a HEAD (a 200 with a Content-Length, else undefined) and its kill switch header. */
-  private async headImage(url: string, signal: AbortSignal): Promise<{ length?: number; deltaOff?: string }> {
-    this.d.counters.originRequests++;
-    try {
-      const r = await this.d.http.request(url, { method: 'HEAD', signal });
-      await r.body.dump();
-      const n = Number(r.headers['content-length']);
-      const length = r.statusCode === 200 && Number.isSafeInteger(n) && n >= 0 ? n : undefined;
-      return { length, deltaOff: deltaDisabledBy(r.headers) };
-    } catch {
-      return {};
-    }
-  }
-
-  /**
-   * Without a chunk store every missing byte comes as a range of the image, so
-   * an origin that ignores Range is found out here, before any byte is sent,
-   * and the image is passed through whole instead.
-   */
-  private async checkRanges(url: string, signal?: AbortSignal): Promise<void> {
-    this.d.counters.originRequests++;
-    const r = await this.d.http.request(url, { headers: { range: 'bytes=0-0' }, signal });
-    if (r.statusCode === 206) return void (await r.body.dump());
-    r.body.destroy();
-    throw new OriginError(`${url}: the origin does not serve byte ranges (HTTP ${r.statusCode} to a Range request)`, { status: r.statusCode });
-  }
-
-  private async fetchSmall(url: string, maxBytes: number, signal?: AbortSignal) {
-    this.d.counters.originRequests++;
-    const r = await this.d.http.getBuffer(url, { maxBytes, signal });
-    this.d.counters.originBytes += r.body.length;
-    return r;
   }
 }
 

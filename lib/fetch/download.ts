@@ -50,7 +50,6 @@ export async function downloadToFile(
         hash.update(b);
         await file.write(b);
         bytes += b.length;
-        http.stats.bytes += b.length;
         opts.onProgress?.(bytes, total);
       }
     } catch (err) {

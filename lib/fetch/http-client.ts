@@ -4,7 +4,7 @@
 // CA file), redirects followed and cached (redirects.ts), curl-like transfer
 // limits and link measurement (link-monitor.ts), timeouts, bounded retries
 // with backoff, and byte/request counters.
-import { Agent, buildConnector, request, type Dispatcher } from 'undici';
+import { Agent, DecoratorHandler, buildConnector, request, type Dispatcher } from 'undici';
 import type { SecureContext } from 'node:tls';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { gunzipSync, inflateSync, brotliDecompressSync } from 'node:zlib';
@@ -12,6 +12,7 @@ import { OriginError } from '../errors.js';
 import { DEFAULT_LIMITS, LinkMonitor, type LinkEstimate, type TransferLimits } from './link-monitor.js';
 import { REDIRECT_STATUSES, RedirectCache, redirectTarget, sameOrigin } from './redirects.js';
 import { readCaFile, trustContext } from './tls.js';
+import { VERSION } from '../util/version.js';
 
 export interface HttpClientOptions {
   /** Max connections per origin (default 8). */
@@ -64,6 +65,7 @@ export class HttpClient {
   readonly dispatcher: Dispatcher;
   readonly attempts: number;
   readonly retryBaseMs: number;
+  readonly timeoutMs: number;
   readonly stats: HttpStats = { requests: 0, bytes: 0, redirects: 0 };
   readonly redirects: RedirectCache;
   readonly monitor: LinkMonitor;
@@ -76,6 +78,7 @@ export class HttpClient {
 
   constructor(opts: HttpClientOptions = {}) {
     const timeout = opts.timeoutMs ?? 30_000;
+    this.timeoutMs = timeout;
     const allowH2 = opts.http2 ?? true;
     // Read now, so that a bad CA file fails at start; the TLS context is built on the first https connection.
     if (opts.caFile) readCaFile(opts.caFile);
@@ -100,12 +103,12 @@ export class HttpClient {
     // Once an origin spoke HTTP/2, its requests share one multiplexed connection (a burst would open a pool's worth).
     this.h2Agent = new Agent({ ...agentOptions, connections: 1 });
     this.monitor = new LinkMonitor({ ...DEFAULT_LIMITS, ...opts.limits });
-    this.dispatcher = this.agent.compose(this.monitor.interceptor());
-    this.h2Dispatcher = this.h2Agent.compose(this.monitor.interceptor());
+    this.dispatcher = this.agent.compose(countBodyBytes(this.stats), this.monitor.interceptor());
+    this.h2Dispatcher = this.h2Agent.compose(countBodyBytes(this.stats), this.monitor.interceptor());
     this.redirects = new RedirectCache({ maxRedirects: opts.maxRedirects, cacheMs: opts.redirectCacheMs });
     this.attempts = Math.max(1, opts.attempts ?? 4);
     this.retryBaseMs = opts.retryBaseMs ?? 250;
-    this.userAgent = opts.userAgent ?? 'deltad/0.1';
+    this.userAgent = opts.userAgent ?? `deltad/${VERSION}`;
   }
 
   /** Round-trip time and throughput measured so far (undefined before the first answer). */
@@ -192,7 +195,7 @@ export class HttpClient {
       const dispatcher = h2 ? this.h2Dispatcher : this.dispatcher;
       return await request(url, { method: method as Dispatcher.HttpMethod, headers, body, signal, dispatcher });
     } catch (err) {
-      throw toOriginError(err, url);
+      throw toOriginError(err, url, this.timeoutMs);
     }
   }
 
@@ -203,6 +206,8 @@ export class HttpClient {
         return await fn(attempt);
       } catch (err) {
         if (signal?.aborted || attempt >= this.attempts || !isTransient(err)) throw err;
+        // A server that let one whole timeout pass is not answering: one retry, not minutes of silence.
+        if (attempt >= 2 && isTimeout(err)) throw err;
         await sleep(this.retryBaseMs * attempt, undefined, { signal });
       }
     }
@@ -248,7 +253,6 @@ export class HttpClient {
       for await (const part of body) {
         const b = part as Buffer;
         n += b.length;
-        this.stats.bytes += b.length;
         if (n > maxBytes) {
           body.destroy();
           throw new OriginError(`GET ${url}: body exceeds the ${maxBytes}-byte limit`);
@@ -256,7 +260,7 @@ export class HttpClient {
         parts.push(b);
       }
     } catch (err) {
-      throw toOriginError(err, url);
+      throw toOriginError(err, url, this.timeoutMs);
     }
     return Buffer.concat(parts, n);
   }
@@ -290,6 +294,24 @@ function decodeBody(raw: Buffer, encoding: string | string[] | undefined, maxByt
   throw new OriginError(`GET ${url}: unsupported Content-Encoding "${coding}" (deltad asked for identity)`);
 }
 
+/**
+ * Counts every response body byte that arrives, whoever reads it (small files, ranges, pass-through), so
+ * `HttpClient.stats` is the one measure of what the origin sent.
+ */
+function countBodyBytes(stats: HttpStats): Dispatcher.DispatcherComposeInterceptor {
+  // undici's typings declare none of DecoratorHandler's methods; it forwards every callback to `handler`.
+  const Base = DecoratorHandler as unknown as new (handler: Dispatcher.DispatchHandler) => {
+    onResponseData(controller: Dispatcher.DispatchController, chunk: Buffer): void;
+  };
+  class Counting extends Base {
+    override onResponseData(controller: Dispatcher.DispatchController, chunk: Buffer): void {
+      stats.bytes += chunk.length;
+      return super.onResponseData(controller, chunk);
+    }
+  }
+  return (dispatch) => (opts, handler) => dispatch(opts, new Counting(handler) as Dispatcher.DispatchHandler);
+}
+
 const TRANSIENT_CODES = new Set([
   'ECONNRESET', 'ECONNREFUSED', 'EPIPE', 'ETIMEDOUT', 'EAI_AGAIN', 'ENOTFOUND',
   'UND_ERR_SOCKET', 'UND_ERR_CONNECT_TIMEOUT', 'UND_ERR_HEADERS_TIMEOUT', 'UND_ERR_BODY_TIMEOUT', 'UND_ERR_CLOSED',
@@ -301,10 +323,28 @@ export function isTransient(err: unknown): boolean {
   return typeof code === 'string' && TRANSIENT_CODES.has(code);
 }
 
-export function toOriginError(err: unknown, url: string): Error {
+const TIMEOUT_CODES = new Set(['UND_ERR_HEADERS_TIMEOUT', 'UND_ERR_BODY_TIMEOUT', 'UND_ERR_CONNECT_TIMEOUT']);
+
+function isTimeout(err: unknown): boolean {
+  const code = ((err as { cause?: { code?: string } })?.cause ?? (err as { code?: string }))?.code;
+  return typeof code === 'string' && TIMEOUT_CODES.has(code);
+}
+
+/** What a timeout means, in words (undici's codes name none of it). */
+function timeoutWords(code: string, timeoutMs: number): string {
+  const s = `${timeoutMs / 1000} s`;
+  if (code === 'UND_ERR_HEADERS_TIMEOUT') return `the server accepted the connection but sent no response within ${s} (timeout)`;
+  if (code === 'UND_ERR_BODY_TIMEOUT') return `the server stopped sending the response for ${s} (timeout)`;
+  return `could not connect within ${s} (timeout)`;
+}
+
+export function toOriginError(err: unknown, url: string, timeoutMs?: number): Error {
   if (err instanceof OriginError) return err;
   const e = err as { code?: string; name?: string; message?: string };
   if (e?.name === 'AbortError') return err as Error;
   const transient = isTransient(err);
+  if (timeoutMs !== undefined && e?.code && TIMEOUT_CODES.has(e.code)) {
+    return new OriginError(`${url}: ${timeoutWords(e.code, timeoutMs)}`, { transient, cause: err });
+  }
   return new OriginError(`${url}: ${e?.code ? e.code + ' ' : ''}${e?.message ?? String(err)}`, { transient, cause: err });
 }
