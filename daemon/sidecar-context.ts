@@ -51,7 +51,9 @@ export async function createDaemonContext(config: DaemonConfig, opts: ServerOpti
   const origin = requireOrigin(config);
   const log = opts.log ?? silentLogger;
   const http = opts.http ?? new HttpClient({
-    connections: Math.max(8, config.concurrency), userAgent: `deltad/${VERSION} (sysupdate sidecar)`, ...httpOptionsOf(config),
+    connections: Math.max(8, config.concurrency),
+    userAgent: `deltad/${VERSION} (sysupdate sidecar)`,
+    ...httpOptionsOf(config),
   });
   const counters = newCounters();
   // Origin traffic is counted once, by the HTTP client (every body byte, whoever reads it).

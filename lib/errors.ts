@@ -80,7 +80,9 @@ export class OriginError extends DeltadError {
   readonly status?: number;
   /** true when retrying may help (reset, timeout, 5xx). */
   readonly transient: boolean;
-  constructor(message: string, opts: { status?: number; transient?: boolean; cause?: unknown; code?: DeltadErrorCode } = {}) {
+  constructor(
+    message: string, opts: { status?: number; transient?: boolean; cause?: unknown; code?: DeltadErrorCode } = {},
+  ) {
     super(opts.code ?? 'ERR_DELTAD_ORIGIN', message, { cause: opts.cause });
     this.status = opts.status;
     this.transient = opts.transient ?? false;

@@ -147,7 +147,9 @@ const isUrl = (s: string): boolean => /^https?:\/\//i.test(s);
 /** Loads a target index from a local path or an http(s) URL (verified strictly). */
 export async function loadIndex(
   spec: string,
-  opts: { http?: HttpClient; httpOptions?: HttpClientOptions; timeoutMs?: number; signal?: AbortSignal; allowArchive?: boolean } = {},
+  opts: {
+    http?: HttpClient; httpOptions?: HttpClientOptions; timeoutMs?: number; signal?: AbortSignal; allowArchive?: boolean;
+  } = {},
 ): Promise<ChunkIndex> {
   const allowArchive = opts.allowArchive ?? false;
   if (!isUrl(spec)) return readIndexFile(spec, { allowArchive });
@@ -193,7 +195,10 @@ interface Context {
 async function openContext(target: ChunkIndex, opts: AssembleOptions): Promise<Context> {
   const ownsHttp = !opts.http;
   const http = opts.http ?? new HttpClient({
-    ...opts.httpOptions, connections: opts.concurrency ?? DEFAULT_CONCURRENCY, attempts: opts.attempts, timeoutMs: opts.timeoutMs,
+    ...opts.httpOptions,
+    connections: opts.concurrency ?? DEFAULT_CONCURRENCY,
+    attempts: opts.attempts,
+    timeoutMs: opts.timeoutMs,
   });
   const owned: ChunkStore[] = [];
   const seeds: Seed[] = [];
