@@ -9,25 +9,18 @@ import { Releases } from '../lib/delta/release.js';
 import { AssemblyRegistry } from './assemblies.js';
 import { httpOptionsOf, requireOrigin, type DaemonConfig } from './config.js';
 import { globToRegExp } from './glob.js';
-import { DEFAULT_TIMEOUTS, ImageService, type ImageTimeouts } from './image-service.js';
+import { DEFAULT_TIMEOUTS, ImageService, type ImageServiceDeps, type ImageTimeouts } from './image-service.js';
 import { silentLogger, type Logger } from './log.js';
-import { newCounters, type DaemonCounters } from './metrics.js';
+import { newCounters } from './metrics.js';
 import { createNotifier, type Notifier } from './notify.js';
 import type { PassThroughContext } from './passthrough.js';
 import { SeedCatalog } from './seeds.js';
 import { VERSION } from '../lib/util/version.js';
 
-export interface DaemonContext {
-  config: DaemonConfig;
+/** What the image service is given, plus what the routes need beside it. */
+export interface DaemonContext extends Omit<ImageServiceDeps, 'timeouts'> {
   origin: string;
-  http: HttpClient;
-  counters: DaemonCounters;
-  log: Logger;
-  notifier: Notifier;
-  seeds: SeedCatalog;
-  assemblies: AssemblyRegistry;
   images: ImageService;
-  passThrough: PassThroughContext;
   /** True when a file name is served as a delta (image patterns). */
   isImage(name: string): boolean;
 }
@@ -70,12 +63,9 @@ export async function createDaemonContext(config: DaemonConfig, opts: ServerOpti
   const passThroughCtx: PassThroughContext = { http, counters, mode: config.passthrough };
   // One preparation per image for all requests in a burst (index, SHA256SUMS, probes).
   const releases = new Releases(http, { freshMs: opts.releaseFreshMs });
-  const images = new ImageService({ config, http, counters, log, notifier, seeds, assemblies, releases, passThrough: passThroughCtx, timeouts });
+  const deps = { config, http, counters, log, notifier, seeds, assemblies, releases, passThrough: passThroughCtx };
+  const images = new ImageService({ ...deps, timeouts });
   const patterns = config.imagePatterns.map(globToRegExp);
-  return {
-    config, origin, http, counters, log, notifier, seeds, assemblies, images,
-    passThrough: passThroughCtx,
-    isImage: (name) => patterns.some((re) => re.test(name)),
-  };
+  return { ...deps, origin, images, isImage: (name) => patterns.some((re) => re.test(name)) };
 }
 

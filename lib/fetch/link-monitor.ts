@@ -13,7 +13,7 @@ import { LowSpeedError, RequestDeadlineError } from '../errors.js';
 export interface LinkEstimate {
   /** Round-trip time: the smallest recent time to headers of a small answer. */
   rttMs: number;
-  /** Body bytes per second over the time any request was receiving. */
+  /** Body bytes per second over the time any request was receiving (0 until THROUGHPUT_FROM_BYTES arrived). */
   bytesPerSec: number;
 }
 
@@ -37,6 +37,8 @@ export const DEFAULT_LIMITS: TransferLimits = {
 
 /** Answers up to this size time the round trip (bigger ones time the transfer too). */
 const SMALL_ANSWER_BYTES = 64 * 1024;
+/** Body bytes seen before a throughput is reported (a few small answers say little about it). */
+export const THROUGHPUT_FROM_BYTES = 256 * 1024;
 /** Round-trip samples kept (the estimate is their minimum). */
 const RTT_SAMPLES = 16;
 /** How often transfers are checked, and the speed window (in ticks) curl-style. */
@@ -89,7 +91,7 @@ export class LinkMonitor {
     const busy = this.busyMs + (this.busySince !== undefined ? performance.now() - this.busySince : 0);
     return {
       rttMs: Math.max(0.1, Math.min(...this.rtts)),
-      bytesPerSec: busy > 0 && this.bytes > 0 ? (this.bytes * 1000) / busy : 0,
+      bytesPerSec: busy > 0 && this.bytes >= THROUGHPUT_FROM_BYTES ? (this.bytes * 1000) / busy : 0,
     };
   }
 
