@@ -442,7 +442,10 @@ async function chooseRoutes(target: ChunkIndex, ctx: Context, opts: AssembleOpti
 }
 
 /** Runs the routes with periodic progress callbacks; network counters include the probes and every route tried. */
-async function runWithProgress(routes: Routes, sink: PartialFile | OrderedStream, progress: ExtractProgress, opts: AssembleOptions & { signal: AbortSignal }): Promise<Route> {
+async function runWithProgress(
+  routes: Routes, sink: PartialFile | OrderedStream, progress: ExtractProgress, opts: AssembleOptions & { signal: AbortSignal },
+  what: string,
+): Promise<Route> {
   // The stall watchdog: neither verified nor network bytes moved for stallMs.
   const stallMs = opts.stallMs ?? DEFAULT_STALL_MS;
   const stall = new AbortController();
@@ -462,7 +465,7 @@ async function runWithProgress(routes: Routes, sink: PartialFile | OrderedStream
       moved = { at: Date.now(), done: progress.done, bytes: progress.networkBytes };
     } else if (stallMs > 0 && Date.now() - moved.at >= stallMs && !stall.signal.aborted) {
       const seen = `${progress.done} of ${progress.total} bytes done, ${progress.networkBytes} bytes from the network`;
-      stall.abort(new StallError('update', stallMs, seen));
+      stall.abort(new StallError(what, stallMs, seen));
     }
   };
   const timer = setInterval(report, PROGRESS_INTERVAL_MS);
@@ -517,7 +520,7 @@ export async function extractToFile(target: string | ChunkIndex, out: string, op
       routes = await chooseRoutes(index, ctx, opts, plan, { whole: true });
       routes.probe.requests += indexCost.requests;
       routes.probe.bytes += indexCost.bytes;
-      const last = await runWithProgress(routes, file, progress, { ...opts, signal });
+      const last = await runWithProgress(routes, file, progress, { ...opts, signal }, out);
       const sha256 = await file.commit(opts.fileMode ?? 0o644, opts.sha256);
       return summary(progress, routes, last, started, resumedBytes, sha256);
     } catch (err) {
@@ -566,7 +569,7 @@ export function openExtractStream(target: ChunkIndex, opts: ExtractStreamOptions
       const plan = planChunks(target, ctx.seeds, { firstChunk, endChunk, selfSeed: opts.selfSeed, nullSeed: opts.nullSeed });
       // The block route is priced for whole images only.
       const routes = await chooseRoutes(target, ctx, sourceOpts, plan, { maxSpan: windowBytes / 2, whole: start === 0 && end === target.size });
-      const last = await runWithProgress(routes, stream, progress, sourceOpts);
+      const last = await runWithProgress(routes, stream, progress, sourceOpts, opts.rangeUrl ?? 'the update stream');
       await stream.complete;
       return summary(progress, routes, last, started, 0, stream.sha256);
     } finally {
