@@ -443,8 +443,8 @@ async function chooseRoutes(target: ChunkIndex, ctx: Context, opts: AssembleOpti
 
 /** Runs the routes with periodic progress callbacks; network counters include the probes and every route tried. */
 async function runWithProgress(
-  routes: Routes, sink: PartialFile | OrderedStream, progress: ExtractProgress, opts: AssembleOptions & { signal: AbortSignal },
-  what: string,
+  routes: Routes, sink: PartialFile | OrderedStream, progress: ExtractProgress,
+  opts: AssembleOptions & { signal: AbortSignal }, what: string,
 ): Promise<Route> {
   // The stall watchdog: neither verified nor network bytes moved for stallMs.
   const stallMs = opts.stallMs ?? DEFAULT_STALL_MS;
