@@ -40,6 +40,11 @@ export interface DaemonConfig {
   /** Fleet proxy: client networks allowed (CIDR) and concurrent requests per client. */
   allow: string[];
   clientConcurrency: number;
+  /** PEM file of CA certificates trusted besides the system store (private update server); empty = none. */
+  caFile: string;
+  /** Origin answers slower than lowSpeedLimit bytes/s for lowSpeedTime seconds are aborted and retried (0 = off). */
+  lowSpeedLimit: number;
+  lowSpeedTime: number;
 }
 
 export const DEFAULT_CONFIG_FILE = '/etc/deltad/deltad.conf';
@@ -67,6 +72,9 @@ const KEYS: Record<string, KeySpec> = {
   'proxy-cache-size': { field: 'proxyCacheSize', parse: parseByteSize },
   allow: { field: 'allow', list: true, parse: parseNetwork },
   'client-concurrency': { field: 'clientConcurrency', parse: (v) => parseNumber(v, 1, 10_000, true) },
+  'ca-file': { field: 'caFile', parse: (v) => (v === '' ? '' : parseAbsolutePath(v)) },
+  'low-speed-limit': { field: 'lowSpeedLimit', parse: parseRate },
+  'low-speed-time': { field: 'lowSpeedTime', parse: (v) => parseNumber(v, 1, 3600) },
 };
 
 export function defaultConfig(env: NodeJS.ProcessEnv = process.env): DaemonConfig {
@@ -88,6 +96,9 @@ export function defaultConfig(env: NodeJS.ProcessEnv = process.env): DaemonConfi
     proxyCacheSize: 10 * 1024 ** 3,
     allow: [...DEFAULT_ALLOW],
     clientConcurrency: 64,
+    caFile: '',
+    lowSpeedLimit: 1024,
+    lowSpeedTime: 30,
   };
 }
 
@@ -109,6 +120,9 @@ export const configUsage = `Configuration (file ${DEFAULT_CONFIG_FILE}, env DELT
   --concurrency N          parallel origin requests per assembly (default 8)
   --passthrough MODE       redirect (307 to the origin) or proxy (stream through) (default redirect)
   --listen HOST:PORT       address when not socket-activated (default 127.0.0.1:3129)
+  --ca-file FILE           PEM CA certificates trusted besides the system store (private update server)
+  --low-speed-limit RATE   abort and retry origin answers slower than RATE bytes/s, e.g. 1K; 0 = off (default 1K)
+  --low-speed-time SECONDS ... for this long (default 30)
 Fleet proxy (deltad proxy):
   --upstream URL           upstream base URL every request path is served from
   --upstream-store URL     the upstream's casync chunk store (default: byte ranges of its images)
@@ -240,6 +254,24 @@ function parseNumber(v: string, min: number, max: number, integer = false): numb
 function parsePassthrough(v: string): PassthroughMode {
   if (v !== 'redirect' && v !== 'proxy') throw new Error(`passthrough "${v}" must be "redirect" or "proxy"`);
   return v;
+}
+
+/** Bytes per second with an optional K/M/G suffix (powers of 1024); 0 switches the limit off. */
+export function parseRate(v: string): number {
+  const m = /^(\d+(?:\.\d+)?)\s*([KMG]?)(?:i?B)?(?:\/s)?$/i.exec(v.trim());
+  if (!m) throw new Error(`"${v}" is not a rate in bytes per second (e.g. 1K, 512, 0)`);
+  return Math.floor(Number(m[1]) * 1024 ** ' KMG'.indexOf((m[2] || ' ').toUpperCase()));
+}
+
+/** The HTTP client settings of a configuration (TLS trust and transfer limits). */
+export function httpOptionsOf(config: DaemonConfig): {
+  caFile?: string;
+  limits: { lowSpeedLimit: number; lowSpeedTimeMs: number };
+} {
+  return {
+    caFile: config.caFile || undefined,
+    limits: { lowSpeedLimit: config.lowSpeedLimit, lowSpeedTimeMs: config.lowSpeedTime * 1000 },
+  };
 }
 
 /** A byte count with an optional K/M/G/T suffix (powers of 1024). */

@@ -152,9 +152,11 @@ export class ImageService {
     });
     // A failure surfaces through the deadline race below; never as an unhandled rejection.
     sha256.catch(() => {});
-    // Sent with the index fetch: when the index is slow, the image's length lets the headers go out anyway.
+    // Sent with the index fetch: when the index is slow, the image's length lets the headers go out anyway;
+    // it also carries the release's kill switch (X-KDE-Delta: false).
     let announced: number | undefined;
-    if (method === 'GET') void this.d.releases.headLength(target.url).then((n) => (announced = n));
+    const head = this.d.releases.head(target.url);
+    if (method === 'GET') void head.then((h) => (announced = h.length));
     let prepared: PreparedImage | undefined;
     try {
       prepared = await withDeadline(ready, timeouts.prepareMs, `index of ${target.relPath} not fetched within ${timeouts.prepareMs} ms`);
@@ -163,6 +165,11 @@ export class ImageService {
       return this.fallBack(method, target, res, ac.signal, (err as Error).message);
     }
     if (!prepared) return this.fallBack(method, target, res, ac.signal, `no ${this.d.config.indexSuffix} index on the origin`);
+    const off = (await withDeadline(head, timeouts.prepareMs, 'HEAD late').catch(() => undefined))?.deltaOff;
+    if (off) {
+      this.d.log.notice(`${target.relPath}: the origin switches deltas off (${off}); passing the full image through`);
+      return passThrough(this.d.passThrough, method, target.url, res, ac.signal);
+    }
     if (method === 'HEAD') {
       res.writeHead(200, imageHeaders(prepared.index.size));
       res.end();

@@ -7,7 +7,7 @@ import { join } from 'node:path';
 import { HttpClient } from '../lib/fetch/http-client.js';
 import { Releases } from '../lib/delta/release.js';
 import { AssemblyRegistry } from './assemblies.js';
-import { requireOrigin, type DaemonConfig } from './config.js';
+import { httpOptionsOf, requireOrigin, type DaemonConfig } from './config.js';
 import { globToRegExp } from './glob.js';
 import { DEFAULT_TIMEOUTS, ImageService, type ImageServiceDeps, type ImageTimeouts } from './image-service.js';
 import { silentLogger, type Logger } from './log.js';
@@ -43,7 +43,11 @@ export interface ServerOptions {
 export async function createDaemonContext(config: DaemonConfig, opts: ServerOptions = {}): Promise<DaemonContext> {
   const origin = requireOrigin(config);
   const log = opts.log ?? silentLogger;
-  const http = opts.http ?? new HttpClient({ connections: Math.max(8, config.concurrency), userAgent: `deltad/${VERSION} (sysupdate sidecar)` });
+  const http = opts.http ?? new HttpClient({
+    connections: Math.max(8, config.concurrency),
+    userAgent: `deltad/${VERSION} (sysupdate sidecar)`,
+    ...httpOptionsOf(config),
+  });
   const counters = newCounters();
   // Origin traffic is counted once, by the HTTP client (every body byte, whoever reads it).
   Object.defineProperties(counters, {

@@ -5,7 +5,7 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { renderMetrics } from './metrics.js';
 import { resolveOriginTarget, UnsafePathError, type OriginTarget } from './origin-path.js';
-import { passThrough } from './passthrough.js';
+import { passThrough, withQuery } from './passthrough.js';
 import type { DaemonContext } from './sidecar-context.js';
 
 export const PLAN_PREFIX = '/.deltad/plan/';
@@ -50,7 +50,7 @@ export async function sidecarRoutes(app: FastifyInstance, { ctx }: { ctx: Daemon
         if (ctx.isImage(target.name)) await ctx.images.serve(method, target, reply.raw);
         else {
           ctx.counters.passthroughs++;
-          await passThrough(ctx.passThrough, method, target.url, reply.raw);
+          await passThrough(ctx.passThrough, method, withQuery(target.url, req.raw.url), reply.raw);
         }
       } catch (err) {
         ctx.log.error(`${method} ${target.relPath}: ${(err as Error).message}`);

@@ -409,3 +409,18 @@ test('extract: a symlink planted at the partial file name is replaced, the file 
   assert.ok((await readFile(victim)).equals(victimBytes), 'the file behind the symlink is unchanged');
   assert.ok((await readFile(out)).equals(f.v2));
 });
+
+test('extract: a release that redirects every block-pack file to a mirror still gives the exact image', async (t) => {
+  const f = await fixture(t);
+  const mirror = await startOrigin({ root: f.www });
+  t.after(() => mirror.close());
+  f.origin.redirect = { to: mirror.url, status: 302 };
+  const out = join(f.dir, 'out.img');
+  const { result } = await extract(f, out, { sha256: f.sha256 });
+  assert.deepEqual(await readFile(out), f.v2);
+  assert.equal(result.sha256, f.sha256);
+  assert.ok(mirror.log.some((e) => e.path === '/os_2.img.bpk' && e.status === 206), 'pack ranges from the mirror');
+  assert.ok(f.origin.log.every((e) => e.status === 302), 'the origin only redirected');
+  const packAtOrigin = f.origin.log.filter((e) => e.path === '/os_2.img.bpk').length;
+  assert.equal(packAtOrigin, 1, 'one redirect for every range of the pack');
+});

@@ -80,7 +80,9 @@ export class Assembler {
 
   async run(): Promise<void> {
     const { local, remote } = this.tasks();
-    await Promise.all([this.runQueue(local, this.opts.localConcurrency ?? 4), this.runQueue(remote, this.opts.concurrency)]);
+    // Remote slots follow the link: a source may keep more requests in flight than `concurrency` on a long fat link.
+    const remoteSlots = (): number => this.opts.remote?.inFlight?.(this.opts.concurrency) ?? this.opts.concurrency;
+    await Promise.all([this.runQueue(local, this.opts.localConcurrency ?? 4), this.runQueue(remote, remoteSlots)]);
     if (this.error !== undefined) throw this.error;
     this.ctl.signal.throwIfAborted();
   }
@@ -136,7 +138,8 @@ export class Assembler {
     return { start: idx.start(t.first), end: idx.end(t.first + t.count - 1), first: t.first };
   }
 
-  private async runQueue(tasks: Task[], slots: number): Promise<void> {
+  private async runQueue(tasks: Task[], slots: number | (() => number)): Promise<void> {
+    const limit = typeof slots === 'number' ? () => slots : slots;
     const running = new Set<Promise<void>>();
     const detached: Promise<void>[] = [];
     for (const t of tasks) {
@@ -151,7 +154,7 @@ export class Assembler {
         detached.push(this.guard(t));
         continue;
       }
-      while (running.size >= slots) await Promise.race(running);
+      while (running.size >= limit()) await Promise.race(running);
       const p: Promise<void> = this.guard(t).finally(() => running.delete(p));
       running.add(p);
     }

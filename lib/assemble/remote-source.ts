@@ -8,6 +8,7 @@ import { chunkId } from '../format/digest.js';
 import { ChunkMissingError, ChunkVerifyError } from '../errors.js';
 import type { HttpClient } from '../fetch/http-client.js';
 import { RangeFetcher, type FetchStats } from '../fetch/range-fetcher.js';
+import { inFlightFor } from '../fetch/link-monitor.js';
 import { defaultCostModel, type CostModel } from '../plan/cost.js';
 import type { ChunkStore } from '../store/types.js';
 import type { BufferPool } from '../util/buffer-pool.js';
@@ -30,6 +31,18 @@ export interface RemoteSource {
    * drain, when given, is awaited between network reads (write backpressure).
    */
   fetch(runs: readonly Run[], deliver: Deliver, signal: AbortSignal, drain?: () => Promise<void> | undefined): Promise<void>;
+  /** Requests worth keeping in flight now (at least `base`): bandwidth-delay product over the request size. */
+  inFlight?(base: number): number;
+}
+
+/** Most requests in flight for one source on any link (HTTP/2 streams; HTTP/1.1 queues at its pool). */
+const MAX_IN_FLIGHT = 64;
+
+/** Slots for a source from its client's link estimate and its own mean request size so far. */
+function inFlightOf(http: HttpClient, stats: FetchStats, base: number): number {
+  if (stats.requests < 4) return base;
+  const bounds = { min: base, max: Math.max(base, MAX_IN_FLIGHT) };
+  return inFlightFor(http.linkEstimate(), stats.bytes / stats.requests, bounds);
 }
 
 export type { RetryPolicy } from './unit-fetch.js';
@@ -76,7 +89,7 @@ export class RangeSource implements RemoteSource {
 
   constructor(
     private readonly index: ChunkIndex,
-    http: HttpClient,
+    private readonly http: HttpClient,
     readonly url: string,
     private readonly opts: RangeSourceOptions,
   ) {
@@ -94,6 +107,11 @@ export class RangeSource implements RemoteSource {
   get stats(): FetchStats {
     const f = this.opts.fallback?.stats;
     return f ? { requests: this.fetcher.stats.requests + f.requests, bytes: this.fetcher.stats.bytes + f.bytes } : this.fetcher.stats;
+  }
+
+  inFlight(base: number): number {
+    if (this.handedOver && this.opts.fallback?.inFlight) return this.opts.fallback.inFlight(base);
+    return inFlightOf(this.http, this.fetcher.stats, base);
   }
 
   batches(runs: readonly Run[], maxSpan: number): Run[][] {
@@ -150,6 +168,10 @@ export class StoreSource implements RemoteSource {
 
   private isRemote(store: ChunkStore): boolean {
     return /^https?:/i.test(store.location);
+  }
+
+  inFlight(base: number): number {
+    return inFlightOf(this.http, this.stats, base);
   }
 
   private count(store: ChunkStore): void {

@@ -6,8 +6,8 @@
 import type { ExtractProgress, ExtractResult } from '../assemble/progress.js';
 import type { Readable } from 'node:stream';
 import { MAX_INDEX_BYTES, parseIndex, readIndexFile, type ChunkIndex } from '../format/caibx.js';
-import { OriginError, UsageError } from '../errors.js';
-import { HttpClient } from '../fetch/http-client.js';
+import { OriginError, StallError, UsageError } from '../errors.js';
+import { HttpClient, type HttpClientOptions } from '../fetch/http-client.js';
 import { IndexCache, type IndexBuilder } from '../seed/index-cache.js';
 import { indexFile } from '../chunking/indexer.js';
 import type { ChunkerVariant } from '../chunking/chunker.js';
@@ -51,6 +51,10 @@ export interface SourceOptions {
   cacheDir?: string;
   /** HTTP client to use (shared keep-alive pools); one is created and closed when omitted. */
   http?: HttpClient;
+  /** Settings of the client created when `http` is omitted (CA file, transfer limits). */
+  httpOptions?: HttpClientOptions;
+  /** Fail with StallError when no byte is verified for this long (default 5 minutes; 0 = never). */
+  stallMs?: number;
   /** For the client created when `http` is omitted: longest wait for response headers or body bytes (ms, default 30 s). */
   timeoutMs?: number;
   /** Use chunks that repeat inside the target (default true). */
@@ -140,11 +144,13 @@ const isUrl = (s: string): boolean => /^https?:\/\//i.test(s);
 /** Loads a target index from a local path or an http(s) URL (verified strictly). */
 export async function loadIndex(
   spec: string,
-  opts: { http?: HttpClient; timeoutMs?: number; signal?: AbortSignal; allowArchive?: boolean } = {},
+  opts: {
+    http?: HttpClient; httpOptions?: HttpClientOptions; timeoutMs?: number; signal?: AbortSignal; allowArchive?: boolean;
+  } = {},
 ): Promise<ChunkIndex> {
   const allowArchive = opts.allowArchive ?? false;
   if (!isUrl(spec)) return readIndexFile(spec, { allowArchive });
-  const http = opts.http ?? new HttpClient({ timeoutMs: opts.timeoutMs });
+  const http = opts.http ?? new HttpClient({ ...opts.httpOptions, timeoutMs: opts.timeoutMs });
   try {
     const res = await http.getBuffer(spec, { signal: opts.signal, maxBytes: MAX_INDEX_BYTES });
     if (res.status === 404 || res.status === 410) throw new OriginError(`GET ${spec}: HTTP ${res.status} (no such index)`, { status: res.status });
@@ -157,7 +163,7 @@ export async function loadIndex(
 /** The target index and what downloading it cost (nothing for a local path or a parsed index). */
 async function loadTarget(target: string | ChunkIndex, opts: SourceOptions): Promise<{ index: ChunkIndex; requests: number; bytes: number }> {
   if (typeof target !== 'string') return { index: target, requests: 0, bytes: 0 };
-  const http = opts.http ?? new HttpClient({ timeoutMs: opts.timeoutMs });
+  const http = opts.http ?? new HttpClient({ ...opts.httpOptions, timeoutMs: opts.timeoutMs });
   const before = { ...http.stats };
   try {
     const index = await loadIndex(target, { http, signal: opts.signal });
@@ -186,7 +192,12 @@ interface Context {
 
 async function openContext(target: ChunkIndex, opts: AssembleOptions): Promise<Context> {
   const ownsHttp = !opts.http;
-  const http = opts.http ?? new HttpClient({ connections: opts.concurrency ?? DEFAULT_CONCURRENCY, attempts: opts.attempts, timeoutMs: opts.timeoutMs });
+  const http = opts.http ?? new HttpClient({
+    ...opts.httpOptions,
+    connections: opts.concurrency ?? DEFAULT_CONCURRENCY,
+    attempts: opts.attempts,
+    timeoutMs: opts.timeoutMs,
+  });
   const owned: ChunkStore[] = [];
   const seeds: Seed[] = [];
   const ctx: Context = {
@@ -431,7 +442,15 @@ async function chooseRoutes(target: ChunkIndex, ctx: Context, opts: AssembleOpti
 }
 
 /** Runs the routes with periodic progress callbacks; network counters include the probes and every route tried. */
-async function runWithProgress(routes: Routes, sink: PartialFile | OrderedStream, progress: ExtractProgress, opts: AssembleOptions & { signal: AbortSignal }): Promise<Route> {
+async function runWithProgress(
+  routes: Routes, sink: PartialFile | OrderedStream, progress: ExtractProgress,
+  opts: AssembleOptions & { signal: AbortSignal }, what: string,
+): Promise<Route> {
+  // The stall watchdog: neither verified nor network bytes moved for stallMs.
+  const stallMs = opts.stallMs ?? DEFAULT_STALL_MS;
+  const stall = new AbortController();
+  const signal = AbortSignal.any([opts.signal, stall.signal]);
+  let moved = { at: Date.now(), done: -1, bytes: -1 };
   const report = (): void => {
     progress.networkBytes = routes.probe.bytes;
     progress.networkRequests = routes.probe.requests;
@@ -442,16 +461,28 @@ async function runWithProgress(routes: Routes, sink: PartialFile | OrderedStream
       progress.fromLocalStore += r.stats.localBytes ?? 0;
     }
     opts.onProgress?.({ ...progress });
+    if (progress.done !== moved.done || progress.networkBytes !== moved.bytes) {
+      moved = { at: Date.now(), done: progress.done, bytes: progress.networkBytes };
+    } else if (stallMs > 0 && Date.now() - moved.at >= stallMs && !stall.signal.aborted) {
+      const seen = `${progress.done} of ${progress.total} bytes done, ${progress.networkBytes} bytes from the network`;
+      stall.abort(new StallError(what, stallMs, seen));
+    }
   };
   const timer = setInterval(report, PROGRESS_INTERVAL_MS);
   timer.unref();
   try {
-    return await runRoutes(routes.list, sink, progress, { signal: opts.signal, onWarning: opts.onWarning });
+    return await runRoutes(routes.list, sink, progress, { signal, onWarning: opts.onWarning });
+  } catch (err) {
+    // The watchdog's reason, not whatever abort error a cancelled fetch raised.
+    throw stall.signal.aborted && !opts.signal.aborted ? stall.signal.reason : err;
   } finally {
     clearInterval(timer);
     report();
   }
 }
+
+/** Extract's stall watchdog default (`stallMs`). */
+const DEFAULT_STALL_MS = 5 * 60_000;
 
 function summary(progress: ExtractProgress, routes: Routes, last: Route, started: number, resumedBytes: number, sha256?: string): ExtractResult {
   return {
@@ -489,7 +520,7 @@ export async function extractToFile(target: string | ChunkIndex, out: string, op
       routes = await chooseRoutes(index, ctx, opts, plan, { whole: true });
       routes.probe.requests += indexCost.requests;
       routes.probe.bytes += indexCost.bytes;
-      const last = await runWithProgress(routes, file, progress, { ...opts, signal });
+      const last = await runWithProgress(routes, file, progress, { ...opts, signal }, out);
       const sha256 = await file.commit(opts.fileMode ?? 0o644, opts.sha256);
       return summary(progress, routes, last, started, resumedBytes, sha256);
     } catch (err) {
@@ -538,7 +569,7 @@ export function openExtractStream(target: ChunkIndex, opts: ExtractStreamOptions
       const plan = planChunks(target, ctx.seeds, { firstChunk, endChunk, selfSeed: opts.selfSeed, nullSeed: opts.nullSeed });
       // The block route is priced for whole images only.
       const routes = await chooseRoutes(target, ctx, sourceOpts, plan, { maxSpan: windowBytes / 2, whole: start === 0 && end === target.size });
-      const last = await runWithProgress(routes, stream, progress, sourceOpts);
+      const last = await runWithProgress(routes, stream, progress, sourceOpts, opts.rangeUrl ?? 'the update stream');
       await stream.complete;
       return summary(progress, routes, last, started, 0, stream.sha256);
     } finally {
