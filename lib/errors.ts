@@ -65,3 +65,17 @@ export class ChecksumMismatchError extends DeltadError {
     super('ESHA256', `${what}: SHA-256 mismatch: expected ${expected}, got ${actual}`);
   }
 }
+
+/** Another run is writing the same output (its lock file names the owner). */
+export class OutputBusyError extends DeltadError {
+  constructor(out: string, lock: string, owner: string) {
+    super('ERR_DELTAD_OUTPUT_BUSY', `${out}: another deltad run (${owner}) is writing it; wait for it to finish, or remove ${lock} if no deltad runs`);
+  }
+}
+
+/** The partial file or lock of an output was replaced behind this run's back: nothing is renamed. */
+export class OutputReplacedError extends DeltadError {
+  constructor(out: string, detail: string) {
+    super('ERR_DELTAD_OUTPUT_REPLACED', `${out}: not renamed into place: ${detail}`);
+  }
+}

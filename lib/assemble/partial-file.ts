@@ -8,7 +8,8 @@ import { constants } from 'node:fs';
 import { lstat, open, readFile, rename, unlink, writeFile, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { ChunkIndex, ID_SIZE } from '../format/caibx.js';
-import { ChecksumMismatchError, UsageError } from '../errors.js';
+import { ChecksumMismatchError, OutputReplacedError, UsageError } from '../errors.js';
+import { OutputLock } from './output-lock.js';
 import type { AssemblySink } from './sink.js';
 import type { Seed } from '../seed/seed.js';
 
@@ -24,10 +25,10 @@ function indexDigest(index: ChunkIndex): Buffer {
   return h.digest();
 }
 
-export function partialPaths(out: string): { out: string; partial: string; journal: string } {
+export function partialPaths(out: string): { out: string; partial: string; journal: string; lock: string } {
   const abs = resolve(out);
   const partial = join(dirname(abs), `.${basename(abs)}.deltad-partial`);
-  return { out: abs, partial, journal: `${partial}.journal` };
+  return { out: abs, partial, journal: `${partial}.journal`, lock: join(dirname(abs), `.${basename(abs)}.deltad-lock`) };
 }
 
 export class PartialFile implements AssemblySink {
@@ -45,6 +46,10 @@ export class PartialFile implements AssemblySink {
     private readonly digest: Buffer,
     private readonly done: Uint8Array,
     readonly zeroFilled: boolean,
+    /** Held from open until the rename (or until the file is given up): one writer per output. */
+    private readonly lock: OutputLock,
+    /** The partial file's inode, checked again right before the rename. */
+    private readonly identity: { dev: number; ino: number },
   ) {
     this.timer = setInterval(() => void this.flushJournal().catch(() => {}), JOURNAL_FLUSH_MS);
     this.timer.unref();
@@ -59,6 +64,19 @@ export class PartialFile implements AssemblySink {
     const paths = partialPaths(out);
     const outSt = await lstat(paths.out).catch(() => null);
     if (outSt && !outSt.isFile()) throw new UsageError(`${paths.out}: exists and is not a regular file`);
+    // Before anything beside the output is touched: a second run must not unlink or write the first one's partial file.
+    const lock = await OutputLock.acquire(paths.lock, paths.out);
+    try {
+      return await PartialFile.openLocked(paths, target, resume, lock);
+    } catch (err) {
+      await lock.release();
+      throw err;
+    }
+  }
+
+  private static async openLocked(
+    paths: ReturnType<typeof partialPaths>, target: ChunkIndex, resume: boolean, lock: OutputLock,
+  ): Promise<{ file: PartialFile; resumeSeed?: Seed }> {
     const digest = indexDigest(target);
     const bitmapBytes = Math.ceil(target.count / 8);
     let done: Uint8Array | null = null;
@@ -82,7 +100,8 @@ export class PartialFile implements AssemblySink {
     }
     try {
       if (!done) await fh.truncate(target.size);
-      const file = new PartialFile(paths, fh, target, digest, done ?? new Uint8Array(bitmapBytes), !done);
+      const st = await fh.stat();
+      const file = new PartialFile(paths, fh, target, digest, done ?? new Uint8Array(bitmapBytes), !done, lock, st);
       if (!done || !done.some((b) => b !== 0)) return { file };
       // A seed whose chunk i is the target's chunk i where the journal says written; the rest get an ID nothing hashes to.
       const ids = new Uint8Array(target.ids);
@@ -158,8 +177,19 @@ export class PartialFile implements AssemblySink {
     await this.fh.chmod(fileMode);
     await this.fh.sync();
     await this.close();
-    await rename(this.paths.partial, this.paths.out);
-    await unlink(this.paths.journal).catch(() => {});
+    // The rename goes by path: it must still name the file that was verified, and this run must still own the output.
+    const st = await lstat(this.paths.partial).catch(() => null);
+    if (!st || st.dev !== this.identity.dev || st.ino !== this.identity.ino) {
+      await this.lock.release();
+      throw new OutputReplacedError(this.paths.out, `${this.paths.partial} is no longer the file this run wrote and verified`);
+    }
+    try {
+      await this.lock.assertHeld();
+      await rename(this.paths.partial, this.paths.out);
+      await unlink(this.paths.journal).catch(() => {});
+    } finally {
+      await this.lock.release();
+    }
     const dir = await open(dirname(this.paths.out), 'r');
     await dir.sync().catch(() => {});
     await dir.close();
@@ -170,12 +200,14 @@ export class PartialFile implements AssemblySink {
   async keep(): Promise<void> {
     await this.flushJournal().catch(() => {});
     await this.close();
+    await this.lock.release();
   }
 
   async discard(): Promise<void> {
     await this.close();
     await unlink(this.paths.partial).catch(() => {});
     await unlink(this.paths.journal).catch(() => {});
+    await this.lock.release();
   }
 
   private async close(): Promise<void> {
