@@ -13,6 +13,7 @@ import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest }
 import type { ServerResponse } from 'node:http';
 import { createHash } from 'node:crypto';
 import { join } from 'node:path';
+import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { HttpClient } from '../lib/fetch/http-client.js';
 import { ChunkCache } from '../lib/fleet/chunk-cache.js';
@@ -107,7 +108,7 @@ export async function createProxy(opts: ProxyOptions): Promise<ProxyServer> {
     counters.requests++;
     reply.header(PROXY_HEADER, PROXY_VERSION);
     const client = req.socket.remoteAddress;
-    const refusal = refuseTarget(req.raw.method ?? '', req.raw.url ?? '', req.headers.host);
+    const refusal = refuseTarget(req.raw.method ?? '', req.raw.url ?? '', req.raw.rawHeaders);
     if (refusal) return refuse(reply, 400, refusal);
     if (!allow.allows(client)) return refuse(reply, 403, `client ${client} is not in the allow-list`);
     const release = limiter.acquire(client!);
@@ -331,6 +332,26 @@ export async function createProxy(opts: ProxyOptions): Promise<ProxyServer> {
     const whole = spans === null;
     const parts: Span[] = spans ?? [{ start: 0, end: size }];
     const framing = parts.length > 1 ? new MultipartFraming(parts, size) : null;
+    const assemble = (i: number) => openExtractStream(index, {
+      stores: [chunks], mode: 'store', http, concurrency: opts.concurrency, start: parts[i].start, end: parts[i].end, signal,
+    });
+    // The first verified byte (or the failure) comes before the headers: an image that cannot be made is a 502, not a cut.
+    let first: ReturnType<typeof assemble> | undefined;
+    if (req.method !== 'HEAD') {
+      first = assemble(0);
+      try {
+        await firstReadable(first);
+      } catch (err) {
+        counters.assemblyFailures++;
+        const why = (err as Error).message.split('\n')[0];
+        if (!signal.aborted) log.warn(`${url}: cannot assemble: ${why}`);
+        const text = `deltad proxy: cannot assemble ${url}: ${why}\n`;
+        res.writeHead(502, { [PROXY_HEADER]: PROXY_VERSION, 'content-type': 'text/plain; charset=utf-8', 'content-length': Buffer.byteLength(text) });
+        return void res.end(text);
+      }
+      // Until the pipeline below listens: an error meanwhile must not be an unhandled 'error' event.
+      first.on('error', () => {});
+    }
     if (whole) res.writeHead(200, { ...base, 'content-type': 'application/octet-stream', 'content-length': String(size) });
     else if (!framing) res.writeHead(206, { ...base, 'content-type': 'application/octet-stream', 'content-length': String(parts[0].end - parts[0].start), 'content-range': `bytes ${parts[0].start}-${parts[0].end - 1}/${size}` });
     else res.writeHead(206, { ...base, 'content-type': framing.contentType, 'content-length': String(framing.contentLength()) });
@@ -339,15 +360,7 @@ export async function createProxy(opts: ProxyOptions): Promise<ProxyServer> {
     try {
       for (let i = 0; i < parts.length; i++) {
         if (framing) await writeAll(res, framing.partHeader(i));
-        const stream = openExtractStream(index, {
-          stores: [chunks],
-          mode: 'store',
-          http,
-          concurrency: opts.concurrency,
-          start: parts[i].start,
-          end: parts[i].end,
-          signal,
-        });
+        const stream = i === 0 && first ? first : assemble(i);
         stream.on('data', (b: Buffer) => (counters.bytesServed += b.length));
         await pipeline(stream, res, { end: false });
       }
@@ -372,6 +385,21 @@ export async function createProxy(opts: ProxyOptions): Promise<ProxyServer> {
       await http.close();
     },
   };
+}
+
+/** Resolves when the stream has its first byte (or ends empty), rejects with the error that destroys it first. */
+function firstReadable(stream: Readable): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const settle = (err?: Error) => {
+      stream.off('readable', onReady);
+      stream.off('error', settle);
+      if (err) reject(err);
+      else resolve();
+    };
+    const onReady = () => settle();
+    stream.once('readable', onReady);
+    stream.once('error', settle);
+  });
 }
 
 function writeAll(res: ServerResponse, b: Buffer): Promise<void> {
