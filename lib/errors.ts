@@ -79,3 +79,12 @@ export class OutputReplacedError extends DeltadError {
     super('ERR_DELTAD_OUTPUT_REPLACED', `${out}: not renamed into place: ${detail}`);
   }
 }
+
+/** A local input (seed, file to index) that is not a readable regular file or block device. */
+export class UnusableInputError extends DeltadError {
+  readonly path: string;
+  constructor(path: string, detail: string) {
+    super('ERR_DELTAD_UNUSABLE_INPUT', `${path}: ${detail}`);
+    this.path = path;
+  }
+}

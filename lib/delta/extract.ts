@@ -7,7 +7,7 @@ import type { ExtractProgress, ExtractResult } from '../assemble/progress.js';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { MAX_INDEX_BYTES, parseIndex, readIndexFile, type ChunkIndex } from '../format/caibx.js';
-import { OriginError, UsageError } from '../errors.js';
+import { OriginError, UnusableInputError, UsageError } from '../errors.js';
 import { HttpClient } from '../fetch/http-client.js';
 import { IndexCache, defaultCacheDir, type IndexBuilder } from '../seed/index-cache.js';
 import { indexFile } from '../chunking/indexer.js';
@@ -197,7 +197,13 @@ async function openContext(target: ChunkIndex, opts: AssembleOptions): Promise<C
   try {
     const cache = new IndexCache(opts.cacheDir);
     for (const spec of opts.seeds ?? []) {
-      seeds.push(await openSeed(spec.path, spec.index, { target, cache, build: buildIndex, onWarning: opts.onWarning, signal: opts.signal }));
+      try {
+        seeds.push(await openSeed(spec.path, spec.index, { target, cache, build: buildIndex, onWarning: opts.onWarning, signal: opts.signal }));
+      } catch (err) {
+        // A seed only saves downloading: one that cannot be read (a FIFO, no permission) is left out, not fatal.
+        if (!(err instanceof UnusableInputError)) throw err;
+        opts.onWarning?.(`seed ${err.message}; not used`);
+      }
     }
   } catch (err) {
     await ctx.close();

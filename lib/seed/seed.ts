@@ -2,7 +2,8 @@
 // index (given, cached, or built with the *target's* chunking so IDs can
 // match). Seeds are opened read-only and only ever read; every chunk read from
 // one is hashed by the assembler before use.
-import { open, type FileHandle } from 'node:fs/promises';
+import type { FileHandle } from 'node:fs/promises';
+import { openInput } from '../util/open-input.js';
 import { readIndexFile, type ChunkIndex } from '../format/caibx.js';
 import { IndexFormatError } from '../errors.js';
 import type { IndexCache, IndexBuilder } from './index-cache.js';
@@ -33,10 +34,8 @@ export interface OpenSeedOptions {
  * the file and the target's digest, else the cache, else the indexer.
  */
 export async function openSeed(path: string, given: string | ChunkIndex | undefined, opts: OpenSeedOptions): Promise<Seed> {
-  const fh = await open(path, 'r');
+  const { fh, st } = await openInput(path, { blockDevices: true });
   try {
-    const st = await fh.stat();
-    if (!st.isFile() && !st.isBlockDevice()) throw new IndexFormatError('seed', 0, 'not a regular file or block device', path);
     let index: ChunkIndex | undefined = typeof given === 'string' ? await readIndexFile(given, { allowArchive: false }) : given;
     const size = st.isFile() ? st.size : undefined;
     if (index && size !== undefined && index.size !== size) {
