@@ -88,3 +88,12 @@ export class UnusableInputError extends DeltadError {
     this.path = path;
   }
 }
+
+/** A response body larger than the caller allows (refused from its Content-Length, or cut once it passed the limit). */
+export class BodyTooLargeError extends OriginError {
+  readonly limit: number;
+  constructor(message: string, limit: number) {
+    super(message);
+    this.limit = limit;
+  }
+}

@@ -94,13 +94,21 @@ export class RangeSource implements RemoteSource {
     if (this.handedOver && this.fallback) return this.fallback.fetch(runs, deliver, signal, drain);
     let todo = chunksOf(runs);
     const wrongOnce = new Set<number>();
+    /** Chunks wrong twice from the range URL, for the store. */
+    const storeTodo: number[] = [];
     let failures = 0;
     while (todo.length > 0) {
       signal.throwIfAborted();
       const wrong: number[] = [];
       const collector = new ChunkCollector(this.index, todo, (i, data) => {
         if (verifyChunk(this.index, i, data)) return deliver(i, data);
-        if (wrongOnce.has(i)) throw new ChunkVerifyError(this.index.idHex(i), `at target offset ${this.index.start(i)} has the wrong content twice`, this.url);
+        if (wrongOnce.has(i)) {
+          if (!this.fallback) throw new ChunkVerifyError(this.index.idHex(i), `at target offset ${this.index.start(i)} has the wrong content twice`, this.url);
+          // Another source may have it intact: the store takes this chunk over.
+          this.onWarning?.(`chunk ${this.index.idHex(i)} at target offset ${this.index.start(i)} has the wrong content twice (from ${this.url}); fetching it from the chunk store`);
+          storeTodo.push(i);
+          return;
+        }
         wrongOnce.add(i);
         wrong.push(i);
       }, this.buffers && ((n) => this.buffers!.take(n)));
@@ -121,7 +129,7 @@ export class RangeSource implements RemoteSource {
       } else if (error instanceof RangeUnsupportedError && this.fallback) {
         this.handedOver = true;
         this.onWarning?.(`${error.message}; fetching from the chunk store instead`);
-        return this.fallback.fetch(runsOf(left), deliver, signal, drain);
+        return this.fallback.fetch(runsOf([...left, ...storeTodo].sort((a, b) => a - b)), deliver, signal, drain);
       } else if (error) {
         if (!isTransient(error) || signal.aborted || ++failures >= this.retry.attempts) throw error;
         await sleep(this.retry.retryBaseMs * failures, undefined, { signal });
@@ -133,6 +141,7 @@ export class RangeSource implements RemoteSource {
       }
       todo = left;
     }
+    if (storeTodo.length > 0) await this.fallback!.fetch(runsOf(storeTodo.sort((a, b) => a - b)), deliver, signal, drain);
   }
 }
 
@@ -148,6 +157,8 @@ export class StoreSource implements RemoteSource {
     /** The client HTTP stores use: its counters give the network bytes. */
     private readonly http: HttpClient,
     private readonly batchSize = 32,
+    /** Told about a chunk a store answered wrongly twice (the next store is asked). */
+    private readonly onWarning?: (m: string) => void,
   ) {
     this.httpBytesBase = http.stats.bytes;
   }
@@ -171,15 +182,22 @@ export class StoreSource implements RemoteSource {
 
   async fetch(runs: readonly Run[], deliver: Deliver, signal: AbortSignal): Promise<void> {
     let todo = chunksOf(runs);
+    /** Chunks some store answered wrongly (oversized, garbage, wrong content) twice: the last such error. */
+    const failed = new Map<number, ChunkVerifyError>();
     for (const store of this.stores) {
       if (todo.length === 0) return;
-      todo = await this.fromStore(store, todo, deliver, signal);
+      todo = await this.fromStore(store, todo, deliver, signal, failed);
     }
-    if (todo.length > 0) throw new ChunkMissingError(this.index.idHex(todo[0]), this.stores.map((s) => s.location).join(', '));
+    if (todo.length === 0) return;
+    const bad = failed.get(todo[0]);
+    if (bad) throw new ChunkVerifyError(this.index.idHex(todo[0]), `could not be fetched intact from any source (${bad.message}, also when asked again)`);
+    throw new ChunkMissingError(this.index.idHex(todo[0]), this.stores.map((s) => s.location).join(', '));
   }
 
-  /** Returns the chunks this store did not have. */
-  private async fromStore(store: ChunkStore, chunks: number[], deliver: Deliver, signal: AbortSignal): Promise<number[]> {
+  /** Returns the chunks this store did not have or could not give intact. */
+  private async fromStore(
+    store: ChunkStore, chunks: number[], deliver: Deliver, signal: AbortSignal, failed: Map<number, ChunkVerifyError>,
+  ): Promise<number[]> {
     const reqs = chunks.map((i) => ({ id: this.index.id(i), size: this.index.chunkSize(i) }));
     const found = new Set<number>();
     if (store.getMany && chunks.length > 1) {
@@ -194,14 +212,23 @@ export class StoreSource implements RemoteSource {
     const rest: number[] = [];
     for (let k = 0; k < chunks.length; k++) {
       if (found.has(k)) continue;
-      const data = await this.getVerifiedOnce(store, chunks[k], signal);
+      let data: Buffer | null;
+      try {
+        data = await this.getVerifiedOnce(store, chunks[k], signal);
+      } catch (err) {
+        if (!(err instanceof ChunkVerifyError)) throw err;
+        // Per chunk, not per update: the next store may have it intact.
+        failed.set(chunks[k], err);
+        if (this.stores.indexOf(store) < this.stores.length - 1) this.onWarning?.(`${err.message}, also when asked again; trying the next store`);
+        data = null;
+      }
       if (data) deliver(chunks[k], data);
       else rest.push(chunks[k]);
     }
     return rest;
   }
 
-  /** store.get verifies; wrong content is retried once, then fails naming the chunk. */
+  /** store.get verifies; an answer that is wrong (oversized, garbage, other content) is asked for once more. */
   private async getVerifiedOnce(store: ChunkStore, i: number, signal: AbortSignal): Promise<Buffer | null> {
     const req = { id: this.index.id(i), size: this.index.chunkSize(i) };
     try {

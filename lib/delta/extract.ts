@@ -311,7 +311,7 @@ async function chooseRemote(plan: Plan, ctx: Context, opts: AssembleOptions, pro
     throw new UsageError(`${plan.totals.missingChunks} chunks (${plan.totals.missingBytes} bytes) are in no seed and there is no remote source: ${why}`);
   }
   const best = modes.reduce((a, b) => (weigh(b) < weigh(a) ? b : a));
-  const stores = useStore ? new StoreSource(plan.target, ctx.stores, ctx.http) : undefined;
+  const stores = useStore ? new StoreSource(plan.target, ctx.stores, ctx.http, undefined, opts.onWarning) : undefined;
   if (best.mode === 'store') return { remote: stores, chosen: 'store', modes, rangeSupport, probe };
   const buffers = new BufferPool();
   const remote = new RangeSource(plan.target, ctx.http, opts.rangeUrl!, retry, { multi: best.mode === 'range' }, opts.onWarning, stores, buffers);

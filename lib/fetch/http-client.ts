@@ -3,7 +3,7 @@
 // timeouts, bounded retries with backoff, and byte/request counters.
 import { Agent, request, type Dispatcher } from 'undici';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { OriginError } from '../errors.js';
+import { BodyTooLargeError, OriginError } from '../errors.js';
 
 export interface HttpClientOptions {
   /** Max connections per origin (default 8). */
@@ -99,7 +99,7 @@ export class HttpClient {
       const declared = Number(res.headers['content-length'] ?? NaN);
       if (declared > maxBytes) {
         res.body.destroy();
-        throw new OriginError(`GET ${url}: ${declared} bytes exceeds the ${maxBytes}-byte limit`);
+        throw new BodyTooLargeError(`GET ${url}: ${declared} bytes exceeds the ${maxBytes}-byte limit`, maxBytes);
       }
       const body = await this.readBody(res.body, maxBytes, url);
       if (!Number.isNaN(declared) && body.length !== declared) {
@@ -120,7 +120,7 @@ export class HttpClient {
         this.stats.bytes += b.length;
         if (n > maxBytes) {
           body.destroy();
-          throw new OriginError(`GET ${url}: body exceeds the ${maxBytes}-byte limit`);
+          throw new BodyTooLargeError(`GET ${url}: body exceeds the ${maxBytes}-byte limit`, maxBytes);
         }
         parts.push(b);
       }
