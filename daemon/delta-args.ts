@@ -4,7 +4,7 @@ import { existsSync } from 'node:fs';
 import { UsageError } from '../lib/errors.js';
 import type { FetchMode, SeedSpec, SourceOptions } from '../lib/delta/extract.js';
 import type { CommandContext, OptionSpec } from './command.js';
-import { list, str } from './cli-args.js';
+import { list, parseSize, str } from './cli-args.js';
 
 export const sourceOptionSpec: OptionSpec = {
   seed: { type: 'string', multiple: true },
@@ -12,6 +12,7 @@ export const sourceOptionSpec: OptionSpec = {
   'range-url': { type: 'string' },
   mode: { type: 'string' },
   'cache-dir': { type: 'string' },
+  'max-target-size': { type: 'string' },
   json: { type: 'boolean' },
 };
 
@@ -21,6 +22,7 @@ export const sourceOptionUsage = `  --seed FILE[:INDEX]  a local file that may h
   --range-url URL      the target image itself, fetched with HTTP byte ranges
   --mode MODE          auto (default), range or store
   --cache-dir DIR      seed index cache (default $XDG_CACHE_HOME/deltad or ~/.cache/deltad)
+  --max-target-size SIZE  largest image the index may describe, e.g. 8G (default 64G)
   --json               print a JSON summary instead of text`;
 
 /** FILE[:INDEX]: split at the last ':' unless the whole argument names an existing file. */
@@ -38,6 +40,7 @@ export function parseMode(s: string | undefined): FetchMode {
 
 export function sourceOptions(ctx: CommandContext): SourceOptions {
   const rangeUrl = str(ctx, 'range-url');
+  const maxTarget = str(ctx, 'max-target-size');
   if (rangeUrl !== undefined && !/^https?:\/\//i.test(rangeUrl)) throw new UsageError(`--range-url: "${rangeUrl}" is not an http(s) URL`);
   return {
     seeds: list(ctx, 'seed').map(parseSeedArg),
@@ -45,6 +48,7 @@ export function sourceOptions(ctx: CommandContext): SourceOptions {
     rangeUrl,
     mode: parseMode(str(ctx, 'mode')),
     cacheDir: str(ctx, 'cache-dir'),
+    maxTargetSize: maxTarget === undefined ? undefined : parseSize(maxTarget, '--max-target-size'),
     onWarning: (m) => ctx.stderr.write(`deltad: warning: ${m}\n`),
   };
 }

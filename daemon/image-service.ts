@@ -14,10 +14,10 @@
 //   still cannot be completed correctly, the socket is destroyed, so the
 //   client sees a truncated download. The engine holds back the final bytes
 //   until the whole-file SHA-256 matches the origin's SHA256SUMS entry.
-import { createHash } from 'node:crypto';
 import type { ServerResponse } from 'node:http';
 import { pipeline } from 'node:stream/promises';
-import { MAX_INDEX_BYTES, parseIndex, type ChunkIndex } from '../lib/format/caibx.js';
+import type { ChunkIndex } from '../lib/format/caibx.js';
+import { downloadIndex } from '../lib/delta/index-download.js';
 import { OriginError } from '../lib/errors.js';
 import { openExtractStream, planUpdate, type ExtractProgress, type PlanReport, type SourceOptions } from '../lib/delta/extract.js';
 import type { HttpClient } from '../lib/fetch/http-client.js';
@@ -84,10 +84,9 @@ export class ImageService {
    */
   async prepare(target: OriginTarget, signal?: AbortSignal, sha256 = this.expectedSha256(target, signal)): Promise<PreparedImage | undefined> {
     const indexUrl = target.url + this.d.config.indexSuffix;
-    const [res, expected] = await Promise.all([this.fetchSmall(indexUrl, MAX_INDEX_BYTES, signal), sha256]);
-    if (res.status === 404 || res.status === 410) return undefined;
-    const index = parseIndex(res.body, { source: indexUrl, allowArchive: false });
-    return { index, sha256: expected, key: `${target.url}#${createHash('sha256').update(res.body).digest('hex')}#${expected ?? ''}` };
+    const [got, expected] = await Promise.all([this.fetchIndex(indexUrl, signal), sha256]);
+    if (!got) return undefined;
+    return { index: got.index, sha256: expected, key: `${target.url}#${got.sha256}#${expected ?? ''}` };
   }
 
   /** The image's entry in the SHA256SUMS beside it, if any. */
@@ -382,6 +381,14 @@ export class ImageService {
     if (r.statusCode === 206) return void (await r.body.dump());
     r.body.destroy();
     throw new OriginError(`${url}: the origin does not serve byte ranges (HTTP ${r.statusCode} to a Range request)`, { status: r.statusCode });
+  }
+
+  /** The index, parsed as it arrives (bounded by the configured largest image), or null when the origin has none. */
+  private async fetchIndex(url: string, signal?: AbortSignal) {
+    this.d.counters.originRequests++;
+    const got = await downloadIndex(this.d.http, url, { signal, maxTargetSize: this.d.config.maxTargetSize });
+    this.d.counters.originBytes += got?.bytes ?? 0;
+    return got;
   }
 
   private async fetchSmall(url: string, maxBytes: number, signal?: AbortSignal) {

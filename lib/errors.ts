@@ -97,3 +97,10 @@ export class BodyTooLargeError extends OriginError {
     this.limit = limit;
   }
 }
+
+/** Not enough room on the file system for what deltad is about to write (said before writing, or when it ran out). */
+export class NoSpaceError extends DeltadError {
+  constructor(message: string, options?: { cause?: unknown }) {
+    super('ERR_DELTAD_NO_SPACE', message, options);
+  }
+}

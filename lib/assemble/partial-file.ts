@@ -5,10 +5,11 @@
 // the next run takes the verified chunks from the partial file as a seed.
 import { createHash } from 'node:crypto';
 import { constants } from 'node:fs';
-import { lstat, open, readFile, rename, unlink, writeFile, type FileHandle } from 'node:fs/promises';
+import { lstat, open, readFile, rename, statfs, unlink, writeFile, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { ChunkIndex, ID_SIZE } from '../format/caibx.js';
-import { ChecksumMismatchError, OutputReplacedError, UsageError } from '../errors.js';
+import { ChecksumMismatchError, NoSpaceError, OutputReplacedError, UsageError } from '../errors.js';
+import { formatBytes } from '../util/size.js';
 import { OutputLock } from './output-lock.js';
 import type { AssemblySink } from './sink.js';
 import type { Seed } from '../seed/seed.js';
@@ -29,6 +30,21 @@ export function partialPaths(out: string): { out: string; partial: string; journ
   const abs = resolve(out);
   const partial = join(dirname(abs), `.${basename(abs)}.deltad-partial`);
   return { out: abs, partial, journal: `${partial}.journal`, lock: join(dirname(abs), `.${basename(abs)}.deltad-lock`) };
+}
+
+/**
+ * Before the partial file is sized: the file system must have room for the bytes not yet in it (a resumed file
+ * already holds some), said in words rather than as an ENOSPC or EFBIG half-way.
+ */
+async function checkRoom(paths: ReturnType<typeof partialPaths>, fh: FileHandle, size: number): Promise<void> {
+  const dir = dirname(paths.partial);
+  const fs = await statfs(dir);
+  const free = fs.bavail * fs.bsize;
+  const held = (await fh.stat()).blocks * 512;
+  const need = size - held;
+  if (need > free) {
+    throw new NoSpaceError(`${paths.out}: the image needs ${formatBytes(size)} (${size} bytes)${held ? `, ${formatBytes(held)} of it already in ${paths.partial}` : ''}, but ${dir} has only ${formatBytes(free)} free; free ${formatBytes(need - free)} or write it elsewhere`);
+  }
 }
 
 export class PartialFile implements AssemblySink {
@@ -99,6 +115,7 @@ export class PartialFile implements AssemblySink {
       fh = await open(paths.partial, constants.O_RDWR | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
     }
     try {
+      await checkRoom(paths, fh, target.size);
       if (!done) await fh.truncate(target.size);
       const st = await fh.stat();
       const file = new PartialFile(paths, fh, target, digest, done ?? new Uint8Array(bitmapBytes), !done, lock, st);
@@ -110,6 +127,8 @@ export class PartialFile implements AssemblySink {
       return { file, resumeSeed: { path: paths.partial, index, fh, inPlace: true } };
     } catch (err) {
       await fh.close();
+      // A file this run just created holds nothing: it goes (a resumed one stays for the next run).
+      if (!done) await unlink(paths.partial).catch(() => {});
       throw err;
     }
   }

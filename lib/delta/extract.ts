@@ -6,7 +6,8 @@
 import type { ExtractProgress, ExtractResult } from '../assemble/progress.js';
 import { join } from 'node:path';
 import type { Readable } from 'node:stream';
-import { MAX_INDEX_BYTES, parseIndex, readIndexFile, type ChunkIndex } from '../format/caibx.js';
+import { readIndexFile, type ChunkIndex } from '../format/caibx.js';
+import { downloadIndex } from './index-download.js';
 import { OriginError, UnusableInputError, UsageError } from '../errors.js';
 import { HttpClient } from '../fetch/http-client.js';
 import { IndexCache, defaultCacheDir, type IndexBuilder } from '../seed/index-cache.js';
@@ -56,6 +57,8 @@ export interface SourceOptions {
   nullSeed?: boolean;
   /** Use the release's block pack (IMAGE.bpidx next to rangeUrl, docs/BLOCKPACK.md) when it is the cheapest path (default true). */
   blockPack?: boolean;
+  /** Largest target an index may describe (default 64 GiB, systemd-pull's limit): guards memory and disk. */
+  maxTargetSize?: number;
   /** Called with one-line warnings (a seed that lies, a fallback from multi-range). */
   onWarning?: (message: string) => void;
   signal?: AbortSignal;
@@ -136,14 +139,14 @@ function hashPoolFor(plan: Plan): EncoderPool | undefined {
 
 const isUrl = (s: string): boolean => /^https?:\/\//i.test(s);
 
-/** Loads a target index from a local path or an http(s) URL (verified strictly). */
-export async function loadIndex(spec: string, opts: { http?: HttpClient; signal?: AbortSignal } = {}): Promise<ChunkIndex> {
-  if (!isUrl(spec)) return readIndexFile(spec, { allowArchive: false });
+/** Loads a target index from a local path or an http(s) URL (verified strictly, a download parsed as it arrives). */
+export async function loadIndex(spec: string, opts: { http?: HttpClient; signal?: AbortSignal; maxTargetSize?: number } = {}): Promise<ChunkIndex> {
+  if (!isUrl(spec)) return readIndexFile(spec, { allowArchive: false, maxTargetSize: opts.maxTargetSize });
   const http = opts.http ?? new HttpClient();
   try {
-    const res = await http.getBuffer(spec, { signal: opts.signal, maxBytes: MAX_INDEX_BYTES });
-    if (res.status === 404 || res.status === 410) throw new OriginError(`GET ${spec}: HTTP ${res.status} (no such index)`, { status: res.status });
-    return parseIndex(res.body, { source: spec, allowArchive: false });
+    const got = await downloadIndex(http, spec, opts);
+    if (!got) throw new OriginError(`GET ${spec}: HTTP 404 (no such index)`, { status: 404 });
+    return got.index;
   } finally {
     if (!opts.http) await http.close();
   }
@@ -155,7 +158,7 @@ async function loadTarget(target: string | ChunkIndex, opts: SourceOptions): Pro
   const http = opts.http ?? new HttpClient();
   const before = { ...http.stats };
   try {
-    const index = await loadIndex(target, { http, signal: opts.signal });
+    const index = await loadIndex(target, { http, signal: opts.signal, maxTargetSize: opts.maxTargetSize });
     return { index, requests: http.stats.requests - before.requests, bytes: http.stats.bytes - before.bytes };
   } finally {
     if (!opts.http) await http.close();
