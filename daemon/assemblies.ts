@@ -7,7 +7,7 @@
 // A finished, verified spool is kept for KEEP_MS, so a request that arrives
 // just after (a retry, a second reader) is served from it without the network.
 import { EventEmitter } from 'node:events';
-import { open, rm, mkdir, type FileHandle } from 'node:fs/promises';
+import { open, rm, mkdir, statfs, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { createHash } from 'node:crypto';
 import { Readable } from 'node:stream';
@@ -212,10 +212,22 @@ export class AssemblyRegistry {
     await Promise.all([...this.live.values()].filter((a) => a.finished).map((a) => a.dispose()));
   }
 
+  /** Whether acquire() would share a running assembly (and so write no new spool file). */
+  joinable(key: string, size: number): boolean {
+    const existing = this.live.get(key);
+    return Boolean(existing && !existing.error && !existing.disposed && existing.size === size);
+  }
+
+  /** Free bytes where spool files go. */
+  async freeBytes(): Promise<number> {
+    const fs = await statfs(this.spoolDir);
+    return fs.bavail * fs.bsize;
+  }
+
   /** The running, not failed assembly of `key`, or a new one started with `start`. */
   acquire(key: string, size: number, start: StartAssembly): { assembly: SharedAssembly; created: boolean } {
     const existing = this.live.get(key);
-    if (existing && !existing.error && !existing.disposed && existing.size === size) return { assembly: existing, created: false };
+    if (this.joinable(key, size)) return { assembly: existing!, created: false };
     const name = `${createHash('sha256').update(key).digest('hex').slice(0, 16)}-${process.pid}-${++this.seq}.spool`;
     const assembly = new SharedAssembly(key, size, join(this.spoolDir, name), start, (a) => {
       if (this.live.get(a.key) === a) this.live.delete(a.key);

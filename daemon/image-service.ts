@@ -49,6 +49,8 @@ export interface ImageTimeouts {
 
 export const DEFAULT_TIMEOUTS: ImageTimeouts = { prepareMs: 1_500, headerMs: 1_900, firstByteMs: 40_000, stallMs: 45_000 };
 const MANIFEST_MAX = 1024 * 1024;
+/** Free space the cache directory keeps beyond a new spool file: the sidecar's files never fill the disk. */
+const SPOOL_RESERVE_BYTES = 64 * 1024 * 1024;
 const STATUS_EVERY_MS = 1_000;
 /** An origin found not to be a deltad proxy (or unreachable) is asked again at most this often. */
 const PROXY_PROBE_EVERY_MS = 60_000;
@@ -214,6 +216,14 @@ export class ImageService {
   ): Promise<void> {
     const { counters, log } = this.d;
     const size = prepared.index.size;
+    // The spool must never fill the disk: too little room is a full pass-through (no file of ours), not a delta.
+    const full = this.d.assemblies.joinable(prepared.key, size) ? undefined : await this.spoolShortage(size);
+    if (full) {
+      if (!('firstByteBy' in deadline)) return this.fallBack('GET', target, res, signal, full, prepared.sha256);
+      counters.fallbacks++;
+      log.warn(`${target.relPath}: ${full}; streaming the full image from the origin`);
+      return this.proxyWhole(target, size, prepared.sha256, res, signal);
+    }
     const { assembly, created } = this.d.assemblies.acquire(prepared.key, size, (s) => this.startEngine(target, prepared, s));
     const body = assembly.subscribe();
     // A client that leaves while we wait for the first byte releases its share at once.
@@ -255,6 +265,13 @@ export class ImageService {
   }
 
   /** The origin's full image; proxied, it is checked against `sha256` (awaited only at its end, when still on its way). */
+  /** Why the cache directory cannot take a spool of `size` bytes and keep its reserve, or undefined when it can. */
+  private async spoolShortage(size: number): Promise<string | undefined> {
+    const free = await this.d.assemblies.freeBytes().catch(() => Infinity);
+    if (free - size >= SPOOL_RESERVE_BYTES) return undefined;
+    return `the cache directory ${this.d.config.cacheDir} has ${formatBytes(free)} free, too little for a ${formatBytes(size)} spool file and a ${formatBytes(SPOOL_RESERVE_BYTES)} reserve`;
+  }
+
   private async fallBack(
     method: 'GET' | 'HEAD', target: OriginTarget, res: ServerResponse, signal: AbortSignal, why: string,
     sha256: string | undefined | Promise<string | undefined>,

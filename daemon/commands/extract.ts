@@ -1,6 +1,6 @@
 // `deltad extract`: assemble a target image from seeds and the network,
 // verified chunk by chunk, into OUT (renamed into place only when complete).
-import { extractToFile, type ExtractProgress, type ExtractResult } from '../../lib/delta/extract.js';
+import { extractToFile, keptPartialOf, type ExtractProgress, type ExtractResult } from '../../lib/delta/extract.js';
 import { UsageError } from '../../lib/errors.js';
 import type { Command } from '../command.js';
 import { flag, parseCount, positionals, str } from '../cli-args.js';
@@ -63,7 +63,11 @@ Example:
       return 0;
     } catch (err) {
       bar.finish();
-      if (ctl.signal.aborted) ctx.stderr.write(`deltad extract: interrupted; run the same command again to resume\n`);
+      const kept = keptPartialOf(err);
+      if (kept) {
+        ctx.stderr.write(`deltad extract: ${ctl.signal.aborted ? 'interrupted; ' : ''}kept ${kept.path} (${formatBytes(kept.bytes)} of ${formatBytes(kept.total)} verified) and its journal; ` +
+          `run the same command again to resume, or remove both: rm '${kept.path}' '${kept.journal}'\n`);
+      } else if (ctl.signal.aborted) ctx.stderr.write(`deltad extract: interrupted; nothing was kept\n`);
       throw err;
     } finally {
       release();

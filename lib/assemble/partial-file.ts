@@ -47,10 +47,21 @@ async function checkRoom(paths: ReturnType<typeof partialPaths>, fh: FileHandle,
   }
 }
 
+/** What a failed extract left for the next run. */
+export interface KeptPartial {
+  path: string;
+  journal: string;
+  /** Verified bytes it holds (per its journal), of `total`. */
+  bytes: number;
+  total: number;
+}
+
 export class PartialFile implements AssemblySink {
   readonly retainRepeats = false;
   readonly holdsData = false;
   private dirty = false;
+  /** The bitmap the journal on disk holds (a resumed run starts with the one it read). */
+  private journaled?: Uint8Array;
   private timer?: NodeJS.Timeout;
   private closed = false;
   private flushing: Promise<void> = Promise.resolve();
@@ -119,6 +130,7 @@ export class PartialFile implements AssemblySink {
       if (!done) await fh.truncate(target.size);
       const st = await fh.stat();
       const file = new PartialFile(paths, fh, target, digest, done ?? new Uint8Array(bitmapBytes), !done, lock, st);
+      if (done) file.journaled = new Uint8Array(done);
       if (!done || !done.some((b) => b !== 0)) return { file };
       // A seed whose chunk i is the target's chunk i where the journal says written; the rest get an ID nothing hashes to.
       const ids = new Uint8Array(target.ids);
@@ -137,7 +149,10 @@ export class PartialFile implements AssemblySink {
     let off = 0;
     const pos = this.target.start(first);
     while (off < data.length) {
-      const { bytesWritten } = await this.fh.write(data, off, data.length - off, pos + off);
+      const { bytesWritten } = await this.fh.write(data, off, data.length - off, pos + off).catch((err: NodeJS.ErrnoException) => {
+        if (err.code !== 'ENOSPC' && err.code !== 'EDQUOT') throw err;
+        throw new NoSpaceError(`${this.paths.partial}: the file system is full (${err.code}) writing ${data.length} bytes at offset ${pos}`, { cause: err });
+      });
       off += bytesWritten;
     }
     for (let i = first; i < first + count; i++) this.done[i >> 3] |= 1 << (i & 7);
@@ -158,10 +173,19 @@ export class PartialFile implements AssemblySink {
       if (!this.dirty || this.closed) return;
       this.dirty = false;
       const tmp = `${this.paths.journal}.tmp`;
+      const done = new Uint8Array(this.done);
       // A fresh file (never through a symlink or into another file planted at this name).
       await unlink(tmp).catch(() => {});
-      await writeFile(tmp, Buffer.concat([JOURNAL_MAGIC, this.digest, this.done]), { mode: 0o600, flag: 'wx' });
-      await rename(tmp, this.paths.journal);
+      try {
+        await writeFile(tmp, Buffer.concat([JOURNAL_MAGIC, this.digest, done]), { mode: 0o600, flag: 'wx' });
+        await rename(tmp, this.paths.journal);
+      } catch (err) {
+        // Never a stray temp file (a full disk fails the write after creating it); the previous journal still holds.
+        await unlink(tmp).catch(() => {});
+        this.dirty = true;
+        throw err;
+      }
+      this.journaled = done;
     });
     return this.flushing;
   }
@@ -215,11 +239,24 @@ export class PartialFile implements AssemblySink {
     return sum;
   }
 
-  /** After a failure: keeps the partial file and its journal for the next run. */
-  async keep(): Promise<void> {
+  /**
+   * After a failure: keeps the partial file and its journal for the next run, and says what they hold. Without
+   * any journal on disk (none could be written: disk full) nothing in it is reusable, so it is removed (undefined).
+   */
+  async keep(): Promise<KeptPartial | undefined> {
     await this.flushJournal().catch(() => {});
     await this.close();
+    const journal = this.journaled;
+    if (!journal || !journal.some((b) => b !== 0)) {
+      await unlink(this.paths.partial).catch(() => {});
+      await unlink(this.paths.journal).catch(() => {});
+      await this.lock.release();
+      return undefined;
+    }
+    let bytes = 0;
+    for (let i = 0; i < this.target.count; i++) if (journal[i >> 3] & (1 << (i & 7))) bytes += this.target.chunkSize(i);
     await this.lock.release();
+    return { path: this.paths.partial, journal: this.paths.journal, bytes, total: this.target.size };
   }
 
   async discard(): Promise<void> {

@@ -18,7 +18,7 @@ import { RangeFetcher, planRangeRequests, type RangeSupport } from '../fetch/ran
 import { RangeSource, StoreSource, type RemoteSource, type Run } from '../assemble/remote-source.js';
 import { Assembler } from '../assemble/assembler.js';
 import { OrderedStream } from '../assemble/ordered-stream.js';
-import { PartialFile } from '../assemble/partial-file.js';
+import { PartialFile, type KeptPartial } from '../assemble/partial-file.js';
 import { EncoderPool, defaultThreads } from '../store/chunk-encoder.js';
 import { BufferPool } from '../util/buffer-pool.js';
 import { closeSeeds, openSeed, type Seed } from '../seed/seed.js';
@@ -407,6 +407,13 @@ function summary(progress: ExtractProgress, choice: RemoteChoice, assembler: Ass
   };
 }
 
+const KEPT = Symbol('deltad.keptPartial');
+
+/** The partial file a failed extractToFile kept for resuming, read from the error it threw (undefined: none kept). */
+export function keptPartialOf(err: unknown): KeptPartial | undefined {
+  return err instanceof Error ? (err as Error & { [KEPT]?: KeptPartial })[KEPT] : undefined;
+}
+
 /**
  * Assembles the target into `out`: writes a temp file beside it, verifies
  * every chunk (and the SHA-256 when given), then renames it into place. On
@@ -448,9 +455,11 @@ export async function extractToFile(target: string | ChunkIndex, out: string, op
       const sha256 = await file.commit(opts.fileMode ?? 0o644, opts.sha256);
       return summary(progress, choice, assembler, started, sha256);
     } catch (err) {
-      // Keep what an interrupted run wrote; a run that failed before writing leaves nothing behind.
-      if (resumeSeed || (assembler && assembler.wroteAny)) await file.keep();
-      else await file.discard();
+      // Keep what an interrupted run wrote (and say so on the error); a run that failed before writing leaves nothing behind.
+      if (resumeSeed || (assembler && assembler.wroteAny)) {
+        const kept = await file.keep();
+        if (kept && err instanceof Error) Object.defineProperty(err, KEPT, { value: kept });
+      } else await file.discard();
       throw err;
     }
   } finally {
