@@ -32,7 +32,8 @@ import { MultipartFraming, parseRangeHeader, type Span } from './byte-ranges.js'
 import { globToRegExp } from './glob.js';
 import { newCounters, renderMetrics } from './metrics.js';
 import { proxy as streamThrough } from './passthrough.js';
-import { resolveOriginTarget, UnsafePathError } from './origin-path.js';
+import { resolveOriginTarget, siblingUrl, UnsafePathError } from './origin-path.js';
+import { findSha256 } from './sha256sums.js';
 import { silentLogger, type Logger } from './log.js';
 
 export const PROXY_VERSION = '0.1.0';
@@ -263,7 +264,9 @@ export async function createProxy(opts: ProxyOptions): Promise<ProxyServer> {
         const index = await imageIndex(target.url + opts.indexSuffix, ac.signal);
         if (index) return serveImage(req, reply, target.url, index, ac.signal);
         reply.hijack();
-        return streamThrough({ http, counters, mode: 'proxy' }, req.method as 'GET' | 'HEAD', target.url, reply.raw, ac.signal);
+        // Passed through whole, but checked like any image: against its SHA256SUMS entry, when there is one.
+        const sha256 = req.method === 'GET' ? listedSha256(target.url, target.name, ac.signal) : undefined;
+        return streamThrough({ http, counters, mode: 'proxy' }, req.method as 'GET' | 'HEAD', target.url, reply.raw, ac.signal, sha256);
       }
       let entry;
       try {
@@ -290,6 +293,16 @@ export async function createProxy(opts: ProxyOptions): Promise<ProxyServer> {
       return reply.send(entry.body);
     },
   });
+
+  /** The image's SHA-256 from the (cached) SHA256SUMS beside it; undefined when none lists it or it cannot be had. */
+  async function listedSha256(url: string, name: string, signal: AbortSignal): Promise<string | undefined> {
+    try {
+      const sums = await meta.fetch(siblingUrl(url, 'SHA256SUMS'), signal);
+      return sums.status === 200 ? findSha256(sums.body.toString('utf8'), name) : undefined;
+    } catch {
+      return undefined;
+    }
+  }
 
   /** The upstream index of an image (revalidated), registered for chunk lookups; null when there is none. */
   async function imageIndex(indexUrl: string, signal: AbortSignal): Promise<ChunkIndex | null> {

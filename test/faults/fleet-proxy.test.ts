@@ -1,11 +1,12 @@
 // Fault classes of the fleet proxy's front door: several Host headers (Node
 // keeps only the first in req.headers) are a 400, and an image the proxy
 // cannot assemble is a 502 with a one-line reason before any byte, not a
-// dropped connection.
+// dropped connection; an image passed through whole is checked against its
+// SHA256SUMS entry like at the sidecar.
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { connect } from 'node:net';
-import { mkdir, mkdtemp, rm, unlink } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm, unlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { request } from 'undici';
@@ -66,4 +67,30 @@ test('an image the proxy cannot assemble is a 502 with the reason, before any bo
   const part = await request(`${f.url}${v1.name}`, { headers: { range: 'bytes=100-199' }, headersTimeout: 20_000 });
   await part.body.text();
   assert.equal(part.statusCode, 502);
+});
+
+test('an image without an index passes through whole, checked against SHA256SUMS: a replaced one is cut short', { timeout: 30_000 }, async (t) => {
+  const f = await setup(t);
+  const [v1] = f.releases;
+  await unlink(join(f.dir, 'origin', `${v1.name}.caibx`));
+  const fetchAll = async () => {
+    const res = await request(`${f.url}${v1.name}`, { headersTimeout: 10_000, bodyTimeout: 10_000 });
+    const parts: Buffer[] = [];
+    let cut = false;
+    try {
+      for await (const p of res.body) parts.push(p as Buffer);
+    } catch {
+      cut = true;
+    }
+    return { status: res.statusCode, body: Buffer.concat(parts), cut };
+  };
+  const good = await fetchAll();
+  assert.equal(good.status, 200);
+  assert.ok(!good.cut && good.body.equals(v1.data), 'the listed image passes whole');
+  const other = Buffer.from(v1.data);
+  other[100] ^= 1;
+  await writeFile(join(f.dir, 'origin', v1.name), other);
+  const bad = await fetchAll();
+  assert.equal(bad.status, 200);
+  assert.ok(bad.cut && bad.body.length < other.length, `cut after ${bad.body.length} of ${other.length} bytes`);
 });
