@@ -107,7 +107,7 @@ export const configUsage = `Configuration (file ${DEFAULT_CONFIG_FILE}, env DELT
   --image-pattern GLOB     file names served as deltas (repeatable; default *.erofs *.raw *.img)
   --index-suffix SUFFIX    index next to each image (default .caibx)
   --store URL              casync chunk store to fetch missing chunks from (default: byte ranges)
-  --cache-dir DIR          seed index cache and assembly spool (default $CACHE_DIRECTORY or /var/cache/deltad)
+  --cache-dir DIR          seed index cache and adopted indexes (default $CACHE_DIRECTORY or /var/cache/deltad)
   --idle-timeout SECONDS   exit after this long without requests; 0 = never (default 300)
   --concurrency N          parallel origin requests per assembly (default 8)
   --max-target-size SIZE   largest image an index may describe, e.g. 8G (default 64G)

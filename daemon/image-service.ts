@@ -16,13 +16,12 @@
 //   until the whole-file SHA-256 matches the origin's SHA256SUMS entry.
 import type { ServerResponse } from 'node:http';
 import { pipeline } from 'node:stream/promises';
-import type { ChunkIndex } from '../lib/format/caibx.js';
-import { downloadIndex } from '../lib/delta/index-download.js';
 import { OriginError } from '../lib/errors.js';
 import { openExtractStream, planUpdate, type ExtractProgress, type PlanReport, type SourceOptions } from '../lib/delta/extract.js';
 import type { HttpClient } from '../lib/fetch/http-client.js';
 import { openProxyStore } from '../lib/fleet/batch-store.js';
 import type { ChunkStore } from '../lib/store/types.js';
+import type { PreparedImage, ReleaseTarget, Releases } from '../lib/delta/release.js';
 import type { AssemblyRegistry, SharedAssembly } from './assemblies.js';
 import type { DaemonConfig } from './config.js';
 import type { Logger } from './log.js';
@@ -31,7 +30,6 @@ import type { Notifier } from './notify.js';
 import { siblingUrl, type OriginTarget } from './origin-path.js';
 import { passThrough, type PassThroughContext } from './passthrough.js';
 import type { SeedCatalog } from './seeds.js';
-import { findSha256 } from './sha256sums.js';
 import { verifiedBody } from './verified-body.js';
 import { formatBytes } from './progress.js';
 
@@ -48,20 +46,9 @@ export interface ImageTimeouts {
 }
 
 export const DEFAULT_TIMEOUTS: ImageTimeouts = { prepareMs: 1_500, headerMs: 1_900, firstByteMs: 40_000, stallMs: 45_000 };
-const MANIFEST_MAX = 1024 * 1024;
-/** Free space the cache directory keeps beyond a new spool file: the sidecar's files never fill the disk. */
-const SPOOL_RESERVE_BYTES = 64 * 1024 * 1024;
 const STATUS_EVERY_MS = 1_000;
 /** An origin found not to be a deltad proxy (or unreachable) is asked again at most this often. */
 const PROXY_PROBE_EVERY_MS = 60_000;
-
-export interface PreparedImage {
-  index: ChunkIndex;
-  /** SHA-256 from the origin's SHA256SUMS, when it lists the image. */
-  sha256?: string;
-  /** Identifies this version of the image: its URL, the digest of its index and the expected SHA-256 (what its bytes were verified against). */
-  key: string;
-}
 
 export interface ImageServiceDeps {
   config: DaemonConfig;
@@ -71,6 +58,7 @@ export interface ImageServiceDeps {
   notifier: Notifier;
   seeds: SeedCatalog;
   assemblies: AssemblyRegistry;
+  releases: Releases;
   passThrough: PassThroughContext;
   timeouts: ImageTimeouts;
 }
@@ -80,21 +68,27 @@ export class ImageService {
   private proxyProbe?: { at: number; store: Promise<ChunkStore | null> };
   constructor(private readonly d: ImageServiceDeps) {}
 
+  /** Where the image, its index and its SHA256SUMS live on the origin. */
+  private release(target: OriginTarget): ReleaseTarget {
+    return {
+      url: target.url,
+      name: target.name,
+      indexUrls: [target.url + this.d.config.indexSuffix],
+      sumsUrl: siblingUrl(target.url, 'SHA256SUMS'),
+    };
+  }
+
   /**
-   * The image's index and expected SHA-256; undefined when the origin has no index for it.
-   * `sha256` is the SHA256SUMS lookup, fetched alongside the index (serve() keeps it for fallbacks).
+   * The image's index and expected SHA-256 (shared by concurrent requests, see lib/delta/release.ts); undefined when
+   * the origin has no index for it. `sha256` is the SHA256SUMS lookup (serve() keeps it for fallbacks).
    */
-  async prepare(target: OriginTarget, signal?: AbortSignal, sha256 = this.expectedSha256(target, signal)): Promise<PreparedImage | undefined> {
-    const indexUrl = target.url + this.d.config.indexSuffix;
-    const [got, expected] = await Promise.all([this.fetchIndex(indexUrl, signal), sha256]);
-    if (!got) return undefined;
-    return { index: got.index, sha256: expected, key: `${target.url}#${got.sha256}#${expected ?? ''}` };
+  prepare(target: OriginTarget, sha256 = this.expectedSha256(target)): Promise<PreparedImage | undefined> {
+    return this.d.releases.prepare(this.release(target), sha256);
   }
 
   /** The image's entry in the SHA256SUMS beside it, if any. */
-  private async expectedSha256(target: OriginTarget, signal?: AbortSignal): Promise<string | undefined> {
-    const sums = await this.fetchSmall(siblingUrl(target.url, 'SHA256SUMS'), MANIFEST_MAX, signal);
-    return sums.status === 200 ? findSha256(sums.body.toString('utf8'), target.name) : undefined;
+  private expectedSha256(target: OriginTarget): Promise<string | undefined> {
+    return this.d.releases.sha256(this.release(target));
   }
 
   /**
@@ -138,7 +132,7 @@ export class ImageService {
 
   /** The update-size query: what would come from seeds and from the network. */
   async plan(target: OriginTarget, signal?: AbortSignal): Promise<(PlanReport & { sha256?: string }) | undefined> {
-    const prepared = await this.prepare(target, signal);
+    const prepared = await this.prepare(target);
     if (!prepared) return undefined;
     await this.d.seeds.ready;
     const report = await planUpdate(prepared.index, await this.sources(target, signal));
@@ -151,15 +145,17 @@ export class ImageService {
     const ac = new AbortController();
     res.once('close', () => ac.abort());
     // Index, SHA256SUMS, the proxy probe and the HEAD below go out together.
-    const sha256 = this.expectedSha256(target, ac.signal);
+    const sha256 = this.expectedSha256(target);
     const rangeCheck = method === 'GET' ? this.needsRangeCheck() : Promise.resolve(false);
-    const ready = this.prepare(target, ac.signal, sha256).then(async (p) => {
-      if (p && (await rangeCheck)) await this.checkRanges(target.url, ac.signal);
+    const ready = this.prepare(target, sha256).then(async (p) => {
+      if (p && (await rangeCheck)) await this.d.releases.checkRanges(target.url);
       return p;
     });
+    // A failure surfaces through the deadline race below; never as an unhandled rejection.
+    sha256.catch(() => {});
     // Sent with the index fetch: when the index is slow, the image's length lets the headers go out anyway.
     let announced: number | undefined;
-    if (method === 'GET') void this.headLength(target.url, ac.signal).then((n) => (announced = n));
+    if (method === 'GET') void this.d.releases.headLength(target.url).then((n) => (announced = n));
     let prepared: PreparedImage | undefined;
     try {
       prepared = await withDeadline(ready, timeouts.prepareMs, `index of ${target.relPath} not fetched within ${timeouts.prepareMs} ms`);
@@ -216,14 +212,6 @@ export class ImageService {
   ): Promise<void> {
     const { counters, log } = this.d;
     const size = prepared.index.size;
-    // The spool must never fill the disk: too little room is a full pass-through (no file of ours), not a delta.
-    const full = this.d.assemblies.joinable(prepared.key, size) ? undefined : await this.spoolShortage(size);
-    if (full) {
-      if (!('firstByteBy' in deadline)) return this.fallBack('GET', target, res, signal, full, prepared.sha256);
-      counters.fallbacks++;
-      log.warn(`${target.relPath}: ${full}; streaming the full image from the origin`);
-      return this.proxyWhole(target, size, prepared.sha256, res, signal);
-    }
     const { assembly, created } = this.d.assemblies.acquire(prepared.key, size, (s) => this.startEngine(target, prepared, s));
     const body = assembly.subscribe();
     // A client that leaves while we wait for the first byte releases its share at once.
@@ -265,13 +253,6 @@ export class ImageService {
   }
 
   /** The origin's full image; proxied, it is checked against `sha256` (awaited only at its end, when still on its way). */
-  /** Why the cache directory cannot take a spool of `size` bytes and keep its reserve, or undefined when it can. */
-  private async spoolShortage(size: number): Promise<string | undefined> {
-    const free = await this.d.assemblies.freeBytes().catch(() => Infinity);
-    if (free - size >= SPOOL_RESERVE_BYTES) return undefined;
-    return `the cache directory ${this.d.config.cacheDir} has ${formatBytes(free)} free, too little for a ${formatBytes(size)} spool file and a ${formatBytes(SPOOL_RESERVE_BYTES)} reserve`;
-  }
-
   private async fallBack(
     method: 'GET' | 'HEAD', target: OriginTarget, res: ServerResponse, signal: AbortSignal, why: string,
     sha256: string | undefined | Promise<string | undefined>,
@@ -372,47 +353,6 @@ export class ImageService {
   /** Byte ranges of the image are the only remote source unless a chunk store is configured or the origin is a deltad proxy. */
   private async needsRangeCheck(): Promise<boolean> {
     return !this.d.config.store && !(await this.proxyStore());
-  }
-
-  /** The image's length from a HEAD: a 200 with a Content-Length, else undefined (any failure too). */
-  private async headLength(url: string, signal: AbortSignal): Promise<number | undefined> {
-    this.d.counters.originRequests++;
-    try {
-      const r = await this.d.http.request(url, { method: 'HEAD', signal });
-      await r.body.dump();
-      const n = Number(r.headers['content-length']);
-      return r.statusCode === 200 && Number.isSafeInteger(n) && n >= 0 ? n : undefined;
-    } catch {
-      return undefined;
-    }
-  }
-
-  /**
-   * Without a chunk store every missing byte comes as a range of the image, so
-   * an origin that ignores Range is found out here, before any byte is sent,
-   * and the image is passed through whole instead.
-   */
-  private async checkRanges(url: string, signal?: AbortSignal): Promise<void> {
-    this.d.counters.originRequests++;
-    const r = await this.d.http.request(url, { headers: { range: 'bytes=0-0' }, signal });
-    if (r.statusCode === 206) return void (await r.body.dump());
-    r.body.destroy();
-    throw new OriginError(`${url}: the origin does not serve byte ranges (HTTP ${r.statusCode} to a Range request)`, { status: r.statusCode });
-  }
-
-  /** The index, parsed as it arrives (bounded by the configured largest image), or null when the origin has none. */
-  private async fetchIndex(url: string, signal?: AbortSignal) {
-    this.d.counters.originRequests++;
-    const got = await downloadIndex(this.d.http, url, { signal, maxTargetSize: this.d.config.maxTargetSize });
-    this.d.counters.originBytes += got?.bytes ?? 0;
-    return got;
-  }
-
-  private async fetchSmall(url: string, maxBytes: number, signal?: AbortSignal) {
-    this.d.counters.originRequests++;
-    const r = await this.d.http.getBuffer(url, { maxBytes, signal });
-    this.d.counters.originBytes += r.body.length;
-    return r;
   }
 }
 

@@ -17,7 +17,7 @@ import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { HttpClient } from '../lib/fetch/http-client.js';
 import { ChunkCache } from '../lib/fleet/chunk-cache.js';
-import { MetadataCache, MetadataTooLargeError } from '../lib/fleet/metadata-cache.js';
+import { MetadataCache } from '../lib/fleet/metadata-cache.js';
 import { CachingStore } from '../lib/fleet/caching-store.js';
 import { ImageRangeStore } from '../lib/fleet/image-range-store.js';
 import { HttpStore } from '../lib/store/http-store.js';
@@ -33,10 +33,12 @@ import { globToRegExp } from './glob.js';
 import { newCounters, renderMetrics } from './metrics.js';
 import { proxy as streamThrough } from './passthrough.js';
 import { resolveOriginTarget, siblingUrl, UnsafePathError } from './origin-path.js';
-import { findSha256 } from './sha256sums.js';
+import { findSha256 } from '../lib/format/sha256sums.js';
 import { silentLogger, type Logger } from './log.js';
+import { MetadataTooLargeError } from '../lib/errors.js';
+import { VERSION } from '../lib/util/version.js';
 
-export const PROXY_VERSION = '0.1.0';
+export const PROXY_VERSION = VERSION;
 /** Where the chunk store is served; desync/casync are pointed at `http://host:port/.deltad/store`. */
 export const STORE_PREFIX = '/.deltad/store';
 export const BATCH_PATH = '/.deltad/batch';

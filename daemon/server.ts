@@ -5,8 +5,10 @@
 // never used. Other servers (the fleet proxy) reuse it via `extraRoutes`, or
 // call `createDaemonContext` + `registerOriginRoutes` on their own app.
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify';
+import { rm } from 'node:fs/promises';
 import { join } from 'node:path';
 import { HttpClient } from '../lib/fetch/http-client.js';
+import { Releases } from '../lib/delta/release.js';
 import { AssemblyRegistry } from './assemblies.js';
 import { requireOrigin, type DaemonConfig } from './config.js';
 import { globToRegExp } from './glob.js';
@@ -17,6 +19,7 @@ import { createNotifier, type Notifier } from './notify.js';
 import { resolveOriginTarget, UnsafePathError, type OriginTarget } from './origin-path.js';
 import { passThrough, type PassThroughContext } from './passthrough.js';
 import { SeedCatalog } from './seeds.js';
+import { VERSION } from '../lib/util/version.js';
 
 export const PLAN_PREFIX = '/.deltad/plan/';
 
@@ -44,20 +47,27 @@ export interface ServerOptions {
   extraRoutes?: (app: FastifyInstance, ctx: DaemonContext) => void | Promise<void>;
   /** Deadlines of image serving (default DEFAULT_TIMEOUTS; tests shorten them). */
   timeouts?: Partial<ImageTimeouts>;
+  /** Bytes an assembly buffers for its clients beyond the slowest one (default MAX_BUFFERED; tests shrink it). */
+  shareBufferBytes?: number;
+  /** How long the origin's answers about a release are reused without asking again (default DEFAULT_FRESH_MS). */
+  releaseFreshMs?: number;
 }
 
 export async function createDaemonContext(config: DaemonConfig, opts: ServerOptions = {}): Promise<DaemonContext> {
   const origin = requireOrigin(config);
   const log = opts.log ?? silentLogger;
-  const http = opts.http ?? new HttpClient({ connections: Math.max(8, config.concurrency), userAgent: 'deltad/0.1 (sysupdate sidecar)' });
+  const http = opts.http ?? new HttpClient({ connections: Math.max(8, config.concurrency), userAgent: `deltad/${VERSION} (sysupdate sidecar)` });
   const counters = newCounters();
   const notifier = opts.notifier ?? createNotifier({ log });
   const seeds = new SeedCatalog(config.seedGlobs, config.cacheDir, log);
   const timeouts = { ...DEFAULT_TIMEOUTS, ...opts.timeouts };
-  const assemblies = new AssemblyRegistry(join(config.cacheDir, 'spool'), timeouts.stallMs);
-  await assemblies.init();
+  const assemblies = new AssemblyRegistry(timeouts.stallMs, opts.shareBufferBytes);
+  // Earlier versions spooled whole images here; nothing uses it now.
+  await rm(join(config.cacheDir, 'spool'), { recursive: true, force: true });
   const passThroughCtx: PassThroughContext = { http, counters, mode: config.passthrough };
-  const images = new ImageService({ config, http, counters, log, notifier, seeds, assemblies, passThrough: passThroughCtx, timeouts });
+  // One preparation per image for all requests in a burst (index, SHA256SUMS, probes).
+  const releases = new Releases(http, { freshMs: opts.releaseFreshMs, maxTargetSize: config.maxTargetSize });
+  const images = new ImageService({ config, http, counters, log, notifier, seeds, assemblies, releases, passThrough: passThroughCtx, timeouts });
   const patterns = config.imagePatterns.map(globToRegExp);
   return {
     config, origin, http, counters, log, notifier, seeds, assemblies, images,
@@ -76,7 +86,6 @@ export async function buildServer(config: DaemonConfig, opts: ServerOptions = {}
     forceCloseConnections: 'idle',
   });
   app.addHook('onClose', async () => {
-    await ctx.assemblies.close();
     if (!opts.http) await ctx.http.close();
   });
   await opts.extraRoutes?.(app, ctx);

@@ -5,11 +5,12 @@
 // the next run takes the verified chunks from the partial file as a seed.
 import { createHash } from 'node:crypto';
 import { constants } from 'node:fs';
-import { lstat, open, readFile, rename, statfs, unlink, writeFile, type FileHandle } from 'node:fs/promises';
+import { lstat, open, readFile, rename, unlink, writeFile, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { ChunkIndex, ID_SIZE } from '../format/caibx.js';
-import { ChecksumMismatchError, NoSpaceError, OutputReplacedError, UsageError } from '../errors.js';
+import { ChecksumMismatchError, FileError, OutputReplacedError, UsageError, fileError } from '../errors.js';
 import { formatBytes } from '../util/size.js';
+import { freeBytes } from '../util/disk.js';
 import { OutputLock } from './output-lock.js';
 import type { AssemblySink } from './sink.js';
 import type { Seed } from '../seed/seed.js';
@@ -38,12 +39,11 @@ export function partialPaths(out: string): { out: string; partial: string; journ
  */
 async function checkRoom(paths: ReturnType<typeof partialPaths>, fh: FileHandle, size: number): Promise<void> {
   const dir = dirname(paths.partial);
-  const fs = await statfs(dir);
-  const free = fs.bavail * fs.bsize;
+  const free = await freeBytes(dir);
   const held = (await fh.stat()).blocks * 512;
   const need = size - held;
   if (need > free) {
-    throw new NoSpaceError(`${paths.out}: the image needs ${formatBytes(size)} (${size} bytes)${held ? `, ${formatBytes(held)} of it already in ${paths.partial}` : ''}, but ${dir} has only ${formatBytes(free)} free; free ${formatBytes(need - free)} or write it elsewhere`);
+    throw new FileError(paths.out, `the image needs ${formatBytes(size)} (${size} bytes)${held ? `, ${formatBytes(held)} of it already in ${paths.partial}` : ''}, but ${dir} has only ${formatBytes(free)} free; free ${formatBytes(need - free)} or write it elsewhere`, 'ENOSPC');
   }
 }
 
@@ -92,7 +92,7 @@ export class PartialFile implements AssemblySink {
     const outSt = await lstat(paths.out).catch(() => null);
     if (outSt && !outSt.isFile()) throw new UsageError(`${paths.out}: exists and is not a regular file`);
     // Before anything beside the output is touched: a second run must not unlink or write the first one's partial file.
-    const lock = await OutputLock.acquire(paths.lock, paths.out);
+    const lock = await OutputLock.acquire(paths.lock, paths.out).catch((err: unknown) => Promise.reject(fileError(err, paths.out, true)));
     try {
       return await PartialFile.openLocked(paths, target, resume, lock);
     } catch (err) {
@@ -123,11 +123,16 @@ export class PartialFile implements AssemblySink {
     }
     if (!fh) {
       await unlink(paths.partial).catch(() => {});
-      fh = await open(paths.partial, constants.O_RDWR | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
+      // Errors name the output the user gave, not the hidden partial file.
+      try {
+        fh = await open(paths.partial, constants.O_RDWR | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
+      } catch (err) {
+        throw fileError(err, paths.out, true);
+      }
     }
     try {
       await checkRoom(paths, fh, target.size);
-      if (!done) await fh.truncate(target.size);
+      if (!done) await fh.truncate(target.size).catch((err: unknown) => Promise.reject(fileError(err, paths.out, true)));
       const st = await fh.stat();
       const file = new PartialFile(paths, fh, target, digest, done ?? new Uint8Array(bitmapBytes), !done, lock, st);
       if (done) file.journaled = new Uint8Array(done);
@@ -149,9 +154,8 @@ export class PartialFile implements AssemblySink {
     let off = 0;
     const pos = this.target.start(first);
     while (off < data.length) {
-      const { bytesWritten } = await this.fh.write(data, off, data.length - off, pos + off).catch((err: NodeJS.ErrnoException) => {
-        if (err.code !== 'ENOSPC' && err.code !== 'EDQUOT') throw err;
-        throw new NoSpaceError(`${this.paths.partial}: the file system is full (${err.code}) writing ${data.length} bytes at offset ${pos}`, { cause: err });
+      const { bytesWritten } = await this.fh.write(data, off, data.length - off, pos + off).catch((err: unknown) => {
+        throw fileError(err, this.paths.out, true, `cannot write ${data.length} bytes at offset ${pos} of ${this.paths.partial}`);
       });
       off += bytesWritten;
     }
@@ -217,9 +221,13 @@ export class PartialFile implements AssemblySink {
         throw new ChecksumMismatchError(expectSha256, sum, this.paths.out);
       }
     }
-    await this.fh.chmod(fileMode);
-    await this.fh.sync();
-    await this.close();
+    try {
+      await this.fh.chmod(fileMode);
+      await this.fh.sync();
+      await this.close();
+    } catch (err) {
+      throw fileError(err, this.paths.out, true);
+    }
     // The rename goes by path: it must still name the file that was verified, and this run must still own the output.
     const st = await lstat(this.paths.partial).catch(() => null);
     if (!st || st.dev !== this.identity.dev || st.ino !== this.identity.ino) {
@@ -228,7 +236,7 @@ export class PartialFile implements AssemblySink {
     }
     try {
       await this.lock.assertHeld();
-      await rename(this.paths.partial, this.paths.out);
+      await rename(this.paths.partial, this.paths.out).catch((err: unknown) => Promise.reject(fileError(err, this.paths.out, true)));
       await unlink(this.paths.journal).catch(() => {});
     } finally {
       await this.lock.release();

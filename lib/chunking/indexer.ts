@@ -170,9 +170,9 @@ function runSegments(path: string, fd: number, segments: Segment[], opts: IndexO
         else assign();
       });
       const where = (): string => (current < 0 ? path : `${path} bytes ${segments[current].start}..${segments[current].end}`);
-      worker.on('error', (err) => finish(new DeltadError('EINDEXER', `indexing ${where()}: ${err.message}`, { cause: err })));
+      worker.on('error', (err) => finish(new DeltadError('ERR_DELTAD_WORKER', `indexing ${where()}: ${err.message}`, { cause: err })));
       worker.on('exit', (code) => {
-        if (!settled) finish(new DeltadError('EINDEXER', `indexing worker for ${where()} exited with code ${code}`));
+        if (!settled) finish(new DeltadError('ERR_DELTAD_WORKER', `indexing worker for ${where()} exited with code ${code}`));
       });
       assign();
     }

@@ -8,6 +8,8 @@ import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { readIndexFile, type ChunkIndex } from '../format/caibx.js';
 import { downloadIndex } from './index-download.js';
+import { freeBytes } from '../util/disk.js';
+import { formatBytes } from '../util/size.js';
 import { OriginError, UnusableInputError, UsageError } from '../errors.js';
 import { HttpClient } from '../fetch/http-client.js';
 import { IndexCache, defaultCacheDir, type IndexBuilder } from '../seed/index-cache.js';
@@ -51,6 +53,8 @@ export interface SourceOptions {
   cacheDir?: string;
   /** HTTP client to use (shared keep-alive pools); one is created and closed when omitted. */
   http?: HttpClient;
+  /** For the client created when `http` is omitted: longest wait for response headers or body bytes (ms, default 30 s). */
+  timeoutMs?: number;
   /** Use chunks that repeat inside the target (default true). */
   selfSeed?: boolean;
   /** Use all-zero chunks without fetching them (default true). */
@@ -59,6 +63,8 @@ export interface SourceOptions {
   blockPack?: boolean;
   /** Largest target an index may describe (default 64 GiB, systemd-pull's limit): guards memory and disk. */
   maxTargetSize?: number;
+  /** Called while a seed without a usable index is being chunked (bytes of that seed read so far). */
+  onSeedIndexing?: (path: string, done: number, total: number) => void;
   /** Called with one-line warnings (a seed that lies, a fallback from multi-range). */
   onWarning?: (message: string) => void;
   signal?: AbortSignal;
@@ -129,6 +135,8 @@ const PART_OVERHEAD_BYTES = 100;
 const DEFAULT_CONCURRENCY = 8;
 const DEFAULT_WINDOW_BYTES = 32 * 1024 * 1024;
 const PROGRESS_INTERVAL_MS = 200;
+/** Free space a streamed block-path assembly leaves in the cache directory beyond its image-sized file. */
+const BLOCK_FILE_RESERVE_BYTES = 64 * 1024 * 1024;
 /** Seed bytes from which hashing on worker threads pays for starting them. */
 const HASH_THREADS_FROM_BYTES = 64 * 1024 * 1024;
 
@@ -140,11 +148,15 @@ function hashPoolFor(plan: Plan): EncoderPool | undefined {
 const isUrl = (s: string): boolean => /^https?:\/\//i.test(s);
 
 /** Loads a target index from a local path or an http(s) URL (verified strictly, a download parsed as it arrives). */
-export async function loadIndex(spec: string, opts: { http?: HttpClient; signal?: AbortSignal; maxTargetSize?: number } = {}): Promise<ChunkIndex> {
-  if (!isUrl(spec)) return readIndexFile(spec, { allowArchive: false, maxTargetSize: opts.maxTargetSize });
-  const http = opts.http ?? new HttpClient();
+export async function loadIndex(
+  spec: string,
+  opts: { http?: HttpClient; timeoutMs?: number; signal?: AbortSignal; allowArchive?: boolean; maxTargetSize?: number } = {},
+): Promise<ChunkIndex> {
+  const allowArchive = opts.allowArchive ?? false;
+  if (!isUrl(spec)) return readIndexFile(spec, { allowArchive, maxTargetSize: opts.maxTargetSize });
+  const http = opts.http ?? new HttpClient({ timeoutMs: opts.timeoutMs });
   try {
-    const got = await downloadIndex(http, spec, opts);
+    const got = await downloadIndex(http, spec, { signal: opts.signal, allowArchive, maxTargetSize: opts.maxTargetSize });
     if (!got) throw new OriginError(`GET ${spec}: HTTP 404 (no such index)`, { status: 404 });
     return got.index;
   } finally {
@@ -155,7 +167,7 @@ export async function loadIndex(spec: string, opts: { http?: HttpClient; signal?
 /** The target index and what downloading it cost (nothing for a local path or a parsed index). */
 async function loadTarget(target: string | ChunkIndex, opts: SourceOptions): Promise<{ index: ChunkIndex; requests: number; bytes: number }> {
   if (typeof target !== 'string') return { index: target, requests: 0, bytes: 0 };
-  const http = opts.http ?? new HttpClient();
+  const http = opts.http ?? new HttpClient({ timeoutMs: opts.timeoutMs });
   const before = { ...http.stats };
   try {
     const index = await loadIndex(target, { http, signal: opts.signal, maxTargetSize: opts.maxTargetSize });
@@ -165,9 +177,13 @@ async function loadTarget(target: string | ChunkIndex, opts: SourceOptions): Pro
   }
 }
 
-/** The indexer, for seeds without an index. */
-const buildIndex: IndexBuilder = (path, key, signal) =>
-  indexFile(path, { params: key.params, digest: key.digest, variant: key.variant as ChunkerVariant | undefined, signal });
+/** The indexer, for seeds without an index, reporting its progress to `onSeedIndexing`. */
+function seedIndexer(onSeedIndexing: SourceOptions['onSeedIndexing']): IndexBuilder {
+  return (path, key, signal) => indexFile(path, {
+    params: key.params, digest: key.digest, variant: key.variant as ChunkerVariant | undefined, signal,
+    onProgress: onSeedIndexing && ((done, total) => onSeedIndexing(path, done, total)),
+  });
+}
 
 /** Everything an operation opened for its sources; close() releases what it owns. */
 interface Context {
@@ -179,7 +195,7 @@ interface Context {
 
 async function openContext(target: ChunkIndex, opts: AssembleOptions): Promise<Context> {
   const ownsHttp = !opts.http;
-  const http = opts.http ?? new HttpClient({ connections: opts.concurrency ?? DEFAULT_CONCURRENCY, attempts: opts.attempts });
+  const http = opts.http ?? new HttpClient({ connections: opts.concurrency ?? DEFAULT_CONCURRENCY, attempts: opts.attempts, timeoutMs: opts.timeoutMs });
   const owned: ChunkStore[] = [];
   const seeds: Seed[] = [];
   const ctx: Context = {
@@ -200,8 +216,9 @@ async function openContext(target: ChunkIndex, opts: AssembleOptions): Promise<C
   try {
     const cache = new IndexCache(opts.cacheDir);
     for (const spec of opts.seeds ?? []) {
+      const build = seedIndexer(opts.onSeedIndexing);
       try {
-        seeds.push(await openSeed(spec.path, spec.index, { target, cache, build: buildIndex, onWarning: opts.onWarning, signal: opts.signal }));
+        seeds.push(await openSeed(spec.path, spec.index, { target, cache, build, onWarning: opts.onWarning, signal: opts.signal }));
       } catch (err) {
         // A seed only saves downloading: one that cannot be read (a FIFO, no permission) is left out, not fatal.
         if (!(err instanceof UnusableInputError)) throw err;
@@ -310,8 +327,10 @@ async function chooseRemote(plan: Plan, ctx: Context, opts: AssembleOptions, pro
   if (!missing) return { chosen: 'none', modes, rangeSupport, probe };
   if (mode === 'range' && support?.ranges === false) throw new OriginError(`${opts.rangeUrl}: the server does not serve byte ranges`);
   if (modes.length === 0) {
-    const why = useRange ? `${opts.rangeUrl} does not serve byte ranges and no chunk store was given` : 'give --range-url or --store';
-    throw new UsageError(`${plan.totals.missingChunks} chunks (${plan.totals.missingBytes} bytes) are in no seed and there is no remote source: ${why}`);
+    const missingText = `${plan.totals.missingChunks} chunks (${plan.totals.missingBytes} bytes) are in no seed`;
+    // What a server supports is never a usage error; not naming any source is.
+    if (useRange) throw new OriginError(`${missingText}, and ${opts.rangeUrl} does not serve byte ranges (no chunk store was given)`);
+    throw new UsageError(`${missingText} and there is no remote source: give --range-url or --store`);
   }
   const best = modes.reduce((a, b) => (weigh(b) < weigh(a) ? b : a));
   const stores = useStore ? new StoreSource(plan.target, ctx.stores, ctx.http, undefined, opts.onWarning) : undefined;
@@ -371,13 +390,14 @@ export async function planUpdate(target: string | ChunkIndex, opts: SourceOption
 }
 
 function newProgress(total: number): ExtractProgress {
-  return { total, done: 0, fromSeeds: 0, fromSelf: 0, fromZero: 0, fromCache: 0, fromNetwork: 0, networkBytes: 0, networkRequests: 0 };
+  return { total, done: 0, fromSeeds: 0, fromSelf: 0, fromZero: 0, fromCache: 0, fromNetwork: 0, fromLocalStore: 0, networkBytes: 0, networkRequests: 0 };
 }
 
 /** Runs the assembler with periodic progress callbacks; network counters include the probe. */
 async function runAssembly(assembler: Assembler, progress: ExtractProgress, choice: RemoteChoice, onProgress?: (p: ExtractProgress) => void): Promise<void> {
   const report = (): void => {
     if (choice.remote) {
+      progress.fromLocalStore = choice.remote.stats.localBytes ?? 0;
       progress.networkBytes = choice.remote.stats.bytes + choice.probe.bytes;
       progress.networkRequests = choice.remote.stats.requests + choice.probe.requests;
     } else {
@@ -501,8 +521,12 @@ export function openExtractStream(target: ChunkIndex, opts: ExtractStreamOptions
       const choice = await chooseRemote(plan, ctx, sourceOpts);
       // The block path assembles whole images only (into the cache directory, then streamed in order).
       const blocks = start === 0 && end === target.size ? await blockPathFor(target, ctx, sourceOpts, choice) : null;
-      if (blocks?.cheaper) {
-        const dir = join(opts.cacheDir ?? defaultCacheDir(), 'block-assembly');
+      const dir = join(opts.cacheDir ?? defaultCacheDir(), 'block-assembly');
+      // That file must not fill the cache directory's disk: without room to spare, the chunk path (no file) is taken.
+      const room = blocks?.cheaper ? (await freeBytes(dir).catch(() => Infinity)) - target.size : 0;
+      if (blocks?.cheaper && room < BLOCK_FILE_RESERVE_BYTES) {
+        opts.onWarning?.(`the block path would leave less than ${formatBytes(BLOCK_FILE_RESERVE_BYTES)} free in ${dir}; assembling from chunks instead`);
+      } else if (blocks?.cheaper) {
         const viaBlocks = await streamViaBlocks(blocks.path, stream, target, dir, { http: ctx.http, sha256: opts.sha256, onWarning: opts.onWarning, onProgress: opts.onProgress, signal });
         if (viaBlocks) {
           await stream.complete;

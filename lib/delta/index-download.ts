@@ -12,6 +12,8 @@ export interface IndexDownloadOptions {
   signal?: AbortSignal;
   /** Largest target the index may describe (default 64 GiB). */
   maxTargetSize?: number;
+  /** Accept an archive index (.caidx); default false (a blob index is required). */
+  allowArchive?: boolean;
 }
 
 export interface DownloadedIndex {
@@ -22,7 +24,7 @@ export interface DownloadedIndex {
   bytes: number;
 }
 
-/** GETs and parses a blob index (with the client's retries); null on 404/410. Other statuses and bad bodies throw. */
+/** GETs and parses an index (with the client's retries); null on 404/410. Other statuses and bad bodies throw. */
 export async function downloadIndex(http: HttpClient, url: string, opts: IndexDownloadOptions = {}): Promise<DownloadedIndex | null> {
   return http.withRetry(async () => {
     const res = await http.request(url, { signal: opts.signal });
@@ -40,7 +42,7 @@ export async function downloadIndex(http: HttpClient, url: string, opts: IndexDo
       res.body.destroy();
       throw new IndexFormatError('file size', 0, `${declared} bytes announced, more than the ${MAX_INDEX_BYTES}-byte limit`, url);
     }
-    const parser = new IndexParser({ source: url, allowArchive: false, maxTargetSize: opts.maxTargetSize }, declared);
+    const parser = new IndexParser({ source: url, allowArchive: opts.allowArchive ?? false, maxTargetSize: opts.maxTargetSize }, declared);
     const hash = createHash('sha256');
     let bytes = 0;
     try {

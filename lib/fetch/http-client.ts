@@ -4,6 +4,7 @@
 import { Agent, request, type Dispatcher } from 'undici';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { BodyTooLargeError, OriginError } from '../errors.js';
+import { VERSION } from '../util/version.js';
 
 export interface HttpClientOptions {
   /** Max connections per origin (default 8). */
@@ -35,11 +36,13 @@ export class HttpClient {
   readonly dispatcher: Agent;
   readonly attempts: number;
   readonly retryBaseMs: number;
+  readonly timeoutMs: number;
   readonly stats: HttpStats = { requests: 0, bytes: 0 };
   private readonly userAgent: string;
 
   constructor(opts: HttpClientOptions = {}) {
     const timeout = opts.timeoutMs ?? 30_000;
+    this.timeoutMs = timeout;
     this.dispatcher = new Agent({
       connections: opts.connections ?? 8,
       headersTimeout: timeout,
@@ -48,7 +51,7 @@ export class HttpClient {
     });
     this.attempts = Math.max(1, opts.attempts ?? 4);
     this.retryBaseMs = opts.retryBaseMs ?? 250;
-    this.userAgent = opts.userAgent ?? 'deltad/0.1';
+    this.userAgent = opts.userAgent ?? `deltad/${VERSION}`;
   }
 
   /** One attempt. The caller must consume or dump the body. */
@@ -64,7 +67,7 @@ export class HttpClient {
       });
       return res;
     } catch (err) {
-      throw toOriginError(err, url);
+      throw toOriginError(err, url, this.timeoutMs);
     }
   }
 
@@ -75,6 +78,8 @@ export class HttpClient {
         return await fn(attempt);
       } catch (err) {
         if (signal?.aborted || attempt >= this.attempts || !isTransient(err)) throw err;
+        // A server that let one whole timeout pass is not answering: one retry, not minutes of silence.
+        if (attempt >= 2 && isTimeout(err)) throw err;
         await sleep(this.retryBaseMs * attempt, undefined, { signal });
       }
     }
@@ -109,10 +114,14 @@ export class HttpClient {
     }, opts.signal);
   }
 
-  /** Reads a response body fully, counting bytes and enforcing a limit. */
-  async readBody(body: Dispatcher.ResponseData['body'], maxBytes: number, url: string): Promise<Buffer> {
+  /**
+   * Reads a response body fully, counting bytes and enforcing a limit. `onPart` sees each part as it arrives (e.g. a
+   * streaming parser); what it throws ends the read and is thrown as it is.
+   */
+  async readBody(body: Dispatcher.ResponseData['body'], maxBytes: number, url: string, onPart?: (part: Buffer) => void): Promise<Buffer> {
     const parts: Buffer[] = [];
     let n = 0;
+    let refused: { err: unknown } | undefined;
     try {
       for await (const part of body) {
         const b = part as Buffer;
@@ -123,9 +132,19 @@ export class HttpClient {
           throw new BodyTooLargeError(`GET ${url}: body exceeds the ${maxBytes}-byte limit`, maxBytes);
         }
         parts.push(b);
+        try {
+          onPart?.(b);
+        } catch (err) {
+          refused = { err };
+          break;
+        }
       }
     } catch (err) {
-      throw toOriginError(err, url);
+      throw toOriginError(err, url, this.timeoutMs);
+    }
+    if (refused) {
+      body.destroy();
+      throw refused.err;
     }
     return Buffer.concat(parts, n);
   }
@@ -146,10 +165,28 @@ export function isTransient(err: unknown): boolean {
   return typeof code === 'string' && TRANSIENT_CODES.has(code);
 }
 
-export function toOriginError(err: unknown, url: string): Error {
+const TIMEOUT_CODES = new Set(['UND_ERR_HEADERS_TIMEOUT', 'UND_ERR_BODY_TIMEOUT', 'UND_ERR_CONNECT_TIMEOUT']);
+
+function isTimeout(err: unknown): boolean {
+  const code = ((err as { cause?: { code?: string } })?.cause ?? (err as { code?: string }))?.code;
+  return typeof code === 'string' && TIMEOUT_CODES.has(code);
+}
+
+/** What a timeout means, in words (undici's codes name none of it). */
+function timeoutWords(code: string, timeoutMs: number): string {
+  const s = `${timeoutMs / 1000} s`;
+  if (code === 'UND_ERR_HEADERS_TIMEOUT') return `the server accepted the connection but sent no response within ${s} (timeout)`;
+  if (code === 'UND_ERR_BODY_TIMEOUT') return `the server stopped sending the response for ${s} (timeout)`;
+  return `could not connect within ${s} (timeout)`;
+}
+
+export function toOriginError(err: unknown, url: string, timeoutMs?: number): Error {
   if (err instanceof OriginError) return err;
   const e = err as { code?: string; name?: string; message?: string };
   if (e?.name === 'AbortError') return err as Error;
   const transient = isTransient(err);
+  if (timeoutMs !== undefined && e?.code && TIMEOUT_CODES.has(e.code)) {
+    return new OriginError(`${url}: ${timeoutWords(e.code, timeoutMs)}`, { transient, cause: err });
+  }
   return new OriginError(`${url}: ${e?.code ? e.code + ' ' : ''}${e?.message ?? String(err)}`, { transient, cause: err });
 }

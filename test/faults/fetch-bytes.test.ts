@@ -50,7 +50,7 @@ async function run(maxFetchBytes: number): Promise<{ source: CountingSource }> {
   const index = indexBuffer(data, { params: { min: 256 * 1024, avg: 512 * 1024, max: 1024 * 1024 }, digest: 'sha512-256' });
   const source = new CountingSource(index, data);
   const plan = planChunks(index, [], { nullSeed: false, selfSeed: false });
-  const progress = { total: index.size, done: 0, fromSeeds: 0, fromSelf: 0, fromZero: 0, fromCache: 0, fromNetwork: 0, networkBytes: 0, networkRequests: 0 };
+  const progress = { total: index.size, done: 0, fromSeeds: 0, fromSelf: 0, fromZero: 0, fromCache: 0, fromNetwork: 0, fromLocalStore: 0, networkBytes: 0, networkRequests: 0 };
   await new Assembler({ plan, sink: sink(), remote: source, concurrency: 8, maxFetchBytes, progress }).run();
   assert.equal(progress.fromNetwork, index.size, 'every chunk arrived');
   return { source };

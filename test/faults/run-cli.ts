@@ -4,7 +4,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { REPO_ROOT } from '../helpers/shared.js';
+import { REPO_ROOT } from '../helpers/repo.js';
 
 export const CLI = join(REPO_ROOT, 'dist', 'daemon', 'cli.js');
 
