@@ -14,6 +14,9 @@ import type { AddressInfo } from 'node:net';
 import { CA_FORMAT_INDEX, CA_FORMAT_TABLE, HEADER_SIZE, ITEM_SIZE, serializeIndex } from '../../lib/format/caibx.js';
 import { indexBuffer } from '../../lib/chunking/indexer.js';
 import { mountTinyTmpfs } from '../helpers/tmpfs.js';
+import { Releases } from '../../lib/delta/release.js';
+import { HttpClient } from '../../lib/fetch/http-client.js';
+import { IndexFormatError } from '../../lib/errors.js';
 import { deltad } from './run-cli.js';
 
 const RSS_LIMIT = 200 * 1024 * 1024;
@@ -99,6 +102,32 @@ test('an index body that never ends (no Content-Length) is refused after a bound
   assert.equal(small.code, 1, small.stderr);
   assert.match(small.stderr, /describes more than 1073741824 bytes/);
   await assertUntouched(dir, out);
+});
+
+test('the sidecar\'s release preparation reads an endless index only as far as its limit', { timeout: 30_000 }, async (t) => {
+  const step = 64 * 1024;
+  const origin = await startServer(t, (res) => {
+    res.writeHead(200);
+    res.on('error', () => {});
+    res.write(header(16 * 1024, 64 * 1024, 256 * 1024));
+    let n = 0;
+    const pump = (): void => {
+      while (!res.destroyed && res.write(items(n, 4096, step))) n += 4096;
+      if (!res.destroyed) res.once('drain', () => ((n += 4096), pump()));
+    };
+    pump();
+  });
+  const http = new HttpClient();
+  t.after(() => http.close());
+  const releases = new Releases(http, { maxTargetSize: 1024 ** 3 });
+  const target = { url: `${origin.url}/os.img`, name: 'os.img', indexUrls: [`${origin.url}/os.img.caibx`], sumsUrl: `${origin.url}/SHA256SUMS` };
+  await assert.rejects(releases.prepare(target, Promise.resolve(undefined)), (err: unknown) => {
+    assert.ok(err instanceof IndexFormatError, String(err));
+    assert.match(err.message, /describes more than 1073741824 bytes/);
+    return true;
+  });
+  // 1 GiB of 64 KiB chunks is 16384 items: the client stopped soon after (socket buffers aside).
+  assert.ok(origin.sent() < 16 * 1024 * 1024, `${origin.sent()} bytes sent`);
 });
 
 test('a valid 335 MB index describing 2^50 bytes is refused from its announced length, before its body', { timeout: 30_000 }, async (t) => {
