@@ -34,7 +34,8 @@ Downloads the index INDEX (a path, an http(s) URL, or '-' for stdin), takes
 every chunk it can from the seeds (and from zero and repeated chunks), fetches
 the rest, verifies each chunk, and renames the result to OUT only when it is
 complete (and matches --sha256). An interrupted run leaves .OUT.deltad-partial
-beside OUT; running the same command again resumes from it. OUT '-' writes the
+beside OUT; running the same command again resumes from it. While a run writes
+OUT, another run to the same OUT is refused (.OUT.deltad-lock). OUT '-' writes the
 image to stdout in order (the summary goes to stderr; with --sha256 the last
 bytes are held back until the whole image matches).
 
