@@ -2,6 +2,7 @@
 // `key = value`), then DELTAD_<KEY> environment variables, then command-line
 // flags. Every key has all three spellings (see docs/CONFIG.md). Errors name the
 // file and line (or the variable / flag) so a bad config fails clearly at start.
+import { parseSize } from '../lib/util/size.js';
 import { readFileSync } from 'node:fs';
 import { UsageError } from '../lib/errors.js';
 import type { OptionSpec } from './command.js';
@@ -248,9 +249,7 @@ function parsePassthrough(v: string): PassthroughMode {
 
 /** A byte count with an optional K/M/G/T suffix (powers of 1024). */
 function parseByteSize(v: string): number {
-  const m = /^(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?$/i.exec(v.trim());
-  if (!m) throw new Error(`"${v}" is not a size (e.g. 500M, 20G)`);
-  const n = Math.floor(Number(m[1]) * 1024 ** ' KMGT'.indexOf((m[2] || ' ').toUpperCase()));
+  const n = parseSize(v, 'size');
   if (n < 1024 * 1024) throw new Error(`size "${v}" is below the 1M minimum`);
   return n;
 }

@@ -100,7 +100,6 @@ export class ImageService {
     if (this.d.config.store) return Promise.resolve(null);
     const last = this.proxyProbe;
     if (last && Date.now() - last.at < PROXY_PROBE_EVERY_MS) return last.store;
-    this.d.counters.originRequests++;
     const store = openProxyStore(this.d.config.origin, { client: this.d.http }).catch(() => null);
     const probe = { at: Date.now(), store };
     this.proxyProbe = probe;
@@ -270,9 +269,8 @@ export class ImageService {
 
   /** Full image from the origin under already-sent headers: exact size and SHA-256, or a cut connection. */
   private async proxyWhole(target: OriginTarget, size: number, sha256: string | undefined, res: ServerResponse, signal: AbortSignal): Promise<void> {
-    const { http, counters, log } = this.d;
+    const { http, log } = this.d;
     try {
-      counters.originRequests++;
       const up = await http.withRetry(async () => {
         const r = await http.request(target.url, { signal });
         if (r.statusCode !== 200) {
@@ -286,9 +284,6 @@ export class ImageService {
         up.body.destroy();
         throw new OriginError(`GET ${target.url}: ${declared} bytes, but ${size} were announced`);
       }
-      up.body.on('data', (b: Buffer) => {
-        counters.originBytes += b.length;
-      });
       await pipeline(up.body, verifiedBody(size, sha256, target.url), res);
     } catch (err) {
       res.destroy();
@@ -318,8 +313,6 @@ export class ImageService {
     const c = this.d.counters;
     const reused = (x?: ExtractProgress) => (x ? x.fromSeeds + x.fromSelf + x.fromZero : 0);
     c.bytesReused += reused(p) - reused(prev);
-    c.originBytes += p.networkBytes - (prev?.networkBytes ?? 0);
-    c.originRequests += p.networkRequests - (prev?.networkRequests ?? 0);
   }
 
   private reportStatus(target: OriginTarget, p: ExtractProgress): void {

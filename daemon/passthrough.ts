@@ -33,10 +33,12 @@ export async function passThrough(ctx: PassThroughContext, method: 'GET' | 'HEAD
 
 /**
  * Streams the origin's answer to `url` through. Headers not yet sent: a failure becomes 502.
- * With `sha256`, a 200 body goes through verifiedBody: its last bytes are held back and the connection is cut on a mismatch.
+ * With `sha256`, a 200 body goes through verifiedBody: its last bytes are held back, a mismatch cuts the connection.
  */
-export async function proxy(ctx: PassThroughContext, method: 'GET' | 'HEAD', url: string, res: ServerResponse, signal?: AbortSignal, sha256?: string | Promise<string | undefined>): Promise<void> {
-  ctx.counters.originRequests++;
+export async function proxy(
+  ctx: PassThroughContext, method: 'GET' | 'HEAD', url: string, res: ServerResponse, signal?: AbortSignal,
+  sha256?: string | Promise<string | undefined>,
+): Promise<void> {
   let upstream;
   try {
     upstream = await ctx.http.withRetry(() => ctx.http.request(url, { method, signal }), signal);
@@ -60,9 +62,6 @@ export async function proxy(ctx: PassThroughContext, method: 'GET' | 'HEAD', url
     res.end();
     return;
   }
-  upstream.body.on('data', (b: Buffer) => {
-    ctx.counters.originBytes += b.length;
-  });
   // A broken upstream body (or a wrong one) destroys the response: the client sees a truncated transfer.
   if (sha256 && upstream.statusCode === 200) {
     const declared = Number(upstream.headers['content-length']);

@@ -446,6 +446,10 @@ test('a burst of clients shares one preparation: one index, one SHA256SUMS, one 
   assert.equal(count((e) => e.path === '/os_2.img' && e.method === 'HEAD'), 1, 'one HEAD');
   assert.equal(count((e) => e.path === '/os_2.img' && e.range === 'bytes=0-0'), 1, 'one range probe');
   assert.equal(d.ctx.counters.assembliesStarted, 1, 'one assembly for the burst');
+  // Origin traffic is counted once, by the HTTP client: every body byte the origin sent, ranges included.
+  const sent = log.reduce((n, e) => n + e.bytes, 0);
+  assert.equal(d.ctx.counters.originBytes, sent, 'deltad_origin_bytes_total is what the origin sent');
+  assert.equal(d.ctx.counters.originRequests, log.length, 'deltad_origin_requests_total is what the origin answered');
 });
 
 test('a request after a verified download is verified again against the current SHA256SUMS', { timeout: 60_000 }, async (t) => {

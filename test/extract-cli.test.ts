@@ -2,33 +2,19 @@
 // process against the test origin, with exit codes and JSON output.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { readFile, writeFile } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { startOrigin, type Origin } from './helpers/origin.js';
 import { makeDeltaFixture, requireCasync, type DeltaFixture } from './helpers/delta-images.js';
-import { REPO_ROOT } from './helpers/repo.js';
-
-const CLI = join(REPO_ROOT, 'dist', 'daemon', 'cli.js');
+import { runCli } from './helpers/cli.js';
 
 /** Runs the CLI (killed after 30 s); `onSpawn` gets the child, e.g. to signal it. */
-function deltad(args: string[], onSpawn?: (child: ChildProcess) => void): Promise<{ code: number; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, XDG_CACHE_HOME: join(fx.dir, 'xdg') } });
-    onSpawn?.(child);
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d) => (stdout += d));
-    child.stderr.on('data', (d) => (stderr += d));
-    const timer = setTimeout(() => child.kill('SIGKILL'), 30_000);
-    child.on('error', reject);
-    child.on('close', (code) => {
-      clearTimeout(timer);
-      resolve({ code: code ?? -1, stdout, stderr });
-    });
-  });
+async function deltad(args: string[], onSpawn?: (child: ChildProcess) => void): Promise<{ code: number; stdout: string; stderr: string }> {
+  const r = await runCli(args, { onSpawn, env: { ...process.env, XDG_CACHE_HOME: join(fx.dir, 'xdg') } });
+  return { ...r, stdout: r.stdout.toString() };
 }
 
 let fx: DeltaFixture;

@@ -230,7 +230,7 @@ test('disk full: chunks are served without being cached, and nothing partial is 
   const left = await readdir(join(f.dir, 'cache', 'chunks'), { recursive: true });
   assert.ok(!left.some((p) => p.includes('.tmp-') || p.endsWith('.cacnk')), `left: ${left.join(' ')}`);
   const metrics = await get(`${f.url}/metrics`);
-  assert.match(metrics.body.toString(), /deltad_proxy_cache_write_errors [1-9]/);
+  assert.match(metrics.body.toString(), /deltad_proxy_cache_write_errors_total [1-9]/);
 });
 
 test('access: clients outside the allow-list get 403', { timeout: 15_000 }, async (t) => {

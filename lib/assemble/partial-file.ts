@@ -2,18 +2,18 @@
 // preallocated to the target size, written with positioned writes, renamed
 // over the output only when complete and verified. A small journal (a bitmap
 // of written chunks, tied to the target index) survives an interruption, so
-// the next run takes the verified chunks from the partial file as a seed.
+// the next run verifies the journaled chunks in place (lib/assemble/resume.ts)
+// and assembles only the rest, on whichever route.
 import { createHash } from 'node:crypto';
 import { constants } from 'node:fs';
 import { lstat, open, readFile, rename, unlink, writeFile, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
-import { ChunkIndex, ID_SIZE } from '../format/caibx.js';
+import type { ChunkIndex } from '../format/caibx.js';
 import { ChecksumMismatchError, FileError, OutputReplacedError, UsageError, fileError } from '../errors.js';
 import { formatBytes } from '../util/size.js';
 import { freeBytes } from '../util/disk.js';
 import { OutputLock } from './output-lock.js';
 import type { AssemblySink } from './sink.js';
-import type { Seed } from '../seed/seed.js';
 
 const JOURNAL_MAGIC = Buffer.from('DELTADJ1');
 const JOURNAL_FLUSH_MS = 1000;
@@ -35,7 +35,7 @@ export function partialPaths(out: string): { out: string; partial: string; journ
 
 /**
  * Before the partial file is sized: the file system must have room for the bytes not yet in it (a resumed file
- * already holds some), said in words rather than as an ENOSPC or EFBIG half-way.
+ * already holds some), said in words rather than as an ENOSPC half-way.
  */
 async function checkRoom(paths: ReturnType<typeof partialPaths>, fh: FileHandle, size: number): Promise<void> {
   const dir = dirname(paths.partial);
@@ -43,7 +43,9 @@ async function checkRoom(paths: ReturnType<typeof partialPaths>, fh: FileHandle,
   const held = (await fh.stat()).blocks * 512;
   const need = size - held;
   if (need > free) {
-    throw new FileError(paths.out, `the image needs ${formatBytes(size)} (${size} bytes)${held ? `, ${formatBytes(held)} of it already in ${paths.partial}` : ''}, but ${dir} has only ${formatBytes(free)} free; free ${formatBytes(need - free)} or write it elsewhere`, 'ENOSPC');
+    const already = held ? `, ${formatBytes(held)} of it already in ${paths.partial}` : '';
+    throw new FileError(paths.out, `the image needs ${formatBytes(size)} (${size} bytes)${already}, but ${dir} has only ` +
+      `${formatBytes(free)} free; free ${formatBytes(need - free)} or write it elsewhere`, 'ENOSPC');
   }
 }
 
@@ -73,6 +75,8 @@ export class PartialFile implements AssemblySink {
     private readonly digest: Buffer,
     private readonly done: Uint8Array,
     readonly zeroFilled: boolean,
+    /** True when an earlier run's journal was taken over: its chunks still need verifying. */
+    readonly resumed: boolean,
     /** Held from open until the rename (or until the file is given up): one writer per output. */
     private readonly lock: OutputLock,
     /** The partial file's inode, checked again right before the rename. */
@@ -84,10 +88,10 @@ export class PartialFile implements AssemblySink {
 
   /**
    * Opens the partial file for `out`. With resume, a partial file and journal
-   * from an earlier run for the same target are kept, and returned as a seed
-   * holding the chunks the journal lists (they are verified before use).
+   * from an earlier run for the same target are kept: the chunks the journal
+   * lists count as written (`has`) until verifyResumed says otherwise.
    */
-  static async open(out: string, target: ChunkIndex, resume: boolean): Promise<{ file: PartialFile; resumeSeed?: Seed }> {
+  static async open(out: string, target: ChunkIndex, resume: boolean): Promise<{ file: PartialFile }> {
     const paths = partialPaths(out);
     const outSt = await lstat(paths.out).catch(() => null);
     if (outSt && !outSt.isFile()) throw new UsageError(`${paths.out}: exists and is not a regular file`);
@@ -103,7 +107,8 @@ export class PartialFile implements AssemblySink {
 
   private static async openLocked(
     paths: ReturnType<typeof partialPaths>, target: ChunkIndex, resume: boolean, lock: OutputLock,
-  ): Promise<{ file: PartialFile; resumeSeed?: Seed }> {
+  ): Promise<{ file: PartialFile }> {
+    const out = paths.out;
     const digest = indexDigest(target);
     const bitmapBytes = Math.ceil(target.count / 8);
     let done: Uint8Array | null = null;
@@ -127,21 +132,16 @@ export class PartialFile implements AssemblySink {
       try {
         fh = await open(paths.partial, constants.O_RDWR | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
       } catch (err) {
-        throw fileError(err, paths.out, true);
+        throw fileError(err, out, true);
       }
     }
     try {
       await checkRoom(paths, fh, target.size);
-      if (!done) await fh.truncate(target.size).catch((err: unknown) => Promise.reject(fileError(err, paths.out, true)));
+      if (!done) await fh.truncate(target.size).catch((err: unknown) => Promise.reject(fileError(err, out, true)));
       const st = await fh.stat();
-      const file = new PartialFile(paths, fh, target, digest, done ?? new Uint8Array(bitmapBytes), !done, lock, st);
+      const file = new PartialFile(paths, fh, target, digest, done ?? new Uint8Array(bitmapBytes), !done, done !== null, lock, st);
       if (done) file.journaled = new Uint8Array(done);
-      if (!done || !done.some((b) => b !== 0)) return { file };
-      // A seed whose chunk i is the target's chunk i where the journal says written; the rest get an ID nothing hashes to.
-      const ids = new Uint8Array(target.ids);
-      for (let i = 0; i < target.count; i++) if (!(done[i >> 3] & (1 << (i & 7)))) ids.fill(0, i * ID_SIZE, (i + 1) * ID_SIZE);
-      const index = new ChunkIndex(target.featureFlags, target.params, target.ends, ids);
-      return { file, resumeSeed: { path: paths.partial, index, fh, inPlace: true } };
+      return { file };
     } catch (err) {
       await fh.close();
       // A file this run just created holds nothing: it goes (a resumed one stays for the next run).
@@ -161,6 +161,28 @@ export class PartialFile implements AssemblySink {
     }
     for (let i = first; i < first + count; i++) this.done[i >> 3] |= 1 << (i & 7);
     this.dirty = true;
+  }
+
+  /** True when target chunk i is in the file (written by this run, or journaled by an earlier one). */
+  has(i: number): boolean {
+    return (this.done[i >> 3] & (1 << (i & 7))) !== 0;
+  }
+
+  /** Marks chunk i as not written (a journaled chunk that did not verify). */
+  forget(i: number): void {
+    this.done[i >> 3] &= ~(1 << (i & 7));
+    this.dirty = true;
+  }
+
+  /** Reads file bytes [start, start + into.length) into `into`; returns the bytes read. */
+  async read(into: Buffer, start: number): Promise<number> {
+    let got = 0;
+    while (got < into.length) {
+      const { bytesRead } = await this.fh.read(into, got, into.length - got, start + got);
+      if (bytesRead === 0) break;
+      got += bytesRead;
+    }
+    return got;
   }
 
   async readBack(i: number): Promise<Buffer | null> {

@@ -1,7 +1,7 @@
 // One HTTP client for everything deltad fetches from an origin (indexes, chunk
 // stores, byte ranges, pass-through): an undici Agent with keep-alive pools,
 // timeouts, bounded retries with backoff, and byte/request counters.
-import { Agent, request, type Dispatcher } from 'undici';
+import { Agent, DecoratorHandler, request, type Dispatcher } from 'undici';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { BodyTooLargeError, OriginError } from '../errors.js';
 import { VERSION } from '../util/version.js';
@@ -33,7 +33,7 @@ export interface HttpStats {
 }
 
 export class HttpClient {
-  readonly dispatcher: Agent;
+  readonly dispatcher: Dispatcher;
   readonly attempts: number;
   readonly retryBaseMs: number;
   readonly timeoutMs: number;
@@ -48,7 +48,7 @@ export class HttpClient {
       headersTimeout: timeout,
       bodyTimeout: timeout,
       keepAliveTimeout: 10_000,
-    });
+    }).compose(countBodyBytes(this.stats));
     this.attempts = Math.max(1, opts.attempts ?? 4);
     this.retryBaseMs = opts.retryBaseMs ?? 250;
     this.userAgent = opts.userAgent ?? `deltad/${VERSION}`;
@@ -126,7 +126,6 @@ export class HttpClient {
       for await (const part of body) {
         const b = part as Buffer;
         n += b.length;
-        this.stats.bytes += b.length;
         if (n > maxBytes) {
           body.destroy();
           throw new BodyTooLargeError(`GET ${url}: body exceeds the ${maxBytes}-byte limit`, maxBytes);
@@ -152,6 +151,24 @@ export class HttpClient {
   async close(): Promise<void> {
     await this.dispatcher.close();
   }
+}
+
+/**
+ * Counts every response body byte that arrives, whoever reads it (small files, ranges, pass-through), so
+ * `HttpClient.stats` is the one measure of what the origin sent.
+ */
+function countBodyBytes(stats: HttpStats): Dispatcher.DispatcherComposeInterceptor {
+  // undici's typings declare none of DecoratorHandler's methods; it forwards every callback to `handler`.
+  const Base = DecoratorHandler as unknown as new (handler: Dispatcher.DispatchHandler) => {
+    onResponseData(controller: Dispatcher.DispatchController, chunk: Buffer): void;
+  };
+  class Counting extends Base {
+    override onResponseData(controller: Dispatcher.DispatchController, chunk: Buffer): void {
+      stats.bytes += chunk.length;
+      return super.onResponseData(controller, chunk);
+    }
+  }
+  return (dispatch) => (opts, handler) => dispatch(opts, new Counting(handler) as Dispatcher.DispatchHandler);
 }
 
 const TRANSIENT_CODES = new Set([

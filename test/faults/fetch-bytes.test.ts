@@ -43,7 +43,9 @@ class CountingSource implements RemoteSource {
   }
 }
 
-const sink = (): AssemblySink => ({ put: () => {}, readBack: async () => null, zeroFilled: true, retainRepeats: false, holdsData: false });
+const sink = (): AssemblySink => ({
+  put: () => {}, readBack: async () => null, has: () => false, zeroFilled: true, retainRepeats: false, holdsData: false,
+});
 
 async function run(maxFetchBytes: number): Promise<{ source: CountingSource }> {
   const data = randomBytes(6 * 1024 * 1024);
