@@ -49,7 +49,6 @@ export async function downloadIndex(http: HttpClient, url: string, opts: IndexDo
       for await (const part of res.body) {
         const b = part as Buffer;
         bytes += b.length;
-        http.stats.bytes += b.length;
         hash.update(b);
         parser.push(b);
       }
