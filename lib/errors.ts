@@ -170,7 +170,8 @@ export function fileError(err: unknown, path: string, writing: boolean, doing = 
 /** Another run is writing the same output (its lock file names the owner). */
 export class OutputBusyError extends DeltadError {
   constructor(out: string, lock: string, owner: string) {
-    super('ERR_DELTAD_OUTPUT_BUSY', `${out}: another deltad run (${owner}) is writing it; wait for it to finish, or remove ${lock} if no deltad runs`);
+    const what = `${out}: another deltad run (${owner}) is writing it`;
+    super('ERR_DELTAD_OUTPUT_BUSY', `${what}; wait for it to finish, or remove ${lock} if no deltad runs`);
   }
 }
 

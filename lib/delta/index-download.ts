@@ -25,7 +25,9 @@ export interface DownloadedIndex {
 }
 
 /** GETs and parses an index (with the client's retries); null on 404/410. Other statuses and bad bodies throw. */
-export async function downloadIndex(http: HttpClient, url: string, opts: IndexDownloadOptions = {}): Promise<DownloadedIndex | null> {
+export async function downloadIndex(
+  http: HttpClient, url: string, opts: IndexDownloadOptions = {},
+): Promise<DownloadedIndex | null> {
   return http.withRetry(async () => {
     const res = await http.request(url, { signal: opts.signal });
     if (res.statusCode === 404 || res.statusCode === 410) {
@@ -34,15 +36,18 @@ export async function downloadIndex(http: HttpClient, url: string, opts: IndexDo
     }
     if (res.statusCode < 200 || res.statusCode >= 300) {
       await res.body.dump();
-      throw new OriginError(`GET ${url}: HTTP ${res.statusCode}`, { status: res.statusCode, transient: res.statusCode >= 500 || res.statusCode === 429 });
+      const transient = res.statusCode >= 500 || res.statusCode === 429;
+      throw new OriginError(`GET ${url}: HTTP ${res.statusCode}`, { status: res.statusCode, transient });
     }
     const declaredHeader = res.headers['content-length'];
     const declared = declaredHeader === undefined ? undefined : Number(declaredHeader);
     if (declared !== undefined && declared > MAX_INDEX_BYTES) {
       res.body.destroy();
-      throw new IndexFormatError('file size', 0, `${declared} bytes announced, more than the ${MAX_INDEX_BYTES}-byte limit`, url);
+      const detail = `${declared} bytes announced, more than the ${MAX_INDEX_BYTES}-byte limit`;
+      throw new IndexFormatError('file size', 0, detail, url);
     }
-    const parser = new IndexParser({ source: url, allowArchive: opts.allowArchive ?? false, maxTargetSize: opts.maxTargetSize }, declared);
+    const parseOpts = { source: url, allowArchive: opts.allowArchive ?? false, maxTargetSize: opts.maxTargetSize };
+    const parser = new IndexParser(parseOpts, declared);
     const hash = createHash('sha256');
     let bytes = 0;
     try {

@@ -15,7 +15,10 @@ function kindOf(st: Stats): string {
   return 'not a regular file';
 }
 
-/** Opens `path` read-only; throws UnusableInputError when it cannot be read or is not a regular file (or block device, when allowed). */
+/**
+ * Opens `path` read-only; throws UnusableInputError when it cannot be read or is not a regular file (or a block
+ * device, when allowed).
+ */
 export async function openInput(path: string, opts: { blockDevices: boolean }): Promise<{ fh: FileHandle; st: Stats }> {
   let fh: FileHandle;
   try {
@@ -28,7 +31,8 @@ export async function openInput(path: string, opts: { blockDevices: boolean }): 
   try {
     const st = await fh.stat();
     if (!st.isFile() && !(opts.blockDevices && st.isBlockDevice())) {
-      throw new UnusableInputError(path, `is ${kindOf(st)}, not a regular file${opts.blockDevices ? ' or block device' : ''}`);
+      const allowed = opts.blockDevices ? 'a regular file or block device' : 'a regular file';
+      throw new UnusableInputError(path, `is ${kindOf(st)}, not ${allowed}`);
     }
     return { fh, st };
   } catch (err) {
