@@ -105,12 +105,24 @@ export class RangeSource implements RemoteSource {
     const fallback = opts.fallback;
     if (this.handedOver && fallback) return fallback.fetch(runs, deliver, signal, drain);
     const buffers = opts.buffers;
+    /** Chunks the range URL sent wrong once, and those wrong twice that the chunk store takes over. */
+    const wrongOnce = new Set<number>();
+    const forStore: number[] = [];
     const spec: UnitSpec = {
       layout: index,
       plan: (units, multi) => this.cost.planRequests(index, runsOf(units), multi, this.parallelism),
       accept: (i, data) => {
         if (verifyChunk(index, i, data)) return void deliver(i, data);
-        return new ChunkVerifyError(index.idHex(i), `at target offset ${index.start(i)} has the wrong content twice`, url);
+        const where = `at target offset ${index.start(i)}`;
+        if (!wrongOnce.has(i) || !fallback) {
+          wrongOnce.add(i);
+          return new ChunkVerifyError(index.idHex(i), `${where} has the wrong content twice`, url);
+        }
+        // Per chunk, not per update: another source may have it intact.
+        opts.onWarning?.(`chunk ${index.idHex(i)} ${where} has the wrong content twice (from ${url}); ` +
+          'fetching it from the chunk store');
+        forStore.push(i);
+        return undefined;
       },
       describe: (i) => `chunk ${index.idHex(i)} at offset ${index.start(i)}`,
       alloc: buffers && ((n) => buffers.take(n)),
@@ -120,9 +132,10 @@ export class RangeSource implements RemoteSource {
       handOver: fallback && (async (err, left) => {
         this.handedOver = true;
         opts.onWarning?.(`${err.message}; fetching from the chunk store instead`);
-        await fallback.fetch(runsOf(left), deliver, signal, drain);
+        await fallback.fetch(runsOf([...left, ...forStore.splice(0)].sort((a, b) => a - b)), deliver, signal, drain);
       }),
     });
+    if (forStore.length > 0) await fallback!.fetch(runsOf(forStore.sort((a, b) => a - b)), deliver, signal, drain);
   }
 }
 

@@ -72,3 +72,16 @@ for (const kind of Object.keys(KINDS) as (keyof typeof KINDS)[]) {
     assert.ok(left.every((n) => n === '.out.img.deltad-partial' || n === '.out.img.deltad-partial.journal'), `only the resume file is left: ${left.join(', ')}`);
   });
 }
+
+test('a range URL that sends a chunk wrong twice: the chunk store has it, exit 0 with the right bytes', { timeout: 30_000 }, async (t) => {
+  if (!casync) return t.skip('casync not installed');
+  const out = join(fx.dir, 'range-wrong.img');
+  origin.fault({ path: '/v2.img', rangedOnly: true, kind: 'wrong-bytes', times: Infinity });
+  t.after(() => origin.clearFaults());
+  const r = await deltad(['extract', '--json', '--mode', 'auto', '--range-url', `${origin.url}/v2.img`, '--store', `${origin.url}/v2.castr`, fx.indexPath, out],
+    { env: { XDG_CACHE_HOME: join(fx.dir, 'xdg') } });
+  assert.equal(r.code, 0, r.stderr);
+  assert.equal(JSON.parse(r.stdout).mode, 'range', 'byte ranges were the chosen source');
+  assert.match(r.stderr, /warning: chunk [0-9a-f]{64} at target offset \d+ has the wrong content twice \(from .*\/v2\.img\); fetching it from the chunk store/);
+  assert.ok((await readFile(out)).equals(fx.v2));
+});
