@@ -251,7 +251,10 @@ export class ImageService {
     }
   }
 
-  /** The origin's full image; proxied, it is checked against `sha256` (awaited only at its end, when still on its way). */
+  /**
+   * The origin's full image; proxied, it is checked against `sha256` (awaited only at its end, when still on its
+   * way).
+   */
   private async fallBack(
     method: 'GET' | 'HEAD', target: OriginTarget, res: ServerResponse, signal: AbortSignal, why: string,
     sha256: string | undefined | Promise<string | undefined>,

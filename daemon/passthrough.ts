@@ -22,7 +22,10 @@ export interface PassThroughContext {
  * Answers `res` with the origin's `url`. `signal` aborts the origin request (client gone).
  * `sha256`: the image's expected SHA-256 (or its lookup under way), which a proxied 200 body is checked against.
  */
-export async function passThrough(ctx: PassThroughContext, method: 'GET' | 'HEAD', url: string, res: ServerResponse, signal?: AbortSignal, sha256?: string | Promise<string | undefined>): Promise<void> {
+export async function passThrough(
+  ctx: PassThroughContext, method: 'GET' | 'HEAD', url: string, res: ServerResponse, signal?: AbortSignal,
+  sha256?: string | Promise<string | undefined>,
+): Promise<void> {
   if (ctx.mode === 'redirect') {
     res.writeHead(307, { location: url, 'content-length': '0', 'cache-control': 'no-store' });
     res.end();

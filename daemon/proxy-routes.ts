@@ -212,7 +212,9 @@ export async function upstreamRoutes(app: FastifyInstance, { ctx }: Opts): Promi
 }
 
 /** The image's SHA-256 from the (cached) SHA256SUMS beside it; undefined when none lists it or it cannot be had. */
-async function listedSha256(ctx: ProxyContext, url: string, name: string, signal: AbortSignal): Promise<string | undefined> {
+async function listedSha256(
+  ctx: ProxyContext, url: string, name: string, signal: AbortSignal,
+): Promise<string | undefined> {
   try {
     const sums = await ctx.meta.fetch(siblingUrl(url, 'SHA256SUMS'), signal);
     return sums.status === 200 ? findSha256(sums.body.toString('utf8'), name) : undefined;
@@ -253,7 +255,8 @@ async function serveImage(
   const assemble = (i: number) => openExtractStream(index, {
     stores: [ctx.chunks], mode: 'store', http: ctx.http, concurrency: ctx.concurrency, start: parts[i].start, end: parts[i].end, signal,
   });
-  // The first verified byte (or the failure) comes before the headers: an image that cannot be made is a 502, not a cut.
+  // The first verified byte (or the failure) comes before the headers: an image that cannot be made is a 502, not a
+  // cut.
   let first: ReturnType<typeof assemble> | undefined;
   if (req.method !== 'HEAD') {
     first = assemble(0);

@@ -12,7 +12,9 @@ const HOLD_BACK = 64 * 1024;
  * `sha256` may still be on its way (the SHA256SUMS fetch): it is awaited only at the end, with the last bytes held;
  * when it cannot be had, the size is all that is checked.
  */
-export function verifiedBody(size: number | undefined, sha256: string | undefined | Promise<string | undefined>, what: string): Transform {
+export function verifiedBody(
+  size: number | undefined, sha256: string | undefined | Promise<string | undefined>, what: string,
+): Transform {
   const hash = createHash('sha256');
   let seen = 0;
   let held: Buffer = Buffer.alloc(0);

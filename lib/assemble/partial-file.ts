@@ -155,7 +155,8 @@ export class PartialFile implements AssemblySink {
     const pos = this.target.start(first);
     while (off < data.length) {
       const { bytesWritten } = await this.fh.write(data, off, data.length - off, pos + off).catch((err: unknown) => {
-        throw fileError(err, this.paths.out, true, `cannot write ${data.length} bytes at offset ${pos} of ${this.paths.partial}`);
+        throw fileError(err, this.paths.out, true,
+          `cannot write ${data.length} bytes at offset ${pos} of ${this.paths.partial}`);
       });
       off += bytesWritten;
     }
@@ -254,7 +255,8 @@ export class PartialFile implements AssemblySink {
     const st = await lstat(this.paths.partial).catch(() => null);
     if (!st || st.dev !== this.identity.dev || st.ino !== this.identity.ino) {
       await this.lock.release();
-      throw new OutputReplacedError(this.paths.out, `${this.paths.partial} is no longer the file this run wrote and verified`);
+      throw new OutputReplacedError(this.paths.out,
+        `${this.paths.partial} is no longer the file this run wrote and verified`);
     }
     try {
       await this.lock.assertHeld();

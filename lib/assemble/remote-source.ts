@@ -195,7 +195,8 @@ export class StoreSource implements RemoteSource {
     }
     if (todo.length === 0) return;
     const bad = failed.get(todo[0]);
-    if (bad) throw new ChunkVerifyError(this.index.idHex(todo[0]), `could not be fetched intact from any source (${bad.message}, also when asked again)`);
+    if (bad) throw new ChunkVerifyError(this.index.idHex(todo[0]),
+      `could not be fetched intact from any source (${bad.message}, also when asked again)`);
     throw new ChunkMissingError(this.index.idHex(todo[0]), this.stores.map((s) => s.location).join(', '));
   }
 

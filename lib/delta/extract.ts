@@ -509,7 +509,8 @@ export async function extractToFile(target: string | ChunkIndex, out: string, op
       const sha256 = await file.commit(opts.fileMode ?? 0o644, opts.sha256);
       return summary(progress, routes, last, started, resumedBytes, sha256);
     } catch (err) {
-      // Keep what an interrupted run wrote or took over (and say so on the error); a run that failed before writing leaves nothing.
+      // Keep what an interrupted run wrote or took over (and say so on the error); a run that failed before writing
+      // leaves nothing.
       if (file.resumed || routes?.list.some((r) => r.wroteAny)) {
         const kept = await file.keep();
         if (kept && err instanceof Error) Object.defineProperty(err, KEPT, { value: kept });

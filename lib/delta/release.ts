@@ -154,7 +154,9 @@ export class Releases {
   }
 
   /** `isIndex`: parsed as it arrives, so an endless or oversized index fails at the first byte too many. */
-  private async fetchFile(url: string, maxBytes: number, previous: SmallFile | undefined, isIndex: boolean): Promise<SmallFile> {
+  private async fetchFile(
+    url: string, maxBytes: number, previous: SmallFile | undefined, isIndex: boolean,
+  ): Promise<SmallFile> {
     const headers: Record<string, string> = {};
     if (previous?.status === 200 && previous.etag) headers['if-none-match'] = previous.etag;
     if (previous?.status === 200 && previous.lastModified) headers['if-modified-since'] = previous.lastModified;

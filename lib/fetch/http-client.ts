@@ -118,7 +118,9 @@ export class HttpClient {
    * Reads a response body fully, counting bytes and enforcing a limit. `onPart` sees each part as it arrives (e.g. a
    * streaming parser); what it throws ends the read and is thrown as it is.
    */
-  async readBody(body: Dispatcher.ResponseData['body'], maxBytes: number, url: string, onPart?: (part: Buffer) => void): Promise<Buffer> {
+  async readBody(
+    body: Dispatcher.ResponseData['body'], maxBytes: number, url: string, onPart?: (part: Buffer) => void,
+  ): Promise<Buffer> {
     const parts: Buffer[] = [];
     let n = 0;
     let refused: { err: unknown } | undefined;
