@@ -65,11 +65,14 @@ const HOST_HEADER = /^(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,62})?(?:\.[A-Za-z0-9](?:[A
  * request. The upstream comes only from configuration; this stops requests
  * that look like forward-proxy use or carry a Host header no client would send.
  */
-export function refuseTarget(method: string, rawUrl: string, host: string | string[] | undefined): string | null {
+export function refuseTarget(method: string, rawUrl: string, rawHeaders: readonly string[]): string | null {
   if (method === 'CONNECT') return 'CONNECT is not supported: this is not a forward proxy';
   if (!rawUrl.startsWith('/')) return 'absolute-form request targets are refused: this proxy only serves its configured upstream';
   if (rawUrl.startsWith('//')) return 'request target starts with "//"';
-  if (Array.isArray(host)) return 'more than one Host header';
-  if (host !== undefined && !HOST_HEADER.test(host)) return 'malformed Host header';
+  // Node keeps only the first of several Host headers in req.headers: count them in the raw [name, value, ...] list.
+  const hosts: string[] = [];
+  for (let k = 0; k < rawHeaders.length; k += 2) if (rawHeaders[k].toLowerCase() === 'host') hosts.push(rawHeaders[k + 1]);
+  if (hosts.length > 1) return 'more than one Host header';
+  if (hosts.length === 1 && !HOST_HEADER.test(hosts[0])) return 'malformed Host header';
   return null;
 }

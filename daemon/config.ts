@@ -27,6 +27,8 @@ export interface DaemonConfig {
   idleTimeout: number;
   /** Parallel origin requests per assembly. */
   concurrency: number;
+  /** Largest image an index may describe, in bytes (guards memory and disk). */
+  maxTargetSize: number;
   passthrough: PassthroughMode;
   /** host:port to listen on when systemd passes no socket. */
   listen: string;
@@ -64,6 +66,7 @@ const KEYS: Record<string, KeySpec> = {
   'cache-dir': { field: 'cacheDir', parse: parseAbsolutePath },
   'idle-timeout': { field: 'idleTimeout', parse: (v) => parseNumber(v, 0, 7 * 24 * 3600) },
   concurrency: { field: 'concurrency', parse: (v) => parseNumber(v, 1, 256, true) },
+  'max-target-size': { field: 'maxTargetSize', parse: parseByteSize },
   passthrough: { field: 'passthrough', parse: parsePassthrough },
   listen: { field: 'listen', parse: parseListen },
   upstream: { field: 'upstream', parse: parseOrigin },
@@ -88,6 +91,7 @@ export function defaultConfig(env: NodeJS.ProcessEnv = process.env): DaemonConfi
     cacheDir: env.CACHE_DIRECTORY?.split(':')[0] || '/var/cache/deltad',
     idleTimeout: 300,
     concurrency: 8,
+    maxTargetSize: 64 * 1024 ** 3,
     passthrough: 'redirect',
     listen: '127.0.0.1:3129',
     upstream: '',
@@ -118,6 +122,7 @@ export const configUsage = `Configuration (file ${DEFAULT_CONFIG_FILE}, env DELT
   --cache-dir DIR          seed index cache and adopted indexes (default $CACHE_DIRECTORY or /var/cache/deltad)
   --idle-timeout SECONDS   exit after this long without requests; 0 = never (default 300)
   --concurrency N          parallel origin requests per assembly (default 8)
+  --max-target-size SIZE   largest image an index may describe, e.g. 8G (default 64G)
   --passthrough MODE       redirect (307 to the origin) or proxy (stream through) (default redirect)
   --listen HOST:PORT       address when not socket-activated (default 127.0.0.1:3129)
   --ca-file FILE           PEM CA certificates trusted besides the system store (private update server)

@@ -6,7 +6,7 @@ import { loadIndex } from '../lib/delta/extract.js';
 import { UsageError } from '../lib/errors.js';
 import type { FetchMode, SeedSpec, SourceOptions } from '../lib/delta/extract.js';
 import type { CommandContext, OptionSpec } from './command.js';
-import { list, readStdin, str } from './cli-args.js';
+import { list, parseSize, readStdin, str } from './cli-args.js';
 import { parseRate } from './config.js';
 import type { HttpClientOptions } from '../lib/fetch/http-client.js';
 import { createProgress, type Progress } from './progress.js';
@@ -21,6 +21,7 @@ export const sourceOptionSpec: OptionSpec = {
   'low-speed-limit': { type: 'string' },
   'low-speed-time': { type: 'string' },
   'stall-timeout': { type: 'string' },
+  'max-target-size': { type: 'string' },
   timeout: { type: 'string' },
   json: { type: 'boolean' },
 };
@@ -37,6 +38,7 @@ export const sourceOptionUsage = `  --seed FILE[:INDEX]  a local image that may 
   --low-speed-limit R  abort and retry answers slower than R bytes/s, e.g. 1K; 0 = off (default 1K)
   --low-speed-time S   ... for S seconds (default 30)
   --stall-timeout S    give up when no byte is verified for S seconds (default 300; 0 = never)
+  --max-target-size SIZE  largest image the index may describe, e.g. 8G (default 64G)
   --timeout SECONDS    longest wait for a server's response headers or next body bytes
                        (default 30; a request that times out is retried once)
   --json               print a JSON summary instead of text`;
@@ -116,6 +118,7 @@ export function parseTimeout(s: string | undefined): number | undefined {
 
 export function sourceOptions(ctx: CommandContext): SourceOptions {
   const rangeUrl = str(ctx, 'range-url');
+  const maxTarget = str(ctx, 'max-target-size');
   if (rangeUrl !== undefined && !/^https?:\/\//i.test(rangeUrl)) throw new UsageError(`--range-url: "${rangeUrl}" is not an http(s) URL`);
   const stall = numberArg(ctx, 'stall-timeout', 0, 7 * 24 * 3600);
   return {
@@ -126,6 +129,7 @@ export function sourceOptions(ctx: CommandContext): SourceOptions {
     rangeUrl,
     mode: parseMode(str(ctx, 'mode')),
     cacheDir: str(ctx, 'cache-dir'),
+    maxTargetSize: maxTarget === undefined ? undefined : parseSize(maxTarget, '--max-target-size'),
     timeoutMs: parseTimeout(str(ctx, 'timeout')),
     onSeedIndexing: seedIndexingBars(ctx),
     onWarning: (m) => ctx.stderr.write(`deltad: warning: ${m}\n`),
@@ -163,7 +167,9 @@ export function abortOnSignals(ctl: AbortController): () => void {
 }
 
 /** An INDEX argument: '-' reads it from stdin, an http(s) URL is downloaded, anything else is a file. */
-export async function readIndexArg(spec: string, opts: { allowArchive?: boolean; timeoutMs?: number } = {}): Promise<ChunkIndex> {
-  if (spec === '-') return parseIndex(await readStdin(), { source: 'stdin', allowArchive: opts.allowArchive ?? false });
+export async function readIndexArg(
+  spec: string, opts: { allowArchive?: boolean; timeoutMs?: number; maxTargetSize?: number } = {},
+): Promise<ChunkIndex> {
+  if (spec === '-') return parseIndex(await readStdin(), { source: 'stdin', allowArchive: opts.allowArchive ?? false, maxTargetSize: opts.maxTargetSize });
   return loadIndex(spec, opts);
 }

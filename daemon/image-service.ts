@@ -162,9 +162,9 @@ export class ImageService {
       prepared = await withDeadline(ready, timeouts.prepareMs, `index of ${target.relPath} not fetched within ${timeouts.prepareMs} ms`);
     } catch (err) {
       if (err instanceof DeadlineError && announced !== undefined) return this.serveAnnounced(target, announced, ready, sha256, res, ac.signal);
-      return this.fallBack(method, target, res, ac.signal, (err as Error).message);
+      return this.fallBack(method, target, res, ac.signal, (err as Error).message, sha256);
     }
-    if (!prepared) return this.fallBack(method, target, res, ac.signal, `no ${this.d.config.indexSuffix} index on the origin`);
+    if (!prepared) return this.fallBack(method, target, res, ac.signal, `no ${this.d.config.indexSuffix} index on the origin`, sha256);
     const off = (await withDeadline(head, timeouts.prepareMs, 'HEAD late').catch(() => undefined))?.deltaOff;
     if (off) {
       this.d.log.notice(`${target.relPath}: the origin switches deltas off (${off}); passing the full image through`);
@@ -232,7 +232,7 @@ export class ImageService {
       state = await firstByteWithin(assembly, deadline.headersBy - Date.now());
       if (state === 'failed') {
         body.destroy();
-        return this.fallBack('GET', target, res, signal, `assembly failed before the first byte: ${assembly.error?.message}`);
+        return this.fallBack('GET', target, res, signal, `assembly failed before the first byte: ${assembly.error?.message}`, prepared.sha256);
       }
       sendHeaders(res, size);
       firstByteBy = Date.now() + this.d.timeouts.firstByteMs;
@@ -258,10 +258,23 @@ export class ImageService {
     }
   }
 
-  private async fallBack(method: 'GET' | 'HEAD', target: OriginTarget, res: ServerResponse, signal: AbortSignal, why: string): Promise<void> {
+  /**
+   * The origin's full image; proxied, it is checked against `sha256` (awaited only at its end, when still on its
+   * way).
+   */
+  private async fallBack(
+    method: 'GET' | 'HEAD', target: OriginTarget, res: ServerResponse, signal: AbortSignal, why: string,
+    sha256: string | undefined | Promise<string | undefined>,
+  ): Promise<void> {
     this.d.counters.fallbacks++;
     this.d.log.warn(`${target.relPath}: ${why}; passing the full image through (${this.d.passThrough.mode})`);
-    await passThrough(this.d.passThrough, method, target.url, res, signal);
+    try {
+      await passThrough(this.d.passThrough, method, target.url, res, signal, sha256);
+    } catch (err) {
+      // Headers are out: a body that is cut or does not match its SHA256SUMS entry reaches the client truncated.
+      res.destroy();
+      if (!signal.aborted) this.d.log.error(`${target.relPath}: pass-through aborted: ${(err as Error).message}`);
+    }
   }
 
   /** Full image from the origin under already-sent headers: exact size and SHA-256, or a cut connection. */

@@ -9,6 +9,7 @@ import { pipeline } from 'node:stream/promises';
 import type { HttpClient } from '../lib/fetch/http-client.js';
 import type { PassthroughMode } from './config.js';
 import type { DaemonCounters } from './metrics.js';
+import { verifiedBody } from './verified-body.js';
 
 /**
  * Origin response headers worth keeping; hop-by-hop headers are not. The body
@@ -34,18 +35,30 @@ export interface PassThroughContext {
   mode: PassthroughMode;
 }
 
-/** Answers `res` with the origin's `url`. `signal` aborts the origin request (client gone). */
-export async function passThrough(ctx: PassThroughContext, method: 'GET' | 'HEAD', url: string, res: ServerResponse, signal?: AbortSignal): Promise<void> {
+/**
+ * Answers `res` with the origin's `url`. `signal` aborts the origin request (client gone).
+ * `sha256`: the image's expected SHA-256 (or its lookup under way), which a proxied 200 body is checked against.
+ */
+export async function passThrough(
+  ctx: PassThroughContext, method: 'GET' | 'HEAD', url: string, res: ServerResponse, signal?: AbortSignal,
+  sha256?: string | Promise<string | undefined>,
+): Promise<void> {
   if (ctx.mode === 'redirect') {
     res.writeHead(307, { location: url, 'content-length': '0', 'cache-control': 'no-store' });
     res.end();
     return;
   }
-  await proxy(ctx, method, url, res, signal);
+  await proxy(ctx, method, url, res, signal, sha256);
 }
 
-/** Streams the origin's answer to `url` through. Headers not yet sent: a failure becomes 502. */
-export async function proxy(ctx: PassThroughContext, method: 'GET' | 'HEAD', url: string, res: ServerResponse, signal?: AbortSignal): Promise<void> {
+/**
+ * Streams the origin's answer to `url` through. Headers not yet sent: a failure becomes 502.
+ * With `sha256`, a 200 body goes through verifiedBody: its last bytes are held back, a mismatch cuts the connection.
+ */
+export async function proxy(
+  ctx: PassThroughContext, method: 'GET' | 'HEAD', url: string, res: ServerResponse, signal?: AbortSignal,
+  sha256?: string | Promise<string | undefined>,
+): Promise<void> {
   let upstream;
   try {
     upstream = await ctx.http.withRetry(() => ctx.http.request(url, { method, signal }), signal);
@@ -69,6 +82,11 @@ export async function proxy(ctx: PassThroughContext, method: 'GET' | 'HEAD', url
     res.end();
     return;
   }
-  // A broken upstream body destroys the response: the client sees a truncated transfer.
-  await pipeline(upstream.body, res);
+  // A broken upstream body (or a wrong one) destroys the response: the client sees a truncated transfer.
+  if (sha256 && upstream.statusCode === 200) {
+    const declared = Number(upstream.headers['content-length']);
+    await pipeline(upstream.body, verifiedBody(Number.isSafeInteger(declared) ? declared : undefined, sha256, url), res);
+  } else {
+    await pipeline(upstream.body, res);
+  }
 }

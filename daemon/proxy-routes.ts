@@ -6,6 +6,7 @@
 //   upstreamRoutes  anything else: the same path on the configured upstream
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { ServerResponse } from 'node:http';
+import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
 import { MetadataTooLargeError, UsageError } from '../lib/errors.js';
 import { openExtractStream } from '../lib/delta/extract.js';
@@ -22,7 +23,8 @@ import { compressChunk } from '../lib/store/compression.js';
 import { MultipartFraming, parseRangeHeader, type Span } from './byte-ranges.js';
 import type { Logger } from './log.js';
 import { renderMetrics, type DaemonCounters } from './metrics.js';
-import { resolveOriginTarget, UnsafePathError } from './origin-path.js';
+import { resolveOriginTarget, siblingUrl, UnsafePathError } from './origin-path.js';
+import { findSha256 } from '../lib/format/sha256sums.js';
 import { proxy as streamThrough } from './passthrough.js';
 import { VERSION } from '../lib/util/version.js';
 
@@ -175,14 +177,15 @@ export async function upstreamRoutes(app: FastifyInstance, { ctx }: Opts): Promi
       const ac = new AbortController();
       reply.raw.once('close', () => ac.abort());
       const method = req.method as 'GET' | 'HEAD';
-      const passThrough = () => {
+      const passThrough = (sha256?: Promise<string | undefined>) => {
         reply.hijack();
-        return streamThrough({ http: ctx.http, counters: ctx.counters, mode: 'proxy' }, method, target.url, reply.raw, ac.signal);
+        return streamThrough({ http: ctx.http, counters: ctx.counters, mode: 'proxy' }, method, target.url, reply.raw, ac.signal, sha256);
       };
       if (ctx.isImage(target.name)) {
         const index = await imageIndex(ctx, target.url + ctx.indexSuffix, ac.signal);
         if (index) return serveImage(ctx, req, reply, target.url, index, ac.signal);
-        return passThrough();
+        // Passed through whole, but checked like any image: against its SHA256SUMS entry, when there is one.
+        return passThrough(method === 'GET' ? listedSha256(ctx, target.url, target.name, ac.signal) : undefined);
       }
       let entry;
       try {
@@ -206,6 +209,18 @@ export async function upstreamRoutes(app: FastifyInstance, { ctx }: Opts): Promi
       return reply.send(entry.body);
     },
   });
+}
+
+/** The image's SHA-256 from the (cached) SHA256SUMS beside it; undefined when none lists it or it cannot be had. */
+async function listedSha256(
+  ctx: ProxyContext, url: string, name: string, signal: AbortSignal,
+): Promise<string | undefined> {
+  try {
+    const sums = await ctx.meta.fetch(siblingUrl(url, 'SHA256SUMS'), signal);
+    return sums.status === 200 ? findSha256(sums.body.toString('utf8'), name) : undefined;
+  } catch {
+    return undefined;
+  }
 }
 
 /** The upstream index of an image (revalidated), registered for chunk lookups; null when there is none. */
@@ -237,6 +252,27 @@ async function serveImage(
   const parts: Span[] = spans ?? [{ start: 0, end: size }];
   const framing = parts.length > 1 ? new MultipartFraming(parts, size) : null;
   const type = 'application/octet-stream';
+  const assemble = (i: number) => openExtractStream(index, {
+    stores: [ctx.chunks], mode: 'store', http: ctx.http, concurrency: ctx.concurrency, start: parts[i].start, end: parts[i].end, signal,
+  });
+  // The first verified byte (or the failure) comes before the headers: an image that cannot be made is a 502, not a
+  // cut.
+  let first: ReturnType<typeof assemble> | undefined;
+  if (req.method !== 'HEAD') {
+    first = assemble(0);
+    try {
+      await firstReadable(first);
+    } catch (err) {
+      counters.assemblyFailures++;
+      const why = (err as Error).message.split('\n')[0];
+      if (!signal.aborted) ctx.log.warn(`${url}: cannot assemble: ${why}`);
+      const text = `deltad proxy: cannot assemble ${url}: ${why}\n`;
+      res.writeHead(502, { [PROXY_HEADER]: VERSION, 'content-type': 'text/plain; charset=utf-8', 'content-length': Buffer.byteLength(text) });
+      return void res.end(text);
+    }
+    // Until the pipeline below listens: an error meanwhile must not be an unhandled 'error' event.
+    first.on('error', () => {});
+  }
   if (whole) res.writeHead(200, { ...base, 'content-type': type, 'content-length': String(size) });
   else if (!framing) {
     const { start, end } = parts[0];
@@ -249,15 +285,7 @@ async function serveImage(
   try {
     for (let i = 0; i < parts.length; i++) {
       if (framing) await writeAll(res, framing.partHeader(i));
-      const stream = openExtractStream(index, {
-        stores: [ctx.chunks],
-        mode: 'store',
-        http: ctx.http,
-        concurrency: ctx.concurrency,
-        start: parts[i].start,
-        end: parts[i].end,
-        signal,
-      });
+      const stream = i === 0 && first ? first : assemble(i);
       stream.on('data', (b: Buffer) => (counters.bytesServed += b.length));
       await pipeline(stream, res, { end: false });
     }
@@ -270,6 +298,21 @@ async function serveImage(
     if (!signal.aborted) ctx.log.warn(`${url}: ${(err as Error).message}`);
     res.destroy();
   }
+}
+
+/** Resolves when the stream has its first byte (or ends empty), rejects with the error that destroys it first. */
+function firstReadable(stream: Readable): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const settle = (err?: Error) => {
+      stream.off('readable', onReady);
+      stream.off('error', settle);
+      if (err) reject(err);
+      else resolve();
+    };
+    const onReady = () => settle();
+    stream.once('readable', onReady);
+    stream.once('error', settle);
+  });
 }
 
 function writeAll(res: ServerResponse, b: Buffer): Promise<void> {

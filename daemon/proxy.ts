@@ -134,7 +134,7 @@ export async function createProxy(opts: ProxyOptions): Promise<ProxyServer> {
   app.addHook('onRequest', async (req, reply) => {
     reply.header(PROXY_HEADER, PROXY_VERSION);
     const client = req.socket.remoteAddress;
-    const refusal = refuseTarget(req.raw.method ?? '', req.raw.url ?? '', req.headers.host);
+    const refusal = refuseTarget(req.raw.method ?? '', req.raw.url ?? '', req.raw.rawHeaders);
     if (refusal) return reply.refuse(400, refusal);
     if (!allow.allows(client)) return reply.refuse(403, `client ${client} is not in the allow-list`);
     const release = limiter.acquire(client!);

@@ -62,7 +62,7 @@ export async function createDaemonContext(config: DaemonConfig, opts: ServerOpti
   await rm(join(config.cacheDir, 'spool'), { recursive: true, force: true });
   const passThroughCtx: PassThroughContext = { http, counters, mode: config.passthrough };
   // One preparation per image for all requests in a burst (index, SHA256SUMS, probes).
-  const releases = new Releases(http, { freshMs: opts.releaseFreshMs });
+  const releases = new Releases(http, { freshMs: opts.releaseFreshMs, maxTargetSize: config.maxTargetSize });
   const deps = { config, http, counters, log, notifier, seeds, assemblies, releases, passThrough: passThroughCtx };
   const images = new ImageService({ ...deps, timeouts });
   const patterns = config.imagePatterns.map(globToRegExp);

@@ -1,21 +1,27 @@
-// Guards a pass-through body that is sent under headers already committed for
-// an image: it must be exactly `size` bytes and, when the manifest gives one,
-// hash to the expected SHA-256. The last bytes are held back until that is
-// known, so a wrong body always reaches the client truncated, never complete.
+// Guards every pass-through body of an image: it must be exactly `size` bytes
+// (when known) and, when the manifest gives one, hash to the expected SHA-256.
+// The last bytes are held back until that is known, so a wrong body always
+// reaches the client truncated, never complete.
 import { createHash } from 'node:crypto';
 import { Transform, type TransformCallback } from 'node:stream';
 import { ChecksumMismatchError, OriginError } from '../lib/errors.js';
 
 const HOLD_BACK = 64 * 1024;
 
-export function verifiedBody(size: number, sha256: string | undefined, what: string): Transform {
+/**
+ * `sha256` may still be on its way (the SHA256SUMS fetch): it is awaited only at the end, with the last bytes held;
+ * when it cannot be had, the size is all that is checked.
+ */
+export function verifiedBody(
+  size: number | undefined, sha256: string | undefined | Promise<string | undefined>, what: string,
+): Transform {
   const hash = createHash('sha256');
   let seen = 0;
   let held: Buffer = Buffer.alloc(0);
   return new Transform({
     transform(chunk: Buffer, _enc, cb: TransformCallback) {
       seen += chunk.length;
-      if (seen > size) return cb(new OriginError(`${what}: origin sent more than the ${size} bytes expected`));
+      if (size !== undefined && seen > size) return cb(new OriginError(`${what}: origin sent more than the ${size} bytes expected`));
       hash.update(chunk);
       held = held.length ? Buffer.concat([held, chunk]) : chunk;
       if (held.length > HOLD_BACK) {
@@ -26,10 +32,12 @@ export function verifiedBody(size: number, sha256: string | undefined, what: str
       cb();
     },
     flush(cb: TransformCallback) {
-      if (seen !== size) return cb(new OriginError(`${what}: origin sent ${seen} of ${size} bytes`));
+      if (size !== undefined && seen !== size) return cb(new OriginError(`${what}: origin sent ${seen} of ${size} bytes`));
       const actual = hash.digest('hex');
-      if (sha256 && actual !== sha256) return cb(new ChecksumMismatchError(sha256, actual, what));
-      cb(null, held);
+      Promise.resolve(sha256).catch(() => undefined).then((expected) => {
+        if (expected && actual !== expected) return cb(new ChecksumMismatchError(expected, actual, what));
+        cb(null, held);
+      });
     },
   });
 }

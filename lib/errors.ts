@@ -28,7 +28,10 @@ export type DeltadErrorCode =
   | 'ERR_DELTAD_DEADLINE'
   | 'ERR_DELTAD_STALLED'
   | 'ERR_DELTAD_IMAGE_CHANGED'
-  | 'ERR_DELTAD_DELTA_DISABLED';
+  | 'ERR_DELTAD_DELTA_DISABLED'
+  | 'ERR_DELTAD_OUTPUT_BUSY'
+  | 'ERR_DELTAD_OUTPUT_REPLACED'
+  | 'ERR_DELTAD_UNUSABLE_INPUT';
 
 export class DeltadError extends Error {
   readonly code: DeltadErrorCode;
@@ -225,4 +228,37 @@ export function fileError(err: unknown, path: string, writing: boolean, doing = 
     return new FileError(path, detail, code, err);
   }
   return new FileError(path, `${doing}: ${FS_WORDS[code] ?? (err as Error).message}`, code, err);
+}
+
+/** Another run is writing the same output (its lock file names the owner). */
+export class OutputBusyError extends DeltadError {
+  constructor(out: string, lock: string, owner: string) {
+    const what = `${out}: another deltad run (${owner}) is writing it`;
+    super('ERR_DELTAD_OUTPUT_BUSY', `${what}; wait for it to finish, or remove ${lock} if no deltad runs`);
+  }
+}
+
+/** The partial file or lock of an output was replaced behind this run's back: nothing is renamed. */
+export class OutputReplacedError extends DeltadError {
+  constructor(out: string, detail: string) {
+    super('ERR_DELTAD_OUTPUT_REPLACED', `${out}: not renamed into place: ${detail}`);
+  }
+}
+
+/** A local input (seed, file to index) that is not a readable regular file or block device. */
+export class UnusableInputError extends DeltadError {
+  readonly path: string;
+  constructor(path: string, detail: string) {
+    super('ERR_DELTAD_UNUSABLE_INPUT', `${path}: ${detail}`);
+    this.path = path;
+  }
+}
+
+/** A response body larger than the caller allows (refused from its Content-Length, or cut once it passed the limit). */
+export class BodyTooLargeError extends OriginError {
+  readonly limit: number;
+  constructor(message: string, limit: number) {
+    super(message);
+    this.limit = limit;
+  }
 }

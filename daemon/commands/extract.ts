@@ -2,7 +2,9 @@
 // verified chunk by chunk, into OUT (renamed into place only when complete),
 // or to stdout when OUT is '-'.
 import { pipeline } from 'node:stream/promises';
-import { extractToFile, openExtractStream, type AssembleOptions, type ExtractProgress, type ExtractResult } from '../../lib/delta/extract.js';
+import {
+  extractToFile, keptPartialOf, openExtractStream, type AssembleOptions, type ExtractProgress, type ExtractResult,
+} from '../../lib/delta/extract.js';
 import { DeltaDisabledError, UsageError } from '../../lib/errors.js';
 import { HttpClient } from '../../lib/fetch/http-client.js';
 import { downloadToFile } from '../../lib/fetch/download.js';
@@ -34,7 +36,8 @@ Downloads the index INDEX (a path, an http(s) URL, or '-' for stdin), takes
 every chunk it can from the seeds (and from zero and repeated chunks), fetches
 the rest, verifies each chunk, and renames the result to OUT only when it is
 complete (and matches --sha256). An interrupted run leaves .OUT.deltad-partial
-beside OUT; running the same command again resumes from it. OUT '-' writes the
+beside OUT; running the same command again resumes from it. While a run writes
+OUT, another run to the same OUT is refused (.OUT.deltad-lock). OUT '-' writes the
 image to stdout in order (the summary goes to stderr; with --sha256 the last
 bytes are held back until the whole image matches).
 
@@ -73,12 +76,12 @@ Example:
       };
       let result: ExtractResult;
       if (toStdout) {
-        const stream = openExtractStream(await readIndexArg(indexSpec, { timeoutMs: sources.timeoutMs }), opts);
+        const stream = openExtractStream(await readIndexArg(indexSpec, { timeoutMs: sources.timeoutMs, maxTargetSize: sources.maxTargetSize }), opts);
         await pipeline(stream, ctx.stdout, { end: false });
         result = await stream.result;
       } else {
         // An index URL is downloaded by extractToFile, which counts its bytes.
-        result = await extractToFile(indexSpec === '-' ? await readIndexArg('-') : indexSpec, out, opts);
+        result = await extractToFile(indexSpec === '-' ? await readIndexArg('-', { maxTargetSize: sources.maxTargetSize }) : indexSpec, out, opts);
       }
       bar.finish();
       const name = toStdout ? 'stdout' : out;
@@ -101,7 +104,11 @@ Example:
           await http.close();
         }
       }
-      if (ctl.signal.aborted) ctx.stderr.write(`deltad extract: interrupted; run the same command again to resume\n`);
+      const kept = keptPartialOf(err);
+      if (kept) {
+        ctx.stderr.write(`deltad extract: ${ctl.signal.aborted ? 'interrupted; ' : ''}kept ${kept.path} (${formatBytes(kept.bytes)} of ${formatBytes(kept.total)} verified) and its journal; ` +
+          `run the same command again to resume, or remove both: rm '${kept.path}' '${kept.journal}'\n`);
+      } else if (ctl.signal.aborted) ctx.stderr.write(`deltad extract: interrupted; nothing was kept\n`);
       throw err;
     } finally {
       release();

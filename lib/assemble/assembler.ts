@@ -25,6 +25,11 @@ export interface AssemblerOptions {
   remote?: RemoteSource;
   /** Concurrent remote batches. */
   concurrency: number;
+  /**
+   * Chunk bytes remote batches in flight may hold at once (default 64 MiB): each batch is charged its largest
+   * chunk, which it holds whole at some point. One batch always runs, whatever its size.
+   */
+  maxFetchBytes?: number;
   /** Concurrent seed reads (default 4, so reads overlap hashing). */
   localConcurrency?: number;
   /** Largest target span of one task (the stream's window); default unlimited. */
@@ -51,6 +56,8 @@ const SEED_TASK_BYTES = 2 * 1024 * 1024;
 const MAX_PENDING_WRITE_BYTES = 4 * 1024 * 1024;
 /** Repeated chunks kept in memory for their copies (stream sinks). */
 const MAX_RETAINED_BYTES = 64 * 1024 * 1024;
+/** Default cap of chunk bytes held by remote batches in flight: 128 MiB chunks must not multiply by the concurrency. */
+const DEFAULT_MAX_FETCH_BYTES = 64 * 1024 * 1024;
 
 export class Assembler {
   private readonly index: ChunkIndex;
@@ -142,6 +149,8 @@ export class Assembler {
     const limit = typeof slots === 'number' ? () => slots : slots;
     const running = new Set<Promise<void>>();
     const detached: Promise<void>[] = [];
+    const budget = this.opts.maxFetchBytes ?? DEFAULT_MAX_FETCH_BYTES;
+    let held = 0;
     for (const t of tasks) {
       if (this.ctl.signal.aborted) break;
       const s = this.span(t);
@@ -154,11 +163,24 @@ export class Assembler {
         detached.push(this.guard(t));
         continue;
       }
-      while (running.size >= limit()) await Promise.race(running);
-      const p: Promise<void> = this.guard(t).finally(() => running.delete(p));
+      const bytes = this.fetchBytes(t);
+      while (running.size >= limit() || (running.size > 0 && held + bytes > budget)) await Promise.race(running);
+      held += bytes;
+      const p: Promise<void> = this.guard(t).finally(() => {
+        held -= bytes;
+        running.delete(p);
+      });
       running.add(p);
     }
     await Promise.all([...running, ...detached]);
+  }
+
+  /** What a remote task holds in memory at once at least: its largest chunk (0 for local tasks, bounded elsewhere). */
+  private fetchBytes(t: Task): number {
+    if (t.kind !== 'remote') return 0;
+    let largest = 0;
+    for (const r of t.runs) for (let i = r.first; i < r.first + r.count; i++) largest = Math.max(largest, this.index.chunkSize(i));
+    return largest;
   }
 
   /** Runs a task; the first failure stops everything. */

@@ -9,7 +9,10 @@ import { constants } from 'node:fs';
 import { lstat, open, readFile, rename, unlink, writeFile, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import type { ChunkIndex } from '../format/caibx.js';
-import { ChecksumMismatchError, UsageError, fileError } from '../errors.js';
+import { ChecksumMismatchError, FileError, OutputReplacedError, UsageError, fileError } from '../errors.js';
+import { formatBytes } from '../util/size.js';
+import { freeBytes } from '../util/disk.js';
+import { OutputLock } from './output-lock.js';
 import type { AssemblySink } from './sink.js';
 
 const JOURNAL_MAGIC = Buffer.from('DELTADJ1');
@@ -24,16 +27,43 @@ function indexDigest(index: ChunkIndex): Buffer {
   return h.digest();
 }
 
-export function partialPaths(out: string): { out: string; partial: string; journal: string } {
+export function partialPaths(out: string): { out: string; partial: string; journal: string; lock: string } {
   const abs = resolve(out);
   const partial = join(dirname(abs), `.${basename(abs)}.deltad-partial`);
-  return { out: abs, partial, journal: `${partial}.journal` };
+  return { out: abs, partial, journal: `${partial}.journal`, lock: join(dirname(abs), `.${basename(abs)}.deltad-lock`) };
+}
+
+/**
+ * Before the partial file is sized: the file system must have room for the bytes not yet in it (a resumed file
+ * already holds some), said in words rather than as an ENOSPC half-way.
+ */
+async function checkRoom(paths: ReturnType<typeof partialPaths>, fh: FileHandle, size: number): Promise<void> {
+  const dir = dirname(paths.partial);
+  const free = await freeBytes(dir);
+  const held = (await fh.stat()).blocks * 512;
+  const need = size - held;
+  if (need > free) {
+    const already = held ? `, ${formatBytes(held)} of it already in ${paths.partial}` : '';
+    throw new FileError(paths.out, `the image needs ${formatBytes(size)} (${size} bytes)${already}, but ${dir} has only ` +
+      `${formatBytes(free)} free; free ${formatBytes(need - free)} or write it elsewhere`, 'ENOSPC');
+  }
+}
+
+/** What a failed extract left for the next run. */
+export interface KeptPartial {
+  path: string;
+  journal: string;
+  /** Verified bytes it holds (per its journal), of `total`. */
+  bytes: number;
+  total: number;
 }
 
 export class PartialFile implements AssemblySink {
   readonly retainRepeats = false;
   readonly holdsData = false;
   private dirty = false;
+  /** The bitmap the journal on disk holds (a resumed run starts with the one it read). */
+  private journaled?: Uint8Array;
   private timer?: NodeJS.Timeout;
   private closed = false;
   private flushing: Promise<void> = Promise.resolve();
@@ -47,6 +77,10 @@ export class PartialFile implements AssemblySink {
     readonly zeroFilled: boolean,
     /** True when an earlier run's journal was taken over: its chunks still need verifying. */
     readonly resumed: boolean,
+    /** Held from open until the rename (or until the file is given up): one writer per output. */
+    private readonly lock: OutputLock,
+    /** The partial file's inode, checked again right before the rename. */
+    private readonly identity: { dev: number; ino: number },
   ) {
     this.timer = setInterval(() => void this.flushJournal().catch(() => {}), JOURNAL_FLUSH_MS);
     this.timer.unref();
@@ -61,6 +95,20 @@ export class PartialFile implements AssemblySink {
     const paths = partialPaths(out);
     const outSt = await lstat(paths.out).catch(() => null);
     if (outSt && !outSt.isFile()) throw new UsageError(`${paths.out}: exists and is not a regular file`);
+    // Before anything beside the output is touched: a second run must not unlink or write the first one's partial file.
+    const lock = await OutputLock.acquire(paths.lock, paths.out).catch((err: unknown) => Promise.reject(fileError(err, paths.out, true)));
+    try {
+      return await PartialFile.openLocked(paths, target, resume, lock);
+    } catch (err) {
+      await lock.release();
+      throw err;
+    }
+  }
+
+  private static async openLocked(
+    paths: ReturnType<typeof partialPaths>, target: ChunkIndex, resume: boolean, lock: OutputLock,
+  ): Promise<{ file: PartialFile }> {
+    const out = paths.out;
     const digest = indexDigest(target);
     const bitmapBytes = Math.ceil(target.count / 8);
     let done: Uint8Array | null = null;
@@ -88,11 +136,16 @@ export class PartialFile implements AssemblySink {
       }
     }
     try {
+      await checkRoom(paths, fh, target.size);
       if (!done) await fh.truncate(target.size).catch((err: unknown) => Promise.reject(fileError(err, out, true)));
-      const file = new PartialFile(paths, fh, target, digest, done ?? new Uint8Array(bitmapBytes), !done, done !== null);
+      const st = await fh.stat();
+      const file = new PartialFile(paths, fh, target, digest, done ?? new Uint8Array(bitmapBytes), !done, done !== null, lock, st);
+      if (done) file.journaled = new Uint8Array(done);
       return { file };
     } catch (err) {
       await fh.close();
+      // A file this run just created holds nothing: it goes (a resumed one stays for the next run).
+      if (!done) await unlink(paths.partial).catch(() => {});
       throw err;
     }
   }
@@ -101,7 +154,10 @@ export class PartialFile implements AssemblySink {
     let off = 0;
     const pos = this.target.start(first);
     while (off < data.length) {
-      const { bytesWritten } = await this.fh.write(data, off, data.length - off, pos + off);
+      const { bytesWritten } = await this.fh.write(data, off, data.length - off, pos + off).catch((err: unknown) => {
+        throw fileError(err, this.paths.out, true,
+          `cannot write ${data.length} bytes at offset ${pos} of ${this.paths.partial}`);
+      });
       off += bytesWritten;
     }
     for (let i = first; i < first + count; i++) this.done[i >> 3] |= 1 << (i & 7);
@@ -144,10 +200,19 @@ export class PartialFile implements AssemblySink {
       if (!this.dirty || this.closed) return;
       this.dirty = false;
       const tmp = `${this.paths.journal}.tmp`;
+      const done = new Uint8Array(this.done);
       // A fresh file (never through a symlink or into another file planted at this name).
       await unlink(tmp).catch(() => {});
-      await writeFile(tmp, Buffer.concat([JOURNAL_MAGIC, this.digest, this.done]), { mode: 0o600, flag: 'wx' });
-      await rename(tmp, this.paths.journal);
+      try {
+        await writeFile(tmp, Buffer.concat([JOURNAL_MAGIC, this.digest, done]), { mode: 0o600, flag: 'wx' });
+        await rename(tmp, this.paths.journal);
+      } catch (err) {
+        // Never a stray temp file (a full disk fails the write after creating it); the previous journal still holds.
+        await unlink(tmp).catch(() => {});
+        this.dirty = true;
+        throw err;
+      }
+      this.journaled = done;
     });
     return this.flushing;
   }
@@ -183,27 +248,54 @@ export class PartialFile implements AssemblySink {
       await this.fh.chmod(fileMode);
       await this.fh.sync();
       await this.close();
-      await rename(this.paths.partial, this.paths.out);
     } catch (err) {
       throw fileError(err, this.paths.out, true);
     }
-    await unlink(this.paths.journal).catch(() => {});
+    // The rename goes by path: it must still name the file that was verified, and this run must still own the output.
+    const st = await lstat(this.paths.partial).catch(() => null);
+    if (!st || st.dev !== this.identity.dev || st.ino !== this.identity.ino) {
+      await this.lock.release();
+      throw new OutputReplacedError(this.paths.out,
+        `${this.paths.partial} is no longer the file this run wrote and verified`);
+    }
+    try {
+      await this.lock.assertHeld();
+      await rename(this.paths.partial, this.paths.out).catch((err: unknown) => Promise.reject(fileError(err, this.paths.out, true)));
+      await unlink(this.paths.journal).catch(() => {});
+    } finally {
+      await this.lock.release();
+    }
     const dir = await open(dirname(this.paths.out), 'r');
     await dir.sync().catch(() => {});
     await dir.close();
     return sum;
   }
 
-  /** After a failure: keeps the partial file and its journal for the next run. */
-  async keep(): Promise<void> {
+  /**
+   * After a failure: keeps the partial file and its journal for the next run, and says what they hold. Without
+   * any journal on disk (none could be written: disk full) nothing in it is reusable, so it is removed (undefined).
+   */
+  async keep(): Promise<KeptPartial | undefined> {
     await this.flushJournal().catch(() => {});
     await this.close();
+    const journal = this.journaled;
+    if (!journal || !journal.some((b) => b !== 0)) {
+      await unlink(this.paths.partial).catch(() => {});
+      await unlink(this.paths.journal).catch(() => {});
+      await this.lock.release();
+      return undefined;
+    }
+    let bytes = 0;
+    for (let i = 0; i < this.target.count; i++) if (journal[i >> 3] & (1 << (i & 7))) bytes += this.target.chunkSize(i);
+    await this.lock.release();
+    return { path: this.paths.partial, journal: this.paths.journal, bytes, total: this.target.size };
   }
 
   async discard(): Promise<void> {
     await this.close();
     await unlink(this.paths.partial).catch(() => {});
     await unlink(this.paths.journal).catch(() => {});
+    await this.lock.release();
   }
 
   private async close(): Promise<void> {

@@ -123,12 +123,24 @@ export class RangeSource implements RemoteSource {
     const fallback = opts.fallback;
     if (this.handedOver && fallback) return fallback.fetch(runs, deliver, signal, drain);
     const buffers = opts.buffers;
+    /** Chunks the range URL sent wrong once, and those wrong twice that the chunk store takes over. */
+    const wrongOnce = new Set<number>();
+    const forStore: number[] = [];
     const spec: UnitSpec = {
       layout: index,
       plan: (units, multi) => this.cost.planRequests(index, runsOf(units), multi, this.parallelism),
       accept: (i, data) => {
         if (verifyChunk(index, i, data)) return void deliver(i, data);
-        return new ChunkVerifyError(index.idHex(i), `at target offset ${index.start(i)} has the wrong content twice`, url);
+        const where = `at target offset ${index.start(i)}`;
+        if (!wrongOnce.has(i) || !fallback) {
+          wrongOnce.add(i);
+          return new ChunkVerifyError(index.idHex(i), `${where} has the wrong content twice`, url);
+        }
+        // Per chunk, not per update: another source may have it intact.
+        opts.onWarning?.(`chunk ${index.idHex(i)} ${where} has the wrong content twice (from ${url}); ` +
+          'fetching it from the chunk store');
+        forStore.push(i);
+        return undefined;
       },
       describe: (i) => `chunk ${index.idHex(i)} at offset ${index.start(i)}`,
       alloc: buffers && ((n) => buffers.take(n)),
@@ -138,9 +150,10 @@ export class RangeSource implements RemoteSource {
       handOver: fallback && (async (err, left) => {
         this.handedOver = true;
         opts.onWarning?.(`${err.message}; fetching from the chunk store instead`);
-        await fallback.fetch(runsOf(left), deliver, signal, drain);
+        await fallback.fetch(runsOf([...left, ...forStore.splice(0)].sort((a, b) => a - b)), deliver, signal, drain);
       }),
     });
+    if (forStore.length > 0) await fallback!.fetch(runsOf(forStore.sort((a, b) => a - b)), deliver, signal, drain);
   }
 }
 
@@ -157,6 +170,8 @@ export class StoreSource implements RemoteSource {
     /** The client HTTP stores use: its counters give the network bytes. */
     private readonly http: HttpClient,
     private readonly batchSize = 32,
+    /** Told about a chunk a store answered wrongly twice (the next store is asked). */
+    private readonly onWarning?: (m: string) => void,
   ) {
     this.httpBytesBase = http.stats.bytes;
   }
@@ -194,15 +209,23 @@ export class StoreSource implements RemoteSource {
 
   async fetch(runs: readonly Run[], deliver: Deliver, signal: AbortSignal): Promise<void> {
     let todo = chunksOf(runs);
+    /** Chunks some store answered wrongly (oversized, garbage, wrong content) twice: the last such error. */
+    const failed = new Map<number, ChunkVerifyError>();
     for (const store of this.stores) {
       if (todo.length === 0) return;
-      todo = await this.fromStore(store, todo, deliver, signal);
+      todo = await this.fromStore(store, todo, deliver, signal, failed);
     }
-    if (todo.length > 0) throw new ChunkMissingError(this.index.idHex(todo[0]), this.stores.map((s) => s.location).join(', '));
+    if (todo.length === 0) return;
+    const bad = failed.get(todo[0]);
+    if (bad) throw new ChunkVerifyError(this.index.idHex(todo[0]),
+      `could not be fetched intact from any source (${bad.message}, also when asked again)`);
+    throw new ChunkMissingError(this.index.idHex(todo[0]), this.stores.map((s) => s.location).join(', '));
   }
 
-  /** Returns the chunks this store did not have. */
-  private async fromStore(store: ChunkStore, chunks: number[], deliver: Deliver, signal: AbortSignal): Promise<number[]> {
+  /** Returns the chunks this store did not have or could not give intact. */
+  private async fromStore(
+    store: ChunkStore, chunks: number[], deliver: Deliver, signal: AbortSignal, failed: Map<number, ChunkVerifyError>,
+  ): Promise<number[]> {
     const reqs = chunks.map((i) => ({ id: this.index.id(i), size: this.index.chunkSize(i) }));
     const found = new Set<number>();
     if (store.getMany && chunks.length > 1) {
@@ -217,14 +240,23 @@ export class StoreSource implements RemoteSource {
     const rest: number[] = [];
     for (let k = 0; k < chunks.length; k++) {
       if (found.has(k)) continue;
-      const data = await this.getVerifiedOnce(store, chunks[k], signal);
+      let data: Buffer | null;
+      try {
+        data = await this.getVerifiedOnce(store, chunks[k], signal);
+      } catch (err) {
+        if (!(err instanceof ChunkVerifyError)) throw err;
+        // Per chunk, not per update: the next store may have it intact.
+        failed.set(chunks[k], err);
+        if (this.stores.indexOf(store) < this.stores.length - 1) this.onWarning?.(`${err.message}, also when asked again; trying the next store`);
+        data = null;
+      }
       if (data) this.take(store, deliver, chunks[k], data);
       else rest.push(chunks[k]);
     }
     return rest;
   }
 
-  /** store.get verifies; wrong content is retried once, then fails naming the chunk. */
+  /** store.get verifies; an answer that is wrong (oversized, garbage, other content) is asked for once more. */
   private async getVerifiedOnce(store: ChunkStore, i: number, signal: AbortSignal): Promise<Buffer | null> {
     const req = { id: this.index.id(i), size: this.index.chunkSize(i) };
     try {

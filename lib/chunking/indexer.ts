@@ -9,7 +9,7 @@
 // chunks the short stretch between a segment's last boundary and that meeting
 // point. The output is identical to the serial indexer for every thread count.
 import { availableParallelism } from 'node:os';
-import { open, type FileHandle } from 'node:fs/promises';
+import type { FileHandle } from 'node:fs/promises';
 import { Worker } from 'node:worker_threads';
 import { ChunkIndexBuilder, ID_SIZE, type ChunkIndex, type ChunkParams } from '../format/caibx.js';
 import { Chunker, checkChunkParams, type ChunkerKernel, type ChunkerVariant } from './chunker.js';
@@ -17,6 +17,7 @@ import type { DigestName } from '../format/digest.js';
 import { DeltadError } from '../errors.js';
 import { ChunkHasher, indexRange, type RangeOptions, type ReadAt } from './indexer-range.js';
 import type { SegmentJob, SegmentMessage, WorkerSetup } from './indexer-worker.js';
+import { openInput } from '../util/open-input.js';
 
 export interface IndexOptions {
   params: ChunkParams;
@@ -63,10 +64,8 @@ export function indexBuffer(buf: Uint8Array, opts: IndexOptions): ChunkIndex {
 export async function indexFile(path: string, opts: IndexOptions): Promise<ChunkIndex> {
   checkChunkParams(opts.params, opts.variant);
   opts.signal?.throwIfAborted();
-  const fh = await open(path, 'r');
+  const { fh, st } = await openInput(path, { blockDevices: false });
   try {
-    const st = await fh.stat();
-    if (!st.isFile()) throw new DeltadError('ERR_DELTAD_INPUT', `${path}: not a regular file`);
     const size = st.size;
     const threads = opts.threads ?? defaultThreads(size);
     const segments = splitSegments(size, threads);

@@ -5,8 +5,9 @@
 // ranges against the image, or casync chunk stores).
 import type { ExtractProgress, ExtractResult } from '../assemble/progress.js';
 import type { Readable } from 'node:stream';
-import { MAX_INDEX_BYTES, parseIndex, readIndexFile, type ChunkIndex } from '../format/caibx.js';
-import { OriginError, StallError, UsageError } from '../errors.js';
+import { readIndexFile, type ChunkIndex } from '../format/caibx.js';
+import { downloadIndex } from './index-download.js';
+import { OriginError, StallError, UnusableInputError, UsageError } from '../errors.js';
 import { HttpClient, type HttpClientOptions } from '../fetch/http-client.js';
 import { IndexCache, type IndexBuilder } from '../seed/index-cache.js';
 import { indexFile } from '../chunking/indexer.js';
@@ -16,7 +17,7 @@ import { CostModel, bodyBytes, type LinkEstimate } from '../plan/cost.js';
 import { RangeFetcher, type RangeSupport } from '../fetch/range-fetcher.js';
 import { RangeSource, StoreSource, type RemoteSource, type Run } from '../assemble/remote-source.js';
 import { OrderedStream } from '../assemble/ordered-stream.js';
-import { PartialFile } from '../assemble/partial-file.js';
+import { PartialFile, type KeptPartial } from '../assemble/partial-file.js';
 import { verifyResumed } from '../assemble/resume.js';
 import { EncoderPool, defaultThreads } from '../store/chunk-encoder.js';
 import { BufferPool } from '../util/buffer-pool.js';
@@ -63,6 +64,8 @@ export interface SourceOptions {
   nullSeed?: boolean;
   /** Use the release's block pack (IMAGE.bpidx next to rangeUrl, docs/BLOCKPACK.md) when it is the cheapest path (default true). */
   blockPack?: boolean;
+  /** Largest target an index may describe (default 64 GiB, systemd-pull's limit): guards memory and disk. */
+  maxTargetSize?: number;
   /** Called while a seed without a usable index is being chunked (bytes of that seed read so far). */
   onSeedIndexing?: (path: string, done: number, total: number) => void;
   /** What is known about the link (measured RTT and throughput); prices requests against bytes. */
@@ -141,20 +144,21 @@ function hashPoolFor(localBytes: number): EncoderPool | undefined {
 
 const isUrl = (s: string): boolean => /^https?:\/\//i.test(s);
 
-/** Loads a target index from a local path or an http(s) URL (verified strictly). */
+/** Loads a target index from a local path or an http(s) URL (verified strictly, a download parsed as it arrives). */
 export async function loadIndex(
   spec: string,
   opts: {
     http?: HttpClient; httpOptions?: HttpClientOptions; timeoutMs?: number; signal?: AbortSignal; allowArchive?: boolean;
+    maxTargetSize?: number;
   } = {},
 ): Promise<ChunkIndex> {
   const allowArchive = opts.allowArchive ?? false;
-  if (!isUrl(spec)) return readIndexFile(spec, { allowArchive });
+  if (!isUrl(spec)) return readIndexFile(spec, { allowArchive, maxTargetSize: opts.maxTargetSize });
   const http = opts.http ?? new HttpClient({ ...opts.httpOptions, timeoutMs: opts.timeoutMs });
   try {
-    const res = await http.getBuffer(spec, { signal: opts.signal, maxBytes: MAX_INDEX_BYTES });
-    if (res.status === 404 || res.status === 410) throw new OriginError(`GET ${spec}: HTTP ${res.status} (no such index)`, { status: res.status });
-    return parseIndex(res.body, { source: spec, allowArchive });
+    const got = await downloadIndex(http, spec, { signal: opts.signal, allowArchive, maxTargetSize: opts.maxTargetSize });
+    if (!got) throw new OriginError(`GET ${spec}: HTTP 404 (no such index)`, { status: 404 });
+    return got.index;
   } finally {
     if (!opts.http) await http.close();
   }
@@ -166,7 +170,7 @@ async function loadTarget(target: string | ChunkIndex, opts: SourceOptions): Pro
   const http = opts.http ?? new HttpClient({ ...opts.httpOptions, timeoutMs: opts.timeoutMs });
   const before = { ...http.stats };
   try {
-    const index = await loadIndex(target, { http, signal: opts.signal });
+    const index = await loadIndex(target, { http, signal: opts.signal, maxTargetSize: opts.maxTargetSize });
     return { index, requests: http.stats.requests - before.requests, bytes: http.stats.bytes - before.bytes };
   } finally {
     if (!opts.http) await http.close();
@@ -220,7 +224,13 @@ async function openContext(target: ChunkIndex, opts: AssembleOptions): Promise<C
     const cache = new IndexCache(opts.cacheDir);
     for (const spec of opts.seeds ?? []) {
       const build = seedIndexer(opts.onSeedIndexing);
-      seeds.push(await openSeed(spec.path, spec.index, { target, cache, build, onWarning: opts.onWarning, signal: opts.signal }));
+      try {
+        seeds.push(await openSeed(spec.path, spec.index, { target, cache, build, onWarning: opts.onWarning, signal: opts.signal }));
+      } catch (err) {
+        // A seed only saves downloading: one that cannot be read (a FIFO, no permission) is left out, not fatal.
+        if (!(err instanceof UnusableInputError)) throw err;
+        opts.onWarning?.(`seed ${err.message}; not used`);
+      }
     }
   } catch (err) {
     await ctx.close();
@@ -320,7 +330,7 @@ async function chooseRemote(plan: Plan, ctx: Context, opts: AssembleOptions, pro
   }
   if (useStore) modes.push(await storeCost(plan, ctx, missing && (probeAlways || useRange), probe, opts.signal));
   const rangeSupport = support && { ranges: support.ranges, multi: support.multi };
-  const stores = useStore ? new StoreSource(plan.target, ctx.stores, ctx.http) : undefined;
+  const stores = useStore ? new StoreSource(plan.target, ctx.stores, ctx.http, undefined, opts.onWarning) : undefined;
   const rangeSource = (multi: boolean, buffers?: BufferPool): RangeSource => new RangeSource(plan.target, ctx.http, opts.rangeUrl!, {
     retry, multi, cost: ctx.cost, parallelism, onWarning: opts.onWarning, fallback: stores, buffers,
   });
@@ -495,6 +505,13 @@ function summary(progress: ExtractProgress, routes: Routes, last: Route, started
   };
 }
 
+const KEPT = Symbol('deltad.keptPartial');
+
+/** The partial file a failed extractToFile kept for resuming, read from the error it threw (undefined: none kept). */
+export function keptPartialOf(err: unknown): KeptPartial | undefined {
+  return err instanceof Error ? (err as Error & { [KEPT]?: KeptPartial })[KEPT] : undefined;
+}
+
 /**
  * Assembles the target into `out`: writes a partial file beside it, verifies
  * every chunk (and the SHA-256 when given), then renames it into place. On
@@ -524,9 +541,12 @@ export async function extractToFile(target: string | ChunkIndex, out: string, op
       const sha256 = await file.commit(opts.fileMode ?? 0o644, opts.sha256);
       return summary(progress, routes, last, started, resumedBytes, sha256);
     } catch (err) {
-      // Keep what an interrupted run wrote (or took over); a run that failed before writing leaves nothing behind.
-      if (file.resumed || routes?.list.some((r) => r.wroteAny)) await file.keep();
-      else await file.discard();
+      // Keep what an interrupted run wrote or took over (and say so on the error); a run that failed before writing
+      // leaves nothing.
+      if (file.resumed || routes?.list.some((r) => r.wroteAny)) {
+        const kept = await file.keep();
+        if (kept && err instanceof Error) Object.defineProperty(err, KEPT, { value: kept });
+      } else await file.discard();
       throw err;
     }
   } finally {

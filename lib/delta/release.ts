@@ -9,7 +9,7 @@ import { createHash } from 'node:crypto';
 import { OriginError } from '../errors.js';
 import type { HttpClient } from '../fetch/http-client.js';
 import { deltaDisabledBy } from '../fetch/release-policy.js';
-import { MAX_INDEX_BYTES, parseIndex, type ChunkIndex } from '../format/caibx.js';
+import { IndexParser, MAX_INDEX_BYTES, parseIndex, type ChunkIndex } from '../format/caibx.js';
 import { findSha256 } from '../format/sha256sums.js';
 
 /** How long an answer is reused without asking the origin again (default 10 s). */
@@ -23,6 +23,8 @@ export interface SmallFile {
   body: Buffer;
   etag?: string;
   lastModified?: string;
+  /** An index file, parsed as it arrived (its body never grew past what the parser allows). */
+  index?: ChunkIndex;
 }
 
 /** Single-flight answers kept for `freshMs`, at most MAX_ENTRIES (oldest dropped first). */
@@ -76,18 +78,21 @@ export class Releases {
   /** Parsed indexes by body digest, so a revalidated (304) index is not parsed again. */
   private readonly parsed = new Map<string, ChunkIndex>();
 
+  private readonly maxTargetSize?: number;
+
   constructor(
     private readonly http: HttpClient,
-    opts: { freshMs?: number } = {},
+    opts: { freshMs?: number; maxTargetSize?: number } = {},
   ) {
+    this.maxTargetSize = opts.maxTargetSize;
     const freshMs = opts.freshMs ?? DEFAULT_FRESH_MS;
     this.files = new FreshMemo(freshMs);
     this.probes = new FreshMemo(freshMs);
   }
 
   /** A small file, shared and revalidated as described above. */
-  file(url: string, maxBytes: number): Promise<SmallFile> {
-    return this.files.get(url, (previous) => this.fetchFile(url, maxBytes, previous));
+  file(url: string, maxBytes: number, isIndex = false): Promise<SmallFile> {
+    return this.files.get(url, (previous) => this.fetchFile(url, maxBytes, previous, isIndex));
   }
 
   /** The image's entry in the SHA256SUMS beside it, if any. */
@@ -100,7 +105,7 @@ export class Releases {
   async prepare(t: ReleaseTarget, sha256 = this.sha256(t)): Promise<PreparedImage | undefined> {
     let found: { url: string; file: SmallFile } | undefined;
     for (const url of t.indexUrls) {
-      const file = await this.file(url, MAX_INDEX_BYTES);
+      const file = await this.file(url, MAX_INDEX_BYTES, true);
       if (file.status === 200) {
         found = { url, file };
         break;
@@ -109,7 +114,7 @@ export class Releases {
     const expected = await sha256;
     if (!found) return undefined;
     const digest = createHash('sha256').update(found.file.body).digest('hex');
-    let index = this.parsed.get(digest);
+    let index = found.file.index ?? this.parsed.get(digest);
     if (!index) {
       index = parseIndex(found.file.body, { source: found.url, allowArchive: false });
       this.parsed.set(digest, index);
@@ -155,7 +160,10 @@ export class Releases {
     return this.probes.get(key, compute) as Promise<T>;
   }
 
-  private async fetchFile(url: string, maxBytes: number, previous: SmallFile | undefined): Promise<SmallFile> {
+  /** `isIndex`: parsed as it arrives, so an endless or oversized index fails at the first byte too many. */
+  private async fetchFile(
+    url: string, maxBytes: number, previous: SmallFile | undefined, isIndex: boolean,
+  ): Promise<SmallFile> {
     const headers: Record<string, string> = {};
     if (previous?.status === 200 && previous.etag) headers['if-none-match'] = previous.etag;
     if (previous?.status === 200 && previous.lastModified) headers['if-modified-since'] = previous.lastModified;
@@ -179,11 +187,14 @@ export class Releases {
         res.body.destroy();
         throw new OriginError(`GET ${url}: ${declared} bytes exceeds the ${maxBytes}-byte limit`);
       }
-      const body = await this.http.readBody(res.body, maxBytes, url);
+      const parser = isIndex
+        ? new IndexParser({ source: url, allowArchive: false, maxTargetSize: this.maxTargetSize }, Number.isNaN(declared) ? undefined : declared)
+        : undefined;
+      const body = await this.http.readBody(res.body, maxBytes, url, parser && ((b) => parser.push(b)));
       if (!Number.isNaN(declared) && body.length !== declared) {
         throw new OriginError(`GET ${url}: truncated body (${body.length} of ${declared} bytes)`, { transient: true });
       }
-      return { status, body, etag: header(res.headers.etag), lastModified: header(res.headers['last-modified']) };
+      return { status, body, etag: header(res.headers.etag), lastModified: header(res.headers['last-modified']), index: parser?.finish() };
     });
   }
 }

@@ -8,7 +8,7 @@ import { Agent, DecoratorHandler, buildConnector, request, type Dispatcher } fro
 import type { SecureContext } from 'node:tls';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { gunzipSync, inflateSync, brotliDecompressSync } from 'node:zlib';
-import { OriginError } from '../errors.js';
+import { BodyTooLargeError, OriginError } from '../errors.js';
 import { DEFAULT_LIMITS, LinkMonitor, type LinkEstimate, type TransferLimits } from './link-monitor.js';
 import { REDIRECT_STATUSES, RedirectCache, redirectTarget, sameOrigin } from './redirects.js';
 import { readCaFile, trustContext } from './tls.js';
@@ -234,7 +234,7 @@ export class HttpClient {
       const declared = Number(res.headers['content-length'] ?? NaN);
       if (declared > maxBytes) {
         res.body.destroy();
-        throw new OriginError(`GET ${url}: ${declared} bytes exceeds the ${maxBytes}-byte limit`);
+        throw new BodyTooLargeError(`GET ${url}: ${declared} bytes exceeds the ${maxBytes}-byte limit`, maxBytes);
       }
       const raw = await this.readBody(res.body, maxBytes, url);
       if (!Number.isNaN(declared) && raw.length !== declared) {
@@ -245,22 +245,38 @@ export class HttpClient {
     }, opts.signal);
   }
 
-  /** Reads a response body fully, counting bytes and enforcing a limit. */
-  async readBody(body: Dispatcher.ResponseData['body'], maxBytes: number, url: string): Promise<Buffer> {
+  /**
+   * Reads a response body fully, counting bytes and enforcing a limit. `onPart` sees each part as it arrives (e.g. a
+   * streaming parser); what it throws ends the read and is thrown as it is.
+   */
+  async readBody(
+    body: Dispatcher.ResponseData['body'], maxBytes: number, url: string, onPart?: (part: Buffer) => void,
+  ): Promise<Buffer> {
     const parts: Buffer[] = [];
     let n = 0;
+    let refused: { err: unknown } | undefined;
     try {
       for await (const part of body) {
         const b = part as Buffer;
         n += b.length;
         if (n > maxBytes) {
           body.destroy();
-          throw new OriginError(`GET ${url}: body exceeds the ${maxBytes}-byte limit`);
+          throw new BodyTooLargeError(`GET ${url}: body exceeds the ${maxBytes}-byte limit`, maxBytes);
         }
         parts.push(b);
+        try {
+          onPart?.(b);
+        } catch (err) {
+          refused = { err };
+          break;
+        }
       }
     } catch (err) {
       throw toOriginError(err, url, this.timeoutMs);
+    }
+    if (refused) {
+      body.destroy();
+      throw refused.err;
     }
     return Buffer.concat(parts, n);
   }

@@ -144,73 +144,195 @@ export interface ParseOptions {
   source?: string;
   /** Accept archive (.caidx) flags; default true. Callers that need a blob set false. */
   allowArchive?: boolean;
+  /** Largest blob an index may describe (default DEFAULT_MAX_TARGET_SIZE): an index beyond it is refused as it is read. */
+  maxTargetSize?: number;
 }
 
+/** Default largest target: 64 GiB, systemd-pull's own limit for an image. */
+export const DEFAULT_MAX_TARGET_SIZE = 64 * 1024 * 1024 * 1024;
+/** Most chunks an index may have at all: 64 M (2.5 GiB of table), whatever the target size allows. */
+const MAX_INDEX_CHUNKS = 64 * 1024 * 1024;
+/** Table entries allocated up front for an announced length; beyond, the table grows as items arrive. */
+const PREALLOCATE_CHUNKS = 4 * 1024 * 1024;
+
 /**
- * Parses a complete index file. Strict like casync: fixed header values, a tail
- * that agrees with the table length, strictly increasing offsets, chunk sizes
- * within max, known flags only, nothing after the tail.
+ * Reads an index as its bytes arrive (a download, or a whole buffer), strict
+ * like casync: fixed header values, strictly increasing offsets, chunk sizes
+ * within max, known flags only, a tail that agrees with the table, nothing
+ * after it. Memory follows what the header allows, not what the source sends:
+ * no item may end past maxTargetSize, the table can have no more than
+ * maxTargetSize / chunk_size_min + 1 items (smaller chunks are cut by no casync
+ * chunker), and an item or byte beyond what is allowed fails at once, so an
+ * endless or oversized body is refused after a bounded read.
  */
+export class IndexParser {
+  private readonly src?: string;
+  private readonly maxTarget: number;
+  private readonly header = Buffer.alloc(HEADER_SIZE);
+  private readonly record = Buffer.alloc(ITEM_SIZE);
+  private recordFill = 0;
+  /** Bytes consumed so far. */
+  private offset = 0;
+  private flags = 0n;
+  private params: ChunkParams = { min: 0, avg: 0, max: 0 };
+  private maxChunks = 0;
+  private ends = new Float64Array(0);
+  private ids = new Uint8Array(0);
+  private n = 0;
+  private prev = 0;
+  private tailSeen = false;
+  private expected?: number;
+
+  constructor(private readonly opts: ParseOptions = {}, expectedBytes?: number) {
+    this.src = opts.source;
+    this.maxTarget = opts.maxTargetSize ?? DEFAULT_MAX_TARGET_SIZE;
+    // A known length (Content-Length) sizes the table once, checked against the header's limits when it is read.
+    if (expectedBytes !== undefined && expectedBytes >= EMPTY_INDEX_SIZE) this.expected = expectedBytes;
+  }
+
+  private fail(field: string, offset: number, detail: string): never {
+    throw new IndexFormatError(field, offset, detail, this.src);
+  }
+
+  /** Most bytes a valid index can have, once the header is read (undefined before). */
+  get maxBytes(): number | undefined {
+    return this.offset >= HEADER_SIZE ? indexFileSize(this.maxChunks) : undefined;
+  }
+
+  push(bytes: Uint8Array): void {
+    const chunk = Buffer.isBuffer(bytes) ? bytes : Buffer.from(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    let at = 0;
+    if (this.offset < HEADER_SIZE) {
+      const take = Math.min(HEADER_SIZE - this.offset, chunk.length);
+      this.header.set(chunk.subarray(0, take), this.offset);
+      this.offset += take;
+      at = take;
+      if (this.offset < HEADER_SIZE) return;
+      this.readHeader();
+    }
+    while (at < chunk.length) {
+      if (this.tailSeen) this.fail('trailing data', this.offset, `${chunk.length - at} bytes after the tail`);
+      if (this.recordFill === 0 && chunk.length - at >= ITEM_SIZE) {
+        this.readRecord(chunk, at);
+        at += ITEM_SIZE;
+        this.offset += ITEM_SIZE;
+        continue;
+      }
+      const take = Math.min(ITEM_SIZE - this.recordFill, chunk.length - at);
+      this.record.set(chunk.subarray(at, at + take), this.recordFill);
+      this.recordFill += take;
+      at += take;
+      if (this.recordFill < ITEM_SIZE) return;
+      this.readRecord(this.record, 0);
+      this.recordFill = 0;
+      this.offset += ITEM_SIZE;
+    }
+  }
+
+  finish(): ChunkIndex {
+    const length = this.offset + this.recordFill;
+    if (length < EMPTY_INDEX_SIZE) this.fail('file size', length, `file is ${length} bytes, an index is at least ${EMPTY_INDEX_SIZE}`);
+    if (!this.tailSeen) {
+      const off = this.offset;
+      this.fail(this.recordFill === 0 ? 'table' : 'table item', off, `truncated: table ends without a tail (${length - HEADER_SIZE} bytes after the header)`);
+    }
+    return new ChunkIndex(this.flags, this.params, this.ends.slice(0, this.n), this.ids.slice(0, this.n * ID_SIZE));
+  }
+
+  private readHeader(): void {
+    const h = this.header;
+    const u64 = (off: number): bigint => h.readBigUInt64LE(off);
+    if (u64(0) !== 48n) this.fail('INDEX.size', 0, `expected 48, got ${u64(0)}`);
+    if (u64(8) !== CA_FORMAT_INDEX) this.fail('INDEX.type', 8, `bad magic 0x${u64(8).toString(16)} (not a casync index)`);
+    const flags = u64(16);
+    if ((flags & ~KNOWN_FLAGS) !== 0n) this.fail('feature_flags', 16, `unknown feature bits 0x${(flags & ~KNOWN_FLAGS).toString(16)}`);
+    if (this.opts.allowArchive === false && (flags & ARCHIVE_FLAGS) !== 0n) this.fail('feature_flags', 16, 'this is an archive index (.caidx), not a blob index (.caibx)');
+    const names = ['chunk_size_min', 'chunk_size_avg', 'chunk_size_max'] as const;
+    const vals: number[] = [];
+    for (let k = 0; k < 3; k++) {
+      const v = u64(24 + 8 * k);
+      if (v < 1n || v > BigInt(CHUNK_SIZE_LIMIT_MAX)) this.fail(names[k], 24 + 8 * k, `${v} is outside 1..${CHUNK_SIZE_LIMIT_MAX}`);
+      vals.push(Number(v));
+    }
+    const [min, avg, max] = vals;
+    if (min > avg) this.fail('chunk_size_avg', 32, `min ${min} > avg ${avg}`);
+    if (avg > max) this.fail('chunk_size_max', 40, `avg ${avg} > max ${max}`);
+    if (u64(48) !== U64_MAX) this.fail('TABLE.size', 48, `expected 0xffffffffffffffff, got 0x${u64(48).toString(16)}`);
+    if (u64(56) !== CA_FORMAT_TABLE) this.fail('TABLE.type', 56, `bad magic 0x${u64(56).toString(16)}`);
+    this.flags = flags;
+    this.params = { min, avg, max };
+    this.maxChunks = Math.min(MAX_INDEX_CHUNKS, Math.floor(this.maxTarget / min) + 1);
+    const limit = indexFileSize(this.maxChunks);
+    if (this.expected !== undefined) {
+      if (this.expected > limit) this.fail('file size', 0, `${this.expected} bytes announced, more than the ${limit} bytes an index of at most ${this.maxTarget} bytes in chunks of at least ${min} can have`);
+      this.grow(Math.min(PREALLOCATE_CHUNKS, Math.ceil(Math.max(0, this.expected - EMPTY_INDEX_SIZE) / ITEM_SIZE)));
+    }
+  }
+
+  private grow(want: number): void {
+    const cap = Math.min(this.maxChunks, Math.max(want, 1024));
+    if (cap <= this.ends.length) return;
+    const ends = new Float64Array(cap);
+    ends.set(this.ends.subarray(0, this.n));
+    const ids = new Uint8Array(cap * ID_SIZE);
+    ids.set(this.ids.subarray(0, this.n * ID_SIZE));
+    this.ends = ends;
+    this.ids = ids;
+  }
+
+  /** One 40-byte record at `buf[at]`: a chunk item, or the tail (first u64 zero: chunk ends are at least 1). */
+  private readRecord(buf: Buffer, at: number): void {
+    const lo = buf.readUInt32LE(at);
+    const hi = buf.readUInt32LE(at + 4);
+    const off = this.offset;
+    if (lo === 0 && hi === 0) return this.readTail(buf, at, off);
+    const i = this.n;
+    if (hi >= 0x200000) this.fail(`item[${i}].offset`, off, `offset ${buf.readBigUInt64LE(at)} is too large`);
+    const end = hi * 0x100000000 + lo;
+    if (end <= this.prev) this.fail(`item[${i}].offset`, off, `offsets must strictly increase (${end} after ${this.prev})`);
+    if (end - this.prev > this.params.max) this.fail(`item[${i}].offset`, off, `chunk of ${end - this.prev} bytes exceeds chunk_size_max ${this.params.max}`);
+    if (end > this.maxTarget) this.fail(`item[${i}].offset`, off, `the index describes more than ${this.maxTarget} bytes, the largest target allowed`);
+    if (i >= this.maxChunks) this.fail('table', off, `more than ${this.maxChunks} chunks (${this.maxTarget} bytes in chunks of at least ${this.params.min})`);
+    if (i === this.ends.length) this.grow(this.ends.length * 2);
+    this.ends[i] = end;
+    this.ids.set(buf.subarray(at + 8, at + ITEM_SIZE), i * ID_SIZE);
+    this.prev = end;
+    this.n++;
+  }
+
+  private readTail(buf: Buffer, at: number, off: number): void {
+    const u64 = (k: number): bigint => buf.readBigUInt64LE(at + k);
+    if (u64(8) !== 0n) this.fail('tail.zero_fill2', off + 8, `expected 0, got ${u64(8)}`);
+    if (u64(16) !== 48n) this.fail('tail.index_offset', off + 16, `expected 48, got ${u64(16)}`);
+    const tableSize = BigInt(16 + ITEM_SIZE * this.n + TAIL_SIZE);
+    if (u64(24) !== tableSize) this.fail('tail.table_size', off + 24, `expected ${tableSize} for ${this.n} chunks, got ${u64(24)}`);
+    if (u64(32) !== CA_FORMAT_TABLE_TAIL_MARKER) this.fail('tail.marker', off + 32, `bad marker 0x${u64(32).toString(16)}`);
+    this.tailSeen = true;
+  }
+}
+
+/** Parses a complete index (see IndexParser for the rules). */
 export function parseIndex(buf: Uint8Array, opts: ParseOptions = {}): ChunkIndex {
-  const src = opts.source;
-  const fail = (field: string, offset: number, detail: string): never => {
-    throw new IndexFormatError(field, offset, detail, src);
-  };
-  if (buf.length < EMPTY_INDEX_SIZE) fail('file size', buf.length, `file is ${buf.length} bytes, an index is at least ${EMPTY_INDEX_SIZE}`);
-  if (buf.length > MAX_INDEX_BYTES) fail('file size', 0, `file is ${buf.length} bytes, more than the ${MAX_INDEX_BYTES}-byte limit`);
-  const dv = new DataView(buf.buffer, buf.byteOffset, buf.byteLength);
-  const u64 = (off: number): bigint => dv.getBigUint64(off, true);
-
-  if (u64(0) !== 48n) fail('INDEX.size', 0, `expected 48, got ${u64(0)}`);
-  if (u64(8) !== CA_FORMAT_INDEX) fail('INDEX.type', 8, `bad magic 0x${u64(8).toString(16)} (not a casync index)`);
-  const flags = u64(16);
-  if ((flags & ~KNOWN_FLAGS) !== 0n) fail('feature_flags', 16, `unknown feature bits 0x${(flags & ~KNOWN_FLAGS).toString(16)}`);
-  if (opts.allowArchive === false && (flags & ARCHIVE_FLAGS) !== 0n) fail('feature_flags', 16, 'this is an archive index (.caidx), not a blob index (.caibx)');
-  const params = { min: 0, avg: 0, max: 0 };
-  const names = ['chunk_size_min', 'chunk_size_avg', 'chunk_size_max'] as const;
-  const vals: number[] = [];
-  for (let k = 0; k < 3; k++) {
-    const v = u64(24 + 8 * k);
-    if (v < 1n || v > BigInt(CHUNK_SIZE_LIMIT_MAX)) fail(names[k], 24 + 8 * k, `${v} is outside 1..${CHUNK_SIZE_LIMIT_MAX}`);
-    vals.push(Number(v));
+  if (buf.length > MAX_INDEX_BYTES) {
+    throw new IndexFormatError('file size', 0, `file is ${buf.length} bytes, more than the ${MAX_INDEX_BYTES}-byte limit`, opts.source);
   }
-  [params.min, params.avg, params.max] = vals;
-  if (params.min > params.avg) fail('chunk_size_avg', 32, `min ${params.min} > avg ${params.avg}`);
-  if (params.avg > params.max) fail('chunk_size_max', 40, `avg ${params.avg} > max ${params.max}`);
-  if (u64(48) !== U64_MAX) fail('TABLE.size', 48, `expected 0xffffffffffffffff, got 0x${u64(48).toString(16)}`);
-  if (u64(56) !== CA_FORMAT_TABLE) fail('TABLE.type', 56, `bad magic 0x${u64(56).toString(16)}`);
+  const parser = new IndexParser(opts, buf.length);
+  if (buf.length >= EMPTY_INDEX_SIZE) parser.push(buf);
+  return parser.finish();
+}
 
-  // Find the tail: the first record whose first u64 is 0 (chunk ends are >= 1).
-  const body = buf.length - HEADER_SIZE;
-  let n = 0;
-  for (;; n++) {
-    const off = HEADER_SIZE + n * ITEM_SIZE;
-    if (off + TAIL_SIZE > buf.length) fail(off >= buf.length ? 'table' : 'table item', off, `truncated: table ends without a tail (${body} bytes after the header)`);
-    if (u64(off) === 0n) break;
+/** Reads and parses an index file, refusing oversized files before reading them. */
+export async function readIndexFile(path: string, opts: ParseOptions = {}): Promise<ChunkIndex> {
+  const fh = await open(path, 'r');
+  try {
+    const st = await fh.stat();
+    if (!st.isFile()) throw new IndexFormatError('file', 0, 'not a regular file', path);
+    if (st.size > MAX_INDEX_BYTES) throw new IndexFormatError('file size', 0, `${st.size} bytes exceeds the ${MAX_INDEX_BYTES}-byte limit`, path);
+    const buf = await fh.readFile();
+    return parseIndex(buf, { source: path, ...opts });
+  } finally {
+    await fh.close();
   }
-  const tail = HEADER_SIZE + n * ITEM_SIZE;
-  if (u64(tail + 8) !== 0n) fail('tail.zero_fill2', tail + 8, `expected 0, got ${u64(tail + 8)}`);
-  if (u64(tail + 16) !== 48n) fail('tail.index_offset', tail + 16, `expected 48, got ${u64(tail + 16)}`);
-  const tableSize = BigInt(16 + ITEM_SIZE * n + TAIL_SIZE);
-  if (u64(tail + 24) !== tableSize) fail('tail.table_size', tail + 24, `expected ${tableSize} for ${n} chunks, got ${u64(tail + 24)}`);
-  if (u64(tail + 32) !== CA_FORMAT_TABLE_TAIL_MARKER) fail('tail.marker', tail + 32, `bad marker 0x${u64(tail + 32).toString(16)}`);
-  if (tail + TAIL_SIZE !== buf.length) fail('trailing data', tail + TAIL_SIZE, `${buf.length - tail - TAIL_SIZE} bytes after the tail`);
-
-  const ends = new Float64Array(n);
-  const ids = new Uint8Array(n * ID_SIZE);
-  let prev = 0n;
-  const max = BigInt(params.max);
-  for (let i = 0; i < n; i++) {
-    const off = HEADER_SIZE + i * ITEM_SIZE;
-    const end = u64(off);
-    if (end <= prev) fail(`item[${i}].offset`, off, `offsets must strictly increase (${end} after ${prev})`);
-    if (end - prev > max) fail(`item[${i}].offset`, off, `chunk of ${end - prev} bytes exceeds chunk_size_max ${max}`);
-    if (end > BigInt(Number.MAX_SAFE_INTEGER)) fail(`item[${i}].offset`, off, `offset ${end} is too large`);
-    ends[i] = Number(end);
-    ids.set(buf.subarray(off + 8, off + 8 + ID_SIZE), i * ID_SIZE);
-    prev = end;
-  }
-  return new ChunkIndex(flags, params, ends, ids);
 }
 
 /** Serializes an index exactly as casync writes it. */
@@ -236,20 +358,6 @@ export function serializeIndex(idx: ChunkIndex): Buffer {
   out.writeBigUInt64LE(BigInt(16 + ITEM_SIZE * n + TAIL_SIZE), tail + 24);
   out.writeBigUInt64LE(CA_FORMAT_TABLE_TAIL_MARKER, tail + 32);
   return out;
-}
-
-/** Reads and parses an index file, refusing oversized files before reading them. */
-export async function readIndexFile(path: string, opts: ParseOptions = {}): Promise<ChunkIndex> {
-  const fh = await open(path, 'r');
-  try {
-    const st = await fh.stat();
-    if (!st.isFile()) throw new IndexFormatError('file', 0, 'not a regular file', path);
-    if (st.size > MAX_INDEX_BYTES) throw new IndexFormatError('file size', 0, `${st.size} bytes exceeds the ${MAX_INDEX_BYTES}-byte limit`, path);
-    const buf = await fh.readFile();
-    return parseIndex(buf, { source: path, ...opts });
-  } finally {
-    await fh.close();
-  }
 }
 
 /** Total bytes of an index of n chunks (for download-size accounting). */

@@ -2,9 +2,10 @@
 // index (given, cached, or built with the *target's* chunking so IDs can
 // match). Seeds are opened read-only and only ever read; every chunk read from
 // one is hashed by the assembler before use.
-import { open, type FileHandle } from 'node:fs/promises';
+import type { FileHandle } from 'node:fs/promises';
 import { readdirSync, statSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
+import { openInput } from '../util/open-input.js';
 import { readIndexFile, startsLikeIndex, type ChunkIndex } from '../format/caibx.js';
 import { IndexFormatError } from '../errors.js';
 import type { IndexCache, IndexBuilder } from './index-cache.js';
@@ -31,10 +32,8 @@ export interface OpenSeedOptions {
  * the file and the target's digest, else the cache, else the indexer.
  */
 export async function openSeed(path: string, given: string | ChunkIndex | undefined, opts: OpenSeedOptions): Promise<Seed> {
-  const fh = await open(path, 'r');
+  const { fh, st } = await openInput(path, { blockDevices: true });
   try {
-    const st = await fh.stat();
-    if (!st.isFile() && !st.isBlockDevice()) throw new IndexFormatError('seed', 0, 'not a regular file or block device', path);
     const head = Buffer.alloc(16);
     await fh.read(head, 0, 16, 0);
     if (startsLikeIndex(head)) opts.onWarning?.(indexAsSeedWarning(path));

@@ -3,7 +3,8 @@
 // for has(). Retries, timeouts and counters come from the shared HttpClient;
 // every body is bounded, decoded and verified before it is returned.
 import { HttpClient } from '../fetch/http-client.js';
-import { OriginError } from '../errors.js';
+import { BodyTooLargeError, ChunkVerifyError, OriginError } from '../errors.js';
+import { toHex } from '../format/digest.js';
 import { maxEncodedSize } from './compression.js';
 import type { ChunkRequest, ChunkStore } from './types.js';
 import { chunkRelativePath, decodeChunk, resolveFormat, sizeLimit, type StoreFormat } from './chunk-file.js';
@@ -47,10 +48,11 @@ export class HttpStore implements ChunkStore {
   async get(req: ChunkRequest, signal?: AbortSignal): Promise<Buffer | null> {
     const url = this.chunkUrl(req.id);
     const limit = sizeLimit(req.size, this.format);
-    const res = await this.client.getBuffer(url, {
-      headers: this.headers,
-      signal,
-      maxBytes: this.uncompressed ? limit : maxEncodedSize(limit),
+    const maxBytes = this.uncompressed ? limit : maxEncodedSize(limit);
+    const res = await this.client.getBuffer(url, { headers: this.headers, signal, maxBytes }).catch((err) => {
+      // An oversized answer is this chunk's problem (like garbage or wrong content), not the store's.
+      if (err instanceof BodyTooLargeError) throw new ChunkVerifyError(toHex(req.id), `answer exceeds the ${maxBytes}-byte limit of a ${limit}-byte chunk`, url);
+      throw err;
     });
     if (res.status === 404 || res.status === 410) return null;
     return decodeChunk(res.body, !this.uncompressed, req, this.format, url);

@@ -1,5 +1,5 @@
 // Sizes as people type them: "65536", "64K", "1M", "2GiB", "1.5G" (powers of 1024, like casync). The one size
-// grammar of the CLI and the configuration file.
+// grammar of the CLI and the configuration file, and sizes as people read them.
 import { UsageError } from '../errors.js';
 
 /** "65536", "64K", "1M", "1.5G" (powers of 1024, like casync; a fraction is rounded down to whole bytes). */
@@ -10,4 +10,16 @@ export function parseSize(s: string, what: string): number {
   const v = Math.floor(Number(m[1]) * mult);
   if (!Number.isSafeInteger(v)) throw new UsageError(`${what}: "${s}" is too large`);
   return v;
+}
+
+/** "512 B", "1.5 MiB", "120 GiB": for messages and progress. */
+export function formatBytes(n: number): string {
+  const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
+  let v = n;
+  let i = 0;
+  while (Math.abs(v) >= 1024 && i < units.length - 1) {
+    v /= 1024;
+    i++;
+  }
+  return i === 0 ? `${v} B` : `${v.toFixed(v >= 100 ? 0 : 1)} ${units[i]}`;
 }
