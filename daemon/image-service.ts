@@ -28,7 +28,8 @@ import type { DaemonConfig } from './config.js';
 import type { Logger } from './log.js';
 import type { DaemonCounters } from './metrics.js';
 import type { Notifier } from './notify.js';
-import { siblingUrl, type OriginTarget } from './origin-path.js';
+import { indexFileNames } from './index-names.js';
+import { passThroughUrl, siblingUrl, type OriginTarget } from './origin-path.js';
 import { passThrough, type PassThroughContext } from './passthrough.js';
 import type { SeedCatalog } from './seeds.js';
 import { findSha256 } from './sha256sums.js';
@@ -75,6 +76,7 @@ export interface ImageServiceDeps {
 
 export class ImageService {
   private lastStatus = 0;
+  private indexTemplate: string | undefined;
   private proxyProbe?: { at: number; store: Promise<ChunkStore | null> };
   constructor(private readonly d: ImageServiceDeps) {}
 
@@ -83,11 +85,35 @@ export class ImageService {
    * `sha256` is the SHA256SUMS lookup, fetched alongside the index (serve() keeps it for fallbacks).
    */
   async prepare(target: OriginTarget, signal?: AbortSignal, sha256 = this.expectedSha256(target, signal)): Promise<PreparedImage | undefined> {
-    const indexUrl = target.url + this.d.config.indexSuffix;
-    const [res, expected] = await Promise.all([this.fetchSmall(indexUrl, MAX_INDEX_BYTES, signal), sha256]);
-    if (res.status === 404 || res.status === 410) return undefined;
-    const index = parseIndex(res.body, { source: indexUrl, allowArchive: false });
-    return { index, sha256: expected, key: `${target.url}#${createHash('sha256').update(res.body).digest('hex')}#${expected ?? ''}` };
+    const [found, expected] = await Promise.all([this.fetchIndex(target, signal), sha256]);
+    if (!found) return undefined;
+    const index = parseIndex(found.body, { source: found.url, allowArchive: false });
+    return { index, sha256: expected, key: `${target.url}#${createHash('sha256').update(found.body).digest('hex')}#${expected ?? ''}` };
+  }
+
+  /**
+   * The image's index: the first index-name template the origin has. The
+   * template that answered last time is asked first, so a miss costs one
+   * extra request once, not on every download.
+   */
+  private async fetchIndex(target: OriginTarget, signal?: AbortSignal): Promise<{ url: string; body: Buffer } | undefined> {
+    const templates = this.d.config.indexNames;
+    const order = [this.indexTemplate, ...templates.filter((t) => t !== this.indexTemplate)].filter((t) => t !== undefined);
+    for (const template of order) {
+      const [name] = indexFileNames(target.name, [template]);
+      if (!name) continue;
+      const url = siblingUrl(target.url, name);
+      const res = await this.fetchSmall(url, MAX_INDEX_BYTES, signal);
+      if (res.status === 404 || res.status === 410) continue;
+      this.indexTemplate = template;
+      return { url, body: res.body };
+    }
+    return undefined;
+  }
+
+  /** What the "no index" messages name. */
+  private get indexWhat(): string {
+    return `index (${this.d.config.indexNames.join(', ')})`;
   }
 
   /** The image's entry in the SHA256SUMS beside it, if any. */
@@ -118,11 +144,11 @@ export class ImageService {
   }
 
   /** Where missing bytes of `target` come from (shared by assembly and the plan endpoint). */
-  async sources(target: OriginTarget, signal?: AbortSignal): Promise<SourceOptions> {
+  async sources(target: OriginTarget, index: ChunkIndex, signal?: AbortSignal): Promise<SourceOptions> {
     const c = this.d.config;
     const proxy = await this.proxyStore();
     return {
-      seeds: await this.d.seeds.seedsFor(target.name),
+      seeds: await this.d.seeds.seedsFor(target.name, index),
       rangeUrl: target.url,
       stores: c.store ? [c.store] : proxy ? [proxy] : undefined,
       // The proxy's batches come from its shared cache; ranges or a block pack would bypass it.
@@ -140,7 +166,7 @@ export class ImageService {
     const prepared = await this.prepare(target, signal);
     if (!prepared) return undefined;
     await this.d.seeds.ready;
-    const report = await planUpdate(prepared.index, await this.sources(target, signal));
+    const report = await planUpdate(prepared.index, await this.sources(target, prepared.index, signal));
     return { ...report, sha256: prepared.sha256 };
   }
 
@@ -166,7 +192,7 @@ export class ImageService {
       if (err instanceof DeadlineError && announced !== undefined) return this.serveAnnounced(target, announced, ready, sha256, res, ac.signal);
       return this.fallBack(method, target, res, ac.signal, (err as Error).message);
     }
-    if (!prepared) return this.fallBack(method, target, res, ac.signal, `no ${this.d.config.indexSuffix} index on the origin`);
+    if (!prepared) return this.fallBack(method, target, res, ac.signal, `no ${this.indexWhat} on the origin`);
     if (method === 'HEAD') {
       res.writeHead(200, imageHeaders(prepared.index.size));
       res.end();
@@ -192,7 +218,7 @@ export class ImageService {
     let why: string | undefined;
     try {
       prepared = await withDeadline(ready, timeouts.firstByteMs, `index of ${target.relPath} not fetched within ${timeouts.prepareMs + timeouts.firstByteMs} ms`);
-      if (!prepared) why = `no ${this.d.config.indexSuffix} index on the origin`;
+      if (!prepared) why = `no ${this.indexWhat} on the origin`;
       else if (prepared.index.size !== size) why = `its index describes ${prepared.index.size} bytes, the origin's HEAD said ${size}`;
     } catch (err) {
       why = (err as Error).message;
@@ -258,7 +284,7 @@ export class ImageService {
   private async fallBack(method: 'GET' | 'HEAD', target: OriginTarget, res: ServerResponse, signal: AbortSignal, why: string): Promise<void> {
     this.d.counters.fallbacks++;
     this.d.log.warn(`${target.relPath}: ${why}; passing the full image through (${this.d.passThrough.mode})`);
-    await passThrough(this.d.passThrough, method, target.url, res, signal);
+    await passThrough(this.d.passThrough, method, passThroughUrl(target), res, signal);
   }
 
   /** Full image from the origin under already-sent headers: exact size and SHA-256, or a cut connection. */
@@ -292,7 +318,7 @@ export class ImageService {
   private async startEngine(target: OriginTarget, prepared: PreparedImage, signal: AbortSignal) {
     // Seeds being indexed in the background would otherwise be chunked twice.
     await this.d.seeds.ready;
-    const sources = await this.sources(target, signal);
+    const sources = await this.sources(target, prepared.index, signal);
     let last: ExtractProgress | undefined;
     return openExtractStream(prepared.index, {
       ...sources,

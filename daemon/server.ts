@@ -14,9 +14,11 @@ import { DEFAULT_TIMEOUTS, ImageService, type ImageTimeouts } from './image-serv
 import { silentLogger, type Logger } from './log.js';
 import { newCounters, renderMetrics, type DaemonCounters } from './metrics.js';
 import { createNotifier, type Notifier } from './notify.js';
-import { resolveOriginTarget, UnsafePathError, type OriginTarget } from './origin-path.js';
+import { passThroughUrl, resolveOriginTarget, UnsafePathError, type OriginTarget } from './origin-path.js';
 import { passThrough, type PassThroughContext } from './passthrough.js';
 import { SeedCatalog } from './seeds.js';
+import { TransferNames } from './sysupdate-names.js';
+import { planTotals, registerUpdateSizeRoute } from './update-size.js';
 
 export const PLAN_PREFIX = '/.deltad/plan/';
 
@@ -30,6 +32,8 @@ export interface DaemonContext {
   seeds: SeedCatalog;
   assemblies: AssemblyRegistry;
   images: ImageService;
+  /** The sysupdate transfers that go through deltad: version and installed names. */
+  transfers: TransferNames;
   passThrough: PassThroughContext;
   /** True when a file name is served as a delta (image patterns). */
   isImage(name: string): boolean;
@@ -52,7 +56,14 @@ export async function createDaemonContext(config: DaemonConfig, opts: ServerOpti
   const http = opts.http ?? new HttpClient({ connections: Math.max(8, config.concurrency), userAgent: 'deltad/0.1 (sysupdate sidecar)' });
   const counters = newCounters();
   const notifier = opts.notifier ?? createNotifier({ log });
-  const seeds = new SeedCatalog(config.seedGlobs, config.cacheDir, log);
+  const transfers = await TransferNames.load(config.sysupdateRoot, origin, config.imagePatterns).catch((err) => {
+    log.warn(`cannot read sysupdate transfers under ${config.sysupdateRoot}: ${(err as Error).message}`);
+    return new TransferNames([], {});
+  });
+  const seeds = new SeedCatalog(config.seedGlobs, config.cacheDir, log, {
+    indexNames: config.indexNames,
+    installedNames: (name) => transfers.installedNames(name),
+  });
   const timeouts = { ...DEFAULT_TIMEOUTS, ...opts.timeouts };
   const assemblies = new AssemblyRegistry(join(config.cacheDir, 'spool'), timeouts.stallMs);
   await assemblies.init();
@@ -60,7 +71,7 @@ export async function createDaemonContext(config: DaemonConfig, opts: ServerOpti
   const images = new ImageService({ config, http, counters, log, notifier, seeds, assemblies, passThrough: passThroughCtx, timeouts });
   const patterns = config.imagePatterns.map(globToRegExp);
   return {
-    config, origin, http, counters, log, notifier, seeds, assemblies, images,
+    config, origin, http, counters, log, notifier, seeds, assemblies, images, transfers,
     passThrough: passThroughCtx,
     isImage: (name) => patterns.some((re) => re.test(name)),
   };
@@ -111,17 +122,11 @@ export function registerOriginRoutes(app: FastifyInstance, ctx: DaemonContext): 
     const target = resolveOrRefuse(ctx, req, reply, PLAN_PREFIX);
     if (!target) return reply;
     const report = await ctx.images.plan(target);
-    if (!report) return reply.code(404).send({ error: `no index ${target.url}${ctx.config.indexSuffix} on the origin` });
-    const chosen = report.modes.find((m) => m.mode === report.chosen || (report.chosen === 'range' && m.mode === 'range-single'));
-    return reply.send({
-      path: target.relPath,
-      url: target.url,
-      bytesFromSeeds: report.fromSeeds + report.fromSelf + report.fromZero,
-      bytesFromNetwork: chosen?.bytes ?? 0,
-      requestsToNetwork: chosen?.requests ?? 0,
-      ...report,
-    });
+    if (!report) return reply.code(404).send({ error: `no index of ${target.url} on the origin (${ctx.config.indexNames.join(', ')})` });
+    return reply.send({ path: target.relPath, url: target.url, ...planTotals(report), ...report });
   });
+
+  registerUpdateSizeRoute(app, ctx);
 
   app.route({
     method: ['GET', 'HEAD'],
@@ -135,7 +140,7 @@ export function registerOriginRoutes(app: FastifyInstance, ctx: DaemonContext): 
         if (ctx.isImage(target.name)) await ctx.images.serve(method, target, reply.raw);
         else {
           ctx.counters.passthroughs++;
-          await passThrough(ctx.passThrough, method, target.url, reply.raw);
+          await passThrough(ctx.passThrough, method, passThroughUrl(target), reply.raw);
         }
       } catch (err) {
         ctx.log.error(`${method} ${target.relPath}: ${(err as Error).message}`);

@@ -58,6 +58,8 @@ export interface AccessEntry {
   status: number;
   bytes: number;
   fault?: FaultKind;
+  /** The query string with its '?', when the request had one. */
+  search?: string;
 }
 
 export interface OriginOptions {
@@ -121,6 +123,8 @@ export async function startOrigin(opts: OriginOptions): Promise<Origin> {
   const handle = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
     const path = decodeURIComponent((req.url ?? '/').split('?')[0]);
     const entry: AccessEntry = { method: req.method ?? 'GET', path, range: req.headers.range, status: 0, bytes: 0 };
+    const q = (req.url ?? '').indexOf('?');
+    if (q >= 0) entry.search = (req.url ?? '').slice(q);
     log.push(entry);
     const send = (status: number, headers: Record<string, string | number>, body: Buffer): void => {
       entry.status = status;
