@@ -243,8 +243,10 @@ export class ImageService {
     const size = prepared.index.size;
     const { assembly, created } = this.d.assemblies.acquire(prepared.key, size, (s) => this.startEngine(target, prepared, s));
     const body = assembly.subscribe();
-    // A client that leaves while we wait for the first byte releases its share at once.
-    res.once('close', () => body.destroy());
+    // A client that leaves while we wait for the first byte releases its share at once
+    // (via the request's signal: every extra 'close' listener on `res` counts against its limit).
+    if (signal.aborted) body.destroy();
+    else signal.addEventListener('abort', () => body.destroy(), { once: true });
     if (created) this.watch(target, prepared, assembly);
     else log.info(`${target.relPath}: sharing the assembly of an earlier request (${assembly.finished ? 'finished and verified' : 'in progress'})`);
 

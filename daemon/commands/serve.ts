@@ -1,7 +1,10 @@
 // `deltad serve`: the systemd-sysupdate sidecar. Listens on the socket systemd
 // passes (socket activation) or on --listen, tells systemd READY and a status
 // line, indexes seeds in the background, and exits after --idle-timeout
-// seconds without requests, letting in-flight downloads finish.
+// seconds without connections, letting in-flight downloads finish. An idle
+// exit stops accepting first, so no request is refused: systemd keeps the
+// socket and queued connections start the next instance.
+import type { Socket } from 'node:net';
 import type { Command } from '../command.js';
 import { configOptions, configUsage, loadConfig, splitListen } from '../config.js';
 import { IdleTimer } from '../idle.js';
@@ -9,6 +12,8 @@ import { createLogger } from '../log.js';
 import { createNotifier } from '../notify.js';
 import { buildServer } from '../server.js';
 import { pickHttpSocket, takeInheritedSockets } from '../socket-activation.js';
+
+const KEEP_ALIVE_MS = 5_000;
 
 export const command: Command = {
   name: 'serve',
@@ -48,11 +53,22 @@ ${configUsage}`,
       })();
       return closing;
     };
-    const idle = new IdleTimer(config.idleTimeout * 1000, () => void shutdown(`idle for ${config.idleTimeout} s`));
-    app.server.on('request', (_req, res) => {
-      idle.begin();
-      res.once('close', () => idle.end());
+    // Idle means no open connection (not just no request: a connection whose
+    // request has not been parsed yet must not meet a closing server).
+    const idle = new IdleTimer(config.idleTimeout * 1000, () => {
+      // Stop accepting now, in this tick: from here on a new connection waits in
+      // the listening socket's backlog, which systemd keeps open, for the next
+      // instance, instead of reaching a server that is shutting down (fastify
+      // answers those 503). Closing our copy of the fd leaves systemd's intact.
+      app.server.close();
+      void shutdown(`idle for ${config.idleTimeout} s`);
     });
+    app.server.on('connection', (socket: Socket) => {
+      idle.begin();
+      socket.once('close', () => idle.end());
+    });
+    // An idle keep-alive connection holds off the idle exit; clients reconnect cheaply.
+    app.server.keepAliveTimeout = KEEP_ALIVE_MS;
 
     const socket = pickHttpSocket(sockets);
     let where: string;
