@@ -62,7 +62,11 @@ const KEYS: Record<string, KeySpec> = {
   origin: { field: 'origin', parse: parseOrigin },
   'seed-glob': { field: 'seedGlobs', list: true, parse: parseAbsoluteGlob },
   'image-pattern': { field: 'imagePatterns', list: true, parse: parseNamePattern },
-  'index-suffix': { field: 'indexSuffix', parse: parseIndexSuffix, derive: (c) => (c.indexNames = [`{name}${c.indexSuffix}`]) },
+  'index-suffix': {
+    field: 'indexSuffix',
+    parse: parseIndexSuffix,
+    derive: (c) => (c.indexNames = [`{name}${c.indexSuffix}`]),
+  },
   'index-name': { field: 'indexNames', parse: parseIndexNames },
   'sysupdate-root': { field: 'sysupdateRoot', parse: parseAbsolutePath },
   store: { field: 'store', parse: (v) => (v === '' ? '' : parseHttpUrl(v)) },
@@ -85,7 +89,8 @@ export function defaultConfig(env: NodeJS.ProcessEnv = process.env): DaemonConfi
     seedGlobs: ['/system/*.erofs', '/system/*.raw', '/system/*.img'],
     imagePatterns: ['*.erofs', '*.raw', '*.img'],
     indexSuffix: '.caibx',
-    // KDE Linux publishes X_root-x86-64.caibx for X_root-x86-64.erofs (systemd #38605); casync/desync use X.erofs.caibx.
+    // KDE Linux publishes X_root-x86-64.caibx for X_root-x86-64.erofs (systemd #38605);
+    // casync/desync use X.erofs.caibx.
     indexNames: ['{stem}.caibx', '{name}.caibx'],
     sysupdateRoot: '/',
     store: '',
@@ -249,7 +254,8 @@ function parseIndexNames(v: string): string[] {
     const bare = n.replace(/\{(name|stem)\}/g, '');
     if (bare.length === n.length) throw new Error(`index name "${n}" must contain {name} or {stem}`);
     if (!/^[A-Za-z0-9._-]*$/.test(bare) || n === '{name}') {
-      throw new Error(`index name "${n}": besides {name}/{stem} only letters, digits, '.', '_' or '-', and not the image name itself`);
+      throw new Error(`index name "${n}": besides {name}/{stem} only letters, digits, '.', '_' or '-',`
+        + ' and not the image name itself');
     }
   }
   return names;

@@ -62,6 +62,11 @@ export interface PreparedImage {
   key: string;
 }
 
+interface FoundIndex {
+  url: string;
+  body: Buffer;
+}
+
 export interface ImageServiceDeps {
   config: DaemonConfig;
   http: HttpClient;
@@ -88,7 +93,8 @@ export class ImageService {
     const [found, expected] = await Promise.all([this.fetchIndex(target, signal), sha256]);
     if (!found) return undefined;
     const index = parseIndex(found.body, { source: found.url, allowArchive: false });
-    return { index, sha256: expected, key: `${target.url}#${createHash('sha256').update(found.body).digest('hex')}#${expected ?? ''}` };
+    const digest = createHash('sha256').update(found.body).digest('hex');
+    return { index, sha256: expected, key: `${target.url}#${digest}#${expected ?? ''}` };
   }
 
   /**
@@ -96,9 +102,10 @@ export class ImageService {
    * template that answered last time is asked first, so a miss costs one
    * extra request once, not on every download.
    */
-  private async fetchIndex(target: OriginTarget, signal?: AbortSignal): Promise<{ url: string; body: Buffer } | undefined> {
+  private async fetchIndex(target: OriginTarget, signal?: AbortSignal): Promise<FoundIndex | undefined> {
     const templates = this.d.config.indexNames;
-    const order = [this.indexTemplate, ...templates.filter((t) => t !== this.indexTemplate)].filter((t) => t !== undefined);
+    const first = this.indexTemplate;
+    const order = first === undefined ? templates : [first, ...templates.filter((t) => t !== first)];
     for (const template of order) {
       const [name] = indexFileNames(target.name, [template]);
       if (!name) continue;

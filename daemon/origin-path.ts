@@ -44,7 +44,8 @@ export function resolveOriginTarget(originBase: string, rawTarget: string, prefi
   const url = new URL(encoded, base);
   // Defence in depth: the result must stay under the base.
   if (url.origin !== base.origin || !url.pathname.startsWith(base.pathname)) throw new UnsafePathError('path escapes the origin base');
-  return { relPath: decoded.join('/'), url: url.href, name: decoded[decoded.length - 1], search: search === '?' ? '' : search };
+  const name = decoded[decoded.length - 1];
+  return { relPath: decoded.join('/'), url: url.href, name, search: search === '?' ? '' : search };
 }
 
 /** The origin URL a pass-through sends the client to: the target with the request's query string. */

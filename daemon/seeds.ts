@@ -107,7 +107,8 @@ export class SeedCatalog {
       if (!index) continue;
       const p = index.params;
       const q = like.params;
-      if (index.digest === like.digest && p.min === q.min && p.avg === q.avg && p.max === q.max && index.size === st.size) return index;
+      const sameChunking = p.min === q.min && p.avg === q.avg && p.max === q.max;
+      if (index.digest === like.digest && sameChunking && index.size === st.size) return index;
       this.log.info(`seed ${seed}: the index ${path} does not fit (other chunking, digest or size); not using it`);
     }
     return undefined;
@@ -157,7 +158,9 @@ export class SeedCatalog {
     await mkdir(this.adoptDir, { recursive: true });
     const bytes = serializeIndex(index);
     const names = this.opts.installedNames?.(basename(targetName)) ?? [];
-    for (const name of names.length ? names : [basename(targetName)]) await writeAtomic(join(this.adoptDir, `${name}.caibx`), bytes);
+    for (const name of names.length ? names : [basename(targetName)]) {
+      await writeAtomic(join(this.adoptDir, `${name}.caibx`), bytes);
+    }
     await writeAtomic(this.lastTargetPath, bytes);
     await this.pruneAdoptions();
   }

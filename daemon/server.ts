@@ -122,7 +122,10 @@ export function registerOriginRoutes(app: FastifyInstance, ctx: DaemonContext): 
     const target = resolveOrRefuse(ctx, req, reply, PLAN_PREFIX);
     if (!target) return reply;
     const report = await ctx.images.plan(target);
-    if (!report) return reply.code(404).send({ error: `no index of ${target.url} on the origin (${ctx.config.indexNames.join(', ')})` });
+    if (!report) {
+      const names = ctx.config.indexNames.join(', ');
+      return reply.code(404).send({ error: `no index of ${target.url} on the origin (${names})` });
+    }
     return reply.send({ path: target.relPath, url: target.url, ...planTotals(report), ...report });
   });
 

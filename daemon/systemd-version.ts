@@ -19,7 +19,9 @@ export function parseSystemdVersion(text: string): number | undefined {
 
 function versionOf(cmd: string, args: string[]): Promise<number | undefined> {
   return new Promise((resolve) => {
-    execFile(cmd, args, { timeout: 5_000, encoding: 'utf8' }, (err, stdout) => resolve(err ? undefined : parseSystemdVersion(stdout)));
+    execFile(cmd, args, { timeout: 5_000, encoding: 'utf8' }, (err, stdout) => {
+      resolve(err ? undefined : parseSystemdVersion(stdout));
+    });
   });
 }
 

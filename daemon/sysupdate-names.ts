@@ -18,7 +18,9 @@ const ARCH: Record<string, string> = {
   s390x: 's390x', loong64: 'loongarch64', mips64el: 'mips64-le', mipsel: 'mips-le',
 };
 /** Specifiers taken from os-release. */
-const OS_RELEASE: Record<string, string> = { A: 'IMAGE_VERSION', B: 'BUILD_ID', M: 'IMAGE_ID', o: 'ID', w: 'VERSION_ID', W: 'VARIANT_ID' };
+const OS_RELEASE: Record<string, string> = {
+  A: 'IMAGE_VERSION', B: 'BUILD_ID', M: 'IMAGE_ID', o: 'ID', w: 'VERSION_ID', W: 'VARIANT_ID',
+};
 
 export type Specifiers = Record<string, string>;
 
@@ -89,7 +91,8 @@ export class TransferNames {
     const chosen = [];
     for (const t of all) {
       const rest = pathUnderOrigin(t.sourcePath, origin);
-      if (t.sourceType === 'url-file' && rest !== undefined && transfersImage(t, imagePatterns)) chosen.push({ t, rest });
+      if (t.sourceType !== 'url-file' || rest === undefined || !transfersImage(t, imagePatterns)) continue;
+      chosen.push({ t, rest });
     }
     return new TransferNames(chosen, await loadSpecifiers(root));
   }

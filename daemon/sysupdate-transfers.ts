@@ -65,7 +65,8 @@ function parseUnitFile(text: string, into: Sections = new Map()): Sections {
 }
 
 const last = (s: Sections, section: string, key: string) => s.get(section)?.get(key)?.at(-1) ?? '';
-const patterns = (s: Sections, section: string) => s.get(section)?.get('MatchPattern')?.flatMap((v) => v.split(/\s+/)) ?? [];
+const patterns = (s: Sections, section: string) =>
+  s.get(section)?.get('MatchPattern')?.flatMap((v) => v.split(/\s+/)) ?? [];
 
 async function listDir(dir: string): Promise<string[]> {
   try {
@@ -117,7 +118,9 @@ export async function readTransfers(root: string): Promise<Transfer[]> {
           if (c.endsWith('.conf') && c !== DROPIN_NAME && !dropins.has(c)) dropins.set(c, join(dd, c));
         }
       }
-      for (const [, p] of [...dropins].sort(([a], [b]) => a.localeCompare(b))) parseUnitFile(await readFile(p, 'utf8'), sections);
+      for (const [, p] of [...dropins].sort(([a], [b]) => a.localeCompare(b))) {
+        parseUnitFile(await readFile(p, 'utf8'), sections);
+      }
     }
     out.push({
       name: f.slice(0, -suffix.length),
@@ -201,7 +204,8 @@ export function redirectKind(t: Transfer, version: number | undefined): Redirect
   }
   // A copy in run/sysupdate.d only wins over usr/local/lib and usr/lib; an admin's file is never replaced.
   if (t.dir === TRANSFER_DIRS[0] || t.dir === RUN_DIR) {
-    return { skip: `${t.file} is an administrator's file that a copy in /${RUN_DIR} cannot override; set its Path= by hand` };
+    const why = `${t.file} is an administrator's file that a copy in /${RUN_DIR} cannot override`;
+    return { skip: `${why}; set its Path= by hand` };
   }
   return 'copy';
 }
@@ -216,7 +220,8 @@ export async function writeDropin(root: string, transferName: string, path: stri
   const dir = dropinDir(root, transferName);
   await mkdir(dir, { recursive: true });
   const target = join(dir, DROPIN_NAME);
-  await writeAtomic(target, `# Written by "deltad redirect" while deltad.socket is active; removed when it stops.\n[Source]\nPath=${path}\n`);
+  const note = '# Written by "deltad redirect" while deltad.socket is active; removed when it stops.';
+  await writeAtomic(target, `${note}\n[Source]\nPath=${path}\n`);
   return target;
 }
 
@@ -240,7 +245,9 @@ export async function writeCopy(root: string, t: Transfer, path: string): Promis
   const target = copyPath(root, t.name);
   // Never replace a file deltad did not write (readTransfers skipped only marked copies).
   const existing = await readFile(target, 'utf8').catch(() => undefined);
-  if (existing !== undefined && !existing.startsWith(COPY_MARKER)) throw new UsageError(`${target} exists and was not written by deltad; not replacing it`);
+  if (existing !== undefined && !existing.startsWith(COPY_MARKER)) {
+    throw new UsageError(`${target} exists and was not written by deltad; not replacing it`);
+  }
   await mkdir(join(root, RUN_DIR), { recursive: true });
   const header = `${COPY_MARKER} ${t.file} with [Source] Path= pointing at deltad.\n` +
     `# Removed by "deltad redirect --remove" when deltad.socket stops; edit the original, not this file.\n`;
@@ -277,7 +284,8 @@ export async function redirectedTransfers(root: string): Promise<string[]> {
   const base = join(root, RUN_DIR);
   const names = new Set<string>();
   for (const d of await listDir(base)) {
-    if (d.endsWith('.transfer.d') && (await listDir(join(base, d))).includes(DROPIN_NAME)) names.add(d.slice(0, -'.transfer.d'.length));
+    const dropin = d.endsWith('.transfer.d') && (await listDir(join(base, d))).includes(DROPIN_NAME);
+    if (dropin) names.add(d.slice(0, -'.transfer.d'.length));
     else if (d.endsWith('.conf') && (await isDeltadCopy(join(base, d)))) names.add(d.slice(0, -'.conf'.length));
   }
   return [...names].sort();

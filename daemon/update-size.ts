@@ -28,8 +28,16 @@ export interface UpdateSizeDeps {
 export const UPDATE_SIZE_PATH = '/v1/updatesize';
 
 /** Bytes from seeds and from the network for the fetch mode the plan chose (shared with the plan endpoint). */
-export function planTotals(report: PlanReport): { bytesFromSeeds: number; bytesFromNetwork: number; requestsToNetwork: number } {
-  const chosen = report.modes.find((m) => m.mode === report.chosen || (report.chosen === 'range' && m.mode === 'range-single'));
+export interface PlanTotals {
+  bytesFromSeeds: number;
+  bytesFromNetwork: number;
+  requestsToNetwork: number;
+}
+
+export function planTotals(report: PlanReport): PlanTotals {
+  const chosen = report.modes.find(
+    (m) => m.mode === report.chosen || (report.chosen === 'range' && m.mode === 'range-single'),
+  );
   return {
     bytesFromSeeds: report.fromSeeds + report.fromSelf + report.fromZero,
     bytesFromNetwork: chosen?.bytes ?? 0,
@@ -46,7 +54,8 @@ export function registerUpdateSizeRoute(app: FastifyInstance, ctx: UpdateSizeDep
     const paths = ctx.transfers.imagePaths(version, ctx.isImage);
     if (paths.length === 0) {
       const where = `${ctx.config.sysupdateRoot.replace(/\/$/, '')}/{etc,run,usr/local/lib,usr/lib}/sysupdate.d`;
-      return text(404, `no url-file image transfer under the origin ${ctx.origin} in ${where} maps version ${version} to an image`);
+      const what = `no url-file image transfer under the origin ${ctx.origin} in ${where}`;
+      return text(404, `${what} maps version ${version} to an image`);
     }
     let total = 0;
     for (const path of paths) {

@@ -47,14 +47,19 @@ function fixture(): Promise<Fixture> {
     const published = join(originDir, 'kde-linux');
     const seedDir = join(dir, 'system');
     const root = join(dir, 'root');
-    await Promise.all([mkdir(published, { recursive: true }), mkdir(seedDir), mkdir(join(root, 'usr/lib/sysupdate.d'), { recursive: true })]);
+    await Promise.all([
+      mkdir(published, { recursive: true }),
+      mkdir(seedDir),
+      mkdir(join(root, 'usr/lib/sysupdate.d'), { recursive: true }),
+    ]);
     const releases = await makeReleases(published, SIZE, 3);
     // KDE's names: X_root-x86-64.erofs with X_root-x86-64.caibx; SHA256SUMS lists the images only.
     for (const [i, r] of releases.entries()) {
       await rename(join(published, r.name), join(published, erofs(i + 1)));
       await rename(join(published, `${r.name}.caibx`), join(published, `kde-linux_${i + 1}_root-x86-64.caibx`));
     }
-    await writeFile(join(published, 'SHA256SUMS'), releases.map((r, i) => `${sha256(r.data)}  ${erofs(i + 1)}\n`).join(''));
+    const sums = releases.map((r, i) => `${sha256(r.data)}  ${erofs(i + 1)}\n`).join('');
+    await writeFile(join(published, 'SHA256SUMS'), sums);
     // Installed v1 with the index beside it, as KDE's caibx transfer installs it.
     await writeFile(join(seedDir, 'kde-linux_1.erofs'), releases[0].data);
     await writeFile(join(seedDir, 'kde-linux_1.erofs.caibx'), serializeIndex(releases[0].index));
@@ -104,7 +109,9 @@ async function startDaemon(t: { after(fn: () => Promise<void>): void }, f: Fixtu
   return { url: `http://127.0.0.1:${(app.server.address() as { port: number }).port}`, ctx, logs };
 }
 
-test('/v1/updatesize?version=V: plain-text network bytes, the same as the plan endpoint; 400/404 like kde-linux-sysupdated', { timeout: 60_000 }, async (t) => {
+test('/v1/updatesize?version=V: plain-text network bytes, the same as the plan endpoint; 400/404', {
+  timeout: 60_000,
+}, async (t) => {
   const f = await fixture();
   const d = await startDaemon(t, f);
   const res = await fetch(`${d.url}/v1/updatesize?version=2`);
@@ -118,8 +125,15 @@ test('/v1/updatesize?version=V: plain-text network bytes, the same as the plan e
   // The index beside the seed was used: the seed was never chunked into the cache.
   const cache = new IndexCache(d.ctx.config.cacheDir);
   const key = { params: FLEET_PARAMS, digest: 'sha512-256' as const };
-  assert.equal(await cache.get(join(f.seedDir, 'kde-linux_1.erofs'), key), null, 'no chunking of a seed whose index lies beside it');
+  const seed = join(f.seedDir, 'kde-linux_1.erofs');
+  assert.equal(await cache.get(seed, key), null, 'no chunking of a seed whose index lies beside it');
   assert.ok(f.origin.log.some((e) => e.path === '/kde-linux/kde-linux_2_root-x86-64.caibx'), 'KDE index name fetched');
+  // Start-up indexing skips it too.
+  await d.ctx.seeds.remember(erofs(2), f.releases[1].index);
+  await d.ctx.seeds.warm();
+  const ready = /seed indexes ready for 1 seed\(s\) \(1 with the index beside it\)/;
+  assert.ok(d.logs.some((l) => ready.test(l)), d.logs.join(''));
+  assert.equal(await cache.get(seed, key), null);
 
   const missing = await fetch(`${d.url}/v1/updatesize`);
   assert.equal(missing.status, 400);
@@ -130,7 +144,9 @@ test('/v1/updatesize?version=V: plain-text network bytes, the same as the plan e
   assert.match(await unknown.text(), /kde-linux_99_root-x86-64\.erofs.*version 99 is not published/);
 });
 
-test('a delta download is adopted under the installed name; the next update needs no chunking; adopt/ stays bounded', { timeout: 60_000 }, async (t) => {
+test('a delta download is adopted under the installed name; the next update needs no chunking; adopt/ bounded', {
+  timeout: 60_000,
+}, async (t) => {
   if (!requireTool(t, Boolean(SYSTEMD_PULL), 'systemd-pull')) return;
   const f = await fixture();
   const d = await startDaemon(t, f);
@@ -166,20 +182,24 @@ test('a delta download is adopted under the installed name; the next update need
   assert.ok(kept.includes(`kde-linux_${100 + ADOPT_LIMITS.entries + 3}.erofs.caibx`), 'the newest stay');
 });
 
-test('an index beside a seed with other chunking is not used: the seed is chunked, the image is right', { timeout: 60_000 }, async (t) => {
+test('an index beside a seed with other chunking is not used: the seed is chunked, the image is right', {
+  timeout: 60_000,
+}, async (t) => {
   const f = await fixture();
   const other = join(f.dir, 'other-seeds');
   await mkdir(other, { recursive: true });
   await copyFile(join(f.seedDir, 'kde-linux_1.erofs'), join(other, 'kde-linux_1.erofs'));
   const params = { min: 8 * 1024, avg: 32 * 1024, max: 128 * 1024 };
-  await writeFile(join(other, 'kde-linux_1.erofs.caibx'), serializeIndex(indexBuffer(f.releases[0].data, { params, digest: 'sha512-256' })));
+  const wrong = indexBuffer(f.releases[0].data, { params, digest: 'sha512-256' });
+  await writeFile(join(other, 'kde-linux_1.erofs.caibx'), serializeIndex(wrong));
   const d = await startDaemon(t, f, { seedGlobs: [join(other, '*.erofs')] });
   const res = await fetch(`${d.url}/${erofs(2)}`);
   assert.equal(res.status, 200);
   assert.ok(Buffer.from(await res.arrayBuffer()).equals(f.releases[1].data));
   assert.ok(d.logs.some((l) => /does not fit \(other chunking/.test(l)), d.logs.join(''));
   const cache = new IndexCache(d.ctx.config.cacheDir);
-  assert.ok(await cache.get(join(other, 'kde-linux_1.erofs'), { params: FLEET_PARAMS, digest: 'sha512-256' }), 'chunked instead');
+  const key = { params: FLEET_PARAMS, digest: 'sha512-256' as const };
+  assert.ok(await cache.get(join(other, 'kde-linux_1.erofs'), key), 'chunked instead');
   assert.ok(d.ctx.counters.bytesReused > SIZE * 0.5);
 });
 
@@ -193,7 +213,8 @@ test('pass-through keeps the query string (307 and proxy)', { timeout: 30_000 },
   const p = await fetch(`${proxy.url}/SHA256SUMS?channel=testing`);
   assert.equal(p.status, 200);
   await p.arrayBuffer();
-  assert.ok(f.origin.log.some((e) => e.path === '/kde-linux/SHA256SUMS' && e.search === '?channel=testing'), 'the origin saw the query');
+  const seen = f.origin.log.some((e) => e.path === '/kde-linux/SHA256SUMS' && e.search === '?channel=testing');
+  assert.ok(seen, 'the origin saw the query');
 });
 
 test('index-name templates and sysupdate patterns', async (t) => {
@@ -208,13 +229,15 @@ test('index-name templates and sysupdate patterns', async (t) => {
   assert.deepEqual(indexFileNames('os_2.raw', legacy.indexNames), ['os_2.raw.idx'], 'index-suffix is {name}<suffix>');
   const named = loadConfig({ values: { 'index-name': '{stem}.cidx, {name}.caibx', config: conf }, env: {} });
   assert.deepEqual(named.indexNames, ['{stem}.cidx', '{name}.caibx']);
-  assert.throws(() => loadConfig({ values: { 'index-name': 'fixed.caibx', config: conf }, env: {} }), /must contain \{name\} or \{stem\}/);
-  assert.throws(() => loadConfig({ values: { 'index-name': '../{name}', config: conf }, env: {} }), /only letters/);
+  const withName = (v: string) => () => loadConfig({ values: { 'index-name': v, config: conf }, env: {} });
+  assert.throws(withName('fixed.caibx'), /must contain \{name\} or \{stem\}/);
+  assert.throws(withName('../{name}'), /only letters/);
 
   const spec = { '%': '%', a: 'x86-64', w: '42' };
   assert.equal(expandPattern('kde-linux_@v_root-%a.erofs', '7', spec), 'kde-linux_7_root-x86-64.erofs');
   assert.equal(expandPattern('os_@v+@t.efi', '7', spec), undefined, 'a tries counter cannot be made up');
   assert.equal(expandPattern('os_@v_%H.raw', '7', spec), undefined, 'an unknown specifier');
-  assert.equal(patternRegExp('kde-linux_@v_root-%a.erofs', spec)?.exec('kde-linux_202501_root-x86-64.erofs')?.[1], '202501');
-  assert.equal(patternRegExp('kde-linux_@v_root-%a.erofs', spec)?.exec('kde-linux_1_root-x86-64.erofs.caibx'), null);
+  const re = patternRegExp('kde-linux_@v_root-%a.erofs', spec);
+  assert.equal(re?.exec('kde-linux_202501_root-x86-64.erofs')?.[1], '202501');
+  assert.equal(re?.exec('kde-linux_1_root-x86-64.erofs.caibx'), null);
 });

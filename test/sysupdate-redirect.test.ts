@@ -47,18 +47,20 @@ async function run(root: string, origin: string, ...args: string[]) {
   await writeFile(conf, `origin = ${origin}\nlisten = 127.0.0.1:3129\n`);
   const out: string[] = [];
   const err: string[] = [];
-  const parsed = parseArgs({ args: ['--root', root, '--config', conf, ...args], options: redirect.options, allowPositionals: true });
+  const argv = ['--root', root, '--config', conf, ...args];
+  const parsed = parseArgs({ args: argv, options: redirect.options, allowPositionals: true });
   const stream = (into: string[]) => ({ write: (s: string) => into.push(s) }) as unknown as NodeJS.WritableStream;
   const values = parsed.values as Record<string, string | boolean | string[] | undefined>;
   try {
-    const status = await redirect.run({ values, positionals: [], interactive: false, stdout: stream(out), stderr: stream(err) });
+    const io = { stdout: stream(out), stderr: stream(err) };
+    const status = await redirect.run({ values, positionals: [], interactive: false, ...io });
     return { status, stdout: out.join(''), stderr: err.join('') };
   } catch (e) {
     return { status: e instanceof UsageError ? 2 : 1, stdout: out.join(''), stderr: (e as Error).message };
   }
 }
 
-test('systemd 252-256: a marked whole copy in run/sysupdate.d, only Path= changed; run twice; --remove deletes it', async (t) => {
+test('systemd 252-256: a marked whole copy in run/sysupdate.d, only Path= changed; twice; --remove', async (t) => {
   const root = await makeRoot(t);
   const vendor = join(root, 'usr/lib/sysupdate.d/50-root-x86-64-erofs.conf');
   await writeFile(vendor, KDE_CONF);
@@ -70,7 +72,8 @@ test('systemd 252-256: a marked whole copy in run/sysupdate.d, only Path= change
     const text = await readFile(copy, 'utf8');
     assert.ok(text.startsWith(COPY_MARKER), 'marked as deltad\'s');
     const body = text.split('\n').slice(2).join('\n');
-    assert.equal(body, KDE_CONF.replace('Path=https://files.kde.org/kde-linux', 'Path=http://127.0.0.1:3129/'), 'the rest byte for byte');
+    const expected = KDE_CONF.replace('Path=https://files.kde.org/kde-linux', 'Path=http://127.0.0.1:3129/');
+    assert.equal(body, expected, 'the rest byte for byte');
     await assert.rejects(stat(join(root, 'run/sysupdate.d/50-root-x86-64-erofs.conf.d')), 'no drop-in directory');
     // deltad's copy is never read as the transfer: the vendor file stays the effective one.
     const [transfer] = await readTransfers(root);
@@ -85,14 +88,15 @@ test('systemd 252-256: a marked whole copy in run/sysupdate.d, only Path= change
   assert.equal(adminRun.status, 2);
   assert.match(adminRun.stderr, /70-admin\.conf is an administrator's file/);
 
-  const removed = spawnSync(process.execPath, [CLI, 'redirect', '--root', root, '--remove'], { encoding: 'utf8', timeout: 10_000 });
+  const cli = [CLI, 'redirect', '--root', root, '--remove'];
+  const removed = spawnSync(process.execPath, cli, { encoding: 'utf8', timeout: 10_000 });
   assert.equal(removed.status, 0, removed.stderr);
   assert.match(removed.stdout, /removed .*50-root-x86-64-erofs\.conf/);
   assert.deepEqual(await readdir(join(root, 'run/sysupdate.d')), ['70-admin.conf'], 'only deltad\'s copy was removed');
   assert.equal(await readFile(vendor, 'utf8'), KDE_CONF, 'the vendor file is untouched');
 });
 
-test('systemd 257+: *.transfer gets the drop-in; on 252 a *.transfer is skipped with a warning and exit 0', async (t) => {
+test('systemd 257+: *.transfer gets the drop-in; on 252 a *.transfer is skipped, warning, exit 0', async (t) => {
   const root = await makeRoot(t);
   await writeFile(join(root, 'usr/lib/sysupdate.d/50-root.transfer'), KDE_CONF);
   const r = await run(root, 'https://files.kde.org/', '--systemd-version', '257');
@@ -109,7 +113,7 @@ test('systemd 257+: *.transfer gets the drop-in; on 252 a *.transfer is skipped 
   await assert.rejects(stat(join(root, 'run/sysupdate.d')), 'nothing written');
 });
 
-test('nothing to redirect: exit 0 with a warning; an admin file in /etc is not overridden; config errors still exit 2', async (t) => {
+test('nothing to redirect: exit 0, a warning; an admin file in /etc is kept; config errors exit 2', async (t) => {
   const root = await makeRoot(t);
   const none = await run(root, 'https://files.kde.org/kde-linux');
   assert.equal(none.status, 0);
@@ -119,7 +123,8 @@ test('nothing to redirect: exit 0 with a warning; an admin file in /etc is not o
   await writeFile(join(root, 'etc/sysupdate.d/50-root.conf'), KDE_CONF);
   const etc = await run(root, 'https://files.kde.org/kde-linux');
   assert.equal(etc.status, 0);
-  assert.match(etc.stderr, /etc\/sysupdate\.d\/50-root\.conf is an administrator's file that a copy in \/run\/sysupdate\.d cannot override/);
+  assert.match(etc.stderr, /etc\/sysupdate\.d\/50-root\.conf is an administrator's file/);
+  assert.match(etc.stderr, /a copy in \/run\/sysupdate\.d cannot override/);
   await assert.rejects(stat(join(root, 'run/sysupdate.d')));
 
   await rm(join(root, 'etc'), { recursive: true });
@@ -134,4 +139,10 @@ test('systemd version strings', () => {
   assert.equal(parseSystemdVersion('systemd 252 (252.39-1~deb12u2)\n+PAM +AUDIT'), 252);
   assert.equal(parseSystemdVersion('systemd 257 (257.4-1-arch)\n'), 257);
   assert.equal(parseSystemdVersion('something else'), undefined);
+});
+
+test('deltad.socket never fails because of a redirect: ExecStartPost=- and ExecStopPre=-', async () => {
+  const unit = await readFile(join(REPO_ROOT, 'systemd/deltad.socket'), 'utf8');
+  assert.match(unit, /^ExecStartPost=-\S+ redirect$/m);
+  assert.match(unit, /^ExecStopPre=-\S+ redirect --remove$/m);
 });

@@ -12,8 +12,8 @@ import { UsageError } from '../../lib/errors.js';
 import { flag, list, parseCount, str } from '../cli-args.js';
 import { configOptions, configUsage, loadConfig } from '../config.js';
 import {
-  readTransfers, redirectedPath, redirectedTransfers, redirectKind, removeRedirect, transfersImage, writeCopy, writeDropin,
-  type Transfer,
+  readTransfers, redirectedPath, redirectedTransfers, redirectKind, removeRedirect, transfersImage, writeCopy,
+  writeDropin, type Transfer,
 } from '../sysupdate-transfers.js';
 import { detectSystemdVersion } from '../systemd-version.js';
 
@@ -54,12 +54,16 @@ ${configUsage}`,
     const warn = (m: string) => ctx.stderr.write(`deltad redirect: warning: ${m}\n`);
     if (flag(ctx, 'remove')) {
       const targets = names.length ? names : await redirectedTransfers(root);
-      for (const name of targets) for (const removed of await removeRedirect(root, name)) ctx.stdout.write(`removed ${removed}\n`);
+      for (const name of targets) {
+        for (const removed of await removeRedirect(root, name)) ctx.stdout.write(`removed ${removed}\n`);
+      }
       return 0;
     }
     const config = loadConfig({ values: ctx.values });
     const given = str(ctx, 'systemd-version');
-    const version = given !== undefined ? parseCount(given, '--systemd-version', 0, 1, 100_000) : await detectSystemdVersion(root);
+    const version = given !== undefined
+      ? parseCount(given, '--systemd-version', 0, 1, 100_000)
+      : await detectSystemdVersion(root);
     const all = await readTransfers(root);
     let chosen: Transfer[];
     if (names.length) {
@@ -67,7 +71,8 @@ ${configUsage}`,
         const t = all.find((x) => x.name === n);
         if (!t) {
           const known = all.map((x) => x.name).join(', ') || 'none';
-          throw new UsageError(`no transfer "${n}" in ${root}{etc,run,usr/local/lib,usr/lib}/sysupdate.d (known: ${known})`);
+          const dirs = `${root}{etc,run,usr/local/lib,usr/lib}/sysupdate.d`;
+          throw new UsageError(`no transfer "${n}" in ${dirs} (known: ${known})`);
         }
         return t;
       });
@@ -87,7 +92,8 @@ ${configUsage}`,
     }
     if (planned.length === 0) {
       const what = `url-file transfer for an image (${config.imagePatterns.join(' ')})`;
-      warn(`no ${what} that deltad can redirect under ${root}; sysupdate downloads from the origin (name one with --transfer)`);
+      warn(`no ${what} that deltad can redirect under ${root}; sysupdate downloads from the origin`
+        + ' (name one with --transfer)');
       return 0;
     }
     for (const { t, path, kind } of planned) {

@@ -22,7 +22,8 @@ export const command: Command = {
 Serves GET/HEAD /<path> from the origin: images (--image-pattern) with an index
 on the origin are assembled from local seeds plus the missing bytes; everything
 else is redirected (307) or proxied. Also: /healthz, /metrics (Prometheus),
-/.deltad/plan/<path> (update size as JSON).
+/.deltad/plan/<path> (update size as JSON), /v1/updatesize?version=V (bytes
+from the network for version V as plain text, as kde-linux-sysupdated answers).
 
 With systemd socket activation (deltad.socket) it serves the passed socket;
 otherwise it listens on --listen. Nothing listens beyond loopback by default.
