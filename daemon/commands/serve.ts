@@ -45,6 +45,11 @@ ${configUsage}`,
     let closing: Promise<void> | undefined;
     const shutdown = (why: string) => {
       closing ??= (async () => {
+        // Stop accepting now, synchronously: from here on a new connection waits
+        // in the listening socket's backlog, which systemd keeps open, for the
+        // next instance, instead of reaching a server that is shutting down
+        // (fastify answers those 503). Closing our copy of the fd leaves systemd's.
+        if (app.server.listening) app.server.close();
         log.info(`stopping: ${why}`);
         notifier.stopping();
         idle.stop();
@@ -55,15 +60,9 @@ ${configUsage}`,
       return closing;
     };
     // Idle means no open connection (not just no request: a connection whose
-    // request has not been parsed yet must not meet a closing server).
-    const idle = new IdleTimer(config.idleTimeout * 1000, () => {
-      // Stop accepting now, in this tick: from here on a new connection waits in
-      // the listening socket's backlog, which systemd keeps open, for the next
-      // instance, instead of reaching a server that is shutting down (fastify
-      // answers those 503). Closing our copy of the fd leaves systemd's intact.
-      app.server.close();
-      void shutdown(`idle for ${config.idleTimeout} s`);
-    });
+    // request has not been parsed yet must not meet a closing server). The timer
+    // fires between event-loop turns, so no connection can slip in before the close.
+    const idle = new IdleTimer(config.idleTimeout * 1000, () => void shutdown(`idle for ${config.idleTimeout} s`));
     app.server.on('connection', (socket: Socket) => {
       idle.begin();
       socket.once('close', () => idle.end());
