@@ -98,21 +98,29 @@ export class ImageService {
   }
 
   /**
-   * The image's index: the first index-name template the origin has. The
-   * template that answered last time is asked first, so a miss costs one
-   * extra request once, not on every download.
+   * Candidate index URLs of the image, in index-name order, except that the
+   * template that answered last comes first: a miss costs one extra request
+   * once per daemon run, not on every download.
    */
-  private async fetchIndex(target: OriginTarget, signal?: AbortSignal): Promise<FoundIndex | undefined> {
+  indexUrls(target: OriginTarget): string[] {
     const templates = this.d.config.indexNames;
     const first = this.indexTemplate;
     const order = first === undefined ? templates : [first, ...templates.filter((t) => t !== first)];
-    for (const template of order) {
-      const [name] = indexFileNames(target.name, [template]);
-      if (!name) continue;
-      const url = siblingUrl(target.url, name);
+    return order.flatMap((t) => indexFileNames(target.name, [t]).map((n) => siblingUrl(target.url, n)));
+  }
+
+  /** Records which candidate answered, so it is asked first next time. */
+  private noteIndexUrl(target: OriginTarget, url: string): void {
+    const answers = (t: string) => indexFileNames(target.name, [t]).some((n) => siblingUrl(target.url, n) === url);
+    this.indexTemplate = this.d.config.indexNames.find(answers);
+  }
+
+  /** The image's index: the first candidate URL the origin has. */
+  private async fetchIndex(target: OriginTarget, signal?: AbortSignal): Promise<FoundIndex | undefined> {
+    for (const url of this.indexUrls(target)) {
       const res = await this.fetchSmall(url, MAX_INDEX_BYTES, signal);
       if (res.status === 404 || res.status === 410) continue;
-      this.indexTemplate = template;
+      this.noteIndexUrl(target, url);
       return { url, body: res.body };
     }
     return undefined;

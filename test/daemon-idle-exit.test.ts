@@ -54,9 +54,10 @@ test('idle exit: 60 requests spaced around the idle timeout all answered and log
   ];
   // The inner sh sets LISTEN_PID to its own pid and becomes the daemon, so each instance takes the socket.
   const loop = 'while :; do sh -c \'LISTEN_PID=$$ exec "$@"\' deltad "$@"; done';
-  const activate = ['-l', `127.0.0.1:${port}`, '--fdname=http', 'sh', '-c', loop, 'loop', ...serve];
+  // systemd-socket-activate passes on only the variables named with -E.
+  const activate = ['-l', `127.0.0.1:${port}`, '--fdname=http', '-E', 'DELTAD_CONFIG', 'sh', '-c', loop, 'loop', ...serve];
   const child = spawn('systemd-socket-activate', activate, {
-    env: { ...process.env, DELTAD_CONFIG: join(dir, 'empty.conf'), NOTIFY_SOCKET: '' },
+    env: { ...process.env, DELTAD_CONFIG: join(dir, 'empty.conf') },
     stdio: ['ignore', 'pipe', 'pipe'],
     detached: true,
   });
