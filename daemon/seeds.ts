@@ -30,7 +30,7 @@ export interface SeedCatalogOptions {
   /** index-name templates for an index beside a seed (default: none). */
   indexNames?: readonly string[];
   /** The names sysupdate installs a downloaded image as (default: its own name). */
-  installedNames?: (downloadedName: string) => string[];
+  installedNames?: (downloadedName: string) => Promise<string[]>;
 }
 
 /** sysupdate's in-progress names (.sysupdate.partial.*, .sysupdate.pending.*, older .#sysupdate*) and any hidden file. */
@@ -157,7 +157,7 @@ export class SeedCatalog {
   async remember(targetName: string, index: ChunkIndex): Promise<void> {
     await mkdir(this.adoptDir, { recursive: true });
     const bytes = serializeIndex(index);
-    const names = this.opts.installedNames?.(basename(targetName)) ?? [];
+    const names = (await this.opts.installedNames?.(basename(targetName))) ?? [];
     for (const name of names.length ? names : [basename(targetName)]) {
       await writeAtomic(join(this.adoptDir, `${name}.caibx`), bytes);
     }

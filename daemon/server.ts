@@ -17,7 +17,7 @@ import { createNotifier, type Notifier } from './notify.js';
 import { passThroughUrl, resolveOriginTarget, UnsafePathError, type OriginTarget } from './origin-path.js';
 import { passThrough, type PassThroughContext } from './passthrough.js';
 import { SeedCatalog } from './seeds.js';
-import { TransferNames } from './sysupdate-names.js';
+import { SysupdateTransfers } from './sysupdate-names.js';
 import { planTotals, registerUpdateSizeRoute } from './update-size.js';
 
 export const PLAN_PREFIX = '/.deltad/plan/';
@@ -33,7 +33,7 @@ export interface DaemonContext {
   assemblies: AssemblyRegistry;
   images: ImageService;
   /** The sysupdate transfers that go through deltad: version and installed names. */
-  transfers: TransferNames;
+  transfers: SysupdateTransfers;
   passThrough: PassThroughContext;
   /** True when a file name is served as a delta (image patterns). */
   isImage(name: string): boolean;
@@ -56,13 +56,12 @@ export async function createDaemonContext(config: DaemonConfig, opts: ServerOpti
   const http = opts.http ?? new HttpClient({ connections: Math.max(8, config.concurrency), userAgent: 'deltad/0.1 (sysupdate sidecar)' });
   const counters = newCounters();
   const notifier = opts.notifier ?? createNotifier({ log });
-  const transfers = await TransferNames.load(config.sysupdateRoot, origin, config.imagePatterns).catch((err) => {
-    log.warn(`cannot read sysupdate transfers under ${config.sysupdateRoot}: ${(err as Error).message}`);
-    return new TransferNames([], {});
+  const transfers = new SysupdateTransfers(config.sysupdateRoot, origin, config.imagePatterns, (err) => {
+    log.warn(`cannot read sysupdate transfers under ${config.sysupdateRoot}: ${err.message}`);
   });
   const seeds = new SeedCatalog(config.seedGlobs, config.cacheDir, log, {
     indexNames: config.indexNames,
-    installedNames: (name) => transfers.installedNames(name),
+    installedNames: async (name) => (await transfers.current()).installedNames(name),
   });
   const timeouts = { ...DEFAULT_TIMEOUTS, ...opts.timeouts };
   const assemblies = new AssemblyRegistry(join(config.cacheDir, 'spool'), timeouts.stallMs);

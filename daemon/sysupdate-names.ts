@@ -79,6 +79,29 @@ export function isValidVersion(v: string): boolean {
   return /^[A-Za-z0-9._+~^-]{1,200}$/.test(v) && v !== '.' && v !== '..';
 }
 
+/**
+ * The transfers as they are now: read again on every use (a handful of small
+ * files), because sysupdate's definitions may appear or change while the
+ * daemon runs (an update that ships new transfers, a test that writes them).
+ */
+export class SysupdateTransfers {
+  constructor(
+    private readonly root: string,
+    private readonly origin: string,
+    private readonly imagePatterns: string[],
+    private readonly onError: (err: Error) => void = () => {},
+  ) {}
+
+  async current(): Promise<TransferNames> {
+    try {
+      return await TransferNames.load(this.root, this.origin, this.imagePatterns);
+    } catch (err) {
+      this.onError(err as Error);
+      return new TransferNames([], {});
+    }
+  }
+}
+
 export class TransferNames {
   constructor(
     /** url-file image transfers whose Path= is under the origin, with that rest. */

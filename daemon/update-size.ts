@@ -13,13 +13,13 @@ import type { DaemonConfig } from './config.js';
 import type { ImageService } from './image-service.js';
 import type { Logger } from './log.js';
 import { resolveOriginTarget } from './origin-path.js';
-import { isValidVersion, type TransferNames } from './sysupdate-names.js';
+import { isValidVersion, type SysupdateTransfers } from './sysupdate-names.js';
 
 /** What the route needs of the daemon (a DaemonContext has all of it). */
 export interface UpdateSizeDeps {
   origin: string;
   config: Pick<DaemonConfig, 'sysupdateRoot'>;
-  transfers: TransferNames;
+  transfers: SysupdateTransfers;
   images: Pick<ImageService, 'plan'>;
   log: Logger;
   isImage(name: string): boolean;
@@ -51,7 +51,7 @@ export function registerUpdateSizeRoute(app: FastifyInstance, ctx: UpdateSizeDep
     const version = (req.query as Record<string, unknown>).version;
     if (typeof version !== 'string' || version === '') return text(400, 'version parameter not set');
     if (!isValidVersion(version)) return text(400, `invalid version "${version.slice(0, 100)}"`);
-    const paths = ctx.transfers.imagePaths(version, ctx.isImage);
+    const paths = (await ctx.transfers.current()).imagePaths(version, ctx.isImage);
     if (paths.length === 0) {
       const where = `${ctx.config.sysupdateRoot.replace(/\/$/, '')}/{etc,run,usr/local/lib,usr/lib}/sysupdate.d`;
       const what = `no url-file image transfer under the origin ${ctx.origin} in ${where}`;
