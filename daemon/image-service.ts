@@ -370,13 +370,15 @@ export class ImageService {
     const { counters, log, notifier, seeds } = this.d;
     counters.assembliesStarted++;
     const started = Date.now();
+    // Looked up now, so the index is kept as soon as the image is verified.
+    const installedAs = seeds.installedNames(target.name);
     assembly.result.then(
       async (r) => {
         counters.assembliesCompleted++;
         const msg = `${target.name}: ${formatBytes(r.total)} assembled in ${Date.now() - started} ms (${r.mode}): reused ${formatBytes(r.fromSeeds + r.fromSelf + r.fromZero)}, downloaded ${formatBytes(r.networkBytes)} in ${r.networkRequests} requests${prepared.sha256 ? ', SHA-256 verified' : ''}`;
         log.info(msg);
         notifier.status(`idle; last: ${msg}`);
-        await seeds.remember(target.name, prepared.index).catch((err) => log.warn(`cannot keep the index of ${target.name}: ${(err as Error).message}`));
+        await seeds.remember(target.name, prepared.index, installedAs).catch((err) => log.warn(`cannot keep the index of ${target.name}: ${(err as Error).message}`));
       },
       (err: Error) => {
         if (assembly.cancelled) return void log.info(`${target.name}: assembly cancelled after ${formatBytes(assembly.written)}: every client disconnected`);

@@ -154,15 +154,20 @@ export class SeedCatalog {
    * After a verified delta: remember its index for the image as sysupdate
    * installs it, and for warm-up chunking.
    */
-  async remember(targetName: string, index: ChunkIndex): Promise<void> {
+  async remember(targetName: string, index: ChunkIndex, installedAs = this.installedNames(targetName)): Promise<void> {
     await mkdir(this.adoptDir, { recursive: true });
     const bytes = serializeIndex(index);
-    const names = (await this.opts.installedNames?.(basename(targetName))) ?? [];
+    const names = await installedAs;
     for (const name of names.length ? names : [basename(targetName)]) {
       await writeAtomic(join(this.adoptDir, `${name}.caibx`), bytes);
     }
     await writeAtomic(this.lastTargetPath, bytes);
     await this.pruneAdoptions();
+  }
+
+  /** The names sysupdate installs `targetName` as (empty: its own name, or the transfers could not be read). */
+  installedNames(targetName: string): Promise<string[]> {
+    return (this.opts.installedNames?.(basename(targetName)) ?? Promise.resolve([])).catch(() => []);
   }
 
   /** Keeps adopt/ within ADOPT_LIMITS: the newest entries stay. */

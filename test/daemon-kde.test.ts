@@ -88,6 +88,16 @@ test.after(async () => {
   await rm(f.dir, { recursive: true, force: true });
 });
 
+/** The directory's entries once they are `want`, or what they are after 5 s. */
+async function settled(dir: string, want: string[]): Promise<string[]> {
+  const end = Date.now() + 5_000;
+  for (;;) {
+    const got = (await readdir(dir).catch(() => [] as string[])).sort();
+    if (got.join('/') === want.join('/') || Date.now() > end) return got;
+    await new Promise((r) => setTimeout(r, 20));
+  }
+}
+
 async function startDaemon(t: { after(fn: () => Promise<void>): void }, f: Fixture, over: Partial<DaemonConfig> = {}) {
   const cacheDir = await mkdtemp(join(f.dir, 'cache-'));
   // The origin exactly as Path= has it (no trailing slash), through the real config parser.
@@ -160,7 +170,9 @@ test('a delta download is adopted under the installed name; the next update need
   assert.equal(r.code, 0, r.stderr);
   assert.ok((await readFile(out)).equals(f.releases[1].data));
   const adoptDir = join(d.ctx.config.cacheDir, 'adopt');
-  assert.deepEqual(await readdir(adoptDir), ['kde-linux_2.erofs.caibx'], 'kept for the name sysupdate installs it as');
+  // Kept just after the image is verified, which may be a moment after the client has it all.
+  const want = ['kde-linux_2.erofs.caibx'];
+  assert.deepEqual(await settled(adoptDir, want), want, 'kept under the name sysupdate installs it as');
 
   // "sysupdate installs it" (without an index beside it): the next update adopts the delivered index.
   const installed = join(f.seedDir, 'kde-linux_2.erofs');
