@@ -1,19 +1,15 @@
 # deltad fleet proxy (`deltad proxy`, docs/FLEET.md) as a container.
 #   build:  docker build -t deltad .          (or: podman build -t deltad .)
 #   run:    see the README's "Fleet mode" section
-# Stage 1 compiles TypeScript with the dev dependencies and builds zstd-napi's
-# native addon from source (its prebuilt download is not relied on); stage 2
-# keeps only production dependencies, runs as the unprivileged `node` user, and
-# stores the chunk cache in a volume.
-FROM node:20-bookworm-slim AS build
-RUN apt-get update \
- && apt-get install -y --no-install-recommends python3 make g++ \
- && rm -rf /var/lib/apt/lists/*
+# Stage 1 compiles TypeScript with the dev dependencies (nothing native: zstd is
+# node:zlib's); stage 2 keeps only production dependencies (not the pinned Node
+# runtime package: the image has its own Node 24), runs as the unprivileged
+# `node` user, and stores the chunk cache in a volume.
+FROM node:24-bookworm-slim AS build
 WORKDIR /src
-# Build the addon against the headers shipped in this image (no header download).
-ENV npm_config_nodedir=/usr/local
 COPY package.json package-lock.json ./
-RUN npm ci --no-audit --no-fund
+# --ignore-scripts: the package's own `prepare` (the build) needs the sources copied below.
+RUN npm ci --no-audit --no-fund --ignore-scripts && npm rebuild zstd-napi
 COPY tsconfig.json ./
 COPY scripts ./scripts
 COPY lib ./lib
@@ -21,9 +17,9 @@ COPY daemon ./daemon
 COPY bench ./bench
 COPY test ./test
 RUN npm run build \
- && npm prune --omit=dev --no-audit --no-fund
+ && npm prune --omit=dev --omit=optional --no-audit --no-fund
 
-FROM node:20-bookworm-slim
+FROM node:24-bookworm-slim
 ENV NODE_ENV=production
 WORKDIR /opt/deltad
 COPY --from=build /src/package.json ./

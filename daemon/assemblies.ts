@@ -1,25 +1,26 @@
-// One in-flight assembly per image, shared by every client that asks for it.
-// The assembly writes its ordered, verified bytes to a spool file in the cache
-// directory; each client reads the spool at its own pace and waits at its end.
-// So a client that joins late still gets the whole image, a slow client does
-// not hold buffers in memory, and the assembly runs as long as anyone wants it:
-// when the last client goes away before the end, its fetches are aborted.
-// A finished, verified spool is kept for KEEP_MS, so a request that arrives
-// just after (a retry, a second reader) is served from it without the network.
+// One in-flight assembly per image, shared by every client that asks for it
+// while it can still give them the whole image. No image-sized file is
+// written: the engine's ordered, verified stream is fanned out from a small
+// in-memory buffer that holds the bytes between the slowest client and the
+// newest byte, at most MAX_BUFFERED; past that the engine waits for the slowest
+// client (and the engine's own reorder window bounds what it holds). A client
+// that arrives once byte 0 has left the buffer gets an assembly of its own,
+// which reuses the seeds and fetches the rest again. The assembly runs as long
+// as anyone wants it: when the last client goes away before the end, its
+// fetches are aborted.
 import { EventEmitter } from 'node:events';
-import { open, rm, mkdir, type FileHandle } from 'node:fs/promises';
-import { join } from 'node:path';
-import { createHash } from 'node:crypto';
 import { Readable } from 'node:stream';
 import type { ExtractResult, ExtractStream } from '../lib/delta/extract.js';
 
-const READ_SIZE = 256 * 1024;
-export const KEEP_MS = 60_000;
+/** Bytes kept for the clients of one assembly beyond the slowest one's position. */
+export const MAX_BUFFERED = 8 * 1024 * 1024;
+/** For this long, and while it fits the buffer, the start of the image is kept for clients arriving in a burst. */
+export const JOIN_GRACE_MS = 2_000;
 
 export type StartAssembly = (signal: AbortSignal) => Promise<ExtractStream>;
 
 export class SharedAssembly {
-  /** Verified bytes in the spool so far. */
+  /** Verified bytes received from the engine so far. */
   written = 0;
   finished = false;
   error: Error | undefined;
@@ -29,14 +30,18 @@ export class SharedAssembly {
   readonly result: Promise<ExtractResult>;
   private readonly events = new EventEmitter();
   private readonly abort = new AbortController();
-  private readers = 0;
-  private fh: FileHandle | undefined;
+  /** Positions of the attached clients (bytes each has taken). */
+  private readonly positions = new Map<symbol, number>();
+  /** Buffered verified bytes [base, written), in order. */
+  private buffered: Buffer[] = [];
+  private base = 0;
+  /** Most bytes held in `buffered` at once (for metrics and tests). */
+  peakBuffered = 0;
   private stream: ExtractStream | undefined;
 
   constructor(
     readonly key: string,
     readonly size: number,
-    private readonly spoolPath: string,
     start: StartAssembly,
     private readonly onDone: (a: SharedAssembly) => void,
     /**
@@ -44,29 +49,36 @@ export class SharedAssembly {
      * its clients fail cleanly instead of hitting curl's 60 s low-speed abort.
      */
     private readonly stallMs: number,
+    private readonly maxBuffered = MAX_BUFFERED,
   ) {
     this.events.setMaxListeners(0);
     this.result = this.run(start);
     this.result.catch(() => {}); // observed through `error` and the readers
   }
 
+  /** A new client can still get the whole image from this assembly. */
+  get joinable(): boolean {
+    return this.base === 0 && !this.error && !this.disposed && !this.finished;
+  }
+
   private async run(start: StartAssembly): Promise<ExtractResult> {
     try {
-      this.fh = await open(this.spoolPath, 'wx+', 0o600);
       this.stream = await start(this.abort.signal);
       if (this.abort.signal.aborted) throw this.abort.signal.reason;
       this.watchdog = setInterval(() => this.checkStall(), this.stallMs / 3);
       this.watchdog.unref();
       for await (const chunk of this.stream) {
         const buf = chunk as Buffer;
-        let off = 0;
-        while (off < buf.length) {
-          const { bytesWritten } = await this.fh.write(buf, off, buf.length - off, this.written);
-          off += bytesWritten;
-          this.written += bytesWritten;
-        }
+        this.buffered.push(buf);
+        this.written += buf.length;
+        this.peakBuffered = Math.max(this.peakBuffered, this.written - this.base);
         this.lastByteAt = Date.now();
         this.events.emit('data');
+        // The engine waits while the slowest client is a full buffer behind.
+        while (this.written - this.slowest() > this.maxBuffered && !this.abort.signal.aborted) {
+          await new Promise<void>((r) => this.events.once('advance', r));
+          this.lastByteAt = Date.now(); // waiting for a client is not an engine stall
+        }
       }
       const result = await this.stream.result;
       if (this.written !== this.size) throw new Error(`assembly of ${this.key} produced ${this.written} of ${this.size} bytes`);
@@ -79,8 +91,34 @@ export class SharedAssembly {
     } finally {
       clearInterval(this.watchdog);
       this.events.emit('data');
-      if (this.readers === 0) this.idle();
+      if (this.positions.size === 0) void this.dispose();
     }
+  }
+
+  /** Position of the slowest attached client (the newest byte when none is attached). */
+  private slowest(): number {
+    let min = this.written;
+    for (const p of this.positions.values()) min = Math.min(min, p);
+    return min;
+  }
+
+  private readonly startedAt = Date.now();
+
+  /** Drops buffered bytes every attached client has taken (keeping the start for a burst of clients, see above). */
+  private trim(): void {
+    if (this.written <= this.maxBuffered && Date.now() - this.startedAt < JOIN_GRACE_MS) return;
+    const keep = this.slowest();
+    while (this.buffered.length && this.base + this.buffered[0].length <= keep) this.base += this.buffered.shift()!.length;
+  }
+
+  /** Bytes from `pos` on that are buffered (at most one buffer's worth), or null when none are. */
+  private bytesAt(pos: number): Buffer | null {
+    let at = this.base;
+    for (const b of this.buffered) {
+      if (pos < at + b.length) return b.subarray(pos - at);
+      at += b.length;
+    }
+    return null;
   }
 
   /** Stops the engine: aborts its fetches and ends the stream even if the engine does not react. */
@@ -112,32 +150,39 @@ export class SharedAssembly {
     });
   }
 
-  /** A reader of the whole image from byte 0. Destroying it releases its share of the assembly. */
+  /** A reader of the whole image from byte 0 (only while `joinable`). Destroying it releases its share. */
   subscribe(): Readable {
-    this.readers++;
-    clearTimeout(this.keepTimer);
+    const me = Symbol('client');
+    this.positions.set(me, 0);
     let pos = 0;
     let released = false;
     const release = () => {
       if (released) return;
       released = true;
-      this.readers--;
-      if (this.readers === 0) {
+      this.positions.delete(me);
+      this.trim();
+      this.events.emit('advance');
+      if (this.positions.size === 0) {
         if (!this.finished && !this.error) {
           this.cancelled = true;
           this.cancel(new Error('every client disconnected'));
-        } else this.idle();
+        } else void this.dispose();
       }
     };
-    let reading = false;
+    // read() may be called again from inside push() (a flowing consumer); `wanted` records that, so the pump
+    // keeps going instead of dropping a request that Node would never repeat.
+    let pumping = false;
+    let wanted = false;
     const readable: Readable = new Readable({
-      highWaterMark: READ_SIZE,
+      highWaterMark: 256 * 1024,
       read: () => {
-        if (reading) return;
-        reading = true;
-        pump()
-          .catch((err: Error) => readable.destroy(err))
-          .finally(() => (reading = false));
+        wanted = true;
+        if (pumping) return;
+        pumping = true;
+        pump().catch((err: Error) => {
+          pumping = false;
+          readable.destroy(err);
+        });
       },
       destroy: (err, cb) => {
         release();
@@ -146,17 +191,23 @@ export class SharedAssembly {
     });
     const pump = async (): Promise<void> => {
       for (;;) {
-        if (readable.destroyed) return;
-        if (pos < this.written && this.fh) {
-          const buf = Buffer.allocUnsafe(Math.min(READ_SIZE, this.written - pos));
-          const { bytesRead } = await this.fh.read(buf, 0, buf.length, pos);
-          if (readable.destroyed) return;
-          pos += bytesRead;
-          if (!readable.push(buf.subarray(0, bytesRead))) return;
+        if (readable.destroyed) return void (pumping = false);
+        const bytes = pos < this.written ? this.bytesAt(pos) : null;
+        if (bytes) {
+          pos += bytes.length;
+          this.positions.set(me, pos);
+          this.trim();
+          this.events.emit('advance');
+          wanted = false;
+          if (!readable.push(bytes) && !wanted) return void (pumping = false);
           continue;
         }
-        if (this.error) return void readable.destroy(this.error);
-        if (this.finished) {
+        if (this.error) {
+          pumping = false;
+          return void readable.destroy(this.error);
+        }
+        if (this.finished && pos >= this.written) {
+          pumping = false;
           readable.push(null);
           return release();
         }
@@ -166,60 +217,37 @@ export class SharedAssembly {
     return readable;
   }
 
-  private keepTimer: NodeJS.Timeout | undefined;
-  /** No readers left: a verified spool stays shareable for a while, anything else goes now. */
-  private idle(): void {
-    if (!this.finished) return void this.dispose();
-    this.keepTimer = setTimeout(() => void this.dispose(), KEEP_MS);
-    this.keepTimer.unref();
-  }
-
-  /** True once the spool is gone; a disposed assembly is never shared. */
+  /** True once it is released; a disposed assembly is never shared. */
   disposed = false;
   async dispose(): Promise<void> {
-    clearTimeout(this.keepTimer);
     if (this.disposed) return;
     this.disposed = true;
+    this.buffered = [];
     this.onDone(this);
-    await this.fh?.close().catch(() => {});
-    await rm(this.spoolPath, { force: true });
   }
 }
 
-/** The in-flight (and recently finished) assemblies, by image version (URL and index digest). */
+/** The in-flight assemblies, by image version (URL, index digest and expected SHA-256). */
 export class AssemblyRegistry {
   private readonly live = new Map<string, SharedAssembly>();
-  private seq = 0;
 
   constructor(
-    private readonly spoolDir: string,
     private readonly stallMs: number,
+    private readonly maxBuffered = MAX_BUFFERED,
   ) {}
 
-  /** Removes spool files left by a previous process (never shared across processes). */
-  async init(): Promise<void> {
-    await rm(this.spoolDir, { recursive: true, force: true });
-    await mkdir(this.spoolDir, { recursive: true, mode: 0o700 });
-  }
-
-  /** Assemblies still running (finished ones kept for sharing are not counted). */
+  /** Assemblies still running. */
   get active(): SharedAssembly[] {
     return [...this.live.values()].filter((a) => !a.finished);
   }
 
-  /** Drops every kept spool (on shutdown). */
-  async close(): Promise<void> {
-    await Promise.all([...this.live.values()].filter((a) => a.finished).map((a) => a.dispose()));
-  }
-
-  /** The running, not failed assembly of `key`, or a new one started with `start`. */
+  /** The running assembly of `key` that can still serve a whole image, or a new one started with `start`. */
   acquire(key: string, size: number, start: StartAssembly): { assembly: SharedAssembly; created: boolean } {
     const existing = this.live.get(key);
-    if (existing && !existing.error && !existing.disposed && existing.size === size) return { assembly: existing, created: false };
-    const name = `${createHash('sha256').update(key).digest('hex').slice(0, 16)}-${process.pid}-${++this.seq}.spool`;
-    const assembly = new SharedAssembly(key, size, join(this.spoolDir, name), start, (a) => {
+    if (existing && existing.joinable && existing.size === size) return { assembly: existing, created: false };
+    const assembly = new SharedAssembly(key, size, start, (a) => {
       if (this.live.get(a.key) === a) this.live.delete(a.key);
-    }, this.stallMs);
+    }, this.stallMs, this.maxBuffered);
     this.live.set(key, assembly);
     return { assembly, created: true };
   }

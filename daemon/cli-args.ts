@@ -41,3 +41,23 @@ export function positionals(ctx: CommandContext, names: string[]): string[] {
   }
   return ctx.positionals;
 }
+
+/** A FILE argument that is read at random offsets (and in parallel): stdin ('-') cannot be. */
+export function seekableFile(name: string, path: string): string {
+  if (path === '-') throw new UsageError(`${name} must be a file: '-' (stdin) cannot be read at random offsets`);
+  return path;
+}
+
+/** Writes bytes to a stream (stdout) and waits until they are handed to the OS. */
+export function writeAll(stream: NodeJS.WritableStream, data: Uint8Array): Promise<void> {
+  return new Promise((resolve, reject) => {
+    stream.write(data, (err) => (err ? reject(err) : resolve()));
+  });
+}
+
+/** Reads all of stdin (an index given as '-'). */
+export async function readStdin(): Promise<Buffer> {
+  const parts: Buffer[] = [];
+  for await (const part of process.stdin) parts.push(part as Buffer);
+  return Buffer.concat(parts);
+}

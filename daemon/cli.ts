@@ -4,9 +4,8 @@
 import { parseArgs } from 'node:util';
 import { commands } from './commands/index.js';
 import { DeltadError, UsageError } from '../lib/errors.js';
+import { VERSION } from '../lib/util/version.js';
 import type { Command } from './command.js';
-
-const VERSION = '0.1.0';
 
 function mainHelp(): string {
   const w = Math.max(...commands.map((c) => c.name.length));
@@ -53,7 +52,8 @@ export async function main(argv: string[]): Promise<number> {
     return await cmd.run({
       values: parsed.values as Record<string, string | boolean | string[] | undefined>,
       positionals: parsed.positionals,
-      interactive: Boolean(process.stderr.isTTY) && !process.env.CI,
+      // DELTAD_PROGRESS=1 draws progress bars even when stderr is not a terminal (0: never).
+      interactive: process.env.DELTAD_PROGRESS ? process.env.DELTAD_PROGRESS === '1' : Boolean(process.stderr.isTTY) && !process.env.CI,
       stdout: process.stdout,
       stderr: process.stderr,
     });

@@ -125,7 +125,7 @@ export const configUsage = `Configuration (file ${DEFAULT_CONFIG_FILE}, env DELT
   --index-suffix SUFFIX    legacy: the same as --index-name {name}SUFFIX
   --sysupdate-root DIR     where sysupdate.d transfer definitions are read (default /)
   --store URL              casync chunk store to fetch missing chunks from (default: byte ranges)
-  --cache-dir DIR          seed index cache and assembly spool (default $CACHE_DIRECTORY or /var/cache/deltad)
+  --cache-dir DIR          seed index cache and adopted indexes (default $CACHE_DIRECTORY or /var/cache/deltad)
   --idle-timeout SECONDS   exit after this long without requests; 0 = never (default 300)
   --concurrency N          parallel origin requests per assembly (default 8)
   --passthrough MODE       redirect (307 to the origin) or proxy (stream through) (default redirect)

@@ -1,10 +1,13 @@
 // Options shared by `deltad extract` and `deltad plan`: where an update's
 // bytes may come from (seeds, stores, the image URL, the fetch mode).
-import { existsSync } from 'node:fs';
+import { closeSync, existsSync, openSync, readSync } from 'node:fs';
+import { parseIndex, startsLikeIndex, type ChunkIndex } from '../lib/format/caibx.js';
+import { loadIndex } from '../lib/delta/extract.js';
 import { UsageError } from '../lib/errors.js';
 import type { FetchMode, SeedSpec, SourceOptions } from '../lib/delta/extract.js';
 import type { CommandContext, OptionSpec } from './command.js';
-import { list, str } from './cli-args.js';
+import { list, readStdin, str } from './cli-args.js';
+import { createProgress, type Progress } from './progress.js';
 
 export const sourceOptionSpec: OptionSpec = {
   seed: { type: 'string', multiple: true },
@@ -12,28 +15,64 @@ export const sourceOptionSpec: OptionSpec = {
   'range-url': { type: 'string' },
   mode: { type: 'string' },
   'cache-dir': { type: 'string' },
+  timeout: { type: 'string' },
   json: { type: 'boolean' },
 };
 
-export const sourceOptionUsage = `  --seed FILE[:INDEX]  a local file that may hold chunks of the target (repeatable);
-                       without INDEX it is chunked like the target and the index cached
+export const sourceOptionUsage = `  --seed FILE[:INDEX]  a local image that may hold chunks of the target (repeatable):
+                       the image first, then optionally its .caibx (desync's --seed
+                       takes the index alone); without INDEX it is chunked like the
+                       target and the index cached
   --store URL|DIR      casync/desync chunk store (repeatable, tried in order)
   --range-url URL      the target image itself, fetched with HTTP byte ranges
   --mode MODE          auto (default), range or store
   --cache-dir DIR      seed index cache (default $XDG_CACHE_HOME/deltad or ~/.cache/deltad)
+  --timeout SECONDS    longest wait for a server's response headers or next body bytes
+                       (default 30; a request that times out is retried once)
   --json               print a JSON summary instead of text`;
 
-/** FILE[:INDEX]: split at the last ':' unless the whole argument names an existing file. */
+/** An index by its first bytes, or by its name when it cannot be read. */
+function looksLikeIndex(path: string): boolean {
+  let fd: number | undefined;
+  try {
+    fd = openSync(path, 'r');
+    const head = Buffer.alloc(16);
+    readSync(fd, head, 0, 16, 0);
+    return startsLikeIndex(head);
+  } catch {
+    return /\.cai[bd]x$/.test(path);
+  } finally {
+    if (fd !== undefined) closeSync(fd);
+  }
+}
+
+/**
+ * FILE[:INDEX]: split at the last ':' unless the whole argument names an existing file.
+ * INDEX:FILE (the index first) is refused with the order spelled out.
+ */
 export function parseSeedArg(arg: string): SeedSpec {
   const colon = arg.lastIndexOf(':');
   if (colon <= 0 || colon === arg.length - 1 || existsSync(arg)) return { path: arg };
-  return { path: arg.slice(0, colon), index: arg.slice(colon + 1) };
+  const path = arg.slice(0, colon);
+  const index = arg.slice(colon + 1);
+  if (looksLikeIndex(path) && !looksLikeIndex(index)) {
+    throw new UsageError(`--seed ${arg}: ${path} is the index and ${index} the image; the image comes first: --seed ${index}:${path}`);
+  }
+  return { path, index };
 }
 
 export function parseMode(s: string | undefined): FetchMode {
   if (s === undefined) return 'auto';
   if (s === 'auto' || s === 'range' || s === 'store') return s;
   throw new UsageError(`--mode: "${s}" must be auto, range or store`);
+}
+
+/** --timeout SECONDS → ms (undefined: the client's default). */
+export function parseTimeout(s: string | undefined): number | undefined {
+  if (s === undefined) return undefined;
+  const v = Number(s);
+  if (!Number.isFinite(v) || v <= 0 || v > 3600) throw new UsageError(`--timeout: "${s}" must be a number of seconds from 0.001 to 3600`);
+  return Math.max(1, Math.round(v * 1000));
 }
 
 export function sourceOptions(ctx: CommandContext): SourceOptions {
@@ -45,7 +84,28 @@ export function sourceOptions(ctx: CommandContext): SourceOptions {
     rangeUrl,
     mode: parseMode(str(ctx, 'mode')),
     cacheDir: str(ctx, 'cache-dir'),
+    timeoutMs: parseTimeout(str(ctx, 'timeout')),
+    onSeedIndexing: seedIndexingBars(ctx),
     onWarning: (m) => ctx.stderr.write(`deltad: warning: ${m}\n`),
+  };
+}
+
+/** A progress bar per seed being chunked (a real image takes tens of seconds). */
+function seedIndexingBars(ctx: CommandContext): SourceOptions['onSeedIndexing'] {
+  if (!ctx.interactive) return undefined;
+  const bars = new Map<string, Progress | null>(); // null: finished
+  return (path, done, total) => {
+    let bar = bars.get(path);
+    if (bar === null) return;
+    if (!bar) {
+      bar = createProgress({ label: `chunking seed ${path}`, total, interactive: true, stream: ctx.stderr });
+      bars.set(path, bar);
+    }
+    bar.update(done);
+    if (done >= total) {
+      bar.finish();
+      bars.set(path, null);
+    }
   };
 }
 
@@ -58,4 +118,10 @@ export function abortOnSignals(ctl: AbortController): () => void {
     process.off('SIGINT', onSignal);
     process.off('SIGTERM', onSignal);
   };
+}
+
+/** An INDEX argument: '-' reads it from stdin, an http(s) URL is downloaded, anything else is a file. */
+export async function readIndexArg(spec: string, opts: { allowArchive?: boolean; timeoutMs?: number } = {}): Promise<ChunkIndex> {
+  if (spec === '-') return parseIndex(await readStdin(), { source: 'stdin', allowArchive: opts.allowArchive ?? false });
+  return loadIndex(spec, opts);
 }

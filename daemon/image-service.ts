@@ -14,15 +14,15 @@
 //   still cannot be completed correctly, the socket is destroyed, so the
 //   client sees a truncated download. The engine holds back the final bytes
 //   until the whole-file SHA-256 matches the origin's SHA256SUMS entry.
-import { createHash } from 'node:crypto';
 import type { ServerResponse } from 'node:http';
 import { pipeline } from 'node:stream/promises';
-import { MAX_INDEX_BYTES, parseIndex, type ChunkIndex } from '../lib/format/caibx.js';
 import { OriginError } from '../lib/errors.js';
 import { openExtractStream, planUpdate, type ExtractProgress, type PlanReport, type SourceOptions } from '../lib/delta/extract.js';
 import type { HttpClient } from '../lib/fetch/http-client.js';
 import { openProxyStore } from '../lib/fleet/batch-store.js';
 import type { ChunkStore } from '../lib/store/types.js';
+import type { PreparedImage, ReleaseTarget, Releases } from '../lib/delta/release.js';
+import type { ChunkIndex } from '../lib/format/caibx.js';
 import type { AssemblyRegistry, SharedAssembly } from './assemblies.js';
 import type { DaemonConfig } from './config.js';
 import type { Logger } from './log.js';
@@ -32,7 +32,6 @@ import { indexFileNames } from './index-names.js';
 import { passThroughUrl, siblingUrl, type OriginTarget } from './origin-path.js';
 import { passThrough, type PassThroughContext } from './passthrough.js';
 import type { SeedCatalog } from './seeds.js';
-import { findSha256 } from './sha256sums.js';
 import { verifiedBody } from './verified-body.js';
 import { formatBytes } from './progress.js';
 
@@ -49,23 +48,9 @@ export interface ImageTimeouts {
 }
 
 export const DEFAULT_TIMEOUTS: ImageTimeouts = { prepareMs: 1_500, headerMs: 1_900, firstByteMs: 40_000, stallMs: 45_000 };
-const MANIFEST_MAX = 1024 * 1024;
 const STATUS_EVERY_MS = 1_000;
 /** An origin found not to be a deltad proxy (or unreachable) is asked again at most this often. */
 const PROXY_PROBE_EVERY_MS = 60_000;
-
-export interface PreparedImage {
-  index: ChunkIndex;
-  /** SHA-256 from the origin's SHA256SUMS, when it lists the image. */
-  sha256?: string;
-  /** Identifies this version of the image: its URL, the digest of its index and the expected SHA-256 (what its bytes were verified against). */
-  key: string;
-}
-
-interface FoundIndex {
-  url: string;
-  body: Buffer;
-}
 
 export interface ImageServiceDeps {
   config: DaemonConfig;
@@ -75,6 +60,7 @@ export interface ImageServiceDeps {
   notifier: Notifier;
   seeds: SeedCatalog;
   assemblies: AssemblyRegistry;
+  releases: Releases;
   passThrough: PassThroughContext;
   timeouts: ImageTimeouts;
 }
@@ -85,16 +71,25 @@ export class ImageService {
   private proxyProbe?: { at: number; store: Promise<ChunkStore | null> };
   constructor(private readonly d: ImageServiceDeps) {}
 
+  /** Where the image, its index and its SHA256SUMS live on the origin. */
+  private release(target: OriginTarget): ReleaseTarget {
+    return {
+      url: target.url,
+      name: target.name,
+      indexUrls: this.indexUrls(target),
+      sumsUrl: siblingUrl(target.url, 'SHA256SUMS'),
+    };
+  }
+
   /**
-   * The image's index and expected SHA-256; undefined when the origin has no index for it.
-   * `sha256` is the SHA256SUMS lookup, fetched alongside the index (serve() keeps it for fallbacks).
+   * The image's index and expected SHA-256 (shared by concurrent requests, see lib/delta/release.ts); undefined when
+   * the origin has no index for it. `sha256` is the SHA256SUMS lookup (serve() keeps it for fallbacks).
    */
-  async prepare(target: OriginTarget, signal?: AbortSignal, sha256 = this.expectedSha256(target, signal)): Promise<PreparedImage | undefined> {
-    const [found, expected] = await Promise.all([this.fetchIndex(target, signal), sha256]);
-    if (!found) return undefined;
-    const index = parseIndex(found.body, { source: found.url, allowArchive: false });
-    const digest = createHash('sha256').update(found.body).digest('hex');
-    return { index, sha256: expected, key: `${target.url}#${digest}#${expected ?? ''}` };
+  prepare(target: OriginTarget, sha256 = this.expectedSha256(target)): Promise<PreparedImage | undefined> {
+    return this.d.releases.prepare(this.release(target), sha256).then((p) => {
+      if (p) this.noteIndexUrl(target, p.indexUrl);
+      return p;
+    });
   }
 
   /**
@@ -115,26 +110,14 @@ export class ImageService {
     this.indexTemplate = this.d.config.indexNames.find(answers);
   }
 
-  /** The image's index: the first candidate URL the origin has. */
-  private async fetchIndex(target: OriginTarget, signal?: AbortSignal): Promise<FoundIndex | undefined> {
-    for (const url of this.indexUrls(target)) {
-      const res = await this.fetchSmall(url, MAX_INDEX_BYTES, signal);
-      if (res.status === 404 || res.status === 410) continue;
-      this.noteIndexUrl(target, url);
-      return { url, body: res.body };
-    }
-    return undefined;
-  }
-
   /** What the "no index" messages name. */
   private get indexWhat(): string {
     return `index (${this.d.config.indexNames.join(', ')})`;
   }
 
   /** The image's entry in the SHA256SUMS beside it, if any. */
-  private async expectedSha256(target: OriginTarget, signal?: AbortSignal): Promise<string | undefined> {
-    const sums = await this.fetchSmall(siblingUrl(target.url, 'SHA256SUMS'), MANIFEST_MAX, signal);
-    return sums.status === 200 ? findSha256(sums.body.toString('utf8'), target.name) : undefined;
+  private expectedSha256(target: OriginTarget): Promise<string | undefined> {
+    return this.d.releases.sha256(this.release(target));
   }
 
   /**
@@ -146,7 +129,6 @@ export class ImageService {
     if (this.d.config.store) return Promise.resolve(null);
     const last = this.proxyProbe;
     if (last && Date.now() - last.at < PROXY_PROBE_EVERY_MS) return last.store;
-    this.d.counters.originRequests++;
     const store = openProxyStore(this.d.config.origin, { client: this.d.http }).catch(() => null);
     const probe = { at: Date.now(), store };
     this.proxyProbe = probe;
@@ -178,7 +160,7 @@ export class ImageService {
 
   /** The update-size query: what would come from seeds and from the network. */
   async plan(target: OriginTarget, signal?: AbortSignal): Promise<(PlanReport & { sha256?: string }) | undefined> {
-    const prepared = await this.prepare(target, signal);
+    const prepared = await this.prepare(target);
     if (!prepared) return undefined;
     await this.d.seeds.ready;
     const report = await planUpdate(prepared.index, await this.sources(target, prepared.index, signal));
@@ -191,15 +173,17 @@ export class ImageService {
     const ac = new AbortController();
     res.once('close', () => ac.abort());
     // Index, SHA256SUMS, the proxy probe and the HEAD below go out together.
-    const sha256 = this.expectedSha256(target, ac.signal);
+    const sha256 = this.expectedSha256(target);
     const rangeCheck = method === 'GET' ? this.needsRangeCheck() : Promise.resolve(false);
-    const ready = this.prepare(target, ac.signal, sha256).then(async (p) => {
-      if (p && (await rangeCheck)) await this.checkRanges(target.url, ac.signal);
+    const ready = this.prepare(target, sha256).then(async (p) => {
+      if (p && (await rangeCheck)) await this.d.releases.checkRanges(target.url);
       return p;
     });
+    // A failure surfaces through the deadline race below; never as an unhandled rejection.
+    sha256.catch(() => {});
     // Sent with the index fetch: when the index is slow, the image's length lets the headers go out anyway.
     let announced: number | undefined;
-    if (method === 'GET') void this.headLength(target.url, ac.signal).then((n) => (announced = n));
+    if (method === 'GET') void this.d.releases.headLength(target.url).then((n) => (announced = n));
     let prepared: PreparedImage | undefined;
     try {
       prepared = await withDeadline(ready, timeouts.prepareMs, `index of ${target.relPath} not fetched within ${timeouts.prepareMs} ms`);
@@ -306,9 +290,8 @@ export class ImageService {
 
   /** Full image from the origin under already-sent headers: exact size and SHA-256, or a cut connection. */
   private async proxyWhole(target: OriginTarget, size: number, sha256: string | undefined, res: ServerResponse, signal: AbortSignal): Promise<void> {
-    const { http, counters, log } = this.d;
+    const { http, log } = this.d;
     try {
-      counters.originRequests++;
       const up = await http.withRetry(async () => {
         const r = await http.request(target.url, { signal });
         if (r.statusCode !== 200) {
@@ -322,9 +305,6 @@ export class ImageService {
         up.body.destroy();
         throw new OriginError(`GET ${target.url}: ${declared} bytes, but ${size} were announced`);
       }
-      up.body.on('data', (b: Buffer) => {
-        counters.originBytes += b.length;
-      });
       await pipeline(up.body, verifiedBody(size, sha256, target.url), res);
     } catch (err) {
       res.destroy();
@@ -354,8 +334,6 @@ export class ImageService {
     const c = this.d.counters;
     const reused = (x?: ExtractProgress) => (x ? x.fromSeeds + x.fromSelf + x.fromZero : 0);
     c.bytesReused += reused(p) - reused(prev);
-    c.originBytes += p.networkBytes - (prev?.networkBytes ?? 0);
-    c.originRequests += p.networkRequests - (prev?.networkRequests ?? 0);
   }
 
   private reportStatus(target: OriginTarget, p: ExtractProgress): void {
@@ -391,39 +369,6 @@ export class ImageService {
   /** Byte ranges of the image are the only remote source unless a chunk store is configured or the origin is a deltad proxy. */
   private async needsRangeCheck(): Promise<boolean> {
     return !this.d.config.store && !(await this.proxyStore());
-  }
-
-  /** The image's length from a HEAD: a 200 with a Content-Length, else undefined (any failure too). */
-  private async headLength(url: string, signal: AbortSignal): Promise<number | undefined> {
-    this.d.counters.originRequests++;
-    try {
-      const r = await this.d.http.request(url, { method: 'HEAD', signal });
-      await r.body.dump();
-      const n = Number(r.headers['content-length']);
-      return r.statusCode === 200 && Number.isSafeInteger(n) && n >= 0 ? n : undefined;
-    } catch {
-      return undefined;
-    }
-  }
-
-  /**
-   * Without a chunk store every missing byte comes as a range of the image, so
-   * an origin that ignores Range is found out here, before any byte is sent,
-   * and the image is passed through whole instead.
-   */
-  private async checkRanges(url: string, signal?: AbortSignal): Promise<void> {
-    this.d.counters.originRequests++;
-    const r = await this.d.http.request(url, { headers: { range: 'bytes=0-0' }, signal });
-    if (r.statusCode === 206) return void (await r.body.dump());
-    r.body.destroy();
-    throw new OriginError(`${url}: the origin does not serve byte ranges (HTTP ${r.statusCode} to a Range request)`, { status: r.statusCode });
-  }
-
-  private async fetchSmall(url: string, maxBytes: number, signal?: AbortSignal) {
-    this.d.counters.originRequests++;
-    const r = await this.d.http.getBuffer(url, { maxBytes, signal });
-    this.d.counters.originBytes += r.body.length;
-    return r;
   }
 }
 

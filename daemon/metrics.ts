@@ -54,15 +54,24 @@ const HELP: Record<keyof DaemonCounters, [name: string, help: string]> = {
   rejected: ['deltad_rejected_requests_total', 'Requests refused as unsafe'],
 };
 
-/** Renders counters (and optional gauges) as Prometheus text exposition format 0.0.4. */
-export function renderMetrics(c: DaemonCounters, gauges: Record<string, [help: string, value: number]> = {}): string {
+/**
+ * Renders counters, optional gauges (values that go up and down) and optional extra counters (running totals of
+ * other components) as Prometheus text exposition format 0.0.4.
+ */
+export function renderMetrics(
+  c: DaemonCounters,
+  gauges: Record<string, [help: string, value: number]> = {},
+  counters: Record<string, [help: string, value: number]> = {},
+): string {
   const out: string[] = [];
   for (const key of Object.keys(HELP) as (keyof DaemonCounters)[]) {
     const [name, help] = HELP[key];
     out.push(`# HELP ${name} ${help}`, `# TYPE ${name} counter`, `${name} ${c[key]}`);
   }
-  for (const [name, [help, value]] of Object.entries(gauges)) {
-    out.push(`# HELP ${name} ${help}`, `# TYPE ${name} gauge`, `${name} ${value}`);
+  for (const [kind, entries] of [['gauge', gauges], ['counter', counters]] as const) {
+    for (const [name, [help, value]] of Object.entries(entries)) {
+      out.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${kind}`, `${name} ${value}`);
+    }
   }
   return out.join('\n') + '\n';
 }

@@ -29,7 +29,6 @@ export async function passThrough(ctx: PassThroughContext, method: 'GET' | 'HEAD
 
 /** Streams the origin's answer to `url` through. Headers not yet sent: a failure becomes 502. */
 export async function proxy(ctx: PassThroughContext, method: 'GET' | 'HEAD', url: string, res: ServerResponse, signal?: AbortSignal): Promise<void> {
-  ctx.counters.originRequests++;
   let upstream;
   try {
     upstream = await ctx.http.withRetry(() => ctx.http.request(url, { method, signal }), signal);
@@ -53,9 +52,6 @@ export async function proxy(ctx: PassThroughContext, method: 'GET' | 'HEAD', url
     res.end();
     return;
   }
-  upstream.body.on('data', (b: Buffer) => {
-    ctx.counters.originBytes += b.length;
-  });
   // A broken upstream body destroys the response: the client sees a truncated transfer.
   await pipeline(upstream.body, res);
 }

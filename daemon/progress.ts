@@ -1,5 +1,7 @@
 // Progress bars for interactive commands: one redrawn line on a terminal
-// (rate, ETA, optional detail), nothing at all in pipes and logs.
+// (rate, ETA, optional detail), nothing at all in pipes and logs. Rate and ETA
+// come from the last few seconds, so a fast start (chunks copied from seeds)
+// does not hide a slow, network-bound tail.
 
 export interface ProgressOptions {
   label: string;
@@ -10,6 +12,8 @@ export interface ProgressOptions {
   stream?: NodeJS.WritableStream;
   /** Format for done/total values; default bytes. */
   unit?: 'bytes' | 'count';
+  /** Milliseconds clock (default Date.now; tests pass their own). */
+  clock?: () => number;
 }
 
 export interface Progress {
@@ -22,6 +26,8 @@ export interface Progress {
 
 const REDRAW_MS = 100;
 const BAR_WIDTH = 24;
+/** The rate is measured over this much recent time (or everything, early on). */
+const RATE_WINDOW_MS = 5000;
 
 export function formatBytes(n: number): string {
   const units = ['B', 'KiB', 'MiB', 'GiB', 'TiB'];
@@ -47,15 +53,23 @@ export function formatDuration(seconds: number): string {
 
 export function createProgress(opts: ProgressOptions): Progress {
   const stream = opts.stream ?? process.stderr;
+  const clock = opts.clock ?? Date.now;
   let total = opts.total ?? 0;
-  const started = Date.now();
   let lastDraw = 0;
   let drawn = false;
   const fmt = opts.unit === 'count' ? (n: number) => String(n) : formatBytes;
+  /** (time, done) samples of the last RATE_WINDOW_MS, oldest first. */
+  const samples: [number, number][] = [[clock(), 0]];
+
+  const recentRate = (now: number, done: number): number => {
+    samples.push([now, done]);
+    while (samples.length > 2 && now - samples[1][0] >= RATE_WINDOW_MS) samples.shift();
+    const [t0, d0] = samples[0];
+    return now > t0 ? ((done - d0) * 1000) / (now - t0) : 0;
+  };
 
   const draw = (done: number, detail?: string) => {
-    const elapsed = (Date.now() - started) / 1000;
-    const rate = elapsed > 0 ? done / elapsed : 0;
+    const rate = recentRate(clock(), done);
     let line = opts.label;
     if (total > 0) {
       const frac = Math.min(1, done / total);
@@ -76,7 +90,7 @@ export function createProgress(opts: ProgressOptions): Progress {
   return {
     update(done, detail) {
       if (!opts.interactive) return;
-      const now = Date.now();
+      const now = clock();
       if (now - lastDraw < REDRAW_MS && done < total) return;
       lastDraw = now;
       draw(done, detail);

@@ -1,10 +1,32 @@
-// Typed errors: every failure deltad reports names what was wrong and where,
-// so the CLI and the daemon can print one clear line and pick an exit code.
+// Every error deltad raises, in one place. Each names what was wrong and where
+// (file, field, byte offset, chunk ID, URL), so the CLI and the daemon can print
+// one clear line and pick an exit code. Codes carry the ERR_DELTAD_ prefix so
+// they never collide with errno codes (ENOSPC, EIO) that Node puts on `code`.
+import { dirname } from 'node:path';
+
+/** Stable machine-readable codes of deltad's own errors. */
+export type DeltadErrorCode =
+  | 'ERR_DELTAD_INDEX'
+  | 'ERR_DELTAD_CHUNK'
+  | 'ERR_DELTAD_MISSING'
+  | 'ERR_DELTAD_USAGE'
+  | 'ERR_DELTAD_ORIGIN'
+  | 'ERR_DELTAD_SHA256'
+  | 'ERR_DELTAD_PACK'
+  | 'ERR_DELTAD_NO_RANGES'
+  | 'ERR_DELTAD_NO_MULTI_RANGE'
+  | 'ERR_DELTAD_ENCODING'
+  | 'ERR_DELTAD_NO_SPACE'
+  | 'ERR_DELTAD_STORE'
+  | 'ERR_DELTAD_SIZE_MISMATCH'
+  | 'ERR_DELTAD_INPUT'
+  | 'ERR_DELTAD_READ'
+  | 'ERR_DELTAD_WORKER'
+  | 'ERR_DELTAD_FILE';
 
 export class DeltadError extends Error {
-  /** Stable machine-readable code, e.g. "EINDEX", "ECHUNK". */
-  readonly code: string;
-  constructor(code: string, message: string, options?: { cause?: unknown }) {
+  readonly code: DeltadErrorCode;
+  constructor(code: DeltadErrorCode, message: string, options?: { cause?: unknown }) {
     super(message, options);
     this.code = code;
     this.name = new.target.name;
@@ -16,7 +38,7 @@ export class IndexFormatError extends DeltadError {
   readonly field: string;
   readonly offset: number;
   constructor(field: string, offset: number, detail: string, source?: string) {
-    super('EINDEX', `${source ? source + ': ' : ''}invalid index: ${field} at byte ${offset}: ${detail}`);
+    super('ERR_DELTAD_INDEX', `${source ? source + ': ' : ''}invalid index: ${field} at byte ${offset}: ${detail}`);
     this.field = field;
     this.offset = offset;
   }
@@ -26,7 +48,7 @@ export class IndexFormatError extends DeltadError {
 export class ChunkVerifyError extends DeltadError {
   readonly chunkId: string;
   constructor(chunkId: string, detail: string, source?: string) {
-    super('ECHUNK', `chunk ${chunkId} ${detail}${source ? ` (from ${source})` : ''}`);
+    super('ERR_DELTAD_CHUNK', `chunk ${chunkId} ${detail}${source ? ` (from ${source})` : ''}`);
     this.chunkId = chunkId;
   }
 }
@@ -35,7 +57,7 @@ export class ChunkVerifyError extends DeltadError {
 export class ChunkMissingError extends DeltadError {
   readonly chunkId: string;
   constructor(chunkId: string, store: string) {
-    super('EMISSING', `chunk ${chunkId} not found in store ${store}`);
+    super('ERR_DELTAD_MISSING', `chunk ${chunkId} not found in store ${store}`);
     this.chunkId = chunkId;
   }
 }
@@ -43,7 +65,7 @@ export class ChunkMissingError extends DeltadError {
 /** Bad command-line or configuration input. */
 export class UsageError extends DeltadError {
   constructor(message: string) {
-    super('EUSAGE', message);
+    super('ERR_DELTAD_USAGE', message);
   }
 }
 
@@ -53,15 +75,91 @@ export class OriginError extends DeltadError {
   /** true when retrying may help (reset, timeout, 5xx). */
   readonly transient: boolean;
   constructor(message: string, opts: { status?: number; transient?: boolean; cause?: unknown } = {}) {
-    super('EORIGIN', message, { cause: opts.cause });
+    super('ERR_DELTAD_ORIGIN', message, { cause: opts.cause });
     this.status = opts.status;
     this.transient = opts.transient ?? false;
   }
 }
 
+/** The upstream file is larger than the metadata cache keeps: stream it through instead. */
+export class MetadataTooLargeError extends OriginError {}
+
 /** The whole assembled file does not match its expected SHA-256. */
 export class ChecksumMismatchError extends DeltadError {
   constructor(expected: string, actual: string, what: string) {
-    super('ESHA256', `${what}: SHA-256 mismatch: expected ${expected}, got ${actual}`);
+    super('ERR_DELTAD_SHA256', `${what}: SHA-256 mismatch: expected ${expected}, got ${actual}`);
   }
+}
+
+/** Block-pack content that fails its checks (bad frame, wrong hash, wrong header): names what and where. */
+export class PackError extends DeltadError {
+  constructor(message: string) {
+    super('ERR_DELTAD_PACK', message);
+  }
+}
+
+/** The server answered a range request with the whole file (200): ranges do not work here. */
+export class RangeUnsupportedError extends DeltadError {
+  constructor(url: string, detail: string) {
+    super('ERR_DELTAD_NO_RANGES', `${url}: the server does not serve byte ranges (${detail})`);
+  }
+}
+
+/** The server cannot do several ranges in one request (416, or one 206 for the whole span). */
+export class MultiRangeUnsupportedError extends DeltadError {
+  constructor(url: string, detail: string) {
+    super('ERR_DELTAD_NO_MULTI_RANGE', `${url}: multi-range request refused (${detail})`);
+  }
+}
+
+/** A chunk file that cannot be decoded: bad magic, corrupt, truncated, too large, trailing data. */
+export class ChunkEncodingError extends DeltadError {
+  constructor(message: string) {
+    super('ERR_DELTAD_ENCODING', message);
+  }
+}
+
+/** What a file-system error code means, in words. */
+const FS_WORDS: Record<string, string> = {
+  EROFS: 'read-only file system',
+  EACCES: 'permission denied',
+  EPERM: 'operation not permitted',
+  ENOSPC: 'no space left on device',
+  EDQUOT: 'disk quota exceeded',
+  EISDIR: 'is a directory',
+  ENOTDIR: 'a component of the path is not a directory',
+  EEXIST: 'already exists',
+  ENAMETOOLONG: 'file name too long',
+  EMFILE: 'too many open files',
+  EIO: 'input/output error',
+  ELOOP: 'too many symbolic links',
+};
+
+/** A file-system failure about a path the user gave (not the temp file deltad was using for it). */
+export class FileError extends DeltadError {
+  readonly path: string;
+  /** The errno code (ENOENT, EROFS, ...). */
+  readonly errno?: string;
+  constructor(path: string, detail: string, errno?: string, cause?: unknown) {
+    super(errno === 'ENOSPC' || errno === 'EDQUOT' ? 'ERR_DELTAD_NO_SPACE' : 'ERR_DELTAD_FILE', `${path}: ${detail}`, { cause });
+    this.path = path;
+    this.errno = errno;
+  }
+}
+
+/**
+ * Rewrites a Node fs error (which names whatever file failed, often a hidden
+ * temp file) as a FileError about `path`, saying in words what is wrong; `doing`
+ * leads the words ("cannot write"). When writing, a missing file means its
+ * directory is missing. Errors without an errno code pass through.
+ */
+export function fileError(err: unknown, path: string, writing: boolean, doing = writing ? 'cannot write' : 'cannot read'): unknown {
+  if (err instanceof DeltadError) return err;
+  const code = (err as NodeJS.ErrnoException)?.code;
+  if (typeof code !== 'string' || !/^E[A-Z]+$/.test(code)) return err;
+  if (code === 'ENOENT') {
+    const detail = writing ? `${doing}: directory ${dirname(path)} does not exist` : 'no such file or directory';
+    return new FileError(path, detail, code, err);
+  }
+  return new FileError(path, `${doing}: ${FS_WORDS[code] ?? (err as Error).message}`, code, err);
 }

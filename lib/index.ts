@@ -1,41 +1,61 @@
-// deltad's library API: everything the daemon, the CLI and other programs use.
-// Internal helpers (worker entry points, chunk-file layout, kernels) stay unexported.
+// deltad's library API: what a program needs to index images, serve and read
+// casync stores, and download a new image as a delta. Everything else in lib/
+// is internal (the daemon and the tests import it by path); package.json's
+// `exports` also offers a few stage modules as subpaths (deltad/extract, ...).
 
-// Basics: errors, chunk IDs, the index format, HTTP.
+// Errors: every failure is a DeltadError with an ERR_DELTAD_* code.
 export * from './errors.js';
-export * from './format/digest.js';
-export * from './format/caibx.js';
-export * from './fetch/http-client.js';
 
-// Chunking and indexing.
-export * from './chunking/chunker.js';
-export * from './chunking/indexer.js';
-export * from './seed/index-cache.js';
+// Chunk IDs and the .caibx index format.
+export { chunkId, fromHex, isChunkIdHex, toHex, type DigestName } from './format/digest.js';
+export {
+  ChunkIndex,
+  ChunkIndexBuilder,
+  parseIndex,
+  readIndexFile,
+  serializeIndex,
+  type ChunkParams,
+  type ParseOptions,
+} from './format/caibx.js';
+export { findSha256 } from './format/sha256sums.js';
 
-// Chunk stores and their contents.
-export type * from './store/types.js';
-export * from './store/compression.js';
-export * from './store/local-store.js';
-export * from './store/http-store.js';
-export * from './store/open-store.js';
-export * from './fleet/caching-store.js';
-export * from './fleet/image-range-store.js';
-export * from './fleet/batch-store.js';
-export * from './fleet/chunk-cache.js';
-export * from './fleet/batch-wire.js';
-export * from './tools/chop.js';
-export * from './tools/verify.js';
+// Chunking and indexing (byte-identical to casync make).
+export { Chunker, DEFAULT_CHUNK_PARAMS, parseChunkSize, type ChunkerVariant } from './chunking/chunker.js';
+export { indexBuffer, indexFile, type IndexOptions } from './chunking/indexer.js';
+export { defaultCacheDir, IndexCache } from './seed/index-cache.js';
 
-// Delta assembly: seeds, plans, remote sources, the assembler, the high-level API.
-export * from './seed/seed.js';
-export * from './plan/planner.js';
-export * from './fetch/multipart.js';
-export * from './fetch/range-fetcher.js';
-export * from './assemble/remote-source.js';
-export * from './assemble/assembler.js';
-export * from './assemble/partial-file.js';
-export * from './assemble/ordered-stream.js';
-export * from './delta/extract.js';
+// The HTTP client every fetch goes through.
+export { HttpClient, type HttpClientOptions, type HttpStats } from './fetch/http-client.js';
+
+// Chunk stores (casync/desync layout), filling and checking them.
+export type { ChunkRequest, ChunkStore, WritableChunkStore } from './store/types.js';
+export { LocalStore, type LocalStoreOptions } from './store/local-store.js';
+export { HttpStore, type HttpStoreOptions } from './store/http-store.js';
+export { openStore, openWritableStore } from './store/open-store.js';
+export { chopFile, type ChopOptions, type ChopResult } from './tools/chop.js';
+export { verifyFile, verifyStore, type VerifyFileResult, type VerifyStoreResult } from './tools/verify.js';
+
+// Delta downloads: plan, extract to a file or a verified stream, one preparation per release.
+export {
+  extractToFile,
+  loadIndex,
+  openExtractStream,
+  planUpdate,
+  type AssembleOptions,
+  type ExtractProgress,
+  type ExtractResult,
+  type ExtractStream,
+  type ExtractStreamOptions,
+  type ExtractToFileOptions,
+  type FetchMode,
+  type PlanReport,
+  type SeedSpec,
+  type SourceOptions,
+} from './delta/extract.js';
+export { Releases, type PreparedImage, type ReleaseTarget } from './delta/release.js';
+
+// Fleet: a sidecar's client of a deltad proxy's batch endpoint.
+export { openProxyStore, type BatchStoreOptions } from './fleet/batch-store.js';
 
 // The block-pack path (docs/BLOCKPACK.md).
 export * as blockpack from './blockpack/index.js';

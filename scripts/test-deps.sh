@@ -10,6 +10,7 @@ command -v nginx >/dev/null || [ -x /usr/sbin/nginx ] || need+=(nginx-light)
 command -v systemd-socket-activate >/dev/null || need+=(systemd)
 command -v zsync >/dev/null || need+=(zsync)
 command -v mkfs.erofs >/dev/null || need+=(erofs-utils)
+command -v systemd-dissect >/dev/null || need+=(systemd-container)
 command -v curl >/dev/null || need+=(curl)
 [ ${#need[@]} -eq 0 ] && exit 0
 echo "test-deps: installing ${need[*]}" >&2

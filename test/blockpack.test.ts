@@ -9,11 +9,8 @@ import { cp, mkdir, mkdtemp, readFile, readdir, rm, symlink, writeFile } from 'n
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { HttpClient } from '../lib/fetch/http-client.js';
-import { ChecksumMismatchError, IndexFormatError } from '../lib/errors.js';
-import {
-  PackError, assembleBlocks, costOf, packImage, parseBlockIndex, planBlockUpdate, probeBlockPack,
-  type BlockIndex,
-} from '../lib/blockpack/index.js';
+import { ChecksumMismatchError, IndexFormatError, PackError } from '../lib/errors.js';
+import { assembleBlocks, costOf, packImage, parseBlockIndex, planBlockUpdate, probeBlockPack, type BlockIndex } from '../lib/blockpack/index.js';
 import { HASH_BYTES, ZERO_BLOCK, serializeBlockIndex } from '../lib/blockpack/format.js';
 import { startOrigin, type Origin } from './helpers/origin.js';
 import { serializeIndex } from '../lib/format/caibx.js';

@@ -17,7 +17,7 @@ import { HttpClient } from '../lib/fetch/http-client.js';
 import { chopFile } from '../lib/tools/chop.js';
 import { verifyFile, verifyStore } from '../lib/tools/verify.js';
 import { startOrigin } from './helpers/origin.js';
-import { REPO_ROOT } from './helpers/shared.js';
+import { REPO_ROOT } from './helpers/repo.js';
 
 async function tempDir(t: { after: (fn: () => Promise<void>) => void }): Promise<string> {
   const dir = await mkdtemp(join(tmpdir(), 'deltad-chop-'));

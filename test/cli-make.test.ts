@@ -8,7 +8,7 @@ import { mkdtempSync, rmSync, writeFileSync, readFileSync, existsSync, readdirSy
 import { createCipheriv } from 'node:crypto';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { REPO_ROOT } from './helpers/shared.js';
+import { REPO_ROOT } from './helpers/repo.js';
 
 const CLI = join(REPO_ROOT, 'dist', 'daemon', 'cli.js');
 

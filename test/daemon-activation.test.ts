@@ -8,7 +8,7 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { createServer, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { REPO_ROOT } from './helpers/shared.js';
+import { REPO_ROOT } from './helpers/repo.js';
 import { startNotifyListener } from './helpers/notify-listener.js';
 import { startOrigin } from './helpers/origin.js';
 import { requireTool } from './helpers/sysupdate-client.js';

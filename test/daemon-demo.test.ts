@@ -3,7 +3,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
-import { REPO_ROOT } from './helpers/shared.js';
+import { REPO_ROOT } from './helpers/repo.js';
 import { run, SYSTEMD_PULL } from './helpers/sysupdate-client.js';
 
 for (const client of ['http', 'systemd-pull'] as const) {

@@ -13,7 +13,7 @@ import { copyFile, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promi
 import { createServer, type AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { REPO_ROOT } from './helpers/shared.js';
+import { REPO_ROOT } from './helpers/repo.js';
 import { startOrigin } from './helpers/origin.js';
 import { makeReleases } from './helpers/fleet.js';
 import { requireTool, run, SYSTEMD_PULL, systemdPull } from './helpers/sysupdate-client.js';

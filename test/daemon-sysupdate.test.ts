@@ -7,7 +7,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { connect } from 'node:net';
-import { copyFile, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { request as httpRequest } from 'node:http';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -67,7 +67,10 @@ interface Daemon {
   close(): Promise<void>;
 }
 
-async function startDaemon(t: { after(fn: () => Promise<void>): void }, f: Fixture, over: Partial<DaemonConfig> = {}, originUrl = f.origin.url, timeouts?: Partial<ImageTimeouts>): Promise<Daemon> {
+async function startDaemon(
+  t: { after(fn: () => Promise<void>): void }, f: Fixture, over: Partial<DaemonConfig> = {}, originUrl = f.origin.url,
+  timeouts?: Partial<ImageTimeouts>, shareBufferBytes?: number, releaseFreshMs?: number,
+): Promise<Daemon> {
   const cacheDir = await mkdtemp(join(f.dir, 'cache-'));
   const config: DaemonConfig = {
     ...defaultConfig({}),
@@ -79,7 +82,7 @@ async function startDaemon(t: { after(fn: () => Promise<void>): void }, f: Fixtu
   };
   const logs: string[] = [];
   const log = createLogger({ write: (s: string) => logs.push(s) } as unknown as NodeJS.WritableStream, {});
-  const { app, ctx } = await buildServer(config, { log, notifier: createNotifier({ env: {} }), timeouts });
+  const { app, ctx } = await buildServer(config, { log, notifier: createNotifier({ env: {} }), timeouts, shareBufferBytes, releaseFreshMs });
   await app.listen({ host: '127.0.0.1', port: 0 });
   const addr = app.server.address() as { port: number };
   const close = async () => {
@@ -87,6 +90,16 @@ async function startDaemon(t: { after(fn: () => Promise<void>): void }, f: Fixtu
   };
   t.after(close);
   return { url: `http://127.0.0.1:${addr.port}`, ctx, logs, close };
+}
+
+/** Bytes of every file under `dir`. */
+async function dirBytes(dir: string): Promise<number> {
+  let total = 0;
+  for (const e of await readdir(dir, { withFileTypes: true, recursive: true })) {
+    // Files may be renamed away while we look (index cache writes): those count as nothing.
+    if (e.isFile()) total += (await stat(join(e.parentPath, e.name)).catch(() => ({ size: 0 }))).size;
+  }
+  return total;
 }
 
 async function curl(args: string[], timeoutMs = 30_000) {
@@ -180,7 +193,8 @@ test('two clients share one assembly; a client that disconnects cancels it', { t
   const f = await fixture();
   const d = await startDaemon(t, f);
   const v2 = f.releases[1];
-  // Client A holds its download open (paused after the first bytes) while client B asks for the same image.
+  // Client A holds its download open (paused after the first bytes) while client B, arriving just after, asks for
+  // the same image: the start of the image is still kept for it.
   const a = await fetch(`${d.url}/os_2.img`);
   const readerA = a.body!.getReader();
   const first = await readerA.read();
@@ -191,10 +205,8 @@ test('two clients share one assembly; a client that disconnects cancels it', { t
   assert.equal(d.ctx.counters.assembliesStarted, 1, 'one assembly for both');
   assert.ok(d.logs.some((l) => l.includes('sharing the assembly of an earlier request')));
 
-  // The verified spool is kept a while for later requests.
-  const spoolDir = join(d.ctx.config.cacheDir, 'spool');
-  const kept = await readdir(spoolDir);
-  assert.equal(kept.length, 1);
+  // No image-sized file of the daemon's own: the cache holds seed indexes only.
+  assert.ok((await dirBytes(d.ctx.config.cacheDir)) < SIZE / 10, 'nothing image-sized in the cache directory');
 
   // Stall every range request so the assembly cannot finish; the client leaves after a few bytes.
   f.origin.fault({ kind: 'stall', path: '/os_3.img', rangedOnly: true, skip: 1, times: Infinity, stallMs: 20_000 });
@@ -210,10 +222,8 @@ test('two clients share one assembly; a client that disconnects cancels it', { t
     req.end();
   });
   const deadline = Date.now() + 5_000;
-  // The spool is removed just after the assembly leaves the active list: wait for both.
-  while ((d.ctx.assemblies.active.length > 0 || (await readdir(spoolDir)).length > kept.length) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
+  while (d.ctx.assemblies.active.length > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
   assert.equal(d.ctx.assemblies.active.length, 0, 'assembly cancelled');
-  assert.deepEqual(await readdir(spoolDir), kept, "the cancelled assembly's spool is removed");
   assert.equal(d.ctx.counters.assemblyFailures, 0, 'a cancellation is not a failure');
 });
 
@@ -381,7 +391,68 @@ test('pass-through keeps origin statuses; hostile targets and Host headers never
   assert.ok(redirect.ctx.counters.rejected >= 5);
 });
 
-test('a kept verified spool is not served once SHA256SUMS names another hash for the same index', { timeout: 60_000 }, async (t) => {
+test('a late client gets its own assembly; a slow client bounds what is buffered', { timeout: 60_000 }, async (t) => {
+  const f = await fixture();
+  const v2 = f.releases[1];
+  const d = await startDaemon(t, f, {}, f.origin.url, undefined, 256 * 1024);
+  // A reads its first bytes and then stops reading: the shared assembly may run at most the buffer ahead of it.
+  const a = await fetch(`${d.url}/os_2.img`);
+  const readerA = a.body!.getReader();
+  const partsA: Uint8Array[] = [(await readerA.read()).value!];
+  const [assembly] = d.ctx.assemblies.active;
+  const waitUntil = async (ok: () => boolean) => {
+    const deadline = Date.now() + 10_000;
+    while (!ok() && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+  };
+  await waitUntil(() => assembly.written > 0);
+  // B arrives after A took its first bytes: byte 0 has left the buffer, so B has an assembly of its own and is not
+  // held back by A, which still reads nothing.
+  const b = Buffer.from(await (await fetch(`${d.url}/os_2.img`)).arrayBuffer());
+  assert.ok(b.equals(v2.data), 'B got the whole image');
+  for (let r = await readerA.read(); !r.done; r = await readerA.read()) partsA.push(r.value);
+  assert.ok(Buffer.concat(partsA).equals(v2.data), 'A got the whole image');
+  // The engine's chunks arrive whole, so the buffer may exceed its bound by one of them (at most 1 MiB here).
+  assert.ok(assembly.peakBuffered <= 256 * 1024 + 1024 * 1024, `buffered at most ${assembly.peakBuffered} bytes`);
+  // C starts while D is far into its download: byte 0 is gone, so C gets an assembly of its own.
+  const started = d.ctx.counters.assembliesStarted;
+  const dRes = await fetch(`${d.url}/os_2.img`);
+  const readerD = dRes.body!.getReader();
+  const partsD: Uint8Array[] = [];
+  let got = 0;
+  while (got < 1024 * 1024) {
+    const r = await readerD.read();
+    partsD.push(r.value!);
+    got += r.value!.length;
+  }
+  const c = Buffer.from(await (await fetch(`${d.url}/os_2.img`)).arrayBuffer());
+  for (let r = await readerD.read(); !r.done; r = await readerD.read()) partsD.push(r.value);
+  assert.ok(c.equals(v2.data) && Buffer.concat(partsD).equals(v2.data), 'C and D got the whole image');
+  assert.equal(d.ctx.counters.assembliesStarted - started, 2, 'the late client C had an assembly of its own');
+});
+
+test('a burst of clients shares one preparation: one index, one SHA256SUMS, one HEAD, one range probe', { timeout: 60_000 }, async (t) => {
+  const f = await fixture();
+  const v2 = f.releases[1];
+  const d = await startDaemon(t, f);
+  const from = f.origin.log.length;
+  const bodies = await Promise.all(
+    Array.from({ length: 20 }, async () => Buffer.from(await (await fetch(`${d.url}/os_2.img`)).arrayBuffer())),
+  );
+  assert.ok(bodies.every((b) => b.equals(v2.data)), 'every client got v2');
+  const log = f.origin.log.slice(from);
+  const count = (pred: (e: (typeof log)[number]) => boolean) => log.filter(pred).length;
+  assert.equal(count((e) => e.path === '/os_2.img.caibx'), 1, 'one index download');
+  assert.equal(count((e) => e.path === '/SHA256SUMS'), 1, 'one SHA256SUMS fetch');
+  assert.equal(count((e) => e.path === '/os_2.img' && e.method === 'HEAD'), 1, 'one HEAD');
+  assert.equal(count((e) => e.path === '/os_2.img' && e.range === 'bytes=0-0'), 1, 'one range probe');
+  assert.equal(d.ctx.counters.assembliesStarted, 1, 'one assembly for the burst');
+  // Origin traffic is counted once, by the HTTP client: every body byte the origin sent, ranges included.
+  const sent = log.reduce((n, e) => n + e.bytes, 0);
+  assert.equal(d.ctx.counters.originBytes, sent, 'deltad_origin_bytes_total is what the origin sent');
+  assert.equal(d.ctx.counters.originRequests, log.length, 'deltad_origin_requests_total is what the origin answered');
+});
+
+test('a request after a verified download is verified again against the current SHA256SUMS', { timeout: 60_000 }, async (t) => {
   const f = await fixture();
   const v2 = f.releases[1];
   const dir = join(f.dir, 'origin-newsums');
@@ -391,7 +462,8 @@ test('a kept verified spool is not served once SHA256SUMS names another hash for
   await writeFile(join(dir, 'SHA256SUMS'), `${sha256(v2.data)}  os_2.img\n`);
   const origin = await startOrigin({ root: dir });
   t.after(() => origin.close());
-  const d = await startDaemon(t, f, {}, origin.url);
+  // Answers about the release are not reused: every request revalidates SHA256SUMS.
+  const d = await startDaemon(t, f, {}, origin.url, undefined, undefined, 0);
   /** The body as received, and whether the transfer ended cleanly. */
   const download = async () => {
     const ac = new AbortController();

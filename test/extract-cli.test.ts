@@ -9,7 +9,7 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { startOrigin, type Origin } from './helpers/origin.js';
 import { makeDeltaFixture, requireCasync, type DeltaFixture } from './helpers/delta-images.js';
-import { REPO_ROOT } from './helpers/shared.js';
+import { REPO_ROOT } from './helpers/repo.js';
 
 const CLI = join(REPO_ROOT, 'dist', 'daemon', 'cli.js');
 

@@ -21,6 +21,7 @@ import { HttpClient } from '../lib/fetch/http-client.js';
 import { serializeIndex } from '../lib/format/caibx.js';
 import { indexBuffer } from '../lib/chunking/indexer.js';
 import { LocalStore } from '../lib/store/local-store.js';
+import { FileError } from '../lib/errors.js';
 import { startOrigin, type Origin } from './helpers/origin.js';
 import { makeDeltaFixture, requireCasync, TEST_PARAMS, type DeltaFixture } from './helpers/delta-images.js';
 
@@ -163,7 +164,7 @@ test('a server that ignores Range: range mode fails at once, auto mode switches 
   try {
     await writeFile(out, 'previous content');
     origin.ranges = 'none';
-    await assert.rejects(extractToFile(fx.index, out, { ...opts, mode: 'range' }), (err: Error & { code?: string }) => err.code === 'ENORANGE' || /byte ranges/.test(err.message));
+    await assert.rejects(extractToFile(fx.index, out, { ...opts, mode: 'range' }), (err: Error & { code?: string }) => err.code === 'ERR_DELTAD_NO_RANGES' || /byte ranges/.test(err.message));
     // A 200 to several ranges might only mean "not several": one single range is tried, then nothing more.
     assert.deepEqual(origin.log.filter((e) => e.path === '/v2.img').map((e) => [e.status, e.range?.includes(',')]), [[200, true], [200, false]]);
     assert.equal(await readFile(out, 'utf8'), 'previous content');
@@ -343,7 +344,14 @@ test('out path problems are clear errors', async (t) => {
   const { http, opts } = setup();
   try {
     await assert.rejects(extractToFile(fx.index, work, { ...opts, mode: 'range' }), /not a regular file/);
-    await assert.rejects(extractToFile(fx.index, join(work, 'no-such-dir', 'x.img'), { ...opts, mode: 'range' }), /ENOENT/);
+    const out = join(work, 'no-such-dir', 'x.img');
+    await assert.rejects(extractToFile(fx.index, out, { ...opts, mode: 'range' }), (err: unknown) => {
+      assert.ok(err instanceof FileError, String(err));
+      assert.equal(err.path, out, 'names the output, not the partial file');
+      assert.equal(err.errno, 'ENOENT');
+      assert.match(err.message, /cannot write: directory .*no-such-dir does not exist/);
+      return true;
+    });
     assert.ok((await stat(work)).isDirectory());
   } finally {
     await http.close();
@@ -420,7 +428,7 @@ test('ordered stream: a server that ignores Range errors at once in range mode, 
       // A 1 MiB window: the first requests carry several ranges.
       const s = openExtractStream(fx.index, { ...opts, mode: 'range', windowBytes: 1024 * 1024 });
       const { error, resultError } = await readWithin(s, 5000);
-      assert.equal((error as Error & { code?: string })?.code, 'ENORANGE', String(error));
+      assert.equal((error as Error & { code?: string })?.code, 'ERR_DELTAD_NO_RANGES', String(error));
       assert.equal(resultError, error, 'the result rejects with the error that ended the stream');
       assert.deepEqual(origin.log.filter((e) => e.path === '/v2.img').map((e) => e.range?.includes(',')), [true, false], 'a multi-range then a single-range request, nothing after the 200s');
       assert.ok(s.progress.networkBytes < fx.v2.length / 2, `the 200 bodies were not read (${s.progress.networkBytes} bytes)`);
@@ -566,7 +574,7 @@ test('assembler into an ordered stream: a seed read error ends the stream instea
   const cancel = new AbortController();
   const sink = new OrderedStream({ target: fx.index, start: 0, end: fx.index.size, windowBytes: 128 * 1024, onCancel: (r) => cancel.abort(r) });
   sink.on('error', () => {});
-  const progress = { total: fx.index.size, done: 0, fromSeeds: 0, fromSelf: 0, fromZero: 0, fromCache: 0, fromNetwork: 0, networkBytes: 0, networkRequests: 0 };
+  const progress = { total: fx.index.size, done: 0, fromSeeds: 0, fromSelf: 0, fromZero: 0, fromCache: 0, fromNetwork: 0, fromLocalStore: 0, networkBytes: 0, networkRequests: 0 };
   const assembler = new Assembler({ plan, sink, remote, concurrency: 2, progress, signal: cancel.signal });
   const limit = deadline(5000, 'the assembly');
   try {

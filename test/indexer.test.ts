@@ -10,7 +10,7 @@ import { serializeIndex, type ChunkParams } from '../lib/format/caibx.js';
 import { chunkId, toHex } from '../lib/format/digest.js';
 import { UsageError } from '../lib/errors.js';
 import { indexBuffer, indexFile, type IndexOptions } from '../lib/chunking/indexer.js';
-import { caibxPath, loadVectors, vectorInputs } from './helpers/shared.js';
+import { caibxPath, loadVectors, vectorInputs } from './helpers/vectors.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'deltad-indexer-'));
 after(() => rmSync(dir, { recursive: true, force: true }));
@@ -42,7 +42,7 @@ async function assertParallelEqualsSerial(name: string, data: Buffer, opts: Omit
 
 test('indexFile of mixed-8m equals casync\'s .caibx with 1, 2, 3 and 5 threads', async () => {
   const v = loadVectors().find((x) => x.vector === 'mixed-8m-default')!;
-  const path = writeInput('mixed-8m.bin', (await vectorInputs())[v.input]());
+  const path = writeInput('mixed-8m.bin', (await vectorInputs())(v.input));
   const expected = readFileSync(caibxPath(v));
   for (const threads of [1, 2, 3, 5]) {
     const index = await indexFile(path, { params: DEFAULT, digest: 'sha512-256', threads });

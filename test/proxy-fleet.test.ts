@@ -85,6 +85,12 @@ test('six sidecars update concurrently through one proxy: identical images, each
   assert.ok(rangeBytes <= v2.data.length, `upstream sent ${rangeBytes} image bytes for ${results.length} clients of a ${v2.data.length}-byte image`);
   assert.ok(origin.log.every((e) => e.path !== img || e.status === 206), 'only byte ranges of the image');
   assert.equal(origin.log.filter((e) => e.path === `/${v1.name}`).length, 0, 'v1 never fetched: its chunks were local or came via v2');
+  // The proxy counts every upstream byte and request, chunks and ranges included (status and /metrics).
+  const traffic = (await (await request(`${proxyUrl}.deltad/status`)).body.json()) as { upstreamBytes: number; upstreamRequests: number };
+  assert.equal(traffic.upstreamBytes, origin.log.reduce((n, e) => n + e.bytes, 0), 'upstreamBytes = what the upstream sent');
+  assert.equal(traffic.upstreamRequests, origin.log.length, 'upstreamRequests = what the upstream answered');
+  const metrics = await (await request(`${proxyUrl}metrics`)).body.text();
+  assert.match(metrics, new RegExp(`deltad_origin_bytes_total ${traffic.upstreamBytes}\\n`));
 
   // Whole-image GET and a multi-range GET through the proxy: assembled from the (now warm) cache.
   const imageRequests = () => origin.log.filter((e) => e.path === img).length;

@@ -18,6 +18,7 @@ import { OriginError } from '../lib/errors.js';
 import { chunkRelativePath } from '../lib/store/chunk-file.js';
 import { compressChunk, decompressChunk } from '../lib/store/compression.js';
 import { makeReleases, rangeFetchesOf, startTestProxy, startUpstream, type Release, type Upstream } from './helpers/fleet.js';
+import { VERSION } from '../lib/util/version.js';
 
 const run = promisify(execFile);
 
@@ -92,7 +93,7 @@ test('store endpoint: exact path rule, HEAD, 404 for unknown chunks', { timeout:
   const ok = await get(`${f.url}/.deltad/store/${chunkRelativePath(hex, true)}`);
   assert.equal(ok.status, 200);
   assert.equal(ok.body.subarray(0, 4).toString('hex'), '28b52ffd', 'zstd .cacnk');
-  assert.equal(ok.headers['x-deltad-proxy'], '0.1.0');
+  assert.equal(ok.headers['x-deltad-proxy'], VERSION);
   const head = await request(`${f.url}/.deltad/store/${chunkRelativePath(hex, true)}`, { method: 'HEAD' });
   await head.body.dump();
   assert.equal(head.statusCode, 200);
@@ -229,7 +230,7 @@ test('disk full: chunks are served without being cached, and nothing partial is 
   const left = await readdir(join(f.dir, 'cache', 'chunks'), { recursive: true });
   assert.ok(!left.some((p) => p.includes('.tmp-') || p.endsWith('.cacnk')), `left: ${left.join(' ')}`);
   const metrics = await get(`${f.url}/metrics`);
-  assert.match(metrics.body.toString(), /deltad_proxy_cache_write_errors [1-9]/);
+  assert.match(metrics.body.toString(), /deltad_proxy_cache_write_errors_total [1-9]/);
 });
 
 test('access: clients outside the allow-list get 403', { timeout: 15_000 }, async (t) => {

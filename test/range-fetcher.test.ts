@@ -7,9 +7,10 @@ import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { MultipartParser, multipartBoundary, parseContentRange, type ContentRange } from '../lib/fetch/multipart.js';
-import { MultiRangeUnsupportedError, RangeFetcher, RangeUnsupportedError } from '../lib/fetch/range-fetcher.js';
+import { RangeFetcher } from '../lib/fetch/range-fetcher.js';
 import { HttpClient } from '../lib/fetch/http-client.js';
 import { startOrigin, type Origin } from './helpers/origin.js';
+import { MultiRangeUnsupportedError, RangeUnsupportedError } from '../lib/errors.js';
 
 function parseAll(body: Buffer, splits: number[], boundary = 'XyZ'): { parts: ContentRange[]; data: Map<number, Buffer> } {
   const parts: ContentRange[] = [];

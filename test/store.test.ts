@@ -14,7 +14,7 @@ import { compressChunk, decompressChunk } from '../lib/store/compression.js';
 import { chunkId, toHex } from '../lib/format/digest.js';
 import { ChunkVerifyError, DeltadError, OriginError, UsageError } from '../lib/errors.js';
 import { HttpClient } from '../lib/fetch/http-client.js';
-import { CASYNC_FORMAT_DIR, loadVectors } from './helpers/shared.js';
+import { loadVectors, storePath } from './helpers/vectors.js';
 import { startOrigin } from './helpers/origin.js';
 import { mountTinyTmpfs } from './helpers/tmpfs.js';
 
@@ -39,7 +39,7 @@ test("casync's kept chunk files decode to their size and ID (zstd, both digests)
   assert.ok(vectors.length >= 4, 'kept chunk files present');
   let n = 0;
   for (const v of vectors) {
-    const store = new LocalStore(join(CASYNC_FORMAT_DIR, 'store', `${v.vector}.castr`), { digest: v.digest, maxChunkSize: v.chunk_size_max });
+    const store = new LocalStore(storePath(v), { digest: v.digest, maxChunkSize: v.chunk_size_max });
     for (const k of v.kept_chunk_files) {
       const stored = await readFile(store.chunkPath(k.id));
       assert.equal(stored.length, k.file_size);
@@ -59,13 +59,13 @@ test("casync's kept chunk files decode to their size and ID (zstd, both digests)
 test('old casync stores: gzip chunks read, xz chunks give a clear error', async () => {
   const [gz] = loadVectors().filter((v) => v.vector === 'tiny-gzip');
   const [xz] = loadVectors().filter((v) => v.vector === 'tiny-xz');
-  const gzStore = new LocalStore(join(CASYNC_FORMAT_DIR, 'store', 'tiny-gzip.castr'));
+  const gzStore = new LocalStore(storePath(gz));
   const k = gz.kept_chunk_files[0];
   assert.equal((await readFile(gzStore.chunkPath(k.id))).subarray(0, 2).toString('hex'), '1f8b');
   const data = await gzStore.get({ id: Buffer.from(k.id, 'hex'), size: k.size });
   assert.equal(data?.length, 1000);
 
-  const xzStore = new LocalStore(join(CASYNC_FORMAT_DIR, 'store', 'tiny-xz.castr'));
+  const xzStore = new LocalStore(storePath(xz));
   const kx = xz.kept_chunk_files[0];
   await assert.rejects(xzStore.get({ id: Buffer.from(kx.id, 'hex'), size: kx.size }), (err: unknown) => {
     assert.ok(err instanceof ChunkVerifyError);
@@ -216,7 +216,7 @@ test('disk full (real tmpfs): clear ENOSPC error, no partial chunk, no temp file
     await store.put(chunkId('sha512-256', data), data).catch((err) => (failure = err));
   }
   assert.ok(failure instanceof DeltadError, 'the tmpfs filled up');
-  assert.equal(failure.code, 'ENOSPC');
+  assert.equal(failure.code, 'ERR_DELTAD_NO_SPACE');
   assert.match(failure.message, /no space left on device writing chunk/);
   // Every chunk that is listed is whole and verifies; no temp files are left.
   let whole = 0;

@@ -13,7 +13,7 @@ import { command as redirect } from '../daemon/commands/redirect.js';
 import { COPY_MARKER, readTransfers } from '../daemon/sysupdate-transfers.js';
 import { parseSystemdVersion } from '../daemon/systemd-version.js';
 import { UsageError } from '../lib/errors.js';
-import { REPO_ROOT } from './helpers/shared.js';
+import { REPO_ROOT } from './helpers/repo.js';
 
 const CLI = join(REPO_ROOT, 'dist/daemon/cli.js');
 

@@ -1,19 +1,19 @@
 // `deltad chop --store DIR INDEX FILE`: fill a casync chunk store from a file
 // and its index, so casync, desync and deltad clients can fetch its chunks.
-import { loadIndex } from '../../lib/delta/extract.js';
 import { chopFile } from '../../lib/tools/chop.js';
 import { defaultThreads } from '../../lib/store/chunk-encoder.js';
 import { openWritableStore } from '../../lib/store/open-store.js';
 import { UsageError } from '../../lib/errors.js';
 import type { Command } from '../command.js';
-import { flag, parseCount, positionals, str } from '../cli-args.js';
+import { readIndexArg } from '../delta-args.js';
+import { flag, parseCount, positionals, str, seekableFile } from '../cli-args.js';
 import { createProgress, formatBytes } from '../progress.js';
 
 export const command: Command = {
   name: 'chop',
   usage: `Usage: deltad chop --store DIR [options] INDEX FILE
 
-Reads FILE as INDEX (.caibx path or URL) describes it, checks every chunk
+Reads FILE as INDEX (.caibx path, URL or - for stdin) describes it, checks every chunk
 against its ID, and writes the chunks the store lacks as
 DIR/<4 hex>/<id>.cacnk (zstd, as casync make does). Fails, naming the chunk,
 if FILE does not match INDEX.
@@ -26,7 +26,7 @@ Options:
   --json            print the result as JSON
 
 Example:
-  deltad chop --store /srv/os/default.castr os_2.caibx os_2.raw`,
+  deltad chop --store /srv/os/default.castr os_2.raw.caibx os_2.raw`,
   options: {
     store: { type: 'string' },
     uncompressed: { type: 'boolean' },
@@ -35,10 +35,11 @@ Example:
     json: { type: 'boolean' },
   },
   async run(ctx) {
-    const [indexSpec, file] = positionals(ctx, ['INDEX', 'FILE']);
+    const [indexSpec, fileArg] = positionals(ctx, ['INDEX', 'FILE']);
+    const file = seekableFile('FILE', fileArg);
     const storeDir = str(ctx, 'store');
     if (!storeDir) throw new UsageError('--store DIR is required');
-    const index = await loadIndex(indexSpec);
+    const index = await readIndexArg(indexSpec);
     const store = openWritableStore(storeDir, {
       digest: index.digest,
       maxChunkSize: index.params.max,

@@ -27,7 +27,7 @@ import { createNotifier } from '../notify.js';
 import { silentLogger } from '../log.js';
 import { createProgress, formatBytes } from '../progress.js';
 import { buildServer } from '../server.js';
-import { findSha256 } from '../sha256sums.js';
+import { findSha256 } from '../../lib/format/sha256sums.js';
 
 const SYSTEMD_PULL = ['/usr/lib/systemd/systemd-pull', '/lib/systemd/systemd-pull'].find((p) => existsSync(p));
 const sha256 = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');

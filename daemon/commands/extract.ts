@@ -1,33 +1,40 @@
 // `deltad extract`: assemble a target image from seeds and the network,
-// verified chunk by chunk, into OUT (renamed into place only when complete).
-import { extractToFile, type ExtractProgress, type ExtractResult } from '../../lib/delta/extract.js';
+// verified chunk by chunk, into OUT (renamed into place only when complete),
+// or to stdout when OUT is '-'.
+import { pipeline } from 'node:stream/promises';
+import { extractToFile, openExtractStream, type AssembleOptions, type ExtractProgress, type ExtractResult } from '../../lib/delta/extract.js';
 import { UsageError } from '../../lib/errors.js';
 import type { Command } from '../command.js';
 import { flag, parseCount, positionals, str } from '../cli-args.js';
-import { abortOnSignals, sourceOptionSpec, sourceOptionUsage, sourceOptions } from '../delta-args.js';
+import { abortOnSignals, readIndexArg, sourceOptionSpec, sourceOptionUsage, sourceOptions } from '../delta-args.js';
 import { createProgress, formatBytes } from '../progress.js';
 
+/** Bytes that came from this machine: seeds, zero and repeated chunks, the chunk cache, local store directories. */
+const localBytes = (r: ExtractProgress): number => r.fromSeeds + r.fromZero + r.fromSelf + r.fromCache + r.fromLocalStore;
+
 function summaryText(out: string, r: ExtractResult): string {
-  const local = r.fromSeeds + r.fromZero + r.fromSelf + r.fromCache;
   return `${out}: ${formatBytes(r.total)} assembled in ${(r.wallMs / 1000).toFixed(1)} s: ` +
-    `${formatBytes(local)} local (seeds ${formatBytes(r.fromSeeds)}, zero ${formatBytes(r.fromZero)}, repeats ${formatBytes(r.fromSelf)}` +
+    `${formatBytes(localBytes(r))} local (seeds ${formatBytes(r.fromSeeds)}, zero ${formatBytes(r.fromZero)}, repeats ${formatBytes(r.fromSelf)}` +
+    `${r.fromLocalStore ? `, local store ${formatBytes(r.fromLocalStore)}` : ''}` +
     `${r.resumedBytes ? `, resumed ${formatBytes(r.resumedBytes)}` : ''}), ` +
     `${formatBytes(r.networkBytes)} over the network in ${r.networkRequests} requests (${r.mode} mode)`;
 }
 
-const detail = (p: ExtractProgress): string => `local ${formatBytes(p.fromSeeds + p.fromZero + p.fromSelf)}, net ${formatBytes(p.networkBytes)}`;
+const detail = (p: ExtractProgress): string => `local ${formatBytes(localBytes(p))}, net ${formatBytes(p.networkBytes)}`;
 
 export const command: Command = {
   name: 'extract',
   usage: `Usage: deltad extract [--seed FILE[:INDEX]]... [--store URL|DIR]... [--range-url URL]
                       [--mode auto|range|store] [--sha256 HEX] [--cache-dir DIR]
-                      [--concurrency N] [--json] INDEX OUT
+                      [--concurrency N] [--timeout SECONDS] [--json] INDEX OUT
 
-Downloads the index INDEX (a path or an http(s) URL), takes every chunk it can
-from the seeds (and from zero and repeated chunks), fetches the rest, verifies
-each chunk, and renames the result to OUT only when it is complete (and
-matches --sha256). An interrupted run leaves .OUT.deltad-partial beside OUT;
-running the same command again resumes from it.
+Downloads the index INDEX (a path, an http(s) URL, or '-' for stdin), takes
+every chunk it can from the seeds (and from zero and repeated chunks), fetches
+the rest, verifies each chunk, and renames the result to OUT only when it is
+complete (and matches --sha256). An interrupted run leaves .OUT.deltad-partial
+beside OUT; running the same command again resumes from it. OUT '-' writes the
+image to stdout in order (the summary goes to stderr; with --sha256 the last
+bytes are held back until the whole image matches).
 
 Options:
 ${sourceOptionUsage}
@@ -41,15 +48,19 @@ Example:
       https://example.org/os_2.img.caibx /var/tmp/os_2.img`,
   options: { ...sourceOptionSpec, sha256: { type: 'string' }, concurrency: { type: 'string' } },
   async run(ctx) {
-    const [index, out] = positionals(ctx, ['INDEX', 'OUT']);
+    const [indexSpec, out] = positionals(ctx, ['INDEX', 'OUT']);
     const sha256 = str(ctx, 'sha256');
     if (sha256 !== undefined && !/^[0-9a-fA-F]{64}$/.test(sha256)) throw new UsageError(`--sha256: "${sha256}" is not 64 hex digits`);
+    if (indexSpec === '-' && out === '-') throw new UsageError('INDEX and OUT cannot both be stdin/stdout (-)');
+    const toStdout = out === '-';
+    const report = toStdout ? ctx.stderr : ctx.stdout;
     const ctl = new AbortController();
     const release = abortOnSignals(ctl);
     const bar = createProgress({ label: 'extract', interactive: ctx.interactive, stream: ctx.stderr });
     try {
-      const result = await extractToFile(index, out, {
-        ...sourceOptions(ctx),
+      const sources = sourceOptions(ctx);
+      const opts: AssembleOptions = {
+        ...sources,
         sha256,
         concurrency: parseCount(str(ctx, 'concurrency'), '--concurrency', 8, 1, 256),
         signal: ctl.signal,
@@ -57,9 +68,19 @@ Example:
           bar.setTotal(p.total);
           bar.update(p.done, detail(p));
         },
-      });
+      };
+      let result: ExtractResult;
+      if (toStdout) {
+        const stream = openExtractStream(await readIndexArg(indexSpec, { timeoutMs: sources.timeoutMs }), opts);
+        await pipeline(stream, ctx.stdout, { end: false });
+        result = await stream.result;
+      } else {
+        // An index URL is downloaded by extractToFile, which counts its bytes.
+        result = await extractToFile(indexSpec === '-' ? await readIndexArg('-') : indexSpec, out, opts);
+      }
       bar.finish();
-      ctx.stdout.write(flag(ctx, 'json') ? JSON.stringify({ out, ...result }, null, 2) + '\n' : summaryText(out, result) + '\n');
+      const name = toStdout ? 'stdout' : out;
+      report.write(flag(ctx, 'json') ? JSON.stringify({ out: name, ...result }, null, 2) + '\n' : summaryText(name, result) + '\n');
       return 0;
     } catch (err) {
       bar.finish();

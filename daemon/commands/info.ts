@@ -1,8 +1,9 @@
 // `deltad info INDEX`: what an index holds (flags, chunker, chunk statistics).
-import { readIndexFile, type ChunkIndex } from '../../lib/format/caibx.js';
+import type { ChunkIndex } from '../../lib/format/caibx.js';
 import { toHex } from '../../lib/format/digest.js';
 import type { Command } from '../command.js';
-import { flag, positionals } from '../cli-args.js';
+import { flag, positionals, str } from '../cli-args.js';
+import { parseTimeout, readIndexArg } from '../delta-args.js';
 import { formatBytes } from '../progress.js';
 
 export function indexSummary(idx: ChunkIndex) {
@@ -39,17 +40,19 @@ export function indexSummary(idx: ChunkIndex) {
 
 export const command: Command = {
   name: 'info',
-  usage: `Usage: deltad info [--json] INDEX
+  usage: `Usage: deltad info [--json] [--timeout SECONDS] INDEX
 
 Prints the index's feature flags, digest, chunker parameters, blob size and
-chunk statistics (count, unique chunks, sizes).
+chunk statistics (count, unique chunks, sizes). INDEX is a file, an http(s)
+URL, or '-' for stdin.
 
 Options:
-  --json    print one JSON object instead of text`,
-  options: { json: { type: 'boolean' } },
+  --json               print one JSON object instead of text
+  --timeout SECONDS    longest wait for the server (INDEX a URL; default 30)`,
+  options: { json: { type: 'boolean' }, timeout: { type: 'string' } },
   async run(ctx) {
     const [path] = positionals(ctx, ['INDEX']);
-    const s = indexSummary(await readIndexFile(path));
+    const s = indexSummary(await readIndexArg(path, { allowArchive: true, timeoutMs: parseTimeout(str(ctx, 'timeout')) }));
     if (flag(ctx, 'json')) {
       ctx.stdout.write(JSON.stringify(s, null, 2) + '\n');
       return 0;

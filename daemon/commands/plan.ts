@@ -3,7 +3,7 @@
 import { planUpdate, type PlanReport } from '../../lib/delta/extract.js';
 import type { Command } from '../command.js';
 import { flag, positionals } from '../cli-args.js';
-import { sourceOptionSpec, sourceOptionUsage, sourceOptions } from '../delta-args.js';
+import { readIndexArg, sourceOptionSpec, sourceOptionUsage, sourceOptions } from '../delta-args.js';
 import { formatBytes } from '../progress.js';
 
 const pct = (n: number, of: number): string => (of > 0 ? `${((100 * n) / of).toFixed(1)}%` : '-');
@@ -35,19 +35,23 @@ export const command: Command = {
   usage: `Usage: deltad plan [--seed FILE[:INDEX]]... [--range-url URL] [--store URL|DIR]...
                    [--mode auto|range|store] [--json] INDEX
 
-Plans the target INDEX (a path or an http(s) URL) against the seeds without
-downloading any chunk, and prints the bytes that come from seeds, zero
-chunks and repeats, and the bytes and requests each fetch mode would need.
+Plans the target INDEX (a path, an http(s) URL, or '-' for stdin) against
+the seeds without downloading any chunk, and prints the bytes that come from
+seeds, zero chunks and repeats, and the bytes and requests each fetch mode
+would need.
 
 Options:
 ${sourceOptionUsage}
+
+Exit status: 0 planned, 1 failed (an index or server that cannot be read), 2 usage error.
 
 Example:
   deltad plan --seed /usr/lib/os.img --range-url https://example.org/os_2.img https://example.org/os_2.img.caibx`,
   options: sourceOptionSpec,
   async run(ctx) {
     const [index] = positionals(ctx, ['INDEX']);
-    const report = await planUpdate(index, sourceOptions(ctx));
+    const sources = sourceOptions(ctx);
+    const report = await planUpdate(index === '-' ? await readIndexArg(index) : index, sources);
     ctx.stdout.write(flag(ctx, 'json') ? JSON.stringify(report, null, 2) + '\n' : planText(index, report));
     return 0;
   },

@@ -1,12 +1,12 @@
 // `deltad verify INDEX [FILE] [--store S]`: check a file and/or a chunk store
 // against an index. Exit 0 when everything matches, 1 otherwise.
-import { loadIndex } from '../../lib/delta/extract.js';
 import { verifyFile, verifyStore } from '../../lib/tools/verify.js';
 import { openStore } from '../../lib/store/open-store.js';
 import { defaultThreads } from '../../lib/store/chunk-encoder.js';
 import { UsageError } from '../../lib/errors.js';
 import type { Command } from '../command.js';
-import { flag, parseCount, str } from '../cli-args.js';
+import { readIndexArg } from '../delta-args.js';
+import { flag, parseCount, str, seekableFile } from '../cli-args.js';
 import { createProgress } from '../progress.js';
 
 /** Problems listed in text output before "... and N more". */
@@ -16,7 +16,7 @@ export const command: Command = {
   name: 'verify',
   usage: `Usage: deltad verify [options] INDEX [FILE]
 
-With FILE: hashes every chunk of FILE as INDEX (.caibx path or URL) lays it
+With FILE: hashes every chunk of FILE as INDEX (.caibx path, URL or - for stdin) lays it
 out and reports chunks that differ and a size mismatch.
 With --store: fetches every distinct chunk of INDEX from the store (directory
 or http(s) URL), decodes and verifies it, and reports missing and corrupt ones.
@@ -29,8 +29,8 @@ Options:
   --json              print the results as JSON
 
 Examples:
-  deltad verify os_2.caibx os_2.raw
-  deltad verify --store https://example.org/os/default.castr os_2.caibx`,
+  deltad verify os_2.raw.caibx os_2.raw
+  deltad verify --store https://example.org/os/default.castr os_2.raw.caibx`,
   options: {
     store: { type: 'string' },
     concurrency: { type: 'string' },
@@ -42,7 +42,8 @@ Examples:
     const storeSpec = str(ctx, 'store');
     if (!indexSpec || extra.length > 0) throw new UsageError('expected INDEX [FILE]');
     if (!file && !storeSpec) throw new UsageError('nothing to verify: give FILE and/or --store');
-    const index = await loadIndex(indexSpec);
+    if (file) seekableFile('FILE', file);
+    const index = await readIndexArg(indexSpec);
     const json = flag(ctx, 'json');
     const lines: string[] = [];
     const out: Record<string, unknown> = {};

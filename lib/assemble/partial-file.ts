@@ -8,7 +8,7 @@ import { constants } from 'node:fs';
 import { lstat, open, readFile, rename, unlink, writeFile, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import { ChunkIndex, ID_SIZE } from '../format/caibx.js';
-import { ChecksumMismatchError, UsageError } from '../errors.js';
+import { ChecksumMismatchError, UsageError, fileError } from '../errors.js';
 import type { AssemblySink } from './sink.js';
 import type { Seed } from '../seed/seed.js';
 
@@ -78,10 +78,15 @@ export class PartialFile implements AssemblySink {
     }
     if (!fh) {
       await unlink(paths.partial).catch(() => {});
-      fh = await open(paths.partial, constants.O_RDWR | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
+      // Errors name the output the user gave, not the hidden partial file.
+      try {
+        fh = await open(paths.partial, constants.O_RDWR | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
+      } catch (err) {
+        throw fileError(err, out, true);
+      }
     }
     try {
-      if (!done) await fh.truncate(target.size);
+      if (!done) await fh.truncate(target.size).catch((err: unknown) => Promise.reject(fileError(err, out, true)));
       const file = new PartialFile(paths, fh, target, digest, done ?? new Uint8Array(bitmapBytes), !done);
       if (!done || !done.some((b) => b !== 0)) return { file };
       // A seed whose chunk i is the target's chunk i where the journal says written; the rest get an ID nothing hashes to.
@@ -155,10 +160,14 @@ export class PartialFile implements AssemblySink {
         throw new ChecksumMismatchError(expectSha256, sum, this.paths.out);
       }
     }
-    await this.fh.chmod(fileMode);
-    await this.fh.sync();
-    await this.close();
-    await rename(this.paths.partial, this.paths.out);
+    try {
+      await this.fh.chmod(fileMode);
+      await this.fh.sync();
+      await this.close();
+      await rename(this.paths.partial, this.paths.out);
+    } catch (err) {
+      throw fileError(err, this.paths.out, true);
+    }
     await unlink(this.paths.journal).catch(() => {});
     const dir = await open(dirname(this.paths.out), 'r');
     await dir.sync().catch(() => {});

@@ -9,8 +9,10 @@ export interface ExtractProgress {
   fromSelf: number;
   fromZero: number;
   fromCache: number;
-  /** Chunk bytes obtained from the network. */
+  /** Chunk bytes obtained from the remote source (including fromLocalStore). */
   fromNetwork: number;
+  /** Of fromNetwork, the chunk bytes read from local store directories (`--store DIR`): no network. */
+  fromLocalStore: number;
   /** Bytes received over HTTP (the index, probes, bodies, multipart framing, merged gaps, compressed store chunks). */
   networkBytes: number;
   networkRequests: number;

@@ -6,12 +6,9 @@
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { ChunkIndex } from '../format/caibx.js';
 import { chunkId } from '../format/digest.js';
-import { ChunkMissingError, ChunkVerifyError, OriginError } from '../errors.js';
+import { ChunkMissingError, ChunkVerifyError, OriginError, MultiRangeUnsupportedError, RangeUnsupportedError } from '../errors.js';
 import { isTransient, type HttpClient } from '../fetch/http-client.js';
-import {
-  ChunkCollector, MultiRangeUnsupportedError, RangeFetcher, RangeUnsupportedError, planRangeRequests,
-  type FetchStats, type RangePlanOptions,
-} from '../fetch/range-fetcher.js';
+import { ChunkCollector, RangeFetcher, planRangeRequests, type FetchStats, type RangePlanOptions } from '../fetch/range-fetcher.js';
 import type { ChunkStore } from '../store/types.js';
 import type { BufferPool } from '../util/buffer-pool.js';
 
@@ -141,6 +138,7 @@ export class StoreSource implements RemoteSource {
   /** Bytes received by the client when this source was made (stores count into the client's stats). */
   private readonly httpBytesBase: number;
   private requests = 0;
+  private localBytes = 0;
 
   constructor(
     private readonly index: ChunkIndex,
@@ -154,11 +152,21 @@ export class StoreSource implements RemoteSource {
 
   /** Requests are counted here (one per get/getMany to an HTTP store); bytes come from the client, so a client shared with concurrent work over-counts. */
   get stats(): FetchStats {
-    return { requests: this.requests, bytes: this.http.stats.bytes - this.httpBytesBase };
+    return { requests: this.requests, bytes: this.http.stats.bytes - this.httpBytesBase, localBytes: this.localBytes };
+  }
+
+  private isRemote(store: ChunkStore): boolean {
+    return /^https?:/i.test(store.location);
   }
 
   private count(store: ChunkStore): void {
-    if (/^https?:/i.test(store.location)) this.requests++;
+    if (this.isRemote(store)) this.requests++;
+  }
+
+  /** Hands a chunk on, counting the bytes that came from a local directory. */
+  private take(store: ChunkStore, deliver: Deliver, i: number, data: Buffer): void {
+    if (!this.isRemote(store)) this.localBytes += data.length;
+    deliver(i, data);
   }
 
   batches(runs: readonly Run[]): Run[][] {
@@ -187,7 +195,7 @@ export class StoreSource implements RemoteSource {
       for await (const { index, data } of store.getMany(reqs, signal)) {
         if (found.has(index) || !verifyChunk(this.index, chunks[index], data)) continue;
         found.add(index);
-        deliver(chunks[index], data);
+        this.take(store, deliver, chunks[index], data);
       }
       // Whatever the batch left out is tried one by one (it may be missing, or the batch may have been cut).
     }
@@ -195,7 +203,7 @@ export class StoreSource implements RemoteSource {
     for (let k = 0; k < chunks.length; k++) {
       if (found.has(k)) continue;
       const data = await this.getVerifiedOnce(store, chunks[k], signal);
-      if (data) deliver(chunks[k], data);
+      if (data) this.take(store, deliver, chunks[k], data);
       else rest.push(chunks[k]);
     }
     return rest;

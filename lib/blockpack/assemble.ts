@@ -9,13 +9,13 @@ import { open, rename, unlink, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { ChunkIndex } from '../format/caibx.js';
-import { ChecksumMismatchError, OriginError } from '../errors.js';
+import { ChecksumMismatchError, OriginError, MultiRangeUnsupportedError, PackError } from '../errors.js';
 import { isTransient, type HttpClient } from '../fetch/http-client.js';
-import { ChunkCollector, MultiRangeUnsupportedError, RangeFetcher } from '../fetch/range-fetcher.js';
+import { ChunkCollector, RangeFetcher } from '../fetch/range-fetcher.js';
 import { verifyFile } from '../tools/verify.js';
 import { forEachBlock } from './block-reader.js';
 import { FrameDecompressor } from './frame-codec.js';
-import { HASH_BYTES, PackError, ZERO_BLOCK, blockHash, blockLength, checkPackHeader, frameOf, sha256, type BlockIndex } from './format.js';
+import { HASH_BYTES, ZERO_BLOCK, blockHash, blockLength, checkPackHeader, frameOf, sha256, type BlockIndex } from './format.js';
 import { PackLayout, packRuns, planPackRequests, type BlockPlan } from './plan.js';
 
 export interface AssembleBlocksOptions {

@@ -1,6 +1,7 @@
 // Sequential block-by-block reading of an image or seed with large reads:
 // the publisher and seed indexing both walk whole files this way.
 import type { FileHandle } from 'node:fs/promises';
+import { DeltadError } from '../errors.js';
 
 const READ_BYTES = 4 * 1024 * 1024;
 
@@ -24,7 +25,7 @@ export async function forEachBlock(
     let got = 0;
     while (got < want) {
       const { bytesRead } = await fh.read(buf, got, want - got, pos + got);
-      if (bytesRead === 0) throw new Error(`file shrank while reading (at byte ${pos + got} of ${size})`);
+      if (bytesRead === 0) throw new DeltadError('ERR_DELTAD_READ', `file shrank while reading (at byte ${pos + got} of ${size})`);
       got += bytesRead;
     }
     for (let off = 0; off < got; off += blockSize, b++) {

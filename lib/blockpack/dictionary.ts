@@ -1,4 +1,4 @@
-// Dictionary training for the block pack. zstd-napi has no trainer, so this is
+// Dictionary training for the block pack. node:zlib has no zstd trainer, so this is
 // a small COVER-style one: count how often each 8-byte string (d-mer) occurs
 // across sample blocks, then, epoch by epoch over the samples, keep the
 // segment whose not-yet-covered d-mers are most frequent. zstd accepts the
@@ -9,6 +9,7 @@ import { spawn } from 'node:child_process';
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { DeltadError } from '../errors.js';
 
 const DMER = 8;
 const TABLE_BITS = 22;
@@ -98,7 +99,7 @@ export async function trainZstdCliDictionary(samples: Buffer, blockSize: number,
       p.on('error', reject);
       p.on('close', (c) => resolve(c ?? 1));
     });
-    if (code !== 0) throw new Error(`zstd --train failed (exit ${code}): ${Buffer.concat(stderr).toString().trim().slice(0, 300)}`);
+    if (code !== 0) throw new DeltadError('ERR_DELTAD_WORKER', `zstd --train failed (exit ${code}): ${Buffer.concat(stderr).toString().trim().slice(0, 300)}`);
     return await readFile(output);
   } finally {
     await rm(dir, { recursive: true, force: true });

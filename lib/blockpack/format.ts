@@ -4,9 +4,8 @@
 // and the pack header (.bpk). Everything read is bounds-checked: a malformed
 // or lying file fails with the field and byte offset, never with a crash.
 import { createHash } from 'node:crypto';
-import { compress } from 'zstd-napi';
-import zstd from 'zstd-napi/binding.js';
-import { DeltadError, IndexFormatError } from '../errors.js';
+import { constants, zstdCompressSync, zstdDecompressSync } from 'node:zlib';
+import { IndexFormatError } from '../errors.js';
 
 export const INDEX_MAGIC = Buffer.from('DBLKIDX\0', 'latin1');
 export const PACK_MAGIC = Buffer.from('DBLKPCK\0', 'latin1');
@@ -23,13 +22,6 @@ export const MAX_FRAME_BLOCKS = 256;
 export const MAX_BLOCKS = 64 * 1024 * 1024;
 /** zstd frame magic; stored frames omit it (saves 4 bytes per frame) and readers put it back. */
 export const ZSTD_MAGIC = Buffer.from([0x28, 0xb5, 0x2f, 0xfd]);
-
-/** Pack content that fails its checks (bad frame, wrong hash, wrong header): names what and where. */
-export class PackError extends DeltadError {
-  constructor(message: string) {
-    super('EPACK', message);
-  }
-}
 
 /** Block kinds in `BlockIndex.distinctOf`. */
 export const ZERO_BLOCK = -1;
@@ -172,7 +164,7 @@ export function serializeBlockIndex(c: IndexContent): Buffer {
   }
   w.bytes(c.hashes);
   const raw = w.result();
-  const body = compress(raw, { compressionLevel: 19 });
+  const body = zstdCompressSync(raw, { params: { [constants.ZSTD_c_compressionLevel]: 19 }, pledgedSrcSize: raw.length });
   const h = Buffer.alloc(INDEX_HEADER_SIZE);
   INDEX_MAGIC.copy(h, 0);
   h.writeUInt32LE(FORMAT_VERSION, 8);
@@ -227,14 +219,14 @@ export function parseBlockIndex(buf: Buffer, source?: string): BlockIndex {
   if (INDEX_HEADER_SIZE + bodyLength !== buf.length) fail('body_length', 72, `header says ${bodyLength} body bytes, file has ${buf.length - INDEX_HEADER_SIZE}`);
   const body = buf.subarray(INDEX_HEADER_SIZE);
   if (!sha256(body).equals(buf.subarray(184, 216))) fail('body_sha256', 184, 'the index body does not match its SHA-256 (corrupt or truncated)');
-  const raw = Buffer.alloc(rawLength);
-  let got = 0;
+  let raw = Buffer.alloc(0);
   try {
-    got = new zstd.DCtx().decompress(raw, body);
+    const limit = Math.max(1, rawLength);
+    raw = zstdDecompressSync(body, { maxOutputLength: limit, chunkSize: Math.max(64, limit), rejectGarbageAfterEnd: true });
   } catch (err) {
     fail('body', INDEX_HEADER_SIZE, `zstd: ${(err as Error).message} (or larger than the ${rawLength} bytes the header says)`);
   }
-  if (got !== rawLength) fail('body_raw_length', 80, `body decompresses to ${got} bytes, header says ${rawLength}`);
+  if (raw.length !== rawLength) fail('body_raw_length', 80, `body decompresses to ${raw.length} bytes, header says ${rawLength}`);
 
   const r = new ByteReader(raw, fail);
   const distinctOf = new Int32Array(blockCount);

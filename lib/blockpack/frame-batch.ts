@@ -1,6 +1,7 @@
-// Compressing pack frames in batches, inline or on worker threads (zstd-napi
-// is synchronous, so threads are the only way to use several cores; level 19
-// frames are the publisher's main cost). Batches are moved, not copied.
+// Compressing pack frames in batches, inline or on worker threads (one zstd
+// engine per thread compresses one frame at a time, so threads are how several
+// cores are used; level 19 frames are the publisher's main cost). Batches are
+// moved, not copied.
 import { Worker } from 'node:worker_threads';
 import { DeltadError } from '../errors.js';
 import { FrameCompressor } from './frame-codec.js';
@@ -15,11 +16,11 @@ export interface FrameBatch {
 /** Stored frames, back to back, with their stored lengths. */
 export type StoredBatch = FrameBatch;
 
-export function compressBatch(compressor: FrameCompressor, batch: FrameBatch): StoredBatch {
+export async function compressBatch(compressor: FrameCompressor, batch: FrameBatch): Promise<StoredBatch> {
   const parts: Buffer[] = [];
   let off = 0;
   for (const len of batch.lengths) {
-    parts.push(Buffer.from(compressor.compress(batch.data.subarray(off, off + len))));
+    parts.push(await compressor.compress(batch.data.subarray(off, off + len)));
     off += len;
   }
   // A buffer of its own (not Node's shared pool): it is transferred between threads.
@@ -46,17 +47,17 @@ export class FramePool {
       this.waiting.set(w, []);
       w.on('message', (r: StoredBatch) => this.waiting.get(w)!.shift()?.resolve(r));
       const fail = (err: Error): void => {
-        for (const p of this.waiting.get(w)!.splice(0)) p.reject(new DeltadError('EPACK', `frame compression thread failed: ${err.message}`, { cause: err }));
+        for (const p of this.waiting.get(w)!.splice(0)) p.reject(new DeltadError('ERR_DELTAD_PACK', `frame compression thread failed: ${err.message}`, { cause: err }));
       };
       w.on('error', fail);
-      w.on('exit', (code) => fail(new Error(`exited with code ${code}`)));
+      w.on('exit', (code) => fail(new DeltadError('ERR_DELTAD_WORKER', `exited with code ${code}`)));
       this.workers.push(w);
     }
   }
 
   /** Each worker answers its batches in order; round-robin keeps the overall order recoverable by the caller. */
   run(batch: FrameBatch): Promise<StoredBatch> {
-    if (this.inline) return Promise.resolve().then(() => compressBatch(this.inline!, batch));
+    if (this.inline) return compressBatch(this.inline, batch);
     const w = this.workers[this.next++ % this.workers.length];
     return new Promise((resolve, reject) => {
       this.waiting.get(w)!.push({ resolve, reject });
@@ -65,6 +66,7 @@ export class FramePool {
   }
 
   async close(): Promise<void> {
+    this.inline?.close();
     const ws = this.workers.splice(0);
     for (const w of ws) w.removeAllListeners('exit');
     await Promise.all(ws.map((w) => w.terminate()));

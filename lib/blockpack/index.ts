@@ -4,12 +4,11 @@
 import { mkdir, open, unlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { ChunkIndex } from '../format/caibx.js';
-import { ChecksumMismatchError, IndexFormatError, OriginError } from '../errors.js';
+import { ChecksumMismatchError, DeltadError, IndexFormatError, OriginError, PackError, RangeUnsupportedError } from '../errors.js';
 import type { ExtractProgress, ExtractResult } from '../assemble/progress.js';
 import type { HttpClient } from '../fetch/http-client.js';
-import { RangeUnsupportedError } from '../fetch/range-fetcher.js';
 import { assembleBlocks } from './assemble.js';
-import { PackError, parseBlockIndex, type BlockIndex } from './format.js';
+import { parseBlockIndex, type BlockIndex } from './format.js';
 import { costOf, planBlocks, type BlockCost, type BlockPlan } from './plan.js';
 import { artifactNames } from './publisher.js';
 import { indexSeedBlocks } from './seed-blocks.js';
@@ -18,7 +17,8 @@ export { packImage, artifactNames, type PackOptions, type PackResult, type Train
 export { costOf, planBlocks, DEFAULT_REQUEST_COST, type BlockPlan, type BlockCost } from './plan.js';
 export { assembleBlocks, type AssembleBlocksOptions, type AssembleBlocksResult } from './assemble.js';
 export { indexSeedBlocks, type SeedBlocks } from './seed-blocks.js';
-export { parseBlockIndex, PackError, type BlockIndex } from './format.js';
+export { parseBlockIndex, type BlockIndex } from './format.js';
+export { PackError } from '../errors.js';
 
 /** Largest block index fetched (64 MiB: a ~30 TiB image at 4 KiB blocks). */
 const MAX_INDEX_FETCH = 64 * 1024 * 1024;
@@ -115,7 +115,7 @@ export async function extractViaBlocks(choice: BlockPathChoice, out: string, opt
   const { plan, probe } = choice;
   const total = plan.index.imageSize;
   const progress = (done: number, stats: { fromSeeds?: number; fromPack?: number; networkBytes?: number; networkRequests?: number } = {}): ExtractProgress => ({
-    total, done, fromSeeds: stats.fromSeeds ?? 0, fromSelf: 0, fromZero: plan.totals.zeroBytes, fromCache: 0, fromNetwork: stats.fromPack ?? 0,
+    total, done, fromSeeds: stats.fromSeeds ?? 0, fromSelf: 0, fromZero: plan.totals.zeroBytes, fromCache: 0, fromNetwork: stats.fromPack ?? 0, fromLocalStore: 0,
     networkBytes: probe.indexBytes + (stats.networkBytes ?? 0), networkRequests: 1 + (stats.networkRequests ?? 0),
   });
   try {
@@ -165,7 +165,7 @@ export async function streamViaBlocks(choice: BlockPathChoice, sink: ChunkSink, 
         await sink.admit(target.start(i), target.end(i), i);
         const data = Buffer.allocUnsafe(target.chunkSize(i));
         const { bytesRead } = await fh.read(data, 0, data.length, target.start(i));
-        if (bytesRead !== data.length) throw new Error(`${tmp}: short read at byte ${target.start(i)}`);
+        if (bytesRead !== data.length) throw new DeltadError('ERR_DELTAD_READ', `${tmp}: short read at byte ${target.start(i)}`);
         sink.put(i, 1, data);
       }
     } finally {

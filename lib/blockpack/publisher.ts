@@ -7,7 +7,7 @@ import { createHash, type Hash } from 'node:crypto';
 import { availableParallelism } from 'node:os';
 import { mkdir, open, rename, unlink, type FileHandle } from 'node:fs/promises';
 import { basename, join } from 'node:path';
-import { UsageError } from '../errors.js';
+import { DeltadError, UsageError } from '../errors.js';
 import { forEachBlock } from './block-reader.js';
 import { trainCoverDictionary, trainZstdCliDictionary } from './dictionary.js';
 import { FramePool, type StoredBatch } from './frame-batch.js';
@@ -242,7 +242,7 @@ async function writePack(path: string, fh: FileHandle, scan: ImageScan, frameBlo
       let frameBytes = 0;
       await forEachBlock(fh, size, bs, (b, data) => {
         if (d >= firstBlock.length || firstBlock[d] !== b) return;
-        if (!blockHash(data).equals(hashes[d])) throw new Error(`${opts.what}: block ${b} changed while packing`);
+        if (!blockHash(data).equals(hashes[d])) throw new DeltadError('ERR_DELTAD_READ', `${opts.what}: block ${b} changed while packing`);
         batch.push(Buffer.from(data));
         batchBytes += data.length;
         frameBytes += data.length;
@@ -258,7 +258,7 @@ async function writePack(path: string, fh: FileHandle, scan: ImageScan, frameBlo
       }, (done) => opts.onProgress?.('compress', done, size));
       if (batchBytes > 0) submit();
       await drain(0);
-      if (f !== frameBlocks.length) throw new Error(`${opts.what}: changed while packing (wrote ${f} of ${frameBlocks.length} frames)`);
+      if (f !== frameBlocks.length) throw new DeltadError('ERR_DELTAD_READ', `${opts.what}: changed while packing (wrote ${f} of ${frameBlocks.length} frames)`);
     } finally {
       await pool.close();
     }

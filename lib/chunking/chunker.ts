@@ -39,12 +39,26 @@ export function checkChunkParams(params: ChunkParams, variant: ChunkerVariant = 
   }
 }
 
+/** Numbers without a unit below this are refused: casync reads "16:64:256" as bytes, desync's -m as KiB. */
+const UNITLESS_MIN = 1024;
+
 /**
  * Parses casync's --chunk-size: "MIN:AVG:MAX" or "AVG" (then min = AVG/4, max = AVG*4,
- * clamped to 1..128 MiB). Suffixes K, M, G are powers of 1024. The result is checked.
+ * clamped to 1..128 MiB). Suffixes K, M, G are powers of 1024; a plain number is bytes.
+ * A plain number below 1 KiB is refused with both spellings, because desync's
+ * `-m 16:64:256` means KiB and would silently give 94-byte chunks here. The result is checked.
  */
 export function parseChunkSize(text: string, variant: ChunkerVariant = 'casync'): ChunkParams {
-  const sizes = text.split(':').map((part) => parseSize(part, `invalid chunk size in "${text}"`));
+  const parts = text.split(':').map((p) => p.trim());
+  const plain = (p: string): boolean => /^\d+$/.test(p);
+  if (parts.some((p) => plain(p) && Number(p) < UNITLESS_MIN)) {
+    const spell = (unit: string): string => parts.map((p) => (plain(p) ? p + unit : p)).join(':');
+    throw new UsageError(
+      `chunk size "${text}": a size below ${UNITLESS_MIN} needs a unit (desync's -m counts KiB, casync bytes): ` +
+        `write ${spell('K')} for KiB, or ${spell('B')} for bytes`,
+    );
+  }
+  const sizes = parts.map((part) => parseSize(part, `invalid chunk size in "${text}"`));
   let params: ChunkParams;
   if (sizes.length === 3) params = { min: sizes[0], avg: sizes[1], max: sizes[2] };
   else if (sizes.length === 1) {

@@ -93,7 +93,7 @@ export async function indexRange(readAt: ReadAt, start: number, end: number, opt
     while (got < want) {
       const bytesRead = await readAt(buf, got, want - got, pos + got);
       if (bytesRead === 0) {
-        throw new DeltadError('EIO', `${opts.source}: file ended at byte ${pos + got} while reading up to byte ${end} (did it shrink?)`);
+        throw new DeltadError('ERR_DELTAD_READ', `${opts.source}: file ended at byte ${pos + got} while reading up to byte ${end} (did it shrink?)`);
       }
       got += bytesRead;
     }

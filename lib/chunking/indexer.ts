@@ -66,7 +66,7 @@ export async function indexFile(path: string, opts: IndexOptions): Promise<Chunk
   const fh = await open(path, 'r');
   try {
     const st = await fh.stat();
-    if (!st.isFile()) throw new DeltadError('EINPUT', `${path}: not a regular file`);
+    if (!st.isFile()) throw new DeltadError('ERR_DELTAD_INPUT', `${path}: not a regular file`);
     const size = st.size;
     const threads = opts.threads ?? defaultThreads(size);
     const segments = splitSegments(size, threads);
@@ -171,9 +171,9 @@ function runSegments(path: string, fd: number, segments: Segment[], opts: IndexO
         else assign();
       });
       const where = (): string => (current < 0 ? path : `${path} bytes ${segments[current].start}..${segments[current].end}`);
-      worker.on('error', (err) => finish(new DeltadError('EINDEXER', `indexing ${where()}: ${err.message}`, { cause: err })));
+      worker.on('error', (err) => finish(new DeltadError('ERR_DELTAD_WORKER', `indexing ${where()}: ${err.message}`, { cause: err })));
       worker.on('exit', (code) => {
-        if (!settled) finish(new DeltadError('EINDEXER', `indexing worker for ${where()} exited with code ${code}`));
+        if (!settled) finish(new DeltadError('ERR_DELTAD_WORKER', `indexing worker for ${where()} exited with code ${code}`));
       });
       assign();
     }

@@ -50,12 +50,16 @@ export interface SourceOptions {
   cacheDir?: string;
   /** HTTP client to use (shared keep-alive pools); one is created and closed when omitted. */
   http?: HttpClient;
+  /** For the client created when `http` is omitted: longest wait for response headers or body bytes (ms, default 30 s). */
+  timeoutMs?: number;
   /** Use chunks that repeat inside the target (default true). */
   selfSeed?: boolean;
   /** Use all-zero chunks without fetching them (default true). */
   nullSeed?: boolean;
   /** Use the release's block pack (IMAGE.bpidx next to rangeUrl, docs/BLOCKPACK.md) when it is the cheapest path (default true). */
   blockPack?: boolean;
+  /** Called while a seed without a usable index is being chunked (bytes of that seed read so far). */
+  onSeedIndexing?: (path: string, done: number, total: number) => void;
   /** Called with one-line warnings (a seed that lies, a fallback from multi-range). */
   onWarning?: (message: string) => void;
   signal?: AbortSignal;
@@ -137,13 +141,17 @@ function hashPoolFor(plan: Plan): EncoderPool | undefined {
 const isUrl = (s: string): boolean => /^https?:\/\//i.test(s);
 
 /** Loads a target index from a local path or an http(s) URL (verified strictly). */
-export async function loadIndex(spec: string, opts: { http?: HttpClient; signal?: AbortSignal } = {}): Promise<ChunkIndex> {
-  if (!isUrl(spec)) return readIndexFile(spec, { allowArchive: false });
-  const http = opts.http ?? new HttpClient();
+export async function loadIndex(
+  spec: string,
+  opts: { http?: HttpClient; timeoutMs?: number; signal?: AbortSignal; allowArchive?: boolean } = {},
+): Promise<ChunkIndex> {
+  const allowArchive = opts.allowArchive ?? false;
+  if (!isUrl(spec)) return readIndexFile(spec, { allowArchive });
+  const http = opts.http ?? new HttpClient({ timeoutMs: opts.timeoutMs });
   try {
     const res = await http.getBuffer(spec, { signal: opts.signal, maxBytes: MAX_INDEX_BYTES });
     if (res.status === 404 || res.status === 410) throw new OriginError(`GET ${spec}: HTTP ${res.status} (no such index)`, { status: res.status });
-    return parseIndex(res.body, { source: spec, allowArchive: false });
+    return parseIndex(res.body, { source: spec, allowArchive });
   } finally {
     if (!opts.http) await http.close();
   }
@@ -152,7 +160,7 @@ export async function loadIndex(spec: string, opts: { http?: HttpClient; signal?
 /** The target index and what downloading it cost (nothing for a local path or a parsed index). */
 async function loadTarget(target: string | ChunkIndex, opts: SourceOptions): Promise<{ index: ChunkIndex; requests: number; bytes: number }> {
   if (typeof target !== 'string') return { index: target, requests: 0, bytes: 0 };
-  const http = opts.http ?? new HttpClient();
+  const http = opts.http ?? new HttpClient({ timeoutMs: opts.timeoutMs });
   const before = { ...http.stats };
   try {
     const index = await loadIndex(target, { http, signal: opts.signal });
@@ -162,9 +170,13 @@ async function loadTarget(target: string | ChunkIndex, opts: SourceOptions): Pro
   }
 }
 
-/** The indexer, for seeds without an index. */
-const buildIndex: IndexBuilder = (path, key, signal) =>
-  indexFile(path, { params: key.params, digest: key.digest, variant: key.variant as ChunkerVariant | undefined, signal });
+/** The indexer, for seeds without an index, reporting its progress to `onSeedIndexing`. */
+function seedIndexer(onSeedIndexing: SourceOptions['onSeedIndexing']): IndexBuilder {
+  return (path, key, signal) => indexFile(path, {
+    params: key.params, digest: key.digest, variant: key.variant as ChunkerVariant | undefined, signal,
+    onProgress: onSeedIndexing && ((done, total) => onSeedIndexing(path, done, total)),
+  });
+}
 
 /** Everything an operation opened for its sources; close() releases what it owns. */
 interface Context {
@@ -176,7 +188,7 @@ interface Context {
 
 async function openContext(target: ChunkIndex, opts: AssembleOptions): Promise<Context> {
   const ownsHttp = !opts.http;
-  const http = opts.http ?? new HttpClient({ connections: opts.concurrency ?? DEFAULT_CONCURRENCY, attempts: opts.attempts });
+  const http = opts.http ?? new HttpClient({ connections: opts.concurrency ?? DEFAULT_CONCURRENCY, attempts: opts.attempts, timeoutMs: opts.timeoutMs });
   const owned: ChunkStore[] = [];
   const seeds: Seed[] = [];
   const ctx: Context = {
@@ -197,7 +209,8 @@ async function openContext(target: ChunkIndex, opts: AssembleOptions): Promise<C
   try {
     const cache = new IndexCache(opts.cacheDir);
     for (const spec of opts.seeds ?? []) {
-      seeds.push(await openSeed(spec.path, spec.index, { target, cache, build: buildIndex, onWarning: opts.onWarning, signal: opts.signal }));
+      const build = seedIndexer(opts.onSeedIndexing);
+      seeds.push(await openSeed(spec.path, spec.index, { target, cache, build, onWarning: opts.onWarning, signal: opts.signal }));
     }
   } catch (err) {
     await ctx.close();
@@ -301,8 +314,10 @@ async function chooseRemote(plan: Plan, ctx: Context, opts: AssembleOptions, pro
   if (!missing) return { chosen: 'none', modes, rangeSupport, probe };
   if (mode === 'range' && support?.ranges === false) throw new OriginError(`${opts.rangeUrl}: the server does not serve byte ranges`);
   if (modes.length === 0) {
-    const why = useRange ? `${opts.rangeUrl} does not serve byte ranges and no chunk store was given` : 'give --range-url or --store';
-    throw new UsageError(`${plan.totals.missingChunks} chunks (${plan.totals.missingBytes} bytes) are in no seed and there is no remote source: ${why}`);
+    const missingText = `${plan.totals.missingChunks} chunks (${plan.totals.missingBytes} bytes) are in no seed`;
+    // What a server supports is never a usage error; not naming any source is.
+    if (useRange) throw new OriginError(`${missingText}, and ${opts.rangeUrl} does not serve byte ranges (no chunk store was given)`);
+    throw new UsageError(`${missingText} and there is no remote source: give --range-url or --store`);
   }
   const best = modes.reduce((a, b) => (weigh(b) < weigh(a) ? b : a));
   const stores = useStore ? new StoreSource(plan.target, ctx.stores, ctx.http) : undefined;
@@ -362,13 +377,14 @@ export async function planUpdate(target: string | ChunkIndex, opts: SourceOption
 }
 
 function newProgress(total: number): ExtractProgress {
-  return { total, done: 0, fromSeeds: 0, fromSelf: 0, fromZero: 0, fromCache: 0, fromNetwork: 0, networkBytes: 0, networkRequests: 0 };
+  return { total, done: 0, fromSeeds: 0, fromSelf: 0, fromZero: 0, fromCache: 0, fromNetwork: 0, fromLocalStore: 0, networkBytes: 0, networkRequests: 0 };
 }
 
 /** Runs the assembler with periodic progress callbacks; network counters include the probe. */
 async function runAssembly(assembler: Assembler, progress: ExtractProgress, choice: RemoteChoice, onProgress?: (p: ExtractProgress) => void): Promise<void> {
   const report = (): void => {
     if (choice.remote) {
+      progress.fromLocalStore = choice.remote.stats.localBytes ?? 0;
       progress.networkBytes = choice.remote.stats.bytes + choice.probe.bytes;
       progress.networkRequests = choice.remote.stats.requests + choice.probe.requests;
     } else {

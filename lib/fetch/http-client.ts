@@ -1,9 +1,10 @@
 // One HTTP client for everything deltad fetches from an origin (indexes, chunk
 // stores, byte ranges, pass-through): an undici Agent with keep-alive pools,
 // timeouts, bounded retries with backoff, and byte/request counters.
-import { Agent, request, type Dispatcher } from 'undici';
+import { Agent, DecoratorHandler, request, type Dispatcher } from 'undici';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { OriginError } from '../errors.js';
+import { VERSION } from '../util/version.js';
 
 export interface HttpClientOptions {
   /** Max connections per origin (default 8). */
@@ -32,23 +33,25 @@ export interface HttpStats {
 }
 
 export class HttpClient {
-  readonly dispatcher: Agent;
+  readonly dispatcher: Dispatcher;
   readonly attempts: number;
   readonly retryBaseMs: number;
+  readonly timeoutMs: number;
   readonly stats: HttpStats = { requests: 0, bytes: 0 };
   private readonly userAgent: string;
 
   constructor(opts: HttpClientOptions = {}) {
     const timeout = opts.timeoutMs ?? 30_000;
+    this.timeoutMs = timeout;
     this.dispatcher = new Agent({
       connections: opts.connections ?? 8,
       headersTimeout: timeout,
       bodyTimeout: timeout,
       keepAliveTimeout: 10_000,
-    });
+    }).compose(countBodyBytes(this.stats));
     this.attempts = Math.max(1, opts.attempts ?? 4);
     this.retryBaseMs = opts.retryBaseMs ?? 250;
-    this.userAgent = opts.userAgent ?? 'deltad/0.1';
+    this.userAgent = opts.userAgent ?? `deltad/${VERSION}`;
   }
 
   /** One attempt. The caller must consume or dump the body. */
@@ -64,7 +67,7 @@ export class HttpClient {
       });
       return res;
     } catch (err) {
-      throw toOriginError(err, url);
+      throw toOriginError(err, url, this.timeoutMs);
     }
   }
 
@@ -75,6 +78,8 @@ export class HttpClient {
         return await fn(attempt);
       } catch (err) {
         if (signal?.aborted || attempt >= this.attempts || !isTransient(err)) throw err;
+        // A server that let one whole timeout pass is not answering: one retry, not minutes of silence.
+        if (attempt >= 2 && isTimeout(err)) throw err;
         await sleep(this.retryBaseMs * attempt, undefined, { signal });
       }
     }
@@ -117,7 +122,6 @@ export class HttpClient {
       for await (const part of body) {
         const b = part as Buffer;
         n += b.length;
-        this.stats.bytes += b.length;
         if (n > maxBytes) {
           body.destroy();
           throw new OriginError(`GET ${url}: body exceeds the ${maxBytes}-byte limit`);
@@ -125,7 +129,7 @@ export class HttpClient {
         parts.push(b);
       }
     } catch (err) {
-      throw toOriginError(err, url);
+      throw toOriginError(err, url, this.timeoutMs);
     }
     return Buffer.concat(parts, n);
   }
@@ -133,6 +137,24 @@ export class HttpClient {
   async close(): Promise<void> {
     await this.dispatcher.close();
   }
+}
+
+/**
+ * Counts every response body byte that arrives, whoever reads it (small files, ranges, pass-through), so
+ * `HttpClient.stats` is the one measure of what the origin sent.
+ */
+function countBodyBytes(stats: HttpStats): Dispatcher.DispatcherComposeInterceptor {
+  // undici's typings declare none of DecoratorHandler's methods; it forwards every callback to `handler`.
+  const Base = DecoratorHandler as unknown as new (handler: Dispatcher.DispatchHandler) => {
+    onResponseData(controller: Dispatcher.DispatchController, chunk: Buffer): void;
+  };
+  class Counting extends Base {
+    override onResponseData(controller: Dispatcher.DispatchController, chunk: Buffer): void {
+      stats.bytes += chunk.length;
+      return super.onResponseData(controller, chunk);
+    }
+  }
+  return (dispatch) => (opts, handler) => dispatch(opts, new Counting(handler) as Dispatcher.DispatchHandler);
 }
 
 const TRANSIENT_CODES = new Set([
@@ -146,10 +168,28 @@ export function isTransient(err: unknown): boolean {
   return typeof code === 'string' && TRANSIENT_CODES.has(code);
 }
 
-export function toOriginError(err: unknown, url: string): Error {
+const TIMEOUT_CODES = new Set(['UND_ERR_HEADERS_TIMEOUT', 'UND_ERR_BODY_TIMEOUT', 'UND_ERR_CONNECT_TIMEOUT']);
+
+function isTimeout(err: unknown): boolean {
+  const code = ((err as { cause?: { code?: string } })?.cause ?? (err as { code?: string }))?.code;
+  return typeof code === 'string' && TIMEOUT_CODES.has(code);
+}
+
+/** What a timeout means, in words (undici's codes name none of it). */
+function timeoutWords(code: string, timeoutMs: number): string {
+  const s = `${timeoutMs / 1000} s`;
+  if (code === 'UND_ERR_HEADERS_TIMEOUT') return `the server accepted the connection but sent no response within ${s} (timeout)`;
+  if (code === 'UND_ERR_BODY_TIMEOUT') return `the server stopped sending the response for ${s} (timeout)`;
+  return `could not connect within ${s} (timeout)`;
+}
+
+export function toOriginError(err: unknown, url: string, timeoutMs?: number): Error {
   if (err instanceof OriginError) return err;
   const e = err as { code?: string; name?: string; message?: string };
   if (e?.name === 'AbortError') return err as Error;
   const transient = isTransient(err);
+  if (timeoutMs !== undefined && e?.code && TIMEOUT_CODES.has(e.code)) {
+    return new OriginError(`${url}: ${timeoutWords(e.code, timeoutMs)}`, { transient, cause: err });
+  }
   return new OriginError(`${url}: ${e?.code ? e.code + ' ' : ''}${e?.message ?? String(err)}`, { transient, cause: err });
 }

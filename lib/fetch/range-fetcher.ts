@@ -4,7 +4,7 @@
 // does multi-range), and the requests themselves, validated part by part.
 import type { Dispatcher } from 'undici';
 import type { ChunkIndex } from '../format/caibx.js';
-import { DeltadError, OriginError } from '../errors.js';
+import { DeltadError, MultiRangeUnsupportedError, OriginError, RangeUnsupportedError } from '../errors.js';
 import type { HttpClient } from './http-client.js';
 import { MultipartParser, multipartBoundary, parseContentRange } from './multipart.js';
 
@@ -36,20 +36,6 @@ export interface RangePlanOptions {
   maxGap?: number;
   /** With multi-range, aim for at most this many requests by merging the smallest gaps (default 100). */
   targetRequests?: number;
-}
-
-/** The server answered a range request with the whole file (200): ranges do not work here. */
-export class RangeUnsupportedError extends DeltadError {
-  constructor(url: string, detail: string) {
-    super('ENORANGE', `${url}: the server does not serve byte ranges (${detail})`);
-  }
-}
-
-/** The server cannot do several ranges in one request (416, or one 206 for the whole span). */
-export class MultiRangeUnsupportedError extends DeltadError {
-  constructor(url: string, detail: string) {
-    super('ENOMULTIRANGE', `${url}: multi-range request refused (${detail})`);
-  }
 }
 
 /**
@@ -139,6 +125,8 @@ export interface RangeSupport {
 export interface FetchStats {
   requests: number;
   bytes: number;
+  /** Chunk bytes read from local store directories (no network; a store source only). */
+  localBytes?: number;
 }
 
 /** Requests byte ranges of one URL and hands the bytes over by absolute offset. */

@@ -122,7 +122,7 @@ export class BatchStore implements ChunkStore {
       }
       const errors: string[] = [];
       try {
-        for await (const frame of readFrames(countBytes(res.body, this.client), this.batchUrl)) {
+        for await (const frame of readFrames(res.body, this.batchUrl)) {
           const hex = toHex(frame.id);
           const where = byId.get(hex);
           if (!where || answered.has(hex)) throw new OriginError(`${this.batchUrl}: frame for chunk ${hex} that was not asked for (or twice)`);
@@ -146,14 +146,5 @@ export class BatchStore implements ChunkStore {
 
   async close(): Promise<void> {
     await this.single.close();
-  }
-}
-
-/** Counts received body bytes into the client's stats, as getBuffer does. */
-async function* countBytes(body: AsyncIterable<unknown>, client: HttpClient): AsyncGenerator<Uint8Array> {
-  for await (const part of body) {
-    const b = part as Buffer;
-    client.stats.bytes += b.length;
-    yield b;
   }
 }

@@ -10,7 +10,7 @@
 //
 // A response without its END frame was truncated. Every distinct requested ID
 // gets exactly one frame, in whatever order chunks become ready.
-import { OriginError } from '../errors.js';
+import { OriginError, UsageError } from '../errors.js';
 import { ID_SIZE } from '../format/caibx.js';
 
 export const BATCH_MAGIC = Buffer.from('DELTADB1', 'latin1');
@@ -47,10 +47,10 @@ export function encodeEnd(frames: number): Buffer {
 
 /** Parses a POST body of concatenated 32-byte IDs. */
 export function parseIdList(body: Buffer): Buffer[] {
-  if (body.length % ID_SIZE !== 0) throw new Error(`batch request body is ${body.length} bytes, not a multiple of ${ID_SIZE} (raw chunk IDs)`);
+  if (body.length % ID_SIZE !== 0) throw new UsageError(`batch request body is ${body.length} bytes, not a multiple of ${ID_SIZE} (raw chunk IDs)`);
   const n = body.length / ID_SIZE;
-  if (n === 0) throw new Error('batch request names no chunk IDs');
-  if (n > MAX_BATCH_IDS) throw new Error(`batch request names ${n} chunk IDs, more than the limit of ${MAX_BATCH_IDS}`);
+  if (n === 0) throw new UsageError('batch request names no chunk IDs');
+  if (n > MAX_BATCH_IDS) throw new UsageError(`batch request names ${n} chunk IDs, more than the limit of ${MAX_BATCH_IDS}`);
   return Array.from({ length: n }, (_, i) => body.subarray(i * ID_SIZE, (i + 1) * ID_SIZE));
 }
 

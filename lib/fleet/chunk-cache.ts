@@ -18,6 +18,7 @@ import { isChunkIdHex, toHex, type DigestName } from '../format/digest.js';
 import { compressChunk } from '../store/compression.js';
 import { decodeChunk, resolveFormat } from '../store/chunk-file.js';
 import type { ChunkRequest, WritableChunkStore } from '../store/types.js';
+import { UsageError } from '../errors.js';
 
 export interface ChunkCacheOptions {
   /** Upper bound on the compressed bytes kept on disk. */
@@ -71,7 +72,7 @@ export class ChunkCache implements WritableChunkStore {
   private lastWriteError?: string;
 
   private constructor(dir: string, opts: ChunkCacheOptions) {
-    if (!(opts.maxBytes > 0)) throw new Error(`chunk cache ${dir}: size limit must be positive, got ${opts.maxBytes}`);
+    if (!(opts.maxBytes > 0)) throw new UsageError(`chunk cache ${dir}: size limit must be positive, got ${opts.maxBytes}`);
     this.location = dir;
     this.maxBytes = opts.maxBytes;
     this.digest = opts.digest ?? 'sha512-256';

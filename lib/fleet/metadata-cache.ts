@@ -7,7 +7,7 @@ import { mkdir, readFile, rename, unlink, writeFile } from 'node:fs/promises';
 import { createHash, randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import type { HttpClient } from '../fetch/http-client.js';
-import { OriginError } from '../errors.js';
+import { MetadataTooLargeError, OriginError } from '../errors.js';
 
 export interface MetadataEntry {
   status: number;
@@ -18,9 +18,6 @@ export interface MetadataEntry {
   /** Served from disk because the upstream could not be reached or failed. */
   stale: boolean;
 }
-
-/** The upstream file is larger than the metadata cache keeps: stream it through instead. */
-export class MetadataTooLargeError extends OriginError {}
 
 interface StoredHeader {
   url: string;

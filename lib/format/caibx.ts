@@ -20,6 +20,13 @@ export const CHUNK_SIZE_LIMIT_MAX = 128 * 1024 * 1024;
 /** Largest index deltad will read: 64 M chunks (2.5 GiB of table). Guards memory. */
 export const MAX_INDEX_BYTES = EMPTY_INDEX_SIZE + ITEM_SIZE * 64 * 1024 * 1024;
 
+/** True when `head` (at least the first 16 bytes of a file) starts like a casync index. */
+export function startsLikeIndex(head: Uint8Array): boolean {
+  if (head.length < 16) return false;
+  const view = new DataView(head.buffer, head.byteOffset, 16);
+  return view.getBigUint64(0, true) === 48n && view.getBigUint64(8, true) === CA_FORMAT_INDEX;
+}
+
 // Known feature bits: WITH_* (bits 0..32) and the four high bits (SPEC §1.3).
 const KNOWN_FLAGS = 0x1ffffffffn | 0xf000000000000000n;
 /** Feature bits that only a .caidx (archive) index sets. */

@@ -1,6 +1,7 @@
 // Chunk IDs: SHA-512/256 or SHA-256 of the uncompressed chunk bytes (SPEC §2).
 // node:crypto is ~10x faster than pure-JS hashing here, so it is the only backend.
 import { createHash, type Hash } from 'node:crypto';
+import { UsageError } from '../errors.js';
 
 export type DigestName = 'sha512-256' | 'sha256';
 
@@ -22,7 +23,7 @@ export function flagsForDigest(digest: DigestName): bigint {
 export function parseDigestName(s: string): DigestName {
   const v = s.toLowerCase().replace('/', '-');
   if (v === 'sha512-256' || v === 'sha256') return v;
-  throw new Error(`unknown digest "${s}" (expected sha512-256 or sha256)`);
+  throw new UsageError(`unknown digest "${s}" (expected sha512-256 or sha256)`);
 }
 
 export function newHasher(digest: DigestName): Hash {
@@ -41,7 +42,7 @@ export function toHex(id: Uint8Array): string {
 const HEX64 = /^[0-9a-f]{64}$/;
 /** Parses a lowercase 64-hex chunk ID (casync rejects uppercase). */
 export function fromHex(hex: string): Buffer {
-  if (!HEX64.test(hex)) throw new Error(`invalid chunk id "${hex}": expected 64 lowercase hex characters`);
+  if (!HEX64.test(hex)) throw new UsageError(`invalid chunk id "${hex}": expected 64 lowercase hex characters`);
   return Buffer.from(hex, 'hex');
 }
 

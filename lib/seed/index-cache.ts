@@ -9,6 +9,7 @@ import { join, resolve } from 'node:path';
 import { homedir } from 'node:os';
 import { parseIndex, serializeIndex, type ChunkIndex, type ChunkParams } from '../format/caibx.js';
 import type { DigestName } from '../format/digest.js';
+import { DeltadError } from '../errors.js';
 
 export interface ChunkingKey {
   params: ChunkParams;
@@ -96,7 +97,7 @@ export class IndexCache {
    */
   async adopt(path: string, index: ChunkIndex, variant?: string): Promise<void> {
     const id = await identify(path);
-    if (index.size !== id.size) throw new Error(`${path}: cannot adopt an index of ${index.size} bytes for a file of ${id.size} bytes`);
+    if (index.size !== id.size) throw new DeltadError('ERR_DELTAD_SIZE_MISMATCH', `${path}: cannot adopt an index of ${index.size} bytes for a file of ${id.size} bytes`);
     await this.write(this.entryPath(path, id, { params: index.params, digest: index.digest, variant }), index);
   }
 

@@ -3,7 +3,9 @@
 // match). Seeds are opened read-only and only ever read; every chunk read from
 // one is hashed by the assembler before use.
 import { open, type FileHandle } from 'node:fs/promises';
-import { readIndexFile, type ChunkIndex } from '../format/caibx.js';
+import { readdirSync, statSync } from 'node:fs';
+import { basename, dirname, join } from 'node:path';
+import { readIndexFile, startsLikeIndex, type ChunkIndex } from '../format/caibx.js';
 import { IndexFormatError } from '../errors.js';
 import type { IndexCache, IndexBuilder } from './index-cache.js';
 
@@ -37,6 +39,9 @@ export async function openSeed(path: string, given: string | ChunkIndex | undefi
   try {
     const st = await fh.stat();
     if (!st.isFile() && !st.isBlockDevice()) throw new IndexFormatError('seed', 0, 'not a regular file or block device', path);
+    const head = Buffer.alloc(16);
+    await fh.read(head, 0, 16, 0);
+    if (startsLikeIndex(head)) opts.onWarning?.(indexAsSeedWarning(path));
     let index: ChunkIndex | undefined = typeof given === 'string' ? await readIndexFile(given, { allowArchive: false }) : given;
     const size = st.isFile() ? st.size : undefined;
     if (index && size !== undefined && index.size !== size) {
@@ -55,6 +60,27 @@ export async function openSeed(path: string, given: string | ChunkIndex | undefi
   } catch (err) {
     await fh.close();
     throw err;
+  }
+}
+
+/** desync's --seed takes an index (the image beside it); deltad's takes the image. */
+function indexAsSeedWarning(path: string): string {
+  const image = imageBeside(path);
+  const hint = image ? ` (here: ${image}:${path})` : '';
+  return `seed ${path} is a casync index, not an image: no chunk of the target can come from it; ` +
+    `give the image itself, with its index as IMAGE:INDEX${hint}`;
+}
+
+/** The file an index is named after: `os.raw` for `os.raw.caibx` (desync), or `os.raw` for `os.caibx`. */
+function imageBeside(index: string): string | undefined {
+  const stem = basename(index).replace(/\.cai[bd]x$/, '');
+  if (stem === basename(index)) return undefined;
+  try {
+    const names = readdirSync(dirname(index)).filter((n) => (n === stem || n.startsWith(`${stem}.`)) && !/\.cai[bd]x$/.test(n));
+    const found = names.sort((a, b) => a.length - b.length).find((n) => statSync(join(dirname(index), n)).isFile());
+    return found && join(dirname(index), found);
+  } catch {
+    return undefined;
   }
 }
 

@@ -1,5 +1,5 @@
 // Hashing and compressing batches of chunks, the CPU-heavy half of `chop`:
-// inline on the calling thread, or spread over worker threads (zstd-napi is
+// inline on the calling thread, or spread over worker threads (zstd compression is
 // synchronous, so threads are the only way to use more than one core).
 import { Worker } from 'node:worker_threads';
 import { availableParallelism } from 'node:os';
@@ -90,9 +90,9 @@ export class EncoderPool {
     for (let i = 0; i < threads; i++) {
       const w = new Worker(new URL('./chunk-encoder-worker.js', import.meta.url));
       w.on('message', (r: EncodeResult) => this.done(w, r));
-      w.on('error', (err) => this.fail(new DeltadError('EENCODER', `chunk encoder thread failed: ${err.message}`, { cause: err })));
+      w.on('error', (err) => this.fail(new DeltadError('ERR_DELTAD_WORKER', `chunk encoder thread failed: ${err.message}`, { cause: err })));
       w.on('exit', (code) => {
-        if (this.all.includes(w)) this.fail(new DeltadError('EENCODER', `chunk encoder thread exited with code ${code}`));
+        if (this.all.includes(w)) this.fail(new DeltadError('ERR_DELTAD_WORKER', `chunk encoder thread exited with code ${code}`));
       });
       this.all.push(w);
       this.idle.push(w);

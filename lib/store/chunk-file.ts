@@ -1,8 +1,8 @@
 // What local and HTTP stores share about one stored chunk (SPEC §4.1–4.2): its
 // name in the casync layout, and turning its stored bytes into verified data.
-import { ChunkVerifyError } from '../errors.js';
+import { ChunkEncodingError, ChunkVerifyError, UsageError } from '../errors.js';
 import { chunkId, fromHex, toHex, type DigestName } from '../format/digest.js';
-import { ChunkEncodingError, decompressChunk } from './compression.js';
+import { decompressChunk } from './compression.js';
 import { CHUNK_SIZE_LIMIT_MAX } from '../format/caibx.js';
 
 export const COMPRESSED_SUFFIX = '.cacnk';
@@ -11,7 +11,7 @@ export const COMPRESSED_SUFFIX = '.cacnk';
 export function chunkRelativePath(id: Uint8Array | string, compressed: boolean): string {
   // A string ID must be 64 lowercase hex characters: never a path of its own.
   const hex = typeof id === 'string' ? toHex(fromHex(id)) : toHex(id);
-  if (hex.length !== 64) throw new Error(`invalid chunk id ${hex}: expected 32 bytes`);
+  if (hex.length !== 64) throw new UsageError(`invalid chunk id ${hex}: expected 32 bytes`);
   return `${hex.slice(0, 4)}/${hex}${compressed ? COMPRESSED_SUFFIX : ''}`;
 }
 

@@ -3,18 +3,10 @@
 // (with or without a content-size field), gzip for old casync stores; xz is
 // refused with a clear error. Output is always bounded by the caller's limit,
 // so a hostile chunk file cannot inflate without end.
-import { gunzipSync } from 'node:zlib';
-import zstd from 'zstd-napi/binding.js';
-import { DeltadError } from '../errors.js';
+import { constants, gunzipSync, zstdCompressSync, zstdDecompressSync } from 'node:zlib';
+import { ChunkEncodingError } from '../errors.js';
 
 export const DEFAULT_ZSTD_LEVEL = 3;
-
-/** A chunk file that cannot be decoded: bad magic, corrupt, truncated, too large, trailing data. */
-export class ChunkEncodingError extends DeltadError {
-  constructor(message: string) {
-    super('EENCODING', message);
-  }
-}
 
 /**
  * casync frames declare a 2 MiB window; windows above the output limit are still
@@ -26,25 +18,45 @@ const MAX_WINDOW_LOG = 27;
 /** First output buffer when only an upper bound is known (a typical chunk is 64 KiB). */
 const INITIAL_OUTPUT = 128 * 1024;
 
-let cctx: zstd.CCtx | undefined;
-let scratch = Buffer.alloc(0);
-let dctx: zstd.DCtx | undefined;
-let dctxWindowLog = 0;
-
 /** Compresses one chunk into a single zstd frame (with its content size, which casync ignores). */
 export function compressChunk(data: Uint8Array, level = DEFAULT_ZSTD_LEVEL): Buffer {
-  cctx ??= new zstd.CCtx();
-  const bound = zstd.compressBound(data.length);
-  // One reused scratch buffer per thread: compressBound-sized garbage per chunk inflates RSS.
-  if (scratch.length < bound) scratch = Buffer.allocUnsafeSlow(bound);
-  const n = cctx.compress(scratch, data, level);
-  return Buffer.from(scratch.subarray(0, n));
+  return zstdCompressSync(data, { params: { [constants.ZSTD_c_compressionLevel]: level }, pledgedSrcSize: data.length });
+}
+
+/** zstd's ZSTD_COMPRESSBOUND: the most bytes a frame of `size` input bytes can take. */
+export function zstdCompressBound(size: number): number {
+  const small = 128 * 1024;
+  return size + Math.floor(size / 256) + (size < small ? Math.floor((small - size) / 2048) : 0);
 }
 
 /** Largest stored (compressed) size a chunk of up to `maxSize` bytes can have. */
 export function maxEncodedSize(maxSize: number): number {
   // zstd's bound; gzip's worst case (stored blocks) is smaller than this plus its 18-byte framing.
-  return zstd.compressBound(maxSize) + 64;
+  return zstdCompressBound(maxSize) + 64;
+}
+
+/**
+ * Length of the zstd frame that starts `data` (RFC 8878 3.1.1: header, blocks up
+ * to the last one, optional checksum), or -1 when `data` ends inside it. zlib
+ * would decode a second frame after the first as more output; casync refuses
+ * it, and so does deltad.
+ */
+export function zstdFrameLength(data: Uint8Array): number {
+  if (data.length < 5) return -1;
+  const fhd = data[4];
+  if (fhd & 0x08) throw new ChunkEncodingError('corrupt zstd data: reserved bit set in the frame header');
+  const singleSegment = (fhd >> 5) & 1;
+  let pos = 5 + (singleSegment ? 0 : 1) + [0, 1, 2, 4][fhd & 3] + [singleSegment, 2, 4, 8][fhd >> 6];
+  for (;;) {
+    if (pos + 3 > data.length) return -1;
+    const header = data[pos] | (data[pos + 1] << 8) | (data[pos + 2] << 16);
+    const type = (header >> 1) & 3;
+    if (type === 3) throw new ChunkEncodingError(`corrupt zstd data: reserved block type at byte ${pos}`);
+    pos += 3 + (type === 1 ? 1 : header >>> 3); // an RLE block stores one byte
+    if (header & 1) break; // last block
+  }
+  pos += fhd & 0x04 ? 4 : 0; // content checksum
+  return pos > data.length ? -1 : pos;
 }
 
 export type ChunkEncoding = 'zstd' | 'gzip' | 'xz' | 'unknown';
@@ -83,52 +95,30 @@ export function decompressChunk(data: Uint8Array, limit: number): Buffer {
   return out;
 }
 
-function decoder(limit: number): zstd.DCtx {
-  const windowLog = Math.min(MAX_WINDOW_LOG, Math.max(MIN_WINDOW_LOG, Math.ceil(Math.log2(limit + 1))));
-  dctx ??= new zstd.DCtx();
-  // Drop any half-decoded frame a previous failure left behind.
-  dctx.reset(zstd.ResetDirective.sessionOnly);
-  if (windowLog !== dctxWindowLog) {
-    dctx.setParameter(zstd.DParameter.windowLogMax, windowLog);
-    dctxWindowLog = windowLog;
-  }
-  return dctx;
-}
-
 function decompressZstd(data: Uint8Array, limit: number): Buffer {
-  const d = decoder(limit);
-  // One byte of headroom tells "exactly limit" from "more than limit". Start
-  // small when the limit is only an upper bound and grow by doubling.
-  const cap = limit + 1;
-  let out = Buffer.allocUnsafe(Math.min(cap, Math.max(INITIAL_OUTPUT, data.length * 8)));
-  let produced = 0;
-  let consumed = 0;
-  for (;;) {
-    if (produced === out.length) {
-      if (out.length === cap) throw new ChunkEncodingError(`chunk decompresses to more than ${limit} bytes`);
-      const bigger = Buffer.allocUnsafe(Math.min(cap, out.length * 2));
-      out.copy(bigger, 0, 0, produced);
-      out = bigger;
-    }
-    let step: [number, number, number];
-    try {
-      step = d.decompressStream(out.subarray(produced), data.subarray(consumed));
-    } catch (err) {
-      throw new ChunkEncodingError(`corrupt zstd data: ${(err as Error).message}`);
-    }
-    const [remaining, wrote, read] = step;
-    produced += wrote;
-    consumed += read;
-    if (remaining === 0) break; // frame complete and flushed
-    if (wrote === 0 && read === 0 && produced < out.length) {
+  const frameLength = zstdFrameLength(data);
+  if (frameLength < 0) throw new ChunkEncodingError(`truncated zstd frame (the ${data.length}-byte file ends inside the frame)`);
+  if (frameLength < data.length) {
+    throw new ChunkEncodingError(`${data.length - frameLength} bytes of trailing data after the zstd frame`);
+  }
+  const windowLog = Math.min(MAX_WINDOW_LOG, Math.max(MIN_WINDOW_LOG, Math.ceil(Math.log2(limit + 1))));
+  try {
+    return zstdDecompressSync(data, {
+      // More than `limit` bytes fails as soon as it is produced.
+      maxOutputLength: limit,
+      // One output buffer when the limit is the chunk's size; otherwise start small and grow.
+      chunkSize: Math.max(64, Math.min(limit + 1, Math.max(INITIAL_OUTPUT, data.length * 8))),
+      params: { [constants.ZSTD_d_windowLogMax]: windowLog },
+      rejectGarbageAfterEnd: true,
+    });
+  } catch (err) {
+    const e = err as { code?: string; message: string };
+    if (e.code === 'ERR_BUFFER_TOO_LARGE') throw new ChunkEncodingError(`chunk decompresses to more than ${limit} bytes`);
+    if (e.code === 'Z_BUF_ERROR') {
       throw new ChunkEncodingError(`truncated zstd frame (the ${data.length}-byte file ends inside the frame)`);
     }
+    throw new ChunkEncodingError(`corrupt zstd data: ${e.message}`);
   }
-  if (produced > limit) throw new ChunkEncodingError(`chunk decompresses to more than ${limit} bytes`);
-  if (consumed !== data.length) {
-    throw new ChunkEncodingError(`${data.length - consumed} bytes of trailing data after the zstd frame`);
-  }
-  return produced === out.length ? out : out.subarray(0, produced);
 }
 
 function decompressGzip(data: Uint8Array, limit: number): Buffer {

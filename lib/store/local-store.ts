@@ -2,10 +2,10 @@
 // (zstd, casync's default) or extension-less raw files (desync's `uncompressed`).
 // Reading accepts both names, as casync does; writing uses the configured one,
 // through a temp file in the prefix directory renamed into place.
-import { mkdir, open, readdir, rename, rm, stat, writeFile } from 'node:fs/promises';
+import { access, constants, mkdir, open, readdir, rename, rm, stat, writeFile } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
-import { join } from 'node:path';
-import { ChunkVerifyError, DeltadError } from '../errors.js';
+import { dirname, join } from 'node:path';
+import { ChunkVerifyError, DeltadError, fileError } from '../errors.js';
 import { isChunkIdHex, toHex } from '../format/digest.js';
 import { compressChunk, DEFAULT_ZSTD_LEVEL, maxEncodedSize } from './compression.js';
 import type { ChunkRequest, WritableChunkStore } from './types.js';
@@ -133,17 +133,29 @@ export class LocalStore implements WritableChunkStore {
       await rename(tmp, path);
     } catch (err) {
       await rm(tmp, { force: true });
-      throw storeWriteError(err, path);
+      throw await storeWriteError(err, path, this.dir);
     }
   }
 }
 
-function storeWriteError(err: unknown, path: string): Error {
+async function storeWriteError(err: unknown, path: string, store: string): Promise<unknown> {
   const code = (err as { code?: string }).code;
   if (code === 'ENOSPC' || code === 'EDQUOT') {
-    return new DeltadError('ENOSPC', `no space left on device writing chunk ${path}`, { cause: err });
+    return new DeltadError('ERR_DELTAD_NO_SPACE', `no space left on device writing chunk ${path}`, { cause: err });
   }
-  return new DeltadError('ESTORE', `cannot write chunk ${path}: ${(err as Error).message}`, { cause: err });
+  // Name the store the user gave, not a temp file or prefix directory. The store's
+  // directories are made as needed, so ENOENT (from mkdir -p) hides the real cause:
+  // ask the nearest directory that exists whether it can be written.
+  let cause = err;
+  if (code === 'ENOENT') {
+    let dir = store;
+    while (!(await stat(dir).then((st) => st.isDirectory(), () => false)) && dirname(dir) !== dir) dir = dirname(dir);
+    cause = (await access(dir, constants.W_OK).then(() => null, (e: unknown) => e)) ?? err;
+  }
+  const failure = fileError(cause, store, true, 'cannot write chunks');
+  if (failure === cause) return new DeltadError('ERR_DELTAD_STORE', `cannot write chunk ${path}: ${(err as Error).message}`, { cause: err });
+  (failure as Error).message += ` (chunk file ${path})`;
+  return failure;
 }
 
 function isMissing(err: unknown): boolean {

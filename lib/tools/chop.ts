@@ -57,7 +57,7 @@ export async function chopFile(index: ChunkIndex, path: string, store: WritableC
   try {
     const size = (await fh.stat()).size;
     if (size !== index.size) {
-      throw new DeltadError('EMISMATCH', `${path}: file is ${size} bytes but the index describes ${index.size} bytes`);
+      throw new DeltadError('ERR_DELTAD_SIZE_MISMATCH', `${path}: file is ${size} bytes but the index describes ${index.size} bytes`);
     }
     const seen = new Set<string>();
 

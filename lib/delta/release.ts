@@ -1,0 +1,186 @@
+// One preparation per image version. The index, the SHA256SUMS entry and the
+// origin's answers to a HEAD and a range probe are fetched once and shared by
+// every request that arrives while they are fresh (a burst of clients costs one
+// of each); after that they are revalidated with conditional requests
+// (If-None-Match / If-Modified-Since), so an unchanged release costs a 304.
+// Shared fetches run without any one request's signal: a client that leaves
+// does not fail the others' preparation.
+import { createHash } from 'node:crypto';
+import { OriginError } from '../errors.js';
+import type { HttpClient } from '../fetch/http-client.js';
+import { MAX_INDEX_BYTES, parseIndex, type ChunkIndex } from '../format/caibx.js';
+import { findSha256 } from '../format/sha256sums.js';
+
+/** How long an answer is reused without asking the origin again (default 10 s). */
+export const DEFAULT_FRESH_MS = 10_000;
+const MANIFEST_MAX = 1024 * 1024;
+const MAX_ENTRIES = 64;
+
+/** A small origin file as last seen: status 200 with its body, or 404/410. */
+export interface SmallFile {
+  status: number;
+  body: Buffer;
+  etag?: string;
+  lastModified?: string;
+}
+
+/** Single-flight answers kept for `freshMs`, at most MAX_ENTRIES (oldest dropped first). */
+class FreshMemo<T> {
+  private readonly entries = new Map<string, { at: number; value: Promise<T> }>();
+  constructor(private readonly freshMs: number) {}
+
+  get(key: string, compute: (previous: T | undefined) => Promise<T>): Promise<T> {
+    const hit = this.entries.get(key);
+    if (hit && Date.now() - hit.at < this.freshMs) return hit.value;
+    const previous = hit?.value.catch(() => undefined) ?? Promise.resolve(undefined);
+    const value = previous.then(compute);
+    const entry = { at: Date.now(), value };
+    this.entries.delete(key);
+    this.entries.set(key, entry);
+    // A failure is not kept: the next request asks again.
+    value.then(
+      () => (entry.at = Date.now()),
+      () => this.entries.get(key) === entry && this.entries.delete(key),
+    );
+    while (this.entries.size > MAX_ENTRIES) this.entries.delete(this.entries.keys().next().value!);
+    return value;
+  }
+}
+
+/** Where one image and the files that describe it live on the origin. */
+export interface ReleaseTarget {
+  /** The image's URL. */
+  url: string;
+  /** The image's file name, as listed in SHA256SUMS. */
+  name: string;
+  /** Candidate index URLs, tried in order (a 404 or 410 moves on to the next). */
+  indexUrls: string[];
+  /** The SHA256SUMS beside the image. */
+  sumsUrl: string;
+}
+
+export interface PreparedImage {
+  index: ChunkIndex;
+  /** The index URL that answered. */
+  indexUrl: string;
+  /** SHA-256 from the origin's SHA256SUMS, when it lists the image. */
+  sha256?: string;
+  /** Identifies this version of the image: its URL, the digest of its index and the expected SHA-256. */
+  key: string;
+}
+
+export class Releases {
+  private readonly files: FreshMemo<SmallFile>;
+  private readonly probes: FreshMemo<unknown>;
+  /** Parsed indexes by body digest, so a revalidated (304) index is not parsed again. */
+  private readonly parsed = new Map<string, ChunkIndex>();
+
+  constructor(
+    private readonly http: HttpClient,
+    opts: { freshMs?: number } = {},
+  ) {
+    const freshMs = opts.freshMs ?? DEFAULT_FRESH_MS;
+    this.files = new FreshMemo(freshMs);
+    this.probes = new FreshMemo(freshMs);
+  }
+
+  /** A small file, shared and revalidated as described above. */
+  file(url: string, maxBytes: number): Promise<SmallFile> {
+    return this.files.get(url, (previous) => this.fetchFile(url, maxBytes, previous));
+  }
+
+  /** The image's entry in the SHA256SUMS beside it, if any. */
+  async sha256(t: ReleaseTarget): Promise<string | undefined> {
+    const sums = await this.file(t.sumsUrl, MANIFEST_MAX);
+    return sums.status === 200 ? findSha256(sums.body.toString('utf8'), t.name) : undefined;
+  }
+
+  /** The image's index and expected SHA-256; undefined when the origin has none of its index names. */
+  async prepare(t: ReleaseTarget, sha256 = this.sha256(t)): Promise<PreparedImage | undefined> {
+    let found: { url: string; file: SmallFile } | undefined;
+    for (const url of t.indexUrls) {
+      const file = await this.file(url, MAX_INDEX_BYTES);
+      if (file.status === 200) {
+        found = { url, file };
+        break;
+      }
+    }
+    const expected = await sha256;
+    if (!found) return undefined;
+    const digest = createHash('sha256').update(found.file.body).digest('hex');
+    let index = this.parsed.get(digest);
+    if (!index) {
+      index = parseIndex(found.file.body, { source: found.url, allowArchive: false });
+      this.parsed.set(digest, index);
+      while (this.parsed.size > 4) this.parsed.delete(this.parsed.keys().next().value!);
+    }
+    return { index, indexUrl: found.url, sha256: expected, key: `${t.url}#${digest}#${expected ?? ''}` };
+  }
+
+  /** The image's length from a HEAD: a 200 with a Content-Length, else undefined (any failure too). */
+  headLength(url: string): Promise<number | undefined> {
+    return this.probes.get(`HEAD ${url}`, async () => {
+      try {
+        const r = await this.http.request(url, { method: 'HEAD' });
+        await r.body.dump();
+        const n = Number(r.headers['content-length']);
+        return r.statusCode === 200 && Number.isSafeInteger(n) && n >= 0 ? n : undefined;
+      } catch {
+        return undefined;
+      }
+    }) as Promise<number | undefined>;
+  }
+
+  /** Resolves when the origin answers a one-byte Range request with 206; rejects naming the status otherwise. */
+  checkRanges(url: string): Promise<void> {
+    return this.probes.get(`RANGE ${url}`, async () => {
+      const r = await this.http.request(url, { headers: { range: 'bytes=0-0' } });
+      if (r.statusCode === 206) return void (await r.body.dump());
+      r.body.destroy();
+      throw new OriginError(`${url}: the origin does not serve byte ranges (HTTP ${r.statusCode} to a Range request)`, {
+        status: r.statusCode,
+      });
+    }) as Promise<void>;
+  }
+
+  /** Any other probe of the origin, shared the same way (e.g. whether it is a deltad proxy). */
+  probe<T>(key: string, compute: () => Promise<T>): Promise<T> {
+    return this.probes.get(key, compute) as Promise<T>;
+  }
+
+  private async fetchFile(url: string, maxBytes: number, previous: SmallFile | undefined): Promise<SmallFile> {
+    const headers: Record<string, string> = {};
+    if (previous?.status === 200 && previous.etag) headers['if-none-match'] = previous.etag;
+    if (previous?.status === 200 && previous.lastModified) headers['if-modified-since'] = previous.lastModified;
+    return this.http.withRetry(async () => {
+      const res = await this.http.request(url, { headers });
+      const status = res.statusCode;
+      if (status === 304 && previous?.status === 200) {
+        await res.body.dump();
+        return previous;
+      }
+      if (status === 404 || status === 410) {
+        await res.body.dump();
+        return { status, body: Buffer.alloc(0) };
+      }
+      if (status !== 200) {
+        await res.body.dump();
+        throw new OriginError(`GET ${url}: HTTP ${status}`, { status, transient: status >= 500 || status === 429 });
+      }
+      const declared = Number(res.headers['content-length'] ?? Number.NaN);
+      if (declared > maxBytes) {
+        res.body.destroy();
+        throw new OriginError(`GET ${url}: ${declared} bytes exceeds the ${maxBytes}-byte limit`);
+      }
+      const body = await this.http.readBody(res.body, maxBytes, url);
+      if (!Number.isNaN(declared) && body.length !== declared) {
+        throw new OriginError(`GET ${url}: truncated body (${body.length} of ${declared} bytes)`, { transient: true });
+      }
+      return { status, body, etag: header(res.headers.etag), lastModified: header(res.headers['last-modified']) };
+    });
+  }
+}
+
+function header(v: string | string[] | undefined): string | undefined {
+  return Array.isArray(v) ? v[0] : v;
+}

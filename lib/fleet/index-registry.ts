@@ -1,0 +1,35 @@
+// The indexes a fleet proxy has seen, by URL. Each is parsed once per content
+// (keyed on the body's digest, so a new release replaces the old) and tells the
+// image-range store where the image's chunks live, so store and batch requests
+// by chunk ID can be served from an upstream that has no chunk store.
+import { createHash } from 'node:crypto';
+import { parseIndex, type ChunkIndex } from '../format/caibx.js';
+import type { ImageRangeStore } from './image-range-store.js';
+
+export class IndexRegistry {
+  private readonly indexes = new Map<string, { digest: string; index: ChunkIndex }>();
+
+  constructor(
+    private readonly ranges: ImageRangeStore,
+    /** What the image's name gains to become its index's (e.g. ".caibx"). */
+    private readonly indexSuffix: string,
+    private readonly onWarning: (message: string) => void = () => {},
+  ) {}
+
+  /** Parses `body` (once per content) and records its chunks' locations in the image beside it; null if malformed. */
+  register(indexUrl: string, body: Buffer): ChunkIndex | null {
+    const digest = createHash('sha256').update(body).digest('hex');
+    const known = this.indexes.get(indexUrl);
+    if (known?.digest === digest) return known.index;
+    let index: ChunkIndex;
+    try {
+      index = parseIndex(body, { source: indexUrl, allowArchive: false });
+    } catch (err) {
+      this.onWarning((err as Error).message);
+      return null;
+    }
+    this.indexes.set(indexUrl, { digest, index });
+    if (indexUrl.endsWith(this.indexSuffix)) this.ranges.addImage(indexUrl.slice(0, -this.indexSuffix.length), index);
+    return index;
+  }
+}
