@@ -2,6 +2,7 @@
 // `key = value`), then DELTAD_<KEY> environment variables, then command-line
 // flags. Every key has all three spellings (see docs/CONFIG.md). Errors name the
 // file and line (or the variable / flag) so a bad config fails clearly at start.
+import { parseSize } from '../lib/util/size.js';
 import { readFileSync } from 'node:fs';
 import { UsageError } from '../lib/errors.js';
 import type { OptionSpec } from './command.js';
@@ -46,6 +47,11 @@ export interface DaemonConfig {
   /** Fleet proxy: client networks allowed (CIDR) and concurrent requests per client. */
   allow: string[];
   clientConcurrency: number;
+  /** PEM file of CA certificates trusted besides the system store (private update server); empty = none. */
+  caFile: string;
+  /** Origin answers slower than lowSpeedLimit bytes/s for lowSpeedTime seconds are aborted and retried (0 = off). */
+  lowSpeedLimit: number;
+  lowSpeedTime: number;
 }
 
 export const DEFAULT_CONFIG_FILE = '/etc/deltad/deltad.conf';
@@ -81,6 +87,9 @@ const KEYS: Record<string, KeySpec> = {
   'proxy-cache-size': { field: 'proxyCacheSize', parse: parseByteSize },
   allow: { field: 'allow', list: true, parse: parseNetwork },
   'client-concurrency': { field: 'clientConcurrency', parse: (v) => parseNumber(v, 1, 10_000, true) },
+  'ca-file': { field: 'caFile', parse: (v) => (v === '' ? '' : parseAbsolutePath(v)) },
+  'low-speed-limit': { field: 'lowSpeedLimit', parse: parseRate },
+  'low-speed-time': { field: 'lowSpeedTime', parse: (v) => parseNumber(v, 1, 3600) },
 };
 
 export function defaultConfig(env: NodeJS.ProcessEnv = process.env): DaemonConfig {
@@ -106,6 +115,9 @@ export function defaultConfig(env: NodeJS.ProcessEnv = process.env): DaemonConfi
     proxyCacheSize: 10 * 1024 ** 3,
     allow: [...DEFAULT_ALLOW],
     clientConcurrency: 64,
+    caFile: '',
+    lowSpeedLimit: 1024,
+    lowSpeedTime: 30,
   };
 }
 
@@ -130,6 +142,9 @@ export const configUsage = `Configuration (file ${DEFAULT_CONFIG_FILE}, env DELT
   --concurrency N          parallel origin requests per assembly (default 8)
   --passthrough MODE       redirect (307 to the origin) or proxy (stream through) (default redirect)
   --listen HOST:PORT       address when not socket-activated (default 127.0.0.1:3129)
+  --ca-file FILE           PEM CA certificates trusted besides the system store (private update server)
+  --low-speed-limit RATE   abort and retry origin answers slower than RATE bytes/s, e.g. 1K; 0 = off (default 1K)
+  --low-speed-time SECONDS ... for this long (default 30)
 Fleet proxy (deltad proxy):
   --upstream URL           upstream base URL every request path is served from
   --upstream-store URL     the upstream's casync chunk store (default: byte ranges of its images)
@@ -279,11 +294,27 @@ function parsePassthrough(v: string): PassthroughMode {
   return v;
 }
 
+/** Bytes per second with an optional K/M/G suffix (powers of 1024); 0 switches the limit off. */
+export function parseRate(v: string): number {
+  const m = /^(\d+(?:\.\d+)?)\s*([KMG]?)(?:i?B)?(?:\/s)?$/i.exec(v.trim());
+  if (!m) throw new Error(`"${v}" is not a rate in bytes per second (e.g. 1K, 512, 0)`);
+  return Math.floor(Number(m[1]) * 1024 ** ' KMG'.indexOf((m[2] || ' ').toUpperCase()));
+}
+
+/** The HTTP client settings of a configuration (TLS trust and transfer limits). */
+export function httpOptionsOf(config: DaemonConfig): {
+  caFile?: string;
+  limits: { lowSpeedLimit: number; lowSpeedTimeMs: number };
+} {
+  return {
+    caFile: config.caFile || undefined,
+    limits: { lowSpeedLimit: config.lowSpeedLimit, lowSpeedTimeMs: config.lowSpeedTime * 1000 },
+  };
+}
+
 /** A byte count with an optional K/M/G/T suffix (powers of 1024). */
 function parseByteSize(v: string): number {
-  const m = /^(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?$/i.exec(v.trim());
-  if (!m) throw new Error(`"${v}" is not a size (e.g. 500M, 20G)`);
-  const n = Math.floor(Number(m[1]) * 1024 ** ' KMGT'.indexOf((m[2] || ' ').toUpperCase()));
+  const n = parseSize(v, 'size');
   if (n < 1024 * 1024) throw new Error(`size "${v}" is below the 1M minimum`);
   return n;
 }

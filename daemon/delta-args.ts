@@ -7,6 +7,8 @@ import { UsageError } from '../lib/errors.js';
 import type { FetchMode, SeedSpec, SourceOptions } from '../lib/delta/extract.js';
 import type { CommandContext, OptionSpec } from './command.js';
 import { list, readStdin, str } from './cli-args.js';
+import { parseRate } from './config.js';
+import type { HttpClientOptions } from '../lib/fetch/http-client.js';
 import { createProgress, type Progress } from './progress.js';
 
 export const sourceOptionSpec: OptionSpec = {
@@ -15,6 +17,10 @@ export const sourceOptionSpec: OptionSpec = {
   'range-url': { type: 'string' },
   mode: { type: 'string' },
   'cache-dir': { type: 'string' },
+  'ca-file': { type: 'string' },
+  'low-speed-limit': { type: 'string' },
+  'low-speed-time': { type: 'string' },
+  'stall-timeout': { type: 'string' },
   timeout: { type: 'string' },
   json: { type: 'boolean' },
 };
@@ -27,6 +33,10 @@ export const sourceOptionUsage = `  --seed FILE[:INDEX]  a local image that may 
   --range-url URL      the target image itself, fetched with HTTP byte ranges
   --mode MODE          auto (default), range or store
   --cache-dir DIR      seed index cache (default $XDG_CACHE_HOME/deltad or ~/.cache/deltad)
+  --ca-file FILE       PEM CA certificates trusted besides the system store ($DELTAD_CA_FILE)
+  --low-speed-limit R  abort and retry answers slower than R bytes/s, e.g. 1K; 0 = off (default 1K)
+  --low-speed-time S   ... for S seconds (default 30)
+  --stall-timeout S    give up when no byte is verified for S seconds (default 300; 0 = never)
   --timeout SECONDS    longest wait for a server's response headers or next body bytes
                        (default 30; a request that times out is retried once)
   --json               print a JSON summary instead of text`;
@@ -67,6 +77,35 @@ export function parseMode(s: string | undefined): FetchMode {
   throw new UsageError(`--mode: "${s}" must be auto, range or store`);
 }
 
+/** --name as a number in [min, max], or undefined. */
+function numberArg(
+  ctx: CommandContext, name: string, min: number, max: number, parse: (v: string) => number = Number,
+): number | undefined {
+  const v = str(ctx, name);
+  if (v === undefined) return undefined;
+  let n: number;
+  try {
+    n = parse(v);
+  } catch (err) {
+    throw new UsageError(`--${name}: ${(err as Error).message}`);
+  }
+  if (!Number.isFinite(n) || n < min || n > max) {
+    throw new UsageError(`--${name}: "${v}" must be between ${min} and ${max}`);
+  }
+  return n;
+}
+
+/** TLS trust and transfer limits of the command's HTTP client. */
+function httpOptions(ctx: CommandContext): HttpClientOptions {
+  const caFile = str(ctx, 'ca-file') ?? (process.env.DELTAD_CA_FILE || undefined);
+  const limits: HttpClientOptions['limits'] = {};
+  const rate = numberArg(ctx, 'low-speed-limit', 0, 1024 ** 4, parseRate);
+  if (rate !== undefined) limits.lowSpeedLimit = rate;
+  const time = numberArg(ctx, 'low-speed-time', 1, 3600);
+  if (time !== undefined) limits.lowSpeedTimeMs = time * 1000;
+  return { caFile, limits };
+}
+
 /** --timeout SECONDS → ms (undefined: the client's default). */
 export function parseTimeout(s: string | undefined): number | undefined {
   if (s === undefined) return undefined;
@@ -78,7 +117,10 @@ export function parseTimeout(s: string | undefined): number | undefined {
 export function sourceOptions(ctx: CommandContext): SourceOptions {
   const rangeUrl = str(ctx, 'range-url');
   if (rangeUrl !== undefined && !/^https?:\/\//i.test(rangeUrl)) throw new UsageError(`--range-url: "${rangeUrl}" is not an http(s) URL`);
+  const stall = numberArg(ctx, 'stall-timeout', 0, 7 * 24 * 3600);
   return {
+    httpOptions: httpOptions(ctx),
+    stallMs: stall === undefined ? undefined : stall * 1000,
     seeds: list(ctx, 'seed').map(parseSeedArg),
     stores: list(ctx, 'store'),
     rangeUrl,

@@ -29,8 +29,8 @@ import type { Logger } from './log.js';
 import type { DaemonCounters } from './metrics.js';
 import type { Notifier } from './notify.js';
 import { indexFileNames } from './index-names.js';
-import { passThroughUrl, siblingUrl, type OriginTarget } from './origin-path.js';
-import { passThrough, type PassThroughContext } from './passthrough.js';
+import { siblingUrl, type OriginTarget } from './origin-path.js';
+import { passThrough, withQuery, type PassThroughContext } from './passthrough.js';
 import type { SeedCatalog } from './seeds.js';
 import { verifiedBody } from './verified-body.js';
 import { formatBytes } from './progress.js';
@@ -181,9 +181,11 @@ export class ImageService {
     });
     // A failure surfaces through the deadline race below; never as an unhandled rejection.
     sha256.catch(() => {});
-    // Sent with the index fetch: when the index is slow, the image's length lets the headers go out anyway.
+    // Sent with the index fetch: when the index is slow, the image's length lets the headers go out anyway;
+    // it also carries the release's kill switch (X-KDE-Delta: false).
     let announced: number | undefined;
-    if (method === 'GET') void this.d.releases.headLength(target.url).then((n) => (announced = n));
+    const head = this.d.releases.head(target.url);
+    if (method === 'GET') void head.then((h) => (announced = h.length));
     let prepared: PreparedImage | undefined;
     try {
       prepared = await withDeadline(ready, timeouts.prepareMs, `index of ${target.relPath} not fetched within ${timeouts.prepareMs} ms`);
@@ -192,6 +194,11 @@ export class ImageService {
       return this.fallBack(method, target, res, ac.signal, (err as Error).message);
     }
     if (!prepared) return this.fallBack(method, target, res, ac.signal, `no ${this.indexWhat} on the origin`);
+    const off = (await withDeadline(head, timeouts.prepareMs, 'HEAD late').catch(() => undefined))?.deltaOff;
+    if (off) {
+      this.d.log.notice(`${target.relPath}: the origin switches deltas off (${off}); passing the full image through`);
+      return passThrough(this.d.passThrough, method, withQuery(target.url, target.search), res, ac.signal);
+    }
     if (method === 'HEAD') {
       res.writeHead(200, imageHeaders(prepared.index.size));
       res.end();
@@ -285,7 +292,7 @@ export class ImageService {
   private async fallBack(method: 'GET' | 'HEAD', target: OriginTarget, res: ServerResponse, signal: AbortSignal, why: string): Promise<void> {
     this.d.counters.fallbacks++;
     this.d.log.warn(`${target.relPath}: ${why}; passing the full image through (${this.d.passThrough.mode})`);
-    await passThrough(this.d.passThrough, method, passThroughUrl(target), res, signal);
+    await passThrough(this.d.passThrough, method, withQuery(target.url, target.search), res, signal);
   }
 
   /** Full image from the origin under already-sent headers: exact size and SHA-256, or a cut connection. */

@@ -1,16 +1,18 @@
 // Journal-friendly logging: one line per event, no colours. When stderr goes to
 // the journal (systemd sets JOURNAL_STREAM), each line carries a syslog level
-// prefix (<3> error, <4> warning, <6> info) so journalctl can filter by priority.
+// prefix (<3> error, <4> warning, <5> notice, <6> info) so journalctl can filter by priority.
 
-export type LogLevel = 'error' | 'warn' | 'info';
+export type LogLevel = 'error' | 'warn' | 'notice' | 'info';
 
 export interface Logger {
   error(msg: string): void;
   warn(msg: string): void;
+  /** Normal but significant (e.g. the server switched deltas off). */
+  notice(msg: string): void;
   info(msg: string): void;
 }
 
-const PRIORITY: Record<LogLevel, number> = { error: 3, warn: 4, info: 6 };
+const PRIORITY: Record<LogLevel, number> = { error: 3, warn: 4, notice: 5, info: 6 };
 
 export function createLogger(stream: NodeJS.WritableStream = process.stderr, env: NodeJS.ProcessEnv = process.env): Logger {
   const journal = Boolean(env.JOURNAL_STREAM);
@@ -21,8 +23,9 @@ export function createLogger(stream: NodeJS.WritableStream = process.stderr, env
   return {
     error: (m) => write('error', m),
     warn: (m) => write('warn', m),
+    notice: (m) => write('notice', m),
     info: (m) => write('info', m),
   };
 }
 
-export const silentLogger: Logger = { error() {}, warn() {}, info() {} };
+export const silentLogger: Logger = { error() {}, warn() {}, notice() {}, info() {} };

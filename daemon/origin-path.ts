@@ -13,7 +13,7 @@ export interface OriginTarget {
   url: string;
   /** Last path segment, decoded (what image patterns match against). */
   name: string;
-  /** The request's query string with its '?' ('' when none): kept on pass-through, never used for deltas. */
+  /** The request's query string with its '?' ('' when none): kept on pass-through (withQuery), never used for deltas. */
   search: string;
 }
 
@@ -46,11 +46,6 @@ export function resolveOriginTarget(originBase: string, rawTarget: string, prefi
   if (url.origin !== base.origin || !url.pathname.startsWith(base.pathname)) throw new UnsafePathError('path escapes the origin base');
   const name = decoded[decoded.length - 1];
   return { relPath: decoded.join('/'), url: url.href, name, search: search === '?' ? '' : search };
-}
-
-/** The origin URL a pass-through sends the client to: the target with the request's query string. */
-export function passThroughUrl(target: OriginTarget): string {
-  return target.url + target.search;
 }
 
 /** URL of a sibling file in the same origin directory (e.g. SHA256SUMS next to an image). */

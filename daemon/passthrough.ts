@@ -1,15 +1,32 @@
 // Pass-through of everything deltad does not assemble (manifests, signatures,
 // other files) and of images it falls back on: a 307 to the origin URL, or the
 // origin's answer streamed through unchanged (status kept: a 404 stays a 404,
-// which sysupdate's signature-name probing relies on).
+// which sysupdate's signature-name probing relies on). The client's query
+// string goes with it. In proxy mode the origin's redirects are followed by the
+// HTTP client (the answer is the mirror's).
 import type { ServerResponse } from 'node:http';
 import { pipeline } from 'node:stream/promises';
 import type { HttpClient } from '../lib/fetch/http-client.js';
 import type { PassthroughMode } from './config.js';
 import type { DaemonCounters } from './metrics.js';
 
-/** Origin response headers worth keeping; hop-by-hop and encoding headers are not. */
-const KEEP_HEADERS = ['content-type', 'content-length', 'last-modified', 'etag', 'location', 'cache-control', 'expires', 'accept-ranges'];
+/**
+ * Origin response headers worth keeping; hop-by-hop headers are not. The body
+ * is passed on as sent, so its Content-Encoding goes with it (deltad asks for
+ * identity, but a server may code it anyway).
+ */
+const KEEP_HEADERS = [
+  'content-type', 'content-length', 'content-encoding', 'last-modified', 'etag', 'location', 'cache-control', 'expires',
+  'accept-ranges',
+];
+
+/** The origin URL with the client's query string (a signed URL's token, a cache buster) kept. */
+export function withQuery(url: string, rawTarget: string | undefined): string {
+  const q = rawTarget?.indexOf('?') ?? -1;
+  if (q < 0) return url;
+  const query = rawTarget!.slice(q).split('#')[0];
+  return query.length > 1 ? url.split('?')[0] + query : url;
+}
 
 export interface PassThroughContext {
   http: HttpClient;

@@ -7,7 +7,7 @@
 // shared by concurrent clients (one upstream fetch each).
 import type { FastifyInstance } from 'fastify';
 import { join } from 'node:path';
-import { HttpClient } from '../lib/fetch/http-client.js';
+import { HttpClient, type HttpClientOptions } from '../lib/fetch/http-client.js';
 import { CachingStore } from '../lib/fleet/caching-store.js';
 import { ChunkCache } from '../lib/fleet/chunk-cache.js';
 import { ImageRangeStore } from '../lib/fleet/image-range-store.js';
@@ -34,6 +34,8 @@ export interface ProxyOptions {
   upstream: string;
   /** The upstream's casync chunk store, if it has one; else chunks come as byte ranges of the images. */
   upstreamStore?: string;
+  /** TLS trust and transfer limits of upstream requests (ca-file, low-speed limit). */
+  httpOptions?: HttpClientOptions;
   cacheDir: string;
   /** Chunk cache size limit in bytes. */
   cacheMaxBytes: number;
@@ -73,7 +75,7 @@ export interface ProxyStatus {
 
 export async function createProxy(opts: ProxyOptions): Promise<ProxyServer> {
   const log = opts.logger ?? silentLogger;
-  const http = new HttpClient({ connections: Math.max(8, opts.concurrency ?? 8) });
+  const http = new HttpClient({ ...opts.httpOptions, connections: Math.max(8, opts.concurrency ?? 8) });
   const cache = await ChunkCache.open(join(opts.cacheDir, 'chunks'), { maxBytes: opts.cacheMaxBytes, writeFile: opts.cacheWriteFile });
   const ranges = new ImageRangeStore({ client: http, concurrency: opts.concurrency });
   const upstreamStores = opts.upstreamStore ? [new HttpStore(opts.upstreamStore, { client: http }), ranges] : [ranges];

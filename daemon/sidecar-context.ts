@@ -7,30 +7,23 @@ import { join } from 'node:path';
 import { HttpClient } from '../lib/fetch/http-client.js';
 import { Releases } from '../lib/delta/release.js';
 import { AssemblyRegistry } from './assemblies.js';
-import { requireOrigin, type DaemonConfig } from './config.js';
+import { httpOptionsOf, requireOrigin, type DaemonConfig } from './config.js';
 import { globToRegExp } from './glob.js';
-import { DEFAULT_TIMEOUTS, ImageService, type ImageTimeouts } from './image-service.js';
+import { DEFAULT_TIMEOUTS, ImageService, type ImageServiceDeps, type ImageTimeouts } from './image-service.js';
 import { silentLogger, type Logger } from './log.js';
-import { newCounters, type DaemonCounters } from './metrics.js';
+import { newCounters } from './metrics.js';
 import { createNotifier, type Notifier } from './notify.js';
 import type { PassThroughContext } from './passthrough.js';
 import { SeedCatalog } from './seeds.js';
 import { SysupdateTransfers } from './sysupdate-names.js';
 import { VERSION } from '../lib/util/version.js';
 
-export interface DaemonContext {
-  config: DaemonConfig;
+/** What the image service is given, plus what the routes need beside it. */
+export interface DaemonContext extends Omit<ImageServiceDeps, 'timeouts'> {
   origin: string;
-  http: HttpClient;
-  counters: DaemonCounters;
-  log: Logger;
-  notifier: Notifier;
-  seeds: SeedCatalog;
-  assemblies: AssemblyRegistry;
   images: ImageService;
   /** The sysupdate transfers that go through deltad: version and installed names. */
   transfers: SysupdateTransfers;
-  passThrough: PassThroughContext;
   /** True when a file name is served as a delta (image patterns). */
   isImage(name: string): boolean;
 }
@@ -53,7 +46,11 @@ export interface ServerOptions {
 export async function createDaemonContext(config: DaemonConfig, opts: ServerOptions = {}): Promise<DaemonContext> {
   const origin = requireOrigin(config);
   const log = opts.log ?? silentLogger;
-  const http = opts.http ?? new HttpClient({ connections: Math.max(8, config.concurrency), userAgent: `deltad/${VERSION} (sysupdate sidecar)` });
+  const http = opts.http ?? new HttpClient({
+    connections: Math.max(8, config.concurrency),
+    userAgent: `deltad/${VERSION} (sysupdate sidecar)`,
+    ...httpOptionsOf(config),
+  });
   const counters = newCounters();
   // Origin traffic is counted once, by the HTTP client (every body byte, whoever reads it).
   Object.defineProperties(counters, {
@@ -75,12 +72,9 @@ export async function createDaemonContext(config: DaemonConfig, opts: ServerOpti
   const passThroughCtx: PassThroughContext = { http, counters, mode: config.passthrough };
   // One preparation per image for all requests in a burst (index, SHA256SUMS, probes).
   const releases = new Releases(http, { freshMs: opts.releaseFreshMs });
-  const images = new ImageService({ config, http, counters, log, notifier, seeds, assemblies, releases, passThrough: passThroughCtx, timeouts });
+  const deps = { config, http, counters, log, notifier, seeds, assemblies, releases, passThrough: passThroughCtx };
+  const images = new ImageService({ ...deps, timeouts });
   const patterns = config.imagePatterns.map(globToRegExp);
-  return {
-    config, origin, http, counters, log, notifier, seeds, assemblies, images, transfers,
-    passThrough: passThroughCtx,
-    isImage: (name) => patterns.some((re) => re.test(name)),
-  };
+  return { ...deps, origin, images, transfers, isImage: (name) => patterns.some((re) => re.test(name)) };
 }
 

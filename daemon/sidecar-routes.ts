@@ -5,8 +5,8 @@
 //   GET/HEAD /<path>                   an image as a delta, anything else passed through
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { renderMetrics } from './metrics.js';
-import { passThroughUrl, resolveOriginTarget, UnsafePathError, type OriginTarget } from './origin-path.js';
-import { passThrough } from './passthrough.js';
+import { resolveOriginTarget, UnsafePathError, type OriginTarget } from './origin-path.js';
+import { passThrough, withQuery } from './passthrough.js';
 import type { DaemonContext } from './sidecar-context.js';
 import { planTotals, registerUpdateSizeRoute } from './update-size.js';
 
@@ -49,7 +49,7 @@ export async function sidecarRoutes(app: FastifyInstance, { ctx }: { ctx: Daemon
         if (ctx.isImage(target.name)) await ctx.images.serve(method, target, reply.raw);
         else {
           ctx.counters.passthroughs++;
-          await passThrough(ctx.passThrough, method, passThroughUrl(target), reply.raw);
+          await passThrough(ctx.passThrough, method, withQuery(target.url, req.raw.url), reply.raw);
         }
       } catch (err) {
         ctx.log.error(`${method} ${target.relPath}: ${(err as Error).message}`);

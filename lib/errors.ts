@@ -22,7 +22,13 @@ export type DeltadErrorCode =
   | 'ERR_DELTAD_INPUT'
   | 'ERR_DELTAD_READ'
   | 'ERR_DELTAD_WORKER'
-  | 'ERR_DELTAD_FILE';
+  | 'ERR_DELTAD_FILE'
+  | 'ERR_DELTAD_REDIRECT'
+  | 'ERR_DELTAD_LOW_SPEED'
+  | 'ERR_DELTAD_DEADLINE'
+  | 'ERR_DELTAD_STALLED'
+  | 'ERR_DELTAD_IMAGE_CHANGED'
+  | 'ERR_DELTAD_DELTA_DISABLED';
 
 export class DeltadError extends Error {
   readonly code: DeltadErrorCode;
@@ -74,8 +80,10 @@ export class OriginError extends DeltadError {
   readonly status?: number;
   /** true when retrying may help (reset, timeout, 5xx). */
   readonly transient: boolean;
-  constructor(message: string, opts: { status?: number; transient?: boolean; cause?: unknown } = {}) {
-    super('ERR_DELTAD_ORIGIN', message, { cause: opts.cause });
+  constructor(
+    message: string, opts: { status?: number; transient?: boolean; cause?: unknown; code?: DeltadErrorCode } = {},
+  ) {
+    super(opts.code ?? 'ERR_DELTAD_ORIGIN', message, { cause: opts.cause });
     this.status = opts.status;
     this.transient = opts.transient ?? false;
   }
@@ -89,6 +97,61 @@ export class ChecksumMismatchError extends DeltadError {
   constructor(expected: string, actual: string, what: string) {
     super('ERR_DELTAD_SHA256', `${what}: SHA-256 mismatch: expected ${expected}, got ${actual}`);
   }
+}
+
+/** A redirect deltad will not follow: too many hops, a scheme other than http(s), or https to http. */
+export class RedirectError extends OriginError {
+  constructor(url: string, detail: string) {
+    super(`${url}: redirect refused: ${detail}`, { code: 'ERR_DELTAD_REDIRECT' });
+  }
+}
+
+/** A response body slower than the low-speed limit for the low-speed time (curl's --speed-limit/--speed-time). */
+export class LowSpeedError extends OriginError {
+  constructor(url: string, bytesPerSec: number, limit: number, seconds: number) {
+    super(`${url}: transfer too slow: ${formatRate(bytesPerSec)} for ${seconds} s (limit ${formatRate(limit)})`, {
+      code: 'ERR_DELTAD_LOW_SPEED', transient: true,
+    });
+  }
+}
+
+/** A request that outlived its deadline (scaled to the bytes it carries). */
+export class RequestDeadlineError extends OriginError {
+  constructor(url: string, ms: number, bytes: number, expected: number | undefined) {
+    const of = expected === undefined ? '' : ` of ${expected}`;
+    super(`${url}: request deadline of ${Math.round(ms / 1000)} s passed after ${bytes}${of} bytes`, {
+      code: 'ERR_DELTAD_DEADLINE', transient: true,
+    });
+  }
+}
+
+/** No verified byte for too long in a whole update (extract's stall watchdog). */
+export class StallError extends DeltadError {
+  constructor(what: string, ms: number, detail: string) {
+    super('ERR_DELTAD_STALLED', `${what}: no progress for ${Math.round(ms / 1000)} s (${detail})`);
+  }
+}
+
+/** The image changed on the server during the update (validator or size no longer matches). */
+export class ImageChangedError extends OriginError {
+  constructor(url: string, detail: string) {
+    super(`${url}: the image changed on the server during the update (${detail}); start the update again`, {
+      code: 'ERR_DELTAD_IMAGE_CHANGED',
+    });
+  }
+}
+
+/** The release asks clients to skip the delta (e.g. `X-KDE-Delta: false`). */
+export class DeltaDisabledError extends DeltadError {
+  constructor(url: string, header: string) {
+    const message = `${url}: the server disables delta updates (${header}); download the full image`;
+    super('ERR_DELTAD_DELTA_DISABLED', message);
+  }
+}
+
+function formatRate(bytesPerSec: number): string {
+  if (bytesPerSec >= 10 * 1024) return `${Math.round(bytesPerSec / 1024)} KiB/s`;
+  return `${Math.round(bytesPerSec * 10) / 10} B/s`;
 }
 
 /** Block-pack content that fails its checks (bad frame, wrong hash, wrong header): names what and where. */

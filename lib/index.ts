@@ -53,6 +53,8 @@ export {
   type SourceOptions,
 } from './delta/extract.js';
 export { Releases, type PreparedImage, type ReleaseTarget } from './delta/release.js';
+// What the HTTP client may measure and the cost model prices requests with (SourceOptions.link).
+export type { LinkEstimate } from './plan/cost.js';
 
 // Fleet: a sidecar's client of a deltad proxy's batch endpoint.
 export { openProxyStore, type BatchStoreOptions } from './fleet/batch-store.js';

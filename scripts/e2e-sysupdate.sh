@@ -29,7 +29,10 @@ npm run build >/dev/null
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 status=0
-node --test --test-reporter=spec "$@" dist/test-e2e/*.test.js 2>&1 | tee "$log" || status=${PIPESTATUS[0]}
+# The runtime npm ci pinned (as npm scripts use it), whatever node is on PATH.
+node=node_modules/.bin/node
+[ -x "$node" ] || node=node
+"$node" --test --test-reporter=spec "$@" dist/test-e2e/*.test.js 2>&1 | tee "$log" || status=${PIPESTATUS[0]}
 if grep -q '^✖ failing tests:' "$log"; then
   echo
   grep -E '^ℹ (tests|suites|pass|fail|cancelled|skipped|todo|duration_ms) ' "$log" | tail -n 8

@@ -326,7 +326,7 @@ test('engine: extractToFile and planUpdate take the block path when the release 
   const r3 = await extractToFile(`${f.imageUrl}.caibx`, out3, { ...source, onWarning: (m) => warnings.push(m) });
   assert.equal(r3.mode, 'range');
   assert.deepEqual(await readFile(out3), f.v2);
-  assert.ok(warnings.some((w) => /SHA-256 mismatch.*falling back to the chunk path/.test(w)), warnings.join('\n'));
+  assert.ok(warnings.some((w) => /(SHA-256 mismatch|not the target index's image).*falling back to the chunk path/.test(w)), warnings.join('\n'));
   assert.deepEqual(await leftovers(f.dir, ['v1.img', 'www', 'cache', 'out.img', 'out2.img', 'out3.img']), []);
 });
 
@@ -398,14 +398,29 @@ test('engine: a stale block pack (built for another image than the target index)
   assert.deepEqual(await leftovers(f.dir, ['v1.img', 'www', 'cache', 'out.img']), []);
 });
 
-test('extract: a symlink planted at the temp file name is replaced, the file it points to is untouched', async (t) => {
+test('extract: a symlink planted at the partial file name is replaced, the file it points to is untouched', async (t) => {
   const f = await fixture(t);
   const out = join(f.dir, 'out.img');
   const victim = join(f.dir, 'victim.img');
   const victimBytes = Buffer.from('a seed or the previous image\n');
   await writeFile(victim, victimBytes);
-  await symlink(victim, join(f.dir, `.out.img.deltad-blocks.${process.pid}.tmp`));
+  await symlink(victim, join(f.dir, '.out.img.deltad-partial'));
   await extract(f, out, { sha256: f.sha256 });
   assert.ok((await readFile(victim)).equals(victimBytes), 'the file behind the symlink is unchanged');
   assert.ok((await readFile(out)).equals(f.v2));
+});
+
+test('extract: a release that redirects every block-pack file to a mirror still gives the exact image', async (t) => {
+  const f = await fixture(t);
+  const mirror = await startOrigin({ root: f.www });
+  t.after(() => mirror.close());
+  f.origin.redirect = { to: mirror.url, status: 302 };
+  const out = join(f.dir, 'out.img');
+  const { result } = await extract(f, out, { sha256: f.sha256 });
+  assert.deepEqual(await readFile(out), f.v2);
+  assert.equal(result.sha256, f.sha256);
+  assert.ok(mirror.log.some((e) => e.path === '/os_2.img.bpk' && e.status === 206), 'pack ranges from the mirror');
+  assert.ok(f.origin.log.every((e) => e.status === 302), 'the origin only redirected');
+  const packAtOrigin = f.origin.log.filter((e) => e.path === '/os_2.img.bpk').length;
+  assert.equal(packAtOrigin, 1, 'one redirect for every range of the pack');
 });

@@ -6,43 +6,19 @@
 //   and progress bars (forced with DELTAD_PROGRESS=1) while a seed is chunked.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { startOrigin, type Origin } from './helpers/origin.js';
 import { makeDeltaFixture, requireCasync, TEST_PARAMS, type DeltaFixture } from './helpers/delta-images.js';
 import { mountTinyTmpfs } from './helpers/tmpfs.js';
-import { REPO_ROOT } from './helpers/repo.js';
+import { runCli, type CliRun } from './helpers/cli.js';
 
-const CLI = join(REPO_ROOT, 'dist', 'daemon', 'cli.js');
 const CHUNK_SIZE = `${TEST_PARAMS.min}:${TEST_PARAMS.avg}:${TEST_PARAMS.max}`;
 
-interface Run {
-  code: number;
-  stdout: Buffer;
-  stderr: string;
-  ms: number;
-}
-
 /** Runs the CLI (killed after 30 s) with `stdin` as its standard input. */
-function deltad(args: string[], opts: { stdin?: Buffer; env?: Record<string, string> } = {}): Promise<Run> {
-  return new Promise((resolve, reject) => {
-    const started = Date.now();
-    const env = { ...process.env, XDG_CACHE_HOME: join(fx.dir, 'xdg'), DELTAD_PROGRESS: '0', ...opts.env };
-    const child = spawn(process.execPath, [CLI, ...args], { stdio: ['pipe', 'pipe', 'pipe'], env, cwd: fx.dir });
-    const out: Buffer[] = [];
-    let stderr = '';
-    child.stdout.on('data', (d: Buffer) => out.push(d));
-    child.stderr.on('data', (d) => (stderr += d));
-    child.stdin.on('error', () => {}); // a child that refuses its arguments exits without reading stdin
-    child.stdin.end(opts.stdin ?? Buffer.alloc(0));
-    const timer = setTimeout(() => child.kill('SIGKILL'), 30_000);
-    child.on('error', reject);
-    child.on('close', (code) => {
-      clearTimeout(timer);
-      resolve({ code: code ?? -1, stdout: Buffer.concat(out), stderr, ms: Date.now() - started });
-    });
-  });
+function deltad(args: string[], opts: { stdin?: Buffer; env?: Record<string, string> } = {}): Promise<CliRun> {
+  const env = { ...process.env, XDG_CACHE_HOME: join(fx.dir, 'xdg'), DELTAD_PROGRESS: '0', ...opts.env };
+  return runCli(args, { env, cwd: fx.dir, stdin: opts.stdin });
 }
 
 let fx: DeltaFixture;

@@ -2,33 +2,19 @@
 // process against the test origin, with exit codes and JSON output.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
+import type { ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { readFile, writeFile } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { startOrigin, type Origin } from './helpers/origin.js';
 import { makeDeltaFixture, requireCasync, type DeltaFixture } from './helpers/delta-images.js';
-import { REPO_ROOT } from './helpers/repo.js';
-
-const CLI = join(REPO_ROOT, 'dist', 'daemon', 'cli.js');
+import { runCli } from './helpers/cli.js';
 
 /** Runs the CLI (killed after 30 s); `onSpawn` gets the child, e.g. to signal it. */
-function deltad(args: string[], onSpawn?: (child: ChildProcess) => void): Promise<{ code: number; stdout: string; stderr: string }> {
-  return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, XDG_CACHE_HOME: join(fx.dir, 'xdg') } });
-    onSpawn?.(child);
-    let stdout = '';
-    let stderr = '';
-    child.stdout.on('data', (d) => (stdout += d));
-    child.stderr.on('data', (d) => (stderr += d));
-    const timer = setTimeout(() => child.kill('SIGKILL'), 30_000);
-    child.on('error', reject);
-    child.on('close', (code) => {
-      clearTimeout(timer);
-      resolve({ code: code ?? -1, stdout, stderr });
-    });
-  });
+async function deltad(args: string[], onSpawn?: (child: ChildProcess) => void): Promise<{ code: number; stdout: string; stderr: string }> {
+  const r = await runCli(args, { onSpawn, env: { ...process.env, XDG_CACHE_HOME: join(fx.dir, 'xdg') } });
+  return { ...r, stdout: r.stdout.toString() };
 }
 
 let fx: DeltaFixture;
@@ -132,4 +118,58 @@ test('deltad extract: SIGINT keeps the partial file, the same command resumes', 
   assert.equal(r2.code, 0, r2.stderr);
   assert.ok(JSON.parse(r2.stdout).resumedBytes > 0);
   assert.ok((await readFile(out)).equals(fx.v2));
+});
+
+test('deltad extract through an origin that redirects to a mirror: range and store mode, exit 0', async (t) => {
+  if (!casync) return t.skip('casync not installed');
+  const mirror = await startOrigin({ root: fx.www });
+  origin.redirect = { to: mirror.url };
+  const from = origin.log.length;
+  try {
+    for (const mode of ['range', 'store']) {
+      const out = join(fx.dir, `redirected-${mode}.img`);
+      const r = await deltad(['extract', '--json', '--mode', mode, '--seed', fx.v1Path,
+        '--range-url', `${origin.url}/v2.img`, '--store', `${origin.url}/v2.castr`, `${origin.url}/v2.caibx`, out]);
+      assert.equal(r.code, 0, r.stderr);
+      assert.ok((await readFile(out)).equals(fx.v2), `${mode}: identical bytes`);
+      assert.equal(JSON.parse(r.stdout).mode, mode);
+    }
+    assert.ok(mirror.log.length > 0, 'the mirror served');
+    assert.ok(origin.log.slice(from).every((e) => e.status === 302), 'the origin only redirected');
+  } finally {
+    origin.redirect = undefined;
+    await mirror.close();
+  }
+});
+
+test('deltad extract: kill switch gives the full image; a trickle fails naming URL and rate; bad CA', async (t) => {
+  if (!casync) return t.skip('casync not installed');
+  const sha = createHash('sha256').update(fx.v2).digest('hex');
+  origin.headers = (p) => (p === '/v2.img' ? { 'x-kde-delta': 'false' } : undefined);
+  try {
+    const out = join(fx.dir, 'killed.img');
+    const r = await deltad(['extract', '--seed', fx.v1Path, '--range-url', `${origin.url}/v2.img`, '--sha256', sha,
+      `${origin.url}/v2.caibx`, out]);
+    assert.equal(r.code, 0, r.stderr);
+    assert.match(r.stderr, /notice: .*disables delta updates \(x-kde-delta: false\); downloading the full image/);
+    assert.match(r.stdout, /downloaded whole from .*SHA-256 verified/);
+    assert.ok((await readFile(out)).equals(fx.v2));
+  } finally {
+    origin.headers = undefined;
+  }
+  origin.fault({ kind: 'trickle', path: '/v2.img', rangedOnly: true, intervalMs: 1500, times: Infinity });
+  try {
+    const r = await deltad(['extract', '--mode', 'range', '--low-speed-limit', '1K', '--low-speed-time', '1',
+      '--seed', fx.v1Path, '--range-url', `${origin.url}/v2.img`, `${origin.url}/v2.caibx`,
+      join(fx.dir, 'trickle.img')]);
+    assert.equal(r.code, 1, r.stderr);
+    const slow = `${origin.url}/v2.img: transfer too slow: [\\d.]+ B/s for 1 s \\(limit 1024 B/s\\)`;
+    assert.match(r.stderr, new RegExp(slow));
+  } finally {
+    origin.clearFaults();
+  }
+  const bad = await deltad(['extract', '--ca-file', join(fx.dir, 'nope.pem'), '--range-url', `${origin.url}/v2.img`,
+    fx.indexPath, join(fx.dir, 'x.img')]);
+  assert.equal(bad.code, 2, bad.stderr);
+  assert.match(bad.stderr, /ca-file .*nope\.pem: cannot read: ENOENT/);
 });

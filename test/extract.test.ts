@@ -1,7 +1,7 @@
 // End-to-end delta extraction against a real HTTP origin on 127.0.0.1:
 // byte ranges (multi and single), casync chunk stores (HTTP and directory),
 // every injected fault, lying seeds, resume after an interruption, the ordered
-// stream (ranges, chunk cache, cancellation), and never a wrong file in place.
+// stream (ranges, cancellation), and never a wrong file in place.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
@@ -16,11 +16,9 @@ import { Assembler } from '../lib/assemble/assembler.js';
 import { OrderedStream } from '../lib/assemble/ordered-stream.js';
 import { planChunks } from '../lib/plan/planner.js';
 import type { RemoteSource } from '../lib/assemble/remote-source.js';
-import type { WritableChunkStore } from '../lib/store/types.js';
 import { HttpClient } from '../lib/fetch/http-client.js';
 import { serializeIndex } from '../lib/format/caibx.js';
 import { indexBuffer } from '../lib/chunking/indexer.js';
-import { LocalStore } from '../lib/store/local-store.js';
 import { FileError } from '../lib/errors.js';
 import { startOrigin, type Origin } from './helpers/origin.js';
 import { makeDeltaFixture, requireCasync, TEST_PARAMS, type DeltaFixture } from './helpers/delta-images.js';
@@ -115,7 +113,8 @@ test('store mode over HTTP and from a directory: casync store chunks, bytes as p
     assert.equal(r.fromNetwork, plan.missingBytes);
     assert.equal(origin.stats('/v2.castr/').requests, plan.missingChunks, 'one GET per missing chunk');
     assert.equal(served('/v2.img').requests, 0);
-    assert.equal(r.networkBytes, origin.stats('/v2.castr/').bytes);
+    // Everything the origin sent counts, the store chunks and the 404 of the block-pack probe alike.
+    assert.equal(r.networkBytes, origin.log.reduce((n, e) => n + e.bytes, 0));
 
     // Auto mode weighs the options: an HTTP store is costed from sampled compressed sizes (HEAD),
     // a local directory costs no network at all.
@@ -293,12 +292,11 @@ test('SHA-256 mismatch: nothing is renamed into place', async (t) => {
   }
 });
 
-test('ordered stream: whole file with digest, byte ranges, chunk cache, cancellation', async (t) => {
+test('ordered stream: whole file with digest, byte ranges, cancellation', async (t) => {
   if (!casync) return t.skip('casync not installed');
   const { http, opts } = setup();
-  const cache = new LocalStore(join(work, 'chunk-cache'));
   try {
-    const s = openExtractStream(fx.index, { ...opts, mode: 'range', sha256: sha(fx.v2), windowBytes: 256 * 1024, chunkCache: cache });
+    const s = openExtractStream(fx.index, { ...opts, mode: 'range', sha256: sha(fx.v2), windowBytes: 256 * 1024 });
     const parts: Buffer[] = [];
     for await (const b of s) parts.push(b as Buffer);
     assert.ok(Buffer.concat(parts).equals(fx.v2));
@@ -306,16 +304,14 @@ test('ordered stream: whole file with digest, byte ranges, chunk cache, cancella
     assert.equal(r.sha256, sha(fx.v2));
     assert.ok(r.fromNetwork > 0);
 
-    // The cache now holds every fetched chunk: a second stream needs no network.
+    // A byte range of the target: only its chunks are assembled.
     origin.log.length = 0;
-    const s2 = openExtractStream(fx.index, { ...opts, mode: 'range', chunkCache: cache, start: 1000, end: fx.v2.length - 777 });
+    const s2 = openExtractStream(fx.index, { ...opts, mode: 'range', start: 1000, end: fx.v2.length - 777 });
     const parts2: Buffer[] = [];
     for await (const b of s2) parts2.push(b as Buffer);
     assert.ok(Buffer.concat(parts2).equals(fx.v2.subarray(1000, fx.v2.length - 777)));
     const r2 = await s2.result;
-    assert.equal(r2.fromNetwork, 0);
-    assert.equal(r2.fromCache, r.fromNetwork);
-    assert.equal(served('/v2.img').requests, 0);
+    assert.ok(r2.fromNetwork <= r.fromNetwork);
 
     // Mismatching digest: the stream errors before its last bytes.
     const s3 = openExtractStream(fx.index, { ...opts, mode: 'range', sha256: 'f'.repeat(64) });
@@ -488,38 +484,6 @@ test('ordered stream: a cut multipart body, a 416 and a stall end the stream wit
   }
 });
 
-test('ordered stream: a failing chunk cache (write or read) is warned about, the stream completes', async (t) => {
-  if (!casync) return t.skip('casync not installed');
-  const failing = (location: string, put: WritableChunkStore['put']): WritableChunkStore => ({
-    location,
-    get: async () => {
-      throw new Error(`${location}: EIO reading`);
-    },
-    has: async () => false,
-    put,
-  });
-  for (const cache of [
-    failing('rejecting-cache', async () => {
-      throw new Error('ENOSPC: no space left on device');
-    }),
-    failing('throwing-cache', () => {
-      throw new Error('ENOSPC: no space left on device');
-    }),
-  ]) {
-    const { http, opts, warnings } = setup();
-    try {
-      const s = openExtractStream(fx.index, { ...opts, mode: 'range', windowBytes: 256 * 1024, chunkCache: cache });
-      const { data, error, result } = await readWithin(s, 10_000);
-      assert.equal(error, undefined, cache.location);
-      assert.ok(data.equals(fx.v2), cache.location);
-      assert.ok(result!.fromNetwork > 0);
-      assert.ok(warnings.some((w) => w.includes(cache.location) && /ENOSPC/.test(w)), `${cache.location}: ${warnings.join('\n')}`);
-    } finally {
-      await http.close();
-    }
-  }
-});
-
 test('ordered stream: an aborted signal settles it, before the start and while the consumer is not reading', async (t) => {
   if (!casync) return t.skip('casync not installed');
   const { http, opts } = setup();
@@ -560,7 +524,7 @@ test('assembler into an ordered stream: a seed read error ends the stream instea
   if (!casync) return t.skip('casync not installed');
   const v1Index = indexBuffer(fx.v1, { params: TEST_PARAMS, digest: fx.index.digest });
   const failingRead = { read: async () => Promise.reject(Object.assign(new Error('EIO: i/o error, read'), { code: 'EIO' })) } as unknown as FileHandle;
-  const plan = planChunks(fx.index, [{ path: 'broken-seed.img', index: v1Index, fh: failingRead, inPlace: false }]);
+  const plan = planChunks(fx.index, [{ path: 'broken-seed.img', index: v1Index, fh: failingRead }]);
   assert.ok(plan.totals.fromSeeds > 0 && plan.totals.missingChunks > 0);
   // The remote part comes from memory, at once: only the seed can fail.
   const remote: RemoteSource = {

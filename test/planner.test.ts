@@ -23,7 +23,7 @@ function indexOf(chunks: [string, number][]): ChunkIndex {
   return b.finish();
 }
 
-const fakeSeed = (index: ChunkIndex, path: string): Seed => ({ path, index, fh: undefined as never, inPlace: false });
+const fakeSeed = (index: ChunkIndex, path: string): Seed => ({ path, index, fh: undefined as never });
 const plain = (labels: string, size = 100): [string, number][] => [...labels].map((l) => [l, size]);
 
 test('each position takes the longest run over all seeds', () => {

@@ -3,7 +3,9 @@
 // or to stdout when OUT is '-'.
 import { pipeline } from 'node:stream/promises';
 import { extractToFile, openExtractStream, type AssembleOptions, type ExtractProgress, type ExtractResult } from '../../lib/delta/extract.js';
-import { UsageError } from '../../lib/errors.js';
+import { DeltaDisabledError, UsageError } from '../../lib/errors.js';
+import { HttpClient } from '../../lib/fetch/http-client.js';
+import { downloadToFile } from '../../lib/fetch/download.js';
 import type { Command } from '../command.js';
 import { flag, parseCount, positionals, str } from '../cli-args.js';
 import { abortOnSignals, readIndexArg, sourceOptionSpec, sourceOptionUsage, sourceOptions } from '../delta-args.js';
@@ -57,8 +59,8 @@ Example:
     const ctl = new AbortController();
     const release = abortOnSignals(ctl);
     const bar = createProgress({ label: 'extract', interactive: ctx.interactive, stream: ctx.stderr });
+    const sources = sourceOptions(ctx);
     try {
-      const sources = sourceOptions(ctx);
       const opts: AssembleOptions = {
         ...sources,
         sha256,
@@ -84,6 +86,21 @@ Example:
       return 0;
     } catch (err) {
       bar.finish();
+      // The release switched deltas off (X-KDE-Delta: false): the full image, as its clients would fetch it.
+      if (err instanceof DeltaDisabledError && sources.rangeUrl && !toStdout && !ctl.signal.aborted) {
+        const why = err.message.replace(/; download the full image$/, '');
+        ctx.stderr.write(`deltad: notice: ${why}; downloading the full image\n`);
+        const http = new HttpClient({ ...sources.httpOptions, timeoutMs: sources.timeoutMs });
+        try {
+          const r = await downloadToFile(http, sources.rangeUrl, out, { sha256, signal: ctl.signal });
+          const verified = sha256 ? ', SHA-256 verified' : '';
+          const text = `${out}: ${formatBytes(r.bytes)} downloaded whole from ${r.url}${verified}`;
+          ctx.stdout.write((flag(ctx, 'json') ? JSON.stringify({ out, mode: 'full', ...r }, null, 2) : text) + '\n');
+          return 0;
+        } finally {
+          await http.close();
+        }
+      }
       if (ctl.signal.aborted) ctx.stderr.write(`deltad extract: interrupted; run the same command again to resume\n`);
       throw err;
     } finally {

@@ -1,7 +1,5 @@
 // `deltad make INDEX FILE`: chunk a file into a casync index (optionally filling
 // a chunk store), byte-identical to `casync make` with the same parameters.
-import { writeFile, rename, unlink } from 'node:fs/promises';
-import { dirname, basename, join } from 'node:path';
 import { indexFile } from '../../lib/chunking/indexer.js';
 import { serializeIndex } from '../../lib/format/caibx.js';
 import { DEFAULT_CHUNK_PARAMS, parseChunkSize } from '../../lib/chunking/chunker.js';
@@ -12,15 +10,13 @@ import { fileError } from '../../lib/errors.js';
 import type { Command } from '../command.js';
 import { flag, parseCount, parseDigest, positionals, str, writeAll, seekableFile } from '../cli-args.js';
 import { createProgress, formatBytes } from '../progress.js';
+import { writeFileAtomic } from '../../lib/util/fs-io.js';
 
 /** Writes through a temp file beside the target so a failed run never leaves half an index. */
 async function writeAtomic(path: string, data: Uint8Array): Promise<void> {
-  const tmp = join(dirname(path), `.${basename(path)}.${process.pid}.tmp`);
   try {
-    await writeFile(tmp, data);
-    await rename(tmp, path);
+    await writeFileAtomic(path, data);
   } catch (err) {
-    await unlink(tmp).catch(() => {});
     throw fileError(err, path, true);
   }
 }

@@ -1,7 +1,7 @@
 // `deltad proxy`: the fleet caching proxy (docs/FLEET.md). One lab server runs
 // it; every machine's sidecar uses it as its origin.
 import type { Command } from '../command.js';
-import { configOptions, configUsage, loadConfig, splitListen } from '../config.js';
+import { configOptions, configUsage, httpOptionsOf, loadConfig, splitListen } from '../config.js';
 import { createLogger } from '../log.js';
 import { createProxy } from '../proxy.js';
 import { UsageError } from '../../lib/errors.js';
@@ -49,6 +49,7 @@ ${configUsage}`,
       imagePatterns: config.imagePatterns,
       indexSuffix: config.indexSuffix,
       concurrency: config.concurrency,
+      httpOptions: httpOptionsOf(config),
       logger: log,
     });
     const { host, port } = splitListen(config.listen);

@@ -10,7 +10,6 @@ import { ChunkMissingError } from '../errors.js';
 import type { Plan, Segment } from '../plan/planner.js';
 import type { RemoteSource, Run } from './remote-source.js';
 import { readSeedRange } from '../seed/seed.js';
-import type { WritableChunkStore } from '../store/types.js';
 import type { ExtractProgress } from './progress.js';
 import type { AssemblySink } from './sink.js';
 
@@ -22,8 +21,8 @@ import type { BufferPool } from '../util/buffer-pool.js';
 export interface AssemblerOptions {
   plan: Plan;
   sink: AssemblySink;
+  /** Missing chunks, and seed chunks that turn out wrong, come from here (without one they fail the assembly). */
   remote?: RemoteSource;
-  chunkCache?: WritableChunkStore;
   /** Concurrent remote batches. */
   concurrency: number;
   /** Concurrent seed reads (default 4, so reads overlap hashing). */
@@ -34,7 +33,7 @@ export interface AssemblerOptions {
   progress: ExtractProgress;
   onWarning?: (message: string) => void;
   signal?: AbortSignal;
-  /** Worker threads that hash seed data (hashing is the bottleneck of seed reuse); inline when absent. */
+  /** Worker threads that hash seed data alongside this thread (hashing is the bottleneck of seed reuse); inline when absent. */
   hashPool?: EncoderPool;
   /** The pool the remote source takes chunk buffers from: they are handed back once written. */
   chunkBuffers?: BufferPool;
@@ -66,11 +65,10 @@ export class Assembler {
   private zeros: Buffer = Buffer.alloc(0);
   /** Seed read buffers, reused when the sink does not hold on to them (fewer large garbage buffers, lower RSS). */
   private readonly seedBuffers = new BatchBuffers(4);
+  private inlineTurn = false;
   seedMismatches = 0;
   /** True once any chunk reached the sink. */
   wroteAny = false;
-  /** Bytes verified in place in a resumed partial file. */
-  resumedBytes = 0;
 
   constructor(private readonly opts: AssemblerOptions) {
     this.index = opts.plan.target;
@@ -82,7 +80,9 @@ export class Assembler {
 
   async run(): Promise<void> {
     const { local, remote } = this.tasks();
-    await Promise.all([this.runQueue(local, this.opts.localConcurrency ?? 4), this.runQueue(remote, this.opts.concurrency)]);
+    // Remote slots follow the link: a source may keep more requests in flight than `concurrency` on a long fat link.
+    const remoteSlots = (): number => this.opts.remote?.inFlight?.(this.opts.concurrency) ?? this.opts.concurrency;
+    await Promise.all([this.runQueue(local, this.opts.localConcurrency ?? 4), this.runQueue(remote, remoteSlots)]);
     if (this.error !== undefined) throw this.error;
     this.ctl.signal.throwIfAborted();
   }
@@ -101,10 +101,8 @@ export class Assembler {
     }
     let remote: Task[] = [];
     if (runs.length > 0) {
-      if (!this.opts.remote && !this.opts.chunkCache) throw new ChunkMissingError(this.index.idHex(runs[0].first), 'any source: it is in no seed and there is no remote source (give --range-url or --store)');
-      remote = this.opts.remote
-        ? this.opts.remote.batches(runs, this.opts.maxSpan ?? Infinity).map((b) => ({ kind: 'remote', runs: b }))
-        : runs.map((r) => ({ kind: 'remote', runs: [r] }));
+      if (!this.opts.remote) throw new ChunkMissingError(this.index.idHex(runs[0].first), 'any source: it is in no seed and there is no remote source (give --range-url or --store)');
+      remote = this.opts.remote.batches(runs, this.opts.maxSpan ?? Infinity).map((b) => ({ kind: 'remote', runs: b }));
     }
     return { local, remote };
   }
@@ -140,7 +138,8 @@ export class Assembler {
     return { start: idx.start(t.first), end: idx.end(t.first + t.count - 1), first: t.first };
   }
 
-  private async runQueue(tasks: Task[], slots: number): Promise<void> {
+  private async runQueue(tasks: Task[], slots: number | (() => number)): Promise<void> {
+    const limit = typeof slots === 'number' ? () => slots : slots;
     const running = new Set<Promise<void>>();
     const detached: Promise<void>[] = [];
     for (const t of tasks) {
@@ -155,7 +154,7 @@ export class Assembler {
         detached.push(this.guard(t));
         continue;
       }
-      while (running.size >= slots) await Promise.race(running);
+      while (running.size >= limit()) await Promise.race(running);
       const p: Promise<void> = this.guard(t).finally(() => running.delete(p));
       running.add(p);
     }
@@ -218,12 +217,13 @@ export class Assembler {
     const size = sIdx.end(t.seedFirst + t.count - 1) - base;
     const read = await readSeedRange(seed, base, base + size, this.opts.sink.holdsData ? undefined : this.seedBuffers.take(size));
     this.ctl.signal.throwIfAborted();
-    const inPlace = seed.inPlace && t.seedFirst === t.first;
     const ends: number[] = [];
     for (let k = 0; k < t.count; k++) ends.push(sIdx.end(t.seedFirst + k) - base);
     const job = { data: read, ends, compress: ends.map(() => false), digest: this.index.digest, level: 0 };
-    // The pool moves the bytes to a worker and hands them back in the result.
-    const hashed = this.opts.hashPool ? await this.opts.hashPool.run(job) : encodeBatch(job);
+    // The pool moves the bytes to a worker and hands them back in the result. Every other batch is hashed
+    // here: the main thread is one more hashing lane, and each worker costs ~9 MiB of RSS.
+    const pool = this.opts.hashPool && (this.inlineTurn = !this.inlineTurn) ? this.opts.hashPool : undefined;
+    const hashed = pool ? await pool.run(job) : encodeBatch(job);
     const { ids } = hashed;
     const data = Buffer.from(hashed.data.buffer, hashed.data.byteOffset, hashed.data.byteLength);
     this.ctl.signal.throwIfAborted();
@@ -241,13 +241,8 @@ export class Assembler {
       if (runStart < 0) return;
       const from = sIdx.start(t.seedFirst + runStart) - base;
       const to = sIdx.end(t.seedFirst + end - 1) - base;
-      const bytes = to - from;
-      if (inPlace) {
-        this.resumedBytes += bytes;
-        this.opts.progress.done += bytes;
-        for (let i = t.first + runStart; i < t.first + end; i++) this.sources.get(i)?.resolve();
-      } else await this.put(t.first + runStart, end - runStart, data.subarray(from, to));
-      this.opts.progress.fromSeeds += bytes;
+      await this.put(t.first + runStart, end - runStart, data.subarray(from, to));
+      this.opts.progress.fromSeeds += to - from;
       runStart = -1;
     };
     for (let k = 0; k < t.count; k++) {
@@ -257,9 +252,8 @@ export class Assembler {
       }
       await flush(k);
       this.seedMismatches++;
-      if (!inPlace) {
-        this.opts.onWarning?.(`seed ${seed.path}: chunk ${this.index.idHex(t.first + k)} at offset ${sIdx.start(t.seedFirst + k)} does not match its ID; fetching it remotely`);
-      }
+      const from = this.opts.remote ? 'fetching it remotely' : 'and there is no remote source';
+      this.opts.onWarning?.(`seed ${seed.path}: chunk ${this.index.idHex(t.first + k)} at offset ${sIdx.start(t.seedFirst + k)} does not match its ID; ${from}`);
       const last = bad[bad.length - 1];
       if (last && last.first + last.count === t.first + k) last.count++;
       else bad.push({ first: t.first + k, count: 1 });
@@ -307,76 +301,30 @@ export class Assembler {
     }
   }
 
-  /** Chunk cache first, then the remote source; every fetched chunk fills the cache. */
+  /** Fetches chunks from the remote source (missing ones, and seed chunks that did not verify). */
   private async fetchRemote(runs: Run[]): Promise<void> {
-    const writes: Promise<unknown>[] = [];
-    // A write that fails while chunks are still being read is reported below, not as an unhandled rejection.
-    const track = (p: Promise<unknown>): void => {
-      p.catch(() => {});
-      writes.push(p);
-    };
-    try {
-      const todo = this.opts.chunkCache ? await this.fromCache(this.opts.chunkCache, runs, track) : runs;
-      if (todo.length > 0) await this.fromRemote(todo, track);
-    } finally {
-      await Promise.allSettled(writes);
-    }
-    await Promise.all(writes);
-  }
-
-  /** Puts the chunks the cache has (verified); returns the runs it lacks. A failing cache read is a miss. */
-  private async fromCache(cache: WritableChunkStore, runs: Run[], track: (write: Promise<unknown>) => void): Promise<Run[]> {
-    const left: Run[] = [];
-    for (const r of runs) {
-      for (let i = r.first; i < r.first + r.count; i++) {
-        const data = await this.cacheGet(cache, i);
-        if (data && this.verify(i, data)) {
-          this.opts.progress.fromCache += data.length;
-          track(this.put(i, 1, data));
-          continue;
-        }
-        const last = left[left.length - 1];
-        if (last && last.first + last.count === i) last.count++;
-        else left.push({ first: i, count: 1 });
-      }
-    }
-    return left;
-  }
-
-  private async fromRemote(todo: Run[], track: (write: Promise<unknown>) => void): Promise<void> {
     const idx = this.index;
-    const { chunkCache, remote, progress } = this.opts;
-    if (!remote) throw new ChunkMissingError(idx.idHex(todo[0].first), `any source: offset ${idx.start(todo[0].first)} is not available locally and there is no remote source`);
+    const { remote, progress } = this.opts;
+    if (!remote) throw new ChunkMissingError(idx.idHex(runs[0].first), `any source: offset ${idx.start(runs[0].first)} is not available locally and there is no remote source`);
+    const writes: Promise<unknown>[] = [];
     const syncNet = (): void => {
       progress.networkBytes = remote.stats.bytes;
       progress.networkRequests = remote.stats.requests;
     };
     const recycle = this.opts.sink.holdsData ? undefined : this.opts.chunkBuffers;
-    await remote.fetch(todo, (i, data) => {
-      progress.fromNetwork += data.length;
-      syncNet();
-      const done = [this.put(i, 1, data)];
-      if (chunkCache) done.push(this.cachePut(chunkCache, i, data));
-      track(Promise.all(done).then(() => recycle?.give(data)));
-    }, this.ctl.signal, this.drain).finally(syncNet);
-  }
-
-  /** A cache read that fails (even synchronously) counts as a miss: the chunk is fetched instead. */
-  private async cacheGet(cache: WritableChunkStore, i: number): Promise<Buffer | null> {
     try {
-      return await cache.get({ id: this.index.id(i), size: this.index.chunkSize(i) }, this.ctl.signal);
-    } catch {
-      return null;
+      await remote.fetch(runs, (i, data) => {
+        progress.fromNetwork += data.length;
+        syncNet();
+        const write = this.put(i, 1, data).then(() => recycle?.give(data));
+        // A write that fails while chunks are still being read is reported below, not as an unhandled rejection.
+        write.catch(() => {});
+        writes.push(write);
+      }, this.ctl.signal, this.drain).finally(syncNet);
+    } finally {
+      await Promise.allSettled(writes);
     }
-  }
-
-  /** Fills the chunk cache; its failures (a full disk, even a synchronous throw) are warnings, never assembly errors. */
-  private async cachePut(cache: WritableChunkStore, i: number, data: Buffer): Promise<void> {
-    try {
-      await cache.put(this.index.id(i), data);
-    } catch (err) {
-      this.opts.onWarning?.(`chunk cache ${cache.location}: ${(err as Error).message}`);
-    }
+    await Promise.all(writes);
   }
 }
 

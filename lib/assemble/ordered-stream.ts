@@ -72,6 +72,10 @@ export class OrderedStream extends Readable implements AssemblySink {
     this.pump();
   }
 
+  has(i: number): boolean {
+    return i < this.next || i >= this.endChunk || this.pending.has(i);
+  }
+
   async readBack(): Promise<Buffer | null> {
     return null;
   }

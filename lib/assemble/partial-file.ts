@@ -2,15 +2,15 @@
 // preallocated to the target size, written with positioned writes, renamed
 // over the output only when complete and verified. A small journal (a bitmap
 // of written chunks, tied to the target index) survives an interruption, so
-// the next run takes the verified chunks from the partial file as a seed.
+// the next run verifies the journaled chunks in place (lib/assemble/resume.ts)
+// and assembles only the rest, on whichever route.
 import { createHash } from 'node:crypto';
 import { constants } from 'node:fs';
 import { lstat, open, readFile, rename, unlink, writeFile, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
-import { ChunkIndex, ID_SIZE } from '../format/caibx.js';
+import type { ChunkIndex } from '../format/caibx.js';
 import { ChecksumMismatchError, UsageError, fileError } from '../errors.js';
 import type { AssemblySink } from './sink.js';
-import type { Seed } from '../seed/seed.js';
 
 const JOURNAL_MAGIC = Buffer.from('DELTADJ1');
 const JOURNAL_FLUSH_MS = 1000;
@@ -45,6 +45,8 @@ export class PartialFile implements AssemblySink {
     private readonly digest: Buffer,
     private readonly done: Uint8Array,
     readonly zeroFilled: boolean,
+    /** True when an earlier run's journal was taken over: its chunks still need verifying. */
+    readonly resumed: boolean,
   ) {
     this.timer = setInterval(() => void this.flushJournal().catch(() => {}), JOURNAL_FLUSH_MS);
     this.timer.unref();
@@ -52,10 +54,10 @@ export class PartialFile implements AssemblySink {
 
   /**
    * Opens the partial file for `out`. With resume, a partial file and journal
-   * from an earlier run for the same target are kept, and returned as a seed
-   * holding the chunks the journal lists (they are verified before use).
+   * from an earlier run for the same target are kept: the chunks the journal
+   * lists count as written (`has`) until verifyResumed says otherwise.
    */
-  static async open(out: string, target: ChunkIndex, resume: boolean): Promise<{ file: PartialFile; resumeSeed?: Seed }> {
+  static async open(out: string, target: ChunkIndex, resume: boolean): Promise<{ file: PartialFile }> {
     const paths = partialPaths(out);
     const outSt = await lstat(paths.out).catch(() => null);
     if (outSt && !outSt.isFile()) throw new UsageError(`${paths.out}: exists and is not a regular file`);
@@ -87,13 +89,8 @@ export class PartialFile implements AssemblySink {
     }
     try {
       if (!done) await fh.truncate(target.size).catch((err: unknown) => Promise.reject(fileError(err, out, true)));
-      const file = new PartialFile(paths, fh, target, digest, done ?? new Uint8Array(bitmapBytes), !done);
-      if (!done || !done.some((b) => b !== 0)) return { file };
-      // A seed whose chunk i is the target's chunk i where the journal says written; the rest get an ID nothing hashes to.
-      const ids = new Uint8Array(target.ids);
-      for (let i = 0; i < target.count; i++) if (!(done[i >> 3] & (1 << (i & 7)))) ids.fill(0, i * ID_SIZE, (i + 1) * ID_SIZE);
-      const index = new ChunkIndex(target.featureFlags, target.params, target.ends, ids);
-      return { file, resumeSeed: { path: paths.partial, index, fh, inPlace: true } };
+      const file = new PartialFile(paths, fh, target, digest, done ?? new Uint8Array(bitmapBytes), !done, done !== null);
+      return { file };
     } catch (err) {
       await fh.close();
       throw err;
@@ -109,6 +106,28 @@ export class PartialFile implements AssemblySink {
     }
     for (let i = first; i < first + count; i++) this.done[i >> 3] |= 1 << (i & 7);
     this.dirty = true;
+  }
+
+  /** True when target chunk i is in the file (written by this run, or journaled by an earlier one). */
+  has(i: number): boolean {
+    return (this.done[i >> 3] & (1 << (i & 7))) !== 0;
+  }
+
+  /** Marks chunk i as not written (a journaled chunk that did not verify). */
+  forget(i: number): void {
+    this.done[i >> 3] &= ~(1 << (i & 7));
+    this.dirty = true;
+  }
+
+  /** Reads file bytes [start, start + into.length) into `into`; returns the bytes read. */
+  async read(into: Buffer, start: number): Promise<number> {
+    let got = 0;
+    while (got < into.length) {
+      const { bytesRead } = await this.fh.read(into, got, into.length - got, start + got);
+      if (bytesRead === 0) break;
+      got += bytesRead;
+    }
+    return got;
   }
 
   async readBack(i: number): Promise<Buffer | null> {

@@ -3,14 +3,16 @@
 // failures with backoff, and retry a chunk with wrong content once before
 // failing with its ID. A range source that finds the server does not honour
 // ranges can hand over to a store source (auto mode).
-import { setTimeout as sleep } from 'node:timers/promises';
 import type { ChunkIndex } from '../format/caibx.js';
 import { chunkId } from '../format/digest.js';
-import { ChunkMissingError, ChunkVerifyError, OriginError, MultiRangeUnsupportedError, RangeUnsupportedError } from '../errors.js';
-import { isTransient, type HttpClient } from '../fetch/http-client.js';
-import { ChunkCollector, RangeFetcher, planRangeRequests, type FetchStats, type RangePlanOptions } from '../fetch/range-fetcher.js';
+import { ChunkMissingError, ChunkVerifyError } from '../errors.js';
+import type { HttpClient } from '../fetch/http-client.js';
+import { RangeFetcher, type FetchStats } from '../fetch/range-fetcher.js';
+import { inFlightFor } from '../fetch/link-monitor.js';
+import { defaultCostModel, type CostModel } from '../plan/cost.js';
 import type { ChunkStore } from '../store/types.js';
 import type { BufferPool } from '../util/buffer-pool.js';
+import { fetchUnits, type RetryPolicy, type UnitSpec } from './unit-fetch.js';
 
 export interface Run {
   first: number;
@@ -29,13 +31,21 @@ export interface RemoteSource {
    * drain, when given, is awaited between network reads (write backpressure).
    */
   fetch(runs: readonly Run[], deliver: Deliver, signal: AbortSignal, drain?: () => Promise<void> | undefined): Promise<void>;
+  /** Requests worth keeping in flight now (at least `base`): bandwidth-delay product over the request size. */
+  inFlight?(base: number): number;
 }
 
-export interface RetryPolicy {
-  /** Total attempts for transient failures. */
-  attempts: number;
-  retryBaseMs: number;
+/** Most requests in flight for one source on any link (HTTP/2 streams; HTTP/1.1 queues at its pool). */
+const MAX_IN_FLIGHT = 64;
+
+/** Slots for a source from its client's link estimate and its own mean request size so far. */
+function inFlightOf(http: HttpClient, stats: FetchStats, base: number): number {
+  if (stats.requests < 4) return base;
+  const bounds = { min: base, max: Math.max(base, MAX_IN_FLIGHT) };
+  return inFlightFor(http.linkEstimate(), stats.bytes / stats.requests, bounds);
 }
+
+export type { RetryPolicy } from './unit-fetch.js';
 
 const chunksOf = (runs: readonly Run[]): number[] => runs.flatMap((r) => Array.from({ length: r.count }, (_, k) => r.first + k));
 
@@ -53,83 +63,84 @@ function verifyChunk(index: ChunkIndex, i: number, data: Buffer): boolean {
   return data.length === index.chunkSize(i) && chunkId(index.digest, data).equals(index.id(i));
 }
 
+export interface RangeSourceOptions {
+  retry: RetryPolicy;
+  /** Try multi-range requests (default true; cleared when the server refuses them). */
+  multi?: boolean;
+  /** Prices requests and gaps (default: the default link). */
+  cost?: CostModel;
+  /** Requests in flight, for pricing (default 8). */
+  parallelism?: number;
+  onWarning?: (m: string) => void;
+  /** Takes over when the server ignores ranges (auto mode with a store). */
+  fallback?: RemoteSource;
+  /** Chunk buffers (the assembler hands them back once written). */
+  buffers?: BufferPool;
+}
+
 export class RangeSource implements RemoteSource {
   readonly kind = 'range';
   readonly fetcher: RangeFetcher;
   /** Cleared when the server turns out not to do multi-range. */
-  multi: boolean;
+  readonly state: { multi: boolean };
+  private readonly cost: CostModel;
+  private readonly parallelism: number;
+  private handedOver = false;
 
   constructor(
     private readonly index: ChunkIndex,
-    http: HttpClient,
+    private readonly http: HttpClient,
     readonly url: string,
-    private readonly retry: RetryPolicy,
-    private readonly planOpts: Omit<RangePlanOptions, 'multi' | 'maxSpan'> & { multi?: boolean } = {},
-    private readonly onWarning?: (m: string) => void,
-    /** Takes over when the server ignores ranges (auto mode with a store). */
-    private readonly fallback?: RemoteSource,
-    /** Chunk buffers (the assembler hands them back once written). */
-    private readonly buffers?: BufferPool,
+    private readonly opts: RangeSourceOptions,
   ) {
     this.fetcher = new RangeFetcher(http, url, index.size);
-    this.multi = planOpts.multi ?? true;
+    this.state = { multi: opts.multi ?? true };
+    this.cost = opts.cost ?? defaultCostModel;
+    this.parallelism = opts.parallelism ?? 8;
+  }
+
+  get multi(): boolean {
+    return this.state.multi;
   }
 
   /** This source's traffic, including a store it handed over to. */
   get stats(): FetchStats {
-    const f = this.fallback?.stats;
+    const f = this.opts.fallback?.stats;
     return f ? { requests: this.fetcher.stats.requests + f.requests, bytes: this.fetcher.stats.bytes + f.bytes } : this.fetcher.stats;
   }
 
-  private handedOver = false;
+  inFlight(base: number): number {
+    if (this.handedOver && this.opts.fallback?.inFlight) return this.opts.fallback.inFlight(base);
+    return inFlightOf(this.http, this.fetcher.stats, base);
+  }
 
   batches(runs: readonly Run[], maxSpan: number): Run[][] {
-    return planRangeRequests(this.index, runs, { ...this.planOpts, multi: this.multi, maxSpan }).map((r) => r.chunks);
+    return this.cost.planRequests(this.index, runs, this.state.multi, this.parallelism, { maxSpan }).map((r) => r.chunks);
   }
 
   async fetch(runs: readonly Run[], deliver: Deliver, signal: AbortSignal, drain?: () => Promise<void> | undefined): Promise<void> {
-    if (this.handedOver && this.fallback) return this.fallback.fetch(runs, deliver, signal, drain);
-    let todo = chunksOf(runs);
-    const wrongOnce = new Set<number>();
-    let failures = 0;
-    while (todo.length > 0) {
-      signal.throwIfAborted();
-      const wrong: number[] = [];
-      const collector = new ChunkCollector(this.index, todo, (i, data) => {
-        if (verifyChunk(this.index, i, data)) return deliver(i, data);
-        if (wrongOnce.has(i)) throw new ChunkVerifyError(this.index.idHex(i), `at target offset ${this.index.start(i)} has the wrong content twice`, this.url);
-        wrongOnce.add(i);
-        wrong.push(i);
-      }, this.buffers && ((n) => this.buffers!.take(n)));
-      let error: unknown;
-      try {
-        for (const req of planRangeRequests(this.index, runsOf(todo), { ...this.planOpts, multi: this.multi })) {
-          await this.fetcher.fetch(req.ranges, (off, data) => collector.write(off, data), signal, drain);
-        }
-      } catch (err) {
-        error = err;
-      }
-      const left = [...collector.missing(), ...wrong].sort((a, b) => a - b);
-      // Attempts count failures in a row: a connection that breaks after delivering chunks made progress.
-      if (left.length < todo.length) failures = 0;
-      if (error instanceof MultiRangeUnsupportedError) {
-        this.multi = false;
-        this.onWarning?.(`${error.message}; falling back to single-range requests`);
-      } else if (error instanceof RangeUnsupportedError && this.fallback) {
+    const { index, url, opts } = this;
+    const fallback = opts.fallback;
+    if (this.handedOver && fallback) return fallback.fetch(runs, deliver, signal, drain);
+    const buffers = opts.buffers;
+    const spec: UnitSpec = {
+      layout: index,
+      plan: (units, multi) => this.cost.planRequests(index, runsOf(units), multi, this.parallelism),
+      accept: (i, data) => {
+        if (verifyChunk(index, i, data)) return void deliver(i, data);
+        return new ChunkVerifyError(index.idHex(i), `at target offset ${index.start(i)} has the wrong content twice`, url);
+      },
+      describe: (i) => `chunk ${index.idHex(i)} at offset ${index.start(i)}`,
+      alloc: buffers && ((n) => buffers.take(n)),
+    };
+    await fetchUnits(this.fetcher, spec, chunksOf(runs), {
+      retry: opts.retry, state: this.state, signal, drain, onWarning: opts.onWarning,
+      handOver: fallback && (async (err, left) => {
         this.handedOver = true;
-        this.onWarning?.(`${error.message}; fetching from the chunk store instead`);
-        return this.fallback.fetch(runsOf(left), deliver, signal, drain);
-      } else if (error) {
-        if (!isTransient(error) || signal.aborted || ++failures >= this.retry.attempts) throw error;
-        await sleep(this.retry.retryBaseMs * failures, undefined, { signal });
-      } else if (left.length > 0 && wrong.length === 0) {
-        // A well-formed answer that left out asked-for bytes: the server is not trustworthy.
-        if (++failures >= this.retry.attempts) {
-          throw new OriginError(`${this.url}: the server did not send chunk ${this.index.idHex(left[0])} at offset ${this.index.start(left[0])}`);
-        }
-      }
-      todo = left;
-    }
+        opts.onWarning?.(`${err.message}; fetching from the chunk store instead`);
+        await fallback.fetch(runsOf(left), deliver, signal, drain);
+      }),
+    });
   }
 }
 
@@ -157,6 +168,10 @@ export class StoreSource implements RemoteSource {
 
   private isRemote(store: ChunkStore): boolean {
     return /^https?:/i.test(store.location);
+  }
+
+  inFlight(base: number): number {
+    return inFlightOf(this.http, this.stats, base);
   }
 
   private count(store: ChunkStore): void {

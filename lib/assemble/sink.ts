@@ -5,6 +5,8 @@
 export interface AssemblySink {
   /** Takes verified target chunks [first, first+count) whose bytes are `data`. */
   put(first: number, count: number, data: Buffer): Promise<void> | void;
+  /** True when target chunk i is already in the sink (or outside what it takes): routes skip it. */
+  has(i: number): boolean;
   /** Bytes of an already verified chunk again (for repeats), or null when they are gone. */
   readBack(i: number): Promise<Buffer | null>;
   /** True when unwritten target bytes already read as zero (a fresh sparse file). */

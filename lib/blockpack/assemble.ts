@@ -1,142 +1,562 @@
-// Assembles a target image on the block path: seed blocks first (each hashed
-// again as it is read; a seed that changed since it was indexed costs a fetch,
-// not a wrong byte), then the pack frames that are still needed, fetched as
-// byte ranges of the pack, decompressed with the release dictionary and
-// checked block by block. The output is a temp file beside the target, renamed
-// only after the whole file matched the release's SHA-256.
-import { createHash } from 'node:crypto';
-import { open, rename, unlink, type FileHandle } from 'node:fs/promises';
-import { basename, dirname, join } from 'node:path';
-import { setTimeout as sleep } from 'node:timers/promises';
-import type { ChunkIndex } from '../format/caibx.js';
-import { ChecksumMismatchError, OriginError, MultiRangeUnsupportedError, PackError } from '../errors.js';
-import { isTransient, type HttpClient } from '../fetch/http-client.js';
-import { ChunkCollector, RangeFetcher } from '../fetch/range-fetcher.js';
-import { verifyFile } from '../tools/verify.js';
-import { forEachBlock } from './block-reader.js';
+// The block route: assembles the target in target order from seed blocks
+// (hashed again as they are read: a seed that changed since it was indexed
+// costs a frame fetch, not a wrong byte), zero blocks, and pack frames
+// (fetched as byte ranges of the pack with the one fetch/retry loop,
+// decompressed with the release dictionary, checked block by block). Target
+// chunks go to the same sinks as the chunk route (a partial file that resumes,
+// or the ordered stream) as soon as they are complete and verified against
+// the target chunk index, so a stale pack is an error before its first wrong
+// chunk is handed on. Memory: a few tasks of ~2 MiB in flight, and the frames
+// delivered ahead of the task that first uses them (bounded per request).
+import { open, type FileHandle } from 'node:fs/promises';
+import { ChunkIndex } from '../format/caibx.js';
+import { chunkId, flagsForDigest } from '../format/digest.js';
+import { OriginError, PackError } from '../errors.js';
+import type { HttpClient } from '../fetch/http-client.js';
+import { RangeFetcher, type FetchStats, type RangeRequest } from '../fetch/range-fetcher.js';
+import { defaultCostModel, type CostModel } from '../plan/cost.js';
+import { fetchUnits, type RetryPolicy, type UnitSpec } from '../assemble/unit-fetch.js';
+import { PartialFile } from '../assemble/partial-file.js';
+import type { AssemblySink } from '../assemble/sink.js';
+import type { ExtractProgress } from '../assemble/progress.js';
+import { BufferPool } from '../util/buffer-pool.js';
 import { FrameDecompressor } from './frame-codec.js';
-import { HASH_BYTES, ZERO_BLOCK, blockHash, blockLength, checkPackHeader, frameOf, sha256, type BlockIndex } from './format.js';
+import {
+  HASH_BYTES, MAX_FRAME_BLOCKS, ZERO_BLOCK, blockHash, blockLength, checkPackHeader, frameOf, sha256,
+  type BlockIndex,
+} from './format.js';
 import { PackLayout, packRuns, planPackRequests, type BlockPlan } from './plan.js';
 
-export interface AssembleBlocksOptions {
+export interface BlockRouteOptions {
   http: HttpClient;
   packUrl: string;
   dictUrl: string;
   /** Try multi-range requests first (default true; falls back to single ranges when refused). */
   multi?: boolean;
-  requestCost?: number;
+  /** Prices requests and gaps (default: the default link). */
+  cost?: CostModel;
   /** The release's SHA-256 (hex), when known: must match the block index before anything is fetched. */
   sha256?: string;
-  /** The chunk index the caller asked for: the image must match it too (a stale pack describes another image). */
-  target?: ChunkIndex;
-  /** Pack requests in flight (default 4). */
+  /** Tasks (and so pack requests) in flight (default 4). */
   concurrency?: number;
-  /** Total attempts per transient failure (default 4). */
-  attempts?: number;
-  retryBaseMs?: number;
+  /** Largest target span of one task (the stream's window); default 2 MiB. */
+  maxSpan?: number;
+  retry?: RetryPolicy;
   onWarning?: (message: string) => void;
-  onProgress?: (done: number, total: number) => void;
   signal?: AbortSignal;
 }
 
-export interface AssembleBlocksResult {
-  sha256: string;
-  fromSeeds: number;
-  fromPack: number;
-  /** Seed blocks that no longer matched their hash (fetched instead). */
-  seedMismatches: number;
-  /** Downloaded by the assembly: dictionary and pack ranges (the index is in plan.indexBytes). */
-  networkBytes: number;
-  networkRequests: number;
-  frames: number;
-  wallMs: number;
+/** Target bytes per task: enough for sequential seed reads, small enough to bound memory. */
+const TASK_BYTES = 2 * 1024 * 1024;
+/** Frame bytes delivered ahead of the tasks that first use them before the requests wait. */
+const AHEAD_BYTES = 4 * 1024 * 1024;
+
+interface Task {
+  first: number;
+  count: number;
+  start: number;
+  end: number;
+  /** Distinct blocks this task takes from the pack. */
+  fromPack: number[];
 }
 
-const MAX_RUN_BLOCKS = 256;
+interface PackRequest {
+  frames: number[];
+  started?: Promise<void>;
+}
 
-/** Target positions of each distinct block (CSR arrays). */
-function positionsOf(index: BlockIndex): { start: Uint32Array; blocks: Int32Array } {
-  const start = new Uint32Array(index.distinctCount + 1);
-  for (let b = 0; b < index.blockCount; b++) if (index.distinctOf[b] !== ZERO_BLOCK) start[index.distinctOf[b] + 1]++;
-  for (let d = 0; d < index.distinctCount; d++) start[d + 1] += start[d];
-  const fill = start.slice(0, index.distinctCount);
-  const blocks = new Int32Array(start[index.distinctCount]);
-  for (let b = 0; b < index.blockCount; b++) {
-    const d = index.distinctOf[b];
-    if (d !== ZERO_BLOCK) blocks[fill[d]++] = b;
+/** One run of the block route into a sink. */
+export class BlockAssembly {
+  /** Dictionary and pack traffic. */
+  get stats(): FetchStats {
+    return { requests: this.dictStats.requests + this.fetcher.stats.requests, bytes: this.dictStats.bytes + this.fetcher.stats.bytes };
   }
-  return { start, blocks };
+  seedMismatches = 0;
+  /** Frames fetched (planned and on demand). */
+  framesFetched = 0;
+  wroteAny = false;
+
+  private readonly index: BlockIndex;
+  private readonly bs: number;
+  private readonly ctl = new AbortController();
+  private readonly fetcher: RangeFetcher;
+  private readonly cost: CostModel;
+  private readonly state: { multi: boolean };
+  private readonly retry: RetryPolicy;
+  private readonly dictStats: FetchStats = { requests: 0, bytes: 0 };
+  private decoder?: Promise<FrameDecompressor>;
+  private headerChecked = false;
+  /** Tasks still to use each distinct block from the pack. */
+  private readonly uses: Int32Array;
+  /** Whether a distinct block's first use is still to come (its bytes count as delivered ahead). */
+  private readonly unused: Uint8Array;
+  /** Decompressed pack blocks still to be used. */
+  private readonly blocks = new Map<number, Buffer>();
+  /** Per frame: its planned request, and the promise of its delivery. */
+  private readonly requestOf = new Map<number, PackRequest>();
+  private readonly arrival = new Map<number, { promise: Promise<void>; resolve: () => void }>();
+  private requests: PackRequest[] = [];
+  /** Seed blocks that did not verify: taken from the pack from then on. */
+  private readonly seedFailed = new Set<number>();
+  private readonly seedHandles = new Map<number, Promise<FileHandle>>();
+  /** Task buffers, reused when the sink does not keep them. */
+  private readonly buffers: BufferPool;
+  /** Delivered frame bytes not yet used by their first task. */
+  private ahead = 0;
+  private waiters: (() => void)[] = [];
+  /** Tasks (by number) waiting for frames, and the oldest task not done. */
+  private readonly waiting = new Set<number>();
+  private oldest = 0;
+  private error: unknown;
+
+  constructor(
+    private readonly plan: BlockPlan,
+    /** The chunk index asked for; with `verifyChunks`, every chunk must hash to its ID in it. */
+    private readonly target: ChunkIndex,
+    private readonly sink: AssemblySink,
+    private readonly progress: ExtractProgress,
+    private readonly opts: BlockRouteOptions,
+    private readonly verifyChunks = true,
+  ) {
+    this.index = plan.index;
+    this.bs = plan.index.blockSize;
+    this.fetcher = new RangeFetcher(opts.http, opts.packUrl, plan.index.packSize);
+    this.cost = opts.cost ?? defaultCostModel;
+    this.state = { multi: opts.multi ?? true };
+    this.retry = opts.retry ?? { attempts: opts.http.attempts, retryBaseMs: opts.http.retryBaseMs };
+    this.uses = new Int32Array(plan.index.distinctCount);
+    this.unused = new Uint8Array(plan.index.distinctCount);
+    this.buffers = new BufferPool((opts.concurrency ?? 4) * TASK_BYTES);
+    opts.signal?.addEventListener('abort', () => this.ctl.abort(opts.signal!.reason), { once: true });
+    if (opts.signal?.aborted) this.ctl.abort(opts.signal.reason);
+  }
+
+  /** Checks, before any fetch, that the pack can describe the target at all. */
+  static check(plan: BlockPlan, target: Pick<ChunkIndex, 'size'>, sha256?: string): void {
+    const { index } = plan;
+    const expected = index.imageSha256.toString('hex');
+    if (sha256 && sha256.toLowerCase() !== expected) {
+      throw new PackError(`block index is for an image with SHA-256 ${expected}, the release has ${sha256} (stale or swapped index)`);
+    }
+    if (index.imageSize !== target.size) {
+      throw new PackError(`block index is for a ${index.imageSize}-byte image, the target index describes ${target.size} bytes (stale or swapped pack)`);
+    }
+    // Distinct blocks are numbered in order of first occurrence: frames then arrive in the order tasks need them.
+    let next = 0;
+    for (let b = 0; b < index.blockCount; b++) {
+      const d = index.distinctOf[b];
+      if (d === ZERO_BLOCK || d < next) continue;
+      if (d !== next) throw new PackError(`block index: block ${b} is distinct block ${d}, expected ${next} (not in order of first occurrence)`);
+      next++;
+    }
+  }
+
+  /** Assembles every target chunk the sink does not hold yet. */
+  async run(): Promise<void> {
+    BlockAssembly.check(this.plan, this.target, this.opts.sha256);
+    const tasks = this.tasks();
+    this.planRequests(tasks);
+    try {
+      await this.runTasks(tasks);
+    } finally {
+      await Promise.allSettled(this.requests.map((r) => r.started));
+      for (const fh of this.seedHandles.values()) await (await fh.catch(() => null))?.close().catch(() => {});
+    }
+    if (this.error !== undefined) throw this.error;
+    this.ctl.signal.throwIfAborted();
+  }
+
+  private tasks(): Task[] {
+    const { target, sink, index, plan, bs } = this;
+    const span = Math.max(1, Math.min(TASK_BYTES, this.opts.maxSpan ?? TASK_BYTES));
+    const out: Task[] = [];
+    let i = 0;
+    while (i < target.count) {
+      if (sink.has(i)) {
+        i++;
+        continue;
+      }
+      const first = i;
+      const start = target.start(i);
+      while (i < target.count && !sink.has(i) && (i === first || target.end(i) - start <= span)) i++;
+      const end = target.end(i - 1);
+      const fromPack: number[] = [];
+      const seen = new Set<number>();
+      for (let b = Math.floor(start / bs); b * bs < end; b++) {
+        const d = index.distinctOf[b];
+        if (d === ZERO_BLOCK || plan.localSeed[d] >= 0 || seen.has(d)) continue;
+        seen.add(d);
+        fromPack.push(d);
+        if (this.uses[d]++ === 0) this.unused[d] = 1;
+      }
+      out.push({ first, count: i - first, start, end, fromPack });
+    }
+    return out;
+  }
+
+  /** The pack requests for every frame a task needs, planned once in pack order. */
+  private planRequests(tasks: Task[]): void {
+    const frames = new Set<number>();
+    for (const t of tasks) for (const d of t.fromPack) frames.add(frameOf(this.index, d));
+    const sorted = [...frames].sort((a, b) => a - b);
+    const reqs = planPackRequests(this.index, sorted, { multi: this.state.multi, cost: this.cost, parallelism: this.opts.concurrency ?? 4 });
+    this.requests = reqs.map((r) => ({ frames: framesOf(r) }));
+    for (const r of this.requests) for (const f of r.frames) this.requestOf.set(f, r);
+  }
+
+  private async runTasks(tasks: Task[]): Promise<void> {
+    const slots = Math.max(1, this.opts.concurrency ?? 4);
+    const running = new Set<Promise<void>>();
+    const done = new Uint8Array(tasks.length);
+    for (let k = 0; k < tasks.length; k++) {
+      if (this.ctl.signal.aborted) break;
+      const t = tasks[k];
+      const admitted = this.sink.admit?.(t.start, t.end, t.first);
+      if (admitted) await unlessAborted(admitted, this.ctl.signal).catch(() => {});
+      if (this.ctl.signal.aborted) break;
+      while (running.size >= slots) await Promise.race(running);
+      const p: Promise<void> = this.guard(t, k).finally(() => {
+        running.delete(p);
+        done[k] = 1;
+        while (this.oldest < tasks.length && done[this.oldest]) this.oldest++;
+        this.wake();
+      });
+      running.add(p);
+    }
+    await Promise.all(running);
+  }
+
+  private async guard(t: Task, k: number): Promise<void> {
+    try {
+      this.ctl.signal.throwIfAborted();
+      await this.runTask(t, k);
+    } catch (err) {
+      if (this.error === undefined) this.error = this.ctl.signal.aborted ? this.ctl.signal.reason : err;
+      this.ctl.abort(err);
+      this.wake();
+    }
+  }
+
+  private async runTask(t: Task, k: number): Promise<void> {
+    const { index, bs } = this;
+    // Pack blocks first (their requests run while the seeds are read).
+    const packReady = t.fromPack.length > 0 ? this.awaitBlocks(t.fromPack, k) : Promise.resolve();
+    packReady.catch(() => {});
+    const size = t.end - t.start;
+    const data = this.sink.holdsData ? Buffer.allocUnsafeSlow(size) : this.buffers.take(size);
+    try {
+      const seedBad = await this.readSeeds(t, data);
+      await packReady;
+      this.ctl.signal.throwIfAborted();
+      // Seed blocks that failed their hash (here or in an earlier task) come from the pack too.
+      const rescued = seedBad.size > 0 ? await this.fetchBlocksNow([...new Set(seedBad.values())]) : new Map<number, Buffer>();
+      let fromSeeds = 0;
+      let fromZero = 0;
+      let fromPack = 0;
+      for (let b = Math.floor(t.start / bs); b * bs < t.end; b++) {
+        const bStart = b * bs;
+        const from = Math.max(t.start, bStart);
+        const to = Math.min(t.end, bStart + blockLength(index, b));
+        const d = index.distinctOf[b];
+        if (d === ZERO_BLOCK) {
+          data.fill(0, from - t.start, to - t.start);
+          fromZero += to - from;
+        } else if (this.plan.localSeed[d] >= 0 && !seedBad.has(b)) {
+          fromSeeds += to - from; // read in place by readSeeds
+        } else {
+          const block = this.blocks.get(d) ?? rescued.get(d);
+          if (!block) throw new Error(`block route: distinct block ${d} of target block ${b} is not at hand`);
+          block.copy(data, from - t.start, from - bStart, to - bStart);
+          fromPack += to - from;
+        }
+      }
+      for (const d of t.fromPack) this.used(d);
+      if (this.verifyChunks) this.verify(t, data);
+      this.ctl.signal.throwIfAborted();
+      this.wroteAny = true;
+      await this.put(t, data);
+      const p = this.progress;
+      p.fromSeeds += fromSeeds;
+      p.fromZero += fromZero;
+      p.fromNetwork += fromPack;
+      p.done += size;
+    } finally {
+      if (!this.sink.holdsData) this.buffers.give(data);
+    }
+  }
+
+  /** Hands the task's chunks to the sink; into a fresh sparse file, chunks of zero blocks only are left as holes. */
+  private async put(t: Task, data: Buffer): Promise<void> {
+    if (!this.sink.zeroFilled) return this.sink.put(t.first, t.count, data);
+    const { target } = this;
+    let run = -1;
+    for (let i = t.first; i <= t.first + t.count; i++) {
+      const hole = i < t.first + t.count && this.allZero(target.start(i), target.end(i));
+      const end = i === t.first + t.count;
+      if (run >= 0 && (hole || end)) {
+        await this.sink.put(run, i - run, data.subarray(target.start(run) - t.start, target.start(i) - t.start));
+        run = -1;
+      }
+      if (!hole && !end && run < 0) run = i;
+    }
+  }
+
+  private allZero(start: number, end: number): boolean {
+    const { index, bs } = this;
+    for (let b = Math.floor(start / bs); b * bs < end; b++) if (index.distinctOf[b] !== ZERO_BLOCK) return false;
+    return true;
+  }
+
+  /** Every chunk of the task must be the target's: a pack for another image fails here, before its chunk is handed on. */
+  private verify(t: Task, data: Buffer): void {
+    const target = this.target;
+    for (let i = t.first; i < t.first + t.count; i++) {
+      const bytes = data.subarray(target.start(i) - t.start, target.end(i) - t.start);
+      if (!chunkId(target.digest, bytes).equals(target.id(i))) {
+        throw new PackError(`the block pack's image is not the target index's image (chunk ${target.idHex(i)} at byte ${target.start(i)} does not match its ID); stale or swapped pack`);
+      }
+    }
+  }
+
+  /**
+   * Reads the task's seed blocks into place in `data` (runs of consecutive blocks of one seed in
+   * one read; a block cut by the task's edge through a one-block scratch buffer), each checked
+   * against its hash. Returns target block → distinct block for the blocks that did not verify.
+   */
+  private async readSeeds(t: Task, data: Buffer): Promise<Map<number, number>> {
+    const { index, plan, bs } = this;
+    const bad = new Map<number, number>();
+    const inside = (b: number): boolean => b * bs >= t.start && b * bs + blockLength(index, b) <= t.end;
+    const lastBlock = Math.ceil(t.end / bs);
+    let scratch: Buffer | undefined;
+    for (let b = Math.floor(t.start / bs); b < lastBlock;) {
+      const d = index.distinctOf[b];
+      if (d === ZERO_BLOCK || plan.localSeed[d] < 0) {
+        b++;
+        continue;
+      }
+      const seed = plan.localSeed[d];
+      let n = 1;
+      if (inside(b)) {
+        while (b + n < lastBlock && inside(b + n)) {
+          const e = index.distinctOf[b + n];
+          if (e === ZERO_BLOCK || plan.localSeed[e] !== seed || plan.localBlock[e] !== plan.localBlock[d] + n) break;
+          n++;
+        }
+      }
+      const fh = await this.seedHandle(seed);
+      const direct = inside(b);
+      const buf = direct ? data.subarray(b * bs - t.start, (b + n) * bs - t.start) : (scratch ??= Buffer.allocUnsafe(bs));
+      let got = 0;
+      while (got < buf.length) {
+        const { bytesRead } = await fh.read(buf, got, buf.length - got, plan.localBlock[d] * bs + got);
+        if (bytesRead === 0) break; // a seed that shrank: the missing blocks fail their hash below
+        got += bytesRead;
+      }
+      buf.fill(0, got);
+      for (let k = 0; k < n; k++) {
+        const e = index.distinctOf[b + k];
+        const block = buf.subarray(k * bs, (k + 1) * bs);
+        let ok = !this.seedFailed.has(e);
+        if (ok && !hashMatches(index, e, block)) {
+          ok = false;
+          this.seedFailed.add(e);
+          this.seedMismatches++;
+          this.opts.onWarning?.(`seed ${plan.seeds[seed].path}: block ${plan.localBlock[e]} at byte ${plan.localBlock[e] * bs} does not match its hash; fetching it from the pack`);
+        }
+        if (!ok) bad.set(b + k, e);
+        else if (!direct) {
+          const from = Math.max(t.start, b * bs);
+          const to = Math.min(t.end, b * bs + blockLength(index, b));
+          buf.copy(data, from - t.start, from - b * bs, to - b * bs);
+        }
+      }
+      b += n;
+    }
+    return bad;
+  }
+
+  private seedHandle(seed: number): Promise<FileHandle> {
+    let fh = this.seedHandles.get(seed);
+    if (!fh) {
+      fh = open(this.plan.seeds[seed].path, 'r');
+      this.seedHandles.set(seed, fh);
+    }
+    return fh;
+  }
+
+  /** Waits until the given distinct blocks have arrived, starting the requests that carry them. */
+  private async awaitBlocks(ds: readonly number[], k: number): Promise<void> {
+    const frames = [...new Set(ds.map((d) => frameOf(this.index, d)))];
+    const waits: Promise<void>[] = [];
+    for (const f of frames) {
+      if (ds.every((d) => frameOf(this.index, d) !== f || this.blocks.has(d))) continue;
+      waits.push(this.arrived(f));
+      const req = this.requestOf.get(f)!;
+      req.started ??= this.startRequest(req);
+    }
+    if (waits.length === 0) return;
+    this.waiting.add(k);
+    this.wake();
+    try {
+      await unlessAborted(Promise.all(waits).then(() => {}), this.ctl.signal);
+    } finally {
+      this.waiting.delete(k);
+    }
+  }
+
+  private arrived(f: number): Promise<void> {
+    let a = this.arrival.get(f);
+    if (!a) {
+      let resolve!: () => void;
+      const promise = new Promise<void>((r) => (resolve = r));
+      a = { promise, resolve };
+      this.arrival.set(f, a);
+    }
+    return a.promise;
+  }
+
+  /** The first pack request goes alone (it shows whether multi-range works and checks the header); the rest follow. */
+  private startRequest(req: PackRequest): Promise<void> {
+    const first = this.requests[0];
+    const p = (async () => {
+      if (req !== first) {
+        first.started ??= this.startRequest(first);
+        await first.started;
+      }
+      await this.fetchFrames(req, req.frames);
+    })();
+    p.catch((err) => {
+      if (this.error === undefined) this.error = err;
+      this.ctl.abort(err);
+      this.wake();
+    });
+    return p;
+  }
+
+  private dictionary(): Promise<FrameDecompressor> {
+    this.decoder ??= (async () => {
+      const { index, opts } = this;
+      if (index.dictSize === 0) return new FrameDecompressor(Buffer.alloc(0));
+      const dict = await opts.http.getBuffer(opts.dictUrl, { maxBytes: index.dictSize, signal: this.ctl.signal });
+      this.dictStats.requests++;
+      this.dictStats.bytes += dict.body.length;
+      if (dict.status !== 200) throw new OriginError(`GET ${opts.dictUrl}: HTTP ${dict.status} (the block index names a dictionary the server does not have)`);
+      if (dict.body.length !== index.dictSize || !sha256(dict.body).equals(index.dictSha256)) {
+        throw new PackError(`${opts.dictUrl}: dictionary does not match the block index (${dict.body.length} bytes; corrupt, stale or swapped)`);
+      }
+      return new FrameDecompressor(dict.body);
+    })();
+    return this.decoder;
+  }
+
+  /** Fetches frames through the fetch loop; each verified frame's still-needed blocks are kept for their tasks. */
+  private async fetchFrames(req: PackRequest | undefined, frames: readonly number[], keep?: Map<number, Buffer>): Promise<void> {
+    const { index, opts } = this;
+    const decoder = await this.dictionary();
+    const layout = new PackLayout(index.frameStart);
+    const spec: UnitSpec = {
+      layout,
+      plan: (units, multi) => {
+        const runs = packRuns(units.filter((u) => u > 0).map((u) => u - 1)).filter((r) => r.first > 0 || !this.headerChecked);
+        return this.cost.planRequests(layout, runs, multi, opts.concurrency ?? 4);
+      },
+      accept: (u, data) => {
+        if (u === 0) {
+          checkPackHeader(data, index, opts.packUrl);
+          this.headerChecked = true;
+          return undefined;
+        }
+        const f = u - 1;
+        let blocks: Buffer[];
+        try {
+          blocks = unpackFrame(index, decoder, f, data, (d) => this.lengthOf(d), opts.packUrl);
+        } catch (err) {
+          if (err instanceof PackError) return err;
+          throw err;
+        }
+        this.framesFetched++;
+        for (let d = index.frameFirst[f]; d < index.frameFirst[f + 1]; d++) {
+          const block = blocks[d - index.frameFirst[f]];
+          if (keep) keep.set(d, block);
+          else if (this.uses[d] > 0 && !this.blocks.has(d)) {
+            this.blocks.set(d, block);
+            if (req && this.unused[d]) this.ahead += block.length;
+          }
+        }
+        this.arrival.get(f)?.resolve();
+        return undefined;
+      },
+      describe: (u) => (u === 0 ? 'the pack header' : `frame ${u - 1} at byte ${index.frameStart[u - 1]}`),
+    };
+    const units = [...(this.headerChecked ? [] : [0]), ...frames.map((f) => f + 1)];
+    await fetchUnits(this.fetcher, spec, units, {
+      retry: this.retry, state: this.state, signal: this.ctl.signal, onWarning: opts.onWarning,
+      drain: req && (() => this.drain()),
+    });
+    // Every first request asks for the header; a server that never sent it is not serving this pack.
+    if (!this.headerChecked) throw new OriginError(`${opts.packUrl}: the server did not send the pack header`);
+  }
+
+  /** Blocks fetched for one task only (seed blocks that failed their hash), outside the planned requests. */
+  private async fetchBlocksNow(ds: readonly number[]): Promise<Map<number, Buffer>> {
+    const got = new Map<number, Buffer>();
+    const frames = [...new Set(ds.map((d) => frameOf(this.index, d)))].sort((a, b) => a - b);
+    const first = this.requests[0];
+    if (first) {
+      first.started ??= this.startRequest(first);
+      await first.started;
+    }
+    await this.fetchFrames(undefined, frames, got);
+    return got;
+  }
+
+  private lengthOf(d: number): number {
+    const { index } = this;
+    const last = index.blockCount - 1;
+    return index.imageSize % this.bs !== 0 && index.distinctOf[last] === d ? blockLength(index, last) : this.bs;
+  }
+
+  /** A task is done with pack block d. */
+  private used(d: number): void {
+    if (this.unused[d]) {
+      this.unused[d] = 0;
+      this.ahead -= this.blocks.get(d)?.length ?? 0;
+    }
+    if (--this.uses[d] === 0) this.blocks.delete(d);
+    this.wake();
+  }
+
+  /**
+   * Backpressure for the pack requests: they wait while more than AHEAD_BYTES were delivered that
+   * no task used yet, unless the oldest task waits for a frame (then only reading on can help).
+   */
+  private drain(): Promise<void> | undefined {
+    const limit = Math.max(AHEAD_BYTES, 2 * MAX_FRAME_BLOCKS * this.bs);
+    const go = (): boolean => this.ahead <= limit || this.waiting.has(this.oldest) || this.ctl.signal.aborted;
+    if (go()) return undefined;
+    return new Promise((resolve) => {
+      const check = (): void => {
+        if (go()) resolve();
+        else this.waiters.push(check);
+      };
+      this.waiters.push(check);
+    });
+  }
+
+  private wake(): void {
+    for (const w of this.waiters.splice(0)) w();
+  }
+}
+
+function framesOf(req: RangeRequest): number[] {
+  const out: number[] = [];
+  for (const r of req.chunks) for (let k = 0; k < r.count; k++) if (r.first + k > 0) out.push(r.first + k - 1);
+  return out;
 }
 
 function hashMatches(index: BlockIndex, d: number, data: Uint8Array): boolean {
   return blockHash(data).equals(Buffer.from(index.hashes.buffer, index.hashes.byteOffset + d * HASH_BYTES, HASH_BYTES));
-}
-
-async function writeAt(fh: FileHandle, data: Uint8Array, pos: number): Promise<void> {
-  let done = 0;
-  while (done < data.length) done += (await fh.write(data, done, data.length - done, pos + done)).bytesWritten;
-}
-
-async function fileSha256(fh: FileHandle, size: number, blockSize: number): Promise<Buffer> {
-  const h = createHash('sha256');
-  await forEachBlock(fh, size, blockSize, (_b, data) => void h.update(data));
-  return h.digest();
-}
-
-/** Copies seed blocks into the output; returns the distinct blocks whose seed copy did not verify. */
-async function copyFromSeeds(plan: BlockPlan, out: FileHandle, progress: (n: number) => void, signal?: AbortSignal): Promise<{ failed: Set<number>; bytes: number }> {
-  const { index, localSeed, localBlock } = plan;
-  const bs = index.blockSize;
-  const handles = new Map<number, FileHandle>();
-  const failed = new Set<number>();
-  let bytes = 0;
-  try {
-    for (let b = 0; b < index.blockCount;) {
-      const d = index.distinctOf[b];
-      if (d === ZERO_BLOCK || localSeed[d] < 0) {
-        b++;
-        continue;
-      }
-      signal?.throwIfAborted();
-      const seed = localSeed[d];
-      let n = 1;
-      while (n < MAX_RUN_BLOCKS && b + n < index.blockCount) {
-        const e = index.distinctOf[b + n];
-        if (e === ZERO_BLOCK || localSeed[e] !== seed || localBlock[e] !== localBlock[d] + n) break;
-        n++;
-      }
-      let fh = handles.get(seed);
-      if (!fh) {
-        fh = await open(plan.seeds[seed].path, 'r');
-        handles.set(seed, fh);
-      }
-      const buf = Buffer.alloc(n * bs);
-      let got = 0;
-      while (got < buf.length) {
-        const { bytesRead } = await fh.read(buf, got, buf.length - got, localBlock[d] * bs + got);
-        if (bytesRead === 0) break; // a seed that shrank: the missing blocks fail their hash below
-        got += bytesRead;
-      }
-      let allOk = true;
-      for (let k = 0; k < n; k++) {
-        const e = index.distinctOf[b + k];
-        if (!hashMatches(index, e, buf.subarray(k * bs, (k + 1) * bs))) {
-          failed.add(e);
-          allOk = false;
-        }
-      }
-      if (allOk) await writeAt(out, buf, b * bs);
-      else {
-        for (let k = 0; k < n; k++) if (!failed.has(index.distinctOf[b + k])) await writeAt(out, buf.subarray(k * bs, (k + 1) * bs), (b + k) * bs);
-      }
-      for (let k = 0; k < n; k++) if (!failed.has(index.distinctOf[b + k])) bytes += bs;
-      progress(n * bs);
-      b += n;
-    }
-  } finally {
-    await Promise.all([...handles.values()].map((h) => h.close()));
-  }
-  return { failed, bytes };
 }
 
 /** Decompresses frame f and checks each of its blocks against the index; returns the blocks in order. */
@@ -157,141 +577,76 @@ function unpackFrame(index: BlockIndex, decoder: FrameDecompressor, f: number, s
   return blocks;
 }
 
-/** Fetches and writes the given frames; throws PackError for content that fails its checks twice. */
-async function fetchFrames(plan: BlockPlan, frames: number[], seedFailed: ReadonlySet<number>, out: FileHandle, opts: AssembleBlocksOptions, progress: (n: number) => void): Promise<{ bytes: number; requests: number; fromPack: number }> {
-  const { index } = plan;
-  const bs = index.blockSize;
-  const dict = index.dictSize === 0 ? { status: 200, body: Buffer.alloc(0) } : await opts.http.getBuffer(opts.dictUrl, { maxBytes: index.dictSize, signal: opts.signal });
-  if (dict.status !== 200) throw new OriginError(`GET ${opts.dictUrl}: HTTP ${dict.status} (the block index names a dictionary the server does not have)`);
-  if (dict.body.length !== index.dictSize || !sha256(dict.body).equals(index.dictSha256)) {
-    throw new PackError(`${opts.dictUrl}: dictionary does not match the block index (${dict.body.length} bytes; corrupt, stale or swapped)`);
+/** Resolves with `p`, or rejects when the signal aborts first (without leaving a listener behind). */
+async function unlessAborted(p: Promise<void>, signal: AbortSignal): Promise<void> {
+  signal.throwIfAborted();
+  let onAbort!: () => void;
+  const aborted = new Promise<never>((_, reject) => {
+    onAbort = () => reject(signal.reason);
+    signal.addEventListener('abort', onAbort, { once: true });
+  });
+  try {
+    await Promise.race([p, aborted]);
+  } finally {
+    signal.removeEventListener('abort', onAbort);
   }
-  const decoder = new FrameDecompressor(dict.body);
-  const positions = positionsOf(index);
-  const shortDistinct = index.imageSize % bs !== 0 ? index.distinctOf[index.blockCount - 1] : ZERO_BLOCK;
-  const lengthOf = (d: number): number => (d === shortDistinct ? blockLength(index, index.blockCount - 1) : bs);
-  const layout = new PackLayout(index.frameStart);
-  const fetcher = new RangeFetcher(opts.http, opts.packUrl, index.packSize);
-  const attempts = opts.attempts ?? 4;
-  const concurrency = Math.max(1, opts.concurrency ?? 4);
-  let multi = opts.multi ?? true;
-  let headerChecked = false;
-  let fromPack = 0;
-  const wrongOnce = new Set<number>();
-  let failures = 0;
-  let todo = frames;
-  while (todo.length > 0) {
-    opts.signal?.throwIfAborted();
-    const wrong: number[] = [];
-    const writes: Promise<void>[] = [];
-    const chunks = packRuns(todo).flatMap((r) => Array.from({ length: r.count }, (_, k) => r.first + k)).filter((i) => i > 0 || !headerChecked);
-    const collector = new ChunkCollector(layout, chunks, (i, data) => {
-      if (i === 0) {
-        checkPackHeader(data, index, opts.packUrl);
-        headerChecked = true;
-        return;
-      }
-      const f = i - 1;
-      try {
-        const blocks = unpackFrame(index, decoder, f, data, lengthOf, opts.packUrl);
-        for (let d = index.frameFirst[f]; d < index.frameFirst[f + 1]; d++) {
-          if (plan.localSeed[d] >= 0 && !seedFailed.has(d)) continue; // a multi-block frame may hold blocks we have
-          const block = blocks[d - index.frameFirst[f]];
-          for (let p = positions.start[d]; p < positions.start[d + 1]; p++) {
-            writes.push(writeAt(out, block, positions.blocks[p] * bs));
-            fromPack += block.length;
-            progress(block.length);
-          }
-        }
-      } catch (err) {
-        if (!(err instanceof PackError) || wrongOnce.has(f)) throw err;
-        wrongOnce.add(f);
-        wrong.push(f);
-      }
-    });
-    // A few requests in flight (latency on a real link); the first failure stops new ones.
-    const requests = planPackRequests(index, todo, { multi, requestCost: opts.requestCost });
-    let next = 0;
-    let stop = false;
-    const worker = async (limit = Infinity): Promise<void> => {
-      for (let n = 0; n < limit && !stop && next < requests.length; n++) {
-        const req = requests[next++];
-        try {
-          await fetcher.fetch(req.ranges, (off, data) => collector.write(off, data), opts.signal);
-          await Promise.all(writes.splice(0)); // bounds the decompressed frames held in memory
-        } catch (err) {
-          stop = true;
-          throw err;
-        }
-      }
-    };
-    // The first request goes alone: it shows whether the server does multi-range at all.
-    const first = await Promise.allSettled([worker(1)]);
-    const settled = stop ? first : await Promise.allSettled(Array.from({ length: Math.min(concurrency, requests.length) }, () => worker()));
-    const error = [...first, ...settled].find((r): r is PromiseRejectedResult => r.status === 'rejected')?.reason as unknown;
-    await Promise.all(writes);
-    const left = [...new Set([...collector.missing().filter((i) => i > 0).map((i) => i - 1), ...wrong])].sort((a, b) => a - b);
-    if (error instanceof MultiRangeUnsupportedError && multi) {
-      multi = false;
-      opts.onWarning?.(`${error.message}; falling back to single-range requests`);
-    } else if (error) {
-      if (!isTransient(error) || opts.signal?.aborted || ++failures >= attempts) throw error;
-      await sleep((opts.retryBaseMs ?? 250) * failures, undefined, { signal: opts.signal });
-    } else if (left.length > 0 && wrong.length === 0 && ++failures >= attempts) {
-      throw new OriginError(`${opts.packUrl}: the server did not send frame ${left[0]} at byte ${index.frameStart[left[0]]}`);
-    }
-    todo = left;
-  }
-  // Every request asks for the header first; a server that never sent it is not serving this pack.
-  if (!headerChecked) throw new OriginError(`${opts.packUrl}: the server did not send the pack header`);
-  const dictRequests = index.dictSize === 0 ? 0 : 1;
-  return { bytes: dict.body.length + fetcher.stats.bytes, requests: dictRequests + fetcher.stats.requests, fromPack };
 }
 
-/** The pack's image is only the target when every chunk of the target index hashes to its ID in it. */
-async function checkTarget(target: ChunkIndex, path: string, signal?: AbortSignal): Promise<void> {
-  const v = await verifyFile(target, path, { signal });
-  if (v.ok) return;
-  const where = v.bad[0] ? `chunk ${v.bad[0].id} at byte ${v.bad[0].offset}: ${v.bad[0].reason}` : `${v.fileSize} bytes, the index describes ${v.indexSize}`;
-  throw new PackError(`the block pack's image is not the target index's image (${where}); stale or swapped pack`);
+export interface AssembleBlocksOptions extends Omit<BlockRouteOptions, 'retry'> {
+  /** Total attempts per transient failure (default the client's). */
+  attempts?: number;
+  retryBaseMs?: number;
 }
 
-/** Assembles plan.index's image into `out` from the plan's seeds and the pack. */
+export interface AssembleBlocksResult {
+  sha256: string;
+  fromSeeds: number;
+  fromPack: number;
+  /** Seed blocks that no longer matched their hash (fetched instead). */
+  seedMismatches: number;
+  /** Downloaded by the assembly: dictionary and pack ranges (the index is in plan.indexBytes). */
+  networkBytes: number;
+  networkRequests: number;
+  frames: number;
+  wallMs: number;
+}
+
+/** Chunks of this many blocks stand for the target when no chunk index is at hand (assembleBlocks). */
+const BLOCKS_PER_CHUNK = 64;
+
+/** plan.index's image as a chunk table of fixed-size chunks, for the sinks (block hashes and the SHA-256 verify). */
+function blockChunks(index: BlockIndex): ChunkIndex {
+  const size = index.blockSize * BLOCKS_PER_CHUNK;
+  const n = Math.ceil(index.imageSize / size);
+  const ends = new Float64Array(n);
+  for (let i = 0; i < n; i++) ends[i] = Math.min(index.imageSize, (i + 1) * size);
+  return new ChunkIndex(flagsForDigest('sha256'), { min: size, avg: size, max: size }, ends, new Uint8Array(n * 32));
+}
+
+/**
+ * Assembles plan.index's image into `out` on its own (no target chunk index: every block is
+ * checked against its hash and the whole file against the block index's SHA-256 before the
+ * rename). The engine (lib/delta) runs BlockAssembly into its own sinks instead.
+ */
 export async function assembleBlocks(plan: BlockPlan, out: string, opts: AssembleBlocksOptions): Promise<AssembleBlocksResult> {
   const started = Date.now();
-  const { index } = plan;
-  const expected = index.imageSha256.toString('hex');
-  if (opts.sha256 && opts.sha256.toLowerCase() !== expected) {
-    throw new PackError(`block index is for an image with SHA-256 ${expected}, the release has ${opts.sha256} (stale or swapped index)`);
-  }
-  const tmp = join(dirname(out), `.${basename(out)}.deltad-blocks.${process.pid}.tmp`);
-  // w+: the whole file is read back for its SHA-256 before the rename. A fresh file (x): never through a symlink planted at this name.
-  await unlink(tmp).catch(() => {});
-  const fh = await open(tmp, 'wx+', 0o644);
-  let done = 0;
-  const progress = (n: number): void => {
-    done += n;
-    opts.onProgress?.(done, index.imageSize);
+  BlockAssembly.check(plan, { size: plan.index.imageSize }, opts.sha256);
+  const target = blockChunks(plan.index);
+  const { file } = await PartialFile.open(out, target, false);
+  const progress: ExtractProgress = {
+    total: target.size, done: 0, fromSeeds: 0, fromSelf: 0, fromZero: 0, fromCache: 0, fromNetwork: 0, fromLocalStore: 0, networkBytes: 0, networkRequests: 0,
   };
+  const retry = { attempts: opts.attempts ?? opts.http.attempts, retryBaseMs: opts.retryBaseMs ?? opts.http.retryBaseMs };
+  const route = new BlockAssembly(plan, target, file, progress, { ...opts, retry }, false);
   try {
-    await fh.truncate(index.imageSize); // zero blocks stay holes
-    const seeds = await copyFromSeeds(plan, fh, progress, opts.signal);
-    if (seeds.failed.size > 0) opts.onWarning?.(`${seeds.failed.size} seed block(s) no longer match their hash; fetching them from the pack`);
-    const frames = [...new Set([...plan.frames, ...[...seeds.failed].map((d) => frameOf(index, d))])].sort((a, b) => a - b);
-    const net = frames.length > 0 ? await fetchFrames(plan, frames, seeds.failed, fh, opts, progress) : { bytes: 0, requests: 0, fromPack: 0 };
-    const actual = (await fileSha256(fh, index.imageSize, index.blockSize)).toString('hex');
-    if (actual !== expected) throw new ChecksumMismatchError(expected, actual, `${out} (assembled from the block pack)`);
-    if (opts.target) await checkTarget(opts.target, tmp, opts.signal);
-    await fh.sync();
-    await fh.close();
-    await rename(tmp, out);
+    await route.run();
+    const sum = (await file.commit(0o644, plan.index.imageSha256.toString('hex')))!;
     return {
-      sha256: actual, fromSeeds: seeds.bytes, fromPack: net.fromPack, seedMismatches: seeds.failed.size,
-      networkBytes: net.bytes, networkRequests: net.requests, frames: frames.length, wallMs: Date.now() - started,
+      sha256: sum, fromSeeds: progress.fromSeeds, fromPack: progress.fromNetwork, seedMismatches: route.seedMismatches,
+      networkBytes: route.stats.bytes, networkRequests: route.stats.requests, frames: route.framesFetched, wallMs: Date.now() - started,
     };
   } catch (err) {
-    await fh.close().catch(() => {});
-    await unlink(tmp).catch(() => {});
+    await file.discard();
     throw err;
   }
 }

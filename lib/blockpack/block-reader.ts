@@ -2,6 +2,7 @@
 // the publisher and seed indexing both walk whole files this way.
 import type { FileHandle } from 'node:fs/promises';
 import { DeltadError } from '../errors.js';
+import { readFully } from '../util/fs-io.js';
 
 const READ_BYTES = 4 * 1024 * 1024;
 
@@ -22,12 +23,8 @@ export async function forEachBlock(
   while (pos < size) {
     signal?.throwIfAborted();
     const want = Math.min(buf.length, size - pos);
-    let got = 0;
-    while (got < want) {
-      const { bytesRead } = await fh.read(buf, got, want - got, pos + got);
-      if (bytesRead === 0) throw new DeltadError('ERR_DELTAD_READ', `file shrank while reading (at byte ${pos + got} of ${size})`);
-      got += bytesRead;
-    }
+    const got = await readFully(fh, buf, pos, want);
+    if (got < want) throw new DeltadError('ERR_DELTAD_READ', `file shrank while reading (at byte ${pos + got} of ${size})`);
     for (let off = 0; off < got; off += blockSize, b++) {
       const wait = fn(b, buf.subarray(off, Math.min(got, off + blockSize)));
       if (wait) await wait;

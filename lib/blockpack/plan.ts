@@ -5,15 +5,10 @@
 // cannot do multi-range, into single ranges whose gaps are merged as far as a
 // cost model of bytes and requests says it pays).
 import type { ChunkIndex } from '../format/caibx.js';
-import { planRangeRequests, type RangeRequest } from '../fetch/range-fetcher.js';
+import type { RangeRequest } from '../fetch/range-fetcher.js';
+import { bodyBytes, defaultCostModel, type CostModel } from '../plan/cost.js';
 import { HASH_BYTES, ZERO_BLOCK, blockLength, frameOf, type BlockIndex } from './format.js';
 import type { SeedBlocks } from './seed-blocks.js';
-
-/** Bytes one extra request is worth (latency): used to compare paths and to merge gaps without multi-range. */
-export const DEFAULT_REQUEST_COST = 32 * 1024;
-/** multipart/byteranges framing per part, and response headers per request (nginx, measured). */
-export const RANGE_OVERHEAD = 100;
-export const REQUEST_OVERHEAD = 300;
 
 export interface BlockPlanTotals {
   blocks: number;
@@ -175,35 +170,16 @@ export function packRuns(frames: readonly number[]): { first: number; count: num
 
 export interface RequestPlanOptions {
   multi: boolean;
-  /** Bytes one request is worth (default DEFAULT_REQUEST_COST). */
-  requestCost?: number;
+  /** Prices requests and gaps (default: the default link). */
+  cost?: CostModel;
+  /** Pack requests in flight (default 4). */
+  parallelism?: number;
 }
 
-function wireBytes(reqs: readonly RangeRequest[]): number {
-  return reqs.reduce((n, r) => n + r.bytes + REQUEST_OVERHEAD + (r.ranges.length > 1 ? r.ranges.length * RANGE_OVERHEAD : 0), 0);
-}
-
-/**
- * The pack requests for a set of frames. With multi-range, ranges are packed
- * 200 to a request; without, the gap-merging target is chosen to minimise
- * bytes + requests x requestCost.
- */
+/** The pack requests for a set of frames (header first), gaps merged as the cost model says. */
 export function planPackRequests(index: BlockIndex, frames: readonly number[], opts: RequestPlanOptions): RangeRequest[] {
-  const layout = new PackLayout(index.frameStart);
-  const runs = packRuns(frames);
-  if (opts.multi) return planRangeRequests(layout, runs, { multi: true, maxGap: RANGE_OVERHEAD });
-  const requestCost = opts.requestCost ?? DEFAULT_REQUEST_COST;
-  let best: RangeRequest[] = [];
-  let bestCost = Infinity;
-  for (let target = 8; ; target *= 2) {
-    const reqs = planRangeRequests(layout, runs, { multi: false, maxGap: 0, targetRequests: target });
-    const cost = wireBytes(reqs) + reqs.length * requestCost;
-    if (cost < bestCost) {
-      best = reqs;
-      bestCost = cost;
-    }
-    if (target >= runs.length) return best;
-  }
+  const cost = opts.cost ?? defaultCostModel;
+  return cost.planRequests(new PackLayout(index.frameStart), packRuns(frames), opts.multi, opts.parallelism ?? 4);
 }
 
 /** What the block path costs for this plan: everything the client downloads and the requests for it. */
@@ -213,5 +189,5 @@ export function costOf(plan: BlockPlan, opts: RequestPlanOptions): BlockCost {
   if (plan.frames.length === 0) return { mode, bytes: plan.indexBytes, requests: 1 };
   const reqs = planPackRequests(plan.index, plan.frames, opts);
   const dictRequests = plan.index.dictSize > 0 ? 1 : 0;
-  return { mode, bytes: plan.indexBytes + plan.index.dictSize + wireBytes(reqs), requests: 1 + dictRequests + reqs.length };
+  return { mode, bytes: plan.indexBytes + plan.index.dictSize + bodyBytes(reqs), requests: 1 + dictRequests + reqs.length };
 }

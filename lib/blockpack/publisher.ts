@@ -5,12 +5,13 @@
 // target and is renamed only when complete.
 import { createHash, type Hash } from 'node:crypto';
 import { availableParallelism } from 'node:os';
-import { mkdir, open, rename, unlink, type FileHandle } from 'node:fs/promises';
+import { mkdir, open, type FileHandle } from 'node:fs/promises';
 import { basename, join } from 'node:path';
 import { DeltadError, UsageError } from '../errors.js';
 import { forEachBlock } from './block-reader.js';
 import { trainCoverDictionary, trainZstdCliDictionary } from './dictionary.js';
 import { FramePool, type StoredBatch } from './frame-batch.js';
+import { replaceFile } from '../util/fs-io.js';
 import {
   HASH_BYTES, MAX_BLOCKS, MAX_BLOCK_SIZE, blockHash, MAX_FRAME_BLOCKS, MIN_BLOCK_SIZE, PACK_HEADER_SIZE, ZERO_BLOCK,
   serializeBlockIndex, serializePackHeader,
@@ -112,18 +113,7 @@ class HashingWriter {
 }
 
 async function writeFileAtomic(path: string, write: (fh: FileHandle) => Promise<void>): Promise<void> {
-  const tmp = `${path}.${process.pid}.tmp`;
-  const fh = await open(tmp, 'w', 0o644);
-  try {
-    await write(fh);
-    await fh.sync();
-    await fh.close();
-  } catch (err) {
-    await fh.close().catch(() => {});
-    await unlink(tmp).catch(() => {});
-    throw err;
-  }
-  await rename(tmp, path);
+  await replaceFile(path, write);
 }
 
 /** What the first pass over the image learns. */

@@ -4,28 +4,29 @@
 // repeated chunks, an optional chunk cache, and a remote source (HTTP byte
 // ranges against the image, or casync chunk stores).
 import type { ExtractProgress, ExtractResult } from '../assemble/progress.js';
-import { join } from 'node:path';
 import type { Readable } from 'node:stream';
 import { MAX_INDEX_BYTES, parseIndex, readIndexFile, type ChunkIndex } from '../format/caibx.js';
-import { OriginError, UsageError } from '../errors.js';
-import { HttpClient } from '../fetch/http-client.js';
-import { IndexCache, defaultCacheDir, type IndexBuilder } from '../seed/index-cache.js';
+import { OriginError, StallError, UsageError } from '../errors.js';
+import { HttpClient, type HttpClientOptions } from '../fetch/http-client.js';
+import { IndexCache, type IndexBuilder } from '../seed/index-cache.js';
 import { indexFile } from '../chunking/indexer.js';
 import type { ChunkerVariant } from '../chunking/chunker.js';
 import { planChunks, type Plan, type PlanTotals } from '../plan/planner.js';
-import { RangeFetcher, planRangeRequests, type RangeSupport } from '../fetch/range-fetcher.js';
+import { CostModel, bodyBytes, type LinkEstimate } from '../plan/cost.js';
+import { RangeFetcher, type RangeSupport } from '../fetch/range-fetcher.js';
 import { RangeSource, StoreSource, type RemoteSource, type Run } from '../assemble/remote-source.js';
-import { Assembler } from '../assemble/assembler.js';
 import { OrderedStream } from '../assemble/ordered-stream.js';
 import { PartialFile } from '../assemble/partial-file.js';
+import { verifyResumed } from '../assemble/resume.js';
 import { EncoderPool, defaultThreads } from '../store/chunk-encoder.js';
 import { BufferPool } from '../util/buffer-pool.js';
 import { closeSeeds, openSeed, type Seed } from '../seed/seed.js';
 import { openStore } from '../store/open-store.js';
 import { HttpStore } from '../store/http-store.js';
 import { LocalStore } from '../store/local-store.js';
-import type { ChunkStore, WritableChunkStore } from '../store/types.js';
-import { costBlockPath, extractViaBlocks, streamViaBlocks, type BlockPathChoice } from '../blockpack/index.js';
+import type { ChunkStore } from '../store/types.js';
+import { BLOCK_PARALLELISM, costBlockPath, type BlockPathChoice } from '../blockpack/index.js';
+import { BlockRoute, ChunkRoute, runRoutes, type Route } from './routes.js';
 
 /** How missing chunks are fetched: byte ranges of the image, a chunk store, or chosen per update. */
 export type FetchMode = 'auto' | 'range' | 'store';
@@ -50,6 +51,10 @@ export interface SourceOptions {
   cacheDir?: string;
   /** HTTP client to use (shared keep-alive pools); one is created and closed when omitted. */
   http?: HttpClient;
+  /** Settings of the client created when `http` is omitted (CA file, transfer limits). */
+  httpOptions?: HttpClientOptions;
+  /** Fail with StallError when no byte is verified for this long (default 5 minutes; 0 = never). */
+  stallMs?: number;
   /** For the client created when `http` is omitted: longest wait for response headers or body bytes (ms, default 30 s). */
   timeoutMs?: number;
   /** Use chunks that repeat inside the target (default true). */
@@ -60,6 +65,8 @@ export interface SourceOptions {
   blockPack?: boolean;
   /** Called while a seed without a usable index is being chunked (bytes of that seed read so far). */
   onSeedIndexing?: (path: string, done: number, total: number) => void;
+  /** What is known about the link (measured RTT and throughput); prices requests against bytes. */
+  link?: Partial<LinkEstimate>;
   /** Called with one-line warnings (a seed that lies, a fallback from multi-range). */
   onWarning?: (message: string) => void;
   signal?: AbortSignal;
@@ -70,8 +77,6 @@ export interface AssembleOptions extends SourceOptions {
   concurrency?: number;
   /** Total attempts per transient failure (default 4); wrong chunk content is retried once. */
   attempts?: number;
-  /** Read before any remote source, filled with every verified fetched chunk (the fleet proxy's cache). */
-  chunkCache?: WritableChunkStore;
   /** Expected SHA-256 (hex) of the whole target. */
   sha256?: string;
   /** Called as bytes are verified (at most every few ms). */
@@ -123,19 +128,15 @@ export interface ExtractStream extends Readable {
   readonly result: Promise<ExtractResult>;
 }
 
-/** What one network request is worth in bytes when comparing fetch modes (latency, headers). */
-const REQUEST_COST_BYTES = 16 * 1024;
-/** Framing bytes per part of a multipart/byteranges answer (boundary, part headers). */
-const PART_OVERHEAD_BYTES = 100;
 const DEFAULT_CONCURRENCY = 8;
 const DEFAULT_WINDOW_BYTES = 32 * 1024 * 1024;
 const PROGRESS_INTERVAL_MS = 200;
 /** Seed bytes from which hashing on worker threads pays for starting them. */
 const HASH_THREADS_FROM_BYTES = 64 * 1024 * 1024;
 
-/** Hashing threads for a plan that reads many seed bytes, else none (inline). */
-function hashPoolFor(plan: Plan): EncoderPool | undefined {
-  return plan.totals.fromSeeds >= HASH_THREADS_FROM_BYTES ? new EncoderPool(Math.min(2, defaultThreads())) : undefined;
+/** A hashing thread (the assembler hashes on this thread too) when many local bytes are hashed, else none. */
+function hashPoolFor(localBytes: number): EncoderPool | undefined {
+  return localBytes >= HASH_THREADS_FROM_BYTES && defaultThreads() > 1 ? new EncoderPool(1) : undefined;
 }
 
 const isUrl = (s: string): boolean => /^https?:\/\//i.test(s);
@@ -143,11 +144,13 @@ const isUrl = (s: string): boolean => /^https?:\/\//i.test(s);
 /** Loads a target index from a local path or an http(s) URL (verified strictly). */
 export async function loadIndex(
   spec: string,
-  opts: { http?: HttpClient; timeoutMs?: number; signal?: AbortSignal; allowArchive?: boolean } = {},
+  opts: {
+    http?: HttpClient; httpOptions?: HttpClientOptions; timeoutMs?: number; signal?: AbortSignal; allowArchive?: boolean;
+  } = {},
 ): Promise<ChunkIndex> {
   const allowArchive = opts.allowArchive ?? false;
   if (!isUrl(spec)) return readIndexFile(spec, { allowArchive });
-  const http = opts.http ?? new HttpClient({ timeoutMs: opts.timeoutMs });
+  const http = opts.http ?? new HttpClient({ ...opts.httpOptions, timeoutMs: opts.timeoutMs });
   try {
     const res = await http.getBuffer(spec, { signal: opts.signal, maxBytes: MAX_INDEX_BYTES });
     if (res.status === 404 || res.status === 410) throw new OriginError(`GET ${spec}: HTTP ${res.status} (no such index)`, { status: res.status });
@@ -160,7 +163,7 @@ export async function loadIndex(
 /** The target index and what downloading it cost (nothing for a local path or a parsed index). */
 async function loadTarget(target: string | ChunkIndex, opts: SourceOptions): Promise<{ index: ChunkIndex; requests: number; bytes: number }> {
   if (typeof target !== 'string') return { index: target, requests: 0, bytes: 0 };
-  const http = opts.http ?? new HttpClient({ timeoutMs: opts.timeoutMs });
+  const http = opts.http ?? new HttpClient({ ...opts.httpOptions, timeoutMs: opts.timeoutMs });
   const before = { ...http.stats };
   try {
     const index = await loadIndex(target, { http, signal: opts.signal });
@@ -181,6 +184,7 @@ function seedIndexer(onSeedIndexing: SourceOptions['onSeedIndexing']): IndexBuil
 /** Everything an operation opened for its sources; close() releases what it owns. */
 interface Context {
   http: HttpClient;
+  cost: CostModel;
   seeds: Seed[];
   stores: ChunkStore[];
   close(): Promise<void>;
@@ -188,11 +192,17 @@ interface Context {
 
 async function openContext(target: ChunkIndex, opts: AssembleOptions): Promise<Context> {
   const ownsHttp = !opts.http;
-  const http = opts.http ?? new HttpClient({ connections: opts.concurrency ?? DEFAULT_CONCURRENCY, attempts: opts.attempts, timeoutMs: opts.timeoutMs });
+  const http = opts.http ?? new HttpClient({
+    ...opts.httpOptions,
+    connections: opts.concurrency ?? DEFAULT_CONCURRENCY,
+    attempts: opts.attempts,
+    timeoutMs: opts.timeoutMs,
+  });
   const owned: ChunkStore[] = [];
   const seeds: Seed[] = [];
   const ctx: Context = {
     http,
+    cost: new CostModel(opts.link),
     seeds,
     stores: (opts.stores ?? []).map((s) => {
       if (typeof s !== 'string') return s;
@@ -221,11 +231,9 @@ async function openContext(target: ChunkIndex, opts: AssembleOptions): Promise<C
 
 const remoteRuns = (plan: Plan): Run[] => plan.segments.filter((s) => s.kind === 'remote').map((s) => ({ first: s.first, count: s.count }));
 
-function rangeCost(plan: Plan, multi: boolean): ModeCost {
-  const reqs = planRangeRequests(plan.target, remoteRuns(plan), { multi });
-  let bytes = 0;
-  for (const r of reqs) bytes += r.bytes + (r.ranges.length > 1 ? PART_OVERHEAD_BYTES * r.ranges.length : 0);
-  return { mode: multi ? 'range' : 'range-single', bytes, requests: reqs.length };
+function rangeCost(plan: Plan, multi: boolean, cost: CostModel, parallelism: number): ModeCost {
+  const reqs = cost.planRequests(plan.target, remoteRuns(plan), multi, parallelism);
+  return { mode: multi ? 'range' : 'range-single', bytes: bodyBytes(reqs), requests: reqs.length };
 }
 
 /** Missing chunks whose compressed size is asked (HEAD) to estimate an HTTP store's bytes. */
@@ -268,9 +276,8 @@ async function storeCost(plan: Plan, ctx: Context, sample: boolean, probe: { req
   return { mode: 'store', bytes: Math.round(plan.totals.missingBytes * ratio), requests: Math.ceil(plan.totals.missingChunks / batch) };
 }
 
-const weigh = (c: ModeCost): number => c.bytes + c.requests * REQUEST_COST_BYTES;
-
 interface RemoteChoice {
+  /** Where missing chunks come from; when nothing is missing, what stands in for a seed that lies. */
   remote?: RemoteSource;
   /** Chunk buffers of a range source, for the assembler to hand back. */
   buffers?: BufferPool;
@@ -289,6 +296,8 @@ interface RemoteChoice {
  */
 async function chooseRemote(plan: Plan, ctx: Context, opts: AssembleOptions, probeAlways = false): Promise<RemoteChoice> {
   const mode = opts.mode ?? 'auto';
+  const parallelism = opts.concurrency ?? DEFAULT_CONCURRENCY;
+  const weigh = (c: ModeCost): number => ctx.cost.weigh(c, parallelism);
   if (mode !== 'auto' && mode !== 'range' && mode !== 'store') throw new UsageError(`unknown mode "${mode}" (expected auto, range or store)`);
   if (mode === 'range' && !opts.rangeUrl) throw new UsageError('range mode needs the image URL (--range-url)');
   if (mode === 'store' && ctx.stores.length === 0) throw new UsageError('store mode needs a chunk store (--store)');
@@ -306,12 +315,20 @@ async function chooseRemote(plan: Plan, ctx: Context, opts: AssembleOptions, pro
   }
   const modes: ModeCost[] = [];
   if (useRange && support?.ranges !== false) {
-    if (support?.multi !== false) modes.push(rangeCost(plan, true));
-    modes.push(rangeCost(plan, false));
+    if (support?.multi !== false) modes.push(rangeCost(plan, true, ctx.cost, parallelism));
+    modes.push(rangeCost(plan, false, ctx.cost, parallelism));
   }
   if (useStore) modes.push(await storeCost(plan, ctx, missing && (probeAlways || useRange), probe, opts.signal));
   const rangeSupport = support && { ranges: support.ranges, multi: support.multi };
-  if (!missing) return { chosen: 'none', modes, rangeSupport, probe };
+  const stores = useStore ? new StoreSource(plan.target, ctx.stores, ctx.http) : undefined;
+  const rangeSource = (multi: boolean, buffers?: BufferPool): RangeSource => new RangeSource(plan.target, ctx.http, opts.rangeUrl!, {
+    retry, multi, cost: ctx.cost, parallelism, onWarning: opts.onWarning, fallback: stores, buffers,
+  });
+  // Nothing missing: a seed chunk that turns out wrong is still fetched from the origin when it serves the image.
+  if (!missing) {
+    const remote = useRange && support?.ranges !== false ? rangeSource(support?.multi !== false) : stores;
+    return { remote, chosen: 'none', modes, rangeSupport, probe };
+  }
   if (mode === 'range' && support?.ranges === false) throw new OriginError(`${opts.rangeUrl}: the server does not serve byte ranges`);
   if (modes.length === 0) {
     const missingText = `${plan.totals.missingChunks} chunks (${plan.totals.missingBytes} bytes) are in no seed`;
@@ -320,11 +337,20 @@ async function chooseRemote(plan: Plan, ctx: Context, opts: AssembleOptions, pro
     throw new UsageError(`${missingText} and there is no remote source: give --range-url or --store`);
   }
   const best = modes.reduce((a, b) => (weigh(b) < weigh(a) ? b : a));
-  const stores = useStore ? new StoreSource(plan.target, ctx.stores, ctx.http) : undefined;
   if (best.mode === 'store') return { remote: stores, chosen: 'store', modes, rangeSupport, probe };
   const buffers = new BufferPool();
-  const remote = new RangeSource(plan.target, ctx.http, opts.rangeUrl!, retry, { multi: best.mode === 'range' }, opts.onWarning, stores, buffers);
-  return { remote, buffers, chosen: 'range', modes, rangeSupport, probe };
+  return { remote: rangeSource(best.mode === 'range', buffers), buffers, chosen: 'range', modes, rangeSupport, probe };
+}
+
+/** The block path's probe and plan, started alongside the chunk path's probes (so the first byte comes sooner). */
+type PendingBlockPath = Promise<{ path: BlockPathChoice | null } | { error: unknown }>;
+
+function startBlockPath(ctx: Context, opts: AssembleOptions): PendingBlockPath | null {
+  if (!opts.rangeUrl || opts.blockPack === false) return null;
+  const pending: PendingBlockPath = costBlockPath({
+    http: ctx.http, imageUrl: opts.rangeUrl, seeds: ctx.seeds.map((s) => s.path), cacheDir: opts.cacheDir, cost: ctx.cost, signal: opts.signal,
+  }).then((path) => ({ path }), (error: unknown) => ({ error }));
+  return pending;
 }
 
 /**
@@ -332,21 +358,27 @@ async function chooseRemote(plan: Plan, ctx: Context, opts: AssembleOptions, pro
  * the range URL: its costs, and whether it beats the chunk path and a full
  * download. A pack that cannot be read is warned about and ignored.
  */
-async function blockPathFor(index: ChunkIndex, ctx: Context, opts: SourceOptions, choice: RemoteChoice): Promise<{ path: BlockPathChoice; cheaper: boolean } | null> {
-  if (!opts.rangeUrl || opts.blockPack === false || choice.rangeSupport?.ranges === false) return null;
-  try {
-    const path = await costBlockPath({
-      http: ctx.http, imageUrl: opts.rangeUrl, seeds: ctx.seeds.map((s) => s.path), cacheDir: opts.cacheDir,
-      multi: choice.rangeSupport?.multi, requestCost: REQUEST_COST_BYTES, signal: opts.signal,
-    });
-    if (!path) return null;
-    const chunkPath = Math.min(...choice.modes.map(weigh));
-    return { path, cheaper: choice.chosen !== 'none' && path.weight < Math.min(chunkPath, index.size + REQUEST_COST_BYTES) };
-  } catch (err) {
-    if (opts.signal?.aborted) throw err;
-    opts.onWarning?.(`block pack for ${opts.rangeUrl}: ${(err as Error).message}; using the chunk path`);
+async function blockPathFor(index: ChunkIndex, ctx: Context, opts: AssembleOptions, choice: RemoteChoice, pending: PendingBlockPath | null): Promise<{ path: BlockPathChoice; cheaper: boolean } | null> {
+  if (!pending) return null;
+  const got = await pending;
+  if ('error' in got) {
+    if (opts.signal?.aborted) throw got.error;
+    opts.onWarning?.(`block pack for ${opts.rangeUrl}: ${(got.error as Error).message}; using the chunk path`);
     return null;
   }
+  if (!got.path || choice.rangeSupport?.ranges === false) return null;
+  const path = withoutMulti(got.path, ctx.cost, choice.rangeSupport?.multi === false);
+  const parallelism = opts.concurrency ?? DEFAULT_CONCURRENCY;
+  const chunkPath = Math.min(...choice.modes.map((m) => ctx.cost.weigh(m, parallelism)));
+  const full = ctx.cost.weigh({ bytes: index.size, requests: 1 }, 1);
+  return { path, cheaper: choice.chosen !== 'none' && path.weight < Math.min(chunkPath, full) };
+}
+
+/** The block path's choice for an origin without multi-range: its single-range mode only. */
+function withoutMulti(path: BlockPathChoice, cost: CostModel, noMulti: boolean): BlockPathChoice {
+  if (!noMulti) return path;
+  const costs = path.costs.filter((c) => c.mode === 'blocks-single');
+  return { ...path, costs, best: costs[0], weight: cost.weigh(costs[0], BLOCK_PARALLELISM) };
 }
 
 /** Plans a target against the sources without fetching any chunk: the update-size query. */
@@ -355,8 +387,9 @@ export async function planUpdate(target: string | ChunkIndex, opts: SourceOption
   const ctx = await openContext(index, opts);
   try {
     const plan = planChunks(index, ctx.seeds, { selfSeed: opts.selfSeed, nullSeed: opts.nullSeed });
+    const pending = startBlockPath(ctx, opts);
     const choice = await chooseRemote(plan, ctx, opts, true);
-    const blocks = await blockPathFor(index, ctx, opts, choice);
+    const blocks = await blockPathFor(index, ctx, opts, choice, pending);
     const t = plan.totals;
     return {
       targetSize: index.size,
@@ -380,83 +413,119 @@ function newProgress(total: number): ExtractProgress {
   return { total, done: 0, fromSeeds: 0, fromSelf: 0, fromZero: 0, fromCache: 0, fromNetwork: 0, fromLocalStore: 0, networkBytes: 0, networkRequests: 0 };
 }
 
-/** Runs the assembler with periodic progress callbacks; network counters include the probe. */
-async function runAssembly(assembler: Assembler, progress: ExtractProgress, choice: RemoteChoice, onProgress?: (p: ExtractProgress) => void): Promise<void> {
+/** The routes for one assembly, cheapest first: the block route when it beats the chunk route, then the chunk route. */
+interface Routes {
+  list: Route[];
+  /** Requests and bytes spent before any route ran (index, probes, samples). */
+  probe: { requests: number; bytes: number };
+}
+
+async function chooseRoutes(target: ChunkIndex, ctx: Context, opts: AssembleOptions, plan: Plan, sink: { maxSpan?: number; whole: boolean }): Promise<Routes> {
+  const pending = sink.whole ? startBlockPath(ctx, opts) : null;
+  const choice = await chooseRemote(plan, ctx, opts).catch(async (err: unknown) => {
+    await pending;
+    throw err;
+  });
+  const blocks = await blockPathFor(target, ctx, opts, choice, pending);
+  const chunks = new ChunkRoute({
+    target, seeds: ctx.seeds, firstChunk: plan.firstChunk, endChunk: plan.endChunk, selfSeed: opts.selfSeed, nullSeed: opts.nullSeed,
+    remote: choice.remote, fetches: choice.chosen !== 'none', buffers: choice.buffers, concurrency: opts.concurrency ?? DEFAULT_CONCURRENCY,
+    maxSpan: sink.maxSpan, hashPoolFor, onWarning: opts.onWarning,
+  });
+  const list: Route[] = [chunks];
+  if (blocks?.cheaper) {
+    list.unshift(new BlockRoute({
+      choice: blocks.path, target, http: ctx.http, cost: ctx.cost, sha256: opts.sha256, maxSpan: sink.maxSpan, onWarning: opts.onWarning,
+    }));
+  }
+  return { list, probe: choice.probe };
+}
+
+/** Runs the routes with periodic progress callbacks; network counters include the probes and every route tried. */
+async function runWithProgress(
+  routes: Routes, sink: PartialFile | OrderedStream, progress: ExtractProgress,
+  opts: AssembleOptions & { signal: AbortSignal }, what: string,
+): Promise<Route> {
+  // The stall watchdog: neither verified nor network bytes moved for stallMs.
+  const stallMs = opts.stallMs ?? DEFAULT_STALL_MS;
+  const stall = new AbortController();
+  const signal = AbortSignal.any([opts.signal, stall.signal]);
+  let moved = { at: Date.now(), done: -1, bytes: -1 };
   const report = (): void => {
-    if (choice.remote) {
-      progress.fromLocalStore = choice.remote.stats.localBytes ?? 0;
-      progress.networkBytes = choice.remote.stats.bytes + choice.probe.bytes;
-      progress.networkRequests = choice.remote.stats.requests + choice.probe.requests;
-    } else {
-      progress.networkBytes = choice.probe.bytes;
-      progress.networkRequests = choice.probe.requests;
+    progress.networkBytes = routes.probe.bytes;
+    progress.networkRequests = routes.probe.requests;
+    progress.fromLocalStore = 0;
+    for (const r of routes.list) {
+      progress.networkBytes += r.stats.bytes;
+      progress.networkRequests += r.stats.requests;
+      progress.fromLocalStore += r.stats.localBytes ?? 0;
     }
-    onProgress?.({ ...progress });
+    opts.onProgress?.({ ...progress });
+    if (progress.done !== moved.done || progress.networkBytes !== moved.bytes) {
+      moved = { at: Date.now(), done: progress.done, bytes: progress.networkBytes };
+    } else if (stallMs > 0 && Date.now() - moved.at >= stallMs && !stall.signal.aborted) {
+      const seen = `${progress.done} of ${progress.total} bytes done, ${progress.networkBytes} bytes from the network`;
+      stall.abort(new StallError(what, stallMs, seen));
+    }
   };
   const timer = setInterval(report, PROGRESS_INTERVAL_MS);
   timer.unref();
   try {
-    await assembler.run();
+    return await runRoutes(routes.list, sink, progress, { signal, onWarning: opts.onWarning });
+  } catch (err) {
+    // The watchdog's reason, not whatever abort error a cancelled fetch raised.
+    throw stall.signal.aborted && !opts.signal.aborted ? stall.signal.reason : err;
   } finally {
     clearInterval(timer);
     report();
   }
 }
 
-function summary(progress: ExtractProgress, choice: RemoteChoice, assembler: Assembler, started: number, sha256?: string): ExtractResult {
+/** Extract's stall watchdog default (`stallMs`). */
+const DEFAULT_STALL_MS = 5 * 60_000;
+
+function summary(progress: ExtractProgress, routes: Routes, last: Route, started: number, resumedBytes: number, sha256?: string): ExtractResult {
   return {
     ...progress,
-    mode: choice.remote ? choice.remote.kind : 'none',
+    mode: last.kind,
     sha256,
     wallMs: Date.now() - started,
-    resumedBytes: assembler.resumedBytes,
-    seedMismatches: assembler.seedMismatches,
+    resumedBytes,
+    seedMismatches: routes.list.reduce((n, r) => n + r.seedMismatches, 0),
   };
 }
 
 /**
- * Assembles the target into `out`: writes a temp file beside it, verifies
+ * Assembles the target into `out`: writes a partial file beside it, verifies
  * every chunk (and the SHA-256 when given), then renames it into place. On
- * failure `out` is untouched and the partial file is kept for resuming.
+ * failure `out` is untouched and the partial file is kept for resuming, on
+ * whichever route the next run takes.
  */
 export async function extractToFile(target: string | ChunkIndex, out: string, opts: ExtractToFileOptions = {}): Promise<ExtractResult> {
   const started = Date.now();
   if (opts.sha256 !== undefined && !/^[0-9a-fA-F]{64}$/.test(opts.sha256)) throw new UsageError(`invalid SHA-256 "${opts.sha256}": expected 64 hex digits`);
   const { index, ...indexCost } = await loadTarget(target, opts);
   const ctx = await openContext(index, opts);
+  const signal = opts.signal ?? new AbortController().signal;
   try {
-    const { file, resumeSeed } = await PartialFile.open(out, index, opts.resume !== false);
-    let assembler: Assembler | undefined;
+    const { file } = await PartialFile.open(out, index, opts.resume !== false);
+    let routes: Routes | undefined;
     try {
-      const seeds = resumeSeed ? [resumeSeed, ...ctx.seeds] : ctx.seeds;
-      const plan = planChunks(index, seeds, { selfSeed: opts.selfSeed, nullSeed: opts.nullSeed });
-      const choice = await chooseRemote(plan, ctx, opts);
-      choice.probe.requests += indexCost.requests;
-      choice.probe.bytes += indexCost.bytes;
-      const blocks = await blockPathFor(index, ctx, opts, choice);
-      if (blocks?.cheaper) {
-        const viaBlocks = await extractViaBlocks(blocks.path, out, { http: ctx.http, target: index, sha256: opts.sha256, onWarning: opts.onWarning, onProgress: opts.onProgress, signal: opts.signal });
-        if (viaBlocks) {
-          await file.discard();
-          return viaBlocks;
-        }
-      }
       const progress = newProgress(index.size);
-      const hashPool = hashPoolFor(plan);
-      assembler = new Assembler({
-        plan, sink: file, remote: choice.remote, chunkBuffers: choice.buffers, chunkCache: opts.chunkCache, hashPool,
-        concurrency: opts.concurrency ?? DEFAULT_CONCURRENCY, progress, onWarning: opts.onWarning, signal: opts.signal,
-      });
-      try {
-        await runAssembly(assembler, progress, choice, opts.onProgress);
-      } finally {
-        await hashPool?.close();
-      }
+      const resumeHash = file.resumed ? hashPoolFor(index.size) : undefined;
+      const resumedBytes = await verifyResumed(file, index, resumeHash, signal).finally(() => resumeHash?.close());
+      progress.done += resumedBytes;
+      progress.fromSeeds += resumedBytes;
+      const plan = planChunks(index, ctx.seeds, { selfSeed: opts.selfSeed, nullSeed: opts.nullSeed, skip: (i) => file.has(i) });
+      routes = await chooseRoutes(index, ctx, opts, plan, { whole: true });
+      routes.probe.requests += indexCost.requests;
+      routes.probe.bytes += indexCost.bytes;
+      const last = await runWithProgress(routes, file, progress, { ...opts, signal }, out);
       const sha256 = await file.commit(opts.fileMode ?? 0o644, opts.sha256);
-      return summary(progress, choice, assembler, started, sha256);
+      return summary(progress, routes, last, started, resumedBytes, sha256);
     } catch (err) {
-      // Keep what an interrupted run wrote; a run that failed before writing leaves nothing behind.
-      if (resumeSeed || (assembler && assembler.wroteAny)) await file.keep();
+      // Keep what an interrupted run wrote (or took over); a run that failed before writing leaves nothing behind.
+      if (file.resumed || routes?.list.some((r) => r.wroteAny)) await file.keep();
       else await file.discard();
       throw err;
     }
@@ -467,8 +536,10 @@ export async function extractToFile(target: string | ChunkIndex, out: string, op
 
 /**
  * Assembles the target (or a byte range of it) as an ordered stream of
- * verified bytes with bounded memory. With `sha256`, the final bytes are held
- * back until the whole-file digest matches (the stream errors otherwise).
+ * verified bytes with bounded memory, on the cheapest route (the block route
+ * streams too: seed blocks and frames go out as soon as they and everything
+ * before them are verified). With `sha256`, the final bytes are held back
+ * until the whole-file digest matches (the stream errors otherwise).
  * Aborting `signal` or destroying the stream cancels all fetches. Every
  * failure (origin, seed, sink) destroys the stream with that error, and
  * `result` rejects with it, without waiting for the consumer to read on.
@@ -496,29 +567,11 @@ export function openExtractStream(target: ChunkIndex, opts: ExtractStreamOptions
       const firstChunk = start < end ? target.chunkAt(start) : 0;
       const endChunk = start < end ? target.chunkAt(end - 1) + 1 : 0;
       const plan = planChunks(target, ctx.seeds, { firstChunk, endChunk, selfSeed: opts.selfSeed, nullSeed: opts.nullSeed });
-      const choice = await chooseRemote(plan, ctx, sourceOpts);
-      // The block path assembles whole images only (into the cache directory, then streamed in order).
-      const blocks = start === 0 && end === target.size ? await blockPathFor(target, ctx, sourceOpts, choice) : null;
-      if (blocks?.cheaper) {
-        const dir = join(opts.cacheDir ?? defaultCacheDir(), 'block-assembly');
-        const viaBlocks = await streamViaBlocks(blocks.path, stream, target, dir, { http: ctx.http, sha256: opts.sha256, onWarning: opts.onWarning, onProgress: opts.onProgress, signal });
-        if (viaBlocks) {
-          await stream.complete;
-          return viaBlocks;
-        }
-      }
-      const hashPool = hashPoolFor(plan);
-      const assembler = new Assembler({
-        plan, sink: stream, remote: choice.remote, chunkCache: opts.chunkCache, maxSpan: windowBytes / 2, hashPool,
-        concurrency: opts.concurrency ?? DEFAULT_CONCURRENCY, progress, onWarning: opts.onWarning, signal,
-      });
-      try {
-        await runAssembly(assembler, progress, choice, opts.onProgress);
-      } finally {
-        await hashPool?.close();
-      }
+      // The block route is priced for whole images only.
+      const routes = await chooseRoutes(target, ctx, sourceOpts, plan, { maxSpan: windowBytes / 2, whole: start === 0 && end === target.size });
+      const last = await runWithProgress(routes, stream, progress, sourceOpts, opts.rangeUrl ?? 'the update stream');
       await stream.complete;
-      return summary(progress, choice, assembler, started, stream.sha256);
+      return summary(progress, routes, last, started, 0, stream.sha256);
     } finally {
       await ctx.close();
     }

@@ -8,6 +8,7 @@
 import { createHash } from 'node:crypto';
 import { OriginError } from '../errors.js';
 import type { HttpClient } from '../fetch/http-client.js';
+import { deltaDisabledBy } from '../fetch/release-policy.js';
 import { MAX_INDEX_BYTES, parseIndex, type ChunkIndex } from '../format/caibx.js';
 import { findSha256 } from '../format/sha256sums.js';
 
@@ -118,17 +119,23 @@ export class Releases {
   }
 
   /** The image's length from a HEAD: a 200 with a Content-Length, else undefined (any failure too). */
-  headLength(url: string): Promise<number | undefined> {
+  async headLength(url: string): Promise<number | undefined> {
+    return (await this.head(url)).length;
+  }
+
+  /** The image's HEAD: its length (as headLength) and the release's kill switch header, if set. */
+  head(url: string): Promise<{ length?: number; deltaOff?: string }> {
     return this.probes.get(`HEAD ${url}`, async () => {
       try {
         const r = await this.http.request(url, { method: 'HEAD' });
         await r.body.dump();
         const n = Number(r.headers['content-length']);
-        return r.statusCode === 200 && Number.isSafeInteger(n) && n >= 0 ? n : undefined;
+        const length = r.statusCode === 200 && Number.isSafeInteger(n) && n >= 0 ? n : undefined;
+        return { length, deltaOff: deltaDisabledBy(r.headers) };
       } catch {
-        return undefined;
+        return {};
       }
-    }) as Promise<number | undefined>;
+    }) as Promise<{ length?: number; deltaOff?: string }>;
   }
 
   /** Resolves when the origin answers a one-byte Range request with 206; rejects naming the status otherwise. */

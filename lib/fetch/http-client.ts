@@ -1,9 +1,17 @@
 // One HTTP client for everything deltad fetches from an origin (indexes, chunk
 // stores, byte ranges, pass-through): an undici Agent with keep-alive pools,
-// timeouts, bounded retries with backoff, and byte/request counters.
-import { Agent, DecoratorHandler, request, type Dispatcher } from 'undici';
+// HTTP/2 where a TLS origin offers it, the system CA store (plus a configured
+// CA file), redirects followed and cached (redirects.ts), curl-like transfer
+// limits and link measurement (link-monitor.ts), timeouts, bounded retries
+// with backoff, and byte/request counters.
+import { Agent, DecoratorHandler, buildConnector, request, type Dispatcher } from 'undici';
+import type { SecureContext } from 'node:tls';
 import { setTimeout as sleep } from 'node:timers/promises';
+import { gunzipSync, inflateSync, brotliDecompressSync } from 'node:zlib';
 import { OriginError } from '../errors.js';
+import { DEFAULT_LIMITS, LinkMonitor, type LinkEstimate, type TransferLimits } from './link-monitor.js';
+import { REDIRECT_STATUSES, RedirectCache, redirectTarget, sameOrigin } from './redirects.js';
+import { readCaFile, trustContext } from './tls.js';
 import { VERSION } from '../util/version.js';
 
 export interface HttpClientOptions {
@@ -16,6 +24,16 @@ export interface HttpClientOptions {
   /** Backoff before attempt k+1 is k * retryBaseMs (default 250 ms). */
   retryBaseMs?: number;
   userAgent?: string;
+  /** PEM file of CA certificates trusted besides the system store (a private update server). */
+  caFile?: string;
+  /** Offer HTTP/2 to TLS origins (default true); HTTP/1.1 otherwise. */
+  http2?: boolean;
+  /** Redirect hops followed per request (default 10). */
+  maxRedirects?: number;
+  /** How long a redirect target is reused without asking the redirector again (default 10 min). */
+  redirectCacheMs?: number;
+  /** Low-speed limit and per-request deadline (link-monitor.ts DEFAULT_LIMITS). */
+  limits?: Partial<TransferLimits>;
 }
 
 export interface RequestOptions {
@@ -30,42 +48,152 @@ export interface HttpStats {
   requests: number;
   /** Body bytes received (what the origin sent us, after headers). */
   bytes: number;
+  /** Redirect answers followed (each one a round trip). */
+  redirects: number;
 }
+
+/** An answer, with the URL that gave it (after redirects). */
+export type HttpResponse = Dispatcher.ResponseData & { url: string };
+
+/** Headers that must not follow a redirect to another origin. */
+const CREDENTIAL_HEADERS = ['authorization', 'cookie', 'proxy-authorization'];
+
+/** One TLS context per CA file (building one parses the whole system store). */
+const contexts = new Map<string, SecureContext>();
 
 export class HttpClient {
   readonly dispatcher: Dispatcher;
   readonly attempts: number;
   readonly retryBaseMs: number;
   readonly timeoutMs: number;
-  readonly stats: HttpStats = { requests: 0, bytes: 0 };
+  readonly stats: HttpStats = { requests: 0, bytes: 0, redirects: 0 };
+  readonly redirects: RedirectCache;
+  readonly monitor: LinkMonitor;
+  private readonly agent: Agent;
+  private readonly h2Agent: Agent;
+  private readonly h2Dispatcher: Dispatcher;
+  /** https origins that negotiated HTTP/2 ("https://host:port"). */
+  private readonly h2Origins = new Set<string>();
   private readonly userAgent: string;
 
   constructor(opts: HttpClientOptions = {}) {
     const timeout = opts.timeoutMs ?? 30_000;
     this.timeoutMs = timeout;
-    this.dispatcher = new Agent({
-      connections: opts.connections ?? 8,
-      headersTimeout: timeout,
-      bodyTimeout: timeout,
-      keepAliveTimeout: 10_000,
-    }).compose(countBodyBytes(this.stats));
+    const allowH2 = opts.http2 ?? true;
+    // Read now, so that a bad CA file fails at start; the TLS context is built on the first https connection.
+    if (opts.caFile) readCaFile(opts.caFile);
+    const plain = buildConnector({ allowH2, timeout: 10_000 });
+    let secure: buildConnector.connector | undefined;
+    const connect: buildConnector.connector = (o, cb) => {
+      if (o.protocol !== 'https:') return plain(o, cb);
+      if (!secure) {
+        const key = opts.caFile ?? '';
+        let secureContext = contexts.get(key);
+        if (!secureContext) contexts.set(key, (secureContext = trustContext(opts.caFile)));
+        secure = buildConnector({ allowH2, timeout: 10_000, secureContext } as buildConnector.BuildOptions);
+      }
+      return secure(o, (err, socket) => {
+        const alpn = (socket as { alpnProtocol?: string | false } | null)?.alpnProtocol;
+        if (!err && alpn === 'h2') this.h2Origins.add(`https://${o.hostname}:${o.port || 443}`);
+        (cb as (e: Error | null, s: typeof socket) => void)(err, socket);
+      });
+    };
+    const agentOptions = { headersTimeout: timeout, bodyTimeout: timeout, keepAliveTimeout: 10_000, allowH2, connect };
+    this.agent = new Agent({ ...agentOptions, connections: opts.connections ?? 8 });
+    // Once an origin spoke HTTP/2, its requests share one multiplexed connection (a burst would open a pool's worth).
+    this.h2Agent = new Agent({ ...agentOptions, connections: 1 });
+    this.monitor = new LinkMonitor({ ...DEFAULT_LIMITS, ...opts.limits });
+    this.dispatcher = this.agent.compose(countBodyBytes(this.stats), this.monitor.interceptor());
+    this.h2Dispatcher = this.h2Agent.compose(countBodyBytes(this.stats), this.monitor.interceptor());
+    this.redirects = new RedirectCache({ maxRedirects: opts.maxRedirects, cacheMs: opts.redirectCacheMs });
     this.attempts = Math.max(1, opts.attempts ?? 4);
     this.retryBaseMs = opts.retryBaseMs ?? 250;
     this.userAgent = opts.userAgent ?? `deltad/${VERSION}`;
   }
 
-  /** One attempt. The caller must consume or dump the body. */
-  async request(url: string, opts: RequestOptions = {}): Promise<Dispatcher.ResponseData> {
+  /** Round-trip time and throughput measured so far (undefined before the first answer). */
+  linkEstimate(): LinkEstimate | undefined {
+    return this.monitor.estimate();
+  }
+
+  /**
+   * One attempt, redirects followed (a cached target first). The answer is the
+   * final one, with its URL. The caller must consume or dump the body.
+   */
+  async request(url: string, opts: RequestOptions = {}): Promise<HttpResponse> {
+    const first = await this.viaCache(url, opts);
+    if (first) return first;
+    const release = await this.redirects.gate(url, opts.signal);
+    if (release) {
+      try {
+        return await this.follow(url, url, opts);
+      } finally {
+        release();
+      }
+    }
+    // Another URL of this shape was resolved meanwhile: the rule it taught may cover this one.
+    return (await this.viaCache(url, opts)) ?? this.follow(url, url, opts);
+  }
+
+  /**
+   * The answer from where `url` is known (or guessed) to end, or undefined when
+   * nothing is cached or the cached target failed: a stale mirror, an expired
+   * signed URL or a wrong guess is forgotten, and the original URL asked again.
+   */
+  private async viaCache(url: string, opts: RequestOptions): Promise<HttpResponse | undefined> {
+    const cached = this.redirects.lookup(url);
+    if (!cached) return undefined;
+    this.redirects.hits++;
+    let res: HttpResponse | undefined;
+    try {
+      res = await this.follow(url, cached.url, opts);
+    } catch (err) {
+      if (opts.signal?.aborted) throw err;
+    }
+    if (res && res.statusCode < 400) return res;
+    await res?.body.dump().catch(() => {});
+    this.redirects.forget(url, cached);
+    return undefined;
+  }
+
+  /** Requests `start` (on behalf of `url`), following redirects; learns where `url` ended. */
+  private async follow(url: string, start: string, opts: RequestOptions): Promise<HttpResponse> {
+    let current = start;
+    let method = opts.method ?? 'GET';
+    let body = opts.body;
+    let headers: Record<string, string> = {
+      'user-agent': this.userAgent, 'accept-encoding': 'identity', ...opts.headers,
+    };
+    for (let hops = 0; ; hops++) {
+      const res = await this.once(current, method, headers, body, opts.signal);
+      if (!REDIRECT_STATUSES.has(res.statusCode)) {
+        if (current !== url && res.statusCode < 400) this.redirects.learn(url, current);
+        if (hops === 0 && start === url) this.redirects.answeredDirectly(url);
+        return Object.assign(res, { url: current });
+      }
+      await res.body.dump().catch(() => {});
+      const next = redirectTarget(current, res.headers.location, hops, this.redirects.maxRedirects);
+      this.stats.redirects++;
+      if (res.statusCode === 303 || ((res.statusCode === 301 || res.statusCode === 302) && method === 'POST')) {
+        if (method !== 'HEAD') method = 'GET';
+        body = undefined;
+      }
+      if (!sameOrigin(current, next)) {
+        const kept = Object.entries(headers).filter(([k]) => !CREDENTIAL_HEADERS.includes(k.toLowerCase()));
+        headers = Object.fromEntries(kept);
+      }
+      current = next;
+    }
+  }
+
+  private async once(
+    url: string, method: string, headers: Record<string, string>, body: Buffer | undefined, signal?: AbortSignal,
+  ): Promise<Dispatcher.ResponseData> {
     this.stats.requests++;
     try {
-      const res = await request(url, {
-        method: opts.method ?? 'GET',
-        headers: { 'user-agent': this.userAgent, 'accept-encoding': 'identity', ...opts.headers },
-        body: opts.body,
-        signal: opts.signal,
-        dispatcher: this.dispatcher,
-      });
-      return res;
+      const h2 = this.h2Origins.size > 0 && this.h2Origins.has(originOf(url));
+      const dispatcher = h2 ? this.h2Dispatcher : this.dispatcher;
+      return await request(url, { method: method as Dispatcher.HttpMethod, headers, body, signal, dispatcher });
     } catch (err) {
       throw toOriginError(err, url, this.timeoutMs);
     }
@@ -89,13 +217,15 @@ export class HttpClient {
    * GET a whole (small) resource into memory, with retries. Returns the status
    * for 2xx and 404; other statuses throw. Bodies over maxBytes are refused.
    */
-  async getBuffer(url: string, opts: RequestOptions & { maxBytes?: number } = {}): Promise<{ status: number; headers: Dispatcher.ResponseData['headers']; body: Buffer }> {
+  async getBuffer(
+    url: string, opts: RequestOptions & { maxBytes?: number } = {},
+  ): Promise<{ status: number; headers: Dispatcher.ResponseData['headers']; body: Buffer; url: string }> {
     const maxBytes = opts.maxBytes ?? 64 * 1024 * 1024;
     return this.withRetry(async () => {
       const res = await this.request(url, opts);
       if (res.statusCode === 404 || res.statusCode === 410) {
         await res.body.dump();
-        return { status: res.statusCode, headers: res.headers, body: Buffer.alloc(0) };
+        return { status: res.statusCode, headers: res.headers, body: Buffer.alloc(0), url: res.url };
       }
       if (res.statusCode < 200 || res.statusCode >= 300) {
         await res.body.dump();
@@ -106,11 +236,12 @@ export class HttpClient {
         res.body.destroy();
         throw new OriginError(`GET ${url}: ${declared} bytes exceeds the ${maxBytes}-byte limit`);
       }
-      const body = await this.readBody(res.body, maxBytes, url);
-      if (!Number.isNaN(declared) && body.length !== declared) {
-        throw new OriginError(`GET ${url}: truncated body (${body.length} of ${declared} bytes)`, { transient: true });
+      const raw = await this.readBody(res.body, maxBytes, url);
+      if (!Number.isNaN(declared) && raw.length !== declared) {
+        throw new OriginError(`GET ${url}: truncated body (${raw.length} of ${declared} bytes)`, { transient: true });
       }
-      return { status: res.statusCode, headers: res.headers, body };
+      const body = decodeBody(raw, res.headers['content-encoding'], maxBytes, url);
+      return { status: res.statusCode, headers: res.headers, body, url: res.url };
     }, opts.signal);
   }
 
@@ -135,8 +266,32 @@ export class HttpClient {
   }
 
   async close(): Promise<void> {
-    await this.dispatcher.close();
+    await Promise.all([this.agent.close(), this.h2Agent.close()]);
   }
+}
+
+/** "https://host:port" as the connector names it (the port always spelt out). */
+function originOf(url: string): string {
+  const u = new URL(url);
+  return `${u.protocol}//${u.hostname}:${u.port || (u.protocol === 'https:' ? '443' : '80')}`;
+}
+
+/**
+ * A whole body as its origin meant it: we ask for identity, but a server that
+ * compresses anyway (a 200, never a range) is decoded, within `maxBytes`.
+ */
+function decodeBody(raw: Buffer, encoding: string | string[] | undefined, maxBytes: number, url: string): Buffer {
+  const coding = (Array.isArray(encoding) ? encoding.join(',') : encoding ?? '').trim().toLowerCase();
+  if (coding === '' || coding === 'identity') return raw;
+  const opts = { maxOutputLength: maxBytes };
+  try {
+    if (coding === 'gzip' || coding === 'x-gzip') return gunzipSync(raw, opts);
+    if (coding === 'deflate') return inflateSync(raw, opts);
+    if (coding === 'br') return brotliDecompressSync(raw, opts);
+  } catch (err) {
+    throw new OriginError(`GET ${url}: cannot decode its Content-Encoding ${coding}: ${(err as Error).message}`);
+  }
+  throw new OriginError(`GET ${url}: unsupported Content-Encoding "${coding}" (deltad asked for identity)`);
 }
 
 /**

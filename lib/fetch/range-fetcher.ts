@@ -4,8 +4,11 @@
 // does multi-range), and the requests themselves, validated part by part.
 import type { Dispatcher } from 'undici';
 import type { ChunkIndex } from '../format/caibx.js';
-import { DeltadError, MultiRangeUnsupportedError, OriginError, RangeUnsupportedError } from '../errors.js';
+import {
+  DeltadError, DeltaDisabledError, ImageChangedError, MultiRangeUnsupportedError, OriginError, RangeUnsupportedError,
+} from '../errors.js';
 import type { HttpClient } from './http-client.js';
+import { deltaDisabledBy } from './release-policy.js';
 import { MultipartParser, multipartBoundary, parseContentRange } from './multipart.js';
 
 export interface ByteRange {
@@ -114,6 +117,9 @@ export function rangeHeader(ranges: readonly ByteRange[]): string {
   return 'bytes=' + ranges.map((r) => `${r.start}-${r.end - 1}`).join(',');
 }
 
+/** A one-part answer to several ranges is read when it is at most this much bigger than the ranges. */
+const SPAN_SLACK = 1.1;
+
 export interface RangeSupport {
   ranges: boolean;
   multi: boolean;
@@ -139,6 +145,8 @@ export class RangeFetcher {
   private unsupported?: RangeUnsupportedError;
   /** Set when the server refused multi-range: later multi-range calls fail without a request. */
   private noMulti?: MultiRangeUnsupportedError;
+  /** The image's strong validator from the first 206 (sent as If-Range from then on). */
+  private validator?: string;
 
   constructor(
     private readonly http: HttpClient,
@@ -198,17 +206,39 @@ export class RangeFetcher {
 
   private async fetchOnce(ranges: readonly ByteRange[], onData: (offset: number, data: Buffer) => void, signal: AbortSignal | undefined, drain: (() => Promise<void> | undefined) | undefined, onRangesWork: () => void): Promise<void> {
     this.stats.requests++;
-    const res = await this.http.request(this.url, { headers: { range: rangeHeader(ranges) }, signal });
-    const what = `GET ${this.url} (${ranges.length} range${ranges.length === 1 ? '' : 's'})`;
+    const ifRange = this.validator;
+    const headers: Record<string, string> = { range: rangeHeader(ranges), 'accept-encoding': 'identity' };
+    if (ifRange) headers['if-range'] = ifRange;
+    const res = await this.http.request(this.url, { headers, signal });
+    const where = res.url === this.url ? this.url : `${this.url} (at ${res.url})`;
+    const what = `GET ${where} (${ranges.length} range${ranges.length === 1 ? '' : 's'})`;
     try {
-      // A 200 to several ranges may only mean "not several": single ranges are still worth one request.
-      if (res.statusCode === 200 && ranges.length > 1) throw new MultiRangeUnsupportedError(this.url, 'HTTP 200 with the whole file instead of 206');
-      if (res.statusCode === 200) throw new RangeUnsupportedError(this.url, 'HTTP 200 with the whole file instead of 206');
-      if (res.statusCode === 206) onRangesWork();
+      const off = deltaDisabledBy(res.headers);
+      if (off) throw new DeltaDisabledError(this.url, off);
+      if (res.statusCode === 200) {
+        const now = validatorOf(res.headers);
+        // With If-Range, a 200 under another validator means the image is not the one the index describes.
+        if (ifRange && now !== ifRange) {
+          throw new ImageChangedError(this.url, `If-Range ${ifRange}, now ${now ?? 'no validator'}`);
+        }
+        const none = res.headers['accept-ranges'] === 'none';
+        const whole = none ? 'Accept-Ranges: none' : 'HTTP 200 with the whole file instead of 206';
+        // A 200 to several ranges may only mean "not several": single ranges are still worth one request.
+        if (ranges.length > 1) throw new MultiRangeUnsupportedError(this.url, whole);
+        throw new RangeUnsupportedError(this.url, whole);
+      }
       if (res.statusCode === 416 && ranges.length > 1) throw new MultiRangeUnsupportedError(this.url, 'HTTP 416');
       if (res.statusCode !== 206) {
         throw new OriginError(`${what}: HTTP ${res.statusCode}`, { status: res.statusCode, transient: res.statusCode >= 500 || res.statusCode === 429 });
       }
+      // Content-Range counts bytes of the coded representation: coded ranges are not image bytes.
+      const coding = res.headers['content-encoding'];
+      if (coding !== undefined && String(coding).trim().toLowerCase() !== 'identity') {
+        const detail = `206 with Content-Encoding ${String(coding)} although identity was asked`;
+        throw new RangeUnsupportedError(this.url, detail);
+      }
+      this.validator ??= validatorOf(res.headers);
+      onRangesWork();
       const boundary = multipartBoundary(res.headers['content-type'] as string | undefined);
       const filter = rangeFilter(ranges, onData);
       if (boundary) {
@@ -226,9 +256,19 @@ export class RangeFetcher {
       }
       const cr = parseContentRange(res.headers['content-range'] as string | undefined);
       if (!cr) throw new RangeUnsupportedError(this.url, 'HTTP 206 without a valid Content-Range');
-      if (ranges.length > 1) throw new MultiRangeUnsupportedError(this.url, `one 206 part ${cr.start}-${cr.end - 1} for ${ranges.length} ranges`);
       this.checkPart(cr, ranges, what);
-      if (cr.start !== ranges[0].start || cr.end !== ranges[0].end) throw new OriginError(`${what}: asked ${ranges[0].start}-${ranges[0].end - 1}, got Content-Range ${cr.start}-${cr.end - 1}`);
+      // Several ranges answered by one part: only the first range, or the whole span when its gaps are small
+      // (a span of far-apart ranges could be most of the image). Its bytes are used, then single ranges follow.
+      const first = ranges[0];
+      const asked = ranges.reduce((n, r) => n + r.end - r.start, 0);
+      const wholeSpan = cr.end === ranges[ranges.length - 1].end && cr.end - cr.start <= asked * SPAN_SLACK;
+      const partial = ranges.length > 1 && cr.start === first.start && (cr.end === first.end || wholeSpan);
+      const onePart = `one 206 part ${cr.start}-${cr.end - 1} for ${ranges.length} ranges`;
+      if (ranges.length > 1 && !partial) throw new MultiRangeUnsupportedError(this.url, onePart);
+      if (ranges.length === 1 && (cr.start !== first.start || cr.end !== first.end)) {
+        const got = `got Content-Range ${cr.start}-${cr.end - 1}`;
+        throw new OriginError(`${what}: asked ${first.start}-${first.end - 1}, ${got}`);
+      }
       let pos = cr.start;
       await this.consume(res, (b) => {
         if (pos + b.length > cr.end) throw new OriginError(`${what}: body longer than its Content-Range`);
@@ -237,6 +277,7 @@ export class RangeFetcher {
         return drain?.();
       }, what);
       if (pos !== cr.end) throw new OriginError(`${what}: truncated body (${pos - cr.start} of ${cr.end - cr.start} bytes)`, { transient: true });
+      if (partial) throw new MultiRangeUnsupportedError(this.url, onePart);
     } catch (err) {
       // Stop reading at once (a 200 may be the whole image); the abort error this raises is expected.
       res.body.on('error', () => {});
@@ -246,7 +287,10 @@ export class RangeFetcher {
   }
 
   private checkPart(r: { start: number; end: number; total?: number }, ranges: readonly ByteRange[], what: string): void {
-    if (r.total !== undefined && r.total !== this.size) throw new OriginError(`${what}: Content-Range says the file has ${r.total} bytes, the index ${this.size}`);
+    if (r.total !== undefined && r.total !== this.size) {
+      const detail = `${what}: Content-Range says the file has ${r.total} bytes, the index ${this.size}`;
+      throw new ImageChangedError(this.url, detail);
+    }
     if (r.start < ranges[0].start || r.end > ranges[ranges.length - 1].end) throw new OriginError(`${what}: part ${r.start}-${r.end - 1} outside the ranges asked for`);
   }
 
@@ -265,6 +309,17 @@ export class RangeFetcher {
       throw new OriginError(`${what}: ${e?.code ?? ''} ${e?.message ?? String(err)}`.trim(), { transient: true, cause: err });
     }
   }
+}
+
+/**
+ * The image's strong validator for If-Range: a strong ETag, else Last-Modified
+ * (a weak ETag may not be used, RFC 9110 §13.1.5).
+ */
+function validatorOf(headers: Dispatcher.ResponseData['headers']): string | undefined {
+  const etag = headers.etag;
+  if (typeof etag === 'string' && etag.startsWith('"')) return etag;
+  const lm = headers['last-modified'];
+  return typeof lm === 'string' && lm !== '' ? lm : undefined;
 }
 
 /** Passes on only the bytes that fall inside the asked ranges (a server may coalesce ranges). */

@@ -2,11 +2,13 @@
 // indexes it was shown (`addImage`), and fetches them with HTTP byte ranges,
 // coalescing adjacent chunks of one batch into one range request. This is how
 // the fleet proxy fetches by chunk ID (store and batch endpoints, assembly)
-// from an upstream that has images and indexes but no chunk store.
+// from an upstream that has images and indexes but no chunk store. Like every
+// ChunkStore it returns verified data only: each chunk is hashed against the
+// ID it was asked for (an image that changed under its index is caught here).
 import { HttpClient } from '../fetch/http-client.js';
 import { RangeFetcher } from '../fetch/range-fetcher.js';
-import { OriginError } from '../errors.js';
-import { toHex } from '../format/digest.js';
+import { ChunkVerifyError, OriginError } from '../errors.js';
+import { chunkId, toHex } from '../format/digest.js';
 import type { ChunkIndex } from '../format/caibx.js';
 import type { ChunkRequest, ChunkStore } from '../store/types.js';
 
@@ -48,6 +50,7 @@ export class ImageRangeStore implements ChunkStore {
     }
   }
 
+  /** The chunk, verified; null when no image shown holds it; ChunkVerifyError when the image's bytes are not it. */
   async get(req: ChunkRequest, signal?: AbortSignal): Promise<Buffer | null> {
     for await (const { data } of this.getMany([req], signal)) return data;
     return null;
@@ -57,8 +60,22 @@ export class ImageRangeStore implements ChunkStore {
     return this.locations.has(toHex(id));
   }
 
-  /** Unverified raw chunk bytes (the caller verifies): chunks of unknown location are not yielded. */
+  /**
+   * Verified chunks, in any order; chunks of unknown location are not yielded. Chunks whose
+   * image bytes are not them are not yielded either: once the rest are out, the first of them
+   * is thrown as a ChunkVerifyError (an upstream that changed is an error, not a miss).
+   */
   async *getMany(reqs: ChunkRequest[], signal?: AbortSignal): AsyncGenerator<{ index: number; data: Buffer }> {
+    let bad: ChunkVerifyError | undefined;
+    for await (const { index, data, wrong } of this.fetchMany(reqs, signal)) {
+      if (!wrong) yield { index, data };
+      else bad ??= new ChunkVerifyError(toHex(reqs[index].id), wrong, this.locations.get(toHex(reqs[index].id))?.url);
+    }
+    if (bad) throw bad;
+  }
+
+  /** Every located chunk with its bytes, and why they are not the chunk asked for (undefined when they are). */
+  private async *fetchMany(reqs: ChunkRequest[], signal?: AbortSignal): AsyncGenerator<{ index: number; data: Buffer; wrong?: string }> {
     const located = reqs
       .map((req, index) => ({ index, loc: this.locations.get(toHex(req.id)) }))
       .filter((r): r is { index: number; loc: Location } => r.loc !== undefined)
@@ -86,7 +103,11 @@ export class ImageRangeStore implements ChunkStore {
         const run = runs[next++];
         try {
           const body = await this.fetchRange(run.url, run.start, run.end, signal);
-          results.push(run.parts.map((p) => ({ index: p.index, data: body.subarray(p.loc.offset - run.start, p.loc.offset - run.start + p.loc.size) })));
+          const digest = this.images.get(run.url)!.digest;
+          results.push(run.parts.map((p) => {
+            const data = body.subarray(p.loc.offset - run.start, p.loc.offset - run.start + p.loc.size);
+            return { index: p.index, data, wrong: check(reqs[p.index], data, digest) };
+          }));
         } catch (err) {
           failure ??= err;
         }
@@ -118,4 +139,11 @@ export class ImageRangeStore implements ChunkStore {
       return body;
     }, signal);
   }
+}
+
+/** Why `data` is not the chunk `req` asks for, or undefined when it is. */
+function check(req: ChunkRequest, data: Buffer, digest: ChunkIndex['digest']): string | undefined {
+  if (req.size !== undefined && data.length !== req.size) return `has ${data.length} bytes, the index says ${req.size}`;
+  if (!chunkId(digest, data).equals(req.id)) return 'content does not match its ID (the upstream image changed under its index)';
+  return undefined;
 }

@@ -44,6 +44,8 @@ export interface PlanOptions {
   endChunk?: number;
   selfSeed?: boolean;
   nullSeed?: boolean;
+  /** Chunks already in place (a resumed partial file, an earlier route): left out of the plan, never a repeat's source. */
+  skip?: (i: number) => boolean;
 }
 
 /** Candidate positions kept per chunk ID in a seed (repeats beyond this add little). */
@@ -105,7 +107,7 @@ export function planChunks(target: ChunkIndex, seeds: readonly Seed[], opts: Pla
   const zero = opts.nullSeed === false ? null : new ZeroIds(target.digest);
   const earlier = opts.selfSeed === false ? null : new Map<string, number>();
   const segments: Segment[] = [];
-  const totals: PlanTotals = { chunks: end - first, bytes: target.start(end) - target.start(first), fromSeeds: 0, fromSelf: 0, fromZero: 0, missingBytes: 0, missingChunks: 0, missingRuns: 0 };
+  const totals: PlanTotals = { chunks: 0, bytes: 0, fromSeeds: 0, fromSelf: 0, fromZero: 0, missingBytes: 0, missingChunks: 0, missingRuns: 0 };
 
   const push = (seg: Segment): void => {
     const prev = segments[segments.length - 1];
@@ -122,8 +124,13 @@ export function planChunks(target: ChunkIndex, seeds: readonly Seed[], opts: Pla
     if (!earlier.has(k)) earlier.set(k, i);
   };
 
+  const skip = opts.skip;
   let i = first;
   while (i < end) {
+    if (skip?.(i)) {
+      i++;
+      continue;
+    }
     // Longest run of consecutive matches over all seeds and candidate positions.
     let best = 0;
     let bestSeed = -1;
@@ -135,7 +142,7 @@ export function planChunks(target: ChunkIndex, seeds: readonly Seed[], opts: Pla
       const sIdx = seeds[s].index;
       for (const p of cands) {
         let k = 0;
-        while (i + k < end && p + k < sIdx.count && target.chunkSize(i + k) === sIdx.chunkSize(p + k) && idsEqual(tIds, i + k, seedIds[s], p + k)) k++;
+        while (i + k < end && p + k < sIdx.count && !(k > 0 && skip?.(i + k)) && target.chunkSize(i + k) === sIdx.chunkSize(p + k) && idsEqual(tIds, i + k, seedIds[s], p + k)) k++;
         if (k > best) {
           best = k;
           bestSeed = s;
@@ -170,6 +177,8 @@ export function planChunks(target: ChunkIndex, seeds: readonly Seed[], opts: Pla
     remember(i);
     i++;
   }
+  totals.chunks = segments.reduce((n, s) => n + s.count, 0);
+  totals.bytes = totals.fromSeeds + totals.fromSelf + totals.fromZero + totals.missingBytes;
   totals.missingRuns = segments.reduce((n, s) => n + (s.kind === 'remote' ? 1 : 0), 0);
   return { target, seeds, firstChunk: first, endChunk: end, segments, totals };
 }

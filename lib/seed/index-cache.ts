@@ -4,12 +4,13 @@
 // a changed file or a different chunking is never served a stale index.
 // Entries are written atomically; one that fails to parse is ignored.
 import { createHash } from 'node:crypto';
-import { mkdir, open, readFile, rename, stat, unlink } from 'node:fs/promises';
+import { mkdir, readFile, stat, unlink } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { homedir } from 'node:os';
 import { parseIndex, serializeIndex, type ChunkIndex, type ChunkParams } from '../format/caibx.js';
 import type { DigestName } from '../format/digest.js';
 import { DeltadError } from '../errors.js';
+import { writeFileAtomic } from '../util/fs-io.js';
 
 export interface ChunkingKey {
   params: ChunkParams;
@@ -118,17 +119,6 @@ export class IndexCache {
 
   private async write(entry: string, index: ChunkIndex): Promise<void> {
     await mkdir(this.dir, { recursive: true });
-    const tmp = `${entry}.${process.pid}.${Date.now()}.tmp`;
-    const fh = await open(tmp, 'wx', 0o644);
-    try {
-      await fh.writeFile(serializeIndex(index));
-      await fh.sync();
-    } catch (err) {
-      await fh.close();
-      await unlink(tmp).catch(() => {});
-      throw err;
-    }
-    await fh.close();
-    await rename(tmp, entry);
+    await writeFileAtomic(entry, serializeIndex(index));
   }
 }

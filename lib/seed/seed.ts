@@ -8,17 +8,13 @@ import { basename, dirname, join } from 'node:path';
 import { readIndexFile, startsLikeIndex, type ChunkIndex } from '../format/caibx.js';
 import { IndexFormatError } from '../errors.js';
 import type { IndexCache, IndexBuilder } from './index-cache.js';
+import { readFully } from '../util/fs-io.js';
 
 export interface Seed {
   /** Path, for messages. */
   readonly path: string;
   readonly index: ChunkIndex;
   readonly fh: FileHandle;
-  /**
-   * True for the partial file of an interrupted run: its chunk i sits at the
-   * target's chunk i, so an aligned run needs verifying but no copying.
-   */
-  readonly inPlace: boolean;
 }
 
 export interface OpenSeedOptions {
@@ -56,7 +52,7 @@ export async function openSeed(path: string, given: string | ChunkIndex | undefi
       if (!opts.build) throw new IndexFormatError('seed', 0, 'no index given and no indexer available to chunk it', path);
       index = await opts.cache.getOrBuild(path, key, opts.build, opts.signal);
     }
-    return { path, index, fh, inPlace: false };
+    return { path, index, fh };
   } catch (err) {
     await fh.close();
     throw err;
@@ -96,12 +92,7 @@ export async function closeSeeds(seeds: readonly Seed[]): Promise<void> {
  */
 export async function readSeedRange(seed: Seed, start: number, end: number, into?: Buffer): Promise<Buffer> {
   const buf = into ? into.subarray(0, end - start) : Buffer.allocUnsafeSlow(end - start);
-  let got = 0;
-  while (got < buf.length) {
-    const { bytesRead } = await seed.fh.read(buf, got, buf.length - got, start + got);
-    if (bytesRead === 0) break;
-    got += bytesRead;
-  }
+  const got = await readFully(seed.fh, buf, start);
   buf.fill(0, got);
   return buf;
 }

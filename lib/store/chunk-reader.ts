@@ -2,6 +2,7 @@
 // about 1 MiB (small reads cost more CPU than the hashing).
 import type { FileHandle } from 'node:fs/promises';
 import type { ChunkIndex } from '../format/caibx.js';
+import { readFully } from '../util/fs-io.js';
 
 /** Consecutive whole chunks [first, end) read in one call. */
 export interface ChunkBatch {
@@ -51,12 +52,7 @@ export async function* readChunkBatches(fh: FileHandle, index: ChunkIndex, buffe
     let end = index.end(i++);
     while (i < index.count && index.end(i) - start <= BATCH_BYTES) end = index.end(i++);
     const buf = buffers.take(end - start);
-    let got = 0;
-    while (got < buf.length) {
-      const { bytesRead } = await fh.read(buf, got, buf.length - got, start + got);
-      if (bytesRead === 0) break;
-      got += bytesRead;
-    }
+    const got = await readFully(fh, buf, start);
     yield { first, end: i, offset: start, data: buf.subarray(0, got) };
   }
 }

@@ -21,9 +21,20 @@
 //   stall       send headers and `afterBytes` body bytes (default 0), then nothing for `stallMs`
 //               (default 60 s), then destroy the socket
 //   delay       wait `delayMs` (default 3 s) before answering, then answer normally (a slow link)
+//   trickle     send headers, then one body byte every `intervalMs` (default 5 s) until the client leaves
 // `bytes` in the log counts body bytes actually written (framing included).
+//
+// CDN behaviour, switchable at any time:
+//   origin.redirect = { to: other.url, match: (p) => p.endsWith('.img'), status: 302 }
+//                                    // answer matching paths with a redirect to `to` + path?query
+//   origin.validators = 'strong'     // ETag "<content hash>" (default), 'weak' (W/"..."), 'none';
+//                                    // Last-Modified always; If-Range that does not match gets 200
+//   origin.codedRanges = true        // 206 bodies gzip-coded with Content-Encoding: gzip (a broken CDN)
+//   origin.headers = (path) => ({ 'x-kde-delta': 'false' })   // extra headers on every answer
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { readFile, stat } from 'node:fs/promises';
+import { createHash } from 'node:crypto';
+import { gzipSync } from 'node:zlib';
 import { join, normalize, sep } from 'node:path';
 import type { AddressInfo, Socket } from 'node:net';
 
@@ -33,9 +44,9 @@ import type { AddressInfo, Socket } from 'node:net';
  * requests get 416; ignore-multi: single ranges work but a multi-range request
  * gets 200 with the whole file; none: Range is ignored (200 with the whole file).
  */
-export type RangeMode = 'multi' | 'single' | 'reject-multi' | 'ignore-multi' | 'none';
+export type RangeMode = 'multi' | 'single' | 'first-only' | 'reject-multi' | 'ignore-multi' | 'none';
 
-export type FaultKind = 'cut' | 'status' | 'wrong-bytes' | 'full-200' | 'stall' | 'delay';
+export type FaultKind = 'cut' | 'status' | 'wrong-bytes' | 'full-200' | 'stall' | 'delay' | 'trickle';
 
 export interface Fault {
   kind: FaultKind;
@@ -49,7 +60,19 @@ export interface Fault {
   afterBytes?: number;
   stallMs?: number;
   delayMs?: number;
+  intervalMs?: number;
 }
+
+export interface Redirect {
+  /** Base URL the redirect points to (the request's path and query are appended). */
+  to: string;
+  /** Paths to redirect (default all). */
+  match?: (path: string) => boolean;
+  /** Default 302. */
+  status?: number;
+}
+
+export type Validators = 'strong' | 'weak' | 'none';
 
 export interface AccessEntry {
   method: string;
@@ -70,6 +93,10 @@ export interface OriginOptions {
 export interface Origin {
   readonly url: string;
   ranges: RangeMode;
+  redirect?: Redirect;
+  validators: Validators;
+  codedRanges: boolean;
+  headers?: (path: string) => Record<string, string> | undefined;
   readonly log: AccessEntry[];
   fault(f: Fault): void;
   clearFaults(): void;
@@ -106,7 +133,13 @@ export async function startOrigin(opts: OriginOptions): Promise<Origin> {
   const log: AccessEntry[] = [];
   const sockets = new Set<Socket>();
   const timers = new Set<NodeJS.Timeout>();
-  const state = { ranges: opts.ranges ?? 'multi' as RangeMode };
+  const state = {
+    ranges: opts.ranges ?? 'multi' as RangeMode,
+    redirect: undefined as Redirect | undefined,
+    validators: 'strong' as Validators,
+    codedRanges: false,
+    headers: undefined as ((path: string) => Record<string, string> | undefined) | undefined,
+  };
 
   const takeFault = (req: IncomingMessage, path: string): Fault | undefined => {
     for (const f of faults) {
@@ -126,13 +159,18 @@ export async function startOrigin(opts: OriginOptions): Promise<Origin> {
     const q = (req.url ?? '').indexOf('?');
     if (q >= 0) entry.search = (req.url ?? '').slice(q);
     log.push(entry);
+    const extra = state.headers?.(path) ?? {};
     const send = (status: number, headers: Record<string, string | number>, body: Buffer): void => {
       entry.status = status;
-      res.writeHead(status, { ...headers, 'content-length': body.length });
+      res.writeHead(status, { ...extra, ...headers, 'content-length': body.length });
       if (req.method === 'HEAD') return void res.end();
       entry.bytes += body.length;
       res.end(body);
     };
+    const redirect = state.redirect;
+    if (redirect && (redirect.match?.(path) ?? true)) {
+      return send(redirect.status ?? 302, { location: redirect.to + (req.url ?? '/') }, Buffer.alloc(0));
+    }
     const rel = normalize(path).replace(/^[/\\]+/, '');
     if (rel.startsWith('..') || rel.includes(`${sep}..`)) return send(403, {}, Buffer.from('forbidden\n'));
     const file = join(opts.root, rel);
@@ -154,9 +192,22 @@ export async function startOrigin(opts: OriginOptions): Promise<Origin> {
 
     // Decide what to answer: [status, headers, body parts].
     let status = 200;
-    let headers: Record<string, string> = { 'accept-ranges': 'bytes', 'content-type': 'application/octet-stream' };
+    const tag = `"${createHash('sha256').update(data).digest('hex').slice(0, 16)}"`;
+    const validators: Record<string, string> = { 'last-modified': st.mtime.toUTCString() };
+    if (state.validators === 'strong') validators.etag = tag;
+    if (state.validators === 'weak') validators.etag = `W/${tag}`;
+    // If-Range: the range only when the validator still matches (strong comparison; a weak tag never does).
+    const ifRange = req.headers['if-range'] as string | undefined;
+    const matches = ifRange?.startsWith('"') ? ifRange === validators.etag : ifRange === validators['last-modified'];
+    const stillSame = ifRange === undefined || matches;
+    let headers: Record<string, string> = {
+      'accept-ranges': state.ranges === 'none' ? 'none' : 'bytes',
+      'content-type': 'application/octet-stream',
+      ...validators,
+    };
     let parts: Buffer[] = [data];
-    let ranges = req.headers.range && state.ranges !== 'none' && fault?.kind !== 'full-200' ? parseRanges(req.headers.range, data.length) : null;
+    const honoured = req.headers.range && state.ranges !== 'none' && fault?.kind !== 'full-200' && stillSame;
+    let ranges = honoured ? parseRanges(req.headers.range!, data.length) : null;
     if (ranges && ranges.length > 1 && state.ranges === 'ignore-multi') ranges = null;
     if (ranges && ranges.length === 0) {
       return send(416, { 'content-range': `bytes */${data.length}` }, Buffer.alloc(0));
@@ -164,13 +215,14 @@ export async function startOrigin(opts: OriginOptions): Promise<Origin> {
       return send(416, { 'content-range': `bytes */${data.length}` }, Buffer.alloc(0));
     } else if (ranges) {
       status = 206;
+      if (ranges.length > 1 && state.ranges === 'first-only') ranges = ranges.slice(0, 1);
       if (ranges.length === 1 || state.ranges === 'single') {
         const start = ranges[0].start;
         const end = ranges[ranges.length - 1].end;
         headers['content-range'] = `bytes ${start}-${end - 1}/${data.length}`;
         parts = [data.subarray(start, end)];
       } else {
-        headers = { 'content-type': `multipart/byteranges; boundary=${BOUNDARY}` };
+        headers = { ...validators, 'content-type': `multipart/byteranges; boundary=${BOUNDARY}` };
         parts = [];
         for (const r of ranges) {
           parts.push(Buffer.from(`\r\n--${BOUNDARY}\r\nContent-Type: application/octet-stream\r\nContent-Range: bytes ${r.start}-${r.end - 1}/${data.length}\r\n\r\n`));
@@ -187,10 +239,32 @@ export async function startOrigin(opts: OriginOptions): Promise<Origin> {
         return copy;
       });
     }
-    const body = Buffer.concat(parts);
+    let body = Buffer.concat(parts);
+    if (status === 206 && state.codedRanges) {
+      body = gzipSync(body);
+      headers['content-encoding'] = 'gzip';
+    }
+    if (fault?.kind === 'trickle') {
+      entry.status = status;
+      res.writeHead(status, { ...extra, ...headers, 'content-length': body.length });
+      let sent = 0;
+      const drip = (): void => {
+        const t = setTimeout(() => {
+          timers.delete(t);
+          if (res.destroyed || sent >= body.length) return;
+          res.write(body.subarray(sent, ++sent));
+          entry.bytes++;
+          if (sent < body.length) drip();
+          else res.end();
+        }, fault.intervalMs ?? 5_000);
+        timers.add(t);
+      };
+      drip();
+      return;
+    }
     if (fault?.kind === 'cut' || fault?.kind === 'stall') {
       entry.status = status;
-      res.writeHead(status, { ...headers, 'content-length': body.length });
+      res.writeHead(status, { ...extra, ...headers, 'content-length': body.length });
       const n = Math.min(body.length - 1, fault.afterBytes ?? (fault.kind === 'cut' ? body.length >> 1 : 0));
       if (n > 0) res.write(body.subarray(0, n));
       entry.bytes += n;
@@ -223,6 +297,30 @@ export async function startOrigin(opts: OriginOptions): Promise<Origin> {
     },
     set ranges(m: RangeMode) {
       state.ranges = m;
+    },
+    get redirect() {
+      return state.redirect;
+    },
+    set redirect(r: Redirect | undefined) {
+      state.redirect = r;
+    },
+    get validators() {
+      return state.validators;
+    },
+    set validators(v: Validators) {
+      state.validators = v;
+    },
+    get codedRanges() {
+      return state.codedRanges;
+    },
+    set codedRanges(v: boolean) {
+      state.codedRanges = v;
+    },
+    get headers() {
+      return state.headers;
+    },
+    set headers(h: ((path: string) => Record<string, string> | undefined) | undefined) {
+      state.headers = h;
     },
     log,
     fault(f) {

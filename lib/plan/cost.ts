@@ -1,0 +1,79 @@
+// The one cost model every route is priced with (chunk ranges, chunk stores,
+// block pack frames, a full download). A request costs a round trip, and on a
+// link of some throughput a round trip is worth rtt x throughput bytes; with
+// `parallelism` requests in flight each one waits for only a share of it. The
+// same price decides which gaps between wanted ranges are worth downloading
+// (merged) instead of asking for separately.
+import { planRangeRequests, type RangePlanOptions, type RangeRequest } from '../fetch/range-fetcher.js';
+
+/** What is known about the link to the origin (the HTTP client may feed measured values). */
+export interface LinkEstimate {
+  /** Round-trip time of one request (headers out to first body byte). */
+  rttMs: number;
+  /** Sustained download throughput. */
+  bytesPerSec: number;
+}
+
+/** Defaults: a 10 ms round trip at 100 Mibit/s, so one round trip is worth 128 KiB of body bytes. */
+export const DEFAULT_LINK: LinkEstimate = { rttMs: 10, bytesPerSec: 100 * 1024 * 1024 / 8 };
+
+/** multipart/byteranges framing per part (boundary and part headers; nginx, measured). */
+export const PART_OVERHEAD = 100;
+/** Status line and headers of one response (nginx, measured): not body bytes, but paid per request. */
+export const RESPONSE_OVERHEAD = 300;
+
+/** Bytes on the wire and requests of one way of getting data. */
+export interface Traffic {
+  bytes: number;
+  requests: number;
+}
+
+export class CostModel {
+  readonly link: LinkEstimate;
+  constructor(link: Partial<LinkEstimate> = {}) {
+    this.link = { ...DEFAULT_LINK, ...link };
+  }
+
+  /** Body bytes one request is worth when `parallelism` requests are in flight. */
+  requestBytes(parallelism: number): number {
+    const { rttMs, bytesPerSec } = this.link;
+    return Math.round((rttMs / 1000) * bytesPerSec / Math.max(1, parallelism)) + RESPONSE_OVERHEAD;
+  }
+
+  /** Traffic in body bytes: every request priced as requestBytes(parallelism). */
+  weigh(t: Traffic, parallelism: number): number {
+    return t.bytes + t.requests * this.requestBytes(parallelism);
+  }
+
+  /** Estimated seconds for the traffic on this link. */
+  seconds(t: Traffic, parallelism: number): number {
+    return this.weigh(t, parallelism) / this.link.bytesPerSec;
+  }
+
+  /**
+   * Range requests for runs of units of `layout` (chunks of an image, frames of a pack). A gap
+   * between wanted ranges is downloaded (merged) when that costs less than what it saves: the
+   * framing of another part with multi-range, a whole request without.
+   */
+  planRequests(
+    layout: Pick<RangeLayout, 'start' | 'end'>, runs: readonly { first: number; count: number }[], multi: boolean,
+    parallelism: number, opts: Omit<RangePlanOptions, 'multi' | 'maxGap'> = {},
+  ): RangeRequest[] {
+    const maxGap = multi ? PART_OVERHEAD : this.requestBytes(parallelism);
+    return planRangeRequests(layout, runs, { ...opts, multi, maxGap });
+  }
+}
+
+/** Byte offsets of numbered units: a chunk index, or a pack's frames. */
+export interface RangeLayout {
+  start(i: number): number;
+  end(i: number): number;
+  chunkAt(offset: number): number;
+}
+
+/** Body bytes of range requests: asked bytes plus the multipart framing of multi-part answers. */
+export function bodyBytes(reqs: readonly RangeRequest[]): number {
+  return reqs.reduce((n, r) => n + r.bytes + (r.ranges.length > 1 ? r.ranges.length * PART_OVERHEAD : 0), 0);
+}
+
+export const defaultCostModel = new CostModel();

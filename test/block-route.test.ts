@@ -1,0 +1,189 @@
+// The block route as the engine runs it (lib/delta/routes.ts) against a real
+// origin on 127.0.0.1: it streams (a prefix goes out while the pack request
+// is stalled), it resumes an interrupted extract from the partial file, a
+// stale pack hands over to the chunk route without a wrong byte, and a seed
+// that lies when every chunk is local is repaired from the origin.
+import { after, before, test } from 'node:test';
+import assert from 'node:assert/strict';
+import { createHash, randomBytes } from 'node:crypto';
+import { existsSync } from 'node:fs';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { HttpClient } from '../lib/fetch/http-client.js';
+import { packImage } from '../lib/blockpack/index.js';
+import { indexBuffer } from '../lib/chunking/indexer.js';
+import { serializeIndex, type ChunkIndex } from '../lib/format/caibx.js';
+import { extractToFile, openExtractStream } from '../lib/delta/extract.js';
+import { partialPaths } from '../lib/assemble/partial-file.js';
+import { startOrigin, type Origin } from './helpers/origin.js';
+
+const BS = 4096;
+const BLOCKS = 6144; // 24 MiB
+const PARAMS = { min: 16 * 1024, avg: 64 * 1024, max: 256 * 1024 };
+
+let dir: string;
+let origin: Origin;
+let v1Path: string;
+let v2: Buffer;
+let v2Index: ChunkIndex;
+let sha: string;
+
+before(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'deltad-block-route-'));
+  const www = join(dir, 'www');
+  const { mkdir } = await import('node:fs/promises');
+  await mkdir(www);
+  const v1 = randomBytes(BLOCKS * BS);
+  v2 = Buffer.from(v1);
+  // One changed block in every 64: the pack frames the update needs are spread over the whole image.
+  for (let b = 7; b < BLOCKS; b += 64) randomBytes(BS).copy(v2, b * BS);
+  v1Path = join(dir, 'v1.img');
+  await writeFile(v1Path, v1);
+  await writeFile(join(www, 'v2.img'), v2);
+  await packImage(join(www, 'v2.img'), { outDir: www, level: 1, dictSize: 0, threads: 0 });
+  v2Index = indexBuffer(v2, { params: PARAMS, digest: 'sha512-256' });
+  await writeFile(join(www, 'v2.img.caibx'), serializeIndex(v2Index));
+  sha = createHash('sha256').update(v2).digest('hex');
+  origin = await startOrigin({ root: www });
+});
+after(async () => {
+  await origin?.close();
+  if (dir) await rm(dir, { recursive: true, force: true });
+});
+
+let n = 0;
+function setup(): { http: HttpClient; out: string; source: Parameters<typeof extractToFile>[2] & { http: HttpClient }; warnings: string[] } {
+  origin.clearFaults();
+  origin.log.length = 0;
+  origin.ranges = 'multi';
+  const http = new HttpClient({ attempts: 3, retryBaseMs: 10, timeoutMs: 8000 });
+  const warnings: string[] = [];
+  return {
+    http, warnings, out: join(dir, `out${++n}.img`),
+    source: { http, rangeUrl: `${origin.url}/v2.img`, seeds: [{ path: v1Path }], cacheDir: join(dir, 'cache'), onWarning: (m) => warnings.push(m) },
+  };
+}
+
+test('block route streams: a verified prefix goes out while the pack request is stalled', async () => {
+  const { http, source } = setup();
+  try {
+    // The pack answer stops after a third of its body and never goes on: only a streaming route gets anywhere.
+    origin.fault({ kind: 'stall', path: '/v2.img.bpk', rangedOnly: true, afterBytes: 130 * 1024, stallMs: 60_000, times: Infinity });
+    const stream = openExtractStream(v2Index, { ...source, sha256: sha });
+    const prefix = await new Promise<Buffer>((resolve, reject) => {
+      const parts: Buffer[] = [];
+      let received = 0;
+      const timer = setTimeout(() => reject(new Error(`only ${received} bytes streamed in 30 s`)), 30_000);
+      stream.on('data', (part: Buffer) => {
+        parts.push(part);
+        received += part.length;
+        if (received < 4 * 1024 * 1024) return;
+        clearTimeout(timer);
+        stream.pause();
+        resolve(Buffer.concat(parts));
+      });
+      stream.on('error', reject);
+    });
+    assert.ok(prefix.equals(v2.subarray(0, prefix.length)), `the first ${prefix.length} bytes are the target's`);
+    const pack = origin.log.filter((e) => e.path === '/v2.img.bpk');
+    assert.ok(pack.length >= 1 && pack.every((e) => e.fault === 'stall'), 'the only pack answer so far is the stalled one');
+    stream.destroy();
+    await assert.rejects(stream.result);
+  } finally {
+    await http.close();
+  }
+});
+
+test('block route resumes: an interrupted extract keeps its verified chunks, the rerun fetches only the rest', async () => {
+  const { http, out, source } = setup();
+  try {
+    const full = await extractToFile(`${origin.url}/v2.img.caibx`, join(dir, 'full.img'), source);
+    assert.equal(full.mode, 'blocks');
+    origin.log.length = 0;
+    origin.fault({ kind: 'stall', path: '/v2.img.bpk', rangedOnly: true, afterBytes: 130 * 1024, stallMs: 20_000, times: Infinity });
+    const ctl = new AbortController();
+    const first = extractToFile(`${origin.url}/v2.img.caibx`, out, {
+      ...source, signal: ctl.signal,
+      onProgress: (p) => {
+        if (p.done >= 4 * 1024 * 1024) ctl.abort(new Error('interrupted'));
+      },
+    });
+    await assert.rejects(first, /interrupted/);
+    assert.ok(!existsSync(out), 'no output after the interruption');
+    const { partial, journal } = partialPaths(out);
+    assert.ok(existsSync(partial) && existsSync(journal), 'partial file and journal kept');
+
+    origin.clearFaults();
+    origin.log.length = 0;
+    const r = await extractToFile(`${origin.url}/v2.img.caibx`, out, { ...source, sha256: sha });
+    assert.equal(r.mode, 'blocks');
+    assert.ok((await readFile(out)).equals(v2), 'byte-identical result');
+    assert.ok(r.resumedBytes >= 4 * 1024 * 1024, `resumed ${r.resumedBytes} bytes`);
+    assert.ok(r.fromNetwork < full.fromNetwork, `fewer pack bytes the second time (${r.fromNetwork} < ${full.fromNetwork})`);
+    assert.equal(r.fromSeeds + r.fromNetwork + r.fromZero, v2.length, "resumed bytes count as local");
+    assert.ok(!existsSync(partial) && !existsSync(journal));
+  } finally {
+    await http.close();
+  }
+});
+
+test('block route, stale pack while streaming: the chunk route continues, no wrong chunk is emitted', async () => {
+  const { http, source, warnings } = setup();
+  const www = join(dir, 'www');
+  try {
+    // A new image at the same URL whose pack was not rebuilt: its blocks past 10 MiB differ.
+    const v3 = Buffer.from(v2);
+    for (let b = 2600; b < 2604; b++) randomBytes(BS).copy(v3, b * BS);
+    const v3Index = indexBuffer(v3, { params: PARAMS, digest: 'sha512-256' });
+    await writeFile(join(www, 'v2.img'), v3);
+    // No SHA-256 known: only the target chunk index can tell the pack's image from the target.
+    const stream = openExtractStream(v3Index, source);
+    const parts: Buffer[] = [];
+    let offset = 0;
+    for await (const part of stream) {
+      const b = part as Buffer;
+      assert.ok(b.equals(v3.subarray(offset, offset + b.length)), `bytes at ${offset} are the target's`);
+      offset += b.length;
+      parts.push(b);
+    }
+    const r = await stream.result;
+    assert.equal(offset, v3.length);
+    assert.equal(r.mode, 'range', 'finished on the chunk route');
+    assert.ok(warnings.some((w) => /not the target index's image.*falling back to the chunk path/.test(w)), warnings.join('\n'));
+  } finally {
+    await writeFile(join(www, 'v2.img'), v2);
+    await http.close();
+  }
+});
+
+test('a seed that lies while every chunk is local: the chunk comes from the origin, or the assembly fails clearly', async () => {
+  const { http, out, source, warnings } = setup();
+  try {
+    // The seed claims to be v2 (its index is v2's) but one byte changed after indexing.
+    const lying = join(dir, 'lying.img');
+    const bytes = Buffer.from(v2);
+    bytes[5 * 1024 * 1024 + 17] ^= 0x40;
+    await writeFile(lying, bytes);
+    const seeds = [{ path: lying, index: v2Index }];
+    const r = await extractToFile(v2Index, out, { ...source, seeds, blockPack: false, sha256: sha });
+    assert.ok((await readFile(out)).equals(v2));
+    assert.equal(r.seedMismatches, 1);
+    assert.equal(r.mode, 'range');
+    assert.ok(r.fromNetwork > 0 && r.fromNetwork <= PARAMS.max);
+    assert.ok(warnings.some((w) => w.includes(lying) && /fetching it remotely/.test(w)), warnings.join('\n'));
+
+    const stream = openExtractStream(v2Index, { ...source, seeds, blockPack: false, sha256: sha });
+    const parts: Buffer[] = [];
+    for await (const part of stream) parts.push(part as Buffer);
+    assert.ok(Buffer.concat(parts).equals(v2));
+    assert.equal((await stream.result).seedMismatches, 1);
+
+    // No origin at all: a clear error, and no output.
+    const out2 = join(dir, 'no-origin.img');
+    await assert.rejects(extractToFile(v2Index, out2, { seeds, cacheDir: source.cacheDir }), /not available locally and there is no remote source/);
+    assert.ok(!existsSync(out2));
+  } finally {
+    await http.close();
+  }
+});
