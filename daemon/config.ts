@@ -17,8 +17,15 @@ export interface DaemonConfig {
   seedGlobs: string[];
   /** File-name globs of the images deltad assembles; everything else passes through. */
   imagePatterns: string[];
-  /** Suffix appended to an image URL to find its index. */
+  /** Legacy: suffix appended to an image URL to find its index (the fleet proxy still uses it). */
   indexSuffix: string;
+  /**
+   * Index file names tried in order beside an image (origin) or a seed (local):
+   * `{name}` is the image file name, `{stem}` the name without its last extension.
+   */
+  indexNames: string[];
+  /** Root under which sysupdate.d transfer definitions are read (version names, adoption). */
+  sysupdateRoot: string;
   /** Optional casync chunk-store URL (store mode); empty = byte ranges against the image. */
   store: string;
   /** Where seed indexes and in-flight assemblies live. */
@@ -55,13 +62,21 @@ interface KeySpec {
   field: keyof DaemonConfig;
   list?: boolean;
   parse(value: string): unknown;
+  /** Sets fields derived from this one (a legacy key that is an alias of another). */
+  derive?(config: DaemonConfig): void;
 }
 
 const KEYS: Record<string, KeySpec> = {
   origin: { field: 'origin', parse: parseOrigin },
   'seed-glob': { field: 'seedGlobs', list: true, parse: parseAbsoluteGlob },
   'image-pattern': { field: 'imagePatterns', list: true, parse: parseNamePattern },
-  'index-suffix': { field: 'indexSuffix', parse: parseIndexSuffix },
+  'index-suffix': {
+    field: 'indexSuffix',
+    parse: parseIndexSuffix,
+    derive: (c) => (c.indexNames = [`{name}${c.indexSuffix}`]),
+  },
+  'index-name': { field: 'indexNames', parse: parseIndexNames },
+  'sysupdate-root': { field: 'sysupdateRoot', parse: parseAbsolutePath },
   store: { field: 'store', parse: (v) => (v === '' ? '' : parseHttpUrl(v)) },
   'cache-dir': { field: 'cacheDir', parse: parseAbsolutePath },
   'idle-timeout': { field: 'idleTimeout', parse: (v) => parseNumber(v, 0, 7 * 24 * 3600) },
@@ -86,6 +101,10 @@ export function defaultConfig(env: NodeJS.ProcessEnv = process.env): DaemonConfi
     seedGlobs: ['/system/*.erofs', '/system/*.raw', '/system/*.img'],
     imagePatterns: ['*.erofs', '*.raw', '*.img'],
     indexSuffix: '.caibx',
+    // KDE Linux publishes X_root-x86-64.caibx for X_root-x86-64.erofs (systemd #38605);
+    // casync/desync use X.erofs.caibx.
+    indexNames: ['{stem}.caibx', '{name}.caibx'],
+    sysupdateRoot: '/',
     store: '',
     // systemd's CacheDirectory=deltad sets $CACHE_DIRECTORY.
     cacheDir: env.CACHE_DIRECTORY?.split(':')[0] || '/var/cache/deltad',
@@ -117,7 +136,10 @@ export const configUsage = `Configuration (file ${DEFAULT_CONFIG_FILE}, env DELT
   --origin URL             origin base URL request paths are resolved against
   --seed-glob GLOB         local seed images (repeatable; default /system/*.erofs /system/*.raw /system/*.img)
   --image-pattern GLOB     file names served as deltas (repeatable; default *.erofs *.raw *.img)
-  --index-suffix SUFFIX    index next to each image (default .caibx)
+  --index-name TEMPLATES   index file names beside each image, tried in order; {name} = image file name,
+                           {stem} = it without its last extension (default {stem}.caibx,{name}.caibx)
+  --index-suffix SUFFIX    legacy: the same as --index-name {name}SUFFIX
+  --sysupdate-root DIR     where sysupdate.d transfer definitions are read (default /)
   --store URL              casync chunk store to fetch missing chunks from (default: byte ranges)
   --cache-dir DIR          seed index cache and adopted indexes (default $CACHE_DIRECTORY or /var/cache/deltad)
   --idle-timeout SECONDS   exit after this long without requests; 0 = never (default 300)
@@ -198,6 +220,7 @@ function setKey(config: DaemonConfig, spec: KeySpec, values: string[], where: st
   try {
     const parsed = values.map((v) => spec.parse(v));
     (config as unknown as Record<string, unknown>)[spec.field] = spec.list ? parsed : parsed[parsed.length - 1];
+    spec.derive?.(config);
   } catch (err) {
     throw new UsageError(`${where}: ${(err as Error).message}`);
   }
@@ -241,6 +264,21 @@ function parseNamePattern(v: string): string {
 function parseIndexSuffix(v: string): string {
   if (!/^\.[A-Za-z0-9._-]+$/.test(v)) throw new Error(`index suffix "${v}" must start with '.' and contain only letters, digits, '.', '_' or '-'`);
   return v;
+}
+
+/** Comma-separated index name templates, each using {name} or {stem} once, e.g. "{stem}.caibx,{name}.caibx". */
+function parseIndexNames(v: string): string[] {
+  const names = v.split(',').map((s) => s.trim()).filter(Boolean);
+  if (names.length === 0) throw new Error('index-name needs at least one template such as {name}.caibx');
+  for (const n of names) {
+    const bare = n.replace(/\{(name|stem)\}/g, '');
+    if (bare.length === n.length) throw new Error(`index name "${n}" must contain {name} or {stem}`);
+    if (!/^[A-Za-z0-9._-]*$/.test(bare) || n === '{name}') {
+      throw new Error(`index name "${n}": besides {name}/{stem} only letters, digits, '.', '_' or '-',`
+        + ' and not the image name itself');
+    }
+  }
+  return names;
 }
 
 function parseAbsolutePath(v: string): string {

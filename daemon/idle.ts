@@ -1,6 +1,6 @@
-// Idle exit: counts in-flight requests and fires once nothing has been in
-// flight for `timeoutMs`. systemd keeps the listening socket, so a request that
-// arrives after the exit simply starts the daemon again.
+// Idle exit: counts what is in flight (the daemon counts open connections) and
+// fires once nothing has been for `timeoutMs`. systemd keeps the listening
+// socket, so a connection that arrives after the exit starts the daemon again.
 
 export class IdleTimer {
   private inFlight = 0;

@@ -22,13 +22,15 @@ import type { HttpClient } from '../lib/fetch/http-client.js';
 import { openProxyStore } from '../lib/fleet/batch-store.js';
 import type { ChunkStore } from '../lib/store/types.js';
 import type { PreparedImage, ReleaseTarget, Releases } from '../lib/delta/release.js';
+import type { ChunkIndex } from '../lib/format/caibx.js';
 import type { AssemblyRegistry, SharedAssembly } from './assemblies.js';
 import type { DaemonConfig } from './config.js';
 import type { Logger } from './log.js';
 import type { DaemonCounters } from './metrics.js';
 import type { Notifier } from './notify.js';
+import { indexFileNames } from './index-names.js';
 import { siblingUrl, type OriginTarget } from './origin-path.js';
-import { passThrough, type PassThroughContext } from './passthrough.js';
+import { passThrough, withQuery, type PassThroughContext } from './passthrough.js';
 import type { SeedCatalog } from './seeds.js';
 import { verifiedBody } from './verified-body.js';
 import { formatBytes } from './progress.js';
@@ -65,6 +67,7 @@ export interface ImageServiceDeps {
 
 export class ImageService {
   private lastStatus = 0;
+  private indexTemplate: string | undefined;
   private proxyProbe?: { at: number; store: Promise<ChunkStore | null> };
   constructor(private readonly d: ImageServiceDeps) {}
 
@@ -73,7 +76,7 @@ export class ImageService {
     return {
       url: target.url,
       name: target.name,
-      indexUrls: [target.url + this.d.config.indexSuffix],
+      indexUrls: this.indexUrls(target),
       sumsUrl: siblingUrl(target.url, 'SHA256SUMS'),
     };
   }
@@ -83,7 +86,33 @@ export class ImageService {
    * the origin has no index for it. `sha256` is the SHA256SUMS lookup (serve() keeps it for fallbacks).
    */
   prepare(target: OriginTarget, sha256 = this.expectedSha256(target)): Promise<PreparedImage | undefined> {
-    return this.d.releases.prepare(this.release(target), sha256);
+    return this.d.releases.prepare(this.release(target), sha256).then((p) => {
+      if (p) this.noteIndexUrl(target, p.indexUrl);
+      return p;
+    });
+  }
+
+  /**
+   * Candidate index URLs of the image, in index-name order, except that the
+   * template that answered last comes first: a miss costs one extra request
+   * once per daemon run, not on every download.
+   */
+  indexUrls(target: OriginTarget): string[] {
+    const templates = this.d.config.indexNames;
+    const first = this.indexTemplate;
+    const order = first === undefined ? templates : [first, ...templates.filter((t) => t !== first)];
+    return order.flatMap((t) => indexFileNames(target.name, [t]).map((n) => siblingUrl(target.url, n)));
+  }
+
+  /** Records which candidate answered, so it is asked first next time. */
+  private noteIndexUrl(target: OriginTarget, url: string): void {
+    const answers = (t: string) => indexFileNames(target.name, [t]).some((n) => siblingUrl(target.url, n) === url);
+    this.indexTemplate = this.d.config.indexNames.find(answers);
+  }
+
+  /** What the "no index" messages name. */
+  private get indexWhat(): string {
+    return `index (${this.d.config.indexNames.join(', ')})`;
   }
 
   /** The image's entry in the SHA256SUMS beside it, if any. */
@@ -112,11 +141,11 @@ export class ImageService {
   }
 
   /** Where missing bytes of `target` come from (shared by assembly and the plan endpoint). */
-  async sources(target: OriginTarget, signal?: AbortSignal): Promise<SourceOptions> {
+  async sources(target: OriginTarget, index: ChunkIndex, signal?: AbortSignal): Promise<SourceOptions> {
     const c = this.d.config;
     const proxy = await this.proxyStore();
     return {
-      seeds: await this.d.seeds.seedsFor(target.name),
+      seeds: await this.d.seeds.seedsFor(target.name, index),
       rangeUrl: target.url,
       stores: c.store ? [c.store] : proxy ? [proxy] : undefined,
       // The proxy's batches come from its shared cache; ranges or a block pack would bypass it.
@@ -134,7 +163,7 @@ export class ImageService {
     const prepared = await this.prepare(target);
     if (!prepared) return undefined;
     await this.d.seeds.ready;
-    const report = await planUpdate(prepared.index, await this.sources(target, signal));
+    const report = await planUpdate(prepared.index, await this.sources(target, prepared.index, signal));
     return { ...report, sha256: prepared.sha256 };
   }
 
@@ -164,11 +193,11 @@ export class ImageService {
       if (err instanceof DeadlineError && announced !== undefined) return this.serveAnnounced(target, announced, ready, sha256, res, ac.signal);
       return this.fallBack(method, target, res, ac.signal, (err as Error).message, sha256);
     }
-    if (!prepared) return this.fallBack(method, target, res, ac.signal, `no ${this.d.config.indexSuffix} index on the origin`, sha256);
+    if (!prepared) return this.fallBack(method, target, res, ac.signal, `no ${this.indexWhat} on the origin`, sha256);
     const off = (await withDeadline(head, timeouts.prepareMs, 'HEAD late').catch(() => undefined))?.deltaOff;
     if (off) {
       this.d.log.notice(`${target.relPath}: the origin switches deltas off (${off}); passing the full image through`);
-      return passThrough(this.d.passThrough, method, target.url, res, ac.signal);
+      return passThrough(this.d.passThrough, method, withQuery(target.url, target.search), res, ac.signal);
     }
     if (method === 'HEAD') {
       res.writeHead(200, imageHeaders(prepared.index.size));
@@ -195,7 +224,7 @@ export class ImageService {
     let why: string | undefined;
     try {
       prepared = await withDeadline(ready, timeouts.firstByteMs, `index of ${target.relPath} not fetched within ${timeouts.prepareMs + timeouts.firstByteMs} ms`);
-      if (!prepared) why = `no ${this.d.config.indexSuffix} index on the origin`;
+      if (!prepared) why = `no ${this.indexWhat} on the origin`;
       else if (prepared.index.size !== size) why = `its index describes ${prepared.index.size} bytes, the origin's HEAD said ${size}`;
     } catch (err) {
       why = (err as Error).message;
@@ -220,8 +249,10 @@ export class ImageService {
     const size = prepared.index.size;
     const { assembly, created } = this.d.assemblies.acquire(prepared.key, size, (s) => this.startEngine(target, prepared, s));
     const body = assembly.subscribe();
-    // A client that leaves while we wait for the first byte releases its share at once.
-    res.once('close', () => body.destroy());
+    // A client that leaves while we wait for the first byte releases its share at once
+    // (via the request's signal: every extra 'close' listener on `res` counts against its limit).
+    if (signal.aborted) body.destroy();
+    else signal.addEventListener('abort', () => body.destroy(), { once: true });
     if (created) this.watch(target, prepared, assembly);
     else log.info(`${target.relPath}: sharing the assembly of an earlier request (${assembly.finished ? 'finished and verified' : 'in progress'})`);
 
@@ -269,7 +300,7 @@ export class ImageService {
     this.d.counters.fallbacks++;
     this.d.log.warn(`${target.relPath}: ${why}; passing the full image through (${this.d.passThrough.mode})`);
     try {
-      await passThrough(this.d.passThrough, method, target.url, res, signal, sha256);
+      await passThrough(this.d.passThrough, method, withQuery(target.url, target.search), res, signal, sha256);
     } catch (err) {
       // Headers are out: a body that is cut or does not match its SHA256SUMS entry reaches the client truncated.
       res.destroy();
@@ -304,7 +335,7 @@ export class ImageService {
   private async startEngine(target: OriginTarget, prepared: PreparedImage, signal: AbortSignal) {
     // Seeds being indexed in the background would otherwise be chunked twice.
     await this.d.seeds.ready;
-    const sources = await this.sources(target, signal);
+    const sources = await this.sources(target, prepared.index, signal);
     let last: ExtractProgress | undefined;
     return openExtractStream(prepared.index, {
       ...sources,
@@ -337,13 +368,15 @@ export class ImageService {
     const { counters, log, notifier, seeds } = this.d;
     counters.assembliesStarted++;
     const started = Date.now();
+    // Looked up now, so the index is kept as soon as the image is verified.
+    const installedAs = seeds.installedNames(target.name);
     assembly.result.then(
       async (r) => {
         counters.assembliesCompleted++;
         const msg = `${target.name}: ${formatBytes(r.total)} assembled in ${Date.now() - started} ms (${r.mode}): reused ${formatBytes(r.fromSeeds + r.fromSelf + r.fromZero)}, downloaded ${formatBytes(r.networkBytes)} in ${r.networkRequests} requests${prepared.sha256 ? ', SHA-256 verified' : ''}`;
         log.info(msg);
         notifier.status(`idle; last: ${msg}`);
-        await seeds.remember(target.name, prepared.index).catch((err) => log.warn(`cannot keep the index of ${target.name}: ${(err as Error).message}`));
+        await seeds.remember(target.name, prepared.index, installedAs).catch((err) => log.warn(`cannot keep the index of ${target.name}: ${(err as Error).message}`));
       },
       (err: Error) => {
         if (assembly.cancelled) return void log.info(`${target.name}: assembly cancelled after ${formatBytes(assembly.written)}: every client disconnected`);

@@ -13,6 +13,8 @@ export interface OriginTarget {
   url: string;
   /** Last path segment, decoded (what image patterns match against). */
   name: string;
+  /** The request's query string with its '?' ('' when none): kept on pass-through (withQuery), never used for deltas. */
+  search: string;
 }
 
 /** `rawTarget` is the request-target exactly as received (req.url); `prefix` is a route prefix to strip. */
@@ -21,6 +23,7 @@ export function resolveOriginTarget(originBase: string, rawTarget: string, prefi
   if (!rawTarget.startsWith(prefix)) throw new UnsafePathError(`path must start with ${prefix}`);
   const q = rawTarget.search(/[?#]/);
   const encoded = (q < 0 ? rawTarget : rawTarget.slice(0, q)).slice(prefix.length);
+  const search = q < 0 || rawTarget[q] === '#' ? '' : rawTarget.slice(q).replace(/#.*$/, '');
   if (encoded === '') throw new UnsafePathError('empty path');
   const segments = encoded.split('/');
   const decoded: string[] = [];
@@ -41,7 +44,8 @@ export function resolveOriginTarget(originBase: string, rawTarget: string, prefi
   const url = new URL(encoded, base);
   // Defence in depth: the result must stay under the base.
   if (url.origin !== base.origin || !url.pathname.startsWith(base.pathname)) throw new UnsafePathError('path escapes the origin base');
-  return { relPath: decoded.join('/'), url: url.href, name: decoded[decoded.length - 1] };
+  const name = decoded[decoded.length - 1];
+  return { relPath: decoded.join('/'), url: url.href, name, search: search === '?' ? '' : search };
 }
 
 /** URL of a sibling file in the same origin directory (e.g. SHA256SUMS next to an image). */

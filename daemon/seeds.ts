@@ -1,18 +1,37 @@
 // Seed discovery for the daemon: local images matched by the configured globs
-// (where sysupdate installs them), minus sysupdate's temporary files. Seed
-// indexes live in lib/index-cache.ts, so no version is chunked twice:
-// - at start-up, seeds without a cached index are chunked in the background
-//   with the chunking of the last target deltad served (assemblies wait for it);
+// (where sysupdate installs them), minus sysupdate's temporary files. Each
+// seed's index comes from, in order:
+// - an index file beside it (index-name templates, e.g. /system/X.erofs.caibx as
+//   KDE Linux installs it) when its chunking and digest are the target's and it
+//   describes a file of the seed's size: no full read of a multi-GB seed. A
+//   wrong one costs reuse, never correctness (seed chunks are verified when read);
+// - lib/seed/index-cache.ts, so no version is chunked twice: at start-up, seeds
+//   without one are chunked in the background with the chunking of the last
+//   target deltad served (assemblies wait for it);
 // - after a verified delta, the target's index is kept as "pending adoption"
-//   and recorded for the installed file as soon as it shows up under a seed glob.
-import { mkdir, readdir, readFile, rename, stat, unlink, writeFile } from 'node:fs/promises';
+//   under the name sysupdate installs it as (the transfer's target MatchPattern=
+//   with the same @v, e.g. X_7_root-x86-64.erofs -> X_7.erofs) and recorded for
+//   the installed file as soon as it shows up under a seed glob.
+// adopt/ is bounded: a few entries, a few weeks, a few hundred MB.
+import { mkdir, readdir, readFile, rename, rm, stat, unlink, writeFile } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
-import { parseIndex, serializeIndex, type ChunkIndex } from '../lib/format/caibx.js';
+import { MAX_INDEX_BYTES, parseIndex, serializeIndex, type ChunkIndex } from '../lib/format/caibx.js';
 import { IndexCache } from '../lib/seed/index-cache.js';
 import type { SeedSpec } from '../lib/delta/extract.js';
 import { indexFile } from '../lib/chunking/indexer.js';
 import { globToRegExp } from './glob.js';
+import { indexFileNames } from './index-names.js';
 import type { Logger } from './log.js';
+
+/** Bounds of adopt/: entries, age, total bytes (oldest go first). */
+export const ADOPT_LIMITS = { entries: 8, ageMs: 30 * 24 * 3600_000, bytes: 256 * 1024 * 1024 };
+
+export interface SeedCatalogOptions {
+  /** index-name templates for an index beside a seed (default: none). */
+  indexNames?: readonly string[];
+  /** The names sysupdate installs a downloaded image as (default: its own name). */
+  installedNames?: (downloadedName: string) => Promise<string[]>;
+}
 
 /** sysupdate's in-progress names (.sysupdate.partial.*, .sysupdate.pending.*, older .#sysupdate*) and any hidden file. */
 export function isTemporaryName(name: string): boolean {
@@ -29,6 +48,7 @@ export class SeedCatalog {
     private readonly globs: string[],
     cacheDir: string,
     private readonly log: Logger,
+    private readonly opts: SeedCatalogOptions = {},
   ) {
     this.cache = new IndexCache(cacheDir);
     this.adoptDir = join(cacheDir, 'adopt');
@@ -59,12 +79,39 @@ export class SeedCatalog {
 
   /**
    * Seeds for assembling `targetName`: every seed except a file of that very
-   * name (it may be the download in progress). Pending adoptions are applied first.
+   * name (it may be the download in progress), each with the index beside it
+   * when that one fits `target`. Pending adoptions are applied first.
    */
-  async seedsFor(targetName: string): Promise<SeedSpec[]> {
+  async seedsFor(targetName: string, target?: ChunkIndex): Promise<SeedSpec[]> {
     const paths = await this.scan();
     await this.applyAdoptions(paths);
-    return paths.filter((p) => basename(p) !== targetName).map((path) => ({ path }));
+    const out: SeedSpec[] = [];
+    for (const path of paths) {
+      if (basename(path) === targetName) continue;
+      const index = target ? await this.indexBeside(path, target) : undefined;
+      out.push(index ? { path, index } : { path });
+    }
+    return out;
+  }
+
+  /**
+   * The index file beside `seed` (index-name templates) when it has the
+   * chunking and digest of `like` and describes a file of the seed's size.
+   */
+  async indexBeside(seed: string, like: Pick<ChunkIndex, 'params' | 'digest'>): Promise<ChunkIndex | undefined> {
+    const st = await stat(seed).catch(() => undefined);
+    if (!st) return undefined;
+    for (const name of indexFileNames(basename(seed), this.opts.indexNames ?? [])) {
+      const path = join(dirname(seed), name);
+      const index = await this.readIndex(path);
+      if (!index) continue;
+      const p = index.params;
+      const q = like.params;
+      const sameChunking = p.min === q.min && p.avg === q.avg && p.max === q.max;
+      if (index.digest === like.digest && sameChunking && index.size === st.size) return index;
+      this.log.info(`seed ${seed}: the index ${path} does not fit (other chunking, digest or size); not using it`);
+    }
+    return undefined;
   }
 
   /** Resolves when background indexing has finished (successfully or not). */
@@ -88,21 +135,56 @@ export class SeedCatalog {
     const started = Date.now();
     const key = { params: last.params, digest: last.digest };
     // One at a time, in the background: the machine is busy with other things.
+    let beside = 0;
     for (const path of paths) {
+      if (await this.indexBeside(path, key)) {
+        beside++;
+        continue;
+      }
       await this.cache.getOrBuild(path, key, (p, k, sig) => indexFile(p, { params: k.params, digest: k.digest, threads: 1, signal: sig }), signal).catch((err) => {
         if (!signal?.aborted) this.log.warn(`seed ${path}: cannot index it: ${(err as Error).message}`);
       });
       if (signal?.aborted) return;
     }
-    this.log.info(`seed indexes ready for ${paths.length} seed(s) in ${Date.now() - started} ms`);
+    const note = beside ? ` (${beside} with the index beside it)` : '';
+    this.log.info(`seed indexes ready for ${paths.length} seed(s)${note} in ${Date.now() - started} ms`);
   }
 
-  /** After a verified delta: remember its index for the installed image and for warm-up chunking. */
-  async remember(targetName: string, index: ChunkIndex): Promise<void> {
+  /**
+   * After a verified delta: remember its index for the image as sysupdate
+   * installs it, and for warm-up chunking.
+   */
+  async remember(targetName: string, index: ChunkIndex, installedAs = this.installedNames(targetName)): Promise<void> {
     await mkdir(this.adoptDir, { recursive: true });
     const bytes = serializeIndex(index);
-    await writeAtomic(join(this.adoptDir, `${basename(targetName)}.caibx`), bytes);
+    const names = await installedAs;
+    for (const name of names.length ? names : [basename(targetName)]) {
+      await writeAtomic(join(this.adoptDir, `${name}.caibx`), bytes);
+    }
     await writeAtomic(this.lastTargetPath, bytes);
+    await this.pruneAdoptions();
+  }
+
+  /** The names sysupdate installs `targetName` as (empty: its own name, or the transfers could not be read). */
+  installedNames(targetName: string): Promise<string[]> {
+    return (this.opts.installedNames?.(basename(targetName)) ?? Promise.resolve([])).catch(() => []);
+  }
+
+  /** Keeps adopt/ within ADOPT_LIMITS: the newest entries stay. */
+  private async pruneAdoptions(): Promise<void> {
+    const entries = [];
+    for (const name of await readdir(this.adoptDir).catch(() => [] as string[])) {
+      const path = join(this.adoptDir, name);
+      const st = await stat(path).catch(() => undefined);
+      if (st?.isFile()) entries.push({ path, mtime: st.mtimeMs, size: st.size });
+    }
+    entries.sort((a, b) => b.mtime - a.mtime);
+    let bytes = 0;
+    for (const [i, e] of entries.entries()) {
+      bytes += e.size;
+      const old = Date.now() - e.mtime > ADOPT_LIMITS.ageMs;
+      if (i >= ADOPT_LIMITS.entries || old || (i > 0 && bytes > ADOPT_LIMITS.bytes)) await rm(e.path, { force: true });
+    }
   }
 
   private async applyAdoptions(paths: string[]): Promise<void> {
@@ -125,6 +207,8 @@ export class SeedCatalog {
 
   private async readIndex(path: string): Promise<ChunkIndex | undefined> {
     try {
+      const st = await stat(path);
+      if (!st.isFile() || st.size > MAX_INDEX_BYTES) return undefined;
       return parseIndex(await readFile(path), { source: path, allowArchive: false });
     } catch {
       return undefined;

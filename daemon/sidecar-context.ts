@@ -15,12 +15,15 @@ import { newCounters } from './metrics.js';
 import { createNotifier, type Notifier } from './notify.js';
 import type { PassThroughContext } from './passthrough.js';
 import { SeedCatalog } from './seeds.js';
+import { SysupdateTransfers } from './sysupdate-names.js';
 import { VERSION } from '../lib/util/version.js';
 
 /** What the image service is given, plus what the routes need beside it. */
 export interface DaemonContext extends Omit<ImageServiceDeps, 'timeouts'> {
   origin: string;
   images: ImageService;
+  /** The sysupdate transfers that go through deltad: version and installed names. */
+  transfers: SysupdateTransfers;
   /** True when a file name is served as a delta (image patterns). */
   isImage(name: string): boolean;
 }
@@ -55,7 +58,13 @@ export async function createDaemonContext(config: DaemonConfig, opts: ServerOpti
     originRequests: { get: () => http.stats.requests, enumerable: true },
   });
   const notifier = opts.notifier ?? createNotifier({ log });
-  const seeds = new SeedCatalog(config.seedGlobs, config.cacheDir, log);
+  const transfers = new SysupdateTransfers(config.sysupdateRoot, origin, config.imagePatterns, (err) => {
+    log.warn(`cannot read sysupdate transfers under ${config.sysupdateRoot}: ${err.message}`);
+  });
+  const seeds = new SeedCatalog(config.seedGlobs, config.cacheDir, log, {
+    indexNames: config.indexNames,
+    installedNames: async (name) => (await transfers.current()).installedNames(name),
+  });
   const timeouts = { ...DEFAULT_TIMEOUTS, ...opts.timeouts };
   const assemblies = new AssemblyRegistry(timeouts.stallMs, opts.shareBufferBytes);
   // Earlier versions spooled whole images here; nothing uses it now.
@@ -66,6 +75,6 @@ export async function createDaemonContext(config: DaemonConfig, opts: ServerOpti
   const deps = { config, http, counters, log, notifier, seeds, assemblies, releases, passThrough: passThroughCtx };
   const images = new ImageService({ ...deps, timeouts });
   const patterns = config.imagePatterns.map(globToRegExp);
-  return { ...deps, origin, images, isImage: (name) => patterns.some((re) => re.test(name)) };
+  return { ...deps, origin, images, transfers, isImage: (name) => patterns.some((re) => re.test(name)) };
 }
 

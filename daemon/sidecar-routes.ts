@@ -1,12 +1,14 @@
 // The sysupdate sidecar's routes (a fastify plugin over the DaemonContext):
 //   /healthz, /metrics                 health and Prometheus counters
 //   /.deltad/plan/<path>               what a delta of <path> would cost (JSON)
+//   /v1/updatesize?version=V           the same for version V, as kde-linux-sysupdated answers (update-size.ts)
 //   GET/HEAD /<path>                   an image as a delta, anything else passed through
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import { renderMetrics } from './metrics.js';
 import { resolveOriginTarget, UnsafePathError, type OriginTarget } from './origin-path.js';
 import { passThrough, withQuery } from './passthrough.js';
 import type { DaemonContext } from './sidecar-context.js';
+import { planTotals, registerUpdateSizeRoute } from './update-size.js';
 
 export const PLAN_PREFIX = '/.deltad/plan/';
 
@@ -26,17 +28,14 @@ export async function sidecarRoutes(app: FastifyInstance, { ctx }: { ctx: Daemon
     const target = resolveOrRefuse(ctx, req, reply, PLAN_PREFIX);
     if (!target) return reply;
     const report = await ctx.images.plan(target);
-    if (!report) return reply.code(404).send({ error: `no index ${target.url}${ctx.config.indexSuffix} on the origin` });
-    const chosen = report.modes.find((m) => m.mode === report.chosen || (report.chosen === 'range' && m.mode === 'range-single'));
-    return reply.send({
-      path: target.relPath,
-      url: target.url,
-      bytesFromSeeds: report.fromSeeds + report.fromSelf + report.fromZero,
-      bytesFromNetwork: chosen?.bytes ?? 0,
-      requestsToNetwork: chosen?.requests ?? 0,
-      ...report,
-    });
+    if (!report) {
+      const names = ctx.config.indexNames.join(', ');
+      return reply.code(404).send({ error: `no index of ${target.url} on the origin (${names})` });
+    }
+    return reply.send({ path: target.relPath, url: target.url, ...planTotals(report), ...report });
   });
+
+  registerUpdateSizeRoute(app, ctx);
 
   app.route({
     method: ['GET', 'HEAD'],

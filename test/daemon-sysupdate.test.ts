@@ -233,7 +233,7 @@ test('fallbacks: no index, no range support, corrupt seed: the client still gets
   const v2 = f.releases[1];
   // No index: a 307 to the origin (systemd-pull follows it) or, in proxy mode, the full file.
   for (const passthrough of ['redirect', 'proxy'] as const) {
-    const d = await startDaemon(t, f, { indexSuffix: '.missing', passthrough });
+    const d = await startDaemon(t, f, { indexNames: ['{name}.missing'], passthrough });
     const out = join(f.outDir, `noindex-${passthrough}.img`);
     const r = await systemdPull(`${d.url}/os_2.img`, out, sha256(v2.data));
     assert.equal(r.code, 0, r.stderr);

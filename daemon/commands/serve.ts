@@ -1,7 +1,10 @@
 // `deltad serve`: the systemd-sysupdate sidecar. Listens on the socket systemd
 // passes (socket activation) or on --listen, tells systemd READY and a status
 // line, indexes seeds in the background, and exits after --idle-timeout
-// seconds without requests, letting in-flight downloads finish.
+// seconds without connections, letting in-flight downloads finish. An idle
+// exit stops accepting first, so no request is refused: systemd keeps the
+// socket and queued connections start the next instance.
+import type { Socket } from 'node:net';
 import type { Command } from '../command.js';
 import { configOptions, configUsage, loadConfig, splitListen } from '../config.js';
 import { IdleTimer } from '../idle.js';
@@ -10,6 +13,8 @@ import { createNotifier } from '../notify.js';
 import { buildServer } from '../server.js';
 import { pickHttpSocket, takeInheritedSockets } from '../socket-activation.js';
 
+const KEEP_ALIVE_MS = 5_000;
+
 export const command: Command = {
   name: 'serve',
   usage: `Usage: deltad serve [config options]
@@ -17,7 +22,8 @@ export const command: Command = {
 Serves GET/HEAD /<path> from the origin: images (--image-pattern) with an index
 on the origin are assembled from local seeds plus the missing bytes; everything
 else is redirected (307) or proxied. Also: /healthz, /metrics (Prometheus),
-/.deltad/plan/<path> (update size as JSON).
+/.deltad/plan/<path> (update size as JSON), /v1/updatesize?version=V (bytes
+from the network for version V as plain text, as kde-linux-sysupdated answers).
 
 With systemd socket activation (deltad.socket) it serves the passed socket;
 otherwise it listens on --listen. Nothing listens beyond loopback by default.
@@ -39,6 +45,11 @@ ${configUsage}`,
     let closing: Promise<void> | undefined;
     const shutdown = (why: string) => {
       closing ??= (async () => {
+        // Stop accepting now, synchronously: from here on a new connection waits
+        // in the listening socket's backlog, which systemd keeps open, for the
+        // next instance, instead of reaching a server that is shutting down
+        // (fastify answers those 503). Closing our copy of the fd leaves systemd's.
+        if (app.server.listening) app.server.close();
         log.info(`stopping: ${why}`);
         notifier.stopping();
         idle.stop();
@@ -48,11 +59,16 @@ ${configUsage}`,
       })();
       return closing;
     };
+    // Idle means no open connection (not just no request: a connection whose
+    // request has not been parsed yet must not meet a closing server). The timer
+    // fires between event-loop turns, so no connection can slip in before the close.
     const idle = new IdleTimer(config.idleTimeout * 1000, () => void shutdown(`idle for ${config.idleTimeout} s`));
-    app.server.on('request', (_req, res) => {
+    app.server.on('connection', (socket: Socket) => {
       idle.begin();
-      res.once('close', () => idle.end());
+      socket.once('close', () => idle.end());
     });
+    // An idle keep-alive connection holds off the idle exit; clients reconnect cheaply.
+    app.server.keepAliveTimeout = KEEP_ALIVE_MS;
 
     const socket = pickHttpSocket(sockets);
     let where: string;

@@ -81,6 +81,8 @@ export interface AccessEntry {
   status: number;
   bytes: number;
   fault?: FaultKind;
+  /** The query string with its '?', when the request had one. */
+  search?: string;
 }
 
 export interface OriginOptions {
@@ -154,6 +156,8 @@ export async function startOrigin(opts: OriginOptions): Promise<Origin> {
   const handle = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
     const path = decodeURIComponent((req.url ?? '/').split('?')[0]);
     const entry: AccessEntry = { method: req.method ?? 'GET', path, range: req.headers.range, status: 0, bytes: 0 };
+    const q = (req.url ?? '').indexOf('?');
+    if (q >= 0) entry.search = (req.url ?? '').slice(q);
     log.push(entry);
     const extra = state.headers?.(path) ?? {};
     const send = (status: number, headers: Record<string, string | number>, body: Buffer): void => {
