@@ -273,7 +273,8 @@ async function main(): Promise<void> {
   try {
     // The installed image's index is made once and kept (as a running sidecar would have it).
     rmSync(cacheDir, { recursive: true, force: true });
-    sh(process.execPath, [CLI, 'plan', '--json', '--seed', site.seed, '--cache-dir', cacheDir, `${site.image}.caibx`]);
+    sh(process.execPath, [CLI, 'plan', '--json', '--seed', site.seed, '--cache-dir', cacheDir, '--range-url', `http://127.0.0.1:${PORT}/os_2.erofs`,
+      `${site.image}.caibx`]);
     const withLink = async <T>(spec: LinkSpec, fn: (base: string, port: number) => Promise<T>): Promise<T> => {
       const check = await selfCheck(spec.shape);
       checks.push(check);

@@ -226,7 +226,7 @@ async function main(): Promise<void> {
     rmSync(cache, { recursive: true, force: true });
     const direct = `http://127.0.0.1:${PORT}`;
     sh(process.execPath, [CLI, 'plan', '--json', '--seed', p.old, '--cache-dir', cache, '--range-url', `${direct}/packed/${site.packedName}`, `${direct}/c64.caibx`]);
-    sh(process.execPath, [CLI, 'plan', '--json', '--seed', p.old, '--cache-dir', cache, `${direct}/c16.caibx`]);
+    sh(process.execPath, [CLI, 'plan', '--json', '--seed', p.old, '--cache-dir', cache, '--range-url', `${direct}/plain/new.img`, `${direct}/c16.caibx`]);
     for (const spec of links) {
       const tls = spec.proto === 'h2';
       const check = await selfCheck(spec.shape);
