@@ -5,7 +5,7 @@
 // pipes or sockets). Both are read at exit through wait4(2) by GNU time
 // (ru_maxrss = VmHWM, ru_oublock = write_bytes / 512, both including the
 // process's threads and its waited-for children), so nothing written in the
-// last moments is missed. While the process runs, sample() reads the same
+// last moments is missed; a command stopped at its time limit is still counted. While the process runs, sample() reads the same
 // counters from /proc (e.g. a daemon between requests).
 import { spawn } from 'node:child_process';
 import { readFileSync, rmSync } from 'node:fs';
@@ -61,8 +61,8 @@ export interface MeasuredProcess {
 let serial = 0;
 
 /**
- * Starts `cmd` under GNU time in its own process group. `timeoutS` kills the
- * group (SIGTERM, then SIGKILL after 3 s). `onStdout` sees output as it comes.
+ * Starts `cmd` under GNU time in its own process group. `timeoutS` stops the
+ * command (SIGTERM, then SIGKILL to the group after 3 s). `onStdout` sees output as it comes.
  */
 export function startMeasured(cmd: string[], opts: {
   env?: NodeJS.ProcessEnv; timeoutS?: number; onStdout?: (chunk: string) => void; cwd?: string;
@@ -96,10 +96,15 @@ export function startMeasured(cmd: string[], opts: {
       // already gone
     }
   };
+  // At the limit the command (not GNU time) gets SIGTERM, so time still reports its counters.
   const timer = opts.timeoutS
     ? setTimeout(() => {
       timedOut = true;
-      killGroup('SIGTERM');
+      try {
+        process.kill(pid() || -child.pid!, 'SIGTERM');
+      } catch {
+        // already gone
+      }
       setTimeout(() => killGroup('SIGKILL'), 3000).unref();
     }, opts.timeoutS * 1000)
     : undefined;

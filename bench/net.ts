@@ -11,13 +11,16 @@
 // with the new image.
 //
 //   npm run build && node dist/bench/net.js [--pair v1-v2.repro]
-//        [--links 100mbit:0:h1,100mbit:0:h2,100mbit:40:h1,100mbit:40:h2,5mbit:40:h1,5mbit:40:h2]
-//        [--tools curl,store64,store16,range,blocks,casync,zsync] [--max-run-s 300] [--full-max-s 60] [--port 8131]
+//        [--links 100mbit:0:h1,100mbit:40:h1,100mbit:40:h2,5mbit:40:h2]
+//        [--tools curl,store64,store16,range,blocks,casync,zsync] [--max-run-s 480] [--full-max-s 60]
+//        [--casync-max-s 180] [--port 8131]
 //        [--deltad-args '--concurrency 8']
 //   A link is RATE:RTT_MS:PROTO (h1 = http://, h2 = https:// with HTTP/2 offered; a client
 //   that cannot speak HTTP/2 negotiates HTTP/1.1 over TLS, the table shows what each used).
-//   BENCH=/var/tmp/deltad-bench. Runs longer than --max-run-s are stopped and marked; the full
-//   download is stopped after --full-max-s and its time projected from the rate it reached.
+//   BENCH=/var/tmp/deltad-bench. Runs longer than --max-run-s are stopped and marked. Two
+//   clients whose time is predictable are stopped earlier and projected: the full download
+//   after --full-max-s (from the rate it reached), casync after --casync-max-s (it fetches one
+//   chunk at a time: from its requests per second and deltad store 64K's request count).
 import { startNginx, type AccessEntry, type Nginx } from './nginx.js';
 import { startRelay, selfCheck, describeCheck, parseRate, type LinkShape, type SelfCheck } from './relay.js';
 import { makeTestCa, withCaBundle, type TestCa } from './tls.js';
@@ -32,10 +35,11 @@ import { parseArgs } from 'node:util';
 const { values } = parseArgs({
   options: {
     pair: { type: 'string', default: 'v1-v2.repro' },
-    links: { type: 'string', default: '100mbit:0:h1,100mbit:0:h2,100mbit:40:h1,100mbit:40:h2,5mbit:40:h1,5mbit:40:h2' },
+    links: { type: 'string', default: '100mbit:0:h1,100mbit:40:h1,100mbit:40:h2,5mbit:40:h2' },
     tools: { type: 'string', default: 'curl,store64,store16,range,blocks,casync,zsync' },
-    'max-run-s': { type: 'string', default: '300' },
+    'max-run-s': { type: 'string', default: '480' },
     'full-max-s': { type: 'string', default: '60' },
+    'casync-max-s': { type: 'string', default: '180' },
     port: { type: 'string', default: '8131' },
     'deltad-args': { type: 'string', default: '' },
   },
@@ -80,24 +84,28 @@ interface Site {
   packedName: string;
 }
 
-/** The served tree: plain/ (image + zsync), packed/ (image + block pack), c64.* and c16.* (casync index + store). */
-function prepareSite(p: Pair): Site {
-  const a64 = casyncArtifacts(p, CHUNK_64K);
-  const a16 = casyncArtifacts(p, CHUNK_16K);
-  const zsync = zsyncArtifact(p);
-  const pack = blockPack(p);
+/**
+ * The served tree: plain/ (image + zsync), packed/ (image + block pack), c64.* and c16.* (casync index + store);
+ * only what the chosen tools need is made.
+ */
+function prepareSite(p: Pair, wanted: string[]): Site {
   const www = join(BENCH, 'deltad-net', p.name, 'www');
   for (const d of ['plain', 'packed']) mkdirSync(join(www, d), { recursive: true });
   link(p.new, join(www, 'plain', 'new.img'));
-  link(zsync, join(www, 'plain', 'new.img.zsync'));
-  link(p.new, join(www, 'packed', p.newName));
-  for (const f of pack.files) link(f, join(www, 'packed', basename(f)));
+  if (wanted.includes('zsync')) link(zsyncArtifact(p), join(www, 'plain', 'new.img.zsync'));
+  if (wanted.includes('blocks')) {
+    link(p.new, join(www, 'packed', p.newName));
+    for (const f of blockPack(p).files) link(f, join(www, 'packed', basename(f)));
+  }
   const symlink = (target: string, at: string): void => {
     if (existsSync(at) && readlinkSync(at) === target) return;
     rmSync(at, { force: true });
     symlinkSync(target, at);
   };
-  for (const [tag, a] of [['c64', a64], ['c16', a16]] as const) {
+  // The 64K index serves range and block-pack mode too; the warm-up plans need both indexes.
+  for (const [tag, chunk] of [['c64', CHUNK_64K], ['c16', CHUNK_16K]] as const) {
+    if (tag === 'c16' && !wanted.includes('store16')) continue;
+    const a = casyncArtifacts(p, chunk);
     link(a.index, join(www, `${tag}.caibx`));
     symlink(a.store, join(www, `${tag}.castr`));
   }
@@ -170,12 +178,12 @@ function outputsOf(out: string): string[] {
 }
 
 async function runTool(spec: LinkSpec, tool: Tool, base: string, nginx: Nginx, port: number, relayStats: () => { up: number; down: number },
-  env: NodeJS.ProcessEnv, out: string, p: Pair): Promise<Row> {
+  env: NodeJS.ProcessEnv, out: string, p: Pair, storeRequests?: number): Promise<Row> {
   for (const f of outputsOf(out)) rmSync(f, { force: true });
   await settle();
   const before = nginx.entries().length;
   const linkBefore = relayStats();
-  const limit = tool.name === 'curl' ? Number(values['full-max-s']) : MAX_RUN_S;
+  const limit = tool.name === 'curl' ? Number(values['full-max-s']) : tool.name === 'casync' ? Number(values['casync-max-s']) : MAX_RUN_S;
   const m: Measured = await runMeasured(['nice', '-n', '5', ...tool.cmd(base, out)], { env, timeoutS: limit });
   await settle();
   const entries: AccessEntry[] = nginx.entries().slice(before).filter((e) => e.port === port);
@@ -185,7 +193,11 @@ async function runTool(spec: LinkSpec, tool: Tool, base: string, nginx: Nginx, p
   let note = tool.note?.(m.stdout) ?? '';
   if (m.timedOut) {
     const perS = originBytes / m.wallS;
-    note = `stopped at ${limit} s` + (tool.name === 'curl' && perS > 0 ? `; at that rate the whole image takes ${(p.newSize / perS).toFixed(0)} s` : '');
+    note = `stopped at ${limit} s`;
+    if (tool.name === 'curl' && perS > 0) note += `; at that rate the whole image takes ${(p.newSize / perS).toFixed(0)} s`;
+    if (tool.name === 'casync' && storeRequests && entries.length) {
+      note += ` after ${entries.length} requests; at that pace ${storeRequests} take ${((m.wallS * storeRequests) / entries.length).toFixed(0)} s`;
+    }
   } else if (!ok) {
     note = `FAILED (exit ${m.code}): ${m.stderr.trim().split('\n').slice(-3).join(' / ').slice(0, 300)}`;
   }
@@ -207,7 +219,8 @@ async function main(): Promise<void> {
   const p = pair(values.pair!);
   const commit = spawnSync('git', ['-C', dirname(CLI), 'rev-parse', '--short', 'HEAD'], { encoding: 'utf8' }).stdout.trim();
   process.stderr.write(`net bench: ${p.name}, preparing artifacts (casync 64K/16K, zsync, block pack; made once)\n`);
-  const site = prepareSite(p);
+  const wanted = values.tools!.split(',');
+  const site = prepareSite(p, wanted);
   const work = join(BENCH, 'deltad-net', p.name);
   const ca = makeTestCa(join(work, 'tls'));
   const caMode = deltadCaMode();
@@ -225,8 +238,11 @@ async function main(): Promise<void> {
     // Warm the seed's caches (chunk indexes for both chunk sizes, per-block hashes): a sidecar keeps them.
     rmSync(cache, { recursive: true, force: true });
     const direct = `http://127.0.0.1:${PORT}`;
-    sh(process.execPath, [CLI, 'plan', '--json', '--seed', p.old, '--cache-dir', cache, '--range-url', `${direct}/packed/${site.packedName}`, `${direct}/c64.caibx`]);
-    sh(process.execPath, [CLI, 'plan', '--json', '--seed', p.old, '--cache-dir', cache, '--range-url', `${direct}/plain/new.img`, `${direct}/c16.caibx`]);
+    const packed = wanted.includes('blocks') ? `${direct}/packed/${site.packedName}` : `${direct}/plain/new.img`;
+    sh(process.execPath, [CLI, 'plan', '--json', '--seed', p.old, '--cache-dir', cache, '--range-url', packed, `${direct}/c64.caibx`]);
+    if (wanted.includes('store16')) {
+      sh(process.execPath, [CLI, 'plan', '--json', '--seed', p.old, '--cache-dir', cache, '--range-url', `${direct}/plain/new.img`, `${direct}/c16.caibx`]);
+    }
     for (const spec of links) {
       const tls = spec.proto === 'h2';
       const check = await selfCheck(spec.shape);
@@ -238,7 +254,8 @@ async function main(): Promise<void> {
       try {
         for (const tool of tools(site, ca, tls, caMode, cache)) {
           if (tool.h1Only && tls) continue;
-          rows.push(await runTool(spec, tool, base, nginx, tls ? PORT + 1 : PORT, () => relay.stats(), env, out, p));
+          const store64 = rows.find((r) => r.link === spec.label && r.tool === TOOL_LABEL.store64 && r.ok)?.requests;
+          rows.push(await runTool(spec, tool, base, nginx, tls ? PORT + 1 : PORT, () => relay.stats(), env, out, p, store64));
         }
       } finally {
         await relay.close();
