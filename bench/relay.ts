@@ -28,7 +28,7 @@ export interface LinkShape {
 /** "100mbit", "5Mbit", "800kbit", "1gbit", "12500kB" (bytes), "0"/"none" (unlimited) → bits per second. */
 export function parseRate(s: string): number {
   if (/^(0|none|unlimited|inf)$/i.test(s.trim())) return 0;
-  const m = /^(\d+(?:\.\d+)?)\s*(k|m|g)?(bit|bps|b|B)?$/.exec(s.trim());
+  const m = /^(\d+(?:\.\d+)?)\s*([kKmMgG])?(bit|Bit|bps|b|B)?$/.exec(s.trim());
   if (!m) throw new Error(`rate "${s}": expected e.g. 100mbit, 5mbit, 12500kB or none`);
   const mult = { '': 1, k: 1e3, m: 1e6, g: 1e9 }[(m[2] ?? '').toLowerCase() as '' | 'k' | 'm' | 'g'];
   const bytes = m[3] === 'B';
