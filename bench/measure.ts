@@ -96,16 +96,21 @@ export function startMeasured(cmd: string[], opts: {
       // already gone
     }
   };
-  // At the limit the command (not GNU time) gets SIGTERM, so time still reports its counters.
+  // At the limit the command (not GNU time) is stopped, so time still reports its counters:
+  // SIGTERM, SIGKILL 3 s later, and the whole group only if that did not end it.
+  const signalInner = (signal: NodeJS.Signals): void => {
+    try {
+      process.kill(pid() || -child.pid!, signal);
+    } catch {
+      // already gone
+    }
+  };
   const timer = opts.timeoutS
     ? setTimeout(() => {
       timedOut = true;
-      try {
-        process.kill(pid() || -child.pid!, 'SIGTERM');
-      } catch {
-        // already gone
-      }
-      setTimeout(() => killGroup('SIGKILL'), 3000).unref();
+      signalInner('SIGTERM');
+      setTimeout(() => signalInner('SIGKILL'), 3000).unref();
+      setTimeout(() => killGroup('SIGKILL'), 10_000).unref();
     }, opts.timeoutS * 1000)
     : undefined;
   const started = performance.now();
