@@ -16,10 +16,15 @@ import { closeSync, existsSync, mkdirSync, openSync, readFileSync, readSync, ren
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { BENCH } from './corpus.js';
-import { parseSize } from '../lib/size.js';
 
 const { values } = parseArgs({ options: { size: { type: 'string', default: '4G' } } });
-const target = parseSize(values.size!, '--size');
+/** "4G", "4500M", "4294967296" (powers of 1024). */
+function parseSize(s: string): number {
+  const m = /^(\d+)([KMGT]?)(i?B)?$/i.exec(s.trim());
+  if (!m) throw new Error(`--size "${s}": expected e.g. 4G`);
+  return Number(m[1]) * 1024 ** ' KMGT'.indexOf((m[2] || ' ').toUpperCase());
+}
+const target = parseSize(values.size!);
 const img = join(BENCH, 'img');
 const TRANSITIONS: [string, string][] = [
   ['v1.repro.erofs', 'v2.repro.erofs'],

@@ -13,6 +13,7 @@
 //
 //   npm run build && node dist/bench/net-daemon.js [--pair v1-v2.repro] [--links 100mbit:40:h2,5mbit:40:h2]
 //        [--clients 200] [--clients-link 100mbit:40:h2] [--max-run-s 600] [--full-max-s 60] [--port 8141]
+//        [--daemon-args '--concurrency 8']   (extra `deltad serve` flags; --ca-file is passed when serve has it)
 //   BENCH=/var/tmp/deltad-bench (site shared with bench/daemon.ts: $BENCH/deltad-daemon/<pair>/)
 import { startNginx, type AccessEntry, type Nginx } from './nginx.js';
 import { startRelay, selfCheck, describeCheck, parseRate, type LinkShape, type SelfCheck } from './relay.js';
@@ -35,6 +36,7 @@ const { values } = parseArgs({
     'max-run-s': { type: 'string', default: '600' },
     'full-max-s': { type: 'string', default: '60' },
     port: { type: 'string', default: '8141' },
+    'daemon-args': { type: 'string', default: '' },
   },
 });
 const PORT = Number(values.port);
@@ -113,7 +115,8 @@ function startDaemon(site: DaemonSite, origin: string, cacheDir: string, ca: Tes
   let resolveReady = (): void => {};
   const ready = new Promise<void>((r) => (resolveReady = r));
   const proc = startMeasured(['nice', '-n', '5', process.execPath, CLI, 'serve', '--listen', `127.0.0.1:${DAEMON_PORT}`, '--origin', origin,
-    '--seed-glob', join(site.system, '*.erofs'), '--image-pattern', '*.erofs', '--cache-dir', cacheDir, '--idle-timeout', '2', ...caArgs],
+    '--seed-glob', join(site.system, '*.erofs'), '--image-pattern', '*.erofs', '--cache-dir', cacheDir, '--idle-timeout', '2', ...caArgs,
+    ...values['daemon-args']!.split(' ').filter(Boolean)],
   { env, timeoutS: MAX_RUN_S + 60, onStdout: (d) => d.includes('listening') && resolveReady() });
   return { proc, ready: Promise.race([ready, proc.done.then((m) => { throw new Error(`daemon exited early (${m.code}): ${m.stderr.slice(-1500)}`); })]) };
 }
@@ -150,7 +153,9 @@ function originSummary(entries: AccessEntry[]) {
   };
 }
 
-async function fullDownload(spec: LinkSpec, site: DaemonSite, p: Pair, base: string, ca: TestCa | null, nginx: Nginx, port: number): Promise<PullRow> {
+async function fullDownload(spec: LinkSpec, site: DaemonSite, p: Pair, base: string, ca: TestCa | null, nginx: Nginx, port: number,
+  linkDown: () => number): Promise<PullRow> {
+  const downBefore = linkDown();
   const out = join(site.work, 'out.erofs');
   rmSync(out, { force: true });
   const before = nginx.entries().length;
@@ -159,7 +164,8 @@ async function fullDownload(spec: LinkSpec, site: DaemonSite, p: Pair, base: str
   await settle();
   const o = originSummary(nginx.entries().slice(before).filter((e) => e.port === port));
   const ok = !m.timedOut && m.code === 0;
-  const perS = o.originBytes / m.wallS;
+  // What passed the link, not what nginx handed to its socket (buffers hold megabytes more).
+  const perS = (linkDown() - downBefore) / m.wallS;
   const note = m.timedOut ? `stopped at ${values['full-max-s']} s; at that rate the whole image takes ${(p.newSize / perS).toFixed(0)} s`
     : ok ? '' : `FAILED (exit ${m.code}): ${m.stderr.trim().slice(-300)}`;
   rmSync(out, { force: true });
@@ -246,7 +252,9 @@ async function manyClients(spec: LinkSpec, n: number, site: DaemonSite, p: Pair,
     totalMedianS: Number(med(total).toFixed(1)), totalMaxS: Number(Math.max(...total).toFixed(1)),
     originBytes: o.originBytes, requests: o.requests, fellBack: o.fellBack,
     daemonRssMiB: Math.round(dm.peakRssMiB), daemonWriteBytes: dm.writeBytes,
-    note: good.length === n ? '' : `bad answers: ${[...new Set(parsed.filter((x) => !good.includes(x)).map((x) => `${x[0]}/${x[1]}`))].slice(0, 5).join(', ')}`,
+    note: good.length === n ? '' : `bad answers (status/bytes): ${[...new Set(parsed.filter((x) => !good.includes(x)).map((x) => `${x[0]}/${x[1]}`))]
+      .slice(0, 5).join(', ')}; daemon: ${[...new Set(dm.stderr.split('\n').filter((l) => /warn|error|fall|pass/i.test(l)).map((l) => l.replace(/^\S+\s+/, '')))]
+      .slice(0, 3).join(' / ').slice(0, 400)}`,
   };
 }
 
@@ -275,23 +283,23 @@ async function main(): Promise<void> {
     rmSync(cacheDir, { recursive: true, force: true });
     sh(process.execPath, [CLI, 'plan', '--json', '--seed', site.seed, '--cache-dir', cacheDir, '--range-url', `http://127.0.0.1:${PORT}/os_2.erofs`,
       `${site.image}.caibx`]);
-    const withLink = async <T>(spec: LinkSpec, fn: (base: string, port: number) => Promise<T>): Promise<T> => {
+    const withLink = async <T>(spec: LinkSpec, fn: (base: string, port: number, linkDown: () => number) => Promise<T>): Promise<T> => {
       const check = await selfCheck(spec.shape);
       checks.push(check);
       process.stderr.write(`${spec.label}: ${describeCheck(check)}\n`);
       const port = spec.tls ? PORT + 1 : PORT;
       const relay = await startRelay({ to: { host: '127.0.0.1', port }, shape: spec.shape });
       try {
-        return await fn(`${spec.tls ? 'https' : 'http'}://127.0.0.1:${relay.port}`, port);
+        return await fn(`${spec.tls ? 'https' : 'http'}://127.0.0.1:${relay.port}`, port, () => relay.stats().down);
       } finally {
         await relay.close();
       }
     };
     const log = (x: unknown): void => void process.stderr.write(`[${new Date().toISOString().slice(11, 19)} load ${loadavg()[0].toFixed(1)}] ${JSON.stringify(x)}\n`);
     for (const spec of links) {
-      await withLink(spec, async (base, port) => {
+      await withLink(spec, async (base, port, linkDown) => {
         const caFor = spec.tls ? ca : null;
-        rows.push(await fullDownload(spec, site, p, base, caFor, nginx, port));
+        rows.push(await fullDownload(spec, site, p, base, caFor, nginx, port, linkDown));
         log(rows.at(-1));
         rows.push(await viaDaemon(spec, site, base, caFor, nginx, port, cacheDir));
         log(rows.at(-1));
@@ -312,8 +320,8 @@ async function main(): Promise<void> {
   console.log(`\n### deltad serve over shaped links: ${p.name} (${fmt(p.newSize)} bytes; tree ${commit}; ${started.toISOString().slice(0, 16)} UTC; ` +
     `load ${load(loadStart)} at the start, ${load(loadEnd)} at the end)\n`);
   for (const c of checks) console.log(`- ${describeCheck(c)}`);
-  console.log('\n| link | run | ok | client wall s | target s | first body byte s | origin bytes | requests | conns | protocol | full-download fallback | daemon peak RSS MiB | daemon write_bytes | client write_bytes | note |');
-  console.log('|---|---|---|---:|---:|---:|---:|---:|---:|---|---|---:|---:|---:|---|');
+  if (rows.length) console.log('\n| link | run | ok | client wall s | target s | first body byte s | origin bytes | requests | conns | protocol | full-download fallback | daemon peak RSS MiB | daemon write_bytes | client write_bytes | note |');
+  if (rows.length) console.log('|---|---|---|---:|---:|---:|---:|---:|---:|---|---|---:|---:|---:|---|');
   for (const r of rows) {
     console.log(`| ${r.link} | ${r.run} | ${r.ok ? 'yes' : 'NO'} | ${r.wallS} | ${r.targetS ?? '-'} | ${r.ttfbS ?? '-'} | ${fmt(r.originBytes)} | ${r.requests} | ` +
       `${r.connections} | ${r.protocols} | ${r.fellBack === undefined ? '-' : r.fellBack ? 'YES' : 'no'} | ${r.daemonRssMiB ?? '-'} | ${fmt(r.daemonWriteBytes)} | ` +

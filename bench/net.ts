@@ -190,9 +190,11 @@ async function runTool(spec: LinkSpec, tool: Tool, base: string, nginx: Nginx, p
   const linkAfter = relayStats();
   const ok = !m.timedOut && m.code === 0 && spawnSync('cmp', ['-s', out, p.new]).status === 0;
   const originBytes = entries.reduce((n, e) => n + e.bodyBytes, 0);
+  const down = linkAfter.down - linkBefore.down;
   let note = tool.note?.(m.stdout) ?? '';
   if (m.timedOut) {
-    const perS = originBytes / m.wallS;
+    // What passed the link, not what nginx handed to its socket (buffers hold megabytes more).
+    const perS = down / m.wallS;
     note = `stopped at ${limit} s`;
     if (tool.name === 'curl' && perS > 0) note += `; at that rate the whole image takes ${(p.newSize / perS).toFixed(0)} s`;
     if (tool.name === 'casync' && storeRequests && entries.length) {
@@ -201,7 +203,6 @@ async function runTool(spec: LinkSpec, tool: Tool, base: string, nginx: Nginx, p
   } else if (!ok) {
     note = `FAILED (exit ${m.code}): ${m.stderr.trim().split('\n').slice(-3).join(' / ').slice(0, 300)}`;
   }
-  const down = linkAfter.down - linkBefore.down;
   const row: Row = {
     link: spec.label, tool: TOOL_LABEL[tool.name], ok, note, wallS: Number(m.wallS.toFixed(2)),
     linkBoundS: spec.shape.rateBitsPerS ? Number(((down * 8) / spec.shape.rateBitsPerS).toFixed(1)) : undefined,
