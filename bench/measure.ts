@@ -5,7 +5,8 @@
 // pipes or sockets). Both are read at exit through wait4(2) by GNU time
 // (ru_maxrss = VmHWM, ru_oublock = write_bytes / 512, both including the
 // process's threads and its waited-for children), so nothing written in the
-// last moments is missed; a command stopped at its time limit is still counted. While the process runs, sample() reads the same
+// last moments is missed; a command stopped at its time limit is still counted. While the process runs, sample() reads
+// the same
 // counters from /proc (e.g. a daemon between requests).
 import { spawn } from 'node:child_process';
 import { readFileSync, rmSync } from 'node:fs';
@@ -26,7 +27,8 @@ export function sampleProc(pid: number): ProcSample | null {
   try {
     const status = readFileSync(`/proc/${pid}/status`, 'utf8');
     const io = readFileSync(`/proc/${pid}/io`, 'utf8');
-    const field = (text: string, name: string): number => Number(new RegExp(`^${name}:\\s*(\\d+)`, 'm').exec(text)?.[1] ?? NaN);
+    const field = (text: string, name: string): number => Number(new RegExp(`^${name}:\\s*(\\d+)`,
+      'm').exec(text)?.[1] ?? NaN);
     return {
       vmHwmKiB: field(status, 'VmHWM'),
       vmRssKiB: field(status, 'VmRSS'),

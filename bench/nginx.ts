@@ -97,7 +97,8 @@ http {
   sendfile on;
   keepalive_requests 1000000;
 ${temp}
-  log_format bench '$server_port $request_method $uri $status $body_bytes_sent $bytes_sent $server_protocol $connection $request_time "$http_range"';
+  log_format bench '$server_port $request_method $uri $status $body_bytes_sent $bytes_sent '
+                   '$server_protocol $connection $request_time "$http_range"';
   access_log ${log} bench;
 ${serverLines}
 }

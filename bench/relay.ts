@@ -234,7 +234,8 @@ export class Link {
     this.down = new Direction(shape.rateBitsPerS, shape.rttMs / 2);
   }
   stats(): LinkStats {
-    return { up: this.up.bytes, down: this.down.bytes, connections: this.connections, maxConcurrent: this.maxConcurrent };
+    return { up: this.up.bytes, down: this.down.bytes, connections: this.connections,
+      maxConcurrent: this.maxConcurrent };
   }
 }
 
@@ -483,12 +484,15 @@ async function cli(): Promise<void> {
   const shape: LinkShape = { rateBitsPerS: parseRate(values.rate!), rttMs: parseDuration(values.rtt!) };
   if (values['self-check'] || !values['no-self-check']) console.log(describeCheck(await selfCheck(shape)));
   if (!values.listen || !values.to) {
-    if (!values['self-check']) throw new Error('usage: relay.js --listen HOST:PORT --to HOST:PORT [--rate 100mbit] [--rtt 40ms] | --self-check');
+    if (!values['self-check']) {
+      throw new Error('usage: relay.js --listen HOST:PORT --to HOST:PORT [--rate 100mbit] [--rtt 40ms] | --self-check');
+    }
     return;
   }
   const listen = hostPort(values.listen, '--listen');
   const relay = await startRelay({ listen, to: hostPort(values.to, '--to'), shape });
-  console.log(`relay ${relay.host}:${relay.port} → ${values.to} (${describeShape(shape)}); Ctrl-C prints totals and stops`);
+  console.log(`relay ${relay.host}:${relay.port} → ${values.to} (${describeShape(shape)}); ` +
+    'Ctrl-C prints totals and stops');
   const stop = async (): Promise<void> => {
     console.log(JSON.stringify(relay.stats()));
     await relay.close();
