@@ -10,20 +10,14 @@
 //   PAIR: v1-v2.repro (default), v2-v3.repro, synth
 //   BENCH=/var/tmp/deltad-bench (corpus in $BENCH/img, work files in $BENCH/deltad-daemon), PORT=8121 (uses 3)
 import { startNginx, type Nginx } from './nginx.js';
+import { CLI, daemonSite, pair as corpusPair } from './corpus.js';
 import { spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { createReadStream, existsSync, linkSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { join, resolve } from 'node:path';
+import { createReadStream, existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
 import { loadavg } from 'node:os';
 
-const BENCH = resolve(process.env.BENCH ?? '/var/tmp/deltad-bench');
-const CLI = resolve(new URL('../daemon/cli.js', import.meta.url).pathname);
 const PULL = ['/usr/lib/systemd/systemd-pull', '/lib/systemd/systemd-pull'].find((p) => existsSync(p));
-const PAIRS: Record<string, [string, string]> = {
-  'v1-v2.repro': ['v1.repro.erofs', 'v2.repro.erofs'],
-  'v2-v3.repro': ['v2.repro.erofs', 'v3.repro.erofs'],
-  synth: ['synth.v1.bin', 'synth.v2.bin'],
-};
 // Three ports from PORT (default 8121): nginx as is, nginx shaped, the daemon.
 const PORT_FULL = Number(process.env.PORT ?? 8121);
 const PORT_SHAPED = PORT_FULL + 1;
@@ -37,18 +31,6 @@ interface Row {
   originRequests: number;
   daemonRssMiB?: number;
   ttfbS?: number;
-}
-
-function sh(cmd: string, args: string[]): string {
-  const r = spawnSync(cmd, args, { encoding: 'utf8', maxBuffer: 64 * 1024 * 1024 });
-  if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} failed (${r.status}): ${r.stderr}`);
-  return r.stdout;
-}
-
-function link(from: string, to: string): void {
-  if (existsSync(to) && statSync(to).ino === statSync(from).ino) return;
-  rmSync(to, { force: true });
-  linkSync(from, to);
 }
 
 async function sha256File(path: string): Promise<string> {
@@ -100,20 +82,13 @@ async function measure(run: string, client: string[], nginx: Nginx, port: number
 async function main(): Promise<void> {
   if (!PULL) throw new Error('systemd-pull is required (Debian: systemd-container)');
   const pair = process.argv[2] ?? 'v1-v2.repro';
-  if (!PAIRS[pair]) throw new Error(`unknown pair ${pair} (${Object.keys(PAIRS).join(', ')})`);
-  const [oldName, newName] = PAIRS[pair];
-  const work = join(BENCH, 'deltad-daemon', pair);
-  const www = join(work, 'www');
-  mkdirSync(www, { recursive: true });
-  mkdirSync(join(work, 'system'), { recursive: true });
-  // Published: os_2.erofs, its index and SHA256SUMS; installed: os_1.erofs.
-  link(join(BENCH, 'img', newName), join(www, 'os_2.erofs'));
-  link(join(BENCH, 'img', oldName), join(work, 'system', 'os_1.erofs'));
-  const index = join(www, 'os_2.erofs.caibx');
-  if (!existsSync(index)) sh(process.execPath, [CLI, 'make', index, join(www, 'os_2.erofs')]);
-  const expected = await sha256File(join(www, 'os_2.erofs'));
-  writeFileSync(join(www, 'SHA256SUMS'), `${expected}  os_2.erofs\n`);
-  const size = statSync(join(www, 'os_2.erofs')).size;
+  const p = corpusPair(pair);
+  const { oldName, newName } = p;
+  // Published: os_2.erofs, its index and SHA256SUMS; installed: os_1.erofs (bench/corpus.ts, shared with bench/net-daemon.ts).
+  const site = daemonSite(p);
+  const { work, www } = site;
+  const expected = site.sha256;
+  const size = p.newSize;
 
   const nginx = startNginx(join(work, 'nginx'), [
     { port: PORT_FULL, root: www },

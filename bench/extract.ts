@@ -9,21 +9,15 @@
 //   BENCH=/var/tmp/deltad-bench (corpus in $BENCH/img, work files in $BENCH/deltad-extract)
 //   CHUNK=16384:65536:262144 (casync's default), PORT=8089
 import { startNginx, type Nginx } from './nginx.js';
+import { BENCH, CLI, PAIRS, casyncArtifacts, pair as corpusPair, sh, zsyncArtifact } from './corpus.js';
 import { spawnSync } from 'node:child_process';
-import { existsSync, linkSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { basename, dirname, join, resolve } from 'node:path';
+import { readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { basename, dirname, join } from 'node:path';
 import { loadavg } from 'node:os';
 
-const BENCH = resolve(process.env.BENCH ?? '/var/tmp/deltad-bench');
 const CHUNK = process.env.CHUNK ?? '16384:65536:262144';
 const PORT = Number(process.env.PORT ?? 8089);
 const ORIGIN = `http://127.0.0.1:${PORT}`;
-const CLI = resolve(new URL('../daemon/cli.js', import.meta.url).pathname);
-const PAIRS: Record<string, [string, string]> = {
-  'v1-v2.repro': ['v1.repro.erofs', 'v2.repro.erofs'],
-  'v2-v3.repro': ['v2.repro.erofs', 'v3.repro.erofs'],
-  synth: ['synth.v1.bin', 'synth.v2.bin'],
-};
 
 interface Row {
   pair: string;
@@ -36,12 +30,6 @@ interface Row {
   wireBytes: number;
   /** deltad's own wall time (from its --json summary): assembly without process start-up. */
   engineS?: number;
-}
-
-function sh(cmd: string, args: string[], opts: { cwd?: string } = {}): string {
-  const r = spawnSync(cmd, args, { encoding: 'utf8', maxBuffer: 64 * 1024 * 1024, ...opts });
-  if (r.status !== 0) throw new Error(`${cmd} ${args.join(' ')} failed (${r.status}): ${r.stderr}`);
-  return r.stdout;
 }
 
 /** deltad's resume file for an output (removed so every run starts cold). */
@@ -71,27 +59,15 @@ function measure(pair: string, tool: string, cmd: string[], nginx: Nginx, out: s
 }
 
 function runPair(pair: string): { rows: Row[]; plan: Record<string, unknown> } {
-  const [oldName, newName] = PAIRS[pair];
-  const OLD = join(BENCH, 'img', oldName);
-  const NEW = join(BENCH, 'img', newName);
-  const work = join(BENCH, 'deltad-extract', pair);
+  const p = corpusPair(pair);
+  const OLD = p.old;
+  const NEW = p.new;
+  const work = p.work;
   const www = join(work, 'www');
-  mkdirSync(www, { recursive: true });
-  const newImg = join(www, 'new.img');
-  if (!existsSync(newImg) || statSync(newImg).ino !== statSync(NEW).ino) {
-    rmSync(newImg, { force: true });
-    linkSync(NEW, newImg);
-  }
-  // Server-side artifacts, made once per pair and chunk size.
+  // Server-side artifacts, made once per pair and chunk size (bench/corpus.ts, shared with bench/net.ts).
   const tag = CHUNK.replace(/:/g, '-');
-  const index = join(www, `new.${tag}.caibx`);
-  const store = join(www, `new.${tag}.castr`);
-  const oldIndex = join(work, `old.${tag}.caibx`);
-  if (!existsSync(index)) sh('casync', [`--chunk-size=${CHUNK}`, `--store=${store}`, 'make', index, newImg]);
-  if (!existsSync(oldIndex)) sh('casync', [`--chunk-size=${CHUNK}`, `--store=${join(work, 'scratch.castr')}`, 'make', oldIndex, OLD]);
-  rmSync(join(work, 'scratch.castr'), { recursive: true, force: true });
-  const zsyncFile = join(www, 'new.img.zsync');
-  if (!existsSync(zsyncFile)) sh('zsyncmake', ['-u', 'new.img', '-o', zsyncFile, newImg]);
+  const { index, oldIndex } = casyncArtifacts(p, CHUNK);
+  zsyncArtifact(p);
 
   const nginx = startNginx(join(work, 'nginx'), [{ port: PORT, root: www }]);
   const out = join(work, 'out.img');

@@ -1,0 +1,143 @@
+// What a benchmarked process cost: wall time, peak RSS and bytes written to
+// disk. The figures are the kernel's per-process counters: peak RSS is
+// /proc/<pid>/status VmHWM, disk writes are /proc/<pid>/io write_bytes (bytes
+// the process dirtied in the page cache of a block device: not tmpfs, not
+// pipes or sockets). Both are read at exit through wait4(2) by GNU time
+// (ru_maxrss = VmHWM, ru_oublock = write_bytes / 512, both including the
+// process's threads and its waited-for children), so nothing written in the
+// last moments is missed; a command stopped at its time limit is still counted. While the process runs, sample() reads
+// the same
+// counters from /proc (e.g. a daemon between requests).
+import { spawn } from 'node:child_process';
+import { readFileSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+
+export interface ProcSample {
+  /** Peak and current resident set (VmHWM, VmRSS), in KiB. */
+  vmHwmKiB: number;
+  vmRssKiB: number;
+  /** /proc/<pid>/io write_bytes and read_bytes. */
+  writeBytes: number;
+  readBytes: number;
+}
+
+/** The counters of a running process, or null when it is gone. */
+export function sampleProc(pid: number): ProcSample | null {
+  try {
+    const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+    const io = readFileSync(`/proc/${pid}/io`, 'utf8');
+    const field = (text: string, name: string): number => Number(new RegExp(`^${name}:\\s*(\\d+)`,
+      'm').exec(text)?.[1] ?? NaN);
+    return {
+      vmHwmKiB: field(status, 'VmHWM'),
+      vmRssKiB: field(status, 'VmRSS'),
+      writeBytes: field(io, 'write_bytes'),
+      readBytes: field(io, 'read_bytes'),
+    };
+  } catch {
+    return null;
+  }
+}
+
+export interface Measured {
+  code: number | null;
+  /** Killed at the time limit. */
+  timedOut: boolean;
+  wallS: number;
+  peakRssMiB: number;
+  writeBytes: number;
+  stdout: string;
+  stderr: string;
+}
+
+export interface MeasuredProcess {
+  /** The measured process itself (not the GNU time wrapper); 0 until known. */
+  pid(): number;
+  sample(): ProcSample | null;
+  /** Resolves when the process exits. */
+  done: Promise<Measured>;
+  kill(signal?: NodeJS.Signals): void;
+}
+
+let serial = 0;
+
+/**
+ * Starts `cmd` under GNU time in its own process group. `timeoutS` stops the
+ * command (SIGTERM, then SIGKILL to the group after 3 s). `onStdout` sees output as it comes.
+ */
+export function startMeasured(cmd: string[], opts: {
+  env?: NodeJS.ProcessEnv; timeoutS?: number; onStdout?: (chunk: string) => void; cwd?: string;
+} = {}): MeasuredProcess {
+  const timeFile = join(tmpdir(), `deltad-bench-time-${process.pid}-${++serial}.txt`);
+  const child = spawn('/usr/bin/time', ['-f', '%e %M %O', '-o', timeFile, ...cmd], {
+    env: opts.env ?? process.env, cwd: opts.cwd, detached: true, stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  let stdout = '';
+  let stderr = '';
+  child.stdout.setEncoding('utf8').on('data', (d: string) => {
+    stdout += d;
+    opts.onStdout?.(d);
+  });
+  child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr = (stderr + d).slice(-64 * 1024)));
+  let inner = 0;
+  const pid = (): number => {
+    if (inner || !child.pid) return inner;
+    try {
+      inner = Number(readFileSync(`/proc/${child.pid}/task/${child.pid}/children`, 'utf8').trim().split(/\s+/)[0]) || 0;
+    } catch {
+      // not started yet or gone
+    }
+    return inner;
+  };
+  let timedOut = false;
+  const killGroup = (signal: NodeJS.Signals): void => {
+    try {
+      if (child.pid) process.kill(-child.pid, signal);
+    } catch {
+      // already gone
+    }
+  };
+  // At the limit the command (not GNU time) is stopped, so time still reports its counters:
+  // SIGTERM, SIGKILL 3 s later, and the whole group only if that did not end it.
+  const signalInner = (signal: NodeJS.Signals): void => {
+    try {
+      process.kill(pid() || -child.pid!, signal);
+    } catch {
+      // already gone
+    }
+  };
+  const timer = opts.timeoutS
+    ? setTimeout(() => {
+      timedOut = true;
+      signalInner('SIGTERM');
+      setTimeout(() => signalInner('SIGKILL'), 3000).unref();
+      setTimeout(() => killGroup('SIGKILL'), 10_000).unref();
+    }, opts.timeoutS * 1000)
+    : undefined;
+  const started = performance.now();
+  const done = new Promise<Measured>((resolve, reject) => {
+    child.once('error', reject);
+    child.once('close', (code) => {
+      clearTimeout(timer);
+      const wallS = (performance.now() - started) / 1000;
+      let rss = NaN;
+      let blocks = NaN;
+      try {
+        // The last line is the format; a killed command adds "Command terminated by signal N" before it.
+        const last = readFileSync(timeFile, 'utf8').trim().split('\n').pop()!.split(' ').map(Number);
+        [, rss, blocks] = last;
+      } catch {
+        // time did not write its file
+      }
+      rmSync(timeFile, { force: true });
+      resolve({ code, timedOut, wallS, peakRssMiB: rss / 1024, writeBytes: blocks * 512, stdout, stderr });
+    });
+  });
+  return { pid, sample: () => (pid() ? sampleProc(pid()) : null), done, kill: killGroup };
+}
+
+/** Runs `cmd` to the end (or the time limit) and returns what it cost. */
+export function runMeasured(cmd: string[], opts: Parameters<typeof startMeasured>[1] = {}): Promise<Measured> {
+  return startMeasured(cmd, opts).done;
+}

@@ -1,0 +1,385 @@
+// The sysupdate sidecar over real link conditions: `deltad serve` seeded with
+// the old image, its origin (nginx, https with HTTP/2 offered, or plain http)
+// behind the shaped relay (bench/relay.ts), and systemd-pull exactly as
+// systemd-sysupdate runs it (raw --direct --verify=<sha256>) as the client on
+// loopback. Per link: a full download with systemd-pull straight from the
+// origin through the same link, then the update through the daemon: client
+// wall time against 1.15 × origin bytes / rate + 2 s, time to first body byte
+// (seen by a tap between client and daemon), the daemon's disk writes and
+// peak RSS (kernel counters at its exit, bench/measure.ts), and whether it
+// fell back to a full download (an unranged 200 for the image at the origin).
+// Then N concurrent clients (curl) of the same image through one daemon:
+// origin requests and daemon memory.
+//
+//   npm run build && node dist/bench/net-daemon.js [--pair v1-v2.repro] [--links 100mbit:40:h2,5mbit:40:h2]
+//        [--clients 200] [--clients-link 100mbit:40:h2] [--max-run-s 600] [--full-max-s 60] [--port 8141]
+//        [--daemon-args '--concurrency 8']   (extra `deltad serve` flags; --ca-file is passed when serve has it)
+//   BENCH=/var/tmp/deltad-bench (site shared with bench/daemon.ts: $BENCH/deltad-daemon/<pair>/)
+import { startNginx, type AccessEntry, type Nginx } from './nginx.js';
+import { startRelay, selfCheck, describeCheck, parseRate, type LinkShape, type SelfCheck } from './relay.js';
+import { makeTestCa, withCaBundle, type TestCa } from './tls.js';
+import { runMeasured, startMeasured, type MeasuredProcess } from './measure.js';
+import { CLI, daemonSite, pair, sh, type DaemonSite, type Pair } from './corpus.js';
+import { spawn, spawnSync } from 'node:child_process';
+import { existsSync, rmSync, writeFileSync } from 'node:fs';
+import net from 'node:net';
+import { dirname, join } from 'node:path';
+import { loadavg } from 'node:os';
+import { parseArgs } from 'node:util';
+
+const { values } = parseArgs({
+  options: {
+    pair: { type: 'string', default: 'v1-v2.repro' },
+    links: { type: 'string', default: '100mbit:40:h2,5mbit:40:h2' },
+    clients: { type: 'string', default: '200' },
+    'clients-link': { type: 'string', default: '100mbit:40:h2' },
+    'max-run-s': { type: 'string', default: '600' },
+    'full-max-s': { type: 'string', default: '60' },
+    port: { type: 'string', default: '8141' },
+    'daemon-args': { type: 'string', default: '' },
+  },
+});
+const PORT = Number(values.port);
+const DAEMON_PORT = PORT + 2;
+const MAX_RUN_S = Number(values['max-run-s']);
+const PULL = ['/usr/lib/systemd/systemd-pull', '/lib/systemd/systemd-pull'].find((f) => existsSync(f));
+
+interface LinkSpec {
+  label: string;
+  shape: LinkShape;
+  tls: boolean;
+}
+
+function parseLink(s: string): LinkSpec {
+  const [rate, rtt, proto] = s.split(':');
+  if (!rate || rtt === undefined || (proto !== 'h1'
+    && proto !== 'h2')) throw new Error(`link "${s}": expected RATE:RTT_MS:h1|h2`);
+  return { label: `${rate} ${rtt} ms ${proto === 'h1' ? 'http/1.1' : 'https+h2'}`,
+    shape: { rateBitsPerS: parseRate(rate), rttMs: Number(rtt) }, tls: proto === 'h2' };
+}
+
+/**
+ * A transparent TCP tap in front of the daemon: the time the first body byte
+ * of an HTTP response passes (after its header block), per connection.
+ */
+interface Tap {
+  port: number;
+  firstBodyAt(): number | undefined;
+  close(): Promise<void>;
+}
+
+async function startTap(toPort: number): Promise<Tap> {
+  let first: number | undefined;
+  const sockets = new Set<net.Socket>();
+  const server = net.createServer((client) => {
+    const upstream = net.connect(toPort, '127.0.0.1');
+    sockets.add(client).add(upstream);
+    let head = '';
+    let inBody = false;
+    upstream.on('data', (d: Buffer) => {
+      if (!inBody) {
+        head += d.toString('latin1');
+        const end = head.indexOf('\r\n\r\n');
+        if (end >= 0 && head.length > end + 4 && /^HTTP\/1\.[01] 200/.test(head)) {
+          inBody = true;
+          first ??= performance.now();
+        }
+      }
+    });
+    client.pipe(upstream).pipe(client);
+    const close = (): void => {
+      client.destroy();
+      upstream.destroy();
+      sockets.delete(client);
+      sockets.delete(upstream);
+    };
+    client.on('error', close).on('close', close);
+    upstream.on('error', close).on('close', close);
+  });
+  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
+  return {
+    port: (server.address() as net.AddressInfo).port,
+    firstBodyAt: () => first,
+    close: () => new Promise<void>((r) => {
+      for (const s of sockets) s.destroy();
+      server.close(() => r());
+    }),
+  };
+}
+
+function daemonHasCaFile(): boolean {
+  const help = spawnSync(process.execPath, [CLI, 'serve', '--help'], { encoding: 'utf8' });
+  return `${help.stdout}${help.stderr}`.includes('--ca-file');
+}
+
+interface Daemon {
+  proc: MeasuredProcess;
+  ready: Promise<void>;
+}
+
+function startDaemon(site: DaemonSite, origin: string, cacheDir: string, ca: TestCa | null): Daemon {
+  const caArgs = ca && daemonHasCaFile() ? ['--ca-file', ca.caCert] : [];
+  const env = { ...process.env, ...(ca && !caArgs.length ? { NODE_EXTRA_CA_CERTS: ca.caCert } : {}) };
+  let resolveReady = (): void => {};
+  const ready = new Promise<void>((r) => (resolveReady = r));
+  const proc = startMeasured(['nice', '-n', '5', process.execPath, CLI, 'serve', '--listen', `127.0.0.1:${DAEMON_PORT}`,
+    '--origin', origin,
+    '--seed-glob', join(site.system, '*.erofs'), '--image-pattern', '*.erofs', '--cache-dir', cacheDir,
+      '--idle-timeout', '2', ...caArgs,
+    ...values['daemon-args']!.split(' ').filter(Boolean)],
+  { env, timeoutS: MAX_RUN_S + 60, onStdout: (d) => d.includes('listening') && resolveReady() });
+  return { proc, ready: Promise.race([ready,
+    proc.done.then((m) => { throw new Error(`daemon exited early (${m.code}): ${m.stderr.slice(-1500)}`); })]) };
+}
+
+interface PullRow {
+  link: string;
+  run: string;
+  ok: boolean;
+  wallS: number;
+  /** 1.15 × origin bytes / rate + 2 s (the target for a delta through the daemon). */
+  targetS?: number;
+  ttfbS?: number;
+  originBytes: number;
+  requests: number;
+  connections: number;
+  protocols: string;
+  fellBack?: boolean;
+  clientWriteBytes: number;
+  daemonRssMiB?: number;
+  daemonWriteBytes?: number;
+  note: string;
+}
+
+const settle = (): Promise<void> => new Promise((r) => setTimeout(r, 400));
+
+function originSummary(entries: AccessEntry[]) {
+  return {
+    originBytes: entries.reduce((n, e) => n + e.bodyBytes, 0),
+    requests: entries.length,
+    connections: new Set(entries.map((e) => e.connection)).size,
+    protocols: [...new Set(entries.map((e) => e.protocol))].join(' '),
+    // The daemon probes with a 1-byte range; a full fetch of the image is an unranged 200 with a large body.
+    fellBack: entries.some((e) => e.uri === '/os_2.erofs' && e.status === 200 && (e.range === '-' || e.range === '')
+      && e.bodyBytes > 1 << 20),
+  };
+}
+
+async function fullDownload(spec: LinkSpec, site: DaemonSite, p: Pair, base: string, ca: TestCa | null, nginx: Nginx,
+  port: number,
+  linkDown: () => number): Promise<PullRow> {
+  const downBefore = linkDown();
+  const out = join(site.work, 'out.erofs');
+  rmSync(out, { force: true });
+  const before = nginx.entries().length;
+  const pull = [PULL!, 'raw', '--direct', `--verify=${site.sha256}`, '--sync=no', `${base}/os_2.erofs`, out];
+  const m = await runMeasured(['nice', '-n', '5', ...(ca ? withCaBundle(ca.bundle, pull) : pull)],
+    { timeoutS: Number(values['full-max-s']) });
+  await settle();
+  const o = originSummary(nginx.entries().slice(before).filter((e) => e.port === port));
+  const ok = !m.timedOut && m.code === 0;
+  // What passed the link, not what nginx handed to its socket (buffers hold megabytes more).
+  const perS = (linkDown() - downBefore) / m.wallS;
+  const note = m.timedOut
+    ? `stopped at ${values['full-max-s']} s; at that rate the whole image takes ${(p.newSize / perS).toFixed(0)} s`
+    : ok ? '' : `FAILED (exit ${m.code}): ${m.stderr.trim().slice(-300)}`;
+  rmSync(out, { force: true });
+  const { fellBack: _unused, ...rest } = o;
+  void _unused;
+  return { link: spec.label, run: 'full download (systemd-pull from the origin)', ok, wallS: Number(m.wallS.toFixed(2)),
+    ...rest, clientWriteBytes: m.writeBytes, note };
+}
+
+async function viaDaemon(spec: LinkSpec, site: DaemonSite, base: string, ca: TestCa | null, nginx: Nginx, port: number,
+  cacheDir: string): Promise<PullRow> {
+  const out = join(site.work, 'out.erofs');
+  rmSync(out, { force: true });
+  const d = startDaemon(site, `${base}/`, cacheDir, ca);
+  await d.ready;
+  const tap = await startTap(DAEMON_PORT);
+  const before = nginx.entries().length;
+  const t0 = performance.now();
+  const m = await runMeasured(['nice', '-n', '5', PULL!, 'raw', '--direct', `--verify=${site.sha256}`, '--sync=no',
+    `http://127.0.0.1:${tap.port}/os_2.erofs`, out], { timeoutS: MAX_RUN_S });
+  const first = tap.firstBodyAt();
+  await tap.close();
+  const live = d.proc.sample();
+  const dm = await d.proc.done;
+  await settle();
+  const o = originSummary(nginx.entries().slice(before).filter((e) => e.port === port));
+  const ok = !m.timedOut && m.code === 0 && spawnSync('cmp', ['-s', out, site.image]).status === 0;
+  rmSync(out, { force: true });
+  const targetS = spec.shape.rateBitsPerS ? (1.15 * o.originBytes * 8) / spec.shape.rateBitsPerS + 2 : undefined;
+  const wallS = Number(m.wallS.toFixed(2));
+  let note = targetS === undefined ? '' : wallS <= targetS ? 'within target'
+    : `${(wallS / targetS).toFixed(2)} × target`;
+  if (m.timedOut) note = `stopped at ${MAX_RUN_S} s`;
+  else if (!ok) note = `FAILED (exit ${m.code}): ${m.stderr.trim().slice(-200)} ${dm.stderr.trim().slice(-300)}`;
+  if (live && Math.abs(live.vmHwmKiB / 1024 - dm.peakRssMiB) > 1) {
+    note += ` (VmHWM right after the client: ${Math.round(live.vmHwmKiB / 1024)} MiB)`;
+  }
+  return {
+    link: spec.label, run: 'delta through deltad serve (systemd-pull)', ok, wallS,
+      targetS: targetS && Number(targetS.toFixed(1)),
+    ttfbS: first === undefined ? undefined : Number(((first - t0) / 1000).toFixed(3)), ...o,
+      clientWriteBytes: m.writeBytes,
+    daemonRssMiB: Math.round(dm.peakRssMiB), daemonWriteBytes: dm.writeBytes, note,
+  };
+}
+
+interface ManyRow {
+  link: string;
+  clients: number;
+  ok: number;
+  wallS: number;
+  ttfbMedianS: number;
+  ttfbMaxS: number;
+  totalMedianS: number;
+  totalMaxS: number;
+  originBytes: number;
+  requests: number;
+  fellBack: boolean;
+  daemonRssMiB: number;
+  daemonWriteBytes: number;
+  note: string;
+}
+
+/** What the clients that did not get the image got, and what the daemon said about it. */
+function badAnswers(parsed: number[][], good: number[][], daemonLog: string): string {
+  const answers = [...new Set(parsed.filter((x) => !good.includes(x)).map((x) => `${x[0]}/${x[1]}`))].slice(0, 5);
+  const said = [...new Set(daemonLog.split('\n').filter((l) => /warn|error|fall|pass/i.test(l))
+    .map((l) => l.replace(/^\S+\s+/, '')))];
+  return `bad answers (status/bytes): ${answers.join(', ')}; daemon: ${said.slice(0, 3).join(' / ').slice(0, 400)}`;
+}
+
+/** N curl clients of the same image at once through one daemon. */
+async function manyClients(spec: LinkSpec, n: number, site: DaemonSite, p: Pair, base: string, ca: TestCa | null,
+  nginx: Nginx, port: number,
+  cacheDir: string): Promise<ManyRow> {
+  const d = startDaemon(site, `${base}/`, cacheDir, ca);
+  await d.ready;
+  const before = nginx.entries().length;
+  const t0 = performance.now();
+  const results = await Promise.all(Array.from({ length: n }, () => new Promise<string>((resolve) => {
+    const c = spawn('nice', ['-n', '5', 'curl', '-sS', '-o', '/dev/null', '--max-time', String(MAX_RUN_S),
+      '-w', '%{http_code} %{size_download} %{time_starttransfer} %{time_total}',
+        `http://127.0.0.1:${DAEMON_PORT}/os_2.erofs`],
+    { stdio: ['ignore', 'pipe', 'ignore'] });
+    let outText = '';
+    c.stdout.on('data', (x) => (outText += x));
+    c.on('close', () => resolve(outText.trim()));
+  })));
+  const wallS = (performance.now() - t0) / 1000;
+  const dm = await d.proc.done;
+  await settle();
+  const o = originSummary(nginx.entries().slice(before).filter((e) => e.port === port));
+  const parsed = results.map((r) => r.split(' ').map(Number));
+  const good = parsed.filter(([code, size]) => code === 200 && size === p.newSize);
+  const med = (xs: number[]): number => [...xs].sort((a, b) => a - b)[xs.length >> 1] ?? NaN;
+  const ttfb = parsed.map((x) => x[2]);
+  const total = parsed.map((x) => x[3]);
+  return {
+    link: spec.label, clients: n, ok: good.length, wallS: Number(wallS.toFixed(1)),
+    ttfbMedianS: Number(med(ttfb).toFixed(2)), ttfbMaxS: Number(Math.max(...ttfb).toFixed(2)),
+    totalMedianS: Number(med(total).toFixed(1)), totalMaxS: Number(Math.max(...total).toFixed(1)),
+    originBytes: o.originBytes, requests: o.requests, fellBack: o.fellBack,
+    daemonRssMiB: Math.round(dm.peakRssMiB), daemonWriteBytes: dm.writeBytes,
+    note: good.length === n ? '' : badAnswers(parsed, good, dm.stderr),
+  };
+}
+
+async function main(): Promise<void> {
+  if (!PULL) throw new Error('systemd-pull is required (Debian: systemd-container, scripts/test-deps.sh)');
+  const p = pair(values.pair!);
+  const site = daemonSite(p);
+  const links = values.links!.split(',').filter(Boolean).map(parseLink);
+  const clients = Number(values.clients);
+  const clientsLink = clients > 0 ? parseLink(values['clients-link']!) : null;
+  const commit = spawnSync('git', ['-C', dirname(CLI), 'rev-parse', '--short', 'HEAD'],
+    { encoding: 'utf8' }).stdout.trim();
+  const work = join(site.work, 'net');
+  const ca = makeTestCa(join(work, 'tls'));
+  const nginx = startNginx(join(work, 'nginx'), [
+    { port: PORT, root: site.www },
+    { port: PORT + 1, root: site.www, tls: { cert: ca.cert, key: ca.key }, http2: true },
+  ]);
+  const cacheDir = join(work, 'cache');
+  const loadStart = loadavg();
+  const started = new Date();
+  const rows: PullRow[] = [];
+  const checks: SelfCheck[] = [];
+  let many: ManyRow | undefined;
+  try {
+    // The installed image's index is made once and kept (as a running sidecar would have it).
+    rmSync(cacheDir, { recursive: true, force: true });
+    sh(process.execPath, [CLI, 'plan', '--json', '--seed', site.seed, '--cache-dir', cacheDir, '--range-url',
+      `http://127.0.0.1:${PORT}/os_2.erofs`,
+      `${site.image}.caibx`]);
+    const withLink = async <T>(spec: LinkSpec, fn: (base: string, port: number,
+      linkDown: () => number) => Promise<T>): Promise<T> => {
+      const check = await selfCheck(spec.shape);
+      checks.push(check);
+      process.stderr.write(`${spec.label}: ${describeCheck(check)}\n`);
+      const port = spec.tls ? PORT + 1 : PORT;
+      const relay = await startRelay({ to: { host: '127.0.0.1', port }, shape: spec.shape });
+      try {
+        return await fn(`${spec.tls ? 'https' : 'http'}://127.0.0.1:${relay.port}`, port, () => relay.stats().down);
+      } finally {
+        await relay.close();
+      }
+    };
+    const log = (x: unknown): void => void process.stderr.write(`[${new Date().toISOString().slice(11,
+      19)} load ${loadavg()[0].toFixed(1)}] ${JSON.stringify(x)}\n`);
+    for (const spec of links) {
+      await withLink(spec, async (base, port, linkDown) => {
+        const caFor = spec.tls ? ca : null;
+        rows.push(await fullDownload(spec, site, p, base, caFor, nginx, port, linkDown));
+        log(rows.at(-1));
+        rows.push(await viaDaemon(spec, site, base, caFor, nginx, port, cacheDir));
+        log(rows.at(-1));
+      });
+    }
+    if (clientsLink) {
+      many = await withLink(clientsLink, (base, port) => manyClients(clientsLink, clients, site, p, base,
+        clientsLink.tls ? ca : null, nginx, port, cacheDir));
+      log(many);
+    }
+  } finally {
+    nginx.stop();
+  }
+  const loadEnd = loadavg();
+  const result = { pair: p.name, newSize: p.newSize, commit, started: started.toISOString(), loadStart, loadEnd, checks,
+    rows, many };
+  writeFileSync(join(work, 'results.json'), JSON.stringify(result, null, 2));
+  const fmt = (n: number | undefined): string => (n === undefined ? '-' : n.toLocaleString('en-US'));
+  const load = (l: number[]): string => l.map((x) => x.toFixed(1)).join(' ');
+  const md = (cells: (string | number)[]): string => `| ${cells.join(' | ')} |`;
+  console.log(`\n### deltad serve over shaped links: ${p.name} (${fmt(p.newSize)} bytes; tree ${commit}; ` +
+    `${started.toISOString().slice(0, 16)} UTC; load ${load(loadStart)} at the start, ${load(loadEnd)} at the end)\n`);
+  for (const c of checks) console.log(`- ${describeCheck(c)}`);
+  if (rows.length) {
+    console.log('\n' + md(['link', 'run', 'ok', 'client wall s', 'target s', 'first body byte s', 'origin bytes',
+      'requests', 'conns', 'protocol', 'full-download fallback', 'daemon peak RSS MiB', 'daemon write_bytes',
+      'client write_bytes', 'note']));
+    console.log('|---|---|---|---:|---:|---:|---:|---:|---:|---|---|---:|---:|---:|---|');
+  }
+  for (const r of rows) {
+    const fellBack = r.fellBack === undefined ? '-' : r.fellBack ? 'YES' : 'no';
+    console.log(md([r.link, r.run, r.ok ? 'yes' : 'NO', r.wallS, r.targetS ?? '-', r.ttfbS ?? '-',
+      fmt(r.originBytes), r.requests, r.connections, r.protocols, fellBack, r.daemonRssMiB ?? '-',
+      fmt(r.daemonWriteBytes), fmt(r.clientWriteBytes), r.note]));
+  }
+  if (many) {
+    console.log(`\n${many.clients} concurrent clients (curl -o /dev/null) of os_2.erofs through one daemon, ` +
+      `origin over ${many.link}:\n`);
+    console.log(md(['clients', 'complete and right size', 'wall s', 'first body byte median / max s',
+      'client time median / max s', 'origin bytes', 'origin requests', 'fallback', 'daemon peak RSS MiB',
+      'daemon write_bytes', 'note']));
+    console.log('|---:|---:|---:|---|---|---:|---:|---|---:|---:|---|');
+    console.log(md([many.clients, many.ok, many.wallS, `${many.ttfbMedianS} / ${many.ttfbMaxS}`,
+      `${many.totalMedianS} / ${many.totalMaxS}`, fmt(many.originBytes), many.requests,
+      many.fellBack ? 'YES' : 'no', many.daemonRssMiB, fmt(many.daemonWriteBytes), many.note]));
+  }
+}
+
+await main();
