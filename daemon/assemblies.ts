@@ -244,7 +244,7 @@ export class AssemblyRegistry {
   /** The running assembly of `key` that can still serve a whole image, or a new one started with `start`. */
   acquire(key: string, size: number, start: StartAssembly): { assembly: SharedAssembly; created: boolean } {
     const existing = this.live.get(key);
-    if (existing && existing.joinable && existing.size === size) return { assembly: existing, created: false };
+    if (existing?.joinable && existing.size === size) return { assembly: existing, created: false };
     const assembly = new SharedAssembly(key, size, start, (a) => {
       if (this.live.get(a.key) === a) this.live.delete(a.key);
     }, this.stallMs, this.maxBuffered);

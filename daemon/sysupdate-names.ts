@@ -54,7 +54,7 @@ export function expandSpecifiers(text: string, spec: Specifiers): string | undef
   return unknown ? undefined : out;
 }
 
-const escape = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+const escapeRegExp = (s: string) => s.replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
 
 /** The pattern as a regular expression whose group 1 is @v (other @ fields match anything). */
 export function patternRegExp(pattern: string, spec: Specifiers): RegExp | undefined {
@@ -62,7 +62,7 @@ export function patternRegExp(pattern: string, spec: Specifiers): RegExp | undef
   if (expanded === undefined) return undefined;
   const re = expanded
     .split(/(@[a-zA-Z])/)
-    .map((part, i) => (i % 2 === 0 ? escape(part) : part === '@v' ? '([^/]+?)' : '(?:[^/]+?)'))
+    .map((part, i) => (i % 2 === 0 ? escapeRegExp(part) : part === '@v' ? '([^/]+?)' : '(?:[^/]+?)'))
     .join('');
   return new RegExp(`^${re}$`);
 }

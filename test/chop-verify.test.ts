@@ -75,7 +75,10 @@ test('chop fills a store; a second chop finds everything; verifyStore accepts it
   assert.ok(unique < index.count, 'the image has duplicate chunks');
   const store = new LocalStore(join(dir, 'img.castr'));
   const progress: number[] = [];
-  const r1 = await chopFile(index, join(dir, 'img'), store, { onProgress: (done, total) => (assert.equal(total, img.length), progress.push(done)) });
+  const r1 = await chopFile(index, join(dir, 'img'), store, { onProgress: (done, total) => {
+      assert.equal(total, img.length);
+      progress.push(done);
+    } });
   assert.deepEqual(
     { chunks: r1.chunks, unique: r1.unique, written: r1.written, existing: r1.existing, bytesIn: r1.bytesIn },
     { chunks: index.count, unique, written: unique, existing: 0, bytesIn: img.length },

@@ -9,7 +9,7 @@ import { delimiter, join } from 'node:path';
 import { BUZHASH_TABLE, rollHash, windowHash } from '../lib/chunking/buzhash.js';
 import { serializeIndex, type ChunkParams } from '../lib/format/caibx.js';
 import { Chunker, chunkEnds, cutTest, discriminator, parseChunkSize, type ChunkerKernel, type ChunkerVariant } from '../lib/chunking/chunker.js';
-import { type DigestName } from '../lib/format/digest.js';
+import type { DigestName } from '../lib/format/digest.js';
 import { UsageError } from '../lib/errors.js';
 import { indexBuffer } from '../lib/chunking/indexer.js';
 import { caibxPath, loadDesyncVectors, loadVectors, vectorInputs } from './helpers/vectors.js';
@@ -45,7 +45,9 @@ function streamedEnds(data: Uint8Array, params: ChunkParams, piece: number, kern
 
 test('buzhash table is casync\'s (found byte for byte in the casync binary) and has the known SHA-256', (t) => {
   const le = Buffer.alloc(1024);
-  BUZHASH_TABLE.forEach((v, i) => le.writeUInt32LE(v, i * 4));
+  BUZHASH_TABLE.forEach((v, i) => {
+    le.writeUInt32LE(v, i * 4);
+  });
   assert.equal(createHash('sha256').update(le).digest('hex'), '5b52080d38287da9d2e278466e3e0db7ec98e5e8b226f50612a56fa012b1f660');
   if (!requireCasync(t)) return;
   const binary = (process.env.PATH ?? '').split(delimiter).map((d) => join(d, 'casync')).find((p) => {

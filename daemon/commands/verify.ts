@@ -70,7 +70,10 @@ Examples:
         const progress = createProgress({ label: 'verify store', interactive: ctx.interactive, stream: ctx.stderr, unit: 'count' });
         const r = await verifyStore(index, store, {
           concurrency: parseCount(str(ctx, 'concurrency'), '--concurrency', 8),
-          onProgress: (done, total) => (progress.setTotal(total), progress.update(done)),
+          onProgress: (done, total) => {
+            progress.setTotal(total);
+            progress.update(done);
+          },
         });
         progress.finish();
         out.store = { location: store.location, ...r };

@@ -279,7 +279,7 @@ export class PartialFile implements AssemblySink {
     await this.flushJournal().catch(() => {});
     await this.close();
     const journal = this.journaled;
-    if (!journal || !journal.some((b) => b !== 0)) {
+    if (!journal?.some((b) => b !== 0)) {
       await unlink(this.paths.partial).catch(() => {});
       await unlink(this.paths.journal).catch(() => {});
       await this.lock.release();

@@ -102,7 +102,7 @@ export class ChunkCache implements WritableChunkStore {
           continue;
         }
         const m = CHUNK_FILE.exec(name);
-        if (!m || !m[1].startsWith(sub)) continue;
+        if (!m?.[1].startsWith(sub)) continue;
         const st = await stat(path).catch(() => null);
         if (st?.isFile()) found.push({ hex: m[1], size: st.size, mtime: st.mtimeMs });
       }
@@ -256,7 +256,9 @@ export class ChunkCache implements WritableChunkStore {
         waits.push({ index, promise: shared });
         continue;
       }
-      const hit = this.entries.has(hex) ? await this.get(req) : (this.counters.misses++, null);
+      let hit: Buffer | null = null;
+      if (this.entries.has(hex)) hit = await this.get(req);
+      else this.counters.misses++;
       if (hit) {
         yield { index, data: hit };
         continue;
@@ -274,7 +276,14 @@ export class ChunkCache implements WritableChunkStore {
       promise.catch(() => {}); // observed by the waiters; never an unhandled rejection
       this.inflight.set(hex, promise);
       claimed.set(hex, promise);
-      mine.push({ index, req, settle: (d, err) => (this.inflight.delete(hex), settle(d, err)) });
+      mine.push({
+        index,
+        req,
+        settle: (d, err) => {
+          this.inflight.delete(hex);
+          settle(d, err);
+        },
+      });
       waits.push({ index, promise });
     }
     if (mine.length) {
@@ -286,8 +295,14 @@ export class ChunkCache implements WritableChunkStore {
     let wake: (() => void) | undefined;
     for (const w of waits) {
       w.promise.then(
-        (data) => (queue.push({ index: w.index, data }), wake?.()),
-        (err) => (queue.push({ index: w.index, data: null, err }), wake?.()),
+        (data) => {
+          queue.push({ index: w.index, data });
+          wake?.();
+        },
+        (err) => {
+          queue.push({ index: w.index, data: null, err });
+          wake?.();
+        },
       );
     }
     let firstError: unknown;

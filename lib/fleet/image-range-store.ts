@@ -5,7 +5,7 @@
 // from an upstream that has images and indexes but no chunk store. Like every
 // ChunkStore it returns verified data only: each chunk is hashed against the
 // ID it was asked for (an image that changed under its index is caught here).
-import { HttpClient } from '../fetch/http-client.js';
+import type { HttpClient } from '../fetch/http-client.js';
 import { RangeFetcher } from '../fetch/range-fetcher.js';
 import { ChunkVerifyError, OriginError } from '../errors.js';
 import { chunkId, toHex } from '../format/digest.js';

@@ -41,7 +41,7 @@ function sameIdentity(a: FileIdentity, b: FileIdentity): boolean {
 /** $XDG_CACHE_HOME/deltad or ~/.cache/deltad. */
 export function defaultCacheDir(): string {
   const xdg = process.env.XDG_CACHE_HOME;
-  return xdg && xdg.startsWith('/') ? join(xdg, 'deltad') : join(homedir(), '.cache', 'deltad');
+  return xdg?.startsWith('/') ? join(xdg, 'deltad') : join(homedir(), '.cache', 'deltad');
 }
 
 export class IndexCache {

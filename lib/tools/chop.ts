@@ -72,7 +72,10 @@ export async function chopFile(index: ChunkIndex, path: string, store: WritableC
         }
         seen.add(hex);
         result.unique++;
-        checks.push(store.has(index.id(c), opts.signal).then((present) => (present ? (result.existing++, false) : true)));
+        checks.push(store.has(index.id(c), opts.signal).then((present) => {
+          if (present) result.existing++;
+          return !present;
+        }));
       }
       return Promise.all(checks);
     };

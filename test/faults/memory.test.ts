@@ -45,7 +45,7 @@ function items(first: number, n: number, step: number): Buffer {
 /** An origin on 127.0.0.1 answering every request with `serve`; closed after the test. */
 async function startServer(t: TestContext, serve: (res: ServerResponse) => void): Promise<{ url: string; sent: () => number }> {
   let sent = 0;
-  const server = createServer((req, res) => {
+  const server = createServer((_req, res) => {
     const write = res.write.bind(res);
     res.write = ((chunk: Buffer, ...rest: never[]) => {
       sent += chunk.length;
@@ -83,7 +83,10 @@ test('an index body that never ends (no Content-Length) is refused after a bound
     let n = 0;
     const pump = (): void => {
       while (!res.destroyed && res.write(items(n, perWrite, step))) n += perWrite;
-      if (!res.destroyed) res.once('drain', () => ((n += perWrite), pump()));
+      if (!res.destroyed) res.once('drain', () => {
+        n += perWrite;
+        pump();
+      });
     };
     res.on('error', () => {});
     pump();
@@ -113,7 +116,10 @@ test('the sidecar\'s release preparation reads an endless index only as far as i
     let n = 0;
     const pump = (): void => {
       while (!res.destroyed && res.write(items(n, 4096, step))) n += 4096;
-      if (!res.destroyed) res.once('drain', () => ((n += 4096), pump()));
+      if (!res.destroyed) res.once('drain', () => {
+        n += 4096;
+        pump();
+      });
     };
     pump();
   });
@@ -141,7 +147,10 @@ test('a valid 335 MB index describing 2^50 bytes is refused from its announced l
     let n = 0;
     const pump = (): void => {
       while (!res.destroyed && n < count && res.write(items(n, 4096, chunk))) n += 4096;
-      if (!res.destroyed && n < count) res.once('drain', () => ((n += 4096), pump()));
+      if (!res.destroyed && n < count) res.once('drain', () => {
+        n += 4096;
+        pump();
+      });
     };
     pump();
   });
