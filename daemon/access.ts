@@ -6,7 +6,15 @@
 import { BlockList, isIP } from 'node:net';
 
 /** Loopback, RFC 1918 private, unique-local and link-local networks. */
-export const DEFAULT_ALLOW = ['127.0.0.0/8', '::1/128', '10.0.0.0/8', '172.16.0.0/12', '192.168.0.0/16', 'fc00::/7', 'fe80::/10'];
+export const DEFAULT_ALLOW = [
+  '127.0.0.0/8',
+  '::1/128',
+  '10.0.0.0/8',
+  '172.16.0.0/12',
+  '192.168.0.0/16',
+  'fc00::/7',
+  'fe80::/10',
+];
 
 export class AllowList {
   private readonly list = new BlockList();
@@ -58,7 +66,8 @@ export class ClientLimiter {
   }
 }
 
-const HOST_HEADER = /^(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,62})?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62})?)*\.?|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?$/;
+const HOST_HEADER =
+  /^(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,62})?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]{0,62})?)*\.?|\[[0-9A-Fa-f:.]+\])(?::\d{1,5})?$/;
 
 /**
  * Why a request's target is refused, or null when it is a plain origin-form
@@ -67,11 +76,13 @@ const HOST_HEADER = /^(?:[A-Za-z0-9](?:[A-Za-z0-9-]{0,62})?(?:\.[A-Za-z0-9](?:[A
  */
 export function refuseTarget(method: string, rawUrl: string, rawHeaders: readonly string[]): string | null {
   if (method === 'CONNECT') return 'CONNECT is not supported: this is not a forward proxy';
-  if (!rawUrl.startsWith('/')) return 'absolute-form request targets are refused: this proxy only serves its configured upstream';
+  if (!rawUrl.startsWith('/'))
+    return 'absolute-form request targets are refused: this proxy only serves its configured upstream';
   if (rawUrl.startsWith('//')) return 'request target starts with "//"';
   // Node keeps only the first of several Host headers in req.headers: count them in the raw [name, value, ...] list.
   const hosts: string[] = [];
-  for (let k = 0; k < rawHeaders.length; k += 2) if (rawHeaders[k].toLowerCase() === 'host') hosts.push(rawHeaders[k + 1]);
+  for (let k = 0; k < rawHeaders.length; k += 2)
+    if (rawHeaders[k].toLowerCase() === 'host') hosts.push(rawHeaders[k + 1]);
   if (hosts.length > 1) return 'more than one Host header';
   if (hosts.length === 1 && !HOST_HEADER.test(hosts[0])) return 'malformed Host header';
   return null;

@@ -81,7 +81,8 @@ export class SharedAssembly {
         }
       }
       const result = await this.stream.result;
-      if (this.written !== this.size) throw new Error(`assembly of ${this.key} produced ${this.written} of ${this.size} bytes`);
+      if (this.written !== this.size)
+        throw new Error(`assembly of ${this.key} produced ${this.written} of ${this.size} bytes`);
       this.finished = true;
       return result;
     } catch (err) {
@@ -108,7 +109,8 @@ export class SharedAssembly {
   private trim(): void {
     if (this.written <= this.maxBuffered && Date.now() - this.startedAt < JOIN_GRACE_MS) return;
     const keep = this.slowest();
-    while (this.buffered.length && this.base + this.buffered[0].length <= keep) this.base += this.buffered.shift()!.length;
+    while (this.buffered.length && this.base + this.buffered[0].length <= keep)
+      this.base += this.buffered.shift()!.length;
   }
 
   /** Bytes from `pos` on that are buffered (at most one buffer's worth), or null when none are. */
@@ -141,7 +143,8 @@ export class SharedAssembly {
       const check = () => {
         if (this.written > 0) resolve();
         else if (this.error) reject(this.error);
-        else if (this.finished) resolve(); // an empty image
+        else if (this.finished)
+          resolve(); // an empty image
         else return;
         this.events.off('data', check);
       };
@@ -245,9 +248,16 @@ export class AssemblyRegistry {
   acquire(key: string, size: number, start: StartAssembly): { assembly: SharedAssembly; created: boolean } {
     const existing = this.live.get(key);
     if (existing?.joinable && existing.size === size) return { assembly: existing, created: false };
-    const assembly = new SharedAssembly(key, size, start, (a) => {
-      if (this.live.get(a.key) === a) this.live.delete(a.key);
-    }, this.stallMs, this.maxBuffered);
+    const assembly = new SharedAssembly(
+      key,
+      size,
+      start,
+      (a) => {
+        if (this.live.get(a.key) === a) this.live.delete(a.key);
+      },
+      this.stallMs,
+      this.maxBuffered,
+    );
     this.live.set(key, assembly);
     return { assembly, created: true };
   }

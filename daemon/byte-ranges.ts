@@ -62,7 +62,9 @@ export class MultipartFraming {
 
   partHeader(i: number): Buffer {
     const s = this.spans[i];
-    return Buffer.from(`${i === 0 ? '' : '\r\n'}--${this.boundary}\r\nContent-Type: ${this.partType}\r\nContent-Range: bytes ${s.start}-${s.end - 1}/${this.size}\r\n\r\n`);
+    return Buffer.from(
+      `${i === 0 ? '' : '\r\n'}--${this.boundary}\r\nContent-Type: ${this.partType}\r\nContent-Range: bytes ${s.start}-${s.end - 1}/${this.size}\r\n\r\n`,
+    );
   }
 
   trailer(): Buffer {
@@ -71,7 +73,8 @@ export class MultipartFraming {
 
   contentLength(): number {
     let n = this.trailer().length;
-    for (let i = 0; i < this.spans.length; i++) n += this.partHeader(i).length + this.spans[i].end - this.spans[i].start;
+    for (let i = 0; i < this.spans.length; i++)
+      n += this.partHeader(i).length + this.spans[i].end - this.spans[i].start;
     return n;
   }
 }

@@ -16,7 +16,8 @@ export function parseDigest(s: string | undefined): DigestName {
 export function parseCount(s: string | undefined, what: string, fallback: number, min = 1, max = 1024): number {
   if (s === undefined) return fallback;
   const v = Number(s);
-  if (!Number.isInteger(v) || v < min || v > max) throw new UsageError(`${what}: "${s}" must be a whole number from ${min} to ${max}`);
+  if (!Number.isInteger(v) || v < min || v > max)
+    throw new UsageError(`${what}: "${s}" must be a whole number from ${min} to ${max}`);
   return v;
 }
 
@@ -37,7 +38,9 @@ export function list(ctx: CommandContext, name: string): string[] {
 /** Exactly n positionals, named for the error message. */
 export function positionals(ctx: CommandContext, names: string[]): string[] {
   if (ctx.positionals.length !== names.length) {
-    throw new UsageError(`expected ${names.length} argument${names.length === 1 ? '' : 's'} (${names.join(' ')}), got ${ctx.positionals.length}`);
+    throw new UsageError(
+      `expected ${names.length} argument${names.length === 1 ? '' : 's'} (${names.join(' ')}), got ${ctx.positionals.length}`,
+    );
   }
   return ctx.positionals;
 }

@@ -53,7 +53,9 @@ export async function main(argv: string[]): Promise<number> {
       values: parsed.values as Record<string, string | boolean | string[] | undefined>,
       positionals: parsed.positionals,
       // DELTAD_PROGRESS=1 draws progress bars even when stderr is not a terminal (0: never).
-      interactive: process.env.DELTAD_PROGRESS ? process.env.DELTAD_PROGRESS === '1' : Boolean(process.stderr.isTTY) && !process.env.CI,
+      interactive: process.env.DELTAD_PROGRESS
+        ? process.env.DELTAD_PROGRESS === '1'
+        : Boolean(process.stderr.isTTY) && !process.env.CI,
       stdout: process.stdout,
       stderr: process.stderr,
     });
@@ -72,7 +74,9 @@ export function reportError(cmdName: string, err: unknown): number {
     process.stderr.write(`deltad ${cmdName}: ${err.message}\n`);
   } else if (e?.code && e.path) {
     // fs errors: "ENOENT: no such file or directory, open 'x'" → clearer wording
-    process.stderr.write(`deltad ${cmdName}: ${e.path}: ${e.code === 'ENOENT' ? 'no such file or directory' : e.message}\n`);
+    process.stderr.write(
+      `deltad ${cmdName}: ${e.path}: ${e.code === 'ENOENT' ? 'no such file or directory' : e.message}\n`,
+    );
   } else {
     process.stderr.write(`deltad ${cmdName}: ${e?.message ?? String(err)}\n`);
     if (process.env.DELTAD_DEBUG) process.stderr.write(`${e?.stack}\n`);

@@ -174,7 +174,8 @@ export function loadConfig({ values = {}, env = process.env }: LoadConfigInput =
   } catch (err) {
     const code = (err as NodeJS.ErrnoException).code;
     // The default file is optional (flags alone are enough); a named one is not.
-    if (!(code === 'ENOENT' && explicitFile === undefined)) throw new UsageError(`${file}: cannot read configuration: ${code ?? (err as Error).message}`);
+    if (!(code === 'ENOENT' && explicitFile === undefined))
+      throw new UsageError(`${file}: cannot read configuration: ${code ?? (err as Error).message}`);
   }
   if (text !== undefined) applyFile(config, text, file);
 
@@ -237,8 +238,10 @@ function parseHttpUrl(v: string): string {
   } catch {
     throw new Error(`"${v}" is not a valid URL`);
   }
-  if (url.protocol !== 'http:' && url.protocol !== 'https:') throw new Error(`"${v}": only http:// and https:// URLs are supported`);
-  if (url.search || url.hash || url.username || url.password) throw new Error(`"${v}": query, fragment and credentials are not allowed in a base URL`);
+  if (url.protocol !== 'http:' && url.protocol !== 'https:')
+    throw new Error(`"${v}": only http:// and https:// URLs are supported`);
+  if (url.search || url.hash || url.username || url.password)
+    throw new Error(`"${v}": query, fragment and credentials are not allowed in a base URL`);
   return url.href;
 }
 
@@ -262,20 +265,26 @@ function parseNamePattern(v: string): string {
 }
 
 function parseIndexSuffix(v: string): string {
-  if (!/^\.[A-Za-z0-9._-]+$/.test(v)) throw new Error(`index suffix "${v}" must start with '.' and contain only letters, digits, '.', '_' or '-'`);
+  if (!/^\.[A-Za-z0-9._-]+$/.test(v))
+    throw new Error(`index suffix "${v}" must start with '.' and contain only letters, digits, '.', '_' or '-'`);
   return v;
 }
 
 /** Comma-separated index name templates, each using {name} or {stem} once, e.g. "{stem}.caibx,{name}.caibx". */
 function parseIndexNames(v: string): string[] {
-  const names = v.split(',').map((s) => s.trim()).filter(Boolean);
+  const names = v
+    .split(',')
+    .map((s) => s.trim())
+    .filter(Boolean);
   if (names.length === 0) throw new Error('index-name needs at least one template such as {name}.caibx');
   for (const n of names) {
     const bare = n.replace(/\{(name|stem)\}/g, '');
     if (bare.length === n.length) throw new Error(`index name "${n}" must contain {name} or {stem}`);
     if (!/^[A-Za-z0-9._-]*$/.test(bare) || n === '{name}') {
-      throw new Error(`index name "${n}": besides {name}/{stem} only letters, digits, '.', '_' or '-',`
-        + ' and not the image name itself');
+      throw new Error(
+        `index name "${n}": besides {name}/{stem} only letters, digits, '.', '_' or '-',` +
+          ' and not the image name itself',
+      );
     }
   }
   return names;
@@ -343,6 +352,9 @@ export function splitListen(listen: string): { host: string; port: number } {
 
 /** Fails clearly when the daemon cannot run: it needs an origin. */
 export function requireOrigin(config: DaemonConfig): string {
-  if (!config.origin) throw new UsageError(`no origin configured: set "origin = URL" in ${DEFAULT_CONFIG_FILE}, DELTAD_ORIGIN, or --origin`);
+  if (!config.origin)
+    throw new UsageError(
+      `no origin configured: set "origin = URL" in ${DEFAULT_CONFIG_FILE}, DELTAD_ORIGIN, or --origin`,
+    );
   return config.origin;
 }

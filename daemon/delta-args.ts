@@ -68,7 +68,9 @@ export function parseSeedArg(arg: string): SeedSpec {
   const path = arg.slice(0, colon);
   const index = arg.slice(colon + 1);
   if (looksLikeIndex(path) && !looksLikeIndex(index)) {
-    throw new UsageError(`--seed ${arg}: ${path} is the index and ${index} the image; the image comes first: --seed ${index}:${path}`);
+    throw new UsageError(
+      `--seed ${arg}: ${path} is the index and ${index} the image; the image comes first: --seed ${index}:${path}`,
+    );
   }
   return { path, index };
 }
@@ -81,7 +83,11 @@ export function parseMode(s: string | undefined): FetchMode {
 
 /** --name as a number in [min, max], or undefined. */
 function numberArg(
-  ctx: CommandContext, name: string, min: number, max: number, parse: (v: string) => number = Number,
+  ctx: CommandContext,
+  name: string,
+  min: number,
+  max: number,
+  parse: (v: string) => number = Number,
 ): number | undefined {
   const v = str(ctx, name);
   if (v === undefined) return undefined;
@@ -112,14 +118,16 @@ function httpOptions(ctx: CommandContext): HttpClientOptions {
 export function parseTimeout(s: string | undefined): number | undefined {
   if (s === undefined) return undefined;
   const v = Number(s);
-  if (!Number.isFinite(v) || v <= 0 || v > 3600) throw new UsageError(`--timeout: "${s}" must be a number of seconds from 0.001 to 3600`);
+  if (!Number.isFinite(v) || v <= 0 || v > 3600)
+    throw new UsageError(`--timeout: "${s}" must be a number of seconds from 0.001 to 3600`);
   return Math.max(1, Math.round(v * 1000));
 }
 
 export function sourceOptions(ctx: CommandContext): SourceOptions {
   const rangeUrl = str(ctx, 'range-url');
   const maxTarget = str(ctx, 'max-target-size');
-  if (rangeUrl !== undefined && !/^https?:\/\//i.test(rangeUrl)) throw new UsageError(`--range-url: "${rangeUrl}" is not an http(s) URL`);
+  if (rangeUrl !== undefined && !/^https?:\/\//i.test(rangeUrl))
+    throw new UsageError(`--range-url: "${rangeUrl}" is not an http(s) URL`);
   const stall = numberArg(ctx, 'stall-timeout', 0, 7 * 24 * 3600);
   return {
     httpOptions: httpOptions(ctx),
@@ -168,8 +176,14 @@ export function abortOnSignals(ctl: AbortController): () => void {
 
 /** An INDEX argument: '-' reads it from stdin, an http(s) URL is downloaded, anything else is a file. */
 export async function readIndexArg(
-  spec: string, opts: { allowArchive?: boolean; timeoutMs?: number; maxTargetSize?: number } = {},
+  spec: string,
+  opts: { allowArchive?: boolean; timeoutMs?: number; maxTargetSize?: number } = {},
 ): Promise<ChunkIndex> {
-  if (spec === '-') return parseIndex(await readStdin(), { source: 'stdin', allowArchive: opts.allowArchive ?? false, maxTargetSize: opts.maxTargetSize });
+  if (spec === '-')
+    return parseIndex(await readStdin(), {
+      source: 'stdin',
+      allowArchive: opts.allowArchive ?? false,
+      maxTargetSize: opts.maxTargetSize,
+    });
   return loadIndex(spec, opts);
 }

@@ -6,7 +6,10 @@
 import { createCipheriv, createHash } from 'node:crypto';
 
 const BLOCK = 4096;
-const WORDS = 'the of and to in is for on with as by at from that this be are or an it not which system image update file chunk seed index version kernel module library config service unit boot root partition verity'.split(' ');
+const WORDS =
+  'the of and to in is for on with as by at from that this be are or an it not which system image update file chunk seed index version kernel module library config service unit boot root partition verity'.split(
+    ' ',
+  );
 
 /** A deterministic byte stream: AES-128-CTR over zeros, keyed by a label. */
 class Stream {
@@ -27,7 +30,8 @@ function textFile(s: Stream, n: number): Buffer {
   const out = Buffer.alloc(n);
   const picks = s.bytes(n);
   let o = 0;
-  for (let i = 0; o < n; i++) o += out.write(WORDS[picks[i % n] % WORDS.length] + (picks[(i + 7) % n] % 11 === 0 ? '\n' : ' '), o);
+  for (let i = 0; o < n; i++)
+    o += out.write(WORDS[picks[i % n] % WORDS.length] + (picks[(i + 7) % n] % 11 === 0 ? '\n' : ' '), o);
   return out;
 }
 
@@ -75,5 +79,9 @@ export function makeDemoImages(sizeBytes: number): DemoImages {
   next.splice(insertAt, 0, inserted);
   const appended = u.bytes(512 * 1024);
   const v2 = Buffer.concat([...next, appended]).subarray(0, sizeBytes + inserted.length + appended.length);
-  return { v1, v2, edits: `header updated, ${rewritten} files rewritten, a ${inserted.length / 1024} KiB file inserted, ${appended.length / 1024} KiB appended` };
+  return {
+    v1,
+    v2,
+    edits: `header updated, ${rewritten} files rewritten, a ${inserted.length / 1024} KiB file inserted, ${appended.length / 1024} KiB appended`,
+  };
 }

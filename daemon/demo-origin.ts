@@ -33,7 +33,8 @@ export async function startDemoOrigin(dir: string): Promise<DemoOrigin> {
   const server: Server = createServer(async (req, res) => {
     const name = decodeURIComponent((req.url ?? '/').split('?')[0]).slice(1);
     // Flat directory: a name with a separator is never a published file.
-    if (!/^[A-Za-z0-9._-]+$/.test(name) || name.startsWith('.')) return void res.writeHead(404, { 'content-length': 0 }).end();
+    if (!/^[A-Za-z0-9._-]+$/.test(name) || name.startsWith('.'))
+      return void res.writeHead(404, { 'content-length': 0 }).end();
     let data: Buffer;
     try {
       data = await readFile(join(dir, name));
@@ -42,9 +43,13 @@ export async function startDemoOrigin(dir: string): Promise<DemoOrigin> {
     }
     const ranges = parseRanges(req.headers.range, data.length);
     let body = data;
-    const headers: Record<string, string | number> = { 'accept-ranges': 'bytes', 'content-type': 'application/octet-stream' };
+    const headers: Record<string, string | number> = {
+      'accept-ranges': 'bytes',
+      'content-type': 'application/octet-stream',
+    };
     let status = 200;
-    if (ranges?.length === 0) return void res.writeHead(416, { 'content-range': `bytes */${data.length}`, 'content-length': 0 }).end();
+    if (ranges?.length === 0)
+      return void res.writeHead(416, { 'content-range': `bytes */${data.length}`, 'content-length': 0 }).end();
     if (ranges?.length === 1) {
       const [{ start, end }] = ranges;
       body = data.subarray(start, end);
@@ -53,7 +58,9 @@ export async function startDemoOrigin(dir: string): Promise<DemoOrigin> {
     } else if (ranges) {
       // Several ranges in one answer (multipart/byteranges), as nginx and most CDNs do.
       const parts = ranges.flatMap(({ start, end }) => [
-        Buffer.from(`\r\n--${BOUNDARY}\r\nContent-Type: application/octet-stream\r\nContent-Range: bytes ${start}-${end - 1}/${data.length}\r\n\r\n`),
+        Buffer.from(
+          `\r\n--${BOUNDARY}\r\nContent-Type: application/octet-stream\r\nContent-Range: bytes ${start}-${end - 1}/${data.length}\r\n\r\n`,
+        ),
         data.subarray(start, end),
       ]);
       body = Buffer.concat([...parts, Buffer.from(`\r\n--${BOUNDARY}--\r\n`)]);

@@ -34,7 +34,9 @@ export function createApp(opts: AppOptions): FastifyInstance {
   app.decorateReply('refuse', function (this: FastifyReply, status: number, why: string) {
     counters.rejected++;
     opts.onRefuse?.(status, why);
-    return this.code(status).type('text/plain; charset=utf-8').send(`${service}: ${status === 400 ? 'bad request: ' : ''}${why}\n`);
+    return this.code(status)
+      .type('text/plain; charset=utf-8')
+      .send(`${service}: ${status === 400 ? 'bad request: ' : ''}${why}\n`);
   });
   app.addHook('onRequest', async (req, reply) => {
     counters.requests++;

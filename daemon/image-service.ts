@@ -17,7 +17,13 @@
 import type { ServerResponse } from 'node:http';
 import { pipeline } from 'node:stream/promises';
 import { OriginError } from '../lib/errors.js';
-import { openExtractStream, planUpdate, type ExtractProgress, type PlanReport, type SourceOptions } from '../lib/delta/extract.js';
+import {
+  openExtractStream,
+  planUpdate,
+  type ExtractProgress,
+  type PlanReport,
+  type SourceOptions,
+} from '../lib/delta/extract.js';
 import type { HttpClient } from '../lib/fetch/http-client.js';
 import { openProxyStore } from '../lib/fleet/batch-store.js';
 import type { ChunkStore } from '../lib/store/types.js';
@@ -47,7 +53,12 @@ export interface ImageTimeouts {
   stallMs: number;
 }
 
-export const DEFAULT_TIMEOUTS: ImageTimeouts = { prepareMs: 1_500, headerMs: 1_900, firstByteMs: 40_000, stallMs: 45_000 };
+export const DEFAULT_TIMEOUTS: ImageTimeouts = {
+  prepareMs: 1_500,
+  headerMs: 1_900,
+  firstByteMs: 40_000,
+  stallMs: 45_000,
+};
 const STATUS_EVERY_MS = 1_000;
 /** An origin found not to be a deltad proxy (or unreachable) is asked again at most this often. */
 const PROXY_PROBE_EVERY_MS = 60_000;
@@ -135,7 +146,11 @@ export class ImageService {
     void store.then((s) => {
       // Found: never probe again (a proxy does not stop being one).
       if (s) probe.at = Infinity;
-      this.d.log.info(s ? `origin is a deltad proxy: missing chunks come from its batch endpoint ${s.location}` : 'origin is not a deltad proxy: missing chunks come as byte ranges');
+      this.d.log.info(
+        s
+          ? `origin is a deltad proxy: missing chunks come from its batch endpoint ${s.location}`
+          : 'origin is not a deltad proxy: missing chunks come as byte ranges',
+      );
     });
     return store;
   }
@@ -188,9 +203,14 @@ export class ImageService {
     if (method === 'GET') void head.then((h) => (announced = h.length));
     let prepared: PreparedImage | undefined;
     try {
-      prepared = await withDeadline(ready, timeouts.prepareMs, `index of ${target.relPath} not fetched within ${timeouts.prepareMs} ms`);
+      prepared = await withDeadline(
+        ready,
+        timeouts.prepareMs,
+        `index of ${target.relPath} not fetched within ${timeouts.prepareMs} ms`,
+      );
     } catch (err) {
-      if (err instanceof DeadlineError && announced !== undefined) return this.serveAnnounced(target, announced, ready, sha256, res, ac.signal);
+      if (err instanceof DeadlineError && announced !== undefined)
+        return this.serveAnnounced(target, announced, ready, sha256, res, ac.signal);
       return this.fallBack(method, target, res, ac.signal, (err as Error).message, sha256);
     }
     if (!prepared) return this.fallBack(method, target, res, ac.signal, `no ${this.indexWhat} on the origin`, sha256);
@@ -213,26 +233,39 @@ export class ImageService {
    * else streams the origin's full image under those headers.
    */
   private async serveAnnounced(
-    target: OriginTarget, size: number, ready: Promise<PreparedImage | undefined>, sha256: Promise<string | undefined>,
-    res: ServerResponse, signal: AbortSignal,
+    target: OriginTarget,
+    size: number,
+    ready: Promise<PreparedImage | undefined>,
+    sha256: Promise<string | undefined>,
+    res: ServerResponse,
+    signal: AbortSignal,
   ): Promise<void> {
     const { counters, log, timeouts } = this.d;
     sendHeaders(res, size);
     const firstByteBy = Date.now() + timeouts.firstByteMs;
-    log.info(`${target.relPath}: index not fetched within ${timeouts.prepareMs} ms; headers sent with the origin's length (${size} bytes), still preparing`);
+    log.info(
+      `${target.relPath}: index not fetched within ${timeouts.prepareMs} ms; headers sent with the origin's length (${size} bytes), still preparing`,
+    );
     let prepared: PreparedImage | undefined;
     let why: string | undefined;
     try {
-      prepared = await withDeadline(ready, timeouts.firstByteMs, `index of ${target.relPath} not fetched within ${timeouts.prepareMs + timeouts.firstByteMs} ms`);
+      prepared = await withDeadline(
+        ready,
+        timeouts.firstByteMs,
+        `index of ${target.relPath} not fetched within ${timeouts.prepareMs + timeouts.firstByteMs} ms`,
+      );
       if (!prepared) why = `no ${this.indexWhat} on the origin`;
-      else if (prepared.index.size !== size) why = `its index describes ${prepared.index.size} bytes, the origin's HEAD said ${size}`;
+      else if (prepared.index.size !== size)
+        why = `its index describes ${prepared.index.size} bytes, the origin's HEAD said ${size}`;
     } catch (err) {
       why = (err as Error).message;
     }
     if (prepared && !why) return this.deliver(target, prepared, res, signal, { firstByteBy });
     counters.fallbacks++;
     log.warn(`${target.relPath}: ${why}; streaming the full image from the origin`);
-    const expected = prepared ? prepared.sha256 : await withDeadline(sha256, Math.max(0, firstByteBy - Date.now()), 'SHA256SUMS late').catch(() => undefined);
+    const expected = prepared
+      ? prepared.sha256
+      : await withDeadline(sha256, Math.max(0, firstByteBy - Date.now()), 'SHA256SUMS late').catch(() => undefined);
     return this.proxyWhole(target, size, expected, res, signal);
   }
 
@@ -242,19 +275,27 @@ export class ImageService {
    * is given); no first byte by the first-byte deadline: the origin's full image instead.
    */
   private async deliver(
-    target: OriginTarget, prepared: PreparedImage, res: ServerResponse, signal: AbortSignal,
+    target: OriginTarget,
+    prepared: PreparedImage,
+    res: ServerResponse,
+    signal: AbortSignal,
     deadline: { headersBy: number } | { firstByteBy: number },
   ): Promise<void> {
     const { counters, log } = this.d;
     const size = prepared.index.size;
-    const { assembly, created } = this.d.assemblies.acquire(prepared.key, size, (s) => this.startEngine(target, prepared, s));
+    const { assembly, created } = this.d.assemblies.acquire(prepared.key, size, (s) =>
+      this.startEngine(target, prepared, s),
+    );
     const body = assembly.subscribe();
     // A client that leaves while we wait for the first byte releases its share at once
     // (via the request's signal: every extra 'close' listener on `res` counts against its limit).
     if (signal.aborted) body.destroy();
     else signal.addEventListener('abort', () => body.destroy(), { once: true });
     if (created) this.watch(target, prepared, assembly);
-    else log.info(`${target.relPath}: sharing the assembly of an earlier request (${assembly.finished ? 'finished and verified' : 'in progress'})`);
+    else
+      log.info(
+        `${target.relPath}: sharing the assembly of an earlier request (${assembly.finished ? 'finished and verified' : 'in progress'})`,
+      );
 
     let state: FirstByte = 'timeout';
     let firstByteBy: number;
@@ -263,7 +304,14 @@ export class ImageService {
       state = await firstByteWithin(assembly, deadline.headersBy - Date.now());
       if (state === 'failed') {
         body.destroy();
-        return this.fallBack('GET', target, res, signal, `assembly failed before the first byte: ${assembly.error?.message}`, prepared.sha256);
+        return this.fallBack(
+          'GET',
+          target,
+          res,
+          signal,
+          `assembly failed before the first byte: ${assembly.error?.message}`,
+          prepared.sha256,
+        );
       }
       sendHeaders(res, size);
       firstByteBy = Date.now() + this.d.timeouts.firstByteMs;
@@ -272,7 +320,9 @@ export class ImageService {
     if (state !== 'ready') {
       body.destroy();
       counters.fallbacks++;
-      log.warn(`${target.relPath}: ${state === 'failed' ? `assembly failed before the first byte: ${assembly.error?.message}` : 'no byte assembled in time'}; streaming the full image from the origin`);
+      log.warn(
+        `${target.relPath}: ${state === 'failed' ? `assembly failed before the first byte: ${assembly.error?.message}` : 'no byte assembled in time'}; streaming the full image from the origin`,
+      );
       return this.proxyWhole(target, size, prepared.sha256, res, signal);
     }
     body.on('data', (b: Buffer) => {
@@ -284,7 +334,10 @@ export class ImageService {
       if (!res.writableFinished) {
         // Never let a client complete a wrong or partial image: cut the connection.
         res.destroy();
-        if (!signal.aborted) log.error(`${target.relPath}: download aborted after ${formatBytes(assembly.written)}: ${(err as Error).message}`);
+        if (!signal.aborted)
+          log.error(
+            `${target.relPath}: download aborted after ${formatBytes(assembly.written)}: ${(err as Error).message}`,
+          );
       }
     }
   }
@@ -294,7 +347,11 @@ export class ImageService {
    * way).
    */
   private async fallBack(
-    method: 'GET' | 'HEAD', target: OriginTarget, res: ServerResponse, signal: AbortSignal, why: string,
+    method: 'GET' | 'HEAD',
+    target: OriginTarget,
+    res: ServerResponse,
+    signal: AbortSignal,
+    why: string,
     sha256: string | undefined | Promise<string | undefined>,
   ): Promise<void> {
     this.d.counters.fallbacks++;
@@ -309,14 +366,23 @@ export class ImageService {
   }
 
   /** Full image from the origin under already-sent headers: exact size and SHA-256, or a cut connection. */
-  private async proxyWhole(target: OriginTarget, size: number, sha256: string | undefined, res: ServerResponse, signal: AbortSignal): Promise<void> {
+  private async proxyWhole(
+    target: OriginTarget,
+    size: number,
+    sha256: string | undefined,
+    res: ServerResponse,
+    signal: AbortSignal,
+  ): Promise<void> {
     const { http, log } = this.d;
     try {
       const up = await http.withRetry(async () => {
         const r = await http.request(target.url, { signal });
         if (r.statusCode !== 200) {
           await r.body.dump();
-          throw new OriginError(`GET ${target.url}: HTTP ${r.statusCode}`, { status: r.statusCode, transient: r.statusCode >= 500 });
+          throw new OriginError(`GET ${target.url}: HTTP ${r.statusCode}`, {
+            status: r.statusCode,
+            transient: r.statusCode >= 500,
+          });
         }
         return r;
       }, signal);
@@ -328,7 +394,8 @@ export class ImageService {
       await pipeline(up.body, verifiedBody(size, sha256, target.url), res);
     } catch (err) {
       res.destroy();
-      if (!signal.aborted) log.error(`${target.relPath}: full-image fallback failed, download aborted: ${(err as Error).message}`);
+      if (!signal.aborted)
+        log.error(`${target.relPath}: full-image fallback failed, download aborted: ${(err as Error).message}`);
     }
   }
 
@@ -361,7 +428,9 @@ export class ImageService {
     if (now - this.lastStatus < STATUS_EVERY_MS && p.done < p.total) return;
     this.lastStatus = now;
     const pct = p.total ? Math.floor((100 * p.done) / p.total) : 100;
-    this.d.notifier.status(`${target.name}: ${pct}% of ${formatBytes(p.total)}, reused ${formatBytes(p.fromSeeds + p.fromSelf + p.fromZero)}, downloaded ${formatBytes(p.networkBytes)}`);
+    this.d.notifier.status(
+      `${target.name}: ${pct}% of ${formatBytes(p.total)}, reused ${formatBytes(p.fromSeeds + p.fromSelf + p.fromZero)}, downloaded ${formatBytes(p.networkBytes)}`,
+    );
   }
 
   private watch(target: OriginTarget, prepared: PreparedImage, assembly: SharedAssembly): void {
@@ -376,10 +445,15 @@ export class ImageService {
         const msg = `${target.name}: ${formatBytes(r.total)} assembled in ${Date.now() - started} ms (${r.mode}): reused ${formatBytes(r.fromSeeds + r.fromSelf + r.fromZero)}, downloaded ${formatBytes(r.networkBytes)} in ${r.networkRequests} requests${prepared.sha256 ? ', SHA-256 verified' : ''}`;
         log.info(msg);
         notifier.status(`idle; last: ${msg}`);
-        await seeds.remember(target.name, prepared.index, installedAs).catch((err) => log.warn(`cannot keep the index of ${target.name}: ${(err as Error).message}`));
+        await seeds
+          .remember(target.name, prepared.index, installedAs)
+          .catch((err) => log.warn(`cannot keep the index of ${target.name}: ${(err as Error).message}`));
       },
       (err: Error) => {
-        if (assembly.cancelled) return void log.info(`${target.name}: assembly cancelled after ${formatBytes(assembly.written)}: every client disconnected`);
+        if (assembly.cancelled)
+          return void log.info(
+            `${target.name}: assembly cancelled after ${formatBytes(assembly.written)}: every client disconnected`,
+          );
         counters.assemblyFailures++;
         log.error(`${target.name}: assembly failed after ${formatBytes(assembly.written)}: ${err.message}`);
       },
@@ -420,6 +494,9 @@ async function withDeadline<T>(p: Promise<T>, ms: number, message: string): Prom
 type FirstByte = 'ready' | 'failed' | 'timeout';
 
 async function firstByteWithin(assembly: SharedAssembly, ms: number): Promise<FirstByte> {
-  const first = assembly.firstByte().then(() => 'ready' as const, () => 'failed' as const);
+  const first = assembly.firstByte().then(
+    () => 'ready' as const,
+    () => 'failed' as const,
+  );
   return withDeadline(first, ms, 'timeout').catch(() => 'timeout' as const);
 }

@@ -14,7 +14,10 @@ export interface Logger {
 
 const PRIORITY: Record<LogLevel, number> = { error: 3, warn: 4, notice: 5, info: 6 };
 
-export function createLogger(stream: NodeJS.WritableStream = process.stderr, env: NodeJS.ProcessEnv = process.env): Logger {
+export function createLogger(
+  stream: NodeJS.WritableStream = process.stderr,
+  env: NodeJS.ProcessEnv = process.env,
+): Logger {
   const journal = Boolean(env.JOURNAL_STREAM);
   const write = (level: LogLevel, msg: string) => {
     const line = msg.replace(/[\r\n]+/g, ' ');

@@ -68,7 +68,10 @@ export function renderMetrics(
     const [name, help] = HELP[key];
     out.push(`# HELP ${name} ${help}`, `# TYPE ${name} counter`, `${name} ${c[key]}`);
   }
-  for (const [kind, entries] of [['gauge', gauges], ['counter', counters]] as const) {
+  for (const [kind, entries] of [
+    ['gauge', gauges],
+    ['counter', counters],
+  ] as const) {
     for (const [name, [help, value]] of Object.entries(entries)) {
       out.push(`# HELP ${name} ${help}`, `# TYPE ${name} ${kind}`, `${name} ${value}`);
     }

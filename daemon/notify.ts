@@ -35,7 +35,10 @@ export function createNotifier(opts: NotifierOptions = {}): Notifier {
 
   const send = (assignments: string[]) =>
     new Promise<void>((resolve) => {
-      const child = spawn(binary, assignments, { stdio: ['ignore', 'ignore', 'pipe'], env: { ...env, NOTIFY_SOCKET: socket } });
+      const child = spawn(binary, assignments, {
+        stdio: ['ignore', 'ignore', 'pipe'],
+        env: { ...env, NOTIFY_SOCKET: socket },
+      });
       let err = '';
       child.stderr.on('data', (d) => (err += d));
       const done = (problem?: string) => {

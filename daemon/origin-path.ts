@@ -43,7 +43,8 @@ export function resolveOriginTarget(originBase: string, rawTarget: string, prefi
   const base = new URL(originBase);
   const url = new URL(encoded, base);
   // Defence in depth: the result must stay under the base.
-  if (url.origin !== base.origin || !url.pathname.startsWith(base.pathname)) throw new UnsafePathError('path escapes the origin base');
+  if (url.origin !== base.origin || !url.pathname.startsWith(base.pathname))
+    throw new UnsafePathError('path escapes the origin base');
   const name = decoded[decoded.length - 1];
   return { relPath: decoded.join('/'), url: url.href, name, search: search === '?' ? '' : search };
 }

@@ -17,7 +17,14 @@ import { verifiedBody } from './verified-body.js';
  * identity, but a server may code it anyway).
  */
 const KEEP_HEADERS = [
-  'content-type', 'content-length', 'content-encoding', 'last-modified', 'etag', 'location', 'cache-control', 'expires',
+  'content-type',
+  'content-length',
+  'content-encoding',
+  'last-modified',
+  'etag',
+  'location',
+  'cache-control',
+  'expires',
   'accept-ranges',
 ];
 
@@ -40,7 +47,11 @@ export interface PassThroughContext {
  * `sha256`: the image's expected SHA-256 (or its lookup under way), which a proxied 200 body is checked against.
  */
 export async function passThrough(
-  ctx: PassThroughContext, method: 'GET' | 'HEAD', url: string, res: ServerResponse, signal?: AbortSignal,
+  ctx: PassThroughContext,
+  method: 'GET' | 'HEAD',
+  url: string,
+  res: ServerResponse,
+  signal?: AbortSignal,
   sha256?: string | Promise<string | undefined>,
 ): Promise<void> {
   if (ctx.mode === 'redirect') {
@@ -56,7 +67,11 @@ export async function passThrough(
  * With `sha256`, a 200 body goes through verifiedBody: its last bytes are held back, a mismatch cuts the connection.
  */
 export async function proxy(
-  ctx: PassThroughContext, method: 'GET' | 'HEAD', url: string, res: ServerResponse, signal?: AbortSignal,
+  ctx: PassThroughContext,
+  method: 'GET' | 'HEAD',
+  url: string,
+  res: ServerResponse,
+  signal?: AbortSignal,
   sha256?: string | Promise<string | undefined>,
 ): Promise<void> {
   let upstream;
@@ -85,7 +100,11 @@ export async function proxy(
   // A broken upstream body (or a wrong one) destroys the response: the client sees a truncated transfer.
   if (sha256 && upstream.statusCode === 200) {
     const declared = Number(upstream.headers['content-length']);
-    await pipeline(upstream.body, verifiedBody(Number.isSafeInteger(declared) ? declared : undefined, sha256, url), res);
+    await pipeline(
+      upstream.body,
+      verifiedBody(Number.isSafeInteger(declared) ? declared : undefined, sha256, url),
+      res,
+    );
   } else {
     await pipeline(upstream.body, res);
   }

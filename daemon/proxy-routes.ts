@@ -75,21 +75,25 @@ export async function statusRoutes(app: FastifyInstance, { ctx }: Opts): Promise
   app.get('/metrics', async (_req, reply) => {
     const s = ctx.cache.stats;
     reply.type('text/plain; version=0.0.4');
-    return renderMetrics(ctx.counters, {
-      deltad_proxy_cache_bytes: ['Compressed bytes in the chunk cache', s.bytes],
-      deltad_proxy_cache_limit_bytes: ['Chunk cache size limit', s.maxBytes],
-      deltad_proxy_cache_chunks: ['Chunks in the cache', s.entries],
-    }, {
-      deltad_proxy_cache_hits_total: ['Chunk cache hits since start', s.hits],
-      deltad_proxy_cache_misses_total: ['Chunk cache misses since start', s.misses],
-      deltad_proxy_upstream_chunk_fetches_total: ['Chunks fetched from the upstream', s.fetches],
-      deltad_proxy_shared_fetches_total: ['Chunk requests that joined a fetch under way', s.joined],
-      deltad_proxy_cache_write_errors_total: ['Failed cache writes (e.g. disk full)', s.writeErrors],
-      deltad_proxy_cache_evictions_total: ['Chunks evicted (LRU)', s.evictions],
-      deltad_proxy_stale_served_total: ['Metadata answers served stale (upstream down)', ctx.extra.staleServed],
-      deltad_proxy_batch_requests_total: ['Batch requests answered', ctx.extra.batchRequests],
-      deltad_proxy_store_requests_total: ['Chunk store requests answered', ctx.extra.storeRequests],
-    });
+    return renderMetrics(
+      ctx.counters,
+      {
+        deltad_proxy_cache_bytes: ['Compressed bytes in the chunk cache', s.bytes],
+        deltad_proxy_cache_limit_bytes: ['Chunk cache size limit', s.maxBytes],
+        deltad_proxy_cache_chunks: ['Chunks in the cache', s.entries],
+      },
+      {
+        deltad_proxy_cache_hits_total: ['Chunk cache hits since start', s.hits],
+        deltad_proxy_cache_misses_total: ['Chunk cache misses since start', s.misses],
+        deltad_proxy_upstream_chunk_fetches_total: ['Chunks fetched from the upstream', s.fetches],
+        deltad_proxy_shared_fetches_total: ['Chunk requests that joined a fetch under way', s.joined],
+        deltad_proxy_cache_write_errors_total: ['Failed cache writes (e.g. disk full)', s.writeErrors],
+        deltad_proxy_cache_evictions_total: ['Chunks evicted (LRU)', s.evictions],
+        deltad_proxy_stale_served_total: ['Metadata answers served stale (upstream down)', ctx.extra.staleServed],
+        deltad_proxy_batch_requests_total: ['Batch requests answered', ctx.extra.batchRequests],
+        deltad_proxy_store_requests_total: ['Chunk store requests answered', ctx.extra.storeRequests],
+      },
+    );
   });
 }
 
@@ -101,7 +105,10 @@ export async function storeRoutes(app: FastifyInstance, { ctx }: Opts): Promise<
     schema: {
       params: {
         type: 'object',
-        properties: { dir: { type: 'string', pattern: '^[0-9a-f]{4}$' }, file: { type: 'string', pattern: '^[0-9a-f]{64}\\.cacnk$' } },
+        properties: {
+          dir: { type: 'string', pattern: '^[0-9a-f]{4}$' },
+          file: { type: 'string', pattern: '^[0-9a-f]{64}\\.cacnk$' },
+        },
         required: ['dir', 'file'],
       },
     },
@@ -173,13 +180,21 @@ export async function upstreamRoutes(app: FastifyInstance, { ctx }: Opts): Promi
         if (err instanceof UnsafePathError) return reply.refuse(400, err.message);
         throw err;
       }
-      if (target.relPath.startsWith('.deltad/')) return reply.code(404).type('text/plain').send('unknown deltad endpoint\n');
+      if (target.relPath.startsWith('.deltad/'))
+        return reply.code(404).type('text/plain').send('unknown deltad endpoint\n');
       const ac = new AbortController();
       reply.raw.once('close', () => ac.abort());
       const method = req.method as 'GET' | 'HEAD';
       const passThrough = (sha256?: Promise<string | undefined>) => {
         reply.hijack();
-        return streamThrough({ http: ctx.http, counters: ctx.counters, mode: 'proxy' }, method, target.url, reply.raw, ac.signal, sha256);
+        return streamThrough(
+          { http: ctx.http, counters: ctx.counters, mode: 'proxy' },
+          method,
+          target.url,
+          reply.raw,
+          ac.signal,
+          sha256,
+        );
       };
       if (ctx.isImage(target.name)) {
         const index = await imageIndex(ctx, target.url + ctx.indexSuffix, ac.signal);
@@ -193,7 +208,10 @@ export async function upstreamRoutes(app: FastifyInstance, { ctx }: Opts): Promi
       } catch (err) {
         if (err instanceof MetadataTooLargeError) return passThrough();
         ctx.log.warn(`${target.url}: ${(err as Error).message}`);
-        return reply.code(502).type('text/plain').send(`deltad proxy: upstream unreachable and no cached copy: ${(err as Error).message}\n`);
+        return reply
+          .code(502)
+          .type('text/plain')
+          .send(`deltad proxy: upstream unreachable and no cached copy: ${(err as Error).message}\n`);
       }
       // An index passing through tells where its image's chunks are (store and batch requests by ID).
       if (entry.status === 200 && target.name.endsWith(ctx.indexSuffix)) ctx.indexes.register(target.url, entry.body);
@@ -213,7 +231,10 @@ export async function upstreamRoutes(app: FastifyInstance, { ctx }: Opts): Promi
 
 /** The image's SHA-256 from the (cached) SHA256SUMS beside it; undefined when none lists it or it cannot be had. */
 async function listedSha256(
-  ctx: ProxyContext, url: string, name: string, signal: AbortSignal,
+  ctx: ProxyContext,
+  url: string,
+  name: string,
+  signal: AbortSignal,
 ): Promise<string | undefined> {
   try {
     const sums = await ctx.meta.fetch(siblingUrl(url, 'SHA256SUMS'), signal);
@@ -237,7 +258,12 @@ async function imageIndex(ctx: ProxyContext, indexUrl: string, signal: AbortSign
 
 /** An image (whole, one range or several as multipart/byteranges) assembled from the chunk cache. */
 async function serveImage(
-  ctx: ProxyContext, req: FastifyRequest, reply: FastifyReply, url: string, index: ChunkIndex, signal: AbortSignal,
+  ctx: ProxyContext,
+  req: FastifyRequest,
+  reply: FastifyReply,
+  url: string,
+  index: ChunkIndex,
+  signal: AbortSignal,
 ): Promise<void> {
   const { counters } = ctx;
   const size = index.size;
@@ -252,9 +278,16 @@ async function serveImage(
   const parts: Span[] = spans ?? [{ start: 0, end: size }];
   const framing = parts.length > 1 ? new MultipartFraming(parts, size) : null;
   const type = 'application/octet-stream';
-  const assemble = (i: number) => openExtractStream(index, {
-    stores: [ctx.chunks], mode: 'store', http: ctx.http, concurrency: ctx.concurrency, start: parts[i].start, end: parts[i].end, signal,
-  });
+  const assemble = (i: number) =>
+    openExtractStream(index, {
+      stores: [ctx.chunks],
+      mode: 'store',
+      http: ctx.http,
+      concurrency: ctx.concurrency,
+      start: parts[i].start,
+      end: parts[i].end,
+      signal,
+    });
   // The first verified byte (or the failure) comes before the headers: an image that cannot be made is a 502, not a
   // cut.
   let first: ReturnType<typeof assemble> | undefined;
@@ -267,7 +300,11 @@ async function serveImage(
       const why = (err as Error).message.split('\n')[0];
       if (!signal.aborted) ctx.log.warn(`${url}: cannot assemble: ${why}`);
       const text = `deltad proxy: cannot assemble ${url}: ${why}\n`;
-      res.writeHead(502, { [PROXY_HEADER]: VERSION, 'content-type': 'text/plain; charset=utf-8', 'content-length': Buffer.byteLength(text) });
+      res.writeHead(502, {
+        [PROXY_HEADER]: VERSION,
+        'content-type': 'text/plain; charset=utf-8',
+        'content-length': Buffer.byteLength(text),
+      });
       return void res.end(text);
     }
     // Until the pipeline below listens: an error meanwhile must not be an unhandled 'error' event.
@@ -277,9 +314,17 @@ async function serveImage(
   else if (!framing) {
     const { start, end } = parts[0];
     res.writeHead(206, {
-      ...base, 'content-type': type, 'content-length': String(end - start), 'content-range': `bytes ${start}-${end - 1}/${size}`,
+      ...base,
+      'content-type': type,
+      'content-length': String(end - start),
+      'content-range': `bytes ${start}-${end - 1}/${size}`,
     });
-  } else res.writeHead(206, { ...base, 'content-type': framing.contentType, 'content-length': String(framing.contentLength()) });
+  } else
+    res.writeHead(206, {
+      ...base,
+      'content-type': framing.contentType,
+      'content-length': String(framing.contentLength()),
+    });
   if (req.method === 'HEAD') return void res.end();
   counters.assembliesStarted++;
   try {
@@ -318,4 +363,3 @@ function firstReadable(stream: Readable): Promise<void> {
 function writeAll(res: ServerResponse, b: Buffer): Promise<void> {
   return new Promise((resolve, reject) => res.write(b, (err) => (err ? reject(err) : resolve())));
 }
-

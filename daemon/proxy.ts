@@ -22,7 +22,14 @@ import { createApp } from './http-app.js';
 import { silentLogger, type Logger } from './log.js';
 import { newCounters } from './metrics.js';
 import {
-  BATCH_PATH, INFO_PATH, PROXY_HEADER, STORE_PREFIX, batchRoutes, statusRoutes, storeRoutes, upstreamRoutes,
+  BATCH_PATH,
+  INFO_PATH,
+  PROXY_HEADER,
+  STORE_PREFIX,
+  batchRoutes,
+  statusRoutes,
+  storeRoutes,
+  upstreamRoutes,
   type ProxyContext,
 } from './proxy-routes.js';
 
@@ -76,7 +83,10 @@ export interface ProxyStatus {
 export async function createProxy(opts: ProxyOptions): Promise<ProxyServer> {
   const log = opts.logger ?? silentLogger;
   const http = new HttpClient({ ...opts.httpOptions, connections: Math.max(8, opts.concurrency ?? 8) });
-  const cache = await ChunkCache.open(join(opts.cacheDir, 'chunks'), { maxBytes: opts.cacheMaxBytes, writeFile: opts.cacheWriteFile });
+  const cache = await ChunkCache.open(join(opts.cacheDir, 'chunks'), {
+    maxBytes: opts.cacheMaxBytes,
+    writeFile: opts.cacheWriteFile,
+  });
   const ranges = new ImageRangeStore({ client: http, concurrency: opts.concurrency });
   const upstreamStores = opts.upstreamStore ? [new HttpStore(opts.upstreamStore, { client: http }), ranges] : [ranges];
   const allow = new AllowList(opts.allow);

@@ -141,9 +141,16 @@ export class SeedCatalog {
         beside++;
         continue;
       }
-      await this.cache.getOrBuild(path, key, (p, k, sig) => indexFile(p, { params: k.params, digest: k.digest, threads: 1, signal: sig }), signal).catch((err) => {
-        if (!signal?.aborted) this.log.warn(`seed ${path}: cannot index it: ${(err as Error).message}`);
-      });
+      await this.cache
+        .getOrBuild(
+          path,
+          key,
+          (p, k, sig) => indexFile(p, { params: k.params, digest: k.digest, threads: 1, signal: sig }),
+          signal,
+        )
+        .catch((err) => {
+          if (!signal?.aborted) this.log.warn(`seed ${path}: cannot index it: ${(err as Error).message}`);
+        });
       if (signal?.aborted) return;
     }
     const note = beside ? ` (${beside} with the index beside it)` : '';

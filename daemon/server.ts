@@ -12,7 +12,10 @@ import { sidecarRoutes } from './sidecar-routes.js';
 export { PLAN_PREFIX } from './sidecar-routes.js';
 export { createDaemonContext, type DaemonContext, type ServerOptions } from './sidecar-context.js';
 
-export async function buildServer(config: DaemonConfig, opts: ServerOptions = {}): Promise<{ app: FastifyInstance; ctx: DaemonContext }> {
+export async function buildServer(
+  config: DaemonConfig,
+  opts: ServerOptions = {},
+): Promise<{ app: FastifyInstance; ctx: DaemonContext }> {
   const ctx = await createDaemonContext(config, opts);
   const app = createApp({
     service: 'deltad',
@@ -26,7 +29,8 @@ export async function buildServer(config: DaemonConfig, opts: ServerOptions = {}
   });
   // Absolute-form targets ("GET http://host/x") must never select an upstream.
   app.addHook('onRequest', async (req, reply) => {
-    if (!req.raw.url?.startsWith('/')) return reply.refuse(400, 'only origin-form request targets ("/path") are accepted');
+    if (!req.raw.url?.startsWith('/'))
+      return reply.refuse(400, 'only origin-form request targets ("/path") are accepted');
   });
   await opts.extraRoutes?.(app, ctx);
   await app.register(sidecarRoutes, { ctx });

@@ -46,11 +46,13 @@ export interface ServerOptions {
 export async function createDaemonContext(config: DaemonConfig, opts: ServerOptions = {}): Promise<DaemonContext> {
   const origin = requireOrigin(config);
   const log = opts.log ?? silentLogger;
-  const http = opts.http ?? new HttpClient({
-    connections: Math.max(8, config.concurrency),
-    userAgent: `deltad/${VERSION} (sysupdate sidecar)`,
-    ...httpOptionsOf(config),
-  });
+  const http =
+    opts.http ??
+    new HttpClient({
+      connections: Math.max(8, config.concurrency),
+      userAgent: `deltad/${VERSION} (sysupdate sidecar)`,
+      ...httpOptionsOf(config),
+    });
   const counters = newCounters();
   // Origin traffic is counted once, by the HTTP client (every body byte, whoever reads it).
   Object.defineProperties(counters, {
@@ -77,4 +79,3 @@ export async function createDaemonContext(config: DaemonConfig, opts: ServerOpti
   const patterns = config.imagePatterns.map(globToRegExp);
   return { ...deps, origin, images, transfers, isImage: (name) => patterns.some((re) => re.test(name)) };
 }
-

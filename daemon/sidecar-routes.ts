@@ -14,7 +14,6 @@ export const PLAN_PREFIX = '/.deltad/plan/';
 
 /** Health, metrics, the update-size query and the catch-all origin route. */
 export async function sidecarRoutes(app: FastifyInstance, { ctx }: { ctx: DaemonContext }): Promise<void> {
-
   app.get('/healthz', async (_req, reply) => reply.type('text/plain; charset=utf-8').send('ok\n'));
 
   app.get('/metrics', async (_req, reply) => {
@@ -62,7 +61,12 @@ export async function sidecarRoutes(app: FastifyInstance, { ctx }: { ctx: Daemon
   });
 }
 
-function resolveOrRefuse(ctx: DaemonContext, req: FastifyRequest, reply: FastifyReply, prefix = '/'): OriginTarget | undefined {
+function resolveOrRefuse(
+  ctx: DaemonContext,
+  req: FastifyRequest,
+  reply: FastifyReply,
+  prefix = '/',
+): OriginTarget | undefined {
   try {
     return resolveOriginTarget(ctx.origin, req.raw.url ?? '', prefix);
   } catch (err) {

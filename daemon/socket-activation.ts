@@ -10,7 +10,10 @@ export interface InheritedSocket {
   name: string;
 }
 
-export function takeInheritedSockets(env: NodeJS.ProcessEnv = process.env, pid: number = process.pid): InheritedSocket[] {
+export function takeInheritedSockets(
+  env: NodeJS.ProcessEnv = process.env,
+  pid: number = process.pid,
+): InheritedSocket[] {
   const count = Number(env.LISTEN_FDS ?? 0);
   const forUs = env.LISTEN_PID !== undefined && Number(env.LISTEN_PID) === pid;
   const names = (env.LISTEN_FDNAMES ?? '').split(':');

@@ -14,12 +14,25 @@ import { pathUnderOrigin, readTransfers, transfersImage, type Transfer } from '.
 
 /** systemd's architecture names (architecture_to_string) for Node's process.arch. */
 const ARCH: Record<string, string> = {
-  x64: 'x86-64', ia32: 'x86', arm64: 'arm64', arm: 'arm', ppc64: 'ppc64-le', riscv64: 'riscv64',
-  s390x: 's390x', loong64: 'loongarch64', mips64el: 'mips64-le', mipsel: 'mips-le',
+  x64: 'x86-64',
+  ia32: 'x86',
+  arm64: 'arm64',
+  arm: 'arm',
+  ppc64: 'ppc64-le',
+  riscv64: 'riscv64',
+  s390x: 's390x',
+  loong64: 'loongarch64',
+  mips64el: 'mips64-le',
+  mipsel: 'mips-le',
 };
 /** Specifiers taken from os-release. */
 const OS_RELEASE: Record<string, string> = {
-  A: 'IMAGE_VERSION', B: 'BUILD_ID', M: 'IMAGE_ID', o: 'ID', w: 'VERSION_ID', W: 'VARIANT_ID',
+  A: 'IMAGE_VERSION',
+  B: 'BUILD_ID',
+  M: 'IMAGE_ID',
+  o: 'ID',
+  w: 'VERSION_ID',
+  W: 'VARIANT_ID',
 };
 
 export type Specifiers = Record<string, string>;

@@ -66,7 +66,10 @@ function parseUnitFile(text: string, into: Sections = new Map()): Sections {
 
 const last = (s: Sections, section: string, key: string) => s.get(section)?.get(key)?.at(-1) ?? '';
 const patterns = (s: Sections, section: string) =>
-  s.get(section)?.get('MatchPattern')?.flatMap((v) => v.split(/\s+/)) ?? [];
+  s
+    .get(section)
+    ?.get('MatchPattern')
+    ?.flatMap((v) => v.split(/\s+/)) ?? [];
 
 async function listDir(dir: string): Promise<string[]> {
   try {
@@ -162,11 +165,17 @@ export function pathUnderOrigin(sourcePath: string, origin: string): string | un
  * request paths against that same origin, so both always agree.
  */
 export function redirectedPath(t: Transfer, origin: string, listen: string): string {
-  if (t.sourceType !== 'url-file') throw new UsageError(`${t.file}: [Source] Type=${t.sourceType || '(unset)'}; only url-file transfers can go through deltad`);
-  if (!origin) throw new UsageError(`no origin configured; set "origin" to the start of ${t.file}'s Path=${t.sourcePath}`);
+  if (t.sourceType !== 'url-file')
+    throw new UsageError(
+      `${t.file}: [Source] Type=${t.sourceType || '(unset)'}; only url-file transfers can go through deltad`,
+    );
+  if (!origin)
+    throw new UsageError(`no origin configured; set "origin" to the start of ${t.file}'s Path=${t.sourcePath}`);
   const rest = pathUnderOrigin(t.sourcePath, origin);
   if (rest === undefined) {
-    throw new UsageError(`${t.file}: [Source] Path=${t.sourcePath} is not under the configured origin ${origin}; set "origin" to a prefix of it`);
+    throw new UsageError(
+      `${t.file}: [Source] Path=${t.sourcePath} is not under the configured origin ${origin}; set "origin" to a prefix of it`,
+    );
   }
   return `http://${listen}/${rest}`;
 }
@@ -249,7 +258,8 @@ export async function writeCopy(root: string, t: Transfer, path: string): Promis
     throw new UsageError(`${target} exists and was not written by deltad; not replacing it`);
   }
   await mkdir(join(root, RUN_DIR), { recursive: true });
-  const header = `${COPY_MARKER} ${t.file} with [Source] Path= pointing at deltad.\n` +
+  const header =
+    `${COPY_MARKER} ${t.file} with [Source] Path= pointing at deltad.\n` +
     `# Removed by "deltad redirect --remove" when deltad.socket stops; edit the original, not this file.\n`;
   await writeAtomic(target, header + rewriteSourcePath(await readFile(t.file, 'utf8'), path));
   return target;

@@ -13,7 +13,9 @@ const HOLD_BACK = 64 * 1024;
  * when it cannot be had, the size is all that is checked.
  */
 export function verifiedBody(
-  size: number | undefined, sha256: string | undefined | Promise<string | undefined>, what: string,
+  size: number | undefined,
+  sha256: string | undefined | Promise<string | undefined>,
+  what: string,
 ): Transform {
   const hash = createHash('sha256');
   let seen = 0;
@@ -21,7 +23,8 @@ export function verifiedBody(
   return new Transform({
     transform(chunk: Buffer, _enc, cb: TransformCallback) {
       seen += chunk.length;
-      if (size !== undefined && seen > size) return cb(new OriginError(`${what}: origin sent more than the ${size} bytes expected`));
+      if (size !== undefined && seen > size)
+        return cb(new OriginError(`${what}: origin sent more than the ${size} bytes expected`));
       hash.update(chunk);
       held = held.length ? Buffer.concat([held, chunk]) : chunk;
       if (held.length > HOLD_BACK) {
@@ -32,12 +35,15 @@ export function verifiedBody(
       cb();
     },
     flush(cb: TransformCallback) {
-      if (size !== undefined && seen !== size) return cb(new OriginError(`${what}: origin sent ${seen} of ${size} bytes`));
+      if (size !== undefined && seen !== size)
+        return cb(new OriginError(`${what}: origin sent ${seen} of ${size} bytes`));
       const actual = hash.digest('hex');
-      Promise.resolve(sha256).catch(() => undefined).then((expected) => {
-        if (expected && actual !== expected) return cb(new ChecksumMismatchError(expected, actual, what));
-        cb(null, held);
-      });
+      Promise.resolve(sha256)
+        .catch(() => undefined)
+        .then((expected) => {
+          if (expected && actual !== expected) return cb(new ChecksumMismatchError(expected, actual, what));
+          cb(null, held);
+        });
     },
   });
 }

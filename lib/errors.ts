@@ -84,7 +84,8 @@ export class OriginError extends DeltadError {
   /** true when retrying may help (reset, timeout, 5xx). */
   readonly transient: boolean;
   constructor(
-    message: string, opts: { status?: number; transient?: boolean; cause?: unknown; code?: DeltadErrorCode } = {},
+    message: string,
+    opts: { status?: number; transient?: boolean; cause?: unknown; code?: DeltadErrorCode } = {},
   ) {
     super(opts.code ?? 'ERR_DELTAD_ORIGIN', message, { cause: opts.cause });
     this.status = opts.status;
@@ -113,7 +114,8 @@ export class RedirectError extends OriginError {
 export class LowSpeedError extends OriginError {
   constructor(url: string, bytesPerSec: number, limit: number, seconds: number) {
     super(`${url}: transfer too slow: ${formatRate(bytesPerSec)} for ${seconds} s (limit ${formatRate(limit)})`, {
-      code: 'ERR_DELTAD_LOW_SPEED', transient: true,
+      code: 'ERR_DELTAD_LOW_SPEED',
+      transient: true,
     });
   }
 }
@@ -123,7 +125,8 @@ export class RequestDeadlineError extends OriginError {
   constructor(url: string, ms: number, bytes: number, expected: number | undefined) {
     const of = expected === undefined ? '' : ` of ${expected}`;
     super(`${url}: request deadline of ${Math.round(ms / 1000)} s passed after ${bytes}${of} bytes`, {
-      code: 'ERR_DELTAD_DEADLINE', transient: true,
+      code: 'ERR_DELTAD_DEADLINE',
+      transient: true,
     });
   }
 }
@@ -207,7 +210,9 @@ export class FileError extends DeltadError {
   /** The errno code (ENOENT, EROFS, ...). */
   readonly errno?: string;
   constructor(path: string, detail: string, errno?: string, cause?: unknown) {
-    super(errno === 'ENOSPC' || errno === 'EDQUOT' ? 'ERR_DELTAD_NO_SPACE' : 'ERR_DELTAD_FILE', `${path}: ${detail}`, { cause });
+    super(errno === 'ENOSPC' || errno === 'EDQUOT' ? 'ERR_DELTAD_NO_SPACE' : 'ERR_DELTAD_FILE', `${path}: ${detail}`, {
+      cause,
+    });
     this.path = path;
     this.errno = errno;
   }
@@ -219,7 +224,12 @@ export class FileError extends DeltadError {
  * leads the words ("cannot write"). When writing, a missing file means its
  * directory is missing. Errors without an errno code pass through.
  */
-export function fileError(err: unknown, path: string, writing: boolean, doing = writing ? 'cannot write' : 'cannot read'): unknown {
+export function fileError(
+  err: unknown,
+  path: string,
+  writing: boolean,
+  doing = writing ? 'cannot write' : 'cannot read',
+): unknown {
   if (err instanceof DeltadError) return err;
   const code = (err as NodeJS.ErrnoException)?.code;
   if (typeof code !== 'string' || !/^E[A-Z]+$/.test(code)) return err;

@@ -115,8 +115,25 @@ export function sysupdate(
   const env: NodeJS.ProcessEnv = { ...process.env, SYSTEMD_PULL_PATH: sd.pull, SYSTEMD_COLORS: '0' };
   delete env.NOTIFY_SOCKET;
   const script = 'mount --bind "$0" /etc/systemd && exec "$@"';
-  return run('unshare', ['--mount', '--propagation', 'private', 'sh', '-c', script, key.etcSystemd,
-    sd.sysupdate, '--no-pager', `--root=${root}`, ...defs, ...args], opts.timeoutMs ?? 120_000, env);
+  return run(
+    'unshare',
+    [
+      '--mount',
+      '--propagation',
+      'private',
+      'sh',
+      '-c',
+      script,
+      key.etcSystemd,
+      sd.sysupdate,
+      '--no-pager',
+      `--root=${root}`,
+      ...defs,
+      ...args,
+    ],
+    opts.timeoutMs ?? 120_000,
+    env,
+  );
 }
 
 // --- origin -----------------------------------------------------------------

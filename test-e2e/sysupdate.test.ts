@@ -16,9 +16,27 @@ import { basename, join } from 'node:path';
 // The library's public entry point, so that moves inside lib/ do not touch this suite.
 import { IndexCache, parseIndex, type ChunkIndex } from '../lib/index.js';
 import {
-  CLI, bytesFor, deltad, isRoot, makeErofs, makeSigningKey, nextTree, requireE2E, snapshot,
-  startDeltad, startOriginServer, sysupdate, systemdBuild, treeV1, waitFor, writeSignedSums,
-  daemonEnv, type DeltadProcess, type OriginServer, type SigningKey, type Systemd,
+  CLI,
+  bytesFor,
+  deltad,
+  isRoot,
+  makeErofs,
+  makeSigningKey,
+  nextTree,
+  requireE2E,
+  snapshot,
+  startDeltad,
+  startOriginServer,
+  sysupdate,
+  systemdBuild,
+  treeV1,
+  waitFor,
+  writeSignedSums,
+  daemonEnv,
+  type DeltadProcess,
+  type OriginServer,
+  type SigningKey,
+  type Systemd,
 } from './env.js';
 
 const VERSIONS = [252, 257] as const;
@@ -49,7 +67,8 @@ interface Layout {
   transfers: TransferFile[];
 }
 
-const transfer = (src: string, target: string, extra: string) => (base: string) => `[Transfer]
+const transfer = (src: string, target: string, extra: string) => (base: string) =>
+  `[Transfer]
 ProtectVersion=%A
 
 [Source]
@@ -196,8 +215,16 @@ async function machine(t: { after(fn: () => Promise<void>): void }, sd: Systemd,
 
   const origin = await startOriginServer(join(dir, 'nginx'), www);
   const daemon = await startDeltad([
-    '--origin', `${origin.url}/`, '--cache-dir', join(dir, 'cache'), '--idle-timeout', '0',
-    '--seed-glob', join(root, 'system/*.erofs'), '--seed-glob', join(root, 'system/*.raw'),
+    '--origin',
+    `${origin.url}/`,
+    '--cache-dir',
+    join(dir, 'cache'),
+    '--idle-timeout',
+    '0',
+    '--seed-glob',
+    join(root, 'system/*.erofs'),
+    '--seed-glob',
+    join(root, 'system/*.raw'),
     ...transferOption(root),
   ]);
   // The machine's transfers point at the origin; the direct definitions at the daemon.
@@ -212,7 +239,17 @@ async function machine(t: { after(fn: () => Promise<void>): void }, sd: Systemd,
   };
   t.after(close);
   return {
-    dir, root, www, key, releases, origin, daemon, sd, layout, publish, close,
+    dir,
+    root,
+    www,
+    key,
+    releases,
+    origin,
+    daemon,
+    sd,
+    layout,
+    publish,
+    close,
     direct: (args) => sysupdate(sd, key, root, args, { definitions: `/${DEFS}` }),
     own: (args) => sysupdate(sd, key, root, args),
   };
@@ -245,10 +282,14 @@ async function updateTo(m: Machine, v: number, t: { diagnostic(msg: string): voi
   const size = m.releases[v - 1].image.length;
   const pct = ((100 * imageBytes) / size).toFixed(1);
   const other = bytesFor(entries, 'SHA256SUMS', 'SHA256SUMS.gpg', m.layout.index(v));
-  t.diagnostic(`v${v}: ${imageBytes} of ${size} image bytes from the origin (${pct}%), ` +
-    `${other} bytes of manifest and index, update took ${Date.now() - started} ms`);
-  assert.ok(imageBytes > 0 && imageBytes < size * 0.4,
-    withLog(`the origin served ${imageBytes} bytes of the ${size}-byte image (want well below)`, m.daemon.logs()));
+  t.diagnostic(
+    `v${v}: ${imageBytes} of ${size} image bytes from the origin (${pct}%), ` +
+      `${other} bytes of manifest and index, update took ${Date.now() - started} ms`,
+  );
+  assert.ok(
+    imageBytes > 0 && imageBytes < size * 0.4,
+    withLog(`the origin served ${imageBytes} bytes of the ${size}-byte image (want well below)`, m.daemon.logs()),
+  );
   const whole = entries.some((e) => e.uri.endsWith(`/${m.layout.image(v)}`) && e.range === '-' && e.bodyBytes === size);
   assert.ok(!whole, 'the whole image was never fetched');
   const assembled = await m.daemon.metric('deltad_assemblies_completed_total');
@@ -320,8 +361,10 @@ for (const major of VERSIONS) {
           assert.ok(adopted, withLog(`seed ${basename(s)} was chunked during the v3 update`, log));
         }
         const installedV2 = seeds[1];
-        assert.ok(log.includes(`seed ${installedV2}: adopted the index`) || Boolean(m.layout.installedIndex),
-          withLog(`the installed v2 (${basename(installedV2)}) found its index ready`, log));
+        assert.ok(
+          log.includes(`seed ${installedV2}: adopted the index`) || Boolean(m.layout.installedIndex),
+          withLog(`the installed v2 (${basename(installedV2)}) found its index ready`, log),
+        );
       });
     });
   }
@@ -368,13 +411,20 @@ for (const major of VERSIONS) {
     assert.equal(r.code, 0, out(r));
     const after = await snapshot(m.root, notSystem);
     const written = [...after.keys()].filter((k) => !before.has(k)).sort();
-    assert.deepEqual([...before.keys()].filter((k) => after.get(k) !== before.get(k)), [], 'no existing file changed');
+    assert.deepEqual(
+      [...before.keys()].filter((k) => after.get(k) !== before.get(k)),
+      [],
+      'no existing file changed',
+    );
     if (major === 252) {
       // No drop-ins before 257: a full copy in /run/sysupdate.d, identical but for [Source] Path=.
       assert.deepEqual(written, images.map((x) => `run/sysupdate.d/${x.name}.conf`).sort());
       for (const x of images) {
         const meaningful = (s: string) =>
-          s.split('\n').map((l) => l.trim()).filter((l) => l && !l.startsWith('#') && !l.startsWith(';'));
+          s
+            .split('\n')
+            .map((l) => l.trim())
+            .filter((l) => l && !l.startsWith('#') && !l.startsWith(';'));
         const orig = meaningful(await readFile(join(m.root, 'usr/lib/sysupdate.d', `${x.name}.conf`), 'utf8'));
         const copy = meaningful(await readFile(join(m.root, 'run/sysupdate.d', `${x.name}.conf`), 'utf8'));
         const expected = orig.map((l) => (l.startsWith('Path=http') ? `Path=${redirectedPath}` : l));
@@ -389,7 +439,7 @@ for (const major of VERSIONS) {
       }
     }
 
-    await t.test('sysupdate with the machine\'s own definitions now downloads through deltad', async () => {
+    await t.test("sysupdate with the machine's own definitions now downloads through deltad", async () => {
       // Only that the transfers reach deltad; how small the download is, is the update tests' business.
       const logBefore = m.daemon.logs().length;
       const r = await m.own(['update']);
@@ -416,7 +466,10 @@ for (const major of VERSIONS) {
       const reached = await m.daemon.metric('deltad_http_requests_total');
       assert.equal(reached, requests + 1, 'only the metrics request reached deltad');
       const direct = (await m.origin.entries()).slice(originBefore);
-      assert.ok(direct.some((e) => e.uri.endsWith('/SHA256SUMS')), 'the origin served SHA256SUMS directly');
+      assert.ok(
+        direct.some((e) => e.uri.endsWith('/SHA256SUMS')),
+        'the origin served SHA256SUMS directly',
+      );
     });
   });
 }
@@ -505,8 +558,20 @@ test(IDLE_TEST, { timeout: 240_000 }, async (t) => {
     await rm(dir, { recursive: true, force: true });
   });
   const idleSeconds = 0.5;
-  const serve = [CLI, 'serve', '--config', '/dev/null', '--origin', `${origin.url}/`, '--cache-dir', join(dir, 'cache'),
-    '--seed-glob', join(dir, 'none/*.raw'), '--idle-timeout', String(idleSeconds)];
+  const serve = [
+    CLI,
+    'serve',
+    '--config',
+    '/dev/null',
+    '--origin',
+    `${origin.url}/`,
+    '--cache-dir',
+    join(dir, 'cache'),
+    '--seed-glob',
+    join(dir, 'none/*.raw'),
+    '--idle-timeout',
+    String(idleSeconds),
+  ];
   const activator = spawn('python3', ['-c', ACTIVATOR, process.execPath, ...serve], {
     env: daemonEnv(),
     stdio: ['ignore', 'pipe', 'pipe'],

@@ -103,7 +103,10 @@ test('no import circles in lib/ or daemon/', () => {
 test('the daemon reaches lib/ only through modules that exist', () => {
   for (const f of sources(join(root, 'daemon'))) {
     for (const target of importsOf(f)) {
-      assert.ok(statSync(join(root, target), { throwIfNoEntry: false }), `${relative(root, f)} imports missing ${target}`);
+      assert.ok(
+        statSync(join(root, target), { throwIfNoEntry: false }),
+        `${relative(root, f)} imports missing ${target}`,
+      );
     }
   }
 });

@@ -51,8 +51,10 @@ test('parseRate and parseDuration read what people type', () => {
 test('relay: concurrent connections arrive intact, half-close passes, the rate is shared', async () => {
   const server = await echoServer();
   const rateBitsPerS = 20e6;
-  const relay = await startRelay({ to: { host: '127.0.0.1', port: (server.address() as net.AddressInfo).port },
-    shape: { rateBitsPerS, rttMs: 20 } });
+  const relay = await startRelay({
+    to: { host: '127.0.0.1', port: (server.address() as net.AddressInfo).port },
+    shape: { rateBitsPerS, rttMs: 20 },
+  });
   try {
     const payloads = [0, 1, 2].map(() => randomBytes(512 * 1024));
     const started = performance.now();
@@ -65,8 +67,10 @@ test('relay: concurrent connections arrive intact, half-close passes, the rate i
     });
     // 1.5 MiB each way through one 20 Mbit/s link takes at least 0.63 s; per-connection shaping would allow 0.21 s.
     const floor = (3 * 512 * 1024 * 8) / rateBitsPerS;
-    assert.ok(seconds >= floor * 0.9,
-      `3 × 512 KiB took ${seconds.toFixed(2)} s, below the shared link's ${floor.toFixed(2)} s`);
+    assert.ok(
+      seconds >= floor * 0.9,
+      `3 × 512 KiB took ${seconds.toFixed(2)} s, below the shared link's ${floor.toFixed(2)} s`,
+    );
     const s = relay.stats();
     assert.equal(s.connections, 3);
     assert.equal(s.up, 3 * 512 * 1024);
@@ -91,21 +95,36 @@ test('TLS origin: nginx serves https with HTTP/2 through the relay, curl verifie
     const body = randomBytes(256 * 1024);
     writeFileSync(join(dir, 'f.bin'), body);
     const port = 20000 + Math.floor(Math.random() * 20000);
-    const nginx = startNginx(join(dir, 'nginx'), [{ port, root: dir, tls: { cert: ca.cert, key: ca.key },
-      http2: true }]);
+    const nginx = startNginx(join(dir, 'nginx'), [
+      { port, root: dir, tls: { cert: ca.cert, key: ca.key }, http2: true },
+    ]);
     const relay = await startRelay({ to: { host: '127.0.0.1', port }, shape: { rateBitsPerS: 0, rttMs: 10 } });
     try {
       const out = join(dir, 'out.bin');
       // curl runs asynchronously: the relay lives in this process's event loop.
       const curl = (args: string[]) => promisify(execFile)('curl', args, { encoding: 'utf8', timeout: 30_000 });
-      const r = await curl(['-sS', '--fail', '--http2', '--cacert', ca.caCert, '-o', out, '-w', '%{http_version}',
-        `https://127.0.0.1:${relay.port}/f.bin`]);
+      const r = await curl([
+        '-sS',
+        '--fail',
+        '--http2',
+        '--cacert',
+        ca.caCert,
+        '-o',
+        out,
+        '-w',
+        '%{http_version}',
+        `https://127.0.0.1:${relay.port}/f.bin`,
+      ]);
       assert.equal(r.stdout, '2');
-      assert.equal(createHash('sha256').update(readFileSync(out)).digest('hex'),
-        createHash('sha256').update(body).digest('hex'));
-      await assert.rejects(curl(['-sS', '--http2', '-o', '/dev/null', `https://127.0.0.1:${relay.port}/f.bin`]),
+      assert.equal(
+        createHash('sha256').update(readFileSync(out)).digest('hex'),
+        createHash('sha256').update(body).digest('hex'),
+      );
+      await assert.rejects(
+        curl(['-sS', '--http2', '-o', '/dev/null', `https://127.0.0.1:${relay.port}/f.bin`]),
         /SSL certificate|certificate/,
-        'curl without the CA must refuse the certificate');
+        'curl without the CA must refuse the certificate',
+      );
       await new Promise((r) => setTimeout(r, 200));
       const e = nginx.entries().find((x) => x.uri === '/f.bin' && x.status === 200);
       assert.equal(e?.protocol, 'HTTP/2.0');

@@ -53,15 +53,28 @@ after(async () => {
 });
 
 let n = 0;
-function setup(): { http: HttpClient; out: string; source: Parameters<typeof extractToFile>[2] & { http: HttpClient }; warnings: string[] } {
+function setup(): {
+  http: HttpClient;
+  out: string;
+  source: Parameters<typeof extractToFile>[2] & { http: HttpClient };
+  warnings: string[];
+} {
   origin.clearFaults();
   origin.log.length = 0;
   origin.ranges = 'multi';
   const http = new HttpClient({ attempts: 3, retryBaseMs: 10, timeoutMs: 8000 });
   const warnings: string[] = [];
   return {
-    http, warnings, out: join(dir, `out${++n}.img`),
-    source: { http, rangeUrl: `${origin.url}/v2.img`, seeds: [{ path: v1Path }], cacheDir: join(dir, 'cache'), onWarning: (m) => warnings.push(m) },
+    http,
+    warnings,
+    out: join(dir, `out${++n}.img`),
+    source: {
+      http,
+      rangeUrl: `${origin.url}/v2.img`,
+      seeds: [{ path: v1Path }],
+      cacheDir: join(dir, 'cache'),
+      onWarning: (m) => warnings.push(m),
+    },
   };
 }
 
@@ -69,7 +82,14 @@ test('block route streams: a verified prefix goes out while the pack request is 
   const { http, source } = setup();
   try {
     // The pack answer stops after a third of its body and never goes on: only a streaming route gets anywhere.
-    origin.fault({ kind: 'stall', path: '/v2.img.bpk', rangedOnly: true, afterBytes: 130 * 1024, stallMs: 60_000, times: Infinity });
+    origin.fault({
+      kind: 'stall',
+      path: '/v2.img.bpk',
+      rangedOnly: true,
+      afterBytes: 130 * 1024,
+      stallMs: 60_000,
+      times: Infinity,
+    });
     const stream = openExtractStream(v2Index, { ...source, sha256: sha });
     const prefix = await new Promise<Buffer>((resolve, reject) => {
       const parts: Buffer[] = [];
@@ -87,7 +107,10 @@ test('block route streams: a verified prefix goes out while the pack request is 
     });
     assert.ok(prefix.equals(v2.subarray(0, prefix.length)), `the first ${prefix.length} bytes are the target's`);
     const pack = origin.log.filter((e) => e.path === '/v2.img.bpk');
-    assert.ok(pack.length >= 1 && pack.every((e) => e.fault === 'stall'), 'the only pack answer so far is the stalled one');
+    assert.ok(
+      pack.length >= 1 && pack.every((e) => e.fault === 'stall'),
+      'the only pack answer so far is the stalled one',
+    );
     stream.destroy();
     await assert.rejects(stream.result);
   } finally {
@@ -101,10 +124,18 @@ test('block route resumes: an interrupted extract keeps its verified chunks, the
     const full = await extractToFile(`${origin.url}/v2.img.caibx`, join(dir, 'full.img'), source);
     assert.equal(full.mode, 'blocks');
     origin.log.length = 0;
-    origin.fault({ kind: 'stall', path: '/v2.img.bpk', rangedOnly: true, afterBytes: 130 * 1024, stallMs: 20_000, times: Infinity });
+    origin.fault({
+      kind: 'stall',
+      path: '/v2.img.bpk',
+      rangedOnly: true,
+      afterBytes: 130 * 1024,
+      stallMs: 20_000,
+      times: Infinity,
+    });
     const ctl = new AbortController();
     const first = extractToFile(`${origin.url}/v2.img.caibx`, out, {
-      ...source, signal: ctl.signal,
+      ...source,
+      signal: ctl.signal,
       onProgress: (p) => {
         if (p.done >= 4 * 1024 * 1024) ctl.abort(new Error('interrupted'));
       },
@@ -120,8 +151,11 @@ test('block route resumes: an interrupted extract keeps its verified chunks, the
     assert.equal(r.mode, 'blocks');
     assert.ok((await readFile(out)).equals(v2), 'byte-identical result');
     assert.ok(r.resumedBytes >= 4 * 1024 * 1024, `resumed ${r.resumedBytes} bytes`);
-    assert.ok(r.fromNetwork < full.fromNetwork, `fewer pack bytes the second time (${r.fromNetwork} < ${full.fromNetwork})`);
-    assert.equal(r.fromSeeds + r.fromNetwork + r.fromZero, v2.length, "resumed bytes count as local");
+    assert.ok(
+      r.fromNetwork < full.fromNetwork,
+      `fewer pack bytes the second time (${r.fromNetwork} < ${full.fromNetwork})`,
+    );
+    assert.equal(r.fromSeeds + r.fromNetwork + r.fromZero, v2.length, 'resumed bytes count as local');
     assert.ok(!existsSync(partial) && !existsSync(journal));
   } finally {
     await http.close();
@@ -150,7 +184,10 @@ test('block route, stale pack while streaming: the chunk route continues, no wro
     const r = await stream.result;
     assert.equal(offset, v3.length);
     assert.equal(r.mode, 'range', 'finished on the chunk route');
-    assert.ok(warnings.some((w) => /not the target index's image.*falling back to the chunk path/.test(w)), warnings.join('\n'));
+    assert.ok(
+      warnings.some((w) => /not the target index's image.*falling back to the chunk path/.test(w)),
+      warnings.join('\n'),
+    );
   } finally {
     await writeFile(join(www, 'v2.img'), v2);
     await http.close();
@@ -171,7 +208,10 @@ test('a seed that lies while every chunk is local: the chunk comes from the orig
     assert.equal(r.seedMismatches, 1);
     assert.equal(r.mode, 'range');
     assert.ok(r.fromNetwork > 0 && r.fromNetwork <= PARAMS.max);
-    assert.ok(warnings.some((w) => w.includes(lying) && /fetching it remotely/.test(w)), warnings.join('\n'));
+    assert.ok(
+      warnings.some((w) => w.includes(lying) && /fetching it remotely/.test(w)),
+      warnings.join('\n'),
+    );
 
     const stream = openExtractStream(v2Index, { ...source, seeds, blockPack: false, sha256: sha });
     const parts: Buffer[] = [];
@@ -181,7 +221,10 @@ test('a seed that lies while every chunk is local: the chunk comes from the orig
 
     // No origin at all: a clear error, and no output.
     const out2 = join(dir, 'no-origin.img');
-    await assert.rejects(extractToFile(v2Index, out2, { seeds, cacheDir: source.cacheDir }), /not available locally and there is no remote source/);
+    await assert.rejects(
+      extractToFile(v2Index, out2, { seeds, cacheDir: source.cacheDir }),
+      /not available locally and there is no remote source/,
+    );
     assert.ok(!existsSync(out2));
   } finally {
     await http.close();

@@ -10,7 +10,15 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { HttpClient } from '../lib/fetch/http-client.js';
 import { ChecksumMismatchError, IndexFormatError, PackError } from '../lib/errors.js';
-import { assembleBlocks, costOf, packImage, parseBlockIndex, planBlockUpdate, probeBlockPack, type BlockIndex } from '../lib/blockpack/index.js';
+import {
+  assembleBlocks,
+  costOf,
+  packImage,
+  parseBlockIndex,
+  planBlockUpdate,
+  probeBlockPack,
+  type BlockIndex,
+} from '../lib/blockpack/index.js';
 import { HASH_BYTES, ZERO_BLOCK, serializeBlockIndex } from '../lib/blockpack/format.js';
 import { startOrigin, type Origin } from './helpers/origin.js';
 import { serializeIndex } from '../lib/format/caibx.js';
@@ -27,7 +35,20 @@ async function tempDir(t: { after: (fn: () => Promise<void>) => void }): Promise
 
 /** Deterministic compressible block content: words from a small vocabulary. */
 function textBlock(seed: number, len = BS): Buffer {
-  const words = ['inode', 'block', 'erofs', 'systemd', 'kernel', 'module', 'python3', 'libssl', 'usr/lib/', '\n', '0x', 'version'];
+  const words = [
+    'inode',
+    'block',
+    'erofs',
+    'systemd',
+    'kernel',
+    'module',
+    'python3',
+    'libssl',
+    'usr/lib/',
+    '\n',
+    '0x',
+    'version',
+  ];
   let x = seed * 2654435761 + 12345;
   const parts: string[] = [];
   let n = 0;
@@ -45,7 +66,8 @@ function makeImages(): { v1: Buffer; v2: Buffer } {
   const v1Blocks: Buffer[] = [];
   for (let i = 0; i < 700; i++) {
     if (i % 97 === 5) v1Blocks.push(Buffer.alloc(BS));
-    else if (i % 50 === 7) v1Blocks.push(textBlock(3)); // a block repeated across the image
+    else if (i % 50 === 7)
+      v1Blocks.push(textBlock(3)); // a block repeated across the image
     else v1Blocks.push(textBlock(1000 + i));
   }
   const v2Blocks = v1Blocks.slice();
@@ -96,14 +118,29 @@ async function fixture(t: { after: (fn: () => Promise<void>) => void }): Promise
     await http.close();
     await origin.close();
   });
-  return { dir, www, v1Path, v2, origin, http, imageUrl: `${origin.url}/os_2.img`, sha256: createHash('sha256').update(v2).digest('hex') };
+  return {
+    dir,
+    www,
+    v1Path,
+    v2,
+    origin,
+    http,
+    imageUrl: `${origin.url}/os_2.img`,
+    sha256: createHash('sha256').update(v2).digest('hex'),
+  };
 }
 
 async function extract(f: Fixture, out: string, opts: { sha256?: string; seeds?: string[] } = {}) {
   const probe = await probeBlockPack(f.http, f.imageUrl);
   assert.ok(probe, 'the release has a block pack');
   const plan = await planBlockUpdate(probe, opts.seeds ?? [f.v1Path], { cacheDir: join(f.dir, 'cache') });
-  const result = await assembleBlocks(plan, out, { http: f.http, packUrl: probe.packUrl, dictUrl: probe.dictUrl, sha256: opts.sha256, retryBaseMs: 10 });
+  const result = await assembleBlocks(plan, out, {
+    http: f.http,
+    packUrl: probe.packUrl,
+    dictUrl: probe.dictUrl,
+    sha256: opts.sha256,
+    retryBaseMs: 10,
+  });
   return { probe, plan, result };
 }
 
@@ -174,7 +211,10 @@ test('extract: rebuilds the image byte for byte, fetching only the frames no see
   assert.ok(total.bytes < f.v2.length / 4, `downloaded ${total.bytes} of a ${f.v2.length}-byte image`);
   // The planner's estimate is what the client then downloads (within framing noise).
   const cost = costOf(plan, { multi: true });
-  assert.ok(Math.abs(cost.bytes - (probe.indexBytes + result.networkBytes)) < 2000, `estimate ${cost.bytes}, actual ${probe.indexBytes + result.networkBytes}`);
+  assert.ok(
+    Math.abs(cost.bytes - (probe.indexBytes + result.networkBytes)) < 2000,
+    `estimate ${cost.bytes}, actual ${probe.indexBytes + result.networkBytes}`,
+  );
   assert.deepEqual(await leftovers(f.dir, ['v1.img', 'www', 'cache', 'out.img']), []);
 });
 
@@ -187,7 +227,10 @@ for (const mode of ['single', 'reject-multi'] as const) {
     assert.deepEqual(await readFile(out), f.v2);
     const packLog = f.origin.log.filter((e) => e.path === '/os_2.img.bpk');
     assert.ok(packLog.length >= 2, 'a refused multi-range request, then single ranges');
-    assert.ok(packLog.slice(1).every((e) => e.range && !e.range.includes(',')), 'single ranges after the fallback');
+    assert.ok(
+      packLog.slice(1).every((e) => e.range && !e.range.includes(',')),
+      'single ranges after the fallback',
+    );
     assert.ok(packLog.length < 70, `requests stay bounded: ${packLog.length}`);
   });
 }
@@ -203,7 +246,10 @@ test('extract: a corrupted pack frame is detected and nothing is written', async
   pack[idx.frameStart[fr] + Math.floor((idx.frameStart[fr + 1] - idx.frameStart[fr]) / 2)] ^= 0x55;
   await writeFile(packPath, pack);
   const out = join(f.dir, 'out.img');
-  await assert.rejects(extract(f, out), (err: Error) => err instanceof PackError && /frame \d+ at byte/.test(err.message));
+  await assert.rejects(
+    extract(f, out),
+    (err: Error) => err instanceof PackError && /frame \d+ at byte/.test(err.message),
+  );
   assert.deepEqual(await leftovers(f.dir, ['v1.img', 'www', 'cache']), [], 'no output and no temp file');
 });
 
@@ -213,7 +259,10 @@ test('extract: a corrupted dictionary is refused before any frame is fetched', a
   const dict = await readFile(dictPath);
   dict[100] ^= 1;
   await writeFile(dictPath, dict);
-  await assert.rejects(extract(f, join(f.dir, 'out.img')), (err: Error) => err instanceof PackError && /dictionary/.test(err.message));
+  await assert.rejects(
+    extract(f, join(f.dir, 'out.img')),
+    (err: Error) => err instanceof PackError && /dictionary/.test(err.message),
+  );
   assert.equal(f.origin.stats('/os_2.img.bpk').requests, 0);
   assert.deepEqual(await leftovers(f.dir, ['v1.img', 'www', 'cache']), []);
 });
@@ -231,7 +280,10 @@ test('extract: lying block indexes are caught (wrong frame hash, swapped seed ha
   lie1.hashes = Uint8Array.from(idx.hashes);
   lie1.hashes[d * HASH_BYTES] ^= 1;
   await writeFile(indexPath, serializeBlockIndex(lie1));
-  await assert.rejects(extract(f, out), (err: Error) => err instanceof PackError && /does not match its hash/.test(err.message));
+  await assert.rejects(
+    extract(f, out),
+    (err: Error) => err instanceof PackError && /does not match its hash/.test(err.message),
+  );
 
   // 2. Two seed blocks' hashes swapped: each block verifies, the whole file does not.
   const a = idx.distinctOf[1];
@@ -246,12 +298,18 @@ test('extract: lying block indexes are caught (wrong frame hash, swapped seed ha
   // 3. An index made for another image than the release: refused before fetching anything.
   await writeFile(indexPath, original);
   const before = f.origin.log.length;
-  await assert.rejects(extract(f, out, { sha256: 'ab'.repeat(32) }), (err: Error) => err instanceof PackError && /stale or swapped index/.test(err.message));
+  await assert.rejects(
+    extract(f, out, { sha256: 'ab'.repeat(32) }),
+    (err: Error) => err instanceof PackError && /stale or swapped index/.test(err.message),
+  );
   assert.ok(f.origin.log.slice(before).every((e) => e.path === '/os_2.img.bpidx'));
 
   // 4. A truncated index fails to parse, naming the field.
   await writeFile(indexPath, original.subarray(0, original.length - 10));
-  await assert.rejects(probeBlockPack(f.http, f.imageUrl), (err: Error) => err instanceof IndexFormatError && /body_length/.test(err.message));
+  await assert.rejects(
+    probeBlockPack(f.http, f.imageUrl),
+    (err: Error) => err instanceof IndexFormatError && /body_length/.test(err.message),
+  );
 
   assert.deepEqual(await leftovers(f.dir, ['v1.img', 'www', 'cache']), []);
 });
@@ -279,7 +337,10 @@ test('probe: a release without a block pack answers null (the chunk path is used
 
 test('engine: extractToFile and planUpdate take the block path when the release has a pack, and fall back to chunks when it is corrupt', async (t) => {
   const f = await fixture(t);
-  await writeFile(join(f.www, 'os_2.img.caibx'), serializeIndex(indexBuffer(f.v2, { params: { min: 4096, avg: 16384, max: 65536 }, digest: 'sha512-256' })));
+  await writeFile(
+    join(f.www, 'os_2.img.caibx'),
+    serializeIndex(indexBuffer(f.v2, { params: { min: 4096, avg: 16384, max: 65536 }, digest: 'sha512-256' })),
+  );
   const source = { rangeUrl: f.imageUrl, seeds: [{ path: f.v1Path }], cacheDir: join(f.dir, 'cache'), http: f.http };
   const report = await planUpdate(`${f.imageUrl}.caibx`, source);
   const blocks = report.modes.find((m) => m.mode === 'blocks');
@@ -289,12 +350,19 @@ test('engine: extractToFile and planUpdate take the block path when the release 
   assert.equal(report.chosen, 'blocks');
 
   const out = join(f.dir, 'out.img');
-  const r = await extractToFile(`${f.imageUrl}.caibx`, out, { ...source, sha256: f.sha256, onWarning: (m) => assert.fail(m) });
+  const r = await extractToFile(`${f.imageUrl}.caibx`, out, {
+    ...source,
+    sha256: f.sha256,
+    onWarning: (m) => assert.fail(m),
+  });
   assert.equal(r.mode, 'blocks');
   assert.deepEqual(await readFile(out), f.v2);
 
   // The daemon's ordered stream takes the same path.
-  const stream = openExtractStream(await loadIndex(`${f.imageUrl}.caibx`, { http: f.http }), { ...source, sha256: f.sha256 });
+  const stream = openExtractStream(await loadIndex(`${f.imageUrl}.caibx`, { http: f.http }), {
+    ...source,
+    sha256: f.sha256,
+  });
   const parts: Buffer[] = [];
   for await (const part of stream) parts.push(part as Buffer);
   assert.equal((await stream.result).mode, 'blocks');
@@ -307,13 +375,20 @@ test('engine: extractToFile and planUpdate take the block path when the release 
   await writeFile(packPath, pack);
   const warnings: string[] = [];
   const out2 = join(f.dir, 'out2.img');
-  const r2 = await extractToFile(`${f.imageUrl}.caibx`, out2, { ...source, sha256: f.sha256, onWarning: (m) => warnings.push(m) });
+  const r2 = await extractToFile(`${f.imageUrl}.caibx`, out2, {
+    ...source,
+    sha256: f.sha256,
+    onWarning: (m) => warnings.push(m),
+  });
   assert.equal(r2.mode, 'range');
   assert.deepEqual(await readFile(out2), f.v2);
-  assert.ok(warnings.some((w) => /falling back to the chunk path/.test(w)), warnings.join('\n'));
+  assert.ok(
+    warnings.some((w) => /falling back to the chunk path/.test(w)),
+    warnings.join('\n'),
+  );
 
   // A lying index whose blocks each verify but whose image does not: the whole-file SHA-256 sends it to the chunk path too.
-  await writeFile(packPath, (await readFile(join((await packedTemplate()).dir, 'os_2.img.bpk'))));
+  await writeFile(packPath, await readFile(join((await packedTemplate()).dir, 'os_2.img.bpk')));
   const idx = parseBlockIndex(await readFile(join(f.www, 'os_2.img.bpidx')));
   const lie = contentOf(idx);
   lie.hashes = Uint8Array.from(idx.hashes);
@@ -326,7 +401,10 @@ test('engine: extractToFile and planUpdate take the block path when the release 
   const r3 = await extractToFile(`${f.imageUrl}.caibx`, out3, { ...source, onWarning: (m) => warnings.push(m) });
   assert.equal(r3.mode, 'range');
   assert.deepEqual(await readFile(out3), f.v2);
-  assert.ok(warnings.some((w) => /(SHA-256 mismatch|not the target index's image).*falling back to the chunk path/.test(w)), warnings.join('\n'));
+  assert.ok(
+    warnings.some((w) => /(SHA-256 mismatch|not the target index's image).*falling back to the chunk path/.test(w)),
+    warnings.join('\n'),
+  );
   assert.deepEqual(await leftovers(f.dir, ['v1.img', 'www', 'cache', 'out.img', 'out2.img', 'out3.img']), []);
 });
 
@@ -338,12 +416,30 @@ test('pack --previous: runs of new blocks share frames; seeded and seedless clie
   const v1Path = join(dir, 'v1.img');
   await writeFile(v1Path, v1);
   await writeFile(join(www, 'os_2.img'), v2);
-  const inline = await packImage(join(www, 'os_2.img'), { outDir: www, level: 9, dictSize: 32 * 1024, previous: [v1Path], groupBlocks: 8, threads: 0 });
-  assert.ok(inline.frames < inline.distinctBlocks - 20, `${inline.frames} frames for ${inline.distinctBlocks} distinct blocks`);
+  const inline = await packImage(join(www, 'os_2.img'), {
+    outDir: www,
+    level: 9,
+    dictSize: 32 * 1024,
+    previous: [v1Path],
+    groupBlocks: 8,
+    threads: 0,
+  });
+  assert.ok(
+    inline.frames < inline.distinctBlocks - 20,
+    `${inline.frames} frames for ${inline.distinctBlocks} distinct blocks`,
+  );
   // Worker threads write the same bytes as inline compression.
   const again = join(dir, 'again');
-  await packImage(join(www, 'os_2.img'), { outDir: again, level: 9, dictSize: 32 * 1024, previous: [v1Path], groupBlocks: 8, threads: 2 });
-  for (const ext of ['bpidx', 'bpk', 'bpdict']) assert.deepEqual(await readFile(join(again, `os_2.img.${ext}`)), await readFile(join(www, `os_2.img.${ext}`)), ext);
+  await packImage(join(www, 'os_2.img'), {
+    outDir: again,
+    level: 9,
+    dictSize: 32 * 1024,
+    previous: [v1Path],
+    groupBlocks: 8,
+    threads: 2,
+  });
+  for (const ext of ['bpidx', 'bpk', 'bpdict'])
+    assert.deepEqual(await readFile(join(again, `os_2.img.${ext}`)), await readFile(join(www, `os_2.img.${ext}`)), ext);
 
   const origin = await startOrigin({ root: www });
   const http = new HttpClient({ attempts: 2, retryBaseMs: 10, timeoutMs: 5000 });
@@ -388,13 +484,16 @@ test('engine: a stale block pack (built for another image than the target index)
   const out = join(f.dir, 'out.img');
   const r = await extractToFile(`${f.imageUrl}.caibx`, out, { ...source, onWarning: (m) => warnings.push(m) });
   assert.ok((await readFile(out)).equals(v3), `the output is the target index's image (mode ${r.mode})`);
-  assert.ok(warnings.some((w) => /falling back to the chunk path/.test(w)), warnings.join('\n'));
+  assert.ok(
+    warnings.some((w) => /falling back to the chunk path/.test(w)),
+    warnings.join('\n'),
+  );
 
   const stream = openExtractStream(v3Index, { ...source, onWarning: () => {} });
   const parts: Buffer[] = [];
   for await (const part of stream) parts.push(part as Buffer);
   await stream.result;
-  assert.ok(Buffer.concat(parts).equals(v3), 'the stream delivers the target index\'s image');
+  assert.ok(Buffer.concat(parts).equals(v3), "the stream delivers the target index's image");
   assert.deepEqual(await leftovers(f.dir, ['v1.img', 'www', 'cache', 'out.img']), []);
 });
 
@@ -419,8 +518,14 @@ test('extract: a release that redirects every block-pack file to a mirror still 
   const { result } = await extract(f, out, { sha256: f.sha256 });
   assert.deepEqual(await readFile(out), f.v2);
   assert.equal(result.sha256, f.sha256);
-  assert.ok(mirror.log.some((e) => e.path === '/os_2.img.bpk' && e.status === 206), 'pack ranges from the mirror');
-  assert.ok(f.origin.log.every((e) => e.status === 302), 'the origin only redirected');
+  assert.ok(
+    mirror.log.some((e) => e.path === '/os_2.img.bpk' && e.status === 206),
+    'pack ranges from the mirror',
+  );
+  assert.ok(
+    f.origin.log.every((e) => e.status === 302),
+    'the origin only redirected',
+  );
   const packAtOrigin = f.origin.log.filter((e) => e.path === '/os_2.img.bpk').length;
   assert.equal(packAtOrigin, 1, 'one redirect for every range of the pack');
 });

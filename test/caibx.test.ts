@@ -6,7 +6,13 @@ import { spawnSync } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { parseIndex, serializeIndex, ChunkIndexBuilder, indexFileSize, CHUNK_SIZE_LIMIT_MAX } from '../lib/format/caibx.js';
+import {
+  parseIndex,
+  serializeIndex,
+  ChunkIndexBuilder,
+  indexFileSize,
+  CHUNK_SIZE_LIMIT_MAX,
+} from '../lib/format/caibx.js';
 import { IndexFormatError } from '../lib/errors.js';
 import { caibxPath, loadVectors, vectorInputs, vectorsCasyncVersion } from './helpers/vectors.js';
 import { requireCasync } from './helpers/delta-images.js';
@@ -17,10 +23,13 @@ test('all 19 casync vectors are present', () => {
   assert.equal(vectors.length, 19);
 });
 
-test('the fixtures are casync\'s: the installed casync re-makes three of them byte for byte', { timeout: 60_000 }, async (t) => {
+test("the fixtures are casync's: the installed casync re-makes three of them byte for byte", {
+  timeout: 60_000,
+}, async (t) => {
   if (!requireCasync(t)) return;
   const version = spawnSync('casync', ['--version'], { encoding: 'utf8' }).stdout.trim();
-  if (!vectorsCasyncVersion().startsWith(version)) return t.skip(`vectors made by ${vectorsCasyncVersion()}, not ${version}`);
+  if (!vectorsCasyncVersion().startsWith(version))
+    return t.skip(`vectors made by ${vectorsCasyncVersion()}, not ${version}`);
   const input = await vectorInputs();
   const dir = mkdtempSync(join(tmpdir(), 'deltad-vectors-'));
   t.after(() => rmSync(dir, { recursive: true, force: true }));
@@ -55,7 +64,11 @@ for (const v of vectors) {
 
   test(`write ${v.vector}: byte-identical to casync's file`, () => {
     const bytes = readFileSync(caibxPath(v));
-    const b = new ChunkIndexBuilder(v.feature_flags, { min: v.chunk_size_min, avg: v.chunk_size_avg, max: v.chunk_size_max });
+    const b = new ChunkIndexBuilder(v.feature_flags, {
+      min: v.chunk_size_min,
+      avg: v.chunk_size_avg,
+      max: v.chunk_size_max,
+    });
     for (const c of v.chunks) b.add(c.offset + c.size, Buffer.from(c.id, 'hex'));
     assert.ok(serializeIndex(b.finish()).equals(bytes));
   });
@@ -95,28 +108,102 @@ function rejects(buf: Uint8Array, field: RegExp, offset?: number) {
 }
 
 test('rejects a file shorter than an empty index', () => rejects(base.subarray(0, 50), /file size/));
-test('rejects wrong INDEX magic', () => rejects(mutated((b) => void b.writeBigUInt64LE(0x1234n, 8)), /INDEX\.type/, 8));
-test('rejects wrong INDEX size', () => rejects(mutated((b) => void b.writeBigUInt64LE(47n, 0)), /INDEX\.size/, 0));
-test('rejects unknown feature bits', () => rejects(mutated((b) => void b.writeBigUInt64LE(0xb000000000000000n | (1n << 40n), 16)), /feature_flags/, 16));
-test('rejects min > avg', () => rejects(mutated((b) => void b.writeBigUInt64LE(1n << 20n, 24)), /chunk_size_avg/, 32));
-test('rejects a zero chunk size', () => rejects(mutated((b) => void b.writeBigUInt64LE(0n, 24)), /chunk_size_min/, 24));
-test('rejects a max above 128 MiB', () => rejects(mutated((b) => void b.writeBigUInt64LE(BigInt(CHUNK_SIZE_LIMIT_MAX) + 1n, 40)), /chunk_size_max/, 40));
-test('rejects a bad TABLE size placeholder', () => rejects(mutated((b) => void b.writeBigUInt64LE(96n, 48)), /TABLE\.size/, 48));
-test('rejects a bad TABLE magic', () => rejects(mutated((b) => void b.writeBigUInt64LE(1n, 56)), /TABLE\.type/, 56));
+test('rejects wrong INDEX magic', () =>
+  rejects(
+    mutated((b) => void b.writeBigUInt64LE(0x1234n, 8)),
+    /INDEX\.type/,
+    8,
+  ));
+test('rejects wrong INDEX size', () =>
+  rejects(
+    mutated((b) => void b.writeBigUInt64LE(47n, 0)),
+    /INDEX\.size/,
+    0,
+  ));
+test('rejects unknown feature bits', () =>
+  rejects(
+    mutated((b) => void b.writeBigUInt64LE(0xb000000000000000n | (1n << 40n), 16)),
+    /feature_flags/,
+    16,
+  ));
+test('rejects min > avg', () =>
+  rejects(
+    mutated((b) => void b.writeBigUInt64LE(1n << 20n, 24)),
+    /chunk_size_avg/,
+    32,
+  ));
+test('rejects a zero chunk size', () =>
+  rejects(
+    mutated((b) => void b.writeBigUInt64LE(0n, 24)),
+    /chunk_size_min/,
+    24,
+  ));
+test('rejects a max above 128 MiB', () =>
+  rejects(
+    mutated((b) => void b.writeBigUInt64LE(BigInt(CHUNK_SIZE_LIMIT_MAX) + 1n, 40)),
+    /chunk_size_max/,
+    40,
+  ));
+test('rejects a bad TABLE size placeholder', () =>
+  rejects(
+    mutated((b) => void b.writeBigUInt64LE(96n, 48)),
+    /TABLE\.size/,
+    48,
+  ));
+test('rejects a bad TABLE magic', () =>
+  rejects(
+    mutated((b) => void b.writeBigUInt64LE(1n, 56)),
+    /TABLE\.type/,
+    56,
+  ));
 test('rejects a truncated table (no tail)', () => rejects(base.subarray(0, 64 + 40 * 3 + 20), /table/));
 test('rejects a table cut mid-tail', () => rejects(base.subarray(0, base.length - 8), /table|tail/));
-test('rejects a bad tail marker', () => rejects(mutated((b) => void b.writeBigUInt64LE(7n, tail + 32)), /tail\.marker/, tail + 32));
-test('rejects a non-zero zero_fill2', () => rejects(mutated((b) => void b.writeBigUInt64LE(1n, tail + 8)), /tail\.zero_fill2/, tail + 8));
-test('rejects a wrong tail.table_size', () => rejects(mutated((b) => void b.writeBigUInt64LE(16n, tail + 24)), /tail\.table_size/, tail + 24));
-test('rejects a wrong tail.index_offset', () => rejects(mutated((b) => void b.writeBigUInt64LE(0n, tail + 16)), /tail\.index_offset/, tail + 16));
-test('rejects trailing bytes after the tail', () => rejects(Buffer.concat([base, Buffer.alloc(3)]), /trailing data/, base.length));
+test('rejects a bad tail marker', () =>
+  rejects(
+    mutated((b) => void b.writeBigUInt64LE(7n, tail + 32)),
+    /tail\.marker/,
+    tail + 32,
+  ));
+test('rejects a non-zero zero_fill2', () =>
+  rejects(
+    mutated((b) => void b.writeBigUInt64LE(1n, tail + 8)),
+    /tail\.zero_fill2/,
+    tail + 8,
+  ));
+test('rejects a wrong tail.table_size', () =>
+  rejects(
+    mutated((b) => void b.writeBigUInt64LE(16n, tail + 24)),
+    /tail\.table_size/,
+    tail + 24,
+  ));
+test('rejects a wrong tail.index_offset', () =>
+  rejects(
+    mutated((b) => void b.writeBigUInt64LE(0n, tail + 16)),
+    /tail\.index_offset/,
+    tail + 16,
+  ));
+test('rejects trailing bytes after the tail', () =>
+  rejects(Buffer.concat([base, Buffer.alloc(3)]), /trailing data/, base.length));
 test('rejects non-increasing offsets', () =>
-  rejects(mutated((b) => void b.writeBigUInt64LE(b.readBigUInt64LE(64), 64 + 40)), /item\[1\]\.offset/, 64 + 40));
+  rejects(
+    mutated((b) => void b.writeBigUInt64LE(b.readBigUInt64LE(64), 64 + 40)),
+    /item\[1\]\.offset/,
+    64 + 40,
+  ));
 test('rejects a chunk larger than chunk_size_max', () =>
-  rejects(mutated((b) => void b.writeBigUInt64LE(300000n, 64)), /item\[0\]\.offset/, 64));
+  rejects(
+    mutated((b) => void b.writeBigUInt64LE(300000n, 64)),
+    /item\[0\]\.offset/,
+    64,
+  ));
 test('rejects an absurd size without allocating it', () => {
   // A header claiming a huge table is refused from the buffer length alone.
-  const huge = { length: 2 ** 40, buffer: base.buffer, byteOffset: 0, byteLength: base.length } as unknown as Uint8Array;
+  const huge = {
+    length: 2 ** 40,
+    buffer: base.buffer,
+    byteOffset: 0,
+    byteLength: base.length,
+  } as unknown as Uint8Array;
   assert.throws(() => parseIndex(huge), IndexFormatError);
 });
 test('empty index round-trips to 104 bytes', () => {

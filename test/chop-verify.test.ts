@@ -33,7 +33,11 @@ function makeImage(size: number, label = 'img'): Buffer {
     const kind = k % 4;
     const len = Math.min(size - o, 150_000 + ((k * 37_311) % 200_000));
     if (kind === 0 || kind === 2) {
-      for (let p = 0; p < len; p += 32) createHash('sha256').update(`${label}:${k}:${p}`).digest().copy(out, o + p, 0, Math.min(32, len - p));
+      for (let p = 0; p < len; p += 32)
+        createHash('sha256')
+          .update(`${label}:${k}:${p}`)
+          .digest()
+          .copy(out, o + p, 0, Math.min(32, len - p));
     } else if (kind === 3) {
       for (let p = 0; p < len; ) p += out.write(`${label} line ${k} ${p} the quick brown fox\n`, o + p);
     } // kind 1: zeros
@@ -75,10 +79,12 @@ test('chop fills a store; a second chop finds everything; verifyStore accepts it
   assert.ok(unique < index.count, 'the image has duplicate chunks');
   const store = new LocalStore(join(dir, 'img.castr'));
   const progress: number[] = [];
-  const r1 = await chopFile(index, join(dir, 'img'), store, { onProgress: (done, total) => {
+  const r1 = await chopFile(index, join(dir, 'img'), store, {
+    onProgress: (done, total) => {
       assert.equal(total, img.length);
       progress.push(done);
-    } });
+    },
+  });
   assert.deepEqual(
     { chunks: r1.chunks, unique: r1.unique, written: r1.written, existing: r1.existing, bytesIn: r1.bytesIn },
     { chunks: index.count, unique, written: unique, existing: 0, bytesIn: img.length },
@@ -136,7 +142,10 @@ test('chop: inline, on worker threads, and into a generic store, the same chunks
   const mem = new MemoryStore();
   const rMem = await chopFile(index, join(dir, 'img'), mem, { threads: 1 });
   assert.equal(rMem.written, r0.written);
-  assert.equal(rMem.bytesStored, [...mem.chunks.values()].reduce((n, b) => n + b.length, 0));
+  assert.equal(
+    rMem.bytesStored,
+    [...mem.chunks.values()].reduce((n, b) => n + b.length, 0),
+  );
   for (let i = 0; i < index.count; i++) {
     assert.ok(mem.chunks.get(index.idHex(i))?.equals(img.subarray(index.start(i), index.end(i))), `chunk ${i}`);
   }
@@ -154,8 +163,14 @@ test('verifyStore reports missing and corrupt chunks by chunk number and ID', as
   const progress: number[] = [];
   const v = await verifyStore(index, store, { onProgress: (d) => progress.push(d) });
   assert.equal(v.ok, false);
-  assert.deepEqual(v.missing.map((m) => [m.chunk, m.id]), [[3, index.idHex(3)]]);
-  assert.deepEqual(v.corrupt.map((m) => [m.chunk, m.id]), [[7, index.idHex(7)]]);
+  assert.deepEqual(
+    v.missing.map((m) => [m.chunk, m.id]),
+    [[3, index.idHex(3)]],
+  );
+  assert.deepEqual(
+    v.corrupt.map((m) => [m.chunk, m.id]),
+    [[7, index.idHex(7)]],
+  );
   assert.match(v.corrupt[0].reason, /unknown format/);
   assert.equal(progress.at(-1), v.checked);
 });
@@ -174,7 +189,10 @@ test('verifyFile: a good file, a changed byte, a truncated and an extended file'
   await writeFile(path, changed);
   const r = await verifyFile(index, path);
   assert.equal(r.ok, false);
-  assert.deepEqual(r.bad.map((b) => [b.chunk, b.offset, b.id]), [[5, 5 * 65_536, index.idHex(5)]]);
+  assert.deepEqual(
+    r.bad.map((b) => [b.chunk, b.offset, b.id]),
+    [[5, 5 * 65_536, index.idHex(5)]],
+  );
   assert.deepEqual(await verifyFile(index, path, { threads: 0 }), r);
 
   await writeFile(path, img);
@@ -231,7 +249,10 @@ test('chop stops when aborted', async (t) => {
   await writeFile(join(dir, 'img'), img);
   const ac = new AbortController();
   ac.abort();
-  await assert.rejects(chopFile(fixedIndex(img), join(dir, 'img'), new LocalStore(join(dir, 's')), { signal: ac.signal }), { name: 'AbortError' });
+  await assert.rejects(
+    chopFile(fixedIndex(img), join(dir, 'img'), new LocalStore(join(dir, 's')), { signal: ac.signal }),
+    { name: 'AbortError' },
+  );
 });
 
 test('verifyStore over HTTP: a served store verifies, a 404 is missing', { timeout: 20_000 }, async (t) => {
@@ -246,16 +267,23 @@ test('verifyStore over HTTP: a served store verifies, a 404 is missing', { timeo
   t.after(() => origin.close());
   const client = new HttpClient({ attempts: 2, retryBaseMs: 10, timeoutMs: 5000 });
   t.after(() => client.close());
-  const v = await verifyStore(index, new HttpStore(`${origin.url}/s.castr`, { client, digest: 'sha256' }), { concurrency: 4 });
+  const v = await verifyStore(index, new HttpStore(`${origin.url}/s.castr`, { client, digest: 'sha256' }), {
+    concurrency: 4,
+  });
   assert.equal(v.ok, false);
-  assert.deepEqual(v.missing.map((m) => m.chunk), [0]);
+  assert.deepEqual(
+    v.missing.map((m) => m.chunk),
+    [0],
+  );
   assert.equal(v.corrupt.length, 0);
   assert.equal(v.checked, distinctIds(index));
   assert.equal(origin.log.filter((l) => l.method === 'GET').length, distinctIds(index));
 });
 
 for (const uncompressed of [false, true]) {
-  test(`casync extract reproduces the file from a store made by chopFile (${uncompressed ? 'raw' : 'zstd'})`, { timeout: 60_000 }, async (t) => {
+  test(`casync extract reproduces the file from a store made by chopFile (${uncompressed ? 'raw' : 'zstd'})`, {
+    timeout: 60_000,
+  }, async (t) => {
     if (!casyncAvailable(t)) return;
     const dir = await tempDir(t);
     const img = makeImage(4 * 1024 * 1024 + 4321, `cx${uncompressed}`);
@@ -264,7 +292,10 @@ for (const uncompressed of [false, true]) {
     await writeFile(join(dir, 'img.caibx'), serializeIndex(index));
     const store = new LocalStore(join(dir, 'img.castr'), { uncompressed });
     await chopFile(index, join(dir, 'img'), store);
-    execFileSync('casync', ['extract', `--store=${store.dir}`, join(dir, 'img.caibx'), join(dir, 'out')], { stdio: 'pipe', timeout: 50_000 });
+    execFileSync('casync', ['extract', `--store=${store.dir}`, join(dir, 'img.caibx'), join(dir, 'out')], {
+      stdio: 'pipe',
+      timeout: 50_000,
+    });
     assert.ok((await readFile(join(dir, 'out'))).equals(img));
   });
 }
@@ -274,7 +305,10 @@ test('verifyStore and chop accept the index and store made by casync make', { ti
   const dir = await tempDir(t);
   const img = makeImage(4 * 1024 * 1024, 'cm');
   await writeFile(join(dir, 'img'), img);
-  execFileSync('casync', ['make', `--store=${join(dir, 'c.castr')}`, join(dir, 'img.caibx'), join(dir, 'img')], { stdio: 'pipe', timeout: 50_000 });
+  execFileSync('casync', ['make', `--store=${join(dir, 'c.castr')}`, join(dir, 'img.caibx'), join(dir, 'img')], {
+    stdio: 'pipe',
+    timeout: 50_000,
+  });
   const index = await readIndexFile(join(dir, 'img.caibx'));
   const store = new LocalStore(join(dir, 'c.castr'), { digest: index.digest, maxChunkSize: index.params.max });
   const v = await verifyStore(index, store);
@@ -296,7 +330,11 @@ test('deltad chop and deltad verify (CLI): exit codes and JSON results', { timeo
   await writeFile(join(dir, 'img'), img);
   const index = fixedIndex(img);
   await writeFile(join(dir, 'img.caibx'), serializeIndex(index));
-  const cli = (...args: string[]) => spawnSync(process.execPath, [join(REPO_ROOT, 'dist', 'daemon', 'cli.js'), ...args], { encoding: 'utf8', timeout: 20_000 });
+  const cli = (...args: string[]) =>
+    spawnSync(process.execPath, [join(REPO_ROOT, 'dist', 'daemon', 'cli.js'), ...args], {
+      encoding: 'utf8',
+      timeout: 20_000,
+    });
   const chop = cli('chop', '--json', '--store', join(dir, 's.castr'), join(dir, 'img.caibx'), join(dir, 'img'));
   assert.equal(chop.status, 0, chop.stderr);
   assert.equal(JSON.parse(chop.stdout).written, distinctIds(index));

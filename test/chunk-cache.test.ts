@@ -32,7 +32,8 @@ function makeChunk(size: number): { id: Buffer; data: Buffer; hex: string } {
 /** Every file under dir, relative. */
 async function listFiles(dir: string): Promise<string[]> {
   const out: string[] = [];
-  for (const e of await readdir(dir, { withFileTypes: true, recursive: true })) if (e.isFile()) out.push(join(e.parentPath, e.name).slice(dir.length + 1));
+  for (const e of await readdir(dir, { withFileTypes: true, recursive: true }))
+    if (e.isFile()) out.push(join(e.parentPath, e.name).slice(dir.length + 1));
   return out.sort();
 }
 
@@ -82,7 +83,11 @@ test('reopen: rebuilds the LRU from disk by mtime, removes stale temp files, ign
     await mkdir(join(dir, 'zz'));
     await writeFile(join(dir, 'zz', 'notes.txt'), 'x');
     const second = await ChunkCache.open(dir, { maxBytes: 2 * 10_100 });
-    assert.deepEqual(chunks.map((c) => second.contains(c.hex)), [true, true, false], 'oldest evicted to fit the new limit');
+    assert.deepEqual(
+      chunks.map((c) => second.contains(c.hex)),
+      [true, true, false],
+      'oldest evicted to fit the new limit',
+    );
     const files = await listFiles(dir);
     assert.ok(!files.some((f) => f.includes('.tmp-')), 'temp file removed');
     assert.ok(files.includes('zz/notes.txt'), 'foreign files left alone');
@@ -167,7 +172,9 @@ test('single-flight: concurrent misses of one chunk run one fetch', () =>
       await new Promise((r) => setTimeout(r, 30));
       return { data: c.data };
     };
-    const results = await Promise.all(Array.from({ length: 10 }, () => cache.getOrFetch({ id: c.id, size: 3000 }, fetch)));
+    const results = await Promise.all(
+      Array.from({ length: 10 }, () => cache.getOrFetch({ id: c.id, size: 3000 }, fetch)),
+    );
     assert.equal(calls, 1);
     for (const r of results) assert.ok(r!.equals(c.data));
     assert.equal(cache.stats.fetches, 1);
@@ -189,7 +196,9 @@ test('wrong bytes from the fetch: every waiter gets ChunkVerifyError, nothing ca
       await new Promise((r) => setTimeout(r, 10));
       return { data: evil };
     };
-    const settled = await Promise.allSettled([1, 2, 3].map(() => cache.getOrFetch({ id: c.id, size: 3000 }, bad, 'http://upstream/x')));
+    const settled = await Promise.allSettled(
+      [1, 2, 3].map(() => cache.getOrFetch({ id: c.id, size: 3000 }, bad, 'http://upstream/x')),
+    );
     assert.equal(calls, 1);
     for (const s of settled) {
       assert.equal(s.status, 'rejected');

@@ -8,7 +8,15 @@ import { readFileSync } from 'node:fs';
 import { delimiter, join } from 'node:path';
 import { BUZHASH_TABLE, rollHash, windowHash } from '../lib/chunking/buzhash.js';
 import { serializeIndex, type ChunkParams } from '../lib/format/caibx.js';
-import { Chunker, chunkEnds, cutTest, discriminator, parseChunkSize, type ChunkerKernel, type ChunkerVariant } from '../lib/chunking/chunker.js';
+import {
+  Chunker,
+  chunkEnds,
+  cutTest,
+  discriminator,
+  parseChunkSize,
+  type ChunkerKernel,
+  type ChunkerVariant,
+} from '../lib/chunking/chunker.js';
 import type { DigestName } from '../lib/format/digest.js';
 import { UsageError } from '../lib/errors.js';
 import { indexBuffer } from '../lib/chunking/indexer.js';
@@ -35,7 +43,13 @@ function expectedEnds(v: { chunks: { offset: number; size: number }[] }): number
 }
 
 /** Chunk ends when the input is pushed in pieces of `piece` bytes. */
-function streamedEnds(data: Uint8Array, params: ChunkParams, piece: number, kernel: ChunkerKernel, variant?: ChunkerVariant): number[] {
+function streamedEnds(
+  data: Uint8Array,
+  params: ChunkParams,
+  piece: number,
+  kernel: ChunkerKernel,
+  variant?: ChunkerVariant,
+): number[] {
   const chunker = new Chunker(params, { kernel, variant, blockSize: 65536 });
   const ends: number[] = [];
   for (let off = 0; off < data.length; off += piece) ends.push(...chunker.push(data.subarray(off, off + piece)));
@@ -43,20 +57,26 @@ function streamedEnds(data: Uint8Array, params: ChunkParams, piece: number, kern
   return ends;
 }
 
-test('buzhash table is casync\'s (found byte for byte in the casync binary) and has the known SHA-256', (t) => {
+test("buzhash table is casync's (found byte for byte in the casync binary) and has the known SHA-256", (t) => {
   const le = Buffer.alloc(1024);
   BUZHASH_TABLE.forEach((v, i) => {
     le.writeUInt32LE(v, i * 4);
   });
-  assert.equal(createHash('sha256').update(le).digest('hex'), '5b52080d38287da9d2e278466e3e0db7ec98e5e8b226f50612a56fa012b1f660');
+  assert.equal(
+    createHash('sha256').update(le).digest('hex'),
+    '5b52080d38287da9d2e278466e3e0db7ec98e5e8b226f50612a56fa012b1f660',
+  );
   if (!requireCasync(t)) return;
-  const binary = (process.env.PATH ?? '').split(delimiter).map((d) => join(d, 'casync')).find((p) => {
-    try {
-      return readFileSync(p).length > 0;
-    } catch {
-      return false;
-    }
-  });
+  const binary = (process.env.PATH ?? '')
+    .split(delimiter)
+    .map((d) => join(d, 'casync'))
+    .find((p) => {
+      try {
+        return readFileSync(p).length > 0;
+      } catch {
+        return false;
+      }
+    });
   assert.ok(binary, 'casync binary on PATH');
   assert.ok(readFileSync(binary).includes(le), `the 1024-byte table (little-endian u32) occurs in ${binary}`);
 });
@@ -75,10 +95,18 @@ test('buzhash reference values (SPEC §3.3)', () => {
   assert.equal(windowHash(new Uint8Array(48).fill(0xff)), 0xfdc4023b);
 });
 
-test('discriminator table (SPEC §3.2), and casync\'s clamp', () => {
+test("discriminator table (SPEC §3.2), and casync's clamp", () => {
   const table: [number, number][] = [
-    [1024, 768], [4096, 3075], [8192, 6153], [16384, 12318], [30000, 22588], [32768, 24680],
-    [65536, 49535], [131072, 99777], [262144, 202440], [1048576, 886711],
+    [1024, 768],
+    [4096, 3075],
+    [8192, 6153],
+    [16384, 12318],
+    [30000, 22588],
+    [32768, 24680],
+    [65536, 49535],
+    [131072, 99777],
+    [262144, 202440],
+    [1048576, 886711],
   ];
   for (const [avg, d] of table) {
     assert.equal(discriminator({ min: 64, avg, max: avg * 4 }, 'desync'), d, `avg ${avg}`);
@@ -90,7 +118,27 @@ test('discriminator table (SPEC §3.2), and casync\'s clamp', () => {
 });
 
 test('division-free cut test equals h % d == d - 1', () => {
-  const ds = [1, 2, 3, 7, 48, 64, 192, 768, 1 << 16, 12318, 22588, 49535, 65536, 99777, 202440, 886711, 134217728, 100000, 0x7fffffff];
+  const ds = [
+    1,
+    2,
+    3,
+    7,
+    48,
+    64,
+    192,
+    768,
+    1 << 16,
+    12318,
+    22588,
+    49535,
+    65536,
+    99777,
+    202440,
+    886711,
+    134217728,
+    100000,
+    0x7fffffff,
+  ];
   const hs = new Uint32Array(keystream(4 * 20000, 1).buffer);
   for (const d of ds) {
     const t = cutTest(d);
@@ -120,7 +168,8 @@ test('--chunk-size parsing follows casync', () => {
   assert.deepEqual(parseChunkSize('16K:64K:256K'), { min: 16384, avg: 65536, max: 262144 });
   assert.deepEqual(parseChunkSize('32768'), { min: 8192, avg: 32768, max: 131072 });
   assert.deepEqual(parseChunkSize('64M'), { min: 16 << 20, avg: 64 << 20, max: 128 << 20 });
-  for (const bad of ['', '1K:2K', '64Q', '-5', '300B:200B:400B', '16B:32B:40B']) assert.throws(() => parseChunkSize(bad), UsageError, bad);
+  for (const bad of ['', '1K:2K', '64Q', '-5', '300B:200B:400B', '16B:32B:40B'])
+    assert.throws(() => parseChunkSize(bad), UsageError, bad);
   assert.throws(() => parseChunkSize('32B:64B:256B', 'desync'), UsageError);
   // Unitless sizes below 1 KiB: desync's KiB habit is refused with both spellings suggested.
   assert.throws(() => parseChunkSize('16:64:256'), /write 16K:64K:256K for KiB, or 16B:64B:256B for bytes/);
@@ -144,7 +193,7 @@ for (const v of vectors) {
       assert.equal(index.chunkSize(i), c.size);
       assert.equal(index.idHex(i), c.id, `chunk ${i} ID`);
     });
-    assert.ok(serializeIndex(index).equals(readFileSync(caibxPath(v))), 'serialized index equals casync\'s .caibx');
+    assert.ok(serializeIndex(index).equals(readFileSync(caibxPath(v))), "serialized index equals casync's .caibx");
   });
 }
 
@@ -155,7 +204,11 @@ test('streaming in odd pieces (1, 4095, 65537 bytes) gives the same chunks, both
     const pieces = v.input_size <= 300000 ? [1, 4095, 65537] : [4095, 65537];
     for (const piece of pieces) {
       for (const kernel of KERNELS) {
-        assert.deepEqual(streamedEnds(data, paramsOf(v), piece, kernel), expectedEnds(v), `${v.vector} piece ${piece} ${kernel}`);
+        assert.deepEqual(
+          streamedEnds(data, paramsOf(v), piece, kernel),
+          expectedEnds(v),
+          `${v.vector} piece ${piece} ${kernel}`,
+        );
       }
     }
   }
@@ -171,7 +224,7 @@ test('reset() starts a new stream on the same chunker', () => {
   assert.deepEqual(ends, expectedEnds(v));
 });
 
-test('desync variant reproduces desync\'s chunker and agrees with casync elsewhere', async () => {
+test("desync variant reproduces desync's chunker and agrees with casync elsewhere", async () => {
   const desyncVectors = loadDesyncVectors();
   assert.equal(desyncVectors.length, 3);
   for (const dv of desyncVectors) {
@@ -190,13 +243,23 @@ test('desync variant reproduces desync\'s chunker and agrees with casync elsewhe
   const differs = new Set([...desyncVectors.map((d) => d.vector), 'mincut-16-64-256']);
   for (const v of vectors) {
     if (differs.has(v.vector) || v.digest !== 'sha512-256') continue;
-    assert.deepEqual(chunkEnds(input(v.input), paramsOf(v), { variant: 'desync' }), expectedEnds(v), `${v.vector} desync = casync`);
+    assert.deepEqual(
+      chunkEnds(input(v.input), paramsOf(v), { variant: 'desync' }),
+      expectedEnds(v),
+      `${v.vector} desync = casync`,
+    );
   }
 });
 
-test('zero runs: the WASM kernel\'s skip equals rolling through every byte', () => {
+test("zero runs: the WASM kernel's skip equals rolling through every byte", () => {
   // Long zero runs with single non-zero bytes at awkward places, then random data.
-  const data = Buffer.concat([Buffer.alloc(300_000), keystream(50_000, 9), Buffer.alloc(1_000_001), keystream(10, 3), Buffer.alloc(70_000)]);
+  const data = Buffer.concat([
+    Buffer.alloc(300_000),
+    keystream(50_000, 9),
+    Buffer.alloc(1_000_001),
+    keystream(10, 3),
+    Buffer.alloc(70_000),
+  ]);
   for (const at of [300_000 - 1, 300_000 - 47, 400_000, 400_048, 700_001]) data[at] = 1;
   const paramSets: ChunkParams[] = [
     { min: 16384, avg: 65536, max: 262144 },
@@ -207,7 +270,11 @@ test('zero runs: the WASM kernel\'s skip equals rolling through every byte', () 
   for (const params of paramSets) {
     const js = chunkEnds(data, params, { kernel: 'js' });
     assert.deepEqual(chunkEnds(data, params, { kernel: 'wasm' }), js, `${params.min}:${params.avg}:${params.max}`);
-    assert.deepEqual(streamedEnds(data, params, 4097, 'wasm'), js, `${params.min}:${params.avg}:${params.max} streamed`);
+    assert.deepEqual(
+      streamedEnds(data, params, 4097, 'wasm'),
+      js,
+      `${params.min}:${params.avg}:${params.max} streamed`,
+    );
   }
   assert.equal(discriminator({ min: 3943, avg: 3943, max: 15772 }), 3943);
   assert.equal(windowHash(new Uint8Array(48)) % 3943, 3942);

@@ -41,10 +41,21 @@ test('--seed with an index warns that it reuses nothing; INDEX:FILE is refused w
   const asSeed = await deltad(['plan', '--json', '--seed', fx.indexPath, '--store', fx.storeDir, fx.indexPath]);
   assert.equal(asSeed.code, 0, asSeed.stderr);
   assert.match(asSeed.stderr, new RegExp(`warning: seed ${fx.indexPath} is a casync index, not an image: no chunk`));
-  assert.match(asSeed.stderr, new RegExp(`\\(here: ${fx.v2Path}:${fx.indexPath}\\)`), 'names the image beside the index');
+  assert.match(
+    asSeed.stderr,
+    new RegExp(`\\(here: ${fx.v2Path}:${fx.indexPath}\\)`),
+    'names the image beside the index',
+  );
   assert.equal(JSON.parse(asSeed.stdout.toString()).fromSeeds, 0);
 
-  const reversed = await deltad(['plan', '--seed', `${fx.indexPath}:${fx.v1Path}`, '--store', fx.storeDir, fx.indexPath]);
+  const reversed = await deltad([
+    'plan',
+    '--seed',
+    `${fx.indexPath}:${fx.v1Path}`,
+    '--store',
+    fx.storeDir,
+    fx.indexPath,
+  ]);
   assert.equal(reversed.code, 2, reversed.stderr);
   assert.match(reversed.stderr, new RegExp(`the image comes first: --seed ${fx.v1Path}:${fx.indexPath}`));
   assert.doesNotMatch(reversed.stderr, /invalid index/);
@@ -87,7 +98,9 @@ test("'-' is stdin and stdout: make to stdout, info and extract from stdin, extr
   assert.match(fromStdin0.stderr, /FILE must be a file: '-' \(stdin\) cannot be read at random offsets/);
 
   const out = join(fx.dir, 'from-stdin.img');
-  const fromStdin = await deltad(['extract', '--seed', fx.v1Path, '--store', fx.storeDir, '-', out], { stdin: made.stdout });
+  const fromStdin = await deltad(['extract', '--seed', fx.v1Path, '--store', fx.storeDir, '-', out], {
+    stdin: made.stdout,
+  });
   assert.equal(fromStdin.code, 0, fromStdin.stderr);
   assert.ok(readFileSync(out).equals(fx.v2));
 });
@@ -99,7 +112,10 @@ test('--timeout: a server that accepts but never answers is named, in words, aft
   const r = await deltad(['info', '--timeout', '0.4', `${origin.url}/v2.caibx`]);
   origin.clearFaults();
   assert.equal(r.code, 1, r.stderr);
-  assert.match(r.stderr, new RegExp(`${origin.url}/v2.caibx: the server accepted the connection but sent no response within 0.4 s`));
+  assert.match(
+    r.stderr,
+    new RegExp(`${origin.url}/v2.caibx: the server accepted the connection but sent no response within 0.4 s`),
+  );
   const attempts = origin.log.slice(before).filter((e) => e.path === '/v2.caibx').length;
   assert.equal(attempts, 2, 'one retry after a timeout, not four attempts');
   assert.ok(r.ms < 20_000, `gave up after ${r.ms} ms, well before one default 30 s timeout`);
@@ -124,7 +140,14 @@ test('plan against a server without byte ranges fails as a server property (exit
   if (!casync) return t.skip('casync not installed');
   origin.ranges = 'none';
   try {
-    const r = await deltad(['plan', '--seed', fx.v1Path, '--range-url', `${origin.url}/v2.img`, `${origin.url}/v2.caibx`]);
+    const r = await deltad([
+      'plan',
+      '--seed',
+      fx.v1Path,
+      '--range-url',
+      `${origin.url}/v2.img`,
+      `${origin.url}/v2.caibx`,
+    ]);
     assert.equal(r.code, 1, r.stderr);
     assert.match(r.stderr, new RegExp(`${origin.url}/v2.img does not serve byte ranges`));
     assert.doesNotMatch(r.stderr, /--help/);
@@ -143,7 +166,10 @@ test('file-system errors name the path given and say what is wrong', async (t) =
   const index = join(fx.dir, 'no-such-dir', 'v1.img.caibx');
   const made = await deltad(['make', index, fx.v1Path]);
   assert.equal(made.code, 1);
-  assert.match(made.stderr, new RegExp(`${index}: cannot write: directory ${join(fx.dir, 'no-such-dir')} does not exist`));
+  assert.match(
+    made.stderr,
+    new RegExp(`${index}: cannot write: directory ${join(fx.dir, 'no-such-dir')} does not exist`),
+  );
   assert.doesNotMatch(made.stderr, /\.tmp|ENOENT/, 'not the temp file beside the index');
 });
 
@@ -177,22 +203,51 @@ test('extract --store DIR counts the local store in the local total', async (t) 
   const text = await deltad(['extract', '--store', fx.storeDir, fx.indexPath, join(fx.dir, 'local-store-2.img')]);
   assert.equal(text.code, 0, text.stderr);
   const mib = (fx.v2.length / 1024 / 1024).toFixed(1);
-  assert.match(text.stdout.toString(), new RegExp(`${mib} MiB local \\(.*, local store \\d[^)]*\\), 0 B over the network`));
+  assert.match(
+    text.stdout.toString(),
+    new RegExp(`${mib} MiB local \\(.*, local store \\d[^)]*\\), 0 B over the network`),
+  );
 });
 
 test('progress: a bar while a seed without an index is chunked, then the extract bar', async (t) => {
   if (!casync) return t.skip('casync not installed');
   const cache = join(fx.dir, 'fresh-cache');
-  const r = await deltad(['extract', '--cache-dir', cache, '--seed', fx.v1Path, '--store', fx.storeDir, fx.indexPath, join(fx.dir, 'bars.img')], {
-    env: { DELTAD_PROGRESS: '1' },
-  });
+  const r = await deltad(
+    [
+      'extract',
+      '--cache-dir',
+      cache,
+      '--seed',
+      fx.v1Path,
+      '--store',
+      fx.storeDir,
+      fx.indexPath,
+      join(fx.dir, 'bars.img'),
+    ],
+    {
+      env: { DELTAD_PROGRESS: '1' },
+    },
+  );
   assert.equal(r.code, 0, r.stderr);
   assert.match(r.stderr, new RegExp(`chunking seed ${fx.v1Path} \\[#+-*\\] +\\d+\\.\\d%`));
   assert.match(r.stderr, /extract \[[#-]+\] +\d+\.\d%/);
   assert.ok(r.stderr.indexOf('chunking seed') < r.stderr.indexOf('extract ['), 'seed first');
-  const again = await deltad(['extract', '--cache-dir', cache, '--seed', fx.v1Path, '--store', fx.storeDir, fx.indexPath, join(fx.dir, 'bars2.img')], {
-    env: { DELTAD_PROGRESS: '1' },
-  });
+  const again = await deltad(
+    [
+      'extract',
+      '--cache-dir',
+      cache,
+      '--seed',
+      fx.v1Path,
+      '--store',
+      fx.storeDir,
+      fx.indexPath,
+      join(fx.dir, 'bars2.img'),
+    ],
+    {
+      env: { DELTAD_PROGRESS: '1' },
+    },
+  );
   assert.equal(again.code, 0, again.stderr);
   assert.doesNotMatch(again.stderr, /chunking seed/, 'a cached seed index is not chunked again');
 });

@@ -45,17 +45,41 @@ function tempDir(t: { after: (fn: () => void) => void }): string {
   return dir;
 }
 
-test('deltad make writes the same .caibx bytes as casync make, and casync extracts from our store', { timeout: 120_000 }, async (t) => {
+test('deltad make writes the same .caibx bytes as casync make, and casync extracts from our store', {
+  timeout: 120_000,
+}, async (t) => {
   if (!haveCasync()) return t.skip('casync not installed');
   const dir = tempDir(t);
   writeFileSync(join(dir, 'img'), sampleFile(6 * 1024 * 1024 + 12345));
-  for (const [size, digest] of [['16K:64K:256K', 'sha512-256'], ['4K:16K:64K', 'sha256']] as const) {
-    const ours = deltad(['make', '--chunk-size', size, '--digest', digest, '--store', 'ours.castr', `ours-${digest}.caibx`, 'img'], dir);
+  for (const [size, digest] of [
+    ['16K:64K:256K', 'sha512-256'],
+    ['4K:16K:64K', 'sha256'],
+  ] as const) {
+    const ours = deltad(
+      ['make', '--chunk-size', size, '--digest', digest, '--store', 'ours.castr', `ours-${digest}.caibx`, 'img'],
+      dir,
+    );
     assert.equal(ours.code, 0, ours.stderr);
-    const sizeArg = size.split(':').map((s) => Number(s.slice(0, -1)) * 1024).join(':');
-    const theirs = casync([`--chunk-size=${sizeArg}`, `--digest=${digest}`, 'make', '--store=theirs.castr', `theirs-${digest}.caibx`, 'img'], dir);
+    const sizeArg = size
+      .split(':')
+      .map((s) => Number(s.slice(0, -1)) * 1024)
+      .join(':');
+    const theirs = casync(
+      [
+        `--chunk-size=${sizeArg}`,
+        `--digest=${digest}`,
+        'make',
+        '--store=theirs.castr',
+        `theirs-${digest}.caibx`,
+        'img',
+      ],
+      dir,
+    );
     assert.equal(theirs.code, 0, theirs.stderr);
-    assert.ok(readFileSync(join(dir, `ours-${digest}.caibx`)).equals(readFileSync(join(dir, `theirs-${digest}.caibx`))), `index bytes differ for ${size} ${digest}`);
+    assert.ok(
+      readFileSync(join(dir, `ours-${digest}.caibx`)).equals(readFileSync(join(dir, `theirs-${digest}.caibx`))),
+      `index bytes differ for ${size} ${digest}`,
+    );
   }
   // casync reassembles the file from the index and store that deltad made.
   const ex = casync(['extract', '--store=ours.castr', 'ours-sha512-256.caibx', 'out'], dir);
@@ -63,7 +87,9 @@ test('deltad make writes the same .caibx bytes as casync make, and casync extrac
   assert.ok(readFileSync(join(dir, 'out')).equals(readFileSync(join(dir, 'img'))));
 });
 
-test('deltad verify accepts an index and store made by casync make, and finds a corrupted chunk', { timeout: 120_000 }, async (t) => {
+test('deltad verify accepts an index and store made by casync make, and finds a corrupted chunk', {
+  timeout: 120_000,
+}, async (t) => {
   if (!haveCasync()) return t.skip('casync not installed');
   const dir = tempDir(t);
   writeFileSync(join(dir, 'img'), sampleFile(3 * 1024 * 1024));

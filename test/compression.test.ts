@@ -32,11 +32,19 @@ function text(size: number): Buffer {
 const C = constants;
 const shapes: { name: string; data: Buffer; params: Record<number, number> }[] = [
   { name: 'text, content size', data: text(200_000), params: {} },
-  { name: 'text, checksum, no content size', data: text(70_000), params: { [C.ZSTD_c_checksumFlag]: 1, [C.ZSTD_c_contentSizeFlag]: 0 } },
+  {
+    name: 'text, checksum, no content size',
+    data: text(70_000),
+    params: { [C.ZSTD_c_checksumFlag]: 1, [C.ZSTD_c_contentSizeFlag]: 0 },
+  },
   { name: 'zeros (RLE blocks), 3 blocks', data: Buffer.alloc(300_000), params: {} },
   { name: 'noise (raw blocks), checksum', data: noise(140_000, 'raw'), params: { [C.ZSTD_c_checksumFlag]: 1 } },
   { name: 'one byte', data: Buffer.from('x'), params: {} },
-  { name: 'mixed, level 19', data: Buffer.concat([text(50_000), noise(30_000, 'mix'), Buffer.alloc(40_000)]), params: { [C.ZSTD_c_compressionLevel]: 19 } },
+  {
+    name: 'mixed, level 19',
+    data: Buffer.concat([text(50_000), noise(30_000, 'mix'), Buffer.alloc(40_000)]),
+    params: { [C.ZSTD_c_compressionLevel]: 19 },
+  },
 ];
 
 test('zstdFrameLength finds the end of every frame shape, and -1 for every truncation', () => {
@@ -51,8 +59,10 @@ test('zstdFrameLength finds the end of every frame shape, and -1 for every trunc
     // And the whole chunk path: decodes to the input, refuses a cut or an appended frame.
     assert.ok(decompressChunk(frame, s.data.length).equals(s.data), s.name);
     assert.throws(() => decompressChunk(frame.subarray(0, frame.length - 1), s.data.length), /truncated zstd frame/);
-    assert.throws(() => decompressChunk(Buffer.concat([frame, compressChunk(Buffer.from('more'))]), s.data.length + 4),
-      /bytes of trailing data after the zstd frame/);
+    assert.throws(
+      () => decompressChunk(Buffer.concat([frame, compressChunk(Buffer.from('more'))]), s.data.length + 4),
+      /bytes of trailing data after the zstd frame/,
+    );
   }
 });
 
@@ -72,7 +82,10 @@ test('FrameCompressor: overlapping calls give one-shot frames, in order, that Fr
   const decompressor = new FrameDecompressor(dictionary);
   try {
     const frames = Array.from({ length: 40 }, (_, i) =>
-      i % 5 === 4 ? noise(4096, `f${i}`) : Buffer.concat([text(4096 * (1 + (i % 3))).subarray(i * 10), Buffer.alloc(i * 50)]));
+      i % 5 === 4
+        ? noise(4096, `f${i}`)
+        : Buffer.concat([text(4096 * (1 + (i % 3))).subarray(i * 10), Buffer.alloc(i * 50)]),
+    );
     const stored = await Promise.all(frames.map((f) => compressor.compress(f)));
     frames.forEach((f, i) => {
       if (i % 5 === 4) assert.equal(stored[i].length, f.length, `frame ${i}: incompressible, stored raw`);
@@ -90,8 +103,14 @@ test('FrameCompressor: overlapping calls give one-shot frames, in order, that Fr
     // Without the dictionary the frames do not decode.
     const plain = zstdCompressSync(frames[0]);
     assert.ok(zstdDecompressSync(plain).equals(frames[0]));
-    assert.throws(() => new FrameDecompressor(Buffer.alloc(0)).decompress(stored[0], frames[0].length, 'frame 0'), /frame 0/);
-    assert.throws(() => decompressor.decompress(stored[1], frames[1].length - 1, 'frame 1'), /frame 1: frame decodes to more/);
+    assert.throws(
+      () => new FrameDecompressor(Buffer.alloc(0)).decompress(stored[0], frames[0].length, 'frame 0'),
+      /frame 0/,
+    );
+    assert.throws(
+      () => decompressor.decompress(stored[1], frames[1].length - 1, 'frame 1'),
+      /frame 1: frame decodes to more/,
+    );
   } finally {
     compressor.close();
   }

@@ -31,7 +31,9 @@ async function waitFor<T>(what: string, fn: () => Promise<T | undefined> | T | u
   }
 }
 
-test('socket activation: first connection starts the daemon on fd 3; READY/STATUS; idle exit', { timeout: 60_000 }, async (t) => {
+test('socket activation: first connection starts the daemon on fd 3; READY/STATUS; idle exit', {
+  timeout: 60_000,
+}, async (t) => {
   const haveActivate = !spawnSync('systemd-socket-activate', ['--help']).error;
   const havePython = !spawnSync('python3', ['--version']).error;
   if (!requireTool(t, haveActivate, 'systemd-socket-activate') || !requireTool(t, havePython, 'python3')) return;
@@ -44,11 +46,31 @@ test('socket activation: first connection starts the daemon on fd 3; READY/STATU
   t.after(() => notify.close());
 
   const port = await freePort();
-  const child = spawn('systemd-socket-activate', [
-    '-l', `127.0.0.1:${port}`, '--fdname=http', '-E', 'NOTIFY_SOCKET',
-    process.execPath, join(REPO_ROOT, 'dist/daemon/cli.js'), 'serve',
-    '--origin', `${origin.url}/`, '--cache-dir', join(dir, 'cache'), '--seed-glob', join(dir, 'seeds/*.img'), '--idle-timeout', '2',
-  ], { env: { ...process.env, NOTIFY_SOCKET: notify.path, DELTAD_CONFIG: join(dir, 'none.conf') }, stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(
+    'systemd-socket-activate',
+    [
+      '-l',
+      `127.0.0.1:${port}`,
+      '--fdname=http',
+      '-E',
+      'NOTIFY_SOCKET',
+      process.execPath,
+      join(REPO_ROOT, 'dist/daemon/cli.js'),
+      'serve',
+      '--origin',
+      `${origin.url}/`,
+      '--cache-dir',
+      join(dir, 'cache'),
+      '--seed-glob',
+      join(dir, 'seeds/*.img'),
+      '--idle-timeout',
+      '2',
+    ],
+    {
+      env: { ...process.env, NOTIFY_SOCKET: notify.path, DELTAD_CONFIG: join(dir, 'none.conf') },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    },
+  );
   let stdout = '';
   let stderr = '';
   child.stdout.on('data', (d) => (stdout += d));
@@ -65,10 +87,13 @@ test('socket activation: first connection starts the daemon on fd 3; READY/STATU
   assert.equal(res.status, 307);
   assert.equal(res.headers.get('location'), `${origin.url}/SHA256SUMS`);
   assert.match(stdout, /listening socket-activated fd 3 \(http\)/);
-  assert.equal((await (await fetch(`http://127.0.0.1:${port}/healthz`)).text()), 'ok\n');
+  assert.equal(await (await fetch(`http://127.0.0.1:${port}/healthz`)).text(), 'ok\n');
 
   await waitFor('READY=1', () => (notify.messages().some((m) => m.startsWith('READY=1')) ? true : undefined));
-  const code = await Promise.race([exited, new Promise<'timeout'>((r) => setTimeout(() => r('timeout'), 20_000).unref())]);
+  const code = await Promise.race([
+    exited,
+    new Promise<'timeout'>((r) => setTimeout(() => r('timeout'), 20_000).unref()),
+  ]);
   assert.equal(code, 0, `idle exit with status 0 (stderr: ${stderr})`);
   assert.ok(Date.now() - started >= 2_000, 'not before the idle timeout');
   assert.match(stderr, /stopping: idle for 2 s/);

@@ -34,8 +34,14 @@ const CLI = join(REPO_ROOT, 'dist/daemon/cli.js');
 test('config: file, then environment, then flags; lists replace defaults', async (t) => {
   const dir = await tempDir(t);
   const file = join(dir, 'deltad.conf');
-  await writeFile(file, `# comment\n\norigin = https://updates.example.org/os\nseed-glob = /system/*.erofs\nseed-glob = /data/*.img /more/*.raw\nidle-timeout = 60\npassthrough = proxy\nconcurrency = 4\n`);
-  const c = loadConfig({ values: { config: file }, env: { DELTAD_CONCURRENCY: '6', DELTAD_STORE: 'https://updates.example.org/store' } });
+  await writeFile(
+    file,
+    `# comment\n\norigin = https://updates.example.org/os\nseed-glob = /system/*.erofs\nseed-glob = /data/*.img /more/*.raw\nidle-timeout = 60\npassthrough = proxy\nconcurrency = 4\n`,
+  );
+  const c = loadConfig({
+    values: { config: file },
+    env: { DELTAD_CONCURRENCY: '6', DELTAD_STORE: 'https://updates.example.org/store' },
+  });
   assert.equal(c.origin, 'https://updates.example.org/os/');
   assert.deepEqual(c.seedGlobs, ['/system/*.erofs', '/data/*.img', '/more/*.raw']);
   assert.equal(c.idleTimeout, 60);
@@ -43,7 +49,10 @@ test('config: file, then environment, then flags; lists replace defaults', async
   assert.equal(c.concurrency, 6, 'environment overrides the file');
   assert.equal(c.store, 'https://updates.example.org/store');
   assert.deepEqual(c.imagePatterns, ['*.erofs', '*.raw', '*.img'], 'defaults kept');
-  const f = loadConfig({ values: { config: file, concurrency: '2', 'seed-glob': ['/x/*.img'] }, env: { DELTAD_CONCURRENCY: '6' } });
+  const f = loadConfig({
+    values: { config: file, concurrency: '2', 'seed-glob': ['/x/*.img'] },
+    env: { DELTAD_CONCURRENCY: '6' },
+  });
   assert.equal(f.concurrency, 2, 'flags override the environment');
   assert.deepEqual(f.seedGlobs, ['/x/*.img']);
   // The default file is optional; CACHE_DIRECTORY (systemd) sets the cache default.
@@ -68,18 +77,32 @@ test('config: bad keys and values name the file and line, the variable, or the f
   ];
   for (const [text, re] of cases) {
     await writeFile(file, text);
-    assert.throws(() => loadConfig({ values: { config: file }, env: {} }), (e: Error) => e instanceof UsageError && re.test(e.message), text);
+    assert.throws(
+      () => loadConfig({ values: { config: file }, env: {} }),
+      (e: Error) => e instanceof UsageError && re.test(e.message),
+      text,
+    );
   }
-  assert.throws(() => loadConfig({ values: {}, env: { DELTAD_IDLE_TIMEOUT: 'soon' } }), /environment variable DELTAD_IDLE_TIMEOUT: "soon"/);
+  assert.throws(
+    () => loadConfig({ values: {}, env: { DELTAD_IDLE_TIMEOUT: 'soon' } }),
+    /environment variable DELTAD_IDLE_TIMEOUT: "soon"/,
+  );
   assert.throws(() => loadConfig({ values: { listen: 'nope' }, env: {} }), /option --listen: /);
-  assert.throws(() => loadConfig({ values: { config: join(dir, 'missing.conf') }, env: {} }), /missing\.conf: cannot read configuration: ENOENT/);
+  assert.throws(
+    () => loadConfig({ values: { config: join(dir, 'missing.conf') }, env: {} }),
+    /missing\.conf: cannot read configuration: ENOENT/,
+  );
 
   // Through the CLI: exit code 2 and one clear line.
   await writeFile(file, 'origin = http://127.0.0.1:9/\nconcurency = 3\n');
   const r = spawnSync(process.execPath, [CLI, 'serve', '--config', file], { encoding: 'utf8', timeout: 10_000 });
   assert.equal(r.status, 2);
   assert.match(r.stderr, /bad\.conf:2: unknown key "concurency"/);
-  const noOrigin = spawnSync(process.execPath, [CLI, 'serve', '--listen', '127.0.0.1:0', '--cache-dir', dir], { encoding: 'utf8', timeout: 10_000, env: { ...process.env, DELTAD_CONFIG: join(dir, 'empty.conf') } });
+  const noOrigin = spawnSync(process.execPath, [CLI, 'serve', '--listen', '127.0.0.1:0', '--cache-dir', dir], {
+    encoding: 'utf8',
+    timeout: 10_000,
+    env: { ...process.env, DELTAD_CONFIG: join(dir, 'empty.conf') },
+  });
   assert.equal(noOrigin.status, 2);
 });
 
@@ -89,10 +112,28 @@ test('request paths resolve only under the origin; traversal and smuggled separa
   assert.equal(ok.url, 'https://updates.example.org/os/v2/image%20one_2.erofs');
   assert.equal(ok.name, 'image one_2.erofs');
   assert.equal(ok.relPath, 'v2/image one_2.erofs');
-  assert.equal(resolveOriginTarget(base, '/.deltad/plan/a.img', '/.deltad/plan/').url, 'https://updates.example.org/os/a.img');
+  assert.equal(
+    resolveOriginTarget(base, '/.deltad/plan/a.img', '/.deltad/plan/').url,
+    'https://updates.example.org/os/a.img',
+  );
   const bad = [
-    '/../../etc/passwd', '/a/../../b', '/%2e%2e/etc/passwd', '/.%2E/x', '/a/%2e', '/a%2fb', '/a%2F..%2Fb', '/a%5cb', '/a\\b',
-    '/a%00b', '/a%0d%0ab', '//evil.example/x', '/a//b', 'http://evil.example/x', '*', '/%zz', '/',
+    '/../../etc/passwd',
+    '/a/../../b',
+    '/%2e%2e/etc/passwd',
+    '/.%2E/x',
+    '/a/%2e',
+    '/a%2fb',
+    '/a%2F..%2Fb',
+    '/a%5cb',
+    '/a\\b',
+    '/a%00b',
+    '/a%0d%0ab',
+    '//evil.example/x',
+    '/a//b',
+    'http://evil.example/x',
+    '*',
+    '/%zz',
+    '/',
   ];
   for (const target of bad) assert.throws(() => resolveOriginTarget(base, target), UnsafePathError, target);
 });
@@ -109,7 +150,10 @@ test('globs match file names like the shell', () => {
 
 test('socket activation: fds from 3 with names, only for our PID, variables removed', () => {
   const env: NodeJS.ProcessEnv = { LISTEN_FDS: '2', LISTEN_PID: '4242', LISTEN_FDNAMES: 'control:http' };
-  assert.deepEqual(takeInheritedSockets(env, 4242), [{ fd: 3, name: 'control' }, { fd: 4, name: 'http' }]);
+  assert.deepEqual(takeInheritedSockets(env, 4242), [
+    { fd: 3, name: 'control' },
+    { fd: 4, name: 'http' },
+  ]);
   assert.equal(env.LISTEN_FDS, undefined);
   assert.equal(env.LISTEN_PID, undefined);
   assert.deepEqual(takeInheritedSockets({ LISTEN_FDS: '1', LISTEN_PID: '1' }, 4242), [], 'meant for another process');
@@ -135,7 +179,8 @@ test('sd_notify reaches a real AF_UNIX datagram socket (READY, STATUS, STOPPING)
   for (let i = 0; i <= 10; i++) n.status(`image.erofs: ${i * 10}%\nsecond line`);
   n.stopping();
   await n.flush();
-  for (const end = Date.now() + 5_000; !listener.messages().includes('STOPPING=1') && Date.now() < end; ) await new Promise((r) => setTimeout(r, 20));
+  for (const end = Date.now() + 5_000; !listener.messages().includes('STOPPING=1') && Date.now() < end; )
+    await new Promise((r) => setTimeout(r, 20));
   const msgs = listener.messages();
   assert.equal(msgs[0], 'READY=1\nSTATUS=serving http://origin/');
   assert.ok(msgs.includes('STOPPING=1'));
@@ -199,17 +244,30 @@ test('deltad redirect writes and removes the sysupdate drop-in, keeping specifie
   await mkdir(join(root, 'usr/lib/sysupdate.d'), { recursive: true });
   await mkdir(join(root, 'etc/sysupdate.d'), { recursive: true });
   await writeFile(join(root, 'usr/lib/sysupdate.d/50-root.transfer'), TRANSFER);
-  await writeFile(join(root, 'usr/lib/sysupdate.d/60-uki.transfer'), TRANSFER.replace(/os_@v_root-%a\.erofs/g, 'os_@v.efi'));
+  await writeFile(
+    join(root, 'usr/lib/sysupdate.d/60-uki.transfer'),
+    TRANSFER.replace(/os_@v_root-%a\.erofs/g, 'os_@v.efi'),
+  );
   await writeFile(join(root, 'etc/sysupdate.d/70-dir.transfer'), TRANSFER.replace('url-file', 'url-tar'));
   const conf = join(root, 'deltad.conf');
   await writeFile(conf, 'origin = https://updates.example.org/\nlisten = 127.0.0.1:3129\n');
   // In-process (the CLI's own parsing) to keep the test fast; exit 2 = UsageError.
   const run = async (...args: string[]) => {
     const out: string[] = [];
-    const parsed = parseArgs({ args: ['--root', root, '--config', conf, ...args], options: redirect.options, allowPositionals: true });
+    const parsed = parseArgs({
+      args: ['--root', root, '--config', conf, ...args],
+      options: redirect.options,
+      allowPositionals: true,
+    });
     const stream = { write: (s: string) => out.push(s) } as unknown as NodeJS.WritableStream;
     try {
-      const status = await redirect.run({ values: parsed.values as Record<string, string | boolean | string[] | undefined>, positionals: parsed.positionals, interactive: false, stdout: stream, stderr: stream });
+      const status = await redirect.run({
+        values: parsed.values as Record<string, string | boolean | string[] | undefined>,
+        positionals: parsed.positionals,
+        interactive: false,
+        stdout: stream,
+        stderr: stream,
+      });
       return { status, stderr: out.join('') };
     } catch (err) {
       return { status: err instanceof UsageError ? 2 : 1, stderr: (err as Error).message };
@@ -224,7 +282,10 @@ test('deltad redirect writes and removes the sysupdate drop-in, keeping specifie
 
   const named = await run('--transfer', '60-uki');
   assert.equal(named.status, 0, named.stderr);
-  assert.match(await readFile(join(root, 'run/sysupdate.d/60-uki.transfer.d/50-deltad.conf'), 'utf8'), /Path=http:\/\/127\.0\.0\.1:3129\/os\/%w\/%a\//);
+  assert.match(
+    await readFile(join(root, 'run/sysupdate.d/60-uki.transfer.d/50-deltad.conf'), 'utf8'),
+    /Path=http:\/\/127\.0\.0\.1:3129\/os\/%w\/%a\//,
+  );
 
   const wrongType = await run('--transfer', '70-dir');
   assert.equal(wrongType.status, 2);
@@ -237,18 +298,27 @@ test('deltad redirect writes and removes the sysupdate drop-in, keeping specifie
   await rm(join(root, 'run'), { recursive: true });
   const mismatch = await run();
   assert.equal(mismatch.status, 2);
-  assert.match(mismatch.stderr, /Path=https:\/\/updates\.example\.org\/os\/%w\/%a\/ is not under the configured origin https:\/\/mirror\.example\.net\//);
+  assert.match(
+    mismatch.stderr,
+    /Path=https:\/\/updates\.example\.org\/os\/%w\/%a\/ is not under the configured origin https:\/\/mirror\.example\.net\//,
+  );
   await assert.rejects(stat(join(root, 'run/sysupdate.d')));
 
   // An admin drop-in that moves Path= is honoured when computing the redirect.
   await writeFile(conf, 'origin = https://mirror.example.net/\n');
   await mkdir(join(root, 'etc/sysupdate.d/50-root.transfer.d'), { recursive: true });
-  await writeFile(join(root, 'etc/sysupdate.d/50-root.transfer.d/10-mirror.conf'), '[Source]\nPath=https://mirror.example.net/pub/%w/\n');
+  await writeFile(
+    join(root, 'etc/sysupdate.d/50-root.transfer.d/10-mirror.conf'),
+    '[Source]\nPath=https://mirror.example.net/pub/%w/\n',
+  );
   const viaMirror = await run('--transfer', '50-root', '--listen', '127.0.0.1:4000');
   assert.equal(viaMirror.status, 0, viaMirror.stderr);
   assert.match(await readFile(dropin, 'utf8'), /Path=http:\/\/127\.0\.0\.1:4000\/pub\/%w\/\n/);
 
-  const removed = spawnSync(process.execPath, [CLI, 'redirect', '--root', root, '--remove'], { encoding: 'utf8', timeout: 10_000 });
+  const removed = spawnSync(process.execPath, [CLI, 'redirect', '--root', root, '--remove'], {
+    encoding: 'utf8',
+    timeout: 10_000,
+  });
   assert.equal(removed.status, 0, removed.stderr);
   await assert.rejects(stat(join(root, 'run/sysupdate.d/50-root.transfer.d')), 'drop-in directory removed');
 });
@@ -260,12 +330,28 @@ test('deltad redirect --remove: a transfer name with a path in it is refused, no
   await writeFile(vendor, '[Source]\nPath=https://updates.example.org/os/\n');
   const stream = { write: () => true } as unknown as NodeJS.WritableStream;
   for (const name of ['../../usr/lib/sysupdate.d/50-root', '..', '.', 'a/b', '']) {
-    const parsed = parseArgs({ args: ['--root', root, '--remove', '--transfer', name], options: redirect.options, allowPositionals: true });
+    const parsed = parseArgs({
+      args: ['--root', root, '--remove', '--transfer', name],
+      options: redirect.options,
+      allowPositionals: true,
+    });
     await assert.rejects(
-      Promise.resolve().then(() => redirect.run({ values: parsed.values as Record<string, string | boolean | string[] | undefined>, positionals: [], interactive: false, stdout: stream, stderr: stream })),
+      Promise.resolve().then(() =>
+        redirect.run({
+          values: parsed.values as Record<string, string | boolean | string[] | undefined>,
+          positionals: [],
+          interactive: false,
+          stdout: stream,
+          stderr: stream,
+        }),
+      ),
       (err: Error) => err instanceof UsageError && /transfer name/.test(err.message),
       JSON.stringify(name),
     );
   }
-  assert.match(await readFile(vendor, 'utf8'), /Path=https:\/\/updates\.example\.org\/os\//, 'the drop-in outside run/sysupdate.d is still there');
+  assert.match(
+    await readFile(vendor, 'utf8'),
+    /Path=https:\/\/updates\.example\.org\/os\//,
+    'the drop-in outside run/sysupdate.d is still there',
+  );
 });

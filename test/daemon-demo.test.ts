@@ -12,7 +12,11 @@ for (const client of ['http', 'systemd-pull'] as const) {
       if (process.env.CI) assert.fail('systemd-pull is required under CI');
       return t.skip('systemd-pull is not installed');
     }
-    const r = await run(process.execPath, [join(REPO_ROOT, 'dist/daemon/cli.js'), 'demo', '--size', '12', '--client', client], 100_000);
+    const r = await run(
+      process.execPath,
+      [join(REPO_ROOT, 'dist/daemon/cli.js'), 'demo', '--size', '12', '--client', client],
+      100_000,
+    );
     assert.equal(r.code, 0, r.stdout + r.stderr);
     assert.match(r.stdout, /verified {2}SHA-256 [0-9a-f]{64} matches SHA256SUMS/);
     const fetched = /fetched +[\d.]+ \w+ \(([\d.]+)%\)/.exec(r.stdout);

@@ -48,14 +48,33 @@ test('idle exit: 60 requests spaced around the idle timeout all answered and log
 
   const port = await freePort();
   const serve = [
-    process.execPath, join(REPO_ROOT, 'dist/daemon/cli.js'), 'serve',
-    '--origin', `${origin.url}/`, '--cache-dir', join(dir, 'cache'), '--seed-glob', join(seedDir, '*.img'),
-    '--idle-timeout', String(IDLE_S),
+    process.execPath,
+    join(REPO_ROOT, 'dist/daemon/cli.js'),
+    'serve',
+    '--origin',
+    `${origin.url}/`,
+    '--cache-dir',
+    join(dir, 'cache'),
+    '--seed-glob',
+    join(seedDir, '*.img'),
+    '--idle-timeout',
+    String(IDLE_S),
   ];
   // The inner sh sets LISTEN_PID to its own pid and becomes the daemon, so each instance takes the socket.
   const loop = 'while :; do sh -c \'LISTEN_PID=$$ exec "$@"\' deltad "$@"; done';
   // systemd-socket-activate passes on only the variables named with -E.
-  const activate = ['-l', `127.0.0.1:${port}`, '--fdname=http', '-E', 'DELTAD_CONFIG', 'sh', '-c', loop, 'loop', ...serve];
+  const activate = [
+    '-l',
+    `127.0.0.1:${port}`,
+    '--fdname=http',
+    '-E',
+    'DELTAD_CONFIG',
+    'sh',
+    '-c',
+    loop,
+    'loop',
+    ...serve,
+  ];
   const child = spawn('systemd-socket-activate', activate, {
     env: { ...process.env, DELTAD_CONFIG: join(dir, 'empty.conf') },
     stdio: ['ignore', 'pipe', 'pipe'],

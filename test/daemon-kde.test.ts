@@ -65,7 +65,9 @@ function fixture(): Promise<Fixture> {
     await writeFile(join(seedDir, 'kde-linux_1.erofs.caibx'), serializeIndex(releases[0].index));
     const origin = await startOrigin({ root: originDir });
     const originUrl = `${origin.url}/kde-linux`;
-    await writeFile(join(root, 'usr/lib/sysupdate.d/50-root-x86-64-erofs.conf'), `[Source]
+    await writeFile(
+      join(root, 'usr/lib/sysupdate.d/50-root-x86-64-erofs.conf'),
+      `[Source]
 Type=url-file
 Path=${originUrl}
 MatchPattern=kde-linux_@v_root-%a.erofs
@@ -74,7 +76,8 @@ MatchPattern=kde-linux_@v_root-%a.erofs
 Type=regular-file
 Path=${seedDir}
 MatchPattern=kde-linux_@v.erofs
-`);
+`,
+    );
     await writeFile(join(dir, 'empty.conf'), '');
     return { dir, root, seedDir, releases, origin, originUrl };
   })();
@@ -137,12 +140,18 @@ test('/v1/updatesize?version=V: plain-text network bytes, the same as the plan e
   const key = { params: FLEET_PARAMS, digest: 'sha512-256' as const };
   const seed = join(f.seedDir, 'kde-linux_1.erofs');
   assert.equal(await cache.get(seed, key), null, 'no chunking of a seed whose index lies beside it');
-  assert.ok(f.origin.log.some((e) => e.path === '/kde-linux/kde-linux_2_root-x86-64.caibx'), 'KDE index name fetched');
+  assert.ok(
+    f.origin.log.some((e) => e.path === '/kde-linux/kde-linux_2_root-x86-64.caibx'),
+    'KDE index name fetched',
+  );
   // Start-up indexing skips it too.
   await d.ctx.seeds.remember(erofs(2), f.releases[1].index);
   await d.ctx.seeds.warm();
   const ready = /seed indexes ready for 1 seed\(s\) \(1 with the index beside it\)/;
-  assert.ok(d.logs.some((l) => ready.test(l)), d.logs.join(''));
+  assert.ok(
+    d.logs.some((l) => ready.test(l)),
+    d.logs.join(''),
+  );
   assert.equal(await cache.get(seed, key), null);
 
   const missing = await fetch(`${d.url}/v1/updatesize`);
@@ -180,13 +189,19 @@ test('a delta download is adopted under the installed name; the next update need
   t.after(() => rm(installed, { force: true }));
   const size = await (await fetch(`${d.url}/v1/updatesize?version=3`)).text();
   assert.match(size, /^\d+$/);
-  assert.ok(d.logs.some((l) => l.includes(`seed ${installed}: adopted the index`)), d.logs.join(''));
+  assert.ok(
+    d.logs.some((l) => l.includes(`seed ${installed}: adopted the index`)),
+    d.logs.join(''),
+  );
   assert.deepEqual(await readdir(adoptDir), []);
   const cache = new IndexCache(d.ctx.config.cacheDir);
   const adopted = await cache.get(installed, { params: FLEET_PARAMS, digest: 'sha512-256' });
   assert.ok(adopted && serializeIndex(adopted).equals(serializeIndex(f.releases[1].index)));
   await new Promise((resolve) => setImmediate(resolve));
-  assert.deepEqual(warnings.filter((w) => w.name === 'MaxListenersExceededWarning').map((w) => w.message), []);
+  assert.deepEqual(
+    warnings.filter((w) => w.name === 'MaxListenersExceededWarning').map((w) => w.message),
+    [],
+  );
 
   for (let i = 0; i < ADOPT_LIMITS.entries + 4; i++) await d.ctx.seeds.remember(erofs(100 + i), f.releases[0].index);
   const kept = await readdir(adoptDir);
@@ -208,7 +223,10 @@ test('an index beside a seed with other chunking is not used: the seed is chunke
   const res = await fetch(`${d.url}/${erofs(2)}`);
   assert.equal(res.status, 200);
   assert.ok(Buffer.from(await res.arrayBuffer()).equals(f.releases[1].data));
-  assert.ok(d.logs.some((l) => /does not fit \(other chunking/.test(l)), d.logs.join(''));
+  assert.ok(
+    d.logs.some((l) => /does not fit \(other chunking/.test(l)),
+    d.logs.join(''),
+  );
   const cache = new IndexCache(d.ctx.config.cacheDir);
   const key = { params: FLEET_PARAMS, digest: 'sha512-256' as const };
   assert.ok(await cache.get(join(other, 'kde-linux_1.erofs'), key), 'chunked instead');

@@ -82,7 +82,10 @@ test('an origin that redirects everything to a mirror: the sidecar serves a delt
   const ranged = f.mirror.log.filter((e) => e.path === `/${f.v2.name}` && e.range);
   const bytes = ranged.reduce((n, e) => n + e.bytes, 0);
   assert.ok(ranged.length > 0 && bytes < SIZE / 2, `the mirror served ${bytes} bytes of ranges`);
-  assert.ok(f.origin.log.every((e) => e.status === 302 && e.bytes === 0), 'the origin only redirected');
+  assert.ok(
+    f.origin.log.every((e) => e.status === 302 && e.bytes === 0),
+    'the origin only redirected',
+  );
   const full = f.mirror.log.some((e) => e.path === `/${f.v2.name}` && e.method === 'GET' && !e.range);
   assert.ok(!full, 'no full download');
 });

@@ -21,7 +21,9 @@ import { requireTool, run } from './helpers/sysupdate-client.js';
 const SIZE = 4 * 1024 * 1024;
 const hasCurl = (await run('curl', ['--version'], 5_000)).code === 0;
 
-test('a sidecar whose origin is a deltad proxy fetches missing chunks in a few batch requests; a plain origin still gets ranges', { timeout: 60_000 }, async (t) => {
+test('a sidecar whose origin is a deltad proxy fetches missing chunks in a few batch requests; a plain origin still gets ranges', {
+  timeout: 60_000,
+}, async (t) => {
   if (!requireTool(t, hasCurl, 'curl')) return;
   const dir = await mkdtemp(join(tmpdir(), 'deltad-proxy-origin-'));
   t.after(() => rm(dir, { recursive: true, force: true }));
@@ -49,7 +51,11 @@ test('a sidecar whose origin is a deltad proxy fetches missing chunks in a few b
     return { url: `http://127.0.0.1:${(app.server.address() as { port: number }).port}`, ctx, logs };
   };
   const download = async (url: string, out: string) => {
-    const r = await run('curl', ['-sS', '-f', '--max-time', '30', '-o', out, '-w', '%{http_code} %{size_download}', url], 35_000);
+    const r = await run(
+      'curl',
+      ['-sS', '-f', '--max-time', '30', '-o', out, '-w', '%{http_code} %{size_download}', url],
+      35_000,
+    );
     assert.equal(r.code, 0, r.stderr);
     assert.equal(r.stdout, `200 ${SIZE}`);
     assert.ok((await readFile(out)).equals(v2.data), `${out} is byte-identical to v2`);
@@ -59,7 +65,9 @@ test('a sidecar whose origin is a deltad proxy fetches missing chunks in a few b
   const viaProxy = await startSidecar(proxyUrl);
   await download(`${viaProxy.url}/${v2.name}`, join(dir, 'via-proxy.img'));
   const v1Chunks = new Set(Array.from({ length: v1.index.count }, (_, i) => v1.index.idHex(i)));
-  const newChunks = new Set(Array.from({ length: v2.index.count }, (_, i) => v2.index.idHex(i)).filter((id) => !v1Chunks.has(id)));
+  const newChunks = new Set(
+    Array.from({ length: v2.index.count }, (_, i) => v2.index.idHex(i)).filter((id) => !v1Chunks.has(id)),
+  );
   const batches = proxyLog.filter((e) => e.method === 'POST' && e.url === BATCH_PATH).length;
   assert.ok(batches >= 1 && batches < newChunks.size, `${batches} batch requests for ${newChunks.size} missing chunks`);
   assert.equal(proxyLog.filter((e) => e.url.startsWith('/.deltad/store/')).length, 0, 'no single-chunk store requests');
@@ -74,10 +82,16 @@ test('a sidecar whose origin is a deltad proxy fetches missing chunks in a few b
   );
   assert.equal(viaProxy.ctx.counters.fallbacks, 0);
   assert.equal(viaProxy.ctx.counters.assembliesCompleted, 1);
-  assert.ok(viaProxy.logs.some((l) => l.includes('origin is a deltad proxy')), viaProxy.logs.join(''));
+  assert.ok(
+    viaProxy.logs.some((l) => l.includes('origin is a deltad proxy')),
+    viaProxy.logs.join(''),
+  );
   // The proxy fetched only the missing chunks from the upstream, as byte ranges of v2.
   const upstreamImage = upstream.log.filter((e) => e.path === `/${v2.name}`);
-  assert.ok(upstreamImage.every((e) => e.status === 206 || e.method === 'HEAD'), 'the upstream never sent the whole image');
+  assert.ok(
+    upstreamImage.every((e) => e.status === 206 || e.method === 'HEAD'),
+    'the upstream never sent the whole image',
+  );
   const imageBytes = upstreamImage.reduce((n, e) => n + e.bytes, 0);
   assert.ok(imageBytes > 0 && imageBytes < SIZE * 0.4, `upstream sent ${imageBytes} image bytes`);
 

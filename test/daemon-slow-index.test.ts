@@ -51,11 +51,22 @@ test.after(async () => {
   await rm(f.dir, { recursive: true, force: true });
 });
 
-async function startSidecar(t: { after(fn: () => Promise<void>): void }, f: Fixture, origin: Origin, timeouts?: Partial<ImageTimeouts>) {
+async function startSidecar(
+  t: { after(fn: () => Promise<void>): void },
+  f: Fixture,
+  origin: Origin,
+  timeouts?: Partial<ImageTimeouts>,
+) {
   const cacheDir = await mkdtemp(join(f.dir, 'cache-'));
   const logs: string[] = [];
   const log = createLogger({ write: (s: string) => logs.push(s) } as unknown as NodeJS.WritableStream, {});
-  const config = { ...defaultConfig({}), origin: `${origin.url}/`, seedGlobs: [join(f.seedDir, '*.img')], cacheDir, idleTimeout: 0 };
+  const config = {
+    ...defaultConfig({}),
+    origin: `${origin.url}/`,
+    seedGlobs: [join(f.seedDir, '*.img')],
+    cacheDir,
+    idleTimeout: 0,
+  };
   const { app, ctx } = await buildServer(config, { log, notifier: createNotifier({ env: {} }), timeouts });
   await app.listen({ host: '127.0.0.1', port: 0 });
   t.after(() => app.close());
@@ -64,7 +75,11 @@ async function startSidecar(t: { after(fn: () => Promise<void>): void }, f: Fixt
 
 /** curl as a client with its low-speed abort (30 B/s for 60 s, as systemd-pull); returns [time to first byte, size]. */
 async function download(url: string, out: string, expected: Buffer): Promise<number> {
-  const r = await run('curl', ['-sS', '-f', '--max-time', '40', '-o', out, '-w', '%{http_code} %{size_download} %{time_starttransfer}', url], 45_000);
+  const r = await run(
+    'curl',
+    ['-sS', '-f', '--max-time', '40', '-o', out, '-w', '%{http_code} %{size_download} %{time_starttransfer}', url],
+    45_000,
+  );
   assert.equal(r.code, 0, r.stderr);
   const [code, size, firstByte] = r.stdout.split(' ');
   assert.equal(`${code} ${size}`, `200 ${expected.length}`);
@@ -72,9 +87,12 @@ async function download(url: string, out: string, expected: Buffer): Promise<num
   return Number(firstByte);
 }
 
-const fullGets = (origin: Origin, path: string, from: number) => origin.log.slice(from).filter((e) => e.path === path && e.method === 'GET' && !e.range).length;
+const fullGets = (origin: Origin, path: string, from: number) =>
+  origin.log.slice(from).filter((e) => e.path === path && e.method === 'GET' && !e.range).length;
 
-test('an index slower than the deadline: headers with the HEAD length at once, then still a delta', { timeout: 30_000 }, async (t) => {
+test('an index slower than the deadline: headers with the HEAD length at once, then still a delta', {
+  timeout: 30_000,
+}, async (t) => {
   if (!requireTool(t, hasCurl, 'curl')) return;
   const f = await fixture();
   t.after(() => f.origin.clearFaults());
@@ -85,15 +103,26 @@ test('an index slower than the deadline: headers with the HEAD length at once, t
   const before = f.origin.log.length;
   const firstByte = await download(`${d.url}${img}`, join(f.dir, 'slow.img'), f.v2.data);
   assert.ok(firstByte < delayMs / 1000, `headers after ${firstByte} s, before the index (${delayMs} ms)`);
-  const imageBytes = f.origin.log.slice(before).filter((e) => e.path === img).reduce((n, e) => n + e.bytes, 0);
-  assert.ok(imageBytes > 0 && imageBytes < SIZE * 0.4, `origin sent ${imageBytes} image bytes for a ${SIZE}-byte image: a delta`);
+  const imageBytes = f.origin.log
+    .slice(before)
+    .filter((e) => e.path === img)
+    .reduce((n, e) => n + e.bytes, 0);
+  assert.ok(
+    imageBytes > 0 && imageBytes < SIZE * 0.4,
+    `origin sent ${imageBytes} image bytes for a ${SIZE}-byte image: a delta`,
+  );
   assert.equal(fullGets(f.origin, img, before), 0, 'the full image was never fetched');
   assert.equal(d.ctx.counters.fallbacks, 0);
   assert.equal(d.ctx.counters.assembliesCompleted, 1);
-  assert.ok(d.logs.some((l) => l.includes("headers sent with the origin's length")), d.logs.join(''));
+  assert.ok(
+    d.logs.some((l) => l.includes("headers sent with the origin's length")),
+    d.logs.join(''),
+  );
 });
 
-test('an index that never arrives, or describes another size: the full image, verified, under the early headers', { timeout: 40_000 }, async (t) => {
+test('an index that never arrives, or describes another size: the full image, verified, under the early headers', {
+  timeout: 40_000,
+}, async (t) => {
   if (!requireTool(t, hasCurl, 'curl')) return;
   const f = await fixture();
   t.after(() => f.origin.clearFaults());
@@ -107,7 +136,10 @@ test('an index that never arrives, or describes another size: the full image, ve
   assert.equal(fullGets(f.origin, img, before), 1, 'streamed whole from the origin');
   assert.equal(d.ctx.counters.fallbacks, 1);
   assert.equal(d.ctx.counters.assembliesStarted, 0);
-  assert.ok(d.logs.some((l) => /not fetched within .*streaming the full image/.test(l)), d.logs.join(''));
+  assert.ok(
+    d.logs.some((l) => /not fetched within .*streaming the full image/.test(l)),
+    d.logs.join(''),
+  );
   f.origin.clearFaults();
 
   // A late index for a shorter image than the one the HEAD announced: never served as a delta.
@@ -124,5 +156,8 @@ test('an index that never arrives, or describes another size: the full image, ve
   await download(`${d2.url}${img}`, join(f.dir, 'mismatch.img'), f.v2.data);
   assert.equal(fullGets(lying, img, 0), 1, 'streamed whole from the origin');
   assert.equal(d2.ctx.counters.assembliesStarted, 0);
-  assert.ok(d2.logs.some((l) => /its index describes \d+ bytes, the origin's HEAD said/.test(l)), d2.logs.join(''));
+  assert.ok(
+    d2.logs.some((l) => /its index describes \d+ bytes, the origin's HEAD said/.test(l)),
+    d2.logs.join(''),
+  );
 });

@@ -68,8 +68,13 @@ interface Daemon {
 }
 
 async function startDaemon(
-  t: { after(fn: () => Promise<void>): void }, f: Fixture, over: Partial<DaemonConfig> = {}, originUrl = f.origin.url,
-  timeouts?: Partial<ImageTimeouts>, shareBufferBytes?: number, releaseFreshMs?: number,
+  t: { after(fn: () => Promise<void>): void },
+  f: Fixture,
+  over: Partial<DaemonConfig> = {},
+  originUrl = f.origin.url,
+  timeouts?: Partial<ImageTimeouts>,
+  shareBufferBytes?: number,
+  releaseFreshMs?: number,
 ): Promise<Daemon> {
   const cacheDir = await mkdtemp(join(f.dir, 'cache-'));
   const config: DaemonConfig = {
@@ -82,7 +87,13 @@ async function startDaemon(
   };
   const logs: string[] = [];
   const log = createLogger({ write: (s: string) => logs.push(s) } as unknown as NodeJS.WritableStream, {});
-  const { app, ctx } = await buildServer(config, { log, notifier: createNotifier({ env: {} }), timeouts, shareBufferBytes, releaseFreshMs });
+  const { app, ctx } = await buildServer(config, {
+    log,
+    notifier: createNotifier({ env: {} }),
+    timeouts,
+    shareBufferBytes,
+    releaseFreshMs,
+  });
   await app.listen({ host: '127.0.0.1', port: 0 });
   const addr = app.server.address() as { port: number };
   const close = async () => {
@@ -108,7 +119,9 @@ async function curl(args: string[], timeoutMs = 30_000) {
 
 const hasCurl = (await run('curl', ['--version'], 5_000)).code === 0;
 
-test('systemd-pull through the daemon: v2 assembled from the v1 seed, byte-identical, far fewer origin bytes', { timeout: 60_000 }, async (t) => {
+test('systemd-pull through the daemon: v2 assembled from the v1 seed, byte-identical, far fewer origin bytes', {
+  timeout: 60_000,
+}, async (t) => {
   if (!requireTool(t, Boolean(SYSTEMD_PULL), 'systemd-pull')) return;
   const f = await fixture();
   const d = await startDaemon(t, f);
@@ -120,10 +133,16 @@ test('systemd-pull through the daemon: v2 assembled from the v1 seed, byte-ident
   assert.equal(r.code, 0, r.stderr);
   assert.ok((await readFile(out)).equals(v2.data), 'byte-identical to v2');
   const imageBytes = f.origin.stats('/os_2.img').bytes - before.bytes;
-  assert.ok(imageBytes > 0 && imageBytes < SIZE * 0.4, `origin served ${imageBytes} image bytes for a ${SIZE}-byte image`);
+  assert.ok(
+    imageBytes > 0 && imageBytes < SIZE * 0.4,
+    `origin served ${imageBytes} image bytes for a ${SIZE}-byte image`,
+  );
   assert.equal(d.ctx.counters.assembliesCompleted, 1);
   assert.ok(d.ctx.counters.bytesReused > SIZE * 0.5, `reused ${d.ctx.counters.bytesReused}`);
-  assert.ok(!f.origin.log.some((e) => e.path === '/os_2.img' && !e.range && e.method === 'GET'), 'the full image was never fetched');
+  assert.ok(
+    !f.origin.log.some((e) => e.path === '/os_2.img' && !e.range && e.method === 'GET'),
+    'the full image was never fetched',
+  );
 
   // The manifest, fetched the way sysupdate does (--verify=no): passed through by a 307.
   const sumsOut = join(f.outDir, 'SHA256SUMS');
@@ -168,11 +187,16 @@ test('curl GET and HEAD; the installed image is adopted as a seed without chunki
   const get3 = await curl(['-f', '-o', out3, `${d.url}/os_3.img`]);
   assert.equal(get3.code, 0, get3.stderr);
   assert.ok((await readFile(out3)).equals(f.releases[2].data));
-  assert.ok(d.logs.some((l) => l.includes(`seed ${installed}: adopted the index`)), d.logs.join(''));
+  assert.ok(
+    d.logs.some((l) => l.includes(`seed ${installed}: adopted the index`)),
+    d.logs.join(''),
+  );
   assert.deepEqual(await readdir(adoptDir), ['os_3.img.caibx']);
 });
 
-test('start-up indexing: seeds are chunked in the background with the last target chunking, once', { timeout: 30_000 }, async (t) => {
+test('start-up indexing: seeds are chunked in the background with the last target chunking, once', {
+  timeout: 30_000,
+}, async (t) => {
   const f = await fixture();
   const d = await startDaemon(t, f);
   const v2 = f.releases[1].index;
@@ -181,9 +205,19 @@ test('start-up indexing: seeds are chunked in the background with the last targe
   const cache = new IndexCache(d.ctx.config.cacheDir);
   const key = { params: v2.params, digest: v2.digest };
   const cached = await cache.get(join(f.seedDir, 'os_1.img'), key);
-  assert.ok(cached && serializeIndex(cached).equals(serializeIndex(f.releases[0].index)), 'the seed index is cached and right');
-  assert.ok(d.logs.some((l) => /seed indexes ready for 1 seed/.test(l)), d.logs.join(''));
-  assert.equal(await cache.get(join(f.seedDir, '.sysupdate.partial.os_2.img'), key), null, "sysupdate's temporary file is not a seed");
+  assert.ok(
+    cached && serializeIndex(cached).equals(serializeIndex(f.releases[0].index)),
+    'the seed index is cached and right',
+  );
+  assert.ok(
+    d.logs.some((l) => /seed indexes ready for 1 seed/.test(l)),
+    d.logs.join(''),
+  );
+  assert.equal(
+    await cache.get(join(f.seedDir, '.sysupdate.partial.os_2.img'), key),
+    null,
+    "sysupdate's temporary file is not a seed",
+  );
   // A second warm-up finds everything cached: no chunking, the same index.
   await d.ctx.seeds.warm();
   assert.ok(serializeIndex((await cache.get(join(f.seedDir, 'os_1.img'), key))!).equals(serializeIndex(cached)));
@@ -227,7 +261,9 @@ test('two clients share one assembly; a client that disconnects cancels it', { t
   assert.equal(d.ctx.counters.assemblyFailures, 0, 'a cancellation is not a failure');
 });
 
-test('fallbacks: no index, no range support, corrupt seed: the client still gets the right image', { timeout: 60_000 }, async (t) => {
+test('fallbacks: no index, no range support, corrupt seed: the client still gets the right image', {
+  timeout: 60_000,
+}, async (t) => {
   if (!requireTool(t, Boolean(SYSTEMD_PULL), 'systemd-pull')) return;
   const f = await fixture();
   const v2 = f.releases[1];
@@ -271,7 +307,9 @@ test('fallbacks: no index, no range support, corrupt seed: the client still gets
   assert.ok((await readFile(out)).equals(v2.data));
 });
 
-test('never a wrong image: origin dying mid-assembly, lying origin, wrong SHA256SUMS', { timeout: 90_000 }, async (t) => {
+test('never a wrong image: origin dying mid-assembly, lying origin, wrong SHA256SUMS', {
+  timeout: 90_000,
+}, async (t) => {
   if (!requireTool(t, Boolean(SYSTEMD_PULL), 'systemd-pull') || !requireTool(t, hasCurl, 'curl')) return;
   const f = await fixture();
   const v2 = f.releases[1];
@@ -313,16 +351,27 @@ test('never a wrong image: origin dying mid-assembly, lying origin, wrong SHA256
   assert.ok(got3.length < SIZE, `held back: ${got3.length} of ${SIZE} bytes`);
 });
 
-test('slow first byte: headers within 2 s, then after the deadline the full image streamed under them; a stall after bytes cuts the download', { timeout: 60_000 }, async (t) => {
+test('slow first byte: headers within 2 s, then after the deadline the full image streamed under them; a stall after bytes cuts the download', {
+  timeout: 60_000,
+}, async (t) => {
   if (!requireTool(t, hasCurl, 'curl')) return;
   const f = await fixture();
   t.after(() => f.origin.clearFaults());
   const v3 = f.releases[2];
   // No seeds: the first byte needs the network, and every range request stalls.
   f.origin.fault({ kind: 'stall', path: '/os_3.img', rangedOnly: true, skip: 1, times: Infinity, stallMs: 20_000 });
-  const d = await startDaemon(t, f, { seedGlobs: [join(f.dir, 'no-seeds', '*.img')] }, f.origin.url, { firstByteMs: 2_500 });
+  const d = await startDaemon(t, f, { seedGlobs: [join(f.dir, 'no-seeds', '*.img')] }, f.origin.url, {
+    firstByteMs: 2_500,
+  });
   const out = join(f.outDir, 'slow-first.img');
-  const r = await curl(['-f', '-o', out, '-w', '%{time_starttransfer} %{time_total} %{size_download}', `${d.url}/os_3.img`]);
+  const r = await curl([
+    '-f',
+    '-o',
+    out,
+    '-w',
+    '%{time_starttransfer} %{time_total} %{size_download}',
+    `${d.url}/os_3.img`,
+  ]);
   assert.equal(r.code, 0, r.stderr);
   const [headers, total, n] = r.stdout.split(' ').map(Number);
   assert.equal(n, SIZE);
@@ -341,10 +390,15 @@ test('slow first byte: headers within 2 s, then after the deadline the full imag
   const got = await readFile(out2);
   assert.ok(got.length > 0 && got.length < SIZE, `${got.length} bytes, truncated`);
   assert.ok(f.releases[1].data.subarray(0, got.length).equals(got));
-  assert.ok(d2.logs.some((l) => /stalled: no verified byte/.test(l)), d2.logs.join(''));
+  assert.ok(
+    d2.logs.some((l) => /stalled: no verified byte/.test(l)),
+    d2.logs.join(''),
+  );
 });
 
-test('pass-through keeps origin statuses; hostile targets and Host headers never leave the origin', { timeout: 30_000 }, async (t) => {
+test('pass-through keeps origin statuses; hostile targets and Host headers never leave the origin', {
+  timeout: 30_000,
+}, async (t) => {
   if (!requireTool(t, hasCurl, 'curl')) return;
   const f = await fixture();
   const redirect = await startDaemon(t, f);
@@ -363,7 +417,12 @@ test('pass-through keeps origin statuses; hostile targets and Host headers never
   const headSums = await fetch(`${proxy.url}/SHA256SUMS`, { method: 'HEAD' });
   assert.equal(headSums.headers.get('content-length'), String(sums.length));
 
-  for (const path of ['/../../etc/passwd', '/%2e%2e/%2e%2e/etc/passwd', '/x%2f..%2f..%2fetc%2fpasswd', '/a/..%5c..%5cetc/passwd']) {
+  for (const path of [
+    '/../../etc/passwd',
+    '/%2e%2e/%2e%2e/etc/passwd',
+    '/x%2f..%2f..%2fetc%2fpasswd',
+    '/a/..%5c..%5cetc/passwd',
+  ]) {
     const c = await curl(['--path-as-is', '-o', '/dev/null', '-w', '%{http_code}', `${redirect.url}${path}`]);
     assert.equal(c.stdout, '400', path);
   }
@@ -378,14 +437,24 @@ test('pass-through keeps origin statuses; hostile targets and Host headers never
       s.setTimeout(5_000, () => s.destroy(new Error('timeout')));
     });
   const port = Number(new URL(redirect.url).port);
-  const abs = await raw(port, 'GET http://evil.example/SHA256SUMS HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n');
+  const abs = await raw(
+    port,
+    'GET http://evil.example/SHA256SUMS HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n',
+  );
   assert.match(abs, /^HTTP\/1\.1 400/);
   const host = await raw(port, 'GET /SHA256SUMS HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n');
   assert.match(host, /^HTTP\/1\.1 307/);
-  assert.match(host, new RegExp(`^location: ${f.origin.url}/SHA256SUMS\\r$`, 'mi'), 'resolved against the configured origin only');
+  assert.match(
+    host,
+    new RegExp(`^location: ${f.origin.url}/SHA256SUMS\\r$`, 'mi'),
+    'resolved against the configured origin only',
+  );
   const proxyPort = Number(new URL(proxy.url).port);
   const before = f.origin.log.length;
-  const absProxy = await raw(proxyPort, 'GET http://evil.example/SHA256SUMS HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n');
+  const absProxy = await raw(
+    proxyPort,
+    'GET http://evil.example/SHA256SUMS HTTP/1.1\r\nHost: evil.example\r\nConnection: close\r\n\r\n',
+  );
   assert.match(absProxy, /^HTTP\/1\.1 400/);
   assert.equal(f.origin.log.length, before, 'nothing was fetched for the refused request');
   assert.ok(redirect.ctx.counters.rejected >= 5);
@@ -430,7 +499,9 @@ test('a late client gets its own assembly; a slow client bounds what is buffered
   assert.equal(d.ctx.counters.assembliesStarted - started, 2, 'the late client C had an assembly of its own');
 });
 
-test('a burst of clients shares one preparation: one index, one SHA256SUMS, one HEAD, one range probe', { timeout: 60_000 }, async (t) => {
+test('a burst of clients shares one preparation: one index, one SHA256SUMS, one HEAD, one range probe', {
+  timeout: 60_000,
+}, async (t) => {
   const f = await fixture();
   const v2 = f.releases[1];
   const d = await startDaemon(t, f);
@@ -438,13 +509,32 @@ test('a burst of clients shares one preparation: one index, one SHA256SUMS, one 
   const bodies = await Promise.all(
     Array.from({ length: 20 }, async () => Buffer.from(await (await fetch(`${d.url}/os_2.img`)).arrayBuffer())),
   );
-  assert.ok(bodies.every((b) => b.equals(v2.data)), 'every client got v2');
+  assert.ok(
+    bodies.every((b) => b.equals(v2.data)),
+    'every client got v2',
+  );
   const log = f.origin.log.slice(from);
   const count = (pred: (e: (typeof log)[number]) => boolean) => log.filter(pred).length;
-  assert.equal(count((e) => e.path === '/os_2.img.caibx'), 1, 'one index download');
-  assert.equal(count((e) => e.path === '/SHA256SUMS'), 1, 'one SHA256SUMS fetch');
-  assert.equal(count((e) => e.path === '/os_2.img' && e.method === 'HEAD'), 1, 'one HEAD');
-  assert.equal(count((e) => e.path === '/os_2.img' && e.range === 'bytes=0-0'), 1, 'one range probe');
+  assert.equal(
+    count((e) => e.path === '/os_2.img.caibx'),
+    1,
+    'one index download',
+  );
+  assert.equal(
+    count((e) => e.path === '/SHA256SUMS'),
+    1,
+    'one SHA256SUMS fetch',
+  );
+  assert.equal(
+    count((e) => e.path === '/os_2.img' && e.method === 'HEAD'),
+    1,
+    'one HEAD',
+  );
+  assert.equal(
+    count((e) => e.path === '/os_2.img' && e.range === 'bytes=0-0'),
+    1,
+    'one range probe',
+  );
   assert.equal(d.ctx.counters.assembliesStarted, 1, 'one assembly for the burst');
   // Origin traffic is counted once, by the HTTP client: every body byte the origin sent, ranges included.
   const sent = log.reduce((n, e) => n + e.bytes, 0);
@@ -452,7 +542,9 @@ test('a burst of clients shares one preparation: one index, one SHA256SUMS, one 
   assert.equal(d.ctx.counters.originRequests, log.length, 'deltad_origin_requests_total is what the origin answered');
 });
 
-test('a request after a verified download is verified again against the current SHA256SUMS', { timeout: 60_000 }, async (t) => {
+test('a request after a verified download is verified again against the current SHA256SUMS', {
+  timeout: 60_000,
+}, async (t) => {
   const f = await fixture();
   const v2 = f.releases[1];
   const dir = join(f.dir, 'origin-newsums');
@@ -486,5 +578,8 @@ test('a request after a verified download is verified again against the current 
   // The release's checksum changes (the image was replaced but its index was not): the spool verified against the old one must not be handed out.
   await writeFile(join(dir, 'SHA256SUMS'), `${'0'.repeat(64)}  os_2.img\n`);
   const second = await download();
-  assert.ok(!second.complete && second.body.length < v2.data.length, `held back: ${second.body.length} of ${v2.data.length} bytes`);
+  assert.ok(
+    !second.complete && second.body.length < v2.data.length,
+    `held back: ${second.body.length} of ${v2.data.length} bytes`,
+  );
 });

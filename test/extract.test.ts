@@ -11,7 +11,14 @@ import { join } from 'node:path';
 import { tmpdir } from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { FileHandle } from 'node:fs/promises';
-import { extractToFile, openExtractStream, planUpdate, type AssembleOptions, type ExtractResult, type ExtractStream } from '../lib/delta/extract.js';
+import {
+  extractToFile,
+  openExtractStream,
+  planUpdate,
+  type AssembleOptions,
+  type ExtractResult,
+  type ExtractStream,
+} from '../lib/delta/extract.js';
 import { Assembler } from '../lib/assemble/assembler.js';
 import { OrderedStream } from '../lib/assemble/ordered-stream.js';
 import { planChunks } from '../lib/plan/planner.js';
@@ -76,7 +83,10 @@ test('range mode with multi-range: identical output, network bytes as planned, f
   const { out, http, opts } = setup();
   try {
     const plan = await planUpdate(fx.indexPath, { ...opts, mode: 'range' });
-    assert.ok(plan.fromSeeds > 0 && plan.fromZero > 0 && plan.fromSelf > 0, `plan uses every kind of local source: ${JSON.stringify(plan)}`);
+    assert.ok(
+      plan.fromSeeds > 0 && plan.fromZero > 0 && plan.fromSelf > 0,
+      `plan uses every kind of local source: ${JSON.stringify(plan)}`,
+    );
     assert.ok(plan.missingBytes > 100 * 1024 && plan.missingBytes < fx.v2.length / 2);
     assert.deepEqual(plan.rangeSupport, { ranges: true, multi: true });
     origin.log.length = 0;
@@ -90,8 +100,14 @@ test('range mode with multi-range: identical output, network bytes as planned, f
     assert.equal(r.networkBytes, image.bytes, 'bytes counted = bytes the origin sent');
     assert.equal(r.networkRequests, image.requests);
     const rangeCost = plan.modes.find((m) => m.mode === 'range')!;
-    assert.ok(Math.abs(r.networkBytes - rangeCost.bytes) <= rangeCost.bytes * 0.01, `within 1% of the plan (${r.networkBytes} vs ${rangeCost.bytes})`);
-    assert.ok(origin.log.some((e) => e.range?.includes(',')), 'used multi-range requests');
+    assert.ok(
+      Math.abs(r.networkBytes - rangeCost.bytes) <= rangeCost.bytes * 0.01,
+      `within 1% of the plan (${r.networkBytes} vs ${rangeCost.bytes})`,
+    );
+    assert.ok(
+      origin.log.some((e) => e.range?.includes(',')),
+      'used multi-range requests',
+    );
     assert.equal(r.sha256, sha(fx.v2));
     assert.ok(!existsSync(join(work, `.out${n}.img.deltad-partial`)), 'partial file renamed away');
     // The seed index was built once and cached: the cache holds an entry now.
@@ -114,7 +130,10 @@ test('store mode over HTTP and from a directory: casync store chunks, bytes as p
     assert.equal(origin.stats('/v2.castr/').requests, plan.missingChunks, 'one GET per missing chunk');
     assert.equal(served('/v2.img').requests, 0);
     // Everything the origin sent counts, the store chunks and the 404 of the block-pack probe alike.
-    assert.equal(r.networkBytes, origin.log.reduce((n, e) => n + e.bytes, 0));
+    assert.equal(
+      r.networkBytes,
+      origin.log.reduce((n, e) => n + e.bytes, 0),
+    );
 
     // Auto mode weighs the options: an HTTP store is costed from sampled compressed sizes (HEAD),
     // a local directory costs no network at all.
@@ -124,10 +143,16 @@ test('store mode over HTTP and from a directory: casync store chunks, bytes as p
     const heads = origin.log.filter((e) => e.method === 'HEAD' && e.path.startsWith('/v2.castr/'));
     assert.ok(heads.length > 0 && heads.length <= 8, `sampled ${heads.length} chunks`);
     // Mostly random data: the estimate stays near the uncompressed size (chunks at the zero run's edges do compress).
-    assert.ok(storeCost.bytes > plan.missingBytes * 0.5 && storeCost.bytes < plan.missingBytes * 1.1, `estimate ${storeCost.bytes} for ${plan.missingBytes}`);
+    assert.ok(
+      storeCost.bytes > plan.missingBytes * 0.5 && storeCost.bytes < plan.missingBytes * 1.1,
+      `estimate ${storeCost.bytes} for ${plan.missingBytes}`,
+    );
     const local = await planUpdate(fx.index, { ...opts, stores: [fx.storeDir] });
     assert.equal(local.chosen, 'store');
-    assert.deepEqual(local.modes.find((m) => m.mode === 'store'), { mode: 'store', bytes: 0, requests: 0 });
+    assert.deepEqual(
+      local.modes.find((m) => m.mode === 'store'),
+      { mode: 'store', bytes: 0, requests: 0 },
+    );
 
     const out2 = `${out}.dir`;
     const r2 = await extractToFile(fx.index, out2, { ...opts, stores: [fx.storeDir], mode: 'store' });
@@ -149,7 +174,10 @@ test('multi-range refused (416) or answered with one 206 span: falls back to sin
       const multi = origin.log.filter((e) => e.range?.includes(','));
       assert.equal(multi.length, 1, `${mode}: one multi-range attempt, then single ranges`);
       assert.ok(served('/v2.img').requests > 2);
-      assert.ok(warnings.some((w) => /single-range/.test(w)), mode);
+      assert.ok(
+        warnings.some((w) => /single-range/.test(w)),
+        mode,
+      );
       assert.equal(r.networkRequests, served('/v2.img').requests);
     } finally {
       await http.close();
@@ -163,9 +191,18 @@ test('a server that ignores Range: range mode fails at once, auto mode switches 
   try {
     await writeFile(out, 'previous content');
     origin.ranges = 'none';
-    await assert.rejects(extractToFile(fx.index, out, { ...opts, mode: 'range' }), (err: Error & { code?: string }) => err.code === 'ERR_DELTAD_NO_RANGES' || /byte ranges/.test(err.message));
+    await assert.rejects(
+      extractToFile(fx.index, out, { ...opts, mode: 'range' }),
+      (err: Error & { code?: string }) => err.code === 'ERR_DELTAD_NO_RANGES' || /byte ranges/.test(err.message),
+    );
     // A 200 to several ranges might only mean "not several": one single range is tried, then nothing more.
-    assert.deepEqual(origin.log.filter((e) => e.path === '/v2.img').map((e) => [e.status, e.range?.includes(',')]), [[200, true], [200, false]]);
+    assert.deepEqual(
+      origin.log.filter((e) => e.path === '/v2.img').map((e) => [e.status, e.range?.includes(',')]),
+      [
+        [200, true],
+        [200, false],
+      ],
+    );
     assert.equal(await readFile(out, 'utf8'), 'previous content');
 
     origin.log.length = 0;
@@ -219,7 +256,10 @@ test('wrong bytes: retried once, then the chunk fails by ID; the old output stay
     await writeFile(out, 'previous content');
     origin.fault({ kind: 'wrong-bytes', path: '/v2.img', times: Infinity });
     try {
-      await assert.rejects(extractToFile(fx.index, out, { ...opts, mode: 'range' }), /chunk [0-9a-f]{64} .*wrong content twice/);
+      await assert.rejects(
+        extractToFile(fx.index, out, { ...opts, mode: 'range' }),
+        /chunk [0-9a-f]{64} .*wrong content twice/,
+      );
       assert.equal(await readFile(out, 'utf8'), 'previous content');
     } finally {
       await http.close();
@@ -241,7 +281,10 @@ test('a seed that lies (changed after indexing) is reported and its chunk fetche
     const r = await extractToFile(fx.index, out, { ...opts, seeds: [{ path: seed, index: seedIndex }], mode: 'range' });
     assert.ok((await readFile(out)).equals(fx.v2));
     assert.equal(r.seedMismatches, 1);
-    assert.ok(warnings.some((w) => w.includes(seed) && /offset \d+ does not match/.test(w)), warnings.join('\n'));
+    assert.ok(
+      warnings.some((w) => w.includes(seed) && /offset \d+ does not match/.test(w)),
+      warnings.join('\n'),
+    );
     const clean = await planUpdate(fx.index, { ...opts, seeds: [{ path: seed, index: seedIndex }], mode: 'range' });
     assert.ok(r.fromNetwork > clean.missingBytes, 'the lying chunk came from the network');
     assert.ok((await readFile(seed)).equals(bytes), 'seed untouched');
@@ -258,7 +301,11 @@ test('interrupted extract resumes from its partial file with less network', asyn
     const ctl = new AbortController();
     origin.fault({ kind: 'stall', path: '/v2.img', times: Infinity, afterBytes: fx.v2.length >> 2, stallMs: 10_000 });
     const first = extractToFile(fx.index, out, {
-      ...opts, seeds: [], mode: 'range', concurrency: 1, signal: ctl.signal,
+      ...opts,
+      seeds: [],
+      mode: 'range',
+      concurrency: 1,
+      signal: ctl.signal,
       onProgress: (p) => {
         if (p.fromNetwork > 0) setTimeout(() => ctl.abort(new Error('interrupted')), 300);
       },
@@ -273,7 +320,10 @@ test('interrupted extract resumes from its partial file with less network', asyn
     const r = await extractToFile(fx.index, out, { ...opts, seeds: [], mode: 'range' });
     assert.ok((await readFile(out)).equals(fx.v2));
     assert.ok(r.resumedBytes > 0, 'chunks verified in place');
-    assert.ok(r.fromNetwork < full.missingBytes, `less network the second time (${r.fromNetwork} < ${full.missingBytes})`);
+    assert.ok(
+      r.fromNetwork < full.missingBytes,
+      `less network the second time (${r.fromNetwork} < ${full.missingBytes})`,
+    );
     assert.ok(!existsSync(partial) && !existsSync(`${partial}.journal`));
   } finally {
     await http.close();
@@ -284,7 +334,10 @@ test('SHA-256 mismatch: nothing is renamed into place', async (t) => {
   if (!casync) return t.skip('casync not installed');
   const { out, http, opts } = setup();
   try {
-    await assert.rejects(extractToFile(fx.index, out, { ...opts, mode: 'range', sha256: '0'.repeat(64) }), /SHA-256 mismatch/);
+    await assert.rejects(
+      extractToFile(fx.index, out, { ...opts, mode: 'range', sha256: '0'.repeat(64) }),
+      /SHA-256 mismatch/,
+    );
     assert.ok(!existsSync(out));
     await assert.rejects(extractToFile(fx.index, out, { ...opts, mode: 'range', sha256: 'xyz' }), /invalid SHA-256/);
   } finally {
@@ -316,15 +369,24 @@ test('ordered stream: whole file with digest, byte ranges, cancellation', async 
     // Mismatching digest: the stream errors before its last bytes.
     const s3 = openExtractStream(fx.index, { ...opts, mode: 'range', sha256: 'f'.repeat(64) });
     let got = 0;
-    await assert.rejects((async () => {
-      for await (const b of s3) got += (b as Buffer).length;
-    })(), /SHA-256 mismatch/);
+    await assert.rejects(
+      (async () => {
+        for await (const b of s3) got += (b as Buffer).length;
+      })(),
+      /SHA-256 mismatch/,
+    );
     assert.ok(got < fx.v2.length);
 
     // A consumer that goes away cancels the fetches.
     origin.log.length = 0;
     origin.fault({ kind: 'stall', path: '/v2.img', skip: 1, times: Infinity, stallMs: 10_000 });
-    const s4 = openExtractStream(fx.index, { ...opts, seeds: [], mode: 'range', concurrency: 2, windowBytes: 128 * 1024 });
+    const s4 = openExtractStream(fx.index, {
+      ...opts,
+      seeds: [],
+      mode: 'range',
+      concurrency: 2,
+      windowBytes: 128 * 1024,
+    });
     s4.once('data', () => s4.destroy());
     await assert.rejects(s4.result);
     const count = origin.log.length;
@@ -368,7 +430,10 @@ function deadline(ms: number, what: string): { promise: Promise<never>; clear: (
  * it, and how its result promise settled. A stream that hangs fails the test
  * (and is destroyed so that nothing keeps running).
  */
-async function readWithin(s: ExtractStream, ms: number): Promise<{ data: Buffer; error?: Error; result?: ExtractResult; resultError?: Error }> {
+async function readWithin(
+  s: ExtractStream,
+  ms: number,
+): Promise<{ data: Buffer; error?: Error; result?: ExtractResult; resultError?: Error }> {
   const limit = deadline(ms, 'the stream');
   try {
     const read = (async () => {
@@ -381,7 +446,13 @@ async function readWithin(s: ExtractStream, ms: number): Promise<{ data: Buffer;
       }
     })();
     const got = await Promise.race([read, limit.promise]);
-    const settled = await Promise.race([s.result.then((result) => ({ result }), (resultError: Error) => ({ resultError })), limit.promise]);
+    const settled = await Promise.race([
+      s.result.then(
+        (result) => ({ result }),
+        (resultError: Error) => ({ resultError }),
+      ),
+      limit.promise,
+    ]);
     return { ...got, ...settled };
   } finally {
     limit.clear();
@@ -403,9 +474,15 @@ test('ordered stream: multi-range answered with 200 (single ranges work) falls b
     assert.equal(error, undefined);
     assert.ok(data.equals(fx.v2));
     assert.equal(result?.sha256, sha(fx.v2));
-    assert.ok(warnings.some((w) => /single-range/.test(w)), warnings.join('\n'));
+    assert.ok(
+      warnings.some((w) => /single-range/.test(w)),
+      warnings.join('\n'),
+    );
     assert.equal(origin.log.filter((e) => e.range?.includes(',')).length, 1, 'one multi-range attempt');
-    assert.ok(result!.networkBytes < fx.v2.length / 2, `the 200 body was not read (${result!.networkBytes} bytes received)`);
+    assert.ok(
+      result!.networkBytes < fx.v2.length / 2,
+      `the 200 body was not read (${result!.networkBytes} bytes received)`,
+    );
 
     // planUpdate's probe tells the same thing.
     const plan = await planUpdate(fx.index, { ...opts, mode: 'range' });
@@ -426,8 +503,15 @@ test('ordered stream: a server that ignores Range errors at once in range mode, 
       const { error, resultError } = await readWithin(s, 5000);
       assert.equal((error as Error & { code?: string })?.code, 'ERR_DELTAD_NO_RANGES', String(error));
       assert.equal(resultError, error, 'the result rejects with the error that ended the stream');
-      assert.deepEqual(origin.log.filter((e) => e.path === '/v2.img').map((e) => e.range?.includes(',')), [true, false], 'a multi-range then a single-range request, nothing after the 200s');
-      assert.ok(s.progress.networkBytes < fx.v2.length / 2, `the 200 bodies were not read (${s.progress.networkBytes} bytes)`);
+      assert.deepEqual(
+        origin.log.filter((e) => e.path === '/v2.img').map((e) => e.range?.includes(',')),
+        [true, false],
+        'a multi-range then a single-range request, nothing after the 200s',
+      );
+      assert.ok(
+        s.progress.networkBytes < fx.v2.length / 2,
+        `the 200 bodies were not read (${s.progress.networkBytes} bytes)`,
+      );
     } finally {
       await http.close();
     }
@@ -441,7 +525,10 @@ test('ordered stream: a server that ignores Range errors at once in range mode, 
       const { data, error } = await readWithin(s, 10_000);
       assert.equal(error, undefined);
       assert.ok(data.equals(fx.v2));
-      assert.ok(warnings.some((w) => /chunk store instead/.test(w)), warnings.join('\n'));
+      assert.ok(
+        warnings.some((w) => /chunk store instead/.test(w)),
+        warnings.join('\n'),
+      );
       assert.ok(origin.stats('/v2.castr/').requests > 0);
     } finally {
       await http.close();
@@ -467,7 +554,10 @@ test('ordered stream: a cut multipart body, a 416 and a stall end the stream wit
       assert.equal(resultError, error, fault.kind);
       assert.match(error!.message, /v2\.img/, `${fault.kind}: the error names the URL`);
       assert.ok(data.length < fx.v2.length, fault.kind);
-      assert.ok(origin.log.some((e) => e.fault === fault.kind && e.range?.includes(',')), `${fault.kind} hit a multi-range request`);
+      assert.ok(
+        origin.log.some((e) => e.fault === fault.kind && e.range?.includes(',')),
+        `${fault.kind} hit a multi-range request`,
+      );
     } finally {
       await http.close();
     }
@@ -476,7 +566,10 @@ test('ordered stream: a cut multipart body, a 416 and a stall end the stream wit
   const { http, opts } = setup();
   origin.fault({ path: '/v2.img', rangedOnly: true, kind: 'cut', afterBytes: 200 });
   try {
-    const { data, error } = await readWithin(openExtractStream(fx.index, { ...opts, mode: 'range', windowBytes: 256 * 1024 }), 10_000);
+    const { data, error } = await readWithin(
+      openExtractStream(fx.index, { ...opts, mode: 'range', windowBytes: 256 * 1024 }),
+      10_000,
+    );
     assert.equal(error, undefined);
     assert.ok(data.equals(fx.v2));
   } finally {
@@ -498,7 +591,14 @@ test('ordered stream: an aborted signal settles it, before the start and while t
 
     // The window fills while the consumer holds still: assembly waits for it, and an abort must end that wait.
     const ctl = new AbortController();
-    const s2 = openExtractStream(fx.index, { ...opts, seeds: [], mode: 'range', concurrency: 2, windowBytes: 128 * 1024, signal: ctl.signal });
+    const s2 = openExtractStream(fx.index, {
+      ...opts,
+      seeds: [],
+      mode: 'range',
+      concurrency: 2,
+      windowBytes: 128 * 1024,
+      signal: ctl.signal,
+    });
     const errors: Error[] = [];
     s2.on('error', (err) => errors.push(err));
     await new Promise((resolve) => s2.once('data', resolve));
@@ -523,7 +623,9 @@ test('ordered stream: an aborted signal settles it, before the start and while t
 test('assembler into an ordered stream: a seed read error ends the stream instead of leaving it waiting', async (t) => {
   if (!casync) return t.skip('casync not installed');
   const v1Index = indexBuffer(fx.v1, { params: TEST_PARAMS, digest: fx.index.digest });
-  const failingRead = { read: async () => Promise.reject(Object.assign(new Error('EIO: i/o error, read'), { code: 'EIO' })) } as unknown as FileHandle;
+  const failingRead = {
+    read: async () => Promise.reject(Object.assign(new Error('EIO: i/o error, read'), { code: 'EIO' })),
+  } as unknown as FileHandle;
   const plan = planChunks(fx.index, [{ path: 'broken-seed.img', index: v1Index, fh: failingRead }]);
   assert.ok(plan.totals.fromSeeds > 0 && plan.totals.missingChunks > 0);
   // The remote part comes from memory, at once: only the seed can fail.
@@ -532,13 +634,32 @@ test('assembler into an ordered stream: a seed read error ends the stream instea
     stats: { requests: 0, bytes: 0 },
     batches: (runs) => runs.map((r) => [r]),
     async fetch(runs, deliver) {
-      for (const r of runs) for (let i = r.first; i < r.first + r.count; i++) deliver(i, Buffer.from(fx.v2.subarray(fx.index.start(i), fx.index.end(i))));
+      for (const r of runs)
+        for (let i = r.first; i < r.first + r.count; i++)
+          deliver(i, Buffer.from(fx.v2.subarray(fx.index.start(i), fx.index.end(i))));
     },
   };
   const cancel = new AbortController();
-  const sink = new OrderedStream({ target: fx.index, start: 0, end: fx.index.size, windowBytes: 128 * 1024, onCancel: (r) => cancel.abort(r) });
+  const sink = new OrderedStream({
+    target: fx.index,
+    start: 0,
+    end: fx.index.size,
+    windowBytes: 128 * 1024,
+    onCancel: (r) => cancel.abort(r),
+  });
   sink.on('error', () => {});
-  const progress = { total: fx.index.size, done: 0, fromSeeds: 0, fromSelf: 0, fromZero: 0, fromCache: 0, fromNetwork: 0, fromLocalStore: 0, networkBytes: 0, networkRequests: 0 };
+  const progress = {
+    total: fx.index.size,
+    done: 0,
+    fromSeeds: 0,
+    fromSelf: 0,
+    fromZero: 0,
+    fromCache: 0,
+    fromNetwork: 0,
+    fromLocalStore: 0,
+    networkBytes: 0,
+    networkRequests: 0,
+  };
   const assembler = new Assembler({ plan, sink, remote, concurrency: 2, progress, signal: cancel.signal });
   const limit = deadline(5000, 'the assembly');
   try {

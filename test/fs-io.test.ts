@@ -34,10 +34,13 @@ test('replaceFile: the new content or the old, never a symlink followed, no temp
   await writeFile(victim, 'seed');
   await writeFile(path, 'old');
   // A failing writer leaves the old file and no temp file.
-  await assert.rejects(replaceFile(path, async (fh) => {
-    await fh.writeFile('half');
-    throw new Error('disk on fire');
-  }), /disk on fire/);
+  await assert.rejects(
+    replaceFile(path, async (fh) => {
+      await fh.writeFile('half');
+      throw new Error('disk on fire');
+    }),
+    /disk on fire/,
+  );
   assert.equal(await readFile(path, 'utf8'), 'old');
   assert.deepEqual((await readdir(dir)).sort(), ['index.caibx', 'seed.img']);
   // A symlink at the target is replaced, never written through.

@@ -23,7 +23,10 @@ test('image range store: verified chunks only; a chunk whose image bytes changed
     await rm(dir, { recursive: true, force: true });
   });
   const image = randomBytes(512 * 1024);
-  const index = indexBuffer(image, { params: { min: 16 * 1024, avg: 64 * 1024, max: 256 * 1024 }, digest: 'sha512-256' });
+  const index = indexBuffer(image, {
+    params: { min: 16 * 1024, avg: 64 * 1024, max: 256 * 1024 },
+    digest: 'sha512-256',
+  });
   assert.ok(index.count >= 3);
   const changed = Buffer.from(image);
   changed[index.start(1) + 5] ^= 1; // chunk 1 is no longer what the index says
@@ -33,11 +36,17 @@ test('image range store: verified chunks only; a chunk whose image bytes changed
   const req = (i: number) => ({ id: index.id(i), size: index.chunkSize(i) });
 
   assert.ok((await store.get(req(0)))!.equals(image.subarray(0, index.end(0))));
-  await assert.rejects(store.get(req(1)), (err: Error) => err instanceof ChunkVerifyError && /does not match its ID/.test(err.message));
+  await assert.rejects(
+    store.get(req(1)),
+    (err: Error) => err instanceof ChunkVerifyError && /does not match its ID/.test(err.message),
+  );
   const got = new Map<number, Buffer>();
-  await assert.rejects(async () => {
-    for await (const { index: k, data } of store.getMany([req(0), req(1), req(2)])) got.set(k, data);
-  }, (err: Error) => err instanceof ChunkVerifyError && err.message.includes(index.idHex(1)));
+  await assert.rejects(
+    async () => {
+      for await (const { index: k, data } of store.getMany([req(0), req(1), req(2)])) got.set(k, data);
+    },
+    (err: Error) => err instanceof ChunkVerifyError && err.message.includes(index.idHex(1)),
+  );
   assert.deepEqual([...got.keys()].sort(), [0, 2], 'the changed chunk is not yielded');
   assert.ok(got.get(2)!.equals(image.subarray(index.start(2), index.end(2))));
   assert.equal(await store.get({ id: Buffer.alloc(32, 7) }), null, 'an unknown chunk is null');

@@ -45,7 +45,10 @@ test('index cache: hit, stale on change, other chunking, corrupt entry, adopt', 
     for (const e of entries) await writeFile(join(cache.dir, e), 'garbage');
     await cache.getOrBuild(file, KEY, build);
     assert.equal(builds, 5);
-    assert.ok((await readdir(cache.dir)).every((e) => e.endsWith('.caibx')), 'no temp files left behind');
+    assert.ok(
+      (await readdir(cache.dir)).every((e) => e.endsWith('.caibx')),
+      'no temp files left behind',
+    );
 
     // adopt: a known index is served without chunking; a wrong-size index is refused.
     const other = join(dir, 'new.img');

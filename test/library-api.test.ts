@@ -6,7 +6,17 @@ import { test } from 'node:test';
 
 test('deltad and its subpath exports resolve to the public API; internals stay private', async () => {
   const api = await import('deltad');
-  for (const name of ['extractToFile', 'openExtractStream', 'planUpdate', 'loadIndex', 'indexFile', 'parseIndex', 'openStore', 'Releases', 'DeltadError']) {
+  for (const name of [
+    'extractToFile',
+    'openExtractStream',
+    'planUpdate',
+    'loadIndex',
+    'indexFile',
+    'parseIndex',
+    'openStore',
+    'Releases',
+    'DeltadError',
+  ]) {
     assert.equal(typeof (api as Record<string, unknown>)[name], 'function', name);
   }
   assert.equal(typeof api.blockpack.packImage, 'function');

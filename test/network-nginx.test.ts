@@ -44,12 +44,38 @@ function openssl(args: string[]): void {
 function makeCertificates(): { ca: string; cert: string; key: string } {
   const p = (f: string): string => join(dir, f);
   const ec = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes'];
-  openssl(['req', '-x509', ...ec, '-keyout', p('ca.key'), '-out', p('ca.pem'), '-days', '2',
-    '-subj', '/CN=deltad test CA']);
+  openssl([
+    'req',
+    '-x509',
+    ...ec,
+    '-keyout',
+    p('ca.key'),
+    '-out',
+    p('ca.pem'),
+    '-days',
+    '2',
+    '-subj',
+    '/CN=deltad test CA',
+  ]);
   openssl(['req', ...ec, '-keyout', p('srv.key'), '-out', p('srv.csr'), '-subj', '/CN=127.0.0.1']);
   spawnSync('sh', ['-c', `printf 'subjectAltName=IP:127.0.0.1\\nbasicConstraints=CA:FALSE\\n' > ${p('srv.ext')}`]);
-  openssl(['x509', '-req', '-in', p('srv.csr'), '-CA', p('ca.pem'), '-CAkey', p('ca.key'), '-CAcreateserial',
-    '-out', p('srv.pem'), '-days', '2', '-extfile', p('srv.ext')]);
+  openssl([
+    'x509',
+    '-req',
+    '-in',
+    p('srv.csr'),
+    '-CA',
+    p('ca.pem'),
+    '-CAkey',
+    p('ca.key'),
+    '-CAcreateserial',
+    '-out',
+    p('srv.pem'),
+    '-days',
+    '2',
+    '-extfile',
+    p('srv.ext'),
+  ]);
   return { ca: p('ca.pem'), cert: p('srv.pem'), key: p('srv.key') };
 }
 
@@ -64,11 +90,14 @@ interface LogLine {
 
 async function accessLog(): Promise<LogLine[]> {
   const text = await readFile(join(dir, 'access.log'), 'utf8').catch(() => '');
-  return text.split('\n').filter(Boolean).map((l) => {
-    const [port, uri, status, bytes, protocol, connection] = l.split(' ');
-    const num = Number;
-    return { port: num(port), uri, status: num(status), bytes: num(bytes), protocol, connection: num(connection) };
-  });
+  return text
+    .split('\n')
+    .filter(Boolean)
+    .map((l) => {
+      const [port, uri, status, bytes, protocol, connection] = l.split(' ');
+      const num = Number;
+      return { port: num(port), uri, status: num(status), bytes: num(bytes), protocol, connection: num(connection) };
+    });
 }
 
 before(async (t) => {
@@ -84,7 +113,9 @@ before(async (t) => {
   const mirror = `http://127.0.0.1:${ports.mirror}`;
   const temps = ['client_body', 'proxy', 'fastcgi', 'uwsgi', 'scgi'];
   const temp = temps.map((x) => `${x}_temp_path ${dir}/tmp-${x};`).join(' ');
-  await writeFile(join(dir, 'nginx.conf'), `daemon off;
+  await writeFile(
+    join(dir, 'nginx.conf'),
+    `daemon off;
 worker_processes 1;
 pid ${dir}/nginx.pid;
 error_log ${dir}/error.log;
@@ -105,13 +136,17 @@ http {
   server { listen 127.0.0.1:${ports.tls} ssl http2; root ${fx.www}; max_ranges 10000;
            ssl_certificate ${cert}; ssl_certificate_key ${key}; }
 }
-`);
+`,
+  );
   nginx = spawn('nginx', ['-c', join(dir, 'nginx.conf'), '-p', dir], { stdio: ['ignore', 'ignore', 'pipe'] });
   let stderr = '';
   nginx.stderr!.on('data', (b: Buffer) => (stderr += b.toString()));
   for (let k = 0; k < 100 && !ready; k++) {
     await sleep(50);
-    ready = await fetch(`${mirror}/v2.caibx`, { method: 'HEAD' }).then((r) => r.ok, () => false);
+    ready = await fetch(`${mirror}/v2.caibx`, { method: 'HEAD' }).then(
+      (r) => r.ok,
+      () => false,
+    );
   }
   if (!ready) throw new Error(`nginx did not start: ${stderr}`);
   for (const mode of ['range', 'store'] as const) direct[mode] = await run(ports.mirror, mode);
@@ -130,14 +165,23 @@ const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
 let n = 0;
 
 async function run(
-  port: number, mode: 'range' | 'store', client: HttpClientOptions = {}, scheme = 'http',
+  port: number,
+  mode: 'range' | 'store',
+  client: HttpClientOptions = {},
+  scheme = 'http',
 ): Promise<ExtractResult> {
   const base = `${scheme}://127.0.0.1:${port}`;
   const http = new HttpClient({ retryBaseMs: 5, attempts: 2, ...client });
   const out = join(dir, `out${++n}.img`);
   const opts: AssembleOptions = {
-    http, seeds: [{ path: fx.v1Path }], cacheDir: join(dir, 'cache'),
-    rangeUrl: `${base}/v2.img`, stores: [`${base}/v2.castr`], mode, blockPack: false, sha256: sha(fx.v2),
+    http,
+    seeds: [{ path: fx.v1Path }],
+    cacheDir: join(dir, 'cache'),
+    rangeUrl: `${base}/v2.img`,
+    stores: [`${base}/v2.castr`],
+    mode,
+    blockPack: false,
+    sha256: sha(fx.v2),
   };
   try {
     const r = await extractToFile(`${base}/v2.caibx`, out, opts);
@@ -167,7 +211,10 @@ for (const which of ['all', 'index', 'big'] as const) {
       assert.ok(r.networkBytes <= base * 1.01, `${which} ${mode}: ${r.networkBytes} bytes received, direct ${base}`);
     }
     const log = await accessLog();
-    assert.ok(log.some((l) => l.port === ports[which] && (l.status === 302 || l.status === 307)), 'nginx redirected');
+    assert.ok(
+      log.some((l) => l.port === ports[which] && (l.status === 302 || l.status === 307)),
+      'nginx redirected',
+    );
   });
 }
 

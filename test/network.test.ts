@@ -113,7 +113,10 @@ for (const [name, match] of [
         assert.ok(redirected.length > 0, 'the origin redirected');
         assert.ok(mirror.log.length > 0, 'the mirror served');
         if (mode === 'range' && match?.('/v2.img') !== false) {
-          assert.ok(mirror.log.some((e) => e.path === '/v2.img' && e.range), 'ranges went to the mirror');
+          assert.ok(
+            mirror.log.some((e) => e.path === '/v2.img' && e.range),
+            'ranges went to the mirror',
+          );
           // Later range requests of the update go straight to the mirror.
           const f = new RangeFetcher(http, `${origin.url}/v2.img`, fx.v2.length);
           for (let k = 0; k < 3; k++) await f.fetch([{ start: k * 1000, end: k * 1000 + 10 }], () => {});
@@ -142,7 +145,10 @@ test('a mirror that refuses ranges is an origin without ranges: auto mode takes 
   try {
     const r = await extractToFile(`${origin.url}/v2.caibx`, out, { ...opts, mode: 'auto' });
     await assertDelta(r, out, 'store', 'mirror without ranges');
-    assert.ok(mirror.log.some((e) => e.path === '/v2.img' && e.status === 200), 'the mirror answered the probe: 200');
+    assert.ok(
+      mirror.log.some((e) => e.path === '/v2.img' && e.status === 200),
+      'the mirror answered the probe: 200',
+    );
   } finally {
     await http.close();
   }
@@ -245,7 +251,10 @@ test('Accept-Ranges: none: named in range mode, auto mode takes the store', asyn
   try {
     await assert.rejects(extractToFile(fx.index, out, { ...opts, mode: 'range' }), /does not serve byte ranges/);
     const f = new RangeFetcher(http, `${origin.url}/v2.img`, fx.v2.length);
-    await assert.rejects(f.fetch([{ start: 0, end: 10 }], () => {}), /Accept-Ranges: none/);
+    await assert.rejects(
+      f.fetch([{ start: 0, end: 10 }], () => {}),
+      /Accept-Ranges: none/,
+    );
     const r = await extractToFile(`${origin.url}/v2.caibx`, out, { ...opts, mode: 'auto' });
     await assertDelta(r, out, 'store', 'Accept-Ranges none, auto');
   } finally {
@@ -264,10 +273,19 @@ test('validators: If-Range with a strong ETag or Last-Modified; an image that ch
       // Later requests carry If-Range with the validator of the first answer, and get their ranges.
       const f = new RangeFetcher(http, `${origin.url}/v2.img`, fx.v2.length);
       for (let k = 0; k < 3; k++) {
-        await f.fetch([{ start: k * 1000, end: k * 1000 + 10 }, { start: 50_000, end: 50_010 }], () => {});
+        await f.fetch(
+          [
+            { start: k * 1000, end: k * 1000 + 10 },
+            { start: 50_000, end: 50_010 },
+          ],
+          () => {},
+        );
       }
       const last = origin.log.slice(-3);
-      assert.ok(last.every((e) => e.status === 206), `${validators}: every range answered: ${JSON.stringify(last)}`);
+      assert.ok(
+        last.every((e) => e.status === 206),
+        `${validators}: every range answered: ${JSON.stringify(last)}`,
+      );
     } finally {
       await http.close();
     }

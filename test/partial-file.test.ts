@@ -21,11 +21,14 @@ function pseudoRandom(size: number): Buffer {
   return data;
 }
 
-test('partial file: a symlink at the journal\'s temp path is replaced, the file it points to (a seed) is untouched', async (t) => {
+test("partial file: a symlink at the journal's temp path is replaced, the file it points to (a seed) is untouched", async (t) => {
   const dir = await mkdtemp(join(tmpdir(), 'deltad-partial-'));
   t.after(() => rm(dir, { recursive: true, force: true }));
   const data = pseudoRandom(256 * 1024);
-  const index = indexBuffer(data, { params: { min: 16 * 1024, avg: 64 * 1024, max: 256 * 1024 }, digest: 'sha512-256' });
+  const index = indexBuffer(data, {
+    params: { min: 16 * 1024, avg: 64 * 1024, max: 256 * 1024 },
+    digest: 'sha512-256',
+  });
   const seed = join(dir, 'seed.img');
   const seedBytes = Buffer.from('the previous image, which must survive\n');
   await writeFile(seed, seedBytes);
@@ -44,7 +47,10 @@ test('partial file: a hard link to another file (a seed) at the partial path is 
   const dir = await mkdtemp(join(tmpdir(), 'deltad-partial-'));
   t.after(() => rm(dir, { recursive: true, force: true }));
   const data = pseudoRandom(256 * 1024);
-  const index = indexBuffer(data, { params: { min: 16 * 1024, avg: 64 * 1024, max: 256 * 1024 }, digest: 'sha512-256' });
+  const index = indexBuffer(data, {
+    params: { min: 16 * 1024, avg: 64 * 1024, max: 256 * 1024 },
+    digest: 'sha512-256',
+  });
   assert.ok(index.count > 1);
   const out = join(dir, 'out.img');
   const { partial } = partialPaths(out);

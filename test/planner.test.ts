@@ -17,7 +17,10 @@ function indexOf(chunks: [string, number][]): ChunkIndex {
   let end = 0;
   for (const [label, size] of chunks) {
     end += size;
-    const id = label === '0' ? chunkId('sha512-256', Buffer.alloc(size)) : createHash('sha512-256').update(`${label}/${size}`).digest();
+    const id =
+      label === '0'
+        ? chunkId('sha512-256', Buffer.alloc(size))
+        : createHash('sha512-256').update(`${label}/${size}`).digest();
     b.add(end, id);
   }
   return b.finish();
@@ -41,11 +44,30 @@ test('each position takes the longest run over all seeds', () => {
 });
 
 test('zero chunks, repeats and remote runs', () => {
-  const target = indexOf([['a', 100], ['0', 300], ['n', 50], ['m', 60], ['n', 50], ['0', 77], ['q', 10], ['r', 20], ['a', 100]]);
-  const plan = planChunks(target, [fakeSeed(indexOf(plain('a')), 's')]);
-  assert.deepEqual(plan.segments.map((s) => [s.kind, s.first, s.count]), [
-    ['seed', 0, 1], ['zero', 1, 1], ['remote', 2, 2], ['self', 4, 1], ['zero', 5, 1], ['remote', 6, 2], ['seed', 8, 1],
+  const target = indexOf([
+    ['a', 100],
+    ['0', 300],
+    ['n', 50],
+    ['m', 60],
+    ['n', 50],
+    ['0', 77],
+    ['q', 10],
+    ['r', 20],
+    ['a', 100],
   ]);
+  const plan = planChunks(target, [fakeSeed(indexOf(plain('a')), 's')]);
+  assert.deepEqual(
+    plan.segments.map((s) => [s.kind, s.first, s.count]),
+    [
+      ['seed', 0, 1],
+      ['zero', 1, 1],
+      ['remote', 2, 2],
+      ['self', 4, 1],
+      ['zero', 5, 1],
+      ['remote', 6, 2],
+      ['seed', 8, 1],
+    ],
+  );
   assert.deepEqual(plan.segments[3], { kind: 'self', first: 4, count: 1, source: 2 });
   assert.equal(plan.totals.fromZero, 377);
   assert.equal(plan.totals.fromSelf, 50);
@@ -61,7 +83,10 @@ test('zero chunks, repeats and remote runs', () => {
 test('a chunk range plans only its chunks; repeats refer inside it', () => {
   const target = indexOf(plain('abcbcx'));
   const plan = planChunks(target, [], { firstChunk: 2, endChunk: 5, nullSeed: false });
-  assert.deepEqual(plan.segments, [{ kind: 'remote', first: 2, count: 2 }, { kind: 'self', first: 4, count: 1, source: 2 }]);
+  assert.deepEqual(plan.segments, [
+    { kind: 'remote', first: 2, count: 2 },
+    { kind: 'self', first: 4, count: 1, source: 2 },
+  ]);
   assert.equal(plan.totals.bytes, 300);
 });
 
@@ -70,10 +95,17 @@ test('range requests: adjacent runs, small gaps merged, request and header limit
   const target = indexOf(Array.from({ length: 1000 }, (_, i) => [`c${i}`, 1000] as [string, number]));
   const runs = Array.from({ length: 500 }, (_, k) => ({ first: 2 * k, count: 1 }));
   const multi = planRangeRequests(target, runs, { multi: true });
-  assert.equal(multi.reduce((n, r) => n + r.ranges.length, 0), 500, '1000-byte gaps are not merged by default');
+  assert.equal(
+    multi.reduce((n, r) => n + r.ranges.length, 0),
+    500,
+    '1000-byte gaps are not merged by default',
+  );
   assert.ok(multi.every((r) => r.ranges.length <= 200 && rangeHeader(r.ranges).length <= 8000));
   assert.equal(multi.length, 3);
-  assert.equal(multi.reduce((n, r) => n + r.bytes, 0), 500 * 1000);
+  assert.equal(
+    multi.reduce((n, r) => n + r.bytes, 0),
+    500 * 1000,
+  );
 
   const fewer = planRangeRequests(target, runs, { multi: true, targetRequests: 1, maxRangesPerRequest: 100 });
   assert.equal(fewer.length, 1, 'gaps merged until one request carries everything');
@@ -90,5 +122,8 @@ test('range requests: adjacent runs, small gaps merged, request and header limit
   assert.ok(spans.every((r) => r.ranges[r.ranges.length - 1].end - r.ranges[0].start <= 100 * 1000));
   const bytesCap = planRangeRequests(target, [{ first: 0, count: 1000 }], { multi: true, maxRequestBytes: 300 * 1000 });
   assert.equal(bytesCap.length, 4, 'a long run is cut at chunk boundaries so requests run in parallel');
-  assert.deepEqual(bytesCap.map((r) => r.bytes), [300_000, 300_000, 300_000, 100_000]);
+  assert.deepEqual(
+    bytesCap.map((r) => r.bytes),
+    [300_000, 300_000, 300_000, 100_000],
+  );
 });

@@ -20,7 +20,13 @@ test('ETA follows the recent rate: 90% from seeds in 1 s, then 1 MiB/s over the 
   const MiB = 1024 * 1024;
   let now = 0;
   const out = capture();
-  const bar = createProgress({ label: 'extract', total: 100 * MiB, interactive: true, stream: out.stream, clock: () => now });
+  const bar = createProgress({
+    label: 'extract',
+    total: 100 * MiB,
+    interactive: true,
+    stream: out.stream,
+    clock: () => now,
+  });
   now = 1000;
   bar.update(90 * MiB);
   for (let s = 1; s <= 8; s++) {

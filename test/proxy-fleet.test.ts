@@ -16,7 +16,9 @@ import { openProxyStore } from '../lib/fleet/batch-store.js';
 import { startOrigin } from './helpers/origin.js';
 import { makeReleases, startTestProxy } from './helpers/fleet.js';
 
-test('six sidecars update concurrently through one proxy: identical images, each chunk fetched upstream once', { timeout: 90_000 }, async (t) => {
+test('six sidecars update concurrently through one proxy: identical images, each chunk fetched upstream once', {
+  timeout: 90_000,
+}, async (t) => {
   const dir = await mkdtemp(join(tmpdir(), 'deltad-fleet-'));
   t.after(() => rm(dir, { recursive: true, force: true }));
   const root = join(dir, 'origin');
@@ -52,7 +54,14 @@ test('six sidecars update concurrently through one proxy: identical images, each
         const store = await openProxyStore(proxyUrl, { client: http });
         assert.ok(store, 'the sidecar detects the proxy');
         const out = join(home, v2.name);
-        const r = await extractToFile(index, out, { seeds, stores: [store], mode: 'store', http, sha256, cacheDir: join(home, 'cache') });
+        const r = await extractToFile(index, out, {
+          seeds,
+          stores: [store],
+          mode: 'store',
+          http,
+          sha256,
+          cacheDir: join(home, 'cache'),
+        });
         return { out, r };
       } finally {
         await http.close();
@@ -82,12 +91,29 @@ test('six sidecars update concurrently through one proxy: identical images, each
   const rangeBytes = origin.log
     .filter((e) => e.path === img && e.status === 206)
     .reduce((n, e) => n + Number(/-(\d+)$/.exec(e.range!)![1]) + 1 - Number(/=(\d+)-/.exec(e.range!)![1]), 0);
-  assert.ok(rangeBytes <= v2.data.length, `upstream sent ${rangeBytes} image bytes for ${results.length} clients of a ${v2.data.length}-byte image`);
-  assert.ok(origin.log.every((e) => e.path !== img || e.status === 206), 'only byte ranges of the image');
-  assert.equal(origin.log.filter((e) => e.path === `/${v1.name}`).length, 0, 'v1 never fetched: its chunks were local or came via v2');
+  assert.ok(
+    rangeBytes <= v2.data.length,
+    `upstream sent ${rangeBytes} image bytes for ${results.length} clients of a ${v2.data.length}-byte image`,
+  );
+  assert.ok(
+    origin.log.every((e) => e.path !== img || e.status === 206),
+    'only byte ranges of the image',
+  );
+  assert.equal(
+    origin.log.filter((e) => e.path === `/${v1.name}`).length,
+    0,
+    'v1 never fetched: its chunks were local or came via v2',
+  );
   // The proxy counts every upstream byte and request, chunks and ranges included (status and /metrics).
-  const traffic = (await (await request(`${proxyUrl}.deltad/status`)).body.json()) as { upstreamBytes: number; upstreamRequests: number };
-  assert.equal(traffic.upstreamBytes, origin.log.reduce((n, e) => n + e.bytes, 0), 'upstreamBytes = what the upstream sent');
+  const traffic = (await (await request(`${proxyUrl}.deltad/status`)).body.json()) as {
+    upstreamBytes: number;
+    upstreamRequests: number;
+  };
+  assert.equal(
+    traffic.upstreamBytes,
+    origin.log.reduce((n, e) => n + e.bytes, 0),
+    'upstreamBytes = what the upstream sent',
+  );
   assert.equal(traffic.upstreamRequests, origin.log.length, 'upstreamRequests = what the upstream answered');
   const metrics = await (await request(`${proxyUrl}metrics`)).body.text();
   assert.match(metrics, new RegExp(`deltad_origin_bytes_total ${traffic.upstreamBytes}\\n`));
@@ -110,6 +136,8 @@ test('six sidecars update concurrently through one proxy: identical images, each
   assert.ok(Buffer.from(await single.body.arrayBuffer()).equals(v2.data.subarray(4000, 5000)));
   assert.equal(imageRequests(), before, 'served from the cache: nothing more from the upstream');
 
-  const status = JSON.parse(Buffer.from(await (await request(`${proxyUrl}.deltad/status`)).body.arrayBuffer()).toString());
+  const status = JSON.parse(
+    Buffer.from(await (await request(`${proxyUrl}.deltad/status`)).body.arrayBuffer()).toString(),
+  );
   assert.ok(status.cache.hitRate > 0 && status.bytesServed > v2.data.length);
 });

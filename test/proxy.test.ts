@@ -17,7 +17,14 @@ import { openProxyStore } from '../lib/fleet/batch-store.js';
 import { OriginError } from '../lib/errors.js';
 import { chunkRelativePath } from '../lib/store/chunk-file.js';
 import { compressChunk, decompressChunk } from '../lib/store/compression.js';
-import { makeReleases, rangeFetchesOf, startTestProxy, startUpstream, type Release, type Upstream } from './helpers/fleet.js';
+import {
+  makeReleases,
+  rangeFetchesOf,
+  startTestProxy,
+  startUpstream,
+  type Release,
+  type Upstream,
+} from './helpers/fleet.js';
 import { VERSION } from '../lib/util/version.js';
 
 const run = promisify(execFile);
@@ -68,18 +75,24 @@ function rawRequest(port: number, text: string): Promise<string> {
   });
 }
 
-test('casync extract reads the proxy chunk store (chunks located through the index that passed through)', { timeout: 60_000 }, async (t) => {
+test('casync extract reads the proxy chunk store (chunks located through the index that passed through)', {
+  timeout: 60_000,
+}, async (t) => {
   const f = await setup(t);
   const [v1] = f.releases;
   const out = join(f.dir, 'out.img');
   // casync fetches the index through the proxy (which learns the chunk locations), then every chunk from the store.
-  await run('casync', ['extract', `--store=${f.url}/.deltad/store`, `${f.url}/${v1.name}.caibx`, out], { timeout: 50_000 });
+  await run('casync', ['extract', `--store=${f.url}/.deltad/store`, `${f.url}/${v1.name}.caibx`, out], {
+    timeout: 50_000,
+  });
   assert.ok((await readFile(out)).equals(v1.data), 'casync output equals the image');
   const s = f.proxy.status();
   assert.equal(s.cache.entries, new Set(Array.from({ length: v1.index.count }, (_, i) => v1.index.idHex(i))).size);
   // Second extract: all from the cache, no chunk bytes from the upstream.
   const before = f.upstream.log.filter((e) => e.status === 206).length;
-  await run('casync', ['extract', `--store=${f.url}/.deltad/store`, `${f.url}/${v1.name}.caibx`, out + '2'], { timeout: 50_000 });
+  await run('casync', ['extract', `--store=${f.url}/.deltad/store`, `${f.url}/${v1.name}.caibx`, out + '2'], {
+    timeout: 50_000,
+  });
   assert.ok((await readFile(out + '2')).equals(v1.data));
   assert.equal(f.upstream.log.filter((e) => e.status === 206).length, before);
 });
@@ -88,7 +101,11 @@ test('store endpoint: exact path rule, HEAD, 404 for unknown chunks', { timeout:
   const f = await setup(t);
   const [v1] = f.releases;
   const hex = v1.index.idHex(0);
-  assert.equal((await get(`${f.url}/.deltad/store/${chunkRelativePath(hex, true)}`)).status, 404, 'unknown before its index passed through');
+  assert.equal(
+    (await get(`${f.url}/.deltad/store/${chunkRelativePath(hex, true)}`)).status,
+    404,
+    'unknown before its index passed through',
+  );
   assert.equal((await get(`${f.url}/${v1.name}.caibx`)).status, 200);
   const ok = await get(`${f.url}/.deltad/store/${chunkRelativePath(hex, true)}`);
   assert.equal(ok.status, 200);
@@ -102,7 +119,9 @@ test('store endpoint: exact path rule, HEAD, 404 for unknown chunks', { timeout:
   assert.equal((await get(`${f.url}/.deltad/store/${chunkRelativePath('0'.repeat(64), true)}`)).status, 404);
 });
 
-test('batch endpoint: concurrent sidecar BatchStores get every chunk verified; each chunk fetched upstream once', { timeout: 30_000 }, async (t) => {
+test('batch endpoint: concurrent sidecar BatchStores get every chunk verified; each chunk fetched upstream once', {
+  timeout: 30_000,
+}, async (t) => {
   const f = await setup(t);
   const v2 = f.releases[1];
   const client = new HttpClient();
@@ -123,7 +142,8 @@ test('batch endpoint: concurrent sidecar BatchStores get every chunk verified; e
   );
   for (const got of results) {
     assert.equal(got.size, v2.index.count);
-    for (let i = 0; i < v2.index.count; i++) assert.ok(got.get(i)!.equals(v2.data.subarray(v2.index.start(i), v2.index.end(i))));
+    for (let i = 0; i < v2.index.count; i++)
+      assert.ok(got.get(i)!.equals(v2.data.subarray(v2.index.start(i), v2.index.end(i))));
   }
   for (let i = 0; i < v2.index.count; i++) {
     const fetched = rangeFetchesOf(f.upstream.log, `/${v2.name}`, v2.index.start(i), v2.index.end(i));
@@ -131,7 +151,10 @@ test('batch endpoint: concurrent sidecar BatchStores get every chunk verified; e
   }
   const chunkBytes = f.upstream.log.filter((e) => e.status === 206).reduce((n, e) => n + e.bytes, 0);
   assert.ok(chunkBytes <= v2.data.length, `upstream sent ${chunkBytes} range bytes for a ${v2.data.length}-byte image`);
-  assert.ok(f.proxy.status().cache.joined + f.proxy.status().cache.hits > 0, 'other clients shared fetches or hit the cache');
+  assert.ok(
+    f.proxy.status().cache.joined + f.proxy.status().cache.hits > 0,
+    'other clients shared fetches or hit the cache',
+  );
   // Non-proxy origins are not mistaken for one.
   assert.equal(await openProxyStore(f.upstream.url, { client }), null);
   // GET form and malformed requests.
@@ -139,12 +162,18 @@ test('batch endpoint: concurrent sidecar BatchStores get every chunk verified; e
   assert.equal(one.status, 200);
   assert.equal(one.headers['content-type'], 'application/vnd.deltad.chunks');
   assert.equal((await get(`${f.url}/.deltad/batch?ids=XYZ`)).status, 400);
-  const bad = await request(`${f.url}/.deltad/batch`, { method: 'POST', body: Buffer.alloc(33), headers: { 'content-type': 'application/octet-stream' } });
+  const bad = await request(`${f.url}/.deltad/batch`, {
+    method: 'POST',
+    body: Buffer.alloc(33),
+    headers: { 'content-type': 'application/octet-stream' },
+  });
   await bad.body.dump();
   assert.equal(bad.statusCode, 400);
 });
 
-test('metadata: revalidated every time, new release seen at once, stale when the upstream is down, 404 stays 404', { timeout: 30_000 }, async (t) => {
+test('metadata: revalidated every time, new release seen at once, stale when the upstream is down, 404 stays 404', {
+  timeout: 30_000,
+}, async (t) => {
   const f = await setup(t);
   const first = await get(`${f.url}/SHA256SUMS`);
   assert.equal(first.status, 200);
@@ -152,7 +181,11 @@ test('metadata: revalidated every time, new release seen at once, stale when the
   const again = await get(`${f.url}/SHA256SUMS`);
   assert.ok(again.body.equals(first.body));
   const sums = f.upstream.log.filter((e) => e.path === '/SHA256SUMS');
-  assert.deepEqual(sums.map((e) => e.status), [200, 304], 'second request revalidated with a conditional GET');
+  assert.deepEqual(
+    sums.map((e) => e.status),
+    [200, 304],
+    'second request revalidated with a conditional GET',
+  );
   // A new release upstream is served at once.
   await writeFile(join(f.dir, 'origin', 'SHA256SUMS'), 'new release\n');
   assert.equal((await get(`${f.url}/SHA256SUMS`)).body.toString(), 'new release\n');
@@ -177,14 +210,20 @@ test('upstream down: cached chunks still served, uncached chunks fail clearly', 
   const cachedId = v1.index.idHex(0);
   assert.equal((await get(`${f.url}/.deltad/store/${chunkRelativePath(cachedId, true)}`)).status, 200);
   f.upstream.down = true;
-  assert.equal((await get(`${f.url}/.deltad/store/${chunkRelativePath(cachedId, true)}`)).status, 200, 'served from the cache');
+  assert.equal(
+    (await get(`${f.url}/.deltad/store/${chunkRelativePath(cachedId, true)}`)).status,
+    200,
+    'served from the cache',
+  );
   const other = v1.index.idHex(v1.index.count - 1);
   const res = await get(`${f.url}/.deltad/store/${chunkRelativePath(other, true)}`);
   assert.equal(res.status, 500);
   assert.match(res.body.toString(), /ECONNRE|socket|closed|other side/i);
 });
 
-test('upstream returns wrong bytes: not cached, not served (store 500, batch ERROR frames, client error)', { timeout: 30_000 }, async (t) => {
+test('upstream returns wrong bytes: not cached, not served (store 500, batch ERROR frames, client error)', {
+  timeout: 30_000,
+}, async (t) => {
   const f = await setup(t);
   const [v1] = f.releases;
   await get(`${f.url}/${v1.name}.caibx`);
@@ -197,9 +236,12 @@ test('upstream returns wrong bytes: not cached, not served (store 500, batch ERR
   t.after(() => client.close());
   const store = await openProxyStore(f.url, { client });
   const reqs = [{ id: v1.index.id(2), size: v1.index.chunkSize(2) }];
-  await assert.rejects(async () => {
-    for await (const _ of store!.getMany(reqs)) assert.fail('a wrong chunk was yielded');
-  }, (err: Error) => err instanceof OriginError && /could not fetch 1 chunk/.test(err.message));
+  await assert.rejects(
+    async () => {
+      for await (const _ of store!.getMany(reqs)) assert.fail('a wrong chunk was yielded');
+    },
+    (err: Error) => err instanceof OriginError && /could not fetch 1 chunk/.test(err.message),
+  );
   assert.equal(f.proxy.cache.stats.entries, 0, 'nothing cached');
   assert.deepEqual(await readdir(join(f.dir, 'cache', 'chunks')), []);
   // Once the upstream is honest again, the same chunk is fetched and served.
@@ -208,7 +250,9 @@ test('upstream returns wrong bytes: not cached, not served (store 500, batch ERR
   assert.equal(good.status, 200);
 });
 
-test('disk full: chunks are served without being cached, and nothing partial is left', { timeout: 30_000 }, async (t) => {
+test('disk full: chunks are served without being cached, and nothing partial is left', {
+  timeout: 30_000,
+}, async (t) => {
   const f = await setup(t, {
     cacheWriteFile: async () => {
       throw Object.assign(new Error('ENOSPC: no space left on device'), { code: 'ENOSPC' });
@@ -241,11 +285,19 @@ test('access: clients outside the allow-list get 403', { timeout: 15_000 }, asyn
   assert.equal(f.upstream.log.length, 0, 'nothing reached the upstream');
 });
 
-test('access: other hosts, odd Host headers and traversal are refused; per-client cap', { timeout: 15_000 }, async (t) => {
+test('access: other hosts, odd Host headers and traversal are refused; per-client cap', {
+  timeout: 15_000,
+}, async (t) => {
   const f = await setup(t, { maxPerClient: 1 });
   const port = Number(new URL(f.url).port);
-  assert.match(await rawRequest(port, 'GET http://example.com/SHA256SUMS HTTP/1.1\r\nHost: example.com\r\n\r\n'), / 400 /);
-  assert.match(await rawRequest(port, 'CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n'), /^(HTTP\/1.1 4\d\d |)$/);
+  assert.match(
+    await rawRequest(port, 'GET http://example.com/SHA256SUMS HTTP/1.1\r\nHost: example.com\r\n\r\n'),
+    / 400 /,
+  );
+  assert.match(
+    await rawRequest(port, 'CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n'),
+    /^(HTTP\/1.1 4\d\d |)$/,
+  );
   assert.match(await rawRequest(port, 'GET /SHA256SUMS HTTP/1.1\r\nHost: evil.com/x@y\r\n\r\n'), / 400 /);
   assert.match(await rawRequest(port, 'GET /../../etc/passwd HTTP/1.1\r\nHost: x\r\n\r\n'), / 400 /);
   assert.match(await rawRequest(port, 'GET /%2e%2e/%2e%2e/etc/passwd HTTP/1.1\r\nHost: x\r\n\r\n'), / 400 /);
@@ -256,7 +308,9 @@ test('access: other hosts, odd Host headers and traversal are refused; per-clien
   const slow = connect(port, '127.0.0.1');
   await new Promise<void>((r) => slow.once('connect', () => r()));
   // An unfinished POST holds the one slot while its body is awaited.
-  slow.write('POST /.deltad/batch HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nContent-Length: 32\r\n\r\n');
+  slow.write(
+    'POST /.deltad/batch HTTP/1.1\r\nHost: x\r\nContent-Type: application/octet-stream\r\nContent-Length: 32\r\n\r\n',
+  );
   await new Promise((r) => setTimeout(r, 100));
   const capped = await get(`${f.url}/SHA256SUMS`);
   slow.destroy();
@@ -264,7 +318,9 @@ test('access: other hosts, odd Host headers and traversal are refused; per-clien
   assert.equal(capped.headers['retry-after'], '1');
 });
 
-test('store endpoint: a cache file damaged on disk is never served; the chunk is fetched again and the cache heals', { timeout: 30_000 }, async (t) => {
+test('store endpoint: a cache file damaged on disk is never served; the chunk is fetched again and the cache heals', {
+  timeout: 30_000,
+}, async (t) => {
   const f = await setup(t);
   const [v1] = f.releases;
   await get(`${f.url}/${v1.name}.caibx`);
@@ -277,6 +333,12 @@ test('store endpoint: a cache file damaged on disk is never served; the chunk is
   await writeFile(file, compressChunk(Buffer.from('not the chunk')));
   const again = await get(path);
   assert.equal(again.status, 200);
-  assert.ok(decompressChunk(again.body, v1.index.chunkSize(0)).equals(v1.data.subarray(0, v1.index.chunkSize(0))), 'the served .cacnk holds the chunk');
-  assert.ok(decompressChunk(await readFile(file), v1.index.chunkSize(0)).equals(v1.data.subarray(0, v1.index.chunkSize(0))), 'the cache file was replaced');
+  assert.ok(
+    decompressChunk(again.body, v1.index.chunkSize(0)).equals(v1.data.subarray(0, v1.index.chunkSize(0))),
+    'the served .cacnk holds the chunk',
+  );
+  assert.ok(
+    decompressChunk(await readFile(file), v1.index.chunkSize(0)).equals(v1.data.subarray(0, v1.index.chunkSize(0))),
+    'the cache file was replaced',
+  );
 });

@@ -11,7 +11,9 @@ import { runCli } from './helpers/cli.js';
 import { makeReleases } from './helpers/fleet.js';
 import { startOrigin } from './helpers/origin.js';
 
-test('deltad publish writes index, block pack and store; extract takes v2 from them as a delta', { timeout: 120_000 }, async (t) => {
+test('deltad publish writes index, block pack and store; extract takes v2 from them as a delta', {
+  timeout: 120_000,
+}, async (t) => {
   const dir = await mkdtemp(join(tmpdir(), 'deltad-publish-'));
   t.after(() => rm(dir, { recursive: true, force: true }));
   const gen = join(dir, 'gen');
@@ -22,7 +24,10 @@ test('deltad publish writes index, block pack and store; extract takes v2 from t
   await copyFile(join(gen, 'os_2.img'), join(www, 'os_2.img'));
   const env = { ...process.env, XDG_CACHE_HOME: join(dir, 'xdg'), DELTAD_PROGRESS: '0' };
   const store = join(www, 'default.castr');
-  const pub = await runCli(['publish', '--previous', join(gen, 'os_1.img'), '--store', store, '--json', join(www, 'os_2.img')], { env });
+  const pub = await runCli(
+    ['publish', '--previous', join(gen, 'os_1.img'), '--store', store, '--json', join(www, 'os_2.img')],
+    { env },
+  );
   assert.equal(pub.code, 0, pub.stderr);
   const summary = JSON.parse(pub.stdout.toString()) as { sha256: string; sha256sumsLine: string; index: string };
   const sha = createHash('sha256').update(v2.data).digest('hex');
@@ -30,7 +35,8 @@ test('deltad publish writes index, block pack and store; extract takes v2 from t
   assert.equal(summary.sha256sumsLine, `${sha}  os_2.img`);
   assert.equal(summary.index, join(www, 'os_2.caibx'), "the index is named as clients try first (the image's stem)");
   const files = await readdir(www);
-  for (const f of ['os_2.caibx', 'os_2.img.bpk', 'os_2.img.bpdict', 'os_2.img.bpidx', 'default.castr']) assert.ok(files.includes(f), f);
+  for (const f of ['os_2.caibx', 'os_2.img.bpk', 'os_2.img.bpdict', 'os_2.img.bpidx', 'default.castr'])
+    assert.ok(files.includes(f), f);
   assert.ok(!files.some((f) => f.endsWith('.tmp')), 'no temporary file left');
 
   // The store holds every chunk of the index.
@@ -41,7 +47,20 @@ test('deltad publish writes index, block pack and store; extract takes v2 from t
   t.after(() => origin.close());
   const out = join(dir, 'out.img');
   const seed = join(gen, 'os_1.img');
-  const ex = await runCli(['extract', '--seed', seed, '--range-url', `${origin.url}/os_2.img`, '--sha256', sha, `${origin.url}/os_2.caibx`, out], { env });
+  const ex = await runCli(
+    [
+      'extract',
+      '--seed',
+      seed,
+      '--range-url',
+      `${origin.url}/os_2.img`,
+      '--sha256',
+      sha,
+      `${origin.url}/os_2.caibx`,
+      out,
+    ],
+    { env },
+  );
   assert.equal(ex.code, 0, ex.stderr);
   assert.ok((await readFile(out)).equals(v2.data), 'byte-identical v2');
   const imageBytes = origin.log.filter((e) => e.path.startsWith('/os_2.img')).reduce((n, e) => n + e.bytes, 0);

@@ -12,18 +12,26 @@ import { HttpClient } from '../lib/fetch/http-client.js';
 import { startOrigin, type Origin } from './helpers/origin.js';
 import { MultiRangeUnsupportedError, RangeUnsupportedError } from '../lib/errors.js';
 
-function parseAll(body: Buffer, splits: number[], boundary = 'XyZ'): { parts: ContentRange[]; data: Map<number, Buffer> } {
+function parseAll(
+  body: Buffer,
+  splits: number[],
+  boundary = 'XyZ',
+): { parts: ContentRange[]; data: Map<number, Buffer> } {
   const parts: ContentRange[] = [];
   const data = new Map<number, Buffer>();
-  const p = new MultipartParser(boundary, {
-    onPart: (r) => parts.push(r),
-    onData: (off, b) => {
-      const r = parts[parts.length - 1];
-      const prev = data.get(r.start) ?? Buffer.alloc(0);
-      assert.equal(off, r.start + prev.length, 'data arrives in order at its offset');
-      data.set(r.start, Buffer.concat([prev, b]));
+  const p = new MultipartParser(
+    boundary,
+    {
+      onPart: (r) => parts.push(r),
+      onData: (off, b) => {
+        const r = parts[parts.length - 1];
+        const prev = data.get(r.start) ?? Buffer.alloc(0);
+        assert.equal(off, r.start + prev.length, 'data arrives in order at its offset');
+        data.set(r.start, Buffer.concat([prev, b]));
+      },
     },
-  }, 'test');
+    'test',
+  );
   let pos = 0;
   for (const s of [...splits, body.length]) {
     p.write(body.subarray(pos, s));
@@ -38,7 +46,9 @@ const d2 = randomBytes(300);
 
 function body(eol: string, leadingEol: boolean): Buffer {
   return Buffer.concat([
-    Buffer.from(`${leadingEol ? eol : ''}--XyZ${eol}Content-Type: application/octet-stream${eol}Content-Range: bytes 10-${10 + d1.length - 1}/1000${eol}${eol}`),
+    Buffer.from(
+      `${leadingEol ? eol : ''}--XyZ${eol}Content-Type: application/octet-stream${eol}Content-Range: bytes 10-${10 + d1.length - 1}/1000${eol}${eol}`,
+    ),
     d1,
     Buffer.from(`${eol}--XyZ  ${eol}content-range:bytes 500-799/1000${eol}${eol}`),
     d2,
@@ -47,11 +57,21 @@ function body(eol: string, leadingEol: boolean): Buffer {
 }
 
 test('multipart: CRLF or LF, with or without leading CRLF, padding, boundary bytes in data, any split', () => {
-  for (const [eol, lead] of [['\r\n', true], ['\n', false], ['\r\n', false]] as const) {
+  for (const [eol, lead] of [
+    ['\r\n', true],
+    ['\n', false],
+    ['\r\n', false],
+  ] as const) {
     const b = Buffer.concat([Buffer.from('preamble line\r\n'), body(eol, lead)]);
     for (const splits of [[], [1, 2, 3, 50, 51, 120], Array.from({ length: b.length - 1 }, (_, i) => i + 1)]) {
       const { parts, data } = parseAll(b, splits);
-      assert.deepEqual(parts.map((p) => [p.start, p.end, p.total]), [[10, 10 + d1.length, 1000], [500, 800, 1000]]);
+      assert.deepEqual(
+        parts.map((p) => [p.start, p.end, p.total]),
+        [
+          [10, 10 + d1.length, 1000],
+          [500, 800, 1000],
+        ],
+      );
       assert.ok(data.get(10)!.equals(d1));
       assert.ok(data.get(500)!.equals(d2));
     }
@@ -102,31 +122,51 @@ async function collect(f: RangeFetcher, ranges: { start: number; end: number }[]
     b.copy(out, off);
     n += b.length;
   });
-  assert.equal(n, ranges.reduce((s, r) => s + r.end - r.start, 0), 'exactly the asked bytes are passed on');
+  assert.equal(
+    n,
+    ranges.reduce((s, r) => s + r.end - r.start, 0),
+    'exactly the asked bytes are passed on',
+  );
   return out;
 }
 
 test('fetcher: multi-range, probe per origin mode, 200 and 416 detection', async () => {
   const f = () => new RangeFetcher(http, `${origin.url}/f.img`, file.length);
-  const ranges = [{ start: 5, end: 1000 }, { start: 50_000, end: 50_001 }, { start: 199_000, end: 200_000 }];
+  const ranges = [
+    { start: 5, end: 1000 },
+    { start: 50_000, end: 50_001 },
+    { start: 199_000, end: 200_000 },
+  ];
   origin.ranges = 'multi';
   const got = await collect(f(), ranges);
   for (const r of ranges) assert.ok(got.subarray(r.start, r.end).equals(file.subarray(r.start, r.end)));
   assert.deepEqual(await f().probe(), { ranges: true, multi: true, size: file.length });
 
   origin.ranges = 'single';
-  await assert.rejects(f().fetch(ranges, () => {}), MultiRangeUnsupportedError);
+  await assert.rejects(
+    f().fetch(ranges, () => {}),
+    MultiRangeUnsupportedError,
+  );
   assert.deepEqual(await f().probe(), { ranges: true, multi: false, size: file.length });
   origin.ranges = 'reject-multi';
-  await assert.rejects(f().fetch(ranges, () => {}), MultiRangeUnsupportedError);
+  await assert.rejects(
+    f().fetch(ranges, () => {}),
+    MultiRangeUnsupportedError,
+  );
   assert.deepEqual(await f().probe(), { ranges: true, multi: false, size: file.length });
 
   // 200 to several ranges, 206 to one: multi-range is refused (once per fetcher), single ranges work.
   origin.ranges = 'ignore-multi';
   const noMulti = f();
   origin.log.length = 0;
-  await assert.rejects(noMulti.fetch(ranges, () => {}), MultiRangeUnsupportedError);
-  await assert.rejects(noMulti.fetch(ranges, () => {}), MultiRangeUnsupportedError);
+  await assert.rejects(
+    noMulti.fetch(ranges, () => {}),
+    MultiRangeUnsupportedError,
+  );
+  await assert.rejects(
+    noMulti.fetch(ranges, () => {}),
+    MultiRangeUnsupportedError,
+  );
   assert.equal(origin.log.length, 1, 'the second multi-range call made no request');
   assert.ok((await collect(noMulti, [ranges[0]])).subarray(5, 1000).equals(file.subarray(5, 1000)));
   assert.deepEqual(await f().probe(), { ranges: true, multi: false, size: file.length });
@@ -134,9 +174,19 @@ test('fetcher: multi-range, probe per origin mode, 200 and 416 detection', async
   origin.ranges = 'none';
   const fetcher = f();
   origin.log.length = 0;
-  await assert.rejects(fetcher.fetch([ranges[0]], () => {}), RangeUnsupportedError);
+  await assert.rejects(
+    fetcher.fetch([ranges[0]], () => {}),
+    RangeUnsupportedError,
+  );
   // Parallel calls after the 200: none of them asks again.
-  await Promise.all([1, 2, 3].map(() => assert.rejects(fetcher.fetch([ranges[0]], () => {}), RangeUnsupportedError)));
+  await Promise.all(
+    [1, 2, 3].map(() =>
+      assert.rejects(
+        fetcher.fetch([ranges[0]], () => {}),
+        RangeUnsupportedError,
+      ),
+    ),
+  );
   assert.equal(origin.log.length, 1);
   assert.deepEqual(await f().probe(), { ranges: false, multi: false });
   origin.ranges = 'multi';
@@ -144,11 +194,29 @@ test('fetcher: multi-range, probe per origin mode, 200 and 416 detection', async
 
 test('fetcher: a server that lies about the size, or is cut mid-body', async () => {
   const wrongSize = new RangeFetcher(http, `${origin.url}/f.img`, file.length + 1);
-  await assert.rejects(wrongSize.fetch([{ start: 0, end: 10 }], () => {}), /file has 200000 bytes, the index 200001/);
+  await assert.rejects(
+    wrongSize.fetch([{ start: 0, end: 10 }], () => {}),
+    /file has 200000 bytes, the index 200001/,
+  );
   origin.fault({ kind: 'cut', path: '/f.img' });
   const f = new RangeFetcher(http, `${origin.url}/f.img`, file.length);
-  await assert.rejects(f.fetch([{ start: 0, end: 100_000 }], () => {}), (err: Error & { transient?: boolean }) => err.transient === true);
+  await assert.rejects(
+    f.fetch([{ start: 0, end: 100_000 }], () => {}),
+    (err: Error & { transient?: boolean }) => err.transient === true,
+  );
   origin.fault({ kind: 'cut', path: '/f.img' });
-  await assert.rejects(f.fetch([{ start: 0, end: 100 }, { start: 1000, end: 100_000 }], () => {}), (err: Error & { transient?: boolean }) => err.transient === true);
-  assert.ok((await collect(f, [{ start: 0, end: 10 }])).subarray(0, 10).equals(file.subarray(0, 10)), 'works again after the faults');
+  await assert.rejects(
+    f.fetch(
+      [
+        { start: 0, end: 100 },
+        { start: 1000, end: 100_000 },
+      ],
+      () => {},
+    ),
+    (err: Error & { transient?: boolean }) => err.transient === true,
+  );
+  assert.ok(
+    (await collect(f, [{ start: 0, end: 10 }])).subarray(0, 10).equals(file.subarray(0, 10)),
+    'works again after the faults',
+  );
 });

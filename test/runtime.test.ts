@@ -25,7 +25,7 @@ test('the tests run on the pinned Node 24 runtime', () => {
   assert.equal(process.versions.node.split('.')[0], '24');
 });
 
-test('deltad --version prints package.json\'s version', async () => {
+test("deltad --version prints package.json's version", async () => {
   assert.equal(VERSION, pkg.version);
   const cli = join(REPO_ROOT, 'dist', 'daemon', 'cli.js');
   const { stdout } = await run(process.execPath, [cli, '--version'], { timeout: 20_000 });

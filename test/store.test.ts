@@ -105,7 +105,8 @@ for (const uncompressed of [false, true]) {
     assert.deepEqual(listed.sort(), expected);
     for (const p of await readdir(join(dir, 'x.castr'))) {
       if (p === 'zzzz') continue;
-      for (const name of await readdir(join(dir, 'x.castr', p))) assert.ok(!name.startsWith('.tmp'), `leftover ${name}`);
+      for (const name of await readdir(join(dir, 'x.castr', p)))
+        assert.ok(!name.startsWith('.tmp'), `leftover ${name}`);
     }
     // The other variant reads the same directory: casync accepts both names.
     const other = new LocalStore(join(dir, 'x.castr'), { uncompressed: !uncompressed });
@@ -125,7 +126,12 @@ test('sha256 stores verify with the configured digest', async (t) => {
 });
 
 /** Stores `data`'s chunk, then replaces its file with `bytes`; returns what get() throws. */
-async function getAfterReplacing(dir: string, data: Buffer, bytes: (stored: Buffer) => Buffer, size = data.length): Promise<ChunkVerifyError> {
+async function getAfterReplacing(
+  dir: string,
+  data: Buffer,
+  bytes: (stored: Buffer) => Buffer,
+  size = data.length,
+): Promise<ChunkVerifyError> {
   const store = new LocalStore(dir);
   const id = chunkId('sha512-256', data);
   await store.put(id, data);
@@ -147,7 +153,9 @@ test('corrupt chunk files are rejected naming the ID and the file', async (t) =>
   const dir = await tempDir(t);
   const data = sampleChunk(100_000);
   // A valid frame of other content: decodes fine, wrong digest.
-  let err = await getAfterReplacing(join(dir, 'a'), data, () => compressChunk(Buffer.concat([data.subarray(1), Buffer.from('!')])));
+  let err = await getAfterReplacing(join(dir, 'a'), data, () =>
+    compressChunk(Buffer.concat([data.subarray(1), Buffer.from('!')])),
+  );
   assert.match(err.message, /does not match its ID/);
   // Flipped bits inside the compressed payload.
   err = await getAfterReplacing(join(dir, 'b'), randomBytes(20_000), (s) => {
@@ -286,11 +294,16 @@ test('HTTP store: GET verified chunks, HEAD for has(), 404 → null', { timeout:
     const hex = toHex(ids[0]);
     assert.equal(pathOf(0), `/img.castr/${hex.slice(0, 4)}/${hex}${uncompressed ? '' : '.cacnk'}`);
     assert.equal(origin.log.filter((l) => l.method === 'GET')[0].path, pathOf(0));
-    assert.deepEqual(origin.log.filter((l) => l.status === 404).map((l) => l.method), ['GET', 'HEAD']);
+    assert.deepEqual(
+      origin.log.filter((l) => l.status === 404).map((l) => l.method),
+      ['GET', 'HEAD'],
+    );
   }
 });
 
-test('HTTP store: a 500 is retried, persistent 5xx and 4xx fail naming URL and status', { timeout: 20_000 }, async (t) => {
+test('HTTP store: a 500 is retried, persistent 5xx and 4xx fail naming URL and status', {
+  timeout: 20_000,
+}, async (t) => {
   const { origin, store, chunks, ids, pathOf } = await servedStore(t);
   origin.fault({ path: pathOf(0), kind: 'status', status: 500 });
   origin.fault({ path: pathOf(1), kind: 'status', status: 503, times: Infinity });
@@ -298,7 +311,10 @@ test('HTTP store: a 500 is retried, persistent 5xx and 4xx fail naming URL and s
   const requests = (i: number, method = 'GET') => origin.log.filter((l) => l.path === pathOf(i) && l.method === method);
 
   assert.ok((await store.get({ id: ids[0], size: chunks[0].length }))?.equals(chunks[0]));
-  assert.deepEqual(requests(0).map((l) => l.status), [500, 200]);
+  assert.deepEqual(
+    requests(0).map((l) => l.status),
+    [500, 200],
+  );
 
   await assert.rejects(store.get({ id: ids[1], size: chunks[1].length }), (err: unknown) => {
     assert.ok(err instanceof OriginError);
@@ -318,7 +334,9 @@ test('HTTP store: a 500 is retried, persistent 5xx and 4xx fail naming URL and s
   assert.equal(requests(2).length, 1, '4xx is not retried');
 });
 
-test('HTTP store: a lying server (wrong bytes, oversized body, cut body) is rejected', { timeout: 20_000 }, async (t) => {
+test('HTTP store: a lying server (wrong bytes, oversized body, cut body) is rejected', {
+  timeout: 20_000,
+}, async (t) => {
   const { origin, store, local, chunks, ids, pathOf } = await servedStore(t);
   origin.fault({ path: pathOf(0), kind: 'wrong-bytes' });
   await assert.rejects(store.get({ id: ids[0], size: chunks[0].length }), (err: unknown) => {
@@ -333,5 +351,8 @@ test('HTTP store: a lying server (wrong bytes, oversized body, cut body) is reje
   // A body cut short is a transient error: retried, then the chunk arrives whole.
   origin.fault({ path: pathOf(1), kind: 'cut' });
   assert.ok((await store.get({ id: ids[1], size: chunks[1].length }))?.equals(chunks[1]));
-  assert.deepEqual(origin.log.filter((l) => l.path === pathOf(1)).map((l) => l.fault ?? 'ok'), ['cut', 'ok']);
+  assert.deepEqual(
+    origin.log.filter((l) => l.path === pathOf(1)).map((l) => l.fault ?? 'ok'),
+    ['cut', 'ok'],
+  );
 });

@@ -70,7 +70,7 @@ test('systemd 252-256: a marked whole copy in run/sysupdate.d, only Path= change
     assert.equal(r.status, 0, r.stderr);
     const copy = join(root, 'run/sysupdate.d/50-root-x86-64-erofs.conf');
     const text = await readFile(copy, 'utf8');
-    assert.ok(text.startsWith(COPY_MARKER), 'marked as deltad\'s');
+    assert.ok(text.startsWith(COPY_MARKER), "marked as deltad's");
     const body = text.split('\n').slice(2).join('\n');
     const expected = KDE_CONF.replace('Path=https://files.kde.org/kde-linux', 'Path=http://127.0.0.1:3129/');
     assert.equal(body, expected, 'the rest byte for byte');
@@ -92,7 +92,7 @@ test('systemd 252-256: a marked whole copy in run/sysupdate.d, only Path= change
   const removed = spawnSync(process.execPath, cli, { encoding: 'utf8', timeout: 10_000 });
   assert.equal(removed.status, 0, removed.stderr);
   assert.match(removed.stdout, /removed .*50-root-x86-64-erofs\.conf/);
-  assert.deepEqual(await readdir(join(root, 'run/sysupdate.d')), ['70-admin.conf'], 'only deltad\'s copy was removed');
+  assert.deepEqual(await readdir(join(root, 'run/sysupdate.d')), ['70-admin.conf'], "only deltad's copy was removed");
   assert.equal(await readFile(vendor, 'utf8'), KDE_CONF, 'the vendor file is untouched');
 });
 

@@ -46,7 +46,12 @@ Example:
       uncompressed: flag(ctx, 'uncompressed'),
       level: parseCount(str(ctx, 'level'), '--level', 3, 1, 19),
     });
-    const progress = createProgress({ label: 'chop', total: index.size, interactive: ctx.interactive, stream: ctx.stderr });
+    const progress = createProgress({
+      label: 'chop',
+      total: index.size,
+      interactive: ctx.interactive,
+      stream: ctx.stderr,
+    });
     const started = Date.now();
     const r = await chopFile(index, file, store, {
       threads: parseCount(str(ctx, 'threads'), '--threads', defaultThreads(), 0, 64),

@@ -54,8 +54,10 @@ Options:
   async run(ctx) {
     const sizeMiB = parseCount(str(ctx, 'size'), '--size', 32, 1, 1024);
     const clientArg = str(ctx, 'client') ?? 'auto';
-    if (!['auto', 'systemd-pull', 'http'].includes(clientArg)) throw new UsageError(`--client: "${clientArg}" must be auto, systemd-pull or http`);
-    if (clientArg === 'systemd-pull' && !SYSTEMD_PULL) throw new UsageError('--client systemd-pull: systemd-pull is not installed (Debian: systemd-container)');
+    if (!['auto', 'systemd-pull', 'http'].includes(clientArg))
+      throw new UsageError(`--client: "${clientArg}" must be auto, systemd-pull or http`);
+    if (clientArg === 'systemd-pull' && !SYSTEMD_PULL)
+      throw new UsageError('--client systemd-pull: systemd-pull is not installed (Debian: systemd-container)');
     const client = clientArg === 'http' || !SYSTEMD_PULL ? 'http' : 'systemd-pull';
     const say = (s: string) => ctx.stdout.write(s + '\n');
 
@@ -81,8 +83,17 @@ Options:
       cleanups.push(() => origin.close());
       say(`  origin    ${origin.url} publishes os_1.img, os_2.img, their .caibx indexes and SHA256SUMS`);
 
-      const config = { ...defaultConfig({}), origin: origin.url, seedGlobs: [join(systemDir, '*.img')], cacheDir: join(dir, 'cache'), idleTimeout: 0 };
-      const { app, ctx: daemon } = await buildServer(config, { log: silentLogger, notifier: createNotifier({ env: {} }) });
+      const config = {
+        ...defaultConfig({}),
+        origin: origin.url,
+        seedGlobs: [join(systemDir, '*.img')],
+        cacheDir: join(dir, 'cache'),
+        idleTimeout: 0,
+      };
+      const { app, ctx: daemon } = await buildServer(config, {
+        log: silentLogger,
+        notifier: createNotifier({ env: {} }),
+      });
       cleanups.push(() => app.close());
       await app.listen({ host: '127.0.0.1', port: 0 });
       const daemonUrl = `http://127.0.0.1:${(app.server.address() as { port: number }).port}/`;
@@ -91,12 +102,24 @@ Options:
       const manifest = await readFile(join(originDir, 'SHA256SUMS'), 'utf8');
       const expected = findSha256(manifest, 'os_2.img')!;
       const out = join(dir, 'download', 'os_2.img');
-      say(`  download  ${daemonUrl}os_2.img with ${client === 'systemd-pull' ? `systemd-pull (as systemd-sysupdate runs it)` : "deltad's HTTP client"}`);
-      const bar = createProgress({ label: '  os_2.img', total: v2.length, interactive: ctx.interactive, stream: ctx.stderr });
+      say(
+        `  download  ${daemonUrl}os_2.img with ${client === 'systemd-pull' ? `systemd-pull (as systemd-sysupdate runs it)` : "deltad's HTTP client"}`,
+      );
+      const bar = createProgress({
+        label: '  os_2.img',
+        total: v2.length,
+        interactive: ctx.interactive,
+        stream: ctx.stderr,
+      });
       const tick = setInterval(() => bar.update(daemon.counters.bytesServed), 100);
       const started = Date.now();
       try {
-        if (client === 'systemd-pull') await promisify(execFile)(SYSTEMD_PULL!, ['raw', '--direct', `--verify=${expected}`, '--sync=no', `${daemonUrl}os_2.img`, out], { timeout: 300_000 });
+        if (client === 'systemd-pull')
+          await promisify(execFile)(
+            SYSTEMD_PULL!,
+            ['raw', '--direct', `--verify=${expected}`, '--sync=no', `${daemonUrl}os_2.img`, out],
+            { timeout: 300_000 },
+          );
         else await httpDownload(`${daemonUrl}os_2.img`, out);
       } finally {
         clearInterval(tick);
@@ -110,9 +133,15 @@ Options:
       const index = origin.served.get('/os_2.img.caibx') ?? { bytes: 0, requests: 0 };
       const reused = daemon.counters.bytesReused;
       const pct = (n: number) => `${((100 * n) / v2.length).toFixed(1)}%`;
-      say(ok ? `  verified  SHA-256 ${expected} matches SHA256SUMS` : `  FAILED    the downloaded image does not match v2 (SHA-256 ${sha256(got)}, expected ${expected})`);
+      say(
+        ok
+          ? `  verified  SHA-256 ${expected} matches SHA256SUMS`
+          : `  FAILED    the downloaded image does not match v2 (SHA-256 ${sha256(got)}, expected ${expected})`,
+      );
       say(`  reused    ${formatBytes(reused)} (${pct(reused)}) from the local v1`);
-      say(`  fetched   ${formatBytes(image.bytes)} (${pct(image.bytes)}) of image data in ${image.requests} requests, plus the ${formatBytes(index.bytes)} index`);
+      say(
+        `  fetched   ${formatBytes(image.bytes)} (${pct(image.bytes)}) of image data in ${image.requests} requests, plus the ${formatBytes(index.bytes)} index`,
+      );
       say(`  time      ${seconds.toFixed(2)} s; a plain download would have transferred ${formatBytes(v2.length)}`);
       if (flag(ctx, 'keep')) say(`  kept      ${dir}`);
       return ok ? 0 : 1;

@@ -3,7 +3,12 @@
 // or to stdout when OUT is '-'.
 import { pipeline } from 'node:stream/promises';
 import {
-  extractToFile, keptPartialOf, openExtractStream, type AssembleOptions, type ExtractProgress, type ExtractResult,
+  extractToFile,
+  keptPartialOf,
+  openExtractStream,
+  type AssembleOptions,
+  type ExtractProgress,
+  type ExtractResult,
 } from '../../lib/delta/extract.js';
 import { DeltaDisabledError, UsageError } from '../../lib/errors.js';
 import { HttpClient } from '../../lib/fetch/http-client.js';
@@ -14,17 +19,21 @@ import { abortOnSignals, readIndexArg, sourceOptionSpec, sourceOptionUsage, sour
 import { createProgress, formatBytes } from '../progress.js';
 
 /** Bytes that came from this machine: seeds, zero and repeated chunks, the chunk cache, local store directories. */
-const localBytes = (r: ExtractProgress): number => r.fromSeeds + r.fromZero + r.fromSelf + r.fromCache + r.fromLocalStore;
+const localBytes = (r: ExtractProgress): number =>
+  r.fromSeeds + r.fromZero + r.fromSelf + r.fromCache + r.fromLocalStore;
 
 function summaryText(out: string, r: ExtractResult): string {
-  return `${out}: ${formatBytes(r.total)} assembled in ${(r.wallMs / 1000).toFixed(1)} s: ` +
+  return (
+    `${out}: ${formatBytes(r.total)} assembled in ${(r.wallMs / 1000).toFixed(1)} s: ` +
     `${formatBytes(localBytes(r))} local (seeds ${formatBytes(r.fromSeeds)}, zero ${formatBytes(r.fromZero)}, repeats ${formatBytes(r.fromSelf)}` +
     `${r.fromLocalStore ? `, local store ${formatBytes(r.fromLocalStore)}` : ''}` +
     `${r.resumedBytes ? `, resumed ${formatBytes(r.resumedBytes)}` : ''}), ` +
-    `${formatBytes(r.networkBytes)} over the network in ${r.networkRequests} requests (${r.mode} mode)`;
+    `${formatBytes(r.networkBytes)} over the network in ${r.networkRequests} requests (${r.mode} mode)`
+  );
 }
 
-const detail = (p: ExtractProgress): string => `local ${formatBytes(localBytes(p))}, net ${formatBytes(p.networkBytes)}`;
+const detail = (p: ExtractProgress): string =>
+  `local ${formatBytes(localBytes(p))}, net ${formatBytes(p.networkBytes)}`;
 
 export const command: Command = {
   name: 'extract',
@@ -55,7 +64,8 @@ Example:
   async run(ctx) {
     const [indexSpec, out] = positionals(ctx, ['INDEX', 'OUT']);
     const sha256 = str(ctx, 'sha256');
-    if (sha256 !== undefined && !/^[0-9a-fA-F]{64}$/.test(sha256)) throw new UsageError(`--sha256: "${sha256}" is not 64 hex digits`);
+    if (sha256 !== undefined && !/^[0-9a-fA-F]{64}$/.test(sha256))
+      throw new UsageError(`--sha256: "${sha256}" is not 64 hex digits`);
     if (indexSpec === '-' && out === '-') throw new UsageError('INDEX and OUT cannot both be stdin/stdout (-)');
     const toStdout = out === '-';
     const report = toStdout ? ctx.stderr : ctx.stdout;
@@ -76,16 +86,25 @@ Example:
       };
       let result: ExtractResult;
       if (toStdout) {
-        const stream = openExtractStream(await readIndexArg(indexSpec, { timeoutMs: sources.timeoutMs, maxTargetSize: sources.maxTargetSize }), opts);
+        const stream = openExtractStream(
+          await readIndexArg(indexSpec, { timeoutMs: sources.timeoutMs, maxTargetSize: sources.maxTargetSize }),
+          opts,
+        );
         await pipeline(stream, ctx.stdout, { end: false });
         result = await stream.result;
       } else {
         // An index URL is downloaded by extractToFile, which counts its bytes.
-        result = await extractToFile(indexSpec === '-' ? await readIndexArg('-', { maxTargetSize: sources.maxTargetSize }) : indexSpec, out, opts);
+        result = await extractToFile(
+          indexSpec === '-' ? await readIndexArg('-', { maxTargetSize: sources.maxTargetSize }) : indexSpec,
+          out,
+          opts,
+        );
       }
       bar.finish();
       const name = toStdout ? 'stdout' : out;
-      report.write(flag(ctx, 'json') ? JSON.stringify({ out: name, ...result }, null, 2) + '\n' : summaryText(name, result) + '\n');
+      report.write(
+        flag(ctx, 'json') ? JSON.stringify({ out: name, ...result }, null, 2) + '\n' : summaryText(name, result) + '\n',
+      );
       return 0;
     } catch (err) {
       bar.finish();
@@ -106,8 +125,10 @@ Example:
       }
       const kept = keptPartialOf(err);
       if (kept) {
-        ctx.stderr.write(`deltad extract: ${ctl.signal.aborted ? 'interrupted; ' : ''}kept ${kept.path} (${formatBytes(kept.bytes)} of ${formatBytes(kept.total)} verified) and its journal; ` +
-          `run the same command again to resume, or remove both: rm '${kept.path}' '${kept.journal}'\n`);
+        ctx.stderr.write(
+          `deltad extract: ${ctl.signal.aborted ? 'interrupted; ' : ''}kept ${kept.path} (${formatBytes(kept.bytes)} of ${formatBytes(kept.total)} verified) and its journal; ` +
+            `run the same command again to resume, or remove both: rm '${kept.path}' '${kept.journal}'\n`,
+        );
       } else if (ctl.signal.aborted) ctx.stderr.write(`deltad extract: interrupted; nothing was kept\n`);
       throw err;
     } finally {

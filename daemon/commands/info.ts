@@ -52,7 +52,9 @@ Options:
   options: { json: { type: 'boolean' }, timeout: { type: 'string' } },
   async run(ctx) {
     const [path] = positionals(ctx, ['INDEX']);
-    const s = indexSummary(await readIndexArg(path, { allowArchive: true, timeoutMs: parseTimeout(str(ctx, 'timeout')) }));
+    const s = indexSummary(
+      await readIndexArg(path, { allowArchive: true, timeoutMs: parseTimeout(str(ctx, 'timeout')) }),
+    );
     if (flag(ctx, 'json')) {
       ctx.stdout.write(JSON.stringify(s, null, 2) + '\n');
       return 0;

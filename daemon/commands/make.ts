@@ -85,9 +85,17 @@ Examples:
     const storeDir = str(ctx, 'store');
     if (storeDir) {
       const store = openWritableStore(storeDir, { digest, maxChunkSize: params.max });
-      const bar = createProgress({ label: 'store', total: index.size, interactive: ctx.interactive, stream: ctx.stderr });
+      const bar = createProgress({
+        label: 'store',
+        total: index.size,
+        interactive: ctx.interactive,
+        stream: ctx.stderr,
+      });
       try {
-        chop = await chopFile(index, file, store, { threads: defaultThreads(), onProgress: (done) => bar.update(done) });
+        chop = await chopFile(index, file, store, {
+          threads: defaultThreads(),
+          onProgress: (done) => bar.update(done),
+        });
       } finally {
         bar.finish();
       }
@@ -99,11 +107,32 @@ Examples:
     const out = toStdout ? ctx.stderr : ctx.stdout;
     const seconds = (Date.now() - started) / 1000;
     if (flag(ctx, 'json')) {
-      out.write(JSON.stringify({ index: indexPath, size: index.size, chunks: index.count, params, digest, variant, indexSeconds, seconds, store: chop }, null, 2) + '\n');
+      out.write(
+        JSON.stringify(
+          {
+            index: indexPath,
+            size: index.size,
+            chunks: index.count,
+            params,
+            digest,
+            variant,
+            indexSeconds,
+            seconds,
+            store: chop,
+          },
+          null,
+          2,
+        ) + '\n',
+      );
     } else {
       const rate = indexSeconds > 0 ? ` (${formatBytes(index.size / indexSeconds)}/s)` : '';
-      out.write(`${toStdout ? 'index' : indexPath}: ${index.count} chunks, ${formatBytes(index.size)} indexed in ${indexSeconds.toFixed(2)} s${rate}\n`);
-      if (chop) out.write(`${storeDir}: ${chop.written} chunks written (${formatBytes(chop.bytesStored)}), ${chop.existing} already present\n`);
+      out.write(
+        `${toStdout ? 'index' : indexPath}: ${index.count} chunks, ${formatBytes(index.size)} indexed in ${indexSeconds.toFixed(2)} s${rate}\n`,
+      );
+      if (chop)
+        out.write(
+          `${storeDir}: ${chop.written} chunks written (${formatBytes(chop.bytesStored)}), ${chop.existing} already present\n`,
+        );
     }
     return 0;
   },

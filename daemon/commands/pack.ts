@@ -50,7 +50,8 @@ Example:
   async run(ctx) {
     const [image] = positionals(ctx, ['IMAGE']);
     const trainer = (str(ctx, 'trainer') ?? 'cover') as Trainer;
-    if (!TRAINERS.includes(trainer)) throw new UsageError(`--trainer: "${trainer}" must be one of ${TRAINERS.join(', ')}`);
+    if (!TRAINERS.includes(trainer))
+      throw new UsageError(`--trainer: "${trainer}" must be one of ${TRAINERS.join(', ')}`);
     const bs = str(ctx, 'block-size');
     const ds = str(ctx, 'dict-size');
     const bar = createProgress({ label: 'pack', interactive: ctx.interactive, stream: ctx.stderr });
@@ -75,13 +76,15 @@ Example:
         return 0;
       }
       const mbps = r.imageSize / 1e6 / (r.wallMs / 1000);
-      ctx.stdout.write([
-        `${image}: ${formatBytes(r.imageSize)}, ${r.blocks} blocks (${r.zeroBlocks} zero, ${r.distinctBlocks} distinct) in ${r.frames} frames`,
-        `  ${r.packPath}: ${formatBytes(r.packSize)}`,
-        `  ${r.dictPath}: ${formatBytes(r.dictSize)}`,
-        `  ${r.indexPath}: ${formatBytes(r.indexSize)}`,
-        `  ${(r.wallMs / 1000).toFixed(1)} s (${mbps.toFixed(1)} MB/s)`,
-      ].join('\n') + '\n');
+      ctx.stdout.write(
+        [
+          `${image}: ${formatBytes(r.imageSize)}, ${r.blocks} blocks (${r.zeroBlocks} zero, ${r.distinctBlocks} distinct) in ${r.frames} frames`,
+          `  ${r.packPath}: ${formatBytes(r.packSize)}`,
+          `  ${r.dictPath}: ${formatBytes(r.dictSize)}`,
+          `  ${r.indexPath}: ${formatBytes(r.indexSize)}`,
+          `  ${(r.wallMs / 1000).toFixed(1)} s (${mbps.toFixed(1)} MB/s)`,
+        ].join('\n') + '\n',
+      );
       return 0;
     } catch (err) {
       bar.finish();

@@ -8,12 +8,16 @@ import { formatBytes } from '../progress.js';
 
 const pct = (n: number, of: number): string => (of > 0 ? `${((100 * n) / of).toFixed(1)}%` : '-');
 const MODE_NAMES = {
-  range: 'range (multi-range)', 'range-single': 'range (single ranges)', store: 'store',
-  blocks: 'blocks (multi-range)', 'blocks-single': 'blocks (single ranges)',
+  range: 'range (multi-range)',
+  'range-single': 'range (single ranges)',
+  store: 'store',
+  blocks: 'blocks (multi-range)',
+  'blocks-single': 'blocks (single ranges)',
 } as const;
 
 export function planText(index: string, r: PlanReport): string {
-  const line = (label: string, n: number): string => `${label.padEnd(16)}${String(n).padStart(14)} bytes  ${formatBytes(n).padStart(10)}  ${pct(n, r.targetSize).padStart(6)}`;
+  const line = (label: string, n: number): string =>
+    `${label.padEnd(16)}${String(n).padStart(14)} bytes  ${formatBytes(n).padStart(10)}  ${pct(n, r.targetSize).padStart(6)}`;
   const lines = [
     `Target:         ${index}: ${r.targetSize} bytes (${formatBytes(r.targetSize)}), ${r.chunks} chunks`,
     line('From seeds:', r.fromSeeds),
@@ -21,10 +25,15 @@ export function planText(index: string, r: PlanReport): string {
     line('Repeats:', r.fromSelf),
     line('Missing:', r.missingBytes) + `  (${r.missingChunks} chunks in ${r.missingRuns} runs)`,
   ];
-  if (r.rangeSupport) lines.push(`Range URL:      byte ranges ${r.rangeSupport.ranges ? 'yes' : 'no'}, multi-range ${r.rangeSupport.multi ? 'yes' : 'no'}`);
+  if (r.rangeSupport)
+    lines.push(
+      `Range URL:      byte ranges ${r.rangeSupport.ranges ? 'yes' : 'no'}, multi-range ${r.rangeSupport.multi ? 'yes' : 'no'}`,
+    );
   for (const m of r.modes) {
     const note = m.mode === 'store' ? '  (estimated from sampled chunk sizes)' : '';
-    lines.push(`${`Network ${MODE_NAMES[m.mode]}:`.padEnd(31)}${String(m.bytes).padStart(14)} bytes  ${formatBytes(m.bytes).padStart(10)}  ${m.requests} requests${note}`);
+    lines.push(
+      `${`Network ${MODE_NAMES[m.mode]}:`.padEnd(31)}${String(m.bytes).padStart(14)} bytes  ${formatBytes(m.bytes).padStart(10)}  ${m.requests} requests${note}`,
+    );
   }
   lines.push(`Auto picks:     ${r.chosen}`);
   return lines.join('\n') + '\n';

@@ -37,7 +37,10 @@ ${configUsage}`,
     if (values.cache !== undefined) values['proxy-cache'] ??= values.cache;
     delete values.cache;
     const config = loadConfig({ values });
-    if (!config.upstream) throw new UsageError('no upstream configured: give --upstream URL (or "upstream = URL" in the configuration file)');
+    if (!config.upstream)
+      throw new UsageError(
+        'no upstream configured: give --upstream URL (or "upstream = URL" in the configuration file)',
+      );
     const log = createLogger(ctx.stderr);
     const proxy = await createProxy({
       upstream: config.upstream,
@@ -55,8 +58,13 @@ ${configUsage}`,
     const { host, port } = splitListen(config.listen);
     await proxy.app.listen({ host, port });
     const addr = proxy.app.server.address();
-    const where = typeof addr === 'object' && addr ? `${addr.family === 'IPv6' ? `[${addr.address}]` : addr.address}:${addr.port}` : config.listen;
-    log.info(`deltad proxy on ${where}; upstream ${config.upstream}; cache ${config.proxyCache} (limit ${config.proxyCacheSize} bytes); allow ${config.allow.join(' ')}`);
+    const where =
+      typeof addr === 'object' && addr
+        ? `${addr.family === 'IPv6' ? `[${addr.address}]` : addr.address}:${addr.port}`
+        : config.listen;
+    log.info(
+      `deltad proxy on ${where}; upstream ${config.upstream}; cache ${config.proxyCache} (limit ${config.proxyCacheSize} bytes); allow ${config.allow.join(' ')}`,
+    );
     // Tests and scripts wait for this line to learn the port.
     ctx.stdout.write(`listening ${where}\n`);
     await new Promise<void>((resolve) => {

@@ -82,7 +82,12 @@ Example:
     const storeDir = str(ctx, 'store');
     if (storeDir) {
       const store = openWritableStore(storeDir, { maxChunkSize: params.max });
-      const storeBar = createProgress({ label: 'store', total: index.size, interactive: ctx.interactive, stream: ctx.stderr });
+      const storeBar = createProgress({
+        label: 'store',
+        total: index.size,
+        interactive: ctx.interactive,
+        stream: ctx.stderr,
+      });
       try {
         await chopFile(index, image, store, { threads: defaultThreads(), onProgress: (done) => storeBar.update(done) });
       } finally {
@@ -121,7 +126,9 @@ Example:
         chunks: index.count,
         params,
         store: storeDir ?? null,
-        pack: pack ? { index: pack.indexPath, pack: pack.packPath, dict: pack.dictPath, packSize: pack.packSize } : null,
+        pack: pack
+          ? { index: pack.indexPath, pack: pack.packPath, dict: pack.dictPath, packSize: pack.packSize }
+          : null,
         seconds,
       };
       ctx.stdout.write(JSON.stringify(summary, null, 2) + '\n');
@@ -129,7 +136,10 @@ Example:
     }
     const lines = [`${indexPath}: ${index.count} chunks over ${formatBytes(index.size)}`];
     if (storeDir) lines.push(`${storeDir}: every chunk stored`);
-    if (pack) lines.push(`${pack.packPath}: ${formatBytes(pack.packSize)} (+ ${basename(pack.dictPath)}, ${basename(pack.indexPath)})`);
+    if (pack)
+      lines.push(
+        `${pack.packPath}: ${formatBytes(pack.packSize)} (+ ${basename(pack.dictPath)}, ${basename(pack.indexPath)})`,
+      );
     lines.push(
       `done in ${seconds.toFixed(1)} s. Add this line to SHA256SUMS (and list none of the files above there):`,
       sumsLine,

@@ -12,8 +12,15 @@ import { UsageError } from '../../lib/errors.js';
 import { flag, list, parseCount, str } from '../cli-args.js';
 import { configOptions, configUsage, loadConfig } from '../config.js';
 import {
-  readTransfers, redirectedPath, redirectedTransfers, redirectKind, removeRedirect, transfersImage, writeCopy,
-  writeDropin, type Transfer,
+  readTransfers,
+  redirectedPath,
+  redirectedTransfers,
+  redirectKind,
+  removeRedirect,
+  transfersImage,
+  writeCopy,
+  writeDropin,
+  type Transfer,
 } from '../sysupdate-transfers.js';
 import { detectSystemdVersion } from '../systemd-version.js';
 
@@ -61,9 +68,8 @@ ${configUsage}`,
     }
     const config = loadConfig({ values: ctx.values });
     const given = str(ctx, 'systemd-version');
-    const version = given !== undefined
-      ? parseCount(given, '--systemd-version', 0, 1, 100_000)
-      : await detectSystemdVersion(root);
+    const version =
+      given !== undefined ? parseCount(given, '--systemd-version', 0, 1, 100_000) : await detectSystemdVersion(root);
     const all = await readTransfers(root);
     let chosen: Transfer[];
     if (names.length) {
@@ -92,8 +98,10 @@ ${configUsage}`,
     }
     if (planned.length === 0) {
       const what = `url-file transfer for an image (${config.imagePatterns.join(' ')})`;
-      warn(`no ${what} that deltad can redirect under ${root}; sysupdate downloads from the origin`
-        + ' (name one with --transfer)');
+      warn(
+        `no ${what} that deltad can redirect under ${root}; sysupdate downloads from the origin` +
+          ' (name one with --transfer)',
+      );
       return 0;
     }
     for (const { t, path, kind } of planned) {

@@ -80,9 +80,14 @@ ${configUsage}`,
       const { host, port } = splitListen(config.listen);
       await app.listen({ host, port });
       const addr = app.server.address();
-      where = typeof addr === 'object' && addr ? `${addr.family === 'IPv6' ? `[${addr.address}]` : addr.address}:${addr.port}` : config.listen;
+      where =
+        typeof addr === 'object' && addr
+          ? `${addr.family === 'IPv6' ? `[${addr.address}]` : addr.address}:${addr.port}`
+          : config.listen;
     }
-    log.info(`deltad serving ${where}; origin ${daemon.origin}; seeds ${config.seedGlobs.join(' ')}; cache ${config.cacheDir}`);
+    log.info(
+      `deltad serving ${where}; origin ${daemon.origin}; seeds ${config.seedGlobs.join(' ')}; cache ${config.cacheDir}`,
+    );
     // Tests and scripts wait for this line to learn the port.
     ctx.stdout.write(`listening ${where}\n`);
     notifier.ready(`serving ${daemon.origin}`);

@@ -50,7 +50,12 @@ Examples:
     let ok = true;
 
     if (file) {
-      const progress = createProgress({ label: 'verify file', total: index.size, interactive: ctx.interactive, stream: ctx.stderr });
+      const progress = createProgress({
+        label: 'verify file',
+        total: index.size,
+        interactive: ctx.interactive,
+        stream: ctx.stderr,
+      });
       const r = await verifyFile(index, file, {
         threads: parseCount(str(ctx, 'threads'), '--threads', defaultThreads(), 0, 64),
         onProgress: (done) => progress.update(done),
@@ -58,16 +63,24 @@ Examples:
       progress.finish();
       out.file = r;
       ok &&= r.ok;
-      lines.push(`${file}: ${r.ok ? 'OK' : 'MISMATCH'}, ${r.checked} of ${index.count} chunks hashed, ${r.bad.length} bad`);
+      lines.push(
+        `${file}: ${r.ok ? 'OK' : 'MISMATCH'}, ${r.checked} of ${index.count} chunks hashed, ${r.bad.length} bad`,
+      );
       if (r.fileSize !== r.indexSize) lines.push(`  file is ${r.fileSize} bytes, the index describes ${r.indexSize}`);
-      for (const b of r.bad.slice(0, SHOW)) lines.push(`  chunk #${b.chunk} at offset ${b.offset} (${b.id}): ${b.reason}`);
+      for (const b of r.bad.slice(0, SHOW))
+        lines.push(`  chunk #${b.chunk} at offset ${b.offset} (${b.id}): ${b.reason}`);
       if (r.bad.length > SHOW) lines.push(`  ... and ${r.bad.length - SHOW} more`);
     }
 
     if (storeSpec) {
       const store = openStore(storeSpec, { digest: index.digest, maxChunkSize: index.params.max });
       try {
-        const progress = createProgress({ label: 'verify store', interactive: ctx.interactive, stream: ctx.stderr, unit: 'count' });
+        const progress = createProgress({
+          label: 'verify store',
+          interactive: ctx.interactive,
+          stream: ctx.stderr,
+          unit: 'count',
+        });
         const r = await verifyStore(index, store, {
           concurrency: parseCount(str(ctx, 'concurrency'), '--concurrency', 8),
           onProgress: (done, total) => {
@@ -78,9 +91,15 @@ Examples:
         progress.finish();
         out.store = { location: store.location, ...r };
         ok &&= r.ok;
-        lines.push(`${store.location}: ${r.ok ? 'OK' : 'INCOMPLETE'}, ${r.checked} distinct chunks, ${r.missing.length} missing, ${r.corrupt.length} corrupt`);
-        const problems = [...r.missing.map((p) => ({ ...p, kind: 'missing' })), ...r.corrupt.map((p) => ({ ...p, kind: 'corrupt' }))];
-        for (const p of problems.slice(0, SHOW)) lines.push(`  ${p.kind} chunk #${p.chunk} (${p.id})${p.kind === 'corrupt' ? `: ${p.reason}` : ''}`);
+        lines.push(
+          `${store.location}: ${r.ok ? 'OK' : 'INCOMPLETE'}, ${r.checked} distinct chunks, ${r.missing.length} missing, ${r.corrupt.length} corrupt`,
+        );
+        const problems = [
+          ...r.missing.map((p) => ({ ...p, kind: 'missing' })),
+          ...r.corrupt.map((p) => ({ ...p, kind: 'corrupt' })),
+        ];
+        for (const p of problems.slice(0, SHOW))
+          lines.push(`  ${p.kind} chunk #${p.chunk} (${p.id})${p.kind === 'corrupt' ? `: ${p.reason}` : ''}`);
         if (problems.length > SHOW) lines.push(`  ... and ${problems.length - SHOW} more`);
       } finally {
         await store.close?.();

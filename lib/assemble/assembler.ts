@@ -108,7 +108,11 @@ export class Assembler {
     }
     let remote: Task[] = [];
     if (runs.length > 0) {
-      if (!this.opts.remote) throw new ChunkMissingError(this.index.idHex(runs[0].first), 'any source: it is in no seed and there is no remote source (give --range-url or --store)');
+      if (!this.opts.remote)
+        throw new ChunkMissingError(
+          this.index.idHex(runs[0].first),
+          'any source: it is in no seed and there is no remote source (give --range-url or --store)',
+        );
       remote = this.opts.remote.batches(runs, this.opts.maxSpan ?? Infinity).map((b) => ({ kind: 'remote', runs: b }));
     }
     return { local, remote };
@@ -121,7 +125,8 @@ export class Assembler {
     while (k < seg.count) {
       let n = 1;
       let bytes = idx.chunkSize(seg.first + k);
-      while (k + n < seg.count && bytes + idx.chunkSize(seg.first + k + n) <= SEED_TASK_BYTES) bytes += idx.chunkSize(seg.first + k + n++);
+      while (k + n < seg.count && bytes + idx.chunkSize(seg.first + k + n) <= SEED_TASK_BYTES)
+        bytes += idx.chunkSize(seg.first + k + n++);
       out.push({ kind: 'seed', first: seg.first + k, count: n, seed: seg.seed, seedFirst: seg.seedFirst + k });
       k += n;
     }
@@ -179,7 +184,8 @@ export class Assembler {
   private fetchBytes(t: Task): number {
     if (t.kind !== 'remote') return 0;
     let largest = 0;
-    for (const r of t.runs) for (let i = r.first; i < r.first + r.count; i++) largest = Math.max(largest, this.index.chunkSize(i));
+    for (const r of t.runs)
+      for (let i = r.first; i < r.first + r.count; i++) largest = Math.max(largest, this.index.chunkSize(i));
     return largest;
   }
 
@@ -237,7 +243,12 @@ export class Assembler {
     const sIdx = seed.index;
     const base = sIdx.start(t.seedFirst);
     const size = sIdx.end(t.seedFirst + t.count - 1) - base;
-    const read = await readSeedRange(seed, base, base + size, this.opts.sink.holdsData ? undefined : this.seedBuffers.take(size));
+    const read = await readSeedRange(
+      seed,
+      base,
+      base + size,
+      this.opts.sink.holdsData ? undefined : this.seedBuffers.take(size),
+    );
     this.ctl.signal.throwIfAborted();
     const ends: number[] = [];
     for (let k = 0; k < t.count; k++) ends.push(sIdx.end(t.seedFirst + k) - base);
@@ -275,7 +286,9 @@ export class Assembler {
       await flush(k);
       this.seedMismatches++;
       const from = this.opts.remote ? 'fetching it remotely' : 'and there is no remote source';
-      this.opts.onWarning?.(`seed ${seed.path}: chunk ${this.index.idHex(t.first + k)} at offset ${sIdx.start(t.seedFirst + k)} does not match its ID; ${from}`);
+      this.opts.onWarning?.(
+        `seed ${seed.path}: chunk ${this.index.idHex(t.first + k)} at offset ${sIdx.start(t.seedFirst + k)} does not match its ID; ${from}`,
+      );
       const last = bad[bad.length - 1];
       if (last && last.first + last.count === t.first + k) last.count++;
       else bad.push({ first: t.first + k, count: 1 });
@@ -327,7 +340,11 @@ export class Assembler {
   private async fetchRemote(runs: Run[]): Promise<void> {
     const idx = this.index;
     const { remote, progress } = this.opts;
-    if (!remote) throw new ChunkMissingError(idx.idHex(runs[0].first), `any source: offset ${idx.start(runs[0].first)} is not available locally and there is no remote source`);
+    if (!remote)
+      throw new ChunkMissingError(
+        idx.idHex(runs[0].first),
+        `any source: offset ${idx.start(runs[0].first)} is not available locally and there is no remote source`,
+      );
     const writes: Promise<unknown>[] = [];
     const syncNet = (): void => {
       progress.networkBytes = remote.stats.bytes;
@@ -335,14 +352,21 @@ export class Assembler {
     };
     const recycle = this.opts.sink.holdsData ? undefined : this.opts.chunkBuffers;
     try {
-      await remote.fetch(runs, (i, data) => {
-        progress.fromNetwork += data.length;
-        syncNet();
-        const write = this.put(i, 1, data).then(() => recycle?.give(data));
-        // A write that fails while chunks are still being read is reported below, not as an unhandled rejection.
-        write.catch(() => {});
-        writes.push(write);
-      }, this.ctl.signal, this.drain).finally(syncNet);
+      await remote
+        .fetch(
+          runs,
+          (i, data) => {
+            progress.fromNetwork += data.length;
+            syncNet();
+            const write = this.put(i, 1, data).then(() => recycle?.give(data));
+            // A write that fails while chunks are still being read is reported below, not as an unhandled rejection.
+            write.catch(() => {});
+            writes.push(write);
+          },
+          this.ctl.signal,
+          this.drain,
+        )
+        .finally(syncNet);
     } finally {
       await Promise.allSettled(writes);
     }

@@ -100,7 +100,10 @@ export class OutputLock {
   async release(): Promise<void> {
     if (this.released) return;
     this.released = true;
-    const ours = await this.assertHeld().then(() => true, () => false);
+    const ours = await this.assertHeld().then(
+      () => true,
+      () => false,
+    );
     if (ours) await unlink(this.path).catch(() => {});
     await this.fh.close().catch(() => {});
   }

@@ -30,7 +30,12 @@ function indexDigest(index: ChunkIndex): Buffer {
 export function partialPaths(out: string): { out: string; partial: string; journal: string; lock: string } {
   const abs = resolve(out);
   const partial = join(dirname(abs), `.${basename(abs)}.deltad-partial`);
-  return { out: abs, partial, journal: `${partial}.journal`, lock: join(dirname(abs), `.${basename(abs)}.deltad-lock`) };
+  return {
+    out: abs,
+    partial,
+    journal: `${partial}.journal`,
+    lock: join(dirname(abs), `.${basename(abs)}.deltad-lock`),
+  };
 }
 
 /**
@@ -44,8 +49,12 @@ async function checkRoom(paths: ReturnType<typeof partialPaths>, fh: FileHandle,
   const need = size - held;
   if (need > free) {
     const already = held ? `, ${formatBytes(held)} of it already in ${paths.partial}` : '';
-    throw new FileError(paths.out, `the image needs ${formatBytes(size)} (${size} bytes)${already}, but ${dir} has only ` +
-      `${formatBytes(free)} free; free ${formatBytes(need - free)} or write it elsewhere`, 'ENOSPC');
+    throw new FileError(
+      paths.out,
+      `the image needs ${formatBytes(size)} (${size} bytes)${already}, but ${dir} has only ` +
+        `${formatBytes(free)} free; free ${formatBytes(need - free)} or write it elsewhere`,
+      'ENOSPC',
+    );
   }
 }
 
@@ -96,7 +105,9 @@ export class PartialFile implements AssemblySink {
     const outSt = await lstat(paths.out).catch(() => null);
     if (outSt && !outSt.isFile()) throw new UsageError(`${paths.out}: exists and is not a regular file`);
     // Before anything beside the output is touched: a second run must not unlink or write the first one's partial file.
-    const lock = await OutputLock.acquire(paths.lock, paths.out).catch((err: unknown) => Promise.reject(fileError(err, paths.out, true)));
+    const lock = await OutputLock.acquire(paths.lock, paths.out).catch((err: unknown) =>
+      Promise.reject(fileError(err, paths.out, true)),
+    );
     try {
       return await PartialFile.openLocked(paths, target, resume, lock);
     } catch (err) {
@@ -106,7 +117,10 @@ export class PartialFile implements AssemblySink {
   }
 
   private static async openLocked(
-    paths: ReturnType<typeof partialPaths>, target: ChunkIndex, resume: boolean, lock: OutputLock,
+    paths: ReturnType<typeof partialPaths>,
+    target: ChunkIndex,
+    resume: boolean,
+    lock: OutputLock,
   ): Promise<{ file: PartialFile }> {
     const out = paths.out;
     const digest = indexDigest(target);
@@ -115,7 +129,14 @@ export class PartialFile implements AssemblySink {
     if (resume) {
       const j = await readFile(paths.journal).catch(() => null);
       const st = await lstat(paths.partial).catch(() => null);
-      if (j && st?.isFile() && st.size === target.size && j.length === 8 + 32 + bitmapBytes && j.subarray(0, 8).equals(JOURNAL_MAGIC) && j.subarray(8, 40).equals(digest)) {
+      if (
+        j &&
+        st?.isFile() &&
+        st.size === target.size &&
+        j.length === 8 + 32 + bitmapBytes &&
+        j.subarray(0, 8).equals(JOURNAL_MAGIC) &&
+        j.subarray(8, 40).equals(digest)
+      ) {
         done = new Uint8Array(j.subarray(40));
       }
     }
@@ -130,7 +151,11 @@ export class PartialFile implements AssemblySink {
       await unlink(paths.partial).catch(() => {});
       // Errors name the output the user gave, not the hidden partial file.
       try {
-        fh = await open(paths.partial, constants.O_RDWR | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, 0o600);
+        fh = await open(
+          paths.partial,
+          constants.O_RDWR | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW,
+          0o600,
+        );
       } catch (err) {
         throw fileError(err, out, true);
       }
@@ -139,7 +164,17 @@ export class PartialFile implements AssemblySink {
       await checkRoom(paths, fh, target.size);
       if (!done) await fh.truncate(target.size).catch((err: unknown) => Promise.reject(fileError(err, out, true)));
       const st = await fh.stat();
-      const file = new PartialFile(paths, fh, target, digest, done ?? new Uint8Array(bitmapBytes), !done, done !== null, lock, st);
+      const file = new PartialFile(
+        paths,
+        fh,
+        target,
+        digest,
+        done ?? new Uint8Array(bitmapBytes),
+        !done,
+        done !== null,
+        lock,
+        st,
+      );
       if (done) file.journaled = new Uint8Array(done);
       return { file };
     } catch (err) {
@@ -155,8 +190,12 @@ export class PartialFile implements AssemblySink {
     const pos = this.target.start(first);
     while (off < data.length) {
       const { bytesWritten } = await this.fh.write(data, off, data.length - off, pos + off).catch((err: unknown) => {
-        throw fileError(err, this.paths.out, true,
-          `cannot write ${data.length} bytes at offset ${pos} of ${this.paths.partial}`);
+        throw fileError(
+          err,
+          this.paths.out,
+          true,
+          `cannot write ${data.length} bytes at offset ${pos} of ${this.paths.partial}`,
+        );
       });
       off += bytesWritten;
     }
@@ -196,24 +235,26 @@ export class PartialFile implements AssemblySink {
   /** Writes the journal atomically when chunks were written since the last flush. */
   flushJournal(): Promise<void> {
     // Serialized: the timer and a final flush must not interleave their temp files.
-    this.flushing = this.flushing.catch(() => {}).then(async () => {
-      if (!this.dirty || this.closed) return;
-      this.dirty = false;
-      const tmp = `${this.paths.journal}.tmp`;
-      const done = new Uint8Array(this.done);
-      // A fresh file (never through a symlink or into another file planted at this name).
-      await unlink(tmp).catch(() => {});
-      try {
-        await writeFile(tmp, Buffer.concat([JOURNAL_MAGIC, this.digest, done]), { mode: 0o600, flag: 'wx' });
-        await rename(tmp, this.paths.journal);
-      } catch (err) {
-        // Never a stray temp file (a full disk fails the write after creating it); the previous journal still holds.
+    this.flushing = this.flushing
+      .catch(() => {})
+      .then(async () => {
+        if (!this.dirty || this.closed) return;
+        this.dirty = false;
+        const tmp = `${this.paths.journal}.tmp`;
+        const done = new Uint8Array(this.done);
+        // A fresh file (never through a symlink or into another file planted at this name).
         await unlink(tmp).catch(() => {});
-        this.dirty = true;
-        throw err;
-      }
-      this.journaled = done;
-    });
+        try {
+          await writeFile(tmp, Buffer.concat([JOURNAL_MAGIC, this.digest, done]), { mode: 0o600, flag: 'wx' });
+          await rename(tmp, this.paths.journal);
+        } catch (err) {
+          // Never a stray temp file (a full disk fails the write after creating it); the previous journal still holds.
+          await unlink(tmp).catch(() => {});
+          this.dirty = true;
+          throw err;
+        }
+        this.journaled = done;
+      });
     return this.flushing;
   }
 
@@ -221,7 +262,7 @@ export class PartialFile implements AssemblySink {
   async sha256(): Promise<string> {
     const h = createHash('sha256');
     const buf = Buffer.allocUnsafe(4 * 1024 * 1024);
-    for (let pos = 0; pos < this.target.size;) {
+    for (let pos = 0; pos < this.target.size; ) {
       const { bytesRead } = await this.fh.read(buf, 0, Math.min(buf.length, this.target.size - pos), pos);
       if (bytesRead === 0) break;
       h.update(buf.subarray(0, bytesRead));
@@ -255,12 +296,16 @@ export class PartialFile implements AssemblySink {
     const st = await lstat(this.paths.partial).catch(() => null);
     if (!st || st.dev !== this.identity.dev || st.ino !== this.identity.ino) {
       await this.lock.release();
-      throw new OutputReplacedError(this.paths.out,
-        `${this.paths.partial} is no longer the file this run wrote and verified`);
+      throw new OutputReplacedError(
+        this.paths.out,
+        `${this.paths.partial} is no longer the file this run wrote and verified`,
+      );
     }
     try {
       await this.lock.assertHeld();
-      await rename(this.paths.partial, this.paths.out).catch((err: unknown) => Promise.reject(fileError(err, this.paths.out, true)));
+      await rename(this.paths.partial, this.paths.out).catch((err: unknown) =>
+        Promise.reject(fileError(err, this.paths.out, true)),
+      );
       await unlink(this.paths.journal).catch(() => {});
     } finally {
       await this.lock.release();

@@ -30,7 +30,12 @@ export interface RemoteSource {
    * Fetches the chunks of one batch; deliver receives each verified chunk once.
    * drain, when given, is awaited between network reads (write backpressure).
    */
-  fetch(runs: readonly Run[], deliver: Deliver, signal: AbortSignal, drain?: () => Promise<void> | undefined): Promise<void>;
+  fetch(
+    runs: readonly Run[],
+    deliver: Deliver,
+    signal: AbortSignal,
+    drain?: () => Promise<void> | undefined,
+  ): Promise<void>;
   /** Requests worth keeping in flight now (at least `base`): bandwidth-delay product over the request size. */
   inFlight?(base: number): number;
 }
@@ -47,7 +52,8 @@ function inFlightOf(http: HttpClient, stats: FetchStats, base: number): number {
 
 export type { RetryPolicy } from './unit-fetch.js';
 
-const chunksOf = (runs: readonly Run[]): number[] => runs.flatMap((r) => Array.from({ length: r.count }, (_, k) => r.first + k));
+const chunksOf = (runs: readonly Run[]): number[] =>
+  runs.flatMap((r) => Array.from({ length: r.count }, (_, k) => r.first + k));
 
 function runsOf(chunks: readonly number[]): Run[] {
   const runs: Run[] = [];
@@ -106,7 +112,9 @@ export class RangeSource implements RemoteSource {
   /** This source's traffic, including a store it handed over to. */
   get stats(): FetchStats {
     const f = this.opts.fallback?.stats;
-    return f ? { requests: this.fetcher.stats.requests + f.requests, bytes: this.fetcher.stats.bytes + f.bytes } : this.fetcher.stats;
+    return f
+      ? { requests: this.fetcher.stats.requests + f.requests, bytes: this.fetcher.stats.bytes + f.bytes }
+      : this.fetcher.stats;
   }
 
   inFlight(base: number): number {
@@ -115,10 +123,17 @@ export class RangeSource implements RemoteSource {
   }
 
   batches(runs: readonly Run[], maxSpan: number): Run[][] {
-    return this.cost.planRequests(this.index, runs, this.state.multi, this.parallelism, { maxSpan }).map((r) => r.chunks);
+    return this.cost
+      .planRequests(this.index, runs, this.state.multi, this.parallelism, { maxSpan })
+      .map((r) => r.chunks);
   }
 
-  async fetch(runs: readonly Run[], deliver: Deliver, signal: AbortSignal, drain?: () => Promise<void> | undefined): Promise<void> {
+  async fetch(
+    runs: readonly Run[],
+    deliver: Deliver,
+    signal: AbortSignal,
+    drain?: () => Promise<void> | undefined,
+  ): Promise<void> {
     const { index, url, opts } = this;
     const fallback = opts.fallback;
     if (this.handedOver && fallback) return fallback.fetch(runs, deliver, signal, drain);
@@ -137,8 +152,10 @@ export class RangeSource implements RemoteSource {
           return new ChunkVerifyError(index.idHex(i), `${where} has the wrong content twice`, url);
         }
         // Per chunk, not per update: another source may have it intact.
-        opts.onWarning?.(`chunk ${index.idHex(i)} ${where} has the wrong content twice (from ${url}); ` +
-          'fetching it from the chunk store');
+        opts.onWarning?.(
+          `chunk ${index.idHex(i)} ${where} has the wrong content twice (from ${url}); ` +
+            'fetching it from the chunk store',
+        );
         forStore.push(i);
         return undefined;
       },
@@ -146,12 +163,18 @@ export class RangeSource implements RemoteSource {
       alloc: buffers && ((n) => buffers.take(n)),
     };
     await fetchUnits(this.fetcher, spec, chunksOf(runs), {
-      retry: opts.retry, state: this.state, signal, drain, onWarning: opts.onWarning,
-      handOver: fallback && (async (err, left) => {
-        this.handedOver = true;
-        opts.onWarning?.(`${err.message}; fetching from the chunk store instead`);
-        await fallback.fetch(runsOf([...left, ...forStore.splice(0)].sort((a, b) => a - b)), deliver, signal, drain);
-      }),
+      retry: opts.retry,
+      state: this.state,
+      signal,
+      drain,
+      onWarning: opts.onWarning,
+      handOver:
+        fallback &&
+        (async (err, left) => {
+          this.handedOver = true;
+          opts.onWarning?.(`${err.message}; fetching from the chunk store instead`);
+          await fallback.fetch(runsOf([...left, ...forStore.splice(0)].sort((a, b) => a - b)), deliver, signal, drain);
+        }),
     });
     if (forStore.length > 0) await fallback!.fetch(runsOf(forStore.sort((a, b) => a - b)), deliver, signal, drain);
   }
@@ -217,14 +240,21 @@ export class StoreSource implements RemoteSource {
     }
     if (todo.length === 0) return;
     const bad = failed.get(todo[0]);
-    if (bad) throw new ChunkVerifyError(this.index.idHex(todo[0]),
-      `could not be fetched intact from any source (${bad.message}, also when asked again)`);
+    if (bad)
+      throw new ChunkVerifyError(
+        this.index.idHex(todo[0]),
+        `could not be fetched intact from any source (${bad.message}, also when asked again)`,
+      );
     throw new ChunkMissingError(this.index.idHex(todo[0]), this.stores.map((s) => s.location).join(', '));
   }
 
   /** Returns the chunks this store did not have or could not give intact. */
   private async fromStore(
-    store: ChunkStore, chunks: number[], deliver: Deliver, signal: AbortSignal, failed: Map<number, ChunkVerifyError>,
+    store: ChunkStore,
+    chunks: number[],
+    deliver: Deliver,
+    signal: AbortSignal,
+    failed: Map<number, ChunkVerifyError>,
   ): Promise<number[]> {
     const reqs = chunks.map((i) => ({ id: this.index.id(i), size: this.index.chunkSize(i) }));
     const found = new Set<number>();
@@ -247,7 +277,8 @@ export class StoreSource implements RemoteSource {
         if (!(err instanceof ChunkVerifyError)) throw err;
         // Per chunk, not per update: the next store may have it intact.
         failed.set(chunks[k], err);
-        if (this.stores.indexOf(store) < this.stores.length - 1) this.onWarning?.(`${err.message}, also when asked again; trying the next store`);
+        if (this.stores.indexOf(store) < this.stores.length - 1)
+          this.onWarning?.(`${err.message}, also when asked again; trying the next store`);
         data = null;
       }
       if (data) this.take(store, deliver, chunks[k], data);

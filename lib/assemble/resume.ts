@@ -12,7 +12,12 @@ const BATCH_BYTES = 4 * 1024 * 1024;
 const IN_FLIGHT = 3;
 
 /** Verifies the journaled chunks of `file`; returns the target bytes that verified. */
-export async function verifyResumed(file: PartialFile, target: ChunkIndex, hashPool?: EncoderPool, signal?: AbortSignal): Promise<number> {
+export async function verifyResumed(
+  file: PartialFile,
+  target: ChunkIndex,
+  hashPool?: EncoderPool,
+  signal?: AbortSignal,
+): Promise<number> {
   if (!file.resumed) return 0;
   const buffers = new BatchBuffers(IN_FLIGHT + 1);
   let verified = 0;
@@ -46,7 +51,8 @@ export async function verifyResumed(file: PartialFile, target: ChunkIndex, hashP
     }
     const first = i;
     let bytes = 0;
-    while (i < target.count && file.has(i) && (i === first || bytes + target.chunkSize(i) <= BATCH_BYTES)) bytes += target.chunkSize(i++);
+    while (i < target.count && file.has(i) && (i === first || bytes + target.chunkSize(i) <= BATCH_BYTES))
+      bytes += target.chunkSize(i++);
     const p: Promise<void> = check(first, i - first).finally(() => running.delete(p));
     running.add(p);
     if (running.size >= IN_FLIGHT) await Promise.race(running);

@@ -43,7 +43,12 @@ export interface UnitFetchOptions {
 }
 
 /** Fetches `units` (ascending) from `fetcher`'s URL; resolves once every one was accepted. */
-export async function fetchUnits(fetcher: RangeFetcher, spec: UnitSpec, units: readonly number[], opts: UnitFetchOptions): Promise<void> {
+export async function fetchUnits(
+  fetcher: RangeFetcher,
+  spec: UnitSpec,
+  units: readonly number[],
+  opts: UnitFetchOptions,
+): Promise<void> {
   const { signal, state, retry } = opts;
   let todo = [...units];
   const wrongOnce = new Set<number>();
@@ -51,13 +56,18 @@ export async function fetchUnits(fetcher: RangeFetcher, spec: UnitSpec, units: r
   while (todo.length > 0) {
     signal.throwIfAborted();
     const wrong: number[] = [];
-    const collector = new ChunkCollector(spec.layout, todo, (i, data) => {
-      const bad = spec.accept(i, data);
-      if (!bad) return;
-      if (wrongOnce.has(i)) throw bad;
-      wrongOnce.add(i);
-      wrong.push(i);
-    }, spec.alloc);
+    const collector = new ChunkCollector(
+      spec.layout,
+      todo,
+      (i, data) => {
+        const bad = spec.accept(i, data);
+        if (!bad) return;
+        if (wrongOnce.has(i)) throw bad;
+        wrongOnce.add(i);
+        wrong.push(i);
+      },
+      spec.alloc,
+    );
     let error: unknown;
     try {
       for (const req of spec.plan(todo, state.multi)) {
@@ -79,7 +89,8 @@ export async function fetchUnits(fetcher: RangeFetcher, spec: UnitSpec, units: r
       await sleep(retry.retryBaseMs * failures, undefined, { signal });
     } else if (left.length > 0 && wrong.length === 0) {
       // A well-formed answer that left out asked-for bytes: the server is not trustworthy.
-      if (++failures >= retry.attempts) throw new OriginError(`${fetcher.url}: the server did not send ${spec.describe(left[0])}`);
+      if (++failures >= retry.attempts)
+        throw new OriginError(`${fetcher.url}: the server did not send ${spec.describe(left[0])}`);
     }
     todo = left;
   }

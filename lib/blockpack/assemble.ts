@@ -22,7 +22,14 @@ import type { ExtractProgress } from '../assemble/progress.js';
 import { BufferPool } from '../util/buffer-pool.js';
 import { FrameDecompressor } from './frame-codec.js';
 import {
-  HASH_BYTES, MAX_FRAME_BLOCKS, ZERO_BLOCK, blockHash, blockLength, checkPackHeader, frameOf, sha256,
+  HASH_BYTES,
+  MAX_FRAME_BLOCKS,
+  ZERO_BLOCK,
+  blockHash,
+  blockLength,
+  checkPackHeader,
+  frameOf,
+  sha256,
   type BlockIndex,
 } from './format.js';
 import { PackLayout, packRuns, planPackRequests, type BlockPlan } from './plan.js';
@@ -69,7 +76,10 @@ interface PackRequest {
 export class BlockAssembly {
   /** Dictionary and pack traffic. */
   get stats(): FetchStats {
-    return { requests: this.dictStats.requests + this.fetcher.stats.requests, bytes: this.dictStats.bytes + this.fetcher.stats.bytes };
+    return {
+      requests: this.dictStats.requests + this.fetcher.stats.requests,
+      bytes: this.dictStats.bytes + this.fetcher.stats.bytes,
+    };
   }
   seedMismatches = 0;
   /** Frames fetched (planned and on demand). */
@@ -136,17 +146,24 @@ export class BlockAssembly {
     const { index } = plan;
     const expected = index.imageSha256.toString('hex');
     if (sha256 && sha256.toLowerCase() !== expected) {
-      throw new PackError(`block index is for an image with SHA-256 ${expected}, the release has ${sha256} (stale or swapped index)`);
+      throw new PackError(
+        `block index is for an image with SHA-256 ${expected}, the release has ${sha256} (stale or swapped index)`,
+      );
     }
     if (index.imageSize !== target.size) {
-      throw new PackError(`block index is for a ${index.imageSize}-byte image, the target index describes ${target.size} bytes (stale or swapped pack)`);
+      throw new PackError(
+        `block index is for a ${index.imageSize}-byte image, the target index describes ${target.size} bytes (stale or swapped pack)`,
+      );
     }
     // Distinct blocks are numbered in order of first occurrence: frames then arrive in the order tasks need them.
     let next = 0;
     for (let b = 0; b < index.blockCount; b++) {
       const d = index.distinctOf[b];
       if (d === ZERO_BLOCK || d < next) continue;
-      if (d !== next) throw new PackError(`block index: block ${b} is distinct block ${d}, expected ${next} (not in order of first occurrence)`);
+      if (d !== next)
+        throw new PackError(
+          `block index: block ${b} is distinct block ${d}, expected ${next} (not in order of first occurrence)`,
+        );
       next++;
     }
   }
@@ -199,7 +216,11 @@ export class BlockAssembly {
     const frames = new Set<number>();
     for (const t of tasks) for (const d of t.fromPack) frames.add(frameOf(this.index, d));
     const sorted = [...frames].sort((a, b) => a - b);
-    const reqs = planPackRequests(this.index, sorted, { multi: this.state.multi, cost: this.cost, parallelism: this.opts.concurrency ?? 4 });
+    const reqs = planPackRequests(this.index, sorted, {
+      multi: this.state.multi,
+      cost: this.cost,
+      parallelism: this.opts.concurrency ?? 4,
+    });
     this.requests = reqs.map((r) => ({ frames: framesOf(r) }));
     for (const r of this.requests) for (const f of r.frames) this.requestOf.set(f, r);
   }
@@ -249,7 +270,8 @@ export class BlockAssembly {
       await packReady;
       this.ctl.signal.throwIfAborted();
       // Seed blocks that failed their hash (here or in an earlier task) come from the pack too.
-      const rescued = seedBad.size > 0 ? await this.fetchBlocksNow([...new Set(seedBad.values())]) : new Map<number, Buffer>();
+      const rescued =
+        seedBad.size > 0 ? await this.fetchBlocksNow([...new Set(seedBad.values())]) : new Map<number, Buffer>();
       let fromSeeds = 0;
       let fromZero = 0;
       let fromPack = 0;
@@ -313,7 +335,9 @@ export class BlockAssembly {
     for (let i = t.first; i < t.first + t.count; i++) {
       const bytes = data.subarray(target.start(i) - t.start, target.end(i) - t.start);
       if (!chunkId(target.digest, bytes).equals(target.id(i))) {
-        throw new PackError(`the block pack's image is not the target index's image (chunk ${target.idHex(i)} at byte ${target.start(i)} does not match its ID); stale or swapped pack`);
+        throw new PackError(
+          `the block pack's image is not the target index's image (chunk ${target.idHex(i)} at byte ${target.start(i)} does not match its ID); stale or swapped pack`,
+        );
       }
     }
   }
@@ -329,7 +353,7 @@ export class BlockAssembly {
     const inside = (b: number): boolean => b * bs >= t.start && b * bs + blockLength(index, b) <= t.end;
     const lastBlock = Math.ceil(t.end / bs);
     let scratch: Buffer | undefined;
-    for (let b = Math.floor(t.start / bs); b < lastBlock;) {
+    for (let b = Math.floor(t.start / bs); b < lastBlock; ) {
       const d = index.distinctOf[b];
       if (d === ZERO_BLOCK || plan.localSeed[d] < 0) {
         b++;
@@ -346,7 +370,9 @@ export class BlockAssembly {
       }
       const fh = await this.seedHandle(seed);
       const direct = inside(b);
-      const buf = direct ? data.subarray(b * bs - t.start, (b + n) * bs - t.start) : (scratch ??= Buffer.allocUnsafe(bs));
+      const buf = direct
+        ? data.subarray(b * bs - t.start, (b + n) * bs - t.start)
+        : (scratch ??= Buffer.allocUnsafe(bs));
       let got = 0;
       while (got < buf.length) {
         const { bytesRead } = await fh.read(buf, got, buf.length - got, plan.localBlock[d] * bs + got);
@@ -362,7 +388,9 @@ export class BlockAssembly {
           ok = false;
           this.seedFailed.add(e);
           this.seedMismatches++;
-          this.opts.onWarning?.(`seed ${plan.seeds[seed].path}: block ${plan.localBlock[e]} at byte ${plan.localBlock[e] * bs} does not match its hash; fetching it from the pack`);
+          this.opts.onWarning?.(
+            `seed ${plan.seeds[seed].path}: block ${plan.localBlock[e]} at byte ${plan.localBlock[e] * bs} does not match its hash; fetching it from the pack`,
+          );
         }
         if (!ok) bad.set(b + k, e);
         else if (!direct) {
@@ -399,7 +427,10 @@ export class BlockAssembly {
     this.waiting.add(k);
     this.wake();
     try {
-      await unlessAborted(Promise.all(waits).then(() => {}), this.ctl.signal);
+      await unlessAborted(
+        Promise.all(waits).then(() => {}),
+        this.ctl.signal,
+      );
     } finally {
       this.waiting.delete(k);
     }
@@ -441,9 +472,14 @@ export class BlockAssembly {
       const dict = await opts.http.getBuffer(opts.dictUrl, { maxBytes: index.dictSize, signal: this.ctl.signal });
       this.dictStats.requests++;
       this.dictStats.bytes += dict.body.length;
-      if (dict.status !== 200) throw new OriginError(`GET ${opts.dictUrl}: HTTP ${dict.status} (the block index names a dictionary the server does not have)`);
+      if (dict.status !== 200)
+        throw new OriginError(
+          `GET ${opts.dictUrl}: HTTP ${dict.status} (the block index names a dictionary the server does not have)`,
+        );
       if (dict.body.length !== index.dictSize || !sha256(dict.body).equals(index.dictSha256)) {
-        throw new PackError(`${opts.dictUrl}: dictionary does not match the block index (${dict.body.length} bytes; corrupt, stale or swapped)`);
+        throw new PackError(
+          `${opts.dictUrl}: dictionary does not match the block index (${dict.body.length} bytes; corrupt, stale or swapped)`,
+        );
       }
       return new FrameDecompressor(dict.body);
     })();
@@ -451,14 +487,20 @@ export class BlockAssembly {
   }
 
   /** Fetches frames through the fetch loop; each verified frame's still-needed blocks are kept for their tasks. */
-  private async fetchFrames(req: PackRequest | undefined, frames: readonly number[], keep?: Map<number, Buffer>): Promise<void> {
+  private async fetchFrames(
+    req: PackRequest | undefined,
+    frames: readonly number[],
+    keep?: Map<number, Buffer>,
+  ): Promise<void> {
     const { index, opts } = this;
     const decoder = await this.dictionary();
     const layout = new PackLayout(index.frameStart);
     const spec: UnitSpec = {
       layout,
       plan: (units, multi) => {
-        const runs = packRuns(units.filter((u) => u > 0).map((u) => u - 1)).filter((r) => r.first > 0 || !this.headerChecked);
+        const runs = packRuns(units.filter((u) => u > 0).map((u) => u - 1)).filter(
+          (r) => r.first > 0 || !this.headerChecked,
+        );
         return this.cost.planRequests(layout, runs, multi, opts.concurrency ?? 4);
       },
       accept: (u, data) => {
@@ -491,7 +533,10 @@ export class BlockAssembly {
     };
     const units = [...(this.headerChecked ? [] : [0]), ...frames.map((f) => f + 1)];
     await fetchUnits(this.fetcher, spec, units, {
-      retry: this.retry, state: this.state, signal: this.ctl.signal, onWarning: opts.onWarning,
+      retry: this.retry,
+      state: this.state,
+      signal: this.ctl.signal,
+      onWarning: opts.onWarning,
       drain: req && (() => this.drain()),
     });
     // Every first request asks for the header; a server that never sent it is not serving this pack.
@@ -560,7 +605,14 @@ function hashMatches(index: BlockIndex, d: number, data: Uint8Array): boolean {
 }
 
 /** Decompresses frame f and checks each of its blocks against the index; returns the blocks in order. */
-function unpackFrame(index: BlockIndex, decoder: FrameDecompressor, f: number, stored: Buffer, lengthOf: (d: number) => number, packUrl: string): Buffer[] {
+function unpackFrame(
+  index: BlockIndex,
+  decoder: FrameDecompressor,
+  f: number,
+  stored: Buffer,
+  lengthOf: (d: number) => number,
+  packUrl: string,
+): Buffer[] {
   const first = index.frameFirst[f];
   const last = index.frameFirst[f + 1];
   let length = 0;
@@ -571,7 +623,8 @@ function unpackFrame(index: BlockIndex, decoder: FrameDecompressor, f: number, s
   for (let d = first, off = 0; d < last; d++) {
     const block = content.subarray(off, off + lengthOf(d));
     off += block.length;
-    if (!hashMatches(index, d, block)) throw new PackError(`${where}: block ${d - first} does not match its hash in the block index`);
+    if (!hashMatches(index, d, block))
+      throw new PackError(`${where}: block ${d - first} does not match its hash in the block index`);
     blocks.push(block);
   }
   return blocks;
@@ -628,22 +681,44 @@ function blockChunks(index: BlockIndex): ChunkIndex {
  * checked against its hash and the whole file against the block index's SHA-256 before the
  * rename). The engine (lib/delta) runs BlockAssembly into its own sinks instead.
  */
-export async function assembleBlocks(plan: BlockPlan, out: string, opts: AssembleBlocksOptions): Promise<AssembleBlocksResult> {
+export async function assembleBlocks(
+  plan: BlockPlan,
+  out: string,
+  opts: AssembleBlocksOptions,
+): Promise<AssembleBlocksResult> {
   const started = Date.now();
   BlockAssembly.check(plan, { size: plan.index.imageSize }, opts.sha256);
   const target = blockChunks(plan.index);
   const { file } = await PartialFile.open(out, target, false);
   const progress: ExtractProgress = {
-    total: target.size, done: 0, fromSeeds: 0, fromSelf: 0, fromZero: 0, fromCache: 0, fromNetwork: 0, fromLocalStore: 0, networkBytes: 0, networkRequests: 0,
+    total: target.size,
+    done: 0,
+    fromSeeds: 0,
+    fromSelf: 0,
+    fromZero: 0,
+    fromCache: 0,
+    fromNetwork: 0,
+    fromLocalStore: 0,
+    networkBytes: 0,
+    networkRequests: 0,
   };
-  const retry = { attempts: opts.attempts ?? opts.http.attempts, retryBaseMs: opts.retryBaseMs ?? opts.http.retryBaseMs };
+  const retry = {
+    attempts: opts.attempts ?? opts.http.attempts,
+    retryBaseMs: opts.retryBaseMs ?? opts.http.retryBaseMs,
+  };
   const route = new BlockAssembly(plan, target, file, progress, { ...opts, retry }, false);
   try {
     await route.run();
     const sum = (await file.commit(0o644, plan.index.imageSha256.toString('hex')))!;
     return {
-      sha256: sum, fromSeeds: progress.fromSeeds, fromPack: progress.fromNetwork, seedMismatches: route.seedMismatches,
-      networkBytes: route.stats.bytes, networkRequests: route.stats.requests, frames: route.framesFetched, wallMs: Date.now() - started,
+      sha256: sum,
+      fromSeeds: progress.fromSeeds,
+      fromPack: progress.fromNetwork,
+      seedMismatches: route.seedMismatches,
+      networkBytes: route.stats.bytes,
+      networkRequests: route.stats.requests,
+      frames: route.framesFetched,
+      wallMs: Date.now() - started,
     };
   } catch (err) {
     await file.discard();

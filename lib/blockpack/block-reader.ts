@@ -12,7 +12,9 @@ const READ_BYTES = 4 * 1024 * 1024;
  * promise pauses reading, for backpressure).
  */
 export async function forEachBlock(
-  fh: FileHandle, size: number, blockSize: number,
+  fh: FileHandle,
+  size: number,
+  blockSize: number,
   fn: (b: number, data: Buffer) => void | Promise<void>,
   progress?: (done: number) => void,
   signal?: AbortSignal,
@@ -24,7 +26,8 @@ export async function forEachBlock(
     signal?.throwIfAborted();
     const want = Math.min(buf.length, size - pos);
     const got = await readFully(fh, buf, pos, want);
-    if (got < want) throw new DeltadError('ERR_DELTAD_READ', `file shrank while reading (at byte ${pos + got} of ${size})`);
+    if (got < want)
+      throw new DeltadError('ERR_DELTAD_READ', `file shrank while reading (at byte ${pos + got} of ${size})`);
     for (let off = 0; off < got; off += blockSize, b++) {
       const wait = fn(b, buf.subarray(off, Math.min(got, off + blockSize)));
       if (wait) await wait;

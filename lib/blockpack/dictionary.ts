@@ -94,12 +94,18 @@ export async function trainZstdCliDictionary(samples: Buffer, blockSize: number,
     await writeFile(input, samples);
     const stderr: Buffer[] = [];
     const code = await new Promise<number>((resolve, reject) => {
-      const p = spawn('zstd', ['-q', '--train', `-B${blockSize}`, `--maxdict=${opts.size}`, '-o', output, input], { stdio: ['ignore', 'ignore', 'pipe'] });
+      const p = spawn('zstd', ['-q', '--train', `-B${blockSize}`, `--maxdict=${opts.size}`, '-o', output, input], {
+        stdio: ['ignore', 'ignore', 'pipe'],
+      });
       p.stderr.on('data', (b: Buffer) => stderr.push(b));
       p.on('error', reject);
       p.on('close', (c) => resolve(c ?? 1));
     });
-    if (code !== 0) throw new DeltadError('ERR_DELTAD_WORKER', `zstd --train failed (exit ${code}): ${Buffer.concat(stderr).toString().trim().slice(0, 300)}`);
+    if (code !== 0)
+      throw new DeltadError(
+        'ERR_DELTAD_WORKER',
+        `zstd --train failed (exit ${code}): ${Buffer.concat(stderr).toString().trim().slice(0, 300)}`,
+      );
     return await readFile(output);
   } finally {
     await rm(dir, { recursive: true, force: true });

@@ -118,7 +118,8 @@ class ByteReader {
     let v = 0;
     let mul = 1;
     for (let k = 0; k < 7; k++) {
-      if (this.pos >= this.buf.length) this.fail(field, INDEX_HEADER_SIZE, `index body ends inside a number (body byte ${this.pos})`);
+      if (this.pos >= this.buf.length)
+        this.fail(field, INDEX_HEADER_SIZE, `index body ends inside a number (body byte ${this.pos})`);
       const b = this.buf[this.pos++];
       v += (b & 0x7f) * mul;
       if ((b & 0x80) === 0) return v;
@@ -127,7 +128,12 @@ class ByteReader {
     return this.fail(field, INDEX_HEADER_SIZE, `number too long at body byte ${this.pos}`);
   }
   bytes(n: number, field: string): Buffer {
-    if (this.pos + n > this.buf.length) this.fail(field, INDEX_HEADER_SIZE, `index body ends early (needs ${n} bytes at body byte ${this.pos}, has ${this.buf.length - this.pos})`);
+    if (this.pos + n > this.buf.length)
+      this.fail(
+        field,
+        INDEX_HEADER_SIZE,
+        `index body ends early (needs ${n} bytes at body byte ${this.pos}, has ${this.buf.length - this.pos})`,
+      );
     const b = this.buf.subarray(this.pos, this.pos + n);
     this.pos += n;
     return b;
@@ -164,7 +170,10 @@ export function serializeBlockIndex(c: IndexContent): Buffer {
   }
   w.bytes(c.hashes);
   const raw = w.result();
-  const body = zstdCompressSync(raw, { params: { [constants.ZSTD_c_compressionLevel]: 19 }, pledgedSrcSize: raw.length });
+  const body = zstdCompressSync(raw, {
+    params: { [constants.ZSTD_c_compressionLevel]: 19 },
+    pledgedSrcSize: raw.length,
+  });
   const h = Buffer.alloc(INDEX_HEADER_SIZE);
   INDEX_MAGIC.copy(h, 0);
   h.writeUInt32LE(FORMAT_VERSION, 8);
@@ -191,12 +200,15 @@ export function parseBlockIndex(buf: Buffer, source?: string): BlockIndex {
   const fail = (field: string, offset: number, detail: string): never => {
     throw new IndexFormatError(field, offset, detail, source);
   };
-  if (buf.length < INDEX_HEADER_SIZE) fail('file size', buf.length, `${buf.length} bytes, a block index is at least ${INDEX_HEADER_SIZE}`);
+  if (buf.length < INDEX_HEADER_SIZE)
+    fail('file size', buf.length, `${buf.length} bytes, a block index is at least ${INDEX_HEADER_SIZE}`);
   if (!buf.subarray(0, 8).equals(INDEX_MAGIC)) fail('magic', 0, 'not a deltad block index');
   const version = buf.readUInt32LE(8);
-  if (version !== FORMAT_VERSION) fail('version', 8, `version ${version} is not supported (expected ${FORMAT_VERSION})`);
+  if (version !== FORMAT_VERSION)
+    fail('version', 8, `version ${version} is not supported (expected ${FORMAT_VERSION})`);
   const blockSize = buf.readUInt32LE(12);
-  if (blockSize < MIN_BLOCK_SIZE || blockSize > MAX_BLOCK_SIZE || (blockSize & (blockSize - 1)) !== 0) fail('block_size', 12, `${blockSize} is not a power of two in ${MIN_BLOCK_SIZE}..${MAX_BLOCK_SIZE}`);
+  if (blockSize < MIN_BLOCK_SIZE || blockSize > MAX_BLOCK_SIZE || (blockSize & (blockSize - 1)) !== 0)
+    fail('block_size', 12, `${blockSize} is not a power of two in ${MIN_BLOCK_SIZE}..${MAX_BLOCK_SIZE}`);
   if (buf.readUInt32LE(16) !== HASH_BYTES) fail('hash_bytes', 16, `${buf.readUInt32LE(16)} (expected ${HASH_BYTES})`);
   if (buf.readUInt32LE(20) !== 0) fail('flags', 20, `unknown flags 0x${buf.readUInt32LE(20).toString(16)}`);
   const u64 = (off: number, field: string, max = Number.MAX_SAFE_INTEGER): number => {
@@ -206,27 +218,40 @@ export function parseBlockIndex(buf: Buffer, source?: string): BlockIndex {
   };
   const imageSize = u64(24, 'image_size');
   const blockCount = u64(32, 'block_count');
-  if (blockCount !== Math.ceil(imageSize / blockSize)) fail('block_count', 32, `${blockCount} blocks cannot cover ${imageSize} bytes of ${blockSize}-byte blocks`);
+  if (blockCount !== Math.ceil(imageSize / blockSize))
+    fail('block_count', 32, `${blockCount} blocks cannot cover ${imageSize} bytes of ${blockSize}-byte blocks`);
   if (blockCount > MAX_BLOCKS) fail('block_count', 32, `${blockCount} blocks exceeds the limit of ${MAX_BLOCKS}`);
   const distinctCount = u64(40, 'distinct_count', blockCount);
   const frameCount = u64(48, 'frame_count', distinctCount);
-  if ((distinctCount === 0) !== (frameCount === 0)) fail('frame_count', 48, `${frameCount} frames for ${distinctCount} distinct blocks`);
+  if ((distinctCount === 0) !== (frameCount === 0))
+    fail('frame_count', 48, `${frameCount} frames for ${distinctCount} distinct blocks`);
   const packSize = u64(56, 'pack_size');
   const dictSize = u64(64, 'dict_size', 64 * 1024 * 1024);
   const bodyLength = u64(72, 'body_length');
   // Bounded by what the counts can need, so a lying header cannot make us allocate more.
   const rawLength = u64(80, 'body_raw_length', blockCount * 4 + frameCount * 7 + distinctCount * HASH_BYTES);
-  if (INDEX_HEADER_SIZE + bodyLength !== buf.length) fail('body_length', 72, `header says ${bodyLength} body bytes, file has ${buf.length - INDEX_HEADER_SIZE}`);
+  if (INDEX_HEADER_SIZE + bodyLength !== buf.length)
+    fail('body_length', 72, `header says ${bodyLength} body bytes, file has ${buf.length - INDEX_HEADER_SIZE}`);
   const body = buf.subarray(INDEX_HEADER_SIZE);
-  if (!sha256(body).equals(buf.subarray(184, 216))) fail('body_sha256', 184, 'the index body does not match its SHA-256 (corrupt or truncated)');
+  if (!sha256(body).equals(buf.subarray(184, 216)))
+    fail('body_sha256', 184, 'the index body does not match its SHA-256 (corrupt or truncated)');
   let raw = Buffer.alloc(0);
   try {
     const limit = Math.max(1, rawLength);
-    raw = zstdDecompressSync(body, { maxOutputLength: limit, chunkSize: Math.max(64, limit), rejectGarbageAfterEnd: true });
+    raw = zstdDecompressSync(body, {
+      maxOutputLength: limit,
+      chunkSize: Math.max(64, limit),
+      rejectGarbageAfterEnd: true,
+    });
   } catch (err) {
-    fail('body', INDEX_HEADER_SIZE, `zstd: ${(err as Error).message} (or larger than the ${rawLength} bytes the header says)`);
+    fail(
+      'body',
+      INDEX_HEADER_SIZE,
+      `zstd: ${(err as Error).message} (or larger than the ${rawLength} bytes the header says)`,
+    );
   }
-  if (raw.length !== rawLength) fail('body_raw_length', 80, `body decompresses to ${raw.length} bytes, header says ${rawLength}`);
+  if (raw.length !== rawLength)
+    fail('body_raw_length', 80, `body decompresses to ${raw.length} bytes, header says ${rawLength}`);
 
   const r = new ByteReader(raw, fail);
   const distinctOf = new Int32Array(blockCount);
@@ -235,10 +260,12 @@ export function parseBlockIndex(buf: Buffer, source?: string): BlockIndex {
     const k = r.varint(`block[${b}]`);
     if (k === 0) distinctOf[b] = ZERO_BLOCK;
     else if (k === 1) {
-      if (next >= distinctCount) fail(`block[${b}]`, INDEX_HEADER_SIZE, `more new blocks than distinct_count ${distinctCount}`);
+      if (next >= distinctCount)
+        fail(`block[${b}]`, INDEX_HEADER_SIZE, `more new blocks than distinct_count ${distinctCount}`);
       distinctOf[b] = next++;
     } else {
-      if (k - 1 > next) fail(`block[${b}]`, INDEX_HEADER_SIZE, `repeats distinct block ${next - k + 1}, which does not exist`);
+      if (k - 1 > next)
+        fail(`block[${b}]`, INDEX_HEADER_SIZE, `repeats distinct block ${next - k + 1}, which does not exist`);
       distinctOf[b] = next - k + 1;
     }
   }
@@ -251,8 +278,10 @@ export function parseBlockIndex(buf: Buffer, source?: string): BlockIndex {
   for (let f = 0; f < frameCount; f++) {
     const n = r.varint(`frame[${f}].blocks`);
     const len = r.varint(`frame[${f}].length`);
-    if (n < 1 || n > MAX_FRAME_BLOCKS || d + n > distinctCount) fail(`frame[${f}].blocks`, INDEX_HEADER_SIZE, `${n} blocks (at distinct block ${d} of ${distinctCount})`);
-    if (len < 1 || len > n * blockSize + 1024) fail(`frame[${f}].length`, INDEX_HEADER_SIZE, `${len} bytes for ${n} blocks of ${blockSize}`);
+    if (n < 1 || n > MAX_FRAME_BLOCKS || d + n > distinctCount)
+      fail(`frame[${f}].blocks`, INDEX_HEADER_SIZE, `${n} blocks (at distinct block ${d} of ${distinctCount})`);
+    if (len < 1 || len > n * blockSize + 1024)
+      fail(`frame[${f}].length`, INDEX_HEADER_SIZE, `${len} bytes for ${n} blocks of ${blockSize}`);
     frameFirst[f] = d;
     frameStart[f] = off;
     d += n;
@@ -260,16 +289,27 @@ export function parseBlockIndex(buf: Buffer, source?: string): BlockIndex {
   }
   frameFirst[frameCount] = d;
   frameStart[frameCount] = off;
-  if (d !== distinctCount) fail('frame table', INDEX_HEADER_SIZE, `frames hold ${d} distinct blocks, header says ${distinctCount}`);
-  if (off !== packSize) fail('pack_size', 56, `frames end at byte ${off} of the pack, header says the pack has ${packSize}`);
+  if (d !== distinctCount)
+    fail('frame table', INDEX_HEADER_SIZE, `frames hold ${d} distinct blocks, header says ${distinctCount}`);
+  if (off !== packSize)
+    fail('pack_size', 56, `frames end at byte ${off} of the pack, header says the pack has ${packSize}`);
   const hashes = new Uint8Array(r.bytes(distinctCount * HASH_BYTES, 'hashes'));
   if (r.pos !== raw.length) fail('body', INDEX_HEADER_SIZE, `${raw.length - r.pos} bytes after the hashes`);
   return {
-    blockSize, imageSize, blockCount,
+    blockSize,
+    imageSize,
+    blockCount,
     imageSha256: Buffer.from(buf.subarray(88, 120)),
-    packSize, packSha256: Buffer.from(buf.subarray(120, 152)),
-    dictSize, dictSha256: Buffer.from(buf.subarray(152, 184)),
-    distinctOf, distinctCount, hashes, frameCount, frameFirst, frameStart,
+    packSize,
+    packSha256: Buffer.from(buf.subarray(120, 152)),
+    dictSize,
+    dictSha256: Buffer.from(buf.subarray(152, 184)),
+    distinctOf,
+    distinctCount,
+    hashes,
+    frameCount,
+    frameFirst,
+    frameStart,
   };
 }
 
@@ -301,8 +341,12 @@ export function checkPackHeader(h: Buffer, idx: BlockIndex, source: string): voi
   if (h.length !== PACK_HEADER_SIZE) fail('header', 0, `${h.length} bytes (expected ${PACK_HEADER_SIZE})`);
   if (!h.subarray(0, 8).equals(PACK_MAGIC)) fail('magic', 0, 'not a deltad block pack');
   if (h.readUInt32LE(8) !== FORMAT_VERSION) fail('version', 8, `version ${h.readUInt32LE(8)} is not supported`);
-  if (h.readUInt32LE(12) !== idx.blockSize) fail('block_size', 12, `${h.readUInt32LE(12)}, the index says ${idx.blockSize}`);
-  if (h.readBigUInt64LE(16) !== BigInt(idx.frameCount)) fail('frame_count', 16, `${h.readBigUInt64LE(16)}, the index says ${idx.frameCount}`);
-  if (h.readBigUInt64LE(24) !== BigInt(idx.imageSize)) fail('image_size', 24, `${h.readBigUInt64LE(24)}, the index says ${idx.imageSize}`);
-  if (!h.subarray(32, 64).equals(idx.imageSha256)) fail('image_sha256', 32, 'the pack was made for another image than the index (stale or swapped pack)');
+  if (h.readUInt32LE(12) !== idx.blockSize)
+    fail('block_size', 12, `${h.readUInt32LE(12)}, the index says ${idx.blockSize}`);
+  if (h.readBigUInt64LE(16) !== BigInt(idx.frameCount))
+    fail('frame_count', 16, `${h.readBigUInt64LE(16)}, the index says ${idx.frameCount}`);
+  if (h.readBigUInt64LE(24) !== BigInt(idx.imageSize))
+    fail('image_size', 24, `${h.readBigUInt64LE(24)}, the index says ${idx.imageSize}`);
+  if (!h.subarray(32, 64).equals(idx.imageSha256))
+    fail('image_sha256', 32, 'the pack was made for another image than the index (stale or swapped pack)');
 }

@@ -47,7 +47,10 @@ export class FramePool {
       this.waiting.set(w, []);
       w.on('message', (r: StoredBatch) => this.waiting.get(w)!.shift()?.resolve(r));
       const fail = (err: Error): void => {
-        for (const p of this.waiting.get(w)!.splice(0)) p.reject(new DeltadError('ERR_DELTAD_PACK', `frame compression thread failed: ${err.message}`, { cause: err }));
+        for (const p of this.waiting.get(w)!.splice(0))
+          p.reject(
+            new DeltadError('ERR_DELTAD_PACK', `frame compression thread failed: ${err.message}`, { cause: err }),
+          );
       };
       w.on('error', fail);
       w.on('exit', (code) => fail(new DeltadError('ERR_DELTAD_WORKER', `exited with code ${code}`)));

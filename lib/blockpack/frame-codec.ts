@@ -29,7 +29,9 @@ export class FrameCompressor {
       readableHighWaterMark: Number.MAX_SAFE_INTEGER,
     };
     this.engine = createZstdCompress(options);
-    this.engine.on('error', () => { /* also given to the failing write's callback */ });
+    this.engine.on('error', () => {
+      /* also given to the failing write's callback */
+    });
   }
 
   /** The stored form of `data`. Calls run one after another, in call order. */

@@ -13,7 +13,11 @@ import { indexSeedBlocks } from './seed-blocks.js';
 export { packImage, artifactNames, type PackOptions, type PackResult, type Trainer } from './publisher.js';
 export { costOf, planBlocks, type BlockPlan, type BlockCost } from './plan.js';
 export {
-  BlockAssembly, assembleBlocks, type BlockRouteOptions, type AssembleBlocksOptions, type AssembleBlocksResult,
+  BlockAssembly,
+  assembleBlocks,
+  type BlockRouteOptions,
+  type AssembleBlocksOptions,
+  type AssembleBlocksResult,
 } from './assemble.js';
 export { indexSeedBlocks, type SeedBlocks } from './seed-blocks.js';
 export { parseBlockIndex, type BlockIndex } from './format.js';
@@ -41,7 +45,11 @@ export function blockPackUrls(imageUrl: string): { indexUrl: string; packUrl: st
 }
 
 /** Fetches the release's block index; null when the release has no pack (404), so the chunk path is used. */
-export async function probeBlockPack(http: HttpClient, imageUrl: string, signal?: AbortSignal): Promise<BlockPackProbe | null> {
+export async function probeBlockPack(
+  http: HttpClient,
+  imageUrl: string,
+  signal?: AbortSignal,
+): Promise<BlockPackProbe | null> {
   const urls = blockPackUrls(imageUrl);
   const res = await http.getBuffer(urls.indexUrl, { maxBytes: MAX_INDEX_FETCH, signal });
   if (res.status !== 200) return null;
@@ -49,7 +57,11 @@ export async function probeBlockPack(http: HttpClient, imageUrl: string, signal?
 }
 
 /** Indexes the seeds per block (cached) and plans the target against them. */
-export async function planBlockUpdate(probe: BlockPackProbe, seedPaths: readonly string[], opts: { cacheDir?: string; signal?: AbortSignal } = {}): Promise<BlockPlan> {
+export async function planBlockUpdate(
+  probe: BlockPackProbe,
+  seedPaths: readonly string[],
+  opts: { cacheDir?: string; signal?: AbortSignal } = {},
+): Promise<BlockPlan> {
   const seeds = [];
   for (const p of seedPaths) seeds.push(await indexSeedBlocks(p, probe.index.blockSize, opts));
   return planBlocks(probe.index, seeds, probe.indexBytes);
@@ -100,6 +112,11 @@ export async function costBlockPath(opts: BlockPathOptions): Promise<BlockPathCh
 
 /** Failures of the pack or its server (not of this machine): another route may still work. */
 export function isPackFailure(err: unknown): boolean {
-  return err instanceof PackError || err instanceof ChecksumMismatchError || err instanceof IndexFormatError ||
-    err instanceof OriginError || err instanceof RangeUnsupportedError;
+  return (
+    err instanceof PackError ||
+    err instanceof ChecksumMismatchError ||
+    err instanceof IndexFormatError ||
+    err instanceof OriginError ||
+    err instanceof RangeUnsupportedError
+  );
 }

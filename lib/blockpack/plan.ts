@@ -116,7 +116,8 @@ export function planBlocks(index: BlockIndex, seeds: readonly SeedBlocks[], inde
     const dv = view(s.hashes);
     // Only whole blocks: a short last block of a seed is never a target's whole block.
     const whole = Math.floor(s.size / bs);
-    for (let b = 0; b < whole; b++) table.add(dv.getUint32(b * HASH_BYTES, true), dv.getUint32(b * HASH_BYTES + 4, true), k, b);
+    for (let b = 0; b < whole; b++)
+      table.add(dv.getUint32(b * HASH_BYTES, true), dv.getUint32(b * HASH_BYTES + 4, true), k, b);
   });
 
   const localSeed = new Int32Array(index.distinctCount).fill(-1);
@@ -132,7 +133,15 @@ export function planBlocks(index: BlockIndex, seeds: readonly SeedBlocks[], inde
     localBlock[d] = table.blockAt(slot);
   }
 
-  const totals: BlockPlanTotals = { blocks: index.blockCount, zeroBlocks: 0, zeroBytes: 0, fromSeeds: 0, fromPack: 0, frames: 0, frameBytes: 0 };
+  const totals: BlockPlanTotals = {
+    blocks: index.blockCount,
+    zeroBlocks: 0,
+    zeroBytes: 0,
+    fromSeeds: 0,
+    fromPack: 0,
+    frames: 0,
+    frameBytes: 0,
+  };
   const need = new Uint8Array(index.frameCount);
   for (let b = 0; b < index.blockCount; b++) {
     const d = index.distinctOf[b];
@@ -140,8 +149,7 @@ export function planBlocks(index: BlockIndex, seeds: readonly SeedBlocks[], inde
     if (d === ZERO_BLOCK) {
       totals.zeroBlocks++;
       totals.zeroBytes += len;
-    }
-    else if (localSeed[d] >= 0) totals.fromSeeds += len;
+    } else if (localSeed[d] >= 0) totals.fromSeeds += len;
     else {
       totals.fromPack += len;
       need[frameOf(index, d)] = 1;
@@ -177,7 +185,11 @@ export interface RequestPlanOptions {
 }
 
 /** The pack requests for a set of frames (header first), gaps merged as the cost model says. */
-export function planPackRequests(index: BlockIndex, frames: readonly number[], opts: RequestPlanOptions): RangeRequest[] {
+export function planPackRequests(
+  index: BlockIndex,
+  frames: readonly number[],
+  opts: RequestPlanOptions,
+): RangeRequest[] {
   const cost = opts.cost ?? defaultCostModel;
   return cost.planRequests(new PackLayout(index.frameStart), packRuns(frames), opts.multi, opts.parallelism ?? 4);
 }
@@ -189,5 +201,9 @@ export function costOf(plan: BlockPlan, opts: RequestPlanOptions): BlockCost {
   if (plan.frames.length === 0) return { mode, bytes: plan.indexBytes, requests: 1 };
   const reqs = planPackRequests(plan.index, plan.frames, opts);
   const dictRequests = plan.index.dictSize > 0 ? 1 : 0;
-  return { mode, bytes: plan.indexBytes + plan.index.dictSize + bodyBytes(reqs), requests: 1 + dictRequests + reqs.length };
+  return {
+    mode,
+    bytes: plan.indexBytes + plan.index.dictSize + bodyBytes(reqs),
+    requests: 1 + dictRequests + reqs.length,
+  };
 }

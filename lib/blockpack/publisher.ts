@@ -13,8 +13,16 @@ import { trainCoverDictionary, trainZstdCliDictionary } from './dictionary.js';
 import { FramePool, type StoredBatch } from './frame-batch.js';
 import { replaceFile } from '../util/fs-io.js';
 import {
-  HASH_BYTES, MAX_BLOCKS, MAX_BLOCK_SIZE, blockHash, MAX_FRAME_BLOCKS, MIN_BLOCK_SIZE, PACK_HEADER_SIZE, ZERO_BLOCK,
-  serializeBlockIndex, serializePackHeader,
+  HASH_BYTES,
+  MAX_BLOCKS,
+  MAX_BLOCK_SIZE,
+  blockHash,
+  MAX_FRAME_BLOCKS,
+  MIN_BLOCK_SIZE,
+  PACK_HEADER_SIZE,
+  ZERO_BLOCK,
+  serializeBlockIndex,
+  serializePackHeader,
 } from './format.js';
 
 export type Trainer = 'cover' | 'zstd' | 'none';
@@ -132,35 +140,57 @@ interface ImageScan {
 }
 
 /** Pass 1: hash every block, number the distinct ones (in order of first occurrence), pick training samples. */
-async function scanImage(fh: FileHandle, size: number, bs: number, sampleBlocks: number, onProgress?: PackOptions['onProgress']): Promise<ImageScan> {
+async function scanImage(
+  fh: FileHandle,
+  size: number,
+  bs: number,
+  sampleBlocks: number,
+  onProgress?: PackOptions['onProgress'],
+): Promise<ImageScan> {
   const blockCount = Math.ceil(size / bs);
   const imageHash = createHash('sha256');
-  const scan: ImageScan = { size, imageSha256: Buffer.alloc(0), distinctOf: new Int32Array(blockCount), firstBlock: [], keys: [], hashes: [], zeroBlocks: 0, samples: [] };
+  const scan: ImageScan = {
+    size,
+    imageSha256: Buffer.alloc(0),
+    distinctOf: new Int32Array(blockCount),
+    firstBlock: [],
+    keys: [],
+    hashes: [],
+    zeroBlocks: 0,
+    samples: [],
+  };
   const byKey = new Map<string, number>();
   const zero = Buffer.alloc(bs);
   const sampleStride = Math.max(1, Math.floor(blockCount / sampleBlocks));
-  await forEachBlock(fh, size, bs, (b, data) => {
-    imageHash.update(data);
-    if (zero.subarray(0, data.length).equals(data)) {
-      scan.distinctOf[b] = ZERO_BLOCK;
-      scan.zeroBlocks++;
-      return;
-    }
-    const digest = createHash('sha256').update(data).digest();
-    const key = digest.toString('latin1', 0, 16) + (data.length < bs ? `/${data.length}` : '');
-    const seen = byKey.get(key);
-    if (seen !== undefined) {
-      scan.distinctOf[b] = seen;
-      return;
-    }
-    const d = scan.firstBlock.length;
-    byKey.set(key, d);
-    scan.distinctOf[b] = d;
-    scan.firstBlock.push(b);
-    scan.keys.push(key);
-    scan.hashes.push(digest.subarray(0, HASH_BYTES));
-    if (d % sampleStride === 0 && scan.samples.length < sampleBlocks && data.length === bs) scan.samples.push(Buffer.from(data));
-  }, (done) => onProgress?.('scan', done, size));
+  await forEachBlock(
+    fh,
+    size,
+    bs,
+    (b, data) => {
+      imageHash.update(data);
+      if (zero.subarray(0, data.length).equals(data)) {
+        scan.distinctOf[b] = ZERO_BLOCK;
+        scan.zeroBlocks++;
+        return;
+      }
+      const digest = createHash('sha256').update(data).digest();
+      const key = digest.toString('latin1', 0, 16) + (data.length < bs ? `/${data.length}` : '');
+      const seen = byKey.get(key);
+      if (seen !== undefined) {
+        scan.distinctOf[b] = seen;
+        return;
+      }
+      const d = scan.firstBlock.length;
+      byKey.set(key, d);
+      scan.distinctOf[b] = d;
+      scan.firstBlock.push(b);
+      scan.keys.push(key);
+      scan.hashes.push(digest.subarray(0, HASH_BYTES));
+      if (d % sampleStride === 0 && scan.samples.length < sampleBlocks && data.length === bs)
+        scan.samples.push(Buffer.from(data));
+    },
+    (done) => onProgress?.('scan', done, size),
+  );
   scan.imageSha256 = imageHash.digest();
   return scan;
 }
@@ -169,10 +199,16 @@ async function scanImage(fh: FileHandle, size: number, bs: number, sampleBlocks:
 function planFrames(scan: ImageScan, oldKeys: Set<string> | null, groupBlocks: number): number[] {
   const { firstBlock, keys } = scan;
   const frameBlocks: number[] = [];
-  for (let d = 0; d < firstBlock.length;) {
+  for (let d = 0; d < firstBlock.length; ) {
     let n = 1;
     if (oldKeys && !oldKeys.has(keys[d])) {
-      while (n < groupBlocks && d + n < firstBlock.length && firstBlock[d + n] === firstBlock[d] + n && !oldKeys.has(keys[d + n])) n++;
+      while (
+        n < groupBlocks &&
+        d + n < firstBlock.length &&
+        firstBlock[d + n] === firstBlock[d] + n &&
+        !oldKeys.has(keys[d + n])
+      )
+        n++;
     }
     frameBlocks.push(n);
     d += n;
@@ -183,7 +219,9 @@ function planFrames(scan: ImageScan, oldKeys: Set<string> | null, groupBlocks: n
 async function trainDictionary(samples: Buffer[], bs: number, trainer: Trainer, size: number): Promise<Buffer> {
   const sampleBuf = Buffer.concat(samples);
   if (trainer === 'none' || sampleBuf.length === 0) return Buffer.alloc(0);
-  return trainer === 'zstd' ? trainZstdCliDictionary(sampleBuf, bs, { size }) : trainCoverDictionary(sampleBuf, { size });
+  return trainer === 'zstd'
+    ? trainZstdCliDictionary(sampleBuf, bs, { size })
+    : trainCoverDictionary(sampleBuf, { size });
 }
 
 /**
@@ -192,7 +230,14 @@ async function trainDictionary(samples: Buffer[], bs: number, trainer: Trainer, 
  * batches per thread in flight. Returns the stored frame lengths and the
  * pack's SHA-256 and size.
  */
-async function writePack(path: string, fh: FileHandle, scan: ImageScan, frameBlocks: number[], dictionary: Buffer, opts: { bs: number; level: number; threads: number; what: string; onProgress?: PackOptions['onProgress'] }): Promise<{ frameLengths: number[]; sha256: Buffer; size: number }> {
+async function writePack(
+  path: string,
+  fh: FileHandle,
+  scan: ImageScan,
+  frameBlocks: number[],
+  dictionary: Buffer,
+  opts: { bs: number; level: number; threads: number; what: string; onProgress?: PackOptions['onProgress'] },
+): Promise<{ frameLengths: number[]; sha256: Buffer; size: number }> {
   const { bs, threads } = opts;
   const { size, firstBlock, hashes } = scan;
   const frameLengths: number[] = [];
@@ -200,7 +245,14 @@ async function writePack(path: string, fh: FileHandle, scan: ImageScan, frameBlo
   let packSize = 0;
   await writeFileAtomic(path, async (out) => {
     const w = new HashingWriter(out);
-    await w.write(serializePackHeader({ blockSize: bs, frameCount: frameBlocks.length, imageSize: size, imageSha256: scan.imageSha256 }));
+    await w.write(
+      serializePackHeader({
+        blockSize: bs,
+        frameCount: frameBlocks.length,
+        imageSize: size,
+        imageSha256: scan.imageSha256,
+      }),
+    );
     const pool = new FramePool(dictionary, opts.level, threads);
     try {
       const inFlight: Promise<StoredBatch>[] = [];
@@ -230,25 +282,36 @@ async function writePack(path: string, fh: FileHandle, scan: ImageScan, frameBlo
       let d = 0;
       let inFrame = 0;
       let frameBytes = 0;
-      await forEachBlock(fh, size, bs, (b, data) => {
-        if (d >= firstBlock.length || firstBlock[d] !== b) return;
-        if (!blockHash(data).equals(hashes[d])) throw new DeltadError('ERR_DELTAD_READ', `${opts.what}: block ${b} changed while packing`);
-        batch.push(Buffer.from(data));
-        batchBytes += data.length;
-        frameBytes += data.length;
-        d++;
-        if (++inFrame < frameBlocks[f]) return;
-        lengths.push(frameBytes);
-        frameBytes = 0;
-        inFrame = 0;
-        f++;
-        if (batchBytes < BATCH_BYTES) return;
-        submit();
-        if (inFlight.length > 2 * threads + 1) return drain(threads);
-      }, (done) => opts.onProgress?.('compress', done, size));
+      await forEachBlock(
+        fh,
+        size,
+        bs,
+        (b, data) => {
+          if (d >= firstBlock.length || firstBlock[d] !== b) return;
+          if (!blockHash(data).equals(hashes[d]))
+            throw new DeltadError('ERR_DELTAD_READ', `${opts.what}: block ${b} changed while packing`);
+          batch.push(Buffer.from(data));
+          batchBytes += data.length;
+          frameBytes += data.length;
+          d++;
+          if (++inFrame < frameBlocks[f]) return;
+          lengths.push(frameBytes);
+          frameBytes = 0;
+          inFrame = 0;
+          f++;
+          if (batchBytes < BATCH_BYTES) return;
+          submit();
+          if (inFlight.length > 2 * threads + 1) return drain(threads);
+        },
+        (done) => opts.onProgress?.('compress', done, size),
+      );
       if (batchBytes > 0) submit();
       await drain(0);
-      if (f !== frameBlocks.length) throw new DeltadError('ERR_DELTAD_READ', `${opts.what}: changed while packing (wrote ${f} of ${frameBlocks.length} frames)`);
+      if (f !== frameBlocks.length)
+        throw new DeltadError(
+          'ERR_DELTAD_READ',
+          `${opts.what}: changed while packing (wrote ${f} of ${frameBlocks.length} frames)`,
+        );
     } finally {
       await pool.close();
     }
@@ -270,36 +333,75 @@ export async function packImage(imagePath: string, opts: PackOptions): Promise<P
   const dictSize = opts.dictSize ?? 256 * 1024;
   const groupBlocks = Math.min(MAX_FRAME_BLOCKS, Math.max(1, opts.groupBlocks ?? 64));
   const names = artifactNames(basename(imagePath));
-  const paths = { index: join(opts.outDir, names.index), pack: join(opts.outDir, names.pack), dict: join(opts.outDir, names.dict) };
+  const paths = {
+    index: join(opts.outDir, names.index),
+    pack: join(opts.outDir, names.pack),
+    dict: join(opts.outDir, names.dict),
+  };
 
   const fh = await open(imagePath, 'r');
   try {
     await mkdir(opts.outDir, { recursive: true });
     const st = await fh.stat();
     if (!st.isFile()) throw new UsageError(`${imagePath}: not a regular file`);
-    if (Math.ceil(st.size / bs) > MAX_BLOCKS) throw new UsageError(`${imagePath}: ${st.size} bytes is more than ${MAX_BLOCKS} blocks of ${bs}; use a larger --block-size`);
-    const scan = await scanImage(fh, st.size, bs, Math.max(1, Math.ceil((dictSize * SAMPLE_FACTOR) / bs)), opts.onProgress);
-    const frameBlocks = planFrames(scan, opts.previous?.length ? await blockKeys(opts.previous, bs) : null, groupBlocks);
+    if (Math.ceil(st.size / bs) > MAX_BLOCKS)
+      throw new UsageError(
+        `${imagePath}: ${st.size} bytes is more than ${MAX_BLOCKS} blocks of ${bs}; use a larger --block-size`,
+      );
+    const scan = await scanImage(
+      fh,
+      st.size,
+      bs,
+      Math.max(1, Math.ceil((dictSize * SAMPLE_FACTOR) / bs)),
+      opts.onProgress,
+    );
+    const frameBlocks = planFrames(
+      scan,
+      opts.previous?.length ? await blockKeys(opts.previous, bs) : null,
+      groupBlocks,
+    );
     const dictionary = await trainDictionary(scan.samples, bs, opts.trainer ?? 'cover', dictSize);
     const pack = await writePack(paths.pack, fh, scan, frameBlocks, dictionary, {
-      bs, level, threads: opts.threads ?? Math.min(4, availableParallelism()), what: imagePath, onProgress: opts.onProgress,
+      bs,
+      level,
+      threads: opts.threads ?? Math.min(4, availableParallelism()),
+      what: imagePath,
+      onProgress: opts.onProgress,
     });
-    if (pack.size !== PACK_HEADER_SIZE + pack.frameLengths.reduce((a, b) => a + b, 0)) throw new Error('internal: pack size does not add up');
+    if (pack.size !== PACK_HEADER_SIZE + pack.frameLengths.reduce((a, b) => a + b, 0))
+      throw new Error('internal: pack size does not add up');
 
     await writeFileAtomic(paths.dict, (out) => out.writeFile(dictionary));
     // The index goes last: it is what ties the image, the pack and the dictionary together.
     const index = serializeBlockIndex({
-      blockSize: bs, imageSize: scan.size, imageSha256: scan.imageSha256, packSize: pack.size, packSha256: pack.sha256,
-      dictSize: dictionary.length, dictSha256: createHash('sha256').update(dictionary).digest(),
-      distinctOf: scan.distinctOf, distinctCount: scan.firstBlock.length, hashes: Buffer.concat(scan.hashes),
-      frameBlocks, frameLengths: pack.frameLengths,
+      blockSize: bs,
+      imageSize: scan.size,
+      imageSha256: scan.imageSha256,
+      packSize: pack.size,
+      packSha256: pack.sha256,
+      dictSize: dictionary.length,
+      dictSha256: createHash('sha256').update(dictionary).digest(),
+      distinctOf: scan.distinctOf,
+      distinctCount: scan.firstBlock.length,
+      hashes: Buffer.concat(scan.hashes),
+      frameBlocks,
+      frameLengths: pack.frameLengths,
     });
     await writeFileAtomic(paths.index, (out) => out.writeFile(index));
     return {
-      indexPath: paths.index, packPath: paths.pack, dictPath: paths.dict,
-      imageSize: scan.size, imageSha256: scan.imageSha256.toString('hex'), blocks: scan.distinctOf.length, zeroBlocks: scan.zeroBlocks,
-      distinctBlocks: scan.firstBlock.length, frames: frameBlocks.length,
-      indexSize: index.length, packSize: pack.size, dictSize: dictionary.length, wallMs: Date.now() - started,
+      indexPath: paths.index,
+      packPath: paths.pack,
+      dictPath: paths.dict,
+      imageSize: scan.size,
+      imageSha256: scan.imageSha256.toString('hex'),
+      blocks: scan.distinctOf.length,
+      zeroBlocks: scan.zeroBlocks,
+      distinctBlocks: scan.firstBlock.length,
+      frames: frameBlocks.length,
+      indexSize: index.length,
+      packSize: pack.size,
+      dictSize: dictionary.length,
+      wallMs: Date.now() - started,
     };
   } finally {
     await fh.close();

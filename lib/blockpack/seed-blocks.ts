@@ -23,28 +23,57 @@ const CACHE_HEADER = 24; // magic, u32 block size, u32 hash bytes, u64 file size
 
 async function cacheEntry(path: string, blockSize: number, cacheDir: string): Promise<{ entry: string; size: number }> {
   const st = await stat(path, { bigint: true });
-  const key = JSON.stringify({ path: resolve(path), dev: String(st.dev), ino: String(st.ino), size: String(st.size), mtimeNs: String(st.mtimeNs), blockSize });
-  return { entry: join(resolve(cacheDir), 'blocks', `${createHash('sha256').update(key).digest('hex')}.bphash`), size: Number(st.size) };
+  const key = JSON.stringify({
+    path: resolve(path),
+    dev: String(st.dev),
+    ino: String(st.ino),
+    size: String(st.size),
+    mtimeNs: String(st.mtimeNs),
+    blockSize,
+  });
+  return {
+    entry: join(resolve(cacheDir), 'blocks', `${createHash('sha256').update(key).digest('hex')}.bphash`),
+    size: Number(st.size),
+  };
 }
 
 function parseCache(buf: Buffer, blockSize: number, size: number): Uint8Array | null {
   const blocks = Math.ceil(size / blockSize);
   if (buf.length !== CACHE_HEADER + blocks * HASH_BYTES || !buf.subarray(0, 8).equals(CACHE_MAGIC)) return null;
-  if (buf.readUInt32LE(8) !== blockSize || buf.readUInt32LE(12) !== HASH_BYTES || buf.readBigUInt64LE(16) !== BigInt(size)) return null;
+  if (
+    buf.readUInt32LE(8) !== blockSize ||
+    buf.readUInt32LE(12) !== HASH_BYTES ||
+    buf.readBigUInt64LE(16) !== BigInt(size)
+  )
+    return null;
   return new Uint8Array(buf.subarray(CACHE_HEADER));
 }
 
 /** Hashes every block of `path` (or takes the cached hashes). */
-export async function indexSeedBlocks(path: string, blockSize: number, opts: { cacheDir?: string; signal?: AbortSignal } = {}): Promise<SeedBlocks> {
+export async function indexSeedBlocks(
+  path: string,
+  blockSize: number,
+  opts: { cacheDir?: string; signal?: AbortSignal } = {},
+): Promise<SeedBlocks> {
   const cacheDir = opts.cacheDir ?? defaultCacheDir();
   const { entry, size } = await cacheEntry(path, blockSize, cacheDir);
-  const cached = await readFile(entry).then((b) => parseCache(b, blockSize, size), () => null);
+  const cached = await readFile(entry).then(
+    (b) => parseCache(b, blockSize, size),
+    () => null,
+  );
   if (cached) return { path, size, blockSize, hashes: cached };
 
   const hashes = new Uint8Array(Math.ceil(size / blockSize) * HASH_BYTES);
   const fh = await open(path, 'r');
   try {
-    await forEachBlock(fh, size, blockSize, (b, data) => hashes.set(blockHash(data), b * HASH_BYTES), undefined, opts.signal);
+    await forEachBlock(
+      fh,
+      size,
+      blockSize,
+      (b, data) => hashes.set(blockHash(data), b * HASH_BYTES),
+      undefined,
+      opts.signal,
+    );
   } finally {
     await fh.close();
   }

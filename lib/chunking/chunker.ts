@@ -26,16 +26,24 @@ export const DEFAULT_BLOCK_SIZE = 1024 * 1024;
 /** Throws a UsageError unless the parameters are usable by the variant. */
 export function checkChunkParams(params: ChunkParams, variant: ChunkerVariant = 'casync'): void {
   const { min, avg, max } = params;
-  for (const [name, v] of [['min', min], ['avg', avg], ['max', max]] as const) {
+  for (const [name, v] of [
+    ['min', min],
+    ['avg', avg],
+    ['max', max],
+  ] as const) {
     if (!Number.isInteger(v) || v < 1 || v > CHUNK_SIZE_LIMIT_MAX) {
       throw new UsageError(`chunk size ${name} ${v} is not an integer in 1..${CHUNK_SIZE_LIMIT_MAX}`);
     }
   }
-  if (min > avg || avg > max) throw new UsageError(`chunk sizes must satisfy min <= avg <= max (got ${min}:${avg}:${max})`);
-  if (variant === 'desync' && min < WINDOW_SIZE) throw new UsageError(`the desync chunker needs min >= ${WINDOW_SIZE} (got ${min})`);
+  if (min > avg || avg > max)
+    throw new UsageError(`chunk sizes must satisfy min <= avg <= max (got ${min}:${avg}:${max})`);
+  if (variant === 'desync' && min < WINDOW_SIZE)
+    throw new UsageError(`the desync chunker needs min >= ${WINDOW_SIZE} (got ${min})`);
   // casync fails with EINVAL here: its first cut test (48) would be past max.
   if (max < WINDOW_SIZE && !(min === avg && avg === max)) {
-    throw new UsageError(`chunk size max ${max} is below the ${WINDOW_SIZE}-byte window (only fixed-size min=avg=max allows that)`);
+    throw new UsageError(
+      `chunk size max ${max} is below the ${WINDOW_SIZE}-byte window (only fixed-size min=avg=max allows that)`,
+    );
   }
 }
 
@@ -130,7 +138,13 @@ function wasmKernel(test: CutTest, dataSize: number): ScanKernel {
     tables[b] = BUZHASH_TABLE[b];
     tables[256 + b] = rol32(BUZHASH_TABLE[b], 16);
   }
-  ex.configure(test.inverse | 0, test.shift, test.limit | 0, test.allOnesCuts ? 1 : 0, windowHash(new Uint8Array(WINDOW_SIZE)) | 0);
+  ex.configure(
+    test.inverse | 0,
+    test.shift,
+    test.limit | 0,
+    test.allOnesCuts ? 1 : 0,
+    windowHash(new Uint8Array(WINDOW_SIZE)) | 0,
+  );
   const scan = ex.scan;
   return {
     bytes: new Uint8Array(ex.memory.buffer, TABLES_SIZE, dataSize),
@@ -223,7 +237,8 @@ export class Chunker {
 
   /** Scans the first n bytes of block(area) as the next part of the stream. */
   scanBlock(area: 0 | 1, n: number): number[] {
-    if (!Number.isInteger(n) || n < 0 || n > this.blockSize) throw new RangeError(`block length ${n} out of range 0..${this.blockSize}`);
+    if (!Number.isInteger(n) || n < 0 || n > this.blockSize)
+      throw new RangeError(`block length ${n} out of range 0..${this.blockSize}`);
     const cuts: number[] = [];
     if (n === 0) return cuts;
     const bytes = this.kernel.bytes;
@@ -279,7 +294,10 @@ export class Chunker {
 
 /** All chunk end offsets of a complete buffer. */
 export function chunkEnds(data: Uint8Array, params: ChunkParams, opts: ChunkerOptions = {}): number[] {
-  const chunker = new Chunker(params, { ...opts, blockSize: opts.blockSize ?? Math.min(DEFAULT_BLOCK_SIZE, Math.max(1, data.length)) });
+  const chunker = new Chunker(params, {
+    ...opts,
+    blockSize: opts.blockSize ?? Math.min(DEFAULT_BLOCK_SIZE, Math.max(1, data.length)),
+  });
   const cuts = chunker.push(data);
   for (const c of chunker.finish()) cuts.push(c);
   return cuts;

@@ -80,8 +80,15 @@ export interface RangeOptions extends ChunkingSetup {
  * Chunks bytes [start, end) of an open file as if a chunk started at `start`,
  * and hands each complete chunk to `sink`. Resolves when done or stopped.
  */
-export async function indexRange(readAt: ReadAt, start: number, end: number, opts: RangeOptions, sink: ChunkSink): Promise<void> {
-  const chunker = opts.chunker ?? new Chunker(opts.params, { variant: opts.variant, kernel: opts.kernel, blockSize: opts.blockSize });
+export async function indexRange(
+  readAt: ReadAt,
+  start: number,
+  end: number,
+  opts: RangeOptions,
+  sink: ChunkSink,
+): Promise<void> {
+  const chunker =
+    opts.chunker ?? new Chunker(opts.params, { variant: opts.variant, kernel: opts.kernel, blockSize: opts.blockSize });
   chunker.reset();
   const hasher = new ChunkHasher(opts.digest, opts.params.max);
   const blockSize = chunker.blockSize;
@@ -93,7 +100,10 @@ export async function indexRange(readAt: ReadAt, start: number, end: number, opt
     while (got < want) {
       const bytesRead = await readAt(buf, got, want - got, pos + got);
       if (bytesRead === 0) {
-        throw new DeltadError('ERR_DELTAD_READ', `${opts.source}: file ended at byte ${pos + got} while reading up to byte ${end} (did it shrink?)`);
+        throw new DeltadError(
+          'ERR_DELTAD_READ',
+          `${opts.source}: file ended at byte ${pos + got} while reading up to byte ${end} (did it shrink?)`,
+        );
       }
       got += bytesRead;
     }

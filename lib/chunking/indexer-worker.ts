@@ -33,7 +33,9 @@ const port = parentPort!;
 // One chunker (and its WASM memory) for all the segments this worker indexes.
 const chunker = new Chunker(setup.params, { variant: setup.variant, kernel: setup.kernel, blockSize: setup.blockSize });
 const readAt = (buf: Uint8Array, offset: number, length: number, position: number): Promise<number> =>
-  new Promise((resolve, reject) => read(setup.fd, buf, offset, length, position, (err, n) => (err ? reject(err) : resolve(n))));
+  new Promise((resolve, reject) =>
+    read(setup.fd, buf, offset, length, position, (err, n) => (err ? reject(err) : resolve(n))),
+  );
 
 async function indexSegment(job: SegmentJob): Promise<void> {
   const table = ChunkIndexBuilder.forDigest(setup.digest, setup.params);
@@ -46,10 +48,15 @@ async function indexSegment(job: SegmentJob): Promise<void> {
     }
   };
   const final = job.end === setup.size;
-  await indexRange(readAt, job.start, job.end, { ...setup, final, source: setup.path, onBytes, chunker }, (end, id) => table.add(end, id));
+  await indexRange(readAt, job.start, job.end, { ...setup, final, source: setup.path, onBytes, chunker }, (end, id) =>
+    table.add(end, id),
+  );
   if (unreported > 0) port.postMessage({ type: 'progress', bytes: unreported } satisfies SegmentMessage);
   const { ends, ids } = table.finish();
-  port.postMessage({ type: 'done', ends, ids } satisfies SegmentMessage, [ends.buffer as ArrayBuffer, ids.buffer as ArrayBuffer]);
+  port.postMessage({ type: 'done', ends, ids } satisfies SegmentMessage, [
+    ends.buffer as ArrayBuffer,
+    ids.buffer as ArrayBuffer,
+  ]);
 }
 
 // A failure is an unhandled rejection: it ends the worker with an 'error' event in the main thread.

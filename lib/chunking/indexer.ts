@@ -108,8 +108,10 @@ function defaultThreads(size: number): number {
  * busy core does not leave the others waiting.
  */
 function splitSegments(size: number, threads: number): Segment[] {
-  if (!Number.isInteger(threads) || threads < 1) throw new RangeError(`threads must be a positive integer (got ${threads})`);
-  const wanted = threads === 1 ? 1 : Math.min(threads * SEGMENTS_PER_THREAD, Math.max(threads, Math.floor(size / MIN_SEGMENT_SIZE)));
+  if (!Number.isInteger(threads) || threads < 1)
+    throw new RangeError(`threads must be a positive integer (got ${threads})`);
+  const wanted =
+    threads === 1 ? 1 : Math.min(threads * SEGMENTS_PER_THREAD, Math.max(threads, Math.floor(size / MIN_SEGMENT_SIZE)));
   const count = Math.max(1, Math.min(wanted, size));
   const segments: Segment[] = [];
   for (let i = 0; i < count; i++) {
@@ -131,7 +133,14 @@ function estimateChunks(size: number, params: ChunkParams): number {
  * segment when done. Rejects (after stopping every worker) on the first failure
  * or on abort.
  */
-function runSegments(path: string, fd: number, segments: Segment[], opts: IndexOptions, threads: number, size: number): Promise<SegmentResult[]> {
+function runSegments(
+  path: string,
+  fd: number,
+  segments: Segment[],
+  opts: IndexOptions,
+  threads: number,
+  size: number,
+): Promise<SegmentResult[]> {
   return new Promise((resolve, reject) => {
     const workers: Worker[] = [];
     const results: SegmentResult[] = new Array(segments.length);
@@ -149,7 +158,15 @@ function runSegments(path: string, fd: number, segments: Segment[], opts: IndexO
     };
     const onAbort = (): void => finish(opts.signal!.reason);
     opts.signal?.addEventListener('abort', onAbort, { once: true });
-    const setup: WorkerSetup = { path, fd, size, params: opts.params, digest: opts.digest, variant: opts.variant, kernel: opts.kernel };
+    const setup: WorkerSetup = {
+      path,
+      fd,
+      size,
+      params: opts.params,
+      digest: opts.digest,
+      variant: opts.variant,
+      kernel: opts.kernel,
+    };
     for (let w = 0; w < Math.min(threads, segments.length); w++) {
       const worker = new Worker(new URL('./indexer-worker.js', import.meta.url), { workerData: setup });
       workers.push(worker);
@@ -169,10 +186,14 @@ function runSegments(path: string, fd: number, segments: Segment[], opts: IndexO
         if (--remaining === 0) finish();
         else assign();
       });
-      const where = (): string => (current < 0 ? path : `${path} bytes ${segments[current].start}..${segments[current].end}`);
-      worker.on('error', (err) => finish(new DeltadError('ERR_DELTAD_WORKER', `indexing ${where()}: ${err.message}`, { cause: err })));
+      const where = (): string =>
+        current < 0 ? path : `${path} bytes ${segments[current].start}..${segments[current].end}`;
+      worker.on('error', (err) =>
+        finish(new DeltadError('ERR_DELTAD_WORKER', `indexing ${where()}: ${err.message}`, { cause: err })),
+      );
       worker.on('exit', (code) => {
-        if (!settled) finish(new DeltadError('ERR_DELTAD_WORKER', `indexing worker for ${where()} exited with code ${code}`));
+        if (!settled)
+          finish(new DeltadError('ERR_DELTAD_WORKER', `indexing worker for ${where()} exited with code ${code}`));
       });
       assign();
     }
@@ -187,13 +208,20 @@ function runSegments(path: string, fd: number, segments: Segment[], opts: IndexO
  * one long run of max-size chunks in a different phase) this degrades to serial
  * chunking of the rest, never to a wrong result.
  */
-async function mergeSegments(fh: FileHandle, segs: SegmentResult[], size: number, range: RangeOptions, table: ChunkIndexBuilder): Promise<void> {
+async function mergeSegments(
+  fh: FileHandle,
+  segs: SegmentResult[],
+  size: number,
+  range: RangeOptions,
+  table: ChunkIndexBuilder,
+): Promise<void> {
   let k = 0;
   let from = 0;
   let pos = 0;
   for (;;) {
     const seg = segs[k];
-    for (let i = from; i < seg.ends.length; i++) table.add(seg.ends[i], seg.ids.subarray(i * ID_SIZE, (i + 1) * ID_SIZE));
+    for (let i = from; i < seg.ends.length; i++)
+      table.add(seg.ends[i], seg.ids.subarray(i * ID_SIZE, (i + 1) * ID_SIZE));
     if (seg.ends.length > from) pos = seg.ends[seg.ends.length - 1];
     if (pos === size) return;
     let adopt: { k: number; from: number } | undefined;

@@ -148,7 +148,11 @@ const isUrl = (s: string): boolean => /^https?:\/\//i.test(s);
 export async function loadIndex(
   spec: string,
   opts: {
-    http?: HttpClient; httpOptions?: HttpClientOptions; timeoutMs?: number; signal?: AbortSignal; allowArchive?: boolean;
+    http?: HttpClient;
+    httpOptions?: HttpClientOptions;
+    timeoutMs?: number;
+    signal?: AbortSignal;
+    allowArchive?: boolean;
     maxTargetSize?: number;
   } = {},
 ): Promise<ChunkIndex> {
@@ -156,7 +160,11 @@ export async function loadIndex(
   if (!isUrl(spec)) return readIndexFile(spec, { allowArchive, maxTargetSize: opts.maxTargetSize });
   const http = opts.http ?? new HttpClient({ ...opts.httpOptions, timeoutMs: opts.timeoutMs });
   try {
-    const got = await downloadIndex(http, spec, { signal: opts.signal, allowArchive, maxTargetSize: opts.maxTargetSize });
+    const got = await downloadIndex(http, spec, {
+      signal: opts.signal,
+      allowArchive,
+      maxTargetSize: opts.maxTargetSize,
+    });
     if (!got) throw new OriginError(`GET ${spec}: HTTP 404 (no such index)`, { status: 404 });
     return got.index;
   } finally {
@@ -165,7 +173,10 @@ export async function loadIndex(
 }
 
 /** The target index and what downloading it cost (nothing for a local path or a parsed index). */
-async function loadTarget(target: string | ChunkIndex, opts: SourceOptions): Promise<{ index: ChunkIndex; requests: number; bytes: number }> {
+async function loadTarget(
+  target: string | ChunkIndex,
+  opts: SourceOptions,
+): Promise<{ index: ChunkIndex; requests: number; bytes: number }> {
   if (typeof target !== 'string') return { index: target, requests: 0, bytes: 0 };
   const http = opts.http ?? new HttpClient({ ...opts.httpOptions, timeoutMs: opts.timeoutMs });
   const before = { ...http.stats };
@@ -179,10 +190,14 @@ async function loadTarget(target: string | ChunkIndex, opts: SourceOptions): Pro
 
 /** The indexer, for seeds without an index, reporting its progress to `onSeedIndexing`. */
 function seedIndexer(onSeedIndexing: SourceOptions['onSeedIndexing']): IndexBuilder {
-  return (path, key, signal) => indexFile(path, {
-    params: key.params, digest: key.digest, variant: key.variant as ChunkerVariant | undefined, signal,
-    onProgress: onSeedIndexing && ((done, total) => onSeedIndexing(path, done, total)),
-  });
+  return (path, key, signal) =>
+    indexFile(path, {
+      params: key.params,
+      digest: key.digest,
+      variant: key.variant as ChunkerVariant | undefined,
+      signal,
+      onProgress: onSeedIndexing && ((done, total) => onSeedIndexing(path, done, total)),
+    });
 }
 
 /** Everything an operation opened for its sources; close() releases what it owns. */
@@ -196,12 +211,14 @@ interface Context {
 
 async function openContext(target: ChunkIndex, opts: AssembleOptions): Promise<Context> {
   const ownsHttp = !opts.http;
-  const http = opts.http ?? new HttpClient({
-    ...opts.httpOptions,
-    connections: opts.concurrency ?? DEFAULT_CONCURRENCY,
-    attempts: opts.attempts,
-    timeoutMs: opts.timeoutMs,
-  });
+  const http =
+    opts.http ??
+    new HttpClient({
+      ...opts.httpOptions,
+      connections: opts.concurrency ?? DEFAULT_CONCURRENCY,
+      attempts: opts.attempts,
+      timeoutMs: opts.timeoutMs,
+    });
   const owned: ChunkStore[] = [];
   const seeds: Seed[] = [];
   const ctx: Context = {
@@ -225,7 +242,15 @@ async function openContext(target: ChunkIndex, opts: AssembleOptions): Promise<C
     for (const spec of opts.seeds ?? []) {
       const build = seedIndexer(opts.onSeedIndexing);
       try {
-        seeds.push(await openSeed(spec.path, spec.index, { target, cache, build, onWarning: opts.onWarning, signal: opts.signal }));
+        seeds.push(
+          await openSeed(spec.path, spec.index, {
+            target,
+            cache,
+            build,
+            onWarning: opts.onWarning,
+            signal: opts.signal,
+          }),
+        );
       } catch (err) {
         // A seed only saves downloading: one that cannot be read (a FIFO, no permission) is left out, not fatal.
         if (!(err instanceof UnusableInputError)) throw err;
@@ -239,7 +264,8 @@ async function openContext(target: ChunkIndex, opts: AssembleOptions): Promise<C
   return ctx;
 }
 
-const remoteRuns = (plan: Plan): Run[] => plan.segments.filter((s) => s.kind === 'remote').map((s) => ({ first: s.first, count: s.count }));
+const remoteRuns = (plan: Plan): Run[] =>
+  plan.segments.filter((s) => s.kind === 'remote').map((s) => ({ first: s.first, count: s.count }));
 
 function rangeCost(plan: Plan, multi: boolean, cost: CostModel, parallelism: number): ModeCost {
   const reqs = cost.planRequests(plan.target, remoteRuns(plan), multi, parallelism);
@@ -253,7 +279,13 @@ const STORE_SAMPLE_CHUNKS = 8;
  * Compressed/uncompressed size of a few missing chunks, evenly spread, from
  * the Content-Length of HEAD requests to the store (1 when none answers).
  */
-async function sampleCompression(plan: Plan, store: HttpStore, http: HttpClient, probe: { requests: number }, signal?: AbortSignal): Promise<number> {
+async function sampleCompression(
+  plan: Plan,
+  store: HttpStore,
+  http: HttpClient,
+  probe: { requests: number },
+  signal?: AbortSignal,
+): Promise<number> {
   const missing = remoteRuns(plan).flatMap((r) => Array.from({ length: r.count }, (_, k) => r.first + k));
   const step = Math.max(1, Math.floor(missing.length / STORE_SAMPLE_CHUNKS));
   let raw = 0;
@@ -277,13 +309,24 @@ async function sampleCompression(plan: Plan, store: HttpStore, http: HttpClient,
  * are the missing bytes scaled by a sampled compression ratio when `sample`,
  * else the uncompressed bytes (an upper bound for compressible data).
  */
-async function storeCost(plan: Plan, ctx: Context, sample: boolean, probe: { requests: number }, signal?: AbortSignal): Promise<ModeCost> {
+async function storeCost(
+  plan: Plan,
+  ctx: Context,
+  sample: boolean,
+  probe: { requests: number },
+  signal?: AbortSignal,
+): Promise<ModeCost> {
   const stores = ctx.stores;
   if (stores.every((s) => s instanceof LocalStore)) return { mode: 'store', bytes: 0, requests: 0 };
   const batch = stores.some((s) => s.getMany) ? 32 : 1;
   const first = stores[0];
-  const ratio = sample && first instanceof HttpStore ? await sampleCompression(plan, first, ctx.http, probe, signal) : 1;
-  return { mode: 'store', bytes: Math.round(plan.totals.missingBytes * ratio), requests: Math.ceil(plan.totals.missingChunks / batch) };
+  const ratio =
+    sample && first instanceof HttpStore ? await sampleCompression(plan, first, ctx.http, probe, signal) : 1;
+  return {
+    mode: 'store',
+    bytes: Math.round(plan.totals.missingBytes * ratio),
+    requests: Math.ceil(plan.totals.missingChunks / batch),
+  };
 }
 
 interface RemoteChoice {
@@ -304,11 +347,17 @@ interface RemoteChoice {
  * a plan report) and weighs bytes against requests; a range source in auto
  * mode hands over to the stores if the server turns out to ignore ranges.
  */
-async function chooseRemote(plan: Plan, ctx: Context, opts: AssembleOptions, probeAlways = false): Promise<RemoteChoice> {
+async function chooseRemote(
+  plan: Plan,
+  ctx: Context,
+  opts: AssembleOptions,
+  probeAlways = false,
+): Promise<RemoteChoice> {
   const mode = opts.mode ?? 'auto';
   const parallelism = opts.concurrency ?? DEFAULT_CONCURRENCY;
   const weigh = (c: ModeCost): number => ctx.cost.weigh(c, parallelism);
-  if (mode !== 'auto' && mode !== 'range' && mode !== 'store') throw new UsageError(`unknown mode "${mode}" (expected auto, range or store)`);
+  if (mode !== 'auto' && mode !== 'range' && mode !== 'store')
+    throw new UsageError(`unknown mode "${mode}" (expected auto, range or store)`);
   if (mode === 'range' && !opts.rangeUrl) throw new UsageError('range mode needs the image URL (--range-url)');
   if (mode === 'store' && ctx.stores.length === 0) throw new UsageError('store mode needs a chunk store (--store)');
   const missing = plan.totals.missingChunks > 0;
@@ -331,19 +380,30 @@ async function chooseRemote(plan: Plan, ctx: Context, opts: AssembleOptions, pro
   if (useStore) modes.push(await storeCost(plan, ctx, missing && (probeAlways || useRange), probe, opts.signal));
   const rangeSupport = support && { ranges: support.ranges, multi: support.multi };
   const stores = useStore ? new StoreSource(plan.target, ctx.stores, ctx.http, undefined, opts.onWarning) : undefined;
-  const rangeSource = (multi: boolean, buffers?: BufferPool): RangeSource => new RangeSource(plan.target, ctx.http, opts.rangeUrl!, {
-    retry, multi, cost: ctx.cost, parallelism, onWarning: opts.onWarning, fallback: stores, buffers,
-  });
+  const rangeSource = (multi: boolean, buffers?: BufferPool): RangeSource =>
+    new RangeSource(plan.target, ctx.http, opts.rangeUrl!, {
+      retry,
+      multi,
+      cost: ctx.cost,
+      parallelism,
+      onWarning: opts.onWarning,
+      fallback: stores,
+      buffers,
+    });
   // Nothing missing: a seed chunk that turns out wrong is still fetched from the origin when it serves the image.
   if (!missing) {
     const remote = useRange && support?.ranges !== false ? rangeSource(support?.multi !== false) : stores;
     return { remote, chosen: 'none', modes, rangeSupport, probe };
   }
-  if (mode === 'range' && support?.ranges === false) throw new OriginError(`${opts.rangeUrl}: the server does not serve byte ranges`);
+  if (mode === 'range' && support?.ranges === false)
+    throw new OriginError(`${opts.rangeUrl}: the server does not serve byte ranges`);
   if (modes.length === 0) {
     const missingText = `${plan.totals.missingChunks} chunks (${plan.totals.missingBytes} bytes) are in no seed`;
     // What a server supports is never a usage error; not naming any source is.
-    if (useRange) throw new OriginError(`${missingText}, and ${opts.rangeUrl} does not serve byte ranges (no chunk store was given)`);
+    if (useRange)
+      throw new OriginError(
+        `${missingText}, and ${opts.rangeUrl} does not serve byte ranges (no chunk store was given)`,
+      );
     throw new UsageError(`${missingText} and there is no remote source: give --range-url or --store`);
   }
   const best = modes.reduce((a, b) => (weigh(b) < weigh(a) ? b : a));
@@ -358,8 +418,16 @@ type PendingBlockPath = Promise<{ path: BlockPathChoice | null } | { error: unkn
 function startBlockPath(ctx: Context, opts: AssembleOptions): PendingBlockPath | null {
   if (!opts.rangeUrl || opts.blockPack === false) return null;
   const pending: PendingBlockPath = costBlockPath({
-    http: ctx.http, imageUrl: opts.rangeUrl, seeds: ctx.seeds.map((s) => s.path), cacheDir: opts.cacheDir, cost: ctx.cost, signal: opts.signal,
-  }).then((path) => ({ path }), (error: unknown) => ({ error }));
+    http: ctx.http,
+    imageUrl: opts.rangeUrl,
+    seeds: ctx.seeds.map((s) => s.path),
+    cacheDir: opts.cacheDir,
+    cost: ctx.cost,
+    signal: opts.signal,
+  }).then(
+    (path) => ({ path }),
+    (error: unknown) => ({ error }),
+  );
   return pending;
 }
 
@@ -368,7 +436,13 @@ function startBlockPath(ctx: Context, opts: AssembleOptions): PendingBlockPath |
  * the range URL: its costs, and whether it beats the chunk path and a full
  * download. A pack that cannot be read is warned about and ignored.
  */
-async function blockPathFor(index: ChunkIndex, ctx: Context, opts: AssembleOptions, choice: RemoteChoice, pending: PendingBlockPath | null): Promise<{ path: BlockPathChoice; cheaper: boolean } | null> {
+async function blockPathFor(
+  index: ChunkIndex,
+  ctx: Context,
+  opts: AssembleOptions,
+  choice: RemoteChoice,
+  pending: PendingBlockPath | null,
+): Promise<{ path: BlockPathChoice; cheaper: boolean } | null> {
   if (!pending) return null;
   const got = await pending;
   if ('error' in got) {
@@ -420,7 +494,18 @@ export async function planUpdate(target: string | ChunkIndex, opts: SourceOption
 }
 
 function newProgress(total: number): ExtractProgress {
-  return { total, done: 0, fromSeeds: 0, fromSelf: 0, fromZero: 0, fromCache: 0, fromNetwork: 0, fromLocalStore: 0, networkBytes: 0, networkRequests: 0 };
+  return {
+    total,
+    done: 0,
+    fromSeeds: 0,
+    fromSelf: 0,
+    fromZero: 0,
+    fromCache: 0,
+    fromNetwork: 0,
+    fromLocalStore: 0,
+    networkBytes: 0,
+    networkRequests: 0,
+  };
 }
 
 /** The routes for one assembly, cheapest first: the block route when it beats the chunk route, then the chunk route. */
@@ -430,7 +515,13 @@ interface Routes {
   probe: { requests: number; bytes: number };
 }
 
-async function chooseRoutes(target: ChunkIndex, ctx: Context, opts: AssembleOptions, plan: Plan, sink: { maxSpan?: number; whole: boolean }): Promise<Routes> {
+async function chooseRoutes(
+  target: ChunkIndex,
+  ctx: Context,
+  opts: AssembleOptions,
+  plan: Plan,
+  sink: { maxSpan?: number; whole: boolean },
+): Promise<Routes> {
   const pending = sink.whole ? startBlockPath(ctx, opts) : null;
   const choice = await chooseRemote(plan, ctx, opts).catch(async (err: unknown) => {
     await pending;
@@ -438,23 +529,44 @@ async function chooseRoutes(target: ChunkIndex, ctx: Context, opts: AssembleOpti
   });
   const blocks = await blockPathFor(target, ctx, opts, choice, pending);
   const chunks = new ChunkRoute({
-    target, seeds: ctx.seeds, firstChunk: plan.firstChunk, endChunk: plan.endChunk, selfSeed: opts.selfSeed, nullSeed: opts.nullSeed,
-    remote: choice.remote, fetches: choice.chosen !== 'none', buffers: choice.buffers, concurrency: opts.concurrency ?? DEFAULT_CONCURRENCY,
-    maxSpan: sink.maxSpan, hashPoolFor, onWarning: opts.onWarning,
+    target,
+    seeds: ctx.seeds,
+    firstChunk: plan.firstChunk,
+    endChunk: plan.endChunk,
+    selfSeed: opts.selfSeed,
+    nullSeed: opts.nullSeed,
+    remote: choice.remote,
+    fetches: choice.chosen !== 'none',
+    buffers: choice.buffers,
+    concurrency: opts.concurrency ?? DEFAULT_CONCURRENCY,
+    maxSpan: sink.maxSpan,
+    hashPoolFor,
+    onWarning: opts.onWarning,
   });
   const list: Route[] = [chunks];
   if (blocks?.cheaper) {
-    list.unshift(new BlockRoute({
-      choice: blocks.path, target, http: ctx.http, cost: ctx.cost, sha256: opts.sha256, maxSpan: sink.maxSpan, onWarning: opts.onWarning,
-    }));
+    list.unshift(
+      new BlockRoute({
+        choice: blocks.path,
+        target,
+        http: ctx.http,
+        cost: ctx.cost,
+        sha256: opts.sha256,
+        maxSpan: sink.maxSpan,
+        onWarning: opts.onWarning,
+      }),
+    );
   }
   return { list, probe: choice.probe };
 }
 
 /** Runs the routes with periodic progress callbacks; network counters include the probes and every route tried. */
 async function runWithProgress(
-  routes: Routes, sink: PartialFile | OrderedStream, progress: ExtractProgress,
-  opts: AssembleOptions & { signal: AbortSignal }, what: string,
+  routes: Routes,
+  sink: PartialFile | OrderedStream,
+  progress: ExtractProgress,
+  opts: AssembleOptions & { signal: AbortSignal },
+  what: string,
 ): Promise<Route> {
   // The stall watchdog: neither verified nor network bytes moved for stallMs.
   const stallMs = opts.stallMs ?? DEFAULT_STALL_MS;
@@ -494,7 +606,14 @@ async function runWithProgress(
 /** Extract's stall watchdog default (`stallMs`). */
 const DEFAULT_STALL_MS = 5 * 60_000;
 
-function summary(progress: ExtractProgress, routes: Routes, last: Route, started: number, resumedBytes: number, sha256?: string): ExtractResult {
+function summary(
+  progress: ExtractProgress,
+  routes: Routes,
+  last: Route,
+  started: number,
+  resumedBytes: number,
+  sha256?: string,
+): ExtractResult {
   return {
     ...progress,
     mode: last.kind,
@@ -518,9 +637,14 @@ export function keptPartialOf(err: unknown): KeptPartial | undefined {
  * failure `out` is untouched and the partial file is kept for resuming, on
  * whichever route the next run takes.
  */
-export async function extractToFile(target: string | ChunkIndex, out: string, opts: ExtractToFileOptions = {}): Promise<ExtractResult> {
+export async function extractToFile(
+  target: string | ChunkIndex,
+  out: string,
+  opts: ExtractToFileOptions = {},
+): Promise<ExtractResult> {
   const started = Date.now();
-  if (opts.sha256 !== undefined && !/^[0-9a-fA-F]{64}$/.test(opts.sha256)) throw new UsageError(`invalid SHA-256 "${opts.sha256}": expected 64 hex digits`);
+  if (opts.sha256 !== undefined && !/^[0-9a-fA-F]{64}$/.test(opts.sha256))
+    throw new UsageError(`invalid SHA-256 "${opts.sha256}": expected 64 hex digits`);
   const { index, ...indexCost } = await loadTarget(target, opts);
   const ctx = await openContext(index, opts);
   const signal = opts.signal ?? new AbortController().signal;
@@ -533,7 +657,11 @@ export async function extractToFile(target: string | ChunkIndex, out: string, op
       const resumedBytes = await verifyResumed(file, index, resumeHash, signal).finally(() => resumeHash?.close());
       progress.done += resumedBytes;
       progress.fromSeeds += resumedBytes;
-      const plan = planChunks(index, ctx.seeds, { selfSeed: opts.selfSeed, nullSeed: opts.nullSeed, skip: (i) => file.has(i) });
+      const plan = planChunks(index, ctx.seeds, {
+        selfSeed: opts.selfSeed,
+        nullSeed: opts.nullSeed,
+        skip: (i) => file.has(i),
+      });
       routes = await chooseRoutes(index, ctx, opts, plan, { whole: true });
       routes.probe.requests += indexCost.requests;
       routes.probe.bytes += indexCost.bytes;
@@ -575,7 +703,14 @@ export function openExtractStream(target: ChunkIndex, opts: ExtractStreamOptions
   // Everything below stops on the caller's signal (even one aborted already) or when the consumer destroys the stream.
   const cancel = new AbortController();
   const signal = opts.signal ? AbortSignal.any([opts.signal, cancel.signal]) : cancel.signal;
-  const stream = new OrderedStream({ target, start, end, windowBytes, sha256: opts.sha256, onCancel: (reason) => cancel.abort(reason) });
+  const stream = new OrderedStream({
+    target,
+    start,
+    end,
+    windowBytes,
+    sha256: opts.sha256,
+    onCancel: (reason) => cancel.abort(reason),
+  });
   // At once, not when the assembly unwinds: whatever waits for the consumer (the window) is released too.
   signal.addEventListener('abort', () => stream.destroy(signal.reason), { once: true });
   const progress = newProgress(end - start);
@@ -586,9 +721,17 @@ export function openExtractStream(target: ChunkIndex, opts: ExtractStreamOptions
     try {
       const firstChunk = start < end ? target.chunkAt(start) : 0;
       const endChunk = start < end ? target.chunkAt(end - 1) + 1 : 0;
-      const plan = planChunks(target, ctx.seeds, { firstChunk, endChunk, selfSeed: opts.selfSeed, nullSeed: opts.nullSeed });
+      const plan = planChunks(target, ctx.seeds, {
+        firstChunk,
+        endChunk,
+        selfSeed: opts.selfSeed,
+        nullSeed: opts.nullSeed,
+      });
       // The block route is priced for whole images only.
-      const routes = await chooseRoutes(target, ctx, sourceOpts, plan, { maxSpan: windowBytes / 2, whole: start === 0 && end === target.size });
+      const routes = await chooseRoutes(target, ctx, sourceOpts, plan, {
+        maxSpan: windowBytes / 2,
+        whole: start === 0 && end === target.size,
+      });
       const last = await runWithProgress(routes, stream, progress, sourceOpts, opts.rangeUrl ?? 'the update stream');
       await stream.complete;
       return summary(progress, routes, last, started, 0, stream.sha256);

@@ -26,7 +26,9 @@ export interface DownloadedIndex {
 
 /** GETs and parses an index (with the client's retries); null on 404/410. Other statuses and bad bodies throw. */
 export async function downloadIndex(
-  http: HttpClient, url: string, opts: IndexDownloadOptions = {},
+  http: HttpClient,
+  url: string,
+  opts: IndexDownloadOptions = {},
 ): Promise<DownloadedIndex | null> {
   return http.withRetry(async () => {
     const res = await http.request(url, { signal: opts.signal });

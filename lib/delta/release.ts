@@ -162,7 +162,10 @@ export class Releases {
 
   /** `isIndex`: parsed as it arrives, so an endless or oversized index fails at the first byte too many. */
   private async fetchFile(
-    url: string, maxBytes: number, previous: SmallFile | undefined, isIndex: boolean,
+    url: string,
+    maxBytes: number,
+    previous: SmallFile | undefined,
+    isIndex: boolean,
   ): Promise<SmallFile> {
     const headers: Record<string, string> = {};
     if (previous?.status === 200 && previous.etag) headers['if-none-match'] = previous.etag;
@@ -188,13 +191,22 @@ export class Releases {
         throw new OriginError(`GET ${url}: ${declared} bytes exceeds the ${maxBytes}-byte limit`);
       }
       const parser = isIndex
-        ? new IndexParser({ source: url, allowArchive: false, maxTargetSize: this.maxTargetSize }, Number.isNaN(declared) ? undefined : declared)
+        ? new IndexParser(
+            { source: url, allowArchive: false, maxTargetSize: this.maxTargetSize },
+            Number.isNaN(declared) ? undefined : declared,
+          )
         : undefined;
       const body = await this.http.readBody(res.body, maxBytes, url, parser && ((b) => parser.push(b)));
       if (!Number.isNaN(declared) && body.length !== declared) {
         throw new OriginError(`GET ${url}: truncated body (${body.length} of ${declared} bytes)`, { transient: true });
       }
-      return { status, body, etag: header(res.headers.etag), lastModified: header(res.headers['last-modified']), index: parser?.finish() };
+      return {
+        status,
+        body,
+        etag: header(res.headers.etag),
+        lastModified: header(res.headers['last-modified']),
+        index: parser?.finish(),
+      };
     });
   }
 }

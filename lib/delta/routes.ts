@@ -79,12 +79,24 @@ export class ChunkRoute implements Route {
   async run(sink: AssemblySink, progress: ExtractProgress, signal: AbortSignal): Promise<void> {
     const o = this.opts;
     const plan = planChunks(o.target, o.seeds, {
-      firstChunk: o.firstChunk, endChunk: o.endChunk, selfSeed: o.selfSeed, nullSeed: o.nullSeed, skip: (i) => sink.has(i),
+      firstChunk: o.firstChunk,
+      endChunk: o.endChunk,
+      selfSeed: o.selfSeed,
+      nullSeed: o.nullSeed,
+      skip: (i) => sink.has(i),
     });
     const hashPool = o.hashPoolFor?.(plan.totals.fromSeeds);
     this.assembler = new Assembler({
-      plan, sink, remote: o.remote, chunkBuffers: o.buffers, maxSpan: o.maxSpan, hashPool,
-      concurrency: o.concurrency, progress, onWarning: o.onWarning, signal,
+      plan,
+      sink,
+      remote: o.remote,
+      chunkBuffers: o.buffers,
+      maxSpan: o.maxSpan,
+      hashPool,
+      concurrency: o.concurrency,
+      progress,
+      onWarning: o.onWarning,
+      signal,
     });
     try {
       await this.assembler.run();
@@ -129,8 +141,16 @@ export class BlockRoute implements Route {
   async run(sink: AssemblySink, progress: ExtractProgress, signal: AbortSignal): Promise<void> {
     const { choice, target, http, cost, sha256, maxSpan, onWarning } = this.cfg;
     this.assembly = new BlockAssembly(choice.plan, target, sink, progress, {
-      http, packUrl: choice.probe.packUrl, dictUrl: choice.probe.dictUrl, multi: choice.best.mode === 'blocks',
-      cost, sha256, concurrency: BLOCK_PARALLELISM, maxSpan, onWarning, signal,
+      http,
+      packUrl: choice.probe.packUrl,
+      dictUrl: choice.probe.dictUrl,
+      multi: choice.best.mode === 'blocks',
+      cost,
+      sha256,
+      concurrency: BLOCK_PARALLELISM,
+      maxSpan,
+      onWarning,
+      signal,
     });
     await this.assembly.run();
   }
@@ -150,7 +170,12 @@ export interface RunRoutesOptions {
  * recoverable failure is warned about and the next route continues where it
  * stopped. Returns the route that finished.
  */
-export async function runRoutes(routes: readonly Route[], sink: AssemblySink, progress: ExtractProgress, opts: RunRoutesOptions): Promise<Route> {
+export async function runRoutes(
+  routes: readonly Route[],
+  sink: AssemblySink,
+  progress: ExtractProgress,
+  opts: RunRoutesOptions,
+): Promise<Route> {
   for (let k = 0; ; k++) {
     const route = routes[k];
     try {

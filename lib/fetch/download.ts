@@ -25,7 +25,10 @@ export interface DownloadResult {
 }
 
 export async function downloadToFile(
-  http: HttpClient, url: string, out: string, opts: DownloadOptions = {},
+  http: HttpClient,
+  url: string,
+  out: string,
+  opts: DownloadOptions = {},
 ): Promise<DownloadResult> {
   const tmp = join(dirname(out), `.${basename(out)}.deltad-download`);
   const res = await http.withRetry(async () => {

@@ -162,7 +162,9 @@ export class HttpClient {
     let method = opts.method ?? 'GET';
     let body = opts.body;
     let headers: Record<string, string> = {
-      'user-agent': this.userAgent, 'accept-encoding': 'identity', ...opts.headers,
+      'user-agent': this.userAgent,
+      'accept-encoding': 'identity',
+      ...opts.headers,
     };
     for (let hops = 0; ; hops++) {
       const res = await this.once(current, method, headers, body, opts.signal);
@@ -187,7 +189,11 @@ export class HttpClient {
   }
 
   private async once(
-    url: string, method: string, headers: Record<string, string>, body: Buffer | undefined, signal?: AbortSignal,
+    url: string,
+    method: string,
+    headers: Record<string, string>,
+    body: Buffer | undefined,
+    signal?: AbortSignal,
   ): Promise<Dispatcher.ResponseData> {
     this.stats.requests++;
     try {
@@ -218,7 +224,8 @@ export class HttpClient {
    * for 2xx and 404; other statuses throw. Bodies over maxBytes are refused.
    */
   async getBuffer(
-    url: string, opts: RequestOptions & { maxBytes?: number } = {},
+    url: string,
+    opts: RequestOptions & { maxBytes?: number } = {},
   ): Promise<{ status: number; headers: Dispatcher.ResponseData['headers']; body: Buffer; url: string }> {
     const maxBytes = opts.maxBytes ?? 64 * 1024 * 1024;
     return this.withRetry(async () => {
@@ -229,7 +236,10 @@ export class HttpClient {
       }
       if (res.statusCode < 200 || res.statusCode >= 300) {
         await res.body.dump();
-        throw new OriginError(`GET ${url}: HTTP ${res.statusCode}`, { status: res.statusCode, transient: res.statusCode >= 500 || res.statusCode === 429 });
+        throw new OriginError(`GET ${url}: HTTP ${res.statusCode}`, {
+          status: res.statusCode,
+          transient: res.statusCode >= 500 || res.statusCode === 429,
+        });
       }
       const declared = Number(res.headers['content-length'] ?? NaN);
       if (declared > maxBytes) {
@@ -250,7 +260,10 @@ export class HttpClient {
    * streaming parser); what it throws ends the read and is thrown as it is.
    */
   async readBody(
-    body: Dispatcher.ResponseData['body'], maxBytes: number, url: string, onPart?: (part: Buffer) => void,
+    body: Dispatcher.ResponseData['body'],
+    maxBytes: number,
+    url: string,
+    onPart?: (part: Buffer) => void,
   ): Promise<Buffer> {
     const parts: Buffer[] = [];
     let n = 0;
@@ -297,7 +310,7 @@ function originOf(url: string): string {
  * compresses anyway (a 200, never a range) is decoded, within `maxBytes`.
  */
 function decodeBody(raw: Buffer, encoding: string | string[] | undefined, maxBytes: number, url: string): Buffer {
-  const coding = (Array.isArray(encoding) ? encoding.join(',') : encoding ?? '').trim().toLowerCase();
+  const coding = (Array.isArray(encoding) ? encoding.join(',') : (encoding ?? '')).trim().toLowerCase();
   if (coding === '' || coding === 'identity') return raw;
   const opts = { maxOutputLength: maxBytes };
   try {
@@ -316,7 +329,9 @@ function decodeBody(raw: Buffer, encoding: string | string[] | undefined, maxByt
  */
 function countBodyBytes(stats: HttpStats): Dispatcher.DispatcherComposeInterceptor {
   // undici's typings declare none of DecoratorHandler's methods; it forwards every callback to `handler`.
-  const Base = DecoratorHandler as unknown as new (handler: Dispatcher.DispatchHandler) => {
+  const Base = DecoratorHandler as unknown as new (
+    handler: Dispatcher.DispatchHandler,
+  ) => {
     onResponseData(controller: Dispatcher.DispatchController, chunk: Buffer): void;
   };
   class Counting extends Base {
@@ -329,8 +344,17 @@ function countBodyBytes(stats: HttpStats): Dispatcher.DispatcherComposeIntercept
 }
 
 const TRANSIENT_CODES = new Set([
-  'ECONNRESET', 'ECONNREFUSED', 'EPIPE', 'ETIMEDOUT', 'EAI_AGAIN', 'ENOTFOUND',
-  'UND_ERR_SOCKET', 'UND_ERR_CONNECT_TIMEOUT', 'UND_ERR_HEADERS_TIMEOUT', 'UND_ERR_BODY_TIMEOUT', 'UND_ERR_CLOSED',
+  'ECONNRESET',
+  'ECONNREFUSED',
+  'EPIPE',
+  'ETIMEDOUT',
+  'EAI_AGAIN',
+  'ENOTFOUND',
+  'UND_ERR_SOCKET',
+  'UND_ERR_CONNECT_TIMEOUT',
+  'UND_ERR_HEADERS_TIMEOUT',
+  'UND_ERR_BODY_TIMEOUT',
+  'UND_ERR_CLOSED',
 ]);
 
 export function isTransient(err: unknown): boolean {
@@ -349,7 +373,8 @@ function isTimeout(err: unknown): boolean {
 /** What a timeout means, in words (undici's codes name none of it). */
 function timeoutWords(code: string, timeoutMs: number): string {
   const s = `${timeoutMs / 1000} s`;
-  if (code === 'UND_ERR_HEADERS_TIMEOUT') return `the server accepted the connection but sent no response within ${s} (timeout)`;
+  if (code === 'UND_ERR_HEADERS_TIMEOUT')
+    return `the server accepted the connection but sent no response within ${s} (timeout)`;
   if (code === 'UND_ERR_BODY_TIMEOUT') return `the server stopped sending the response for ${s} (timeout)`;
   return `could not connect within ${s} (timeout)`;
 }
@@ -362,5 +387,8 @@ export function toOriginError(err: unknown, url: string, timeoutMs?: number): Er
   if (timeoutMs !== undefined && e?.code && TIMEOUT_CODES.has(e.code)) {
     return new OriginError(`${url}: ${timeoutWords(e.code, timeoutMs)}`, { transient, cause: err });
   }
-  return new OriginError(`${url}: ${e?.code ? e.code + ' ' : ''}${e?.message ?? String(err)}`, { transient, cause: err });
+  return new OriginError(`${url}: ${e?.code ? e.code + ' ' : ''}${e?.message ?? String(err)}`, {
+    transient,
+    cause: err,
+  });
 }

@@ -182,7 +182,9 @@ class MonitoredHandler implements Dispatcher.DispatchHandler {
   private readonly transfer: Transfer;
 
   constructor(
-    private readonly monitor: LinkMonitor, url: string, private readonly head: boolean,
+    private readonly monitor: LinkMonitor,
+    url: string,
+    private readonly head: boolean,
     private readonly inner: Dispatcher.DispatchHandler,
   ) {
     this.transfer = { url, started: performance.now(), bytes: 0, window: [], lastBytes: 0, pausedMs: 0 };
@@ -233,7 +235,9 @@ class MonitoredHandler implements Dispatcher.DispatchHandler {
  * link: its bandwidth-delay product over the request size, plus one, bounded.
  */
 export function inFlightFor(
-  link: LinkEstimate | undefined, requestBytes: number, bounds: { min: number; max: number },
+  link: LinkEstimate | undefined,
+  requestBytes: number,
+  bounds: { min: number; max: number },
 ): number {
   if (!link || link.bytesPerSec <= 0 || requestBytes <= 0) return bounds.min;
   const bdp = (link.bytesPerSec * link.rttMs) / 1000;

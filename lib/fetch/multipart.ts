@@ -21,7 +21,13 @@ export function parseContentRange(value: string | undefined): ContentRange | nul
   const start = Number(m[1]);
   const last = Number(m[2]);
   const total = m[3] === '*' ? undefined : Number(m[3]);
-  if (!Number.isSafeInteger(start) || !Number.isSafeInteger(last) || last < start || (total !== undefined && last >= total)) return null;
+  if (
+    !Number.isSafeInteger(start) ||
+    !Number.isSafeInteger(last) ||
+    last < start ||
+    (total !== undefined && last >= total)
+  )
+    return null;
   return { start, end: last + 1, total };
 }
 
@@ -102,7 +108,8 @@ export class MultipartParser {
       this.headerBytes = 0;
     } else if (t !== '') {
       // Preamble before the first part is allowed; garbage between parts is not.
-      if (this.part) this.fail(`expected boundary after part ${this.part.start}-${this.part.end - 1}, got "${t.slice(0, 80)}"`);
+      if (this.part)
+        this.fail(`expected boundary after part ${this.part.start}-${this.part.end - 1}, got "${t.slice(0, 80)}"`);
       this.headerBytes += line.length;
       if (this.headerBytes > MAX_HEADER_BYTES) this.fail('no boundary found');
     }
@@ -123,7 +130,8 @@ export class MultipartParser {
 
   /** Call at end of body; throws when the response stopped before its final boundary. */
   end(): void {
-    if (this.state === 'body') this.fail(`truncated in part ${this.part!.start}-${this.part!.end - 1} at byte ${this.pos}`);
+    if (this.state === 'body')
+      this.fail(`truncated in part ${this.part!.start}-${this.part!.end - 1} at byte ${this.pos}`);
     if (this.state !== 'done') this.fail('missing final boundary (response truncated?)');
   }
 }

@@ -5,7 +5,12 @@
 import type { Dispatcher } from 'undici';
 import type { ChunkIndex } from '../format/caibx.js';
 import {
-  DeltadError, DeltaDisabledError, ImageChangedError, MultiRangeUnsupportedError, OriginError, RangeUnsupportedError,
+  DeltadError,
+  DeltaDisabledError,
+  ImageChangedError,
+  MultiRangeUnsupportedError,
+  OriginError,
+  RangeUnsupportedError,
 } from '../errors.js';
 import type { HttpClient } from './http-client.js';
 import { deltaDisabledBy } from './release-policy.js';
@@ -47,7 +52,11 @@ export interface RangePlanOptions {
  * of a separate range, or when there are more ranges than targetRequests full
  * requests can carry (smallest gaps first).
  */
-export function planRangeRequests(index: Pick<ChunkIndex, 'start' | 'end'>, runs: readonly { first: number; count: number }[], opts: RangePlanOptions): RangeRequest[] {
+export function planRangeRequests(
+  index: Pick<ChunkIndex, 'start' | 'end'>,
+  runs: readonly { first: number; count: number }[],
+  opts: RangePlanOptions,
+): RangeRequest[] {
   if (runs.length === 0) return [];
   runs = splitRuns(index, runs, Math.min(opts.maxRequestBytes ?? 16 * 1024 * 1024, opts.maxSpan ?? Infinity));
   const perReq = opts.multi ? Math.max(1, opts.maxRangesPerRequest ?? 200) : 1;
@@ -57,7 +66,8 @@ export function planRangeRequests(index: Pick<ChunkIndex, 'start' | 'end'>, runs
   let maxGap = opts.maxGap ?? (opts.multi ? 128 : 8192);
   const target = opts.targetRequests ?? 100;
   const gaps: number[] = [];
-  for (let k = 1; k < runs.length; k++) gaps.push(index.start(runs[k].first) - index.end(runs[k - 1].first + runs[k - 1].count - 1));
+  for (let k = 1; k < runs.length; k++)
+    gaps.push(index.start(runs[k].first) - index.end(runs[k - 1].first + runs[k - 1].count - 1));
   // Only with multi-range: a merged gap then costs bytes but saves a part, not a round trip per range.
   const rangesAllowed = target * perReq;
   if (opts.multi && gaps.length + 1 > rangesAllowed) {
@@ -74,14 +84,26 @@ export function planRangeRequests(index: Pick<ChunkIndex, 'start' | 'end'>, runs
     const start = index.start(run.first);
     const end = index.end(run.first + run.count - 1);
     const last = cur?.ranges[cur.ranges.length - 1];
-    if (cur && last && start - last.end <= maxGap && end - spanStart <= maxSpan && cur.bytes + (end - last.end) <= maxBytes) {
+    if (
+      cur &&
+      last &&
+      start - last.end <= maxGap &&
+      end - spanStart <= maxSpan &&
+      cur.bytes + (end - last.end) <= maxBytes
+    ) {
       cur.bytes += end - last.end;
       last.end = end;
       cur.chunks.push({ first: run.first, count: run.count });
       continue;
     }
     const spec = `${start}-${end - 1},`.length;
-    if (!cur || cur.ranges.length >= perReq || header + spec > maxHeader || cur.bytes + (end - start) > maxBytes || end - spanStart > maxSpan) {
+    if (
+      !cur ||
+      cur.ranges.length >= perReq ||
+      header + spec > maxHeader ||
+      cur.bytes + (end - start) > maxBytes ||
+      end - spanStart > maxSpan
+    ) {
       cur = { ranges: [], chunks: [], bytes: 0 };
       requests.push(cur);
       header = 'bytes='.length;
@@ -96,7 +118,11 @@ export function planRangeRequests(index: Pick<ChunkIndex, 'start' | 'end'>, runs
 }
 
 /** Cuts runs longer than `limit` bytes at chunk boundaries (a piece has at least one chunk). */
-function splitRuns(index: Pick<ChunkIndex, 'start' | 'end'>, runs: readonly { first: number; count: number }[], limit: number): { first: number; count: number }[] {
+function splitRuns(
+  index: Pick<ChunkIndex, 'start' | 'end'>,
+  runs: readonly { first: number; count: number }[],
+  limit: number,
+): { first: number; count: number }[] {
   const size = (i: number): number => index.end(i) - index.start(i);
   const out: { first: number; count: number }[] = [];
   for (const run of runs) {
@@ -159,7 +185,14 @@ export class RangeFetcher {
   async probe(signal?: AbortSignal): Promise<RangeSupport> {
     if (this.size < 2) return { ranges: false, multi: false };
     try {
-      await this.fetch([{ start: 0, end: 1 }, { start: this.size - 1, end: this.size }], () => {}, signal);
+      await this.fetch(
+        [
+          { start: 0, end: 1 },
+          { start: this.size - 1, end: this.size },
+        ],
+        () => {},
+        signal,
+      );
       return { ranges: true, multi: true, size: this.size };
     } catch (err) {
       if (err instanceof RangeUnsupportedError) return { ranges: false, multi: false };
@@ -182,7 +215,12 @@ export class RangeFetcher {
    * for several ranges; single ranges may still work), or OriginError
    * (transient for 5xx, resets and truncation).
    */
-  async fetch(ranges: readonly ByteRange[], onData: (offset: number, data: Buffer) => void, signal?: AbortSignal, drain?: () => Promise<void> | undefined): Promise<void> {
+  async fetch(
+    ranges: readonly ByteRange[],
+    onData: (offset: number, data: Buffer) => void,
+    signal?: AbortSignal,
+    drain?: () => Promise<void> | undefined,
+  ): Promise<void> {
     // A server that ignores ranges would send the whole file to every parallel request: ask once first.
     while (!this.confirmed && this.firstAnswer) await this.firstAnswer;
     if (this.unsupported) throw this.unsupported;
@@ -204,7 +242,13 @@ export class RangeFetcher {
     }
   }
 
-  private async fetchOnce(ranges: readonly ByteRange[], onData: (offset: number, data: Buffer) => void, signal: AbortSignal | undefined, drain: (() => Promise<void> | undefined) | undefined, onRangesWork: () => void): Promise<void> {
+  private async fetchOnce(
+    ranges: readonly ByteRange[],
+    onData: (offset: number, data: Buffer) => void,
+    signal: AbortSignal | undefined,
+    drain: (() => Promise<void> | undefined) | undefined,
+    onRangesWork: () => void,
+  ): Promise<void> {
     this.stats.requests++;
     const ifRange = this.validator;
     const headers: Record<string, string> = { range: rangeHeader(ranges), 'accept-encoding': 'identity' };
@@ -229,7 +273,10 @@ export class RangeFetcher {
       }
       if (res.statusCode === 416 && ranges.length > 1) throw new MultiRangeUnsupportedError(this.url, 'HTTP 416');
       if (res.statusCode !== 206) {
-        throw new OriginError(`${what}: HTTP ${res.statusCode}`, { status: res.statusCode, transient: res.statusCode >= 500 || res.statusCode === 429 });
+        throw new OriginError(`${what}: HTTP ${res.statusCode}`, {
+          status: res.statusCode,
+          transient: res.statusCode >= 500 || res.statusCode === 429,
+        });
       }
       // Content-Range counts bytes of the coded representation: coded ranges are not image bytes.
       const coding = res.headers['content-encoding'];
@@ -243,14 +290,22 @@ export class RangeFetcher {
       const filter = rangeFilter(ranges, onData);
       if (boundary) {
         if (ranges.length === 1) throw new OriginError(`${what}: multipart answer to a single range`);
-        const parser = new MultipartParser(boundary, {
-          onPart: (r) => this.checkPart(r, ranges, what),
-          onData: filter,
-        }, what);
-        await this.consume(res, (b) => {
-          parser.write(b);
-          return drain?.();
-        }, what);
+        const parser = new MultipartParser(
+          boundary,
+          {
+            onPart: (r) => this.checkPart(r, ranges, what),
+            onData: filter,
+          },
+          what,
+        );
+        await this.consume(
+          res,
+          (b) => {
+            parser.write(b);
+            return drain?.();
+          },
+          what,
+        );
         parser.end();
         return;
       }
@@ -270,13 +325,20 @@ export class RangeFetcher {
         throw new OriginError(`${what}: asked ${first.start}-${first.end - 1}, ${got}`);
       }
       let pos = cr.start;
-      await this.consume(res, (b) => {
-        if (pos + b.length > cr.end) throw new OriginError(`${what}: body longer than its Content-Range`);
-        filter(pos, b);
-        pos += b.length;
-        return drain?.();
-      }, what);
-      if (pos !== cr.end) throw new OriginError(`${what}: truncated body (${pos - cr.start} of ${cr.end - cr.start} bytes)`, { transient: true });
+      await this.consume(
+        res,
+        (b) => {
+          if (pos + b.length > cr.end) throw new OriginError(`${what}: body longer than its Content-Range`);
+          filter(pos, b);
+          pos += b.length;
+          return drain?.();
+        },
+        what,
+      );
+      if (pos !== cr.end)
+        throw new OriginError(`${what}: truncated body (${pos - cr.start} of ${cr.end - cr.start} bytes)`, {
+          transient: true,
+        });
       if (partial) throw new MultiRangeUnsupportedError(this.url, onePart);
     } catch (err) {
       // Stop reading at once (a 200 may be the whole image); the abort error this raises is expected.
@@ -286,16 +348,25 @@ export class RangeFetcher {
     }
   }
 
-  private checkPart(r: { start: number; end: number; total?: number }, ranges: readonly ByteRange[], what: string): void {
+  private checkPart(
+    r: { start: number; end: number; total?: number },
+    ranges: readonly ByteRange[],
+    what: string,
+  ): void {
     if (r.total !== undefined && r.total !== this.size) {
       const detail = `${what}: Content-Range says the file has ${r.total} bytes, the index ${this.size}`;
       throw new ImageChangedError(this.url, detail);
     }
-    if (r.start < ranges[0].start || r.end > ranges[ranges.length - 1].end) throw new OriginError(`${what}: part ${r.start}-${r.end - 1} outside the ranges asked for`);
+    if (r.start < ranges[0].start || r.end > ranges[ranges.length - 1].end)
+      throw new OriginError(`${what}: part ${r.start}-${r.end - 1} outside the ranges asked for`);
   }
 
   /** Reads the body into sink; a promise from sink pauses reading until it settles (backpressure). */
-  private async consume(res: Dispatcher.ResponseData, sink: (b: Buffer) => Promise<void> | undefined, what: string): Promise<void> {
+  private async consume(
+    res: Dispatcher.ResponseData,
+    sink: (b: Buffer) => Promise<void> | undefined,
+    what: string,
+  ): Promise<void> {
     try {
       for await (const b of res.body) {
         this.stats.bytes += (b as Buffer).length;
@@ -306,7 +377,10 @@ export class RangeFetcher {
       if (err instanceof DeltadError) throw err;
       const e = err as { name?: string; code?: string; message?: string };
       if (e?.name === 'AbortError') throw err;
-      throw new OriginError(`${what}: ${e?.code ?? ''} ${e?.message ?? String(err)}`.trim(), { transient: true, cause: err });
+      throw new OriginError(`${what}: ${e?.code ?? ''} ${e?.message ?? String(err)}`.trim(), {
+        transient: true,
+        cause: err,
+      });
     }
   }
 }
@@ -323,7 +397,10 @@ function validatorOf(headers: Dispatcher.ResponseData['headers']): string | unde
 }
 
 /** Passes on only the bytes that fall inside the asked ranges (a server may coalesce ranges). */
-function rangeFilter(ranges: readonly ByteRange[], onData: (offset: number, data: Buffer) => void): (offset: number, data: Buffer) => void {
+function rangeFilter(
+  ranges: readonly ByteRange[],
+  onData: (offset: number, data: Buffer) => void,
+): (offset: number, data: Buffer) => void {
   return (offset, data) => {
     const end = offset + data.length;
     for (const r of ranges) {

@@ -40,7 +40,10 @@ export interface CachedTarget {
 
 /** Where `location` (from a response to `from`) points; throws RedirectError when it may not be followed. */
 export function redirectTarget(
-  from: string, location: string | string[] | undefined, hops: number, max: number,
+  from: string,
+  location: string | string[] | undefined,
+  hops: number,
+  max: number,
 ): string {
   if (typeof location !== 'string' || location === '') {
     throw new RedirectError(from, 'redirect without a Location header');

@@ -30,10 +30,12 @@ export async function* batchResponse(
       const body = (await cache.getCompressed(toHex(unique[index]))) ?? compressChunk(data);
       yield* frame(encodeFrame(FrameType.Chunk, unique[index], data.length, body));
     }
-    for (let i = 0; i < unique.length; i++) if (!done.has(i)) yield* frame(encodeFrame(FrameType.Missing, unique[i], 0));
+    for (let i = 0; i < unique.length; i++)
+      if (!done.has(i)) yield* frame(encodeFrame(FrameType.Missing, unique[i], 0));
   } catch (err) {
     const msg = Buffer.from((err as Error).message);
-    for (let i = 0; i < unique.length; i++) if (!done.has(i)) yield* frame(encodeFrame(FrameType.Error, unique[i], 0, msg));
+    for (let i = 0; i < unique.length; i++)
+      if (!done.has(i)) yield* frame(encodeFrame(FrameType.Error, unique[i], 0, msg));
     onWarning(`batch: ${(err as Error).message}`);
   }
   yield encodeEnd(frames);

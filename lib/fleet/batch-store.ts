@@ -34,12 +34,17 @@ export interface BatchStoreOptions extends StoreFormat {
  * Asks `origin` (any URL on the server) whether it is a deltad proxy. Returns
  * its info, or null for anything else (404, not JSON, unreachable).
  */
-export async function detectDeltadProxy(origin: string, client: HttpClient, signal?: AbortSignal): Promise<ProxyInfo | null> {
+export async function detectDeltadProxy(
+  origin: string,
+  client: HttpClient,
+  signal?: AbortSignal,
+): Promise<ProxyInfo | null> {
   try {
     const res = await client.getBuffer(new URL('/.deltad/info', origin).href, { signal, maxBytes: 64 * 1024 });
     if (res.status !== 200) return null;
     const info = JSON.parse(res.body.toString('utf8')) as ProxyInfo;
-    if (info.service !== 'deltad-proxy' || typeof info.batch !== 'string' || typeof info.store !== 'string') return null;
+    if (info.service !== 'deltad-proxy' || typeof info.batch !== 'string' || typeof info.store !== 'string')
+      return null;
     return info;
   } catch {
     return null;
@@ -47,7 +52,10 @@ export async function detectDeltadProxy(origin: string, client: HttpClient, sign
 }
 
 /** A BatchStore when `origin` is a deltad proxy, else null: the sidecar's automatic choice. */
-export async function openProxyStore(origin: string, opts: BatchStoreOptions & { signal?: AbortSignal } = {}): Promise<BatchStore | null> {
+export async function openProxyStore(
+  origin: string,
+  opts: BatchStoreOptions & { signal?: AbortSignal } = {},
+): Promise<BatchStore | null> {
   const client = opts.client ?? new HttpClient();
   const info = await detectDeltadProxy(origin, client, opts.signal);
   if (!info) {
@@ -87,7 +95,8 @@ export class BatchStore implements ChunkStore {
   /** Splits the requests into batches, runs `parallel` of them at once, yields chunks as frames arrive. */
   async *getMany(reqs: ChunkRequest[], signal?: AbortSignal): AsyncGenerator<{ index: number; data: Buffer }> {
     const batches: number[][] = [];
-    for (let i = 0; i < reqs.length; i += this.batchSize) batches.push(Array.from({ length: Math.min(this.batchSize, reqs.length - i) }, (_, k) => i + k));
+    for (let i = 0; i < reqs.length; i += this.batchSize)
+      batches.push(Array.from({ length: Math.min(this.batchSize, reqs.length - i) }, (_, k) => i + k));
     yield* concurrentEmit<number[], { index: number; data: Buffer }>(batches, this.parallel, (batch, emit) =>
       this.fetchBatch(reqs, batch, (index, data) => emit({ index, data }), signal),
     );
@@ -97,7 +106,12 @@ export class BatchStore implements ChunkStore {
    * One batch, retried for what has not arrived yet when the response breaks
    * off (transient errors). ERROR frames fail the batch after its other chunks.
    */
-  private async fetchBatch(reqs: ChunkRequest[], positions: number[], emit: (index: number, data: Buffer) => void, signal?: AbortSignal): Promise<void> {
+  private async fetchBatch(
+    reqs: ChunkRequest[],
+    positions: number[],
+    emit: (index: number, data: Buffer) => void,
+    signal?: AbortSignal,
+  ): Promise<void> {
     const byId = new Map<string, number[]>();
     for (const p of positions) {
       const hex = toHex(reqs[p].id);
@@ -115,17 +129,21 @@ export class BatchStore implements ChunkStore {
       });
       if (res.statusCode !== 200 || !String(res.headers['content-type'] ?? '').startsWith(BATCH_CONTENT_TYPE)) {
         await res.body.dump();
-        throw new OriginError(`POST ${this.batchUrl}: HTTP ${res.statusCode} (${res.headers['content-type'] ?? 'no content type'})`, {
-          status: res.statusCode,
-          transient: res.statusCode >= 500 || res.statusCode === 429,
-        });
+        throw new OriginError(
+          `POST ${this.batchUrl}: HTTP ${res.statusCode} (${res.headers['content-type'] ?? 'no content type'})`,
+          {
+            status: res.statusCode,
+            transient: res.statusCode >= 500 || res.statusCode === 429,
+          },
+        );
       }
       const errors: string[] = [];
       try {
         for await (const frame of readFrames(res.body, this.batchUrl)) {
           const hex = toHex(frame.id);
           const where = byId.get(hex);
-          if (!where || answered.has(hex)) throw new OriginError(`${this.batchUrl}: frame for chunk ${hex} that was not asked for (or twice)`);
+          if (!where || answered.has(hex))
+            throw new OriginError(`${this.batchUrl}: frame for chunk ${hex} that was not asked for (or twice)`);
           answered.add(hex);
           if (frame.type === FrameType.Missing) continue;
           if (frame.type === FrameType.Error) {
@@ -133,14 +151,20 @@ export class BatchStore implements ChunkStore {
             continue;
           }
           const req = reqs[where[0]];
-          if (req.size !== undefined && frame.size !== req.size) throw new OriginError(`${this.batchUrl}: chunk ${hex} announced as ${frame.size} bytes, the index says ${req.size}`);
+          if (req.size !== undefined && frame.size !== req.size)
+            throw new OriginError(
+              `${this.batchUrl}: chunk ${hex} announced as ${frame.size} bytes, the index says ${req.size}`,
+            );
           const data = decodeChunk(frame.payload, true, req, this.format, this.batchUrl);
           for (const p of where) emit(p, data);
         }
       } finally {
         res.body.destroy();
       }
-      if (errors.length) throw new OriginError(`${this.batchUrl}: the proxy could not fetch ${errors.length} chunk(s): ${errors.slice(0, 3).join('; ')}`);
+      if (errors.length)
+        throw new OriginError(
+          `${this.batchUrl}: the proxy could not fetch ${errors.length} chunk(s): ${errors.slice(0, 3).join('; ')}`,
+        );
     }, signal);
   }
 

@@ -32,7 +32,12 @@ export interface Frame {
   payload: Buffer;
 }
 
-export function encodeFrame(type: FrameType, id: Uint8Array, size: number, payload: Uint8Array = Buffer.alloc(0)): Buffer[] {
+export function encodeFrame(
+  type: FrameType,
+  id: Uint8Array,
+  size: number,
+  payload: Uint8Array = Buffer.alloc(0),
+): Buffer[] {
   const head = Buffer.alloc(FRAME_HEADER_SIZE);
   head[0] = type;
   head.set(id, 1);
@@ -47,10 +52,12 @@ export function encodeEnd(frames: number): Buffer {
 
 /** Parses a POST body of concatenated 32-byte IDs. */
 export function parseIdList(body: Buffer): Buffer[] {
-  if (body.length % ID_SIZE !== 0) throw new UsageError(`batch request body is ${body.length} bytes, not a multiple of ${ID_SIZE} (raw chunk IDs)`);
+  if (body.length % ID_SIZE !== 0)
+    throw new UsageError(`batch request body is ${body.length} bytes, not a multiple of ${ID_SIZE} (raw chunk IDs)`);
   const n = body.length / ID_SIZE;
   if (n === 0) throw new UsageError('batch request names no chunk IDs');
-  if (n > MAX_BATCH_IDS) throw new UsageError(`batch request names ${n} chunk IDs, more than the limit of ${MAX_BATCH_IDS}`);
+  if (n > MAX_BATCH_IDS)
+    throw new UsageError(`batch request names ${n} chunk IDs, more than the limit of ${MAX_BATCH_IDS}`);
   return Array.from({ length: n }, (_, i) => body.subarray(i * ID_SIZE, (i + 1) * ID_SIZE));
 }
 
@@ -70,7 +77,8 @@ export async function* readFrames(body: AsyncIterable<Uint8Array>, source: strin
     buf = buf.length ? Buffer.concat([buf, part]) : Buffer.from(part);
     if (!seenMagic) {
       if (buf.length < BATCH_MAGIC.length) continue;
-      if (!buf.subarray(0, BATCH_MAGIC.length).equals(BATCH_MAGIC)) fail(`bad magic ${buf.subarray(0, 8).toString('hex')}`);
+      if (!buf.subarray(0, BATCH_MAGIC.length).equals(BATCH_MAGIC))
+        fail(`bad magic ${buf.subarray(0, 8).toString('hex')}`);
       buf = buf.subarray(BATCH_MAGIC.length);
       seenMagic = true;
     }
@@ -93,5 +101,7 @@ export async function* readFrames(body: AsyncIterable<Uint8Array>, source: strin
       yield { type: type as FrameType, id, size, payload };
     }
   }
-  throw new OriginError(`${source}: batch response truncated after ${frames} frames (no END frame)`, { transient: true });
+  throw new OriginError(`${source}: batch response truncated after ${frames} frames (no END frame)`, {
+    transient: true,
+  });
 }

@@ -25,10 +25,14 @@ export class CachingStore implements ChunkStore {
   }
 
   get(req: ChunkRequest, signal?: AbortSignal): Promise<Buffer | null> {
-    return this.cache.getOrFetch(req, async () => {
-      for await (const { data } of this.fetchUpstream([req], signal)) return { data };
-      return null;
-    }, this.upstreamNames);
+    return this.cache.getOrFetch(
+      req,
+      async () => {
+        for await (const { data } of this.fetchUpstream([req], signal)) return { data };
+        return null;
+      },
+      this.upstreamNames,
+    );
   }
 
   private get upstreamNames(): string {
@@ -46,13 +50,18 @@ export class CachingStore implements ChunkStore {
   }
 
   /** Asks each upstream source in turn for what the previous ones did not have. */
-  private async *fetchUpstream(reqs: ChunkRequest[], signal?: AbortSignal): AsyncGenerator<{ index: number; data: Buffer }> {
+  private async *fetchUpstream(
+    reqs: ChunkRequest[],
+    signal?: AbortSignal,
+  ): AsyncGenerator<{ index: number; data: Buffer }> {
     let left = reqs.map((_, i) => i);
     for (const store of this.upstream) {
       if (left.length === 0) return;
       const found = new Set<number>();
       const sub = left.map((i) => reqs[i]);
-      for await (const { index, data } of store.getMany ? store.getMany(sub, signal) : this.getEach(store, sub, signal)) {
+      for await (const { index, data } of store.getMany
+        ? store.getMany(sub, signal)
+        : this.getEach(store, sub, signal)) {
         found.add(left[index]);
         yield { index: left[index], data };
       }
@@ -61,7 +70,11 @@ export class CachingStore implements ChunkStore {
   }
 
   /** getMany for stores that only have get(): bounded parallel single fetches. */
-  private async *getEach(store: ChunkStore, reqs: ChunkRequest[], signal?: AbortSignal): AsyncGenerator<{ index: number; data: Buffer }> {
+  private async *getEach(
+    store: ChunkStore,
+    reqs: ChunkRequest[],
+    signal?: AbortSignal,
+  ): AsyncGenerator<{ index: number; data: Buffer }> {
     const positions = reqs.map((_, i) => i);
     yield* concurrentEmit<number, { index: number; data: Buffer }>(positions, this.concurrency, async (index, emit) => {
       const data = await store.get(reqs[index], signal);

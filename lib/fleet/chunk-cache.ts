@@ -68,11 +68,21 @@ export class ChunkCache implements WritableChunkStore {
   private readonly writeFn: (path: string, data: Uint8Array) => Promise<void>;
   private suspendedUntil = 0;
   private bytes = 0;
-  private readonly counters = { hits: 0, misses: 0, fetches: 0, joined: 0, writes: 0, writeErrors: 0, evictions: 0, discarded: 0 };
+  private readonly counters = {
+    hits: 0,
+    misses: 0,
+    fetches: 0,
+    joined: 0,
+    writes: 0,
+    writeErrors: 0,
+    evictions: 0,
+    discarded: 0,
+  };
   private lastWriteError?: string;
 
   private constructor(dir: string, opts: ChunkCacheOptions) {
-    if (!(opts.maxBytes > 0)) throw new UsageError(`chunk cache ${dir}: size limit must be positive, got ${opts.maxBytes}`);
+    if (!(opts.maxBytes > 0))
+      throw new UsageError(`chunk cache ${dir}: size limit must be positive, got ${opts.maxBytes}`);
     this.location = dir;
     this.maxBytes = opts.maxBytes;
     this.digest = opts.digest ?? 'sha512-256';
@@ -205,7 +215,11 @@ export class ChunkCache implements WritableChunkStore {
    * callers), verifies what it returns and caches it. null: the source lacks it.
    * The shared fetch is not cancelled when one waiting caller gives up.
    */
-  async getOrFetch(req: ChunkRequest, fetch: () => Promise<{ data: Buffer; compressed?: Buffer } | null>, source = 'upstream'): Promise<Buffer | null> {
+  async getOrFetch(
+    req: ChunkRequest,
+    fetch: () => Promise<{ data: Buffer; compressed?: Buffer } | null>,
+    source = 'upstream',
+  ): Promise<Buffer | null> {
     const hex = toHex(req.id);
     const pending = this.inflight.get(hex);
     if (pending) {

@@ -75,7 +75,10 @@ export class ImageRangeStore implements ChunkStore {
   }
 
   /** Every located chunk with its bytes, and why they are not the chunk asked for (undefined when they are). */
-  private async *fetchMany(reqs: ChunkRequest[], signal?: AbortSignal): AsyncGenerator<{ index: number; data: Buffer; wrong?: string }> {
+  private async *fetchMany(
+    reqs: ChunkRequest[],
+    signal?: AbortSignal,
+  ): AsyncGenerator<{ index: number; data: Buffer; wrong?: string }> {
     const located = reqs
       .map((req, index) => ({ index, loc: this.locations.get(toHex(req.id)) }))
       .filter((r): r is { index: number; loc: Location } => r.loc !== undefined)
@@ -84,7 +87,12 @@ export class ImageRangeStore implements ChunkStore {
     const runs: { url: string; start: number; end: number; parts: typeof located }[] = [];
     for (const r of located) {
       const last = runs[runs.length - 1];
-      if (last && last.url === r.loc.url && last.end === r.loc.offset && r.loc.offset + r.loc.size - last.start <= this.maxRangeBytes) {
+      if (
+        last &&
+        last.url === r.loc.url &&
+        last.end === r.loc.offset &&
+        r.loc.offset + r.loc.size - last.start <= this.maxRangeBytes
+      ) {
         last.end = r.loc.offset + r.loc.size;
         last.parts.push(r);
       } else if (last && last.url === r.loc.url && last.end > r.loc.offset) {
@@ -104,10 +112,12 @@ export class ImageRangeStore implements ChunkStore {
         try {
           const body = await this.fetchRange(run.url, run.start, run.end, signal);
           const digest = this.images.get(run.url)!.digest;
-          results.push(run.parts.map((p) => {
-            const data = body.subarray(p.loc.offset - run.start, p.loc.offset - run.start + p.loc.size);
-            return { index: p.index, data, wrong: check(reqs[p.index], data, digest) };
-          }));
+          results.push(
+            run.parts.map((p) => {
+              const data = body.subarray(p.loc.offset - run.start, p.loc.offset - run.start + p.loc.size);
+              return { index: p.index, data, wrong: check(reqs[p.index], data, digest) };
+            }),
+          );
         } catch (err) {
           failure ??= err;
         }
@@ -131,11 +141,16 @@ export class ImageRangeStore implements ChunkStore {
     return this.client.withRetry(async () => {
       const body = Buffer.allocUnsafe(end - start);
       let got = 0;
-      await fetcher.fetch([{ start, end }], (offset, data) => {
-        data.copy(body, offset - start);
-        got += data.length;
-      }, signal);
-      if (got !== end - start) throw new OriginError(`GET ${url}: truncated range (${got} of ${end - start} bytes)`, { transient: true });
+      await fetcher.fetch(
+        [{ start, end }],
+        (offset, data) => {
+          data.copy(body, offset - start);
+          got += data.length;
+        },
+        signal,
+      );
+      if (got !== end - start)
+        throw new OriginError(`GET ${url}: truncated range (${got} of ${end - start} bytes)`, { transient: true });
       return body;
     }, signal);
   }
@@ -144,6 +159,7 @@ export class ImageRangeStore implements ChunkStore {
 /** Why `data` is not the chunk `req` asks for, or undefined when it is. */
 function check(req: ChunkRequest, data: Buffer, digest: ChunkIndex['digest']): string | undefined {
   if (req.size !== undefined && data.length !== req.size) return `has ${data.length} bytes, the index says ${req.size}`;
-  if (!chunkId(digest, data).equals(req.id)) return 'content does not match its ID (the upstream image changed under its index)';
+  if (!chunkId(digest, data).equals(req.id))
+    return 'content does not match its ID (the upstream image changed under its index)';
   return undefined;
 }

@@ -57,12 +57,17 @@ export class MetadataCache {
           const declared = Number(res.headers['content-length'] ?? NaN);
           if (declared > this.maxBytes) {
             res.body.destroy();
-            throw new MetadataTooLargeError(`GET ${url}: ${declared} bytes is more than the ${this.maxBytes}-byte limit for cached files`);
+            throw new MetadataTooLargeError(
+              `GET ${url}: ${declared} bytes is more than the ${this.maxBytes}-byte limit for cached files`,
+            );
           }
           const body = await this.client.readBody(res.body, this.maxBytes, url).catch((err: Error) => {
             throw /exceeds the/.test(err.message) ? new MetadataTooLargeError(err.message) : err;
           });
-          if (!Number.isNaN(declared) && body.length !== declared) throw new OriginError(`GET ${url}: truncated body (${body.length} of ${declared} bytes)`, { transient: true });
+          if (!Number.isNaN(declared) && body.length !== declared)
+            throw new OriginError(`GET ${url}: truncated body (${body.length} of ${declared} bytes)`, {
+              transient: true,
+            });
           const entry: MetadataEntry = {
             status,
             body,
@@ -85,7 +90,8 @@ export class MetadataCache {
       if (signal?.aborted || err instanceof MetadataTooLargeError) throw err;
       const status = (err as OriginError).status;
       // A definite client error (401, 403...) is the upstream's answer, not an outage.
-      if (status !== undefined && status >= 400 && status < 500 && status !== 429) return { status, body: Buffer.alloc(0), stale: false };
+      if (status !== undefined && status >= 400 && status < 500 && status !== 429)
+        return { status, body: Buffer.alloc(0), stale: false };
       if (cached) return { ...cached, stale: true };
       throw err;
     }
@@ -103,7 +109,14 @@ export class MetadataCache {
       const head = JSON.parse(raw.subarray(4, 4 + n).toString('utf8')) as StoredHeader;
       const body = raw.subarray(4 + n);
       if (head.url !== url || body.length !== head.length) return null;
-      return { status: 200, body, contentType: head.contentType, etag: head.etag, lastModified: head.lastModified, stale: false };
+      return {
+        status: 200,
+        body,
+        contentType: head.contentType,
+        etag: head.etag,
+        lastModified: head.lastModified,
+        stale: false,
+      };
     } catch {
       return null;
     }
@@ -111,7 +124,13 @@ export class MetadataCache {
 
   /** Writes `[u32 header length][JSON header][body]` to a temp file and renames it into place. */
   private async save(url: string, e: MetadataEntry): Promise<void> {
-    const head: StoredHeader = { url, contentType: e.contentType, etag: e.etag, lastModified: e.lastModified, length: e.body.length };
+    const head: StoredHeader = {
+      url,
+      contentType: e.contentType,
+      etag: e.etag,
+      lastModified: e.lastModified,
+      length: e.body.length,
+    };
     const json = Buffer.from(JSON.stringify(head));
     const len = Buffer.alloc(4);
     len.writeUInt32LE(json.length);

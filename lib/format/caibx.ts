@@ -183,7 +183,10 @@ export class IndexParser {
   private tailSeen = false;
   private expected?: number;
 
-  constructor(private readonly opts: ParseOptions = {}, expectedBytes?: number) {
+  constructor(
+    private readonly opts: ParseOptions = {},
+    expectedBytes?: number,
+  ) {
     this.src = opts.source;
     this.maxTarget = opts.maxTargetSize ?? DEFAULT_MAX_TARGET_SIZE;
     // A known length (Content-Length) sizes the table once, checked against the header's limits when it is read.
@@ -231,10 +234,15 @@ export class IndexParser {
 
   finish(): ChunkIndex {
     const length = this.offset + this.recordFill;
-    if (length < EMPTY_INDEX_SIZE) this.fail('file size', length, `file is ${length} bytes, an index is at least ${EMPTY_INDEX_SIZE}`);
+    if (length < EMPTY_INDEX_SIZE)
+      this.fail('file size', length, `file is ${length} bytes, an index is at least ${EMPTY_INDEX_SIZE}`);
     if (!this.tailSeen) {
       const off = this.offset;
-      this.fail(this.recordFill === 0 ? 'table' : 'table item', off, `truncated: table ends without a tail (${length - HEADER_SIZE} bytes after the header)`);
+      this.fail(
+        this.recordFill === 0 ? 'table' : 'table item',
+        off,
+        `truncated: table ends without a tail (${length - HEADER_SIZE} bytes after the header)`,
+      );
     }
     return new ChunkIndex(this.flags, this.params, this.ends.slice(0, this.n), this.ids.slice(0, this.n * ID_SIZE));
   }
@@ -243,15 +251,19 @@ export class IndexParser {
     const h = this.header;
     const u64 = (off: number): bigint => h.readBigUInt64LE(off);
     if (u64(0) !== 48n) this.fail('INDEX.size', 0, `expected 48, got ${u64(0)}`);
-    if (u64(8) !== CA_FORMAT_INDEX) this.fail('INDEX.type', 8, `bad magic 0x${u64(8).toString(16)} (not a casync index)`);
+    if (u64(8) !== CA_FORMAT_INDEX)
+      this.fail('INDEX.type', 8, `bad magic 0x${u64(8).toString(16)} (not a casync index)`);
     const flags = u64(16);
-    if ((flags & ~KNOWN_FLAGS) !== 0n) this.fail('feature_flags', 16, `unknown feature bits 0x${(flags & ~KNOWN_FLAGS).toString(16)}`);
-    if (this.opts.allowArchive === false && (flags & ARCHIVE_FLAGS) !== 0n) this.fail('feature_flags', 16, 'this is an archive index (.caidx), not a blob index (.caibx)');
+    if ((flags & ~KNOWN_FLAGS) !== 0n)
+      this.fail('feature_flags', 16, `unknown feature bits 0x${(flags & ~KNOWN_FLAGS).toString(16)}`);
+    if (this.opts.allowArchive === false && (flags & ARCHIVE_FLAGS) !== 0n)
+      this.fail('feature_flags', 16, 'this is an archive index (.caidx), not a blob index (.caibx)');
     const names = ['chunk_size_min', 'chunk_size_avg', 'chunk_size_max'] as const;
     const vals: number[] = [];
     for (let k = 0; k < 3; k++) {
       const v = u64(24 + 8 * k);
-      if (v < 1n || v > BigInt(CHUNK_SIZE_LIMIT_MAX)) this.fail(names[k], 24 + 8 * k, `${v} is outside 1..${CHUNK_SIZE_LIMIT_MAX}`);
+      if (v < 1n || v > BigInt(CHUNK_SIZE_LIMIT_MAX))
+        this.fail(names[k], 24 + 8 * k, `${v} is outside 1..${CHUNK_SIZE_LIMIT_MAX}`);
       vals.push(Number(v));
     }
     const [min, avg, max] = vals;
@@ -264,7 +276,12 @@ export class IndexParser {
     this.maxChunks = Math.min(MAX_INDEX_CHUNKS, Math.floor(this.maxTarget / min) + 1);
     const limit = indexFileSize(this.maxChunks);
     if (this.expected !== undefined) {
-      if (this.expected > limit) this.fail('file size', 0, `${this.expected} bytes announced, more than the ${limit} bytes an index of at most ${this.maxTarget} bytes in chunks of at least ${min} can have`);
+      if (this.expected > limit)
+        this.fail(
+          'file size',
+          0,
+          `${this.expected} bytes announced, more than the ${limit} bytes an index of at most ${this.maxTarget} bytes in chunks of at least ${min} can have`,
+        );
       this.grow(Math.min(PREALLOCATE_CHUNKS, Math.ceil(Math.max(0, this.expected - EMPTY_INDEX_SIZE) / ITEM_SIZE)));
     }
   }
@@ -289,10 +306,26 @@ export class IndexParser {
     const i = this.n;
     if (hi >= 0x200000) this.fail(`item[${i}].offset`, off, `offset ${buf.readBigUInt64LE(at)} is too large`);
     const end = hi * 0x100000000 + lo;
-    if (end <= this.prev) this.fail(`item[${i}].offset`, off, `offsets must strictly increase (${end} after ${this.prev})`);
-    if (end - this.prev > this.params.max) this.fail(`item[${i}].offset`, off, `chunk of ${end - this.prev} bytes exceeds chunk_size_max ${this.params.max}`);
-    if (end > this.maxTarget) this.fail(`item[${i}].offset`, off, `the index describes more than ${this.maxTarget} bytes, the largest target allowed`);
-    if (i >= this.maxChunks) this.fail('table', off, `more than ${this.maxChunks} chunks (${this.maxTarget} bytes in chunks of at least ${this.params.min})`);
+    if (end <= this.prev)
+      this.fail(`item[${i}].offset`, off, `offsets must strictly increase (${end} after ${this.prev})`);
+    if (end - this.prev > this.params.max)
+      this.fail(
+        `item[${i}].offset`,
+        off,
+        `chunk of ${end - this.prev} bytes exceeds chunk_size_max ${this.params.max}`,
+      );
+    if (end > this.maxTarget)
+      this.fail(
+        `item[${i}].offset`,
+        off,
+        `the index describes more than ${this.maxTarget} bytes, the largest target allowed`,
+      );
+    if (i >= this.maxChunks)
+      this.fail(
+        'table',
+        off,
+        `more than ${this.maxChunks} chunks (${this.maxTarget} bytes in chunks of at least ${this.params.min})`,
+      );
     if (i === this.ends.length) this.grow(this.ends.length * 2);
     this.ends[i] = end;
     this.ids.set(buf.subarray(at + 8, at + ITEM_SIZE), i * ID_SIZE);
@@ -305,8 +338,10 @@ export class IndexParser {
     if (u64(8) !== 0n) this.fail('tail.zero_fill2', off + 8, `expected 0, got ${u64(8)}`);
     if (u64(16) !== 48n) this.fail('tail.index_offset', off + 16, `expected 48, got ${u64(16)}`);
     const tableSize = BigInt(16 + ITEM_SIZE * this.n + TAIL_SIZE);
-    if (u64(24) !== tableSize) this.fail('tail.table_size', off + 24, `expected ${tableSize} for ${this.n} chunks, got ${u64(24)}`);
-    if (u64(32) !== CA_FORMAT_TABLE_TAIL_MARKER) this.fail('tail.marker', off + 32, `bad marker 0x${u64(32).toString(16)}`);
+    if (u64(24) !== tableSize)
+      this.fail('tail.table_size', off + 24, `expected ${tableSize} for ${this.n} chunks, got ${u64(24)}`);
+    if (u64(32) !== CA_FORMAT_TABLE_TAIL_MARKER)
+      this.fail('tail.marker', off + 32, `bad marker 0x${u64(32).toString(16)}`);
     this.tailSeen = true;
   }
 }
@@ -314,7 +349,12 @@ export class IndexParser {
 /** Parses a complete index (see IndexParser for the rules). */
 export function parseIndex(buf: Uint8Array, opts: ParseOptions = {}): ChunkIndex {
   if (buf.length > MAX_INDEX_BYTES) {
-    throw new IndexFormatError('file size', 0, `file is ${buf.length} bytes, more than the ${MAX_INDEX_BYTES}-byte limit`, opts.source);
+    throw new IndexFormatError(
+      'file size',
+      0,
+      `file is ${buf.length} bytes, more than the ${MAX_INDEX_BYTES}-byte limit`,
+      opts.source,
+    );
   }
   const parser = new IndexParser(opts, buf.length);
   if (buf.length >= EMPTY_INDEX_SIZE) parser.push(buf);
@@ -327,7 +367,8 @@ export async function readIndexFile(path: string, opts: ParseOptions = {}): Prom
   try {
     const st = await fh.stat();
     if (!st.isFile()) throw new IndexFormatError('file', 0, 'not a regular file', path);
-    if (st.size > MAX_INDEX_BYTES) throw new IndexFormatError('file size', 0, `${st.size} bytes exceeds the ${MAX_INDEX_BYTES}-byte limit`, path);
+    if (st.size > MAX_INDEX_BYTES)
+      throw new IndexFormatError('file size', 0, `${st.size} bytes exceeds the ${MAX_INDEX_BYTES}-byte limit`, path);
     const buf = await fh.readFile();
     return parseIndex(buf, { source: path, ...opts });
   } finally {

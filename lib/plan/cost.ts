@@ -15,7 +15,7 @@ export interface LinkEstimate {
 }
 
 /** Defaults: a 10 ms round trip at 100 Mibit/s, so one round trip is worth 128 KiB of body bytes. */
-export const DEFAULT_LINK: LinkEstimate = { rttMs: 10, bytesPerSec: 100 * 1024 * 1024 / 8 };
+export const DEFAULT_LINK: LinkEstimate = { rttMs: 10, bytesPerSec: (100 * 1024 * 1024) / 8 };
 
 /** multipart/byteranges framing per part (boundary and part headers; nginx, measured). */
 export const PART_OVERHEAD = 100;
@@ -37,7 +37,7 @@ export class CostModel {
   /** Body bytes one request is worth when `parallelism` requests are in flight. */
   requestBytes(parallelism: number): number {
     const { rttMs, bytesPerSec } = this.link;
-    return Math.round((rttMs / 1000) * bytesPerSec / Math.max(1, parallelism)) + RESPONSE_OVERHEAD;
+    return Math.round(((rttMs / 1000) * bytesPerSec) / Math.max(1, parallelism)) + RESPONSE_OVERHEAD;
   }
 
   /** Traffic in body bytes: every request priced as requestBytes(parallelism). */
@@ -56,8 +56,11 @@ export class CostModel {
    * framing of another part with multi-range, a whole request without.
    */
   planRequests(
-    layout: Pick<RangeLayout, 'start' | 'end'>, runs: readonly { first: number; count: number }[], multi: boolean,
-    parallelism: number, opts: Omit<RangePlanOptions, 'multi' | 'maxGap'> = {},
+    layout: Pick<RangeLayout, 'start' | 'end'>,
+    runs: readonly { first: number; count: number }[],
+    multi: boolean,
+    parallelism: number,
+    opts: Omit<RangePlanOptions, 'multi' | 'maxGap'> = {},
   ): RangeRequest[] {
     const maxGap = multi ? PART_OVERHEAD : this.requestBytes(parallelism);
     return planRangeRequests(layout, runs, { ...opts, multi, maxGap });

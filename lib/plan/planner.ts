@@ -87,7 +87,8 @@ export class ZeroIds {
   constructor(private readonly digest: ChunkIndex['digest']) {}
   matches(index: ChunkIndex, i: number): boolean {
     const size = index.chunkSize(i);
-    const possible = size <= SMALL_CHUNK || size === index.params.min || size === index.params.max || i === index.count - 1;
+    const possible =
+      size <= SMALL_CHUNK || size === index.params.min || size === index.params.max || i === index.count - 1;
     if (!possible) return false;
     let id = this.bySize.get(size);
     if (!id) {
@@ -107,14 +108,30 @@ export function planChunks(target: ChunkIndex, seeds: readonly Seed[], opts: Pla
   const zero = opts.nullSeed === false ? null : new ZeroIds(target.digest);
   const earlier = opts.selfSeed === false ? null : new Map<string, number>();
   const segments: Segment[] = [];
-  const totals: PlanTotals = { chunks: 0, bytes: 0, fromSeeds: 0, fromSelf: 0, fromZero: 0, missingBytes: 0, missingChunks: 0, missingRuns: 0 };
+  const totals: PlanTotals = {
+    chunks: 0,
+    bytes: 0,
+    fromSeeds: 0,
+    fromSelf: 0,
+    fromZero: 0,
+    missingBytes: 0,
+    missingChunks: 0,
+    missingRuns: 0,
+  };
 
   const push = (seg: Segment): void => {
     const prev = segments[segments.length - 1];
     if (prev && prev.kind === seg.kind && prev.first + prev.count === seg.first) {
       if (prev.kind === 'zero' || prev.kind === 'remote') return void (prev.count += seg.count);
-      if (prev.kind === 'seed' && seg.kind === 'seed' && prev.seed === seg.seed && prev.seedFirst + prev.count === seg.seedFirst) return void (prev.count += seg.count);
-      if (prev.kind === 'self' && seg.kind === 'self' && prev.source + prev.count === seg.source) return void (prev.count += seg.count);
+      if (
+        prev.kind === 'seed' &&
+        seg.kind === 'seed' &&
+        prev.seed === seg.seed &&
+        prev.seedFirst + prev.count === seg.seedFirst
+      )
+        return void (prev.count += seg.count);
+      if (prev.kind === 'self' && seg.kind === 'self' && prev.source + prev.count === seg.source)
+        return void (prev.count += seg.count);
     }
     segments.push(seg);
   };
@@ -142,7 +159,14 @@ export function planChunks(target: ChunkIndex, seeds: readonly Seed[], opts: Pla
       const sIdx = seeds[s].index;
       for (const p of cands) {
         let k = 0;
-        while (i + k < end && p + k < sIdx.count && !(k > 0 && skip?.(i + k)) && target.chunkSize(i + k) === sIdx.chunkSize(p + k) && idsEqual(tIds, i + k, seedIds[s], p + k)) k++;
+        while (
+          i + k < end &&
+          p + k < sIdx.count &&
+          !(k > 0 && skip?.(i + k)) &&
+          target.chunkSize(i + k) === sIdx.chunkSize(p + k) &&
+          idsEqual(tIds, i + k, seedIds[s], p + k)
+        )
+          k++;
         if (k > best) {
           best = k;
           bestSeed = s;

@@ -52,16 +52,18 @@ export class IndexCache {
 
   private entryPath(path: string, id: FileIdentity, key: ChunkingKey): string {
     const h = createHash('sha256')
-      .update(JSON.stringify({
-        path: resolve(path),
-        dev: id.dev,
-        ino: id.ino,
-        size: id.size,
-        mtimeNs: id.mtimeNs.toString(),
-        params: [key.params.min, key.params.avg, key.params.max],
-        digest: key.digest,
-        variant: key.variant ?? 'default',
-      }))
+      .update(
+        JSON.stringify({
+          path: resolve(path),
+          dev: id.dev,
+          ino: id.ino,
+          size: id.size,
+          mtimeNs: id.mtimeNs.toString(),
+          params: [key.params.min, key.params.avg, key.params.max],
+          digest: key.digest,
+          variant: key.variant ?? 'default',
+        }),
+      )
       .digest('hex');
     return join(this.dir, `${h}.caibx`);
   }
@@ -80,7 +82,13 @@ export class IndexCache {
       const idx = parseIndex(buf, { source: entry, allowArchive: false });
       const p = idx.params;
       // A valid-looking entry that does not describe this file is as bad as a corrupt one.
-      if (idx.size !== id.size || idx.digest !== key.digest || p.min !== key.params.min || p.avg !== key.params.avg || p.max !== key.params.max) {
+      if (
+        idx.size !== id.size ||
+        idx.digest !== key.digest ||
+        p.min !== key.params.min ||
+        p.avg !== key.params.avg ||
+        p.max !== key.params.max
+      ) {
         await unlink(entry).catch(() => {});
         return null;
       }
@@ -98,7 +106,11 @@ export class IndexCache {
    */
   async adopt(path: string, index: ChunkIndex, variant?: string): Promise<void> {
     const id = await identify(path);
-    if (index.size !== id.size) throw new DeltadError('ERR_DELTAD_SIZE_MISMATCH', `${path}: cannot adopt an index of ${index.size} bytes for a file of ${id.size} bytes`);
+    if (index.size !== id.size)
+      throw new DeltadError(
+        'ERR_DELTAD_SIZE_MISMATCH',
+        `${path}: cannot adopt an index of ${index.size} bytes for a file of ${id.size} bytes`,
+      );
     await this.write(this.entryPath(path, id, { params: index.params, digest: index.digest, variant }), index);
   }
 

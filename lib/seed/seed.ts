@@ -31,24 +31,34 @@ export interface OpenSeedOptions {
  * Opens a seed read-only and finds its index: the given one when it matches
  * the file and the target's digest, else the cache, else the indexer.
  */
-export async function openSeed(path: string, given: string | ChunkIndex | undefined, opts: OpenSeedOptions): Promise<Seed> {
+export async function openSeed(
+  path: string,
+  given: string | ChunkIndex | undefined,
+  opts: OpenSeedOptions,
+): Promise<Seed> {
   const { fh, st } = await openInput(path, { blockDevices: true });
   try {
     const head = Buffer.alloc(16);
     await fh.read(head, 0, 16, 0);
     if (startsLikeIndex(head)) opts.onWarning?.(indexAsSeedWarning(path));
-    let index: ChunkIndex | undefined = typeof given === 'string' ? await readIndexFile(given, { allowArchive: false }) : given;
+    let index: ChunkIndex | undefined =
+      typeof given === 'string' ? await readIndexFile(given, { allowArchive: false }) : given;
     const size = st.isFile() ? st.size : undefined;
     if (index && size !== undefined && index.size !== size) {
-      opts.onWarning?.(`seed ${path}: its index describes ${index.size} bytes but the file has ${size}; re-chunking it`);
+      opts.onWarning?.(
+        `seed ${path}: its index describes ${index.size} bytes but the file has ${size}; re-chunking it`,
+      );
       index = undefined;
     } else if (index && index.digest !== opts.target.digest) {
-      opts.onWarning?.(`seed ${path}: its index uses ${index.digest}, the target ${opts.target.digest}; re-chunking it`);
+      opts.onWarning?.(
+        `seed ${path}: its index uses ${index.digest}, the target ${opts.target.digest}; re-chunking it`,
+      );
       index = undefined;
     }
     if (!index) {
       const key = { params: opts.target.params, digest: opts.target.digest };
-      if (!opts.build) throw new IndexFormatError('seed', 0, 'no index given and no indexer available to chunk it', path);
+      if (!opts.build)
+        throw new IndexFormatError('seed', 0, 'no index given and no indexer available to chunk it', path);
       index = await opts.cache.getOrBuild(path, key, opts.build, opts.signal);
     }
     return { path, index, fh };
@@ -62,8 +72,10 @@ export async function openSeed(path: string, given: string | ChunkIndex | undefi
 function indexAsSeedWarning(path: string): string {
   const image = imageBeside(path);
   const hint = image ? ` (here: ${image}:${path})` : '';
-  return `seed ${path} is a casync index, not an image: no chunk of the target can come from it; ` +
-    `give the image itself, with its index as IMAGE:INDEX${hint}`;
+  return (
+    `seed ${path} is a casync index, not an image: no chunk of the target can come from it; ` +
+    `give the image itself, with its index as IMAGE:INDEX${hint}`
+  );
 }
 
 /** The file an index is named after: `os.raw` for `os.raw.caibx` (desync), or `os.raw` for `os.caibx`. */
@@ -71,7 +83,9 @@ function imageBeside(index: string): string | undefined {
   const stem = basename(index).replace(/\.cai[bd]x$/, '');
   if (stem === basename(index)) return undefined;
   try {
-    const names = readdirSync(dirname(index)).filter((n) => (n === stem || n.startsWith(`${stem}.`)) && !/\.cai[bd]x$/.test(n));
+    const names = readdirSync(dirname(index)).filter(
+      (n) => (n === stem || n.startsWith(`${stem}.`)) && !/\.cai[bd]x$/.test(n),
+    );
     const found = names.sort((a, b) => a.length - b.length).find((n) => statSync(join(dirname(index), n)).isFile());
     return found && join(dirname(index), found);
   } catch {

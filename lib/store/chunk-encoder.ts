@@ -90,9 +90,12 @@ export class EncoderPool {
     for (let i = 0; i < threads; i++) {
       const w = new Worker(new URL('./chunk-encoder-worker.js', import.meta.url));
       w.on('message', (r: EncodeResult) => this.done(w, r));
-      w.on('error', (err) => this.fail(new DeltadError('ERR_DELTAD_WORKER', `chunk encoder thread failed: ${err.message}`, { cause: err })));
+      w.on('error', (err) =>
+        this.fail(new DeltadError('ERR_DELTAD_WORKER', `chunk encoder thread failed: ${err.message}`, { cause: err })),
+      );
       w.on('exit', (code) => {
-        if (this.all.includes(w)) this.fail(new DeltadError('ERR_DELTAD_WORKER', `chunk encoder thread exited with code ${code}`));
+        if (this.all.includes(w))
+          this.fail(new DeltadError('ERR_DELTAD_WORKER', `chunk encoder thread exited with code ${code}`));
       });
       this.all.push(w);
       this.idle.push(w);

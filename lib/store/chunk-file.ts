@@ -54,7 +54,8 @@ export function decodeChunk(
     }
   } else {
     if (stored.length === 0) throw new ChunkVerifyError(hex, 'is empty', source);
-    if (stored.length > limit) throw new ChunkVerifyError(hex, `has ${stored.length} bytes, more than the ${limit}-byte limit`, source);
+    if (stored.length > limit)
+      throw new ChunkVerifyError(hex, `has ${stored.length} bytes, more than the ${limit}-byte limit`, source);
     data = Buffer.from(stored.buffer, stored.byteOffset, stored.byteLength);
   }
   if (req.size !== undefined && data.length !== req.size) {
@@ -62,7 +63,11 @@ export function decodeChunk(
   }
   const actual = chunkId(format.digest, data);
   if (!actual.equals(req.id)) {
-    throw new ChunkVerifyError(hex, `content does not match its ID (${format.digest} of the content is ${toHex(actual)})`, source);
+    throw new ChunkVerifyError(
+      hex,
+      `content does not match its ID (${format.digest} of the content is ${toHex(actual)})`,
+      source,
+    );
   }
   return data;
 }

@@ -43,7 +43,12 @@ export class BatchBuffers {
  * BATCH_BYTES (at least one chunk each), in order, in buffers from `buffers`
  * (give them back when done). Stops with the signal's reason when aborted.
  */
-export async function* readChunkBatches(fh: FileHandle, index: ChunkIndex, buffers: BatchBuffers, signal?: AbortSignal): AsyncGenerator<ChunkBatch> {
+export async function* readChunkBatches(
+  fh: FileHandle,
+  index: ChunkIndex,
+  buffers: BatchBuffers,
+  signal?: AbortSignal,
+): AsyncGenerator<ChunkBatch> {
   let i = 0;
   while (i < index.count) {
     signal?.throwIfAborted();

@@ -20,7 +20,10 @@ const INITIAL_OUTPUT = 128 * 1024;
 
 /** Compresses one chunk into a single zstd frame (with its content size, which casync ignores). */
 export function compressChunk(data: Uint8Array, level = DEFAULT_ZSTD_LEVEL): Buffer {
-  return zstdCompressSync(data, { params: { [constants.ZSTD_c_compressionLevel]: level }, pledgedSrcSize: data.length });
+  return zstdCompressSync(data, {
+    params: { [constants.ZSTD_c_compressionLevel]: level },
+    pledgedSrcSize: data.length,
+  });
 }
 
 /** zstd's ZSTD_COMPRESSBOUND: the most bytes a frame of `size` input bytes can take. */
@@ -64,7 +67,16 @@ export type ChunkEncoding = 'zstd' | 'gzip' | 'xz' | 'unknown';
 export function detectEncoding(data: Uint8Array): ChunkEncoding {
   if (data.length >= 4 && data[0] === 0x28 && data[1] === 0xb5 && data[2] === 0x2f && data[3] === 0xfd) return 'zstd';
   if (data.length >= 2 && data[0] === 0x1f && data[1] === 0x8b) return 'gzip';
-  if (data.length >= 6 && data[0] === 0xfd && data[1] === 0x37 && data[2] === 0x7a && data[3] === 0x58 && data[4] === 0x5a && data[5] === 0x00) return 'xz';
+  if (
+    data.length >= 6 &&
+    data[0] === 0xfd &&
+    data[1] === 0x37 &&
+    data[2] === 0x7a &&
+    data[3] === 0x58 &&
+    data[4] === 0x5a &&
+    data[5] === 0x00
+  )
+    return 'xz';
   return 'unknown';
 }
 
@@ -85,7 +97,9 @@ export function decompressChunk(data: Uint8Array, limit: number): Buffer {
       out = decompressGzip(data, limit);
       break;
     case 'xz':
-      throw new ChunkEncodingError('xz-compressed chunk not supported (recreate the store with zstd, casync\'s default)');
+      throw new ChunkEncodingError(
+        "xz-compressed chunk not supported (recreate the store with zstd, casync's default)",
+      );
     default: {
       const head = Buffer.from(data.subarray(0, 6)).toString('hex') || 'empty file';
       throw new ChunkEncodingError(`not a compressed chunk: unknown format (first bytes ${head})`);
@@ -97,7 +111,8 @@ export function decompressChunk(data: Uint8Array, limit: number): Buffer {
 
 function decompressZstd(data: Uint8Array, limit: number): Buffer {
   const frameLength = zstdFrameLength(data);
-  if (frameLength < 0) throw new ChunkEncodingError(`truncated zstd frame (the ${data.length}-byte file ends inside the frame)`);
+  if (frameLength < 0)
+    throw new ChunkEncodingError(`truncated zstd frame (the ${data.length}-byte file ends inside the frame)`);
   if (frameLength < data.length) {
     throw new ChunkEncodingError(`${data.length - frameLength} bytes of trailing data after the zstd frame`);
   }
@@ -113,7 +128,8 @@ function decompressZstd(data: Uint8Array, limit: number): Buffer {
     });
   } catch (err) {
     const e = err as { code?: string; message: string };
-    if (e.code === 'ERR_BUFFER_TOO_LARGE') throw new ChunkEncodingError(`chunk decompresses to more than ${limit} bytes`);
+    if (e.code === 'ERR_BUFFER_TOO_LARGE')
+      throw new ChunkEncodingError(`chunk decompresses to more than ${limit} bytes`);
     if (e.code === 'Z_BUF_ERROR') {
       throw new ChunkEncodingError(`truncated zstd frame (the ${data.length}-byte file ends inside the frame)`);
     }
@@ -126,7 +142,8 @@ function decompressGzip(data: Uint8Array, limit: number): Buffer {
     return gunzipSync(data, { maxOutputLength: limit });
   } catch (err) {
     const e = err as { code?: string; message: string };
-    if (e.code === 'ERR_BUFFER_TOO_LARGE') throw new ChunkEncodingError(`chunk decompresses to more than ${limit} bytes`);
+    if (e.code === 'ERR_BUFFER_TOO_LARGE')
+      throw new ChunkEncodingError(`chunk decompresses to more than ${limit} bytes`);
     throw new ChunkEncodingError(`corrupt gzip data: ${e.message}`);
   }
 }

@@ -51,7 +51,12 @@ export class HttpStore implements ChunkStore {
     const maxBytes = this.uncompressed ? limit : maxEncodedSize(limit);
     const res = await this.client.getBuffer(url, { headers: this.headers, signal, maxBytes }).catch((err) => {
       // An oversized answer is this chunk's problem (like garbage or wrong content), not the store's.
-      if (err instanceof BodyTooLargeError) throw new ChunkVerifyError(toHex(req.id), `answer exceeds the ${maxBytes}-byte limit of a ${limit}-byte chunk`, url);
+      if (err instanceof BodyTooLargeError)
+        throw new ChunkVerifyError(
+          toHex(req.id),
+          `answer exceeds the ${maxBytes}-byte limit of a ${limit}-byte chunk`,
+          url,
+        );
       throw err;
     });
     if (res.status === 404 || res.status === 410) return null;

@@ -9,7 +9,14 @@ import { ChunkVerifyError, DeltadError, fileError } from '../errors.js';
 import { isChunkIdHex, toHex } from '../format/digest.js';
 import { compressChunk, DEFAULT_ZSTD_LEVEL, maxEncodedSize } from './compression.js';
 import type { ChunkRequest, WritableChunkStore } from './types.js';
-import { chunkRelativePath, COMPRESSED_SUFFIX, decodeChunk, resolveFormat, sizeLimit, type StoreFormat } from './chunk-file.js';
+import {
+  chunkRelativePath,
+  COMPRESSED_SUFFIX,
+  decodeChunk,
+  resolveFormat,
+  sizeLimit,
+  type StoreFormat,
+} from './chunk-file.js';
 
 export interface LocalStoreOptions extends StoreFormat {
   /** Write extension-less uncompressed chunks instead of `.cacnk` (default false). */
@@ -32,7 +39,10 @@ export class LocalStore implements WritableChunkStore {
   /** Prefix directories known to exist: one mkdir per directory, not per chunk. */
   private readonly madeDirs = new Set<string>();
 
-  constructor(readonly dir: string, opts: LocalStoreOptions = {}) {
+  constructor(
+    readonly dir: string,
+    opts: LocalStoreOptions = {},
+  ) {
     this.location = dir;
     this.uncompressed = opts.uncompressed ?? false;
     this.format = resolveFormat(opts);
@@ -113,7 +123,11 @@ export class LocalStore implements WritableChunkStore {
       const limit = sizeLimit(req.size, this.format);
       const maxStored = compressed ? maxEncodedSize(limit) : limit;
       if (st.size > maxStored) {
-        throw new ChunkVerifyError(toHex(req.id), `file is ${st.size} bytes, more than a chunk of at most ${limit} bytes can take`, path);
+        throw new ChunkVerifyError(
+          toHex(req.id),
+          `file is ${st.size} bytes, more than a chunk of at most ${limit} bytes can take`,
+          path,
+        );
       }
       return await fh.readFile();
     } finally {
@@ -149,11 +163,23 @@ async function storeWriteError(err: unknown, path: string, store: string): Promi
   let cause = err;
   if (code === 'ENOENT') {
     let dir = store;
-    while (!(await stat(dir).then((st) => st.isDirectory(), () => false)) && dirname(dir) !== dir) dir = dirname(dir);
-    cause = (await access(dir, constants.W_OK).then(() => null, (e: unknown) => e)) ?? err;
+    while (
+      !(await stat(dir).then(
+        (st) => st.isDirectory(),
+        () => false,
+      )) &&
+      dirname(dir) !== dir
+    )
+      dir = dirname(dir);
+    cause =
+      (await access(dir, constants.W_OK).then(
+        () => null,
+        (e: unknown) => e,
+      )) ?? err;
   }
   const failure = fileError(cause, store, true, 'cannot write chunks');
-  if (failure === cause) return new DeltadError('ERR_DELTAD_STORE', `cannot write chunk ${path}: ${(err as Error).message}`, { cause: err });
+  if (failure === cause)
+    return new DeltadError('ERR_DELTAD_STORE', `cannot write chunk ${path}: ${(err as Error).message}`, { cause: err });
   (failure as Error).message += ` (chunk file ${path})`;
   return failure;
 }

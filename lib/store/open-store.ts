@@ -30,6 +30,9 @@ function openLocalStore(spec: string, opts: LocalStoreOptions): LocalStore {
   if (spec === '') throw new UsageError('empty store location');
   const scheme = URL_SCHEME.exec(spec)?.[1].toLowerCase();
   if (scheme === 'file') return new LocalStore(fileURLToPath(spec), opts);
-  if (scheme) throw new UsageError(`store ${spec}: unsupported scheme "${scheme}" (use a directory, file://, http:// or https://)`);
+  if (scheme)
+    throw new UsageError(
+      `store ${spec}: unsupported scheme "${scheme}" (use a directory, file://, http:// or https://)`,
+    );
   return new LocalStore(resolve(spec), opts);
 }

@@ -42,7 +42,12 @@ export interface ChopResult {
  * on the first chunk whose bytes do not hash to the index's ID (naming the
  * chunk number, offset and ID), and when the file size differs from the index.
  */
-export async function chopFile(index: ChunkIndex, path: string, store: WritableChunkStore, opts: ChopOptions = {}): Promise<ChopResult> {
+export async function chopFile(
+  index: ChunkIndex,
+  path: string,
+  store: WritableChunkStore,
+  opts: ChopOptions = {},
+): Promise<ChopResult> {
   const threads = Math.max(0, opts.threads ?? defaultThreads());
   const window = Math.max(1, opts.concurrency ?? Math.max(4, 2 * threads));
   // A local zstd/raw store takes bytes in its own format, so they can be prepared off-thread.
@@ -57,7 +62,10 @@ export async function chopFile(index: ChunkIndex, path: string, store: WritableC
   try {
     const size = (await fh.stat()).size;
     if (size !== index.size) {
-      throw new DeltadError('ERR_DELTAD_SIZE_MISMATCH', `${path}: file is ${size} bytes but the index describes ${index.size} bytes`);
+      throw new DeltadError(
+        'ERR_DELTAD_SIZE_MISMATCH',
+        `${path}: file is ${size} bytes but the index describes ${index.size} bytes`,
+      );
     }
     const seen = new Set<string>();
 
@@ -72,17 +80,22 @@ export async function chopFile(index: ChunkIndex, path: string, store: WritableC
         }
         seen.add(hex);
         result.unique++;
-        checks.push(store.has(index.id(c), opts.signal).then((present) => {
-          if (present) result.existing++;
-          return !present;
-        }));
+        checks.push(
+          store.has(index.id(c), opts.signal).then((present) => {
+            if (present) result.existing++;
+            return !present;
+          }),
+        );
       }
       return Promise.all(checks);
     };
 
     const finish = async (read: ChunkBatch, wanted: boolean[], encoded: EncodeResult): Promise<void> => {
       // The bytes went to a worker and came back in encoded.data.
-      const batch = { ...read, data: Buffer.from(encoded.data.buffer, encoded.data.byteOffset, encoded.data.byteLength) };
+      const batch = {
+        ...read,
+        data: Buffer.from(encoded.data.buffer, encoded.data.byteOffset, encoded.data.byteLength),
+      };
       for (let c = batch.first; c < batch.end; c++) {
         const actual = encoded.ids.subarray((c - batch.first) * 32, (c - batch.first + 1) * 32);
         if (!Buffer.from(actual).equals(index.id(c))) {
@@ -120,7 +133,13 @@ export async function chopFile(index: ChunkIndex, path: string, store: WritableC
       const ends: number[] = [];
       for (let c = batch.first; c < batch.end; c++) ends.push(index.end(c) - batch.offset);
       const job = pool
-        .run({ data: batch.data, ends, compress: compressOffThread ? wanted : [], digest: index.digest, level: local?.level ?? DEFAULT_ZSTD_LEVEL })
+        .run({
+          data: batch.data,
+          ends,
+          compress: compressOffThread ? wanted : [],
+          digest: index.digest,
+          level: local?.level ?? DEFAULT_ZSTD_LEVEL,
+        })
         .then((encoded) => finish(batch, wanted, encoded));
       job.catch(() => {}); // observed below, in order
       inFlight.push(job);

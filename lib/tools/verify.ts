@@ -49,7 +49,8 @@ export async function verifyFile(index: ChunkIndex, path: string, opts: VerifyOp
     const check = (batch: ChunkBatch, encoded: EncodeResult): void => {
       for (let c = batch.first; c < batch.end; c++) {
         const k = c - batch.first;
-        const bad = (reason: string) => result.bad.push({ chunk: c, offset: index.start(c), id: index.idHex(c), reason });
+        const bad = (reason: string) =>
+          result.bad.push({ chunk: c, offset: index.start(c), id: index.idHex(c), reason });
         if (k * 32 >= encoded.ids.length) {
           bad(`file ends at byte ${fileSize}, inside or before this chunk`);
           continue;
@@ -65,8 +66,11 @@ export async function verifyFile(index: ChunkIndex, path: string, opts: VerifyOp
     for await (const batch of readChunkBatches(fh, index, buffers, opts.signal)) {
       // Hash only the chunks the file holds whole; the rest are reported short.
       const ends: number[] = [];
-      for (let c = batch.first; c < batch.end && index.end(c) - batch.offset <= batch.data.length; c++) ends.push(index.end(c) - batch.offset);
-      const job = pool.run({ data: batch.data, ends, compress: [], digest: index.digest, level: 0 }).then((encoded) => check(batch, encoded));
+      for (let c = batch.first; c < batch.end && index.end(c) - batch.offset <= batch.data.length; c++)
+        ends.push(index.end(c) - batch.offset);
+      const job = pool
+        .run({ data: batch.data, ends, compress: [], digest: index.digest, level: 0 })
+        .then((encoded) => check(batch, encoded));
       job.catch(() => {}); // observed below
       inFlight.push(job);
       if (inFlight.length >= window) await inFlight.shift();
@@ -102,7 +106,11 @@ export interface VerifyStoreResult {
  * verifies it). Missing and corrupt chunks are collected; I/O and network
  * failures abort with their error.
  */
-export async function verifyStore(index: ChunkIndex, store: ChunkStore, opts: VerifyOptions = {}): Promise<VerifyStoreResult> {
+export async function verifyStore(
+  index: ChunkIndex,
+  store: ChunkStore,
+  opts: VerifyOptions = {},
+): Promise<VerifyStoreResult> {
   const firstUse = distinctChunks(index);
   const result: VerifyStoreResult = { ok: false, checked: 0, missing: [], corrupt: [] };
   let next = 0;

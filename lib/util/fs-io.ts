@@ -10,7 +10,13 @@ import { open, rename, unlink, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 
 /** Reads into `buf[offset, offset+length)` from file position `position` until full or at end of file; returns bytes read. */
-export async function readFully(fh: FileHandle, buf: Uint8Array, position: number, length = buf.length, offset = 0): Promise<number> {
+export async function readFully(
+  fh: FileHandle,
+  buf: Uint8Array,
+  position: number,
+  length = buf.length,
+  offset = 0,
+): Promise<number> {
   let got = 0;
   while (got < length) {
     const { bytesRead } = await fh.read(buf, offset + got, length - got, position + got);
@@ -44,7 +50,11 @@ export async function replaceFile(
 ): Promise<void> {
   const durable = opts.durable ?? true;
   const tmp = join(dirname(path), `.${basename(path)}.${randomBytes(6).toString('hex')}.tmp`);
-  const fh = await open(tmp, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, opts.mode ?? 0o644);
+  const fh = await open(
+    tmp,
+    constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW,
+    opts.mode ?? 0o644,
+  );
   try {
     await write(fh);
     if (durable) await fh.sync();

@@ -6,7 +6,9 @@ import { UsageError } from '../errors.js';
 export function parseSize(s: string, what: string): number {
   const m = /^(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b)?$/i.exec(s.trim());
   if (!m) throw new UsageError(`${what}: "${s}" is not a size (examples: 65536, 64K, 1M)`);
-  const mult = { '': 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3, t: 1024 ** 4 }[m[2].toLowerCase() as '' | 'k' | 'm' | 'g' | 't'];
+  const mult = { '': 1, k: 1024, m: 1024 ** 2, g: 1024 ** 3, t: 1024 ** 4 }[
+    m[2].toLowerCase() as '' | 'k' | 'm' | 'g' | 't'
+  ];
   const v = Math.floor(Number(m[1]) * mult);
   if (!Number.isSafeInteger(v)) throw new UsageError(`${what}: "${s}" is too large`);
   return v;

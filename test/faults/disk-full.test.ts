@@ -51,7 +51,9 @@ async function fill(dir: string): Promise<string> {
   return path;
 }
 
-test('ENOSPC during extract: a clear message, the partial kept with its journal, no .journal.tmp, OUT intact; resumes later', { timeout: 60_000 }, async (t) => {
+test('ENOSPC during extract: a clear message, the partial kept with its journal, no .journal.tmp, OUT intact; resumes later', {
+  timeout: 60_000,
+}, async (t) => {
   if (!casync) return t.skip('casync not installed');
   const mnt = await mountTinyTmpfs(t, '4m');
   if (!mnt) return;
@@ -62,7 +64,17 @@ test('ENOSPC during extract: a clear message, the partial kept with its journal,
   // Seed chunks are written at once; the network part waits, so the disk can fill in between.
   origin.fault({ path: '/v2.img', rangedOnly: true, kind: 'delay', delayMs: 2_500, times: Infinity });
   t.after(() => origin.clearFaults());
-  const args = ['extract', '--seed', fx.v1Path, '--range-url', `${origin.url}/v2.img`, '--mode', 'range', fx.indexPath, out];
+  const args = [
+    'extract',
+    '--seed',
+    fx.v1Path,
+    '--range-url',
+    `${origin.url}/v2.img`,
+    '--mode',
+    'range',
+    fx.indexPath,
+    out,
+  ];
   const env = { XDG_CACHE_HOME: join(fx.dir, 'xdg') };
   const run = deltad(args, { env });
   for (let k = 0; k < 200 && !existsSync(journal); k++) await sleep(25);
@@ -70,11 +82,20 @@ test('ENOSPC during extract: a clear message, the partial kept with its journal,
   const filler = await fill(mnt);
   const r = await run;
   assert.equal(r.code, 1, r.stderr);
-  assert.match(r.stderr, new RegExp(`${out}: cannot write \\d+ bytes at offset \\d+ of ${partial}: no space left on device`));
-  const kept = new RegExp(`kept ${partial} \\(([\\d.]+) (KiB|MiB) of [\\d.]+ MiB verified\\) and its journal; run the same command again to resume, or remove both: rm '${partial}' '${journal}'`);
+  assert.match(
+    r.stderr,
+    new RegExp(`${out}: cannot write \\d+ bytes at offset \\d+ of ${partial}: no space left on device`),
+  );
+  const kept = new RegExp(
+    `kept ${partial} \\(([\\d.]+) (KiB|MiB) of [\\d.]+ MiB verified\\) and its journal; run the same command again to resume, or remove both: rm '${partial}' '${journal}'`,
+  );
   assert.match(r.stderr, kept);
   assert.ok((await readFile(out)).equals(previous), 'OUT is byte-identical');
-  assert.deepEqual((await readdir(mnt)).sort(), ['.out.img.deltad-partial', '.out.img.deltad-partial.journal', 'filler', 'out.img'], 'no stray .journal.tmp or lock');
+  assert.deepEqual(
+    (await readdir(mnt)).sort(),
+    ['.out.img.deltad-partial', '.out.img.deltad-partial.journal', 'filler', 'out.img'],
+    'no stray .journal.tmp or lock',
+  );
   // Room again: the same command resumes from the kept chunks.
   await rm(filler);
   origin.clearFaults();
@@ -85,14 +106,22 @@ test('ENOSPC during extract: a clear message, the partial kept with its journal,
   assert.deepEqual(await readdir(mnt), ['out.img']);
 });
 
-test('the sidecar never needs an image-sized file: with its cache directory on a 1 MiB tmpfs it still serves the delta', { timeout: 30_000 }, async (t) => {
+test('the sidecar never needs an image-sized file: with its cache directory on a 1 MiB tmpfs it still serves the delta', {
+  timeout: 30_000,
+}, async (t) => {
   if (!casync) return t.skip('casync not installed');
   const mnt = await mountTinyTmpfs(t, '1m');
   if (!mnt) return;
   await copyFile(fx.indexPath, join(fx.www, 'v2.img.caibx'));
   const logs: string[] = [];
   const log = createLogger({ write: (s: string) => logs.push(s) } as unknown as NodeJS.WritableStream, {});
-  const config = { ...defaultConfig({}), origin: `${origin.url}/`, seedGlobs: [fx.v1Path], cacheDir: mnt, idleTimeout: 0 };
+  const config = {
+    ...defaultConfig({}),
+    origin: `${origin.url}/`,
+    seedGlobs: [fx.v1Path],
+    cacheDir: mnt,
+    idleTimeout: 0,
+  };
   const { app } = await buildServer(config, { log, notifier: createNotifier({ env: {} }) });
   // Closed here, not in an after hook: the tmpfs is unmounted by one that runs first.
   try {

@@ -23,7 +23,10 @@ class CountingSource implements RemoteSource {
   maxHeldBytes = 0;
   /** Largest bytes held while more than one batch ran (the cap applies then). */
   maxSharedBytes = 0;
-  constructor(private readonly index: ChunkIndex, private readonly data: Buffer) {}
+  constructor(
+    private readonly index: ChunkIndex,
+    private readonly data: Buffer,
+  ) {}
   batches(runs: readonly Run[]): Run[][] {
     return runs.flatMap((r) => Array.from({ length: r.count }, (_, k) => [{ first: r.first + k, count: 1 }]));
   }
@@ -44,15 +47,34 @@ class CountingSource implements RemoteSource {
 }
 
 const sink = (): AssemblySink => ({
-  put: () => {}, readBack: async () => null, has: () => false, zeroFilled: true, retainRepeats: false, holdsData: false,
+  put: () => {},
+  readBack: async () => null,
+  has: () => false,
+  zeroFilled: true,
+  retainRepeats: false,
+  holdsData: false,
 });
 
 async function run(maxFetchBytes: number): Promise<{ source: CountingSource }> {
   const data = randomBytes(6 * 1024 * 1024);
-  const index = indexBuffer(data, { params: { min: 256 * 1024, avg: 512 * 1024, max: 1024 * 1024 }, digest: 'sha512-256' });
+  const index = indexBuffer(data, {
+    params: { min: 256 * 1024, avg: 512 * 1024, max: 1024 * 1024 },
+    digest: 'sha512-256',
+  });
   const source = new CountingSource(index, data);
   const plan = planChunks(index, [], { nullSeed: false, selfSeed: false });
-  const progress = { total: index.size, done: 0, fromSeeds: 0, fromSelf: 0, fromZero: 0, fromCache: 0, fromNetwork: 0, fromLocalStore: 0, networkBytes: 0, networkRequests: 0 };
+  const progress = {
+    total: index.size,
+    done: 0,
+    fromSeeds: 0,
+    fromSelf: 0,
+    fromZero: 0,
+    fromCache: 0,
+    fromNetwork: 0,
+    fromLocalStore: 0,
+    networkBytes: 0,
+    networkRequests: 0,
+  };
   await new Assembler({ plan, sink: sink(), remote: source, concurrency: 8, maxFetchBytes, progress }).run();
   assert.equal(progress.fromNetwork, index.size, 'every chunk arrived');
   return { source };
@@ -61,8 +83,14 @@ async function run(maxFetchBytes: number): Promise<{ source: CountingSource }> {
 test('remote batches in flight are capped in chunk bytes, not only in requests', { timeout: 30_000 }, async () => {
   for (const budget of [1024 * 1024, 2 * 1024 * 1024]) {
     const { source } = await run(budget);
-    assert.ok(source.maxSharedBytes <= budget, `budget ${budget}: ${source.maxSharedBytes} bytes held by batches running together`);
-    assert.ok(source.maxInFlight < 8, `budget ${budget}: fewer batches than the concurrency ran (${source.maxInFlight})`);
+    assert.ok(
+      source.maxSharedBytes <= budget,
+      `budget ${budget}: ${source.maxSharedBytes} bytes held by batches running together`,
+    );
+    assert.ok(
+      source.maxInFlight < 8,
+      `budget ${budget}: fewer batches than the concurrency ran (${source.maxInFlight})`,
+    );
   }
   const roomy = await run(64 * 1024 * 1024);
   assert.equal(roomy.source.maxInFlight, 8, 'with room, the concurrency is the limit');

@@ -41,7 +41,11 @@ function rawExchange(port: number, text: string): Promise<string> {
 test('several Host headers are refused with 400, whichever comes first', { timeout: 15_000 }, async (t) => {
   const f = await setup(t);
   const port = Number(new URL(f.url).port);
-  for (const hosts of [['127.0.0.1', 'evil.example'], ['evil.example', '127.0.0.1'], ['x', 'x']]) {
+  for (const hosts of [
+    ['127.0.0.1', 'evil.example'],
+    ['evil.example', '127.0.0.1'],
+    ['x', 'x'],
+  ]) {
     const head = hosts.map((h) => `Host: ${h}\r\n`).join('');
     const answer = await rawExchange(port, `GET /SHA256SUMS HTTP/1.1\r\n${head}Connection: close\r\n\r\n`);
     assert.match(answer.split('\r\n')[0], / 400 /, `Host headers ${hosts.join(', ')}`);
@@ -52,7 +56,9 @@ test('several Host headers are refused with 400, whichever comes first', { timeo
   assert.match(one.split('\r\n')[0], / 200 /, 'one Host header is fine');
 });
 
-test('an image the proxy cannot assemble is a 502 with the reason, before any body byte', { timeout: 30_000 }, async (t) => {
+test('an image the proxy cannot assemble is a 502 with the reason, before any body byte', {
+  timeout: 30_000,
+}, async (t) => {
   const f = await setup(t);
   const [v1] = f.releases;
   // The index is upstream, the image (the only chunk source without a store) is gone.
@@ -69,7 +75,9 @@ test('an image the proxy cannot assemble is a 502 with the reason, before any bo
   assert.equal(part.statusCode, 502);
 });
 
-test('an image without an index passes through whole, checked against SHA256SUMS: a replaced one is cut short', { timeout: 30_000 }, async (t) => {
+test('an image without an index passes through whole, checked against SHA256SUMS: a replaced one is cut short', {
+  timeout: 30_000,
+}, async (t) => {
   const f = await setup(t);
   const [v1] = f.releases;
   await unlink(join(f.dir, 'origin', `${v1.name}.caibx`));

@@ -43,7 +43,10 @@ function items(first: number, n: number, step: number): Buffer {
 }
 
 /** An origin on 127.0.0.1 answering every request with `serve`; closed after the test. */
-async function startServer(t: TestContext, serve: (res: ServerResponse) => void): Promise<{ url: string; sent: () => number }> {
+async function startServer(
+  t: TestContext,
+  serve: (res: ServerResponse) => void,
+): Promise<{ url: string; sent: () => number }> {
   let sent = 0;
   const server = createServer((_req, res) => {
     const write = res.write.bind(res);
@@ -54,10 +57,13 @@ async function startServer(t: TestContext, serve: (res: ServerResponse) => void)
     serve(res);
   });
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  t.after(() => new Promise<void>((r) => {
-    server.closeAllConnections();
-    server.close(() => r());
-  }));
+  t.after(
+    () =>
+      new Promise<void>((r) => {
+        server.closeAllConnections();
+        server.close(() => r());
+      }),
+  );
   return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, sent: () => sent };
 }
 
@@ -74,7 +80,9 @@ async function assertUntouched(dir: string, out: string): Promise<void> {
   assert.deepEqual(await readdir(dir), ['out.img'], 'nothing left beside OUT');
 }
 
-test('an index body that never ends (no Content-Length) is refused after a bounded read', { timeout: 60_000 }, async (t) => {
+test('an index body that never ends (no Content-Length) is refused after a bounded read', {
+  timeout: 60_000,
+}, async (t) => {
   const step = 64 * 1024;
   const perWrite = 16 * 1024;
   const origin = await startServer(t, (res) => {
@@ -83,31 +91,43 @@ test('an index body that never ends (no Content-Length) is refused after a bound
     let n = 0;
     const pump = (): void => {
       while (!res.destroyed && res.write(items(n, perWrite, step))) n += perWrite;
-      if (!res.destroyed) res.once('drain', () => {
-        n += perWrite;
-        pump();
-      });
+      if (!res.destroyed)
+        res.once('drain', () => {
+          n += perWrite;
+          pump();
+        });
     };
     res.on('error', () => {});
     pump();
   });
   const { dir, out } = await outDir(t);
-  const r = await deltad(['extract', '--range-url', `${origin.url}/os.img`, `${origin.url}/os.img.caibx`, out], { timeoutMs: 50_000, env: { XDG_CACHE_HOME: join(dir, '.xdg') } });
+  const r = await deltad(['extract', '--range-url', `${origin.url}/os.img`, `${origin.url}/os.img.caibx`, out], {
+    timeoutMs: 50_000,
+    env: { XDG_CACHE_HOME: join(dir, '.xdg') },
+  });
   await rm(join(dir, '.xdg'), { recursive: true, force: true });
   assert.equal(r.code, 1, r.stderr);
-  assert.match(r.stderr, /invalid index: item\[\d+\]\.offset .*describes more than 68719476736 bytes, the largest target allowed/);
+  assert.match(
+    r.stderr,
+    /invalid index: item\[\d+\]\.offset .*describes more than 68719476736 bytes, the largest target allowed/,
+  );
   t.diagnostic(`peak RSS of the CLI: ${(r.peakRss / 2 ** 20).toFixed(0)} MiB`);
   assert.ok(r.peakRss > 0 && r.peakRss < RSS_LIMIT, `peak RSS ${(r.peakRss / 2 ** 20).toFixed(0)} MiB`);
   await assertUntouched(dir, out);
   // A smaller limit stops it sooner: the client decides.
-  const small = await deltad(['extract', '--max-target-size', '1G', '--range-url', `${origin.url}/os.img`, `${origin.url}/os.img.caibx`, out], { timeoutMs: 50_000, env: { XDG_CACHE_HOME: join(dir, '.xdg') } });
+  const small = await deltad(
+    ['extract', '--max-target-size', '1G', '--range-url', `${origin.url}/os.img`, `${origin.url}/os.img.caibx`, out],
+    { timeoutMs: 50_000, env: { XDG_CACHE_HOME: join(dir, '.xdg') } },
+  );
   await rm(join(dir, '.xdg'), { recursive: true, force: true });
   assert.equal(small.code, 1, small.stderr);
   assert.match(small.stderr, /describes more than 1073741824 bytes/);
   await assertUntouched(dir, out);
 });
 
-test('the sidecar\'s release preparation reads an endless index only as far as its limit', { timeout: 30_000 }, async (t) => {
+test("the sidecar's release preparation reads an endless index only as far as its limit", {
+  timeout: 30_000,
+}, async (t) => {
   const step = 64 * 1024;
   const origin = await startServer(t, (res) => {
     res.writeHead(200);
@@ -116,17 +136,23 @@ test('the sidecar\'s release preparation reads an endless index only as far as i
     let n = 0;
     const pump = (): void => {
       while (!res.destroyed && res.write(items(n, 4096, step))) n += 4096;
-      if (!res.destroyed) res.once('drain', () => {
-        n += 4096;
-        pump();
-      });
+      if (!res.destroyed)
+        res.once('drain', () => {
+          n += 4096;
+          pump();
+        });
     };
     pump();
   });
   const http = new HttpClient();
   t.after(() => http.close());
   const releases = new Releases(http, { maxTargetSize: 1024 ** 3 });
-  const target = { url: `${origin.url}/os.img`, name: 'os.img', indexUrls: [`${origin.url}/os.img.caibx`], sumsUrl: `${origin.url}/SHA256SUMS` };
+  const target = {
+    url: `${origin.url}/os.img`,
+    name: 'os.img',
+    indexUrls: [`${origin.url}/os.img.caibx`],
+    sumsUrl: `${origin.url}/SHA256SUMS`,
+  };
   await assert.rejects(releases.prepare(target, Promise.resolve(undefined)), (err: unknown) => {
     assert.ok(err instanceof IndexFormatError, String(err));
     assert.match(err.message, /describes more than 1073741824 bytes/);
@@ -136,7 +162,9 @@ test('the sidecar\'s release preparation reads an endless index only as far as i
   assert.ok(origin.sent() < 16 * 1024 * 1024, `${origin.sent()} bytes sent`);
 });
 
-test('a valid 335 MB index describing 2^50 bytes is refused from its announced length, before its body', { timeout: 30_000 }, async (t) => {
+test('a valid 335 MB index describing 2^50 bytes is refused from its announced length, before its body', {
+  timeout: 30_000,
+}, async (t) => {
   const chunk = 128 * 1024 * 1024;
   const count = 2 ** 50 / chunk; // 8 M chunks: a 335 MB index
   const length = 104 + count * ITEM_SIZE;
@@ -147,29 +175,42 @@ test('a valid 335 MB index describing 2^50 bytes is refused from its announced l
     let n = 0;
     const pump = (): void => {
       while (!res.destroyed && n < count && res.write(items(n, 4096, chunk))) n += 4096;
-      if (!res.destroyed && n < count) res.once('drain', () => {
-        n += 4096;
-        pump();
-      });
+      if (!res.destroyed && n < count)
+        res.once('drain', () => {
+          n += 4096;
+          pump();
+        });
     };
     pump();
   });
   const { dir, out } = await outDir(t);
-  const r = await deltad(['extract', '--range-url', `${origin.url}/os.img`, `${origin.url}/os.img.caibx`, out], { env: { XDG_CACHE_HOME: join(dir, '.xdg') } });
+  const r = await deltad(['extract', '--range-url', `${origin.url}/os.img`, `${origin.url}/os.img.caibx`, out], {
+    env: { XDG_CACHE_HOME: join(dir, '.xdg') },
+  });
   await rm(join(dir, '.xdg'), { recursive: true, force: true });
   assert.equal(r.code, 1, r.stderr);
-  assert.match(r.stderr, new RegExp(`invalid index: file size at byte 0: ${length} bytes announced, more than the \\d+ bytes an index of at most 68719476736 bytes`));
+  assert.match(
+    r.stderr,
+    new RegExp(
+      `invalid index: file size at byte 0: ${length} bytes announced, more than the \\d+ bytes an index of at most 68719476736 bytes`,
+    ),
+  );
   t.diagnostic(`peak RSS of the CLI: ${(r.peakRss / 2 ** 20).toFixed(0)} MiB`);
   assert.ok(r.peakRss > 0 && r.peakRss < RSS_LIMIT, `peak RSS ${(r.peakRss / 2 ** 20).toFixed(0)} MiB`);
   assert.ok(origin.sent() < 64 * 1024 * 1024, `the client stopped reading early (${origin.sent()} bytes sent)`);
   await assertUntouched(dir, out);
 });
 
-test('a target larger than the free space is refused in words before anything is allocated', { timeout: 30_000 }, async (t) => {
+test('a target larger than the free space is refused in words before anything is allocated', {
+  timeout: 30_000,
+}, async (t) => {
   const mnt = await mountTinyTmpfs(t, '1m');
   if (!mnt) return;
   const data = randomBytes(3 * 1024 * 1024);
-  const index = indexBuffer(data, { params: { min: 16 * 1024, avg: 64 * 1024, max: 256 * 1024 }, digest: 'sha512-256' });
+  const index = indexBuffer(data, {
+    params: { min: 16 * 1024, avg: 64 * 1024, max: 256 * 1024 },
+    digest: 'sha512-256',
+  });
   const origin = await startServer(t, (res) => {
     const body = serializeIndex(index);
     res.writeHead(200, { 'content-length': String(body.length) });
@@ -179,8 +220,15 @@ test('a target larger than the free space is refused in words before anything is
   await writeFile(out, PREVIOUS);
   const cache = await mkdtemp(join(tmpdir(), 'deltad-fault-mem-xdg-'));
   t.after(() => rm(cache, { recursive: true, force: true }));
-  const r = await deltad(['extract', '--range-url', `${origin.url}/os.img`, `${origin.url}/os.img.caibx`, out], { env: { XDG_CACHE_HOME: cache } });
+  const r = await deltad(['extract', '--range-url', `${origin.url}/os.img`, `${origin.url}/os.img.caibx`, out], {
+    env: { XDG_CACHE_HOME: cache },
+  });
   assert.equal(r.code, 1, r.stderr);
-  assert.match(r.stderr, new RegExp(`${out}: the image needs 3\\.0 MiB \\(${data.length} bytes\\), but ${mnt} has only [\\d.]+ \\w+ free; free [\\d.]+ \\w+ or write it elsewhere`));
+  assert.match(
+    r.stderr,
+    new RegExp(
+      `${out}: the image needs 3\\.0 MiB \\(${data.length} bytes\\), but ${mnt} has only [\\d.]+ \\w+ free; free [\\d.]+ \\w+ or write it elsewhere`,
+    ),
+  );
   await assertUntouched(mnt, out);
 });

@@ -38,7 +38,17 @@ test('two extracts to one OUT: the second is refused at once, the first writes t
   await mkdir(dir);
   const out = join(dir, 'out.img');
   await writeFile(out, PREVIOUS);
-  const args = ['extract', '--seed', fx.v1Path, '--range-url', `${origin.url}/v2.img`, '--mode', 'range', fx.indexPath, out];
+  const args = [
+    'extract',
+    '--seed',
+    fx.v1Path,
+    '--range-url',
+    `${origin.url}/v2.img`,
+    '--mode',
+    'range',
+    fx.indexPath,
+    out,
+  ];
   // A slow origin keeps the first run busy while the second starts.
   origin.fault({ path: '/v2.img', rangedOnly: true, kind: 'delay', delayMs: 1_500, times: Infinity });
   t.after(() => origin.clearFaults());
@@ -52,7 +62,7 @@ test('two extracts to one OUT: the second is refused at once, the first writes t
   assert.match(second.stderr, /another deltad run \(pid \d+\) is writing it/);
   const one = await first;
   assert.equal(one.code, 0, one.stderr);
-  assert.ok((await readFile(out)).equals(fx.v2), 'OUT holds the first run\'s verified image');
+  assert.ok((await readFile(out)).equals(fx.v2), "OUT holds the first run's verified image");
   assert.deepEqual(await readdir(dir), ['out.img'], 'no lock, partial or journal left behind');
 });
 
@@ -63,7 +73,9 @@ test('a lock left by a dead run is taken over', async (t) => {
   const out = join(dir, 'out.img');
   const dead = spawnSync(process.execPath, ['-e', 'process.stdout.write(String(process.pid))'], { encoding: 'utf8' });
   await writeFile(partialPaths(out).lock, `${dead.stdout} 12345\n`);
-  const r = await deltad(['extract', '--seed', fx.v1Path, '--range-url', `${origin.url}/v2.img`, fx.indexPath, out], { env: { XDG_CACHE_HOME: join(fx.dir, 'xdg') } });
+  const r = await deltad(['extract', '--seed', fx.v1Path, '--range-url', `${origin.url}/v2.img`, fx.indexPath, out], {
+    env: { XDG_CACHE_HOME: join(fx.dir, 'xdg') },
+  });
   assert.equal(r.code, 0, r.stderr);
   assert.ok((await readFile(out)).equals(fx.v2));
   assert.deepEqual(await readdir(dir), ['out.img']);

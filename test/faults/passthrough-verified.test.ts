@@ -15,16 +15,28 @@ import { createNotifier } from '../../daemon/notify.js';
 import { startOrigin } from '../helpers/origin.js';
 import { makeReleases, type Release } from '../helpers/fleet.js';
 
-async function setup(t: TestContext, over: Partial<DaemonConfig>): Promise<{ url: string; originDir: string; release: Release }> {
+async function setup(
+  t: TestContext,
+  over: Partial<DaemonConfig>,
+): Promise<{ url: string; originDir: string; release: Release }> {
   const dir = await mkdtemp(join(tmpdir(), 'deltad-fault-pass-'));
   const originDir = join(dir, 'origin');
   await mkdir(originDir);
   const [release] = await makeReleases(originDir, 1024 * 1024, 1);
   const origin = await startOrigin({ root: originDir });
   const config: DaemonConfig = {
-    ...defaultConfig({}), origin: `${origin.url}/`, seedGlobs: [], cacheDir: join(dir, 'cache'), idleTimeout: 0, passthrough: 'proxy', ...over,
+    ...defaultConfig({}),
+    origin: `${origin.url}/`,
+    seedGlobs: [],
+    cacheDir: join(dir, 'cache'),
+    idleTimeout: 0,
+    passthrough: 'proxy',
+    ...over,
   };
-  const { app } = await buildServer(config, { notifier: createNotifier({ env: {} }), timeouts: { prepareMs: 500, headerMs: 800 } });
+  const { app } = await buildServer(config, {
+    notifier: createNotifier({ env: {} }),
+    timeouts: { prepareMs: 500, headerMs: 800 },
+  });
   await app.listen({ host: '127.0.0.1', port: 0 });
   t.after(async () => {
     await app.close();
@@ -47,8 +59,13 @@ async function fetchImage(url: string): Promise<{ status: number; length: number
   return { status: res.statusCode, length: Number(res.headers['content-length']), body: Buffer.concat(parts), cut };
 }
 
-for (const [why, over] of [['no index', { indexSuffix: '.missing' }], ['an unreadable index', {}]] as const) {
-  test(`proxied pass-through (${why}): a replaced image is cut short, the listed one arrives whole`, { timeout: 30_000 }, async (t) => {
+for (const [why, over] of [
+  ['no index', { indexSuffix: '.missing' }],
+  ['an unreadable index', {}],
+] as const) {
+  test(`proxied pass-through (${why}): a replaced image is cut short, the listed one arrives whole`, {
+    timeout: 30_000,
+  }, async (t) => {
     const f = await setup(t, over);
     const imagePath = join(f.originDir, f.release.name);
     if (why === 'an unreadable index') await writeFile(`${imagePath}.caibx`, randomBytes(500));

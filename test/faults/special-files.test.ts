@@ -38,8 +38,10 @@ test('a FIFO seed is left out with a warning; extract completes (no hang)', { ti
   const fifo = join(fx.dir, 'seed.fifo');
   execFileSync('mkfifo', [fifo]);
   const out = join(fx.dir, 'fifo-out.img');
-  const r = await deltad(['extract', '--seed', fifo, '--seed', fx.v1Path, '--range-url', `${origin.url}/v2.img`, fx.indexPath, out],
-    { env: { XDG_CACHE_HOME: join(fx.dir, 'xdg') }, timeoutMs: 20_000 });
+  const r = await deltad(
+    ['extract', '--seed', fifo, '--seed', fx.v1Path, '--range-url', `${origin.url}/v2.img`, fx.indexPath, out],
+    { env: { XDG_CACHE_HOME: join(fx.dir, 'xdg') }, timeoutMs: 20_000 },
+  );
   assert.equal(r.code, 0, r.stderr);
   assert.match(r.stderr, /warning: seed .*seed\.fifo: is a FIFO, not a regular file or block device; not used/);
   assert.ok((await readFile(out)).equals(fx.v2));
@@ -59,14 +61,28 @@ test('a seed the user may not read is left out with a warning (run as nobody)', 
   await chmod(secret, root ? 0o600 : 0o000);
   await chmod(readable, 0o644);
   const out = join(dir, 'out.img');
-  const r = await deltad(['extract', '--seed', secret, '--seed', readable, '--range-url', `${origin.url}/v2.img`, `${origin.url}/v2.caibx`, out],
-    { env: { XDG_CACHE_HOME: join(dir, 'xdg') }, as: root ? ['nobody', 'nogroup'] : undefined });
+  const r = await deltad(
+    [
+      'extract',
+      '--seed',
+      secret,
+      '--seed',
+      readable,
+      '--range-url',
+      `${origin.url}/v2.img`,
+      `${origin.url}/v2.caibx`,
+      out,
+    ],
+    { env: { XDG_CACHE_HOME: join(dir, 'xdg') }, as: root ? ['nobody', 'nogroup'] : undefined },
+  );
   assert.equal(r.code, 0, r.stderr);
   assert.match(r.stderr, /warning: seed .*secret\.img: cannot be read: permission denied; not used/);
   assert.ok((await readFile(out)).equals(fx.v2));
 });
 
-test('a seed swapped for a FIFO between the sidecar\'s scan and its open is left out; indexing a FIFO fails at once', { timeout: 30_000 }, async (t) => {
+test("a seed swapped for a FIFO between the sidecar's scan and its open is left out; indexing a FIFO fails at once", {
+  timeout: 30_000,
+}, async (t) => {
   if (!casync) return t.skip('casync not installed');
   const dir = join(fx.dir, 'swap');
   await mkdir(dir);
@@ -74,17 +90,32 @@ test('a seed swapped for a FIFO between the sidecar\'s scan and its open is left
   await copyFile(fx.v1Path, seed);
   const catalog = new SeedCatalog([join(dir, '*.img')], join(fx.dir, 'swap-cache'), silentLogger);
   const specs = await catalog.seedsFor('os_2.img');
-  assert.deepEqual(specs.map((s) => s.path), [seed]);
+  assert.deepEqual(
+    specs.map((s) => s.path),
+    [seed],
+  );
   // Swapped after the scan: the path now names a FIFO no one writes.
   const fifo = join(dir, 'fifo');
   execFileSync('mkfifo', [fifo]);
   await rename(fifo, seed);
   const warnings: string[] = [];
   const out = join(fx.dir, 'swap-out.img');
-  const r = await extractToFile(fx.index, out, { seeds: specs, rangeUrl: `${origin.url}/v2.img`, cacheDir: join(fx.dir, 'swap-cache'), onWarning: (m) => warnings.push(m) });
+  const r = await extractToFile(fx.index, out, {
+    seeds: specs,
+    rangeUrl: `${origin.url}/v2.img`,
+    cacheDir: join(fx.dir, 'swap-cache'),
+    onWarning: (m) => warnings.push(m),
+  });
   assert.equal(r.fromSeeds, 0);
   assert.ok((await readFile(out)).equals(fx.v2));
-  assert.ok(warnings.some((w) => /os_1\.img: is a FIFO/.test(w)), warnings.join('\n'));
+  assert.ok(
+    warnings.some((w) => /os_1\.img: is a FIFO/.test(w)),
+    warnings.join('\n'),
+  );
   await assert.rejects(indexFile(seed, { params: TEST_PARAMS, digest: 'sha512-256' }), UnusableInputError);
-  assert.deepEqual((await readdir(fx.dir)).filter((n) => n.includes('deltad')), [], 'nothing left beside the output');
+  assert.deepEqual(
+    (await readdir(fx.dir)).filter((n) => n.includes('deltad')),
+    [],
+    'nothing left beside the output',
+  );
 });

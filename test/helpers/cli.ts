@@ -27,7 +27,11 @@ export interface CliOptions {
 export function runCli(args: string[], opts: CliOptions = {}): Promise<CliRun> {
   return new Promise((resolve, reject) => {
     const started = Date.now();
-    const child = spawn(process.execPath, [CLI, ...args], { stdio: ['pipe', 'pipe', 'pipe'], env: opts.env, cwd: opts.cwd });
+    const child = spawn(process.execPath, [CLI, ...args], {
+      stdio: ['pipe', 'pipe', 'pipe'],
+      env: opts.env,
+      cwd: opts.cwd,
+    });
     opts.onSpawn?.(child);
     const out: Buffer[] = [];
     let stderr = '';

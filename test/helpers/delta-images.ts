@@ -65,7 +65,22 @@ export async function makeDeltaFixture(size = 3 * 1024 * 1024): Promise<DeltaFix
   const indexPath = join(www, 'v2.caibx');
   const storeDir = join(www, 'v2.castr');
   const { min, avg, max } = TEST_PARAMS;
-  const r = spawnSync('casync', [`--chunk-size=${min}:${avg}:${max}`, `--store=${storeDir}`, 'make', indexPath, v2Path], { stdio: 'pipe' });
+  const r = spawnSync(
+    'casync',
+    [`--chunk-size=${min}:${avg}:${max}`, `--store=${storeDir}`, 'make', indexPath, v2Path],
+    { stdio: 'pipe' },
+  );
   if (r.status !== 0) throw new Error(`casync make failed: ${r.stderr}`);
-  return { dir, www, v1Path, v2Path, v1, v2, indexPath, index: await readIndexFile(indexPath), storeDir, cleanup: () => rm(dir, { recursive: true, force: true }) };
+  return {
+    dir,
+    www,
+    v1Path,
+    v2Path,
+    v1,
+    v2,
+    indexPath,
+    index: await readIndexFile(indexPath),
+    storeDir,
+    cleanup: () => rm(dir, { recursive: true, force: true }),
+  };
 }

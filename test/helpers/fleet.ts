@@ -65,7 +65,12 @@ export async function startUpstream(root: string): Promise<Upstream> {
       return send(404, {});
     }
     const etag = `"${createHash('sha256').update(body).digest('hex').slice(0, 16)}"`;
-    const validators = { etag, 'last-modified': mtime.toUTCString(), 'accept-ranges': 'bytes', 'content-type': 'application/octet-stream' };
+    const validators = {
+      etag,
+      'last-modified': mtime.toUTCString(),
+      'accept-ranges': 'bytes',
+      'content-type': 'application/octet-stream',
+    };
     if (req.headers['if-none-match'] === etag) return send(304, validators);
     const m = /^bytes=(\d+)-(\d+)$/.exec(req.headers.range ?? '');
     if (m) {

@@ -134,7 +134,7 @@ export async function startOrigin(opts: OriginOptions): Promise<Origin> {
   const sockets = new Set<Socket>();
   const timers = new Set<NodeJS.Timeout>();
   const state = {
-    ranges: opts.ranges ?? 'multi' as RangeMode,
+    ranges: opts.ranges ?? ('multi' as RangeMode),
     redirect: undefined as Redirect | undefined,
     validators: 'strong' as Validators,
     codedRanges: false,
@@ -225,7 +225,11 @@ export async function startOrigin(opts: OriginOptions): Promise<Origin> {
         headers = { ...validators, 'content-type': `multipart/byteranges; boundary=${BOUNDARY}` };
         parts = [];
         for (const r of ranges) {
-          parts.push(Buffer.from(`\r\n--${BOUNDARY}\r\nContent-Type: application/octet-stream\r\nContent-Range: bytes ${r.start}-${r.end - 1}/${data.length}\r\n\r\n`));
+          parts.push(
+            Buffer.from(
+              `\r\n--${BOUNDARY}\r\nContent-Type: application/octet-stream\r\nContent-Range: bytes ${r.start}-${r.end - 1}/${data.length}\r\n\r\n`,
+            ),
+          );
           parts.push(data.subarray(r.start, r.end));
         }
         parts.push(Buffer.from(`\r\n--${BOUNDARY}--\r\n`));
@@ -268,10 +272,13 @@ export async function startOrigin(opts: OriginOptions): Promise<Origin> {
       const n = Math.min(body.length - 1, fault.afterBytes ?? (fault.kind === 'cut' ? body.length >> 1 : 0));
       if (n > 0) res.write(body.subarray(0, n));
       entry.bytes += n;
-      const t = setTimeout(() => {
-        timers.delete(t);
-        res.socket?.destroy();
-      }, fault.kind === 'stall' ? fault.stallMs ?? 60_000 : 10);
+      const t = setTimeout(
+        () => {
+          timers.delete(t);
+          res.socket?.destroy();
+        },
+        fault.kind === 'stall' ? (fault.stallMs ?? 60_000) : 10,
+      );
       timers.add(t);
       return;
     }

@@ -13,7 +13,9 @@ import type { TestContext } from 'node:test';
 export async function mountTinyTmpfs(t: TestContext, size = '64k', readOnly = false): Promise<string | undefined> {
   const mnt = await mkdtemp(join(tmpdir(), 'deltad-tmpfs-'));
   try {
-    execFileSync('mount', ['-t', 'tmpfs', '-o', `size=${size}${readOnly ? ',ro' : ''}`, 'tmpfs', mnt], { stdio: 'pipe' });
+    execFileSync('mount', ['-t', 'tmpfs', '-o', `size=${size}${readOnly ? ',ro' : ''}`, 'tmpfs', mnt], {
+      stdio: 'pipe',
+    });
   } catch (err) {
     await rm(mnt, { recursive: true, force: true });
     if (process.env.CI) throw new Error(`cannot mount a tmpfs for the disk-full test: ${(err as Error).message}`);

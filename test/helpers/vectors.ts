@@ -46,7 +46,13 @@ export interface Vector {
 interface VectorsFile {
   casync: string;
   inputs: { name: string; size: number; sha256: string }[];
-  vectors: { vector: string; input: string; casync_options: string[]; casync_stdout: string; kept_chunks: { index: number; file: string }[] }[];
+  vectors: {
+    vector: string;
+    input: string;
+    casync_options: string[];
+    casync_stdout: string;
+    kept_chunks: { index: number; file: string }[];
+  }[];
 }
 
 const SHA512_256_FLAG = 1n << 61n;
@@ -156,5 +162,6 @@ export interface DesyncVector {
 
 /** desync's chunker output where it differs from casync's (see test/fixtures/README.md). */
 export function loadDesyncVectors(): DesyncVector[] {
-  return (JSON.parse(readFileSync(join(FIXTURES_DIR, 'desync-chunker.json'), 'utf8')) as { vectors: DesyncVector[] }).vectors;
+  return (JSON.parse(readFileSync(join(FIXTURES_DIR, 'desync-chunker.json'), 'utf8')) as { vectors: DesyncVector[] })
+    .vectors;
 }
