@@ -46,6 +46,8 @@ export interface ProxyContext {
   upstream: string;
   upstreamStore?: string;
   indexSuffix: string;
+  /** Index file names tried for an image, from the `index-name` templates (daemon/index-names.ts). */
+  indexNames(imageName: string): string[];
   concurrency?: number;
   isImage(name: string): boolean;
   http: HttpClient;
@@ -197,7 +199,7 @@ export async function upstreamRoutes(app: FastifyInstance, { ctx }: Opts): Promi
         );
       };
       if (ctx.isImage(target.name)) {
-        const index = await imageIndex(ctx, target.url + ctx.indexSuffix, ac.signal);
+        const index = await imageIndex(ctx, target.url, target.name, ac.signal);
         if (index) return serveImage(ctx, req, reply, target.url, index, ac.signal);
         // Passed through whole, but checked like any image: against its SHA256SUMS entry, when there is one.
         return passThrough(method === 'GET' ? listedSha256(ctx, target.url, target.name, ac.signal) : undefined);
@@ -244,16 +246,28 @@ async function listedSha256(
   }
 }
 
-/** The upstream index of an image (revalidated), registered for chunk lookups; null when there is none. */
-async function imageIndex(ctx: ProxyContext, indexUrl: string, signal: AbortSignal): Promise<ChunkIndex | null> {
-  let entry;
-  try {
-    entry = await ctx.meta.fetch(indexUrl, signal);
-  } catch {
-    return null;
+/**
+ * The upstream index of an image (revalidated), under the first of its index names that answers, registered for
+ * chunk lookups; null when there is none.
+ */
+async function imageIndex(
+  ctx: ProxyContext,
+  imageUrl: string,
+  imageName: string,
+  signal: AbortSignal,
+): Promise<ChunkIndex | null> {
+  for (const name of ctx.indexNames(imageName)) {
+    const indexUrl = new URL(encodeURIComponent(name), imageUrl).href;
+    let entry;
+    try {
+      entry = await ctx.meta.fetch(indexUrl, signal);
+    } catch {
+      return null;
+    }
+    if (entry.status === 200) return ctx.indexes.register(indexUrl, entry.body, imageUrl);
+    if (entry.status !== 404 && entry.status !== 410) return null;
   }
-  if (entry.status !== 200) return null;
-  return ctx.indexes.register(indexUrl, entry.body);
+  return null;
 }
 
 /** An image (whole, one range or several as multipart/byteranges) assembled from the chunk cache. */

@@ -18,6 +18,7 @@ import { HttpStore } from '../lib/store/http-store.js';
 import { VERSION } from '../lib/util/version.js';
 import { AllowList, ClientLimiter, refuseTarget } from './access.js';
 import { globToRegExp } from './glob.js';
+import { indexFileNames } from './index-names.js';
 import { createApp } from './http-app.js';
 import { silentLogger, type Logger } from './log.js';
 import { newCounters } from './metrics.js';
@@ -53,6 +54,8 @@ export interface ProxyOptions {
   /** File-name globs of images served from chunks when an index exists beside them. */
   imagePatterns: readonly string[];
   indexSuffix: string;
+  /** `index-name` templates (default: the image name plus indexSuffix). */
+  indexNames?: readonly string[];
   /** Parallel upstream requests per assembly (default 8). */
   concurrency?: number;
   logger?: Logger;
@@ -113,6 +116,7 @@ export async function createProxy(opts: ProxyOptions): Promise<ProxyServer> {
     upstream: opts.upstream,
     upstreamStore: opts.upstreamStore,
     indexSuffix: opts.indexSuffix,
+    indexNames: (name) => indexFileNames(name, opts.indexNames ?? [`{name}${opts.indexSuffix}`]),
     concurrency: opts.concurrency,
     isImage: (name) => imageNames.some((re) => re.test(name)),
     http,

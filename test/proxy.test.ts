@@ -342,3 +342,22 @@ test('store endpoint: a cache file damaged on disk is never served; the chunk is
     'the cache file was replaced',
   );
 });
+
+test("index names: an upstream with only KDE's <stem>.caibx still has its images served from chunks", async (t) => {
+  const f = await setup(t, { indexNames: ['{stem}.caibx', '{name}.caibx'] });
+  const v2 = f.releases[1];
+  // Only the primary name: os_2.caibx for os_2.img.
+  const originDir = join(f.dir, 'origin');
+  await writeFile(join(originDir, 'os_2.caibx'), await readFile(join(originDir, 'os_2.img.caibx')));
+  await rm(join(originDir, 'os_2.img.caibx'));
+  const whole = await get(`${f.url}/os_2.img`);
+  assert.equal(whole.status, 200);
+  assert.ok(whole.body.equals(v2.data), 'byte-identical');
+  const s = f.proxy.status() as { cache: { fetches: number } };
+  assert.ok(s.cache.fetches > 0, 'assembled from chunks (fetched into the cache), not streamed through');
+  assert.ok(
+    f.upstream.log.some((e) => e.path === '/os_2.caibx' && e.status === 200),
+    'the primary index name was asked',
+  );
+  assert.ok(!f.upstream.log.some((e) => e.path === '/os_2.img' && !e.range), 'the whole image was never fetched');
+});

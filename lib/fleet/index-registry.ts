@@ -16,11 +16,19 @@ export class IndexRegistry {
     private readonly onWarning: (message: string) => void = () => {},
   ) {}
 
-  /** Parses `body` (once per content) and records its chunks' locations in the image beside it; null if malformed. */
-  register(indexUrl: string, body: Buffer): ChunkIndex | null {
+  /**
+   * Parses `body` (once per content) and records its chunks' locations in `imageUrl`, or, when not given, in the
+   * image its name implies (the index URL less the suffix); null if malformed.
+   */
+  register(indexUrl: string, body: Buffer, imageUrl?: string): ChunkIndex | null {
     const digest = createHash('sha256').update(body).digest('hex');
+    const image =
+      imageUrl ?? (indexUrl.endsWith(this.indexSuffix) ? indexUrl.slice(0, -this.indexSuffix.length) : undefined);
     const known = this.indexes.get(indexUrl);
-    if (known?.digest === digest) return known.index;
+    if (known?.digest === digest) {
+      if (image) this.ranges.addImage(image, known.index);
+      return known.index;
+    }
     let index: ChunkIndex;
     try {
       index = parseIndex(body, { source: indexUrl, allowArchive: false });
@@ -29,7 +37,7 @@ export class IndexRegistry {
       return null;
     }
     this.indexes.set(indexUrl, { digest, index });
-    if (indexUrl.endsWith(this.indexSuffix)) this.ranges.addImage(indexUrl.slice(0, -this.indexSuffix.length), index);
+    if (image) this.ranges.addImage(image, index);
     return index;
   }
 }
