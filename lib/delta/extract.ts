@@ -13,7 +13,7 @@ import { IndexCache, type IndexBuilder } from '../seed/index-cache.js';
 import { indexFile } from '../chunking/indexer.js';
 import type { ChunkerVariant } from '../chunking/chunker.js';
 import { planChunks, type Plan, type PlanTotals } from '../plan/planner.js';
-import { CostModel, bodyBytes, type LinkEstimate } from '../plan/cost.js';
+import { CostModel, bodyBytes, measuredLink, type LinkEstimate } from '../plan/cost.js';
 import { RangeFetcher, type RangeSupport } from '../fetch/range-fetcher.js';
 import { RangeSource, StoreSource, type RemoteSource, type Run } from '../assemble/remote-source.js';
 import { OrderedStream } from '../assemble/ordered-stream.js';
@@ -223,7 +223,8 @@ async function openContext(target: ChunkIndex, opts: AssembleOptions): Promise<C
   const seeds: Seed[] = [];
   const ctx: Context = {
     http,
-    cost: new CostModel(opts.link),
+    // Priced from what the index download and probes measured; an explicit `link` wins.
+    cost: new CostModel({ ...measuredLink(http.linkEstimate()), ...opts.link }),
     seeds,
     stores: (opts.stores ?? []).map((s) => {
       if (typeof s !== 'string') return s;

@@ -4,15 +4,11 @@
 // `parallelism` requests in flight each one waits for only a share of it. The
 // same price decides which gaps between wanted ranges are worth downloading
 // (merged) instead of asking for separately.
+import type { LinkEstimate } from '../fetch/link-monitor.js';
 import { planRangeRequests, type RangePlanOptions, type RangeRequest } from '../fetch/range-fetcher.js';
 
-/** What is known about the link to the origin (the HTTP client may feed measured values). */
-export interface LinkEstimate {
-  /** Round-trip time of one request (headers out to first body byte). */
-  rttMs: number;
-  /** Sustained download throughput. */
-  bytesPerSec: number;
-}
+/** What is known about the link to the origin: the HTTP client's measurement (lib/fetch/link-monitor.ts). */
+export type { LinkEstimate };
 
 /** Defaults: a 10 ms round trip at 100 Mibit/s, so one round trip is worth 128 KiB of body bytes. */
 export const DEFAULT_LINK: LinkEstimate = { rttMs: 10, bytesPerSec: (100 * 1024 * 1024) / 8 };
@@ -26,6 +22,20 @@ export const RESPONSE_OVERHEAD = 300;
 export interface Traffic {
   bytes: number;
   requests: number;
+}
+
+/** A round trip never counts as less than this: a request costs both ends some work even on loopback. */
+export const MIN_RTT_MS = 2;
+
+/**
+ * The link as measured by the HTTP client so far (the index download and the probes), where it has measured it:
+ * the round trip once any request answered, the throughput once enough bytes arrived.
+ */
+export function measuredLink(measured: LinkEstimate | undefined): Partial<LinkEstimate> {
+  if (!measured) return {};
+  const link: Partial<LinkEstimate> = { rttMs: Math.max(MIN_RTT_MS, measured.rttMs) };
+  if (measured.bytesPerSec > 0) link.bytesPerSec = measured.bytesPerSec;
+  return link;
 }
 
 export class CostModel {
