@@ -4,12 +4,12 @@
 //   --timeout and a server that never answers, info by URL, plan against a
 //   server without ranges, file-system errors in words, local-store totals,
 //   and progress bars (forced with DELTAD_PROGRESS=1) while a seed is chunked.
-import { test, before, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { startOrigin, type Origin } from './helpers/origin.js';
-import { makeDeltaFixture, requireCasync, TEST_PARAMS, type DeltaFixture } from './helpers/delta-images.js';
+import { type Origin } from './helpers/origin.js';
+import { TEST_PARAMS, type DeltaFixture, withDeltaFixture } from './helpers/delta-images.js';
 import { mountTinyTmpfs } from './helpers/tmpfs.js';
 import { runCli, type CliRun } from './helpers/cli.js';
 
@@ -24,16 +24,9 @@ function deltad(args: string[], opts: { stdin?: Buffer; env?: Record<string, str
 let fx: DeltaFixture;
 let origin: Origin;
 let casync = true;
-
-before(async (t) => {
-  casync = requireCasync(t as unknown as { skip: (m: string) => void });
-  if (!casync) return;
-  fx = await makeDeltaFixture(2 * 1024 * 1024);
-  origin = await startOrigin({ root: fx.www });
-});
-after(async () => {
-  await origin?.close();
-  await fx?.cleanup();
+withDeltaFixture(2 * 1024 * 1024, (s) => {
+  casync = s !== null;
+  if (s) ({ fx, origin } = s);
 });
 
 test('--seed with an index warns that it reuses nothing; INDEX:FILE is refused with the right order', async (t) => {

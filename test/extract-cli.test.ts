@@ -1,6 +1,6 @@
 // `deltad extract` and `deltad plan` end to end: the real CLI in a child
 // process against the test origin, with exit codes and JSON output.
-import { test, before, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import type { ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
@@ -8,7 +8,7 @@ import { readFile, writeFile } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import { startOrigin, type Origin } from './helpers/origin.js';
-import { makeDeltaFixture, requireCasync, type DeltaFixture } from './helpers/delta-images.js';
+import { type DeltaFixture, withDeltaFixture } from './helpers/delta-images.js';
 import { runCli } from './helpers/cli.js';
 
 /** Runs the CLI (killed after 30 s); `onSpawn` gets the child, e.g. to signal it. */
@@ -23,16 +23,9 @@ async function deltad(
 let fx: DeltaFixture;
 let origin: Origin;
 let casync = true;
-
-before(async (t) => {
-  casync = requireCasync(t as unknown as { skip: (m: string) => void });
-  if (!casync) return;
-  fx = await makeDeltaFixture(2 * 1024 * 1024);
-  origin = await startOrigin({ root: fx.www });
-});
-after(async () => {
-  await origin?.close();
-  await fx?.cleanup();
+withDeltaFixture(2 * 1024 * 1024, (s) => {
+  casync = s !== null;
+  if (s) ({ fx, origin } = s);
 });
 
 test('deltad plan: text and JSON, index by URL', async (t) => {

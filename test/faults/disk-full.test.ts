@@ -4,15 +4,15 @@
 // keeps OUT byte-identical, and resumes once there is room. The sidecar writes
 // no image-sized file: a cache directory far smaller than the image does not
 // stop it from serving the delta.
-import { test, before, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
 import { copyFile, open, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { request } from 'undici';
-import { startOrigin, type Origin } from '../helpers/origin.js';
-import { makeDeltaFixture, requireCasync, type DeltaFixture } from '../helpers/delta-images.js';
+import { type Origin } from '../helpers/origin.js';
+import { type DeltaFixture, withDeltaFixture } from '../helpers/delta-images.js';
 import { mountTinyTmpfs } from '../helpers/tmpfs.js';
 import { partialPaths } from '../../lib/assemble/partial-file.js';
 import { buildServer } from '../../daemon/server.js';
@@ -24,16 +24,9 @@ import { deltad } from './run-cli.js';
 let fx: DeltaFixture;
 let origin: Origin;
 let casync = true;
-
-before(async (t) => {
-  casync = requireCasync(t as unknown as { skip: (m: string) => void });
-  if (!casync) return;
-  fx = await makeDeltaFixture(2 * 1024 * 1024);
-  origin = await startOrigin({ root: fx.www });
-});
-after(async () => {
-  await origin?.close();
-  await fx?.cleanup();
+withDeltaFixture(2 * 1024 * 1024, (s) => {
+  casync = s !== null;
+  if (s) ({ fx, origin } = s);
 });
 
 /** Writes a file until the file system is full; returns its path. */

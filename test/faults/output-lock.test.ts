@@ -2,15 +2,15 @@
 // same OUT while the first runs is refused before it touches anything; a lock
 // left by a dead run is taken over; a partial file swapped behind the run's
 // back is never renamed into place.
-import { test, before, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { readFile, readdir, rename, writeFile, mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { startOrigin, type Origin } from '../helpers/origin.js';
-import { makeDeltaFixture, requireCasync, type DeltaFixture } from '../helpers/delta-images.js';
+import { type Origin } from '../helpers/origin.js';
+import { type DeltaFixture, withDeltaFixture } from '../helpers/delta-images.js';
 import { PartialFile, partialPaths } from '../../lib/assemble/partial-file.js';
 import { OutputReplacedError } from '../../lib/errors.js';
 import { deltad } from './run-cli.js';
@@ -18,16 +18,9 @@ import { deltad } from './run-cli.js';
 let fx: DeltaFixture;
 let origin: Origin;
 let casync = true;
-
-before(async (t) => {
-  casync = requireCasync(t as unknown as { skip: (m: string) => void });
-  if (!casync) return;
-  fx = await makeDeltaFixture(2 * 1024 * 1024);
-  origin = await startOrigin({ root: fx.www });
-});
-after(async () => {
-  await origin?.close();
-  await fx?.cleanup();
+withDeltaFixture(2 * 1024 * 1024, (s) => {
+  casync = s !== null;
+  if (s) ({ fx, origin } = s);
 });
 
 const PREVIOUS = Buffer.from('the previous image\n');

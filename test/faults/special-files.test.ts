@@ -2,14 +2,14 @@
 // wait for a writer forever), a seed the user may not read, and a seed that the
 // sidecar found as a file but that became a FIFO before it was opened: each is
 // left out with a warning, and the extract completes from the other sources.
-import { test, before, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { chmod, copyFile, mkdir, mkdtemp, readFile, rename, rm, readdir } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { startOrigin, type Origin } from '../helpers/origin.js';
-import { makeDeltaFixture, requireCasync, type DeltaFixture } from '../helpers/delta-images.js';
+import { type Origin } from '../helpers/origin.js';
+import { type DeltaFixture, withDeltaFixture } from '../helpers/delta-images.js';
 import { SeedCatalog } from '../../daemon/seeds.js';
 import { silentLogger } from '../../daemon/log.js';
 import { extractToFile } from '../../lib/delta/extract.js';
@@ -21,16 +21,9 @@ import { deltad } from './run-cli.js';
 let fx: DeltaFixture;
 let origin: Origin;
 let casync = true;
-
-before(async (t) => {
-  casync = requireCasync(t as unknown as { skip: (m: string) => void });
-  if (!casync) return;
-  fx = await makeDeltaFixture(2 * 1024 * 1024);
-  origin = await startOrigin({ root: fx.www });
-});
-after(async () => {
-  await origin?.close();
-  await fx?.cleanup();
+withDeltaFixture(2 * 1024 * 1024, (s) => {
+  casync = s !== null;
+  if (s) ({ fx, origin } = s);
 });
 
 test('a FIFO seed is left out with a warning; extract completes (no hang)', { timeout: 30_000 }, async (t) => {

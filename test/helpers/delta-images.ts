@@ -7,6 +7,8 @@ import { randomBytes } from 'node:crypto';
 import { mkdtemp, mkdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
+import { after, before } from 'node:test';
+import { startOrigin, type Origin } from './origin.js';
 import { readIndexFile, type ChunkIndex, type ChunkParams } from '../../lib/format/caibx.js';
 
 export const TEST_PARAMS: ChunkParams = { min: 4096, avg: 16384, max: 65536 };
@@ -83,4 +85,26 @@ export async function makeDeltaFixture(size = 3 * 1024 * 1024): Promise<DeltaFix
     storeDir,
     cleanup: () => rm(dir, { recursive: true, force: true }),
   };
+}
+
+/**
+ * Registers before/after hooks for a test file: a delta fixture of `size` bytes served by a test origin, handed to
+ * `onReady` (null when casync is not installed: the file's tests skip), removed after the file.
+ */
+export function withDeltaFixture(
+  size: number,
+  onReady: (s: { fx: DeltaFixture; origin: Origin } | null) => void,
+): void {
+  let fx: DeltaFixture | undefined;
+  let origin: Origin | undefined;
+  before(async (t) => {
+    if (!requireCasync(t as unknown as { skip: (m: string) => void })) return onReady(null);
+    fx = await makeDeltaFixture(size);
+    origin = await startOrigin({ root: fx.www });
+    onReady({ fx, origin });
+  });
+  after(async () => {
+    await origin?.close();
+    await fx?.cleanup();
+  });
 }
