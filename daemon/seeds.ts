@@ -13,7 +13,7 @@
 //   with the same @v, e.g. X_7_root-x86-64.erofs -> X_7.erofs) and recorded for
 //   the installed file as soon as it shows up under a seed glob.
 // adopt/ is bounded: a few entries, a few weeks, a few hundred MB.
-import { mkdir, readdir, readFile, rename, rm, stat, unlink, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rm, stat, unlink } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { MAX_INDEX_BYTES, parseIndex, serializeIndex, type ChunkIndex } from '../lib/format/caibx.js';
 import { IndexCache } from '../lib/seed/index-cache.js';
@@ -22,6 +22,7 @@ import { indexFile } from '../lib/chunking/indexer.js';
 import { globToRegExp } from './glob.js';
 import { indexFileNames } from './index-names.js';
 import type { Logger } from './log.js';
+import { writeFileAtomic } from '../lib/util/fs-io.js';
 
 /** Bounds of adopt/: entries, age, total bytes (oldest go first). */
 export const ADOPT_LIMITS = { entries: 8, ageMs: 30 * 24 * 3600_000, bytes: 256 * 1024 * 1024 };
@@ -166,9 +167,9 @@ export class SeedCatalog {
     const bytes = serializeIndex(index);
     const names = await installedAs;
     for (const name of names.length ? names : [basename(targetName)]) {
-      await writeAtomic(join(this.adoptDir, `${name}.caibx`), bytes);
+      await writeFileAtomic(join(this.adoptDir, `${name}.caibx`), bytes);
     }
-    await writeAtomic(this.lastTargetPath, bytes);
+    await writeFileAtomic(this.lastTargetPath, bytes);
     await this.pruneAdoptions();
   }
 
@@ -221,10 +222,4 @@ export class SeedCatalog {
       return undefined;
     }
   }
-}
-
-async function writeAtomic(path: string, data: Uint8Array): Promise<void> {
-  const tmp = `${path}.${process.pid}.tmp`;
-  await writeFile(tmp, data);
-  await rename(tmp, path);
 }

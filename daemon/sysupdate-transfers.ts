@@ -7,10 +7,11 @@
 //   under the same name, which masks the one in usr/lib/sysupdate.d. The copy
 //   starts with COPY_MARKER so that deltad never takes an admin's file for its own.
 // Specifiers in Path= (%w, %W, %a, ...) are kept verbatim: sysupdate expands them.
-import { mkdir, open, readdir, readFile, rename, rm, rmdir, writeFile } from 'node:fs/promises';
+import { mkdir, open, readdir, readFile, rm, rmdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { UsageError } from '../lib/errors.js';
 import { globToRegExp } from './glob.js';
+import { writeFileAtomic } from '../lib/util/fs-io.js';
 
 /** Search order of sysupdate.d; a file in an earlier directory masks the same name later. */
 export const TRANSFER_DIRS = ['etc/sysupdate.d', 'run/sysupdate.d', 'usr/local/lib/sysupdate.d', 'usr/lib/sysupdate.d'];
@@ -219,18 +220,12 @@ export function redirectKind(t: Transfer, version: number | undefined): Redirect
   return 'copy';
 }
 
-async function writeAtomic(target: string, text: string): Promise<void> {
-  const tmp = `${target}.tmp-${process.pid}`;
-  await writeFile(tmp, text, { mode: 0o644 });
-  await rename(tmp, target);
-}
-
 export async function writeDropin(root: string, transferName: string, path: string): Promise<string> {
   const dir = dropinDir(root, transferName);
   await mkdir(dir, { recursive: true });
   const target = join(dir, DROPIN_NAME);
   const note = '# Written by "deltad redirect" while deltad.socket is active; removed when it stops.';
-  await writeAtomic(target, `${note}\n[Source]\nPath=${path}\n`);
+  await writeFileAtomic(target, `${note}\n[Source]\nPath=${path}\n`);
   return target;
 }
 
@@ -261,7 +256,7 @@ export async function writeCopy(root: string, t: Transfer, path: string): Promis
   const header =
     `${COPY_MARKER} ${t.file} with [Source] Path= pointing at deltad.\n` +
     `# Removed by "deltad redirect --remove" when deltad.socket stops; edit the original, not this file.\n`;
-  await writeAtomic(target, header + rewriteSourcePath(await readFile(t.file, 'utf8'), path));
+  await writeFileAtomic(target, header + rewriteSourcePath(await readFile(t.file, 'utf8'), path));
   return target;
 }
 

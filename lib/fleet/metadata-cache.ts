@@ -3,11 +3,12 @@
 // If-Modified-Since), so a new release is seen at once; when the upstream is
 // unreachable or failing, the last good copy is served marked stale. A 404 is
 // passed on (and forgets the copy): signature fallback chains depend on it.
-import { mkdir, readFile, rename, unlink, writeFile } from 'node:fs/promises';
-import { createHash, randomBytes } from 'node:crypto';
+import { mkdir, readFile, unlink } from 'node:fs/promises';
+import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import type { HttpClient } from '../fetch/http-client.js';
 import { MetadataTooLargeError, OriginError } from '../errors.js';
+import { writeFileAtomic } from '../util/fs-io.js';
 
 export interface MetadataEntry {
   status: number;
@@ -135,14 +136,12 @@ export class MetadataCache {
     const len = Buffer.alloc(4);
     len.writeUInt32LE(json.length);
     const final = this.pathOf(url);
-    const temp = `${final}.tmp-${randomBytes(4).toString('hex')}`;
     try {
       await mkdir(this.dir, { recursive: true });
-      await writeFile(temp, Buffer.concat([len, json, e.body]));
-      await rename(temp, final);
+      // Not flushed: a cached copy lost in a crash is fetched again.
+      await writeFileAtomic(final, Buffer.concat([len, json, e.body]), { durable: false });
     } catch {
-      // A full disk only costs the stale fallback for this file.
-      await unlink(temp).catch(() => {});
+      // A full disk only costs the stale fallback for this file (writeFileAtomic leaves no temp file).
     }
   }
 }
