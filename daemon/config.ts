@@ -7,6 +7,12 @@ import { readFileSync } from 'node:fs';
 import { UsageError } from '../lib/errors.js';
 import type { OptionSpec } from './command.js';
 import { AllowList, DEFAULT_ALLOW } from './access.js';
+import {
+  DEFAULT_CONCURRENCY,
+  DEFAULT_LOW_SPEED_LIMIT,
+  DEFAULT_LOW_SPEED_TIME_MS,
+  DEFAULT_MAX_TARGET_SIZE,
+} from '../lib/util/defaults.js';
 
 export type PassthroughMode = 'redirect' | 'proxy';
 
@@ -109,8 +115,8 @@ export function defaultConfig(env: NodeJS.ProcessEnv = process.env): DaemonConfi
     // systemd's CacheDirectory=deltad sets $CACHE_DIRECTORY.
     cacheDir: env.CACHE_DIRECTORY?.split(':')[0] || '/var/cache/deltad',
     idleTimeout: 300,
-    concurrency: 8,
-    maxTargetSize: 64 * 1024 ** 3,
+    concurrency: DEFAULT_CONCURRENCY,
+    maxTargetSize: DEFAULT_MAX_TARGET_SIZE,
     passthrough: 'redirect',
     listen: '127.0.0.1:3129',
     upstream: '',
@@ -120,8 +126,8 @@ export function defaultConfig(env: NodeJS.ProcessEnv = process.env): DaemonConfi
     allow: [...DEFAULT_ALLOW],
     clientConcurrency: 64,
     caFile: '',
-    lowSpeedLimit: 1024,
-    lowSpeedTime: 30,
+    lowSpeedLimit: DEFAULT_LOW_SPEED_LIMIT,
+    lowSpeedTime: DEFAULT_LOW_SPEED_TIME_MS / 1000,
   };
 }
 

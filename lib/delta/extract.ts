@@ -28,6 +28,7 @@ import { LocalStore } from '../store/local-store.js';
 import type { ChunkStore } from '../store/types.js';
 import { BLOCK_PARALLELISM, costBlockPath, type BlockPathChoice } from '../blockpack/index.js';
 import { BlockRoute, ChunkRoute, runRoutes, type Route } from './routes.js';
+import { DEFAULT_CONCURRENCY, DEFAULT_STALL_MS, DEFAULT_WINDOW_BYTES } from '../util/defaults.js';
 
 /** How missing chunks are fetched: byte ranges of the image, a chunk store, or chosen per update. */
 export type FetchMode = 'auto' | 'range' | 'store';
@@ -131,8 +132,6 @@ export interface ExtractStream extends Readable {
   readonly result: Promise<ExtractResult>;
 }
 
-const DEFAULT_CONCURRENCY = 8;
-const DEFAULT_WINDOW_BYTES = 32 * 1024 * 1024;
 const PROGRESS_INTERVAL_MS = 200;
 /** Seed bytes from which hashing on worker threads pays for starting them. */
 const HASH_THREADS_FROM_BYTES = 64 * 1024 * 1024;
@@ -605,7 +604,6 @@ async function runWithProgress(
 }
 
 /** Extract's stall watchdog default (`stallMs`). */
-const DEFAULT_STALL_MS = 5 * 60_000;
 
 function summary(
   progress: ExtractProgress,

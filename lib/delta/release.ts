@@ -11,9 +11,9 @@ import type { HttpClient } from '../fetch/http-client.js';
 import { deltaDisabledBy } from '../fetch/release-policy.js';
 import { IndexParser, MAX_INDEX_BYTES, parseIndex, type ChunkIndex } from '../format/caibx.js';
 import { findSha256 } from '../format/sha256sums.js';
+import { DEFAULT_FRESH_MS } from '../util/defaults.js';
 
-/** How long an answer is reused without asking the origin again (default 10 s). */
-export const DEFAULT_FRESH_MS = 10_000;
+export { DEFAULT_FRESH_MS };
 const MANIFEST_MAX = 1024 * 1024;
 const MAX_ENTRIES = 64;
 

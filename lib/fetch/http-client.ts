@@ -13,6 +13,7 @@ import { DEFAULT_LIMITS, LinkMonitor, type LinkEstimate, type TransferLimits } f
 import { REDIRECT_STATUSES, RedirectCache, redirectTarget, sameOrigin } from './redirects.js';
 import { readCaFile, trustContext } from './tls.js';
 import { VERSION } from '../util/version.js';
+import { DEFAULT_TIMEOUT_MS } from '../util/defaults.js';
 
 export interface HttpClientOptions {
   /** Max connections per origin (default 8). */
@@ -77,7 +78,7 @@ export class HttpClient {
   private readonly userAgent: string;
 
   constructor(opts: HttpClientOptions = {}) {
-    const timeout = opts.timeoutMs ?? 30_000;
+    const timeout = opts.timeoutMs ?? DEFAULT_TIMEOUT_MS;
     this.timeoutMs = timeout;
     const allowH2 = opts.http2 ?? true;
     // Read now, so that a bad CA file fails at start; the TLS context is built on the first https connection.

@@ -8,6 +8,7 @@ import type { Duplex } from 'node:stream';
 import { performance } from 'node:perf_hooks';
 import type { Dispatcher } from 'undici';
 import { LowSpeedError, RequestDeadlineError } from '../errors.js';
+import { DEFAULT_LOW_SPEED_LIMIT, DEFAULT_LOW_SPEED_TIME_MS } from '../util/defaults.js';
 
 /** What the link to the origins looks like (the cost model's input, lib/plan). */
 export interface LinkEstimate {
@@ -29,8 +30,8 @@ export interface TransferLimits {
 }
 
 export const DEFAULT_LIMITS: TransferLimits = {
-  lowSpeedLimit: 1024,
-  lowSpeedTimeMs: 30_000,
+  lowSpeedLimit: DEFAULT_LOW_SPEED_LIMIT,
+  lowSpeedTimeMs: DEFAULT_LOW_SPEED_TIME_MS,
   deadlineBaseMs: 60_000,
   deadlineRate: 4096,
 };

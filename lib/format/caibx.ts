@@ -5,6 +5,7 @@
 import { open } from 'node:fs/promises';
 import { IndexFormatError } from '../errors.js';
 import { digestFromFlags, flagsForDigest, toHex, type DigestName } from './digest.js';
+import { DEFAULT_MAX_TARGET_SIZE } from '../util/defaults.js';
 
 export const CA_FORMAT_INDEX = 0x96824d9c7b129ff9n;
 export const CA_FORMAT_TABLE = 0xe75b9e112f17417dn;
@@ -149,7 +150,7 @@ export interface ParseOptions {
 }
 
 /** Default largest target: 64 GiB, systemd-pull's own limit for an image. */
-export const DEFAULT_MAX_TARGET_SIZE = 64 * 1024 * 1024 * 1024;
+export { DEFAULT_MAX_TARGET_SIZE };
 /** Most chunks an index may have at all: 64 M (2.5 GiB of table), whatever the target size allows. */
 const MAX_INDEX_CHUNKS = 64 * 1024 * 1024;
 /** Table entries allocated up front for an announced length; beyond, the table grows as items arrive. */
