@@ -21,6 +21,20 @@ function mainHelp(): string {
   ].join('\n');
 }
 
+/** The oldest Node whose node:zlib has zstd (with dictionaries); the project pins Node 24 LTS. */
+const MIN_NODE = [22, 15];
+
+/** Why this Node cannot run deltad's commands, or undefined (checked before any command module loads). */
+function runtimeTooOld(): string | undefined {
+  const [major, minor] = process.versions.node.split('.').map(Number);
+  if (major > MIN_NODE[0] || (major === MIN_NODE[0] && minor >= MIN_NODE[1])) return undefined;
+  return (
+    `this is Node ${process.versions.node}, deltad needs Node 24 (>= ${MIN_NODE.join('.')}, for zstd in node:zlib). ` +
+    "In a checkout run it as 'npm run deltad -- COMMAND' (the runtime npm ci installed); on a system, install a " +
+    'release artifact (README), which brings its runtime'
+  );
+}
+
 export async function main(argv: string[]): Promise<number> {
   const [name, ...rest] = argv;
   if (!name || name === '--help' || name === '-h' || name === 'help') {
@@ -33,6 +47,11 @@ export async function main(argv: string[]): Promise<number> {
     return 0;
   }
   const entry = commands.find((c) => c.name === name);
+  const tooOld = runtimeTooOld();
+  if (tooOld) {
+    process.stderr.write(`deltad: ${tooOld}\n`);
+    return 1;
+  }
   if (!entry) {
     process.stderr.write(`deltad: unknown command "${name}"\n\n${mainHelp()}\n`);
     return 2;

@@ -33,3 +33,26 @@ test("deltad --version prints package.json's version", async () => {
   const short = await run(process.execPath, [cli, '-V'], { timeout: 20_000 });
   assert.equal(short.stdout, stdout);
 });
+
+test("a machine's older Node is told what to run instead of failing on a missing zstd export", async (t) => {
+  // The machine's own node, if it is older than deltad needs (Debian 12 machines have Node 20 here).
+  const system = ['/usr/bin/node', '/usr/local/bin/node'].find((p) => {
+    try {
+      return readFileSync(p).length > 0;
+    } catch {
+      return false;
+    }
+  });
+  if (!system) return t.skip('no system node');
+  const version = (await run(system, ['--version'])).stdout.trim();
+  const [major, minor] = version.slice(1).split('.').map(Number);
+  if (major > 22 || (major === 22 && minor >= 15)) return t.skip(`${system} is ${version}, new enough`);
+  const cli = join(REPO_ROOT, 'dist', 'daemon', 'cli.js');
+  const r = await run(system, [cli, 'info', 'x.caibx']).then(
+    () => ({ code: 0, stderr: '' }),
+    (err: { code: number; stderr: string }) => err,
+  );
+  assert.equal(r.code, 1);
+  assert.match(r.stderr, /needs Node 24 .*npm run deltad -- COMMAND/);
+  assert.doesNotMatch(r.stderr, /SyntaxError|zstdCompressSync/);
+});
