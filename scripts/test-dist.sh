@@ -74,8 +74,8 @@ check "tarball: the units, docs and examples" test -f "$T/usr/lib/systemd/system
   -a -f "$T/usr/lib/systemd/system/deltad.service" -a -f "$T/usr/lib/systemd/system/deltad-proxy.service" \
   -a -f "$T/usr/share/doc/deltad/CONFIG.md" -a -f "$T/usr/share/doc/deltad/examples/deltad.conf.example"
 check "tarball: every unit's commands are /usr/bin/deltad" sh -c "
-  grep -h '^Exec' '$T'/usr/lib/systemd/system/deltad* | sed -E 's/^[A-Za-z]+=//; s/ .*//' | sort -u | grep -qx /usr/bin/deltad &&
-  test \$(grep -h '^Exec' '$T'/usr/lib/systemd/system/deltad* | sed -E 's/^[A-Za-z]+=//; s/ .*//' | sort -u | wc -l) -eq 1"
+  grep -h '^Exec' '$T'/usr/lib/systemd/system/deltad* | sed -E 's/^[A-Za-z]+=[-@+!:]*//; s/ .*//' | sort -u | grep -qx /usr/bin/deltad &&
+  test \$(grep -h '^Exec' '$T'/usr/lib/systemd/system/deltad* | sed -E 's/^[A-Za-z]+=[-@+!:]*//; s/ .*//' | sort -u | wc -l) -eq 1"
 # The installed code works, not just --version: index and store a file, verify the store
 # (zstd from node:zlib, the WASM chunker), and load the HTTP commands (fastify, undici).
 dd if=/dev/urandom of="$SCRATCH/img" bs=1M count=3 status=none
