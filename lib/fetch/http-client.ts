@@ -99,10 +99,27 @@ export class HttpClient {
         (cb as (e: Error | null, s: typeof socket) => void)(err, socket);
       });
     };
-    const agentOptions = { headersTimeout: timeout, bodyTimeout: timeout, keepAliveTimeout: 10_000, allowH2, connect };
+    const agentOptions = {
+      headersTimeout: timeout,
+      bodyTimeout: timeout,
+      keepAliveTimeout: 10_000,
+      allowH2,
+      connect,
+      // HTTP/2 flow control: undici's 256 KiB stream / 512 KiB connection windows cap one stream at 256 KiB per
+      // round trip (21 Mbit/s at 100 ms); these fill a fast link at a long round trip.
+      initialWindowSize: H2_STREAM_WINDOW,
+      connectionWindowSize: H2_CONNECTION_WINDOW,
+    };
     this.agent = new Agent({ ...agentOptions, connections: opts.connections ?? 8 });
-    // Once an origin spoke HTTP/2, its requests share one multiplexed connection (a burst would open a pool's worth).
-    this.h2Agent = new Agent({ ...agentOptions, connections: 1 });
+    // Once an origin spoke HTTP/2, its requests share one multiplexed connection (a burst would open a pool's worth),
+    // as many streams at once as the server allows: undici's default pipelining of 1 would send one request per
+    // round trip (store mode at 40 ms was casync's pace).
+    this.h2Agent = new Agent({
+      ...agentOptions,
+      connections: 1,
+      pipelining: H2_STREAMS,
+      maxConcurrentStreams: H2_STREAMS,
+    });
     this.monitor = new LinkMonitor({ ...DEFAULT_LIMITS, ...opts.limits });
     this.dispatcher = this.agent.compose(countBodyBytes(this.stats), this.monitor.interceptor());
     this.h2Dispatcher = this.h2Agent.compose(countBodyBytes(this.stats), this.monitor.interceptor());
@@ -323,6 +340,12 @@ function decodeBody(raw: Buffer, encoding: string | string[] | undefined, maxByt
   }
   throw new OriginError(`GET ${url}: unsupported Content-Encoding "${coding}" (deltad asked for identity)`);
 }
+
+/** Streams in flight on one HTTP/2 connection (servers commonly allow 100 or 128). */
+const H2_STREAMS = 100;
+/** Per-stream and per-connection HTTP/2 receive windows (a 100 Mbit/s x 100 ms link is 1.25 MB in flight). */
+const H2_STREAM_WINDOW = 2 * 1024 * 1024;
+const H2_CONNECTION_WINDOW = 16 * 1024 * 1024;
 
 /**
  * Counts every response body byte that arrives, whoever reads it (small files, ranges, pass-through), so
