@@ -14,14 +14,16 @@
 //   npm run build && node dist/bench/net-daemon.js [--pair v1-v2.repro] [--links 100mbit:40:h2,5mbit:40:h2]
 //        [--clients 200] [--clients-link 100mbit:40:h2] [--max-run-s 600] [--full-max-s 60] [--port 8141]
 //        [--daemon-args '--concurrency 8']   (extra `deltad serve` flags; --ca-file is passed when serve has it)
+//        [--block-pack]   (per link, one more update from an origin that hosts the release's block pack beside
+//                          the image, www/packed/: the daemon's block path)
 //   BENCH=/var/tmp/deltad-bench (site shared with bench/daemon.ts: $BENCH/deltad-daemon/<pair>/)
 import { startNginx, type AccessEntry, type Nginx } from './nginx.js';
 import { startRelay, selfCheck, describeCheck, parseRate, type LinkShape, type SelfCheck } from './relay.js';
 import { makeTestCa, withCaBundle, type TestCa } from './tls.js';
 import { runMeasured, startMeasured, type MeasuredProcess } from './measure.js';
-import { CLI, daemonSite, pair, sh, type DaemonSite, type Pair } from './corpus.js';
+import { CLI, blockPack, daemonSite, link, pair, sh, type DaemonSite, type Pair } from './corpus.js';
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { dirname, join } from 'node:path';
 import { loadavg } from 'node:os';
@@ -37,6 +39,7 @@ const { values } = parseArgs({
     'full-max-s': { type: 'string', default: '60' },
     port: { type: 'string', default: '8141' },
     'daemon-args': { type: 'string', default: '' },
+    'block-pack': { type: 'boolean', default: false },
   },
 });
 const PORT = Number(values.port);
@@ -160,7 +163,7 @@ function originSummary(entries: AccessEntry[]) {
     connections: new Set(entries.map((e) => e.connection)).size,
     protocols: [...new Set(entries.map((e) => e.protocol))].join(' '),
     // The daemon probes with a 1-byte range; a full fetch of the image is an unranged 200 with a large body.
-    fellBack: entries.some((e) => e.uri === '/os_2.erofs' && e.status === 200 && (e.range === '-' || e.range === '')
+    fellBack: entries.some((e) => e.uri.endsWith('/os_2.erofs') && e.status === 200 && (e.range === '-' || e.range === '')
       && e.bodyBytes > 1 << 20),
   };
 }
@@ -191,10 +194,10 @@ async function fullDownload(spec: LinkSpec, site: DaemonSite, p: Pair, base: str
 }
 
 async function viaDaemon(spec: LinkSpec, site: DaemonSite, base: string, ca: TestCa | null, nginx: Nginx, port: number,
-  cacheDir: string): Promise<PullRow> {
+  cacheDir: string, packed = false): Promise<PullRow> {
   const out = join(site.work, 'out.erofs');
   rmSync(out, { force: true });
-  const d = startDaemon(site, `${base}/`, cacheDir, ca);
+  const d = startDaemon(site, `${base}/${packed ? 'packed/' : ''}`, cacheDir, ca);
   await d.ready;
   const tap = await startTap(DAEMON_PORT);
   const before = nginx.entries().length;
@@ -219,7 +222,8 @@ async function viaDaemon(spec: LinkSpec, site: DaemonSite, base: string, ca: Tes
     note += ` (VmHWM right after the client: ${Math.round(live.vmHwmKiB / 1024)} MiB)`;
   }
   return {
-    link: spec.label, run: 'delta through deltad serve (systemd-pull)', ok, wallS,
+    link: spec.label, run: `delta through deltad serve (systemd-pull)${packed ? ', block pack at the origin' : ''}`, ok,
+    wallS,
       targetS: targetS && Number(targetS.toFixed(1)),
     ttfbS: first === undefined ? undefined : Number(((first - t0) / 1000).toFixed(3)), ...o,
       clientWriteBytes: m.writeBytes,
@@ -315,6 +319,15 @@ async function main(): Promise<void> {
     sh(process.execPath, [CLI, 'plan', '--json', '--seed', site.seed, '--cache-dir', cacheDir, '--range-url',
       `http://127.0.0.1:${PORT}/os_2.erofs`,
       `${site.image}.caibx`]);
+    if (values['block-pack']) {
+      // The same release with its block pack beside the image (IMAGE.bpidx/.bpk/.bpdict); warms the block hashes.
+      const packed = join(site.www, 'packed');
+      mkdirSync(packed, { recursive: true });
+      for (const f of ['os_2.erofs', 'os_2.erofs.caibx', 'SHA256SUMS']) link(join(site.www, f), join(packed, f));
+      for (const f of blockPack(p).files) link(f, join(packed, `os_2.erofs${f.slice(f.lastIndexOf('.'))}`));
+      sh(process.execPath, [CLI, 'plan', '--json', '--seed', site.seed, '--cache-dir', cacheDir, '--range-url',
+        `http://127.0.0.1:${PORT}/packed/os_2.erofs`, `${site.image}.caibx`]);
+    }
     const withLink = async <T>(spec: LinkSpec, fn: (base: string, port: number,
       linkDown: () => number) => Promise<T>): Promise<T> => {
       const check = await selfCheck(spec.shape);
@@ -337,6 +350,10 @@ async function main(): Promise<void> {
         log(rows.at(-1));
         rows.push(await viaDaemon(spec, site, base, caFor, nginx, port, cacheDir));
         log(rows.at(-1));
+        if (values['block-pack']) {
+          rows.push(await viaDaemon(spec, site, base, caFor, nginx, port, cacheDir, true));
+          log(rows.at(-1));
+        }
       });
     }
     if (clientsLink) {
