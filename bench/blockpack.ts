@@ -18,7 +18,15 @@ import { cpus, loadavg } from 'node:os';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { HttpClient } from '../lib/fetch/http-client.js';
-import { assembleBlocks, costOf, packImage, planBlockUpdate, probeBlockPack, type PackResult, type Trainer } from '../lib/blockpack/index.js';
+import {
+  assembleBlocks,
+  costOf,
+  packImage,
+  planBlockUpdate,
+  probeBlockPack,
+  type PackResult,
+  type Trainer,
+} from '../lib/blockpack/index.js';
 
 const { values, positionals } = parseArgs({
   allowPositionals: true,
@@ -39,14 +47,22 @@ const PORT = Number(values.port);
 const pairs = positionals.length ? positionals : ['v1-v2.repro', 'v2-v3.repro', 'v1-v2.repro-lz4hc'];
 const root = join(BENCH, 'blockpack');
 const www = join(root, 'www');
-const packDir = join(root, `packs-${values.trainer}-l${values.level}-d${values['dict-size']}${values.previous ? `-prev-g${values['group-blocks']}` : ''}`);
+const packDir = join(
+  root,
+  `packs-${values.trainer}-l${values.level}-d${values['dict-size']}${values.previous ? `-prev-g${values['group-blocks']}` : ''}`,
+);
 mkdirSync(www, { recursive: true });
 mkdirSync(packDir, { recursive: true });
 
-const sums = new Map(readFileSync(join(BENCH, 'img', 'SHA256SUMS'), 'utf8').trim().split('\n').map((l) => {
-  const [h, n] = l.split(/\s+/);
-  return [n, h] as [string, string];
-}));
+const sums = new Map(
+  readFileSync(join(BENCH, 'img', 'SHA256SUMS'), 'utf8')
+    .trim()
+    .split('\n')
+    .map((l) => {
+      const [h, n] = l.split(/\s+/);
+      return [n, h] as [string, string];
+    }),
+);
 
 // --- nginx on 127.0.0.1 -------------------------------------------------------------
 const nginx = startNginx(join(root, 'nginx'), [{ port: PORT, root: www }]);
@@ -96,7 +112,12 @@ interface Row {
 
 const http = new HttpClient({ connections: 4 });
 const rows: Row[] = [];
-const machine = { load: loadavg().map((x) => x.toFixed(2)).join(' '), cpus: cpus().length };
+const machine = {
+  load: loadavg()
+    .map((x) => x.toFixed(2))
+    .join(' '),
+  cpus: cpus().length,
+};
 console.error(`blockpack bench: ${new Date().toISOString()}, load ${machine.load}, ${machine.cpus} cpus`);
 
 for (const pair of pairs) {
@@ -115,8 +136,12 @@ for (const pair of pairs) {
   } else {
     console.error(`${pair}: packing ${newName} (load ${loadavg()[0].toFixed(2)})`);
     const r = await packImage(newImg, {
-      outDir: dir, trainer: values.trainer as Trainer, level: Number(values.level), dictSize: Number(values['dict-size']),
-      previous: values.previous ? [oldImg] : undefined, groupBlocks: Number(values['group-blocks']),
+      outDir: dir,
+      trainer: values.trainer as Trainer,
+      level: Number(values.level),
+      dictSize: Number(values['dict-size']),
+      previous: values.previous ? [oldImg] : undefined,
+      groupBlocks: Number(values['group-blocks']),
     });
     pack = { ...r, mbPerS: r.imageSize / 1e6 / (r.wallMs / 1000) };
     writeFileSync(meta, JSON.stringify(pack, null, 2));
@@ -136,18 +161,36 @@ for (const pair of pairs) {
   if (!probe) throw new Error(`${imageUrl}: no block index`);
   const plan = await planBlockUpdate(probe, [oldImg], { cacheDir });
   const cost = costOf(plan, { multi: true });
-  const res = await assembleBlocks(plan, out, { http, packUrl: probe.packUrl, dictUrl: probe.dictUrl, sha256: sums.get(newName) });
+  const res = await assembleBlocks(plan, out, {
+    http,
+    packUrl: probe.packUrl,
+    dictUrl: probe.dictUrl,
+    sha256: sums.get(newName),
+  });
   const wallMs = Date.now() - t0;
   await settle();
   const log = logSince(before);
   rmSync(out, { force: true });
   rows.push({
-    pair, newSize: pack.imageSize, pack, bytes: log.bytes, requests: log.requests,
-    clientBytes: probe.indexBytes + res.networkBytes, plannedBytes: cost.bytes, plannedRequests: cost.requests,
-    indexBytes: probe.indexBytes, dictBytes: probe.index.dictSize, frames: res.frames,
-    fromSeeds: res.fromSeeds, fromPack: res.fromPack, wallMs, ok: res.sha256 === sums.get(newName),
+    pair,
+    newSize: pack.imageSize,
+    pack,
+    bytes: log.bytes,
+    requests: log.requests,
+    clientBytes: probe.indexBytes + res.networkBytes,
+    plannedBytes: cost.bytes,
+    plannedRequests: cost.requests,
+    indexBytes: probe.indexBytes,
+    dictBytes: probe.index.dictSize,
+    frames: res.frames,
+    fromSeeds: res.fromSeeds,
+    fromPack: res.fromPack,
+    wallMs,
+    ok: res.sha256 === sums.get(newName),
   });
-  console.error(`${pair}: ${log.bytes} bytes in ${log.requests} requests, ${(wallMs / 1000).toFixed(1)} s, sha256 ${rows.at(-1)!.ok ? 'OK' : 'MISMATCH'}`);
+  console.error(
+    `${pair}: ${log.bytes} bytes in ${log.requests} requests, ${(wallMs / 1000).toFixed(1)} s, sha256 ${rows.at(-1)!.ok ? 'OK' : 'MISMATCH'}`,
+  );
 }
 
 // --- anchor: casync 16K on the first pair, same nginx, same run ------------------------
@@ -162,7 +205,13 @@ if (!values['no-anchor']) {
   const store = join(site, 'casync16.castr');
   if (!existsSync(join(site, 'casync16.caibx'))) {
     console.error(`${pair}: casync make (16K)`);
-    const r = await run('casync', ['--chunk-size=4096:16384:65536', 'make', `--store=${store}`, join(site, 'casync16.caibx'), newImg]);
+    const r = await run('casync', [
+      '--chunk-size=4096:16384:65536',
+      'make',
+      `--store=${store}`,
+      join(site, 'casync16.caibx'),
+      newImg,
+    ]);
     if (r.code !== 0) throw new Error(`casync make failed: ${r.stderr}`);
   }
   const out = join(root, 'out-casync.img');
@@ -170,7 +219,13 @@ if (!values['no-anchor']) {
   await settle();
   const before = logSince(0).end;
   const base = `http://127.0.0.1:${PORT}/${pair}`;
-  const r = await run('casync', ['extract', `--store=${base}/casync16.castr`, `--seed=${oldImg}`, `${base}/casync16.caibx`, out]);
+  const r = await run('casync', [
+    'extract',
+    `--store=${base}/casync16.castr`,
+    `--seed=${oldImg}`,
+    `${base}/casync16.caibx`,
+    out,
+  ]);
   await settle();
   const log = logSince(before);
   const ok = r.code === 0 && spawnSync('cmp', ['-s', out, newImg]).status === 0;
@@ -182,15 +237,34 @@ if (!values['no-anchor']) {
   const newName = `${newV}.${flavour}.erofs`;
   await settle();
   const cliBefore = logSince(0).end;
-  const cli = spawnSync(process.execPath, [join(import.meta.dirname, '..', 'daemon', 'cli.js'), 'extract', '--json', '--seed', oldImg,
-    '--range-url', `${base}/${newName}`, '--sha256', sums.get(newName)!, '--cache-dir', join(root, 'cache'), `${base}/casync16.caibx`, out], { encoding: 'utf8' });
+  const cli = spawnSync(
+    process.execPath,
+    [
+      join(import.meta.dirname, '..', 'daemon', 'cli.js'),
+      'extract',
+      '--json',
+      '--seed',
+      oldImg,
+      '--range-url',
+      `${base}/${newName}`,
+      '--sha256',
+      sums.get(newName)!,
+      '--cache-dir',
+      join(root, 'cache'),
+      `${base}/casync16.caibx`,
+      out,
+    ],
+    { encoding: 'utf8' },
+  );
   await settle();
   const cliLog = logSince(cliBefore);
   const cliOk = cli.status === 0 && spawnSync('cmp', ['-s', out, newImg]).status === 0;
   rmSync(out, { force: true });
   const mode = cli.status === 0 ? (JSON.parse(cli.stdout) as { mode: string }).mode : `failed: ${cli.stderr.trim()}`;
   viaCli = { pair, mode, bytes: cliLog.bytes, requests: cliLog.requests, ok: cliOk };
-  console.error(`deltad extract ${pair}: mode ${mode}, ${cliLog.bytes} bytes in ${cliLog.requests} requests (${cliOk ? 'OK' : 'FAILED'})`);
+  console.error(
+    `deltad extract ${pair}: mode ${mode}, ${cliLog.bytes} bytes in ${cliLog.requests} requests (${cliOk ? 'OK' : 'FAILED'})`,
+  );
 }
 await http.close();
 
@@ -199,9 +273,23 @@ const mb = (n: number): string => (n / 1e6).toFixed(1);
 const lines = [
   `| pair | new image | downloaded (nginx $bytes_sent) | requests | index + dictionary | frames fetched | from seed | client wall | pack (publisher) | pack time |`,
   `|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|`,
-  ...rows.map((r) => `| ${r.pair} | ${mb(r.newSize)} MB | **${fmt(r.bytes)}** (${mb(r.bytes)} MB) | ${r.requests} | ${fmt(r.indexBytes)} + ${fmt(r.dictBytes)} (${((100 * (r.indexBytes + r.dictBytes)) / r.bytes).toFixed(1)}%) | ${fmt(r.frames)} | ${mb(r.fromSeeds)} MB | ${(r.wallMs / 1000).toFixed(1)} s${r.ok ? '' : ' **SHA-256 MISMATCH**'} | ${mb(r.pack.packSize)} MB | ${(r.pack.wallMs / 1000).toFixed(0)} s (${r.pack.mbPerS.toFixed(1)} MB/s) |`),
+  ...rows.map(
+    (r) =>
+      `| ${r.pair} | ${mb(r.newSize)} MB | **${fmt(r.bytes)}** (${mb(r.bytes)} MB) | ${r.requests} | ${fmt(r.indexBytes)} + ${fmt(r.dictBytes)} (${((100 * (r.indexBytes + r.dictBytes)) / r.bytes).toFixed(1)}%) | ${fmt(r.frames)} | ${mb(r.fromSeeds)} MB | ${(r.wallMs / 1000).toFixed(1)} s${r.ok ? '' : ' **SHA-256 MISMATCH**'} | ${mb(r.pack.packSize)} MB | ${(r.pack.wallMs / 1000).toFixed(0)} s (${r.pack.mbPerS.toFixed(1)} MB/s) |`,
+  ),
 ];
-if (anchor) lines.push('', `Anchor, same run and nginx: casync 16K (4K:16K:64K) ${anchor.pair}: ${fmt(anchor.bytes)} bytes (${mb(anchor.bytes)} MB) in ${anchor.requests} requests, ${(anchor.ms / 1000).toFixed(1)} s${anchor.ok ? '' : ' (FAILED)'}.`);
-if (viaCli) lines.push('', `\`deltad extract --seed OLD --range-url NEW casync16.caibx\` on ${viaCli.pair}: mode ${viaCli.mode}, ${fmt(viaCli.bytes)} bytes in ${viaCli.requests} requests${viaCli.ok ? ', identical to the image' : ' (FAILED)'}.`);
+if (anchor)
+  lines.push(
+    '',
+    `Anchor, same run and nginx: casync 16K (4K:16K:64K) ${anchor.pair}: ${fmt(anchor.bytes)} bytes (${mb(anchor.bytes)} MB) in ${anchor.requests} requests, ${(anchor.ms / 1000).toFixed(1)} s${anchor.ok ? '' : ' (FAILED)'}.`,
+  );
+if (viaCli)
+  lines.push(
+    '',
+    `\`deltad extract --seed OLD --range-url NEW casync16.caibx\` on ${viaCli.pair}: mode ${viaCli.mode}, ${fmt(viaCli.bytes)} bytes in ${viaCli.requests} requests${viaCli.ok ? ', identical to the image' : ' (FAILED)'}.`,
+  );
 console.log(lines.join('\n'));
-writeFileSync(join(root, 'results.json'), JSON.stringify({ date: new Date().toISOString(), machine, options: values, rows, anchor, viaCli }, null, 2));
+writeFileSync(
+  join(root, 'results.json'),
+  JSON.stringify({ date: new Date().toISOString(), machine, options: values, rows, anchor, viaCli }, null, 2),
+);

@@ -63,8 +63,11 @@ export function pair(name: string): Pair {
 /** SHA-256 of the new image from $BENCH/img/SHA256SUMS (computed when not listed). */
 export function newSha256(p: Pair): string {
   const sums = join(BENCH, 'img', 'SHA256SUMS');
-  const line = existsSync(sums) ? readFileSync(sums,
-    'utf8').split('\n').find((l) => l.endsWith(`  ${p.newName}`)) : undefined;
+  const line = existsSync(sums)
+    ? readFileSync(sums, 'utf8')
+        .split('\n')
+        .find((l) => l.endsWith(`  ${p.newName}`))
+    : undefined;
   return line ? line.split(/\s+/)[0] : sh('sha256sum', [p.new]).split(/\s+/)[0];
 }
 
@@ -121,14 +124,31 @@ export function blockPack(p: Pair): BlockPack {
   if (!files.every((f) => existsSync(f))) {
     mkdirSync(dir, { recursive: true });
     const started = Date.now();
-    const out = sh(process.execPath, [CLI, 'pack', '--json', '--trainer', 'zstd', '--level', '19', '--dict-size',
+    const out = sh(process.execPath, [
+      CLI,
+      'pack',
+      '--json',
+      '--trainer',
+      'zstd',
+      '--level',
+      '19',
+      '--dict-size',
       '262144',
-      '--group-blocks', '64', '--previous', p.old, '-o', dir, p.new]);
+      '--group-blocks',
+      '64',
+      '--previous',
+      p.old,
+      '-o',
+      dir,
+      p.new,
+    ]);
     const r = JSON.parse(out) as { imageSize?: number; wallMs?: number };
     const wallMs = r.wallMs ?? Date.now() - started;
     const imageSize = r.imageSize ?? p.newSize;
-    writeFileSync(join(dir, 'pack.json'), JSON.stringify({ ...r, wallMs, imageSize,
-      mbPerS: imageSize / 1e6 / (wallMs / 1000) }, null, 2));
+    writeFileSync(
+      join(dir, 'pack.json'),
+      JSON.stringify({ ...r, wallMs, imageSize, mbPerS: imageSize / 1e6 / (wallMs / 1000) }, null, 2),
+    );
   }
   return { dir, files };
 }

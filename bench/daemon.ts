@@ -43,20 +43,52 @@ async function sha256File(path: string): Promise<string> {
 function startDaemon(work: string, origin: string, cacheDir: string) {
   const timeFile = join(work, 'daemon-time.txt');
   rmSync(timeFile, { force: true });
-  const child = spawn('/usr/bin/time', ['-f', '%M', '-o', timeFile, process.execPath, CLI, 'serve',
-    '--listen', `127.0.0.1:${DAEMON_PORT}`, '--origin', origin, '--seed-glob', join(work, 'system', '*.erofs'),
-    '--image-pattern', '*.erofs', '--cache-dir', cacheDir, '--idle-timeout', '1'], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(
+    '/usr/bin/time',
+    [
+      '-f',
+      '%M',
+      '-o',
+      timeFile,
+      process.execPath,
+      CLI,
+      'serve',
+      '--listen',
+      `127.0.0.1:${DAEMON_PORT}`,
+      '--origin',
+      origin,
+      '--seed-glob',
+      join(work, 'system', '*.erofs'),
+      '--image-pattern',
+      '*.erofs',
+      '--cache-dir',
+      cacheDir,
+      '--idle-timeout',
+      '1',
+    ],
+    { stdio: ['ignore', 'pipe', 'pipe'] },
+  );
   let err = '';
   child.stderr.on('data', (d) => (err += d));
   const ready = new Promise<void>((resolveReady, reject) => {
     child.stdout.on('data', (d) => String(d).includes('listening') && resolveReady());
     child.once('exit', (code) => reject(new Error(`daemon exited early (${code}): ${err}`)));
   });
-  const exited = new Promise<number>((res) => child.once('exit', () => res(Math.round(Number(readFileSync(timeFile, 'utf8').trim().split('\n').pop()) / 1024))));
+  const exited = new Promise<number>((res) =>
+    child.once('exit', () => res(Math.round(Number(readFileSync(timeFile, 'utf8').trim().split('\n').pop()) / 1024))),
+  );
   return { ready, exited, log: () => err };
 }
 
-async function measure(run: string, client: string[], nginx: Nginx, port: number, out: string | null, expected: string, daemon?: ReturnType<typeof startDaemon>): Promise<Row> {
+async function measure(
+  run: string,
+  client: string[],
+  nginx: Nginx,
+  port: number,
+  out: string | null,
+  expected: string,
+  daemon?: ReturnType<typeof startDaemon>,
+): Promise<Row> {
   const before = nginx.entries().length;
   if (out) rmSync(out, { force: true });
   const started = process.hrtime.bigint();
@@ -64,17 +96,25 @@ async function measure(run: string, client: string[], nginx: Nginx, port: number
   const wallS = Number(process.hrtime.bigint() - started) / 1e9;
   const rss = daemon ? await daemon.exited : undefined;
   spawnSync('sleep', ['0.3']);
-  const lines = nginx.entries().slice(before).filter((e) => e.port === port);
+  const lines = nginx
+    .entries()
+    .slice(before)
+    .filter((e) => e.port === port);
   const ok = r.status === 0 && (out === null || (await sha256File(out)) === expected);
-  if (!ok) process.stderr.write(`${run}: exit ${r.status}\n${r.stderr.slice(-2000)}\n${daemon?.log().slice(-2000) ?? ''}\n`);
+  if (!ok)
+    process.stderr.write(`${run}: exit ${r.status}\n${r.stderr.slice(-2000)}\n${daemon?.log().slice(-2000) ?? ''}\n`);
   const row: Row = {
-    run, ok, wallS: Number(wallS.toFixed(2)),
+    run,
+    ok,
+    wallS: Number(wallS.toFixed(2)),
     originBytes: lines.reduce((n, e) => n + e.bodyBytes, 0),
     originRequests: lines.length,
     daemonRssMiB: rss,
   };
   if (out === null) row.ttfbS = Number(Number(r.stdout.trim()).toFixed(3));
-  process.stderr.write(`[${new Date().toISOString().slice(11, 19)} load ${loadavg()[0].toFixed(1)}] ${JSON.stringify(row)}\n`);
+  process.stderr.write(
+    `[${new Date().toISOString().slice(11, 19)} load ${loadavg()[0].toFixed(1)}] ${JSON.stringify(row)}\n`,
+  );
   if (out) rmSync(out, { force: true });
   return row;
 }
@@ -106,24 +146,50 @@ async function main(): Promise<void> {
       await d.ready;
       return measure(run, client(`http://127.0.0.1:${DAEMON_PORT}/os_2.erofs`), nginx, port, target, expected, d);
     };
-    rows.push(await measure('full download (systemd-pull from nginx)', pull(`http://127.0.0.1:${PORT_FULL}/os_2.erofs`), nginx, PORT_FULL, out, expected));
+    rows.push(
+      await measure(
+        'full download (systemd-pull from nginx)',
+        pull(`http://127.0.0.1:${PORT_FULL}/os_2.erofs`),
+        nginx,
+        PORT_FULL,
+        out,
+        expected,
+      ),
+    );
     rmSync(cacheDir, { recursive: true, force: true });
     rows.push(await viaDaemon('deltad, cold (first request chunks the seed)', PORT_FULL, pull, out));
     // The cold run adopted nothing (os_2 is not installed), but the seed index is cached now.
     rows.push(await viaDaemon('deltad, warm seed index', PORT_FULL, pull, out));
     rows.push(await viaDaemon('deltad, warm: time to first byte (curl)', PORT_FULL, ttfb, null));
-    rows.push(await measure('full download, 100 Mbit/s', pull(`http://127.0.0.1:${PORT_SHAPED}/os_2.erofs`), nginx, PORT_SHAPED, out, expected));
+    rows.push(
+      await measure(
+        'full download, 100 Mbit/s',
+        pull(`http://127.0.0.1:${PORT_SHAPED}/os_2.erofs`),
+        nginx,
+        PORT_SHAPED,
+        out,
+        expected,
+      ),
+    );
     rows.push(await viaDaemon('deltad, warm, 100 Mbit/s', PORT_SHAPED, pull, out));
     rows.push(await viaDaemon('deltad, warm, 100 Mbit/s: time to first byte (curl)', PORT_SHAPED, ttfb, null));
   } finally {
     nginx.stop();
   }
   writeFileSync(join(work, 'results.json'), JSON.stringify({ pair, size, load, rows }, null, 2));
-  console.log(`\n### ${pair}: ${newName} (${size.toLocaleString('en')} bytes), seed ${oldName} (load before ${load.map((l) => l.toFixed(1)).join(' ')}, after ${loadavg().map((l) => l.toFixed(1)).join(' ')})\n`);
-  console.log('| run | ok | origin bytes | origin requests | client wall s | daemon peak RSS MiB | time to first byte s |');
+  console.log(
+    `\n### ${pair}: ${newName} (${size.toLocaleString('en')} bytes), seed ${oldName} (load before ${load.map((l) => l.toFixed(1)).join(' ')}, after ${loadavg()
+      .map((l) => l.toFixed(1))
+      .join(' ')})\n`,
+  );
+  console.log(
+    '| run | ok | origin bytes | origin requests | client wall s | daemon peak RSS MiB | time to first byte s |',
+  );
   console.log('|---|---|---:|---:|---:|---:|---:|');
   for (const r of rows) {
-    console.log(`| ${r.run} | ${r.ok ? 'yes' : 'NO'} | ${r.originBytes.toLocaleString('en')} | ${r.originRequests} | ${r.ttfbS === undefined ? r.wallS : '-'} | ${r.daemonRssMiB ?? '-'} | ${r.ttfbS ?? '-'} |`);
+    console.log(
+      `| ${r.run} | ${r.ok ? 'yes' : 'NO'} | ${r.originBytes.toLocaleString('en')} | ${r.originRequests} | ${r.ttfbS === undefined ? r.wallS : '-'} | ${r.daemonRssMiB ?? '-'} | ${r.ttfbS ?? '-'} |`,
+    );
   }
 }
 

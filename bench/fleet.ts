@@ -17,7 +17,9 @@ import { openProxyStore } from '../lib/fleet/batch-store.js';
 import { startOrigin } from '../test/helpers/origin.js';
 import { makeReleases, type Release } from '../test/helpers/fleet.js';
 
-const { values } = parseArgs({ options: { 'size-mib': { type: 'string', default: '32' }, clients: { type: 'string', default: '1,5,20' } } });
+const { values } = parseArgs({
+  options: { 'size-mib': { type: 'string', default: '32' }, clients: { type: 'string', default: '1,5,20' } },
+});
 const sizeMiB = Number(values['size-mib']);
 const counts = String(values.clients).split(',').map(Number);
 
@@ -29,12 +31,28 @@ interface Row {
   wallMs: number;
 }
 
-async function runOnce(root: string, work: string, v1: Release, v2: Release, clients: number, via: Row['via']): Promise<Row> {
+async function runOnce(
+  root: string,
+  work: string,
+  v1: Release,
+  v2: Release,
+  clients: number,
+  via: Row['via'],
+): Promise<Row> {
   const origin = await startOrigin({ root });
   const upstream = origin.url.endsWith('/') ? origin.url : origin.url + '/';
-  const proxy = via === 'proxy'
-    ? await createProxy({ upstream, cacheDir: join(work, 'proxy-cache'), cacheMaxBytes: 4 * 2 ** 30, allow: DEFAULT_ALLOW, maxPerClient: 256, imagePatterns: ['*.img'], indexSuffix: '.caibx' })
-    : undefined;
+  const proxy =
+    via === 'proxy'
+      ? await createProxy({
+          upstream,
+          cacheDir: join(work, 'proxy-cache'),
+          cacheMaxBytes: 4 * 2 ** 30,
+          allow: DEFAULT_ALLOW,
+          maxPerClient: 256,
+          imagePatterns: ['*.img'],
+          indexSuffix: '.caibx',
+        })
+      : undefined;
   let base = upstream;
   if (proxy) {
     await proxy.app.listen({ host: '127.0.0.1', port: 0 });
@@ -83,16 +101,26 @@ try {
       missingBytes += v2.index.chunkSize(i);
     }
   }
-  console.log(`image ${sizeMiB} MiB, ${v2.index.count} chunks; v2 needs ${missing.size} chunks (${(missingBytes / 2 ** 20).toFixed(2)} MiB) not in v1; load before: ${loadavg().map((l) => l.toFixed(2)).join(' ')}`);
+  console.log(
+    `image ${sizeMiB} MiB, ${v2.index.count} chunks; v2 needs ${missing.size} chunks (${(missingBytes / 2 ** 20).toFixed(2)} MiB) not in v1; load before: ${loadavg()
+      .map((l) => l.toFixed(2))
+      .join(' ')}`,
+  );
   console.log('| clients | via | upstream MiB | upstream requests | wall s |');
   console.log('|---:|---|---:|---:|---:|');
   for (const n of counts) {
     for (const via of ['direct', 'proxy'] as const) {
       const r = await runOnce(root, work, v1, v2, n, via);
-      console.log(`| ${r.clients} | ${r.via} | ${(r.upstreamBytes / 2 ** 20).toFixed(2)} | ${r.upstreamRequests} | ${(r.wallMs / 1000).toFixed(2)} |`);
+      console.log(
+        `| ${r.clients} | ${r.via} | ${(r.upstreamBytes / 2 ** 20).toFixed(2)} | ${r.upstreamRequests} | ${(r.wallMs / 1000).toFixed(2)} |`,
+      );
     }
   }
-  console.log(`load after: ${loadavg().map((l) => l.toFixed(2)).join(' ')}`);
+  console.log(
+    `load after: ${loadavg()
+      .map((l) => l.toFixed(2))
+      .join(' ')}`,
+  );
 } finally {
   await rm(work, { recursive: true, force: true });
 }

@@ -12,8 +12,18 @@
 //   BENCH=/var/tmp/deltad-bench; writes $BENCH/img/big.v{1,2}.bin, their lines in
 //   $BENCH/img/SHA256SUMS and $BENCH/manifests/big-segments.txt.
 import { createHash } from 'node:crypto';
-import { closeSync, existsSync, mkdirSync, openSync, readFileSync, readSync, renameSync, statSync, writeFileSync,
-  writeSync } from 'node:fs';
+import {
+  closeSync,
+  existsSync,
+  mkdirSync,
+  openSync,
+  readFileSync,
+  readSync,
+  renameSync,
+  statSync,
+  writeFileSync,
+  writeSync,
+} from 'node:fs';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { BENCH } from './corpus.js';
@@ -65,7 +75,7 @@ function appendXored(fd: number, src: string, key: number, hash: ReturnType<type
       }
       const chunk = buf.subarray(0, n);
       hash.update(chunk);
-      for (let off = 0; off < n;) off += writeSync(fd, chunk, off, n - off);
+      for (let off = 0; off < n; ) off += writeSync(fd, chunk, off, n - off);
       total += n;
     }
   } finally {
@@ -76,11 +86,15 @@ function appendXored(fd: number, src: string, key: number, hash: ReturnType<type
 
 function main(): void {
   for (const [a, b] of TRANSITIONS) {
-    for (const f of [a, b]) if (!existsSync(join(img,
-      f))) throw new Error(`${join(img, f)} missing: build the corpus first`);
+    for (const f of [a, b])
+      if (!existsSync(join(img, f))) throw new Error(`${join(img, f)} missing: build the corpus first`);
   }
-  const outs = ['big.v1.bin', 'big.v2.bin'].map((n) => ({ name: n, tmp: join(img, `.${n}.tmp`),
-    hash: createHash('sha256'), size: 0 }));
+  const outs = ['big.v1.bin', 'big.v2.bin'].map((n) => ({
+    name: n,
+    tmp: join(img, `.${n}.tmp`),
+    hash: createHash('sha256'),
+    size: 0,
+  }));
   const fds = outs.map((o) => openSync(o.tmp, 'w'));
   const manifest: string[] = [];
   try {
@@ -90,24 +104,30 @@ function main(): void {
       const at = [outs[0].size, outs[1].size];
       outs[0].size += appendXored(fds[0], join(img, oldName), key, outs[0].hash);
       outs[1].size += appendXored(fds[1], join(img, newName), key, outs[1].hash);
-      manifest.push(`segment ${k}: key 0x${key.toString(16).padStart(2,
-        '0')}, v1 @${at[0]} ${oldName}, v2 @${at[1]} ${newName}`);
+      manifest.push(
+        `segment ${k}: key 0x${key.toString(16).padStart(2, '0')}, v1 @${at[0]} ${oldName}, v2 @${at[1]} ${newName}`,
+      );
       process.stderr.write(`${manifest.at(-1)}\n`);
     }
   } finally {
-    fds.forEach((fd) => closeSync(fd));
+    for (const fd of fds) closeSync(fd);
   }
   for (const o of outs) {
     if (statSync(o.tmp).size !== o.size) throw new Error(`${o.tmp}: size mismatch`);
     renameSync(o.tmp, join(img, o.name));
   }
   const sumsPath = join(img, 'SHA256SUMS');
-  const kept = existsSync(sumsPath) ? readFileSync(sumsPath,
-    'utf8').split('\n').filter((l) => l && !outs.some((o) => l.endsWith(`  ${o.name}`))) : [];
+  const kept = existsSync(sumsPath)
+    ? readFileSync(sumsPath, 'utf8')
+        .split('\n')
+        .filter((l) => l && !outs.some((o) => l.endsWith(`  ${o.name}`)))
+    : [];
   writeFileSync(sumsPath, [...kept, ...outs.map((o) => `${o.hash.digest('hex')}  ${o.name}`)].join('\n') + '\n');
   mkdirSync(join(BENCH, 'manifests'), { recursive: true });
-  writeFileSync(join(BENCH, 'manifests', 'big-segments.txt'), [...manifest,
-    ...outs.map((o) => `${o.name} ${o.size}`)].join('\n') + '\n');
+  writeFileSync(
+    join(BENCH, 'manifests', 'big-segments.txt'),
+    [...manifest, ...outs.map((o) => `${o.name} ${o.size}`)].join('\n') + '\n',
+  );
   for (const o of outs) console.log(`${join(img, o.name)}: ${o.size} bytes`);
 }
 

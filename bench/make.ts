@@ -6,7 +6,18 @@
 // how much CPU other processes used meanwhile (the machine is shared).
 import { spawnSync } from 'node:child_process';
 import { createCipheriv, createHash } from 'node:crypto';
-import { closeSync, existsSync, mkdtempSync, openSync, readFileSync, readSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs';
+import {
+  closeSync,
+  existsSync,
+  mkdtempSync,
+  openSync,
+  readFileSync,
+  readSync,
+  rmSync,
+  statSync,
+  writeFileSync,
+  writeSync,
+} from 'node:fs';
 import { cpus, loadavg, tmpdir } from 'node:os';
 import { basename, dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -28,11 +39,16 @@ function parseSize(s: string): number {
 
 /** Writes `size` bytes of AES-256-CTR keystream from a fixed key: fast and reproducible. */
 function generate(path: string, size: number): void {
-  const cipher = createCipheriv('aes-256-ctr', createHash('sha256').update('deltad bench/make').digest(), Buffer.alloc(16));
+  const cipher = createCipheriv(
+    'aes-256-ctr',
+    createHash('sha256').update('deltad bench/make').digest(),
+    Buffer.alloc(16),
+  );
   const zeros = Buffer.alloc(16 * 1024 * 1024);
   const fd = openSync(path, 'w');
   try {
-    for (let done = 0; done < size; done += zeros.length) writeSync(fd, cipher.update(zeros.subarray(0, Math.min(zeros.length, size - done))));
+    for (let done = 0; done < size; done += zeros.length)
+      writeSync(fd, cipher.update(zeros.subarray(0, Math.min(zeros.length, size - done))));
   } finally {
     closeSync(fd);
   }
@@ -68,10 +84,21 @@ interface Measurement {
 function measure(name: string, argv: string[], index: string | undefined, cwd: string): Measurement {
   const timeFile = join(cwd, 'time.txt');
   const busy0 = machineBusySeconds();
-  const r = spawnSync('/usr/bin/time', ['-f', '%e %M %U %S', '-o', timeFile, ...argv], { cwd, encoding: 'utf8', maxBuffer: 1 << 26 });
+  const r = spawnSync('/usr/bin/time', ['-f', '%e %M %U %S', '-o', timeFile, ...argv], {
+    cwd,
+    encoding: 'utf8',
+    maxBuffer: 1 << 26,
+  });
   const busy1 = machineBusySeconds();
   const [wall, rssKiB, user, sys] = readFileSync(timeFile, 'utf8').trim().split('\n').pop()!.split(' ').map(Number);
-  const m: Measurement = { name, wall, rssKiB, cpu: user + sys, otherCores: Math.max(0, (busy1 - busy0 - user - sys) / wall), index };
+  const m: Measurement = {
+    name,
+    wall,
+    rssKiB,
+    cpu: user + sys,
+    otherCores: Math.max(0, (busy1 - busy0 - user - sys) / wall),
+    index,
+  };
   if (r.status !== 0) m.error = `exit ${r.status}: ${(r.stderr || r.stdout).trim().split('\n').slice(-2).join(' / ')}`;
   return m;
 }
@@ -121,7 +148,8 @@ async function main(): Promise<void> {
 
   const store = join(dir, 'casync.castr');
   const deltadStore = join(dir, 'deltad.castr');
-  const cliHasMake = existsSync(CLI) && / make\s/.test(spawnSync(process.execPath, [CLI, '--help'], { encoding: 'utf8' }).stdout);
+  const cliHasMake =
+    existsSync(CLI) && / make\s/.test(spawnSync(process.execPath, [CLI, '--help'], { encoding: 'utf8' }).stdout);
   const plans: Plan[] = [
     {
       name: 'casync make, new store (chunk + SHA-512/256 + zstd + write chunks)',
@@ -161,7 +189,16 @@ async function main(): Promise<void> {
         name: 'deltad make --store (CLI, new store)',
         mode: 'store',
         before: () => rmSync(deltadStore, { recursive: true, force: true }),
-        argv: [process.execPath, CLI, 'make', `--chunk-size=${CHUNK_SIZE_ARG}`, '--store', deltadStore, 'cli-store.caibx', input],
+        argv: [
+          process.execPath,
+          CLI,
+          'make',
+          `--chunk-size=${CHUNK_SIZE_ARG}`,
+          '--store',
+          deltadStore,
+          'cli-store.caibx',
+          input,
+        ],
         index: 'cli-store.caibx',
       },
     );
@@ -176,7 +213,9 @@ async function main(): Promise<void> {
     plans.forEach((p, i) => {
       p.before?.();
       const m = measure(p.name, p.argv, join(dir, p.index), dir);
-      console.error(`${p.name}: ${m.wall} s, ${(m.rssKiB / 1024).toFixed(0)} MiB, others ${m.otherCores.toFixed(2)} cores${m.error ? ` FAILED ${m.error}` : ''}`);
+      console.error(
+        `${p.name}: ${m.wall} s, ${(m.rssKiB / 1024).toFixed(0)} MiB, others ${m.otherCores.toFixed(2)} cores${m.error ? ` FAILED ${m.error}` : ''}`,
+      );
       results[i].push(m);
     });
   }
@@ -190,7 +229,9 @@ async function main(): Promise<void> {
     `Input: ${what}, chunk sizes ${CHUNK_SIZE_ARG}, SHA-512/256; ` +
       `${cpus().length} CPUs (${cpus()[0].model}); Node ${process.version}; ${runs} round(s); load average (1/5/15 min) before: ${fmtLoad(loadBefore)}, after: ${fmtLoad(loadavg())}\n`,
   );
-  console.log('| what | best wall s | median wall s | MB/s (best) | vs casync, same mode | peak RSS MiB (max) | CPU s (best run) | others\' load in best run (cores) | index = casync |');
+  console.log(
+    "| what | best wall s | median wall s | MB/s (best) | vs casync, same mode | peak RSS MiB (max) | CPU s (best run) | others' load in best run (cores) | index = casync |",
+  );
   console.log('|---|---|---|---|---|---|---|---|---|');
   results.forEach((ms, i) => {
     const m = best[i];
@@ -227,10 +268,16 @@ function componentSpeeds(input: string): string {
   };
   const chunk = mbs(() => chunkEnds(data, PARAMS));
   const sha512 = mbs(() => {
-    for (let off = 0; off < data.length; off += PARAMS.avg) createHash('sha512-256').update(data.subarray(off, off + PARAMS.avg)).digest();
+    for (let off = 0; off < data.length; off += PARAMS.avg)
+      createHash('sha512-256')
+        .update(data.subarray(off, off + PARAMS.avg))
+        .digest();
   });
   const sha256 = mbs(() => {
-    for (let off = 0; off < data.length; off += PARAMS.avg) createHash('sha256').update(data.subarray(off, off + PARAMS.avg)).digest();
+    for (let off = 0; off < data.length; off += PARAMS.avg)
+      createHash('sha256')
+        .update(data.subarray(off, off + PARAMS.avg))
+        .digest();
   });
   return `One core, in memory, ${data.length >> 20} MiB (same load): chunker (WASM) ${chunk} MB/s, SHA-512/256 ${sha512} MB/s, SHA-256 ${sha256} MB/s (64 KiB pieces, node:crypto).`;
 }

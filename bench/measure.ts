@@ -27,8 +27,8 @@ export function sampleProc(pid: number): ProcSample | null {
   try {
     const status = readFileSync(`/proc/${pid}/status`, 'utf8');
     const io = readFileSync(`/proc/${pid}/io`, 'utf8');
-    const field = (text: string, name: string): number => Number(new RegExp(`^${name}:\\s*(\\d+)`,
-      'm').exec(text)?.[1] ?? NaN);
+    const field = (text: string, name: string): number =>
+      Number(new RegExp(`^${name}:\\s*(\\d+)`, 'm').exec(text)?.[1] ?? NaN);
     return {
       vmHwmKiB: field(status, 'VmHWM'),
       vmRssKiB: field(status, 'VmRSS'),
@@ -66,12 +66,21 @@ let serial = 0;
  * Starts `cmd` under GNU time in its own process group. `timeoutS` stops the
  * command (SIGTERM, then SIGKILL to the group after 3 s). `onStdout` sees output as it comes.
  */
-export function startMeasured(cmd: string[], opts: {
-  env?: NodeJS.ProcessEnv; timeoutS?: number; onStdout?: (chunk: string) => void; cwd?: string;
-} = {}): MeasuredProcess {
+export function startMeasured(
+  cmd: string[],
+  opts: {
+    env?: NodeJS.ProcessEnv;
+    timeoutS?: number;
+    onStdout?: (chunk: string) => void;
+    cwd?: string;
+  } = {},
+): MeasuredProcess {
   const timeFile = join(tmpdir(), `deltad-bench-time-${process.pid}-${++serial}.txt`);
   const child = spawn('/usr/bin/time', ['-f', '%e %M %O', '-o', timeFile, ...cmd], {
-    env: opts.env ?? process.env, cwd: opts.cwd, detached: true, stdio: ['ignore', 'pipe', 'pipe'],
+    env: opts.env ?? process.env,
+    cwd: opts.cwd,
+    detached: true,
+    stdio: ['ignore', 'pipe', 'pipe'],
   });
   let stdout = '';
   let stderr = '';
@@ -109,11 +118,11 @@ export function startMeasured(cmd: string[], opts: {
   };
   const timer = opts.timeoutS
     ? setTimeout(() => {
-      timedOut = true;
-      signalInner('SIGTERM');
-      setTimeout(() => signalInner('SIGKILL'), 3000).unref();
-      setTimeout(() => killGroup('SIGKILL'), 10_000).unref();
-    }, opts.timeoutS * 1000)
+        timedOut = true;
+        signalInner('SIGTERM');
+        setTimeout(() => signalInner('SIGKILL'), 3000).unref();
+        setTimeout(() => killGroup('SIGKILL'), 10_000).unref();
+      }, opts.timeoutS * 1000)
     : undefined;
   const started = performance.now();
   const done = new Promise<Measured>((resolve, reject) => {

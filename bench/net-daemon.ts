@@ -55,10 +55,13 @@ interface LinkSpec {
 
 function parseLink(s: string): LinkSpec {
   const [rate, rtt, proto] = s.split(':');
-  if (!rate || rtt === undefined || (proto !== 'h1'
-    && proto !== 'h2')) throw new Error(`link "${s}": expected RATE:RTT_MS:h1|h2`);
-  return { label: `${rate} ${rtt} ms ${proto === 'h1' ? 'http/1.1' : 'https+h2'}`,
-    shape: { rateBitsPerS: parseRate(rate), rttMs: Number(rtt) }, tls: proto === 'h2' };
+  if (!rate || rtt === undefined || (proto !== 'h1' && proto !== 'h2'))
+    throw new Error(`link "${s}": expected RATE:RTT_MS:h1|h2`);
+  return {
+    label: `${rate} ${rtt} ms ${proto === 'h1' ? 'http/1.1' : 'https+h2'}`,
+    shape: { rateBitsPerS: parseRate(rate), rttMs: Number(rtt) },
+    tls: proto === 'h2',
+  };
 }
 
 /**
@@ -103,10 +106,11 @@ async function startTap(toPort: number): Promise<Tap> {
   return {
     port: (server.address() as net.AddressInfo).port,
     firstBodyAt: () => first,
-    close: () => new Promise<void>((r) => {
-      for (const s of sockets) s.destroy();
-      server.close(() => r());
-    }),
+    close: () =>
+      new Promise<void>((r) => {
+        for (const s of sockets) s.destroy();
+        server.close(() => r());
+      }),
   };
 }
 
@@ -125,14 +129,40 @@ function startDaemon(site: DaemonSite, origin: string, cacheDir: string, ca: Tes
   const env = { ...process.env, ...(ca && !caArgs.length ? { NODE_EXTRA_CA_CERTS: ca.caCert } : {}) };
   let resolveReady = (): void => {};
   const ready = new Promise<void>((r) => (resolveReady = r));
-  const proc = startMeasured(['nice', '-n', '5', process.execPath, CLI, 'serve', '--listen', `127.0.0.1:${DAEMON_PORT}`,
-    '--origin', origin,
-    '--seed-glob', join(site.system, '*.erofs'), '--image-pattern', '*.erofs', '--cache-dir', cacheDir,
-      '--idle-timeout', '2', ...caArgs,
-    ...values['daemon-args']!.split(' ').filter(Boolean)],
-  { env, timeoutS: MAX_RUN_S + 60, onStdout: (d) => d.includes('listening') && resolveReady() });
-  return { proc, ready: Promise.race([ready,
-    proc.done.then((m) => { throw new Error(`daemon exited early (${m.code}): ${m.stderr.slice(-1500)}`); })]) };
+  const proc = startMeasured(
+    [
+      'nice',
+      '-n',
+      '5',
+      process.execPath,
+      CLI,
+      'serve',
+      '--listen',
+      `127.0.0.1:${DAEMON_PORT}`,
+      '--origin',
+      origin,
+      '--seed-glob',
+      join(site.system, '*.erofs'),
+      '--image-pattern',
+      '*.erofs',
+      '--cache-dir',
+      cacheDir,
+      '--idle-timeout',
+      '2',
+      ...caArgs,
+      ...values['daemon-args']!.split(' ').filter(Boolean),
+    ],
+    { env, timeoutS: MAX_RUN_S + 60, onStdout: (d) => d.includes('listening') && resolveReady() },
+  );
+  return {
+    proc,
+    ready: Promise.race([
+      ready,
+      proc.done.then((m) => {
+        throw new Error(`daemon exited early (${m.code}): ${m.stderr.slice(-1500)}`);
+      }),
+    ]),
+  };
 }
 
 interface PullRow {
@@ -163,38 +193,73 @@ function originSummary(entries: AccessEntry[]) {
     connections: new Set(entries.map((e) => e.connection)).size,
     protocols: [...new Set(entries.map((e) => e.protocol))].join(' '),
     // The daemon probes with a 1-byte range; a full fetch of the image is an unranged 200 with a large body.
-    fellBack: entries.some((e) => e.uri.endsWith('/os_2.erofs') && e.status === 200 && (e.range === '-' || e.range === '')
-      && e.bodyBytes > 1 << 20),
+    fellBack: entries.some(
+      (e) =>
+        e.uri.endsWith('/os_2.erofs') &&
+        e.status === 200 &&
+        (e.range === '-' || e.range === '') &&
+        e.bodyBytes > 1 << 20,
+    ),
   };
 }
 
-async function fullDownload(spec: LinkSpec, site: DaemonSite, p: Pair, base: string, ca: TestCa | null, nginx: Nginx,
+async function fullDownload(
+  spec: LinkSpec,
+  site: DaemonSite,
+  p: Pair,
+  base: string,
+  ca: TestCa | null,
+  nginx: Nginx,
   port: number,
-  linkDown: () => number): Promise<PullRow> {
+  linkDown: () => number,
+): Promise<PullRow> {
   const downBefore = linkDown();
   const out = join(site.work, 'out.erofs');
   rmSync(out, { force: true });
   const before = nginx.entries().length;
   const pull = [PULL!, 'raw', '--direct', `--verify=${site.sha256}`, '--sync=no', `${base}/os_2.erofs`, out];
-  const m = await runMeasured(['nice', '-n', '5', ...(ca ? withCaBundle(ca.bundle, pull) : pull)],
-    { timeoutS: Number(values['full-max-s']) });
+  const m = await runMeasured(['nice', '-n', '5', ...(ca ? withCaBundle(ca.bundle, pull) : pull)], {
+    timeoutS: Number(values['full-max-s']),
+  });
   await settle();
-  const o = originSummary(nginx.entries().slice(before).filter((e) => e.port === port));
+  const o = originSummary(
+    nginx
+      .entries()
+      .slice(before)
+      .filter((e) => e.port === port),
+  );
   const ok = !m.timedOut && m.code === 0;
   // What passed the link, not what nginx handed to its socket (buffers hold megabytes more).
   const perS = (linkDown() - downBefore) / m.wallS;
   const note = m.timedOut
     ? `stopped at ${values['full-max-s']} s; at that rate the whole image takes ${(p.newSize / perS).toFixed(0)} s`
-    : ok ? '' : `FAILED (exit ${m.code}): ${m.stderr.trim().slice(-300)}`;
+    : ok
+      ? ''
+      : `FAILED (exit ${m.code}): ${m.stderr.trim().slice(-300)}`;
   rmSync(out, { force: true });
   const { fellBack: _unused, ...rest } = o;
   void _unused;
-  return { link: spec.label, run: 'full download (systemd-pull from the origin)', ok, wallS: Number(m.wallS.toFixed(2)),
-    ...rest, clientWriteBytes: m.writeBytes, note };
+  return {
+    link: spec.label,
+    run: 'full download (systemd-pull from the origin)',
+    ok,
+    wallS: Number(m.wallS.toFixed(2)),
+    ...rest,
+    clientWriteBytes: m.writeBytes,
+    note,
+  };
 }
 
-async function viaDaemon(spec: LinkSpec, site: DaemonSite, base: string, ca: TestCa | null, nginx: Nginx, port: number,
-  cacheDir: string, packed = false): Promise<PullRow> {
+async function viaDaemon(
+  spec: LinkSpec,
+  site: DaemonSite,
+  base: string,
+  ca: TestCa | null,
+  nginx: Nginx,
+  port: number,
+  cacheDir: string,
+  packed = false,
+): Promise<PullRow> {
   const out = join(site.work, 'out.erofs');
   rmSync(out, { force: true });
   const d = startDaemon(site, `${base}/${packed ? 'packed/' : ''}`, cacheDir, ca);
@@ -202,32 +267,55 @@ async function viaDaemon(spec: LinkSpec, site: DaemonSite, base: string, ca: Tes
   const tap = await startTap(DAEMON_PORT);
   const before = nginx.entries().length;
   const t0 = performance.now();
-  const m = await runMeasured(['nice', '-n', '5', PULL!, 'raw', '--direct', `--verify=${site.sha256}`, '--sync=no',
-    `http://127.0.0.1:${tap.port}/os_2.erofs`, out], { timeoutS: MAX_RUN_S });
+  const m = await runMeasured(
+    [
+      'nice',
+      '-n',
+      '5',
+      PULL!,
+      'raw',
+      '--direct',
+      `--verify=${site.sha256}`,
+      '--sync=no',
+      `http://127.0.0.1:${tap.port}/os_2.erofs`,
+      out,
+    ],
+    { timeoutS: MAX_RUN_S },
+  );
   const first = tap.firstBodyAt();
   await tap.close();
   const live = d.proc.sample();
   const dm = await d.proc.done;
   await settle();
-  const o = originSummary(nginx.entries().slice(before).filter((e) => e.port === port));
+  const o = originSummary(
+    nginx
+      .entries()
+      .slice(before)
+      .filter((e) => e.port === port),
+  );
   const ok = !m.timedOut && m.code === 0 && spawnSync('cmp', ['-s', out, site.image]).status === 0;
   rmSync(out, { force: true });
   const targetS = spec.shape.rateBitsPerS ? (1.15 * o.originBytes * 8) / spec.shape.rateBitsPerS + 2 : undefined;
   const wallS = Number(m.wallS.toFixed(2));
-  let note = targetS === undefined ? '' : wallS <= targetS ? 'within target'
-    : `${(wallS / targetS).toFixed(2)} × target`;
+  let note =
+    targetS === undefined ? '' : wallS <= targetS ? 'within target' : `${(wallS / targetS).toFixed(2)} × target`;
   if (m.timedOut) note = `stopped at ${MAX_RUN_S} s`;
   else if (!ok) note = `FAILED (exit ${m.code}): ${m.stderr.trim().slice(-200)} ${dm.stderr.trim().slice(-300)}`;
   if (live && Math.abs(live.vmHwmKiB / 1024 - dm.peakRssMiB) > 1) {
     note += ` (VmHWM right after the client: ${Math.round(live.vmHwmKiB / 1024)} MiB)`;
   }
   return {
-    link: spec.label, run: `delta through deltad serve (systemd-pull)${packed ? ', block pack at the origin' : ''}`, ok,
+    link: spec.label,
+    run: `delta through deltad serve (systemd-pull)${packed ? ', block pack at the origin' : ''}`,
+    ok,
     wallS,
-      targetS: targetS && Number(targetS.toFixed(1)),
-    ttfbS: first === undefined ? undefined : Number(((first - t0) / 1000).toFixed(3)), ...o,
-      clientWriteBytes: m.writeBytes,
-    daemonRssMiB: Math.round(dm.peakRssMiB), daemonWriteBytes: dm.writeBytes, note,
+    targetS: targetS && Number(targetS.toFixed(1)),
+    ttfbS: first === undefined ? undefined : Number(((first - t0) / 1000).toFixed(3)),
+    ...o,
+    clientWriteBytes: m.writeBytes,
+    daemonRssMiB: Math.round(dm.peakRssMiB),
+    daemonWriteBytes: dm.writeBytes,
+    note,
   };
 }
 
@@ -251,43 +339,89 @@ interface ManyRow {
 /** What the clients that did not get the image got, and what the daemon said about it. */
 function badAnswers(parsed: number[][], good: number[][], daemonLog: string): string {
   const answers = [...new Set(parsed.filter((x) => !good.includes(x)).map((x) => `${x[0]}/${x[1]}`))].slice(0, 5);
-  const said = [...new Set(daemonLog.split('\n').filter((l) => /warn|error|fall|pass/i.test(l))
-    .map((l) => l.replace(/^\S+\s+/, '')))];
+  const said = [
+    ...new Set(
+      daemonLog
+        .split('\n')
+        .filter((l) => /warn|error|fall|pass/i.test(l))
+        .map((l) => l.replace(/^\S+\s+/, '')),
+    ),
+  ];
   return `bad answers (status/bytes): ${answers.join(', ')}; daemon: ${said.slice(0, 3).join(' / ').slice(0, 400)}`;
 }
 
 /** N curl clients of the same image at once through one daemon. */
-async function manyClients(spec: LinkSpec, n: number, site: DaemonSite, p: Pair, base: string, ca: TestCa | null,
-  nginx: Nginx, port: number,
-  cacheDir: string): Promise<ManyRow> {
+async function manyClients(
+  spec: LinkSpec,
+  n: number,
+  site: DaemonSite,
+  p: Pair,
+  base: string,
+  ca: TestCa | null,
+  nginx: Nginx,
+  port: number,
+  cacheDir: string,
+): Promise<ManyRow> {
   const d = startDaemon(site, `${base}/`, cacheDir, ca);
   await d.ready;
   const before = nginx.entries().length;
   const t0 = performance.now();
-  const results = await Promise.all(Array.from({ length: n }, () => new Promise<string>((resolve) => {
-    const c = spawn('nice', ['-n', '5', 'curl', '-sS', '-o', '/dev/null', '--max-time', String(MAX_RUN_S),
-      '-w', '%{http_code} %{size_download} %{time_starttransfer} %{time_total}',
-        `http://127.0.0.1:${DAEMON_PORT}/os_2.erofs`],
-    { stdio: ['ignore', 'pipe', 'ignore'] });
-    let outText = '';
-    c.stdout.on('data', (x) => (outText += x));
-    c.on('close', () => resolve(outText.trim()));
-  })));
+  const results = await Promise.all(
+    Array.from(
+      { length: n },
+      () =>
+        new Promise<string>((resolve) => {
+          const c = spawn(
+            'nice',
+            [
+              '-n',
+              '5',
+              'curl',
+              '-sS',
+              '-o',
+              '/dev/null',
+              '--max-time',
+              String(MAX_RUN_S),
+              '-w',
+              '%{http_code} %{size_download} %{time_starttransfer} %{time_total}',
+              `http://127.0.0.1:${DAEMON_PORT}/os_2.erofs`,
+            ],
+            { stdio: ['ignore', 'pipe', 'ignore'] },
+          );
+          let outText = '';
+          c.stdout.on('data', (x) => (outText += x));
+          c.on('close', () => resolve(outText.trim()));
+        }),
+    ),
+  );
   const wallS = (performance.now() - t0) / 1000;
   const dm = await d.proc.done;
   await settle();
-  const o = originSummary(nginx.entries().slice(before).filter((e) => e.port === port));
+  const o = originSummary(
+    nginx
+      .entries()
+      .slice(before)
+      .filter((e) => e.port === port),
+  );
   const parsed = results.map((r) => r.split(' ').map(Number));
   const good = parsed.filter(([code, size]) => code === 200 && size === p.newSize);
   const med = (xs: number[]): number => [...xs].sort((a, b) => a - b)[xs.length >> 1] ?? NaN;
   const ttfb = parsed.map((x) => x[2]);
   const total = parsed.map((x) => x[3]);
   return {
-    link: spec.label, clients: n, ok: good.length, wallS: Number(wallS.toFixed(1)),
-    ttfbMedianS: Number(med(ttfb).toFixed(2)), ttfbMaxS: Number(Math.max(...ttfb).toFixed(2)),
-    totalMedianS: Number(med(total).toFixed(1)), totalMaxS: Number(Math.max(...total).toFixed(1)),
-    originBytes: o.originBytes, requests: o.requests, fellBack: o.fellBack,
-    daemonRssMiB: Math.round(dm.peakRssMiB), daemonWriteBytes: dm.writeBytes,
+    link: spec.label,
+    clients: n,
+    ok: good.length,
+    wallS: Number(wallS.toFixed(1)),
+    ttfbMedianS: Number(med(ttfb).toFixed(2)),
+    ttfbMaxS: Number(Math.max(...ttfb).toFixed(2)),
+    totalMedianS: Number(med(total).toFixed(1)),
+    totalMaxS: Number(Math.max(...total).toFixed(1)),
+    originBytes: o.originBytes,
+    requests: o.requests,
+    fellBack: o.fellBack,
+    daemonRssMiB: Math.round(dm.peakRssMiB),
+    daemonWriteBytes: dm.writeBytes,
     note: good.length === n ? '' : badAnswers(parsed, good, dm.stderr),
   };
 }
@@ -299,8 +433,9 @@ async function main(): Promise<void> {
   const links = values.links!.split(',').filter(Boolean).map(parseLink);
   const clients = Number(values.clients);
   const clientsLink = clients > 0 ? parseLink(values['clients-link']!) : null;
-  const commit = spawnSync('git', ['-C', dirname(CLI), 'rev-parse', '--short', 'HEAD'],
-    { encoding: 'utf8' }).stdout.trim();
+  const commit = spawnSync('git', ['-C', dirname(CLI), 'rev-parse', '--short', 'HEAD'], {
+    encoding: 'utf8',
+  }).stdout.trim();
   const work = join(site.work, 'net');
   const ca = makeTestCa(join(work, 'tls'));
   const nginx = startNginx(join(work, 'nginx'), [
@@ -316,20 +451,41 @@ async function main(): Promise<void> {
   try {
     // The installed image's index is made once and kept (as a running sidecar would have it).
     rmSync(cacheDir, { recursive: true, force: true });
-    sh(process.execPath, [CLI, 'plan', '--json', '--seed', site.seed, '--cache-dir', cacheDir, '--range-url',
+    sh(process.execPath, [
+      CLI,
+      'plan',
+      '--json',
+      '--seed',
+      site.seed,
+      '--cache-dir',
+      cacheDir,
+      '--range-url',
       `http://127.0.0.1:${PORT}/os_2.erofs`,
-      `${site.image}.caibx`]);
+      `${site.image}.caibx`,
+    ]);
     if (values['block-pack']) {
       // The same release with its block pack beside the image (IMAGE.bpidx/.bpk/.bpdict); warms the block hashes.
       const packed = join(site.www, 'packed');
       mkdirSync(packed, { recursive: true });
       for (const f of ['os_2.erofs', 'os_2.erofs.caibx', 'SHA256SUMS']) link(join(site.www, f), join(packed, f));
       for (const f of blockPack(p).files) link(f, join(packed, `os_2.erofs${f.slice(f.lastIndexOf('.'))}`));
-      sh(process.execPath, [CLI, 'plan', '--json', '--seed', site.seed, '--cache-dir', cacheDir, '--range-url',
-        `http://127.0.0.1:${PORT}/packed/os_2.erofs`, `${site.image}.caibx`]);
+      sh(process.execPath, [
+        CLI,
+        'plan',
+        '--json',
+        '--seed',
+        site.seed,
+        '--cache-dir',
+        cacheDir,
+        '--range-url',
+        `http://127.0.0.1:${PORT}/packed/os_2.erofs`,
+        `${site.image}.caibx`,
+      ]);
     }
-    const withLink = async <T>(spec: LinkSpec, fn: (base: string, port: number,
-      linkDown: () => number) => Promise<T>): Promise<T> => {
+    const withLink = async <T>(
+      spec: LinkSpec,
+      fn: (base: string, port: number, linkDown: () => number) => Promise<T>,
+    ): Promise<T> => {
       const check = await selfCheck(spec.shape);
       checks.push(check);
       process.stderr.write(`${spec.label}: ${describeCheck(check)}\n`);
@@ -341,8 +497,10 @@ async function main(): Promise<void> {
         await relay.close();
       }
     };
-    const log = (x: unknown): void => void process.stderr.write(`[${new Date().toISOString().slice(11,
-      19)} load ${loadavg()[0].toFixed(1)}] ${JSON.stringify(x)}\n`);
+    const log = (x: unknown): void =>
+      void process.stderr.write(
+        `[${new Date().toISOString().slice(11, 19)} load ${loadavg()[0].toFixed(1)}] ${JSON.stringify(x)}\n`,
+      );
     for (const spec of links) {
       await withLink(spec, async (base, port, linkDown) => {
         const caFor = spec.tls ? ca : null;
@@ -357,45 +515,116 @@ async function main(): Promise<void> {
       });
     }
     if (clientsLink) {
-      many = await withLink(clientsLink, (base, port) => manyClients(clientsLink, clients, site, p, base,
-        clientsLink.tls ? ca : null, nginx, port, cacheDir));
+      many = await withLink(clientsLink, (base, port) =>
+        manyClients(clientsLink, clients, site, p, base, clientsLink.tls ? ca : null, nginx, port, cacheDir),
+      );
       log(many);
     }
   } finally {
     nginx.stop();
   }
   const loadEnd = loadavg();
-  const result = { pair: p.name, newSize: p.newSize, commit, started: started.toISOString(), loadStart, loadEnd, checks,
-    rows, many };
+  const result = {
+    pair: p.name,
+    newSize: p.newSize,
+    commit,
+    started: started.toISOString(),
+    loadStart,
+    loadEnd,
+    checks,
+    rows,
+    many,
+  };
   writeFileSync(join(work, 'results.json'), JSON.stringify(result, null, 2));
   const fmt = (n: number | undefined): string => (n === undefined ? '-' : n.toLocaleString('en-US'));
   const load = (l: number[]): string => l.map((x) => x.toFixed(1)).join(' ');
   const md = (cells: (string | number)[]): string => `| ${cells.join(' | ')} |`;
-  console.log(`\n### deltad serve over shaped links: ${p.name} (${fmt(p.newSize)} bytes; tree ${commit}; ` +
-    `${started.toISOString().slice(0, 16)} UTC; load ${load(loadStart)} at the start, ${load(loadEnd)} at the end)\n`);
+  console.log(
+    `\n### deltad serve over shaped links: ${p.name} (${fmt(p.newSize)} bytes; tree ${commit}; ` +
+      `${started.toISOString().slice(0, 16)} UTC; load ${load(loadStart)} at the start, ${load(loadEnd)} at the end)\n`,
+  );
   for (const c of checks) console.log(`- ${describeCheck(c)}`);
   if (rows.length) {
-    console.log('\n' + md(['link', 'run', 'ok', 'client wall s', 'target s', 'first body byte s', 'origin bytes',
-      'requests', 'conns', 'protocol', 'full-download fallback', 'daemon peak RSS MiB', 'daemon write_bytes',
-      'client write_bytes', 'note']));
+    console.log(
+      '\n' +
+        md([
+          'link',
+          'run',
+          'ok',
+          'client wall s',
+          'target s',
+          'first body byte s',
+          'origin bytes',
+          'requests',
+          'conns',
+          'protocol',
+          'full-download fallback',
+          'daemon peak RSS MiB',
+          'daemon write_bytes',
+          'client write_bytes',
+          'note',
+        ]),
+    );
     console.log('|---|---|---|---:|---:|---:|---:|---:|---:|---|---|---:|---:|---:|---|');
   }
   for (const r of rows) {
     const fellBack = r.fellBack === undefined ? '-' : r.fellBack ? 'YES' : 'no';
-    console.log(md([r.link, r.run, r.ok ? 'yes' : 'NO', r.wallS, r.targetS ?? '-', r.ttfbS ?? '-',
-      fmt(r.originBytes), r.requests, r.connections, r.protocols, fellBack, r.daemonRssMiB ?? '-',
-      fmt(r.daemonWriteBytes), fmt(r.clientWriteBytes), r.note]));
+    console.log(
+      md([
+        r.link,
+        r.run,
+        r.ok ? 'yes' : 'NO',
+        r.wallS,
+        r.targetS ?? '-',
+        r.ttfbS ?? '-',
+        fmt(r.originBytes),
+        r.requests,
+        r.connections,
+        r.protocols,
+        fellBack,
+        r.daemonRssMiB ?? '-',
+        fmt(r.daemonWriteBytes),
+        fmt(r.clientWriteBytes),
+        r.note,
+      ]),
+    );
   }
   if (many) {
-    console.log(`\n${many.clients} concurrent clients (curl -o /dev/null) of os_2.erofs through one daemon, ` +
-      `origin over ${many.link}:\n`);
-    console.log(md(['clients', 'complete and right size', 'wall s', 'first body byte median / max s',
-      'client time median / max s', 'origin bytes', 'origin requests', 'fallback', 'daemon peak RSS MiB',
-      'daemon write_bytes', 'note']));
+    console.log(
+      `\n${many.clients} concurrent clients (curl -o /dev/null) of os_2.erofs through one daemon, ` +
+        `origin over ${many.link}:\n`,
+    );
+    console.log(
+      md([
+        'clients',
+        'complete and right size',
+        'wall s',
+        'first body byte median / max s',
+        'client time median / max s',
+        'origin bytes',
+        'origin requests',
+        'fallback',
+        'daemon peak RSS MiB',
+        'daemon write_bytes',
+        'note',
+      ]),
+    );
     console.log('|---:|---:|---:|---|---|---:|---:|---|---:|---:|---|');
-    console.log(md([many.clients, many.ok, many.wallS, `${many.ttfbMedianS} / ${many.ttfbMaxS}`,
-      `${many.totalMedianS} / ${many.totalMaxS}`, fmt(many.originBytes), many.requests,
-      many.fellBack ? 'YES' : 'no', many.daemonRssMiB, fmt(many.daemonWriteBytes), many.note]));
+    console.log(
+      md([
+        many.clients,
+        many.ok,
+        many.wallS,
+        `${many.ttfbMedianS} / ${many.ttfbMaxS}`,
+        `${many.totalMedianS} / ${many.totalMaxS}`,
+        fmt(many.originBytes),
+        many.requests,
+        many.fellBack ? 'YES' : 'no',
+        many.daemonRssMiB,
+        fmt(many.daemonWriteBytes),
+        many.note,
+      ]),
+    );
   }
 }
 

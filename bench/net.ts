@@ -25,8 +25,20 @@ import { startNginx, type AccessEntry, type Nginx } from './nginx.js';
 import { startRelay, selfCheck, describeCheck, parseRate, type LinkShape, type SelfCheck } from './relay.js';
 import { makeTestCa, withCaBundle, type TestCa } from './tls.js';
 import { runMeasured, type Measured } from './measure.js';
-import { BENCH, CLI, CHUNK_16K, CHUNK_64K, blockPack, casyncArtifacts, link, newSha256, pair, sh, zsyncArtifact,
-  type Pair } from './corpus.js';
+import {
+  BENCH,
+  CLI,
+  CHUNK_16K,
+  CHUNK_64K,
+  blockPack,
+  casyncArtifacts,
+  link,
+  newSha256,
+  pair,
+  sh,
+  zsyncArtifact,
+  type Pair,
+} from './corpus.js';
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, rmSync, symlinkSync, writeFileSync, readlinkSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
@@ -56,10 +68,13 @@ interface LinkSpec {
 
 function parseLink(s: string): LinkSpec {
   const [rate, rtt, proto] = s.split(':');
-  if (!rate || rtt === undefined || (proto !== 'h1'
-    && proto !== 'h2')) throw new Error(`link "${s}": expected RATE:RTT_MS:h1|h2`);
-  return { label: `${rate} ${rtt} ms ${proto === 'h1' ? 'http/1.1' : 'https+h2'}`,
-    shape: { rateBitsPerS: parseRate(rate), rttMs: Number(rtt) }, proto };
+  if (!rate || rtt === undefined || (proto !== 'h1' && proto !== 'h2'))
+    throw new Error(`link "${s}": expected RATE:RTT_MS:h1|h2`);
+  return {
+    label: `${rate} ${rtt} ms ${proto === 'h1' ? 'http/1.1' : 'https+h2'}`,
+    shape: { rateBitsPerS: parseRate(rate), rttMs: Number(rtt) },
+    proto,
+  };
 }
 
 interface Row {
@@ -106,7 +121,10 @@ function prepareSite(p: Pair, wanted: string[]): Site {
     symlinkSync(target, at);
   };
   // The 64K index serves range and block-pack mode too; the warm-up plans need both indexes.
-  for (const [tag, chunk] of [['c64', CHUNK_64K], ['c16', CHUNK_16K]] as const) {
+  for (const [tag, chunk] of [
+    ['c64', CHUNK_64K],
+    ['c16', CHUNK_16K],
+  ] as const) {
     if (tag === 'c16' && !wanted.includes('store16')) continue;
     const a = casyncArtifacts(p, chunk);
     link(a.index, join(www, `${tag}.caibx`));
@@ -133,10 +151,25 @@ function tools(site: Site, ca: TestCa, tls: boolean, caMode: 'flag' | 'env', cac
   const { p } = site;
   const extra = values['deltad-args']!.split(' ').filter(Boolean);
   const caArgs = tls && caMode === 'flag' ? ['--ca-file', ca.caCert] : [];
-  const deltad = (index: string, source: (base: string) => string[]) => (base: string, out: string): string[] => [
-    process.execPath, CLI, 'extract', '--json', ...source(base), '--seed', p.old, '--cache-dir', cache,
-    '--sha256', site.sha256, ...caArgs, ...extra, `${base}/${index}`, out,
-  ];
+  const deltad =
+    (index: string, source: (base: string) => string[]) =>
+    (base: string, out: string): string[] => [
+      process.execPath,
+      CLI,
+      'extract',
+      '--json',
+      ...source(base),
+      '--seed',
+      p.old,
+      '--cache-dir',
+      cache,
+      '--sha256',
+      site.sha256,
+      ...caArgs,
+      ...extra,
+      `${base}/${index}`,
+      out,
+    ];
   const modeNote = (stdout: string): string => {
     try {
       const j = JSON.parse(stdout) as { mode?: string; networkRequests?: number };
@@ -146,23 +179,51 @@ function tools(site: Site, ca: TestCa, tls: boolean, caMode: 'flag' | 'env', cac
     }
   };
   const all: Tool[] = [
-    { name: 'curl', cmd: (base, out) => ['curl', '-sS', '--fail', tls ? '--http2' : '--http1.1', ...(tls ? ['--cacert',
-      ca.caCert] : []),
-      '-o', out, `${base}/plain/new.img`] },
-    { name: 'store64', cmd: deltad('c64.caibx', (b) => ['--mode', 'store', '--store', `${b}/c64.castr`]),
-      note: modeNote },
-    { name: 'store16', cmd: deltad('c16.caibx', (b) => ['--mode', 'store', '--store', `${b}/c16.castr`]),
-      note: modeNote },
-    { name: 'range', cmd: deltad('c64.caibx', (b) => ['--mode', 'range', '--range-url', `${b}/plain/new.img`]),
-      note: modeNote },
-    { name: 'blocks', cmd: deltad('c64.caibx', (b) => ['--mode', 'auto', '--range-url',
-      `${b}/packed/${site.packedName}`]), note: modeNote },
-    { name: 'casync', cmd: (base, out) => {
-      const c = ['casync', `--store=${base}/c64.castr`, `--seed=${p.old}`, 'extract', `${base}/c64.caibx`, out];
-      return tls ? withCaBundle(ca.bundle, c) : c;
-    } },
-    { name: 'zsync', h1Only: true, cmd: (base, out) => ['zsync', '-q', '-i', p.old, '-o', out,
-      `${base}/plain/new.img.zsync`] },
+    {
+      name: 'curl',
+      cmd: (base, out) => [
+        'curl',
+        '-sS',
+        '--fail',
+        tls ? '--http2' : '--http1.1',
+        ...(tls ? ['--cacert', ca.caCert] : []),
+        '-o',
+        out,
+        `${base}/plain/new.img`,
+      ],
+    },
+    {
+      name: 'store64',
+      cmd: deltad('c64.caibx', (b) => ['--mode', 'store', '--store', `${b}/c64.castr`]),
+      note: modeNote,
+    },
+    {
+      name: 'store16',
+      cmd: deltad('c16.caibx', (b) => ['--mode', 'store', '--store', `${b}/c16.castr`]),
+      note: modeNote,
+    },
+    {
+      name: 'range',
+      cmd: deltad('c64.caibx', (b) => ['--mode', 'range', '--range-url', `${b}/plain/new.img`]),
+      note: modeNote,
+    },
+    {
+      name: 'blocks',
+      cmd: deltad('c64.caibx', (b) => ['--mode', 'auto', '--range-url', `${b}/packed/${site.packedName}`]),
+      note: modeNote,
+    },
+    {
+      name: 'casync',
+      cmd: (base, out) => {
+        const c = ['casync', `--store=${base}/c64.castr`, `--seed=${p.old}`, 'extract', `${base}/c64.caibx`, out];
+        return tls ? withCaBundle(ca.bundle, c) : c;
+      },
+    },
+    {
+      name: 'zsync',
+      h1Only: true,
+      cmd: (base, out) => ['zsync', '-q', '-i', p.old, '-o', out, `${base}/plain/new.img.zsync`],
+    },
   ];
   const wanted = values.tools!.split(',');
   for (const w of wanted) {
@@ -184,23 +245,43 @@ const TOOL_LABEL: Record<string, string> = {
 const settle = (): Promise<void> => new Promise((r) => setTimeout(r, 400));
 
 function outputsOf(out: string): string[] {
-  return [out, join(dirname(out), `.${basename(out)}.deltad-partial`), join(dirname(out),
-    `.${basename(out)}.deltad-partial.journal`),
-    `${out}.part`, `${out}.zs-old`];
+  return [
+    out,
+    join(dirname(out), `.${basename(out)}.deltad-partial`),
+    join(dirname(out), `.${basename(out)}.deltad-partial.journal`),
+    `${out}.part`,
+    `${out}.zs-old`,
+  ];
 }
 
-async function runTool(spec: LinkSpec, tool: Tool, base: string, nginx: Nginx, port: number,
+async function runTool(
+  spec: LinkSpec,
+  tool: Tool,
+  base: string,
+  nginx: Nginx,
+  port: number,
   relayStats: () => { up: number; down: number },
-  env: NodeJS.ProcessEnv, out: string, p: Pair, storeRequests?: number): Promise<Row> {
+  env: NodeJS.ProcessEnv,
+  out: string,
+  p: Pair,
+  storeRequests?: number,
+): Promise<Row> {
   for (const f of outputsOf(out)) rmSync(f, { force: true });
   await settle();
   const before = nginx.entries().length;
   const linkBefore = relayStats();
-  const limit = tool.name === 'curl' ? Number(values['full-max-s']) : tool.name === 'casync'
-    ? Number(values['casync-max-s']) : MAX_RUN_S;
+  const limit =
+    tool.name === 'curl'
+      ? Number(values['full-max-s'])
+      : tool.name === 'casync'
+        ? Number(values['casync-max-s'])
+        : MAX_RUN_S;
   const m: Measured = await runMeasured(['nice', '-n', '5', ...tool.cmd(base, out)], { env, timeoutS: limit });
   await settle();
-  const entries: AccessEntry[] = nginx.entries().slice(before).filter((e) => e.port === port);
+  const entries: AccessEntry[] = nginx
+    .entries()
+    .slice(before)
+    .filter((e) => e.port === port);
   const linkAfter = relayStats();
   const ok = !m.timedOut && m.code === 0 && spawnSync('cmp', ['-s', out, p.new]).status === 0;
   const originBytes = entries.reduce((n, e) => n + e.bodyBytes, 0);
@@ -210,25 +291,35 @@ async function runTool(spec: LinkSpec, tool: Tool, base: string, nginx: Nginx, p
     // What passed the link, not what nginx handed to its socket (buffers hold megabytes more).
     const perS = down / m.wallS;
     note = `stopped at ${limit} s`;
-    if (tool.name === 'curl'
-      && perS > 0) note += `; at that rate the whole image takes ${(p.newSize / perS).toFixed(0)} s`;
+    if (tool.name === 'curl' && perS > 0)
+      note += `; at that rate the whole image takes ${(p.newSize / perS).toFixed(0)} s`;
     if (tool.name === 'casync' && storeRequests && entries.length) {
-      note += ` after ${entries.length} requests; at that pace ${storeRequests} take` +
+      note +=
+        ` after ${entries.length} requests; at that pace ${storeRequests} take` +
         ` ${((m.wallS * storeRequests) / entries.length).toFixed(0)} s`;
     }
   } else if (!ok) {
     note = `FAILED (exit ${m.code}): ${m.stderr.trim().split('\n').slice(-3).join(' / ').slice(0, 300)}`;
   }
   const row: Row = {
-    link: spec.label, tool: TOOL_LABEL[tool.name], ok, note, wallS: Number(m.wallS.toFixed(2)),
+    link: spec.label,
+    tool: TOOL_LABEL[tool.name],
+    ok,
+    note,
+    wallS: Number(m.wallS.toFixed(2)),
     linkBoundS: spec.shape.rateBitsPerS ? Number(((down * 8) / spec.shape.rateBitsPerS).toFixed(1)) : undefined,
-    originBytes, requests: entries.length, connections: new Set(entries.map((e) => e.connection)).size,
+    originBytes,
+    requests: entries.length,
+    connections: new Set(entries.map((e) => e.connection)).size,
     protocols: [...new Set(entries.map((e) => e.protocol))].join(' '),
-    peakRssMiB: Math.round(m.peakRssMiB), writeBytes: m.writeBytes, linkDownBytes: down,
-      linkUpBytes: linkAfter.up - linkBefore.up,
+    peakRssMiB: Math.round(m.peakRssMiB),
+    writeBytes: m.writeBytes,
+    linkDownBytes: down,
+    linkUpBytes: linkAfter.up - linkBefore.up,
   };
-  process.stderr.write(`[${new Date().toISOString().slice(11,
-    19)} load ${loadavg()[0].toFixed(1)}] ${JSON.stringify(row)}\n`);
+  process.stderr.write(
+    `[${new Date().toISOString().slice(11, 19)} load ${loadavg()[0].toFixed(1)}] ${JSON.stringify(row)}\n`,
+  );
   for (const f of outputsOf(out)) rmSync(f, { force: true });
   return row;
 }
@@ -236,8 +327,9 @@ async function runTool(spec: LinkSpec, tool: Tool, base: string, nginx: Nginx, p
 async function main(): Promise<void> {
   const links = values.links!.split(',').map(parseLink);
   const p = pair(values.pair!);
-  const commit = spawnSync('git', ['-C', dirname(CLI), 'rev-parse', '--short', 'HEAD'],
-    { encoding: 'utf8' }).stdout.trim();
+  const commit = spawnSync('git', ['-C', dirname(CLI), 'rev-parse', '--short', 'HEAD'], {
+    encoding: 'utf8',
+  }).stdout.trim();
   process.stderr.write(`net bench: ${p.name}, preparing artifacts (casync 64K/16K, zsync, block pack; made once)\n`);
   const wanted = values.tools!.split(',');
   const site = prepareSite(p, wanted);
@@ -259,11 +351,31 @@ async function main(): Promise<void> {
     rmSync(cache, { recursive: true, force: true });
     const direct = `http://127.0.0.1:${PORT}`;
     const packed = wanted.includes('blocks') ? `${direct}/packed/${site.packedName}` : `${direct}/plain/new.img`;
-    sh(process.execPath, [CLI, 'plan', '--json', '--seed', p.old, '--cache-dir', cache, '--range-url', packed,
-      `${direct}/c64.caibx`]);
+    sh(process.execPath, [
+      CLI,
+      'plan',
+      '--json',
+      '--seed',
+      p.old,
+      '--cache-dir',
+      cache,
+      '--range-url',
+      packed,
+      `${direct}/c64.caibx`,
+    ]);
     if (wanted.includes('store16')) {
-      sh(process.execPath, [CLI, 'plan', '--json', '--seed', p.old, '--cache-dir', cache, '--range-url',
-        `${direct}/plain/new.img`, `${direct}/c16.caibx`]);
+      sh(process.execPath, [
+        CLI,
+        'plan',
+        '--json',
+        '--seed',
+        p.old,
+        '--cache-dir',
+        cache,
+        '--range-url',
+        `${direct}/plain/new.img`,
+        `${direct}/c16.caibx`,
+      ]);
     }
     for (const spec of links) {
       const tls = spec.proto === 'h2';
@@ -277,8 +389,9 @@ async function main(): Promise<void> {
         for (const tool of tools(site, ca, tls, caMode, cache)) {
           if (tool.h1Only && tls) continue;
           const store64 = rows.find((r) => r.link === spec.label && r.tool === TOOL_LABEL.store64 && r.ok)?.requests;
-          rows.push(await runTool(spec, tool, base, nginx, tls ? PORT + 1 : PORT, () => relay.stats(), env, out, p,
-            store64));
+          rows.push(
+            await runTool(spec, tool, base, nginx, tls ? PORT + 1 : PORT, () => relay.stats(), env, out, p, store64),
+          );
         }
       } finally {
         await relay.close();
@@ -288,8 +401,17 @@ async function main(): Promise<void> {
     nginx.stop();
   }
   const loadEnd = loadavg();
-  const result = { pair: p.name, newSize: p.newSize, commit, started: started.toISOString(), loadStart, loadEnd, caMode,
-    checks, rows };
+  const result = {
+    pair: p.name,
+    newSize: p.newSize,
+    commit,
+    started: started.toISOString(),
+    loadStart,
+    loadEnd,
+    caMode,
+    checks,
+    rows,
+  };
   writeFileSync(join(work, 'results.json'), JSON.stringify(result, null, 2));
   printTable(result);
 }
@@ -310,16 +432,47 @@ function printTable(r: Result): void {
   const fmt = (n: number): string => n.toLocaleString('en-US');
   const load = (l: number[]): string => l.map((x) => x.toFixed(1)).join(' ');
   const md = (cells: (string | number)[]): string => `| ${cells.join(' | ')} |`;
-  console.log(`\n### ${r.pair} over shaped links (${fmt(r.newSize)} bytes; tree ${r.commit}; ` +
-    `${r.started.slice(0, 16)} UTC; load ${load(r.loadStart)} at the start, ${load(r.loadEnd)} at the end)\n`);
+  console.log(
+    `\n### ${r.pair} over shaped links (${fmt(r.newSize)} bytes; tree ${r.commit}; ` +
+      `${r.started.slice(0, 16)} UTC; load ${load(r.loadStart)} at the start, ${load(r.loadEnd)} at the end)\n`,
+  );
   console.log(`deltad trusts the test CA via ${r.caMode === 'flag' ? '--ca-file' : 'NODE_EXTRA_CA_CERTS'}.\n`);
   for (const c of r.checks) console.log(`- ${describeCheck(c)}`);
-  console.log('\n' + md(['link', 'client', 'ok', 'wall s', 'link-bound s', 'origin bytes', 'requests', 'conns',
-    'protocol', 'peak RSS MiB', 'write_bytes', 'note']));
+  console.log(
+    '\n' +
+      md([
+        'link',
+        'client',
+        'ok',
+        'wall s',
+        'link-bound s',
+        'origin bytes',
+        'requests',
+        'conns',
+        'protocol',
+        'peak RSS MiB',
+        'write_bytes',
+        'note',
+      ]),
+  );
   console.log('|---|---|---|---:|---:|---:|---:|---:|---|---:|---:|---|');
   for (const x of r.rows) {
-    console.log(md([x.link, x.tool, x.ok ? 'yes' : 'NO', x.wallS, x.linkBoundS ?? '-', fmt(x.originBytes),
-      x.requests, x.connections, x.protocols, x.peakRssMiB, fmt(x.writeBytes), x.note]));
+    console.log(
+      md([
+        x.link,
+        x.tool,
+        x.ok ? 'yes' : 'NO',
+        x.wallS,
+        x.linkBoundS ?? '-',
+        fmt(x.originBytes),
+        x.requests,
+        x.connections,
+        x.protocols,
+        x.peakRssMiB,
+        fmt(x.writeBytes),
+        x.note,
+      ]),
+    );
   }
 }
 

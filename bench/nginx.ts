@@ -85,10 +85,14 @@ export function startNginx(dir: string, servers: NginxServer[]): Nginx {
   const log = join(dir, 'logs', 'access.log');
   rmSync(log, { force: true });
   const conf = join(dir, 'nginx.conf');
-  const temp = ['client_body', 'proxy', 'fastcgi', 'uwsgi', 'scgi'].map((t) => `  ${t}_temp_path ${dir}/tmp;`).join('\n');
+  const temp = ['client_body', 'proxy', 'fastcgi', 'uwsgi', 'scgi']
+    .map((t) => `  ${t}_temp_path ${dir}/tmp;`)
+    .join('\n');
   let features: NginxFeatures | undefined;
   const serverLines = servers.map((s) => serverBlock(s, () => (features ??= nginxFeatures()))).join('\n');
-  writeFileSync(conf, `worker_processes 1;
+  writeFileSync(
+    conf,
+    `worker_processes 1;
 pid ${dir}/nginx.pid;
 error_log ${dir}/logs/error.log;
 events { worker_connections 1024; }
@@ -102,7 +106,8 @@ ${temp}
   access_log ${log} bench;
 ${serverLines}
 }
-`);
+`,
+  );
   const r = spawnSync('nginx', ['-c', conf, '-p', dir], { encoding: 'utf8' });
   if (r.status !== 0) throw new Error(`nginx failed to start: ${r.stderr}`);
   let stopped = false;

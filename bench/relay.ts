@@ -61,7 +61,10 @@ class Flow {
   ended = false;
   endSent = false;
   blocked = false;
-  constructor(readonly src: net.Socket, readonly dst: net.Socket) {}
+  constructor(
+    readonly src: net.Socket,
+    readonly dst: net.Socket,
+  ) {}
 }
 
 interface InFlight {
@@ -130,10 +133,13 @@ class Direction {
     while (this.flows.length && idle < this.flows.length) {
       if (this.rate > 0 && this.tokens <= 0) {
         this.backlogged = true;
-        this.pumpTimer = setTimeout(() => {
-          this.pumpTimer = null;
-          this.pump();
-        }, Math.max(1, -this.tokens / this.rate));
+        this.pumpTimer = setTimeout(
+          () => {
+            this.pumpTimer = null;
+            this.pump();
+          },
+          Math.max(1, -this.tokens / this.rate),
+        );
         return;
       }
       const flow = this.flows[this.next % this.flows.length];
@@ -234,8 +240,12 @@ export class Link {
     this.down = new Direction(shape.rateBitsPerS, shape.rttMs / 2);
   }
   stats(): LinkStats {
-    return { up: this.up.bytes, down: this.down.bytes, connections: this.connections,
-      maxConcurrent: this.maxConcurrent };
+    return {
+      up: this.up.bytes,
+      down: this.down.bytes,
+      connections: this.connections,
+      maxConcurrent: this.maxConcurrent,
+    };
   }
 }
 
@@ -422,7 +432,12 @@ export async function selfCheck(shape: LinkShape, seconds = 1.5): Promise<SelfCh
     const each = Math.round(rateBytes ? (rateBytes * seconds) / 4 : 16 * 1024 * 1024);
     const conns = await Promise.all([0, 1, 2, 3].map(() => connect()));
     // Warm each connection's handshake first, so the transfer measures the rate.
-    await Promise.all(conns.map((k) => (k.write('p'), until(k, 1))));
+    await Promise.all(
+      conns.map((k) => {
+        k.write('p');
+        return until(k, 1);
+      }),
+    );
     const header = (op: string): Buffer => {
       const h = Buffer.alloc(5);
       h.write(op, 0);
@@ -430,17 +445,21 @@ export async function selfCheck(shape: LinkShape, seconds = 1.5): Promise<SelfCh
       return h;
     };
     let t = now();
-    const times = await Promise.all(conns.map(async (k) => {
-      k.write(header('d'));
-      await until(k, each);
-      return now() - t;
-    }));
+    const times = await Promise.all(
+      conns.map(async (k) => {
+        k.write(header('d'));
+        await until(k, each);
+        return now() - t;
+      }),
+    );
     const downS = (Math.max(...times) - shape.rttMs) / 1000;
     t = now();
-    await Promise.all(conns.map(async (k) => {
-      k.write(Buffer.concat([header('u'), Buffer.alloc(each, 3)]));
-      await until(k, 1);
-    }));
+    await Promise.all(
+      conns.map(async (k) => {
+        k.write(Buffer.concat([header('u'), Buffer.alloc(each, 3)]));
+        await until(k, 1);
+      }),
+    );
     const upS = (now() - t - shape.rttMs) / 1000;
     for (const k of [c, ...conns]) k.destroy();
     return {
@@ -459,9 +478,11 @@ export async function selfCheck(shape: LinkShape, seconds = 1.5): Promise<SelfCh
 
 export function describeCheck(c: SelfCheck): string {
   const mbit = (b: number): string => (b / 1e6).toFixed(b < 1e7 ? 2 : 1);
-  return `relay self-check (${describeShape(c.shape)}): RTT ${c.rttMs.toFixed(1)} ms, connect + first answer ` +
+  return (
+    `relay self-check (${describeShape(c.shape)}): RTT ${c.rttMs.toFixed(1)} ms, connect + first answer ` +
     `${c.connectMs.toFixed(1)} ms, 4 connections together: down ${mbit(c.downBitsPerS)} Mbit/s, ` +
-    `up ${mbit(c.upBitsPerS)} Mbit/s, slowest/fastest download ${c.downSpread.toFixed(2)}`;
+    `up ${mbit(c.upBitsPerS)} Mbit/s, slowest/fastest download ${c.downSpread.toFixed(2)}`
+  );
 }
 
 function hostPort(s: string, what: string): { host: string; port: number } {
@@ -491,8 +512,9 @@ async function cli(): Promise<void> {
   }
   const listen = hostPort(values.listen, '--listen');
   const relay = await startRelay({ listen, to: hostPort(values.to, '--to'), shape });
-  console.log(`relay ${relay.host}:${relay.port} → ${values.to} (${describeShape(shape)}); ` +
-    'Ctrl-C prints totals and stops');
+  console.log(
+    `relay ${relay.host}:${relay.port} → ${values.to} (${describeShape(shape)}); ` + 'Ctrl-C prints totals and stops',
+  );
   const stop = async (): Promise<void> => {
     console.log(JSON.stringify(relay.stats()));
     await relay.close();

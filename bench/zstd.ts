@@ -78,7 +78,9 @@ function input(size: number): { data: Buffer; what: string } {
   if (values.input) return { data: readHead(values.input, size), what: values.input };
   const img = join(process.env.BENCH ?? '/var/tmp/deltad-bench', 'img');
   if (existsSync(img)) {
-    const first = readdirSync(img).filter((n) => n.endsWith('.erofs')).sort()[0];
+    const first = readdirSync(img)
+      .filter((n) => n.endsWith('.erofs'))
+      .sort()[0];
     if (first) return { data: readHead(join(img, first), size), what: join(img, first) };
   }
   return { data: usrSample(size), what: 'files under /usr/lib and /usr/bin' };
@@ -101,10 +103,16 @@ interface Codec {
 
 function nodeCodec(o: FrameOpts): Codec {
   const params: Record<number, number> = { [C.ZSTD_c_compressionLevel]: o.level };
-  if (o.pack) Object.assign(params, { [C.ZSTD_c_checksumFlag]: 0, [C.ZSTD_c_dictIDFlag]: 0, [C.ZSTD_c_contentSizeFlag]: 1 });
+  if (o.pack)
+    Object.assign(params, { [C.ZSTD_c_checksumFlag]: 0, [C.ZSTD_c_dictIDFlag]: 0, [C.ZSTD_c_contentSizeFlag]: 1 });
   const dict = o.dictionary ? { dictionary: o.dictionary } : {};
   const copts = { params, ...dict };
-  const dopts = (size: number) => ({ ...dict, maxOutputLength: size, chunkSize: Math.max(64, size), rejectGarbageAfterEnd: true });
+  const dopts = (size: number) => ({
+    ...dict,
+    maxOutputLength: size,
+    chunkSize: Math.max(64, size),
+    rejectGarbageAfterEnd: true,
+  });
   const compressP = promisify(zlib.zstdCompress) as (b: Uint8Array, o: zlib.ZstdOptions) => Promise<Buffer>;
   const decompressP = promisify(zlib.zstdDecompress) as (b: Uint8Array, o: zlib.ZstdOptions) => Promise<Buffer>;
   return {
@@ -124,15 +132,20 @@ function nodeCodec(o: FrameOpts): Codec {
 function nodeStreamCodec(o: FrameOpts): Codec {
   const base = nodeCodec(o);
   const params: Record<number, number> = { [C.ZSTD_c_compressionLevel]: o.level };
-  if (o.pack) Object.assign(params, { [C.ZSTD_c_checksumFlag]: 0, [C.ZSTD_c_dictIDFlag]: 0, [C.ZSTD_c_contentSizeFlag]: 1 });
+  if (o.pack)
+    Object.assign(params, { [C.ZSTD_c_checksumFlag]: 0, [C.ZSTD_c_dictIDFlag]: 0, [C.ZSTD_c_contentSizeFlag]: 1 });
   // readableHighWaterMark: a whole frame's output waits in the readable buffer for read().
   const opts = {
-    params, ...(o.dictionary ? { dictionary: o.dictionary } : {}), flush: C.ZSTD_e_end, readableHighWaterMark: Number.MAX_SAFE_INTEGER,
+    params,
+    ...(o.dictionary ? { dictionary: o.dictionary } : {}),
+    flush: C.ZSTD_e_end,
+    readableHighWaterMark: Number.MAX_SAFE_INTEGER,
   };
   const engine = zlib.createZstdCompress(opts);
-  const compressAsync = (data: Uint8Array): Promise<Buffer> => new Promise((resolve, reject) => {
-    engine.write(data, (err) => (err ? reject(err) : resolve((engine.read() as Buffer | null) ?? Buffer.alloc(0))));
-  });
+  const compressAsync = (data: Uint8Array): Promise<Buffer> =>
+    new Promise((resolve, reject) => {
+      engine.write(data, (err) => (err ? reject(err) : resolve((engine.read() as Buffer | null) ?? Buffer.alloc(0))));
+    });
   return { name: 'node:zlib, one engine', compress: base.compress, decompress: base.decompress, compressAsync };
 }
 
@@ -209,9 +222,11 @@ async function rate(bytes: number, minMs: number, pass: () => void | Promise<voi
 /** Up to `depth` promises in flight (the libuv pool has 4 threads). */
 async function inFlight<T>(items: T[], depth: number, fn: (x: T) => Promise<unknown>): Promise<void> {
   let next = 0;
-  await Promise.all(Array.from({ length: depth }, async () => {
-    while (next < items.length) await fn(items[next++]);
-  }));
+  await Promise.all(
+    Array.from({ length: depth }, async () => {
+      while (next < items.length) await fn(items[next++]);
+    }),
+  );
 }
 
 interface Case {
@@ -231,7 +246,13 @@ async function main(): Promise<void> {
   const trainMs = performance.now() - t0;
 
   const cases: Case[] = [];
-  for (const k of [16, 64, 256]) cases.push({ name: `.cacnk ${k} KiB, level 3`, frameSize: k * 1024, opts: { level: 3, dictionary: null, pack: false }, data: big.data });
+  for (const k of [16, 64, 256])
+    cases.push({
+      name: `.cacnk ${k} KiB, level 3`,
+      frameSize: k * 1024,
+      opts: { level: 3, dictionary: null, pack: false },
+      data: big.data,
+    });
   for (const blocks of [1, 64]) {
     for (const dict of [true, false]) {
       cases.push({
@@ -244,12 +265,18 @@ async function main(): Promise<void> {
   }
 
   console.log(`# zstd: node:zlib against zstd-napi`);
-  console.log(`node ${process.version} (zstd ${process.versions.zstd ?? '?'}), ${cpus().length}x ${cpus()[0]?.model ?? '?'}, load ${loadavg()[0].toFixed(2)}`);
-  console.log(`input: ${big.what}, ${(big.data.length / MIB).toFixed(1)} MiB (pack frames: first ${(packData.length / MIB).toFixed(1)} MiB); ` +
-    `dictionary ${dictionary.length} bytes (cover trainer, ${trainMs.toFixed(0)} ms)`);
+  console.log(
+    `node ${process.version} (zstd ${process.versions.zstd ?? '?'}), ${cpus().length}x ${cpus()[0]?.model ?? '?'}, load ${loadavg()[0].toFixed(2)}`,
+  );
+  console.log(
+    `input: ${big.what}, ${(big.data.length / MIB).toFixed(1)} MiB (pack frames: first ${(packData.length / MIB).toFixed(1)} MiB); ` +
+      `dictionary ${dictionary.length} bytes (cover trainer, ${trainMs.toFixed(0)} ms)`,
+  );
   if (!napi) console.log('zstd-napi is not installed: its rows are skipped');
   console.log('');
-  console.log('| frames | library | compress MB/s | decompress MB/s | async compress MB/s | async decompress MB/s | compressed | identical frames | decoded by the other |');
+  console.log(
+    '| frames | library | compress MB/s | decompress MB/s | async compress MB/s | async decompress MB/s | compressed | identical frames | decoded by the other |',
+  );
   console.log('|---|---|---:|---:|---:|---:|---:|---|---|');
 
   for (const c of cases) {
@@ -263,8 +290,12 @@ async function main(): Promise<void> {
     for (const codec of codecs) {
       const out = list.map((f) => codec.compress(f));
       outputs.push(out);
-      const comp = await rate(bytes, minMs, () => { for (const f of list) codec.compress(f); });
-      const dec = await rate(bytes, minMs, () => { for (const f of out) codec.decompress(f, c.frameSize); });
+      const comp = await rate(bytes, minMs, () => {
+        for (const f of list) codec.compress(f);
+      });
+      const dec = await rate(bytes, minMs, () => {
+        for (const f of out) codec.decompress(f, c.frameSize);
+      });
       let acomp = '';
       let adec = '';
       if (codec.compressAsync && codec.decompressAsync) {
@@ -274,8 +305,15 @@ async function main(): Promise<void> {
         adec = (await rate(bytes, minMs, () => inFlight(out, 4, (f) => da(f, c.frameSize)))).toFixed(1);
       }
       const size = out.reduce((n, f) => n + f.length, 0);
-      rows.push([c.name, codec.name, comp.toFixed(1), dec.toFixed(1), acomp, adec,
-        `${size} (${((100 * size) / bytes).toFixed(1)}%)`]);
+      rows.push([
+        c.name,
+        codec.name,
+        comp.toFixed(1),
+        dec.toFixed(1),
+        acomp,
+        adec,
+        `${size} (${((100 * size) / bytes).toFixed(1)}%)`,
+      ]);
     }
     // Frame identity and cross-decoding (every frame, checked against the input).
     if (outputs.length === 2) {
@@ -286,7 +324,9 @@ async function main(): Promise<void> {
         outputs[me].forEach((f, i) => {
           try {
             if (other.decompress(f, c.frameSize).equals(list[i])) ok++;
-          } catch { /* counted as not decoded */ }
+          } catch {
+            /* counted as not decoded */
+          }
         });
         rows[me].push(`${identical}/${list.length}`, `${ok}/${list.length} by ${other.name}`);
       }
@@ -297,9 +337,20 @@ async function main(): Promise<void> {
     const viaEngine: Buffer[] = [];
     for (const f of list) viaEngine.push(await engineCodec.compressAsync!(f));
     const same = viaEngine.filter((f, i) => f.equals(outputs[0][i])).length;
-    const engineRate = await rate(bytes, minMs, async () => { for (const f of list) await engineCodec.compressAsync!(f); });
-    rows.push([c.name, engineCodec.name, '', '', engineRate.toFixed(1), '', `${viaEngine.reduce((n, f) => n + f.length, 0)}`,
-      `${same}/${list.length} (with one-shot node:zlib)`, '']);
+    const engineRate = await rate(bytes, minMs, async () => {
+      for (const f of list) await engineCodec.compressAsync!(f);
+    });
+    rows.push([
+      c.name,
+      engineCodec.name,
+      '',
+      '',
+      engineRate.toFixed(1),
+      '',
+      `${viaEngine.reduce((n, f) => n + f.length, 0)}`,
+      `${same}/${list.length} (with one-shot node:zlib)`,
+      '',
+    ]);
     for (const r of rows) console.log(`| ${r.join(' | ')} |`);
   }
 }
