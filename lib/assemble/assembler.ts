@@ -17,6 +17,7 @@ export type { AssemblySink } from './sink.js';
 import { encodeBatch, type EncoderPool } from '../store/chunk-encoder.js';
 import { BatchBuffers } from '../store/chunk-reader.js';
 import type { BufferPool } from '../util/buffer-pool.js';
+import { unlessAborted } from '../util/abort.js';
 
 export interface AssemblerOptions {
   plan: Plan;
@@ -371,20 +372,5 @@ export class Assembler {
       await Promise.allSettled(writes);
     }
     await Promise.all(writes);
-  }
-}
-
-/** Resolves with `p`, or rejects when the signal aborts first (without leaving a listener behind). */
-async function unlessAborted(p: Promise<void>, signal: AbortSignal): Promise<void> {
-  signal.throwIfAborted();
-  let onAbort!: () => void;
-  const aborted = new Promise<never>((_, reject) => {
-    onAbort = () => reject(signal.reason);
-    signal.addEventListener('abort', onAbort, { once: true });
-  });
-  try {
-    await Promise.race([p, aborted]);
-  } finally {
-    signal.removeEventListener('abort', onAbort);
   }
 }

@@ -28,3 +28,19 @@ export interface ExtractResult extends ExtractProgress {
   /** Seed chunks that did not match their ID (fetched remotely instead). */
   seedMismatches: number;
 }
+
+/** A fresh report for an assembly of `total` target bytes: nothing done yet. */
+export function newProgress(total: number): ExtractProgress {
+  return {
+    total,
+    done: 0,
+    fromSeeds: 0,
+    fromSelf: 0,
+    fromZero: 0,
+    fromCache: 0,
+    fromNetwork: 0,
+    fromLocalStore: 0,
+    networkBytes: 0,
+    networkRequests: 0,
+  };
+}

@@ -33,6 +33,8 @@ import {
   type BlockIndex,
 } from './format.js';
 import { PackLayout, packRuns, planPackRequests, type BlockPlan } from './plan.js';
+import { unlessAborted } from '../util/abort.js';
+import { newProgress } from '../assemble/progress.js';
 
 export interface BlockRouteOptions {
   http: HttpClient;
@@ -630,21 +632,6 @@ function unpackFrame(
   return blocks;
 }
 
-/** Resolves with `p`, or rejects when the signal aborts first (without leaving a listener behind). */
-async function unlessAborted(p: Promise<void>, signal: AbortSignal): Promise<void> {
-  signal.throwIfAborted();
-  let onAbort!: () => void;
-  const aborted = new Promise<never>((_, reject) => {
-    onAbort = () => reject(signal.reason);
-    signal.addEventListener('abort', onAbort, { once: true });
-  });
-  try {
-    await Promise.race([p, aborted]);
-  } finally {
-    signal.removeEventListener('abort', onAbort);
-  }
-}
-
 export interface AssembleBlocksOptions extends Omit<BlockRouteOptions, 'retry'> {
   /** Total attempts per transient failure (default the client's). */
   attempts?: number;
@@ -690,18 +677,7 @@ export async function assembleBlocks(
   BlockAssembly.check(plan, { size: plan.index.imageSize }, opts.sha256);
   const target = blockChunks(plan.index);
   const { file } = await PartialFile.open(out, target, false);
-  const progress: ExtractProgress = {
-    total: target.size,
-    done: 0,
-    fromSeeds: 0,
-    fromSelf: 0,
-    fromZero: 0,
-    fromCache: 0,
-    fromNetwork: 0,
-    fromLocalStore: 0,
-    networkBytes: 0,
-    networkRequests: 0,
-  };
+  const progress = newProgress(target.size);
   const retry = {
     attempts: opts.attempts ?? opts.http.attempts,
     retryBaseMs: opts.retryBaseMs ?? opts.http.retryBaseMs,

@@ -29,6 +29,7 @@ import type { ChunkStore } from '../store/types.js';
 import { BLOCK_PARALLELISM, costBlockPath, type BlockPathChoice } from '../blockpack/index.js';
 import { BlockRoute, ChunkRoute, runRoutes, type Route } from './routes.js';
 import { DEFAULT_CONCURRENCY, DEFAULT_STALL_MS, DEFAULT_WINDOW_BYTES } from '../util/defaults.js';
+import { newProgress } from '../assemble/progress.js';
 
 /** How missing chunks are fetched: byte ranges of the image, a chunk store, or chosen per update. */
 export type FetchMode = 'auto' | 'range' | 'store';
@@ -491,21 +492,6 @@ export async function planUpdate(target: string | ChunkIndex, opts: SourceOption
   } finally {
     await ctx.close();
   }
-}
-
-function newProgress(total: number): ExtractProgress {
-  return {
-    total,
-    done: 0,
-    fromSeeds: 0,
-    fromSelf: 0,
-    fromZero: 0,
-    fromCache: 0,
-    fromNetwork: 0,
-    fromLocalStore: 0,
-    networkBytes: 0,
-    networkRequests: 0,
-  };
 }
 
 /** The routes for one assembly, cheapest first: the block route when it beats the chunk route, then the chunk route. */
