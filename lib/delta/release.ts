@@ -9,7 +9,7 @@ import { createHash } from 'node:crypto';
 import { OriginError } from '../errors.js';
 import type { HttpClient } from '../fetch/http-client.js';
 import { deltaDisabledBy } from '../fetch/release-policy.js';
-import { IndexParser, MAX_INDEX_BYTES, parseIndex, type ChunkIndex } from '../format/caibx.js';
+import { IndexParser, MAX_INDEX_BYTES, type ChunkIndex } from '../format/caibx.js';
 import { findSha256 } from '../format/sha256sums.js';
 import { DEFAULT_FRESH_MS } from '../util/defaults.js';
 
@@ -25,6 +25,8 @@ export interface SmallFile {
   lastModified?: string;
   /** An index file, parsed as it arrived (its body never grew past what the parser allows). */
   index?: ChunkIndex;
+  /** SHA-256 (hex) of an index file's body, computed once when it arrived. */
+  digest?: string;
 }
 
 /** Single-flight answers kept for `freshMs`, at most MAX_ENTRIES (oldest dropped first). */
@@ -75,8 +77,6 @@ export interface PreparedImage {
 export class Releases {
   private readonly files: FreshMemo<SmallFile>;
   private readonly probes: FreshMemo<unknown>;
-  /** Parsed indexes by body digest, so a revalidated (304) index is not parsed again. */
-  private readonly parsed = new Map<string, ChunkIndex>();
 
   private readonly maxTargetSize?: number;
 
@@ -113,13 +113,8 @@ export class Releases {
     }
     const expected = await sha256;
     if (!found) return undefined;
-    const digest = createHash('sha256').update(found.file.body).digest('hex');
-    let index = found.file.index ?? this.parsed.get(digest);
-    if (!index) {
-      index = parseIndex(found.file.body, { source: found.url, allowArchive: false });
-      this.parsed.set(digest, index);
-      while (this.parsed.size > 4) this.parsed.delete(this.parsed.keys().next().value!);
-    }
+    // Parsed and hashed once, when the file arrived: a fresh or revalidated (304) answer is the same object.
+    const { index, digest } = found.file as Required<SmallFile>;
     return { index, indexUrl: found.url, sha256: expected, key: `${t.url}#${digest}#${expected ?? ''}` };
   }
 
@@ -206,6 +201,7 @@ export class Releases {
         etag: header(res.headers.etag),
         lastModified: header(res.headers['last-modified']),
         index: parser?.finish(),
+        digest: parser ? createHash('sha256').update(body).digest('hex') : undefined,
       };
     });
   }
