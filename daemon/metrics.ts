@@ -24,8 +24,12 @@ export interface DaemonCounters {
   rejected: number;
 }
 
-export function newCounters(): DaemonCounters {
-  return {
+/**
+ * Fresh counters. With `origin` (an HttpClient's stats), originBytes and originRequests read the client's own
+ * counts: origin traffic is counted once, by the HTTP client (every body byte, whoever reads it).
+ */
+export function newCounters(origin?: { bytes: number; requests: number }): DaemonCounters {
+  const counters: DaemonCounters = {
     requests: 0,
     originBytes: 0,
     originRequests: 0,
@@ -38,6 +42,13 @@ export function newCounters(): DaemonCounters {
     passthroughs: 0,
     rejected: 0,
   };
+  if (origin) {
+    Object.defineProperties(counters, {
+      originBytes: { get: () => origin.bytes, enumerable: true },
+      originRequests: { get: () => origin.requests, enumerable: true },
+    });
+  }
+  return counters;
 }
 
 const HELP: Record<keyof DaemonCounters, [name: string, help: string]> = {

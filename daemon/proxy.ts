@@ -95,7 +95,7 @@ export async function createProxy(opts: ProxyOptions): Promise<ProxyServer> {
   const allow = new AllowList(opts.allow);
   const limiter = new ClientLimiter(opts.maxPerClient);
   const imageNames = opts.imagePatterns.map(globToRegExp);
-  const counters = newCounters();
+  const counters = newCounters(http.stats);
   let refused = 0;
 
   const status = (): ProxyStatus => {
@@ -129,11 +129,6 @@ export async function createProxy(opts: ProxyOptions): Promise<ProxyServer> {
     log,
     status,
   };
-  // Origin traffic is counted once, by the HTTP client.
-  Object.defineProperties(counters, {
-    originBytes: { get: () => http.stats.bytes, enumerable: true },
-    originRequests: { get: () => http.stats.requests, enumerable: true },
-  });
 
   const app = createApp({
     service: 'deltad proxy',

@@ -53,12 +53,7 @@ export async function createDaemonContext(config: DaemonConfig, opts: ServerOpti
       userAgent: `deltad/${VERSION} (sysupdate sidecar)`,
       ...httpOptionsOf(config),
     });
-  const counters = newCounters();
-  // Origin traffic is counted once, by the HTTP client (every body byte, whoever reads it).
-  Object.defineProperties(counters, {
-    originBytes: { get: () => http.stats.bytes, enumerable: true },
-    originRequests: { get: () => http.stats.requests, enumerable: true },
-  });
+  const counters = newCounters(http.stats);
   const notifier = opts.notifier ?? createNotifier({ log });
   const transfers = new SysupdateTransfers(config.sysupdateRoot, origin, config.imagePatterns, (err) => {
     log.warn(`cannot read sysupdate transfers under ${config.sysupdateRoot}: ${err.message}`);
