@@ -3,9 +3,14 @@
 // written: the engine's ordered, verified stream is fanned out from a small
 // in-memory buffer that holds the bytes between the slowest client and the
 // newest byte, at most MAX_BUFFERED; past that the engine waits for the slowest
-// client (and the engine's own reorder window bounds what it holds). A client
-// that arrives once byte 0 has left the buffer gets an assembly of its own,
-// which reuses the seeds and fetches the rest again. The assembly runs as long
+// client (and the engine's own reorder window bounds what it holds). A burst of
+// clients shares one assembly: the start of the image stays in the buffer for
+// JOIN_GRACE_MS, and once a second client has joined, for as long as more keep
+// joining (each within JOIN_QUIET_MS of the last, at most MAX_HOLD_MS); while
+// the start is held, the engine pauses when the buffer is full rather than drop
+// byte 0. A single client never waits for that. A client that arrives once
+// byte 0 has left the buffer gets an assembly of its own, which reuses the
+// seeds and fetches the rest again. The assembly runs as long
 // as anyone wants it: when the last client goes away before the end, its
 // fetches are aborted.
 import { EventEmitter } from 'node:events';
@@ -16,6 +21,10 @@ import type { ExtractResult, ExtractStream } from '../lib/delta/extract.js';
 export const MAX_BUFFERED = 8 * 1024 * 1024;
 /** For this long, and while it fits the buffer, the start of the image is kept for clients arriving in a burst. */
 export const JOIN_GRACE_MS = 2_000;
+/** With two or more clients, the start is held while each new one arrives within this long of the last one. */
+export const JOIN_QUIET_MS = 1_000;
+/** The start of the image is held for a burst of clients for at most this long after the assembly began. */
+export const MAX_HOLD_MS = 15_000;
 
 export type StartAssembly = (signal: AbortSignal) => Promise<ExtractStream>;
 
@@ -74,9 +83,10 @@ export class SharedAssembly {
         this.peakBuffered = Math.max(this.peakBuffered, this.written - this.base);
         this.lastByteAt = Date.now();
         this.events.emit('data');
-        // The engine waits while the slowest client is a full buffer behind.
-        while (this.written - this.slowest() > this.maxBuffered && !this.abort.signal.aborted) {
-          await new Promise<void>((r) => this.events.once('advance', r));
+        // The engine waits while the slowest client is a full buffer behind, or the buffer is full of a held start.
+        while (this.written - this.keptFrom() > this.maxBuffered && !this.abort.signal.aborted) {
+          await this.advanceOrHoldEnd();
+          this.trim();
           this.lastByteAt = Date.now(); // waiting for a client is not an engine stall
         }
       }
@@ -104,10 +114,38 @@ export class SharedAssembly {
   }
 
   private readonly startedAt = Date.now();
+  private joined = 0;
+  private lastJoinAt = 0;
+
+  /** Whether byte 0 is kept for clients still arriving (see the top of this file). */
+  private holdingStart(): boolean {
+    if (this.base !== 0 || this.finished) return false;
+    const now = Date.now();
+    if (this.written <= this.maxBuffered && now - this.startedAt < JOIN_GRACE_MS) return true;
+    return this.joined >= 2 && now - this.lastJoinAt < JOIN_QUIET_MS && now - this.startedAt < MAX_HOLD_MS;
+  }
+
+  /** The first byte the buffer must keep. */
+  private keptFrom(): number {
+    return this.holdingStart() ? this.base : this.slowest();
+  }
+
+  /** Resolves when a client advances, or soon after a held start may have been let go. */
+  private advanceOrHoldEnd(): Promise<void> {
+    return new Promise<void>((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        this.events.off('advance', done);
+        resolve();
+      };
+      const timer = setTimeout(done, 100);
+      this.events.once('advance', done);
+    });
+  }
 
   /** Drops buffered bytes every attached client has taken (keeping the start for a burst of clients, see above). */
   private trim(): void {
-    if (this.written <= this.maxBuffered && Date.now() - this.startedAt < JOIN_GRACE_MS) return;
+    if (this.holdingStart()) return;
     const keep = this.slowest();
     while (this.buffered.length && this.base + this.buffered[0].length <= keep)
       this.base += this.buffered.shift()!.length;
@@ -157,6 +195,8 @@ export class SharedAssembly {
   subscribe(): Readable {
     const me = Symbol('client');
     this.positions.set(me, 0);
+    this.joined++;
+    this.lastJoinAt = Date.now();
     let pos = 0;
     let released = false;
     const release = () => {

@@ -499,6 +499,29 @@ test('a late client gets its own assembly; a slow client bounds what is buffered
   assert.equal(d.ctx.counters.assembliesStarted - started, 2, 'the late client C had an assembly of its own');
 });
 
+test('clients that keep arriving past the join grace still share one assembly', { timeout: 60_000 }, async (t) => {
+  const f = await fixture();
+  const v2 = f.releases[1];
+  // A buffer far smaller than the image: without holding the start, byte 0 would be gone within milliseconds.
+  const d = await startDaemon(t, f, {}, f.origin.url, undefined, 64 * 1024);
+  const get = async () => Buffer.from(await (await fetch(`${d.url}/os_2.img`)).arrayBuffer());
+  const started = d.ctx.counters.assembliesStarted;
+  // Two at once, then one every 600 ms: the last arrives well past the 2 s join grace, each within 1 s of the last.
+  const bodies = [get(), get()];
+  for (let i = 0; i < 4; i++) {
+    await new Promise((r) => setTimeout(r, 600));
+    bodies.push(get());
+  }
+  const got = await Promise.all(bodies);
+  assert.ok(
+    got.every((b) => b.equals(v2.data)),
+    'every client got v2',
+  );
+  assert.equal(d.ctx.counters.assembliesStarted - started, 1, 'one assembly for the whole burst');
+  const [first] = d.ctx.assemblies.active;
+  assert.equal(first, undefined, 'nothing left running');
+});
+
 test('a burst of clients shares one preparation: one index, one SHA256SUMS, one HEAD, one range probe', {
   timeout: 60_000,
 }, async (t) => {
