@@ -47,6 +47,8 @@ export interface ImageTimeouts {
   prepareMs: number;
   /** Response headers go out this long after the request at the latest, even before the first verified byte. */
   headerMs: number;
+  /** Past prepareMs, the longest wait for the index or the image's length (a HEAD) before passing the image through. */
+  answerMs: number;
   /** Longest wait for the first body byte after the headers (curl's low-speed abort is 60 s). */
   firstByteMs: number;
   /** An assembly with no new verified byte for this long is ended (see assemblies.ts). */
@@ -56,6 +58,7 @@ export interface ImageTimeouts {
 export const DEFAULT_TIMEOUTS: ImageTimeouts = {
   prepareMs: 1_500,
   headerMs: 1_900,
+  answerMs: 10_000,
   firstByteMs: 40_000,
   stallMs: 45_000,
 };
@@ -198,9 +201,7 @@ export class ImageService {
     sha256.catch(() => {});
     // Sent with the index fetch: when the index is slow, the image's length lets the headers go out anyway;
     // it also carries the release's kill switch (X-KDE-Delta: false).
-    let announced: number | undefined;
     const head = this.d.releases.head(target.url);
-    if (method === 'GET') void head.then((h) => (announced = h.length));
     let prepared: PreparedImage | undefined;
     try {
       prepared = await withDeadline(
@@ -209,22 +210,43 @@ export class ImageService {
         `index of ${target.relPath} not fetched within ${timeouts.prepareMs} ms`,
       );
     } catch (err) {
-      if (err instanceof DeadlineError && announced !== undefined)
-        return this.serveAnnounced(target, announced, ready, sha256, res, ac.signal);
-      return this.fallBack(method, target, res, ac.signal, (err as Error).message, sha256);
+      if (!(err instanceof DeadlineError) || method === 'HEAD')
+        return this.fallBack(method, target, res, ac.signal, (err as Error).message, sha256);
+      // Under load (a burst of clients, a busy link) the HEAD may be late too. A full download from the same slow
+      // origin would not come sooner, so the request waits for whichever answers first, up to answerMs.
+      const late = await lateAnswer(ready, head, started + timeouts.answerMs);
+      if (late.kind === 'length') {
+        const off = (await head).deltaOff;
+        if (off) return this.switchedOff(method, target, res, ac.signal, off);
+        return this.serveAnnounced(target, late.length, ready, sha256, res, ac.signal);
+      }
+      if (late.kind === 'none') {
+        const why = late.why ?? `${(err as Error).message}, nor its length within ${timeouts.answerMs} ms`;
+        return this.fallBack(method, target, res, ac.signal, why, sha256);
+      }
+      prepared = late.prepared;
     }
     if (!prepared) return this.fallBack(method, target, res, ac.signal, `no ${this.indexWhat} on the origin`, sha256);
     const off = (await withDeadline(head, timeouts.prepareMs, 'HEAD late').catch(() => undefined))?.deltaOff;
-    if (off) {
-      this.d.log.notice(`${target.relPath}: the origin switches deltas off (${off}); passing the full image through`);
-      return passThrough(this.d.passThrough, method, withQuery(target.url, target.search), res, ac.signal);
-    }
+    if (off) return this.switchedOff(method, target, res, ac.signal, off);
     if (method === 'HEAD') {
       res.writeHead(200, imageHeaders(prepared.index.size));
       res.end();
       return;
     }
     return this.deliver(target, prepared, res, ac.signal, { headersBy: started + timeouts.headerMs });
+  }
+
+  /** The release's kill switch is set: the origin's image, untouched. */
+  private switchedOff(
+    method: 'GET' | 'HEAD',
+    target: OriginTarget,
+    res: ServerResponse,
+    signal: AbortSignal,
+    off: string,
+  ) {
+    this.d.log.notice(`${target.relPath}: the origin switches deltas off (${off}); passing the full image through`);
+    return passThrough(this.d.passThrough, method, withQuery(target.url, target.search), res, signal);
   }
 
   /**
@@ -477,6 +499,35 @@ function sendHeaders(res: ServerResponse, size: number): void {
 }
 
 class DeadlineError extends Error {}
+
+type LateAnswer =
+  | { kind: 'prepared'; prepared: PreparedImage | undefined }
+  | { kind: 'length'; length: number }
+  | { kind: 'none'; why?: string };
+
+/**
+ * After the index deadline: the prepared index or the image's length from the HEAD, whichever comes first; `why`
+ * when the index failed, or neither arrived by `by` (then `why` is undefined).
+ */
+function lateAnswer(
+  ready: Promise<PreparedImage | undefined>,
+  head: Promise<{ length?: number }>,
+  by: number,
+): Promise<LateAnswer> {
+  return new Promise((resolve) => {
+    const timer = setTimeout(() => resolve({ kind: 'none' }), Math.max(0, by - Date.now()));
+    const settle = (a: LateAnswer) => {
+      clearTimeout(timer);
+      resolve(a);
+    };
+    ready.then(
+      (prepared) => settle({ kind: 'prepared', prepared }),
+      (err: Error) => settle({ kind: 'none', why: err.message }),
+    );
+    // A HEAD without a length leaves it to the index.
+    void head.then((h) => h.length !== undefined && settle({ kind: 'length', length: h.length }));
+  });
+}
 
 /** Races `p` against a timer (rejecting with a DeadlineError); the timer never outlives the race. */
 async function withDeadline<T>(p: Promise<T>, ms: number, message: string): Promise<T> {

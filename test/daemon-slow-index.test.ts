@@ -120,6 +120,25 @@ test('an index slower than the deadline: headers with the HEAD length at once, t
   );
 });
 
+test('an index and a HEAD both slower than the deadline (an origin under load): still a delta, no full download', {
+  timeout: 30_000,
+}, async (t) => {
+  if (!requireTool(t, hasCurl, 'curl')) return;
+  const f = await fixture();
+  t.after(() => f.origin.clearFaults());
+  const img = `/${f.v2.name}`;
+  const d = await startSidecar(t, f, f.origin);
+  const delayMs = 2 * DEFAULT_TIMEOUTS.prepareMs;
+  f.origin.fault({ kind: 'delay', path: `${img}.caibx`, delayMs: delayMs + 500 });
+  // The first request for the image itself is the HEAD sent beside the index.
+  f.origin.fault({ kind: 'delay', path: img, delayMs });
+  const before = f.origin.log.length;
+  await download(`${d.url}${img}`, join(f.dir, 'slow-head.img'), f.v2.data);
+  assert.equal(fullGets(f.origin, img, before), 0, 'the full image was never fetched');
+  assert.equal(d.ctx.counters.fallbacks, 0, d.logs.join(''));
+  assert.equal(d.ctx.counters.assembliesCompleted, 1);
+});
+
 test('an index that never arrives, or describes another size: the full image, verified, under the early headers', {
   timeout: 40_000,
 }, async (t) => {
