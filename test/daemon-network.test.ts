@@ -108,6 +108,25 @@ test('kill switch: X-KDE-Delta: false gives the full image, logged at notice lev
   assert.ok(Buffer.from(await full.arrayBuffer()).equals(f.v2.data));
 });
 
+test('kill switch with a slow index: the HEAD switches deltas off before the index arrives', {
+  timeout: 30_000,
+}, async (t) => {
+  const f = await fixture();
+  reset(f);
+  t.after(() => f.origin.clearFaults());
+  f.origin.headers = (p) => (p === `/${f.v2.name}` ? { 'x-kde-delta': 'false' } : undefined);
+  f.origin.fault({ kind: 'delay', path: `/${f.v2.name}.caibx`, delayMs: 3_000 });
+  const d = await startSidecar(t, f);
+  const res = await fetch(`${d.url}/${f.v2.name}`, { redirect: 'manual' });
+  assert.equal(res.status, 307);
+  await res.body?.cancel();
+  assert.equal(d.ctx.counters.assembliesStarted, 0);
+  assert.ok(
+    d.logs.some((l) => l.includes('switches deltas off')),
+    d.logs.join(''),
+  );
+});
+
 test('pass-through: a 307 to the origin with the query string kept', async (t) => {
   const f = await fixture();
   reset(f);
