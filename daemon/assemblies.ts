@@ -6,7 +6,8 @@
 // client (and the engine's own reorder window bounds what it holds). A burst of
 // clients shares one assembly: the start of the image stays in the buffer for
 // JOIN_GRACE_MS, and once a second client has joined, for as long as more keep
-// joining (each within JOIN_QUIET_MS of the last, at most MAX_HOLD_MS); while
+// joining (each within JOIN_QUIET_MS of the last) or other requests for the
+// image are still on their way (being prepared), at most MAX_HOLD_MS; while
 // the start is held, the engine pauses when the buffer is full rather than drop
 // byte 0. A single client never waits for that. A client that arrives once
 // byte 0 has left the buffer gets an assembly of its own, which reuses the
@@ -59,6 +60,8 @@ export class SharedAssembly {
      */
     private readonly stallMs: number,
     private readonly maxBuffered = MAX_BUFFERED,
+    /** Requests for the same image still being prepared (they will join if the start is still here). */
+    private readonly othersArriving: () => number = () => 0,
   ) {
     this.events.setMaxListeners(0);
     this.result = this.run(start);
@@ -122,7 +125,8 @@ export class SharedAssembly {
     if (this.base !== 0 || this.finished) return false;
     const now = Date.now();
     if (this.written <= this.maxBuffered && now - this.startedAt < JOIN_GRACE_MS) return true;
-    return this.joined >= 2 && now - this.lastJoinAt < JOIN_QUIET_MS && now - this.startedAt < MAX_HOLD_MS;
+    if (now - this.startedAt >= MAX_HOLD_MS) return false;
+    return this.othersArriving() > 0 || (this.joined >= 2 && now - this.lastJoinAt < JOIN_QUIET_MS);
   }
 
   /** The first byte the buffer must keep. */
@@ -270,9 +274,16 @@ export class SharedAssembly {
   }
 }
 
+/** A GET on its way to an assembly of the image at `url` (counted until it joins one or leaves). */
+export interface Arrival {
+  readonly url: string;
+  done(): void;
+}
+
 /** The in-flight assemblies, by image version (URL, index digest and expected SHA-256). */
 export class AssemblyRegistry {
   private readonly live = new Map<string, SharedAssembly>();
+  private readonly arriving = new Map<string, number>();
 
   constructor(
     private readonly stallMs: number,
@@ -284,10 +295,36 @@ export class AssemblyRegistry {
     return [...this.live.values()].filter((a) => !a.finished);
   }
 
-  /** The running assembly of `key` that can still serve a whole image, or a new one started with `start`. */
-  acquire(key: string, size: number, start: StartAssembly): { assembly: SharedAssembly; created: boolean } {
+  /** Notes a request for the image at `url` that is being prepared: a running assembly holds its start for it. */
+  arrival(url: string): Arrival {
+    this.arriving.set(url, (this.arriving.get(url) ?? 0) + 1);
+    let open = true;
+    return {
+      url,
+      done: () => {
+        if (!open) return;
+        open = false;
+        const n = (this.arriving.get(url) ?? 1) - 1;
+        if (n > 0) this.arriving.set(url, n);
+        else this.arriving.delete(url);
+      },
+    };
+  }
+
+  /**
+   * The running assembly of `key` that can still serve a whole image, or a new one started with `start`. The caller
+   * subscribes at once; its `arrival` ends here.
+   */
+  acquire(
+    key: string,
+    size: number,
+    start: StartAssembly,
+    arrival?: Arrival,
+  ): { assembly: SharedAssembly; created: boolean } {
+    arrival?.done();
     const existing = this.live.get(key);
     if (existing?.joinable && existing.size === size) return { assembly: existing, created: false };
+    const url = arrival?.url;
     const assembly = new SharedAssembly(
       key,
       size,
@@ -297,6 +334,7 @@ export class AssemblyRegistry {
       },
       this.stallMs,
       this.maxBuffered,
+      () => (url === undefined ? 0 : (this.arriving.get(url) ?? 0)),
     );
     this.live.set(key, assembly);
     return { assembly, created: true };

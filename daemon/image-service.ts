@@ -29,7 +29,7 @@ import { openProxyStore } from '../lib/fleet/batch-store.js';
 import type { ChunkStore } from '../lib/store/types.js';
 import type { PreparedImage, ReleaseTarget, Releases } from '../lib/delta/release.js';
 import type { ChunkIndex } from '../lib/format/caibx.js';
-import type { AssemblyRegistry, SharedAssembly } from './assemblies.js';
+import type { Arrival, AssemblyRegistry, SharedAssembly } from './assemblies.js';
 import type { DaemonConfig } from './config.js';
 import type { Logger } from './log.js';
 import type { DaemonCounters } from './metrics.js';
@@ -186,6 +186,21 @@ export class ImageService {
   }
 
   async serve(method: 'GET' | 'HEAD', target: OriginTarget, res: ServerResponse): Promise<void> {
+    // Counted until it joins an assembly or leaves: a running one keeps the image's start for it.
+    const arrival = method === 'GET' ? this.d.assemblies.arrival(target.url) : undefined;
+    try {
+      await this.serveImage(method, target, res, arrival);
+    } finally {
+      arrival?.done();
+    }
+  }
+
+  private async serveImage(
+    method: 'GET' | 'HEAD',
+    target: OriginTarget,
+    res: ServerResponse,
+    arrival: Arrival | undefined,
+  ): Promise<void> {
     const { timeouts } = this.d;
     const started = Date.now();
     const ac = new AbortController();
@@ -218,7 +233,7 @@ export class ImageService {
       if (late.kind === 'length') {
         const off = (await head).deltaOff;
         if (off) return this.switchedOff(method, target, res, ac.signal, off);
-        return this.serveAnnounced(target, late.length, ready, sha256, res, ac.signal);
+        return this.serveAnnounced(target, late.length, ready, sha256, res, ac.signal, arrival);
       }
       if (late.kind === 'none') {
         const why = late.why ?? `${(err as Error).message}, nor its length within ${timeouts.answerMs} ms`;
@@ -234,7 +249,7 @@ export class ImageService {
       res.end();
       return;
     }
-    return this.deliver(target, prepared, res, ac.signal, { headersBy: started + timeouts.headerMs });
+    return this.deliver(target, prepared, res, ac.signal, { headersBy: started + timeouts.headerMs }, arrival);
   }
 
   /** The release's kill switch is set: the origin's image, untouched. */
@@ -261,6 +276,7 @@ export class ImageService {
     sha256: Promise<string | undefined>,
     res: ServerResponse,
     signal: AbortSignal,
+    arrival: Arrival | undefined,
   ): Promise<void> {
     const { counters, log, timeouts } = this.d;
     sendHeaders(res, size);
@@ -282,7 +298,7 @@ export class ImageService {
     } catch (err) {
       why = (err as Error).message;
     }
-    if (prepared && !why) return this.deliver(target, prepared, res, signal, { firstByteBy });
+    if (prepared && !why) return this.deliver(target, prepared, res, signal, { firstByteBy }, arrival);
     counters.fallbacks++;
     log.warn(`${target.relPath}: ${why}; streaming the full image from the origin`);
     const expected = prepared
@@ -302,11 +318,15 @@ export class ImageService {
     res: ServerResponse,
     signal: AbortSignal,
     deadline: { headersBy: number } | { firstByteBy: number },
+    arrival: Arrival | undefined,
   ): Promise<void> {
     const { counters, log } = this.d;
     const size = prepared.index.size;
-    const { assembly, created } = this.d.assemblies.acquire(prepared.key, size, (s) =>
-      this.startEngine(target, prepared, s),
+    const { assembly, created } = this.d.assemblies.acquire(
+      prepared.key,
+      size,
+      (s) => this.startEngine(target, prepared, s),
+      arrival,
     );
     const body = assembly.subscribe();
     // A client that leaves while we wait for the first byte releases its share at once

@@ -522,6 +522,23 @@ test('clients that keep arriving past the join grace still share one assembly', 
   assert.equal(first, undefined, 'nothing left running');
 });
 
+test('a request still being prepared when the assembly starts joins it (the start is held for it)', {
+  timeout: 60_000,
+}, async (t) => {
+  const f = await fixture();
+  const v2 = f.releases[1];
+  t.after(() => f.origin.clearFaults());
+  // No freshness: each request prepares on its own, and the second SHA256SUMS fetch comes 3 s late, past the join
+  // grace and the quiet time; the other request's assembly would have dropped byte 0 long before.
+  const d = await startDaemon(t, f, {}, f.origin.url, undefined, 64 * 1024, 0);
+  f.origin.fault({ kind: 'delay', path: '/SHA256SUMS', skip: 1, delayMs: 3_000 });
+  const get = async () => Buffer.from(await (await fetch(`${d.url}/os_2.img`)).arrayBuffer());
+  const started = d.ctx.counters.assembliesStarted;
+  const [bodyA, bodyB] = await Promise.all([get(), get()]);
+  assert.ok(bodyA.equals(v2.data) && bodyB.equals(v2.data), 'both got v2');
+  assert.equal(d.ctx.counters.assembliesStarted - started, 1, 'the late-prepared request joined the running assembly');
+});
+
 test('a burst of clients shares one preparation: one index, one SHA256SUMS, one HEAD, one range probe', {
   timeout: 60_000,
 }, async (t) => {
