@@ -16,7 +16,6 @@ import { CA_FORMAT_INDEX, CA_FORMAT_TABLE, HEADER_SIZE, ITEM_SIZE } from '../lib
 import { loadIndex } from '../lib/delta/extract.js';
 import { Releases } from '../lib/delta/release.js';
 import { HttpClient } from '../lib/fetch/http-client.js';
-import { fetchReleaseFile } from '../lib/fetch/release-files.js';
 import { MetadataCache } from '../lib/fleet/metadata-cache.js';
 import { BodyTooLargeError, IndexFormatError } from '../lib/errors.js';
 import type { Logger } from '../daemon/log.js';
@@ -145,13 +144,14 @@ test('an endless index is refused the same way, at the same byte, by the CLI, th
   assert.ok(origin.indexSent() < 3 * 16 * 1024 * 1024, `${origin.indexSent()} index bytes sent in all`);
 });
 
-test('an index announced beyond the limit is refused before its body; a small file beyond its limit likewise', {
+test('an index announced beyond its limits is refused before its body; a small file beyond its limit likewise', {
   timeout: 30_000,
 }, async (t) => {
+  const announced = 10 * 1024 * 1024;
   const server = createServer((req, res) => {
     res.on('error', () => {});
-    res.writeHead(200, { 'content-length': String(10 * 1024 * 1024) });
-    res.write(Buffer.alloc(64 * 1024));
+    res.writeHead(200, { 'content-length': String(announced) });
+    res.write(req.url?.endsWith('.caibx') ? indexHeader() : Buffer.alloc(HEADER_SIZE));
   });
   await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
   t.after(
@@ -164,20 +164,24 @@ test('an index announced beyond the limit is refused before its body; a small fi
   const base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
   const http = new HttpClient();
   t.after(() => http.close());
+  // 1 GiB in chunks of at least 16 KiB is at most 65537 items: far less than 10 MiB of index.
+  const tooBig = (err: unknown) =>
+    err instanceof IndexFormatError &&
+    /file size at byte 0: 10485760 bytes announced, more than the \d+ bytes an index of at most 1073741824 bytes/.test(
+      err.message,
+    );
+  await assert.rejects(loadIndex(`${base}/x.caibx`, { http, maxTargetSize: GiB }), tooBig, 'CLI');
+  await assert.rejects(new Releases(http, { maxTargetSize: GiB }).file(`${base}/x.caibx`, { index: true }), tooBig);
+  const dir = await mkdtemp(join(tmpdir(), 'deltad-release-files-'));
+  t.after(() => rm(dir, { recursive: true, force: true }));
+  const meta = new MetadataCache(dir, http, 64 * 1024 * 1024, GiB);
+  await assert.rejects(meta.file(`${base}/x.caibx`, { index: true }), tooBig, 'proxy');
+  // SHA256SUMS and other small files: 1 MiB for the sidecar, the proxy's cache limit for the proxy.
   await assert.rejects(
-    fetchReleaseFile(http, `${base}/x.caibx`, { index: {}, maxBytes: 1024 * 1024 }),
-    (err: unknown) =>
-      err instanceof IndexFormatError &&
-      /file size at byte 0: 10485760 bytes announced, more than the 1048576-byte limit/.test(err.message),
-  );
-  // SHA256SUMS and other small files: 1 MiB by default (the sidecar), the proxy's limit in its cache.
-  await assert.rejects(
-    fetchReleaseFile(http, `${base}/SHA256SUMS`),
+    new Releases(http).file(`${base}/SHA256SUMS`),
     (err: unknown) =>
       err instanceof BodyTooLargeError && /10485760 bytes exceeds the 1048576-byte limit/.test(err.message),
   );
-  const dir = await mkdtemp(join(tmpdir(), 'deltad-release-files-'));
-  t.after(() => rm(dir, { recursive: true, force: true }));
   await assert.rejects(
     new MetadataCache(dir, http, 1024 * 1024).file(`${base}/SHA256SUMS`),
     (err: unknown) => err instanceof BodyTooLargeError,

@@ -9,7 +9,7 @@
 // hashed as it arrives, so an endless or oversized index fails at the first
 // byte too many whoever asked.
 import { createHash } from 'node:crypto';
-import { BodyTooLargeError, IndexFormatError, OriginError } from '../errors.js';
+import { BodyTooLargeError, OriginError } from '../errors.js';
 import { IndexParser, MAX_INDEX_BYTES, type ChunkIndex } from '../format/caibx.js';
 import { findSha256 } from '../format/sha256sums.js';
 import type { HttpClient } from './http-client.js';
@@ -53,8 +53,9 @@ export const MANIFEST_MAX = 1024 * 1024;
 
 /**
  * GETs a release file with the client's retries. 200: the body (and index); 404/410: nothing there; 304 to a kept
- * copy: that copy. Any other status is an OriginError with the status (transient for 5xx and 429); a body beyond
- * `maxBytes` is a BodyTooLargeError, an index that is not one (or beyond its limits) an IndexFormatError.
+ * copy: that copy. Any other status is an OriginError with the status (transient for 5xx and 429); a body announced
+ * or read beyond `maxBytes` is a BodyTooLargeError; an index that is not one, or goes beyond what `maxTargetSize`
+ * allows (announced or read), is an IndexFormatError at the first byte too many.
  */
 export async function fetchReleaseFile(
   http: HttpClient,
@@ -85,10 +86,6 @@ export async function fetchReleaseFile(
     const declared = Number.isSafeInteger(length) ? length : undefined;
     if (declared !== undefined && declared > maxBytes) {
       res.body.destroy();
-      if (index) {
-        const detail = `${declared} bytes announced, more than the ${maxBytes}-byte limit`;
-        throw new IndexFormatError('file size', 0, detail, url);
-      }
       throw new BodyTooLargeError(`GET ${url}: ${declared} bytes exceeds the ${maxBytes}-byte limit`, maxBytes);
     }
     const parseOpts = { source: url, allowArchive: index?.allowArchive ?? false, maxTargetSize: index?.maxTargetSize };
