@@ -8,7 +8,7 @@ import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
 import type { ServerResponse } from 'node:http';
 import type { Readable } from 'node:stream';
 import { pipeline } from 'node:stream/promises';
-import { MetadataTooLargeError, UsageError } from '../lib/errors.js';
+import { BodyTooLargeError, IndexFormatError, UsageError } from '../lib/errors.js';
 import { openExtractStream } from '../lib/delta/extract.js';
 import { batchResponse } from '../lib/fleet/batch-response.js';
 import { BATCH_CONTENT_TYPE, MAX_BATCH_IDS, parseIdList } from '../lib/fleet/batch-wire.js';
@@ -19,12 +19,12 @@ import type { MetadataCache } from '../lib/fleet/metadata-cache.js';
 import type { ChunkIndex } from '../lib/format/caibx.js';
 import { fromHex } from '../lib/format/digest.js';
 import type { HttpClient } from '../lib/fetch/http-client.js';
+import { findIndex, listedSha256 } from '../lib/fetch/release-files.js';
 import { compressChunk } from '../lib/store/compression.js';
 import { MultipartFraming, parseRangeHeader, type Span } from './byte-ranges.js';
 import type { Logger } from './log.js';
 import { renderMetrics, type DaemonCounters } from './metrics.js';
 import { resolveOriginTarget, siblingUrl, UnsafePathError } from './origin-path.js';
-import { findSha256 } from '../lib/format/sha256sums.js';
 import { proxy as streamThrough } from './passthrough.js';
 import { VERSION } from '../lib/util/version.js';
 
@@ -202,13 +202,19 @@ export async function upstreamRoutes(app: FastifyInstance, { ctx }: Opts): Promi
         const index = await imageIndex(ctx, target.url, target.name, ac.signal);
         if (index) return serveImage(ctx, req, reply, target.url, index, ac.signal);
         // Passed through whole, but checked like any image: against its SHA256SUMS entry, when there is one.
-        return passThrough(method === 'GET' ? listedSha256(ctx, target.url, target.name, ac.signal) : undefined);
+        return passThrough(method === 'GET' ? listedSha256Of(ctx, target.url, target.name, ac.signal) : undefined);
       }
+      const isIndex = target.name.endsWith(ctx.indexSuffix);
       let entry;
       try {
-        entry = await ctx.meta.fetch(target.url, ac.signal);
+        entry = await ctx.meta.file(target.url, { index: isIndex, signal: ac.signal });
       } catch (err) {
-        if (err instanceof MetadataTooLargeError) return passThrough();
+        if (err instanceof BodyTooLargeError) return passThrough();
+        // Not an index the proxy can use: the upstream's bytes all the same, as they are.
+        if (err instanceof IndexFormatError) {
+          ctx.log.warn(err.message);
+          return passThrough();
+        }
         ctx.log.warn(`${target.url}: ${(err as Error).message}`);
         return reply
           .code(502)
@@ -216,7 +222,7 @@ export async function upstreamRoutes(app: FastifyInstance, { ctx }: Opts): Promi
           .send(`deltad proxy: upstream unreachable and no cached copy: ${(err as Error).message}\n`);
       }
       // An index passing through tells where its image's chunks are (store and batch requests by ID).
-      if (entry.status === 200 && target.name.endsWith(ctx.indexSuffix)) ctx.indexes.register(target.url, entry.body);
+      if (entry.index) ctx.indexes.register(target.url, entry.index);
       if (entry.stale) {
         ctx.extra.staleServed++;
         reply.header('x-deltad-stale', '1').header('warning', '110 deltad "Response is Stale"');
@@ -232,23 +238,18 @@ export async function upstreamRoutes(app: FastifyInstance, { ctx }: Opts): Promi
 }
 
 /** The image's SHA-256 from the (cached) SHA256SUMS beside it; undefined when none lists it or it cannot be had. */
-async function listedSha256(
+function listedSha256Of(
   ctx: ProxyContext,
   url: string,
   name: string,
   signal: AbortSignal,
 ): Promise<string | undefined> {
-  try {
-    const sums = await ctx.meta.fetch(siblingUrl(url, 'SHA256SUMS'), signal);
-    return sums.status === 200 ? findSha256(sums.body.toString('utf8'), name) : undefined;
-  } catch {
-    return undefined;
-  }
+  return listedSha256(ctx.meta, siblingUrl(url, 'SHA256SUMS'), name, signal).catch(() => undefined);
 }
 
 /**
  * The upstream index of an image (revalidated), under the first of its index names that answers, registered for
- * chunk lookups; null when there is none.
+ * chunk lookups; null when there is none (or it cannot be had: the image is then passed through).
  */
 async function imageIndex(
   ctx: ProxyContext,
@@ -256,18 +257,14 @@ async function imageIndex(
   imageName: string,
   signal: AbortSignal,
 ): Promise<ChunkIndex | null> {
-  for (const name of ctx.indexNames(imageName)) {
-    const indexUrl = new URL(encodeURIComponent(name), imageUrl).href;
-    let entry;
-    try {
-      entry = await ctx.meta.fetch(indexUrl, signal);
-    } catch {
-      return null;
-    }
-    if (entry.status === 200) return ctx.indexes.register(indexUrl, entry.body, imageUrl);
-    if (entry.status !== 404 && entry.status !== 410) return null;
+  const urls = ctx.indexNames(imageName).map((name) => new URL(encodeURIComponent(name), imageUrl).href);
+  try {
+    const found = await findIndex(ctx.meta, urls, signal);
+    return found ? ctx.indexes.register(found.url, found.index, imageUrl) : null;
+  } catch (err) {
+    if (err instanceof IndexFormatError) ctx.log.warn(err.message);
+    return null;
   }
-  return null;
 }
 
 /** An image (whole, one range or several as multipart/byteranges) assembled from the chunk cache. */

@@ -58,6 +58,8 @@ export interface ProxyOptions {
   indexNames?: readonly string[];
   /** Parallel upstream requests per assembly (default 8). */
   concurrency?: number;
+  /** Largest image an index may describe (default 64 GiB): an index beyond it is refused as it arrives. */
+  maxTargetSize?: number;
   logger?: Logger;
   /** Replaces the cache's file writer (tests inject ENOSPC). */
   cacheWriteFile?: (path: string, data: Uint8Array) => Promise<void>;
@@ -122,8 +124,8 @@ export async function createProxy(opts: ProxyOptions): Promise<ProxyServer> {
     http,
     cache,
     chunks: new CachingStore(cache, upstreamStores, { concurrency: opts.concurrency }),
-    meta: new MetadataCache(join(opts.cacheDir, 'meta'), http),
-    indexes: new IndexRegistry(ranges, opts.indexSuffix, (m) => log.warn(m)),
+    meta: new MetadataCache(join(opts.cacheDir, 'meta'), http, undefined, opts.maxTargetSize),
+    indexes: new IndexRegistry(ranges, opts.indexSuffix),
     counters,
     extra: { staleServed: 0, batchRequests: 0, storeRequests: 0 },
     log,

@@ -93,9 +93,6 @@ export class OriginError extends DeltadError {
   }
 }
 
-/** The upstream file is larger than the metadata cache keeps: stream it through instead. */
-export class MetadataTooLargeError extends OriginError {}
-
 /** The whole assembled file does not match its expected SHA-256. */
 export class ChecksumMismatchError extends DeltadError {
   constructor(expected: string, actual: string, what: string) {

@@ -53,6 +53,7 @@ ${configUsage}`,
       indexSuffix: config.indexSuffix,
       indexNames: config.indexNames,
       concurrency: config.concurrency,
+      maxTargetSize: config.maxTargetSize,
       httpOptions: httpOptionsOf(config),
       logger: log,
     });

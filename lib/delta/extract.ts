@@ -6,7 +6,7 @@
 import type { ExtractProgress, ExtractResult } from '../assemble/progress.js';
 import type { Readable } from 'node:stream';
 import { readIndexFile, type ChunkIndex } from '../format/caibx.js';
-import { downloadIndex } from './index-download.js';
+import { fetchReleaseFile } from '../fetch/release-files.js';
 import { OriginError, StallError, UnusableInputError, UsageError } from '../errors.js';
 import { HttpClient, type HttpClientOptions } from '../fetch/http-client.js';
 import { IndexCache, type IndexBuilder } from '../seed/index-cache.js';
@@ -160,13 +160,10 @@ export async function loadIndex(
   if (!isUrl(spec)) return readIndexFile(spec, { allowArchive, maxTargetSize: opts.maxTargetSize });
   const http = opts.http ?? new HttpClient({ ...opts.httpOptions, timeoutMs: opts.timeoutMs });
   try {
-    const got = await downloadIndex(http, spec, {
-      signal: opts.signal,
-      allowArchive,
-      maxTargetSize: opts.maxTargetSize,
-    });
-    if (!got) throw new OriginError(`GET ${spec}: HTTP 404 (no such index)`, { status: 404 });
-    return got.index;
+    const index = { allowArchive, maxTargetSize: opts.maxTargetSize };
+    const got = await fetchReleaseFile(http, spec, { index, signal: opts.signal });
+    if (got.status !== 200) throw new OriginError(`GET ${spec}: HTTP 404 (no such index)`, { status: 404 });
+    return got.index!;
   } finally {
     if (!opts.http) await http.close();
   }

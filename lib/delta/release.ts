@@ -5,29 +5,23 @@
 // (If-None-Match / If-Modified-Since), so an unchanged release costs a 304.
 // Shared fetches run without any one request's signal: a client that leaves
 // does not fail the others' preparation.
-import { createHash } from 'node:crypto';
+// The files themselves are fetched, bounded, parsed and revalidated by
+// lib/fetch/release-files.ts, the same code as the fleet proxy and the CLI.
 import { OriginError } from '../errors.js';
 import type { HttpClient } from '../fetch/http-client.js';
 import { deltaDisabledBy } from '../fetch/release-policy.js';
-import { IndexParser, MAX_INDEX_BYTES, type ChunkIndex } from '../format/caibx.js';
-import { findSha256 } from '../format/sha256sums.js';
+import {
+  fetchReleaseFile,
+  findIndex,
+  listedSha256,
+  type ReleaseFile,
+  type ReleaseFileSource,
+} from '../fetch/release-files.js';
+import type { ChunkIndex } from '../format/caibx.js';
 import { DEFAULT_FRESH_MS } from '../util/defaults.js';
 
 export { DEFAULT_FRESH_MS };
-const MANIFEST_MAX = 1024 * 1024;
 const MAX_ENTRIES = 64;
-
-/** A small origin file as last seen: status 200 with its body, or 404/410. */
-export interface SmallFile {
-  status: number;
-  body: Buffer;
-  etag?: string;
-  lastModified?: string;
-  /** An index file, parsed as it arrived (its body never grew past what the parser allows). */
-  index?: ChunkIndex;
-  /** SHA-256 (hex) of an index file's body, computed once when it arrived. */
-  digest?: string;
-}
 
 /** Single-flight answers kept for `freshMs`, at most MAX_ENTRIES (oldest dropped first). */
 class FreshMemo<T> {
@@ -74,8 +68,8 @@ export interface PreparedImage {
   key: string;
 }
 
-export class Releases {
-  private readonly files: FreshMemo<SmallFile>;
+export class Releases implements ReleaseFileSource {
+  private readonly files: FreshMemo<ReleaseFile>;
   private readonly probes: FreshMemo<unknown>;
 
   private readonly maxTargetSize?: number;
@@ -90,32 +84,29 @@ export class Releases {
     this.probes = new FreshMemo(freshMs);
   }
 
-  /** A small file, shared and revalidated as described above. */
-  file(url: string, maxBytes: number, isIndex = false): Promise<SmallFile> {
-    return this.files.get(url, (previous) => this.fetchFile(url, maxBytes, previous, isIndex));
+  /** A release file, shared and revalidated as described above (an index parsed as it arrives). */
+  file(url: string, opts: { index?: boolean } = {}): Promise<ReleaseFile> {
+    const index = opts.index ? { maxTargetSize: this.maxTargetSize } : undefined;
+    return this.files.get(url, (previous) => fetchReleaseFile(this.http, url, { index, previous }));
   }
 
   /** The image's entry in the SHA256SUMS beside it, if any. */
-  async sha256(t: ReleaseTarget): Promise<string | undefined> {
-    const sums = await this.file(t.sumsUrl, MANIFEST_MAX);
-    return sums.status === 200 ? findSha256(sums.body.toString('utf8'), t.name) : undefined;
+  sha256(t: ReleaseTarget): Promise<string | undefined> {
+    return listedSha256(this, t.sumsUrl, t.name);
   }
 
   /** The image's index and expected SHA-256; undefined when the origin has none of its index names. */
   async prepare(t: ReleaseTarget, sha256 = this.sha256(t)): Promise<PreparedImage | undefined> {
-    let found: { url: string; file: SmallFile } | undefined;
-    for (const url of t.indexUrls) {
-      const file = await this.file(url, MAX_INDEX_BYTES, true);
-      if (file.status === 200) {
-        found = { url, file };
-        break;
-      }
-    }
+    const found = await findIndex(this, t.indexUrls);
     const expected = await sha256;
     if (!found) return undefined;
     // Parsed and hashed once, when the file arrived: a fresh or revalidated (304) answer is the same object.
-    const { index, digest } = found.file as Required<SmallFile>;
-    return { index, indexUrl: found.url, sha256: expected, key: `${t.url}#${digest}#${expected ?? ''}` };
+    return {
+      index: found.index,
+      indexUrl: found.url,
+      sha256: expected,
+      key: `${t.url}#${found.digest}#${expected ?? ''}`,
+    };
   }
 
   /** The image's length from a HEAD: a 200 with a Content-Length, else undefined (any failure too). */
@@ -154,59 +145,4 @@ export class Releases {
   probe<T>(key: string, compute: () => Promise<T>): Promise<T> {
     return this.probes.get(key, compute) as Promise<T>;
   }
-
-  /** `isIndex`: parsed as it arrives, so an endless or oversized index fails at the first byte too many. */
-  private async fetchFile(
-    url: string,
-    maxBytes: number,
-    previous: SmallFile | undefined,
-    isIndex: boolean,
-  ): Promise<SmallFile> {
-    const headers: Record<string, string> = {};
-    if (previous?.status === 200 && previous.etag) headers['if-none-match'] = previous.etag;
-    if (previous?.status === 200 && previous.lastModified) headers['if-modified-since'] = previous.lastModified;
-    return this.http.withRetry(async () => {
-      const res = await this.http.request(url, { headers });
-      const status = res.statusCode;
-      if (status === 304 && previous?.status === 200) {
-        await res.body.dump();
-        return previous;
-      }
-      if (status === 404 || status === 410) {
-        await res.body.dump();
-        return { status, body: Buffer.alloc(0) };
-      }
-      if (status !== 200) {
-        await res.body.dump();
-        throw new OriginError(`GET ${url}: HTTP ${status}`, { status, transient: status >= 500 || status === 429 });
-      }
-      const declared = Number(res.headers['content-length'] ?? Number.NaN);
-      if (declared > maxBytes) {
-        res.body.destroy();
-        throw new OriginError(`GET ${url}: ${declared} bytes exceeds the ${maxBytes}-byte limit`);
-      }
-      const parser = isIndex
-        ? new IndexParser(
-            { source: url, allowArchive: false, maxTargetSize: this.maxTargetSize },
-            Number.isNaN(declared) ? undefined : declared,
-          )
-        : undefined;
-      const body = await this.http.readBody(res.body, maxBytes, url, parser && ((b) => parser.push(b)));
-      if (!Number.isNaN(declared) && body.length !== declared) {
-        throw new OriginError(`GET ${url}: truncated body (${body.length} of ${declared} bytes)`, { transient: true });
-      }
-      return {
-        status,
-        body,
-        etag: header(res.headers.etag),
-        lastModified: header(res.headers['last-modified']),
-        index: parser?.finish(),
-        digest: parser ? createHash('sha256').update(body).digest('hex') : undefined,
-      };
-    });
-  }
-}
-
-function header(v: string | string[] | undefined): string | undefined {
-  return Array.isArray(v) ? v[0] : v;
 }

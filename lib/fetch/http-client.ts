@@ -275,13 +275,15 @@ export class HttpClient {
 
   /**
    * Reads a response body fully, counting bytes and enforcing a limit. `onPart` sees each part as it arrives (e.g. a
-   * streaming parser); what it throws ends the read and is thrown as it is.
+   * streaming parser); what it throws ends the read and is thrown as it is. `keep` false: the parts are only seen by
+   * `onPart`, and an empty buffer is returned.
    */
   async readBody(
     body: Dispatcher.ResponseData['body'],
     maxBytes: number,
     url: string,
     onPart?: (part: Buffer) => void,
+    keep = true,
   ): Promise<Buffer> {
     const parts: Buffer[] = [];
     let n = 0;
@@ -294,7 +296,7 @@ export class HttpClient {
           body.destroy();
           throw new BodyTooLargeError(`GET ${url}: body exceeds the ${maxBytes}-byte limit`, maxBytes);
         }
-        parts.push(b);
+        if (keep) parts.push(b);
         try {
           onPart?.(b);
         } catch (err) {
@@ -309,7 +311,7 @@ export class HttpClient {
       body.destroy();
       throw refused.err;
     }
-    return Buffer.concat(parts, n);
+    return keep ? Buffer.concat(parts, n) : Buffer.alloc(0);
   }
 
   async close(): Promise<void> {
