@@ -17,21 +17,15 @@ import { openProxyStore } from '../lib/fleet/batch-store.js';
 import { OriginError } from '../lib/errors.js';
 import { chunkRelativePath } from '../lib/store/chunk-file.js';
 import { compressChunk, decompressChunk } from '../lib/store/compression.js';
-import {
-  makeReleases,
-  rangeFetchesOf,
-  startTestProxy,
-  startUpstream,
-  type Release,
-  type Upstream,
-} from './helpers/fleet.js';
+import { makeReleases, rangeFetchesOf, startTestProxy, type Release } from './helpers/fleet.js';
+import { startOrigin, type Origin } from './helpers/origin.js';
 import { VERSION } from '../lib/util/version.js';
 
 const run = promisify(execFile);
 
 interface Fixture {
   dir: string;
-  upstream: Upstream;
+  upstream: Origin;
   releases: Release[];
   proxy: ProxyServer;
   url: string;
@@ -42,7 +36,7 @@ async function setup(t: TestContext, over: Partial<ProxyOptions> = {}, size = 2 
   const origin = join(dir, 'origin');
   await mkdir(origin);
   const releases = await makeReleases(origin, size, 2);
-  const upstream = await startUpstream(origin);
+  const upstream = await startOrigin({ root: origin });
   t.after(async () => {
     await upstream.close();
     await rm(dir, { recursive: true, force: true });
@@ -227,7 +221,7 @@ test('upstream returns wrong bytes: not cached, not served (store 500, batch ERR
   const f = await setup(t);
   const [v1] = f.releases;
   await get(`${f.url}/${v1.name}.caibx`);
-  f.upstream.corruptRanges = true;
+  f.upstream.fault({ kind: 'wrong-bytes', rangedOnly: true, times: Infinity }); // every byte range lies
   const hex = v1.index.idHex(1);
   const res = await get(`${f.url}/.deltad/store/${chunkRelativePath(hex, true)}`);
   assert.equal(res.status, 500);
@@ -245,7 +239,7 @@ test('upstream returns wrong bytes: not cached, not served (store 500, batch ERR
   assert.equal(f.proxy.cache.stats.entries, 0, 'nothing cached');
   assert.deepEqual(await readdir(join(f.dir, 'cache', 'chunks')), []);
   // Once the upstream is honest again, the same chunk is fetched and served.
-  f.upstream.corruptRanges = false;
+  f.upstream.clearFaults();
   const good = await get(`${f.url}/.deltad/store/${chunkRelativePath(hex, true)}`);
   assert.equal(good.status, 200);
 });

@@ -10,14 +10,15 @@ import { mkdir, mkdtemp, rm, unlink, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { request } from 'undici';
-import { makeReleases, startTestProxy, startUpstream, type Release, type Upstream } from '../helpers/fleet.js';
+import { makeReleases, startTestProxy, type Release } from '../helpers/fleet.js';
+import { startOrigin, type Origin } from '../helpers/origin.js';
 
-async function setup(t: TestContext): Promise<{ dir: string; upstream: Upstream; releases: Release[]; url: string }> {
+async function setup(t: TestContext): Promise<{ dir: string; upstream: Origin; releases: Release[]; url: string }> {
   const dir = await mkdtemp(join(tmpdir(), 'deltad-fault-proxy-'));
   const origin = join(dir, 'origin');
   await mkdir(origin);
   const releases = await makeReleases(origin, 1024 * 1024, 1);
-  const upstream = await startUpstream(origin);
+  const upstream = await startOrigin({ root: origin });
   t.after(async () => {
     await upstream.close();
     await rm(dir, { recursive: true, force: true });
