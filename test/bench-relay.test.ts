@@ -8,13 +8,13 @@ import assert from 'node:assert/strict';
 import { randomBytes, createHash } from 'node:crypto';
 import { execFile, spawnSync } from 'node:child_process';
 import { promisify } from 'node:util';
-import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, readFileSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseDuration, parseRate, startRelay } from '../bench/relay.js';
 import { makeTestCa } from '../bench/tls.js';
 import { startNginx } from '../bench/nginx.js';
+import { tmpDirSync } from './helpers/tmp.js';
 
 /** An echo server that answers "bye" after the client's end, then ends. */
 async function echoServer(): Promise<net.Server> {
@@ -88,7 +88,7 @@ test('TLS origin: nginx serves https with HTTP/2 through the relay, curl verifie
       return;
     }
   }
-  const dir = mkdtempSync(join(tmpdir(), 'deltad-tls-'));
+  const dir = tmpDirSync(t, 'tls');
   chmodSync(dir, 0o755); // nginx's worker (an unprivileged user) reads the files
   return (async () => {
     const ca = makeTestCa(join(dir, 'tls'));
@@ -132,7 +132,6 @@ test('TLS origin: nginx serves https with HTTP/2 through the relay, curl verifie
     } finally {
       await relay.close();
       nginx.stop();
-      rmSync(dir, { recursive: true, force: true });
     }
   })();
 });

@@ -7,8 +7,7 @@ import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { HttpClient } from '../lib/fetch/http-client.js';
 import { packImage } from '../lib/blockpack/index.js';
@@ -17,6 +16,7 @@ import { serializeIndex, type ChunkIndex } from '../lib/format/caibx.js';
 import { extractToFile, openExtractStream } from '../lib/delta/extract.js';
 import { partialPaths } from '../lib/assemble/partial-file.js';
 import { startOrigin, type Origin } from './helpers/origin.js';
+import { tmpDir } from './helpers/tmp.js';
 
 const BS = 4096;
 const BLOCKS = 6144; // 24 MiB
@@ -29,8 +29,8 @@ let v2: Buffer;
 let v2Index: ChunkIndex;
 let sha: string;
 
-before(async () => {
-  dir = await mkdtemp(join(tmpdir(), 'deltad-block-route-'));
+before(async (t) => {
+  dir = await tmpDir(t, 'block-route');
   const www = join(dir, 'www');
   const { mkdir } = await import('node:fs/promises');
   await mkdir(www);
@@ -49,7 +49,6 @@ before(async () => {
 });
 after(async () => {
   await origin?.close();
-  if (dir) await rm(dir, { recursive: true, force: true });
 });
 
 let n = 0;

@@ -2,11 +2,10 @@
 // assembly through a real HTTP origin on 127.0.0.1, including a corrupted
 // frame, a corrupted dictionary, lying block indexes, a server without
 // multi-range, a stale seed and a release without a pack.
-import { after, test } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { cp, mkdir, mkdtemp, readFile, readdir, rm, symlink, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { cp, mkdir, readFile, readdir, rm, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { HttpClient } from '../lib/fetch/http-client.js';
 import { ChecksumMismatchError, IndexFormatError, PackError } from '../lib/errors.js';
@@ -24,14 +23,9 @@ import { startOrigin, type Origin } from './helpers/origin.js';
 import { serializeIndex } from '../lib/format/caibx.js';
 import { indexBuffer } from '../lib/chunking/indexer.js';
 import { extractToFile, loadIndex, openExtractStream, planUpdate } from '../lib/delta/extract.js';
+import { fileTmpDir, tmpDir } from './helpers/tmp.js';
 
 const BS = 4096;
-
-async function tempDir(t: { after: (fn: () => Promise<void>) => void }): Promise<string> {
-  const dir = await mkdtemp(join(tmpdir(), 'deltad-blockpack-'));
-  t.after(() => rm(dir, { recursive: true, force: true }));
-  return dir;
-}
 
 /** Deterministic compressible block content: words from a small vocabulary. */
 function textBlock(seed: number, len = BS): Buffer {
@@ -89,10 +83,12 @@ interface Fixture {
 }
 
 /** v2 packed once per test file (packing dominates a fixture's cost); each test gets its own copy. */
+const templateDir = fileTmpDir('blockpack-template');
 let packed: Promise<{ dir: string; v1: Buffer; v2: Buffer }> | undefined;
 function packedTemplate(): Promise<{ dir: string; v1: Buffer; v2: Buffer }> {
   packed ??= (async () => {
-    const dir = await mkdtemp(join(tmpdir(), 'deltad-blockpack-template-'));
+    const dir = join(templateDir, 'template');
+    await mkdir(dir);
     const { v1, v2 } = makeImages();
     await writeFile(join(dir, 'os_2.img'), v2);
     await packImage(join(dir, 'os_2.img'), { outDir: dir, level: 9, dictSize: 32 * 1024, trainer: 'cover' });
@@ -100,12 +96,9 @@ function packedTemplate(): Promise<{ dir: string; v1: Buffer; v2: Buffer }> {
   })();
   return packed;
 }
-after(async () => {
-  if (packed) await rm((await packed).dir, { recursive: true, force: true });
-});
 
 async function fixture(t: { after: (fn: () => Promise<void>) => void }): Promise<Fixture> {
-  const dir = await tempDir(t);
+  const dir = await tmpDir(t, 'blockpack');
   const www = join(dir, 'www');
   const template = await packedTemplate();
   const { v1, v2 } = template;
@@ -185,7 +178,7 @@ test('pack: zero blocks are not stored, repeated blocks once, and the index roun
 });
 
 test('pack: a dictionary makes the pack smaller than no dictionary', async (t) => {
-  const dir = await tempDir(t);
+  const dir = await tmpDir(t, 'blockpack');
   const img = join(dir, 'a.img');
   await writeFile(img, makeImages().v2);
   const withDict = await packImage(img, { outDir: dir, level: 9, dictSize: 32 * 1024, trainer: 'cover' });
@@ -409,7 +402,7 @@ test('engine: extractToFile and planUpdate take the block path when the release 
 });
 
 test('pack --previous: runs of new blocks share frames; seeded and seedless clients both get the exact image', async (t) => {
-  const dir = await tempDir(t);
+  const dir = await tmpDir(t, 'blockpack');
   const www = join(dir, 'www');
   await mkdir(www);
   const { v1, v2 } = makeImages();

@@ -9,7 +9,6 @@ import { createHash } from 'node:crypto';
 import { connect } from 'node:net';
 import { copyFile, mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { request as httpRequest } from 'node:http';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { buildServer } from '../daemon/server.js';
 import { defaultConfig, type DaemonConfig } from '../daemon/config.js';
@@ -21,6 +20,7 @@ import { serializeIndex } from '../lib/format/caibx.js';
 import { startOrigin, type Origin } from './helpers/origin.js';
 import { makeReleases, type Release } from './helpers/fleet.js';
 import { requireTool, run, SYSTEMD_PULL, systemdPull } from './helpers/sysupdate-client.js';
+import { fileTmpDir } from './helpers/tmp.js';
 
 const SIZE = 4 * 1024 * 1024;
 const sha256 = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
@@ -35,10 +35,11 @@ interface Fixture {
 }
 
 /** One origin with three releases (os_1..3.img), seeds dir holding v1. Shared by the tests of this file. */
+/** The shared fixture's files (origin, seeds), removed after the file's last test. */
+const dir = fileTmpDir('sysupdate');
 let shared: Promise<Fixture> | undefined;
 function fixture(): Promise<Fixture> {
   shared ??= (async () => {
-    const dir = await mkdtemp(join(tmpdir(), 'deltad-sysupdate-'));
     const originDir = join(dir, 'origin');
     const seedDir = join(dir, 'system');
     const outDir = join(dir, 'out');
@@ -57,7 +58,6 @@ test.after(async () => {
   if (!shared) return;
   const f = await shared;
   await f.origin.close();
-  await rm(f.dir, { recursive: true, force: true });
 });
 
 interface Daemon {

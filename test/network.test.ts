@@ -31,7 +31,7 @@ const direct: Record<string, ExtractResult> = {};
 before(async (t) => {
   casync = requireCasync(t as unknown as { skip: (m: string) => void });
   if (!casync) return;
-  fx = await makeDeltaFixture(2 * 1024 * 1024);
+  fx = await makeDeltaFixture(t, 2 * 1024 * 1024);
   [origin, mirror] = await Promise.all([startOrigin({ root: fx.www }), startOrigin({ root: fx.www })]);
   work = await tmpDir(t, 'network');
   for (const mode of ['range', 'store'] as const) {
@@ -45,7 +45,6 @@ before(async (t) => {
 });
 after(async () => {
   await Promise.all([origin?.close(), mirror?.close()]);
-  await fx?.cleanup();
 });
 
 let n = 0;

@@ -2,11 +2,11 @@
 // beside the output must never reach another file through a planted symlink.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { link, lstat, mkdtemp, readFile, rm, symlink, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { link, lstat, readFile, rm, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { indexBuffer } from '../lib/chunking/indexer.js';
 import { PartialFile, partialPaths } from '../lib/assemble/partial-file.js';
+import { tmpDir } from './helpers/tmp.js';
 
 /** Deterministic bytes that chunk into several chunks (xorshift). */
 function pseudoRandom(size: number): Buffer {
@@ -22,8 +22,7 @@ function pseudoRandom(size: number): Buffer {
 }
 
 test("partial file: a symlink at the journal's temp path is replaced, the file it points to (a seed) is untouched", async (t) => {
-  const dir = await mkdtemp(join(tmpdir(), 'deltad-partial-'));
-  t.after(() => rm(dir, { recursive: true, force: true }));
+  const dir = await tmpDir(t, 'partial');
   const data = pseudoRandom(256 * 1024);
   const index = indexBuffer(data, {
     params: { min: 16 * 1024, avg: 64 * 1024, max: 256 * 1024 },
@@ -44,8 +43,7 @@ test("partial file: a symlink at the journal's temp path is replaced, the file i
 });
 
 test('partial file: a hard link to another file (a seed) at the partial path is never written through, fresh or resumed', async (t) => {
-  const dir = await mkdtemp(join(tmpdir(), 'deltad-partial-'));
-  t.after(() => rm(dir, { recursive: true, force: true }));
+  const dir = await tmpDir(t, 'partial');
   const data = pseudoRandom(256 * 1024);
   const index = indexBuffer(data, {
     params: { min: 16 * 1024, avg: 64 * 1024, max: 256 * 1024 },

@@ -4,11 +4,10 @@
 // access control (allow-list, absolute-form targets, odd Host, traversal, caps).
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdir, mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { connect } from 'node:net';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { request } from 'undici';
 import type { ProxyOptions, ProxyServer } from '../daemon/proxy.js';
@@ -20,6 +19,7 @@ import { compressChunk, decompressChunk } from '../lib/store/compression.js';
 import { makeReleases, rangeFetchesOf, startTestProxy, type Release } from './helpers/fleet.js';
 import { startOrigin, type Origin } from './helpers/origin.js';
 import { VERSION } from '../lib/util/version.js';
+import { tmpDir } from './helpers/tmp.js';
 
 const run = promisify(execFile);
 
@@ -32,15 +32,12 @@ interface Fixture {
 }
 
 async function setup(t: TestContext, over: Partial<ProxyOptions> = {}, size = 2 * 1024 * 1024): Promise<Fixture> {
-  const dir = await mkdtemp(join(tmpdir(), 'deltad-proxy-'));
+  const dir = await tmpDir(t, 'proxy');
   const origin = join(dir, 'origin');
   await mkdir(origin);
   const releases = await makeReleases(origin, size, 2);
   const upstream = await startOrigin({ root: origin });
-  t.after(async () => {
-    await upstream.close();
-    await rm(dir, { recursive: true, force: true });
-  });
+  t.after(() => upstream.close());
   const { proxy, url } = await startTestProxy(t, upstream.url, join(dir, 'cache'), over);
   return { dir, upstream, releases, proxy, url: url.slice(0, -1) };
 }

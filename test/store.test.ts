@@ -3,9 +3,8 @@
 // against a real server on 127.0.0.1 with faults.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { LocalStore } from '../lib/store/local-store.js';
 import { HttpStore, normalizeStoreUrl } from '../lib/store/http-store.js';
@@ -17,12 +16,7 @@ import { HttpClient } from '../lib/fetch/http-client.js';
 import { loadVectors, storePath } from './helpers/vectors.js';
 import { startOrigin } from './helpers/origin.js';
 import { mountTinyTmpfs } from './helpers/tmpfs.js';
-
-async function tempDir(t: { after: (fn: () => Promise<void>) => void }): Promise<string> {
-  const dir = await mkdtemp(join(tmpdir(), 'deltad-store-'));
-  t.after(() => rm(dir, { recursive: true, force: true }));
-  return dir;
-}
+import { tmpDir } from './helpers/tmp.js';
 
 /** A chunk of `n` bytes that compresses (so zstd frames have real blocks). */
 function sampleChunk(n: number, seed = 1): Buffer {
@@ -77,7 +71,7 @@ test('old casync stores: gzip chunks read, xz chunks give a clear error', async 
 
 for (const uncompressed of [false, true]) {
   test(`local store round trip (${uncompressed ? 'uncompressed raw files' : 'zstd .cacnk'})`, async (t) => {
-    const dir = await tempDir(t);
+    const dir = await tmpDir(t, 'store');
     const store = new LocalStore(join(dir, 'x.castr'), { uncompressed });
     const chunks = [sampleChunk(70_000, 1), sampleChunk(1, 2), randomBytes(50_000), sampleChunk(262_144, 3)];
     for (const data of chunks) {
@@ -115,7 +109,7 @@ for (const uncompressed of [false, true]) {
 }
 
 test('sha256 stores verify with the configured digest', async (t) => {
-  const dir = await tempDir(t);
+  const dir = await tmpDir(t, 'store');
   const data = sampleChunk(10_000);
   const id = chunkId('sha256', data);
   const store = new LocalStore(dir, { digest: 'sha256' });
@@ -150,7 +144,7 @@ async function getAfterReplacing(
 }
 
 test('corrupt chunk files are rejected naming the ID and the file', async (t) => {
-  const dir = await tempDir(t);
+  const dir = await tmpDir(t, 'store');
   const data = sampleChunk(100_000);
   // A valid frame of other content: decodes fine, wrong digest.
   let err = await getAfterReplacing(join(dir, 'a'), data, () =>
@@ -182,7 +176,7 @@ test('corrupt chunk files are rejected naming the ID and the file', async (t) =>
 });
 
 test('decompression is bounded: a small file that inflates hugely is refused', async (t) => {
-  const dir = await tempDir(t);
+  const dir = await tmpDir(t, 'store');
   const bomb = compressChunk(Buffer.alloc(64 * 1024 * 1024));
   assert.ok(bomb.length < 10_000);
   assert.throws(() => decompressChunk(bomb, 262_144), /decompresses to more than 262144 bytes/);
@@ -199,7 +193,7 @@ test('decompression is bounded: a small file that inflates hugely is refused', a
 });
 
 test('a failed write leaves neither a partial chunk nor a temp file', async (t) => {
-  const dir = await tempDir(t);
+  const dir = await tmpDir(t, 'store');
   const store = new LocalStore(dir);
   const data = sampleChunk(5000);
   const id = chunkId('sha512-256', data);
@@ -266,7 +260,7 @@ const FAST_RETRY = { attempts: 3, retryBaseMs: 10, timeoutMs: 5000 };
 
 /** A local store with a few chunks, served over HTTP; returns chunks and their IDs. */
 async function servedStore(t: { after: (fn: () => Promise<void>) => void }, uncompressed = false) {
-  const dir = await tempDir(t);
+  const dir = await tmpDir(t, 'store');
   const local = new LocalStore(join(dir, 'pub', 'img.castr'), { uncompressed });
   const chunks = [sampleChunk(64 * 1024, 5), randomBytes(30_000), sampleChunk(3, 6)];
   const ids = chunks.map((c) => chunkId('sha512-256', c));

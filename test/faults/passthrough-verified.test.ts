@@ -5,8 +5,7 @@
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { request } from 'undici';
 import { buildServer } from '../../daemon/server.js';
@@ -14,12 +13,13 @@ import { defaultConfig, type DaemonConfig } from '../../daemon/config.js';
 import { createNotifier } from '../../daemon/notify.js';
 import { startOrigin } from '../helpers/origin.js';
 import { makeReleases, type Release } from '../helpers/fleet.js';
+import { tmpDir } from '../helpers/tmp.js';
 
 async function setup(
   t: TestContext,
   over: Partial<DaemonConfig>,
 ): Promise<{ url: string; originDir: string; release: Release }> {
-  const dir = await mkdtemp(join(tmpdir(), 'deltad-fault-pass-'));
+  const dir = await tmpDir(t, 'fault-pass');
   const originDir = join(dir, 'origin');
   await mkdir(originDir);
   const [release] = await makeReleases(originDir, 1024 * 1024, 1);
@@ -41,7 +41,6 @@ async function setup(
   t.after(async () => {
     await app.close();
     await origin.close();
-    await rm(dir, { recursive: true, force: true });
   });
   return { url: `http://127.0.0.1:${(app.server.address() as { port: number }).port}`, originDir, release };
 }

@@ -22,7 +22,7 @@ const KINDS = { oversized: 0, garbage: 1, wrong: 2 } as const;
 before(async (t) => {
   casync = requireCasync(t as unknown as { skip: (m: string) => void });
   if (!casync) return;
-  fx = await makeDeltaFixture(1024 * 1024);
+  fx = await makeDeltaFixture(t, 1024 * 1024);
   for (const [kind, i] of Object.entries(KINDS)) {
     const store = join(fx.www, `${kind}.castr`);
     await cp(fx.storeDir, store, { recursive: true });
@@ -39,7 +39,6 @@ before(async (t) => {
 });
 after(async () => {
   await origin?.close();
-  await fx?.cleanup();
 });
 
 const chunkPath = (kind: keyof typeof KINDS): string =>

@@ -4,11 +4,11 @@
 // origin serves (v2.img, v2.caibx, v2.castr/), v1.img sits outside as a seed.
 import { spawnSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { mkdtemp, mkdir, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before } from 'node:test';
 import { startOrigin, type Origin } from './origin.js';
+import { tmpDir, type TmpContext } from './tmp.js';
 import { readIndexFile, type ChunkIndex, type ChunkParams } from '../../lib/format/caibx.js';
 
 export const TEST_PARAMS: ChunkParams = { min: 4096, avg: 16384, max: 65536 };
@@ -23,7 +23,6 @@ export interface DeltaFixture {
   indexPath: string;
   index: ChunkIndex;
   storeDir: string;
-  cleanup(): Promise<void>;
 }
 
 /** Fails (in CI) or reports false (elsewhere) when casync is not installed. */
@@ -54,8 +53,9 @@ export function makeV2(v1: Buffer): Buffer {
   ]);
 }
 
-export async function makeDeltaFixture(size = 3 * 1024 * 1024): Promise<DeltaFixture> {
-  const dir = await mkdtemp(join(tmpdir(), 'deltad-extract-'));
+/** A delta fixture in a new directory, removed after `t` (a test, or a file-level before() hook). */
+export async function makeDeltaFixture(t: TmpContext, size = 3 * 1024 * 1024): Promise<DeltaFixture> {
+  const dir = await tmpDir(t, 'delta');
   const www = join(dir, 'www');
   await mkdir(www);
   const v1 = randomBytes(size);
@@ -83,7 +83,6 @@ export async function makeDeltaFixture(size = 3 * 1024 * 1024): Promise<DeltaFix
     indexPath,
     index: await readIndexFile(indexPath),
     storeDir,
-    cleanup: () => rm(dir, { recursive: true, force: true }),
   };
 }
 
@@ -99,12 +98,11 @@ export function withDeltaFixture(
   let origin: Origin | undefined;
   before(async (t) => {
     if (!requireCasync(t as unknown as { skip: (m: string) => void })) return onReady(null);
-    fx = await makeDeltaFixture(size);
+    fx = await makeDeltaFixture(t, size);
     origin = await startOrigin({ root: fx.www });
     onReady({ fx, origin });
   });
   after(async () => {
     await origin?.close();
-    await fx?.cleanup();
   });
 }
