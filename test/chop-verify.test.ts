@@ -4,7 +4,6 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFile, truncate, unlink, writeFile, appendFile, readdir } from 'node:fs/promises';
 import { execFileSync, spawnSync } from 'node:child_process';
-import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import { ChunkIndexBuilder, readIndexFile, serializeIndex, type ChunkIndex } from '../lib/format/caibx.js';
 import { chunkId, toHex, type DigestName } from '../lib/format/digest.js';
@@ -18,6 +17,7 @@ import { verifyFile, verifyStore } from '../lib/tools/verify.js';
 import { startOrigin } from './helpers/origin.js';
 import { REPO_ROOT } from './helpers/repo.js';
 import { tmpDir } from './helpers/tmp.js';
+import { seededBytes } from './helpers/images.js';
 
 /** A few MiB with the shapes images have: random data, zero runs, repeated blocks, text. */
 function makeImage(size: number, label = 'img'): Buffer {
@@ -27,11 +27,7 @@ function makeImage(size: number, label = 'img'): Buffer {
     const kind = k % 4;
     const len = Math.min(size - o, 150_000 + ((k * 37_311) % 200_000));
     if (kind === 0 || kind === 2) {
-      for (let p = 0; p < len; p += 32)
-        createHash('sha256')
-          .update(`${label}:${k}:${p}`)
-          .digest()
-          .copy(out, o + p, 0, Math.min(32, len - p));
+      seededBytes(len, `${label}:${k}`).copy(out, o);
     } else if (kind === 3) {
       for (let p = 0; p < len; ) p += out.write(`${label} line ${k} ${p} the quick brown fox\n`, o + p);
     } // kind 1: zeros

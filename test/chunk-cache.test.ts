@@ -4,7 +4,6 @@
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { mkdir, readdir, writeFile, readFile, utimes } from 'node:fs/promises';
-import { randomBytes } from 'node:crypto';
 import { join } from 'node:path';
 import { ChunkCache } from '../lib/fleet/chunk-cache.js';
 import { chunkId, toHex } from '../lib/format/digest.js';
@@ -12,15 +11,17 @@ import { ChunkVerifyError } from '../lib/errors.js';
 import { decompressChunk } from '../lib/store/compression.js';
 import { mountTinyTmpfs } from './helpers/tmpfs.js';
 import { tmpDir } from './helpers/tmp.js';
+import { seededBytes } from './helpers/images.js';
 
 /** A test body run with a fresh directory, removed after the test. */
 function withDir(fn: (dir: string) => Promise<void>): (t: TestContext) => Promise<void> {
   return async (t) => fn(await tmpDir(t, 'cache'));
 }
 
-/** A random (incompressible) chunk and its ID. */
+let chunksMade = 0;
+/** A new pseudo-random (incompressible) chunk and its ID. */
 function makeChunk(size: number): { id: Buffer; data: Buffer; hex: string } {
-  const data = randomBytes(size);
+  const data = seededBytes(size, `cache-chunk:${++chunksMade}`);
   const id = chunkId('sha512-256', data);
   return { id, data, hex: toHex(id) };
 }

@@ -5,10 +5,10 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
 import { writeFileSync, readFileSync, existsSync, readdirSync, chmodSync } from 'node:fs';
-import { createCipheriv } from 'node:crypto';
 import { join } from 'node:path';
 import { REPO_ROOT } from './helpers/repo.js';
 import { tmpDirSync } from './helpers/tmp.js';
+import { seededBytes } from './helpers/images.js';
 
 const CLI = join(REPO_ROOT, 'dist', 'daemon', 'cli.js');
 
@@ -29,10 +29,9 @@ function haveCasync(): boolean {
   return ok;
 }
 
-/** Deterministic pseudo-random bytes (AES-CTR keystream) with some zero runs and repeats. */
+/** Seeded pseudo-random bytes with a zero run and a repeat. */
 function sampleFile(size: number): Buffer {
-  const c = createCipheriv('aes-128-ctr', Buffer.alloc(16, 7), Buffer.alloc(16));
-  const buf = c.update(Buffer.alloc(size));
+  const buf = seededBytes(size, 'cli-make');
   const q = Math.floor(size / 4);
   buf.fill(0, q, q + Math.min(600_000, q)); // a zero run (max-size chunks)
   buf.copy(buf, 2 * q, 0, Math.min(300_000, q)); // repeated data

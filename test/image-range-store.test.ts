@@ -3,7 +3,6 @@
 // under the index it was shown.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { HttpClient } from '../lib/fetch/http-client.js';
@@ -12,6 +11,7 @@ import { indexBuffer } from '../lib/chunking/indexer.js';
 import { ChunkVerifyError } from '../lib/errors.js';
 import { startOrigin } from './helpers/origin.js';
 import { tmpDir } from './helpers/tmp.js';
+import { seededBytes } from './helpers/images.js';
 
 test('image range store: verified chunks only; a chunk whose image bytes changed is an error, after the good ones (getMany)', async (t) => {
   const dir = await tmpDir(t, 'image-range');
@@ -21,7 +21,7 @@ test('image range store: verified chunks only; a chunk whose image bytes changed
     await http.close();
     await origin.close();
   });
-  const image = randomBytes(512 * 1024);
+  const image = seededBytes(512 * 1024, 'image-range');
   const index = indexBuffer(image, {
     params: { min: 16 * 1024, avg: 64 * 1024, max: 256 * 1024 },
     digest: 'sha512-256',

@@ -2,13 +2,13 @@
 // corrupt entries rebuilt, adopted indexes served without chunking.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
 import { readFile, readdir, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { IndexCache, type ChunkingKey } from '../lib/seed/index-cache.js';
 import { indexBuffer } from '../lib/chunking/indexer.js';
 import { serializeIndex } from '../lib/format/caibx.js';
 import { tmpDir } from './helpers/tmp.js';
+import { seededBytes } from './helpers/images.js';
 
 const KEY: ChunkingKey = { params: { min: 4096, avg: 16384, max: 65536 }, digest: 'sha512-256' };
 
@@ -16,7 +16,7 @@ test('index cache: hit, stale on change, other chunking, corrupt entry, adopt', 
   const dir = await tmpDir(t, 'index-cache');
   const cache = new IndexCache(join(dir, 'cache'));
   const file = join(dir, 'seed.img');
-  await writeFile(file, randomBytes(300_000));
+  await writeFile(file, seededBytes(300_000, 'index-cache:seed'));
   let builds = 0;
   const build = async (path: string, key: ChunkingKey) => {
     builds++;
@@ -33,7 +33,7 @@ test('index cache: hit, stale on change, other chunking, corrupt entry, adopt', 
   assert.equal(builds, 3);
 
   // The file changes (same size, new mtime): the old entry is not served.
-  await writeFile(file, randomBytes(300_000));
+  await writeFile(file, seededBytes(300_000, 'index-cache:seed changed'));
   await utimes(file, new Date(), new Date(Date.now() + 5000));
   const c = await cache.getOrBuild(file, KEY, build);
   assert.equal(builds, 4);
@@ -51,7 +51,7 @@ test('index cache: hit, stale on change, other chunking, corrupt entry, adopt', 
 
   // adopt: a known index is served without chunking; a wrong-size index is refused.
   const other = join(dir, 'new.img');
-  const bytes = randomBytes(200_000);
+  const bytes = seededBytes(200_000, 'index-cache:new');
   await writeFile(other, bytes);
   const idx = indexBuffer(bytes, { params: KEY.params, digest: KEY.digest });
   await cache.adopt(other, idx);

@@ -7,23 +7,11 @@ import { join } from 'node:path';
 import { indexBuffer } from '../lib/chunking/indexer.js';
 import { PartialFile, partialPaths } from '../lib/assemble/partial-file.js';
 import { tmpDir } from './helpers/tmp.js';
-
-/** Deterministic bytes that chunk into several chunks (xorshift). */
-function pseudoRandom(size: number): Buffer {
-  const data = Buffer.alloc(size);
-  let x = 0x9e3779b9;
-  for (let i = 0; i < size; i++) {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    data[i] = x & 0xff;
-  }
-  return data;
-}
+import { seededBytes } from './helpers/images.js';
 
 test("partial file: a symlink at the journal's temp path is replaced, the file it points to (a seed) is untouched", async (t) => {
   const dir = await tmpDir(t, 'partial');
-  const data = pseudoRandom(256 * 1024);
+  const data = seededBytes(256 * 1024, 'partial');
   const index = indexBuffer(data, {
     params: { min: 16 * 1024, avg: 64 * 1024, max: 256 * 1024 },
     digest: 'sha512-256',
@@ -44,7 +32,7 @@ test("partial file: a symlink at the journal's temp path is replaced, the file i
 
 test('partial file: a hard link to another file (a seed) at the partial path is never written through, fresh or resumed', async (t) => {
   const dir = await tmpDir(t, 'partial');
-  const data = pseudoRandom(256 * 1024);
+  const data = seededBytes(256 * 1024, 'partial');
   const index = indexBuffer(data, {
     params: { min: 16 * 1024, avg: 64 * 1024, max: 256 * 1024 },
     digest: 'sha512-256',

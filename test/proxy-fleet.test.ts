@@ -6,7 +6,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { copyFile, mkdir, readFile, writeFile } from 'node:fs/promises';
-import { createHash, randomBytes } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import { request } from 'undici';
 import { HttpClient } from '../lib/fetch/http-client.js';
@@ -15,6 +15,7 @@ import { openProxyStore } from '../lib/fleet/batch-store.js';
 import { startOrigin } from './helpers/origin.js';
 import { makeReleases, startTestProxy } from './helpers/fleet.js';
 import { tmpDir } from './helpers/tmp.js';
+import { seededBytes } from './helpers/images.js';
 
 test('six sidecars update concurrently through one proxy: identical images, each chunk fetched upstream once', {
   timeout: 90_000,
@@ -37,7 +38,7 @@ test('six sidecars update concurrently through one proxy: identical images, each
         await copyFile(join(root, v1.name), join(home, v1.name));
         seeds.push({ path: join(home, v1.name), index: v1.index });
       } else if (seed === 'unrelated') {
-        await writeFile(join(home, 'old.img'), randomBytes(1024 * 1024));
+        await writeFile(join(home, 'old.img'), seededBytes(1024 * 1024, 'fleet:old'));
         seeds.push({ path: join(home, 'old.img') });
       }
       return { home, seeds };

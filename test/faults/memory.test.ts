@@ -6,7 +6,6 @@
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { createServer, type ServerResponse } from 'node:http';
-import { randomBytes } from 'node:crypto';
 import { readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { AddressInfo } from 'node:net';
@@ -18,6 +17,7 @@ import { HttpClient } from '../../lib/fetch/http-client.js';
 import { IndexFormatError } from '../../lib/errors.js';
 import { deltad } from './run-cli.js';
 import { tmpDir } from '../helpers/tmp.js';
+import { seededBytes } from '../helpers/images.js';
 
 const RSS_LIMIT = 200 * 1024 * 1024;
 const PREVIOUS = Buffer.from('the previous image\n');
@@ -37,7 +37,7 @@ function header(min: number, avg: number, max: number): Buffer {
 
 /** Valid table items of `step` bytes each, from item `first`, `n` of them. */
 function items(first: number, n: number, step: number): Buffer {
-  const b = randomBytes(n * ITEM_SIZE);
+  const b = seededBytes(n * ITEM_SIZE, `items:${first}`);
   for (let k = 0; k < n; k++) b.writeBigUInt64LE(BigInt((first + k + 1) * step), k * ITEM_SIZE);
   return b;
 }
@@ -205,7 +205,7 @@ test('a target larger than the free space is refused in words before anything is
 }, async (t) => {
   const mnt = await mountTinyTmpfs(t, '1m');
   if (!mnt) return;
-  const data = randomBytes(3 * 1024 * 1024);
+  const data = seededBytes(3 * 1024 * 1024, 'memory:image');
   const index = indexBuffer(data, {
     params: { min: 16 * 1024, avg: 64 * 1024, max: 256 * 1024 },
     digest: 'sha512-256',

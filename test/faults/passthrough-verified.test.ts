@@ -4,7 +4,6 @@
 // short, never complete; the right image arrives whole.
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
 import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { request } from 'undici';
@@ -14,6 +13,7 @@ import { createNotifier } from '../../daemon/notify.js';
 import { startOrigin } from '../helpers/origin.js';
 import { makeReleases, type Release } from '../helpers/fleet.js';
 import { tmpDir } from '../helpers/tmp.js';
+import { seededBytes } from '../helpers/images.js';
 
 async function setup(
   t: TestContext,
@@ -67,7 +67,7 @@ for (const [why, over] of [
   }, async (t) => {
     const f = await setup(t, over);
     const imagePath = join(f.originDir, f.release.name);
-    if (why === 'an unreadable index') await writeFile(`${imagePath}.caibx`, randomBytes(500));
+    if (why === 'an unreadable index') await writeFile(`${imagePath}.caibx`, seededBytes(500, 'not an index'));
     const good = await fetchImage(`${f.url}/${f.release.name}`);
     assert.equal(good.status, 200);
     assert.ok(!good.cut && good.body.equals(f.release.data), 'the image listed in SHA256SUMS passes whole');

@@ -2,7 +2,7 @@
 // with their .caibx indexes and SHA256SUMS, a `deltad proxy` on 127.0.0.1, and a
 // count of the upstream's range fetches per chunk. The upstream is the test origin
 // (helpers/origin.ts).
-import { createHash, randomBytes } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { AddressInfo } from 'node:net';
@@ -12,6 +12,7 @@ import type { TestContext } from 'node:test';
 import { createProxy, type ProxyOptions, type ProxyServer } from '../../daemon/proxy.js';
 import { DEFAULT_ALLOW } from '../../daemon/access.js';
 import type { AccessEntry } from './origin.js';
+import { rewritten, seededBytes, spreadRegions } from './images.js';
 
 export const FLEET_PARAMS = { min: 16 * 1024, avg: 64 * 1024, max: 256 * 1024 };
 
@@ -23,20 +24,14 @@ export interface Release {
 
 /**
  * Writes `os_<v>.img` (+ `.caibx`) for each version into dir, each version a
- * copy of the previous with `edits` random regions rewritten, and a SHA256SUMS
- * listing the images.
+ * copy of the previous with `edits` regions of 30 000 bytes rewritten (spread over
+ * the image), and a SHA256SUMS listing the images. Seeded: the same bytes every run.
  */
 export async function makeReleases(dir: string, size: number, versions: number, edits = 6): Promise<Release[]> {
   const out: Release[] = [];
-  let data = randomBytes(size);
+  let data = seededBytes(size, `release:${size}`);
   for (let v = 1; v <= versions; v++) {
-    if (v > 1) {
-      data = Buffer.from(data);
-      for (let e = 0; e < edits; e++) {
-        const at = Math.floor(((e + 0.5) / edits) * (size - 40_000));
-        randomBytes(30_000).copy(data, at);
-      }
-    }
+    if (v > 1) data = rewritten(data, spreadRegions(size, edits, 30_000), `release:${size}:v${v}`);
     const name = `os_${v}.img`;
     const index = indexBuffer(data, { params: FLEET_PARAMS, digest: 'sha512-256' });
     await writeFile(join(dir, name), data);
