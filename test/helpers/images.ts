@@ -52,7 +52,7 @@ export interface Region {
 /** A copy of `base` with each region overwritten by new bytes (region i's bytes: seededBytes(length, `seed:i`)). */
 export function rewritten(base: Uint8Array, regions: Region[], seed: Seed): Buffer {
   const out = Buffer.from(base);
-  regions.forEach((r, i) => seededBytes(r.length, `${seed}:${i}`).copy(out, r.at));
+  for (const [i, r] of regions.entries()) seededBytes(r.length, `${seed}:${i}`).copy(out, r.at);
   return out;
 }
 
