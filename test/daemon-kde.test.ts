@@ -25,6 +25,7 @@ import { startOrigin, type Origin } from './helpers/origin.js';
 import { FLEET_PARAMS, makeReleases, type Release } from './helpers/fleet.js';
 import { requireTool, SYSTEMD_PULL, systemdPull } from './helpers/sysupdate-client.js';
 import { tmpDir, fileTmpDir } from './helpers/tmp.js';
+import { settled } from './helpers/settled.js';
 
 const SIZE = 4 * 1024 * 1024;
 const sha256 = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
@@ -90,16 +91,6 @@ test.after(async () => {
   const f = await shared;
   await f.origin.close();
 });
-
-/** The directory's entries once they are `want`, or what they are after 5 s. */
-async function settled(dir: string, want: string[]): Promise<string[]> {
-  const end = Date.now() + 5_000;
-  for (;;) {
-    const got = (await readdir(dir).catch(() => [] as string[])).sort();
-    if (got.join('/') === want.join('/') || Date.now() > end) return got;
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
 
 async function startDaemon(t: { after(fn: () => Promise<void>): void }, f: Fixture, over: Partial<DaemonConfig> = {}) {
   const cacheDir = await mkdtemp(join(f.dir, 'cache-'));
