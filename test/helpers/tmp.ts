@@ -2,6 +2,8 @@
 // temp dir, removed with everything in it after the test that asked for it. Called
 // with a test's context, it goes after that test; with the context of a file-level
 // before() hook, or as fileTmpDir() at the top of a file, after the file's last test.
+// node:test runs after-hooks in the order they were registered: a process that must
+// stop before its directory goes (nginx, a mount) registers its stop before tmpDir.
 import { mkdtempSync, rmSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
