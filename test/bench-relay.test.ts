@@ -5,16 +5,17 @@
 // nginx serves https with HTTP/2 that curl negotiates through the relay.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { randomBytes, createHash } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import { execFile, spawnSync } from 'node:child_process';
 import { promisify } from 'node:util';
-import { chmodSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { chmodSync, readFileSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { parseDuration, parseRate, startRelay } from '../bench/relay.js';
 import { makeTestCa } from '../bench/tls.js';
 import { startNginx } from '../bench/nginx.js';
+import { tmpDirSync } from './helpers/tmp.js';
+import { seededBytes } from './helpers/images.js';
 
 /** An echo server that answers "bye" after the client's end, then ends. */
 async function echoServer(): Promise<net.Server> {
@@ -56,7 +57,7 @@ test('relay: concurrent connections arrive intact, half-close passes, the rate i
     shape: { rateBitsPerS, rttMs: 20 },
   });
   try {
-    const payloads = [0, 1, 2].map(() => randomBytes(512 * 1024));
+    const payloads = [0, 1, 2].map((i) => seededBytes(512 * 1024, `relay-payload:${i}`));
     const started = performance.now();
     const answers = await Promise.all(payloads.map((p) => roundTrip(relay.port, p)));
     const seconds = (performance.now() - started) / 1000;
@@ -88,11 +89,11 @@ test('TLS origin: nginx serves https with HTTP/2 through the relay, curl verifie
       return;
     }
   }
-  const dir = mkdtempSync(join(tmpdir(), 'deltad-tls-'));
+  const dir = tmpDirSync(t, 'tls');
   chmodSync(dir, 0o755); // nginx's worker (an unprivileged user) reads the files
   return (async () => {
     const ca = makeTestCa(join(dir, 'tls'));
-    const body = randomBytes(256 * 1024);
+    const body = seededBytes(256 * 1024, 'tls-body');
     writeFileSync(join(dir, 'f.bin'), body);
     const port = 20000 + Math.floor(Math.random() * 20000);
     const nginx = startNginx(join(dir, 'nginx'), [
@@ -132,7 +133,6 @@ test('TLS origin: nginx serves https with HTTP/2 through the relay, curl verifie
     } finally {
       await relay.close();
       nginx.stop();
-      rmSync(dir, { recursive: true, force: true });
     }
   })();
 });

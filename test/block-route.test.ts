@@ -5,10 +5,9 @@
 // that lies when every chunk is local is repaired from the origin.
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
-import { createHash, randomBytes } from 'node:crypto';
+import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { HttpClient } from '../lib/fetch/http-client.js';
 import { packImage } from '../lib/blockpack/index.js';
@@ -17,6 +16,8 @@ import { serializeIndex, type ChunkIndex } from '../lib/format/caibx.js';
 import { extractToFile, openExtractStream } from '../lib/delta/extract.js';
 import { partialPaths } from '../lib/assemble/partial-file.js';
 import { startOrigin, type Origin } from './helpers/origin.js';
+import { tmpDir } from './helpers/tmp.js';
+import { rewritten, seededBytes, type Region } from './helpers/images.js';
 
 const BS = 4096;
 const BLOCKS = 6144; // 24 MiB
@@ -29,15 +30,16 @@ let v2: Buffer;
 let v2Index: ChunkIndex;
 let sha: string;
 
-before(async () => {
-  dir = await mkdtemp(join(tmpdir(), 'deltad-block-route-'));
+before(async (t) => {
+  dir = await tmpDir(t, 'block-route');
   const www = join(dir, 'www');
   const { mkdir } = await import('node:fs/promises');
   await mkdir(www);
-  const v1 = randomBytes(BLOCKS * BS);
-  v2 = Buffer.from(v1);
+  const v1 = seededBytes(BLOCKS * BS, 'block-route:v1');
   // One changed block in every 64: the pack frames the update needs are spread over the whole image.
-  for (let b = 7; b < BLOCKS; b += 64) randomBytes(BS).copy(v2, b * BS);
+  const changed: Region[] = [];
+  for (let b = 7; b < BLOCKS; b += 64) changed.push({ at: b * BS, length: BS });
+  v2 = rewritten(v1, changed, 'block-route:v2');
   v1Path = join(dir, 'v1.img');
   await writeFile(v1Path, v1);
   await writeFile(join(www, 'v2.img'), v2);
@@ -49,7 +51,6 @@ before(async () => {
 });
 after(async () => {
   await origin?.close();
-  if (dir) await rm(dir, { recursive: true, force: true });
 });
 
 let n = 0;
@@ -167,8 +168,7 @@ test('block route, stale pack while streaming: the chunk route continues, no wro
   const www = join(dir, 'www');
   try {
     // A new image at the same URL whose pack was not rebuilt: its blocks past 10 MiB differ.
-    const v3 = Buffer.from(v2);
-    for (let b = 2600; b < 2604; b++) randomBytes(BS).copy(v3, b * BS);
+    const v3 = rewritten(v2, [{ at: 2600 * BS, length: 4 * BS }], 'block-route:v3');
     const v3Index = indexBuffer(v3, { params: PARAMS, digest: 'sha512-256' });
     await writeFile(join(www, 'v2.img'), v3);
     // No SHA-256 known: only the target chunk index can tell the pack's image from the target.

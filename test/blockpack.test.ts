@@ -2,11 +2,10 @@
 // assembly through a real HTTP origin on 127.0.0.1, including a corrupted
 // frame, a corrupted dictionary, lying block indexes, a server without
 // multi-range, a stale seed and a release without a pack.
-import { after, test } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { cp, mkdir, mkdtemp, readFile, readdir, rm, symlink, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { cp, mkdir, readFile, readdir, rm, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { HttpClient } from '../lib/fetch/http-client.js';
 import { ChecksumMismatchError, IndexFormatError, PackError } from '../lib/errors.js';
@@ -24,42 +23,10 @@ import { startOrigin, type Origin } from './helpers/origin.js';
 import { serializeIndex } from '../lib/format/caibx.js';
 import { indexBuffer } from '../lib/chunking/indexer.js';
 import { extractToFile, loadIndex, openExtractStream, planUpdate } from '../lib/delta/extract.js';
+import { fileTmpDir, tmpDir } from './helpers/tmp.js';
+import { textBytes } from './helpers/images.js';
 
 const BS = 4096;
-
-async function tempDir(t: { after: (fn: () => Promise<void>) => void }): Promise<string> {
-  const dir = await mkdtemp(join(tmpdir(), 'deltad-blockpack-'));
-  t.after(() => rm(dir, { recursive: true, force: true }));
-  return dir;
-}
-
-/** Deterministic compressible block content: words from a small vocabulary. */
-function textBlock(seed: number, len = BS): Buffer {
-  const words = [
-    'inode',
-    'block',
-    'erofs',
-    'systemd',
-    'kernel',
-    'module',
-    'python3',
-    'libssl',
-    'usr/lib/',
-    '\n',
-    '0x',
-    'version',
-  ];
-  let x = seed * 2654435761 + 12345;
-  const parts: string[] = [];
-  let n = 0;
-  while (n < len) {
-    x = (Math.imul(x, 1103515245) + 12345) >>> 0;
-    const w = words[x % words.length] + ((x >>> 8) % 1000).toString(16) + ' ';
-    parts.push(w);
-    n += w.length;
-  }
-  return Buffer.from(parts.join('')).subarray(0, len);
-}
 
 /** v1: 700 text blocks with zero runs and repeats; v2: scattered edits, an inserted run, a short tail. */
 function makeImages(): { v1: Buffer; v2: Buffer } {
@@ -67,13 +34,13 @@ function makeImages(): { v1: Buffer; v2: Buffer } {
   for (let i = 0; i < 700; i++) {
     if (i % 97 === 5) v1Blocks.push(Buffer.alloc(BS));
     else if (i % 50 === 7)
-      v1Blocks.push(textBlock(3)); // a block repeated across the image
-    else v1Blocks.push(textBlock(1000 + i));
+      v1Blocks.push(textBytes(BS, 3)); // a block repeated across the image
+    else v1Blocks.push(textBytes(BS, 1000 + i));
   }
   const v2Blocks = v1Blocks.slice();
-  for (let i = 20; i < 700; i += 37) v2Blocks[i] = textBlock(50_000 + i); // isolated changed blocks (moved inodes)
-  v2Blocks.splice(300, 0, ...Array.from({ length: 40 }, (_, k) => textBlock(90_000 + k))); // a new file
-  const v2 = Buffer.concat([...v2Blocks, textBlock(77, 1000)]); // short last block
+  for (let i = 20; i < 700; i += 37) v2Blocks[i] = textBytes(BS, 50_000 + i); // isolated changed blocks (moved inodes)
+  v2Blocks.splice(300, 0, ...Array.from({ length: 40 }, (_, k) => textBytes(BS, 90_000 + k))); // a new file
+  const v2 = Buffer.concat([...v2Blocks, textBytes(1000, 77)]); // short last block
   return { v1: Buffer.concat(v1Blocks), v2 };
 }
 
@@ -89,10 +56,12 @@ interface Fixture {
 }
 
 /** v2 packed once per test file (packing dominates a fixture's cost); each test gets its own copy. */
+const templateDir = fileTmpDir('blockpack-template');
 let packed: Promise<{ dir: string; v1: Buffer; v2: Buffer }> | undefined;
 function packedTemplate(): Promise<{ dir: string; v1: Buffer; v2: Buffer }> {
   packed ??= (async () => {
-    const dir = await mkdtemp(join(tmpdir(), 'deltad-blockpack-template-'));
+    const dir = join(templateDir, 'template');
+    await mkdir(dir);
     const { v1, v2 } = makeImages();
     await writeFile(join(dir, 'os_2.img'), v2);
     await packImage(join(dir, 'os_2.img'), { outDir: dir, level: 9, dictSize: 32 * 1024, trainer: 'cover' });
@@ -100,12 +69,9 @@ function packedTemplate(): Promise<{ dir: string; v1: Buffer; v2: Buffer }> {
   })();
   return packed;
 }
-after(async () => {
-  if (packed) await rm((await packed).dir, { recursive: true, force: true });
-});
 
 async function fixture(t: { after: (fn: () => Promise<void>) => void }): Promise<Fixture> {
-  const dir = await tempDir(t);
+  const dir = await tmpDir(t, 'blockpack');
   const www = join(dir, 'www');
   const template = await packedTemplate();
   const { v1, v2 } = template;
@@ -185,7 +151,7 @@ test('pack: zero blocks are not stored, repeated blocks once, and the index roun
 });
 
 test('pack: a dictionary makes the pack smaller than no dictionary', async (t) => {
-  const dir = await tempDir(t);
+  const dir = await tmpDir(t, 'blockpack');
   const img = join(dir, 'a.img');
   await writeFile(img, makeImages().v2);
   const withDict = await packImage(img, { outDir: dir, level: 9, dictSize: 32 * 1024, trainer: 'cover' });
@@ -321,7 +287,7 @@ test('extract: a seed that changed after it was indexed costs a fetch, not a wro
   const plan = await planBlockUpdate(probe, [f.v1Path], { cacheDir: join(f.dir, 'cache') });
   // Overwrite a seed block in place after planning (same size: the plan still points at it).
   const v1 = await readFile(f.v1Path);
-  textBlock(424242).copy(v1, 100 * BS);
+  textBytes(BS, 424242).copy(v1, 100 * BS);
   await writeFile(f.v1Path, v1);
   const out = join(f.dir, 'out.img');
   const result = await assembleBlocks(plan, out, { http: f.http, packUrl: probe.packUrl, dictUrl: probe.dictUrl });
@@ -409,7 +375,7 @@ test('engine: extractToFile and planUpdate take the block path when the release 
 });
 
 test('pack --previous: runs of new blocks share frames; seeded and seedless clients both get the exact image', async (t) => {
-  const dir = await tempDir(t);
+  const dir = await tmpDir(t, 'blockpack');
   const www = join(dir, 'www');
   await mkdir(www);
   const { v1, v2 } = makeImages();

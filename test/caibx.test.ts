@@ -3,8 +3,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import {
   parseIndex,
@@ -16,6 +15,7 @@ import {
 import { IndexFormatError } from '../lib/errors.js';
 import { caibxPath, loadVectors, vectorInputs, vectorsCasyncVersion } from './helpers/vectors.js';
 import { requireCasync } from './helpers/delta-images.js';
+import { tmpDirSync } from './helpers/tmp.js';
 
 const vectors = loadVectors();
 
@@ -31,8 +31,7 @@ test("the fixtures are casync's: the installed casync re-makes three of them byt
   if (!vectorsCasyncVersion().startsWith(version))
     return t.skip(`vectors made by ${vectorsCasyncVersion()}, not ${version}`);
   const input = await vectorInputs();
-  const dir = mkdtempSync(join(tmpdir(), 'deltad-vectors-'));
-  t.after(() => rmSync(dir, { recursive: true, force: true }));
+  const dir = tmpDirSync(t, 'vectors');
   for (const name of ['tiny-default', 'rand-1m-4k-16k-64k', 'mincut-64-256-1024']) {
     const v = vectors.find((x) => x.vector === name)!;
     writeFileSync(join(dir, v.input), input(v.input));

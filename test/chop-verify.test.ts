@@ -2,10 +2,8 @@
 // against an index, including interop both ways with the real Debian casync.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, readFile, rm, truncate, unlink, writeFile, appendFile, readdir } from 'node:fs/promises';
+import { readFile, truncate, unlink, writeFile, appendFile, readdir } from 'node:fs/promises';
 import { execFileSync, spawnSync } from 'node:child_process';
-import { createHash } from 'node:crypto';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { ChunkIndexBuilder, readIndexFile, serializeIndex, type ChunkIndex } from '../lib/format/caibx.js';
 import { chunkId, toHex, type DigestName } from '../lib/format/digest.js';
@@ -18,12 +16,8 @@ import { chopFile } from '../lib/tools/chop.js';
 import { verifyFile, verifyStore } from '../lib/tools/verify.js';
 import { startOrigin } from './helpers/origin.js';
 import { REPO_ROOT } from './helpers/repo.js';
-
-async function tempDir(t: { after: (fn: () => Promise<void>) => void }): Promise<string> {
-  const dir = await mkdtemp(join(tmpdir(), 'deltad-chop-'));
-  t.after(() => rm(dir, { recursive: true, force: true }));
-  return dir;
-}
+import { tmpDir } from './helpers/tmp.js';
+import { seededBytes } from './helpers/images.js';
 
 /** A few MiB with the shapes images have: random data, zero runs, repeated blocks, text. */
 function makeImage(size: number, label = 'img'): Buffer {
@@ -33,11 +27,7 @@ function makeImage(size: number, label = 'img'): Buffer {
     const kind = k % 4;
     const len = Math.min(size - o, 150_000 + ((k * 37_311) % 200_000));
     if (kind === 0 || kind === 2) {
-      for (let p = 0; p < len; p += 32)
-        createHash('sha256')
-          .update(`${label}:${k}:${p}`)
-          .digest()
-          .copy(out, o + p, 0, Math.min(32, len - p));
+      seededBytes(len, `${label}:${k}`).copy(out, o);
     } else if (kind === 3) {
       for (let p = 0; p < len; ) p += out.write(`${label} line ${k} ${p} the quick brown fox\n`, o + p);
     } // kind 1: zeros
@@ -71,7 +61,7 @@ function casyncAvailable(t: { skip: (msg: string) => void }): boolean {
 }
 
 test('chop fills a store; a second chop finds everything; verifyStore accepts it', async (t) => {
-  const dir = await tempDir(t);
+  const dir = await tmpDir(t, 'chop');
   const img = makeImage(3 * 1024 * 1024 + 12_345);
   await writeFile(join(dir, 'img'), img);
   const index = fixedIndex(img);
@@ -121,7 +111,7 @@ class MemoryStore implements WritableChunkStore {
 }
 
 test('chop: inline, on worker threads, and into a generic store, the same chunks', async (t) => {
-  const dir = await tempDir(t);
+  const dir = await tmpDir(t, 'chop');
   const img = makeImage(9 * 1024 * 1024 + 99, 'th');
   await writeFile(join(dir, 'img'), img);
   const index = fixedIndex(img);
@@ -152,7 +142,7 @@ test('chop: inline, on worker threads, and into a generic store, the same chunks
 });
 
 test('verifyStore reports missing and corrupt chunks by chunk number and ID', async (t) => {
-  const dir = await tempDir(t);
+  const dir = await tmpDir(t, 'chop');
   const img = makeImage(1024 * 1024, 'vs');
   await writeFile(join(dir, 'img'), img);
   const index = fixedIndex(img);
@@ -176,7 +166,7 @@ test('verifyStore reports missing and corrupt chunks by chunk number and ID', as
 });
 
 test('verifyFile: a good file, a changed byte, a truncated and an extended file', async (t) => {
-  const dir = await tempDir(t);
+  const dir = await tmpDir(t, 'chop');
   const img = makeImage(2 * 1024 * 1024 + 777, 'vf');
   const path = join(dir, 'img');
   await writeFile(path, img);
@@ -213,7 +203,7 @@ test('verifyFile: a good file, a changed byte, a truncated and an extended file'
 });
 
 test('chop refuses a file that does not match its index, naming chunk, offset and ID', async (t) => {
-  const dir = await tempDir(t);
+  const dir = await tmpDir(t, 'chop');
   const img = makeImage(1024 * 1024, 'mm');
   const index = fixedIndex(img);
   const changed = Buffer.from(img);
@@ -244,7 +234,7 @@ test('chop refuses a file that does not match its index, naming chunk, offset an
 });
 
 test('chop stops when aborted', async (t) => {
-  const dir = await tempDir(t);
+  const dir = await tmpDir(t, 'chop');
   const img = makeImage(1024 * 1024, 'ab');
   await writeFile(join(dir, 'img'), img);
   const ac = new AbortController();
@@ -256,7 +246,7 @@ test('chop stops when aborted', async (t) => {
 });
 
 test('verifyStore over HTTP: a served store verifies, a 404 is missing', { timeout: 20_000 }, async (t) => {
-  const dir = await tempDir(t);
+  const dir = await tmpDir(t, 'chop');
   const img = makeImage(1024 * 1024, 'http');
   await writeFile(join(dir, 'img'), img);
   const index = fixedIndex(img, 'sha256');
@@ -285,7 +275,7 @@ for (const uncompressed of [false, true]) {
     timeout: 60_000,
   }, async (t) => {
     if (!casyncAvailable(t)) return;
-    const dir = await tempDir(t);
+    const dir = await tmpDir(t, 'chop');
     const img = makeImage(4 * 1024 * 1024 + 4321, `cx${uncompressed}`);
     await writeFile(join(dir, 'img'), img);
     const index = fixedIndex(img);
@@ -302,7 +292,7 @@ for (const uncompressed of [false, true]) {
 
 test('verifyStore and chop accept the index and store made by casync make', { timeout: 60_000 }, async (t) => {
   if (!casyncAvailable(t)) return;
-  const dir = await tempDir(t);
+  const dir = await tmpDir(t, 'chop');
   const img = makeImage(4 * 1024 * 1024, 'cm');
   await writeFile(join(dir, 'img'), img);
   execFileSync('casync', ['make', `--store=${join(dir, 'c.castr')}`, join(dir, 'img.caibx'), join(dir, 'img')], {
@@ -325,7 +315,7 @@ test('verifyStore and chop accept the index and store made by casync make', { ti
 });
 
 test('deltad chop and deltad verify (CLI): exit codes and JSON results', { timeout: 30_000 }, async (t) => {
-  const dir = await tempDir(t);
+  const dir = await tmpDir(t, 'chop');
   const img = makeImage(2 * 1024 * 1024, 'cli');
   await writeFile(join(dir, 'img'), img);
   const index = fixedIndex(img);

@@ -1,30 +1,27 @@
 // The fleet proxy's chunk cache: casync layout on disk, LRU size limit,
 // corrupt files healed, full disks survived (injected ENOSPC and a real tiny
 // tmpfs), single-flight fetches, wrong upstream bytes never cached.
-import { test } from 'node:test';
+import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, mkdir, readdir, rm, writeFile, readFile, utimes } from 'node:fs/promises';
-import { randomBytes } from 'node:crypto';
-import { tmpdir } from 'node:os';
+import { mkdir, readdir, writeFile, readFile, utimes } from 'node:fs/promises';
 import { join } from 'node:path';
 import { ChunkCache } from '../lib/fleet/chunk-cache.js';
 import { chunkId, toHex } from '../lib/format/digest.js';
 import { ChunkVerifyError } from '../lib/errors.js';
 import { decompressChunk } from '../lib/store/compression.js';
 import { mountTinyTmpfs } from './helpers/tmpfs.js';
+import { tmpDir } from './helpers/tmp.js';
+import { seededBytes } from './helpers/images.js';
 
-async function withDir(fn: (dir: string) => Promise<void>): Promise<void> {
-  const dir = await mkdtemp(join(tmpdir(), 'deltad-cache-'));
-  try {
-    await fn(dir);
-  } finally {
-    await rm(dir, { recursive: true, force: true });
-  }
+/** A test body run with a fresh directory, removed after the test. */
+function withDir(fn: (dir: string) => Promise<void>): (t: TestContext) => Promise<void> {
+  return async (t) => fn(await tmpDir(t, 'cache'));
 }
 
-/** A random (incompressible) chunk and its ID. */
+let chunksMade = 0;
+/** A new pseudo-random (incompressible) chunk and its ID. */
 function makeChunk(size: number): { id: Buffer; data: Buffer; hex: string } {
-  const data = randomBytes(size);
+  const data = seededBytes(size, `cache-chunk:${++chunksMade}`);
   const id = chunkId('sha512-256', data);
   return { id, data, hex: toHex(id) };
 }
@@ -37,7 +34,8 @@ async function listFiles(dir: string): Promise<string[]> {
   return out.sort();
 }
 
-test('put/get: casync store layout, zstd files, verified round trip', () =>
+test(
+  'put/get: casync store layout, zstd files, verified round trip',
   withDir(async (dir) => {
     const cache = await ChunkCache.open(dir, { maxBytes: 1 << 20 });
     const c = makeChunk(5000);
@@ -53,9 +51,11 @@ test('put/get: casync store layout, zstd files, verified round trip', () =>
     assert.equal(s.bytes, onDisk.length);
     assert.equal(s.hits, 1);
     assert.equal(s.misses, 1);
-  }));
+  }),
+);
 
-test('LRU: the least recently used chunks go first when over the limit', () =>
+test(
+  'LRU: the least recently used chunks go first when over the limit',
   withDir(async (dir) => {
     const chunks = Array.from({ length: 5 }, () => makeChunk(10_000));
     // Each compressed random chunk is a little over 10 000 bytes: room for 3.
@@ -69,9 +69,11 @@ test('LRU: the least recently used chunks go first when over the limit', () =>
     assert.equal(cache.stats.evictions, 2);
     assert.ok(cache.stats.bytes <= cache.maxBytes);
     assert.equal((await listFiles(dir)).length, 3);
-  }));
+  }),
+);
 
-test('reopen: rebuilds the LRU from disk by mtime, removes stale temp files, ignores foreign files', () =>
+test(
+  'reopen: rebuilds the LRU from disk by mtime, removes stale temp files, ignores foreign files',
   withDir(async (dir) => {
     const chunks = Array.from({ length: 3 }, () => makeChunk(10_000));
     const first = await ChunkCache.open(dir, { maxBytes: 1 << 20 });
@@ -91,9 +93,11 @@ test('reopen: rebuilds the LRU from disk by mtime, removes stale temp files, ign
     const files = await listFiles(dir);
     assert.ok(!files.some((f) => f.includes('.tmp-')), 'temp file removed');
     assert.ok(files.includes('zz/notes.txt'), 'foreign files left alone');
-  }));
+  }),
+);
 
-test('a corrupt or truncated cache file is a miss and is deleted, never returned', () =>
+test(
+  'a corrupt or truncated cache file is a miss and is deleted, never returned',
   withDir(async (dir) => {
     const cache = await ChunkCache.open(dir, { maxBytes: 1 << 20 });
     const a = makeChunk(4096);
@@ -110,9 +114,11 @@ test('a corrupt or truncated cache file is a miss and is deleted, never returned
     assert.equal(cache.stats.discarded, 2);
     assert.equal(cache.contains(a.hex) || cache.contains(b.hex), false);
     assert.deepEqual(await listFiles(dir), []);
-  }));
+  }),
+);
 
-test('disk full (injected ENOSPC): put fails softly, leaves no file, getOrFetch still serves', () =>
+test(
+  'disk full (injected ENOSPC): put fails softly, leaves no file, getOrFetch still serves',
   withDir(async (dir) => {
     let failing = true;
     const cache = await ChunkCache.open(dir, {
@@ -140,7 +146,8 @@ test('disk full (injected ENOSPC): put fails softly, leaves no file, getOrFetch 
     await new Promise((r) => setTimeout(r, 60));
     assert.equal(await cache.put(c.id, c.data), true);
     assert.ok((await cache.get({ id: c.id }))!.equals(c.data));
-  }));
+  }),
+);
 
 test('disk full (real tmpfs of 64 KiB): serving continues, every cached chunk is whole', async (t) => {
   const mnt = await mountTinyTmpfs(t);
@@ -162,7 +169,8 @@ test('disk full (real tmpfs of 64 KiB): serving continues, every cached chunk is
   assert.ok(!(await listFiles(mnt)).some((f) => f.includes('.tmp-')), 'no temp files left');
 });
 
-test('single-flight: concurrent misses of one chunk run one fetch', () =>
+test(
+  'single-flight: concurrent misses of one chunk run one fetch',
   withDir(async (dir) => {
     const cache = await ChunkCache.open(dir, { maxBytes: 1 << 20 });
     const c = makeChunk(3000);
@@ -182,9 +190,11 @@ test('single-flight: concurrent misses of one chunk run one fetch', () =>
     // Later callers hit the cache without fetching.
     assert.ok(await cache.getOrFetch({ id: c.id }, fetch));
     assert.equal(calls, 1);
-  }));
+  }),
+);
 
-test('wrong bytes from the fetch: every waiter gets ChunkVerifyError, nothing cached, next call refetches', () =>
+test(
+  'wrong bytes from the fetch: every waiter gets ChunkVerifyError, nothing cached, next call refetches',
   withDir(async (dir) => {
     const cache = await ChunkCache.open(dir, { maxBytes: 1 << 20 });
     const c = makeChunk(3000);
@@ -212,4 +222,5 @@ test('wrong bytes from the fetch: every waiter gets ChunkVerifyError, nothing ca
     // A fetch that reports "missing" is not cached either.
     const m = makeChunk(100);
     assert.equal(await cache.getOrFetch({ id: m.id }, async () => null), null);
-  }));
+  }),
+);

@@ -4,11 +4,11 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, rmSync, writeFileSync, readFileSync, existsSync, readdirSync, chmodSync } from 'node:fs';
-import { createCipheriv } from 'node:crypto';
-import { tmpdir } from 'node:os';
+import { writeFileSync, readFileSync, existsSync, readdirSync, chmodSync } from 'node:fs';
 import { join } from 'node:path';
 import { REPO_ROOT } from './helpers/repo.js';
+import { tmpDirSync } from './helpers/tmp.js';
+import { seededBytes } from './helpers/images.js';
 
 const CLI = join(REPO_ROOT, 'dist', 'daemon', 'cli.js');
 
@@ -29,27 +29,20 @@ function haveCasync(): boolean {
   return ok;
 }
 
-/** Deterministic pseudo-random bytes (AES-CTR keystream) with some zero runs and repeats. */
+/** Seeded pseudo-random bytes with a zero run and a repeat. */
 function sampleFile(size: number): Buffer {
-  const c = createCipheriv('aes-128-ctr', Buffer.alloc(16, 7), Buffer.alloc(16));
-  const buf = c.update(Buffer.alloc(size));
+  const buf = seededBytes(size, 'cli-make');
   const q = Math.floor(size / 4);
   buf.fill(0, q, q + Math.min(600_000, q)); // a zero run (max-size chunks)
   buf.copy(buf, 2 * q, 0, Math.min(300_000, q)); // repeated data
   return buf;
 }
 
-function tempDir(t: { after: (fn: () => void) => void }): string {
-  const dir = mkdtempSync(join(tmpdir(), 'deltad-cli-'));
-  t.after(() => rmSync(dir, { recursive: true, force: true }));
-  return dir;
-}
-
 test('deltad make writes the same .caibx bytes as casync make, and casync extracts from our store', {
   timeout: 120_000,
 }, async (t) => {
   if (!haveCasync()) return t.skip('casync not installed');
-  const dir = tempDir(t);
+  const dir = tmpDirSync(t, 'cli');
   writeFileSync(join(dir, 'img'), sampleFile(6 * 1024 * 1024 + 12345));
   for (const [size, digest] of [
     ['16K:64K:256K', 'sha512-256'],
@@ -91,7 +84,7 @@ test('deltad verify accepts an index and store made by casync make, and finds a 
   timeout: 120_000,
 }, async (t) => {
   if (!haveCasync()) return t.skip('casync not installed');
-  const dir = tempDir(t);
+  const dir = tmpDirSync(t, 'cli');
   writeFileSync(join(dir, 'img'), sampleFile(3 * 1024 * 1024));
   assert.equal(casync(['make', '--store=c.castr', 'c.caibx', 'img'], dir).code, 0);
   const good = deltad(['verify', '--store', 'c.castr', 'c.caibx'], dir);
@@ -112,7 +105,7 @@ test('deltad verify accepts an index and store made by casync make, and finds a 
 });
 
 test('deltad info reads a casync index (text and JSON)', async (t) => {
-  const dir = tempDir(t);
+  const dir = tmpDirSync(t, 'cli');
   writeFileSync(join(dir, 'img'), sampleFile(2 * 1024 * 1024));
   assert.equal(deltad(['make', 'i.caibx', 'img'], dir).code, 0);
   const r = deltad(['info', '--json', 'i.caibx'], dir);
@@ -127,7 +120,7 @@ test('deltad info reads a casync index (text and JSON)', async (t) => {
 });
 
 test('bad input: clear messages and exit codes, nothing left behind', async (t) => {
-  const dir = tempDir(t);
+  const dir = tmpDirSync(t, 'cli');
   writeFileSync(join(dir, 'img'), sampleFile(200_000));
   const cases: [string[], number, RegExp][] = [
     [['make', 'x.caibx', 'missing.img'], 1, /missing\.img: no such file or directory/],
@@ -150,7 +143,7 @@ test('bad input: clear messages and exit codes, nothing left behind', async (t) 
 });
 
 test('--help for every command, and no progress output in pipes', async (t) => {
-  const dir = tempDir(t);
+  const dir = tmpDirSync(t, 'cli');
   const main = deltad(['--help'], dir);
   assert.equal(main.code, 0);
   const names = [...main.stdout.matchAll(/^ {2}(\S+) {2,}/gm)].map((m) => m[1]);

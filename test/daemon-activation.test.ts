@@ -4,14 +4,14 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { writeFile } from 'node:fs/promises';
 import { createServer, type AddressInfo } from 'node:net';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { REPO_ROOT } from './helpers/repo.js';
 import { startNotifyListener } from './helpers/notify-listener.js';
 import { startOrigin } from './helpers/origin.js';
 import { requireTool } from './helpers/sysupdate-client.js';
+import { tmpDir } from './helpers/tmp.js';
 
 async function freePort(): Promise<number> {
   const srv = createServer();
@@ -37,8 +37,7 @@ test('socket activation: first connection starts the daemon on fd 3; READY/STATU
   const haveActivate = !spawnSync('systemd-socket-activate', ['--help']).error;
   const havePython = !spawnSync('python3', ['--version']).error;
   if (!requireTool(t, haveActivate, 'systemd-socket-activate') || !requireTool(t, havePython, 'python3')) return;
-  const dir = await mkdtemp(join(tmpdir(), 'deltad-activation-'));
-  t.after(() => rm(dir, { recursive: true, force: true }));
+  const dir = await tmpDir(t, 'activation');
   await writeFile(join(dir, 'SHA256SUMS'), `${'a'.repeat(64)}  x.img\n`);
   const origin = await startOrigin({ root: dir });
   t.after(() => origin.close());

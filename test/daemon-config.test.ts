@@ -5,8 +5,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { mkdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { loadConfig } from '../daemon/config.js';
 import { UsageError } from '../lib/errors.js';
@@ -22,17 +21,12 @@ import { REPO_ROOT } from './helpers/repo.js';
 import { startNotifyListener } from './helpers/notify-listener.js';
 import { parseArgs } from 'node:util';
 import { command as redirect } from '../daemon/commands/redirect.js';
-
-async function tempDir(t: { after: (fn: () => Promise<void>) => void }): Promise<string> {
-  const dir = await mkdtemp(join(tmpdir(), 'deltad-daemon-'));
-  t.after(() => rm(dir, { recursive: true, force: true }));
-  return dir;
-}
+import { tmpDir } from './helpers/tmp.js';
 
 const CLI = join(REPO_ROOT, 'dist/daemon/cli.js');
 
 test('config: file, then environment, then flags; lists replace defaults', async (t) => {
-  const dir = await tempDir(t);
+  const dir = await tmpDir(t, 'daemon');
   const file = join(dir, 'deltad.conf');
   await writeFile(
     file,
@@ -61,7 +55,7 @@ test('config: file, then environment, then flags; lists replace defaults', async
 });
 
 test('config: bad keys and values name the file and line, the variable, or the flag', async (t) => {
-  const dir = await tempDir(t);
+  const dir = await tmpDir(t, 'daemon');
   const file = join(dir, 'bad.conf');
   const cases: [string, RegExp][] = [
     ['origin = http://a/\nfrobnicate = 1\n', /bad\.conf:2: unknown key "frobnicate"/],
@@ -168,7 +162,7 @@ test('sd_notify reaches a real AF_UNIX datagram socket (READY, STATUS, STOPPING)
     t.skip('python3 or systemd-notify missing');
     return;
   }
-  const dir = await tempDir(t);
+  const dir = await tmpDir(t, 'daemon');
   const listener = await startNotifyListener(join(dir, 'notify.sock'));
   t.after(() => listener.close());
   const sock = listener.path;
@@ -240,7 +234,7 @@ MatchPattern=os_@v_root-%a.erofs
 `;
 
 test('deltad redirect writes and removes the sysupdate drop-in, keeping specifiers', async (t) => {
-  const root = await tempDir(t);
+  const root = await tmpDir(t, 'daemon');
   await mkdir(join(root, 'usr/lib/sysupdate.d'), { recursive: true });
   await mkdir(join(root, 'etc/sysupdate.d'), { recursive: true });
   await writeFile(join(root, 'usr/lib/sysupdate.d/50-root.transfer'), TRANSFER);
@@ -324,7 +318,7 @@ test('deltad redirect writes and removes the sysupdate drop-in, keeping specifie
 });
 
 test('deltad redirect --remove: a transfer name with a path in it is refused, nothing outside run/sysupdate.d is removed', async (t) => {
-  const root = await tempDir(t);
+  const root = await tmpDir(t, 'daemon');
   const vendor = join(root, 'usr/lib/sysupdate.d/50-root.transfer.d/50-deltad.conf');
   await mkdir(join(root, 'usr/lib/sysupdate.d/50-root.transfer.d'), { recursive: true });
   await writeFile(vendor, '[Source]\nPath=https://updates.example.org/os/\n');

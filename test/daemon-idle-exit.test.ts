@@ -9,14 +9,14 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { copyFile, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, readFile, writeFile } from 'node:fs/promises';
 import { createServer, type AddressInfo } from 'node:net';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { REPO_ROOT } from './helpers/repo.js';
 import { startOrigin } from './helpers/origin.js';
 import { makeReleases } from './helpers/fleet.js';
 import { requireTool, run, SYSTEMD_PULL, systemdPull } from './helpers/sysupdate-client.js';
+import { tmpDir } from './helpers/tmp.js';
 
 const IDLE_S = 0.5;
 const REQUESTS = 60;
@@ -35,8 +35,7 @@ test('idle exit: 60 requests spaced around the idle timeout all answered and log
   const haveActivate = !spawnSync('systemd-socket-activate', ['--help']).error;
   if (!requireTool(t, haveActivate, 'systemd-socket-activate')) return;
   if (!requireTool(t, Boolean(SYSTEMD_PULL), 'systemd-pull')) return;
-  const dir = await mkdtemp(join(tmpdir(), 'deltad-idle-'));
-  t.after(() => rm(dir, { recursive: true, force: true }));
+  const dir = await tmpDir(t, 'idle');
   const originDir = join(dir, 'origin');
   const seedDir = join(dir, 'seeds');
   await Promise.all([mkdir(originDir), mkdir(seedDir)]);

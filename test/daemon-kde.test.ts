@@ -10,7 +10,6 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { copyFile, mkdir, mkdtemp, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { buildServer } from '../daemon/server.js';
 import { defaultConfig, loadConfig, type DaemonConfig } from '../daemon/config.js';
@@ -25,6 +24,8 @@ import { serializeIndex } from '../lib/format/caibx.js';
 import { startOrigin, type Origin } from './helpers/origin.js';
 import { FLEET_PARAMS, makeReleases, type Release } from './helpers/fleet.js';
 import { requireTool, SYSTEMD_PULL, systemdPull } from './helpers/sysupdate-client.js';
+import { tmpDir, fileTmpDir } from './helpers/tmp.js';
+import { settled } from './helpers/settled.js';
 
 const SIZE = 4 * 1024 * 1024;
 const sha256 = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
@@ -39,10 +40,11 @@ interface Fixture {
   originUrl: string;
 }
 
+/** The shared fixture's files (origin, seeds), removed after the file's last test. */
+const dir = fileTmpDir('kde');
 let shared: Promise<Fixture> | undefined;
 function fixture(): Promise<Fixture> {
   shared ??= (async () => {
-    const dir = await mkdtemp(join(tmpdir(), 'deltad-kde-'));
     const originDir = join(dir, 'origin');
     const published = join(originDir, 'kde-linux');
     const seedDir = join(dir, 'system');
@@ -88,18 +90,7 @@ test.after(async () => {
   if (!shared) return;
   const f = await shared;
   await f.origin.close();
-  await rm(f.dir, { recursive: true, force: true });
 });
-
-/** The directory's entries once they are `want`, or what they are after 5 s. */
-async function settled(dir: string, want: string[]): Promise<string[]> {
-  const end = Date.now() + 5_000;
-  for (;;) {
-    const got = (await readdir(dir).catch(() => [] as string[])).sort();
-    if (got.join('/') === want.join('/') || Date.now() > end) return got;
-    await new Promise((r) => setTimeout(r, 20));
-  }
-}
 
 async function startDaemon(t: { after(fn: () => Promise<void>): void }, f: Fixture, over: Partial<DaemonConfig> = {}) {
   const cacheDir = await mkdtemp(join(f.dir, 'cache-'));
@@ -248,8 +239,7 @@ test('pass-through keeps the query string (307 and proxy)', { timeout: 30_000 },
 });
 
 test('index-name templates and sysupdate patterns', async (t) => {
-  const dir = await mkdtemp(join(tmpdir(), 'deltad-kde-conf-'));
-  t.after(() => rm(dir, { recursive: true, force: true }));
+  const dir = await tmpDir(t, 'kde-conf');
   const conf = join(dir, 'empty.conf');
   await writeFile(conf, '');
   const def = defaultConfig({}).indexNames;

@@ -4,8 +4,7 @@
 // at notice level; pass-through keeps the query string.
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { copyFile, mkdir, mkdtemp, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { copyFile, mkdir, mkdtemp } from 'node:fs/promises';
 import { join } from 'node:path';
 import { buildServer } from '../daemon/server.js';
 import { defaultConfig } from '../daemon/config.js';
@@ -13,6 +12,7 @@ import { createLogger } from '../daemon/log.js';
 import { createNotifier } from '../daemon/notify.js';
 import { startOrigin, type Origin } from './helpers/origin.js';
 import { makeReleases, type Release } from './helpers/fleet.js';
+import { fileTmpDir } from './helpers/tmp.js';
 
 const SIZE = 3 * 1024 * 1024;
 
@@ -24,10 +24,11 @@ interface Fixture {
   mirror: Origin;
 }
 
+/** The shared fixture's files (origin, seeds), removed after the file's last test. */
+const dir = fileTmpDir('daemon-network');
 let shared: Promise<Fixture> | undefined;
 function fixture(): Promise<Fixture> {
   shared ??= (async () => {
-    const dir = await mkdtemp(join(tmpdir(), 'deltad-daemon-network-'));
     const root = join(dir, 'origin');
     const seedDir = join(dir, 'system');
     await Promise.all([mkdir(root), mkdir(seedDir)]);
@@ -43,7 +44,6 @@ after(async () => {
   if (!shared) return;
   const f = await shared;
   await Promise.all([f.origin.close(), f.mirror.close()]);
-  await rm(f.dir, { recursive: true, force: true });
 });
 
 async function startSidecar(t: { after(fn: () => Promise<void>): void }, f: Fixture) {

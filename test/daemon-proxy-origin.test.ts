@@ -6,8 +6,7 @@
 // is a plain server still uses byte ranges and probes only once.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { copyFile, mkdir, mkdtemp, readFile, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { copyFile, mkdir, mkdtemp, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { buildServer } from '../daemon/server.js';
 import { defaultConfig } from '../daemon/config.js';
@@ -17,6 +16,7 @@ import { BATCH_PATH, INFO_PATH } from '../daemon/proxy.js';
 import { startOrigin } from './helpers/origin.js';
 import { makeReleases, startTestProxy } from './helpers/fleet.js';
 import { requireTool, run } from './helpers/sysupdate-client.js';
+import { tmpDir } from './helpers/tmp.js';
 
 const SIZE = 4 * 1024 * 1024;
 const hasCurl = (await run('curl', ['--version'], 5_000)).code === 0;
@@ -25,8 +25,7 @@ test('a sidecar whose origin is a deltad proxy fetches missing chunks in a few b
   timeout: 60_000,
 }, async (t) => {
   if (!requireTool(t, hasCurl, 'curl')) return;
-  const dir = await mkdtemp(join(tmpdir(), 'deltad-proxy-origin-'));
-  t.after(() => rm(dir, { recursive: true, force: true }));
+  const dir = await tmpDir(t, 'proxy-origin');
   const root = join(dir, 'upstream');
   const seedDir = join(dir, 'system');
   await Promise.all([mkdir(root), mkdir(seedDir)]);

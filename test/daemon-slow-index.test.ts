@@ -5,8 +5,7 @@
 // headers. Real origin on 127.0.0.1 with a per-path delay, real curl.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { copyFile, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { copyFile, mkdir, mkdtemp, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { buildServer } from '../daemon/server.js';
 import { defaultConfig } from '../daemon/config.js';
@@ -18,6 +17,7 @@ import { serializeIndex } from '../lib/format/caibx.js';
 import { startOrigin, type Origin } from './helpers/origin.js';
 import { FLEET_PARAMS, makeReleases, type Release } from './helpers/fleet.js';
 import { requireTool, run } from './helpers/sysupdate-client.js';
+import { fileTmpDir } from './helpers/tmp.js';
 
 const SIZE = 4 * 1024 * 1024;
 const hasCurl = (await run('curl', ['--version'], 5_000)).code === 0;
@@ -30,10 +30,11 @@ interface Fixture {
   origin: Origin;
 }
 
+/** The shared fixture's files (origin, seeds), removed after the file's last test. */
+const dir = fileTmpDir('slow-index');
 let shared: Promise<Fixture> | undefined;
 function fixture(): Promise<Fixture> {
   shared ??= (async () => {
-    const dir = await mkdtemp(join(tmpdir(), 'deltad-slow-index-'));
     const root = join(dir, 'origin');
     const seedDir = join(dir, 'system');
     await Promise.all([mkdir(root), mkdir(seedDir)]);
@@ -48,7 +49,6 @@ test.after(async () => {
   if (!shared) return;
   const f = await shared;
   await f.origin.close();
-  await rm(f.dir, { recursive: true, force: true });
 });
 
 async function startSidecar(

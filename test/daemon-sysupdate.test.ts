@@ -9,7 +9,6 @@ import { createHash } from 'node:crypto';
 import { connect } from 'node:net';
 import { copyFile, mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { request as httpRequest } from 'node:http';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { buildServer } from '../daemon/server.js';
 import { defaultConfig, type DaemonConfig } from '../daemon/config.js';
@@ -21,6 +20,8 @@ import { serializeIndex } from '../lib/format/caibx.js';
 import { startOrigin, type Origin } from './helpers/origin.js';
 import { makeReleases, type Release } from './helpers/fleet.js';
 import { requireTool, run, SYSTEMD_PULL, systemdPull } from './helpers/sysupdate-client.js';
+import { fileTmpDir } from './helpers/tmp.js';
+import { settled } from './helpers/settled.js';
 
 const SIZE = 4 * 1024 * 1024;
 const sha256 = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
@@ -34,11 +35,12 @@ interface Fixture {
   origin: Origin;
 }
 
+/** The shared fixture's files (origin, seeds), removed after the file's last test. */
+const dir = fileTmpDir('sysupdate');
 /** One origin with three releases (os_1..3.img), seeds dir holding v1. Shared by the tests of this file. */
 let shared: Promise<Fixture> | undefined;
 function fixture(): Promise<Fixture> {
   shared ??= (async () => {
-    const dir = await mkdtemp(join(tmpdir(), 'deltad-sysupdate-'));
     const originDir = join(dir, 'origin');
     const seedDir = join(dir, 'system');
     const outDir = join(dir, 'out');
@@ -57,7 +59,6 @@ test.after(async () => {
   if (!shared) return;
   const f = await shared;
   await f.origin.close();
-  await rm(f.dir, { recursive: true, force: true });
 });
 
 interface Daemon {
@@ -177,7 +178,9 @@ test('curl GET and HEAD; the installed image is adopted as a seed without chunki
   assert.equal(get.stdout, `200 ${SIZE}`);
   assert.ok((await readFile(out)).equals(v2.data));
   const adoptDir = join(d.ctx.config.cacheDir, 'adopt');
-  assert.deepEqual(await readdir(adoptDir), ['os_2.img.caibx'], 'index kept for the image being installed');
+  // Kept when the assembly's result settles, just after the last byte went out (a .tmp, then the rename).
+  const kept = await settled(adoptDir, ['os_2.img.caibx']);
+  assert.deepEqual(kept, ['os_2.img.caibx'], 'index kept for the image being installed');
 
   // "sysupdate installs it": the file appears under the seed glob; the next request adopts its index.
   const installed = join(f.seedDir, 'os_2.img');
@@ -191,7 +194,7 @@ test('curl GET and HEAD; the installed image is adopted as a seed without chunki
     d.logs.some((l) => l.includes(`seed ${installed}: adopted the index`)),
     d.logs.join(''),
   );
-  assert.deepEqual(await readdir(adoptDir), ['os_3.img.caibx']);
+  assert.deepEqual(await settled(adoptDir, ['os_3.img.caibx']), ['os_3.img.caibx']);
 });
 
 test('start-up indexing: seeds are chunked in the background with the last target chunking, once', {

@@ -5,10 +5,9 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { mkdtemp, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
+import { readFile, readdir, stat, writeFile } from 'node:fs/promises';
 import { existsSync } from 'node:fs';
 import { join } from 'node:path';
-import { tmpdir } from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
 import type { FileHandle } from 'node:fs/promises';
 import {
@@ -29,6 +28,7 @@ import { indexBuffer } from '../lib/chunking/indexer.js';
 import { FileError } from '../lib/errors.js';
 import { startOrigin, type Origin } from './helpers/origin.js';
 import { makeDeltaFixture, requireCasync, TEST_PARAMS, type DeltaFixture } from './helpers/delta-images.js';
+import { tmpDir } from './helpers/tmp.js';
 
 let fx: DeltaFixture;
 let origin: Origin;
@@ -38,14 +38,12 @@ let casync = true;
 before(async (t) => {
   casync = requireCasync(t as unknown as { skip: (m: string) => void });
   if (!casync) return;
-  fx = await makeDeltaFixture();
+  fx = await makeDeltaFixture(t);
   origin = await startOrigin({ root: fx.www });
-  work = await mkdtemp(join(tmpdir(), 'deltad-extract-out-'));
+  work = await tmpDir(t, 'extract-out');
 });
 after(async () => {
   await origin?.close();
-  await fx?.cleanup();
-  if (work) await rm(work, { recursive: true, force: true });
 });
 
 let n = 0;

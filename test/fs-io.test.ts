@@ -1,16 +1,15 @@
 // lib/util/fs-io.ts: short transfers are looped over, and a replaced file is
 // either the old one or the new one, never written through a planted symlink.
 import assert from 'node:assert/strict';
-import { mkdtemp, open, readdir, readFile, rm, symlink, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { open, readdir, readFile, rm, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import type { FileHandle } from 'node:fs/promises';
 import { readFully, replaceFile, writeFileAtomic, writeFully } from '../lib/util/fs-io.js';
+import { tmpDir } from './helpers/tmp.js';
 
 test('readFully and writeFully loop over short reads and writes, and stop at end of file', async (t) => {
-  const dir = await mkdtemp(join(tmpdir(), 'deltad-fsio-'));
-  t.after(() => rm(dir, { recursive: true, force: true }));
+  const dir = await tmpDir(t, 'fsio');
   const path = join(dir, 'f');
   const data = Buffer.from(Array.from({ length: 10_000 }, (_, i) => i % 251));
   const fh = await open(path, 'w+');
@@ -27,8 +26,7 @@ test('readFully and writeFully loop over short reads and writes, and stop at end
 });
 
 test('replaceFile: the new content or the old, never a symlink followed, no temp file left', async (t) => {
-  const dir = await mkdtemp(join(tmpdir(), 'deltad-fsio-'));
-  t.after(() => rm(dir, { recursive: true, force: true }));
+  const dir = await tmpDir(t, 'fsio');
   const path = join(dir, 'index.caibx');
   const victim = join(dir, 'seed.img');
   await writeFile(victim, 'seed');

@@ -4,21 +4,19 @@
 // casync's one-at-a-time requests).
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
-import { mkdtemp, rm } from 'node:fs/promises';
 import { createSecureServer } from 'node:http2';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { spawnSync } from 'node:child_process';
 import { test } from 'node:test';
 import { makeTestCa } from '../bench/tls.js';
 import { HttpClient } from '../lib/fetch/http-client.js';
+import { tmpDir } from './helpers/tmp.js';
 
 const hasOpenssl = spawnSync('openssl', ['version'], { stdio: 'pipe' }).status === 0;
 
 test('an HTTP/2 origin gets many streams in flight on one connection', { timeout: 30_000 }, async (t) => {
   if (!hasOpenssl) return t.skip('openssl not installed');
-  const dir = await mkdtemp(join(tmpdir(), 'deltad-h2-'));
-  t.after(() => rm(dir, { recursive: true, force: true }));
+  const dir = await tmpDir(t, 'h2');
   const ca = makeTestCa(join(dir, 'ca'));
   let open = 0;
   let maxOpen = 0;

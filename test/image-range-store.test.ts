@@ -3,26 +3,25 @@
 // under the index it was shown.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { HttpClient } from '../lib/fetch/http-client.js';
 import { ImageRangeStore } from '../lib/fleet/image-range-store.js';
 import { indexBuffer } from '../lib/chunking/indexer.js';
 import { ChunkVerifyError } from '../lib/errors.js';
 import { startOrigin } from './helpers/origin.js';
+import { tmpDir } from './helpers/tmp.js';
+import { seededBytes } from './helpers/images.js';
 
 test('image range store: verified chunks only; a chunk whose image bytes changed is an error, after the good ones (getMany)', async (t) => {
-  const dir = await mkdtemp(join(tmpdir(), 'deltad-image-range-'));
+  const dir = await tmpDir(t, 'image-range');
   const origin = await startOrigin({ root: dir });
   const http = new HttpClient({ attempts: 1, timeoutMs: 5000 });
   t.after(async () => {
     await http.close();
     await origin.close();
-    await rm(dir, { recursive: true, force: true });
   });
-  const image = randomBytes(512 * 1024);
+  const image = seededBytes(512 * 1024, 'image-range');
   const index = indexBuffer(image, {
     params: { min: 16 * 1024, avg: 64 * 1024, max: 256 * 1024 },
     digest: 'sha512-256',

@@ -1,19 +1,18 @@
 // indexFile / indexBuffer: casync's bytes for a real vector, and the parallel
 // indexer equal to the serial one on inputs made to stress the segment seams.
-import { test, after } from 'node:test';
+import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createCipheriv, createHash } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { readFileSync, truncateSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { serializeIndex, type ChunkParams } from '../lib/format/caibx.js';
 import { chunkId, toHex } from '../lib/format/digest.js';
 import { UsageError } from '../lib/errors.js';
 import { indexBuffer, indexFile, type IndexOptions } from '../lib/chunking/indexer.js';
 import { caibxPath, loadVectors, vectorInputs } from './helpers/vectors.js';
+import { fileTmpDir } from './helpers/tmp.js';
 
-const dir = mkdtempSync(join(tmpdir(), 'deltad-indexer-'));
-after(() => rmSync(dir, { recursive: true, force: true }));
+const dir = fileTmpDir('indexer');
 
 const SMALL: ChunkParams = { min: 256, avg: 1024, max: 4096 };
 const DEFAULT: ChunkParams = { min: 16384, avg: 65536, max: 262144 };

@@ -1,20 +1,21 @@
 // deltad against real nginx servers on 127.0.0.1: one redirecting everything,
 // one only the indexes, one only the big files (image, store chunks) to a
 // plain mirror; and a TLS + HTTP/2 server whose certificate is signed by a CA
-// this test generates with openssl (trusted through ca-file only). Each case:
+// made for the run (bench/tls.ts, with openssl; trusted through ca-file only). Each case:
 // a delta, identical bytes, bytes received within 1% of the direct fetch.
-import { test, before, after } from 'node:test';
+import { test, before, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { createServer } from 'node:net';
-import { mkdtemp, readFile, rm, writeFile, chmod } from 'node:fs/promises';
+import { readFile, rm, writeFile, chmod } from 'node:fs/promises';
 import { join } from 'node:path';
-import { tmpdir } from 'node:os';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { extractToFile, type AssembleOptions, type ExtractResult } from '../lib/delta/extract.js';
 import { HttpClient, type HttpClientOptions } from '../lib/fetch/http-client.js';
 import { makeDeltaFixture, requireCasync, type DeltaFixture } from './helpers/delta-images.js';
+import { tmpDir } from './helpers/tmp.js';
+import { makeTestCa } from '../bench/tls.js';
 
 const hasNginx = spawnSync('nginx', ['-v'], { stdio: 'pipe' }).status === 0;
 const hasOpenssl = spawnSync('openssl', ['version'], { stdio: 'pipe' }).status === 0;
@@ -33,50 +34,6 @@ async function freePort(): Promise<number> {
   const port = (s.address() as { port: number }).port;
   await new Promise<void>((r) => s.close(() => r()));
   return port;
-}
-
-function openssl(args: string[]): void {
-  const r = spawnSync('openssl', args, { stdio: 'pipe', encoding: 'utf8' });
-  if (r.status !== 0) throw new Error(`openssl ${args[0]} failed: ${r.stderr}`);
-}
-
-/** A test CA and a certificate for 127.0.0.1 signed by it. */
-function makeCertificates(): { ca: string; cert: string; key: string } {
-  const p = (f: string): string => join(dir, f);
-  const ec = ['-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:prime256v1', '-nodes'];
-  openssl([
-    'req',
-    '-x509',
-    ...ec,
-    '-keyout',
-    p('ca.key'),
-    '-out',
-    p('ca.pem'),
-    '-days',
-    '2',
-    '-subj',
-    '/CN=deltad test CA',
-  ]);
-  openssl(['req', ...ec, '-keyout', p('srv.key'), '-out', p('srv.csr'), '-subj', '/CN=127.0.0.1']);
-  spawnSync('sh', ['-c', `printf 'subjectAltName=IP:127.0.0.1\\nbasicConstraints=CA:FALSE\\n' > ${p('srv.ext')}`]);
-  openssl([
-    'x509',
-    '-req',
-    '-in',
-    p('srv.csr'),
-    '-CA',
-    p('ca.pem'),
-    '-CAkey',
-    p('ca.key'),
-    '-CAcreateserial',
-    '-out',
-    p('srv.pem'),
-    '-days',
-    '2',
-    '-extfile',
-    p('srv.ext'),
-  ]);
-  return { ca: p('ca.pem'), cert: p('srv.pem'), key: p('srv.key') };
 }
 
 interface LogLine {
@@ -103,12 +60,19 @@ async function accessLog(): Promise<LogLine[]> {
 before(async (t) => {
   if (!hasNginx || !hasOpenssl) return;
   if (!requireCasync(t as unknown as { skip: (m: string) => void })) return;
-  fx = await makeDeltaFixture(2 * 1024 * 1024);
-  dir = await mkdtemp(join(tmpdir(), 'deltad-nginx-'));
+  // Registered first, so nginx stops before its directory goes.
+  (t as TestContext).after(async () => {
+    if (nginx && nginx.exitCode === null) {
+      nginx.kill('SIGTERM');
+      await new Promise((r) => nginx!.once('exit', r));
+    }
+  });
+  fx = await makeDeltaFixture(t, 2 * 1024 * 1024);
+  dir = await tmpDir(t, 'nginx');
   // nginx workers run as nobody: they must be able to read the files.
   await Promise.all([chmod(fx.dir, 0o755), chmod(dir, 0o755)]);
-  const { ca, cert, key } = makeCertificates();
-  caFile = ca;
+  const { caCert, cert, key } = makeTestCa(join(dir, 'tls'));
+  caFile = caCert;
   for (const k of Object.keys(ports) as (keyof typeof ports)[]) ports[k] = await freePort();
   const mirror = `http://127.0.0.1:${ports.mirror}`;
   const temps = ['client_body', 'proxy', 'fastcgi', 'uwsgi', 'scgi'];
@@ -150,15 +114,6 @@ http {
   }
   if (!ready) throw new Error(`nginx did not start: ${stderr}`);
   for (const mode of ['range', 'store'] as const) direct[mode] = await run(ports.mirror, mode);
-});
-
-after(async () => {
-  if (nginx && nginx.exitCode === null) {
-    nginx.kill('SIGTERM');
-    await new Promise((r) => nginx!.once('exit', r));
-  }
-  await fx?.cleanup();
-  if (dir) await rm(dir, { recursive: true, force: true });
 });
 
 const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');

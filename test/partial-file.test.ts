@@ -2,29 +2,16 @@
 // beside the output must never reach another file through a planted symlink.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { link, lstat, mkdtemp, readFile, rm, symlink, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { link, lstat, readFile, rm, symlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { indexBuffer } from '../lib/chunking/indexer.js';
 import { PartialFile, partialPaths } from '../lib/assemble/partial-file.js';
-
-/** Deterministic bytes that chunk into several chunks (xorshift). */
-function pseudoRandom(size: number): Buffer {
-  const data = Buffer.alloc(size);
-  let x = 0x9e3779b9;
-  for (let i = 0; i < size; i++) {
-    x ^= x << 13;
-    x ^= x >>> 17;
-    x ^= x << 5;
-    data[i] = x & 0xff;
-  }
-  return data;
-}
+import { tmpDir } from './helpers/tmp.js';
+import { seededBytes } from './helpers/images.js';
 
 test("partial file: a symlink at the journal's temp path is replaced, the file it points to (a seed) is untouched", async (t) => {
-  const dir = await mkdtemp(join(tmpdir(), 'deltad-partial-'));
-  t.after(() => rm(dir, { recursive: true, force: true }));
-  const data = pseudoRandom(256 * 1024);
+  const dir = await tmpDir(t, 'partial');
+  const data = seededBytes(256 * 1024, 'partial');
   const index = indexBuffer(data, {
     params: { min: 16 * 1024, avg: 64 * 1024, max: 256 * 1024 },
     digest: 'sha512-256',
@@ -44,9 +31,8 @@ test("partial file: a symlink at the journal's temp path is replaced, the file i
 });
 
 test('partial file: a hard link to another file (a seed) at the partial path is never written through, fresh or resumed', async (t) => {
-  const dir = await mkdtemp(join(tmpdir(), 'deltad-partial-'));
-  t.after(() => rm(dir, { recursive: true, force: true }));
-  const data = pseudoRandom(256 * 1024);
+  const dir = await tmpDir(t, 'partial');
+  const data = seededBytes(256 * 1024, 'partial');
   const index = indexBuffer(data, {
     params: { min: 16 * 1024, avg: 64 * 1024, max: 256 * 1024 },
     digest: 'sha512-256',

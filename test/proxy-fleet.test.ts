@@ -5,9 +5,8 @@
 // Every client ends byte-identical; the upstream sent each chunk once.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { copyFile, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
-import { createHash, randomBytes } from 'node:crypto';
-import { tmpdir } from 'node:os';
+import { copyFile, mkdir, readFile, writeFile } from 'node:fs/promises';
+import { createHash } from 'node:crypto';
 import { join } from 'node:path';
 import { request } from 'undici';
 import { HttpClient } from '../lib/fetch/http-client.js';
@@ -15,12 +14,13 @@ import { extractToFile, loadIndex } from '../lib/delta/extract.js';
 import { openProxyStore } from '../lib/fleet/batch-store.js';
 import { startOrigin } from './helpers/origin.js';
 import { makeReleases, startTestProxy } from './helpers/fleet.js';
+import { tmpDir } from './helpers/tmp.js';
+import { seededBytes } from './helpers/images.js';
 
 test('six sidecars update concurrently through one proxy: identical images, each chunk fetched upstream once', {
   timeout: 90_000,
 }, async (t) => {
-  const dir = await mkdtemp(join(tmpdir(), 'deltad-fleet-'));
-  t.after(() => rm(dir, { recursive: true, force: true }));
+  const dir = await tmpDir(t, 'fleet');
   const root = join(dir, 'origin');
   await mkdir(root);
   const [v1, v2] = await makeReleases(root, 4 * 1024 * 1024, 2, 8);
@@ -38,7 +38,7 @@ test('six sidecars update concurrently through one proxy: identical images, each
         await copyFile(join(root, v1.name), join(home, v1.name));
         seeds.push({ path: join(home, v1.name), index: v1.index });
       } else if (seed === 'unrelated') {
-        await writeFile(join(home, 'old.img'), randomBytes(1024 * 1024));
+        await writeFile(join(home, 'old.img'), seededBytes(1024 * 1024, 'fleet:old'));
         seeds.push({ path: join(home, 'old.img') });
       }
       return { home, seeds };

@@ -4,11 +4,10 @@
 // access control (allow-list, absolute-form targets, odd Host, traversal, caps).
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdir, mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { connect } from 'node:net';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { request } from 'undici';
 import type { ProxyOptions, ProxyServer } from '../daemon/proxy.js';
@@ -17,36 +16,28 @@ import { openProxyStore } from '../lib/fleet/batch-store.js';
 import { OriginError } from '../lib/errors.js';
 import { chunkRelativePath } from '../lib/store/chunk-file.js';
 import { compressChunk, decompressChunk } from '../lib/store/compression.js';
-import {
-  makeReleases,
-  rangeFetchesOf,
-  startTestProxy,
-  startUpstream,
-  type Release,
-  type Upstream,
-} from './helpers/fleet.js';
+import { makeReleases, rangeFetchesOf, startTestProxy, type Release } from './helpers/fleet.js';
+import { startOrigin, type Origin } from './helpers/origin.js';
 import { VERSION } from '../lib/util/version.js';
+import { tmpDir } from './helpers/tmp.js';
 
 const run = promisify(execFile);
 
 interface Fixture {
   dir: string;
-  upstream: Upstream;
+  upstream: Origin;
   releases: Release[];
   proxy: ProxyServer;
   url: string;
 }
 
 async function setup(t: TestContext, over: Partial<ProxyOptions> = {}, size = 2 * 1024 * 1024): Promise<Fixture> {
-  const dir = await mkdtemp(join(tmpdir(), 'deltad-proxy-'));
+  const dir = await tmpDir(t, 'proxy');
   const origin = join(dir, 'origin');
   await mkdir(origin);
   const releases = await makeReleases(origin, size, 2);
-  const upstream = await startUpstream(origin);
-  t.after(async () => {
-    await upstream.close();
-    await rm(dir, { recursive: true, force: true });
-  });
+  const upstream = await startOrigin({ root: origin });
+  t.after(() => upstream.close());
   const { proxy, url } = await startTestProxy(t, upstream.url, join(dir, 'cache'), over);
   return { dir, upstream, releases, proxy, url: url.slice(0, -1) };
 }
@@ -227,7 +218,7 @@ test('upstream returns wrong bytes: not cached, not served (store 500, batch ERR
   const f = await setup(t);
   const [v1] = f.releases;
   await get(`${f.url}/${v1.name}.caibx`);
-  f.upstream.corruptRanges = true;
+  f.upstream.fault({ kind: 'wrong-bytes', rangedOnly: true, times: Infinity }); // every byte range lies
   const hex = v1.index.idHex(1);
   const res = await get(`${f.url}/.deltad/store/${chunkRelativePath(hex, true)}`);
   assert.equal(res.status, 500);
@@ -245,7 +236,7 @@ test('upstream returns wrong bytes: not cached, not served (store 500, batch ERR
   assert.equal(f.proxy.cache.stats.entries, 0, 'nothing cached');
   assert.deepEqual(await readdir(join(f.dir, 'cache', 'chunks')), []);
   // Once the upstream is honest again, the same chunk is fetched and served.
-  f.upstream.corruptRanges = false;
+  f.upstream.clearFaults();
   const good = await get(`${f.url}/.deltad/store/${chunkRelativePath(hex, true)}`);
   assert.equal(good.status, 200);
 });

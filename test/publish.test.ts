@@ -3,19 +3,18 @@
 // prints the SHA256SUMS line; a client then gets the image as a delta from them.
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { copyFile, mkdir, mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { copyFile, mkdir, readdir, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import { runCli } from './helpers/cli.js';
 import { makeReleases } from './helpers/fleet.js';
 import { startOrigin } from './helpers/origin.js';
+import { tmpDir } from './helpers/tmp.js';
 
 test('deltad publish writes index, block pack and store; extract takes v2 from them as a delta', {
   timeout: 120_000,
 }, async (t) => {
-  const dir = await mkdtemp(join(tmpdir(), 'deltad-publish-'));
-  t.after(() => rm(dir, { recursive: true, force: true }));
+  const dir = await tmpDir(t, 'publish');
   const gen = join(dir, 'gen');
   const www = join(dir, 'www');
   await mkdir(gen);

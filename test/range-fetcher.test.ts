@@ -2,15 +2,15 @@
 // body) and RangeFetcher against a real origin in every Range mode.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { MultipartParser, multipartBoundary, parseContentRange, type ContentRange } from '../lib/fetch/multipart.js';
 import { RangeFetcher } from '../lib/fetch/range-fetcher.js';
 import { HttpClient } from '../lib/fetch/http-client.js';
 import { startOrigin, type Origin } from './helpers/origin.js';
+import { tmpDir } from './helpers/tmp.js';
 import { MultiRangeUnsupportedError, RangeUnsupportedError } from '../lib/errors.js';
+import { seededBytes } from './helpers/images.js';
 
 function parseAll(
   body: Buffer,
@@ -42,7 +42,7 @@ function parseAll(
 }
 
 const d1 = Buffer.from('--XyZ\r\n--XyZ--\r\nbinary with the boundary inside');
-const d2 = randomBytes(300);
+const d2 = seededBytes(300, 'ranges:d2');
 
 function body(eol: string, leadingEol: boolean): Buffer {
   return Buffer.concat([
@@ -101,10 +101,10 @@ test('Content-Range and Content-Type parsing', () => {
 let dir: string;
 let origin: Origin;
 let http: HttpClient;
-const file = randomBytes(200_000);
+const file = seededBytes(200_000, 'ranges:file');
 
-before(async () => {
-  dir = await mkdtemp(join(tmpdir(), 'deltad-ranges-'));
+before(async (t) => {
+  dir = await tmpDir(t, 'ranges');
   await writeFile(join(dir, 'f.img'), file);
   origin = await startOrigin({ root: dir });
   http = new HttpClient({ retryBaseMs: 5, timeoutMs: 2000 });
@@ -112,7 +112,6 @@ before(async () => {
 after(async () => {
   await http?.close();
   await origin?.close();
-  if (dir) await rm(dir, { recursive: true, force: true });
 });
 
 async function collect(f: RangeFetcher, ranges: { start: number; end: number }[]): Promise<Buffer> {

@@ -3,9 +3,7 @@
 // against a real server on 127.0.0.1 with faults.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { mkdtemp, mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
-import { randomBytes } from 'node:crypto';
-import { tmpdir } from 'node:os';
+import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { LocalStore } from '../lib/store/local-store.js';
 import { HttpStore, normalizeStoreUrl } from '../lib/store/http-store.js';
@@ -17,20 +15,11 @@ import { HttpClient } from '../lib/fetch/http-client.js';
 import { loadVectors, storePath } from './helpers/vectors.js';
 import { startOrigin } from './helpers/origin.js';
 import { mountTinyTmpfs } from './helpers/tmpfs.js';
-
-async function tempDir(t: { after: (fn: () => Promise<void>) => void }): Promise<string> {
-  const dir = await mkdtemp(join(tmpdir(), 'deltad-store-'));
-  t.after(() => rm(dir, { recursive: true, force: true }));
-  return dir;
-}
+import { tmpDir } from './helpers/tmp.js';
+import { seededBytes, textBytes } from './helpers/images.js';
 
 /** A chunk of `n` bytes that compresses (so zstd frames have real blocks). */
-function sampleChunk(n: number, seed = 1): Buffer {
-  const out = Buffer.alloc(n);
-  const words = ['store', 'chunk', 'casync', 'index', String(seed), 'deltad'];
-  for (let o = 0, k = seed; o < n; k++) o += out.write(words[(k * 7 + (k >> 3)) % words.length] + ' ', o);
-  return out;
-}
+const sampleChunk = (n: number, seed = 1): Buffer => textBytes(n, seed);
 
 const ZSTD_MAGIC = '28b52ffd';
 
@@ -77,9 +66,14 @@ test('old casync stores: gzip chunks read, xz chunks give a clear error', async 
 
 for (const uncompressed of [false, true]) {
   test(`local store round trip (${uncompressed ? 'uncompressed raw files' : 'zstd .cacnk'})`, async (t) => {
-    const dir = await tempDir(t);
+    const dir = await tmpDir(t, 'store');
     const store = new LocalStore(join(dir, 'x.castr'), { uncompressed });
-    const chunks = [sampleChunk(70_000, 1), sampleChunk(1, 2), randomBytes(50_000), sampleChunk(262_144, 3)];
+    const chunks = [
+      sampleChunk(70_000, 1),
+      sampleChunk(1, 2),
+      seededBytes(50_000, 'store:incompressible'),
+      sampleChunk(262_144, 3),
+    ];
     for (const data of chunks) {
       const id = chunkId('sha512-256', data);
       assert.equal(await store.has(id), false);
@@ -115,7 +109,7 @@ for (const uncompressed of [false, true]) {
 }
 
 test('sha256 stores verify with the configured digest', async (t) => {
-  const dir = await tempDir(t);
+  const dir = await tmpDir(t, 'store');
   const data = sampleChunk(10_000);
   const id = chunkId('sha256', data);
   const store = new LocalStore(dir, { digest: 'sha256' });
@@ -150,7 +144,7 @@ async function getAfterReplacing(
 }
 
 test('corrupt chunk files are rejected naming the ID and the file', async (t) => {
-  const dir = await tempDir(t);
+  const dir = await tmpDir(t, 'store');
   const data = sampleChunk(100_000);
   // A valid frame of other content: decodes fine, wrong digest.
   let err = await getAfterReplacing(join(dir, 'a'), data, () =>
@@ -158,7 +152,7 @@ test('corrupt chunk files are rejected naming the ID and the file', async (t) =>
   );
   assert.match(err.message, /does not match its ID/);
   // Flipped bits inside the compressed payload.
-  err = await getAfterReplacing(join(dir, 'b'), randomBytes(20_000), (s) => {
+  err = await getAfterReplacing(join(dir, 'b'), seededBytes(20_000, 'store:replacement'), (s) => {
     const c = Buffer.from(s);
     c[c.length - 100] ^= 0xff;
     return c;
@@ -182,7 +176,7 @@ test('corrupt chunk files are rejected naming the ID and the file', async (t) =>
 });
 
 test('decompression is bounded: a small file that inflates hugely is refused', async (t) => {
-  const dir = await tempDir(t);
+  const dir = await tmpDir(t, 'store');
   const bomb = compressChunk(Buffer.alloc(64 * 1024 * 1024));
   assert.ok(bomb.length < 10_000);
   assert.throws(() => decompressChunk(bomb, 262_144), /decompresses to more than 262144 bytes/);
@@ -199,7 +193,7 @@ test('decompression is bounded: a small file that inflates hugely is refused', a
 });
 
 test('a failed write leaves neither a partial chunk nor a temp file', async (t) => {
-  const dir = await tempDir(t);
+  const dir = await tmpDir(t, 'store');
   const store = new LocalStore(dir);
   const data = sampleChunk(5000);
   const id = chunkId('sha512-256', data);
@@ -220,7 +214,7 @@ test('disk full (real tmpfs): clear ENOSPC error, no partial chunk, no temp file
   const store = new LocalStore(mnt, { uncompressed: true });
   let failure: unknown;
   for (let i = 0; i < 40 && !failure; i++) {
-    const data = randomBytes(16 * 1024);
+    const data = seededBytes(16 * 1024, `store:16k:${i}`);
     await store.put(chunkId('sha512-256', data), data).catch((err) => (failure = err));
   }
   assert.ok(failure instanceof DeltadError, 'the tmpfs filled up');
@@ -266,9 +260,9 @@ const FAST_RETRY = { attempts: 3, retryBaseMs: 10, timeoutMs: 5000 };
 
 /** A local store with a few chunks, served over HTTP; returns chunks and their IDs. */
 async function servedStore(t: { after: (fn: () => Promise<void>) => void }, uncompressed = false) {
-  const dir = await tempDir(t);
+  const dir = await tmpDir(t, 'store');
   const local = new LocalStore(join(dir, 'pub', 'img.castr'), { uncompressed });
-  const chunks = [sampleChunk(64 * 1024, 5), randomBytes(30_000), sampleChunk(3, 6)];
+  const chunks = [sampleChunk(64 * 1024, 5), seededBytes(30_000, 'store:30k'), sampleChunk(3, 6)];
   const ids = chunks.map((c) => chunkId('sha512-256', c));
   for (let i = 0; i < chunks.length; i++) await local.put(ids[i], chunks[i]);
   const origin = await startOrigin({ root: join(dir, 'pub') });
@@ -346,7 +340,7 @@ test('HTTP store: a lying server (wrong bytes, oversized body, cut body) is reje
     return true;
   });
   // A 3-byte chunk cannot come in a 200 kB body: refused before reading it.
-  await writeFile(local.chunkPath(ids[2]), randomBytes(200_000));
+  await writeFile(local.chunkPath(ids[2]), seededBytes(200_000, 'store:oversized'));
   await assert.rejects(store.get({ id: ids[2], size: 3 }), /exceeds the \d+-byte limit/);
   // A body cut short is a transient error: retried, then the chunk arrives whole.
   origin.fault({ path: pathOf(1), kind: 'cut' });

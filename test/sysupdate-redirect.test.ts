@@ -5,8 +5,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawnSync } from 'node:child_process';
-import { mkdir, mkdtemp, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { mkdir, readdir, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { parseArgs } from 'node:util';
 import { command as redirect } from '../daemon/commands/redirect.js';
@@ -14,6 +13,7 @@ import { COPY_MARKER, readTransfers } from '../daemon/sysupdate-transfers.js';
 import { parseSystemdVersion } from '../daemon/systemd-version.js';
 import { UsageError } from '../lib/errors.js';
 import { REPO_ROOT } from './helpers/repo.js';
+import { tmpDir } from './helpers/tmp.js';
 
 const CLI = join(REPO_ROOT, 'dist/daemon/cli.js');
 
@@ -35,8 +35,7 @@ InstancesMax=3
 `;
 
 async function makeRoot(t: { after: (fn: () => Promise<void>) => void }): Promise<string> {
-  const root = await mkdtemp(join(tmpdir(), 'deltad-redirect-'));
-  t.after(() => rm(root, { recursive: true, force: true }));
+  const root = await tmpDir(t, 'redirect');
   await mkdir(join(root, 'usr/lib/sysupdate.d'), { recursive: true });
   return root;
 }

@@ -4,7 +4,6 @@
 // the concurrency; with room for many they overlap up to the concurrency.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { indexBuffer } from '../../lib/chunking/indexer.js';
 import { planChunks } from '../../lib/plan/planner.js';
@@ -12,6 +11,7 @@ import { Assembler } from '../../lib/assemble/assembler.js';
 import type { AssemblySink } from '../../lib/assemble/sink.js';
 import type { Deliver, RemoteSource, Run } from '../../lib/assemble/remote-source.js';
 import type { ChunkIndex } from '../../lib/format/caibx.js';
+import { seededBytes } from '../helpers/images.js';
 
 /** A remote source that serves chunks from memory after a short wait, recording the largest set in flight. */
 class CountingSource implements RemoteSource {
@@ -56,7 +56,7 @@ const sink = (): AssemblySink => ({
 });
 
 async function run(maxFetchBytes: number): Promise<{ source: CountingSource }> {
-  const data = randomBytes(6 * 1024 * 1024);
+  const data = seededBytes(6 * 1024 * 1024, 'fetch-bytes');
   const index = indexBuffer(data, {
     params: { min: 256 * 1024, avg: 512 * 1024, max: 1024 * 1024 },
     digest: 'sha512-256',

@@ -6,22 +6,20 @@
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { connect } from 'node:net';
-import { mkdir, mkdtemp, rm, unlink, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { mkdir, unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { request } from 'undici';
-import { makeReleases, startTestProxy, startUpstream, type Release, type Upstream } from '../helpers/fleet.js';
+import { makeReleases, startTestProxy, type Release } from '../helpers/fleet.js';
+import { startOrigin, type Origin } from '../helpers/origin.js';
+import { tmpDir } from '../helpers/tmp.js';
 
-async function setup(t: TestContext): Promise<{ dir: string; upstream: Upstream; releases: Release[]; url: string }> {
-  const dir = await mkdtemp(join(tmpdir(), 'deltad-fault-proxy-'));
+async function setup(t: TestContext): Promise<{ dir: string; upstream: Origin; releases: Release[]; url: string }> {
+  const dir = await tmpDir(t, 'fault-proxy');
   const origin = join(dir, 'origin');
   await mkdir(origin);
   const releases = await makeReleases(origin, 1024 * 1024, 1);
-  const upstream = await startUpstream(origin);
-  t.after(async () => {
-    await upstream.close();
-    await rm(dir, { recursive: true, force: true });
-  });
+  const upstream = await startOrigin({ root: origin });
+  t.after(() => upstream.close());
   const { url } = await startTestProxy(t, upstream.url, join(dir, 'cache'));
   return { dir, upstream, releases, url };
 }

@@ -6,9 +6,7 @@
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { createServer, type ServerResponse } from 'node:http';
-import { randomBytes } from 'node:crypto';
-import { mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { AddressInfo } from 'node:net';
 import { CA_FORMAT_INDEX, CA_FORMAT_TABLE, HEADER_SIZE, ITEM_SIZE, serializeIndex } from '../../lib/format/caibx.js';
@@ -18,6 +16,8 @@ import { Releases } from '../../lib/delta/release.js';
 import { HttpClient } from '../../lib/fetch/http-client.js';
 import { IndexFormatError } from '../../lib/errors.js';
 import { deltad } from './run-cli.js';
+import { tmpDir } from '../helpers/tmp.js';
+import { seededBytes } from '../helpers/images.js';
 
 const RSS_LIMIT = 200 * 1024 * 1024;
 const PREVIOUS = Buffer.from('the previous image\n');
@@ -37,7 +37,7 @@ function header(min: number, avg: number, max: number): Buffer {
 
 /** Valid table items of `step` bytes each, from item `first`, `n` of them. */
 function items(first: number, n: number, step: number): Buffer {
-  const b = randomBytes(n * ITEM_SIZE);
+  const b = seededBytes(n * ITEM_SIZE, `items:${first}`);
   for (let k = 0; k < n; k++) b.writeBigUInt64LE(BigInt((first + k + 1) * step), k * ITEM_SIZE);
   return b;
 }
@@ -68,8 +68,7 @@ async function startServer(
 }
 
 async function outDir(t: TestContext): Promise<{ dir: string; out: string }> {
-  const dir = await mkdtemp(join(tmpdir(), 'deltad-fault-mem-'));
-  t.after(() => rm(dir, { recursive: true, force: true }));
+  const dir = await tmpDir(t, 'fault-mem');
   const out = join(dir, 'out.img');
   await writeFile(out, PREVIOUS);
   return { dir, out };
@@ -206,7 +205,7 @@ test('a target larger than the free space is refused in words before anything is
 }, async (t) => {
   const mnt = await mountTinyTmpfs(t, '1m');
   if (!mnt) return;
-  const data = randomBytes(3 * 1024 * 1024);
+  const data = seededBytes(3 * 1024 * 1024, 'memory:image');
   const index = indexBuffer(data, {
     params: { min: 16 * 1024, avg: 64 * 1024, max: 256 * 1024 },
     digest: 'sha512-256',
@@ -218,8 +217,7 @@ test('a target larger than the free space is refused in words before anything is
   });
   const out = join(mnt, 'out.img');
   await writeFile(out, PREVIOUS);
-  const cache = await mkdtemp(join(tmpdir(), 'deltad-fault-mem-xdg-'));
-  t.after(() => rm(cache, { recursive: true, force: true }));
+  const cache = await tmpDir(t, 'fault-mem-xdg');
   const r = await deltad(['extract', '--range-url', `${origin.url}/os.img`, `${origin.url}/os.img.caibx`, out], {
     env: { XDG_CACHE_HOME: cache },
   });

@@ -4,9 +4,7 @@
 // short, never complete; the right image arrives whole.
 import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
-import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { request } from 'undici';
 import { buildServer } from '../../daemon/server.js';
@@ -14,12 +12,14 @@ import { defaultConfig, type DaemonConfig } from '../../daemon/config.js';
 import { createNotifier } from '../../daemon/notify.js';
 import { startOrigin } from '../helpers/origin.js';
 import { makeReleases, type Release } from '../helpers/fleet.js';
+import { tmpDir } from '../helpers/tmp.js';
+import { seededBytes } from '../helpers/images.js';
 
 async function setup(
   t: TestContext,
   over: Partial<DaemonConfig>,
 ): Promise<{ url: string; originDir: string; release: Release }> {
-  const dir = await mkdtemp(join(tmpdir(), 'deltad-fault-pass-'));
+  const dir = await tmpDir(t, 'fault-pass');
   const originDir = join(dir, 'origin');
   await mkdir(originDir);
   const [release] = await makeReleases(originDir, 1024 * 1024, 1);
@@ -41,7 +41,6 @@ async function setup(
   t.after(async () => {
     await app.close();
     await origin.close();
-    await rm(dir, { recursive: true, force: true });
   });
   return { url: `http://127.0.0.1:${(app.server.address() as { port: number }).port}`, originDir, release };
 }
@@ -68,7 +67,7 @@ for (const [why, over] of [
   }, async (t) => {
     const f = await setup(t, over);
     const imagePath = join(f.originDir, f.release.name);
-    if (why === 'an unreadable index') await writeFile(`${imagePath}.caibx`, randomBytes(500));
+    if (why === 'an unreadable index') await writeFile(`${imagePath}.caibx`, seededBytes(500, 'not an index'));
     const good = await fetchImage(`${f.url}/${f.release.name}`);
     assert.equal(good.status, 200);
     assert.ok(!good.cut && good.body.equals(f.release.data), 'the image listed in SHA256SUMS passes whole');

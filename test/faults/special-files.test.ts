@@ -5,8 +5,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { chmod, copyFile, mkdir, mkdtemp, readFile, rename, rm, readdir } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { chmod, copyFile, mkdir, readFile, rename, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { type Origin } from '../helpers/origin.js';
 import { type DeltaFixture, withDeltaFixture } from '../helpers/delta-images.js';
@@ -18,6 +17,7 @@ import { UnusableInputError } from '../../lib/errors.js';
 import { TEST_PARAMS } from '../helpers/delta-images.js';
 import { deltad } from './run-cli.js';
 import { CLI } from '../helpers/cli.js';
+import { tmpDir } from '../helpers/tmp.js';
 
 /** Whether the user nobody can read `path` (every directory above it must let it through). */
 function nobodyReads(path: string): boolean {
@@ -58,8 +58,7 @@ test('a seed the user may not read is left out with a warning (run as nobody)', 
   // Root reads everything: drop to nobody with setpriv; as another user, a mode-000 file is enough.
   const root = process.getuid?.() === 0;
   if (root && !nobodyReads(CLI)) return t.skip(`nobody cannot read ${CLI} (a checkout in a private directory)`);
-  const dir = await mkdtemp(join(tmpdir(), 'deltad-fault-perm-'));
-  t.after(() => rm(dir, { recursive: true, force: true }));
+  const dir = await tmpDir(t, 'fault-perm');
   await chmod(dir, 0o777);
   const secret = join(dir, 'secret.img');
   const readable = join(dir, 'v1.img');

@@ -4,7 +4,6 @@
 // fails only when no store has the chunk intact, naming it, and OUT is kept.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { randomBytes } from 'node:crypto';
 import { cp, mkdir, readFile, readdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { startOrigin, type Origin } from '../helpers/origin.js';
@@ -12,6 +11,7 @@ import { makeDeltaFixture, requireCasync, TEST_PARAMS, type DeltaFixture } from 
 import { chunkRelativePath } from '../../lib/store/chunk-file.js';
 import { compressChunk, maxEncodedSize } from '../../lib/store/compression.js';
 import { deltad } from './run-cli.js';
+import { seededBytes } from '../helpers/images.js';
 
 let fx: DeltaFixture;
 let origin: Origin;
@@ -22,24 +22,23 @@ const KINDS = { oversized: 0, garbage: 1, wrong: 2 } as const;
 before(async (t) => {
   casync = requireCasync(t as unknown as { skip: (m: string) => void });
   if (!casync) return;
-  fx = await makeDeltaFixture(1024 * 1024);
+  fx = await makeDeltaFixture(t, 1024 * 1024);
   for (const [kind, i] of Object.entries(KINDS)) {
     const store = join(fx.www, `${kind}.castr`);
     await cp(fx.storeDir, store, { recursive: true });
     const file = join(store, chunkRelativePath(fx.index.idHex(i), true));
     const body =
       kind === 'oversized'
-        ? randomBytes(maxEncodedSize(TEST_PARAMS.max) + 4096)
+        ? seededBytes(maxEncodedSize(TEST_PARAMS.max) + 4096, 'oversized')
         : kind === 'garbage'
-          ? randomBytes(300)
-          : compressChunk(randomBytes(fx.index.chunkSize(i)));
+          ? seededBytes(300, 'garbage')
+          : compressChunk(seededBytes(fx.index.chunkSize(i), 'wrong'));
     await writeFile(file, body);
   }
   origin = await startOrigin({ root: fx.www });
 });
 after(async () => {
   await origin?.close();
-  await fx?.cleanup();
 });
 
 const chunkPath = (kind: keyof typeof KINDS): string =>

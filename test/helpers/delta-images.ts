@@ -1,14 +1,15 @@
-// Generated image pairs for delta tests: v1 (random) and a "v2" with edits,
-// an insertion, a zero run and a repeated block, in a temp directory. v2's
-// index and chunk store are made by the real `casync make`; www/ holds what an
-// origin serves (v2.img, v2.caibx, v2.castr/), v1.img sits outside as a seed.
+// Generated image pairs for delta tests: v1 (seeded pseudo-random) and a "v2" with
+// edits, an insertion, a zero run and a repeated block (images.ts deltaV2), in a
+// temp directory. v2's index and chunk store are made by the real `casync make`;
+// www/ holds what an origin serves (v2.img, v2.caibx, v2.castr/), v1.img sits
+// outside as a seed.
 import { spawnSync } from 'node:child_process';
-import { randomBytes } from 'node:crypto';
-import { mkdtemp, mkdir, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { after, before } from 'node:test';
 import { startOrigin, type Origin } from './origin.js';
+import { tmpDir, type TmpContext } from './tmp.js';
+import { deltaV2, seededBytes } from './images.js';
 import { readIndexFile, type ChunkIndex, type ChunkParams } from '../../lib/format/caibx.js';
 
 export const TEST_PARAMS: ChunkParams = { min: 4096, avg: 16384, max: 65536 };
@@ -23,7 +24,6 @@ export interface DeltaFixture {
   indexPath: string;
   index: ChunkIndex;
   storeDir: string;
-  cleanup(): Promise<void>;
 }
 
 /** Fails (in CI) or reports false (elsewhere) when casync is not installed. */
@@ -35,31 +35,13 @@ export function requireCasync(t: { skip: (msg: string) => void }): boolean {
   return false;
 }
 
-/** v2 from v1: kept ranges with small edits, new data, a zero run, a repeated new block. */
-export function makeV2(v1: Buffer): Buffer {
-  const q = v1.length >> 3;
-  const edited = Buffer.from(v1.subarray(q, 3 * q));
-  for (const at of [q >> 2, q, (3 * q) >> 1]) randomBytes(200).copy(edited, at);
-  const block = randomBytes(96 * 1024);
-  return Buffer.concat([
-    v1.subarray(0, q),
-    randomBytes(100 * 1024), // insertion
-    edited,
-    Buffer.alloc(320 * 1024), // zero run
-    v1.subarray(3 * q, 6 * q),
-    block,
-    v1.subarray(6 * q, 7 * q),
-    block, // repeat of new data
-    v1.subarray(7 * q),
-  ]);
-}
-
-export async function makeDeltaFixture(size = 3 * 1024 * 1024): Promise<DeltaFixture> {
-  const dir = await mkdtemp(join(tmpdir(), 'deltad-extract-'));
+/** A delta fixture in a new directory, removed after `t` (a test, or a file-level before() hook). */
+export async function makeDeltaFixture(t: TmpContext, size = 3 * 1024 * 1024): Promise<DeltaFixture> {
+  const dir = await tmpDir(t, 'delta');
   const www = join(dir, 'www');
   await mkdir(www);
-  const v1 = randomBytes(size);
-  const v2 = makeV2(v1);
+  const v1 = seededBytes(size, `delta-v1:${size}`);
+  const v2 = deltaV2(v1);
   const v1Path = join(dir, 'v1.img');
   const v2Path = join(www, 'v2.img');
   await writeFile(v1Path, v1);
@@ -83,7 +65,6 @@ export async function makeDeltaFixture(size = 3 * 1024 * 1024): Promise<DeltaFix
     indexPath,
     index: await readIndexFile(indexPath),
     storeDir,
-    cleanup: () => rm(dir, { recursive: true, force: true }),
   };
 }
 
@@ -99,12 +80,11 @@ export function withDeltaFixture(
   let origin: Origin | undefined;
   before(async (t) => {
     if (!requireCasync(t as unknown as { skip: (m: string) => void })) return onReady(null);
-    fx = await makeDeltaFixture(size);
+    fx = await makeDeltaFixture(t, size);
     origin = await startOrigin({ root: fx.www });
     onReady({ fx, origin });
   });
   after(async () => {
     await origin?.close();
-    await fx?.cleanup();
   });
 }

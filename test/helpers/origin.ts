@@ -1,6 +1,6 @@
-// A real HTTP origin for tests: node:http on 127.0.0.1 (ephemeral port)
-// serving the files of a directory, with switchable Range behaviour, an access
-// log, and fault injection.
+// The one HTTP origin for tests (and benchmarks): node:http on 127.0.0.1 (ephemeral
+// port) serving the files of a directory, with switchable Range behaviour, conditional
+// requests, an access log, and fault injection.
 //
 //   const origin = await startOrigin({ root: dir });   // ranges: 'multi' by default
 //   origin.url                       // "http://127.0.0.1:PORT"
@@ -8,7 +8,7 @@
 //                                    // multi, single, reject-multi, ignore-multi, none)
 //   origin.fault({ path: '/v2.img', kind: 'status', status: 500 });    // next matching request only
 //   origin.fault({ kind: 'cut', skip: 2, times: 3 });                  // requests 3..5 (any path)
-//   origin.log                       // [{ method, path, range, status, bytes }] in arrival order
+//   origin.log                       // [{ method, path, range, status, bytes, requestHeaders }] in arrival order
 //   origin.stats('/v2.img')          // { requests, bytes } for paths starting with the prefix
 //   await origin.close();
 //
@@ -31,7 +31,17 @@
 //                                    // Last-Modified always; If-Range that does not match gets 200
 //   origin.codedRanges = true        // 206 bodies gzip-coded with Content-Encoding: gzip (a broken CDN)
 //   origin.headers = (path) => ({ 'x-kde-delta': 'false' })   // extra headers on every answer
-import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+//   origin.down = true               // every connection is destroyed at once, unlogged (upstream unreachable)
+//
+// Conditional requests: If-None-Match (weak comparison, against the ETag) and, without it,
+// If-Modified-Since (against the file's mtime) answer 304 with the validators.
+import {
+  createServer,
+  type IncomingHttpHeaders,
+  type IncomingMessage,
+  type Server,
+  type ServerResponse,
+} from 'node:http';
 import { readFile, stat } from 'node:fs/promises';
 import { createHash } from 'node:crypto';
 import { gzipSync } from 'node:zlib';
@@ -83,6 +93,8 @@ export interface AccessEntry {
   fault?: FaultKind;
   /** The query string with its '?', when the request had one. */
   search?: string;
+  /** The request's headers, as node:http parsed them. */
+  requestHeaders: IncomingHttpHeaders;
 }
 
 export interface OriginOptions {
@@ -97,6 +109,7 @@ export interface Origin {
   validators: Validators;
   codedRanges: boolean;
   headers?: (path: string) => Record<string, string> | undefined;
+  down: boolean;
   readonly log: AccessEntry[];
   fault(f: Fault): void;
   clearFaults(): void;
@@ -128,6 +141,16 @@ function parseRanges(header: string, size: number): { start: number; end: number
   return out;
 }
 
+/** If-None-Match (weak comparison) or, without it, If-Modified-Since (whole seconds) says the client's copy is current. */
+function notModified(req: IncomingMessage, etag: string | undefined, mtime: Date): boolean {
+  const inm = req.headers['if-none-match'];
+  const opaque = (t: string): string => t.trim().replace(/^W\//, '');
+  if (inm !== undefined)
+    return etag !== undefined && inm.split(',').some((t) => t.trim() === '*' || opaque(t) === opaque(etag));
+  const ims = Date.parse(req.headers['if-modified-since'] ?? '');
+  return !Number.isNaN(ims) && Math.floor(mtime.getTime() / 1000) * 1000 <= ims;
+}
+
 export async function startOrigin(opts: OriginOptions): Promise<Origin> {
   const faults: (Fault & { seen: number; used: number })[] = [];
   const log: AccessEntry[] = [];
@@ -139,6 +162,7 @@ export async function startOrigin(opts: OriginOptions): Promise<Origin> {
     validators: 'strong' as Validators,
     codedRanges: false,
     headers: undefined as ((path: string) => Record<string, string> | undefined) | undefined,
+    down: false,
   };
 
   const takeFault = (req: IncomingMessage, path: string): Fault | undefined => {
@@ -154,8 +178,16 @@ export async function startOrigin(opts: OriginOptions): Promise<Origin> {
   };
 
   const handle = async (req: IncomingMessage, res: ServerResponse): Promise<void> => {
+    if (state.down) return void req.socket.destroy();
     const path = decodeURIComponent((req.url ?? '/').split('?')[0]);
-    const entry: AccessEntry = { method: req.method ?? 'GET', path, range: req.headers.range, status: 0, bytes: 0 };
+    const entry: AccessEntry = {
+      method: req.method ?? 'GET',
+      path,
+      range: req.headers.range,
+      status: 0,
+      bytes: 0,
+      requestHeaders: req.headers,
+    };
     const q = (req.url ?? '').indexOf('?');
     if (q >= 0) entry.search = (req.url ?? '').slice(q);
     log.push(entry);
@@ -200,6 +232,7 @@ export async function startOrigin(opts: OriginOptions): Promise<Origin> {
     const ifRange = req.headers['if-range'] as string | undefined;
     const matches = ifRange?.startsWith('"') ? ifRange === validators.etag : ifRange === validators['last-modified'];
     const stillSame = ifRange === undefined || matches;
+    if (notModified(req, validators.etag, st.mtime)) return send(304, validators, Buffer.alloc(0));
     let headers: Record<string, string> = {
       'accept-ranges': state.ranges === 'none' ? 'none' : 'bytes',
       'content-type': 'application/octet-stream',
@@ -328,6 +361,12 @@ export async function startOrigin(opts: OriginOptions): Promise<Origin> {
     },
     set headers(h: ((path: string) => Record<string, string> | undefined) | undefined) {
       state.headers = h;
+    },
+    get down() {
+      return state.down;
+    },
+    set down(v: boolean) {
+      state.down = v;
     },
     log,
     fault(f) {
