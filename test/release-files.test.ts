@@ -19,7 +19,8 @@ import { HttpClient } from '../lib/fetch/http-client.js';
 import { MetadataCache } from '../lib/fleet/metadata-cache.js';
 import { BodyTooLargeError, IndexFormatError } from '../lib/errors.js';
 import type { Logger } from '../daemon/log.js';
-import { makeReleases, startTestProxy, startUpstream } from './helpers/fleet.js';
+import { makeReleases, startTestProxy } from './helpers/fleet.js';
+import { startOrigin } from './helpers/origin.js';
 
 const GiB = 1024 ** 3;
 const STEP = 256 * 1024;
@@ -196,11 +197,11 @@ test('revalidation is one implementation: the sidecar and the proxy both get a 3
   const originDir = join(dir, 'origin');
   await mkdir(originDir);
   const [v1] = await makeReleases(originDir, 1024 * 1024, 1);
-  const upstream = await startUpstream(originDir);
+  const upstream = await startOrigin({ root: originDir });
   t.after(() => upstream.close());
   const http = new HttpClient();
   t.after(() => http.close());
-  const indexUrl = `${upstream.url}${v1.name}.caibx`;
+  const indexUrl = `${upstream.url}/${v1.name}.caibx`;
   const statuses = () => upstream.log.filter((e) => e.path === `/${v1.name}.caibx`).map((e) => e.status);
 
   // The sidecar: nothing kept fresh (freshMs 0), so every preparation revalidates.
