@@ -34,6 +34,7 @@ import {
 } from './format.js';
 import { PackLayout, packRuns, planPackRequests, type BlockPlan } from './plan.js';
 import { unlessAborted } from '../util/abort.js';
+import { forEachConcurrent } from '../util/async-pool.js';
 import { newProgress } from '../assemble/progress.js';
 
 export interface BlockRouteOptions {
@@ -228,25 +229,25 @@ export class BlockAssembly {
   }
 
   private async runTasks(tasks: Task[]): Promise<void> {
-    const slots = Math.max(1, this.opts.concurrency ?? 4);
-    const running = new Set<Promise<void>>();
     const done = new Uint8Array(tasks.length);
+    await forEachConcurrent(this.admitted(tasks), this.opts.concurrency ?? 4, async (k) => {
+      await this.guard(tasks[k], k); // never throws
+      done[k] = 1;
+      while (this.oldest < tasks.length && done[this.oldest]) this.oldest++;
+      this.wake();
+    });
+  }
+
+  /** Task numbers in order, each once the sink admits its span; none once aborted. */
+  private async *admitted(tasks: Task[]): AsyncGenerator<number> {
     for (let k = 0; k < tasks.length; k++) {
-      if (this.ctl.signal.aborted) break;
+      if (this.ctl.signal.aborted) return;
       const t = tasks[k];
       const admitted = this.sink.admit?.(t.start, t.end, t.first);
       if (admitted) await unlessAborted(admitted, this.ctl.signal).catch(() => {});
-      if (this.ctl.signal.aborted) break;
-      while (running.size >= slots) await Promise.race(running);
-      const p: Promise<void> = this.guard(t, k).finally(() => {
-        running.delete(p);
-        done[k] = 1;
-        while (this.oldest < tasks.length && done[this.oldest]) this.oldest++;
-        this.wake();
-      });
-      running.add(p);
+      if (this.ctl.signal.aborted) return;
+      yield k;
     }
-    await Promise.all(running);
   }
 
   private async guard(t: Task, k: number): Promise<void> {
