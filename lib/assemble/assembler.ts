@@ -19,6 +19,7 @@ import { BatchBuffers } from '../store/chunk-reader.js';
 import type { BufferPool } from '../util/buffer-pool.js';
 import { unlessAborted } from '../util/abort.js';
 import { forEachConcurrent } from '../util/async-pool.js';
+import { addToRuns } from '../util/runs.js';
 
 export interface AssemblerOptions {
   plan: Plan;
@@ -285,9 +286,7 @@ export class Assembler {
       this.opts.onWarning?.(
         `seed ${seed.path}: chunk ${this.index.idHex(t.first + k)} at offset ${sIdx.start(t.seedFirst + k)} does not match its ID; ${from}`,
       );
-      const last = bad[bad.length - 1];
-      if (last && last.first + last.count === t.first + k) last.count++;
-      else bad.push({ first: t.first + k, count: 1 });
+      addToRuns(bad, t.first + k);
     }
     await flush(t.count);
     if (!this.opts.sink.holdsData) this.seedBuffers.give(data);
