@@ -20,6 +20,7 @@ import { decodeChunk, resolveFormat } from '../store/chunk-file.js';
 import type { ChunkRequest, WritableChunkStore } from '../store/types.js';
 import { FileError, UsageError } from '../errors.js';
 import { replaceFile, writeFully } from '../util/fs-io.js';
+import { concurrentEmit } from '../util/async-pool.js';
 
 export interface ChunkCacheOptions {
   /** Upper bound on the compressed bytes kept on disk. */
@@ -305,31 +306,15 @@ export class ChunkCache implements WritableChunkStore {
       this.counters.fetches += mine.length;
       void this.runFetch(mine, fetchMany, source);
     }
-    // Yield the awaited chunks as they settle.
-    const queue: { index: number; data: Buffer | null; err?: unknown }[] = [];
-    let wake: (() => void) | undefined;
-    for (const w of waits) {
-      w.promise.then(
-        (data) => {
-          queue.push({ index: w.index, data });
-          wake?.();
-        },
-        (err) => {
-          queue.push({ index: w.index, data: null, err });
-          wake?.();
-        },
-      );
-    }
-    let firstError: unknown;
-    for (let left = waits.length; left > 0; ) {
-      if (queue.length === 0) await new Promise<void>((r) => (wake = r));
-      for (const item of queue.splice(0)) {
-        left--;
-        if (item.err !== undefined) firstError ??= item.err;
-        else if (item.data) yield { index: item.index, data: item.data };
-      }
-    }
-    if (firstError !== undefined) throw firstError;
+    // Yield the awaited chunks as they settle (all at once: they are under way); the first failure after them.
+    yield* concurrentEmit<(typeof waits)[number], { index: number; data: Buffer }>(
+      waits,
+      waits.length,
+      async (w, emit) => {
+        const data = await w.promise;
+        if (data) emit({ index: w.index, data });
+      },
+    );
   }
 
   /** Runs one batched fetch for claimed chunks: verify, cache, settle each; missing ones settle as null. */
