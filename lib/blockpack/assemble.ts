@@ -35,6 +35,7 @@ import {
 import { PackLayout, packRuns, planPackRequests, type BlockPlan } from './plan.js';
 import { unlessAborted } from '../util/abort.js';
 import { forEachConcurrent } from '../util/async-pool.js';
+import { readFully } from '../util/fs-io.js';
 import { newProgress } from '../assemble/progress.js';
 
 export interface BlockRouteOptions {
@@ -376,12 +377,8 @@ export class BlockAssembly {
       const buf = direct
         ? data.subarray(b * bs - t.start, (b + n) * bs - t.start)
         : (scratch ??= Buffer.allocUnsafe(bs));
-      let got = 0;
-      while (got < buf.length) {
-        const { bytesRead } = await fh.read(buf, got, buf.length - got, plan.localBlock[d] * bs + got);
-        if (bytesRead === 0) break; // a seed that shrank: the missing blocks fail their hash below
-        got += bytesRead;
-      }
+      // Short only when the seed shrank: the missing blocks fail their hash below.
+      const got = await readFully(fh, buf, plan.localBlock[d] * bs);
       buf.fill(0, got);
       for (let k = 0; k < n; k++) {
         const e = index.distinctOf[b + k];
