@@ -6,6 +6,7 @@ import { BatchBuffers } from '../store/chunk-reader.js';
 import type { PartialFile } from './partial-file.js';
 import type { ChunkIndex } from '../format/caibx.js';
 import { forEachConcurrent } from '../util/async-pool.js';
+import type { Run } from '../util/runs.js';
 
 /** Bytes read and hashed per batch. */
 const BATCH_BYTES = 4 * 1024 * 1024;
@@ -43,7 +44,7 @@ export async function verifyResumed(
     }
   };
   // Runs of journaled chunks, at most BATCH_BYTES each (one chunk at least).
-  function* batches(): Generator<{ first: number; count: number }> {
+  function* batches(): Generator<Run> {
     let i = 0;
     while (i < target.count) {
       signal?.throwIfAborted();
