@@ -9,7 +9,7 @@ import type { FastifyInstance } from 'fastify';
 import { join } from 'node:path';
 import { HttpClient, type HttpClientOptions } from '../lib/fetch/http-client.js';
 import { CachingStore } from '../lib/fleet/caching-store.js';
-import { ChunkCache } from '../lib/fleet/chunk-cache.js';
+import { ChunkCache, type ChunkCacheOptions } from '../lib/fleet/chunk-cache.js';
 import { ImageRangeStore } from '../lib/fleet/image-range-store.js';
 import { IndexRegistry } from '../lib/fleet/index-registry.js';
 import { MAX_BATCH_IDS } from '../lib/fleet/batch-wire.js';
@@ -62,7 +62,7 @@ export interface ProxyOptions {
   maxTargetSize?: number;
   logger?: Logger;
   /** Replaces the cache's file writer (tests inject ENOSPC). */
-  cacheWriteFile?: (path: string, data: Uint8Array) => Promise<void>;
+  cacheWriteFile?: ChunkCacheOptions['writeFile'];
 }
 
 export interface ProxyServer {

@@ -198,6 +198,8 @@ const FS_WORDS: Record<string, string> = {
   ENAMETOOLONG: 'file name too long',
   EMFILE: 'too many open files',
   EIO: 'input/output error',
+  EBUSY: 'device or resource busy',
+  EXDEV: 'not on the same file system',
   ELOOP: 'too many symbolic links',
 };
 

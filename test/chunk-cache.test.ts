@@ -124,12 +124,12 @@ test(
     const cache = await ChunkCache.open(dir, {
       maxBytes: 1 << 20,
       writeBackoffMs: 50,
-      writeFile: async (path, data) => {
+      writeFile: async (fh, data) => {
         if (failing) {
-          await writeFile(path, data.subarray(0, 100)); // a torn partial write, then the error
+          await fh.write(data.subarray(0, 100)); // a torn partial write, then the error
           throw Object.assign(new Error('ENOSPC: no space left on device, write'), { code: 'ENOSPC' });
         }
-        await writeFile(path, data, { flag: 'wx' });
+        await fh.writeFile(data);
       },
     });
     const c = makeChunk(8000);

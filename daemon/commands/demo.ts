@@ -5,16 +5,15 @@
 // (systemd-pull when installed, else deltad's HTTP client), checks the
 // SHA-256 and reports what was reused, what was downloaded, and the time.
 import { createHash } from 'node:crypto';
-import { existsSync, createWriteStream } from 'node:fs';
-import { mkdir, mkdtemp, readFile, rename, rm, writeFile } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { Transform } from 'node:stream';
-import { pipeline } from 'node:stream/promises';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import type { Command } from '../command.js';
 import { UsageError } from '../../lib/errors.js';
+import { replaceFile, writeFully } from '../../lib/util/fs-io.js';
 import { HttpClient } from '../../lib/fetch/http-client.js';
 import { serializeIndex } from '../../lib/format/caibx.js';
 import { indexBuffer } from '../../lib/chunking/indexer.js';
@@ -162,17 +161,18 @@ async function httpDownload(url: string, out: string): Promise<void> {
       throw new Error(`GET ${url}: HTTP ${res.statusCode}`);
     }
     const declared = Number(res.headers['content-length']);
-    let n = 0;
-    const count = new Transform({
-      transform(chunk: Buffer, _e, cb) {
-        n += chunk.length;
-        cb(null, chunk);
+    await replaceFile(
+      out,
+      async (fh) => {
+        let n = 0;
+        for await (const chunk of res.body) {
+          await writeFully(fh, chunk as Buffer, n);
+          n += (chunk as Buffer).length;
+        }
+        if (n !== declared) throw new Error(`GET ${url}: received ${n} of ${declared} bytes`);
       },
-    });
-    const tmp = `${out}.partial`;
-    await pipeline(res.body, count, createWriteStream(tmp));
-    if (n !== declared) throw new Error(`GET ${url}: received ${n} of ${declared} bytes`);
-    await rename(tmp, out);
+      { durable: false },
+    );
   } finally {
     await http.close();
   }

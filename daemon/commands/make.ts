@@ -6,20 +6,10 @@ import { DEFAULT_CHUNK_PARAMS, parseChunkSize } from '../../lib/chunking/chunker
 import { chopFile } from '../../lib/tools/chop.js';
 import { defaultThreads } from '../../lib/store/chunk-encoder.js';
 import { openWritableStore } from '../../lib/store/open-store.js';
-import { fileError } from '../../lib/errors.js';
 import type { Command } from '../command.js';
 import { flag, parseCount, parseDigest, positionals, str, writeAll, seekableFile } from '../cli-args.js';
 import { createProgress, formatBytes } from '../progress.js';
 import { writeFileAtomic } from '../../lib/util/fs-io.js';
-
-/** Writes through a temp file beside the target so a failed run never leaves half an index. */
-async function writeAtomic(path: string, data: Uint8Array): Promise<void> {
-  try {
-    await writeFileAtomic(path, data);
-  } catch (err) {
-    throw fileError(err, path, true);
-  }
-}
 
 export const command: Command = {
   name: 'make',
@@ -102,7 +92,8 @@ Examples:
     }
     const toStdout = indexPath === '-';
     if (toStdout) await writeAll(ctx.stdout, serializeIndex(index));
-    else await writeAtomic(indexPath, serializeIndex(index));
+    // Through a temp file beside the target: a failed run never leaves half an index.
+    else await writeFileAtomic(indexPath, serializeIndex(index));
     // With the index on stdout, the summary goes to stderr.
     const out = toStdout ? ctx.stderr : ctx.stdout;
     const seconds = (Date.now() - started) / 1000;

@@ -9,7 +9,6 @@ import { pipeline } from 'node:stream/promises';
 import { packImage, type PackResult } from '../../lib/blockpack/index.js';
 import { DEFAULT_CHUNK_PARAMS, parseChunkSize } from '../../lib/chunking/chunker.js';
 import { indexFile } from '../../lib/chunking/indexer.js';
-import { fileError } from '../../lib/errors.js';
 import { serializeIndex } from '../../lib/format/caibx.js';
 import { defaultThreads } from '../../lib/store/chunk-encoder.js';
 import { openWritableStore } from '../../lib/store/open-store.js';
@@ -96,9 +95,7 @@ Example:
     }
     // The index only once its store (if any) holds every chunk it lists.
     const indexPath = join(outDir, primaryIndexName(name));
-    await writeFileAtomic(indexPath, serializeIndex(index)).catch((err) => {
-      throw fileError(err, indexPath, true);
-    });
+    await writeFileAtomic(indexPath, serializeIndex(index));
 
     let pack: PackResult | undefined;
     if (!flag(ctx, 'no-pack')) {

@@ -18,6 +18,8 @@ import { encodeBatch, type EncoderPool } from '../store/chunk-encoder.js';
 import { BatchBuffers } from '../store/chunk-reader.js';
 import type { BufferPool } from '../util/buffer-pool.js';
 import { unlessAborted } from '../util/abort.js';
+import { forEachConcurrent } from '../util/async-pool.js';
+import { addToRuns } from '../util/runs.js';
 
 export interface AssemblerOptions {
   plan: Plan;
@@ -151,34 +153,28 @@ export class Assembler {
     return { start: idx.start(t.first), end: idx.end(t.first + t.count - 1), first: t.first };
   }
 
+  /** Runs tasks in order, `slots` at once, remote ones within the fetch-bytes budget; guard() never throws. */
   private async runQueue(tasks: Task[], slots: number | (() => number)): Promise<void> {
-    const limit = typeof slots === 'number' ? () => slots : slots;
-    const running = new Set<Promise<void>>();
     const detached: Promise<void>[] = [];
     const budget = this.opts.maxFetchBytes ?? DEFAULT_MAX_FETCH_BYTES;
-    let held = 0;
+    const opts = { concurrency: slots, weight: (t: Task) => this.fetchBytes(t), budget };
+    await forEachConcurrent(this.admitted(tasks, detached), opts, (t) => this.guard(t));
+    await Promise.all(detached);
+  }
+
+  /** The tasks in order, each once the sink admits its span; none once aborted. Repeats go to `detached`. */
+  private async *admitted(tasks: Task[], detached: Promise<void>[]): AsyncGenerator<Task> {
     for (const t of tasks) {
-      if (this.ctl.signal.aborted) break;
+      if (this.ctl.signal.aborted) return;
       const s = this.span(t);
       // The stream's window only moves when earlier chunks arrive: after a failure they never will.
       const admitted = this.opts.sink.admit?.(s.start, s.end, s.first);
       if (admitted) await unlessAborted(admitted, this.ctl.signal).catch(() => {});
-      if (this.ctl.signal.aborted) break;
+      if (this.ctl.signal.aborted) return;
       // Repeats only wait for earlier chunks; they hold no slot, so they never block the queue.
-      if (t.kind === 'self') {
-        detached.push(this.guard(t));
-        continue;
-      }
-      const bytes = this.fetchBytes(t);
-      while (running.size >= limit() || (running.size > 0 && held + bytes > budget)) await Promise.race(running);
-      held += bytes;
-      const p: Promise<void> = this.guard(t).finally(() => {
-        held -= bytes;
-        running.delete(p);
-      });
-      running.add(p);
+      if (t.kind === 'self') detached.push(this.guard(t));
+      else yield t;
     }
-    await Promise.all([...running, ...detached]);
   }
 
   /** What a remote task holds in memory at once at least: its largest chunk (0 for local tasks, bounded elsewhere). */
@@ -290,9 +286,7 @@ export class Assembler {
       this.opts.onWarning?.(
         `seed ${seed.path}: chunk ${this.index.idHex(t.first + k)} at offset ${sIdx.start(t.seedFirst + k)} does not match its ID; ${from}`,
       );
-      const last = bad[bad.length - 1];
-      if (last && last.first + last.count === t.first + k) last.count++;
-      else bad.push({ first: t.first + k, count: 1 });
+      addToRuns(bad, t.first + k);
     }
     await flush(t.count);
     if (!this.opts.sink.holdsData) this.seedBuffers.give(data);

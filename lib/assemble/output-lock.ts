@@ -12,8 +12,9 @@
 // think they won; that is why commit() also checks, right before its rename,
 // that the lock path still names the lock file this run created.
 import { readFileSync } from 'node:fs';
-import { lstat, open, readFile, unlink, type FileHandle } from 'node:fs/promises';
+import { lstat, readFile, unlink, type FileHandle } from 'node:fs/promises';
 import { OutputBusyError, OutputReplacedError } from '../errors.js';
+import { createExclusive } from '../util/fs-io.js';
 
 /** A lock file with no owner written yet is a run between its open and its write; past this it is stale. */
 const UNWRITTEN_STALE_MS = 10_000;
@@ -61,7 +62,7 @@ export class OutputLock {
     for (let attempt = 0; ; attempt++) {
       let fh: FileHandle;
       try {
-        fh = await open(path, 'wx', 0o644);
+        fh = await createExclusive(path, 0o644);
       } catch (err) {
         if ((err as NodeJS.ErrnoException).code !== 'EEXIST' || attempt >= 3) throw err;
         const content = await readFile(path, 'utf8').catch(() => null);

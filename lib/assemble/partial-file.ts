@@ -6,12 +6,13 @@
 // and assembles only the rest, on whichever route.
 import { createHash } from 'node:crypto';
 import { constants } from 'node:fs';
-import { lstat, open, readFile, rename, unlink, writeFile, type FileHandle } from 'node:fs/promises';
+import { lstat, open, readFile, unlink, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, join, resolve } from 'node:path';
 import type { ChunkIndex } from '../format/caibx.js';
 import { ChecksumMismatchError, FileError, OutputReplacedError, UsageError, fileError } from '../errors.js';
 import { formatBytes } from '../util/size.js';
 import { freeBytes } from '../util/disk.js';
+import { createExclusive, readFully, renameInto, writeFileAtomic, writeFully } from '../util/fs-io.js';
 import { OutputLock } from './output-lock.js';
 import type { AssemblySink } from './sink.js';
 
@@ -151,11 +152,7 @@ export class PartialFile implements AssemblySink {
       await unlink(paths.partial).catch(() => {});
       // Errors name the output the user gave, not the hidden partial file.
       try {
-        fh = await open(
-          paths.partial,
-          constants.O_RDWR | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW,
-          0o600,
-        );
+        fh = await createExclusive(paths.partial, 0o600, true);
       } catch (err) {
         throw fileError(err, out, true);
       }
@@ -186,19 +183,15 @@ export class PartialFile implements AssemblySink {
   }
 
   async put(first: number, count: number, data: Buffer): Promise<void> {
-    let off = 0;
     const pos = this.target.start(first);
-    while (off < data.length) {
-      const { bytesWritten } = await this.fh.write(data, off, data.length - off, pos + off).catch((err: unknown) => {
-        throw fileError(
-          err,
-          this.paths.out,
-          true,
-          `cannot write ${data.length} bytes at offset ${pos} of ${this.paths.partial}`,
-        );
-      });
-      off += bytesWritten;
-    }
+    await writeFully(this.fh, data, pos).catch((err: unknown) => {
+      throw fileError(
+        err,
+        this.paths.out,
+        true,
+        `cannot write ${data.length} bytes at offset ${pos} of ${this.paths.partial}`,
+      );
+    });
     for (let i = first; i < first + count; i++) this.done[i >> 3] |= 1 << (i & 7);
     this.dirty = true;
   }
@@ -215,21 +208,14 @@ export class PartialFile implements AssemblySink {
   }
 
   /** Reads file bytes [start, start + into.length) into `into`; returns the bytes read. */
-  async read(into: Buffer, start: number): Promise<number> {
-    let got = 0;
-    while (got < into.length) {
-      const { bytesRead } = await this.fh.read(into, got, into.length - got, start + got);
-      if (bytesRead === 0) break;
-      got += bytesRead;
-    }
-    return got;
+  read(into: Buffer, start: number): Promise<number> {
+    return readFully(this.fh, into, start);
   }
 
   async readBack(i: number): Promise<Buffer | null> {
     const size = this.target.chunkSize(i);
     const buf = Buffer.allocUnsafe(size);
-    const { bytesRead } = await this.fh.read(buf, 0, size, this.target.start(i));
-    return bytesRead === size ? buf : null;
+    return (await readFully(this.fh, buf, this.target.start(i))) === size ? buf : null;
   }
 
   /** Writes the journal atomically when chunks were written since the last flush. */
@@ -240,16 +226,17 @@ export class PartialFile implements AssemblySink {
       .then(async () => {
         if (!this.dirty || this.closed) return;
         this.dirty = false;
-        const tmp = `${this.paths.journal}.tmp`;
         const done = new Uint8Array(this.done);
-        // A fresh file (never through a symlink or into another file planted at this name).
-        await unlink(tmp).catch(() => {});
+        // Its fixed temp name is ours alone (the output lock); not flushed: resume verifies every journaled chunk.
+        const temp = `${basename(this.paths.journal)}.tmp`;
         try {
-          await writeFile(tmp, Buffer.concat([JOURNAL_MAGIC, this.digest, done]), { mode: 0o600, flag: 'wx' });
-          await rename(tmp, this.paths.journal);
+          await writeFileAtomic(this.paths.journal, Buffer.concat([JOURNAL_MAGIC, this.digest, done]), {
+            mode: 0o600,
+            durable: false,
+            temp,
+          });
         } catch (err) {
-          // Never a stray temp file (a full disk fails the write after creating it); the previous journal still holds.
-          await unlink(tmp).catch(() => {});
+          // No stray temp file is left (a full disk fails the write after creating it); the previous journal holds.
           this.dirty = true;
           throw err;
         }
@@ -263,10 +250,10 @@ export class PartialFile implements AssemblySink {
     const h = createHash('sha256');
     const buf = Buffer.allocUnsafe(4 * 1024 * 1024);
     for (let pos = 0; pos < this.target.size; ) {
-      const { bytesRead } = await this.fh.read(buf, 0, Math.min(buf.length, this.target.size - pos), pos);
-      if (bytesRead === 0) break;
-      h.update(buf.subarray(0, bytesRead));
-      pos += bytesRead;
+      const got = await readFully(this.fh, buf, pos, Math.min(buf.length, this.target.size - pos));
+      if (got === 0) break;
+      h.update(buf.subarray(0, got));
+      pos += got;
     }
     return h.digest('hex');
   }
@@ -303,16 +290,12 @@ export class PartialFile implements AssemblySink {
     }
     try {
       await this.lock.assertHeld();
-      await rename(this.paths.partial, this.paths.out).catch((err: unknown) =>
-        Promise.reject(fileError(err, this.paths.out, true)),
-      );
+      // The last step of the atomic write this file began as (createExclusive), with the directory flushed.
+      await renameInto(this.paths.partial, this.paths.out);
       await unlink(this.paths.journal).catch(() => {});
     } finally {
       await this.lock.release();
     }
-    const dir = await open(dirname(this.paths.out), 'r');
-    await dir.sync().catch(() => {});
-    await dir.close();
     return sum;
   }
 

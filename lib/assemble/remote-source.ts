@@ -12,12 +12,10 @@ import { inFlightFor } from '../fetch/link-monitor.js';
 import { defaultCostModel, type CostModel } from '../plan/cost.js';
 import type { ChunkStore } from '../store/types.js';
 import type { BufferPool } from '../util/buffer-pool.js';
+import { runsOf, unitsOf, type Run } from '../util/runs.js';
 import { fetchUnits, type RetryPolicy, type UnitSpec } from './unit-fetch.js';
 
-export interface Run {
-  first: number;
-  count: number;
-}
+export type { Run };
 
 export type Deliver = (i: number, data: Buffer) => void;
 
@@ -51,19 +49,6 @@ function inFlightOf(http: HttpClient, stats: FetchStats, base: number): number {
 }
 
 export type { RetryPolicy } from './unit-fetch.js';
-
-const chunksOf = (runs: readonly Run[]): number[] =>
-  runs.flatMap((r) => Array.from({ length: r.count }, (_, k) => r.first + k));
-
-function runsOf(chunks: readonly number[]): Run[] {
-  const runs: Run[] = [];
-  for (const i of chunks) {
-    const last = runs[runs.length - 1];
-    if (last && last.first + last.count === i) last.count++;
-    else runs.push({ first: i, count: 1 });
-  }
-  return runs;
-}
 
 function verifyChunk(index: ChunkIndex, i: number, data: Buffer): boolean {
   return data.length === index.chunkSize(i) && chunkId(index.digest, data).equals(index.id(i));
@@ -162,7 +147,7 @@ export class RangeSource implements RemoteSource {
       describe: (i) => `chunk ${index.idHex(i)} at offset ${index.start(i)}`,
       alloc: buffers && ((n) => buffers.take(n)),
     };
-    await fetchUnits(this.fetcher, spec, chunksOf(runs), {
+    await fetchUnits(this.fetcher, spec, unitsOf(runs), {
       retry: opts.retry,
       state: this.state,
       signal,
@@ -223,7 +208,7 @@ export class StoreSource implements RemoteSource {
   }
 
   batches(runs: readonly Run[]): Run[][] {
-    const all = chunksOf(runs);
+    const all = unitsOf(runs);
     const size = this.stores.some((s) => s.getMany) ? this.batchSize : 1;
     const out: Run[][] = [];
     for (let k = 0; k < all.length; k += size) out.push(runsOf(all.slice(k, k + size)));
@@ -231,7 +216,7 @@ export class StoreSource implements RemoteSource {
   }
 
   async fetch(runs: readonly Run[], deliver: Deliver, signal: AbortSignal): Promise<void> {
-    let todo = chunksOf(runs);
+    let todo = unitsOf(runs);
     /** Chunks some store answered wrongly (oversized, garbage, wrong content) twice: the last such error. */
     const failed = new Map<number, ChunkVerifyError>();
     for (const store of this.stores) {

@@ -5,6 +5,8 @@ import { encodeBatch, type EncoderPool } from '../store/chunk-encoder.js';
 import { BatchBuffers } from '../store/chunk-reader.js';
 import type { PartialFile } from './partial-file.js';
 import type { ChunkIndex } from '../format/caibx.js';
+import { forEachConcurrent } from '../util/async-pool.js';
+import type { Run } from '../util/runs.js';
 
 /** Bytes read and hashed per batch. */
 const BATCH_BYTES = 4 * 1024 * 1024;
@@ -41,22 +43,22 @@ export async function verifyResumed(
       else file.forget(i);
     }
   };
-  const running = new Set<Promise<void>>();
-  let i = 0;
-  while (i < target.count) {
-    signal?.throwIfAborted();
-    if (!file.has(i)) {
-      i++;
-      continue;
+  // Runs of journaled chunks, at most BATCH_BYTES each (one chunk at least).
+  function* batches(): Generator<Run> {
+    let i = 0;
+    while (i < target.count) {
+      signal?.throwIfAborted();
+      if (!file.has(i)) {
+        i++;
+        continue;
+      }
+      const first = i;
+      let bytes = 0;
+      while (i < target.count && file.has(i) && (i === first || bytes + target.chunkSize(i) <= BATCH_BYTES))
+        bytes += target.chunkSize(i++);
+      yield { first, count: i - first };
     }
-    const first = i;
-    let bytes = 0;
-    while (i < target.count && file.has(i) && (i === first || bytes + target.chunkSize(i) <= BATCH_BYTES))
-      bytes += target.chunkSize(i++);
-    const p: Promise<void> = check(first, i - first).finally(() => running.delete(p));
-    running.add(p);
-    if (running.size >= IN_FLIGHT) await Promise.race(running);
   }
-  await Promise.all(running);
+  await forEachConcurrent(batches(), IN_FLIGHT, (b) => check(b.first, b.count));
   return verified;
 }

@@ -34,6 +34,8 @@ import {
 } from './format.js';
 import { PackLayout, packRuns, planPackRequests, type BlockPlan } from './plan.js';
 import { unlessAborted } from '../util/abort.js';
+import { forEachConcurrent } from '../util/async-pool.js';
+import { readFully } from '../util/fs-io.js';
 import { newProgress } from '../assemble/progress.js';
 
 export interface BlockRouteOptions {
@@ -228,25 +230,25 @@ export class BlockAssembly {
   }
 
   private async runTasks(tasks: Task[]): Promise<void> {
-    const slots = Math.max(1, this.opts.concurrency ?? 4);
-    const running = new Set<Promise<void>>();
     const done = new Uint8Array(tasks.length);
+    await forEachConcurrent(this.admitted(tasks), this.opts.concurrency ?? 4, async (k) => {
+      await this.guard(tasks[k], k); // never throws
+      done[k] = 1;
+      while (this.oldest < tasks.length && done[this.oldest]) this.oldest++;
+      this.wake();
+    });
+  }
+
+  /** Task numbers in order, each once the sink admits its span; none once aborted. */
+  private async *admitted(tasks: Task[]): AsyncGenerator<number> {
     for (let k = 0; k < tasks.length; k++) {
-      if (this.ctl.signal.aborted) break;
+      if (this.ctl.signal.aborted) return;
       const t = tasks[k];
       const admitted = this.sink.admit?.(t.start, t.end, t.first);
       if (admitted) await unlessAborted(admitted, this.ctl.signal).catch(() => {});
-      if (this.ctl.signal.aborted) break;
-      while (running.size >= slots) await Promise.race(running);
-      const p: Promise<void> = this.guard(t, k).finally(() => {
-        running.delete(p);
-        done[k] = 1;
-        while (this.oldest < tasks.length && done[this.oldest]) this.oldest++;
-        this.wake();
-      });
-      running.add(p);
+      if (this.ctl.signal.aborted) return;
+      yield k;
     }
-    await Promise.all(running);
   }
 
   private async guard(t: Task, k: number): Promise<void> {
@@ -375,12 +377,8 @@ export class BlockAssembly {
       const buf = direct
         ? data.subarray(b * bs - t.start, (b + n) * bs - t.start)
         : (scratch ??= Buffer.allocUnsafe(bs));
-      let got = 0;
-      while (got < buf.length) {
-        const { bytesRead } = await fh.read(buf, got, buf.length - got, plan.localBlock[d] * bs + got);
-        if (bytesRead === 0) break; // a seed that shrank: the missing blocks fail their hash below
-        got += bytesRead;
-      }
+      // Short only when the seed shrank: the missing blocks fail their hash below.
+      const got = await readFully(fh, buf, plan.localBlock[d] * bs);
       buf.fill(0, got);
       for (let k = 0; k < n; k++) {
         const e = index.distinctOf[b + k];

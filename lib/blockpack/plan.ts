@@ -9,6 +9,7 @@ import type { RangeRequest } from '../fetch/range-fetcher.js';
 import { bodyBytes, defaultCostModel, type CostModel } from '../plan/cost.js';
 import { HASH_BYTES, ZERO_BLOCK, blockLength, frameOf, type BlockIndex } from './format.js';
 import type { SeedBlocks } from './seed-blocks.js';
+import { runsOf, type Run } from '../util/runs.js';
 
 export interface BlockPlanTotals {
   blocks: number;
@@ -166,14 +167,8 @@ export function planBlocks(index: BlockIndex, seeds: readonly SeedBlocks[], inde
 }
 
 /** Runs of pack "chunks" (PackLayout numbering) for a set of frames, the header first. */
-export function packRuns(frames: readonly number[]): { first: number; count: number }[] {
-  const runs = [{ first: 0, count: 1 }];
-  for (const f of frames) {
-    const last = runs[runs.length - 1];
-    if (last.first + last.count === f + 1) last.count++;
-    else runs.push({ first: f + 1, count: 1 });
-  }
-  return runs;
+export function packRuns(frames: readonly number[]): Run[] {
+  return runsOf([0, ...frames.map((f) => f + 1)]);
 }
 
 export interface RequestPlanOptions {

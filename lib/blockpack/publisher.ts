@@ -11,7 +11,7 @@ import { DeltadError, UsageError } from '../errors.js';
 import { forEachBlock } from './block-reader.js';
 import { trainCoverDictionary, trainZstdCliDictionary } from './dictionary.js';
 import { FramePool, type StoredBatch } from './frame-batch.js';
-import { replaceFile } from '../util/fs-io.js';
+import { replaceFile, writeFully } from '../util/fs-io.js';
 import {
   HASH_BYTES,
   MAX_BLOCKS,
@@ -113,7 +113,7 @@ class HashingWriter {
   async flush(): Promise<void> {
     if (this.pending === 0) return;
     const data = Buffer.concat(this.parts, this.pending);
-    await this.fh.write(data, 0, data.length, this.pos);
+    await writeFully(this.fh, data, this.pos);
     this.pos += data.length;
     this.parts = [];
     this.pending = 0;

@@ -4,9 +4,10 @@
 // The cache only finds candidates: every block taken from a seed is hashed
 // again when it is read.
 import { createHash } from 'node:crypto';
-import { mkdir, open, readFile, rename, stat, unlink, writeFile } from 'node:fs/promises';
+import { mkdir, open, readFile, stat } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { defaultCacheDir } from '../seed/index-cache.js';
+import { writeFileAtomic } from '../util/fs-io.js';
 import { forEachBlock } from './block-reader.js';
 import { HASH_BYTES, blockHash } from './format.js';
 
@@ -85,11 +86,10 @@ export async function indexSeedBlocks(
     header.writeUInt32LE(blockSize, 8);
     header.writeUInt32LE(HASH_BYTES, 12);
     header.writeBigUInt64LE(BigInt(size), 16);
-    const tmp = `${entry}.${process.pid}.tmp`;
+    // Not flushed: a cache entry lost in a crash is hashed again.
     await mkdir(join(resolve(cacheDir), 'blocks'), { recursive: true })
-      .then(() => writeFile(tmp, Buffer.concat([header, hashes])))
-      .then(() => rename(tmp, entry))
-      .catch(() => unlink(tmp).catch(() => {}));
+      .then(() => writeFileAtomic(entry, Buffer.concat([header, hashes]), { durable: false }))
+      .catch(() => {});
   }
   return { path, size, blockSize, hashes };
 }

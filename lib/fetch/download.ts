@@ -1,12 +1,12 @@
 // A whole file over HTTP into a local path: what a client does when the
-// release switches deltas off. Written to a temp file beside the output
-// (created exclusively, so a planted symlink is never followed), checked
-// against the announced length and the expected SHA-256, synced, then renamed
-// into place; on any failure the temp file is removed and `out` is untouched.
+// release switches deltas off. Written by the one atomic write (lib/util/fs-io:
+// a temp file beside the output, never through a planted symlink, synced,
+// renamed), checked against the announced length and the expected SHA-256
+// before the rename; on any failure the temp file is removed and `out` is untouched.
 import { createHash } from 'node:crypto';
-import { open, rename, unlink } from 'node:fs/promises';
-import { basename, dirname, join } from 'node:path';
-import { ChecksumMismatchError, OriginError } from '../errors.js';
+import { basename } from 'node:path';
+import { ChecksumMismatchError, DeltadError, fileError, OriginError } from '../errors.js';
+import { replaceFile, writeFully } from '../util/fs-io.js';
 import type { HttpClient } from './http-client.js';
 
 export interface DownloadOptions {
@@ -30,7 +30,6 @@ export async function downloadToFile(
   out: string,
   opts: DownloadOptions = {},
 ): Promise<DownloadResult> {
-  const tmp = join(dirname(out), `.${basename(out)}.deltad-download`);
   const res = await http.withRetry(async () => {
     const r = await http.request(url, { signal: opts.signal });
     if (r.statusCode !== 200) {
@@ -42,37 +41,40 @@ export async function downloadToFile(
   }, opts.signal);
   const declared = Number(res.headers['content-length']);
   const total = Number.isSafeInteger(declared) ? declared : undefined;
-  await unlink(tmp).catch(() => {});
-  const file = await open(tmp, 'wx', opts.fileMode ?? 0o644);
   const hash = createHash('sha256');
   let bytes = 0;
+  let sha256 = '';
   try {
-    try {
-      for await (const part of res.body) {
-        const b = part as Buffer;
-        hash.update(b);
-        await file.write(b);
-        bytes += b.length;
-        opts.onProgress?.(bytes, total);
-      }
-    } catch (err) {
-      if ((err as Error).name === 'AbortError' || err instanceof OriginError) throw err;
-      throw new OriginError(`GET ${url}: ${(err as Error).message}`, { transient: true, cause: err });
-    }
-    if (total !== undefined && bytes !== total) {
-      throw new OriginError(`GET ${url}: truncated body (${bytes} of ${total} bytes)`);
-    }
-    const sha256 = hash.digest('hex');
-    const expected = opts.sha256?.toLowerCase();
-    if (expected && sha256 !== expected) throw new ChecksumMismatchError(expected, sha256, url);
-    await file.sync();
-    await file.close();
-    await rename(tmp, out);
+    // A fixed temp name: a run that died leaves one image-sized file, which the next run replaces.
+    const temp = `.${basename(out)}.deltad-download`;
+    await replaceFile(
+      out,
+      async (file) => {
+        try {
+          for await (const part of res.body) {
+            const b = part as Buffer;
+            hash.update(b);
+            await writeFully(file, b, bytes).catch((err: unknown) => Promise.reject(fileError(err, out, true)));
+            bytes += b.length;
+            opts.onProgress?.(bytes, total);
+          }
+        } catch (err) {
+          // The origin's failures and our own (a full disk) as they are; anything else cut the body.
+          if ((err as Error).name === 'AbortError' || err instanceof DeltadError) throw err;
+          throw new OriginError(`GET ${url}: ${(err as Error).message}`, { transient: true, cause: err });
+        }
+        if (total !== undefined && bytes !== total) {
+          throw new OriginError(`GET ${url}: truncated body (${bytes} of ${total} bytes)`);
+        }
+        sha256 = hash.digest('hex');
+        const expected = opts.sha256?.toLowerCase();
+        if (expected && sha256 !== expected) throw new ChecksumMismatchError(expected, sha256, url);
+      },
+      { mode: opts.fileMode ?? 0o644, temp },
+    );
     return { bytes, sha256, url: res.url };
   } catch (err) {
     res.body.destroy();
-    await file.close().catch(() => {});
-    await unlink(tmp).catch(() => {});
     throw err;
   }
 }

@@ -15,6 +15,7 @@ import {
 import type { HttpClient } from './http-client.js';
 import { deltaDisabledBy } from './release-policy.js';
 import { MultipartParser, multipartBoundary, parseContentRange } from './multipart.js';
+import type { Run } from '../util/runs.js';
 
 export interface ByteRange {
   start: number;
@@ -25,7 +26,7 @@ export interface ByteRange {
 /** One HTTP request: its ranges and the target chunks [first, first+count) it carries. */
 export interface RangeRequest {
   ranges: ByteRange[];
-  chunks: { first: number; count: number }[];
+  chunks: Run[];
   /** Bytes asked for (chunk bytes plus merged gaps). */
   bytes: number;
 }
@@ -54,7 +55,7 @@ export interface RangePlanOptions {
  */
 export function planRangeRequests(
   index: Pick<ChunkIndex, 'start' | 'end'>,
-  runs: readonly { first: number; count: number }[],
+  runs: readonly Run[],
   opts: RangePlanOptions,
 ): RangeRequest[] {
   if (runs.length === 0) return [];
@@ -118,13 +119,9 @@ export function planRangeRequests(
 }
 
 /** Cuts runs longer than `limit` bytes at chunk boundaries (a piece has at least one chunk). */
-function splitRuns(
-  index: Pick<ChunkIndex, 'start' | 'end'>,
-  runs: readonly { first: number; count: number }[],
-  limit: number,
-): { first: number; count: number }[] {
+function splitRuns(index: Pick<ChunkIndex, 'start' | 'end'>, runs: readonly Run[], limit: number): Run[] {
   const size = (i: number): number => index.end(i) - index.start(i);
-  const out: { first: number; count: number }[] = [];
+  const out: Run[] = [];
   for (const run of runs) {
     let first = run.first;
     const end = run.first + run.count;

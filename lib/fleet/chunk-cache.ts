@@ -7,18 +7,20 @@
 //   approximated by file mtime across restarts).
 // - Disk-full safety: a failed write leaves no file behind and never fails the
 //   caller; the cache just stops writing for a while and the data is served
-//   uncached. Files appear only by rename after a complete write.
+//   uncached. Files appear only by rename after a complete write (not flushed:
+//   every read verifies, so a file torn by a crash is a miss).
 // - Single-flight: concurrent callers missing the same chunk share one fetch.
 // - Every chunk returned was hashed against its ID; a corrupt file is deleted
 //   and reported as a miss, so a damaged cache heals instead of failing.
-import { mkdir, readdir, readFile, rename, stat, unlink, writeFile } from 'node:fs/promises';
-import { randomBytes } from 'node:crypto';
+import { mkdir, readdir, readFile, stat, unlink, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { isChunkIdHex, toHex, type DigestName } from '../format/digest.js';
 import { compressChunk } from '../store/compression.js';
 import { decodeChunk, resolveFormat } from '../store/chunk-file.js';
 import type { ChunkRequest, WritableChunkStore } from '../store/types.js';
-import { UsageError } from '../errors.js';
+import { FileError, UsageError } from '../errors.js';
+import { replaceFile, writeFully } from '../util/fs-io.js';
+import { concurrentEmit } from '../util/async-pool.js';
 
 export interface ChunkCacheOptions {
   /** Upper bound on the compressed bytes kept on disk. */
@@ -27,8 +29,8 @@ export interface ChunkCacheOptions {
   digest?: DigestName;
   /** How long to stop writing after a failed write (default 10 s). */
   writeBackoffMs?: number;
-  /** Writes a new file; replaceable so tests can inject ENOSPC. */
-  writeFile?: (path: string, data: Uint8Array) => Promise<void>;
+  /** Writes a chunk file's bytes into the new (temporary) file; replaceable so tests can inject ENOSPC. */
+  writeFile?: (fh: FileHandle, data: Uint8Array) => Promise<void>;
 }
 
 export interface ChunkCacheStats {
@@ -65,7 +67,7 @@ export class ChunkCache implements WritableChunkStore {
   private readonly inflight = new Map<string, Promise<Buffer | null>>();
   private readonly writing = new Set<string>();
   private readonly writeBackoffMs: number;
-  private readonly writeFn: (path: string, data: Uint8Array) => Promise<void>;
+  private readonly writeFn: (fh: FileHandle, data: Uint8Array) => Promise<void>;
   private suspendedUntil = 0;
   private bytes = 0;
   private readonly counters = {
@@ -88,7 +90,7 @@ export class ChunkCache implements WritableChunkStore {
     this.digest = opts.digest ?? 'sha512-256';
     this.format = resolveFormat({ digest: this.digest });
     this.writeBackoffMs = opts.writeBackoffMs ?? 10_000;
-    this.writeFn = opts.writeFile ?? ((p, d) => writeFile(p, d, { flag: 'wx', mode: 0o644 }));
+    this.writeFn = opts.writeFile ?? ((fh, d) => writeFully(fh, d, 0));
   }
 
   /** Opens (creating if needed) a cache directory and indexes what it holds. */
@@ -184,24 +186,24 @@ export class ChunkCache implements WritableChunkStore {
     if (this.entries.has(hex) || this.writing.has(hex) || Date.now() < this.suspendedUntil) return false;
     this.writing.add(hex);
     const final = this.pathOf(hex);
-    const temp = join(this.location, hex.slice(0, 4), `${TEMP_PREFIX}${hex}-${randomBytes(4).toString('hex')}`);
     try {
       const body = compressed ?? compressChunk(data);
       await mkdir(join(this.location, hex.slice(0, 4)), { recursive: true });
-      await this.writeFn(temp, body);
-      await rename(temp, final);
+      await replaceFile(final, (fh) => this.writeFn(fh, body), {
+        durable: false,
+        temp: { prefix: `${TEMP_PREFIX}${hex}-` },
+      });
       this.entries.set(hex, body.length);
       this.bytes += body.length;
       this.counters.writes++;
       await this.evict(this.maxBytes);
       return true;
     } catch (err) {
-      await unlink(temp).catch(() => {});
       this.counters.writeErrors++;
-      this.lastWriteError = `${final}: ${(err as Error).message}`;
+      this.lastWriteError = err instanceof FileError ? err.message : `${final}: ${(err as Error).message}`;
       this.suspendedUntil = Date.now() + this.writeBackoffMs;
       // A full disk: make room for later writes by dropping the oldest tenth.
-      const code = (err as NodeJS.ErrnoException).code;
+      const code = err instanceof FileError ? err.errno : (err as NodeJS.ErrnoException).code;
       if (code === 'ENOSPC' || code === 'EDQUOT') await this.evict(Math.floor(this.bytes * 0.9));
       return false;
     } finally {
@@ -304,31 +306,15 @@ export class ChunkCache implements WritableChunkStore {
       this.counters.fetches += mine.length;
       void this.runFetch(mine, fetchMany, source);
     }
-    // Yield the awaited chunks as they settle.
-    const queue: { index: number; data: Buffer | null; err?: unknown }[] = [];
-    let wake: (() => void) | undefined;
-    for (const w of waits) {
-      w.promise.then(
-        (data) => {
-          queue.push({ index: w.index, data });
-          wake?.();
-        },
-        (err) => {
-          queue.push({ index: w.index, data: null, err });
-          wake?.();
-        },
-      );
-    }
-    let firstError: unknown;
-    for (let left = waits.length; left > 0; ) {
-      if (queue.length === 0) await new Promise<void>((r) => (wake = r));
-      for (const item of queue.splice(0)) {
-        left--;
-        if (item.err !== undefined) firstError ??= item.err;
-        else if (item.data) yield { index: item.index, data: item.data };
-      }
-    }
-    if (firstError !== undefined) throw firstError;
+    // Yield the awaited chunks as they settle (all at once: they are under way); the first failure after them.
+    yield* concurrentEmit<(typeof waits)[number], { index: number; data: Buffer }>(
+      waits,
+      waits.length,
+      async (w, emit) => {
+        const data = await w.promise;
+        if (data) emit({ index: w.index, data });
+      },
+    );
   }
 
   /** Runs one batched fetch for claimed chunks: verify, cache, settle each; missing ones settle as null. */

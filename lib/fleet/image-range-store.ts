@@ -11,6 +11,7 @@ import { ChunkVerifyError, OriginError } from '../errors.js';
 import { chunkId, toHex } from '../format/digest.js';
 import type { ChunkIndex } from '../format/caibx.js';
 import type { ChunkRequest, ChunkStore } from '../store/types.js';
+import { concurrentEmit } from '../util/async-pool.js';
 
 interface Location {
   url: string;
@@ -101,38 +102,15 @@ export class ImageRangeStore implements ChunkStore {
         runs.push({ url: r.loc.url, start: r.loc.offset, end: r.loc.offset + r.loc.size, parts: [r] });
       }
     }
-    const results: { index: number; data: Buffer }[][] = [];
-    let next = 0;
-    let done = 0;
-    let failure: unknown;
-    let wake: (() => void) | undefined;
-    const worker = async () => {
-      while (next < runs.length && failure === undefined) {
-        const run = runs[next++];
-        try {
-          const body = await this.fetchRange(run.url, run.start, run.end, signal);
-          const digest = this.images.get(run.url)!.digest;
-          results.push(
-            run.parts.map((p) => {
-              const data = body.subarray(p.loc.offset - run.start, p.loc.offset - run.start + p.loc.size);
-              return { index: p.index, data, wrong: check(reqs[p.index], data, digest) };
-            }),
-          );
-        } catch (err) {
-          failure ??= err;
-        }
-        done++;
-        wake?.();
+    type Part = { index: number; data: Buffer; wrong?: string };
+    yield* concurrentEmit<(typeof runs)[number], Part>(runs, this.concurrency, async (run, emit) => {
+      const body = await this.fetchRange(run.url, run.start, run.end, signal);
+      const digest = this.images.get(run.url)!.digest;
+      for (const p of run.parts) {
+        const data = body.subarray(p.loc.offset - run.start, p.loc.offset - run.start + p.loc.size);
+        emit({ index: p.index, data, wrong: check(reqs[p.index], data, digest) });
       }
-    };
-    const workers = Array.from({ length: Math.min(this.concurrency, runs.length) }, worker);
-    while (done < runs.length && failure === undefined) {
-      if (results.length === 0) await new Promise<void>((r) => (wake = r));
-      for (const batch of results.splice(0)) yield* batch;
-    }
-    await Promise.all(workers);
-    for (const batch of results.splice(0)) yield* batch;
-    if (failure !== undefined) throw failure;
+    });
   }
 
   /** One single-range request through the shared RangeFetcher (which validates status, Content-Range and length). */

@@ -6,6 +6,7 @@
 // (merged) instead of asking for separately.
 import type { LinkEstimate } from '../fetch/link-monitor.js';
 import { planRangeRequests, type RangePlanOptions, type RangeRequest } from '../fetch/range-fetcher.js';
+import type { Run } from '../util/runs.js';
 
 /** What is known about the link to the origin: the HTTP client's measurement (lib/fetch/link-monitor.ts). */
 export type { LinkEstimate };
@@ -67,7 +68,7 @@ export class CostModel {
    */
   planRequests(
     layout: Pick<RangeLayout, 'start' | 'end'>,
-    runs: readonly { first: number; count: number }[],
+    runs: readonly Run[],
     multi: boolean,
     parallelism: number,
     opts: Omit<RangePlanOptions, 'multi' | 'maxGap'> = {},

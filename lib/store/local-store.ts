@@ -1,11 +1,12 @@
 // A casync chunk store in a local directory (SPEC §4.1): `<dir>/<4hex>/<id>.cacnk`
 // (zstd, casync's default) or extension-less raw files (desync's `uncompressed`).
 // Reading accepts both names, as casync does; writing uses the configured one,
-// through a temp file in the prefix directory renamed into place.
-import { access, constants, mkdir, open, readdir, rename, rm, stat, writeFile } from 'node:fs/promises';
-import { randomBytes } from 'node:crypto';
+// through a temp file in the prefix directory renamed into place (not flushed:
+// every read verifies the chunk, so one lost in a crash is only missing).
+import { access, constants, mkdir, open, readdir, stat } from 'node:fs/promises';
 import { dirname, join } from 'node:path';
-import { ChunkVerifyError, DeltadError, fileError } from '../errors.js';
+import { ChunkVerifyError, DeltadError, FileError, fileError } from '../errors.js';
+import { writeFileAtomic } from '../util/fs-io.js';
 import { isChunkIdHex, toHex } from '../format/digest.js';
 import { compressChunk, DEFAULT_ZSTD_LEVEL, maxEncodedSize } from './compression.js';
 import type { ChunkRequest, WritableChunkStore } from './types.js';
@@ -137,17 +138,15 @@ export class LocalStore implements WritableChunkStore {
 
   private async writeAtomic(path: string, bytes: Uint8Array): Promise<void> {
     const dir = join(path, '..');
-    const tmp = join(dir, TEMP_PREFIX + randomBytes(8).toString('hex'));
     try {
       if (!this.madeDirs.has(dir)) {
         await mkdir(dir, { recursive: true });
         this.madeDirs.add(dir);
       }
-      await writeFile(tmp, bytes, { flag: 'wx', mode: 0o644 });
-      await rename(tmp, path);
+      await writeFileAtomic(path, bytes, { durable: false, temp: { prefix: TEMP_PREFIX } });
     } catch (err) {
-      await rm(tmp, { force: true });
-      throw await storeWriteError(err, path, this.dir);
+      // The errno error underneath: said below about the store and the chunk file.
+      throw await storeWriteError(err instanceof FileError ? err.cause : err, path, this.dir);
     }
   }
 }

@@ -11,6 +11,7 @@ import { defaultThreads, EncoderPool, type EncodeResult } from '../store/chunk-e
 import { DEFAULT_ZSTD_LEVEL } from '../store/compression.js';
 import { LocalStore } from '../store/local-store.js';
 import type { WritableChunkStore } from '../store/types.js';
+import { forEachConcurrent } from '../util/async-pool.js';
 
 export interface ChopOptions {
   /** Batches (about 4 MiB each) being hashed, compressed or written at once (default 2 × threads, at least 4: writes overlap hashing). */
@@ -58,7 +59,6 @@ export async function chopFile(
   const fh = await open(path, 'r');
   const pool = new EncoderPool(threads);
   const buffers = new BatchBuffers(window + threads);
-  const inFlight: Promise<void>[] = [];
   try {
     const size = (await fh.stat()).size;
     if (size !== index.size) {
@@ -128,29 +128,27 @@ export async function chopFile(
       opts.onProgress?.(result.bytesIn, index.size);
     };
 
-    for await (const batch of readChunkBatches(fh, index, buffers, opts.signal)) {
-      const wanted = await toStore(batch);
+    // Each batch with the chunks of it to store, decided in file order as it is read.
+    async function* batches(): AsyncGenerator<{ batch: ChunkBatch; wanted: boolean[] }> {
+      for await (const batch of readChunkBatches(fh, index, buffers, opts.signal))
+        yield { batch, wanted: await toStore(batch) };
+    }
+    // Ordered: of several bad batches, the first in the file is the one reported.
+    await forEachConcurrent(batches(), { concurrency: window, ordered: true }, async ({ batch, wanted }) => {
       const ends: number[] = [];
       for (let c = batch.first; c < batch.end; c++) ends.push(index.end(c) - batch.offset);
-      const job = pool
-        .run({
-          data: batch.data,
-          ends,
-          compress: compressOffThread ? wanted : [],
-          digest: index.digest,
-          level: local?.level ?? DEFAULT_ZSTD_LEVEL,
-        })
-        .then((encoded) => finish(batch, wanted, encoded));
-      job.catch(() => {}); // observed below, in order
-      inFlight.push(job);
-      // Batches complete in file order, so the first bad chunk is the one reported.
-      if (inFlight.length >= window) await inFlight.shift();
-    }
-    while (inFlight.length > 0) await inFlight.shift();
+      const encoded = await pool.run({
+        data: batch.data,
+        ends,
+        compress: compressOffThread ? wanted : [],
+        digest: index.digest,
+        level: local?.level ?? DEFAULT_ZSTD_LEVEL,
+      });
+      await finish(batch, wanted, encoded);
+    });
     return result;
   } finally {
-    // Never return (or close the file) with work still running.
-    await Promise.allSettled(inFlight);
+    // forEachConcurrent returns only once no work runs: the file may be closed.
     await pool.close();
     await fh.close();
   }

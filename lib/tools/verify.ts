@@ -7,6 +7,7 @@ import { toHex } from '../format/digest.js';
 import { BatchBuffers, readChunkBatches, type ChunkBatch } from '../store/chunk-reader.js';
 import { defaultThreads, EncoderPool, type EncodeResult } from '../store/chunk-encoder.js';
 import type { ChunkStore } from '../store/types.js';
+import { forEachConcurrent } from '../util/async-pool.js';
 
 export interface VerifyOptions {
   /** verifyStore: store requests in flight (default 8). verifyFile: ~4 MiB batches in flight (default 2 × threads, at least 2). */
@@ -41,7 +42,6 @@ export async function verifyFile(index: ChunkIndex, path: string, opts: VerifyOp
   const fh = await open(path, 'r');
   const pool = new EncoderPool(threads);
   const buffers = new BatchBuffers(window + threads);
-  const inFlight: Promise<void>[] = [];
   try {
     const fileSize = (await fh.stat()).size;
     const result: VerifyFileResult = { ok: false, checked: 0, fileSize, indexSize: index.size, bad: [] };
@@ -63,24 +63,17 @@ export async function verifyFile(index: ChunkIndex, path: string, opts: VerifyOp
       done += index.end(batch.end - 1) - batch.offset;
       opts.onProgress?.(done, index.size);
     };
-    for await (const batch of readChunkBatches(fh, index, buffers, opts.signal)) {
+    await forEachConcurrent(readChunkBatches(fh, index, buffers, opts.signal), window, async (batch) => {
       // Hash only the chunks the file holds whole; the rest are reported short.
       const ends: number[] = [];
       for (let c = batch.first; c < batch.end && index.end(c) - batch.offset <= batch.data.length; c++)
         ends.push(index.end(c) - batch.offset);
-      const job = pool
-        .run({ data: batch.data, ends, compress: [], digest: index.digest, level: 0 })
-        .then((encoded) => check(batch, encoded));
-      job.catch(() => {}); // observed below
-      inFlight.push(job);
-      if (inFlight.length >= window) await inFlight.shift();
-    }
-    while (inFlight.length > 0) await inFlight.shift();
+      check(batch, await pool.run({ data: batch.data, ends, compress: [], digest: index.digest, level: 0 }));
+    });
     result.bad.sort((a, b) => a.chunk - b.chunk);
     result.ok = result.bad.length === 0 && fileSize === index.size;
     return result;
   } finally {
-    await Promise.allSettled(inFlight);
     await pool.close();
     await fh.close();
   }
@@ -113,29 +106,20 @@ export async function verifyStore(
 ): Promise<VerifyStoreResult> {
   const firstUse = distinctChunks(index);
   const result: VerifyStoreResult = { ok: false, checked: 0, missing: [], corrupt: [] };
-  let next = 0;
-  let failed = false; // one worker's error stops the others from starting more requests
-  const worker = async (): Promise<void> => {
-    while (next < firstUse.length && !failed) {
-      opts.signal?.throwIfAborted();
-      const chunk = firstUse[next++];
-      const id = index.id(chunk);
-      try {
-        const data = await store.get({ id, size: index.chunkSize(chunk) }, opts.signal);
-        if (data === null) result.missing.push({ chunk, id: toHex(id), reason: `not in ${store.location}` });
-      } catch (err) {
-        if (!(err instanceof ChunkVerifyError)) {
-          failed = true;
-          throw err;
-        }
-        result.corrupt.push({ chunk, id: toHex(id), reason: err.message });
-      }
-      result.checked++;
-      opts.onProgress?.(result.checked, firstUse.length);
+  // An I/O or network failure stops further requests.
+  await forEachConcurrent(firstUse, opts.concurrency ?? 8, async (chunk) => {
+    opts.signal?.throwIfAborted();
+    const id = index.id(chunk);
+    try {
+      const data = await store.get({ id, size: index.chunkSize(chunk) }, opts.signal);
+      if (data === null) result.missing.push({ chunk, id: toHex(id), reason: `not in ${store.location}` });
+    } catch (err) {
+      if (!(err instanceof ChunkVerifyError)) throw err;
+      result.corrupt.push({ chunk, id: toHex(id), reason: err.message });
     }
-  };
-  const workers = Array.from({ length: Math.max(1, opts.concurrency ?? 8) }, worker);
-  await Promise.all(workers);
+    result.checked++;
+    opts.onProgress?.(result.checked, firstUse.length);
+  });
   const byChunk = (a: StoreProblem, b: StoreProblem) => a.chunk - b.chunk;
   result.missing.sort(byChunk);
   result.corrupt.sort(byChunk);

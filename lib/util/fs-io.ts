@@ -1,13 +1,16 @@
 // File I/O written once: positional reads and writes that loop over short
 // transfers, and the atomic replacement of a file. A replaced file is written to
-// a fresh temporary name beside it (created with O_EXCL, so a symlink planted at
-// that name is never followed), flushed, renamed over the target, and the
-// directory flushed too when `durable`, so a crash leaves the old file or the
-// new one, never a torn one.
+// a temporary name in the same directory (created with O_EXCL|O_NOFOLLOW, so a
+// symlink or file planted at that name is never followed or reused), written
+// fully, flushed, renamed over the target, and the directory flushed too when
+// `durable`, so a crash leaves the old file or the new one, never a torn one.
+// Long-lived temporary files (the extract's partial file) use the two ends on
+// their own: createExclusive when they start, renameInto when they are done.
 import { randomBytes } from 'node:crypto';
 import { constants } from 'node:fs';
 import { open, rename, unlink, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
+import { fileError, UsageError } from '../errors.js';
 
 /** Reads into `buf[offset, offset+length)` from file position `position` until full or at end of file; returns bytes read. */
 export async function readFully(
@@ -35,13 +38,53 @@ export async function writeFully(fh: FileHandle, data: Uint8Array, position: num
 export interface AtomicWriteOptions {
   /** File mode of the new file (default 0o644). */
   mode?: number;
-  /** fsync the file before the rename and the directory after it (default true). */
+  /**
+   * fsync the file before the rename and the directory after it (default true). Off only where every read checks
+   * what it gets (chunk files, caches, the resume journal): a file lost in a crash there costs a fetch, not data.
+   */
   durable?: boolean;
+  /**
+   * The temporary file's name in the target's directory. Default `.<name>.<random>.tmp`, new for every call.
+   * `{ prefix }`: that prefix and a random suffix (a store layout whose cleaners know the prefix). A plain name:
+   * always that name, for a writer that alone writes this target (it holds a lock); a leftover from a run that
+   * died is removed first, so none accumulate.
+   */
+  temp?: string | { prefix: string };
+}
+
+/** Opens a new file at `path` for writing (and reading with `read`), failing if any file or link is there. */
+export function createExclusive(path: string, mode = 0o644, read = false): Promise<FileHandle> {
+  const access = read ? constants.O_RDWR : constants.O_WRONLY;
+  return open(path, access | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW, mode);
 }
 
 /**
- * Replaces `path` with what `write` puts into a fresh temporary file beside it (`.<name>.<random>.tmp`). On any
- * failure the temporary file is removed and `path` is untouched.
+ * The last step of an atomic write: renames the complete, already flushed temporary file `tmp` (in the same
+ * directory) over `path`, then flushes the directory when `durable`. Failures are FileErrors about `path`.
+ */
+export async function renameInto(tmp: string, path: string, durable = true): Promise<void> {
+  try {
+    await rename(tmp, path);
+  } catch (err) {
+    throw fileError(err, path, true);
+  }
+  if (durable) await syncDir(dirname(path));
+}
+
+/** The temporary path beside `path` that `temp` names (see AtomicWriteOptions.temp). */
+function tempPath(path: string, temp: AtomicWriteOptions['temp']): string {
+  const name =
+    typeof temp === 'string'
+      ? temp
+      : `${temp?.prefix ?? `.${basename(path)}.`}${randomBytes(6).toString('hex')}${temp ? '' : '.tmp'}`;
+  if (name.includes('/') || name === basename(path)) throw new UsageError(`${path}: bad temporary file name ${name}`);
+  return join(dirname(path), name);
+}
+
+/**
+ * Replaces `path` with what `write` puts into a fresh temporary file beside it. On any failure the temporary
+ * file is removed and `path` is untouched. Failures of the steps around `write` (create, flush, rename) are
+ * FileErrors about `path`, never about the temporary name; what `write` throws is passed on as it is.
  */
 export async function replaceFile(
   path: string,
@@ -49,28 +92,37 @@ export async function replaceFile(
   opts: AtomicWriteOptions = {},
 ): Promise<void> {
   const durable = opts.durable ?? true;
-  const tmp = join(dirname(path), `.${basename(path)}.${randomBytes(6).toString('hex')}.tmp`);
-  const fh = await open(
-    tmp,
-    constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_NOFOLLOW,
-    opts.mode ?? 0o644,
-  );
+  const tmp = tempPath(path, opts.temp);
+  if (typeof opts.temp === 'string') await unlink(tmp).catch(() => {});
+  let fh: FileHandle;
+  try {
+    fh = await createExclusive(tmp, opts.mode ?? 0o644);
+  } catch (err) {
+    throw fileError(err, path, true);
+  }
+  let step = 'write';
   try {
     await write(fh);
+    step = 'flush';
     if (durable) await fh.sync();
     await fh.close();
-    await rename(tmp, path);
+    step = 'rename';
+    await renameInto(tmp, path, durable);
   } catch (err) {
-    await fh.close().catch(() => {});
+    if (step !== 'rename') await fh.close().catch(() => {});
     await unlink(tmp).catch(() => {});
-    throw err;
+    throw step === 'write' ? err : fileError(err, path, true);
   }
-  if (durable) await syncDir(dirname(path));
 }
 
-/** Replaces `path` with `data` atomically (see replaceFile). */
+/** Replaces `path` with `data` atomically (see replaceFile); a failure to write it is a FileError about `path`. */
 export function writeFileAtomic(path: string, data: Uint8Array | string, opts: AtomicWriteOptions = {}): Promise<void> {
-  return replaceFile(path, (fh) => fh.writeFile(data), opts);
+  const bytes = typeof data === 'string' ? Buffer.from(data) : data;
+  return replaceFile(
+    path,
+    (fh) => writeFully(fh, bytes, 0).catch((err: unknown) => Promise.reject(fileError(err, path, true))),
+    opts,
+  );
 }
 
 /** Flushes a directory's entries (a rename into it); file systems that cannot are ignored. */
