@@ -117,8 +117,8 @@ test('writeFileAtomic on a full disk: an error naming the path, the old file int
   assert.deepEqual(await readdir(mnt), ['index.caibx']);
 });
 
+test('replaceFile: a rename that fails (the target is a mount point) names the path, leaves no temp file', async (t) => {
   // Not tmpDir(): the unmount must run before the directory is removed.
-  const dir = await mkdtemp(join(tmpdir(), 'deltad-fsio-'));
   const dir = await mkdtemp(join(tmpdir(), 'deltad-fsio-'));
   const path = join(dir, 'os.raw');
   const other = join(dir, 'other');
