@@ -166,10 +166,12 @@ export class SeedCatalog {
     await mkdir(this.adoptDir, { recursive: true });
     const bytes = serializeIndex(index);
     const names = await installedAs;
+    // Not durable (see IndexCache.write): a lost or wrong index here costs fetches, never a wrong image, and an fsync
+    // at the end of one download would stall the seed reads of the next on a busy disk.
     for (const name of names.length ? names : [basename(targetName)]) {
-      await writeFileAtomic(join(this.adoptDir, `${name}.caibx`), bytes);
+      await writeFileAtomic(join(this.adoptDir, `${name}.caibx`), bytes, { durable: false });
     }
-    await writeFileAtomic(this.lastTargetPath, bytes);
+    await writeFileAtomic(this.lastTargetPath, bytes, { durable: false });
     await this.pruneAdoptions();
   }
 

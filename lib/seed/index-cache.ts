@@ -131,6 +131,8 @@ export class IndexCache {
 
   private async write(entry: string, index: ChunkIndex): Promise<void> {
     await mkdir(this.dir, { recursive: true });
-    await writeFileAtomic(entry, serializeIndex(index));
+    // Not durable: every seed chunk is verified when read, so an entry lost or torn in a crash costs re-chunking,
+    // and an fsync here would hold a thread-pool thread (and the seed reads queued behind it) on a busy disk.
+    await writeFileAtomic(entry, serializeIndex(index), { durable: false });
   }
 }
