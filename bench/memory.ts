@@ -8,13 +8,15 @@
 // the image as well), every served image is hashed by the client.
 //
 //   npm run build && node dist/bench/memory.js [--pair v1-v2.repro|big] [--modes range,store,blocks,seeds,serve,serve-blocks]
-//        [--proto h1|h2] [--runs 1] [--port 8300] [--node-args '--max-semi-space-size=2'] [--label TEXT]
+//        [--proto h1|h2] [--runs 1] [--port 8300] [--label TEXT]
+//        [--node-args=--max-semi-space-size=1]   (run node FLAGS dist/daemon/cli.js instead of the launcher bin/deltad;
+//                                               '--node-args= ' runs it with no flags: Node's defaults)
 //        [--pack-level 19]   (zstd level of the block pack when it has to be made; the 4 GiB pair uses 3 by default)
 //   BENCH=/var/tmp/deltad-bench; work files in $BENCH/deltad-memory/<pair>/
 import { startNginx } from './nginx.js';
 import { makeTestCa } from './tls.js';
 import { runMeasured, startMeasured } from './measure.js';
-import { CHUNK_64K, CLI, blockPack, casyncArtifacts, link, newSha256, pair, sh, type Pair } from './corpus.js';
+import { CHUNK_64K, CLI, DELTAD, blockPack, casyncArtifacts, link, newSha256, pair, sh, type Pair } from './corpus.js';
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readlinkSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -28,7 +30,7 @@ const { values } = parseArgs({
     proto: { type: 'string', default: 'h1' },
     runs: { type: 'string', default: '1' },
     port: { type: 'string', default: '8300' },
-    'node-args': { type: 'string', default: '' },
+    'node-args': { type: 'string' },
     'pack-level': { type: 'string', default: '' },
     label: { type: 'string', default: '' },
   },
@@ -36,8 +38,10 @@ const { values } = parseArgs({
 const PORT = Number(values.port);
 const DAEMON_PORT = PORT + 1;
 const TLS = values.proto === 'h2';
-const NODE_ARGS = values['node-args']!.split(' ').filter(Boolean);
-const deltadCmd = (...args: string[]): string[] => [process.execPath, ...NODE_ARGS, CLI, ...args];
+const NODE_ARGS = (values['node-args'] ?? '').split(' ').filter(Boolean);
+/** Through the launcher (bin/deltad), as deltad runs in use; with --node-args, node FLAGS cli.js (no launcher). */
+const deltadCmd = (...args: string[]): string[] =>
+  values['node-args'] !== undefined ? [process.execPath, ...NODE_ARGS, CLI, ...args] : [...DELTAD, ...args];
 
 interface Site {
   p: Pair;
@@ -105,6 +109,7 @@ interface Row {
   ok: boolean;
   wallS: number;
   engineS?: number;
+  cpuS: number;
   peakRssMiB: number;
   note: string;
 }
@@ -147,6 +152,7 @@ async function extract(site: Site, mode: string, base: string, cache: string, ca
     ok,
     wallS: Number(m.wallS.toFixed(2)),
     engineS: summary.wallMs !== undefined ? summary.wallMs / 1000 : undefined,
+    cpuS: Number(m.cpuS.toFixed(2)),
     peakRssMiB: Math.round(m.peakRssMiB),
     note: ok ? `mode ${summary.mode ?? '?'}` : `FAILED (exit ${m.code}): ${m.stderr.trim().slice(-300)}`,
   };
@@ -187,6 +193,7 @@ async function serve(site: Site, packed: boolean, base: string, cache: string, c
     mode: packed ? 'serve, block path' : 'serve, range path',
     ok,
     wallS: Number(wallS.toFixed(2)),
+    cpuS: Number(m.cpuS.toFixed(2)),
     peakRssMiB: Math.round(m.peakRssMiB),
     note: ok ? 'one client (curl), SHA-256 right' : `FAILED: ${client.stderr.slice(-200)} ${m.stderr.slice(-300)}`,
   };
@@ -238,13 +245,14 @@ async function main(): Promise<void> {
   const label = values.label ? ` ${values.label}` : '';
   console.log(
     `\n${p.name} (${p.newSize.toLocaleString('en')} bytes), ${TLS ? 'https+h2' : 'http/1.1'}${label}` +
-      `${NODE_ARGS.length ? `, node ${NODE_ARGS.join(' ')}` : ''}; load ${loads.join(' ')}\n`,
+      `${values['node-args'] !== undefined ? `, node ${NODE_ARGS.join(' ') || '(defaults)'} cli.js` : ', bin/deltad'}` +
+      `; load ${loads.join(' ')}\n`,
   );
-  console.log('| run | ok | peak RSS MiB | wall s | engine s | note |');
-  console.log('|---|---|---:|---:|---:|---|');
+  console.log('| run | ok | peak RSS MiB | wall s | engine s | CPU s | note |');
+  console.log('|---|---|---:|---:|---:|---:|---|');
   for (const r of rows) {
     console.log(
-      `| ${r.mode} | ${r.ok ? 'yes' : 'NO'} | ${r.peakRssMiB} | ${r.wallS} | ${r.engineS ?? '-'} | ${r.note} |`,
+      `| ${r.mode} | ${r.ok ? 'yes' : 'NO'} | ${r.peakRssMiB} | ${r.wallS} | ${r.engineS ?? '-'} | ${r.cpuS} | ${r.note} |`,
     );
   }
 }
