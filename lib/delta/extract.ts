@@ -99,7 +99,7 @@ export interface ExtractStreamOptions extends AssembleOptions {
   /** Assemble only target bytes [start, end) (default the whole target). */
   start?: number;
   end?: number;
-  /** Bytes of verified data held ahead of the consumer (default 32 MiB). */
+  /** Bytes of verified data held ahead of the consumer (default 16 MiB). */
   windowBytes?: number;
 }
 
