@@ -44,7 +44,7 @@ test('bin/deltad passes the young-generation cap, the malloc settings and every 
   const lines = stdout.trim().split('\n');
   assert.deepEqual(
     lines.filter((l) => l.startsWith('arg=')),
-    ['arg=--max-semi-space-size=1', 'arg=--expose-gc', `arg=${REPO_ROOT}/bin/../dist/daemon/cli.js`].concat(
+    ['arg=--max-semi-space-size=1', `arg=${REPO_ROOT}/bin/../dist/daemon/cli.js`].concat(
       ['serve', '--listen', '127.0.0.1:0', 'a b'].map((a) => `arg=${a}`),
     ),
   );

@@ -30,7 +30,6 @@ import { BLOCK_PARALLELISM, costBlockPath, type BlockPathChoice } from '../block
 import { BlockRoute, ChunkRoute, runRoutes, type Route } from './routes.js';
 import { DEFAULT_CONCURRENCY, DEFAULT_STALL_MS, DEFAULT_WINDOW_BYTES } from '../util/defaults.js';
 import { newProgress } from '../assemble/progress.js';
-import { paceGc } from '../util/gc-pacer.js';
 
 /** How missing chunks are fetched: byte ranges of the image, a chunk store, or chosen per update. */
 export type FetchMode = 'auto' | 'range' | 'store';
@@ -579,7 +578,6 @@ async function runWithProgress(
   };
   const timer = setInterval(report, PROGRESS_INTERVAL_MS);
   timer.unref();
-  const unpace = paceGc();
   try {
     return await runRoutes(routes.list, sink, progress, { signal, onWarning: opts.onWarning });
   } catch (err) {
@@ -587,7 +585,6 @@ async function runWithProgress(
     throw stall.signal.aborted && !opts.signal.aborted ? stall.signal.reason : err;
   } finally {
     clearInterval(timer);
-    unpace();
     report();
   }
 }
