@@ -14,6 +14,7 @@ COPY tsconfig.json ./
 COPY scripts ./scripts
 COPY lib ./lib
 COPY daemon ./daemon
+COPY bin ./bin
 COPY bench ./bench
 COPY test ./test
 RUN npm run build \
@@ -26,6 +27,7 @@ COPY --from=build /src/package.json ./
 COPY --from=build /src/node_modules ./node_modules
 COPY --from=build /src/dist/lib ./dist/lib
 COPY --from=build /src/dist/daemon ./dist/daemon
+COPY --from=build /src/bin ./bin
 RUN mkdir -p /var/cache/deltad-proxy && chown node:node /var/cache/deltad-proxy
 USER node
 VOLUME ["/var/cache/deltad-proxy"]
@@ -33,6 +35,6 @@ EXPOSE 3130
 # The status page answers once the cache is open and the port listens (loopback is always allowed).
 HEALTHCHECK --interval=30s --timeout=5s --start-period=15s --retries=3 \
   CMD ["node", "-e", "fetch('http://127.0.0.1:3130/.deltad/status').then(r => process.exit(r.ok ? 0 : 1), () => process.exit(1))"]
-ENTRYPOINT ["node", "/opt/deltad/dist/daemon/cli.js", "proxy", "--listen", "0.0.0.0:3130", "--proxy-cache", "/var/cache/deltad-proxy"]
+ENTRYPOINT ["/opt/deltad/bin/deltad", "proxy", "--listen", "0.0.0.0:3130", "--proxy-cache", "/var/cache/deltad-proxy"]
 # Give at least --upstream URL; other options (--allow, --proxy-cache-size, ...) may follow.
 CMD ["--help"]

@@ -5,10 +5,16 @@
 // control file, block pack (bench/blockpack.ts's --previous layout).
 import { spawnSync } from 'node:child_process';
 import { existsSync, linkSync, mkdirSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
-import { join, resolve } from 'node:path';
+import { dirname, join, resolve } from 'node:path';
 
 export const BENCH = resolve(process.env.BENCH ?? '/var/tmp/deltad-bench');
 export const CLI = resolve(new URL('../daemon/cli.js', import.meta.url).pathname);
+/**
+ * deltad as it is started in use: through its launcher (bin/deltad: V8 and malloc settings), on the
+ * benchmark's own Node runtime (first on PATH for every child). Setup steps run CLI directly.
+ */
+export const DELTAD = [resolve(new URL('../../bin/deltad', import.meta.url).pathname)];
+process.env.PATH = `${dirname(process.execPath)}:${process.env.PATH ?? ''}`;
 
 /** Image pairs (old, new) in $BENCH/img. `big` is made by bench/make-big-pair.ts. */
 export const PAIRS: Record<string, [string, string]> = {

@@ -9,7 +9,7 @@
 //   BENCH=/var/tmp/deltad-bench (corpus in $BENCH/img, work files in $BENCH/deltad-extract)
 //   CHUNK=16384:65536:262144 (casync's default), PORT=8089
 import { startNginx, type Nginx } from './nginx.js';
-import { BENCH, CLI, PAIRS, casyncArtifacts, pair as corpusPair, sh, zsyncArtifact } from './corpus.js';
+import { BENCH, CLI, DELTAD, PAIRS, casyncArtifacts, pair as corpusPair, sh, zsyncArtifact } from './corpus.js';
 import { spawnSync } from 'node:child_process';
 import { readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { basename, dirname, join } from 'node:path';
@@ -102,8 +102,7 @@ function runPair(pair: string): { rows: Row[]; plan: Record<string, unknown> } {
     const source = (mode: string): string[] =>
       mode === 'store' ? ['--store', `${ORIGIN}/new.${tag}.castr`] : ['--range-url', `${ORIGIN}/new.img`];
     const deltad = (mode: string, extra: string[] = []): string[] => [
-      process.execPath,
-      CLI,
+      ...DELTAD,
       'extract',
       '--json',
       '--mode',

@@ -46,6 +46,8 @@ export interface Measured {
   timedOut: boolean;
   wallS: number;
   peakRssMiB: number;
+  /** User + system CPU seconds (less sensitive than wall time to what else the machine runs). */
+  cpuS: number;
   writeBytes: number;
   stdout: string;
   stderr: string;
@@ -76,7 +78,7 @@ export function startMeasured(
   } = {},
 ): MeasuredProcess {
   const timeFile = join(tmpdir(), `deltad-bench-time-${process.pid}-${++serial}.txt`);
-  const child = spawn('/usr/bin/time', ['-f', '%e %M %O', '-o', timeFile, ...cmd], {
+  const child = spawn('/usr/bin/time', ['-f', '%e %M %O %U %S', '-o', timeFile, ...cmd], {
     env: opts.env ?? process.env,
     cwd: opts.cwd,
     detached: true,
@@ -132,15 +134,17 @@ export function startMeasured(
       const wallS = (performance.now() - started) / 1000;
       let rss = NaN;
       let blocks = NaN;
+      let cpuS = NaN;
       try {
         // The last line is the format; a killed command adds "Command terminated by signal N" before it.
         const last = readFileSync(timeFile, 'utf8').trim().split('\n').pop()!.split(' ').map(Number);
         [, rss, blocks] = last;
+        cpuS = last[3] + last[4];
       } catch {
         // time did not write its file
       }
       rmSync(timeFile, { force: true });
-      resolve({ code, timedOut, wallS, peakRssMiB: rss / 1024, writeBytes: blocks * 512, stdout, stderr });
+      resolve({ code, timedOut, wallS, peakRssMiB: rss / 1024, cpuS, writeBytes: blocks * 512, stdout, stderr });
     });
   });
   return { pid, sample: () => (pid() ? sampleProc(pid()) : null), done, kill: killGroup };

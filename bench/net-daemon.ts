@@ -21,7 +21,7 @@ import { startNginx, type AccessEntry, type Nginx } from './nginx.js';
 import { startRelay, selfCheck, describeCheck, parseRate, type LinkShape, type SelfCheck } from './relay.js';
 import { makeTestCa, withCaBundle, type TestCa } from './tls.js';
 import { runMeasured, startMeasured, type MeasuredProcess } from './measure.js';
-import { CLI, blockPack, daemonSite, link, pair, sh, type DaemonSite, type Pair } from './corpus.js';
+import { CLI, DELTAD, blockPack, daemonSite, link, pair, sh, type DaemonSite, type Pair } from './corpus.js';
 import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
@@ -134,8 +134,7 @@ function startDaemon(site: DaemonSite, origin: string, cacheDir: string, ca: Tes
       'nice',
       '-n',
       '5',
-      process.execPath,
-      CLI,
+      ...DELTAD,
       'serve',
       '--listen',
       `127.0.0.1:${DAEMON_PORT}`,

@@ -28,6 +28,7 @@ import { runMeasured, type Measured } from './measure.js';
 import {
   BENCH,
   CLI,
+  DELTAD,
   CHUNK_16K,
   CHUNK_64K,
   blockPack,
@@ -154,8 +155,7 @@ function tools(site: Site, ca: TestCa, tls: boolean, caMode: 'flag' | 'env', cac
   const deltad =
     (index: string, source: (base: string) => string[]) =>
     (base: string, out: string): string[] => [
-      process.execPath,
-      CLI,
+      ...DELTAD,
       'extract',
       '--json',
       ...source(base),

@@ -45,13 +45,8 @@ rm "$APP/.npmrc"
 [ -z "$(find "$APP/node_modules" -name '*.node' -print -quit)" ] || die "a native addon in node_modules"
 cp "$RUNTIME/bin/node" "$APP/node/bin/node"
 cp "$RUNTIME/LICENSE" "$APP/node/LICENSE"
-cat > "$APP/bin/deltad" <<'EOF'
-#!/bin/sh
-# deltad with the Node runtime it ships with (/usr/lib/deltad/node), whatever Node the host has.
-here=$(dirname "$(readlink -f "$0")")
-exec "$here/../node/bin/node" "$here/../dist/daemon/cli.js" "$@"
-EOF
-chmod 755 "$APP/bin/deltad"
+# The launcher (runtime settings, docs/ARCHITECTURE.md "Memory") runs node/bin/node when it is beside it.
+install -m755 bin/deltad "$APP/bin/deltad"
 # Relative, so it also resolves inside a merged or unpacked root.
 ln -s ../lib/deltad/bin/deltad "$ROOT/usr/bin/deltad"
 install -m644 systemd/deltad.socket systemd/deltad.service systemd/deltad-proxy.service "$ROOT/usr/lib/systemd/system/"

@@ -2,8 +2,7 @@
 // engine per thread compresses one frame at a time, so threads are how several
 // cores are used; level 19 frames are the publisher's main cost). Batches are
 // moved, not copied.
-import { Worker } from 'node:worker_threads';
-import { DeltadError } from '../errors.js';
+import { WorkerPool } from '../util/worker-pool.js';
 import { FrameCompressor } from './frame-codec.js';
 
 export interface FrameBatch {
@@ -33,45 +32,31 @@ export async function compressBatch(compressor: FrameCompressor, batch: FrameBat
   return { data, lengths: parts.map((p) => p.length) };
 }
 
-/** Runs batches on `threads` workers (0: inline); results come back in submission order. */
+/** Runs batches on up to `threads` workers (0: inline); each batch's promise settles with its own frames. */
 export class FramePool {
-  private readonly workers: Worker[] = [];
+  private readonly pool: WorkerPool<FrameBatch, StoredBatch> | undefined;
   private readonly inline: FrameCompressor | null;
-  private next = 0;
-  private readonly waiting = new Map<Worker, { resolve: (r: StoredBatch) => void; reject: (e: Error) => void }[]>();
 
   constructor(dictionary: Uint8Array, level: number, threads: number) {
     this.inline = threads === 0 ? new FrameCompressor(dictionary, level) : null;
-    for (let i = 0; i < threads; i++) {
-      const w = new Worker(new URL('./frame-batch-worker.js', import.meta.url), { workerData: { dictionary, level } });
-      this.waiting.set(w, []);
-      w.on('message', (r: StoredBatch) => this.waiting.get(w)!.shift()?.resolve(r));
-      const fail = (err: Error): void => {
-        for (const p of this.waiting.get(w)!.splice(0))
-          p.reject(
-            new DeltadError('ERR_DELTAD_PACK', `frame compression thread failed: ${err.message}`, { cause: err }),
-          );
-      };
-      w.on('error', fail);
-      w.on('exit', (code) => fail(new DeltadError('ERR_DELTAD_WORKER', `exited with code ${code}`)));
-      this.workers.push(w);
-    }
+    this.pool =
+      threads > 0
+        ? new WorkerPool({
+            script: new URL('./frame-batch-worker.js', import.meta.url),
+            threads,
+            name: 'frame compression',
+            workerData: { dictionary, level },
+          })
+        : undefined;
   }
 
-  /** Each worker answers its batches in order; round-robin keeps the overall order recoverable by the caller. */
   run(batch: FrameBatch): Promise<StoredBatch> {
-    if (this.inline) return compressBatch(this.inline, batch);
-    const w = this.workers[this.next++ % this.workers.length];
-    return new Promise((resolve, reject) => {
-      this.waiting.get(w)!.push({ resolve, reject });
-      w.postMessage(batch, [batch.data.buffer as ArrayBuffer]);
-    });
+    if (!this.pool) return compressBatch(this.inline!, batch);
+    return this.pool.run(batch, { transfer: [batch.data.buffer as ArrayBuffer] });
   }
 
   async close(): Promise<void> {
     this.inline?.close();
-    const ws = this.workers.splice(0);
-    for (const w of ws) w.removeAllListeners('exit');
-    await Promise.all(ws.map((w) => w.terminate()));
+    await this.pool?.close();
   }
 }

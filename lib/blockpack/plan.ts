@@ -65,60 +65,81 @@ export class PackLayout implements Pick<ChunkIndex, 'start' | 'end' | 'chunkAt'>
   }
 }
 
-/** Open-addressing table from a truncated block hash to (seed, block). */
-class HashTable {
-  private readonly keysLo: Uint32Array;
-  private readonly keysHi: Uint32Array;
-  private readonly seed: Int32Array;
-  private readonly block: Int32Array;
+const view = (u: Uint8Array): DataView => new DataView(u.buffer, u.byteOffset, u.byteLength);
+
+/**
+ * Open-addressing table from a block hash to the first seed block with it. A slot holds only the block's number
+ * over all seeds (4 bytes; at most 3/4 of the slots are used): the key is read back from the seed's own hashes, so a
+ * 4.5 GB seed (1.1 M blocks) costs 8 MiB here, not 64.
+ */
+class SeedBlockTable {
+  private readonly slots: Int32Array;
   private readonly mask: number;
-  constructor(capacity: number) {
+  /** First table block number of each seed. */
+  private readonly base: number[] = [];
+  private readonly views: DataView[];
+
+  constructor(seeds: readonly SeedBlocks[]) {
+    let total = 0;
+    for (const s of seeds) {
+      this.base.push(total);
+      total += s.hashes.length / HASH_BYTES;
+    }
     let n = 1024;
-    while (n < capacity * 2) n *= 2;
+    while (n * 3 < total * 4) n *= 2;
     this.mask = n - 1;
-    this.keysLo = new Uint32Array(n);
-    this.keysHi = new Uint32Array(n);
-    this.seed = new Int32Array(n).fill(-1);
-    this.block = new Int32Array(n);
+    this.slots = new Int32Array(n);
+    this.views = seeds.map((s) => view(s.hashes));
   }
+
+  /** Keeps the first block for a hash. */
+  add(seed: number, block: number): void {
+    const dv = this.views[seed];
+    const lo = dv.getUint32(block * HASH_BYTES, true);
+    const hi = dv.getUint32(block * HASH_BYTES + 4, true);
+    const i = this.slot(lo, hi);
+    if (this.slots[i] === 0) this.slots[i] = this.base[seed] + block + 1;
+  }
+
+  /** The table block number with this hash (seedOf, blockOf), or -1. */
+  find(lo: number, hi: number): number {
+    return this.slots[this.slot(lo, hi)] - 1;
+  }
+
+  blockOf(g: number, seed: number): number {
+    return g - this.base[seed];
+  }
+
+  /** The slot holding this hash, or the empty slot where it would go. */
   private slot(lo: number, hi: number): number {
     let i = (Math.imul(lo, 0x9e3779b1) ^ hi) & this.mask;
-    while (this.seed[i] !== -1 && (this.keysLo[i] !== lo || this.keysHi[i] !== hi)) i = (i + 1) & this.mask;
-    return i;
+    for (;;) {
+      const g = this.slots[i] - 1;
+      if (g < 0) return i;
+      const seed = this.seedOf(g);
+      const at = (g - this.base[seed]) * HASH_BYTES;
+      const dv = this.views[seed];
+      if (dv.getUint32(at, true) === lo && dv.getUint32(at + 4, true) === hi) return i;
+      i = (i + 1) & this.mask;
+    }
   }
-  /** Keeps the first (seed, block) for a hash. */
-  add(lo: number, hi: number, seed: number, block: number): void {
-    const i = this.slot(lo, hi);
-    if (this.seed[i] !== -1) return;
-    this.keysLo[i] = lo;
-    this.keysHi[i] = hi;
-    this.seed[i] = seed;
-    this.block[i] = block;
-  }
-  find(lo: number, hi: number): number {
-    return this.slot(lo, hi);
-  }
-  seedAt(i: number): number {
-    return this.seed[i];
-  }
-  blockAt(i: number): number {
-    return this.block[i];
+
+  seedOf(g: number): number {
+    let k = this.base.length - 1;
+    while (this.base[k] > g) k--;
+    return k;
   }
 }
-
-const view = (u: Uint8Array): DataView => new DataView(u.buffer, u.byteOffset, u.byteLength);
 
 /** Maps the target's distinct blocks to seed blocks; what no seed has is fetched from the pack. */
 export function planBlocks(index: BlockIndex, seeds: readonly SeedBlocks[], indexBytes: number): BlockPlan {
   const bs = index.blockSize;
-  const table = new HashTable(seeds.reduce((n, s) => n + s.hashes.length / HASH_BYTES, 0));
+  const table = new SeedBlockTable(seeds);
   seeds.forEach((s, k) => {
     if (s.blockSize !== bs) return;
-    const dv = view(s.hashes);
     // Only whole blocks: a short last block of a seed is never a target's whole block.
     const whole = Math.floor(s.size / bs);
-    for (let b = 0; b < whole; b++)
-      table.add(dv.getUint32(b * HASH_BYTES, true), dv.getUint32(b * HASH_BYTES + 4, true), k, b);
+    for (let b = 0; b < whole; b++) table.add(k, b);
   });
 
   const localSeed = new Int32Array(index.distinctCount).fill(-1);
@@ -128,10 +149,10 @@ export function planBlocks(index: BlockIndex, seeds: readonly SeedBlocks[], inde
   const shortDistinct = lastIsShort ? index.distinctOf[index.blockCount - 1] : ZERO_BLOCK;
   for (let d = 0; d < index.distinctCount; d++) {
     if (d === shortDistinct) continue;
-    const slot = table.find(th.getUint32(d * HASH_BYTES, true), th.getUint32(d * HASH_BYTES + 4, true));
-    if (table.seedAt(slot) === -1) continue;
-    localSeed[d] = table.seedAt(slot);
-    localBlock[d] = table.blockAt(slot);
+    const g = table.find(th.getUint32(d * HASH_BYTES, true), th.getUint32(d * HASH_BYTES + 4, true));
+    if (g < 0) continue;
+    localSeed[d] = table.seedOf(g);
+    localBlock[d] = table.blockOf(g, localSeed[d]);
   }
 
   const totals: BlockPlanTotals = {

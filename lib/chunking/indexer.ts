@@ -10,13 +10,13 @@
 // point. The output is identical to the serial indexer for every thread count.
 import { availableParallelism } from 'node:os';
 import type { FileHandle } from 'node:fs/promises';
-import { Worker } from 'node:worker_threads';
+import { WorkerPool } from '../util/worker-pool.js';
 import { ChunkIndexBuilder, ID_SIZE, type ChunkIndex, type ChunkParams } from '../format/caibx.js';
 import { Chunker, checkChunkParams, type ChunkerKernel, type ChunkerVariant } from './chunker.js';
 import type { DigestName } from '../format/digest.js';
 import { DeltadError } from '../errors.js';
 import { ChunkHasher, indexRange, type RangeOptions, type ReadAt } from './indexer-range.js';
-import type { SegmentJob, SegmentMessage, WorkerSetup } from './indexer-worker.js';
+import type { SegmentDone, SegmentJob, SegmentProgress, WorkerSetup } from './indexer-worker.js';
 import { openInput } from '../util/open-input.js';
 
 export interface IndexOptions {
@@ -133,7 +133,7 @@ function estimateChunks(size: number, params: ChunkParams): number {
  * segment when done. Rejects (after stopping every worker) on the first failure
  * or on abort.
  */
-function runSegments(
+async function runSegments(
   path: string,
   fd: number,
   segments: Segment[],
@@ -141,63 +141,52 @@ function runSegments(
   threads: number,
   size: number,
 ): Promise<SegmentResult[]> {
-  return new Promise((resolve, reject) => {
-    const workers: Worker[] = [];
-    const results: SegmentResult[] = new Array(segments.length);
-    let next = 0;
-    let remaining = segments.length;
-    let done = 0;
-    let settled = false;
-    // The workers read through our descriptor: they must have stopped before the caller closes it.
-    const stopAll = (): Promise<unknown> => Promise.allSettled(workers.map((w) => w.terminate()));
-    const finish = (err?: unknown): void => {
-      if (settled) return;
-      settled = true;
-      opts.signal?.removeEventListener('abort', onAbort);
-      void stopAll().then(() => (err === undefined ? resolve(results) : reject(err)));
-    };
-    const onAbort = (): void => finish(opts.signal!.reason);
-    opts.signal?.addEventListener('abort', onAbort, { once: true });
-    const setup: WorkerSetup = {
-      path,
-      fd,
-      size,
-      params: opts.params,
-      digest: opts.digest,
-      variant: opts.variant,
-      kernel: opts.kernel,
-    };
-    for (let w = 0; w < Math.min(threads, segments.length); w++) {
-      const worker = new Worker(new URL('./indexer-worker.js', import.meta.url), { workerData: setup });
-      workers.push(worker);
-      let current = -1;
-      const assign = (): void => {
-        if (next === segments.length) return;
-        current = next++;
-        worker.postMessage({ start: segments[current].start, end: segments[current].end } satisfies SegmentJob);
-      };
-      worker.on('message', (msg: SegmentMessage) => {
-        if (settled) return;
-        if (msg.type === 'progress') {
-          opts.onProgress?.((done += msg.bytes), size);
-          return;
-        }
-        results[current] = { ...segments[current], ends: msg.ends, ids: msg.ids };
-        if (--remaining === 0) finish();
-        else assign();
-      });
-      const where = (): string =>
-        current < 0 ? path : `${path} bytes ${segments[current].start}..${segments[current].end}`;
-      worker.on('error', (err) =>
-        finish(new DeltadError('ERR_DELTAD_WORKER', `indexing ${where()}: ${err.message}`, { cause: err })),
-      );
-      worker.on('exit', (code) => {
-        if (!settled)
-          finish(new DeltadError('ERR_DELTAD_WORKER', `indexing worker for ${where()} exited with code ${code}`));
-      });
-      assign();
-    }
+  const setup: WorkerSetup = {
+    path,
+    fd,
+    size,
+    params: opts.params,
+    digest: opts.digest,
+    variant: opts.variant,
+    kernel: opts.kernel,
+  };
+  const pool = new WorkerPool<SegmentJob, SegmentDone, SegmentProgress>({
+    script: new URL('./indexer-worker.js', import.meta.url),
+    threads: Math.min(threads, segments.length),
+    name: 'indexing',
+    workerData: setup,
   });
+  let done = 0;
+  const onEvent = (p: SegmentProgress): void => opts.onProgress?.((done += p.bytes), size);
+  const ctl = new AbortController();
+  const onAbort = (): void => ctl.abort(opts.signal!.reason);
+  opts.signal?.addEventListener('abort', onAbort, { once: true });
+  try {
+    const aborted = new Promise<never>((_, reject) =>
+      ctl.signal.addEventListener('abort', () => reject(ctl.signal.reason), { once: true }),
+    );
+    aborted.catch(() => {});
+    const jobs = segments.map(async (seg) => {
+      try {
+        const r = await pool.run({ start: seg.start, end: seg.end }, { onEvent });
+        return { ...seg, ends: r.ends, ids: r.ids };
+      } catch (err) {
+        throw new DeltadError(
+          'ERR_DELTAD_WORKER',
+          `indexing ${path} bytes ${seg.start}..${seg.end}: ${(err as Error).message}`,
+          {
+            cause: err,
+          },
+        );
+      }
+    });
+    for (const j of jobs) j.catch(() => {});
+    return await Promise.race([Promise.all(jobs), aborted]);
+  } finally {
+    opts.signal?.removeEventListener('abort', onAbort);
+    // The workers read through our descriptor: they must have stopped before the caller closes it.
+    await pool.close();
+  }
 }
 
 /**

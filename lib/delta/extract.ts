@@ -99,7 +99,7 @@ export interface ExtractStreamOptions extends AssembleOptions {
   /** Assemble only target bytes [start, end) (default the whole target). */
   start?: number;
   end?: number;
-  /** Bytes of verified data held ahead of the consumer (default 32 MiB). */
+  /** Bytes of verified data held ahead of the consumer (default 16 MiB). */
   windowBytes?: number;
 }
 
@@ -503,7 +503,7 @@ async function chooseRoutes(
   ctx: Context,
   opts: AssembleOptions,
   plan: Plan,
-  sink: { maxSpan?: number; whole: boolean },
+  sink: { maxSpan?: number; whole: boolean; hashThread: boolean },
 ): Promise<Routes> {
   const pending = sink.whole ? startBlockPath(ctx, opts) : null;
   const choice = await chooseRemote(plan, ctx, opts).catch(async (err: unknown) => {
@@ -523,7 +523,7 @@ async function chooseRoutes(
     buffers: choice.buffers,
     concurrency: opts.concurrency ?? DEFAULT_CONCURRENCY,
     maxSpan: sink.maxSpan,
-    hashPoolFor,
+    hashPoolFor: sink.hashThread ? hashPoolFor : undefined,
     onWarning: opts.onWarning,
   });
   const list: Route[] = [chunks];
@@ -644,7 +644,7 @@ export async function extractToFile(
         nullSeed: opts.nullSeed,
         skip: (i) => file.has(i),
       });
-      routes = await chooseRoutes(index, ctx, opts, plan, { whole: true });
+      routes = await chooseRoutes(index, ctx, opts, plan, { whole: true, hashThread: true });
       routes.probe.requests += indexCost.requests;
       routes.probe.bytes += indexCost.bytes;
       const last = await runWithProgress(routes, file, progress, { ...opts, signal }, out);
@@ -709,10 +709,13 @@ export function openExtractStream(target: ChunkIndex, opts: ExtractStreamOptions
         selfSeed: opts.selfSeed,
         nullSeed: opts.nullSeed,
       });
-      // The block route is priced for whole images only.
       const routes = await chooseRoutes(target, ctx, sourceOpts, plan, {
         maxSpan: windowBytes / 2,
+        // The block route is priced for whole images only.
         whole: start === 0 && end === target.size,
+        // Seeds are hashed on this thread: a stream goes at its consumer's pace (a client, a pipe), and a hashing
+        // worker's isolate would be ~14 MiB of the sidecar's memory.
+        hashThread: false,
       });
       const last = await runWithProgress(routes, stream, progress, sourceOpts, opts.rangeUrl ?? 'the update stream');
       await stream.complete;

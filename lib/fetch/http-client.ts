@@ -4,7 +4,9 @@
 // CA file), redirects followed and cached (redirects.ts), curl-like transfer
 // limits and link measurement (link-monitor.ts), timeouts, bounded retries
 // with backoff, and byte/request counters.
-import { Agent, DecoratorHandler, buildConnector, request, type Dispatcher } from 'undici';
+import type * as Undici from 'undici';
+import type { Dispatcher } from 'undici';
+import { Agent, DecoratorHandler, buildConnector, request } from './undici.js';
 import type { SecureContext } from 'node:tls';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { gunzipSync, inflateSync, brotliDecompressSync } from 'node:zlib';
@@ -70,8 +72,8 @@ export class HttpClient {
   readonly stats: HttpStats = { requests: 0, bytes: 0, redirects: 0 };
   readonly redirects: RedirectCache;
   readonly monitor: LinkMonitor;
-  private readonly agent: Agent;
-  private readonly h2Agent: Agent;
+  private readonly agent: Undici.Agent;
+  private readonly h2Agent: Undici.Agent;
   private readonly h2Dispatcher: Dispatcher;
   /** https origins that negotiated HTTP/2 ("https://host:port"). */
   private readonly h2Origins = new Set<string>();
@@ -84,14 +86,14 @@ export class HttpClient {
     // Read now, so that a bad CA file fails at start; the TLS context is built on the first https connection.
     if (opts.caFile) readCaFile(opts.caFile);
     const plain = buildConnector({ allowH2, timeout: 10_000 });
-    let secure: buildConnector.connector | undefined;
-    const connect: buildConnector.connector = (o, cb) => {
+    let secure: Undici.buildConnector.connector | undefined;
+    const connect: Undici.buildConnector.connector = (o, cb) => {
       if (o.protocol !== 'https:') return plain(o, cb);
       if (!secure) {
         const key = opts.caFile ?? '';
         let secureContext = contexts.get(key);
         if (!secureContext) contexts.set(key, (secureContext = trustContext(opts.caFile)));
-        secure = buildConnector({ allowH2, timeout: 10_000, secureContext } as buildConnector.BuildOptions);
+        secure = buildConnector({ allowH2, timeout: 10_000, secureContext } as Undici.buildConnector.BuildOptions);
       }
       return secure(o, (err, socket) => {
         const alpn = (socket as { alpnProtocol?: string | false } | null)?.alpnProtocol;

@@ -5,6 +5,7 @@
 // into segments, so adjacent remote chunks become one byte range.
 import { ID_SIZE, type ChunkIndex } from '../format/caibx.js';
 import { chunkId } from '../format/digest.js';
+import { IdTable } from '../format/id-table.js';
 import type { Seed } from '../seed/seed.js';
 
 export type Segment =
@@ -51,25 +52,17 @@ export interface PlanOptions {
 /** Candidate positions kept per chunk ID in a seed (repeats beyond this add little). */
 const MAX_CANDIDATES = 4;
 
-const idKey = (ids: Uint8Array, i: number): string =>
-  Buffer.from(ids.buffer, ids.byteOffset + i * ID_SIZE, ID_SIZE).toString('latin1');
-
 function idsEqual(a: Buffer, ai: number, b: Buffer, bi: number): boolean {
   return a.compare(b, bi * ID_SIZE, bi * ID_SIZE + ID_SIZE, ai * ID_SIZE, ai * ID_SIZE + ID_SIZE) === 0;
 }
 
 const asBuffer = (u: Uint8Array): Buffer => Buffer.from(u.buffer, u.byteOffset, u.byteLength);
 
-/** Lookup of chunk ID → positions in one seed. */
-function seedLookup(index: ChunkIndex): Map<string, number[]> {
-  const m = new Map<string, number[]>();
-  for (let i = 0; i < index.count; i++) {
-    const k = idKey(index.ids, i);
-    const list = m.get(k);
-    if (!list) m.set(k, [i]);
-    else if (list.length < MAX_CANDIDATES) list.push(i);
-  }
-  return m;
+/** Lookup of chunk ID → positions in one seed (at most MAX_CANDIDATES per ID). */
+function seedLookup(index: ChunkIndex): IdTable {
+  const t = new IdTable(index.ids, index.count);
+  for (let i = 0; i < index.count; i++) t.add(i, MAX_CANDIDATES);
+  return t;
 }
 
 /** Chunks up to this size are always checked; it is far above the chunker's 48-byte window. */
@@ -106,7 +99,8 @@ export function planChunks(target: ChunkIndex, seeds: readonly Seed[], opts: Pla
   const lookups = seeds.map((s) => seedLookup(s.index));
   const seedIds = seeds.map((s) => asBuffer(s.index.ids));
   const zero = opts.nullSeed === false ? null : new ZeroIds(target.digest);
-  const earlier = opts.selfSeed === false ? null : new Map<string, number>();
+  // Target chunk ID → its first planned position (a later repeat copies it).
+  const earlier = opts.selfSeed === false ? null : new IdTable(target.ids, end - first);
   const segments: Segment[] = [];
   const totals: PlanTotals = {
     chunks: 0,
@@ -136,9 +130,7 @@ export function planChunks(target: ChunkIndex, seeds: readonly Seed[], opts: Pla
     segments.push(seg);
   };
   const remember = (i: number): void => {
-    if (!earlier) return;
-    const k = idKey(target.ids, i);
-    if (!earlier.has(k)) earlier.set(k, i);
+    earlier?.add(i, 1);
   };
 
   const skip = opts.skip;
@@ -152,10 +144,8 @@ export function planChunks(target: ChunkIndex, seeds: readonly Seed[], opts: Pla
     let best = 0;
     let bestSeed = -1;
     let bestPos = 0;
-    const key = idKey(target.ids, i);
     for (let s = 0; s < seeds.length; s++) {
-      const cands = lookups[s].get(key);
-      if (!cands) continue;
+      const cands = lookups[s].find(target.ids, i);
       const sIdx = seeds[s].index;
       for (const p of cands) {
         let k = 0;
@@ -186,7 +176,8 @@ export function planChunks(target: ChunkIndex, seeds: readonly Seed[], opts: Pla
       continue;
     }
     const size = target.chunkSize(i);
-    const source = earlier?.get(key);
+    const found = earlier ? earlier.first(target.ids, i) : -1;
+    const source = found >= 0 ? found : undefined;
     if (zero?.matches(target, i)) {
       push({ kind: 'zero', first: i, count: 1 });
       totals.fromZero += size;

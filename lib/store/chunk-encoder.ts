@@ -1,11 +1,10 @@
 // Hashing and compressing batches of chunks, the CPU-heavy half of `chop`:
 // inline on the calling thread, or spread over worker threads (zstd compression is
 // synchronous, so threads are the only way to use more than one core).
-import { Worker } from 'node:worker_threads';
 import { availableParallelism } from 'node:os';
 import { chunkId, type DigestName } from '../format/digest.js';
 import { compressChunk } from './compression.js';
-import { DeltadError } from '../errors.js';
+import { WorkerPool } from '../util/worker-pool.js';
 
 export interface EncodeJob {
   /**
@@ -68,74 +67,31 @@ export function resultTransfers(r: EncodeResult): ArrayBuffer[] {
   return [...buffers];
 }
 
-interface Pending {
-  job: EncodeJob;
-  resolve: (r: EncodeResult) => void;
-  reject: (err: unknown) => void;
-}
-
 /**
- * Runs encode jobs on `threads` workers (0 = inline), first come first served.
+ * Runs encode jobs on up to `threads` workers (0 = inline), first come first served.
  * Buffers are moved to the worker and back, not copied: copies pile up as
  * garbage in every thread (hundreds of MB of RSS on a large file).
  */
 export class EncoderPool {
-  private readonly idle: Worker[] = [];
-  private readonly all: Worker[] = [];
-  private readonly queue: Pending[] = [];
-  private readonly busy = new Map<Worker, Pending>();
-  private failure: Error | undefined;
+  private readonly pool: WorkerPool<EncodeJob, EncodeResult> | undefined;
 
   constructor(threads: number) {
-    for (let i = 0; i < threads; i++) {
-      const w = new Worker(new URL('./chunk-encoder-worker.js', import.meta.url));
-      w.on('message', (r: EncodeResult) => this.done(w, r));
-      w.on('error', (err) =>
-        this.fail(new DeltadError('ERR_DELTAD_WORKER', `chunk encoder thread failed: ${err.message}`, { cause: err })),
-      );
-      w.on('exit', (code) => {
-        if (this.all.includes(w))
-          this.fail(new DeltadError('ERR_DELTAD_WORKER', `chunk encoder thread exited with code ${code}`));
-      });
-      this.all.push(w);
-      this.idle.push(w);
-    }
+    this.pool =
+      threads > 0
+        ? new WorkerPool({
+            script: new URL('./chunk-encoder-worker.js', import.meta.url),
+            threads,
+            name: 'chunk encoder',
+          })
+        : undefined;
   }
 
   run(job: EncodeJob): Promise<EncodeResult> {
-    if (this.all.length === 0) return Promise.resolve().then(() => encodeBatch(job));
-    if (this.failure) return Promise.reject(this.failure);
-    return new Promise((resolve, reject) => {
-      this.queue.push({ job, resolve, reject });
-      this.dispatch();
-    });
+    if (!this.pool) return Promise.resolve().then(() => encodeBatch(job));
+    return this.pool.run(job, { transfer: [job.data.buffer as ArrayBuffer] });
   }
 
   async close(): Promise<void> {
-    const workers = this.all.splice(0);
-    await Promise.all(workers.map((w) => w.terminate()));
-  }
-
-  private dispatch(): void {
-    while (this.idle.length > 0 && this.queue.length > 0) {
-      const w = this.idle.pop()!;
-      const p = this.queue.shift()!;
-      this.busy.set(w, p);
-      w.postMessage(p.job, [p.job.data.buffer as ArrayBuffer]);
-    }
-  }
-
-  private done(w: Worker, r: EncodeResult): void {
-    const p = this.busy.get(w);
-    this.busy.delete(w);
-    this.idle.push(w);
-    p?.resolve(r);
-    this.dispatch();
-  }
-
-  private fail(err: Error): void {
-    this.failure ??= err;
-    for (const p of [...this.busy.values(), ...this.queue.splice(0)]) p.reject(this.failure);
-    this.busy.clear();
+    await this.pool?.close();
   }
 }
