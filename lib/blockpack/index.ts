@@ -15,6 +15,8 @@ export { costOf, planBlocks, type BlockPlan, type BlockCost } from './plan.js';
 export {
   BlockAssembly,
   assembleBlocks,
+  fetchDictionary,
+  type PackDictionary,
   type BlockRouteOptions,
   type AssembleBlocksOptions,
   type AssembleBlocksResult,
@@ -44,14 +46,18 @@ export function blockPackUrls(imageUrl: string): { indexUrl: string; packUrl: st
   return { indexUrl: at(names.index), packUrl: at(names.pack), dictUrl: at(names.dict) };
 }
 
-/** Fetches the release's block index; null when the release has no pack (404), so the chunk path is used. */
+/**
+ * Fetches the release's block index; null when the release has no pack (404), so the chunk path is used.
+ * `onFound` is called as soon as the answer says there is one (before its body).
+ */
 export async function probeBlockPack(
   http: HttpClient,
   imageUrl: string,
   signal?: AbortSignal,
+  onFound?: () => void,
 ): Promise<BlockPackProbe | null> {
   const urls = blockPackUrls(imageUrl);
-  const res = await http.getBuffer(urls.indexUrl, { maxBytes: MAX_INDEX_FETCH, signal });
+  const res = await http.getBuffer(urls.indexUrl, { maxBytes: MAX_INDEX_FETCH, signal, onOk: onFound });
   if (res.status !== 200) return null;
   return { index: parseBlockIndex(res.body, urls.indexUrl), indexBytes: res.body.length, ...urls };
 }
@@ -87,6 +93,8 @@ export interface BlockPathOptions {
   /** Whether the origin does multi-range (undefined: not probed, assume yes). */
   multi?: boolean;
   cost?: CostModel;
+  /** Called once the release turns out to have a block index, before it is downloaded. */
+  onFound?: () => void;
   signal?: AbortSignal;
 }
 
@@ -98,7 +106,7 @@ export const BLOCK_PARALLELISM = 4;
  * Callers compare `weight` with their other paths and with a full download.
  */
 export async function costBlockPath(opts: BlockPathOptions): Promise<BlockPathChoice | null> {
-  const probe = await probeBlockPack(opts.http, opts.imageUrl, opts.signal);
+  const probe = await probeBlockPack(opts.http, opts.imageUrl, opts.signal, opts.onFound);
   if (!probe) return null;
   const plan = await planBlockUpdate(probe, opts.seeds, { cacheDir: opts.cacheDir, signal: opts.signal });
   const cost = opts.cost ?? defaultCostModel;

@@ -414,22 +414,29 @@ async function chooseRemote(
 }
 
 /** The block path's probe and plan, started alongside the chunk path's probes (so the first byte comes sooner). */
-type PendingBlockPath = Promise<{ path: BlockPathChoice | null } | { error: unknown }>;
+interface PendingBlockPath {
+  result: Promise<{ path: BlockPathChoice | null } | { error: unknown }>;
+  /** True as soon as the release turns out to have a block index (before it is downloaded), else false. */
+  found: Promise<boolean>;
+}
 
 function startBlockPath(ctx: Context, opts: AssembleOptions): PendingBlockPath | null {
   if (!opts.rangeUrl || opts.blockPack === false) return null;
-  const pending: PendingBlockPath = costBlockPath({
+  let onFound!: () => void;
+  const found = new Promise<boolean>((resolve) => (onFound = () => resolve(true)));
+  const result = costBlockPath({
     http: ctx.http,
     imageUrl: opts.rangeUrl,
     seeds: ctx.seeds.map((s) => s.path),
     cacheDir: opts.cacheDir,
     cost: ctx.cost,
+    onFound,
     signal: opts.signal,
   }).then(
     (path) => ({ path }),
     (error: unknown) => ({ error }),
   );
-  return pending;
+  return { result, found: Promise.race([found, result.then(() => false)]) };
 }
 
 /**
@@ -445,7 +452,7 @@ async function blockPathFor(
   pending: PendingBlockPath | null,
 ): Promise<{ path: BlockPathChoice; cheaper: boolean } | null> {
   if (!pending) return null;
-  const got = await pending;
+  const got = await pending.result;
   if ('error' in got) {
     if (opts.signal?.aborted) throw got.error;
     opts.onWarning?.(`block pack for ${opts.rangeUrl}: ${(got.error as Error).message}; using the chunk path`);
@@ -499,51 +506,104 @@ interface Routes {
   list: Route[];
   /** Requests and bytes spent before any route ran (index, probes, samples). */
   probe: { requests: number; bytes: number };
+  /** The chunk route's lead, run already (its traffic is the chunk route's remote, counted there). */
+  lead?: Route;
 }
 
+/** Target bytes the lead streams at most, and the missing bytes it may fetch for them. */
+const LEAD_BYTES = 16 * 1024 * 1024;
+const LEAD_REMOTE_BYTES = 256 * 1024;
+/** The lead is at most this part of the target: the block route, cheaper, does the rest. */
+const LEAD_PART = 64;
+
+/**
+ * Where the lead ends: the target's first chunks, as far as they come from seeds, zero and repeats, plus
+ * missing chunks up to LEAD_REMOTE_BYTES (an image's first block, its superblock, changes with every
+ * release; the unchanged data after it is usually long).
+ */
+function leadEnd(plan: Plan, maxBytes: number): number {
+  let end = plan.firstChunk;
+  let bytes = 0;
+  let remote = 0;
+  for (const s of plan.segments) {
+    for (let i = s.first; i < s.first + s.count; i++) {
+      const size = plan.target.chunkSize(i);
+      if (bytes + size > maxBytes || (s.kind === 'remote' && remote + size > LEAD_REMOTE_BYTES)) return end;
+      bytes += size;
+      if (s.kind === 'remote') remote += size;
+      end = i + 1;
+    }
+  }
+  return end;
+}
+
+/** What the caller's sink does: its largest span, whether it takes the whole target, and how to run a route into it. */
+interface RouteSink {
+  maxSpan?: number;
+  whole: boolean;
+  run: (route: Route) => Promise<void>;
+}
+
+/**
+ * Chooses the routes. While the block path is probed and planned (its block index is ~9 bytes per block, seconds
+ * on a slow link), the chunk route's lead streams the target's first chunks into the sink: the first body
+ * byte does not wait for the block index. The routes then skip the chunks the sink holds.
+ */
 async function chooseRoutes(
   target: ChunkIndex,
   ctx: Context,
   opts: AssembleOptions,
   plan: Plan,
-  sink: { maxSpan?: number; whole: boolean },
+  sink: RouteSink,
 ): Promise<Routes> {
   const pending = sink.whole ? startBlockPath(ctx, opts) : null;
   const choice = await chooseRemote(plan, ctx, opts).catch(async (err: unknown) => {
-    await pending;
+    await pending?.result;
     throw err;
   });
-  const blocks = await blockPathFor(target, ctx, opts, choice, pending);
-  const chunks = new ChunkRoute({
-    target,
-    seeds: ctx.seeds,
-    firstChunk: plan.firstChunk,
-    endChunk: plan.endChunk,
-    selfSeed: opts.selfSeed,
-    nullSeed: opts.nullSeed,
-    remote: choice.remote,
-    fetches: choice.chosen !== 'none',
-    buffers: choice.buffers,
-    concurrency: opts.concurrency ?? DEFAULT_CONCURRENCY,
-    maxSpan: sink.maxSpan,
-    hashPoolFor,
-    onWarning: opts.onWarning,
+  const chunkRoute = (endChunk: number): ChunkRoute =>
+    new ChunkRoute({
+      target,
+      seeds: ctx.seeds,
+      firstChunk: plan.firstChunk,
+      endChunk,
+      selfSeed: opts.selfSeed,
+      nullSeed: opts.nullSeed,
+      remote: choice.remote,
+      fetches: choice.chosen !== 'none',
+      buffers: choice.buffers,
+      concurrency: opts.concurrency ?? DEFAULT_CONCURRENCY,
+      maxSpan: sink.maxSpan,
+      hashPoolFor,
+      onWarning: opts.onWarning,
+    });
+  // Only for a release with a block pack: the chunk route alone needs no lead.
+  const leadBytes = Math.min(LEAD_BYTES, sink.maxSpan ?? LEAD_BYTES, Math.ceil(target.size / LEAD_PART));
+  const leadTo = pending && (await pending.found) ? leadEnd(plan, leadBytes) : plan.firstChunk;
+  const lead = leadTo > plan.firstChunk ? chunkRoute(leadTo) : undefined;
+  const led = lead ? sink.run(lead) : Promise.resolve();
+  led.catch(() => {});
+  const blocks = await blockPathFor(target, ctx, opts, choice, pending).catch(async (err: unknown) => {
+    await led.catch(() => {});
+    throw err;
   });
-  const list: Route[] = [chunks];
+  const list: Route[] = [chunkRoute(plan.endChunk)];
   if (blocks?.cheaper) {
-    list.unshift(
-      new BlockRoute({
-        choice: blocks.path,
-        target,
-        http: ctx.http,
-        cost: ctx.cost,
-        sha256: opts.sha256,
-        maxSpan: sink.maxSpan,
-        onWarning: opts.onWarning,
-      }),
-    );
+    const route = new BlockRoute({
+      choice: blocks.path,
+      target,
+      http: ctx.http,
+      cost: ctx.cost,
+      sha256: opts.sha256,
+      maxSpan: sink.maxSpan,
+      hashPoolFor,
+      onWarning: opts.onWarning,
+    });
+    route.prepare(opts.signal ?? new AbortController().signal);
+    list.unshift(route);
   }
-  return { list, probe: choice.probe };
+  await led;
+  return { list, probe: choice.probe, lead };
 }
 
 /** Runs the routes with periodic progress callbacks; network counters include the probes and every route tried. */
@@ -605,7 +665,7 @@ function summary(
     sha256,
     wallMs: Date.now() - started,
     resumedBytes,
-    seedMismatches: routes.list.reduce((n, r) => n + r.seedMismatches, 0),
+    seedMismatches: [...routes.list, ...(routes.lead ? [routes.lead] : [])].reduce((n, r) => n + r.seedMismatches, 0),
   };
 }
 
@@ -647,7 +707,10 @@ export async function extractToFile(
         nullSeed: opts.nullSeed,
         skip: (i) => file.has(i),
       });
-      routes = await chooseRoutes(index, ctx, opts, plan, { whole: true });
+      routes = await chooseRoutes(index, ctx, opts, plan, {
+        whole: true,
+        run: (route) => route.run(file, progress, signal),
+      });
       routes.probe.requests += indexCost.requests;
       routes.probe.bytes += indexCost.bytes;
       const last = await runWithProgress(routes, file, progress, { ...opts, signal }, out);
@@ -656,7 +719,7 @@ export async function extractToFile(
     } catch (err) {
       // Keep what an interrupted run wrote or took over (and say so on the error); a run that failed before writing
       // leaves nothing.
-      if (file.resumed || routes?.list.some((r) => r.wroteAny)) {
+      if (file.resumed || routes?.lead?.wroteAny || routes?.list.some((r) => r.wroteAny)) {
         const kept = await file.keep();
         if (kept && err instanceof Error) Object.defineProperty(err, KEPT, { value: kept });
       } else await file.discard();
@@ -716,6 +779,7 @@ export function openExtractStream(target: ChunkIndex, opts: ExtractStreamOptions
       const routes = await chooseRoutes(target, ctx, sourceOpts, plan, {
         maxSpan: windowBytes / 2,
         whole: start === 0 && end === target.size,
+        run: (route) => route.run(stream, progress, signal),
       });
       const last = await runWithProgress(routes, stream, progress, sourceOpts, opts.rangeUrl ?? 'the update stream');
       await stream.complete;
