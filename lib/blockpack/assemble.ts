@@ -10,12 +10,15 @@
 // not a wrong byte). Without a chunk index (assembleBlocks) every seed block is
 // hashed as it is read.
 //
-// Pack requests are planned once in pack order, which is the order tasks need
-// them (distinct blocks are numbered by first occurrence), and started ahead of
-// the tasks while the frames delivered but not yet used, plus those on their
-// way, stay under a budget (several round trips' worth of the link): the link
-// stays busy while seed blocks are read. Frames are kept as they arrive and
-// decoded, several per zstd call, by the first task that uses them.
+// Pack requests are planned in pack order, which is the order tasks need them
+// (distinct blocks are numbered by first occurrence), and started ahead of the
+// tasks while the frames delivered but not yet used, plus those on their way,
+// stay under a budget (several round trips' worth of the link): the link stays
+// busy while seed blocks are read. The first request carries the pack header
+// and one frame only: it shows whether the server does multi-range before the
+// others are sent (refused, they are planned again as single ranges, which then
+// run side by side). Frames are kept as they arrive and decoded, several per
+// zstd call, by the first task that uses them.
 // Memory: a few tasks of ~2 MiB in flight, and the frame budget.
 import { open, type FileHandle } from 'node:fs/promises';
 import { ChunkIndex } from '../format/caibx.js';
@@ -146,9 +149,10 @@ export class BlockAssembly {
   private dict?: Promise<PackDictionary>;
   private decoder?: FrameDecompressor;
   private headerChecked = false;
-  /** Settles once the first pack answer checked the header (or the first request ended): the others may go. */
-  private readonly headerSeen: Promise<void>;
-  private resolveHeader!: () => void;
+  /** Whether the requests not started yet were planned for multi-range answers. */
+  private plannedMulti = false;
+  /** The first request is done: the server's answers to ranges are known. */
+  private firstDone = false;
   /** Tasks still to use each distinct block from the pack. */
   private readonly uses: Int32Array;
   /** Decoded pack blocks still to be used. */
@@ -200,7 +204,6 @@ export class BlockAssembly {
     this.buffers = new BufferPool((opts.concurrency ?? 4) * TASK_BYTES);
     const { rttMs, bytesPerSec } = this.cost.link;
     this.budget = Math.max(AHEAD_BYTES, Math.round((AHEAD_ROUND_TRIPS * rttMs * bytesPerSec) / 1000));
-    this.headerSeen = new Promise((r) => (this.resolveHeader = r));
     opts.signal?.addEventListener('abort', () => this.ctl.abort(opts.signal!.reason), { once: true });
     if (opts.signal?.aborted) this.ctl.abort(opts.signal.reason);
   }
@@ -278,21 +281,42 @@ export class BlockAssembly {
     return out;
   }
 
-  /** The pack requests for every frame a task needs, planned once in pack order. */
+  /** The pack requests for every frame a task needs, in pack order: the first frame alone, then the rest. */
   private planRequests(tasks: Task[]): void {
     const frames = new Set<number>();
     for (const t of tasks) for (const d of t.fromPack) frames.add(frameOf(this.index, d));
     const sorted = [...frames].sort((a, b) => a - b);
-    const reqs = planPackRequests(this.index, sorted, {
+    this.requests = sorted.length > 0 ? [this.request(sorted.slice(0, 1)), ...this.group(sorted.slice(1))] : [];
+    for (const r of this.requests) for (const f of r.frames) this.requestOf.set(f, r);
+  }
+
+  /** Frames (ascending) grouped into the requests the cost model plans for them, for the server as known now. */
+  private group(frames: readonly number[]): PackRequest[] {
+    this.plannedMulti = this.state.multi;
+    const reqs = planPackRequests(this.index, frames, {
       multi: this.state.multi,
       cost: this.cost,
       parallelism: this.opts.concurrency ?? 4,
     });
-    this.requests = reqs.map((r) => {
-      const frames = framesOf(r);
-      return { frames, bytes: frames.reduce((n, f) => n + this.storedLength(f), 0) };
-    });
-    for (const r of this.requests) for (const f of r.frames) this.requestOf.set(f, r);
+    return reqs.map((r) => this.request(framesOf(r)));
+  }
+
+  private request(frames: number[]): PackRequest {
+    return { frames, bytes: frames.reduce((n, f) => n + this.storedLength(f), 0) };
+  }
+
+  /** The server turned out to refuse multi-range: the requests not started yet become single-range requests. */
+  private replan(): void {
+    const out: PackRequest[] = [];
+    for (const r of this.requests) {
+      if (r.started) out.push(r);
+      else out.push(...this.group(r.frames));
+    }
+    this.plannedMulti = false;
+    this.requests = out;
+    for (const r of out) for (const f of r.frames) this.requestOf.set(f, r);
+    this.nextRequest = out.findIndex((r) => !r.started);
+    if (this.nextRequest < 0) this.nextRequest = out.length;
   }
 
   private async runTasks(tasks: Task[]): Promise<void> {
@@ -571,13 +595,18 @@ export class BlockAssembly {
   /** Waits until the frames of the given distinct blocks have arrived, starting the requests that carry them. */
   private async awaitBlocks(ds: readonly number[], k: number): Promise<void> {
     const waits: Promise<void>[] = [];
-    for (const f of this.framesMissing(ds)) {
-      if (this.stored.has(f)) continue;
-      waits.push(this.arrived(f));
-      const req = this.requestOf.get(f)!;
-      req.started ??= this.startRequest(req);
-    }
-    this.pump();
+    const frames = this.framesMissing(ds).filter((f) => !this.stored.has(f));
+    for (const f of frames) waits.push(this.arrived(f));
+    // After the first answer (the requests may have been planned again by then).
+    const demand = (): void => {
+      for (const f of frames) {
+        const req = this.requestOf.get(f)!;
+        req.started ??= this.startRequest(req);
+      }
+      this.pump();
+    };
+    if (this.firstDone) demand();
+    else if (frames.length > 0) this.startFirst().then(demand, () => {});
     if (waits.length === 0) return;
     this.waiting.add(k);
     this.wake();
@@ -614,6 +643,10 @@ export class BlockAssembly {
    * stay within the budget; the requests after the first wait until its answer showed the pack is served.
    */
   private pump(): void {
+    if (!this.firstDone) {
+      if (this.requests.length > 0) void this.startFirst().catch(() => {});
+      return;
+    }
     while (this.nextRequest < this.requests.length && !this.ctl.signal.aborted) {
       const req = this.requests[this.nextRequest];
       if (!req.started) {
@@ -625,17 +658,28 @@ export class BlockAssembly {
     }
   }
 
-  private startRequest(req: PackRequest): Promise<void> {
+  /** The first request, started once; the others follow when it is done. */
+  private startFirst(): Promise<void> {
     const first = this.requests[0];
+    if (!first.started) {
+      first.started = this.startRequest(first);
+      first.started.then(
+        () => {
+          this.firstDone = true;
+          if (this.plannedMulti && !this.state.multi) this.replan();
+          this.pump();
+        },
+        () => {},
+      );
+    }
+    return first.started;
+  }
+
+  private startRequest(req: PackRequest): Promise<void> {
     this.inFlight += req.bytes;
     const p = (async () => {
-      if (req !== first) {
-        first.started ??= this.startRequest(first);
-        await this.headerSeen;
-      }
       await this.fetchFrames(req, req.frames, this.stored);
     })();
-    if (req === first) p.finally(() => this.resolveHeader()).catch(() => {});
     p.catch((err) => this.fail(err));
     return p;
   }
@@ -678,7 +722,6 @@ export class BlockAssembly {
         if (u === 0) {
           checkPackHeader(data, index, opts.packUrl);
           this.headerChecked = true;
-          this.resolveHeader();
           return undefined;
         }
         const f = u - 1;
@@ -830,11 +873,7 @@ export class BlockAssembly {
     const got = new Map<number, Buffer>();
     const wanted = new Set(ds);
     let frames = [...new Set(ds.map((d) => frameOf(this.index, d)))].sort((a, b) => a - b);
-    const first = this.requests[0];
-    if (first) {
-      first.started ??= this.startRequest(first);
-      await first.started;
-    }
+    if (this.requests.length > 0) await this.startFirst();
     for (let attempt = 0; ; attempt++) {
       const stored = new Map<number, Buffer>();
       await this.fetchFrames(undefined, frames, stored);
