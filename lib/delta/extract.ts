@@ -537,10 +537,9 @@ function leadEnd(plan: Plan, maxBytes: number): number {
   return end;
 }
 
-/** What the caller's sink does: its largest span, whether it takes the whole target, and how to run a route into it. */
+/** What the caller's sink does: its largest span and how to run a route into it. */
 interface RouteSink {
   maxSpan?: number;
-  whole: boolean;
   run: (route: Route) => Promise<void>;
 }
 
@@ -555,8 +554,9 @@ async function chooseRoutes(
   opts: AssembleOptions,
   plan: Plan,
   sink: RouteSink,
+  /** The block path's probe (whole targets only), started before the chunk plan. */
+  pending: PendingBlockPath | null,
 ): Promise<Routes> {
-  const pending = sink.whole ? startBlockPath(ctx, opts) : null;
   const choice = await chooseRemote(plan, ctx, opts).catch(async (err: unknown) => {
     await pending?.result;
     throw err;
@@ -582,6 +582,9 @@ async function chooseRoutes(
   const leadTo = pending && (await pending.found) ? leadEnd(plan, leadBytes) : plan.firstChunk;
   const lead = leadTo > plan.firstChunk ? chunkRoute(leadTo) : undefined;
   const led = lead ? sink.run(lead) : Promise.resolve();
+  led.then(
+    () => trace('lead done'),
+    () => {},
   led.catch(() => {});
   const blocks = await blockPathFor(target, ctx, opts, choice, pending).catch(async (err: unknown) => {
     await led.catch(() => {});
@@ -697,6 +700,7 @@ export async function extractToFile(
     const { file } = await PartialFile.open(out, index, opts.resume !== false);
     let routes: Routes | undefined;
     try {
+      const pending = startBlockPath(ctx, opts);
       const progress = newProgress(index.size);
       const resumeHash = file.resumed ? hashPoolFor(index.size) : undefined;
       const resumedBytes = await verifyResumed(file, index, resumeHash, signal).finally(() => resumeHash?.close());
@@ -707,10 +711,14 @@ export async function extractToFile(
         nullSeed: opts.nullSeed,
         skip: (i) => file.has(i),
       });
-      routes = await chooseRoutes(index, ctx, opts, plan, {
-        whole: true,
-        run: (route) => route.run(file, progress, signal),
-      });
+      routes = await chooseRoutes(
+        index,
+        ctx,
+        opts,
+        plan,
+        { run: (route) => route.run(file, progress, signal) },
+        pending,
+      );
       routes.probe.requests += indexCost.requests;
       routes.probe.bytes += indexCost.bytes;
       const last = await runWithProgress(routes, file, progress, { ...opts, signal }, out);
@@ -767,6 +775,8 @@ export function openExtractStream(target: ChunkIndex, opts: ExtractStreamOptions
     const sourceOpts = { ...opts, signal };
     const ctx = await openContext(target, sourceOpts);
     try {
+      // The block route is priced for whole images only.
+      const pending = start === 0 && end === target.size ? startBlockPath(ctx, sourceOpts) : null;
       const firstChunk = start < end ? target.chunkAt(start) : 0;
       const endChunk = start < end ? target.chunkAt(end - 1) + 1 : 0;
       const plan = planChunks(target, ctx.seeds, {
@@ -775,12 +785,8 @@ export function openExtractStream(target: ChunkIndex, opts: ExtractStreamOptions
         selfSeed: opts.selfSeed,
         nullSeed: opts.nullSeed,
       });
-      // The block route is priced for whole images only.
-      const routes = await chooseRoutes(target, ctx, sourceOpts, plan, {
-        maxSpan: windowBytes / 2,
-        whole: start === 0 && end === target.size,
-        run: (route) => route.run(stream, progress, signal),
-      });
+      const run = (route: Route): Promise<void> => route.run(stream, progress, signal);
+      const routes = await chooseRoutes(target, ctx, sourceOpts, plan, { maxSpan: windowBytes / 2, run }, pending);
       const last = await runWithProgress(routes, stream, progress, sourceOpts, opts.rangeUrl ?? 'the update stream');
       await stream.complete;
       return summary(progress, routes, last, started, 0, stream.sha256);
