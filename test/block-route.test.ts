@@ -141,18 +141,47 @@ function firstBytes(stream: NodeJS.ReadableStream, bytes: number): Promise<Buffe
 test('seeds first: the first chunks go out while the block index is still on its way', async () => {
   const { http, source } = setup();
   try {
-    // The block index answers 200 and then stops after 1000 bytes: the block route cannot plan, the first chunks
-    // still come.
-    origin.fault({ kind: 'stall', path: '/v2.img.bpidx', afterBytes: 1000, stallMs: 60_000, times: Infinity });
+    // The block index (after its one-byte probe) answers 200 and then stops after 1000 bytes: the block route
+    // cannot plan, the first chunks still come.
+    origin.fault({ kind: 'stall', path: '/v2.img.bpidx', skip: 1, afterBytes: 1000, stallMs: 60_000, times: Infinity });
     const stream = openExtractStream(v2Index, { ...source, sha256: sha });
     const prefix = await firstBytes(stream, 64 * 1024);
     assert.ok(prefix.equals(v2.subarray(0, prefix.length)), `the first ${prefix.length} bytes are the target's`);
     const index = origin.log.filter((e) => e.path === '/v2.img.bpidx');
-    assert.equal(index.length, 1, 'the block index is still on its way (not retried)');
-    assert.ok(index[0].fault === 'stall' && index[0].bytes === 1000);
+    assert.equal(index.length, 2, 'the probe, and the block index still on its way (not retried)');
+    assert.ok(index[0].status === 206 && index[1].fault === 'stall' && index[1].bytes === 1000);
     assert.equal(origin.stats('/v2.img.bpk').requests, 0, 'no pack request: the block route has not started');
     stream.destroy();
     await assert.rejects(stream.result);
+  } finally {
+    await http.close();
+  }
+});
+
+test('seeds first on a slow link: the block index body waits until the first chunks are fetched', async () => {
+  const { http, source } = setup();
+  try {
+    // Priced as 0.8 Mbit/s: the block index (~55 KB here) takes longer than is worth holding up the lead's first
+    // chunks for; their answer takes 400 ms.
+    const link = { rttMs: 40, bytesPerSec: 100_000 };
+    origin.fault({ kind: 'delay', path: '/v2.img', rangedOnly: true, delayMs: 400 });
+    const isLead = (e: (typeof origin.log)[number]): boolean => e.path === '/v2.img' && e.fault === 'delay';
+    const isBody = (e: (typeof origin.log)[number]): boolean => e.path === '/v2.img.bpidx' && e.range === undefined;
+    let leadAnsweredFirst: boolean | undefined;
+    const poll = setInterval(() => {
+      if (leadAnsweredFirst === undefined && origin.log.some(isBody))
+        leadAnsweredFirst = (origin.log.find(isLead)?.status ?? 0) !== 0;
+    }, 2);
+    try {
+      const stream = openExtractStream(v2Index, { ...source, link, sha256: sha });
+      const parts: Buffer[] = [];
+      for await (const part of stream) parts.push(part as Buffer);
+      assert.equal((await stream.result).mode, 'blocks');
+      assert.ok(Buffer.concat(parts).equals(v2));
+    } finally {
+      clearInterval(poll);
+    }
+    assert.equal(leadAnsweredFirst, true, 'the first chunks were answered before the block index body was asked for');
   } finally {
     await http.close();
   }

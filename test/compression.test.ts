@@ -115,7 +115,10 @@ test('FrameCompressor: overlapping calls give one-shot frames, in order, that Fr
     // to its length, fails the whole call (what it decodes to is for the block hashes to check).
     const lengths = frames.map((f) => f.length);
     const many = decompressor.decompressMany(stored, lengths);
-    assert.ok(many && many.every((c, i) => c.equals(frames[i])), 'decoded together, every frame restored');
+    assert.ok(
+      many?.every((c, i) => c.equals(frames[i])),
+      'decoded together, every frame restored',
+    );
     const corrupt = stored.map((b) => Buffer.from(b));
     corrupt[7][corrupt[7].length >> 1] ^= 0xff;
     assert.equal(decompressor.decompressMany(corrupt, lengths), undefined, 'a corrupt frame');

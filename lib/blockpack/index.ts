@@ -4,6 +4,7 @@
 // publisher side, pack an image.
 import { ChecksumMismatchError, IndexFormatError, OriginError, PackError, RangeUnsupportedError } from '../errors.js';
 import type { HttpClient } from '../fetch/http-client.js';
+import { parseContentRange } from '../fetch/multipart.js';
 import { defaultCostModel, type CostModel } from '../plan/cost.js';
 import { parseBlockIndex, type BlockIndex } from './format.js';
 import { costOf, planBlocks, type BlockCost, type BlockPlan } from './plan.js';
@@ -48,18 +49,28 @@ export function blockPackUrls(imageUrl: string): { indexUrl: string; packUrl: st
 
 /**
  * Fetches the release's block index; null when the release has no pack (404), so the chunk path is used.
- * `onFound` is called as soon as the answer says there is one (before its body).
+ * A one-byte range goes first: whether there is an index, and its size, are known before its body takes the
+ * link. `onFound(size)` is called then; the body is asked for once the promise it returns settles (on a slow
+ * link a big body queued first would hold up everything behind it on the connection).
  */
 export async function probeBlockPack(
   http: HttpClient,
   imageUrl: string,
   signal?: AbortSignal,
-  onFound?: () => void,
+  onFound?: (indexBytes: number) => Promise<void> | void,
 ): Promise<BlockPackProbe | null> {
   const urls = blockPackUrls(imageUrl);
-  const res = await http.getBuffer(urls.indexUrl, { maxBytes: MAX_INDEX_FETCH, signal, onOk: onFound });
+  const get = (headers?: Record<string, string>) =>
+    http.getBuffer(urls.indexUrl, { maxBytes: MAX_INDEX_FETCH, signal, headers });
+  const first = await get({ range: 'bytes=0-0' });
+  if (first.status !== 200 && first.status !== 206) return null;
+  // 206: the size from Content-Range; 200: a server that ignores ranges sent the whole index.
+  const total = first.status === 206 ? parseContentRange(first.headers['content-range'] as string)?.total : undefined;
+  await onFound?.(total ?? first.body.length);
+  const res = first.status === 200 ? first : await get();
   if (res.status !== 200) return null;
-  return { index: parseBlockIndex(res.body, urls.indexUrl), indexBytes: res.body.length, ...urls };
+  const indexBytes = res.body.length + (res === first ? 0 : first.body.length);
+  return { index: parseBlockIndex(res.body, urls.indexUrl), indexBytes, ...urls };
 }
 
 /** Indexes the seeds per block (cached) and plans the target against them. */
@@ -93,8 +104,8 @@ export interface BlockPathOptions {
   /** Whether the origin does multi-range (undefined: not probed, assume yes). */
   multi?: boolean;
   cost?: CostModel;
-  /** Called once the release turns out to have a block index, before it is downloaded. */
-  onFound?: () => void;
+  /** Called once the release turns out to have a block index (with its size); its body waits for the promise. */
+  onFound?: (indexBytes: number) => Promise<void> | void;
   signal?: AbortSignal;
 }
 

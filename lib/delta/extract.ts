@@ -418,25 +418,40 @@ interface PendingBlockPath {
   result: Promise<{ path: BlockPathChoice | null } | { error: unknown }>;
   /** True as soon as the release turns out to have a block index (before it is downloaded), else false. */
   found: Promise<boolean>;
+  /** Lets the block index body go (see startBlockPath); must be called once the lead is done or not run. */
+  release(): void;
 }
 
+/** A block index that takes longer than this on the link waits for the lead's first chunks. */
+const SLOW_INDEX_MS = 250;
+
+/**
+ * Starts the block path's probe. On a slow link the block index body (1.3 MB for a 600 MB image: 2 s at
+ * 5 Mbit/s) waits until the lead has fetched the image's first chunks: queued first on the connection, it would
+ * hold them up.
+ */
 function startBlockPath(ctx: Context, opts: AssembleOptions): PendingBlockPath | null {
   if (!opts.rangeUrl || opts.blockPack === false) return null;
   let onFound!: () => void;
   const found = new Promise<boolean>((resolve) => (onFound = () => resolve(true)));
+  let release!: () => void;
+  const released = new Promise<void>((resolve) => (release = resolve));
   const result = costBlockPath({
     http: ctx.http,
     imageUrl: opts.rangeUrl,
     seeds: ctx.seeds.map((s) => s.path),
     cacheDir: opts.cacheDir,
     cost: ctx.cost,
-    onFound,
+    onFound: (bytes) => {
+      onFound();
+      return (bytes / ctx.cost.link.bytesPerSec) * 1000 > SLOW_INDEX_MS ? released : undefined;
+    },
     signal: opts.signal,
   }).then(
     (path) => ({ path }),
     (error: unknown) => ({ error }),
   );
-  return { result, found: Promise.race([found, result.then(() => false)]) };
+  return { result, found: Promise.race([found, result.then(() => false)]), release };
 }
 
 /**
@@ -480,6 +495,7 @@ export async function planUpdate(target: string | ChunkIndex, opts: SourceOption
   try {
     const plan = planChunks(index, ctx.seeds, { selfSeed: opts.selfSeed, nullSeed: opts.nullSeed });
     const pending = startBlockPath(ctx, opts);
+    pending?.release();
     const choice = await chooseRemote(plan, ctx, opts, true);
     const blocks = await blockPathFor(index, ctx, opts, choice, pending);
     const t = plan.totals;
@@ -558,6 +574,7 @@ async function chooseRoutes(
   pending: PendingBlockPath | null,
 ): Promise<Routes> {
   const choice = await chooseRemote(plan, ctx, opts).catch(async (err: unknown) => {
+    pending?.release();
     await pending?.result;
     throw err;
   });
@@ -582,6 +599,7 @@ async function chooseRoutes(
   const leadTo = pending && (await pending.found) ? leadEnd(plan, leadBytes) : plan.firstChunk;
   const lead = leadTo > plan.firstChunk ? chunkRoute(leadTo) : undefined;
   const led = lead ? sink.run(lead) : Promise.resolve();
+  void led.finally(() => pending?.release()).catch(() => {});
   led.then(
     () => trace('lead done'),
     () => {},
@@ -699,8 +717,9 @@ export async function extractToFile(
   try {
     const { file } = await PartialFile.open(out, index, opts.resume !== false);
     let routes: Routes | undefined;
+    let pending: PendingBlockPath | null = null;
     try {
-      const pending = startBlockPath(ctx, opts);
+      pending = startBlockPath(ctx, opts);
       const progress = newProgress(index.size);
       const resumeHash = file.resumed ? hashPoolFor(index.size) : undefined;
       const resumedBytes = await verifyResumed(file, index, resumeHash, signal).finally(() => resumeHash?.close());
@@ -725,6 +744,7 @@ export async function extractToFile(
       const sha256 = await file.commit(opts.fileMode ?? 0o644, opts.sha256);
       return summary(progress, routes, last, started, resumedBytes, sha256);
     } catch (err) {
+      pending?.release();
       // Keep what an interrupted run wrote or took over (and say so on the error); a run that failed before writing
       // leaves nothing.
       if (file.resumed || routes?.lead?.wroteAny || routes?.list.some((r) => r.wroteAny)) {

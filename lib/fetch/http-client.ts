@@ -240,11 +240,10 @@ export class HttpClient {
   /**
    * GET a whole (small) resource into memory, with retries. Returns the status
    * for 2xx and 404; other statuses throw. Bodies over maxBytes are refused.
-   * `onOk` is called when a 2xx answer's headers arrive, before its body.
    */
   async getBuffer(
     url: string,
-    opts: RequestOptions & { maxBytes?: number; onOk?: () => void } = {},
+    opts: RequestOptions & { maxBytes?: number } = {},
   ): Promise<{ status: number; headers: Dispatcher.ResponseData['headers']; body: Buffer; url: string }> {
     const maxBytes = opts.maxBytes ?? 64 * 1024 * 1024;
     return this.withRetry(async () => {
@@ -265,7 +264,6 @@ export class HttpClient {
         res.body.destroy();
         throw new BodyTooLargeError(`GET ${url}: ${declared} bytes exceeds the ${maxBytes}-byte limit`, maxBytes);
       }
-      opts.onOk?.();
       const raw = await this.readBody(res.body, maxBytes, url);
       if (!Number.isNaN(declared) && raw.length !== declared) {
         throw new OriginError(`GET ${url}: truncated body (${raw.length} of ${declared} bytes)`, { transient: true });
