@@ -600,9 +600,6 @@ async function chooseRoutes(
   const lead = leadTo > plan.firstChunk ? chunkRoute(leadTo) : undefined;
   const led = lead ? sink.run(lead) : Promise.resolve();
   void led.finally(() => pending?.release()).catch(() => {});
-  led.then(
-    () => trace('lead done'),
-    () => {},
   led.catch(() => {});
   const blocks = await blockPathFor(target, ctx, opts, choice, pending).catch(async (err: unknown) => {
     await led.catch(() => {});
