@@ -148,8 +148,12 @@ test('seeds first: the first chunks go out while the block index is still on its
     const prefix = await firstBytes(stream, 64 * 1024);
     assert.ok(prefix.equals(v2.subarray(0, prefix.length)), `the first ${prefix.length} bytes are the target's`);
     const index = origin.log.filter((e) => e.path === '/v2.img.bpidx');
-    assert.equal(index.length, 2, 'the probe, and the block index still on its way (not retried)');
-    assert.ok(index[0].status === 206 && index[1].fault === 'stall' && index[1].bytes === 1000);
+    // The one-byte probe, then (once the first missing chunks are in) the body, still on its way and not retried.
+    assert.ok(index.length <= 2 && index[0].status === 206, 'the probe answered');
+    assert.ok(
+      index.slice(1).every((e) => e.fault === 'stall'),
+      'no block index body got through',
+    );
     assert.equal(origin.stats('/v2.img.bpk').requests, 0, 'no pack request: the block route has not started');
     stream.destroy();
     await assert.rejects(stream.result);
@@ -158,12 +162,10 @@ test('seeds first: the first chunks go out while the block index is still on its
   }
 });
 
-test('seeds first on a slow link: the block index body waits until the first chunks are fetched', async () => {
+test('seeds first: the block index body waits until the first missing chunks are fetched', async () => {
   const { http, source } = setup();
   try {
-    // Priced as 0.8 Mbit/s: the block index (~55 KB here) takes longer than is worth holding up the lead's first
-    // chunks for; their answer takes 400 ms.
-    const link = { rttMs: 40, bytesPerSec: 100_000 };
+    // Queued first on a slow link, the block index would hold up the lead's first chunks (here answered in 400 ms).
     origin.fault({ kind: 'delay', path: '/v2.img', rangedOnly: true, delayMs: 400 });
     const isLead = (e: (typeof origin.log)[number]): boolean => e.path === '/v2.img' && e.fault === 'delay';
     const isBody = (e: (typeof origin.log)[number]): boolean => e.path === '/v2.img.bpidx' && e.range === undefined;
@@ -173,7 +175,7 @@ test('seeds first on a slow link: the block index body waits until the first chu
         leadAnsweredFirst = (origin.log.find(isLead)?.status ?? 0) !== 0;
     }, 2);
     try {
-      const stream = openExtractStream(v2Index, { ...source, link, sha256: sha });
+      const stream = openExtractStream(v2Index, { ...source, sha256: sha });
       const parts: Buffer[] = [];
       for await (const part of stream) parts.push(part as Buffer);
       assert.equal((await stream.result).mode, 'blocks');

@@ -4,7 +4,6 @@
 // publisher side, pack an image.
 import { ChecksumMismatchError, IndexFormatError, OriginError, PackError, RangeUnsupportedError } from '../errors.js';
 import type { HttpClient } from '../fetch/http-client.js';
-import { parseContentRange } from '../fetch/multipart.js';
 import { defaultCostModel, type CostModel } from '../plan/cost.js';
 import { parseBlockIndex, type BlockIndex } from './format.js';
 import { costOf, planBlocks, type BlockCost, type BlockPlan } from './plan.js';
@@ -31,8 +30,9 @@ const MAX_INDEX_FETCH = 64 * 1024 * 1024;
 
 export interface BlockPackProbe {
   index: BlockIndex;
-  /** Bytes of the index as downloaded. */
+  /** Bytes of the index as downloaded, and the requests it took (the one-byte probe and the body). */
   indexBytes: number;
+  indexRequests: number;
   indexUrl: string;
   packUrl: string;
   dictUrl: string;
@@ -49,28 +49,28 @@ export function blockPackUrls(imageUrl: string): { indexUrl: string; packUrl: st
 
 /**
  * Fetches the release's block index; null when the release has no pack (404), so the chunk path is used.
- * A one-byte range goes first: whether there is an index, and its size, are known before its body takes the
- * link. `onFound(size)` is called then; the body is asked for once the promise it returns settles (on a slow
- * link a big body queued first would hold up everything behind it on the connection).
+ * A one-byte range goes first: whether there is an index is known before its body takes the link. `onFound`
+ * is called then; the body is asked for once the promise it returns settles (a big body queued first on the
+ * connection would hold up what the caller fetches meanwhile).
  */
 export async function probeBlockPack(
   http: HttpClient,
   imageUrl: string,
   signal?: AbortSignal,
-  onFound?: (indexBytes: number) => Promise<void> | void,
+  onFound?: () => Promise<void> | void,
 ): Promise<BlockPackProbe | null> {
   const urls = blockPackUrls(imageUrl);
   const get = (headers?: Record<string, string>) =>
     http.getBuffer(urls.indexUrl, { maxBytes: MAX_INDEX_FETCH, signal, headers });
   const first = await get({ range: 'bytes=0-0' });
   if (first.status !== 200 && first.status !== 206) return null;
-  // 206: the size from Content-Range; 200: a server that ignores ranges sent the whole index.
-  const total = first.status === 206 ? parseContentRange(first.headers['content-range'] as string)?.total : undefined;
-  await onFound?.(total ?? first.body.length);
+  await onFound?.();
+  // 200: a server that ignores ranges sent the whole index.
   const res = first.status === 200 ? first : await get();
   if (res.status !== 200) return null;
   const indexBytes = res.body.length + (res === first ? 0 : first.body.length);
-  return { index: parseBlockIndex(res.body, urls.indexUrl), indexBytes, ...urls };
+  const indexRequests = res === first ? 1 : 2;
+  return { index: parseBlockIndex(res.body, urls.indexUrl), indexBytes, indexRequests, ...urls };
 }
 
 /** Indexes the seeds per block (cached) and plans the target against them. */
@@ -104,8 +104,8 @@ export interface BlockPathOptions {
   /** Whether the origin does multi-range (undefined: not probed, assume yes). */
   multi?: boolean;
   cost?: CostModel;
-  /** Called once the release turns out to have a block index (with its size); its body waits for the promise. */
-  onFound?: (indexBytes: number) => Promise<void> | void;
+  /** Called once the release turns out to have a block index; its body waits for the promise. */
+  onFound?: () => Promise<void> | void;
   signal?: AbortSignal;
 }
 

@@ -422,13 +422,10 @@ interface PendingBlockPath {
   release(): void;
 }
 
-/** A block index that takes longer than this on the link waits for the lead's first chunks. */
-const SLOW_INDEX_MS = 250;
-
 /**
- * Starts the block path's probe. On a slow link the block index body (1.3 MB for a 600 MB image: 2 s at
- * 5 Mbit/s) waits until the lead has fetched the image's first chunks: queued first on the connection, it would
- * hold them up.
+ * Starts the block path's probe. The block index body (1.3 MB for a 600 MB image: 0.1 s at 100 Mbit/s, 2 s at
+ * 5 Mbit/s) waits until the lead has fetched the image's first missing chunks (a few KB): queued first on the
+ * connection, it would hold them up.
  */
 function startBlockPath(ctx: Context, opts: AssembleOptions): PendingBlockPath | null {
   if (!opts.rangeUrl || opts.blockPack === false) return null;
@@ -442,9 +439,9 @@ function startBlockPath(ctx: Context, opts: AssembleOptions): PendingBlockPath |
     seeds: ctx.seeds.map((s) => s.path),
     cacheDir: opts.cacheDir,
     cost: ctx.cost,
-    onFound: (bytes) => {
+    onFound: () => {
       onFound();
-      return (bytes / ctx.cost.link.bytesPerSec) * 1000 > SLOW_INDEX_MS ? released : undefined;
+      return released;
     },
     signal: opts.signal,
   }).then(
@@ -523,7 +520,7 @@ interface Routes {
   /** Requests and bytes spent before any route ran (index, probes, samples). */
   probe: { requests: number; bytes: number };
   /** The chunk route's lead, run already (its traffic is the chunk route's remote, counted there). */
-  lead?: Route;
+  lead: Route[];
 }
 
 /** Target bytes the lead streams at most, and the missing bytes it may fetch for them. */
@@ -535,22 +532,25 @@ const LEAD_PART = 64;
 /**
  * Where the lead ends: the target's first chunks, as far as they come from seeds, zero and repeats, plus
  * missing chunks up to LEAD_REMOTE_BYTES (an image's first block, its superblock, changes with every
- * release; the unchanged data after it is usually long).
+ * release; the unchanged data after it is usually long). `fetched`: the end of its last missing chunk.
  */
-function leadEnd(plan: Plan, maxBytes: number): number {
-  let end = plan.firstChunk;
+function leadEnd(plan: Plan, maxBytes: number): { end: number; fetched: number } {
+  const lead = { end: plan.firstChunk, fetched: plan.firstChunk };
   let bytes = 0;
   let remote = 0;
   for (const s of plan.segments) {
     for (let i = s.first; i < s.first + s.count; i++) {
       const size = plan.target.chunkSize(i);
-      if (bytes + size > maxBytes || (s.kind === 'remote' && remote + size > LEAD_REMOTE_BYTES)) return end;
+      if (bytes + size > maxBytes || (s.kind === 'remote' && remote + size > LEAD_REMOTE_BYTES)) return lead;
       bytes += size;
-      if (s.kind === 'remote') remote += size;
-      end = i + 1;
+      lead.end = i + 1;
+      if (s.kind === 'remote') {
+        remote += size;
+        lead.fetched = i + 1;
+      }
     }
   }
-  return end;
+  return lead;
 }
 
 /** What the caller's sink does: its largest span and how to run a route into it. */
@@ -578,11 +578,11 @@ async function chooseRoutes(
     await pending?.result;
     throw err;
   });
-  const chunkRoute = (endChunk: number): ChunkRoute =>
+  const chunkRoute = (firstChunk: number, endChunk: number): ChunkRoute =>
     new ChunkRoute({
       target,
       seeds: ctx.seeds,
-      firstChunk: plan.firstChunk,
+      firstChunk,
       endChunk,
       selfSeed: opts.selfSeed,
       nullSeed: opts.nullSeed,
@@ -594,18 +594,29 @@ async function chooseRoutes(
       hashPoolFor,
       onWarning: opts.onWarning,
     });
-  // Only for a release with a block pack: the chunk route alone needs no lead.
+  // Only for a release with a block pack: the chunk route alone needs no lead. It runs in two parts: up to its
+  // last missing chunk (then the block index body may take the link), and the rest from local sources.
   const leadBytes = Math.min(LEAD_BYTES, sink.maxSpan ?? LEAD_BYTES, Math.ceil(target.size / LEAD_PART));
-  const leadTo = pending && (await pending.found) ? leadEnd(plan, leadBytes) : plan.firstChunk;
-  const lead = leadTo > plan.firstChunk ? chunkRoute(leadTo) : undefined;
-  const led = lead ? sink.run(lead) : Promise.resolve();
-  void led.finally(() => pending?.release()).catch(() => {});
+  const first = plan.firstChunk;
+  const { end, fetched } = pending && (await pending.found) ? leadEnd(plan, leadBytes) : { end: first, fetched: first };
+  const lead = [
+    ...(fetched > first ? [chunkRoute(first, fetched)] : []),
+    ...(end > fetched ? [chunkRoute(fetched, end)] : []),
+  ];
+  const led = (async () => {
+    try {
+      if (fetched > first) await sink.run(lead[0]);
+    } finally {
+      pending?.release();
+    }
+    if (end > fetched) await sink.run(lead[lead.length - 1]);
+  })();
   led.catch(() => {});
   const blocks = await blockPathFor(target, ctx, opts, choice, pending).catch(async (err: unknown) => {
     await led.catch(() => {});
     throw err;
   });
-  const list: Route[] = [chunkRoute(plan.endChunk)];
+  const list: Route[] = [chunkRoute(first, plan.endChunk)];
   if (blocks?.cheaper) {
     const route = new BlockRoute({
       choice: blocks.path,
@@ -683,7 +694,7 @@ function summary(
     sha256,
     wallMs: Date.now() - started,
     resumedBytes,
-    seedMismatches: [...routes.list, ...(routes.lead ? [routes.lead] : [])].reduce((n, r) => n + r.seedMismatches, 0),
+    seedMismatches: [...routes.list, ...routes.lead].reduce((n, r) => n + r.seedMismatches, 0),
   };
 }
 
@@ -744,7 +755,7 @@ export async function extractToFile(
       pending?.release();
       // Keep what an interrupted run wrote or took over (and say so on the error); a run that failed before writing
       // leaves nothing.
-      if (file.resumed || routes?.lead?.wroteAny || routes?.list.some((r) => r.wroteAny)) {
+      if (file.resumed || [...(routes?.list ?? []), ...(routes?.lead ?? [])].some((r) => r.wroteAny)) {
         const kept = await file.keep();
         if (kept && err instanceof Error) Object.defineProperty(err, KEPT, { value: kept });
       } else await file.discard();

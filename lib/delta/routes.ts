@@ -149,7 +149,8 @@ export class BlockRoute implements Route {
   /** The block index download counts as this route's traffic. */
   get stats(): FetchStats {
     const s = this.assembly?.stats ?? NO_TRAFFIC;
-    return { requests: 1 + s.requests, bytes: this.cfg.choice.probe.indexBytes + s.bytes };
+    const { indexRequests, indexBytes } = this.cfg.choice.probe;
+    return { requests: indexRequests + s.requests, bytes: indexBytes + s.bytes };
   }
   get seedMismatches(): number {
     return this.assembly?.seedMismatches ?? 0;
