@@ -81,7 +81,7 @@ export interface BlockRouteOptions {
 /** Target bytes per task: enough for sequential seed reads, small enough to bound memory. */
 const TASK_BYTES = 2 * 1024 * 1024;
 /** Stored frame bytes delivered ahead of their first task or on their way, at least (see frameBudget). */
-const AHEAD_BYTES = 8 * 1024 * 1024;
+const AHEAD_BYTES = 6 * 1024 * 1024;
 /** Round trips of the link the frame budget covers at least. */
 const AHEAD_ROUND_TRIPS = 4;
 /** Uncompressed bytes decoded in one zstd call at most. */
