@@ -72,7 +72,7 @@ export interface BlockRouteOptions {
   /** Largest target span of one task (the stream's window); default 2 MiB. */
   maxSpan?: number;
   retry?: RetryPolicy;
-  /** Hashing threads for the chunk checks (every other task is hashed on this thread). */
+  /** Hashing threads for the chunk checks (this thread has the decoding, seed reads and the stream's digest). */
   hashPool?: EncoderPool;
   onWarning?: (message: string) => void;
   signal?: AbortSignal;
@@ -182,7 +182,6 @@ export class BlockAssembly {
   /** Tasks (by number) waiting for frames, and the oldest task not done. */
   private readonly waiting = new Set<number>();
   private oldest = 0;
-  private inlineTurn = false;
   private error: unknown;
 
   constructor(
@@ -434,15 +433,15 @@ export class BlockAssembly {
   }
 
   /**
-   * Hashes the task's chunks, every other task on a hashing thread when there is one (the bytes move there
-   * and back: use the returned buffer); returns the chunks that do not match their ID in the target index.
+   * Hashes the task's chunks, on a hashing thread when there is one (the bytes move there and back: use the
+   * returned buffer); returns the chunks that do not match their ID in the target index.
    */
   private async verify(t: Task, data: Buffer): Promise<{ data: Buffer; bad: number[] }> {
     const { target } = this;
     const ends: number[] = [];
     for (let i = t.first; i < t.first + t.count; i++) ends.push(target.end(i) - t.start);
     const job = { data, ends, compress: ends.map(() => false), digest: target.digest, level: 0 };
-    const pool = this.opts.hashPool && (this.inlineTurn = !this.inlineTurn) ? this.opts.hashPool : undefined;
+    const pool = this.opts.hashPool;
     const hashed = pool ? await pool.run(job) : encodeBatch(job);
     const bad: number[] = [];
     const ids = Buffer.from(hashed.ids.buffer, hashed.ids.byteOffset, hashed.ids.byteLength);
