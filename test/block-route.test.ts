@@ -84,10 +84,12 @@ test('block route streams: a verified prefix goes out while the pack request is 
   const { http, source } = setup();
   try {
     // The pack answer stops after a third of its body and never goes on: only a streaming route gets anywhere.
+    // (The first pack request, the header and one frame, goes through.)
     origin.fault({
       kind: 'stall',
       path: '/v2.img.bpk',
       rangedOnly: true,
+      skip: 1,
       afterBytes: 130 * 1024,
       stallMs: 60_000,
       times: Infinity,
@@ -110,8 +112,8 @@ test('block route streams: a verified prefix goes out while the pack request is 
     assert.ok(prefix.equals(v2.subarray(0, prefix.length)), `the first ${prefix.length} bytes are the target's`);
     const pack = origin.log.filter((e) => e.path === '/v2.img.bpk');
     assert.ok(
-      pack.length >= 1 && pack.every((e) => e.fault === 'stall'),
-      'the only pack answer so far is the stalled one',
+      pack.length >= 2 && pack.slice(1).every((e) => e.fault === 'stall'),
+      'after the first, the only pack answers so far are stalled ones',
     );
     stream.destroy();
     await assert.rejects(stream.result);
@@ -264,6 +266,7 @@ test('block route resumes: an interrupted extract keeps its verified chunks, the
       kind: 'stall',
       path: '/v2.img.bpk',
       rangedOnly: true,
+      skip: 1,
       afterBytes: 130 * 1024,
       stallMs: 20_000,
       times: Infinity,

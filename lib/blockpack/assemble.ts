@@ -726,12 +726,15 @@ export class BlockAssembly {
         const f = u - 1;
         this.framesFetched++;
         if (req) this.inFlight -= data.length;
+        // A frame fetched for one task only (into its own map) is not the planned delivery the others wait for.
         if (into !== this.stored) into.set(f, data);
-        else if (!this.stored.has(f) && this.needed(f)) {
-          this.stored.set(f, data);
-          this.ahead += data.length;
+        else {
+          if (!this.stored.has(f) && this.needed(f)) {
+            this.stored.set(f, data);
+            this.ahead += data.length;
+          }
+          this.arrival.get(f)?.resolve();
         }
-        this.arrival.get(f)?.resolve();
         this.pump();
         return undefined;
       },
