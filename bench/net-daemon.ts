@@ -16,6 +16,7 @@
 //        [--daemon-args '--concurrency 8']   (extra `deltad serve` flags; --ca-file is passed when serve has it)
 //        [--block-pack]   (per link, one more update from an origin that hosts the release's block pack beside
 //                          the image, www/packed/: the daemon's block path)
+//        [--skip full,range]   (leave out the full download or the range-path update per link)
 //   BENCH=/var/tmp/deltad-bench (site shared with bench/daemon.ts: $BENCH/deltad-daemon/<pair>/)
 import { startNginx, type AccessEntry, type Nginx } from './nginx.js';
 import { startRelay, selfCheck, describeCheck, parseRate, type LinkShape, type SelfCheck } from './relay.js';
@@ -40,11 +41,13 @@ const { values } = parseArgs({
     port: { type: 'string', default: '8141' },
     'daemon-args': { type: 'string', default: '' },
     'block-pack': { type: 'boolean', default: false },
+    skip: { type: 'string', default: '' },
   },
 });
 const PORT = Number(values.port);
 const DAEMON_PORT = PORT + 2;
 const MAX_RUN_S = Number(values['max-run-s']);
+const SKIP = new Set(values.skip!.split(',').filter(Boolean));
 const PULL = ['/usr/lib/systemd/systemd-pull', '/lib/systemd/systemd-pull'].find((f) => existsSync(f));
 
 interface LinkSpec {
@@ -183,6 +186,9 @@ interface PullRow {
   note: string;
 }
 
+/** This run's own directory (TLS, nginx, cache, output): runs on other ports may share the site at the same time. */
+const runDir = (site: DaemonSite): string => join(site.work, `net-${PORT}`);
+
 const settle = (): Promise<void> => new Promise((r) => setTimeout(r, 400));
 
 function originSummary(entries: AccessEntry[]) {
@@ -213,7 +219,7 @@ async function fullDownload(
   linkDown: () => number,
 ): Promise<PullRow> {
   const downBefore = linkDown();
-  const out = join(site.work, 'out.erofs');
+  const out = join(runDir(site), 'out.erofs');
   rmSync(out, { force: true });
   const before = nginx.entries().length;
   const pull = [PULL!, 'raw', '--direct', `--verify=${site.sha256}`, '--sync=no', `${base}/os_2.erofs`, out];
@@ -259,7 +265,7 @@ async function viaDaemon(
   cacheDir: string,
   packed = false,
 ): Promise<PullRow> {
-  const out = join(site.work, 'out.erofs');
+  const out = join(runDir(site), 'out.erofs');
   rmSync(out, { force: true });
   const d = startDaemon(site, `${base}/${packed ? 'packed/' : ''}`, cacheDir, ca);
   await d.ready;
@@ -423,7 +429,7 @@ async function main(): Promise<void> {
   const commit = spawnSync('git', ['-C', dirname(CLI), 'rev-parse', '--short', 'HEAD'], {
     encoding: 'utf8',
   }).stdout.trim();
-  const work = join(site.work, 'net');
+  const work = runDir(site);
   const ca = makeTestCa(join(work, 'tls'));
   const nginx = startNginx(join(work, 'nginx'), [
     { port: PORT, root: site.www },
@@ -491,10 +497,14 @@ async function main(): Promise<void> {
     for (const spec of links) {
       await withLink(spec, async (base, port, linkDown) => {
         const caFor = spec.tls ? ca : null;
-        rows.push(await fullDownload(spec, site, p, base, caFor, nginx, port, linkDown));
-        log(rows.at(-1));
-        rows.push(await viaDaemon(spec, site, base, caFor, nginx, port, cacheDir));
-        log(rows.at(-1));
+        if (!SKIP.has('full')) {
+          rows.push(await fullDownload(spec, site, p, base, caFor, nginx, port, linkDown));
+          log(rows.at(-1));
+        }
+        if (!SKIP.has('range')) {
+          rows.push(await viaDaemon(spec, site, base, caFor, nginx, port, cacheDir));
+          log(rows.at(-1));
+        }
         if (values['block-pack']) {
           rows.push(await viaDaemon(spec, site, base, caFor, nginx, port, cacheDir, true));
           log(rows.at(-1));

@@ -1,19 +1,21 @@
 // The block route as the engine runs it (lib/delta/routes.ts) against a real
 // origin on 127.0.0.1: it streams (a prefix goes out while the pack request
-// is stalled), it resumes an interrupted extract from the partial file, a
+// is stalled, and the first chunks while the block index is), its pack
+// requests run ahead of the tasks, it resumes an interrupted extract from the
+// partial file, a seed block that changed after indexing costs a frame, a
 // stale pack hands over to the chunk route without a wrong byte, and a seed
 // that lies when every chunk is local is repaired from the origin.
 import { after, before, test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { existsSync } from 'node:fs';
-import { readFile, writeFile } from 'node:fs/promises';
+import { open, readFile, rm, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { HttpClient } from '../lib/fetch/http-client.js';
 import { packImage } from '../lib/blockpack/index.js';
 import { indexBuffer } from '../lib/chunking/indexer.js';
 import { serializeIndex, type ChunkIndex } from '../lib/format/caibx.js';
-import { extractToFile, openExtractStream } from '../lib/delta/extract.js';
+import { extractToFile, openExtractStream, planUpdate } from '../lib/delta/extract.js';
 import { partialPaths } from '../lib/assemble/partial-file.js';
 import { startOrigin, type Origin } from './helpers/origin.js';
 import { tmpDir } from './helpers/tmp.js';
@@ -83,10 +85,12 @@ test('block route streams: a verified prefix goes out while the pack request is 
   const { http, source } = setup();
   try {
     // The pack answer stops after a third of its body and never goes on: only a streaming route gets anywhere.
+    // (The first pack request, the header and one frame, goes through.)
     origin.fault({
       kind: 'stall',
       path: '/v2.img.bpk',
       rangedOnly: true,
+      skip: 1,
       afterBytes: 130 * 1024,
       stallMs: 60_000,
       times: Infinity,
@@ -109,12 +113,146 @@ test('block route streams: a verified prefix goes out while the pack request is 
     assert.ok(prefix.equals(v2.subarray(0, prefix.length)), `the first ${prefix.length} bytes are the target's`);
     const pack = origin.log.filter((e) => e.path === '/v2.img.bpk');
     assert.ok(
-      pack.length >= 1 && pack.every((e) => e.fault === 'stall'),
-      'the only pack answer so far is the stalled one',
+      pack.length >= 2 && pack.slice(1).every((e) => e.fault === 'stall'),
+      'after the first, the only pack answers so far are stalled ones',
     );
     stream.destroy();
     await assert.rejects(stream.result);
   } finally {
+    await http.close();
+  }
+});
+
+/** Reads a stream until `bytes` have arrived (or fails after 30 s); resolves with them, the stream paused. */
+function firstBytes(stream: NodeJS.ReadableStream, bytes: number): Promise<Buffer> {
+  return new Promise<Buffer>((resolve, reject) => {
+    const parts: Buffer[] = [];
+    let received = 0;
+    const timer = setTimeout(() => reject(new Error(`only ${received} bytes streamed in 30 s`)), 30_000);
+    stream.on('data', (part: Buffer) => {
+      parts.push(part);
+      received += part.length;
+      if (received < bytes) return;
+      clearTimeout(timer);
+      stream.pause();
+      resolve(Buffer.concat(parts));
+    });
+    stream.on('error', reject);
+  });
+}
+
+test('seeds first: the first chunks go out while the block index is still on its way', async () => {
+  const { http, source } = setup();
+  try {
+    // The block index (after its one-byte probe) answers 200 and then stops after 1000 bytes: the block route
+    // cannot plan, the first chunks still come.
+    origin.fault({ kind: 'stall', path: '/v2.img.bpidx', skip: 1, afterBytes: 1000, stallMs: 60_000, times: Infinity });
+    const stream = openExtractStream(v2Index, { ...source, sha256: sha });
+    const prefix = await firstBytes(stream, 64 * 1024);
+    assert.ok(prefix.equals(v2.subarray(0, prefix.length)), `the first ${prefix.length} bytes are the target's`);
+    const index = origin.log.filter((e) => e.path === '/v2.img.bpidx');
+    // The one-byte probe, then (once the first missing chunks are in) the body, still on its way and not retried.
+    assert.ok(index.length <= 2 && index[0].status === 206, 'the probe answered');
+    assert.ok(
+      index.slice(1).every((e) => e.fault === 'stall'),
+      'no block index body got through',
+    );
+    assert.equal(origin.stats('/v2.img.bpk').requests, 0, 'no pack request: the block route has not started');
+    stream.destroy();
+    await assert.rejects(stream.result);
+  } finally {
+    await http.close();
+  }
+});
+
+test('seeds first: the block index body waits until the first missing chunks are fetched', async () => {
+  const { http, source } = setup();
+  try {
+    // Queued first on a slow link, the block index would hold up the lead's first chunks (here answered in 400 ms).
+    origin.fault({ kind: 'delay', path: '/v2.img', rangedOnly: true, delayMs: 400 });
+    const isLead = (e: (typeof origin.log)[number]): boolean => e.path === '/v2.img' && e.fault === 'delay';
+    const isBody = (e: (typeof origin.log)[number]): boolean => e.path === '/v2.img.bpidx' && e.range === undefined;
+    let leadAnsweredFirst: boolean | undefined;
+    const poll = setInterval(() => {
+      if (leadAnsweredFirst === undefined && origin.log.some(isBody))
+        leadAnsweredFirst = (origin.log.find(isLead)?.status ?? 0) !== 0;
+    }, 2);
+    try {
+      const stream = openExtractStream(v2Index, { ...source, sha256: sha });
+      const parts: Buffer[] = [];
+      for await (const part of stream) parts.push(part as Buffer);
+      assert.equal((await stream.result).mode, 'blocks');
+      assert.ok(Buffer.concat(parts).equals(v2));
+    } finally {
+      clearInterval(poll);
+    }
+    assert.equal(leadAnsweredFirst, true, 'the first chunks were answered before the block index body was asked for');
+  } finally {
+    await http.close();
+  }
+});
+
+test('block route: pack requests run ahead of the tasks that need them', async () => {
+  const { http, source } = setup();
+  try {
+    // Single ranges (one request per frame) that each take 300 ms to answer; a 512 KiB window (256 KiB tasks,
+    // one changed block each), so only two or three tasks are admitted at a time.
+    origin.ranges = 'reject-multi';
+    origin.fault({ kind: 'delay', path: '/v2.img.bpk', rangedOnly: true, delayMs: 300, times: Infinity });
+    let waiting = 0;
+    const poll = setInterval(() => {
+      const open = origin.log.filter((e) => e.path === '/v2.img.bpk' && e.status === 0).length;
+      waiting = Math.max(waiting, open);
+    }, 5);
+    try {
+      const link = { rttMs: 2, bytesPerSec: 10e6 }; // no gap between frames is worth merging
+      const stream = openExtractStream(v2Index, { ...source, link, sha256: sha, windowBytes: 512 * 1024 });
+      const parts: Buffer[] = [];
+      for await (const part of stream) parts.push(part as Buffer);
+      assert.equal((await stream.result).mode, 'blocks');
+      assert.ok(Buffer.concat(parts).equals(v2));
+    } finally {
+      clearInterval(poll);
+    }
+    const requests = origin.stats('/v2.img.bpk').requests;
+    // The tasks admitted need three frames at most; ahead of them, the client's eight connections are all busy.
+    assert.ok(waiting >= 6, `${waiting} of ${requests} pack requests open at once`);
+  } finally {
+    await http.close();
+  }
+});
+
+test('block route: a seed block that changed after indexing costs a frame, not a wrong byte or the chunk route', async () => {
+  const { http, source, warnings } = setup();
+  const seed = join(dir, 'changing.img');
+  try {
+    await writeFile(seed, await readFile(v1Path));
+    const mtime = new Date(1_700_000_000_000); // whole seconds: the cached indexes' key survives utimes
+    await utimes(seed, mtime, mtime);
+    const seeds = [{ path: seed }];
+    assert.equal(
+      (await planUpdate(v2Index, { ...source, seeds })).chosen,
+      'blocks',
+      'indexed, and the pack is cheapest',
+    );
+    // One byte of a block in the middle changes in place; size, inode and mtime stay: the caches still trust it.
+    const fh = await open(seed, 'r+');
+    await fh.write(Buffer.from([v2[12 * 1024 * 1024 + 100] ^ 0x40]), 0, 1, 12 * 1024 * 1024 + 100);
+    await fh.close();
+    await utimes(seed, mtime, mtime);
+    const stream = openExtractStream(v2Index, { ...source, seeds, sha256: sha });
+    const parts: Buffer[] = [];
+    for await (const part of stream) parts.push(part as Buffer);
+    const r = await stream.result;
+    assert.ok(Buffer.concat(parts).equals(v2), 'byte-identical result');
+    assert.equal(r.mode, 'blocks', 'the block route finished it');
+    assert.equal(r.seedMismatches, 1);
+    assert.ok(
+      warnings.some((w) => w.includes(seed) && /block 3072 at byte 12582912 does not match its hash/.test(w)),
+      warnings.join('\n'),
+    );
+  } finally {
+    await rm(seed, { force: true });
     await http.close();
   }
 });
@@ -129,6 +267,7 @@ test('block route resumes: an interrupted extract keeps its verified chunks, the
       kind: 'stall',
       path: '/v2.img.bpk',
       rangedOnly: true,
+      skip: 1,
       afterBytes: 130 * 1024,
       stallMs: 20_000,
       times: Infinity,

@@ -353,12 +353,13 @@ test('engine: extractToFile and planUpdate take the block path when the release 
     warnings.join('\n'),
   );
 
-  // A lying index whose blocks each verify but whose image does not: the whole-file SHA-256 sends it to the chunk path too.
+  // A lying index whose blocks each verify but whose image does not: the chunk IDs send it to the chunk path too.
+  // (Two seed blocks past the image's first chunks, which the chunk route streams while the block index arrives.)
   await writeFile(packPath, await readFile(join((await packedTemplate()).dir, 'os_2.img.bpk')));
   const idx = parseBlockIndex(await readFile(join(f.www, 'os_2.img.bpidx')));
   const lie = contentOf(idx);
   lie.hashes = Uint8Array.from(idx.hashes);
-  const [a, b] = [idx.distinctOf[1], idx.distinctOf[2]];
+  const [a, b] = [idx.distinctOf[401], idx.distinctOf[402]];
   lie.hashes.set(idx.hashes.subarray(b * HASH_BYTES, (b + 1) * HASH_BYTES), a * HASH_BYTES);
   lie.hashes.set(idx.hashes.subarray(a * HASH_BYTES, (a + 1) * HASH_BYTES), b * HASH_BYTES);
   await writeFile(join(f.www, 'os_2.img.bpidx'), serializeBlockIndex(lie));

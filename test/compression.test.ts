@@ -111,6 +111,24 @@ test('FrameCompressor: overlapping calls give one-shot frames, in order, that Fr
       () => decompressor.decompress(stored[1], frames[1].length - 1, 'frame 1'),
       /frame 1: frame decodes to more/,
     );
+    // Many frames in one call (raw ones among them) give the same contents; a frame that does not decode, or not
+    // to its length, fails the whole call (what it decodes to is for the block hashes to check).
+    const lengths = frames.map((f) => f.length);
+    const many = decompressor.decompressMany(stored, lengths);
+    assert.ok(
+      many?.every((c, i) => c.equals(frames[i])),
+      'decoded together, every frame restored',
+    );
+    const corrupt = stored.map((b) => Buffer.from(b));
+    corrupt[7][corrupt[7].length >> 1] ^= 0xff;
+    assert.equal(decompressor.decompressMany(corrupt, lengths), undefined, 'a corrupt frame');
+    assert.equal(
+      decompressor.decompressMany(
+        stored,
+        lengths.map((n, i) => (i === 3 ? n - 1 : n)),
+      ),
+      undefined,
+    );
   } finally {
     compressor.close();
   }

@@ -1,13 +1,25 @@
-// The block route: assembles the target in target order from seed blocks
-// (hashed again as they are read: a seed that changed since it was indexed
-// costs a frame fetch, not a wrong byte), zero blocks, and pack frames
-// (fetched as byte ranges of the pack with the one fetch/retry loop,
-// decompressed with the release dictionary, checked block by block). Target
-// chunks go to the same sinks as the chunk route (a partial file that resumes,
-// or the ordered stream) as soon as they are complete and verified against
-// the target chunk index, so a stale pack is an error before its first wrong
-// chunk is handed on. Memory: a few tasks of ~2 MiB in flight, and the frames
-// delivered ahead of the task that first uses them (bounded per request).
+// The block route: assembles the target in target order from seed blocks,
+// zero blocks, and pack frames (fetched as byte ranges of the pack with the
+// one fetch/retry loop, decompressed with the release dictionary, checked
+// block by block). Target chunks go to the same sinks as the chunk route (a
+// partial file that resumes, or the ordered stream) as soon as they are
+// complete and verified against the target chunk index, so a stale pack is an
+// error before its first wrong chunk is handed on. Seed blocks are checked by
+// those chunk IDs; only a chunk that fails has its seed blocks hashed, to find
+// the ones that changed since the seed was indexed (they cost a frame fetch,
+// not a wrong byte). Without a chunk index (assembleBlocks) every seed block is
+// hashed as it is read.
+//
+// Pack requests are planned in pack order, which is the order tasks need them
+// (distinct blocks are numbered by first occurrence), and started ahead of the
+// tasks while the frames delivered but not yet used, plus those on their way,
+// stay under a budget (several round trips' worth of the link): the link stays
+// busy while seed blocks are read. The first request carries the pack header
+// and one frame only: it shows whether the server does multi-range before the
+// others are sent (refused, they are planned again as single ranges, which then
+// run side by side). Frames are kept as they arrive and decoded, several per
+// zstd call, by the first task that uses them.
+// Memory: a few tasks of ~2 MiB in flight, and the frame budget.
 import { open, type FileHandle } from 'node:fs/promises';
 import { ChunkIndex } from '../format/caibx.js';
 import { chunkId, flagsForDigest } from '../format/digest.js';
@@ -20,10 +32,10 @@ import { PartialFile } from '../assemble/partial-file.js';
 import type { AssemblySink } from '../assemble/sink.js';
 import type { ExtractProgress } from '../assemble/progress.js';
 import { BufferPool } from '../util/buffer-pool.js';
+import { encodeBatch, type EncoderPool } from '../store/chunk-encoder.js';
 import { FrameDecompressor } from './frame-codec.js';
 import {
   HASH_BYTES,
-  MAX_FRAME_BLOCKS,
   ZERO_BLOCK,
   blockHash,
   blockLength,
@@ -38,29 +50,44 @@ import { forEachConcurrent } from '../util/async-pool.js';
 import { readFully } from '../util/fs-io.js';
 import { newProgress } from '../assemble/progress.js';
 
+/** The release dictionary, downloaded and checked against the block index. */
+export interface PackDictionary {
+  decoder: FrameDecompressor;
+  /** Bytes downloaded for it (0 when the release has none). */
+  bytes: number;
+}
+
 export interface BlockRouteOptions {
   http: HttpClient;
   packUrl: string;
   dictUrl: string;
+  /** The dictionary, when its download was started already (fetchDictionary); else the route fetches it. */
+  dictionary?: Promise<PackDictionary>;
   /** Try multi-range requests first (default true; falls back to single ranges when refused). */
   multi?: boolean;
-  /** Prices requests and gaps (default: the default link). */
+  /** Prices requests and gaps, and sizes the frames kept on their way (default: the default link). */
   cost?: CostModel;
   /** The release's SHA-256 (hex), when known: must match the block index before anything is fetched. */
   sha256?: string;
-  /** Tasks (and so pack requests) in flight (default 4). */
+  /** Tasks in flight (default 4). */
   concurrency?: number;
   /** Largest target span of one task (the stream's window); default 2 MiB. */
   maxSpan?: number;
   retry?: RetryPolicy;
+  /** Hashing threads for the chunk checks (this thread has the decoding, seed reads and the stream's digest). */
+  hashPool?: EncoderPool;
   onWarning?: (message: string) => void;
   signal?: AbortSignal;
 }
 
 /** Target bytes per task: enough for sequential seed reads, small enough to bound memory. */
 const TASK_BYTES = 2 * 1024 * 1024;
-/** Frame bytes delivered ahead of the tasks that first use them before the requests wait. */
-const AHEAD_BYTES = 4 * 1024 * 1024;
+/** Stored frame bytes delivered ahead of their first task or on their way, at least (see frameBudget). */
+const AHEAD_BYTES = 6 * 1024 * 1024;
+/** Round trips of the link the frame budget covers at least. */
+const AHEAD_ROUND_TRIPS = 4;
+/** Uncompressed bytes decoded in one zstd call at most. */
+const DECODE_BATCH_BYTES = 1024 * 1024;
 
 interface Task {
   first: number;
@@ -73,7 +100,30 @@ interface Task {
 
 interface PackRequest {
   frames: number[];
+  /** Stored bytes of its frames. */
+  bytes: number;
   started?: Promise<void>;
+}
+
+/** Downloads the release dictionary and checks it against the block index (before any frame is fetched). */
+export async function fetchDictionary(
+  http: HttpClient,
+  dictUrl: string,
+  index: BlockIndex,
+  signal?: AbortSignal,
+): Promise<PackDictionary> {
+  if (index.dictSize === 0) return { decoder: new FrameDecompressor(Buffer.alloc(0)), bytes: 0 };
+  const dict = await http.getBuffer(dictUrl, { maxBytes: index.dictSize, signal });
+  if (dict.status !== 200)
+    throw new OriginError(
+      `GET ${dictUrl}: HTTP ${dict.status} (the block index names a dictionary the server does not have)`,
+    );
+  if (dict.body.length !== index.dictSize || !sha256(dict.body).equals(index.dictSha256)) {
+    throw new PackError(
+      `${dictUrl}: dictionary does not match the block index (${dict.body.length} bytes; corrupt, stale or swapped)`,
+    );
+  }
+  return { decoder: new FrameDecompressor(dict.body), bytes: dict.body.length };
 }
 
 /** One run of the block route into a sink. */
@@ -98,25 +148,38 @@ export class BlockAssembly {
   private readonly state: { multi: boolean };
   private readonly retry: RetryPolicy;
   private readonly dictStats: FetchStats = { requests: 0, bytes: 0 };
-  private decoder?: Promise<FrameDecompressor>;
+  private dict?: Promise<PackDictionary>;
+  private decoder?: FrameDecompressor;
   private headerChecked = false;
+  /** Whether the requests not started yet were planned for multi-range answers. */
+  private plannedMulti = false;
+  /** The first request is done: the server's answers to ranges are known. */
+  private firstDone = false;
   /** Tasks still to use each distinct block from the pack. */
   private readonly uses: Int32Array;
-  /** Whether a distinct block's first use is still to come (its bytes count as delivered ahead). */
-  private readonly unused: Uint8Array;
-  /** Decompressed pack blocks still to be used. */
+  /** Decoded pack blocks still to be used. */
   private readonly blocks = new Map<number, Buffer>();
+  /** Frames as stored, delivered and not decoded yet. */
+  private readonly stored = new Map<number, Buffer>();
+  /** Frames asked for again after they failed to decode or verify (a second failure is an error). */
+  private readonly refetched = new Set<number>();
+  private readonly refetching = new Map<number, Promise<void>>();
   /** Per frame: its planned request, and the promise of its delivery. */
   private readonly requestOf = new Map<number, PackRequest>();
   private readonly arrival = new Map<number, { promise: Promise<void>; resolve: () => void }>();
   private requests: PackRequest[] = [];
+  /** Planned requests before this one have been started. */
+  private nextRequest = 0;
+  /** Stored bytes of planned frames asked for and not delivered yet. */
+  private inFlight = 0;
+  /** Stored bytes of frames delivered and not decoded yet. */
+  private ahead = 0;
+  private readonly budget: number;
   /** Seed blocks that did not verify: taken from the pack from then on. */
   private readonly seedFailed = new Set<number>();
   private readonly seedHandles = new Map<number, Promise<FileHandle>>();
   /** Task buffers, reused when the sink does not keep them. */
   private readonly buffers: BufferPool;
-  /** Delivered frame bytes not yet used by their first task. */
-  private ahead = 0;
   private waiters: (() => void)[] = [];
   /** Tasks (by number) waiting for frames, and the oldest task not done. */
   private readonly waiting = new Set<number>();
@@ -139,8 +202,9 @@ export class BlockAssembly {
     this.state = { multi: opts.multi ?? true };
     this.retry = opts.retry ?? { attempts: opts.http.attempts, retryBaseMs: opts.http.retryBaseMs };
     this.uses = new Int32Array(plan.index.distinctCount);
-    this.unused = new Uint8Array(plan.index.distinctCount);
     this.buffers = new BufferPool((opts.concurrency ?? 4) * TASK_BYTES);
+    const { rttMs, bytesPerSec } = this.cost.link;
+    this.budget = Math.max(AHEAD_BYTES, Math.round((AHEAD_ROUND_TRIPS * rttMs * bytesPerSec) / 1000));
     opts.signal?.addEventListener('abort', () => this.ctl.abort(opts.signal!.reason), { once: true });
     if (opts.signal?.aborted) this.ctl.abort(opts.signal.reason);
   }
@@ -177,10 +241,13 @@ export class BlockAssembly {
     BlockAssembly.check(this.plan, this.target, this.opts.sha256);
     const tasks = this.tasks();
     this.planRequests(tasks);
+    // The dictionary comes while the first seed blocks are read; no frame is asked for before it is checked.
+    if (this.requests.length > 0) void this.dictionary().catch(() => {});
     try {
       await this.runTasks(tasks);
     } finally {
       await Promise.allSettled(this.requests.map((r) => r.started));
+      await Promise.allSettled(this.refetching.values());
       for (const fh of this.seedHandles.values()) await (await fh.catch(() => null))?.close().catch(() => {});
     }
     if (this.error !== undefined) throw this.error;
@@ -208,25 +275,49 @@ export class BlockAssembly {
         if (d === ZERO_BLOCK || plan.localSeed[d] >= 0 || seen.has(d)) continue;
         seen.add(d);
         fromPack.push(d);
-        if (this.uses[d]++ === 0) this.unused[d] = 1;
+        this.uses[d]++;
       }
       out.push({ first, count: i - first, start, end, fromPack });
     }
     return out;
   }
 
-  /** The pack requests for every frame a task needs, planned once in pack order. */
+  /** The pack requests for every frame a task needs, in pack order: the first frame alone, then the rest. */
   private planRequests(tasks: Task[]): void {
     const frames = new Set<number>();
     for (const t of tasks) for (const d of t.fromPack) frames.add(frameOf(this.index, d));
     const sorted = [...frames].sort((a, b) => a - b);
-    const reqs = planPackRequests(this.index, sorted, {
+    this.requests = sorted.length > 0 ? [this.request(sorted.slice(0, 1)), ...this.group(sorted.slice(1))] : [];
+    for (const r of this.requests) for (const f of r.frames) this.requestOf.set(f, r);
+  }
+
+  /** Frames (ascending) grouped into the requests the cost model plans for them, for the server as known now. */
+  private group(frames: readonly number[]): PackRequest[] {
+    this.plannedMulti = this.state.multi;
+    const reqs = planPackRequests(this.index, frames, {
       multi: this.state.multi,
       cost: this.cost,
       parallelism: this.opts.concurrency ?? 4,
     });
-    this.requests = reqs.map((r) => ({ frames: framesOf(r) }));
-    for (const r of this.requests) for (const f of r.frames) this.requestOf.set(f, r);
+    return reqs.map((r) => this.request(framesOf(r)));
+  }
+
+  private request(frames: number[]): PackRequest {
+    return { frames, bytes: frames.reduce((n, f) => n + this.storedLength(f), 0) };
+  }
+
+  /** The server turned out to refuse multi-range: the requests not started yet become single-range requests. */
+  private replan(): void {
+    const out: PackRequest[] = [];
+    for (const r of this.requests) {
+      if (r.started) out.push(r);
+      else out.push(...this.group(r.frames));
+    }
+    this.plannedMulti = false;
+    this.requests = out;
+    for (const r of out) for (const f of r.frames) this.requestOf.set(f, r);
+    this.nextRequest = out.findIndex((r) => !r.started);
+    if (this.nextRequest < 0) this.nextRequest = out.length;
   }
 
   private async runTasks(tasks: Task[]): Promise<void> {
@@ -256,10 +347,14 @@ export class BlockAssembly {
       this.ctl.signal.throwIfAborted();
       await this.runTask(t, k);
     } catch (err) {
-      if (this.error === undefined) this.error = this.ctl.signal.aborted ? this.ctl.signal.reason : err;
-      this.ctl.abort(err);
-      this.wake();
+      this.fail(err);
     }
+  }
+
+  private fail(err: unknown): void {
+    if (this.error === undefined) this.error = this.ctl.signal.aborted ? this.ctl.signal.reason : err;
+    this.ctl.abort(err);
+    this.wake();
   }
 
   private async runTask(t: Task, k: number): Promise<void> {
@@ -268,14 +363,14 @@ export class BlockAssembly {
     const packReady = t.fromPack.length > 0 ? this.awaitBlocks(t.fromPack, k) : Promise.resolve();
     packReady.catch(() => {});
     const size = t.end - t.start;
-    const data = this.sink.holdsData ? Buffer.allocUnsafeSlow(size) : this.buffers.take(size);
+    let data = this.sink.holdsData ? Buffer.allocUnsafeSlow(size) : this.buffers.take(size);
     try {
       const seedBad = await this.readSeeds(t, data);
       await packReady;
+      await this.decodeFor(t.fromPack);
       this.ctl.signal.throwIfAborted();
-      // Seed blocks that failed their hash (here or in an earlier task) come from the pack too.
-      const rescued =
-        seedBad.size > 0 ? await this.fetchBlocksNow([...new Set(seedBad.values())]) : new Map<number, Buffer>();
+      // Seed blocks known to have changed (here or in an earlier task) come from the pack too.
+      if (seedBad.size > 0) await this.fromPackNow(t, data, seedBad);
       let fromSeeds = 0;
       let fromZero = 0;
       let fromPack = 0;
@@ -287,17 +382,23 @@ export class BlockAssembly {
         if (d === ZERO_BLOCK) {
           data.fill(0, from - t.start, to - t.start);
           fromZero += to - from;
-        } else if (this.plan.localSeed[d] >= 0 && !seedBad.has(b)) {
+        } else if (seedBad.has(b)) {
+          fromPack += to - from; // put in place by fromPackNow
+        } else if (this.plan.localSeed[d] >= 0) {
           fromSeeds += to - from; // read in place by readSeeds
         } else {
-          const block = this.blocks.get(d) ?? rescued.get(d);
+          const block = this.blocks.get(d);
           if (!block) throw new Error(`block route: distinct block ${d} of target block ${b} is not at hand`);
           block.copy(data, from - t.start, from - bStart, to - bStart);
           fromPack += to - from;
         }
       }
       for (const d of t.fromPack) this.used(d);
-      if (this.verifyChunks) this.verify(t, data);
+      if (this.verifyChunks) {
+        const checked = await this.verify(t, data);
+        data = checked.data;
+        if (checked.bad.length > 0) await this.repair(t, data, checked.bad, seedBad);
+      }
       this.ctl.signal.throwIfAborted();
       this.wroteAny = true;
       await this.put(t, data);
@@ -333,23 +434,103 @@ export class BlockAssembly {
     return true;
   }
 
-  /** Every chunk of the task must be the target's: a pack for another image fails here, before its chunk is handed on. */
-  private verify(t: Task, data: Buffer): void {
-    const target = this.target;
-    for (let i = t.first; i < t.first + t.count; i++) {
-      const bytes = data.subarray(target.start(i) - t.start, target.end(i) - t.start);
-      if (!chunkId(target.digest, bytes).equals(target.id(i))) {
-        throw new PackError(
-          `the block pack's image is not the target index's image (chunk ${target.idHex(i)} at byte ${target.start(i)} does not match its ID); stale or swapped pack`,
-        );
+  /**
+   * Hashes the task's chunks, on a hashing thread when there is one (the bytes move there and back: use the
+   * returned buffer); returns the chunks that do not match their ID in the target index.
+   */
+  private async verify(t: Task, data: Buffer): Promise<{ data: Buffer; bad: number[] }> {
+    const { target } = this;
+    const ends: number[] = [];
+    for (let i = t.first; i < t.first + t.count; i++) ends.push(target.end(i) - t.start);
+    const job = { data, ends, compress: ends.map(() => false), digest: target.digest, level: 0 };
+    const pool = this.opts.hashPool;
+    const hashed = pool ? await pool.run(job) : encodeBatch(job);
+    const bad: number[] = [];
+    const ids = Buffer.from(hashed.ids.buffer, hashed.ids.byteOffset, hashed.ids.byteLength);
+    for (let k = 0; k < t.count; k++)
+      if (!ids.subarray(k * 32, k * 32 + 32).equals(target.id(t.first + k))) bad.push(t.first + k);
+    return { data: Buffer.from(hashed.data.buffer, hashed.data.byteOffset, hashed.data.byteLength), bad };
+  }
+
+  /** Which of the given chunks of the task do not hash to their ID (checked on this thread). */
+  private stillBad(t: Task, data: Buffer, chunks: readonly number[]): number[] {
+    const { target } = this;
+    return chunks.filter(
+      (i) =>
+        !chunkId(target.digest, data.subarray(target.start(i) - t.start, target.end(i) - t.start)).equals(target.id(i)),
+    );
+  }
+
+  /**
+   * Chunks that failed their ID: the seed blocks in them are hashed now, and those that changed since the
+   * seed was indexed are taken from the pack. A chunk that still does not match is a pack for another image.
+   */
+  private async repair(t: Task, data: Buffer, bad: number[], fromPack: Map<number, number>): Promise<void> {
+    const { index, plan, target, bs } = this;
+    const changed = new Map<number, number>();
+    for (const i of bad) {
+      for (let b = Math.floor(target.start(i) / bs); b * bs < target.end(i); b++) {
+        const d = index.distinctOf[b];
+        if (d === ZERO_BLOCK || plan.localSeed[d] < 0 || fromPack.has(b)) continue;
+        if (this.seedFailed.has(d) || !(await this.seedBlockMatches(d))) changed.set(b, d);
       }
+    }
+    if (changed.size > 0) {
+      await this.fromPackNow(t, data, changed);
+      bad = this.stillBad(t, data, bad);
+    }
+    if (bad.length > 0) {
+      const i = bad[0];
+      throw new PackError(
+        `the block pack's image is not the target index's image (chunk ${target.idHex(i)} at byte ${target.start(i)} does not match its ID); stale or swapped pack`,
+      );
+    }
+  }
+
+  /** Reads seed block of distinct block d whole and checks its hash; a mismatch is remembered and warned about. */
+  private async seedBlockMatches(d: number): Promise<boolean> {
+    const { plan, bs } = this;
+    const seed = plan.localSeed[d];
+    const at = plan.localBlock[d] * bs;
+    const block = Buffer.alloc(bs);
+    const fh = await this.seedHandle(seed);
+    let got = 0;
+    while (got < bs) {
+      const { bytesRead } = await fh.read(block, got, bs - got, at + got);
+      if (bytesRead === 0) break; // a seed that shrank: the block fails its hash
+      got += bytesRead;
+    }
+    if (hashMatches(this.index, d, block)) return true;
+    this.seedChanged(d);
+    return false;
+  }
+
+  private seedChanged(d: number): void {
+    const { plan, bs } = this;
+    if (this.seedFailed.has(d)) return;
+    this.seedFailed.add(d);
+    this.seedMismatches++;
+    this.opts.onWarning?.(
+      `seed ${plan.seeds[plan.localSeed[d]].path}: block ${plan.localBlock[d]} at byte ${plan.localBlock[d] * bs} does not match its hash; fetching it from the pack`,
+    );
+  }
+
+  /** Puts target blocks (target block → distinct block) into place from the pack, outside the planned requests. */
+  private async fromPackNow(t: Task, data: Buffer, blocks: Map<number, number>): Promise<void> {
+    const { index, bs } = this;
+    const rescued = await this.fetchBlocksNow([...new Set(blocks.values())]);
+    for (const [b, d] of blocks) {
+      const from = Math.max(t.start, b * bs);
+      const to = Math.min(t.end, b * bs + blockLength(index, b));
+      rescued.get(d)!.copy(data, from - t.start, from - b * bs, to - b * bs);
     }
   }
 
   /**
    * Reads the task's seed blocks into place in `data` (runs of consecutive blocks of one seed in
-   * one read; a block cut by the task's edge through a one-block scratch buffer), each checked
-   * against its hash. Returns target block → distinct block for the blocks that did not verify.
+   * one read; a block cut by the task's edge through a one-block scratch buffer). Without a chunk
+   * index to check them, each block is checked against its hash. Returns target block → distinct
+   * block for the blocks known not to match: they come from the pack.
    */
   private async readSeeds(t: Task, data: Buffer): Promise<Map<number, number>> {
     const { index, plan, bs } = this;
@@ -377,20 +558,15 @@ export class BlockAssembly {
       const buf = direct
         ? data.subarray(b * bs - t.start, (b + n) * bs - t.start)
         : (scratch ??= Buffer.allocUnsafe(bs));
-      // Short only when the seed shrank: the missing blocks fail their hash below.
+      // Short only when the seed shrank: the missing blocks fail their check.
       const got = await readFully(fh, buf, plan.localBlock[d] * bs);
       buf.fill(0, got);
       for (let k = 0; k < n; k++) {
         const e = index.distinctOf[b + k];
-        const block = buf.subarray(k * bs, (k + 1) * bs);
         let ok = !this.seedFailed.has(e);
-        if (ok && !hashMatches(index, e, block)) {
+        if (ok && !this.verifyChunks && !hashMatches(index, e, buf.subarray(k * bs, (k + 1) * bs))) {
           ok = false;
-          this.seedFailed.add(e);
-          this.seedMismatches++;
-          this.opts.onWarning?.(
-            `seed ${plan.seeds[seed].path}: block ${plan.localBlock[e]} at byte ${plan.localBlock[e] * bs} does not match its hash; fetching it from the pack`,
-          );
+          this.seedChanged(e);
         }
         if (!ok) bad.set(b + k, e);
         else if (!direct) {
@@ -413,16 +589,21 @@ export class BlockAssembly {
     return fh;
   }
 
-  /** Waits until the given distinct blocks have arrived, starting the requests that carry them. */
+  /** Waits until the frames of the given distinct blocks have arrived, starting the requests that carry them. */
   private async awaitBlocks(ds: readonly number[], k: number): Promise<void> {
-    const frames = [...new Set(ds.map((d) => frameOf(this.index, d)))];
     const waits: Promise<void>[] = [];
-    for (const f of frames) {
-      if (ds.every((d) => frameOf(this.index, d) !== f || this.blocks.has(d))) continue;
-      waits.push(this.arrived(f));
-      const req = this.requestOf.get(f)!;
-      req.started ??= this.startRequest(req);
-    }
+    const frames = this.framesMissing(ds).filter((f) => !this.stored.has(f));
+    for (const f of frames) waits.push(this.arrived(f));
+    // After the first answer (the requests may have been planned again by then).
+    const demand = (): void => {
+      for (const f of frames) {
+        const req = this.requestOf.get(f)!;
+        req.started ??= this.startRequest(req);
+      }
+      this.pump();
+    };
+    if (this.firstDone) demand();
+    else if (frames.length > 0) this.startFirst().then(demand, () => {});
     if (waits.length === 0) return;
     this.waiting.add(k);
     this.wake();
@@ -436,6 +617,13 @@ export class BlockAssembly {
     }
   }
 
+  /** Frames holding any of the distinct blocks that are not decoded yet, ascending. */
+  private framesMissing(ds: readonly number[]): number[] {
+    const frames = new Set<number>();
+    for (const d of ds) if (!this.blocks.has(d)) frames.add(frameOf(this.index, d));
+    return [...frames].sort((a, b) => a - b);
+  }
+
   private arrived(f: number): Promise<void> {
     let a = this.arrival.get(f);
     if (!a) {
@@ -447,53 +635,77 @@ export class BlockAssembly {
     return a.promise;
   }
 
-  /** The first pack request goes alone (it shows whether multi-range works and checks the header); the rest follow. */
-  private startRequest(req: PackRequest): Promise<void> {
-    const first = this.requests[0];
-    const p = (async () => {
-      if (req !== first) {
-        first.started ??= this.startRequest(first);
-        await first.started;
+  /**
+   * Starts planned requests in pack order while the frames delivered but not decoded, and those on their way,
+   * stay within the budget; the requests after the first wait until its answer showed the pack is served.
+   */
+  private pump(): void {
+    if (!this.firstDone) {
+      if (this.requests.length > 0) void this.startFirst().catch(() => {});
+      return;
+    }
+    while (this.nextRequest < this.requests.length && !this.ctl.signal.aborted) {
+      const req = this.requests[this.nextRequest];
+      if (!req.started) {
+        const busy = this.ahead + this.inFlight;
+        if (this.nextRequest > 0 && busy > 0 && busy + req.bytes > this.budget) return;
+        req.started = this.startRequest(req);
       }
-      await this.fetchFrames(req, req.frames);
+      this.nextRequest++;
+    }
+  }
+
+  /** The first request, started once; the others follow when it is done. */
+  private startFirst(): Promise<void> {
+    const first = this.requests[0];
+    if (!first.started) {
+      first.started = this.startRequest(first);
+      first.started.then(
+        () => {
+          this.firstDone = true;
+          if (this.plannedMulti && !this.state.multi) this.replan();
+          this.pump();
+        },
+        () => {},
+      );
+    }
+    return first.started;
+  }
+
+  private startRequest(req: PackRequest): Promise<void> {
+    this.inFlight += req.bytes;
+    const p = (async () => {
+      await this.fetchFrames(req, req.frames, this.stored);
     })();
-    p.catch((err) => {
-      if (this.error === undefined) this.error = err;
-      this.ctl.abort(err);
-      this.wake();
-    });
+    p.catch((err) => this.fail(err));
     return p;
   }
 
-  private dictionary(): Promise<FrameDecompressor> {
-    this.decoder ??= (async () => {
+  private dictionary(): Promise<PackDictionary> {
+    this.dict ??= (async () => {
       const { index, opts } = this;
-      if (index.dictSize === 0) return new FrameDecompressor(Buffer.alloc(0));
-      const dict = await opts.http.getBuffer(opts.dictUrl, { maxBytes: index.dictSize, signal: this.ctl.signal });
-      this.dictStats.requests++;
-      this.dictStats.bytes += dict.body.length;
-      if (dict.status !== 200)
-        throw new OriginError(
-          `GET ${opts.dictUrl}: HTTP ${dict.status} (the block index names a dictionary the server does not have)`,
-        );
-      if (dict.body.length !== index.dictSize || !sha256(dict.body).equals(index.dictSha256)) {
-        throw new PackError(
-          `${opts.dictUrl}: dictionary does not match the block index (${dict.body.length} bytes; corrupt, stale or swapped)`,
-        );
+      const dict = await (opts.dictionary ?? fetchDictionary(opts.http, opts.dictUrl, index, this.ctl.signal));
+      if (index.dictSize > 0) {
+        this.dictStats.requests++;
+        this.dictStats.bytes += dict.bytes;
       }
-      return new FrameDecompressor(dict.body);
+      this.decoder = dict.decoder;
+      return dict;
     })();
-    return this.decoder;
+    return this.dict;
   }
 
-  /** Fetches frames through the fetch loop; each verified frame's still-needed blocks are kept for their tasks. */
+  /**
+   * Fetches frames through the fetch loop into `into` (stored, not decoded: the first task that needs a frame
+   * decodes it). Frames of a planned request `req` count against the budget until they are decoded.
+   */
   private async fetchFrames(
     req: PackRequest | undefined,
     frames: readonly number[],
-    keep?: Map<number, Buffer>,
+    into: Map<number, Buffer>,
   ): Promise<void> {
     const { index, opts } = this;
-    const decoder = await this.dictionary();
+    await this.dictionary();
     const layout = new PackLayout(index.frameStart);
     const spec: UnitSpec = {
       layout,
@@ -510,23 +722,18 @@ export class BlockAssembly {
           return undefined;
         }
         const f = u - 1;
-        let blocks: Buffer[];
-        try {
-          blocks = unpackFrame(index, decoder, f, data, (d) => this.lengthOf(d), opts.packUrl);
-        } catch (err) {
-          if (err instanceof PackError) return err;
-          throw err;
-        }
         this.framesFetched++;
-        for (let d = index.frameFirst[f]; d < index.frameFirst[f + 1]; d++) {
-          const block = blocks[d - index.frameFirst[f]];
-          if (keep) keep.set(d, block);
-          else if (this.uses[d] > 0 && !this.blocks.has(d)) {
-            this.blocks.set(d, block);
-            if (req && this.unused[d]) this.ahead += block.length;
+        if (req) this.inFlight -= data.length;
+        // A frame fetched for one task only (into its own map) is not the planned delivery the others wait for.
+        if (into !== this.stored) into.set(f, data);
+        else {
+          if (!this.stored.has(f) && this.needed(f)) {
+            this.stored.set(f, data);
+            this.ahead += data.length;
           }
+          this.arrival.get(f)?.resolve();
         }
-        this.arrival.get(f)?.resolve();
+        this.pump();
         return undefined;
       },
       describe: (u) => (u === 0 ? 'the pack header' : `frame ${u - 1} at byte ${index.frameStart[u - 1]}`),
@@ -543,17 +750,149 @@ export class BlockAssembly {
     if (!this.headerChecked) throw new OriginError(`${opts.packUrl}: the server did not send the pack header`);
   }
 
-  /** Blocks fetched for one task only (seed blocks that failed their hash), outside the planned requests. */
+  /** Whether a task still needs a block of frame f that is not decoded yet. */
+  private needed(f: number): boolean {
+    const { index } = this;
+    for (let d = index.frameFirst[f]; d < index.frameFirst[f + 1]; d++)
+      if (this.uses[d] > 0 && !this.blocks.has(d)) return true;
+    return false;
+  }
+
+  /** Decodes the delivered frames of the given distinct blocks (a frame that fails is asked for once more). */
+  private async decodeFor(ds: readonly number[]): Promise<void> {
+    for (;;) {
+      const frames = this.framesMissing(ds);
+      if (frames.length === 0) return;
+      const again = frames.filter((f) => this.refetching.has(f));
+      if (again.length > 0) {
+        await Promise.all(again.map((f) => this.refetching.get(f)));
+        continue;
+      }
+      const lost = frames.find((f) => !this.stored.has(f));
+      if (lost !== undefined) throw new Error(`block route: frame ${lost} is neither delivered nor decoded`);
+      // A block a later task uses too is copied, so it does not keep the whole batch's buffer alive.
+      const mine = new Set(ds);
+      const failed = this.decode(frames, this.stored, (d, block) => {
+        if (this.uses[d] > 0 && !this.blocks.has(d))
+          this.blocks.set(d, mine.has(d) && this.uses[d] === 1 ? block : Buffer.from(block));
+      });
+      for (const f of frames) {
+        this.ahead -= this.stored.get(f)!.length;
+        this.stored.delete(f);
+      }
+      this.wake();
+      this.pump();
+      if (failed.size === 0) continue;
+      for (const [f, err] of failed) if (this.refetched.has(f)) throw err;
+      const retry = [...failed.keys()];
+      for (const f of retry) this.refetched.add(f);
+      const p = this.fetchFrames(undefined, retry, this.stored).finally(() => {
+        for (const f of retry) this.refetching.delete(f);
+      });
+      for (const f of retry) this.refetching.set(f, p);
+      await p;
+    }
+  }
+
+  /**
+   * Decodes frames from `stored` (several per zstd call) and checks every block against its hash; gives each
+   * good frame's blocks to `keep`. Returns the frames that failed, with the error that names them.
+   */
+  private decode(
+    frames: readonly number[],
+    stored: ReadonlyMap<number, Buffer>,
+    keep: (d: number, block: Buffer) => void,
+  ): Map<number, PackError> {
+    const failed = new Map<number, PackError>();
+    const decoder = this.decoder!;
+    let batch: number[] = [];
+    let bytes = 0;
+    const flush = (): void => {
+      if (batch.length === 0) return;
+      const lengths = batch.map((f) => this.frameLength(f));
+      const contents = decoder.decompressMany(
+        batch.map((f) => stored.get(f)!),
+        lengths,
+      );
+      const good = contents && batch.every((f, k) => this.blocksMatch(f, contents[k]) === undefined);
+      for (let k = 0; k < batch.length; k++) {
+        const f = batch[k];
+        let content = good ? contents[k] : undefined;
+        if (!content) {
+          // One by one, to name the frame that is bad.
+          const where = `${this.opts.packUrl}: frame ${f} at byte ${this.index.frameStart[f]}`;
+          try {
+            content = decoder.decompress(stored.get(f)!, lengths[k], where);
+          } catch (err) {
+            if (!(err instanceof PackError)) throw err;
+            failed.set(f, err);
+            continue;
+          }
+          const err = this.blocksMatch(f, content);
+          if (err) {
+            failed.set(f, err);
+            continue;
+          }
+        }
+        const first = this.index.frameFirst[f];
+        for (let d = first, off = 0; d < this.index.frameFirst[f + 1]; d++) {
+          const len = this.lengthOf(d);
+          keep(d, content.subarray(off, off + len));
+          off += len;
+        }
+      }
+      batch = [];
+      bytes = 0;
+    };
+    for (const f of frames) {
+      const len = this.frameLength(f);
+      if (bytes + len > DECODE_BATCH_BYTES) flush();
+      batch.push(f);
+      bytes += len;
+    }
+    flush();
+    return failed;
+  }
+
+  /** Undefined when every block of frame f's content matches its hash, else the error that says which does not. */
+  private blocksMatch(f: number, content: Buffer): PackError | undefined {
+    const { index } = this;
+    for (let d = index.frameFirst[f], off = 0; d < index.frameFirst[f + 1]; d++) {
+      const len = this.lengthOf(d);
+      if (!hashMatches(index, d, content.subarray(off, off + len)))
+        return new PackError(
+          `${this.opts.packUrl}: frame ${f} at byte ${index.frameStart[f]}: block ${d - index.frameFirst[f]} does not match its hash in the block index`,
+        );
+      off += len;
+    }
+    return undefined;
+  }
+
+  /** Blocks fetched for one task only (seed blocks that changed), outside the planned requests. */
   private async fetchBlocksNow(ds: readonly number[]): Promise<Map<number, Buffer>> {
     const got = new Map<number, Buffer>();
-    const frames = [...new Set(ds.map((d) => frameOf(this.index, d)))].sort((a, b) => a - b);
-    const first = this.requests[0];
-    if (first) {
-      first.started ??= this.startRequest(first);
-      await first.started;
+    const wanted = new Set(ds);
+    let frames = [...new Set(ds.map((d) => frameOf(this.index, d)))].sort((a, b) => a - b);
+    if (this.requests.length > 0) await this.startFirst();
+    for (let attempt = 0; ; attempt++) {
+      const stored = new Map<number, Buffer>();
+      await this.fetchFrames(undefined, frames, stored);
+      const failed = this.decode(frames, stored, (d, block) => void (wanted.has(d) && got.set(d, block)));
+      if (failed.size === 0) return got;
+      if (attempt > 0) throw failed.values().next().value!;
+      frames = [...failed.keys()];
     }
-    await this.fetchFrames(undefined, frames, got);
-    return got;
+  }
+
+  /** Uncompressed bytes of frame f. */
+  private frameLength(f: number): number {
+    let n = 0;
+    for (let d = this.index.frameFirst[f]; d < this.index.frameFirst[f + 1]; d++) n += this.lengthOf(d);
+    return n;
+  }
+
+  private storedLength(f: number): number {
+    return this.index.frameStart[f + 1] - this.index.frameStart[f];
   }
 
   private lengthOf(d: number): number {
@@ -564,21 +903,16 @@ export class BlockAssembly {
 
   /** A task is done with pack block d. */
   private used(d: number): void {
-    if (this.unused[d]) {
-      this.unused[d] = 0;
-      this.ahead -= this.blocks.get(d)?.length ?? 0;
-    }
     if (--this.uses[d] === 0) this.blocks.delete(d);
     this.wake();
   }
 
   /**
-   * Backpressure for the pack requests: they wait while more than AHEAD_BYTES were delivered that
-   * no task used yet, unless the oldest task waits for a frame (then only reading on can help).
+   * Backpressure for the pack requests: they wait while more than the budget was delivered that no task
+   * decoded yet, unless the oldest task waits for a frame (then only reading on can help).
    */
   private drain(): Promise<void> | undefined {
-    const limit = Math.max(AHEAD_BYTES, 2 * MAX_FRAME_BLOCKS * this.bs);
-    const go = (): boolean => this.ahead <= limit || this.waiting.has(this.oldest) || this.ctl.signal.aborted;
+    const go = (): boolean => this.ahead <= this.budget || this.waiting.has(this.oldest) || this.ctl.signal.aborted;
     if (go()) return undefined;
     return new Promise((resolve) => {
       const check = (): void => {
@@ -602,32 +936,6 @@ function framesOf(req: RangeRequest): number[] {
 
 function hashMatches(index: BlockIndex, d: number, data: Uint8Array): boolean {
   return blockHash(data).equals(Buffer.from(index.hashes.buffer, index.hashes.byteOffset + d * HASH_BYTES, HASH_BYTES));
-}
-
-/** Decompresses frame f and checks each of its blocks against the index; returns the blocks in order. */
-function unpackFrame(
-  index: BlockIndex,
-  decoder: FrameDecompressor,
-  f: number,
-  stored: Buffer,
-  lengthOf: (d: number) => number,
-  packUrl: string,
-): Buffer[] {
-  const first = index.frameFirst[f];
-  const last = index.frameFirst[f + 1];
-  let length = 0;
-  for (let d = first; d < last; d++) length += lengthOf(d);
-  const where = `${packUrl}: frame ${f} at byte ${index.frameStart[f]}`;
-  const content = decoder.decompress(stored, length, where);
-  const blocks: Buffer[] = [];
-  for (let d = first, off = 0; d < last; d++) {
-    const block = content.subarray(off, off + lengthOf(d));
-    off += block.length;
-    if (!hashMatches(index, d, block))
-      throw new PackError(`${where}: block ${d - first} does not match its hash in the block index`);
-    blocks.push(block);
-  }
-  return blocks;
 }
 
 export interface AssembleBlocksOptions extends Omit<BlockRouteOptions, 'retry'> {

@@ -87,4 +87,41 @@ export class FrameDecompressor {
     if (out.length !== length) throw new PackError(`${what}: frame decodes to ${out.length} bytes, expected ${length}`);
     return out;
   }
+
+  /**
+   * Restores several frames in one zstd call (a call per 4 KiB frame costs about ten times more: each one sets
+   * up a context and loads the dictionary). Returns each frame's content, or undefined when the frames do not
+   * decode to exactly these lengths together; the caller then decodes them one by one to name the bad one.
+   */
+  decompressMany(stored: readonly Uint8Array[], lengths: readonly number[]): Buffer[] | undefined {
+    const parts: Uint8Array[] = [];
+    let total = 0;
+    for (let k = 0; k < stored.length; k++) {
+      if (stored[k].length === lengths[k]) continue; // raw
+      parts.push(ZSTD_MAGIC, stored[k]);
+      total += lengths[k];
+    }
+    let out: Buffer = Buffer.alloc(0);
+    if (parts.length > 0) {
+      try {
+        out = zstdDecompressSync(Buffer.concat(parts), {
+          ...(this.dictionary ? { dictionary: this.dictionary } : {}),
+          maxOutputLength: total,
+          chunkSize: Math.max(64, total),
+        });
+      } catch {
+        return undefined;
+      }
+      if (out.length !== total) return undefined;
+    }
+    const contents: Buffer[] = [];
+    for (let k = 0, off = 0; k < stored.length; k++) {
+      if (stored[k].length === lengths[k]) contents.push(Buffer.from(stored[k]));
+      else {
+        contents.push(out.subarray(off, off + lengths[k]));
+        off += lengths[k];
+      }
+    }
+    return contents;
+  }
 }

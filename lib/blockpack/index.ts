@@ -15,6 +15,8 @@ export { costOf, planBlocks, type BlockPlan, type BlockCost } from './plan.js';
 export {
   BlockAssembly,
   assembleBlocks,
+  fetchDictionary,
+  type PackDictionary,
   type BlockRouteOptions,
   type AssembleBlocksOptions,
   type AssembleBlocksResult,
@@ -28,8 +30,9 @@ const MAX_INDEX_FETCH = 64 * 1024 * 1024;
 
 export interface BlockPackProbe {
   index: BlockIndex;
-  /** Bytes of the index as downloaded. */
+  /** Bytes of the index as downloaded, and the requests it took (the one-byte probe and the body). */
   indexBytes: number;
+  indexRequests: number;
   indexUrl: string;
   packUrl: string;
   dictUrl: string;
@@ -44,16 +47,30 @@ export function blockPackUrls(imageUrl: string): { indexUrl: string; packUrl: st
   return { indexUrl: at(names.index), packUrl: at(names.pack), dictUrl: at(names.dict) };
 }
 
-/** Fetches the release's block index; null when the release has no pack (404), so the chunk path is used. */
+/**
+ * Fetches the release's block index; null when the release has no pack (404), so the chunk path is used.
+ * A one-byte range goes first: whether there is an index is known before its body takes the link. `onFound`
+ * is called then; the body is asked for once the promise it returns settles (a big body queued first on the
+ * connection would hold up what the caller fetches meanwhile).
+ */
 export async function probeBlockPack(
   http: HttpClient,
   imageUrl: string,
   signal?: AbortSignal,
+  onFound?: () => Promise<void> | void,
 ): Promise<BlockPackProbe | null> {
   const urls = blockPackUrls(imageUrl);
-  const res = await http.getBuffer(urls.indexUrl, { maxBytes: MAX_INDEX_FETCH, signal });
+  const get = (headers?: Record<string, string>) =>
+    http.getBuffer(urls.indexUrl, { maxBytes: MAX_INDEX_FETCH, signal, headers });
+  const first = await get({ range: 'bytes=0-0' });
+  if (first.status !== 200 && first.status !== 206) return null;
+  await onFound?.();
+  // 200: a server that ignores ranges sent the whole index.
+  const res = first.status === 200 ? first : await get();
   if (res.status !== 200) return null;
-  return { index: parseBlockIndex(res.body, urls.indexUrl), indexBytes: res.body.length, ...urls };
+  const indexBytes = res.body.length + (res === first ? 0 : first.body.length);
+  const indexRequests = res === first ? 1 : 2;
+  return { index: parseBlockIndex(res.body, urls.indexUrl), indexBytes, indexRequests, ...urls };
 }
 
 /** Indexes the seeds per block (cached) and plans the target against them. */
@@ -87,6 +104,8 @@ export interface BlockPathOptions {
   /** Whether the origin does multi-range (undefined: not probed, assume yes). */
   multi?: boolean;
   cost?: CostModel;
+  /** Called once the release turns out to have a block index; its body waits for the promise. */
+  onFound?: () => Promise<void> | void;
   signal?: AbortSignal;
 }
 
@@ -98,7 +117,7 @@ export const BLOCK_PARALLELISM = 4;
  * Callers compare `weight` with their other paths and with a full download.
  */
 export async function costBlockPath(opts: BlockPathOptions): Promise<BlockPathChoice | null> {
-  const probe = await probeBlockPack(opts.http, opts.imageUrl, opts.signal);
+  const probe = await probeBlockPack(opts.http, opts.imageUrl, opts.signal, opts.onFound);
   if (!probe) return null;
   const plan = await planBlockUpdate(probe, opts.seeds, { cacheDir: opts.cacheDir, signal: opts.signal });
   const cost = opts.cost ?? defaultCostModel;

@@ -200,6 +200,9 @@ export interface RequestPlanOptions {
   parallelism?: number;
 }
 
+/** Stored bytes of one pack request at most: several are on their way at once, and the next can start early. */
+export const PACK_REQUEST_BYTES = 1536 * 1024;
+
 /** The pack requests for a set of frames (header first), gaps merged as the cost model says. */
 export function planPackRequests(
   index: BlockIndex,
@@ -207,7 +210,9 @@ export function planPackRequests(
   opts: RequestPlanOptions,
 ): RangeRequest[] {
   const cost = opts.cost ?? defaultCostModel;
-  return cost.planRequests(new PackLayout(index.frameStart), packRuns(frames), opts.multi, opts.parallelism ?? 4);
+  return cost.planRequests(new PackLayout(index.frameStart), packRuns(frames), opts.multi, opts.parallelism ?? 4, {
+    maxRequestBytes: PACK_REQUEST_BYTES,
+  });
 }
 
 /** What the block path costs for this plan: everything the client downloads and the requests for it. */

@@ -411,22 +411,41 @@ async function chooseRemote(
 }
 
 /** The block path's probe and plan, started alongside the chunk path's probes (so the first byte comes sooner). */
-type PendingBlockPath = Promise<{ path: BlockPathChoice | null } | { error: unknown }>;
+interface PendingBlockPath {
+  result: Promise<{ path: BlockPathChoice | null } | { error: unknown }>;
+  /** True as soon as the release turns out to have a block index (before it is downloaded), else false. */
+  found: Promise<boolean>;
+  /** Lets the block index body go (see startBlockPath); must be called once the lead is done or not run. */
+  release(): void;
+}
 
+/**
+ * Starts the block path's probe. The block index body (1.3 MB for a 600 MB image: 0.1 s at 100 Mbit/s, 2 s at
+ * 5 Mbit/s) waits until the lead has fetched the image's first missing chunks (a few KB): queued first on the
+ * connection, it would hold them up.
+ */
 function startBlockPath(ctx: Context, opts: AssembleOptions): PendingBlockPath | null {
   if (!opts.rangeUrl || opts.blockPack === false) return null;
-  const pending: PendingBlockPath = costBlockPath({
+  let onFound!: () => void;
+  const found = new Promise<boolean>((resolve) => (onFound = () => resolve(true)));
+  let release!: () => void;
+  const released = new Promise<void>((resolve) => (release = resolve));
+  const result = costBlockPath({
     http: ctx.http,
     imageUrl: opts.rangeUrl,
     seeds: ctx.seeds.map((s) => s.path),
     cacheDir: opts.cacheDir,
     cost: ctx.cost,
+    onFound: () => {
+      onFound();
+      return released;
+    },
     signal: opts.signal,
   }).then(
     (path) => ({ path }),
     (error: unknown) => ({ error }),
   );
-  return pending;
+  return { result, found: Promise.race([found, result.then(() => false)]), release };
 }
 
 /**
@@ -442,7 +461,7 @@ async function blockPathFor(
   pending: PendingBlockPath | null,
 ): Promise<{ path: BlockPathChoice; cheaper: boolean } | null> {
   if (!pending) return null;
-  const got = await pending;
+  const got = await pending.result;
   if ('error' in got) {
     if (opts.signal?.aborted) throw got.error;
     opts.onWarning?.(`block pack for ${opts.rangeUrl}: ${(got.error as Error).message}; using the chunk path`);
@@ -470,6 +489,7 @@ export async function planUpdate(target: string | ChunkIndex, opts: SourceOption
   try {
     const plan = planChunks(index, ctx.seeds, { selfSeed: opts.selfSeed, nullSeed: opts.nullSeed });
     const pending = startBlockPath(ctx, opts);
+    pending?.release();
     const choice = await chooseRemote(plan, ctx, opts, true);
     const blocks = await blockPathFor(index, ctx, opts, choice, pending);
     const t = plan.totals;
@@ -496,51 +516,126 @@ interface Routes {
   list: Route[];
   /** Requests and bytes spent before any route ran (index, probes, samples). */
   probe: { requests: number; bytes: number };
+  /** The chunk route's lead, run already (its traffic is the chunk route's remote, counted there). */
+  lead: Route[];
 }
 
+/** Target bytes the lead streams at most, and the missing bytes it may fetch for them. */
+const LEAD_BYTES = 16 * 1024 * 1024;
+const LEAD_REMOTE_BYTES = 256 * 1024;
+/** The lead is at most this part of the target: the block route, cheaper, does the rest. */
+const LEAD_PART = 64;
+
+/**
+ * Where the lead ends: the target's first chunks, as far as they come from seeds, zero and repeats, plus
+ * missing chunks up to LEAD_REMOTE_BYTES (an image's first block, its superblock, changes with every
+ * release; the unchanged data after it is usually long). `fetched`: the end of its last missing chunk.
+ */
+function leadEnd(plan: Plan, maxBytes: number): { end: number; fetched: number } {
+  const lead = { end: plan.firstChunk, fetched: plan.firstChunk };
+  let bytes = 0;
+  let remote = 0;
+  for (const s of plan.segments) {
+    for (let i = s.first; i < s.first + s.count; i++) {
+      const size = plan.target.chunkSize(i);
+      if (bytes + size > maxBytes || (s.kind === 'remote' && remote + size > LEAD_REMOTE_BYTES)) return lead;
+      bytes += size;
+      lead.end = i + 1;
+      if (s.kind === 'remote') {
+        remote += size;
+        lead.fetched = i + 1;
+      }
+    }
+  }
+  return lead;
+}
+
+/** What the caller's sink does: its largest span and how to run a route into it. */
+interface RouteSink {
+  maxSpan?: number;
+  run: (route: Route) => Promise<void>;
+  /**
+   * Whether the chunk route may hash seeds on a hashing thread. A stream hashes them on this thread: it goes at its
+   * consumer's pace (a client, a pipe), and a hashing worker's isolate would be ~14 MiB of the sidecar's memory. The
+   * block route keeps its thread: its chunk checks are what bounds its wall time.
+   */
+  hashThread: boolean;
+}
+
+/**
+ * Chooses the routes. While the block path is probed and planned (its block index is ~9 bytes per block, seconds
+ * on a slow link), the chunk route's lead streams the target's first chunks into the sink: the first body
+ * byte does not wait for the block index. The routes then skip the chunks the sink holds.
+ */
 async function chooseRoutes(
   target: ChunkIndex,
   ctx: Context,
   opts: AssembleOptions,
   plan: Plan,
-  sink: { maxSpan?: number; whole: boolean; hashThread: boolean },
+  sink: RouteSink,
+  /** The block path's probe (whole targets only), started before the chunk plan. */
+  pending: PendingBlockPath | null,
 ): Promise<Routes> {
-  const pending = sink.whole ? startBlockPath(ctx, opts) : null;
   const choice = await chooseRemote(plan, ctx, opts).catch(async (err: unknown) => {
-    await pending;
+    pending?.release();
+    await pending?.result;
     throw err;
   });
-  const blocks = await blockPathFor(target, ctx, opts, choice, pending);
-  const chunks = new ChunkRoute({
-    target,
-    seeds: ctx.seeds,
-    firstChunk: plan.firstChunk,
-    endChunk: plan.endChunk,
-    selfSeed: opts.selfSeed,
-    nullSeed: opts.nullSeed,
-    remote: choice.remote,
-    fetches: choice.chosen !== 'none',
-    buffers: choice.buffers,
-    concurrency: opts.concurrency ?? DEFAULT_CONCURRENCY,
-    maxSpan: sink.maxSpan,
-    hashPoolFor: sink.hashThread ? hashPoolFor : undefined,
-    onWarning: opts.onWarning,
+  const chunkRoute = (firstChunk: number, endChunk: number): ChunkRoute =>
+    new ChunkRoute({
+      target,
+      seeds: ctx.seeds,
+      firstChunk,
+      endChunk,
+      selfSeed: opts.selfSeed,
+      nullSeed: opts.nullSeed,
+      remote: choice.remote,
+      fetches: choice.chosen !== 'none',
+      buffers: choice.buffers,
+      concurrency: opts.concurrency ?? DEFAULT_CONCURRENCY,
+      maxSpan: sink.maxSpan,
+      hashPoolFor: sink.hashThread ? hashPoolFor : undefined,
+      onWarning: opts.onWarning,
+    });
+  // Only for a release with a block pack: the chunk route alone needs no lead. It runs in two parts: up to its
+  // last missing chunk (then the block index body may take the link), and the rest from local sources.
+  const leadBytes = Math.min(LEAD_BYTES, sink.maxSpan ?? LEAD_BYTES, Math.ceil(target.size / LEAD_PART));
+  const first = plan.firstChunk;
+  const { end, fetched } = pending && (await pending.found) ? leadEnd(plan, leadBytes) : { end: first, fetched: first };
+  const lead = [
+    ...(fetched > first ? [chunkRoute(first, fetched)] : []),
+    ...(end > fetched ? [chunkRoute(fetched, end)] : []),
+  ];
+  const led = (async () => {
+    try {
+      if (fetched > first) await sink.run(lead[0]);
+    } finally {
+      pending?.release();
+    }
+    if (end > fetched) await sink.run(lead[lead.length - 1]);
+  })();
+  led.catch(() => {});
+  const blocks = await blockPathFor(target, ctx, opts, choice, pending).catch(async (err: unknown) => {
+    await led.catch(() => {});
+    throw err;
   });
-  const list: Route[] = [chunks];
+  const list: Route[] = [chunkRoute(first, plan.endChunk)];
   if (blocks?.cheaper) {
-    list.unshift(
-      new BlockRoute({
-        choice: blocks.path,
-        target,
-        http: ctx.http,
-        cost: ctx.cost,
-        sha256: opts.sha256,
-        maxSpan: sink.maxSpan,
-        onWarning: opts.onWarning,
-      }),
-    );
+    const route = new BlockRoute({
+      choice: blocks.path,
+      target,
+      http: ctx.http,
+      cost: ctx.cost,
+      sha256: opts.sha256,
+      maxSpan: sink.maxSpan,
+      hashPoolFor,
+      onWarning: opts.onWarning,
+    });
+    route.prepare(opts.signal ?? new AbortController().signal);
+    list.unshift(route);
   }
-  return { list, probe: choice.probe };
+  await led;
+  return { list, probe: choice.probe, lead };
 }
 
 /** Runs the routes with periodic progress callbacks; network counters include the probes and every route tried. */
@@ -602,7 +697,7 @@ function summary(
     sha256,
     wallMs: Date.now() - started,
     resumedBytes,
-    seedMismatches: routes.list.reduce((n, r) => n + r.seedMismatches, 0),
+    seedMismatches: [...routes.list, ...routes.lead].reduce((n, r) => n + r.seedMismatches, 0),
   };
 }
 
@@ -633,7 +728,9 @@ export async function extractToFile(
   try {
     const { file } = await PartialFile.open(out, index, opts.resume !== false);
     let routes: Routes | undefined;
+    let pending: PendingBlockPath | null = null;
     try {
+      pending = startBlockPath(ctx, opts);
       const progress = newProgress(index.size);
       const resumeHash = file.resumed ? hashPoolFor(index.size) : undefined;
       const resumedBytes = await verifyResumed(file, index, resumeHash, signal).finally(() => resumeHash?.close());
@@ -644,16 +741,24 @@ export async function extractToFile(
         nullSeed: opts.nullSeed,
         skip: (i) => file.has(i),
       });
-      routes = await chooseRoutes(index, ctx, opts, plan, { whole: true, hashThread: true });
+      routes = await chooseRoutes(
+        index,
+        ctx,
+        opts,
+        plan,
+        { run: (route) => route.run(file, progress, signal), hashThread: true },
+        pending,
+      );
       routes.probe.requests += indexCost.requests;
       routes.probe.bytes += indexCost.bytes;
       const last = await runWithProgress(routes, file, progress, { ...opts, signal }, out);
       const sha256 = await file.commit(opts.fileMode ?? 0o644, opts.sha256);
       return summary(progress, routes, last, started, resumedBytes, sha256);
     } catch (err) {
+      pending?.release();
       // Keep what an interrupted run wrote or took over (and say so on the error); a run that failed before writing
       // leaves nothing.
-      if (file.resumed || routes?.list.some((r) => r.wroteAny)) {
+      if (file.resumed || [...(routes?.list ?? []), ...(routes?.lead ?? [])].some((r) => r.wroteAny)) {
         const kept = await file.keep();
         if (kept && err instanceof Error) Object.defineProperty(err, KEPT, { value: kept });
       } else await file.discard();
@@ -701,6 +806,8 @@ export function openExtractStream(target: ChunkIndex, opts: ExtractStreamOptions
     const sourceOpts = { ...opts, signal };
     const ctx = await openContext(target, sourceOpts);
     try {
+      // The block route is priced for whole images only.
+      const pending = start === 0 && end === target.size ? startBlockPath(ctx, sourceOpts) : null;
       const firstChunk = start < end ? target.chunkAt(start) : 0;
       const endChunk = start < end ? target.chunkAt(end - 1) + 1 : 0;
       const plan = planChunks(target, ctx.seeds, {
@@ -709,14 +816,15 @@ export function openExtractStream(target: ChunkIndex, opts: ExtractStreamOptions
         selfSeed: opts.selfSeed,
         nullSeed: opts.nullSeed,
       });
-      const routes = await chooseRoutes(target, ctx, sourceOpts, plan, {
-        maxSpan: windowBytes / 2,
-        // The block route is priced for whole images only.
-        whole: start === 0 && end === target.size,
-        // Seeds are hashed on this thread: a stream goes at its consumer's pace (a client, a pipe), and a hashing
-        // worker's isolate would be ~14 MiB of the sidecar's memory.
-        hashThread: false,
-      });
+      const run = (route: Route): Promise<void> => route.run(stream, progress, signal);
+      const routes = await chooseRoutes(
+        target,
+        ctx,
+        sourceOpts,
+        plan,
+        { maxSpan: windowBytes / 2, run, hashThread: false },
+        pending,
+      );
       const last = await runWithProgress(routes, stream, progress, sourceOpts, opts.rangeUrl ?? 'the update stream');
       await stream.complete;
       return summary(progress, routes, last, started, 0, stream.sha256);

@@ -18,7 +18,14 @@ import { Assembler } from '../assemble/assembler.js';
 import type { ExtractProgress } from '../assemble/progress.js';
 import type { RemoteSource } from '../assemble/remote-source.js';
 import type { AssemblySink } from '../assemble/sink.js';
-import { BLOCK_PARALLELISM, BlockAssembly, isPackFailure, type BlockPathChoice } from '../blockpack/index.js';
+import {
+  BLOCK_PARALLELISM,
+  BlockAssembly,
+  fetchDictionary,
+  isPackFailure,
+  type BlockPathChoice,
+  type PackDictionary,
+} from '../blockpack/index.js';
 
 export type RouteKind = 'range' | 'store' | 'blocks' | 'none';
 
@@ -29,6 +36,8 @@ export interface Route {
   readonly seedMismatches: number;
   /** True once this route put a chunk into the sink. */
   readonly wroteAny: boolean;
+  /** Starts fetching what the route needs before its first byte, while others use the link (optional). */
+  prepare?(signal: AbortSignal): void;
   /** Assembles every chunk the sink does not hold yet (in the sink's range). */
   run(sink: AssemblySink, progress: ExtractProgress, signal: AbortSignal): Promise<void>;
   /** Whether a failure of this route leaves the next one a chance (the origin's or the artifacts' fault). */
@@ -117,6 +126,8 @@ export interface BlockRouteConfig {
   cost: CostModel;
   sha256?: string;
   maxSpan?: number;
+  /** Starts hashing threads for a plan that reads this many seed bytes (started only when the route runs). */
+  hashPoolFor?: (seedBytes: number) => EncoderPool | undefined;
   onWarning?: (message: string) => void;
 }
 
@@ -124,12 +135,22 @@ export interface BlockRouteConfig {
 export class BlockRoute implements Route {
   readonly kind = 'blocks';
   private assembly?: BlockAssembly;
+  private dictionary?: Promise<PackDictionary>;
   constructor(private readonly cfg: BlockRouteConfig) {}
+
+  /** The dictionary is downloaded (and checked) while the chunk route streams the first chunks. */
+  prepare(signal: AbortSignal): void {
+    const { choice, http } = this.cfg;
+    if (this.dictionary || choice.plan.frames.length === 0) return;
+    this.dictionary = fetchDictionary(http, choice.probe.dictUrl, choice.plan.index, signal);
+    this.dictionary.catch(() => {});
+  }
 
   /** The block index download counts as this route's traffic. */
   get stats(): FetchStats {
     const s = this.assembly?.stats ?? NO_TRAFFIC;
-    return { requests: 1 + s.requests, bytes: this.cfg.choice.probe.indexBytes + s.bytes };
+    const { indexRequests, indexBytes } = this.cfg.choice.probe;
+    return { requests: indexRequests + s.requests, bytes: indexBytes + s.bytes };
   }
   get seedMismatches(): number {
     return this.assembly?.seedMismatches ?? 0;
@@ -140,19 +161,26 @@ export class BlockRoute implements Route {
 
   async run(sink: AssemblySink, progress: ExtractProgress, signal: AbortSignal): Promise<void> {
     const { choice, target, http, cost, sha256, maxSpan, onWarning } = this.cfg;
+    const hashPool = this.cfg.hashPoolFor?.(choice.plan.totals.fromSeeds);
     this.assembly = new BlockAssembly(choice.plan, target, sink, progress, {
       http,
       packUrl: choice.probe.packUrl,
       dictUrl: choice.probe.dictUrl,
+      dictionary: this.dictionary,
       multi: choice.best.mode === 'blocks',
       cost,
       sha256,
       concurrency: BLOCK_PARALLELISM,
       maxSpan,
+      hashPool,
       onWarning,
       signal,
     });
-    await this.assembly.run();
+    try {
+      await this.assembly.run();
+    } finally {
+      await hashPool?.close();
+    }
   }
 
   recoverable(err: unknown): boolean {
