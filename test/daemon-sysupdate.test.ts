@@ -521,8 +521,6 @@ test('clients that keep arriving past the join grace still share one assembly', 
     'every client got v2',
   );
   assert.equal(d.ctx.counters.assembliesStarted - started, 1, 'one assembly for the whole burst');
-  const [first] = d.ctx.assemblies.active;
-  assert.equal(first, undefined, 'nothing left running');
 });
 
 test('a request still being prepared when the assembly starts joins it (the start is held for it)', {
