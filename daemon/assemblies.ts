@@ -9,7 +9,8 @@
 // joining (each within JOIN_QUIET_MS of the last) or other requests for the
 // image are still on their way (being prepared), at most MAX_HOLD_MS; while
 // the start is held, the engine pauses when the buffer is full rather than drop
-// byte 0. A single client never waits for that. A client that arrives once
+// byte 0. A single client waits for it only while another request for the
+// image is being prepared. A client that arrives once
 // byte 0 has left the buffer gets an assembly of its own, which reuses the
 // seeds and fetches the rest again. The assembly runs as long
 // as anyone wants it: when the last client goes away before the end, its
@@ -84,13 +85,13 @@ export class SharedAssembly {
         this.buffered.push(buf);
         this.written += buf.length;
         this.peakBuffered = Math.max(this.peakBuffered, this.written - this.base);
-        this.lastByteAt = Date.now();
+        this.lastByteAt = performance.now();
         this.events.emit('data');
         // The engine waits while the slowest client is a full buffer behind, or the buffer is full of a held start.
         while (this.written - this.keptFrom() > this.maxBuffered && !this.abort.signal.aborted) {
           await this.advanceOrHoldEnd();
           this.trim();
-          this.lastByteAt = Date.now(); // waiting for a client is not an engine stall
+          this.lastByteAt = performance.now(); // waiting for a client is not an engine stall
         }
       }
       const result = await this.stream.result;
@@ -116,14 +117,15 @@ export class SharedAssembly {
     return min;
   }
 
-  private readonly startedAt = Date.now();
+  // A monotonic clock: a wall-clock step (timesyncd) must not make a hold endless or end it early.
+  private readonly startedAt = performance.now();
   private joined = 0;
   private lastJoinAt = 0;
 
   /** Whether byte 0 is kept for clients still arriving (see the top of this file). */
   private holdingStart(): boolean {
     if (this.base !== 0 || this.finished) return false;
-    const now = Date.now();
+    const now = performance.now();
     if (this.written <= this.maxBuffered && now - this.startedAt < JOIN_GRACE_MS) return true;
     if (now - this.startedAt >= MAX_HOLD_MS) return false;
     return this.othersArriving() > 0 || (this.joined >= 2 && now - this.lastJoinAt < JOIN_QUIET_MS);
@@ -174,7 +176,7 @@ export class SharedAssembly {
   private lastByteAt = 0;
   private watchdog: NodeJS.Timeout | undefined;
   private checkStall(): void {
-    if (this.lastByteAt > 0 && Date.now() - this.lastByteAt > this.stallMs) {
+    if (this.lastByteAt > 0 && performance.now() - this.lastByteAt > this.stallMs) {
       this.cancel(new Error(`assembly of ${this.key} stalled: no verified byte for ${this.stallMs / 1000} s`));
     }
   }
@@ -200,7 +202,7 @@ export class SharedAssembly {
     const me = Symbol('client');
     this.positions.set(me, 0);
     this.joined++;
-    this.lastJoinAt = Date.now();
+    this.lastJoinAt = performance.now();
     let pos = 0;
     let released = false;
     const release = () => {

@@ -204,7 +204,11 @@ export class ImageService {
     const { timeouts } = this.d;
     const started = Date.now();
     const ac = new AbortController();
-    res.once('close', () => ac.abort());
+    // A client that leaves, or a request that takes another path than an assembly, is no longer on its way to one.
+    res.once('close', () => {
+      ac.abort();
+      arrival?.done();
+    });
     // Index, SHA256SUMS, the proxy probe and the HEAD below go out together.
     const sha256 = this.expectedSha256(target);
     const rangeCheck = method === 'GET' ? this.needsRangeCheck() : Promise.resolve(false);
@@ -225,25 +229,37 @@ export class ImageService {
         `index of ${target.relPath} not fetched within ${timeouts.prepareMs} ms`,
       );
     } catch (err) {
-      if (!(err instanceof DeadlineError) || method === 'HEAD')
+      if (!(err instanceof DeadlineError) || method === 'HEAD') {
+        arrival?.done();
         return this.fallBack(method, target, res, ac.signal, (err as Error).message, sha256);
+      }
       // Under load (a burst of clients, a busy link) the HEAD may be late too. A full download from the same slow
       // origin would not come sooner, so the request waits for whichever answers first, up to answerMs.
       const late = await lateAnswer(ready, head, started + timeouts.answerMs);
       if (late.kind === 'length') {
         const off = (await head).deltaOff;
-        if (off) return this.switchedOff(method, target, res, ac.signal, off);
+        if (off) {
+          arrival?.done();
+          return this.switchedOff(method, target, res, ac.signal, off);
+        }
         return this.serveAnnounced(target, late.length, ready, sha256, res, ac.signal, arrival);
       }
       if (late.kind === 'none') {
         const why = late.why ?? `${(err as Error).message}, nor its length within ${timeouts.answerMs} ms`;
+        arrival?.done();
         return this.fallBack(method, target, res, ac.signal, why, sha256);
       }
       prepared = late.prepared;
     }
-    if (!prepared) return this.fallBack(method, target, res, ac.signal, `no ${this.indexWhat} on the origin`, sha256);
+    if (!prepared) {
+      arrival?.done();
+      return this.fallBack(method, target, res, ac.signal, `no ${this.indexWhat} on the origin`, sha256);
+    }
     const off = (await withDeadline(head, timeouts.prepareMs, 'HEAD late').catch(() => undefined))?.deltaOff;
-    if (off) return this.switchedOff(method, target, res, ac.signal, off);
+    if (off) {
+      arrival?.done();
+      return this.switchedOff(method, target, res, ac.signal, off);
+    }
     if (method === 'HEAD') {
       res.writeHead(200, imageHeaders(prepared.index.size));
       res.end();
@@ -299,6 +315,7 @@ export class ImageService {
       why = (err as Error).message;
     }
     if (prepared && !why) return this.deliver(target, prepared, res, signal, { firstByteBy }, arrival);
+    arrival?.done();
     counters.fallbacks++;
     log.warn(`${target.relPath}: ${why}; streaming the full image from the origin`);
     const expected = prepared
