@@ -540,6 +540,32 @@ test('a request still being prepared when the assembly starts joins it (the star
   assert.equal(d.ctx.counters.assembliesStarted - started, 1, 'the late-prepared request joined the running assembly');
 });
 
+test("a request that falls back to the full image does not hold the start of another client's assembly", {
+  timeout: 60_000,
+}, async (t) => {
+  const f = await fixture();
+  const v2 = f.releases[1];
+  t.after(() => f.origin.clearFaults());
+  // No freshness, so A and B prepare apart; A's index is refused (403), so A streams the full image, which trickles.
+  const d = await startDaemon(t, f, { passthrough: 'proxy' }, f.origin.url, undefined, 64 * 1024, 0);
+  f.origin.fault({ kind: 'status', path: '/os_2.img.caibx', status: 403 });
+  // The image path's first request is A's HEAD, the second A's full GET.
+  f.origin.fault({ kind: 'trickle', path: '/os_2.img', skip: 1, intervalMs: 200 });
+  const a = new AbortController();
+  const slow = fetch(`${d.url}/os_2.img`, { signal: a.signal }).catch(() => undefined);
+  t.after(() => a.abort());
+  await new Promise((r) => setTimeout(r, 300));
+  const started = performance.now();
+  const b = Buffer.from(await (await fetch(`${d.url}/os_2.img`)).arrayBuffer());
+  const seconds = (performance.now() - started) / 1000;
+  assert.ok(b.equals(v2.data), 'B got v2');
+  // Held for A, B's assembly would pause at its 64 KiB buffer for the whole 15 s hold.
+  assert.ok(seconds < 8, `B took ${seconds.toFixed(1)} s`);
+  assert.equal(d.ctx.counters.fallbacks, 1, 'A fell back');
+  a.abort();
+  await slow;
+});
+
 test('a burst of clients shares one preparation: one index, one SHA256SUMS, one HEAD, one range probe', {
   timeout: 60_000,
 }, async (t) => {
