@@ -29,6 +29,7 @@ import { FileError } from '../lib/errors.js';
 import { startOrigin, type Origin } from './helpers/origin.js';
 import { makeDeltaFixture, requireCasync, TEST_PARAMS, type DeltaFixture } from './helpers/delta-images.js';
 import { tmpDir } from './helpers/tmp.js';
+import { newProgress } from '../lib/assemble/progress.js';
 
 let fx: DeltaFixture;
 let origin: Origin;
@@ -646,18 +647,7 @@ test('assembler into an ordered stream: a seed read error ends the stream instea
     onCancel: (r) => cancel.abort(r),
   });
   sink.on('error', () => {});
-  const progress = {
-    total: fx.index.size,
-    done: 0,
-    fromSeeds: 0,
-    fromSelf: 0,
-    fromZero: 0,
-    fromCache: 0,
-    fromNetwork: 0,
-    fromLocalStore: 0,
-    networkBytes: 0,
-    networkRequests: 0,
-  };
+  const progress = newProgress(fx.index.size);
   const assembler = new Assembler({ plan, sink, remote, concurrency: 2, progress, signal: cancel.signal });
   const limit = deadline(5000, 'the assembly');
   try {

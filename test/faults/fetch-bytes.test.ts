@@ -12,6 +12,7 @@ import type { AssemblySink } from '../../lib/assemble/sink.js';
 import type { Deliver, RemoteSource, Run } from '../../lib/assemble/remote-source.js';
 import type { ChunkIndex } from '../../lib/format/caibx.js';
 import { seededBytes } from '../helpers/images.js';
+import { newProgress } from '../../lib/assemble/progress.js';
 
 /** A remote source that serves chunks from memory after a short wait, recording the largest set in flight. */
 class CountingSource implements RemoteSource {
@@ -63,18 +64,7 @@ async function run(maxFetchBytes: number): Promise<{ source: CountingSource }> {
   });
   const source = new CountingSource(index, data);
   const plan = planChunks(index, [], { nullSeed: false, selfSeed: false });
-  const progress = {
-    total: index.size,
-    done: 0,
-    fromSeeds: 0,
-    fromSelf: 0,
-    fromZero: 0,
-    fromCache: 0,
-    fromNetwork: 0,
-    fromLocalStore: 0,
-    networkBytes: 0,
-    networkRequests: 0,
-  };
+  const progress = newProgress(index.size);
   await new Assembler({ plan, sink: sink(), remote: source, concurrency: 8, maxFetchBytes, progress }).run();
   assert.equal(progress.fromNetwork, index.size, 'every chunk arrived');
   return { source };
