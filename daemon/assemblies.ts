@@ -138,13 +138,15 @@ export class SharedAssembly {
 
   /** Resolves when a client advances, or soon after a held start may have been let go. */
   private advanceOrHoldEnd(): Promise<void> {
+    // Only a held start ends by itself (time passes); a slow client's lag ends when it advances.
+    const holding = this.holdingStart();
     return new Promise<void>((resolve) => {
       const done = () => {
         clearTimeout(timer);
         this.events.off('advance', done);
         resolve();
       };
-      const timer = setTimeout(done, 100);
+      const timer = holding ? setTimeout(done, 100) : undefined;
       this.events.once('advance', done);
     });
   }
