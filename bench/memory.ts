@@ -9,6 +9,7 @@
 //
 //   npm run build && node dist/bench/memory.js [--pair v1-v2.repro|big] [--modes range,store,blocks,seeds,serve,serve-blocks]
 //        [--proto h1|h2] [--runs 1] [--port 8300] [--label TEXT]
+//        [--tag NAME]   (a scratch dir of its own for output, cache and nginx: two runs at once)
 //        [--node-args=--max-semi-space-size=1]   (run node FLAGS dist/daemon/cli.js instead of the launcher bin/deltad;
 //                                               '--node-args= ' runs it with no flags: Node's defaults)
 //        [--pack-level 19]   (zstd level of the block pack when it has to be made; the 4 GiB pair uses 3 by default)
@@ -33,10 +34,13 @@ const { values } = parseArgs({
     'node-args': { type: 'string' },
     'pack-level': { type: 'string', default: '' },
     label: { type: 'string', default: '' },
+    tag: { type: 'string', default: '' },
   },
 });
 const PORT = Number(values.port);
 const DAEMON_PORT = PORT + 1;
+/** Per-run scratch (output, cache, nginx, TLS) under the pair's work dir: --tag lets two runs share a machine. */
+const scratchOf = (work: string): string => (values.tag ? join(work, `run-${values.tag}`) : work);
 const TLS = values.proto === 'h2';
 const NODE_ARGS = (values['node-args'] ?? '').split(' ').filter(Boolean);
 /** Through the launcher (bin/deltad), as deltad runs in use; with --node-args, node FLAGS cli.js (no launcher). */
@@ -117,9 +121,10 @@ interface Row {
 const cmp = (a: string, b: string): boolean => spawnSync('cmp', ['-s', a, b]).status === 0;
 
 async function extract(site: Site, mode: string, base: string, cache: string, caArgs: string[]): Promise<Row> {
-  const out = join(site.www, '..', 'out.img');
-  for (const f of [out, join(site.www, '..', '.out.img.deltad-partial')]) rmSync(f, { force: true });
-  rmSync(join(site.www, '..', '.out.img.deltad-partial.journal'), { force: true });
+  const scratch = scratchOf(join(site.www, '..'));
+  const out = join(scratch, 'out.img');
+  for (const f of [out, join(scratch, '.out.img.deltad-partial')]) rmSync(f, { force: true });
+  rmSync(join(scratch, '.out.img.deltad-partial.journal'), { force: true });
   const source: Record<string, string[]> = {
     range: ['--mode', 'range', '--range-url', `${base}/os_2.img`, '--seed', site.seed],
     store: ['--mode', 'store', '--store', `${base}/os_2.img.castr`, '--seed', site.seed],
@@ -204,7 +209,8 @@ async function main(): Promise<void> {
   const site = prepareSite(p);
   const modes = values.modes!.split(',').filter(Boolean);
   if (modes.some((m) => m.includes('blocks'))) preparePack(site);
-  const work = join(site.www, '..');
+  const work = scratchOf(join(site.www, '..'));
+  mkdirSync(work, { recursive: true });
   const ca = TLS ? makeTestCa(join(work, 'tls')) : null;
   const nginx = startNginx(join(work, 'nginx'), [
     TLS
