@@ -101,6 +101,8 @@ export interface ExtractStreamOptions extends AssembleOptions {
   end?: number;
   /** Bytes of verified data held ahead of the consumer (default 16 MiB). */
   windowBytes?: number;
+  /** The consumer acknowledges the bytes it is done with (the stream's `acknowledge`), so buffers are reused. */
+  acknowledged?: boolean;
 }
 
 /** Byte counters of one assembly, in target bytes unless named otherwise. */
@@ -131,6 +133,8 @@ export interface ExtractStream extends Readable {
   readonly progress: ExtractProgress;
   /** Settles when assembly ends: resolves with the summary, rejects with the error that destroyed the stream. */
   readonly result: Promise<ExtractResult>;
+  /** With `acknowledged`: the consumer is done with the first `bytes` bytes (their buffers may be reused). */
+  acknowledge(bytes: number): void;
 }
 
 const PROGRESS_INTERVAL_MS = 200;
@@ -797,6 +801,7 @@ export function openExtractStream(target: ChunkIndex, opts: ExtractStreamOptions
     windowBytes,
     sha256: opts.sha256,
     onCancel: (reason) => cancel.abort(reason),
+    acknowledged: opts.acknowledged,
   });
   // At once, not when the assembly unwinds: whatever waits for the consumer (the window) is released too.
   signal.addEventListener('abort', () => stream.destroy(signal.reason), { once: true });

@@ -37,3 +37,31 @@ export class BufferPool {
     this.pooled += ab.byteLength;
   }
 }
+
+/**
+ * One buffer shared by several holders (the slices a sink keeps of it, and its producer): `done` runs once, when
+ * the last of them lets go (then the buffer can be reused).
+ */
+export class SharedBuffer {
+  private refs = 1;
+
+  /** @param done called when the creator's reference and every hold() are released. */
+  constructor(private readonly done: () => void) {}
+
+  /** A further holder: its release function (calling it twice counts once). */
+  hold(): () => void {
+    this.refs++;
+    let held = true;
+    return () => {
+      if (held) {
+        held = false;
+        this.drop();
+      }
+    };
+  }
+
+  /** Releases the creator's reference. */
+  drop(): void {
+    if (--this.refs === 0) this.done();
+  }
+}
