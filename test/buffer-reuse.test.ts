@@ -118,13 +118,18 @@ function reusingEngine(bytes: Buffer, index: ChunkIndex, windowBytes: number) {
       const end = index.end(first + count - 1);
       await stream.admit(start, end, first);
       if (stream.destroyed) throw new Error('destroyed');
-      const buf = free.pop() ?? (stats.allocated++, Buffer.alloc(128 * 1024));
+      let buf = free.pop();
+      if (!buf) {
+        stats.allocated++;
+        buf = Buffer.alloc(128 * 1024);
+      }
       bytes.copy(buf, 0, start, end);
       stats.puts++;
+      const mine = buf;
       stream.put(first, count, buf.subarray(0, end - start), () => {
         stats.released++;
-        buf.fill(0xee);
-        free.push(buf);
+        mine.fill(0xee);
+        free.push(mine);
       });
       await sleep(0);
     }
