@@ -16,7 +16,7 @@ import type { AssemblySink } from './sink.js';
 export type { AssemblySink } from './sink.js';
 import { encodeBatch, type EncoderPool } from '../store/chunk-encoder.js';
 import { BatchBuffers } from '../store/chunk-reader.js';
-import { type BufferPool, SharedBuffer } from '../util/buffer-pool.js';
+import { BufferPool, SharedBuffer } from '../util/buffer-pool.js';
 import { unlessAborted } from '../util/abort.js';
 import { forEachConcurrent } from '../util/async-pool.js';
 import { addToRuns } from '../util/runs.js';
@@ -43,7 +43,7 @@ export interface AssemblerOptions {
   signal?: AbortSignal;
   /** Worker threads that hash seed data alongside this thread (hashing is the bottleneck of seed reuse); inline when absent. */
   hashPool?: EncoderPool;
-  /** The pool the remote source takes chunk buffers from: they are handed back once written. */
+  /** The pool the remote source takes chunk buffers from (and, for a holding sink, seed reads too): they are handed back once written or released. */
   chunkBuffers?: BufferPool;
 }
 
@@ -73,11 +73,13 @@ export class Assembler {
   private pendingWrites = 0;
   private drainWaiters: (() => void)[] = [];
   private zeros: Buffer = Buffer.alloc(0);
+  /** Seed read buffers for a file sink, reused once written (fewer large garbage buffers, lower RSS). */
+  private readonly seedBuffers = new BatchBuffers(4, SEED_TASK_BYTES);
   /**
-   * Seed read buffers, reused (fewer large garbage buffers, lower RSS): once written, or once a holding sink
-   * releases them.
+   * A holding sink's buffers, for seed reads and fetched chunks alike (one pool, so that neither keeps idle
+   * buffers while the other allocates), reused once the sink releases them.
    */
-  private readonly seedBuffers: BatchBuffers;
+  private readonly heldBuffers: BufferPool | undefined;
   private inlineTurn = false;
   seedMismatches = 0;
   /** True once any chunk reached the sink. */
@@ -85,8 +87,7 @@ export class Assembler {
 
   constructor(private readonly opts: AssemblerOptions) {
     this.index = opts.plan.target;
-    // A stream's buffers come back later (once its consumer has sent them), so a few more are kept.
-    this.seedBuffers = new BatchBuffers(opts.sink.holdsData ? 6 : 4, SEED_TASK_BYTES);
+    if (opts.sink.holdsData) this.heldBuffers = opts.chunkBuffers ?? new BufferPool();
     // Every request in flight listens on this signal.
     setMaxListeners(0, this.ctl.signal);
     opts.signal?.addEventListener('abort', () => this.ctl.abort(opts.signal!.reason), { once: true });
@@ -245,8 +246,8 @@ export class Assembler {
     const sIdx = seed.index;
     const base = sIdx.start(t.seedFirst);
     const size = sIdx.end(t.seedFirst + t.count - 1) - base;
-    const holding = this.opts.sink.holdsData;
-    const read = await readSeedRange(seed, base, base + size, this.seedBuffers.take(size));
+    const held = this.heldBuffers;
+    const read = await readSeedRange(seed, base, base + size, (held ?? this.seedBuffers).take(size));
     this.ctl.signal.throwIfAborted();
     const ends: number[] = [];
     for (let k = 0; k < t.count; k++) ends.push(sIdx.end(t.seedFirst + k) - base);
@@ -267,7 +268,7 @@ export class Assembler {
     };
     const bad: Run[] = [];
     // A holding sink keeps slices of the buffer: it is reused once the sink has released every one.
-    const shared = holding ? new SharedBuffer(() => this.seedBuffers.give(data)) : undefined;
+    const shared = held ? new SharedBuffer(() => held.give(data)) : undefined;
     // Verified chunks are handed on in contiguous runs, one write per run.
     let runStart = -1;
     const flush = async (end: number): Promise<void> => {
@@ -296,7 +297,7 @@ export class Assembler {
     } finally {
       shared?.drop();
     }
-    if (!holding) this.seedBuffers.give(data);
+    if (!held) this.seedBuffers.give(data);
     if (bad.length > 0) await this.fetchRemote(bad);
   }
 

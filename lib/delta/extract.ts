@@ -354,6 +354,8 @@ async function chooseRemote(
   ctx: Context,
   opts: AssembleOptions,
   probeAlways = false,
+  /** Unused chunk buffers kept for reuse (BufferPool's default when undefined). */
+  pooledBytes?: number,
 ): Promise<RemoteChoice> {
   const mode = opts.mode ?? 'auto';
   const parallelism = opts.concurrency ?? DEFAULT_CONCURRENCY;
@@ -410,7 +412,7 @@ async function chooseRemote(
   }
   const best = modes.reduce((a, b) => (weigh(b) < weigh(a) ? b : a));
   if (best.mode === 'store') return { remote: stores, chosen: 'store', modes, rangeSupport, probe };
-  const buffers = new BufferPool();
+  const buffers = new BufferPool(pooledBytes);
   return { remote: rangeSource(best.mode === 'range', buffers), buffers, chosen: 'range', modes, rangeSupport, probe };
 }
 
@@ -564,6 +566,11 @@ interface RouteSink {
    * block route keeps its thread: its chunk checks are what bounds its wall time.
    */
   hashThread: boolean;
+  /**
+   * Unused buffers kept for reuse. An acknowledging stream's come back in bursts, as its consumer sends them: kept,
+   * they are reused instead of left as garbage.
+   */
+  pooledBytes?: number;
 }
 
 /**
@@ -580,7 +587,7 @@ async function chooseRoutes(
   /** The block path's probe (whole targets only), started before the chunk plan. */
   pending: PendingBlockPath | null,
 ): Promise<Routes> {
-  const choice = await chooseRemote(plan, ctx, opts).catch(async (err: unknown) => {
+  const choice = await chooseRemote(plan, ctx, opts, false, sink.pooledBytes).catch(async (err: unknown) => {
     pending?.release();
     await pending?.result;
     throw err;
@@ -827,7 +834,12 @@ export function openExtractStream(target: ChunkIndex, opts: ExtractStreamOptions
         ctx,
         sourceOpts,
         plan,
-        { maxSpan: windowBytes / 2, run, hashThread: false },
+        {
+          maxSpan: windowBytes / 2,
+          run,
+          hashThread: false,
+          pooledBytes: opts.acknowledged ? 2 * windowBytes : undefined,
+        },
         pending,
       );
       const last = await runWithProgress(routes, stream, progress, sourceOpts, opts.rangeUrl ?? 'the update stream');
