@@ -33,6 +33,7 @@ export type StartAssembly = (signal: AbortSignal) => Promise<ExtractStream>;
 export class SharedAssembly {
   /** Verified bytes received from the engine so far. */
   written = 0;
+  /** Every byte is verified and buffered (the engine may still be closing its sources: see `result`). */
   finished = false;
   error: Error | undefined;
   /** True when it was stopped because every client went away (not a failure). */
@@ -94,10 +95,15 @@ export class SharedAssembly {
           this.lastByteAt = performance.now(); // waiting for a client is not an engine stall
         }
       }
+      // The engine's stream ends only once every byte is verified (and the whole-file SHA-256 matched): the clients'
+      // downloads end now, not after the engine has closed its seeds and summed up (at times seconds later).
+      if (this.written === this.size) {
+        this.finished = true;
+        this.events.emit('data');
+      }
       const result = await this.stream.result;
       if (this.written !== this.size)
         throw new Error(`assembly of ${this.key} produced ${this.written} of ${this.size} bytes`);
-      this.finished = true;
       return result;
     } catch (err) {
       this.error = err instanceof Error ? err : new Error(String(err));
@@ -253,14 +259,15 @@ export class SharedAssembly {
           if (!readable.push(bytes) && !wanted) return void (pumping = false);
           continue;
         }
-        if (this.error) {
-          pumping = false;
-          return void readable.destroy(this.error);
-        }
+        // A verified image ends cleanly, even when the engine fails afterwards (closing its sources).
         if (this.finished && pos >= this.written) {
           pumping = false;
           readable.push(null);
           return release();
+        }
+        if (this.error) {
+          pumping = false;
+          return void readable.destroy(this.error);
         }
         await new Promise<void>((r) => this.events.once('data', r));
       }

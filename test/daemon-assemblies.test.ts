@@ -1,0 +1,87 @@
+// The shared assembly (daemon/assemblies.ts) in front of a stand-in engine whose wind-down (closing its seeds,
+// summing up) we control: a client's download ends with the engine's last verified byte, not with the wind-down.
+// (Ended late, a response kept its connection busy past the server's close, which then waited out the keep-alive.)
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { Readable } from 'node:stream';
+import { AssemblyRegistry } from '../daemon/assemblies.js';
+import type { ExtractResult, ExtractStream } from '../lib/delta/extract.js';
+import { newProgress } from '../lib/assemble/progress.js';
+
+/** An engine that streams `data` at once, then settles its result only when `windDown` is called. */
+function engine(data: Buffer): { stream: ExtractStream; windDown: (err?: Error) => void } {
+  let windDown!: (err?: Error) => void;
+  const progress = { ...newProgress(data.length), done: data.length };
+  const result = new Promise<ExtractResult>((resolve, reject) => {
+    windDown = (err) =>
+      err ? reject(err) : resolve({ ...progress, mode: 'range', wallMs: 0, resumedBytes: 0, seedMismatches: 0 });
+  });
+  const half = data.length >> 1;
+  const stream = Object.assign(Readable.from([data.subarray(0, half), data.subarray(half)], { objectMode: false }), {
+    progress,
+    result,
+  });
+  return { stream, windDown };
+}
+
+/** All of `r`, or 'late' when it has not ended within `ms`. */
+async function readAll(r: Readable, ms: number): Promise<Buffer | 'late'> {
+  const parts: Buffer[] = [];
+  const ended = (async () => {
+    for await (const b of r) parts.push(b as Buffer);
+    return Buffer.concat(parts);
+  })();
+  let timer: NodeJS.Timeout | undefined;
+  const late = new Promise<'late'>((resolve) => (timer = setTimeout(() => resolve('late'), ms)));
+  try {
+    return await Promise.race([ended, late]);
+  } finally {
+    clearTimeout(timer);
+  }
+}
+
+const DATA = Buffer.from(Array.from({ length: 300_000 }, (_, i) => (i * 7) & 0xff));
+
+test("clients' downloads end with the last verified byte, while the engine still winds down", async () => {
+  const { stream, windDown } = engine(DATA);
+  const registry = new AssemblyRegistry(45_000);
+  const { assembly } = registry.acquire('k', DATA.length, async () => stream);
+  const a = assembly.subscribe();
+  const b = assembly.subscribe();
+  const [gotA, gotB] = await Promise.all([readAll(a, 5_000), readAll(b, 5_000)]);
+  assert.ok(gotA !== 'late' && gotA.equals(DATA), 'client A got the whole image and its end before the wind-down');
+  assert.ok(gotB !== 'late' && gotB.equals(DATA), 'client B too');
+  assert.equal(assembly.finished, true);
+  assert.deepEqual(registry.active, [], 'not counted as running');
+  // The summary (index adoption, the log line) still comes with the engine's result.
+  windDown();
+  assert.equal((await assembly.result).total, DATA.length);
+  assert.equal(assembly.error, undefined);
+});
+
+test('a verified image still ends cleanly for a client that reads on after the engine failed in its wind-down', async () => {
+  const { stream, windDown } = engine(DATA);
+  const registry = new AssemblyRegistry(45_000);
+  const { assembly } = registry.acquire('k', DATA.length, async () => stream);
+  const slow = assembly.subscribe();
+  // The engine's stream ends while the client has not read yet; then its wind-down fails.
+  await new Promise<void>((resolve) => stream.once('end', resolve));
+  windDown(new Error('closing a seed failed'));
+  await assert.rejects(assembly.result, /closing a seed failed/);
+  const got = await readAll(slow, 5_000);
+  assert.ok(got !== 'late' && got.equals(DATA), 'the client got the whole verified image and its end');
+});
+
+test('a stream that ends short is not a finished image: the client is cut', async () => {
+  const { stream, windDown } = engine(DATA);
+  const registry = new AssemblyRegistry(45_000);
+  const { assembly } = registry.acquire('k', DATA.length + 1, async () => stream);
+  const client = assembly.subscribe();
+  const got = readAll(client, 5_000);
+  windDown();
+  await Promise.all([
+    assert.rejects(assembly.result, /produced 300000 of 300001 bytes/),
+    assert.rejects(got, /produced 300000 of 300001 bytes/),
+  ]);
+  assert.equal(assembly.finished, false);
+});
