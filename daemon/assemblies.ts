@@ -36,6 +36,7 @@ export type StartAssembly = (signal: AbortSignal) => Promise<ExtractStream>;
 export class SharedAssembly {
   /** Verified bytes received from the engine so far. */
   written = 0;
+  /** Every byte is verified and buffered (the engine may still be closing its sources: see `result`). */
   finished = false;
   error: Error | undefined;
   /** True when it was stopped because every client went away (not a failure). */
@@ -86,10 +87,15 @@ export class SharedAssembly {
       this.watchdog = setInterval(() => this.checkStall(), this.stallMs / 3);
       this.watchdog.unref();
       await this.consume(this.stream);
+      // The engine's stream ends only once every byte is verified (and the whole-file SHA-256 matched): the clients'
+      // downloads end now, not after the engine has closed its seeds and summed up (at times seconds later).
+      if (this.written === this.size) {
+        this.finished = true;
+        this.events.emit('data');
+      }
       const result = await this.stream.result;
       if (this.written !== this.size)
         throw new Error(`assembly of ${this.key} produced ${this.written} of ${this.size} bytes`);
-      this.finished = true;
       return result;
     } catch (err) {
       this.error = err instanceof Error ? err : new Error(String(err));
@@ -263,7 +269,6 @@ export class SharedAssembly {
       try {
         for (;;) {
           if (failure) throw failure;
-          if (this.error) throw this.error;
           if (left) throw new Error('the client left');
           if (out.writableNeedDrain) {
             await next();
@@ -280,11 +285,13 @@ export class SharedAssembly {
             });
             continue;
           }
+          // A verified image ends cleanly, even when the engine fails afterwards (closing its sources).
           if (this.finished) {
             out.end();
             await finished(out);
             return leave();
           }
+          if (this.error) throw this.error;
           await next();
         }
       } catch (err) {

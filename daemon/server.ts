@@ -12,6 +12,12 @@ import { sidecarRoutes } from './sidecar-routes.js';
 export { PLAN_PREFIX } from './sidecar-routes.js';
 export { createDaemonContext, type DaemonContext, type ServerOptions } from './sidecar-context.js';
 
+/**
+ * Idle keep-alive connections are kept this long (fastify's default is 72 s): one holds off the idle exit, and a
+ * close waits for those that were busy when it began. Clients reconnect cheaply.
+ */
+const KEEP_ALIVE_MS = 5_000;
+
 export async function buildServer(
   config: DaemonConfig,
   opts: ServerOptions = {},
@@ -22,7 +28,7 @@ export async function buildServer(
     log: ctx.log,
     counters: ctx.counters,
     // In-flight downloads finish on close; idle keep-alive connections are closed.
-    fastify: { forceCloseConnections: 'idle' },
+    fastify: { forceCloseConnections: 'idle', keepAliveTimeout: KEEP_ALIVE_MS },
   });
   app.addHook('onClose', async () => {
     if (!opts.http) await ctx.http.close();

@@ -13,8 +13,6 @@ import { createNotifier } from '../notify.js';
 import { buildServer } from '../server.js';
 import { pickHttpSocket, takeInheritedSockets } from '../socket-activation.js';
 
-const KEEP_ALIVE_MS = 5_000;
-
 export const command: Command = {
   name: 'serve',
   usage: `Usage: deltad serve [config options]
@@ -67,8 +65,6 @@ ${configUsage}`,
       idle.begin();
       socket.once('close', () => idle.end());
     });
-    // An idle keep-alive connection holds off the idle exit; clients reconnect cheaply.
-    app.server.keepAliveTimeout = KEEP_ALIVE_MS;
 
     const socket = pickHttpSocket(sockets);
     let where: string;
