@@ -96,6 +96,34 @@ test('ordered stream: pieces never emitted are handed back when it is destroyed,
   assert.deepEqual(released, [2, 3]);
 });
 
+test('ordered stream: with an acknowledging consumer, the window counts from the acknowledged byte', async () => {
+  const { bytes, index } = target(1024 * 1024);
+  const stream = new OrderedStream({
+    target: index,
+    start: 0,
+    end: index.size,
+    windowBytes: 256 * 1024,
+    onCancel: () => {},
+    acknowledged: true,
+  });
+  stream.on('data', () => {});
+  const upTo = index.chunkAt(300 * 1024);
+  stream.put(0, upTo, Buffer.from(bytes.subarray(0, index.start(upTo))), () => {});
+  await new Promise((r) => setImmediate(r));
+  // Everything before `upTo` is emitted, nothing acknowledged: a task ending 200 KiB further waits.
+  const far = index.chunkAt(index.start(upTo) + 200 * 1024);
+  let admitted = false;
+  const waiting = stream.admit(index.start(far), index.end(far), far);
+  assert.ok(waiting, 'not admitted while the consumer holds the bytes');
+  void Promise.resolve(waiting).then(() => (admitted = true));
+  await new Promise((r) => setImmediate(r));
+  assert.equal(admitted, false);
+  stream.acknowledge(index.start(upTo));
+  await new Promise((r) => setImmediate(r));
+  assert.equal(admitted, true, 'admitted once the consumer is done with them');
+  stream.destroy();
+});
+
 /**
  * A stand-in for the engine: an ordered stream fed from a few reused buffers, each filled with 0xee when it comes
  * back (as the next task's read would overwrite it).

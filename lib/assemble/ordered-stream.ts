@@ -1,7 +1,8 @@
 // The assembled target as a readable byte stream: verified chunks arrive in
 // any order, the stream emits the contiguous prefix as it grows. Memory is
 // bounded by a reorder window: work on bytes beyond (emitted + window) is not
-// admitted until the consumer has read enough (backpressure). The SHA-256 of
+// admitted until the consumer has read enough (backpressure); with an
+// acknowledging consumer, beyond (acknowledged + window). The SHA-256 of
 // the emitted bytes is computed on the fly; with an expected digest, the final
 // chunk is held back until the whole-file digest matches. A consumer that
 // says which emitted bytes it is done with (acknowledge) lets the producers
@@ -50,6 +51,7 @@ export class OrderedStream extends Readable implements AssemblySink {
   /** Emitted bytes not yet acknowledged: the stream offset where each ends, and its put's release. */
   private readonly unacknowledged: { end: number; share: Share }[] = [];
   private emittedBytes = 0;
+  private acknowledgedBytes = 0;
   private next: number;
   private readonly endChunk: number;
   private readonly hash: Hash = createHash('sha256');
@@ -79,8 +81,16 @@ export class OrderedStream extends Readable implements AssemblySink {
     return this.next < this.endChunk ? this.target.start(this.next) : this.opts.end;
   }
 
+  /**
+   * Where the window starts: the first byte not emitted, or with an acknowledging consumer the first not
+   * acknowledged (what the consumer still holds counts against the window too).
+   */
+  private get windowStart(): number {
+    return this.opts.acknowledged ? this.opts.start + this.acknowledgedBytes : this.emitted;
+  }
+
   admit(_start: number, end: number, first: number): Promise<void> | void {
-    if (first <= this.next || end - this.emitted <= this.opts.windowBytes) return;
+    if (first <= this.next || end - this.windowStart <= this.opts.windowBytes) return;
     return new Promise((resolve) => this.waiters.push({ end, first, resolve }));
   }
 
@@ -102,6 +112,8 @@ export class OrderedStream extends Readable implements AssemblySink {
 
   /** The consumer is done with the first `bytes` bytes of the stream: their buffers may be reused. */
   acknowledge(bytes: number): void {
+    this.acknowledgedBytes = Math.max(this.acknowledgedBytes, bytes);
+    this.wake();
     const q = this.unacknowledged;
     let n = 0;
     while (n < q.length && q[n].end <= bytes) this.unref(q[n++].share);
@@ -193,9 +205,9 @@ export class OrderedStream extends Readable implements AssemblySink {
 
   private wake(): void {
     if (this.waiters.length === 0) return;
-    const emitted = this.emitted;
+    const from = this.windowStart;
     this.waiters = this.waiters.filter((w) => {
-      if (w.first <= this.next || w.end - emitted <= this.opts.windowBytes) {
+      if (w.first <= this.next || w.end - from <= this.opts.windowBytes) {
         w.resolve();
         return false;
       }
