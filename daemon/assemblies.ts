@@ -14,9 +14,12 @@
 // byte 0 has left the buffer gets an assembly of its own, which reuses the
 // seeds and fetches the rest again. The assembly runs as long
 // as anyone wants it: when the last client goes away before the end, its
-// fetches are aborted.
+// fetches are aborted. A client's position is what its socket has taken
+// (write callbacks): bytes every client's socket has taken are acknowledged to
+// the engine, which reuses their buffers.
 import { EventEmitter } from 'node:events';
-import { Readable } from 'node:stream';
+import type { Writable } from 'node:stream';
+import { finished } from 'node:stream/promises';
 import type { ExtractResult, ExtractStream } from '../lib/delta/extract.js';
 
 /** Bytes kept for the clients of one assembly beyond the slowest one's position. */
@@ -44,9 +47,11 @@ export class SharedAssembly {
   private readonly abort = new AbortController();
   /** Positions of the attached clients (bytes each has taken). */
   private readonly positions = new Map<symbol, number>();
-  /** Buffered verified bytes [base, written), in order. */
+  /** Buffered verified bytes [base, written), in order, as the engine gave them. */
   private buffered: Buffer[] = [];
   private base = 0;
+  /** Pieces dropped from the front of `buffered` so far (a client's piece k is buffered[k - shifted]). */
+  private shifted = 0;
   /** Most bytes held in `buffered` at once (for metrics and tests). */
   peakBuffered = 0;
   private stream: ExtractStream | undefined;
@@ -81,20 +86,7 @@ export class SharedAssembly {
       if (this.abort.signal.aborted) throw this.abort.signal.reason;
       this.watchdog = setInterval(() => this.checkStall(), this.stallMs / 3);
       this.watchdog.unref();
-      for await (const chunk of this.stream) {
-        const buf = chunk as Buffer;
-        this.buffered.push(buf);
-        this.written += buf.length;
-        this.peakBuffered = Math.max(this.peakBuffered, this.written - this.base);
-        this.lastByteAt = performance.now();
-        this.events.emit('data');
-        // The engine waits while the slowest client is a full buffer behind, or the buffer is full of a held start.
-        while (this.written - this.keptFrom() > this.maxBuffered && !this.abort.signal.aborted) {
-          await this.advanceOrHoldEnd();
-          this.trim();
-          this.lastByteAt = performance.now(); // waiting for a client is not an engine stall
-        }
-      }
+      await this.consume(this.stream);
       // The engine's stream ends only once every byte is verified (and the whole-file SHA-256 matched): the clients'
       // downloads end now, not after the engine has closed its seeds and summed up (at times seconds later).
       if (this.written === this.size) {
@@ -114,6 +106,32 @@ export class SharedAssembly {
       this.events.emit('data');
       if (this.positions.size === 0) void this.dispose();
     }
+  }
+
+  /** Takes the engine's bytes as they come (flowing: one piece each, never concatenated), pausing while full. */
+  private async consume(stream: ExtractStream): Promise<void> {
+    const full = (): boolean => this.written - this.keptFrom() > this.maxBuffered && !this.abort.signal.aborted;
+    const waitForRoom = async (): Promise<void> => {
+      // The engine waits while the slowest client is a full buffer behind, or the buffer is full of a held start.
+      while (full()) {
+        await this.advanceOrHoldEnd();
+        this.trim();
+        this.lastByteAt = performance.now(); // waiting for a client is not an engine stall
+      }
+      stream.resume();
+    };
+    stream.on('data', (buf: Buffer) => {
+      this.buffered.push(buf);
+      this.written += buf.length;
+      this.peakBuffered = Math.max(this.peakBuffered, this.written - this.base);
+      this.lastByteAt = performance.now();
+      this.events.emit('data');
+      if (full()) {
+        stream.pause();
+        void waitForRoom();
+      }
+    });
+    await finished(stream);
   }
 
   /** Position of the slowest attached client (the newest byte when none is attached). */
@@ -161,18 +179,13 @@ export class SharedAssembly {
   private trim(): void {
     if (this.holdingStart()) return;
     const keep = this.slowest();
-    while (this.buffered.length && this.base + this.buffered[0].length <= keep)
-      this.base += this.buffered.shift()!.length;
-  }
-
-  /** Bytes from `pos` on that are buffered (at most one buffer's worth), or null when none are. */
-  private bytesAt(pos: number): Buffer | null {
-    let at = this.base;
-    for (const b of this.buffered) {
-      if (pos < at + b.length) return b.subarray(pos - at);
-      at += b.length;
-    }
-    return null;
+    let n = 0;
+    while (n < this.buffered.length && this.base + this.buffered[n].length <= keep)
+      this.base += this.buffered[n++].length;
+    if (n === 0) return;
+    this.buffered.splice(0, n);
+    this.shifted += n;
+    this.stream?.acknowledge(this.base);
   }
 
   /** Stops the engine: aborts its fetches and ends the stream even if the engine does not react. */
@@ -205,17 +218,19 @@ export class SharedAssembly {
     });
   }
 
-  /** A reader of the whole image from byte 0 (only while `joinable`). Destroying it releases its share. */
-  subscribe(): Readable {
+  /**
+   * A client of the whole image from byte 0 (only while `joinable`). It holds its share of the buffer until it
+   * leaves, or until send() has finished.
+   */
+  join(): AssemblyClient {
     const me = Symbol('client');
     this.positions.set(me, 0);
     this.joined++;
     this.lastJoinAt = performance.now();
-    let pos = 0;
-    let released = false;
-    const release = () => {
-      if (released) return;
-      released = true;
+    let left = false;
+    const leave = (): void => {
+      if (left) return;
+      left = true;
       this.positions.delete(me);
       this.trim();
       this.events.emit('advance');
@@ -226,53 +241,70 @@ export class SharedAssembly {
         } else void this.dispose();
       }
     };
-    // read() may be called again from inside push() (a flowing consumer); `wanted` records that, so the pump
-    // keeps going instead of dropping a request that Node would never repeat.
-    let pumping = false;
-    let wanted = false;
-    const readable: Readable = new Readable({
-      highWaterMark: 256 * 1024,
-      read: () => {
-        wanted = true;
-        if (pumping) return;
-        pumping = true;
-        pump().catch((err: Error) => {
-          pumping = false;
-          readable.destroy(err);
-        });
-      },
-      destroy: (err, cb) => {
-        release();
-        cb(err);
-      },
-    });
-    const pump = async (): Promise<void> => {
-      for (;;) {
-        if (readable.destroyed) return void (pumping = false);
-        const bytes = pos < this.written ? this.bytesAt(pos) : null;
-        if (bytes) {
-          pos += bytes.length;
-          this.positions.set(me, pos);
-          this.trim();
-          this.events.emit('advance');
-          wanted = false;
-          if (!readable.push(bytes) && !wanted) return void (pumping = false);
-          continue;
+    const acknowledged = (bytes: number): void => {
+      if (left) return;
+      this.positions.set(me, bytes);
+      this.trim();
+      this.events.emit('advance');
+    };
+    const send = async (out: Writable, onBytes?: (n: number) => void): Promise<void> => {
+      // Bytes sent so far, and the number of the next piece to send.
+      let sent = 0;
+      let piece = 0;
+      let failure: Error | undefined;
+      let wake: (() => void) | undefined;
+      const poke = (): void => {
+        const w = wake;
+        wake = undefined;
+        w?.();
+      };
+      const onError = (err: Error): void => {
+        failure ??= err;
+        poke();
+      };
+      const onClose = (): void => onError(new Error('the client went away'));
+      const next = (): Promise<void> => new Promise<void>((r) => (wake = r));
+      out.on('error', onError).on('close', onClose).on('drain', poke);
+      this.events.on('data', poke);
+      try {
+        for (;;) {
+          if (failure) throw failure;
+          if (left) throw new Error('the client left');
+          if (out.writableNeedDrain) {
+            await next();
+            continue;
+          }
+          if (sent < this.written) {
+            // Not trimmed: this client has not acknowledged it yet.
+            const bytes = this.buffered[piece++ - this.shifted];
+            sent += bytes.length;
+            const at = sent;
+            onBytes?.(bytes.length);
+            out.write(bytes, (err) => {
+              if (!err) acknowledged(at);
+            });
+            continue;
+          }
+          // A verified image ends cleanly, even when the engine fails afterwards (closing its sources).
+          if (this.finished) {
+            out.end();
+            await finished(out);
+            return leave();
+          }
+          if (this.error) throw this.error;
+          await next();
         }
-        // A verified image ends cleanly, even when the engine fails afterwards (closing its sources).
-        if (this.finished && pos >= this.written) {
-          pumping = false;
-          readable.push(null);
-          return release();
-        }
-        if (this.error) {
-          pumping = false;
-          return void readable.destroy(this.error);
-        }
-        await new Promise<void>((r) => this.events.once('data', r));
+      } catch (err) {
+        // Never a wrong or partial image presented as complete: the connection is cut before the share is let go.
+        out.destroy();
+        leave();
+        throw err;
+      } finally {
+        out.off('error', onError).off('close', onClose).off('drain', poke);
+        this.events.off('data', poke);
       }
     };
-    return readable;
+    return { send, leave };
   }
 
   /** True once it is released; a disposed assembly is never shared. */
@@ -283,6 +315,17 @@ export class SharedAssembly {
     this.buffered = [];
     this.onDone(this);
   }
+}
+
+/** One client's share of a SharedAssembly. */
+export interface AssemblyClient {
+  /**
+   * Writes the whole image to `out` and ends it, as the bytes are verified, with `onBytes` per write; rejects
+   * (with `out` destroyed) if the assembly fails or `out` closes first.
+   */
+  send(out: Writable, onBytes?: (n: number) => void): Promise<void>;
+  /** Gives up the share (a client that went away, or one that takes another path). */
+  leave(): void;
 }
 
 /** A GET on its way to an assembly of the image at `url` (counted until it joins one or leaves). */

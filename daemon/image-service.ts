@@ -345,11 +345,11 @@ export class ImageService {
       (s) => this.startEngine(target, prepared, s),
       arrival,
     );
-    const body = assembly.subscribe();
+    const client = assembly.join();
     // A client that leaves while we wait for the first byte releases its share at once
     // (via the request's signal: every extra 'close' listener on `res` counts against its limit).
-    if (signal.aborted) body.destroy();
-    else signal.addEventListener('abort', () => body.destroy(), { once: true });
+    if (signal.aborted) client.leave();
+    else signal.addEventListener('abort', () => client.leave(), { once: true });
     if (created) this.watch(target, prepared, assembly);
     else
       log.info(
@@ -362,7 +362,7 @@ export class ImageService {
     else {
       state = await firstByteWithin(assembly, deadline.headersBy - Date.now());
       if (state === 'failed') {
-        body.destroy();
+        client.leave();
         return this.fallBack(
           'GET',
           target,
@@ -377,22 +377,20 @@ export class ImageService {
     }
     if (state === 'timeout') state = await firstByteWithin(assembly, firstByteBy - Date.now());
     if (state !== 'ready') {
-      body.destroy();
+      client.leave();
       counters.fallbacks++;
       log.warn(
         `${target.relPath}: ${state === 'failed' ? `assembly failed before the first byte: ${assembly.error?.message}` : 'no byte assembled in time'}; streaming the full image from the origin`,
       );
       return this.proxyWhole(target, size, prepared.sha256, res, signal);
     }
-    body.on('data', (b: Buffer) => {
-      counters.bytesServed += b.length;
-    });
     try {
-      await pipeline(body, res);
+      await client.send(res, (n) => {
+        counters.bytesServed += n;
+      });
     } catch (err) {
+      // send() has cut the connection: never a wrong or partial image presented as complete.
       if (!res.writableFinished) {
-        // Never let a client complete a wrong or partial image: cut the connection.
-        res.destroy();
         if (!signal.aborted)
           log.error(
             `${target.relPath}: download aborted after ${formatBytes(assembly.written)}: ${(err as Error).message}`,
@@ -467,6 +465,7 @@ export class ImageService {
       ...sources,
       concurrency: this.d.config.concurrency,
       sha256: prepared.sha256,
+      acknowledged: true, // the shared assembly says which bytes every client's socket has taken
       onProgress: (p) => {
         this.account(last, p);
         last = { ...p };

@@ -3,8 +3,8 @@
 // (Ended late, a response kept its connection busy past the server's close, which then waited out the keep-alive.)
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { Readable } from 'node:stream';
-import { AssemblyRegistry } from '../daemon/assemblies.js';
+import { Readable, Writable } from 'node:stream';
+import { type AssemblyClient, AssemblyRegistry } from '../daemon/assemblies.js';
 import type { ExtractResult, ExtractStream } from '../lib/delta/extract.js';
 import { newProgress } from '../lib/assemble/progress.js';
 
@@ -20,17 +20,21 @@ function engine(data: Buffer): { stream: ExtractStream; windDown: (err?: Error) 
   const stream = Object.assign(Readable.from([data.subarray(0, half), data.subarray(half)], { objectMode: false }), {
     progress,
     result,
+    acknowledge: () => {},
   });
   return { stream, windDown };
 }
 
-/** All of `r`, or 'late' when it has not ended within `ms`. */
-async function readAll(r: Readable, ms: number): Promise<Buffer | 'late'> {
+/** All that `client` sends, or 'late' when it has not ended within `ms`. */
+async function receive(client: AssemblyClient, ms: number): Promise<Buffer | 'late'> {
   const parts: Buffer[] = [];
-  const ended = (async () => {
-    for await (const b of r) parts.push(b as Buffer);
-    return Buffer.concat(parts);
-  })();
+  const out = new Writable({
+    write(chunk: Buffer, _enc, cb) {
+      parts.push(Buffer.from(chunk));
+      cb();
+    },
+  });
+  const ended = client.send(out).then(() => Buffer.concat(parts));
   let timer: NodeJS.Timeout | undefined;
   const late = new Promise<'late'>((resolve) => (timer = setTimeout(() => resolve('late'), ms)));
   try {
@@ -46,9 +50,9 @@ test("clients' downloads end with the last verified byte, while the engine still
   const { stream, windDown } = engine(DATA);
   const registry = new AssemblyRegistry(45_000);
   const { assembly } = registry.acquire('k', DATA.length, async () => stream);
-  const a = assembly.subscribe();
-  const b = assembly.subscribe();
-  const [gotA, gotB] = await Promise.all([readAll(a, 5_000), readAll(b, 5_000)]);
+  const a = assembly.join();
+  const b = assembly.join();
+  const [gotA, gotB] = await Promise.all([receive(a, 5_000), receive(b, 5_000)]);
   assert.ok(gotA !== 'late' && gotA.equals(DATA), 'client A got the whole image and its end before the wind-down');
   assert.ok(gotB !== 'late' && gotB.equals(DATA), 'client B too');
   assert.equal(assembly.finished, true);
@@ -63,12 +67,12 @@ test('a verified image still ends cleanly for a client that reads on after the e
   const { stream, windDown } = engine(DATA);
   const registry = new AssemblyRegistry(45_000);
   const { assembly } = registry.acquire('k', DATA.length, async () => stream);
-  const slow = assembly.subscribe();
+  const slow = assembly.join();
   // The engine's stream ends while the client has not read yet; then its wind-down fails.
   await new Promise<void>((resolve) => stream.once('end', resolve));
   windDown(new Error('closing a seed failed'));
   await assert.rejects(assembly.result, /closing a seed failed/);
-  const got = await readAll(slow, 5_000);
+  const got = await receive(slow, 5_000);
   assert.ok(got !== 'late' && got.equals(DATA), 'the client got the whole verified image and its end');
 });
 
@@ -76,8 +80,8 @@ test('a stream that ends short is not a finished image: the client is cut', asyn
   const { stream, windDown } = engine(DATA);
   const registry = new AssemblyRegistry(45_000);
   const { assembly } = registry.acquire('k', DATA.length + 1, async () => stream);
-  const client = assembly.subscribe();
-  const got = readAll(client, 5_000);
+  const client = assembly.join();
+  const got = receive(client, 5_000);
   windDown();
   await Promise.all([
     assert.rejects(assembly.result, /produced 300000 of 300001 bytes/),

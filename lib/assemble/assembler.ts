@@ -16,7 +16,7 @@ import type { AssemblySink } from './sink.js';
 export type { AssemblySink } from './sink.js';
 import { encodeBatch, type EncoderPool } from '../store/chunk-encoder.js';
 import { BatchBuffers } from '../store/chunk-reader.js';
-import type { BufferPool } from '../util/buffer-pool.js';
+import { BufferPool, SharedBuffer } from '../util/buffer-pool.js';
 import { unlessAborted } from '../util/abort.js';
 import { forEachConcurrent } from '../util/async-pool.js';
 import { addToRuns } from '../util/runs.js';
@@ -43,7 +43,7 @@ export interface AssemblerOptions {
   signal?: AbortSignal;
   /** Worker threads that hash seed data alongside this thread (hashing is the bottleneck of seed reuse); inline when absent. */
   hashPool?: EncoderPool;
-  /** The pool the remote source takes chunk buffers from: they are handed back once written. */
+  /** The pool the remote source takes chunk buffers from (and, for a holding sink, seed reads too): they are handed back once written or released. */
   chunkBuffers?: BufferPool;
 }
 
@@ -73,8 +73,13 @@ export class Assembler {
   private pendingWrites = 0;
   private drainWaiters: (() => void)[] = [];
   private zeros: Buffer = Buffer.alloc(0);
-  /** Seed read buffers, reused when the sink does not hold on to them (fewer large garbage buffers, lower RSS). */
-  private readonly seedBuffers = new BatchBuffers(4);
+  /** Seed read buffers for a file sink, reused once written (fewer large garbage buffers, lower RSS). */
+  private readonly seedBuffers = new BatchBuffers(4, SEED_TASK_BYTES);
+  /**
+   * A holding sink's buffers, for seed reads and fetched chunks alike (one pool, so that neither keeps idle
+   * buffers while the other allocates), reused once the sink releases them.
+   */
+  private readonly heldBuffers: BufferPool | undefined;
   private inlineTurn = false;
   seedMismatches = 0;
   /** True once any chunk reached the sink. */
@@ -82,6 +87,7 @@ export class Assembler {
 
   constructor(private readonly opts: AssemblerOptions) {
     this.index = opts.plan.target;
+    if (opts.sink.holdsData) this.heldBuffers = opts.chunkBuffers ?? new BufferPool();
     // Every request in flight listens on this signal.
     setMaxListeners(0, this.ctl.signal);
     opts.signal?.addEventListener('abort', () => this.ctl.abort(opts.signal!.reason), { once: true });
@@ -200,12 +206,12 @@ export class Assembler {
     }
   }
 
-  /** Hands verified chunks to the sink and wakes repeats waiting for them. */
-  private async put(first: number, count: number, data: Buffer): Promise<void> {
+  /** Hands verified chunks to the sink (see its `release`) and wakes repeats waiting for them. */
+  private async put(first: number, count: number, data: Buffer, release?: () => void): Promise<void> {
     this.pendingWrites += data.length;
     this.wroteAny = true;
     try {
-      await this.opts.sink.put(first, count, data);
+      await this.opts.sink.put(first, count, data, release);
     } finally {
       this.pendingWrites -= data.length;
       if (this.pendingWrites < MAX_PENDING_WRITE_BYTES) for (const w of this.drainWaiters.splice(0)) w();
@@ -240,12 +246,8 @@ export class Assembler {
     const sIdx = seed.index;
     const base = sIdx.start(t.seedFirst);
     const size = sIdx.end(t.seedFirst + t.count - 1) - base;
-    const read = await readSeedRange(
-      seed,
-      base,
-      base + size,
-      this.opts.sink.holdsData ? undefined : this.seedBuffers.take(size),
-    );
+    const held = this.heldBuffers;
+    const read = await readSeedRange(seed, base, base + size, (held ?? this.seedBuffers).take(size));
     this.ctl.signal.throwIfAborted();
     const ends: number[] = [];
     for (let k = 0; k < t.count; k++) ends.push(sIdx.end(t.seedFirst + k) - base);
@@ -265,31 +267,37 @@ export class Assembler {
       return true;
     };
     const bad: Run[] = [];
+    // A holding sink keeps slices of the buffer: it is reused once the sink has released every one.
+    const shared = held ? new SharedBuffer(() => held.give(data)) : undefined;
     // Verified chunks are handed on in contiguous runs, one write per run.
     let runStart = -1;
     const flush = async (end: number): Promise<void> => {
       if (runStart < 0) return;
       const from = sIdx.start(t.seedFirst + runStart) - base;
       const to = sIdx.end(t.seedFirst + end - 1) - base;
-      await this.put(t.first + runStart, end - runStart, data.subarray(from, to));
+      await this.put(t.first + runStart, end - runStart, data.subarray(from, to), shared?.hold());
       this.opts.progress.fromSeeds += to - from;
       runStart = -1;
     };
-    for (let k = 0; k < t.count; k++) {
-      if (matches(k)) {
-        if (runStart < 0) runStart = k;
-        continue;
+    try {
+      for (let k = 0; k < t.count; k++) {
+        if (matches(k)) {
+          if (runStart < 0) runStart = k;
+          continue;
+        }
+        await flush(k);
+        this.seedMismatches++;
+        const from = this.opts.remote ? 'fetching it remotely' : 'and there is no remote source';
+        this.opts.onWarning?.(
+          `seed ${seed.path}: chunk ${this.index.idHex(t.first + k)} at offset ${sIdx.start(t.seedFirst + k)} does not match its ID; ${from}`,
+        );
+        addToRuns(bad, t.first + k);
       }
-      await flush(k);
-      this.seedMismatches++;
-      const from = this.opts.remote ? 'fetching it remotely' : 'and there is no remote source';
-      this.opts.onWarning?.(
-        `seed ${seed.path}: chunk ${this.index.idHex(t.first + k)} at offset ${sIdx.start(t.seedFirst + k)} does not match its ID; ${from}`,
-      );
-      addToRuns(bad, t.first + k);
+      await flush(t.count);
+    } finally {
+      shared?.drop();
     }
-    await flush(t.count);
-    if (!this.opts.sink.holdsData) this.seedBuffers.give(data);
+    if (!held) this.seedBuffers.give(data);
     if (bad.length > 0) await this.fetchRemote(bad);
   }
 
@@ -345,7 +353,8 @@ export class Assembler {
       progress.networkBytes = remote.stats.bytes;
       progress.networkRequests = remote.stats.requests;
     };
-    const recycle = this.opts.sink.holdsData ? undefined : this.opts.chunkBuffers;
+    const pool = this.opts.chunkBuffers;
+    const holding = this.opts.sink.holdsData;
     try {
       await remote
         .fetch(
@@ -353,7 +362,9 @@ export class Assembler {
           (i, data) => {
             progress.fromNetwork += data.length;
             syncNet();
-            const write = this.put(i, 1, data).then(() => recycle?.give(data));
+            // A file sink is done with the chunk once written; a holding sink says when (if ever).
+            const release = pool && (() => pool.give(data));
+            const write = holding ? this.put(i, 1, data, release) : this.put(i, 1, data).then(release);
             // A write that fails while chunks are still being read is reported below, not as an unhandled rejection.
             write.catch(() => {});
             writes.push(write);

@@ -1,9 +1,12 @@
 // The assembled target as a readable byte stream: verified chunks arrive in
 // any order, the stream emits the contiguous prefix as it grows. Memory is
 // bounded by a reorder window: work on bytes beyond (emitted + window) is not
-// admitted until the consumer has read enough (backpressure). The SHA-256 of
+// admitted until the consumer has read enough (backpressure); with an
+// acknowledging consumer, beyond (acknowledged + window). The SHA-256 of
 // the emitted bytes is computed on the fly; with an expected digest, the final
-// chunk is held back until the whole-file digest matches.
+// chunk is held back until the whole-file digest matches. A consumer that
+// says which emitted bytes it is done with (acknowledge) lets the producers
+// reuse their buffers; otherwise emitted buffers are left to the GC.
 import { createHash, type Hash } from 'node:crypto';
 import { Readable } from 'node:stream';
 import type { ChunkIndex } from '../format/caibx.js';
@@ -20,6 +23,23 @@ export interface OrderedStreamOptions {
   sha256?: string;
   /** Called when the consumer destroys the stream early. */
   onCancel: (reason: Error) => void;
+  /**
+   * The consumer calls acknowledge() with the bytes it is done with (written to every socket): only then are the
+   * producers' buffers handed back through put()'s `release`. Without it they are never handed back.
+   */
+  acknowledged?: boolean;
+}
+
+/** What put() left for one chunk: its bytes, and the release shared by every chunk of that put. */
+interface Piece {
+  data: Buffer;
+  share?: Share;
+}
+
+/** One put()'s release, run when the last of its chunks is acknowledged or dropped unemitted. */
+interface Share {
+  refs: number;
+  release: () => void;
 }
 
 export class OrderedStream extends Readable implements AssemblySink {
@@ -27,7 +47,11 @@ export class OrderedStream extends Readable implements AssemblySink {
   readonly retainRepeats = true;
   readonly holdsData = true;
   private readonly target: ChunkIndex;
-  private readonly pending = new Map<number, Buffer>();
+  private readonly pending = new Map<number, Piece>();
+  /** Emitted bytes not yet acknowledged: the stream offset where each ends, and its put's release. */
+  private readonly unacknowledged: { end: number; share: Share }[] = [];
+  private emittedBytes = 0;
+  private acknowledgedBytes = 0;
   private next: number;
   private readonly endChunk: number;
   private readonly hash: Hash = createHash('sha256');
@@ -57,19 +81,47 @@ export class OrderedStream extends Readable implements AssemblySink {
     return this.next < this.endChunk ? this.target.start(this.next) : this.opts.end;
   }
 
+  /**
+   * Where the window starts: the first byte not emitted, or with an acknowledging consumer the first not
+   * acknowledged (what the consumer still holds counts against the window too).
+   */
+  private get windowStart(): number {
+    return this.opts.acknowledged ? this.opts.start + this.acknowledgedBytes : this.emitted;
+  }
+
   admit(_start: number, end: number, first: number): Promise<void> | void {
-    if (first <= this.next || end - this.emitted <= this.opts.windowBytes) return;
+    if (first <= this.next || end - this.windowStart <= this.opts.windowBytes) return;
     return new Promise((resolve) => this.waiters.push({ end, first, resolve }));
   }
 
-  put(first: number, count: number, data: Buffer): void {
-    if (this.destroyed) return;
+  /** `release` runs once the stream no longer needs `data` (see `acknowledged`); it may never run. */
+  put(first: number, count: number, data: Buffer, release?: () => void): void {
+    if (this.destroyed) return release?.();
     const base = this.target.start(first);
+    const share = release ? { refs: 1, release } : undefined;
     for (let i = first; i < first + count; i++) {
       if (i < this.next || i >= this.endChunk) continue;
-      this.pending.set(i, count === 1 ? data : data.subarray(this.target.start(i) - base, this.target.end(i) - base));
+      this.unref(this.pending.get(i)?.share); // a chunk put twice: the first copy is dropped unread
+      const piece = count === 1 ? data : data.subarray(this.target.start(i) - base, this.target.end(i) - base);
+      this.pending.set(i, { data: piece, share });
+      if (share) share.refs++;
     }
+    this.unref(share);
     this.pump();
+  }
+
+  /** The consumer is done with the first `bytes` bytes of the stream: their buffers may be reused. */
+  acknowledge(bytes: number): void {
+    this.acknowledgedBytes = Math.max(this.acknowledgedBytes, bytes);
+    this.wake();
+    const q = this.unacknowledged;
+    let n = 0;
+    while (n < q.length && q[n].end <= bytes) this.unref(q[n++].share);
+    if (n > 0) q.splice(0, n);
+  }
+
+  private unref(share: Share | undefined): void {
+    if (share && --share.refs === 0) share.release();
   }
 
   has(i: number): boolean {
@@ -91,6 +143,8 @@ export class OrderedStream extends Readable implements AssemblySink {
       this.opts.onCancel(reason);
       this.settle.reject(reason);
     }
+    // Pieces never emitted are nobody's; emitted ones may still be in a socket's queue: they wait for acknowledge().
+    for (const piece of this.pending.values()) this.unref(piece.share);
     this.pending.clear();
     for (const w of this.waiters.splice(0)) w.resolve();
     cb(err);
@@ -98,20 +152,40 @@ export class OrderedStream extends Readable implements AssemblySink {
 
   private pump(): void {
     while (this.wantMore && !this.destroyed && this.pending.has(this.next)) {
-      const i = this.next;
-      let data = this.pending.get(i)!;
-      this.pending.delete(i);
-      const cs = this.target.start(i);
-      if (cs < this.opts.start || this.target.end(i) > this.opts.end) {
-        data = data.subarray(Math.max(0, this.opts.start - cs), Math.min(data.length, this.opts.end - cs));
+      // Consecutive chunks that lie side by side in one buffer go out as one piece (a seed run is one read).
+      const head = this.takePiece(this.next++);
+      let data = head.data;
+      const shares = head.share ? [head.share] : [];
+      while (this.next < this.endChunk - 1 && this.pending.has(this.next)) {
+        const more = this.pending.get(this.next)!;
+        if (more.data.buffer !== data.buffer || more.data.byteOffset !== data.byteOffset + data.length) break;
+        data = Buffer.from(data.buffer, data.byteOffset, data.length + more.data.length);
+        if (more.share && more.share !== shares.at(-1)) shares.push(more.share);
+        else if (more.share) this.unref(more.share); // one reference per share is enough for the merged piece
+        this.takePiece(this.next++);
       }
       this.hash.update(data);
-      this.next++;
       if (this.next === this.endChunk && !this.checkDigest()) return;
+      this.emittedBytes += data.length;
+      for (const sh of shares) {
+        if (this.opts.acknowledged) this.unacknowledged.push({ end: this.emittedBytes, share: sh });
+      }
       this.wantMore = this.push(data);
       if (this.next === this.endChunk) this.finishStream();
     }
     this.wake();
+  }
+
+  /** Removes chunk i's piece, cut to the stream's range. */
+  private takePiece(i: number): Piece {
+    const piece = this.pending.get(i)!;
+    this.pending.delete(i);
+    const cs = this.target.start(i);
+    if (cs < this.opts.start || this.target.end(i) > this.opts.end) {
+      const d = piece.data;
+      piece.data = d.subarray(Math.max(0, this.opts.start - cs), Math.min(d.length, this.opts.end - cs));
+    }
+    return piece;
   }
 
   /** With an expected digest over the whole target: false (and the stream destroyed) on mismatch. */
@@ -131,9 +205,9 @@ export class OrderedStream extends Readable implements AssemblySink {
 
   private wake(): void {
     if (this.waiters.length === 0) return;
-    const emitted = this.emitted;
+    const from = this.windowStart;
     this.waiters = this.waiters.filter((w) => {
-      if (w.first <= this.next || w.end - emitted <= this.opts.windowBytes) {
+      if (w.first <= this.next || w.end - from <= this.opts.windowBytes) {
         w.resolve();
         return false;
       }

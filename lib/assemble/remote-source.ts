@@ -145,7 +145,7 @@ export class RangeSource implements RemoteSource {
         return undefined;
       },
       describe: (i) => `chunk ${index.idHex(i)} at offset ${index.start(i)}`,
-      alloc: buffers && ((n) => buffers.take(n)),
+      buffers: buffers && (() => buffers.cutter()),
     };
     await fetchUnits(this.fetcher, spec, unitsOf(runs), {
       retry: opts.retry,

@@ -363,7 +363,9 @@ export class BlockAssembly {
     const packReady = t.fromPack.length > 0 ? this.awaitBlocks(t.fromPack, k) : Promise.resolve();
     packReady.catch(() => {});
     const size = t.end - t.start;
-    let data = this.sink.holdsData ? Buffer.allocUnsafeSlow(size) : this.buffers.take(size);
+    let data = this.buffers.take(size);
+    // A holding sink releases the buffer itself once it has sent it; until put, or without one, it is ours.
+    let handed = false;
     try {
       const seedBad = await this.readSeeds(t, data);
       await packReady;
@@ -401,6 +403,7 @@ export class BlockAssembly {
       }
       this.ctl.signal.throwIfAborted();
       this.wroteAny = true;
+      handed = this.sink.holdsData;
       await this.put(t, data);
       const p = this.progress;
       p.fromSeeds += fromSeeds;
@@ -408,13 +411,13 @@ export class BlockAssembly {
       p.fromNetwork += fromPack;
       p.done += size;
     } finally {
-      if (!this.sink.holdsData) this.buffers.give(data);
+      if (!handed) this.buffers.give(data);
     }
   }
 
   /** Hands the task's chunks to the sink; into a fresh sparse file, chunks of zero blocks only are left as holes. */
   private async put(t: Task, data: Buffer): Promise<void> {
-    if (!this.sink.zeroFilled) return this.sink.put(t.first, t.count, data);
+    if (!this.sink.zeroFilled) return this.sink.put(t.first, t.count, data, () => this.buffers.give(data));
     const { target } = this;
     let run = -1;
     for (let i = t.first; i <= t.first + t.count; i++) {

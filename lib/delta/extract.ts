@@ -101,6 +101,8 @@ export interface ExtractStreamOptions extends AssembleOptions {
   end?: number;
   /** Bytes of verified data held ahead of the consumer (default 16 MiB). */
   windowBytes?: number;
+  /** The consumer acknowledges the bytes it is done with (the stream's `acknowledge`), so buffers are reused. */
+  acknowledged?: boolean;
 }
 
 /** Byte counters of one assembly, in target bytes unless named otherwise. */
@@ -131,6 +133,8 @@ export interface ExtractStream extends Readable {
   readonly progress: ExtractProgress;
   /** Settles when assembly ends: resolves with the summary, rejects with the error that destroyed the stream. */
   readonly result: Promise<ExtractResult>;
+  /** With `acknowledged`: the consumer is done with the first `bytes` bytes (their buffers may be reused). */
+  acknowledge(bytes: number): void;
 }
 
 const PROGRESS_INTERVAL_MS = 200;
@@ -350,6 +354,8 @@ async function chooseRemote(
   ctx: Context,
   opts: AssembleOptions,
   probeAlways = false,
+  /** Unused chunk buffers kept for reuse (BufferPool's default when undefined). */
+  pooledBytes?: number,
 ): Promise<RemoteChoice> {
   const mode = opts.mode ?? 'auto';
   const parallelism = opts.concurrency ?? DEFAULT_CONCURRENCY;
@@ -406,7 +412,7 @@ async function chooseRemote(
   }
   const best = modes.reduce((a, b) => (weigh(b) < weigh(a) ? b : a));
   if (best.mode === 'store') return { remote: stores, chosen: 'store', modes, rangeSupport, probe };
-  const buffers = new BufferPool();
+  const buffers = new BufferPool(pooledBytes);
   return { remote: rangeSource(best.mode === 'range', buffers), buffers, chosen: 'range', modes, rangeSupport, probe };
 }
 
@@ -560,6 +566,11 @@ interface RouteSink {
    * block route keeps its thread: its chunk checks are what bounds its wall time.
    */
   hashThread: boolean;
+  /**
+   * Unused buffers kept for reuse. An acknowledging stream's come back in bursts, as its consumer sends them: kept,
+   * they are reused instead of left as garbage.
+   */
+  pooledBytes?: number;
 }
 
 /**
@@ -576,7 +587,7 @@ async function chooseRoutes(
   /** The block path's probe (whole targets only), started before the chunk plan. */
   pending: PendingBlockPath | null,
 ): Promise<Routes> {
-  const choice = await chooseRemote(plan, ctx, opts).catch(async (err: unknown) => {
+  const choice = await chooseRemote(plan, ctx, opts, false, sink.pooledBytes).catch(async (err: unknown) => {
     pending?.release();
     await pending?.result;
     throw err;
@@ -797,6 +808,7 @@ export function openExtractStream(target: ChunkIndex, opts: ExtractStreamOptions
     windowBytes,
     sha256: opts.sha256,
     onCancel: (reason) => cancel.abort(reason),
+    acknowledged: opts.acknowledged,
   });
   // At once, not when the assembly unwinds: whatever waits for the consumer (the window) is released too.
   signal.addEventListener('abort', () => stream.destroy(signal.reason), { once: true });
@@ -822,7 +834,12 @@ export function openExtractStream(target: ChunkIndex, opts: ExtractStreamOptions
         ctx,
         sourceOpts,
         plan,
-        { maxSpan: windowBytes / 2, run, hashThread: false },
+        {
+          maxSpan: windowBytes / 2,
+          run,
+          hashThread: false,
+          pooledBytes: opts.acknowledged ? 2 * windowBytes : undefined,
+        },
         pending,
       );
       const last = await runWithProgress(routes, stream, progress, sourceOpts, opts.rangeUrl ?? 'the update stream');

@@ -1,39 +1,121 @@
-// Reusable buffers for fetched chunks. Each fetched chunk used to be a fresh
-// buffer, garbage once written; V8 collects external memory late (tens of MiB
-// behind), which showed as peak RSS. Buffers come in power-of-two size classes
-// and are handed back once written; only buffers this pool made are taken back.
+// Reusable buffers for chunks and seed reads. A fresh buffer per chunk is
+// garbage once written or sent, and V8 collects such external memory late
+// (tens of MiB behind), which showed as peak RSS. Buffers are carved from
+// 2 MiB slabs, one after the other (so the chunks of a response lie side by
+// side, and a stream sends them as one piece); a slab is reused once every
+// buffer carved from it has been handed back. Requests of a quarter slab and
+// more get a slab of their own, larger ones a plain buffer that is not pooled.
 
-/** Smallest size class (smaller requests still get a buffer of their own). */
-const MIN_CLASS = 4096;
+export const SLAB_BYTES = 2 * 1024 * 1024;
+/** From this size on, a request gets a slab of its own. */
+const OWN_SLAB_BYTES = SLAB_BYTES / 2;
+
+interface Slab {
+  readonly ab: ArrayBuffer;
+  /** Buffers taken from it and not handed back. */
+  refs: number;
+  /** The slab new small buffers are cut from (it is not reused while it is). */
+  cutting: boolean;
+}
+
+/** Small buffers cut one after the other from a slab of their own (the chunks of one response side by side). */
+export interface BufferCutter {
+  take(size: number): Buffer;
+  /** No more buffers from this cutter: its slab is reused once the buffers cut from it are handed back. */
+  close(): void;
+}
 
 export class BufferPool {
-  private readonly free = new Map<number, ArrayBuffer[]>();
-  private readonly mine = new WeakSet<ArrayBuffer>();
-  private pooled = 0;
+  private readonly free: ArrayBuffer[] = [];
+  private readonly slabs = new WeakMap<ArrayBuffer, Slab>();
+  /** Where take() cuts small buffers from. */
+  private readonly shared = this.cutter();
 
-  /** @param maxPooledBytes bytes kept for reuse at most (beyond that, handed-back buffers are dropped). */
+  /** @param maxPooledBytes bytes of unused slabs kept for reuse at most (beyond that, they are left to the GC). */
   constructor(private readonly maxPooledBytes = 4 * 1024 * 1024) {}
 
   take(size: number): Buffer {
-    const cls = Math.max(MIN_CLASS, 2 ** Math.ceil(Math.log2(Math.max(1, size))));
-    const ab = this.free.get(cls)?.pop();
-    if (ab) {
-      this.pooled -= cls;
-      return Buffer.from(ab, 0, size);
-    }
-    const fresh = new ArrayBuffer(cls);
-    this.mine.add(fresh);
-    return Buffer.from(fresh, 0, size);
+    if (size > SLAB_BYTES) return Buffer.allocUnsafeSlow(size);
+    if (size < OWN_SLAB_BYTES) return this.shared.take(size);
+    const slab = this.slab();
+    slab.refs = 1;
+    return Buffer.from(slab.ab, 0, size);
   }
 
-  /** Hands a buffer back for reuse; the caller must not touch it afterwards. Foreign buffers are ignored. */
+  /** A cutter of its own, so that buffers taken together lie together (and are reused together). */
+  cutter(): BufferCutter {
+    let slab: Slab | undefined;
+    let cut = 0;
+    const retire = (): void => {
+      if (!slab) return;
+      slab.cutting = false;
+      if (slab.refs === 0) this.recycle(slab);
+      slab = undefined;
+    };
+    return {
+      take: (size) => {
+        if (size >= OWN_SLAB_BYTES) return this.take(size);
+        if (!slab || cut + size > SLAB_BYTES) {
+          retire();
+          slab = this.slab();
+          slab.cutting = true;
+          cut = 0;
+        }
+        slab.refs++;
+        const buf = Buffer.from(slab.ab, cut, size);
+        cut += size;
+        return buf;
+      },
+      close: retire,
+    };
+  }
+
+  /** Hands a buffer back, once; the caller must not touch it afterwards. Buffers this pool did not make are ignored. */
   give(buf: Uint8Array): void {
-    const ab = buf.buffer as ArrayBuffer;
-    if (!this.mine.has(ab) || this.pooled + ab.byteLength > this.maxPooledBytes) return;
-    const list = this.free.get(ab.byteLength) ?? [];
-    if (list.includes(ab)) return;
-    list.push(ab);
-    this.free.set(ab.byteLength, list);
-    this.pooled += ab.byteLength;
+    const slab = this.slabs.get(buf.buffer as ArrayBuffer);
+    if (!slab || slab.refs === 0) return;
+    if (--slab.refs === 0 && !slab.cutting) this.recycle(slab);
+  }
+
+  private slab(): Slab {
+    const ab = this.free.pop() ?? new ArrayBuffer(SLAB_BYTES);
+    let slab = this.slabs.get(ab);
+    if (!slab) {
+      slab = { ab, refs: 0, cutting: false };
+      this.slabs.set(ab, slab);
+    }
+    return slab;
+  }
+
+  private recycle(slab: Slab): void {
+    if ((this.free.length + 1) * SLAB_BYTES <= this.maxPooledBytes) this.free.push(slab.ab);
+  }
+}
+
+/**
+ * One buffer shared by several holders (the slices a sink keeps of it, and its producer): `done` runs once, when
+ * the last of them lets go (then the buffer can be reused).
+ */
+export class SharedBuffer {
+  private refs = 1;
+
+  /** @param done called when the creator's reference and every hold() are released. */
+  constructor(private readonly done: () => void) {}
+
+  /** A further holder: its release function (calling it twice counts once). */
+  hold(): () => void {
+    this.refs++;
+    let held = true;
+    return () => {
+      if (held) {
+        held = false;
+        this.drop();
+      }
+    };
+  }
+
+  /** Releases the creator's reference. */
+  drop(): void {
+    if (--this.refs === 0) this.done();
   }
 }

@@ -1,0 +1,89 @@
+// The slab pool: small buffers are cut side by side, a slab comes back only when every buffer cut from it has,
+// and a cutter keeps its buffers together.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import { BufferPool, SLAB_BYTES, SharedBuffer } from '../lib/util/buffer-pool.js';
+
+test('buffer pool: small buffers lie side by side; a slab is reused only once all of it is handed back', () => {
+  const pool = new BufferPool(4 * SLAB_BYTES);
+  const a = pool.take(1000);
+  const b = pool.take(3000);
+  assert.ok(a.buffer === b.buffer, 'cut from one slab');
+  assert.equal(b.byteOffset, a.byteOffset + a.length, 'side by side');
+  // Fill the rest of the slab until a buffer comes from the next one.
+  const rest: Buffer[] = [];
+  let next: Buffer;
+  for (;;) {
+    next = pool.take(64 * 1024);
+    if (next.buffer !== a.buffer) break;
+    rest.push(next);
+  }
+  assert.equal(rest.length, Math.floor((SLAB_BYTES - 4000) / (64 * 1024)));
+  const first = a.buffer;
+  pool.give(a);
+  pool.give(b);
+  for (const r of rest.slice(1)) pool.give(r);
+  // Not all of the first slab is back: a slab of its own is a fresh one.
+  assert.ok(pool.take(SLAB_BYTES).buffer !== first, 'a slab with a buffer still out is not reused');
+  pool.give(rest[0]);
+  const again = pool.take(SLAB_BYTES);
+  assert.ok(again.buffer === first, 'the slab is reused once every buffer cut from it is back');
+  assert.equal(again.length, SLAB_BYTES);
+});
+
+test('buffer pool: foreign, oversized and repeated hand-backs do not free a slab early', () => {
+  const pool = new BufferPool(4 * SLAB_BYTES);
+  const big = pool.take(SLAB_BYTES + 1);
+  pool.give(big); // not pooled
+  pool.give(Buffer.alloc(64)); // not ours
+  const own = pool.take(SLAB_BYTES / 2);
+  pool.give(own);
+  pool.give(own); // a second hand-back of the same buffer is ignored: the slab is free already
+  const x = pool.take(SLAB_BYTES / 2);
+  const y = pool.take(SLAB_BYTES / 2);
+  assert.ok(x.buffer === own.buffer);
+  assert.ok(y.buffer !== own.buffer, 'one slab is not handed out twice');
+});
+
+test('buffer pool: a cutter keeps its buffers in a slab of their own; closed, the slab comes back', () => {
+  const pool = new BufferPool(4 * SLAB_BYTES);
+  const shared = pool.take(100);
+  const cutter = pool.cutter();
+  const c1 = cutter.take(5000);
+  const c2 = cutter.take(5000);
+  const other = pool.take(100);
+  assert.ok(c1.buffer !== shared.buffer);
+  assert.equal(c2.byteOffset, c1.byteOffset + c1.length);
+  assert.equal(other.byteOffset, shared.byteOffset + shared.length, 'the shared cut is not disturbed');
+  pool.give(c1);
+  pool.give(c2);
+  // Still open: its slab is not reused.
+  assert.ok(pool.take(SLAB_BYTES).buffer !== c1.buffer, 'an open cutter keeps its slab');
+  cutter.close();
+  assert.ok(pool.take(SLAB_BYTES).buffer === c1.buffer);
+});
+
+test('buffer pool: at most maxPooledBytes of unused slabs are kept', () => {
+  const pool = new BufferPool(SLAB_BYTES);
+  const s1 = pool.take(SLAB_BYTES);
+  const s2 = pool.take(SLAB_BYTES);
+  pool.give(s1);
+  pool.give(s2); // over the cap: left to the GC
+  const t1 = pool.take(SLAB_BYTES);
+  const t2 = pool.take(SLAB_BYTES);
+  assert.ok(t1.buffer === s1.buffer);
+  assert.ok(t2.buffer !== s2.buffer);
+});
+
+test('shared buffer: done runs once, after the creator and every holder let go', () => {
+  let done = 0;
+  const shared = new SharedBuffer(() => done++);
+  const r1 = shared.hold();
+  const r2 = shared.hold();
+  r1();
+  r1();
+  shared.drop();
+  assert.equal(done, 0);
+  r2();
+  assert.equal(done, 1);
+});
