@@ -17,6 +17,7 @@
 //        [--block-pack]   (per link, one more update from an origin that hosts the release's block pack beside
 //                          the image, www/packed/: the daemon's block path)
 //        [--skip full,range]   (leave out the full download or the range-path update per link)
+//   DAEMON_NODE_OPTIONS='--cpu-prof --cpu-prof-dir=/tmp/prof'   (NODE_OPTIONS for the daemon only, e.g. a profile)
 //   BENCH=/var/tmp/deltad-bench (site shared with bench/daemon.ts: $BENCH/deltad-daemon/<pair>/)
 import { startNginx, type AccessEntry, type Nginx } from './nginx.js';
 import { startRelay, selfCheck, describeCheck, parseRate, type LinkShape, type SelfCheck } from './relay.js';
@@ -129,7 +130,11 @@ interface Daemon {
 
 function startDaemon(site: DaemonSite, origin: string, cacheDir: string, ca: TestCa | null): Daemon {
   const caArgs = ca && daemonHasCaFile() ? ['--ca-file', ca.caCert] : [];
-  const env = { ...process.env, ...(ca && !caArgs.length ? { NODE_EXTRA_CA_CERTS: ca.caCert } : {}) };
+  const env = {
+    ...process.env,
+    ...(ca && !caArgs.length ? { NODE_EXTRA_CA_CERTS: ca.caCert } : {}),
+    ...(process.env.DAEMON_NODE_OPTIONS ? { NODE_OPTIONS: process.env.DAEMON_NODE_OPTIONS } : {}),
+  };
   let resolveReady = (): void => {};
   const ready = new Promise<void>((r) => (resolveReady = r));
   const proc = startMeasured(
@@ -182,6 +187,8 @@ interface PullRow {
   fellBack?: boolean;
   clientWriteBytes: number;
   daemonRssMiB?: number;
+  /** The daemon's user + system CPU seconds over its whole life (start, the update, idle exit). */
+  daemonCpuS?: number;
   daemonWriteBytes?: number;
   note: string;
 }
@@ -319,6 +326,7 @@ async function viaDaemon(
     ...o,
     clientWriteBytes: m.writeBytes,
     daemonRssMiB: Math.round(dm.peakRssMiB),
+    daemonCpuS: Number(dm.cpuS.toFixed(2)),
     daemonWriteBytes: dm.writeBytes,
     note,
   };
@@ -557,12 +565,13 @@ async function main(): Promise<void> {
           'protocol',
           'full-download fallback',
           'daemon peak RSS MiB',
+          'daemon CPU s',
           'daemon write_bytes',
           'client write_bytes',
           'note',
         ]),
     );
-    console.log('|---|---|---|---:|---:|---:|---:|---:|---:|---|---|---:|---:|---:|---|');
+    console.log('|---|---|---|---:|---:|---:|---:|---:|---:|---|---|---:|---:|---:|---:|---|');
   }
   for (const r of rows) {
     const fellBack = r.fellBack === undefined ? '-' : r.fellBack ? 'YES' : 'no';
@@ -580,6 +589,7 @@ async function main(): Promise<void> {
         r.protocols,
         fellBack,
         r.daemonRssMiB ?? '-',
+        r.daemonCpuS ?? '-',
         fmt(r.daemonWriteBytes),
         fmt(r.clientWriteBytes),
         r.note,
