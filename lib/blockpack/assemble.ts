@@ -363,7 +363,7 @@ export class BlockAssembly {
     const packReady = t.fromPack.length > 0 ? this.awaitBlocks(t.fromPack, k) : Promise.resolve();
     packReady.catch(() => {});
     const size = t.end - t.start;
-    let data = this.sink.holdsData ? Buffer.allocUnsafeSlow(size) : this.buffers.take(size);
+    const data = this.sink.holdsData ? Buffer.allocUnsafeSlow(size) : this.buffers.take(size);
     try {
       const seedBad = await this.readSeeds(t, data);
       await packReady;
@@ -395,9 +395,8 @@ export class BlockAssembly {
       }
       for (const d of t.fromPack) this.used(d);
       if (this.verifyChunks) {
-        const checked = await this.verify(t, data);
-        data = checked.data;
-        if (checked.bad.length > 0) await this.repair(t, data, checked.bad, seedBad);
+        const bad = await this.verify(t, data);
+        if (bad.length > 0) await this.repair(t, data, bad, seedBad);
       }
       this.ctl.signal.throwIfAborted();
       this.wroteAny = true;
@@ -435,21 +434,22 @@ export class BlockAssembly {
   }
 
   /**
-   * Hashes the task's chunks, on a hashing thread when there is one (the bytes move there and back: use the
-   * returned buffer); returns the chunks that do not match their ID in the target index.
+   * Hashes the task's chunks (on a hashing thread when there is one, from a copy: `data` stays in place);
+   * returns the chunks that do not match their ID in the target index.
    */
-  private async verify(t: Task, data: Buffer): Promise<{ data: Buffer; bad: number[] }> {
+  private async verify(t: Task, data: Buffer): Promise<number[]> {
     const { target } = this;
     const ends: number[] = [];
     for (let i = t.first; i < t.first + t.count; i++) ends.push(target.end(i) - t.start);
-    const job = { data, ends, compress: ends.map(() => false), digest: target.digest, level: 0 };
     const pool = this.opts.hashPool;
-    const hashed = pool ? await pool.run(job) : encodeBatch(job);
+    const hashed = pool
+      ? await pool.hash(data, ends, target.digest)
+      : encodeBatch({ data, ends, compress: ends.map(() => false), digest: target.digest, level: 0 }).ids;
     const bad: number[] = [];
-    const ids = Buffer.from(hashed.ids.buffer, hashed.ids.byteOffset, hashed.ids.byteLength);
+    const ids = Buffer.from(hashed.buffer, hashed.byteOffset, hashed.byteLength);
     for (let k = 0; k < t.count; k++)
       if (!ids.subarray(k * 32, k * 32 + 32).equals(target.id(t.first + k))) bad.push(t.first + k);
-    return { data: Buffer.from(hashed.data.buffer, hashed.data.byteOffset, hashed.data.byteLength), bad };
+    return bad;
   }
 
   /** Which of the given chunks of the task do not hash to their ID (checked on this thread). */
