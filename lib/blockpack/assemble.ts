@@ -4,11 +4,13 @@
 // block by block). Target chunks go to the same sinks as the chunk route (a
 // partial file that resumes, or the ordered stream) as soon as they are
 // complete and verified against the target chunk index, so a stale pack is an
-// error before its first wrong chunk is handed on. Seed blocks are checked by
-// those chunk IDs; only a chunk that fails has its seed blocks hashed, to find
-// the ones that changed since the seed was indexed (they cost a frame fetch,
-// not a wrong byte). Without a chunk index (assembleBlocks) every seed block is
-// hashed as it is read.
+// error before its first wrong chunk is handed on. Seed blocks and pack blocks
+// are checked by those chunk IDs; only a chunk that fails has its seed blocks
+// hashed, to find the ones that changed since the seed was indexed (they cost a
+// frame fetch, not a wrong byte), and then its pack blocks fetched again and
+// checked against their hashes (a frame damaged on its way). Without a chunk
+// index (assembleBlocks) every block is hashed: seed blocks as they are read,
+// pack blocks as they are decoded.
 //
 // Pack requests are planned in pack order, which is the order tasks need them
 // (distinct blocks are numbered by first occurrence), and started ahead of the
@@ -463,7 +465,8 @@ export class BlockAssembly {
 
   /**
    * Chunks that failed their ID: the seed blocks in them are hashed now, and those that changed since the
-   * seed was indexed are taken from the pack. A chunk that still does not match is a pack for another image.
+   * seed was indexed are taken from the pack; then their pack blocks (decoded unchecked) are fetched again,
+   * checked against their hashes. A chunk that still does not match is a pack for another image.
    */
   private async repair(t: Task, data: Buffer, bad: number[], fromPack: Map<number, number>): Promise<void> {
     const { index, plan, target, bs } = this;
@@ -477,6 +480,17 @@ export class BlockAssembly {
     }
     if (changed.size > 0) {
       await this.fromPackNow(t, data, changed);
+      bad = this.stillBad(t, data, bad);
+    }
+    const again = new Map<number, number>();
+    for (const i of bad) {
+      for (let b = Math.floor(target.start(i) / bs); b * bs < target.end(i); b++) {
+        const d = index.distinctOf[b];
+        if (d !== ZERO_BLOCK && plan.localSeed[d] < 0 && !fromPack.has(b)) again.set(b, d);
+      }
+    }
+    if (again.size > 0) {
+      await this.fromPackNow(t, data, again);
       bad = this.stillBad(t, data, bad);
     }
     if (bad.length > 0) {
@@ -519,6 +533,8 @@ export class BlockAssembly {
   private async fromPackNow(t: Task, data: Buffer, blocks: Map<number, number>): Promise<void> {
     const { index, bs } = this;
     const rescued = await this.fetchBlocksNow([...new Set(blocks.values())]);
+    // Later tasks that use a pack block take the checked one too.
+    for (const [d, block] of rescued) if (this.blocks.has(d)) this.blocks.set(d, Buffer.from(block));
     for (const [b, d] of blocks) {
       const from = Math.max(t.start, b * bs);
       const to = Math.min(t.end, b * bs + blockLength(index, b));
@@ -772,10 +788,15 @@ export class BlockAssembly {
       if (lost !== undefined) throw new Error(`block route: frame ${lost} is neither delivered nor decoded`);
       // A block a later task uses too is copied, so it does not keep the whole batch's buffer alive.
       const mine = new Set(ds);
-      const failed = this.decode(frames, this.stored, (d, block) => {
-        if (this.uses[d] > 0 && !this.blocks.has(d))
-          this.blocks.set(d, mine.has(d) && this.uses[d] === 1 ? block : Buffer.from(block));
-      });
+      const failed = this.decode(
+        frames,
+        this.stored,
+        (d, block) => {
+          if (this.uses[d] > 0 && !this.blocks.has(d))
+            this.blocks.set(d, mine.has(d) && this.uses[d] === 1 ? block : Buffer.from(block));
+        },
+        !this.verifyChunks,
+      );
       for (const f of frames) {
         this.ahead -= this.stored.get(f)!.length;
         this.stored.delete(f);
@@ -795,13 +816,15 @@ export class BlockAssembly {
   }
 
   /**
-   * Decodes frames from `stored` (several per zstd call) and checks every block against its hash; gives each
-   * good frame's blocks to `keep`. Returns the frames that failed, with the error that names them.
+   * Decodes frames from `stored` (several per zstd call) and, with `check`, checks every block against its
+   * hash (without, the chunk IDs check them); gives each good frame's blocks to `keep`. Returns the frames
+   * that failed, with the error that names them.
    */
   private decode(
     frames: readonly number[],
     stored: ReadonlyMap<number, Buffer>,
     keep: (d: number, block: Buffer) => void,
+    check: boolean,
   ): Map<number, PackError> {
     const failed = new Map<number, PackError>();
     const decoder = this.decoder!;
@@ -814,7 +837,7 @@ export class BlockAssembly {
         batch.map((f) => stored.get(f)!),
         lengths,
       );
-      const good = contents && batch.every((f, k) => this.blocksMatch(f, contents[k]) === undefined);
+      const good = contents && (!check || batch.every((f, k) => this.blocksMatch(f, contents[k]) === undefined));
       for (let k = 0; k < batch.length; k++) {
         const f = batch[k];
         let content = good ? contents[k] : undefined;
@@ -828,7 +851,7 @@ export class BlockAssembly {
             failed.set(f, err);
             continue;
           }
-          const err = this.blocksMatch(f, content);
+          const err = check ? this.blocksMatch(f, content) : undefined;
           if (err) {
             failed.set(f, err);
             continue;
@@ -877,7 +900,7 @@ export class BlockAssembly {
     for (let attempt = 0; ; attempt++) {
       const stored = new Map<number, Buffer>();
       await this.fetchFrames(undefined, frames, stored);
-      const failed = this.decode(frames, stored, (d, block) => void (wanted.has(d) && got.set(d, block)));
+      const failed = this.decode(frames, stored, (d, block) => void (wanted.has(d) && got.set(d, block)), true);
       if (failed.size === 0) return got;
       if (attempt > 0) throw failed.values().next().value!;
       frames = [...failed.keys()];
