@@ -25,7 +25,7 @@ import { makeTestCa, withCaBundle, type TestCa } from './tls.js';
 import { runMeasured, startMeasured, type MeasuredProcess } from './measure.js';
 import { CLI, DELTAD, blockPack, daemonSite, link, pair, sh, type DaemonSite, type Pair } from './corpus.js';
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { dirname, join } from 'node:path';
 import { loadavg } from 'node:os';
@@ -55,6 +55,12 @@ interface LinkSpec {
   label: string;
   shape: LinkShape;
   tls: boolean;
+}
+
+/** " (main / V8 / worker / libuv)" of a threadCpu() result, for the table. */
+function threadsCell(t: Record<string, number> | undefined): string {
+  if (!t) return '';
+  return ` (${['main', 'v8', 'worker', 'libuv'].map((k) => t[k] ?? 0).join(' / ')})`;
 }
 
 function parseLink(s: string): LinkSpec {
@@ -128,6 +134,53 @@ interface Daemon {
   ready: Promise<void>;
 }
 
+/**
+ * CPU seconds of a process per kind of thread, from /proc/PID/task/TID/stat, polled every 100 ms until
+ * stop(): its main thread, V8's helper threads (GC marking and sweeping, compilers), worker threads (the
+ * hashing thread), and libuv's pool (file reads); a thread counts with its last sample before it ended.
+ */
+function threadCpu(pid: number): { stop: () => Record<string, number> } {
+  const seen = new Map<string, { kind: string; s: number }>();
+  const kindOf = (tid: string, comm: string): string =>
+    tid === String(pid)
+      ? 'main'
+      : comm.startsWith('V8') || comm === 'DelayedTaskSche'
+        ? 'v8'
+        : comm === 'WorkerThread'
+          ? 'worker'
+          : comm.startsWith('libuv')
+            ? 'libuv'
+            : 'other';
+  const poll = (): void => {
+    let tids: string[] = [];
+    try {
+      tids = readdirSync(`/proc/${pid}/task`);
+    } catch {
+      return; // gone
+    }
+    for (const tid of tids) {
+      try {
+        const st = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
+        const f = st.slice(st.lastIndexOf(')') + 2).split(' ');
+        const comm = st.slice(st.indexOf('(') + 1, st.lastIndexOf(')'));
+        seen.set(tid, { kind: kindOf(tid, comm), s: (Number(f[11]) + Number(f[12])) / 100 });
+      } catch {
+        // the thread ended
+      }
+    }
+  };
+  poll();
+  const timer = setInterval(poll, 100);
+  return {
+    stop: () => {
+      clearInterval(timer);
+      const out: Record<string, number> = {};
+      for (const { kind, s } of seen.values()) out[kind] = Number(((out[kind] ?? 0) + s).toFixed(2));
+      return out;
+    },
+  };
+}
+
 function startDaemon(site: DaemonSite, origin: string, cacheDir: string, ca: TestCa | null): Daemon {
   const caArgs = ca && daemonHasCaFile() ? ['--ca-file', ca.caCert] : [];
   const env = {
@@ -189,6 +242,8 @@ interface PullRow {
   daemonRssMiB?: number;
   /** The daemon's user + system CPU seconds over its whole life (start, the update, idle exit). */
   daemonCpuS?: number;
+  /** The same by thread (threadCpu), sampled from the daemon's start. */
+  daemonThreadCpuS?: Record<string, number>;
   daemonWriteBytes?: number;
   note: string;
 }
@@ -276,6 +331,7 @@ async function viaDaemon(
   rmSync(out, { force: true });
   const d = startDaemon(site, `${base}/${packed ? 'packed/' : ''}`, cacheDir, ca);
   await d.ready;
+  const threads = threadCpu(d.proc.pid());
   const tap = await startTap(DAEMON_PORT);
   const before = nginx.entries().length;
   const t0 = performance.now();
@@ -298,6 +354,7 @@ async function viaDaemon(
   await tap.close();
   const live = d.proc.sample();
   const dm = await d.proc.done;
+  const daemonThreadCpuS = threads.stop();
   await settle();
   const o = originSummary(
     nginx
@@ -327,6 +384,7 @@ async function viaDaemon(
     clientWriteBytes: m.writeBytes,
     daemonRssMiB: Math.round(dm.peakRssMiB),
     daemonCpuS: Number(dm.cpuS.toFixed(2)),
+    daemonThreadCpuS,
     daemonWriteBytes: dm.writeBytes,
     note,
   };
@@ -565,7 +623,7 @@ async function main(): Promise<void> {
           'protocol',
           'full-download fallback',
           'daemon peak RSS MiB',
-          'daemon CPU s',
+          'daemon CPU s (main / V8 helpers / worker threads / libuv pool)',
           'daemon write_bytes',
           'client write_bytes',
           'note',
@@ -589,7 +647,7 @@ async function main(): Promise<void> {
         r.protocols,
         fellBack,
         r.daemonRssMiB ?? '-',
-        r.daemonCpuS ?? '-',
+        r.daemonCpuS === undefined ? '-' : `${r.daemonCpuS}${threadsCell(r.daemonThreadCpuS)}`,
         fmt(r.daemonWriteBytes),
         fmt(r.clientWriteBytes),
         r.note,
