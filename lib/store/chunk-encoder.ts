@@ -137,6 +137,7 @@ export class EncoderPool {
   }
 
   async close(): Promise<void> {
+    this.shared.length = 0;
     await this.pool?.close();
   }
 }
