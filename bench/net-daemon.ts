@@ -22,10 +22,10 @@
 import { startNginx, type AccessEntry, type Nginx } from './nginx.js';
 import { startRelay, selfCheck, describeCheck, parseRate, type LinkShape, type SelfCheck } from './relay.js';
 import { makeTestCa, withCaBundle, type TestCa } from './tls.js';
-import { runMeasured, startMeasured, type MeasuredProcess } from './measure.js';
+import { runMeasured, startMeasured, threadCpu, type MeasuredProcess } from './measure.js';
 import { CLI, DELTAD, blockPack, daemonSite, link, pair, sh, type DaemonSite, type Pair } from './corpus.js';
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
 import { dirname, join } from 'node:path';
 import { loadavg } from 'node:os';
@@ -134,53 +134,6 @@ interface Daemon {
   ready: Promise<void>;
 }
 
-/**
- * CPU seconds of a process per kind of thread, from /proc/PID/task/TID/stat, polled every 100 ms until
- * stop(): its main thread, V8's helper threads (GC marking and sweeping, compilers), worker threads (the
- * hashing thread), and libuv's pool (file reads); a thread counts with its last sample before it ended.
- */
-function threadCpu(pid: number): { stop: () => Record<string, number> } {
-  const seen = new Map<string, { kind: string; s: number }>();
-  const kindOf = (tid: string, comm: string): string =>
-    tid === String(pid)
-      ? 'main'
-      : comm.startsWith('V8') || comm === 'DelayedTaskSche'
-        ? 'v8'
-        : comm === 'WorkerThread'
-          ? 'worker'
-          : comm.startsWith('libuv')
-            ? 'libuv'
-            : 'other';
-  const poll = (): void => {
-    let tids: string[] = [];
-    try {
-      tids = readdirSync(`/proc/${pid}/task`);
-    } catch {
-      return; // gone
-    }
-    for (const tid of tids) {
-      try {
-        const st = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
-        const f = st.slice(st.lastIndexOf(')') + 2).split(' ');
-        const comm = st.slice(st.indexOf('(') + 1, st.lastIndexOf(')'));
-        seen.set(tid, { kind: kindOf(tid, comm), s: (Number(f[11]) + Number(f[12])) / 100 });
-      } catch {
-        // the thread ended
-      }
-    }
-  };
-  poll();
-  const timer = setInterval(poll, 100);
-  return {
-    stop: () => {
-      clearInterval(timer);
-      const out: Record<string, number> = {};
-      for (const { kind, s } of seen.values()) out[kind] = Number(((out[kind] ?? 0) + s).toFixed(2));
-      return out;
-    },
-  };
-}
-
 function startDaemon(site: DaemonSite, origin: string, cacheDir: string, ca: TestCa | null): Daemon {
   const caArgs = ca && daemonHasCaFile() ? ['--ca-file', ca.caCert] : [];
   const env = {
@@ -242,7 +195,7 @@ interface PullRow {
   daemonRssMiB?: number;
   /** The daemon's user + system CPU seconds over its whole life (start, the update, idle exit). */
   daemonCpuS?: number;
-  /** The same by thread (threadCpu), sampled from the daemon's start. */
+  /** By thread (threadCpu), from when it listens until it exits. */
   daemonThreadCpuS?: Record<string, number>;
   daemonWriteBytes?: number;
   note: string;
@@ -623,7 +576,7 @@ async function main(): Promise<void> {
           'protocol',
           'full-download fallback',
           'daemon peak RSS MiB',
-          'daemon CPU s (main / V8 helpers / worker threads / libuv pool)',
+          'daemon CPU s (of which after it listens: main / V8 helpers / worker threads / libuv pool)',
           'daemon write_bytes',
           'client write_bytes',
           'note',
