@@ -9,7 +9,7 @@
 // the same
 // counters from /proc (e.g. a daemon between requests).
 import { spawn } from 'node:child_process';
-import { readFileSync, rmSync } from 'node:fs';
+import { readFileSync, readdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 
@@ -153,4 +153,53 @@ export function startMeasured(
 /** Runs `cmd` to the end (or the time limit) and returns what it cost. */
 export function runMeasured(cmd: string[], opts: Parameters<typeof startMeasured>[1] = {}): Promise<Measured> {
   return startMeasured(cmd, opts).done;
+}
+
+/**
+ * CPU seconds a process spends from now until stop(), per kind of thread, from /proc/PID/task/TID/stat polled
+ * every 100 ms: its main thread, V8's helper threads (GC marking and sweeping, compilers), worker threads (the
+ * hashing thread), and libuv's pool (file reads); a thread counts with its last sample before it ended.
+ */
+export function threadCpu(pid: number): { stop: () => Record<string, number> } {
+  const seen = new Map<string, { kind: string; s: number }>();
+  const kindOf = (tid: string, comm: string): string =>
+    tid === String(pid)
+      ? 'main'
+      : comm.startsWith('V8') || comm === 'DelayedTaskSche'
+        ? 'v8'
+        : comm === 'WorkerThread'
+          ? 'worker'
+          : comm.startsWith('libuv')
+            ? 'libuv'
+            : 'other';
+  const poll = (): void => {
+    let tids: string[] = [];
+    try {
+      tids = readdirSync(`/proc/${pid}/task`);
+    } catch {
+      return; // gone
+    }
+    for (const tid of tids) {
+      try {
+        const st = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
+        const f = st.slice(st.lastIndexOf(')') + 2).split(' ');
+        const comm = st.slice(st.indexOf('(') + 1, st.lastIndexOf(')'));
+        seen.set(tid, { kind: kindOf(tid, comm), s: (Number(f[11]) + Number(f[12])) / 100 });
+      } catch {
+        // the thread ended
+      }
+    }
+  };
+  poll();
+  const before = new Map([...seen].map(([tid, t]) => [tid, t.s]));
+  const timer = setInterval(poll, 100);
+  return {
+    stop: () => {
+      clearInterval(timer);
+      const out: Record<string, number> = {};
+      for (const [tid, { kind, s }] of seen)
+        out[kind] = Number(((out[kind] ?? 0) + s - (before.get(tid) ?? 0)).toFixed(2));
+      return out;
+    },
+  };
 }

@@ -17,11 +17,12 @@
 //        [--block-pack]   (per link, one more update from an origin that hosts the release's block pack beside
 //                          the image, www/packed/: the daemon's block path)
 //        [--skip full,range]   (leave out the full download or the range-path update per link)
+//   DAEMON_NODE_OPTIONS='--cpu-prof --cpu-prof-dir=/tmp/prof'   (NODE_OPTIONS for the daemon only, e.g. a profile)
 //   BENCH=/var/tmp/deltad-bench (site shared with bench/daemon.ts: $BENCH/deltad-daemon/<pair>/)
 import { startNginx, type AccessEntry, type Nginx } from './nginx.js';
 import { startRelay, selfCheck, describeCheck, parseRate, type LinkShape, type SelfCheck } from './relay.js';
 import { makeTestCa, withCaBundle, type TestCa } from './tls.js';
-import { runMeasured, startMeasured, type MeasuredProcess } from './measure.js';
+import { runMeasured, startMeasured, threadCpu, type MeasuredProcess } from './measure.js';
 import { CLI, DELTAD, blockPack, daemonSite, link, pair, sh, type DaemonSite, type Pair } from './corpus.js';
 import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
@@ -54,6 +55,12 @@ interface LinkSpec {
   label: string;
   shape: LinkShape;
   tls: boolean;
+}
+
+/** " (main / V8 / worker / libuv)" of a threadCpu() result, for the table. */
+function threadsCell(t: Record<string, number> | undefined): string {
+  if (!t) return '';
+  return ` (${['main', 'v8', 'worker', 'libuv'].map((k) => t[k] ?? 0).join(' / ')})`;
 }
 
 function parseLink(s: string): LinkSpec {
@@ -129,7 +136,11 @@ interface Daemon {
 
 function startDaemon(site: DaemonSite, origin: string, cacheDir: string, ca: TestCa | null): Daemon {
   const caArgs = ca && daemonHasCaFile() ? ['--ca-file', ca.caCert] : [];
-  const env = { ...process.env, ...(ca && !caArgs.length ? { NODE_EXTRA_CA_CERTS: ca.caCert } : {}) };
+  const env = {
+    ...process.env,
+    ...(ca && !caArgs.length ? { NODE_EXTRA_CA_CERTS: ca.caCert } : {}),
+    ...(process.env.DAEMON_NODE_OPTIONS ? { NODE_OPTIONS: process.env.DAEMON_NODE_OPTIONS } : {}),
+  };
   let resolveReady = (): void => {};
   const ready = new Promise<void>((r) => (resolveReady = r));
   const proc = startMeasured(
@@ -182,6 +193,10 @@ interface PullRow {
   fellBack?: boolean;
   clientWriteBytes: number;
   daemonRssMiB?: number;
+  /** The daemon's user + system CPU seconds over its whole life (start, the update, idle exit). */
+  daemonCpuS?: number;
+  /** By thread (threadCpu), from when it listens until it exits. */
+  daemonThreadCpuS?: Record<string, number>;
   daemonWriteBytes?: number;
   note: string;
 }
@@ -269,6 +284,7 @@ async function viaDaemon(
   rmSync(out, { force: true });
   const d = startDaemon(site, `${base}/${packed ? 'packed/' : ''}`, cacheDir, ca);
   await d.ready;
+  const threads = threadCpu(d.proc.pid());
   const tap = await startTap(DAEMON_PORT);
   const before = nginx.entries().length;
   const t0 = performance.now();
@@ -291,6 +307,7 @@ async function viaDaemon(
   await tap.close();
   const live = d.proc.sample();
   const dm = await d.proc.done;
+  const daemonThreadCpuS = threads.stop();
   await settle();
   const o = originSummary(
     nginx
@@ -319,6 +336,8 @@ async function viaDaemon(
     ...o,
     clientWriteBytes: m.writeBytes,
     daemonRssMiB: Math.round(dm.peakRssMiB),
+    daemonCpuS: Number(dm.cpuS.toFixed(2)),
+    daemonThreadCpuS,
     daemonWriteBytes: dm.writeBytes,
     note,
   };
@@ -557,12 +576,13 @@ async function main(): Promise<void> {
           'protocol',
           'full-download fallback',
           'daemon peak RSS MiB',
+          'daemon CPU s (of which after it listens: main / V8 helpers / worker threads / libuv pool)',
           'daemon write_bytes',
           'client write_bytes',
           'note',
         ]),
     );
-    console.log('|---|---|---|---:|---:|---:|---:|---:|---:|---|---|---:|---:|---:|---|');
+    console.log('|---|---|---|---:|---:|---:|---:|---:|---:|---|---|---:|---:|---:|---:|---|');
   }
   for (const r of rows) {
     const fellBack = r.fellBack === undefined ? '-' : r.fellBack ? 'YES' : 'no';
@@ -580,6 +600,7 @@ async function main(): Promise<void> {
         r.protocols,
         fellBack,
         r.daemonRssMiB ?? '-',
+        r.daemonCpuS === undefined ? '-' : `${r.daemonCpuS}${threadsCell(r.daemonThreadCpuS)}`,
         fmt(r.daemonWriteBytes),
         fmt(r.clientWriteBytes),
         r.note,

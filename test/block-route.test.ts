@@ -257,6 +257,36 @@ test('block route: a seed block that changed after indexing costs a frame, not a
   }
 });
 
+test('block route: pack frames damaged on their way (right length, wrong bytes) are fetched again, not emitted', async () => {
+  const { http, source } = setup();
+  try {
+    // The pack is incompressible (frames stored raw): a flipped byte decodes to the right length, and only the
+    // chunk IDs see it. The first pack request (header and first frame) is intact, the next one is damaged.
+    origin.fault({ kind: 'wrong-bytes', path: '/v2.img.bpk', rangedOnly: true, skip: 1 });
+    const stream = openExtractStream(v2Index, { ...source, sha256: sha });
+    const parts: Buffer[] = [];
+    for await (const part of stream) parts.push(part as Buffer);
+    const r = await stream.result;
+    assert.ok(Buffer.concat(parts).equals(v2), 'byte-identical result');
+    assert.equal(r.mode, 'blocks', 'the block route finished it');
+    const pack = origin.log.filter((e) => e.path === '/v2.img.bpk' && e.range);
+    const damaged = pack.findIndex((e) => e.fault === 'wrong-bytes');
+    assert.ok(damaged > 0, 'a pack request after the first was damaged');
+    const spans = (e: { range?: string }) =>
+      e
+        .range!.replace('bytes=', '')
+        .split(',')
+        .map((r) => r.split('-').map(Number));
+    const inDamaged = (at: number) => spans(pack[damaged]).some(([s, e]) => at >= s && at <= e);
+    assert.ok(
+      pack.slice(damaged + 1).some((e) => spans(e).some(([s]) => inDamaged(s))),
+      `bytes of the damaged request were asked for again: ${pack.map((e) => e.range).join(' ')}`,
+    );
+  } finally {
+    await http.close();
+  }
+});
+
 test('block route resumes: an interrupted extract keeps its verified chunks, the rerun fetches only the rest', async () => {
   const { http, out, source } = setup();
   try {

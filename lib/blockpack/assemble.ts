@@ -4,11 +4,13 @@
 // block by block). Target chunks go to the same sinks as the chunk route (a
 // partial file that resumes, or the ordered stream) as soon as they are
 // complete and verified against the target chunk index, so a stale pack is an
-// error before its first wrong chunk is handed on. Seed blocks are checked by
-// those chunk IDs; only a chunk that fails has its seed blocks hashed, to find
-// the ones that changed since the seed was indexed (they cost a frame fetch,
-// not a wrong byte). Without a chunk index (assembleBlocks) every seed block is
-// hashed as it is read.
+// error before its first wrong chunk is handed on. Seed blocks and pack blocks
+// are checked by those chunk IDs; only a chunk that fails has its seed blocks
+// hashed, to find the ones that changed since the seed was indexed (they cost a
+// frame fetch, not a wrong byte), and then its pack blocks fetched again and
+// checked against their hashes (a frame damaged on its way). Without a chunk
+// index (assembleBlocks) every block is hashed: seed blocks as they are read,
+// pack blocks as they are decoded.
 //
 // Pack requests are planned in pack order, which is the order tasks need them
 // (distinct blocks are numbered by first occurrence), and started ahead of the
@@ -363,7 +365,7 @@ export class BlockAssembly {
     const packReady = t.fromPack.length > 0 ? this.awaitBlocks(t.fromPack, k) : Promise.resolve();
     packReady.catch(() => {});
     const size = t.end - t.start;
-    let data = this.buffers.take(size);
+    const data = this.buffers.take(size);
     // A holding sink releases the buffer itself once it has sent it; until put, or without one, it is ours.
     let handed = false;
     try {
@@ -397,9 +399,8 @@ export class BlockAssembly {
       }
       for (const d of t.fromPack) this.used(d);
       if (this.verifyChunks) {
-        const checked = await this.verify(t, data);
-        data = checked.data;
-        if (checked.bad.length > 0) await this.repair(t, data, checked.bad, seedBad);
+        const bad = await this.verify(t, data);
+        if (bad.length > 0) await this.repair(t, data, bad, seedBad);
       }
       this.ctl.signal.throwIfAborted();
       this.wroteAny = true;
@@ -438,21 +439,22 @@ export class BlockAssembly {
   }
 
   /**
-   * Hashes the task's chunks, on a hashing thread when there is one (the bytes move there and back: use the
-   * returned buffer); returns the chunks that do not match their ID in the target index.
+   * Hashes the task's chunks (on a hashing thread when there is one, from a copy: `data` stays in place);
+   * returns the chunks that do not match their ID in the target index.
    */
-  private async verify(t: Task, data: Buffer): Promise<{ data: Buffer; bad: number[] }> {
+  private async verify(t: Task, data: Buffer): Promise<number[]> {
     const { target } = this;
     const ends: number[] = [];
     for (let i = t.first; i < t.first + t.count; i++) ends.push(target.end(i) - t.start);
-    const job = { data, ends, compress: ends.map(() => false), digest: target.digest, level: 0 };
     const pool = this.opts.hashPool;
-    const hashed = pool ? await pool.run(job) : encodeBatch(job);
+    const hashed = pool
+      ? await pool.hash(data, ends, target.digest)
+      : encodeBatch({ data, ends, compress: ends.map(() => false), digest: target.digest, level: 0 }).ids;
     const bad: number[] = [];
-    const ids = Buffer.from(hashed.ids.buffer, hashed.ids.byteOffset, hashed.ids.byteLength);
+    const ids = Buffer.from(hashed.buffer, hashed.byteOffset, hashed.byteLength);
     for (let k = 0; k < t.count; k++)
       if (!ids.subarray(k * 32, k * 32 + 32).equals(target.id(t.first + k))) bad.push(t.first + k);
-    return { data: Buffer.from(hashed.data.buffer, hashed.data.byteOffset, hashed.data.byteLength), bad };
+    return bad;
   }
 
   /** Which of the given chunks of the task do not hash to their ID (checked on this thread). */
@@ -466,7 +468,8 @@ export class BlockAssembly {
 
   /**
    * Chunks that failed their ID: the seed blocks in them are hashed now, and those that changed since the
-   * seed was indexed are taken from the pack. A chunk that still does not match is a pack for another image.
+   * seed was indexed are taken from the pack; then their pack blocks (decoded unchecked) are fetched again,
+   * checked against their hashes. A chunk that still does not match is a pack for another image.
    */
   private async repair(t: Task, data: Buffer, bad: number[], fromPack: Map<number, number>): Promise<void> {
     const { index, plan, target, bs } = this;
@@ -480,6 +483,17 @@ export class BlockAssembly {
     }
     if (changed.size > 0) {
       await this.fromPackNow(t, data, changed);
+      bad = this.stillBad(t, data, bad);
+    }
+    const again = new Map<number, number>();
+    for (const i of bad) {
+      for (let b = Math.floor(target.start(i) / bs); b * bs < target.end(i); b++) {
+        const d = index.distinctOf[b];
+        if (d !== ZERO_BLOCK && plan.localSeed[d] < 0 && !fromPack.has(b)) again.set(b, d);
+      }
+    }
+    if (again.size > 0) {
+      await this.fromPackNow(t, data, again);
       bad = this.stillBad(t, data, bad);
     }
     if (bad.length > 0) {
@@ -522,6 +536,8 @@ export class BlockAssembly {
   private async fromPackNow(t: Task, data: Buffer, blocks: Map<number, number>): Promise<void> {
     const { index, bs } = this;
     const rescued = await this.fetchBlocksNow([...new Set(blocks.values())]);
+    // Later tasks that use a pack block take the checked one too.
+    for (const [d, block] of rescued) if (this.blocks.has(d)) this.blocks.set(d, Buffer.from(block));
     for (const [b, d] of blocks) {
       const from = Math.max(t.start, b * bs);
       const to = Math.min(t.end, b * bs + blockLength(index, b));
@@ -775,10 +791,15 @@ export class BlockAssembly {
       if (lost !== undefined) throw new Error(`block route: frame ${lost} is neither delivered nor decoded`);
       // A block a later task uses too is copied, so it does not keep the whole batch's buffer alive.
       const mine = new Set(ds);
-      const failed = this.decode(frames, this.stored, (d, block) => {
-        if (this.uses[d] > 0 && !this.blocks.has(d))
-          this.blocks.set(d, mine.has(d) && this.uses[d] === 1 ? block : Buffer.from(block));
-      });
+      const failed = this.decode(
+        frames,
+        this.stored,
+        (d, block) => {
+          if (this.uses[d] > 0 && !this.blocks.has(d))
+            this.blocks.set(d, mine.has(d) && this.uses[d] === 1 ? block : Buffer.from(block));
+        },
+        !this.verifyChunks,
+      );
       for (const f of frames) {
         this.ahead -= this.stored.get(f)!.length;
         this.stored.delete(f);
@@ -798,13 +819,15 @@ export class BlockAssembly {
   }
 
   /**
-   * Decodes frames from `stored` (several per zstd call) and checks every block against its hash; gives each
-   * good frame's blocks to `keep`. Returns the frames that failed, with the error that names them.
+   * Decodes frames from `stored` (several per zstd call) and, with `check`, checks every block against its
+   * hash (without, the chunk IDs check them); gives each good frame's blocks to `keep`. Returns the frames
+   * that failed, with the error that names them.
    */
   private decode(
     frames: readonly number[],
     stored: ReadonlyMap<number, Buffer>,
     keep: (d: number, block: Buffer) => void,
+    check: boolean,
   ): Map<number, PackError> {
     const failed = new Map<number, PackError>();
     const decoder = this.decoder!;
@@ -817,7 +840,7 @@ export class BlockAssembly {
         batch.map((f) => stored.get(f)!),
         lengths,
       );
-      const good = contents && batch.every((f, k) => this.blocksMatch(f, contents[k]) === undefined);
+      const good = contents && (!check || batch.every((f, k) => this.blocksMatch(f, contents[k]) === undefined));
       for (let k = 0; k < batch.length; k++) {
         const f = batch[k];
         let content = good ? contents[k] : undefined;
@@ -831,7 +854,7 @@ export class BlockAssembly {
             failed.set(f, err);
             continue;
           }
-          const err = this.blocksMatch(f, content);
+          const err = check ? this.blocksMatch(f, content) : undefined;
           if (err) {
             failed.set(f, err);
             continue;
@@ -880,7 +903,7 @@ export class BlockAssembly {
     for (let attempt = 0; ; attempt++) {
       const stored = new Map<number, Buffer>();
       await this.fetchFrames(undefined, frames, stored);
-      const failed = this.decode(frames, stored, (d, block) => void (wanted.has(d) && got.set(d, block)));
+      const failed = this.decode(frames, stored, (d, block) => void (wanted.has(d) && got.set(d, block)), true);
       if (failed.size === 0) return got;
       if (attempt > 0) throw failed.values().next().value!;
       frames = [...failed.keys()];
