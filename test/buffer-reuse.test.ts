@@ -185,8 +185,9 @@ function slowClient(delayMs: number): { out: Writable; digest: () => string; wri
   return { out, digest: () => hash.digest('hex'), writes: () => writes };
 }
 
-test('shared assembly: buffers are reused only after every client has written them', async () => {
-  const { bytes, index } = target(8 * 1024 * 1024);
+/** A shared assembly of a `size`-byte image from the reusing engine, with 512 KiB of window and of client buffer. */
+function shared(size: number) {
+  const { bytes, index } = target(size);
   const engine = reusingEngine(bytes, index, 512 * 1024);
   const assembly = new SharedAssembly(
     'reuse',
@@ -196,6 +197,11 @@ test('shared assembly: buffers are reused only after every client has written th
     10_000,
     512 * 1024,
   );
+  return { bytes, index, engine, assembly };
+}
+
+test('shared assembly: buffers are reused only after every client has written them', async () => {
+  const { bytes, index, engine, assembly } = shared(8 * 1024 * 1024);
   const fast = slowClient(0);
   const slow = slowClient(2);
   const a = assembly.join();
@@ -214,16 +220,7 @@ test('shared assembly: buffers are reused only after every client has written th
 });
 
 test('shared assembly: a client that leaves midway lets the others finish, and its share is released', async () => {
-  const { bytes, index } = target(4 * 1024 * 1024);
-  const engine = reusingEngine(bytes, index, 512 * 1024);
-  const assembly = new SharedAssembly(
-    'leave',
-    index.size,
-    async () => engine.stream,
-    () => {},
-    10_000,
-    512 * 1024,
-  );
+  const { bytes, engine, assembly } = shared(4 * 1024 * 1024);
   const stays = slowClient(1);
   const leaves = slowClient(1);
   const a = assembly.join();
