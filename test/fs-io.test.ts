@@ -3,13 +3,21 @@
 // a planted symlink, with errors about the path the caller gave.
 import assert from 'node:assert/strict';
 import { execFileSync, spawnSync } from 'node:child_process';
-import { mkdtemp, open, readdir, readFile, rm, symlink, writeFile } from 'node:fs/promises';
+import { mkdtemp, open, readdir, readFile, rm, symlink, utimes, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { test } from 'node:test';
 import type { FileHandle } from 'node:fs/promises';
 import { FileError } from '../lib/errors.js';
-import { createExclusive, readFully, renameInto, replaceFile, writeFileAtomic, writeFully } from '../lib/util/fs-io.js';
+import {
+  createExclusive,
+  readFully,
+  renameInto,
+  replaceFile,
+  sweepStaleTemporaries,
+  writeFileAtomic,
+  writeFully,
+} from '../lib/util/fs-io.js';
 import { mountTinyTmpfs } from './helpers/tmpfs.js';
 import { tmpDir } from './helpers/tmp.js';
 
@@ -144,4 +152,30 @@ test('replaceFile: a rename that fails (the target is a mount point) names the p
   });
   assert.equal(await readFile(path, 'utf8'), 'mounted');
   assert.deepEqual((await readdir(dir)).sort(), ['os.raw', 'other']);
+});
+
+test('a sweeping write removes temporary files a crash left over an hour ago, and nothing else', async (t) => {
+  const dir = await tmpDir(t, 'fsio-sweep');
+  const hourAgo = new Date(Date.now() - 2 * 3600_000);
+  const stale = join(dir, '.entry.0123456789ab.tmp');
+  const fresh = join(dir, '.entry.ba9876543210.tmp'); // maybe another writer's, still at work
+  const other = join(dir, '.notes.tmp');
+  for (const f of [stale, fresh, other]) await writeFile(f, 'x');
+  await utimes(stale, hourAgo, hourAgo);
+  await utimes(other, hourAgo, hourAgo);
+  // A symlink of the temporary shape is not followed: the link goes, its target stays.
+  const target = join(dir, 'kept.img');
+  await writeFile(target, 'seed');
+  const link = join(dir, '.link.aaaaaaaaaaaa.tmp');
+  await symlink(target, link);
+  await writeFileAtomic(join(dir, 'entry'), 'new', { durable: false, sweep: true });
+  const left = (await readdir(dir)).sort();
+  assert.deepEqual(left, ['.entry.ba9876543210.tmp', '.link.aaaaaaaaaaaa.tmp', '.notes.tmp', 'entry', 'kept.img']);
+  assert.equal(await readFile(target, 'utf8'), 'seed');
+  // Once per directory and process: a stale file that appears later stays until the next start.
+  await writeFile(stale, 'x');
+  await utimes(stale, hourAgo, hourAgo);
+  await writeFileAtomic(join(dir, 'entry'), 'newer', { durable: false, sweep: true });
+  assert.ok((await readdir(dir)).includes('.entry.0123456789ab.tmp'));
+  assert.equal(await sweepStaleTemporaries(dir), 1);
 });

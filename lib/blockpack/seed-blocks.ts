@@ -88,7 +88,7 @@ export async function indexSeedBlocks(
     header.writeBigUInt64LE(BigInt(size), 16);
     // Not flushed: a cache entry lost in a crash is hashed again.
     await mkdir(join(resolve(cacheDir), 'blocks'), { recursive: true })
-      .then(() => writeFileAtomic(entry, Buffer.concat([header, hashes]), { durable: false }))
+      .then(() => writeFileAtomic(entry, Buffer.concat([header, hashes]), { durable: false, sweep: true }))
       .catch(() => {});
   }
   return { path, size, blockSize, hashes };

@@ -137,7 +137,7 @@ export class MetadataCache implements ReleaseFileSource {
     try {
       await mkdir(this.dir, { recursive: true });
       // Not flushed: a cached copy lost in a crash is fetched again.
-      await writeFileAtomic(final, Buffer.concat([len, json, e.body]), { durable: false });
+      await writeFileAtomic(final, Buffer.concat([len, json, e.body]), { durable: false, sweep: true });
     } catch {
       // A full disk only costs the stale fallback for this file (writeFileAtomic leaves no temp file).
     }

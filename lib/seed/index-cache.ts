@@ -133,6 +133,6 @@ export class IndexCache {
     await mkdir(this.dir, { recursive: true });
     // Not durable: every seed chunk is verified when read, so an entry lost or torn in a crash costs re-chunking,
     // and an fsync here would hold a thread-pool thread (and the seed reads queued behind it) on a busy disk.
-    await writeFileAtomic(entry, serializeIndex(index), { durable: false });
+    await writeFileAtomic(entry, serializeIndex(index), { durable: false, sweep: true });
   }
 }

@@ -8,7 +8,7 @@
 // their own: createExclusive when they start, renameInto when they are done.
 import { randomBytes } from 'node:crypto';
 import { constants } from 'node:fs';
-import { open, rename, unlink, type FileHandle } from 'node:fs/promises';
+import { lstat, open, readdir, rename, unlink, type FileHandle } from 'node:fs/promises';
 import { basename, dirname, join } from 'node:path';
 import { fileError, UsageError } from '../errors.js';
 
@@ -50,6 +50,37 @@ export interface AtomicWriteOptions {
    * died is removed first, so none accumulate.
    */
   temp?: string | { prefix: string };
+  /**
+   * First remove default-named temporary files in the target's directory that are over an hour old (once per
+   * directory and process): a crash between create and rename leaves one behind, and a cache written again and
+   * again would collect them.
+   */
+  sweep?: boolean;
+}
+
+/** Default temporary names (`.<name>.<12 hex>.tmp`), and the age from which one is surely a crash's leftover. */
+const DEFAULT_TEMP = /^\..+\.[0-9a-f]{12}\.tmp$/;
+const STALE_TEMP_MS = 60 * 60 * 1000;
+const swept = new Set<string>();
+
+/** Removes the stale default-named temporary files of `dir` (see AtomicWriteOptions.sweep); never throws. */
+export async function sweepStaleTemporaries(dir: string, now = Date.now()): Promise<number> {
+  let removed = 0;
+  for (const name of await readdir(dir).catch(() => [] as string[])) {
+    if (!DEFAULT_TEMP.test(name)) continue;
+    const path = join(dir, name);
+    const st = await lstat(path).catch(() => null);
+    if (
+      st?.isFile() &&
+      now - st.mtimeMs > STALE_TEMP_MS &&
+      (await unlink(path).then(
+        () => true,
+        () => false,
+      ))
+    )
+      removed++;
+  }
+  return removed;
 }
 
 /** Opens a new file at `path` for writing (and reading with `read`), failing if any file or link is there. */
@@ -92,6 +123,10 @@ export async function replaceFile(
   opts: AtomicWriteOptions = {},
 ): Promise<void> {
   const durable = opts.durable ?? true;
+  if (opts.sweep && !swept.has(dirname(path))) {
+    swept.add(dirname(path));
+    await sweepStaleTemporaries(dirname(path));
+  }
   const tmp = tempPath(path, opts.temp);
   if (typeof opts.temp === 'string') await unlink(tmp).catch(() => {});
   let fh: FileHandle;
