@@ -7,7 +7,7 @@ import { test, type TestContext } from 'node:test';
 import assert from 'node:assert/strict';
 import { createServer, type ServerResponse } from 'node:http';
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdir, mkdtemp, rm } from 'node:fs/promises';
+import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import type { AddressInfo } from 'node:net';
@@ -229,4 +229,16 @@ test('revalidation is one implementation: the sidecar and the proxy both get a 3
   const stale = await restarted.file(indexUrl, { index: true });
   assert.equal(stale.stale, true);
   assert.equal(stale.index, third.index);
+  // A copy damaged on disk is never served, even with its index parsed in memory: an outage is an error, and
+  // with the upstream back the file is fetched again whole (no conditional request for a copy it lacks).
+  const copy = join(dir, 'meta', createHash('sha256').update(indexUrl).digest('hex'));
+  const raw = await readFile(copy);
+  raw[raw.length - 1] ^= 0xff;
+  await writeFile(copy, raw);
+  await assert.rejects(restarted.file(indexUrl, { index: true }));
+  upstream.down = false;
+  const healed = await restarted.file(indexUrl, { index: true });
+  assert.deepEqual(statuses().slice(-1), [200]);
+  assert.equal(healed.digest, a.digest);
+  assert.ok(!(await readFile(copy)).equals(raw), 'the cache holds the good copy again');
 });

@@ -97,6 +97,9 @@ export class MetadataCache implements ReleaseFileSource {
       const head = JSON.parse(raw.subarray(4, 4 + n).toString('utf8')) as StoredHeader;
       const body = raw.subarray(4 + n);
       if (head.url !== url || body.length !== head.length) return null;
+      // The body is checked, not the stored digest trusted: a copy damaged on disk is fetched again, never served.
+      const digest = createHash('sha256').update(body).digest('hex');
+      if (head.digest !== undefined && head.digest !== digest) return null;
       const entry: MetadataEntry = {
         status: 200,
         body,
@@ -106,7 +109,6 @@ export class MetadataCache implements ReleaseFileSource {
         stale: false,
       };
       if (!isIndex) return entry;
-      const digest = head.digest ?? createHash('sha256').update(body).digest('hex');
       const known = this.parsed.get(url);
       const index =
         known?.digest === digest
@@ -128,7 +130,7 @@ export class MetadataCache implements ReleaseFileSource {
       etag: e.etag,
       lastModified: e.lastModified,
       length: e.body.length,
-      digest: e.digest,
+      digest: e.digest ?? createHash('sha256').update(e.body).digest('hex'),
     };
     const json = Buffer.from(JSON.stringify(head));
     const len = Buffer.alloc(4);
