@@ -224,3 +224,32 @@ test(
     assert.equal(await cache.getOrFetch({ id: m.id }, async () => null), null);
   }),
 );
+
+test(
+  'a batch with a wrong chunk first still yields every good chunk, then throws the wrong one',
+  withDir(async (dir) => {
+    const cache = await ChunkCache.open(dir, { maxBytes: 1 << 20 });
+    const chunks = Array.from({ length: 6 }, () => makeChunk(2000));
+    const evil = Buffer.from(chunks[0].data);
+    evil[10] ^= 1;
+    // The upstream answers the wrong chunk at once, the others a little later.
+    async function* fetchMany(reqs: readonly unknown[]) {
+      yield { index: 0, data: evil };
+      await new Promise((r) => setTimeout(r, 20));
+      for (let i = 1; i < reqs.length; i++) yield { index: i, data: chunks[i].data };
+    }
+    const got: number[] = [];
+    const reqs = chunks.map((c) => ({ id: c.id, size: 2000 }));
+    await assert.rejects(
+      (async () => {
+        for await (const { index, data } of cache.getOrFetchMany(reqs, fetchMany)) {
+          assert.ok(data.equals(chunks[index].data));
+          got.push(index);
+        }
+      })(),
+      ChunkVerifyError,
+    );
+    assert.deepEqual(got.sort(), [1, 2, 3, 4, 5], 'the good chunks were all yielded before the error');
+    assert.equal(cache.contains(chunks[0].hex), false);
+  }),
+);

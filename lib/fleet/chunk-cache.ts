@@ -306,15 +306,22 @@ export class ChunkCache implements WritableChunkStore {
       this.counters.fetches += mine.length;
       void this.runFetch(mine, fetchMany, source);
     }
-    // Yield the awaited chunks as they settle (all at once: they are under way); the first failure after them.
+    // Yield the awaited chunks as they settle (all at once: they are under way); the first failure after them. A
+    // failure is kept, not thrown in the loop: that would stop the waits not yet started, and their chunks with them.
+    let failure: { err: unknown } | undefined;
     yield* concurrentEmit<(typeof waits)[number], { index: number; data: Buffer }>(
       waits,
       waits.length,
       async (w, emit) => {
-        const data = await w.promise;
-        if (data) emit({ index: w.index, data });
+        try {
+          const data = await w.promise;
+          if (data) emit({ index: w.index, data });
+        } catch (err) {
+          failure ??= { err };
+        }
       },
     );
+    if (failure) throw failure.err;
   }
 
   /** Runs one batched fetch for claimed chunks: verify, cache, settle each; missing ones settle as null. */
