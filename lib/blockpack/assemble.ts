@@ -44,7 +44,7 @@ import {
   sha256,
   type BlockIndex,
 } from './format.js';
-import { PackLayout, packRuns, planPackRequests, type BlockPlan } from './plan.js';
+import { PackLayout, packRuns, planPackRequests, seedOf, type BlockPlan } from './plan.js';
 import { unlessAborted } from '../util/abort.js';
 import { forEachConcurrent } from '../util/async-pool.js';
 import { readFully } from '../util/fs-io.js';
@@ -164,9 +164,9 @@ export class BlockAssembly {
   /** Frames asked for again after they failed to decode or verify (a second failure is an error). */
   private readonly refetched = new Set<number>();
   private readonly refetching = new Map<number, Promise<void>>();
-  /** Per frame: its planned request, and the promise of its delivery. */
-  private readonly requestOf = new Map<number, PackRequest>();
+  /** Per frame waited for: the promise of its delivery (gone once delivered). */
   private readonly arrival = new Map<number, { promise: Promise<void>; resolve: () => void }>();
+  /** The planned requests, in pack order (requestOf finds a frame's). */
   private requests: PackRequest[] = [];
   /** Planned requests before this one have been started. */
   private nextRequest = 0;
@@ -272,7 +272,7 @@ export class BlockAssembly {
       const seen = new Set<number>();
       for (let b = Math.floor(start / bs); b * bs < end; b++) {
         const d = index.distinctOf[b];
-        if (d === ZERO_BLOCK || plan.localSeed[d] >= 0 || seen.has(d)) continue;
+        if (d === ZERO_BLOCK || plan.local[d] >= 0 || seen.has(d)) continue;
         seen.add(d);
         fromPack.push(d);
         this.uses[d]++;
@@ -284,11 +284,24 @@ export class BlockAssembly {
 
   /** The pack requests for every frame a task needs, in pack order: the first frame alone, then the rest. */
   private planRequests(tasks: Task[]): void {
-    const frames = new Set<number>();
-    for (const t of tasks) for (const d of t.fromPack) frames.add(frameOf(this.index, d));
-    const sorted = [...frames].sort((a, b) => a - b);
+    const needed = new Uint8Array(this.index.frameCount);
+    for (const t of tasks) for (const d of t.fromPack) needed[frameOf(this.index, d)] = 1;
+    const sorted: number[] = [];
+    for (let f = 0; f < needed.length; f++) if (needed[f]) sorted.push(f);
     this.requests = sorted.length > 0 ? [this.request(sorted.slice(0, 1)), ...this.group(sorted.slice(1))] : [];
-    for (const r of this.requests) for (const f of r.frames) this.requestOf.set(f, r);
+  }
+
+  /** The planned request carrying frame f (binary search: requests hold ascending frames, in pack order). */
+  private requestOf(f: number): PackRequest {
+    const { requests } = this;
+    let lo = 0;
+    let hi = requests.length - 1;
+    while (lo < hi) {
+      const mid = (lo + hi + 1) >>> 1;
+      if (requests[mid].frames[0] <= f) lo = mid;
+      else hi = mid - 1;
+    }
+    return requests[lo];
   }
 
   /** Frames (ascending) grouped into the requests the cost model plans for them, for the server as known now. */
@@ -299,7 +312,8 @@ export class BlockAssembly {
       cost: this.cost,
       parallelism: this.opts.concurrency ?? 4,
     });
-    return reqs.map((r) => this.request(framesOf(r)));
+    // A request for the pack header alone carries no frame: the first request asks for the header anyway.
+    return reqs.map((r) => this.request(framesOf(r))).filter((r) => r.frames.length > 0);
   }
 
   private request(frames: number[]): PackRequest {
@@ -315,7 +329,6 @@ export class BlockAssembly {
     }
     this.plannedMulti = false;
     this.requests = out;
-    for (const r of out) for (const f of r.frames) this.requestOf.set(f, r);
     this.nextRequest = out.findIndex((r) => !r.started);
     if (this.nextRequest < 0) this.nextRequest = out.length;
   }
@@ -384,7 +397,7 @@ export class BlockAssembly {
           fromZero += to - from;
         } else if (seedBad.has(b)) {
           fromPack += to - from; // put in place by fromPackNow
-        } else if (this.plan.localSeed[d] >= 0) {
+        } else if (this.plan.local[d] >= 0) {
           fromSeeds += to - from; // read in place by readSeeds
         } else {
           const block = this.blocks.get(d);
@@ -471,7 +484,7 @@ export class BlockAssembly {
     for (const i of bad) {
       for (let b = Math.floor(target.start(i) / bs); b * bs < target.end(i); b++) {
         const d = index.distinctOf[b];
-        if (d === ZERO_BLOCK || plan.localSeed[d] < 0 || fromPack.has(b)) continue;
+        if (d === ZERO_BLOCK || plan.local[d] < 0 || fromPack.has(b)) continue;
         if (this.seedFailed.has(d) || !(await this.seedBlockMatches(d))) changed.set(b, d);
       }
     }
@@ -490,8 +503,8 @@ export class BlockAssembly {
   /** Reads seed block of distinct block d whole and checks its hash; a mismatch is remembered and warned about. */
   private async seedBlockMatches(d: number): Promise<boolean> {
     const { plan, bs } = this;
-    const seed = plan.localSeed[d];
-    const at = plan.localBlock[d] * bs;
+    const seed = seedOf(plan, plan.local[d]);
+    const at = (plan.local[d] - plan.seedStart[seed]) * bs;
     const block = Buffer.alloc(bs);
     const fh = await this.seedHandle(seed);
     let got = 0;
@@ -510,8 +523,10 @@ export class BlockAssembly {
     if (this.seedFailed.has(d)) return;
     this.seedFailed.add(d);
     this.seedMismatches++;
+    const seed = seedOf(plan, plan.local[d]);
+    const block = plan.local[d] - plan.seedStart[seed];
     this.opts.onWarning?.(
-      `seed ${plan.seeds[plan.localSeed[d]].path}: block ${plan.localBlock[d]} at byte ${plan.localBlock[d] * bs} does not match its hash; fetching it from the pack`,
+      `seed ${plan.seeds[seed].path}: block ${block} at byte ${block * bs} does not match its hash; fetching it from the pack`,
     );
   }
 
@@ -540,16 +555,19 @@ export class BlockAssembly {
     let scratch: Buffer | undefined;
     for (let b = Math.floor(t.start / bs); b < lastBlock; ) {
       const d = index.distinctOf[b];
-      if (d === ZERO_BLOCK || plan.localSeed[d] < 0) {
+      const g = d === ZERO_BLOCK ? -1 : plan.local[d];
+      if (g < 0) {
         b++;
         continue;
       }
-      const seed = plan.localSeed[d];
+      const seed = seedOf(plan, g);
+      // A run stays in one seed: the numbers of the next seed's blocks follow on.
+      const seedEnd = plan.seedStart[seed + 1];
       let n = 1;
       if (inside(b)) {
-        while (b + n < lastBlock && inside(b + n)) {
+        while (b + n < lastBlock && inside(b + n) && g + n < seedEnd) {
           const e = index.distinctOf[b + n];
-          if (e === ZERO_BLOCK || plan.localSeed[e] !== seed || plan.localBlock[e] !== plan.localBlock[d] + n) break;
+          if (e === ZERO_BLOCK || plan.local[e] !== g + n) break;
           n++;
         }
       }
@@ -559,7 +577,7 @@ export class BlockAssembly {
         ? data.subarray(b * bs - t.start, (b + n) * bs - t.start)
         : (scratch ??= Buffer.allocUnsafe(bs));
       // Short only when the seed shrank: the missing blocks fail their check.
-      const got = await readFully(fh, buf, plan.localBlock[d] * bs);
+      const got = await readFully(fh, buf, (g - plan.seedStart[seed]) * bs);
       buf.fill(0, got);
       for (let k = 0; k < n; k++) {
         const e = index.distinctOf[b + k];
@@ -597,7 +615,7 @@ export class BlockAssembly {
     // After the first answer (the requests may have been planned again by then).
     const demand = (): void => {
       for (const f of frames) {
-        const req = this.requestOf.get(f)!;
+        const req = this.requestOf(f);
         req.started ??= this.startRequest(req);
       }
       this.pump();
@@ -731,7 +749,9 @@ export class BlockAssembly {
             this.stored.set(f, data);
             this.ahead += data.length;
           }
-          this.arrival.get(f)?.resolve();
+          const a = this.arrival.get(f);
+          this.arrival.delete(f);
+          a?.resolve();
         }
         this.pump();
         return undefined;
