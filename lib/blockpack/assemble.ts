@@ -180,6 +180,11 @@ export class BlockAssembly {
   private readonly seedHandles = new Map<number, Promise<FileHandle>>();
   /** Task buffers, reused when the sink does not keep them. */
   private readonly buffers: BufferPool;
+  /**
+   * Buffers of frames as stored, reused once decoded: a frame waits for its task long enough to be promoted,
+   * so fresh ones would be old garbage that V8 frees only with a full collection, tens of MiB behind.
+   */
+  private readonly frameBuffers: BufferPool;
   private waiters: (() => void)[] = [];
   /** Tasks (by number) waiting for frames, and the oldest task not done. */
   private readonly waiting = new Set<number>();
@@ -205,9 +210,12 @@ export class BlockAssembly {
     this.buffers = new BufferPool((opts.concurrency ?? 4) * TASK_BYTES);
     const { rttMs, bytesPerSec } = this.cost.link;
     this.budget = Math.max(AHEAD_BYTES, Math.round((AHEAD_ROUND_TRIPS * rttMs * bytesPerSec) / 1000));
-    opts.signal?.addEventListener('abort', () => this.ctl.abort(opts.signal!.reason), { once: true });
+    this.frameBuffers = new BufferPool(this.budget);
+    opts.signal?.addEventListener('abort', this.onAbort, { once: true });
     if (opts.signal?.aborted) this.ctl.abort(opts.signal.reason);
   }
+
+  private readonly onAbort = (): void => this.ctl.abort(this.opts.signal!.reason);
 
   /** Checks, before any fetch, that the pack can describe the target at all. */
   static check(plan: BlockPlan, target: Pick<ChunkIndex, 'size'>, sha256?: string): void {
@@ -249,6 +257,8 @@ export class BlockAssembly {
       await Promise.allSettled(this.requests.map((r) => r.started));
       await Promise.allSettled(this.refetching.values());
       for (const fh of this.seedHandles.values()) await (await fh.catch(() => null))?.close().catch(() => {});
+      // The caller's signal outlives this run (the chunk route may go on after it): it must not keep the tables.
+      this.opts.signal?.removeEventListener('abort', this.onAbort);
     }
     if (this.error !== undefined) throw this.error;
     this.ctl.signal.throwIfAborted();
@@ -737,6 +747,7 @@ export class BlockAssembly {
         if (u === 0) {
           checkPackHeader(data, index, opts.packUrl);
           this.headerChecked = true;
+          this.frameBuffers.give(data);
           return undefined;
         }
         const f = u - 1;
@@ -748,7 +759,7 @@ export class BlockAssembly {
           if (!this.stored.has(f) && this.needed(f)) {
             this.stored.set(f, data);
             this.ahead += data.length;
-          }
+          } else this.frameBuffers.give(data);
           const a = this.arrival.get(f);
           this.arrival.delete(f);
           a?.resolve();
@@ -757,6 +768,7 @@ export class BlockAssembly {
         return undefined;
       },
       describe: (u) => (u === 0 ? 'the pack header' : `frame ${u - 1} at byte ${index.frameStart[u - 1]}`),
+      alloc: (size) => this.frameBuffers.take(size),
     };
     const units = [...(this.headerChecked ? [] : [0]), ...frames.map((f) => f + 1)];
     await fetchUnits(this.fetcher, spec, units, {
@@ -796,9 +808,12 @@ export class BlockAssembly {
         if (this.uses[d] > 0 && !this.blocks.has(d))
           this.blocks.set(d, mine.has(d) && this.uses[d] === 1 ? block : Buffer.from(block));
       });
+      // Decoding copied them (a raw frame too): their buffers are free.
       for (const f of frames) {
-        this.ahead -= this.stored.get(f)!.length;
+        const stored = this.stored.get(f)!;
+        this.ahead -= stored.length;
         this.stored.delete(f);
+        this.frameBuffers.give(stored);
       }
       this.wake();
       this.pump();
@@ -898,6 +913,7 @@ export class BlockAssembly {
       const stored = new Map<number, Buffer>();
       await this.fetchFrames(undefined, frames, stored);
       const failed = this.decode(frames, stored, (d, block) => void (wanted.has(d) && got.set(d, block)));
+      for (const b of stored.values()) this.frameBuffers.give(b);
       if (failed.size === 0) return got;
       if (attempt > 0) throw failed.values().next().value!;
       frames = [...failed.keys()];
