@@ -32,7 +32,6 @@ import { PartialFile } from '../assemble/partial-file.js';
 import type { AssemblySink } from '../assemble/sink.js';
 import type { ExtractProgress } from '../assemble/progress.js';
 import { BufferPool } from '../util/buffer-pool.js';
-import { encodeBatch, type EncoderPool } from '../store/chunk-encoder.js';
 import { FrameDecompressor } from './frame-codec.js';
 import {
   HASH_BYTES,
@@ -74,8 +73,6 @@ export interface BlockRouteOptions {
   /** Largest target span of one task (the stream's window); default 2 MiB. */
   maxSpan?: number;
   retry?: RetryPolicy;
-  /** Hashing threads for the chunk checks (this thread has the decoding, seed reads and the stream's digest). */
-  hashPool?: EncoderPool;
   onWarning?: (message: string) => void;
   signal?: AbortSignal;
 }
@@ -418,9 +415,8 @@ export class BlockAssembly {
       }
       for (const d of t.fromPack) this.used(d);
       if (this.verifyChunks) {
-        const checked = await this.verify(t, data);
-        data = checked.data;
-        if (checked.bad.length > 0) await this.repair(t, data, checked.bad, seedBad);
+        const bad = this.verify(t, data);
+        if (bad.length > 0) await this.repair(t, data, bad, seedBad);
       }
       this.ctl.signal.throwIfAborted();
       this.wroteAny = true;
@@ -458,24 +454,17 @@ export class BlockAssembly {
   }
 
   /**
-   * Hashes the task's chunks, on a hashing thread when there is one (the bytes move there and back: use the
-   * returned buffer); returns the chunks that do not match their ID in the target index.
+   * The task's chunks that do not match their ID in the target index. Hashed on this thread: with SHA-NI
+   * (~1.5-2 GB/s) a hashing thread saved no wall time on the block path, cost CPU time moving the bytes, and its
+   * isolate 14-18 MiB (bench/RESULTS.md, "Block path memory (session 4)").
    */
-  private async verify(t: Task, data: Buffer): Promise<{ data: Buffer; bad: number[] }> {
-    const { target } = this;
-    const ends: number[] = [];
-    for (let i = t.first; i < t.first + t.count; i++) ends.push(target.end(i) - t.start);
-    const job = { data, ends, compress: ends.map(() => false), digest: target.digest, level: 0 };
-    const pool = this.opts.hashPool;
-    const hashed = pool ? await pool.run(job) : encodeBatch(job);
-    const bad: number[] = [];
-    const ids = Buffer.from(hashed.ids.buffer, hashed.ids.byteOffset, hashed.ids.byteLength);
-    for (let k = 0; k < t.count; k++)
-      if (!ids.subarray(k * 32, k * 32 + 32).equals(target.id(t.first + k))) bad.push(t.first + k);
-    return { data: Buffer.from(hashed.data.buffer, hashed.data.byteOffset, hashed.data.byteLength), bad };
+  private verify(t: Task, data: Buffer): number[] {
+    const chunks: number[] = [];
+    for (let i = t.first; i < t.first + t.count; i++) chunks.push(i);
+    return this.stillBad(t, data, chunks);
   }
 
-  /** Which of the given chunks of the task do not hash to their ID (checked on this thread). */
+  /** Which of the given chunks of the task do not hash to their ID. */
   private stillBad(t: Task, data: Buffer, chunks: readonly number[]): number[] {
     const { target } = this;
     return chunks.filter(

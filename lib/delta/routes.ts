@@ -131,8 +131,6 @@ export interface BlockRouteConfig {
   cost: CostModel;
   sha256?: string;
   maxSpan?: number;
-  /** Starts hashing threads for a plan that reads this many seed bytes (started only when the route runs). */
-  hashPoolFor?: (seedBytes: number) => EncoderPool | undefined;
   onWarning?: (message: string) => void;
 }
 
@@ -166,7 +164,6 @@ export class BlockRoute implements Route {
 
   async run(sink: AssemblySink, progress: ExtractProgress, signal: AbortSignal): Promise<void> {
     const { choice, target, http, cost, sha256, maxSpan, onWarning } = this.cfg;
-    const hashPool = this.cfg.hashPoolFor?.(choice.plan.totals.fromSeeds);
     this.assembly = new BlockAssembly(choice.plan, target, sink, progress, {
       http,
       packUrl: choice.probe.packUrl,
@@ -177,15 +174,10 @@ export class BlockRoute implements Route {
       sha256,
       concurrency: BLOCK_PARALLELISM,
       maxSpan,
-      hashPool,
       onWarning,
       signal,
     });
-    try {
-      await this.assembly.run();
-    } finally {
-      await hashPool?.close();
-    }
+    await this.assembly.run();
   }
 
   recoverable(err: unknown): boolean {
