@@ -153,7 +153,7 @@ export class BlockAssembly {
   /** The first request is done: the server's answers to ranges are known. */
   private firstDone = false;
   /** Tasks still to use each distinct block from the pack. */
-  private readonly uses: Int32Array;
+  private uses: Uint16Array | Int32Array;
   /** Decoded pack blocks still to be used. */
   private readonly blocks = new Map<number, Buffer>();
   /** Frames as stored, delivered and not decoded yet. */
@@ -203,7 +203,8 @@ export class BlockAssembly {
     this.cost = opts.cost ?? defaultCostModel;
     this.state = { multi: opts.multi ?? true };
     this.retry = opts.retry ?? { attempts: opts.http.attempts, retryBaseMs: opts.http.retryBaseMs };
-    this.uses = new Int32Array(plan.index.distinctCount);
+    // 2 bytes per distinct block; a block more tasks use than that holds makes it 4 (see tasks()).
+    this.uses = new Uint16Array(plan.index.distinctCount);
     this.buffers = new BufferPool((opts.concurrency ?? 4) * TASK_BYTES);
     const { rttMs, bytesPerSec } = this.cost.link;
     this.budget = Math.max(AHEAD_BYTES, Math.round((AHEAD_ROUND_TRIPS * rttMs * bytesPerSec) / 1000));
@@ -282,6 +283,7 @@ export class BlockAssembly {
         if (d === ZERO_BLOCK || plan.local[d] >= 0 || seen.has(d)) continue;
         seen.add(d);
         fromPack.push(d);
+        if (this.uses[d] === 0xffff && this.uses instanceof Uint16Array) this.uses = Int32Array.from(this.uses);
         this.uses[d]++;
       }
       out.push({ first, count: i - first, start, end, fromPack });
