@@ -793,11 +793,12 @@ export class BlockAssembly {
       }
       const lost = frames.find((f) => !this.stored.has(f));
       if (lost !== undefined) throw new Error(`block route: frame ${lost} is neither delivered nor decoded`);
-      // A block a later task uses too is copied, so it does not keep the whole batch's buffer alive.
+      // A block a later task uses too is copied, so it does not keep the whole batch's buffer alive; into a buffer
+      // of its own, not a slice of Node's 64 KiB pool, which it would keep alive with it.
       const mine = new Set(ds);
       const failed = this.decode(frames, this.stored, (d, block) => {
         if (this.uses[d] > 0 && !this.blocks.has(d))
-          this.blocks.set(d, mine.has(d) && this.uses[d] === 1 ? block : Buffer.from(block));
+          this.blocks.set(d, mine.has(d) && this.uses[d] === 1 ? block : copyOf(block));
       });
       // Decoding copied them (a raw frame too): their buffers are free.
       for (const f of frames) {
@@ -953,6 +954,12 @@ export class BlockAssembly {
   private wake(): void {
     for (const w of this.waiters.splice(0)) w();
   }
+}
+
+function copyOf(data: Buffer): Buffer {
+  const copy = Buffer.allocUnsafeSlow(data.length);
+  data.copy(copy);
+  return copy;
 }
 
 function framesOf(req: RangeRequest): number[] {
