@@ -436,6 +436,35 @@ test('extract: a seed that is already the target leaves only the short tail bloc
   assert.equal(f.origin.stats('/os_2.img.bpk').requests, 1);
 });
 
+test('extract: blocks of two seeds whose numbers follow on are read from each seed, not as one run', async (t) => {
+  const f = await fixture(t);
+  const probe = await probeBlockPack(f.http, f.imageUrl);
+  assert.ok(probe);
+  // Split the target at a block b where blocks b - 1 and b are both first occurrences: seed A is the target up to
+  // b, seed B the rest, so target blocks b - 1 and b are A's last block and B's first, numbered one after the other.
+  const { distinctOf } = probe.index;
+  let top = -1;
+  let split = -1;
+  for (let b = 0; b < distinctOf.length - 1; b++) {
+    const first = distinctOf[b] > top;
+    top = Math.max(top, distinctOf[b]);
+    if (b > distinctOf.length / 2 && first && distinctOf[b + 1] > top) {
+      split = b + 1;
+      break;
+    }
+  }
+  assert.ok(split > 0, 'the image has two new blocks in a row past its middle');
+  const [a, b] = [join(f.dir, 'a.img'), join(f.dir, 'b.img')];
+  await writeFile(a, f.v2.subarray(0, split * BS));
+  await writeFile(b, f.v2.subarray(split * BS));
+  const out = join(f.dir, 'out.img');
+  const { plan, result } = await extract(f, out, { seeds: [a, b], sha256: f.sha256 });
+  assert.equal(plan.local[distinctOf[split]], plan.local[distinctOf[split - 1]] + 1, 'numbers that follow on');
+  assert.deepEqual(await readFile(out), f.v2);
+  assert.equal(result.seedMismatches, 0, 'no block read from the wrong seed');
+  assert.equal(plan.totals.frames, 1, 'only the short last block from the pack');
+});
+
 test('engine: a stale block pack (built for another image than the target index) never becomes the output', async (t) => {
   const f = await fixture(t);
   // A new release at the same URL whose pack artifacts were not rebuilt: they still describe v2.

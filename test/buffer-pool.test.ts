@@ -1,8 +1,9 @@
 // The slab pool: small buffers are cut side by side, a slab comes back only when every buffer cut from it has,
-// and a cutter keeps its buffers together.
+// and a cutter keeps its buffers together; freeNow detaches a large buffer the caller owns and leaves slices of
+// Node's shared pool alone.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { BufferPool, SLAB_BYTES, SharedBuffer } from '../lib/util/buffer-pool.js';
+import { BufferPool, SLAB_BYTES, SharedBuffer, freeNow } from '../lib/util/buffer-pool.js';
 
 test('buffer pool: small buffers lie side by side; a slab is reused only once all of it is handed back', () => {
   const pool = new BufferPool(4 * SLAB_BYTES);
@@ -86,4 +87,24 @@ test('shared buffer: done runs once, after the creator and every holder let go',
   assert.equal(done, 0);
   r2();
   assert.equal(done, 1);
+});
+
+test('freeNow: a large owned buffer is detached at once; a slice of the shared pool and a small one are left', () => {
+  const big = Buffer.alloc(Buffer.poolSize + 1, 7);
+  const before = process.memoryUsage().arrayBuffers;
+  freeNow(big.buffer);
+  assert.equal(big.length, 0, 'detached: the view is empty');
+  assert.ok(process.memoryUsage().arrayBuffers <= before - Buffer.poolSize, 'its memory is gone without a collection');
+
+  const slice = Buffer.from('pooled bytes');
+  assert.ok(slice.buffer.byteLength <= Buffer.poolSize, 'a small Buffer.from is a slice of the shared pool');
+  const other = Buffer.from('a neighbour in the same pool');
+  freeNow(slice.buffer);
+  assert.equal(slice.toString(), 'pooled bytes');
+  assert.equal(other.toString(), 'a neighbour in the same pool');
+
+  const small = new Uint8Array(1024);
+  freeNow(small.buffer);
+  assert.equal(small.length, 1024, 'small buffers are left to the collector');
+  freeNow(big.buffer); // already detached: nothing to do
 });

@@ -90,15 +90,22 @@ export class Assembler {
     if (opts.sink.holdsData) this.heldBuffers = opts.chunkBuffers ?? new BufferPool();
     // Every request in flight listens on this signal.
     setMaxListeners(0, this.ctl.signal);
-    opts.signal?.addEventListener('abort', () => this.ctl.abort(opts.signal!.reason), { once: true });
+    opts.signal?.addEventListener('abort', this.onAbort, { once: true });
     if (opts.signal?.aborted) this.ctl.abort(opts.signal.reason);
   }
+
+  private readonly onAbort = (): void => this.ctl.abort(this.opts.signal!.reason);
 
   async run(): Promise<void> {
     const { local, remote } = this.tasks();
     // Remote slots follow the link: a source may keep more requests in flight than `concurrency` on a long fat link.
     const remoteSlots = (): number => this.opts.remote?.inFlight?.(this.opts.concurrency) ?? this.opts.concurrency;
-    await Promise.all([this.runQueue(local, this.opts.localConcurrency ?? 4), this.runQueue(remote, remoteSlots)]);
+    try {
+      await Promise.all([this.runQueue(local, this.opts.localConcurrency ?? 4), this.runQueue(remote, remoteSlots)]);
+    } finally {
+      // The caller's signal outlives this run (a lead's runs before the block route): it must not keep the buffers.
+      this.opts.signal?.removeEventListener('abort', this.onAbort);
+    }
     if (this.error !== undefined) throw this.error;
     this.ctl.signal.throwIfAborted();
   }

@@ -34,7 +34,6 @@ import { PartialFile } from '../assemble/partial-file.js';
 import type { AssemblySink } from '../assemble/sink.js';
 import type { ExtractProgress } from '../assemble/progress.js';
 import { BufferPool } from '../util/buffer-pool.js';
-import { encodeBatch, type EncoderPool } from '../store/chunk-encoder.js';
 import { FrameDecompressor } from './frame-codec.js';
 import {
   HASH_BYTES,
@@ -46,7 +45,7 @@ import {
   sha256,
   type BlockIndex,
 } from './format.js';
-import { PackLayout, packRuns, planPackRequests, type BlockPlan } from './plan.js';
+import { PackLayout, packRuns, planPackRequests, seedOf, type BlockPlan } from './plan.js';
 import { unlessAborted } from '../util/abort.js';
 import { forEachConcurrent } from '../util/async-pool.js';
 import { readFully } from '../util/fs-io.js';
@@ -76,8 +75,6 @@ export interface BlockRouteOptions {
   /** Largest target span of one task (the stream's window); default 2 MiB. */
   maxSpan?: number;
   retry?: RetryPolicy;
-  /** Hashing threads for the chunk checks (this thread has the decoding, seed reads and the stream's digest). */
-  hashPool?: EncoderPool;
   onWarning?: (message: string) => void;
   signal?: AbortSignal;
 }
@@ -158,7 +155,7 @@ export class BlockAssembly {
   /** The first request is done: the server's answers to ranges are known. */
   private firstDone = false;
   /** Tasks still to use each distinct block from the pack. */
-  private readonly uses: Int32Array;
+  private uses: Uint16Array | Int32Array;
   /** Decoded pack blocks still to be used. */
   private readonly blocks = new Map<number, Buffer>();
   /** Frames as stored, delivered and not decoded yet. */
@@ -166,9 +163,9 @@ export class BlockAssembly {
   /** Frames asked for again after they failed to decode or verify (a second failure is an error). */
   private readonly refetched = new Set<number>();
   private readonly refetching = new Map<number, Promise<void>>();
-  /** Per frame: its planned request, and the promise of its delivery. */
-  private readonly requestOf = new Map<number, PackRequest>();
+  /** Per frame waited for: the promise of its delivery (gone once delivered). */
   private readonly arrival = new Map<number, { promise: Promise<void>; resolve: () => void }>();
+  /** The planned requests, in pack order (requestOf finds a frame's). */
   private requests: PackRequest[] = [];
   /** Planned requests before this one have been started. */
   private nextRequest = 0;
@@ -182,6 +179,11 @@ export class BlockAssembly {
   private readonly seedHandles = new Map<number, Promise<FileHandle>>();
   /** Task buffers, reused when the sink does not keep them. */
   private readonly buffers: BufferPool;
+  /**
+   * Buffers of frames as stored, reused once decoded: a frame waits for its task long enough to be promoted,
+   * so fresh ones would be old garbage that V8 frees only with a full collection, tens of MiB behind.
+   */
+  private readonly frameBuffers: BufferPool;
   private waiters: (() => void)[] = [];
   /** Tasks (by number) waiting for frames, and the oldest task not done. */
   private readonly waiting = new Set<number>();
@@ -203,13 +205,17 @@ export class BlockAssembly {
     this.cost = opts.cost ?? defaultCostModel;
     this.state = { multi: opts.multi ?? true };
     this.retry = opts.retry ?? { attempts: opts.http.attempts, retryBaseMs: opts.http.retryBaseMs };
-    this.uses = new Int32Array(plan.index.distinctCount);
+    // 2 bytes per distinct block; a block more tasks use than that holds makes it 4 (see tasks()).
+    this.uses = new Uint16Array(plan.index.distinctCount);
     this.buffers = new BufferPool((opts.concurrency ?? 4) * TASK_BYTES);
     const { rttMs, bytesPerSec } = this.cost.link;
     this.budget = Math.max(AHEAD_BYTES, Math.round((AHEAD_ROUND_TRIPS * rttMs * bytesPerSec) / 1000));
-    opts.signal?.addEventListener('abort', () => this.ctl.abort(opts.signal!.reason), { once: true });
+    this.frameBuffers = new BufferPool(this.budget);
+    opts.signal?.addEventListener('abort', this.onAbort, { once: true });
     if (opts.signal?.aborted) this.ctl.abort(opts.signal.reason);
   }
+
+  private readonly onAbort = (): void => this.ctl.abort(this.opts.signal!.reason);
 
   /** Checks, before any fetch, that the pack can describe the target at all. */
   static check(plan: BlockPlan, target: Pick<ChunkIndex, 'size'>, sha256?: string): void {
@@ -251,6 +257,8 @@ export class BlockAssembly {
       await Promise.allSettled(this.requests.map((r) => r.started));
       await Promise.allSettled(this.refetching.values());
       for (const fh of this.seedHandles.values()) await (await fh.catch(() => null))?.close().catch(() => {});
+      // The caller's signal outlives this run (the chunk route may go on after it): it must not keep the tables.
+      this.opts.signal?.removeEventListener('abort', this.onAbort);
     }
     if (this.error !== undefined) throw this.error;
     this.ctl.signal.throwIfAborted();
@@ -274,9 +282,10 @@ export class BlockAssembly {
       const seen = new Set<number>();
       for (let b = Math.floor(start / bs); b * bs < end; b++) {
         const d = index.distinctOf[b];
-        if (d === ZERO_BLOCK || plan.localSeed[d] >= 0 || seen.has(d)) continue;
+        if (d === ZERO_BLOCK || plan.local[d] >= 0 || seen.has(d)) continue;
         seen.add(d);
         fromPack.push(d);
+        if (this.uses[d] === 0xffff && this.uses instanceof Uint16Array) this.uses = Int32Array.from(this.uses);
         this.uses[d]++;
       }
       out.push({ first, count: i - first, start, end, fromPack });
@@ -286,11 +295,24 @@ export class BlockAssembly {
 
   /** The pack requests for every frame a task needs, in pack order: the first frame alone, then the rest. */
   private planRequests(tasks: Task[]): void {
-    const frames = new Set<number>();
-    for (const t of tasks) for (const d of t.fromPack) frames.add(frameOf(this.index, d));
-    const sorted = [...frames].sort((a, b) => a - b);
+    const needed = new Uint8Array(this.index.frameCount);
+    for (const t of tasks) for (const d of t.fromPack) needed[frameOf(this.index, d)] = 1;
+    const sorted: number[] = [];
+    for (let f = 0; f < needed.length; f++) if (needed[f]) sorted.push(f);
     this.requests = sorted.length > 0 ? [this.request(sorted.slice(0, 1)), ...this.group(sorted.slice(1))] : [];
-    for (const r of this.requests) for (const f of r.frames) this.requestOf.set(f, r);
+  }
+
+  /** The planned request carrying frame f (binary search: requests hold ascending frames, in pack order). */
+  private requestOf(f: number): PackRequest {
+    const { requests } = this;
+    let lo = 0;
+    let hi = requests.length - 1;
+    while (lo < hi) {
+      const mid = (lo + hi + 1) >>> 1;
+      if (requests[mid].frames[0] <= f) lo = mid;
+      else hi = mid - 1;
+    }
+    return requests[lo];
   }
 
   /** Frames (ascending) grouped into the requests the cost model plans for them, for the server as known now. */
@@ -301,7 +323,8 @@ export class BlockAssembly {
       cost: this.cost,
       parallelism: this.opts.concurrency ?? 4,
     });
-    return reqs.map((r) => this.request(framesOf(r)));
+    // A request for the pack header alone carries no frame: the first request asks for the header anyway.
+    return reqs.map((r) => this.request(framesOf(r))).filter((r) => r.frames.length > 0);
   }
 
   private request(frames: number[]): PackRequest {
@@ -317,7 +340,6 @@ export class BlockAssembly {
     }
     this.plannedMulti = false;
     this.requests = out;
-    for (const r of out) for (const f of r.frames) this.requestOf.set(f, r);
     this.nextRequest = out.findIndex((r) => !r.started);
     if (this.nextRequest < 0) this.nextRequest = out.length;
   }
@@ -388,7 +410,7 @@ export class BlockAssembly {
           fromZero += to - from;
         } else if (seedBad.has(b)) {
           fromPack += to - from; // put in place by fromPackNow
-        } else if (this.plan.localSeed[d] >= 0) {
+        } else if (this.plan.local[d] >= 0) {
           fromSeeds += to - from; // read in place by readSeeds
         } else {
           const block = this.blocks.get(d);
@@ -399,7 +421,7 @@ export class BlockAssembly {
       }
       for (const d of t.fromPack) this.used(d);
       if (this.verifyChunks) {
-        const bad = await this.verify(t, data);
+        const bad = this.verify(t, data);
         if (bad.length > 0) await this.repair(t, data, bad, seedBad);
       }
       this.ctl.signal.throwIfAborted();
@@ -439,25 +461,17 @@ export class BlockAssembly {
   }
 
   /**
-   * Hashes the task's chunks (on a hashing thread when there is one, from a copy: `data` stays in place);
-   * returns the chunks that do not match their ID in the target index.
+   * The task's chunks that do not match their ID in the target index. Hashed on this thread: with SHA-NI
+   * (~1.5-2 GB/s) a hashing thread saved no wall time on the block path, cost CPU time moving the bytes, and its
+   * isolate 14-18 MiB (bench/RESULTS.md, "Block path memory (session 4)").
    */
-  private async verify(t: Task, data: Buffer): Promise<number[]> {
-    const { target } = this;
-    const ends: number[] = [];
-    for (let i = t.first; i < t.first + t.count; i++) ends.push(target.end(i) - t.start);
-    const pool = this.opts.hashPool;
-    const hashed = pool
-      ? await pool.hash(data, ends, target.digest)
-      : encodeBatch({ data, ends, compress: ends.map(() => false), digest: target.digest, level: 0 }).ids;
-    const bad: number[] = [];
-    const ids = Buffer.from(hashed.buffer, hashed.byteOffset, hashed.byteLength);
-    for (let k = 0; k < t.count; k++)
-      if (!ids.subarray(k * 32, k * 32 + 32).equals(target.id(t.first + k))) bad.push(t.first + k);
-    return bad;
+  private verify(t: Task, data: Buffer): number[] {
+    const chunks: number[] = [];
+    for (let i = t.first; i < t.first + t.count; i++) chunks.push(i);
+    return this.stillBad(t, data, chunks);
   }
 
-  /** Which of the given chunks of the task do not hash to their ID (checked on this thread). */
+  /** Which of the given chunks of the task do not hash to their ID. */
   private stillBad(t: Task, data: Buffer, chunks: readonly number[]): number[] {
     const { target } = this;
     return chunks.filter(
@@ -477,7 +491,7 @@ export class BlockAssembly {
     for (const i of bad) {
       for (let b = Math.floor(target.start(i) / bs); b * bs < target.end(i); b++) {
         const d = index.distinctOf[b];
-        if (d === ZERO_BLOCK || plan.localSeed[d] < 0 || fromPack.has(b)) continue;
+        if (d === ZERO_BLOCK || plan.local[d] < 0 || fromPack.has(b)) continue;
         if (this.seedFailed.has(d) || !(await this.seedBlockMatches(d))) changed.set(b, d);
       }
     }
@@ -489,7 +503,7 @@ export class BlockAssembly {
     for (const i of bad) {
       for (let b = Math.floor(target.start(i) / bs); b * bs < target.end(i); b++) {
         const d = index.distinctOf[b];
-        if (d !== ZERO_BLOCK && plan.localSeed[d] < 0 && !fromPack.has(b)) again.set(b, d);
+        if (d !== ZERO_BLOCK && plan.local[d] < 0 && !fromPack.has(b)) again.set(b, d);
       }
     }
     if (again.size > 0) {
@@ -507,8 +521,8 @@ export class BlockAssembly {
   /** Reads seed block of distinct block d whole and checks its hash; a mismatch is remembered and warned about. */
   private async seedBlockMatches(d: number): Promise<boolean> {
     const { plan, bs } = this;
-    const seed = plan.localSeed[d];
-    const at = plan.localBlock[d] * bs;
+    const seed = seedOf(plan, plan.local[d]);
+    const at = (plan.local[d] - plan.seedStart[seed]) * bs;
     const block = Buffer.alloc(bs);
     const fh = await this.seedHandle(seed);
     let got = 0;
@@ -527,8 +541,10 @@ export class BlockAssembly {
     if (this.seedFailed.has(d)) return;
     this.seedFailed.add(d);
     this.seedMismatches++;
+    const seed = seedOf(plan, plan.local[d]);
+    const block = plan.local[d] - plan.seedStart[seed];
     this.opts.onWarning?.(
-      `seed ${plan.seeds[plan.localSeed[d]].path}: block ${plan.localBlock[d]} at byte ${plan.localBlock[d] * bs} does not match its hash; fetching it from the pack`,
+      `seed ${plan.seeds[seed].path}: block ${block} at byte ${block * bs} does not match its hash; fetching it from the pack`,
     );
   }
 
@@ -559,16 +575,19 @@ export class BlockAssembly {
     let scratch: Buffer | undefined;
     for (let b = Math.floor(t.start / bs); b < lastBlock; ) {
       const d = index.distinctOf[b];
-      if (d === ZERO_BLOCK || plan.localSeed[d] < 0) {
+      const g = d === ZERO_BLOCK ? -1 : plan.local[d];
+      if (g < 0) {
         b++;
         continue;
       }
-      const seed = plan.localSeed[d];
+      const seed = seedOf(plan, g);
+      // A run stays in one seed: the numbers of the next seed's blocks follow on.
+      const seedEnd = plan.seedStart[seed + 1];
       let n = 1;
       if (inside(b)) {
-        while (b + n < lastBlock && inside(b + n)) {
+        while (b + n < lastBlock && inside(b + n) && g + n < seedEnd) {
           const e = index.distinctOf[b + n];
-          if (e === ZERO_BLOCK || plan.localSeed[e] !== seed || plan.localBlock[e] !== plan.localBlock[d] + n) break;
+          if (e === ZERO_BLOCK || plan.local[e] !== g + n) break;
           n++;
         }
       }
@@ -578,7 +597,7 @@ export class BlockAssembly {
         ? data.subarray(b * bs - t.start, (b + n) * bs - t.start)
         : (scratch ??= Buffer.allocUnsafe(bs));
       // Short only when the seed shrank: the missing blocks fail their check.
-      const got = await readFully(fh, buf, plan.localBlock[d] * bs);
+      const got = await readFully(fh, buf, (g - plan.seedStart[seed]) * bs);
       buf.fill(0, got);
       for (let k = 0; k < n; k++) {
         const e = index.distinctOf[b + k];
@@ -616,7 +635,7 @@ export class BlockAssembly {
     // After the first answer (the requests may have been planned again by then).
     const demand = (): void => {
       for (const f of frames) {
-        const req = this.requestOf.get(f)!;
+        const req = this.requestOf(f);
         req.started ??= this.startRequest(req);
       }
       this.pump();
@@ -738,6 +757,7 @@ export class BlockAssembly {
         if (u === 0) {
           checkPackHeader(data, index, opts.packUrl);
           this.headerChecked = true;
+          this.frameBuffers.give(data);
           return undefined;
         }
         const f = u - 1;
@@ -749,13 +769,16 @@ export class BlockAssembly {
           if (!this.stored.has(f) && this.needed(f)) {
             this.stored.set(f, data);
             this.ahead += data.length;
-          }
-          this.arrival.get(f)?.resolve();
+          } else this.frameBuffers.give(data);
+          const a = this.arrival.get(f);
+          this.arrival.delete(f);
+          a?.resolve();
         }
         this.pump();
         return undefined;
       },
       describe: (u) => (u === 0 ? 'the pack header' : `frame ${u - 1} at byte ${index.frameStart[u - 1]}`),
+      buffers: () => this.frameBuffers.cutter(),
     };
     const units = [...(this.headerChecked ? [] : [0]), ...frames.map((f) => f + 1)];
     await fetchUnits(this.fetcher, spec, units, {
@@ -789,20 +812,24 @@ export class BlockAssembly {
       }
       const lost = frames.find((f) => !this.stored.has(f));
       if (lost !== undefined) throw new Error(`block route: frame ${lost} is neither delivered nor decoded`);
-      // A block a later task uses too is copied, so it does not keep the whole batch's buffer alive.
+      // A block a later task uses too is copied, so it does not keep the whole batch's buffer alive; into a buffer
+      // of its own, not a slice of Node's 64 KiB pool, which it would keep alive with it.
       const mine = new Set(ds);
       const failed = this.decode(
         frames,
         this.stored,
         (d, block) => {
           if (this.uses[d] > 0 && !this.blocks.has(d))
-            this.blocks.set(d, mine.has(d) && this.uses[d] === 1 ? block : Buffer.from(block));
+            this.blocks.set(d, mine.has(d) && this.uses[d] === 1 ? block : copyOf(block));
         },
         !this.verifyChunks,
       );
+      // Decoding copied them (a raw frame too): their buffers are free.
       for (const f of frames) {
-        this.ahead -= this.stored.get(f)!.length;
+        const stored = this.stored.get(f)!;
+        this.ahead -= stored.length;
         this.stored.delete(f);
+        this.frameBuffers.give(stored);
       }
       this.wake();
       this.pump();
@@ -904,6 +931,7 @@ export class BlockAssembly {
       const stored = new Map<number, Buffer>();
       await this.fetchFrames(undefined, frames, stored);
       const failed = this.decode(frames, stored, (d, block) => void (wanted.has(d) && got.set(d, block)), true);
+      for (const b of stored.values()) this.frameBuffers.give(b);
       if (failed.size === 0) return got;
       if (attempt > 0) throw failed.values().next().value!;
       frames = [...failed.keys()];
@@ -952,6 +980,12 @@ export class BlockAssembly {
   private wake(): void {
     for (const w of this.waiters.splice(0)) w();
   }
+}
+
+function copyOf(data: Buffer): Buffer {
+  const copy = Buffer.allocUnsafeSlow(data.length);
+  data.copy(copy);
+  return copy;
 }
 
 function framesOf(req: RangeRequest): number[] {

@@ -6,6 +6,7 @@
 import { createHash } from 'node:crypto';
 import { constants, zstdCompressSync, zstdDecompressSync } from 'node:zlib';
 import { IndexFormatError } from '../errors.js';
+import { freeNow } from '../util/buffer-pool.js';
 
 export const INDEX_MAGIC = Buffer.from('DBLKIDX\0', 'latin1');
 export const PACK_MAGIC = Buffer.from('DBLKPCK\0', 'latin1');
@@ -295,6 +296,8 @@ export function parseBlockIndex(buf: Buffer, source?: string): BlockIndex {
     fail('pack_size', 56, `frames end at byte ${off} of the pack, header says the pack has ${packSize}`);
   const hashes = new Uint8Array(r.bytes(distinctCount * HASH_BYTES, 'hashes'));
   if (r.pos !== raw.length) fail('body', INDEX_HEADER_SIZE, `${raw.length - r.pos} bytes after the hashes`);
+  // Parsed (the hashes copied): ~9 bytes per block freed now, not at the next full collection.
+  freeNow(raw.buffer);
   return {
     blockSize,
     imageSize,

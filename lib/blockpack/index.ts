@@ -9,6 +9,7 @@ import { parseBlockIndex, type BlockIndex } from './format.js';
 import { costOf, planBlocks, type BlockCost, type BlockPlan } from './plan.js';
 import { artifactNames } from './publisher.js';
 import { indexSeedBlocks } from './seed-blocks.js';
+import { freeNow } from '../util/buffer-pool.js';
 
 export { packImage, artifactNames, type PackOptions, type PackResult, type Trainer } from './publisher.js';
 export { costOf, planBlocks, type BlockPlan, type BlockCost } from './plan.js';
@@ -70,7 +71,10 @@ export async function probeBlockPack(
   if (res.status !== 200) return null;
   const indexBytes = res.body.length + (res === first ? 0 : first.body.length);
   const indexRequests = res === first ? 1 : 2;
-  return { index: parseBlockIndex(res.body, urls.indexUrl), indexBytes, indexRequests, ...urls };
+  const index = parseBlockIndex(res.body, urls.indexUrl);
+  // Parsed into the index's tables: the body's memory (~9 bytes per block) goes now, not at a full collection.
+  freeNow(res.body.buffer);
+  return { index, indexBytes, indexRequests, ...urls };
 }
 
 /** Indexes the seeds per block (cached) and plans the target against them. */
@@ -81,7 +85,10 @@ export async function planBlockUpdate(
 ): Promise<BlockPlan> {
   const seeds = [];
   for (const p of seedPaths) seeds.push(await indexSeedBlocks(p, probe.index.blockSize, opts));
-  return planBlocks(probe.index, seeds, probe.indexBytes);
+  const plan = planBlocks(probe.index, seeds, probe.indexBytes);
+  // The plan does not keep the seeds' block hashes (8 bytes per block): freed now, not at a full collection.
+  for (const s of seeds) freeNow(s.hashes.buffer);
+  return plan;
 }
 
 /** The block path for one update, when the release has a pack: its plan and what each fetch mode costs. */

@@ -10,6 +10,7 @@ import { bodyBytes, defaultCostModel, type CostModel } from '../plan/cost.js';
 import { HASH_BYTES, ZERO_BLOCK, blockLength, frameOf, type BlockIndex } from './format.js';
 import type { SeedBlocks } from './seed-blocks.js';
 import { runsOf, type Run } from '../util/runs.js';
+import { freeNow } from '../util/buffer-pool.js';
 
 export interface BlockPlanTotals {
   blocks: number;
@@ -28,13 +29,30 @@ export interface BlockPlan {
   index: BlockIndex;
   /** Bytes of the block index as fetched (they count as download). */
   indexBytes: number;
-  seeds: readonly SeedBlocks[];
-  /** Per distinct block: the seed holding it (-1: none) and the block number there. */
-  localSeed: Int32Array;
-  localBlock: Int32Array;
+  /** The seeds planned against (their block hashes are not kept: each seed block is checked when it is read). */
+  seeds: readonly PlannedSeed[];
+  /**
+   * Per distinct block: the seed block holding it, numbered over all seeds in order (seed k's block b is
+   * seedStart[k] + b), or -1: none. One table, not a seed and a block number each: 4 bytes per distinct block.
+   */
+  local: Int32Array;
+  /** First `local` number of each seed, and one past the last seed's. */
+  seedStart: readonly number[];
   /** Frames to fetch, ascending. */
   frames: number[];
   totals: BlockPlanTotals;
+}
+
+export interface PlannedSeed {
+  path: string;
+  size: number;
+}
+
+/** The seed of a `local` number g (>= 0). */
+export function seedOf(plan: Pick<BlockPlan, 'seedStart'>, g: number): number {
+  let k = plan.seedStart.length - 2;
+  while (plan.seedStart[k] > g) k--;
+  return k;
 }
 
 export interface BlockCost {
@@ -75,8 +93,8 @@ const view = (u: Uint8Array): DataView => new DataView(u.buffer, u.byteOffset, u
 class SeedBlockTable {
   private readonly slots: Int32Array;
   private readonly mask: number;
-  /** First table block number of each seed. */
-  private readonly base: number[] = [];
+  /** First table block number of each seed, and one past the last seed's. */
+  readonly base: number[] = [];
   private readonly views: DataView[];
 
   constructor(seeds: readonly SeedBlocks[]) {
@@ -85,11 +103,17 @@ class SeedBlockTable {
       this.base.push(total);
       total += s.hashes.length / HASH_BYTES;
     }
+    this.base.push(total);
     let n = 1024;
     while (n * 3 < total * 4) n *= 2;
     this.mask = n - 1;
     this.slots = new Int32Array(n);
     this.views = seeds.map((s) => view(s.hashes));
+  }
+
+  /** Frees the slots now (4 bytes per seed block), not at the next full collection. */
+  free(): void {
+    freeNow(this.slots.buffer);
   }
 
   /** Keeps the first block for a hash. */
@@ -101,13 +125,9 @@ class SeedBlockTable {
     if (this.slots[i] === 0) this.slots[i] = this.base[seed] + block + 1;
   }
 
-  /** The table block number with this hash (seedOf, blockOf), or -1. */
+  /** The table block number with this hash (seed k's block b is base[k] + b), or -1. */
   find(lo: number, hi: number): number {
     return this.slots[this.slot(lo, hi)] - 1;
-  }
-
-  blockOf(g: number, seed: number): number {
-    return g - this.base[seed];
   }
 
   /** The slot holding this hash, or the empty slot where it would go. */
@@ -125,7 +145,7 @@ class SeedBlockTable {
   }
 
   seedOf(g: number): number {
-    let k = this.base.length - 1;
+    let k = this.base.length - 2;
     while (this.base[k] > g) k--;
     return k;
   }
@@ -142,18 +162,15 @@ export function planBlocks(index: BlockIndex, seeds: readonly SeedBlocks[], inde
     for (let b = 0; b < whole; b++) table.add(k, b);
   });
 
-  const localSeed = new Int32Array(index.distinctCount).fill(-1);
-  const localBlock = new Int32Array(index.distinctCount);
+  const local = new Int32Array(index.distinctCount).fill(-1);
   const th = view(index.hashes);
   const lastIsShort = index.imageSize % bs !== 0;
   const shortDistinct = lastIsShort ? index.distinctOf[index.blockCount - 1] : ZERO_BLOCK;
   for (let d = 0; d < index.distinctCount; d++) {
     if (d === shortDistinct) continue;
-    const g = table.find(th.getUint32(d * HASH_BYTES, true), th.getUint32(d * HASH_BYTES + 4, true));
-    if (g < 0) continue;
-    localSeed[d] = table.seedOf(g);
-    localBlock[d] = table.blockOf(g, localSeed[d]);
+    local[d] = table.find(th.getUint32(d * HASH_BYTES, true), th.getUint32(d * HASH_BYTES + 4, true));
   }
+  table.free();
 
   const totals: BlockPlanTotals = {
     blocks: index.blockCount,
@@ -171,7 +188,7 @@ export function planBlocks(index: BlockIndex, seeds: readonly SeedBlocks[], inde
     if (d === ZERO_BLOCK) {
       totals.zeroBlocks++;
       totals.zeroBytes += len;
-    } else if (localSeed[d] >= 0) totals.fromSeeds += len;
+    } else if (local[d] >= 0) totals.fromSeeds += len;
     else {
       totals.fromPack += len;
       need[frameOf(index, d)] = 1;
@@ -184,7 +201,8 @@ export function planBlocks(index: BlockIndex, seeds: readonly SeedBlocks[], inde
     totals.frameBytes += index.frameStart[f + 1] - index.frameStart[f];
   }
   totals.frames = frames.length;
-  return { index, indexBytes, seeds, localSeed, localBlock, frames, totals };
+  const planned = seeds.map((s) => ({ path: s.path, size: s.size }));
+  return { index, indexBytes, seeds: planned, local, seedStart: table.base, frames, totals };
 }
 
 /** Runs of pack "chunks" (PackLayout numbering) for a set of frames, the header first. */

@@ -563,7 +563,7 @@ interface RouteSink {
   /**
    * Whether the chunk route may hash seeds on a hashing thread. A stream hashes them on this thread: it goes at its
    * consumer's pace (a client, a pipe), and a hashing worker's isolate would be ~14 MiB of the sidecar's memory. The
-   * block route keeps its thread: its chunk checks are what bounds its wall time.
+   * block route hashes on this thread for every sink (a thread saved it no wall time: lib/blockpack/assemble.ts).
    */
   hashThread: boolean;
   /**
@@ -639,7 +639,6 @@ async function chooseRoutes(
       cost: ctx.cost,
       sha256: opts.sha256,
       maxSpan: sink.maxSpan,
-      hashPoolFor,
       onWarning: opts.onWarning,
     });
     route.prepare(opts.signal ?? new AbortController().signal);

@@ -68,6 +68,8 @@ const NO_TRAFFIC: FetchStats = { requests: 0, bytes: 0 };
 /** Chunks from seeds, zero and repeats, the rest from byte ranges or chunk stores. */
 export class ChunkRoute implements Route {
   private assembler?: Assembler;
+  /** What a finished run did (its assembler, with its buffers, is let go: a lead's would outlive it by minutes). */
+  private finished?: { seedMismatches: number; wroteAny: boolean };
   constructor(private readonly opts: ChunkRouteOptions) {}
 
   get kind(): RouteKind {
@@ -79,10 +81,10 @@ export class ChunkRoute implements Route {
     return this.opts.remote?.stats ?? NO_TRAFFIC;
   }
   get seedMismatches(): number {
-    return this.assembler?.seedMismatches ?? 0;
+    return (this.assembler ?? this.finished)?.seedMismatches ?? 0;
   }
   get wroteAny(): boolean {
-    return this.assembler?.wroteAny ?? false;
+    return (this.assembler ?? this.finished)?.wroteAny ?? false;
   }
 
   async run(sink: AssemblySink, progress: ExtractProgress, signal: AbortSignal): Promise<void> {
@@ -111,6 +113,9 @@ export class ChunkRoute implements Route {
       await this.assembler.run();
     } finally {
       await hashPool?.close();
+      const { seedMismatches, wroteAny } = this.assembler;
+      this.finished = { seedMismatches, wroteAny };
+      this.assembler = undefined;
     }
   }
 
@@ -126,8 +131,6 @@ export interface BlockRouteConfig {
   cost: CostModel;
   sha256?: string;
   maxSpan?: number;
-  /** Starts hashing threads for a plan that reads this many seed bytes (started only when the route runs). */
-  hashPoolFor?: (seedBytes: number) => EncoderPool | undefined;
   onWarning?: (message: string) => void;
 }
 
@@ -161,7 +164,6 @@ export class BlockRoute implements Route {
 
   async run(sink: AssemblySink, progress: ExtractProgress, signal: AbortSignal): Promise<void> {
     const { choice, target, http, cost, sha256, maxSpan, onWarning } = this.cfg;
-    const hashPool = this.cfg.hashPoolFor?.(choice.plan.totals.fromSeeds);
     this.assembly = new BlockAssembly(choice.plan, target, sink, progress, {
       http,
       packUrl: choice.probe.packUrl,
@@ -172,15 +174,10 @@ export class BlockRoute implements Route {
       sha256,
       concurrency: BLOCK_PARALLELISM,
       maxSpan,
-      hashPool,
       onWarning,
       signal,
     });
-    try {
-      await this.assembly.run();
-    } finally {
-      await hashPool?.close();
-    }
+    await this.assembly.run();
   }
 
   recoverable(err: unknown): boolean {

@@ -119,3 +119,20 @@ export class SharedBuffer {
     if (--this.refs === 0) this.done();
   }
 }
+
+/**
+ * Frees a large buffer's memory now (detaches it) instead of at V8's next full collection, which comes only
+ * after tens of MiB of such garbage. For an ArrayBuffer the caller made or was handed whole and that no view in
+ * use shares (a parsed index's body, a table done with). Buffers up to Node's pool size may be slices of its
+ * shared pool: those are left to the collector.
+ */
+export function freeNow(ab: ArrayBufferLike): void {
+  // ES2024's ArrayBuffer.prototype.transfer (Node >= 21), not in this project's ES2022 lib types.
+  const buf = ab as ArrayBuffer & { readonly detached: boolean; transfer(length: number): ArrayBuffer };
+  if (!(buf instanceof ArrayBuffer) || buf.byteLength <= Buffer.poolSize || buf.detached) return;
+  try {
+    buf.transfer(0);
+  } catch {
+    // Not detachable (Node marks some of its buffers so): left to the collector.
+  }
+}
