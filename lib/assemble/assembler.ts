@@ -73,8 +73,11 @@ export class Assembler {
   private pendingWrites = 0;
   private drainWaiters: (() => void)[] = [];
   private zeros: Buffer = Buffer.alloc(0);
-  /** Seed read buffers, reused when the sink does not hold on to them (fewer large garbage buffers, lower RSS). */
-  private readonly seedBuffers = new BatchBuffers(4);
+  /**
+   * Seed read buffers, reused when the sink does not hold on to them (fewer large garbage buffers, lower RSS); each
+   * holds a whole task, so none kept is too small for the next one.
+   */
+  private readonly seedBuffers = new BatchBuffers(4, SEED_TASK_BYTES);
   private inlineTurn = false;
   seedMismatches = 0;
   /** True once any chunk reached the sink. */

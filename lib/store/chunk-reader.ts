@@ -24,11 +24,18 @@ export const BATCH_BYTES = 1024 * 1024;
  */
 export class BatchBuffers {
   private readonly free: ArrayBuffer[] = [];
-  constructor(private readonly keep = 8) {}
+  /**
+   * @param keep buffers kept for reuse at most
+   * @param minBytes smallest buffer made: the largest usual batch, so that any buffer kept fits the next batch
+   */
+  constructor(
+    private readonly keep = 8,
+    private readonly minBytes = BATCH_BYTES,
+  ) {}
 
   take(size: number): Buffer {
     const i = this.free.findIndex((b) => b.byteLength >= size);
-    const ab = i >= 0 ? this.free.splice(i, 1)[0] : new ArrayBuffer(Math.max(size, BATCH_BYTES));
+    const ab = i >= 0 ? this.free.splice(i, 1)[0] : new ArrayBuffer(Math.max(size, this.minBytes));
     return Buffer.from(ab, 0, size);
   }
 
