@@ -26,6 +26,13 @@ export class BufferPool {
     return Buffer.from(fresh, 0, size);
   }
 
+  /** A buffer of the pool holding a copy of `data`. */
+  copyOf(data: Uint8Array): Buffer {
+    const buf = this.take(data.length);
+    buf.set(data);
+    return buf;
+  }
+
   /** Hands a buffer back for reuse; the caller must not touch it afterwards. Foreign buffers are ignored. */
   give(buf: Uint8Array): void {
     const ab = buf.buffer as ArrayBuffer;
