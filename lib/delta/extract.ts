@@ -563,12 +563,6 @@ function leadEnd(plan: Plan, maxBytes: number): { end: number; fetched: number }
 interface RouteSink {
   maxSpan?: number;
   run: (route: Route) => Promise<void>;
-  /**
-   * Whether the chunk route may hash seeds on a hashing thread. A stream hashes them on this thread: it goes at its
-   * consumer's pace (a client, a pipe), and a hashing worker's isolate would be ~14 MiB of the sidecar's memory. The
-   * block route keeps its thread: its chunk checks are what bounds its wall time.
-   */
-  hashThread: boolean;
 }
 
 /**
@@ -590,6 +584,9 @@ async function chooseRoutes(
     await pending?.result;
     throw err;
   });
+  // The chunk route hashes seeds on this thread, with no hashing worker: a worker's isolate is ~14 MiB of RSS, and
+  // an extract was no slower without it (bench/RESULTS.md, "Extract memory (session 4)"). The block route keeps
+  // its thread: its chunk checks are what bounds its wall time.
   const chunkRoute = (firstChunk: number, endChunk: number): ChunkRoute =>
     new ChunkRoute({
       target,
@@ -603,7 +600,6 @@ async function chooseRoutes(
       buffers: choice.buffers,
       concurrency: opts.concurrency ?? DEFAULT_CONCURRENCY,
       maxSpan: sink.maxSpan,
-      hashPoolFor: sink.hashThread ? hashPoolFor : undefined,
       onWarning: opts.onWarning,
     });
   // Only for a release with a block pack: the chunk route alone needs no lead. It runs in two parts: up to its
@@ -755,7 +751,7 @@ export async function extractToFile(
         ctx,
         opts,
         plan,
-        { run: (route) => route.run(file, progress, signal), hashThread: true },
+        { run: (route) => route.run(file, progress, signal) },
         pending,
       );
       routes.probe.requests += indexCost.requests;
@@ -826,14 +822,7 @@ export function openExtractStream(target: ChunkIndex, opts: ExtractStreamOptions
         nullSeed: opts.nullSeed,
       });
       const run = (route: Route): Promise<void> => route.run(stream, progress, signal);
-      const routes = await chooseRoutes(
-        target,
-        ctx,
-        sourceOpts,
-        plan,
-        { maxSpan: windowBytes / 2, run, hashThread: false },
-        pending,
-      );
+      const routes = await chooseRoutes(target, ctx, sourceOpts, plan, { maxSpan: windowBytes / 2, run }, pending);
       const last = await runWithProgress(routes, stream, progress, sourceOpts, opts.rangeUrl ?? 'the update stream');
       await stream.complete;
       return summary(progress, routes, last, started, 0, stream.sha256);
