@@ -12,6 +12,9 @@ import { compressChunk, decompressChunk } from '../lib/store/compression.js';
 import { chunkId, toHex } from '../lib/format/digest.js';
 import { ChunkVerifyError, DeltadError, OriginError, UsageError } from '../lib/errors.js';
 import { HttpClient } from '../lib/fetch/http-client.js';
+import { ChunkIndexBuilder } from '../lib/format/caibx.js';
+import { StoreSource } from '../lib/assemble/remote-source.js';
+import { BufferPool } from '../lib/util/buffer-pool.js';
 import { loadVectors, storePath } from './helpers/vectors.js';
 import { startOrigin } from './helpers/origin.js';
 import { mountTinyTmpfs } from './helpers/tmpfs.js';
@@ -292,6 +295,30 @@ test('HTTP store: GET verified chunks, HEAD for has(), 404 → null', { timeout:
       origin.log.filter((l) => l.status === 404).map((l) => l.method),
       ['GET', 'HEAD'],
     );
+  }
+});
+
+test('store source: decoded chunks come in buffers of the pool, reused once handed back', {
+  timeout: 20_000,
+}, async (t) => {
+  const { store, chunks, ids } = await servedStore(t);
+  const b = ChunkIndexBuilder.forDigest('sha512-256', { min: 1, avg: 64 * 1024, max: 256 * 1024 }, chunks.length);
+  let end = 0;
+  for (let i = 0; i < chunks.length; i++) b.add((end += chunks[i].length), ids[i]);
+  const index = b.finish();
+  const pool = new BufferPool();
+  const source = new StoreSource(index, [store], store.client, 1, undefined, pool);
+  const got: Buffer[] = [];
+  await source.fetch(
+    [{ first: 0, count: chunks.length }],
+    (i, data) => void (got[i] = data),
+    AbortSignal.timeout(10_000),
+  );
+  for (let i = 0; i < chunks.length; i++) {
+    assert.ok(got[i].equals(chunks[i]), `chunk ${i}`);
+    // The pool's: a buffer handed back is the next one of its size class.
+    pool.give(got[i]);
+    assert.equal(pool.take(chunks[i].length).buffer, got[i].buffer, `chunk ${i} in a pool buffer`);
   }
 });
 

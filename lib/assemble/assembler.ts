@@ -73,7 +73,10 @@ export class Assembler {
   private pendingWrites = 0;
   private drainWaiters: (() => void)[] = [];
   private zeros: Buffer = Buffer.alloc(0);
-  /** Seed read buffers for a file sink, reused once written (fewer large garbage buffers, lower RSS). */
+  /**
+   * Seed read buffers for a file sink, reused once written (fewer large garbage buffers, lower RSS); each holds a
+   * whole task, so none kept is too small for the next one.
+   */
   private readonly seedBuffers = new BatchBuffers(4, SEED_TASK_BYTES);
   /**
    * A holding sink's buffers, for seed reads and fetched chunks alike (one pool, so that neither keeps idle

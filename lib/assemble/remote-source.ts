@@ -180,6 +180,8 @@ export class StoreSource implements RemoteSource {
     private readonly batchSize = 32,
     /** Told about a chunk a store answered wrongly twice (the next store is asked). */
     private readonly onWarning?: (m: string) => void,
+    /** Chunk buffers the decoded chunks are copied into (the assembler hands them back once written). */
+    private readonly buffers?: BufferPool,
   ) {
     this.httpBytesBase = http.stats.bytes;
   }
@@ -201,10 +203,14 @@ export class StoreSource implements RemoteSource {
     if (this.isRemote(store)) this.requests++;
   }
 
-  /** Hands a chunk on, counting the bytes that came from a local directory. */
+  /**
+   * Hands a chunk on, counting the bytes that came from a local directory. A store's decoded chunk is a fresh
+   * buffer that would live through the write and so wait for a full collection; copied into a reused buffer, it
+   * dies young instead.
+   */
   private take(store: ChunkStore, deliver: Deliver, i: number, data: Buffer): void {
     if (!this.isRemote(store)) this.localBytes += data.length;
-    deliver(i, data);
+    deliver(i, this.buffers ? this.buffers.copyOf(data) : data);
   }
 
   batches(runs: readonly Run[]): Run[][] {

@@ -274,6 +274,13 @@ function rangeCost(plan: Plan, multi: boolean, cost: CostModel, parallelism: num
   return { mode: multi ? 'range' : 'range-single', bytes: bodyBytes(reqs), requests: reqs.length };
 }
 
+/**
+ * Chunk buffers kept for reuse: as many as a file sink holds at once (4 MiB of pending writes, plus a chunk being
+ * filled per request in flight; ~10 MiB measured on loopback). With less, the buffers of each burst beyond it were
+ * dropped after their write: 90 MiB per 600 MB image, all of them old enough to wait for a full collection.
+ */
+const CHUNK_BUFFER_BYTES = 16 * 1024 * 1024;
+
 /** Missing chunks whose compressed size is asked (HEAD) to estimate an HTTP store's bytes. */
 const STORE_SAMPLE_CHUNKS = 8;
 
@@ -334,7 +341,7 @@ async function storeCost(
 interface RemoteChoice {
   /** Where missing chunks come from; when nothing is missing, what stands in for a seed that lies. */
   remote?: RemoteSource;
-  /** Chunk buffers of a range source, for the assembler to hand back. */
+  /** Chunk buffers of the remote source, for the assembler to hand back. */
   buffers?: BufferPool;
   chosen: 'range' | 'store' | 'none';
   modes: ModeCost[];
@@ -354,7 +361,7 @@ async function chooseRemote(
   ctx: Context,
   opts: AssembleOptions,
   probeAlways = false,
-  /** Unused chunk buffers kept for reuse (BufferPool's default when undefined). */
+  /** Unused chunk buffers kept for reuse (default CHUNK_BUFFER_BYTES). */
   pooledBytes?: number,
 ): Promise<RemoteChoice> {
   const mode = opts.mode ?? 'auto';
@@ -383,7 +390,10 @@ async function chooseRemote(
   }
   if (useStore) modes.push(await storeCost(plan, ctx, missing && (probeAlways || useRange), probe, opts.signal));
   const rangeSupport = support && { ranges: support.ranges, multi: support.multi };
-  const stores = useStore ? new StoreSource(plan.target, ctx.stores, ctx.http, undefined, opts.onWarning) : undefined;
+  const buffers = new BufferPool(pooledBytes ?? CHUNK_BUFFER_BYTES);
+  const stores = useStore
+    ? new StoreSource(plan.target, ctx.stores, ctx.http, undefined, opts.onWarning, buffers)
+    : undefined;
   const rangeSource = (multi: boolean, buffers?: BufferPool): RangeSource =>
     new RangeSource(plan.target, ctx.http, opts.rangeUrl!, {
       retry,
@@ -411,8 +421,7 @@ async function chooseRemote(
     throw new UsageError(`${missingText} and there is no remote source: give --range-url or --store`);
   }
   const best = modes.reduce((a, b) => (weigh(b) < weigh(a) ? b : a));
-  if (best.mode === 'store') return { remote: stores, chosen: 'store', modes, rangeSupport, probe };
-  const buffers = new BufferPool(pooledBytes);
+  if (best.mode === 'store') return { remote: stores, buffers, chosen: 'store', modes, rangeSupport, probe };
   return { remote: rangeSource(best.mode === 'range', buffers), buffers, chosen: 'range', modes, rangeSupport, probe };
 }
 
@@ -561,12 +570,6 @@ interface RouteSink {
   maxSpan?: number;
   run: (route: Route) => Promise<void>;
   /**
-   * Whether the chunk route may hash seeds on a hashing thread. A stream hashes them on this thread: it goes at its
-   * consumer's pace (a client, a pipe), and a hashing worker's isolate would be ~14 MiB of the sidecar's memory. The
-   * block route hashes on this thread for every sink (a thread saved it no wall time: lib/blockpack/assemble.ts).
-   */
-  hashThread: boolean;
-  /**
    * Unused buffers kept for reuse. An acknowledging stream's come back in bursts, as its consumer sends them: kept,
    * they are reused instead of left as garbage.
    */
@@ -592,6 +595,9 @@ async function chooseRoutes(
     await pending?.result;
     throw err;
   });
+  // The chunk route hashes seeds on this thread, with no hashing worker: a worker's isolate is ~14 MiB of RSS, and
+  // an extract was no slower without it (bench/RESULTS.md, "Extract memory (session 4)"). The block route keeps
+  // its thread: its chunk checks are what bounds its wall time.
   const chunkRoute = (firstChunk: number, endChunk: number): ChunkRoute =>
     new ChunkRoute({
       target,
@@ -605,7 +611,6 @@ async function chooseRoutes(
       buffers: choice.buffers,
       concurrency: opts.concurrency ?? DEFAULT_CONCURRENCY,
       maxSpan: sink.maxSpan,
-      hashPoolFor: sink.hashThread ? hashPoolFor : undefined,
       onWarning: opts.onWarning,
     });
   // Only for a release with a block pack: the chunk route alone needs no lead. It runs in two parts: up to its
@@ -756,7 +761,7 @@ export async function extractToFile(
         ctx,
         opts,
         plan,
-        { run: (route) => route.run(file, progress, signal), hashThread: true },
+        { run: (route) => route.run(file, progress, signal) },
         pending,
       );
       routes.probe.requests += indexCost.requests;
@@ -833,12 +838,7 @@ export function openExtractStream(target: ChunkIndex, opts: ExtractStreamOptions
         ctx,
         sourceOpts,
         plan,
-        {
-          maxSpan: windowBytes / 2,
-          run,
-          hashThread: false,
-          pooledBytes: opts.acknowledged ? 2 * windowBytes : undefined,
-        },
+        { maxSpan: windowBytes / 2, run, pooledBytes: opts.acknowledged ? 2 * windowBytes : undefined },
         pending,
       );
       const last = await runWithProgress(routes, stream, progress, sourceOpts, opts.rangeUrl ?? 'the update stream');

@@ -313,7 +313,10 @@ export class HttpClient {
       body.destroy();
       throw refused.err;
     }
-    return keep ? Buffer.concat(parts, n) : Buffer.alloc(0);
+    if (!keep) return Buffer.alloc(0);
+    // A body that came in one read (a stored chunk, a small file) is that read: a copy would be one more buffer
+    // per request for V8 to collect (each socket read is a buffer of its own, so nothing else shares it).
+    return parts.length === 1 ? parts[0] : Buffer.concat(parts, n);
   }
 
   async close(): Promise<void> {

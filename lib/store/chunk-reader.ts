@@ -26,7 +26,7 @@ export class BatchBuffers {
   private readonly free: ArrayBuffer[] = [];
   /**
    * @param keep buffers kept for reuse at most
-   * @param minBytes size of a new buffer at least: the largest usual request, so that every kept one fits the next
+   * @param minBytes smallest buffer made: the largest usual batch, so that any buffer kept fits the next batch
    */
   constructor(
     private readonly keep = 8,

@@ -42,6 +42,13 @@ export class BufferPool {
     return Buffer.from(slab.ab, 0, size);
   }
 
+  /** A buffer of the pool holding a copy of `data`. */
+  copyOf(data: Uint8Array): Buffer {
+    const buf = this.take(data.length);
+    buf.set(data);
+    return buf;
+  }
+
   /** A cutter of its own, so that buffers taken together lie together (and are reused together). */
   cutter(): BufferCutter {
     let slab: Slab | undefined;
