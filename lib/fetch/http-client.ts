@@ -45,6 +45,12 @@ export interface RequestOptions {
   /** Request body (POST: the fleet proxy's batch endpoint). */
   body?: Buffer;
   signal?: AbortSignal;
+  /**
+   * Whether to wait while another URL of the same shape is resolved for the first time (default true: a burst of
+   * chunk requests asks a redirector once). False for a few distinct files asked at once, such as a release's
+   * preparation: each would wait a round trip for the one before it.
+   */
+  gate?: boolean;
 }
 
 export interface HttpStats {
@@ -143,6 +149,7 @@ export class HttpClient {
   async request(url: string, opts: RequestOptions = {}): Promise<HttpResponse> {
     const first = await this.viaCache(url, opts);
     if (first) return first;
+    if (opts.gate === false) return this.follow(url, url, opts);
     const release = await this.redirects.gate(url, opts.signal);
     if (release) {
       try {
