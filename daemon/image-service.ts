@@ -112,6 +112,14 @@ export class ImageService {
   }
 
   /**
+   * Starts the preparation of `target` before it is asked for (a SHA256SUMS listing it passed through, see
+   * announced.ts): the image request that follows shares it instead of starting it.
+   */
+  prepareAhead(target: OriginTarget): Promise<PreparedImage | undefined> {
+    return this.startPreparation(target, true).ready;
+  }
+
+  /**
    * Candidate index URLs of the image, in index-name order, except that the
    * template that answered last comes first: a miss costs one extra request
    * once per daemon run, not on every download.
