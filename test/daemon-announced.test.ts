@@ -1,8 +1,10 @@
-// A SHA256SUMS passing through the sidecar starts preparing the image that
-// sysupdate asks for next (daemon/announced.ts): a real origin on 127.0.0.1
-// with three releases, the daemon seeded with v1, real requests. The image
-// request after the manifest shares that one preparation: the origin sees one
-// index download, one HEAD and one range probe for it.
+// An image's preparation (index, SHA256SUMS, HEAD, range and block index
+// probes): its requests go out together, and a SHA256SUMS passing through the
+// sidecar starts it for the image sysupdate asks for next (daemon/announced.ts).
+// A real origin on 127.0.0.1 with three releases, the daemon seeded with v1,
+// real requests. The image request after the manifest shares that one
+// preparation: the origin sees one index download, one HEAD and one of each
+// probe for it.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { copyFile, mkdir, mkdtemp } from 'node:fs/promises';
@@ -74,6 +76,31 @@ async function seen(origin: Origin, from: number, pred: (e: AccessEntry) => bool
 }
 
 const count = (log: AccessEntry[], pred: (e: AccessEntry) => boolean) => log.filter(pred).length;
+
+test('the preparation asks everything at once: the probes do not wait for the index', {
+  timeout: 60_000,
+}, async (t) => {
+  const f = await fixture();
+  const v2 = f.releases[1];
+  const d = await startDaemon(t, f);
+  const from = f.origin.log.length;
+  f.origin.fault({ kind: 'delay', path: '/os_2.img.caibx', delayMs: 1_000, times: 1 });
+  t.after(() => f.origin.clearFaults());
+  const got = fetch(`${d.url}/os_2.img`).then(async (r) => Buffer.from(await r.arrayBuffer()));
+  const index = await seen(f.origin, from, (e) => e.path === '/os_2.img.caibx');
+  assert.ok(index, 'the index is asked for');
+  const entry = f.origin.log.slice(from).find((e) => e.path === '/os_2.img.caibx')!;
+  // While the index is held back, every other request of the preparation has reached the origin.
+  const probes = [
+    (e: AccessEntry) => e.path === '/SHA256SUMS',
+    (e: AccessEntry) => e.path === '/os_2.img' && e.method === 'HEAD',
+    (e: AccessEntry) => e.path === '/os_2.img' && e.range === 'bytes=0-0',
+    (e: AccessEntry) => e.path === '/os_2.img.bpidx' && e.range === 'bytes=0-0',
+  ];
+  for (const [i, probe] of probes.entries()) assert.ok(await seen(f.origin, from, probe, 800), `request ${i} sent`);
+  assert.equal(entry.status, 0, 'the index was still held back when they came');
+  assert.ok((await got).equals(v2.data), 'the image is v2');
+});
 
 test('a SHA256SUMS through the daemon prepares the newest image it lists; its request shares that preparation', {
   timeout: 60_000,
