@@ -7,7 +7,7 @@
 // probe for it.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { copyFile, mkdir, mkdtemp } from 'node:fs/promises';
+import { copyFile, mkdir, mkdtemp, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { buildServer } from '../daemon/server.js';
@@ -177,6 +177,26 @@ test('a manifest whose newest image is installed prepares nothing', { timeout: 3
     ['/SHA256SUMS'],
     'only the manifest was fetched',
   );
+});
+
+test('an image the manifest lists but the origin does not have: passed through, the daemon unharmed', {
+  timeout: 30_000,
+}, async (t) => {
+  const f = await fixture();
+  const root = await mkdtemp(join(dir, 'missing-'));
+  await writeFile(join(root, 'SHA256SUMS'), `${'b'.repeat(64)}  os_9.img\n`);
+  const origin = await startOrigin({ root });
+  t.after(() => origin.close());
+  const d = await startDaemon(t, { ...f, origin });
+  const sums = await fetch(`${d.url}/SHA256SUMS`, { redirect: 'manual' });
+  await sums.body?.cancel();
+  // Prepared ahead: every answer is a 404 (index, HEAD, range and block index probes).
+  assert.ok(await seen(origin, 0, (e) => e.path === '/os_9.img' && e.range === 'bytes=0-0'));
+  await sleep(200);
+  const res = await fetch(`${d.url}/os_9.img`, { redirect: 'manual' });
+  assert.equal(res.status, 307, 'no index: the image is passed through');
+  await res.body?.cancel();
+  assert.equal(await (await fetch(`${d.url}/healthz`)).text(), 'ok\n');
 });
 
 function transfer(match: string, target: string): Transfer {

@@ -135,8 +135,10 @@ export class Releases implements ReleaseFileSource {
   checkRanges(url: string): Promise<void> {
     return this.probes.get(`RANGE ${url}`, async () => {
       const r = await this.http.request(url, { headers: { range: 'bytes=0-0' }, gate: false });
-      if (r.statusCode === 206) return void (await r.body.dump());
-      r.body.destroy();
+      // Not destroy(): undici's body then emits an 'error' nobody listens to (the image missing, 404, crashed the
+      // daemon once the probe went out with the index); dump() reads a little and closes it quietly.
+      await r.body.dump().catch(() => {});
+      if (r.statusCode === 206) return;
       throw new OriginError(`${url}: the origin does not serve byte ranges (HTTP ${r.statusCode} to a Range request)`, {
         status: r.statusCode,
       });
