@@ -534,18 +534,19 @@ export class ImageService {
 
   /**
    * Sends everything a delta of `target` asks the origin before its first byte, all at once, none waiting for
-   * another (each shared while fresh, lib/delta/release.ts): SHA256SUMS, the index, the HEAD, and unless the
-   * origin is a deltad proxy the range probe (`ranges`) and the block index probe. `ready`: the prepared image
-   * once the range probe passed too. `head` gives the length for the headers when the index is slow, and
+   * another (each shared while fresh, lib/delta/release.ts): SHA256SUMS, the index, the HEAD, and for a delta
+   * (`delta`: a GET, not a HEAD), unless the origin is a deltad proxy, the range probe and the block index probe.
+   * `ready`: the prepared image once the range probe passed too. `head` gives the length for the headers when the index is slow, and
    * carries the release's kill switch (X-KDE-Delta: false).
    */
-  private startPreparation(target: OriginTarget, ranges: boolean) {
+  private startPreparation(target: OriginTarget, delta: boolean) {
     const { releases } = this.d;
     const sha256 = this.expectedSha256(target);
-    const rangesOk = (ranges ? this.needsRangeCheck() : Promise.resolve(false)).then((needed) =>
+    const rangesOk = (delta ? this.needsRangeCheck() : Promise.resolve(false)).then((needed) =>
       needed ? releases.checkRanges(target.url) : undefined,
     );
-    void this.proxyStore().then((proxy) => (proxy ? undefined : releases.blockIndex(target.url).catch(() => {})));
+    if (delta)
+      void this.proxyStore().then((proxy) => (proxy ? undefined : releases.blockIndex(target.url).catch(() => {})));
     const ready = this.prepare(target, sha256).then(async (p) => {
       if (p) await rangesOk;
       return p;

@@ -7,7 +7,7 @@
 // probe for it.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { copyFile, mkdir, mkdtemp, writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, mkdtemp, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { buildServer } from '../daemon/server.js';
@@ -197,6 +197,41 @@ test('an image the manifest lists but the origin does not have: passed through, 
   assert.equal(res.status, 307, 'no index: the image is passed through');
   await res.body?.cancel();
   assert.equal(await (await fetch(`${d.url}/healthz`)).text(), 'ok\n');
+});
+
+test('the index name that answered is asked first by the next daemon run (kept in the cache directory)', {
+  timeout: 30_000,
+}, async (t) => {
+  const f = await fixture();
+  const cacheDir = await mkdtemp(join(dir, 'cache-kept-'));
+  const indexAsks = (from: number) =>
+    f.origin.log
+      .slice(from)
+      .filter((e) => e.path.endsWith('.caibx'))
+      .map((e) => e.path);
+  const first = await startDaemon(t, f, { cacheDir });
+  let from = f.origin.log.length;
+  // A HEAD prepares the image (index, SHA256SUMS, HEAD) without assembling it.
+  const r1 = await fetch(`${first.url}/os_2.img`, { method: 'HEAD' });
+  assert.equal(r1.status, 200);
+  assert.deepEqual(indexAsks(from), ['/os_2.caibx', '/os_2.img.caibx'], 'configured order: {stem}.caibx misses');
+  const kept = join(cacheDir, 'index-name');
+  let text: string | undefined;
+  for (const until = Date.now() + 5_000; Date.now() < until && text === undefined; await sleep(20))
+    text = await readFile(kept, 'utf8').catch(() => undefined);
+  assert.equal(text, '{name}.caibx\n');
+  // The next run (a socket-activated daemon starts anew for every update) asks the kept name first.
+  const second = await startDaemon(t, f, { cacheDir });
+  from = f.origin.log.length;
+  const r2 = await fetch(`${second.url}/os_2.img`, { method: 'HEAD' });
+  assert.equal(r2.status, 200);
+  assert.deepEqual(indexAsks(from), ['/os_2.img.caibx'], 'no miss');
+  // A kept name that is no longer configured is ignored: the configured order again.
+  await writeFile(kept, '{other}.caibx\n');
+  const third = await startDaemon(t, f, { cacheDir });
+  from = f.origin.log.length;
+  await (await fetch(`${third.url}/os_2.img`, { method: 'HEAD' })).arrayBuffer();
+  assert.deepEqual(indexAsks(from), ['/os_2.caibx', '/os_2.img.caibx']);
 });
 
 function transfer(match: string, target: string): Transfer {
