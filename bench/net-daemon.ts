@@ -17,6 +17,10 @@
 //        [--block-pack]   (per link, one more update from an origin that hosts the release's block pack beside
 //                          the image, www/packed/: the daemon's block path)
 //        [--skip full,range]   (leave out the full download or the range-path update per link)
+//        [--announced]   (per update one more run as systemd-sysupdate goes: SHA256SUMS through the daemon with
+//                         systemd-pull, which follows its redirect to the origin, then after --gap-ms (100) the
+//                         image; the daemon prepares the image as the manifest passes. First body byte from the
+//                         image request's start)
 //   DAEMON_NODE_OPTIONS='--cpu-prof --cpu-prof-dir=/tmp/prof'   (NODE_OPTIONS for the daemon only, e.g. a profile)
 //   BENCH=/var/tmp/deltad-bench (site shared with bench/daemon.ts: $BENCH/deltad-daemon/<pair>/)
 import { startNginx, type AccessEntry, type Nginx } from './nginx.js';
@@ -43,6 +47,8 @@ const { values } = parseArgs({
     'daemon-args': { type: 'string', default: '' },
     'block-pack': { type: 'boolean', default: false },
     skip: { type: 'string', default: '' },
+    announced: { type: 'boolean', default: false },
+    'gap-ms': { type: 'string', default: '100' },
   },
 });
 const PORT = Number(values.port);
@@ -81,6 +87,8 @@ function parseLink(s: string): LinkSpec {
 interface Tap {
   port: number;
   firstBodyAt(): number | undefined;
+  /** Forgets the first body byte seen so far (the next response's counts). */
+  reset(): void;
   close(): Promise<void>;
 }
 
@@ -116,6 +124,7 @@ async function startTap(toPort: number): Promise<Tap> {
   return {
     port: (server.address() as net.AddressInfo).port,
     firstBodyAt: () => first,
+    reset: () => void (first = undefined),
     close: () =>
       new Promise<void>((r) => {
         for (const s of sockets) s.destroy();
@@ -279,6 +288,7 @@ async function viaDaemon(
   port: number,
   cacheDir: string,
   packed = false,
+  announced = false,
 ): Promise<PullRow> {
   const out = join(runDir(site), 'out.erofs');
   rmSync(out, { force: true });
@@ -287,6 +297,26 @@ async function viaDaemon(
   const threads = threadCpu(d.proc.pid());
   const tap = await startTap(DAEMON_PORT);
   const before = nginx.entries().length;
+  let sumsNote = '';
+  if (announced) {
+    // As systemd-sysupdate goes: the manifest first (the daemon redirects it; systemd-pull follows to the origin).
+    const sums = join(runDir(site), 'SHA256SUMS.pulled');
+    const pull = [
+      PULL!,
+      'raw',
+      '--direct',
+      '--verify=no',
+      '--sync=no',
+      `http://127.0.0.1:${tap.port}/SHA256SUMS`,
+      sums,
+    ];
+    const m = await runMeasured(['nice', '-n', '5', ...(ca ? withCaBundle(ca.bundle, pull) : pull)], { timeoutS: 60 });
+    if (m.code !== 0) throw new Error(`systemd-pull of SHA256SUMS failed (${m.code}): ${m.stderr.slice(-500)}`);
+    rmSync(sums, { force: true });
+    await new Promise((r) => setTimeout(r, Number(values['gap-ms'])));
+    tap.reset();
+    sumsNote = `SHA256SUMS ${m.wallS.toFixed(2)} s, then ${values['gap-ms']} ms; `;
+  }
   const t0 = performance.now();
   const m = await runMeasured(
     [
@@ -320,7 +350,8 @@ async function viaDaemon(
   const targetS = spec.shape.rateBitsPerS ? (1.15 * o.originBytes * 8) / spec.shape.rateBitsPerS + 2 : undefined;
   const wallS = Number(m.wallS.toFixed(2));
   let note =
-    targetS === undefined ? '' : wallS <= targetS ? 'within target' : `${(wallS / targetS).toFixed(2)} × target`;
+    sumsNote +
+    (targetS === undefined ? '' : wallS <= targetS ? 'within target' : `${(wallS / targetS).toFixed(2)} × target`);
   if (m.timedOut) note = `stopped at ${MAX_RUN_S} s`;
   else if (!ok) note = `FAILED (exit ${m.code}): ${m.stderr.trim().slice(-200)} ${dm.stderr.trim().slice(-300)}`;
   if (live && Math.abs(live.vmHwmKiB / 1024 - dm.peakRssMiB) > 1) {
@@ -328,7 +359,9 @@ async function viaDaemon(
   }
   return {
     link: spec.label,
-    run: `delta through deltad serve (systemd-pull)${packed ? ', block pack at the origin' : ''}`,
+    run:
+      `delta through deltad serve (systemd-pull)${packed ? ', block pack at the origin' : ''}` +
+      (announced ? ', after SHA256SUMS through the daemon' : ''),
     ok,
     wallS,
     targetS: targetS && Number(targetS.toFixed(1)),
@@ -520,13 +553,15 @@ async function main(): Promise<void> {
           rows.push(await fullDownload(spec, site, p, base, caFor, nginx, port, linkDown));
           log(rows.at(-1));
         }
-        if (!SKIP.has('range')) {
-          rows.push(await viaDaemon(spec, site, base, caFor, nginx, port, cacheDir));
-          log(rows.at(-1));
-        }
-        if (values['block-pack']) {
-          rows.push(await viaDaemon(spec, site, base, caFor, nginx, port, cacheDir, true));
-          log(rows.at(-1));
+        for (const announced of values.announced ? [false, true] : [false]) {
+          if (!SKIP.has('range')) {
+            rows.push(await viaDaemon(spec, site, base, caFor, nginx, port, cacheDir, false, announced));
+            log(rows.at(-1));
+          }
+          if (values['block-pack']) {
+            rows.push(await viaDaemon(spec, site, base, caFor, nginx, port, cacheDir, true, announced));
+            log(rows.at(-1));
+          }
         }
       });
     }

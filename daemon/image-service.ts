@@ -14,7 +14,9 @@
 //   still cannot be completed correctly, the socket is destroyed, so the
 //   client sees a truncated download. The engine holds back the final bytes
 //   until the whole-file SHA-256 matches the origin's SHA256SUMS entry.
+import { readFileSync } from 'node:fs';
 import type { ServerResponse } from 'node:http';
+import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { OriginError } from '../lib/errors.js';
 import {
@@ -39,6 +41,7 @@ import { siblingUrl, type OriginTarget } from './origin-path.js';
 import { passThrough, withQuery, type PassThroughContext } from './passthrough.js';
 import type { SeedCatalog } from './seeds.js';
 import { verifiedBody } from './verified-body.js';
+import { writeFileAtomic } from '../lib/util/fs-io.js';
 import { formatBytes } from './progress.js';
 
 /** The deadlines of serving an image (tests shorten them). */
@@ -83,7 +86,9 @@ export class ImageService {
   private lastStatus = 0;
   private indexTemplate: string | undefined;
   private proxyProbe?: { at: number; store: Promise<ChunkStore | null> };
-  constructor(private readonly d: ImageServiceDeps) {}
+  constructor(private readonly d: ImageServiceDeps) {
+    this.indexTemplate = keptIndexTemplate(d.config);
+  }
 
   /** Where the image, its index and its SHA256SUMS live on the origin. */
   private release(target: OriginTarget): ReleaseTarget {
@@ -107,6 +112,14 @@ export class ImageService {
   }
 
   /**
+   * Starts the preparation of `target` before it is asked for (a SHA256SUMS listing it passed through, see
+   * announced.ts): the image request that follows shares it instead of starting it.
+   */
+  prepareAhead(target: OriginTarget): Promise<PreparedImage | undefined> {
+    return this.startPreparation(target, true).ready;
+  }
+
+  /**
    * Candidate index URLs of the image, in index-name order, except that the
    * template that answered last comes first: a miss costs one extra request
    * once per daemon run, not on every download.
@@ -118,10 +131,19 @@ export class ImageService {
     return order.flatMap((t) => indexFileNames(target.name, [t]).map((n) => siblingUrl(target.url, n)));
   }
 
-  /** Records which candidate answered, so it is asked first next time. */
+  /**
+   * Records which candidate answered, so it is asked first next time, also by the daemon started for the next
+   * update (this one exits when idle): kept in the cache directory.
+   */
   private noteIndexUrl(target: OriginTarget, url: string): void {
     const answers = (t: string) => indexFileNames(target.name, [t]).some((n) => siblingUrl(target.url, n) === url);
-    this.indexTemplate = this.d.config.indexNames.find(answers);
+    const found = this.d.config.indexNames.find(answers);
+    if (found === undefined || found === this.indexTemplate) return;
+    this.indexTemplate = found;
+    // Only an order of requests: a lost or stale file costs one 404.
+    writeFileAtomic(join(this.d.config.cacheDir, INDEX_NAME_FILE), `${found}\n`, { durable: false }).catch((err) =>
+      this.d.log.warn(`cannot keep the index name that answered: ${(err as Error).message}`),
+    );
   }
 
   /** What the "no index" messages name. */
@@ -169,6 +191,8 @@ export class ImageService {
       // The proxy's batches come from its shared cache; ranges or a block pack would bypass it.
       mode: proxy ? 'store' : 'auto',
       blockPack: !proxy,
+      // Sent with the index (startPreparation): the route choice does not wait a round trip for it.
+      blockIndexAnswer: proxy ? undefined : this.d.releases.blockIndex(target.url),
       cacheDir: c.cacheDir,
       http: this.d.http,
       signal,
@@ -209,18 +233,7 @@ export class ImageService {
       ac.abort();
       arrival?.done();
     });
-    // Index, SHA256SUMS, the proxy probe and the HEAD below go out together.
-    const sha256 = this.expectedSha256(target);
-    const rangeCheck = method === 'GET' ? this.needsRangeCheck() : Promise.resolve(false);
-    const ready = this.prepare(target, sha256).then(async (p) => {
-      if (p && (await rangeCheck)) await this.d.releases.checkRanges(target.url);
-      return p;
-    });
-    // A failure surfaces through the deadline race below; never as an unhandled rejection.
-    sha256.catch(() => {});
-    // Sent with the index fetch: when the index is slow, the image's length lets the headers go out anyway;
-    // it also carries the release's kill switch (X-KDE-Delta: false).
-    const head = this.d.releases.head(target.url);
+    const { sha256, ready, head } = this.startPreparation(target, method === 'GET');
     let prepared: PreparedImage | undefined;
     try {
       prepared = await withDeadline(
@@ -518,10 +531,51 @@ export class ImageService {
     );
   }
 
+  /**
+   * Sends everything a delta of `target` asks the origin before its first byte, all at once, none waiting for
+   * another (each shared while fresh, lib/delta/release.ts): SHA256SUMS, the index, the HEAD, and for a delta
+   * (`delta`: a GET, not a HEAD), unless the origin is a deltad proxy, the range probe and the block index probe.
+   * `ready`: the prepared image once the range probe passed too. `head` gives the length for the headers when the index is slow, and
+   * carries the release's kill switch (X-KDE-Delta: false).
+   */
+  private startPreparation(target: OriginTarget, delta: boolean) {
+    const { releases } = this.d;
+    const sha256 = this.expectedSha256(target);
+    const rangesOk = (delta ? this.needsRangeCheck() : Promise.resolve(false)).then((needed) =>
+      needed ? releases.checkRanges(target.url) : undefined,
+    );
+    if (delta)
+      void this.proxyStore().then((proxy) => (proxy ? undefined : releases.blockIndex(target.url).catch(() => {})));
+    const ready = this.prepare(target, sha256).then(async (p) => {
+      if (p) await rangesOk;
+      return p;
+    });
+    const head = releases.head(target.url);
+    // A failure surfaces through the deadline race in serveImage (or not at all); never as an unhandled rejection.
+    sha256.catch(() => {});
+    rangesOk.catch(() => {});
+    ready.catch(() => {});
+    return { sha256, ready, head };
+  }
+
   /** Byte ranges of the image are the only remote source unless a chunk store is configured or the origin is a deltad proxy. */
   private async needsRangeCheck(): Promise<boolean> {
     return !this.d.config.store && !(await this.proxyStore());
   }
+}
+
+/** The index-name template that answered last (cache directory), asked first by the next daemon run. */
+const INDEX_NAME_FILE = 'index-name';
+
+/** The kept template when it is still one of the configured ones, else undefined (configured order). */
+function keptIndexTemplate(config: DaemonConfig): string | undefined {
+  let kept: string;
+  try {
+    kept = readFileSync(join(config.cacheDir, INDEX_NAME_FILE), 'utf8').trim();
+  } catch {
+    return undefined;
+  }
+  return config.indexNames.includes(kept) ? kept : undefined;
 }
 
 function imageHeaders(size: number) {

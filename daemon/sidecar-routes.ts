@@ -2,8 +2,10 @@
 //   /healthz, /metrics                 health and Prometheus counters
 //   /.deltad/plan/<path>               what a delta of <path> would cost (JSON)
 //   /v1/updatesize?version=V           the same for version V, as kde-linux-sysupdated answers (update-size.ts)
-//   GET/HEAD /<path>                   an image as a delta, anything else passed through
+//   GET/HEAD /<path>                   an image as a delta, anything else passed through (a SHA256SUMS
+//                                      starts preparing the newest image it lists, announced.ts)
 import type { FastifyInstance, FastifyReply, FastifyRequest } from 'fastify';
+import { MANIFEST_NAME, prepareAnnounced } from './announced.js';
 import { renderMetrics } from './metrics.js';
 import { resolveOriginTarget, UnsafePathError, type OriginTarget } from './origin-path.js';
 import { passThrough, withQuery } from './passthrough.js';
@@ -48,6 +50,10 @@ export async function sidecarRoutes(app: FastifyInstance, { ctx }: { ctx: Daemon
         if (ctx.isImage(target.name)) await ctx.images.serve(method, target, reply.raw);
         else {
           ctx.counters.passthroughs++;
+          if (method === 'GET' && target.name === MANIFEST_NAME)
+            prepareAnnounced(ctx, target).catch((err: Error) =>
+              ctx.log.warn(`${target.relPath}: cannot prepare the images it lists: ${err.message}`),
+            );
           await passThrough(ctx.passThrough, method, withQuery(target.url, req.raw.url), reply.raw);
         }
       } catch (err) {

@@ -158,6 +158,20 @@ export class TransferNames {
     return out;
   }
 
+  /**
+   * The version in `downloaded` by the first transfer whose source pattern matches it, with that transfer's number
+   * (which images are one series); undefined when none does.
+   */
+  versionOf(downloaded: string): { transfer: number; version: string } | undefined {
+    for (const [transfer, { t }] of this.transfers.entries()) {
+      for (const p of t.matchPatterns) {
+        const m = patternRegExp(p, this.spec)?.exec(downloaded);
+        if (m && m[1] !== undefined) return { transfer, version: m[1] };
+      }
+    }
+    return undefined;
+  }
+
   /** The file names sysupdate installs `downloaded` as (empty when no transfer maps it). */
   installedNames(downloaded: string): string[] {
     const out = new Set<string>();
@@ -172,5 +186,39 @@ export class TransferNames {
       }
     }
     return [...out];
+  }
+}
+
+/**
+ * Orders versions as sysupdate does, closely enough to find the newest (systemd's strverscmp_improved): runs of
+ * digits compare as numbers, other characters one by one, '~' before anything (a pre-release), the end of one
+ * version before any further characters of the other except '~'.
+ */
+export function compareVersions(a: string, b: string): number {
+  let i = 0;
+  let j = 0;
+  for (;;) {
+    if (a[i] === '~' || b[j] === '~') {
+      if (a[i] !== '~') return 1;
+      if (b[j] !== '~') return -1;
+      i++;
+      j++;
+      continue;
+    }
+    if (i >= a.length || j >= b.length) return i >= a.length ? (j >= b.length ? 0 : -1) : 1;
+    const da = /^\d+/.exec(a.slice(i))?.[0];
+    const db = /^\d+/.exec(b.slice(j))?.[0];
+    if (da !== undefined && db !== undefined) {
+      const x = da.replace(/^0+/, '');
+      const y = db.replace(/^0+/, '');
+      if (x.length !== y.length) return x.length < y.length ? -1 : 1;
+      if (x !== y) return x < y ? -1 : 1;
+      i += da.length;
+      j += db.length;
+      continue;
+    }
+    if (a[i] !== b[j]) return a[i] < b[j] ? -1 : 1;
+    i++;
+    j++;
   }
 }

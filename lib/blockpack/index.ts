@@ -48,22 +48,36 @@ export function blockPackUrls(imageUrl: string): { indexUrl: string; packUrl: st
   return { indexUrl: at(names.index), packUrl: at(names.pack), dictUrl: at(names.dict) };
 }
 
+/** The answer to the block index's one-byte probe: 206 (or 200 with the whole index) when the release has a pack. */
+export interface BlockIndexAnswer {
+  status: number;
+  body: Buffer;
+}
+
+/** Asks for the first byte of the release's block index (see probeBlockPack); 404 when there is none. */
+export function askBlockIndex(http: HttpClient, imageUrl: string, signal?: AbortSignal): Promise<BlockIndexAnswer> {
+  const { indexUrl } = blockPackUrls(imageUrl);
+  return http.getBuffer(indexUrl, { maxBytes: MAX_INDEX_FETCH, signal, headers: { range: 'bytes=0-0' }, gate: false });
+}
+
 /**
  * Fetches the release's block index; null when the release has no pack (404), so the chunk path is used.
  * A one-byte range goes first: whether there is an index is known before its body takes the link. `onFound`
  * is called then; the body is asked for once the promise it returns settles (a big body queued first on the
- * connection would hold up what the caller fetches meanwhile).
+ * connection would hold up what the caller fetches meanwhile). `asked`: that probe's answer, when the caller
+ * sent it already (askBlockIndex, e.g. with the release's index, before anything could be planned).
  */
 export async function probeBlockPack(
   http: HttpClient,
   imageUrl: string,
   signal?: AbortSignal,
   onFound?: () => Promise<void> | void,
+  asked?: Promise<BlockIndexAnswer>,
 ): Promise<BlockPackProbe | null> {
   const urls = blockPackUrls(imageUrl);
   const get = (headers?: Record<string, string>) =>
     http.getBuffer(urls.indexUrl, { maxBytes: MAX_INDEX_FETCH, signal, headers });
-  const first = await get({ range: 'bytes=0-0' });
+  const first = await (asked ?? askBlockIndex(http, imageUrl, signal));
   if (first.status !== 200 && first.status !== 206) return null;
   await onFound?.();
   // 200: a server that ignores ranges sent the whole index.
@@ -113,6 +127,8 @@ export interface BlockPathOptions {
   cost?: CostModel;
   /** Called once the release turns out to have a block index; its body waits for the promise. */
   onFound?: () => Promise<void> | void;
+  /** The block index's one-byte probe, when already sent (askBlockIndex). */
+  asked?: Promise<BlockIndexAnswer>;
   signal?: AbortSignal;
 }
 
@@ -124,7 +140,7 @@ export const BLOCK_PARALLELISM = 4;
  * Callers compare `weight` with their other paths and with a full download.
  */
 export async function costBlockPath(opts: BlockPathOptions): Promise<BlockPathChoice | null> {
-  const probe = await probeBlockPack(opts.http, opts.imageUrl, opts.signal, opts.onFound);
+  const probe = await probeBlockPack(opts.http, opts.imageUrl, opts.signal, opts.onFound, opts.asked);
   if (!probe) return null;
   const plan = await planBlockUpdate(probe, opts.seeds, { cacheDir: opts.cacheDir, signal: opts.signal });
   const cost = opts.cost ?? defaultCostModel;

@@ -26,7 +26,7 @@ import { openStore } from '../store/open-store.js';
 import { HttpStore } from '../store/http-store.js';
 import { LocalStore } from '../store/local-store.js';
 import type { ChunkStore } from '../store/types.js';
-import { BLOCK_PARALLELISM, costBlockPath, type BlockPathChoice } from '../blockpack/index.js';
+import { BLOCK_PARALLELISM, costBlockPath, type BlockIndexAnswer, type BlockPathChoice } from '../blockpack/index.js';
 import { BlockRoute, ChunkRoute, runRoutes, type Route } from './routes.js';
 import { DEFAULT_CONCURRENCY, DEFAULT_STALL_MS, DEFAULT_WINDOW_BYTES } from '../util/defaults.js';
 import { newProgress } from '../assemble/progress.js';
@@ -66,6 +66,8 @@ export interface SourceOptions {
   nullSeed?: boolean;
   /** Use the release's block pack (IMAGE.bpidx next to rangeUrl, docs/BLOCKPACK.md) when it is the cheapest path (default true). */
   blockPack?: boolean;
+  /** The block index's one-byte probe when the caller sent it already (with the release's index: one round trip less). */
+  blockIndexAnswer?: Promise<BlockIndexAnswer>;
   /** Largest target an index may describe (default 64 GiB, systemd-pull's limit): guards memory and disk. */
   maxTargetSize?: number;
   /** Called while a seed without a usable index is being chunked (bytes of that seed read so far). */
@@ -451,6 +453,7 @@ function startBlockPath(ctx: Context, opts: AssembleOptions): PendingBlockPath |
     seeds: ctx.seeds.map((s) => s.path),
     cacheDir: opts.cacheDir,
     cost: ctx.cost,
+    asked: opts.blockIndexAnswer,
     onFound: () => {
       onFound();
       return released;

@@ -1,8 +1,9 @@
 // One preparation per image version. The index, the SHA256SUMS entry and the
-// origin's answers to a HEAD and a range probe are fetched once and shared by
-// every request that arrives while they are fresh (a burst of clients costs one
-// of each); after that they are revalidated with conditional requests
-// (If-None-Match / If-Modified-Since), so an unchanged release costs a 304.
+// origin's answers to a HEAD, a range probe and a block index probe are
+// fetched once, all at once, and shared by every request that arrives while
+// they are fresh (a burst of clients costs one of each); after that they are
+// revalidated with conditional requests (If-None-Match / If-Modified-Since),
+// so an unchanged release costs a 304.
 // Shared fetches run without any one request's signal: a client that leaves
 // does not fail the others' preparation.
 // The files themselves are fetched, bounded, parsed and revalidated by
@@ -18,6 +19,7 @@ import {
   type ReleaseFileSource,
 } from '../fetch/release-files.js';
 import type { ChunkIndex } from '../format/caibx.js';
+import { askBlockIndex, type BlockIndexAnswer } from '../blockpack/index.js';
 import { DEFAULT_FRESH_MS } from '../util/defaults.js';
 
 export { DEFAULT_FRESH_MS };
@@ -118,7 +120,7 @@ export class Releases implements ReleaseFileSource {
   head(url: string): Promise<{ length?: number; deltaOff?: string }> {
     return this.probes.get(`HEAD ${url}`, async () => {
       try {
-        const r = await this.http.request(url, { method: 'HEAD' });
+        const r = await this.http.request(url, { method: 'HEAD', gate: false });
         await r.body.dump();
         const n = Number(r.headers['content-length']);
         const length = r.statusCode === 200 && Number.isSafeInteger(n) && n >= 0 ? n : undefined;
@@ -132,13 +134,23 @@ export class Releases implements ReleaseFileSource {
   /** Resolves when the origin answers a one-byte Range request with 206; rejects naming the status otherwise. */
   checkRanges(url: string): Promise<void> {
     return this.probes.get(`RANGE ${url}`, async () => {
-      const r = await this.http.request(url, { headers: { range: 'bytes=0-0' } });
-      if (r.statusCode === 206) return void (await r.body.dump());
-      r.body.destroy();
+      const r = await this.http.request(url, { headers: { range: 'bytes=0-0' }, gate: false });
+      // Not destroy(): undici's body then emits an 'error' nobody listens to (the image missing, 404, crashed the
+      // daemon once the probe went out with the index); dump() reads a little and closes it quietly.
+      await r.body.dump().catch(() => {});
+      if (r.statusCode === 206) return;
       throw new OriginError(`${url}: the origin does not serve byte ranges (HTTP ${r.statusCode} to a Range request)`, {
         status: r.statusCode,
       });
     }) as Promise<void>;
+  }
+
+  /**
+   * The one-byte probe of the image's block index (whether the release has a block pack), shared the same way: sent
+   * with the index, it is answered by the time the delta is planned.
+   */
+  blockIndex(url: string): Promise<BlockIndexAnswer> {
+    return this.probes.get(`BLOCKS ${url}`, () => askBlockIndex(this.http, url)) as Promise<BlockIndexAnswer>;
   }
 
   /** Any other probe of the origin, shared the same way (e.g. whether it is a deltad proxy). */

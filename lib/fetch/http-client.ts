@@ -15,6 +15,7 @@ import { DEFAULT_LIMITS, LinkMonitor, type LinkEstimate, type TransferLimits } f
 import { REDIRECT_STATUSES, RedirectCache, redirectTarget, sameOrigin } from './redirects.js';
 import { readCaFile, trustContext } from './tls.js';
 import { VERSION } from '../util/version.js';
+import { unlessAborted } from '../util/abort.js';
 import { DEFAULT_TIMEOUT_MS } from '../util/defaults.js';
 
 export interface HttpClientOptions {
@@ -45,6 +46,12 @@ export interface RequestOptions {
   /** Request body (POST: the fleet proxy's batch endpoint). */
   body?: Buffer;
   signal?: AbortSignal;
+  /**
+   * Whether to wait while another URL of the same shape is resolved for the first time (default true: a burst of
+   * chunk requests asks a redirector once). False for a few distinct files asked at once, such as a release's
+   * preparation: each would wait a round trip for the one before it.
+   */
+  gate?: boolean;
 }
 
 export interface HttpStats {
@@ -77,12 +84,23 @@ export class HttpClient {
   private readonly h2Dispatcher: Dispatcher;
   /** https origins that negotiated HTTP/2 ("https://host:port"). */
   private readonly h2Origins = new Set<string>();
+  /** https origins that negotiated HTTP/1.1 (or offered no ALPN). */
+  private readonly h1Origins = new Set<string>();
+  /**
+   * https origins whose first connection is being made (TLS handshake under way), settled by its ALPN: the
+   * requests that come meanwhile wait for it and then share it when it is HTTP/2, instead of each opening a
+   * connection of its own and the HTTP/2 agent yet another one after them (5 handshakes for a preparation's
+   * 5 requests, the last one on the way of the index).
+   */
+  private readonly connecting = new Map<string, { settled: Promise<void>; settle: () => void }>();
+  private readonly allowH2: boolean;
   private readonly userAgent: string;
 
   constructor(opts: HttpClientOptions = {}) {
     const timeout = opts.timeoutMs ?? DEFAULT_TIMEOUT_MS;
     this.timeoutMs = timeout;
     const allowH2 = opts.http2 ?? true;
+    this.allowH2 = allowH2;
     // Read now, so that a bad CA file fails at start; the TLS context is built on the first https connection.
     if (opts.caFile) readCaFile(opts.caFile);
     const plain = buildConnector({ allowH2, timeout: 10_000 });
@@ -97,7 +115,10 @@ export class HttpClient {
       }
       return secure(o, (err, socket) => {
         const alpn = (socket as { alpnProtocol?: string | false } | null)?.alpnProtocol;
-        if (!err && alpn === 'h2') this.h2Origins.add(`https://${o.hostname}:${o.port || 443}`);
+        const origin = `https://${o.hostname}:${o.port || 443}`;
+        if (!err) (alpn === 'h2' ? this.h2Origins : this.h1Origins).add(origin);
+        // Failed too: the waiting requests then go their own way (and fail or retry on their own).
+        this.connecting.get(origin)?.settle();
         (cb as (e: Error | null, s: typeof socket) => void)(err, socket);
       });
     };
@@ -143,6 +164,7 @@ export class HttpClient {
   async request(url: string, opts: RequestOptions = {}): Promise<HttpResponse> {
     const first = await this.viaCache(url, opts);
     if (first) return first;
+    if (opts.gate === false) return this.follow(url, url, opts);
     const release = await this.redirects.gate(url, opts.signal);
     if (release) {
       try {
@@ -216,13 +238,44 @@ export class HttpClient {
     signal?: AbortSignal,
   ): Promise<Dispatcher.ResponseData> {
     this.stats.requests++;
+    let first: (() => void) | undefined;
     try {
-      const h2 = this.h2Origins.size > 0 && this.h2Origins.has(originOf(url));
-      const dispatcher = h2 ? this.h2Dispatcher : this.dispatcher;
+      const to = await this.dispatcherFor(url, signal);
+      first = to.first;
+      const dispatcher = to.dispatcher;
       return await request(url, { method: method as Dispatcher.HttpMethod, headers, body, signal, dispatcher });
     } catch (err) {
       throw toOriginError(err, url, this.timeoutMs);
+    } finally {
+      // However it went (also without a connection: aborted, refused), the requests waiting for it may go.
+      first?.();
     }
+  }
+
+  /**
+   * The HTTP/2 agent for an origin that spoke HTTP/2, else the pooled one. The first request to an https origin
+   * whose protocol is not known yet goes to the HTTP/2 agent and makes its connection; requests meanwhile wait
+   * for that connection's ALPN (see `connecting`). An origin that answers with HTTP/1.1 keeps that first request
+   * on that connection, alone, and every later one goes to the pool.
+   */
+  private async dispatcherFor(
+    url: string,
+    signal?: AbortSignal,
+  ): Promise<{ dispatcher: Dispatcher; first?: () => void }> {
+    if (!this.allowH2 || !url.startsWith('https:')) return { dispatcher: this.dispatcher };
+    const origin = originOf(url);
+    if (this.h2Origins.has(origin)) return { dispatcher: this.h2Dispatcher };
+    if (this.h1Origins.has(origin)) return { dispatcher: this.dispatcher };
+    const pending = this.connecting.get(origin);
+    if (!pending) {
+      let settle!: () => void;
+      const settled = new Promise<void>((r) => (settle = r));
+      this.connecting.set(origin, { settled, settle });
+      void settled.then(() => this.connecting.delete(origin));
+      return { dispatcher: this.h2Dispatcher, first: settle };
+    }
+    await (signal ? unlessAborted(pending.settled, signal) : pending.settled);
+    return { dispatcher: this.h2Origins.has(origin) ? this.h2Dispatcher : this.dispatcher };
   }
 
   /** Runs fn, retrying transient failures (network errors, timeouts, 5xx) with linear backoff. */

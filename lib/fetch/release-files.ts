@@ -68,7 +68,8 @@ export async function fetchReleaseFile(
   if (previous?.status === 200 && previous.etag) headers['if-none-match'] = previous.etag;
   if (previous?.status === 200 && previous.lastModified) headers['if-modified-since'] = previous.lastModified;
   return http.withRetry(async () => {
-    const res = await http.request(url, { headers, signal: opts.signal });
+    // Release files are a few distinct URLs asked together: none waits for another's redirects.
+    const res = await http.request(url, { headers, signal: opts.signal, gate: false });
     const status = res.statusCode;
     if (status === 304 && previous?.status === 200) {
       await res.body.dump();

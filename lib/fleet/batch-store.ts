@@ -40,7 +40,11 @@ export async function detectDeltadProxy(
   signal?: AbortSignal,
 ): Promise<ProxyInfo | null> {
   try {
-    const res = await client.getBuffer(new URL('/.deltad/info', origin).href, { signal, maxBytes: 64 * 1024 });
+    const res = await client.getBuffer(new URL('/.deltad/info', origin).href, {
+      signal,
+      maxBytes: 64 * 1024,
+      gate: false,
+    });
     if (res.status !== 200) return null;
     const info = JSON.parse(res.body.toString('utf8')) as ProxyInfo;
     if (info.service !== 'deltad-proxy' || typeof info.batch !== 'string' || typeof info.store !== 'string')

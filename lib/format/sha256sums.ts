@@ -10,3 +10,13 @@ export function findSha256(manifest: string, name: string): string | undefined {
   }
   return undefined;
 }
+
+/** The file names a manifest lists, in its order. */
+export function listedNames(manifest: string): string[] {
+  const out: string[] = [];
+  for (const line of manifest.split('\n')) {
+    const m = /^[0-9a-fA-F]{64} [ *](.+?)\r?$/.exec(line);
+    if (m) out.push(m[1]);
+  }
+  return out;
+}
