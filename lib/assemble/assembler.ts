@@ -14,7 +14,7 @@ import type { ExtractProgress } from './progress.js';
 import type { AssemblySink } from './sink.js';
 
 export type { AssemblySink } from './sink.js';
-import { encodeBatch, type EncoderPool } from '../store/chunk-encoder.js';
+import { encodeBatch } from '../store/chunk-encoder.js';
 import { BatchBuffers } from '../store/chunk-reader.js';
 import { BufferPool, SharedBuffer } from '../util/buffer-pool.js';
 import { unlessAborted } from '../util/abort.js';
@@ -41,8 +41,6 @@ export interface AssemblerOptions {
   progress: ExtractProgress;
   onWarning?: (message: string) => void;
   signal?: AbortSignal;
-  /** Worker threads that hash seed data alongside this thread (hashing is the bottleneck of seed reuse); inline when absent. */
-  hashPool?: EncoderPool;
   /** The pool the remote source takes chunk buffers from (and, for a holding sink, seed reads too): they are handed back once written or released. */
   chunkBuffers?: BufferPool;
 }
@@ -83,7 +81,6 @@ export class Assembler {
    * buffers while the other allocates), reused once the sink releases them.
    */
   private readonly heldBuffers: BufferPool | undefined;
-  private inlineTurn = false;
   seedMismatches = 0;
   /** True once any chunk reached the sink. */
   wroteAny = false;
@@ -261,13 +258,16 @@ export class Assembler {
     this.ctl.signal.throwIfAborted();
     const ends: number[] = [];
     for (let k = 0; k < t.count; k++) ends.push(sIdx.end(t.seedFirst + k) - base);
-    const job = { data: read, ends, compress: ends.map(() => false), digest: this.index.digest, level: 0 };
-    // The pool moves the bytes to a worker and hands them back in the result. Every other batch is hashed
-    // here: the main thread is one more hashing lane, and each worker costs ~9 MiB of RSS.
-    const pool = this.opts.hashPool && (this.inlineTurn = !this.inlineTurn) ? this.opts.hashPool : undefined;
-    const hashed = pool ? await pool.run(job) : encodeBatch(job);
-    const { ids } = hashed;
-    const data = Buffer.from(hashed.data.buffer, hashed.data.byteOffset, hashed.data.byteLength);
+    // Hashed on this thread: with SHA-NI it keeps up with the seed reads, and a hashing worker's isolate would be
+    // ~14 MiB of RSS (bench/RESULTS.md, "Extract memory (session 4)").
+    const { ids } = encodeBatch({
+      data: read,
+      ends,
+      compress: ends.map(() => false),
+      digest: this.index.digest,
+      level: 0,
+    });
+    const data = read;
     this.ctl.signal.throwIfAborted();
     const tIds = this.index.ids;
     const matches = (k: number): boolean => {

@@ -12,7 +12,6 @@ import type { HttpClient } from '../fetch/http-client.js';
 import type { CostModel } from '../plan/cost.js';
 import { planChunks } from '../plan/planner.js';
 import type { Seed } from '../seed/seed.js';
-import type { EncoderPool } from '../store/chunk-encoder.js';
 import type { BufferPool } from '../util/buffer-pool.js';
 import { Assembler } from '../assemble/assembler.js';
 import type { ExtractProgress } from '../assemble/progress.js';
@@ -58,8 +57,6 @@ export interface ChunkRouteOptions {
   buffers?: BufferPool;
   concurrency: number;
   maxSpan?: number;
-  /** Starts hashing threads for a plan that reads this many seed bytes (started only when the route runs). */
-  hashPoolFor?: (seedBytes: number) => EncoderPool | undefined;
   onWarning?: (message: string) => void;
 }
 
@@ -96,14 +93,12 @@ export class ChunkRoute implements Route {
       nullSeed: o.nullSeed,
       skip: (i) => sink.has(i),
     });
-    const hashPool = o.hashPoolFor?.(plan.totals.fromSeeds);
     this.assembler = new Assembler({
       plan,
       sink,
       remote: o.remote,
       chunkBuffers: o.buffers,
       maxSpan: o.maxSpan,
-      hashPool,
       concurrency: o.concurrency,
       progress,
       onWarning: o.onWarning,
@@ -112,7 +107,6 @@ export class ChunkRoute implements Route {
     try {
       await this.assembler.run();
     } finally {
-      await hashPool?.close();
       const { seedMismatches, wroteAny } = this.assembler;
       this.finished = { seedMismatches, wroteAny };
       this.assembler = undefined;

@@ -10,8 +10,7 @@ export interface EncodeJob {
   /**
    * Consecutive chunks' bytes. Its ArrayBuffer is moved to the worker (and
    * back in the result), so it must not be shared: never a Buffer from Node's
-   * pool (use BatchBuffers or Buffer.allocUnsafeSlow). Or a SharedArrayBuffer's
-   * view (EncoderPool.hash): shared, not moved, and not sent back.
+   * pool (use BatchBuffers or Buffer.allocUnsafeSlow).
    */
   data: Uint8Array;
   /** End of each chunk within `data`. */
@@ -68,9 +67,6 @@ export function resultTransfers(r: EncodeResult): ArrayBuffer[] {
   return [...buffers];
 }
 
-/** Sizes of the shared buffers hash() copies into are multiples of this. */
-const SHARED_STEP = 1024 * 1024;
-
 /**
  * Runs encode jobs on up to `threads` workers (0 = inline), first come first served.
  * Buffers are moved to the worker and back, not copied: copies pile up as
@@ -78,12 +74,8 @@ const SHARED_STEP = 1024 * 1024;
  */
 export class EncoderPool {
   private readonly pool: WorkerPool<EncodeJob, EncodeResult> | undefined;
-  /** hash()'s buffers shared with the workers, free ones; at most two per thread exist. */
-  private readonly shared: SharedArrayBuffer[] = [];
-  private sharedCount = 0;
-  private readonly sharedWaiters: (() => void)[] = [];
 
-  constructor(private readonly threads: number) {
+  constructor(threads: number) {
     this.pool =
       threads > 0
         ? new WorkerPool({
@@ -99,45 +91,7 @@ export class EncoderPool {
     return this.pool.run(job, { transfer: [job.data.buffer as ArrayBuffer] });
   }
 
-  /**
-   * The IDs (32 bytes each) of consecutive chunks ending at `ends` in `data`, which stays the caller's: the
-   * bytes are copied into memory shared with the workers (unless `data` is in such memory already), so a
-   * buffer the caller reuses stays the same object. A move there and back (run) gives this thread a new
-   * buffer object per job, which V8 counts as new external memory: it adds that to the old generation's
-   * size, so with the sidecar's ~15 MB heap every ~10 MB of it that outlives a young collection starts a
-   * full one. A copy of a task's few MiB costs far less.
-   */
-  async hash(data: Uint8Array, ends: number[], digest: DigestName): Promise<Uint8Array> {
-    const compress = ends.map(() => false);
-    if (!this.pool) return encodeBatch({ data, ends, compress, digest, level: 0 }).ids;
-    if (data.buffer instanceof SharedArrayBuffer)
-      return (await this.pool.run({ data, ends, compress, digest, level: 0 })).ids;
-    const buf = await this.takeShared(data.length);
-    try {
-      const view = new Uint8Array(buf, 0, data.length);
-      view.set(data);
-      return (await this.pool.run({ data: view, ends, compress, digest, level: 0 })).ids;
-    } finally {
-      this.giveShared(buf);
-    }
-  }
-
-  private async takeShared(size: number): Promise<SharedArrayBuffer> {
-    while (this.shared.length === 0 && this.sharedCount >= 2 * this.threads)
-      await new Promise<void>((r) => this.sharedWaiters.push(r));
-    const free = this.shared.pop();
-    if (free && free.byteLength >= size) return free;
-    if (!free) this.sharedCount++;
-    return new SharedArrayBuffer(Math.ceil(size / SHARED_STEP) * SHARED_STEP);
-  }
-
-  private giveShared(buf: SharedArrayBuffer): void {
-    this.shared.push(buf);
-    this.sharedWaiters.shift()?.();
-  }
-
   async close(): Promise<void> {
-    this.shared.length = 0;
     await this.pool?.close();
   }
 }
