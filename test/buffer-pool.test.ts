@@ -1,6 +1,5 @@
-// The slab pool: small buffers are cut side by side, a slab comes back only when every buffer cut from it has,
-// and a cutter keeps its buffers together; freeNow detaches a large buffer the caller owns and leaves slices of
-// Node's shared pool alone.
+// The slab pool: small buffers are cut side by side, a slab comes back only when every buffer cut from it has;
+// freeNow detaches a large buffer the caller owns and leaves slices of Node's shared pool alone.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { BufferPool, SLAB_BYTES, SharedBuffer, freeNow } from '../lib/util/buffer-pool.js';
@@ -44,24 +43,6 @@ test('buffer pool: foreign, oversized and repeated hand-backs do not free a slab
   const y = pool.take(SLAB_BYTES / 2);
   assert.ok(x.buffer === own.buffer);
   assert.ok(y.buffer !== own.buffer, 'one slab is not handed out twice');
-});
-
-test('buffer pool: a cutter keeps its buffers in a slab of their own; closed, the slab comes back', () => {
-  const pool = new BufferPool(4 * SLAB_BYTES);
-  const shared = pool.take(100);
-  const cutter = pool.cutter();
-  const c1 = cutter.take(5000);
-  const c2 = cutter.take(5000);
-  const other = pool.take(100);
-  assert.ok(c1.buffer !== shared.buffer);
-  assert.equal(c2.byteOffset, c1.byteOffset + c1.length);
-  assert.equal(other.byteOffset, shared.byteOffset + shared.length, 'the shared cut is not disturbed');
-  pool.give(c1);
-  pool.give(c2);
-  // Still open: its slab is not reused.
-  assert.ok(pool.take(SLAB_BYTES).buffer !== c1.buffer, 'an open cutter keeps its slab');
-  cutter.close();
-  assert.ok(pool.take(SLAB_BYTES).buffer === c1.buffer);
 });
 
 test('buffer pool: at most maxPooledBytes of unused slabs are kept', () => {

@@ -145,7 +145,7 @@ export class RangeSource implements RemoteSource {
         return undefined;
       },
       describe: (i) => `chunk ${index.idHex(i)} at offset ${index.start(i)}`,
-      buffers: buffers && (() => buffers.cutter()),
+      alloc: buffers && ((n) => buffers.take(n)),
     };
     await fetchUnits(this.fetcher, spec, unitsOf(runs), {
       retry: opts.retry,

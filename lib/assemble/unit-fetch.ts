@@ -11,7 +11,6 @@ import { OriginError, MultiRangeUnsupportedError, RangeUnsupportedError } from '
 import { isTransient } from '../fetch/http-client.js';
 import { ChunkCollector, type RangeFetcher, type RangeRequest } from '../fetch/range-fetcher.js';
 import type { RangeLayout } from '../plan/cost.js';
-import type { BufferCutter } from '../util/buffer-pool.js';
 
 export interface RetryPolicy {
   /** Total attempts for transient failures. */
@@ -27,8 +26,8 @@ export interface UnitSpec {
   accept(i: number, data: Buffer): Error | undefined;
   /** The unit for messages: "chunk <id> at offset <n>". */
   describe(i: number): string;
-  /** Where unit buffers come from, a cutter per call (default new buffers). */
-  buffers?: () => BufferCutter;
+  /** Where unit buffers come from (default new ones). */
+  alloc?: (size: number) => Buffer;
 }
 
 export interface UnitFetchOptions {
@@ -54,51 +53,45 @@ export async function fetchUnits(
   let todo = [...units];
   const wrongOnce = new Set<number>();
   let failures = 0;
-  // The units of this call lie side by side in their buffers (a stream then sends them as one piece).
-  const cutter = spec.buffers?.();
-  try {
-    while (todo.length > 0) {
-      signal.throwIfAborted();
-      const wrong: number[] = [];
-      const collector = new ChunkCollector(
-        spec.layout,
-        todo,
-        (i, data) => {
-          const bad = spec.accept(i, data);
-          if (!bad) return;
-          if (wrongOnce.has(i)) throw bad;
-          wrongOnce.add(i);
-          wrong.push(i);
-        },
-        cutter?.take,
-      );
-      let error: unknown;
-      try {
-        for (const req of spec.plan(todo, state.multi)) {
-          await fetcher.fetch(req.ranges, (off, data) => collector.write(off, data), signal, opts.drain);
-        }
-      } catch (err) {
-        error = err;
+  while (todo.length > 0) {
+    signal.throwIfAborted();
+    const wrong: number[] = [];
+    const collector = new ChunkCollector(
+      spec.layout,
+      todo,
+      (i, data) => {
+        const bad = spec.accept(i, data);
+        if (!bad) return;
+        if (wrongOnce.has(i)) throw bad;
+        wrongOnce.add(i);
+        wrong.push(i);
+      },
+      spec.alloc,
+    );
+    let error: unknown;
+    try {
+      for (const req of spec.plan(todo, state.multi)) {
+        await fetcher.fetch(req.ranges, (off, data) => collector.write(off, data), signal, opts.drain);
       }
-      const left = [...new Set([...collector.missing(), ...wrong])].sort((a, b) => a - b);
-      if (left.length < todo.length) failures = 0;
-      if (error instanceof MultiRangeUnsupportedError) {
-        // Concurrent calls may all see the refusal: one warning, and single ranges from here on.
-        if (state.multi) opts.onWarning?.(`${error.message}; falling back to single-range requests`);
-        state.multi = false;
-      } else if (error instanceof RangeUnsupportedError && opts.handOver) {
-        return opts.handOver(error, left);
-      } else if (error) {
-        if (!isTransient(error) || signal.aborted || ++failures >= retry.attempts) throw error;
-        await sleep(retry.retryBaseMs * failures, undefined, { signal });
-      } else if (left.length > 0 && wrong.length === 0) {
-        // A well-formed answer that left out asked-for bytes: the server is not trustworthy.
-        if (++failures >= retry.attempts)
-          throw new OriginError(`${fetcher.url}: the server did not send ${spec.describe(left[0])}`);
-      }
-      todo = left;
+    } catch (err) {
+      error = err;
     }
-  } finally {
-    cutter?.close();
+    const left = [...new Set([...collector.missing(), ...wrong])].sort((a, b) => a - b);
+    if (left.length < todo.length) failures = 0;
+    if (error instanceof MultiRangeUnsupportedError) {
+      // Concurrent calls may all see the refusal: one warning, and single ranges from here on.
+      if (state.multi) opts.onWarning?.(`${error.message}; falling back to single-range requests`);
+      state.multi = false;
+    } else if (error instanceof RangeUnsupportedError && opts.handOver) {
+      return opts.handOver(error, left);
+    } else if (error) {
+      if (!isTransient(error) || signal.aborted || ++failures >= retry.attempts) throw error;
+      await sleep(retry.retryBaseMs * failures, undefined, { signal });
+    } else if (left.length > 0 && wrong.length === 0) {
+      // A well-formed answer that left out asked-for bytes: the server is not trustworthy.
+      if (++failures >= retry.attempts)
+        throw new OriginError(`${fetcher.url}: the server did not send ${spec.describe(left[0])}`);
+    }
+    todo = left;
   }
 }

@@ -778,7 +778,7 @@ export class BlockAssembly {
         return undefined;
       },
       describe: (u) => (u === 0 ? 'the pack header' : `frame ${u - 1} at byte ${index.frameStart[u - 1]}`),
-      buffers: () => this.frameBuffers.cutter(),
+      alloc: (size) => this.frameBuffers.take(size),
     };
     const units = [...(this.headerChecked ? [] : [0]), ...frames.map((f) => f + 1)];
     await fetchUnits(this.fetcher, spec, units, {

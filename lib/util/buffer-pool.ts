@@ -1,10 +1,11 @@
 // Reusable buffers for chunks and seed reads. A fresh buffer per chunk is
 // garbage once written or sent, and V8 collects such external memory late
 // (tens of MiB behind), which showed as peak RSS. Buffers are carved from
-// 2 MiB slabs, one after the other (so the chunks of a response lie side by
-// side, and a stream sends them as one piece); a slab is reused once every
-// buffer carved from it has been handed back. Requests of a quarter slab and
-// more get a slab of their own, larger ones a plain buffer that is not pooled.
+// 2 MiB slabs, one after the other (chunks taken in a row lie side by side,
+// and a stream sends them as one piece); a slab is reused once every buffer
+// carved from it has been handed back. Requests of half a slab and more get
+// a slab of their own, larger ones a plain buffer that is not pooled. (A slab
+// per range response was tried: 2 MiB per response in flight, 4-15 MiB more.)
 
 export const SLAB_BYTES = 2 * 1024 * 1024;
 /** From this size on, a request gets a slab of its own. */
@@ -18,25 +19,19 @@ interface Slab {
   cutting: boolean;
 }
 
-/** Small buffers cut one after the other from a slab of their own (the chunks of one response side by side). */
-export interface BufferCutter {
-  take(size: number): Buffer;
-  /** No more buffers from this cutter: its slab is reused once the buffers cut from it are handed back. */
-  close(): void;
-}
-
 export class BufferPool {
   private readonly free: ArrayBuffer[] = [];
   private readonly slabs = new WeakMap<ArrayBuffer, Slab>();
-  /** Where take() cuts small buffers from. */
-  private readonly shared = this.cutter();
+  /** The slab small buffers are cut from, and how much of it is cut. */
+  private cutting: Slab | undefined;
+  private cut = 0;
 
   /** @param maxPooledBytes bytes of unused slabs kept for reuse at most (beyond that, they are left to the GC). */
   constructor(private readonly maxPooledBytes = 4 * 1024 * 1024) {}
 
   take(size: number): Buffer {
     if (size > SLAB_BYTES) return Buffer.allocUnsafeSlow(size);
-    if (size < OWN_SLAB_BYTES) return this.shared.take(size);
+    if (size < OWN_SLAB_BYTES) return this.cutSmall(size);
     const slab = this.slab();
     slab.refs = 1;
     return Buffer.from(slab.ab, 0, size);
@@ -49,32 +44,22 @@ export class BufferPool {
     return buf;
   }
 
-  /** A cutter of its own, so that buffers taken together lie together (and are reused together). */
-  cutter(): BufferCutter {
-    let slab: Slab | undefined;
-    let cut = 0;
-    const retire = (): void => {
-      if (!slab) return;
-      slab.cutting = false;
-      if (slab.refs === 0) this.recycle(slab);
-      slab = undefined;
-    };
-    return {
-      take: (size) => {
-        if (size >= OWN_SLAB_BYTES) return this.take(size);
-        if (!slab || cut + size > SLAB_BYTES) {
-          retire();
-          slab = this.slab();
-          slab.cutting = true;
-          cut = 0;
-        }
-        slab.refs++;
-        const buf = Buffer.from(slab.ab, cut, size);
-        cut += size;
-        return buf;
-      },
-      close: retire,
-    };
+  /** A small buffer cut after the last one; a full slab is let go (reused once all of it is back). */
+  private cutSmall(size: number): Buffer {
+    if (!this.cutting || this.cut + size > SLAB_BYTES) {
+      const done = this.cutting;
+      this.cutting = this.slab();
+      this.cutting.cutting = true;
+      this.cut = 0;
+      if (done) {
+        done.cutting = false;
+        if (done.refs === 0) this.recycle(done);
+      }
+    }
+    this.cutting.refs++;
+    const buf = Buffer.from(this.cutting.ab, this.cut, size);
+    this.cut += size;
+    return buf;
   }
 
   /** Hands a buffer back, once; the caller must not touch it afterwards. Buffers this pool did not make are ignored. */
