@@ -18,7 +18,7 @@ import {
   probeBlockPack,
   type BlockIndex,
 } from '../lib/blockpack/index.js';
-import { HASH_BYTES, ZERO_BLOCK, serializeBlockIndex } from '../lib/blockpack/format.js';
+import { HASH_BYTES, PACK_HEADER_SIZE, ZERO_BLOCK, serializeBlockIndex } from '../lib/blockpack/format.js';
 import { startOrigin, type Origin } from './helpers/origin.js';
 import { serializeIndex } from '../lib/format/caibx.js';
 import { indexBuffer } from '../lib/chunking/indexer.js';
@@ -524,4 +524,41 @@ test('extract: a release that redirects every block-pack file to a mirror still 
   );
   const packAtOrigin = f.origin.log.filter((e) => e.path === '/os_2.img.bpk').length;
   assert.equal(packAtOrigin, 1, 'one redirect for every range of the pack');
+});
+
+test('a block index answered whole to the range probe is parsed by every probe that shares the answer', async () => {
+  // An origin that ignores Range sends the whole index to the one-byte probe; the release preparation shares that
+  // answer while fresh, so parsing it must not free its body (a large one: 10,000 distinct blocks, > 64 KiB).
+  const n = 10_000;
+  const frameBlocks = Array.from({ length: n / 16 }, () => 16);
+  const frameLengths = frameBlocks.map(() => 1000);
+  const rnd = (k: number) => createHash('sha256').update(`shared-probe:${k}`).digest();
+  const hashes = Buffer.concat(Array.from({ length: (n * HASH_BYTES) / 32 }, (_, k) => rnd(k)));
+  const body = serializeBlockIndex({
+    blockSize: BS,
+    imageSize: n * BS,
+    imageSha256: rnd(-1),
+    packSize: PACK_HEADER_SIZE + frameLengths.reduce((a, b) => a + b, 0),
+    packSha256: rnd(-2),
+    dictSize: 0,
+    dictSha256: rnd(-3),
+    distinctOf: Int32Array.from({ length: n }, (_, b) => b),
+    distinctCount: n,
+    hashes,
+    frameBlocks,
+    frameLengths,
+  });
+  assert.ok(body.length > Buffer.poolSize, `${body.length} bytes`);
+  const answer = { status: 200, headers: {}, body: Buffer.from(body), url: 'http://127.0.0.1:9/os.img.bpidx' };
+  const asked = Promise.resolve(answer);
+  const http = new HttpClient({ attempts: 1, timeoutMs: 1000 });
+  try {
+    for (const k of [1, 2]) {
+      const probe = await probeBlockPack(http, 'http://127.0.0.1:9/os.img', undefined, undefined, asked);
+      assert.equal(probe?.index.blockCount, n, `probe ${k} parsed the shared answer`);
+    }
+    assert.equal(answer.body.length, body.length, 'the shared answer keeps its body');
+  } finally {
+    await http.close();
+  }
 });

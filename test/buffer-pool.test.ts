@@ -45,6 +45,33 @@ test('buffer pool: foreign, oversized and repeated hand-backs do not free a slab
   assert.ok(y.buffer !== own.buffer, 'one slab is not handed out twice');
 });
 
+test('buffer pool: a small buffer handed back twice does not free its slab while another is still out', () => {
+  const pool = new BufferPool(4 * SLAB_BYTES);
+  const a = pool.take(1000);
+  const b = pool.take(1000);
+  pool.give(a);
+  pool.give(a); // a second hand-back: must not count for b
+  // Fill the slab so that it is let go, and hand the fillers back.
+  const fillers: Buffer[] = [];
+  for (;;) {
+    const f = pool.take(64 * 1024);
+    if (f.buffer !== a.buffer) {
+      pool.give(f);
+      break;
+    }
+    fillers.push(f);
+  }
+  for (const f of fillers) pool.give(f);
+  b.fill(7);
+  for (let i = 0; i < 8; i++) {
+    const other = pool.take(SLAB_BYTES);
+    assert.ok(other.buffer !== b.buffer, 'the slab of a buffer still out is never handed out again');
+  }
+  assert.ok(b.every((x) => x === 7));
+  pool.give(b);
+  assert.ok(pool.take(SLAB_BYTES).buffer === b.buffer, 'once b is back, the slab is reused');
+});
+
 test('buffer pool: at most maxPooledBytes of unused slabs are kept', () => {
   const pool = new BufferPool(SLAB_BYTES);
   const s1 = pool.take(SLAB_BYTES);
@@ -73,19 +100,27 @@ test('shared buffer: done runs once, after the creator and every holder let go',
 test('freeNow: a large owned buffer is detached at once; a slice of the shared pool and a small one are left', () => {
   const big = Buffer.alloc(Buffer.poolSize + 1, 7);
   const before = process.memoryUsage().arrayBuffers;
-  freeNow(big.buffer);
+  freeNow(big);
   assert.equal(big.length, 0, 'detached: the view is empty');
   assert.ok(process.memoryUsage().arrayBuffers <= before - Buffer.poolSize, 'its memory is gone without a collection');
 
   const slice = Buffer.from('pooled bytes');
   assert.ok(slice.buffer.byteLength <= Buffer.poolSize, 'a small Buffer.from is a slice of the shared pool');
   const other = Buffer.from('a neighbour in the same pool');
-  freeNow(slice.buffer);
+  freeNow(slice);
   assert.equal(slice.toString(), 'pooled bytes');
   assert.equal(other.toString(), 'a neighbour in the same pool');
 
   const small = new Uint8Array(1024);
-  freeNow(small.buffer);
+  freeNow(small);
   assert.equal(small.length, 1024, 'small buffers are left to the collector');
-  freeNow(big.buffer); // already detached: nothing to do
+  freeNow(big); // already detached: nothing to do
+
+  // A view of part of a large buffer (one HTTP/2 read carrying two bodies): the other part stays readable.
+  const read = Buffer.alloc(Buffer.poolSize * 4, 9);
+  const first = read.subarray(0, Buffer.poolSize * 2);
+  const second = read.subarray(Buffer.poolSize * 2);
+  freeNow(first);
+  assert.equal(second.length, Buffer.poolSize * 2, 'a shared buffer is never detached');
+  assert.equal(second[0], 9);
 });

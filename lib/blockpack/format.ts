@@ -297,7 +297,7 @@ export function parseBlockIndex(buf: Buffer, source?: string): BlockIndex {
   const hashes = new Uint8Array(r.bytes(distinctCount * HASH_BYTES, 'hashes'));
   if (r.pos !== raw.length) fail('body', INDEX_HEADER_SIZE, `${raw.length - r.pos} bytes after the hashes`);
   // Parsed (the hashes copied): ~9 bytes per block freed now, not at the next full collection.
-  freeNow(raw.buffer);
+  freeNow(raw);
   return {
     blockSize,
     imageSize,

@@ -86,8 +86,9 @@ export async function probeBlockPack(
   const indexBytes = res.body.length + (res === first ? 0 : first.body.length);
   const indexRequests = res === first ? 1 : 2;
   const index = parseBlockIndex(res.body, urls.indexUrl);
-  // Parsed into the index's tables: the body's memory (~9 bytes per block) goes now, not at a full collection.
-  freeNow(res.body.buffer);
+  // Parsed into the index's tables: the body's memory (~9 bytes per block) goes now, not at a full collection;
+  // unless it is the probe's answer shared by the release preparation (a 200 to the range probe: kept for others).
+  if (res !== first || !asked) freeNow(res.body);
   return { index, indexBytes, indexRequests, ...urls };
 }
 
@@ -101,7 +102,7 @@ export async function planBlockUpdate(
   for (const p of seedPaths) seeds.push(await indexSeedBlocks(p, probe.index.blockSize, opts));
   const plan = planBlocks(probe.index, seeds, probe.indexBytes);
   // The plan does not keep the seeds' block hashes (8 bytes per block): freed now, not at a full collection.
-  for (const s of seeds) freeNow(s.hashes.buffer);
+  for (const s of seeds) freeNow(s.hashes);
   return plan;
 }
 

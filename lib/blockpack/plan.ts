@@ -113,7 +113,7 @@ class SeedBlockTable {
 
   /** Frees the slots now (4 bytes per seed block), not at the next full collection. */
   free(): void {
-    freeNow(this.slots.buffer);
+    freeNow(this.slots);
   }
 
   /** Keeps the first block for a hash. */

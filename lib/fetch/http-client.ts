@@ -368,7 +368,8 @@ export class HttpClient {
     }
     if (!keep) return Buffer.alloc(0);
     // A body that came in one read (a stored chunk, a small file) is that read: a copy would be one more buffer
-    // per request for V8 to collect (each socket read is a buffer of its own, so nothing else shares it).
+    // per request for V8 to collect. (Over HTTP/2 one socket read can carry several streams' data: the body may
+    // be a view of a buffer other bodies share.)
     return parts.length === 1 ? parts[0] : Buffer.concat(parts, n);
   }
 

@@ -13,8 +13,11 @@ const OWN_SLAB_BYTES = SLAB_BYTES / 2;
 
 interface Slab {
   readonly ab: ArrayBuffer;
-  /** Buffers taken from it and not handed back. */
-  refs: number;
+  /**
+   * Where the buffers taken from it and not handed back start: a hand-back of a buffer not out (a second one, or
+   * one late after the slab was reused) is ignored, never counted against the buffers still out.
+   */
+  readonly out: Set<number>;
   /** The slab new small buffers are cut from (it is not reused while it is). */
   cutting: boolean;
 }
@@ -30,10 +33,10 @@ export class BufferPool {
   constructor(private readonly maxPooledBytes = 4 * 1024 * 1024) {}
 
   take(size: number): Buffer {
-    if (size > SLAB_BYTES) return Buffer.allocUnsafeSlow(size);
+    if (size === 0 || size > SLAB_BYTES) return Buffer.allocUnsafeSlow(size);
     if (size < OWN_SLAB_BYTES) return this.cutSmall(size);
     const slab = this.slab();
-    slab.refs = 1;
+    slab.out.add(0);
     return Buffer.from(slab.ab, 0, size);
   }
 
@@ -53,10 +56,10 @@ export class BufferPool {
       this.cut = 0;
       if (done) {
         done.cutting = false;
-        if (done.refs === 0) this.recycle(done);
+        if (done.out.size === 0) this.recycle(done);
       }
     }
-    this.cutting.refs++;
+    this.cutting.out.add(this.cut);
     const buf = Buffer.from(this.cutting.ab, this.cut, size);
     this.cut += size;
     return buf;
@@ -65,15 +68,15 @@ export class BufferPool {
   /** Hands a buffer back, once; the caller must not touch it afterwards. Buffers this pool did not make are ignored. */
   give(buf: Uint8Array): void {
     const slab = this.slabs.get(buf.buffer as ArrayBuffer);
-    if (!slab || slab.refs === 0) return;
-    if (--slab.refs === 0 && !slab.cutting) this.recycle(slab);
+    if (!slab?.out.delete(buf.byteOffset)) return;
+    if (slab.out.size === 0 && !slab.cutting) this.recycle(slab);
   }
 
   private slab(): Slab {
     const ab = this.free.pop() ?? new ArrayBuffer(SLAB_BYTES);
     let slab = this.slabs.get(ab);
     if (!slab) {
-      slab = { ab, refs: 0, cutting: false };
+      slab = { ab, out: new Set(), cutting: false };
       this.slabs.set(ab, slab);
     }
     return slab;
@@ -114,14 +117,16 @@ export class SharedBuffer {
 
 /**
  * Frees a large buffer's memory now (detaches it) instead of at V8's next full collection, which comes only
- * after tens of MiB of such garbage. For an ArrayBuffer the caller made or was handed whole and that no view in
- * use shares (a parsed index's body, a table done with). Buffers up to Node's pool size may be slices of its
- * shared pool: those are left to the collector.
+ * after tens of MiB of such garbage. For a view that covers its whole ArrayBuffer, which the caller made or was
+ * handed whole and which nothing else uses (a parsed index's body, a table done with). A view of part of a
+ * buffer (a slice of Node's pool, an HTTP/2 read that carried several streams' data) is left to the collector,
+ * as is anything up to Node's pool size.
  */
-export function freeNow(ab: ArrayBufferLike): void {
+export function freeNow(view: ArrayBufferView): void {
   // ES2024's ArrayBuffer.prototype.transfer (Node >= 21), not in this project's ES2022 lib types.
-  const buf = ab as ArrayBuffer & { readonly detached: boolean; transfer(length: number): ArrayBuffer };
+  const buf = view.buffer as ArrayBuffer & { readonly detached: boolean; transfer(length: number): ArrayBuffer };
   if (!(buf instanceof ArrayBuffer) || buf.byteLength <= Buffer.poolSize || buf.detached) return;
+  if (view.byteOffset !== 0 || view.byteLength !== buf.byteLength) return;
   try {
     buf.transfer(0);
   } catch {
