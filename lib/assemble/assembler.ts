@@ -217,26 +217,33 @@ export class Assembler {
   private async put(first: number, count: number, data: Buffer, release?: () => void): Promise<void> {
     this.pendingWrites += data.length;
     this.wroteAny = true;
+    const idx = this.index;
+    const base = idx.start(first);
+    // Copies for later repeats are made before the sink has the bytes: once it has, it may release them for reuse.
+    const copied: number[] = [];
+    if (this.sources.size > 0 && this.opts.sink.retainRepeats) {
+      for (let i = first; i < first + count; i++) {
+        if (!this.sources.has(i) || this.retainedBytes + idx.chunkSize(i) > MAX_RETAINED_BYTES) continue;
+        const copy = Buffer.from(data.subarray(idx.start(i) - base, idx.end(i) - base));
+        this.retained.set(i, copy);
+        this.retainedBytes += copy.length;
+        copied.push(i);
+      }
+    }
     try {
       await this.opts.sink.put(first, count, data, release);
+    } catch (err) {
+      for (const i of copied) {
+        this.retainedBytes -= this.retained.get(i)?.length ?? 0;
+        this.retained.delete(i);
+      }
+      throw err;
     } finally {
       this.pendingWrites -= data.length;
       if (this.pendingWrites < MAX_PENDING_WRITE_BYTES) for (const w of this.drainWaiters.splice(0)) w();
     }
     this.opts.progress.done += data.length;
-    if (this.sources.size === 0) return;
-    const idx = this.index;
-    const base = idx.start(first);
-    for (let i = first; i < first + count; i++) {
-      const s = this.sources.get(i);
-      if (!s) continue;
-      if (this.opts.sink.retainRepeats && this.retainedBytes + idx.chunkSize(i) <= MAX_RETAINED_BYTES) {
-        const copy = Buffer.from(data.subarray(idx.start(i) - base, idx.end(i) - base));
-        this.retained.set(i, copy);
-        this.retainedBytes += copy.length;
-      }
-      s.resolve();
-    }
+    for (let i = first; i < first + count; i++) this.sources.get(i)?.resolve();
   }
 
   private drain = (): Promise<void> | undefined => {
