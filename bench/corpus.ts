@@ -17,6 +17,35 @@ export const DELTAD = [resolve(new URL('../../bin/deltad', import.meta.url).path
 process.env.PATH = `${dirname(process.execPath)}:${process.env.PATH ?? ''}`;
 
 /** Image pairs (old, new) in $BENCH/img. `big` is made by bench/make-big-pair.ts. */
+/**
+ * `deltad serve`'s arguments in a benchmark: on loopback, the origin, the installed images as seeds, and a short
+ * idle exit (so the process ends, and its peak RSS and CPU are read, soon after the update).
+ */
+export function serveArgs(o: {
+  port: number;
+  origin: string;
+  seedGlob: string;
+  imagePattern: string;
+  cacheDir: string;
+  idleS?: number;
+}): string[] {
+  return [
+    'serve',
+    '--listen',
+    `127.0.0.1:${o.port}`,
+    '--origin',
+    o.origin,
+    '--seed-glob',
+    o.seedGlob,
+    '--image-pattern',
+    o.imagePattern,
+    '--cache-dir',
+    o.cacheDir,
+    '--idle-timeout',
+    String(o.idleS ?? 2),
+  ];
+}
+
 export const PAIRS: Record<string, [string, string]> = {
   'v1-v2.repro': ['v1.repro.erofs', 'v2.repro.erofs'],
   'v2-v3.repro': ['v2.repro.erofs', 'v3.repro.erofs'],

@@ -10,7 +10,7 @@
 //   PAIR: v1-v2.repro (default), v2-v3.repro, synth
 //   BENCH=/var/tmp/deltad-bench (corpus in $BENCH/img, work files in $BENCH/deltad-daemon), PORT=8121 (uses 3)
 import { startNginx, type Nginx } from './nginx.js';
-import { DELTAD, daemonSite, pair as corpusPair } from './corpus.js';
+import { DELTAD, daemonSite, pair as corpusPair, serveArgs } from './corpus.js';
 import { spawn, spawnSync } from 'node:child_process';
 import { createHash } from 'node:crypto';
 import { createReadStream, existsSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
@@ -51,19 +51,14 @@ function startDaemon(work: string, origin: string, cacheDir: string) {
       '-o',
       timeFile,
       ...DELTAD,
-      'serve',
-      '--listen',
-      `127.0.0.1:${DAEMON_PORT}`,
-      '--origin',
-      origin,
-      '--seed-glob',
-      join(work, 'system', '*.erofs'),
-      '--image-pattern',
-      '*.erofs',
-      '--cache-dir',
-      cacheDir,
-      '--idle-timeout',
-      '1',
+      ...serveArgs({
+        port: DAEMON_PORT,
+        origin,
+        seedGlob: join(work, 'system', '*.erofs'),
+        imagePattern: '*.erofs',
+        cacheDir,
+        idleS: 1,
+      }),
     ],
     { stdio: ['ignore', 'pipe', 'pipe'] },
   );

@@ -17,7 +17,19 @@
 import { startNginx } from './nginx.js';
 import { makeTestCa } from './tls.js';
 import { runMeasured, startMeasured } from './measure.js';
-import { CHUNK_64K, CLI, DELTAD, blockPack, casyncArtifacts, link, newSha256, pair, sh, type Pair } from './corpus.js';
+import {
+  CHUNK_64K,
+  CLI,
+  DELTAD,
+  blockPack,
+  casyncArtifacts,
+  link,
+  newSha256,
+  pair,
+  serveArgs,
+  sh,
+  type Pair,
+} from './corpus.js';
 import { spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, readlinkSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -168,19 +180,13 @@ async function serve(site: Site, packed: boolean, base: string, cache: string, c
   const listening = new Promise<void>((r) => (ready = r));
   const d = startMeasured(
     deltadCmd(
-      'serve',
-      '--listen',
-      `127.0.0.1:${DAEMON_PORT}`,
-      '--origin',
-      `${base}/${packed ? 'packed/' : ''}`,
-      '--seed-glob',
-      join(site.system, '*.img'),
-      '--image-pattern',
-      '*.img',
-      '--cache-dir',
-      cache,
-      '--idle-timeout',
-      '2',
+      ...serveArgs({
+        port: DAEMON_PORT,
+        origin: `${base}/${packed ? 'packed/' : ''}`,
+        seedGlob: join(site.system, '*.img'),
+        imagePattern: '*.img',
+        cacheDir: cache,
+      }),
       ...caArgs,
     ),
     { timeoutS: 900, onStdout: (s) => s.includes('listening') && ready() },

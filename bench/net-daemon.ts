@@ -27,7 +27,7 @@ import { startNginx, type AccessEntry, type Nginx } from './nginx.js';
 import { startRelay, selfCheck, describeCheck, parseRate, type LinkShape, type SelfCheck } from './relay.js';
 import { makeTestCa, withCaBundle, type TestCa } from './tls.js';
 import { runMeasured, startMeasured, threadCpu, type MeasuredProcess } from './measure.js';
-import { CLI, DELTAD, blockPack, daemonSite, link, pair, sh, type DaemonSite, type Pair } from './corpus.js';
+import { CLI, DELTAD, blockPack, daemonSite, link, pair, serveArgs, sh, type DaemonSite, type Pair } from './corpus.js';
 import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
 import net from 'node:net';
@@ -158,19 +158,13 @@ function startDaemon(site: DaemonSite, origin: string, cacheDir: string, ca: Tes
       '-n',
       '5',
       ...DELTAD,
-      'serve',
-      '--listen',
-      `127.0.0.1:${DAEMON_PORT}`,
-      '--origin',
-      origin,
-      '--seed-glob',
-      join(site.system, '*.erofs'),
-      '--image-pattern',
-      '*.erofs',
-      '--cache-dir',
-      cacheDir,
-      '--idle-timeout',
-      '2',
+      ...serveArgs({
+        port: DAEMON_PORT,
+        origin,
+        seedGlob: join(site.system, '*.erofs'),
+        imagePattern: '*.erofs',
+        cacheDir,
+      }),
       ...caArgs,
       ...values['daemon-args']!.split(' ').filter(Boolean),
     ],

@@ -12,7 +12,7 @@
 import { startNginx } from './nginx.js';
 import { makeTestCa } from './tls.js';
 import { startMeasured, threadCpu } from './measure.js';
-import { CLI, blockPack, daemonSite, link, pair, sh } from './corpus.js';
+import { CLI, blockPack, daemonSite, link, pair, serveArgs, sh } from './corpus.js';
 import { spawn } from 'node:child_process';
 import { mkdirSync, rmSync } from 'node:fs';
 import { dirname, join } from 'node:path';
@@ -55,19 +55,13 @@ async function once(tree: string, origin: string, site: ReturnType<typeof daemon
       '--trace-gc',
       ...extra,
       cli,
-      'serve',
-      '--listen',
-      `127.0.0.1:${DAEMON_PORT}`,
-      '--origin',
-      origin,
-      '--seed-glob',
-      join(site.system, '*.erofs'),
-      '--image-pattern',
-      '*.erofs',
-      '--cache-dir',
-      cache,
-      '--idle-timeout',
-      '2',
+      ...serveArgs({
+        port: DAEMON_PORT,
+        origin,
+        seedGlob: join(site.system, '*.erofs'),
+        imagePattern: '*.erofs',
+        cacheDir: cache,
+      }),
       '--ca-file',
       ca,
     ],
