@@ -10,7 +10,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { AddressInfo } from 'node:net';
+import { listenLocal } from './helpers/listen.js';
 import { request } from 'undici';
 import { CA_FORMAT_INDEX, CA_FORMAT_TABLE, HEADER_SIZE, ITEM_SIZE } from '../lib/format/caibx.js';
 import { loadIndex } from '../lib/delta/extract.js';
@@ -77,15 +77,8 @@ async function endlessIndexOrigin(t: TestContext): Promise<{ url: string; image:
     res.writeHead(200, { 'content-length': body.length });
     res.end(req.method === 'HEAD' ? undefined : body);
   });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  t.after(
-    () =>
-      new Promise<void>((r) => {
-        server.closeAllConnections();
-        server.close(() => r());
-      }),
-  );
-  return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, image, indexSent: () => indexSent };
+  const base = await listenLocal(t, server);
+  return { url: base, image, indexSent: () => indexSent };
 }
 
 test('an endless index is refused the same way, at the same byte, by the CLI, the sidecar and the fleet proxy', {
@@ -154,15 +147,7 @@ test('an index announced beyond its limits is refused before its body; a small f
     res.writeHead(200, { 'content-length': String(announced) });
     res.write(req.url?.endsWith('.caibx') ? indexHeader() : Buffer.alloc(HEADER_SIZE));
   });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  t.after(
-    () =>
-      new Promise<void>((r) => {
-        server.closeAllConnections();
-        server.close(() => r());
-      }),
-  );
-  const base = `http://127.0.0.1:${(server.address() as AddressInfo).port}`;
+  const base = await listenLocal(t, server);
   const http = new HttpClient();
   t.after(() => http.close());
   // 1 GiB in chunks of at least 16 KiB is at most 65537 items: far less than 10 MiB of index.

@@ -8,7 +8,7 @@ import assert from 'node:assert/strict';
 import { createServer, type ServerResponse } from 'node:http';
 import { readFile, readdir, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import type { AddressInfo } from 'node:net';
+import { listenLocal } from '../helpers/listen.js';
 import { CA_FORMAT_INDEX, CA_FORMAT_TABLE, HEADER_SIZE, ITEM_SIZE, serializeIndex } from '../../lib/format/caibx.js';
 import { indexBuffer } from '../../lib/chunking/indexer.js';
 import { mountTinyTmpfs } from '../helpers/tmpfs.js';
@@ -56,15 +56,8 @@ async function startServer(
     }) as typeof res.write;
     serve(res);
   });
-  await new Promise<void>((r) => server.listen(0, '127.0.0.1', r));
-  t.after(
-    () =>
-      new Promise<void>((r) => {
-        server.closeAllConnections();
-        server.close(() => r());
-      }),
-  );
-  return { url: `http://127.0.0.1:${(server.address() as AddressInfo).port}`, sent: () => sent };
+  const base = await listenLocal(t, server);
+  return { url: base, sent: () => sent };
 }
 
 async function outDir(t: TestContext): Promise<{ dir: string; out: string }> {
