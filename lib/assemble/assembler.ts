@@ -15,7 +15,6 @@ import type { AssemblySink } from './sink.js';
 
 export type { AssemblySink } from './sink.js';
 import { encodeBatch } from '../store/chunk-encoder.js';
-import { BatchBuffers } from '../store/chunk-reader.js';
 import { BufferPool, SharedBuffer } from '../util/buffer-pool.js';
 import { unlessAborted } from '../util/abort.js';
 import { forEachConcurrent } from '../util/async-pool.js';
@@ -72,22 +71,18 @@ export class Assembler {
   private drainWaiters: (() => void)[] = [];
   private zeros: Buffer = Buffer.alloc(0);
   /**
-   * Seed read buffers for a file sink, reused once written (fewer large garbage buffers, lower RSS); each holds a
-   * whole task, so none kept is too small for the next one.
+   * Seed reads and fetched chunks alike (one pool, so that neither keeps idle buffers while the other allocates):
+   * reused once a file sink has written them, or once a holding sink releases them (fewer garbage buffers, lower
+   * RSS).
    */
-  private readonly seedBuffers = new BatchBuffers(4, SEED_TASK_BYTES);
-  /**
-   * A holding sink's buffers, for seed reads and fetched chunks alike (one pool, so that neither keeps idle
-   * buffers while the other allocates), reused once the sink releases them.
-   */
-  private readonly heldBuffers: BufferPool | undefined;
+  private readonly buffers: BufferPool;
   seedMismatches = 0;
   /** True once any chunk reached the sink. */
   wroteAny = false;
 
   constructor(private readonly opts: AssemblerOptions) {
     this.index = opts.plan.target;
-    if (opts.sink.holdsData) this.heldBuffers = opts.chunkBuffers ?? new BufferPool();
+    this.buffers = opts.chunkBuffers ?? new BufferPool();
     // Every request in flight listens on this signal.
     setMaxListeners(0, this.ctl.signal);
     opts.signal?.addEventListener('abort', this.onAbort, { once: true });
@@ -213,7 +208,10 @@ export class Assembler {
     }
   }
 
-  /** Hands verified chunks to the sink (see its `release`) and wakes repeats waiting for them. */
+  /**
+   * Hands verified chunks to the sink and wakes repeats waiting for them. `release` runs once the bytes are no
+   * longer needed: after the write for a file sink, when a holding sink says so (if ever).
+   */
   private async put(first: number, count: number, data: Buffer, release?: () => void): Promise<void> {
     this.pendingWrites += data.length;
     this.wroteAny = true;
@@ -230,8 +228,9 @@ export class Assembler {
         copied.push(i);
       }
     }
+    const holds = this.opts.sink.holdsData;
     try {
-      await this.opts.sink.put(first, count, data, release);
+      await this.opts.sink.put(first, count, data, holds ? release : undefined);
     } catch (err) {
       for (const i of copied) {
         this.retainedBytes -= this.retained.get(i)?.length ?? 0;
@@ -239,6 +238,7 @@ export class Assembler {
       }
       throw err;
     } finally {
+      if (!holds) release?.();
       this.pendingWrites -= data.length;
       if (this.pendingWrites < MAX_PENDING_WRITE_BYTES) for (const w of this.drainWaiters.splice(0)) w();
     }
@@ -260,21 +260,20 @@ export class Assembler {
     const sIdx = seed.index;
     const base = sIdx.start(t.seedFirst);
     const size = sIdx.end(t.seedFirst + t.count - 1) - base;
-    const held = this.heldBuffers;
-    const read = await readSeedRange(seed, base, base + size, (held ?? this.seedBuffers).take(size));
+    const pool = this.buffers;
+    const data = await readSeedRange(seed, base, base + size, pool.take(size));
     this.ctl.signal.throwIfAborted();
     const ends: number[] = [];
     for (let k = 0; k < t.count; k++) ends.push(sIdx.end(t.seedFirst + k) - base);
     // Hashed on this thread: with SHA-NI it keeps up with the seed reads, and a hashing worker's isolate would be
     // ~14 MiB of RSS (bench/RESULTS.md, "Extract memory (session 4)").
     const { ids } = encodeBatch({
-      data: read,
+      data,
       ends,
       compress: ends.map(() => false),
       digest: this.index.digest,
       level: 0,
     });
-    const data = read;
     this.ctl.signal.throwIfAborted();
     const tIds = this.index.ids;
     const matches = (k: number): boolean => {
@@ -284,15 +283,15 @@ export class Assembler {
       return true;
     };
     const bad: Run[] = [];
-    // A holding sink keeps slices of the buffer: it is reused once the sink has released every one.
-    const shared = held ? new SharedBuffer(() => held.give(data)) : undefined;
+    // The runs are slices of one buffer: it is reused once the sink is done with every one.
+    const shared = new SharedBuffer(() => pool.give(data));
     // Verified chunks are handed on in contiguous runs, one write per run.
     let runStart = -1;
     const flush = async (end: number): Promise<void> => {
       if (runStart < 0) return;
       const from = sIdx.start(t.seedFirst + runStart) - base;
       const to = sIdx.end(t.seedFirst + end - 1) - base;
-      await this.put(t.first + runStart, end - runStart, data.subarray(from, to), shared?.hold());
+      await this.put(t.first + runStart, end - runStart, data.subarray(from, to), shared.hold());
       this.opts.progress.fromSeeds += to - from;
       runStart = -1;
     };
@@ -312,9 +311,8 @@ export class Assembler {
       }
       await flush(t.count);
     } finally {
-      shared?.drop();
+      shared.drop();
     }
-    if (!held) this.seedBuffers.give(data);
     if (bad.length > 0) await this.fetchRemote(bad);
   }
 
@@ -371,7 +369,6 @@ export class Assembler {
       progress.networkRequests = remote.stats.requests;
     };
     const pool = this.opts.chunkBuffers;
-    const holding = this.opts.sink.holdsData;
     try {
       await remote
         .fetch(
@@ -379,9 +376,7 @@ export class Assembler {
           (i, data) => {
             progress.fromNetwork += data.length;
             syncNet();
-            // A file sink is done with the chunk once written; a holding sink says when (if ever).
-            const release = pool && (() => pool.give(data));
-            const write = holding ? this.put(i, 1, data, release) : this.put(i, 1, data).then(release);
+            const write = this.put(i, 1, data, pool && (() => pool.give(data)));
             // A write that fails while chunks are still being read is reported below, not as an unhandled rejection.
             write.catch(() => {});
             writes.push(write);

@@ -24,18 +24,12 @@ export const BATCH_BYTES = 1024 * 1024;
  */
 export class BatchBuffers {
   private readonly free: ArrayBuffer[] = [];
-  /**
-   * @param keep buffers kept for reuse at most
-   * @param minBytes smallest buffer made: the largest usual batch, so that any buffer kept fits the next batch
-   */
-  constructor(
-    private readonly keep = 8,
-    private readonly minBytes = BATCH_BYTES,
-  ) {}
+  /** @param keep buffers kept for reuse at most */
+  constructor(private readonly keep = 8) {}
 
   take(size: number): Buffer {
     const i = this.free.findIndex((b) => b.byteLength >= size);
-    const ab = i >= 0 ? this.free.splice(i, 1)[0] : new ArrayBuffer(Math.max(size, this.minBytes));
+    const ab = i >= 0 ? this.free.splice(i, 1)[0] : new ArrayBuffer(Math.max(size, BATCH_BYTES));
     return Buffer.from(ab, 0, size);
   }
 
