@@ -167,9 +167,8 @@ export class OrderedStream extends Readable implements AssemblySink {
       this.hash.update(data);
       if (this.next === this.endChunk && !this.checkDigest()) return;
       this.emittedBytes += data.length;
-      for (const sh of shares) {
-        if (this.opts.acknowledged) this.unacknowledged.push({ end: this.emittedBytes, share: sh });
-      }
+      if (this.opts.acknowledged)
+        for (const sh of shares) this.unacknowledged.push({ end: this.emittedBytes, share: sh });
       this.wantMore = this.push(data);
       if (this.next === this.endChunk) this.finishStream();
     }

@@ -143,7 +143,7 @@ const PROGRESS_INTERVAL_MS = 200;
 /** Seed bytes from which hashing on worker threads pays for starting them. */
 const HASH_THREADS_FROM_BYTES = 64 * 1024 * 1024;
 
-/** A hashing thread (the assembler hashes on this thread too) when many local bytes are hashed, else none. */
+/** A hashing thread for verifying a resumed partial file when it holds many bytes, else none. */
 function hashPoolFor(localBytes: number): EncoderPool | undefined {
   return localBytes >= HASH_THREADS_FROM_BYTES && defaultThreads() > 1 ? new EncoderPool(1) : undefined;
 }
@@ -598,9 +598,8 @@ async function chooseRoutes(
     await pending?.result;
     throw err;
   });
-  // The chunk route hashes seeds on this thread, with no hashing worker: a worker's isolate is ~14 MiB of RSS, and
-  // an extract was no slower without it (bench/RESULTS.md, "Extract memory (session 4)"). The block route keeps
-  // its thread: its chunk checks are what bounds its wall time.
+  // Both routes hash on this thread, with no hashing worker: a worker's isolate is ~14 MiB of RSS, and neither was
+  // slower without it (bench/RESULTS.md, "Extract memory (session 4)" and "Block path memory (session 4)").
   const chunkRoute = (firstChunk: number, endChunk: number): ChunkRoute =>
     new ChunkRoute({
       target,

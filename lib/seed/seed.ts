@@ -100,8 +100,7 @@ export async function closeSeeds(seeds: readonly Seed[]): Promise<void> {
 /**
  * Reads seed bytes [start, end) fully (a short read means the file shrank: the
  * rest is zero-filled and fails verification), into `into` (at least that
- * long) or a new buffer; both own their memory so they can be moved to a
- * hashing thread.
+ * long) or a new buffer.
  */
 export async function readSeedRange(seed: Seed, start: number, end: number, into?: Buffer): Promise<Buffer> {
   const buf = into ? into.subarray(0, end - start) : Buffer.allocUnsafeSlow(end - start);
