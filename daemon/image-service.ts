@@ -20,6 +20,7 @@ import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { OriginError } from '../lib/errors.js';
 import {
+  arrivingHeadBytes,
   openExtractStream,
   planUpdate,
   type ExtractProgress,
@@ -66,6 +67,25 @@ export const DEFAULT_TIMEOUTS: ImageTimeouts = {
   stallMs: 45_000,
 };
 const STATUS_EVERY_MS = 1_000;
+
+/**
+ * A delta begun from the start of the image's index while the rest of it downloads (Releases.indexHead): the
+ * image's length from the HEAD, and the whole preparation to come (which may still fail: then so does the stream).
+ */
+interface EarlyImage {
+  head: ChunkIndex;
+  size: number;
+  sha256?: string;
+  /** This image version, as far as known before the whole index: its URL, length and SHA-256. */
+  key: string;
+  whole: Promise<PreparedImage | undefined>;
+}
+
+/** What a delta is served from: the prepared image, or the start of its index (EarlyImage). */
+type DeltaImage = PreparedImage | EarlyImage;
+
+const isEarly = (d: DeltaImage): d is EarlyImage => 'whole' in d;
+const sizeOf = (d: DeltaImage): number => (isEarly(d) ? d.size : d.index.size);
 /** An origin found not to be a deltad proxy (or unreachable) is asked again at most this often. */
 const PROXY_PROBE_EVERY_MS = 60_000;
 
@@ -233,11 +253,11 @@ export class ImageService {
       ac.abort();
       arrival?.done();
     });
-    const { sha256, ready, head } = this.startPreparation(target, method === 'GET');
-    let prepared: PreparedImage | undefined;
+    const { sha256, ready, head, early } = this.startPreparation(target, method === 'GET');
+    let prepared: DeltaImage | undefined;
     try {
       prepared = await withDeadline(
-        ready,
+        firstOf(ready, early),
         timeouts.prepareMs,
         `index of ${target.relPath} not fetched within ${timeouts.prepareMs} ms`,
       );
@@ -274,7 +294,7 @@ export class ImageService {
       return this.switchedOff(method, target, res, ac.signal, off);
     }
     if (method === 'HEAD') {
-      res.writeHead(200, imageHeaders(prepared.index.size));
+      res.writeHead(200, imageHeaders(sizeOf(prepared)));
       res.end();
       return;
     }
@@ -344,14 +364,14 @@ export class ImageService {
    */
   private async deliver(
     target: OriginTarget,
-    prepared: PreparedImage,
+    prepared: DeltaImage,
     res: ServerResponse,
     signal: AbortSignal,
     deadline: { headersBy: number } | { firstByteBy: number },
     arrival: Arrival | undefined,
   ): Promise<void> {
     const { counters, log } = this.d;
-    const size = prepared.index.size;
+    const size = sizeOf(prepared);
     const { assembly, created } = this.d.assemblies.acquire(
       prepared.key,
       size,
@@ -469,12 +489,13 @@ export class ImageService {
     }
   }
 
-  private async startEngine(target: OriginTarget, prepared: PreparedImage, signal: AbortSignal) {
+  private async startEngine(target: OriginTarget, prepared: DeltaImage, signal: AbortSignal) {
     // Seeds being indexed in the background would otherwise be chunked twice.
     await this.d.seeds.ready;
-    const sources = await this.sources(target, prepared.index, signal);
+    const sources = await this.sources(target, isEarly(prepared) ? prepared.head : prepared.index, signal);
     let last: ExtractProgress | undefined;
-    return openExtractStream(prepared.index, {
+    const index = isEarly(prepared) ? { ...prepared, whole: wholeIndex(target, prepared) } : prepared.index;
+    return openExtractStream(index, {
       ...sources,
       concurrency: this.d.config.concurrency,
       sha256: prepared.sha256,
@@ -504,7 +525,7 @@ export class ImageService {
     );
   }
 
-  private watch(target: OriginTarget, prepared: PreparedImage, assembly: SharedAssembly): void {
+  private watch(target: OriginTarget, prepared: DeltaImage, assembly: SharedAssembly): void {
     const { counters, log, notifier, seeds } = this.d;
     counters.assembliesStarted++;
     const started = Date.now();
@@ -516,8 +537,9 @@ export class ImageService {
         const msg = `${target.name}: ${formatBytes(r.total)} assembled in ${Date.now() - started} ms (${r.mode}): reused ${formatBytes(r.fromSeeds + r.fromSelf + r.fromZero)}, downloaded ${formatBytes(r.networkBytes)} in ${r.networkRequests} requests${prepared.sha256 ? ', SHA-256 verified' : ''}`;
         log.info(msg);
         notifier.status(`idle; last: ${msg}`);
+        const index = isEarly(prepared) ? (await prepared.whole)!.index : prepared.index;
         await seeds
-          .remember(target.name, prepared.index, installedAs)
+          .remember(target.name, index, installedAs)
           .catch((err) => log.warn(`cannot keep the index of ${target.name}: ${(err as Error).message}`));
       },
       (err: Error) => {
@@ -551,11 +573,41 @@ export class ImageService {
       return p;
     });
     const head = releases.head(target.url);
+    const early = delta ? this.earlyImage(target, { sha256, ready, head, rangesOk }) : Promise.resolve(undefined);
     // A failure surfaces through the deadline race in serveImage (or not at all); never as an unhandled rejection.
     sha256.catch(() => {});
     rangesOk.catch(() => {});
     ready.catch(() => {});
-    return { sha256, ready, head };
+    return { sha256, ready, head, early };
+  }
+
+  /**
+   * The delta from the start of the index, once its first chunks are parsed while the rest downloads (a 4 GiB
+   * image's index is ~4 MB, seconds on a slow link: the first byte does not wait for it), SHA256SUMS has answered,
+   * the HEAD has given the length and the range probe has passed. Undefined when the whole index comes first, or
+   * the missing chunks come from a chunk store or a deltad proxy (the engine would need the whole index to choose).
+   */
+  private async earlyImage(
+    target: OriginTarget,
+    p: {
+      sha256: Promise<string | undefined>;
+      ready: Promise<PreparedImage | undefined>;
+      head: Promise<{ length?: number; deltaOff?: string }>;
+      rangesOk: Promise<void>;
+    },
+  ): Promise<EarlyImage | undefined> {
+    try {
+      if (!(await this.needsRangeCheck())) return undefined;
+      const h = await p.head;
+      if (h.length === undefined || h.deltaOff) return undefined;
+      const first = await this.d.releases.indexHead(this.release(target), arrivingHeadBytes(h.length), p.ready);
+      if (!first || first.size > h.length) return undefined;
+      const [sha256] = await Promise.all([p.sha256, p.rangesOk]);
+      const key = `${target.url}#arriving#${h.length}#${sha256 ?? ''}`;
+      return { head: first, size: h.length, sha256, key, whole: p.ready };
+    } catch {
+      return undefined; // the preparation's own failure is what serveImage reports
+    }
   }
 
   /** Byte ranges of the image are the only remote source unless a chunk store is configured or the origin is a deltad proxy. */
@@ -589,6 +641,23 @@ function sendHeaders(res: ServerResponse, size: number): void {
 }
 
 class DeadlineError extends Error {}
+
+/** The prepared image, or the early one when it comes first (and is not undefined). */
+function firstOf(ready: Promise<PreparedImage | undefined>, early: Promise<EarlyImage | undefined>) {
+  return new Promise<DeltaImage | undefined>((resolve, reject) => {
+    ready.then(resolve, reject);
+    void early.then((e) => e && resolve(e));
+  });
+}
+
+/** The whole index of an early image, which must still be the image the stream began (same SHA-256 entry). */
+async function wholeIndex(target: OriginTarget, early: EarlyImage): Promise<ChunkIndex> {
+  const p = await early.whole;
+  if (!p) throw new OriginError(`${target.relPath}: its index is no longer on the origin`);
+  if (p.sha256 !== early.sha256)
+    throw new OriginError(`${target.relPath}: its SHA256SUMS entry changed during the update`);
+  return p.index;
+}
 
 type LateAnswer =
   | { kind: 'prepared'; prepared: PreparedImage | undefined }

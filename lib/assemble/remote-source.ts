@@ -67,6 +67,8 @@ export interface RangeSourceOptions {
   fallback?: RemoteSource;
   /** Chunk buffers (the assembler hands them back once written). */
   buffers?: BufferPool;
+  /** The image's size, when `index` is only the start of its table (default: the index's size). */
+  size?: number;
 }
 
 export class RangeSource implements RemoteSource {
@@ -84,7 +86,7 @@ export class RangeSource implements RemoteSource {
     readonly url: string,
     private readonly opts: RangeSourceOptions,
   ) {
-    this.fetcher = new RangeFetcher(http, url, index.size);
+    this.fetcher = new RangeFetcher(http, url, opts.size ?? index.size);
     this.state = { multi: opts.multi ?? true };
     this.cost = opts.cost ?? defaultCostModel;
     this.parallelism = opts.parallelism ?? 8;

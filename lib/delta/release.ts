@@ -12,6 +12,7 @@ import { OriginError } from '../errors.js';
 import type { HttpClient } from '../fetch/http-client.js';
 import { deltaDisabledBy } from '../fetch/release-policy.js';
 import {
+  IndexArrival,
   fetchReleaseFile,
   findIndex,
   listedSha256,
@@ -75,6 +76,8 @@ export class Releases implements ReleaseFileSource {
   private readonly probes: FreshMemo<unknown>;
 
   private readonly maxTargetSize?: number;
+  /** Index downloads by URL, for the start of a table before the rest arrives (the last MAX_ENTRIES URLs). */
+  private readonly arrivals = new Map<string, IndexArrival>();
 
   constructor(
     private readonly http: HttpClient,
@@ -89,7 +92,36 @@ export class Releases implements ReleaseFileSource {
   /** A release file, shared and revalidated as described above (an index parsed as it arrives). */
   file(url: string, opts: { index?: boolean } = {}): Promise<ReleaseFile> {
     const index = opts.index ? { maxTargetSize: this.maxTargetSize } : undefined;
-    return this.files.get(url, (previous) => fetchReleaseFile(this.http, url, { index, previous }));
+    const arrival = opts.index ? this.arrival(url) : undefined;
+    return this.files.get(url, (previous) => fetchReleaseFile(this.http, url, { index, previous, arrival }));
+  }
+
+  private arrival(url: string): IndexArrival {
+    let a = this.arrivals.get(url);
+    if (!a) {
+      a = new IndexArrival();
+      this.arrivals.set(url, a);
+      while (this.arrivals.size > MAX_ENTRIES) this.arrivals.delete(this.arrivals.keys().next().value!);
+    }
+    return a;
+  }
+
+  /**
+   * The first chunks of the image's index once they cover `bytes` target bytes, while its download (started by
+   * `prepared`, this.prepare's answer) is still under way; undefined when the download ends first: then prepare's
+   * answer is the one. Whichever candidate URL answers (findIndex moves on only past a 404).
+   */
+  indexHead(
+    t: ReleaseTarget,
+    bytes: number,
+    prepared: Promise<PreparedImage | undefined>,
+  ): Promise<ChunkIndex | undefined> {
+    const heads = t.indexUrls.map((url) => this.arrival(url).head(bytes, prepared));
+    return new Promise((resolve) => {
+      let left = heads.length;
+      if (left === 0) resolve(undefined);
+      for (const h of heads) void h.then((head) => (head || --left === 0) && resolve(head));
+    });
   }
 
   /** The image's entry in the SHA256SUMS beside it, if any. */
