@@ -275,7 +275,7 @@ export class ImageService {
           arrival?.done();
           return this.switchedOff(method, target, res, ac.signal, off);
         }
-        return this.serveAnnounced(target, late.length, ready, sha256, res, ac.signal, arrival);
+        return this.serveAnnounced(target, late.length, ready, sha256, res, ac.signal, arrival, started);
       }
       if (late.kind === 'none') {
         const why = late.why ?? `${(err as Error).message}, nor its length within ${timeouts.answerMs} ms`;
@@ -293,12 +293,23 @@ export class ImageService {
       arrival?.done();
       return this.switchedOff(method, target, res, ac.signal, off);
     }
+    if (isEarly(prepared))
+      this.d.log.info(
+        `${target.relPath}: delta begun ${Date.now() - started} ms after the request from the index's first ${prepared.head.count} chunks, the rest still on its way`,
+      );
     if (method === 'HEAD') {
       res.writeHead(200, imageHeaders(sizeOf(prepared)));
       res.end();
       return;
     }
-    return this.deliver(target, prepared, res, ac.signal, { headersBy: started + timeouts.headerMs }, arrival);
+    return this.deliver(
+      target,
+      prepared,
+      res,
+      ac.signal,
+      { headersBy: started + timeouts.headerMs, requested: started },
+      arrival,
+    );
   }
 
   /** The release's kill switch is set: the origin's image, untouched. */
@@ -326,6 +337,7 @@ export class ImageService {
     res: ServerResponse,
     signal: AbortSignal,
     arrival: Arrival | undefined,
+    requested: number,
   ): Promise<void> {
     const { counters, log, timeouts } = this.d;
     sendHeaders(res, size);
@@ -347,7 +359,7 @@ export class ImageService {
     } catch (err) {
       why = (err as Error).message;
     }
-    if (prepared && !why) return this.deliver(target, prepared, res, signal, { firstByteBy }, arrival);
+    if (prepared && !why) return this.deliver(target, prepared, res, signal, { firstByteBy, requested }, arrival);
     arrival?.done();
     counters.fallbacks++;
     log.warn(`${target.relPath}: ${why}; streaming the full image from the origin`);
@@ -367,7 +379,7 @@ export class ImageService {
     prepared: DeltaImage,
     res: ServerResponse,
     signal: AbortSignal,
-    deadline: { headersBy: number } | { firstByteBy: number },
+    deadline: ({ headersBy: number } | { firstByteBy: number }) & { requested: number },
     arrival: Arrival | undefined,
   ): Promise<void> {
     const { counters, log } = this.d;
@@ -417,6 +429,7 @@ export class ImageService {
       );
       return this.proxyWhole(target, size, prepared.sha256, res, signal);
     }
+    log.info(`${target.relPath}: first body byte ready ${Date.now() - deadline.requested} ms after the request`);
     try {
       await client.send(res, (n) => {
         counters.bytesServed += n;
