@@ -508,8 +508,13 @@ export class ImageService {
     const sources = await this.sources(target, isEarly(prepared) ? prepared.head : prepared.index, signal);
     let last: ExtractProgress | undefined;
     const index = isEarly(prepared) ? { ...prepared, whole: wholeIndex(target, prepared) } : prepared.index;
+    // The range probe's bytes (sent with the index, see startPreparation): the image's first chunks, often missing.
+    const imageStart = (await this.needsRangeCheck())
+      ? this.d.releases.imageStart(target.url).catch(() => undefined)
+      : undefined;
     return openExtractStream(index, {
       ...sources,
+      imageStart,
       concurrency: this.d.config.concurrency,
       sha256: prepared.sha256,
       acknowledged: true, // the shared assembly says which bytes every client's socket has taken

@@ -68,6 +68,11 @@ export interface SourceOptions {
   blockPack?: boolean;
   /** The block index's one-byte probe when the caller sent it already (with the release's index: one round trip less). */
   blockIndexAnswer?: Promise<BlockIndexAnswer>;
+  /**
+   * The image's first bytes at rangeUrl, fetched already (e.g. by a range probe sent with the index): the first
+   * missing chunks within them are verified and used instead of asked again (the first body byte on a slow link).
+   */
+  imageStart?: Promise<Buffer | undefined>;
   /** Largest target an index may describe (default 64 GiB, systemd-pull's limit): guards memory and disk. */
   maxTargetSize?: number;
   /** Called while a seed without a usable index is being chunked (bytes of that seed read so far). */
@@ -824,6 +829,7 @@ function leadOfArriving(
   ctx: Context,
   opts: AssembleOptions,
   windowBytes: number,
+  imageStart: Buffer | undefined,
 ): ChunkRoute[] {
   const plan = planChunks(head, ctx.seeds, { selfSeed: opts.selfSeed, nullSeed: opts.nullSeed });
   const ranges = opts.rangeUrl !== undefined && opts.mode !== 'store';
@@ -838,6 +844,7 @@ function leadOfArriving(
         parallelism: concurrency,
         onWarning: opts.onWarning,
         size,
+        start: imageStart,
       })
     : undefined;
   const route = new ChunkRoute({
@@ -857,6 +864,19 @@ function leadOfArriving(
 }
 
 /**
+ * A whole index streamed as if it were arriving: the lead from its first chunks starts before the whole target is
+ * planned and priced (tens to hundreds of ms of CPU under load, all before the first request otherwise). Only for
+ * a whole target from byte ranges alone: the lead asks for byte ranges without a probe.
+ */
+function headFirst(target: ChunkIndex, opts: ExtractStreamOptions): ArrivingIndex | undefined {
+  const whole = (opts.start ?? 0) === 0 && (opts.end ?? target.size) === target.size;
+  if (!whole || !opts.rangeUrl || opts.mode === 'store' || (opts.stores?.length ?? 0) > 0) return undefined;
+  const n = target.chunkAt(arrivingHeadBytes(target.size)) + 1;
+  if (n >= target.count) return undefined;
+  return { head: target.head(n), size: target.size, whole: Promise.resolve(target) };
+}
+
+/**
  * Assembles the target (or a byte range of it) as an ordered stream of
  * verified bytes with bounded memory, on the cheapest route (the block route
  * streams too: seed blocks and frames go out as soon as they and everything
@@ -868,7 +888,7 @@ function leadOfArriving(
  */
 export function openExtractStream(target: ChunkIndex | ArrivingIndex, opts: ExtractStreamOptions = {}): ExtractStream {
   const started = Date.now();
-  const arriving = 'whole' in target ? target : undefined;
+  const arriving = 'whole' in target ? target : headFirst(target, opts);
   // Never an unhandled rejection: a failed index fails the stream below, whatever it is doing then.
   arriving?.whole.catch(() => {});
   const first = arriving ? arriving.head : (target as ChunkIndex);
@@ -906,7 +926,8 @@ export function openExtractStream(target: ChunkIndex | ArrivingIndex, opts: Extr
       let target = first;
       let early: ChunkRoute[] = [];
       if (arriving) {
-        early = leadOfArriving(first, size, ctx, sourceOpts, windowBytes);
+        const imageStart = await opts.imageStart?.catch(() => undefined);
+        early = leadOfArriving(first, size, ctx, sourceOpts, windowBytes, imageStart);
         for (const route of early) await route.run(stream, progress, signal);
         target = await arriving.whole;
         stream.grow(target);

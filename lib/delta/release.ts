@@ -21,10 +21,13 @@ import {
 } from '../fetch/release-files.js';
 import type { ChunkIndex } from '../format/caibx.js';
 import { askBlockIndex, type BlockIndexAnswer } from '../blockpack/index.js';
+import { parseContentRange } from '../fetch/multipart.js';
 import { DEFAULT_FRESH_MS } from '../util/defaults.js';
 
 export { DEFAULT_FRESH_MS };
 const MAX_ENTRIES = 64;
+/** The image's first bytes asked by the range probe: the first chunks of most images (casync's largest is 256 KiB). */
+export const IMAGE_START_BYTES = 64 * 1024;
 
 /** Single-flight answers kept for `freshMs`, at most MAX_ENTRIES (oldest dropped first). */
 class FreshMemo<T> {
@@ -163,18 +166,37 @@ export class Releases implements ReleaseFileSource {
     }) as Promise<{ length?: number; deltaOff?: string }>;
   }
 
-  /** Resolves when the origin answers a one-byte Range request with 206; rejects naming the status otherwise. */
+  /** Resolves when the origin answers a Range request with 206; rejects naming the status otherwise. */
   checkRanges(url: string): Promise<void> {
+    return this.imageStart(url).then(() => undefined);
+  }
+
+  /**
+   * The range probe: the image's first IMAGE_START_BYTES bytes as a Range request. A 206 says the origin serves
+   * ranges, and its body is the image's first bytes (empty when they did not come as asked), kept for the
+   * delta's first chunks (SourceOptions.imageStart): on a slow link, a request for them sent after the index has
+   * begun would queue behind it. Rejects naming the status when the answer is not a 206.
+   */
+  imageStart(url: string): Promise<Buffer> {
     return this.probes.get(`RANGE ${url}`, async () => {
-      const r = await this.http.request(url, { headers: { range: 'bytes=0-0' }, gate: false });
-      // Not destroy(): undici's body then emits an 'error' nobody listens to (the image missing, 404, crashed the
-      // daemon once the probe went out with the index); dump() reads a little and closes it quietly.
-      await r.body.dump().catch(() => {});
-      if (r.statusCode === 206) return;
-      throw new OriginError(`${url}: the origin does not serve byte ranges (HTTP ${r.statusCode} to a Range request)`, {
-        status: r.statusCode,
+      const r = await this.http.request(url, {
+        headers: { range: `bytes=0-${IMAGE_START_BYTES - 1}` },
+        gate: false,
       });
-    }) as Promise<void>;
+      if (r.statusCode !== 206) {
+        // Not destroy(): undici's body then emits an 'error' nobody listens to (the image missing, 404, crashed the
+        // daemon once the probe went out with the index); dump() reads a little and closes it quietly.
+        await r.body.dump().catch(() => {});
+        throw new OriginError(
+          `${url}: the origin does not serve byte ranges (HTTP ${r.statusCode} to a Range request)`,
+          { status: r.statusCode },
+        );
+      }
+      const range = parseContentRange(r.headers['content-range'] as string | undefined);
+      const body = await this.http.readBody(r.body, IMAGE_START_BYTES, url).catch(() => Buffer.alloc(0));
+      // Only bytes from 0, exactly as announced, are the image's start.
+      return range?.start === 0 && body.length === range.end - range.start ? body : Buffer.alloc(0);
+    }) as Promise<Buffer>;
   }
 
   /**

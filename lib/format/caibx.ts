@@ -91,6 +91,11 @@ export class ChunkIndex {
     }
     return lo;
   }
+  /** The first n chunks as an index of their own (views, no copy). */
+  head(n: number): ChunkIndex {
+    const k = Math.max(0, Math.min(n, this.count));
+    return new ChunkIndex(this.featureFlags, this.params, this.ends.subarray(0, k), this.ids.subarray(0, k * ID_SIZE));
+  }
   /** True when `head`'s chunks are this index's first chunks (same ends, same IDs). */
   startsWith(head: ChunkIndex): boolean {
     const n = head.count;
