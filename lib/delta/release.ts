@@ -166,11 +166,6 @@ export class Releases implements ReleaseFileSource {
     }) as Promise<{ length?: number; deltaOff?: string }>;
   }
 
-  /** Resolves when the origin answers a Range request with 206; rejects naming the status otherwise. */
-  checkRanges(url: string): Promise<void> {
-    return this.imageStart(url).then(() => undefined);
-  }
-
   /**
    * The range probe: the image's first IMAGE_START_BYTES bytes as a Range request. A 206 says the origin serves
    * ranges, and its body is the image's first bytes (empty when they did not come as asked), kept for the
