@@ -30,6 +30,7 @@ import { startOrigin, type Origin } from './helpers/origin.js';
 import { makeDeltaFixture, requireCasync, TEST_PARAMS, type DeltaFixture } from './helpers/delta-images.js';
 import { tmpDir } from './helpers/tmp.js';
 import { newProgress } from '../lib/assemble/progress.js';
+import { BufferPool, SLAB_BYTES } from '../lib/util/buffer-pool.js';
 
 let fx: DeltaFixture;
 let origin: Origin;
@@ -655,5 +656,50 @@ test('assembler into an ordered stream: a seed read error ends the stream instea
   } finally {
     limit.clear();
     sink.destroy();
+  }
+});
+
+/** Counts the pool buffers taken and not handed back, over every BufferPool, while `run` runs. */
+async function poolBuffersLeft(run: () => Promise<unknown>): Promise<{ taken: number; left: number }> {
+  const proto = BufferPool.prototype;
+  const { take, give } = proto;
+  const out = new Map<ArrayBufferLike, Set<number>>();
+  let taken = 0;
+  proto.take = function (this: BufferPool, size: number): Buffer {
+    const buf = take.call(this, size);
+    if (buf.buffer.byteLength === SLAB_BYTES) {
+      if (!out.has(buf.buffer)) out.set(buf.buffer, new Set());
+      out.get(buf.buffer)!.add(buf.byteOffset);
+      taken++;
+    }
+    return buf;
+  };
+  proto.give = function (this: BufferPool, buf: Uint8Array): void {
+    out.get(buf.buffer)?.delete(buf.byteOffset);
+    give.call(this, buf);
+  };
+  try {
+    await run();
+  } finally {
+    proto.take = take;
+    proto.give = give;
+  }
+  return { taken, left: [...out.values()].reduce((n, s) => n + s.size, 0) };
+}
+
+test('every pool buffer is handed back, those of chunks with wrong bytes too', async (t) => {
+  if (!casync) return t.skip('casync not installed');
+  {
+    // The range URL sends wrong bytes once: the wrong chunks' buffers go back too.
+    const { out, http, opts } = setup();
+    origin.fault({ kind: 'wrong-bytes', path: '/v2.img', times: 1 });
+    try {
+      const pool = await poolBuffersLeft(() => extractToFile(fx.index, out, { ...opts, mode: 'range' }));
+      assert.ok((await readFile(out)).equals(fx.v2));
+      assert.ok(pool.taken > 0, 'the pool was used');
+      assert.equal(pool.left, 0, 'pool buffers never handed back');
+    } finally {
+      await http.close();
+    }
   }
 });
