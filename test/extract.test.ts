@@ -702,4 +702,17 @@ test('every pool buffer is handed back, those of chunks with wrong bytes too', a
       await http.close();
     }
   }
+  {
+    // A response cut mid-chunk: the part-filled chunk's buffer goes back when the request is retried.
+    const { out, http, opts } = setup();
+    origin.fault({ kind: 'cut', path: '/v2.img', times: 1, afterBytes: 1000 });
+    try {
+      const pool = await poolBuffersLeft(() => extractToFile(fx.index, out, { ...opts, mode: 'range' }));
+      assert.ok((await readFile(out)).equals(fx.v2));
+      assert.equal(origin.log.filter((e) => e.fault === 'cut').length, 1, 'the cut was injected');
+      assert.equal(pool.left, 0, 'pool buffers never handed back');
+    } finally {
+      await http.close();
+    }
+  }
 });

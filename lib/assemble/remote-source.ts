@@ -147,6 +147,7 @@ export class RangeSource implements RemoteSource {
       },
       describe: (i) => `chunk ${index.idHex(i)} at offset ${index.start(i)}`,
       alloc: buffers && ((n) => buffers.take(n)),
+      free: buffers && ((b) => buffers.give(b)),
     };
     await fetchUnits(this.fetcher, spec, unitsOf(runs), {
       retry: opts.retry,
