@@ -620,7 +620,7 @@ test('ordered stream: an aborted signal settles it, before the start and while t
   }
 });
 
-test('assembler into an ordered stream: a seed read error ends the stream instead of leaving it waiting', async (t) => {
+test('assembler into an ordered stream: a seed read error ends the stream (instead of leaving it waiting), buffers back', async (t) => {
   if (!casync) return t.skip('casync not installed');
   const v1Index = indexBuffer(fx.v1, { params: TEST_PARAMS, digest: fx.index.digest });
   const failingRead = {
@@ -652,7 +652,9 @@ test('assembler into an ordered stream: a seed read error ends the stream instea
   const assembler = new Assembler({ plan, sink, remote, concurrency: 2, progress, signal: cancel.signal });
   const limit = deadline(5000, 'the assembly');
   try {
-    await assert.rejects(Promise.race([assembler.run(), limit.promise]), /EIO/);
+    const pool = await poolBuffersLeft(() => assert.rejects(Promise.race([assembler.run(), limit.promise]), /EIO/));
+    assert.ok(pool.taken > 0);
+    assert.equal(pool.left, 0, 'the failed reads hand their pool buffers back');
   } finally {
     limit.clear();
     sink.destroy();
