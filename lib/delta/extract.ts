@@ -392,7 +392,8 @@ async function chooseRemote(
   }
   if (useStore) modes.push(await storeCost(plan, ctx, missing && (probeAlways || useRange), probe, opts.signal));
   const rangeSupport = support && { ranges: support.ranges, multi: support.multi };
-  const buffers = new BufferPool(pooledBytes ?? CHUNK_BUFFER_BYTES);
+  // Nothing missing: no chunk buffers (a lying seed's chunk from the store is used as it was decoded).
+  const buffers = missing ? new BufferPool(pooledBytes ?? CHUNK_BUFFER_BYTES) : undefined;
   const stores = useStore
     ? new StoreSource(plan.target, ctx.stores, ctx.http, undefined, opts.onWarning, buffers)
     : undefined;
