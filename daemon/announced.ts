@@ -12,6 +12,7 @@
 import { basename } from 'node:path';
 import { listedNames } from '../lib/format/sha256sums.js';
 import { resolveOriginTarget, type OriginTarget } from './origin-path.js';
+import { withQuery } from './passthrough.js';
 import type { DaemonContext } from './sidecar-context.js';
 import { compareVersions, type TransferNames } from './sysupdate-names.js';
 
@@ -55,7 +56,9 @@ export function announcedImages(
  * The manifest is read through the release preparation's own copy, which the images' SHA-256 lookups share.
  */
 export async function prepareAnnounced(ctx: DaemonContext, sums: OriginTarget): Promise<string[]> {
-  const file = await ctx.releases.file(sums.url);
+  // The manifest the client asked for, its query (a signed URL's token, a cache buster) kept; the origin is the
+  // configured one (sums.url), never the request's.
+  const file = await ctx.releases.file(withQuery(sums.url, sums.search));
   if (file.status !== 200) return [];
   const installed = new Set((await ctx.seeds.scan()).map((p) => basename(p)));
   const transfers = await ctx.transfers.current();

@@ -159,6 +159,28 @@ test('a SHA256SUMS through the daemon prepares the newest image it lists; its re
   );
 });
 
+test("the daemon's own SHA256SUMS read keeps the client's query; the origin stays the configured one", {
+  timeout: 30_000,
+}, async (t) => {
+  const f = await fixture();
+  const d = await startDaemon(t, f);
+  const from = f.origin.log.length;
+  const sums = await fetch(`${d.url}/SHA256SUMS?token=a%2Fb&x=1`, {
+    redirect: 'manual',
+    headers: { host: 'elsewhere.example' },
+  });
+  assert.equal(sums.status, 307);
+  await sums.body?.cancel();
+  assert.ok(
+    await seen(f.origin, from, (e) => e.path === '/os_3.img' && e.range === 'bytes=0-0'),
+    'the newest image is prepared',
+  );
+  const reads = f.origin.log.slice(from).filter((e) => e.path === '/SHA256SUMS');
+  assert.ok(reads.length > 0, 'the daemon read the manifest');
+  assert.equal(reads[0].search, '?token=a%2Fb&x=1', 'the first read is the one the client asked for');
+  assert.equal(reads[0].requestHeaders.host, new URL(f.origin.url).host, 'the configured origin, not the Host header');
+});
+
 test('a manifest whose newest image is installed prepares nothing', { timeout: 30_000 }, async (t) => {
   const f = await fixture();
   // The seeds hold os_3.img (under another directory's glob), the newest the manifest lists.
