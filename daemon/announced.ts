@@ -7,8 +7,10 @@
 // per sysupdate transfer (without transfers: of all of them) only the newest
 // version, as sysupdate would choose; none installed already (a seed of that
 // name or of the name sysupdate installs it as); at most MAX_ANNOUNCED. A
-// preparation that no request uses costs its index download and ages out with
-// the release's other answers (freshness, at most 64 kept).
+// preparation that no request uses (systemd-sysupdate check-new) costs its
+// index download and ages out with the release's other answers (freshness, at
+// most 64 kept). It starts at the manifest, not later: check-new and update
+// send the same requests until the image request (docs/CONFIG.md).
 import { basename } from 'node:path';
 import { listedNames } from '../lib/format/sha256sums.js';
 import { resolveOriginTarget, type OriginTarget } from './origin-path.js';
