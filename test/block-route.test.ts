@@ -123,6 +123,42 @@ test('block route streams: a verified prefix goes out while the pack request is 
   }
 });
 
+test("the lead's stall (the chunk route serving the first bytes while the block index waits): a clear error, soon", async () => {
+  const { http, source } = setup();
+  try {
+    // Every image range answer trickles a byte a second: no HTTP timeout ever fires, no chunk completes.
+    origin.fault({ kind: 'trickle', path: '/v2.img', rangedOnly: true, intervalMs: 1000, times: Infinity });
+    for (const run of ['file', 'stream'] as const) {
+      const started = Date.now();
+      const opts = { ...source, sha256: sha, stallMs: 2000 };
+      const out = join(dir, `stalled-${run}.img`);
+      const stream = run === 'stream' ? openExtractStream(v2Index, opts) : undefined;
+      stream?.on('error', () => {}); // the same error as `result`
+      const done = stream ? stream.result : extractToFile(v2Index, out, opts);
+      let timer: NodeJS.Timeout | undefined;
+      const limit = new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new Error(`${run}: still running after 20 s`)), 20_000);
+      });
+      try {
+        await assert.rejects(Promise.race([done, limit]), (err: NodeJS.ErrnoException) => {
+          assert.equal(err.code, 'ERR_DELTAD_STALLED', `${run}: ${err.message}`);
+          return true;
+        });
+      } finally {
+        clearTimeout(timer);
+      }
+      assert.ok(Date.now() - started < 10_000, `${run}: ended ${Date.now() - started} ms after the start`);
+      assert.ok(
+        origin.log.some((e) => e.path === '/v2.img' && e.fault === 'trickle'),
+        'the lead was asking',
+      );
+      assert.ok(!existsSync(out), 'no output in place');
+    }
+  } finally {
+    await http.close();
+  }
+});
+
 /** Reads a stream until `bytes` have arrived (or fails after 30 s); resolves with them, the stream paused. */
 function firstBytes(stream: NodeJS.ReadableStream, bytes: number): Promise<Buffer> {
   return new Promise<Buffer>((resolve, reject) => {
