@@ -765,6 +765,20 @@ function summary(
   };
 }
 
+/**
+ * Bytes of a fresh output file that stay holes whichever route writes it: the all-zero chunks no seed gives (the
+ * chunk route skips them), except the first and last of each run of them (the block route leaves a chunk as a hole
+ * only when all its blocks are zero, and a run's edge chunks may share a block with data). Should the block route
+ * still write more, the disk fills with a clear ENOSPC error and the partial file kept, never a wrong file.
+ */
+function holeBytes(plan: Plan): number {
+  const idx = plan.target;
+  let bytes = 0;
+  for (const seg of plan.segments)
+    if (seg.kind === 'zero' && seg.count > 2) bytes += idx.end(seg.first + seg.count - 2) - idx.start(seg.first + 1);
+  return bytes;
+}
+
 const KEPT = Symbol('deltad.keptPartial');
 
 /** The partial file a failed extractToFile kept for resuming, read from the error it threw (undefined: none kept). */
@@ -792,7 +806,10 @@ export async function extractToFile(
   const watch = new Watchdog(progress, { ...opts, signal: opts.signal ?? new AbortController().signal }, out);
   const signal = watch.signal;
   try {
-    const { file } = await PartialFile.open(out, index, opts.resume !== false);
+    const planOpts = { selfSeed: opts.selfSeed, nullSeed: opts.nullSeed };
+    // Planned before the file is opened, for its free-space check; a fresh file needs no other plan.
+    const fresh = planChunks(index, ctx.seeds, planOpts);
+    const { file } = await PartialFile.open(out, index, opts.resume !== false, holeBytes(fresh));
     let routes: Routes | undefined;
     let pending: PendingBlockPath | null = null;
     try {
@@ -802,11 +819,7 @@ export async function extractToFile(
       progress.done += resumedBytes;
       progress.fromSeeds += resumedBytes;
       watch.start();
-      const plan = planChunks(index, ctx.seeds, {
-        selfSeed: opts.selfSeed,
-        nullSeed: opts.nullSeed,
-        skip: (i) => file.has(i),
-      });
+      const plan = file.resumed ? planChunks(index, ctx.seeds, { ...planOpts, skip: (i) => file.has(i) }) : fresh;
       routes = await chooseRoutes(
         index,
         ctx,
