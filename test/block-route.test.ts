@@ -17,6 +17,7 @@ import { indexBuffer } from '../lib/chunking/indexer.js';
 import { serializeIndex, type ChunkIndex } from '../lib/format/caibx.js';
 import { extractToFile, openExtractStream, planUpdate } from '../lib/delta/extract.js';
 import { partialPaths } from '../lib/assemble/partial-file.js';
+import { BufferPool, SLAB_BYTES } from '../lib/util/buffer-pool.js';
 import { startOrigin, type Origin } from './helpers/origin.js';
 import { tmpDir } from './helpers/tmp.js';
 import { rewritten, seededBytes, type Region } from './helpers/images.js';
@@ -432,6 +433,38 @@ test('a seed that lies while every chunk is local: the chunk comes from the orig
     );
     assert.ok(!existsSync(out2));
   } finally {
+    await http.close();
+  }
+});
+
+test('block route: every pool buffer is handed back, a pack answer cut mid-frame too', async () => {
+  const { http, out, source } = setup();
+  const proto = BufferPool.prototype;
+  const { take, give } = proto;
+  const pooled = new Map<ArrayBufferLike, Set<number>>();
+  proto.take = function (this: BufferPool, size: number): Buffer {
+    const buf = take.call(this, size);
+    if (buf.buffer.byteLength === SLAB_BYTES) {
+      if (!pooled.has(buf.buffer)) pooled.set(buf.buffer, new Set());
+      pooled.get(buf.buffer)!.add(buf.byteOffset);
+    }
+    return buf;
+  };
+  proto.give = function (this: BufferPool, buf: Uint8Array): void {
+    pooled.get(buf.buffer)?.delete(buf.byteOffset);
+    give.call(this, buf);
+  };
+  try {
+    origin.fault({ kind: 'cut', path: '/v2.img.bpk', rangedOnly: true, skip: 1, afterBytes: 5000, times: 1 });
+    const r = await extractToFile(v2Index, out, { ...source, sha256: sha });
+    assert.equal(r.mode, 'blocks');
+    assert.ok((await readFile(out)).equals(v2));
+    assert.equal(origin.log.filter((e) => e.fault === 'cut').length, 1, 'the cut was injected');
+    const left = [...pooled.values()].reduce((n, s) => n + s.size, 0);
+    assert.equal(left, 0, 'pool buffers never handed back');
+  } finally {
+    proto.take = take;
+    proto.give = give;
     await http.close();
   }
 });
