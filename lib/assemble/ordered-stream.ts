@@ -165,7 +165,10 @@ export class OrderedStream extends Readable implements AssemblySink {
         this.takePiece(this.next++);
       }
       this.hash.update(data);
-      if (this.next === this.endChunk && !this.checkDigest()) return;
+      if (this.next === this.endChunk && !this.checkDigest()) {
+        for (const sh of shares) this.unref(sh); // never emitted: nobody holds these bytes
+        return;
+      }
       this.emittedBytes += data.length;
       if (this.opts.acknowledged)
         for (const sh of shares) this.unacknowledged.push({ end: this.emittedBytes, share: sh });
