@@ -40,6 +40,17 @@ export function sampleProc(pid: number): ProcSample | null {
   }
 }
 
+/** VmRSS, RssAnon and RssFile (+ RssShmem) of a running process in MiB, or null when it is gone. */
+function rssSplit(pid: number): { rssMiB: number; anonMiB: number; fileMiB: number } | null {
+  try {
+    const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+    const mib = (name: string): number => Number(new RegExp(`^${name}:\\s*(\\d+)`, 'm').exec(status)?.[1] ?? 0) / 1024;
+    return { rssMiB: mib('VmRSS'), anonMiB: mib('RssAnon'), fileMiB: mib('RssFile') + mib('RssShmem') };
+  } catch {
+    return null;
+  }
+}
+
 export interface Measured {
   code: number | null;
   /** Killed at the time limit. */
@@ -49,6 +60,11 @@ export interface Measured {
   /** User + system CPU seconds (less sensitive than wall time to what else the machine runs). */
   cpuS: number;
   writeBytes: number;
+  /**
+   * With `peakSplit`: the resident set at the highest VmRSS seen by sampling every 20 ms, split into anonymous
+   * memory (heaps, buffers) and file pages (mostly the node binary's code, ~50 MiB that no change to deltad moves).
+   */
+  peakSplit?: { rssMiB: number; anonMiB: number; fileMiB: number };
   stdout: string;
   stderr: string;
 }
@@ -75,6 +91,8 @@ export function startMeasured(
     timeoutS?: number;
     onStdout?: (chunk: string) => void;
     cwd?: string;
+    /** Sample the anonymous/file split of the resident set at its peak (Measured.peakSplit). */
+    peakSplit?: boolean;
   } = {},
 ): MeasuredProcess {
   const timeFile = join(tmpdir(), `deltad-bench-time-${process.pid}-${++serial}.txt`);
@@ -127,10 +145,18 @@ export function startMeasured(
       }, opts.timeoutS * 1000)
     : undefined;
   const started = performance.now();
+  let split: Measured['peakSplit'];
+  const splitTimer = opts.peakSplit
+    ? setInterval(() => {
+        const s = pid() ? rssSplit(pid()) : null;
+        if (s && (!split || s.rssMiB > split.rssMiB)) split = s;
+      }, 20)
+    : undefined;
   const done = new Promise<Measured>((resolve, reject) => {
     child.once('error', reject);
     child.once('close', (code) => {
       clearTimeout(timer);
+      clearInterval(splitTimer);
       const wallS = (performance.now() - started) / 1000;
       let rss = NaN;
       let blocks = NaN;
@@ -144,7 +170,17 @@ export function startMeasured(
         // time did not write its file
       }
       rmSync(timeFile, { force: true });
-      resolve({ code, timedOut, wallS, peakRssMiB: rss / 1024, cpuS, writeBytes: blocks * 512, stdout, stderr });
+      resolve({
+        code,
+        timedOut,
+        wallS,
+        peakRssMiB: rss / 1024,
+        cpuS,
+        writeBytes: blocks * 512,
+        peakSplit: split,
+        stdout,
+        stderr,
+      });
     });
   });
   return { pid, sample: () => (pid() ? sampleProc(pid()) : null), done, kill: killGroup };

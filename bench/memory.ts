@@ -3,7 +3,9 @@
 // path), against nginx on 127.0.0.1 (plain HTTP/1.1, or https with HTTP/2
 // offered). Peak RSS is the kernel's VmHWM of the deltad process, read at its
 // exit by GNU time (bench/measure.ts); wall time and deltad's own engine time
-// (--json wallMs) beside it, so that a memory fix that costs speed shows.
+// (--json wallMs) beside it, so that a memory fix that costs speed shows; and the
+// resident set at its sampled peak split into anonymous memory and file pages (the
+// node binary's code, ~50 MiB of any peak that deltad's own code does not move).
 // Every extract output has the right SHA-256 (deltad checks --sha256; cmp with
 // the image as well), every served image is hashed by the client.
 //
@@ -16,7 +18,7 @@
 //   BENCH=/var/tmp/deltad-bench; work files in $BENCH/deltad-memory/<pair>/
 import { startNginx } from './nginx.js';
 import { makeTestCa } from './tls.js';
-import { runMeasured, startMeasured } from './measure.js';
+import { runMeasured, startMeasured, type Measured } from './measure.js';
 import {
   CHUNK_64K,
   CLI,
@@ -127,8 +129,13 @@ interface Row {
   engineS?: number;
   cpuS: number;
   peakRssMiB: number;
+  /** Anonymous / file MiB at the sampled peak. */
+  split: string;
   note: string;
 }
+
+const splitOf = (m: Measured): string =>
+  m.peakSplit ? `${Math.round(m.peakSplit.anonMiB)} / ${Math.round(m.peakSplit.fileMiB)}` : '-';
 
 const cmp = (a: string, b: string): boolean => spawnSync('cmp', ['-s', a, b]).status === 0;
 
@@ -155,7 +162,7 @@ async function extract(site: Site, mode: string, base: string, cache: string, ca
     `${base}/os_2.img.caibx`,
     out,
   );
-  const m = await runMeasured(cmd, { timeoutS: 900 });
+  const m = await runMeasured(cmd, { timeoutS: 900, peakSplit: true });
   let summary: { wallMs?: number; mode?: string } = {};
   try {
     summary = JSON.parse(m.stdout);
@@ -171,6 +178,7 @@ async function extract(site: Site, mode: string, base: string, cache: string, ca
     engineS: summary.wallMs !== undefined ? summary.wallMs / 1000 : undefined,
     cpuS: Number(m.cpuS.toFixed(2)),
     peakRssMiB: Math.round(m.peakRssMiB),
+    split: splitOf(m),
     note: ok ? `mode ${summary.mode ?? '?'}` : `FAILED (exit ${m.code}): ${m.stderr.trim().slice(-300)}`,
   };
 }
@@ -189,7 +197,7 @@ async function serve(site: Site, packed: boolean, base: string, cache: string, c
       }),
       ...caArgs,
     ),
-    { timeoutS: 900, onStdout: (s) => s.includes('listening') && ready() },
+    { timeoutS: 900, peakSplit: true, onStdout: (s) => s.includes('listening') && ready() },
   );
   await Promise.race([listening, d.done]);
   const t0 = performance.now();
@@ -206,6 +214,7 @@ async function serve(site: Site, packed: boolean, base: string, cache: string, c
     wallS: Number(wallS.toFixed(2)),
     cpuS: Number(m.cpuS.toFixed(2)),
     peakRssMiB: Math.round(m.peakRssMiB),
+    split: splitOf(m),
     note: ok ? 'one client (curl), SHA-256 right' : `FAILED: ${client.stderr.slice(-200)} ${m.stderr.slice(-300)}`,
   };
 }
@@ -260,11 +269,11 @@ async function main(): Promise<void> {
       `${values['node-args'] !== undefined ? `, node ${NODE_ARGS.join(' ') || '(defaults)'} cli.js` : ', bin/deltad'}` +
       `; load ${loads.join(' ')}\n`,
   );
-  console.log('| run | ok | peak RSS MiB | wall s | engine s | CPU s | note |');
-  console.log('|---|---|---:|---:|---:|---:|---|');
+  console.log('| run | ok | peak RSS MiB | anon / file MiB at peak | wall s | engine s | CPU s | note |');
+  console.log('|---|---|---:|---:|---:|---:|---:|---|');
   for (const r of rows) {
     console.log(
-      `| ${r.mode} | ${r.ok ? 'yes' : 'NO'} | ${r.peakRssMiB} | ${r.wallS} | ${r.engineS ?? '-'} | ${r.cpuS} | ${r.note} |`,
+      `| ${r.mode} | ${r.ok ? 'yes' : 'NO'} | ${r.peakRssMiB} | ${r.split} | ${r.wallS} | ${r.engineS ?? '-'} | ${r.cpuS} | ${r.note} |`,
     );
   }
 }

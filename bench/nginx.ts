@@ -114,6 +114,7 @@ ${serverLines}
   const stop = (): void => {
     if (stopped) return;
     stopped = true;
+    process.off('exit', stop); // one listener per nginx still running, not per nginx ever started
     spawnSync('nginx', ['-c', conf, '-p', dir, '-s', 'stop']);
   };
   process.on('exit', stop);

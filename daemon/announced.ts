@@ -7,11 +7,14 @@
 // per sysupdate transfer (without transfers: of all of them) only the newest
 // version, as sysupdate would choose; none installed already (a seed of that
 // name or of the name sysupdate installs it as); at most MAX_ANNOUNCED. A
-// preparation that no request uses costs its index download and ages out with
-// the release's other answers (freshness, at most 64 kept).
+// preparation that no request uses (systemd-sysupdate check-new) costs its
+// index download and ages out with the release's other answers (freshness, at
+// most 64 kept). It starts at the manifest, not later: check-new and update
+// send the same requests until the image request (docs/CONFIG.md).
 import { basename } from 'node:path';
 import { listedNames } from '../lib/format/sha256sums.js';
 import { resolveOriginTarget, type OriginTarget } from './origin-path.js';
+import { withQuery } from './passthrough.js';
 import type { DaemonContext } from './sidecar-context.js';
 import { compareVersions, type TransferNames } from './sysupdate-names.js';
 
@@ -55,7 +58,9 @@ export function announcedImages(
  * The manifest is read through the release preparation's own copy, which the images' SHA-256 lookups share.
  */
 export async function prepareAnnounced(ctx: DaemonContext, sums: OriginTarget): Promise<string[]> {
-  const file = await ctx.releases.file(sums.url);
+  // The manifest the client asked for, its query (a signed URL's token, a cache buster) kept; the origin is the
+  // configured one (sums.url), never the request's.
+  const file = await ctx.releases.file(withQuery(sums.url, sums.search));
   if (file.status !== 200) return [];
   const installed = new Set((await ctx.seeds.scan()).map((p) => basename(p)));
   const transfers = await ctx.transfers.current();

@@ -136,3 +136,20 @@ test('TLS origin: nginx serves https with HTTP/2 through the relay, curl verifie
     }
   })();
 });
+
+test('nginx started and stopped many times (as the e2e suite does) leaves no exit listener behind', async (t) => {
+  if (spawnSync('sh', ['-c', 'command -v nginx || test -x /usr/sbin/nginx']).status !== 0) {
+    t.skip('nginx not installed (scripts/test-deps.sh)');
+    return;
+  }
+  const dir = tmpDirSync(t, 'nginx-runs');
+  chmodSync(dir, 0o755);
+  const before = process.listenerCount('exit');
+  for (let k = 0; k < 12; k++) {
+    const free = await echoServer(); // a port nothing listens on once it is closed
+    const { port } = free.address() as net.AddressInfo;
+    await new Promise((r) => free.close(r));
+    startNginx(join(dir, `nginx-${k}`), [{ port, root: dir }]).stop();
+  }
+  assert.equal(process.listenerCount('exit'), before, 'each stop takes its exit listener away');
+});

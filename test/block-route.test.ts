@@ -17,6 +17,7 @@ import { indexBuffer } from '../lib/chunking/indexer.js';
 import { serializeIndex, type ChunkIndex } from '../lib/format/caibx.js';
 import { extractToFile, openExtractStream, planUpdate } from '../lib/delta/extract.js';
 import { partialPaths } from '../lib/assemble/partial-file.js';
+import { BufferPool, SLAB_BYTES } from '../lib/util/buffer-pool.js';
 import { startOrigin, type Origin } from './helpers/origin.js';
 import { tmpDir } from './helpers/tmp.js';
 import { rewritten, seededBytes, type Region } from './helpers/images.js';
@@ -118,6 +119,42 @@ test('block route streams: a verified prefix goes out while the pack request is 
     );
     stream.destroy();
     await assert.rejects(stream.result);
+  } finally {
+    await http.close();
+  }
+});
+
+test("the lead's stall (the chunk route serving the first bytes while the block index waits): a clear error, soon", async () => {
+  const { http, source } = setup();
+  try {
+    // Every image range answer trickles a byte a second: no HTTP timeout ever fires, no chunk completes.
+    origin.fault({ kind: 'trickle', path: '/v2.img', rangedOnly: true, intervalMs: 1000, times: Infinity });
+    for (const run of ['file', 'stream'] as const) {
+      const started = Date.now();
+      const opts = { ...source, sha256: sha, stallMs: 2000 };
+      const out = join(dir, `stalled-${run}.img`);
+      const stream = run === 'stream' ? openExtractStream(v2Index, opts) : undefined;
+      stream?.on('error', () => {}); // the same error as `result`
+      const done = stream ? stream.result : extractToFile(v2Index, out, opts);
+      let timer: NodeJS.Timeout | undefined;
+      const limit = new Promise<never>((_, reject) => {
+        timer = setTimeout(() => reject(new Error(`${run}: still running after 20 s`)), 20_000);
+      });
+      try {
+        await assert.rejects(Promise.race([done, limit]), (err: NodeJS.ErrnoException) => {
+          assert.equal(err.code, 'ERR_DELTAD_STALLED', `${run}: ${err.message}`);
+          return true;
+        });
+      } finally {
+        clearTimeout(timer);
+      }
+      assert.ok(Date.now() - started < 10_000, `${run}: ended ${Date.now() - started} ms after the start`);
+      assert.ok(
+        origin.log.some((e) => e.path === '/v2.img' && e.fault === 'trickle'),
+        'the lead was asking',
+      );
+      assert.ok(!existsSync(out), 'no output in place');
+    }
   } finally {
     await http.close();
   }
@@ -396,6 +433,38 @@ test('a seed that lies while every chunk is local: the chunk comes from the orig
     );
     assert.ok(!existsSync(out2));
   } finally {
+    await http.close();
+  }
+});
+
+test('block route: every pool buffer is handed back, a pack answer cut mid-frame too', async () => {
+  const { http, out, source } = setup();
+  const proto = BufferPool.prototype;
+  const { take, give } = proto;
+  const pooled = new Map<ArrayBufferLike, Set<number>>();
+  proto.take = function (this: BufferPool, size: number): Buffer {
+    const buf = take.call(this, size);
+    if (buf.buffer.byteLength === SLAB_BYTES) {
+      if (!pooled.has(buf.buffer)) pooled.set(buf.buffer, new Set());
+      pooled.get(buf.buffer)!.add(buf.byteOffset);
+    }
+    return buf;
+  };
+  proto.give = function (this: BufferPool, buf: Uint8Array): void {
+    pooled.get(buf.buffer)?.delete(buf.byteOffset);
+    give.call(this, buf);
+  };
+  try {
+    origin.fault({ kind: 'cut', path: '/v2.img.bpk', rangedOnly: true, skip: 1, afterBytes: 5000, times: 1 });
+    const r = await extractToFile(v2Index, out, { ...source, sha256: sha });
+    assert.equal(r.mode, 'blocks');
+    assert.ok((await readFile(out)).equals(v2));
+    assert.equal(origin.log.filter((e) => e.fault === 'cut').length, 1, 'the cut was injected');
+    const left = [...pooled.values()].reduce((n, s) => n + s.size, 0);
+    assert.equal(left, 0, 'pool buffers never handed back');
+  } finally {
+    proto.take = take;
+    proto.give = give;
     await http.close();
   }
 });

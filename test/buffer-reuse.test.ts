@@ -234,3 +234,28 @@ test('shared assembly: a client that leaves midway lets the others finish, and i
   assert.equal(stays.digest(), sha(bytes));
   assert.equal(engine.stats.released, engine.stats.puts);
 });
+
+test('ordered stream: on a whole-file digest mismatch, the put held back unemitted is handed back', async () => {
+  const { bytes, index } = target(512 * 1024);
+  const stream = new OrderedStream({
+    target: index,
+    start: 0,
+    end: index.size,
+    windowBytes: index.size,
+    sha256: sha(Buffer.from('something else')),
+    onCancel: () => {},
+    acknowledged: true,
+  });
+  const failed = new Promise<Error>((r) => stream.on('error', r));
+  stream.on('data', () => {});
+  const released: number[] = [];
+  const last = index.count - 1;
+  stream.put(0, last, Buffer.from(bytes.subarray(0, index.start(last))), () => released.push(0));
+  stream.put(last, 1, Buffer.from(bytes.subarray(index.start(last))), () => released.push(last));
+  assert.equal(((await failed) as NodeJS.ErrnoException).code, 'ERR_DELTAD_SHA256');
+  assert.deepEqual(released, [last], 'the last put was never emitted: nobody holds it');
+  stream.acknowledge(index.start(last));
+  assert.deepEqual(released, [last, 0], 'an emitted put is still handed back on acknowledgement');
+  stream.acknowledge(index.size);
+  assert.deepEqual(released, [last, 0], 'each put handed back once');
+});

@@ -163,6 +163,81 @@ test('a SHA256SUMS through the daemon prepares the newest image it lists; its re
   );
 });
 
+test("the daemon's own SHA256SUMS read keeps the client's query; the origin stays the configured one", {
+  timeout: 30_000,
+}, async (t) => {
+  const f = await fixture();
+  const d = await startDaemon(t, f);
+  const from = f.origin.log.length;
+  const sums = await fetch(`${d.url}/SHA256SUMS?token=a%2Fb&x=1`, {
+    redirect: 'manual',
+    headers: { host: 'elsewhere.example' },
+  });
+  assert.equal(sums.status, 307);
+  await sums.body?.cancel();
+  assert.ok(
+    await seen(f.origin, from, (e) => e.path === '/os_3.img' && e.range === 'bytes=0-0'),
+    'the newest image is prepared',
+  );
+  const reads = f.origin.log.slice(from).filter((e) => e.path === '/SHA256SUMS');
+  assert.ok(reads.length > 0, 'the daemon read the manifest');
+  assert.equal(reads[0].search, '?token=a%2Fb&x=1', 'the first read is the one the client asked for');
+  assert.equal(reads[0].requestHeaders.host, new URL(f.origin.url).host, 'the configured origin, not the Host header');
+});
+
+test('systemd-sysupdate check-new with an update pending: the preparation is bounded, and an update soon after reuses it', {
+  timeout: 60_000,
+}, async (t) => {
+  const f = await fixture();
+  const v3 = f.releases[2];
+  const d = await startDaemon(t, f);
+  // check-new: per transfer, systemd-pull fetches the manifest and (Verify=yes) its signature, then sysupdate exits.
+  const checkNew = async () => {
+    for (const name of ['SHA256SUMS', 'SHA256SUMS.gpg']) {
+      const r = await fetch(`${d.url}/${name}`, { redirect: 'manual' });
+      await r.body?.cancel();
+    }
+  };
+  let from = f.origin.log.length;
+  await checkNew();
+  assert.ok(await seen(f.origin, from, (e) => e.path === '/os_3.img.bpidx'));
+  await sleep(300);
+  const paid = f.origin.log.slice(from).map((e) => `${e.method} ${e.path}${e.range ? ` ${e.range}` : ''}`);
+  // What a check nobody follows up costs: the manifest, whether the origin is a deltad proxy, and for the newest
+  // image its index (after a 404 for the first index name, which a fresh cache directory does not know yet), a
+  // HEAD and two one-byte probes. No image or block pack bytes, nothing about older versions.
+  assert.deepEqual(paid.sort(), [
+    'GET /.deltad/info',
+    'GET /SHA256SUMS',
+    'GET /os_3.caibx',
+    'GET /os_3.img bytes=0-0',
+    'GET /os_3.img.bpidx bytes=0-0',
+    'GET /os_3.img.caibx',
+    'HEAD /os_3.img',
+  ]);
+  const indexBytes = f.origin.log.slice(from).find((e) => e.path === '/os_3.img.caibx')!.bytes;
+  assert.ok(indexBytes < v3.data.length / 100, `the index (${indexBytes} bytes) is a small part of the image`);
+  // A second check within the freshness window costs nothing more about the image.
+  from = f.origin.log.length;
+  await checkNew();
+  await sleep(300);
+  assert.deepEqual(
+    f.origin.log.slice(from).map((e) => e.path),
+    [],
+    'answers still fresh',
+  );
+  // The update that follows: the manifest again, then the image, which shares the preparation.
+  from = f.origin.log.length;
+  await checkNew();
+  const res = await fetch(`${d.url}/os_3.img`);
+  assert.ok(Buffer.from(await res.arrayBuffer()).equals(v3.data), 'the image is v3, verified');
+  assert.equal(
+    count(f.origin.log.slice(from), (e) => e.path === '/os_3.img.caibx'),
+    0,
+    'no second index download',
+  );
+});
+
 test('a manifest whose newest image is installed prepares nothing', { timeout: 30_000 }, async (t) => {
   const f = await fixture();
   // The seeds hold os_3.img (under another directory's glob), the newest the manifest lists.

@@ -50,6 +50,10 @@ OUT, another run to the same OUT is refused (.OUT.deltad-lock). OUT '-' writes t
 image to stdout in order (the summary goes to stderr; with --sha256 the last
 bytes are held back until the whole image matches).
 
+A release can switch deltas off with a header on the image (X-KDE-Delta:
+false): with --range-url, extract then downloads the full image instead. With
+only --store, extract never asks for the image, so it cannot see that switch.
+
 Options:
 ${sourceOptionUsage}
   --sha256 HEX         expected SHA-256 of the whole image

@@ -261,8 +261,18 @@ export class Assembler {
     const base = sIdx.start(t.seedFirst);
     const size = sIdx.end(t.seedFirst + t.count - 1) - base;
     const pool = this.buffers;
-    const data = await readSeedRange(seed, base, base + size, pool.take(size));
-    this.ctl.signal.throwIfAborted();
+    const taken = pool.take(size);
+    // Until the runs below hold it, a failed read or an abort hands the buffer straight back.
+    const giveBackIfAborted = (): void => {
+      if (!this.ctl.signal.aborted) return;
+      pool.give(taken);
+      this.ctl.signal.throwIfAborted();
+    };
+    const data = await readSeedRange(seed, base, base + size, taken).catch((err: unknown) => {
+      pool.give(taken);
+      throw err;
+    });
+    giveBackIfAborted();
     const ends: number[] = [];
     for (let k = 0; k < t.count; k++) ends.push(sIdx.end(t.seedFirst + k) - base);
     // Hashed on this thread: with SHA-NI it keeps up with the seed reads, and a hashing worker's isolate would be
@@ -274,7 +284,7 @@ export class Assembler {
       digest: this.index.digest,
       level: 0,
     });
-    this.ctl.signal.throwIfAborted();
+    giveBackIfAborted();
     const tIds = this.index.ids;
     const matches = (k: number): boolean => {
       const i = t.first + k;

@@ -202,7 +202,10 @@ export class OrderedStream extends Readable implements AssemblySink {
       }
       this.hash.update(data);
       const last = this.next === this.endChunk && !this.partial;
-      if (last && !this.checkDigest()) return;
+      if (last && !this.checkDigest()) {
+        for (const sh of shares) this.unref(sh); // never emitted: nobody holds these bytes
+        return;
+      }
       this.emittedBytes += data.length;
       if (this.opts.acknowledged)
         for (const sh of shares) this.unacknowledged.push({ end: this.emittedBytes, share: sh });

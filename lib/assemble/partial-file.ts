@@ -41,18 +41,24 @@ export function partialPaths(out: string): { out: string; partial: string; journ
 
 /**
  * Before the partial file is sized: the file system must have room for the bytes not yet in it (a resumed file
- * already holds some), said in words rather than as an ENOSPC half-way.
+ * already holds some; a fresh one leaves `holes` bytes unwritten), said in words rather than as an ENOSPC half-way.
  */
-async function checkRoom(paths: ReturnType<typeof partialPaths>, fh: FileHandle, size: number): Promise<void> {
+async function checkRoom(
+  paths: ReturnType<typeof partialPaths>,
+  fh: FileHandle,
+  size: number,
+  holes: number,
+): Promise<void> {
   const dir = dirname(paths.partial);
   const free = await freeBytes(dir);
   const held = (await fh.stat()).blocks * 512;
-  const need = size - held;
+  const need = size - holes - held;
   if (need > free) {
     const already = held ? `, ${formatBytes(held)} of it already in ${paths.partial}` : '';
+    const sparse = holes ? ` (${formatBytes(size - holes)} written, its zero chunks left as holes)` : '';
     throw new FileError(
       paths.out,
-      `the image needs ${formatBytes(size)} (${size} bytes)${already}, but ${dir} has only ` +
+      `the image needs ${formatBytes(size)} (${size} bytes)${sparse}${already}, but ${dir} has only ` +
         `${formatBytes(free)} free; free ${formatBytes(need - free)} or write it elsewhere`,
       'ENOSPC',
     );
@@ -99,9 +105,10 @@ export class PartialFile implements AssemblySink {
   /**
    * Opens the partial file for `out`. With resume, a partial file and journal
    * from an earlier run for the same target are kept: the chunks the journal
-   * lists count as written (`has`) until verifyResumed says otherwise.
+   * lists count as written (`has`) until verifyResumed says otherwise. `holes`: bytes a fresh (sparse) file
+   * leaves unwritten, for the free-space check.
    */
-  static async open(out: string, target: ChunkIndex, resume: boolean): Promise<{ file: PartialFile }> {
+  static async open(out: string, target: ChunkIndex, resume: boolean, holes = 0): Promise<{ file: PartialFile }> {
     const paths = partialPaths(out);
     const outSt = await lstat(paths.out).catch(() => null);
     if (outSt && !outSt.isFile()) throw new UsageError(`${paths.out}: exists and is not a regular file`);
@@ -110,7 +117,7 @@ export class PartialFile implements AssemblySink {
       Promise.reject(fileError(err, paths.out, true)),
     );
     try {
-      return await PartialFile.openLocked(paths, target, resume, lock);
+      return await PartialFile.openLocked(paths, target, resume, lock, holes);
     } catch (err) {
       await lock.release();
       throw err;
@@ -122,6 +129,7 @@ export class PartialFile implements AssemblySink {
     target: ChunkIndex,
     resume: boolean,
     lock: OutputLock,
+    holes: number,
   ): Promise<{ file: PartialFile }> {
     const out = paths.out;
     const digest = indexDigest(target);
@@ -158,7 +166,7 @@ export class PartialFile implements AssemblySink {
       }
     }
     try {
-      await checkRoom(paths, fh, target.size);
+      await checkRoom(paths, fh, target.size, done ? 0 : holes);
       if (!done) await fh.truncate(target.size).catch((err: unknown) => Promise.reject(fileError(err, out, true)));
       const st = await fh.stat();
       const file = new PartialFile(

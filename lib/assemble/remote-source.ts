@@ -148,6 +148,7 @@ export class RangeSource implements RemoteSource {
       plan: (units, multi) => this.cost.planRequests(index, runsOf(units), multi, this.parallelism),
       accept: (i, data) => {
         if (verifyChunk(index, i, data)) return void deliver(i, data);
+        buffers?.give(data); // wrong bytes: nobody else has this buffer
         const where = `at target offset ${index.start(i)}`;
         if (!wrongOnce.has(i) || !fallback) {
           wrongOnce.add(i);
@@ -163,6 +164,7 @@ export class RangeSource implements RemoteSource {
       },
       describe: (i) => `chunk ${index.idHex(i)} at offset ${index.start(i)}`,
       alloc: buffers && ((n) => buffers.take(n)),
+      free: buffers && ((b) => buffers.give(b)),
     };
     await fetchUnits(this.fetcher, spec, units, {
       retry: opts.retry,

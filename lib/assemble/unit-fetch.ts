@@ -28,6 +28,8 @@ export interface UnitSpec {
   describe(i: number): string;
   /** Where unit buffers come from (default new ones). */
   alloc?: (size: number) => Buffer;
+  /** Takes back a buffer from `alloc` that was not handed on (a unit begun in an answer that was cut). */
+  free?: (buf: Buffer) => void;
 }
 
 export interface UnitFetchOptions {
@@ -76,6 +78,7 @@ export async function fetchUnits(
     } catch (err) {
       error = err;
     }
+    if (spec.free) collector.abandon(spec.free);
     const left = [...new Set([...collector.missing(), ...wrong])].sort((a, b) => a - b);
     if (left.length < todo.length) failures = 0;
     if (error instanceof MultiRangeUnsupportedError) {

@@ -779,6 +779,7 @@ export class BlockAssembly {
       },
       describe: (u) => (u === 0 ? 'the pack header' : `frame ${u - 1} at byte ${index.frameStart[u - 1]}`),
       alloc: (size) => this.frameBuffers.take(size),
+      free: (buf) => this.frameBuffers.give(buf),
     };
     const units = [...(this.headerChecked ? [] : [0]), ...frames.map((f) => f + 1)];
     await fetchUnits(this.fetcher, spec, units, {

@@ -397,7 +397,8 @@ async function chooseRemote(
   }
   if (useStore) modes.push(await storeCost(plan, ctx, missing && (probeAlways || useRange), probe, opts.signal));
   const rangeSupport = support && { ranges: support.ranges, multi: support.multi };
-  const buffers = new BufferPool(pooledBytes ?? CHUNK_BUFFER_BYTES);
+  // Nothing missing: no chunk buffers (a lying seed's chunk from the store is used as it was decoded).
+  const buffers = missing ? new BufferPool(pooledBytes ?? CHUNK_BUFFER_BYTES) : undefined;
   const stores = useStore
     ? new StoreSource(plan.target, ctx.stores, ctx.http, undefined, opts.onWarning, buffers)
     : undefined;
@@ -661,46 +662,92 @@ async function chooseRoutes(
   return { list, probe: choice.probe, lead };
 }
 
-/** Runs the routes with periodic progress callbacks; network counters include the probes and every route tried. */
+/**
+ * Periodic progress callbacks and the stall watchdog of one update, from the lead (the chunk route serving the first
+ * bytes while the block index is on its way) to the end of the routes: `signal` is aborted with a StallError when
+ * neither verified nor network bytes moved for stallMs. Until the routes are chosen, the network bytes are those
+ * the lead's assembler counted; then they include the probes and every route tried.
+ */
+class Watchdog {
+  private readonly stall = new AbortController();
+  /** The caller's signal and the watchdog's: what the update runs on. */
+  readonly signal: AbortSignal;
+  private routes?: Routes;
+  private moved = { at: 0, done: -1, bytes: -1 };
+  private timer?: NodeJS.Timeout;
+
+  constructor(
+    private readonly progress: ExtractProgress,
+    private readonly opts: AssembleOptions & { signal: AbortSignal },
+    private readonly what: string,
+  ) {
+    this.signal = AbortSignal.any([opts.signal, this.stall.signal]);
+  }
+
+  /** Starts watching (the work before, such as checking a resumed file, is local and not watched). */
+  start(): void {
+    this.moved = { at: Date.now(), done: -1, bytes: -1 };
+    this.timer ??= setInterval(() => this.report(), PROGRESS_INTERVAL_MS);
+    this.timer.unref();
+  }
+
+  /** Counts the network bytes of these routes (and their probes) from now on. */
+  follow(routes: Routes): void {
+    this.routes = routes;
+  }
+
+  /** The watchdog's StallError when it stopped the update, else `err`. */
+  reason(err: unknown): unknown {
+    return this.stall.signal.aborted && !this.opts.signal.aborted ? this.stall.signal.reason : err;
+  }
+
+  /** Stops watching, with a last progress report. */
+  stop(): void {
+    if (!this.timer) return;
+    clearInterval(this.timer);
+    this.timer = undefined;
+    this.report();
+  }
+
+  private report(): void {
+    const { progress, routes, opts } = this;
+    if (routes) {
+      progress.networkBytes = routes.probe.bytes;
+      progress.networkRequests = routes.probe.requests;
+      progress.fromLocalStore = 0;
+      for (const r of routes.list) {
+        progress.networkBytes += r.stats.bytes;
+        progress.networkRequests += r.stats.requests;
+        progress.fromLocalStore += r.stats.localBytes ?? 0;
+      }
+    }
+    opts.onProgress?.({ ...progress });
+    const stallMs = opts.stallMs ?? DEFAULT_STALL_MS;
+    if (progress.done !== this.moved.done || progress.networkBytes !== this.moved.bytes) {
+      this.moved = { at: Date.now(), done: progress.done, bytes: progress.networkBytes };
+    } else if (stallMs > 0 && Date.now() - this.moved.at >= stallMs && !this.stall.signal.aborted) {
+      const seen = `${progress.done} of ${progress.total} bytes done, ${progress.networkBytes} bytes from the network`;
+      this.stall.abort(new StallError(this.what, stallMs, seen));
+    }
+  }
+}
+
+/** Runs the routes under the update's watchdog (started before the lead); resolves with the route that finished. */
 async function runWithProgress(
   routes: Routes,
   sink: PartialFile | OrderedStream,
   progress: ExtractProgress,
-  opts: AssembleOptions & { signal: AbortSignal },
-  what: string,
+  opts: AssembleOptions,
+  watch: Watchdog,
 ): Promise<Route> {
-  // The stall watchdog: neither verified nor network bytes moved for stallMs.
-  const stallMs = opts.stallMs ?? DEFAULT_STALL_MS;
-  const stall = new AbortController();
-  const signal = AbortSignal.any([opts.signal, stall.signal]);
-  let moved = { at: Date.now(), done: -1, bytes: -1 };
-  const report = (): void => {
-    progress.networkBytes = routes.probe.bytes;
-    progress.networkRequests = routes.probe.requests;
-    progress.fromLocalStore = 0;
-    for (const r of routes.list) {
-      progress.networkBytes += r.stats.bytes;
-      progress.networkRequests += r.stats.requests;
-      progress.fromLocalStore += r.stats.localBytes ?? 0;
-    }
-    opts.onProgress?.({ ...progress });
-    if (progress.done !== moved.done || progress.networkBytes !== moved.bytes) {
-      moved = { at: Date.now(), done: progress.done, bytes: progress.networkBytes };
-    } else if (stallMs > 0 && Date.now() - moved.at >= stallMs && !stall.signal.aborted) {
-      const seen = `${progress.done} of ${progress.total} bytes done, ${progress.networkBytes} bytes from the network`;
-      stall.abort(new StallError(what, stallMs, seen));
-    }
-  };
-  const timer = setInterval(report, PROGRESS_INTERVAL_MS);
-  timer.unref();
+  watch.follow(routes);
   try {
-    return await runRoutes(routes.list, sink, progress, { signal, onWarning: opts.onWarning });
+    return await runRoutes(routes.list, sink, progress, { signal: watch.signal, onWarning: opts.onWarning });
   } catch (err) {
     // The watchdog's reason, not whatever abort error a cancelled fetch raised.
-    throw stall.signal.aborted && !opts.signal.aborted ? stall.signal.reason : err;
+    throw watch.reason(err);
   } finally {
-    clearInterval(timer);
-    report();
+    watch.stop();
   }
 }
 
@@ -722,6 +769,20 @@ function summary(
     resumedBytes,
     seedMismatches: [...routes.list, ...routes.lead].reduce((n, r) => n + r.seedMismatches, 0),
   };
+}
+
+/**
+ * Bytes of a fresh output file that stay holes whichever route writes it: the all-zero chunks no seed gives (the
+ * chunk route skips them), except the first and last of each run of them (the block route leaves a chunk as a hole
+ * only when all its blocks are zero, and a run's edge chunks may share a block with data). Should the block route
+ * still write more, the disk fills with a clear ENOSPC error and the partial file kept, never a wrong file.
+ */
+function holeBytes(plan: Plan): number {
+  const idx = plan.target;
+  let bytes = 0;
+  for (const seg of plan.segments)
+    if (seg.kind === 'zero' && seg.count > 2) bytes += idx.end(seg.first + seg.count - 2) - idx.start(seg.first + 1);
+  return bytes;
 }
 
 const KEPT = Symbol('deltad.keptPartial');
@@ -747,37 +808,40 @@ export async function extractToFile(
     throw new UsageError(`invalid SHA-256 "${opts.sha256}": expected 64 hex digits`);
   const { index, ...indexCost } = await loadTarget(target, opts);
   const ctx = await openContext(index, opts);
-  const signal = opts.signal ?? new AbortController().signal;
+  const progress = newProgress(index.size);
+  const watch = new Watchdog(progress, { ...opts, signal: opts.signal ?? new AbortController().signal }, out);
+  const signal = watch.signal;
   try {
-    const { file } = await PartialFile.open(out, index, opts.resume !== false);
+    const planOpts = { selfSeed: opts.selfSeed, nullSeed: opts.nullSeed };
+    // Planned before the file is opened, for its free-space check; a fresh file needs no other plan.
+    const fresh = planChunks(index, ctx.seeds, planOpts);
+    const { file } = await PartialFile.open(out, index, opts.resume !== false, holeBytes(fresh));
     let routes: Routes | undefined;
     let pending: PendingBlockPath | null = null;
     try {
-      pending = startBlockPath(ctx, opts);
-      const progress = newProgress(index.size);
+      pending = startBlockPath(ctx, { ...opts, signal });
       const resumeHash = file.resumed ? hashPoolFor(index.size) : undefined;
       const resumedBytes = await verifyResumed(file, index, resumeHash, signal).finally(() => resumeHash?.close());
       progress.done += resumedBytes;
       progress.fromSeeds += resumedBytes;
-      const plan = planChunks(index, ctx.seeds, {
-        selfSeed: opts.selfSeed,
-        nullSeed: opts.nullSeed,
-        skip: (i) => file.has(i),
-      });
+      watch.start();
+      const plan = file.resumed ? planChunks(index, ctx.seeds, { ...planOpts, skip: (i) => file.has(i) }) : fresh;
       routes = await chooseRoutes(
         index,
         ctx,
-        opts,
+        { ...opts, signal },
         plan,
         { run: (route) => route.run(file, progress, signal) },
         pending,
       );
       routes.probe.requests += indexCost.requests;
       routes.probe.bytes += indexCost.bytes;
-      const last = await runWithProgress(routes, file, progress, { ...opts, signal }, out);
+      const last = await runWithProgress(routes, file, progress, opts, watch);
       const sha256 = await file.commit(opts.fileMode ?? 0o644, opts.sha256);
       return summary(progress, routes, last, started, resumedBytes, sha256);
-    } catch (err) {
+    } catch (caught) {
+      const err = watch.reason(caught);
+      watch.stop();
       pending?.release();
       // Keep what an interrupted run wrote or took over (and say so on the error); a run that failed before writing
       // leaves nothing.
@@ -916,9 +980,10 @@ export function openExtractStream(target: ChunkIndex | ArrivingIndex, opts: Extr
   // At once, not when the assembly unwinds: whatever waits for the consumer (the window) is released too.
   signal.addEventListener('abort', () => stream.destroy(signal.reason), { once: true });
   const progress = newProgress(end - start);
+  const watch = new Watchdog(progress, { ...opts, signal }, opts.rangeUrl ?? 'the update stream');
   const result = (async (): Promise<ExtractResult> => {
     signal.throwIfAborted();
-    const sourceOpts = { ...opts, signal };
+    const sourceOpts = { ...opts, signal: watch.signal };
     const ctx = await openContext(first, sourceOpts);
     try {
       // The block route is priced for whole images only.
@@ -926,9 +991,11 @@ export function openExtractStream(target: ChunkIndex | ArrivingIndex, opts: Extr
       let target = first;
       let early: ChunkRoute[] = [];
       if (arriving) {
+        // Watched from here: a lead whose origin stalls, or an index that stops arriving, ends in a StallError.
+        watch.start();
         const imageStart = await opts.imageStart?.catch(() => undefined);
         early = leadOfArriving(first, size, ctx, sourceOpts, windowBytes, imageStart);
-        for (const route of early) await route.run(stream, progress, signal);
+        for (const route of early) await route.run(stream, progress, watch.signal);
         target = await arriving.whole;
         stream.grow(target);
       }
@@ -940,7 +1007,8 @@ export function openExtractStream(target: ChunkIndex | ArrivingIndex, opts: Extr
         selfSeed: opts.selfSeed,
         nullSeed: opts.nullSeed,
       });
-      const run = (route: Route): Promise<void> => route.run(stream, progress, signal);
+      const run = (route: Route): Promise<void> => route.run(stream, progress, watch.signal);
+      watch.start();
       const routes = await chooseRoutes(
         target,
         ctx,
@@ -954,10 +1022,13 @@ export function openExtractStream(target: ChunkIndex | ArrivingIndex, opts: Extr
         routes.probe.bytes += route.stats.bytes;
         routes.lead.push(route);
       }
-      const last = await runWithProgress(routes, stream, progress, sourceOpts, opts.rangeUrl ?? 'the update stream');
+      const last = await runWithProgress(routes, stream, progress, sourceOpts, watch);
       await stream.complete;
       return summary(progress, routes, last, started, 0, stream.sha256);
+    } catch (err) {
+      throw watch.reason(err);
     } finally {
+      watch.stop();
       await ctx.close();
     }
   })();

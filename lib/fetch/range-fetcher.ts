@@ -428,6 +428,12 @@ export class ChunkCollector {
     for (const i of this.wanted) this.pending.set(i, { buf: Buffer.alloc(0), filled: 0 });
   }
 
+  /** Hands the buffers of chunks begun and not completed to `free` (a cut answer: they are asked for again). */
+  abandon(free: (buf: Buffer) => void): void {
+    for (const p of this.pending.values()) if (p.buf.length > 0) free(p.buf);
+    for (const p of this.pending.values()) p.buf = Buffer.alloc(0);
+  }
+
   /** Chunks not completed yet. */
   missing(): number[] {
     return this.wanted.filter((i) => this.pending.has(i));

@@ -7,12 +7,18 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync } from 'node:fs';
-import { copyFile, open, readFile, readdir, rm, writeFile } from 'node:fs/promises';
+import { copyFile, open, readFile, readdir, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { request } from 'undici';
-import { type Origin } from '../helpers/origin.js';
-import { type DeltaFixture, withDeltaFixture } from '../helpers/delta-images.js';
+import { startOrigin, type Origin } from '../helpers/origin.js';
+import { type DeltaFixture, TEST_PARAMS, withDeltaFixture } from '../helpers/delta-images.js';
+import { seededBytes } from '../helpers/images.js';
+import { tmpDir } from '../helpers/tmp.js';
+import { indexBuffer } from '../../lib/chunking/indexer.js';
+import { serializeIndex } from '../../lib/format/caibx.js';
+import { HttpClient } from '../../lib/fetch/http-client.js';
+import { extractToFile } from '../../lib/delta/extract.js';
 import { mountTinyTmpfs } from '../helpers/tmpfs.js';
 import { partialPaths } from '../../lib/assemble/partial-file.js';
 import { buildServer } from '../../daemon/server.js';
@@ -131,4 +137,35 @@ test('the sidecar never needs an image-sized file: with its cache directory on a
     // The verified index is remembered for the next run once the assembly ends: before the tmpfs goes.
     for (let k = 0; k < 100 && !existsSync(join(mnt, 'last-target.caibx')); k++) await sleep(20);
   }
+});
+
+test('an image of mostly zero chunks fits a file system smaller than the image: its zero chunks stay holes', {
+  timeout: 60_000,
+}, async (t) => {
+  const mnt = await mountTinyTmpfs(t, '3m');
+  if (!mnt) return;
+  const dir = await tmpDir(t, 'sparse');
+  // 1 MiB of data, 6 MiB of zeros, 0.5 MiB of data; the seed has the first MiB, none of the zeros.
+  const head = seededBytes(1024 * 1024, 'sparse:head');
+  const image = Buffer.concat([head, Buffer.alloc(6 * 1024 * 1024), seededBytes(512 * 1024, 'sparse:tail')]);
+  const index = indexBuffer(image, { params: TEST_PARAMS, digest: 'sha256' });
+  await writeFile(join(dir, 'image.img'), image);
+  await writeFile(join(dir, 'image.img.caibx'), serializeIndex(index));
+  const seed = join(dir, 'seed.img');
+  await writeFile(seed, Buffer.concat([head, seededBytes(256 * 1024, 'sparse:other')]));
+  const www = await startOrigin({ root: dir });
+  t.after(() => www.close());
+  const http = new HttpClient({ retryBaseMs: 5, timeoutMs: 5000 });
+  t.after(() => http.close());
+  const out = join(mnt, 'out.img');
+  const r = await extractToFile(index, out, {
+    http,
+    seeds: [{ path: seed }],
+    rangeUrl: `${www.url}/image.img`,
+    cacheDir: join(dir, 'cache'),
+  });
+  assert.ok(r.fromZero >= 5 * 1024 * 1024, `${r.fromZero} bytes of zero chunks`);
+  assert.ok((await readFile(out)).equals(image));
+  const st = await stat(out);
+  assert.ok(st.blocks * 512 < 3 * 1024 * 1024, `${st.blocks * 512} bytes allocated`);
 });
