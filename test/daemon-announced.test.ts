@@ -176,7 +176,7 @@ test("the daemon's own SHA256SUMS read keeps the client's query; the origin stay
   assert.equal(sums.status, 307);
   await sums.body?.cancel();
   assert.ok(
-    await seen(f.origin, from, (e) => e.path === '/os_3.img' && e.range === 'bytes=0-0'),
+    await seen(f.origin, from, (e) => e.path === '/os_3.img' && e.range === RANGE_PROBE),
     'the newest image is prepared',
   );
   const reads = f.origin.log.slice(from).filter((e) => e.path === '/SHA256SUMS');
@@ -205,12 +205,13 @@ test('systemd-sysupdate check-new with an update pending: the preparation is bou
   const paid = f.origin.log.slice(from).map((e) => `${e.method} ${e.path}${e.range ? ` ${e.range}` : ''}`);
   // What a check nobody follows up costs: the manifest, whether the origin is a deltad proxy, and for the newest
   // image its index (after a 404 for the first index name, which a fresh cache directory does not know yet), a
-  // HEAD and two one-byte probes. No image or block pack bytes, nothing about older versions.
+  // HEAD, the range probe (the image's first 128 KiB, kept for its first chunks) and the block index's one-byte
+  // probe. No other image or block pack bytes, nothing about older versions.
   assert.deepEqual(paid.sort(), [
     'GET /.deltad/info',
     'GET /SHA256SUMS',
     'GET /os_3.caibx',
-    'GET /os_3.img bytes=0-0',
+    `GET /os_3.img ${RANGE_PROBE}`,
     'GET /os_3.img.bpidx bytes=0-0',
     'GET /os_3.img.caibx',
     'HEAD /os_3.img',

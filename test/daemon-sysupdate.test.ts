@@ -558,7 +558,7 @@ test("a request that falls back to the full image does not hold the start of ano
   const d = await startDaemon(t, f, { passthrough: 'proxy' }, f.origin.url, undefined, 64 * 1024, 0);
   f.origin.fault({ kind: 'status', path: '/os_2.img.caibx', status: 403 });
   // The image path's first unranged request is A's HEAD, the second A's full GET (the range probe carries the image's
-  // first 64 KiB: trickled, B's probe would wait for it).
+  // first 128 KiB: trickled, B's probe would wait for it).
   f.origin.fault({ kind: 'trickle', path: '/os_2.img', unrangedOnly: true, skip: 1, intervalMs: 200 });
   const a = new AbortController();
   const slow = fetch(`${d.url}/os_2.img`, { signal: a.signal }).catch(() => undefined);

@@ -548,6 +548,8 @@ interface Routes {
 const LEAD_BYTES = 16 * 1024 * 1024;
 
 const LEAD_REMOTE_BYTES = 256 * 1024;
+/** Target bytes of an arriving index's lead that go first, on their own (see leadOfArriving). */
+const FIRST_PART_BYTES = 256 * 1024;
 /** The lead is at most this part of the target: the block route, cheaper, does the rest. */
 const LEAD_PART = 64;
 
@@ -897,8 +899,12 @@ function leadOfArriving(
 ): ChunkRoute[] {
   const plan = planChunks(head, ctx.seeds, { selfSeed: opts.selfSeed, nullSeed: opts.nullSeed });
   const ranges = opts.rangeUrl !== undefined && opts.mode !== 'store';
-  const { end } = leadEnd(plan, leadBytesOf(size, windowBytes / 2), ranges ? LEAD_REMOTE_BYTES : 0);
+  const maxRemote = ranges ? LEAD_REMOTE_BYTES : 0;
+  const { end } = leadEnd(plan, leadBytesOf(size, windowBytes / 2), maxRemote);
   if (end === 0) return [];
+  // The first body byte waits for nothing but the first chunks: the rest of the lead (megabytes of seed reads,
+  // hashed on this thread) is a second part.
+  const first = Math.min(end, leadEnd(plan, FIRST_PART_BYTES, maxRemote).end);
   const concurrency = opts.concurrency ?? DEFAULT_CONCURRENCY;
   const remote = ranges
     ? new RangeSource(head, ctx.http, opts.rangeUrl!, {
@@ -911,20 +917,21 @@ function leadOfArriving(
         start: imageStart,
       })
     : undefined;
-  const route = new ChunkRoute({
-    target: head,
-    seeds: ctx.seeds,
-    firstChunk: 0,
-    endChunk: end,
-    selfSeed: opts.selfSeed,
-    nullSeed: opts.nullSeed,
-    remote,
-    fetches: remote !== undefined,
-    concurrency,
-    maxSpan: windowBytes / 2,
-    onWarning: opts.onWarning,
-  });
-  return [route];
+  const route = (firstChunk: number, endChunk: number) =>
+    new ChunkRoute({
+      target: head,
+      seeds: ctx.seeds,
+      firstChunk,
+      endChunk,
+      selfSeed: opts.selfSeed,
+      nullSeed: opts.nullSeed,
+      remote,
+      fetches: remote !== undefined,
+      concurrency,
+      maxSpan: windowBytes / 2,
+      onWarning: opts.onWarning,
+    });
+  return first > 0 && first < end ? [route(0, first), route(first, end)] : [route(0, end)];
 }
 
 /**

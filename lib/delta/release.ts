@@ -26,8 +26,8 @@ import { DEFAULT_FRESH_MS } from '../util/defaults.js';
 
 export { DEFAULT_FRESH_MS };
 const MAX_ENTRIES = 64;
-/** The image's first bytes asked by the range probe: the first chunks of most images (casync's largest is 256 KiB). */
-export const IMAGE_START_BYTES = 64 * 1024;
+/** The image's first bytes asked by the range probe: its first chunks (casync's: 16-256 KiB, 64 KiB on average). */
+export const IMAGE_START_BYTES = 128 * 1024;
 
 /** Single-flight answers kept for `freshMs`, at most MAX_ENTRIES (oldest dropped first). */
 class FreshMemo<T> {
