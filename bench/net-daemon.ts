@@ -17,6 +17,9 @@
 //        [--block-pack]   (per link, one more update from an origin that hosts the release's block pack beside
 //                          the image, www/packed/: the daemon's block path)
 //        [--skip full,range]   (leave out the full download or the range-path update per link)
+//        [--first-byte-mib N]   (the updates through the daemon read only the image's first N MiB, checked against
+//                                the image, then hang up: the first body byte of an image too large to download
+//                                over a slow link in a run, e.g. --pair big, 4.6 GiB, whose index alone is 2.9 MB)
 //        [--announced]   (per update one more run as systemd-sysupdate goes: SHA256SUMS through the daemon with
 //                         systemd-pull, which follows its redirect to the origin, then after --gap-ms (100) the
 //                         image; the daemon prepares the image as the manifest passes. First body byte from the
@@ -27,9 +30,22 @@ import { startNginx, type AccessEntry, type Nginx } from './nginx.js';
 import { startRelay, selfCheck, describeCheck, parseRate, type LinkShape, type SelfCheck } from './relay.js';
 import { makeTestCa, withCaBundle, type TestCa } from './tls.js';
 import { runMeasured, startMeasured, threadCpu, type MeasuredProcess } from './measure.js';
-import { CLI, DELTAD, blockPack, daemonSite, link, pair, serveArgs, sh, type DaemonSite, type Pair } from './corpus.js';
+import {
+  BENCH,
+  CLI,
+  DELTAD,
+  blockPack,
+  daemonSite,
+  link,
+  pair,
+  serveArgs,
+  sh,
+  type DaemonSite,
+  type Pair,
+} from './corpus.js';
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { closeSync, existsSync, mkdirSync, openSync, readdirSync, readSync, rmSync, writeFileSync } from 'node:fs';
+import http from 'node:http';
 import net from 'node:net';
 import { dirname, join } from 'node:path';
 import { loadavg } from 'node:os';
@@ -49,8 +65,10 @@ const { values } = parseArgs({
     skip: { type: 'string', default: '' },
     announced: { type: 'boolean', default: false },
     'gap-ms': { type: 'string', default: '100' },
+    'first-byte-mib': { type: 'string', default: '0' },
   },
 });
+const FIRST_BYTES = Number(values['first-byte-mib']) * 1024 * 1024;
 const PORT = Number(values.port);
 const DAEMON_PORT = PORT + 2;
 const MAX_RUN_S = Number(values['max-run-s']);
@@ -136,6 +154,44 @@ async function startTap(toPort: number): Promise<Tap> {
 function daemonHasCaFile(): boolean {
   const help = spawnSync(process.execPath, [CLI, 'serve', '--help'], { encoding: 'utf8' });
   return `${help.stdout}${help.stderr}`.includes('--ca-file');
+}
+
+/**
+ * GETs `url` until `bytes` body bytes have come, compares them with the start of `image`, then hangs up (as
+ * runMeasured's answer: code 0 when they matched).
+ */
+async function firstBytes(
+  url: string,
+  bytes: number,
+  image: string,
+): Promise<{ code: number; timedOut: boolean; wallS: number; writeBytes: number; stderr: string }> {
+  const t0 = performance.now();
+  const want = Buffer.alloc(bytes);
+  const fd = openSync(image, 'r');
+  const n = readSync(fd, want, 0, bytes, 0);
+  closeSync(fd);
+  return new Promise((resolve) => {
+    const parts: Buffer[] = [];
+    let got = 0;
+    const done = (code: number, stderr: string, timedOut = false): void => {
+      clearTimeout(timer);
+      req.destroy();
+      resolve({ code, timedOut, wallS: (performance.now() - t0) / 1000, writeBytes: 0, stderr });
+    };
+    const timer = setTimeout(() => done(1, `no ${bytes} bytes within ${MAX_RUN_S} s`, true), MAX_RUN_S * 1000);
+    const req = http.get(url, (res) => {
+      if (res.statusCode !== 200) return done(1, `HTTP ${res.statusCode}`);
+      res.on('data', (b: Buffer) => {
+        parts.push(b);
+        got += b.length;
+        if (got < n) return;
+        const same = Buffer.concat(parts).subarray(0, n).equals(want.subarray(0, n));
+        done(same ? 0 : 1, same ? '' : `the first ${n} bytes differ from the image's`);
+      });
+      res.on('end', () => got < n && done(1, `the body ended after ${got} bytes`));
+    });
+    req.on('error', (err) => done(1, err.message));
+  });
 }
 
 interface Daemon {
@@ -312,25 +368,21 @@ async function viaDaemon(
     sumsNote = `SHA256SUMS ${m.wallS.toFixed(2)} s, then ${values['gap-ms']} ms; `;
   }
   const t0 = performance.now();
-  const m = await runMeasured(
-    [
-      'nice',
-      '-n',
-      '5',
-      PULL!,
-      'raw',
-      '--direct',
-      `--verify=${site.sha256}`,
-      '--sync=no',
-      `http://127.0.0.1:${tap.port}/os_2.erofs`,
-      out,
-    ],
-    { timeoutS: MAX_RUN_S },
-  );
+  const imageUrl = `http://127.0.0.1:${tap.port}/os_2.erofs`;
+  const m =
+    FIRST_BYTES > 0
+      ? await firstBytes(imageUrl, FIRST_BYTES, site.image)
+      : await runMeasured(
+          ['nice', '-n', '5', PULL!, 'raw', '--direct', `--verify=${site.sha256}`, '--sync=no', imageUrl, out],
+          { timeoutS: MAX_RUN_S },
+        );
   const first = tap.firstBodyAt();
   await tap.close();
   const live = d.proc.sample();
   const dm = await d.proc.done;
+  // The daemon's log of the run, for reading where its time went.
+  const logName = `daemon-${spec.label.replace(/[^a-z0-9]+/gi, '-')}${packed ? '-packed' : ''}${announced ? '-announced' : ''}.log`;
+  writeFileSync(join(runDir(site), logName), dm.stderr);
   const daemonThreadCpuS = threads.stop();
   await settle();
   const o = originSummary(
@@ -339,13 +391,20 @@ async function viaDaemon(
       .slice(before)
       .filter((e) => e.port === port),
   );
-  const ok = !m.timedOut && m.code === 0 && spawnSync('cmp', ['-s', out, site.image]).status === 0;
+  const ok = !m.timedOut && m.code === 0 && (FIRST_BYTES > 0 || spawnSync('cmp', ['-s', out, site.image]).status === 0);
   rmSync(out, { force: true });
-  const targetS = spec.shape.rateBitsPerS ? (1.15 * o.originBytes * 8) / spec.shape.rateBitsPerS + 2 : undefined;
+  const targetS =
+    spec.shape.rateBitsPerS && FIRST_BYTES === 0 ? (1.15 * o.originBytes * 8) / spec.shape.rateBitsPerS + 2 : undefined;
   const wallS = Number(m.wallS.toFixed(2));
   let note =
     sumsNote +
-    (targetS === undefined ? '' : wallS <= targetS ? 'within target' : `${(wallS / targetS).toFixed(2)} × target`);
+    (targetS === undefined
+      ? FIRST_BYTES > 0
+        ? `first ${values['first-byte-mib']} MiB only, identical to the image's`
+        : ''
+      : wallS <= targetS
+        ? 'within target'
+        : `${(wallS / targetS).toFixed(2)} × target`);
   if (m.timedOut) note = `stopped at ${MAX_RUN_S} s`;
   else if (!ok) note = `FAILED (exit ${m.code}): ${m.stderr.trim().slice(-200)} ${dm.stderr.trim().slice(-300)}`;
   if (live && Math.abs(live.vmHwmKiB / 1024 - dm.peakRssMiB) > 1) {
@@ -465,9 +524,29 @@ async function manyClients(
   };
 }
 
+/** bench/memory.ts's site for the big pair, whose index and level-3 block pack are shared, never rebuilt. */
+const BIG_MEMORY_SITE = join(BENCH, 'deltad-memory', 'big');
+
+/** The big pair's index is bench/memory.ts's (chunking 4.6 GiB again would take minutes). */
+function shareBigIndex(p: Pair): void {
+  const made = join(BIG_MEMORY_SITE, 'www', 'os_2.img.caibx');
+  const www = join(BENCH, 'deltad-daemon', p.name, 'www');
+  mkdirSync(www, { recursive: true });
+  if (existsSync(made)) link(made, join(www, 'os_2.erofs.caibx'));
+}
+
+/** The release's block pack: the corpus's (level 19), for the big pair bench/memory.ts's level-3 one. */
+function packFiles(p: Pair): string[] {
+  if (p.name !== 'big') return blockPack(p).files;
+  const files = ['bpidx', 'bpk', 'bpdict'].map((e) => join(BIG_MEMORY_SITE, 'pack-l3', `${p.newName}.${e}`));
+  for (const f of files) if (!existsSync(f)) throw new Error(`${f} missing: run bench/memory.js --pair big once`);
+  return files;
+}
+
 async function main(): Promise<void> {
   if (!PULL) throw new Error('systemd-pull is required (Debian: systemd-container, scripts/test-deps.sh)');
   const p = pair(values.pair!);
+  if (p.name === 'big') shareBigIndex(p);
   const site = daemonSite(p);
   const links = values.links!.split(',').filter(Boolean).map(parseLink);
   const clients = Number(values.clients);
@@ -489,7 +568,11 @@ async function main(): Promise<void> {
   let many: ManyRow | undefined;
   try {
     // The installed image's index is made once and kept (as a running sidecar would have it).
-    rmSync(cacheDir, { recursive: true, force: true });
+    // The big pair's seed indexes and block hashes are kept between runs (chunking 4.5 GiB takes minutes).
+    if (p.name === 'big' && existsSync(cacheDir)) {
+      for (const f of readdirSync(cacheDir))
+        if (f !== 'indexes' && f !== 'blocks') rmSync(join(cacheDir, f), { recursive: true, force: true });
+    } else rmSync(cacheDir, { recursive: true, force: true });
     sh(process.execPath, [
       CLI,
       'plan',
@@ -507,7 +590,7 @@ async function main(): Promise<void> {
       const packed = join(site.www, 'packed');
       mkdirSync(packed, { recursive: true });
       for (const f of ['os_2.erofs', 'os_2.erofs.caibx', 'SHA256SUMS']) link(join(site.www, f), join(packed, f));
-      for (const f of blockPack(p).files) link(f, join(packed, `os_2.erofs${f.slice(f.lastIndexOf('.'))}`));
+      for (const f of packFiles(p)) link(f, join(packed, `os_2.erofs${f.slice(f.lastIndexOf('.'))}`));
       sh(process.execPath, [
         CLI,
         'plan',

@@ -20,6 +20,7 @@ import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import { OriginError } from '../lib/errors.js';
 import {
+  arrivingHeadBytes,
   openExtractStream,
   planUpdate,
   type ExtractProgress,
@@ -66,6 +67,25 @@ export const DEFAULT_TIMEOUTS: ImageTimeouts = {
   stallMs: 45_000,
 };
 const STATUS_EVERY_MS = 1_000;
+
+/**
+ * A delta begun from the start of the image's index while the rest of it downloads (Releases.indexHead): the
+ * image's length from the HEAD, and the whole preparation to come (which may still fail: then so does the stream).
+ */
+interface EarlyImage {
+  head: ChunkIndex;
+  size: number;
+  sha256?: string;
+  /** This image version, as far as known before the whole index: its URL, length and SHA-256. */
+  key: string;
+  whole: Promise<PreparedImage | undefined>;
+}
+
+/** What a delta is served from: the prepared image, or the start of its index (EarlyImage). */
+type DeltaImage = PreparedImage | EarlyImage;
+
+const isEarly = (d: DeltaImage): d is EarlyImage => 'whole' in d;
+const sizeOf = (d: DeltaImage): number => (isEarly(d) ? d.size : d.index.size);
 /** An origin found not to be a deltad proxy (or unreachable) is asked again at most this often. */
 const PROXY_PROBE_EVERY_MS = 60_000;
 
@@ -233,11 +253,11 @@ export class ImageService {
       ac.abort();
       arrival?.done();
     });
-    const { sha256, ready, head } = this.startPreparation(target, method === 'GET');
-    let prepared: PreparedImage | undefined;
+    const { sha256, ready, head, early } = this.startPreparation(target, method === 'GET');
+    let prepared: DeltaImage | undefined;
     try {
       prepared = await withDeadline(
-        ready,
+        firstOf(ready, early),
         timeouts.prepareMs,
         `index of ${target.relPath} not fetched within ${timeouts.prepareMs} ms`,
       );
@@ -255,7 +275,7 @@ export class ImageService {
           arrival?.done();
           return this.switchedOff(method, target, res, ac.signal, off);
         }
-        return this.serveAnnounced(target, late.length, ready, sha256, res, ac.signal, arrival);
+        return this.serveAnnounced(target, late.length, ready, sha256, res, ac.signal, arrival, started);
       }
       if (late.kind === 'none') {
         const why = late.why ?? `${(err as Error).message}, nor its length within ${timeouts.answerMs} ms`;
@@ -273,12 +293,23 @@ export class ImageService {
       arrival?.done();
       return this.switchedOff(method, target, res, ac.signal, off);
     }
+    if (isEarly(prepared))
+      this.d.log.info(
+        `${target.relPath}: delta begun ${Date.now() - started} ms after the request from the index's first ${prepared.head.count} chunks, the rest still on its way`,
+      );
     if (method === 'HEAD') {
-      res.writeHead(200, imageHeaders(prepared.index.size));
+      res.writeHead(200, imageHeaders(sizeOf(prepared)));
       res.end();
       return;
     }
-    return this.deliver(target, prepared, res, ac.signal, { headersBy: started + timeouts.headerMs }, arrival);
+    return this.deliver(
+      target,
+      prepared,
+      res,
+      ac.signal,
+      { headersBy: started + timeouts.headerMs, requested: started },
+      arrival,
+    );
   }
 
   /** The release's kill switch is set: the origin's image, untouched. */
@@ -306,6 +337,7 @@ export class ImageService {
     res: ServerResponse,
     signal: AbortSignal,
     arrival: Arrival | undefined,
+    requested: number,
   ): Promise<void> {
     const { counters, log, timeouts } = this.d;
     sendHeaders(res, size);
@@ -327,7 +359,7 @@ export class ImageService {
     } catch (err) {
       why = (err as Error).message;
     }
-    if (prepared && !why) return this.deliver(target, prepared, res, signal, { firstByteBy }, arrival);
+    if (prepared && !why) return this.deliver(target, prepared, res, signal, { firstByteBy, requested }, arrival);
     arrival?.done();
     counters.fallbacks++;
     log.warn(`${target.relPath}: ${why}; streaming the full image from the origin`);
@@ -344,14 +376,14 @@ export class ImageService {
    */
   private async deliver(
     target: OriginTarget,
-    prepared: PreparedImage,
+    prepared: DeltaImage,
     res: ServerResponse,
     signal: AbortSignal,
-    deadline: { headersBy: number } | { firstByteBy: number },
+    deadline: ({ headersBy: number } | { firstByteBy: number }) & { requested: number },
     arrival: Arrival | undefined,
   ): Promise<void> {
     const { counters, log } = this.d;
-    const size = prepared.index.size;
+    const size = sizeOf(prepared);
     const { assembly, created } = this.d.assemblies.acquire(
       prepared.key,
       size,
@@ -397,6 +429,7 @@ export class ImageService {
       );
       return this.proxyWhole(target, size, prepared.sha256, res, signal);
     }
+    log.info(`${target.relPath}: first body byte ready ${Date.now() - deadline.requested} ms after the request`);
     try {
       await client.send(res, (n) => {
         counters.bytesServed += n;
@@ -469,13 +502,19 @@ export class ImageService {
     }
   }
 
-  private async startEngine(target: OriginTarget, prepared: PreparedImage, signal: AbortSignal) {
+  private async startEngine(target: OriginTarget, prepared: DeltaImage, signal: AbortSignal) {
     // Seeds being indexed in the background would otherwise be chunked twice.
     await this.d.seeds.ready;
-    const sources = await this.sources(target, prepared.index, signal);
+    const sources = await this.sources(target, isEarly(prepared) ? prepared.head : prepared.index, signal);
     let last: ExtractProgress | undefined;
-    return openExtractStream(prepared.index, {
+    const index = isEarly(prepared) ? { ...prepared, whole: wholeIndex(target, prepared) } : prepared.index;
+    // The range probe's bytes (sent with the index, see startPreparation): the image's first chunks, often missing.
+    const imageStart = (await this.needsRangeCheck())
+      ? this.d.releases.imageStart(target.url).catch(() => undefined)
+      : undefined;
+    return openExtractStream(index, {
       ...sources,
+      imageStart,
       concurrency: this.d.config.concurrency,
       sha256: prepared.sha256,
       acknowledged: true, // the shared assembly says which bytes every client's socket has taken
@@ -504,7 +543,7 @@ export class ImageService {
     );
   }
 
-  private watch(target: OriginTarget, prepared: PreparedImage, assembly: SharedAssembly): void {
+  private watch(target: OriginTarget, prepared: DeltaImage, assembly: SharedAssembly): void {
     const { counters, log, notifier, seeds } = this.d;
     counters.assembliesStarted++;
     const started = Date.now();
@@ -516,8 +555,9 @@ export class ImageService {
         const msg = `${target.name}: ${formatBytes(r.total)} assembled in ${Date.now() - started} ms (${r.mode}): reused ${formatBytes(r.fromSeeds + r.fromSelf + r.fromZero)}, downloaded ${formatBytes(r.networkBytes)} in ${r.networkRequests} requests${prepared.sha256 ? ', SHA-256 verified' : ''}`;
         log.info(msg);
         notifier.status(`idle; last: ${msg}`);
+        const index = isEarly(prepared) ? (await prepared.whole)!.index : prepared.index;
         await seeds
-          .remember(target.name, prepared.index, installedAs)
+          .remember(target.name, index, installedAs)
           .catch((err) => log.warn(`cannot keep the index of ${target.name}: ${(err as Error).message}`));
       },
       (err: Error) => {
@@ -540,9 +580,17 @@ export class ImageService {
    */
   private startPreparation(target: OriginTarget, delta: boolean) {
     const { releases } = this.d;
+    // In this order, the index last: on one connection over a slow link, an answer queues behind whatever the origin
+    // wrote before it, and the index body is the one large answer (341 KB for a 601 MB image, 2.9 MB for 4.6 GB).
     const sha256 = this.expectedSha256(target);
+    const head = releases.head(target.url);
+    // The range probe goes out before the origin is known not to be a deltad proxy (a first request of a daemon
+    // asks that first): waiting for that answer would put the probe behind the index.
+    const probe = delta && !this.d.config.store && this.proxyProbe?.at !== Infinity;
+    const imageStart = probe ? releases.imageStart(target.url) : undefined;
+    imageStart?.catch(() => {});
     const rangesOk = (delta ? this.needsRangeCheck() : Promise.resolve(false)).then((needed) =>
-      needed ? releases.checkRanges(target.url) : undefined,
+      needed ? (imageStart ?? releases.imageStart(target.url)).then(() => undefined) : undefined,
     );
     if (delta)
       void this.proxyStore().then((proxy) => (proxy ? undefined : releases.blockIndex(target.url).catch(() => {})));
@@ -550,12 +598,41 @@ export class ImageService {
       if (p) await rangesOk;
       return p;
     });
-    const head = releases.head(target.url);
+    const early = delta ? this.earlyImage(target, { sha256, ready, head, rangesOk }) : Promise.resolve(undefined);
     // A failure surfaces through the deadline race in serveImage (or not at all); never as an unhandled rejection.
     sha256.catch(() => {});
     rangesOk.catch(() => {});
     ready.catch(() => {});
-    return { sha256, ready, head };
+    return { sha256, ready, head, early };
+  }
+
+  /**
+   * The delta from the start of the index, once its first chunks are parsed while the rest downloads (a 4 GiB
+   * image's index is ~4 MB, seconds on a slow link: the first byte does not wait for it), SHA256SUMS has answered,
+   * the HEAD has given the length and the range probe has passed. Undefined when the whole index comes first, or
+   * the missing chunks come from a chunk store or a deltad proxy (the engine would need the whole index to choose).
+   */
+  private async earlyImage(
+    target: OriginTarget,
+    p: {
+      sha256: Promise<string | undefined>;
+      ready: Promise<PreparedImage | undefined>;
+      head: Promise<{ length?: number; deltaOff?: string }>;
+      rangesOk: Promise<void>;
+    },
+  ): Promise<EarlyImage | undefined> {
+    try {
+      if (!(await this.needsRangeCheck())) return undefined;
+      const h = await p.head;
+      if (h.length === undefined || h.deltaOff) return undefined;
+      const first = await this.d.releases.indexHead(this.release(target), arrivingHeadBytes(h.length), p.ready);
+      if (!first || first.size > h.length) return undefined;
+      const [sha256] = await Promise.all([p.sha256, p.rangesOk]);
+      const key = `${target.url}#arriving#${h.length}#${sha256 ?? ''}`;
+      return { head: first, size: h.length, sha256, key, whole: p.ready };
+    } catch {
+      return undefined; // the preparation's own failure is what serveImage reports
+    }
   }
 
   /** Byte ranges of the image are the only remote source unless a chunk store is configured or the origin is a deltad proxy. */
@@ -589,6 +666,23 @@ function sendHeaders(res: ServerResponse, size: number): void {
 }
 
 class DeadlineError extends Error {}
+
+/** The prepared image, or the early one when it comes first (and is not undefined). */
+function firstOf(ready: Promise<PreparedImage | undefined>, early: Promise<EarlyImage | undefined>) {
+  return new Promise<DeltaImage | undefined>((resolve, reject) => {
+    ready.then(resolve, reject);
+    void early.then((e) => e && resolve(e));
+  });
+}
+
+/** The whole index of an early image, which must still be the image the stream began (same SHA-256 entry). */
+async function wholeIndex(target: OriginTarget, early: EarlyImage): Promise<ChunkIndex> {
+  const p = await early.whole;
+  if (!p) throw new OriginError(`${target.relPath}: its index is no longer on the origin`);
+  if (p.sha256 !== early.sha256)
+    throw new OriginError(`${target.relPath}: its SHA256SUMS entry changed during the update`);
+  return p.index;
+}
 
 type LateAnswer =
   | { kind: 'prepared'; prepared: PreparedImage | undefined }

@@ -20,6 +20,10 @@ import type { Transfer } from '../daemon/sysupdate-transfers.js';
 import { startOrigin, type AccessEntry, type Origin } from './helpers/origin.js';
 import { makeReleases, type Release } from './helpers/fleet.js';
 import { fileTmpDir } from './helpers/tmp.js';
+import { IMAGE_START_BYTES } from '../lib/delta/release.js';
+
+/** The sidecar's range probe of an image: its first bytes, kept for the first chunks. */
+const RANGE_PROBE = `bytes=0-${IMAGE_START_BYTES - 1}`;
 
 const SIZE = 2 * 1024 * 1024;
 const dir = fileTmpDir('announced');
@@ -94,7 +98,7 @@ test('the preparation asks everything at once: the probes do not wait for the in
   const probes = [
     (e: AccessEntry) => e.path === '/SHA256SUMS',
     (e: AccessEntry) => e.path === '/os_2.img' && e.method === 'HEAD',
-    (e: AccessEntry) => e.path === '/os_2.img' && e.range === 'bytes=0-0',
+    (e: AccessEntry) => e.path === '/os_2.img' && e.range === RANGE_PROBE,
     (e: AccessEntry) => e.path === '/os_2.img.bpidx' && e.range === 'bytes=0-0',
   ];
   for (const [i, probe] of probes.entries()) assert.ok(await seen(f.origin, from, probe, 800), `request ${i} sent`);
@@ -114,7 +118,7 @@ test('a SHA256SUMS through the daemon prepares the newest image it lists; its re
   assert.equal(sums.status, 307);
   await sums.body?.cancel();
   assert.ok(
-    await seen(f.origin, from, (e) => e.path === '/os_3.img' && e.range === 'bytes=0-0'),
+    await seen(f.origin, from, (e) => e.path === '/os_3.img' && e.range === RANGE_PROBE),
     'the newest image is prepared before it is asked for',
   );
   const res = await fetch(`${d.url}/os_3.img`);
@@ -132,7 +136,7 @@ test('a SHA256SUMS through the daemon prepares the newest image it lists; its re
     'one HEAD',
   );
   assert.equal(
-    count(log, (e) => e.path === '/os_3.img' && e.range === 'bytes=0-0'),
+    count(log, (e) => e.path === '/os_3.img' && e.range === RANGE_PROBE),
     1,
     'one range probe',
   );
@@ -172,7 +176,7 @@ test("the daemon's own SHA256SUMS read keeps the client's query; the origin stay
   assert.equal(sums.status, 307);
   await sums.body?.cancel();
   assert.ok(
-    await seen(f.origin, from, (e) => e.path === '/os_3.img' && e.range === 'bytes=0-0'),
+    await seen(f.origin, from, (e) => e.path === '/os_3.img' && e.range === RANGE_PROBE),
     'the newest image is prepared',
   );
   const reads = f.origin.log.slice(from).filter((e) => e.path === '/SHA256SUMS');
@@ -201,12 +205,13 @@ test('systemd-sysupdate check-new with an update pending: the preparation is bou
   const paid = f.origin.log.slice(from).map((e) => `${e.method} ${e.path}${e.range ? ` ${e.range}` : ''}`);
   // What a check nobody follows up costs: the manifest, whether the origin is a deltad proxy, and for the newest
   // image its index (after a 404 for the first index name, which a fresh cache directory does not know yet), a
-  // HEAD and two one-byte probes. No image or block pack bytes, nothing about older versions.
+  // HEAD, the range probe (the image's first 128 KiB, kept for its first chunks) and the block index's one-byte
+  // probe. No other image or block pack bytes, nothing about older versions.
   assert.deepEqual(paid.sort(), [
     'GET /.deltad/info',
     'GET /SHA256SUMS',
     'GET /os_3.caibx',
-    'GET /os_3.img bytes=0-0',
+    `GET /os_3.img ${RANGE_PROBE}`,
     'GET /os_3.img.bpidx bytes=0-0',
     'GET /os_3.img.caibx',
     'HEAD /os_3.img',
@@ -266,7 +271,7 @@ test('an image the manifest lists but the origin does not have: passed through, 
   const sums = await fetch(`${d.url}/SHA256SUMS`, { redirect: 'manual' });
   await sums.body?.cancel();
   // Prepared ahead: every answer is a 404 (index, HEAD, range and block index probes).
-  assert.ok(await seen(origin, 0, (e) => e.path === '/os_9.img' && e.range === 'bytes=0-0'));
+  assert.ok(await seen(origin, 0, (e) => e.path === '/os_9.img' && e.range === RANGE_PROBE));
   await sleep(200);
   const res = await fetch(`${d.url}/os_9.img`, { redirect: 'manual' });
   assert.equal(res.status, 307, 'no index: the image is passed through');

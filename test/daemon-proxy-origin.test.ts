@@ -70,13 +70,21 @@ test('a sidecar whose origin is a deltad proxy fetches missing chunks in a few b
   const batches = proxyLog.filter((e) => e.method === 'POST' && e.url === BATCH_PATH).length;
   assert.ok(batches >= 1 && batches < newChunks.size, `${batches} batch requests for ${newChunks.size} missing chunks`);
   assert.equal(proxyLog.filter((e) => e.url.startsWith('/.deltad/store/')).length, 0, 'no single-chunk store requests');
-  // Index (KDE's {stem}.caibx asked first, then {name}.caibx), SHA256SUMS, the proxy probe, the HEAD sent
-  // alongside the index, and the batches: nothing per chunk.
+  // Index (KDE's {stem}.caibx asked first, then {name}.caibx), SHA256SUMS, the proxy probe, the HEAD and the range
+  // probe sent alongside the index (the first request of a daemon does not wait for the proxy probe's answer to
+  // send it), and the batches: nothing per chunk.
   const sidecarRequests = proxyLog.map((e) => `${e.method} ${e.url}`).sort();
   const stem = v2.name.replace(/\.img$/, '');
   assert.deepEqual(
     sidecarRequests.filter((r) => r !== `POST ${BATCH_PATH}`),
-    [`GET ${INFO_PATH}`, `GET /${stem}.caibx`, `GET /${v2.name}.caibx`, 'GET /SHA256SUMS', `HEAD /${v2.name}`].sort(),
+    [
+      `GET ${INFO_PATH}`,
+      `GET /${stem}.caibx`,
+      `GET /${v2.name}.caibx`,
+      'GET /SHA256SUMS',
+      `HEAD /${v2.name}`,
+      `GET /${v2.name}`,
+    ].sort(),
     sidecarRequests.join(', '),
   );
   assert.equal(viaProxy.ctx.counters.fallbacks, 0);

@@ -22,6 +22,10 @@ import { makeReleases, type Release } from './helpers/fleet.js';
 import { requireTool, run, SYSTEMD_PULL, systemdPull } from './helpers/sysupdate-client.js';
 import { fileTmpDir } from './helpers/tmp.js';
 import { settled } from './helpers/settled.js';
+import { IMAGE_START_BYTES } from '../lib/delta/release.js';
+
+/** The sidecar's range probe of an image: its first bytes, kept for the first chunks. */
+const RANGE_PROBE = `bytes=0-${IMAGE_START_BYTES - 1}`;
 
 const SIZE = 4 * 1024 * 1024;
 const sha256 = (b: Uint8Array) => createHash('sha256').update(b).digest('hex');
@@ -361,8 +365,10 @@ test('slow first byte: headers within 2 s, then after the deadline the full imag
   const f = await fixture();
   t.after(() => f.origin.clearFaults());
   const v3 = f.releases[2];
-  // No seeds: the first byte needs the network, and every range request stalls.
-  f.origin.fault({ kind: 'stall', path: '/os_3.img', rangedOnly: true, skip: 1, times: Infinity, stallMs: 20_000 });
+  // No seeds: the first byte needs the network, and every range request stalls; the range probe answers 206 but is
+  // cut after a byte, so no chunk comes from it either.
+  f.origin.fault({ kind: 'cut', path: '/os_3.img', rangedOnly: true, afterBytes: 1 });
+  f.origin.fault({ kind: 'stall', path: '/os_3.img', rangedOnly: true, times: Infinity, stallMs: 20_000 });
   const d = await startDaemon(t, f, { seedGlobs: [join(f.dir, 'no-seeds', '*.img')] }, f.origin.url, {
     firstByteMs: 2_500,
   });
@@ -385,7 +391,8 @@ test('slow first byte: headers within 2 s, then after the deadline the full imag
   f.origin.clearFaults();
 
   // With the v1 seed the first bytes flow, then the network stalls: the watchdog ends it.
-  f.origin.fault({ kind: 'stall', path: '/os_2.img', rangedOnly: true, skip: 1, times: Infinity, stallMs: 20_000 });
+  f.origin.fault({ kind: 'cut', path: '/os_2.img', rangedOnly: true, afterBytes: 1 });
+  f.origin.fault({ kind: 'stall', path: '/os_2.img', rangedOnly: true, times: Infinity, stallMs: 20_000 });
   const d2 = await startDaemon(t, f, {}, f.origin.url, { stallMs: 1_500 });
   const out2 = join(f.outDir, 'stalled.img');
   const r2 = await curl(['-o', out2, `${d2.url}/os_2.img`]);
@@ -550,8 +557,9 @@ test("a request that falls back to the full image does not hold the start of ano
   // No freshness, so A and B prepare apart; A's index is refused (403), so A streams the full image, which trickles.
   const d = await startDaemon(t, f, { passthrough: 'proxy' }, f.origin.url, undefined, 64 * 1024, 0);
   f.origin.fault({ kind: 'status', path: '/os_2.img.caibx', status: 403 });
-  // The image path's first request is A's HEAD, the second A's full GET.
-  f.origin.fault({ kind: 'trickle', path: '/os_2.img', skip: 1, intervalMs: 200 });
+  // The image path's first unranged request is A's HEAD, the second A's full GET (the range probe carries the image's
+  // first 128 KiB: trickled, B's probe would wait for it).
+  f.origin.fault({ kind: 'trickle', path: '/os_2.img', unrangedOnly: true, skip: 1, intervalMs: 200 });
   const a = new AbortController();
   const slow = fetch(`${d.url}/os_2.img`, { signal: a.signal }).catch(() => undefined);
   t.after(() => a.abort());
@@ -599,7 +607,7 @@ test('a burst of clients shares one preparation: one index, one SHA256SUMS, one 
     'one HEAD',
   );
   assert.equal(
-    count((e) => e.path === '/os_2.img' && e.range === 'bytes=0-0'),
+    count((e) => e.path === '/os_2.img' && e.range === RANGE_PROBE),
     1,
     'one range probe',
   );

@@ -10,10 +10,14 @@
 import { createHash, type Hash } from 'node:crypto';
 import { Readable } from 'node:stream';
 import type { ChunkIndex } from '../format/caibx.js';
-import { ChecksumMismatchError } from '../errors.js';
+import { ChecksumMismatchError, OriginError } from '../errors.js';
 import type { AssemblySink } from './sink.js';
 
 export interface OrderedStreamOptions {
+  /**
+   * The target's index, or only its first chunks while the rest is on its way (then `end` is the whole target's
+   * size, and grow() hands over the whole index): the stream never ends before its index covers `end`.
+   */
   target: ChunkIndex;
   /** Target bytes [start, end) to emit. */
   start: number;
@@ -46,14 +50,16 @@ export class OrderedStream extends Readable implements AssemblySink {
   readonly zeroFilled = false;
   readonly retainRepeats = true;
   readonly holdsData = true;
-  private readonly target: ChunkIndex;
+  private target: ChunkIndex;
+  /** The target index is only its first chunks so far (see grow()). */
+  private partial: boolean;
   private readonly pending = new Map<number, Piece>();
   /** Emitted bytes not yet acknowledged: the stream offset where each ends, and its put's release. */
   private readonly unacknowledged: { end: number; share: Share }[] = [];
   private emittedBytes = 0;
   private acknowledgedBytes = 0;
   private next: number;
-  private readonly endChunk: number;
+  private endChunk: number;
   private readonly hash: Hash = createHash('sha256');
   private digestHex?: string;
   private wantMore = true;
@@ -66,9 +72,38 @@ export class OrderedStream extends Readable implements AssemblySink {
     super({ highWaterMark: 1024 * 1024 });
     this.complete.catch(() => {});
     this.target = opts.target;
-    this.next = opts.end > opts.start ? opts.target.chunkAt(opts.start) : 0;
-    this.endChunk = opts.end > opts.start ? opts.target.chunkAt(opts.end - 1) + 1 : 0;
-    if (this.endChunk === 0) queueMicrotask(() => this.finishStream());
+    this.partial = opts.target.size < opts.end;
+    if (this.partial && opts.start !== 0) throw new Error('OrderedStream: a partial index streams from the start');
+    this.next = opts.end > opts.start && !this.partial ? opts.target.chunkAt(opts.start) : 0;
+    this.endChunk = this.partial
+      ? opts.target.count
+      : opts.end > opts.start
+        ? opts.target.chunkAt(opts.end - 1) + 1
+        : 0;
+    if (this.endChunk === 0 && !this.partial) queueMicrotask(() => this.finishStream());
+  }
+
+  /**
+   * The whole target index, after the stream began with its first chunks: it must start with exactly those chunks
+   * (what went out was verified against them) and describe `end` bytes, else the stream fails with that error (and
+   * so never ends looking complete).
+   */
+  grow(whole: ChunkIndex): void {
+    if (!this.partial || this.destroyed) return;
+    let why: string | undefined;
+    if (whole.size !== this.opts.end)
+      why = `the index describes ${whole.size} bytes, the stream was announced with ${this.opts.end}`;
+    else if (!whole.startsWith(this.target))
+      why = 'the whole index does not start with the chunks streamed from its first part';
+    if (why) {
+      const err = new OriginError(`the target index changed while it was read: ${why}`);
+      this.destroy(err);
+      throw err;
+    }
+    this.target = whole;
+    this.partial = false;
+    this.endChunk = whole.chunkAt(this.opts.end - 1) + 1;
+    this.pump();
   }
 
   /** Hex SHA-256 of all bytes emitted, once the stream has ended. */
@@ -78,7 +113,8 @@ export class OrderedStream extends Readable implements AssemblySink {
 
   /** Offset of the first byte not yet emitted. */
   private get emitted(): number {
-    return this.next < this.endChunk ? this.target.start(this.next) : this.opts.end;
+    if (this.next < this.endChunk) return this.target.start(this.next);
+    return this.partial ? this.target.size : this.opts.end;
   }
 
   /**
@@ -125,7 +161,7 @@ export class OrderedStream extends Readable implements AssemblySink {
   }
 
   has(i: number): boolean {
-    return i < this.next || i >= this.endChunk || this.pending.has(i);
+    return i < this.next || (i >= this.endChunk && !this.partial) || this.pending.has(i);
   }
 
   async readBack(): Promise<Buffer | null> {
@@ -138,7 +174,7 @@ export class OrderedStream extends Readable implements AssemblySink {
   }
 
   override _destroy(err: Error | null, cb: (error?: Error | null) => void): void {
-    if (this.next < this.endChunk || err) {
+    if (this.next < this.endChunk || this.partial || err) {
       const reason = err ?? new Error('stream closed before the end');
       this.opts.onCancel(reason);
       this.settle.reject(reason);
@@ -165,7 +201,8 @@ export class OrderedStream extends Readable implements AssemblySink {
         this.takePiece(this.next++);
       }
       this.hash.update(data);
-      if (this.next === this.endChunk && !this.checkDigest()) {
+      const last = this.next === this.endChunk && !this.partial;
+      if (last && !this.checkDigest()) {
         for (const sh of shares) this.unref(sh); // never emitted: nobody holds these bytes
         return;
       }
@@ -173,7 +210,7 @@ export class OrderedStream extends Readable implements AssemblySink {
       if (this.opts.acknowledged)
         for (const sh of shares) this.unacknowledged.push({ end: this.emittedBytes, share: sh });
       this.wantMore = this.push(data);
-      if (this.next === this.endChunk) this.finishStream();
+      if (last) this.finishStream();
     }
     this.wake();
   }

@@ -68,6 +68,11 @@ export interface SourceOptions {
   blockPack?: boolean;
   /** The block index's one-byte probe when the caller sent it already (with the release's index: one round trip less). */
   blockIndexAnswer?: Promise<BlockIndexAnswer>;
+  /**
+   * The image's first bytes at rangeUrl, fetched already (e.g. by a range probe sent with the index): the first
+   * missing chunks within them are verified and used instead of asked again (the first body byte on a slow link).
+   */
+  imageStart?: Promise<Buffer | undefined>;
   /** Largest target an index may describe (default 64 GiB, systemd-pull's limit): guards memory and disk. */
   maxTargetSize?: number;
   /** Called while a seed without a usable index is being chunked (bytes of that seed read so far). */
@@ -541,7 +546,10 @@ interface Routes {
 
 /** Target bytes the lead streams at most, and the missing bytes it may fetch for them. */
 const LEAD_BYTES = 16 * 1024 * 1024;
+
 const LEAD_REMOTE_BYTES = 256 * 1024;
+/** Target bytes of an arriving index's lead that go first, on their own (see leadOfArriving). */
+const FIRST_PART_BYTES = 256 * 1024;
 /** The lead is at most this part of the target: the block route, cheaper, does the rest. */
 const LEAD_PART = 64;
 
@@ -550,14 +558,14 @@ const LEAD_PART = 64;
  * missing chunks up to LEAD_REMOTE_BYTES (an image's first block, its superblock, changes with every
  * release; the unchanged data after it is usually long). `fetched`: the end of its last missing chunk.
  */
-function leadEnd(plan: Plan, maxBytes: number): { end: number; fetched: number } {
+function leadEnd(plan: Plan, maxBytes: number, maxRemote = LEAD_REMOTE_BYTES): { end: number; fetched: number } {
   const lead = { end: plan.firstChunk, fetched: plan.firstChunk };
   let bytes = 0;
   let remote = 0;
   for (const s of plan.segments) {
     for (let i = s.first; i < s.first + s.count; i++) {
       const size = plan.target.chunkSize(i);
-      if (bytes + size > maxBytes || (s.kind === 'remote' && remote + size > LEAD_REMOTE_BYTES)) return lead;
+      if (bytes + size > maxBytes || (s.kind === 'remote' && remote + size > maxRemote)) return lead;
       bytes += size;
       lead.end = i + 1;
       if (s.kind === 'remote') {
@@ -618,7 +626,7 @@ async function chooseRoutes(
     });
   // Only for a release with a block pack: the chunk route alone needs no lead. It runs in two parts: up to its
   // last missing chunk (then the block index body may take the link), and the rest from local sources.
-  const leadBytes = Math.min(LEAD_BYTES, sink.maxSpan ?? LEAD_BYTES, Math.ceil(target.size / LEAD_PART));
+  const leadBytes = leadBytesOf(target.size, sink.maxSpan);
   const first = plan.firstChunk;
   const { end, fetched } = pending && (await pending.found) ? leadEnd(plan, leadBytes) : { end: first, fetched: first };
   const lead = [
@@ -851,6 +859,95 @@ export async function extractToFile(
 }
 
 /**
+ * A target index still on its way (lib/fetch/release-files.ts IndexArrival): the first chunks of its table, the
+ * image's size from the origin (a HEAD), and the whole index once it has arrived (rejecting if it never does, or
+ * turns out malformed).
+ */
+export interface ArrivingIndex {
+  head: ChunkIndex;
+  size: number;
+  whole: Promise<ChunkIndex>;
+}
+
+/** Target bytes the lead of a whole `size`-byte target streams at most (with a sink that spans `maxSpan`). */
+function leadBytesOf(size: number, maxSpan = LEAD_BYTES): number {
+  return Math.min(LEAD_BYTES, maxSpan, Math.ceil(size / LEAD_PART));
+}
+
+/**
+ * Target bytes the first chunks of an arriving index must cover before its delta may begin (ArrivingIndex): what
+ * the lead streams while the rest arrives, with the default window.
+ */
+export function arrivingHeadBytes(size: number): number {
+  return leadBytesOf(size, DEFAULT_WINDOW_BYTES / 2);
+}
+
+/**
+ * What streams while the rest of an arriving index downloads: the head's first chunks, as far as they come from
+ * seeds, zero and repeats, plus missing chunks up to LEAD_REMOTE_BYTES as byte ranges (the range URL was checked
+ * by the caller; single ranges: a few KB, no probe for multi-range first). Nothing that needs the whole index
+ * (the route choice, the block path) waits for it. A remote only for range mode: otherwise the lead stops at the
+ * first missing chunk.
+ */
+function leadOfArriving(
+  head: ChunkIndex,
+  size: number,
+  ctx: Context,
+  opts: AssembleOptions,
+  windowBytes: number,
+  imageStart: Buffer | undefined,
+): ChunkRoute[] {
+  const plan = planChunks(head, ctx.seeds, { selfSeed: opts.selfSeed, nullSeed: opts.nullSeed });
+  const ranges = opts.rangeUrl !== undefined && opts.mode !== 'store';
+  const maxRemote = ranges ? LEAD_REMOTE_BYTES : 0;
+  const { end } = leadEnd(plan, leadBytesOf(size, windowBytes / 2), maxRemote);
+  if (end === 0) return [];
+  // The first body byte waits for nothing but the first chunks: the rest of the lead (megabytes of seed reads,
+  // hashed on this thread) is a second part.
+  const first = Math.min(end, leadEnd(plan, FIRST_PART_BYTES, maxRemote).end);
+  const concurrency = opts.concurrency ?? DEFAULT_CONCURRENCY;
+  const remote = ranges
+    ? new RangeSource(head, ctx.http, opts.rangeUrl!, {
+        retry: { attempts: ctx.http.attempts, retryBaseMs: ctx.http.retryBaseMs },
+        multi: false,
+        cost: ctx.cost,
+        parallelism: concurrency,
+        onWarning: opts.onWarning,
+        size,
+        start: imageStart,
+      })
+    : undefined;
+  const route = (firstChunk: number, endChunk: number) =>
+    new ChunkRoute({
+      target: head,
+      seeds: ctx.seeds,
+      firstChunk,
+      endChunk,
+      selfSeed: opts.selfSeed,
+      nullSeed: opts.nullSeed,
+      remote,
+      fetches: remote !== undefined,
+      concurrency,
+      maxSpan: windowBytes / 2,
+      onWarning: opts.onWarning,
+    });
+  return first > 0 && first < end ? [route(0, first), route(first, end)] : [route(0, end)];
+}
+
+/**
+ * A whole index streamed as if it were arriving: the lead from its first chunks starts before the whole target is
+ * planned and priced (tens to hundreds of ms of CPU under load, all before the first request otherwise). Only for
+ * a whole target from byte ranges alone: the lead asks for byte ranges without a probe.
+ */
+function headFirst(target: ChunkIndex, opts: ExtractStreamOptions): ArrivingIndex | undefined {
+  const whole = (opts.start ?? 0) === 0 && (opts.end ?? target.size) === target.size;
+  if (!whole || !opts.rangeUrl || opts.mode === 'store' || (opts.stores?.length ?? 0) > 0) return undefined;
+  const n = target.chunkAt(arrivingHeadBytes(target.size)) + 1;
+  if (n >= target.count) return undefined;
+  return { head: target.head(n), size: target.size, whole: Promise.resolve(target) };
+}
+
+/**
  * Assembles the target (or a byte range of it) as an ordered stream of
  * verified bytes with bounded memory, on the cheapest route (the block route
  * streams too: seed blocks and frames go out as soon as they and everything
@@ -860,19 +957,26 @@ export async function extractToFile(
  * failure (origin, seed, sink) destroys the stream with that error, and
  * `result` rejects with it, without waiting for the consumer to read on.
  */
-export function openExtractStream(target: ChunkIndex, opts: ExtractStreamOptions = {}): ExtractStream {
+export function openExtractStream(target: ChunkIndex | ArrivingIndex, opts: ExtractStreamOptions = {}): ExtractStream {
   const started = Date.now();
+  const arriving = 'whole' in target ? target : headFirst(target, opts);
+  // Never an unhandled rejection: a failed index fails the stream below, whatever it is doing then.
+  arriving?.whole.catch(() => {});
+  const first = arriving ? arriving.head : (target as ChunkIndex);
+  const size = arriving ? arriving.size : first.size;
   const start = opts.start ?? 0;
-  const end = opts.end ?? target.size;
-  if (!(Number.isSafeInteger(start) && Number.isSafeInteger(end) && start >= 0 && start <= end && end <= target.size)) {
-    throw new UsageError(`invalid byte range [${start}, ${end}) of a ${target.size}-byte target`);
+  const end = opts.end ?? size;
+  if (!(Number.isSafeInteger(start) && Number.isSafeInteger(end) && start >= 0 && start <= end && end <= size)) {
+    throw new UsageError(`invalid byte range [${start}, ${end}) of a ${size}-byte target`);
   }
+  if (arriving && (start !== 0 || end !== size || first.size > size))
+    throw new UsageError('an index still on its way streams the whole target, from the start of its table');
   const windowBytes = opts.windowBytes ?? DEFAULT_WINDOW_BYTES;
   // Everything below stops on the caller's signal (even one aborted already) or when the consumer destroys the stream.
   const cancel = new AbortController();
   const signal = opts.signal ? AbortSignal.any([opts.signal, cancel.signal]) : cancel.signal;
   const stream = new OrderedStream({
-    target,
+    target: first,
     start,
     end,
     windowBytes,
@@ -887,10 +991,21 @@ export function openExtractStream(target: ChunkIndex, opts: ExtractStreamOptions
   const result = (async (): Promise<ExtractResult> => {
     signal.throwIfAborted();
     const sourceOpts = { ...opts, signal: watch.signal };
-    const ctx = await openContext(target, sourceOpts);
+    const ctx = await openContext(first, sourceOpts);
     try {
       // The block route is priced for whole images only.
-      const pending = start === 0 && end === target.size ? startBlockPath(ctx, sourceOpts) : null;
+      const pending = start === 0 && end === size ? startBlockPath(ctx, sourceOpts) : null;
+      let target = first;
+      let early: ChunkRoute[] = [];
+      if (arriving) {
+        // Watched from here: a lead whose origin stalls, or an index that stops arriving, ends in a StallError.
+        watch.start();
+        const imageStart = await opts.imageStart?.catch(() => undefined);
+        early = leadOfArriving(first, size, ctx, sourceOpts, windowBytes, imageStart);
+        for (const route of early) await route.run(stream, progress, watch.signal);
+        target = await arriving.whole;
+        stream.grow(target);
+      }
       const firstChunk = start < end ? target.chunkAt(start) : 0;
       const endChunk = start < end ? target.chunkAt(end - 1) + 1 : 0;
       const plan = planChunks(target, ctx.seeds, {
@@ -909,6 +1024,11 @@ export function openExtractStream(target: ChunkIndex, opts: ExtractStreamOptions
         { maxSpan: windowBytes / 2, run, pooledBytes: opts.acknowledged ? 2 * windowBytes : undefined },
         pending,
       );
+      for (const route of early) {
+        routes.probe.requests += route.stats.requests;
+        routes.probe.bytes += route.stats.bytes;
+        routes.lead.push(route);
+      }
       const last = await runWithProgress(routes, stream, progress, sourceOpts, watch);
       await stream.complete;
       return summary(progress, routes, last, started, 0, stream.sha256);

@@ -12,6 +12,7 @@ import { OriginError } from '../errors.js';
 import type { HttpClient } from '../fetch/http-client.js';
 import { deltaDisabledBy } from '../fetch/release-policy.js';
 import {
+  IndexArrival,
   fetchReleaseFile,
   findIndex,
   listedSha256,
@@ -20,10 +21,13 @@ import {
 } from '../fetch/release-files.js';
 import type { ChunkIndex } from '../format/caibx.js';
 import { askBlockIndex, type BlockIndexAnswer } from '../blockpack/index.js';
+import { parseContentRange } from '../fetch/multipart.js';
 import { DEFAULT_FRESH_MS } from '../util/defaults.js';
 
 export { DEFAULT_FRESH_MS };
 const MAX_ENTRIES = 64;
+/** The image's first bytes asked by the range probe: its first chunks (casync's: 16-256 KiB, 64 KiB on average). */
+export const IMAGE_START_BYTES = 128 * 1024;
 
 /** Single-flight answers kept for `freshMs`, at most MAX_ENTRIES (oldest dropped first). */
 class FreshMemo<T> {
@@ -75,6 +79,8 @@ export class Releases implements ReleaseFileSource {
   private readonly probes: FreshMemo<unknown>;
 
   private readonly maxTargetSize?: number;
+  /** Index downloads by URL, for the start of a table before the rest arrives (the last MAX_ENTRIES URLs). */
+  private readonly arrivals = new Map<string, IndexArrival>();
 
   constructor(
     private readonly http: HttpClient,
@@ -89,7 +95,36 @@ export class Releases implements ReleaseFileSource {
   /** A release file, shared and revalidated as described above (an index parsed as it arrives). */
   file(url: string, opts: { index?: boolean } = {}): Promise<ReleaseFile> {
     const index = opts.index ? { maxTargetSize: this.maxTargetSize } : undefined;
-    return this.files.get(url, (previous) => fetchReleaseFile(this.http, url, { index, previous }));
+    const arrival = opts.index ? this.arrival(url) : undefined;
+    return this.files.get(url, (previous) => fetchReleaseFile(this.http, url, { index, previous, arrival }));
+  }
+
+  private arrival(url: string): IndexArrival {
+    let a = this.arrivals.get(url);
+    if (!a) {
+      a = new IndexArrival();
+      this.arrivals.set(url, a);
+      while (this.arrivals.size > MAX_ENTRIES) this.arrivals.delete(this.arrivals.keys().next().value!);
+    }
+    return a;
+  }
+
+  /**
+   * The first chunks of the image's index once they cover `bytes` target bytes, while its download (started by
+   * `prepared`, this.prepare's answer) is still under way; undefined when the download ends first: then prepare's
+   * answer is the one. Whichever candidate URL answers (findIndex moves on only past a 404).
+   */
+  indexHead(
+    t: ReleaseTarget,
+    bytes: number,
+    prepared: Promise<PreparedImage | undefined>,
+  ): Promise<ChunkIndex | undefined> {
+    const heads = t.indexUrls.map((url) => this.arrival(url).head(bytes, prepared));
+    return new Promise((resolve) => {
+      let left = heads.length;
+      if (left === 0) resolve(undefined);
+      for (const h of heads) void h.then((head) => (head || --left === 0) && resolve(head));
+    });
   }
 
   /** The image's entry in the SHA256SUMS beside it, if any. */
@@ -131,18 +166,32 @@ export class Releases implements ReleaseFileSource {
     }) as Promise<{ length?: number; deltaOff?: string }>;
   }
 
-  /** Resolves when the origin answers a one-byte Range request with 206; rejects naming the status otherwise. */
-  checkRanges(url: string): Promise<void> {
+  /**
+   * The range probe: the image's first IMAGE_START_BYTES bytes as a Range request. A 206 says the origin serves
+   * ranges, and its body is the image's first bytes (empty when they did not come as asked), kept for the
+   * delta's first chunks (SourceOptions.imageStart): on a slow link, a request for them sent after the index has
+   * begun would queue behind it. Rejects naming the status when the answer is not a 206.
+   */
+  imageStart(url: string): Promise<Buffer> {
     return this.probes.get(`RANGE ${url}`, async () => {
-      const r = await this.http.request(url, { headers: { range: 'bytes=0-0' }, gate: false });
-      // Not destroy(): undici's body then emits an 'error' nobody listens to (the image missing, 404, crashed the
-      // daemon once the probe went out with the index); dump() reads a little and closes it quietly.
-      await r.body.dump().catch(() => {});
-      if (r.statusCode === 206) return;
-      throw new OriginError(`${url}: the origin does not serve byte ranges (HTTP ${r.statusCode} to a Range request)`, {
-        status: r.statusCode,
+      const r = await this.http.request(url, {
+        headers: { range: `bytes=0-${IMAGE_START_BYTES - 1}` },
+        gate: false,
       });
-    }) as Promise<void>;
+      if (r.statusCode !== 206) {
+        // Not destroy(): undici's body then emits an 'error' nobody listens to (the image missing, 404, crashed the
+        // daemon once the probe went out with the index); dump() reads a little and closes it quietly.
+        await r.body.dump().catch(() => {});
+        throw new OriginError(
+          `${url}: the origin does not serve byte ranges (HTTP ${r.statusCode} to a Range request)`,
+          { status: r.statusCode },
+        );
+      }
+      const range = parseContentRange(r.headers['content-range'] as string | undefined);
+      const body = await this.http.readBody(r.body, IMAGE_START_BYTES, url).catch(() => Buffer.alloc(0));
+      // Only bytes from 0, exactly as announced, are the image's start.
+      return range?.start === 0 && body.length === range.end - range.start ? body : Buffer.alloc(0);
+    }) as Promise<Buffer>;
   }
 
   /**

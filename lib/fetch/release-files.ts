@@ -45,7 +45,65 @@ export interface ReleaseFileOptions {
   keepBody?: boolean;
   /** The copy kept from an earlier answer: revalidated, and returned as it is on a 304. */
   previous?: ReleaseFile;
+  /** An index's download, told about each part as it is parsed (the start of its table, before the rest arrives). */
+  arrival?: IndexArrival;
   signal?: AbortSignal;
+}
+
+/**
+ * An index on its way: the first chunks of its table as they are parsed, for a first body byte that does not wait
+ * for the rest (the table of a 4 GiB image is ~4 MB: seconds on a slow link). What it hands out is only ever a
+ * start of the table; whoever uses it checks the whole index against it once that has arrived (it may have come
+ * from another attempt), and the whole download can still fail.
+ */
+export class IndexArrival {
+  private parser?: IndexParser;
+  private ended = false;
+  private waiters: { bytes: number; resolve: (head: ChunkIndex | undefined) => void }[] = [];
+
+  /** A download (attempt) starts: what an earlier one parsed no longer counts. */
+  start(): void {
+    this.parser = undefined;
+    this.ended = false;
+  }
+
+  /** The download's parser after a part of the body. */
+  update(parser: IndexParser): void {
+    this.parser = parser;
+    if (this.waiters.length === 0) return;
+    const covered = parser.parsedBytes;
+    this.waiters = this.waiters.filter((w) => {
+      if (covered < w.bytes) return true;
+      w.resolve(parser.prefix());
+      return false;
+    });
+  }
+
+  /** The download ended (complete, failed, or not an index): the whole answer is what counts now. */
+  end(): void {
+    this.ended = true;
+    this.parser = undefined;
+    for (const w of this.waiters.splice(0)) w.resolve(undefined);
+  }
+
+  /**
+   * The table's first chunks once they cover `bytes` target bytes; undefined when the download ends first (then
+   * the whole index, or its failure, is the answer), or `until` settles first (e.g. no download of this URL comes).
+   */
+  head(bytes: number, until?: Promise<unknown>): Promise<ChunkIndex | undefined> {
+    if (this.ended) return Promise.resolve(undefined);
+    const p = this.parser;
+    if (p && p.parsedBytes >= bytes) return Promise.resolve(p.prefix());
+    return new Promise((resolve) => {
+      const waiter = { bytes, resolve };
+      this.waiters.push(waiter);
+      const drop = () => {
+        this.waiters = this.waiters.filter((w) => w !== waiter);
+        resolve(undefined);
+      };
+      until?.then(drop, drop);
+    });
+  }
 }
 
 /** Largest SHA256SUMS (or other small file) by default. */
@@ -67,51 +125,60 @@ export async function fetchReleaseFile(
   const headers: Record<string, string> = {};
   if (previous?.status === 200 && previous.etag) headers['if-none-match'] = previous.etag;
   if (previous?.status === 200 && previous.lastModified) headers['if-modified-since'] = previous.lastModified;
-  return http.withRetry(async () => {
-    // Release files are a few distinct URLs asked together: none waits for another's redirects.
-    const res = await http.request(url, { headers, signal: opts.signal, gate: false });
-    const status = res.statusCode;
-    if (status === 304 && previous?.status === 200) {
-      await res.body.dump();
-      return previous;
-    }
-    if (status === 404 || status === 410) {
-      await res.body.dump();
-      return { status, body: Buffer.alloc(0) };
-    }
-    if (status !== 200) {
-      await res.body.dump();
-      throw new OriginError(`GET ${url}: HTTP ${status}`, { status, transient: status >= 500 || status === 429 });
-    }
-    const length = Number(res.headers['content-length'] ?? Number.NaN);
-    const declared = Number.isSafeInteger(length) ? length : undefined;
-    if (declared !== undefined && declared > maxBytes) {
-      res.body.destroy();
-      throw new BodyTooLargeError(`GET ${url}: ${declared} bytes exceeds the ${maxBytes}-byte limit`, maxBytes);
-    }
-    const parseOpts = { source: url, allowArchive: index?.allowArchive ?? false, maxTargetSize: index?.maxTargetSize };
-    const parser = index && new IndexParser(parseOpts, declared);
-    const hash = index && createHash('sha256');
-    let bytes = 0;
-    const onPart = (b: Buffer) => {
-      bytes += b.length;
-      parser?.push(b);
-      hash?.update(b);
-    };
-    const body = await http.readBody(res.body, maxBytes, url, onPart, !index || opts.keepBody === true);
-    if (declared !== undefined && bytes !== declared) {
-      throw new OriginError(`GET ${url}: truncated body (${bytes} of ${declared} bytes)`, { transient: true });
-    }
-    return {
-      status,
-      body,
-      contentType: header(res.headers['content-type']),
-      etag: header(res.headers.etag),
-      lastModified: header(res.headers['last-modified']),
-      index: parser?.finish(),
-      digest: hash?.digest('hex'),
-    };
-  }, opts.signal);
+  const arrival = index ? opts.arrival : undefined;
+  return http
+    .withRetry(async () => {
+      arrival?.start();
+      // Release files are a few distinct URLs asked together: none waits for another's redirects.
+      const res = await http.request(url, { headers, signal: opts.signal, gate: false });
+      const status = res.statusCode;
+      if (status === 304 && previous?.status === 200) {
+        await res.body.dump();
+        return previous;
+      }
+      if (status === 404 || status === 410) {
+        await res.body.dump();
+        return { status, body: Buffer.alloc(0) };
+      }
+      if (status !== 200) {
+        await res.body.dump();
+        throw new OriginError(`GET ${url}: HTTP ${status}`, { status, transient: status >= 500 || status === 429 });
+      }
+      const length = Number(res.headers['content-length'] ?? Number.NaN);
+      const declared = Number.isSafeInteger(length) ? length : undefined;
+      if (declared !== undefined && declared > maxBytes) {
+        res.body.destroy();
+        throw new BodyTooLargeError(`GET ${url}: ${declared} bytes exceeds the ${maxBytes}-byte limit`, maxBytes);
+      }
+      const parseOpts = {
+        source: url,
+        allowArchive: index?.allowArchive ?? false,
+        maxTargetSize: index?.maxTargetSize,
+      };
+      const parser = index && new IndexParser(parseOpts, declared);
+      const hash = index && createHash('sha256');
+      let bytes = 0;
+      const onPart = (b: Buffer) => {
+        bytes += b.length;
+        parser?.push(b);
+        hash?.update(b);
+        if (parser) arrival?.update(parser);
+      };
+      const body = await http.readBody(res.body, maxBytes, url, onPart, !index || opts.keepBody === true);
+      if (declared !== undefined && bytes !== declared) {
+        throw new OriginError(`GET ${url}: truncated body (${bytes} of ${declared} bytes)`, { transient: true });
+      }
+      return {
+        status,
+        body,
+        contentType: header(res.headers['content-type']),
+        etag: header(res.headers.etag),
+        lastModified: header(res.headers['last-modified']),
+        index: parser?.finish(),
+        digest: hash?.digest('hex'),
+      };
+    }, opts.signal)
+    .finally(() => arrival?.end());
 }
 
 /** Where a caller's release files come from: fetched with fetchReleaseFile, through that caller's own keeping. */

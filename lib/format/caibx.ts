@@ -91,11 +91,25 @@ export class ChunkIndex {
     }
     return lo;
   }
+  /** The first n chunks as an index of their own (views, no copy). */
+  head(n: number): ChunkIndex {
+    const k = Math.max(0, Math.min(n, this.count));
+    return new ChunkIndex(this.featureFlags, this.params, this.ends.subarray(0, k), this.ids.subarray(0, k * ID_SIZE));
+  }
+  /** True when `head`'s chunks are this index's first chunks (same ends, same IDs). */
+  startsWith(head: ChunkIndex): boolean {
+    const n = head.count;
+    if (n > this.count || head.digest !== this.digest) return false;
+    for (let i = 0; i < n; i++) if (this.ends[i] !== head.ends[i]) return false;
+    return Buffer.compare(asBytes(this.ids.subarray(0, n * ID_SIZE)), asBytes(head.ids)) === 0;
+  }
   /** True when this is an archive (.caidx) index rather than a blob index. */
   get isArchive(): boolean {
     return (this.featureFlags & ARCHIVE_FLAGS) !== 0n;
   }
 }
+
+const asBytes = (u: Uint8Array): Buffer => Buffer.from(u.buffer, u.byteOffset, u.byteLength);
 
 /** Incrementally collects chunks (as a chunker emits them) into a ChunkIndex. */
 export class ChunkIndexBuilder {
@@ -201,6 +215,26 @@ export class IndexParser {
   /** Most bytes a valid index can have, once the header is read (undefined before). */
   get maxBytes(): number | undefined {
     return this.offset >= HEADER_SIZE ? indexFileSize(this.maxChunks) : undefined;
+  }
+
+  /** Chunks read so far (the table's first items, final: later bytes only append). */
+  get parsedCount(): number {
+    return this.n;
+  }
+
+  /** Target bytes the chunks read so far cover (the end of the last one). */
+  get parsedBytes(): number {
+    return this.prev;
+  }
+
+  /**
+   * The chunks read so far as an index (views, no copy): the start of the table while the rest is still on its
+   * way. Undefined before the header is read. Not a whole index: its size is where the chunks read so far end.
+   */
+  prefix(): ChunkIndex | undefined {
+    if (this.offset < HEADER_SIZE) return undefined;
+    const n = this.n;
+    return new ChunkIndex(this.flags, this.params, this.ends.subarray(0, n), this.ids.subarray(0, n * ID_SIZE));
   }
 
   push(bytes: Uint8Array): void {

@@ -58,10 +58,19 @@ function idsEqual(a: Buffer, ai: number, b: Buffer, bi: number): boolean {
 
 const asBuffer = (u: Uint8Array): Buffer => Buffer.from(u.buffer, u.byteOffset, u.byteLength);
 
-/** Lookup of chunk ID → positions in one seed (at most MAX_CANDIDATES per ID). */
+/**
+ * Seed lookups already built, by seed index: an update plans several times against the same seeds (the first chunks
+ * before the first byte, the whole target, each route's own plan), and a 4 GiB seed has 70 000 chunks.
+ */
+const lookups = new WeakMap<ChunkIndex, IdTable>();
+
+/** Lookup of chunk ID → positions in one seed (at most MAX_CANDIDATES per ID); only read once built. */
 function seedLookup(index: ChunkIndex): IdTable {
-  const t = new IdTable(index.ids, index.count);
+  let t = lookups.get(index);
+  if (t) return t;
+  t = new IdTable(index.ids, index.count);
   for (let i = 0; i < index.count; i++) t.add(i, MAX_CANDIDATES);
+  lookups.set(index, t);
   return t;
 }
 

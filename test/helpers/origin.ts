@@ -64,6 +64,8 @@ export interface Fault {
   path?: string;
   /** Only requests that carry a Range header (default: any). */
   rangedOnly?: boolean;
+  /** Only requests without a Range header (default: any). */
+  unrangedOnly?: boolean;
   skip?: number;
   times?: number;
   status?: number;
@@ -169,6 +171,7 @@ export async function startOrigin(opts: OriginOptions): Promise<Origin> {
     for (const f of faults) {
       if (f.path !== undefined && f.path !== path) continue;
       if (f.rangedOnly && !req.headers.range) continue;
+      if (f.unrangedOnly && req.headers.range) continue;
       f.seen++;
       if (f.seen <= (f.skip ?? 0) || f.used >= (f.times ?? 1)) continue;
       f.used++;

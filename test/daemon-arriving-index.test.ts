@@ -1,0 +1,196 @@
+// The first body byte does not wait for the whole index: the sidecar plans and
+// streams the image's first chunks from the start of the .caibx while the rest
+// of it downloads. An index that then turns out truncated or malformed fails
+// the download cleanly: the client gets fewer bytes than announced, never a
+// complete-looking file. A real origin on 127.0.0.1 behind a front server that
+// sends the index's first part, holds the rest back, then sends, cuts or
+// corrupts it; a plain HTTP client that notes when the first body byte came.
+import { test } from 'node:test';
+import assert from 'node:assert/strict';
+import http from 'node:http';
+import { copyFile, mkdir, mkdtemp, readFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { buildServer } from '../daemon/server.js';
+import { defaultConfig } from '../daemon/config.js';
+import { createLogger } from '../daemon/log.js';
+import { createNotifier } from '../daemon/notify.js';
+import { HEADER_SIZE, ITEM_SIZE } from '../lib/format/caibx.js';
+import { startOrigin, type Origin } from './helpers/origin.js';
+import { makeReleases, type Release } from './helpers/fleet.js';
+import { listenLocal } from './helpers/listen.js';
+import { fileTmpDir } from './helpers/tmp.js';
+
+const SIZE = 8 * 1024 * 1024;
+/** How long the front holds back the rest of the index after its first part. */
+const HOLD_MS = 2_500;
+
+interface Fixture {
+  root: string;
+  seedDir: string;
+  v2: Release;
+  caibx: Buffer;
+  origin: Origin;
+}
+
+const dir = fileTmpDir('arriving-index');
+let shared: Promise<Fixture> | undefined;
+function fixture(): Promise<Fixture> {
+  shared ??= (async () => {
+    const root = join(dir, 'origin');
+    const seedDir = join(dir, 'system');
+    await Promise.all([mkdir(root), mkdir(seedDir)]);
+    const [v1, v2] = await makeReleases(root, SIZE, 2);
+    await copyFile(join(root, v1.name), join(seedDir, v1.name));
+    const caibx = await readFile(join(root, `${v2.name}.caibx`));
+    return { root, seedDir, v2, caibx, origin: await startOrigin({ root }) };
+  })();
+  return shared;
+}
+
+test.after(async () => {
+  if (shared) await (await shared).origin.close();
+});
+
+type Rest = 'whole' | 'cut' | 'malformed';
+
+/**
+ * A front for the origin: the image's index goes out in two parts, its first half of the table at once, then
+ * after HOLD_MS the rest as `rest` says (every attempt the same way, so a retry does not mend it); everything
+ * else is passed to the origin. `restAt` is when the first attempt's rest went out (ms since the epoch).
+ */
+async function startFront(t: { after(fn: () => Promise<void>): void }, f: Fixture, rest: Rest) {
+  const indexPath = `/${f.v2.name}.caibx`;
+  const items = (f.caibx.length - HEADER_SIZE - ITEM_SIZE) / ITEM_SIZE;
+  const firstPart = HEADER_SIZE + ITEM_SIZE * Math.floor(items / 2);
+  const state = { indexGets: 0, restAt: 0 };
+  const server = http.createServer((req, res) => {
+    if (req.url === indexPath && req.method === 'GET') {
+      const attempt = state.indexGets++;
+      res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': f.caibx.length });
+      res.write(f.caibx.subarray(0, firstPart));
+      setTimeout(
+        () => {
+          if (attempt === 0) state.restAt = Date.now();
+          if (rest === 'cut') return void res.destroy();
+          let tail = f.caibx.subarray(firstPart);
+          if (rest === 'malformed') {
+            // The next item's end offset goes back to 1: offsets must strictly increase.
+            tail = Buffer.from(tail);
+            tail.writeBigUInt64LE(1n, 0);
+          }
+          res.end(tail);
+        },
+        attempt === 0 ? HOLD_MS : 50,
+      );
+      return;
+    }
+    const up = http.request(`${f.origin.url}${req.url}`, { method: req.method, headers: req.headers }, (r) => {
+      res.writeHead(r.statusCode ?? 502, r.headers);
+      r.pipe(res);
+    });
+    up.on('error', () => res.destroy());
+    req.pipe(up);
+  });
+  const url = await listenLocal(t, server);
+  return { url, state };
+}
+
+async function startSidecar(t: { after(fn: () => Promise<void>): void }, f: Fixture, originUrl: string) {
+  const cacheDir = await mkdtemp(join(dir, 'cache-'));
+  const logs: string[] = [];
+  const log = createLogger({ write: (s: string) => logs.push(s) } as unknown as NodeJS.WritableStream, {});
+  const config = {
+    ...defaultConfig({}),
+    origin: `${originUrl}/`,
+    seedGlobs: [join(f.seedDir, '*.img')],
+    cacheDir,
+    idleTimeout: 0,
+  };
+  const { app, ctx } = await buildServer(config, { log, notifier: createNotifier({ env: {} }) });
+  await app.listen({ host: '127.0.0.1', port: 0 });
+  t.after(() => app.close());
+  return { url: `http://127.0.0.1:${(app.server.address() as { port: number }).port}`, ctx, logs };
+}
+
+/**
+ * A GET as a client sees it: status, Content-Length, the bytes received, when the first body byte came (ms after
+ * the request), and whether the body ended cleanly (false: the connection was cut before Content-Length bytes).
+ */
+interface Got {
+  status: number;
+  length: number;
+  body: Buffer;
+  firstByteMs: number;
+  ended: boolean;
+}
+function get(url: string): Promise<Got> {
+  const startedAt = performance.now();
+  return new Promise((resolve, reject) => {
+    const req = http.get(url, (res) => {
+      const parts: Buffer[] = [];
+      let firstByteMs = -1;
+      const done = (ended: boolean) =>
+        resolve({
+          status: res.statusCode ?? 0,
+          length: Number(res.headers['content-length']),
+          body: Buffer.concat(parts),
+          firstByteMs,
+          ended,
+        });
+      res.on('data', (b: Buffer) => {
+        if (firstByteMs < 0) firstByteMs = performance.now() - startedAt;
+        parts.push(b);
+      });
+      res.on('end', () => done(true));
+      res.on('error', () => done(false));
+      res.on('aborted', () => done(false));
+    });
+    req.on('error', reject);
+    req.setTimeout(40_000, () => req.destroy(new Error('no answer within 40 s')));
+  });
+}
+
+test('the first body byte goes out from the start of the index, before the rest of it has arrived', {
+  timeout: 40_000,
+}, async (t) => {
+  const f = await fixture();
+  const front = await startFront(t, f, 'whole');
+  const d = await startSidecar(t, f, front.url);
+  const startedAt = Date.now();
+  const r = await get(`${d.url}/${f.v2.name}`);
+  assert.equal(r.status, 200);
+  assert.ok(r.ended, 'the body ended cleanly');
+  assert.ok(r.body.equals(f.v2.data), 'byte-identical to the release');
+  const restAfterMs = front.state.restAt - startedAt;
+  assert.ok(
+    r.firstByteMs < restAfterMs,
+    `first body byte after ${r.firstByteMs} ms, the rest of the index went out after ${restAfterMs} ms`,
+  );
+  assert.equal(d.ctx.counters.fallbacks, 0, d.logs.join(''));
+  assert.equal(d.ctx.counters.assembliesCompleted, 1);
+});
+
+for (const rest of ['cut', 'malformed'] as const) {
+  const what = rest === 'cut' ? 'cut short' : 'malformed';
+  test(`an index ${what} after its first part: the download fails, never looks complete`, {
+    timeout: 40_000,
+  }, async (t) => {
+    const f = await fixture();
+    const front = await startFront(t, f, rest);
+    const d = await startSidecar(t, f, front.url);
+    const r = await get(`${d.url}/${f.v2.name}`);
+    assert.equal(r.status, 200);
+    assert.equal(r.length, SIZE);
+    assert.ok(r.firstByteMs >= 0 && r.firstByteMs < HOLD_MS, `first body byte after ${r.firstByteMs} ms`);
+    assert.ok(!r.ended, `the connection must be cut, got ${r.body.length} bytes: ${d.logs.join('')}`);
+    assert.ok(r.body.length < SIZE, `${r.body.length} of ${SIZE} bytes`);
+    assert.ok(r.body.equals(f.v2.data.subarray(0, r.body.length)), 'what came is the start of the image');
+    assert.equal(d.ctx.counters.assembliesCompleted, 0);
+    assert.equal(d.ctx.counters.assemblyFailures, 1, d.logs.join(''));
+    const why = rest === 'cut' ? /truncated|closed|terminated|socket/i : /offsets must strictly increase/;
+    assert.ok(
+      d.logs.some((l) => /assembly failed/.test(l) && why.test(l)),
+      d.logs.join(''),
+    );
+  });
+}
