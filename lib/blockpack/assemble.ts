@@ -184,6 +184,10 @@ export class BlockAssembly {
    * so fresh ones would be old garbage that V8 frees only with a full collection, tens of MiB behind.
    */
   private readonly frameBuffers: BufferPool;
+  /** Copies of decoded blocks that only the decoding task uses (it hands them back in used()). */
+  private readonly blockBuffers = new BufferPool(2 * TASK_BYTES);
+  /** Where frames are decoded, reused (every block is copied out before the next decode). */
+  private decodeOut?: Buffer;
   private waiters: (() => void)[] = [];
   /** Tasks (by number) waiting for frames, and the oldest task not done. */
   private readonly waiting = new Set<number>();
@@ -553,7 +557,12 @@ export class BlockAssembly {
     const { index, bs } = this;
     const rescued = await this.fetchBlocksNow([...new Set(blocks.values())]);
     // Later tasks that use a pack block take the checked one too.
-    for (const [d, block] of rescued) if (this.blocks.has(d)) this.blocks.set(d, Buffer.from(block));
+    for (const [d, block] of rescued) {
+      const old = this.blocks.get(d);
+      if (!old) continue;
+      this.blocks.set(d, Buffer.from(block));
+      this.blockBuffers.give(old);
+    }
     for (const [b, d] of blocks) {
       const from = Math.max(t.start, b * bs);
       const to = Math.min(t.end, b * bs + blockLength(index, b));
@@ -812,15 +821,16 @@ export class BlockAssembly {
       }
       const lost = frames.find((f) => !this.stored.has(f));
       if (lost !== undefined) throw new Error(`block route: frame ${lost} is neither delivered nor decoded`);
-      // A block a later task uses too is copied, so it does not keep the whole batch's buffer alive; into a buffer
-      // of its own, not a slice of Node's 64 KiB pool, which it would keep alive with it.
+      // The decode buffer is reused: blocks are copied out. One only this task uses goes to a pooled buffer (back in
+      // used(), soon); one a later task uses too into a buffer of its own (it may be kept long: pooled, it would
+      // keep a slab), not a slice of Node's 64 KiB pool, which it would keep alive with it.
       const mine = new Set(ds);
       const failed = this.decode(
         frames,
         this.stored,
         (d, block) => {
           if (this.uses[d] > 0 && !this.blocks.has(d))
-            this.blocks.set(d, mine.has(d) && this.uses[d] === 1 ? block : copyOf(block));
+            this.blocks.set(d, mine.has(d) && this.uses[d] === 1 ? this.blockBuffers.copyOf(block) : copyOf(block));
         },
         !this.verifyChunks,
       );
@@ -846,9 +856,10 @@ export class BlockAssembly {
   }
 
   /**
-   * Decodes frames from `stored` (several per zstd call) and, with `check`, checks every block against its
-   * hash (without, the chunk IDs check them); gives each good frame's blocks to `keep`. Returns the frames
-   * that failed, with the error that names them.
+   * Decodes frames from `stored` (a batch at a time) and, with `check`, checks every block against its
+   * hash (without, the chunk IDs check them); gives each good frame's blocks to `keep`, which must copy what it
+   * keeps (they are views of the reused decode buffer). Returns the frames that failed, with the error that
+   * names them.
    */
   private decode(
     frames: readonly number[],
@@ -863,9 +874,13 @@ export class BlockAssembly {
     const flush = (): void => {
       if (batch.length === 0) return;
       const lengths = batch.map((f) => this.frameLength(f));
-      const contents = decoder.decompressMany(
+      const total = lengths.reduce((n, l) => n + l, 0);
+      if (!this.decodeOut || this.decodeOut.length <= total)
+        this.decodeOut = Buffer.allocUnsafeSlow(Math.max(total, DECODE_BATCH_BYTES) + 1);
+      const contents = decoder.decompressManyInto(
         batch.map((f) => stored.get(f)!),
         lengths,
+        this.decodeOut,
       );
       const good = contents && (!check || batch.every((f, k) => this.blocksMatch(f, contents[k]) === undefined));
       for (let k = 0; k < batch.length; k++) {
@@ -930,7 +945,12 @@ export class BlockAssembly {
     for (let attempt = 0; ; attempt++) {
       const stored = new Map<number, Buffer>();
       await this.fetchFrames(undefined, frames, stored);
-      const failed = this.decode(frames, stored, (d, block) => void (wanted.has(d) && got.set(d, block)), true);
+      const failed = this.decode(
+        frames,
+        stored,
+        (d, block) => void (wanted.has(d) && got.set(d, Buffer.from(block))),
+        true,
+      );
       for (const b of stored.values()) this.frameBuffers.give(b);
       if (failed.size === 0) return got;
       if (attempt > 0) throw failed.values().next().value!;
@@ -957,7 +977,11 @@ export class BlockAssembly {
 
   /** A task is done with pack block d. */
   private used(d: number): void {
-    if (--this.uses[d] === 0) this.blocks.delete(d);
+    if (--this.uses[d] === 0) {
+      const block = this.blocks.get(d);
+      this.blocks.delete(d);
+      if (block) this.blockBuffers.give(block);
+    }
     this.wake();
   }
 

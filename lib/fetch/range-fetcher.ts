@@ -410,6 +410,9 @@ function rangeFilter(
   };
 }
 
+/** A chunk's buffer before its first byte arrives (one shared empty buffer, not one per chunk asked for). */
+const NOT_YET = Buffer.alloc(0);
+
 /**
  * Cuts a byte stream (possibly several parts, any order) into the target
  * chunks it was asked for; calls onChunk once per completed chunk.
@@ -425,7 +428,7 @@ export class ChunkCollector {
     private readonly alloc: (size: number) => Buffer = Buffer.allocUnsafe,
   ) {
     this.wanted = [...chunks].sort((a, b) => a - b);
-    for (const i of this.wanted) this.pending.set(i, { buf: Buffer.alloc(0), filled: 0 });
+    for (const i of this.wanted) this.pending.set(i, { buf: NOT_YET, filled: 0 });
   }
 
   /** Chunks not completed yet. */
