@@ -74,6 +74,8 @@ export interface BlockRouteOptions {
   concurrency?: number;
   /** Largest target span of one task (the stream's window); default 2 MiB. */
   maxSpan?: number;
+  /** Where task buffers come from (default a pool of the route's own). */
+  buffers?: BufferPool;
   retry?: RetryPolicy;
   onWarning?: (message: string) => void;
   signal?: AbortSignal;
@@ -211,7 +213,7 @@ export class BlockAssembly {
     this.retry = opts.retry ?? { attempts: opts.http.attempts, retryBaseMs: opts.http.retryBaseMs };
     // 2 bytes per distinct block; a block more tasks use than that holds makes it 4 (see tasks()).
     this.uses = new Uint16Array(plan.index.distinctCount);
-    this.buffers = new BufferPool((opts.concurrency ?? 4) * TASK_BYTES);
+    this.buffers = opts.buffers ?? new BufferPool((opts.concurrency ?? 4) * TASK_BYTES);
     const { rttMs, bytesPerSec } = this.cost.link;
     this.budget = Math.max(AHEAD_BYTES, Math.round((AHEAD_ROUND_TRIPS * rttMs * bytesPerSec) / 1000));
     this.frameBuffers = new BufferPool(this.budget);

@@ -646,6 +646,7 @@ async function chooseRoutes(
       cost: ctx.cost,
       sha256: opts.sha256,
       maxSpan: sink.maxSpan,
+      buffers: choice.buffers,
       onWarning: opts.onWarning,
     });
     route.prepare(opts.signal ?? new AbortController().signal);
