@@ -183,11 +183,11 @@ export class BlockAssembly {
   private readonly buffers: BufferPool;
   /**
    * Buffers of frames as stored, reused once decoded: a frame waits for its task long enough to be promoted,
-   * so fresh ones would be old garbage that V8 frees only with a full collection, tens of MiB behind.
+   * so fresh ones would be old garbage that V8 frees only with a full collection, tens of MiB behind. Also the
+   * copies of decoded blocks that only the decoding task uses (handed back in used(), soon): slabs of their own
+   * would be two more 2 MiB slabs held.
    */
   private readonly frameBuffers: BufferPool;
-  /** Copies of decoded blocks that only the decoding task uses (it hands them back in used()). */
-  private readonly blockBuffers = new BufferPool(2 * TASK_BYTES);
   /** Where frames are decoded, reused (every block is copied out before the next decode). */
   private decodeOut?: Buffer;
   private waiters: (() => void)[] = [];
@@ -563,7 +563,7 @@ export class BlockAssembly {
       const old = this.blocks.get(d);
       if (!old) continue;
       this.blocks.set(d, Buffer.from(block));
-      this.blockBuffers.give(old);
+      this.frameBuffers.give(old);
     }
     for (const [b, d] of blocks) {
       const from = Math.max(t.start, b * bs);
@@ -832,7 +832,7 @@ export class BlockAssembly {
         this.stored,
         (d, block) => {
           if (this.uses[d] > 0 && !this.blocks.has(d))
-            this.blocks.set(d, mine.has(d) && this.uses[d] === 1 ? this.blockBuffers.copyOf(block) : copyOf(block));
+            this.blocks.set(d, mine.has(d) && this.uses[d] === 1 ? this.frameBuffers.copyOf(block) : copyOf(block));
         },
         !this.verifyChunks,
       );
@@ -982,7 +982,7 @@ export class BlockAssembly {
     if (--this.uses[d] === 0) {
       const block = this.blocks.get(d);
       this.blocks.delete(d);
-      if (block) this.blockBuffers.give(block);
+      if (block) this.frameBuffers.give(block);
     }
     this.wake();
   }
