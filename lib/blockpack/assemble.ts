@@ -183,9 +183,7 @@ export class BlockAssembly {
   private readonly buffers: BufferPool;
   /**
    * Buffers of frames as stored, reused once decoded: a frame waits for its task long enough to be promoted,
-   * so fresh ones would be old garbage that V8 frees only with a full collection, tens of MiB behind. Also the
-   * copies of decoded blocks that only the decoding task uses (handed back in used(), soon): slabs of their own
-   * would be two more 2 MiB slabs held.
+   * so fresh ones would be old garbage that V8 frees only with a full collection, tens of MiB behind.
    */
   private readonly frameBuffers: BufferPool;
   /** Where frames are decoded, reused (every block is copied out before the next decode). */
@@ -399,7 +397,8 @@ export class BlockAssembly {
     try {
       const seedBad = await this.readSeeds(t, data);
       await packReady;
-      await this.decodeFor(t.fromPack);
+      // Pack blocks only this task uses are put in place as they are decoded; the others are taken from `blocks`.
+      const placed = await this.decodeFor(t, data);
       this.ctl.signal.throwIfAborted();
       // Seed blocks known to have changed (here or in an earlier task) come from the pack too.
       if (seedBad.size > 0) await this.fromPackNow(t, data, seedBad);
@@ -414,8 +413,8 @@ export class BlockAssembly {
         if (d === ZERO_BLOCK) {
           data.fill(0, from - t.start, to - t.start);
           fromZero += to - from;
-        } else if (seedBad.has(b)) {
-          fromPack += to - from; // put in place by fromPackNow
+        } else if (seedBad.has(b) || placed.has(d)) {
+          fromPack += to - from; // put in place by fromPackNow or decodeFor
         } else if (this.plan.local[d] >= 0) {
           fromSeeds += to - from; // read in place by readSeeds
         } else {
@@ -559,12 +558,7 @@ export class BlockAssembly {
     const { index, bs } = this;
     const rescued = await this.fetchBlocksNow([...new Set(blocks.values())]);
     // Later tasks that use a pack block take the checked one too.
-    for (const [d, block] of rescued) {
-      const old = this.blocks.get(d);
-      if (!old) continue;
-      this.blocks.set(d, Buffer.from(block));
-      this.frameBuffers.give(old);
-    }
+    for (const [d, block] of rescued) if (this.blocks.has(d)) this.blocks.set(d, Buffer.from(block));
     for (const [b, d] of blocks) {
       const from = Math.max(t.start, b * bs);
       const to = Math.min(t.end, b * bs + blockLength(index, b));
@@ -812,10 +806,12 @@ export class BlockAssembly {
   }
 
   /** Decodes the delivered frames of the given distinct blocks (a frame that fails is asked for once more). */
-  private async decodeFor(ds: readonly number[]): Promise<void> {
+  private async decodeFor(t: Task, data: Buffer): Promise<Set<number>> {
+    const placed = new Set<number>();
+    const mine = new Set(t.fromPack);
     for (;;) {
-      const frames = this.framesMissing(ds);
-      if (frames.length === 0) return;
+      const frames = this.framesMissing(t.fromPack.filter((d) => !placed.has(d)));
+      if (frames.length === 0) return placed;
       const again = frames.filter((f) => this.refetching.has(f));
       if (again.length > 0) {
         await Promise.all(again.map((f) => this.refetching.get(f)));
@@ -823,19 +819,20 @@ export class BlockAssembly {
       }
       const lost = frames.find((f) => !this.stored.has(f));
       if (lost !== undefined) throw new Error(`block route: frame ${lost} is neither delivered nor decoded`);
-      // The decode buffer is reused: blocks are copied out. One only this task uses goes to a pooled buffer (back in
-      // used(), soon); one a later task uses too into a buffer of its own (it may be kept long: pooled, it would
-      // keep a slab), not a slice of Node's 64 KiB pool, which it would keep alive with it.
-      const mine = new Set(ds);
+      // The decode buffer is reused: blocks are copied out. One only this task uses goes straight into its place in
+      // `data`; one a later task uses too into a buffer of its own (it may be kept long: pooled, it would keep a
+      // slab), not a slice of Node's 64 KiB pool, which it would keep alive with it.
+      const own = new Map<number, Buffer>();
       const failed = this.decode(
         frames,
         this.stored,
         (d, block) => {
-          if (this.uses[d] > 0 && !this.blocks.has(d))
-            this.blocks.set(d, mine.has(d) && this.uses[d] === 1 ? this.frameBuffers.copyOf(block) : copyOf(block));
+          if (mine.has(d) && this.uses[d] === 1 && !placed.has(d)) own.set(d, block);
+          else if (this.uses[d] > 0 && !this.blocks.has(d)) this.blocks.set(d, copyOf(block));
         },
         !this.verifyChunks,
       );
+      if (own.size > 0) this.place(t, data, own, placed);
       // Decoding copied them (a raw frame too): their buffers are free.
       for (const f of frames) {
         const stored = this.stored.get(f)!;
@@ -855,6 +852,20 @@ export class BlockAssembly {
       for (const f of retry) this.refetching.set(f, p);
       await p;
     }
+  }
+
+  /** Copies the task's target blocks whose distinct block is in `blocks` into `data` (now: views of the decode buffer). */
+  private place(t: Task, data: Buffer, blocks: ReadonlyMap<number, Buffer>, placed: Set<number>): void {
+    const { index, bs } = this;
+    for (let b = Math.floor(t.start / bs); b * bs < t.end; b++) {
+      const block = blocks.get(index.distinctOf[b]);
+      if (!block) continue;
+      const bStart = b * bs;
+      const from = Math.max(t.start, bStart);
+      const to = Math.min(t.end, bStart + blockLength(index, b));
+      block.copy(data, from - t.start, from - bStart, to - bStart);
+    }
+    for (const d of blocks.keys()) placed.add(d);
   }
 
   /**
@@ -979,11 +990,7 @@ export class BlockAssembly {
 
   /** A task is done with pack block d. */
   private used(d: number): void {
-    if (--this.uses[d] === 0) {
-      const block = this.blocks.get(d);
-      this.blocks.delete(d);
-      if (block) this.frameBuffers.give(block);
-    }
+    if (--this.uses[d] === 0) this.blocks.delete(d);
     this.wake();
   }
 
