@@ -831,8 +831,12 @@ export class BlockAssembly {
           else if (this.uses[d] > 0 && !this.blocks.has(d)) this.blocks.set(d, copyOf(block));
         },
         !this.verifyChunks,
+        () => {
+          if (own.size === 0) return;
+          this.place(t, data, own, placed);
+          own.clear();
+        },
       );
-      if (own.size > 0) this.place(t, data, own, placed);
       // Decoding copied them (a raw frame too): their buffers are free.
       for (const f of frames) {
         const stored = this.stored.get(f)!;
@@ -871,14 +875,15 @@ export class BlockAssembly {
   /**
    * Decodes frames from `stored` (a batch at a time) and, with `check`, checks every block against its
    * hash (without, the chunk IDs check them); gives each good frame's blocks to `keep`, which must copy what it
-   * keeps (they are views of the reused decode buffer). Returns the frames that failed, with the error that
-   * names them.
+   * keeps (they are views of the reused decode buffer, which the next batch overwrites: `batchDone` runs after
+   * each batch's). Returns the frames that failed, with the error that names them.
    */
   private decode(
     frames: readonly number[],
     stored: ReadonlyMap<number, Buffer>,
     keep: (d: number, block: Buffer) => void,
     check: boolean,
+    batchDone?: () => void,
   ): Map<number, PackError> {
     const failed = new Map<number, PackError>();
     const decoder = this.decoder!;
@@ -922,6 +927,7 @@ export class BlockAssembly {
           off += len;
         }
       }
+      batchDone?.();
       batch = [];
       bytes = 0;
     };
