@@ -13,7 +13,7 @@ import { IndexCache, type IndexBuilder } from '../seed/index-cache.js';
 import { indexFile } from '../chunking/indexer.js';
 import type { ChunkerVariant } from '../chunking/chunker.js';
 import { planChunks, type Plan, type PlanTotals } from '../plan/planner.js';
-import { CostModel, bodyBytes, measuredLink, type LinkEstimate } from '../plan/cost.js';
+import { CostModel, measuredLink, type LinkEstimate } from '../plan/cost.js';
 import { RangeFetcher, type RangeSupport } from '../fetch/range-fetcher.js';
 import { RangeSource, StoreSource, type RemoteSource, type Run } from '../assemble/remote-source.js';
 import { OrderedStream } from '../assemble/ordered-stream.js';
@@ -272,8 +272,8 @@ const remoteRuns = (plan: Plan): Run[] =>
   plan.segments.filter((s) => s.kind === 'remote').map((s) => ({ first: s.first, count: s.count }));
 
 function rangeCost(plan: Plan, multi: boolean, cost: CostModel, parallelism: number): ModeCost {
-  const reqs = cost.planRequests(plan.target, remoteRuns(plan), multi, parallelism);
-  return { mode: multi ? 'range' : 'range-single', bytes: bodyBytes(reqs), requests: reqs.length };
+  const { bytes, requests } = cost.traffic(plan.target, remoteRuns(plan), multi, parallelism);
+  return { mode: multi ? 'range' : 'range-single', bytes, requests };
 }
 
 /**
