@@ -33,7 +33,7 @@ import { fetchUnits, type RetryPolicy, type UnitSpec } from '../assemble/unit-fe
 import { PartialFile } from '../assemble/partial-file.js';
 import type { AssemblySink } from '../assemble/sink.js';
 import type { ExtractProgress } from '../assemble/progress.js';
-import { BufferPool } from '../util/buffer-pool.js';
+import { BufferPool, SlotPool } from '../util/buffer-pool.js';
 import { FrameDecompressor } from './frame-codec.js';
 import {
   HASH_BYTES,
@@ -87,6 +87,8 @@ const TASK_BYTES = 2 * 1024 * 1024;
 const AHEAD_BYTES = 6 * 1024 * 1024;
 /** Round trips of the link the frame budget covers at least. */
 const AHEAD_ROUND_TRIPS = 4;
+/** Arenas of the decoded blocks kept for later tasks. */
+const KEPT_ARENA_BYTES = 256 * 1024;
 /** Uncompressed bytes decoded in one zstd call at most. */
 const DECODE_BATCH_BYTES = 1024 * 1024;
 
@@ -186,6 +188,8 @@ export class BlockAssembly {
    * so fresh ones would be old garbage that V8 frees only with a full collection, tens of MiB behind.
    */
   private readonly frameBuffers: BufferPool;
+  /** Decoded blocks kept for later tasks: slots reused as each block's last task is done with it. */
+  private readonly kept: SlotPool;
   /** Where frames are decoded, reused (every block is copied out before the next decode). */
   private decodeOut?: Buffer;
   private waiters: (() => void)[] = [];
@@ -215,6 +219,7 @@ export class BlockAssembly {
     const { rttMs, bytesPerSec } = this.cost.link;
     this.budget = Math.max(AHEAD_BYTES, Math.round((AHEAD_ROUND_TRIPS * rttMs * bytesPerSec) / 1000));
     this.frameBuffers = new BufferPool(this.budget);
+    this.kept = new SlotPool(this.bs, Math.max(1, Math.floor(KEPT_ARENA_BYTES / this.bs)));
     opts.signal?.addEventListener('abort', this.onAbort, { once: true });
     if (opts.signal?.aborted) this.ctl.abort(opts.signal.reason);
   }
@@ -558,7 +563,12 @@ export class BlockAssembly {
     const { index, bs } = this;
     const rescued = await this.fetchBlocksNow([...new Set(blocks.values())]);
     // Later tasks that use a pack block take the checked one too.
-    for (const [d, block] of rescued) if (this.blocks.has(d)) this.blocks.set(d, Buffer.from(block));
+    for (const [d, block] of rescued) {
+      const old = this.blocks.get(d);
+      if (!old) continue;
+      this.blocks.set(d, this.keep(block));
+      this.kept.give(old);
+    }
     for (const [b, d] of blocks) {
       const from = Math.max(t.start, b * bs);
       const to = Math.min(t.end, b * bs + blockLength(index, b));
@@ -820,15 +830,14 @@ export class BlockAssembly {
       const lost = frames.find((f) => !this.stored.has(f));
       if (lost !== undefined) throw new Error(`block route: frame ${lost} is neither delivered nor decoded`);
       // The decode buffer is reused: blocks are copied out. One only this task uses goes straight into its place in
-      // `data`; one a later task uses too into a buffer of its own (it may be kept long: pooled, it would keep a
-      // slab), not a slice of Node's 64 KiB pool, which it would keep alive with it.
+      // `data`; one a later task uses too into a slot of `kept`.
       const own = new Map<number, Buffer>();
       const failed = this.decode(
         frames,
         this.stored,
         (d, block) => {
           if (mine.has(d) && this.uses[d] === 1 && !placed.has(d)) own.set(d, block);
-          else if (this.uses[d] > 0 && !this.blocks.has(d)) this.blocks.set(d, copyOf(block));
+          else if (this.uses[d] > 0 && !this.blocks.has(d)) this.blocks.set(d, this.keep(block));
         },
         !this.verifyChunks,
         () => {
@@ -994,9 +1003,20 @@ export class BlockAssembly {
     return index.imageSize % this.bs !== 0 && index.distinctOf[last] === d ? blockLength(index, last) : this.bs;
   }
 
+  /** A copy of a decoded block in a slot of `kept`. */
+  private keep(block: Buffer): Buffer {
+    const copy = this.kept.take(block.length);
+    block.copy(copy);
+    return copy;
+  }
+
   /** A task is done with pack block d. */
   private used(d: number): void {
-    if (--this.uses[d] === 0) this.blocks.delete(d);
+    if (--this.uses[d] === 0) {
+      const block = this.blocks.get(d);
+      this.blocks.delete(d);
+      if (block) this.kept.give(block);
+    }
     this.wake();
   }
 
@@ -1019,12 +1039,6 @@ export class BlockAssembly {
   private wake(): void {
     for (const w of this.waiters.splice(0)) w();
   }
-}
-
-function copyOf(data: Buffer): Buffer {
-  const copy = Buffer.allocUnsafeSlow(data.length);
-  data.copy(copy);
-  return copy;
 }
 
 function framesOf(req: RangeRequest): number[] {
