@@ -358,6 +358,7 @@ export class BlockAssembly {
     await forEachConcurrent(this.admitted(tasks), this.opts.concurrency ?? 4, async (k) => {
       await this.guard(tasks[k], k); // never throws
       done[k] = 1;
+      tasks[k].fromPack = NONE; // its list of pack blocks is not needed any more (tasks are made all at once)
       while (this.oldest < tasks.length && done[this.oldest]) this.oldest++;
       this.wake();
     });
@@ -1040,6 +1041,8 @@ export class BlockAssembly {
     for (const w of this.waiters.splice(0)) w();
   }
 }
+
+const NONE: number[] = [];
 
 function framesOf(req: RangeRequest): number[] {
   const out: number[] = [];

@@ -64,7 +64,7 @@ export interface BlockCost {
 
 /** The pack as a sequence of "chunks" for range planning: 0 = the pack header, f+1 = frame f. */
 export class PackLayout implements Pick<ChunkIndex, 'start' | 'end' | 'chunkAt'> {
-  constructor(private readonly frameStart: Float64Array) {}
+  constructor(private readonly frameStart: Float64Array | Uint32Array) {}
   start(i: number): number {
     return i === 0 ? 0 : this.frameStart[i - 1];
   }
