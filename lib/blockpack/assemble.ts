@@ -268,6 +268,8 @@ export class BlockAssembly {
       for (const fh of this.seedHandles.values()) await (await fh.catch(() => null))?.close().catch(() => {});
       // The caller's signal outlives this run (the chunk route may go on after it): it must not keep the tables.
       this.opts.signal?.removeEventListener('abort', this.onAbort);
+      // Its native zstd context goes now, not when the collector finds it (a later run opens another).
+      this.decoder?.close();
     }
     if (this.error !== undefined) throw this.error;
     this.ctl.signal.throwIfAborted();
