@@ -2,7 +2,7 @@
 // freeNow detaches a large buffer the caller owns and leaves slices of Node's shared pool alone.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { BufferPool, SLAB_BYTES, SharedBuffer, freeNow } from '../lib/util/buffer-pool.js';
+import { BufferPool, SLAB_BYTES, SharedBuffer, SlotPool, freeNow } from '../lib/util/buffer-pool.js';
 
 test('buffer pool: small buffers lie side by side; a slab is reused only once all of it is handed back', () => {
   const pool = new BufferPool(4 * SLAB_BYTES);
@@ -123,4 +123,29 @@ test('freeNow: a large owned buffer is detached at once; a slice of the shared p
   freeNow(first);
   assert.equal(second.length, Buffer.poolSize * 2, 'a shared buffer is never detached');
   assert.equal(second[0], 9);
+});
+
+test('slot pool: slots are distinct while out, reused once handed back, and a new arena only when all are out', () => {
+  const pool = new SlotPool(4096, 3);
+  const a = pool.take(4096);
+  const b = pool.take(100);
+  const c = pool.take(4096);
+  assert.equal(b.length, 100);
+  assert.equal(a.buffer, c.buffer, 'one arena for three slots');
+  a.fill(1);
+  b.fill(2);
+  c.fill(3);
+  assert.ok(a.every((x) => x === 1) && c.every((x) => x === 3), 'slots do not overlap');
+  const d = pool.take(4096);
+  assert.notEqual(d.buffer, a.buffer, 'a second arena once every slot is out');
+  pool.give(b);
+  const e = pool.take(4096);
+  assert.equal(e.buffer, b.buffer, 'a slot handed back is used again');
+  assert.equal(e.byteOffset, b.byteOffset);
+  assert.equal(e.length, 4096, 'whole again, though it went out as 100 bytes');
+  pool.give(Buffer.alloc(4096)); // not of the pool: ignored
+  const f = pool.take(1);
+  assert.notEqual(f.buffer, a.buffer);
+  assert.equal(f.buffer, d.buffer, 'the rest of the second arena, not the foreign buffer');
+  assert.throws(() => pool.take(4097), RangeError);
 });

@@ -129,6 +129,28 @@ test('FrameCompressor: overlapping calls give one-shot frames, in order, that Fr
       ),
       undefined,
     );
+    // Into the caller's buffer (reused call after call): the same contents, at the sums of the lengths before
+    // them; a bad frame or a wrong length fails the call and leaves the decoder good for the next one.
+    const total = lengths.reduce((n, l) => n + l, 0);
+    assert.throws(() => decompressor.decompressManyInto(stored, lengths, Buffer.alloc(total)), RangeError);
+    const out = Buffer.alloc(total + 2);
+    for (let round = 0; round < 2; round++) {
+      const into = decompressor.decompressManyInto(stored, lengths, out);
+      assert.ok(
+        into?.every((c, i) => c.equals(frames[i]) && c.buffer === out.buffer),
+        `round ${round}: every frame restored into the buffer`,
+      );
+      assert.equal(decompressor.decompressManyInto(corrupt, lengths, out), undefined, 'a corrupt frame');
+      for (const k of [3, 4]) {
+        const shorter = lengths.map((n, i) => (i === k ? n - 1 : n));
+        const longer = lengths.map((n, i) => (i === k ? n + 1 : n));
+        assert.equal(decompressor.decompressManyInto(stored, shorter, out), undefined, `frame ${k} longer`);
+        assert.equal(decompressor.decompressManyInto(stored, longer, out), undefined, `frame ${k} shorter`);
+      }
+      const garbage = stored.map((b, i) => (i === 2 ? Buffer.from('not a zstd frame at all') : b));
+      assert.equal(decompressor.decompressManyInto(garbage, lengths, out), undefined, 'not zstd');
+      decompressor.close();
+    }
   } finally {
     compressor.close();
   }

@@ -6,7 +6,7 @@ import { createHash } from 'node:crypto';
 import { ChunkIndexBuilder, type ChunkIndex } from '../lib/format/caibx.js';
 import { chunkId } from '../lib/format/digest.js';
 import { planChunks } from '../lib/plan/planner.js';
-import { planRangeRequests, rangeHeader } from '../lib/fetch/range-fetcher.js';
+import { countRangeRequests, planRangeRequests, rangeHeader } from '../lib/fetch/range-fetcher.js';
 import type { Seed } from '../lib/seed/seed.js';
 
 const PARAMS = { min: 1, avg: 1000, max: 100000 };
@@ -126,4 +126,40 @@ test('range requests: adjacent runs, small gaps merged, request and header limit
     bytesCap.map((r) => r.bytes),
     [300_000, 300_000, 300_000, 100_000],
   );
+});
+
+test('range requests counted (for pricing) are the requests planned', () => {
+  // Chunks of uneven sizes, runs with uneven gaps (a deterministic sequence), and limits that each come into play.
+  const sizes = Array.from({ length: 3000 }, (_, i) => 200 + ((i * 7919) % 1800));
+  const target = indexOf(sizes.map((s, i) => [`c${i}`, s] as [string, number]));
+  const runs: { first: number; count: number }[] = [];
+  for (let i = 0; i < sizes.length; ) {
+    const count = 1 + ((i * 31) % 9);
+    runs.push({ first: i, count: Math.min(count, sizes.length - i) });
+    i += count + ((i * 17) % 5);
+  }
+  const cases = [
+    { multi: true },
+    { multi: true, targetRequests: 2, maxRangesPerRequest: 50 },
+    { multi: true, maxRequestBytes: 20_000, maxSpan: 30_000 },
+    { multi: false, maxRequestBytes: 200_000 },
+    { multi: false, maxGap: 0 },
+    { multi: false, maxRequestBytes: 5_000 },
+  ];
+  for (const opts of cases) {
+    const reqs = planRangeRequests(target, runs, opts);
+    const count = countRangeRequests(target, runs, opts);
+    const what = JSON.stringify(opts);
+    assert.ok(reqs.length > 1, `${what}: several requests`);
+    assert.equal(count.requests, reqs.length, `${what}: requests`);
+    assert.equal(
+      count.bytes,
+      reqs.reduce((n, r) => n + r.bytes, 0),
+      `${what}: bytes`,
+    );
+    const parts = reqs.reduce((n, r) => n + (r.ranges.length > 1 ? r.ranges.length : 0), 0);
+    assert.equal(count.multipartRanges, parts, `${what}: parts of multipart answers`);
+    assert.equal(opts.multi, parts > 0, `${what}: multipart answers only with multi-range`);
+  }
+  assert.deepEqual(countRangeRequests(target, [], { multi: true }), { requests: 0, bytes: 0, multipartRanges: 0 });
 });

@@ -190,16 +190,19 @@ export class OrderedStream extends Readable implements AssemblySink {
     while (this.wantMore && !this.destroyed && this.pending.has(this.next)) {
       // Consecutive chunks that lie side by side in one buffer go out as one piece (a seed run is one read).
       const head = this.takePiece(this.next++);
-      let data = head.data;
+      const { buffer, byteOffset } = head.data;
+      let length = head.data.length;
       const shares = head.share ? [head.share] : [];
       while (this.next < this.endChunk - 1 && this.pending.has(this.next)) {
         const more = this.pending.get(this.next)!;
-        if (more.data.buffer !== data.buffer || more.data.byteOffset !== data.byteOffset + data.length) break;
-        data = Buffer.from(data.buffer, data.byteOffset, data.length + more.data.length);
+        if (more.data.buffer !== buffer || more.data.byteOffset !== byteOffset + length) break;
+        length += more.data.length;
         if (more.share && more.share !== shares.at(-1)) shares.push(more.share);
         else if (more.share) this.unref(more.share); // one reference per share is enough for the merged piece
         this.takePiece(this.next++);
       }
+      // One view of the merged piece, not one per chunk merged.
+      const data = length === head.data.length ? head.data : Buffer.from(buffer, byteOffset, length);
       this.hash.update(data);
       const last = this.next === this.endChunk && !this.partial;
       if (last && !this.checkDigest()) {

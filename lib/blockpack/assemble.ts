@@ -33,7 +33,7 @@ import { fetchUnits, type RetryPolicy, type UnitSpec } from '../assemble/unit-fe
 import { PartialFile } from '../assemble/partial-file.js';
 import type { AssemblySink } from '../assemble/sink.js';
 import type { ExtractProgress } from '../assemble/progress.js';
-import { BufferPool } from '../util/buffer-pool.js';
+import { BufferPool, SlotPool } from '../util/buffer-pool.js';
 import { FrameDecompressor } from './frame-codec.js';
 import {
   HASH_BYTES,
@@ -74,6 +74,8 @@ export interface BlockRouteOptions {
   concurrency?: number;
   /** Largest target span of one task (the stream's window); default 2 MiB. */
   maxSpan?: number;
+  /** Where task buffers come from (default a pool of the route's own). */
+  buffers?: BufferPool;
   retry?: RetryPolicy;
   onWarning?: (message: string) => void;
   signal?: AbortSignal;
@@ -85,6 +87,8 @@ const TASK_BYTES = 2 * 1024 * 1024;
 const AHEAD_BYTES = 6 * 1024 * 1024;
 /** Round trips of the link the frame budget covers at least. */
 const AHEAD_ROUND_TRIPS = 4;
+/** Arenas of the decoded blocks kept for later tasks. */
+const KEPT_ARENA_BYTES = 256 * 1024;
 /** Uncompressed bytes decoded in one zstd call at most. */
 const DECODE_BATCH_BYTES = 1024 * 1024;
 
@@ -184,6 +188,10 @@ export class BlockAssembly {
    * so fresh ones would be old garbage that V8 frees only with a full collection, tens of MiB behind.
    */
   private readonly frameBuffers: BufferPool;
+  /** Decoded blocks kept for later tasks: slots reused as each block's last task is done with it. */
+  private readonly kept: SlotPool;
+  /** Where frames are decoded, reused (every block is copied out before the next decode). */
+  private decodeOut?: Buffer;
   private waiters: (() => void)[] = [];
   /** Tasks (by number) waiting for frames, and the oldest task not done. */
   private readonly waiting = new Set<number>();
@@ -207,10 +215,11 @@ export class BlockAssembly {
     this.retry = opts.retry ?? { attempts: opts.http.attempts, retryBaseMs: opts.http.retryBaseMs };
     // 2 bytes per distinct block; a block more tasks use than that holds makes it 4 (see tasks()).
     this.uses = new Uint16Array(plan.index.distinctCount);
-    this.buffers = new BufferPool((opts.concurrency ?? 4) * TASK_BYTES);
+    this.buffers = opts.buffers ?? new BufferPool((opts.concurrency ?? 4) * TASK_BYTES);
     const { rttMs, bytesPerSec } = this.cost.link;
     this.budget = Math.max(AHEAD_BYTES, Math.round((AHEAD_ROUND_TRIPS * rttMs * bytesPerSec) / 1000));
     this.frameBuffers = new BufferPool(this.budget);
+    this.kept = new SlotPool(this.bs, Math.max(1, Math.floor(KEPT_ARENA_BYTES / this.bs)));
     opts.signal?.addEventListener('abort', this.onAbort, { once: true });
     if (opts.signal?.aborted) this.ctl.abort(opts.signal.reason);
   }
@@ -259,6 +268,8 @@ export class BlockAssembly {
       for (const fh of this.seedHandles.values()) await (await fh.catch(() => null))?.close().catch(() => {});
       // The caller's signal outlives this run (the chunk route may go on after it): it must not keep the tables.
       this.opts.signal?.removeEventListener('abort', this.onAbort);
+      // Its native zstd context goes now, not when the collector finds it (a later run opens another).
+      this.decoder?.close();
     }
     if (this.error !== undefined) throw this.error;
     this.ctl.signal.throwIfAborted();
@@ -349,6 +360,7 @@ export class BlockAssembly {
     await forEachConcurrent(this.admitted(tasks), this.opts.concurrency ?? 4, async (k) => {
       await this.guard(tasks[k], k); // never throws
       done[k] = 1;
+      tasks[k].fromPack = NONE; // its list of pack blocks is not needed any more (tasks are made all at once)
       while (this.oldest < tasks.length && done[this.oldest]) this.oldest++;
       this.wake();
     });
@@ -393,7 +405,8 @@ export class BlockAssembly {
     try {
       const seedBad = await this.readSeeds(t, data);
       await packReady;
-      await this.decodeFor(t.fromPack);
+      // Pack blocks only this task uses are put in place as they are decoded; the others are taken from `blocks`.
+      const placed = await this.decodeFor(t, data);
       this.ctl.signal.throwIfAborted();
       // Seed blocks known to have changed (here or in an earlier task) come from the pack too.
       if (seedBad.size > 0) await this.fromPackNow(t, data, seedBad);
@@ -408,8 +421,8 @@ export class BlockAssembly {
         if (d === ZERO_BLOCK) {
           data.fill(0, from - t.start, to - t.start);
           fromZero += to - from;
-        } else if (seedBad.has(b)) {
-          fromPack += to - from; // put in place by fromPackNow
+        } else if (seedBad.has(b) || placed.has(d)) {
+          fromPack += to - from; // put in place by fromPackNow or decodeFor
         } else if (this.plan.local[d] >= 0) {
           fromSeeds += to - from; // read in place by readSeeds
         } else {
@@ -553,7 +566,12 @@ export class BlockAssembly {
     const { index, bs } = this;
     const rescued = await this.fetchBlocksNow([...new Set(blocks.values())]);
     // Later tasks that use a pack block take the checked one too.
-    for (const [d, block] of rescued) if (this.blocks.has(d)) this.blocks.set(d, Buffer.from(block));
+    for (const [d, block] of rescued) {
+      const old = this.blocks.get(d);
+      if (!old) continue;
+      this.blocks.set(d, this.keep(block));
+      this.kept.give(old);
+    }
     for (const [b, d] of blocks) {
       const from = Math.max(t.start, b * bs);
       const to = Math.min(t.end, b * bs + blockLength(index, b));
@@ -802,10 +820,12 @@ export class BlockAssembly {
   }
 
   /** Decodes the delivered frames of the given distinct blocks (a frame that fails is asked for once more). */
-  private async decodeFor(ds: readonly number[]): Promise<void> {
+  private async decodeFor(t: Task, data: Buffer): Promise<Set<number>> {
+    const placed = new Set<number>();
+    const mine = new Set(t.fromPack);
     for (;;) {
-      const frames = this.framesMissing(ds);
-      if (frames.length === 0) return;
+      const frames = this.framesMissing(t.fromPack.filter((d) => !placed.has(d)));
+      if (frames.length === 0) return placed;
       const again = frames.filter((f) => this.refetching.has(f));
       if (again.length > 0) {
         await Promise.all(again.map((f) => this.refetching.get(f)));
@@ -813,17 +833,22 @@ export class BlockAssembly {
       }
       const lost = frames.find((f) => !this.stored.has(f));
       if (lost !== undefined) throw new Error(`block route: frame ${lost} is neither delivered nor decoded`);
-      // A block a later task uses too is copied, so it does not keep the whole batch's buffer alive; into a buffer
-      // of its own, not a slice of Node's 64 KiB pool, which it would keep alive with it.
-      const mine = new Set(ds);
+      // The decode buffer is reused: blocks are copied out. One only this task uses goes straight into its place in
+      // `data`; one a later task uses too into a slot of `kept`.
+      const own = new Map<number, Buffer>();
       const failed = this.decode(
         frames,
         this.stored,
         (d, block) => {
-          if (this.uses[d] > 0 && !this.blocks.has(d))
-            this.blocks.set(d, mine.has(d) && this.uses[d] === 1 ? block : copyOf(block));
+          if (mine.has(d) && this.uses[d] === 1 && !placed.has(d)) own.set(d, block);
+          else if (this.uses[d] > 0 && !this.blocks.has(d)) this.blocks.set(d, this.keep(block));
         },
         !this.verifyChunks,
+        () => {
+          if (own.size === 0) return;
+          this.place(t, data, own, placed);
+          own.clear();
+        },
       );
       // Decoding copied them (a raw frame too): their buffers are free.
       for (const f of frames) {
@@ -846,16 +871,32 @@ export class BlockAssembly {
     }
   }
 
+  /** Copies the task's target blocks whose distinct block is in `blocks` into `data` (now: views of the decode buffer). */
+  private place(t: Task, data: Buffer, blocks: ReadonlyMap<number, Buffer>, placed: Set<number>): void {
+    const { index, bs } = this;
+    for (let b = Math.floor(t.start / bs); b * bs < t.end; b++) {
+      const block = blocks.get(index.distinctOf[b]);
+      if (!block) continue;
+      const bStart = b * bs;
+      const from = Math.max(t.start, bStart);
+      const to = Math.min(t.end, bStart + blockLength(index, b));
+      block.copy(data, from - t.start, from - bStart, to - bStart);
+    }
+    for (const d of blocks.keys()) placed.add(d);
+  }
+
   /**
-   * Decodes frames from `stored` (several per zstd call) and, with `check`, checks every block against its
-   * hash (without, the chunk IDs check them); gives each good frame's blocks to `keep`. Returns the frames
-   * that failed, with the error that names them.
+   * Decodes frames from `stored` (a batch at a time) and, with `check`, checks every block against its
+   * hash (without, the chunk IDs check them); gives each good frame's blocks to `keep`, which must copy what it
+   * keeps (they are views of the reused decode buffer, which the next batch overwrites: `batchDone` runs after
+   * each batch's). Returns the frames that failed, with the error that names them.
    */
   private decode(
     frames: readonly number[],
     stored: ReadonlyMap<number, Buffer>,
     keep: (d: number, block: Buffer) => void,
     check: boolean,
+    batchDone?: () => void,
   ): Map<number, PackError> {
     const failed = new Map<number, PackError>();
     const decoder = this.decoder!;
@@ -864,9 +905,13 @@ export class BlockAssembly {
     const flush = (): void => {
       if (batch.length === 0) return;
       const lengths = batch.map((f) => this.frameLength(f));
-      const contents = decoder.decompressMany(
+      const total = lengths.reduce((n, l) => n + l, 0);
+      if (!this.decodeOut || this.decodeOut.length <= total)
+        this.decodeOut = Buffer.allocUnsafeSlow(Math.max(total, DECODE_BATCH_BYTES) + 1);
+      const contents = decoder.decompressManyInto(
         batch.map((f) => stored.get(f)!),
         lengths,
+        this.decodeOut,
       );
       const good = contents && (!check || batch.every((f, k) => this.blocksMatch(f, contents[k]) === undefined));
       for (let k = 0; k < batch.length; k++) {
@@ -895,6 +940,7 @@ export class BlockAssembly {
           off += len;
         }
       }
+      batchDone?.();
       batch = [];
       bytes = 0;
     };
@@ -931,7 +977,12 @@ export class BlockAssembly {
     for (let attempt = 0; ; attempt++) {
       const stored = new Map<number, Buffer>();
       await this.fetchFrames(undefined, frames, stored);
-      const failed = this.decode(frames, stored, (d, block) => void (wanted.has(d) && got.set(d, block)), true);
+      const failed = this.decode(
+        frames,
+        stored,
+        (d, block) => void (wanted.has(d) && got.set(d, Buffer.from(block))),
+        true,
+      );
       for (const b of stored.values()) this.frameBuffers.give(b);
       if (failed.size === 0) return got;
       if (attempt > 0) throw failed.values().next().value!;
@@ -956,9 +1007,20 @@ export class BlockAssembly {
     return index.imageSize % this.bs !== 0 && index.distinctOf[last] === d ? blockLength(index, last) : this.bs;
   }
 
+  /** A copy of a decoded block in a slot of `kept`. */
+  private keep(block: Buffer): Buffer {
+    const copy = this.kept.take(block.length);
+    block.copy(copy);
+    return copy;
+  }
+
   /** A task is done with pack block d. */
   private used(d: number): void {
-    if (--this.uses[d] === 0) this.blocks.delete(d);
+    if (--this.uses[d] === 0) {
+      const block = this.blocks.get(d);
+      this.blocks.delete(d);
+      if (block) this.kept.give(block);
+    }
     this.wake();
   }
 
@@ -983,11 +1045,7 @@ export class BlockAssembly {
   }
 }
 
-function copyOf(data: Buffer): Buffer {
-  const copy = Buffer.allocUnsafeSlow(data.length);
-  data.copy(copy);
-  return copy;
-}
+const NONE: number[] = [];
 
 function framesOf(req: RangeRequest): number[] {
   const out: number[] = [];

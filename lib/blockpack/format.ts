@@ -50,8 +50,11 @@ export interface BlockIndex extends BlockTable {
   frameCount: number;
   /** frameFirst[f] = first distinct block of frame f; frameFirst[frameCount] = distinctCount. */
   frameFirst: Uint32Array;
-  /** frameStart[f] = offset of frame f in the pack; frameStart[frameCount] = packSize. */
-  frameStart: Float64Array;
+  /**
+   * frameStart[f] = offset of frame f in the pack; frameStart[frameCount] = packSize. 32 bits each for a pack
+   * under 4 GiB (3.4 MiB less for a 4 GiB image's 900,000 frames).
+   */
+  frameStart: Float64Array | Uint32Array;
 }
 
 export function sha256(data: Uint8Array): Buffer {
@@ -115,18 +118,19 @@ class ByteReader {
     private readonly buf: Buffer,
     private readonly fail: (field: string, offset: number, detail: string) => never,
   ) {}
-  varint(field: string): number {
+  /** A number of the field `${name}[${i}]${part}` (the name is only made for an error: one per block is garbage). */
+  varint(name: string, i: number, part = ''): number {
     let v = 0;
     let mul = 1;
     for (let k = 0; k < 7; k++) {
       if (this.pos >= this.buf.length)
-        this.fail(field, INDEX_HEADER_SIZE, `index body ends inside a number (body byte ${this.pos})`);
+        this.fail(`${name}[${i}]${part}`, INDEX_HEADER_SIZE, `index body ends inside a number (body byte ${this.pos})`);
       const b = this.buf[this.pos++];
       v += (b & 0x7f) * mul;
       if ((b & 0x80) === 0) return v;
       mul *= 0x80;
     }
-    return this.fail(field, INDEX_HEADER_SIZE, `number too long at body byte ${this.pos}`);
+    return this.fail(`${name}[${i}]${part}`, INDEX_HEADER_SIZE, `number too long at body byte ${this.pos}`);
   }
   bytes(n: number, field: string): Buffer {
     if (this.pos + n > this.buf.length)
@@ -258,7 +262,7 @@ export function parseBlockIndex(buf: Buffer, source?: string): BlockIndex {
   const distinctOf = new Int32Array(blockCount);
   let next = 0;
   for (let b = 0; b < blockCount; b++) {
-    const k = r.varint(`block[${b}]`);
+    const k = r.varint('block', b);
     if (k === 0) distinctOf[b] = ZERO_BLOCK;
     else if (k === 1) {
       if (next >= distinctCount)
@@ -273,12 +277,12 @@ export function parseBlockIndex(buf: Buffer, source?: string): BlockIndex {
   if (next !== distinctCount) fail('distinct_count', 40, `header says ${distinctCount}, the blocks introduce ${next}`);
   // A short last block can only be its own distinct block: its hash covers fewer bytes.
   const frameFirst = new Uint32Array(frameCount + 1);
-  const frameStart = new Float64Array(frameCount + 1);
+  const frameStart = packSize <= 0xffffffff ? new Uint32Array(frameCount + 1) : new Float64Array(frameCount + 1);
   let d = 0;
   let off = PACK_HEADER_SIZE;
   for (let f = 0; f < frameCount; f++) {
-    const n = r.varint(`frame[${f}].blocks`);
-    const len = r.varint(`frame[${f}].length`);
+    const n = r.varint('frame', f, '.blocks');
+    const len = r.varint('frame', f, '.length');
     if (n < 1 || n > MAX_FRAME_BLOCKS || d + n > distinctCount)
       fail(`frame[${f}].blocks`, INDEX_HEADER_SIZE, `${n} blocks (at distinct block ${d} of ${distinctCount})`);
     if (len < 1 || len > n * blockSize + 1024)

@@ -2,7 +2,14 @@
 // independent zstd frame with the release's dictionary, stored without the
 // 4-byte zstd magic; or stored raw when compression would not make it smaller
 // (a stored length equal to the uncompressed length means raw).
-import { constants, createZstdCompress, zstdDecompressSync, type ZstdCompress } from 'node:zlib';
+import {
+  constants,
+  createZstdCompress,
+  createZstdDecompress,
+  zstdDecompressSync,
+  type ZstdCompress,
+  type ZstdDecompress,
+} from 'node:zlib';
 import { ZSTD_MAGIC } from './format.js';
 import { PackError } from '../errors.js';
 
@@ -57,13 +64,91 @@ export class FrameCompressor {
   }
 }
 
+/**
+ * The native side of a node:zlib zstd decoder: writeSync decodes into a buffer the caller gives (the stream's own
+ * API allocates its output per call). Not a documented API, so it is looked for and not relied on (see
+ * FrameDecompressor.decompressManyInto).
+ */
+interface ZstdHandle {
+  writeSync(
+    flush: number,
+    input: Uint8Array,
+    inOff: number,
+    inLen: number,
+    out: Uint8Array,
+    outOff: number,
+    outLen: number,
+  ): void;
+  reset(): void;
+  onerror: (message: string, errno: number, code: string) => void;
+}
+
+/** One long-lived zstd decoder with the dictionary loaded once, decoding frames into the caller's buffer. */
+class IntoDecoder {
+  private readonly engine: ZstdDecompress;
+  private readonly handle: ZstdHandle;
+  /** [output bytes left, input bytes left] after each writeSync. */
+  private readonly state: Uint32Array;
+  private error: string | undefined;
+
+  private constructor(engine: ZstdDecompress, handle: ZstdHandle, state: Uint32Array) {
+    this.engine = engine;
+    this.handle = handle;
+    this.state = state;
+    // Instead of node:zlib's handler, which destroys the stream: a bad frame is the caller's to report.
+    handle.onerror = (message) => {
+      this.error = message;
+    };
+  }
+
+  /** A decoder, or undefined when this Node's zlib does not have the native handle as expected. */
+  static open(dictionary: Uint8Array | undefined): IntoDecoder | undefined {
+    try {
+      const engine = createZstdDecompress(dictionary ? { dictionary } : {});
+      const inner = engine as unknown as { _handle?: Partial<ZstdHandle>; _writeState?: unknown };
+      const handle = inner._handle;
+      const state = inner._writeState;
+      if (typeof handle?.writeSync !== 'function' || typeof handle.reset !== 'function') return undefined;
+      if (!(state instanceof Uint32Array) || state.length < 2) return undefined;
+      return new IntoDecoder(engine, handle as ZstdHandle, state);
+    } catch {
+      return undefined;
+    }
+  }
+
+  /**
+   * Decodes one stored frame (magic put back) to out[at, at + length); out's bytes after that may be overwritten.
+   * False when it is not valid zstd or decodes to another length.
+   */
+  frame(stored: Uint8Array, out: Buffer, at: number, length: number): boolean {
+    const { handle, state } = this;
+    this.error = undefined;
+    // From a clean state every time: a bad frame before must not spill into this one.
+    handle.reset();
+    const room = out.length - at;
+    handle.writeSync(constants.ZSTD_e_continue, ZSTD_MAGIC, 0, ZSTD_MAGIC.length, out, at, room);
+    if (this.error !== undefined || state[1] !== 0) return false;
+    let left = state[0];
+    handle.writeSync(constants.ZSTD_e_end, stored, 0, stored.length, out, at + room - left, left);
+    if (this.error !== undefined) return false;
+    left = state[0];
+    // All input used, exactly `length` bytes out and room to spare (so a longer frame shows).
+    return state[1] === 0 && room - left === length && left > 0;
+  }
+
+  close(): void {
+    this.engine.close();
+  }
+}
+
 export class FrameDecompressor {
   private readonly dictionary: Uint8Array | undefined;
+  /** Undefined until first used; null when node:zlib has no decoder that writes into a given buffer. */
+  private into: IntoDecoder | null | undefined;
 
   constructor(dictionary: Uint8Array) {
     this.dictionary = dictionary.length > 0 ? dictionary : undefined;
   }
-
   /**
    * Restores a frame of `length` uncompressed bytes. Throws (with `what` in
    * the message) when the frame is not valid zstd or decodes to another size.
@@ -123,5 +208,44 @@ export class FrameDecompressor {
       }
     }
     return contents;
+  }
+
+  /**
+   * Like decompressMany, into `out` (at least the lengths' sum plus one byte): frame k's content at the sum of the
+   * lengths before it. A fresh buffer per call is garbage that a task keeps long enough to be promoted, and V8
+   * frees it only at a full collection, so this decodes into the caller's reused buffer with one long-lived
+   * decoder (the dictionary loaded once); without such a decoder in node:zlib, what decompressMany returns is
+   * copied in. Returns the contents (views of `out`), or undefined as decompressMany.
+   */
+  decompressManyInto(stored: readonly Uint8Array[], lengths: readonly number[], out: Buffer): Buffer[] | undefined {
+    const total = lengths.reduce((n, l) => n + l, 0);
+    if (out.length <= total) throw new RangeError(`decode buffer of ${out.length} bytes for ${total}`);
+    if (this.into === undefined) this.into = IntoDecoder.open(this.dictionary) ?? null;
+    const contents: Buffer[] = [];
+    if (this.into === null) {
+      const fresh = this.decompressMany(stored, lengths);
+      if (!fresh) return undefined;
+      let at = 0;
+      for (const c of fresh) {
+        out.set(c, at);
+        contents.push(out.subarray(at, at + c.length));
+        at += c.length;
+      }
+      return contents;
+    }
+    for (let k = 0, at = 0; k < stored.length; at += lengths[k++]) {
+      const s = stored[k];
+      if (s.length === lengths[k])
+        out.set(s, at); // raw
+      else if (!this.into.frame(s, out, at, lengths[k])) return undefined;
+      contents.push(out.subarray(at, at + lengths[k]));
+    }
+    return contents;
+  }
+
+  /** Releases the long-lived decoder (a later call opens another). */
+  close(): void {
+    this.into?.close();
+    this.into = undefined;
   }
 }

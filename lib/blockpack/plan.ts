@@ -6,10 +6,10 @@
 // cost model of bytes and requests says it pays).
 import type { ChunkIndex } from '../format/caibx.js';
 import type { RangeRequest } from '../fetch/range-fetcher.js';
-import { bodyBytes, defaultCostModel, type CostModel } from '../plan/cost.js';
+import { defaultCostModel, type CostModel } from '../plan/cost.js';
 import { HASH_BYTES, ZERO_BLOCK, blockLength, frameOf, type BlockIndex } from './format.js';
 import type { SeedBlocks } from './seed-blocks.js';
-import { runsOf, type Run } from '../util/runs.js';
+import { addToRuns, type Run } from '../util/runs.js';
 import { freeNow } from '../util/buffer-pool.js';
 
 export interface BlockPlanTotals {
@@ -64,7 +64,7 @@ export interface BlockCost {
 
 /** The pack as a sequence of "chunks" for range planning: 0 = the pack header, f+1 = frame f. */
 export class PackLayout implements Pick<ChunkIndex, 'start' | 'end' | 'chunkAt'> {
-  constructor(private readonly frameStart: Float64Array) {}
+  constructor(private readonly frameStart: Float64Array | Uint32Array) {}
   start(i: number): number {
     return i === 0 ? 0 : this.frameStart[i - 1];
   }
@@ -207,7 +207,10 @@ export function planBlocks(index: BlockIndex, seeds: readonly SeedBlocks[], inde
 
 /** Runs of pack "chunks" (PackLayout numbering) for a set of frames, the header first. */
 export function packRuns(frames: readonly number[]): Run[] {
-  return runsOf([0, ...frames.map((f) => f + 1)]);
+  // Not through a copy of `frames`: arrays that large are made in the old generation, garbage until a full GC.
+  const runs: Run[] = [{ first: 0, count: 1 }];
+  for (const f of frames) addToRuns(runs, f + 1);
+  return runs;
 }
 
 export interface RequestPlanOptions {
@@ -238,11 +241,21 @@ export function costOf(plan: BlockPlan, opts: RequestPlanOptions): BlockCost {
   const mode = opts.multi ? 'blocks' : 'blocks-single';
   // Nothing to fetch: the index was all it took.
   if (plan.frames.length === 0) return { mode, bytes: plan.indexBytes, requests: 1 };
-  const reqs = planPackRequests(plan.index, plan.frames, opts);
+  const cost = opts.cost ?? defaultCostModel;
+  // Counted, not planned: the requests themselves are planned by the route that runs.
+  const reqs = cost.traffic(
+    new PackLayout(plan.index.frameStart),
+    packRuns(plan.frames),
+    opts.multi,
+    opts.parallelism ?? 4,
+    {
+      maxRequestBytes: PACK_REQUEST_BYTES,
+    },
+  );
   const dictRequests = plan.index.dictSize > 0 ? 1 : 0;
   return {
     mode,
-    bytes: plan.indexBytes + plan.index.dictSize + bodyBytes(reqs),
-    requests: 1 + dictRequests + reqs.length,
+    bytes: plan.indexBytes + plan.index.dictSize + reqs.bytes,
+    requests: 1 + dictRequests + reqs.requests,
   };
 }

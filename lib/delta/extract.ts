@@ -13,7 +13,7 @@ import { IndexCache, type IndexBuilder } from '../seed/index-cache.js';
 import { indexFile } from '../chunking/indexer.js';
 import type { ChunkerVariant } from '../chunking/chunker.js';
 import { planChunks, type Plan, type PlanTotals } from '../plan/planner.js';
-import { CostModel, bodyBytes, measuredLink, type LinkEstimate } from '../plan/cost.js';
+import { CostModel, measuredLink, type LinkEstimate } from '../plan/cost.js';
 import { RangeFetcher, type RangeSupport } from '../fetch/range-fetcher.js';
 import { RangeSource, StoreSource, type RemoteSource, type Run } from '../assemble/remote-source.js';
 import { OrderedStream } from '../assemble/ordered-stream.js';
@@ -277,8 +277,8 @@ const remoteRuns = (plan: Plan): Run[] =>
   plan.segments.filter((s) => s.kind === 'remote').map((s) => ({ first: s.first, count: s.count }));
 
 function rangeCost(plan: Plan, multi: boolean, cost: CostModel, parallelism: number): ModeCost {
-  const reqs = cost.planRequests(plan.target, remoteRuns(plan), multi, parallelism);
-  return { mode: multi ? 'range' : 'range-single', bytes: bodyBytes(reqs), requests: reqs.length };
+  const { bytes, requests } = cost.traffic(plan.target, remoteRuns(plan), multi, parallelism);
+  return { mode: multi ? 'range' : 'range-single', bytes, requests };
 }
 
 /**
@@ -655,6 +655,7 @@ async function chooseRoutes(
       cost: ctx.cost,
       sha256: opts.sha256,
       maxSpan: sink.maxSpan,
+      buffers: choice.buffers,
       onWarning: opts.onWarning,
     });
     route.prepare(opts.signal ?? new AbortController().signal);

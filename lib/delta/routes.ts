@@ -125,6 +125,8 @@ export interface BlockRouteConfig {
   cost: CostModel;
   sha256?: string;
   maxSpan?: number;
+  /** Where task buffers come from: the chunk route's pool, so the slabs its lead used are used again. */
+  buffers?: BufferPool;
   onWarning?: (message: string) => void;
 }
 
@@ -157,7 +159,7 @@ export class BlockRoute implements Route {
   }
 
   async run(sink: AssemblySink, progress: ExtractProgress, signal: AbortSignal): Promise<void> {
-    const { choice, target, http, cost, sha256, maxSpan, onWarning } = this.cfg;
+    const { choice, target, http, cost, sha256, maxSpan, buffers, onWarning } = this.cfg;
     this.assembly = new BlockAssembly(choice.plan, target, sink, progress, {
       http,
       packUrl: choice.probe.packUrl,
@@ -168,6 +170,7 @@ export class BlockRoute implements Route {
       sha256,
       concurrency: BLOCK_PARALLELISM,
       maxSpan,
+      buffers,
       onWarning,
       signal,
     });

@@ -58,70 +58,160 @@ export function planRangeRequests(
   runs: readonly Run[],
   opts: RangePlanOptions,
 ): RangeRequest[] {
-  if (runs.length === 0) return [];
-  runs = splitRuns(index, runs, Math.min(opts.maxRequestBytes ?? 16 * 1024 * 1024, opts.maxSpan ?? Infinity));
-  const perReq = opts.multi ? Math.max(1, opts.maxRangesPerRequest ?? 200) : 1;
-  const maxHeader = opts.maxHeaderBytes ?? 8000;
-  const maxBytes = opts.maxRequestBytes ?? 16 * 1024 * 1024;
-  const maxSpan = opts.maxSpan ?? Infinity;
-  let maxGap = opts.maxGap ?? (opts.multi ? 128 : 8192);
-  const target = opts.targetRequests ?? 100;
-  const gaps: number[] = [];
-  for (let k = 1; k < runs.length; k++)
-    gaps.push(index.start(runs[k].first) - index.end(runs[k - 1].first + runs[k - 1].count - 1));
-  // Only with multi-range: a merged gap then costs bytes but saves a part, not a round trip per range.
-  const rangesAllowed = target * perReq;
-  if (opts.multi && gaps.length + 1 > rangesAllowed) {
-    const sorted = [...gaps].sort((a, b) => a - b);
-    maxGap = Math.max(maxGap, sorted[gaps.length + 1 - rangesAllowed - 1]);
-  }
-
   const requests: RangeRequest[] = [];
-  let cur: RangeRequest | null = null;
-  let header = 0;
-  let spanStart = 0;
-  for (let k = 0; k < runs.length; k++) {
-    const run = runs[k];
-    const start = index.start(run.first);
-    const end = index.end(run.first + run.count - 1);
-    const last = cur?.ranges[cur.ranges.length - 1];
-    if (
-      cur &&
-      last &&
-      start - last.end <= maxGap &&
-      end - spanStart <= maxSpan &&
-      cur.bytes + (end - last.end) <= maxBytes
-    ) {
+  let cur: RangeRequest = { ranges: [], chunks: [], bytes: 0 };
+  walkRangeRequests(index, runs, opts, {
+    open: () => requests.push((cur = { ranges: [], chunks: [], bytes: 0 })),
+    range: (start, end) => {
+      cur.ranges.push({ start, end });
+      cur.bytes += end - start;
+    },
+    extend: (end) => {
+      const last = cur.ranges[cur.ranges.length - 1];
       cur.bytes += end - last.end;
       last.end = end;
-      cur.chunks.push({ first: run.first, count: run.count });
-      continue;
-    }
-    const spec = `${start}-${end - 1},`.length;
-    if (
-      !cur ||
-      cur.ranges.length >= perReq ||
-      header + spec > maxHeader ||
-      cur.bytes + (end - start) > maxBytes ||
-      end - spanStart > maxSpan
-    ) {
-      cur = { ranges: [], chunks: [], bytes: 0 };
-      requests.push(cur);
-      header = 'bytes='.length;
-      spanStart = start;
-    }
-    cur.ranges.push({ start, end });
-    cur.chunks.push({ first: run.first, count: run.count });
-    cur.bytes += end - start;
-    header += spec;
-  }
+    },
+    chunks: (first, count) => cur.chunks.push({ first, count }),
+  });
   return requests;
 }
 
-/** Cuts runs longer than `limit` bytes at chunk boundaries (a piece has at least one chunk). */
-function splitRuns(index: Pick<ChunkIndex, 'start' | 'end'>, runs: readonly Run[], limit: number): Run[] {
+/** What planRangeRequests would plan, counted: requests, bytes asked for, and ranges of multi-range requests. */
+export interface RangeRequestCount {
+  requests: number;
+  bytes: number;
+  /** Ranges of the requests with more than one (each is a part of a multipart answer). */
+  multipartRanges: number;
+}
+
+/**
+ * planRangeRequests' requests counted, not made: pricing a plan of many ranges made hundreds of thousands of
+ * objects in one go, old garbage by the time the plan was priced (~30 MiB for a 4 GiB image).
+ */
+export function countRangeRequests(
+  index: Pick<ChunkIndex, 'start' | 'end'>,
+  runs: readonly Run[],
+  opts: RangePlanOptions,
+): RangeRequestCount {
+  const count: RangeRequestCount = { requests: 0, bytes: 0, multipartRanges: 0 };
+  let ranges = 0;
+  const close = (): void => {
+    if (ranges > 1) count.multipartRanges += ranges;
+  };
+  walkRangeRequests(index, runs, opts, {
+    open: () => {
+      close();
+      count.requests++;
+      ranges = 0;
+    },
+    range: (start, end) => {
+      ranges++;
+      count.bytes += end - start;
+    },
+    extend: (end, lastEnd) => {
+      count.bytes += end - lastEnd;
+    },
+    chunks: () => {},
+  });
+  close();
+  return count;
+}
+
+/** What walkRangeRequests plans, step by step. */
+interface RequestSteps {
+  /** A new request. */
+  open(): void;
+  /** A new range of the current request. */
+  range(start: number, end: number): void;
+  /** The current request's last range, which ended at lastEnd, now ends at `end` (a gap merged). */
+  extend(end: number, lastEnd: number): void;
+  /** Target chunks [first, first + count) go with the current request. */
+  chunks(first: number, count: number): void;
+}
+
+/** The one planning of range requests (see planRangeRequests), told step by step to `steps`. */
+function walkRangeRequests(
+  index: Pick<ChunkIndex, 'start' | 'end'>,
+  runs: readonly Run[],
+  opts: RangePlanOptions,
+  steps: RequestSteps,
+): void {
+  if (runs.length === 0) return;
+  const maxBytes = opts.maxRequestBytes ?? 16 * 1024 * 1024;
+  const maxSpan = opts.maxSpan ?? Infinity;
+  const limit = Math.min(maxBytes, maxSpan);
+  const perReq = opts.multi ? Math.max(1, opts.maxRangesPerRequest ?? 200) : 1;
+  const maxHeader = opts.maxHeaderBytes ?? 8000;
+  let maxGap = opts.maxGap ?? (opts.multi ? 128 : 8192);
+  const target = opts.targetRequests ?? 100;
+  // Only with multi-range: a merged gap then costs bytes but saves a part, not a round trip per range.
+  const rangesAllowed = target * perReq;
+  if (opts.multi) {
+    let pieces = 0;
+    forEachPiece(index, runs, limit, () => pieces++);
+    if (pieces > rangesAllowed) {
+      const gaps = new Float64Array(pieces - 1);
+      let k = -1;
+      let prevEnd = 0;
+      forEachPiece(index, runs, limit, (first, count) => {
+        if (k >= 0) gaps[k] = index.start(first) - prevEnd;
+        k++;
+        prevEnd = index.end(first + count - 1);
+      });
+      gaps.sort();
+      maxGap = Math.max(maxGap, gaps[pieces - rangesAllowed - 1]);
+    }
+  }
+
+  // The current request: whether there is one, its bytes and ranges, its last range's end, header length, span.
+  let open = false;
+  let bytes = 0;
+  let ranges = 0;
+  let lastEnd = 0;
+  let header = 0;
+  let spanStart = 0;
+  forEachPiece(index, runs, limit, (first, count) => {
+    const start = index.start(first);
+    const end = index.end(first + count - 1);
+    if (open && start - lastEnd <= maxGap && end - spanStart <= maxSpan && bytes + (end - lastEnd) <= maxBytes) {
+      bytes += end - lastEnd;
+      steps.extend(end, lastEnd);
+      lastEnd = end;
+      steps.chunks(first, count);
+      return;
+    }
+    const spec = `${start}-${end - 1},`.length;
+    if (
+      !open ||
+      ranges >= perReq ||
+      header + spec > maxHeader ||
+      bytes + (end - start) > maxBytes ||
+      end - spanStart > maxSpan
+    ) {
+      steps.open();
+      open = true;
+      bytes = 0;
+      ranges = 0;
+      header = 'bytes='.length;
+      spanStart = start;
+    }
+    steps.range(start, end);
+    steps.chunks(first, count);
+    ranges++;
+    bytes += end - start;
+    header += spec;
+    lastEnd = end;
+  });
+}
+
+/** The runs cut at chunk boundaries into pieces of at most `limit` bytes (a piece has at least one chunk). */
+function forEachPiece(
+  index: Pick<ChunkIndex, 'start' | 'end'>,
+  runs: readonly Run[],
+  limit: number,
+  visit: (first: number, count: number) => void,
+): void {
   const size = (i: number): number => index.end(i) - index.start(i);
-  const out: Run[] = [];
   for (const run of runs) {
     let first = run.first;
     const end = run.first + run.count;
@@ -129,11 +219,10 @@ function splitRuns(index: Pick<ChunkIndex, 'start' | 'end'>, runs: readonly Run[
       let last = first + 1;
       let bytes = size(first);
       while (last < end && bytes + size(last) <= limit) bytes += size(last++);
-      out.push({ first, count: last - first });
+      visit(first, last - first);
       first = last;
     }
   }
-  return out;
 }
 
 export function rangeHeader(ranges: readonly ByteRange[]): string {
@@ -410,6 +499,9 @@ function rangeFilter(
   };
 }
 
+/** A chunk's buffer before its first byte arrives (one shared empty buffer, not one per chunk asked for). */
+const NOT_YET = Buffer.alloc(0);
+
 /**
  * Cuts a byte stream (possibly several parts, any order) into the target
  * chunks it was asked for; calls onChunk once per completed chunk.
@@ -425,7 +517,7 @@ export class ChunkCollector {
     private readonly alloc: (size: number) => Buffer = Buffer.allocUnsafe,
   ) {
     this.wanted = [...chunks].sort((a, b) => a - b);
-    for (const i of this.wanted) this.pending.set(i, { buf: Buffer.alloc(0), filled: 0 });
+    for (const i of this.wanted) this.pending.set(i, { buf: NOT_YET, filled: 0 });
   }
 
   /** Hands the buffers of chunks begun and not completed to `free` (a cut answer: they are asked for again). */

@@ -5,7 +5,12 @@
 // same price decides which gaps between wanted ranges are worth downloading
 // (merged) instead of asking for separately.
 import type { LinkEstimate } from '../fetch/link-monitor.js';
-import { planRangeRequests, type RangePlanOptions, type RangeRequest } from '../fetch/range-fetcher.js';
+import {
+  countRangeRequests,
+  planRangeRequests,
+  type RangePlanOptions,
+  type RangeRequest,
+} from '../fetch/range-fetcher.js';
 import type { Run } from '../util/runs.js';
 
 /** What is known about the link to the origin: the HTTP client's measurement (lib/fetch/link-monitor.ts). */
@@ -73,8 +78,27 @@ export class CostModel {
     parallelism: number,
     opts: Omit<RangePlanOptions, 'multi' | 'maxGap'> = {},
   ): RangeRequest[] {
-    const maxGap = multi ? PART_OVERHEAD : this.requestBytes(parallelism);
-    return planRangeRequests(layout, runs, { ...opts, multi, maxGap });
+    return planRangeRequests(layout, runs, this.planOptions(multi, parallelism, opts));
+  }
+
+  /** The body bytes and requests of what planRequests plans, counted without making the requests. */
+  traffic(
+    layout: Pick<RangeLayout, 'start' | 'end'>,
+    runs: readonly Run[],
+    multi: boolean,
+    parallelism: number,
+    opts: Omit<RangePlanOptions, 'multi' | 'maxGap'> = {},
+  ): Traffic {
+    const n = countRangeRequests(layout, runs, this.planOptions(multi, parallelism, opts));
+    return { bytes: n.bytes + n.multipartRanges * PART_OVERHEAD, requests: n.requests };
+  }
+
+  private planOptions(
+    multi: boolean,
+    parallelism: number,
+    opts: Omit<RangePlanOptions, 'multi' | 'maxGap'>,
+  ): RangePlanOptions {
+    return { ...opts, multi, maxGap: multi ? PART_OVERHEAD : this.requestBytes(parallelism) };
   }
 }
 

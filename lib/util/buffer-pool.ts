@@ -133,3 +133,39 @@ export function freeNow(view: ArrayBufferView): void {
     // Not detachable (Node marks some of its buffers so): left to the collector.
   }
 }
+
+/**
+ * Buffers of one size, cut from arenas of `perArena` and reused as soon as they are handed back: for many small
+ * buffers that live for a while and die in no order (decoded pack blocks kept for later tasks). Fresh ones would
+ * be promoted and then wait for a full collection, and in malloc's heap fragment it; a slab pool would keep a slab
+ * per long-lived one. The arenas go with the pool.
+ */
+export class SlotPool {
+  private readonly free: Buffer[] = [];
+  private readonly arenas = new Set<ArrayBuffer>();
+
+  constructor(
+    readonly slotBytes: number,
+    private readonly perArena: number,
+  ) {}
+
+  /** A buffer of `size` <= slotBytes (a view of a slot). */
+  take(size: number): Buffer {
+    if (size > this.slotBytes) throw new RangeError(`${size} bytes asked of ${this.slotBytes}-byte slots`);
+    if (this.free.length === 0) {
+      const arena = Buffer.allocUnsafeSlow(this.slotBytes * this.perArena);
+      this.arenas.add(arena.buffer as ArrayBuffer);
+      for (let k = this.perArena - 1; k >= 0; k--)
+        this.free.push(arena.subarray(k * this.slotBytes, (k + 1) * this.slotBytes));
+    }
+    const slot = this.free.pop()!;
+    return slot.length === size ? slot : slot.subarray(0, size);
+  }
+
+  /** Hands a buffer of take() back, once; the caller must not touch it afterwards. Others are ignored. */
+  give(buf: Buffer): void {
+    if (!this.arenas.has(buf.buffer as ArrayBuffer)) return;
+    const slot = Buffer.from(buf.buffer, buf.byteOffset, this.slotBytes);
+    this.free.push(slot);
+  }
+}
