@@ -34,6 +34,7 @@ import { PartialFile } from '../assemble/partial-file.js';
 import type { AssemblySink } from '../assemble/sink.js';
 import type { ExtractProgress } from '../assemble/progress.js';
 import { BufferPool } from '../util/buffer-pool.js';
+import { HashThread } from '../util/hash-thread.js';
 import { FrameDecompressor } from './frame-codec.js';
 import {
   HASH_BYTES,
@@ -75,6 +76,11 @@ export interface BlockRouteOptions {
   /** Largest target span of one task (the stream's window); default 2 MiB. */
   maxSpan?: number;
   retry?: RetryPolicy;
+  /**
+   * Chunk checks on a hashing thread of the route's own, reading the task buffers in shared memory in place
+   * (default true): this thread has the seed reads, the decoding and the stream's digest.
+   */
+  hashThread?: boolean;
   onWarning?: (message: string) => void;
   signal?: AbortSignal;
 }
@@ -177,8 +183,9 @@ export class BlockAssembly {
   /** Seed blocks that did not verify: taken from the pack from then on. */
   private readonly seedFailed = new Set<number>();
   private readonly seedHandles = new Map<number, Promise<FileHandle>>();
-  /** Task buffers, reused when the sink does not keep them. */
+  /** Task buffers, reused when the sink does not keep them (in shared memory with a hashing thread). */
   private readonly buffers: BufferPool;
+  private readonly hasher: HashThread | undefined;
   /**
    * Buffers of frames as stored, reused once decoded: a frame waits for its task long enough to be promoted,
    * so fresh ones would be old garbage that V8 frees only with a full collection, tens of MiB behind.
@@ -207,7 +214,8 @@ export class BlockAssembly {
     this.retry = opts.retry ?? { attempts: opts.http.attempts, retryBaseMs: opts.http.retryBaseMs };
     // 2 bytes per distinct block; a block more tasks use than that holds makes it 4 (see tasks()).
     this.uses = new Uint16Array(plan.index.distinctCount);
-    this.buffers = new BufferPool((opts.concurrency ?? 4) * TASK_BYTES);
+    this.hasher = verifyChunks && (opts.hashThread ?? true) ? new HashThread() : undefined;
+    this.buffers = new BufferPool((opts.concurrency ?? 4) * TASK_BYTES, this.hasher !== undefined);
     const { rttMs, bytesPerSec } = this.cost.link;
     this.budget = Math.max(AHEAD_BYTES, Math.round((AHEAD_ROUND_TRIPS * rttMs * bytesPerSec) / 1000));
     this.frameBuffers = new BufferPool(this.budget);
@@ -257,6 +265,7 @@ export class BlockAssembly {
       await Promise.allSettled(this.requests.map((r) => r.started));
       await Promise.allSettled(this.refetching.values());
       for (const fh of this.seedHandles.values()) await (await fh.catch(() => null))?.close().catch(() => {});
+      await this.hasher?.close();
       // The caller's signal outlives this run (the chunk route may go on after it): it must not keep the tables.
       this.opts.signal?.removeEventListener('abort', this.onAbort);
     }
@@ -421,7 +430,7 @@ export class BlockAssembly {
       }
       for (const d of t.fromPack) this.used(d);
       if (this.verifyChunks) {
-        const bad = this.verify(t, data);
+        const bad = await this.verify(t, data);
         if (bad.length > 0) await this.repair(t, data, bad, seedBad);
       }
       this.ctl.signal.throwIfAborted();
@@ -461,14 +470,21 @@ export class BlockAssembly {
   }
 
   /**
-   * The task's chunks that do not match their ID in the target index. Hashed on this thread: with SHA-NI
-   * (~1.5-2 GB/s) a hashing thread saved no wall time on the block path, cost CPU time moving the bytes, and its
-   * isolate 14-18 MiB (bench/RESULTS.md, "Block path memory (session 4)").
+   * The task's chunks that do not match their ID in the target index, hashed on the hashing thread when the
+   * task buffer is in shared memory (SHA-512/256, casync's default, runs at ~430 MB/s without SHA-NI for it:
+   * 1.4 s of this thread's time per 600 MB; bench/RESULTS.md, "Block path wall time (session 5)").
    */
-  private verify(t: Task, data: Buffer): number[] {
+  private async verify(t: Task, data: Buffer): Promise<number[]> {
+    const { target } = this;
     const chunks: number[] = [];
     for (let i = t.first; i < t.first + t.count; i++) chunks.push(i);
-    return this.stillBad(t, data, chunks);
+    if (!this.hasher || !HashThread.reaches(data)) return this.stillBad(t, data, chunks);
+    const ids = await this.hasher.digests(
+      target.digest,
+      data,
+      chunks.map((i) => target.end(i) - t.start),
+    );
+    return chunks.filter((i, k) => !ids.subarray(k * 32, k * 32 + 32).equals(target.id(i)));
   }
 
   /** Which of the given chunks of the task do not hash to their ID. */

@@ -25,6 +25,8 @@ export interface WorkerPoolOptions {
   /** Handed to every worker at start (node:worker_threads workerData). */
   workerData?: unknown;
   idleMs?: number;
+  /** Young generation of each worker, MiB (default 3). */
+  youngGenerationMb?: number;
 }
 
 export interface RunOptions<Event> {
@@ -35,7 +37,7 @@ export interface RunOptions<Event> {
 }
 
 /** What a worker posts back: events while a job runs, then its result or its error. */
-type Answer =
+export type Answer =
   | { kind: 'event'; value: unknown }
   | { kind: 'result'; value: unknown }
   | { kind: 'error'; message: string };
@@ -126,7 +128,7 @@ export class WorkerPool<J, R, E = never> {
   private start(): Slot {
     const worker = new Worker(this.opts.script, {
       workerData: this.opts.workerData,
-      resourceLimits: { maxYoungGenerationSizeMb: WORKER_YOUNG_GENERATION_MB },
+      resourceLimits: { maxYoungGenerationSizeMb: this.opts.youngGenerationMb ?? WORKER_YOUNG_GENERATION_MB },
     });
     const slot: Slot = { worker };
     worker.on('message', (a: Answer) => this.answer(slot, a));
