@@ -7,8 +7,10 @@
 // a slab of their own, larger ones a plain buffer that is not pooled. (A slab
 // per range response was tried: 2 MiB per response in flight, 4-15 MiB more.)
 // A shared pool's slabs are SharedArrayBuffers: a hashing thread reads its
-// buffers in place (lib/util/hash-thread.ts). They cannot be detached
-// (freeNow leaves them alone) nor transferred, only shared.
+// buffers in place (lib/util/hash-thread.ts), and keeps every slab it was
+// shown, so a shared pool keeps all its slabs too (as many as were out at
+// once: what the peak holds anyway); a slab let go here would live on there.
+// They cannot be detached (freeNow leaves them alone) nor transferred.
 
 export const SLAB_BYTES = 2 * 1024 * 1024;
 /** From this size on, a request gets a slab of its own. */
@@ -34,7 +36,7 @@ export class BufferPool {
 
   /**
    * @param maxPooledBytes bytes of unused slabs kept for reuse at most (beyond that, they are left to the GC).
-   * @param shared slabs in shared memory (buffers larger than a slab are plain ones still).
+   * @param shared slabs in shared memory, all kept for reuse (buffers larger than a slab are plain ones still).
    */
   constructor(
     private readonly maxPooledBytes = 4 * 1024 * 1024,
@@ -92,7 +94,7 @@ export class BufferPool {
   }
 
   private recycle(slab: Slab): void {
-    if ((this.free.length + 1) * SLAB_BYTES <= this.maxPooledBytes) this.free.push(slab.ab);
+    if (this.shared || (this.free.length + 1) * SLAB_BYTES <= this.maxPooledBytes) this.free.push(slab.ab);
   }
 }
 

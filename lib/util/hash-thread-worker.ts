@@ -5,14 +5,19 @@ import type { HashJob } from './hash-thread.js';
 import type { Answer } from './worker-pool.js';
 
 const port = parentPort!;
+/** The buffers shown so far, by number (kept: the pool they come from keeps them). */
+const slabs = new Map<number, SharedArrayBuffer>();
 port.on('message', (job: HashJob) => {
   let answer: Answer;
   let out: Uint8Array | undefined;
+  if (job.buffer) slabs.set(job.slab, job.buffer);
   try {
+    const buffer = slabs.get(job.slab);
+    if (!buffer) throw new Error(`buffer ${job.slab} was never shown to this thread`);
     const digests: Buffer[] = [];
     let start = 0;
     for (const end of job.ends) {
-      const piece = new Uint8Array(job.buffer, job.offset + start, end - start);
+      const piece = new Uint8Array(buffer, job.offset + start, end - start);
       digests.push(createHash(job.algorithm).update(piece).digest());
       start = end;
     }

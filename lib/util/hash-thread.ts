@@ -1,16 +1,22 @@
 // Hashing on a thread of its own, for bytes in shared memory (the buffers of a
 // shared BufferPool): the thread reads them in place, so nothing moves but the
 // digests (a thread that had the bytes moved there and back, or copied, cost
-// more CPU than it saved; bench/RESULTS.md, session 4). Its worker loads
-// node:crypto and nothing of deltad, which keeps its isolate small; it starts
-// with the first job and ends with close() or after an idle time.
+// more CPU than it saved; bench/RESULTS.md, session 4). Each buffer is shown
+// to the worker once and kept there by a number: a SharedArrayBuffer posted
+// with every job lives in the worker until its next collection, which with a
+// heap that sees little garbage came only after ~100 slabs (+24 MiB RSS).
+// So the buffers must be a shared BufferPool's, which keeps its slabs. The
+// worker loads node:crypto and nothing of deltad, which keeps its isolate
+// small; it starts with the first job and ends with close().
 import { WorkerPool } from './worker-pool.js';
 
 /** What the worker is asked: digests of consecutive pieces of a shared buffer. */
 export interface HashJob {
   algorithm: string;
-  buffer: SharedArrayBuffer;
-  /** Where the first piece starts in `buffer`. */
+  /** The buffer's number; the buffer itself comes with its first job only. */
+  slab: number;
+  buffer?: SharedArrayBuffer;
+  /** Where the first piece starts in the buffer. */
   offset: number;
   /** Where each piece ends, from `offset`. */
   ends: number[];
@@ -25,7 +31,10 @@ export class HashThread {
     threads: 1,
     name: 'hashing',
     youngGenerationMb: YOUNG_GENERATION_MB,
+    idleMs: Infinity, // a new worker would not know the buffers' numbers
   });
+  private readonly slabs = new WeakMap<SharedArrayBuffer, number>();
+  private numbered = 0;
 
   /** Whether `data` lies in shared memory, which the thread can read in place. */
   static reaches(data: Uint8Array): boolean {
@@ -34,11 +43,16 @@ export class HashThread {
 
   /**
    * The digests, back to back, of the pieces of `data` that end at `ends` (offsets into data). `data` must lie in
-   * shared memory (reaches) and must not change until the promise settles.
+   * shared memory (reaches), in a buffer that lives as long as this thread (a shared BufferPool's), and must not
+   * change until the promise settles.
    */
   async digests(algorithm: string, data: Uint8Array, ends: number[]): Promise<Buffer> {
     const buffer = data.buffer as SharedArrayBuffer;
-    const out = await this.pool.run({ algorithm, buffer, offset: data.byteOffset, ends });
+    let slab = this.slabs.get(buffer);
+    const known = slab !== undefined;
+    if (slab === undefined) this.slabs.set(buffer, (slab = this.numbered++));
+    const job: HashJob = { algorithm, slab, buffer: known ? undefined : buffer, offset: data.byteOffset, ends };
+    const out = await this.pool.run(job);
     return Buffer.from(out.buffer, out.byteOffset, out.byteLength);
   }
 

@@ -24,6 +24,7 @@ export interface WorkerPoolOptions {
   name: string;
   /** Handed to every worker at start (node:worker_threads workerData). */
   workerData?: unknown;
+  /** A worker without a job for this long ends (default 2 s; Infinity: only close() ends it). */
   idleMs?: number;
   /** Young generation of each worker, MiB (default 3). */
   youngGenerationMb?: number;
@@ -154,6 +155,7 @@ export class WorkerPool<J, R, E = never> {
 
   private idle(slot: Slot): void {
     slot.worker.unref();
+    if (this.opts.idleMs === Infinity) return;
     slot.idleTimer = setTimeout(() => {
       const i = this.slots.indexOf(slot);
       if (i < 0 || slot.job) return;
