@@ -124,3 +124,18 @@ test('freeNow: a large owned buffer is detached at once; a slice of the shared p
   assert.equal(second.length, Buffer.poolSize * 2, 'a shared buffer is never detached');
   assert.equal(second[0], 9);
 });
+
+test('buffer pool, shared: slabs in shared memory, every one kept for reuse, never detached by freeNow', () => {
+  const pool = new BufferPool(SLAB_BYTES, true);
+  const out = [0, 1, 2].map(() => pool.take(SLAB_BYTES));
+  for (const b of out) assert.ok(b.buffer instanceof SharedArrayBuffer);
+  out[0].fill(5);
+  freeNow(out[0]);
+  assert.equal(out[0].length, SLAB_BYTES, 'a shared slab cannot be detached: freeNow leaves it');
+  assert.equal(out[0][SLAB_BYTES - 1], 5);
+  for (const b of out) pool.give(b);
+  // Three slabs back with room for one: a shared pool keeps them all (a hashing thread holds them too).
+  const again = new Set([0, 1, 2].map(() => pool.take(SLAB_BYTES).buffer));
+  assert.deepEqual(again, new Set(out.map((b) => b.buffer)));
+  assert.ok(!(pool.take(SLAB_BYTES * 2).buffer instanceof SharedArrayBuffer), 'larger than a slab: a plain buffer');
+});

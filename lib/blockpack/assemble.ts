@@ -185,7 +185,9 @@ export class BlockAssembly {
   private readonly seedHandles = new Map<number, Promise<FileHandle>>();
   /** Task buffers, reused when the sink does not keep them (in shared memory with a hashing thread). */
   private readonly buffers: BufferPool;
-  private readonly hasher: HashThread | undefined;
+  private readonly hashThread: HashThread | undefined;
+  /** The hashing thread while it works (gone after a failure: chunks are then checked here). */
+  private hasher: HashThread | undefined;
   /**
    * Buffers of frames as stored, reused once decoded: a frame waits for its task long enough to be promoted,
    * so fresh ones would be old garbage that V8 frees only with a full collection, tens of MiB behind.
@@ -214,7 +216,8 @@ export class BlockAssembly {
     this.retry = opts.retry ?? { attempts: opts.http.attempts, retryBaseMs: opts.http.retryBaseMs };
     // 2 bytes per distinct block; a block more tasks use than that holds makes it 4 (see tasks()).
     this.uses = new Uint16Array(plan.index.distinctCount);
-    this.hasher = verifyChunks && (opts.hashThread ?? true) ? new HashThread() : undefined;
+    this.hashThread = verifyChunks && (opts.hashThread ?? true) ? new HashThread() : undefined;
+    this.hasher = this.hashThread;
     this.buffers = new BufferPool((opts.concurrency ?? 4) * TASK_BYTES, this.hasher !== undefined);
     const { rttMs, bytesPerSec } = this.cost.link;
     this.budget = Math.max(AHEAD_BYTES, Math.round((AHEAD_ROUND_TRIPS * rttMs * bytesPerSec) / 1000));
@@ -257,15 +260,17 @@ export class BlockAssembly {
     BlockAssembly.check(this.plan, this.target, this.opts.sha256);
     const tasks = this.tasks();
     this.planRequests(tasks);
-    // The dictionary comes while the first seed blocks are read; no frame is asked for before it is checked.
+    // The dictionary comes while the first seed blocks are read; no frame is asked for before it is checked. The
+    // first request goes out at once, before any task needs it: frames are link-bound, seed blocks CPU-bound.
     if (this.requests.length > 0) void this.dictionary().catch(() => {});
+    this.pump();
     try {
       await this.runTasks(tasks);
     } finally {
       await Promise.allSettled(this.requests.map((r) => r.started));
       await Promise.allSettled(this.refetching.values());
       for (const fh of this.seedHandles.values()) await (await fh.catch(() => null))?.close().catch(() => {});
-      await this.hasher?.close();
+      await this.hashThread?.close();
       // The caller's signal outlives this run (the chunk route may go on after it): it must not keep the tables.
       this.opts.signal?.removeEventListener('abort', this.onAbort);
     }
@@ -479,11 +484,19 @@ export class BlockAssembly {
     const chunks: number[] = [];
     for (let i = t.first; i < t.first + t.count; i++) chunks.push(i);
     if (!this.hasher || !HashThread.reaches(data)) return this.stillBad(t, data, chunks);
-    const ids = await this.hasher.digests(
-      target.digest,
-      data,
-      chunks.map((i) => target.end(i) - t.start),
-    );
+    let ids: Buffer;
+    try {
+      ids = await this.hasher.digests(
+        target.digest,
+        data,
+        chunks.map((i) => target.end(i) - t.start),
+      );
+    } catch (err) {
+      // A thread that failed (it could not start, ran out of memory) costs this thread's time, not the update.
+      this.opts.onWarning?.(`block route: ${(err as Error).message}; checking chunks on the main thread`);
+      this.hasher = undefined;
+      return this.stillBad(t, data, chunks);
+    }
     return chunks.filter((i, k) => !ids.subarray(k * 32, k * 32 + 32).equals(target.id(i)));
   }
 
