@@ -149,3 +149,18 @@ test('slot pool: slots are distinct while out, reused once handed back, and a ne
   assert.equal(f.buffer, d.buffer, 'the rest of the second arena, not the foreign buffer');
   assert.throws(() => pool.take(4097), RangeError);
 });
+
+test('buffer pool, shared: slabs in shared memory, every one kept for reuse, never detached by freeNow', () => {
+  const pool = new BufferPool(SLAB_BYTES, true);
+  const out = [0, 1, 2].map(() => pool.take(SLAB_BYTES));
+  for (const b of out) assert.ok(b.buffer instanceof SharedArrayBuffer);
+  out[0].fill(5);
+  freeNow(out[0]);
+  assert.equal(out[0].length, SLAB_BYTES, 'a shared slab cannot be detached: freeNow leaves it');
+  assert.equal(out[0][SLAB_BYTES - 1], 5);
+  for (const b of out) pool.give(b);
+  // Three slabs back with room for one: a shared pool keeps them all (a hashing thread holds them too).
+  const again = new Set([0, 1, 2].map(() => pool.take(SLAB_BYTES).buffer));
+  assert.deepEqual(again, new Set(out.map((b) => b.buffer)));
+  assert.ok(!(pool.take(SLAB_BYTES * 2).buffer instanceof SharedArrayBuffer), 'larger than a slab: a plain buffer');
+});

@@ -34,6 +34,7 @@ import { PartialFile } from '../assemble/partial-file.js';
 import type { AssemblySink } from '../assemble/sink.js';
 import type { ExtractProgress } from '../assemble/progress.js';
 import { BufferPool, SlotPool } from '../util/buffer-pool.js';
+import { HashThread } from '../util/hash-thread.js';
 import { FrameDecompressor } from './frame-codec.js';
 import {
   HASH_BYTES,
@@ -77,6 +78,11 @@ export interface BlockRouteOptions {
   /** Where task buffers come from (default a pool of the route's own). */
   buffers?: BufferPool;
   retry?: RetryPolicy;
+  /**
+   * Chunk checks on a hashing thread of the route's own, reading the task buffers in shared memory in place
+   * (default true): this thread has the seed reads, the decoding and the stream's digest.
+   */
+  hashThread?: boolean;
   onWarning?: (message: string) => void;
   signal?: AbortSignal;
 }
@@ -181,8 +187,11 @@ export class BlockAssembly {
   /** Seed blocks that did not verify: taken from the pack from then on. */
   private readonly seedFailed = new Set<number>();
   private readonly seedHandles = new Map<number, Promise<FileHandle>>();
-  /** Task buffers, reused when the sink does not keep them. */
+  /** Task buffers, reused when the sink does not keep them (in shared memory with a hashing thread). */
   private readonly buffers: BufferPool;
+  private readonly hashThread: HashThread | undefined;
+  /** The hashing thread while it works (gone after a failure: chunks are then checked here). */
+  private hasher: HashThread | undefined;
   /**
    * Buffers of frames as stored, reused once decoded: a frame waits for its task long enough to be promoted,
    * so fresh ones would be old garbage that V8 frees only with a full collection, tens of MiB behind.
@@ -215,7 +224,13 @@ export class BlockAssembly {
     this.retry = opts.retry ?? { attempts: opts.http.attempts, retryBaseMs: opts.http.retryBaseMs };
     // 2 bytes per distinct block; a block more tasks use than that holds makes it 4 (see tasks()).
     this.uses = new Uint16Array(plan.index.distinctCount);
-    this.buffers = opts.buffers ?? new BufferPool((opts.concurrency ?? 4) * TASK_BYTES);
+    this.hashThread = verifyChunks && (opts.hashThread ?? true) ? new HashThread() : undefined;
+    this.hasher = this.hashThread;
+    // A hashing thread reads task buffers in place, so they must be in shared memory: the chunk route's pool is
+    // used again only when it is of the same kind.
+    const shared = this.hasher !== undefined;
+    this.buffers =
+      opts.buffers?.isShared === shared ? opts.buffers : new BufferPool((opts.concurrency ?? 4) * TASK_BYTES, shared);
     const { rttMs, bytesPerSec } = this.cost.link;
     this.budget = Math.max(AHEAD_BYTES, Math.round((AHEAD_ROUND_TRIPS * rttMs * bytesPerSec) / 1000));
     this.frameBuffers = new BufferPool(this.budget);
@@ -258,14 +273,17 @@ export class BlockAssembly {
     BlockAssembly.check(this.plan, this.target, this.opts.sha256);
     const tasks = this.tasks();
     this.planRequests(tasks);
-    // The dictionary comes while the first seed blocks are read; no frame is asked for before it is checked.
+    // The dictionary comes while the first seed blocks are read; no frame is asked for before it is checked. The
+    // first request goes out at once, before any task needs it: frames are link-bound, seed blocks CPU-bound.
     if (this.requests.length > 0) void this.dictionary().catch(() => {});
+    this.pump();
     try {
       await this.runTasks(tasks);
     } finally {
       await Promise.allSettled(this.requests.map((r) => r.started));
       await Promise.allSettled(this.refetching.values());
       for (const fh of this.seedHandles.values()) await (await fh.catch(() => null))?.close().catch(() => {});
+      await this.hashThread?.close();
       // The caller's signal outlives this run (the chunk route may go on after it): it must not keep the tables.
       this.opts.signal?.removeEventListener('abort', this.onAbort);
       // Its native zstd context goes now, not when the collector finds it (a later run opens another).
@@ -434,7 +452,7 @@ export class BlockAssembly {
       }
       for (const d of t.fromPack) this.used(d);
       if (this.verifyChunks) {
-        const bad = this.verify(t, data);
+        const bad = await this.verify(t, data);
         if (bad.length > 0) await this.repair(t, data, bad, seedBad);
       }
       this.ctl.signal.throwIfAborted();
@@ -474,14 +492,29 @@ export class BlockAssembly {
   }
 
   /**
-   * The task's chunks that do not match their ID in the target index. Hashed on this thread: with SHA-NI
-   * (~1.5-2 GB/s) a hashing thread saved no wall time on the block path, cost CPU time moving the bytes, and its
-   * isolate 14-18 MiB (bench/RESULTS.md, "Block path memory (session 4)").
+   * The task's chunks that do not match their ID in the target index, hashed on the hashing thread when the
+   * task buffer is in shared memory (SHA-512/256, casync's default, runs at ~430 MB/s without SHA-NI for it:
+   * 1.4 s of this thread's time per 600 MB; bench/RESULTS.md, "Block path wall time (session 5)").
    */
-  private verify(t: Task, data: Buffer): number[] {
+  private async verify(t: Task, data: Buffer): Promise<number[]> {
+    const { target } = this;
     const chunks: number[] = [];
     for (let i = t.first; i < t.first + t.count; i++) chunks.push(i);
-    return this.stillBad(t, data, chunks);
+    if (!this.hasher || !HashThread.reaches(data)) return this.stillBad(t, data, chunks);
+    let ids: Buffer;
+    try {
+      ids = await this.hasher.digests(
+        target.digest,
+        data,
+        chunks.map((i) => target.end(i) - t.start),
+      );
+    } catch (err) {
+      // A thread that failed (it could not start, ran out of memory) costs this thread's time, not the update.
+      this.opts.onWarning?.(`block route: ${(err as Error).message}; checking chunks on the main thread`);
+      this.hasher = undefined;
+      return this.stillBad(t, data, chunks);
+    }
+    return chunks.filter((i, k) => !ids.subarray(k * 32, k * 32 + 32).equals(target.id(i)));
   }
 
   /** Which of the given chunks of the task do not hash to their ID. */

@@ -6,13 +6,18 @@
 // carved from it has been handed back. Requests of half a slab and more get
 // a slab of their own, larger ones a plain buffer that is not pooled. (A slab
 // per range response was tried: 2 MiB per response in flight, 4-15 MiB more.)
+// A shared pool's slabs are SharedArrayBuffers: a hashing thread reads its
+// buffers in place (lib/util/hash-thread.ts), and keeps every slab it was
+// shown, so a shared pool keeps all its slabs too (as many as were out at
+// once: what the peak holds anyway); a slab let go here would live on there.
+// They cannot be detached (freeNow leaves them alone) nor transferred.
 
 export const SLAB_BYTES = 2 * 1024 * 1024;
 /** From this size on, a request gets a slab of its own. */
 const OWN_SLAB_BYTES = SLAB_BYTES / 2;
 
 interface Slab {
-  readonly ab: ArrayBuffer;
+  readonly ab: ArrayBufferLike;
   /**
    * Where the buffers taken from it and not handed back start: a hand-back of a buffer not out (a second one, or
    * one late after the slab was reused) is ignored, never counted against the buffers still out.
@@ -23,14 +28,25 @@ interface Slab {
 }
 
 export class BufferPool {
-  private readonly free: ArrayBuffer[] = [];
-  private readonly slabs = new WeakMap<ArrayBuffer, Slab>();
+  private readonly free: ArrayBufferLike[] = [];
+  private readonly slabs = new WeakMap<ArrayBufferLike, Slab>();
   /** The slab small buffers are cut from, and how much of it is cut. */
   private cutting: Slab | undefined;
   private cut = 0;
 
-  /** @param maxPooledBytes bytes of unused slabs kept for reuse at most (beyond that, they are left to the GC). */
-  constructor(private readonly maxPooledBytes = 4 * 1024 * 1024) {}
+  /**
+   * @param maxPooledBytes bytes of unused slabs kept for reuse at most (beyond that, they are left to the GC).
+   * @param shared slabs in shared memory, all kept for reuse (buffers larger than a slab are plain ones still).
+   */
+  constructor(
+    private readonly maxPooledBytes = 4 * 1024 * 1024,
+    private readonly shared = false,
+  ) {}
+
+  /** Its slabs are SharedArrayBuffers (a hashing thread can read its buffers in place). */
+  get isShared(): boolean {
+    return this.shared;
+  }
 
   take(size: number): Buffer {
     if (size === 0 || size > SLAB_BYTES) return Buffer.allocUnsafeSlow(size);
@@ -67,13 +83,13 @@ export class BufferPool {
 
   /** Hands a buffer back, once; the caller must not touch it afterwards. Buffers this pool did not make are ignored. */
   give(buf: Uint8Array): void {
-    const slab = this.slabs.get(buf.buffer as ArrayBuffer);
+    const slab = this.slabs.get(buf.buffer);
     if (!slab?.out.delete(buf.byteOffset)) return;
     if (slab.out.size === 0 && !slab.cutting) this.recycle(slab);
   }
 
   private slab(): Slab {
-    const ab = this.free.pop() ?? new ArrayBuffer(SLAB_BYTES);
+    const ab = this.free.pop() ?? (this.shared ? new SharedArrayBuffer(SLAB_BYTES) : new ArrayBuffer(SLAB_BYTES));
     let slab = this.slabs.get(ab);
     if (!slab) {
       slab = { ab, out: new Set(), cutting: false };
@@ -83,7 +99,7 @@ export class BufferPool {
   }
 
   private recycle(slab: Slab): void {
-    if ((this.free.length + 1) * SLAB_BYTES <= this.maxPooledBytes) this.free.push(slab.ab);
+    if (this.shared || (this.free.length + 1) * SLAB_BYTES <= this.maxPooledBytes) this.free.push(slab.ab);
   }
 }
 

@@ -24,7 +24,10 @@ export interface WorkerPoolOptions {
   name: string;
   /** Handed to every worker at start (node:worker_threads workerData). */
   workerData?: unknown;
+  /** A worker without a job for this long ends (default 2 s; Infinity: only close() ends it). */
   idleMs?: number;
+  /** Young generation of each worker, MiB (default 3). */
+  youngGenerationMb?: number;
 }
 
 export interface RunOptions<Event> {
@@ -35,7 +38,7 @@ export interface RunOptions<Event> {
 }
 
 /** What a worker posts back: events while a job runs, then its result or its error. */
-type Answer =
+export type Answer =
   | { kind: 'event'; value: unknown }
   | { kind: 'result'; value: unknown }
   | { kind: 'error'; message: string };
@@ -126,7 +129,7 @@ export class WorkerPool<J, R, E = never> {
   private start(): Slot {
     const worker = new Worker(this.opts.script, {
       workerData: this.opts.workerData,
-      resourceLimits: { maxYoungGenerationSizeMb: WORKER_YOUNG_GENERATION_MB },
+      resourceLimits: { maxYoungGenerationSizeMb: this.opts.youngGenerationMb ?? WORKER_YOUNG_GENERATION_MB },
     });
     const slot: Slot = { worker };
     worker.on('message', (a: Answer) => this.answer(slot, a));
@@ -152,6 +155,7 @@ export class WorkerPool<J, R, E = never> {
 
   private idle(slot: Slot): void {
     slot.worker.unref();
+    if (this.opts.idleMs === Infinity) return;
     slot.idleTimer = setTimeout(() => {
       const i = this.slots.indexOf(slot);
       if (i < 0 || slot.job) return;
