@@ -10,7 +10,7 @@ import type { HttpClient } from '../fetch/http-client.js';
 import { RangeFetcher, type FetchStats } from '../fetch/range-fetcher.js';
 import { inFlightFor } from '../fetch/link-monitor.js';
 import { defaultCostModel, type CostModel } from '../plan/cost.js';
-import type { ChunkStore } from '../store/types.js';
+import type { ChunkStore, TakeBuffer } from '../store/types.js';
 import type { BufferPool } from '../util/buffer-pool.js';
 import { runsOf, unitsOf, type Run } from '../util/runs.js';
 import { fetchUnits, type RetryPolicy, type UnitSpec } from './unit-fetch.js';
@@ -184,7 +184,11 @@ export class StoreSource implements RemoteSource {
     private readonly buffers?: BufferPool,
   ) {
     this.httpBytesBase = http.stats.bytes;
+    this.takeBuffer = buffers && ((n) => buffers.take(n));
   }
+
+  /** Where stores decode chunks: the pool's buffers. */
+  private readonly takeBuffer: TakeBuffer | undefined;
 
   /** Requests are counted here (one per get/getMany to an HTTP store); bytes come from the client, so a client shared with concurrent work over-counts. */
   get stats(): FetchStats {
@@ -204,13 +208,13 @@ export class StoreSource implements RemoteSource {
   }
 
   /**
-   * Hands a chunk on, counting the bytes that came from a local directory. A store's decoded chunk is a fresh
-   * buffer that would live through the write and so wait for a full collection; copied into a reused buffer, it
-   * dies young instead.
+   * Hands a chunk on, counting the bytes that came from a local directory. Stores decode into the pool's buffers
+   * (reused after the write); a chunk that came in a fresh buffer (a batch, a store that does not take buffers)
+   * would live through the write and so wait for a full collection: copied into a pool buffer, it dies young.
    */
   private take(store: ChunkStore, deliver: Deliver, i: number, data: Buffer): void {
     if (!this.isRemote(store)) this.localBytes += data.length;
-    deliver(i, this.buffers ? this.buffers.copyOf(data) : data);
+    deliver(i, this.buffers ? this.buffers.adopt(data) : data);
   }
 
   batches(runs: readonly Run[]): Run[][] {
@@ -283,11 +287,11 @@ export class StoreSource implements RemoteSource {
     const req = { id: this.index.id(i), size: this.index.chunkSize(i) };
     try {
       this.count(store);
-      return await store.get(req, signal);
+      return await store.get(req, signal, this.takeBuffer);
     } catch (err) {
       if (!(err instanceof ChunkVerifyError)) throw err;
       this.count(store);
-      return store.get(req, signal);
+      return store.get(req, signal, this.takeBuffer);
     }
   }
 }

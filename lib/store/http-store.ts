@@ -6,7 +6,7 @@ import { HttpClient } from '../fetch/http-client.js';
 import { BodyTooLargeError, ChunkVerifyError, OriginError } from '../errors.js';
 import { toHex } from '../format/digest.js';
 import { maxEncodedSize } from './compression.js';
-import type { ChunkRequest, ChunkStore } from './types.js';
+import type { ChunkRequest, ChunkStore, TakeBuffer } from './types.js';
 import { chunkRelativePath, decodeChunk, resolveFormat, sizeLimit, type StoreFormat } from './chunk-file.js';
 
 export interface HttpStoreOptions extends StoreFormat {
@@ -45,7 +45,7 @@ export class HttpStore implements ChunkStore {
     return `${this.location}/${chunkRelativePath(id, !this.uncompressed)}`;
   }
 
-  async get(req: ChunkRequest, signal?: AbortSignal): Promise<Buffer | null> {
+  async get(req: ChunkRequest, signal?: AbortSignal, take?: TakeBuffer): Promise<Buffer | null> {
     const url = this.chunkUrl(req.id);
     const limit = sizeLimit(req.size, this.format);
     const maxBytes = this.uncompressed ? limit : maxEncodedSize(limit);
@@ -60,7 +60,7 @@ export class HttpStore implements ChunkStore {
       throw err;
     });
     if (res.status === 404 || res.status === 410) return null;
-    return decodeChunk(res.body, !this.uncompressed, req, this.format, url);
+    return decodeChunk(res.body, !this.uncompressed, req, this.format, url, take);
   }
 
   async has(id: Uint8Array, signal?: AbortSignal): Promise<boolean> {

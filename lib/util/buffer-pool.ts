@@ -40,8 +40,12 @@ export class BufferPool {
     return Buffer.from(slab.ab, 0, size);
   }
 
-  /** A buffer of the pool holding a copy of `data`. */
-  copyOf(data: Uint8Array): Buffer {
+  /**
+   * `data` in a buffer of the pool: `data` itself when it is one already (a store decoded into it) or too large to
+   * pool, else a copy.
+   */
+  adopt(data: Buffer): Buffer {
+    if (data.length > SLAB_BYTES || this.slabs.has(data.buffer as ArrayBuffer)) return data;
     const buf = this.take(data.length);
     buf.set(data);
     return buf;
