@@ -84,10 +84,20 @@ test('decompressChunk decodes into the buffer it is given, and a bad frame never
       given.push(b);
       return b;
     };
-    const out = decompressChunk(frame, s.data.length, take);
-    assert.ok(out.equals(s.data), s.name);
-    assert.equal(given.length, 1, `${s.name}: one buffer taken`);
-    assert.equal(out, given[0], `${s.name}: the bytes are in the taken buffer`);
+    for (const exact of [false, true]) {
+      given.length = 0;
+      const out = decompressChunk(frame, s.data.length, take, exact);
+      assert.ok(out.equals(s.data), s.name);
+      assert.equal(given.length, 1, `${s.name}: one buffer taken`);
+      assert.equal(out, given[0], `${s.name}: the bytes are in the taken buffer`);
+    }
+    // The index's size, wrong: too small is refused, too large gives what the frame holds (the caller checks it).
+    if (s.data.length > 1) {
+      assert.throws(() => decompressChunk(frame, s.data.length - 1, take, true), /decompresses to more than/, s.name);
+      assert.ok(decompressChunk(frame, s.data.length, take, true).equals(s.data), `${s.name}: after a refusal`);
+    }
+    if (s.params[C.ZSTD_c_contentSizeFlag] === 0)
+      assert.equal(decompressChunk(frame, s.data.length + 10, take, true).length, s.data.length, s.name);
     const declared = zstdContentSize(frame);
     assert.equal(declared, s.params[C.ZSTD_c_contentSizeFlag] === 0 ? -1 : s.data.length, `${s.name}: content size`);
   }

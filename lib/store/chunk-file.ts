@@ -49,7 +49,7 @@ export function decodeChunk(
   let data: Buffer;
   if (compressed) {
     try {
-      data = decompressChunk(stored, limit, take);
+      data = decompressChunk(stored, limit, take, req.size !== undefined);
     } catch (err) {
       if (err instanceof ChunkEncodingError) throw new ChunkVerifyError(hex, `is unreadable: ${err.message}`, source);
       throw err;

@@ -87,14 +87,16 @@ export type TakeBuffer = (size: number) => Buffer;
  * Decodes a stored chunk to its bytes. `limit` is the most bytes it may have
  * (the index's size for this chunk, or its max chunk size); more is an error,
  * detected without producing more than limit+1 bytes. Empty chunks are
- * rejected, as casync does. With `take`, the bytes come in a buffer it gave.
+ * rejected, as casync does. `exact`: the limit is the chunk's size (the
+ * index's), so its buffer can be made before decoding. With `take`, the bytes
+ * come in a buffer it gave.
  */
-export function decompressChunk(data: Uint8Array, limit: number, take?: TakeBuffer): Buffer {
+export function decompressChunk(data: Uint8Array, limit: number, take?: TakeBuffer, exact = false): Buffer {
   const encoding = detectEncoding(data);
   let out: Buffer;
   switch (encoding) {
     case 'zstd':
-      out = decompressZstd(data, limit, take);
+      out = decompressZstd(data, limit, take, exact);
       break;
     case 'gzip':
       out = intoTaken(decompressGzip(data, limit), take);
@@ -137,7 +139,7 @@ export function zstdContentSize(data: Uint8Array): number {
   return high >= 1 << 21 ? Number.POSITIVE_INFINITY : high * 2 ** 32 + view.getUint32(0, true);
 }
 
-function decompressZstd(data: Uint8Array, limit: number, take: TakeBuffer | undefined): Buffer {
+function decompressZstd(data: Uint8Array, limit: number, take: TakeBuffer | undefined, exact: boolean): Buffer {
   const frameLength = zstdFrameLength(data);
   if (frameLength < 0)
     throw new ChunkEncodingError(`truncated zstd frame (the ${data.length}-byte file ends inside the frame)`);
@@ -147,8 +149,10 @@ function decompressZstd(data: Uint8Array, limit: number, take: TakeBuffer | unde
   const windowLog = Math.min(MAX_WINDOW_LOG, Math.max(MIN_WINDOW_LOG, Math.ceil(Math.log2(limit + 1))));
   const declared = zstdContentSize(data);
   if (declared > limit) throw new ChunkEncodingError(`chunk decompresses to more than ${limit} bytes`);
-  // A frame that declares its size (deltad's, desync's, most casync ones) is decoded straight into its buffer.
-  if (declared > 0) return zstdDecoder(windowLog).decode(data, take ? take(declared) : Buffer.allocUnsafe(declared));
+  // A frame decodes straight into its buffer when its size is known: declared in its header (deltad's, desync's)
+  // or the index's (casync's frames declare none).
+  const size = declared > 0 ? declared : exact ? limit : 0;
+  if (size > 0) return zstdDecoder(windowLog).decode(data, take ? take(size) : Buffer.allocUnsafe(size));
   return intoTaken(zstdDecompressOnce(data, limit, windowLog), take);
 }
 
@@ -205,11 +209,15 @@ interface ZstdFailure {
   message: string;
 }
 
-/** One reused zstd context: decodes a frame of declared size into a buffer of exactly that size. */
+/**
+ * One reused zstd context: decodes a frame into a buffer of its size (declared, or the index's). A frame with its
+ * size declared and all of it at hand is decoded in one pass into that buffer; one without (casync's) goes through
+ * the context's window buffer (up to 2^windowLog bytes, kept for the next frame).
+ */
 class ZstdDecoder {
   private readonly handle: ZstdHandle;
   private readonly state: Uint32Array;
-  /** Catches output beyond the declared size (zstd itself refuses it; this does not rely on that). */
+  /** Catches output beyond the buffer (zstd itself refuses more than a declared size; this does not rely on it). */
   private readonly spare = Buffer.alloc(64);
   private failure: ZstdFailure | undefined;
 
@@ -233,19 +241,18 @@ class ZstdDecoder {
     const unread = state[1];
     if (!this.failure && left === 0 && unread === 0) {
       handle.writeSync(constants.ZSTD_e_end, data, data.length, 0, this.spare, 0, this.spare.length);
-      left = state[0] - this.spare.length; // negative: output beyond the declared size
+      left = state[0] - this.spare.length; // negative: output beyond the buffer
     }
     // Set by onerror during writeSync (TypeScript cannot see that).
     const failure = this.failure as ZstdFailure | undefined;
-    if (failure || left !== 0 || unread !== 0) {
+    if (failure || left < 0 || unread !== 0) {
       dropDecoder(this);
       if (failure) throw zstdError(failure.code, failure.message, out.length, data.length);
-      if (left > 0)
-        throw new ChunkEncodingError(`zstd frame declares ${out.length} bytes and ends after ${out.length - left}`);
-      throw new ChunkEncodingError(`zstd frame decodes to more than the ${out.length} bytes it declares`);
+      throw new ChunkEncodingError(`chunk decompresses to more than ${out.length} bytes`);
     }
     handle.reset();
-    return out;
+    // Shorter than expected: the caller's size check names it.
+    return left === 0 ? out : out.subarray(0, out.length - left);
   }
 
   close(): void {
