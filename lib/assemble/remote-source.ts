@@ -12,7 +12,7 @@ import { inFlightFor } from '../fetch/link-monitor.js';
 import { defaultCostModel, type CostModel } from '../plan/cost.js';
 import type { ChunkStore, TakeBuffer } from '../store/types.js';
 import type { BufferPool } from '../util/buffer-pool.js';
-import { runsOf, unitsOf, type Run } from '../util/runs.js';
+import { addToRuns, runsOf, unitsOf, type Run } from '../util/runs.js';
 import { fetchUnits, type RetryPolicy, type UnitSpec } from './unit-fetch.js';
 
 export type { Run };
@@ -22,8 +22,11 @@ export type Deliver = (i: number, data: Buffer) => void;
 export interface RemoteSource {
   readonly kind: 'range' | 'store';
   readonly stats: FetchStats;
-  /** Groups runs of missing chunks (ascending) into fetch tasks, none spanning more than maxSpan target bytes. */
-  batches(runs: readonly Run[], maxSpan: number): Run[][];
+  /**
+   * Groups runs of missing chunks (ascending) into fetch tasks, none spanning more than maxSpan target bytes; a
+   * source may make them as they are iterated (once).
+   */
+  batches(runs: readonly Run[], maxSpan: number): Iterable<Run[]>;
   /**
    * Fetches the chunks of one batch; deliver receives each verified chunk once.
    * drain, when given, is awaited between network reads (write backpressure).
@@ -217,12 +220,25 @@ export class StoreSource implements RemoteSource {
     deliver(i, this.buffers ? this.buffers.adopt(data) : data);
   }
 
-  batches(runs: readonly Run[]): Run[][] {
-    const all = unitsOf(runs);
+  /**
+   * `batchSize` chunks a batch with a store that takes batches, else one. Made as they are iterated: a 4 GiB image
+   * can miss tens of thousands of chunks, and a task and its runs each for all of them at once were megabytes.
+   */
+  *batches(runs: readonly Run[]): Generator<Run[]> {
     const size = this.stores.some((s) => s.getMany) ? this.batchSize : 1;
-    const out: Run[][] = [];
-    for (let k = 0; k < all.length; k += size) out.push(runsOf(all.slice(k, k + size)));
-    return out;
+    let batch: Run[] = [];
+    let n = 0;
+    for (const r of runs) {
+      for (let i = r.first; i < r.first + r.count; i++) {
+        addToRuns(batch, i);
+        if (++n === size) {
+          yield batch;
+          batch = [];
+          n = 0;
+        }
+      }
+    }
+    if (n > 0) yield batch;
   }
 
   async fetch(runs: readonly Run[], deliver: Deliver, signal: AbortSignal): Promise<void> {
