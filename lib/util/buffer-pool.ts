@@ -30,7 +30,7 @@ export class BufferPool {
   private cut = 0;
 
   /** @param maxPooledBytes bytes of unused slabs kept for reuse at most (beyond that, they are left to the GC). */
-  constructor(private readonly maxPooledBytes = 4 * 1024 * 1024) {}
+  constructor(private maxPooledBytes = 4 * 1024 * 1024) {}
 
   take(size: number): Buffer {
     if (size === 0 || size > SLAB_BYTES) return Buffer.allocUnsafeSlow(size);
@@ -74,6 +74,15 @@ export class BufferPool {
     const slab = this.slabs.get(buf.buffer as ArrayBuffer);
     if (!slab?.out.delete(buf.byteOffset)) return;
     if (slab.out.size === 0 && !slab.cutting) this.recycle(slab);
+  }
+
+  /**
+   * Frees the unused slabs now (detached, not left to the collector) and keeps none from here on. For the end of a
+   * run, once every buffer handed back is no longer touched; buffers still out are left alone.
+   */
+  release(): void {
+    this.maxPooledBytes = 0;
+    for (const ab of this.free.splice(0)) freeNow(new Uint8Array(ab));
   }
 
   private slab(): Slab {
