@@ -298,7 +298,7 @@ test('HTTP store: GET verified chunks, HEAD for has(), 404 → null', { timeout:
   }
 });
 
-test('store source: decoded chunks come in buffers of the pool, reused once handed back', {
+test('store source: chunks are decoded into buffers of the pool, reused once handed back', {
   timeout: 20_000,
 }, async (t) => {
   const { store, chunks, ids } = await servedStore(t);
@@ -307,6 +307,9 @@ test('store source: decoded chunks come in buffers of the pool, reused once hand
   for (let i = 0; i < chunks.length; i++) b.add((end += chunks[i].length), ids[i]);
   const index = b.finish();
   const pool = new BufferPool();
+  let taken = 0;
+  const take = pool.take.bind(pool);
+  pool.take = (n) => (taken++, take(n));
   const source = new StoreSource(index, [store], store.client, 1, undefined, pool);
   const got: Buffer[] = [];
   await source.fetch(
@@ -314,6 +317,8 @@ test('store source: decoded chunks come in buffers of the pool, reused once hand
     (i, data) => void (got[i] = data),
     AbortSignal.timeout(10_000),
   );
+  // Decoded straight into them: one buffer per chunk, no copy made after decoding.
+  assert.equal(taken, chunks.length);
   for (let i = 0; i < chunks.length; i++) {
     assert.ok(got[i].equals(chunks[i]), `chunk ${i}`);
     // The pool's: a buffer handed back is the next one of its size class.
