@@ -309,7 +309,10 @@ test('store source: chunks are decoded into buffers of the pool, reused once han
   const pool = new BufferPool();
   let taken = 0;
   const take = pool.take.bind(pool);
-  pool.take = (n) => (taken++, take(n));
+  pool.take = (n) => {
+    taken++;
+    return take(n);
+  };
   const source = new StoreSource(index, [store], store.client, 1, undefined, pool);
   const got: Buffer[] = [];
   await source.fetch(
