@@ -152,7 +152,8 @@ function decompressZstd(data: Uint8Array, limit: number, take: TakeBuffer | unde
   // A frame decodes straight into its buffer when its size is known: declared in its header (deltad's, desync's)
   // or the index's (casync's frames declare none).
   const size = declared > 0 ? declared : exact ? limit : 0;
-  if (size > 0) return zstdDecoder(windowLog).decode(data, take ? take(size) : Buffer.allocUnsafe(size));
+  const decoder = size > 0 ? zstdDecoder(windowLog) : undefined;
+  if (decoder) return decoder.decode(data, take ? take(size) : Buffer.allocUnsafe(size));
   return intoTaken(zstdDecompressOnce(data, limit, windowLog), take);
 }
 
@@ -263,10 +264,18 @@ class ZstdDecoder {
 /** Decoders by window limit (in practice one: chunks up to 16 MiB all get 2^24). Decoding is synchronous. */
 const decoders = new Map<number, ZstdDecoder>();
 
-function zstdDecoder(windowLog: number): ZstdDecoder {
+/** Cleared when this runtime's ZstdDecompress lacks the handle: every frame then takes the one-shot path. */
+let handleUsable = true;
+
+function zstdDecoder(windowLog: number): ZstdDecoder | undefined {
   let d = decoders.get(windowLog);
-  if (!d) {
-    d = new ZstdDecoder(windowLog);
+  if (!d && handleUsable) {
+    try {
+      d = new ZstdDecoder(windowLog);
+    } catch {
+      handleUsable = false;
+      return undefined;
+    }
     decoders.set(windowLog, d);
   }
   return d;
