@@ -6,7 +6,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { createCipheriv, createHash } from 'node:crypto';
 import { constants, zstdCompressSync, zstdDecompressSync } from 'node:zlib';
-import { compressChunk, decompressChunk, zstdFrameLength } from '../lib/store/compression.js';
+import { compressChunk, decompressChunk, zstdContentSize, zstdFrameLength } from '../lib/store/compression.js';
 import { FrameCompressor, FrameDecompressor } from '../lib/blockpack/frame-codec.js';
 import { ZSTD_MAGIC } from '../lib/blockpack/format.js';
 
@@ -73,6 +73,56 @@ test('compressChunk writes one frame with the content size, decodable with the e
   assert.ok(frame[4] >> 6 !== 0 || (frame[4] & 0x20) !== 0, 'frame header declares the content size');
   assert.ok(decompressChunk(frame, data.length).equals(data));
   assert.throws(() => decompressChunk(frame, data.length - 1), /decompresses to more than 99999 bytes/);
+});
+
+test('decompressChunk decodes into the buffer it is given, and a bad frame never spoils the next one', () => {
+  for (const s of shapes) {
+    const frame = zstdCompressSync(s.data, { params: s.params });
+    const given: Buffer[] = [];
+    const take = (n: number): Buffer => {
+      const b = Buffer.alloc(n, 0xee);
+      given.push(b);
+      return b;
+    };
+    for (const exact of [false, true]) {
+      given.length = 0;
+      const out = decompressChunk(frame, s.data.length, take, exact);
+      assert.ok(out.equals(s.data), s.name);
+      assert.equal(given.length, 1, `${s.name}: one buffer taken`);
+      assert.equal(out, given[0], `${s.name}: the bytes are in the taken buffer`);
+    }
+    // The index's size, wrong: too small is refused, too large gives what the frame holds (the caller checks it).
+    if (s.data.length > 1) {
+      assert.throws(() => decompressChunk(frame, s.data.length - 1, take, true), /decompresses to more than/, s.name);
+      assert.ok(decompressChunk(frame, s.data.length, take, true).equals(s.data), `${s.name}: after a refusal`);
+    }
+    if (s.params[C.ZSTD_c_contentSizeFlag] === 0)
+      assert.equal(decompressChunk(frame, s.data.length + 10, take, true).length, s.data.length, s.name);
+    const declared = zstdContentSize(frame);
+    assert.equal(declared, s.params[C.ZSTD_c_contentSizeFlag] === 0 ? -1 : s.data.length, `${s.name}: content size`);
+  }
+  const data = Buffer.concat([text(60_000), noise(20_000, 'reuse')]);
+  const good = zstdCompressSync(data, { params: { [C.ZSTD_c_checksumFlag]: 1 } });
+  const badChecksum = Buffer.from(good);
+  badChecksum[badChecksum.length - 1] ^= 1;
+  const badBlock = Buffer.from(good);
+  badBlock[good.length >> 1] ^= 0x55;
+  // The header says 80 000 bytes and the blocks hold more: a second frame's blocks under the first one's header.
+  const longer = zstdCompressSync(Buffer.concat([data, data]), { params: { [C.ZSTD_c_checksumFlag]: 1 } });
+  const lying = Buffer.from(longer);
+  lying.set(good.subarray(0, 6), 0);
+  for (const [name, frame, re] of [
+    ['checksum', badChecksum, /corrupt zstd data/],
+    ['block', badBlock, /corrupt zstd data|content does not match|decompresses to more|ends after/],
+    ['more than declared', lying, /corrupt zstd data|more than/],
+    ['over the limit', good, /decompresses to more than/],
+  ] as const) {
+    const limit = name === 'over the limit' ? data.length - 1 : data.length;
+    assert.throws(() => decompressChunk(frame, limit, (n) => Buffer.alloc(n)), re, name);
+    if (name === 'over the limit')
+      assert.throws(() => decompressChunk(frame, limit), new RegExp(`more than ${limit} bytes`), name);
+    assert.ok(decompressChunk(good, data.length, (n) => Buffer.alloc(n)).equals(data), `after ${name}`);
+  }
 });
 
 test('FrameCompressor: overlapping calls give one-shot frames, in order, that FrameDecompressor restores', async () => {

@@ -50,6 +50,11 @@ type Task =
   | { kind: 'self'; first: number; count: number; source: number }
   | { kind: 'remote'; runs: Run[] };
 
+/** A remote task per batch, made as the queue reaches it (a store source's batches are one chunk each). */
+function* remoteTasks(batches: Iterable<Run[]>): Generator<Task> {
+  for (const runs of batches) yield { kind: 'remote', runs };
+}
+
 /** Bytes read from a seed per task: large enough for sequential I/O, small enough to bound memory. */
 const SEED_TASK_BYTES = 2 * 1024 * 1024;
 /** Written-but-not-yet-completed bytes before network reading pauses. */
@@ -105,7 +110,7 @@ export class Assembler {
     this.ctl.signal.throwIfAborted();
   }
 
-  private tasks(): { local: Task[]; remote: Task[] } {
+  private tasks(): { local: Task[]; remote: Iterable<Task> } {
     const { plan } = this.opts;
     const local: Task[] = [];
     const runs: Run[] = [];
@@ -117,14 +122,14 @@ export class Assembler {
         local.push(seg);
       } else local.push(seg);
     }
-    let remote: Task[] = [];
+    let remote: Iterable<Task> = [];
     if (runs.length > 0) {
       if (!this.opts.remote)
         throw new ChunkMissingError(
           this.index.idHex(runs[0].first),
           'any source: it is in no seed and there is no remote source (give --range-url or --store)',
         );
-      remote = this.opts.remote.batches(runs, this.opts.maxSpan ?? Infinity).map((b) => ({ kind: 'remote', runs: b }));
+      remote = remoteTasks(this.opts.remote.batches(runs, this.opts.maxSpan ?? Infinity));
     }
     return { local, remote };
   }
@@ -162,7 +167,7 @@ export class Assembler {
   }
 
   /** Runs tasks in order, `slots` at once, remote ones within the fetch-bytes budget; guard() never throws. */
-  private async runQueue(tasks: Task[], slots: number | (() => number)): Promise<void> {
+  private async runQueue(tasks: Iterable<Task>, slots: number | (() => number)): Promise<void> {
     const detached: Promise<void>[] = [];
     const budget = this.opts.maxFetchBytes ?? DEFAULT_MAX_FETCH_BYTES;
     const opts = { concurrency: slots, weight: (t: Task) => this.fetchBytes(t), budget };
@@ -171,7 +176,7 @@ export class Assembler {
   }
 
   /** The tasks in order, each once the sink admits its span; none once aborted. Repeats go to `detached`. */
-  private async *admitted(tasks: Task[], detached: Promise<void>[]): AsyncGenerator<Task> {
+  private async *admitted(tasks: Iterable<Task>, detached: Promise<void>[]): AsyncGenerator<Task> {
     for (const t of tasks) {
       if (this.ctl.signal.aborted) return;
       const s = this.span(t);

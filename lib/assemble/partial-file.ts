@@ -11,6 +11,7 @@ import { basename, dirname, join, resolve } from 'node:path';
 import type { ChunkIndex } from '../format/caibx.js';
 import { ChecksumMismatchError, FileError, OutputReplacedError, UsageError, fileError } from '../errors.js';
 import { formatBytes } from '../util/size.js';
+import { freeNow } from '../util/buffer-pool.js';
 import { freeBytes } from '../util/disk.js';
 import { createExclusive, readFully, renameInto, writeFileAtomic, writeFully } from '../util/fs-io.js';
 import { OutputLock } from './output-lock.js';
@@ -256,12 +257,17 @@ export class PartialFile implements AssemblySink {
   /** SHA-256 of the whole partial file (read sequentially). */
   async sha256(): Promise<string> {
     const h = createHash('sha256');
-    const buf = Buffer.allocUnsafe(4 * 1024 * 1024);
-    for (let pos = 0; pos < this.target.size; ) {
-      const got = await readFully(this.fh, buf, pos, Math.min(buf.length, this.target.size - pos));
-      if (got === 0) break;
-      h.update(buf.subarray(0, got));
-      pos += got;
+    // 1 MiB reads keep up with the hash; the buffer is freed at once (it would wait for a full collection).
+    const buf = Buffer.allocUnsafeSlow(1024 * 1024);
+    try {
+      for (let pos = 0; pos < this.target.size; ) {
+        const got = await readFully(this.fh, buf, pos, Math.min(buf.length, this.target.size - pos));
+        if (got === 0) break;
+        h.update(buf.subarray(0, got));
+        pos += got;
+      }
+    } finally {
+      freeNow(buf);
     }
     return h.digest('hex');
   }

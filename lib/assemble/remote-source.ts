@@ -10,9 +10,9 @@ import type { HttpClient } from '../fetch/http-client.js';
 import { RangeFetcher, type FetchStats } from '../fetch/range-fetcher.js';
 import { inFlightFor } from '../fetch/link-monitor.js';
 import { defaultCostModel, type CostModel } from '../plan/cost.js';
-import type { ChunkStore } from '../store/types.js';
+import type { ChunkStore, TakeBuffer } from '../store/types.js';
 import type { BufferPool } from '../util/buffer-pool.js';
-import { runsOf, unitsOf, type Run } from '../util/runs.js';
+import { addToRuns, runsOf, unitsOf, type Run } from '../util/runs.js';
 import { fetchUnits, type RetryPolicy, type UnitSpec } from './unit-fetch.js';
 
 export type { Run };
@@ -22,8 +22,11 @@ export type Deliver = (i: number, data: Buffer) => void;
 export interface RemoteSource {
   readonly kind: 'range' | 'store';
   readonly stats: FetchStats;
-  /** Groups runs of missing chunks (ascending) into fetch tasks, none spanning more than maxSpan target bytes. */
-  batches(runs: readonly Run[], maxSpan: number): Run[][];
+  /**
+   * Groups runs of missing chunks (ascending) into fetch tasks, none spanning more than maxSpan target bytes; a
+   * source may make them as they are iterated (once).
+   */
+  batches(runs: readonly Run[], maxSpan: number): Iterable<Run[]>;
   /**
    * Fetches the chunks of one batch; deliver receives each verified chunk once.
    * drain, when given, is awaited between network reads (write backpressure).
@@ -135,7 +138,7 @@ export class RangeSource implements RemoteSource {
         if (index.end(i) > start.length) return true;
         const data = start.subarray(index.start(i), index.end(i));
         if (!verifyChunk(index, i, data)) return true;
-        deliver(i, buffers ? buffers.copyOf(data) : Buffer.from(data));
+        deliver(i, buffers ? buffers.adopt(data) : Buffer.from(data));
         return false;
       });
       if (units.length === 0) return;
@@ -203,7 +206,11 @@ export class StoreSource implements RemoteSource {
     private readonly buffers?: BufferPool,
   ) {
     this.httpBytesBase = http.stats.bytes;
+    this.takeBuffer = buffers && ((n) => buffers.take(n));
   }
+
+  /** Where stores decode chunks: the pool's buffers. */
+  private readonly takeBuffer: TakeBuffer | undefined;
 
   /** Requests are counted here (one per get/getMany to an HTTP store); bytes come from the client, so a client shared with concurrent work over-counts. */
   get stats(): FetchStats {
@@ -223,21 +230,34 @@ export class StoreSource implements RemoteSource {
   }
 
   /**
-   * Hands a chunk on, counting the bytes that came from a local directory. A store's decoded chunk is a fresh
-   * buffer that would live through the write and so wait for a full collection; copied into a reused buffer, it
-   * dies young instead.
+   * Hands a chunk on, counting the bytes that came from a local directory. Stores decode into the pool's buffers
+   * (reused after the write); a chunk that came in a fresh buffer (a batch, a store that does not take buffers)
+   * would live through the write and so wait for a full collection: copied into a pool buffer, it dies young.
    */
   private take(store: ChunkStore, deliver: Deliver, i: number, data: Buffer): void {
     if (!this.isRemote(store)) this.localBytes += data.length;
-    deliver(i, this.buffers ? this.buffers.copyOf(data) : data);
+    deliver(i, this.buffers ? this.buffers.adopt(data) : data);
   }
 
-  batches(runs: readonly Run[]): Run[][] {
-    const all = unitsOf(runs);
+  /**
+   * `batchSize` chunks a batch with a store that takes batches, else one. Made as they are iterated: a 4 GiB image
+   * can miss tens of thousands of chunks, and a task and its runs each for all of them at once were megabytes.
+   */
+  *batches(runs: readonly Run[]): Generator<Run[]> {
     const size = this.stores.some((s) => s.getMany) ? this.batchSize : 1;
-    const out: Run[][] = [];
-    for (let k = 0; k < all.length; k += size) out.push(runsOf(all.slice(k, k + size)));
-    return out;
+    let batch: Run[] = [];
+    let n = 0;
+    for (const r of runs) {
+      for (let i = r.first; i < r.first + r.count; i++) {
+        addToRuns(batch, i);
+        if (++n === size) {
+          yield batch;
+          batch = [];
+          n = 0;
+        }
+      }
+    }
+    if (n > 0) yield batch;
   }
 
   async fetch(runs: readonly Run[], deliver: Deliver, signal: AbortSignal): Promise<void> {
@@ -302,11 +322,11 @@ export class StoreSource implements RemoteSource {
     const req = { id: this.index.id(i), size: this.index.chunkSize(i) };
     try {
       this.count(store);
-      return await store.get(req, signal);
+      return await store.get(req, signal, this.takeBuffer);
     } catch (err) {
       if (!(err instanceof ChunkVerifyError)) throw err;
       this.count(store);
-      return store.get(req, signal);
+      return store.get(req, signal, this.takeBuffer);
     }
   }
 }

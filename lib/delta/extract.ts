@@ -542,6 +542,8 @@ interface Routes {
   probe: { requests: number; bytes: number };
   /** The chunk route's lead, run already (its traffic is the chunk route's remote, counted there). */
   lead: Route[];
+  /** The chunk route's buffers (released once the routes are done). */
+  buffers?: BufferPool;
 }
 
 /** Target bytes the lead streams at most, and the missing bytes it may fetch for them. */
@@ -662,7 +664,7 @@ async function chooseRoutes(
     list.unshift(route);
   }
   await led;
-  return { list, probe: choice.probe, lead };
+  return { list, probe: choice.probe, lead, buffers: choice.buffers };
 }
 
 /**
@@ -840,6 +842,8 @@ export async function extractToFile(
       routes.probe.requests += indexCost.requests;
       routes.probe.bytes += indexCost.bytes;
       const last = await runWithProgress(routes, file, progress, opts, watch);
+      // The pool's unused buffers (up to 16 MiB) would otherwise stay through the whole-file check.
+      routes.buffers?.release();
       const sha256 = await file.commit(opts.fileMode ?? 0o644, opts.sha256);
       return summary(progress, routes, last, started, resumedBytes, sha256);
     } catch (caught) {

@@ -300,12 +300,30 @@ export class HttpClient {
     url: string,
     opts: RequestOptions & { maxBytes?: number } = {},
   ): Promise<{ status: number; headers: Dispatcher.ResponseData['headers']; body: Buffer; url: string }> {
+    const { parts, length, ...res } = await this.getParts(url, opts);
+    return { ...res, body: joinParts(parts, length) };
+  }
+
+  /**
+   * getBuffer with the body in the reads it came in (`length` bytes in all), for a caller that joins them itself
+   * (into a reused buffer) or needs no join; a body with a Content-Encoding comes decoded, in one part.
+   */
+  async getParts(
+    url: string,
+    opts: RequestOptions & { maxBytes?: number } = {},
+  ): Promise<{
+    status: number;
+    headers: Dispatcher.ResponseData['headers'];
+    parts: Buffer[];
+    length: number;
+    url: string;
+  }> {
     const maxBytes = opts.maxBytes ?? 64 * 1024 * 1024;
     return this.withRetry(async () => {
       const res = await this.request(url, opts);
       if (res.statusCode === 404 || res.statusCode === 410) {
         await res.body.dump();
-        return { status: res.statusCode, headers: res.headers, body: Buffer.alloc(0), url: res.url };
+        return { status: res.statusCode, headers: res.headers, parts: [], length: 0, url: res.url };
       }
       if (res.statusCode < 200 || res.statusCode >= 300) {
         await res.body.dump();
@@ -319,12 +337,16 @@ export class HttpClient {
         res.body.destroy();
         throw new BodyTooLargeError(`GET ${url}: ${declared} bytes exceeds the ${maxBytes}-byte limit`, maxBytes);
       }
-      const raw = await this.readBody(res.body, maxBytes, url);
-      if (!Number.isNaN(declared) && raw.length !== declared) {
-        throw new OriginError(`GET ${url}: truncated body (${raw.length} of ${declared} bytes)`, { transient: true });
+      const parts = await this.readParts(res.body, maxBytes, url);
+      const length = parts.reduce((n, p) => n + p.length, 0);
+      if (!Number.isNaN(declared) && length !== declared) {
+        throw new OriginError(`GET ${url}: truncated body (${length} of ${declared} bytes)`, { transient: true });
       }
-      const body = decodeBody(raw, res.headers['content-encoding'], maxBytes, url);
-      return { status: res.statusCode, headers: res.headers, body, url: res.url };
+      const head = { status: res.statusCode, headers: res.headers, url: res.url };
+      const encoding = res.headers['content-encoding'];
+      if (encoding === undefined) return { ...head, parts, length };
+      const body = decodeBody(joinParts(parts, length), encoding, maxBytes, url);
+      return { ...head, parts: [body], length: body.length };
     }, opts.signal);
   }
 
@@ -340,6 +362,21 @@ export class HttpClient {
     onPart?: (part: Buffer) => void,
     keep = true,
   ): Promise<Buffer> {
+    const parts = await this.readParts(body, maxBytes, url, onPart, keep);
+    return joinParts(
+      parts,
+      parts.reduce((n, p) => n + p.length, 0),
+    );
+  }
+
+  /** readBody's parts, not joined. */
+  private async readParts(
+    body: Dispatcher.ResponseData['body'],
+    maxBytes: number,
+    url: string,
+    onPart?: (part: Buffer) => void,
+    keep = true,
+  ): Promise<Buffer[]> {
     const parts: Buffer[] = [];
     let n = 0;
     let refused: { err: unknown } | undefined;
@@ -366,11 +403,7 @@ export class HttpClient {
       body.destroy();
       throw refused.err;
     }
-    if (!keep) return Buffer.alloc(0);
-    // A body that came in one read (a stored chunk, a small file) is that read: a copy would be one more buffer
-    // per request for V8 to collect. (Over HTTP/2 one socket read can carry several streams' data: the body may
-    // be a view of a buffer other bodies share.)
-    return parts.length === 1 ? parts[0] : Buffer.concat(parts, n);
+    return keep ? parts : [];
   }
 
   async close(): Promise<void> {
@@ -388,6 +421,16 @@ function originOf(url: string): string {
  * A whole body as its origin meant it: we ask for identity, but a server that
  * compresses anyway (a 200, never a range) is decoded, within `maxBytes`.
  */
+/**
+ * A body that came in one read (a stored chunk, a small file) is that read: a copy would be one more buffer per
+ * request for V8 to collect. (Over HTTP/2 one socket read can carry several streams' data: the body may be a view
+ * of a buffer other bodies share.)
+ */
+function joinParts(parts: Buffer[], length: number): Buffer {
+  if (parts.length === 0) return Buffer.alloc(0);
+  return parts.length === 1 ? parts[0] : Buffer.concat(parts, length);
+}
+
 function decodeBody(raw: Buffer, encoding: string | string[] | undefined, maxBytes: number, url: string): Buffer {
   const coding = (Array.isArray(encoding) ? encoding.join(',') : (encoding ?? '')).trim().toLowerCase();
   if (coding === '' || coding === 'identity') return raw;

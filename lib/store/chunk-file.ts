@@ -2,7 +2,7 @@
 // name in the casync layout, and turning its stored bytes into verified data.
 import { ChunkEncodingError, ChunkVerifyError, UsageError } from '../errors.js';
 import { chunkId, fromHex, toHex, type DigestName } from '../format/digest.js';
-import { decompressChunk } from './compression.js';
+import { decompressChunk, type TakeBuffer } from './compression.js';
 import { CHUNK_SIZE_LIMIT_MAX } from '../format/caibx.js';
 
 export const COMPRESSED_SUFFIX = '.cacnk';
@@ -34,6 +34,7 @@ export function sizeLimit(size: number | undefined, format: Required<StoreFormat
 /**
  * Decodes stored bytes (compressed or raw) and checks size and digest against
  * the request. Throws ChunkVerifyError naming the ID and `source` (path or URL).
+ * With `take`, the data comes in a buffer it gave (a copy for a raw chunk).
  */
 export function decodeChunk(
   stored: Uint8Array,
@@ -41,13 +42,14 @@ export function decodeChunk(
   req: { id: Uint8Array; size?: number },
   format: Required<StoreFormat>,
   source: string,
+  take?: TakeBuffer,
 ): Buffer {
   const hex = toHex(req.id);
   const limit = sizeLimit(req.size, format);
   let data: Buffer;
   if (compressed) {
     try {
-      data = decompressChunk(stored, limit);
+      data = decompressChunk(stored, limit, take, req.size !== undefined);
     } catch (err) {
       if (err instanceof ChunkEncodingError) throw new ChunkVerifyError(hex, `is unreadable: ${err.message}`, source);
       throw err;
@@ -57,6 +59,11 @@ export function decodeChunk(
     if (stored.length > limit)
       throw new ChunkVerifyError(hex, `has ${stored.length} bytes, more than the ${limit}-byte limit`, source);
     data = Buffer.from(stored.buffer, stored.byteOffset, stored.byteLength);
+    if (take) {
+      const copy = take(data.length);
+      copy.set(data);
+      data = copy;
+    }
   }
   if (req.size !== undefined && data.length !== req.size) {
     throw new ChunkVerifyError(hex, `has ${data.length} bytes, the index says ${req.size}`, source);

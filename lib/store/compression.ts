@@ -3,7 +3,7 @@
 // (with or without a content-size field), gzip for old casync stores; xz is
 // refused with a clear error. Output is always bounded by the caller's limit,
 // so a hostile chunk file cannot inflate without end.
-import { constants, gunzipSync, zstdCompressSync, zstdDecompressSync } from 'node:zlib';
+import { constants, gunzipSync, ZstdDecompress, zstdCompressSync, zstdDecompressSync } from 'node:zlib';
 import { ChunkEncodingError } from '../errors.js';
 
 export const DEFAULT_ZSTD_LEVEL = 3;
@@ -80,21 +80,26 @@ export function detectEncoding(data: Uint8Array): ChunkEncoding {
   return 'unknown';
 }
 
+/** Where decoded chunks go: a buffer of exactly `size` bytes (a pool's, reused once the chunk is written). */
+export type TakeBuffer = (size: number) => Buffer;
+
 /**
  * Decodes a stored chunk to its bytes. `limit` is the most bytes it may have
  * (the index's size for this chunk, or its max chunk size); more is an error,
  * detected without producing more than limit+1 bytes. Empty chunks are
- * rejected, as casync does.
+ * rejected, as casync does. `exact`: the limit is the chunk's size (the
+ * index's), so its buffer can be made before decoding. With `take`, the bytes
+ * come in a buffer it gave.
  */
-export function decompressChunk(data: Uint8Array, limit: number): Buffer {
+export function decompressChunk(data: Uint8Array, limit: number, take?: TakeBuffer, exact = false): Buffer {
   const encoding = detectEncoding(data);
   let out: Buffer;
   switch (encoding) {
     case 'zstd':
-      out = decompressZstd(data, limit);
+      out = decompressZstd(data, limit, take, exact);
       break;
     case 'gzip':
-      out = decompressGzip(data, limit);
+      out = intoTaken(decompressGzip(data, limit), take);
       break;
     case 'xz':
       throw new ChunkEncodingError(
@@ -109,7 +114,32 @@ export function decompressChunk(data: Uint8Array, limit: number): Buffer {
   return out;
 }
 
-function decompressZstd(data: Uint8Array, limit: number): Buffer {
+function intoTaken(data: Buffer, take: TakeBuffer | undefined): Buffer {
+  if (!take || data.length === 0) return data;
+  const out = take(data.length);
+  out.set(data);
+  return out;
+}
+
+/**
+ * The content size a zstd frame header declares (RFC 8878 3.1.1.1.4), or -1 when it has none. The header is
+ * checked by zstdFrameLength first. Sizes beyond 2^53 come out as Infinity (more than any limit).
+ */
+export function zstdContentSize(data: Uint8Array): number {
+  const fhd = data[4];
+  const singleSegment = (fhd >> 5) & 1;
+  const fieldSize = [singleSegment, 2, 4, 8][fhd >> 6];
+  if (fieldSize === 0) return -1;
+  const at = 5 + (singleSegment ? 0 : 1) + [0, 1, 2, 4][fhd & 3];
+  const view = new DataView(data.buffer, data.byteOffset + at, fieldSize);
+  if (fieldSize === 1) return view.getUint8(0);
+  if (fieldSize === 2) return view.getUint16(0, true) + 256;
+  if (fieldSize === 4) return view.getUint32(0, true);
+  const high = view.getUint32(4, true);
+  return high >= 1 << 21 ? Number.POSITIVE_INFINITY : high * 2 ** 32 + view.getUint32(0, true);
+}
+
+function decompressZstd(data: Uint8Array, limit: number, take: TakeBuffer | undefined, exact: boolean): Buffer {
   const frameLength = zstdFrameLength(data);
   if (frameLength < 0)
     throw new ChunkEncodingError(`truncated zstd frame (the ${data.length}-byte file ends inside the frame)`);
@@ -117,6 +147,18 @@ function decompressZstd(data: Uint8Array, limit: number): Buffer {
     throw new ChunkEncodingError(`${data.length - frameLength} bytes of trailing data after the zstd frame`);
   }
   const windowLog = Math.min(MAX_WINDOW_LOG, Math.max(MIN_WINDOW_LOG, Math.ceil(Math.log2(limit + 1))));
+  const declared = zstdContentSize(data);
+  if (declared > limit) throw new ChunkEncodingError(`chunk decompresses to more than ${limit} bytes`);
+  // A frame decodes straight into its buffer when its size is known: declared in its header (deltad's, desync's)
+  // or the index's (casync's frames declare none).
+  const size = declared > 0 ? declared : exact ? limit : 0;
+  const decoder = size > 0 ? zstdDecoder(windowLog) : undefined;
+  if (decoder) return decoder.decode(data, take ? take(size) : Buffer.allocUnsafe(size));
+  return intoTaken(zstdDecompressOnce(data, limit, windowLog), take);
+}
+
+/** zlib's one-shot decoder: a new zstd context per call and output buffers it allocates. */
+function zstdDecompressOnce(data: Uint8Array, limit: number, windowLog: number): Buffer {
   try {
     return zstdDecompressSync(data, {
       // More than `limit` bytes fails as soon as it is produced.
@@ -128,13 +170,121 @@ function decompressZstd(data: Uint8Array, limit: number): Buffer {
     });
   } catch (err) {
     const e = err as { code?: string; message: string };
-    if (e.code === 'ERR_BUFFER_TOO_LARGE')
-      throw new ChunkEncodingError(`chunk decompresses to more than ${limit} bytes`);
-    if (e.code === 'Z_BUF_ERROR') {
-      throw new ChunkEncodingError(`truncated zstd frame (the ${data.length}-byte file ends inside the frame)`);
-    }
-    throw new ChunkEncodingError(`corrupt zstd data: ${e.message}`);
+    throw zstdError(e.code, e.message, limit, data.length);
   }
+}
+
+/** zstd's error in a message of ours (the codes node:zlib gives, as the one-shot decoder and the handle report them). */
+function zstdError(code: string | undefined, message: string, limit: number, inputBytes: number): ChunkEncodingError {
+  if (code === 'ERR_BUFFER_TOO_LARGE' || code === 'ZSTD_error_dstSize_tooSmall')
+    return new ChunkEncodingError(`chunk decompresses to more than ${limit} bytes`);
+  if (code === 'Z_BUF_ERROR')
+    return new ChunkEncodingError(`truncated zstd frame (the ${inputBytes}-byte file ends inside the frame)`);
+  return new ChunkEncodingError(`corrupt zstd data: ${message}`);
+}
+
+/**
+ * The parts of node:zlib's ZstdDecompress this module drives directly (Node 24's lib/zlib.js): its native handle
+ * decodes into any buffer at any offset (`writeSync(flush, in, inOff, inLen, out, outOff, outLen)`, leaving the
+ * output and input bytes not used in `_writeState`), calls `onerror` on failure, and `reset()` starts the next frame
+ * with the same parameters. The public one-shot API makes a stream, a zstd context and its output buffers per call,
+ * for every chunk; none of it is needed for a frame whose size is known.
+ */
+interface ZstdHandle {
+  writeSync(
+    flush: number,
+    input: Uint8Array,
+    inOff: number,
+    inLen: number,
+    out: Uint8Array,
+    outOff: number,
+    outLen: number,
+  ): void;
+  reset(): void;
+  close(): void;
+  onerror: (message: string, errno: number, code: string) => void;
+}
+
+interface ZstdFailure {
+  code: string;
+  message: string;
+}
+
+/**
+ * One reused zstd context: decodes a frame into a buffer of its size (declared, or the index's). A frame with its
+ * size declared and all of it at hand is decoded in one pass into that buffer; one without (casync's) goes through
+ * the context's window buffer (up to 2^windowLog bytes, kept for the next frame).
+ */
+class ZstdDecoder {
+  private readonly handle: ZstdHandle;
+  private readonly state: Uint32Array;
+  /** Catches output beyond the buffer (zstd itself refuses more than a declared size; this does not rely on it). */
+  private readonly spare = Buffer.alloc(64);
+  private failure: ZstdFailure | undefined;
+
+  constructor(windowLog: number) {
+    const engine = new ZstdDecompress({ chunkSize: 64, params: { [constants.ZSTD_d_windowLogMax]: windowLog } });
+    const inner = engine as unknown as { _handle?: ZstdHandle; _writeState?: Uint32Array };
+    if (!inner._handle || !(inner._writeState instanceof Uint32Array) || typeof inner._handle.writeSync !== 'function')
+      throw new ChunkEncodingError('this Node.js runtime has no usable zstd decoder handle');
+    this.handle = inner._handle;
+    this.state = inner._writeState;
+    this.handle.onerror = (message, _errno, code) => {
+      this.failure = { code, message };
+    };
+  }
+
+  decode(data: Uint8Array, out: Buffer): Buffer {
+    const { handle, state } = this;
+    this.failure = undefined;
+    handle.writeSync(constants.ZSTD_e_end, data, 0, data.length, out, 0, out.length);
+    let left = state[0];
+    const unread = state[1];
+    if (!this.failure && left === 0 && unread === 0) {
+      handle.writeSync(constants.ZSTD_e_end, data, data.length, 0, this.spare, 0, this.spare.length);
+      left = state[0] - this.spare.length; // negative: output beyond the buffer
+    }
+    // Set by onerror during writeSync (TypeScript cannot see that).
+    const failure = this.failure as ZstdFailure | undefined;
+    if (failure || left < 0 || unread !== 0) {
+      dropDecoder(this);
+      if (failure) throw zstdError(failure.code, failure.message, out.length, data.length);
+      throw new ChunkEncodingError(`chunk decompresses to more than ${out.length} bytes`);
+    }
+    handle.reset();
+    // Shorter than expected: the caller's size check names it.
+    return left === 0 ? out : out.subarray(0, out.length - left);
+  }
+
+  close(): void {
+    this.handle.close();
+  }
+}
+
+/** Decoders by window limit (in practice one: chunks up to 16 MiB all get 2^24). Decoding is synchronous. */
+const decoders = new Map<number, ZstdDecoder>();
+
+/** Cleared when this runtime's ZstdDecompress lacks the handle: every frame then takes the one-shot path. */
+let handleUsable = true;
+
+function zstdDecoder(windowLog: number): ZstdDecoder | undefined {
+  let d = decoders.get(windowLog);
+  if (!d && handleUsable) {
+    try {
+      d = new ZstdDecoder(windowLog);
+    } catch {
+      handleUsable = false;
+      return undefined;
+    }
+    decoders.set(windowLog, d);
+  }
+  return d;
+}
+
+/** A decoder that failed is not reused: a fresh context decodes the next frame. */
+function dropDecoder(d: ZstdDecoder): void {
+  for (const [k, v] of decoders) if (v === d) decoders.delete(k);
+  d.close();
 }
 
 function decompressGzip(data: Uint8Array, limit: number): Buffer {

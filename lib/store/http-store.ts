@@ -6,7 +6,7 @@ import { HttpClient } from '../fetch/http-client.js';
 import { BodyTooLargeError, ChunkVerifyError, OriginError } from '../errors.js';
 import { toHex } from '../format/digest.js';
 import { maxEncodedSize } from './compression.js';
-import type { ChunkRequest, ChunkStore } from './types.js';
+import type { ChunkRequest, ChunkStore, TakeBuffer } from './types.js';
 import { chunkRelativePath, decodeChunk, resolveFormat, sizeLimit, type StoreFormat } from './chunk-file.js';
 
 export interface HttpStoreOptions extends StoreFormat {
@@ -16,6 +16,11 @@ export interface HttpStoreOptions extends StoreFormat {
   uncompressed?: boolean;
   /** Extra request headers, e.g. desync's `Authorization` (http-auth) or `Cookie`. */
   headers?: Record<string, string>;
+}
+
+/** The parts as one buffer: the only part itself, else a copy. */
+function joinedCopy(parts: Buffer[], length: number): Buffer {
+  return parts.length === 1 ? parts[0] : Buffer.concat(parts, length);
 }
 
 /** casync's rule: cut the URL at the first `?` or `;` and drop trailing slashes. */
@@ -45,11 +50,11 @@ export class HttpStore implements ChunkStore {
     return `${this.location}/${chunkRelativePath(id, !this.uncompressed)}`;
   }
 
-  async get(req: ChunkRequest, signal?: AbortSignal): Promise<Buffer | null> {
+  async get(req: ChunkRequest, signal?: AbortSignal, take?: TakeBuffer): Promise<Buffer | null> {
     const url = this.chunkUrl(req.id);
     const limit = sizeLimit(req.size, this.format);
     const maxBytes = this.uncompressed ? limit : maxEncodedSize(limit);
-    const res = await this.client.getBuffer(url, { headers: this.headers, signal, maxBytes }).catch((err) => {
+    const res = await this.client.getParts(url, { headers: this.headers, signal, maxBytes }).catch((err) => {
       // An oversized answer is this chunk's problem (like garbage or wrong content), not the store's.
       if (err instanceof BodyTooLargeError)
         throw new ChunkVerifyError(
@@ -60,8 +65,22 @@ export class HttpStore implements ChunkStore {
       throw err;
     });
     if (res.status === 404 || res.status === 410) return null;
-    return decodeChunk(res.body, !this.uncompressed, req, this.format, url);
+    if (this.uncompressed || res.parts.length === 1)
+      return decodeChunk(joinedCopy(res.parts, res.length), !this.uncompressed, req, this.format, url, take);
+    // A compressed chunk of several reads is joined in a buffer reused for the next one: decoding (synchronous,
+    // right here) makes new bytes, so the joined copy is not needed after it.
+    if (this.joined.length < res.length)
+      this.joined = Buffer.allocUnsafeSlow(Math.max(res.length, 2 * this.joined.length));
+    let at = 0;
+    for (const p of res.parts) {
+      this.joined.set(p, at);
+      at += p.length;
+    }
+    return decodeChunk(this.joined.subarray(0, at), true, req, this.format, url, take);
   }
+
+  /** Where a compressed chunk that came in several reads is joined (grows to the largest such chunk). */
+  private joined: Buffer = Buffer.alloc(0);
 
   async has(id: Uint8Array, signal?: AbortSignal): Promise<boolean> {
     const url = this.chunkUrl(id);

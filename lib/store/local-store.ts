@@ -9,7 +9,7 @@ import { ChunkVerifyError, DeltadError, FileError, fileError } from '../errors.j
 import { writeFileAtomic } from '../util/fs-io.js';
 import { isChunkIdHex, toHex } from '../format/digest.js';
 import { compressChunk, DEFAULT_ZSTD_LEVEL, maxEncodedSize } from './compression.js';
-import type { ChunkRequest, WritableChunkStore } from './types.js';
+import type { ChunkRequest, TakeBuffer, WritableChunkStore } from './types.js';
 import {
   chunkRelativePath,
   COMPRESSED_SUFFIX,
@@ -56,11 +56,11 @@ export class LocalStore implements WritableChunkStore {
     return join(this.dir, chunkRelativePath(id, compressed));
   }
 
-  async get(req: ChunkRequest): Promise<Buffer | null> {
+  async get(req: ChunkRequest, _signal?: AbortSignal, take?: TakeBuffer): Promise<Buffer | null> {
     for (const compressed of this.readOrder) {
       const path = this.chunkPath(req.id, compressed);
       const stored = await this.readStored(path, compressed, req);
-      if (stored) return decodeChunk(stored, compressed, req, this.format, path);
+      if (stored) return decodeChunk(stored, compressed, req, this.format, path, take);
     }
     return null;
   }

@@ -1,5 +1,8 @@
 // The chunk-store contract shared by local directories, HTTP stores, the fleet
 // proxy's cache and the assembler. Everything returned is verified data.
+import type { TakeBuffer } from './compression.js';
+
+export type { TakeBuffer };
 
 export interface ChunkRequest {
   /** 32-byte chunk ID (digest of the uncompressed bytes). */
@@ -14,9 +17,11 @@ export interface ChunkStore {
   /**
    * Returns the chunk's uncompressed bytes, verified against its ID (and size),
    * or null when the store does not have it. Throws ChunkVerifyError for
-   * corrupt content and other errors for I/O or network failures.
+   * corrupt content and other errors for I/O or network failures. A store may
+   * decode into a buffer from `take` (of exactly the size asked for), so that
+   * chunks come in reused buffers; others ignore it.
    */
-  get(req: ChunkRequest, signal?: AbortSignal): Promise<Buffer | null>;
+  get(req: ChunkRequest, signal?: AbortSignal, take?: TakeBuffer): Promise<Buffer | null>;
   has(id: Uint8Array, signal?: AbortSignal): Promise<boolean>;
   /**
    * Optional batch fetch (a deltad proxy's batch endpoint): yields verified

@@ -39,7 +39,7 @@ export class BufferPool {
    * @param shared slabs in shared memory, all kept for reuse (buffers larger than a slab are plain ones still).
    */
   constructor(
-    private readonly maxPooledBytes = 4 * 1024 * 1024,
+    private maxPooledBytes = 4 * 1024 * 1024,
     private readonly shared = false,
   ) {}
 
@@ -56,8 +56,12 @@ export class BufferPool {
     return Buffer.from(slab.ab, 0, size);
   }
 
-  /** A buffer of the pool holding a copy of `data`. */
-  copyOf(data: Uint8Array): Buffer {
+  /**
+   * `data` in a buffer of the pool: `data` itself when it is one already (a store decoded into it) or too large to
+   * pool, else a copy.
+   */
+  adopt(data: Buffer): Buffer {
+    if (data.length > SLAB_BYTES || this.slabs.has(data.buffer as ArrayBuffer)) return data;
     const buf = this.take(data.length);
     buf.set(data);
     return buf;
@@ -86,6 +90,15 @@ export class BufferPool {
     const slab = this.slabs.get(buf.buffer);
     if (!slab?.out.delete(buf.byteOffset)) return;
     if (slab.out.size === 0 && !slab.cutting) this.recycle(slab);
+  }
+
+  /**
+   * Frees the unused slabs now (detached, not left to the collector) and keeps none from here on. For the end of a
+   * run, once every buffer handed back is no longer touched; buffers still out are left alone.
+   */
+  release(): void {
+    this.maxPooledBytes = 0;
+    for (const ab of this.free.splice(0)) freeNow(new Uint8Array(ab));
   }
 
   private slab(): Slab {
