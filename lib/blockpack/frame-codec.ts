@@ -2,16 +2,10 @@
 // independent zstd frame with the release's dictionary, stored without the
 // 4-byte zstd magic; or stored raw when compression would not make it smaller
 // (a stored length equal to the uncompressed length means raw).
-import {
-  constants,
-  createZstdCompress,
-  createZstdDecompress,
-  zstdDecompressSync,
-  type ZstdCompress,
-  type ZstdDecompress,
-} from 'node:zlib';
+import { constants, createZstdCompress, zstdDecompressSync, type ZstdCompress } from 'node:zlib';
 import { ZSTD_MAGIC } from './format.js';
 import { PackError } from '../errors.js';
+import { ZstdInto } from '../util/zstd-into.js';
 
 export class FrameCompressor {
   /**
@@ -64,56 +58,14 @@ export class FrameCompressor {
   }
 }
 
-/**
- * The native side of a node:zlib zstd decoder: writeSync decodes into a buffer the caller gives (the stream's own
- * API allocates its output per call). Not a documented API, so it is looked for and not relied on (see
- * FrameDecompressor.decompressManyInto).
- */
-interface ZstdHandle {
-  writeSync(
-    flush: number,
-    input: Uint8Array,
-    inOff: number,
-    inLen: number,
-    out: Uint8Array,
-    outOff: number,
-    outLen: number,
-  ): void;
-  reset(): void;
-  onerror: (message: string, errno: number, code: string) => void;
-}
-
-/** One long-lived zstd decoder with the dictionary loaded once, decoding frames into the caller's buffer. */
+/** One long-lived zstd decoder (`util/zstd-into.ts`) with the dictionary loaded once, decoding into the caller's buffer. */
 class IntoDecoder {
-  private readonly engine: ZstdDecompress;
-  private readonly handle: ZstdHandle;
-  /** [output bytes left, input bytes left] after each writeSync. */
-  private readonly state: Uint32Array;
-  private error: string | undefined;
-
-  private constructor(engine: ZstdDecompress, handle: ZstdHandle, state: Uint32Array) {
-    this.engine = engine;
-    this.handle = handle;
-    this.state = state;
-    // Instead of node:zlib's handler, which destroys the stream: a bad frame is the caller's to report.
-    handle.onerror = (message) => {
-      this.error = message;
-    };
-  }
+  private constructor(private readonly zstd: ZstdInto) {}
 
   /** A decoder, or undefined when this Node's zlib does not have the native handle as expected. */
   static open(dictionary: Uint8Array | undefined): IntoDecoder | undefined {
-    try {
-      const engine = createZstdDecompress(dictionary ? { dictionary } : {});
-      const inner = engine as unknown as { _handle?: Partial<ZstdHandle>; _writeState?: unknown };
-      const handle = inner._handle;
-      const state = inner._writeState;
-      if (typeof handle?.writeSync !== 'function' || typeof handle.reset !== 'function') return undefined;
-      if (!(state instanceof Uint32Array) || state.length < 2) return undefined;
-      return new IntoDecoder(engine, handle as ZstdHandle, state);
-    } catch {
-      return undefined;
-    }
+    const zstd = ZstdInto.open(dictionary ? { dictionary } : {});
+    return zstd && new IntoDecoder(zstd);
   }
 
   /**
@@ -121,23 +73,20 @@ class IntoDecoder {
    * False when it is not valid zstd or decodes to another length.
    */
   frame(stored: Uint8Array, out: Buffer, at: number, length: number): boolean {
-    const { handle, state } = this;
-    this.error = undefined;
+    const { zstd } = this;
     // From a clean state every time: a bad frame before must not spill into this one.
-    handle.reset();
+    zstd.reset();
     const room = out.length - at;
-    handle.writeSync(constants.ZSTD_e_continue, ZSTD_MAGIC, 0, ZSTD_MAGIC.length, out, at, room);
-    if (this.error !== undefined || state[1] !== 0) return false;
-    let left = state[0];
-    handle.writeSync(constants.ZSTD_e_end, stored, 0, stored.length, out, at + room - left, left);
-    if (this.error !== undefined) return false;
-    left = state[0];
+    if (zstd.write(constants.ZSTD_e_continue, ZSTD_MAGIC, 0, ZSTD_MAGIC.length, out, at, room) || zstd.inLeft !== 0)
+      return false;
+    const left = zstd.outLeft;
+    if (zstd.write(constants.ZSTD_e_end, stored, 0, stored.length, out, at + room - left, left)) return false;
     // All input used, exactly `length` bytes out and room to spare (so a longer frame shows).
-    return state[1] === 0 && room - left === length && left > 0;
+    return zstd.inLeft === 0 && room - zstd.outLeft === length && zstd.outLeft > 0;
   }
 
   close(): void {
-    this.engine.close();
+    this.zstd.close();
   }
 }
 

@@ -3,8 +3,9 @@
 // (with or without a content-size field), gzip for old casync stores; xz is
 // refused with a clear error. Output is always bounded by the caller's limit,
 // so a hostile chunk file cannot inflate without end.
-import { constants, gunzipSync, ZstdDecompress, zstdCompressSync, zstdDecompressSync } from 'node:zlib';
+import { constants, gunzipSync, zstdCompressSync, zstdDecompressSync } from 'node:zlib';
 import { ChunkEncodingError } from '../errors.js';
+import { ZstdInto } from '../util/zstd-into.js';
 
 export const DEFAULT_ZSTD_LEVEL = 3;
 
@@ -184,80 +185,42 @@ function zstdError(code: string | undefined, message: string, limit: number, inp
 }
 
 /**
- * The parts of node:zlib's ZstdDecompress this module drives directly (Node 24's lib/zlib.js): its native handle
- * decodes into any buffer at any offset (`writeSync(flush, in, inOff, inLen, out, outOff, outLen)`, leaving the
- * output and input bytes not used in `_writeState`), calls `onerror` on failure, and `reset()` starts the next frame
- * with the same parameters. The public one-shot API makes a stream, a zstd context and its output buffers per call,
- * for every chunk; none of it is needed for a frame whose size is known.
- */
-interface ZstdHandle {
-  writeSync(
-    flush: number,
-    input: Uint8Array,
-    inOff: number,
-    inLen: number,
-    out: Uint8Array,
-    outOff: number,
-    outLen: number,
-  ): void;
-  reset(): void;
-  close(): void;
-  onerror: (message: string, errno: number, code: string) => void;
-}
-
-interface ZstdFailure {
-  code: string;
-  message: string;
-}
-
-/**
- * One reused zstd context: decodes a frame into a buffer of its size (declared, or the index's). A frame with its
- * size declared and all of it at hand is decoded in one pass into that buffer; one without (casync's) goes through
- * the context's window buffer (up to 2^windowLog bytes, kept for the next frame).
+ * One reused zstd context (`util/zstd-into.ts`): decodes a frame into a buffer of its size (declared, or the index's).
+ * A frame with its size declared and all of it at hand is decoded in one pass into that buffer; one without
+ * (casync's) goes through the context's window buffer (up to 2^windowLog bytes, kept for the next frame).
  */
 class ZstdDecoder {
-  private readonly handle: ZstdHandle;
-  private readonly state: Uint32Array;
+  private readonly zstd: ZstdInto;
   /** Catches output beyond the buffer (zstd itself refuses more than a declared size; this does not rely on it). */
   private readonly spare = Buffer.alloc(64);
-  private failure: ZstdFailure | undefined;
 
   constructor(windowLog: number) {
-    const engine = new ZstdDecompress({ chunkSize: 64, params: { [constants.ZSTD_d_windowLogMax]: windowLog } });
-    const inner = engine as unknown as { _handle?: ZstdHandle; _writeState?: Uint32Array };
-    if (!inner._handle || !(inner._writeState instanceof Uint32Array) || typeof inner._handle.writeSync !== 'function')
-      throw new ChunkEncodingError('this Node.js runtime has no usable zstd decoder handle');
-    this.handle = inner._handle;
-    this.state = inner._writeState;
-    this.handle.onerror = (message, _errno, code) => {
-      this.failure = { code, message };
-    };
+    const zstd = ZstdInto.open({ chunkSize: 64, params: { [constants.ZSTD_d_windowLogMax]: windowLog } });
+    if (!zstd) throw new ChunkEncodingError('this Node.js runtime has no usable zstd decoder handle');
+    this.zstd = zstd;
   }
 
   decode(data: Uint8Array, out: Buffer): Buffer {
-    const { handle, state } = this;
-    this.failure = undefined;
-    handle.writeSync(constants.ZSTD_e_end, data, 0, data.length, out, 0, out.length);
-    let left = state[0];
-    const unread = state[1];
-    if (!this.failure && left === 0 && unread === 0) {
-      handle.writeSync(constants.ZSTD_e_end, data, data.length, 0, this.spare, 0, this.spare.length);
-      left = state[0] - this.spare.length; // negative: output beyond the buffer
+    const { zstd } = this;
+    let failure = zstd.write(constants.ZSTD_e_end, data, 0, data.length, out, 0, out.length);
+    let left = zstd.outLeft;
+    const unread = zstd.inLeft;
+    if (!failure && left === 0 && unread === 0) {
+      failure = zstd.write(constants.ZSTD_e_end, data, data.length, 0, this.spare, 0, this.spare.length);
+      left = zstd.outLeft - this.spare.length; // negative: output beyond the buffer
     }
-    // Set by onerror during writeSync (TypeScript cannot see that).
-    const failure = this.failure as ZstdFailure | undefined;
     if (failure || left < 0 || unread !== 0) {
       dropDecoder(this);
       if (failure) throw zstdError(failure.code, failure.message, out.length, data.length);
       throw new ChunkEncodingError(`chunk decompresses to more than ${out.length} bytes`);
     }
-    handle.reset();
+    zstd.reset();
     // Shorter than expected: the caller's size check names it.
     return left === 0 ? out : out.subarray(0, out.length - left);
   }
 
   close(): void {
-    this.handle.close();
+    this.zstd.close();
   }
 }
 
