@@ -18,6 +18,7 @@ import { serializeIndex, type ChunkIndex } from '../lib/format/caibx.js';
 import { extractToFile, openExtractStream, planUpdate } from '../lib/delta/extract.js';
 import { partialPaths } from '../lib/assemble/partial-file.js';
 import { BufferPool, SLAB_BYTES } from '../lib/util/buffer-pool.js';
+import { HashThread } from '../lib/util/hash-thread.js';
 import { startOrigin, type Origin } from './helpers/origin.js';
 import { tmpDir } from './helpers/tmp.js';
 import { rewritten, seededBytes, type Region } from './helpers/images.js';
@@ -320,6 +321,34 @@ test('block route: pack frames damaged on their way (right length, wrong bytes) 
       `bytes of the damaged request were asked for again: ${pack.map((e) => e.range).join(' ')}`,
     );
   } finally {
+    await http.close();
+  }
+});
+
+test('block route with its hashing thread (hashThread): damaged frames are still caught and fetched again', async () => {
+  const { http, source } = setup();
+  const proto = HashThread.prototype;
+  const { digests } = proto;
+  let hashedThere = 0;
+  proto.digests = function (this: HashThread, algorithm: string, data: Uint8Array, ends: number[]) {
+    hashedThere += ends.length;
+    return digests.call(this, algorithm, data, ends);
+  };
+  try {
+    origin.fault({ kind: 'wrong-bytes', path: '/v2.img.bpk', rangedOnly: true, skip: 1 });
+    const stream = openExtractStream(v2Index, { ...source, sha256: sha, hashThread: true });
+    const parts: Buffer[] = [];
+    for await (const part of stream) parts.push(part as Buffer);
+    const r = await stream.result;
+    assert.ok(Buffer.concat(parts).equals(v2), 'byte-identical result');
+    assert.equal(r.mode, 'blocks', 'the block route finished it');
+    assert.ok(hashedThere > 0, 'chunks were checked on the hashing thread');
+    assert.ok(
+      origin.log.some((e) => e.fault === 'wrong-bytes'),
+      'a pack answer was damaged',
+    );
+  } finally {
+    proto.digests = digests;
     await http.close();
   }
 });

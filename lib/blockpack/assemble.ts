@@ -80,7 +80,9 @@ export interface BlockRouteOptions {
   retry?: RetryPolicy;
   /**
    * Chunk checks on a hashing thread of the route's own, reading the task buffers in shared memory in place
-   * (default true): this thread has the seed reads, the decoding and the stream's digest.
+   * (default false). It takes ~1 s of CPU per 600 MB off this thread, which has the seed reads, the decoding and
+   * the stream's digest, but costs 15-19 MiB at the peak: over the 128 MiB the sidecar has, and on two cores it
+   * did not bring the update under its wall-time target either (bench/RESULTS.md, "The merged tree (session 5)").
    */
   hashThread?: boolean;
   onWarning?: (message: string) => void;
@@ -224,7 +226,7 @@ export class BlockAssembly {
     this.retry = opts.retry ?? { attempts: opts.http.attempts, retryBaseMs: opts.http.retryBaseMs };
     // 2 bytes per distinct block; a block more tasks use than that holds makes it 4 (see tasks()).
     this.uses = new Uint16Array(plan.index.distinctCount);
-    this.hashThread = verifyChunks && (opts.hashThread ?? true) ? new HashThread() : undefined;
+    this.hashThread = verifyChunks && (opts.hashThread ?? false) ? new HashThread() : undefined;
     this.hasher = this.hashThread;
     // A hashing thread reads task buffers in place, so they must be in shared memory: the chunk route's pool is
     // used again only when it is of the same kind.

@@ -87,6 +87,11 @@ export interface SourceOptions {
 export interface AssembleOptions extends SourceOptions {
   /** Concurrent remote requests (default 8). */
   concurrency?: number;
+  /**
+   * The block route checks chunk IDs on a hashing thread (default false): ~1 s of CPU per 600 MB off the main
+   * thread, for 15-19 MiB more at the peak (BlockRouteOptions.hashThread).
+   */
+  hashThread?: boolean;
   /** Total attempts per transient failure (default 4); wrong chunk content is retried once. */
   attempts?: number;
   /** Expected SHA-256 (hex) of the whole target. */
@@ -658,6 +663,7 @@ async function chooseRoutes(
       sha256: opts.sha256,
       maxSpan: sink.maxSpan,
       buffers: choice.buffers,
+      hashThread: opts.hashThread,
       onWarning: opts.onWarning,
     });
     route.prepare(opts.signal ?? new AbortController().signal);

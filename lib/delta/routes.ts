@@ -127,6 +127,8 @@ export interface BlockRouteConfig {
   maxSpan?: number;
   /** Where task buffers come from: the chunk route's pool, so the slabs its lead used are used again. */
   buffers?: BufferPool;
+  /** Chunk checks on a hashing thread (BlockRouteOptions.hashThread). */
+  hashThread?: boolean;
   onWarning?: (message: string) => void;
 }
 
@@ -159,7 +161,7 @@ export class BlockRoute implements Route {
   }
 
   async run(sink: AssemblySink, progress: ExtractProgress, signal: AbortSignal): Promise<void> {
-    const { choice, target, http, cost, sha256, maxSpan, buffers, onWarning } = this.cfg;
+    const { choice, target, http, cost, sha256, maxSpan, buffers, hashThread, onWarning } = this.cfg;
     this.assembly = new BlockAssembly(choice.plan, target, sink, progress, {
       http,
       packUrl: choice.probe.packUrl,
@@ -171,6 +173,7 @@ export class BlockRoute implements Route {
       concurrency: BLOCK_PARALLELISM,
       maxSpan,
       buffers,
+      hashThread,
       onWarning,
       signal,
     });
