@@ -52,6 +52,7 @@ async function once(tree: string, origin: string, site: ReturnType<typeof daemon
     [
       process.execPath,
       '--max-semi-space-size=1',
+      '--memory-saver-mode',
       '--trace-gc',
       ...extra,
       cli,

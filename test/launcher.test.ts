@@ -35,7 +35,7 @@ test('bin/deltad runs deltad on the node on PATH', async () => {
   assert.equal(stdout, `deltad ${version}\n`);
 });
 
-test('bin/deltad passes the young-generation cap, the malloc settings and every argument', async (t) => {
+test('bin/deltad passes the young-generation cap, memory saver mode, the malloc settings and every argument', async (t) => {
   const dir = mkdtempSync(join(tmpdir(), 'deltad-launcher-'));
   t.after(() => rmSync(dir, { recursive: true, force: true }));
   fakeNode(join(dir, 'path', 'node'));
@@ -44,7 +44,7 @@ test('bin/deltad passes the young-generation cap, the malloc settings and every 
   const lines = stdout.trim().split('\n');
   assert.deepEqual(
     lines.filter((l) => l.startsWith('arg=')),
-    ['arg=--max-semi-space-size=1', `arg=${REPO_ROOT}/bin/../dist/daemon/cli.js`].concat(
+    ['arg=--max-semi-space-size=1', 'arg=--memory-saver-mode', `arg=${REPO_ROOT}/bin/../dist/daemon/cli.js`].concat(
       ['serve', '--listen', '127.0.0.1:0', 'a b'].map((a) => `arg=${a}`),
     ),
   );
