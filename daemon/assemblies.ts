@@ -366,18 +366,22 @@ export class AssemblyRegistry {
   }
 
   /**
-   * The running assembly of `key` that can still serve a whole image, or a new one started with `start`. The caller
-   * subscribes at once; its `arrival` ends here.
+   * The running assembly of `key` (or else of `sameImage`, another key for the same image) that can still serve a
+   * whole image, or a new one under `key` started with `start`. The caller subscribes at once; its `arrival` ends
+   * here.
    */
   acquire(
     key: string,
     size: number,
     start: StartAssembly,
     arrival?: Arrival,
+    sameImage?: string,
   ): { assembly: SharedAssembly; created: boolean } {
     arrival?.done();
-    const existing = this.live.get(key);
-    if (existing?.joinable && existing.size === size) return { assembly: existing, created: false };
+    for (const k of sameImage === undefined ? [key] : [key, sameImage]) {
+      const existing = this.live.get(k);
+      if (existing?.joinable && existing.size === size) return { assembly: existing, created: false };
+    }
     const url = arrival?.url;
     const assembly = new SharedAssembly(
       key,

@@ -384,11 +384,15 @@ export class ImageService {
   ): Promise<void> {
     const { counters, log } = this.d;
     const size = sizeOf(prepared);
+    // A request that comes after the whole index joins the delta an earlier one began from its start: the same
+    // URL, length and SHA-256 entry is the same image (without an entry, it starts its own).
+    const early = !isEarly(prepared) && prepared.sha256 ? earlyKey(target, size, prepared.sha256) : undefined;
     const { assembly, created } = this.d.assemblies.acquire(
       prepared.key,
       size,
       (s) => this.startEngine(target, prepared, s),
       arrival,
+      early,
     );
     const client = assembly.join();
     // A client that leaves while we wait for the first byte releases its share at once
@@ -628,8 +632,7 @@ export class ImageService {
       const first = await this.d.releases.indexHead(this.release(target), arrivingHeadBytes(h.length), p.ready);
       if (!first || first.size > h.length) return undefined;
       const [sha256] = await Promise.all([p.sha256, p.rangesOk]);
-      const key = `${target.url}#arriving#${h.length}#${sha256 ?? ''}`;
-      return { head: first, size: h.length, sha256, key, whole: p.ready };
+      return { head: first, size: h.length, sha256, key: earlyKey(target, h.length, sha256), whole: p.ready };
     } catch {
       return undefined; // the preparation's own failure is what serveImage reports
     }
@@ -666,6 +669,10 @@ function sendHeaders(res: ServerResponse, size: number): void {
 }
 
 class DeadlineError extends Error {}
+
+/** The assembly key of a delta begun from the start of the index: the image as known before the whole index. */
+const earlyKey = (target: OriginTarget, size: number, sha256: string | undefined): string =>
+  `${target.url}#arriving#${size}#${sha256 ?? ''}`;
 
 /** The prepared image, or the early one when it comes first (and is not undefined). */
 function firstOf(ready: Promise<PreparedImage | undefined>, early: Promise<EarlyImage | undefined>) {

@@ -11,6 +11,7 @@ import http from 'node:http';
 import { copyFile, mkdir, mkdtemp, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { buildServer } from '../daemon/server.js';
+import { JOIN_QUIET_MS } from '../daemon/assemblies.js';
 import { defaultConfig } from '../daemon/config.js';
 import { createLogger } from '../daemon/log.js';
 import { createNotifier } from '../daemon/notify.js';
@@ -58,11 +59,17 @@ type Rest = 'whole' | 'cut' | 'malformed';
  * after HOLD_MS the rest as `rest` says (every attempt the same way, so a retry does not mend it); everything
  * else is passed to the origin. `restAt` is when the first attempt's rest went out (ms since the epoch).
  */
-async function startFront(t: { after(fn: () => Promise<void>): void }, f: Fixture, rest: Rest) {
+async function startFront(
+  t: { after(fn: () => Promise<void>): void },
+  f: Fixture,
+  rest: Rest,
+  /** Image requests made after the rest of the index went out wait this long (an assembly still running then). */
+  holdImageAfterRestMs = 0,
+) {
   const indexPath = `/${f.v2.name}.caibx`;
   const items = (f.caibx.length - HEADER_SIZE - ITEM_SIZE) / ITEM_SIZE;
   const firstPart = HEADER_SIZE + ITEM_SIZE * Math.floor(items / 2);
-  const state = { indexGets: 0, restAt: 0 };
+  const state = { indexGets: 0, restAt: 0, heldImageRequests: 0 };
   const server = http.createServer((req, res) => {
     if (req.url === indexPath && req.method === 'GET') {
       const attempt = state.indexGets++;
@@ -84,12 +91,18 @@ async function startFront(t: { after(fn: () => Promise<void>): void }, f: Fixtur
       );
       return;
     }
-    const up = http.request(`${f.origin.url}${req.url}`, { method: req.method, headers: req.headers }, (r) => {
-      res.writeHead(r.statusCode ?? 502, r.headers);
-      r.pipe(res);
-    });
-    up.on('error', () => res.destroy());
-    req.pipe(up);
+    const forward = (): void => {
+      const up = http.request(`${f.origin.url}${req.url}`, { method: req.method, headers: req.headers }, (r) => {
+        res.writeHead(r.statusCode ?? 502, r.headers);
+        r.pipe(res);
+      });
+      up.on('error', () => res.destroy());
+      req.pipe(up);
+    };
+    if (holdImageAfterRestMs > 0 && state.restAt > 0 && req.url === `/${f.v2.name}` && req.headers.range) {
+      state.heldImageRequests++;
+      setTimeout(forward, holdImageAfterRestMs);
+    } else forward();
   });
   const url = await listenLocal(t, server);
   return { url, state };
@@ -194,3 +207,34 @@ for (const rest of ['cut', 'malformed'] as const) {
     );
   });
 }
+
+test('a burst of requests, some once the whole index is in, shares the one delta the first began from its start', {
+  timeout: 40_000,
+}, async (t) => {
+  const f = await fixture();
+  const front = await startFront(t, f, 'whole', 1_500);
+  const d = await startSidecar(t, f, front.url);
+  const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+  // Requests while the rest of the index is held back, each well within JOIN_QUIET_MS of the last (the start of
+  // the image is kept for a burst)...
+  const early = [get(`${d.url}/${f.v2.name}`)];
+  while (front.state.restAt === 0) {
+    await sleep(JOIN_QUIET_MS / 2);
+    if (front.state.restAt === 0) early.push(get(`${d.url}/${f.v2.name}`));
+  }
+  // ...and one once the whole index is parsed, while the delta's later ranges are held back.
+  await sleep(JOIN_QUIET_MS / 4);
+  const late = get(`${d.url}/${f.v2.name}`);
+  for (const r of await Promise.all([...early, late])) {
+    assert.equal(r.status, 200);
+    assert.ok(r.ended && r.body.equals(f.v2.data), 'byte-identical to the release');
+  }
+  assert.ok(front.state.heldImageRequests > 0, 'the delta was still fetching when the late request came');
+  await sleep(200); // the engine's summary follows the last verified byte
+  assert.equal(d.ctx.counters.assembliesCompleted, 1, `one delta for all: ${d.logs.join('')}`);
+  assert.equal(
+    d.logs.filter((l) => /sharing the assembly of an earlier request/.test(l)).length,
+    early.length,
+    d.logs.join(''),
+  );
+});
