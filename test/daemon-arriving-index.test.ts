@@ -8,7 +8,7 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import http from 'node:http';
-import { copyFile, mkdir, mkdtemp, readFile } from 'node:fs/promises';
+import { mkdtemp, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { buildServer } from '../daemon/server.js';
 import { JOIN_QUIET_MS } from '../daemon/assemblies.js';
@@ -17,7 +17,7 @@ import { createLogger } from '../daemon/log.js';
 import { createNotifier } from '../daemon/notify.js';
 import { HEADER_SIZE, ITEM_SIZE } from '../lib/format/caibx.js';
 import { startOrigin, type Origin } from './helpers/origin.js';
-import { makeReleases, type Release } from './helpers/fleet.js';
+import { releaseSite, type Release } from './helpers/fleet.js';
 import { listenLocal } from './helpers/listen.js';
 import { fileTmpDir } from './helpers/tmp.js';
 
@@ -37,11 +37,7 @@ const dir = fileTmpDir('arriving-index');
 let shared: Promise<Fixture> | undefined;
 function fixture(): Promise<Fixture> {
   shared ??= (async () => {
-    const root = join(dir, 'origin');
-    const seedDir = join(dir, 'system');
-    await Promise.all([mkdir(root), mkdir(seedDir)]);
-    const [v1, v2] = await makeReleases(root, SIZE, 2);
-    await copyFile(join(root, v1.name), join(seedDir, v1.name));
+    const { root, seedDir, v2 } = await releaseSite(dir, SIZE);
     const caibx = await readFile(join(root, `${v2.name}.caibx`));
     return { root, seedDir, v2, caibx, origin: await startOrigin({ root }) };
   })();

@@ -4,14 +4,14 @@
 // at notice level; pass-through keeps the query string.
 import { test, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { copyFile, mkdir, mkdtemp } from 'node:fs/promises';
+import { mkdtemp } from 'node:fs/promises';
 import { join } from 'node:path';
 import { buildServer } from '../daemon/server.js';
 import { defaultConfig } from '../daemon/config.js';
 import { createLogger } from '../daemon/log.js';
 import { createNotifier } from '../daemon/notify.js';
 import { startOrigin, type Origin } from './helpers/origin.js';
-import { makeReleases, type Release } from './helpers/fleet.js';
+import { releaseSite, type Release } from './helpers/fleet.js';
 import { fileTmpDir } from './helpers/tmp.js';
 import { IMAGE_START_BYTES } from '../lib/delta/release.js';
 
@@ -33,11 +33,7 @@ const dir = fileTmpDir('daemon-network');
 let shared: Promise<Fixture> | undefined;
 function fixture(): Promise<Fixture> {
   shared ??= (async () => {
-    const root = join(dir, 'origin');
-    const seedDir = join(dir, 'system');
-    await Promise.all([mkdir(root), mkdir(seedDir)]);
-    const [v1, v2] = await makeReleases(root, SIZE, 2);
-    await copyFile(join(root, v1.name), join(seedDir, v1.name));
+    const { root, seedDir, v2 } = await releaseSite(dir, SIZE);
     const [origin, mirror] = await Promise.all([startOrigin({ root }), startOrigin({ root })]);
     return { dir, seedDir, v2, origin, mirror };
   })();

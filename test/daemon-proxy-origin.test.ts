@@ -6,7 +6,7 @@
 // is a plain server still uses byte ranges and probes only once.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { copyFile, mkdir, mkdtemp, readFile } from 'node:fs/promises';
+import { mkdtemp, readFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { buildServer } from '../daemon/server.js';
 import { defaultConfig } from '../daemon/config.js';
@@ -14,7 +14,7 @@ import { createLogger } from '../daemon/log.js';
 import { createNotifier } from '../daemon/notify.js';
 import { BATCH_PATH, INFO_PATH } from '../daemon/proxy.js';
 import { startOrigin } from './helpers/origin.js';
-import { makeReleases, startTestProxy } from './helpers/fleet.js';
+import { releaseSite, startTestProxy } from './helpers/fleet.js';
 import { requireTool, run } from './helpers/sysupdate-client.js';
 import { tmpDir } from './helpers/tmp.js';
 
@@ -26,11 +26,7 @@ test('a sidecar whose origin is a deltad proxy fetches missing chunks in a few b
 }, async (t) => {
   if (!requireTool(t, hasCurl, 'curl')) return;
   const dir = await tmpDir(t, 'proxy-origin');
-  const root = join(dir, 'upstream');
-  const seedDir = join(dir, 'system');
-  await Promise.all([mkdir(root), mkdir(seedDir)]);
-  const [v1, v2] = await makeReleases(root, SIZE, 2);
-  await copyFile(join(root, v1.name), join(seedDir, v1.name));
+  const { root, seedDir, v1, v2 } = await releaseSite(dir, SIZE, 'upstream');
   const upstream = await startOrigin({ root });
   t.after(() => upstream.close());
 

@@ -15,7 +15,7 @@ import { DEFAULT_TIMEOUTS, type ImageTimeouts } from '../daemon/image-service.js
 import { indexBuffer } from '../lib/chunking/indexer.js';
 import { serializeIndex } from '../lib/format/caibx.js';
 import { startOrigin, type Origin } from './helpers/origin.js';
-import { FLEET_PARAMS, makeReleases, type Release } from './helpers/fleet.js';
+import { FLEET_PARAMS, releaseSite, type Release } from './helpers/fleet.js';
 import { requireTool, run } from './helpers/sysupdate-client.js';
 import { fileTmpDir } from './helpers/tmp.js';
 
@@ -35,11 +35,7 @@ const dir = fileTmpDir('slow-index');
 let shared: Promise<Fixture> | undefined;
 function fixture(): Promise<Fixture> {
   shared ??= (async () => {
-    const root = join(dir, 'origin');
-    const seedDir = join(dir, 'system');
-    await Promise.all([mkdir(root), mkdir(seedDir)]);
-    const [v1, v2] = await makeReleases(root, SIZE, 2);
-    await copyFile(join(root, v1.name), join(seedDir, v1.name));
+    const { root, seedDir, v2 } = await releaseSite(dir, SIZE);
     return { dir, root, seedDir, v2, origin: await startOrigin({ root }) };
   })();
   return shared;

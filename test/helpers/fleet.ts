@@ -3,7 +3,7 @@
 // count of the upstream's range fetches per chunk. The upstream is the test origin
 // (helpers/origin.ts).
 import { createHash } from 'node:crypto';
-import { writeFile } from 'node:fs/promises';
+import { copyFile, mkdir, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import type { AddressInfo } from 'node:net';
 import { indexBuffer } from '../../lib/chunking/indexer.js';
@@ -41,6 +41,23 @@ export async function makeReleases(dir: string, size: number, versions: number, 
   const sums = out.map((r) => `${createHash('sha256').update(r.data).digest('hex')}  ${r.name}\n`).join('');
   await writeFile(join(dir, 'SHA256SUMS'), sums);
   return out;
+}
+
+/**
+ * A release site under `dir`: `root` (default origin/) holds v1 and v2 of a `size`-byte image (makeReleases), and
+ * system/ holds v1, the installed image the sidecar's seeds come from.
+ */
+export async function releaseSite(
+  dir: string,
+  size: number,
+  rootName = 'origin',
+): Promise<{ root: string; seedDir: string; v1: Release; v2: Release }> {
+  const root = join(dir, rootName);
+  const seedDir = join(dir, 'system');
+  await Promise.all([mkdir(root), mkdir(seedDir)]);
+  const [v1, v2] = await makeReleases(root, size, 2);
+  await copyFile(join(root, v1.name), join(seedDir, v1.name));
+  return { root, seedDir, v1, v2 };
 }
 
 /** Range requests in the log whose byte span covers the chunk at [start, end). */
