@@ -225,7 +225,9 @@ export class ImageService {
     const prepared = await this.prepare(target);
     if (!prepared) return undefined;
     await this.d.seeds.ready;
-    const report = await planUpdate(prepared.index, await this.sources(target, prepared.index, signal));
+    const sources = await this.sources(target, prepared.index, signal);
+    // A delta's traffic includes the range probe's first bytes: the update size counts them as well.
+    const report = await planUpdate(prepared.index, { ...sources, imageStart: this.imageStart(target) });
     return { ...report, sha256: prepared.sha256 };
   }
 
@@ -512,13 +514,9 @@ export class ImageService {
     const sources = await this.sources(target, isEarly(prepared) ? prepared.head : prepared.index, signal);
     let last: ExtractProgress | undefined;
     const index = isEarly(prepared) ? { ...prepared, whole: wholeIndex(target, prepared) } : prepared.index;
-    // The range probe's bytes (sent with the index, see startPreparation): the image's first chunks, often missing.
-    const imageStart = (await this.needsRangeCheck())
-      ? this.d.releases.imageStart(target.url).catch(() => undefined)
-      : undefined;
     return openExtractStream(index, {
       ...sources,
-      imageStart,
+      imageStart: this.imageStart(target),
       concurrency: this.d.config.concurrency,
       sha256: prepared.sha256,
       acknowledged: true, // the shared assembly says which bytes every client's socket has taken
@@ -528,6 +526,15 @@ export class ImageService {
         this.reportStatus(target, p);
       },
     });
+  }
+
+  /**
+   * The range probe's bytes (sent with the index, see startPreparation): the image's first chunks, often missing.
+   * None when the missing chunks come from a chunk store or a deltad proxy (no probe is sent).
+   */
+  private async imageStart(target: OriginTarget): Promise<Buffer | undefined> {
+    if (!(await this.needsRangeCheck())) return undefined;
+    return this.d.releases.imageStart(target.url).catch(() => undefined);
   }
 
   /** Adds the engine's counter increments to the daemon's metrics. */

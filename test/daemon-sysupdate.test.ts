@@ -156,10 +156,15 @@ test('systemd-pull through the daemon: v2 assembled from the v1 seed, byte-ident
   assert.ok((await readFile(sumsOut)).equals(await readFile(join(f.originDir, 'SHA256SUMS'))));
   assert.equal(d.ctx.counters.passthroughs, 1);
 
-  // The plan endpoint agrees with what happened: most bytes from seeds.
+  // The plan endpoint agrees with what happened: most bytes from seeds, and the image bytes the origin served (the
+  // range probe's first bytes included), within 1% (what /v1/updatesize tells Discover).
   const plan = (await (await fetch(`${d.url}/.deltad/plan/os_2.img`)).json()) as Record<string, number>;
   assert.equal(plan.targetSize, SIZE);
   assert.ok(plan.bytesFromSeeds > SIZE * 0.5 && plan.bytesFromNetwork < SIZE * 0.4, JSON.stringify(plan));
+  assert.ok(
+    Math.abs(plan.bytesFromNetwork - imageBytes) <= imageBytes * 0.01,
+    `planned ${plan.bytesFromNetwork} network bytes, the origin served ${imageBytes}`,
+  );
   const metrics = await (await fetch(`${d.url}/metrics`)).text();
   assert.match(metrics, /^deltad_assemblies_completed_total 1$/m);
   assert.match(metrics, /^deltad_fallbacks_total 0$/m);

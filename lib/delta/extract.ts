@@ -522,6 +522,12 @@ export async function planUpdate(target: string | ChunkIndex, opts: SourceOption
     const choice = await chooseRemote(plan, ctx, opts, true);
     const blocks = await blockPathFor(index, ctx, opts, choice, pending);
     const t = plan.totals;
+    // The image's first bytes, fetched already, came from the network too, and the missing chunks within them are not
+    // fetched again: the update's traffic includes them (the sidecar's range probe, 128 KiB).
+    const start = (await opts.imageStart?.catch(() => undefined))?.length ?? 0;
+    const inStart = start > 0 ? missingBytesWithin(plan, index, start) : 0;
+    const withStart = (m: ModeCost): ModeCost =>
+      start > 0 ? { ...m, bytes: m.bytes + start - inStart, requests: m.requests + 1 } : m;
     return {
       targetSize: index.size,
       chunks: index.count,
@@ -531,13 +537,26 @@ export async function planUpdate(target: string | ChunkIndex, opts: SourceOption
       missingBytes: t.missingBytes,
       missingChunks: t.missingChunks,
       missingRuns: t.missingRuns,
-      modes: [...choice.modes, ...(blocks?.path.costs ?? [])],
+      modes: [...choice.modes, ...(blocks?.path.costs ?? [])].map(withStart),
       chosen: blocks?.cheaper ? 'blocks' : choice.chosen,
       rangeSupport: choice.rangeSupport,
     };
   } finally {
     await ctx.close();
   }
+}
+
+/** Bytes of the plan's missing chunks that lie wholly within the target's first `bytes` bytes. */
+function missingBytesWithin(plan: Plan, index: ChunkIndex, bytes: number): number {
+  let n = 0;
+  for (const s of plan.segments) {
+    if (s.kind !== 'remote') continue;
+    for (let i = s.first; i < s.first + s.count; i++) {
+      if (index.end(i) > bytes) return n;
+      n += index.end(i) - index.start(i);
+    }
+  }
+  return n;
 }
 
 /** The routes for one assembly, cheapest first: the block route when it beats the chunk route, then the chunk route. */
