@@ -226,7 +226,8 @@ export class ImageService {
     if (!prepared) return undefined;
     await this.d.seeds.ready;
     const sources = await this.sources(target, prepared.index, signal);
-    // A delta's traffic includes the range probe's first bytes: the update size counts them as well.
+    // The range probe's first bytes (fetched now if not yet, as the index is): an update started next takes the
+    // missing chunks within them from there, and the update size counts them out.
     const report = await planUpdate(prepared.index, { ...sources, imageStart: this.imageStart(target) });
     return { ...report, sha256: prepared.sha256 };
   }

@@ -522,12 +522,11 @@ export async function planUpdate(target: string | ChunkIndex, opts: SourceOption
     const choice = await chooseRemote(plan, ctx, opts, true);
     const blocks = await blockPathFor(index, ctx, opts, choice, pending);
     const t = plan.totals;
-    // The image's first bytes, fetched already, came from the network too, and the missing chunks within them are not
-    // fetched again: the update's traffic includes them (the sidecar's range probe, 128 KiB).
+    // The image's first bytes, fetched already (the sidecar's range probe, 128 KiB, like the index itself): the
+    // missing chunks within them are not fetched again, so the update costs that much less.
     const start = (await opts.imageStart?.catch(() => undefined))?.length ?? 0;
     const inStart = start > 0 ? missingBytesWithin(plan, index, start) : 0;
-    const withStart = (m: ModeCost): ModeCost =>
-      start > 0 ? { ...m, bytes: m.bytes + start - inStart, requests: m.requests + 1 } : m;
+    const withStart = (m: ModeCost): ModeCost => (inStart > 0 ? { ...m, bytes: Math.max(0, m.bytes - inStart) } : m);
     return {
       targetSize: index.size,
       chunks: index.count,
