@@ -525,7 +525,7 @@ export async function planUpdate(target: string | ChunkIndex, opts: SourceOption
     // The image's first bytes, fetched already (the sidecar's range probe, 128 KiB, like the index itself): the
     // missing chunks within them are not fetched again, so the update costs that much less.
     const start = (await opts.imageStart?.catch(() => undefined))?.length ?? 0;
-    const inStart = start > 0 ? missingBytesWithin(plan, index, start) : 0;
+    const inStart = start > 0 ? missingBytesWithin(plan, start) : 0;
     const withStart = (m: ModeCost): ModeCost => (inStart > 0 ? { ...m, bytes: Math.max(0, m.bytes - inStart) } : m);
     return {
       targetSize: index.size,
@@ -546,13 +546,14 @@ export async function planUpdate(target: string | ChunkIndex, opts: SourceOption
 }
 
 /** Bytes of the plan's missing chunks that lie wholly within the target's first `bytes` bytes. */
-function missingBytesWithin(plan: Plan, index: ChunkIndex, bytes: number): number {
+function missingBytesWithin(plan: Plan, bytes: number): number {
+  const { target } = plan;
   let n = 0;
   for (const s of plan.segments) {
     if (s.kind !== 'remote') continue;
     for (let i = s.first; i < s.first + s.count; i++) {
-      if (index.end(i) > bytes) return n;
-      n += index.end(i) - index.start(i);
+      if (target.end(i) > bytes) return n;
+      n += target.chunkSize(i);
     }
   }
   return n;
