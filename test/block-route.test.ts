@@ -336,7 +336,9 @@ test('block route with its hashing thread (hashThread): damaged frames are still
   };
   try {
     origin.fault({ kind: 'wrong-bytes', path: '/v2.img.bpk', rangedOnly: true, skip: 1 });
-    const stream = openExtractStream(v2Index, { ...source, sha256: sha, hashThread: true });
+    // Without the release's SHA-256 the chunk IDs are the check (with it, the blocks' own hashes are), and the
+    // thread is what computes them.
+    const stream = openExtractStream(v2Index, { ...source, hashThread: true });
     const parts: Buffer[] = [];
     for await (const part of stream) parts.push(part as Buffer);
     const r = await stream.result;
@@ -347,6 +349,21 @@ test('block route with its hashing thread (hashThread): damaged frames are still
       origin.log.some((e) => e.fault === 'wrong-bytes'),
       'a pack answer was damaged',
     );
+
+    // With the SHA-256 the damaged frame is caught by its blocks' hashes, and no chunk ID is computed at all.
+    hashedThere = 0;
+    origin.log.length = 0;
+    origin.fault({ kind: 'wrong-bytes', path: '/v2.img.bpk', rangedOnly: true, skip: 1 });
+    const checked = openExtractStream(v2Index, { ...source, sha256: sha, hashThread: true });
+    const again: Buffer[] = [];
+    for await (const part of checked) again.push(part as Buffer);
+    assert.equal((await checked.result).mode, 'blocks');
+    assert.ok(Buffer.concat(again).equals(v2), 'byte-identical result');
+    assert.ok(
+      origin.log.some((e) => e.fault === 'wrong-bytes'),
+      'a pack answer was damaged',
+    );
+    assert.equal(hashedThere, 0, 'no chunk was hashed for its ID');
   } finally {
     proto.digests = digests;
     await http.close();

@@ -37,9 +37,8 @@ import { BufferPool, SlotPool } from '../util/buffer-pool.js';
 import { HashThread } from '../util/hash-thread.js';
 import { FrameDecompressor } from './frame-codec.js';
 import {
-  HASH_BYTES,
   ZERO_BLOCK,
-  blockHash,
+  blockHashMatches,
   blockLength,
   checkPackHeader,
   frameOf,
@@ -579,7 +578,7 @@ export class BlockAssembly {
       if (bytesRead === 0) break; // a seed that shrank: the block fails its hash
       got += bytesRead;
     }
-    if (hashMatches(this.index, d, block)) return true;
+    if (blockHashMatches(this.index, d, block)) return true;
     this.seedChanged(d);
     return false;
   }
@@ -655,7 +654,7 @@ export class BlockAssembly {
       for (let k = 0; k < n; k++) {
         const e = index.distinctOf[b + k];
         let ok = !this.seedFailed.has(e);
-        if (ok && !this.verifyChunks && !hashMatches(index, e, buf.subarray(k * bs, (k + 1) * bs))) {
+        if (ok && !this.verifyChunks && !blockHashMatches(index, e, buf.subarray(k * bs, (k + 1) * bs))) {
           ok = false;
           this.seedChanged(e);
         }
@@ -994,7 +993,7 @@ export class BlockAssembly {
     const { index } = this;
     for (let d = index.frameFirst[f], off = 0; d < index.frameFirst[f + 1]; d++) {
       const len = this.lengthOf(d);
-      if (!hashMatches(index, d, content.subarray(off, off + len)))
+      if (!blockHashMatches(index, d, content.subarray(off, off + len)))
         return new PackError(
           `${this.opts.packUrl}: frame ${f} at byte ${index.frameStart[f]}: block ${d - index.frameFirst[f]} does not match its hash in the block index`,
         );
@@ -1086,10 +1085,6 @@ function framesOf(req: RangeRequest): number[] {
   const out: number[] = [];
   for (const r of req.chunks) for (let k = 0; k < r.count; k++) if (r.first + k > 0) out.push(r.first + k - 1);
   return out;
-}
-
-function hashMatches(index: BlockIndex, d: number, data: Uint8Array): boolean {
-  return blockHash(data).equals(Buffer.from(index.hashes.buffer, index.hashes.byteOffset + d * HASH_BYTES, HASH_BYTES));
 }
 
 export interface AssembleBlocksOptions extends Omit<BlockRouteOptions, 'retry'> {

@@ -3,7 +3,7 @@
 // distinct block it is, its truncated hash and which pack frame holds it;
 // and the pack header (.bpk). Everything read is bounds-checked: a malformed
 // or lying file fails with the field and byte offset, never with a crash.
-import { createHash } from 'node:crypto';
+import { hash } from 'node:crypto';
 import { constants, zstdCompressSync, zstdDecompressSync } from 'node:zlib';
 import { IndexFormatError } from '../errors.js';
 import { freeNow } from '../util/buffer-pool.js';
@@ -58,12 +58,24 @@ export interface BlockIndex extends BlockTable {
 }
 
 export function sha256(data: Uint8Array): Buffer {
-  return createHash('sha256').update(data).digest();
+  return hash('sha256', data, 'buffer');
 }
 
 /** The truncated block hash stored in the index. */
 export function blockHash(data: Uint8Array): Buffer {
   return sha256(data).subarray(0, HASH_BYTES);
+}
+
+/**
+ * Whether `data` hashes to distinct block d's hash in the index. A check runs once per block (150,000 per 600 MB),
+ * so the digest comes as a latin1 ('binary') string, compared in place: a Buffer and its views cost more than the hashing
+ * of a 4 KiB block (bench/RESULTS.md, "Block path CPU (session 6)").
+ */
+export function blockHashMatches(index: Pick<BlockTable, 'hashes'>, d: number, data: Uint8Array): boolean {
+  const digest = hash('sha256', data, 'binary');
+  const at = d * HASH_BYTES;
+  for (let k = 0; k < HASH_BYTES; k++) if (digest.charCodeAt(k) !== index.hashes[at + k]) return false;
+  return true;
 }
 
 /** Length of block b of an image (only the last block may be short). */
