@@ -8,7 +8,7 @@ import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { type Origin } from './helpers/origin.js';
+import type { Origin } from './helpers/origin.js';
 import { TEST_PARAMS, type DeltaFixture, withDeltaFixture } from './helpers/delta-images.js';
 import { mountTinyTmpfs } from './helpers/tmpfs.js';
 import { runCli, type CliRun } from './helpers/cli.js';

@@ -9,7 +9,7 @@ import { existsSync } from 'node:fs';
 import { readFile, readdir, rename, writeFile, mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { type Origin } from '../helpers/origin.js';
+import type { Origin } from '../helpers/origin.js';
 import { type DeltaFixture, withDeltaFixture } from '../helpers/delta-images.js';
 import { PartialFile, partialPaths } from '../../lib/assemble/partial-file.js';
 import { OutputReplacedError } from '../../lib/errors.js';

@@ -7,7 +7,7 @@ import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { chmod, copyFile, mkdir, readFile, rename, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
-import { type Origin } from '../helpers/origin.js';
+import type { Origin } from '../helpers/origin.js';
 import { type DeltaFixture, withDeltaFixture } from '../helpers/delta-images.js';
 import { SeedCatalog } from '../../daemon/seeds.js';
 import { silentLogger } from '../../daemon/log.js';
