@@ -223,7 +223,16 @@ test('range requests are planned as they are taken, not all before the first', (
   const target = indexOf(Array.from({ length: 2000 }, (_, i) => [`c${i}`, 1000] as [string, number]));
   const runs = Array.from({ length: 1000 }, (_, k) => ({ first: 2 * k, count: 1 }));
   let reads = 0;
-  const counted = { start: (i: number) => (reads++, target.start(i)), end: (i: number) => (reads++, target.end(i)) };
+  const counted = {
+    start: (i: number) => {
+      reads++;
+      return target.start(i);
+    },
+    end: (i: number) => {
+      reads++;
+      return target.end(i);
+    },
+  };
   const all = countRangeRequests(target, runs, { multi: false, maxGap: 0 }).requests;
   const it = rangeRequests(counted, runs, { multi: false, maxGap: 0 });
   const first = it.next();

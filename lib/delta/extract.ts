@@ -843,8 +843,9 @@ export async function extractToFile(
   const signal = watch.signal;
   try {
     const planOpts = { selfSeed: opts.selfSeed, nullSeed: opts.nullSeed };
-    // Planned before the file is opened, for its free-space check; a fresh file needs no other plan.
-    const fresh = planChunks(index, ctx.seeds, planOpts);
+    // Planned before the file is opened, for its free-space check; a fresh file needs no other plan. Let go once the
+    // routes are chosen, as each route plans again what the file lacks (a 4 GiB image's plan is 13 k segments).
+    let fresh: Plan | undefined = planChunks(index, ctx.seeds, planOpts);
     const { file } = await PartialFile.open(out, index, opts.resume !== false, holeBytes(fresh));
     let routes: Routes | undefined;
     let pending: PendingBlockPath | null = null;
@@ -855,15 +856,16 @@ export async function extractToFile(
       progress.done += resumedBytes;
       progress.fromSeeds += resumedBytes;
       watch.start();
-      const plan = file.resumed ? planChunks(index, ctx.seeds, { ...planOpts, skip: (i) => file.has(i) }) : fresh;
-      routes = await chooseRoutes(
+      const chosen = chooseRoutes(
         index,
         ctx,
         { ...opts, signal },
-        plan,
+        file.resumed ? planChunks(index, ctx.seeds, { ...planOpts, skip: (i) => file.has(i) }) : fresh!,
         { run: (route) => route.run(file, progress, signal) },
         pending,
       );
+      fresh = undefined;
+      routes = await chosen;
       routes.probe.requests += indexCost.requests;
       routes.probe.bytes += indexCost.bytes;
       const last = await runWithProgress(routes, file, progress, opts, watch);
@@ -1038,19 +1040,15 @@ export function openExtractStream(target: ChunkIndex | ArrivingIndex, opts: Extr
       }
       const firstChunk = start < end ? target.chunkAt(start) : 0;
       const endChunk = start < end ? target.chunkAt(end - 1) + 1 : 0;
-      const plan = planChunks(target, ctx.seeds, {
-        firstChunk,
-        endChunk,
-        selfSeed: opts.selfSeed,
-        nullSeed: opts.nullSeed,
-      });
       const run = (route: Route): Promise<void> => route.run(stream, progress, watch.signal);
       watch.start();
+      // The plan is not kept (no variable of this function holds it): each route plans again what the stream lacks,
+      // and a 4 GiB image's plan is 13 k segments.
       const routes = await chooseRoutes(
         target,
         ctx,
         sourceOpts,
-        plan,
+        planChunks(target, ctx.seeds, { firstChunk, endChunk, selfSeed: opts.selfSeed, nullSeed: opts.nullSeed }),
         { maxSpan: windowBytes / 2, run, pooledBytes: opts.acknowledged ? 2 * windowBytes : undefined },
         pending,
       );
