@@ -124,6 +124,10 @@ test('freeNow: a large owned buffer is detached at once; a slice of the shared p
   const small = new Uint8Array(1024);
   freeNow(small);
   assert.equal(small.length, 1024, 'small buffers are left to the collector');
+  // A socket read is 64 KiB, Node 24's pool size: a whole one is no slice of the pool, and is freed.
+  const read64 = Buffer.from(new ArrayBuffer(64 * 1024));
+  freeNow(read64);
+  assert.equal(read64.length, 0, 'a whole 64 KiB buffer is freed');
   freeNow(big); // already detached: nothing to do
 
   // A view of part of a large buffer (one HTTP/2 read carrying two bodies): the other part stays readable.

@@ -257,3 +257,19 @@ test('range source: its batches are the planned requests, each made as it is tak
   for (const [i, data] of got) assert.ok(data.equals(file.subarray(index.start(i), index.end(i))), `chunk ${i}`);
   assert.equal(source.stats.requests, planned.length, 'one request per batch');
 });
+
+test('fetcher: a socket read of nothing but body bytes is freed once passed on (the bytes were right while passed)', async () => {
+  origin.ranges = 'multi';
+  const f = new RangeFetcher(http, `${origin.url}/f.img`, file.length);
+  const range = { start: 1000, end: 199_000 };
+  const out = Buffer.alloc(file.length);
+  const seen: Buffer[] = [];
+  await f.fetch([range], (off, data) => {
+    data.copy(out, off);
+    seen.push(data);
+  });
+  assert.ok(out.subarray(range.start, range.end).equals(file.subarray(range.start, range.end)));
+  const freed = seen.filter((b) => (b.buffer as ArrayBuffer & { detached: boolean }).detached);
+  assert.ok(freed.length > 0, `${freed.length} of ${seen.length} reads freed`);
+  assert.ok(freed.length < seen.length, 'the read with the headers in it is left to the collector');
+});

@@ -1060,6 +1060,8 @@ export function openExtractStream(target: ChunkIndex | ArrivingIndex, opts: Extr
       }
       const last = await runWithProgress(routes, stream, progress, sourceOpts, watch);
       await stream.complete;
+      // Every byte is out: the pool's unused slabs are freed now, and those the consumer still holds once it is done.
+      routes.buffers?.release();
       return summary(progress, routes, last, started, 0, stream.sha256);
     } catch (err) {
       throw watch.reason(err);

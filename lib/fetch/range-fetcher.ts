@@ -16,6 +16,7 @@ import type { HttpClient } from './http-client.js';
 import { deltaDisabledBy } from './release-policy.js';
 import { MultipartParser, multipartBoundary, parseContentRange } from './multipart.js';
 import type { Run } from '../util/runs.js';
+import { freeNow } from '../util/buffer-pool.js';
 
 export interface ByteRange {
   start: number;
@@ -311,7 +312,8 @@ export class RangeFetcher {
   /**
    * One request for `ranges` (ascending, non-overlapping). Calls onData with
    * body bytes at their absolute offsets; bytes outside the asked ranges are
-   * never passed on. Throws RangeUnsupportedError (200 to a single range) at once
+   * never passed on. The bytes are only valid during the call (copy what is
+   * kept): a socket read of nothing but body bytes is freed once passed on. Throws RangeUnsupportedError (200 to a single range) at once
    * without reading the body, MultiRangeUnsupportedError (416, 200 or one span
    * for several ranges; single ranges may still work), or OriginError
    * (transient for 5xx, resets and truncation).
@@ -472,6 +474,9 @@ export class RangeFetcher {
       for await (const b of res.body) {
         this.stats.bytes += (b as Buffer).length;
         const wait = sink(b as Buffer);
+        // Its bytes are copied out: left to the collector, a read would wait for a full collection (64 KiB each, tens
+        // of MiB of them behind on a fast link). Only a buffer that is all this body's own is freed (freeNow).
+        freeNow(b as Buffer);
         if (wait) await wait;
       }
     } catch (err) {

@@ -150,17 +150,21 @@ export class SharedBuffer {
   }
 }
 
+/** Smaller buffers are left to the collector by freeNow (not worth a detach). */
+export const FREE_NOW_MIN_BYTES = 16 * 1024;
+
 /**
  * Frees a large buffer's memory now (detaches it) instead of at V8's next full collection, which comes only
  * after tens of MiB of such garbage. For a view that covers its whole ArrayBuffer, which the caller made or was
  * handed whole and which nothing else uses (a parsed index's body, a table done with). A view of part of a
  * buffer (a slice of Node's pool, an HTTP/2 read that carried several streams' data) is left to the collector,
- * as is anything up to Node's pool size.
+ * as is anything under FREE_NOW_MIN_BYTES. (Not Node's pool size: since Node 24 that is 64 KiB, the size of a
+ * socket read, and a whole socket read is no slice of the pool.)
  */
 export function freeNow(view: ArrayBufferView): void {
   // ES2024's ArrayBuffer.prototype.transfer (Node >= 21), not in this project's ES2022 lib types.
   const buf = view.buffer as ArrayBuffer & { readonly detached: boolean; transfer(length: number): ArrayBuffer };
-  if (!(buf instanceof ArrayBuffer) || buf.byteLength <= Buffer.poolSize || buf.detached) return;
+  if (!(buf instanceof ArrayBuffer) || buf.byteLength < FREE_NOW_MIN_BYTES || buf.detached) return;
   if (view.byteOffset !== 0 || view.byteLength !== buf.byteLength) return;
   try {
     buf.transfer(0);
