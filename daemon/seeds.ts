@@ -23,6 +23,7 @@ import { globToRegExp } from './glob.js';
 import { indexFileNames } from './index-names.js';
 import type { Logger } from './log.js';
 import { writeFileAtomic } from '../lib/util/fs-io.js';
+import { freeNow } from '../lib/util/buffer-pool.js';
 
 /** Bounds of adopt/: entries, age, total bytes (oldest go first). */
 export const ADOPT_LIMITS = { entries: 8, ageMs: 30 * 24 * 3600_000, bytes: 256 * 1024 * 1024 };
@@ -172,6 +173,8 @@ export class SeedCatalog {
       await writeFileAtomic(join(this.adoptDir, `${name}.caibx`), bytes, { durable: false });
     }
     await writeFileAtomic(this.lastTargetPath, bytes, { durable: false });
+    // Written: the table's bytes (2.9 MB for a 4 GiB image) are freed now, not at the next full collection.
+    freeNow(bytes);
     await this.pruneAdoptions();
   }
 

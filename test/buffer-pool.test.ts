@@ -72,16 +72,26 @@ test('buffer pool: a small buffer handed back twice does not free its slab while
   assert.ok(pool.take(SLAB_BYTES).buffer === b.buffer, 'once b is back, the slab is reused');
 });
 
-test('buffer pool: at most maxPooledBytes of unused slabs are kept', () => {
+test('buffer pool: at most maxPooledBytes of unused slabs are kept, the rest freed at once', () => {
   const pool = new BufferPool(SLAB_BYTES);
   const s1 = pool.take(SLAB_BYTES);
   const s2 = pool.take(SLAB_BYTES);
+  const cut = pool.take(1000); // a third slab, cut from
   pool.give(s1);
-  pool.give(s2); // over the cap: left to the GC
+  pool.give(s2); // over the cap: freed now, not left to the collector
+  const detached = (b: Buffer) => (b.buffer as ArrayBuffer & { detached: boolean }).detached;
+  assert.equal(detached(s2), true, 'the slab beyond the cap is freed');
+  assert.equal(s2.length, 0);
+  assert.equal(detached(s1), false, 'the kept slab is not');
+  assert.equal(detached(cut), false, 'a slab with a buffer out is not');
   const t1 = pool.take(SLAB_BYTES);
   const t2 = pool.take(SLAB_BYTES);
   assert.ok(t1.buffer === s1.buffer);
-  assert.ok(t2.buffer !== s2.buffer);
+  assert.ok(t2.buffer !== s2.buffer && t2.length === SLAB_BYTES);
+  pool.give(t1);
+  pool.release();
+  assert.equal(detached(t1), true, 'release frees the kept slabs');
+  assert.equal(detached(t2), false, 'and leaves those still out alone');
 });
 
 test('shared buffer: done runs once, after the creator and every holder let go', () => {
@@ -114,6 +124,10 @@ test('freeNow: a large owned buffer is detached at once; a slice of the shared p
   const small = new Uint8Array(1024);
   freeNow(small);
   assert.equal(small.length, 1024, 'small buffers are left to the collector');
+  // A socket read is 64 KiB, Node 24's pool size: a whole one is no slice of the pool, and is freed.
+  const read64 = Buffer.from(new ArrayBuffer(64 * 1024));
+  freeNow(read64);
+  assert.equal(read64.length, 0, 'a whole 64 KiB buffer is freed');
   freeNow(big); // already detached: nothing to do
 
   // A view of part of a large buffer (one HTTP/2 read carrying two bodies): the other part stays readable.

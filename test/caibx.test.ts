@@ -9,6 +9,7 @@ import {
   parseIndex,
   serializeIndex,
   ChunkIndexBuilder,
+  IndexParser,
   indexFileSize,
   CHUNK_SIZE_LIMIT_MAX,
 } from '../lib/format/caibx.js';
@@ -218,4 +219,27 @@ test('archive (.caidx) flags are accepted unless a blob index is required', () =
   const b = mutated((x) => void x.writeBigUInt64LE(0xb0000001ffeffe26n, 16));
   assert.equal(parseIndex(b).isArchive, true);
   assert.throws(() => parseIndex(b, { allowArchive: false }), /archive index/);
+});
+
+test('an index read at its announced length keeps the table it was read into; the start handed out shares it', () => {
+  const b = ChunkIndexBuilder.forDigest('sha512-256', { min: 16, avg: 64, max: 256 });
+  for (let i = 1; i <= 3000; i++) b.add(i * 100, Buffer.alloc(32, i % 251));
+  const bytes = serializeIndex(b.finish());
+  const arriving = new IndexParser({}, bytes.length);
+  arriving.push(bytes.subarray(0, 64 + 40 * 10 + 7));
+  const head = arriving.prefix()!;
+  arriving.push(bytes.subarray(64 + 40 * 10 + 7));
+  const whole = arriving.finish();
+  assert.equal(whole.count, 3000);
+  assert.ok(whole.startsWith(head) && head.count === 10);
+  // One table, not the parser's (held by the head) beside a copy of it.
+  assert.equal(whole.ids.buffer, head.ids.buffer);
+  assert.equal(whole.ends.buffer, head.ends.buffer);
+  assert.equal(whole.ids.buffer.byteLength, 3000 * 32);
+  // Without a length the table grows as items arrive: the index gets a copy of just its items.
+  const unknown = new IndexParser({});
+  unknown.push(bytes);
+  const grown = unknown.finish();
+  assert.equal(grown.ids.buffer.byteLength, 3000 * 32);
+  assert.ok(serializeIndex(grown).equals(bytes) && serializeIndex(whole).equals(bytes));
 });

@@ -6,7 +6,7 @@ import { createHash } from 'node:crypto';
 import { ChunkIndexBuilder, type ChunkIndex } from '../lib/format/caibx.js';
 import { chunkId } from '../lib/format/digest.js';
 import { planChunks } from '../lib/plan/planner.js';
-import { countRangeRequests, planRangeRequests, rangeHeader } from '../lib/fetch/range-fetcher.js';
+import { countRangeRequests, planRangeRequests, rangeHeader, rangeRequests } from '../lib/fetch/range-fetcher.js';
 import type { Seed } from '../lib/seed/seed.js';
 
 const PARAMS = { min: 1, avg: 1000, max: 100000 };
@@ -162,4 +162,83 @@ test('range requests counted (for pricing) are the requests planned', () => {
     assert.equal(opts.multi, parts > 0, `${what}: multipart answers only with multi-range`);
   }
   assert.deepEqual(countRangeRequests(target, [], { multi: true }), { requests: 0, bytes: 0, multipartRanges: 0 });
+});
+
+/** A deterministic pseudo-random sequence (xorshift32), so a failing case can be run again. */
+function xorshift(seed: number): () => number {
+  let x = seed >>> 0 || 1;
+  return () => {
+    x ^= x << 13;
+    x ^= x >>> 17;
+    x ^= x << 5;
+    return (x >>> 0) / 2 ** 32;
+  };
+}
+
+test('range requests made one at a time are the requests planned at once', () => {
+  for (let seed = 1; seed <= 40; seed++) {
+    const rnd = xorshift(seed * 2654435761);
+    const n = 200 + Math.floor(rnd() * 3000);
+    const target = indexOf(Array.from({ length: n }, (_, i) => [`c${i}`, 1 + Math.floor(rnd() * 5000)]));
+    const runs: { first: number; count: number }[] = [];
+    for (let i = Math.floor(rnd() * 3); i < n; ) {
+      const count = Math.min(n - i, 1 + Math.floor(rnd() * (rnd() < 0.1 ? 200 : 6)));
+      runs.push({ first: i, count });
+      i += count + 1 + Math.floor(rnd() * (rnd() < 0.2 ? 50 : 4));
+    }
+    const multi = rnd() < 0.5;
+    const opts = {
+      multi,
+      maxRangesPerRequest: 1 + Math.floor(rnd() * 60),
+      maxHeaderBytes: 200 + Math.floor(rnd() * 2000),
+      maxRequestBytes: 5_000 + Math.floor(rnd() * 200_000),
+      maxSpan: rnd() < 0.5 ? 10_000 + Math.floor(rnd() * 300_000) : undefined,
+      maxGap: Math.floor(rnd() * 10_000),
+      targetRequests: 1 + Math.floor(rnd() * 20),
+    };
+    const what = `seed ${seed}: ${JSON.stringify(opts)}`;
+    const eager = planRangeRequests(target, runs, opts);
+    const lazy: ReturnType<typeof planRangeRequests> = [];
+    for (const r of rangeRequests(target, runs, opts)) lazy.push(structuredClone(r));
+    assert.ok(eager.length > 1, `${what}: several requests`);
+    assert.deepEqual(lazy, eager, what);
+    // Every chunk of the runs goes with exactly one request, in target order.
+    const chunks = lazy.flatMap((r) => r.chunks.flatMap((c) => Array.from({ length: c.count }, (_, k) => c.first + k)));
+    assert.deepEqual(
+      chunks,
+      runs.flatMap((c) => Array.from({ length: c.count }, (_, k) => c.first + k)),
+      what,
+    );
+    const count = countRangeRequests(target, runs, opts);
+    assert.equal(count.requests, lazy.length, `${what}: counted requests`);
+    assert.equal(
+      count.bytes,
+      lazy.reduce((b, r) => b + r.bytes, 0),
+      `${what}: counted bytes`,
+    );
+  }
+});
+
+test('range requests are planned as they are taken, not all before the first', () => {
+  const target = indexOf(Array.from({ length: 2000 }, (_, i) => [`c${i}`, 1000] as [string, number]));
+  const runs = Array.from({ length: 1000 }, (_, k) => ({ first: 2 * k, count: 1 }));
+  let reads = 0;
+  const counted = {
+    start: (i: number) => {
+      reads++;
+      return target.start(i);
+    },
+    end: (i: number) => {
+      reads++;
+      return target.end(i);
+    },
+  };
+  const all = countRangeRequests(target, runs, { multi: false, maxGap: 0 }).requests;
+  const it = rangeRequests(counted, runs, { multi: false, maxGap: 0 });
+  const first = it.next();
+  assert.equal(first.done, false);
+  assert.deepEqual(first.value.chunks, [{ first: 0, count: 1 }]);
+  assert.ok(reads < 20, `the first of ${all} requests read ${reads} chunk offsets`);
+  for (const _ of it);
+  assert.ok(reads > 2 * all, `all ${all} requests read ${reads}`);
 });

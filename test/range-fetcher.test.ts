@@ -11,6 +11,9 @@ import { startOrigin, type Origin } from './helpers/origin.js';
 import { tmpDir } from './helpers/tmp.js';
 import { MultiRangeUnsupportedError, RangeUnsupportedError } from '../lib/errors.js';
 import { seededBytes } from './helpers/images.js';
+import { indexBuffer } from '../lib/chunking/indexer.js';
+import { RangeSource } from '../lib/assemble/remote-source.js';
+import { CostModel } from '../lib/plan/cost.js';
 
 function parseAll(
   body: Buffer,
@@ -218,4 +221,55 @@ test('fetcher: a server that lies about the size, or is cut mid-body', async () 
     (await collect(f, [{ start: 0, end: 10 }])).subarray(0, 10).equals(file.subarray(0, 10)),
     'works again after the faults',
   );
+});
+
+test('range source: its batches are the planned requests, each made as it is taken, and fetch their chunks', async () => {
+  const index = indexBuffer(file, { params: { min: 512, avg: 2048, max: 8192 }, digest: 'sha512-256' });
+  assert.ok(index.count > 40);
+  // Every third chunk and a longer run missing: gaps of other chunks between them.
+  const runs = [];
+  for (let i = 0; i < index.count - 10; i += 3) runs.push({ first: i, count: 1 });
+  runs.push({ first: index.count - 8, count: 8 });
+  const cost = new CostModel({ rttMs: 1, bytesPerSec: 1e6 });
+  const span = 20_000;
+  const planned = cost.planRequests(index, runs, true, 4, { maxSpan: span }).map((r) => r.chunks);
+  assert.ok(planned.length > 3, `${planned.length} requests`);
+  origin.ranges = 'multi';
+  const source = new RangeSource(index, http, `${origin.url}/f.img`, {
+    retry: { attempts: 2, retryBaseMs: 5 },
+    cost,
+    parallelism: 4,
+  });
+  const got = new Map<number, Buffer>();
+  const taken: typeof planned = [];
+  const ctl = new AbortController();
+  for (const batch of source.batches(runs, span)) {
+    // What a batch holds is final when it is taken (fetched before the next one is planned).
+    taken.push(structuredClone(batch));
+    await source.fetch(batch, (i, data) => got.set(i, Buffer.from(data)), ctl.signal);
+  }
+  assert.deepEqual(taken, planned);
+  const missing = runs.flatMap((r) => Array.from({ length: r.count }, (_, k) => r.first + k));
+  assert.deepEqual(
+    [...got.keys()].sort((a, b) => a - b),
+    missing,
+  );
+  for (const [i, data] of got) assert.ok(data.equals(file.subarray(index.start(i), index.end(i))), `chunk ${i}`);
+  assert.equal(source.stats.requests, planned.length, 'one request per batch');
+});
+
+test('fetcher: a socket read of nothing but body bytes is freed once passed on (the bytes were right while passed)', async () => {
+  origin.ranges = 'multi';
+  const f = new RangeFetcher(http, `${origin.url}/f.img`, file.length);
+  const range = { start: 1000, end: 199_000 };
+  const out = Buffer.alloc(file.length);
+  const seen: Buffer[] = [];
+  await f.fetch([range], (off, data) => {
+    data.copy(out, off);
+    seen.push(data);
+  });
+  assert.ok(out.subarray(range.start, range.end).equals(file.subarray(range.start, range.end)));
+  const freed = seen.filter((b) => (b.buffer as ArrayBuffer & { detached: boolean }).detached);
+  assert.ok(freed.length > 0, `${freed.length} of ${seen.length} reads freed`);
+  assert.ok(freed.length < seen.length, 'the read with the headers in it is left to the collector');
 });

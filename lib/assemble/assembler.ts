@@ -110,32 +110,42 @@ export class Assembler {
     this.ctl.signal.throwIfAborted();
   }
 
-  private tasks(): { local: Task[]; remote: Iterable<Task> } {
-    const { plan } = this.opts;
-    const local: Task[] = [];
-    const runs: Run[] = [];
-    for (const seg of plan.segments) {
-      if (seg.kind === 'remote') runs.push({ first: seg.first, count: seg.count });
-      else if (seg.kind === 'seed') local.push(...this.splitSeed(seg));
-      else if (seg.kind === 'self') {
-        for (let k = 0; k < seg.count; k++) this.reference(seg.source + k);
-        local.push(seg);
-      } else local.push(seg);
+  /**
+   * The local and remote tasks, each made as its queue reaches it: a 4 GiB image's plan has thousands of seed runs
+   * and missing runs, and a task object for each (and a run for each missing one), all at once, were held for the
+   * whole update. Only the repeats' sources are counted up front (a source's bytes are kept once it arrives).
+   */
+  private tasks(): { local: Iterable<Task>; remote: Iterable<Task> } {
+    const { segments } = this.opts.plan;
+    let missing = false;
+    for (const seg of segments) {
+      if (seg.kind === 'self') for (let k = 0; k < seg.count; k++) this.reference(seg.source + k);
+      else if (seg.kind === 'remote' && !missing) {
+        missing = true;
+        if (!this.opts.remote)
+          throw new ChunkMissingError(
+            this.index.idHex(seg.first),
+            'any source: it is in no seed and there is no remote source (give --range-url or --store)',
+          );
+      }
     }
     let remote: Iterable<Task> = [];
-    if (runs.length > 0) {
-      if (!this.opts.remote)
-        throw new ChunkMissingError(
-          this.index.idHex(runs[0].first),
-          'any source: it is in no seed and there is no remote source (give --range-url or --store)',
-        );
-      remote = remoteTasks(this.opts.remote.batches(runs, this.opts.maxSpan ?? Infinity));
+    if (missing) {
+      // A remote segment is a run of missing chunks already.
+      const runs: Run[] = segments.filter((s) => s.kind === 'remote');
+      remote = remoteTasks(this.opts.remote!.batches(runs, this.opts.maxSpan ?? Infinity));
     }
-    return { local, remote };
+    return { local: this.localTasks(segments), remote };
   }
 
-  private splitSeed(seg: Extract<Segment, { kind: 'seed' }>): Task[] {
-    const out: Task[] = [];
+  private *localTasks(segments: readonly Segment[]): Generator<Task> {
+    for (const seg of segments) {
+      if (seg.kind === 'seed') yield* this.splitSeed(seg);
+      else if (seg.kind !== 'remote') yield seg;
+    }
+  }
+
+  private *splitSeed(seg: Extract<Segment, { kind: 'seed' }>): Generator<Task> {
     const idx = this.index;
     let k = 0;
     while (k < seg.count) {
@@ -143,10 +153,9 @@ export class Assembler {
       let bytes = idx.chunkSize(seg.first + k);
       while (k + n < seg.count && bytes + idx.chunkSize(seg.first + k + n) <= SEED_TASK_BYTES)
         bytes += idx.chunkSize(seg.first + k + n++);
-      out.push({ kind: 'seed', first: seg.first + k, count: n, seed: seg.seed, seedFirst: seg.seedFirst + k });
+      yield { kind: 'seed', first: seg.first + k, count: n, seed: seg.seed, seedFirst: seg.seedFirst + k };
       k += n;
     }
-    return out;
   }
 
   private reference(j: number): void {

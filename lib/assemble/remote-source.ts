@@ -114,10 +114,14 @@ export class RangeSource implements RemoteSource {
     return inFlightOf(this.http, this.fetcher.stats, base);
   }
 
-  batches(runs: readonly Run[], maxSpan: number): Run[][] {
-    return this.cost
-      .planRequests(this.index, runs, this.state.multi, this.parallelism, { maxSpan })
-      .map((r) => r.chunks);
+  /**
+   * One batch per range request, planned as the assembler's queue reaches it: a 4 GiB image's requests with their
+   * ranges, all at once, were held for the whole update. The plan is fixed when iteration starts (multi-range or
+   * not): a refusal later on is handled per batch, as fetch() plans its chunks again.
+   */
+  *batches(runs: readonly Run[], maxSpan: number): Generator<Run[]> {
+    for (const r of this.cost.requests(this.index, runs, this.state.multi, this.parallelism, { maxSpan }))
+      yield r.chunks;
   }
 
   async fetch(
@@ -148,7 +152,7 @@ export class RangeSource implements RemoteSource {
     const forStore: number[] = [];
     const spec: UnitSpec = {
       layout: index,
-      plan: (units, multi) => this.cost.planRequests(index, runsOf(units), multi, this.parallelism),
+      plan: (units, multi) => this.cost.requests(index, runsOf(units), multi, this.parallelism),
       accept: (i, data) => {
         if (verifyChunk(index, i, data)) return void deliver(i, data);
         buffers?.give(data); // wrong bytes: nobody else has this buffer

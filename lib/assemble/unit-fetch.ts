@@ -20,8 +20,8 @@ export interface RetryPolicy {
 
 export interface UnitSpec {
   layout: RangeLayout;
-  /** Range requests for ascending units. */
-  plan(units: readonly number[], multi: boolean): RangeRequest[];
+  /** Range requests for ascending units (made as they are iterated, or all at once). */
+  plan(units: readonly number[], multi: boolean): Iterable<RangeRequest>;
   /** Checks unit i and hands it on; returns the error to throw should it be wrong a second time, else undefined. */
   accept(i: number, data: Buffer): Error | undefined;
   /** The unit for messages: "chunk <id> at offset <n>". */

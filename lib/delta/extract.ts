@@ -608,8 +608,9 @@ interface RouteSink {
   maxSpan?: number;
   run: (route: Route) => Promise<void>;
   /**
-   * Unused buffers kept for reuse. An acknowledging stream's come back in bursts, as its consumer sends them: kept,
-   * they are reused instead of left as garbage.
+   * Unused buffers kept for reuse. An acknowledging stream's come back in bursts, as its consumer sends them: as
+   * many as its window holds are kept; a burst beyond it is freed at once, not kept idle for the whole update (twice
+   * the window was kept: 36 MiB of slabs, most of them idle, on the 4 GiB pair).
    */
   pooledBytes?: number;
 }
@@ -843,8 +844,9 @@ export async function extractToFile(
   const signal = watch.signal;
   try {
     const planOpts = { selfSeed: opts.selfSeed, nullSeed: opts.nullSeed };
-    // Planned before the file is opened, for its free-space check; a fresh file needs no other plan.
-    const fresh = planChunks(index, ctx.seeds, planOpts);
+    // Planned before the file is opened, for its free-space check; a fresh file needs no other plan. Let go once the
+    // routes are chosen, as each route plans again what the file lacks (a 4 GiB image's plan is 13 k segments).
+    let fresh: Plan | undefined = planChunks(index, ctx.seeds, planOpts);
     const { file } = await PartialFile.open(out, index, opts.resume !== false, holeBytes(fresh));
     let routes: Routes | undefined;
     let pending: PendingBlockPath | null = null;
@@ -855,15 +857,16 @@ export async function extractToFile(
       progress.done += resumedBytes;
       progress.fromSeeds += resumedBytes;
       watch.start();
-      const plan = file.resumed ? planChunks(index, ctx.seeds, { ...planOpts, skip: (i) => file.has(i) }) : fresh;
-      routes = await chooseRoutes(
+      const chosen = chooseRoutes(
         index,
         ctx,
         { ...opts, signal },
-        plan,
+        file.resumed ? planChunks(index, ctx.seeds, { ...planOpts, skip: (i) => file.has(i) }) : fresh!,
         { run: (route) => route.run(file, progress, signal) },
         pending,
       );
+      fresh = undefined;
+      routes = await chosen;
       routes.probe.requests += indexCost.requests;
       routes.probe.bytes += indexCost.bytes;
       const last = await runWithProgress(routes, file, progress, opts, watch);
@@ -1038,20 +1041,16 @@ export function openExtractStream(target: ChunkIndex | ArrivingIndex, opts: Extr
       }
       const firstChunk = start < end ? target.chunkAt(start) : 0;
       const endChunk = start < end ? target.chunkAt(end - 1) + 1 : 0;
-      const plan = planChunks(target, ctx.seeds, {
-        firstChunk,
-        endChunk,
-        selfSeed: opts.selfSeed,
-        nullSeed: opts.nullSeed,
-      });
       const run = (route: Route): Promise<void> => route.run(stream, progress, watch.signal);
       watch.start();
+      // The plan is not kept (no variable of this function holds it): each route plans again what the stream lacks,
+      // and a 4 GiB image's plan is 13 k segments.
       const routes = await chooseRoutes(
         target,
         ctx,
         sourceOpts,
-        plan,
-        { maxSpan: windowBytes / 2, run, pooledBytes: opts.acknowledged ? 2 * windowBytes : undefined },
+        planChunks(target, ctx.seeds, { firstChunk, endChunk, selfSeed: opts.selfSeed, nullSeed: opts.nullSeed }),
+        { maxSpan: windowBytes / 2, run, pooledBytes: opts.acknowledged ? windowBytes : undefined },
         pending,
       );
       for (const route of early) {
@@ -1061,6 +1060,8 @@ export function openExtractStream(target: ChunkIndex | ArrivingIndex, opts: Extr
       }
       const last = await runWithProgress(routes, stream, progress, sourceOpts, watch);
       await stream.complete;
+      // Every byte is out: the pool's unused slabs are freed now, and those the consumer still holds once it is done.
+      routes.buffers?.release();
       return summary(progress, routes, last, started, 0, stream.sha256);
     } catch (err) {
       throw watch.reason(err);

@@ -16,6 +16,7 @@ import type { HttpClient } from './http-client.js';
 import { deltaDisabledBy } from './release-policy.js';
 import { MultipartParser, multipartBoundary, parseContentRange } from './multipart.js';
 import type { Run } from '../util/runs.js';
+import { freeNow } from '../util/buffer-pool.js';
 
 export interface ByteRange {
   start: number;
@@ -58,10 +59,22 @@ export function planRangeRequests(
   runs: readonly Run[],
   opts: RangePlanOptions,
 ): RangeRequest[] {
-  const requests: RangeRequest[] = [];
+  return [...rangeRequests(index, runs, opts)];
+}
+
+/**
+ * planRangeRequests' requests one at a time, in target order, each made when the caller asks for the next: a
+ * 4 GiB image misses thousands of runs, and all its requests with their ranges at once were megabytes held for
+ * the whole update. Iterating it to the end gives exactly planRangeRequests' requests.
+ */
+export function* rangeRequests(
+  index: Pick<ChunkIndex, 'start' | 'end'>,
+  runs: readonly Run[],
+  opts: RangePlanOptions,
+): Generator<RangeRequest> {
   let cur: RangeRequest = { ranges: [], chunks: [], bytes: 0 };
-  walkRangeRequests(index, runs, opts, {
-    open: () => requests.push((cur = { ranges: [], chunks: [], bytes: 0 })),
+  const steps: RequestSteps = {
+    open: () => (cur = { ranges: [], chunks: [], bytes: 0 }),
     range: (start, end) => {
       cur.ranges.push({ start, end });
       cur.bytes += end - start;
@@ -72,8 +85,8 @@ export function planRangeRequests(
       last.end = end;
     },
     chunks: (first, count) => cur.chunks.push({ first, count }),
-  });
-  return requests;
+  };
+  for (const _ of walkRangeRequests(index, runs, opts, steps)) yield cur;
 }
 
 /** What planRangeRequests would plan, counted: requests, bytes asked for, and ranges of multi-range requests. */
@@ -95,12 +108,8 @@ export function countRangeRequests(
 ): RangeRequestCount {
   const count: RangeRequestCount = { requests: 0, bytes: 0, multipartRanges: 0 };
   let ranges = 0;
-  const close = (): void => {
-    if (ranges > 1) count.multipartRanges += ranges;
-  };
-  walkRangeRequests(index, runs, opts, {
+  const steps: RequestSteps = {
     open: () => {
-      close();
       count.requests++;
       ranges = 0;
     },
@@ -112,8 +121,8 @@ export function countRangeRequests(
       count.bytes += end - lastEnd;
     },
     chunks: () => {},
-  });
-  close();
+  };
+  for (const _ of walkRangeRequests(index, runs, opts, steps)) if (ranges > 1) count.multipartRanges += ranges;
   return count;
 }
 
@@ -129,13 +138,17 @@ interface RequestSteps {
   chunks(first: number, count: number): void;
 }
 
-/** The one planning of range requests (see planRangeRequests), told step by step to `steps`. */
-function walkRangeRequests(
+/**
+ * The one planning of range requests (see planRangeRequests), told step by step to `steps`; it yields each time
+ * the current request is complete (before the next one opens, and after the last), so that a caller can take the
+ * requests one at a time.
+ */
+function* walkRangeRequests(
   index: Pick<ChunkIndex, 'start' | 'end'>,
   runs: readonly Run[],
   opts: RangePlanOptions,
   steps: RequestSteps,
-): void {
+): Generator<void> {
   if (runs.length === 0) return;
   const maxBytes = opts.maxRequestBytes ?? 16 * 1024 * 1024;
   const maxSpan = opts.maxSpan ?? Infinity;
@@ -148,16 +161,16 @@ function walkRangeRequests(
   const rangesAllowed = target * perReq;
   if (opts.multi) {
     let pieces = 0;
-    forEachPiece(index, runs, limit, () => pieces++);
+    for (const _ of piecesOf(index, runs, limit)) pieces++;
     if (pieces > rangesAllowed) {
       const gaps = new Float64Array(pieces - 1);
       let k = -1;
       let prevEnd = 0;
-      forEachPiece(index, runs, limit, (first, count) => {
+      for (const { first, count } of piecesOf(index, runs, limit)) {
         if (k >= 0) gaps[k] = index.start(first) - prevEnd;
         k++;
         prevEnd = index.end(first + count - 1);
-      });
+      }
       gaps.sort();
       maxGap = Math.max(maxGap, gaps[pieces - rangesAllowed - 1]);
     }
@@ -170,7 +183,7 @@ function walkRangeRequests(
   let lastEnd = 0;
   let header = 0;
   let spanStart = 0;
-  forEachPiece(index, runs, limit, (first, count) => {
+  for (const { first, count } of piecesOf(index, runs, limit)) {
     const start = index.start(first);
     const end = index.end(first + count - 1);
     if (open && start - lastEnd <= maxGap && end - spanStart <= maxSpan && bytes + (end - lastEnd) <= maxBytes) {
@@ -178,7 +191,7 @@ function walkRangeRequests(
       steps.extend(end, lastEnd);
       lastEnd = end;
       steps.chunks(first, count);
-      return;
+      continue;
     }
     const spec = `${start}-${end - 1},`.length;
     if (
@@ -188,6 +201,7 @@ function walkRangeRequests(
       bytes + (end - start) > maxBytes ||
       end - spanStart > maxSpan
     ) {
+      if (open) yield;
       steps.open();
       open = true;
       bytes = 0;
@@ -201,17 +215,17 @@ function walkRangeRequests(
     bytes += end - start;
     header += spec;
     lastEnd = end;
-  });
+  }
+  if (open) yield;
 }
 
-/** The runs cut at chunk boundaries into pieces of at most `limit` bytes (a piece has at least one chunk). */
-function forEachPiece(
-  index: Pick<ChunkIndex, 'start' | 'end'>,
-  runs: readonly Run[],
-  limit: number,
-  visit: (first: number, count: number) => void,
-): void {
+/**
+ * The runs cut at chunk boundaries into pieces of at most `limit` bytes (a piece has at least one chunk). Each
+ * piece is the same object, updated: read it before asking for the next.
+ */
+function* piecesOf(index: Pick<ChunkIndex, 'start' | 'end'>, runs: readonly Run[], limit: number): Generator<Run> {
   const size = (i: number): number => index.end(i) - index.start(i);
+  const piece: Run = { first: 0, count: 0 };
   for (const run of runs) {
     let first = run.first;
     const end = run.first + run.count;
@@ -219,7 +233,9 @@ function forEachPiece(
       let last = first + 1;
       let bytes = size(first);
       while (last < end && bytes + size(last) <= limit) bytes += size(last++);
-      visit(first, last - first);
+      piece.first = first;
+      piece.count = last - first;
+      yield piece;
       first = last;
     }
   }
@@ -296,7 +312,8 @@ export class RangeFetcher {
   /**
    * One request for `ranges` (ascending, non-overlapping). Calls onData with
    * body bytes at their absolute offsets; bytes outside the asked ranges are
-   * never passed on. Throws RangeUnsupportedError (200 to a single range) at once
+   * never passed on. The bytes are only valid during the call (copy what is
+   * kept): a socket read of nothing but body bytes is freed once passed on. Throws RangeUnsupportedError (200 to a single range) at once
    * without reading the body, MultiRangeUnsupportedError (416, 200 or one span
    * for several ranges; single ranges may still work), or OriginError
    * (transient for 5xx, resets and truncation).
@@ -457,6 +474,9 @@ export class RangeFetcher {
       for await (const b of res.body) {
         this.stats.bytes += (b as Buffer).length;
         const wait = sink(b as Buffer);
+        // Its bytes are copied out: left to the collector, a read would wait for a full collection (64 KiB each, tens
+        // of MiB of them behind on a fast link). Only a buffer that is all this body's own is freed (freeNow).
+        freeNow(b as Buffer);
         if (wait) await wait;
       }
     } catch (err) {

@@ -8,6 +8,7 @@ import type { LinkEstimate } from '../fetch/link-monitor.js';
 import {
   countRangeRequests,
   planRangeRequests,
+  rangeRequests,
   type RangePlanOptions,
   type RangeRequest,
 } from '../fetch/range-fetcher.js';
@@ -79,6 +80,17 @@ export class CostModel {
     opts: Omit<RangePlanOptions, 'multi' | 'maxGap'> = {},
   ): RangeRequest[] {
     return planRangeRequests(layout, runs, this.planOptions(multi, parallelism, opts));
+  }
+
+  /** planRequests' requests one at a time, each made when the caller takes it (lib/fetch/range-fetcher.ts). */
+  requests(
+    layout: Pick<RangeLayout, 'start' | 'end'>,
+    runs: readonly Run[],
+    multi: boolean,
+    parallelism: number,
+    opts: Omit<RangePlanOptions, 'multi' | 'maxGap'> = {},
+  ): Generator<RangeRequest> {
+    return rangeRequests(layout, runs, this.planOptions(multi, parallelism, opts));
   }
 
   /** The body bytes and requests of what planRequests plans, counted without making the requests. */

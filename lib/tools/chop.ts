@@ -123,8 +123,8 @@ export async function chopFile(
         );
       }
       await Promise.all(writes);
-      buffers.give(batch.data);
       result.bytesIn += batch.data.length;
+      buffers.give(batch.data);
       opts.onProgress?.(result.bytesIn, index.size);
     };
 

@@ -6,6 +6,10 @@
 // carved from it has been handed back. Requests of half a slab and more get
 // a slab of their own, larger ones a plain buffer that is not pooled. (A slab
 // per range response was tried: 2 MiB per response in flight, 4-15 MiB more.)
+// A slab that comes back beyond what the pool keeps is freed at once (detached):
+// left to the collector it was garbage that waited for a full collection, which
+// made it worth keeping every slab a burst had needed for the rest of the update
+// (36 MiB of slabs for a stream's 16 MiB window on the 4 GiB pair, most idle).
 // A shared pool's slabs are SharedArrayBuffers: a hashing thread reads its
 // buffers in place (lib/util/hash-thread.ts), and keeps every slab it was
 // shown, so a shared pool keeps all its slabs too (as many as were out at
@@ -35,7 +39,7 @@ export class BufferPool {
   private cut = 0;
 
   /**
-   * @param maxPooledBytes bytes of unused slabs kept for reuse at most (beyond that, they are left to the GC).
+   * @param maxPooledBytes bytes of unused slabs kept for reuse at most (beyond that, they are freed at once).
    * @param shared slabs in shared memory, all kept for reuse (buffers larger than a slab are plain ones still).
    */
   constructor(
@@ -111,8 +115,10 @@ export class BufferPool {
     return slab;
   }
 
+  /** A slab all of whose buffers are back: kept for reuse, or freed now (nothing of it is in use any more). */
   private recycle(slab: Slab): void {
     if (this.shared || (this.free.length + 1) * SLAB_BYTES <= this.maxPooledBytes) this.free.push(slab.ab);
+    else freeNow(new Uint8Array(slab.ab));
   }
 }
 
@@ -144,17 +150,21 @@ export class SharedBuffer {
   }
 }
 
+/** Smaller buffers are left to the collector by freeNow (not worth a detach). */
+export const FREE_NOW_MIN_BYTES = 16 * 1024;
+
 /**
  * Frees a large buffer's memory now (detaches it) instead of at V8's next full collection, which comes only
  * after tens of MiB of such garbage. For a view that covers its whole ArrayBuffer, which the caller made or was
  * handed whole and which nothing else uses (a parsed index's body, a table done with). A view of part of a
  * buffer (a slice of Node's pool, an HTTP/2 read that carried several streams' data) is left to the collector,
- * as is anything up to Node's pool size.
+ * as is anything under FREE_NOW_MIN_BYTES. (Not Node's pool size: since Node 24 that is 64 KiB, the size of a
+ * socket read, and a whole socket read is no slice of the pool.)
  */
 export function freeNow(view: ArrayBufferView): void {
   // ES2024's ArrayBuffer.prototype.transfer (Node >= 21), not in this project's ES2022 lib types.
   const buf = view.buffer as ArrayBuffer & { readonly detached: boolean; transfer(length: number): ArrayBuffer };
-  if (!(buf instanceof ArrayBuffer) || buf.byteLength <= Buffer.poolSize || buf.detached) return;
+  if (!(buf instanceof ArrayBuffer) || buf.byteLength < FREE_NOW_MIN_BYTES || buf.detached) return;
   if (view.byteOffset !== 0 || view.byteLength !== buf.byteLength) return;
   try {
     buf.transfer(0);
