@@ -459,7 +459,7 @@ test('extract: blocks of two seeds whose numbers follow on are read from each se
   await writeFile(b, f.v2.subarray(split * BS));
   const out = join(f.dir, 'out.img');
   const { plan, result } = await extract(f, out, { seeds: [a, b], sha256: f.sha256 });
-  assert.equal(plan.local[distinctOf[split]], plan.local[distinctOf[split - 1]] + 1, 'numbers that follow on');
+  assert.equal(plan.sources[split], plan.sources[split - 1] + 1, 'numbers that follow on');
   assert.deepEqual(await readFile(out), f.v2);
   assert.equal(result.seedMismatches, 0, 'no block read from the wrong seed');
   assert.equal(plan.totals.frames, 1, 'only the short last block from the pack');

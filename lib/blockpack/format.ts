@@ -21,6 +21,8 @@ export const MAX_BLOCK_SIZE = 1024 * 1024;
 export const MAX_FRAME_BLOCKS = 256;
 /** Most blocks an index may describe (256 GiB at 4 KiB blocks): bounds what a lying header can make a reader allocate. */
 export const MAX_BLOCKS = 64 * 1024 * 1024;
+/** Largest block index fetched (64 MiB: a ~30 TiB image at 4 KiB blocks). */
+export const MAX_INDEX_BYTES = 64 * 1024 * 1024;
 /** zstd frame magic; stored frames omit it (saves 4 bytes per frame) and readers put it back. */
 export const ZSTD_MAGIC = Buffer.from([0x28, 0xb5, 0x2f, 0xfd]);
 
@@ -72,7 +74,7 @@ export function blockLength(idx: Pick<BlockIndex, 'blockSize' | 'imageSize'>, b:
 }
 
 /** Frame holding distinct block d (binary search over frameFirst). */
-export function frameOf(idx: BlockIndex, d: number): number {
+export function frameOf(idx: Pick<BlockIndex, 'frameCount' | 'frameFirst'>, d: number): number {
   let lo = 0;
   let hi = idx.frameCount - 1;
   while (lo < hi) {
@@ -341,7 +343,11 @@ export function serializePackHeader(p: PackHeader): Buffer {
 }
 
 /** Checks that a pack header belongs to the release the index describes (a stale or swapped pack fails here). */
-export function checkPackHeader(h: Buffer, idx: BlockIndex, source: string): void {
+export function checkPackHeader(
+  h: Buffer,
+  idx: Pick<BlockIndex, 'blockSize' | 'frameCount' | 'imageSize' | 'imageSha256'>,
+  source: string,
+): void {
   const fail = (field: string, offset: number, detail: string): never => {
     throw new IndexFormatError(field, offset, detail, source);
   };

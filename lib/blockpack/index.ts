@@ -5,8 +5,8 @@
 import { ChecksumMismatchError, IndexFormatError, OriginError, PackError, RangeUnsupportedError } from '../errors.js';
 import type { HttpClient } from '../fetch/http-client.js';
 import { defaultCostModel, type CostModel } from '../plan/cost.js';
-import { parseBlockIndex, type BlockIndex } from './format.js';
-import { costOf, planBlocks, type BlockCost, type BlockPlan } from './plan.js';
+import { MAX_INDEX_BYTES, parseBlockIndex, type BlockIndex } from './format.js';
+import { costOf, dropIndexTables, planBlocks, type BlockCost, type BlockPlan } from './plan.js';
 import { artifactNames } from './publisher.js';
 import { indexSeedBlocks } from './seed-blocks.js';
 import { freeNow } from '../util/buffer-pool.js';
@@ -26,8 +26,6 @@ export { indexSeedBlocks, type SeedBlocks } from './seed-blocks.js';
 export { parseBlockIndex, type BlockIndex } from './format.js';
 export { PackError } from '../errors.js';
 
-/** Largest block index fetched (64 MiB: a ~30 TiB image at 4 KiB blocks). */
-const MAX_INDEX_FETCH = 64 * 1024 * 1024;
 
 export interface BlockPackProbe {
   index: BlockIndex;
@@ -57,7 +55,7 @@ export interface BlockIndexAnswer {
 /** Asks for the first byte of the release's block index (see probeBlockPack); 404 when there is none. */
 export function askBlockIndex(http: HttpClient, imageUrl: string, signal?: AbortSignal): Promise<BlockIndexAnswer> {
   const { indexUrl } = blockPackUrls(imageUrl);
-  return http.getBuffer(indexUrl, { maxBytes: MAX_INDEX_FETCH, signal, headers: { range: 'bytes=0-0' }, gate: false });
+  return http.getBuffer(indexUrl, { maxBytes: MAX_INDEX_BYTES, signal, headers: { range: 'bytes=0-0' }, gate: false });
 }
 
 /**
@@ -76,7 +74,7 @@ export async function probeBlockPack(
 ): Promise<BlockPackProbe | null> {
   const urls = blockPackUrls(imageUrl);
   const get = (headers?: Record<string, string>) =>
-    http.getBuffer(urls.indexUrl, { maxBytes: MAX_INDEX_FETCH, signal, headers });
+    http.getBuffer(urls.indexUrl, { maxBytes: MAX_INDEX_BYTES, signal, headers });
   const first = await (asked ?? askBlockIndex(http, imageUrl, signal));
   if (first.status !== 200 && first.status !== 206) return null;
   await onFound?.();
@@ -108,7 +106,8 @@ export async function planBlockUpdate(
 
 /** The block path for one update, when the release has a pack: its plan and what each fetch mode costs. */
 export interface BlockPathChoice {
-  probe: BlockPackProbe;
+  /** The probe's URLs and traffic (its index is the plan's now, without the per-block tables). */
+  probe: Omit<BlockPackProbe, 'index'>;
   plan: BlockPlan;
   costs: BlockCost[];
   /** The cheapest block mode by the cost model. */
@@ -144,13 +143,17 @@ export async function costBlockPath(opts: BlockPathOptions): Promise<BlockPathCh
   const probe = await probeBlockPack(opts.http, opts.imageUrl, opts.signal, opts.onFound, opts.asked);
   if (!probe) return null;
   const plan = await planBlockUpdate(probe, opts.seeds, { cacheDir: opts.cacheDir, signal: opts.signal });
+  // The route needs the plan's 4 bytes per block, not the index's per-block tables (16 bytes per block more: 19 MiB
+  // for a 4.9 GB image); it fetches the index again only if a chunk fails its ID (BlockRouteOptions.indexUrl).
+  dropIndexTables(plan);
+  const { index: _full, ...urls } = probe;
   const cost = opts.cost ?? defaultCostModel;
   const planOpts = { cost, parallelism: BLOCK_PARALLELISM };
   const costs = opts.multi === false ? [] : [costOf(plan, { multi: true, ...planOpts })];
   costs.push(costOf(plan, { multi: false, ...planOpts }));
   const weigh = (c: BlockCost): number => cost.weigh(c, BLOCK_PARALLELISM);
   const best = costs.reduce((a, b) => (weigh(b) < weigh(a) ? b : a));
-  return { probe, plan, costs, best, weight: weigh(best) };
+  return { probe: urls, plan, costs, best, weight: weigh(best) };
 }
 
 /** Failures of the pack or its server (not of this machine): another route may still work. */

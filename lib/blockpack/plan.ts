@@ -11,6 +11,7 @@ import { HASH_BYTES, ZERO_BLOCK, blockLength, frameOf, type BlockIndex } from '.
 import type { SeedBlocks } from './seed-blocks.js';
 import { addToRuns, type Run } from '../util/runs.js';
 import { freeNow } from '../util/buffer-pool.js';
+import { PackError } from '../errors.js';
 
 export interface BlockPlanTotals {
   blocks: number;
@@ -25,22 +26,48 @@ export interface BlockPlanTotals {
   frameBytes: number;
 }
 
+/** What the assembly needs of a block index once planned: its header and frame tables, not its per-block tables. */
+export type PackIndex = Omit<BlockIndex, 'distinctOf' | 'hashes'> & {
+  /** The distinct block of a short last block (its length is the image's tail), else ZERO_BLOCK. */
+  shortDistinct: number;
+};
+
+/** `BlockPlan.sources` value of a target block that comes from distinct block d of the pack. */
+export const fromPack = (d: number): number => -2 - d;
+/** The distinct block of a `sources` value that is from the pack (<= -2). */
+export const packBlockOf = (s: number): number => -2 - s;
+
 export interface BlockPlan {
-  index: BlockIndex;
+  index: PackIndex;
   /** Bytes of the block index as fetched (they count as download). */
   indexBytes: number;
   /** The seeds planned against (their block hashes are not kept: each seed block is checked when it is read). */
   seeds: readonly PlannedSeed[];
   /**
-   * Per distinct block: the seed block holding it, numbered over all seeds in order (seed k's block b is
-   * seedStart[k] + b), or -1: none. One table, not a seed and a block number each: 4 bytes per distinct block.
+   * Per target block, where it comes from: g >= 0, the seed block numbered g over all seeds in order (seed k's block
+   * b is seedStart[k] + b); ZERO_BLOCK; or fromPack(d), distinct block d of the pack. One table of 4 bytes per block
+   * is all the assembly needs: the index's per-block and per-distinct-block tables (16 bytes per block) are not.
    */
-  local: Int32Array;
-  /** First `local` number of each seed, and one past the last seed's. */
+  sources: Int32Array;
+  /**
+   * The whole block index (per-block distinct numbers and hashes), while kept: assembleBlocks checks every block
+   * against its hash. The engine lets it go once planned (dropIndexTables); its route fetches the index again only
+   * when a chunk fails its ID, to find the seed blocks that changed (BlockRouteOptions.indexUrl).
+   */
+  full?: BlockIndex;
+  /** First seed block number of each seed, and one past the last seed's. */
   seedStart: readonly number[];
   /** Frames to fetch, ascending. */
   frames: number[];
   totals: BlockPlanTotals;
+}
+
+/** Lets the plan's whole block index go (freed now, not at a full collection): the assembly then needs `sources`. */
+export function dropIndexTables(plan: BlockPlan): void {
+  if (!plan.full) return;
+  freeNow(plan.full.distinctOf);
+  freeNow(plan.full.hashes);
+  plan.full = undefined;
 }
 
 export interface PlannedSeed {
@@ -154,6 +181,7 @@ class SeedBlockTable {
 /** Maps the target's distinct blocks to seed blocks; what no seed has is fetched from the pack. */
 export function planBlocks(index: BlockIndex, seeds: readonly SeedBlocks[], indexBytes: number): BlockPlan {
   const bs = index.blockSize;
+  checkOrder(index);
   const table = new SeedBlockTable(seeds);
   seeds.forEach((s, k) => {
     if (s.blockSize !== bs) return;
@@ -181,19 +209,25 @@ export function planBlocks(index: BlockIndex, seeds: readonly SeedBlocks[], inde
     frames: 0,
     frameBytes: 0,
   };
+  const sources = new Int32Array(index.blockCount);
   const need = new Uint8Array(index.frameCount);
   for (let b = 0; b < index.blockCount; b++) {
     const d = index.distinctOf[b];
     const len = blockLength(index, b);
     if (d === ZERO_BLOCK) {
+      sources[b] = ZERO_BLOCK;
       totals.zeroBlocks++;
       totals.zeroBytes += len;
-    } else if (local[d] >= 0) totals.fromSeeds += len;
-    else {
+    } else if (local[d] >= 0) {
+      sources[b] = local[d];
+      totals.fromSeeds += len;
+    } else {
+      sources[b] = fromPack(d);
       totals.fromPack += len;
       need[frameOf(index, d)] = 1;
     }
   }
+  freeNow(local);
   const frames: number[] = [];
   for (let f = 0; f < index.frameCount; f++) {
     if (!need[f]) continue;
@@ -202,7 +236,32 @@ export function planBlocks(index: BlockIndex, seeds: readonly SeedBlocks[], inde
   }
   totals.frames = frames.length;
   const planned = seeds.map((s) => ({ path: s.path, size: s.size }));
-  return { index, indexBytes, seeds: planned, local, seedStart: table.base, frames, totals };
+  const { distinctOf: _d, hashes: _h, ...pack } = index;
+  return {
+    index: { ...pack, shortDistinct },
+    indexBytes,
+    seeds: planned,
+    sources,
+    full: index,
+    seedStart: table.base,
+    frames,
+    totals,
+  };
+}
+
+/**
+ * Distinct blocks must be numbered in order of first occurrence (the index's encoding makes them so): frames then
+ * arrive in the order tasks need them.
+ */
+function checkOrder(index: BlockIndex): void {
+  let next = 0;
+  for (let b = 0; b < index.blockCount; b++) {
+    const d = index.distinctOf[b];
+    if (d === ZERO_BLOCK || d < next) continue;
+    if (d !== next)
+      throw new PackError(`block index: block ${b} is distinct block ${d}, expected ${next} (not in order of first occurrence)`);
+    next++;
+  }
 }
 
 /** Runs of pack "chunks" (PackLayout numbering) for a set of frames, the header first. */
@@ -226,7 +285,7 @@ export const PACK_REQUEST_BYTES = 1536 * 1024;
 
 /** The pack requests for a set of frames (header first), gaps merged as the cost model says. */
 export function planPackRequests(
-  index: BlockIndex,
+  index: Pick<BlockIndex, 'frameStart'>,
   frames: readonly number[],
   opts: RequestPlanOptions,
 ): RangeRequest[] {

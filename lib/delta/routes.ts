@@ -166,6 +166,7 @@ export class BlockRoute implements Route {
       http,
       packUrl: choice.probe.packUrl,
       dictUrl: choice.probe.dictUrl,
+      indexUrl: choice.probe.indexUrl,
       dictionary: this.dictionary,
       multi: choice.best.mode === 'blocks',
       cost,
