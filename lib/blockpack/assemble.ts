@@ -33,7 +33,7 @@ import { fetchUnits, type RetryPolicy, type UnitSpec } from '../assemble/unit-fe
 import { PartialFile } from '../assemble/partial-file.js';
 import type { AssemblySink } from '../assemble/sink.js';
 import type { ExtractProgress } from '../assemble/progress.js';
-import { BufferPool, SlotPool, freeNow } from '../util/buffer-pool.js';
+import { BufferPool, SlotPool } from '../util/buffer-pool.js';
 import { HashThread } from '../util/hash-thread.js';
 import { FrameDecompressor } from './frame-codec.js';
 import {
@@ -810,8 +810,7 @@ export class BlockAssembly {
       this.indexStats.bytes += res.body.length;
       if (res.status !== 200)
         throw new OriginError(`GET ${url}: HTTP ${res.status} (the block index, fetched again to check blocks)`);
-      const full = parseBlockIndex(res.body, url);
-      freeNow(res.body);
+      const full = parseBlockIndex(res.body, url, true);
       const { index } = this;
       if (
         !full.imageSha256.equals(index.imageSha256) ||

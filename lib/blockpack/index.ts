@@ -6,7 +6,7 @@ import { ChecksumMismatchError, IndexFormatError, OriginError, PackError, RangeU
 import type { HttpClient } from '../fetch/http-client.js';
 import { defaultCostModel, type CostModel } from '../plan/cost.js';
 import { MAX_INDEX_BYTES, parseBlockIndex, type BlockIndex } from './format.js';
-import { costOf, dropIndexTables, planBlocks, type BlockCost, type BlockPlan } from './plan.js';
+import { costOf, planBlocks, type BlockCost, type BlockPlan, type PlanBlocksOptions } from './plan.js';
 import { artifactNames } from './publisher.js';
 import { indexSeedBlocks } from './seed-blocks.js';
 import { freeNow } from '../util/buffer-pool.js';
@@ -83,10 +83,9 @@ export async function probeBlockPack(
   if (res.status !== 200) return null;
   const indexBytes = res.body.length + (res === first ? 0 : first.body.length);
   const indexRequests = res === first ? 1 : 2;
-  const index = parseBlockIndex(res.body, urls.indexUrl);
-  // Parsed into the index's tables: the body's memory (~9 bytes per block) goes now, not at a full collection;
-  // unless it is the probe's answer shared by the release preparation (a 200 to the range probe: kept for others).
-  if (res !== first || !asked) freeNow(res.body);
+  // Freed once decompressed (~9 bytes per block), not at a full collection; unless it is the probe's answer shared by
+  // the release preparation (a 200 to the range probe: kept for others).
+  const index = parseBlockIndex(res.body, urls.indexUrl, res !== first || !asked);
   return { index, indexBytes, indexRequests, ...urls };
 }
 
@@ -94,11 +93,12 @@ export async function probeBlockPack(
 export async function planBlockUpdate(
   probe: BlockPackProbe,
   seedPaths: readonly string[],
-  opts: { cacheDir?: string; signal?: AbortSignal } = {},
+  opts: { cacheDir?: string; signal?: AbortSignal } & PlanBlocksOptions = {},
 ): Promise<BlockPlan> {
   const seeds = [];
   for (const p of seedPaths) seeds.push(await indexSeedBlocks(p, probe.index.blockSize, opts));
-  const plan = planBlocks(probe.index, seeds, probe.indexBytes);
+  // Without keepIndex, the probe's index is used up too: only its header and frame tables live on, in the plan.
+  const plan = planBlocks(probe.index, seeds, probe.indexBytes, { keepIndex: opts.keepIndex });
   // The plan does not keep the seeds' block hashes (8 bytes per block): freed now, not at a full collection.
   for (const s of seeds) freeNow(s.hashes);
   return plan;
@@ -142,11 +142,14 @@ export const BLOCK_PARALLELISM = 4;
 export async function costBlockPath(opts: BlockPathOptions): Promise<BlockPathChoice | null> {
   const probe = await probeBlockPack(opts.http, opts.imageUrl, opts.signal, opts.onFound, opts.asked);
   if (!probe) return null;
-  const plan = await planBlockUpdate(probe, opts.seeds, { cacheDir: opts.cacheDir, signal: opts.signal });
   // The route needs the plan's 4 bytes per block, not the index's per-block tables (16 bytes per block more: 19 MiB
   // for a 4.9 GB image); it fetches the index again only if a chunk fails its ID (BlockRouteOptions.indexUrl).
-  dropIndexTables(plan);
-  const { index: _full, ...urls } = probe;
+  const plan = await planBlockUpdate(probe, opts.seeds, {
+    cacheDir: opts.cacheDir,
+    signal: opts.signal,
+    keepIndex: false,
+  });
+  const { index: _planned, ...urls } = probe;
   const cost = opts.cost ?? defaultCostModel;
   const planOpts = { cost, parallelism: BLOCK_PARALLELISM };
   const costs = opts.multi === false ? [] : [costOf(plan, { multi: true, ...planOpts })];
