@@ -120,8 +120,8 @@ function contentOf(idx: BlockIndex) {
   const frameBlocks: number[] = [];
   const frameLengths: number[] = [];
   for (let f = 0; f < idx.frameCount; f++) {
-    frameBlocks.push(idx.frameFirst[f + 1] - idx.frameFirst[f]);
-    frameLengths.push(idx.frameStart[f + 1] - idx.frameStart[f]);
+    frameBlocks.push(idx.frames.blocks(f));
+    frameLengths.push(idx.frames.length(f));
   }
   return { ...idx, frameBlocks, frameLengths };
 }
@@ -208,8 +208,8 @@ test('extract: a corrupted pack frame is detected and nothing is written', async
   const pack = await readFile(packPath);
   // The frame of the first block of the inserted run (no seed has it).
   const d = idx.distinctOf[310];
-  const fr = [...idx.frameFirst].findIndex((first, k) => first <= d && idx.frameFirst[k + 1] > d);
-  pack[idx.frameStart[fr] + Math.floor((idx.frameStart[fr + 1] - idx.frameStart[fr]) / 2)] ^= 0x55;
+  const fr = idx.frames.of(d);
+  pack[idx.frames.start(fr) + Math.floor(idx.frames.length(fr) / 2)] ^= 0x55;
   await writeFile(packPath, pack);
   const out = join(f.dir, 'out.img');
   await assert.rejects(
@@ -561,4 +561,49 @@ test('a block index answered whole to the range probe is parsed by every probe t
   } finally {
     await http.close();
   }
+});
+
+test('block index: the compact frame table gives every frame its blocks, offset and length, and every byte its frame', () => {
+  // Frames of 1 to 64 blocks, some stored longer than 64 KiB (kept aside), over more than one checkpoint (64 frames).
+  const frameBlocks: number[] = [];
+  const frameLengths: number[] = [];
+  for (let f = 0; f < 300; f++) {
+    const n = f % 7 === 3 ? 1 + (f % 64) : 1;
+    frameBlocks.push(n);
+    frameLengths.push(n > 20 && f % 2 === 1 ? 0x10000 + f : 1 + ((f * 37) % (n * BS)));
+  }
+  const distinct = frameBlocks.reduce((a, b) => a + b, 0);
+  const rnd = (k: number) => createHash('sha256').update(`frames:${k}`).digest();
+  const idx = parseBlockIndex(
+    serializeBlockIndex({
+      blockSize: BS,
+      imageSize: distinct * BS,
+      imageSha256: rnd(-1),
+      packSize: PACK_HEADER_SIZE + frameLengths.reduce((a, b) => a + b, 0),
+      packSha256: rnd(-2),
+      dictSize: 0,
+      dictSha256: rnd(-3),
+      distinctOf: Int32Array.from({ length: distinct }, (_, b) => b),
+      distinctCount: distinct,
+      hashes: Buffer.alloc(distinct * HASH_BYTES),
+      frameBlocks,
+      frameLengths,
+    }),
+  );
+  assert.ok(frameLengths.some((l) => l > 0xffff), 'some frames are longer than 64 KiB');
+  let first = 0;
+  let start = PACK_HEADER_SIZE;
+  for (let f = 0; f < frameBlocks.length; f++) {
+    assert.equal(idx.frames.first(f), first, `frame ${f}: first block`);
+    assert.equal(idx.frames.blocks(f), frameBlocks[f], `frame ${f}: blocks`);
+    assert.equal(idx.frames.start(f), start, `frame ${f}: offset`);
+    assert.equal(idx.frames.length(f), frameLengths[f], `frame ${f}: length`);
+    for (let d = first; d < first + frameBlocks[f]; d++) assert.equal(idx.frames.of(d), f, `distinct block ${d}`);
+    for (const at of [start, start + frameLengths[f] - 1]) assert.equal(idx.frames.at(at), f, `byte ${at}`);
+    first += frameBlocks[f];
+    start += frameLengths[f];
+  }
+  assert.equal(idx.frames.first(frameBlocks.length), distinct);
+  assert.equal(idx.frames.start(frameBlocks.length), idx.packSize);
+  assert.equal(idx.frames.at(idx.packSize), frameBlocks.length, 'past the last frame');
 });

@@ -187,7 +187,7 @@ export class BlockAssembly {
   /** The first request is done: the server's answers to ranges are known. */
   private firstDone = false;
   /** Tasks still to use each distinct block from the pack. */
-  private uses: Uint16Array | Int32Array;
+  private uses: Uint8Array | Int32Array;
   /** Decoded pack blocks still to be used. */
   private readonly blocks = new Map<number, Buffer>();
   /** Frames as stored, delivered and not decoded yet. */
@@ -245,8 +245,8 @@ export class BlockAssembly {
     this.cost = opts.cost ?? defaultCostModel;
     this.state = { multi: opts.multi ?? true };
     this.retry = opts.retry ?? { attempts: opts.http.attempts, retryBaseMs: opts.http.retryBaseMs };
-    // 2 bytes per distinct block; a block more tasks use than that holds makes it 4 (see tasks()).
-    this.uses = new Uint16Array(plan.index.distinctCount);
+    // 1 byte per distinct block; a block more tasks use than that holds makes it 4 (see tasks()).
+    this.uses = new Uint8Array(plan.index.distinctCount);
     this.hashThread = verifyChunks && (opts.hashThread ?? false) ? new HashThread() : undefined;
     this.hasher = this.hashThread;
     // A hashing thread reads task buffers in place, so they must be in shared memory: the chunk route's pool is
@@ -328,7 +328,7 @@ export class BlockAssembly {
         if (seen.has(d)) continue;
         seen.add(d);
         fromPack.push(d);
-        if (this.uses[d] === 0xffff && this.uses instanceof Uint16Array) this.uses = Int32Array.from(this.uses);
+        if (this.uses[d] === 0xff && this.uses instanceof Uint8Array) this.uses = Int32Array.from(this.uses);
         this.uses[d]++;
       }
       out.push({ first, count: i - first, start, end, fromPack });
@@ -851,7 +851,7 @@ export class BlockAssembly {
   ): Promise<void> {
     const { index, opts } = this;
     await this.dictionary();
-    const layout = new PackLayout(index.frameStart);
+    const layout = new PackLayout(index.frames);
     const spec: UnitSpec = {
       layout,
       plan: (units, multi) => {
@@ -884,7 +884,7 @@ export class BlockAssembly {
         this.pump();
         return undefined;
       },
-      describe: (u) => (u === 0 ? 'the pack header' : `frame ${u - 1} at byte ${index.frameStart[u - 1]}`),
+      describe: (u) => (u === 0 ? 'the pack header' : `frame ${u - 1} at byte ${index.frames.start(u - 1)}`),
       alloc: (size) => this.frameBuffers.take(size),
       free: (buf) => this.frameBuffers.give(buf),
     };
@@ -903,7 +903,7 @@ export class BlockAssembly {
   /** Whether a task still needs a block of frame f that is not decoded yet. */
   private needed(f: number): boolean {
     const { index } = this;
-    for (let d = index.frameFirst[f]; d < index.frameFirst[f + 1]; d++)
+    for (let d = index.frames.first(f), end = d + index.frames.blocks(f); d < end; d++)
       if (this.uses[d] > 0 && !this.blocks.has(d)) return true;
     return false;
   }
@@ -1009,7 +1009,7 @@ export class BlockAssembly {
         let content = good ? contents[k] : undefined;
         if (!content) {
           // One by one, to name the frame that is bad.
-          const where = `${this.opts.packUrl}: frame ${f} at byte ${this.index.frameStart[f]}`;
+          const where = `${this.opts.packUrl}: frame ${f} at byte ${this.index.frames.start(f)}`;
           try {
             content = decoder.decompress(stored.get(f)!, lengths[k], where);
           } catch (err) {
@@ -1023,8 +1023,8 @@ export class BlockAssembly {
             continue;
           }
         }
-        const first = this.index.frameFirst[f];
-        for (let d = first, off = 0; d < this.index.frameFirst[f + 1]; d++) {
+        const first = this.index.frames.first(f);
+        for (let d = first, off = 0, end = first + this.index.frames.blocks(f); d < end; d++) {
           const len = this.lengthOf(d);
           keep(d, content.subarray(off, off + len));
           off += len;
@@ -1047,11 +1047,12 @@ export class BlockAssembly {
   /** Undefined when every block of frame f's content matches its hash, else the error that says which does not. */
   private blocksMatch(f: number, content: Buffer): PackError | undefined {
     const { index } = this;
-    for (let d = index.frameFirst[f], off = 0; d < index.frameFirst[f + 1]; d++) {
+    const first = index.frames.first(f);
+    for (let d = first, off = 0, end = first + index.frames.blocks(f); d < end; d++) {
       const len = this.lengthOf(d);
       if (!hashMatches(this.full!.hashes, d, content.subarray(off, off + len)))
         return new PackError(
-          `${this.opts.packUrl}: frame ${f} at byte ${index.frameStart[f]}: block ${d - index.frameFirst[f]} does not match its hash in the block index`,
+          `${this.opts.packUrl}: frame ${f} at byte ${index.frames.start(f)}: block ${d - first} does not match its hash in the block index`,
         );
       off += len;
     }
@@ -1085,12 +1086,13 @@ export class BlockAssembly {
   /** Uncompressed bytes of frame f. */
   private frameLength(f: number): number {
     let n = 0;
-    for (let d = this.index.frameFirst[f]; d < this.index.frameFirst[f + 1]; d++) n += this.lengthOf(d);
+    const first = this.index.frames.first(f);
+    for (let d = first, end = first + this.index.frames.blocks(f); d < end; d++) n += this.lengthOf(d);
     return n;
   }
 
   private storedLength(f: number): number {
-    return this.index.frameStart[f + 1] - this.index.frameStart[f];
+    return this.index.frames.length(f);
   }
 
   private lengthOf(d: number): number {

@@ -7,7 +7,15 @@
 import type { ChunkIndex } from '../format/caibx.js';
 import type { RangeRequest } from '../fetch/range-fetcher.js';
 import { defaultCostModel, type CostModel } from '../plan/cost.js';
-import { HASH_BYTES, ZERO_BLOCK, blockLength, frameOf, type BlockIndex } from './format.js';
+import {
+  HASH_BYTES,
+  PACK_HEADER_SIZE,
+  ZERO_BLOCK,
+  blockLength,
+  frameOf,
+  type BlockIndex,
+  type FrameTable,
+} from './format.js';
 import type { SeedBlocks } from './seed-blocks.js';
 import { addToRuns, type Run } from '../util/runs.js';
 import { freeNow } from '../util/buffer-pool.js';
@@ -83,22 +91,15 @@ export interface BlockCost {
 
 /** The pack as a sequence of "chunks" for range planning: 0 = the pack header, f+1 = frame f. */
 export class PackLayout implements Pick<ChunkIndex, 'start' | 'end' | 'chunkAt'> {
-  constructor(private readonly frameStart: Float64Array | Uint32Array) {}
+  constructor(private readonly frames: FrameTable) {}
   start(i: number): number {
-    return i === 0 ? 0 : this.frameStart[i - 1];
+    return i === 0 ? 0 : this.frames.start(i - 1);
   }
   end(i: number): number {
-    return this.frameStart[i];
+    return i === 0 ? PACK_HEADER_SIZE : this.frames.start(i - 1) + this.frames.length(i - 1);
   }
   chunkAt(offset: number): number {
-    let lo = 0;
-    let hi = this.frameStart.length - 1;
-    while (lo < hi) {
-      const mid = (lo + hi) >>> 1;
-      if (this.frameStart[mid] <= offset) lo = mid + 1;
-      else hi = mid;
-    }
-    return lo;
+    return offset < PACK_HEADER_SIZE ? 0 : this.frames.at(offset) + 1;
   }
 }
 
@@ -241,7 +242,7 @@ export function planBlocks(
   for (let f = 0; f < index.frameCount; f++) {
     if (!need[f]) continue;
     frames.push(f);
-    totals.frameBytes += index.frameStart[f + 1] - index.frameStart[f];
+    totals.frameBytes += index.frames.length(f);
   }
   totals.frames = frames.length;
   const planned = seeds.map((s) => ({ path: s.path, size: s.size }));
@@ -294,12 +295,12 @@ export const PACK_REQUEST_BYTES = 1536 * 1024;
 
 /** The pack requests for a set of frames (header first), gaps merged as the cost model says. */
 export function planPackRequests(
-  index: Pick<BlockIndex, 'frameStart'>,
+  index: Pick<BlockIndex, 'frames'>,
   frames: readonly number[],
   opts: RequestPlanOptions,
 ): RangeRequest[] {
   const cost = opts.cost ?? defaultCostModel;
-  return cost.planRequests(new PackLayout(index.frameStart), packRuns(frames), opts.multi, opts.parallelism ?? 4, {
+  return cost.planRequests(new PackLayout(index.frames), packRuns(frames), opts.multi, opts.parallelism ?? 4, {
     maxRequestBytes: PACK_REQUEST_BYTES,
   });
 }
@@ -312,7 +313,7 @@ export function costOf(plan: BlockPlan, opts: RequestPlanOptions): BlockCost {
   const cost = opts.cost ?? defaultCostModel;
   // Counted, not planned: the requests themselves are planned by the route that runs.
   const reqs = cost.traffic(
-    new PackLayout(plan.index.frameStart),
+    new PackLayout(plan.index.frames),
     packRuns(plan.frames),
     opts.multi,
     opts.parallelism ?? 4,
