@@ -120,8 +120,8 @@ interface Task {
   count: number;
   start: number;
   end: number;
-  /** Distinct blocks this task takes from the pack. */
-  fromPack: number[];
+  /** Distinct blocks this task takes from the pack (a view of one table for all tasks). */
+  fromPack: Int32Array;
 }
 
 interface PackRequest {
@@ -309,6 +309,12 @@ export class BlockAssembly {
     const { target, sink, plan, bs } = this;
     const span = Math.max(1, Math.min(TASK_BYTES, this.opts.maxSpan ?? TASK_BYTES));
     const out: Task[] = [];
+    // Every task's pack blocks in one table, not an array each (8 bytes a number, kept for the whole run): a block
+    // cut by a task's edge is in both tasks, so there are at most as many more as there are tasks (or chunks).
+    let packBlocks = 0;
+    for (let b = 0; b < plan.sources.length; b++) if (plan.sources[b] < ZERO_BLOCK) packBlocks++;
+    const all = new Int32Array(packBlocks > 0 ? packBlocks + target.count : 0);
+    let used = 0;
     let i = 0;
     while (i < target.count) {
       if (sink.has(i)) {
@@ -319,7 +325,7 @@ export class BlockAssembly {
       const start = target.start(i);
       while (i < target.count && !sink.has(i) && (i === first || target.end(i) - start <= span)) i++;
       const end = target.end(i - 1);
-      const fromPack: number[] = [];
+      const from = used;
       const seen = new Set<number>();
       for (let b = Math.floor(start / bs); b * bs < end; b++) {
         const s = plan.sources[b];
@@ -327,11 +333,11 @@ export class BlockAssembly {
         const d = packBlockOf(s);
         if (seen.has(d)) continue;
         seen.add(d);
-        fromPack.push(d);
+        all[used++] = d;
         if (this.uses[d] === 0xff && this.uses instanceof Uint8Array) this.uses = Int32Array.from(this.uses);
         this.uses[d]++;
       }
-      out.push({ first, count: i - first, start, end, fromPack });
+      out.push({ first, count: i - first, start, end, fromPack: all.subarray(from, used) });
     }
     return out;
   }
@@ -704,7 +710,7 @@ export class BlockAssembly {
   }
 
   /** Waits until the frames of the given distinct blocks have arrived, starting the requests that carry them. */
-  private async awaitBlocks(ds: readonly number[], k: number): Promise<void> {
+  private async awaitBlocks(ds: Iterable<number>, k: number): Promise<void> {
     const waits: Promise<void>[] = [];
     const frames = this.framesMissing(ds).filter((f) => !this.stored.has(f));
     for (const f of frames) waits.push(this.arrived(f));
@@ -732,7 +738,7 @@ export class BlockAssembly {
   }
 
   /** Frames holding any of the distinct blocks that are not decoded yet, ascending. */
-  private framesMissing(ds: readonly number[]): number[] {
+  private framesMissing(ds: Iterable<number>): number[] {
     const frames = new Set<number>();
     for (const d of ds) if (!this.blocks.has(d)) frames.add(frameOf(this.index, d));
     return [...frames].sort((a, b) => a - b);
@@ -1138,7 +1144,7 @@ export class BlockAssembly {
   }
 }
 
-const NONE: number[] = [];
+const NONE = new Int32Array(0);
 
 function framesOf(req: RangeRequest): number[] {
   const out: number[] = [];
