@@ -278,6 +278,7 @@ test('block route: a seed block that changed after indexing costs a frame, not a
     await fh.write(Buffer.from([v2[12 * 1024 * 1024 + 100] ^ 0x40]), 0, 1, 12 * 1024 * 1024 + 100);
     await fh.close();
     await utimes(seed, mtime, mtime);
+    origin.log.length = 0;
     const stream = openExtractStream(v2Index, { ...source, seeds, sha256: sha });
     const parts: Buffer[] = [];
     for await (const part of stream) parts.push(part as Buffer);
@@ -287,6 +288,40 @@ test('block route: a seed block that changed after indexing costs a frame, not a
     assert.equal(r.seedMismatches, 1);
     assert.ok(
       warnings.some((w) => w.includes(seed) && /block 3072 at byte 12582912 does not match its hash/.test(w)),
+      warnings.join('\n'),
+    );
+    // The plan kept no block hashes: the failed chunk had the whole index fetched again (after the planning's own).
+    const bodies = origin.log.filter((e) => e.path === '/v2.img.bpidx' && !e.range && e.status === 200);
+    assert.equal(bodies.length, 2, 'the block index body: once to plan, once to check the failed chunk');
+  } finally {
+    await rm(seed, { force: true });
+    await http.close();
+  }
+});
+
+test('block route: a block index that cannot be fetched again to check a failed chunk hands over to the chunk route', async () => {
+  const { http, source, warnings } = setup();
+  const seed = join(dir, 'changing-2.img');
+  try {
+    await writeFile(seed, await readFile(v1Path));
+    const mtime = new Date(1_700_000_000_000);
+    await utimes(seed, mtime, mtime);
+    const seeds = [{ path: seed }];
+    assert.equal((await planUpdate(v2Index, { ...source, seeds })).chosen, 'blocks');
+    const fh = await open(seed, 'r+');
+    await fh.write(Buffer.from([v2[12 * 1024 * 1024 + 100] ^ 0x40]), 0, 1, 12 * 1024 * 1024 + 100);
+    await fh.close();
+    await utimes(seed, mtime, mtime);
+    // The planning's body GET goes through; the one after the failed chunk finds no index any more.
+    origin.fault({ kind: 'status', status: 404, path: '/v2.img.bpidx', unrangedOnly: true, skip: 1, times: Infinity });
+    const stream = openExtractStream(v2Index, { ...source, seeds, sha256: sha });
+    const parts: Buffer[] = [];
+    for await (const part of stream) parts.push(part as Buffer);
+    const r = await stream.result;
+    assert.ok(Buffer.concat(parts).equals(v2), 'byte-identical result');
+    assert.notEqual(r.mode, 'blocks', 'the chunk route finished it');
+    assert.ok(
+      warnings.some((w) => /blocks route: .*bpidx: HTTP 404 .*fetched again to check blocks.*falling back/.test(w)),
       warnings.join('\n'),
     );
   } finally {

@@ -590,7 +590,10 @@ test('block index: the compact frame table gives every frame its blocks, offset 
       frameLengths,
     }),
   );
-  assert.ok(frameLengths.some((l) => l > 0xffff), 'some frames are longer than 64 KiB');
+  assert.ok(
+    frameLengths.some((l) => l > 0xffff),
+    'some frames are longer than 64 KiB',
+  );
   let first = 0;
   let start = PACK_HEADER_SIZE;
   for (let f = 0; f < frameBlocks.length; f++) {

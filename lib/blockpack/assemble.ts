@@ -48,15 +48,7 @@ import {
   sha256,
   type BlockIndex,
 } from './format.js';
-import {
-  PackLayout,
-  packBlockOf,
-  packRuns,
-  planPackRequests,
-  seedOf,
-  type BlockPlan,
-  type PackIndex,
-} from './plan.js';
+import { PackLayout, packBlockOf, packRuns, planPackRequests, seedOf, type BlockPlan, type PackIndex } from './plan.js';
 import { unlessAborted } from '../util/abort.js';
 import { forEachConcurrent } from '../util/async-pool.js';
 import { readFully } from '../util/fs-io.js';

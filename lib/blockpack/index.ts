@@ -26,7 +26,6 @@ export { indexSeedBlocks, type SeedBlocks } from './seed-blocks.js';
 export { parseBlockIndex, type BlockIndex } from './format.js';
 export { PackError } from '../errors.js';
 
-
 export interface BlockPackProbe {
   index: BlockIndex;
   /** Bytes of the index as downloaded, and the requests it took (the one-byte probe and the body). */

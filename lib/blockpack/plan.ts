@@ -269,7 +269,9 @@ function checkOrder(index: BlockIndex): void {
     const d = index.distinctOf[b];
     if (d === ZERO_BLOCK || d < next) continue;
     if (d !== next)
-      throw new PackError(`block index: block ${b} is distinct block ${d}, expected ${next} (not in order of first occurrence)`);
+      throw new PackError(
+        `block index: block ${b} is distinct block ${d}, expected ${next} (not in order of first occurrence)`,
+      );
     next++;
   }
 }
