@@ -610,3 +610,41 @@ test('block index: the compact frame table gives every frame its blocks, offset 
   assert.equal(idx.frames.start(frameBlocks.length), idx.packSize);
   assert.equal(idx.frames.at(idx.packSize), frameBlocks.length, 'past the last frame');
 });
+
+test('assemble: a pack block used by more tasks than a byte counts is kept for every one of them', async (t) => {
+  // 300 one-chunk tasks (64 blocks of 512 bytes each, the span of a task at most one chunk), every one with the same
+  // block in it that no seed has: its use count passes 255.
+  const dir = await tmpDir(t, 'blockpack-uses');
+  const www = join(dir, 'www');
+  await mkdir(www, { recursive: true });
+  const bs = 512;
+  const chunk = 64 * bs;
+  const common = textBytes(bs, 77);
+  const image = Buffer.alloc(300 * chunk);
+  for (let k = 0; k < 300; k++) {
+    textBytes(chunk, 1000 + k).copy(image, k * chunk);
+    common.copy(image, k * chunk + (k % 64) * bs);
+  }
+  await writeFile(join(www, 'os_2.img'), image);
+  await packImage(join(www, 'os_2.img'), { outDir: www, blockSize: bs, level: 1, trainer: 'none', threads: 0 });
+  const origin = await startOrigin({ root: www });
+  const http = new HttpClient({ attempts: 2, retryBaseMs: 10, timeoutMs: 5000 });
+  t.after(async () => {
+    await http.close();
+    await origin.close();
+  });
+  const probe = await probeBlockPack(http, `${origin.url}/os_2.img`);
+  assert.ok(probe);
+  const plan = await planBlockUpdate(probe, [], { cacheDir: join(dir, 'cache') });
+  const out = join(dir, 'out.img');
+  const sha256 = createHash('sha256').update(image).digest('hex');
+  const result = await assembleBlocks(plan, out, {
+    http,
+    packUrl: probe.packUrl,
+    dictUrl: probe.dictUrl,
+    sha256,
+    maxSpan: chunk,
+  });
+  assert.equal(result.sha256, sha256);
+  assert.deepEqual(await readFile(out), image);
+});
