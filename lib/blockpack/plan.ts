@@ -107,9 +107,8 @@ const view = (u: Uint8Array): DataView => new DataView(u.buffer, u.byteOffset, u
 
 /**
  * Open-addressing table from a block hash to the first seed block with it. A slot holds only the block's number
- * over all seeds (4 bytes; at most 3/4 of the slots are used): the key is read back from the seed's own hashes, so a
- * 4.5 GB seed (1.1 M blocks) costs 8 MiB here, not 64. (A table 3/4 full, not rounded up to a power of two, is
- * 5.6 MiB, but planned a 4.9 GB image 0.15-0.4 s slower; the planning is not the route's peak.)
+ * over all seeds (4 bytes; 3/4 of the slots used at most, the table not rounded up to a power of two): the key is
+ * read back from the seed's own hashes, so a 4.5 GB seed (1.1 M blocks) costs 5.6 MiB here, not 64.
  */
 class SeedBlockTable {
   private readonly slots: Int32Array;
@@ -124,9 +123,7 @@ class SeedBlockTable {
       total += s.hashes.length / HASH_BYTES;
     }
     this.base.push(total);
-    let n = 1024;
-    while (n * 3 < total * 4) n *= 2;
-    this.slots = new Int32Array(n);
+    this.slots = new Int32Array(Math.max(1024, Math.ceil((total * 4) / 3) + 1));
     this.views = seeds.map((s) => view(s.hashes));
   }
 
@@ -152,7 +149,7 @@ class SeedBlockTable {
   /** The slot holding this hash, or the empty slot where it would go. */
   private slot(lo: number, hi: number): number {
     const n = this.slots.length;
-    let i = (Math.imul(lo, 0x9e3779b1) ^ hi) & (n - 1);
+    let i = ((Math.imul(lo, 0x9e3779b1) ^ hi) >>> 0) % n;
     for (;;) {
       const g = this.slots[i] - 1;
       if (g < 0) return i;
@@ -160,7 +157,7 @@ class SeedBlockTable {
       const at = (g - this.base[seed]) * HASH_BYTES;
       const dv = this.views[seed];
       if (dv.getUint32(at, true) === lo && dv.getUint32(at + 4, true) === hi) return i;
-      i = (i + 1) & (n - 1);
+      i = i + 1 === n ? 0 : i + 1;
     }
   }
 
