@@ -195,19 +195,24 @@ export function planBlocks(
     for (let b = 0; b < whole; b++) table.add(k, b);
   });
 
-  const local = new Int32Array(index.distinctCount).fill(-1);
-  const th = view(index.hashes);
+  // The seed block of each distinct block (-1: none). When the index is used up, over the hash it was found by
+  // (HASH_BYTES per distinct block, the first 4 of them): 4 bytes per distinct block less at the planning peak.
+  const { hashes } = index;
+  const inPlace = !keep && hashes.byteOffset % 4 === 0;
+  const local = inPlace
+    ? new Int32Array(hashes.buffer, hashes.byteOffset, (index.distinctCount * HASH_BYTES) / 4)
+    : new Int32Array(index.distinctCount);
+  const stride = inPlace ? HASH_BYTES / 4 : 1;
+  const th = view(hashes);
   const lastIsShort = index.imageSize % bs !== 0;
   const shortDistinct = lastIsShort ? index.distinctOf[index.blockCount - 1] : ZERO_BLOCK;
   for (let d = 0; d < index.distinctCount; d++) {
-    if (d === shortDistinct) continue;
-    local[d] = table.find(th.getUint32(d * HASH_BYTES, true), th.getUint32(d * HASH_BYTES + 4, true));
+    const g =
+      d === shortDistinct ? -1 : table.find(th.getUint32(d * HASH_BYTES, true), th.getUint32(d * HASH_BYTES + 4, true));
+    local[d * stride] = g;
   }
   table.free();
-  if (!keep) {
-    freeNow(index.hashes);
-    for (const s of seeds) freeNow(s.hashes);
-  }
+  if (!keep) for (const s of seeds) freeNow(s.hashes);
 
   const totals: BlockPlanTotals = {
     blocks: index.blockCount,
@@ -227,8 +232,8 @@ export function planBlocks(
       sources[b] = ZERO_BLOCK;
       totals.zeroBlocks++;
       totals.zeroBytes += len;
-    } else if (local[d] >= 0) {
-      sources[b] = local[d];
+    } else if (local[d * stride] >= 0) {
+      sources[b] = local[d * stride];
       totals.fromSeeds += len;
     } else {
       sources[b] = fromPack(d);
@@ -236,8 +241,11 @@ export function planBlocks(
       need[frameOf(index, d)] = 1;
     }
   }
-  freeNow(local);
-  if (!keep) freeNow(index.distinctOf);
+  if (!keep) {
+    freeNow(hashes);
+    freeNow(index.distinctOf);
+  }
+  if (!inPlace) freeNow(local);
   const frames: number[] = [];
   for (let f = 0; f < index.frameCount; f++) {
     if (!need[f]) continue;
