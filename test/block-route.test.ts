@@ -12,7 +12,7 @@ import { existsSync } from 'node:fs';
 import { open, readFile, rm, utimes, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { HttpClient } from '../lib/fetch/http-client.js';
-import { packImage } from '../lib/blockpack/index.js';
+import { KEPT_INDEX_MAX_BYTES, costBlockPath, indexTableBytes, packImage } from '../lib/blockpack/index.js';
 import { indexBuffer } from '../lib/chunking/indexer.js';
 import { serializeIndex, type ChunkIndex } from '../lib/format/caibx.js';
 import { extractToFile, openExtractStream, planUpdate } from '../lib/delta/extract.js';
@@ -278,15 +278,59 @@ test('block route: a seed block that changed after indexing costs a frame, not a
     await fh.write(Buffer.from([v2[12 * 1024 * 1024 + 100] ^ 0x40]), 0, 1, 12 * 1024 * 1024 + 100);
     await fh.close();
     await utimes(seed, mtime, mtime);
-    const stream = openExtractStream(v2Index, { ...source, seeds, sha256: sha });
+    // With the SHA-256 the small index is kept and every block checked by its hash: the changed block is caught as
+    // it is read. Without it the chunk IDs are the check and the plan keeps no block hashes: the failed chunk has
+    // the whole index fetched again (after the planning's own) to find the block.
+    for (const { sha256, bodies } of [
+      { sha256: sha, bodies: 1 },
+      { sha256: undefined, bodies: 2 },
+    ]) {
+      origin.log.length = 0;
+      warnings.length = 0;
+      const stream = openExtractStream(v2Index, { ...source, seeds, sha256 });
+      const parts: Buffer[] = [];
+      for await (const part of stream) parts.push(part as Buffer);
+      const r = await stream.result;
+      assert.ok(Buffer.concat(parts).equals(v2), 'byte-identical result');
+      assert.equal(r.mode, 'blocks', 'the block route finished it');
+      assert.equal(r.seedMismatches, 1);
+      assert.ok(
+        warnings.some((w) => w.includes(seed) && /block 3072 at byte 12582912 does not match its hash/.test(w)),
+        warnings.join('\n'),
+      );
+      const got = origin.log.filter((e) => e.path === '/v2.img.bpidx' && !e.range && e.status === 200);
+      assert.equal(got.length, bodies, `the block index body, with${sha256 ? '' : 'out'} the SHA-256`);
+    }
+  } finally {
+    await rm(seed, { force: true });
+    await http.close();
+  }
+});
+
+test('block route: a block index that cannot be fetched again to check a failed chunk hands over to the chunk route', async () => {
+  const { http, source, warnings } = setup();
+  const seed = join(dir, 'changing-2.img');
+  try {
+    await writeFile(seed, await readFile(v1Path));
+    const mtime = new Date(1_700_000_000_000);
+    await utimes(seed, mtime, mtime);
+    const seeds = [{ path: seed }];
+    assert.equal((await planUpdate(v2Index, { ...source, seeds })).chosen, 'blocks');
+    const fh = await open(seed, 'r+');
+    await fh.write(Buffer.from([v2[12 * 1024 * 1024 + 100] ^ 0x40]), 0, 1, 12 * 1024 * 1024 + 100);
+    await fh.close();
+    await utimes(seed, mtime, mtime);
+    // The planning's body GET goes through; the one after the failed chunk finds no index any more.
+    origin.fault({ kind: 'status', status: 404, path: '/v2.img.bpidx', unrangedOnly: true, skip: 1, times: Infinity });
+    // No SHA-256: the chunk IDs are the check, so the plan dropped the block hashes (see the test above).
+    const stream = openExtractStream(v2Index, { ...source, seeds });
     const parts: Buffer[] = [];
     for await (const part of stream) parts.push(part as Buffer);
     const r = await stream.result;
     assert.ok(Buffer.concat(parts).equals(v2), 'byte-identical result');
-    assert.equal(r.mode, 'blocks', 'the block route finished it');
-    assert.equal(r.seedMismatches, 1);
+    assert.notEqual(r.mode, 'blocks', 'the chunk route finished it');
     assert.ok(
-      warnings.some((w) => w.includes(seed) && /block 3072 at byte 12582912 does not match its hash/.test(w)),
+      warnings.some((w) => /blocks route: .*bpidx: HTTP 404 .*fetched again to check blocks.*falling back/.test(w)),
       warnings.join('\n'),
     );
   } finally {
@@ -511,6 +555,22 @@ test('block route: every pool buffer is handed back, a pack answer cut mid-frame
   } finally {
     proto.take = take;
     proto.give = give;
+    await http.close();
+  }
+});
+
+test('block path: the index tables are kept for block checks only, and only while small', async () => {
+  const { http, source } = setup();
+  try {
+    const opts = { http, imageUrl: source.rangeUrl!, seeds: [v1Path], cacheDir: source.cacheDir };
+    const checked = await costBlockPath({ ...opts, checkBlocks: true });
+    assert.ok(checked?.plan.full, 'with a SHA-256 to hold the index to, its tables are kept');
+    assert.ok(indexTableBytes(checked.plan.full) <= KEPT_INDEX_MAX_BYTES);
+    const unchecked = await costBlockPath(opts);
+    assert.ok(unchecked && unchecked.plan.full === undefined, 'without, they are dropped once planned');
+    // A 4.9 GB image (1.2 M blocks, 1.1 M distinct, the bench's pair) is over the limit: checked by chunk IDs.
+    assert.ok(indexTableBytes({ blockCount: 1_210_881, distinctCount: 1_138_859 }) > KEPT_INDEX_MAX_BYTES);
+  } finally {
     await http.close();
   }
 });

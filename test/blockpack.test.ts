@@ -120,8 +120,8 @@ function contentOf(idx: BlockIndex) {
   const frameBlocks: number[] = [];
   const frameLengths: number[] = [];
   for (let f = 0; f < idx.frameCount; f++) {
-    frameBlocks.push(idx.frameFirst[f + 1] - idx.frameFirst[f]);
-    frameLengths.push(idx.frameStart[f + 1] - idx.frameStart[f]);
+    frameBlocks.push(idx.frames.blocks(f));
+    frameLengths.push(idx.frames.length(f));
   }
   return { ...idx, frameBlocks, frameLengths };
 }
@@ -208,8 +208,8 @@ test('extract: a corrupted pack frame is detected and nothing is written', async
   const pack = await readFile(packPath);
   // The frame of the first block of the inserted run (no seed has it).
   const d = idx.distinctOf[310];
-  const fr = [...idx.frameFirst].findIndex((first, k) => first <= d && idx.frameFirst[k + 1] > d);
-  pack[idx.frameStart[fr] + Math.floor((idx.frameStart[fr + 1] - idx.frameStart[fr]) / 2)] ^= 0x55;
+  const fr = idx.frames.of(d);
+  pack[idx.frames.start(fr) + Math.floor(idx.frames.length(fr) / 2)] ^= 0x55;
   await writeFile(packPath, pack);
   const out = join(f.dir, 'out.img');
   await assert.rejects(
@@ -459,7 +459,7 @@ test('extract: blocks of two seeds whose numbers follow on are read from each se
   await writeFile(b, f.v2.subarray(split * BS));
   const out = join(f.dir, 'out.img');
   const { plan, result } = await extract(f, out, { seeds: [a, b], sha256: f.sha256 });
-  assert.equal(plan.local[distinctOf[split]], plan.local[distinctOf[split - 1]] + 1, 'numbers that follow on');
+  assert.equal(plan.sources[split], plan.sources[split - 1] + 1, 'numbers that follow on');
   assert.deepEqual(await readFile(out), f.v2);
   assert.equal(result.seedMismatches, 0, 'no block read from the wrong seed');
   assert.equal(plan.totals.frames, 1, 'only the short last block from the pack');
@@ -561,4 +561,90 @@ test('a block index answered whole to the range probe is parsed by every probe t
   } finally {
     await http.close();
   }
+});
+
+test('block index: the compact frame table gives every frame its blocks, offset and length, and every byte its frame', () => {
+  // Frames of 1 to 64 blocks, some stored longer than 64 KiB (kept aside), over more than one checkpoint (64 frames).
+  const frameBlocks: number[] = [];
+  const frameLengths: number[] = [];
+  for (let f = 0; f < 300; f++) {
+    const n = f % 7 === 3 ? 1 + (f % 64) : 1;
+    frameBlocks.push(n);
+    frameLengths.push(n > 20 && f % 2 === 1 ? 0x10000 + f : 1 + ((f * 37) % (n * BS)));
+  }
+  const distinct = frameBlocks.reduce((a, b) => a + b, 0);
+  const rnd = (k: number) => createHash('sha256').update(`frames:${k}`).digest();
+  const idx = parseBlockIndex(
+    serializeBlockIndex({
+      blockSize: BS,
+      imageSize: distinct * BS,
+      imageSha256: rnd(-1),
+      packSize: PACK_HEADER_SIZE + frameLengths.reduce((a, b) => a + b, 0),
+      packSha256: rnd(-2),
+      dictSize: 0,
+      dictSha256: rnd(-3),
+      distinctOf: Int32Array.from({ length: distinct }, (_, b) => b),
+      distinctCount: distinct,
+      hashes: Buffer.alloc(distinct * HASH_BYTES),
+      frameBlocks,
+      frameLengths,
+    }),
+  );
+  assert.ok(
+    frameLengths.some((l) => l > 0xffff),
+    'some frames are longer than 64 KiB',
+  );
+  let first = 0;
+  let start = PACK_HEADER_SIZE;
+  for (let f = 0; f < frameBlocks.length; f++) {
+    assert.equal(idx.frames.first(f), first, `frame ${f}: first block`);
+    assert.equal(idx.frames.blocks(f), frameBlocks[f], `frame ${f}: blocks`);
+    assert.equal(idx.frames.start(f), start, `frame ${f}: offset`);
+    assert.equal(idx.frames.length(f), frameLengths[f], `frame ${f}: length`);
+    for (let d = first; d < first + frameBlocks[f]; d++) assert.equal(idx.frames.of(d), f, `distinct block ${d}`);
+    for (const at of [start, start + frameLengths[f] - 1]) assert.equal(idx.frames.at(at), f, `byte ${at}`);
+    first += frameBlocks[f];
+    start += frameLengths[f];
+  }
+  assert.equal(idx.frames.first(frameBlocks.length), distinct);
+  assert.equal(idx.frames.start(frameBlocks.length), idx.packSize);
+  assert.equal(idx.frames.at(idx.packSize), frameBlocks.length, 'past the last frame');
+});
+
+test('assemble: a pack block used by more tasks than a byte counts is kept for every one of them', async (t) => {
+  // 300 one-chunk tasks (64 blocks of 512 bytes each, the span of a task at most one chunk), every one with the same
+  // block in it that no seed has: its use count passes 255.
+  const dir = await tmpDir(t, 'blockpack-uses');
+  const www = join(dir, 'www');
+  await mkdir(www, { recursive: true });
+  const bs = 512;
+  const chunk = 64 * bs;
+  const common = textBytes(bs, 77);
+  const image = Buffer.alloc(300 * chunk);
+  for (let k = 0; k < 300; k++) {
+    textBytes(chunk, 1000 + k).copy(image, k * chunk);
+    common.copy(image, k * chunk + (k % 64) * bs);
+  }
+  await writeFile(join(www, 'os_2.img'), image);
+  await packImage(join(www, 'os_2.img'), { outDir: www, blockSize: bs, level: 1, trainer: 'none', threads: 0 });
+  const origin = await startOrigin({ root: www });
+  const http = new HttpClient({ attempts: 2, retryBaseMs: 10, timeoutMs: 5000 });
+  t.after(async () => {
+    await http.close();
+    await origin.close();
+  });
+  const probe = await probeBlockPack(http, `${origin.url}/os_2.img`);
+  assert.ok(probe);
+  const plan = await planBlockUpdate(probe, [], { cacheDir: join(dir, 'cache') });
+  const out = join(dir, 'out.img');
+  const sha256 = createHash('sha256').update(image).digest('hex');
+  const result = await assembleBlocks(plan, out, {
+    http,
+    packUrl: probe.packUrl,
+    dictUrl: probe.dictUrl,
+    sha256,
+    maxSpan: chunk,
+  });
+  assert.equal(result.sha256, sha256);
+  assert.deepEqual(await readFile(out), image);
 });

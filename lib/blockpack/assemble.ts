@@ -42,10 +42,12 @@ import {
   blockLength,
   checkPackHeader,
   frameOf,
+  MAX_INDEX_BYTES,
+  parseBlockIndex,
   sha256,
   type BlockIndex,
 } from './format.js';
-import { PackLayout, packRuns, planPackRequests, seedOf, type BlockPlan } from './plan.js';
+import { PackLayout, packBlockOf, packRuns, planPackRequests, seedOf, type BlockPlan, type PackIndex } from './plan.js';
 import { unlessAborted } from '../util/abort.js';
 import { forEachConcurrent } from '../util/async-pool.js';
 import { readFully } from '../util/fs-io.js';
@@ -62,6 +64,11 @@ export interface BlockRouteOptions {
   http: HttpClient;
   packUrl: string;
   dictUrl: string;
+  /**
+   * The block index's URL: a plan without its whole index (dropIndexTables) fetches it again from here when a chunk
+   * fails its ID, to hash the chunk's seed blocks against it and check the frames fetched again.
+   */
+  indexUrl?: string;
   /** The dictionary, when its download was started already (fetchDictionary); else the route fetches it. */
   dictionary?: Promise<PackDictionary>;
   /** Try multi-range requests first (default true; falls back to single ranges when refused). */
@@ -104,8 +111,8 @@ interface Task {
   count: number;
   start: number;
   end: number;
-  /** Distinct blocks this task takes from the pack. */
-  fromPack: number[];
+  /** Distinct blocks this task takes from the pack (a view of one table for all tasks). */
+  fromPack: Int32Array;
 }
 
 interface PackRequest {
@@ -119,7 +126,7 @@ interface PackRequest {
 export async function fetchDictionary(
   http: HttpClient,
   dictUrl: string,
-  index: BlockIndex,
+  index: Pick<BlockIndex, 'dictSize' | 'dictSha256'>,
   signal?: AbortSignal,
 ): Promise<PackDictionary> {
   if (index.dictSize === 0) return { decoder: new FrameDecompressor(Buffer.alloc(0)), bytes: 0 };
@@ -141,8 +148,8 @@ export class BlockAssembly {
   /** Dictionary and pack traffic. */
   get stats(): FetchStats {
     return {
-      requests: this.dictStats.requests + this.fetcher.stats.requests,
-      bytes: this.dictStats.bytes + this.fetcher.stats.bytes,
+      requests: this.dictStats.requests + this.indexStats.requests + this.fetcher.stats.requests,
+      bytes: this.dictStats.bytes + this.indexStats.bytes + this.fetcher.stats.bytes,
     };
   }
   seedMismatches = 0;
@@ -150,14 +157,19 @@ export class BlockAssembly {
   framesFetched = 0;
   wroteAny = false;
 
-  private readonly index: BlockIndex;
+  private readonly index: PackIndex;
   private readonly bs: number;
+  /** The whole block index (distinct numbers and hashes of every block): the plan's, or fetched again on demand. */
+  private full?: BlockIndex;
+  private fullLoad?: Promise<BlockIndex>;
   private readonly ctl = new AbortController();
   private readonly fetcher: RangeFetcher;
   private readonly cost: CostModel;
   private readonly state: { multi: boolean };
   private readonly retry: RetryPolicy;
   private readonly dictStats: FetchStats = { requests: 0, bytes: 0 };
+  /** The block index fetched again (fullIndex). */
+  private readonly indexStats: FetchStats = { requests: 0, bytes: 0 };
   private dict?: Promise<PackDictionary>;
   private decoder?: FrameDecompressor;
   private headerChecked = false;
@@ -166,7 +178,7 @@ export class BlockAssembly {
   /** The first request is done: the server's answers to ranges are known. */
   private firstDone = false;
   /** Tasks still to use each distinct block from the pack. */
-  private uses: Uint16Array | Int32Array;
+  private uses: Uint8Array | Int32Array;
   /** Decoded pack blocks still to be used. */
   private readonly blocks = new Map<number, Buffer>();
   /** Frames as stored, delivered and not decoded yet. */
@@ -185,7 +197,7 @@ export class BlockAssembly {
   /** Stored bytes of frames delivered and not decoded yet. */
   private ahead = 0;
   private readonly budget: number;
-  /** Seed blocks that did not verify: taken from the pack from then on. */
+  /** Seed blocks (plan.sources numbers) that did not verify: taken from the pack from then on. */
   private readonly seedFailed = new Set<number>();
   private readonly seedHandles = new Map<number, Promise<FileHandle>>();
   /** Task buffers, reused when the sink does not keep them (in shared memory with a hashing thread). */
@@ -218,13 +230,14 @@ export class BlockAssembly {
     private readonly verifyChunks = true,
   ) {
     this.index = plan.index;
+    this.full = plan.full;
     this.bs = plan.index.blockSize;
     this.fetcher = new RangeFetcher(opts.http, opts.packUrl, plan.index.packSize);
     this.cost = opts.cost ?? defaultCostModel;
     this.state = { multi: opts.multi ?? true };
     this.retry = opts.retry ?? { attempts: opts.http.attempts, retryBaseMs: opts.http.retryBaseMs };
-    // 2 bytes per distinct block; a block more tasks use than that holds makes it 4 (see tasks()).
-    this.uses = new Uint16Array(plan.index.distinctCount);
+    // 1 byte per distinct block; a block more tasks use than that holds makes it 4 (see tasks()).
+    this.uses = new Uint8Array(plan.index.distinctCount);
     this.hashThread = verifyChunks && (opts.hashThread ?? false) ? new HashThread() : undefined;
     this.hasher = this.hashThread;
     // A hashing thread reads task buffers in place, so they must be in shared memory: the chunk route's pool is
@@ -256,17 +269,6 @@ export class BlockAssembly {
         `block index is for a ${index.imageSize}-byte image, the target index describes ${target.size} bytes (stale or swapped pack)`,
       );
     }
-    // Distinct blocks are numbered in order of first occurrence: frames then arrive in the order tasks need them.
-    let next = 0;
-    for (let b = 0; b < index.blockCount; b++) {
-      const d = index.distinctOf[b];
-      if (d === ZERO_BLOCK || d < next) continue;
-      if (d !== next)
-        throw new PackError(
-          `block index: block ${b} is distinct block ${d}, expected ${next} (not in order of first occurrence)`,
-        );
-      next++;
-    }
   }
 
   /** Assembles every target chunk the sink does not hold yet. */
@@ -295,9 +297,15 @@ export class BlockAssembly {
   }
 
   private tasks(): Task[] {
-    const { target, sink, index, plan, bs } = this;
+    const { target, sink, plan, bs } = this;
     const span = Math.max(1, Math.min(TASK_BYTES, this.opts.maxSpan ?? TASK_BYTES));
     const out: Task[] = [];
+    // Every task's pack blocks in one table, not an array each (8 bytes a number, kept for the whole run): a block
+    // cut by a task's edge is in both tasks, so there are at most as many more as there are tasks (or chunks).
+    let packBlocks = 0;
+    for (let b = 0; b < plan.sources.length; b++) if (plan.sources[b] < ZERO_BLOCK) packBlocks++;
+    const all = new Int32Array(packBlocks > 0 ? packBlocks + target.count : 0);
+    let used = 0;
     let i = 0;
     while (i < target.count) {
       if (sink.has(i)) {
@@ -308,17 +316,19 @@ export class BlockAssembly {
       const start = target.start(i);
       while (i < target.count && !sink.has(i) && (i === first || target.end(i) - start <= span)) i++;
       const end = target.end(i - 1);
-      const fromPack: number[] = [];
+      const from = used;
       const seen = new Set<number>();
       for (let b = Math.floor(start / bs); b * bs < end; b++) {
-        const d = index.distinctOf[b];
-        if (d === ZERO_BLOCK || plan.local[d] >= 0 || seen.has(d)) continue;
+        const s = plan.sources[b];
+        if (s >= ZERO_BLOCK) continue;
+        const d = packBlockOf(s);
+        if (seen.has(d)) continue;
         seen.add(d);
-        fromPack.push(d);
-        if (this.uses[d] === 0xffff && this.uses instanceof Uint16Array) this.uses = Int32Array.from(this.uses);
+        all[used++] = d;
+        if (this.uses[d] === 0xff && this.uses instanceof Uint8Array) this.uses = Int32Array.from(this.uses);
         this.uses[d]++;
       }
-      out.push({ first, count: i - first, start, end, fromPack });
+      out.push({ first, count: i - first, start, end, fromPack: all.subarray(from, used) });
     }
     return out;
   }
@@ -436,13 +446,14 @@ export class BlockAssembly {
         const bStart = b * bs;
         const from = Math.max(t.start, bStart);
         const to = Math.min(t.end, bStart + blockLength(index, b));
-        const d = index.distinctOf[b];
-        if (d === ZERO_BLOCK) {
+        const s = this.plan.sources[b];
+        const d = packBlockOf(s);
+        if (s === ZERO_BLOCK) {
           data.fill(0, from - t.start, to - t.start);
           fromZero += to - from;
         } else if (seedBad.has(b) || placed.has(d)) {
           fromPack += to - from; // put in place by fromPackNow or decodeFor
-        } else if (this.plan.local[d] >= 0) {
+        } else if (s >= 0) {
           fromSeeds += to - from; // read in place by readSeeds
         } else {
           const block = this.blocks.get(d);
@@ -487,8 +498,8 @@ export class BlockAssembly {
   }
 
   private allZero(start: number, end: number): boolean {
-    const { index, bs } = this;
-    for (let b = Math.floor(start / bs); b * bs < end; b++) if (index.distinctOf[b] !== ZERO_BLOCK) return false;
+    const { plan, bs } = this;
+    for (let b = Math.floor(start / bs); b * bs < end; b++) if (plan.sources[b] !== ZERO_BLOCK) return false;
     return true;
   }
 
@@ -532,25 +543,24 @@ export class BlockAssembly {
    * seed was indexed are taken from the pack; then their pack blocks (decoded unchecked) are fetched again,
    * checked against their hashes. A chunk that still does not match is a pack for another image.
    */
-  private async repair(t: Task, data: Buffer, bad: number[], fromPack: Map<number, number>): Promise<void> {
-    const { index, plan, target, bs } = this;
-    const changed = new Map<number, number>();
+  private async repair(t: Task, data: Buffer, bad: number[], fromPack: Set<number>): Promise<void> {
+    const { plan, target, bs } = this;
+    const changed = new Set<number>();
     for (const i of bad) {
       for (let b = Math.floor(target.start(i) / bs); b * bs < target.end(i); b++) {
-        const d = index.distinctOf[b];
-        if (d === ZERO_BLOCK || plan.local[d] < 0 || fromPack.has(b)) continue;
-        if (this.seedFailed.has(d) || !(await this.seedBlockMatches(d))) changed.set(b, d);
+        const g = plan.sources[b];
+        if (g < 0 || fromPack.has(b)) continue;
+        if (this.seedFailed.has(g) || !(await this.seedBlockMatches(b))) changed.add(b);
       }
     }
     if (changed.size > 0) {
       await this.fromPackNow(t, data, changed);
       bad = this.stillBad(t, data, bad);
     }
-    const again = new Map<number, number>();
+    const again = new Set<number>();
     for (const i of bad) {
       for (let b = Math.floor(target.start(i) / bs); b * bs < target.end(i); b++) {
-        const d = index.distinctOf[b];
-        if (d !== ZERO_BLOCK && plan.local[d] < 0 && !fromPack.has(b)) again.set(b, d);
+        if (plan.sources[b] < ZERO_BLOCK && !fromPack.has(b)) again.add(b);
       }
     }
     if (again.size > 0) {
@@ -565,11 +575,16 @@ export class BlockAssembly {
     }
   }
 
-  /** Reads seed block of distinct block d whole and checks its hash; a mismatch is remembered and warned about. */
-  private async seedBlockMatches(d: number): Promise<boolean> {
+  /**
+   * Reads the seed block of target block b whole and checks it against the block's hash in the whole index (fetched
+   * again if the plan let it go); a mismatch is remembered and warned about.
+   */
+  private async seedBlockMatches(b: number): Promise<boolean> {
     const { plan, bs } = this;
-    const seed = seedOf(plan, plan.local[d]);
-    const at = (plan.local[d] - plan.seedStart[seed]) * bs;
+    const full = await this.fullIndex();
+    const g = plan.sources[b];
+    const seed = seedOf(plan, g);
+    const at = (g - plan.seedStart[seed]) * bs;
     const block = Buffer.alloc(bs);
     const fh = await this.seedHandle(seed);
     let got = 0;
@@ -578,26 +593,34 @@ export class BlockAssembly {
       if (bytesRead === 0) break; // a seed that shrank: the block fails its hash
       got += bytesRead;
     }
-    if (blockHashMatches(this.index, d, block)) return true;
-    this.seedChanged(d);
+    if (blockHashMatches(full, full.distinctOf[b], block)) return true;
+    this.seedChanged(g);
     return false;
   }
 
-  private seedChanged(d: number): void {
+  /** Seed block g (a plan.sources number) does not match its hash. */
+  private seedChanged(g: number): void {
     const { plan, bs } = this;
-    if (this.seedFailed.has(d)) return;
-    this.seedFailed.add(d);
+    if (this.seedFailed.has(g)) return;
+    this.seedFailed.add(g);
     this.seedMismatches++;
-    const seed = seedOf(plan, plan.local[d]);
-    const block = plan.local[d] - plan.seedStart[seed];
+    const seed = seedOf(plan, g);
+    const block = g - plan.seedStart[seed];
     this.opts.onWarning?.(
       `seed ${plan.seeds[seed].path}: block ${block} at byte ${block * bs} does not match its hash; fetching it from the pack`,
     );
   }
 
-  /** Puts target blocks (target block → distinct block) into place from the pack, outside the planned requests. */
-  private async fromPackNow(t: Task, data: Buffer, blocks: Map<number, number>): Promise<void> {
-    const { index, bs } = this;
+  /** Puts target blocks into place from the pack, outside the planned requests. */
+  private async fromPackNow(t: Task, data: Buffer, targetBlocks: Set<number>): Promise<void> {
+    const { index, plan, bs } = this;
+    // A seed block's distinct number is in the whole index only (a pack block's is in its source).
+    const full = [...targetBlocks].some((b) => plan.sources[b] >= 0) ? await this.fullIndex() : undefined;
+    const blocks = new Map<number, number>();
+    for (const b of targetBlocks) {
+      const s = plan.sources[b];
+      blocks.set(b, s >= 0 ? full!.distinctOf[b] : packBlockOf(s));
+    }
     const rescued = await this.fetchBlocksNow([...new Set(blocks.values())]);
     // Later tasks that use a pack block take the checked one too.
     for (const [d, block] of rescued) {
@@ -616,18 +639,18 @@ export class BlockAssembly {
   /**
    * Reads the task's seed blocks into place in `data` (runs of consecutive blocks of one seed in
    * one read; a block cut by the task's edge through a one-block scratch buffer). Without a chunk
-   * index to check them, each block is checked against its hash. Returns target block → distinct
-   * block for the blocks known not to match: they come from the pack.
+   * index to check them, each block is checked against its hash (in the plan's whole index). Returns the
+   * target blocks known not to match: they come from the pack.
    */
-  private async readSeeds(t: Task, data: Buffer): Promise<Map<number, number>> {
+  private async readSeeds(t: Task, data: Buffer): Promise<Set<number>> {
     const { index, plan, bs } = this;
-    const bad = new Map<number, number>();
+    const full = this.verifyChunks ? undefined : await this.fullIndex();
+    const bad = new Set<number>();
     const inside = (b: number): boolean => b * bs >= t.start && b * bs + blockLength(index, b) <= t.end;
     const lastBlock = Math.ceil(t.end / bs);
     let scratch: Buffer | undefined;
     for (let b = Math.floor(t.start / bs); b < lastBlock; ) {
-      const d = index.distinctOf[b];
-      const g = d === ZERO_BLOCK ? -1 : plan.local[d];
+      const g = plan.sources[b];
       if (g < 0) {
         b++;
         continue;
@@ -638,8 +661,7 @@ export class BlockAssembly {
       let n = 1;
       if (inside(b)) {
         while (b + n < lastBlock && inside(b + n) && g + n < seedEnd) {
-          const e = index.distinctOf[b + n];
-          if (e === ZERO_BLOCK || plan.local[e] !== g + n) break;
+          if (plan.sources[b + n] !== g + n) break;
           n++;
         }
       }
@@ -652,13 +674,12 @@ export class BlockAssembly {
       const got = await readFully(fh, buf, (g - plan.seedStart[seed]) * bs);
       buf.fill(0, got);
       for (let k = 0; k < n; k++) {
-        const e = index.distinctOf[b + k];
-        let ok = !this.seedFailed.has(e);
-        if (ok && !this.verifyChunks && !blockHashMatches(index, e, buf.subarray(k * bs, (k + 1) * bs))) {
+        let ok = !this.seedFailed.has(g + k);
+        if (ok && full && !blockHashMatches(full, full.distinctOf[b + k], buf.subarray(k * bs, (k + 1) * bs))) {
           ok = false;
-          this.seedChanged(e);
+          this.seedChanged(g + k);
         }
-        if (!ok) bad.set(b + k, e);
+        if (!ok) bad.add(b + k);
         else if (!direct) {
           const from = Math.max(t.start, b * bs);
           const to = Math.min(t.end, b * bs + blockLength(index, b));
@@ -680,7 +701,7 @@ export class BlockAssembly {
   }
 
   /** Waits until the frames of the given distinct blocks have arrived, starting the requests that carry them. */
-  private async awaitBlocks(ds: readonly number[], k: number): Promise<void> {
+  private async awaitBlocks(ds: Iterable<number>, k: number): Promise<void> {
     const waits: Promise<void>[] = [];
     const frames = this.framesMissing(ds).filter((f) => !this.stored.has(f));
     for (const f of frames) waits.push(this.arrived(f));
@@ -708,7 +729,7 @@ export class BlockAssembly {
   }
 
   /** Frames holding any of the distinct blocks that are not decoded yet, ascending. */
-  private framesMissing(ds: readonly number[]): number[] {
+  private framesMissing(ds: Iterable<number>): number[] {
     const frames = new Set<number>();
     for (const d of ds) if (!this.blocks.has(d)) frames.add(frameOf(this.index, d));
     return [...frames].sort((a, b) => a - b);
@@ -771,6 +792,37 @@ export class BlockAssembly {
     return p;
   }
 
+  /**
+   * The whole block index: the plan's, or, when the plan let it go (dropIndexTables), fetched again from
+   * opts.indexUrl, only when a chunk fails its ID (rare: a seed changed since it was indexed, a damaged frame).
+   * It must describe the same image and pack as the plan's.
+   */
+  private fullIndex(): Promise<BlockIndex> {
+    if (this.full) return Promise.resolve(this.full);
+    this.fullLoad ??= (async () => {
+      const url = this.opts.indexUrl;
+      if (!url) throw new PackError('block route: the plan kept no block index to check blocks against');
+      const res = await this.opts.http.getBuffer(url, { maxBytes: MAX_INDEX_BYTES, signal: this.ctl.signal });
+      this.indexStats.requests++;
+      this.indexStats.bytes += res.body.length;
+      if (res.status !== 200)
+        throw new OriginError(`GET ${url}: HTTP ${res.status} (the block index, fetched again to check blocks)`);
+      const full = parseBlockIndex(res.body, url, true);
+      const { index } = this;
+      if (
+        !full.imageSha256.equals(index.imageSha256) ||
+        !full.packSha256.equals(index.packSha256) ||
+        full.packSize !== index.packSize ||
+        full.frameCount !== index.frameCount ||
+        full.distinctCount !== index.distinctCount
+      )
+        throw new PackError(`${url}: the block index changed since the update was planned (stale or swapped index)`);
+      this.full = full;
+      return full;
+    })();
+    return this.fullLoad;
+  }
+
   private dictionary(): Promise<PackDictionary> {
     this.dict ??= (async () => {
       const { index, opts } = this;
@@ -796,7 +848,7 @@ export class BlockAssembly {
   ): Promise<void> {
     const { index, opts } = this;
     await this.dictionary();
-    const layout = new PackLayout(index.frameStart);
+    const layout = new PackLayout(index.frames);
     const spec: UnitSpec = {
       layout,
       plan: (units, multi) => {
@@ -829,7 +881,7 @@ export class BlockAssembly {
         this.pump();
         return undefined;
       },
-      describe: (u) => (u === 0 ? 'the pack header' : `frame ${u - 1} at byte ${index.frameStart[u - 1]}`),
+      describe: (u) => (u === 0 ? 'the pack header' : `frame ${u - 1} at byte ${index.frames.start(u - 1)}`),
       alloc: (size) => this.frameBuffers.take(size),
       free: (buf) => this.frameBuffers.give(buf),
     };
@@ -848,7 +900,7 @@ export class BlockAssembly {
   /** Whether a task still needs a block of frame f that is not decoded yet. */
   private needed(f: number): boolean {
     const { index } = this;
-    for (let d = index.frameFirst[f]; d < index.frameFirst[f + 1]; d++)
+    for (let d = index.frames.first(f), end = d + index.frames.blocks(f); d < end; d++)
       if (this.uses[d] > 0 && !this.blocks.has(d)) return true;
     return false;
   }
@@ -909,7 +961,8 @@ export class BlockAssembly {
   private place(t: Task, data: Buffer, blocks: ReadonlyMap<number, Buffer>, placed: Set<number>): void {
     const { index, bs } = this;
     for (let b = Math.floor(t.start / bs); b * bs < t.end; b++) {
-      const block = blocks.get(index.distinctOf[b]);
+      const s = this.plan.sources[b];
+      const block = s < ZERO_BLOCK ? blocks.get(packBlockOf(s)) : undefined;
       if (!block) continue;
       const bStart = b * bs;
       const from = Math.max(t.start, bStart);
@@ -953,7 +1006,7 @@ export class BlockAssembly {
         let content = good ? contents[k] : undefined;
         if (!content) {
           // One by one, to name the frame that is bad.
-          const where = `${this.opts.packUrl}: frame ${f} at byte ${this.index.frameStart[f]}`;
+          const where = `${this.opts.packUrl}: frame ${f} at byte ${this.index.frames.start(f)}`;
           try {
             content = decoder.decompress(stored.get(f)!, lengths[k], where);
           } catch (err) {
@@ -967,8 +1020,8 @@ export class BlockAssembly {
             continue;
           }
         }
-        const first = this.index.frameFirst[f];
-        for (let d = first, off = 0; d < this.index.frameFirst[f + 1]; d++) {
+        const first = this.index.frames.first(f);
+        for (let d = first, off = 0, end = first + this.index.frames.blocks(f); d < end; d++) {
           const len = this.lengthOf(d);
           keep(d, content.subarray(off, off + len));
           off += len;
@@ -991,11 +1044,12 @@ export class BlockAssembly {
   /** Undefined when every block of frame f's content matches its hash, else the error that says which does not. */
   private blocksMatch(f: number, content: Buffer): PackError | undefined {
     const { index } = this;
-    for (let d = index.frameFirst[f], off = 0; d < index.frameFirst[f + 1]; d++) {
+    const first = index.frames.first(f);
+    for (let d = first, off = 0, end = first + index.frames.blocks(f); d < end; d++) {
       const len = this.lengthOf(d);
-      if (!blockHashMatches(index, d, content.subarray(off, off + len)))
+      if (!blockHashMatches(this.full!, d, content.subarray(off, off + len)))
         return new PackError(
-          `${this.opts.packUrl}: frame ${f} at byte ${index.frameStart[f]}: block ${d - index.frameFirst[f]} does not match its hash in the block index`,
+          `${this.opts.packUrl}: frame ${f} at byte ${index.frames.start(f)}: block ${d - first} does not match its hash in the block index`,
         );
       off += len;
     }
@@ -1004,6 +1058,8 @@ export class BlockAssembly {
 
   /** Blocks fetched for one task only (seed blocks that changed), outside the planned requests. */
   private async fetchBlocksNow(ds: readonly number[]): Promise<Map<number, Buffer>> {
+    // Checked against their hashes (a frame damaged on its way is asked for again).
+    await this.fullIndex();
     const got = new Map<number, Buffer>();
     const wanted = new Set(ds);
     let frames = [...new Set(ds.map((d) => frameOf(this.index, d)))].sort((a, b) => a - b);
@@ -1027,18 +1083,18 @@ export class BlockAssembly {
   /** Uncompressed bytes of frame f. */
   private frameLength(f: number): number {
     let n = 0;
-    for (let d = this.index.frameFirst[f]; d < this.index.frameFirst[f + 1]; d++) n += this.lengthOf(d);
+    const first = this.index.frames.first(f);
+    for (let d = first, end = first + this.index.frames.blocks(f); d < end; d++) n += this.lengthOf(d);
     return n;
   }
 
   private storedLength(f: number): number {
-    return this.index.frameStart[f + 1] - this.index.frameStart[f];
+    return this.index.frames.length(f);
   }
 
   private lengthOf(d: number): number {
     const { index } = this;
-    const last = index.blockCount - 1;
-    return index.imageSize % this.bs !== 0 && index.distinctOf[last] === d ? blockLength(index, last) : this.bs;
+    return d === index.shortDistinct ? blockLength(index, index.blockCount - 1) : this.bs;
   }
 
   /** A copy of a decoded block in a slot of `kept`. */
@@ -1079,7 +1135,7 @@ export class BlockAssembly {
   }
 }
 
-const NONE: number[] = [];
+const NONE = new Int32Array(0);
 
 function framesOf(req: RangeRequest): number[] {
   const out: number[] = [];
@@ -1110,7 +1166,7 @@ export interface AssembleBlocksResult {
 const BLOCKS_PER_CHUNK = 64;
 
 /** plan.index's image as a chunk table of fixed-size chunks, for the sinks (block hashes and the SHA-256 verify). */
-function blockChunks(index: BlockIndex): ChunkIndex {
+function blockChunks(index: Pick<BlockIndex, 'blockSize' | 'imageSize'>): ChunkIndex {
   const size = index.blockSize * BLOCKS_PER_CHUNK;
   const n = Math.ceil(index.imageSize / size);
   const ends = new Float64Array(n);

@@ -5,8 +5,8 @@
 import { ChecksumMismatchError, IndexFormatError, OriginError, PackError, RangeUnsupportedError } from '../errors.js';
 import type { HttpClient } from '../fetch/http-client.js';
 import { defaultCostModel, type CostModel } from '../plan/cost.js';
-import { parseBlockIndex, type BlockIndex } from './format.js';
-import { costOf, planBlocks, type BlockCost, type BlockPlan } from './plan.js';
+import { HASH_BYTES, MAX_INDEX_BYTES, parseBlockIndex, type BlockIndex } from './format.js';
+import { costOf, planBlocks, type BlockCost, type BlockPlan, type PlanBlocksOptions } from './plan.js';
 import { artifactNames } from './publisher.js';
 import { indexSeedBlocks } from './seed-blocks.js';
 import { freeNow } from '../util/buffer-pool.js';
@@ -25,9 +25,6 @@ export {
 export { indexSeedBlocks, type SeedBlocks } from './seed-blocks.js';
 export { parseBlockIndex, type BlockIndex } from './format.js';
 export { PackError } from '../errors.js';
-
-/** Largest block index fetched (64 MiB: a ~30 TiB image at 4 KiB blocks). */
-const MAX_INDEX_FETCH = 64 * 1024 * 1024;
 
 export interface BlockPackProbe {
   index: BlockIndex;
@@ -57,7 +54,7 @@ export interface BlockIndexAnswer {
 /** Asks for the first byte of the release's block index (see probeBlockPack); 404 when there is none. */
 export function askBlockIndex(http: HttpClient, imageUrl: string, signal?: AbortSignal): Promise<BlockIndexAnswer> {
   const { indexUrl } = blockPackUrls(imageUrl);
-  return http.getBuffer(indexUrl, { maxBytes: MAX_INDEX_FETCH, signal, headers: { range: 'bytes=0-0' }, gate: false });
+  return http.getBuffer(indexUrl, { maxBytes: MAX_INDEX_BYTES, signal, headers: { range: 'bytes=0-0' }, gate: false });
 }
 
 /**
@@ -76,7 +73,7 @@ export async function probeBlockPack(
 ): Promise<BlockPackProbe | null> {
   const urls = blockPackUrls(imageUrl);
   const get = (headers?: Record<string, string>) =>
-    http.getBuffer(urls.indexUrl, { maxBytes: MAX_INDEX_FETCH, signal, headers });
+    http.getBuffer(urls.indexUrl, { maxBytes: MAX_INDEX_BYTES, signal, headers });
   const first = await (asked ?? askBlockIndex(http, imageUrl, signal));
   if (first.status !== 200 && first.status !== 206) return null;
   await onFound?.();
@@ -85,10 +82,9 @@ export async function probeBlockPack(
   if (res.status !== 200) return null;
   const indexBytes = res.body.length + (res === first ? 0 : first.body.length);
   const indexRequests = res === first ? 1 : 2;
-  const index = parseBlockIndex(res.body, urls.indexUrl);
-  // Parsed into the index's tables: the body's memory (~9 bytes per block) goes now, not at a full collection;
-  // unless it is the probe's answer shared by the release preparation (a 200 to the range probe: kept for others).
-  if (res !== first || !asked) freeNow(res.body);
+  // Freed once decompressed (~9 bytes per block), not at a full collection; unless it is the probe's answer shared by
+  // the release preparation (a 200 to the range probe: kept for others).
+  const index = parseBlockIndex(res.body, urls.indexUrl, res !== first || !asked);
   return { index, indexBytes, indexRequests, ...urls };
 }
 
@@ -96,11 +92,12 @@ export async function probeBlockPack(
 export async function planBlockUpdate(
   probe: BlockPackProbe,
   seedPaths: readonly string[],
-  opts: { cacheDir?: string; signal?: AbortSignal } = {},
+  opts: { cacheDir?: string; signal?: AbortSignal } & PlanBlocksOptions = {},
 ): Promise<BlockPlan> {
   const seeds = [];
   for (const p of seedPaths) seeds.push(await indexSeedBlocks(p, probe.index.blockSize, opts));
-  const plan = planBlocks(probe.index, seeds, probe.indexBytes);
+  // Without keepIndex, the probe's index is used up too: only its header and frame tables live on, in the plan.
+  const plan = planBlocks(probe.index, seeds, probe.indexBytes, { keepIndex: opts.keepIndex });
   // The plan does not keep the seeds' block hashes (8 bytes per block): freed now, not at a full collection.
   for (const s of seeds) freeNow(s.hashes);
   return plan;
@@ -108,7 +105,8 @@ export async function planBlockUpdate(
 
 /** The block path for one update, when the release has a pack: its plan and what each fetch mode costs. */
 export interface BlockPathChoice {
-  probe: BlockPackProbe;
+  /** The probe's URLs and traffic (its index is the plan's now, without the per-block tables). */
+  probe: Omit<BlockPackProbe, 'index'>;
   plan: BlockPlan;
   costs: BlockCost[];
   /** The cheapest block mode by the cost model. */
@@ -130,7 +128,23 @@ export interface BlockPathOptions {
   onFound?: () => Promise<void> | void;
   /** The block index's one-byte probe, when already sent (askBlockIndex). */
   asked?: Promise<BlockIndexAnswer>;
+  /**
+   * The caller knows the release's SHA-256, so its route may check blocks by their own hashes (cheaper than chunk
+   * IDs) when the index's tables are small enough to keep (KEPT_INDEX_MAX_BYTES).
+   */
+  checkBlocks?: boolean;
   signal?: AbortSignal;
+}
+
+/**
+ * Per-block tables (4 bytes per block, 8 per distinct block) kept for block checks at most: 1.7 MB for a 600 MB
+ * image. A 4.9 GB image's 14 MB are dropped and its chunks checked by ID instead: the memory bound wins there.
+ */
+export const KEPT_INDEX_MAX_BYTES = 4 * 1024 * 1024;
+
+/** Bytes the index's per-block tables take (what a plan with keepIndex holds beyond its own). */
+export function indexTableBytes(index: Pick<BlockIndex, 'blockCount' | 'distinctCount'>): number {
+  return index.blockCount * 4 + index.distinctCount * HASH_BYTES;
 }
 
 /** Pack requests in flight on the block route. */
@@ -143,14 +157,23 @@ export const BLOCK_PARALLELISM = 4;
 export async function costBlockPath(opts: BlockPathOptions): Promise<BlockPathChoice | null> {
   const probe = await probeBlockPack(opts.http, opts.imageUrl, opts.signal, opts.onFound, opts.asked);
   if (!probe) return null;
-  const plan = await planBlockUpdate(probe, opts.seeds, { cacheDir: opts.cacheDir, signal: opts.signal });
+  // The route needs the plan's 4 bytes per block, not the index's per-block tables (16 bytes per block more: 19 MiB
+  // for a 4.9 GB image); it fetches the index again only if a chunk fails its ID (BlockRouteOptions.indexUrl).
+  // Small tables are kept when the route can check blocks with them instead of chunk IDs.
+  const keepIndex = opts.checkBlocks === true && indexTableBytes(probe.index) <= KEPT_INDEX_MAX_BYTES;
+  const plan = await planBlockUpdate(probe, opts.seeds, {
+    cacheDir: opts.cacheDir,
+    signal: opts.signal,
+    keepIndex,
+  });
+  const { index: _planned, ...urls } = probe;
   const cost = opts.cost ?? defaultCostModel;
   const planOpts = { cost, parallelism: BLOCK_PARALLELISM };
   const costs = opts.multi === false ? [] : [costOf(plan, { multi: true, ...planOpts })];
   costs.push(costOf(plan, { multi: false, ...planOpts }));
   const weigh = (c: BlockCost): number => cost.weigh(c, BLOCK_PARALLELISM);
   const best = costs.reduce((a, b) => (weigh(b) < weigh(a) ? b : a));
-  return { probe, plan, costs, best, weight: weigh(best) };
+  return { probe: urls, plan, costs, best, weight: weigh(best) };
 }
 
 /** Failures of the pack or its server (not of this machine): another route may still work. */

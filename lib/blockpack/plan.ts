@@ -7,10 +7,19 @@
 import type { ChunkIndex } from '../format/caibx.js';
 import type { RangeRequest } from '../fetch/range-fetcher.js';
 import { defaultCostModel, type CostModel } from '../plan/cost.js';
-import { HASH_BYTES, ZERO_BLOCK, blockLength, frameOf, type BlockIndex } from './format.js';
+import {
+  HASH_BYTES,
+  PACK_HEADER_SIZE,
+  ZERO_BLOCK,
+  blockLength,
+  frameOf,
+  type BlockIndex,
+  type FrameTable,
+} from './format.js';
 import type { SeedBlocks } from './seed-blocks.js';
 import { addToRuns, type Run } from '../util/runs.js';
 import { freeNow } from '../util/buffer-pool.js';
+import { PackError } from '../errors.js';
 
 export interface BlockPlanTotals {
   blocks: number;
@@ -25,18 +34,36 @@ export interface BlockPlanTotals {
   frameBytes: number;
 }
 
+/** What the assembly needs of a block index once planned: its header and frame tables, not its per-block tables. */
+export type PackIndex = Omit<BlockIndex, 'distinctOf' | 'hashes'> & {
+  /** The distinct block of a short last block (its length is the image's tail), else ZERO_BLOCK. */
+  shortDistinct: number;
+};
+
+/** `BlockPlan.sources` value of a target block that comes from distinct block d of the pack. */
+export const fromPack = (d: number): number => -2 - d;
+/** The distinct block of a `sources` value that is from the pack (<= -2). */
+export const packBlockOf = (s: number): number => -2 - s;
+
 export interface BlockPlan {
-  index: BlockIndex;
+  index: PackIndex;
   /** Bytes of the block index as fetched (they count as download). */
   indexBytes: number;
   /** The seeds planned against (their block hashes are not kept: each seed block is checked when it is read). */
   seeds: readonly PlannedSeed[];
   /**
-   * Per distinct block: the seed block holding it, numbered over all seeds in order (seed k's block b is
-   * seedStart[k] + b), or -1: none. One table, not a seed and a block number each: 4 bytes per distinct block.
+   * Per target block, where it comes from: g >= 0, the seed block numbered g over all seeds in order (seed k's block
+   * b is seedStart[k] + b); ZERO_BLOCK; or fromPack(d), distinct block d of the pack. One table of 4 bytes per block
+   * is all the assembly needs: the index's per-block and per-distinct-block tables (16 bytes per block) are not.
    */
-  local: Int32Array;
-  /** First `local` number of each seed, and one past the last seed's. */
+  sources: Int32Array;
+  /**
+   * The whole block index (per-block distinct numbers and hashes), while kept: assembleBlocks checks every block
+   * against its hash. The engine plans without it (PlanBlocksOptions.keepIndex); its route fetches the index again only
+   * when a chunk fails its ID, to find the seed blocks that changed (BlockRouteOptions.indexUrl).
+   */
+  full?: BlockIndex;
+  /** First seed block number of each seed, and one past the last seed's. */
   seedStart: readonly number[];
   /** Frames to fetch, ascending. */
   frames: number[];
@@ -64,22 +91,15 @@ export interface BlockCost {
 
 /** The pack as a sequence of "chunks" for range planning: 0 = the pack header, f+1 = frame f. */
 export class PackLayout implements Pick<ChunkIndex, 'start' | 'end' | 'chunkAt'> {
-  constructor(private readonly frameStart: Float64Array | Uint32Array) {}
+  constructor(private readonly frames: FrameTable) {}
   start(i: number): number {
-    return i === 0 ? 0 : this.frameStart[i - 1];
+    return i === 0 ? 0 : this.frames.start(i - 1);
   }
   end(i: number): number {
-    return this.frameStart[i];
+    return i === 0 ? PACK_HEADER_SIZE : this.frames.start(i - 1) + this.frames.length(i - 1);
   }
   chunkAt(offset: number): number {
-    let lo = 0;
-    let hi = this.frameStart.length - 1;
-    while (lo < hi) {
-      const mid = (lo + hi) >>> 1;
-      if (this.frameStart[mid] <= offset) lo = mid + 1;
-      else hi = mid;
-    }
-    return lo;
+    return offset < PACK_HEADER_SIZE ? 0 : this.frames.at(offset) + 1;
   }
 }
 
@@ -87,12 +107,11 @@ const view = (u: Uint8Array): DataView => new DataView(u.buffer, u.byteOffset, u
 
 /**
  * Open-addressing table from a block hash to the first seed block with it. A slot holds only the block's number
- * over all seeds (4 bytes; at most 3/4 of the slots are used): the key is read back from the seed's own hashes, so a
- * 4.5 GB seed (1.1 M blocks) costs 8 MiB here, not 64.
+ * over all seeds (4 bytes; 3/4 of the slots used at most, the table not rounded up to a power of two): the key is
+ * read back from the seed's own hashes, so a 4.5 GB seed (1.1 M blocks) costs 5.6 MiB here, not 64.
  */
 class SeedBlockTable {
   private readonly slots: Int32Array;
-  private readonly mask: number;
   /** First table block number of each seed, and one past the last seed's. */
   readonly base: number[] = [];
   private readonly views: DataView[];
@@ -104,10 +123,7 @@ class SeedBlockTable {
       total += s.hashes.length / HASH_BYTES;
     }
     this.base.push(total);
-    let n = 1024;
-    while (n * 3 < total * 4) n *= 2;
-    this.mask = n - 1;
-    this.slots = new Int32Array(n);
+    this.slots = new Int32Array(Math.max(1024, Math.ceil((total * 4) / 3) + 1));
     this.views = seeds.map((s) => view(s.hashes));
   }
 
@@ -132,7 +148,8 @@ class SeedBlockTable {
 
   /** The slot holding this hash, or the empty slot where it would go. */
   private slot(lo: number, hi: number): number {
-    let i = (Math.imul(lo, 0x9e3779b1) ^ hi) & this.mask;
+    const n = this.slots.length;
+    let i = ((Math.imul(lo, 0x9e3779b1) ^ hi) >>> 0) % n;
     for (;;) {
       const g = this.slots[i] - 1;
       if (g < 0) return i;
@@ -140,7 +157,7 @@ class SeedBlockTable {
       const at = (g - this.base[seed]) * HASH_BYTES;
       const dv = this.views[seed];
       if (dv.getUint32(at, true) === lo && dv.getUint32(at + 4, true) === hi) return i;
-      i = (i + 1) & this.mask;
+      i = i + 1 === n ? 0 : i + 1;
     }
   }
 
@@ -151,9 +168,25 @@ class SeedBlockTable {
   }
 }
 
+export interface PlanBlocksOptions {
+  /**
+   * Keep the whole index in the plan (`full`, default true). Without, the index's per-block tables and the seeds'
+   * block hashes are freed as soon as they are used (the caller must not use them afterwards): the planning peak of a
+   * 4.9 GB image is ~17 MiB lower, and the plan is 4 bytes per block.
+   */
+  keepIndex?: boolean;
+}
+
 /** Maps the target's distinct blocks to seed blocks; what no seed has is fetched from the pack. */
-export function planBlocks(index: BlockIndex, seeds: readonly SeedBlocks[], indexBytes: number): BlockPlan {
+export function planBlocks(
+  index: BlockIndex,
+  seeds: readonly SeedBlocks[],
+  indexBytes: number,
+  opts: PlanBlocksOptions = {},
+): BlockPlan {
+  const keep = opts.keepIndex ?? true;
   const bs = index.blockSize;
+  checkOrder(index);
   const table = new SeedBlockTable(seeds);
   seeds.forEach((s, k) => {
     if (s.blockSize !== bs) return;
@@ -162,15 +195,24 @@ export function planBlocks(index: BlockIndex, seeds: readonly SeedBlocks[], inde
     for (let b = 0; b < whole; b++) table.add(k, b);
   });
 
-  const local = new Int32Array(index.distinctCount).fill(-1);
-  const th = view(index.hashes);
+  // The seed block of each distinct block (-1: none). When the index is used up, over the hash it was found by
+  // (HASH_BYTES per distinct block, the first 4 of them): 4 bytes per distinct block less at the planning peak.
+  const { hashes } = index;
+  const inPlace = !keep && hashes.byteOffset % 4 === 0;
+  const local = inPlace
+    ? new Int32Array(hashes.buffer, hashes.byteOffset, (index.distinctCount * HASH_BYTES) / 4)
+    : new Int32Array(index.distinctCount);
+  const stride = inPlace ? HASH_BYTES / 4 : 1;
+  const th = view(hashes);
   const lastIsShort = index.imageSize % bs !== 0;
   const shortDistinct = lastIsShort ? index.distinctOf[index.blockCount - 1] : ZERO_BLOCK;
   for (let d = 0; d < index.distinctCount; d++) {
-    if (d === shortDistinct) continue;
-    local[d] = table.find(th.getUint32(d * HASH_BYTES, true), th.getUint32(d * HASH_BYTES + 4, true));
+    const g =
+      d === shortDistinct ? -1 : table.find(th.getUint32(d * HASH_BYTES, true), th.getUint32(d * HASH_BYTES + 4, true));
+    local[d * stride] = g;
   }
   table.free();
+  if (!keep) for (const s of seeds) freeNow(s.hashes);
 
   const totals: BlockPlanTotals = {
     blocks: index.blockCount,
@@ -181,28 +223,65 @@ export function planBlocks(index: BlockIndex, seeds: readonly SeedBlocks[], inde
     frames: 0,
     frameBytes: 0,
   };
+  const sources = new Int32Array(index.blockCount);
   const need = new Uint8Array(index.frameCount);
   for (let b = 0; b < index.blockCount; b++) {
     const d = index.distinctOf[b];
     const len = blockLength(index, b);
     if (d === ZERO_BLOCK) {
+      sources[b] = ZERO_BLOCK;
       totals.zeroBlocks++;
       totals.zeroBytes += len;
-    } else if (local[d] >= 0) totals.fromSeeds += len;
-    else {
+    } else if (local[d * stride] >= 0) {
+      sources[b] = local[d * stride];
+      totals.fromSeeds += len;
+    } else {
+      sources[b] = fromPack(d);
       totals.fromPack += len;
       need[frameOf(index, d)] = 1;
     }
   }
+  if (!keep) {
+    freeNow(hashes);
+    freeNow(index.distinctOf);
+  }
+  if (!inPlace) freeNow(local);
   const frames: number[] = [];
   for (let f = 0; f < index.frameCount; f++) {
     if (!need[f]) continue;
     frames.push(f);
-    totals.frameBytes += index.frameStart[f + 1] - index.frameStart[f];
+    totals.frameBytes += index.frames.length(f);
   }
   totals.frames = frames.length;
   const planned = seeds.map((s) => ({ path: s.path, size: s.size }));
-  return { index, indexBytes, seeds: planned, local, seedStart: table.base, frames, totals };
+  const { distinctOf: _d, hashes: _h, ...pack } = index;
+  return {
+    index: { ...pack, shortDistinct },
+    indexBytes,
+    seeds: planned,
+    sources,
+    full: keep ? index : undefined,
+    seedStart: table.base,
+    frames,
+    totals,
+  };
+}
+
+/**
+ * Distinct blocks must be numbered in order of first occurrence (the index's encoding makes them so): frames then
+ * arrive in the order tasks need them.
+ */
+function checkOrder(index: BlockIndex): void {
+  let next = 0;
+  for (let b = 0; b < index.blockCount; b++) {
+    const d = index.distinctOf[b];
+    if (d === ZERO_BLOCK || d < next) continue;
+    if (d !== next)
+      throw new PackError(
+        `block index: block ${b} is distinct block ${d}, expected ${next} (not in order of first occurrence)`,
+      );
+    next++;
+  }
 }
 
 /** Runs of pack "chunks" (PackLayout numbering) for a set of frames, the header first. */
@@ -226,12 +305,12 @@ export const PACK_REQUEST_BYTES = 1536 * 1024;
 
 /** The pack requests for a set of frames (header first), gaps merged as the cost model says. */
 export function planPackRequests(
-  index: BlockIndex,
+  index: Pick<BlockIndex, 'frames'>,
   frames: readonly number[],
   opts: RequestPlanOptions,
 ): RangeRequest[] {
   const cost = opts.cost ?? defaultCostModel;
-  return cost.planRequests(new PackLayout(index.frameStart), packRuns(frames), opts.multi, opts.parallelism ?? 4, {
+  return cost.planRequests(new PackLayout(index.frames), packRuns(frames), opts.multi, opts.parallelism ?? 4, {
     maxRequestBytes: PACK_REQUEST_BYTES,
   });
 }
@@ -244,7 +323,7 @@ export function costOf(plan: BlockPlan, opts: RequestPlanOptions): BlockCost {
   const cost = opts.cost ?? defaultCostModel;
   // Counted, not planned: the requests themselves are planned by the route that runs.
   const reqs = cost.traffic(
-    new PackLayout(plan.index.frameStart),
+    new PackLayout(plan.index.frames),
     packRuns(plan.frames),
     opts.multi,
     opts.parallelism ?? 4,

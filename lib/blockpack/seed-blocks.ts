@@ -4,10 +4,10 @@
 // The cache only finds candidates: every block taken from a seed is hashed
 // again when it is read.
 import { createHash } from 'node:crypto';
-import { mkdir, open, readFile, stat } from 'node:fs/promises';
+import { mkdir, open, stat } from 'node:fs/promises';
 import { join, resolve } from 'node:path';
 import { defaultCacheDir } from '../seed/index-cache.js';
-import { writeFileAtomic } from '../util/fs-io.js';
+import { readFully, writeFileAtomic } from '../util/fs-io.js';
 import { forEachBlock } from './block-reader.js';
 import { HASH_BYTES, blockHash } from './format.js';
 
@@ -38,16 +38,31 @@ async function cacheEntry(path: string, blockSize: number, cacheDir: string): Pr
   };
 }
 
-function parseCache(buf: Buffer, blockSize: number, size: number): Uint8Array | null {
-  const blocks = Math.ceil(size / blockSize);
-  if (buf.length !== CACHE_HEADER + blocks * HASH_BYTES || !buf.subarray(0, 8).equals(CACHE_MAGIC)) return null;
-  if (
-    buf.readUInt32LE(8) !== blockSize ||
-    buf.readUInt32LE(12) !== HASH_BYTES ||
-    buf.readBigUInt64LE(16) !== BigInt(size)
-  )
+/**
+ * The cached hashes of a seed, read straight into their own array (not the file read whole and copied: 8 bytes per
+ * block less at the planning peak); null when the entry is missing or does not describe this file.
+ */
+async function readCache(entry: string, blockSize: number, size: number): Promise<Uint8Array | null> {
+  const fh = await open(entry, 'r').catch(() => null);
+  if (!fh) return null;
+  try {
+    const blocks = Math.ceil(size / blockSize);
+    const header = Buffer.alloc(CACHE_HEADER);
+    if ((await fh.stat()).size !== CACHE_HEADER + blocks * HASH_BYTES) return null;
+    if ((await readFully(fh, header, 0)) !== CACHE_HEADER || !header.subarray(0, 8).equals(CACHE_MAGIC)) return null;
+    if (
+      header.readUInt32LE(8) !== blockSize ||
+      header.readUInt32LE(12) !== HASH_BYTES ||
+      header.readBigUInt64LE(16) !== BigInt(size)
+    )
+      return null;
+    const hashes = new Uint8Array(blocks * HASH_BYTES);
+    return (await readFully(fh, hashes, CACHE_HEADER)) === hashes.length ? hashes : null;
+  } catch {
     return null;
-  return new Uint8Array(buf.subarray(CACHE_HEADER));
+  } finally {
+    await fh.close().catch(() => {});
+  }
 }
 
 /** Hashes every block of `path` (or takes the cached hashes). */
@@ -58,10 +73,7 @@ export async function indexSeedBlocks(
 ): Promise<SeedBlocks> {
   const cacheDir = opts.cacheDir ?? defaultCacheDir();
   const { entry, size } = await cacheEntry(path, blockSize, cacheDir);
-  const cached = await readFile(entry).then(
-    (b) => parseCache(b, blockSize, size),
-    () => null,
-  );
+  const cached = await readCache(entry, blockSize, size);
   if (cached) return { path, size, blockSize, hashes: cached };
 
   const hashes = new Uint8Array(Math.ceil(size / blockSize) * HASH_BYTES);

@@ -465,6 +465,7 @@ function startBlockPath(ctx: Context, opts: AssembleOptions): PendingBlockPath |
     cacheDir: opts.cacheDir,
     cost: ctx.cost,
     asked: opts.blockIndexAnswer,
+    checkBlocks: opts.sha256 !== undefined,
     onFound: () => {
       onFound();
       return released;
