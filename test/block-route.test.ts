@@ -278,16 +278,16 @@ test('block route: a seed block that changed after indexing costs a frame, not a
     await fh.write(Buffer.from([v2[12 * 1024 * 1024 + 100] ^ 0x40]), 0, 1, 12 * 1024 * 1024 + 100);
     await fh.close();
     await utimes(seed, mtime, mtime);
-    // With the SHA-256 the small index is kept and every block checked by its hash: the changed block is caught as
-    // it is read. Without it the chunk IDs are the check and the plan keeps no block hashes: the failed chunk has
-    // the whole index fetched again (after the planning's own) to find the block.
-    for (const { sha256, bodies } of [
-      { sha256: sha, bodies: 1 },
-      { sha256: undefined, bodies: 2 },
+    // Asked to check blocks (checkBlocks, with the SHA-256), the small index is kept and every block checked by its
+    // hash: the changed block is caught as it is read. By default the chunk IDs are the check and the plan keeps no
+    // block hashes: the failed chunk has the whole index fetched again (after the planning's own) to find the block.
+    for (const { checkBlocks, bodies } of [
+      { checkBlocks: true, bodies: 1 },
+      { checkBlocks: false, bodies: 2 },
     ]) {
       origin.log.length = 0;
       warnings.length = 0;
-      const stream = openExtractStream(v2Index, { ...source, seeds, sha256 });
+      const stream = openExtractStream(v2Index, { ...source, seeds, sha256: sha, checkBlocks });
       const parts: Buffer[] = [];
       for await (const part of stream) parts.push(part as Buffer);
       const r = await stream.result;
@@ -299,7 +299,7 @@ test('block route: a seed block that changed after indexing costs a frame, not a
         warnings.join('\n'),
       );
       const got = origin.log.filter((e) => e.path === '/v2.img.bpidx' && !e.range && e.status === 200);
-      assert.equal(got.length, bodies, `the block index body, with${sha256 ? '' : 'out'} the SHA-256`);
+      assert.equal(got.length, bodies, `the block index body, checkBlocks ${checkBlocks}`);
     }
   } finally {
     await rm(seed, { force: true });
@@ -322,8 +322,8 @@ test('block route: a block index that cannot be fetched again to check a failed 
     await utimes(seed, mtime, mtime);
     // The planning's body GET goes through; the one after the failed chunk finds no index any more.
     origin.fault({ kind: 'status', status: 404, path: '/v2.img.bpidx', unrangedOnly: true, skip: 1, times: Infinity });
-    // No SHA-256: the chunk IDs are the check, so the plan dropped the block hashes (see the test above).
-    const stream = openExtractStream(v2Index, { ...source, seeds });
+    // The chunk IDs are the check, so the plan dropped the block hashes (see the test above).
+    const stream = openExtractStream(v2Index, { ...source, seeds, sha256: sha });
     const parts: Buffer[] = [];
     for await (const part of stream) parts.push(part as Buffer);
     const r = await stream.result;
@@ -380,9 +380,8 @@ test('block route with its hashing thread (hashThread): damaged frames are still
   };
   try {
     origin.fault({ kind: 'wrong-bytes', path: '/v2.img.bpk', rangedOnly: true, skip: 1 });
-    // Without the release's SHA-256 the chunk IDs are the check (with it, the blocks' own hashes are), and the
-    // thread is what computes them.
-    const stream = openExtractStream(v2Index, { ...source, hashThread: true });
+    // The chunk IDs are the check (by default, with the SHA-256 too), and the thread is what computes them.
+    const stream = openExtractStream(v2Index, { ...source, sha256: sha, hashThread: true });
     const parts: Buffer[] = [];
     for await (const part of stream) parts.push(part as Buffer);
     const r = await stream.result;
@@ -394,11 +393,12 @@ test('block route with its hashing thread (hashThread): damaged frames are still
       'a pack answer was damaged',
     );
 
-    // With the SHA-256 the damaged frame is caught by its blocks' hashes, and no chunk ID is computed at all.
+    // Asked to check blocks (with the SHA-256), the damaged frame is caught by its blocks' hashes, and no chunk ID is
+    // computed at all.
     hashedThere = 0;
     origin.log.length = 0;
     origin.fault({ kind: 'wrong-bytes', path: '/v2.img.bpk', rangedOnly: true, skip: 1 });
-    const checked = openExtractStream(v2Index, { ...source, sha256: sha, hashThread: true });
+    const checked = openExtractStream(v2Index, { ...source, sha256: sha, checkBlocks: true, hashThread: true });
     const again: Buffer[] = [];
     for await (const part of checked) again.push(part as Buffer);
     assert.equal((await checked.result).mode, 'blocks');

@@ -162,10 +162,10 @@ export class BlockRoute implements Route {
 
   async run(sink: AssemblySink, progress: ExtractProgress, signal: AbortSignal): Promise<void> {
     const { choice, target, http, cost, sha256, maxSpan, buffers, hashThread, onWarning } = this.cfg;
-    // With the release's SHA-256 (which run() holds the block index to) and the index's tables kept (small images:
-    // costBlockPath), every block is checked against its hash and the whole image against the SHA-256, as a
-    // standalone assembly does: SHA-256 of the non-zero blocks costs less than SHA-512/256 of every chunk
-    // (bench/RESULTS.md, "Block path CPU (session 6)"). Otherwise the chunk IDs are the check.
+    // Asked for (AssembleOptions.checkBlocks), with the release's SHA-256 (which run() holds the block index to) and
+    // the index's tables kept (small images: costBlockPath), every block is checked against its hash and the whole
+    // image against the SHA-256, as a standalone assembly does: SHA-256 of the non-zero blocks costs less than
+    // SHA-512/256 of every chunk (bench/RESULTS.md, "Block path CPU (session 6)"). Otherwise the chunk IDs are.
     const verifyChunks = sha256 === undefined || choice.plan.full === undefined;
     this.assembly = new BlockAssembly(
       choice.plan,
