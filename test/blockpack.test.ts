@@ -534,20 +534,7 @@ test('a block index answered whole to the range probe is parsed by every probe t
   const frameLengths = frameBlocks.map(() => 1000);
   const rnd = (k: number) => createHash('sha256').update(`shared-probe:${k}`).digest();
   const hashes = Buffer.concat(Array.from({ length: (n * HASH_BYTES) / 32 }, (_, k) => rnd(k)));
-  const body = serializeBlockIndex({
-    blockSize: BS,
-    imageSize: n * BS,
-    imageSha256: rnd(-1),
-    packSize: PACK_HEADER_SIZE + frameLengths.reduce((a, b) => a + b, 0),
-    packSha256: rnd(-2),
-    dictSize: 0,
-    dictSha256: rnd(-3),
-    distinctOf: Int32Array.from({ length: n }, (_, b) => b),
-    distinctCount: n,
-    hashes,
-    frameBlocks,
-    frameLengths,
-  });
+  const body = syntheticIndex(frameBlocks, frameLengths, 'shared-probe', hashes);
   assert.ok(body.length > Buffer.poolSize, `${body.length} bytes`);
   const answer = { status: 200, headers: {}, body: Buffer.from(body), url: 'http://127.0.0.1:9/os.img.bpidx' };
   const asked = Promise.resolve(answer);
@@ -572,24 +559,7 @@ test('block index: the compact frame table gives every frame its blocks, offset 
     frameBlocks.push(n);
     frameLengths.push(n > 20 && f % 2 === 1 ? 0x10000 + f : 1 + ((f * 37) % (n * BS)));
   }
-  const distinct = frameBlocks.reduce((a, b) => a + b, 0);
-  const rnd = (k: number) => createHash('sha256').update(`frames:${k}`).digest();
-  const idx = parseBlockIndex(
-    serializeBlockIndex({
-      blockSize: BS,
-      imageSize: distinct * BS,
-      imageSha256: rnd(-1),
-      packSize: PACK_HEADER_SIZE + frameLengths.reduce((a, b) => a + b, 0),
-      packSha256: rnd(-2),
-      dictSize: 0,
-      dictSha256: rnd(-3),
-      distinctOf: Int32Array.from({ length: distinct }, (_, b) => b),
-      distinctCount: distinct,
-      hashes: Buffer.alloc(distinct * HASH_BYTES),
-      frameBlocks,
-      frameLengths,
-    }),
-  );
+  const idx = parseBlockIndex(syntheticIndex(frameBlocks, frameLengths, 'frames'));
   assert.ok(
     frameLengths.some((l) => l > 0xffff),
     'some frames are longer than 64 KiB',
@@ -606,7 +576,8 @@ test('block index: the compact frame table gives every frame its blocks, offset 
     first += frameBlocks[f];
     start += frameLengths[f];
   }
-  assert.equal(idx.frames.first(frameBlocks.length), distinct);
+  assert.equal(idx.frames.first(frameBlocks.length), idx.distinctCount, 'past the last frame: the distinct count');
+  assert.equal(first, idx.distinctCount);
   assert.equal(idx.frames.start(frameBlocks.length), idx.packSize);
   assert.equal(idx.frames.at(idx.packSize), frameBlocks.length, 'past the last frame');
 });
@@ -648,3 +619,23 @@ test('assemble: a pack block used by more tasks than a byte counts is kept for e
   assert.equal(result.sha256, sha256);
   assert.deepEqual(await readFile(out), image);
 });
+
+/** A block index of distinct blocks only (block b is distinct block b) in the given frames; no pack behind it. */
+function syntheticIndex(frameBlocks: number[], frameLengths: number[], tag: string, hashes?: Buffer): Buffer {
+  const distinct = frameBlocks.reduce((a, b) => a + b, 0);
+  const rnd = (k: number) => createHash('sha256').update(`${tag}:${k}`).digest();
+  return serializeBlockIndex({
+    blockSize: BS,
+    imageSize: distinct * BS,
+    imageSha256: rnd(-1),
+    packSize: PACK_HEADER_SIZE + frameLengths.reduce((a, b) => a + b, 0),
+    packSha256: rnd(-2),
+    dictSize: 0,
+    dictSha256: rnd(-3),
+    distinctOf: Int32Array.from({ length: distinct }, (_, b) => b),
+    distinctCount: distinct,
+    hashes: hashes ?? Buffer.alloc(distinct * HASH_BYTES),
+    frameBlocks,
+    frameLengths,
+  });
+}
