@@ -262,10 +262,13 @@ test('openStore picks the store by scheme', async () => {
 const FAST_RETRY = { attempts: 3, retryBaseMs: 10, timeoutMs: 5000 };
 
 /** A local store with a few chunks, served over HTTP; returns chunks and their IDs. */
-async function servedStore(t: { after: (fn: () => Promise<void>) => void }, uncompressed = false) {
+async function servedStore(
+  t: { after: (fn: () => Promise<void>) => void },
+  uncompressed = false,
+  chunks = [sampleChunk(64 * 1024, 5), seededBytes(30_000, 'store:30k'), sampleChunk(3, 6)],
+) {
   const dir = await tmpDir(t, 'store');
   const local = new LocalStore(join(dir, 'pub', 'img.castr'), { uncompressed });
-  const chunks = [sampleChunk(64 * 1024, 5), seededBytes(30_000, 'store:30k'), sampleChunk(3, 6)];
   const ids = chunks.map((c) => chunkId('sha512-256', c));
   for (let i = 0; i < chunks.length; i++) await local.put(ids[i], chunks[i]);
   const origin = await startOrigin({ root: join(dir, 'pub') });
@@ -301,17 +304,9 @@ test('HTTP store: GET verified chunks, HEAD for has(), 404 → null', { timeout:
 test('HTTP store: chunks that come in many reads, several at once, each decode to their own bytes', {
   timeout: 20_000,
 }, async (t) => {
-  const dir = await tmpDir(t, 'store-big');
-  const local = new LocalStore(join(dir, 'pub', 'img.castr'));
   // Incompressible: each .cacnk is ~the chunk's size, many socket reads, joined in the store's reused buffer.
-  const chunks = [700_000, 300_000, 1_200_000, 500_000].map((n, k) => seededBytes(n, `store:big:${k}`));
-  const ids = chunks.map((c) => chunkId('sha512-256', c));
-  for (let i = 0; i < chunks.length; i++) await local.put(ids[i], chunks[i]);
-  const origin = await startOrigin({ root: join(dir, 'pub') });
-  t.after(() => origin.close());
-  const client = new HttpClient(FAST_RETRY);
-  t.after(() => client.close());
-  const store = new HttpStore(`${origin.url}/img.castr`, { client });
+  const big = [700_000, 300_000, 1_200_000, 500_000].map((n, k) => seededBytes(n, `store:big:${k}`));
+  const { store, chunks, ids } = await servedStore(t, false, big);
   for (let round = 0; round < 2; round++) {
     const got = await Promise.all(chunks.map((c, i) => store.get({ id: ids[i], size: c.length })));
     for (let i = 0; i < chunks.length; i++) assert.ok(got[i]?.equals(chunks[i]), `round ${round}, chunk ${i}`);
