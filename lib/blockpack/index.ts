@@ -157,8 +157,9 @@ export const BLOCK_PARALLELISM = 4;
 export async function costBlockPath(opts: BlockPathOptions): Promise<BlockPathChoice | null> {
   const probe = await probeBlockPack(opts.http, opts.imageUrl, opts.signal, opts.onFound, opts.asked);
   if (!probe) return null;
-  // The route needs the plan's 4 bytes per block, not the index's per-block tables (16 bytes per block more: 19 MiB
-  // for a 4.9 GB image); it fetches the index again only if a chunk fails its ID (BlockRouteOptions.indexUrl).
+  // The route needs the plan's 4 bytes per block, not the index's tables (4 bytes per block, 8 per distinct block,
+  // the plain frame tables: 19 MiB for a 4.9 GB image); it fetches the index again only if a chunk fails its ID
+  // (BlockRouteOptions.indexUrl).
   // Small tables are kept when the route can check blocks with them instead of chunk IDs.
   const keepIndex = opts.checkBlocks === true && indexTableBytes(probe.index) <= KEPT_INDEX_MAX_BYTES;
   const plan = await planBlockUpdate(probe, opts.seeds, {

@@ -49,12 +49,15 @@ export interface BlockPlan {
   index: PackIndex;
   /** Bytes of the block index as fetched (they count as download). */
   indexBytes: number;
-  /** The seeds planned against (their block hashes are not kept: each seed block is checked when it is read). */
+  /**
+   * The seeds planned against (their block hashes are not kept: a seed block is checked when read, by its hash or
+   * its chunk's ID).
+   */
   seeds: readonly PlannedSeed[];
   /**
    * Per target block, where it comes from: g >= 0, the seed block numbered g over all seeds in order (seed k's block
    * b is seedStart[k] + b); ZERO_BLOCK; or fromPack(d), distinct block d of the pack. One table of 4 bytes per block
-   * is all the assembly needs: the index's per-block and per-distinct-block tables (16 bytes per block) are not.
+   * is all the assembly needs: the index's per-block and per-distinct-block tables (12 bytes per block) are not.
    */
   sources: Int32Array;
   /**

@@ -1,8 +1,8 @@
 // Seeds indexed per aligned block for the block path: the truncated SHA-256 of
 // every block of a local image, cached on disk like the chunk indexes (keyed
 // by the file's identity and the block size, so a changed file is re-hashed).
-// The cache only finds candidates: every block taken from a seed is hashed
-// again when it is read.
+// The cache only finds candidates: every block taken from a seed is checked
+// again when it is read (by its hash, or by the ID of the chunk it is in).
 import { createHash } from 'node:crypto';
 import { mkdir, open, stat } from 'node:fs/promises';
 import { join, resolve } from 'node:path';

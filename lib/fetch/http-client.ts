@@ -418,19 +418,19 @@ function originOf(url: string): string {
 }
 
 /**
- * A whole body as its origin meant it: we ask for identity, but a server that
- * compresses anyway (a 200, never a range) is decoded, within `maxBytes`.
- */
-/**
  * A body that came in one read (a stored chunk, a small file) is that read: a copy would be one more buffer per
  * request for V8 to collect. (Over HTTP/2 one socket read can carry several streams' data: the body may be a view
  * of a buffer other bodies share.)
  */
-function joinParts(parts: Buffer[], length: number): Buffer {
+export function joinParts(parts: Buffer[], length: number): Buffer {
   if (parts.length === 0) return Buffer.alloc(0);
   return parts.length === 1 ? parts[0] : Buffer.concat(parts, length);
 }
 
+/**
+ * A whole body as its origin meant it: we ask for identity, but a server that
+ * compresses anyway (a 200, never a range) is decoded, within `maxBytes`.
+ */
 function decodeBody(raw: Buffer, encoding: string | string[] | undefined, maxBytes: number, url: string): Buffer {
   const coding = (Array.isArray(encoding) ? encoding.join(',') : (encoding ?? '')).trim().toLowerCase();
   if (coding === '' || coding === 'identity') return raw;

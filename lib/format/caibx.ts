@@ -217,11 +217,6 @@ export class IndexParser {
     return this.offset >= HEADER_SIZE ? indexFileSize(this.maxChunks) : undefined;
   }
 
-  /** Chunks read so far (the table's first items, final: later bytes only append). */
-  get parsedCount(): number {
-    return this.n;
-  }
-
   /** Target bytes the chunks read so far cover (the end of the last one). */
   get parsedBytes(): number {
     return this.prev;

@@ -2,7 +2,7 @@
 // `<base>/<4hex>/<id>.cacnk` (or the raw name for an uncompressed store), HEAD
 // for has(). Retries, timeouts and counters come from the shared HttpClient;
 // every body is bounded, decoded and verified before it is returned.
-import { HttpClient } from '../fetch/http-client.js';
+import { HttpClient, joinParts } from '../fetch/http-client.js';
 import { BodyTooLargeError, ChunkVerifyError, OriginError } from '../errors.js';
 import { toHex } from '../format/digest.js';
 import { maxEncodedSize } from './compression.js';
@@ -16,11 +16,6 @@ export interface HttpStoreOptions extends StoreFormat {
   uncompressed?: boolean;
   /** Extra request headers, e.g. desync's `Authorization` (http-auth) or `Cookie`. */
   headers?: Record<string, string>;
-}
-
-/** The parts as one buffer: the only part itself, else a copy. */
-function joinedCopy(parts: Buffer[], length: number): Buffer {
-  return parts.length === 1 ? parts[0] : Buffer.concat(parts, length);
 }
 
 /** casync's rule: cut the URL at the first `?` or `;` and drop trailing slashes. */
@@ -66,7 +61,7 @@ export class HttpStore implements ChunkStore {
     });
     if (res.status === 404 || res.status === 410) return null;
     if (this.uncompressed || res.parts.length === 1)
-      return decodeChunk(joinedCopy(res.parts, res.length), !this.uncompressed, req, this.format, url, take);
+      return decodeChunk(joinParts(res.parts, res.length), !this.uncompressed, req, this.format, url, take);
     // A compressed chunk of several reads is joined in a buffer reused for the next one: decoding (synchronous,
     // right here) makes new bytes, so the joined copy is not needed after it.
     if (this.joined.length < res.length)

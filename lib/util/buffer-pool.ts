@@ -151,7 +151,7 @@ export class SharedBuffer {
 }
 
 /** Smaller buffers are left to the collector by freeNow (not worth a detach). */
-export const FREE_NOW_MIN_BYTES = 16 * 1024;
+const FREE_NOW_MIN_BYTES = 16 * 1024;
 
 /**
  * Frees a large buffer's memory now (detaches it) instead of at V8's next full collection, which comes only

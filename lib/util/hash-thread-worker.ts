@@ -1,5 +1,5 @@
 // The worker of HashThread: digests of pieces of a shared buffer, read in place. Only node modules are loaded here.
-import { createHash } from 'node:crypto';
+import { hash } from 'node:crypto';
 import { parentPort } from 'node:worker_threads';
 import type { HashJob } from './hash-thread.js';
 import type { Answer } from './worker-pool.js';
@@ -18,7 +18,7 @@ port.on('message', (job: HashJob) => {
     let start = 0;
     for (const end of job.ends) {
       const piece = new Uint8Array(buffer, job.offset + start, end - start);
-      digests.push(createHash(job.algorithm).update(piece).digest());
+      digests.push(hash(job.algorithm, piece, 'buffer'));
       start = end;
     }
     // A buffer of its own (not Node's pool) to move back.
